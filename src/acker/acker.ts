@@ -1,0 +1,122 @@
+import type pg from 'pg';
+import { type Lsn, parseLsn } from '../db/lsn.ts';
+import { type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import type { EventLog } from '../log/event-log.ts';
+import type { Logger } from '../observability/logger.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import { Backoff, pause } from '../projector/backoff.ts';
+
+export type AckerDeps = {
+  replica: pg.Pool;
+  replicaIsMain: boolean;
+  eventLog: EventLog;
+  intervalMs: number;
+  logger: Logger;
+  metrics: Metrics;
+};
+
+const ACK_BATCH = 1000;
+
+/** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
+export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
+
+/**
+ * The LSN gate. An entry leaves the pending list only once the replica has replayed its commit:
+ * acknowledging earlier would let a read miss a write that is neither pending nor visible.
+ */
+export class Acker {
+  readonly #deps: AckerDeps;
+  readonly #abort = new AbortController();
+  readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
+  #running: Promise<void> | undefined;
+  #lastPosition: ReplicaPosition | undefined;
+  #lastError: string | undefined;
+  #acked = 0;
+
+  constructor(deps: AckerDeps) {
+    this.#deps = deps;
+  }
+
+  get lastPosition(): ReplicaPosition | undefined {
+    return this.#lastPosition;
+  }
+
+  get lastError(): string | undefined {
+    return this.#lastError;
+  }
+
+  get acked(): number {
+    return this.#acked;
+  }
+
+  start(): void {
+    this.#running ??= this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#abort.abort();
+    await this.#running;
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#abort.signal.aborted) {
+      try {
+        await this.ackOnce();
+        this.#backoff.reset();
+        this.#lastError = undefined;
+        await pause(this.#deps.intervalMs, this.#abort.signal);
+      } catch (err) {
+        this.#lastError = (err as Error).message;
+        const delay = this.#backoff.nextDelayMs();
+        this.#deps.logger.warn({ err, retryInMs: delay }, 'acknowledgement pass failed');
+        await pause(delay, this.#abort.signal);
+      }
+    }
+  }
+
+  /** One pass: read the replica position, acknowledge every applied entry at or below it. */
+  async ackOnce(): Promise<number> {
+    const { eventLog } = this.#deps;
+    const waiting = await Promise.all(
+      eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition)),
+    );
+    if (waiting.every((n) => n === 0)) {
+      return 0;
+    }
+    const position = await replicaPosition(this.#deps.replica, this.#deps.replicaIsMain);
+    this.#lastPosition = position;
+    const replayed = parseLsn(position.lsn);
+    let total = 0;
+    for (const [partition, count] of waiting.entries()) {
+      if (count > 0) {
+        total += await this.#ackPartition(partition, replayed);
+      }
+    }
+    this.#acked += total;
+    return total;
+  }
+
+  async #ackPartition(partition: number, replayed: Lsn): Promise<number> {
+    const { eventLog, metrics } = this.#deps;
+    let total = 0;
+    for (;;) {
+      const records = await eventLog.peekApplied(partition, ACK_BATCH);
+      // Commits of one partition are sequential, so the queue is in LSN order: stop at the first
+      // record the replica has not reached.
+      const firstAhead = records.findIndex((r) => parseLsn(r.lsn) > replayed);
+      const ready = firstAhead === -1 ? records : records.slice(0, firstAhead);
+      if (ready.length === 0) {
+        return total;
+      }
+      await eventLog.ack(partition, ready);
+      const now = Date.now();
+      for (const record of ready) {
+        metrics.endToEnd.observe(Math.max(0, now - entryTime(record.entryId)) / 1000);
+      }
+      total += ready.length;
+      if (ready.length < records.length || records.length < ACK_BATCH) {
+        return total;
+      }
+    }
+  }
+}

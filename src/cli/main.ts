@@ -1,0 +1,143 @@
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, LOCAL_STACK, loadConfig } from '../config.ts';
+import { runMigrations } from '../db/migrate.ts';
+import { createLogger } from '../observability/logger.ts';
+import { type Role, startService } from '../service.ts';
+import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '../stack/stack.ts';
+import { CliError, print, table } from './output.ts';
+
+const USAGE = `usage: outpost <command> [options]
+
+  start                         stack up, migrate, then serve (the quick start)
+  stack up|down|status|reset    the local PostgreSQL primary + replica and Redis under .outpost/
+  migrate                       apply database migrations to MAIN_DATABASE_URL
+  serve [--only api|projector]  run the API, projector and acker (or one of them)
+
+Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
+
+const localStack = (): StackOptions => ({
+  dir: resolve(process.cwd(), '.outpost'),
+  mainPort: LOCAL_STACK.mainPort,
+  replicaPort: LOCAL_STACK.replicaPort,
+  redisPort: LOCAL_STACK.redisPort,
+  pgCron: 'auto',
+  appendfsync: 'always',
+});
+
+type Flags = { json: boolean; only?: string };
+
+const stack = async (action: string | undefined, flags: Flags) => {
+  const options = localStack();
+  switch (action) {
+    case 'up': {
+      const urls = await stackUp(options);
+      const status = { ...(await stackStatus(options.dir, options)), ...urls };
+      print(
+        flags.json
+          ? JSON.stringify(status)
+          : `local stack running\n${stackTable(await stackStatus(options.dir, options))}`,
+      );
+      return;
+    }
+    case 'down':
+      await stackDown(options.dir);
+      print(flags.json ? JSON.stringify({ stopped: true }) : 'local stack stopped');
+      return;
+    case 'reset':
+      await stackReset(options.dir);
+      print(
+        flags.json ? JSON.stringify({ reset: true }) : 'local stack stopped and its data removed',
+      );
+      return;
+    case 'status': {
+      const status = await stackStatus(options.dir, options);
+      print(flags.json ? JSON.stringify(status) : stackTable(status));
+      return;
+    }
+    default:
+      throw new CliError('usage: outpost stack up|down|status|reset');
+  }
+};
+
+const stackTable = (status: Awaited<ReturnType<typeof stackStatus>>) =>
+  table(
+    (['main', 'replica', 'redis'] as const).map((name) => ({
+      service: name,
+      state: status[name].state,
+      url: status[name].url,
+    })),
+  );
+
+const serveUntilSignalled = async (role: Role) => {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  const service = await startService(config, logger, role);
+  let signals = 0;
+  const shutdown = (signal: string) => {
+    signals += 1;
+    if (signals > 1) {
+      logger.warn({ signal }, 'already stopping');
+      return;
+    }
+    logger.info({ signal }, 'signal received');
+    const force = setTimeout(() => {
+      logger.error('shutdown took too long, exiting');
+      process.exit(1);
+    }, 30_000);
+    force.unref();
+    void service.stop().then(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+};
+
+const main = async (argv: string[]) => {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      json: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  const flags: Flags = { json: values.json ?? false, only: values.only };
+  const [command, action] = positionals;
+  if (values.help || command === undefined || command === 'help') {
+    print(USAGE);
+    return;
+  }
+  switch (command) {
+    case 'stack':
+      return stack(action, flags);
+    case 'migrate': {
+      const config = loadConfig();
+      await runMigrations(config.mainDatabaseUrl);
+      print(flags.json ? JSON.stringify({ migrated: true }) : 'migrations applied');
+      return;
+    }
+    case 'serve': {
+      if (flags.only !== undefined && flags.only !== 'api' && flags.only !== 'projector') {
+        throw new CliError('--only takes api or projector');
+      }
+      return serveUntilSignalled((flags.only as Role | undefined) ?? 'all');
+    }
+    case 'start': {
+      await stack('up', flags);
+      await runMigrations(loadConfig().mainDatabaseUrl);
+      return serveUntilSignalled('all');
+    }
+    default:
+      throw new CliError(`unknown command ${command}; see outpost --help`);
+  }
+};
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  const message =
+    err instanceof ConfigError || err instanceof CliError
+      ? err.message
+      : ((err as Error).message ?? String(err));
+  process.stderr.write(`outpost: ${message.split('\n').join('; ')}\n`);
+  process.exit(1);
+});

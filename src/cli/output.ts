@@ -1,0 +1,36 @@
+/** Human output: an aligned table; machine output: JSON. Every command offers both. */
+export const table = (rows: readonly Record<string, unknown>[]): string => {
+  if (rows.length === 0) {
+    return '(none)';
+  }
+  const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+  const cell = (value: unknown) =>
+    value === undefined || value === null
+      ? '-'
+      : typeof value === 'object'
+        ? JSON.stringify(value)
+        : String(value);
+  const widths = columns.map((col) =>
+    Math.max(col.length, ...rows.map((row) => cell(row[col]).length)),
+  );
+  const line = (values: string[]) =>
+    values
+      .map((v, i) => v.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return [
+    line(columns.map((c) => c.toUpperCase())),
+    ...rows.map((row) => line(columns.map((c) => cell(row[c])))),
+  ].join('\n');
+};
+
+export const print = (text: string) => {
+  process.stdout.write(`${text}\n`);
+};
+
+export class CliError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CliError';
+  }
+}

@@ -1,0 +1,160 @@
+import { hostname } from 'node:os';
+import { z } from 'zod';
+
+/** Ports of the local stack that `outpost stack up` runs; the defaults when nothing is configured. */
+export const LOCAL_STACK = {
+  mainPort: 55432,
+  replicaPort: 55433,
+  redisPort: 56379,
+} as const;
+
+const localMainUrl = `postgres://postgres@127.0.0.1:${LOCAL_STACK.mainPort}/outpost`;
+const localReplicaUrl = `postgres://postgres@127.0.0.1:${LOCAL_STACK.replicaPort}/outpost`;
+const localRedisUrl = `redis://127.0.0.1:${LOCAL_STACK.redisPort}`;
+
+const DURATION_UNITS_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
+
+/** Parses `30000`, `500ms`, `10m`, `7d` into milliseconds. */
+export const parseDurationMs = (text: string): number | undefined => {
+  const match = /^(\d+)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!match) {
+    return undefined;
+  }
+  const unit = (match[2] ?? 'ms') as keyof typeof DURATION_UNITS_MS;
+  return Number(match[1]) * DURATION_UNITS_MS[unit];
+};
+
+const duration = (fallback: string) =>
+  z
+    .string()
+    .default(fallback)
+    .transform((text, ctx) => {
+      const ms = parseDurationMs(text);
+      if (ms === undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          message: `not a duration: ${text} (e.g. 30000, 30s, 10m, 7d)`,
+        });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+const pgUrl = z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL');
+const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis:// URL');
+
+const Env = z.object({
+  OUTPOST_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  OUTPOST_SITE: z.string().min(1).max(64).default(hostname()),
+  OUTPOST_SITE_ROLE: z.enum(['main', 'secondary']).optional(),
+  MAIN_DATABASE_URL: pgUrl.optional(),
+  REPLICA_DATABASE_URL: pgUrl.optional(),
+  REDIS_URL: redisUrl.default(localRedisUrl),
+  OUTPOST_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
+  OUTPOST_ADMIN_TOKEN: z.string().min(1).optional(),
+  OUTPOST_MAX_ATTEMPTS: positiveInt(5),
+  OUTPOST_CLAIM_IDLE_MS: positiveInt(30_000),
+  OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
+  OUTPOST_STREAM_RETENTION: duration('7d'),
+  OUTPOST_INTEGRITY_SCHEDULE: z.string().min(1).default('*/30 * * * *'),
+  OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m'),
+  OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
+  OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),
+  OUTPOST_BATCH_SIZE: positiveInt(500),
+  OUTPOST_ACK_INTERVAL_MS: positiveInt(20),
+  OUTPOST_NAMESPACE: z
+    .string()
+    .regex(/^outpost(:[a-z0-9_-]+)?$/, 'must be "outpost" or "outpost:<suffix>"')
+    .default('outpost'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Config = {
+  readonly port: number;
+  readonly site: string;
+  readonly role: 'main' | 'secondary';
+  readonly mainDatabaseUrl: string;
+  readonly replicaDatabaseUrl: string;
+  /** True when reads and the ack gate use the main database itself (no separate replica). */
+  readonly replicaIsMain: boolean;
+  readonly redisUrl: string;
+  readonly partitions: number;
+  readonly adminToken: string | undefined;
+  readonly maxAttempts: number;
+  readonly claimIdleMs: number;
+  readonly consumer: string;
+  readonly streamRetentionMs: number;
+  readonly integritySchedule: string;
+  readonly postDeployRefreshDelayMs: number;
+  readonly maxBodyBytes: number;
+  readonly appendfsync: 'always' | 'everysec';
+  readonly batchSize: number;
+  readonly ackIntervalMs: number;
+  /** Prefix of every Redis key: `outpost` in production; tests isolate themselves with a suffix. */
+  readonly namespace: string;
+  readonly logLevel: z.infer<typeof Env>['LOG_LEVEL'];
+};
+
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Validates the environment once at start-up; the only reader of process.env. */
+export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
+  const relevant = Object.fromEntries(
+    Object.entries(env).filter(([key, value]) => key in Env.shape && value !== ''),
+  );
+  const parsed = Env.safeParse(relevant);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map(
+      (issue) => `${issue.path.join('.') || 'environment'}: ${issue.message}`,
+    );
+    throw new ConfigError(`invalid configuration\n${lines.join('\n')}`);
+  }
+  const e = parsed.data;
+  const onlyMainGiven = e.MAIN_DATABASE_URL !== undefined && e.REPLICA_DATABASE_URL === undefined;
+  const mainDatabaseUrl = e.MAIN_DATABASE_URL ?? localMainUrl;
+  const replicaDatabaseUrl =
+    e.REPLICA_DATABASE_URL ??
+    (e.MAIN_DATABASE_URL === undefined ? localReplicaUrl : mainDatabaseUrl);
+  const role = e.OUTPOST_SITE_ROLE ?? (onlyMainGiven ? 'main' : 'secondary');
+  return Object.freeze({
+    port: e.OUTPOST_PORT,
+    site: e.OUTPOST_SITE,
+    role,
+    mainDatabaseUrl,
+    replicaDatabaseUrl,
+    replicaIsMain: replicaDatabaseUrl === mainDatabaseUrl,
+    redisUrl: e.REDIS_URL,
+    partitions: e.OUTPOST_PARTITIONS,
+    adminToken: e.OUTPOST_ADMIN_TOKEN,
+    maxAttempts: e.OUTPOST_MAX_ATTEMPTS,
+    claimIdleMs: e.OUTPOST_CLAIM_IDLE_MS,
+    consumer: e.OUTPOST_CONSUMER ?? `${hostname()}:${e.OUTPOST_PORT}`,
+    streamRetentionMs: e.OUTPOST_STREAM_RETENTION,
+    integritySchedule: e.OUTPOST_INTEGRITY_SCHEDULE,
+    postDeployRefreshDelayMs: e.OUTPOST_POST_DEPLOY_REFRESH_DELAY,
+    maxBodyBytes: e.OUTPOST_MAX_BODY_BYTES,
+    appendfsync: e.OUTPOST_APPENDFSYNC,
+    batchSize: e.OUTPOST_BATCH_SIZE,
+    ackIntervalMs: e.OUTPOST_ACK_INTERVAL_MS,
+    namespace: e.OUTPOST_NAMESPACE,
+    logLevel: e.LOG_LEVEL,
+  });
+};
+
+/** What start-up logs: everything but secrets and credentials in URLs. */
+export const redactedConfig = (config: Config): Record<string, unknown> => {
+  const stripCredentials = (url: string) => url.replace(/\/\/[^@/]*@/, '//***@');
+  return {
+    ...config,
+    mainDatabaseUrl: stripCredentials(config.mainDatabaseUrl),
+    replicaDatabaseUrl: stripCredentials(config.replicaDatabaseUrl),
+    redisUrl: stripCredentials(config.redisUrl),
+    adminToken: config.adminToken === undefined ? undefined : '***',
+  };
+};

@@ -1,0 +1,146 @@
+import { sql } from 'drizzle-orm';
+import {
+  bigint,
+  customType,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  unique,
+  uuid,
+} from 'drizzle-orm/pg-core';
+
+const pgLsn = customType<{ data: string }>({ dataType: () => 'pg_lsn' });
+const timestamptz = (name: string) => timestamp(name, { withTimezone: true, mode: 'string' });
+
+/*
+ * Heads and stats carry no unique constraint on purpose: the integrity views must be able to see
+ * (and tests must be able to create) a missing or duplicated row. Exactly one row per aggregate
+ * holds because only the owner of a partition writes them, inserting on the creation event and
+ * updating afterwards.
+ */
+export const aggregates = pgTable('aggregates', {
+  id: uuid('id').primaryKey(),
+  type: text('type').notNull(),
+  site: text('site').notNull(),
+  partition: integer('partition').notNull(),
+  createdAt: timestamptz('created_at').notNull(),
+});
+
+export const aggregateHeads = pgTable(
+  'aggregate_heads',
+  {
+    aggregateId: uuid('aggregate_id').notNull(),
+    ref: text('ref').notNull().default('head'),
+    seq: integer('seq').notNull(),
+    eventId: uuid('event_id').notNull(),
+  },
+  (t) => [index('aggregate_heads_aggregate_idx').on(t.aggregateId, t.ref)],
+);
+
+export const aggregateStats = pgTable(
+  'aggregate_stats',
+  {
+    aggregateId: uuid('aggregate_id').notNull(),
+    eventCount: integer('event_count').notNull(),
+    lastEventAt: timestamptz('last_event_at').notNull(),
+  },
+  (t) => [index('aggregate_stats_aggregate_idx').on(t.aggregateId)],
+);
+
+export const events = pgTable(
+  'events',
+  {
+    eventId: uuid('event_id').primaryKey(),
+    aggregateId: uuid('aggregate_id').notNull(),
+    seq: integer('seq').notNull(),
+    type: text('type').notNull(),
+    version: integer('version').notNull(),
+    data: jsonb('data').notNull(),
+    site: text('site').notNull(),
+    partition: integer('partition').notNull(),
+    streamEntryId: text('stream_entry_id').notNull(),
+    occurredAt: timestamptz('occurred_at').notNull(),
+    appliedAt: timestamptz('applied_at').notNull().default(sql`now()`),
+    commitLsn: pgLsn('commit_lsn'),
+  },
+  (t) => [
+    unique('events_aggregate_seq_key').on(t.aggregateId, t.seq),
+    index('events_applied_at_idx').on(t.appliedAt),
+    index('events_partition_entry_idx').on(t.partition, t.streamEntryId),
+  ],
+);
+
+export const aggregateLinks = pgTable(
+  'aggregate_links',
+  {
+    upstreamId: uuid('upstream_id').notNull(),
+    downstreamId: uuid('downstream_id').notNull(),
+    kind: text('kind').notNull(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.downstreamId, t.upstreamId, t.kind] }),
+    index('aggregate_links_upstream_idx').on(t.upstreamId),
+  ],
+);
+
+const projectionColumns = {
+  id: uuid('id').primaryKey(),
+  site: text('site').notNull(),
+  acceptedAt: timestamptz('accepted_at').notNull(),
+  updatedAt: timestamptz('updated_at').notNull(),
+  version: integer('version').notNull(),
+};
+
+export const executedObsUnits = pgTable(
+  'executed_obs_units',
+  {
+    ...projectionColumns,
+    obsUnitId: text('obs_unit_id').notNull(),
+    instrument: text('instrument').notNull(),
+    status: text('status').notNull(),
+    startTime: timestamptz('start_time').notNull(),
+    endTime: timestamptz('end_time'),
+    instrumentConfigurationId: uuid('instrument_configuration_id'),
+    notes: text('notes'),
+    metadata: jsonb('metadata').notNull(),
+  },
+  (t) => [
+    index('executed_obs_units_obs_unit_idx').on(t.obsUnitId, t.id),
+    index('executed_obs_units_status_idx').on(t.status, t.id),
+  ],
+);
+
+export const rawDataFiles = pgTable(
+  'raw_data_files',
+  {
+    ...projectionColumns,
+    executedObsUnitId: uuid('executed_obs_unit_id').notNull(),
+    path: text('path').notNull(),
+    sizeBytes: bigint('size_bytes', { mode: 'number' }).notNull(),
+    checksum: text('checksum').notNull(),
+    checksumAlgorithm: text('checksum_algorithm').notNull(),
+    createdAt: timestamptz('created_at').notNull(),
+  },
+  (t) => [index('raw_data_files_unit_idx').on(t.executedObsUnitId, t.id)],
+);
+
+export const rawDataPackages = pgTable(
+  'raw_data_packages',
+  {
+    ...projectionColumns,
+    name: text('name').notNull(),
+    executedObsUnitId: uuid('executed_obs_unit_id').notNull(),
+    fileIds: uuid('file_ids').array().notNull(),
+  },
+  (t) => [index('raw_data_packages_unit_idx').on(t.executedObsUnitId, t.id)],
+);
+
+export const instrumentConfigurations = pgTable('instrument_configurations', {
+  ...projectionColumns,
+  instrument: text('instrument').notNull(),
+  configuration: jsonb('configuration').notNull(),
+});

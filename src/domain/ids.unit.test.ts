@@ -1,0 +1,29 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isUuid, newIdInPartition, partitionForText, partitionOf } from './ids.ts';
+
+void describe('ids', () => {
+  void it('mints UUIDv7 ids that name the requested partition for any partition count', () => {
+    for (const partitions of [1, 3, 8, 13, 1024]) {
+      for (let partition = 0; partition < partitions; partition += Math.ceil(partitions / 7)) {
+        const id = newIdInPartition(partition, partitions);
+        assert.ok(isUuid(id), id);
+        assert.equal(id[14], '7', `version nibble of ${id}`);
+        assert.match(id[19] ?? '', /[89ab]/, `variant of ${id}`);
+        assert.equal(partitionOf(id, partitions), partition);
+      }
+    }
+  });
+
+  void it('orders ids by creation time', () => {
+    const first = newIdInPartition(0, 8);
+    const second = newIdInPartition(5, 8);
+    assert.ok(first.slice(0, 13) <= second.slice(0, 13));
+  });
+
+  void it('chooses the same partition for the same text', () => {
+    assert.equal(partitionForText('POST /x key-1', 8), partitionForText('POST /x key-1', 8));
+    const spread = new Set(Array.from({ length: 64 }, (_, i) => partitionForText(`k${i}`, 8)));
+    assert.ok(spread.size > 4, 'texts spread over partitions');
+  });
+});

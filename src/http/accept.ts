@@ -1,0 +1,134 @@
+import { createHash } from 'node:crypto';
+import type { Context } from 'hono';
+import stringify from 'safe-stable-stringify';
+import {
+  CURRENT_EVENT_VERSION,
+  type DomainEvent,
+  type Envelope,
+  EVENT_TYPES,
+} from '../domain/events.ts';
+import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
+import type { AppendResult, Guard } from '../log/event-log.ts';
+import type { AppDeps } from './context.ts';
+import { ApiError } from './errors.ts';
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+
+/** The idempotency scope of a request: method, concrete path and the client's key. */
+export const idempotencyScope = (c: Context): string | undefined => {
+  const key = c.req.header('idempotency-key');
+  if (key === undefined) {
+    return undefined;
+  }
+  if (!IDEMPOTENCY_KEY.test(key)) {
+    throw new ApiError(
+      'validation_failed',
+      'Idempotency-Key must be 1-255 visible ASCII characters',
+      [{ path: 'Idempotency-Key', message: 'invalid header value' }],
+    );
+  }
+  return `${c.req.method} ${new URL(c.req.url).pathname} ${key}`;
+};
+
+/**
+ * The partition of a request that creates a new root aggregate. With an idempotency key it follows
+ * from the key, so a retry meets its first attempt's record in the same partition.
+ */
+export const partitionForNewRoot = (scope: string | undefined, partitions: number): number =>
+  scope === undefined ? randomPartition(partitions) : partitionForText(scope, partitions);
+
+export type NewEvent = DomainEvent & { aggregate_id: string };
+
+export const envelope = (
+  deps: AppDeps,
+  partition: number,
+  acceptedAt: number,
+  event: NewEvent,
+): Envelope =>
+  ({
+    ...event,
+    event_id: newIdInPartition(partition, deps.config.partitions),
+    aggregate_type: EVENT_TYPES[event.type].aggregate,
+    version: CURRENT_EVENT_VERSION,
+    site: deps.config.site,
+    accepted_at: acceptedAt,
+  }) as Envelope;
+
+export type Accepted = { status: 201 | 202; body: unknown };
+export type AcceptOutcome =
+  | { kind: 'appended' | 'replayed'; response: Accepted }
+  | { kind: 'unknown' }
+  | { kind: 'conflict'; state: string };
+
+/**
+ * Appends the request's events in one atomic call, honouring Idempotency-Key: the same key with
+ * the same body answers the original response and appends nothing.
+ */
+export const accept = async (
+  c: Context,
+  deps: AppDeps,
+  request: {
+    scope: string | undefined;
+    rawBody: unknown;
+    partition: number;
+    events: Envelope[];
+    guard?: Guard;
+    response: Accepted;
+  },
+): Promise<AcceptOutcome> => {
+  const { scope } = request;
+  const idempotency = scope
+    ? {
+        scopeHash: sha256(scope),
+        requestHash: sha256(stringify(request.rawBody) ?? ''),
+        response: JSON.stringify(request.response),
+      }
+    : undefined;
+  let result: AppendResult;
+  try {
+    result = await deps.eventLog.append({
+      partition: request.partition,
+      events: request.events,
+      idempotency,
+      guard: request.guard,
+    });
+  } catch (err) {
+    throw new ApiError(
+      'log_unavailable',
+      'the local log cannot accept writes right now',
+      undefined,
+      {
+        cause: err,
+        retryAfterSeconds: 1,
+      },
+    );
+  }
+  switch (result.kind) {
+    case 'appended':
+      for (const event of request.events) {
+        deps.metrics.eventsAccepted.inc({ type: event.type });
+      }
+      return { kind: 'appended', response: request.response };
+    case 'replayed':
+      c.header('Idempotent-Replayed', 'true');
+      return { kind: 'replayed', response: JSON.parse(result.response) as Accepted };
+    case 'idempotency_conflict':
+      throw new ApiError(
+        'idempotency_key_reused',
+        'this Idempotency-Key was used with a different request body',
+      );
+    default:
+      return result;
+  }
+};
+
+/** Answers a successful append (or its idempotent replay) and records the ingest latency. */
+export const respond = (c: Context, deps: AppDeps, outcome: AcceptOutcome, startedMs: number) => {
+  if (outcome.kind !== 'appended' && outcome.kind !== 'replayed') {
+    throw new Error(`unexpected append outcome ${outcome.kind}`);
+  }
+  deps.metrics.ingestDuration.observe((performance.now() - startedMs) / 1000);
+  return c.json(outcome.response.body as object, outcome.response.status);
+};

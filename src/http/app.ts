@@ -1,0 +1,72 @@
+import { randomUUID } from 'node:crypto';
+import { Hono } from 'hono';
+import type { AppDeps, HonoEnv } from './context.ts';
+import { ApiError, errorBody } from './errors.ts';
+import { registerEventRoutes } from './routes/events.ts';
+import { registerUnitRoutes } from './routes/executed-obs-units.ts';
+import { registerConfigurationRoutes } from './routes/instrument-configurations.ts';
+import { registerOpsRoutes } from './routes/ops.ts';
+import { registerFileRoutes } from './routes/raw-data-files.ts';
+import { registerPackageRoutes } from './routes/raw-data-packages.ts';
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+const withRequestId = (body: ReturnType<typeof errorBody>, requestId: string) => ({
+  error: { ...body.error, requestId },
+});
+
+/** The HTTP API; it holds no resources, so tests call `app.request(...)` in-process. */
+export const createApp = (deps: AppDeps) => {
+  const app = new Hono<HonoEnv>();
+
+  app.use('*', async (c, next) => {
+    const incoming = c.req.header('x-request-id');
+    const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    c.set('requestId', requestId);
+    c.set('logger', deps.logger.child({ requestId }));
+    c.header('x-request-id', requestId);
+    const started = performance.now();
+    await next();
+    c.get('logger').debug(
+      {
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: performance.now() - started,
+      },
+      'request',
+    );
+  });
+
+  app.onError((err, c) => {
+    const requestId = c.get('requestId');
+    if (err instanceof ApiError) {
+      if (err.status >= 500) {
+        c.get('logger').error({ err, cause: err.cause }, 'request failed');
+      }
+      if (err.retryAfterSeconds !== undefined) {
+        c.header('Retry-After', String(err.retryAfterSeconds));
+      }
+      return c.json(
+        withRequestId(errorBody(err.code, err.message, err.details), requestId),
+        err.status,
+      );
+    }
+    c.get('logger').error({ err }, 'unexpected error');
+    return c.json(withRequestId(errorBody('internal', 'internal error'), requestId), 500);
+  });
+
+  app.notFound((c) =>
+    c.json(errorBody('not_found', `no route for ${c.req.method} ${c.req.path}`), 404),
+  );
+
+  registerUnitRoutes(app, deps);
+  registerFileRoutes(app, deps);
+  registerPackageRoutes(app, deps);
+  registerConfigurationRoutes(app, deps);
+  registerEventRoutes(app, deps);
+  registerOpsRoutes(app, deps);
+  return app;
+};
+
+export type App = ReturnType<typeof createApp>;

@@ -1,0 +1,19 @@
+import type { AppDeps } from '../context.ts';
+import type { App } from './shared.ts';
+
+export const registerOpsRoutes = (app: App, deps: AppDeps) => {
+  app.get('/health', async (c) => {
+    const health = await deps.status.health();
+    // 503 only when writes cannot be accepted: a site cut off from its main database is degraded,
+    // not down, since buffering writes through such a cut is what Outpost is for.
+    return c.json(health, health.redis === 'connected' ? 200 : 503);
+  });
+
+  app.get('/buffer-stats', async (c) => c.json(await deps.status.bufferStats()));
+
+  app.get('/metrics', async (c) => {
+    await deps.status.refreshGauges();
+    const body = await deps.metrics.registry.metrics();
+    return c.body(body, 200, { 'Content-Type': deps.metrics.registry.contentType });
+  });
+};

@@ -1,0 +1,95 @@
+import type { Context, Hono } from 'hono';
+import { unitStatus } from '../../db/queries/read.ts';
+import type { AggregateType } from '../../domain/events.ts';
+import { isUuid } from '../../domain/ids.ts';
+import { readMerged } from '../../read/merged.ts';
+import type { AppDeps, HonoEnv } from '../context.ts';
+import { ApiError, notFound } from '../errors.ts';
+
+export type App = Hono<HonoEnv>;
+
+/** A path id that is not a UUID names nothing: 404, like an unknown UUID. */
+export const uuidParam = (c: Context, name: string, what: string): string => {
+  const value = c.req.param(name) ?? '';
+  if (!isUuid(value)) {
+    throw notFound(what);
+  }
+  return value.toLowerCase();
+};
+
+export const replicaCall = async <T>(work: Promise<T>): Promise<T> => {
+  try {
+    return await work;
+  } catch (err) {
+    throw new ApiError('replica_unavailable', 'the read replica cannot be reached', undefined, {
+      cause: err,
+      retryAfterSeconds: 2,
+    });
+  }
+};
+
+export const registerAggregateGet = (
+  app: App,
+  deps: AppDeps,
+  path: string,
+  type: AggregateType,
+  what: string,
+) => {
+  app.get(path, async (c) => {
+    const id = uuidParam(c, 'id', what);
+    const merged = await replicaCall(readMerged(readDeps(deps), type, id));
+    if (!merged) {
+      throw notFound(what);
+    }
+    return c.json({ ...merged.state, consistency: merged.consistency });
+  });
+};
+
+export const readDeps = (deps: AppDeps) => ({
+  replica: deps.replica,
+  eventLog: deps.eventLog,
+  partitions: deps.config.partitions,
+});
+
+/** The status of a unit Redis no longer remembers, from the replica; undefined if unknown. */
+export const seedUnitStatus = async (deps: AppDeps, unitId: string) =>
+  (await replicaCall(unitStatus(deps.replica, unitId))) as
+    | 'running'
+    | 'paused'
+    | 'success'
+    | 'failed'
+    | 'interrupted'
+    | undefined;
+
+export const decodeCursor = (cursor: string | undefined): string | undefined => {
+  if (cursor === undefined) {
+    return undefined;
+  }
+  if (!isUuid(cursor)) {
+    throw new ApiError('invalid_cursor', 'cursor is not one this API returned', [
+      { path: 'cursor', message: 'invalid cursor' },
+    ]);
+  }
+  return cursor.toLowerCase();
+};
+
+export const readQuery = <T>(
+  c: Context,
+  schema: {
+    safeParse: (
+      v: unknown,
+    ) =>
+      | { success: true; data: T }
+      | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } };
+  },
+): T => {
+  const parsed = schema.safeParse(c.req.query());
+  if (!parsed.success) {
+    throw new ApiError(
+      'validation_failed',
+      'query parameters are invalid',
+      parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+    );
+  }
+  return parsed.data;
+};

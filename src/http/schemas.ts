@@ -1,0 +1,106 @@
+import { z } from 'zod';
+import type { JsonObject } from '../domain/events.ts';
+import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from './body.ts';
+
+/** Request schemas: the single source for validation and for the OpenAPI document. */
+const text = (max: number) => z.string().min(1).max(max);
+
+/** Timestamps are normalised to UTC with millisecond precision, the precision of the whole log. */
+const timestamp = z.iso
+  .datetime({ offset: true })
+  .transform((value) => new Date(value).toISOString())
+  .refine((value) => !Number.isNaN(Date.parse(value)), 'not a valid time');
+
+export const uuid = z
+  .string()
+  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID')
+  .transform((value) => value.toLowerCase());
+
+const freeJson = (what: string) =>
+  z
+    .record(z.string(), z.unknown())
+    .refine(
+      (value) => depthOf(value) <= MAX_JSON_DEPTH,
+      `${what} is nested deeper than ${MAX_JSON_DEPTH} levels`,
+    )
+    .refine(
+      (value) => Buffer.byteLength(JSON.stringify(value)) <= MAX_FREE_JSON_BYTES,
+      `${what} is larger than ${MAX_FREE_JSON_BYTES / 1024} KB`,
+    )
+    .transform((value) => value as JsonObject);
+
+export const StartUnitBody = z.strictObject({
+  obs_unit_id: text(128),
+  instrument: text(200),
+  start_time: timestamp.optional(),
+  instrument_configuration_id: uuid.nullish(),
+  notes: z.string().max(10_000).nullish(),
+  metadata: freeJson('metadata').optional(),
+});
+
+export const FinishUnitBody = z.strictObject({
+  status: z.enum(['success', 'failed', 'interrupted']),
+  end_time: timestamp.optional(),
+  notes: z.string().max(10_000).nullish(),
+});
+
+export const PatchUnitBody = z
+  .strictObject({
+    status: z.enum(['running', 'paused']).optional(),
+    notes: z.string().max(10_000).nullish(),
+    metadata: freeJson('metadata').optional(),
+  })
+  .refine((body) => Object.keys(body).length > 0, 'give at least one of status, notes, metadata');
+
+const DIGEST_HEX_LENGTH = { xxh64: 16, sha256: 64 } as const;
+
+export const RawDataFileInput = z
+  .strictObject({
+    path: text(4096),
+    size_bytes: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+    checksum: z.string().regex(/^[0-9a-fA-F]+$/, 'must be a hex digest'),
+    checksum_algorithm: z.enum(['xxh64', 'sha256']),
+    created_at: timestamp.optional(),
+  })
+  .superRefine((file, ctx) => {
+    const length = DIGEST_HEX_LENGTH[file.checksum_algorithm];
+    if (file.checksum.length !== length) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['checksum'],
+        message: `a ${file.checksum_algorithm} digest has ${length} hex digits`,
+      });
+    }
+  })
+  .transform((file) => ({ ...file, checksum: file.checksum.toLowerCase() }));
+
+export const RegisterFilesBody = z.strictObject({
+  executed_obs_unit_id: uuid,
+  files: z.array(RawDataFileInput).min(1).max(1000),
+});
+
+export const CreatePackageBody = z.strictObject({
+  name: text(500),
+  file_ids: z
+    .array(uuid)
+    .min(1)
+    .max(1000)
+    .refine((ids) => new Set(ids).size === ids.length, 'file_ids must not repeat'),
+});
+
+export const CreateConfigurationBody = z.strictObject({
+  instrument: text(200),
+  configuration: freeJson('configuration'),
+});
+
+export const ListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z.string().max(200).optional(),
+});
+
+export const UnitListQuery = ListQuery.extend({
+  obs_unit_id: text(128).optional(),
+  status: z.enum(['running', 'paused', 'success', 'failed', 'interrupted']).optional(),
+});
+
+export const FileListQuery = ListQuery.extend({ executed_obs_unit_id: uuid.optional() });

@@ -1,0 +1,74 @@
+import {
+  AGGREGATE_TYPES,
+  type AggregateType,
+  type Envelope,
+  isEventType,
+} from '../domain/events.ts';
+
+/** A stream entry as Redis returns it: `[id, [field, value, ...]]`. */
+export type RawEntry = [id: string, fields: string[]];
+export type LogEntry = { entryId: string; event: Envelope };
+
+/** An entry that cannot be decoded is poison: it can never apply, however often it is retried. */
+export class UndecodableEntryError extends Error {
+  constructor(
+    readonly entryId: string,
+    reason: string,
+  ) {
+    super(`entry ${entryId} cannot be decoded: ${reason}`);
+    this.name = 'UndecodableEntryError';
+  }
+}
+
+export const encodeEntryFields = (event: Envelope): string[] => [
+  'event_id',
+  event.event_id,
+  'aggregate_id',
+  event.aggregate_id,
+  'aggregate_type',
+  event.aggregate_type,
+  'type',
+  event.type,
+  'v',
+  String(event.version),
+  'site',
+  event.site,
+  'at',
+  String(event.accepted_at),
+  'data',
+  JSON.stringify(event.data),
+];
+
+const isAggregateType = (value: string): value is AggregateType =>
+  (AGGREGATE_TYPES as readonly string[]).includes(value);
+
+export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
+  const record: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    record[fields[i] as string] = fields[i + 1] as string;
+  }
+  const { event_id, aggregate_id, aggregate_type, type, v, site, at, data } = record;
+  if (!event_id || !aggregate_id || !aggregate_type || !type || !v || !site || !at || !data) {
+    throw new UndecodableEntryError(entryId, 'missing fields');
+  }
+  if (!isEventType(type) || !isAggregateType(aggregate_type)) {
+    throw new UndecodableEntryError(entryId, `unknown type ${aggregate_type}/${type}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    throw new UndecodableEntryError(entryId, 'data is not JSON');
+  }
+  const event = {
+    event_id,
+    aggregate_id,
+    aggregate_type,
+    type,
+    version: Number(v),
+    site,
+    accepted_at: Number(at),
+    data: parsed,
+  } as Envelope;
+  return { entryId, event };
+};

@@ -1,0 +1,283 @@
+import { readFileSync } from 'node:fs';
+import type { Redis } from 'ioredis';
+import type { Envelope, UnitStatus } from '../domain/events.ts';
+import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
+import { allPartitionKeys, CONSUMER_GROUP, type PartitionKeys, partitionKeys } from './keys.ts';
+
+const script = (name: string) =>
+  readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8');
+
+/**
+ * A unit's status is kept in Redis for this long after its last event; past it, the append path
+ * seeds the status from the replica, which by then has long applied every event of the unit.
+ */
+const UNIT_STATE_TTL_SECONDS = 30 * 24 * 3600;
+const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+
+export type Guard = {
+  unitId: string;
+  /** Statuses from which the request may proceed; absent: any status. */
+  allowed?: readonly UnitStatus[];
+  /** The status after the request; `=` keeps the current one. */
+  next: UnitStatus | '=';
+  /** The status read from the replica, used when Redis no longer holds one. */
+  seed?: UnitStatus;
+  /** Without a status in Redis and without a seed, answer `unknown` instead of appending. */
+  require: boolean;
+};
+
+export type AppendRequest = {
+  partition: number;
+  events: readonly Envelope[];
+  idempotency?: { scopeHash: string; requestHash: string; response: string };
+  guard?: Guard;
+};
+
+export type AppendResult =
+  | { kind: 'appended'; entryIds: string[] }
+  | { kind: 'replayed'; response: string }
+  | { kind: 'idempotency_conflict' }
+  | { kind: 'unknown' }
+  | { kind: 'conflict'; state: string };
+
+/** A record of an applied entry waiting for the replica: `lsn entry event aggregate type`. */
+export type AppliedRecord = {
+  lsn: string;
+  entryId: string;
+  eventId: string;
+  aggregateId: string;
+  aggregateType: string;
+};
+
+const formatApplied = (r: AppliedRecord) =>
+  `${r.lsn} ${r.entryId} ${r.eventId} ${r.aggregateId} ${r.aggregateType}`;
+
+export const parseApplied = (record: string): AppliedRecord => {
+  const [lsn = '', entryId = '', eventId = '', aggregateId = '', aggregateType = ''] =
+    record.split(' ');
+  return { lsn, entryId, eventId, aggregateId, aggregateType };
+};
+
+type Commands = {
+  outpostAppend(numKeys: number, ...args: string[]): Promise<string[]>;
+  outpostAck(numKeys: number, ...args: string[]): Promise<number>;
+  outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
+  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
+};
+
+export type Attempt = { at: string; error: string };
+
+/** The site's local log: partition streams in Redis and the indexes the read path needs. */
+export class EventLog {
+  readonly #redis: Redis & Commands;
+
+  constructor(
+    redis: Redis,
+    readonly namespace: string,
+    readonly partitions: number,
+  ) {
+    redis.defineCommand('outpostAppend', { lua: script('append') });
+    redis.defineCommand('outpostAck', { lua: script('ack') });
+    redis.defineCommand('outpostReadInflight', { lua: script('read-inflight') });
+    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter') });
+    this.#redis = redis as Redis & Commands;
+  }
+
+  keys(partition: number): PartitionKeys {
+    return partitionKeys(this.namespace, partition);
+  }
+
+  allKeys(): PartitionKeys[] {
+    return allPartitionKeys(this.namespace, this.partitions);
+  }
+
+  async ensureGroups(): Promise<void> {
+    for (const keys of this.allKeys()) {
+      try {
+        await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
+      } catch (err) {
+        if (!String((err as Error).message).includes('BUSYGROUP')) {
+          throw err;
+        }
+      }
+    }
+  }
+
+  async append(request: AppendRequest): Promise<AppendResult> {
+    const keys = this.keys(request.partition);
+    const guardKey = keys.unitState(request.guard?.unitId ?? 'none');
+    const idemKey = keys.idempotency(request.idempotency?.scopeHash ?? 'none');
+    const eventKeys = request.events.flatMap((event) => [
+      keys.inflight(event.aggregate_id),
+      keys.inflightAggregates(event.aggregate_type),
+    ]);
+    const payload = {
+      idem: request.idempotency && {
+        hash: request.idempotency.requestHash,
+        response: request.idempotency.response,
+        ttl: IDEMPOTENCY_TTL_SECONDS,
+      },
+      guard: request.guard && { ...request.guard, unitId: undefined, ttl: UNIT_STATE_TTL_SECONDS },
+      events: request.events.map((event) => ({
+        fields: encodeEntryFields(event),
+        event_id: event.event_id,
+        aggregate_id: event.aggregate_id,
+      })),
+    };
+    const allKeys = [keys.stream, keys.eventIndex, idemKey, guardKey, ...eventKeys];
+    const [kind, ...rest] = await this.#redis.outpostAppend(
+      allKeys.length,
+      ...allKeys,
+      JSON.stringify(payload),
+    );
+    switch (kind) {
+      case 'appended':
+        return { kind, entryIds: rest };
+      case 'replayed':
+        return { kind, response: rest[0] ?? '' };
+      case 'conflict':
+        return { kind, state: rest[0] ?? '' };
+      case 'idempotency_conflict':
+      case 'unknown':
+        return { kind };
+      default:
+        throw new Error(`append script answered ${String(kind)}`);
+    }
+  }
+
+  /** Unacknowledged events of one aggregate, oldest first. */
+  async readInflight(aggregateId: string, partition: number): Promise<LogEntry[]> {
+    const keys = this.keys(partition);
+    const raw = await this.#redis.outpostReadInflight(2, keys.inflight(aggregateId), keys.stream);
+    return raw.map(decodeEntry);
+  }
+
+  async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
+    const pipeline = this.#redis.pipeline();
+    for (const keys of this.allKeys()) {
+      pipeline.smembers(keys.inflightAggregates(aggregateType));
+    }
+    const replies = (await pipeline.exec()) ?? [];
+    return replies.flatMap(([err, ids], partition) => {
+      if (err) {
+        throw err;
+      }
+      return (ids as string[]).map((id) => ({ id, partition }));
+    });
+  }
+
+  async entryIdOfEvent(eventId: string, partition: number): Promise<string | null> {
+    return this.#redis.hget(this.keys(partition).eventIndex, eventId);
+  }
+
+  async readEntry(entryId: string, partition: number): Promise<LogEntry | undefined> {
+    const found = (await this.#redis.xrange(
+      this.keys(partition).stream,
+      entryId,
+      entryId,
+    )) as RawEntry[];
+    return found[0] && decodeEntry(found[0]);
+  }
+
+  async recordApplied(partition: number, records: readonly AppliedRecord[]): Promise<void> {
+    if (records.length === 0) {
+      return;
+    }
+    const keys = this.keys(partition);
+    await this.#redis
+      .multi()
+      .rpush(keys.applied, ...records.map(formatApplied))
+      .hset(keys.appliedLsn, ...records.flatMap((r) => [r.entryId, r.lsn]))
+      .exec();
+  }
+
+  /** The commit LSN of an applied, unacknowledged entry. */
+  async appliedLsnOf(entryIds: readonly string[], partition: number): Promise<(string | null)[]> {
+    if (entryIds.length === 0) {
+      return [];
+    }
+    return this.#redis.hmget(this.keys(partition).appliedLsn, ...entryIds);
+  }
+
+  /** The oldest applied records waiting for the replica, in commit order. */
+  async peekApplied(partition: number, count: number): Promise<AppliedRecord[]> {
+    const records = await this.#redis.lrange(this.keys(partition).applied, 0, count - 1);
+    return records.map(parseApplied);
+  }
+
+  async appliedCount(partition: number): Promise<number> {
+    return this.#redis.llen(this.keys(partition).applied);
+  }
+
+  /** XACKs a prefix of the applied queue and drops its entries from the read indexes. */
+  async ack(partition: number, records: readonly AppliedRecord[]): Promise<number> {
+    if (records.length === 0) {
+      return 0;
+    }
+    const keys = this.keys(partition);
+    const recordKeys = records.flatMap((r) => [
+      keys.inflight(r.aggregateId),
+      keys.inflightAggregates(r.aggregateType),
+    ]);
+    const allKeys = [keys.stream, keys.eventIndex, keys.applied, keys.appliedLsn, ...recordKeys];
+    return this.#redis.outpostAck(
+      allKeys.length,
+      ...allKeys,
+      CONSUMER_GROUP,
+      ...records.map(formatApplied),
+    );
+  }
+
+  /** Records a failed attempt on an entry and answers the attempt history so far. */
+  async recordAttempt(partition: number, entryId: string, error: string): Promise<Attempt[]> {
+    const key = this.keys(partition).attempts;
+    const history = JSON.parse((await this.#redis.hget(key, entryId)) ?? '[]') as Attempt[];
+    history.push({ at: new Date().toISOString(), error });
+    await this.#redis.hset(key, entryId, JSON.stringify(history));
+    return history;
+  }
+
+  async deadLetter(entry: LogEntry, partition: number, history: Attempt[]): Promise<string> {
+    const keys = this.keys(partition);
+    const { event } = entry;
+    const allKeys = [
+      keys.stream,
+      keys.deadLetters,
+      keys.eventIndex,
+      keys.attempts,
+      keys.inflight(event.aggregate_id),
+      keys.inflightAggregates(event.aggregate_type),
+    ];
+    return this.#redis.outpostDeadLetter(
+      allKeys.length,
+      ...allKeys,
+      CONSUMER_GROUP,
+      entry.entryId,
+      event.event_id,
+      event.aggregate_id,
+      ...encodeEntryFields(event),
+      'original_entry_id',
+      entry.entryId,
+      'error',
+      history.at(-1)?.error ?? 'unknown',
+      'attempts',
+      JSON.stringify(history),
+    );
+  }
+
+  async pendingCount(partition: number): Promise<number> {
+    const summary = (await this.#redis.xpending(this.keys(partition).stream, CONSUMER_GROUP)) as [
+      number,
+      ...unknown[],
+    ];
+    return Number(summary[0]);
+  }
+
+  async streamLength(partition: number): Promise<number> {
+    return this.#redis.xlen(this.keys(partition).stream);
+  }
+
+  get redis(): Redis {
+    return this.#redis;
+  }
+}

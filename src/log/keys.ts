@@ -1,0 +1,49 @@
+/**
+ * Every Redis key Outpost uses is built here. Keys of one partition share the hash tag `{p<N>}`,
+ * so a Redis Cluster keeps a partition's stream and its indexes on one slot and the append script
+ * stays atomic there.
+ */
+export const CONSUMER_GROUP = 'projector';
+
+export type PartitionKeys = {
+  partition: number;
+  /** The append-only log of the partition; consumer group `projector`. */
+  stream: string;
+  /** event_id -> entry id for events not yet acknowledged (GET /events/{id}). */
+  eventIndex: string;
+  /** Applied, not yet replica-confirmed entries, in commit (and so LSN) order: the acker's queue. */
+  applied: string;
+  /** entry id -> commit LSN of applied, not yet acknowledged entries. */
+  appliedLsn: string;
+  /** Moved-aside events that failed N times, with their error and attempt history. */
+  deadLetters: string;
+  /** Attempts per entry id, for entries whose application failed on data. */
+  attempts: string;
+  /** Entry ids of an aggregate's unacknowledged events, in stream order: the merged read's input. */
+  inflight: (aggregateId: string) => string;
+  /** Ids of aggregates of a type that have unacknowledged events: the merged list's input. */
+  inflightAggregates: (aggregateType: string) => string;
+  /** The status of an executed obs unit, for atomic finish/patch checks in the append script. */
+  unitState: (unitId: string) => string;
+  idempotency: (scopeHash: string) => string;
+};
+
+export const partitionKeys = (namespace: string, partition: number): PartitionKeys => {
+  const prefix = `${namespace}:{p${partition}}`;
+  return {
+    partition,
+    stream: `${prefix}:events`,
+    eventIndex: `${prefix}:event-index`,
+    applied: `${prefix}:applied`,
+    appliedLsn: `${prefix}:applied-lsn`,
+    deadLetters: `${prefix}:dead-letters`,
+    attempts: `${prefix}:attempts`,
+    inflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
+    inflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
+    unitState: (unitId) => `${prefix}:unit:${unitId}`,
+    idempotency: (scopeHash) => `${prefix}:idem:${scopeHash}`,
+  };
+};
+
+export const allPartitionKeys = (namespace: string, partitions: number): PartitionKeys[] =>
+  Array.from({ length: partitions }, (_, partition) => partitionKeys(namespace, partition));

@@ -1,0 +1,93 @@
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const E2E_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800];
+
+/** Every metric Outpost exports, on a registry of its own (tests get a fresh one each). */
+export const createMetrics = () => {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const registers = [registry];
+  return {
+    registry,
+    eventsAccepted: new Counter({
+      name: 'outpost_events_accepted_total',
+      help: 'Events appended to the local log, by event type',
+      labelNames: ['type'] as const,
+      registers,
+    }),
+    ingestDuration: new Histogram({
+      name: 'outpost_ingest_duration_seconds',
+      help: 'Time from request received to durable append answered',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }),
+    eventsApplied: new Counter({
+      name: 'outpost_events_applied_total',
+      help: 'Events applied to the main database (duplicates not counted)',
+      registers,
+    }),
+    batchDuration: new Histogram({
+      name: 'outpost_projection_batch_duration_seconds',
+      help: 'Time to apply one batch, from read to recorded commit LSN',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    }),
+    eventsPending: new Gauge({
+      name: 'outpost_events_pending',
+      help: 'Unacknowledged events by partition and what they wait for',
+      labelNames: ['partition', 'state'] as const,
+      registers,
+    }),
+    oldestPendingAge: new Gauge({
+      name: 'outpost_oldest_pending_age_seconds',
+      help: 'Age of the oldest unacknowledged event',
+      registers,
+    }),
+    deadLetters: new Gauge({
+      name: 'outpost_dead_letters',
+      help: 'Events in the dead-letter streams',
+      registers,
+    }),
+    replicationLagBytes: new Gauge({
+      name: 'outpost_replication_lag_bytes',
+      help: 'Bytes of WAL the replica has still to replay',
+      registers,
+    }),
+    replicationLagSeconds: new Gauge({
+      name: 'outpost_replication_lag_seconds',
+      help: 'Seconds since the last transaction the replica replayed, while it is behind',
+      registers,
+    }),
+    endToEnd: new Histogram({
+      name: 'outpost_end_to_end_seconds',
+      help: 'Time from accepted to replica-confirmed acknowledgement',
+      buckets: E2E_BUCKETS,
+      registers,
+    }),
+    breakerState: new Gauge({
+      name: 'outpost_circuit_breaker_state',
+      help: 'Circuit breaker state: 0 closed, 1 half-open, 2 open',
+      labelNames: ['target'] as const,
+      registers,
+    }),
+    integrityAnomalies: new Gauge({
+      name: 'outpost_integrity_anomalies',
+      help: 'Rows violating each integrity invariant in the latest snapshot',
+      labelNames: ['problem'] as const,
+      registers,
+    }),
+    integrityRefreshedAt: new Gauge({
+      name: 'outpost_integrity_refreshed_timestamp_seconds',
+      help: 'When the integrity snapshot was last refreshed',
+      registers,
+    }),
+    integrityRefreshDuration: new Gauge({
+      name: 'outpost_integrity_refresh_duration_seconds',
+      help: 'How long the last integrity refresh took',
+      registers,
+    }),
+  };
+};
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,154 @@
+import type pg from 'pg';
+import type { Acker } from '../acker/acker.ts';
+import type { Config } from '../config.ts';
+import { parseLsn } from '../db/lsn.ts';
+import { mainWalLsn, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import type { EventLog } from '../log/event-log.ts';
+import type { Metrics } from '../observability/metrics.ts';
+import type { Projector, ProjectorStats } from '../projector/projector.ts';
+import { type PartitionBuffer, readBuffer, totalsOf } from './buffer.ts';
+
+export type StatusDeps = {
+  config: Config;
+  eventLog: EventLog;
+  main: pg.Pool;
+  replica: pg.Pool;
+  metrics: Metrics;
+  projector?: Projector;
+  acker?: Acker;
+};
+
+/** Health probes of remote databases must answer even when the link silently drops packets. */
+const PROBE_TIMEOUT_MS = 1500;
+
+const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
+  Promise.race([
+    work,
+    new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref()),
+  ]);
+
+const settle = async <T>(work: Promise<T>): Promise<T | undefined> => {
+  try {
+    return await withTimeout(work, PROBE_TIMEOUT_MS);
+  } catch {
+    return undefined;
+  }
+};
+
+/** Computes /health, /buffer-stats and the pipeline gauges from live state, never constants. */
+export class StatusSource {
+  readonly #deps: StatusDeps;
+
+  constructor(deps: StatusDeps) {
+    this.#deps = deps;
+  }
+
+  async #redisUp(): Promise<boolean> {
+    return (await settle(this.#deps.eventLog.redis.ping())) === 'PONG';
+  }
+
+  async #positions() {
+    const { main, replica, config } = this.#deps;
+    const [mainLsn, replicaPos] = await Promise.all([
+      settle(mainWalLsn(main)),
+      settle(replicaPosition(replica, config.replicaIsMain)),
+    ]);
+    return { mainLsn, replicaPos };
+  }
+
+  async bufferOrUndefined(): Promise<PartitionBuffer[] | undefined> {
+    return settle(readBuffer(this.#deps.eventLog));
+  }
+
+  async health() {
+    const { config, projector } = this.#deps;
+    const [redisUp, buffers, { mainLsn, replicaPos }] = await Promise.all([
+      this.#redisUp(),
+      this.bufferOrUndefined(),
+      this.#positions(),
+    ]);
+    const totals = totalsOf(buffers ?? [], Date.now());
+    const processor = projector?.stats();
+    const lag = lagOf(mainLsn, replicaPos);
+    const databaseUp = mainLsn !== undefined;
+    const replicaUp = replicaPos !== undefined;
+    const status = !redisUp
+      ? 'unhealthy'
+      : databaseUp && replicaUp && processor?.status !== 'failing'
+        ? 'healthy'
+        : 'degraded';
+    return {
+      status,
+      site: config.site,
+      role: config.role,
+      database: databaseUp ? 'connected' : 'disconnected',
+      replica: replicaUp ? 'connected' : 'disconnected',
+      redis: redisUp ? 'connected' : 'disconnected',
+      transaction_buffer: {
+        size: totals.pending,
+        failed: totals.deadLetters,
+        oldest_pending_seconds: round(totals.oldestPendingSeconds),
+      },
+      background_processor: processorView(processor),
+      replication_lag: lag,
+      circuit_breaker: 'closed',
+    } as const;
+  }
+
+  async bufferStats() {
+    const buffers = await readBuffer(this.#deps.eventLog);
+    const totals = totalsOf(buffers, Date.now());
+    const memory = await this.#deps.eventLog.redis.info('memory');
+    const usedBytes = Number(/used_memory:(\d+)/.exec(memory)?.[1] ?? 0);
+    const processor = this.#deps.projector?.stats();
+    return {
+      pending_transactions: totals.pending,
+      failed_transactions: totals.deadLetters,
+      processing_rate: round(processor?.rate ?? 0),
+      average_execution_time_ms: round(processor?.averageBatchMs ?? 0),
+      buffer_size_mb: round(usedBytes / (1024 * 1024)),
+      oldest_pending_seconds: round(totals.oldestPendingSeconds),
+    };
+  }
+
+  /** Sets the pipeline gauges just before a scrape. */
+  async refreshGauges(): Promise<void> {
+    const { metrics } = this.#deps;
+    const buffers = await this.bufferOrUndefined();
+    if (buffers) {
+      for (const b of buffers) {
+        const partition = String(b.partition);
+        const unprojected = Math.max(0, b.delivered + b.undelivered - b.awaitingReplica);
+        metrics.eventsPending.set({ partition, state: 'unprojected' }, unprojected);
+        metrics.eventsPending.set({ partition, state: 'awaiting_replica' }, b.awaitingReplica);
+      }
+      const totals = totalsOf(buffers, Date.now());
+      metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
+      metrics.deadLetters.set(totals.deadLetters);
+    }
+    const { mainLsn, replicaPos } = await this.#positions();
+    const lag = lagOf(mainLsn, replicaPos);
+    metrics.replicationLagBytes.set(lag.bytes);
+    metrics.replicationLagSeconds.set(lag.current_lag_seconds);
+    metrics.breakerState.set({ target: 'main' }, 0);
+  }
+}
+
+const round = (n: number) => Math.round(n * 1000) / 1000;
+
+const lagOf = (mainLsn: string | undefined, replica: ReplicaPosition | undefined) => {
+  const bytes = mainLsn && replica ? Number(parseLsn(mainLsn) - parseLsn(replica.lsn)) : 0;
+  return {
+    current_lag_seconds: round(replica?.lagSeconds ?? 0),
+    bytes: Math.max(0, bytes),
+    main_lsn: mainLsn ?? null,
+    replica_lsn: replica?.lsn ?? null,
+  };
+};
+
+const processorView = (stats: ProjectorStats | undefined) => ({
+  status: stats?.status ?? 'disabled',
+  last_run: stats?.lastRun ?? null,
+  transactions_processed: stats?.processed ?? 0,
+  success_rate: round(stats?.successRate ?? 1),
+});

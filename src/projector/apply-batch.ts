@@ -1,0 +1,205 @@
+import type pg from 'pg';
+import { type Queryable, withTransaction } from '../db/client.ts';
+import {
+  type AggregateRow,
+  advanceHeadsAndStats,
+  appliedEventIds,
+  currentWalInsertLsn,
+  type EventRow,
+  type HeadRow,
+  headSeqs,
+  insertAggregates,
+  insertEvents,
+  insertHeadsAndStats,
+  insertLinks,
+  type LinkRow,
+  PROJECTION_TABLES,
+  type ProjectionTable,
+  projectionRows,
+  setCommitLsn,
+  upsertProjection,
+} from '../db/queries/apply.ts';
+import { type Envelope, EVENT_TYPES, linksOf } from '../domain/events.ts';
+import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
+import type { LogEntry } from '../log/codec.ts';
+
+export type BatchResult = {
+  /** Entries whose events this batch applied. */
+  applied: LogEntry[];
+  /** Entries whose events were already in the main database (redelivery, duplicate XADD). */
+  duplicates: LogEntry[];
+  /** Entries whose events cannot apply to the state they meet. */
+  failed: { entry: LogEntry; error: FoldError }[];
+  /** The WAL insert position read after COMMIT returned: at or past the commit record. */
+  commitLsn: string;
+};
+
+type Plan = {
+  events: EventRow[];
+  created: AggregateRow[];
+  createdHeads: HeadRow[];
+  advancedHeads: HeadRow[];
+  links: LinkRow[];
+  states: Map<ProjectionTable, AggregateState[]>;
+  applied: LogEntry[];
+  failed: { entry: LogEntry; error: FoldError }[];
+};
+
+const loadStates = async (db: Queryable, fresh: readonly LogEntry[]) => {
+  const idsByTable = new Map<ProjectionTable, Set<string>>();
+  for (const { event } of fresh) {
+    if (!EVENT_TYPES[event.type].creates) {
+      const table = PROJECTION_TABLES[event.aggregate_type];
+      const ids = idsByTable.get(table) ?? new Set();
+      idsByTable.set(table, ids.add(event.aggregate_id));
+    }
+  }
+  const states = new Map<string, AggregateState>();
+  const allIds: string[] = [];
+  for (const [table, ids] of idsByTable) {
+    allIds.push(...ids);
+    for (const state of await projectionRows(db, table, [...ids])) {
+      states.set(state.id, state);
+    }
+  }
+  const seqs = allIds.length > 0 ? await headSeqs(db, allIds) : new Map<string, number>();
+  return { states, seqs };
+};
+
+/** Folds the fresh events in stream order over the stored states: pure, no I/O. */
+const planBatch = (
+  fresh: readonly LogEntry[],
+  loaded: { states: Map<string, AggregateState>; seqs: Map<string, number> },
+  partition: number,
+): Plan => {
+  const plan: Plan = {
+    events: [],
+    created: [],
+    createdHeads: [],
+    advancedHeads: [],
+    links: [],
+    states: new Map(),
+    applied: [],
+    failed: [],
+  };
+  const states = new Map(loaded.states);
+  const nextSeq = new Map<string, number>();
+  const createdHere = new Set<string>();
+  const heads = new Map<string, HeadRow>();
+  for (const entry of fresh) {
+    const { event } = entry;
+    const id = event.aggregate_id;
+    let state: AggregateState;
+    try {
+      state = evolve(states.get(id), event);
+    } catch (err) {
+      if (err instanceof FoldError) {
+        plan.failed.push({ entry, error: err });
+        continue;
+      }
+      throw err;
+    }
+    states.set(id, state);
+    const seq = nextSeq.get(id) ?? (loaded.seqs.has(id) ? (loaded.seqs.get(id) ?? 0) + 1 : 0);
+    nextSeq.set(id, seq + 1);
+    const occurredAt = new Date(event.accepted_at).toISOString();
+    if (seq === 0) {
+      createdHere.add(id);
+      plan.created.push({
+        id,
+        type: event.aggregate_type,
+        site: event.site,
+        partition,
+        created_at: occurredAt,
+      });
+    }
+    heads.set(id, { aggregate_id: id, seq, event_id: event.event_id, at: occurredAt });
+    plan.events.push(eventRow(event, seq, partition, entry.entryId));
+    plan.links.push(...linksOf(event).map((link) => ({ ...link, downstream_id: id })));
+    plan.applied.push(entry);
+  }
+  for (const [id, head] of heads) {
+    (createdHere.has(id) ? plan.createdHeads : plan.advancedHeads).push(head);
+    const state = states.get(id);
+    if (state) {
+      const table = PROJECTION_TABLES[aggregateTypeOf(fresh, id)];
+      plan.states.set(table, [...(plan.states.get(table) ?? []), state]);
+    }
+  }
+  return plan;
+};
+
+const aggregateTypeOf = (entries: readonly LogEntry[], id: string) => {
+  const entry = entries.find((e) => e.event.aggregate_id === id);
+  if (!entry) {
+    throw new Error(`no entry of aggregate ${id}`);
+  }
+  return entry.event.aggregate_type;
+};
+
+const eventRow = (event: Envelope, seq: number, partition: number, entryId: string): EventRow => ({
+  event_id: event.event_id,
+  aggregate_id: event.aggregate_id,
+  seq,
+  type: event.type,
+  version: event.version,
+  data: event.data,
+  site: event.site,
+  partition,
+  stream_entry_id: entryId,
+  occurred_at: new Date(event.accepted_at).toISOString(),
+});
+
+const writePlan = async (db: pg.PoolClient, plan: Plan) => {
+  await insertAggregates(db, plan.created);
+  await insertEvents(db, plan.events);
+  await insertHeadsAndStats(db, plan.createdHeads);
+  await advanceHeadsAndStats(db, plan.advancedHeads);
+  await insertLinks(db, plan.links);
+  for (const [table, states] of plan.states) {
+    await upsertProjection(db, table, states);
+  }
+};
+
+/**
+ * Applies a batch in one transaction: dedupe on event_id, fold, write events, heads, stats, links
+ * and projections. Events already applied are reported as duplicates and never written again.
+ */
+export const applyBatch = async (
+  pool: pg.Pool,
+  entries: readonly LogEntry[],
+  partition: number,
+): Promise<BatchResult> => {
+  const { result, client, release } = await withTransaction(pool, async (tx) => {
+    const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
+    const seen = new Set<string>();
+    const fresh: LogEntry[] = [];
+    const duplicates: LogEntry[] = [];
+    for (const entry of entries) {
+      const id = entry.event.event_id;
+      (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
+      seen.add(id);
+    }
+    const plan = planBatch(fresh, await loadStates(tx, fresh), partition);
+    await writePlan(tx, plan);
+    const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
+    return { plan, duplicates, lacksLsn };
+  });
+  try {
+    const commitLsn = await currentWalInsertLsn(client);
+    const needLsn = [...result.plan.applied, ...result.lacksLsn].map((e) => e.event.event_id);
+    await setCommitLsn(client, commitLsn, needLsn);
+    release();
+    return {
+      applied: result.plan.applied,
+      duplicates: result.duplicates,
+      failed: result.plan.failed,
+      commitLsn,
+    };
+  } catch (err) {
+    release(err as Error);
+    throw err;
+  }
+};
+
+const unique = <T>(values: readonly T[]): T[] => [...new Set(values)];

@@ -1,0 +1,38 @@
+export type BackoffOptions = { baseMs: number; capMs: number; random?: () => number };
+
+/** Exponential backoff with full jitter: retries from many processes do not arrive in step. */
+export class Backoff {
+  #attempt = 0;
+  readonly #options: Required<BackoffOptions>;
+
+  constructor(options: BackoffOptions) {
+    this.#options = { random: Math.random, ...options };
+  }
+
+  nextDelayMs(): number {
+    const { baseMs, capMs, random } = this.#options;
+    const ceiling = Math.min(capMs, baseMs * 2 ** this.#attempt);
+    this.#attempt = Math.min(this.#attempt + 1, 30);
+    return Math.round(ceiling / 2 + random() * (ceiling / 2));
+  }
+
+  reset(): void {
+    this.#attempt = 0;
+  }
+}
+
+/** A sleep that ends early when `signal` aborts, so shutdown never waits out a backoff. */
+export const pause = (ms: number, signal: AbortSignal): Promise<void> =>
+  new Promise((resolve) => {
+    if (signal.aborted) {
+      resolve();
+      return;
+    }
+    const timer = setTimeout(done, ms);
+    function done() {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });

@@ -1,0 +1,35 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { Backoff, pause } from './backoff.ts';
+
+void describe('Backoff', () => {
+  void it('doubles up to the cap, with jitter within the upper half', () => {
+    const low = new Backoff({ baseMs: 100, capMs: 1000, random: () => 0 });
+    const high = new Backoff({ baseMs: 100, capMs: 1000, random: () => 1 });
+    assert.deepEqual(
+      Array.from({ length: 6 }, () => low.nextDelayMs()),
+      [50, 100, 200, 400, 500, 500],
+    );
+    assert.deepEqual(
+      Array.from({ length: 6 }, () => high.nextDelayMs()),
+      [100, 200, 400, 800, 1000, 1000],
+    );
+  });
+
+  void it('starts over after a reset', () => {
+    const backoff = new Backoff({ baseMs: 10, capMs: 1000, random: () => 1 });
+    backoff.nextDelayMs();
+    backoff.nextDelayMs();
+    backoff.reset();
+    assert.equal(backoff.nextDelayMs(), 10);
+  });
+
+  void it('ends a pause as soon as the signal aborts', async () => {
+    const controller = new AbortController();
+    const started = Date.now();
+    const sleeping = pause(60_000, controller.signal);
+    controller.abort();
+    await sleeping;
+    assert.ok(Date.now() - started < 1000);
+  });
+});

@@ -1,0 +1,45 @@
+/**
+ * Failures are classified, never caught wholesale: a transient failure (database unreachable,
+ * serialization conflict, timeout) leaves the entries pending and never counts as an attempt; a
+ * data failure counts, and after enough attempts moves the event aside.
+ */
+export type FailureClass = 'transient' | 'data';
+
+const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57', '58', 'XX'];
+const TRANSIENT_SQLSTATES = new Set(['40001', '40P01', '55P03', '55006', '25006']);
+const TRANSIENT_NODE_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+const DATA_ERROR_NAMES = new Set(['FoldError', 'UndecodableEntryError']);
+const TRANSIENT_MESSAGES = [
+  /timeout/i,
+  /Connection terminated/i,
+  /connection.*(closed|ended|lost)/i,
+  /Client has encountered a connection error/i,
+  /Connection is closed/i,
+  /Cannot use a pool after calling end/i,
+  /the database system is (starting up|shutting down|in recovery)/i,
+];
+
+export const classifyFailure = (err: unknown): FailureClass => {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string') {
+    if (TRANSIENT_NODE_CODES.has(code) || TRANSIENT_SQLSTATES.has(code)) {
+      return 'transient';
+    }
+    if (/^[0-9A-Z]{5}$/.test(code)) {
+      return TRANSIENT_SQLSTATE_CLASSES.includes(code.slice(0, 2)) ? 'transient' : 'data';
+    }
+  }
+  if (typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message))) {
+    return 'transient';
+  }
+  return err instanceof Error && DATA_ERROR_NAMES.has(err.name) ? 'data' : 'transient';
+};

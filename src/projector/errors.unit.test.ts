@@ -1,0 +1,38 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { FoldError } from '../domain/fold.ts';
+import { classifyFailure } from './errors.ts';
+
+const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
+
+void describe('classifyFailure', () => {
+  void it('treats an unreachable or overloaded database as transient', () => {
+    for (const code of [
+      'ECONNREFUSED',
+      'ECONNRESET',
+      'ETIMEDOUT',
+      '08006',
+      '57P01',
+      '53300',
+      '40001',
+      '40P01',
+      '55P03',
+    ]) {
+      assert.equal(classifyFailure(withCode(code)), 'transient', code);
+    }
+    assert.equal(classifyFailure(new Error('Connection terminated unexpectedly')), 'transient');
+    assert.equal(classifyFailure(new Error('Query read timeout')), 'transient');
+  });
+
+  void it('counts constraint violations, bad data and impossible folds as data failures', () => {
+    for (const code of ['23505', '23502', '22P02', '22021', '42703']) {
+      assert.equal(classifyFailure(withCode(code)), 'data', code);
+    }
+    assert.equal(classifyFailure(new FoldError('unit already finished', 'e1')), 'data');
+  });
+
+  void it('does not count an unknown failure against the event', () => {
+    assert.equal(classifyFailure(new Error('something odd')), 'transient');
+    assert.equal(classifyFailure(undefined), 'transient');
+  });
+});

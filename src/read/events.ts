@@ -1,0 +1,117 @@
+import type pg from 'pg';
+import { type StoredEvent, storedEvent, storedEventsOf } from '../db/queries/read.ts';
+import { partitionOf } from '../domain/ids.ts';
+import type { LogEntry } from '../log/codec.ts';
+import type { EventLog } from '../log/event-log.ts';
+
+export type EventState = 'pending' | 'applied' | 'confirmed' | 'dead';
+
+export type EventView = {
+  event_id: string;
+  aggregate_id: string;
+  aggregate_type: string;
+  type: string;
+  version: number;
+  partition: number;
+  entry_id: string;
+  state: EventState;
+  seq?: number;
+  commit_lsn?: string;
+  accepted_at: string;
+  data: unknown;
+};
+
+type Deps = { replica: pg.Pool; eventLog: EventLog; partitions: number };
+
+const fromEntry = (
+  entry: LogEntry,
+  partition: number,
+  state: EventState,
+  extra: Partial<EventView>,
+): EventView => ({
+  event_id: entry.event.event_id,
+  aggregate_id: entry.event.aggregate_id,
+  aggregate_type: entry.event.aggregate_type,
+  type: entry.event.type,
+  version: entry.event.version,
+  partition,
+  entry_id: entry.entryId,
+  state,
+  accepted_at: new Date(entry.event.accepted_at).toISOString(),
+  data: entry.event.data,
+  ...extra,
+});
+
+const fromStored = (stored: StoredEvent): EventView => ({
+  event_id: stored.event_id,
+  aggregate_id: stored.aggregate_id,
+  aggregate_type: stored.aggregate_type,
+  type: stored.type,
+  version: stored.version,
+  partition: stored.partition,
+  entry_id: stored.stream_entry_id,
+  state: 'confirmed',
+  seq: stored.seq,
+  ...(stored.commit_lsn ? { commit_lsn: stored.commit_lsn } : {}),
+  accepted_at: stored.occurred_at,
+  data: stored.data,
+});
+
+/**
+ * Where an event is: pending (in the log, not applied), applied (committed on the main database,
+ * waiting for the replica), confirmed (acknowledged: on the replica). Redis first, then the
+ * replica, so an acknowledgement in between cannot hide the event.
+ */
+export const readEvent = async (deps: Deps, eventId: string): Promise<EventView | undefined> => {
+  const partition = partitionOf(eventId, deps.partitions);
+  const entryId = await deps.eventLog.entryIdOfEvent(eventId, partition);
+  if (entryId) {
+    const [entry, [lsn]] = await Promise.all([
+      deps.eventLog.readEntry(entryId, partition),
+      deps.eventLog.appliedLsnOf([entryId], partition),
+    ]);
+    if (entry) {
+      const stored = await storedEvent(deps.replica, eventId);
+      const applied = lsn ?? stored?.commit_lsn ?? undefined;
+      return fromEntry(entry, partition, applied || stored ? 'applied' : 'pending', {
+        ...(stored ? { seq: stored.seq } : {}),
+        ...(applied ? { commit_lsn: applied } : {}),
+      });
+    }
+  }
+  const stored = await storedEvent(deps.replica, eventId);
+  return stored && fromStored(stored);
+};
+
+/** Applied and pending events of an aggregate, in order; undefined if it has none. */
+export const readAggregateEvents = async (
+  deps: Deps,
+  aggregateId: string,
+): Promise<EventView[] | undefined> => {
+  const partition = partitionOf(aggregateId, deps.partitions);
+  const inflight = (await deps.eventLog.readInflight(aggregateId, partition)).filter(
+    (e) => e.event.aggregate_id === aggregateId,
+  );
+  const stored = await storedEventsOf(deps.replica, aggregateId);
+  const onReplica = new Set(stored.map((s) => s.event_id));
+  const pending = inflight.filter((e) => !onReplica.has(e.event.event_id));
+  const lsns = await deps.eventLog.appliedLsnOf(
+    pending.map((e) => e.entryId),
+    partition,
+  );
+  const inflightIds = new Set(inflight.map((e) => e.event.event_id));
+  const items = [
+    ...stored.map(
+      (s) =>
+        ({
+          ...fromStored(s),
+          state: inflightIds.has(s.event_id) ? 'applied' : 'confirmed',
+        }) as EventView,
+    ),
+    ...pending.map((e, i) => {
+      const lsn = lsns[i];
+      return fromEntry(e, partition, lsn ? 'applied' : 'pending', lsn ? { commit_lsn: lsn } : {});
+    }),
+  ];
+  return items.length === 0 ? undefined : items;
+};

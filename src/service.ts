@@ -1,0 +1,177 @@
+import { serve } from '@hono/node-server';
+import { Redis } from 'ioredis';
+import { Acker } from './acker/acker.ts';
+import type { Config } from './config.ts';
+import { redactedConfig } from './config.ts';
+import { createPool } from './db/client.ts';
+import { createApp } from './http/app.ts';
+import { EventLog } from './log/event-log.ts';
+import type { Logger } from './observability/logger.ts';
+import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { StatusSource } from './ops/status.ts';
+import { Projector } from './projector/projector.ts';
+
+export type Role = 'all' | 'api' | 'projector';
+
+export type Service = {
+  port: number;
+  metrics: Metrics;
+  eventLog: EventLog;
+  stop: () => Promise<void>;
+};
+
+const SHUTDOWN_STEP_TIMEOUT_MS = 10_000;
+
+export const createRedis = (config: Config): Redis =>
+  new Redis(config.redisUrl, {
+    lazyConnect: true,
+    // RESP2 reply shapes: XREADGROUP answers [[stream, entries]] as every Redis client expects.
+    protocol: 2,
+    // Writes fail fast while Redis is away (503 with Retry-After) instead of queueing in memory.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 2,
+    commandTimeout: 5_000,
+    connectTimeout: 5_000,
+    retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
+  });
+
+/**
+ * A 201 promises the event survives a crash of Redis: that needs the append-only file. Refuse to
+ * run against a Redis that would lose acknowledged writes.
+ */
+const checkDurability = async (redis: Redis, config: Config, logger: Logger) => {
+  try {
+    const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
+    const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
+    if (appendonly !== 'yes') {
+      throw new Error('Redis runs without appendonly: accepted events would not survive a crash');
+    }
+    if (appendfsync !== config.appendfsync) {
+      logger.warn(
+        { appendfsync, expected: config.appendfsync },
+        'Redis appendfsync differs from OUTPOST_APPENDFSYNC',
+      );
+    }
+  } catch (err) {
+    if (String((err as Error).message).includes('unknown command')) {
+      logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly');
+      return;
+    }
+    throw err;
+  }
+};
+
+const timed = async (logger: Logger, step: string, work: () => Promise<unknown>) => {
+  const timeout = new Promise<'timeout'>((resolve) =>
+    setTimeout(() => resolve('timeout'), SHUTDOWN_STEP_TIMEOUT_MS).unref(),
+  );
+  const outcome = await Promise.race([work().then(() => 'done' as const), timeout]).catch(
+    (err: unknown) => {
+      logger.error({ err, step }, 'shutdown step failed');
+      return 'failed' as const;
+    },
+  );
+  if (outcome === 'timeout') {
+    logger.error({ step }, 'shutdown step timed out');
+  } else {
+    logger.info({ step }, 'shutdown step done');
+  }
+};
+
+/** Wires config into running parts: HTTP API, projector, acker. The only place that does. */
+export const startService = async (
+  config: Config,
+  logger: Logger,
+  role: Role = 'all',
+): Promise<Service> => {
+  logger.info({ config: redactedConfig(config), role }, 'starting');
+  const metrics = createMetrics();
+  const redis = createRedis(config);
+  await redis.connect();
+  await checkDurability(redis, config, logger);
+  const eventLog = new EventLog(redis, config.namespace, config.partitions);
+  await eventLog.ensureGroups();
+  const main = createPool({
+    url: config.mainDatabaseUrl,
+    max: config.partitions + 4,
+    applicationName: 'outpost-projector',
+  });
+  const replica = createPool({
+    url: config.replicaDatabaseUrl,
+    max: 20,
+    applicationName: 'outpost-reader',
+  });
+  for (const pool of [main, replica]) {
+    pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
+  }
+
+  const runsProjector = role !== 'api';
+  const projector = runsProjector
+    ? new Projector({
+        pool: main,
+        eventLog,
+        redis,
+        consumer: config.consumer,
+        batchSize: config.batchSize,
+        maxAttempts: config.maxAttempts,
+        logger: logger.child({ module: 'projector' }),
+        metrics,
+      })
+    : undefined;
+  const acker = runsProjector
+    ? new Acker({
+        replica,
+        replicaIsMain: config.replicaIsMain,
+        eventLog,
+        intervalMs: config.ackIntervalMs,
+        logger: logger.child({ module: 'acker' }),
+        metrics,
+      })
+    : undefined;
+  const status = new StatusSource({ config, eventLog, main, replica, metrics, projector, acker });
+  projector?.start();
+  acker?.start();
+
+  const app = createApp({ config, eventLog, replica, metrics, logger, status });
+  const server =
+    role === 'projector'
+      ? undefined
+      : serve({ fetch: app.fetch, port: config.port, hostname: '0.0.0.0' });
+  const port = server ? await listeningPort(server) : 0;
+  logger.info({ port, role }, 'started');
+
+  let stopping: Promise<void> | undefined;
+  const stop = () => {
+    stopping ??= (async () => {
+      logger.info('stopping');
+      if (server) {
+        await timed(
+          logger,
+          'http',
+          () => new Promise<void>((resolve) => server.close(() => resolve())),
+        );
+      }
+      await timed(logger, 'projector', async () => projector?.stop());
+      await timed(logger, 'acker', async () => acker?.stop());
+      await timed(logger, 'redis', () => redis.quit());
+      await timed(logger, 'databases', () => Promise.all([main.end(), replica.end()]));
+      logger.info('stopped');
+    })();
+    return stopping;
+  };
+  return { port, metrics, eventLog, stop };
+};
+
+const listeningPort = (server: ReturnType<typeof serve>): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const read = () => {
+      const address = server.address();
+      resolve(typeof address === 'object' && address ? address.port : 0);
+    };
+    if (server.listening) {
+      read();
+    } else {
+      server.once('listening', read);
+      server.once('error', reject);
+    }
+  });

@@ -1,0 +1,96 @@
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
+import { createConnection } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+export const isRoot = (): boolean => process.getuid?.() === 0;
+
+/** PostgreSQL refuses to run as root, so as root every server command runs as `postgres`. */
+export const runPg = async (binary: string, args: string[]): Promise<string> => {
+  const [file, argv] = isRoot()
+    ? ['runuser', ['-u', 'postgres', '--', binary, ...args]]
+    : [binary, args];
+  try {
+    const { stdout } = await execFileAsync(file, argv, { maxBuffer: 16 * 1024 * 1024 });
+    return stdout;
+  } catch (err) {
+    const detail = (err as { stderr?: string }).stderr?.trim();
+    throw new Error(`${binary} ${args[0] ?? ''} failed${detail ? `: ${detail}` : ''}`, {
+      cause: err,
+    });
+  }
+};
+
+export const run = async (file: string, args: string[]): Promise<string> => {
+  const { stdout } = await execFileAsync(file, args, { maxBuffer: 16 * 1024 * 1024 });
+  return stdout;
+};
+
+/** The newest PostgreSQL server binaries on the machine (Debian keeps them out of PATH). */
+export const findPgBinDir = (): string | undefined => {
+  const fromConfig = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' });
+  const candidates: string[] = [];
+  if (fromConfig.status === 0) {
+    candidates.push(fromConfig.stdout.trim());
+  }
+  const debianRoot = '/usr/lib/postgresql';
+  if (existsSync(debianRoot)) {
+    const versions = readdirSync(debianRoot)
+      .filter((v) => /^\d+$/.test(v))
+      .sort((a, b) => Number(b) - Number(a));
+    candidates.push(...versions.map((v) => join(debianRoot, v, 'bin')));
+  }
+  return candidates.find(
+    (dir) => existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'postgres')),
+  );
+};
+
+export const findOnPath = (name: string): string | undefined => {
+  const result = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });
+  return result.status === 0 ? result.stdout.trim() : undefined;
+};
+
+export const pgCronInstalled = (pgBinDir: string): boolean => {
+  const libdir = spawnSync(join(pgBinDir, 'pg_config'), ['--pkglibdir'], { encoding: 'utf8' });
+  const dir = libdir.status === 0 ? libdir.stdout.trim() : join(pgBinDir, '..', 'lib');
+  return existsSync(join(dir, 'pg_cron.so'));
+};
+
+export const isPortOpen = (port: number, host = '127.0.0.1'): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = createConnection({ port, host });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+
+export const isAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+export const waitUntil = async (
+  condition: () => Promise<boolean> | boolean,
+  what: string,
+  timeoutMs = 60_000,
+): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await condition()) {
+      return;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+};

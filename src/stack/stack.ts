@@ -1,0 +1,364 @@
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { join, resolve } from 'node:path';
+import pg from 'pg';
+import {
+  findOnPath,
+  findPgBinDir,
+  isAlive,
+  isPortOpen,
+  isRoot,
+  pgCronInstalled,
+  run,
+  runPg,
+  waitUntil,
+} from './processes.ts';
+
+export type StackOptions = {
+  dir: string;
+  mainPort: number;
+  replicaPort: number;
+  redisPort: number;
+  /** `auto` preloads pg_cron when the package is installed. */
+  pgCron: boolean | 'auto';
+  appendfsync: 'always' | 'everysec';
+  /** Tests trade crash safety of PostgreSQL's own files for speed; the local stack never does. */
+  fastUnsafePostgres?: boolean;
+};
+
+export type StackUrls = { main: { url: string }; replica: { url: string }; redis: { url: string } };
+export type StackStatus = StackUrls & {
+  running: boolean;
+  main: { url: string; state: string };
+  replica: { url: string; state: string };
+  redis: { url: string; state: string };
+  pg_cron: boolean;
+};
+
+const DATABASE = 'outpost';
+const STATE_FILE = 'stack.json';
+
+type StackPaths = { main: string; replica: string; redis: string; logs: string; state: string };
+const pathsOf = (dir: string): StackPaths => ({
+  main: join(dir, 'pg-main'),
+  replica: join(dir, 'pg-replica'),
+  redis: join(dir, 'redis'),
+  logs: join(dir, 'logs'),
+  state: join(dir, STATE_FILE),
+});
+
+export const urlsOf = (
+  o: Pick<StackOptions, 'mainPort' | 'replicaPort' | 'redisPort'>,
+): StackUrls => ({
+  main: { url: `postgres://postgres@127.0.0.1:${o.mainPort}/${DATABASE}` },
+  replica: { url: `postgres://postgres@127.0.0.1:${o.replicaPort}/${DATABASE}` },
+  redis: { url: `redis://127.0.0.1:${o.redisPort}` },
+});
+
+const requirePgBinDir = (): string => {
+  const dir = findPgBinDir();
+  if (!dir) {
+    throw new Error(
+      'PostgreSQL server binaries not found; install them with: apt-get install -y postgresql postgresql-15-cron',
+    );
+  }
+  return dir;
+};
+
+const requireRedisServer = (): string => {
+  const bin = findOnPath('redis-server');
+  if (!bin) {
+    throw new Error('redis-server not found; install it with: apt-get install -y redis-server');
+  }
+  return bin;
+};
+
+const giveToPostgres = (path: string) => {
+  if (isRoot()) {
+    const uid = Number(idOf('postgres', '-u'));
+    const gid = Number(idOf('postgres', '-g'));
+    chownSync(path, uid, gid);
+  }
+};
+
+const idOf = (user: string, flag: '-u' | '-g'): string => {
+  const passwd = readFileSync('/etc/passwd', 'utf8').split('\n');
+  const line = passwd.find((l) => l.startsWith(`${user}:`));
+  if (!line) {
+    throw new Error(`user ${user} not found; install PostgreSQL from the distribution's packages`);
+  }
+  const fields = line.split(':');
+  return (flag === '-u' ? fields[2] : fields[3]) ?? '0';
+};
+
+const pgIsRunning = (dataDir: string): boolean => {
+  const pidFile = join(dataDir, 'postmaster.pid');
+  if (!existsSync(pidFile)) {
+    return false;
+  }
+  const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+  return Number.isInteger(pid) && isAlive(pid);
+};
+
+const redisPid = (redisDir: string): number | undefined => {
+  const pidFile = join(redisDir, 'redis.pid');
+  if (!existsSync(pidFile)) {
+    return undefined;
+  }
+  const pid = Number(readFileSync(pidFile, 'utf8').trim());
+  return Number.isInteger(pid) && isAlive(pid) ? pid : undefined;
+};
+
+const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolean): string[] => {
+  const settings: Record<string, string> = {
+    listen_addresses: '127.0.0.1',
+    port: String(port),
+    unix_socket_directories: dataDir,
+    wal_level: 'replica',
+    max_wal_senders: '10',
+    hot_standby: 'on',
+    hot_standby_feedback: 'on',
+    max_connections: '200',
+  };
+  if (cron) {
+    settings.shared_preload_libraries = 'pg_cron';
+    settings['cron.database_name'] = DATABASE;
+  }
+  if (o.fastUnsafePostgres) {
+    Object.assign(settings, { fsync: 'off', full_page_writes: 'off', synchronous_commit: 'off' });
+  }
+  return Object.entries(settings).flatMap(([key, value]) => ['-c', `${key}=${value}`]);
+};
+
+const startPg = async (
+  o: StackOptions,
+  bin: string,
+  dataDir: string,
+  port: number,
+  cron: boolean,
+) => {
+  if (pgIsRunning(dataDir)) {
+    return;
+  }
+  const logFile = join(
+    pathsOf(o.dir).logs,
+    `${dataDir.endsWith('replica') ? 'replica' : 'main'}.log`,
+  );
+  const options = pgSettings(o, dataDir, port, cron)
+    .map((part) => (part === '-c' ? part : `"${part}"`))
+    .join(' ');
+  await runPg(join(bin, 'pg_ctl'), [
+    'start',
+    '-w',
+    '-t',
+    '120',
+    '-D',
+    dataDir,
+    '-l',
+    logFile,
+    '-o',
+    options,
+  ]);
+};
+
+const query = async <T extends pg.QueryResultRow>(url: string, text: string): Promise<T[]> => {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
+  await client.connect();
+  try {
+    return (await client.query<T>(text)).rows;
+  } finally {
+    await client.end();
+  }
+};
+
+const canQuery = async (url: string): Promise<boolean> => {
+  try {
+    await query(url, 'select 1');
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+const readState = (dir: string): StackOptions | undefined => {
+  const file = pathsOf(dir).state;
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as StackOptions) : undefined;
+};
+
+/**
+ * Starts (or finds running) a PostgreSQL primary, a hot-standby replica cloned from it with
+ * `pg_basebackup -R`, and Redis with AOF. Idempotent: what already runs is left alone.
+ */
+export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
+  const bin = requirePgBinDir();
+  const redisServer = requireRedisServer();
+  const cron = o.pgCron === 'auto' ? pgCronInstalled(bin) : o.pgCron;
+  if (cron && !pgCronInstalled(bin)) {
+    throw new Error(
+      'pg_cron is not installed; install it with: apt-get install -y postgresql-15-cron',
+    );
+  }
+  const paths = pathsOf(o.dir);
+  await refuseForeignServices(o, paths);
+  for (const dir of [o.dir, paths.logs, paths.redis]) {
+    mkdirSync(dir, { recursive: true });
+  }
+  // PostgreSQL runs as `postgres`, which must be able to reach its data through our folders.
+  chmodSync(o.dir, 0o755);
+  chmodSync(paths.logs, 0o777);
+  writeFileSync(paths.state, `${JSON.stringify({ ...o, pgCron: cron }, null, 2)}\n`);
+
+  if (!redisPid(paths.redis)) {
+    await run(redisServer, [
+      '--port',
+      String(o.redisPort),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      paths.redis,
+      '--appendonly',
+      'yes',
+      '--appendfsync',
+      o.appendfsync,
+      '--save',
+      '',
+      '--daemonize',
+      'yes',
+      '--pidfile',
+      join(paths.redis, 'redis.pid'),
+      '--logfile',
+      join(paths.redis, 'redis.log'),
+    ]);
+  }
+
+  if (!existsSync(join(paths.main, 'PG_VERSION'))) {
+    mkdirSync(paths.main, { recursive: true, mode: 0o700 });
+    giveToPostgres(paths.main);
+    await runPg(join(bin, 'initdb'), [
+      '-D',
+      paths.main,
+      '-U',
+      'postgres',
+      '--auth=trust',
+      '-E',
+      'UTF8',
+      '--locale=C',
+      '--no-sync',
+    ]);
+    writeFileSync(
+      join(paths.main, 'pg_hba.conf'),
+      [
+        'local all all trust',
+        'host all all 127.0.0.1/32 trust',
+        'host replication all 127.0.0.1/32 trust',
+        '',
+      ].join('\n'),
+    );
+  }
+  await startPg(o, bin, paths.main, o.mainPort, cron);
+  const urls = urlsOf(o);
+  const adminUrl = urls.main.url.replace(/\/outpost$/, '/postgres');
+  await waitUntil(() => canQuery(adminUrl), `PostgreSQL primary on ${o.mainPort}`);
+  const exists = await query(adminUrl, `select 1 from pg_database where datname = '${DATABASE}'`);
+  if (exists.length === 0) {
+    await query(adminUrl, `create database ${DATABASE}`);
+  }
+
+  if (!existsSync(join(paths.replica, 'PG_VERSION'))) {
+    rmSync(paths.replica, { recursive: true, force: true });
+    mkdirSync(paths.replica, { recursive: true, mode: 0o700 });
+    giveToPostgres(paths.replica);
+    await runPg(join(bin, 'pg_basebackup'), [
+      '-h',
+      '127.0.0.1',
+      '-p',
+      String(o.mainPort),
+      '-U',
+      'postgres',
+      '-D',
+      paths.replica,
+      '-R',
+      '-X',
+      'stream',
+      '-c',
+      'fast',
+      '--no-sync',
+    ]);
+  }
+  await startPg(o, bin, paths.replica, o.replicaPort, cron);
+  await waitUntil(() => canQuery(urls.replica.url), `PostgreSQL replica on ${o.replicaPort}`);
+  await waitUntil(
+    async () =>
+      (
+        await query<{ n: number }>(
+          adminUrl,
+          "select count(*)::int as n from pg_stat_replication where state = 'streaming'",
+        )
+      )[0]?.n === 1,
+    'the replica to stream from the primary',
+  );
+  await waitUntil(() => isPortOpen(o.redisPort), `Redis on ${o.redisPort}`);
+  return urls;
+};
+
+const refuseForeignServices = async (o: StackOptions, paths: StackPaths) => {
+  const ours = [
+    { port: o.mainPort, mine: pgIsRunning(paths.main), what: 'PostgreSQL primary' },
+    { port: o.replicaPort, mine: pgIsRunning(paths.replica), what: 'PostgreSQL replica' },
+    { port: o.redisPort, mine: redisPid(paths.redis) !== undefined, what: 'Redis' },
+  ];
+  for (const { port, mine, what } of ours) {
+    if (!mine && (await isPortOpen(port))) {
+      throw new Error(
+        `port ${port} (for the ${what}) is taken by something that is not this stack (${resolve(o.dir)}); stop it or free the port`,
+      );
+    }
+  }
+};
+
+/** Stops the replica, the primary and Redis; a stack that is not running is left as it is. */
+export const stackDown = async (dir: string): Promise<void> => {
+  const paths = pathsOf(dir);
+  const bin = findPgBinDir();
+  for (const dataDir of [paths.replica, paths.main]) {
+    if (bin && pgIsRunning(dataDir)) {
+      await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]);
+    }
+  }
+  const pid = redisPid(paths.redis);
+  if (pid !== undefined) {
+    process.kill(pid, 'SIGTERM');
+    await waitUntil(() => !isAlive(pid), 'Redis to stop', 30_000);
+  }
+};
+
+export const stackReset = async (dir: string): Promise<void> => {
+  await stackDown(dir);
+  rmSync(dir, { recursive: true, force: true });
+};
+
+export const stackStatus = async (dir: string, fallback: StackOptions): Promise<StackStatus> => {
+  const o = readState(dir) ?? fallback;
+  const paths = pathsOf(dir);
+  const urls = urlsOf(o);
+  const state = (running: boolean) => (running ? 'running' : 'stopped');
+  const main = pgIsRunning(paths.main);
+  const replica = pgIsRunning(paths.replica);
+  const redis = redisPid(paths.redis) !== undefined;
+  return {
+    running: main && replica && redis,
+    main: { ...urls.main, state: state(main) },
+    replica: { ...urls.replica, state: state(replica) },
+    redis: { ...urls.redis, state: state(redis) },
+    pg_cron: o.pgCron === true,
+  };
+};
+
+export const stackPaths = pathsOf;
