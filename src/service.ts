@@ -17,6 +17,7 @@ export type Service = {
   port: number;
   metrics: Metrics;
   eventLog: EventLog;
+  acker: Acker | undefined;
   stop: () => Promise<void>;
 };
 
@@ -159,7 +160,7 @@ export const startService = async (
     })();
     return stopping;
   };
-  return { port, metrics, eventLog, stop };
+  return { port, metrics, eventLog, acker, stop };
 };
 
 const listeningPort = (server: ReturnType<typeof serve>): Promise<number> =>

@@ -32,6 +32,7 @@ export class Acker {
   #lastPosition: ReplicaPosition | undefined;
   #lastError: string | undefined;
   #acked = 0;
+  #passes = 0;
 
   constructor(deps: AckerDeps) {
     this.#deps = deps;
@@ -47,6 +48,11 @@ export class Acker {
 
   get acked(): number {
     return this.#acked;
+  }
+
+  /** Completed passes that found entries waiting: lets tests wait for the gate to have acted. */
+  get passes(): number {
+    return this.#passes;
   }
 
   start(): void {
@@ -93,6 +99,7 @@ export class Acker {
       }
     }
     this.#acked += total;
+    this.#passes += 1;
     return total;
   }
 

@@ -1,0 +1,83 @@
+import { readdirSync } from 'node:fs';
+import { join, relative } from 'node:path';
+import { run } from 'node:test';
+import { spec } from 'node:test/reporters';
+import { startTestStack } from '../test/harness/services.ts';
+
+/**
+ * Finds the test files of a tier and runs them with node:test. Integration and end-to-end tiers
+ * get a real stack (PostgreSQL primary + streaming replica, Redis with AOF) started here on free
+ * ports in a temporary folder, and stopped in `finally`, whatever the tests did.
+ */
+const TIERS = {
+  unit: { roots: ['src'], suffix: '.unit.test.ts' },
+  int: { roots: ['test'], suffix: '.int.test.ts' },
+  e2e: { roots: ['test'], suffix: '.e2e.test.ts' },
+} as const;
+type Tier = keyof typeof TIERS;
+
+const walk = (dir: string): string[] =>
+  readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) {
+      return entry.name === 'node_modules' ? [] : walk(path);
+    }
+    return [path];
+  });
+
+const filesOf = (tier: Tier, only: string | undefined) =>
+  TIERS[tier].roots
+    .flatMap(walk)
+    .filter((file) => file.endsWith(TIERS[tier].suffix))
+    .filter((file) => only === undefined || file.includes(only))
+    .sort();
+
+const runFiles = (files: string[], concurrency: number): Promise<boolean> =>
+  new Promise((resolve) => {
+    let failed = false;
+    const stream = run({ files, concurrency, timeout: 15 * 60_000 });
+    stream.on('test:fail', () => {
+      failed = true;
+    });
+    stream.compose(new spec()).pipe(process.stdout);
+    stream.once('end', () => resolve(!failed));
+  });
+
+const main = async () => {
+  const [which = 'all', only] = process.argv.slice(2);
+  const tiers: Tier[] = which === 'all' ? ['unit', 'int', 'e2e'] : [which as Tier];
+  if (!tiers.every((t) => t in TIERS)) {
+    throw new Error(`unknown tier ${which}: use unit, int, e2e or all`);
+  }
+  const unitFiles = tiers.includes('unit') ? filesOf('unit', only) : [];
+  const serviceFiles = tiers.filter((t) => t !== 'unit').flatMap((t) => filesOf(t, only));
+  let ok = true;
+  if (unitFiles.length > 0) {
+    ok = (await runFiles(unitFiles, 2)) && ok;
+  }
+  if (serviceFiles.length > 0) {
+    const stack = await startTestStack();
+    const stopAndExit = (signal: string) => {
+      void stack.stop().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+    };
+    process.once('SIGINT', () => stopAndExit('SIGINT'));
+    process.once('SIGTERM', () => stopAndExit('SIGTERM'));
+    try {
+      process.env.TEST_STACK = JSON.stringify(stack);
+      process.stdout.write(
+        `test stack: ${relative(process.cwd(), stack.dir) || stack.dir} main ${stack.mainPort} replica ${stack.replicaPort} redis ${stack.redisPort}\n`,
+      );
+      // One file at a time: specs pause replica replay or kill processes, which the whole
+      // cluster would feel.
+      ok = (await runFiles(serviceFiles, 1)) && ok;
+    } finally {
+      await stack.stop();
+    }
+  }
+  process.exitCode = ok ? 0 : 1;
+};
+
+main().catch((err: unknown) => {
+  process.stderr.write(`test runner failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import type { Envelope } from '../src/domain/events.ts';
+import { partitionOf } from '../src/domain/ids.ts';
+import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+import { inBatches } from './harness/load.ts';
+
+const pauseReplay = async (h: Harness) => {
+  await h.replica.query('SELECT pg_wal_replay_pause()');
+  await waitFor(
+    async () =>
+      (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]?.s ===
+      'paused',
+    'replay to pause',
+  );
+};
+const resumeReplay = (h: Harness) => h.replica.query('SELECT pg_wal_replay_resume()');
+
+const appliedTimes = async (h: Harness, eventId: string) =>
+  (
+    await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events WHERE event_id = $1', [
+      eventId,
+    ])
+  )[0]?.n;
+
+void describe('exactly-once effect', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'api' });
+  });
+  after(async () => {
+    await resumeReplay(h).catch(() => undefined);
+    await h.close();
+  });
+
+  void it('applies an event once when its entry is appended twice with the same event_id', async () => {
+    const projector = await h.startService('projector');
+    const unit = await h.post('/executed_obs_units/start', {
+      obs_unit_id: 'dup-xadd',
+      instrument: 'miri',
+    });
+    await waitForAllAcknowledged(h);
+    const log = eventLogOf(h);
+    const partition = partitionOf(unit.body.id, h.config.partitions);
+    const [entry] = await log.readInflight(unit.body.id, partition);
+    assert.equal(entry, undefined, 'acknowledged entries leave the read index');
+    const stored = (
+      await h.mainRows<{ data: Envelope['data']; occurred_at: Date }>(
+        'SELECT data, occurred_at FROM events WHERE event_id = $1',
+        [unit.body.event_id],
+      )
+    )[0];
+    assert.ok(stored);
+    // What ioredis does when it re-sends an in-flight append after a reconnect.
+    const resent = {
+      event_id: unit.body.event_id,
+      aggregate_id: unit.body.id,
+      aggregate_type: 'executed_obs_unit',
+      type: 'ExecutedObsUnitStarted',
+      version: 1,
+      site: h.config.site,
+      accepted_at: stored.occurred_at.getTime(),
+      data: stored.data,
+    } as Envelope;
+    const appended = await log.append({ partition, events: [resent] });
+    assert.equal(appended.kind, 'appended');
+    await waitForAllAcknowledged(h);
+    assert.equal(await appliedTimes(h, unit.body.event_id), 1);
+    const stats = await h.mainRows(
+      'SELECT event_count FROM aggregate_stats WHERE aggregate_id = $1',
+      [unit.body.id],
+    );
+    assert.deepEqual(stats, [{ event_count: 1 }]);
+    await h.stopService(projector);
+  });
+
+  void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {
+    await pauseReplay(h);
+    let projector = await h.startService('projector');
+    const unit = await h.post('/executed_obs_units/start', {
+      obs_unit_id: 'reread',
+      instrument: 'miri',
+    });
+    await waitFor(
+      async () => (await appliedTimes(h, unit.body.event_id)) === 1,
+      'the start to be applied',
+    );
+    await h.stopService(projector);
+    // The crash window: committed in PostgreSQL, nothing recorded in Redis yet.
+    const keys = eventLogOf(h).keys(partitionOf(unit.body.id, h.config.partitions));
+    await h.redis.del(keys.applied, keys.appliedLsn);
+    await resumeReplay(h);
+
+    projector = await h.startService('projector');
+    await waitForAllAcknowledged(h);
+    assert.equal(await appliedTimes(h, unit.body.event_id), 1);
+    const applied = await projector.metrics.eventsApplied.get();
+    assert.equal(
+      applied.values[0]?.value ?? 0,
+      0,
+      'the re-read entry was a duplicate, not a new application',
+    );
+    const row = await h.get(`/executed_obs_units/${unit.body.id}`);
+    assert.equal(row.body.version, 1);
+    await h.stopService(projector);
+  });
+
+  void it('loses nothing and applies nothing twice when the projector is killed -9 between COMMIT and XACK', async () => {
+    // With replay paused nothing can be acknowledged: every kill lands between commit and XACK.
+    await pauseReplay(h);
+    let { child } = await h.spawnServe('projector');
+    const total = 1500;
+    const load = inBatches(
+      Array.from({ length: total }, (_, i) => i),
+      16,
+      (i) =>
+        h.post('/executed_obs_units/start', { obs_unit_id: `kill-${i}`, instrument: 'nircam' }),
+    );
+    for (let kill = 1; kill <= 3; kill += 1) {
+      const threshold = kill * 250;
+      await waitFor(
+        async () =>
+          ((await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events'))[0]?.n ?? 0) >=
+          threshold,
+        `${threshold} events applied before kill ${kill}`,
+        60_000,
+      );
+      child.kill('SIGKILL');
+      await new Promise((resolve) => child.once('exit', resolve));
+      ({ child } = await h.spawnServe('projector'));
+    }
+    const responses = await load;
+    assert.ok(responses.every((r) => r.status === 201));
+    await resumeReplay(h);
+    const accepted = new Set(responses.map((r) => r.body.event_id as string));
+    assert.deepEqual(
+      await streamEventIds(h),
+      new Set([...accepted, ...(await earlierEventIds(h))]),
+    );
+    await audit(h, new Set([...accepted, ...(await earlierEventIds(h))]));
+    child.kill('SIGTERM');
+  });
+});
+
+/** Events accepted by this file's earlier tests, which share the site. */
+const earlierEventIds = async (h: Harness) =>
+  new Set(
+    (
+      await h.mainRows<{ event_id: string }>(
+        "SELECT e.event_id::text FROM events e JOIN executed_obs_units u ON u.id = e.aggregate_id WHERE u.obs_unit_id IN ('dup-xadd', 'reread')",
+      )
+    ).map((r) => r.event_id),
+  );

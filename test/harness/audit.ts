@@ -1,0 +1,118 @@
+import assert from 'node:assert/strict';
+import stringify from 'safe-stable-stringify';
+import { PROJECTION_TABLES, stateFromRow } from '../../src/db/queries/apply.ts';
+import type { Envelope } from '../../src/domain/events.ts';
+import { type AggregateState, fold } from '../../src/domain/fold.ts';
+import { EventLog } from '../../src/log/event-log.ts';
+import { readBuffer } from '../../src/ops/buffer.ts';
+import { type Harness, waitFor } from './harness.ts';
+
+export const eventLogOf = (h: Harness) =>
+  new EventLog(h.redis, h.config.namespace, h.config.partitions);
+
+/** Every unacknowledged event of the site: delivered or not. */
+export const unacknowledged = async (h: Harness): Promise<number> => {
+  const buffers = await readBuffer(eventLogOf(h));
+  return buffers.reduce((sum, b) => sum + b.delivered + b.undelivered, 0);
+};
+
+export const waitForAllAcknowledged = (h: Harness, timeoutMs = 60_000) =>
+  waitFor(async () => (await unacknowledged(h)) === 0, 'every event to be acknowledged', timeoutMs);
+
+/** Event ids of every entry in the partition streams (duplicates included, once each). */
+export const streamEventIds = async (h: Harness): Promise<Set<string>> => {
+  const ids = new Set<string>();
+  for (const keys of eventLogOf(h).allKeys()) {
+    const entries = (await h.redis.xrange(keys.stream, '-', '+')) as [string, string[]][];
+    for (const [, fields] of entries) {
+      const i = fields.indexOf('event_id');
+      ids.add(fields[i + 1] as string);
+    }
+  }
+  return ids;
+};
+
+const eventIdsIn = async (rows: Promise<{ event_id: string }[]>) =>
+  new Set((await rows).map((r) => r.event_id));
+
+/**
+ * The audit every fault test ends with: the accepted events are exactly the applied ones, on the
+ * main database and on the replica; seqs are contiguous from 0; every projection row is the fold
+ * of its events; nothing is left unacknowledged.
+ */
+export const audit = async (h: Harness, accepted: ReadonlySet<string>) => {
+  await waitForAllAcknowledged(h);
+  const onMain = await eventIdsIn(
+    h.mainRows<{ event_id: string }>('SELECT event_id::text FROM events'),
+  );
+  const missing = [...accepted].filter((id) => !onMain.has(id));
+  const extra = [...onMain].filter((id) => !accepted.has(id));
+  assert.deepEqual(
+    { missing: missing.slice(0, 5), extra: extra.slice(0, 5) },
+    { missing: [], extra: [] },
+  );
+  assert.equal(onMain.size, accepted.size);
+  const lsn = (await h.mainRows<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn'))[0]
+    ?.lsn;
+  await waitFor(
+    async () =>
+      (
+        await h.replicaRows<{ ok: boolean }>(
+          'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS ok',
+          [lsn],
+        )
+      )[0]?.ok === true,
+    'the replica to replay the audit position',
+  );
+  const onReplica = await eventIdsIn(
+    h.replicaRows<{ event_id: string }>('SELECT event_id::text FROM events'),
+  );
+  assert.equal(onReplica.size, accepted.size);
+  const gaps = await h.mainRows(
+    `SELECT aggregate_id FROM events GROUP BY aggregate_id
+      HAVING min(seq) <> 0 OR max(seq) <> count(*) - 1`,
+  );
+  assert.deepEqual(gaps, [], 'seqs contiguous from 0 per aggregate');
+  await assertProjectionsEqualFold(h);
+};
+
+export const assertProjectionsEqualFold = async (h: Harness) => {
+  const rows = await h.mainRows<{
+    aggregate_id: string;
+    aggregate_type: string;
+    events: Envelope[];
+  }>(
+    `SELECT e.aggregate_id::text, a.type AS aggregate_type,
+            json_agg(json_build_object(
+              'event_id', e.event_id, 'aggregate_id', e.aggregate_id, 'aggregate_type', a.type,
+              'type', e.type, 'version', e.version, 'data', e.data, 'site', e.site,
+              'accepted_at', (extract(epoch FROM e.occurred_at) * 1000)::bigint) ORDER BY e.seq) AS events
+       FROM events e JOIN aggregates a ON a.id = e.aggregate_id GROUP BY e.aggregate_id, a.type`,
+  );
+  for (const row of rows) {
+    const table = PROJECTION_TABLES[row.aggregate_type as keyof typeof PROJECTION_TABLES];
+    const stored = await h.mainRows<{ row: Record<string, unknown> }>(
+      `SELECT to_jsonb(t) AS row FROM ${table} t WHERE id = $1`,
+      [row.aggregate_id],
+    );
+    const expected = fold(
+      undefined,
+      row.events.map((e) => ({ ...e, accepted_at: Number(e.accepted_at) })),
+    );
+    assert.ok(stored[0], `projection row of ${row.aggregate_id}`);
+    assert.deepEqual(
+      normalise(stateFromRow(stored[0].row)),
+      normalise(expected),
+      `projection of ${row.aggregate_id}`,
+    );
+  }
+  for (const [type, table] of Object.entries(PROJECTION_TABLES)) {
+    const orphans = await h.mainRows(
+      `SELECT t.id FROM ${table} t LEFT JOIN aggregates a ON a.id = t.id WHERE a.id IS NULL OR a.type <> $1`,
+      [type],
+    );
+    assert.deepEqual(orphans, [], `${table} rows without aggregate`);
+  }
+};
+
+const normalise = (state: AggregateState | undefined) => JSON.parse(stringify(state) ?? 'null');

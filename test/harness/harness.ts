@@ -1,0 +1,259 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import type { Config } from '../../src/config.ts';
+import { createLogger } from '../../src/observability/logger.ts';
+import { createRedis, type Role, type Service, startService } from '../../src/service.ts';
+import { freePort, type TestStack, withDatabase } from './services.ts';
+
+// biome-ignore lint/suspicious/noExplicitAny: tests read response fields directly and assert on them
+export type HttpResult = { status: number; body: any; headers: Headers; text: string };
+
+export type HarnessOptions = {
+  partitions?: number;
+  /** Start the service in this process (default `all`); `none` to drive it some other way. */
+  role?: Role | 'none';
+  config?: Partial<Config>;
+};
+
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+export const testStack = (): TestStack => {
+  const raw = process.env.TEST_STACK;
+  if (!raw) {
+    throw new Error('TEST_STACK is not set: run integration tests through `npm test`');
+  }
+  return JSON.parse(raw) as TestStack;
+};
+
+/** Polls until `condition` holds; fails with `what` when the deadline passes. Never a fixed sleep. */
+export const waitFor = async (
+  condition: () => Promise<boolean> | boolean,
+  what: string,
+  timeoutMs = 20_000,
+): Promise<void> => {
+  const deadline = Date.now() + timeoutMs;
+  let lastError: unknown;
+  for (;;) {
+    try {
+      if (await condition()) {
+        return;
+      }
+    } catch (err) {
+      lastError = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`, { cause: lastError });
+    }
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+};
+
+/**
+ * One isolated site per test file: its own database (a copy of the migrated template, on the
+ * primary and, through replication, on the replica) and its own Redis key namespace.
+ */
+export class Harness {
+  readonly services: Service[] = [];
+  readonly main: pg.Pool;
+  readonly replica: pg.Pool;
+  readonly redis: Redis;
+  readonly #children = new Set<ChildProcess>();
+
+  private constructor(
+    readonly stack: TestStack,
+    readonly database: string,
+    readonly config: Config,
+  ) {
+    this.main = new pg.Pool({ connectionString: config.mainDatabaseUrl, max: 4 });
+    this.replica = new pg.Pool({ connectionString: config.replicaDatabaseUrl, max: 4 });
+    this.redis = new Redis(stack.redisUrl);
+  }
+
+  static async start(options: HarnessOptions = {}): Promise<Harness> {
+    const stack = testStack();
+    const database = `t_${randomUUID().replaceAll('-', '').slice(0, 16)}`;
+    const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${database} TEMPLATE ${stack.template}`);
+    await admin.end();
+    const config: Config = {
+      port: 0,
+      site: 'test-site',
+      role: 'secondary',
+      mainDatabaseUrl: withDatabase(stack.mainUrl, database),
+      replicaDatabaseUrl: withDatabase(stack.replicaUrl, database),
+      replicaIsMain: false,
+      redisUrl: stack.redisUrl,
+      partitions: options.partitions ?? 4,
+      adminToken: 'test-admin-token',
+      maxAttempts: 3,
+      claimIdleMs: 2_000,
+      consumer: `test-${database}`,
+      streamRetentionMs: 7 * 86_400_000,
+      integritySchedule: '*/30 * * * *',
+      postDeployRefreshDelayMs: 600_000,
+      maxBodyBytes: 1024 * 1024,
+      appendfsync: 'always',
+      batchSize: 500,
+      ackIntervalMs: 10,
+      namespace: `outpost:${database}`,
+      logLevel: (process.env.TEST_LOG_LEVEL as Config['logLevel']) ?? 'silent',
+      ...options.config,
+    };
+    const harness = new Harness(stack, database, config);
+    await waitFor(async () => {
+      const probe = new pg.Client({ connectionString: config.replicaDatabaseUrl });
+      await probe.connect();
+      await probe.end();
+      return true;
+    }, 'the test database on the replica');
+    if (options.role !== 'none') {
+      await harness.startService(options.role ?? 'all');
+    }
+    return harness;
+  }
+
+  /** Starts (another) service in this process; several share the site like separate processes. */
+  async startService(role: Role = 'all', config: Partial<Config> = {}): Promise<Service> {
+    const service = await startService(
+      { ...this.config, ...config },
+      createLogger(this.config.logLevel),
+      role,
+    );
+    this.services.push(service);
+    return service;
+  }
+
+  async stopService(service: Service): Promise<void> {
+    await service.stop();
+    this.services.splice(this.services.indexOf(service), 1);
+  }
+
+  get url(): string {
+    const api = this.services.find((s) => s.port > 0);
+    if (!api) {
+      throw new Error('no API is running in this process');
+    }
+    return `http://127.0.0.1:${api.port}`;
+  }
+
+  async request(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<HttpResult> {
+    const init: RequestInit = { method, headers: { ...headers } };
+    if (body !== undefined) {
+      init.body =
+        typeof body === 'string' || body instanceof Uint8Array
+          ? (body as string)
+          : JSON.stringify(body);
+      (init.headers as Record<string, string>)['content-type'] ??= 'application/json';
+    }
+    const response = await fetch(`${this.url}${path}`, init);
+    const text = await response.text();
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    return { status: response.status, body: parsed, headers: response.headers, text };
+  }
+
+  post(path: string, body?: unknown, headers?: Record<string, string>) {
+    return this.request('POST', path, body, headers);
+  }
+
+  get(path: string) {
+    return this.request('GET', path);
+  }
+
+  /** The environment that makes a separate `outpost serve` process run this harness's site. */
+  envOf(overrides: Record<string, string> = {}): NodeJS.ProcessEnv {
+    const c = this.config;
+    return {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      OUTPOST_PORT: String(c.port),
+      OUTPOST_SITE: c.site,
+      OUTPOST_SITE_ROLE: c.role,
+      MAIN_DATABASE_URL: c.mainDatabaseUrl,
+      REPLICA_DATABASE_URL: c.replicaDatabaseUrl,
+      REDIS_URL: c.redisUrl,
+      OUTPOST_PARTITIONS: String(c.partitions),
+      OUTPOST_ADMIN_TOKEN: c.adminToken ?? '',
+      OUTPOST_MAX_ATTEMPTS: String(c.maxAttempts),
+      OUTPOST_CLAIM_IDLE_MS: String(c.claimIdleMs),
+      OUTPOST_CONSUMER: c.consumer,
+      OUTPOST_BATCH_SIZE: String(c.batchSize),
+      OUTPOST_ACK_INTERVAL_MS: String(c.ackIntervalMs),
+      OUTPOST_NAMESPACE: c.namespace,
+      LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'warn',
+      ...overrides,
+    };
+  }
+
+  /** Runs `outpost serve` as a separate process, for faults such as `kill -9`. */
+  async spawnServe(
+    role: Role,
+    overrides: Record<string, string> = {},
+  ): Promise<{ child: ChildProcess; port: number }> {
+    const port = role === 'projector' ? 0 : await freePort();
+    const args = [
+      '--import',
+      'tsx',
+      'src/cli/main.ts',
+      'serve',
+      ...(role === 'all' ? [] : ['--only', role]),
+    ];
+    const child = spawn(process.execPath, args, {
+      cwd: REPO_ROOT,
+      env: this.envOf({ OUTPOST_PORT: String(port), ...overrides }),
+      stdio: ['ignore', 'ignore', 'inherit'],
+    });
+    this.#children.add(child);
+    child.once('exit', () => this.#children.delete(child));
+    return { child, port };
+  }
+
+  async mainRows<T extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<T[]> {
+    return (await this.main.query<T>(text, params)).rows;
+  }
+
+  async replicaRows<T extends pg.QueryResultRow>(
+    text: string,
+    params: unknown[] = [],
+  ): Promise<T[]> {
+    return (await this.replica.query<T>(text, params)).rows;
+  }
+
+  /** A Redis client configured like the service's, for direct log inspection. */
+  serviceRedis(): Redis {
+    return createRedis(this.config);
+  }
+
+  async close(): Promise<void> {
+    for (const child of this.#children) {
+      child.kill('SIGKILL');
+    }
+    for (const service of this.services.splice(0)) {
+      await service.stop();
+    }
+    const keys = await this.redis.keys(`${this.config.namespace}:*`);
+    if (keys.length > 0) {
+      await this.redis.del(...keys);
+    }
+    this.redis.disconnect();
+    await this.main.end();
+    await this.replica.end();
+    const admin = new pg.Client({ connectionString: withDatabase(this.stack.mainUrl, 'postgres') });
+    await admin.connect();
+    await admin.query(`DROP DATABASE IF EXISTS ${this.database} WITH (FORCE)`);
+    await admin.end();
+  }
+}

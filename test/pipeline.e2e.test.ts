@@ -1,0 +1,165 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import {
+  audit,
+  eventLogOf,
+  streamEventIds,
+  unacknowledged,
+  waitForAllAcknowledged,
+} from './harness/audit.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+import { inBatches } from './harness/load.ts';
+
+const startBody = (n: number | string) => ({ obs_unit_id: `ou-${n}`, instrument: 'nirspec' });
+
+void describe('core pipeline', () => {
+  void describe('with the API alone running', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'api' });
+    });
+    after(() => h.close());
+
+    void it('serves a new unit from the log before any projector ran, then from the replica once acknowledged', async () => {
+      const started = await h.post('/executed_obs_units/start', startBody(1));
+      assert.equal(started.status, 201);
+      assert.equal(started.body.status, 'running');
+      assert.match(started.body.id, /^[0-9a-f]{8}-[0-9a-f]{4}-7/);
+
+      const pending = await h.get(`/executed_obs_units/${started.body.id}`);
+      assert.equal(pending.status, 200);
+      assert.deepEqual(pending.body.consistency, { source: 'pending', pending_events: 1 });
+      assert.equal(pending.body.obs_unit_id, 'ou-1');
+      assert.equal((await h.get(`/events/${started.body.event_id}`)).body.state, 'pending');
+
+      await h.startService('projector');
+      await waitForAllAcknowledged(h);
+      const rows = await h.mainRows('SELECT status FROM executed_obs_units WHERE id = $1', [
+        started.body.id,
+      ]);
+      assert.deepEqual(rows, [{ status: 'running' }]);
+      const confirmed = await h.get(`/executed_obs_units/${started.body.id}`);
+      assert.deepEqual(confirmed.body.consistency, { source: 'replica', pending_events: 0 });
+      assert.equal(confirmed.body.version, 1);
+      const event = await h.get(`/events/${started.body.event_id}`);
+      assert.equal(event.body.state, 'confirmed');
+      assert.equal(event.body.seq, 0);
+      assert.match(event.body.commit_lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+    });
+  });
+
+  void describe('with replica replay paused', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start();
+    });
+    after(async () => {
+      await h.replica.query('SELECT pg_wal_replay_resume()').catch(() => undefined);
+      await h.close();
+    });
+
+    void it('keeps applied entries pending with their commit LSN until the replica replays them', async () => {
+      await h.replica.query('SELECT pg_wal_replay_pause()');
+      await waitFor(
+        async () =>
+          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
+            ?.s === 'paused',
+        'replay to pause',
+      );
+      const unit = await h.post('/executed_obs_units/start', startBody('paused'));
+      const finish = await h.post(`/executed_obs_units/${unit.body.id}/finish`, {
+        status: 'success',
+      });
+      assert.equal(finish.status, 202);
+      const eventIds = [unit.body.event_id, finish.body.event_id];
+      await waitFor(
+        async () =>
+          (
+            await h.mainRows(
+              'SELECT 1 FROM events WHERE event_id = ANY($1) AND commit_lsn IS NOT NULL',
+              [eventIds],
+            )
+          ).length === 2,
+        'both events applied on the main database with their commit LSN',
+      );
+      const log = eventLogOf(h);
+      await waitFor(async () => {
+        const views = await Promise.all(eventIds.map((id) => h.get(`/events/${id}`)));
+        return views.every((v) => v.body.state === 'applied' && v.body.commit_lsn);
+      }, 'both events to show as applied');
+      // Give the acker many chances to act wrongly: it must not acknowledge past the replica.
+      const acker = h.services[0]?.acker;
+      assert.ok(acker);
+      const passesBefore = acker.passes;
+      await waitFor(async () => {
+        assert.equal(await unacknowledged(h), 2);
+        return acker.passes >= passesBefore + 20;
+      }, '20 acknowledgement passes');
+      const merged = await h.get(`/executed_obs_units/${unit.body.id}`);
+      assert.equal(merged.body.status, 'success');
+      assert.equal(merged.body.consistency.source, 'pending');
+      const partition = (await h.get(`/events/${unit.body.event_id}`)).body.partition as number;
+      assert.equal(await log.pendingCount(partition), 2);
+
+      await h.replica.query('SELECT pg_wal_replay_resume()');
+      await waitForAllAcknowledged(h, 15_000);
+      const confirmed = await h.get(`/executed_obs_units/${unit.body.id}`);
+      assert.deepEqual(confirmed.body.consistency, { source: 'replica', pending_events: 0 });
+      assert.equal(confirmed.body.status, 'success');
+    });
+  });
+
+  void describe('under concurrent load', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start();
+    });
+    after(() => h.close());
+
+    void it('finishes 200 units with 100 files each, fired concurrently, with contiguous seqs', async () => {
+      const units = 200;
+      const filesPerUnit = 100;
+      const starts = await inBatches(
+        Array.from({ length: units }, (_, i) => i),
+        32,
+        (i) => h.post('/executed_obs_units/start', startBody(`load-${i}`)),
+      );
+      assert.ok(starts.every((r) => r.status === 201));
+      const ids = starts.map((r) => r.body.id as string);
+      const writes = await inBatches(
+        ids.flatMap((id) => [
+          () => h.post(`/executed_obs_units/${id}/finish`, { status: 'success' }),
+          () =>
+            h.post('/raw_data_files', {
+              executed_obs_unit_id: id,
+              files: Array.from({ length: filesPerUnit }, (_, f) => ({
+                path: `/data/${id}/${f}.fits`,
+                size_bytes: 1024 * f,
+                checksum: f.toString(16).padStart(16, '0'),
+                checksum_algorithm: 'xxh64',
+              })),
+            }),
+        ]),
+        32,
+        (write) => write(),
+      );
+      assert.deepEqual(
+        writes.filter((r) => r.status !== 201 && r.status !== 202).map((r) => r.text),
+        [],
+      );
+      const accepted = await streamEventIds(h);
+      assert.equal(accepted.size, units * (2 + filesPerUnit));
+      await audit(h, accepted);
+      const perUnit = await h.mainRows<{ status: string; files: number }>(
+        `SELECT u.status, count(f.id)::int AS files FROM executed_obs_units u
+           LEFT JOIN raw_data_files f ON f.executed_obs_unit_id = u.id GROUP BY u.id`,
+      );
+      assert.equal(perUnit.length, units);
+      assert.ok(perUnit.every((u) => u.status === 'success' && u.files === filesPerUnit));
+      const links = await h.mainRows<{ n: number }>(
+        "SELECT count(*)::int AS n FROM aggregate_links WHERE kind = 'recorded_in'",
+      );
+      assert.equal(links[0]?.n, units * filesPerUnit);
+    });
+  });
+});
