@@ -1,0 +1,51 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ConfigError, loadConfig, parseDurationMs, redactedConfig } from './config.ts';
+
+void describe('loadConfig', () => {
+  void it('uses the local stack as a site pair when nothing is set', () => {
+    const config = loadConfig({});
+    assert.equal(config.role, 'secondary');
+    assert.equal(config.port, 8080);
+    assert.match(config.mainDatabaseUrl, /:55432\//);
+    assert.match(config.replicaDatabaseUrl, /:55433\//);
+    assert.match(config.redisUrl, /:56379$/);
+    assert.equal(config.partitions, 8);
+    assert.equal(config.streamRetentionMs, 7 * 86_400_000);
+  });
+
+  void it('makes a main site reading its own database when only MAIN_DATABASE_URL is set', () => {
+    const config = loadConfig({ MAIN_DATABASE_URL: 'postgres://u@db:5432/x' });
+    assert.equal(config.role, 'main');
+    assert.equal(config.replicaDatabaseUrl, 'postgres://u@db:5432/x');
+    assert.equal(config.replicaIsMain, true);
+  });
+
+  void it('stops with a message naming each bad variable', () => {
+    assert.throws(
+      () =>
+        loadConfig({
+          OUTPOST_PORT: 'eighty',
+          OUTPOST_PARTITIONS: '0',
+          OUTPOST_STREAM_RETENTION: 'soon',
+        }),
+      (err: Error) =>
+        err instanceof ConfigError &&
+        ['OUTPOST_PORT', 'OUTPOST_PARTITIONS', 'OUTPOST_STREAM_RETENTION'].every((v) =>
+          err.message.includes(v),
+        ),
+    );
+  });
+
+  void it('parses durations and redacts secrets', () => {
+    assert.equal(parseDurationMs('10m'), 600_000);
+    assert.equal(parseDurationMs('30000'), 30_000);
+    assert.equal(parseDurationMs('1w'), undefined);
+    const redacted = redactedConfig(
+      loadConfig({ OUTPOST_ADMIN_TOKEN: 's3cret', MAIN_DATABASE_URL: 'postgres://u:pw@h/d' }),
+    );
+    assert.equal(redacted.adminToken, '***');
+    assert.ok(!JSON.stringify(redacted).includes('pw'));
+    assert.ok(!JSON.stringify(redacted).includes('s3cret'));
+  });
+});

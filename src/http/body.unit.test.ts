@@ -1,0 +1,33 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { depthOf, storableProblems } from './body.ts';
+
+void describe('storableProblems', () => {
+  void it('accepts ordinary JSON, unicode included', () => {
+    assert.deepEqual(
+      storableProblems({ a: [1, 2.5, 'Ångström 🔭', null, true], b: { c: -9007199254740991 } }),
+      [],
+    );
+  });
+
+  void it('names the path of NUL characters in values and keys', () => {
+    assert.deepEqual(storableProblems({ a: ['ok', 'x\u0000'] }), [
+      { path: 'a.1', message: 'contains a NUL character' },
+    ]);
+    assert.equal(storableProblems({ m: { 'k\u0000': 1 } })[0]?.path, 'm');
+  });
+
+  void it('flags integers JSON.parse has rounded', () => {
+    const parsed = JSON.parse('{"n": 9007199254740993, "f": 1.5e300}');
+    assert.deepEqual(
+      storableProblems(parsed).map((p) => p.path),
+      ['n', 'f'],
+    );
+  });
+
+  void it('measures nesting depth', () => {
+    assert.equal(depthOf({}), 1);
+    assert.equal(depthOf({ a: { b: [1] } }), 3);
+    assert.equal(depthOf('x'), 0);
+  });
+});

@@ -1,0 +1,356 @@
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
+import { request as httpRequest } from 'node:http';
+import { after, before, describe, it } from 'node:test';
+import { streamEventIds } from './harness/audit.ts';
+import { Harness, type HttpResult } from './harness/harness.ts';
+
+const start = { obs_unit_id: 'ou-input', instrument: 'nirspec' };
+
+void describe('HTTP input', () => {
+  let h: Harness;
+  let unitId: string;
+  before(async () => {
+    h = await Harness.start({ role: 'api' });
+    unitId = (await h.post('/executed_obs_units/start', start)).body.id;
+  });
+  after(() => h.close());
+
+  /** Every refusal must leave the log exactly as it was. */
+  const appendsNothing = async (
+    attempt: () => Promise<Pick<HttpResult, 'status' | 'body'>>,
+    status: number,
+    code?: string,
+  ) => {
+    const before = await streamEventIds(h);
+    const result = await attempt();
+    assert.equal(result.status, status, JSON.stringify(result.body));
+    assert.ok(result.body?.error?.code, 'an error body');
+    assert.equal(typeof result.body.error.message, 'string');
+    if (code) {
+      assert.equal(result.body.error.code, code);
+    }
+    assert.deepEqual(await streamEventIds(h), before, 'nothing appended');
+    return result.body.error;
+  };
+
+  void describe('Idempotency-Key', () => {
+    void it('replays the original response and appends nothing for the same key and body', async () => {
+      const key = { 'Idempotency-Key': `key-${randomUUID()}` };
+      const first = await h.post('/executed_obs_units/start', start, key);
+      assert.equal(first.status, 201);
+      const eventsAfterFirst = await streamEventIds(h);
+      // Same JSON with another key order and spacing: compared canonically.
+      const again = await h.post(
+        '/executed_obs_units/start',
+        `{ "instrument": "nirspec",   "obs_unit_id": "ou-input" }`,
+        key,
+      );
+      assert.equal(again.status, 201);
+      assert.deepEqual(again.body, first.body);
+      assert.deepEqual(await streamEventIds(h), eventsAfterFirst);
+    });
+
+    void it('refuses the same key with a different body with 409 idempotency_key_reused', async () => {
+      const key = { 'Idempotency-Key': `key-${randomUUID()}` };
+      assert.equal((await h.post('/executed_obs_units/start', start, key)).status, 201);
+      await appendsNothing(
+        () => h.post('/executed_obs_units/start', { ...start, instrument: 'miri' }, key),
+        409,
+        'idempotency_key_reused',
+      );
+    });
+
+    void it('returns the original 202 for a replayed finish even though the unit is now finished', async () => {
+      const unit = (await h.post('/executed_obs_units/start', start)).body.id;
+      const key = { 'Idempotency-Key': `finish-${randomUUID()}` };
+      const first = await h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }, key);
+      assert.equal(first.status, 202);
+      const replay = await h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }, key);
+      assert.equal(replay.status, 202);
+      assert.deepEqual(replay.body, first.body);
+      await appendsNothing(
+        () => h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }),
+        409,
+        'already_finished',
+      );
+    });
+
+    void it('appends once when concurrent duplicates race', async () => {
+      const key = { 'Idempotency-Key': `race-${randomUUID()}` };
+      const before = (await streamEventIds(h)).size;
+      const results = await Promise.all(
+        Array.from({ length: 20 }, () => h.post('/executed_obs_units/start', start, key)),
+      );
+      assert.ok(results.every((r) => r.status === 201));
+      assert.equal(new Set(results.map((r) => r.body.id)).size, 1);
+      assert.equal((await streamEventIds(h)).size, before + 1);
+    });
+
+    void it('scopes keys to the concrete path', async () => {
+      const key = { 'Idempotency-Key': `scope-${randomUUID()}` };
+      const a = (await h.post('/executed_obs_units/start', start)).body.id;
+      const b = (await h.post('/executed_obs_units/start', start)).body.id;
+      assert.equal(
+        (await h.post(`/executed_obs_units/${a}/finish`, { status: 'failed' }, key)).status,
+        202,
+      );
+      assert.equal(
+        (await h.post(`/executed_obs_units/${b}/finish`, { status: 'failed' }, key)).status,
+        202,
+      );
+    });
+  });
+
+  void describe('bad input', () => {
+    void it('answers malformed JSON with 400 malformed_json', async () => {
+      await appendsNothing(
+        () => h.post('/executed_obs_units/start', '{"obs_unit_id": "x",'),
+        400,
+        'malformed_json',
+      );
+    });
+
+    void it('names each wrong, missing or unknown field in details', async () => {
+      const error = await appendsNothing(
+        () => h.post('/executed_obs_units/start', { obs_unit_id: 42, extra: true }),
+        400,
+        'validation_failed',
+      );
+      const paths = error.details.map((d: { path: string }) => d.path);
+      assert.ok(paths.includes('obs_unit_id'), paths.join());
+      assert.ok(paths.includes('instrument'), paths.join());
+    });
+
+    void it('refuses an unknown enum value and points at files.N.field in a bulk', async () => {
+      await appendsNothing(
+        () => h.post(`/executed_obs_units/${unitId}/finish`, { status: 'done' }),
+        400,
+        'validation_failed',
+      );
+      const error = await appendsNothing(
+        () =>
+          h.post('/raw_data_files', {
+            executed_obs_unit_id: unitId,
+            files: [
+              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
+              { path: '/b', size_bytes: -1, checksum: 'ab'.repeat(8), checksum_algorithm: 'md5' },
+            ],
+          }),
+        400,
+        'validation_failed',
+      );
+      const paths = error.details.map((d: { path: string }) => d.path);
+      assert.ok(paths.includes('files.1.size_bytes'), paths.join());
+      assert.ok(paths.includes('files.1.checksum_algorithm'), paths.join());
+    });
+
+    void it('refuses what PostgreSQL could not store: NUL, huge integers, deep nesting, oversize metadata', async () => {
+      const nested: Record<string, unknown> = {};
+      let cursor = nested;
+      for (let i = 0; i < 40; i += 1) {
+        cursor.n = {};
+        cursor = cursor.n as Record<string, unknown>;
+      }
+      const cases: [string, unknown][] = [
+        ['NUL in a value', { ...start, notes: 'a\u0000b' }],
+        ['NUL in a key', { ...start, metadata: { 'a\u0000': 1 } }],
+        [
+          'integer past 2^53',
+          '{"obs_unit_id":"x","instrument":"y","metadata":{"n":9007199254740993}}',
+        ],
+        ['nesting deeper than 32', { ...start, metadata: nested }],
+        ['metadata over 64 KB', { ...start, metadata: { blob: 'x'.repeat(70 * 1024) } }],
+      ];
+      for (const [name, body] of cases) {
+        const error = await appendsNothing(
+          () => h.post('/executed_obs_units/start', body),
+          400,
+          'validation_failed',
+        );
+        assert.ok(error.details.length > 0, name);
+      }
+    });
+
+    void it('refuses invalid UTF-8 with 400', async () => {
+      const bytes = Buffer.concat([
+        Buffer.from('{"obs_unit_id":"'),
+        Buffer.from([0xc3, 0x28]),
+        Buffer.from('","instrument":"x"}'),
+      ]);
+      await appendsNothing(
+        () =>
+          rawPost(h, '/executed_obs_units/start', bytes, { 'content-type': 'application/json' }),
+        400,
+        'invalid_utf8',
+      );
+    });
+
+    void it('refuses a body over the limit with 413, with and without Content-Length', async () => {
+      const big = JSON.stringify({ ...start, notes: 'x'.repeat(1024 * 1024 + 10) });
+      await appendsNothing(
+        () => h.post('/executed_obs_units/start', big),
+        413,
+        'payload_too_large',
+      );
+      await appendsNothing(
+        () =>
+          rawPost(
+            h,
+            '/executed_obs_units/start',
+            Buffer.from(big),
+            { 'content-type': 'application/json' },
+            true,
+          ),
+        413,
+        'payload_too_large',
+      );
+    });
+
+    void it('refuses a missing or non-JSON content type with 415', async () => {
+      await appendsNothing(
+        () =>
+          h.post('/executed_obs_units/start', JSON.stringify(start), {
+            'content-type': 'text/plain',
+          }),
+        415,
+        'unsupported_media_type',
+      );
+      await appendsNothing(
+        () => rawPost(h, '/executed_obs_units/start', Buffer.from(JSON.stringify(start)), {}),
+        415,
+        'unsupported_media_type',
+      );
+    });
+
+    void it('answers 404 for unknown ids, ids that are not UUIDs and a 10 KB path', async () => {
+      const unknown = '01900000-0000-7000-8000-000000000000';
+      await appendsNothing(
+        () => h.post(`/executed_obs_units/${unknown}/finish`, { status: 'success' }),
+        404,
+        'not_found',
+      );
+      await appendsNothing(
+        () => h.post('/executed_obs_units/not-a-uuid/finish', { status: 'success' }),
+        404,
+        'not_found',
+      );
+      await appendsNothing(
+        () => h.get(`/executed_obs_units/${'x'.repeat(10 * 1024)}`),
+        404,
+        'not_found',
+      );
+      await appendsNothing(() => h.get(`/raw_data_files/${unknown}`), 404, 'not_found');
+      await appendsNothing(
+        () =>
+          h.post('/raw_data_files', {
+            executed_obs_unit_id: unknown,
+            files: [
+              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
+            ],
+          }),
+        404,
+        'not_found',
+      );
+      await appendsNothing(
+        () => h.post('/raw_data_packages', { name: 'p', file_ids: [unknown] }),
+        404,
+        'not_found',
+      );
+    });
+
+    void it('stores unicode and SQL-looking strings verbatim', async () => {
+      const tricky = {
+        obs_unit_id: "'; DROP TABLE events; --",
+        instrument: 'Ångström 望遠鏡 🔭',
+        notes: 'Robert"); DELETE FROM aggregates; --',
+        metadata: { 'clé ✓': ['∑', { "x'": '\\' }] },
+      };
+      const created = await h.post('/executed_obs_units/start', tricky);
+      assert.equal(created.status, 201);
+      const read = await h.get(`/executed_obs_units/${created.body.id}`);
+      assert.equal(read.body.obs_unit_id, tricky.obs_unit_id);
+      assert.equal(read.body.instrument, tricky.instrument);
+      assert.deepEqual(read.body.metadata, tricky.metadata);
+    });
+
+    void it('refuses a package whose files belong to several units with 400 files_span_units', async () => {
+      const file = {
+        path: '/x',
+        size_bytes: 1,
+        checksum: 'cd'.repeat(8),
+        checksum_algorithm: 'xxh64',
+      };
+      const units = await Promise.all([0, 1].map(() => h.post('/executed_obs_units/start', start)));
+      const files = await Promise.all(
+        units.map((u) =>
+          h.post('/raw_data_files', { executed_obs_unit_id: u.body.id, files: [file] }),
+        ),
+      );
+      const fileIds = files.map((f) => f.body.ids[0]);
+      await appendsNothing(
+        () => h.post('/raw_data_packages', { name: 'mixed', file_ids: fileIds }),
+        400,
+        'files_span_units',
+      );
+      const ok = await h.post('/raw_data_packages', { name: 'one', file_ids: [fileIds[0]] });
+      assert.equal(ok.status, 201);
+      const read = await h.get(`/raw_data_packages/${ok.body.id}`);
+      assert.equal(read.body.executed_obs_unit_id, units[0]?.body.id);
+    });
+
+    void it('never answers 500 to a wrong method or an unknown route', async () => {
+      for (const [method, path] of [
+        ['DELETE', '/executed_obs_units/start'],
+        ['PUT', `/executed_obs_units/${unitId}`],
+        ['GET', '/nope'],
+      ] as const) {
+        const result = await h.request(method, path);
+        assert.ok(
+          result.status >= 400 && result.status < 500,
+          `${method} ${path}: ${result.status}`,
+        );
+      }
+    });
+  });
+});
+
+/** A POST with exact bytes and headers, optionally chunked (no Content-Length). */
+const rawPost = (
+  h: Harness,
+  path: string,
+  body: Buffer,
+  headers: Record<string, string>,
+  chunked = false,
+): Promise<Pick<HttpResult, 'status' | 'body'>> =>
+  new Promise((resolve, reject) => {
+    const url = new URL(path, h.url);
+    const req = httpRequest(
+      {
+        method: 'POST',
+        host: url.hostname,
+        port: url.port,
+        path: url.pathname,
+        headers: chunked ? headers : { ...headers, 'content-length': body.length },
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            body: JSON.parse(Buffer.concat(chunks).toString() || 'null'),
+          }),
+        );
+      },
+    );
+    req.on('error', reject);
+    if (chunked) {
+      for (let i = 0; i < body.length; i += 64 * 1024) {
+        req.write(body.subarray(i, i + 64 * 1024));
+      }
+    } else {
+      req.write(body);
+    }
+    req.end();
+  });
