@@ -5,6 +5,7 @@ import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp } from './http/app.ts';
+import { DeadLetters } from './log/dead-letters.ts';
 import { EventLog } from './log/event-log.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
@@ -18,6 +19,7 @@ export type Service = {
   metrics: Metrics;
   eventLog: EventLog;
   acker: Acker | undefined;
+  projector: Projector | undefined;
   stop: () => Promise<void>;
 };
 
@@ -92,6 +94,7 @@ export const startService = async (
   await checkDurability(redis, config, logger);
   const eventLog = new EventLog(redis, config.namespace, config.partitions);
   await eventLog.ensureGroups();
+  const deadLetters = new DeadLetters(eventLog);
   const main = createPool({
     url: config.mainDatabaseUrl,
     max: config.partitions + 4,
@@ -111,10 +114,12 @@ export const startService = async (
     ? new Projector({
         pool: main,
         eventLog,
+        deadLetters,
         redis,
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,
+        claimIdleMs: config.claimIdleMs,
         logger: logger.child({ module: 'projector' }),
         metrics,
       })
@@ -133,7 +138,7 @@ export const startService = async (
   projector?.start();
   acker?.start();
 
-  const app = createApp({ config, eventLog, replica, metrics, logger, status });
+  const app = createApp({ config, eventLog, deadLetters, replica, metrics, logger, status });
   const server =
     role === 'projector'
       ? undefined
@@ -160,7 +165,7 @@ export const startService = async (
     })();
     return stopping;
   };
-  return { port, metrics, eventLog, acker, stop };
+  return { port, metrics, eventLog, acker, projector, stop };
 };
 
 const listeningPort = (server: ReturnType<typeof serve>): Promise<number> =>

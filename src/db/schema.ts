@@ -144,3 +144,21 @@ export const instrumentConfigurations = pgTable('instrument_configurations', {
   instrument: text('instrument').notNull(),
   configuration: jsonb('configuration').notNull(),
 });
+
+/*
+ * One row per partition stream. `token` grows with every change of owner and is checked inside
+ * each applying transaction, so a process that lost its lease (paused, partitioned) cannot commit.
+ */
+export const partitionLeases = pgTable('partition_leases', {
+  partition: integer('partition').primaryKey(),
+  owner: text('owner'),
+  token: bigint('token', { mode: 'number' }).notNull(),
+  expiresAt: timestamptz('expires_at').notNull(),
+  acquiredAt: timestamptz('acquired_at').notNull(),
+});
+
+/** Projector processes alive recently: each takes its fair share of the partitions. */
+export const projectorMembers = pgTable('projector_members', {
+  consumer: text('consumer').primaryKey(),
+  heartbeatAt: timestamptz('heartbeat_at').notNull(),
+});

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Config } from '../config.ts';
+import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -9,6 +10,7 @@ import type { StatusSource } from '../ops/status.ts';
 export type AppDeps = {
   config: Config;
   eventLog: EventLog;
+  deadLetters: DeadLetters;
   replica: pg.Pool;
   metrics: Metrics;
   logger: Logger;

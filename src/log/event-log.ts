@@ -4,7 +4,7 @@ import type { Envelope, UnitStatus } from '../domain/events.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { allPartitionKeys, CONSUMER_GROUP, type PartitionKeys, partitionKeys } from './keys.ts';
 
-const script = (name: string) =>
+export const script = (name: string) =>
   readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8');
 
 /**
@@ -62,7 +62,6 @@ type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
-  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
 };
 
 export type Attempt = { at: string; error: string };
@@ -79,7 +78,6 @@ export class EventLog {
     redis.defineCommand('outpostAppend', { lua: script('append') });
     redis.defineCommand('outpostAck', { lua: script('ack') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight') });
-    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter') });
     this.#redis = redis as Redis & Commands;
   }
 
@@ -235,34 +233,6 @@ export class EventLog {
     history.push({ at: new Date().toISOString(), error });
     await this.#redis.hset(key, entryId, JSON.stringify(history));
     return history;
-  }
-
-  async deadLetter(entry: LogEntry, partition: number, history: Attempt[]): Promise<string> {
-    const keys = this.keys(partition);
-    const { event } = entry;
-    const allKeys = [
-      keys.stream,
-      keys.deadLetters,
-      keys.eventIndex,
-      keys.attempts,
-      keys.inflight(event.aggregate_id),
-      keys.inflightAggregates(event.aggregate_type),
-    ];
-    return this.#redis.outpostDeadLetter(
-      allKeys.length,
-      ...allKeys,
-      CONSUMER_GROUP,
-      entry.entryId,
-      event.event_id,
-      event.aggregate_id,
-      ...encodeEntryFields(event),
-      'original_entry_id',
-      entry.entryId,
-      'error',
-      history.at(-1)?.error ?? 'unknown',
-      'attempts',
-      JSON.stringify(history),
-    );
   }
 
   async pendingCount(partition: number): Promise<number> {

@@ -17,6 +17,12 @@ export type PartitionKeys = {
   appliedLsn: string;
   /** Moved-aside events that failed N times, with their error and attempt history. */
   deadLetters: string;
+  /** event_id -> dead-letter entry id. */
+  deadIndex: string;
+  /** Aggregates with a dead-lettered event: their later events follow it to the dead letters. */
+  blockedAggregates: string;
+  /** Audit records of discarded dead letters. */
+  discarded: string;
   /** Attempts per entry id, for entries whose application failed on data. */
   attempts: string;
   /** Entry ids of an aggregate's unacknowledged events, in stream order: the merged read's input. */
@@ -38,6 +44,9 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     appliedLsn: `${prefix}:applied-lsn`,
     deadLetters: `${prefix}:dead-letters`,
     attempts: `${prefix}:attempts`,
+    deadIndex: `${prefix}:dead-index`,
+    blockedAggregates: `${prefix}:blocked-aggregates`,
+    discarded: `${prefix}:discarded`,
     inflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
     inflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,

@@ -91,7 +91,7 @@ export class StatusSource {
       },
       background_processor: processorView(processor),
       replication_lag: lag,
-      circuit_breaker: 'closed',
+      circuit_breaker: projector?.breaker.state ?? 'closed',
     } as const;
   }
 
@@ -130,7 +130,6 @@ export class StatusSource {
     const lag = lagOf(mainLsn, replicaPos);
     metrics.replicationLagBytes.set(lag.bytes);
     metrics.replicationLagSeconds.set(lag.current_lag_seconds);
-    metrics.breakerState.set({ target: 'main' }, 0);
   }
 }
 

@@ -19,6 +19,7 @@ import {
   setCommitLsn,
   upsertProjection,
 } from '../db/queries/apply.ts';
+import { assertLease, type Lease } from '../db/queries/leases.ts';
 import { type Envelope, EVENT_TYPES, linksOf } from '../domain/events.ts';
 import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
 import type { LogEntry } from '../log/codec.ts';
@@ -28,8 +29,10 @@ export type BatchResult = {
   applied: LogEntry[];
   /** Entries whose events were already in the main database (redelivery, duplicate XADD). */
   duplicates: LogEntry[];
-  /** Entries whose events cannot apply to the state they meet. */
-  failed: { entry: LogEntry; error: FoldError }[];
+  /** Entries whose events cannot apply: to the state they meet, or to PostgreSQL. */
+  failed: { entry: LogEntry; error: Error }[];
+  /** Entries held back behind a failed event of their aggregate: order before progress. */
+  deferred: LogEntry[];
   /** The WAL insert position read after COMMIT returned: at or past the commit record. */
   commitLsn: string;
 };
@@ -43,6 +46,7 @@ type Plan = {
   states: Map<ProjectionTable, AggregateState[]>;
   applied: LogEntry[];
   failed: { entry: LogEntry; error: FoldError }[];
+  deferred: LogEntry[];
 };
 
 const loadStates = async (db: Queryable, fresh: readonly LogEntry[]) => {
@@ -71,6 +75,7 @@ const planBatch = (
   fresh: readonly LogEntry[],
   loaded: { states: Map<string, AggregateState>; seqs: Map<string, number> },
   partition: number,
+  heldAggregates: ReadonlySet<string>,
 ): Plan => {
   const plan: Plan = {
     events: [],
@@ -81,20 +86,27 @@ const planBatch = (
     states: new Map(),
     applied: [],
     failed: [],
+    deferred: [],
   };
   const states = new Map(loaded.states);
   const nextSeq = new Map<string, number>();
   const createdHere = new Set<string>();
   const heads = new Map<string, HeadRow>();
+  const held = new Set(heldAggregates);
   for (const entry of fresh) {
     const { event } = entry;
     const id = event.aggregate_id;
+    if (held.has(id)) {
+      plan.deferred.push(entry);
+      continue;
+    }
     let state: AggregateState;
     try {
       state = evolve(states.get(id), event);
     } catch (err) {
       if (err instanceof FoldError) {
         plan.failed.push({ entry, error: err });
+        held.add(id);
         continue;
       }
       throw err;
@@ -168,8 +180,10 @@ const writePlan = async (db: pg.PoolClient, plan: Plan) => {
 export const applyBatch = async (
   pool: pg.Pool,
   entries: readonly LogEntry[],
-  partition: number,
+  lease: Lease,
+  heldAggregates: ReadonlySet<string> = new Set(),
 ): Promise<BatchResult> => {
+  const { partition } = lease;
   const { result, client, release } = await withTransaction(pool, async (tx) => {
     const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
     const seen = new Set<string>();
@@ -180,8 +194,9 @@ export const applyBatch = async (
       (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
       seen.add(id);
     }
-    const plan = planBatch(fresh, await loadStates(tx, fresh), partition);
+    const plan = planBatch(fresh, await loadStates(tx, fresh), partition, heldAggregates);
     await writePlan(tx, plan);
+    await assertLease(tx, lease);
     const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
     return { plan, duplicates, lacksLsn };
   });
@@ -194,6 +209,7 @@ export const applyBatch = async (
       applied: result.plan.applied,
       duplicates: result.duplicates,
       failed: result.plan.failed,
+      deferred: result.plan.deferred,
       commitLsn,
     };
   } catch (err) {

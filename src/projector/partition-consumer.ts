@@ -1,26 +1,39 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
+import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
+import {
+  type DeadLetters,
+  type FailedEntry,
+  failedEntryOf,
+  failedEntryOfEvent,
+} from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { applyBatch } from './apply-batch.ts';
+import { applyBatch, type BatchResult } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
+import type { CircuitBreaker } from './circuit-breaker.ts';
 import { classifyFailure } from './errors.ts';
 
 export type ConsumerDeps = {
   pool: pg.Pool;
   eventLog: EventLog;
+  deadLetters: DeadLetters;
   /** A connection of its own: XREADGROUP BLOCK would stall every other command sharing it. */
   reader: Redis;
-  consumer: string;
+  lease: Lease;
+  /** False once the lease may have lapsed (e.g. after the process was frozen): stop reading. */
+  leaseValid: () => boolean;
+  breaker: CircuitBreaker;
   batchSize: number;
   maxAttempts: number;
   logger: Logger;
   metrics: Metrics;
   onBatch?: (stats: { applied: number; ms: number }) => void;
   onFailure?: () => void;
+  onFenced?: () => void;
 };
 
 type StreamReply = [stream: string, entries: [string, string[] | null][]][] | null;
@@ -28,8 +41,9 @@ type StreamReply = [stream: string, entries: [string, string[] | null][]][] | nu
 const BLOCK_MS = 1000;
 
 /**
- * Applies one partition's stream in order. On start, and after any failure, it first re-reads its
- * own pending entries (id 0), so an entry read before a crash is applied before anything newer.
+ * Applies one partition's stream in order, while this process holds the partition's lease. On
+ * start, and after any failure, it first re-reads its own pending entries (id 0), so an entry read
+ * before a crash or claimed from a dead owner is applied before anything newer.
  */
 export class PartitionConsumer {
   readonly #deps: ConsumerDeps;
@@ -37,18 +51,25 @@ export class PartitionConsumer {
   readonly #abort = new AbortController();
   readonly #transientBackoff = new Backoff({ baseMs: 100, capMs: 10_000 });
   readonly #retryBackoff = new Backoff({ baseMs: 200, capMs: 30_000 });
+  /** Aggregates with a failed entry awaiting retry: their later entries wait behind it. */
+  readonly #holding = new Set<string>();
   #running: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #rereadOwnPending = true;
+  #cursor = '0';
   #lastError: string | undefined;
 
-  constructor(deps: ConsumerDeps, partition: number) {
+  constructor(deps: ConsumerDeps) {
     this.#deps = deps;
-    this.#partition = partition;
+    this.#partition = deps.lease.partition;
   }
 
   get lastError(): string | undefined {
     return this.#lastError;
+  }
+
+  get partition(): number {
+    return this.#partition;
   }
 
   start(): void {
@@ -59,30 +80,53 @@ export class PartitionConsumer {
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       this.#abort.abort();
-      // Interrupts a blocking XREADGROUP; the entries it would have read stay in the stream.
+      // Interrupts a blocking XREADGROUP; what it would have read stays in the stream.
       this.#deps.reader.disconnect();
       await this.#running;
     })();
     return this.#stopping;
   }
 
+  /** Re-reads own pending entries on the next turn (after a claim of a dead owner's entries). */
+  rereadOwnPending(): void {
+    this.#rereadOwnPending = true;
+  }
+
   async #run(): Promise<void> {
     const { logger } = this.#deps;
     while (!this.#abort.signal.aborted) {
+      if (!this.#deps.leaseValid()) {
+        logger.warn({ partition: this.#partition }, 'lease may have lapsed, stop reading');
+        this.#deps.onFenced?.();
+        break;
+      }
       try {
-        const entries = this.#rereadOwnPending
-          ? await this.#readOwnPending()
-          : await this.#readNew();
-        if (this.#abort.signal.aborted) {
-          break;
+        const raw = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
+        if (this.#abort.signal.aborted || raw.length === 0) {
+          continue;
         }
-        if (entries.length > 0) {
-          await this.#process(entries);
+        if (!this.#deps.breaker.tryAcquire()) {
+          // What was read stays in our pending list and is re-read once the breaker lets us.
+          this.#rereadOwnPending = true;
+          await pause(
+            Math.min(1000, Math.max(50, this.#deps.breaker.waitMs())),
+            this.#abort.signal,
+          );
+          continue;
         }
+        await this.#process(raw);
         this.#transientBackoff.reset();
         this.#lastError = undefined;
       } catch (err) {
         if (this.#abort.signal.aborted) {
+          break;
+        }
+        if (err instanceof FencedError) {
+          logger.warn(
+            { err, partition: this.#partition },
+            'fenced: another process owns this partition now',
+          );
+          this.#deps.onFenced?.();
           break;
         }
         this.#lastError = (err as Error).message;
@@ -98,9 +142,10 @@ export class PartitionConsumer {
     }
   }
 
-  #cursor = '0';
-
   async #readOwnPending(): Promise<RawEntry[]> {
+    if (this.#cursor === '0') {
+      this.#holding.clear();
+    }
     const raw = await this.#read(this.#cursor);
     if (raw.length === 0) {
       this.#rereadOwnPending = false;
@@ -121,9 +166,9 @@ export class PartitionConsumer {
   }
 
   async #read(from: string): Promise<RawEntry[]> {
-    const { reader, eventLog, consumer, batchSize } = this.#deps;
+    const { reader, eventLog, lease, batchSize } = this.#deps;
     const stream = eventLog.keys(this.#partition).stream;
-    const args: (string | number)[] = ['GROUP', CONSUMER_GROUP, consumer, 'COUNT', batchSize];
+    const args: (string | number)[] = ['GROUP', CONSUMER_GROUP, lease.consumer, 'COUNT', batchSize];
     if (from === '>') {
       args.push('BLOCK', BLOCK_MS);
     }
@@ -149,13 +194,40 @@ export class PartitionConsumer {
         if (!(err instanceof UndecodableEntryError)) {
           throw err;
         }
-        await this.#failEntry({ entryId: entry[0], event: undefined }, err);
+        await this.#fail(failedEntryOf(entry), err);
       }
     }
-    if (decoded.length === 0) {
+    const blocked = await this.#deps.deadLetters.blocked(this.#partition, [
+      ...new Set(decoded.map((e) => e.event.aggregate_id)),
+    ]);
+    const applicable: LogEntry[] = [];
+    for (const entry of decoded) {
+      if (blocked.has(entry.event.aggregate_id)) {
+        await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
+          {
+            at: new Date().toISOString(),
+            error: 'an earlier event of this aggregate is dead-lettered',
+          },
+        ]);
+      } else {
+        applicable.push(entry);
+      }
+    }
+    if (applicable.length === 0) {
+      this.#deps.breaker.recordSuccess();
       return;
     }
-    const { applied, duplicates, failed, commitLsn } = await this.#applyIsolating(decoded);
+    let result: BatchResult;
+    try {
+      result = await this.#applyIsolating(applicable);
+      this.#deps.breaker.recordSuccess();
+    } catch (err) {
+      if (!(err instanceof FencedError)) {
+        this.#deps.breaker.recordFailure();
+      }
+      throw err;
+    }
+    const { applied, duplicates, failed, deferred, commitLsn } = result;
     await this.#deps.eventLog.recordApplied(
       this.#partition,
       [...applied, ...duplicates].map(({ entryId, event }) => ({
@@ -167,7 +239,11 @@ export class PartitionConsumer {
       })),
     );
     for (const { entry, error } of failed) {
-      await this.#failEntry(entry, error);
+      this.#holding.add(entry.event.aggregate_id);
+      await this.#fail(failedEntryOfEvent(entry.entryId, entry.event), error);
+    }
+    if (deferred.length > 0) {
+      this.#scheduleReread();
     }
     const ms = performance.now() - started;
     this.#deps.metrics.eventsApplied.inc(applied.length);
@@ -189,33 +265,43 @@ export class PartitionConsumer {
    * A batch that fails on data in PostgreSQL (a constraint, a value it cannot store) is applied
    * again one event at a time, so one poison event cannot hold back the events around it.
    */
-  async #applyIsolating(entries: LogEntry[]) {
+  async #applyIsolating(entries: LogEntry[]): Promise<BatchResult> {
     try {
-      return await applyBatch(this.#deps.pool, entries, this.#partition);
+      return await applyBatch(this.#deps.pool, entries, this.#deps.lease, this.#holding);
     } catch (err) {
-      if (classifyFailure(err) === 'transient' || entries.length === 1) {
-        if (entries.length === 1 && classifyFailure(err) === 'data') {
-          const only = entries[0] as LogEntry;
-          return {
-            applied: [],
-            duplicates: [],
-            failed: [{ entry: only, error: err as Error }],
-            commitLsn: '0/0',
-          };
-        }
+      if (classifyFailure(err) === 'transient' || err instanceof FencedError) {
         throw err;
       }
-      const combined = {
-        applied: [] as LogEntry[],
-        duplicates: [] as LogEntry[],
-        failed: [] as { entry: LogEntry; error: Error }[],
+      const [only] = entries;
+      if (entries.length === 1 && only) {
+        return {
+          applied: [],
+          duplicates: [],
+          failed: [{ entry: only, error: err as Error }],
+          deferred: [],
+          commitLsn: '0/0',
+        };
+      }
+      const combined: BatchResult = {
+        applied: [],
+        duplicates: [],
+        failed: [],
+        deferred: [],
         commitLsn: '0/0',
       };
       for (const entry of entries) {
+        if (
+          this.#holding.has(entry.event.aggregate_id) ||
+          combined.failed.some((f) => f.entry.event.aggregate_id === entry.event.aggregate_id)
+        ) {
+          combined.deferred.push(entry);
+          continue;
+        }
         const one = await this.#applyIsolating([entry]);
         combined.applied.push(...one.applied);
         combined.duplicates.push(...one.duplicates);
         combined.failed.push(...one.failed);
+        combined.deferred.push(...one.deferred);
         if (one.applied.length + one.duplicates.length > 0) {
           combined.commitLsn = one.commitLsn;
         }
@@ -224,28 +310,43 @@ export class PartitionConsumer {
     }
   }
 
-  async #failEntry(entry: { entryId: string; event: LogEntry['event'] | undefined }, error: Error) {
+  async #fail(entry: FailedEntry, error: Error) {
     const { eventLog, maxAttempts, logger } = this.#deps;
     this.#deps.onFailure?.();
     const history = await eventLog.recordAttempt(this.#partition, entry.entryId, error.message);
-    if (history.length >= maxAttempts && entry.event) {
-      const deadId = await eventLog.deadLetter(entry as LogEntry, this.#partition, history);
-      logger.warn(
-        {
-          partition: this.#partition,
-          entryId: entry.entryId,
-          eventId: entry.event.event_id,
-          deadId,
-          err: error,
-        },
-        'event moved to dead letters',
-      );
+    if (history.length >= maxAttempts || error instanceof UndecodableEntryError) {
+      await this.#deadLetter(entry, history);
       return;
     }
     logger.warn(
-      { partition: this.#partition, entryId: entry.entryId, attempt: history.length, err: error },
+      {
+        partition: this.#partition,
+        entryId: entry.entryId,
+        eventId: entry.eventId,
+        attempt: history.length,
+        err: error,
+      },
       'event failed to apply, will retry',
     );
+    this.#scheduleReread();
+  }
+
+  async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
+    const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
+    this.#holding.delete(entry.aggregateId);
+    this.#deps.logger.warn(
+      {
+        partition: this.#partition,
+        entryId: entry.entryId,
+        eventId: entry.eventId,
+        deadId,
+        error: history.at(-1)?.error,
+      },
+      'event moved to dead letters',
+    );
+  }
+
+  #scheduleReread() {
     const delay = this.#retryBackoff.nextDelayMs();
     setTimeout(() => {
       this.#rereadOwnPending = true;

@@ -1,17 +1,24 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
+import type { Lease } from '../db/queries/leases.ts';
+import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
+import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { BREAKER_GAUGE, CircuitBreaker } from './circuit-breaker.ts';
+import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
 
 export type ProjectorDeps = {
   pool: pg.Pool;
   eventLog: EventLog;
+  deadLetters: DeadLetters;
   redis: Redis;
   consumer: string;
   batchSize: number;
   maxAttempts: number;
+  claimIdleMs: number;
   logger: Logger;
   metrics: Metrics;
 };
@@ -27,15 +34,22 @@ export type ProjectorStats = {
   /** Events applied per second over the last minute. */
   rate: number;
   lastError: string | undefined;
+  partitions: number[];
 };
 
 const RATE_WINDOW_MS = 60_000;
 
-/** One consumer per partition stream, each with its own blocking Redis connection. */
+/**
+ * Applies the partitions this process holds leases for, one consumer per partition, behind one
+ * circuit breaker for the main database.
+ */
 export class Projector {
   readonly #deps: ProjectorDeps;
-  readonly #consumers: PartitionConsumer[] = [];
+  readonly #consumers = new Map<number, PartitionConsumer>();
   readonly #recent: { at: number; applied: number }[] = [];
+  readonly breaker: CircuitBreaker;
+  readonly #leases: LeaseManager;
+  #reclaimTimer: NodeJS.Timeout | undefined;
   #processed = 0;
   #batches = 0;
   #failures = 0;
@@ -45,34 +59,108 @@ export class Projector {
 
   constructor(deps: ProjectorDeps) {
     this.#deps = deps;
+    this.breaker = new CircuitBreaker({
+      failureThreshold: 5,
+      coolDownMs: 30_000,
+      onChange: (state) => {
+        deps.metrics.breakerState.set({ target: 'main' }, BREAKER_GAUGE[state]);
+        deps.logger.warn({ target: 'main', state }, 'circuit breaker changed state');
+      },
+    });
+    deps.metrics.breakerState.set({ target: 'main' }, 0);
+    this.#leases = new LeaseManager({
+      pool: deps.pool,
+      consumer: deps.consumer,
+      partitions: deps.eventLog.partitions,
+      ttlMs: deps.claimIdleMs,
+      logger: deps.logger.child({ component: 'leases' }),
+      events: {
+        acquired: (lease) => this.#startPartition(lease),
+        stopped: (partition) => this.#stopPartition(partition),
+      },
+    });
   }
 
   start(): void {
-    if (this.#consumers.length > 0) {
-      return;
-    }
-    const { eventLog } = this.#deps;
-    for (const { partition } of eventLog.allKeys()) {
-      const consumer = new PartitionConsumer(
-        {
-          ...this.#deps,
-          reader: this.#deps.redis.duplicate({ lazyConnect: false, enableOfflineQueue: true }),
-          logger: this.#deps.logger.child({ partition }),
-          onBatch: ({ applied, ms }) => this.#record(applied, ms),
-          onFailure: () => {
-            this.#failures += 1;
-          },
-        },
-        partition,
+    this.#leases.start();
+    this.#reclaimTimer = setInterval(() => {
+      void this.#reclaimIdle().catch((err: unknown) =>
+        this.#deps.logger.warn({ err }, 'reclaiming idle entries failed'),
       );
-      this.#consumers.push(consumer);
-      consumer.start();
-    }
+    }, this.#deps.claimIdleMs);
+    this.#reclaimTimer.unref();
   }
 
   stop(): Promise<void> {
-    this.#stopping ??= Promise.all(this.#consumers.map((c) => c.stop())).then(() => undefined);
+    this.#stopping ??= (async () => {
+      clearInterval(this.#reclaimTimer);
+      await this.#leases.stop();
+    })();
     return this.#stopping;
+  }
+
+  /**
+   * A partition taken over from a dead or fenced owner comes with that owner's pending entries:
+   * claim them all, so they are applied (in order) before anything newer.
+   */
+  async #claimAll(partition: number, minIdleMs: number): Promise<number> {
+    const stream = this.#deps.eventLog.keys(partition).stream;
+    let cursor = '0-0';
+    let claimed = 0;
+    do {
+      const [next, ids] = (await this.#deps.redis.xautoclaim(
+        stream,
+        CONSUMER_GROUP,
+        this.#deps.consumer,
+        minIdleMs,
+        cursor,
+        'COUNT',
+        1000,
+        'JUSTID',
+      )) as [string, string[]];
+      claimed += ids.length;
+      cursor = next;
+    } while (cursor !== '0-0');
+    return claimed;
+  }
+
+  async #startPartition(lease: Lease) {
+    const claimed = await this.#claimAll(lease.partition, 0);
+    if (claimed > 0) {
+      this.#deps.logger.info(
+        { partition: lease.partition, claimed },
+        'claimed pending entries of the previous owner',
+      );
+    }
+    const consumer = new PartitionConsumer({
+      ...this.#deps,
+      reader: this.#deps.redis.duplicate({ lazyConnect: false, enableOfflineQueue: true }),
+      lease,
+      leaseValid: () => this.#leases.isValid(lease.partition),
+      breaker: this.breaker,
+      logger: this.#deps.logger.child({ partition: lease.partition }),
+      onBatch: ({ applied, ms }) => this.#record(applied, ms),
+      onFailure: () => {
+        this.#failures += 1;
+      },
+    });
+    this.#consumers.set(lease.partition, consumer);
+    consumer.start();
+  }
+
+  async #stopPartition(partition: number) {
+    const consumer = this.#consumers.get(partition);
+    this.#consumers.delete(partition);
+    await consumer?.stop();
+  }
+
+  /** Entries stranded with another consumer (one fenced mid-read) come back after the idle time. */
+  async #reclaimIdle() {
+    for (const [partition, consumer] of this.#consumers) {
+      if ((await this.#claimAll(partition, this.#deps.claimIdleMs)) > 0) {
+        consumer.rereadOwnPending();
+      }
+    }
   }
 
   #record(applied: number, ms: number) {
@@ -88,12 +176,17 @@ export class Projector {
   }
 
   stats(): ProjectorStats {
-    const errors = this.#consumers.map((c) => c.lastError).filter((e) => e !== undefined);
+    const errors = [...this.#consumers.values()]
+      .map((c) => c.lastError)
+      .filter((e) => e !== undefined);
+    const leaseError = this.#leases.lastError;
     const now = Date.now();
     const recent = this.#recent.filter((r) => r.at >= now - RATE_WINDOW_MS);
     const windowMs = Math.min(RATE_WINDOW_MS, Math.max(1000, now - (recent[0]?.at ?? now)));
+    const failing =
+      errors.length > 0 || leaseError !== undefined || this.breaker.state !== 'closed';
     return {
-      status: this.#stopping ? 'stopped' : errors.length > 0 ? 'failing' : 'running',
+      status: this.#stopping ? 'stopped' : failing ? 'failing' : 'running',
       lastRun: this.#lastRun === undefined ? null : new Date(this.#lastRun).toISOString(),
       processed: this.#processed,
       batches: this.#batches,
@@ -101,7 +194,8 @@ export class Projector {
       successRate:
         this.#batches + this.#failures === 0 ? 1 : this.#batches / (this.#batches + this.#failures),
       rate: recent.reduce((sum, r) => sum + r.applied, 0) / (windowMs / 1000),
-      lastError: errors[0],
+      lastError: errors[0] ?? leaseError,
+      partitions: this.#leases.owned,
     };
   }
 }

@@ -1,0 +1,102 @@
+import type { Queryable } from '../client.ts';
+
+/** Thrown inside an applying transaction whose process no longer holds the partition's lease. */
+export class FencedError extends Error {
+  constructor(partition: number, token: number) {
+    super(`partition ${partition}: lease token ${token} is no longer current; refusing to commit`);
+    this.name = 'FencedError';
+  }
+}
+
+export type Lease = { partition: number; consumer: string; token: number };
+
+export const heartbeat = async (db: Queryable, consumer: string) => {
+  await db.query(
+    `INSERT INTO projector_members (consumer, heartbeat_at) VALUES ($1, clock_timestamp())
+     ON CONFLICT (consumer) DO UPDATE SET heartbeat_at = excluded.heartbeat_at`,
+    [consumer],
+  );
+};
+
+export const liveMembers = async (db: Queryable, ttlMs: number): Promise<number> => {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM projector_members
+      WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 millisecond'`,
+    [ttlMs],
+  );
+  return rows[0]?.n ?? 0;
+};
+
+export const leaveMembers = async (db: Queryable, consumer: string) => {
+  await db.query('DELETE FROM projector_members WHERE consumer = $1', [consumer]);
+};
+
+/**
+ * Takes a partition that is free or whose lease expired, with a new token. The lock timeout keeps
+ * a taker from hanging behind a stale owner frozen inside its final fencing check.
+ */
+export const acquireLease = async (
+  db: Queryable,
+  partition: number,
+  consumer: string,
+  ttlMs: number,
+): Promise<number | undefined> => {
+  const { rows } = await db.query<{ token: number }>(
+    `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
+     VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp())
+     ON CONFLICT (partition) DO UPDATE
+       SET owner = excluded.owner, token = partition_leases.token + 1,
+           expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
+       WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
+     RETURNING token`,
+    [partition, consumer, ttlMs],
+  );
+  return rows[0]?.token;
+};
+
+export const renewLease = async (db: Queryable, lease: Lease, ttlMs: number): Promise<boolean> => {
+  const { rowCount } = await db.query(
+    `UPDATE partition_leases SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+      WHERE partition = $1 AND owner = $2 AND token = $3 AND expires_at > clock_timestamp()`,
+    [lease.partition, lease.consumer, lease.token, ttlMs],
+  );
+  return rowCount === 1;
+};
+
+export const releaseLease = async (db: Queryable, lease: Lease) => {
+  await db.query(
+    `UPDATE partition_leases SET owner = NULL, expires_at = '-infinity'
+      WHERE partition = $1 AND owner = $2 AND token = $3`,
+    [lease.partition, lease.consumer, lease.token],
+  );
+};
+
+/**
+ * The fencing check, run last inside the applying transaction: the share lock holds off a taker
+ * until this transaction ends, and a lost lease rolls everything back.
+ */
+export const assertLease = async (tx: Queryable, lease: Lease) => {
+  const { rowCount } = await tx.query(
+    `SELECT 1 FROM partition_leases
+      WHERE partition = $1 AND owner = $2 AND token = $3 AND expires_at > clock_timestamp()
+      FOR SHARE`,
+    [lease.partition, lease.consumer, lease.token],
+  );
+  if (rowCount !== 1) {
+    throw new FencedError(lease.partition, lease.token);
+  }
+};
+
+export type LeaseRow = {
+  partition: number;
+  owner: string | null;
+  token: number;
+  expires_at: string;
+};
+
+export const allLeases = async (db: Queryable): Promise<LeaseRow[]> =>
+  (
+    await db.query<LeaseRow>(
+      `SELECT partition, owner, token, expires_at::text FROM partition_leases ORDER BY partition`,
+    )
+  ).rows;

@@ -1,0 +1,275 @@
+import type { Redis } from 'ioredis';
+import { decodeEntry, encodeEntryFields, type RawEntry } from './codec.ts';
+import { type Attempt, type EventLog, script } from './event-log.ts';
+import { CONSUMER_GROUP } from './keys.ts';
+
+/** What a dead letter says about the event it holds, as the admin API and CLI show it. */
+export type DeadLetter = {
+  id: string;
+  dead_letter_id: string;
+  partition: number;
+  original_entry_id: string;
+  event_id: string;
+  aggregate_id: string;
+  aggregate_type: string;
+  type: string;
+  error: string;
+  attempts: Attempt[];
+  dead_at: string;
+  data: unknown;
+};
+
+/** The failed entry as the projector saw it; raw fields when it could not even be decoded. */
+export type FailedEntry = {
+  entryId: string;
+  fields: string[];
+  eventId: string;
+  aggregateId: string;
+  aggregateType: string;
+};
+
+type Commands = {
+  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
+  outpostDeadRetry(numKeys: number, ...args: string[]): Promise<string | null>;
+  outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
+};
+
+const META_FIELDS = ['original_entry_id', 'error', 'attempts'];
+
+const recordOf = (fields: string[]): Record<string, string> => {
+  const record: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    record[fields[i] as string] ??= fields[i + 1] as string;
+  }
+  return record;
+};
+
+/** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
+const eventFieldsOf = (fields: string[]): string[] => {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (!META_FIELDS.includes(fields[i] as string)) {
+      out.push(fields[i] as string, fields[i + 1] as string);
+    }
+  }
+  return out;
+};
+
+/**
+ * Dead letters live in a stream per partition, next to the stream they came from, with an index
+ * by event_id (the id operators use) and a set of aggregates blocked behind them.
+ */
+export class DeadLetters {
+  readonly #redis: Redis & Commands;
+
+  constructor(readonly eventLog: EventLog) {
+    const redis = eventLog.redis;
+    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter') });
+    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry') });
+    redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard') });
+    this.#redis = redis as Redis & Commands;
+  }
+
+  async add(partition: number, entry: FailedEntry, history: Attempt[]): Promise<string> {
+    const keys = this.eventLog.keys(partition);
+    const allKeys = [
+      keys.stream,
+      keys.deadLetters,
+      keys.eventIndex,
+      keys.attempts,
+      keys.inflight(entry.aggregateId),
+      keys.inflightAggregates(entry.aggregateType),
+      keys.deadIndex,
+      keys.blockedAggregates,
+    ];
+    return this.#redis.outpostDeadLetter(
+      allKeys.length,
+      ...allKeys,
+      CONSUMER_GROUP,
+      entry.entryId,
+      entry.eventId,
+      entry.aggregateId,
+      ...entry.fields,
+      'original_entry_id',
+      entry.entryId,
+      'error',
+      history.at(-1)?.error ?? 'unknown',
+      'attempts',
+      JSON.stringify(history),
+    );
+  }
+
+  /** Which of these aggregates are blocked behind a dead letter. */
+  async blocked(partition: number, aggregateIds: readonly string[]): Promise<Set<string>> {
+    const key = this.eventLog.keys(partition).blockedAggregates;
+    if (aggregateIds.length === 0 || (await this.#redis.scard(key)) === 0) {
+      return new Set();
+    }
+    const flags = (await this.#redis.call('SMISMEMBER', key, ...aggregateIds)) as number[];
+    return new Set(aggregateIds.filter((_, i) => flags[i] === 1));
+  }
+
+  #view(partition: number, [deadId, fields]: RawEntry): DeadLetter {
+    const record = recordOf(fields);
+    let data: unknown = record.data;
+    try {
+      data = decodeEntry([deadId, eventFieldsOf(fields)]).event.data;
+    } catch {
+      // An undecodable entry is shown with its raw fields.
+    }
+    return {
+      id: record.event_id ?? deadId,
+      dead_letter_id: deadId,
+      partition,
+      original_entry_id: record.original_entry_id ?? '',
+      event_id: record.event_id ?? '',
+      aggregate_id: record.aggregate_id ?? '',
+      aggregate_type: record.aggregate_type ?? '',
+      type: record.type ?? '',
+      error: record.error ?? '',
+      attempts: JSON.parse(record.attempts ?? '[]') as Attempt[],
+      dead_at: new Date(Number(deadId.split('-')[0])).toISOString(),
+      data,
+    };
+  }
+
+  /** Dead letters in partition order, then entry order; the cursor is `<partition>:<entry id>`. */
+  async list(
+    limit: number,
+    cursor?: string,
+  ): Promise<{ items: DeadLetter[]; next_cursor: string | null }> {
+    const [startPartition, after] = cursor ? parseCursor(cursor) : [0, undefined];
+    const items: DeadLetter[] = [];
+    for (const keys of this.eventLog.allKeys().slice(startPartition)) {
+      const from = keys.partition === startPartition && after ? `(${after}` : '-';
+      const entries = (await this.#redis.xrange(
+        keys.deadLetters,
+        from,
+        '+',
+        'COUNT',
+        limit - items.length + 1,
+      )) as RawEntry[];
+      for (const entry of entries) {
+        if (items.length === limit) {
+          const last = items.at(-1);
+          return { items, next_cursor: last ? `${last.partition}:${last.dead_letter_id}` : null };
+        }
+        items.push(this.#view(keys.partition, entry));
+      }
+    }
+    return { items, next_cursor: null };
+  }
+
+  async get(eventId: string, partition: number): Promise<DeadLetter | undefined> {
+    const keys = this.eventLog.keys(partition);
+    const deadId = await this.#redis.hget(keys.deadIndex, eventId);
+    if (!deadId) {
+      return undefined;
+    }
+    const [entry] = (await this.#redis.xrange(keys.deadLetters, deadId, deadId)) as RawEntry[];
+    return entry && this.#view(partition, entry);
+  }
+
+  async count(): Promise<number> {
+    const pipeline = this.#redis.pipeline();
+    for (const keys of this.eventLog.allKeys()) {
+      pipeline.xlen(keys.deadLetters);
+    }
+    return ((await pipeline.exec()) ?? []).reduce((sum, [, n]) => sum + Number(n ?? 0), 0);
+  }
+
+  /** Appends the event again (same event_id) and lifts its aggregate's block; the new entry id. */
+  async retry(dead: DeadLetter): Promise<string | undefined> {
+    const keys = this.eventLog.keys(dead.partition);
+    const [raw] = (await this.#redis.xrange(
+      keys.deadLetters,
+      dead.dead_letter_id,
+      dead.dead_letter_id,
+    )) as RawEntry[];
+    if (!raw) {
+      return undefined;
+    }
+    const fields = eventFieldsOf(raw[1]);
+    decodeEntry([raw[0], fields]);
+    const allKeys = [
+      keys.stream,
+      keys.deadLetters,
+      keys.eventIndex,
+      keys.deadIndex,
+      keys.blockedAggregates,
+      keys.inflight(dead.aggregate_id),
+      keys.inflightAggregates(dead.aggregate_type),
+    ];
+    const id = await this.#redis.outpostDeadRetry(
+      allKeys.length,
+      ...allKeys,
+      dead.dead_letter_id,
+      dead.event_id,
+      dead.aggregate_id,
+      ...fields,
+    );
+    return id ?? undefined;
+  }
+
+  async discard(dead: DeadLetter, reason: string, by: string): Promise<string | undefined> {
+    const keys = this.eventLog.keys(dead.partition);
+    const audit = [
+      'event_id',
+      dead.event_id,
+      'dead_letter_id',
+      dead.dead_letter_id,
+      'aggregate_id',
+      dead.aggregate_id,
+      'type',
+      dead.type,
+      'error',
+      dead.error,
+      'reason',
+      reason,
+      'by',
+      by,
+      'discarded_at',
+      new Date().toISOString(),
+    ];
+    const id = await this.#redis.outpostDeadDiscard(
+      3,
+      keys.deadLetters,
+      keys.deadIndex,
+      keys.discarded,
+      dead.dead_letter_id,
+      dead.event_id,
+      ...audit,
+    );
+    return id ?? undefined;
+  }
+}
+
+const parseCursor = (cursor: string): [number, string | undefined] => {
+  const match = /^(\d+):(\d+-\d+)$/.exec(cursor);
+  if (!match) {
+    throw new Error(`invalid cursor ${cursor}`);
+  }
+  return [Number(match[1]), match[2]];
+};
+
+export const failedEntryOf = (raw: RawEntry): FailedEntry => {
+  const record = recordOf(raw[1]);
+  return {
+    entryId: raw[0],
+    fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],
+    eventId: record.event_id ?? `undecodable-${raw[0]}`,
+    aggregateId: record.aggregate_id ?? `undecodable-${raw[0]}`,
+    aggregateType: record.aggregate_type ?? 'unknown',
+  };
+};
+
+export const failedEntryOfEvent = (
+  entryId: string,
+  event: Parameters<typeof encodeEntryFields>[0],
+): FailedEntry => ({
+  entryId,
+  fields: encodeEntryFields(event),
+  eventId: event.event_id,
+  aggregateId: event.aggregate_id,
+  aggregateType: event.aggregate_type,
+});

@@ -1,0 +1,84 @@
+export type BreakerState = 'closed' | 'open' | 'half_open';
+
+export type BreakerOptions = {
+  /** Consecutive failures that open the breaker. */
+  failureThreshold: number;
+  /** How long an open breaker refuses calls before it lets one probe through. */
+  coolDownMs: number;
+  now?: () => number;
+  onChange?: (state: BreakerState) => void;
+};
+
+/**
+ * Guards a database: after `failureThreshold` consecutive failures it opens and refuses calls for
+ * `coolDownMs`, so a dead link is not hammered by every partition's retries; then exactly one
+ * half-open probe decides between closing and another cool-down.
+ */
+export class CircuitBreaker {
+  #state: BreakerState = 'closed';
+  #failures = 0;
+  #openedAt = 0;
+  #probeInFlight = false;
+  readonly #options: Required<Omit<BreakerOptions, 'onChange'>> & Pick<BreakerOptions, 'onChange'>;
+
+  constructor(options: BreakerOptions) {
+    this.#options = { now: Date.now, ...options };
+  }
+
+  get state(): BreakerState {
+    if (
+      this.#state === 'open' &&
+      this.#options.now() - this.#openedAt >= this.#options.coolDownMs
+    ) {
+      return 'half_open';
+    }
+    return this.#state;
+  }
+
+  /** Whether a call may go ahead now; in half-open state only the single probe may. */
+  tryAcquire(): boolean {
+    const state = this.state;
+    if (state === 'closed') {
+      return true;
+    }
+    if (state === 'half_open' && !this.#probeInFlight) {
+      this.#probeInFlight = true;
+      this.#set('half_open');
+      return true;
+    }
+    return false;
+  }
+
+  /** Milliseconds until an open breaker admits its probe (0 when calls may go ahead). */
+  waitMs(): number {
+    if (this.#state !== 'open') {
+      return 0;
+    }
+    return Math.max(0, this.#openedAt + this.#options.coolDownMs - this.#options.now());
+  }
+
+  recordSuccess(): void {
+    this.#failures = 0;
+    this.#probeInFlight = false;
+    this.#set('closed');
+  }
+
+  recordFailure(): void {
+    this.#failures += 1;
+    const wasProbe = this.#probeInFlight;
+    this.#probeInFlight = false;
+    if (wasProbe || this.#failures >= this.#options.failureThreshold) {
+      this.#openedAt = this.#options.now();
+      this.#set('open');
+    }
+  }
+
+  #set(state: BreakerState) {
+    if (this.#state !== state) {
+      this.#state = state;
+      this.#options.onChange?.(state);
+    }
+  }
+}
+
+export const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };

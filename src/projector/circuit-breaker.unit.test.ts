@@ -1,0 +1,72 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { CircuitBreaker } from './circuit-breaker.ts';
+
+const breakerAt = () => {
+  let now = 0;
+  const changes: string[] = [];
+  const breaker = new CircuitBreaker({
+    failureThreshold: 5,
+    coolDownMs: 30_000,
+    now: () => now,
+    onChange: (s) => changes.push(s),
+  });
+  return { breaker, changes, advance: (ms: number) => (now += ms) };
+};
+
+void describe('CircuitBreaker', () => {
+  void it('opens after 5 consecutive failures and refuses calls during the cool-down', () => {
+    const { breaker, changes, advance } = breakerAt();
+    for (let i = 0; i < 4; i += 1) {
+      breaker.recordFailure();
+    }
+    assert.equal(breaker.state, 'closed');
+    breaker.recordFailure();
+    assert.equal(breaker.state, 'open');
+    assert.equal(breaker.tryAcquire(), false);
+    advance(29_999);
+    assert.equal(breaker.tryAcquire(), false);
+    assert.equal(breaker.waitMs(), 1);
+    assert.deepEqual(changes, ['open']);
+  });
+
+  void it('lets exactly one half-open probe through and closes on its success', () => {
+    const { breaker, changes, advance } = breakerAt();
+    for (let i = 0; i < 5; i += 1) {
+      breaker.recordFailure();
+    }
+    advance(30_000);
+    assert.equal(breaker.state, 'half_open');
+    assert.equal(breaker.tryAcquire(), true);
+    assert.equal(breaker.tryAcquire(), false, 'a second caller waits for the probe');
+    breaker.recordSuccess();
+    assert.equal(breaker.state, 'closed');
+    assert.equal(breaker.tryAcquire(), true);
+    assert.deepEqual(changes, ['open', 'half_open', 'closed']);
+  });
+
+  void it('reopens for another cool-down when the probe fails', () => {
+    const { breaker, advance } = breakerAt();
+    for (let i = 0; i < 5; i += 1) {
+      breaker.recordFailure();
+    }
+    advance(30_000);
+    assert.equal(breaker.tryAcquire(), true);
+    breaker.recordFailure();
+    assert.equal(breaker.state, 'open');
+    advance(10_000);
+    assert.equal(breaker.tryAcquire(), false);
+  });
+
+  void it('counts only consecutive failures', () => {
+    const { breaker } = breakerAt();
+    for (let i = 0; i < 4; i += 1) {
+      breaker.recordFailure();
+    }
+    breaker.recordSuccess();
+    for (let i = 0; i < 4; i += 1) {
+      breaker.recordFailure();
+    }
+    assert.equal(breaker.state, 'closed');
+  });
+});

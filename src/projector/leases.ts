@@ -1,0 +1,141 @@
+import type pg from 'pg';
+import {
+  acquireLease,
+  heartbeat,
+  type Lease,
+  leaveMembers,
+  liveMembers,
+  releaseLease,
+  renewLease,
+} from '../db/queries/leases.ts';
+import type { Logger } from '../observability/logger.ts';
+import { pause } from './backoff.ts';
+
+export type LeaseEvents = {
+  /** A partition is ours: claim its pending entries and start applying. */
+  acquired: (lease: Lease) => Promise<void>;
+  /** Stop applying this partition (lost, or being handed to another process). */
+  stopped: (partition: number) => Promise<void>;
+};
+
+type Held = { lease: Lease; validUntil: number };
+
+/**
+ * Holds this process's fair share of the partitions. Leases live in the main database because the
+ * fencing token must be checked in the same transaction that applies events. Renewal runs every
+ * third of the TTL; a process that was frozen longer than that finds its local validity expired
+ * and stops reading before the database could tell it so.
+ */
+export class LeaseManager {
+  readonly #held = new Map<number, Held>();
+  readonly #abort = new AbortController();
+  #running: Promise<void> | undefined;
+  #lastError: string | undefined;
+
+  constructor(
+    private readonly deps: {
+      pool: pg.Pool;
+      consumer: string;
+      partitions: number;
+      ttlMs: number;
+      logger: Logger;
+      events: LeaseEvents;
+    },
+  ) {}
+
+  get owned(): number[] {
+    return [...this.#held.keys()].sort((a, b) => a - b);
+  }
+
+  get lastError(): string | undefined {
+    return this.#lastError;
+  }
+
+  isValid(partition: number): boolean {
+    const held = this.#held.get(partition);
+    return held !== undefined && held.validUntil > Date.now();
+  }
+
+  start(): void {
+    this.#running ??= this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#abort.abort();
+    await this.#running;
+    for (const partition of this.owned) {
+      await this.#give(partition);
+    }
+    await leaveMembers(this.deps.pool, this.deps.consumer).catch(() => undefined);
+  }
+
+  async #run(): Promise<void> {
+    while (!this.#abort.signal.aborted) {
+      try {
+        await this.tick();
+        this.#lastError = undefined;
+      } catch (err) {
+        this.#lastError = (err as Error).message;
+        this.deps.logger.warn({ err }, 'lease maintenance failed');
+      }
+      await pause(Math.max(50, Math.floor(this.deps.ttlMs / 3)), this.#abort.signal);
+    }
+  }
+
+  /** One round: heartbeat, renew what we hold, take or give partitions toward our fair share. */
+  async tick(): Promise<void> {
+    const { pool, consumer, partitions, ttlMs, logger } = this.deps;
+    await heartbeat(pool, consumer);
+    for (const [partition, held] of this.#held) {
+      const started = Date.now();
+      if (await renewLease(pool, held.lease, ttlMs)) {
+        held.validUntil = started + validityMs(ttlMs);
+      } else {
+        logger.warn({ partition, token: held.lease.token }, 'lease lost');
+        this.#held.delete(partition);
+        await this.deps.events.stopped(partition);
+      }
+    }
+    const members = Math.max(1, await liveMembers(pool, ttlMs));
+    const share = Math.ceil(partitions / members);
+    for (const partition of this.owned.slice(share)) {
+      logger.info({ partition, members }, 'handing partition over to balance load');
+      await this.#give(partition);
+    }
+    if (this.#held.size >= share) {
+      return;
+    }
+    // Start at a place derived from our name, so joining processes do not all race for partition 0.
+    const offset = [...consumer].reduce((sum, ch) => sum + ch.charCodeAt(0), 0) % partitions;
+    for (let i = 0; i < partitions && this.#held.size < share; i += 1) {
+      const partition = (offset + i) % partitions;
+      if (this.#held.has(partition) || this.#abort.signal.aborted) {
+        continue;
+      }
+      const started = Date.now();
+      const token = await acquireLease(pool, partition, consumer, ttlMs);
+      if (token !== undefined) {
+        const lease = { partition, consumer, token };
+        this.#held.set(partition, { lease, validUntil: started + validityMs(ttlMs) });
+        logger.info({ partition, token }, 'lease acquired');
+        await this.deps.events.acquired(lease);
+      }
+    }
+  }
+
+  async #give(partition: number) {
+    const held = this.#held.get(partition);
+    if (!held) {
+      return;
+    }
+    this.#held.delete(partition);
+    await this.deps.events.stopped(partition);
+    await releaseLease(this.deps.pool, held.lease).catch(() => undefined);
+  }
+}
+
+/**
+ * How long after a renewal began we trust the lease locally: two thirds of the TTL, so a renewal
+ * every third of the TTL keeps it continuous while a stalled process stops well before it expires.
+ */
+const validityMs = (ttlMs: number) => Math.floor((ttlMs * 2) / 3);
