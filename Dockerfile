@@ -1,0 +1,40 @@
+# Outpost service image: API, projector, acker and scheduler (`serve`), or one role of them
+# (`serve --only api|projector`), and the CLI (`migrate`, `pending`, `dead`, `integrity`).
+
+# --- deps: install exactly what package-lock.json says ---------------------------------------
+FROM node:20-bookworm-slim AS deps
+WORKDIR /app
+# Only the manifests, so editing source does not invalidate the npm ci layer.
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
+# --- runtime ---------------------------------------------------------------------------------
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /app
+
+# node_modules comes from the deps stage as is, devDependencies included, instead of a second
+# `npm ci --omit=dev`: the service runs its TypeScript through tsx (node --import tsx), and
+# tsx is a devDependency. Moving tsx (and its esbuild) to dependencies in package.json would
+# let this stage use --omit=dev and drop TypeScript, Biome and drizzle-kit from the image.
+COPY --from=deps /app/node_modules ./node_modules
+# Everything else the service reads at run time: src/, migrations/ (found relative to
+# src/db/migrate.ts), bin/, tsconfig.json, package.json. .dockerignore keeps out the rest.
+COPY . .
+# Lets `npx outpost …` find the CLI from node_modules/.bin, as it would for a dependency,
+# whatever the npm version's handling of a package's own bin.
+RUN ln -s ../../bin/outpost.js node_modules/.bin/outpost
+
+# The files stay root-owned and read-only to the service; `node` (uid 1000, from the base
+# image) needs to write nothing under /app.
+USER node
+
+EXPOSE 8080
+# /health answers 503 only when writes cannot be accepted (DESIGN §6), which is exactly when
+# this container should count as unhealthy. node instead of curl: the slim image has no curl.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["node", "-e", "fetch(`http://127.0.0.1:${process.env.OUTPOST_PORT || 8080}/health`).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+
+# tsx is loaded as a module hook, not as a wrapper process, so signals reach the service's
+# own SIGTERM handler (graceful shutdown) directly.
+CMD ["node", "--import", "tsx", "src/cli/main.ts", "serve"]
