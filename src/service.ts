@@ -138,7 +138,7 @@ export const startService = async (
   projector?.start();
   acker?.start();
 
-  const app = createApp({ config, eventLog, deadLetters, replica, metrics, logger, status });
+  const app = createApp({ config, eventLog, deadLetters, main, replica, metrics, logger, status });
   const server =
     role === 'projector'
       ? undefined

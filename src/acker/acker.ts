@@ -5,6 +5,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
+import { BREAKER_GAUGE, CircuitBreaker } from '../projector/circuit-breaker.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -33,9 +34,19 @@ export class Acker {
   #lastError: string | undefined;
   #acked = 0;
   #passes = 0;
+  readonly breaker: CircuitBreaker;
 
   constructor(deps: AckerDeps) {
     this.#deps = deps;
+    this.breaker = new CircuitBreaker({
+      failureThreshold: 5,
+      coolDownMs: 30_000,
+      onChange: (state) => {
+        deps.metrics.breakerState.set({ target: 'replica' }, BREAKER_GAUGE[state]);
+        deps.logger.warn({ target: 'replica', state }, 'circuit breaker changed state');
+      },
+    });
+    deps.metrics.breakerState.set({ target: 'replica' }, 0);
   }
 
   get lastPosition(): ReplicaPosition | undefined {
@@ -66,12 +77,18 @@ export class Acker {
 
   async #run(): Promise<void> {
     while (!this.#abort.signal.aborted) {
+      if (!this.breaker.tryAcquire()) {
+        await pause(Math.min(1000, Math.max(50, this.breaker.waitMs())), this.#abort.signal);
+        continue;
+      }
       try {
         await this.ackOnce();
+        this.breaker.recordSuccess();
         this.#backoff.reset();
         this.#lastError = undefined;
         await pause(this.#deps.intervalMs, this.#abort.signal);
       } catch (err) {
+        this.breaker.recordFailure();
         this.#lastError = (err as Error).message;
         const delay = this.#backoff.nextDelayMs();
         this.#deps.logger.warn({ err, retryInMs: delay }, 'acknowledgement pass failed');

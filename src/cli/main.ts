@@ -5,6 +5,7 @@ import { runMigrations } from '../db/migrate.ts';
 import { createLogger } from '../observability/logger.ts';
 import { type Role, startService } from '../service.ts';
 import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '../stack/stack.ts';
+import { dead, pending } from './incident.ts';
 import { CliError, print, table } from './output.ts';
 
 const USAGE = `usage: outpost <command> [options]
@@ -13,6 +14,10 @@ const USAGE = `usage: outpost <command> [options]
   stack up|down|status|reset    the local PostgreSQL primary + replica and Redis under .outpost/
   migrate                       apply database migrations to MAIN_DATABASE_URL
   serve [--only api|projector]  run the API, projector and acker (or one of them)
+  pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
+                                what waits in the pending lists, and whether for the projector or the replica
+  dead list|show <id>|retry <id>|retry --all|discard <id> --reason R
+                                dead-lettered events (the id is the event id)
 
 Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
 
@@ -99,11 +104,18 @@ const main = async (argv: string[]) => {
     options: {
       json: { type: 'boolean', default: false },
       only: { type: 'string' },
+      partition: { type: 'string' },
+      idle: { type: 'string' },
+      consumer: { type: 'string' },
+      limit: { type: 'string' },
+      reason: { type: 'string' },
+      all: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   const flags: Flags = { json: values.json ?? false, only: values.only };
-  const [command, action] = positionals;
+  const [command, action, argument] = positionals;
+  const incidentFlags = { ...values, json: values.json ?? false };
   if (values.help || command === undefined || command === 'help') {
     print(USAGE);
     return;
@@ -111,6 +123,10 @@ const main = async (argv: string[]) => {
   switch (command) {
     case 'stack':
       return stack(action, flags);
+    case 'pending':
+      return pending(incidentFlags);
+    case 'dead':
+      return dead(action, argument, incidentFlags);
     case 'migrate': {
       const config = loadConfig();
       await runMigrations(config.mainDatabaseUrl);

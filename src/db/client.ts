@@ -20,8 +20,9 @@ export const createPool = ({ url, max, applicationName }: PoolOptions): pg.Pool 
     idleTimeoutMillis: 30_000,
     keepAlive: true,
     keepAliveInitialDelayMillis: 2_000,
-    statement_timeout: 30_000,
-    query_timeout: 35_000,
+    // A batch takes milliseconds; a query still unanswered after this is a dead link, not work.
+    statement_timeout: 8_000,
+    query_timeout: 10_000,
     idle_in_transaction_session_timeout: 60_000,
   });
 

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import type { AppDeps, HonoEnv } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
+import { registerAdminRoutes } from './routes/admin.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerUnitRoutes } from './routes/executed-obs-units.ts';
 import { registerConfigurationRoutes } from './routes/instrument-configurations.ts';
@@ -60,6 +61,7 @@ export const createApp = (deps: AppDeps) => {
     c.json(errorBody('not_found', `no route for ${c.req.method} ${c.req.path}`), 404),
   );
 
+  registerAdminRoutes(app, deps);
   registerUnitRoutes(app, deps);
   registerFileRoutes(app, deps);
   registerPackageRoutes(app, deps);

@@ -81,6 +81,14 @@ export const depthOf = (value: unknown): number => {
   return 0;
 };
 
+/** Whether the request carries a body at all (Node gives even an empty request a stream). */
+export const hasBody = (c: Context): boolean => {
+  const length = c.req.header('content-length');
+  return (
+    (length !== undefined && length !== '0') || c.req.header('transfer-encoding') !== undefined
+  );
+};
+
 export const requireJsonContentType = (c: Context) => {
   const type = c.req.header('content-type') ?? '';
   if (!JSON_CONTENT_TYPE.test(type)) {
@@ -97,7 +105,7 @@ export const readJson = async <S extends z.ZodType>(
   schema: S,
   maxBytes: number,
 ): Promise<{ value: z.output<S>; raw: unknown }> => {
-  if (c.req.header('content-type') === undefined && !c.req.raw.body) {
+  if (c.req.header('content-type') === undefined && !hasBody(c)) {
     throw new ApiError('malformed_json', 'a JSON request body is required');
   }
   requireJsonContentType(c);

@@ -11,6 +11,7 @@ export type AppDeps = {
   config: Config;
   eventLog: EventLog;
   deadLetters: DeadLetters;
+  main: pg.Pool;
   replica: pg.Pool;
   metrics: Metrics;
   logger: Logger;

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { type StoredEvent, storedEvent, storedEventsOf } from '../db/queries/read.ts';
 import { partitionOf } from '../domain/ids.ts';
 import type { LogEntry } from '../log/codec.ts';
+import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 
 export type EventState = 'pending' | 'applied' | 'confirmed' | 'dead';
@@ -19,9 +20,11 @@ export type EventView = {
   commit_lsn?: string;
   accepted_at: string;
   data: unknown;
+  /** Why a dead-lettered event could not apply. */
+  error?: string;
 };
 
-type Deps = { replica: pg.Pool; eventLog: EventLog; partitions: number };
+type Deps = { replica: pg.Pool; eventLog: EventLog; partitions: number; deadLetters?: DeadLetters };
 
 const fromEntry = (
   entry: LogEntry,
@@ -80,7 +83,25 @@ export const readEvent = async (deps: Deps, eventId: string): Promise<EventView 
     }
   }
   const stored = await storedEvent(deps.replica, eventId);
-  return stored && fromStored(stored);
+  if (stored) {
+    return fromStored(stored);
+  }
+  const dead = await deps.deadLetters?.get(eventId, partition);
+  return (
+    dead && {
+      event_id: dead.event_id,
+      aggregate_id: dead.aggregate_id,
+      aggregate_type: dead.aggregate_type,
+      type: dead.type,
+      version: 1,
+      partition,
+      entry_id: dead.original_entry_id,
+      state: 'dead',
+      accepted_at: new Date(Number(dead.original_entry_id.split('-')[0])).toISOString(),
+      data: dead.data,
+      error: dead.error,
+    }
+  );
 };
 
 /** Applied and pending events of an aggregate, in order; undefined if it has none. */

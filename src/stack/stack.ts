@@ -362,3 +362,18 @@ export const stackStatus = async (dir: string, fallback: StackOptions): Promise<
 };
 
 export const stackPaths = pathsOf;
+
+/** Fault injection for tests and drills: the primary stopped as by a crash (`-m immediate`). */
+export const crashMain = async (dir: string): Promise<void> => {
+  const bin = requirePgBinDir();
+  await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', pathsOf(dir).main]);
+};
+
+/** Fault injection: Redis killed with SIGKILL; `stackUp` restarts it from its append-only file. */
+export const killRedis = async (dir: string): Promise<void> => {
+  const pid = redisPid(pathsOf(dir).redis);
+  if (pid !== undefined) {
+    process.kill(pid, 'SIGKILL');
+    await waitUntil(() => !isAlive(pid), 'Redis to die', 10_000);
+  }
+};

@@ -16,3 +16,77 @@ export const inBatches = async <T, R>(
   );
   return results;
 };
+
+export type SteadyLoad = {
+  /** Stops sending, waits for requests in flight (and their retries) and reports. */
+  stop: () => Promise<{ accepted: Set<string>; failures: string[]; sent: number }>;
+  accepted: () => number;
+};
+
+/**
+ * Writes at a steady rate, as an instrument would: each write carries its own Idempotency-Key and
+ * is retried on 503 or a refused connection until it is accepted, so every write lands once.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: response bodies are read field by field
+type Post = (
+  path: string,
+  body: unknown,
+  headers: Record<string, string>,
+) => Promise<{ status: number; body: any }>;
+
+export const steadyLoad = (post: Post, ratePerSecond: number, label: string): SteadyLoad => {
+  const accepted = new Set<string>();
+  const failures: string[] = [];
+  const inFlight = new Set<Promise<void>>();
+  let sent = 0;
+  let stopped = false;
+  const write = async (n: number) => {
+    const key = `${label}-${n}-${Math.random().toString(36).slice(2)}`;
+    const deadline = Date.now() + 120_000;
+    for (;;) {
+      try {
+        const result = await post(
+          '/executed_obs_units/start',
+          { obs_unit_id: `${label}-${n}`, instrument: 'load' },
+          {
+            'Idempotency-Key': key,
+          },
+        );
+        if (result.status === 201) {
+          accepted.add(result.body.event_id);
+          return;
+        }
+        if (result.status !== 503 || Date.now() > deadline) {
+          failures.push(`${result.status} ${JSON.stringify(result.body)}`);
+          return;
+        }
+      } catch (err) {
+        if (Date.now() > deadline) {
+          failures.push(String(err));
+          return;
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  };
+  const timer = setInterval(
+    () => {
+      if (stopped) {
+        return;
+      }
+      sent += 1;
+      const request = write(sent).finally(() => inFlight.delete(request));
+      inFlight.add(request);
+    },
+    Math.max(1, Math.round(1000 / ratePerSecond)),
+  );
+  return {
+    accepted: () => accepted.size,
+    stop: async () => {
+      stopped = true;
+      clearInterval(timer);
+      await Promise.all([...inFlight]);
+      return { accepted, failures, sent };
+    },
+  };
+};

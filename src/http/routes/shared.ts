@@ -48,6 +48,7 @@ export const registerAggregateGet = (
 export const readDeps = (deps: AppDeps) => ({
   replica: deps.replica,
   eventLog: deps.eventLog,
+  deadLetters: deps.deadLetters,
   partitions: deps.config.partitions,
 });
 

@@ -1,0 +1,175 @@
+import { parseDurationMs } from '../config.ts';
+import { isUuid, partitionOf } from '../domain/ids.ts';
+import type { DeadLetter } from '../log/dead-letters.ts';
+import { inspectPending } from '../ops/pending.ts';
+import { CliError, print, table } from './output.ts';
+import { withSite } from './site.ts';
+
+export type IncidentFlags = {
+  json: boolean;
+  partition?: string;
+  idle?: string;
+  consumer?: string;
+  limit?: string;
+  reason?: string;
+  all?: boolean;
+};
+
+const int = (value: string | undefined, name: string): number | undefined => {
+  if (value === undefined) {
+    return undefined;
+  }
+  if (!/^\d+$/.test(value)) {
+    throw new CliError(`${name} takes a whole number, not ${value}`);
+  }
+  return Number(value);
+};
+
+/** `outpost pending`: what waits, where, for how long, and for what. */
+export const pending = (flags: IncidentFlags) =>
+  withSite(async (site) => {
+    const minIdleMs = flags.idle === undefined ? undefined : parseDurationMs(flags.idle);
+    if (flags.idle !== undefined && minIdleMs === undefined) {
+      throw new CliError(`--idle takes a duration such as 60s or 5m, not ${flags.idle}`);
+    }
+    const partition = int(flags.partition, '--partition');
+    if (partition !== undefined && partition >= site.config.partitions) {
+      throw new CliError(`--partition must be below ${site.config.partitions}`);
+    }
+    const report = await inspectPending(
+      {
+        eventLog: site.eventLog,
+        main: site.main,
+        replica: site.replica,
+        replicaIsMain: site.config.replicaIsMain,
+      },
+      { partition, minIdleMs, consumer: flags.consumer, limit: int(flags.limit, '--limit') ?? 50 },
+    );
+    if (flags.json) {
+      print(JSON.stringify(report));
+      return;
+    }
+    print(
+      table(
+        report.partitions.map((p) => ({
+          partition: p.partition,
+          pending: p.count,
+          undelivered: p.undelivered,
+          oldest_idle: `${Math.round(p.oldest_idle_ms / 1000)}s`,
+          lowest_id: p.lowest_id,
+          consumers: Object.entries(p.consumers)
+            .map(([name, n]) => `${name}=${n}`)
+            .join(' '),
+        })),
+      ),
+    );
+    print('');
+    print(
+      table(
+        report.entries.map((e) => ({
+          entry_id: e.entry_id,
+          p: e.partition,
+          consumer: e.consumer,
+          idle: `${Math.round(e.idle_ms / 1000)}s`,
+          deliveries: e.deliveries,
+          type: e.type,
+          event_id: e.event_id,
+          waiting_for: e.waiting_for,
+          commit_lsn: e.commit_lsn,
+        })),
+      ),
+    );
+    print('');
+    const r = report.replica;
+    print(
+      r.replay_lsn
+        ? `replica replayed up to ${r.replay_lsn}, ${r.lag_bytes ?? '?'} bytes behind the main database`
+        : `replica position unknown: ${r.error ?? 'unreachable'}`,
+    );
+  });
+
+const deadRow = (d: DeadLetter) => ({
+  id: d.id,
+  p: d.partition,
+  type: d.type,
+  aggregate_id: d.aggregate_id,
+  attempts: d.attempts.length,
+  dead_at: d.dead_at,
+  error: d.error.length > 80 ? `${d.error.slice(0, 77)}...` : d.error,
+});
+
+const requireDead = async (
+  site: Parameters<Parameters<typeof withSite>[0]>[0],
+  id: string | undefined,
+) => {
+  if (id === undefined || !isUuid(id)) {
+    throw new CliError('give the dead letter id (the event id, a UUID)');
+  }
+  const dead = await site.deadLetters.get(
+    id.toLowerCase(),
+    partitionOf(id, site.config.partitions),
+  );
+  if (!dead) {
+    throw new CliError(`no dead letter ${id}`);
+  }
+  return dead;
+};
+
+/** `outpost dead list|show|retry|discard`. */
+export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) =>
+  withSite(async (site) => {
+    switch (action) {
+      case 'list': {
+        const page = await site.deadLetters.list(int(flags.limit, '--limit') ?? 100);
+        print(flags.json ? JSON.stringify(page) : table(page.items.map(deadRow)));
+        return;
+      }
+      case 'show': {
+        const letter = await requireDead(site, id);
+        print(JSON.stringify(letter, null, flags.json ? undefined : 2));
+        return;
+      }
+      case 'retry': {
+        // Oldest first: the events of one aggregate go back in the order they were accepted.
+        const letters = flags.all
+          ? (await site.deadLetters.list(10_000)).items.sort((a, b) =>
+              a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true }),
+            )
+          : [await requireDead(site, id)];
+        const results = [];
+        for (const letter of letters) {
+          const entryId = await site.deadLetters.retry(letter);
+          results.push({
+            id: letter.id,
+            partition: letter.partition,
+            entry_id: entryId ?? null,
+            retried: entryId !== undefined,
+          });
+        }
+        print(flags.json ? JSON.stringify({ items: results }) : table(results));
+        return;
+      }
+      case 'discard': {
+        if (!flags.reason?.trim()) {
+          throw new CliError('discarding needs --reason "<why>"; it is kept in the audit record');
+        }
+        const letter = await requireDead(site, id);
+        const auditId = await site.deadLetters.discard(
+          letter,
+          flags.reason.trim(),
+          `cli:${process.env.USER ?? 'unknown'}`,
+        );
+        const result = {
+          id: letter.id,
+          discarded: auditId !== undefined,
+          audit_id: auditId ?? null,
+        };
+        print(flags.json ? JSON.stringify(result) : `discarded ${letter.id} (audit ${auditId})`);
+        return;
+      }
+      default:
+        throw new CliError(
+          'usage: outpost dead list|show <id>|retry <id>|retry --all|discard <id> --reason R',
+        );
+    }
+  });

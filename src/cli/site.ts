@@ -1,0 +1,43 @@
+import type { Redis } from 'ioredis';
+import type pg from 'pg';
+import { type Config, loadConfig } from '../config.ts';
+import { createPool } from '../db/client.ts';
+import { DeadLetters } from '../log/dead-letters.ts';
+import { EventLog } from '../log/event-log.ts';
+import { createRedis } from '../service.ts';
+
+export type Site = {
+  config: Config;
+  redis: Redis;
+  eventLog: EventLog;
+  deadLetters: DeadLetters;
+  main: pg.Pool;
+  replica: pg.Pool;
+};
+
+/** Connects an operator command to the site's Redis and databases, and always disconnects. */
+export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> => {
+  const config = loadConfig();
+  const redis = createRedis(config);
+  const main = createPool({ url: config.mainDatabaseUrl, max: 2, applicationName: 'outpost-cli' });
+  const replica = createPool({
+    url: config.replicaDatabaseUrl,
+    max: 2,
+    applicationName: 'outpost-cli',
+  });
+  try {
+    await redis.connect();
+    const eventLog = new EventLog(redis, config.namespace, config.partitions);
+    return await work({
+      config,
+      redis,
+      eventLog,
+      deadLetters: new DeadLetters(eventLog),
+      main,
+      replica,
+    });
+  } finally {
+    redis.disconnect();
+    await Promise.all([main.end(), replica.end()]);
+  }
+};

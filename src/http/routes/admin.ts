@@ -1,0 +1,116 @@
+import { z } from 'zod';
+import { partitionOf } from '../../domain/ids.ts';
+import { inspectPending } from '../../ops/pending.ts';
+import { requireAdmin } from '../admin-auth.ts';
+import { hasBody, readJson } from '../body.ts';
+import type { AppDeps } from '../context.ts';
+import { ApiError, notFound } from '../errors.ts';
+import { type App, readQuery, uuidParam } from './shared.ts';
+
+const PendingQuery = z.object({
+  partition: z.coerce.number().int().min(0).optional(),
+  min_idle_ms: z.coerce.number().int().min(0).optional(),
+  consumer: z.string().min(1).max(200).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});
+
+const DeadListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z
+    .string()
+    .regex(/^\d+:\d+-\d+$/, 'not a cursor this API returned')
+    .optional(),
+});
+
+const DiscardBody = z.strictObject({ reason: z.string().trim().min(1).max(2000) });
+
+export const registerAdminRoutes = (app: App, deps: AppDeps) => {
+  app.use('/admin/*', requireAdmin(deps.config.adminToken));
+  app.use('/admin', requireAdmin(deps.config.adminToken));
+
+  app.get('/admin/pending', async (c) => {
+    const query = readQuery(c, PendingQuery);
+    if (query.partition !== undefined && query.partition >= deps.config.partitions) {
+      throw new ApiError('validation_failed', `partition must be below ${deps.config.partitions}`, [
+        { path: 'partition', message: 'no such partition' },
+      ]);
+    }
+    const report = await inspectPending(
+      {
+        eventLog: deps.eventLog,
+        main: deps.main,
+        replica: deps.replica,
+        replicaIsMain: deps.config.replicaIsMain,
+      },
+      {
+        partition: query.partition,
+        minIdleMs: query.min_idle_ms,
+        consumer: query.consumer,
+        limit: query.limit,
+      },
+    );
+    return c.json(report);
+  });
+
+  app.get('/admin/dead-letters', async (c) => {
+    const query = readQuery(c, DeadListQuery);
+    return c.json(await deps.deadLetters.list(query.limit, query.cursor));
+  });
+
+  const deadLetterOf = async (id: string) => {
+    const dead = await deps.deadLetters.get(id, partitionOf(id, deps.config.partitions));
+    if (!dead) {
+      throw notFound('dead letter');
+    }
+    return dead;
+  };
+
+  app.get('/admin/dead-letters/:id', async (c) =>
+    c.json(await deadLetterOf(uuidParam(c, 'id', 'dead letter'))),
+  );
+
+  app.post('/admin/dead-letters/:id/retry', async (c) => {
+    const dead = await deadLetterOf(uuidParam(c, 'id', 'dead letter'));
+    const entryId = await deps.deadLetters.retry(dead);
+    if (!entryId) {
+      throw notFound('dead letter');
+    }
+    c.get('logger').info({ eventId: dead.event_id, entryId }, 'dead letter retried');
+    return c.json({
+      id: dead.id,
+      event_id: dead.event_id,
+      partition: dead.partition,
+      entry_id: entryId,
+      retried: true,
+    });
+  });
+
+  app.delete('/admin/dead-letters/:id', async (c) => {
+    const id = uuidParam(c, 'id', 'dead letter');
+    const fromQuery = c.req.query('reason');
+    const reason =
+      fromQuery !== undefined && fromQuery.trim() !== ''
+        ? fromQuery.trim()
+        : hasBody(c)
+          ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
+          : undefined;
+    if (reason === undefined) {
+      throw new ApiError('validation_failed', 'discarding needs a reason', [
+        { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
+      ]);
+    }
+    const dead = await deadLetterOf(id);
+    const auditId = await deps.deadLetters.discard(dead, reason, 'admin-api');
+    if (!auditId) {
+      throw notFound('dead letter');
+    }
+    c.get('logger').warn({ eventId: dead.event_id, reason, auditId }, 'dead letter discarded');
+    return c.json({
+      id: dead.id,
+      event_id: dead.event_id,
+      discarded: true,
+      reason,
+      audit_id: auditId,
+    });
+  });
+};

@@ -1,0 +1,149 @@
+import type pg from 'pg';
+import { parseLsn } from '../db/lsn.ts';
+import { mainWalLsn, replicaPosition } from '../db/queries/replica.ts';
+import { decodeEntry, type RawEntry } from '../log/codec.ts';
+import type { EventLog } from '../log/event-log.ts';
+import { CONSUMER_GROUP } from '../log/keys.ts';
+
+export type PendingFilter = {
+  partition?: number;
+  minIdleMs?: number;
+  consumer?: string;
+  limit: number;
+};
+
+export type PendingPartition = {
+  partition: number;
+  count: number;
+  lowest_id: string | null;
+  highest_id: string | null;
+  oldest_idle_ms: number;
+  consumers: Record<string, number>;
+  /** Appended but not yet delivered to any projector (not in the pending list yet). */
+  undelivered: number;
+};
+
+export type PendingEntry = {
+  entry_id: string;
+  partition: number;
+  consumer: string;
+  idle_ms: number;
+  deliveries: number;
+  event_id: string | null;
+  aggregate_id: string | null;
+  type: string | null;
+  commit_lsn: string | null;
+  waiting_for: 'projection' | 'replica';
+};
+
+export type PendingReport = {
+  partitions: PendingPartition[];
+  entries: PendingEntry[];
+  replica: { replay_lsn: string | null; lag_bytes: number | null; error?: string };
+};
+
+type Deps = { eventLog: EventLog; main: pg.Pool; replica: pg.Pool; replicaIsMain: boolean };
+
+type XPendingSummary = [number, string | null, string | null, [string, string][] | null];
+type XPendingEntry = [string, string, number, number];
+
+/**
+ * What is stuck and why: XPENDING per partition, and for each pending entry its event, how long
+ * it has been idle, how often it was delivered, and whether it waits for the projector (not yet
+ * applied) or for the replica (applied, commit LSN not yet replayed).
+ */
+export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise<PendingReport> => {
+  const { eventLog } = deps;
+  const keys = eventLog
+    .allKeys()
+    .filter((k) => filter.partition === undefined || k.partition === filter.partition);
+  const partitions: PendingPartition[] = [];
+  const entries: PendingEntry[] = [];
+  for (const k of keys) {
+    const [count, lowest, highest, consumers] = (await eventLog.redis.xpending(
+      k.stream,
+      CONSUMER_GROUP,
+    )) as XPendingSummary;
+    const oldest = lowest
+      ? ((await eventLog.redis.xpending(
+          k.stream,
+          CONSUMER_GROUP,
+          lowest,
+          lowest,
+          1,
+        )) as XPendingEntry[])
+      : [];
+    const groups = (await eventLog.redis.xinfo('GROUPS', k.stream)) as unknown[][];
+    const group = groups.find((g) => g[g.indexOf('name') + 1] === CONSUMER_GROUP) ?? [];
+    partitions.push({
+      partition: k.partition,
+      count: Number(count),
+      lowest_id: lowest,
+      highest_id: highest,
+      oldest_idle_ms: Number(oldest[0]?.[2] ?? 0),
+      consumers: Object.fromEntries((consumers ?? []).map(([name, n]) => [name, Number(n)])),
+      undelivered: Number(group[group.indexOf('lag') + 1] ?? 0) || 0,
+    });
+    const remaining = filter.limit - entries.length;
+    if (remaining <= 0 || Number(count) === 0) {
+      continue;
+    }
+    const args: (string | number)[] = [k.stream, CONSUMER_GROUP];
+    if (filter.minIdleMs !== undefined) {
+      args.push('IDLE', filter.minIdleMs);
+    }
+    args.push('-', '+', remaining);
+    if (filter.consumer !== undefined) {
+      args.push(filter.consumer);
+    }
+    const pending = (await eventLog.redis.call('XPENDING', ...args)) as XPendingEntry[];
+    if (pending.length === 0) {
+      continue;
+    }
+    const pipeline = eventLog.redis.pipeline();
+    for (const [id] of pending) {
+      pipeline.xrange(k.stream, id, id);
+    }
+    const ranges = (await pipeline.exec()) ?? [];
+    const lsns = await eventLog.appliedLsnOf(
+      pending.map(([id]) => id),
+      k.partition,
+    );
+    pending.forEach(([id, consumer, idle, deliveries], i) => {
+      const raw = (ranges[i]?.[1] as RawEntry[] | undefined)?.[0];
+      let event: { event_id: string; aggregate_id: string; type: string } | undefined;
+      try {
+        event = raw ? decodeEntry(raw).event : undefined;
+      } catch {
+        event = undefined;
+      }
+      const lsn = lsns[i] ?? null;
+      entries.push({
+        entry_id: id,
+        partition: k.partition,
+        consumer,
+        idle_ms: Number(idle),
+        deliveries: Number(deliveries),
+        event_id: event?.event_id ?? null,
+        aggregate_id: event?.aggregate_id ?? null,
+        type: event?.type ?? null,
+        commit_lsn: lsn,
+        waiting_for: lsn ? 'replica' : 'projection',
+      });
+    });
+  }
+  return { partitions, entries, replica: await replicaReport(deps) };
+};
+
+const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
+  try {
+    const position = await replicaPosition(deps.replica, deps.replicaIsMain);
+    const main = await mainWalLsn(deps.main).catch(() => undefined);
+    return {
+      replay_lsn: position.lsn,
+      lag_bytes: main ? Math.max(0, Number(parseLsn(main) - parseLsn(position.lsn))) : null,
+    };
+  } catch (err) {
+    return { replay_lsn: null, lag_bytes: null, error: (err as Error).message };
+  }
+};

@@ -1,0 +1,241 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { audit, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
+import { runCli } from './harness/cli.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+import { inBatches } from './harness/load.ts';
+
+const TOKEN = 'test-admin-token';
+const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+
+void describe('admin and incident tools', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start();
+  });
+  after(async () => {
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+    await h.close();
+  });
+
+  const unknownId = '01900000-0000-7000-8000-000000000000';
+  const adminCalls: [string, string, unknown?][] = [
+    ['GET', '/admin/pending'],
+    ['GET', '/admin/dead-letters'],
+    ['GET', `/admin/dead-letters/${unknownId}`],
+    ['POST', `/admin/dead-letters/${unknownId}/retry`],
+    ['DELETE', `/admin/dead-letters/${unknownId}?reason=test`],
+    ['GET', '/admin/nothing-here'],
+  ];
+
+  void it('answers 401 without a token and 403 with a wrong one on every admin endpoint, before anything else', async () => {
+    for (const [method, path] of adminCalls) {
+      const missing = await h.request(method, path);
+      assert.equal(missing.status, 401, `${method} ${path}`);
+      assert.equal(missing.body.error.code, 'unauthorized');
+      const wrong = await h.request(method, path, undefined, auth(`${TOKEN}x`));
+      assert.equal(wrong.status, 403, `${method} ${path}`);
+      assert.equal(wrong.body.error.code, 'forbidden');
+      const notBearer = await h.request(method, path, undefined, { authorization: TOKEN });
+      assert.equal(notBearer.status, 401, `${method} ${path}`);
+    }
+  });
+
+  void it('lets the right token through on every admin endpoint', async () => {
+    const expected = [200, 200, 404, 404, 404, 404];
+    for (const [i, [method, path]] of adminCalls.entries()) {
+      const result = await h.request(method, path, undefined, auth(TOKEN));
+      assert.equal(result.status, expected[i], `${method} ${path}: ${result.text}`);
+    }
+  });
+
+  void it('answers 403 admin_disabled when no token is configured', async () => {
+    const service = await h.startService('api', { adminToken: undefined, port: 0 });
+    try {
+      const result = await fetch(`http://127.0.0.1:${service.port}/admin/pending`, {
+        headers: auth(TOKEN),
+      });
+      assert.equal(result.status, 403);
+      assert.equal(
+        ((await result.json()) as { error: { code: string } }).error.code,
+        'admin_disabled',
+      );
+    } finally {
+      await h.stopService(service);
+    }
+  });
+
+  void it('dead-letters a poison event among 1,000 good ones, applies the rest, and applies it exactly once after a retry', async () => {
+    // A constraint the event cannot meet: a data failure PostgreSQL reports, not a transient one.
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const bodies = Array.from({ length: 1001 }, (_, i) => ({
+      obs_unit_id: `batch-${i}`,
+      instrument: i === 500 ? 'poison' : 'nircam',
+    }));
+    const results = await inBatches(bodies, 16, (body) =>
+      h.post('/executed_obs_units/start', body),
+    );
+    assert.ok(results.every((r) => r.status === 201));
+    const poison = results[500]?.body as { id: string; event_id: string };
+
+    await waitFor(
+      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
+      'the poison event to be dead-lettered',
+    );
+    await waitForAllAcknowledged(h);
+    const applied = await h.mainRows<{ n: number }>(
+      "SELECT count(*)::int AS n FROM executed_obs_units WHERE obs_unit_id LIKE 'batch-%'",
+    );
+    assert.equal(applied[0]?.n, 1000);
+
+    const list = await h.request('GET', '/admin/dead-letters', undefined, auth(TOKEN));
+    assert.equal(list.status, 200);
+    assert.equal(list.body.items.length, 1);
+    const [letter] = list.body.items;
+    assert.equal(letter.event_id, poison.event_id);
+    assert.equal(letter.attempts.length, h.config.maxAttempts);
+    assert.match(letter.error, /no_poison/);
+    const health = await h.get('/health');
+    assert.equal(health.body.transaction_buffer.failed, 1);
+    const metrics = await h.get('/metrics');
+    assert.match(metrics.text, /^outpost_dead_letters 1$/m);
+
+    const cliList = await runCli(h, ['dead', 'list', '--json']);
+    assert.equal(cliList.code, 0, cliList.stderr);
+    assert.equal(JSON.parse(cliList.stdout).items[0].event_id, poison.event_id);
+
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const retried = await runCli(h, ['dead', 'retry', poison.event_id, '--json']);
+    assert.equal(retried.code, 0, retried.stderr);
+    assert.equal(JSON.parse(retried.stdout).items[0].retried, true);
+    await waitForAllAcknowledged(h);
+    const times = await h.mainRows<{ n: number }>(
+      'SELECT count(*)::int AS n FROM events WHERE event_id = $1',
+      [poison.event_id],
+    );
+    assert.equal(times[0]?.n, 1);
+    assert.equal((await h.get(`/executed_obs_units/${poison.id}`)).body.instrument, 'poison');
+    assert.equal((await h.get(`/events/${poison.event_id}`)).body.state, 'confirmed');
+    const again = await runCli(h, ['dead', 'retry', poison.event_id]);
+    assert.equal(again.code, 1, 'a retried dead letter is gone');
+    assert.match(again.stderr, /no dead letter/);
+    await audit(h, await streamEventIds(h));
+  });
+
+  void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const poison = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'discard-me', instrument: 'poison' })
+    ).body;
+    await waitFor(
+      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
+      'dead-lettered',
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+
+    const noReason = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.event_id}`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(noReason.status, 400);
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.event_id}`,
+      { reason: 'test instrument, not real data' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    assert.equal(discarded.body.discarded, true);
+    const gone = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.event_id}?reason=again`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(gone.status, 404);
+    const partition = (await h.get(`/executed_obs_units/${poison.id}`)).status;
+    assert.equal(partition, 404, 'a discarded start never applied');
+    const audits = await Promise.all(
+      Array.from({ length: h.config.partitions }, (_, p) =>
+        h.redis.xrange(`${h.config.namespace}:{p${p}}:discarded`, '-', '+'),
+      ),
+    );
+    const records = audits.flat().map(([, fields]) => fields.join(' '));
+    assert.ok(
+      records.some(
+        (r) => r.includes(poison.event_id) && r.includes('test instrument, not real data'),
+      ),
+    );
+  });
+
+  void it('shows what waits and why: projection or replica, with the replica position', async () => {
+    await h.replica.query('SELECT pg_wal_replay_pause()');
+    try {
+      await waitFor(
+        async () =>
+          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
+            ?.s === 'paused',
+        'replay to pause',
+      );
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'inspect', instrument: 'x' })
+      ).body;
+      await waitFor(
+        async () => (await h.get(`/events/${unit.event_id}`)).body.state === 'applied',
+        'applied',
+      );
+      const report = await h.request('GET', '/admin/pending', undefined, auth(TOKEN));
+      assert.equal(report.status, 200);
+      const entry = report.body.entries.find(
+        (e: { event_id: string }) => e.event_id === unit.event_id,
+      );
+      assert.ok(entry, JSON.stringify(report.body).slice(0, 2000));
+      assert.equal(entry.waiting_for, 'replica');
+      assert.match(entry.commit_lsn, /\//);
+      assert.equal(entry.type, 'ExecutedObsUnitStarted');
+      assert.ok(entry.deliveries >= 1);
+      const partition = report.body.partitions.find(
+        (p: { partition: number }) => p.partition === entry.partition,
+      );
+      assert.equal(partition.count, 1);
+      assert.equal(partition.consumers[h.config.consumer], 1);
+      assert.match(report.body.replica.replay_lsn, /\//);
+      assert.ok(report.body.replica.lag_bytes > 0);
+
+      const filtered = await h.request(
+        'GET',
+        `/admin/pending?partition=${entry.partition}&min_idle_ms=3600000`,
+        undefined,
+        auth(TOKEN),
+      );
+      assert.equal(filtered.body.entries.length, 0);
+      const bad = await h.request('GET', '/admin/pending?partition=99', undefined, auth(TOKEN));
+      assert.equal(bad.status, 400);
+
+      const cli = await runCli(h, ['pending']);
+      assert.equal(cli.code, 0, cli.stderr);
+      assert.match(cli.stdout, /WAITING_FOR/);
+      assert.match(cli.stdout, new RegExp(unit.event_id));
+      assert.match(cli.stdout, /replica replayed up to/);
+      const cliJson = await runCli(h, [
+        'pending',
+        '--json',
+        '--partition',
+        String(entry.partition),
+      ]);
+      assert.equal(JSON.parse(cliJson.stdout).entries[0].waiting_for, 'replica');
+      const cliBad = await runCli(h, ['pending', '--idle', 'soon']);
+      assert.equal(cliBad.code, 1);
+      assert.match(cliBad.stderr, /--idle takes a duration/);
+    } finally {
+      await h.replica.query('SELECT pg_wal_replay_resume()');
+    }
+    await waitForAllAcknowledged(h);
+  });
+});

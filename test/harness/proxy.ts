@@ -1,0 +1,90 @@
+import { connect, createServer, type Server, type Socket } from 'node:net';
+
+type Link = {
+  client: Socket;
+  upstream: Socket | undefined;
+  held: { to: 'up' | 'down'; chunk: Buffer }[];
+};
+
+/**
+ * A TCP proxy the test controls. `blackhole()` models a link that silently stops delivering
+ * packets: nothing is closed or refused, bytes simply stop arriving (held back, as TCP would keep
+ * retransmitting them) and new connections hang. Only timeouts can notice. `heal()` delivers what
+ * was held, as a link that comes back does.
+ */
+export class BlackholeProxy {
+  readonly #links = new Set<Link>();
+  #dropping = false;
+
+  private constructor(
+    private readonly server: Server,
+    readonly port: number,
+    private readonly target: { port: number; host: string },
+  ) {}
+
+  static async start(targetPort: number, targetHost = '127.0.0.1'): Promise<BlackholeProxy> {
+    let proxy: BlackholeProxy | undefined;
+    const server = createServer((client) => proxy?.accept(client));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const address = server.address();
+    proxy = new BlackholeProxy(server, typeof address === 'object' && address ? address.port : 0, {
+      port: targetPort,
+      host: targetHost,
+    });
+    return proxy;
+  }
+
+  accept(client: Socket) {
+    const link: Link = { client, upstream: undefined, held: [] };
+    this.#links.add(link);
+    client.on('error', () => undefined);
+    client.on('close', () => {
+      link.upstream?.destroy();
+      this.#links.delete(link);
+    });
+    client.on('data', (chunk) => this.#forward(link, 'up', chunk));
+    if (!this.#dropping) {
+      this.#connect(link);
+    }
+  }
+
+  #connect(link: Link) {
+    const upstream = connect(this.target.port, this.target.host);
+    link.upstream = upstream;
+    upstream.on('error', () => link.client.destroy());
+    upstream.on('close', () => link.client.destroy());
+    upstream.on('data', (chunk) => this.#forward(link, 'down', chunk));
+  }
+
+  #forward(link: Link, to: 'up' | 'down', chunk: Buffer) {
+    if (this.#dropping || !link.upstream) {
+      link.held.push({ to, chunk });
+      return;
+    }
+    (to === 'up' ? link.upstream : link.client).write(chunk);
+  }
+
+  blackhole(): void {
+    this.#dropping = true;
+  }
+
+  heal(): void {
+    this.#dropping = false;
+    for (const link of this.#links) {
+      if (!link.upstream && !link.client.destroyed) {
+        this.#connect(link);
+      }
+      for (const { to, chunk } of link.held.splice(0)) {
+        this.#forward(link, to, chunk);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const link of this.#links) {
+      link.client.destroy();
+      link.upstream?.destroy();
+    }
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
