@@ -105,7 +105,19 @@ export const startService = async (
     max: 20,
     applicationName: 'outpost-reader',
   });
-  for (const pool of [main, replica]) {
+  // Health probes get a pool of their own: probes that hang on a dead link never starve the projector.
+  const probe = createPool({
+    url: config.mainDatabaseUrl,
+    max: 2,
+    applicationName: 'outpost-probe',
+  });
+  const leasePool = createPool({
+    url: config.mainDatabaseUrl,
+    max: 2,
+    applicationName: 'outpost-leases',
+    queryTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 6)),
+  });
+  for (const pool of [main, replica, probe, leasePool]) {
     pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   }
 
@@ -113,6 +125,7 @@ export const startService = async (
   const projector = runsProjector
     ? new Projector({
         pool: main,
+        leasePool,
         eventLog,
         deadLetters,
         redis,
@@ -134,7 +147,15 @@ export const startService = async (
         metrics,
       })
     : undefined;
-  const status = new StatusSource({ config, eventLog, main, replica, metrics, projector, acker });
+  const status = new StatusSource({
+    config,
+    eventLog,
+    main: probe,
+    replica,
+    metrics,
+    projector,
+    acker,
+  });
   projector?.start();
   acker?.start();
 
@@ -160,7 +181,9 @@ export const startService = async (
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());
       await timed(logger, 'redis', () => redis.quit());
-      await timed(logger, 'databases', () => Promise.all([main.end(), replica.end()]));
+      await timed(logger, 'databases', () =>
+        Promise.all([main.end(), replica.end(), probe.end(), leasePool.end()]),
+      );
       logger.info('stopped');
     })();
     return stopping;

@@ -5,24 +5,35 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
 
 export type Queryable = pg.Pool | pg.PoolClient | pg.Client;
 
-export type PoolOptions = { url: string; max: number; applicationName: string };
+export type PoolOptions = {
+  url: string;
+  max: number;
+  applicationName: string;
+  /** Client-side limit on one query; defaults suit batch work. */
+  queryTimeoutMs?: number;
+};
 
 /**
  * Pools are built to notice a silently dead link in seconds rather than hang: a connect timeout,
  * TCP keepalives, and statement and idle-in-transaction timeouts on the server side.
  */
-export const createPool = ({ url, max, applicationName }: PoolOptions): pg.Pool =>
+export const createPool = ({
+  url,
+  max,
+  applicationName,
+  queryTimeoutMs = 10_000,
+}: PoolOptions): pg.Pool =>
   new pg.Pool({
     connectionString: url,
     max,
     application_name: applicationName,
-    connectionTimeoutMillis: 5_000,
+    connectionTimeoutMillis: Math.min(5_000, queryTimeoutMs),
     idleTimeoutMillis: 30_000,
     keepAlive: true,
     keepAliveInitialDelayMillis: 2_000,
     // A batch takes milliseconds; a query still unanswered after this is a dead link, not work.
-    statement_timeout: 8_000,
-    query_timeout: 10_000,
+    statement_timeout: Math.max(1_000, queryTimeoutMs - 2_000),
+    query_timeout: queryTimeoutMs,
     idle_in_transaction_session_timeout: 60_000,
   });
 
@@ -32,18 +43,35 @@ export const withTransaction = async <T>(
   work: (client: pg.PoolClient) => Promise<T>,
 ): Promise<{ result: T; client: pg.PoolClient; release: (err?: Error) => void }> => {
   const client = await pool.connect();
+  // A checked-out client whose server goes away between statements emits 'error'; without a
+  // listener that would crash the process instead of failing this transaction.
+  const swallow = () => undefined;
+  client.on('error', swallow);
+  const releaseOnce = (err?: Error) => {
+    client.removeListener('error', swallow);
+    client.release(err);
+  };
   try {
     await client.query('BEGIN');
     const result = await work(client);
     await client.query('COMMIT');
-    return { result, client, release: (err) => client.release(err) };
+    return { result, client, release: releaseOnce };
   } catch (err) {
-    // A connection that cannot even roll back is broken: destroy it instead of pooling it.
+    if (!isServerError(err)) {
+      // A timeout or a dead socket: a ROLLBACK would only wait out another timeout. Destroying
+      // the connection makes the server roll back.
+      releaseOnce(err as Error);
+      throw err;
+    }
     const rollbackError = await client.query('ROLLBACK').then(
       () => undefined,
       (e: unknown) => e as Error,
     );
-    client.release(rollbackError);
+    releaseOnce(rollbackError);
     throw err;
   }
 };
+
+/** An error PostgreSQL itself reported (the connection is fine), as opposed to one of the link. */
+const isServerError = (err: unknown): boolean =>
+  typeof err === 'object' && err !== null && 'severity' in err && 'code' in err;

@@ -185,6 +185,10 @@ export const applyBatch = async (
 ): Promise<BatchResult> => {
   const { partition } = lease;
   const { result, client, release } = await withTransaction(pool, async (tx) => {
+    // The commit LSN gates acknowledgement, so COMMIT must mean flushed, whatever the server's
+    // default: an asynchronously committed batch lost in a crash would leave its LSN to be
+    // reached again by later WAL, and the acker would acknowledge events that no longer exist.
+    await tx.query('SET LOCAL synchronous_commit = on');
     const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
     const seen = new Set<string>();
     const fresh: LogEntry[] = [];

@@ -40,6 +40,8 @@ export class LeaseManager {
       ttlMs: number;
       logger: Logger;
       events: LeaseEvents;
+      /** Lease queries reach the same database as the batches: their failures count there too. */
+      breaker?: { recordSuccess: () => void; recordFailure: () => void };
     },
   ) {}
 
@@ -74,8 +76,10 @@ export class LeaseManager {
       try {
         await this.tick();
         this.#lastError = undefined;
+        this.deps.breaker?.recordSuccess();
       } catch (err) {
         this.#lastError = (err as Error).message;
+        this.deps.breaker?.recordFailure();
         this.deps.logger.warn({ err }, 'lease maintenance failed');
       }
       await pause(Math.max(50, Math.floor(this.deps.ttlMs / 3)), this.#abort.signal);

@@ -58,6 +58,7 @@ export class PartitionConsumer {
   #rereadOwnPending = true;
   #cursor = '0';
   #lastError: string | undefined;
+  #leaseLapsed = false;
 
   constructor(deps: ConsumerDeps) {
     this.#deps = deps;
@@ -96,10 +97,16 @@ export class PartitionConsumer {
     const { logger } = this.#deps;
     while (!this.#abort.signal.aborted) {
       if (!this.#deps.leaseValid()) {
-        logger.warn({ partition: this.#partition }, 'lease may have lapsed, stop reading');
-        this.#deps.onFenced?.();
-        break;
+        // Renewal is overdue (a frozen process, an unreachable database): read nothing until the
+        // lease manager either renews the lease or takes this consumer down.
+        if (!this.#leaseLapsed) {
+          logger.warn({ partition: this.#partition }, 'lease may have lapsed, not reading');
+        }
+        this.#leaseLapsed = true;
+        await pause(100, this.#abort.signal);
+        continue;
       }
+      this.#leaseLapsed = false;
       try {
         const raw = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
         if (this.#abort.signal.aborted || raw.length === 0) {

@@ -12,6 +12,8 @@ import { PartitionConsumer } from './partition-consumer.ts';
 
 export type ProjectorDeps = {
   pool: pg.Pool;
+  /** Short timeouts: a lease round must finish well within a third of the lease TTL. */
+  leasePool: pg.Pool;
   eventLog: EventLog;
   deadLetters: DeadLetters;
   redis: Redis;
@@ -69,7 +71,8 @@ export class Projector {
     });
     deps.metrics.breakerState.set({ target: 'main' }, 0);
     this.#leases = new LeaseManager({
-      pool: deps.pool,
+      pool: deps.leasePool,
+      breaker: this.breaker,
       consumer: deps.consumer,
       partitions: deps.eventLog.partitions,
       ttlMs: deps.claimIdleMs,

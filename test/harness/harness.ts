@@ -6,6 +6,7 @@ import pg from 'pg';
 import type { Config } from '../../src/config.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { createRedis, type Role, type Service, startService } from '../../src/service.ts';
+import type { StackOptions } from '../../src/stack/stack.ts';
 import { freePort, type TestStack, withDatabase } from './services.ts';
 
 // biome-ignore lint/suspicious/noExplicitAny: tests read response fields directly and assert on them
@@ -27,6 +28,13 @@ export const testStack = (): TestStack => {
   }
   return JSON.parse(raw) as TestStack;
 };
+
+/**
+ * Keeps a fault in place for the length of the scenario (an outage of 30 s is what is being
+ * tested, not a stand-in for a condition).
+ */
+export const holdFault = (ms: number): Promise<void> =>
+  new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Polls until `condition` holds; fails with `what` when the deadline passes. Never a fixed sleep. */
 export const waitFor = async (
@@ -70,6 +78,24 @@ export class Harness {
     this.main = new pg.Pool({ connectionString: config.mainDatabaseUrl, max: 4 });
     this.replica = new pg.Pool({ connectionString: config.replicaDatabaseUrl, max: 4 });
     this.redis = new Redis(stack.redisUrl);
+    // Fault tests stop these servers on purpose; an idle client's error must not end the run.
+    for (const pool of [this.main, this.replica]) {
+      pool.on('error', () => undefined);
+    }
+    this.redis.on('error', () => undefined);
+  }
+
+  /** The options the runner started the stack with, for restarting a server after a fault. */
+  stackOptions(): StackOptions {
+    return {
+      dir: this.stack.dir,
+      mainPort: this.stack.mainPort,
+      replicaPort: this.stack.replicaPort,
+      redisPort: this.stack.redisPort,
+      pgCron: 'auto',
+      appendfsync: 'always',
+      fastUnsafePostgres: true,
+    };
   }
 
   static async start(options: HarnessOptions = {}): Promise<Harness> {
@@ -202,7 +228,7 @@ export class Harness {
   async spawnServe(
     role: Role,
     overrides: Record<string, string> = {},
-  ): Promise<{ child: ChildProcess; port: number }> {
+  ): Promise<{ child: ChildProcess; port: number; output: () => string }> {
     const port = role === 'projector' ? 0 : await freePort();
     const args = [
       '--import',
@@ -214,11 +240,18 @@ export class Harness {
     const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
       env: this.envOf({ OUTPOST_PORT: String(port), ...overrides }),
-      stdio: ['ignore', 'ignore', 'inherit'],
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let output = '';
+    child.stderr?.on('data', (chunk: Buffer) => {
+      output += chunk.toString();
+      if (process.env.TEST_LOG_LEVEL) {
+        process.stderr.write(chunk);
+      }
     });
     this.#children.add(child);
     child.once('exit', () => this.#children.delete(child));
-    return { child, port };
+    return { child, port, output: () => output };
   }
 
   async mainRows<T extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<T[]> {

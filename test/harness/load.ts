@@ -1,3 +1,5 @@
+import type { HttpResult } from './harness.ts';
+
 /** Runs `work` over `items` with at most `width` in flight, keeping results in order. */
 export const inBatches = async <T, R>(
   items: readonly T[],
@@ -23,17 +25,16 @@ export type SteadyLoad = {
   accepted: () => number;
 };
 
-/**
- * Writes at a steady rate, as an instrument would: each write carries its own Idempotency-Key and
- * is retried on 503 or a refused connection until it is accepted, so every write lands once.
- */
-// biome-ignore lint/suspicious/noExplicitAny: response bodies are read field by field
 type Post = (
   path: string,
   body: unknown,
   headers: Record<string, string>,
-) => Promise<{ status: number; body: any }>;
+) => Promise<Pick<HttpResult, 'status' | 'body'>>;
 
+/**
+ * Writes at a steady rate, as an instrument would: each write carries its own Idempotency-Key and
+ * is retried on 503 or a refused connection until it is accepted, so every write lands once.
+ */
 export const steadyLoad = (post: Post, ratePerSecond: number, label: string): SteadyLoad => {
   const accepted = new Set<string>();
   const failures: string[] = [];

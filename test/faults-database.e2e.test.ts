@@ -1,0 +1,152 @@
+import assert from 'node:assert/strict';
+import { after, describe, it } from 'node:test';
+import { crashMain, stackUp } from '../src/stack/stack.ts';
+import { audit, waitForAllAcknowledged } from './harness/audit.ts';
+import { Harness, holdFault, waitFor } from './harness/harness.ts';
+import { steadyLoad } from './harness/load.ts';
+import { BlackholeProxy } from './harness/proxy.ts';
+
+const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
+
+void describe('database faults under load', () => {
+  void describe('main PostgreSQL stopped for 30 s', () => {
+    let h: Harness;
+    after(async () => {
+      await stackUp(h.stackOptions());
+      await h.close();
+    });
+
+    void it('keeps accepting every write, opens and closes the breaker, and drains the backlog', async () => {
+      h = await Harness.start();
+      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 40, 'crash');
+      await waitFor(() => load.accepted() >= 40, 'load to be flowing');
+      await crashMain(h.stack.dir);
+      const down = Date.now();
+      await waitFor(async () => (await breakerOf(h)) === 'open', 'the breaker to open', 30_000);
+      const health = await h.get('/health');
+      assert.equal(health.status, 200, 'a site without its main database is degraded, not down');
+      assert.equal(health.body.status, 'degraded');
+      assert.equal(health.body.database, 'disconnected');
+      await holdFault(Math.max(0, 30_000 - (Date.now() - down)));
+      await stackUp(h.stackOptions());
+      await waitFor(async () => (await breakerOf(h)) === 'closed', 'the breaker to close', 60_000);
+      const { accepted, failures, sent } = await load.stop();
+      assert.deepEqual(failures, [], 'no write failed');
+      assert.equal(accepted.size, sent);
+      await waitForAllAcknowledged(h, 60_000);
+      await audit(h, accepted);
+      const metrics = (await h.get('/metrics')).text;
+      assert.match(metrics, /^outpost_circuit_breaker_state\{target="main"\} 0$/m);
+    });
+  });
+
+  void describe('the link to the main database silently dropping packets for 60 s', () => {
+    let h: Harness;
+    let proxy: BlackholeProxy;
+    after(async () => {
+      proxy.heal();
+      await h.close();
+      await proxy.close();
+    });
+
+    void it('does not hang: writes and merged reads keep answering, the breaker opens, the backlog drains after', async () => {
+      const stack = (await import('./harness/harness.ts')).testStack();
+      proxy = await BlackholeProxy.start(stack.mainPort);
+      h = await Harness.start({ role: 'none' });
+      const viaProxy = h.config.mainDatabaseUrl.replace(`:${stack.mainPort}/`, `:${proxy.port}/`);
+      // The production lease TTL: leases outlive the first failed batches, so the breaker sees them.
+      await h.startService('all', { mainDatabaseUrl: viaProxy, claimIdleMs: 30_000 });
+      const load = steadyLoad(
+        (path, body, headers) => h.post(path, body, headers),
+        40,
+        'partition',
+      );
+      await waitFor(() => load.accepted() >= 40, 'load to be flowing');
+      const known = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'during', instrument: 'x' })
+      ).body;
+      const accepted = new Set<string>([known.event_id]);
+
+      proxy.blackhole();
+      const cut = Date.now();
+      let slowest = 0;
+      await waitFor(
+        async () => {
+          const started = Date.now();
+          const write = await h.request('PATCH', `/executed_obs_units/${known.id}`, {
+            notes: `t${started}`,
+          });
+          const read = await h.get(`/executed_obs_units/${known.id}`);
+          const health = await h.get('/health');
+          slowest = Math.max(slowest, Date.now() - started);
+          assert.equal(write.status, 202);
+          accepted.add(write.body.event_id);
+          assert.equal(read.status, 200);
+          return health.body.circuit_breaker === 'open';
+        },
+        'the breaker to open while the link drops packets',
+        45_000,
+      );
+      assert.ok(slowest < 5_000, `requests kept answering promptly (slowest ${slowest} ms)`);
+      const health = await h.get('/health');
+      assert.equal(health.body.database, 'disconnected');
+      assert.equal(health.body.redis, 'connected');
+      await holdFault(Math.max(0, 60_000 - (Date.now() - cut)));
+      proxy.heal();
+      const loaded = await load.stop();
+      assert.deepEqual(loaded.failures, []);
+      for (const id of loaded.accepted) {
+        accepted.add(id);
+      }
+      await waitForAllAcknowledged(h, 90_000);
+      await audit(h, accepted);
+    });
+  });
+
+  void describe('replica replay paused for 30 s', () => {
+    let h: Harness;
+    after(async () => {
+      await h.replica.query('SELECT pg_wal_replay_resume()').catch(() => undefined);
+      await h.close();
+    });
+
+    void it('acknowledges nothing past the replica, then everything within seconds of resume', async () => {
+      h = await Harness.start();
+      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 40, 'replay');
+      await waitFor(() => load.accepted() >= 20, 'load to be flowing');
+      await h.replica.query('SELECT pg_wal_replay_pause()');
+      await waitFor(
+        async () =>
+          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
+            ?.s === 'paused',
+        'replay to pause',
+      );
+      const acker = h.services[0]?.acker;
+      assert.ok(acker);
+      // Entries committed before the pause may still be acknowledged; nothing after a short while.
+      await waitFor(async () => {
+        const before = acker.acked;
+        const passes = acker.passes;
+        await waitFor(() => acker.passes >= passes + 5, 'a few acknowledgement passes');
+        return acker.acked === before;
+      }, 'the acker to reach the paused replica position');
+      const frozen = acker.acked;
+      const paused = Date.now();
+      while (Date.now() - paused < 30_000) {
+        const passes = acker.passes;
+        await waitFor(() => acker.passes > passes, 'an acknowledgement pass');
+        assert.equal(acker.acked, frozen, 'nothing acknowledged past the replica');
+        await holdFault(500);
+      }
+      const pendingBefore = (await h.get('/health')).body.transaction_buffer.size;
+      assert.ok(pendingBefore > 0, 'writes accumulated while replay was paused');
+      await h.replica.query('SELECT pg_wal_replay_resume()');
+      const resumed = Date.now();
+      const { accepted, failures } = await load.stop();
+      assert.deepEqual(failures, []);
+      await waitForAllAcknowledged(h, 15_000);
+      assert.ok(Date.now() - resumed < 15_000);
+      await audit(h, accepted);
+    });
+  });
+});

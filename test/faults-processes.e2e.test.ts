@@ -1,0 +1,185 @@
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+import { after, describe, it } from 'node:test';
+import { killRedis, stackUp } from '../src/stack/stack.ts';
+import { audit, streamEventIds } from './harness/audit.ts';
+import { Harness, holdFault, waitFor } from './harness/harness.ts';
+import { steadyLoad } from './harness/load.ts';
+
+const exited = (child: ChildProcess) =>
+  child.exitCode !== null || child.signalCode !== null
+    ? Promise.resolve()
+    : new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+void describe('process faults under load', () => {
+  void describe('projector killed -9 five times', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('loses no event and applies none twice', async () => {
+      h = await Harness.start({ role: 'api' });
+      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 80, 'kill9');
+      let projector = await h.spawnServe('projector');
+      for (let kill = 0; kill < 5; kill += 1) {
+        const appliedBefore = Number(
+          (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events'))[0]?.n,
+        );
+        await waitFor(
+          async () =>
+            Number(
+              (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events'))[0]?.n,
+            ) > appliedBefore,
+          `the projector to apply something before kill ${kill + 1}`,
+          30_000,
+        );
+        // A random point in its work: mid-batch, between COMMIT and the LSN record, or idle.
+        await holdFault(randomInt(0, 400));
+        projector.child.kill('SIGKILL');
+        await exited(projector.child);
+        projector = await h.spawnServe('projector');
+      }
+      const { accepted, failures } = await load.stop();
+      assert.deepEqual(failures, []);
+      await audit(h, accepted);
+      projector.child.kill('SIGTERM');
+      await exited(projector.child);
+    });
+  });
+
+  void describe('Redis killed -9 and restarted from its append-only file', () => {
+    let h: Harness;
+    after(async () => {
+      await stackUp(h.stackOptions());
+      await h.close();
+    });
+
+    void it('still holds every event that was answered 201', async () => {
+      h = await Harness.start();
+      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 80, 'redis');
+      await waitFor(() => load.accepted() >= 100, 'load to be flowing');
+      const acceptedBeforeKill = load.accepted();
+      await killRedis(h.stack.dir);
+      const unavailable = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'r',
+        instrument: 'x',
+      });
+      assert.equal(unavailable.status, 503, 'writes are refused, not lost, while Redis is down');
+      assert.ok(unavailable.headers.get('retry-after'));
+      const health = await h.get('/health');
+      assert.equal(health.status, 503);
+      assert.equal(health.body.redis, 'disconnected');
+      await stackUp(h.stackOptions());
+      await waitFor(
+        () => load.accepted() >= acceptedBeforeKill + 100,
+        'writes to flow again after the restart',
+        30_000,
+      );
+      const { accepted, failures } = await load.stop();
+      assert.deepEqual(failures, []);
+      const inLog = await streamEventIds(h);
+      const lost = [...accepted].filter((id) => !inLog.has(id));
+      assert.deepEqual(lost, [], 'every 201 survived the crash');
+      await audit(h, inLog);
+    });
+  });
+
+  void describe('two projectors, one frozen past its lease', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('refuses the frozen one, applies nothing twice, and keeps per-aggregate order', async () => {
+      h = await Harness.start({ role: 'api' });
+      const a = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'projector-a' });
+      const b = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'projector-b' });
+      const owners = async () =>
+        (
+          await h.mainRows<{ owner: string | null }>(
+            'SELECT owner FROM partition_leases ORDER BY partition',
+          )
+        ).map((r) => r.owner);
+      await waitFor(async () => {
+        const now = await owners();
+        return (
+          now.length === h.config.partitions &&
+          now.includes('projector-a') &&
+          now.includes('projector-b')
+        );
+      }, 'both projectors to hold partitions');
+
+      let stopped = false;
+      const lifecycles = (async () => {
+        const results: string[] = [];
+        let n = 0;
+        while (!stopped) {
+          n += 1;
+          const unit = await h.post('/executed_obs_units/start', {
+            obs_unit_id: `order-${n}`,
+            instrument: 'x',
+          });
+          results.push(unit.body.event_id);
+          for (const step of [{ status: 'paused' }, { status: 'running' }, { notes: `n${n}` }]) {
+            results.push(
+              (await h.request('PATCH', `/executed_obs_units/${unit.body.id}`, step)).body.event_id,
+            );
+          }
+          results.push(
+            (await h.post(`/executed_obs_units/${unit.body.id}/finish`, { status: 'success' })).body
+              .event_id,
+          );
+        }
+        return results;
+      })();
+      await waitFor(
+        async () => (await h.mainRows('SELECT 1 FROM events LIMIT 20')).length === 20,
+        'work to flow',
+      );
+
+      a.child.kill('SIGSTOP');
+      await waitFor(
+        async () => (await owners()).every((o) => o === 'projector-b'),
+        'B to take over every partition',
+        30_000,
+      );
+      await waitFor(
+        async () => (await h.mainRows('SELECT 1 FROM events')).length > 200,
+        "B to apply A's share",
+      );
+      a.child.kill('SIGCONT');
+      await waitFor(
+        () => /fenced|lease may have lapsed|lease lost/.test(a.output()),
+        'the resumed projector to notice it lost its leases',
+        30_000,
+      );
+      await waitFor(
+        async () => (await owners()).includes('projector-a'),
+        'A to rejoin and take its share again',
+        30_000,
+      );
+      stopped = true;
+      const accepted = new Set(await lifecycles);
+      await audit(h, accepted);
+      const outOfOrder = await h.mainRows(
+        `SELECT aggregate_id FROM (
+           SELECT aggregate_id, seq,
+                  split_part(stream_entry_id, '-', 1)::bigint AS ms, split_part(stream_entry_id, '-', 2)::bigint AS n,
+                  lag(split_part(stream_entry_id, '-', 1)::bigint) OVER w AS prev_ms,
+                  lag(split_part(stream_entry_id, '-', 2)::bigint) OVER w AS prev_n
+             FROM events WINDOW w AS (PARTITION BY aggregate_id ORDER BY seq)) s
+          WHERE (prev_ms, prev_n) > (ms, n)`,
+      );
+      assert.deepEqual(
+        outOfOrder,
+        [],
+        'every aggregate applied in the order the site accepted its events',
+      );
+      const finished = await h.mainRows<{ n: number }>(
+        "SELECT count(*)::int AS n FROM executed_obs_units WHERE status <> 'success'",
+      );
+      assert.equal(finished[0]?.n, 0);
+      a.child.kill('SIGTERM');
+      b.child.kill('SIGTERM');
+      await Promise.all([exited(a.child), exited(b.child)]);
+    });
+  });
+});

@@ -1,0 +1,69 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { acquireLease, FencedError, renewLease } from '../src/db/queries/leases.ts';
+import type { Envelope } from '../src/domain/events.ts';
+import { newIdInPartition } from '../src/domain/ids.ts';
+import type { LogEntry } from '../src/log/codec.ts';
+import { applyBatch } from '../src/projector/apply-batch.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+
+const startEntry = (n: number): LogEntry => {
+  const id = newIdInPartition(0, 4);
+  const event: Envelope = {
+    event_id: newIdInPartition(0, 4),
+    aggregate_id: id,
+    aggregate_type: 'executed_obs_unit',
+    version: 1,
+    site: 'fencing',
+    accepted_at: Date.now(),
+    type: 'ExecutedObsUnitStarted',
+    data: {
+      obs_unit_id: `f-${n}`,
+      instrument: 'i',
+      start_time: new Date().toISOString(),
+      instrument_configuration_id: null,
+      notes: null,
+      metadata: {},
+    },
+  };
+  return { entryId: `${Date.now()}-${n}`, event };
+};
+
+void describe('fencing', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(() => h.close());
+
+  const applied = async (entry: LogEntry) =>
+    (await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [entry.event.event_id]))
+      .length === 1;
+
+  void it('refuses the commit of an owner whose lease was taken over, and accepts the new owner', async () => {
+    const ttlMs = 300;
+    const tokenA = await acquireLease(h.main, 0, 'A', ttlMs);
+    assert.equal(tokenA, 1);
+    assert.equal(await acquireLease(h.main, 0, 'B', ttlMs), undefined, 'a live lease is not taken');
+    const leaseA = { partition: 0, consumer: 'A', token: tokenA };
+    const first = startEntry(1);
+    await applyBatch(h.main, [first], leaseA);
+    assert.ok(await applied(first));
+
+    // A stalls past its lease; B takes the partition over with a higher token.
+    let tokenB: number | undefined;
+    await waitFor(async () => {
+      tokenB = await acquireLease(h.main, 0, 'B', 60_000);
+      return tokenB !== undefined;
+    }, 'the lease to expire and B to take it');
+    assert.equal(tokenB, 2);
+
+    const stale = startEntry(2);
+    await assert.rejects(applyBatch(h.main, [stale], leaseA), FencedError);
+    assert.equal(await applied(stale), false, 'nothing of the stale batch is committed');
+    assert.equal(await renewLease(h.main, leaseA, ttlMs), false, 'A cannot renew a lease it lost');
+
+    await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
+    assert.ok(await applied(stale));
+  });
+});
