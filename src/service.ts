@@ -1,5 +1,5 @@
 import { serve } from '@hono/node-server';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import { Acker } from './acker/acker.ts';
 import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
@@ -7,6 +7,7 @@ import { createPool } from './db/client.ts';
 import { createApp } from './http/app.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { EventLog } from './log/event-log.ts';
+import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { StatusSource } from './ops/status.ts';
@@ -24,19 +25,6 @@ export type Service = {
 };
 
 const SHUTDOWN_STEP_TIMEOUT_MS = 10_000;
-
-export const createRedis = (config: Config): Redis =>
-  new Redis(config.redisUrl, {
-    lazyConnect: true,
-    // RESP2 reply shapes: XREADGROUP answers [[stream, entries]] as every Redis client expects.
-    protocol: 2,
-    // Writes fail fast while Redis is away (503 with Retry-After) instead of queueing in memory.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 2,
-    commandTimeout: 5_000,
-    connectTimeout: 5_000,
-    retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
-  });
 
 /**
  * A 201 promises the event survives a crash of Redis: that needs the append-only file. Refuse to
@@ -90,6 +78,7 @@ export const startService = async (
   logger.info({ config: redactedConfig(config), role }, 'starting');
   const metrics = createMetrics();
   const redis = createRedis(config);
+  watchConnection(redis, logger.child({ module: 'redis' }));
   await redis.connect();
   await checkDurability(redis, config, logger);
   const eventLog = new EventLog(redis, config.namespace, config.partitions);

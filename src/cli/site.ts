@@ -4,7 +4,7 @@ import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
-import { createRedis } from '../service.ts';
+import { createRedis } from '../log/redis.ts';
 
 export type Site = {
   config: Config;

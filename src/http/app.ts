@@ -43,7 +43,10 @@ export const createApp = (deps: AppDeps) => {
     const requestId = c.get('requestId');
     if (err instanceof ApiError) {
       if (err.status >= 500) {
-        c.get('logger').error({ err, cause: err.cause }, 'request failed');
+        // 503s are the log or replica being away: degraded and self-healing, and one line per
+        // refused request would bury the line that matters.
+        const level = err.status === 503 ? 'warn' : 'error';
+        c.get('logger')[level]({ err, cause: err.cause }, 'request failed');
       }
       if (err.retryAfterSeconds !== undefined) {
         c.header('Retry-After', String(err.retryAfterSeconds));

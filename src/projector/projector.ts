@@ -4,6 +4,7 @@ import type { Lease } from '../db/queries/leases.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
+import { watchConnection } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { BREAKER_GAUGE, CircuitBreaker } from './circuit-breaker.ts';
@@ -135,9 +136,14 @@ export class Projector {
         'claimed pending entries of the previous owner',
       );
     }
+    const reader = this.#deps.redis.duplicate({ lazyConnect: false, enableOfflineQueue: true });
+    watchConnection(
+      reader,
+      this.#deps.logger.child({ partition: lease.partition, connection: 'reader' }),
+    );
     const consumer = new PartitionConsumer({
       ...this.#deps,
-      reader: this.#deps.redis.duplicate({ lazyConnect: false, enableOfflineQueue: true }),
+      reader,
       lease,
       leaseValid: () => this.#leases.isValid(lease.partition),
       breaker: this.breaker,

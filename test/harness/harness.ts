@@ -4,8 +4,9 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Config } from '../../src/config.ts';
+import { createRedis } from '../../src/log/redis.ts';
 import { createLogger } from '../../src/observability/logger.ts';
-import { createRedis, type Role, type Service, startService } from '../../src/service.ts';
+import { type Role, type Service, startService } from '../../src/service.ts';
 import type { StackOptions } from '../../src/stack/stack.ts';
 import { freePort, type TestStack, withDatabase } from './services.ts';
 
@@ -240,15 +241,18 @@ export class Harness {
     const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
       env: this.envOf({ OUTPOST_PORT: String(port), ...overrides }),
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', 'pipe', 'pipe'],
     });
     let output = '';
-    child.stderr?.on('data', (chunk: Buffer) => {
+    const collect = (chunk: Buffer) => {
       output += chunk.toString();
       if (process.env.TEST_LOG_LEVEL) {
         process.stderr.write(chunk);
       }
-    });
+    };
+    // pino logs to stdout, start-up failures go to stderr: keep both.
+    child.stdout?.on('data', collect);
+    child.stderr?.on('data', collect);
     this.#children.add(child);
     child.once('exit', () => this.#children.delete(child));
     return { child, port, output: () => output };

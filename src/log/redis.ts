@@ -1,0 +1,33 @@
+import { Redis } from 'ioredis';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observability/logger.ts';
+
+export const createRedis = (config: Config): Redis =>
+  new Redis(config.redisUrl, {
+    lazyConnect: true,
+    // RESP2 reply shapes: XREADGROUP answers [[stream, entries]] as every Redis client expects.
+    protocol: 2,
+    // Writes fail fast while Redis is away (503 with Retry-After) instead of queueing in memory.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 2,
+    commandTimeout: 5_000,
+    connectTimeout: 5_000,
+    retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
+  });
+
+/** Logs each change of a Redis connection's health once, not every reconnect attempt. */
+export const watchConnection = (redis: Redis, logger: Logger) => {
+  let last: string | undefined;
+  redis.on('error', (err: Error) => {
+    if (err.message !== last) {
+      last = err.message;
+      logger.warn({ err }, 'Redis connection error');
+    }
+  });
+  redis.on('ready', () => {
+    if (last !== undefined) {
+      logger.info('Redis connection restored');
+      last = undefined;
+    }
+  });
+};
