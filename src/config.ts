@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
+import { isValidSchedule } from './integrity/schedule.ts';
 
 /** Ports of the local stack that `outpost stack up` runs; the defaults when nothing is configured. */
 export const LOCAL_STACK = {
@@ -57,7 +58,10 @@ const Env = z.object({
   OUTPOST_CLAIM_IDLE_MS: positiveInt(30_000),
   OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
   OUTPOST_STREAM_RETENTION: duration('7d'),
-  OUTPOST_INTEGRITY_SCHEDULE: z.string().min(1).default('*/30 * * * *'),
+  OUTPOST_INTEGRITY_SCHEDULE: z
+    .string()
+    .default('*/30 * * * *')
+    .refine(isValidSchedule, 'not a 5-field cron schedule (e.g. */30 * * * *)'),
   OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m'),
   OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
   OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),

@@ -5,6 +5,7 @@ import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp } from './http/app.ts';
+import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { EventLog } from './log/event-log.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
@@ -136,6 +137,16 @@ export const startService = async (
         metrics,
       })
     : undefined;
+  const integrity = runsProjector
+    ? new IntegrityScheduler({
+        main,
+        mainUrl: config.mainDatabaseUrl,
+        schedule: config.integritySchedule,
+        postDeployDelayMs: config.postDeployRefreshDelayMs,
+        projectorHealthy: () => projector?.stats().status === 'running',
+        logger: logger.child({ module: 'integrity' }),
+      })
+    : undefined;
   const status = new StatusSource({
     config,
     eventLog,
@@ -144,9 +155,11 @@ export const startService = async (
     metrics,
     projector,
     acker,
+    integrity,
   });
   projector?.start();
   acker?.start();
+  await integrity?.start();
 
   const app = createApp({ config, eventLog, deadLetters, main, replica, metrics, logger, status });
   const server =
@@ -169,6 +182,7 @@ export const startService = async (
       }
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());
+      await timed(logger, 'integrity scheduler', async () => integrity?.stop());
       await timed(logger, 'redis', () => redis.quit());
       await timed(logger, 'databases', () =>
         Promise.all([main.end(), replica.end(), probe.end(), leasePool.end()]),

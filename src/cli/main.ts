@@ -6,6 +6,7 @@ import { createLogger } from '../observability/logger.ts';
 import { type Role, startService } from '../service.ts';
 import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '../stack/stack.ts';
 import { dead, pending } from './incident.ts';
+import { integrity } from './integrity.ts';
 import { CliError, print, table } from './output.ts';
 
 const USAGE = `usage: outpost <command> [options]
@@ -18,6 +19,7 @@ const USAGE = `usage: outpost <command> [options]
                                 what waits in the pending lists, and whether for the projector or the replica
   dead list|show <id>|retry <id>|retry --all|discard <id> --reason R
                                 dead-lettered events (the id is the event id)
+  integrity refresh|status      refresh the integrity views now, or show the latest snapshot
 
 Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
 
@@ -127,6 +129,8 @@ const main = async (argv: string[]) => {
       return pending(incidentFlags);
     case 'dead':
       return dead(action, argument, incidentFlags);
+    case 'integrity':
+      return integrity(action, flags);
     case 'migrate': {
       const config = loadConfig();
       await runMigrations(config.mainDatabaseUrl);

@@ -2,7 +2,10 @@ import type pg from 'pg';
 import type { Acker } from '../acker/acker.ts';
 import type { Config } from '../config.ts';
 import { parseLsn } from '../db/lsn.ts';
+import { latestSnapshot } from '../db/queries/integrity.ts';
 import { mainWalLsn, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
+import type { IntegrityScheduler } from '../integrity/scheduler.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
@@ -16,6 +19,7 @@ export type StatusDeps = {
   metrics: Metrics;
   projector?: Projector;
   acker?: Acker;
+  integrity?: IntegrityScheduler;
 };
 
 /** Health probes of remote databases must answer even when the link silently drops packets. */
@@ -92,6 +96,10 @@ export class StatusSource {
       background_processor: processorView(processor),
       replication_lag: lag,
       circuit_breaker: projector?.breaker.state ?? 'closed',
+      integrity: {
+        mode: this.#deps.integrity?.mode ?? 'unknown',
+        refreshed_at: (await settle(latestSnapshot(this.#deps.replica)))?.refreshed_at ?? null,
+      },
     } as const;
   }
 
@@ -126,6 +134,13 @@ export class StatusSource {
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
     }
+    const snapshot = await settle(latestSnapshot(this.#deps.replica));
+    const anomalies = snapshot?.anomalies ?? noAnomalies();
+    for (const problem of PROBLEMS) {
+      metrics.integrityAnomalies.set({ problem }, anomalies[problem]);
+    }
+    metrics.integrityRefreshedAt.set(snapshot ? Date.parse(snapshot.refreshed_at) / 1000 : 0);
+    metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
     const { mainLsn, replicaPos } = await this.#positions();
     const lag = lagOf(mainLsn, replicaPos);
     metrics.replicationLagBytes.set(lag.bytes);

@@ -1,11 +1,13 @@
 import { z } from 'zod';
+import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
 import { partitionOf } from '../../domain/ids.ts';
+import { noAnomalies } from '../../integrity/problems.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { hasBody, readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { type App, readQuery, uuidParam } from './shared.ts';
+import { type App, readQuery, replicaCall, uuidParam } from './shared.ts';
 
 const PendingQuery = z.object({
   partition: z.coerce.number().int().min(0).optional(),
@@ -27,6 +29,8 @@ const DiscardBody = z.strictObject({ reason: z.string().trim().min(1).max(2000) 
 export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   app.use('/admin/*', requireAdmin(deps.config.adminToken));
   app.use('/admin', requireAdmin(deps.config.adminToken));
+
+  registerIntegrityRoutes(app, deps);
 
   app.get('/admin/pending', async (c) => {
     const query = readQuery(c, PendingQuery);
@@ -111,6 +115,44 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       discarded: true,
       reason,
       audit_id: auditId,
+    });
+  });
+};
+
+export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
+  app.post('/admin/integrity/refresh', async (c) => {
+    const snapshot = await refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true).catch(
+      (err: unknown) => {
+        throw new ApiError(
+          'log_unavailable',
+          'the main database cannot refresh the integrity views now',
+          undefined,
+          {
+            cause: err,
+            retryAfterSeconds: 30,
+          },
+        );
+      },
+    );
+    if (!snapshot) {
+      throw new Error('integrity refresh returned no snapshot');
+    }
+    return c.json({
+      refreshed_at: snapshot.refreshed_at,
+      duration_ms: snapshot.duration_ms,
+      anomalies: snapshot.anomalies,
+    });
+  });
+
+  app.get('/admin/integrity', async (c) => {
+    const snapshot = await replicaCall(latestSnapshot(deps.replica));
+    const samples = await replicaCall(anomalySamples(deps.replica, 5));
+    return c.json({
+      refreshed_at: snapshot?.refreshed_at ?? null,
+      duration_ms: snapshot?.duration_ms ?? null,
+      mode: snapshot?.mode ?? null,
+      anomalies: snapshot?.anomalies ?? noAnomalies(),
+      samples,
     });
   });
 };

@@ -1,0 +1,64 @@
+import {
+  anomalySamples,
+  cronJob,
+  latestSnapshot,
+  refreshIntegrity,
+} from '../db/queries/integrity.ts';
+import { PROBLEMS } from '../integrity/problems.ts';
+import { CliError, print, table } from './output.ts';
+import { withSite } from './site.ts';
+
+/** `outpost integrity refresh|status`. */
+export const integrity = (action: string | undefined, flags: { json: boolean }) =>
+  withSite(async (site) => {
+    switch (action) {
+      case 'refresh': {
+        const snapshot = await refreshIntegrity(site.config.mainDatabaseUrl, 'manual', true);
+        if (!snapshot) {
+          throw new CliError('the refresh returned no snapshot');
+        }
+        print(
+          flags.json
+            ? JSON.stringify(snapshot)
+            : render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms),
+        );
+        return;
+      }
+      case 'status': {
+        const snapshot = await latestSnapshot(site.main);
+        const job = await cronJob(site.main).catch(() => undefined);
+        const samples = await anomalySamples(site.main, 5);
+        const status = {
+          refreshed_at: snapshot?.refreshed_at ?? null,
+          duration_ms: snapshot?.duration_ms ?? null,
+          mode: job ? 'pg_cron' : 'scheduler',
+          schedule: job?.schedule ?? site.config.integritySchedule,
+          anomalies: snapshot?.anomalies ?? null,
+          samples,
+        };
+        if (flags.json) {
+          print(JSON.stringify(status));
+          return;
+        }
+        if (!snapshot) {
+          print(
+            `no integrity snapshot yet (mode ${status.mode}, schedule ${status.schedule}); run: outpost integrity refresh`,
+          );
+          return;
+        }
+        print(render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms));
+        print(`mode ${status.mode}, schedule ${status.schedule}`);
+        for (const problem of PROBLEMS) {
+          if ((snapshot.anomalies[problem] ?? 0) > 0) {
+            print(`\n${problem}: ${JSON.stringify(samples[problem])}`);
+          }
+        }
+        return;
+      }
+      default:
+        throw new CliError('usage: outpost integrity refresh|status');
+    }
+  });
+
+const render = (anomalies: Record<string, number>, at: string, ms: number) =>
+  `${table(PROBLEMS.map((problem) => ({ problem, anomalies: anomalies[problem] ?? 0 })))}\nrefreshed at ${at} in ${Math.round(ms)} ms`;

@@ -1,0 +1,96 @@
+import pg from 'pg';
+import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
+import type { Queryable } from '../client.ts';
+
+export const CRON_JOB = 'outpost-integrity';
+
+export type Snapshot = {
+  refreshed_at: string;
+  duration_ms: number;
+  mode: string;
+  anomalies: Anomalies;
+};
+
+/**
+ * Runs the refresh on a connection of its own with a long statement timeout: on a large database
+ * the views take minutes, far past the timeouts of the batch pools.
+ */
+export const refreshIntegrity = async (
+  url: string,
+  mode: string,
+  wait: boolean,
+): Promise<Snapshot | undefined> => {
+  const client = new pg.Client({
+    connectionString: url,
+    connectionTimeoutMillis: 10_000,
+    statement_timeout: 3_600_000,
+  });
+  client.on('error', () => undefined);
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ counts: Record<string, unknown> | null }>(
+      'SELECT outpost_refresh_integrity($1, $2) AS counts',
+      [mode, wait],
+    );
+    if (!rows[0]?.counts) {
+      return undefined;
+    }
+    return await latestSnapshot(client);
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+};
+
+export const latestSnapshot = async (db: Queryable): Promise<Snapshot | undefined> => {
+  const { rows } = await db.query<{
+    finished_at: Date;
+    duration_ms: number;
+    mode: string;
+    counts: Record<string, unknown>;
+  }>(
+    'SELECT finished_at, duration_ms, mode, counts FROM integrity_refreshes ORDER BY id DESC LIMIT 1',
+  );
+  const row = rows[0];
+  return (
+    row && {
+      refreshed_at: row.finished_at.toISOString(),
+      duration_ms: row.duration_ms,
+      mode: row.mode,
+      anomalies: anomaliesOf(row.counts),
+    }
+  );
+};
+
+/** A few offending rows per problem, straight from the views (cheap: they hold only anomalies). */
+export const anomalySamples = async (
+  db: Queryable,
+  limit: number,
+): Promise<Record<Problem, unknown[]>> => {
+  const samples = {} as Record<Problem, unknown[]>;
+  for (const problem of PROBLEMS) {
+    const { rows } = await db.query(`SELECT * FROM integrity_${problem} LIMIT $1`, [limit]);
+    samples[problem] = rows;
+  }
+  return samples;
+};
+
+/** The pg_cron job of this database, if pg_cron runs the refresh here. */
+export const cronJob = async (db: Queryable): Promise<{ schedule: string } | undefined> => {
+  const { rows: hasCron } = await db.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+  if (hasCron.length === 0) {
+    return undefined;
+  }
+  const { rows } = await db.query<{ schedule: string }>(
+    'SELECT schedule FROM cron.job WHERE jobname = $1',
+    [CRON_JOB],
+  );
+  return rows[0];
+};
+
+/** Scheduling by job name updates the existing job: a changed schedule never duplicates it. */
+export const scheduleCronJob = async (db: Queryable, schedule: string) => {
+  await db.query(
+    "SELECT cron.schedule($1, $2, $$SELECT outpost_refresh_integrity('pg_cron', false)$$)",
+    [CRON_JOB, schedule],
+  );
+};

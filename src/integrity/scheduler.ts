@@ -1,0 +1,107 @@
+import type pg from 'pg';
+import {
+  cronJob,
+  refreshIntegrity,
+  type Snapshot,
+  scheduleCronJob,
+} from '../db/queries/integrity.ts';
+import type { Logger } from '../observability/logger.ts';
+import { pause } from '../projector/backoff.ts';
+import { nextRun } from './schedule.ts';
+
+export type IntegrityMode = 'pg_cron' | 'scheduler' | 'unknown';
+
+export type IntegritySchedulerDeps = {
+  main: pg.Pool;
+  mainUrl: string;
+  schedule: string;
+  postDeployDelayMs: number;
+  /** Whether the projector applies events normally: the post-deploy refresh waits for it. */
+  projectorHealthy: () => boolean;
+  logger: Logger;
+  onRefreshed?: (snapshot: Snapshot) => void;
+};
+
+/**
+ * Keeps the integrity snapshot fresh. Where pg_cron runs the job, it only makes the job's schedule
+ * match OUTPOST_INTEGRITY_SCHEDULE; elsewhere it runs the refresh itself, and the advisory lock in
+ * outpost_refresh_integrity() keeps several processes from refreshing at once. Either way, one
+ * refresh follows each deploy, once the projector is healthy.
+ */
+export class IntegrityScheduler {
+  readonly #abort = new AbortController();
+  #mode: IntegrityMode = 'unknown';
+  #running: Promise<void>[] = [];
+
+  constructor(private readonly deps: IntegritySchedulerDeps) {}
+
+  get mode(): IntegrityMode {
+    return this.#mode;
+  }
+
+  async start(): Promise<void> {
+    const { main, schedule, logger } = this.deps;
+    try {
+      const job = await cronJob(main);
+      if (job) {
+        if (job.schedule !== schedule) {
+          await scheduleCronJob(main, schedule);
+          logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
+        }
+        this.#mode = 'pg_cron';
+      } else {
+        this.#mode = 'scheduler';
+        this.#running.push(this.#loop());
+      }
+    } catch (err) {
+      logger.warn(
+        { err },
+        'cannot tell whether pg_cron runs the integrity refresh; using the in-process scheduler',
+      );
+      this.#mode = 'scheduler';
+      this.#running.push(this.#loop());
+    }
+    this.#running.push(this.#postDeploy());
+    logger.info({ mode: this.#mode, schedule }, 'integrity refresh scheduled');
+  }
+
+  async stop(): Promise<void> {
+    this.#abort.abort();
+    await Promise.all(this.#running);
+  }
+
+  async #refresh(mode: string, wait: boolean) {
+    try {
+      const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait);
+      if (snapshot) {
+        this.deps.onRefreshed?.(snapshot);
+        this.deps.logger.info(
+          { mode, anomalies: snapshot.anomalies, ms: snapshot.duration_ms },
+          'integrity refreshed',
+        );
+      }
+    } catch (err) {
+      this.deps.logger.warn({ err, mode }, 'integrity refresh failed');
+    }
+  }
+
+  async #loop() {
+    while (!this.#abort.signal.aborted) {
+      const at = nextRun(this.deps.schedule, new Date());
+      await pause(Math.max(0, at.getTime() - Date.now()), this.#abort.signal);
+      if (!this.#abort.signal.aborted) {
+        await this.#refresh('scheduler', false);
+      }
+    }
+  }
+
+  async #postDeploy() {
+    await pause(this.deps.postDeployDelayMs, this.#abort.signal);
+    while (!this.#abort.signal.aborted && !this.deps.projectorHealthy()) {
+      await pause(1000, this.#abort.signal);
+    }
+    if (!this.#abort.signal.aborted) {
+      await this.#refresh('post_deploy', true);
+    }
+  }
+}

@@ -1,0 +1,385 @@
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
+import { runMigrations } from '../src/db/migrate.ts';
+import { CRON_JOB } from '../src/db/queries/integrity.ts';
+import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
+import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
+import { createLogger } from '../src/observability/logger.ts';
+import { waitForAllAcknowledged } from './harness/audit.ts';
+import { Harness, testStack, waitFor } from './harness/harness.ts';
+import { inBatches } from './harness/load.ts';
+import { withDatabase } from './harness/services.ts';
+
+const auth = { authorization: 'Bearer test-admin-token' };
+const silent = createLogger('silent');
+
+const gauge = (metrics: string, problem: string) =>
+  Number(
+    new RegExp(`^outpost_integrity_anomalies\\{problem="${problem}"\\} (\\d+)$`, 'm').exec(
+      metrics,
+    )?.[1],
+  );
+
+void describe('integrity invariants', () => {
+  let h: Harness;
+  const ids = { unit: '', file: '', pkg: '', config: '', finishEvent: '' };
+  before(async () => {
+    h = await Harness.start();
+    ids.config = (
+      await h.post('/instrument_configurations', {
+        instrument: 'nirspec',
+        configuration: { grating: 'G140M' },
+      })
+    ).body.id;
+    const unit = (
+      await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'i-1',
+        instrument: 'nirspec',
+        instrument_configuration_id: ids.config,
+      })
+    ).body;
+    ids.unit = unit.id;
+    await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'seeing 0.6"' });
+    ids.finishEvent = (
+      await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'success' })
+    ).body.event_id;
+    const files = await h.post('/raw_data_files', {
+      executed_obs_unit_id: unit.id,
+      files: [1, 2].map((n) => ({
+        path: `/f${n}`,
+        size_bytes: n,
+        checksum: `${n}`.repeat(16),
+        checksum_algorithm: 'xxh64',
+      })),
+    });
+    ids.file = files.body.ids[0];
+    ids.pkg = (await h.post('/raw_data_packages', { name: 'p', file_ids: files.body.ids })).body.id;
+    await waitForAllAcknowledged(h);
+  });
+  after(() => h.close());
+
+  const refresh = async () => {
+    const result = await h.request('POST', '/admin/integrity/refresh', undefined, auth);
+    assert.equal(result.status, 200, result.text);
+    return result.body as { refreshed_at: string; anomalies: Record<Problem, number> };
+  };
+
+  const gaugesShow = (expected: Record<string, number>) =>
+    waitFor(
+      async () => {
+        const metrics = (await h.get('/metrics')).text;
+        return PROBLEMS.every((p) => gauge(metrics, p) === (expected[p] ?? 0));
+      },
+      `gauges ${JSON.stringify(expected)}`,
+    );
+
+  void it('refreshes a clean site to zero for every problem, each gauge present', async () => {
+    const { anomalies } = await refresh();
+    assert.deepEqual(Object.keys(anomalies).sort(), [...PROBLEMS].sort());
+    assert.ok(
+      PROBLEMS.every((p) => anomalies[p] === 0),
+      JSON.stringify(anomalies),
+    );
+    await gaugesShow({});
+  });
+
+  const corruptions: Record<Problem, { corrupt: string[]; repair: string[] }> = {
+    missing_head: {
+      corrupt: [
+        "CREATE TEMP TABLE saved AS SELECT * FROM aggregate_heads WHERE aggregate_id = '$unit'",
+        "DELETE FROM aggregate_heads WHERE aggregate_id = '$unit'",
+      ],
+      repair: ['INSERT INTO aggregate_heads SELECT * FROM saved', 'DROP TABLE saved'],
+    },
+    missing_stats: {
+      corrupt: [
+        "INSERT INTO aggregate_stats SELECT * FROM aggregate_stats WHERE aggregate_id = '$unit'",
+      ],
+      repair: [
+        "DELETE FROM aggregate_stats WHERE ctid = (SELECT max(ctid) FROM aggregate_stats WHERE aggregate_id = '$unit')",
+      ],
+    },
+    missing_events: {
+      corrupt: [
+        "CREATE TEMP TABLE saved AS SELECT * FROM events WHERE aggregate_id = '$config'",
+        "DELETE FROM events WHERE aggregate_id = '$config'",
+      ],
+      repair: ['INSERT INTO events SELECT * FROM saved', 'DROP TABLE saved'],
+    },
+    bad_first_event: {
+      corrupt: [
+        "UPDATE events SET type = 'ExecutedObsUnitUpdated' WHERE aggregate_id = '$unit' AND seq = 0",
+      ],
+      repair: [
+        "UPDATE events SET type = 'ExecutedObsUnitStarted' WHERE aggregate_id = '$unit' AND seq = 0",
+      ],
+    },
+    seq_gap: {
+      corrupt: [
+        "UPDATE events SET seq = 3 WHERE aggregate_id = '$unit' AND seq = 2",
+        "UPDATE aggregate_heads SET seq = 3 WHERE aggregate_id = '$unit'",
+      ],
+      repair: [
+        "UPDATE events SET seq = 2 WHERE aggregate_id = '$unit' AND seq = 3",
+        "UPDATE aggregate_heads SET seq = 2 WHERE aggregate_id = '$unit'",
+      ],
+    },
+    head_mismatch: {
+      corrupt: ["UPDATE aggregate_heads SET seq = 1 WHERE aggregate_id = '$unit'"],
+      repair: ["UPDATE aggregate_heads SET seq = 2 WHERE aggregate_id = '$unit'"],
+    },
+    missing_link: {
+      corrupt: [
+        "CREATE TEMP TABLE saved AS SELECT * FROM aggregate_links WHERE downstream_id = '$file'",
+        "DELETE FROM aggregate_links WHERE downstream_id = '$file'",
+      ],
+      repair: ['INSERT INTO aggregate_links SELECT * FROM saved', 'DROP TABLE saved'],
+    },
+    orphan_projection: {
+      corrupt: [
+        "CREATE TEMP TABLE saved AS SELECT * FROM raw_data_packages WHERE id = '$pkg'",
+        "DELETE FROM raw_data_packages WHERE id = '$pkg'",
+      ],
+      repair: ['INSERT INTO raw_data_packages SELECT * FROM saved', 'DROP TABLE saved'],
+    },
+    missing_commit_lsn: {
+      corrupt: [
+        "CREATE TEMP TABLE saved AS SELECT event_id, commit_lsn, applied_at FROM events WHERE event_id = '$finishEvent'",
+        "UPDATE events SET commit_lsn = NULL, applied_at = now() - interval '10 minutes' WHERE event_id = '$finishEvent'",
+      ],
+      repair: [
+        'UPDATE events e SET commit_lsn = s.commit_lsn, applied_at = s.applied_at FROM saved s WHERE e.event_id = s.event_id',
+        'DROP TABLE saved',
+      ],
+    },
+  };
+
+  for (const problem of PROBLEMS) {
+    void it(`detects ${problem} and nothing else, and clears it after the repair`, async () => {
+      const client = await h.main.connect();
+      const run = async (statements: string[]) => {
+        for (const statement of statements) {
+          await client.query(
+            statement.replace(
+              /\$(unit|file|pkg|config|finishEvent)/g,
+              (_, k: keyof typeof ids) => ids[k],
+            ),
+          );
+        }
+      };
+      try {
+        await run(corruptions[problem].corrupt);
+        const { anomalies } = await refresh();
+        const moved = PROBLEMS.filter((p) => anomalies[p] > 0);
+        assert.deepEqual(moved, [problem], JSON.stringify(anomalies));
+        await gaugesShow({ [problem]: anomalies[problem] });
+        const detail = await h.request('GET', '/admin/integrity', undefined, auth);
+        assert.equal(detail.body.samples[problem].length, anomalies[problem]);
+        await run(corruptions[problem].repair);
+      } finally {
+        client.release();
+      }
+      const { anomalies } = await refresh();
+      assert.ok(
+        PROBLEMS.every((p) => anomalies[p] === 0),
+        JSON.stringify(anomalies),
+      );
+      await gaugesShow({});
+    });
+  }
+
+  void it('refreshes thousands of events from the full pipeline to all zeros', async () => {
+    const units = await inBatches(
+      Array.from({ length: 150 }, (_, i) => i),
+      16,
+      (i) => h.post('/executed_obs_units/start', { obs_unit_id: `clean-${i}`, instrument: 'miri' }),
+    );
+    await inBatches(units, 16, async (unit) => {
+      const files = await h.post('/raw_data_files', {
+        executed_obs_unit_id: unit.body.id,
+        files: Array.from({ length: 15 }, (_, f) => ({
+          path: `/c/${f}`,
+          size_bytes: f,
+          checksum: 'ab'.repeat(32),
+          checksum_algorithm: 'sha256',
+        })),
+      });
+      await h.post('/raw_data_packages', { name: `pkg-${unit.body.id}`, file_ids: files.body.ids });
+      await h.post(`/executed_obs_units/${unit.body.id}/finish`, { status: 'success' });
+    });
+    await waitForAllAcknowledged(h);
+    const events = await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events');
+    assert.ok((events[0]?.n ?? 0) > 2500);
+    const { anomalies } = await refresh();
+    assert.ok(
+      PROBLEMS.every((p) => anomalies[p] === 0),
+      JSON.stringify(anomalies),
+    );
+  });
+
+  void describe('with a refresh that takes a while', () => {
+    before(async () => {
+      // Weight that makes the refresh slow: 300,000 events of one synthetic aggregate.
+      await h.main.query(
+        `INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition, stream_entry_id, occurred_at, commit_lsn)
+         SELECT gen_random_uuid(), '00000000-0000-7000-8000-00000000beef', g, 'ExecutedObsUnitUpdated', 1, '{}', 'x', 0, '0-' || g, now(), '0/1'
+           FROM generate_series(1, 300000) g`,
+      );
+    });
+    after(async () => {
+      await h.main.query(
+        "DELETE FROM events WHERE aggregate_id = '00000000-0000-7000-8000-00000000beef'",
+      );
+    });
+
+    void it('keeps the scrape and projection reads answering during a concurrent refresh', async () => {
+      const refreshing = h.request('POST', '/admin/integrity/refresh', undefined, auth);
+      const active = async () =>
+        (
+          await h.mainRows(
+            "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%outpost_refresh_integrity%' AND state = 'active' AND pid <> pg_backend_pid()",
+          )
+        ).length > 0;
+      await waitFor(active, 'the refresh to be running');
+      const scrape = await h.get('/metrics');
+      const read = await h.get(`/executed_obs_units/${ids.unit}`);
+      const stillRefreshing = await active();
+      assert.equal(scrape.status, 200);
+      assert.equal(read.status, 200);
+      assert.ok(
+        stillRefreshing,
+        'the scrape and the read answered while the refresh was still running',
+      );
+      assert.equal((await refreshing).status, 200);
+    });
+
+    void it('never runs two scheduled refreshes at once, across processes', async () => {
+      const before =
+        (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM integrity_refreshes'))[0]
+          ?.n ?? 0;
+      const schedulers = [1, 2].map(
+        () =>
+          new IntegrityScheduler({
+            main: h.main,
+            mainUrl: h.config.mainDatabaseUrl,
+            // Every two seconds (a seconds field): the same instant in both, as two processes would.
+            schedule: '*/2 * * * * *',
+            postDeployDelayMs: 3_600_000,
+            projectorHealthy: () => true,
+            logger: silent,
+          }),
+      );
+      await Promise.all(schedulers.map((s) => s.start()));
+      try {
+        assert.ok(
+          schedulers.every((s) => s.mode === 'scheduler'),
+          'no pg_cron in a test database',
+        );
+        await waitFor(
+          async () =>
+            ((
+              await h.mainRows<{ n: number }>(
+                "SELECT count(*)::int AS n FROM integrity_refreshes WHERE mode = 'scheduler'",
+              )
+            )[0]?.n ?? 0) >= 3,
+          'three scheduled refreshes',
+          60_000,
+        );
+      } finally {
+        await Promise.all(schedulers.map((s) => s.stop()));
+      }
+      const runs = await h.mainRows<{ started_at: Date; finished_at: Date }>(
+        'SELECT started_at, finished_at FROM integrity_refreshes WHERE id > $1 ORDER BY started_at',
+        [before],
+      );
+      for (let i = 1; i < runs.length; i += 1) {
+        const previous = runs[i - 1];
+        const current = runs[i];
+        assert.ok(
+          previous && current && previous.finished_at <= current.started_at,
+          `refreshes ${i - 1} and ${i} overlap`,
+        );
+      }
+      const health = await h.get('/health');
+      assert.equal(health.body.integrity.mode, 'scheduler');
+    });
+  });
+});
+
+void describe('pg_cron', () => {
+  const stack = testStack();
+  const url = withDatabase(stack.mainUrl, 'outpost');
+  const client = new pg.Client({ connectionString: url });
+  before(async () => {
+    await runMigrations(url);
+    await client.connect();
+  });
+  after(async () => {
+    await client.query('SELECT cron.unschedule($1)', [CRON_JOB]).catch(() => undefined);
+    await client.end();
+  });
+
+  void it('really fires the refresh job on its schedule, and re-scheduling never duplicates it', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    const scheduler = new IntegrityScheduler({
+      main: new pg.Pool({ connectionString: url, max: 1 }),
+      mainUrl: url,
+      schedule: '* * * * *',
+      postDeployDelayMs: 3_600_000,
+      projectorHealthy: () => true,
+      logger: silent,
+    });
+    await scheduler.start();
+    await scheduler.stop();
+    assert.equal(scheduler.mode, 'pg_cron');
+    const jobs = await client.query<{ schedule: string }>(
+      'SELECT schedule FROM cron.job WHERE jobname = $1',
+      [CRON_JOB],
+    );
+    assert.deepEqual(jobs.rows, [{ schedule: '* * * * *' }]);
+    const since = new Date();
+    await waitFor(
+      async () =>
+        (
+          await client.query(
+            `SELECT 1 FROM cron.job_run_details d JOIN cron.job j ON j.jobid = d.jobid
+              WHERE j.jobname = $1 AND d.status = 'succeeded' AND d.start_time >= $2`,
+            [CRON_JOB, since],
+          )
+        ).rows.length > 0,
+      'pg_cron to run the job successfully',
+      150_000,
+    );
+    const snapshots = await client.query(
+      "SELECT finished_at FROM integrity_refreshes WHERE mode = 'pg_cron' AND finished_at >= $1",
+      [since],
+    );
+    assert.ok(snapshots.rows.length >= 1, 'the snapshot time moved');
+  });
+});
+
+void describe('the integrity SQL', () => {
+  void it('defines each view in the migration with exactly the query under sql/integrity', () => {
+    const migrationsDir = new URL('../migrations/', import.meta.url);
+    const migration = readdirSync(migrationsDir)
+      .filter((f) => f.endsWith('.sql'))
+      .map((f) => readFileSync(new URL(f, migrationsDir), 'utf8'))
+      .join('\n');
+    for (const problem of PROBLEMS) {
+      const query = readFileSync(
+        new URL(`../sql/integrity/${problem}.sql`, import.meta.url),
+        'utf8',
+      ).trim();
+      assert.ok(
+        migration.includes(`CREATE MATERIALIZED VIEW integrity_${problem} AS\n${query};`),
+        problem,
+      );
+    }
+  });
+});
