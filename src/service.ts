@@ -123,6 +123,7 @@ export const startService = async (
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,
         claimIdleMs: config.claimIdleMs,
+        streamRetentionMs: config.streamRetentionMs,
         logger: logger.child({ module: 'projector' }),
         metrics,
       })

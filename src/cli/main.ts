@@ -8,6 +8,7 @@ import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '
 import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
 import { CliError, print, table } from './output.ts';
+import { rebuildCommand, replayCommand } from './recovery.ts';
 
 const USAGE = `usage: outpost <command> [options]
 
@@ -20,6 +21,10 @@ const USAGE = `usage: outpost <command> [options]
   dead list|show <id>|retry <id>|retry --all|discard <id> --reason R
                                 dead-lettered events (the id is the event id)
   integrity refresh|status      refresh the integrity views now, or show the latest snapshot
+  replay --from ID|TIME [--to ID|TIME] [--partition N] [--dry-run]
+                                give the main database every logged event it lacks (after a restore)
+  rebuild-projections [--dry-run|--verify]
+                                recompute projection rows from the events table
 
 Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
 
@@ -112,6 +117,10 @@ const main = async (argv: string[]) => {
       limit: { type: 'string' },
       reason: { type: 'string' },
       all: { type: 'boolean', default: false },
+      from: { type: 'string' },
+      to: { type: 'string' },
+      'dry-run': { type: 'boolean', default: false },
+      verify: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -131,6 +140,10 @@ const main = async (argv: string[]) => {
       return dead(action, argument, incidentFlags);
     case 'integrity':
       return integrity(action, flags);
+    case 'replay':
+      return replayCommand(incidentFlags);
+    case 'rebuild-projections':
+      return rebuildCommand(incidentFlags);
     case 'migrate': {
       const config = loadConfig();
       await runMigrations(config.mainDatabaseUrl);

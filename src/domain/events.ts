@@ -83,8 +83,6 @@ export const EVENT_TYPES: Record<EventType, { aggregate: AggregateType; creates:
 
 export const isEventType = (type: string): type is EventType => Object.hasOwn(EVENT_TYPES, type);
 
-export const CURRENT_EVENT_VERSION = 1;
-
 /** An event as it travels through the log: the domain event plus who, where and when. */
 export type Envelope = DomainEvent & {
   event_id: string;

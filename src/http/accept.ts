@@ -1,13 +1,9 @@
 import { createHash } from 'node:crypto';
 import type { Context } from 'hono';
 import stringify from 'safe-stable-stringify';
-import {
-  CURRENT_EVENT_VERSION,
-  type DomainEvent,
-  type Envelope,
-  EVENT_TYPES,
-} from '../domain/events.ts';
+import { type DomainEvent, type Envelope, EVENT_TYPES } from '../domain/events.ts';
 import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
+import { CURRENT_VERSIONS } from '../domain/upcast.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -51,7 +47,7 @@ export const envelope = (
     ...event,
     event_id: newIdInPartition(partition, deps.config.partitions),
     aggregate_type: EVENT_TYPES[event.type].aggregate,
-    version: CURRENT_EVENT_VERSION,
+    version: CURRENT_VERSIONS[event.type],
     site: deps.config.site,
     accepted_at: acceptedAt,
   }) as Envelope;

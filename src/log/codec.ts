@@ -4,6 +4,7 @@ import {
   type Envelope,
   isEventType,
 } from '../domain/events.ts';
+import { upcast } from '../domain/upcast.ts';
 
 /** A stream entry as Redis returns it: `[id, [field, value, ...]]`. */
 export type RawEntry = [id: string, fields: string[]];
@@ -60,7 +61,7 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   } catch {
     throw new UndecodableEntryError(entryId, 'data is not JSON');
   }
-  const event = {
+  const stored = {
     event_id,
     aggregate_id,
     aggregate_type,
@@ -70,5 +71,9 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
     accepted_at: Number(at),
     data: parsed,
   } as Envelope;
-  return { entryId, event };
+  try {
+    return { entryId, event: upcast(stored) };
+  } catch (err) {
+    throw new UndecodableEntryError(entryId, (err as Error).message);
+  }
 };

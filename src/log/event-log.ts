@@ -217,7 +217,14 @@ export class EventLog {
       keys.inflight(r.aggregateId),
       keys.inflightAggregates(r.aggregateType),
     ]);
-    const allKeys = [keys.stream, keys.eventIndex, keys.applied, keys.appliedLsn, ...recordKeys];
+    const allKeys = [
+      keys.stream,
+      keys.eventIndex,
+      keys.applied,
+      keys.appliedLsn,
+      keys.attempts,
+      ...recordKeys,
+    ];
     return this.#redis.outpostAck(
       allKeys.length,
       ...allKeys,

@@ -49,6 +49,11 @@ export const createMetrics = () => {
       help: 'Events in the dead-letter streams',
       registers,
     }),
+    oldestRetainedAge: new Gauge({
+      name: 'outpost_stream_oldest_entry_age_seconds',
+      help: 'Age of the oldest entry still retained in any partition stream (replay reaches back this far)',
+      registers,
+    }),
     replicationLagBytes: new Gauge({
       name: 'outpost_replication_lag_bytes',
       help: 'Bytes of WAL the replica has still to replay',

@@ -134,6 +134,10 @@ export class StatusSource {
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
     }
+    const oldest = await settle(oldestRetainedMs(this.#deps.eventLog));
+    metrics.oldestRetainedAge.set(
+      oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000),
+    );
     const snapshot = await settle(latestSnapshot(this.#deps.replica));
     const anomalies = snapshot?.anomalies ?? noAnomalies();
     for (const problem of PROBLEMS) {
@@ -147,6 +151,18 @@ export class StatusSource {
     metrics.replicationLagSeconds.set(lag.current_lag_seconds);
   }
 }
+
+const oldestRetainedMs = async (eventLog: EventLog): Promise<number | undefined> => {
+  const pipeline = eventLog.redis.pipeline();
+  for (const keys of eventLog.allKeys()) {
+    pipeline.xrange(keys.stream, '-', '+', 'COUNT', 1);
+  }
+  const firsts = ((await pipeline.exec()) ?? []).flatMap(([, entries]) =>
+    (entries as [string, string[]][]).slice(0, 1),
+  );
+  const times = firsts.map(([id]) => Number(id.split('-')[0]));
+  return times.length === 0 ? undefined : Math.min(...times);
+};
 
 const round = (n: number) => Math.round(n * 1000) / 1000;
 

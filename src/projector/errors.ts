@@ -6,7 +6,18 @@
 export type FailureClass = 'transient' | 'data';
 
 const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57', '58', 'XX'];
-const TRANSIENT_SQLSTATES = new Set(['40001', '40P01', '55P03', '55006', '25006']);
+// Besides conflicts and timeouts: a database being restored or not yet migrated (no such database,
+// table or function) is the site's problem, not the event's, and must not count against it.
+const TRANSIENT_SQLSTATES = new Set([
+  '40001',
+  '40P01',
+  '55P03',
+  '55006',
+  '25006',
+  '3D000',
+  '42P01',
+  '42883',
+]);
 const TRANSIENT_NODE_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',

@@ -24,6 +24,12 @@ void describe('classifyFailure', () => {
     assert.equal(classifyFailure(new Error('Query read timeout')), 'transient');
   });
 
+  void it('does not blame the event for a database being restored or not yet migrated', () => {
+    for (const code of ['3D000', '42P01', '42883']) {
+      assert.equal(classifyFailure(withCode(code)), 'transient', code);
+    }
+  });
+
   void it('counts constraint violations, bad data and impossible folds as data failures', () => {
     for (const code of ['23505', '23502', '22P02', '22021', '42703']) {
       assert.equal(classifyFailure(withCode(code)), 'data', code);

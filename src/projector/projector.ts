@@ -5,6 +5,7 @@ import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { watchConnection } from '../log/redis.ts';
+import { trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { BREAKER_GAUGE, CircuitBreaker } from './circuit-breaker.ts';
@@ -22,6 +23,7 @@ export type ProjectorDeps = {
   batchSize: number;
   maxAttempts: number;
   claimIdleMs: number;
+  streamRetentionMs: number;
   logger: Logger;
   metrics: Metrics;
 };
@@ -53,6 +55,7 @@ export class Projector {
   readonly breaker: CircuitBreaker;
   readonly #leases: LeaseManager;
   #reclaimTimer: NodeJS.Timeout | undefined;
+  #trimTimer: NodeJS.Timeout | undefined;
   #processed = 0;
   #batches = 0;
   #failures = 0;
@@ -93,11 +96,38 @@ export class Projector {
       );
     }, this.#deps.claimIdleMs);
     this.#reclaimTimer.unref();
+    this.#trimTimer = setInterval(
+      () => {
+        void this.#trim().catch((err: unknown) =>
+          this.#deps.logger.warn({ err }, 'trimming the log failed'),
+        );
+      },
+      Math.min(60_000, Math.max(1_000, Math.floor(this.#deps.streamRetentionMs / 10))),
+    );
+    this.#trimTimer.unref();
+  }
+
+  /** Drops acknowledged entries past the retention from the partitions this process owns. */
+  async #trim() {
+    for (const partition of this.#consumers.keys()) {
+      const trimmed = await trimPartition(
+        this.#deps.eventLog,
+        partition,
+        this.#deps.streamRetentionMs,
+      );
+      if (trimmed > 0) {
+        this.#deps.logger.info(
+          { partition, trimmed },
+          'trimmed acknowledged entries past the retention',
+        );
+      }
+    }
   }
 
   stop(): Promise<void> {
     this.#stopping ??= (async () => {
       clearInterval(this.#reclaimTimer);
+      clearInterval(this.#trimTimer);
       await this.#leases.stop();
     })();
     return this.#stopping;

@@ -3,6 +3,7 @@ import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queri
 import { partitionOf } from '../../domain/ids.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
 import { inspectPending } from '../../ops/pending.ts';
+import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { hasBody, readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
@@ -24,6 +25,13 @@ const DeadListQuery = z.object({
     .optional(),
 });
 
+const ReplayBody = z.strictObject({
+  from: z.string().min(1).max(64),
+  to: z.string().min(1).max(64).optional(),
+  partition: z.number().int().min(0).optional(),
+  dry_run: z.boolean().default(false),
+});
+
 const DiscardBody = z.strictObject({ reason: z.string().trim().min(1).max(2000) });
 
 export const registerAdminRoutes = (app: App, deps: AppDeps) => {
@@ -31,6 +39,35 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   app.use('/admin', requireAdmin(deps.config.adminToken));
 
   registerIntegrityRoutes(app, deps);
+
+  app.post('/admin/replay', async (c) => {
+    const { value } = await readJson(c, ReplayBody, deps.config.maxBodyBytes);
+    if (value.partition !== undefined && value.partition >= deps.config.partitions) {
+      throw new ApiError('validation_failed', `partition must be below ${deps.config.partitions}`, [
+        { path: 'partition', message: 'no such partition' },
+      ]);
+    }
+    for (const [path, bound] of [
+      ['from', value.from],
+      ['to', value.to],
+    ] as const) {
+      if (bound !== undefined) {
+        try {
+          replayBound(bound);
+        } catch (err) {
+          throw new ApiError('validation_failed', (err as Error).message, [
+            { path, message: 'not an entry id or ISO-8601 time' },
+          ]);
+        }
+      }
+    }
+    const report = await replay(
+      { eventLog: deps.eventLog, main: deps.main },
+      { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
+    );
+    c.get('logger').info({ report }, 'replay finished');
+    return c.json(report);
+  });
 
   app.get('/admin/pending', async (c) => {
     const query = readQuery(c, PendingQuery);

@@ -1,0 +1,92 @@
+import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
+import { ReplayBoundError, replay } from '../ops/replay.ts';
+import { CliError, print, table } from './output.ts';
+import { withSite } from './site.ts';
+
+export type RecoveryFlags = {
+  json: boolean;
+  from?: string;
+  to?: string;
+  partition?: string;
+  'dry-run'?: boolean;
+  verify?: boolean;
+};
+
+/** Progress for long runs: a rewritten line on a terminal, JSON lines for scripts, else nothing. */
+const progress = (json: boolean) => {
+  let last = 0;
+  return (fields: Record<string, unknown>) => {
+    if (json) {
+      process.stderr.write(`${JSON.stringify({ progress: fields })}\n`);
+    } else if (process.stderr.isTTY && Date.now() - last > 250) {
+      last = Date.now();
+      const text = Object.entries(fields)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ');
+      process.stderr.write(`\r${text}   `);
+    }
+  };
+};
+
+/** `outpost replay --from ID|TIME [--to] [--partition N] [--dry-run]`. */
+export const replayCommand = (flags: RecoveryFlags) =>
+  withSite(async (site) => {
+    if (!flags.from) {
+      throw new CliError('replay needs --from <entry id | ISO time>');
+    }
+    const partition = flags.partition === undefined ? undefined : Number(flags.partition);
+    if (
+      partition !== undefined &&
+      !(Number.isInteger(partition) && partition >= 0 && partition < site.config.partitions)
+    ) {
+      throw new CliError(`--partition must be a whole number below ${site.config.partitions}`);
+    }
+    const report_ = progress(flags.json);
+    try {
+      const report = await replay(
+        { eventLog: site.eventLog, main: site.main },
+        { from: flags.from, to: flags.to, partition, dryRun: flags['dry-run'] === true },
+        {
+          onProgress: (p) =>
+            report_({ partition: p.partition, scanned: p.scanned, at: p.position }),
+        },
+      );
+      if (process.stderr.isTTY && !flags.json) {
+        process.stderr.write('\n');
+      }
+      print(flags.json ? JSON.stringify(report) : table([report]));
+      if (report.failed > 0 || report.unfinished > 0) {
+        process.exitCode = 1;
+      }
+    } catch (err) {
+      if (err instanceof ReplayBoundError) {
+        throw new CliError(err.message);
+      }
+      throw err;
+    }
+  });
+
+/** `outpost rebuild-projections [--dry-run | --verify]`. */
+export const rebuildCommand = (flags: RecoveryFlags) =>
+  withSite(async (site) => {
+    if (flags['dry-run'] && flags.verify) {
+      throw new CliError('give either --dry-run or --verify, not both');
+    }
+    const mode: RebuildMode = flags.verify ? 'verify' : flags['dry-run'] ? 'dry-run' : 'apply';
+    const report_ = progress(flags.json);
+    const report = await rebuildProjections(site.main, mode, (aggregates) =>
+      report_({ aggregates }),
+    );
+    if (flags.json) {
+      print(JSON.stringify(report));
+    } else {
+      print(table(report.differences.map((d) => ({ ...d, fields: d.fields.join(',') }))));
+      print(
+        `${report.aggregates} aggregates folded, ${report.differing} rows differ from their events` +
+          (mode === 'apply' ? `, ${report.fixed} rewritten` : ' (nothing changed)'),
+      );
+    }
+    if (mode === 'verify' && report.differing > 0) {
+      process.exitCode = 1;
+    }
+  });

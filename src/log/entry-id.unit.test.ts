@@ -1,0 +1,13 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { compareEntryIds, entryIdAt, minEntryId } from './entry-id.ts';
+
+void describe('entry ids', () => {
+  void it('compares as integers, not as text', () => {
+    assert.ok(compareEntryIds('1700000000000-10', '1700000000000-9') > 0);
+    assert.ok(compareEntryIds('999-0', '1000-0') < 0);
+    assert.equal(compareEntryIds('5-1', '5-1'), 0);
+    assert.equal(minEntryId(['10-0', '9-5', '100-0']), '9-5');
+    assert.equal(entryIdAt(1234.9), '1234-0');
+  });
+});

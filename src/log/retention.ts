@@ -1,0 +1,41 @@
+import { entryIdAt, minEntryId } from './entry-id.ts';
+import type { EventLog } from './event-log.ts';
+import { CONSUMER_GROUP } from './keys.ts';
+
+/**
+ * The lowest entry id trimming may keep from: older than the retention, and never at or past the
+ * oldest entry some consumer still has pending, nor past what the group has yet to be delivered.
+ * XTRIM itself ignores the pending list (Redis 7), so this bound is the only guard.
+ */
+export const trimFloor = async (
+  eventLog: EventLog,
+  partition: number,
+  retentionMs: number,
+  now: number,
+) => {
+  const stream = eventLog.keys(partition).stream;
+  const [, lowestPending] = (await eventLog.redis.xpending(stream, CONSUMER_GROUP)) as [
+    number,
+    string | null,
+  ];
+  const groups = (await eventLog.redis.xinfo('GROUPS', stream)) as unknown[][];
+  const lastDelivered = groups.map((g) => String(g[g.indexOf('last-delivered-id') + 1]));
+  return (
+    minEntryId([
+      entryIdAt(now - retentionMs),
+      ...(lowestPending ? [lowestPending] : []),
+      ...lastDelivered,
+    ]) ?? '0-0'
+  );
+};
+
+/** Trims acknowledged entries older than the retention from one partition; the number removed. */
+export const trimPartition = async (
+  eventLog: EventLog,
+  partition: number,
+  retentionMs: number,
+  now = Date.now(),
+): Promise<number> => {
+  const floor = await trimFloor(eventLog, partition, retentionMs, now);
+  return Number(await eventLog.redis.xtrim(eventLog.keys(partition).stream, 'MINID', floor));
+};

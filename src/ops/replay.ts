@@ -1,0 +1,196 @@
+import type pg from 'pg';
+import { appliedEventIds } from '../db/queries/apply.ts';
+import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
+import { entryIdAt } from '../log/entry-id.ts';
+import type { EventLog } from '../log/event-log.ts';
+
+export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
+
+export type ReplayReport = {
+  scanned: number;
+  already_applied: number;
+  /** Applied by this replay (in a dry run: would be applied). */
+  applied: number;
+  /** Could not be applied: dead-lettered, or undecodable. */
+  failed: number;
+  dry_run: boolean;
+  /** Still pending in the log when scanned: the projector applies them anyway. */
+  in_flight: number;
+  /** Re-appended but not yet applied or dead-lettered when the wait ended. */
+  unfinished: number;
+};
+
+export type ReplayProgress = { partition: number; scanned: number; position: string };
+
+const ENTRY_ID = /^\d+(-\d+)?$/;
+const PAGE = 500;
+
+export class ReplayBoundError extends Error {
+  constructor(text: string) {
+    super(`${text} is neither a stream entry id (1700000000000-0) nor an ISO-8601 time`);
+    this.name = 'ReplayBoundError';
+  }
+}
+
+/** `from`/`to` as the API and CLI take them: an entry id, or an ISO-8601 time (DESIGN §6). */
+export const replayBound = (text: string): string => {
+  if (ENTRY_ID.test(text)) {
+    return text;
+  }
+  const ms = /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
+  if (Number.isNaN(ms)) {
+    throw new ReplayBoundError(text);
+  }
+  return entryIdAt(ms);
+};
+
+type Deps = { eventLog: EventLog; main: pg.Pool };
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Re-reads the log with XRANGE and gives back to the projector every event the main database
+ * lacks, in partition order: they are appended again with their own event_id, so the projector
+ * applies them with its usual dedupe, fencing, ordering and dead-letter rules, and a second run
+ * (or a run racing the projector) changes nothing. Then waits until each is applied or dead.
+ */
+export const replay = async (
+  deps: Deps,
+  request: ReplayRequest,
+  options: { onProgress?: (p: ReplayProgress) => void; waitMs?: number } = {},
+): Promise<ReplayReport> => {
+  const report: ReplayReport = {
+    scanned: 0,
+    already_applied: 0,
+    applied: 0,
+    failed: 0,
+    dry_run: request.dryRun,
+    in_flight: 0,
+    unfinished: 0,
+  };
+  const from = replayBound(request.from);
+  const to = request.to === undefined ? '+' : replayBound(request.to);
+  const resent: { eventId: string; partition: number }[] = [];
+  const partitions = deps.eventLog
+    .allKeys()
+    .filter((k) => request.partition === undefined || k.partition === request.partition);
+  for (const keys of partitions) {
+    const seen = new Set<string>();
+    let cursor = from;
+    for (;;) {
+      const raw = (await deps.eventLog.redis.xrange(
+        keys.stream,
+        cursor,
+        to,
+        'COUNT',
+        PAGE,
+      )) as RawEntry[];
+      const page = cursor === from ? raw : raw.filter(([id]) => id !== cursor);
+      if (page.length === 0) {
+        break;
+      }
+      cursor = `(${page.at(-1)?.[0]}`;
+      const entries: LogEntry[] = [];
+      for (const entry of page) {
+        report.scanned += 1;
+        try {
+          const decoded = decodeEntry(entry);
+          if (!seen.has(decoded.event.event_id)) {
+            seen.add(decoded.event.event_id);
+            entries.push(decoded);
+          }
+        } catch {
+          report.failed += 1;
+        }
+      }
+      const missing = await missingFrom(deps, keys.partition, entries, report);
+      if (request.dryRun) {
+        report.applied += missing.length;
+      } else if (missing.length > 0) {
+        await deps.eventLog.append({
+          partition: keys.partition,
+          events: missing.map((e) => e.event),
+        });
+        resent.push(
+          ...missing.map((e) => ({ eventId: e.event.event_id, partition: keys.partition })),
+        );
+      }
+      options.onProgress?.({
+        partition: keys.partition,
+        scanned: report.scanned,
+        position: page.at(-1)?.[0] ?? '',
+      });
+      if (raw.length < PAGE) {
+        break;
+      }
+    }
+  }
+  if (!request.dryRun) {
+    await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000);
+  }
+  return report;
+};
+
+/** The entries the main database lacks that are neither still pending nor dead-lettered. */
+const missingFrom = async (
+  deps: Deps,
+  partition: number,
+  entries: LogEntry[],
+  report: ReplayReport,
+) => {
+  const applied = await appliedEventIds(
+    deps.main,
+    entries.map((e) => e.event.event_id),
+  );
+  const notApplied = entries.filter((e) => !applied.has(e.event.event_id));
+  report.already_applied += entries.length - notApplied.length;
+  if (notApplied.length === 0) {
+    return [];
+  }
+  const keys = deps.eventLog.keys(partition);
+  const ids = notApplied.map((e) => e.event.event_id);
+  const [pending, dead] = await Promise.all([
+    deps.eventLog.redis.hmget(keys.eventIndex, ...ids),
+    deps.eventLog.redis.hmget(keys.deadIndex, ...ids),
+  ]);
+  const missing: LogEntry[] = [];
+  notApplied.forEach((entry, i) => {
+    if (pending[i]) {
+      report.in_flight += 1;
+    } else if (dead[i]) {
+      report.failed += 1;
+    } else {
+      missing.push(entry);
+    }
+  });
+  return missing;
+};
+
+const waitForOutcome = async (
+  deps: Deps,
+  resent: { eventId: string; partition: number }[],
+  report: ReplayReport,
+  waitMs: number,
+) => {
+  let open = resent;
+  const deadline = Date.now() + waitMs;
+  while (open.length > 0 && Date.now() < deadline) {
+    const applied = await appliedEventIds(
+      deps.main,
+      open.map((r) => r.eventId),
+    );
+    const notApplied = open.filter((item) => !applied.has(item.eventId));
+    report.applied += open.length - notApplied.length;
+    const pipeline = deps.eventLog.redis.pipeline();
+    for (const item of notApplied) {
+      pipeline.hexists(deps.eventLog.keys(item.partition).deadIndex, item.eventId);
+    }
+    const dead = (await pipeline.exec()) ?? [];
+    open = notApplied.filter((_, i) => dead[i]?.[1] !== 1);
+    report.failed += notApplied.length - open.length;
+    if (open.length > 0) {
+      await sleep(200);
+    }
+  }
+  report.unfinished = open.length;
+};

@@ -1,0 +1,295 @@
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import pg from 'pg';
+import type { Envelope } from '../src/domain/events.ts';
+import { newIdInPartition } from '../src/domain/ids.ts';
+import { CONSUMER_GROUP } from '../src/log/keys.ts';
+import { trimPartition } from '../src/log/retention.ts';
+import { findPgBinDir } from '../src/stack/processes.ts';
+import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
+import { runCli } from './harness/cli.ts';
+import { Harness } from './harness/harness.ts';
+import { inBatches } from './harness/load.ts';
+import { withDatabase } from './harness/services.ts';
+
+const run = promisify(execFile);
+const auth = { authorization: 'Bearer test-admin-token' };
+
+const startMany = (h: Harness, label: string, n: number) =>
+  inBatches(
+    Array.from({ length: n }, (_, i) => i),
+    32,
+    (i) =>
+      h.post('/executed_obs_units/start', { obs_unit_id: `${label}-${i}`, instrument: 'nircam' }),
+  );
+
+/** Removes aggregates from the main database entirely, as a restore from an older backup would. */
+const forget = async (h: Harness, ids: string[]) => {
+  for (const statement of [
+    'DELETE FROM events WHERE aggregate_id = ANY($1)',
+    'DELETE FROM aggregate_heads WHERE aggregate_id = ANY($1)',
+    'DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1)',
+    'DELETE FROM aggregate_links WHERE downstream_id = ANY($1)',
+    'DELETE FROM executed_obs_units WHERE id = ANY($1)',
+    'DELETE FROM aggregates WHERE id = ANY($1)',
+  ]) {
+    await h.main.query(statement, [ids]);
+  }
+};
+
+void describe('recovery', () => {
+  void describe('restore of the main database from a dump, then replay', () => {
+    let h: Harness;
+    const dir = mkdtempSync(join(tmpdir(), 'outpost-dump-'));
+    after(async () => {
+      await h.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+
+    void it('brings back every event the restored database lost, exactly once', async () => {
+      h = await Harness.start();
+      const bin = findPgBinDir();
+      assert.ok(bin, 'PostgreSQL client binaries');
+      await startMany(h, 'before', 200);
+      await waitForAllAcknowledged(h);
+      const dumpFile = join(dir, 'main.dump');
+      const dumpTime = new Date().toISOString();
+      await run(join(bin, 'pg_dump'), ['-Fc', '-d', h.config.mainDatabaseUrl, '-f', dumpFile]);
+
+      const lost = await startMany(h, 'after', 5000);
+      assert.ok(lost.every((r) => r.status === 201));
+      await waitForAllAcknowledged(h, 120_000);
+
+      const [service] = h.services;
+      assert.ok(service);
+      await h.stopService(service);
+      const admin = new pg.Client({ connectionString: withDatabase(h.stack.mainUrl, 'postgres') });
+      await admin.connect();
+      await admin.query(`DROP DATABASE ${h.database} WITH (FORCE)`);
+      await admin.query(`CREATE DATABASE ${h.database}`);
+      await admin.end();
+      await run(join(bin, 'pg_restore'), ['-d', h.config.mainDatabaseUrl, dumpFile]);
+      const afterRestore = await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events');
+      assert.equal(afterRestore[0]?.n, 200, 'the restore lost the later events');
+      await h.startService();
+
+      const dry = await runCli(h, ['replay', '--from', dumpTime, '--dry-run', '--json']);
+      assert.equal(dry.code, 0, dry.stderr);
+      const dryReport = JSON.parse(dry.stdout);
+      assert.equal(dryReport.applied, 5000);
+      assert.equal(dryReport.dry_run, true);
+      assert.equal(
+        (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events'))[0]?.n,
+        200,
+        'a dry run changes nothing',
+      );
+
+      const replayed = await runCli(h, ['replay', '--from', dumpTime, '--json']);
+      assert.equal(replayed.code, 0, replayed.stderr);
+      const report = JSON.parse(replayed.stdout);
+      assert.equal(report.applied, 5000);
+      assert.equal(report.failed, 0);
+      assert.match(replayed.stderr, /"progress"/, 'JSON progress lines on long runs');
+
+      await audit(h, await streamEventIds(h));
+      const again = await h.request('POST', '/admin/replay', { from: dumpTime }, auth);
+      assert.equal(again.status, 200);
+      assert.equal(again.body.applied, 0, 'a second replay changes nothing');
+      assert.ok(again.body.already_applied >= 5000);
+    });
+  });
+
+  void describe('on a running site', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start();
+    });
+    after(async () => {
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+      await h.close();
+    });
+
+    void it('reports a fully applied range as such and changes nothing', async () => {
+      await startMany(h, 'applied', 300);
+      await waitForAllAcknowledged(h);
+      const events = await h.mainRows(
+        'SELECT event_id, commit_lsn::text FROM events ORDER BY event_id',
+      );
+      const report = await h.request('POST', '/admin/replay', { from: '0' }, auth);
+      assert.equal(report.status, 200, report.text);
+      assert.deepEqual(
+        {
+          scanned: report.body.scanned,
+          already_applied: report.body.already_applied,
+          applied: report.body.applied,
+          failed: report.body.failed,
+        },
+        { scanned: 300, already_applied: 300, applied: 0, failed: 0 },
+      );
+      assert.deepEqual(
+        await h.mainRows('SELECT event_id, commit_lsn::text FROM events ORDER BY event_id'),
+        events,
+      );
+      const bad = await h.request('POST', '/admin/replay', { from: 'yesterday' }, auth);
+      assert.equal(bad.status, 400);
+    });
+
+    void it('dead-letters a poison event met during a replay and applies the rest', async () => {
+      const units = await startMany(h, 'replay-poison', 20);
+      const poison = (
+        await h.post('/executed_obs_units/start', {
+          obs_unit_id: 'replay-poison-x',
+          instrument: 'poison',
+        })
+      ).body;
+      await waitForAllAcknowledged(h);
+      const lostIds = [...units.slice(0, 10).map((u) => u.body.id as string), poison.id as string];
+      await forget(h, lostIds);
+      await h.main.query(
+        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+      );
+      const report = await h.request('POST', '/admin/replay', { from: '0' }, auth);
+      assert.equal(report.status, 200, report.text);
+      assert.equal(report.body.applied, 10);
+      assert.equal(report.body.failed, 1);
+      assert.equal((await h.get(`/events/${poison.event_id}`)).body.state, 'dead');
+      const back = await h.mainRows<{ n: number }>(
+        'SELECT count(*)::int AS n FROM executed_obs_units WHERE id = ANY($1)',
+        [lostIds],
+      );
+      assert.equal(back[0]?.n, 10);
+    });
+
+    void it('finds a hand-corrupted projection row with --verify, and rebuild fixes it', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'tamper', instrument: 'nirspec' })
+      ).body;
+      await waitForAllAcknowledged(h);
+      await h.main.query(
+        "UPDATE executed_obs_units SET notes = 'tampered', status = 'failed' WHERE id = $1",
+        [unit.id],
+      );
+      const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(verify.code, 1, 'verify fails while rows differ');
+      const found = JSON.parse(verify.stdout);
+      assert.equal(found.differing, 1);
+      assert.equal(found.differences[0].aggregate_id, unit.id);
+      assert.deepEqual(found.differences[0].fields.sort(), ['notes', 'status']);
+      assert.equal(
+        (await h.mainRows('SELECT notes FROM executed_obs_units WHERE id = $1', [unit.id]))[0]
+          ?.notes,
+        'tampered',
+      );
+
+      const rebuilt = await runCli(h, ['rebuild-projections', '--json']);
+      assert.equal(rebuilt.code, 0, rebuilt.stderr);
+      assert.equal(JSON.parse(rebuilt.stdout).fixed, 1);
+      const row = (
+        await h.mainRows<{ notes: string | null; status: string }>(
+          'SELECT notes, status FROM executed_obs_units WHERE id = $1',
+          [unit.id],
+        )
+      )[0];
+      assert.deepEqual(row, { notes: null, status: 'running' });
+      const clean = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(clean.code, 0);
+      assert.equal(JSON.parse(clean.stdout).differing, 0);
+    });
+
+    void it('folds a stored v1 event through its upcaster', async () => {
+      const id = newIdInPartition(0, h.config.partitions);
+      const v1: Envelope = {
+        event_id: newIdInPartition(0, h.config.partitions),
+        aggregate_id: id,
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitStarted',
+        version: 1,
+        site: 'old-site',
+        accepted_at: Date.now(),
+        data: {
+          obs_unit_id: 'from-v1',
+          instrument: 'nirspec',
+          start_time: new Date().toISOString(),
+        },
+      } as unknown as Envelope;
+      await eventLogOf(h).append({ partition: 0, events: [v1] });
+      await waitForAllAcknowledged(h);
+      const unit = await h.get(`/executed_obs_units/${id}`);
+      assert.equal(unit.status, 200);
+      assert.deepEqual(
+        [unit.body.metadata, unit.body.notes, unit.body.instrument_configuration_id],
+        [{}, null, null],
+      );
+      const stored = await h.mainRows<{ version: number }>(
+        'SELECT version FROM events WHERE event_id = $1',
+        [v1.event_id],
+      );
+      assert.equal(stored[0]?.version, 2, 'applied in its upcast form');
+      const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(JSON.parse(verify.stdout).differing, 0);
+    });
+  });
+
+  void describe('retention', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'none' });
+    });
+    after(() => h.close());
+
+    void it('trims acknowledged entries past the retention, never a pending one or anything after it', async () => {
+      const log = eventLogOf(h);
+      await log.ensureGroups();
+      const stream = log.keys(0).stream;
+      const ids: string[] = [];
+      for (let i = 0; i < 5; i += 1) {
+        const event = {
+          event_id: newIdInPartition(0, h.config.partitions),
+          aggregate_id: newIdInPartition(0, h.config.partitions),
+          aggregate_type: 'instrument_configuration',
+          type: 'InstrumentConfigurationCreated',
+          version: 1,
+          site: 's',
+          accepted_at: Date.now(),
+          data: { instrument: 'x', configuration: {} },
+        } as Envelope;
+        const result = await log.append({ partition: 0, events: [event] });
+        assert.equal(result.kind, 'appended');
+        ids.push(...(result.kind === 'appended' ? result.entryIds : []));
+      }
+      await h.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 10, 'STREAMS', stream, '>');
+      await h.redis.xack(
+        stream,
+        CONSUMER_GROUP,
+        ids[0] as string,
+        ids[1] as string,
+        ids[3] as string,
+        ids[4] as string,
+      );
+      const future = Date.now() + 3_600_000;
+      // Everything is older than a zero retention an hour from now; only ids[2] is still pending.
+      assert.equal(await trimPartition(log, 0, 0, future), 2);
+      const kept = ((await h.redis.xrange(stream, '-', '+')) as [string, string[]][]).map(
+        ([id]) => id,
+      );
+      assert.deepEqual(kept, ids.slice(2));
+
+      await h.redis.xack(stream, CONSUMER_GROUP, ids[2] as string);
+      await trimPartition(log, 0, 0, future);
+      const left = ((await h.redis.xrange(stream, '-', '+')) as [string, string[]][]).map(
+        ([id]) => id,
+      );
+      assert.deepEqual(left, [ids[4]], 'the last delivered entry stays as the group position');
+      assert.equal(
+        await trimPartition(log, 0, 7 * 86_400_000),
+        0,
+        'nothing within the retention is trimmed',
+      );
+    });
+  });
+});
