@@ -85,10 +85,13 @@ export const startService = async (
   const eventLog = new EventLog(redis, config.namespace, config.partitions);
   await eventLog.ensureGroups();
   const deadLetters = new DeadLetters(eventLog);
+  // The acknowledgement gate trusts that a commit LSN the replica reaches stands for a durable
+  // commit: every commit of the projector waits for the WAL flush (see apply-batch.ts).
   const main = createPool({
     url: config.mainDatabaseUrl,
     max: config.partitions + 4,
     applicationName: 'outpost-projector',
+    synchronousCommit: true,
   });
   const replica = createPool({
     url: config.replicaDatabaseUrl,

@@ -11,6 +11,8 @@ export type PoolOptions = {
   applicationName: string;
   /** Client-side limit on one query; defaults suit batch work. */
   queryTimeoutMs?: number;
+  /** Every commit on these connections waits for the WAL flush, whatever the server default. */
+  synchronousCommit?: boolean;
 };
 
 /**

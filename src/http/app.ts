@@ -3,6 +3,7 @@ import { Hono } from 'hono';
 import type { AppDeps, HonoEnv } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
+import { registerDocsRoutes } from './routes/docs.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerUnitRoutes } from './routes/executed-obs-units.ts';
 import { registerConfigurationRoutes } from './routes/instrument-configurations.ts';
@@ -71,6 +72,7 @@ export const createApp = (deps: AppDeps) => {
   registerConfigurationRoutes(app, deps);
   registerEventRoutes(app, deps);
   registerOpsRoutes(app, deps);
+  registerDocsRoutes(app);
   return app;
 };
 

@@ -18,6 +18,7 @@ export const ERROR_STATUS = {
   internal: 500,
   log_unavailable: 503,
   replica_unavailable: 503,
+  main_unavailable: 503,
 } as const;
 export type ErrorCode = keyof typeof ERROR_STATUS;
 export type ErrorDetail = { path: string; message: string };

@@ -33,7 +33,10 @@ export type BatchResult = {
   failed: { entry: LogEntry; error: Error }[];
   /** Entries held back behind a failed event of their aggregate: order before progress. */
   deferred: LogEntry[];
-  /** The WAL insert position read after COMMIT returned: at or past the commit record. */
+  /**
+   * The WAL insert position read after the batch's commit and its commit_lsn update returned: at
+   * or past both commit records. The acknowledgement gate waits for the replica to reach it.
+   */
   commitLsn: string;
 };
 
@@ -205,9 +208,12 @@ export const applyBatch = async (
     return { plan, duplicates, lacksLsn };
   });
   try {
-    const commitLsn = await currentWalInsertLsn(client);
+    const batchLsn = await currentWalInsertLsn(client);
     const needLsn = [...result.plan.applied, ...result.lacksLsn].map((e) => e.event.event_id);
-    await setCommitLsn(client, commitLsn, needLsn);
+    await setCommitLsn(client, batchLsn, needLsn);
+    // Acknowledge only once the replica also has the commit_lsn update, so a confirmed event
+    // never shows on the replica without its LSN.
+    const commitLsn = needLsn.length > 0 ? await currentWalInsertLsn(client) : batchLsn;
     release();
     return {
       applied: result.plan.applied,

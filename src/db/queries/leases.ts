@@ -32,8 +32,9 @@ export const leaveMembers = async (db: Queryable, consumer: string) => {
 };
 
 /**
- * Takes a partition that is free or whose lease expired, with a new token. The lock timeout keeps
- * a taker from hanging behind a stale owner frozen inside its final fencing check.
+ * Takes a partition that is free or whose lease expired, with a new token. The lease pool's short
+ * statement timeout keeps a taker from hanging behind a stale owner frozen inside its final
+ * fencing check; the next round simply tries again.
  */
 export const acquireLease = async (
   db: Queryable,

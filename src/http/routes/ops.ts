@@ -1,4 +1,5 @@
 import type { AppDeps } from '../context.ts';
+import { ApiError } from '../errors.ts';
 import type { App } from './shared.ts';
 
 export const registerOpsRoutes = (app: App, deps: AppDeps) => {
@@ -9,7 +10,16 @@ export const registerOpsRoutes = (app: App, deps: AppDeps) => {
     return c.json(health, health.redis === 'connected' ? 200 : 503);
   });
 
-  app.get('/buffer-stats', async (c) => c.json(await deps.status.bufferStats()));
+  app.get('/buffer-stats', async (c) => {
+    try {
+      return c.json(await deps.status.bufferStats());
+    } catch (err) {
+      throw new ApiError('log_unavailable', 'the local log cannot be read right now', undefined, {
+        cause: err,
+        retryAfterSeconds: 1,
+      });
+    }
+  });
 
   app.get('/metrics', async (c) => {
     await deps.status.refreshGauges();

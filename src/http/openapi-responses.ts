@@ -1,0 +1,311 @@
+/**
+ * JSON Schemas (2020-12, as OpenAPI 3.1 uses) of what the API answers. Responses have no zod
+ * schema to generate from, so they are written here by hand; request schemas never are (see
+ * openapi.ts). Objects stay open (no additionalProperties: false) so adding a field to a response
+ * does not break a client generated from this document.
+ */
+import { PROBLEMS } from '../integrity/problems.ts';
+
+export type JsonSchema = { [key: string]: unknown };
+
+const ref = (name: string): JsonSchema => ({ $ref: `#/components/schemas/${name}` });
+const nullable = (schema: JsonSchema): JsonSchema => ({ anyOf: [schema, { type: 'null' }] });
+const object = (properties: Record<string, JsonSchema>, optional: string[] = []): JsonSchema => ({
+  type: 'object',
+  properties,
+  required: Object.keys(properties).filter((name) => !optional.includes(name)),
+});
+
+const id: JsonSchema = { type: 'string', format: 'uuid', description: 'UUIDv7' };
+const time: JsonSchema = { type: 'string', format: 'date-time' };
+const lsn: JsonSchema = {
+  type: 'string',
+  pattern: '^[0-9A-F]{1,8}/[0-9A-F]{1,8}$',
+  description: 'PostgreSQL WAL position (pg_lsn text form)',
+};
+const entryId: JsonSchema = {
+  type: 'string',
+  pattern: '^\\d+-\\d+$',
+  description: 'Redis stream entry id',
+};
+const seconds: JsonSchema = { type: 'number', minimum: 0 };
+const count: JsonSchema = { type: 'integer', minimum: 0 };
+const connection: JsonSchema = { type: 'string', enum: ['connected', 'disconnected'] };
+const freeJson: JsonSchema = { type: 'object', additionalProperties: true };
+const unitStatus: JsonSchema = {
+  type: 'string',
+  enum: ['running', 'paused', 'success', 'failed', 'interrupted'],
+};
+
+/** Columns every projection row has, plus how the merged read was put together. */
+const aggregate = (properties: Record<string, JsonSchema>, optional: string[] = []) =>
+  object(
+    {
+      id,
+      site: { type: 'string' },
+      accepted_at: time,
+      updated_at: time,
+      version: { type: 'integer', minimum: 1, description: 'number of events folded' },
+      ...properties,
+      consistency: ref('Consistency'),
+    },
+    optional,
+  );
+
+const page = (item: string) =>
+  object({
+    items: { type: 'array', items: ref(item) },
+    next_cursor: nullable({
+      type: 'string',
+      description: 'pass as `cursor` for the next page; null on the last page',
+    }),
+  });
+
+export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
+  Error: object({
+    error: object(
+      {
+        code: { type: 'string', description: 'stable, machine-readable' },
+        message: { type: 'string', description: 'for humans; may change' },
+        details: {
+          type: 'array',
+          items: object({
+            path: { type: 'string', examples: ['files.0.size_bytes'] },
+            message: { type: 'string' },
+          }),
+        },
+        requestId: { type: 'string', description: 'also in the x-request-id header' },
+      },
+      ['details', 'requestId'],
+    ),
+  }),
+  Consistency: object({
+    source: {
+      type: 'string',
+      enum: ['replica', 'replica+pending', 'pending'],
+      description: 'replica row only, replica row with pending events folded over it, or pending',
+    },
+    pending_events: count,
+  }),
+  UnitStarted: object({
+    id,
+    event_id: id,
+    status: { const: 'running' },
+    accepted_at: time,
+  }),
+  EventAccepted: object({ id, event_id: id }),
+  FilesRegistered: object({
+    ids: { type: 'array', items: id, description: '`ids[i]` belongs to `files[i]`' },
+    event_ids: { type: 'array', items: id },
+  }),
+  ExecutedObsUnit: aggregate({
+    obs_unit_id: { type: 'string' },
+    instrument: { type: 'string' },
+    status: unitStatus,
+    start_time: time,
+    end_time: nullable(time),
+    instrument_configuration_id: nullable(id),
+    notes: nullable({ type: 'string' }),
+    metadata: freeJson,
+  }),
+  RawDataFile: aggregate({
+    executed_obs_unit_id: id,
+    path: { type: 'string' },
+    size_bytes: count,
+    checksum: { type: 'string', pattern: '^[0-9a-f]+$' },
+    checksum_algorithm: { type: 'string', enum: ['xxh64', 'sha256'] },
+    created_at: time,
+  }),
+  RawDataPackage: aggregate({
+    name: { type: 'string' },
+    executed_obs_unit_id: id,
+    file_ids: { type: 'array', items: id },
+  }),
+  InstrumentConfiguration: aggregate({
+    instrument: { type: 'string' },
+    configuration: freeJson,
+  }),
+  ExecutedObsUnitPage: page('ExecutedObsUnit'),
+  RawDataFilePage: page('RawDataFile'),
+  Event: object(
+    {
+      event_id: id,
+      aggregate_id: id,
+      aggregate_type: {
+        type: 'string',
+        enum: [
+          'executed_obs_unit',
+          'raw_data_file',
+          'raw_data_package',
+          'instrument_configuration',
+        ],
+      },
+      type: { type: 'string', examples: ['ExecutedObsUnitStarted'] },
+      version: { type: 'integer' },
+      partition: count,
+      entry_id: entryId,
+      state: {
+        type: 'string',
+        enum: ['pending', 'applied', 'confirmed', 'dead'],
+        description:
+          'pending: in the log only; applied: committed on the main database, waiting for the ' +
+          'replica; confirmed: replayed by the replica and acknowledged; dead: dead-lettered',
+      },
+      seq: { type: 'integer', minimum: 0, description: 'once applied' },
+      commit_lsn: { ...lsn, description: 'once applied' },
+      accepted_at: time,
+      data: freeJson,
+      error: { type: 'string', description: 'why a dead-lettered event could not apply' },
+    },
+    ['seq', 'commit_lsn', 'error'],
+  ),
+  AggregateEvents: object({ items: { type: 'array', items: ref('Event') } }),
+  Health: object({
+    status: { type: 'string', enum: ['healthy', 'degraded', 'unhealthy'] },
+    site: { type: 'string' },
+    role: { type: 'string', enum: ['main', 'secondary'] },
+    database: connection,
+    replica: connection,
+    redis: connection,
+    transaction_buffer: object({
+      size: count,
+      failed: count,
+      oldest_pending_seconds: seconds,
+    }),
+    background_processor: object({
+      status: { type: 'string', enum: ['running', 'failing', 'stopped', 'disabled'] },
+      last_run: nullable(time),
+      transactions_processed: count,
+      success_rate: { type: 'number', minimum: 0, maximum: 1 },
+    }),
+    replication_lag: object({
+      current_lag_seconds: seconds,
+      bytes: count,
+      main_lsn: nullable(lsn),
+      replica_lsn: nullable(lsn),
+    }),
+    circuit_breaker: { type: 'string', enum: ['closed', 'open', 'half_open'] },
+    integrity: object({
+      mode: {
+        type: 'string',
+        enum: ['pg_cron', 'scheduler', 'unknown'],
+        description: 'what refreshes the integrity views at this site',
+      },
+      refreshed_at: nullable(time),
+    }),
+  }),
+  BufferStats: object({
+    pending_transactions: count,
+    failed_transactions: count,
+    processing_rate: { type: 'number', minimum: 0, description: 'events applied per second' },
+    average_execution_time_ms: { type: 'number', minimum: 0 },
+    buffer_size_mb: { type: 'number', minimum: 0 },
+    oldest_pending_seconds: seconds,
+  }),
+  PendingReport: object({
+    partitions: {
+      type: 'array',
+      items: object({
+        partition: count,
+        count,
+        lowest_id: nullable(entryId),
+        highest_id: nullable(entryId),
+        oldest_idle_ms: count,
+        consumers: { type: 'object', additionalProperties: count },
+        undelivered: count,
+      }),
+    },
+    entries: {
+      type: 'array',
+      items: object({
+        entry_id: entryId,
+        partition: count,
+        consumer: { type: 'string' },
+        idle_ms: count,
+        deliveries: count,
+        event_id: nullable(id),
+        aggregate_id: nullable(id),
+        type: nullable({ type: 'string' }),
+        commit_lsn: nullable(lsn),
+        waiting_for: { type: 'string', enum: ['projection', 'replica'] },
+      }),
+    },
+    replica: object(
+      {
+        replay_lsn: nullable(lsn),
+        lag_bytes: nullable(count),
+        error: { type: 'string' },
+      },
+      ['error'],
+    ),
+  }),
+  DeadLetter: object({
+    id: { ...id, description: 'the event id; the path id of the dead-letter endpoints' },
+    dead_letter_id: entryId,
+    partition: count,
+    original_entry_id: entryId,
+    event_id: id,
+    aggregate_id: id,
+    aggregate_type: { type: 'string' },
+    type: { type: 'string' },
+    error: { type: 'string' },
+    attempts: { type: 'array', items: object({ at: time, error: { type: 'string' } }) },
+    dead_at: time,
+    data: freeJson,
+  }),
+  DeadLetterPage: page('DeadLetter'),
+  DeadLetterRetried: object({
+    id,
+    event_id: id,
+    partition: count,
+    entry_id: { ...entryId, description: 'the new stream entry of the retried event' },
+    retried: { const: true },
+  }),
+  DeadLetterDiscarded: object({
+    id,
+    event_id: id,
+    discarded: { const: true },
+    reason: { type: 'string' },
+    audit_id: { type: 'string', description: 'the audit record kept for the discard' },
+  }),
+  ReplayResult: object(
+    {
+      scanned: count,
+      already_applied: count,
+      applied: { ...count, description: 'in a dry run: what would be applied' },
+      failed: count,
+      dry_run: { type: 'boolean' },
+      in_flight: {
+        ...count,
+        description: 'still pending when scanned; the projector applies them',
+      },
+      unfinished: { ...count, description: 'given back to the projector, not yet applied or dead' },
+    },
+    ['in_flight', 'unfinished'],
+  ),
+  IntegrityRefresh: object({
+    refreshed_at: time,
+    duration_ms: { type: 'number', minimum: 0 },
+    anomalies: ref('Anomalies'),
+  }),
+  IntegritySnapshot: object({
+    refreshed_at: nullable(time),
+    duration_ms: nullable({ type: 'number', minimum: 0 }),
+    mode: nullable({
+      type: 'string',
+      description: 'what ran the refresh: pg_cron, scheduler, manual',
+    }),
+    anomalies: ref('Anomalies'),
+    samples: {
+      type: 'object',
+      description: 'a few offending rows of each problem, as its materialized view has them',
+      properties: Object.fromEntries(
+        PROBLEMS.map((problem) => [problem, { type: 'array', items: freeJson }]),
+      ),
+    },
+  }),
+  Anomalies: {
+    ...object(Object.fromEntries(PROBLEMS.map((problem) => [problem, count]))),
+    description: 'rows violating each invariant of DESIGN §5 in the snapshot',
+  },
+};
