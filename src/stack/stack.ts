@@ -323,19 +323,36 @@ const refuseForeignServices = async (o: StackOptions, paths: StackPaths) => {
   }
 };
 
-/** Stops the replica, the primary and Redis; a stack that is not running is left as it is. */
+/**
+ * Stops the replica, the primary and Redis; a stack that is not running is left as it is. Every
+ * part is attempted even when an earlier one fails, so nothing is left running behind an error.
+ */
 export const stackDown = async (dir: string): Promise<void> => {
   const paths = pathsOf(dir);
   const bin = findPgBinDir();
+  const failures: string[] = [];
   for (const dataDir of [paths.replica, paths.main]) {
     if (bin && pgIsRunning(dataDir)) {
-      await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]);
+      await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]).catch(
+        async (err: Error) => {
+          failures.push(err.message);
+          await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', dataDir]).catch(
+            () => undefined,
+          );
+        },
+      );
     }
   }
   const pid = redisPid(paths.redis);
   if (pid !== undefined) {
     process.kill(pid, 'SIGTERM');
-    await waitUntil(() => !isAlive(pid), 'Redis to stop', 30_000);
+    await waitUntil(() => !isAlive(pid), 'Redis to stop', 30_000).catch((err: Error) => {
+      failures.push(err.message);
+      process.kill(pid, 'SIGKILL');
+    });
+  }
+  if (failures.length > 0) {
+    throw new Error(`stopping the stack: ${failures.join('; ')}`);
   }
 };
 

@@ -1,0 +1,553 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import type { Envelope } from '../src/domain/events.ts';
+import { newIdInPartition } from '../src/domain/ids.ts';
+import { EventLog } from '../src/log/event-log.ts';
+import { startTestStack, TEMPLATE_DATABASE, withDatabase } from '../test/harness/services.ts';
+import {
+  histogramBuckets,
+  histogramQuantile,
+  load,
+  percentile,
+  ROOT,
+  type Server,
+  sleep,
+  startServer,
+  until,
+} from './lib.ts';
+import { renderTable } from './report.ts';
+
+const quick = process.argv.includes('--quick');
+const PARTITIONS = 8;
+const DURATION = quick ? 2 : 10;
+const E2E_DURATION = quick ? 3 : 60;
+const DRAIN_EVENTS = quick ? 10_000 : 200_000;
+const MEMORY_EVENTS = quick ? 10_000 : 100_000;
+const INTEGRITY_EVENTS = quick ? 50_000 : 1_000_000;
+const BODY = JSON.stringify({
+  obs_unit_id: 'bench-unit',
+  instrument: 'nircam',
+  metadata: { seeing: 0.6 },
+});
+const log = (text: string) => process.stderr.write(`bench: ${text}\n`);
+
+type Site = { main: string; replica: string; redis: string; namespace: string };
+
+const main = async () => {
+  const stack = await startTestStack();
+  const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
+  await admin.connect();
+  let sites = 0;
+  /** A fresh migrated database and Redis namespace per scenario, like a new site. */
+  const newSite = async (): Promise<Site> => {
+    sites += 1;
+    const database = `bench_${sites}`;
+    await admin.query(`CREATE DATABASE ${database} TEMPLATE ${TEMPLATE_DATABASE}`);
+    const site = {
+      main: withDatabase(stack.mainUrl, database),
+      replica: withDatabase(stack.replicaUrl, database),
+      redis: stack.redisUrl,
+      namespace: `outpost:${database}`,
+    };
+    await until(async () => {
+      const probe = new pg.Client({ connectionString: site.replica });
+      try {
+        await probe.connect();
+        await probe.end();
+        return true;
+      } catch {
+        return false;
+      }
+    }, 'the database on the replica');
+    return site;
+  };
+  const outpostEnv = (site: Site, extra: Record<string, string> = {}) => ({
+    MAIN_DATABASE_URL: site.main,
+    REPLICA_DATABASE_URL: site.replica,
+    REDIS_URL: site.redis,
+    OUTPOST_NAMESPACE: site.namespace,
+    OUTPOST_PARTITIONS: String(PARTITIONS),
+    OUTPOST_PORT: '0',
+    OUTPOST_ADMIN_TOKEN: 'bench',
+    LOG_LEVEL: 'info',
+    ...extra,
+  });
+  const outpost = (site: Site, only?: 'api' | 'projector', extra: Record<string, string> = {}) =>
+    startServer(
+      ['src/cli/main.ts', 'serve', ...(only ? ['--only', only] : [])],
+      outpostEnv(site, extra),
+    );
+  const redis = new Redis(stack.redisUrl);
+  const results: Record<string, unknown> = {
+    date: new Date().toISOString(),
+    machine: { cpus: cpus().length, model: cpus()[0]?.model ?? 'unknown' },
+    quick,
+  };
+  const servers: Server[] = [];
+  const started = async (server: Promise<Server>) => {
+    const s = await server;
+    servers.push(s);
+    return s;
+  };
+  try {
+    // 1. Ingest: bare Hono, Hono + XADD, Outpost (API only, so the projector does not share the cores).
+    log('ingest');
+    const post = (port: number) => ({
+      url: `http://127.0.0.1:${port}/executed_obs_units/start`,
+      method: 'POST' as const,
+      headers: { 'content-type': 'application/json' },
+      body: BODY,
+      duration: DURATION,
+    });
+    const bare = await started(startServer(['bench/servers/bare.ts'], {}));
+    const bareResult = await load(post(bare.port));
+    await bare.stop();
+    const xadd = await started(
+      startServer(['bench/servers/xadd.ts'], { REDIS_URL: stack.redisUrl }),
+    );
+    const xaddResult = await load(post(xadd.port));
+    await xadd.stop();
+    const ingestSite = await newSite();
+    const api = await started(outpost(ingestSite, 'api'));
+    const outpostResult = await load(post(api.port));
+    const rssMb = api.peakRssMb();
+    await api.stop();
+    results.ingest = {
+      bare_rps: bareResult.rps,
+      xadd_rps: xaddResult.rps,
+      outpost_rps: outpostResult.rps,
+      outpost_p50_ms: outpostResult.p50_ms,
+      outpost_p99_ms: outpostResult.p99_ms,
+      outpost_max_ms: outpostResult.max_ms,
+      bare_p99_ms: bareResult.p99_ms,
+      xadd_p99_ms: xaddResult.p99_ms,
+      outpost_errors: outpostResult.errors,
+      ratio_to_bare: round(outpostResult.rps / bareResult.rps),
+      ratio_to_xadd: round(outpostResult.rps / xaddResult.rps),
+    };
+
+    // 2. Drain: a backlog appended while no projector runs, then a projector process started.
+    log(`drain of ${DRAIN_EVENTS} events`);
+    const drainSite = await newSite();
+    const drainRedis = new Redis(stack.redisUrl);
+    const eventLog = new EventLog(drainRedis, drainSite.namespace, PARTITIONS);
+    await eventLog.ensureGroups();
+    const backlog = await preload(eventLog, DRAIN_EVENTS);
+    const mainPool = new pg.Pool({ connectionString: drainSite.main, max: PARTITIONS });
+    // The clock starts once the projector process is up: its boot is not drain time.
+    const projector = await started(outpost(drainSite, 'projector'));
+    const t0 = Date.now();
+    await until(async () => (await count(mainPool, 'events')) >= DRAIN_EVENTS, 'the drain');
+    const appliedMs = Date.now() - t0;
+    await until(async () => (await unacknowledged(eventLog)) === 0, 'every acknowledgement');
+    const confirmedMs = Date.now() - t0;
+    await projector.stop();
+    const rawRate = await rawInsertCeiling(mainPool, backlog);
+    await mainPool.end();
+    drainRedis.disconnect();
+    results.drain = {
+      events: DRAIN_EVENTS,
+      outpost_events_per_s: Math.round(DRAIN_EVENTS / (appliedMs / 1000)),
+      outpost_confirmed_events_per_s: Math.round(DRAIN_EVENTS / (confirmedMs / 1000)),
+      raw_insert_rows_per_s: rawRate,
+      ratio_to_raw: round(DRAIN_EVENTS / (appliedMs / 1000) / rawRate),
+    };
+
+    // 3. End to end at fixed offered rates, next to the replica's own replay latency.
+    const e2e: Record<string, unknown> = {};
+    const replaySamples: number[] = [];
+    for (const rate of [500, 2000]) {
+      log(`end to end at ${rate}/s for ${E2E_DURATION}s`);
+      const site = await newSite();
+      const service = await started(outpost(site));
+      const metricsUrl = `http://127.0.0.1:${service.port}/metrics`;
+      const before = histogramBuckets(
+        await (await fetch(metricsUrl)).text(),
+        'outpost_end_to_end_seconds',
+      );
+      const stopPolling = pollConfirmations(service.port);
+      const stopProbe = replayProbe(stack.mainUrl, stack.replicaUrl, replaySamples);
+      const offered = await load({
+        ...post(service.port),
+        connections: 32,
+        overallRate: rate,
+        duration: E2E_DURATION,
+      });
+      const polled = await stopPolling();
+      await stopProbe();
+      const siteLog = new EventLog(redis, site.namespace, PARTITIONS);
+      await until(async () => (await unacknowledged(siteLog)) === 0, 'the end-to-end backlog');
+      const after = histogramBuckets(
+        await (await fetch(metricsUrl)).text(),
+        'outpost_end_to_end_seconds',
+      );
+      await service.stop();
+      e2e[`rate_${rate}`] = {
+        offered_rps: offered.rps,
+        p50_ms: round(histogramQuantile(before, after, 0.5) * 1000),
+        p99_ms: round(histogramQuantile(before, after, 0.99) * 1000),
+        polled_p50_ms: percentile(polled, 50),
+        polled_p99_ms: percentile(polled, 99),
+        polled_samples: polled.length,
+        ingest_p99_ms: offered.p99_ms,
+      };
+    }
+    e2e.replica_replay_p50_ms = round(percentile(replaySamples, 50));
+    e2e.replica_replay_p99_ms = round(percentile(replaySamples, 99));
+    results.e2e = e2e;
+
+    // 4. Merged reads with 0 and 10 pending events.
+    log('merged reads');
+    const readSite = await newSite();
+    const full = await started(outpost(readSite));
+    const settled = await postJson(full.port, '/executed_obs_units/start', JSON.parse(BODY));
+    await until(
+      async () =>
+        (await getJson(full.port, `/executed_obs_units/${settled.id}`)).consistency?.source ===
+        'replica',
+      'a confirmed unit',
+    );
+    await full.stop();
+    const apiOnly = await started(outpost(readSite, 'api'));
+    const busy = await postJson(apiOnly.port, '/executed_obs_units/start', JSON.parse(BODY));
+    for (let i = 0; i < 9; i += 1) {
+      await fetch(`http://127.0.0.1:${apiOnly.port}/executed_obs_units/${busy.id}`, {
+        method: 'PATCH',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ notes: `note ${i}` }),
+      });
+    }
+    const pendingTen = await getJson(apiOnly.port, `/executed_obs_units/${busy.id}`);
+    const read = (id: string) =>
+      load({
+        url: `http://127.0.0.1:${apiOnly.port}/executed_obs_units/${id}`,
+        connections: 16,
+        duration: DURATION,
+      });
+    const reads0 = await read(settled.id);
+    const reads10 = await read(busy.id);
+    await apiOnly.stop();
+    results.reads = {
+      pending_0_p99_ms: reads0.p99_ms,
+      pending_10_p99_ms: reads10.p99_ms,
+      pending_0_rps: reads0.rps,
+      pending_10_rps: reads10.rps,
+      pending_events_checked: pendingTen.consistency?.pending_events,
+    };
+
+    // 5. Memory: Redis bytes per pending event (stream entry plus read indexes).
+    log(`memory with ${MEMORY_EVENTS} pending events`);
+    const memorySite = await newSite();
+    const memoryRedis = new Redis(stack.redisUrl);
+    const memoryLog = new EventLog(memoryRedis, memorySite.namespace, PARTITIONS);
+    await memoryLog.ensureGroups();
+    const usedBefore = await usedMemory(memoryRedis);
+    await preload(memoryLog, MEMORY_EVENTS);
+    const usedAfter = await usedMemory(memoryRedis);
+    memoryRedis.disconnect();
+    results.memory = {
+      redis_bytes_per_pending_event: Math.round((usedAfter - usedBefore) / MEMORY_EVENTS),
+      service_rss_mb: rssMb,
+    };
+
+    // 6. The peer: BullMQ enqueue + worker doing the same insert.
+    log('BullMQ peer');
+    const peerSite = await newSite();
+    const peerDb = new pg.Pool({ connectionString: peerSite.main, max: 2 });
+    await peerDb.query(
+      'CREATE TABLE bullmq_events (id uuid PRIMARY KEY, data jsonb, enqueued_at timestamptz, committed_at timestamptz)',
+    );
+    const worker = await started(
+      startServer(['bench/servers/bullmq-worker.ts'], {
+        REDIS_URL: stack.redisUrl,
+        DATABASE_URL: peerSite.main,
+        CONCURRENCY: String(PARTITIONS),
+      }),
+    );
+    const producer = await started(
+      startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
+    );
+    const bull = await load(post(producer.port));
+    await until(
+      async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
+      'the BullMQ worker',
+    );
+    const bullLatency = await peerDb.query<{ p99: number }>(
+      'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
+    );
+    await producer.stop();
+    await worker.stop();
+    await peerDb.end();
+    results.peer = {
+      bullmq_rps: bull.rps,
+      outpost_rps: outpostResult.rps,
+      ratio: round(outpostResult.rps / bull.rps),
+      bullmq_p99_ms: bull.p99_ms,
+      bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
+    };
+
+    // 7. Integrity: refresh on a large events table, and /metrics answering during it.
+    log(`integrity on ${INTEGRITY_EVENTS} events`);
+    const integritySite = await newSite();
+    const integrityDb = new pg.Client({
+      connectionString: integritySite.main,
+      statement_timeout: 0,
+    });
+    await integrityDb.connect();
+    await synthesise(integrityDb, INTEGRITY_EVENTS);
+    const metricsServer = await started(outpost(integritySite, 'api'));
+    const scrapeTimes: number[] = [];
+    let refreshing = true;
+    const scraping = (async () => {
+      while (refreshing) {
+        const s = performance.now();
+        await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
+        scrapeTimes.push(performance.now() - s);
+        await sleep(20);
+      }
+    })();
+    const r0 = performance.now();
+    await integrityDb.query("SELECT outpost_refresh_integrity('bench', true)");
+    const refreshSeconds = (performance.now() - r0) / 1000;
+    refreshing = false;
+    await scraping;
+    await metricsServer.stop();
+    await integrityDb.end();
+    results.integrity = {
+      events: INTEGRITY_EVENTS,
+      refresh_seconds_1m_events: round(refreshSeconds * (1_000_000 / INTEGRITY_EVENTS)),
+      refresh_seconds_measured: round(refreshSeconds),
+      scrape_p99_ms_during_refresh: round(percentile(scrapeTimes, 99)),
+      scrapes_during_refresh: scrapeTimes.length,
+    };
+  } finally {
+    for (const server of servers) {
+      await server.stop().catch(() => undefined);
+    }
+    redis.disconnect();
+    await admin.end();
+    await stack.stop();
+  }
+  const dir = join(ROOT, 'bench', 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = quick ? 'quick.json' : 'latest.json';
+  writeFileSync(join(dir, file), `${JSON.stringify(results, null, 2)}\n`);
+  const table = renderTable(results);
+  if (!quick) {
+    writeFileSync(join(dir, 'latest.md'), table);
+  }
+  process.stdout.write(`${table}\n`);
+};
+
+const round = (n: number) => Math.round(n * 100) / 100;
+
+const count = async (db: pg.Pool | pg.Client, table: string) =>
+  Number(
+    (await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0]?.n ?? 0,
+  );
+
+const usedMemory = async (redis: Redis) =>
+  Number(/used_memory:(\d+)/.exec(await redis.info('memory'))?.[1] ?? 0);
+
+const unacknowledged = async (eventLog: EventLog) => {
+  let total = 0;
+  for (const keys of eventLog.allKeys()) {
+    total += await eventLog.pendingCount(keys.partition);
+    const groups = (await eventLog.redis.xinfo('GROUPS', keys.stream)) as unknown[][];
+    total += Number(groups[0]?.[groups[0].indexOf('lag') + 1] ?? 0) || 0;
+  }
+  return total;
+};
+
+/** Appends `n` unit starts through the real append script, 500 per call, over all partitions. */
+const preload = async (eventLog: EventLog, n: number): Promise<Envelope[]> => {
+  const all: Envelope[] = [];
+  for (let done = 0; done < n; ) {
+    const partition = (done / 500) % PARTITIONS;
+    const batch = Array.from({ length: Math.min(500, n - done) }, (_, i) => {
+      const event = {
+        event_id: newIdInPartition(partition, PARTITIONS),
+        aggregate_id: newIdInPartition(partition, PARTITIONS),
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitStarted',
+        version: 2,
+        site: 'bench',
+        accepted_at: Date.now(),
+        data: {
+          obs_unit_id: `bench-${done + i}`,
+          instrument: 'nircam',
+          start_time: new Date().toISOString(),
+          instrument_configuration_id: null,
+          notes: null,
+          metadata: { seeing: 0.6 },
+        },
+      } as Envelope;
+      return event;
+    });
+    await eventLog.append({ partition, events: batch });
+    all.push(...batch);
+    done += batch.length;
+  }
+  return all;
+};
+
+/** The raw ceiling: the same event rows as plain multi-row INSERTs, same batch size and parallelism. */
+const rawInsertCeiling = async (pool: pg.Pool, events: Envelope[]) => {
+  await pool.query('CREATE TABLE events_raw (LIKE events INCLUDING ALL)');
+  const batches: Envelope[][] = [];
+  for (let i = 0; i < events.length; i += 500) {
+    batches.push(events.slice(i, i + 500));
+  }
+  const started = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: PARTITIONS }, async () => {
+      const client = await pool.connect();
+      await client.query('SET synchronous_commit = on');
+      try {
+        while (next < batches.length) {
+          const batch = batches[next++] as Envelope[];
+          const values: unknown[] = [];
+          const rows = batch.map((e, i) => {
+            values.push(
+              e.event_id,
+              e.aggregate_id,
+              e.type,
+              JSON.stringify(e.data),
+              new Date(e.accepted_at).toISOString(),
+              `0-${i}`,
+            );
+            const o = i * 6;
+            return `($${o + 1}, $${o + 2}, 0, $${o + 3}, 2, $${o + 4}, 'bench', 0, $${o + 6}, $${o + 5})`;
+          });
+          await client.query(
+            `INSERT INTO events_raw (event_id, aggregate_id, seq, type, version, data, site, partition, stream_entry_id, occurred_at) VALUES ${rows.join(',')}`,
+            values,
+          );
+        }
+      } finally {
+        client.release();
+      }
+    }),
+  );
+  return Math.round(events.length / ((performance.now() - started) / 1000));
+};
+
+/** Client-side end to end: one write every 50 ms, polled on GET /events/{id} until confirmed. */
+const pollConfirmations = (port: number) => {
+  const samples: number[] = [];
+  let running = true;
+  const inflight: Promise<void>[] = [];
+  const loop = (async () => {
+    while (running) {
+      inflight.push(
+        (async () => {
+          const t0 = performance.now();
+          const { event_id } = await postJson(port, '/executed_obs_units/start', {
+            obs_unit_id: 'probe',
+            instrument: 'probe',
+          });
+          for (let i = 0; i < 3000; i += 1) {
+            if ((await getJson(port, `/events/${event_id}`)).state === 'confirmed') {
+              samples.push(round(performance.now() - t0));
+              return;
+            }
+            await sleep(2);
+          }
+        })(),
+      );
+      await sleep(50);
+    }
+  })();
+  return async () => {
+    running = false;
+    await loop;
+    await Promise.all(inflight);
+    return samples;
+  };
+};
+
+/** The replica's own latency: commit on the primary until pg_last_wal_replay_lsn() passes it. */
+const replayProbe = (mainUrl: string, replicaUrl: string, samples: number[]) => {
+  let running = true;
+  const loop = (async () => {
+    const primary = new pg.Client({ connectionString: withDatabase(mainUrl, 'postgres') });
+    const replica = new pg.Client({ connectionString: withDatabase(replicaUrl, 'postgres') });
+    await primary.connect();
+    await replica.connect();
+    await primary.query('CREATE TABLE IF NOT EXISTS bench_probe (at timestamptz)');
+    while (running) {
+      const t0 = performance.now();
+      await primary.query('INSERT INTO bench_probe VALUES (now())');
+      const lsn = (
+        await primary.query<{ lsn: string }>('SELECT pg_current_wal_insert_lsn()::text AS lsn')
+      ).rows[0]?.lsn;
+      for (;;) {
+        const reached = (
+          await replica.query<{ ok: boolean }>(
+            'SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn AS ok',
+            [lsn],
+          )
+        ).rows[0]?.ok;
+        if (reached) {
+          break;
+        }
+      }
+      samples.push(performance.now() - t0);
+      await sleep(20);
+    }
+    await primary.end();
+    await replica.end();
+  })();
+  return async () => {
+    running = false;
+    await loop;
+  };
+};
+
+// biome-ignore lint/suspicious/noExplicitAny: benchmark responses are read field by field
+const postJson = async (port: number, path: string, body: unknown): Promise<any> =>
+  (
+    await fetch(`http://127.0.0.1:${port}${path}`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    })
+  ).json();
+
+// biome-ignore lint/suspicious/noExplicitAny: benchmark responses are read field by field
+const getJson = async (port: number, path: string): Promise<any> =>
+  (await fetch(`http://127.0.0.1:${port}${path}`)).json();
+
+/** A large, consistent site written directly in SQL: units with 10 events each. */
+const synthesise = async (db: pg.Client, events: number) => {
+  const units = Math.floor(events / 10);
+  await db.query(
+    `CREATE TEMP TABLE u AS SELECT gen_random_uuid() AS id, g FROM generate_series(1, ${units}) g`,
+  );
+  await db.query(
+    "INSERT INTO aggregates SELECT id, 'executed_obs_unit', 'bench', g % 8, now() FROM u",
+  );
+  await db.query(
+    `INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition, stream_entry_id, occurred_at, commit_lsn)
+     SELECT gen_random_uuid(), u.id, s, CASE WHEN s = 0 THEN 'ExecutedObsUnitStarted' ELSE 'ExecutedObsUnitUpdated' END,
+            1, '{}', 'bench', u.g % 8, u.g || '-' || s, now(), '0/1'
+       FROM u, generate_series(0, 9) s`,
+  );
+  await db.query("INSERT INTO aggregate_heads SELECT id, 'head', 9, gen_random_uuid() FROM u");
+  await db.query('INSERT INTO aggregate_stats SELECT id, 10, now() FROM u');
+  await db.query(
+    `INSERT INTO executed_obs_units (id, site, accepted_at, updated_at, version, obs_unit_id, instrument, status, start_time, metadata)
+     SELECT id, 'bench', now(), now(), 10, 'ou-' || g, 'nircam', 'running', now(), '{}' FROM u`,
+  );
+  await db.query('ANALYZE');
+  await db.query("SELECT outpost_refresh_integrity('bench', true)");
+};
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${(err as Error).stack ?? String(err)}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,66 @@
+/** The markdown table the README embeds: measured figures next to the targets of issue 6. */
+// biome-ignore lint/suspicious/noExplicitAny: the results file is read by key
+export const renderTable = (r: any): string => {
+  const rows: [string, string, string][] = [
+    [
+      'ingest: bare Hono / Hono+XADD / Outpost (req/s, 64 conn)',
+      `${r.ingest.bare_rps} / ${r.ingest.xadd_rps} / ${r.ingest.outpost_rps}`,
+      '',
+    ],
+    [
+      'ingest: Outpost ÷ bare, ÷ XADD',
+      `${r.ingest.ratio_to_bare} / ${r.ingest.ratio_to_xadd}`,
+      '≥ 0.6 / ≥ 0.8',
+    ],
+    [
+      'ingest: Outpost p50 / p99 / max (ms)',
+      `${r.ingest.outpost_p50_ms} / ${r.ingest.outpost_p99_ms} / ${r.ingest.outpost_max_ms}`,
+      'p99 ≤ 10',
+    ],
+    [
+      `drain: ${r.drain.events} events applied / confirmed (events/s)`,
+      `${r.drain.outpost_events_per_s} / ${r.drain.outpost_confirmed_events_per_s}`,
+      '≥ 15,000',
+    ],
+    [
+      'drain: raw multi-row INSERT ceiling (rows/s), ratio',
+      `${r.drain.raw_insert_rows_per_s}, ${r.drain.ratio_to_raw}`,
+      '≥ 0.6',
+    ],
+    [
+      'end to end at 500/s: p50 / p99 (ms, histogram; polled)',
+      `${r.e2e.rate_500.p50_ms} / ${r.e2e.rate_500.p99_ms}; ${r.e2e.rate_500.polled_p50_ms} / ${r.e2e.rate_500.polled_p99_ms}`,
+      '',
+    ],
+    [
+      'end to end at 2000/s: p50 / p99 (ms, histogram; polled)',
+      `${r.e2e.rate_2000.p50_ms} / ${r.e2e.rate_2000.p99_ms}; ${r.e2e.rate_2000.polled_p50_ms} / ${r.e2e.rate_2000.polled_p99_ms}`,
+      'p99 ≤ replay p99 + 20',
+    ],
+    [
+      'replica replay latency p50 / p99 (ms)',
+      `${r.e2e.replica_replay_p50_ms} / ${r.e2e.replica_replay_p99_ms}`,
+      '',
+    ],
+    [
+      'merged read p99, 0 / 10 pending (ms)',
+      `${r.reads.pending_0_p99_ms} / ${r.reads.pending_10_p99_ms}`,
+      '≤ 3 with 10',
+    ],
+    [
+      'Redis bytes per pending event; service peak RSS (MB)',
+      `${r.memory.redis_bytes_per_pending_event}; ${r.memory.service_rss_mb}`,
+      '≤ 500 bytes',
+    ],
+    ['BullMQ enqueue (req/s), Outpost ÷ BullMQ', `${r.peer.bullmq_rps}, ${r.peer.ratio}`, '≥ 3'],
+    ['BullMQ enqueue → committed p99 (ms)', `${r.peer.bullmq_e2e_p99_ms}`, ''],
+    [
+      `integrity refresh (s, scaled to 1M events; measured on ${r.integrity.events})`,
+      `${r.integrity.refresh_seconds_1m_events}`,
+      '',
+    ],
+    ['/metrics p99 during a refresh (ms)', `${r.integrity.scrape_p99_ms_during_refresh}`, ''],
+  ];
+  const header = `Measured ${r.date} on ${r.machine.cpus} × ${r.machine.model}${r.quick ? ' (quick run)' : ''}.\n\n| scenario | measured | target |\n|---|---|---|\n`;
+  return header + rows.map((row) => `| ${row.join(' | ')} |`).join('\n') + '\n';
+};
