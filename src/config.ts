@@ -1,5 +1,6 @@
 import { hostname } from 'node:os';
 import { z } from 'zod';
+import { parseTokenEntries, type TokenEntry, TokenFileError } from './auth/api-tokens.ts';
 import { isValidSchedule } from './integrity/schedule.ts';
 
 /** Ports of the local stack that `outpost stack up` runs; the defaults when nothing is configured. */
@@ -41,6 +42,35 @@ const duration = (fallback: string) =>
       return ms;
     });
 
+/**
+ * Where the API tokens come from: inline JSON (validated here, at start) or a file path (read and
+ * validated by the token store at start and on every change, so tokens can be revoked live).
+ */
+export type ApiTokensSource =
+  | { kind: 'inline'; entries: readonly TokenEntry[] }
+  | { kind: 'file'; path: string };
+
+const apiTokens = z
+  .string()
+  .optional()
+  .transform((text, ctx): ApiTokensSource | undefined => {
+    if (text === undefined) {
+      return undefined;
+    }
+    if (!text.trimStart().startsWith('[')) {
+      return { kind: 'file', path: text };
+    }
+    try {
+      return { kind: 'inline', entries: parseTokenEntries(text) };
+    } catch (err) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `inline tokens: ${err instanceof TokenFileError ? err.message : String(err)}`,
+      });
+      return z.NEVER;
+    }
+  });
+
 const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
 const pgUrl = z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL');
 const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis:// URL');
@@ -54,6 +84,9 @@ const Env = z.object({
   REDIS_URL: redisUrl.default(localRedisUrl),
   OUTPOST_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
   OUTPOST_ADMIN_TOKEN: z.string().min(1).optional(),
+  OUTPOST_API_TOKENS: apiTokens,
+  OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
+  OUTPOST_LIVE_CLIENT_BUFFER_BYTES: positiveInt(1024 * 1024),
   OUTPOST_MAX_ATTEMPTS: positiveInt(5),
   OUTPOST_CLAIM_IDLE_MS: positiveInt(30_000),
   OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
@@ -85,6 +118,12 @@ export type Config = {
   readonly redisUrl: string;
   readonly partitions: number;
   readonly adminToken: string | undefined;
+  /** Scoped API tokens; absent: the domain endpoints are open (a single trusted network). */
+  readonly apiTokens?: ApiTokensSource;
+  /** Approximate number of messages the live feed stream keeps for resuming clients. */
+  readonly liveMaxLen?: number;
+  /** Bytes a live client may leave unread before it is dropped. */
+  readonly liveClientBufferBytes?: number;
   readonly maxAttempts: number;
   readonly claimIdleMs: number;
   readonly consumer: string;
@@ -136,6 +175,9 @@ export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
     redisUrl: e.REDIS_URL,
     partitions: e.OUTPOST_PARTITIONS,
     adminToken: e.OUTPOST_ADMIN_TOKEN,
+    apiTokens: e.OUTPOST_API_TOKENS,
+    liveMaxLen: e.OUTPOST_LIVE_MAXLEN,
+    liveClientBufferBytes: e.OUTPOST_LIVE_CLIENT_BUFFER_BYTES,
     maxAttempts: e.OUTPOST_MAX_ATTEMPTS,
     claimIdleMs: e.OUTPOST_CLAIM_IDLE_MS,
     consumer: e.OUTPOST_CONSUMER ?? `${hostname()}:${e.OUTPOST_PORT}`,
@@ -160,5 +202,12 @@ export const redactedConfig = (config: Config): Record<string, unknown> => {
     replicaDatabaseUrl: stripCredentials(config.replicaDatabaseUrl),
     redisUrl: stripCredentials(config.redisUrl),
     adminToken: config.adminToken === undefined ? undefined : '***',
+    // Digests are not secrets, but a summary is all start-up needs to say.
+    apiTokens:
+      config.apiTokens === undefined
+        ? undefined
+        : config.apiTokens.kind === 'file'
+          ? { file: config.apiTokens.path }
+          : { inline: config.apiTokens.entries.map((e) => e.name) },
   };
 };

@@ -1,13 +1,17 @@
 import { serve } from '@hono/node-server';
 import type { Redis } from 'ioredis';
+import { WebSocketServer } from 'ws';
 import { Acker } from './acker/acker.ts';
+import { TokenStore } from './auth/token-store.ts';
 import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp } from './http/app.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
+import { LiveFeed } from './live/live-feed.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { EventLog } from './log/event-log.ts';
+import { liveStreamKey } from './log/keys.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
@@ -22,6 +26,8 @@ export type Service = {
   eventLog: EventLog;
   acker: Acker | undefined;
   projector: Projector | undefined;
+  /** Reads the API token file again (SIGHUP). */
+  reloadTokens: () => void;
   stop: () => Promise<void>;
 };
 
@@ -77,6 +83,9 @@ export const startService = async (
   role: Role = 'all',
 ): Promise<Service> => {
   logger.info({ config: redactedConfig(config), role }, 'starting');
+  const tokens = new TokenStore(config.apiTokens, logger.child({ module: 'tokens' }));
+  // Before anything connects: a bad token file stops start-up with the variable's name.
+  tokens.start();
   const metrics = createMetrics();
   const redis = createRedis(config);
   watchConnection(redis, logger.child({ module: 'redis' }));
@@ -85,6 +94,12 @@ export const startService = async (
   const eventLog = new EventLog(redis, config.namespace, config.partitions);
   await eventLog.ensureGroups();
   const deadLetters = new DeadLetters(eventLog);
+  const live = new LiveFeed({
+    redis,
+    key: liveStreamKey(config.namespace),
+    maxLen: config.liveMaxLen ?? 100_000,
+    logger: logger.child({ module: 'live' }),
+  });
   // The acknowledgement gate trusts that a commit LSN the replica reaches stands for a durable
   // commit: every commit of the projector waits for the WAL flush (see apply-batch.ts).
   const main = createPool({
@@ -129,6 +144,7 @@ export const startService = async (
         streamRetentionMs: config.streamRetentionMs,
         logger: logger.child({ module: 'projector' }),
         metrics,
+        live,
       })
     : undefined;
   const acker = runsProjector
@@ -139,6 +155,7 @@ export const startService = async (
         intervalMs: config.ackIntervalMs,
         logger: logger.child({ module: 'acker' }),
         metrics,
+        live,
       })
     : undefined;
   const integrity = runsProjector
@@ -165,11 +182,31 @@ export const startService = async (
   acker?.start();
   await integrity?.start();
 
-  const app = createApp({ config, eventLog, deadLetters, main, replica, metrics, logger, status });
+  const app = createApp({
+    config,
+    eventLog,
+    deadLetters,
+    main,
+    replica,
+    metrics,
+    logger,
+    status,
+    tokens,
+    live,
+  });
+  // Only API processes read the feed back: they are the ones with clients to fan it out to.
+  if (role !== 'projector') {
+    await live.start();
+  }
   const server =
     role === 'projector'
       ? undefined
-      : serve({ fetch: app.fetch, port: config.port, hostname: '0.0.0.0' });
+      : serve({
+          fetch: app.fetch,
+          port: config.port,
+          hostname: '0.0.0.0',
+          websocket: { server: new WebSocketServer({ noServer: true }) },
+        });
   const port = server ? await listeningPort(server) : 0;
   logger.info({ port, role }, 'started');
 
@@ -177,13 +214,17 @@ export const startService = async (
   const stop = () => {
     stopping ??= (async () => {
       logger.info('stopping');
+      // Live clients never end their requests on their own: end their sessions first, so the
+      // server can close.
+      await timed(logger, 'live feed', () => live.stop());
       if (server) {
-        await timed(
-          logger,
-          'http',
-          () => new Promise<void>((resolve) => server.close(() => resolve())),
-        );
+        await timed(logger, 'http', () => {
+          const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+          return closed;
+        });
       }
+      tokens.stop();
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());
       await timed(logger, 'integrity scheduler', async () => integrity?.stop());
@@ -195,7 +236,15 @@ export const startService = async (
     })();
     return stopping;
   };
-  return { port, metrics, eventLog, acker, projector, stop };
+  return {
+    port,
+    metrics,
+    eventLog,
+    acker,
+    projector,
+    reloadTokens: () => tokens.reload(),
+    stop,
+  };
 };
 
 const listeningPort = (server: ReturnType<typeof serve>): Promise<number> =>

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { type Lsn, parseLsn } from '../db/lsn.ts';
 import { type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import type { LivePublisher } from '../live/live-message.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -14,6 +15,8 @@ export type AckerDeps = {
   intervalMs: number;
   logger: Logger;
   metrics: Metrics;
+  /** The live feed: confirmed state changes are published to it. */
+  live?: LivePublisher;
 };
 
 const ACK_BATCH = 1000;
@@ -134,6 +137,19 @@ export class Acker {
       }
       await eventLog.ack(partition, ready);
       const now = Date.now();
+      const at = new Date(now).toISOString();
+      await this.#deps.live?.publish(
+        ready.map((r) => ({
+          event_id: r.eventId,
+          aggregate_id: r.aggregateId,
+          aggregate_type: r.aggregateType,
+          type: r.type ?? 'unknown',
+          state: 'confirmed' as const,
+          partition,
+          entry_id: r.entryId,
+          at,
+        })),
+      );
       for (const record of ready) {
         metrics.endToEnd.observe(Math.max(0, now - entryTime(record.entryId)) / 1000);
       }

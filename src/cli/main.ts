@@ -9,6 +9,7 @@ import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
 import { CliError, print, table } from './output.ts';
 import { rebuildCommand, replayCommand } from './recovery.ts';
+import { tokenCommand } from './token.ts';
 
 const USAGE = `usage: outpost <command> [options]
 
@@ -25,6 +26,8 @@ const USAGE = `usage: outpost <command> [options]
                                 give the main database every logged event it lacks (after a restore)
   rebuild-projections [--dry-run|--verify]
                                 recompute projection rows from the events table
+  token create --name N --scopes write,read[,admin]
+                                a new API token, printed once, and the entry for OUTPOST_API_TOKENS
 
 Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
 
@@ -102,6 +105,11 @@ const serveUntilSignalled = async (role: Role) => {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+  // The conventional "re-read your configuration": revokes or adds API tokens without a restart.
+  process.on('SIGHUP', () => {
+    logger.info({ signal: 'SIGHUP' }, 'signal received, reloading API tokens');
+    service.reloadTokens();
+  });
 };
 
 const main = async (argv: string[]) => {
@@ -121,6 +129,8 @@ const main = async (argv: string[]) => {
       to: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       verify: { type: 'boolean', default: false },
+      name: { type: 'string' },
+      scopes: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -144,6 +154,8 @@ const main = async (argv: string[]) => {
       return replayCommand(incidentFlags);
     case 'rebuild-projections':
       return rebuildCommand(incidentFlags);
+    case 'token':
+      return tokenCommand(action, { ...values, json: values.json ?? false });
     case 'migrate': {
       const config = loadConfig();
       await runMigrations(config.mainDatabaseUrl);

@@ -66,6 +66,8 @@ export const events = pgTable(
     occurredAt: timestamptz('occurred_at').notNull(),
     appliedAt: timestamptz('applied_at').notNull().default(sql`now()`),
     commitLsn: pgLsn('commit_lsn'),
+    /** Name of the API token that wrote the event; null when the API was open. */
+    writtenBy: text('written_by'),
   },
   (t) => [
     unique('events_aggregate_seq_key').on(t.aggregateId, t.seq),

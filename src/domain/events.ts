@@ -92,6 +92,8 @@ export type Envelope = DomainEvent & {
   site: string;
   /** Milliseconds since the epoch at which the site accepted the event. */
   accepted_at: number;
+  /** Name of the API token that wrote the event; absent when the API is open or for older entries. */
+  written_by?: string;
 };
 
 /** Upstream edges a derived aggregate must have (DESIGN §5 `missing_link`). */

@@ -82,11 +82,16 @@ export const accept = async (
         response: JSON.stringify(request.response),
       }
     : undefined;
+  const writer = c.get('writer') as string | undefined;
+  const events =
+    writer === undefined
+      ? request.events
+      : request.events.map((e) => ({ ...e, written_by: writer }));
   let result: AppendResult;
   try {
     result = await deps.eventLog.append({
       partition: request.partition,
-      events: request.events,
+      events,
       idempotency,
       guard: request.guard,
     });
@@ -102,11 +107,26 @@ export const accept = async (
     );
   }
   switch (result.kind) {
-    case 'appended':
+    case 'appended': {
       for (const event of request.events) {
         deps.metrics.eventsAccepted.inc({ type: event.type });
       }
+      // Not awaited: the 201 does not wait for the feed, which never rejects.
+      const at = new Date().toISOString();
+      void deps.live?.publish(
+        request.events.map((event, i) => ({
+          event_id: event.event_id,
+          aggregate_id: event.aggregate_id,
+          aggregate_type: event.aggregate_type,
+          type: event.type,
+          state: 'accepted' as const,
+          partition: request.partition,
+          entry_id: result.entryIds[i] ?? '',
+          at,
+        })),
+      );
       return { kind: 'appended', response: request.response };
+    }
     case 'replayed':
       c.header('Idempotent-Replayed', 'true');
       return { kind: 'replayed', response: JSON.parse(result.response) as Accepted };

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
+import { requireScope } from './auth.ts';
 import type { AppDeps, HonoEnv } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
@@ -7,6 +8,7 @@ import { registerDocsRoutes } from './routes/docs.ts';
 import { registerEventRoutes } from './routes/events.ts';
 import { registerUnitRoutes } from './routes/executed-obs-units.ts';
 import { registerConfigurationRoutes } from './routes/instrument-configurations.ts';
+import { registerLiveRoutes } from './routes/live.ts';
 import { registerOpsRoutes } from './routes/ops.ts';
 import { registerFileRoutes } from './routes/raw-data-files.ts';
 import { registerPackageRoutes } from './routes/raw-data-packages.ts';
@@ -66,10 +68,15 @@ export const createApp = (deps: AppDeps) => {
   );
 
   registerAdminRoutes(app, deps);
+  app.use(
+    '*',
+    requireScope(() => deps.tokens?.current),
+  );
   registerUnitRoutes(app, deps);
   registerFileRoutes(app, deps);
   registerPackageRoutes(app, deps);
   registerConfigurationRoutes(app, deps);
+  registerLiveRoutes(app, deps);
   registerEventRoutes(app, deps);
   registerOpsRoutes(app, deps);
   registerDocsRoutes(app);

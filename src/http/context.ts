@@ -1,5 +1,7 @@
 import type pg from 'pg';
+import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
+import type { LiveFeed } from '../live/live-feed.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -16,7 +18,18 @@ export type AppDeps = {
   metrics: Metrics;
   logger: Logger;
   status: StatusSource;
+  /** Scoped API tokens; absent or unconfigured: the domain endpoints are open. */
+  tokens?: TokenStore;
+  /** The live feed: accepted events are published to it; /events/live reads it. */
+  live?: LiveFeed;
   now?: () => Date;
 };
 
-export type HonoEnv = { Variables: { requestId: string; logger: Logger } };
+export type HonoEnv = {
+  Variables: {
+    requestId: string;
+    logger: Logger;
+    /** Name of the API token the request was authorized with; stamped on the events it writes. */
+    writer?: string;
+  };
+};

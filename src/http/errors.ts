@@ -11,6 +11,7 @@ export const ERROR_STATUS = {
   not_found: 404,
   method_not_allowed: 405,
   conflict: 409,
+  upgrade_required: 426,
   already_finished: 409,
   idempotency_key_reused: 409,
   payload_too_large: 413,

@@ -156,8 +156,12 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       accepted_at: time,
       data: freeJson,
       error: { type: 'string', description: 'why a dead-lettered event could not apply' },
+      written_by: {
+        type: ['string', 'null'],
+        description: 'name of the API token that wrote the event; null when the API was open',
+      },
     },
-    ['seq', 'commit_lsn', 'error'],
+    ['seq', 'commit_lsn', 'error', 'written_by'],
   ),
   AggregateEvents: object({ items: { type: 'array', items: ref('Event') } }),
   Health: object({

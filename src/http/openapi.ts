@@ -104,6 +104,7 @@ const ERROR_EXAMPLES: Record<ErrorCode, string> = {
   not_found: 'executed obs unit not found',
   method_not_allowed: 'method not allowed',
   conflict: 'conflict',
+  upgrade_required: 'open this URL as a WebSocket',
   already_finished: 'executed obs unit 0195f2a4-… is already success',
   idempotency_key_reused: 'this Idempotency-Key was used with a different request body',
   payload_too_large: 'request body is over 1048576 bytes',
@@ -113,6 +114,18 @@ const ERROR_EXAMPLES: Record<ErrorCode, string> = {
   replica_unavailable: 'the read replica cannot be reached',
   main_unavailable: 'the main database cannot be reached',
 };
+
+/** The live feed's query as clients send it (the validating schema splits comma lists). */
+const LIVE_QUERY_DOC = z.object({
+  aggregate_type: z
+    .string()
+    .optional()
+    .describe('comma-separated aggregate types, e.g. executed_obs_unit,raw_data_file'),
+  aggregate_id: z.uuid().optional(),
+  state: z.string().optional().describe('comma-separated: accepted, applied, confirmed, dead'),
+  since: z.string().optional().describe('resume after this feed id (WebSocket)'),
+  access_token: z.string().optional().describe('an API token, for clients that cannot set headers'),
+});
 
 const UNIT_ID = '0195f2a4-7c1e-7b3a-9d2e-5a1c3e4f0b10';
 const FILE_IDS = ['0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f10', '0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f20'];
@@ -342,6 +355,36 @@ export const OPERATIONS: readonly OperationSpec[] = [
     summary: 'Where an event is: pending, applied, confirmed or dead',
     responses: [{ status: 200, description: 'the event', schema: 'Event' }],
     errors: READ_ERRORS,
+  },
+  {
+    method: 'get',
+    path: '/events/live',
+    operationId: 'streamLiveEvents',
+    tag: 'events',
+    summary: 'Live feed of state changes (Server-Sent Events)',
+    description:
+      'Each event when accepted, applied, confirmed and dead-lettered, from every process of the ' +
+      'site: `data` is `{event_id, aggregate_id, aggregate_type, type, state, partition, ' +
+      'entry_id, at}`, `id` the feed position. Send `Last-Event-ID` to resume. Comments every ' +
+      '15 s keep idle connections open; a client that does not keep up gets `event: dropped` and ' +
+      'is disconnected. With API tokens, scope `read` (`access_token` query parameter accepted).',
+    query: { zod: LIVE_QUERY_DOC },
+    responses: [{ status: 200, description: 'the event stream', contentType: 'text/event-stream' }],
+    errors: ['validation_failed'],
+  },
+  {
+    method: 'get',
+    path: '/events/live/ws',
+    operationId: 'openLiveEventsWebSocket',
+    tag: 'events',
+    summary: 'Live feed of state changes (WebSocket)',
+    description:
+      'The same feed as /events/live as WebSocket text messages `{id, message}`; `since` resumes ' +
+      'after a feed id. Pings every 15 s; a client that does not keep up is closed with 1008 ' +
+      'and the reason.',
+    query: { zod: LIVE_QUERY_DOC },
+    responses: [{ status: 101, description: 'switching to WebSocket', contentType: 'text/plain' }],
+    errors: ['validation_failed', 'upgrade_required'],
   },
   {
     method: 'get',

@@ -38,6 +38,7 @@ export const encodeEntryFields = (event: Envelope): string[] => [
   String(event.accepted_at),
   'data',
   JSON.stringify(event.data),
+  ...(event.written_by === undefined ? [] : ['written_by', event.written_by]),
 ];
 
 const isAggregateType = (value: string): value is AggregateType =>
@@ -48,7 +49,7 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   for (let i = 0; i + 1 < fields.length; i += 2) {
     record[fields[i] as string] = fields[i + 1] as string;
   }
-  const { event_id, aggregate_id, aggregate_type, type, v, site, at, data } = record;
+  const { event_id, aggregate_id, aggregate_type, type, v, site, at, data, written_by } = record;
   if (!event_id || !aggregate_id || !aggregate_type || !type || !v || !site || !at || !data) {
     throw new UndecodableEntryError(entryId, 'missing fields');
   }
@@ -70,6 +71,8 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
     site,
     accepted_at: Number(at),
     data: parsed,
+    // Entries written before tokens existed have no writer: they still decode.
+    ...(written_by === undefined ? {} : { written_by }),
   } as Envelope;
   try {
     return { entryId, event: upcast(stored) };

@@ -17,6 +17,7 @@ export type DeadLetter = {
   attempts: Attempt[];
   dead_at: string;
   data: unknown;
+  written_by: string | null;
 };
 
 /** The failed entry as the projector saw it; raw fields when it could not even be decoded. */
@@ -130,6 +131,7 @@ export class DeadLetters {
       attempts: JSON.parse(record.attempts ?? '[]') as Attempt[],
       dead_at: new Date(Number(deadId.split('-')[0])).toISOString(),
       data,
+      written_by: record.written_by ?? null,
     };
   }
 

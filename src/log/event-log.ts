@@ -40,22 +40,28 @@ export type AppendResult =
   | { kind: 'unknown' }
   | { kind: 'conflict'; state: string };
 
-/** A record of an applied entry waiting for the replica: `lsn entry event aggregate type`. */
+/**
+ * A record of an applied entry waiting for the replica:
+ * `lsn entry event aggregate aggregate_type [event_type]`. The event type (for the live feed's
+ * confirmed message) is optional so records queued by an older build still parse.
+ */
 export type AppliedRecord = {
   lsn: string;
   entryId: string;
   eventId: string;
   aggregateId: string;
   aggregateType: string;
+  type?: string;
 };
 
-const formatApplied = (r: AppliedRecord) =>
-  `${r.lsn} ${r.entryId} ${r.eventId} ${r.aggregateId} ${r.aggregateType}`;
+// ack.lua compares records as text: formatting a parsed record must give back the same text.
+export const formatApplied = (r: AppliedRecord) =>
+  `${r.lsn} ${r.entryId} ${r.eventId} ${r.aggregateId} ${r.aggregateType}${r.type ? ` ${r.type}` : ''}`;
 
 export const parseApplied = (record: string): AppliedRecord => {
-  const [lsn = '', entryId = '', eventId = '', aggregateId = '', aggregateType = ''] =
+  const [lsn = '', entryId = '', eventId = '', aggregateId = '', aggregateType = '', type] =
     record.split(' ');
-  return { lsn, entryId, eventId, aggregateId, aggregateType };
+  return { lsn, entryId, eventId, aggregateId, aggregateType, ...(type ? { type } : {}) };
 };
 
 type Commands = {

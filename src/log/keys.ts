@@ -54,5 +54,12 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
   };
 };
 
+/**
+ * The site's live feed: one stream of state changes that every process reads without a group.
+ * It belongs to no partition, so it carries no hash tag and is never touched by a partition's
+ * script (that keeps the scripts single-slot for Redis Cluster).
+ */
+export const liveStreamKey = (namespace: string) => `${namespace}:live`;
+
 export const allPartitionKeys = (namespace: string, partitions: number): PartitionKeys[] =>
   Array.from({ length: partitions }, (_, partition) => partitionKeys(namespace, partition));

@@ -87,6 +87,24 @@ export const createMetrics = () => {
       help: 'When the integrity snapshot was last refreshed',
       registers,
     }),
+    liveClients: new Gauge({
+      name: 'outpost_live_clients',
+      help: 'Clients connected to the live event feed',
+      labelNames: ['transport'] as const,
+      registers,
+    }),
+    liveMessagesSent: new Counter({
+      name: 'outpost_live_messages_sent_total',
+      help: 'Live feed messages handed to client sockets',
+      labelNames: ['transport'] as const,
+      registers,
+    }),
+    liveClientsDropped: new Counter({
+      name: 'outpost_live_clients_dropped_total',
+      help: 'Live feed clients disconnected because they did not keep up',
+      labelNames: ['transport'] as const,
+      registers,
+    }),
     integrityRefreshDuration: new Gauge({
       name: 'outpost_integrity_refresh_duration_seconds',
       help: 'How long the last integrity refresh took',

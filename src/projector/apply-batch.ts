@@ -163,6 +163,7 @@ const eventRow = (event: Envelope, seq: number, partition: number, entryId: stri
   partition,
   stream_entry_id: entryId,
   occurred_at: new Date(event.accepted_at).toISOString(),
+  written_by: event.written_by ?? null,
 });
 
 const writePlan = async (db: pg.PoolClient, plan: Plan) => {

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
+import type { LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
 import {
   type DeadLetters,
@@ -31,6 +32,8 @@ export type ConsumerDeps = {
   maxAttempts: number;
   logger: Logger;
   metrics: Metrics;
+  /** The live feed: applied and dead state changes are published to it. */
+  live?: LivePublisher;
   onBatch?: (stats: { applied: number; ms: number }) => void;
   onFailure?: () => void;
   onFenced?: () => void;
@@ -243,6 +246,20 @@ export class PartitionConsumer {
         eventId: event.event_id,
         aggregateId: event.aggregate_id,
         aggregateType: event.aggregate_type,
+        type: event.type,
+      })),
+    );
+    const appliedAt = new Date().toISOString();
+    await this.#deps.live?.publish(
+      [...applied, ...duplicates].map(({ entryId, event }) => ({
+        event_id: event.event_id,
+        aggregate_id: event.aggregate_id,
+        aggregate_type: event.aggregate_type,
+        type: event.type,
+        state: 'applied' as const,
+        partition: this.#partition,
+        entry_id: entryId,
+        at: appliedAt,
       })),
     );
     for (const { entry, error } of failed) {
@@ -341,6 +358,19 @@ export class PartitionConsumer {
   async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
     const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
     this.#holding.delete(entry.aggregateId);
+    const typeAt = entry.fields.indexOf('type');
+    await this.#deps.live?.publish([
+      {
+        event_id: entry.eventId,
+        aggregate_id: entry.aggregateId,
+        aggregate_type: entry.aggregateType,
+        type: (typeAt % 2 === 0 ? entry.fields[typeAt + 1] : undefined) ?? 'unknown',
+        state: 'dead',
+        partition: this.#partition,
+        entry_id: entry.entryId,
+        at: new Date().toISOString(),
+      },
+    ]);
     this.#deps.logger.warn(
       {
         partition: this.#partition,

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import type { Lease } from '../db/queries/leases.ts';
+import type { LivePublisher } from '../live/live-message.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
@@ -26,6 +27,7 @@ export type ProjectorDeps = {
   streamRetentionMs: number;
   logger: Logger;
   metrics: Metrics;
+  live?: LivePublisher;
 };
 
 export type ProjectorStats = {

@@ -22,6 +22,8 @@ export type EventView = {
   data: unknown;
   /** Why a dead-lettered event could not apply. */
   error?: string;
+  /** Name of the API token that wrote the event; null when the API was open. */
+  written_by?: string | null;
 };
 
 type Deps = { replica: pg.Pool; eventLog: EventLog; partitions: number; deadLetters?: DeadLetters };
@@ -42,6 +44,7 @@ const fromEntry = (
   state,
   accepted_at: new Date(entry.event.accepted_at).toISOString(),
   data: entry.event.data,
+  written_by: entry.event.written_by ?? null,
   ...extra,
 });
 
@@ -58,6 +61,7 @@ const fromStored = (stored: StoredEvent): EventView => ({
   ...(stored.commit_lsn ? { commit_lsn: stored.commit_lsn } : {}),
   accepted_at: stored.occurred_at,
   data: stored.data,
+  written_by: stored.written_by,
 });
 
 /**
@@ -100,6 +104,7 @@ export const readEvent = async (deps: Deps, eventId: string): Promise<EventView 
       accepted_at: new Date(Number(dead.original_entry_id.split('-')[0])).toISOString(),
       data: dead.data,
       error: dead.error,
+      written_by: dead.written_by,
     }
   );
 };

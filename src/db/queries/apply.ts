@@ -21,6 +21,7 @@ export type EventRow = {
   partition: number;
   stream_entry_id: string;
   occurred_at: string;
+  written_by: string | null;
 };
 export type AggregateRow = {
   id: string;
@@ -98,12 +99,13 @@ export const insertEvents = async (db: Queryable, rows: readonly EventRow[]) => 
   if (rows.length > 0) {
     await db.query(
       `INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition,
-                           stream_entry_id, occurred_at)
+                           stream_entry_id, occurred_at, written_by)
        SELECT event_id, aggregate_id, seq, type, version, data, site, partition,
-              stream_entry_id, occurred_at
+              stream_entry_id, occurred_at, written_by
          FROM jsonb_to_recordset($1::jsonb)
            AS r(event_id uuid, aggregate_id uuid, seq int, type text, version int, data jsonb,
-                site text, partition int, stream_entry_id text, occurred_at timestamptz)`,
+                site text, partition int, stream_entry_id text, occurred_at timestamptz,
+                written_by text)`,
       [json(rows)],
     );
   }

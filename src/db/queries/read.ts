@@ -68,12 +68,13 @@ export type StoredEvent = {
   stream_entry_id: string;
   occurred_at: string;
   commit_lsn: string | null;
+  written_by: string | null;
 };
 
 const STORED_EVENT_COLUMNS = `e.event_id::text, e.aggregate_id::text, a.type AS aggregate_type,
   e.type, e.version, e.seq, e.data, e.site, e.partition, e.stream_entry_id,
   to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS occurred_at,
-  e.commit_lsn::text`;
+  e.commit_lsn::text, e.written_by`;
 
 export const storedEvent = async (
   db: Queryable,

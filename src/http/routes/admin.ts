@@ -35,8 +35,9 @@ const ReplayBody = z.strictObject({
 const DiscardBody = z.strictObject({ reason: z.string().trim().min(1).max(2000) });
 
 export const registerAdminRoutes = (app: App, deps: AppDeps) => {
-  app.use('/admin/*', requireAdmin(deps.config.adminToken));
-  app.use('/admin', requireAdmin(deps.config.adminToken));
+  const tokens = () => deps.tokens?.current;
+  app.use('/admin/*', requireAdmin(deps.config.adminToken, tokens));
+  app.use('/admin', requireAdmin(deps.config.adminToken, tokens));
 
   registerIntegrityRoutes(app, deps);
 

@@ -1,0 +1,172 @@
+import { upgradeWebSocket } from '@hono/node-server';
+import type { Context } from 'hono';
+import { streamSSE } from 'hono/streaming';
+import type { WebSocket } from 'ws';
+import {
+  filterOf,
+  isLiveId,
+  LiveQuery,
+  type LiveQuery as LiveQueryType,
+} from '../../live/live-message.ts';
+import { LiveSession, type LiveSink } from '../../live/live-session.ts';
+import type { AppDeps } from '../context.ts';
+import { ApiError } from '../errors.ts';
+import { type App, readQuery } from './shared.ts';
+
+/** Proxies commonly cut connections idle for 30-60 s; a comment or ping every 15 s keeps them. */
+export const LIVE_HEARTBEAT_MS = 15_000;
+/** A dropped client is given this long to read the reason before its socket is destroyed. */
+const DROP_GRACE_MS = 1_000;
+const DEFAULT_CLIENT_BUFFER_BYTES = 1024 * 1024;
+
+const feedOf = (deps: AppDeps) => {
+  if (!deps.live) {
+    throw new ApiError('log_unavailable', 'the live feed is not running in this process');
+  }
+  return deps.live;
+};
+
+const resumePosition = (c: Context, query: LiveQueryType): string | undefined => {
+  const since = c.req.header('last-event-id') ?? query.since;
+  if (since !== undefined && !isLiveId(since)) {
+    throw new ApiError('validation_failed', 'Last-Event-ID is not an id this feed sent', [
+      { path: 'Last-Event-ID', message: 'not a live-feed id' },
+    ]);
+  }
+  return since;
+};
+
+export const registerLiveRoutes = (app: App, deps: AppDeps) => {
+  const maxBufferedBytes = deps.config.liveClientBufferBytes ?? DEFAULT_CLIENT_BUFFER_BYTES;
+  const { metrics } = deps;
+
+  app.get('/events/live', (c) => {
+    const query = readQuery(c, LiveQuery);
+    const since = resumePosition(c, query);
+    const feed = feedOf(deps);
+    const logger = c.get('logger');
+    const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
+    return streamSSE(c, async (stream) => {
+      const sink: LiveSink = {
+        send: async (delivery, json) => {
+          await stream.writeSSE({ id: delivery.id, data: json });
+        },
+        heartbeat: () => {
+          void stream.write(': heartbeat\n\n');
+        },
+        close: (reason) => {
+          if (reason.code !== 'shutting_down') {
+            logger.warn({ transport: 'sse', reason: reason.code }, 'live client dropped');
+          }
+          // Queued behind what the socket still holds: a client that reads again sees why.
+          void stream.writeSSE({ event: 'dropped', data: JSON.stringify(reason) });
+          setTimeout(() => {
+            outgoing?.destroy();
+            void stream.close();
+          }, DROP_GRACE_MS).unref();
+        },
+      };
+      const session = new LiveSession({
+        feed,
+        filter: filterOf(query),
+        since,
+        maxBufferedBytes,
+        heartbeatMs: LIVE_HEARTBEAT_MS,
+        sink,
+        onSent: () => metrics.liveMessagesSent.inc({ transport: 'sse' }),
+        onDropped: () => metrics.liveClientsDropped.inc({ transport: 'sse' }),
+        onGap: (oldest) => {
+          void stream.writeSSE({ event: 'gap', data: JSON.stringify({ since, oldest }) });
+        },
+      });
+      stream.onAbort(() => session.stop());
+      metrics.liveClients.inc({ transport: 'sse' });
+      try {
+        await stream.write(': connected\n\n');
+        await session.run();
+      } finally {
+        metrics.liveClients.dec({ transport: 'sse' });
+      }
+    });
+  });
+
+  app.get(
+    '/events/live/ws',
+    async (c, next) => {
+      if (c.req.header('upgrade')?.toLowerCase() !== 'websocket') {
+        return c.json(
+          { error: { code: 'upgrade_required', message: 'open this URL as a WebSocket' } },
+          426,
+        );
+      }
+      feedOf(deps);
+      readQuery(c, LiveQuery);
+      await next();
+    },
+    upgradeWebSocket(
+      (c) => {
+        const query = LiveQuery.parse(c.req.query());
+        const logger = c.get('logger');
+        return {
+          onOpen: (_event, ctx) => {
+            // Hono's onClose needs CloseEvent, which Node 20 lacks: use the ws socket itself.
+            const socket = ctx.raw as WebSocket;
+            let alive = true;
+            socket.on('pong', () => {
+              alive = true;
+            });
+            const sink: LiveSink = {
+              send: (delivery, json) =>
+                new Promise<void>((resolve, reject) => {
+                  socket.send(`{"id":${JSON.stringify(delivery.id)},"message":${json}}`, (err) =>
+                    err ? reject(err) : resolve(),
+                  );
+                }),
+              heartbeat: () => {
+                if (!alive) {
+                  socket.terminate();
+                  return;
+                }
+                alive = false;
+                socket.ping();
+              },
+              close: (reason) => {
+                if (reason.code === 'shutting_down') {
+                  socket.close(1001, reason.message);
+                } else {
+                  logger.warn({ transport: 'ws', reason: reason.code }, 'live client dropped');
+                  // 1008 policy violation; the protocol limits a reason to 123 bytes.
+                  socket.close(1008, reason.message.slice(0, 120));
+                }
+                setTimeout(() => socket.terminate(), DROP_GRACE_MS).unref();
+              },
+            };
+            const session = new LiveSession({
+              feed: feedOf(deps),
+              filter: filterOf(query),
+              since: query.since,
+              maxBufferedBytes,
+              heartbeatMs: LIVE_HEARTBEAT_MS,
+              sink,
+              onSent: () => metrics.liveMessagesSent.inc({ transport: 'ws' }),
+              onDropped: () => metrics.liveClientsDropped.inc({ transport: 'ws' }),
+              onGap: (oldest) => {
+                socket.send(JSON.stringify({ gap: { since: query.since, oldest } }));
+              },
+            });
+            metrics.liveClients.inc({ transport: 'ws' });
+            socket.once('close', () => {
+              metrics.liveClients.dec({ transport: 'ws' });
+              session.stop();
+            });
+            void session.run().catch((err: unknown) => {
+              logger.warn({ err }, 'live session failed');
+              socket.terminate();
+            });
+          },
+        };
+      },
+      { onError: (err) => deps.logger.debug({ err }, 'live WebSocket event handler failed') },
+    ),
+  );
+};

@@ -1,0 +1,168 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from '../observability/logger.ts';
+import { Backoff, pause } from '../projector/backoff.ts';
+import { decodeLive, encodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
+
+type StreamReply = [stream: string, entries: [string, string[]][]][] | null;
+
+const BLOCK_MS = 1_000;
+const READ_COUNT = 1_000;
+
+export type LiveFeedDeps = {
+  /** The process's shared connection: publishing and resume ranges. */
+  redis: Redis;
+  /** The live stream (`keys.ts` `liveStreamKey`). */
+  key: string;
+  /** Approximate length the stream is trimmed to: how far back a client can resume. */
+  maxLen: number;
+  logger: Logger;
+};
+
+/**
+ * The site's live feed. Every process publishes state changes to one Redis stream and reads it
+ * back with a plain XREAD (no group: every process sees every message) on a connection of its
+ * own, then fans each message out to its connected clients in-process. A stream rather than
+ * pub/sub so a client that reconnects resumes from its last id with XRANGE instead of losing
+ * what happened while it was away.
+ */
+export class LiveFeed {
+  readonly #deps: LiveFeedDeps;
+  readonly #listeners = new Map<(delivery: LiveDelivery) => void, () => void>();
+  readonly #abort = new AbortController();
+  readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
+  #reader: Redis | undefined;
+  #running: Promise<void> | undefined;
+  #stopping: Promise<void> | undefined;
+  #lastError: string | undefined;
+
+  constructor(deps: LiveFeedDeps) {
+    this.#deps = deps;
+  }
+
+  /**
+   * Appends messages to the live stream. The feed is a view of the log, not part of it: a failure
+   * here is logged and never fails the write, projection or acknowledgement that caused it.
+   */
+  async publish(messages: readonly LiveMessage[]): Promise<void> {
+    if (messages.length === 0) {
+      return;
+    }
+    const { redis, key, maxLen } = this.#deps;
+    try {
+      const pipeline = redis.pipeline();
+      for (const message of messages) {
+        pipeline.xadd(key, 'MAXLEN', '~', maxLen, '*', 'm', encodeLive(message));
+      }
+      const replies = (await pipeline.exec()) ?? [];
+      const failed = replies.find(([err]) => err);
+      if (failed) {
+        throw failed[0];
+      }
+    } catch (err) {
+      this.#deps.logger.warn({ err, messages: messages.length }, 'live feed publish failed');
+    }
+  }
+
+  /** Messages after `afterId` (exclusive), oldest first, at most `count`. */
+  async range(afterId: string, count: number): Promise<LiveDelivery[]> {
+    const raw = (await this.#deps.redis.xrange(
+      this.#deps.key,
+      `(${afterId}`,
+      '+',
+      'COUNT',
+      count,
+    )) as [string, string[]][];
+    return raw.flatMap(([id, fields]) => decodeLive(id, fields) ?? []);
+  }
+
+  /** The oldest id still in the stream, or undefined when it is empty. */
+  async oldestId(): Promise<string | undefined> {
+    const [first] = (await this.#deps.redis.xrange(this.#deps.key, '-', '+', 'COUNT', 1)) as [
+      string,
+      string[],
+    ][];
+    return first?.[0];
+  }
+
+  /**
+   * Calls `listener` with every message read from now on, and `onEnd` when the feed stops (the
+   * process shuts down); returns the unsubscribe.
+   */
+  subscribe(listener: (delivery: LiveDelivery) => void, onEnd: () => void): () => void {
+    this.#listeners.set(listener, onEnd);
+    return () => this.#listeners.delete(listener);
+  }
+
+  get lastError(): string | undefined {
+    return this.#lastError;
+  }
+
+  async start(): Promise<void> {
+    if (this.#running) {
+      return;
+    }
+    // A blocking XREAD would stall every command sharing its connection.
+    this.#reader = this.#deps.redis.duplicate();
+    this.#reader.on('error', () => undefined);
+    await this.#reader.connect();
+    const [last] = (await this.#deps.redis.xrevrange(this.#deps.key, '+', '-', 'COUNT', 1)) as [
+      string,
+      string[],
+    ][];
+    this.#running = this.#run(last?.[0] ?? '0-0');
+  }
+
+  /** Interrupts the blocking read; a second call awaits the first. */
+  stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      this.#abort.abort();
+      this.#reader?.disconnect();
+      await this.#running;
+      const ends = [...this.#listeners.values()];
+      this.#listeners.clear();
+      for (const end of ends) {
+        end();
+      }
+    })();
+    return this.#stopping;
+  }
+
+  async #run(from: string): Promise<void> {
+    let cursor = from;
+    while (!this.#abort.signal.aborted) {
+      try {
+        const reply = (await this.#reader?.call(
+          'XREAD',
+          'COUNT',
+          READ_COUNT,
+          'BLOCK',
+          BLOCK_MS,
+          'STREAMS',
+          this.#deps.key,
+          cursor,
+        )) as StreamReply;
+        for (const [id, fields] of reply?.[0]?.[1] ?? []) {
+          cursor = id;
+          const delivery = decodeLive(id, fields);
+          if (delivery) {
+            for (const listener of this.#listeners.keys()) {
+              listener(delivery);
+            }
+          }
+        }
+        this.#backoff.reset();
+        this.#lastError = undefined;
+      } catch (err) {
+        if (this.#abort.signal.aborted) {
+          break;
+        }
+        const delay = this.#backoff.nextDelayMs();
+        if (this.#lastError === undefined) {
+          this.#deps.logger.warn({ err, retryInMs: delay }, 'live feed read failed, retrying');
+        }
+        this.#lastError = (err as Error).message;
+        await pause(delay, this.#abort.signal);
+      }
+    }
+  }
+}

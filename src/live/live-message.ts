@@ -1,0 +1,94 @@
+import { z } from 'zod';
+import { AGGREGATE_TYPES } from '../domain/events.ts';
+
+export const LIVE_STATES = ['accepted', 'applied', 'confirmed', 'dead'] as const;
+export type LiveState = (typeof LIVE_STATES)[number];
+
+/** One state change of one event, as every live client receives it. */
+export type LiveMessage = {
+  event_id: string;
+  aggregate_id: string;
+  aggregate_type: string;
+  type: string;
+  state: LiveState;
+  partition: number;
+  /** The event's entry in its partition stream (not the live feed's own id). */
+  entry_id: string;
+  /** When the state changed, ISO-8601. */
+  at: string;
+};
+
+/** Where state changes go: the live feed, or nothing. Never rejects. */
+export type LivePublisher = { publish(messages: readonly LiveMessage[]): Promise<void> };
+
+/** A message with its id in the live stream: the SSE `id:` and the resume position. */
+export type LiveDelivery = { id: string; message: LiveMessage };
+
+const ENTRY_ID = /^\d+(-\d+)?$/;
+
+const commaList = <T extends string>(values: readonly [T, ...T[]]) =>
+  z
+    .string()
+    .transform((text) => text.split(',').map((s) => s.trim()))
+    .pipe(z.array(z.enum(values)).min(1));
+
+export const LiveQuery = z.object({
+  aggregate_type: commaList(
+    AGGREGATE_TYPES as unknown as readonly [string, ...string[]],
+  ).optional(),
+  aggregate_id: z
+    .string()
+    .regex(/^[0-9a-fA-F-]{36}$/, 'not a UUID')
+    .transform((id) => id.toLowerCase())
+    .optional(),
+  state: commaList(LIVE_STATES).optional(),
+  /** Resume after this live-feed id (WebSocket; SSE clients send Last-Event-ID). */
+  since: z.string().regex(ENTRY_ID, 'not a live-feed id').optional(),
+  access_token: z.string().optional(),
+});
+export type LiveQuery = z.infer<typeof LiveQuery>;
+
+export type LiveFilter = {
+  aggregateTypes?: ReadonlySet<string>;
+  aggregateId?: string;
+  states?: ReadonlySet<string>;
+};
+
+export const filterOf = (query: LiveQuery): LiveFilter => ({
+  ...(query.aggregate_type ? { aggregateTypes: new Set(query.aggregate_type) } : {}),
+  ...(query.aggregate_id ? { aggregateId: query.aggregate_id } : {}),
+  ...(query.state ? { states: new Set(query.state) } : {}),
+});
+
+export const matches = (filter: LiveFilter, m: LiveMessage): boolean =>
+  (filter.aggregateTypes === undefined || filter.aggregateTypes.has(m.aggregate_type)) &&
+  (filter.aggregateId === undefined || filter.aggregateId === m.aggregate_id) &&
+  (filter.states === undefined || filter.states.has(m.state));
+
+export const isLiveId = (text: string): boolean => ENTRY_ID.test(text);
+
+/** Orders stream ids `ms-seq` numerically (as text, `10-0` sorts before `9-0`). */
+export const compareIds = (a: string, b: string): number => {
+  const [aMs = 0n, aSeq = 0n] = a.split('-').map(BigInt);
+  const [bMs = 0n, bSeq = 0n] = b.split('-').map(BigInt);
+  if (aMs !== bMs) {
+    return aMs < bMs ? -1 : 1;
+  }
+  return aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
+};
+
+/** Live-stream fields of a message; one JSON field keeps an entry small and its decode trivial. */
+export const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
+
+export const decodeLive = (id: string, fields: readonly string[]): LiveDelivery | undefined => {
+  const at = fields.indexOf('m');
+  const json = at >= 0 ? fields[at + 1] : undefined;
+  if (json === undefined) {
+    return undefined;
+  }
+  try {
+    return { id, message: JSON.parse(json) as LiveMessage };
+  } catch {
+    return undefined;
+  }
+};

@@ -1,0 +1,108 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { createToken, type TokenEntry } from '../src/auth/api-tokens.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+
+const writer = createToken('camera-1', ['write']);
+const reader = createToken('dashboard', ['read']);
+const operator = createToken('operator', ['admin']);
+const bearer = (token: string) => ({ authorization: `Bearer ${token}` });
+const startBody = { obs_unit_id: 'tok-1', instrument: 'nircam' };
+
+void describe('scoped API tokens', () => {
+  let h: Harness;
+  let dir: string;
+  let file: string;
+  const writeTokens = (entries: TokenEntry[]) => writeFileSync(file, JSON.stringify(entries));
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'outpost-tokens-'));
+    file = join(dir, 'tokens.json');
+    writeTokens([writer.entry, reader.entry, operator.entry]);
+    h = await Harness.start({ config: { apiTokens: { kind: 'file', path: file } } });
+  });
+  after(async () => {
+    await h.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  void it('checks each scope against each endpoint class', async () => {
+    const write = (headers: Record<string, string> = {}) =>
+      h.post('/executed_obs_units/start', startBody, headers);
+    assert.equal((await write()).status, 401);
+    assert.equal((await write(bearer('not-a-token'))).status, 401);
+    assert.equal((await write(bearer(reader.token))).status, 403);
+    assert.equal((await write(bearer(operator.token))).status, 403);
+    const created = await write(bearer(writer.token));
+    assert.equal(created.status, 201);
+
+    const read = (token?: string) =>
+      h.request(
+        'GET',
+        `/executed_obs_units/${created.body.id}`,
+        undefined,
+        token ? bearer(token) : {},
+      );
+    assert.equal((await read()).status, 401);
+    assert.equal((await read(writer.token)).status, 403);
+    assert.equal((await read(reader.token)).status, 200);
+
+    const admin = (headers: Record<string, string>) =>
+      h.request('GET', '/admin/pending', undefined, headers);
+    assert.equal((await admin({})).status, 401);
+    assert.equal((await admin(bearer(reader.token))).status, 403);
+    assert.equal((await admin(bearer(operator.token))).status, 200);
+    assert.equal((await admin(bearer('test-admin-token'))).status, 200, 'OUTPOST_ADMIN_TOKEN');
+
+    assert.equal((await h.get('/health')).status, 200, 'operations stay open');
+    const live = new AbortController();
+    const feed = await fetch(`${h.url}/events/live?access_token=${reader.token}`, {
+      signal: live.signal,
+    });
+    assert.equal(feed.status, 200);
+    live.abort();
+    const noFeed = await fetch(`${h.url}/events/live?access_token=${writer.token}`);
+    assert.equal(noFeed.status, 403);
+  });
+
+  void it('records which token wrote each event, pending and once confirmed', async () => {
+    const created = await h.post(
+      '/executed_obs_units/start',
+      { ...startBody, obs_unit_id: 'tok-2' },
+      bearer(writer.token),
+    );
+    const read = () =>
+      h.request('GET', `/events/${created.body.event_id}`, undefined, bearer(reader.token));
+    assert.equal((await read()).body.written_by, 'camera-1');
+    await waitFor(async () => (await read()).body.state === 'confirmed', 'the event confirmed');
+    assert.equal((await read()).body.written_by, 'camera-1');
+    const [row] = await h.mainRows<{ written_by: string }>(
+      'SELECT written_by FROM events WHERE event_id = $1',
+      [created.body.event_id],
+    );
+    assert.equal(row?.written_by, 'camera-1');
+  });
+
+  void it('stops accepting a revoked token without a restart', async () => {
+    const body = { ...startBody, obs_unit_id: 'tok-3' };
+    assert.equal(
+      (await h.post('/executed_obs_units/start', body, bearer(writer.token))).status,
+      201,
+    );
+    writeTokens([reader.entry, operator.entry]);
+    await waitFor(
+      async () =>
+        (await h.post('/executed_obs_units/start', body, bearer(writer.token))).status === 401,
+      'the revoked token refused',
+      10_000,
+    );
+    // A broken file keeps the tokens in force rather than locking everyone out or opening up.
+    writeFileSync(file, '[{ not json');
+    h.services[0]?.reloadTokens();
+    const stillReads = await h.request('GET', '/events/live/ws', undefined, bearer(reader.token));
+    assert.equal(stillReads.status, 426);
+    assert.equal((await h.post('/executed_obs_units/start', body)).status, 401);
+  });
+});
