@@ -21,6 +21,10 @@ import {
 import { renderTable } from './report.ts';
 
 const quick = process.argv.includes('--quick');
+const onlyArg = process.argv.indexOf('--only');
+/** `--only drain,ingest` runs a subset (for profiling); the results file is then not written. */
+const only = onlyArg === -1 ? undefined : new Set((process.argv[onlyArg + 1] ?? '').split(','));
+const want = (scenario: string) => only === undefined || only.has(scenario);
 const PARTITIONS = 8;
 const DURATION = quick ? 2 : 10;
 const E2E_DURATION = quick ? 3 : 60;
@@ -75,12 +79,15 @@ const main = async () => {
     LOG_LEVEL: 'info',
     ...extra,
   });
+  // BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=bench/results' profiles the service processes.
+  const nodeArgs = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
   const outpost = (site: Site, only?: 'api' | 'projector', extra: Record<string, string> = {}) =>
     startServer(
-      ['src/cli/main.ts', 'serve', ...(only ? ['--only', only] : [])],
+      [...nodeArgs, 'src/cli/main.ts', 'serve', ...(only ? ['--only', only] : [])],
       outpostEnv(site, extra),
     );
   const redis = new Redis(stack.redisUrl);
+  redis.on('error', () => undefined);
   const results: Record<string, unknown> = {
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model ?? 'unknown' },
@@ -92,237 +99,248 @@ const main = async () => {
     servers.push(s);
     return s;
   };
+  const post = (port: number) => ({
+    url: `http://127.0.0.1:${port}/executed_obs_units/start`,
+    method: 'POST' as const,
+    headers: { 'content-type': 'application/json' },
+    body: BODY,
+    duration: DURATION,
+  });
+  let outpostRps = 0;
+  let rssMb = 0;
   try {
-    // 1. Ingest: bare Hono, Hono + XADD, Outpost (API only, so the projector does not share the cores).
-    log('ingest');
-    const post = (port: number) => ({
-      url: `http://127.0.0.1:${port}/executed_obs_units/start`,
-      method: 'POST' as const,
-      headers: { 'content-type': 'application/json' },
-      body: BODY,
-      duration: DURATION,
-    });
-    const bare = await started(startServer(['bench/servers/bare.ts'], {}));
-    const bareResult = await load(post(bare.port));
-    await bare.stop();
-    const xadd = await started(
-      startServer(['bench/servers/xadd.ts'], { REDIS_URL: stack.redisUrl }),
-    );
-    const xaddResult = await load(post(xadd.port));
-    await xadd.stop();
-    const ingestSite = await newSite();
-    const api = await started(outpost(ingestSite, 'api'));
-    const outpostResult = await load(post(api.port));
-    const rssMb = api.peakRssMb();
-    await api.stop();
-    results.ingest = {
-      bare_rps: bareResult.rps,
-      xadd_rps: xaddResult.rps,
-      outpost_rps: outpostResult.rps,
-      outpost_p50_ms: outpostResult.p50_ms,
-      outpost_p99_ms: outpostResult.p99_ms,
-      outpost_max_ms: outpostResult.max_ms,
-      bare_p99_ms: bareResult.p99_ms,
-      xadd_p99_ms: xaddResult.p99_ms,
-      outpost_errors: outpostResult.errors,
-      ratio_to_bare: round(outpostResult.rps / bareResult.rps),
-      ratio_to_xadd: round(outpostResult.rps / xaddResult.rps),
-    };
-
-    // 2. Drain: a backlog appended while no projector runs, then a projector process started.
-    log(`drain of ${DRAIN_EVENTS} events`);
-    const drainSite = await newSite();
-    const drainRedis = new Redis(stack.redisUrl);
-    const eventLog = new EventLog(drainRedis, drainSite.namespace, PARTITIONS);
-    await eventLog.ensureGroups();
-    const backlog = await preload(eventLog, DRAIN_EVENTS);
-    const mainPool = new pg.Pool({ connectionString: drainSite.main, max: PARTITIONS });
-    // The clock starts once the projector process is up: its boot is not drain time.
-    const projector = await started(outpost(drainSite, 'projector'));
-    const t0 = Date.now();
-    await until(async () => (await count(mainPool, 'events')) >= DRAIN_EVENTS, 'the drain');
-    const appliedMs = Date.now() - t0;
-    await until(async () => (await unacknowledged(eventLog)) === 0, 'every acknowledgement');
-    const confirmedMs = Date.now() - t0;
-    await projector.stop();
-    const rawRate = await rawInsertCeiling(mainPool, backlog);
-    await mainPool.end();
-    drainRedis.disconnect();
-    results.drain = {
-      events: DRAIN_EVENTS,
-      outpost_events_per_s: Math.round(DRAIN_EVENTS / (appliedMs / 1000)),
-      outpost_confirmed_events_per_s: Math.round(DRAIN_EVENTS / (confirmedMs / 1000)),
-      raw_insert_rows_per_s: rawRate,
-      ratio_to_raw: round(DRAIN_EVENTS / (appliedMs / 1000) / rawRate),
-    };
-
-    // 3. End to end at fixed offered rates, next to the replica's own replay latency.
-    const e2e: Record<string, unknown> = {};
-    const replaySamples: number[] = [];
-    for (const rate of [500, 2000]) {
-      log(`end to end at ${rate}/s for ${E2E_DURATION}s`);
-      const site = await newSite();
-      const service = await started(outpost(site));
-      const metricsUrl = `http://127.0.0.1:${service.port}/metrics`;
-      const before = histogramBuckets(
-        await (await fetch(metricsUrl)).text(),
-        'outpost_end_to_end_seconds',
+    if (want('ingest')) {
+      // 1. Ingest: bare Hono, Hono + XADD, Outpost (API only, so the projector does not share the cores).
+      log('ingest');
+      const bare = await started(startServer(['bench/servers/bare.ts'], {}));
+      const bareResult = await load(post(bare.port));
+      await bare.stop();
+      const xadd = await started(
+        startServer(['bench/servers/xadd.ts'], { REDIS_URL: stack.redisUrl }),
       );
-      const stopPolling = pollConfirmations(service.port);
-      const stopProbe = replayProbe(stack.mainUrl, stack.replicaUrl, replaySamples);
-      const offered = await load({
-        ...post(service.port),
-        connections: 32,
-        overallRate: rate,
-        duration: E2E_DURATION,
-      });
-      const polled = await stopPolling();
-      await stopProbe();
-      const siteLog = new EventLog(redis, site.namespace, PARTITIONS);
-      await until(async () => (await unacknowledged(siteLog)) === 0, 'the end-to-end backlog');
-      const after = histogramBuckets(
-        await (await fetch(metricsUrl)).text(),
-        'outpost_end_to_end_seconds',
-      );
-      await service.stop();
-      e2e[`rate_${rate}`] = {
-        offered_rps: offered.rps,
-        p50_ms: round(histogramQuantile(before, after, 0.5) * 1000),
-        p99_ms: round(histogramQuantile(before, after, 0.99) * 1000),
-        polled_p50_ms: percentile(polled, 50),
-        polled_p99_ms: percentile(polled, 99),
-        polled_samples: polled.length,
-        ingest_p99_ms: offered.p99_ms,
+      const xaddResult = await load(post(xadd.port));
+      await xadd.stop();
+      const ingestSite = await newSite();
+      const api = await started(outpost(ingestSite, 'api'));
+      const outpostResult = await load(post(api.port));
+      rssMb = api.peakRssMb();
+      outpostRps = outpostResult.rps;
+      await api.stop();
+      results.ingest = {
+        bare_rps: bareResult.rps,
+        xadd_rps: xaddResult.rps,
+        outpost_rps: outpostResult.rps,
+        outpost_p50_ms: outpostResult.p50_ms,
+        outpost_p99_ms: outpostResult.p99_ms,
+        outpost_max_ms: outpostResult.max_ms,
+        bare_p99_ms: bareResult.p99_ms,
+        xadd_p99_ms: xaddResult.p99_ms,
+        outpost_errors: outpostResult.errors,
+        ratio_to_bare: round(outpostResult.rps / bareResult.rps),
+        ratio_to_xadd: round(outpostResult.rps / xaddResult.rps),
       };
     }
-    e2e.replica_replay_p50_ms = round(percentile(replaySamples, 50));
-    e2e.replica_replay_p99_ms = round(percentile(replaySamples, 99));
-    results.e2e = e2e;
-
-    // 4. Merged reads with 0 and 10 pending events.
-    log('merged reads');
-    const readSite = await newSite();
-    const full = await started(outpost(readSite));
-    const settled = await postJson(full.port, '/executed_obs_units/start', JSON.parse(BODY));
-    await until(
-      async () =>
-        (await getJson(full.port, `/executed_obs_units/${settled.id}`)).consistency?.source ===
-        'replica',
-      'a confirmed unit',
-    );
-    await full.stop();
-    const apiOnly = await started(outpost(readSite, 'api'));
-    const busy = await postJson(apiOnly.port, '/executed_obs_units/start', JSON.parse(BODY));
-    for (let i = 0; i < 9; i += 1) {
-      await fetch(`http://127.0.0.1:${apiOnly.port}/executed_obs_units/${busy.id}`, {
-        method: 'PATCH',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ notes: `note ${i}` }),
-      });
+    if (want('drain')) {
+      // 2. Drain: a backlog appended while no projector runs, then a projector process started.
+      log(`drain of ${DRAIN_EVENTS} events`);
+      const drainSite = await newSite();
+      const drainRedis = new Redis(stack.redisUrl);
+      const eventLog = new EventLog(drainRedis, drainSite.namespace, PARTITIONS);
+      await eventLog.ensureGroups();
+      const backlog = await preload(eventLog, DRAIN_EVENTS);
+      const mainPool = new pg.Pool({ connectionString: drainSite.main, max: PARTITIONS });
+      // The clock starts once the projector process is up: its boot is not drain time.
+      const projector = await started(outpost(drainSite, 'projector'));
+      const t0 = Date.now();
+      await until(async () => (await count(mainPool, 'events')) >= DRAIN_EVENTS, 'the drain');
+      const appliedMs = Date.now() - t0;
+      await until(async () => (await unacknowledged(eventLog)) === 0, 'every acknowledgement');
+      const confirmedMs = Date.now() - t0;
+      await projector.stop();
+      const rawRate = await rawInsertCeiling(mainPool, backlog);
+      await mainPool.end();
+      drainRedis.disconnect();
+      results.drain = {
+        events: DRAIN_EVENTS,
+        outpost_events_per_s: Math.round(DRAIN_EVENTS / (appliedMs / 1000)),
+        outpost_confirmed_events_per_s: Math.round(DRAIN_EVENTS / (confirmedMs / 1000)),
+        raw_insert_rows_per_s: rawRate,
+        ratio_to_raw: round(DRAIN_EVENTS / (appliedMs / 1000) / rawRate),
+      };
     }
-    const pendingTen = await getJson(apiOnly.port, `/executed_obs_units/${busy.id}`);
-    const read = (id: string) =>
-      load({
-        url: `http://127.0.0.1:${apiOnly.port}/executed_obs_units/${id}`,
-        connections: 16,
-        duration: DURATION,
-      });
-    const reads0 = await read(settled.id);
-    const reads10 = await read(busy.id);
-    await apiOnly.stop();
-    results.reads = {
-      pending_0_p99_ms: reads0.p99_ms,
-      pending_10_p99_ms: reads10.p99_ms,
-      pending_0_rps: reads0.rps,
-      pending_10_rps: reads10.rps,
-      pending_events_checked: pendingTen.consistency?.pending_events,
-    };
-
-    // 5. Memory: Redis bytes per pending event (stream entry plus read indexes).
-    log(`memory with ${MEMORY_EVENTS} pending events`);
-    const memorySite = await newSite();
-    const memoryRedis = new Redis(stack.redisUrl);
-    const memoryLog = new EventLog(memoryRedis, memorySite.namespace, PARTITIONS);
-    await memoryLog.ensureGroups();
-    const usedBefore = await usedMemory(memoryRedis);
-    await preload(memoryLog, MEMORY_EVENTS);
-    const usedAfter = await usedMemory(memoryRedis);
-    memoryRedis.disconnect();
-    results.memory = {
-      redis_bytes_per_pending_event: Math.round((usedAfter - usedBefore) / MEMORY_EVENTS),
-      service_rss_mb: rssMb,
-    };
-
-    // 6. The peer: BullMQ enqueue + worker doing the same insert.
-    log('BullMQ peer');
-    const peerSite = await newSite();
-    const peerDb = new pg.Pool({ connectionString: peerSite.main, max: 2 });
-    await peerDb.query(
-      'CREATE TABLE bullmq_events (id uuid PRIMARY KEY, data jsonb, enqueued_at timestamptz, committed_at timestamptz)',
-    );
-    const worker = await started(
-      startServer(['bench/servers/bullmq-worker.ts'], {
-        REDIS_URL: stack.redisUrl,
-        DATABASE_URL: peerSite.main,
-        CONCURRENCY: String(PARTITIONS),
-      }),
-    );
-    const producer = await started(
-      startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
-    );
-    const bull = await load(post(producer.port));
-    await until(
-      async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
-      'the BullMQ worker',
-    );
-    const bullLatency = await peerDb.query<{ p99: number }>(
-      'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
-    );
-    await producer.stop();
-    await worker.stop();
-    await peerDb.end();
-    results.peer = {
-      bullmq_rps: bull.rps,
-      outpost_rps: outpostResult.rps,
-      ratio: round(outpostResult.rps / bull.rps),
-      bullmq_p99_ms: bull.p99_ms,
-      bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
-    };
-
-    // 7. Integrity: refresh on a large events table, and /metrics answering during it.
-    log(`integrity on ${INTEGRITY_EVENTS} events`);
-    const integritySite = await newSite();
-    const integrityDb = new pg.Client({
-      connectionString: integritySite.main,
-      statement_timeout: 0,
-    });
-    await integrityDb.connect();
-    await synthesise(integrityDb, INTEGRITY_EVENTS);
-    const metricsServer = await started(outpost(integritySite, 'api'));
-    const scrapeTimes: number[] = [];
-    let refreshing = true;
-    const scraping = (async () => {
-      while (refreshing) {
-        const s = performance.now();
-        await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
-        scrapeTimes.push(performance.now() - s);
-        await sleep(20);
+    if (want('e2e')) {
+      // 3. End to end at fixed offered rates, next to the replica's own replay latency.
+      const e2e: Record<string, unknown> = {};
+      const replaySamples: number[] = [];
+      for (const rate of [500, 2000]) {
+        log(`end to end at ${rate}/s for ${E2E_DURATION}s`);
+        const site = await newSite();
+        const service = await started(outpost(site));
+        const metricsUrl = `http://127.0.0.1:${service.port}/metrics`;
+        const before = histogramBuckets(
+          await (await fetch(metricsUrl)).text(),
+          'outpost_end_to_end_seconds',
+        );
+        const stopPolling = pollConfirmations(service.port);
+        const stopProbe = replayProbe(stack.mainUrl, stack.replicaUrl, replaySamples);
+        const offered = await load({
+          ...post(service.port),
+          connections: 32,
+          overallRate: rate,
+          duration: E2E_DURATION,
+        });
+        const polled = await stopPolling();
+        await stopProbe();
+        const siteLog = new EventLog(redis, site.namespace, PARTITIONS);
+        await until(async () => (await unacknowledged(siteLog)) === 0, 'the end-to-end backlog');
+        const after = histogramBuckets(
+          await (await fetch(metricsUrl)).text(),
+          'outpost_end_to_end_seconds',
+        );
+        await service.stop();
+        e2e[`rate_${rate}`] = {
+          offered_rps: offered.rps,
+          p50_ms: round(histogramQuantile(before, after, 0.5) * 1000),
+          p99_ms: round(histogramQuantile(before, after, 0.99) * 1000),
+          polled_p50_ms: percentile(polled, 50),
+          polled_p99_ms: percentile(polled, 99),
+          polled_samples: polled.length,
+          ingest_p99_ms: offered.p99_ms,
+        };
       }
-    })();
-    const r0 = performance.now();
-    await integrityDb.query("SELECT outpost_refresh_integrity('bench', true)");
-    const refreshSeconds = (performance.now() - r0) / 1000;
-    refreshing = false;
-    await scraping;
-    await metricsServer.stop();
-    await integrityDb.end();
-    results.integrity = {
-      events: INTEGRITY_EVENTS,
-      refresh_seconds_1m_events: round(refreshSeconds * (1_000_000 / INTEGRITY_EVENTS)),
-      refresh_seconds_measured: round(refreshSeconds),
-      scrape_p99_ms_during_refresh: round(percentile(scrapeTimes, 99)),
-      scrapes_during_refresh: scrapeTimes.length,
-    };
+      e2e.replica_replay_p50_ms = round(percentile(replaySamples, 50));
+      e2e.replica_replay_p99_ms = round(percentile(replaySamples, 99));
+      results.e2e = e2e;
+    }
+    if (want('reads')) {
+      // 4. Merged reads with 0 and 10 pending events.
+      log('merged reads');
+      const readSite = await newSite();
+      const full = await started(outpost(readSite));
+      const settled = await postJson(full.port, '/executed_obs_units/start', JSON.parse(BODY));
+      await until(
+        async () =>
+          (await getJson(full.port, `/executed_obs_units/${settled.id}`)).consistency?.source ===
+          'replica',
+        'a confirmed unit',
+      );
+      await full.stop();
+      const apiOnly = await started(outpost(readSite, 'api'));
+      const busy = await postJson(apiOnly.port, '/executed_obs_units/start', JSON.parse(BODY));
+      for (let i = 0; i < 9; i += 1) {
+        await fetch(`http://127.0.0.1:${apiOnly.port}/executed_obs_units/${busy.id}`, {
+          method: 'PATCH',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ notes: `note ${i}` }),
+        });
+      }
+      const pendingTen = await getJson(apiOnly.port, `/executed_obs_units/${busy.id}`);
+      const read = (id: string) =>
+        load({
+          url: `http://127.0.0.1:${apiOnly.port}/executed_obs_units/${id}`,
+          connections: 16,
+          duration: DURATION,
+        });
+      const reads0 = await read(settled.id);
+      const reads10 = await read(busy.id);
+      await apiOnly.stop();
+      results.reads = {
+        pending_0_p99_ms: reads0.p99_ms,
+        pending_10_p99_ms: reads10.p99_ms,
+        pending_0_rps: reads0.rps,
+        pending_10_rps: reads10.rps,
+        pending_events_checked: pendingTen.consistency?.pending_events,
+      };
+    }
+    if (want('memory')) {
+      // 5. Memory: Redis bytes per pending event (stream entry plus read indexes).
+      log(`memory with ${MEMORY_EVENTS} pending events`);
+      const memorySite = await newSite();
+      const memoryRedis = new Redis(stack.redisUrl);
+      const memoryLog = new EventLog(memoryRedis, memorySite.namespace, PARTITIONS);
+      await memoryLog.ensureGroups();
+      const usedBefore = await usedMemory(memoryRedis);
+      await preload(memoryLog, MEMORY_EVENTS);
+      const usedAfter = await usedMemory(memoryRedis);
+      memoryRedis.disconnect();
+      results.memory = {
+        redis_bytes_per_pending_event: Math.round((usedAfter - usedBefore) / MEMORY_EVENTS),
+        service_rss_mb: rssMb,
+      };
+    }
+    if (want('peer')) {
+      // 6. The peer: BullMQ enqueue + worker doing the same insert.
+      log('BullMQ peer');
+      const peerSite = await newSite();
+      const peerDb = new pg.Pool({ connectionString: peerSite.main, max: 2 });
+      await peerDb.query(
+        'CREATE TABLE bullmq_events (id uuid PRIMARY KEY, data jsonb, enqueued_at timestamptz, committed_at timestamptz)',
+      );
+      const worker = await started(
+        startServer(['bench/servers/bullmq-worker.ts'], {
+          REDIS_URL: stack.redisUrl,
+          DATABASE_URL: peerSite.main,
+          CONCURRENCY: String(PARTITIONS),
+        }),
+      );
+      const producer = await started(
+        startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
+      );
+      const bull = await load(post(producer.port));
+      await until(
+        async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
+        'the BullMQ worker',
+      );
+      const bullLatency = await peerDb.query<{ p99: number }>(
+        'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
+      );
+      await producer.stop();
+      await worker.stop();
+      await peerDb.end();
+      results.peer = {
+        bullmq_rps: bull.rps,
+        outpost_rps: outpostRps,
+        ratio: round(outpostRps / bull.rps),
+        bullmq_p99_ms: bull.p99_ms,
+        bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
+      };
+    }
+    if (want('integrity')) {
+      // 7. Integrity: refresh on a large events table, and /metrics answering during it.
+      log(`integrity on ${INTEGRITY_EVENTS} events`);
+      const integritySite = await newSite();
+      const integrityDb = new pg.Client({
+        connectionString: integritySite.main,
+        statement_timeout: 0,
+      });
+      await integrityDb.connect();
+      await synthesise(integrityDb, INTEGRITY_EVENTS);
+      const metricsServer = await started(outpost(integritySite, 'api'));
+      const scrapeTimes: number[] = [];
+      let refreshing = true;
+      const scraping = (async () => {
+        while (refreshing) {
+          const s = performance.now();
+          await (await fetch(`http://127.0.0.1:${metricsServer.port}/metrics`)).text();
+          scrapeTimes.push(performance.now() - s);
+          await sleep(20);
+        }
+      })();
+      const r0 = performance.now();
+      await integrityDb.query("SELECT outpost_refresh_integrity('bench', true)");
+      const refreshSeconds = (performance.now() - r0) / 1000;
+      refreshing = false;
+      await scraping;
+      await metricsServer.stop();
+      await integrityDb.end();
+      results.integrity = {
+        events: INTEGRITY_EVENTS,
+        refresh_seconds_1m_events: round(refreshSeconds * (1_000_000 / INTEGRITY_EVENTS)),
+        refresh_seconds_measured: round(refreshSeconds),
+        scrape_p99_ms_during_refresh: round(percentile(scrapeTimes, 99)),
+        scrapes_during_refresh: scrapeTimes.length,
+      };
+    }
   } finally {
     for (const server of servers) {
       await server.stop().catch(() => undefined);
@@ -330,6 +348,10 @@ const main = async () => {
     redis.disconnect();
     await admin.end();
     await stack.stop();
+  }
+  if (only !== undefined) {
+    process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+    return;
   }
   const dir = join(ROOT, 'bench', 'results');
   mkdirSync(dir, { recursive: true });

@@ -69,11 +69,10 @@ export const events = pgTable(
     /** Name of the API token that wrote the event; null when the API was open. */
     writtenBy: text('written_by'),
   },
-  (t) => [
-    unique('events_aggregate_seq_key').on(t.aggregateId, t.seq),
-    index('events_applied_at_idx').on(t.appliedAt),
-    index('events_partition_entry_idx').on(t.partition, t.streamEntryId),
-  ],
+  // No further indexes: every one is written for each event on the hottest path, and the update
+  // that sets commit_lsn after COMMIT stays a cheap HOT update only while commit_lsn is unindexed
+  // (fillfactor 70 leaves it room on the page; migration 0004).
+  (t) => [unique('events_aggregate_seq_key').on(t.aggregateId, t.seq)],
 );
 
 export const aggregateLinks = pgTable(
