@@ -10,26 +10,7 @@ import { integrity } from './integrity.ts';
 import { CliError, print, table } from './output.ts';
 import { rebuildCommand, replayCommand } from './recovery.ts';
 import { tokenCommand } from './token.ts';
-
-const USAGE = `usage: outpost <command> [options]
-
-  start                         stack up, migrate, then serve (the quick start)
-  stack up|down|status|reset    the local PostgreSQL primary + replica and Redis under .outpost/
-  migrate                       apply database migrations to MAIN_DATABASE_URL
-  serve [--only api|projector]  run the API, projector and acker (or one of them)
-  pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
-                                what waits in the pending lists, and whether for the projector or the replica
-  dead list|show <id>|retry <id>|retry --all|discard <id> --reason R
-                                dead-lettered events (the id is the event id)
-  integrity refresh|status      refresh the integrity views now, or show the latest snapshot
-  replay --from ID|TIME [--to ID|TIME] [--partition N] [--dry-run]
-                                give the main database every logged event it lacks (after a restore)
-  rebuild-projections [--dry-run|--verify]
-                                recompute projection rows from the events table
-  token create --name N --scopes write,read[,admin]
-                                a new API token, printed once, and the entry for OUTPOST_API_TOKENS
-
-Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
+import { USAGE, usageOf } from './usage.ts';
 
 const localStack = (): StackOptions => ({
   dir: resolve(process.cwd(), '.outpost'),
@@ -138,7 +119,7 @@ const main = async (argv: string[]) => {
   const [command, action, argument] = positionals;
   const incidentFlags = { ...values, json: values.json ?? false };
   if (values.help || command === undefined || command === 'help') {
-    print(USAGE);
+    print(command === undefined || command === 'help' ? USAGE : usageOf(command));
     return;
   }
   switch (command) {
