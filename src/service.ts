@@ -107,6 +107,10 @@ export const startService = async (
     max: config.partitions + 4,
     applicationName: 'outpost-projector',
     synchronousCommit: true,
+    // A projector frozen inside a batch holds the lease row's share lock (the fencing check) until
+    // the server ends its transaction: keep that well within the lease TTL, so a taker waits at
+    // most this long instead of a minute.
+    idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
   });
   const replica = createPool({
     url: config.replicaDatabaseUrl,

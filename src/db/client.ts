@@ -13,6 +13,8 @@ export type PoolOptions = {
   queryTimeoutMs?: number;
   /** Every commit on these connections waits for the WAL flush, whatever the server default. */
   synchronousCommit?: boolean;
+  /** The server ends a transaction left idle this long (a frozen or partitioned client). */
+  idleInTransactionTimeoutMs?: number;
 };
 
 /**
@@ -24,9 +26,12 @@ export const createPool = ({
   max,
   applicationName,
   queryTimeoutMs = 10_000,
+  synchronousCommit = false,
+  idleInTransactionTimeoutMs = 60_000,
 }: PoolOptions): pg.Pool =>
   new pg.Pool({
     connectionString: url,
+    ...(synchronousCommit ? { options: '-c synchronous_commit=on' } : {}),
     max,
     application_name: applicationName,
     connectionTimeoutMillis: Math.min(5_000, queryTimeoutMs),
@@ -36,7 +41,7 @@ export const createPool = ({
     // A batch takes milliseconds; a query still unanswered after this is a dead link, not work.
     statement_timeout: Math.max(1_000, queryTimeoutMs - 2_000),
     query_timeout: queryTimeoutMs,
-    idle_in_transaction_session_timeout: 60_000,
+    idle_in_transaction_session_timeout: idleInTransactionTimeoutMs,
   });
 
 /** Runs `work` in one transaction on one connection, rolling back on any error. */
