@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
-npm start >"$log" 2>&1 &
+# A session of its own, so the interrupt reaches the service behind npm, not npm alone.
+setsid npm start >"$log" 2>&1 &
 server=$!
 cleanup() {
-  kill -INT "$server" 2>/dev/null || true
+  kill -INT -- "-$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
   node --import tsx src/cli/main.ts stack down >/dev/null 2>&1 || true
   rm -f "$log"
