@@ -6,7 +6,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
-import { BREAKER_GAUGE, CircuitBreaker } from '../projector/circuit-breaker.ts';
+import { type CircuitBreaker, createDatabaseBreaker } from '../projector/circuit-breaker.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -41,15 +41,7 @@ export class Acker {
 
   constructor(deps: AckerDeps) {
     this.#deps = deps;
-    this.breaker = new CircuitBreaker({
-      failureThreshold: 5,
-      coolDownMs: 30_000,
-      onChange: (state) => {
-        deps.metrics.breakerState.set({ target: 'replica' }, BREAKER_GAUGE[state]);
-        deps.logger.warn({ target: 'replica', state }, 'circuit breaker changed state');
-      },
-    });
-    deps.metrics.breakerState.set({ target: 'replica' }, 0);
+    this.breaker = createDatabaseBreaker('replica', deps.metrics.breakerState, deps.logger);
   }
 
   get lastPosition(): ReplicaPosition | undefined {

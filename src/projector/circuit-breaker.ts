@@ -82,3 +82,23 @@ export class CircuitBreaker {
 }
 
 export const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_open: 1, open: 2 };
+
+/**
+ * The breaker guarding one database (DESIGN: 5 failures open it, 30 s cool-down), reporting its
+ * state as `outpost_circuit_breaker_state{target}` and in the log.
+ */
+export const createDatabaseBreaker = (
+  target: 'main' | 'replica',
+  gauge: { set: (labels: { target: string }, value: number) => void },
+  logger: { warn: (fields: object, message: string) => void },
+): CircuitBreaker => {
+  gauge.set({ target }, BREAKER_GAUGE.closed);
+  return new CircuitBreaker({
+    failureThreshold: 5,
+    coolDownMs: 30_000,
+    onChange: (state) => {
+      gauge.set({ target }, BREAKER_GAUGE[state]);
+      logger.warn({ target, state }, 'circuit breaker changed state');
+    },
+  });
+};

@@ -9,7 +9,7 @@ import { watchConnection } from '../log/redis.ts';
 import { trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { BREAKER_GAUGE, CircuitBreaker } from './circuit-breaker.ts';
+import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
 
@@ -67,15 +67,7 @@ export class Projector {
 
   constructor(deps: ProjectorDeps) {
     this.#deps = deps;
-    this.breaker = new CircuitBreaker({
-      failureThreshold: 5,
-      coolDownMs: 30_000,
-      onChange: (state) => {
-        deps.metrics.breakerState.set({ target: 'main' }, BREAKER_GAUGE[state]);
-        deps.logger.warn({ target: 'main', state }, 'circuit breaker changed state');
-      },
-    });
-    deps.metrics.breakerState.set({ target: 'main' }, 0);
+    this.breaker = createDatabaseBreaker('main', deps.metrics.breakerState, deps.logger);
     this.#leases = new LeaseManager({
       pool: deps.leasePool,
       breaker: this.breaker,
