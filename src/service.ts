@@ -6,12 +6,11 @@ import { TokenStore } from './auth/token-store.ts';
 import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
-import { createApp } from './http/app.ts';
+import { createApp, createOperationsApp } from './http/app.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
-import { LiveFeed } from './live/live-feed.ts';
+import { siteLiveFeed } from './live/live-feed.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { EventLog } from './log/event-log.ts';
-import { liveStreamKey } from './log/keys.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
@@ -93,13 +92,8 @@ export const startService = async (
   await checkDurability(redis, config, logger);
   const eventLog = new EventLog(redis, config.namespace, config.partitions);
   await eventLog.ensureGroups();
-  const deadLetters = new DeadLetters(eventLog);
-  const live = new LiveFeed({
-    redis,
-    key: liveStreamKey(config.namespace),
-    maxLen: config.liveMaxLen ?? 100_000,
-    logger: logger.child({ module: 'live' }),
-  });
+  const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
+  const deadLetters = new DeadLetters(eventLog, live);
   // The acknowledgement gate trusts that a commit LSN the replica reaches stands for a durable
   // commit: every commit of the projector waits for the WAL flush (see apply-batch.ts).
   const main = createPool({
@@ -186,7 +180,7 @@ export const startService = async (
   acker?.start();
   await integrity?.start();
 
-  const app = createApp({
+  const appDeps = {
     config,
     eventLog,
     deadLetters,
@@ -197,21 +191,21 @@ export const startService = async (
     status,
     tokens,
     live,
-  });
+  };
   // Only API processes read the feed back: they are the ones with clients to fan it out to.
   if (role !== 'projector') {
     await live.start();
   }
   const server =
     role === 'projector'
-      ? undefined
+      ? serve({ fetch: createOperationsApp(appDeps).fetch, port: config.port, hostname: '0.0.0.0' })
       : serve({
-          fetch: app.fetch,
+          fetch: createApp(appDeps).fetch,
           port: config.port,
           hostname: '0.0.0.0',
           websocket: { server: new WebSocketServer({ noServer: true }) },
         });
-  const port = server ? await listeningPort(server) : 0;
+  const port = await listeningPort(server);
   logger.info({ port, role }, 'started');
 
   let stopping: Promise<void> | undefined;
@@ -221,13 +215,11 @@ export const startService = async (
       // Live clients never end their requests on their own: end their sessions first, so the
       // server can close.
       await timed(logger, 'live feed', () => live.stop());
-      if (server) {
-        await timed(logger, 'http', () => {
-          const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-          (server as { closeAllConnections?: () => void }).closeAllConnections?.();
-          return closed;
-        });
-      }
+      await timed(logger, 'http', () => {
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        (server as { closeAllConnections?: () => void }).closeAllConnections?.();
+        return closed;
+      });
       tokens.stop();
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());

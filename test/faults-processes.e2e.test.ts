@@ -4,13 +4,22 @@ import { randomInt } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
 import { audit, streamEventIds } from './harness/audit.ts';
-import { Harness, holdFault, waitFor } from './harness/harness.ts';
+import {
+  Harness,
+  holdFault,
+  type SpawnedService,
+  scrapeMetric,
+  waitFor,
+} from './harness/harness.ts';
 import { steadyLoad } from './harness/load.ts';
 
 const exited = (child: ChildProcess) =>
   child.exitCode !== null || child.signalCode !== null
     ? Promise.resolve()
     : new Promise<void>((resolve) => child.once('exit', () => resolve()));
+
+const appliedBy = (process: SpawnedService) =>
+  scrapeMetric(process.url, 'outpost_events_applied_total');
 
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
@@ -106,6 +115,18 @@ void describe('process faults under load', () => {
           now.includes('projector-b')
         );
       }, 'both projectors to hold partitions');
+      // A projector-only process serves operations endpoints, so probes and Prometheus see it.
+      for (const projector of [a, b]) {
+        await projector.ready();
+        const health = (await (await fetch(`${projector.url}/health`)).json()) as { role: string };
+        assert.equal(health.role, h.config.role);
+        const write = await fetch(`${projector.url}/executed_obs_units/start`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ obs_unit_id: 'not-here', instrument: 'x' }),
+        });
+        assert.equal(write.status, 404, 'a projector-only process takes no writes');
+      }
 
       let stopped = false;
       const lifecycles = (async () => {
@@ -133,6 +154,10 @@ void describe('process faults under load', () => {
       await waitFor(
         async () => (await h.mainRows('SELECT 1 FROM events LIMIT 20')).length === 20,
         'work to flow',
+      );
+      await waitFor(
+        async () => (await appliedBy(a)) > 0 && (await appliedBy(b)) > 0,
+        "each projector's own /metrics to count the events it applied",
       );
 
       a.child.kill('SIGSTOP');

@@ -5,6 +5,7 @@ export const USAGE = `usage: outpost <command> [options]
   stack up|down|status|reset    the local PostgreSQL primary + replica and Redis under .outpost/
   migrate                       apply database migrations to MAIN_DATABASE_URL
   serve [--only api|projector]  run the API, projector and acker (or one of them)
+                                --only projector serves /health and /metrics on OUTPOST_PORT
   pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
                                 what waits in the pending lists, and whether for the projector or the replica
   dead list|show <id>|retry <id>|retry --all|discard <id> --reason R

@@ -19,8 +19,8 @@ const withRequestId = (body: ReturnType<typeof errorBody>, requestId: string) =>
   error: { ...body.error, requestId },
 });
 
-/** The HTTP API; it holds no resources, so tests call `app.request(...)` in-process. */
-export const createApp = (deps: AppDeps) => {
+/** Request ids, request logging and problem bodies: what every Outpost HTTP server shares. */
+const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
   const app = new Hono<HonoEnv>();
 
   app.use('*', async (c, next) => {
@@ -66,7 +66,12 @@ export const createApp = (deps: AppDeps) => {
   app.notFound((c) =>
     c.json(errorBody('not_found', `no route for ${c.req.method} ${c.req.path}`), 404),
   );
+  return app;
+};
 
+/** The HTTP API; it holds no resources, so tests call `app.request(...)` in-process. */
+export const createApp = (deps: AppDeps) => {
+  const app = baseApp(deps);
   registerAdminRoutes(app, deps);
   app.use(
     '*',
@@ -80,6 +85,17 @@ export const createApp = (deps: AppDeps) => {
   registerEventRoutes(app, deps);
   registerOpsRoutes(app, deps);
   registerDocsRoutes(app);
+  return app;
+};
+
+/**
+ * What a projector-only process serves: /health, /buffer-stats and /metrics, so probes and
+ * Prometheus see its partitions, breaker and batches. No domain or admin routes: writes and
+ * operator actions go to the API processes.
+ */
+export const createOperationsApp = (deps: AppDeps) => {
+  const app = baseApp(deps);
+  registerOpsRoutes(app, deps);
   return app;
 };
 

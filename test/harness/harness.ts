@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
@@ -58,6 +59,39 @@ export const waitFor = async (
     }
     await new Promise((resolve) => setTimeout(resolve, 25));
   }
+};
+
+/** The sum of every sample of `name` in the Prometheus exposition served at `url`/metrics. */
+export const scrapeMetric = async (url: string, name: string): Promise<number> => {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  let sum = 0;
+  for (const line of text.split('\n')) {
+    const match = /^(\w+)(?:\{[^}]*\})? (\S+)$/.exec(line);
+    if (match?.[1] === name) {
+      sum += Number(match[2]);
+    }
+  }
+  return sum;
+};
+
+/** Resident set size of a process in MB, from /proc (Linux). */
+export const residentMb = (pid: number): number => {
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!match) {
+    throw new Error(`no VmRSS for process ${pid}`);
+  }
+  return Number(match[1]) / 1024;
+};
+
+/** An `outpost serve` OS process of the harness's site. */
+export type SpawnedService = {
+  child: ChildProcess;
+  port: number;
+  /** http://127.0.0.1:<port>; a projector-only process serves /health and /metrics there. */
+  url: string;
+  output: () => string;
+  /** Resolves once the process answers /health with 200. */
+  ready: () => Promise<void>;
 };
 
 /**
@@ -226,11 +260,8 @@ export class Harness {
   }
 
   /** Runs `outpost serve` as a separate process, for faults such as `kill -9`. */
-  async spawnServe(
-    role: Role,
-    overrides: Record<string, string> = {},
-  ): Promise<{ child: ChildProcess; port: number; output: () => string }> {
-    const port = role === 'projector' ? 0 : await freePort();
+  async spawnServe(role: Role, overrides: Record<string, string> = {}): Promise<SpawnedService> {
+    const port = await freePort();
     const args = [
       '--import',
       'tsx',
@@ -255,7 +286,19 @@ export class Harness {
     child.stderr?.on('data', collect);
     this.#children.add(child);
     child.once('exit', () => this.#children.delete(child));
-    return { child, port, output: () => output };
+    const url = `http://127.0.0.1:${port}`;
+    return {
+      child,
+      port,
+      url,
+      output: () => output,
+      ready: () =>
+        waitFor(
+          async () => child.exitCode === null && (await fetch(`${url}/health`)).status === 200,
+          `outpost serve --only ${role} on port ${port} to answer /health`,
+          30_000,
+        ),
+    };
   }
 
   async mainRows<T extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<T[]> {
