@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -104,5 +104,35 @@ void describe('scoped API tokens', () => {
     const stillReads = await h.request('GET', '/events/live/ws', undefined, bearer(reader.token));
     assert.equal(stillReads.status, 426);
     assert.equal((await h.post('/executed_obs_units/start', body)).status, 401);
+  });
+  void it('reloads the token file on SIGHUP, with no change the file poll could see', async () => {
+    const sighupFile = join(dir, 'sighup-tokens.json');
+    // A whole second, which utimes sets exactly (the file's own has nanoseconds).
+    const fixedTime = new Date('2026-01-01T00:00:00Z');
+    writeFileSync(sighupFile, JSON.stringify([writer.entry, reader.entry]));
+    utimesSync(sighupFile, fixedTime, fixedTime);
+    const api = await h.spawnServe('api', { OUTPOST_API_TOKENS: sighupFile, LOG_LEVEL: 'info' });
+    await api.ready();
+    const write = () =>
+      fetch(`${api.url}/executed_obs_units/start`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...bearer(writer.token) },
+        body: JSON.stringify({ ...startBody, obs_unit_id: 'tok-sighup' }),
+      });
+    assert.equal((await write()).status, 201);
+    // Revoke the writer by swapping its hash for another of the same length, then give the file
+    // its old mtime and size back and move it into place: only SIGHUP can notice the change.
+    const { size } = statSync(sighupFile);
+    const revoked = { ...writer.entry, sha256: createToken('other', ['write']).entry.sha256 };
+    const staged = `${sighupFile}.new`;
+    writeFileSync(staged, JSON.stringify([revoked, reader.entry]));
+    assert.equal(statSync(staged).size, size);
+    utimesSync(staged, fixedTime, fixedTime);
+    renameSync(staged, sighupFile);
+    assert.equal((await write()).status, 201, 'no reload before the signal');
+    api.child.kill('SIGHUP');
+    await waitFor(async () => (await write()).status === 401, 'the revoked token refused');
+    assert.match(api.output(), /API tokens reloaded/);
+    assert.doesNotMatch(api.output(), new RegExp(writer.token), 'tokens are never logged');
   });
 });

@@ -13,7 +13,8 @@ import { trimPartition } from '../src/log/retention.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
-import { Harness } from './harness/harness.ts';
+import { Harness, waitFor } from './harness/harness.ts';
+import { SseClient } from './harness/live-client.ts';
 import { inBatches } from './harness/load.ts';
 import { withDatabase } from './harness/services.ts';
 
@@ -89,12 +90,19 @@ void describe('recovery', () => {
         'a dry run changes nothing',
       );
 
+      const watcher = await SseClient.open(`${h.url}/events/live?state=accepted`);
       const replayed = await runCli(h, ['replay', '--from', dumpTime, '--json']);
       assert.equal(replayed.code, 0, replayed.stderr);
       const report = JSON.parse(replayed.stdout);
       assert.equal(report.applied, 5000);
       assert.equal(report.failed, 0);
       assert.match(replayed.stderr, /"progress"/, 'JSON progress lines on long runs');
+      const lostIds = new Set(lost.map((r) => r.body.event_id as string));
+      await waitFor(
+        () => watcher.messages().filter((m) => lostIds.has(m.message.event_id)).length === 5000,
+        'every replayed event announced on the live feed as accepted again',
+      );
+      await watcher.close();
 
       await audit(h, await streamEventIds(h));
       const again = await h.request('POST', '/admin/replay', { from: dumpTime }, auth);

@@ -1,15 +1,20 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
+import { pino } from 'pino';
 import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
+import { type LiveFeed, siteLiveFeed } from '../live/live-feed.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
+import { createLogger } from '../observability/logger.ts';
 
 export type Site = {
   config: Config;
   redis: Redis;
   eventLog: EventLog;
+  /** Replays and retries announce the events they give back, as the service does. */
+  live: LiveFeed;
   deadLetters: DeadLetters;
   main: pg.Pool;
   replica: pg.Pool;
@@ -28,11 +33,14 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
   try {
     await redis.connect();
     const eventLog = new EventLog(redis, config.namespace, config.partitions);
+    // stdout carries the command's --json output; a failed announcement goes to stderr.
+    const live = siteLiveFeed(config, redis, createLogger('warn', pino.destination(2)));
     return await work({
       config,
       redis,
       eventLog,
-      deadLetters: new DeadLetters(eventLog),
+      live,
+      deadLetters: new DeadLetters(eventLog, live),
       main,
       replica,
     });

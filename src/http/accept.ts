@@ -4,6 +4,7 @@ import stringify from 'safe-stable-stringify';
 import { type DomainEvent, type Envelope, EVENT_TYPES } from '../domain/events.ts';
 import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
 import { CURRENT_VERSIONS } from '../domain/upcast.ts';
+import { acceptedMessages } from '../live/live-message.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -112,19 +113,7 @@ export const accept = async (
         deps.metrics.eventsAccepted.inc({ type: event.type });
       }
       // Not awaited: the 201 does not wait for the feed, which never rejects.
-      const at = new Date().toISOString();
-      void deps.live?.publish(
-        request.events.map((event, i) => ({
-          event_id: event.event_id,
-          aggregate_id: event.aggregate_id,
-          aggregate_type: event.aggregate_type,
-          type: event.type,
-          state: 'accepted' as const,
-          partition: request.partition,
-          entry_id: result.entryIds[i] ?? '',
-          at,
-        })),
-      );
+      void deps.live?.publish(acceptedMessages(request.events, request.partition, result.entryIds));
       return { kind: 'appended', response: request.response };
     }
     case 'replayed':

@@ -1,4 +1,6 @@
 import type { Redis } from 'ioredis';
+import type { Config } from '../config.ts';
+import { liveStreamKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
 import { decodeLive, encodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
@@ -213,3 +215,12 @@ export class LiveFeed {
     }
   }
 }
+
+/** The feed of the site `config` names, on the process's shared Redis connection. */
+export const siteLiveFeed = (config: Config, redis: Redis, logger: Logger): LiveFeed =>
+  new LiveFeed({
+    redis,
+    key: liveStreamKey(config.namespace),
+    maxLen: config.liveMaxLen ?? 100_000,
+    logger,
+  });

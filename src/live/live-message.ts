@@ -18,6 +18,30 @@ export type LiveMessage = {
   at: string;
 };
 
+type EventHead = Pick<LiveMessage, 'event_id' | 'aggregate_id' | 'aggregate_type' | 'type'>;
+
+/**
+ * The `accepted` messages of events appended to a partition: by a write, and again when replay or
+ * a dead-letter retry gives an event back to the projector, so a watcher sees it start over.
+ */
+export const acceptedMessages = (
+  events: readonly EventHead[],
+  partition: number,
+  entryIds: readonly string[],
+): LiveMessage[] => {
+  const at = new Date().toISOString();
+  return events.map((event, i) => ({
+    event_id: event.event_id,
+    aggregate_id: event.aggregate_id,
+    aggregate_type: event.aggregate_type,
+    type: event.type,
+    state: 'accepted',
+    partition,
+    entry_id: entryIds[i] ?? '',
+    at,
+  }));
+};
+
 /** Where state changes go: the live feed, or nothing. Never rejects. */
 export type LivePublisher = { publish(messages: readonly LiveMessage[]): Promise<void> };
 

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, encodeEntryFields, type RawEntry } from './codec.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
@@ -63,7 +64,10 @@ const eventFieldsOf = (fields: string[]): string[] => {
 export class DeadLetters {
   readonly #redis: Redis & Commands;
 
-  constructor(readonly eventLog: EventLog) {
+  constructor(
+    readonly eventLog: EventLog,
+    readonly live?: LivePublisher,
+  ) {
     const redis = eventLog.redis;
     redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter') });
     redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry') });
@@ -210,6 +214,9 @@ export class DeadLetters {
       dead.aggregate_id,
       ...fields,
     );
+    if (id) {
+      await this.live?.publish(acceptedMessages([dead], dead.partition, [id]));
+    }
     return id ?? undefined;
   }
 

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
+import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
 import { entryIdAt } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
@@ -44,7 +45,7 @@ export const replayBound = (text: string): string => {
   return entryIdAt(ms);
 };
 
-type Deps = { eventLog: EventLog; main: pg.Pool };
+type Deps = { eventLog: EventLog; main: pg.Pool; live?: LivePublisher };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -107,10 +108,11 @@ export const replay = async (
       if (request.dryRun) {
         report.applied += missing.length;
       } else if (missing.length > 0) {
-        await deps.eventLog.append({
-          partition: keys.partition,
-          events: missing.map((e) => e.event),
-        });
+        const events = missing.map((e) => e.event);
+        const appended = await deps.eventLog.append({ partition: keys.partition, events });
+        if (appended.kind === 'appended') {
+          await deps.live?.publish(acceptedMessages(events, keys.partition, appended.entryIds));
+        }
         resent.push(
           ...missing.map((e) => ({ eventId: e.event.event_id, partition: keys.partition })),
         );

@@ -63,7 +63,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       }
     }
     const report = await replay(
-      { eventLog: deps.eventLog, main: deps.main },
+      { eventLog: deps.eventLog, main: deps.main, live: deps.live },
       { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
     );
     c.get('logger').info({ report }, 'replay finished');
