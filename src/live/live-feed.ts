@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import { liveStreamKey } from '../log/keys.ts';
+import { blockingConnection } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
 import { decodeLive, encodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
@@ -150,7 +151,7 @@ export class LiveFeed {
       return;
     }
     // A blocking XREAD would stall every command sharing its connection.
-    this.#reader = this.#deps.redis.duplicate();
+    this.#reader = blockingConnection(this.#deps.redis);
     this.#reader.on('error', () => undefined);
     await this.#reader.connect();
     const [last] = (await this.#deps.redis.xrevrange(this.#deps.key, '+', '-', 'COUNT', 1)) as [

@@ -1,4 +1,4 @@
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 
@@ -13,7 +13,17 @@ export const createRedis = (config: Config): Redis =>
     commandTimeout: 5_000,
     connectTimeout: 5_000,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
+    // Commands issued in one event-loop tick (the appends of concurrent requests) leave in one
+    // write and are read by Redis in one go; while a batch is out, the next one gathers.
+    enableAutoPipelining: true,
   });
+
+/**
+ * A connection of its own for a blocking read (XREAD/XREADGROUP BLOCK): auto-pipelining would
+ * queue every other command behind the block.
+ */
+export const blockingConnection = (redis: Redis, options: RedisOptions = {}): Redis =>
+  redis.duplicate({ ...options, enableAutoPipelining: false });
 
 /** Logs each change of a Redis connection's health once, not every reconnect attempt. */
 export const watchConnection = (redis: Redis, logger: Logger) => {

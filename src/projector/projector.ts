@@ -5,7 +5,7 @@ import type { LivePublisher } from '../live/live-message.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
-import { watchConnection } from '../log/redis.ts';
+import { blockingConnection, watchConnection } from '../log/redis.ts';
 import { trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -160,7 +160,10 @@ export class Projector {
         'claimed pending entries of the previous owner',
       );
     }
-    const reader = this.#deps.redis.duplicate({ lazyConnect: false, enableOfflineQueue: true });
+    const reader = blockingConnection(this.#deps.redis, {
+      lazyConnect: false,
+      enableOfflineQueue: true,
+    });
     watchConnection(
       reader,
       this.#deps.logger.child({ partition: lease.partition, connection: 'reader' }),
