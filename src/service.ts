@@ -33,6 +33,23 @@ export type Service = {
 const SHUTDOWN_STEP_TIMEOUT_MS = 10_000;
 
 /**
+ * The main database pool the projector commits through. The acknowledgement gate trusts that a
+ * commit LSN the replica reaches stands for a durable commit, so every commit waits for the WAL
+ * flush (see apply-batch.ts).
+ */
+export const projectorPool = (config: Config) =>
+  createPool({
+    url: config.mainDatabaseUrl,
+    max: config.partitions + 4,
+    applicationName: 'outpost-projector',
+    synchronousCommit: true,
+    // A projector frozen inside a batch holds the lease row's share lock (the fencing check) until
+    // the server ends its transaction: keep that well within the lease TTL, so a taker waits at
+    // most this long instead of a minute.
+    idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
+  });
+
+/**
  * A 201 promises the event survives a crash of Redis: that needs the append-only file. Refuse to
  * run against a Redis that would lose acknowledged writes.
  */
@@ -94,18 +111,7 @@ export const startService = async (
   await eventLog.ensureGroups();
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
   const deadLetters = new DeadLetters(eventLog, live);
-  // The acknowledgement gate trusts that a commit LSN the replica reaches stands for a durable
-  // commit: every commit of the projector waits for the WAL flush (see apply-batch.ts).
-  const main = createPool({
-    url: config.mainDatabaseUrl,
-    max: config.partitions + 4,
-    applicationName: 'outpost-projector',
-    synchronousCommit: true,
-    // A projector frozen inside a batch holds the lease row's share lock (the fencing check) until
-    // the server ends its transaction: keep that well within the lease TTL, so a taker waits at
-    // most this long instead of a minute.
-    idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
-  });
+  const main = projectorPool(config);
   const replica = createPool({
     url: config.replicaDatabaseUrl,
     max: 20,

@@ -5,6 +5,7 @@ import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
 import { applyBatch } from '../src/projector/apply-batch.ts';
+import { projectorPool } from '../src/service.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 
 const startEntry = (n: number): LogEntry => {
@@ -65,5 +66,20 @@ void describe('fencing', () => {
 
     await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
     assert.ok(await applied(stale));
+  });
+
+  void it('commits through a pool whose sessions flush every commit, whatever the server default', async () => {
+    const [server] = await h.mainRows<{ synchronous_commit: string }>('SHOW synchronous_commit');
+    // The test stack runs with synchronous_commit=off: the pool's own setting must win.
+    assert.equal(server?.synchronous_commit, 'off');
+    const pool = projectorPool(h.config);
+    try {
+      const [session] = (
+        await pool.query<{ synchronous_commit: string }>('SHOW synchronous_commit')
+      ).rows;
+      assert.equal(session?.synchronous_commit, 'on');
+    } finally {
+      await pool.end();
+    }
   });
 });

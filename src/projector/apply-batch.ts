@@ -2,24 +2,19 @@ import type pg from 'pg';
 import { type Queryable, withTransaction } from '../db/client.ts';
 import {
   type AggregateRow,
-  advanceHeadsAndStats,
   appliedEventIds,
   currentWalInsertLsn,
   type EventRow,
   type HeadRow,
   headSeqs,
-  insertAggregates,
-  insertEvents,
-  insertHeadsAndStats,
-  insertLinks,
   type LinkRow,
   PROJECTION_TABLES,
   type ProjectionTable,
   projectionRows,
-  setCommitLsn,
-  upsertProjection,
+  stampCommitLsn,
+  writeBatch,
 } from '../db/queries/apply.ts';
-import { assertLease, type Lease } from '../db/queries/leases.ts';
+import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { type Envelope, EVENT_TYPES, linksOf } from '../domain/events.ts';
 import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
 import type { LogEntry } from '../log/codec.ts';
@@ -166,14 +161,21 @@ const eventRow = (event: Envelope, seq: number, partition: number, entryId: stri
   written_by: event.written_by ?? null,
 });
 
-const writePlan = async (db: pg.PoolClient, plan: Plan) => {
-  await insertAggregates(db, plan.created);
-  await insertEvents(db, plan.events);
-  await insertHeadsAndStats(db, plan.createdHeads);
-  await advanceHeadsAndStats(db, plan.advancedHeads);
-  await insertLinks(db, plan.links);
-  for (const [table, states] of plan.states) {
-    await upsertProjection(db, table, states);
+const writePlan = async (db: pg.PoolClient, plan: Plan, lease: Lease) => {
+  const leased = await writeBatch(
+    db,
+    {
+      aggregates: plan.created,
+      events: plan.events,
+      createdHeads: plan.createdHeads,
+      advancedHeads: plan.advancedHeads,
+      links: plan.links,
+      projections: plan.states,
+    },
+    lease,
+  );
+  if (!leased) {
+    throw new FencedError(lease.partition, lease.token);
   }
 };
 
@@ -188,11 +190,12 @@ export const applyBatch = async (
   heldAggregates: ReadonlySet<string> = new Set(),
 ): Promise<BatchResult> => {
   const { partition } = lease;
+  // The commit LSN gates acknowledgement, so COMMIT must mean flushed: an asynchronously
+  // committed batch lost in a crash would leave its LSN to be reached again by later WAL, and the
+  // acker would acknowledge events that no longer exist. The projector's pool sets
+  // synchronous_commit=on in each connection's startup packet, which outranks the server's,
+  // database's and role's defaults (service.ts, projectorPool).
   const { result, client, release } = await withTransaction(pool, async (tx) => {
-    // The commit LSN gates acknowledgement, so COMMIT must mean flushed, whatever the server's
-    // default: an asynchronously committed batch lost in a crash would leave its LSN to be
-    // reached again by later WAL, and the acker would acknowledge events that no longer exist.
-    await tx.query('SET LOCAL synchronous_commit = on');
     const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
     const seen = new Set<string>();
     const fresh: LogEntry[] = [];
@@ -203,15 +206,13 @@ export const applyBatch = async (
       seen.add(id);
     }
     const plan = planBatch(fresh, await loadStates(tx, fresh), partition, heldAggregates);
-    await writePlan(tx, plan);
-    await assertLease(tx, lease);
+    await writePlan(tx, plan, lease);
     const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
     return { plan, duplicates, lacksLsn };
   });
   try {
-    const batchLsn = await currentWalInsertLsn(client);
     const needLsn = [...result.plan.applied, ...result.lacksLsn].map((e) => e.event.event_id);
-    await setCommitLsn(client, batchLsn, needLsn);
+    const batchLsn = await stampCommitLsn(client, needLsn);
     // Acknowledge only once the replica also has the commit_lsn update, so a confirmed event
     // never shows on the replica without its LSN.
     const commitLsn = needLsn.length > 0 ? await currentWalInsertLsn(client) : batchLsn;

@@ -1,5 +1,6 @@
 import type { AggregateState } from '../../domain/fold.ts';
 import type { Queryable } from '../client.ts';
+import { type Lease, leaseHeldSql, leaseParams } from './leases.ts';
 
 /** The projection table of each aggregate type; states are rows of these tables. */
 export const PROJECTION_TABLES = {
@@ -83,74 +84,103 @@ export const projectionRows = async (
   return rows.map((r) => stateFromRow(r.row));
 };
 
-export const insertAggregates = async (db: Queryable, rows: readonly AggregateRow[]) => {
-  if (rows.length > 0) {
-    await db.query(
-      `INSERT INTO aggregates (id, type, site, partition, created_at)
-       SELECT id, type, site, partition, created_at
-         FROM jsonb_to_recordset($1::jsonb)
-           AS r(id uuid, type text, site text, partition int, created_at timestamptz)`,
-      [json(rows)],
-    );
-  }
+export type BatchWrite = {
+  aggregates: readonly AggregateRow[];
+  events: readonly EventRow[];
+  /** Heads and stats of aggregates created in this batch. */
+  createdHeads: readonly HeadRow[];
+  /** Heads and stats of aggregates that existed before this batch. */
+  advancedHeads: readonly HeadRow[];
+  links: readonly LinkRow[];
+  projections: ReadonlyMap<ProjectionTable, readonly AggregateState[]>;
 };
 
-export const insertEvents = async (db: Queryable, rows: readonly EventRow[]) => {
-  if (rows.length > 0) {
-    await db.query(
-      `INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition,
-                           stream_entry_id, occurred_at, written_by)
-       SELECT event_id, aggregate_id, seq, type, version, data, site, partition,
-              stream_entry_id, occurred_at, written_by
-         FROM jsonb_to_recordset($1::jsonb)
-           AS r(event_id uuid, aggregate_id uuid, seq int, type text, version int, data jsonb,
-                site text, partition int, stream_entry_id text, occurred_at timestamptz,
-                written_by text)`,
-      [json(rows)],
-    );
-  }
-};
+const HEAD_RECORD = 'aggregate_id uuid, seq int, event_id uuid, at timestamptz';
 
-/** Heads and stats of aggregates created in this batch. */
-export const insertHeadsAndStats = async (db: Queryable, rows: readonly HeadRow[]) => {
-  if (rows.length > 0) {
-    await db.query(
-      `WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb)
-                    AS r(aggregate_id uuid, seq int, event_id uuid, at timestamptz)),
-            heads AS (INSERT INTO aggregate_heads (aggregate_id, ref, seq, event_id)
-                      SELECT aggregate_id, 'head', seq, event_id FROM r)
-       INSERT INTO aggregate_stats (aggregate_id, event_count, last_event_at)
-       SELECT aggregate_id, seq + 1, at FROM r`,
-      [json(rows)],
+/**
+ * Writes a whole batch in one statement, one CTE per table, and only while `lease` holds: the
+ * fencing check is part of the same statement (the last before COMMIT), so a fenced projector
+ * writes nothing. One round trip instead of one per table matters because every round trip of
+ * eight busy partitions waits its turn on shared cores. Foreign keys between the CTEs' rows are
+ * checked at the end of the statement, when all of them exist. False when fenced.
+ */
+export const writeBatch = async (
+  db: Queryable,
+  batch: BatchWrite,
+  lease: Lease,
+): Promise<boolean> => {
+  const params: unknown[] = leaseParams(lease);
+  const ctes = [`lease AS MATERIALIZED (${leaseHeldSql(1)})`];
+  const leased = 'EXISTS (SELECT 1 FROM lease)';
+  const rowsOf = (rows: readonly unknown[], record: string) => {
+    params.push(json(rows));
+    return `json_to_recordset($${params.length}::json) AS r(${record})`;
+  };
+  if (batch.aggregates.length > 0) {
+    ctes.push(`w_aggregates AS (
+      INSERT INTO aggregates (id, type, site, partition, created_at)
+      SELECT id, type, site, partition, created_at
+        FROM ${rowsOf(batch.aggregates, 'id uuid, type text, site text, partition int, created_at timestamptz')}
+       WHERE ${leased})`);
+  }
+  if (batch.events.length > 0) {
+    ctes.push(`w_events AS (
+      INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition,
+                          stream_entry_id, occurred_at, written_by)
+      SELECT event_id, aggregate_id, seq, type, version, data, site, partition,
+             stream_entry_id, occurred_at, written_by
+        FROM ${rowsOf(
+          batch.events,
+          `event_id uuid, aggregate_id uuid, seq int, type text, version int, data jsonb,
+           site text, partition int, stream_entry_id text, occurred_at timestamptz,
+           written_by text`,
+        )}
+       WHERE ${leased})`);
+  }
+  if (batch.createdHeads.length > 0) {
+    ctes.push(
+      `created AS (SELECT * FROM ${rowsOf(batch.createdHeads, HEAD_RECORD)})`,
+      `w_created_heads AS (
+        INSERT INTO aggregate_heads (aggregate_id, ref, seq, event_id)
+        SELECT aggregate_id, 'head', seq, event_id FROM created WHERE ${leased})`,
+      `w_created_stats AS (
+        INSERT INTO aggregate_stats (aggregate_id, event_count, last_event_at)
+        SELECT aggregate_id, seq + 1, at FROM created WHERE ${leased})`,
     );
   }
-};
-
-/** Heads and stats of aggregates that existed before this batch. */
-export const advanceHeadsAndStats = async (db: Queryable, rows: readonly HeadRow[]) => {
-  if (rows.length > 0) {
-    await db.query(
-      `WITH r AS (SELECT * FROM jsonb_to_recordset($1::jsonb)
-                    AS r(aggregate_id uuid, seq int, event_id uuid, at timestamptz)),
-            heads AS (UPDATE aggregate_heads h SET seq = r.seq, event_id = r.event_id
-                        FROM r WHERE h.aggregate_id = r.aggregate_id AND h.ref = 'head')
-       UPDATE aggregate_stats s SET event_count = r.seq + 1, last_event_at = r.at
-         FROM r WHERE s.aggregate_id = r.aggregate_id`,
-      [json(rows)],
+  if (batch.advancedHeads.length > 0) {
+    ctes.push(
+      `advanced AS (SELECT * FROM ${rowsOf(batch.advancedHeads, HEAD_RECORD)})`,
+      `w_advanced_heads AS (
+        UPDATE aggregate_heads h SET seq = a.seq, event_id = a.event_id
+          FROM advanced a
+         WHERE h.aggregate_id = a.aggregate_id AND h.ref = 'head' AND ${leased})`,
+      `w_advanced_stats AS (
+        UPDATE aggregate_stats s SET event_count = a.seq + 1, last_event_at = a.at
+          FROM advanced a
+         WHERE s.aggregate_id = a.aggregate_id AND ${leased})`,
     );
   }
-};
-
-export const insertLinks = async (db: Queryable, rows: readonly LinkRow[]) => {
-  if (rows.length > 0) {
-    await db.query(
-      `INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
-       SELECT upstream_id, downstream_id, kind
-         FROM jsonb_to_recordset($1::jsonb) AS r(upstream_id uuid, downstream_id uuid, kind text)
-       ON CONFLICT DO NOTHING`,
-      [json(rows)],
-    );
+  if (batch.links.length > 0) {
+    ctes.push(`w_links AS (
+      INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
+      SELECT upstream_id, downstream_id, kind
+        FROM ${rowsOf(batch.links, 'upstream_id uuid, downstream_id uuid, kind text')}
+       WHERE ${leased}
+      ON CONFLICT DO NOTHING)`);
   }
+  for (const [table, states] of batch.projections) {
+    if (states.length > 0) {
+      params.push(json(states));
+      const upsert = projectionUpsertSql(table, await columnsOf(db, table), params.length, leased);
+      ctes.push(`w_${table} AS (${upsert})`);
+    }
+  }
+  const { rows } = await db.query<{ leased: boolean }>(
+    `WITH ${ctes.join(',\n')}\nSELECT ${leased} AS leased`,
+    params,
+  );
+  return rows[0]?.leased === true;
 };
 
 const projectionColumns = new Map<ProjectionTable, string[]>();
@@ -171,27 +201,33 @@ const columnsOf = async (db: Queryable, table: ProjectionTable): Promise<string[
   return columns;
 };
 
+/** Inserts states as whole rows, replacing existing ones; `$param` holds them as a JSON array. */
+const projectionUpsertSql = (
+  table: ProjectionTable,
+  columns: readonly string[],
+  param: number,
+  condition = 'true',
+) => {
+  const list = columns.map((c) => `"${c}"`).join(', ');
+  const updates = columns
+    .filter((c) => c !== 'id')
+    .map((c) => `"${c}" = excluded."${c}"`)
+    .join(', ');
+  return `INSERT INTO ${table} (${list})
+    SELECT ${list} FROM json_populate_recordset(null::${table}, $${param}::json)
+     WHERE ${condition}
+    ON CONFLICT (id) DO UPDATE SET ${updates}`;
+};
+
 /** Writes folded states as whole rows: insert new aggregates, replace existing ones. */
 export const upsertProjection = async (
   db: Queryable,
   table: ProjectionTable,
   states: readonly AggregateState[],
 ) => {
-  if (states.length === 0) {
-    return;
+  if (states.length > 0) {
+    await db.query(projectionUpsertSql(table, await columnsOf(db, table), 1), [json(states)]);
   }
-  const columns = await columnsOf(db, table);
-  const list = columns.map((c) => `"${c}"`).join(', ');
-  const updates = columns
-    .filter((c) => c !== 'id')
-    .map((c) => `"${c}" = excluded."${c}"`)
-    .join(', ');
-  await db.query(
-    `INSERT INTO ${table} (${list})
-     SELECT ${list} FROM jsonb_populate_recordset(null::${table}, $1::jsonb)
-     ON CONFLICT (id) DO UPDATE SET ${updates}`,
-    [json(states)],
-  );
 };
 
 export const currentWalInsertLsn = async (db: Queryable): Promise<string> => {
@@ -201,12 +237,18 @@ export const currentWalInsertLsn = async (db: Queryable): Promise<string> => {
   return rows[0]?.lsn ?? '';
 };
 
-export const setCommitLsn = async (db: Queryable, lsn: string, eventIds: readonly string[]) => {
-  if (eventIds.length > 0) {
-    await db.query(
-      `UPDATE events SET commit_lsn = $1::pg_lsn
-        WHERE event_id = ANY($2::uuid[]) AND commit_lsn IS NULL`,
-      [lsn, eventIds],
-    );
-  }
+/**
+ * Records the commit LSN of a just-committed batch on its events (those that lack one) and returns
+ * it: the WAL insert position read at the start of this statement, which runs after the batch's
+ * COMMIT returned, so it is at or past the batch's commit record.
+ */
+export const stampCommitLsn = async (db: Queryable, eventIds: readonly string[]) => {
+  const { rows } = await db.query<{ lsn: string }>(
+    `WITH batch AS MATERIALIZED (SELECT pg_current_wal_insert_lsn() AS lsn),
+          stamped AS (UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
+                       WHERE event_id = ANY($1::uuid[]) AND commit_lsn IS NULL)
+     SELECT lsn::text AS lsn FROM batch`,
+    [eventIds],
+  );
+  return rows[0]?.lsn ?? '';
 };

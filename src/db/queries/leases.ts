@@ -76,17 +76,18 @@ export const releaseLease = async (db: Queryable, lease: Lease) => {
  * The fencing check, run last inside the applying transaction: the share lock holds off a taker
  * until this transaction ends, and a lost lease rolls everything back.
  */
-export const assertLease = async (tx: Queryable, lease: Lease) => {
-  const { rowCount } = await tx.query(
-    `SELECT 1 FROM partition_leases
-      WHERE partition = $1 AND owner = $2 AND token = $3 AND expires_at > clock_timestamp()
-      FOR SHARE`,
-    [lease.partition, lease.consumer, lease.token],
-  );
-  if (rowCount !== 1) {
-    throw new FencedError(lease.partition, lease.token);
-  }
-};
+/**
+ * The fencing check: a row while `lease` is current, share-locked so that a taker's UPDATE of
+ * the lease waits for the checking transaction to end. Its parameters are `$first` (partition),
+ * `$first + 1` (owner) and `$first + 2` (token), so it can sit inside a larger statement.
+ */
+export const leaseHeldSql = (first: number) =>
+  `SELECT 1 FROM partition_leases
+    WHERE partition = $${first} AND owner = $${first + 1} AND token = $${first + 2}
+      AND expires_at > clock_timestamp()
+    FOR SHARE`;
+
+export const leaseParams = (lease: Lease) => [lease.partition, lease.consumer, lease.token];
 
 export type LeaseRow = {
   partition: number;
