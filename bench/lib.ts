@@ -1,9 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+
+export const round = (n: number) => Math.round(n * 100) / 100;
 
 export type Server = {
   child: ChildProcess;
@@ -84,6 +87,83 @@ export const load = async (options: autocannon.Options): Promise<LoadResult> => 
     max_ms: result.latency.max,
     errors: result.errors + result.timeouts + result.non2xx,
     requests: result.requests.total,
+  };
+};
+
+/**
+ * Requests at a fixed rate, evenly spaced: every millisecond tick sends what is due by then.
+ * autocannon's `overallRate` cannot do this: each connection sends its whole per-second quota
+ * back to back when the second starts, then waits, so "500/s" arrives as bursts of 500 and the
+ * latency measured is that of draining a burst.
+ */
+export const pacedLoad = async (options: {
+  url: string;
+  body: string;
+  rate: number;
+  durationS: number;
+  connections?: number;
+}): Promise<LoadResult> => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: options.connections ?? 64 });
+  const target = new URL(options.url);
+  const latencies: number[] = [];
+  let errors = 0;
+  const inflight = new Set<Promise<void>>();
+  const send = () => {
+    const t0 = performance.now();
+    const done = new Promise<void>((resolve) => {
+      const request = http.request(
+        {
+          agent,
+          host: target.hostname,
+          port: target.port,
+          path: target.pathname,
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(options.body),
+          },
+        },
+        (response) => {
+          response.resume();
+          response.once('end', () => {
+            if (response.statusCode === 201) {
+              latencies.push(performance.now() - t0);
+            } else {
+              errors += 1;
+            }
+            resolve();
+          });
+        },
+      );
+      request.once('error', () => {
+        errors += 1;
+        resolve();
+      });
+      request.end(options.body);
+    });
+    inflight.add(done);
+    void done.then(() => inflight.delete(done));
+  };
+  const started = performance.now();
+  const total = Math.round(options.rate * options.durationS);
+  let sent = 0;
+  while (sent < total) {
+    const due = Math.min(total, Math.floor(((performance.now() - started) / 1000) * options.rate));
+    for (; sent < due; sent += 1) {
+      send();
+    }
+    await sleep(1);
+  }
+  const elapsedS = (performance.now() - started) / 1000;
+  await Promise.all(inflight);
+  agent.destroy();
+  return {
+    rps: Math.round(latencies.length / elapsedS),
+    p50_ms: round(percentile(latencies, 50)),
+    p99_ms: round(percentile(latencies, 99)),
+    max_ms: round(Math.max(0, ...latencies)),
+    errors,
+    requests: latencies.length + errors,
   };
 };
 

@@ -3,7 +3,7 @@ import { type Queryable, withTransaction } from '../db/client.ts';
 import {
   type AggregateRow,
   appliedEventIds,
-  currentWalInsertLsn,
+  currentWalFlushLsn,
   type EventRow,
   type HeadRow,
   headSeqs,
@@ -29,7 +29,7 @@ export type BatchResult = {
   /** Entries held back behind a failed event of their aggregate: order before progress. */
   deferred: LogEntry[];
   /**
-   * The WAL insert position read after the batch's commit and its commit_lsn update returned: at
+   * The WAL flush position read after the batch's commit and its commit_lsn update returned: at
    * or past both commit records. The acknowledgement gate waits for the replica to reach it.
    */
   commitLsn: string;
@@ -215,7 +215,7 @@ export const applyBatch = async (
     const batchLsn = await stampCommitLsn(client, needLsn);
     // Acknowledge only once the replica also has the commit_lsn update, so a confirmed event
     // never shows on the replica without its LSN.
-    const commitLsn = needLsn.length > 0 ? await currentWalInsertLsn(client) : batchLsn;
+    const commitLsn = needLsn.length > 0 ? await currentWalFlushLsn(client) : batchLsn;
     release();
     return {
       applied: result.plan.applied,

@@ -230,21 +230,28 @@ export const upsertProjection = async (
   }
 };
 
-export const currentWalInsertLsn = async (db: Queryable): Promise<string> => {
+/*
+ * Commit LSNs are WAL *flush* positions read after a synchronous COMMIT returned: that commit's
+ * record is flushed by then, so the flush position is at or past it. The insert position would
+ * be safe too, but it also covers other sessions' WAL that is not flushed yet, which the replica
+ * cannot receive before the next commit or WAL-writer round (up to wal_writer_delay, 200 ms):
+ * acknowledgements would wait for unrelated work.
+ */
+export const currentWalFlushLsn = async (db: Queryable): Promise<string> => {
   const { rows } = await db.query<{ lsn: string }>(
-    'SELECT pg_current_wal_insert_lsn()::text AS lsn',
+    'SELECT pg_current_wal_flush_lsn()::text AS lsn',
   );
   return rows[0]?.lsn ?? '';
 };
 
 /**
  * Records the commit LSN of a just-committed batch on its events (those that lack one) and returns
- * it: the WAL insert position read at the start of this statement, which runs after the batch's
- * COMMIT returned, so it is at or past the batch's commit record.
+ * it: the WAL flush position read at the start of this statement, which runs after the batch's
+ * synchronous COMMIT returned, so it is at or past the batch's commit record.
  */
 export const stampCommitLsn = async (db: Queryable, eventIds: readonly string[]) => {
   const { rows } = await db.query<{ lsn: string }>(
-    `WITH batch AS MATERIALIZED (SELECT pg_current_wal_insert_lsn() AS lsn),
+    `WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn),
           stamped AS (UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
                        WHERE event_id = ANY($1::uuid[]) AND commit_lsn IS NULL)
      SELECT lsn::text AS lsn FROM batch`,
