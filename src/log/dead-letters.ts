@@ -69,8 +69,8 @@ export class DeadLetters {
     readonly live?: LivePublisher,
   ) {
     const redis = eventLog.redis;
-    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter') });
-    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry') });
+    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight') });
+    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry', 'inflight') });
     redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard') });
     this.#redis = redis as Redis & Commands;
   }
@@ -82,8 +82,7 @@ export class DeadLetters {
       keys.deadLetters,
       keys.eventIndex,
       keys.attempts,
-      keys.inflight(entry.aggregateId),
-      keys.inflightAggregates(entry.aggregateType),
+      keys.inflight(entry.aggregateType),
       keys.deadIndex,
       keys.blockedAggregates,
     ];
@@ -203,8 +202,7 @@ export class DeadLetters {
       keys.eventIndex,
       keys.deadIndex,
       keys.blockedAggregates,
-      keys.inflight(dead.aggregate_id),
-      keys.inflightAggregates(dead.aggregate_type),
+      keys.inflight(dead.aggregate_type),
     ];
     const id = await this.#redis.outpostDeadRetry(
       allKeys.length,

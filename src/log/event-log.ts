@@ -1,11 +1,20 @@
 import { readFileSync } from 'node:fs';
 import type { Redis } from 'ioredis';
-import type { Envelope, UnitStatus } from '../domain/events.ts';
+import {
+  AGGREGATE_TYPES,
+  type AggregateType,
+  type Envelope,
+  type UnitStatus,
+} from '../domain/events.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { allPartitionKeys, CONSUMER_GROUP, type PartitionKeys, partitionKeys } from './keys.ts';
 
-export const script = (name: string) =>
-  readFileSync(new URL(`./scripts/${name}.lua`, import.meta.url), 'utf8');
+const readScript = (path: string) =>
+  readFileSync(new URL(`./scripts/${path}.lua`, import.meta.url), 'utf8');
+
+/** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
+export const script = (name: string, ...libraries: 'inflight'[]) =>
+  [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
 
 /**
  * A unit's status is kept in Redis for this long after its last event; past it, the append path
@@ -68,6 +77,7 @@ type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
+  outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 export type Attempt = { at: string; error: string };
@@ -81,9 +91,10 @@ export class EventLog {
     readonly namespace: string,
     readonly partitions: number,
   ) {
-    redis.defineCommand('outpostAppend', { lua: script('append') });
-    redis.defineCommand('outpostAck', { lua: script('ack') });
-    redis.defineCommand('outpostReadInflight', { lua: script('read-inflight') });
+    redis.defineCommand('outpostAppend', { lua: script('append', 'inflight') });
+    redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
+    redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
+    redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     this.#redis = redis as Redis & Commands;
   }
 
@@ -105,16 +116,36 @@ export class EventLog {
         }
       }
     }
+    await this.#upgradeInflight();
+  }
+
+  /**
+   * Moves in-flight lists written by earlier builds into the in-flight index. It runs at every
+   * start and finds nothing once a site has been upgraded; processes of an earlier build must be
+   * stopped first, or what they append meanwhile waits here until the next start.
+   */
+  async #upgradeInflight(): Promise<void> {
+    for (const keys of this.allKeys()) {
+      for (const type of AGGREGATE_TYPES) {
+        const legacySet = keys.legacyInflightAggregates(type);
+        for (const aggregateId of await this.#redis.smembers(legacySet)) {
+          await this.#redis.outpostUpgradeInflight(
+            3,
+            keys.legacyInflight(aggregateId),
+            legacySet,
+            keys.inflight(type),
+            aggregateId,
+          );
+        }
+      }
+    }
   }
 
   async append(request: AppendRequest): Promise<AppendResult> {
     const keys = this.keys(request.partition);
     const guardKey = keys.unitState(request.guard?.unitId ?? 'none');
     const idemKey = keys.idempotency(request.idempotency?.scopeHash ?? 'none');
-    const eventKeys = request.events.flatMap((event) => [
-      keys.inflight(event.aggregate_id),
-      keys.inflightAggregates(event.aggregate_type),
-    ]);
+    const eventKeys = request.events.map((event) => keys.inflight(event.aggregate_type));
     const payload = {
       idem: request.idempotency && {
         hash: request.idempotency.requestHash,
@@ -149,17 +180,30 @@ export class EventLog {
     }
   }
 
-  /** Unacknowledged events of one aggregate, oldest first. */
-  async readInflight(aggregateId: string, partition: number): Promise<LogEntry[]> {
+  /**
+   * Unacknowledged events of one aggregate, oldest first. Without its type (a read by id alone),
+   * the index of every type is asked: only one holds the aggregate.
+   */
+  async readInflight(
+    aggregateId: string,
+    partition: number,
+    aggregateType?: AggregateType,
+  ): Promise<LogEntry[]> {
     const keys = this.keys(partition);
-    const raw = await this.#redis.outpostReadInflight(2, keys.inflight(aggregateId), keys.stream);
+    const indexes = (aggregateType ? [aggregateType] : AGGREGATE_TYPES).map(keys.inflight);
+    const raw = await this.#redis.outpostReadInflight(
+      indexes.length + 1,
+      keys.stream,
+      ...indexes,
+      aggregateId,
+    );
     return raw.map(decodeEntry);
   }
 
   async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
     const pipeline = this.#redis.pipeline();
     for (const keys of this.allKeys()) {
-      pipeline.smembers(keys.inflightAggregates(aggregateType));
+      pipeline.hkeys(keys.inflight(aggregateType));
     }
     const replies = (await pipeline.exec()) ?? [];
     return replies.flatMap(([err, ids], partition) => {
@@ -219,10 +263,7 @@ export class EventLog {
       return 0;
     }
     const keys = this.keys(partition);
-    const recordKeys = records.flatMap((r) => [
-      keys.inflight(r.aggregateId),
-      keys.inflightAggregates(r.aggregateType),
-    ]);
+    const recordKeys = records.map((r) => keys.inflight(r.aggregateType));
     const allKeys = [
       keys.stream,
       keys.eventIndex,

@@ -25,10 +25,14 @@ export type PartitionKeys = {
   discarded: string;
   /** Attempts per entry id, for entries whose application failed on data. */
   attempts: string;
-  /** Entry ids of an aggregate's unacknowledged events, in stream order: the merged read's input. */
-  inflight: (aggregateId: string) => string;
-  /** Ids of aggregates of a type that have unacknowledged events: the merged list's input. */
-  inflightAggregates: (aggregateType: string) => string;
+  /**
+   * The in-flight index of an aggregate type: a hash of aggregate id -> its unacknowledged entry
+   * ids in stream order (space-separated). The merged read's and the merged list's input.
+   */
+  inflight: (aggregateType: string) => string;
+  /** Earlier builds' layout (a list per aggregate, a set per type), folded in by ensureGroups. */
+  legacyInflight: (aggregateId: string) => string;
+  legacyInflightAggregates: (aggregateType: string) => string;
   /** The status of an executed obs unit, for atomic finish/patch checks in the append script. */
   unitState: (unitId: string) => string;
   idempotency: (scopeHash: string) => string;
@@ -47,8 +51,9 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     deadIndex: `${prefix}:dead-index`,
     blockedAggregates: `${prefix}:blocked-aggregates`,
     discarded: `${prefix}:discarded`,
-    inflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
-    inflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
+    inflight: (aggregateType) => `${prefix}:inflight-ids:${aggregateType}`,
+    legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
+    legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,
     idempotency: (scopeHash) => `${prefix}:idem:${scopeHash}`,
   };

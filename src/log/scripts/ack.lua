@@ -2,7 +2,7 @@
 -- merged read never sees an event both missing from the indexes and missing from the replica.
 --
 -- KEYS[1] stream  KEYS[2] event index  KEYS[3] applied queue  KEYS[4] applied LSN hash
--- KEYS[5] attempts  KEYS[5 + 2i - 1] inflight list of record i  KEYS[5 + 2i] inflight aggregates set
+-- KEYS[5] attempts  KEYS[5 + i] in-flight index of record i's aggregate type
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 local acked = 0
 for i = 2, #ARGV do
@@ -15,11 +15,7 @@ for i = 2, #ARGV do
   redis.call('HDEL', KEYS[2], event_id)
   redis.call('HDEL', KEYS[4], entry_id)
   redis.call('HDEL', KEYS[5], entry_id)
-  local inflight = 4 + 2 * (i - 1)
-  redis.call('LREM', KEYS[inflight], 1, entry_id)
-  if redis.call('LLEN', KEYS[inflight]) == 0 then
-    redis.call('SREM', KEYS[inflight + 1], aggregate_id)
-  end
+  inflight_remove(KEYS[4 + i], aggregate_id, entry_id)
   redis.call('LPOP', KEYS[3])
 end
 return acked

@@ -3,7 +3,7 @@
 -- append once and two racing finishes of one unit cannot both pass the guard.
 --
 -- KEYS[1] stream  KEYS[2] event index  KEYS[3] idempotency key  KEYS[4] unit state key
--- KEYS[4 + 2i - 1] inflight list of event i  KEYS[4 + 2i] inflight aggregates set of event i
+-- KEYS[4 + i] in-flight index (of event i's aggregate type)
 -- ARGV[1] JSON {idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl}, events:[{fields,event_id,aggregate_id}]}
 local req = cjson.decode(ARGV[1])
 
@@ -43,8 +43,7 @@ local reply = {'appended'}
 for i, event in ipairs(req.events) do
   local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
   redis.call('HSET', KEYS[2], event.event_id, id)
-  redis.call('RPUSH', KEYS[3 + 2 * i], id)
-  redis.call('SADD', KEYS[4 + 2 * i], event.aggregate_id)
+  inflight_add(KEYS[4 + i], event.aggregate_id, id)
   reply[i + 1] = id
 end
 

@@ -3,16 +3,13 @@
 -- aggregate is marked blocked, so its later events follow it instead of applying out of order.
 --
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] event index  KEYS[4] attempts
--- KEYS[5] inflight list  KEYS[6] inflight aggregates set  KEYS[7] dead index  KEYS[8] blocked aggregates
+-- KEYS[5] in-flight index  KEYS[6] dead index  KEYS[7] blocked aggregates
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5..] dead-letter fields
 local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
-redis.call('LREM', KEYS[5], 1, ARGV[2])
-if redis.call('LLEN', KEYS[5]) == 0 then
-  redis.call('SREM', KEYS[6], ARGV[4])
-end
-redis.call('HSET', KEYS[7], ARGV[3], dead_id)
-redis.call('SADD', KEYS[8], ARGV[4])
+inflight_remove(KEYS[5], ARGV[4], ARGV[2])
+redis.call('HSET', KEYS[6], ARGV[3], dead_id)
+redis.call('SADD', KEYS[7], ARGV[4])
 return dead_id
