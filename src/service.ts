@@ -149,6 +149,7 @@ export const startService = async (
         logger: logger.child({ module: 'projector' }),
         metrics,
         live,
+        onApplied: () => acker?.nudge(),
       })
     : undefined;
   const acker = runsProjector

@@ -20,6 +20,13 @@ export type AckerDeps = {
 };
 
 const ACK_BATCH = 1000;
+/**
+ * After a batch is applied, the replica usually replays it within a few milliseconds: poll this
+ * often, this many times, rather than waiting out the interval. A replica that stays behind
+ * falls back to the interval.
+ */
+const QUICK_POLL_MS = 2;
+const QUICK_POLLS = 15;
 
 /** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
 export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
@@ -50,6 +57,10 @@ export class Acker {
   #lastError: string | undefined;
   #acked = 0;
   #passes = 0;
+  /** Whether the last pass left entries the replica had not reached. */
+  #behind = false;
+  #quickPolls = 0;
+  #wake: (() => void) | undefined;
   readonly breaker: CircuitBreaker;
 
   constructor(deps: AckerDeps) {
@@ -78,6 +89,31 @@ export class Acker {
     this.#running ??= this.#run();
   }
 
+  /** A batch was just recorded as applied: look at the replica now and keep looking closely. */
+  nudge(): void {
+    this.#quickPolls = QUICK_POLLS;
+    this.#wake?.();
+  }
+
+  /** Waits `ms`, or less when nudged or stopped. */
+  #sleep(ms: number): Promise<void> {
+    const { signal } = this.#abort;
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        signal.removeEventListener('abort', done);
+        this.#wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      signal.addEventListener('abort', done, { once: true });
+      this.#wake = done;
+      if (signal.aborted) {
+        done();
+      }
+    });
+  }
+
   async stop(): Promise<void> {
     this.#abort.abort();
     await this.#running;
@@ -94,7 +130,11 @@ export class Acker {
         this.breaker.recordSuccess();
         this.#backoff.reset();
         this.#lastError = undefined;
-        await pause(this.#deps.intervalMs, this.#abort.signal);
+        const quick = this.#behind && this.#quickPolls > 0;
+        this.#quickPolls = quick ? this.#quickPolls - 1 : 0;
+        await this.#sleep(
+          quick ? Math.min(QUICK_POLL_MS, this.#deps.intervalMs) : this.#deps.intervalMs,
+        );
       } catch (err) {
         this.breaker.recordFailure();
         this.#lastError = (err as Error).message;
@@ -112,6 +152,7 @@ export class Acker {
       eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition)),
     );
     if (waiting.every((n) => n === 0)) {
+      this.#behind = false;
       return 0;
     }
     const position = await replicaPosition(this.#deps.replica, this.#deps.replicaIsMain);
@@ -120,15 +161,22 @@ export class Acker {
     // Partitions are independent: their round trips to Redis overlap (and leave in one write on
     // the auto-pipelined connection), so a pass costs a few round trips, not a few per partition.
     const acked = await Promise.all(
-      waiting.map((count, partition) => (count > 0 ? this.#ackPartition(partition, replayed) : 0)),
+      waiting.map((count, partition) =>
+        count > 0 ? this.#ackPartition(partition, replayed) : { acked: 0, behind: false },
+      ),
     );
-    const total = acked.reduce((sum, n) => sum + n, 0);
+    const total = acked.reduce((sum, p) => sum + p.acked, 0);
+    this.#behind = acked.some((p) => p.behind);
     this.#acked += total;
     this.#passes += 1;
     return total;
   }
 
-  async #ackPartition(partition: number, replayed: Lsn): Promise<number> {
+  /** Acknowledges what the replica reached; `behind` when records past it are left waiting. */
+  async #ackPartition(
+    partition: number,
+    replayed: Lsn,
+  ): Promise<{ acked: number; behind: boolean }> {
     const { eventLog, metrics } = this.#deps;
     let total = 0;
     const lsnOf = lsnParser();
@@ -139,7 +187,7 @@ export class Acker {
       const firstAhead = records.findIndex((r) => lsnOf(r.lsn) > replayed);
       const ready = firstAhead === -1 ? records : records.slice(0, firstAhead);
       if (ready.length === 0) {
-        return total;
+        return { acked: total, behind: records.length > 0 };
       }
       await eventLog.ack(partition, ready);
       const now = Date.now();
@@ -161,7 +209,7 @@ export class Acker {
       }
       total += ready.length;
       if (ready.length < records.length || records.length < ACK_BATCH) {
-        return total;
+        return { acked: total, behind: ready.length < records.length };
       }
     }
   }

@@ -28,6 +28,8 @@ export type ProjectorDeps = {
   logger: Logger;
   metrics: Metrics;
   live?: LivePublisher;
+  /** Told after each batch is recorded as applied: the acker starts watching the replica. */
+  onApplied?: () => void;
 };
 
 export type ProjectorStats = {
@@ -175,7 +177,10 @@ export class Projector {
       leaseValid: () => this.#leases.isValid(lease.partition),
       breaker: this.breaker,
       logger: this.#deps.logger.child({ partition: lease.partition }),
-      onBatch: ({ applied, ms }) => this.#record(applied, ms),
+      onBatch: ({ applied, ms }) => {
+        this.#record(applied, ms);
+        this.#deps.onApplied?.();
+      },
       onFailure: () => {
         this.#failures += 1;
       },
