@@ -203,16 +203,37 @@ export const startService = async (
   if (role !== 'projector') {
     await live.start();
   }
-  const server =
-    role === 'projector'
-      ? serve({ fetch: createOperationsApp(appDeps).fetch, port: config.port, hostname: '0.0.0.0' })
-      : serve({
-          fetch: createApp(appDeps).fetch,
-          port: config.port,
-          hostname: '0.0.0.0',
-          websocket: { server: new WebSocketServer({ noServer: true }) },
-        });
-  const port = await listeningPort(server);
+  let server: ReturnType<typeof serve> | undefined;
+  let port = 0;
+  if (role === 'projector') {
+    server = serve({
+      fetch: createOperationsApp(appDeps).fetch,
+      port: config.port,
+      hostname: '0.0.0.0',
+    });
+    try {
+      port = await listeningPort(server);
+    } catch (err) {
+      // A projector started next to an API process with the same environment: projecting
+      // matters more than its probes, so it runs on without them rather than failing.
+      if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+        throw err;
+      }
+      logger.warn(
+        { port: config.port },
+        'OUTPOST_PORT is taken: this projector serves no /health or /metrics; give it a port of its own',
+      );
+      server = undefined;
+    }
+  } else {
+    server = serve({
+      fetch: createApp(appDeps).fetch,
+      port: config.port,
+      hostname: '0.0.0.0',
+      websocket: { server: new WebSocketServer({ noServer: true }) },
+    });
+    port = await listeningPort(server);
+  }
   logger.info({ port, role }, 'started');
 
   let stopping: Promise<void> | undefined;
@@ -222,11 +243,14 @@ export const startService = async (
       // Live clients never end their requests on their own: end their sessions first, so the
       // server can close.
       await timed(logger, 'live feed', () => live.stop());
-      await timed(logger, 'http', () => {
-        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-        (server as { closeAllConnections?: () => void }).closeAllConnections?.();
-        return closed;
-      });
+      if (server) {
+        const open = server;
+        await timed(logger, 'http', () => {
+          const closed = new Promise<void>((resolve) => open.close(() => resolve()));
+          (open as { closeAllConnections?: () => void }).closeAllConnections?.();
+          return closed;
+        });
+      }
       tokens.stop();
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());

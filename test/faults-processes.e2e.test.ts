@@ -51,8 +51,25 @@ void describe('process faults under load', () => {
       const { accepted, failures } = await load.stop();
       assert.deepEqual(failures, []);
       await audit(h, accepted);
-      projector.child.kill('SIGTERM');
-      await exited(projector.child);
+
+      // A projector started with a port already taken (next to an API with the same
+      // environment) runs on without its operations endpoints instead of failing.
+      const twin = await h.spawnServe('projector', {
+        OUTPOST_PORT: String(projector.port),
+        OUTPOST_CONSUMER: 'twin',
+      });
+      await waitFor(() => /OUTPOST_PORT is taken/.test(twin.output()), 'the port clash noticed');
+      await waitFor(
+        async () =>
+          (await h.mainRows("SELECT 1 FROM partition_leases WHERE owner = 'twin'")).length > 0,
+        'the twin to take a share of the partitions',
+        30_000,
+      );
+      assert.equal(twin.child.exitCode, null, 'still running');
+      for (const process of [projector, twin]) {
+        process.child.kill('SIGTERM');
+        await exited(process.child);
+      }
     });
   });
 
