@@ -2,7 +2,7 @@ import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
-import { startTestStack } from '../test/harness/services.ts';
+import { dropSites, startTestStack, type TestSite, takeSites } from '../test/harness/services.ts';
 
 /**
  * Finds the test files of a tier and runs them with node:test. Integration and end-to-end tiers
@@ -62,16 +62,43 @@ const main = async () => {
     };
     process.once('SIGINT', () => stopAndExit('SIGINT'));
     process.once('SIGTERM', () => stopAndExit('SIGTERM'));
+    const failed: { file: string; sites: TestSite[] }[] = [];
     try {
       process.env.TEST_STACK = JSON.stringify(stack);
       process.stdout.write(
         `test stack: ${relative(process.cwd(), stack.dir) || stack.dir} main ${stack.mainPort} replica ${stack.replicaPort} redis ${stack.redisPort}\n`,
       );
       // One file at a time: specs pause replica replay or kill processes, which the whole
-      // cluster would feel.
-      ok = (await runFiles(serviceFiles, 1)) && ok;
+      // cluster would feel. A file that passed leaves nothing behind; one that failed keeps its
+      // databases and Redis keys for inspection.
+      for (const file of serviceFiles) {
+        const passed = await runFiles([file], 1);
+        const sites = takeSites(stack.dir);
+        if (passed) {
+          await dropSites(stack, sites);
+        } else {
+          failed.push({ file: relative(process.cwd(), file), sites });
+        }
+      }
     } finally {
-      await stack.stop();
+      await stack.stop({ keep: failed.length > 0 });
+    }
+    const passedFiles = serviceFiles.length - failed.length;
+    process.stdout.write(`\nservice test files: ${passedFiles} passed, ${failed.length} failed\n`);
+    if (failed.length > 0) {
+      ok = false;
+      const { dir } = stack;
+      process.stdout.write(`kept for inspection (servers stopped): ${dir}\n`);
+      for (const { file, sites } of failed) {
+        const names = sites.map((s) => `${s.database} (Redis ${s.namespace}:*)`).join(', ');
+        process.stdout.write(`  ${file}: ${names || 'no site registered'}\n`);
+      }
+      process.stdout.write(
+        `  start it again: node --import tsx scripts/test-stack.ts up ${dir}\n` +
+          `  then: psql -h 127.0.0.1 -p ${stack.mainPort} -U postgres <database>; ` +
+          `redis-cli -p ${stack.redisPort}\n` +
+          `  stop it: node --import tsx scripts/test-stack.ts down ${dir}; remove it: rm -rf ${dir}\n`,
+      );
     }
   }
   process.exitCode = ok ? 0 : 1;

@@ -187,7 +187,7 @@ const canQuery = async (url: string): Promise<boolean> => {
   }
 };
 
-const readState = (dir: string): StackOptions | undefined => {
+export const readState = (dir: string): StackOptions | undefined => {
   const file = pathsOf(dir).state;
   return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as StackOptions) : undefined;
 };

@@ -9,7 +9,7 @@ import { createRedis } from '../../src/log/redis.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { type Role, type Service, startService } from '../../src/service.ts';
 import type { StackOptions } from '../../src/stack/stack.ts';
-import { freePort, type TestStack, withDatabase } from './services.ts';
+import { freePort, recordSite, type TestStack, withDatabase } from './services.ts';
 
 // biome-ignore lint/suspicious/noExplicitAny: tests read response fields directly and assert on them
 export type HttpResult = { status: number; body: any; headers: Headers; text: string };
@@ -140,6 +140,7 @@ export class Harness {
     await admin.connect();
     await admin.query(`CREATE DATABASE ${database} TEMPLATE ${stack.template}`);
     await admin.end();
+    recordSite(stack, { database, namespace: `outpost:${database}` });
     const config: Config = {
       port: 0,
       site: 'test-site',
@@ -324,16 +325,10 @@ export class Harness {
     for (const service of this.services.splice(0)) {
       await service.stop();
     }
-    const keys = await this.redis.keys(`${this.config.namespace}:*`);
-    if (keys.length > 0) {
-      await this.redis.del(...keys);
-    }
+    // The database and Redis keys stay: the runner drops them once the file passed, and keeps
+    // them for inspection when it failed.
     this.redis.disconnect();
     await this.main.end();
     await this.replica.end();
-    const admin = new pg.Client({ connectionString: withDatabase(this.stack.mainUrl, 'postgres') });
-    await admin.connect();
-    await admin.query(`DROP DATABASE IF EXISTS ${this.database} WITH (FORCE)`);
-    await admin.end();
   }
 }

@@ -1,7 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { runMigrations } from '../../src/db/migrate.ts';
 import { type StackOptions, stackDown, stackUp, urlsOf } from '../../src/stack/stack.ts';
@@ -20,6 +21,63 @@ export type TestStack = {
 
 export const TEMPLATE_DATABASE = 't_migrated';
 
+/** A test's site: its database (on primary and replica) and its Redis key namespace. */
+export type TestSite = { database: string; namespace: string };
+
+const sitesFile = (dir: string) => join(dir, 'sites.jsonl');
+
+/**
+ * Registers a site with the runner, which drops it once its file passed and keeps it for
+ * inspection when the file failed (pg-boss: "only drop schema if test passed").
+ */
+export const recordSite = (stack: TestStack, site: TestSite) =>
+  appendFileSync(sitesFile(stack.dir), `${JSON.stringify(site)}\n`);
+
+/** The sites registered since the last call. */
+export const takeSites = (dir: string): TestSite[] => {
+  const file = sitesFile(dir);
+  if (!existsSync(file)) {
+    return [];
+  }
+  const sites = readFileSync(file, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as TestSite);
+  rmSync(file);
+  return sites;
+};
+
+export const dropSites = async (stack: TestStack, sites: readonly TestSite[]) => {
+  if (sites.length === 0) {
+    return;
+  }
+  const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
+  const redis = new Redis(stack.redisUrl);
+  try {
+    await admin.connect();
+    for (const site of sites) {
+      await admin.query(`DROP DATABASE IF EXISTS ${site.database} WITH (FORCE)`);
+      let cursor = '0';
+      do {
+        const [next, keys] = await redis.scan(
+          cursor,
+          'MATCH',
+          `${site.namespace}:*`,
+          'COUNT',
+          1000,
+        );
+        if (keys.length > 0) {
+          await redis.del(...keys);
+        }
+        cursor = next;
+      } while (cursor !== '0');
+    }
+  } finally {
+    redis.disconnect();
+    await admin.end();
+  }
+};
+
 export const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {
     const server = createServer();
@@ -34,7 +92,9 @@ export const withDatabase = (url: string, database: string) =>
   url.replace(/\/[^/]*$/, `/${database}`);
 
 /** Starts a primary, a streaming replica and Redis with AOF on free ports in a temporary folder. */
-export const startTestStack = async (): Promise<TestStack & { stop: () => Promise<void> }> => {
+export const startTestStack = async (): Promise<
+  TestStack & { stop: (options?: { keep?: boolean }) => Promise<void> }
+> => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-test-'));
   const options: StackOptions = {
     dir,
@@ -45,9 +105,12 @@ export const startTestStack = async (): Promise<TestStack & { stop: () => Promis
     appendfsync: 'always',
     fastUnsafePostgres: true,
   };
-  const stop = async () => {
+  /** Stops the servers; `keep` leaves their data for inspection (see scripts/test-stack.ts). */
+  const stop = async ({ keep = false } = {}) => {
     await stackDown(dir).catch(() => undefined);
-    rmSync(dir, { recursive: true, force: true });
+    if (!keep) {
+      rmSync(dir, { recursive: true, force: true });
+    }
   };
   try {
     const urls = urlsOf(options);
