@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { audit, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
+import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
@@ -17,6 +17,22 @@ void describe('admin and incident tools', () => {
     await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
     await h.close();
   });
+
+  /** A unit start that the main database refuses, so it ends as a dead letter; then allowed again. */
+  const deadLetteredStart = async (obsUnitId: string) => {
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const poison = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: obsUnitId, instrument: 'poison' })
+    ).body as { id: string; event_id: string };
+    await waitFor(
+      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
+      'dead-lettered',
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    return poison;
+  };
 
   const unknownId = '01900000-0000-7000-8000-000000000000';
   const adminCalls: [string, string, unknown?][] = [
@@ -124,18 +140,49 @@ void describe('admin and incident tools', () => {
     await audit(h, await streamEventIds(h));
   });
 
-  void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
-    await h.main.query(
-      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
-    );
-    const poison = (
-      await h.post('/executed_obs_units/start', { obs_unit_id: 'discard-me', instrument: 'poison' })
-    ).body;
+  void it('honours Idempotency-Key on admin actions: a repeat answers the first response and does nothing', async () => {
+    const poison = await deadLetteredStart('retry-once');
+    const retry = () =>
+      h.request('POST', `/admin/dead-letters/${poison.event_id}/retry`, undefined, {
+        ...auth(TOKEN),
+        'idempotency-key': 'retry-1',
+      });
+    const first = await retry();
+    assert.equal(first.status, 200, first.text);
+    const again = await retry();
+    assert.equal(again.status, 200, 'not 404: the same key answers the first retry');
+    assert.deepEqual(again.body, first.body);
+    assert.equal(again.headers.get('idempotent-replayed'), 'true');
     await waitFor(
-      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
-      'dead-lettered',
+      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'confirmed',
+      'the retried event confirmed',
     );
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const entries = (
+      await Promise.all(
+        eventLogOf(h)
+          .allKeys()
+          .map((k) => h.redis.xrange(k.stream, '-', '+')),
+      )
+    ).flat();
+    const appended = entries.filter(([, fields]) => fields.includes(poison.event_id));
+    assert.equal(appended.length, 2, 'the original entry and one retry, not two');
+
+    const replay = (body: unknown) =>
+      h.request('POST', '/admin/replay', body, { ...auth(TOKEN), 'idempotency-key': 'replay-1' });
+    const dry = await replay({ from: '0', dry_run: true });
+    assert.equal(dry.status, 200, dry.text);
+    const different = await replay({ from: '0', dry_run: false });
+    assert.equal(different.status, 409);
+    assert.equal(different.body.error.code, 'idempotency_key_reused');
+    const badKey = await h.request('POST', '/admin/integrity/refresh', undefined, {
+      ...auth(TOKEN),
+      'idempotency-key': 'has space',
+    });
+    assert.equal(badKey.status, 400);
+  });
+
+  void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
+    const poison = await deadLetteredStart('discard-me');
 
     const noReason = await h.request(
       'DELETE',

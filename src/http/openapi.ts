@@ -505,8 +505,9 @@ export const OPERATIONS: readonly OperationSpec[] = [
     tag: 'admin',
     summary: 'Put a dead-lettered event back on its partition stream',
     responses: [{ status: 200, description: 'retried', schema: 'DeadLetterRetried' }],
-    errors: ['not_found'],
+    errors: ['idempotency_key_reused', 'conflict', 'not_found'],
     admin: true,
+    idempotent: true,
   },
   {
     method: 'delete',
@@ -536,8 +537,9 @@ export const OPERATIONS: readonly OperationSpec[] = [
       },
     },
     responses: [{ status: 200, description: 'discarded', schema: 'DeadLetterDiscarded' }],
-    errors: [...BODY_ERRORS, 'not_found'],
+    errors: ['idempotency_key_reused', 'conflict', ...BODY_ERRORS, 'not_found'],
     admin: true,
+    idempotent: true,
   },
   {
     method: 'post',
@@ -573,8 +575,9 @@ export const OPERATIONS: readonly OperationSpec[] = [
       'Events the main database lacks are given back to the projector with their own ' +
       '`event_id`, so its dedupe, ordering and dead-letter rules apply; the call waits for them.',
     responses: [{ status: 200, description: 'what the replay did', schema: 'ReplayResult' }],
-    errors: BODY_ERRORS,
+    errors: ['idempotency_key_reused', 'conflict', ...BODY_ERRORS],
     admin: true,
+    idempotent: true,
   },
   {
     method: 'get',
@@ -594,8 +597,9 @@ export const OPERATIONS: readonly OperationSpec[] = [
     summary: 'Refresh the integrity views now',
     description: 'Runs `outpost_refresh_integrity()` on the main database and waits for it.',
     responses: [{ status: 200, description: 'refreshed', schema: 'IntegrityRefresh' }],
-    errors: ['main_unavailable'],
+    errors: ['idempotency_key_reused', 'conflict', 'main_unavailable'],
     admin: true,
+    idempotent: true,
   },
 ];
 

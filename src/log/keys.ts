@@ -66,5 +66,9 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
  */
 export const liveStreamKey = (namespace: string) => `${namespace}:live`;
 
+/** The outcome of an admin action under one Idempotency-Key scope (not a partition's). */
+export const adminIdempotencyKey = (namespace: string, scopeHash: string) =>
+  `${namespace}:admin-idem:${scopeHash}`;
+
 export const allPartitionKeys = (namespace: string, partitions: number): PartitionKeys[] =>
   Array.from({ length: partitions }, (_, partition) => partitionKeys(namespace, partition));

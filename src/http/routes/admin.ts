@@ -5,6 +5,7 @@ import { noAnomalies } from '../../integrity/problems.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
+import { onceForKey } from '../admin-idempotency.ts';
 import { hasBody, readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
@@ -62,12 +63,14 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         }
       }
     }
-    const report = await replay(
-      { eventLog: deps.eventLog, main: deps.main, live: deps.live },
-      { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
-    );
-    c.get('logger').info({ report }, 'replay finished');
-    return c.json(report);
+    return onceForKey(c, deps, value, async () => {
+      const report = await replay(
+        { eventLog: deps.eventLog, main: deps.main, live: deps.live },
+        { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
+      );
+      c.get('logger').info({ report }, 'replay finished');
+      return c.json(report);
+    });
   });
 
   app.get('/admin/pending', async (c) => {
@@ -112,18 +115,21 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   );
 
   app.post('/admin/dead-letters/:id/retry', async (c) => {
-    const dead = await deadLetterOf(uuidParam(c, 'id', 'dead letter'));
-    const entryId = await deps.deadLetters.retry(dead);
-    if (!entryId) {
-      throw notFound('dead letter');
-    }
-    c.get('logger').info({ eventId: dead.event_id, entryId }, 'dead letter retried');
-    return c.json({
-      id: dead.id,
-      event_id: dead.event_id,
-      partition: dead.partition,
-      entry_id: entryId,
-      retried: true,
+    const id = uuidParam(c, 'id', 'dead letter');
+    return onceForKey(c, deps, null, async () => {
+      const dead = await deadLetterOf(id);
+      const entryId = await deps.deadLetters.retry(dead);
+      if (!entryId) {
+        throw notFound('dead letter');
+      }
+      c.get('logger').info({ eventId: dead.event_id, entryId }, 'dead letter retried');
+      return c.json({
+        id: dead.id,
+        event_id: dead.event_id,
+        partition: dead.partition,
+        entry_id: entryId,
+        retried: true,
+      });
     });
   });
 
@@ -141,46 +147,50 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
       ]);
     }
-    const dead = await deadLetterOf(id);
-    const auditId = await deps.deadLetters.discard(dead, reason, 'admin-api');
-    if (!auditId) {
-      throw notFound('dead letter');
-    }
-    c.get('logger').warn({ eventId: dead.event_id, reason, auditId }, 'dead letter discarded');
-    return c.json({
-      id: dead.id,
-      event_id: dead.event_id,
-      discarded: true,
-      reason,
-      audit_id: auditId,
+    return onceForKey(c, deps, { reason }, async () => {
+      const dead = await deadLetterOf(id);
+      const auditId = await deps.deadLetters.discard(dead, reason, 'admin-api');
+      if (!auditId) {
+        throw notFound('dead letter');
+      }
+      c.get('logger').warn({ eventId: dead.event_id, reason, auditId }, 'dead letter discarded');
+      return c.json({
+        id: dead.id,
+        event_id: dead.event_id,
+        discarded: true,
+        reason,
+        audit_id: auditId,
+      });
     });
   });
 };
 
 export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
-  app.post('/admin/integrity/refresh', async (c) => {
-    const snapshot = await refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true).catch(
-      (err: unknown) => {
-        throw new ApiError(
-          'log_unavailable',
-          'the main database cannot refresh the integrity views now',
-          undefined,
-          {
-            cause: err,
-            retryAfterSeconds: 30,
-          },
-        );
-      },
-    );
-    if (!snapshot) {
-      throw new Error('integrity refresh returned no snapshot');
-    }
-    return c.json({
-      refreshed_at: snapshot.refreshed_at,
-      duration_ms: snapshot.duration_ms,
-      anomalies: snapshot.anomalies,
-    });
-  });
+  app.post('/admin/integrity/refresh', (c) =>
+    onceForKey(c, deps, null, async () => {
+      const snapshot = await refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true).catch(
+        (err: unknown) => {
+          throw new ApiError(
+            'log_unavailable',
+            'the main database cannot refresh the integrity views now',
+            undefined,
+            {
+              cause: err,
+              retryAfterSeconds: 30,
+            },
+          );
+        },
+      );
+      if (!snapshot) {
+        throw new Error('integrity refresh returned no snapshot');
+      }
+      return c.json({
+        refreshed_at: snapshot.refreshed_at,
+        duration_ms: snapshot.duration_ms,
+        anomalies: snapshot.anomalies,
+      });
+    }),
+  );
 
   app.get('/admin/integrity', async (c) => {
     const snapshot = await replicaCall(latestSnapshot(deps.replica));
