@@ -44,11 +44,21 @@ export const createPool = ({
     idle_in_transaction_session_timeout: idleInTransactionTimeoutMs,
   });
 
-/** Runs `work` in one transaction on one connection, rolling back on any error. */
+/**
+ * Runs `work` in one transaction on one connection, rolling back on any error. `commit` gives the
+ * text that ends it: `COMMIT`, possibly followed by statements that must run after it, sent in the
+ * same round trip; their results come back in `committed`.
+ */
 export const withTransaction = async <T>(
   pool: pg.Pool,
   work: (client: pg.PoolClient) => Promise<T>,
-): Promise<{ result: T; client: pg.PoolClient; release: (err?: Error) => void }> => {
+  commit: (result: T) => string = () => 'COMMIT',
+): Promise<{
+  result: T;
+  committed: pg.QueryResult[];
+  client: pg.PoolClient;
+  release: (err?: Error) => void;
+}> => {
   const client = await pool.connect();
   // A checked-out client whose server goes away between statements emits 'error'; without a
   // listener that would crash the process instead of failing this transaction.
@@ -61,8 +71,10 @@ export const withTransaction = async <T>(
   try {
     await client.query('BEGIN');
     const result = await work(client);
-    await client.query('COMMIT');
-    return { result, client, release: releaseOnce };
+    // Several statements in one simple query answer an array of results, one statement a result.
+    const reply = (await client.query(commit(result))) as pg.QueryResult | pg.QueryResult[];
+    const committed = Array.isArray(reply) ? reply : [reply];
+    return { result, committed, client, release: releaseOnce };
   } catch (err) {
     if (!isServerError(err)) {
       // A timeout or a dead socket: a ROLLBACK would only wait out another timeout. Destroying

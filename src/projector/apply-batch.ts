@@ -3,7 +3,7 @@ import { type Queryable, withTransaction } from '../db/client.ts';
 import {
   type AggregateRow,
   appliedEventIds,
-  currentWalFlushLsn,
+  commitStampingSql,
   type EventRow,
   type HeadRow,
   headSeqs,
@@ -11,7 +11,7 @@ import {
   PROJECTION_TABLES,
   type ProjectionTable,
   projectionRows,
-  stampCommitLsn,
+  stampedLsnOf,
   writeBatch,
 } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
@@ -195,39 +195,35 @@ export const applyBatch = async (
   // acker would acknowledge events that no longer exist. The projector's pool sets
   // synchronous_commit=on in each connection's startup packet, which outranks the server's,
   // database's and role's defaults (service.ts, projectorPool).
-  const { result, client, release } = await withTransaction(pool, async (tx) => {
-    const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
-    const seen = new Set<string>();
-    const fresh: LogEntry[] = [];
-    const duplicates: LogEntry[] = [];
-    for (const entry of entries) {
-      const id = entry.event.event_id;
-      (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
-      seen.add(id);
-    }
-    const plan = planBatch(fresh, await loadStates(tx, fresh), partition, heldAggregates);
-    await writePlan(tx, plan, lease);
-    const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
-    return { plan, duplicates, lacksLsn };
-  });
-  try {
-    const needLsn = [...result.plan.applied, ...result.lacksLsn].map((e) => e.event.event_id);
-    const batchLsn = await stampCommitLsn(client, needLsn);
-    // Acknowledge only once the replica also has the commit_lsn update, so a confirmed event
-    // never shows on the replica without its LSN.
-    const commitLsn = needLsn.length > 0 ? await currentWalFlushLsn(client) : batchLsn;
-    release();
-    return {
-      applied: result.plan.applied,
-      duplicates: result.duplicates,
-      failed: result.plan.failed,
-      deferred: result.plan.deferred,
-      commitLsn,
-    };
-  } catch (err) {
-    release(err as Error);
-    throw err;
-  }
+  const { result, committed, release } = await withTransaction(
+    pool,
+    async (tx) => {
+      const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
+      const seen = new Set<string>();
+      const fresh: LogEntry[] = [];
+      const duplicates: LogEntry[] = [];
+      for (const entry of entries) {
+        const id = entry.event.event_id;
+        (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
+        seen.add(id);
+      }
+      const plan = planBatch(fresh, await loadStates(tx, fresh), partition, heldAggregates);
+      await writePlan(tx, plan, lease);
+      const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
+      return { plan, duplicates, lacksLsn };
+    },
+    // Applied events and duplicates committed earlier without their LSN (a crash in between).
+    ({ plan, lacksLsn }) =>
+      commitStampingSql([...plan.applied, ...lacksLsn].map((e) => e.event.event_id)),
+  );
+  release();
+  return {
+    applied: result.plan.applied,
+    duplicates: result.duplicates,
+    failed: result.plan.failed,
+    deferred: result.plan.deferred,
+    commitLsn: stampedLsnOf(committed),
+  };
 };
 
 const unique = <T>(values: readonly T[]): T[] => [...new Set(values)];

@@ -237,25 +237,43 @@ export const upsertProjection = async (
  * cannot receive before the next commit or WAL-writer round (up to wal_writer_delay, 200 ms):
  * acknowledgements would wait for unrelated work.
  */
-export const currentWalFlushLsn = async (db: Queryable): Promise<string> => {
-  const { rows } = await db.query<{ lsn: string }>(
-    'SELECT pg_current_wal_flush_lsn()::text AS lsn',
-  );
-  return rows[0]?.lsn ?? '';
-};
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /**
- * Records the commit LSN of a just-committed batch on its events (those that lack one) and returns
- * it: the WAL flush position read at the start of this statement, which runs after the batch's
- * synchronous COMMIT returned, so it is at or past the batch's commit record.
+ * Ends an applying transaction and records its commit LSN in one round trip: `COMMIT`, then, in
+ * a transaction of its own, stamp the events that lack a commit LSN with the flush position read
+ * at that point (after the synchronous COMMIT, so at or past its record), then read the flush
+ * position once more, past the stamp's own commit: the LSN acknowledgement waits for, so no event
+ * is confirmed on the replica without its LSN. Statements of one simple query run in order and
+ * stop at the first error. The ids are inlined (a simple query takes no parameters); they are
+ * the event_ids just written as `uuid`, and anything else is refused here.
  */
-export const stampCommitLsn = async (db: Queryable, eventIds: readonly string[]) => {
-  const { rows } = await db.query<{ lsn: string }>(
-    `WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn),
-          stamped AS (UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
-                       WHERE event_id = ANY($1::uuid[]) AND commit_lsn IS NULL)
-     SELECT lsn::text AS lsn FROM batch`,
-    [eventIds],
-  );
-  return rows[0]?.lsn ?? '';
+export const commitStampingSql = (eventIds: readonly string[]): string => {
+  const flushLsn = 'SELECT pg_current_wal_flush_lsn()::text AS lsn';
+  if (eventIds.length === 0) {
+    return `COMMIT; ${flushLsn}`;
+  }
+  for (const id of eventIds) {
+    if (!UUID.test(id)) {
+      throw new Error(`not a UUID, refusing to inline it: ${JSON.stringify(id)}`);
+    }
+  }
+  const ids = eventIds.map((id) => `'${id}'`).join(',');
+  return `COMMIT;
+    BEGIN;
+    WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
+    UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
+     WHERE event_id IN (${ids}) AND commit_lsn IS NULL;
+    COMMIT;
+    ${flushLsn}`;
+};
+
+/** The LSN the last statement of `commitStampingSql` read. */
+export const stampedLsnOf = (results: readonly { rows: unknown[] }[]): string => {
+  const row = results.at(-1)?.rows[0] as { lsn?: string } | undefined;
+  if (!row?.lsn) {
+    throw new Error('the commit answered no LSN');
+  }
+  return row.lsn;
 };
