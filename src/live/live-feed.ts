@@ -17,6 +17,11 @@ const READ_COUNT = 1_000;
  */
 const LISTENER_TTL_MS = 600_000;
 const LISTENER_CHECK_MS = 1_000;
+/**
+ * A "nobody listens" answer is kept this long, so a write costs no Redis round trip for the
+ * check; the first client after a quiet spell waits it out before its stream starts.
+ */
+const QUIET_CHECK_MS = 250;
 
 export type LiveFeedDeps = {
   /** The process's shared connection: publishing and resume ranges. */
@@ -57,19 +62,39 @@ export class LiveFeed {
   }
 
   /**
-   * Whether any process of the site had a live client within the listener TTL. Only a yes is
-   * cached (for a second): a client that just subscribed elsewhere must not miss the next write.
+   * Whether any process of the site had a live client within the listener TTL: a yes is kept for
+   * a second, a no for QUIET_CHECK_MS (see `announceListener`).
    */
   async #anyoneListening(): Promise<boolean> {
     if (this.#listeners.size > 0) {
       return true;
     }
-    if (this.#listened && Date.now() - this.#listenedCheckedAt < LISTENER_CHECK_MS) {
-      return true;
+    const keepMs = this.#listened ? LISTENER_CHECK_MS : QUIET_CHECK_MS;
+    if (Date.now() - this.#listenedCheckedAt < keepMs) {
+      return this.#listened;
     }
     this.#listenedCheckedAt = Date.now();
     this.#listened = (await this.#deps.redis.exists(this.#listenersKey)) === 1;
     return this.#listened;
+  }
+
+  /**
+   * Marks the site as listened to before a client's stream starts. When nobody listened before,
+   * other processes may still hold a "nobody listens" answer for up to QUIET_CHECK_MS and skip
+   * publishing: wait that out, so the client misses nothing published once its stream began.
+   */
+  async announceListener(): Promise<void> {
+    const previous = await this.#deps.redis.call(
+      'SET',
+      this.#listenersKey,
+      '1',
+      'PX',
+      String(LISTENER_TTL_MS),
+      'GET',
+    );
+    if (previous === null) {
+      await new Promise((resolve) => setTimeout(resolve, QUIET_CHECK_MS));
+    }
   }
 
   #markListening(): void {

@@ -2,6 +2,7 @@ import { upgradeWebSocket } from '@hono/node-server';
 import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { WebSocket } from 'ws';
+import type { LiveFeed } from '../../live/live-feed.ts';
 import {
   filterOf,
   isLiveId,
@@ -36,14 +37,23 @@ const resumePosition = (c: Context, query: LiveQueryType): string | undefined =>
   return since;
 };
 
+const announce = (feed: LiveFeed) =>
+  feed.announceListener().catch((err: unknown) => {
+    throw new ApiError('log_unavailable', 'the live feed cannot be reached right now', undefined, {
+      cause: err,
+      retryAfterSeconds: 1,
+    });
+  });
+
 export const registerLiveRoutes = (app: App, deps: AppDeps) => {
   const maxBufferedBytes = deps.config.liveClientBufferBytes ?? DEFAULT_CLIENT_BUFFER_BYTES;
   const { metrics } = deps;
 
-  app.get('/events/live', (c) => {
+  app.get('/events/live', async (c) => {
     const query = readQuery(c, LiveQuery);
     const since = resumePosition(c, query);
     const feed = feedOf(deps);
+    await announce(feed);
     const logger = c.get('logger');
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
     return streamSSE(c, async (stream) => {
@@ -99,8 +109,9 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
           426,
         );
       }
-      feedOf(deps);
+      const feed = feedOf(deps);
       readQuery(c, LiveQuery);
+      await announce(feed);
       await next();
     },
     upgradeWebSocket(
