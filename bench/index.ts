@@ -28,6 +28,8 @@ const onlyArg = process.argv.indexOf('--only');
 const only = onlyArg === -1 ? undefined : new Set((process.argv[onlyArg + 1] ?? '').split(','));
 const want = (scenario: string) => only === undefined || only.has(scenario);
 const PARTITIONS = 8;
+/** The projector's batch size, and the raw ceiling's INSERT size, so both move together. */
+const BATCH_SIZE = Number(process.env.BENCH_BATCH_SIZE ?? 500);
 const DURATION = quick ? 2 : 10;
 const E2E_DURATION = quick ? 3 : 60;
 const DRAIN_EVENTS = quick ? 10_000 : 200_000;
@@ -76,6 +78,7 @@ const main = async () => {
     REDIS_URL: site.redis,
     OUTPOST_NAMESPACE: site.namespace,
     OUTPOST_PARTITIONS: String(PARTITIONS),
+    OUTPOST_BATCH_SIZE: String(BATCH_SIZE),
     OUTPOST_PORT: '0',
     OUTPOST_ADMIN_TOKEN: 'bench',
     LOG_LEVEL: 'info',
@@ -430,8 +433,8 @@ const preload = async (eventLog: EventLog, n: number): Promise<Envelope[]> => {
 const rawInsertCeiling = async (pool: pg.Pool, events: Envelope[]) => {
   await pool.query('CREATE TABLE events_raw (LIKE events INCLUDING ALL)');
   const batches: Envelope[][] = [];
-  for (let i = 0; i < events.length; i += 500) {
-    batches.push(events.slice(i, i + 500));
+  for (let i = 0; i < events.length; i += BATCH_SIZE) {
+    batches.push(events.slice(i, i + BATCH_SIZE));
   }
   const started = performance.now();
   let next = 0;
