@@ -45,20 +45,16 @@ export const createPool = ({
   });
 
 /**
- * Runs `work` in one transaction on one connection, rolling back on any error. `commit` gives the
- * text that ends it: `COMMIT`, possibly followed by statements that must run after it, sent in the
- * same round trip; their results come back in `committed`.
+ * Runs `work` in one transaction on one connection, rolling back on any error, and returns the
+ * connection to the pool. `commit` gives the text that ends it: `COMMIT`, possibly followed by
+ * statements that must run after it, sent in the same round trip; their results come back in
+ * `committed`.
  */
 export const withTransaction = async <T>(
   pool: pg.Pool,
   work: (client: pg.PoolClient) => Promise<T>,
   commit: (result: T) => string = () => 'COMMIT',
-): Promise<{
-  result: T;
-  committed: pg.QueryResult[];
-  client: pg.PoolClient;
-  release: (err?: Error) => void;
-}> => {
+): Promise<{ result: T; committed: pg.QueryResult[] }> => {
   const client = await pool.connect();
   // A checked-out client whose server goes away between statements emits 'error'; without a
   // listener that would crash the process instead of failing this transaction.
@@ -73,8 +69,8 @@ export const withTransaction = async <T>(
     const result = await work(client);
     // Several statements in one simple query answer an array of results, one statement a result.
     const reply = (await client.query(commit(result))) as pg.QueryResult | pg.QueryResult[];
-    const committed = Array.isArray(reply) ? reply : [reply];
-    return { result, committed, client, release: releaseOnce };
+    releaseOnce();
+    return { result, committed: Array.isArray(reply) ? reply : [reply] };
   } catch (err) {
     if (!isServerError(err)) {
       // A timeout or a dead socket: a ROLLBACK would only wait out another timeout. Destroying

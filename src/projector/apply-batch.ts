@@ -195,7 +195,7 @@ export const applyBatch = async (
   // acker would acknowledge events that no longer exist. The projector's pool sets
   // synchronous_commit=on in each connection's startup packet, which outranks the server's,
   // database's and role's defaults (service.ts, projectorPool).
-  const { result, committed, release } = await withTransaction(
+  const { result, committed } = await withTransaction(
     pool,
     async (tx) => {
       const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
@@ -216,7 +216,6 @@ export const applyBatch = async (
     ({ plan, lacksLsn }) =>
       commitStampingSql([...plan.applied, ...lacksLsn].map((e) => e.event.event_id)),
   );
-  release();
   return {
     applied: result.plan.applied,
     duplicates: result.duplicates,

@@ -73,12 +73,9 @@ export const releaseLease = async (db: Queryable, lease: Lease) => {
 };
 
 /**
- * The fencing check, run last inside the applying transaction: the share lock holds off a taker
- * until this transaction ends, and a lost lease rolls everything back.
- */
-/**
- * The fencing check: a row while `lease` is current, share-locked so that a taker's UPDATE of
- * the lease waits for the checking transaction to end. Its parameters are `$first` (partition),
+ * The fencing check, run last inside the applying transaction (see writeBatch): a row while
+ * `lease` is current, share-locked so that a taker's UPDATE of the lease waits for the checking
+ * transaction to end. Its parameters are `$first` (partition),
  * `$first + 1` (owner) and `$first + 2` (token), so it can sit inside a larger statement.
  */
 export const leaseHeldSql = (first: number) =>
