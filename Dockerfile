@@ -1,22 +1,21 @@
 # Outpost service image: API, projector, acker and scheduler (`serve`), or one role of them
 # (`serve --only api|projector`), and the CLI (`migrate`, `pending`, `dead`, `integrity`).
 
-# --- deps: install exactly what package-lock.json says ---------------------------------------
+# --- deps: install exactly what package-lock.json says, without devDependencies ---------------
 FROM node:20-bookworm-slim AS deps
 WORKDIR /app
 # Only the manifests, so editing source does not invalidate the npm ci layer.
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# tsx is a runtime dependency (the service runs its TypeScript through `node --import tsx`),
+# so TypeScript, Biome, drizzle-kit, autocannon and BullMQ stay out of the image.
+RUN npm ci --omit=dev --no-audit --no-fund
 
 # --- runtime ---------------------------------------------------------------------------------
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 
-# node_modules comes from the deps stage as is, devDependencies included, instead of a second
-# `npm ci --omit=dev`: the service runs its TypeScript through tsx (node --import tsx), and
-# tsx is a devDependency. Moving tsx (and its esbuild) to dependencies in package.json would
-# let this stage use --omit=dev and drop TypeScript, Biome and drizzle-kit from the image.
+# The runtime stage gets node_modules only, not npm's cache or the deps stage's other layers.
 COPY --from=deps /app/node_modules ./node_modules
 # Everything else the service reads at run time: src/, migrations/ (found relative to
 # src/db/migrate.ts), bin/, tsconfig.json, package.json. .dockerignore keeps out the rest.

@@ -16,5 +16,17 @@ for dockerfile in Dockerfile deploy/postgres/Dockerfile; do
 done
 grep -qE '^USER [^r]' Dockerfile || { echo "Dockerfile: the service must run as a non-root USER"; exit 1; }
 grep -q '^HEALTHCHECK' Dockerfile || { echo "Dockerfile: HEALTHCHECK missing"; exit 1; }
-grep -q 'npm ci' Dockerfile || { echo "Dockerfile: install with npm ci"; exit 1; }
+grep -q 'npm ci --omit=dev' Dockerfile || { echo "Dockerfile: install with npm ci --omit=dev"; exit 1; }
+[ "$(grep -c '^FROM ' Dockerfile)" -ge 2 ] || { echo "Dockerfile: build in stages (deps, then runtime)"; exit 1; }
+grep -q '^COPY --from=' Dockerfile || { echo "Dockerfile: the runtime stage copies from the deps stage"; exit 1; }
+# What the image runs must work with production dependencies only: install them as the deps
+# stage does, into a scratch copy of what `COPY . .` brings, and run the CLI from there.
+image_root="$(mktemp -d)"
+trap 'rm -rf "$image_root"' EXIT
+cp package.json package-lock.json tsconfig.json "$image_root"/
+cp -r src bin migrations "$image_root"/
+(cd "$image_root" && npm ci --omit=dev --no-audit --no-fund --loglevel=error >/dev/null)
+if [ -d "$image_root/node_modules/typescript" ]; then echo "Dockerfile: --omit=dev still installed TypeScript"; exit 1; fi
+(cd "$image_root" && node --import tsx src/cli/main.ts --help >/dev/null) \
+  || { echo "Dockerfile: the CLI does not start with production dependencies only"; exit 1; }
 echo "deploy files ok"
