@@ -85,6 +85,8 @@ export type Attempt = { at: string; error: string };
 /** The site's local log: partition streams in Redis and the indexes the read path needs. */
 export class EventLog {
   readonly #redis: Redis & Commands;
+  /** Built once: every append and read needs its partition's keys. */
+  readonly #keys: PartitionKeys[];
 
   constructor(
     redis: Redis,
@@ -96,14 +98,16 @@ export class EventLog {
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     this.#redis = redis as Redis & Commands;
+    this.#keys = allPartitionKeys(namespace, partitions);
   }
 
   keys(partition: number): PartitionKeys {
-    return partitionKeys(this.namespace, partition);
+    // A partition past the configured count (a dead letter from before a resize) still has keys.
+    return this.#keys[partition] ?? partitionKeys(this.namespace, partition);
   }
 
-  allKeys(): PartitionKeys[] {
-    return allPartitionKeys(this.namespace, this.partitions);
+  allKeys(): readonly PartitionKeys[] {
+    return this.#keys;
   }
 
   async ensureGroups(): Promise<void> {
