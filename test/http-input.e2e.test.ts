@@ -34,6 +34,31 @@ void describe('HTTP input', () => {
     return result.body.error;
   };
 
+  void describe('x-request-id', () => {
+    void it("echoes the client's request id on an accepted write, a read and a refusal", async () => {
+      const requestId = `probe-${randomUUID()}`;
+      const header = { 'x-request-id': requestId };
+      const accepted = await h.post('/executed_obs_units/start', start, header);
+      assert.equal(accepted.status, 201);
+      assert.equal(accepted.headers.get('x-request-id'), requestId);
+      const read = await h.get(`/executed_obs_units/${accepted.body.id}`, header);
+      assert.equal(read.status, 200);
+      assert.equal(read.headers.get('x-request-id'), requestId);
+      const refused = await h.post('/executed_obs_units/start', { instrument: 'miri' }, header);
+      assert.equal(refused.status, 400);
+      assert.equal(refused.headers.get('x-request-id'), requestId);
+      assert.equal(refused.body.error.requestId, requestId);
+    });
+
+    void it('makes one up when the client sends none or an unusable one', async () => {
+      const fresh = await h.post('/executed_obs_units/start', start, {
+        'x-request-id': 'no spaces',
+      });
+      assert.equal(fresh.status, 201);
+      assert.match(fresh.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/);
+    });
+  });
+
   void describe('Idempotency-Key', () => {
     void it('replays the original response and appends nothing for the same key and body', async () => {
       const key = { 'Idempotency-Key': `key-${randomUUID()}` };
@@ -49,6 +74,12 @@ void describe('HTTP input', () => {
       assert.equal(again.status, 201);
       assert.deepEqual(again.body, first.body);
       assert.deepEqual(await streamEventIds(h), eventsAfterFirst);
+      assert.equal(first.headers.get('idempotent-replayed'), null);
+      assert.equal(again.headers.get('idempotent-replayed'), 'true');
+      for (const response of [first, again]) {
+        assert.match(response.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/);
+        assert.equal(response.headers.get('content-type'), 'application/json');
+      }
     });
 
     void it('refuses the same key with a different body with 409 idempotency_key_reused', async () => {

@@ -6,7 +6,7 @@ import { newIdInPartition, partitionForText, randomPartition } from '../domain/i
 import { CURRENT_VERSIONS } from '../domain/upcast.ts';
 import { acceptedMessages } from '../live/live-message.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
-import type { AppDeps } from './context.ts';
+import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -135,5 +135,7 @@ export const respond = (c: Context, deps: AppDeps, outcome: AcceptOutcome, start
     throw new Error(`unexpected append outcome ${outcome.kind}`);
   }
   deps.metrics.ingestDuration.observe((performance.now() - startedMs) / 1000);
-  return c.json(outcome.response.body as object, outcome.response.status);
+  const { body, status } = outcome.response;
+  // A replay carries the Idempotent-Replayed header set above, which only c.json applies.
+  return outcome.kind === 'replayed' ? c.json(body as object, status) : fastJson(c, body, status);
 };

@@ -3,7 +3,7 @@ import type { Context } from 'hono';
 import stringify from 'safe-stable-stringify';
 import { adminIdempotencyKey } from '../log/keys.ts';
 import { idempotencyScope } from './accept.ts';
-import type { AppDeps } from './context.ts';
+import { type AppDeps, requestLogger } from './context.ts';
 import { ApiError } from './errors.ts';
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
@@ -87,7 +87,7 @@ export const onceForKey = async (
     const body = await response.clone().text();
     await redis
       .set(key, `done\n${hash}\n${response.status}\n${body}`, 'EX', REMEMBER_SECONDS)
-      .catch((err: unknown) => c.get('logger').warn({ err }, 'idempotency record not stored'));
+      .catch((err: unknown) => requestLogger(c).warn({ err }, 'idempotency record not stored'));
   } else {
     await redis.del(key).catch(() => undefined);
   }

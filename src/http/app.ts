@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
 import { requireScope } from './auth.ts';
-import type { AppDeps, HonoEnv } from './context.ts';
+import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
 import { registerDocsRoutes } from './routes/docs.ts';
@@ -27,19 +27,23 @@ const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
     const incoming = c.req.header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     c.set('requestId', requestId);
-    c.set('logger', deps.logger.child({ requestId }));
-    c.header('x-request-id', requestId);
+    c.set('baseLogger', deps.logger);
     const started = performance.now();
     await next();
-    c.get('logger').debug(
-      {
-        method: c.req.method,
-        path: c.req.path,
-        status: c.res.status,
-        ms: performance.now() - started,
-      },
-      'request',
-    );
+    if (!c.get('requestIdSent')) {
+      c.header('x-request-id', requestId);
+    }
+    if (deps.logger.isLevelEnabled('debug')) {
+      requestLogger(c).debug(
+        {
+          method: c.req.method,
+          path: c.req.path,
+          status: c.res.status,
+          ms: performance.now() - started,
+        },
+        'request',
+      );
+    }
   });
 
   app.onError((err, c) => {
@@ -49,7 +53,7 @@ const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
         // 503s are the log or replica being away: degraded and self-healing, and one line per
         // refused request would bury the line that matters.
         const level = err.status === 503 ? 'warn' : 'error';
-        c.get('logger')[level]({ err, cause: err.cause }, 'request failed');
+        requestLogger(c)[level]({ err, cause: err.cause }, 'request failed');
       }
       if (err.retryAfterSeconds !== undefined) {
         c.header('Retry-After', String(err.retryAfterSeconds));
@@ -59,7 +63,7 @@ const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
         err.status,
       );
     }
-    c.get('logger').error({ err }, 'unexpected error');
+    requestLogger(c).error({ err }, 'unexpected error');
     return c.json(withRequestId(errorBody('internal', 'internal error'), requestId), 500);
   });
 

@@ -6,6 +6,9 @@ import { ApiError, type ErrorDetail } from './errors.ts';
 export const MAX_JSON_DEPTH = 32;
 export const MAX_FREE_JSON_BYTES = 64 * 1024;
 
+/** Reused: making a decoder costs more than decoding a small body, and decode() keeps no state. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 const JSON_CONTENT_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 
 const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
@@ -44,47 +47,59 @@ const pathOf = (path: readonly (string | number)[]) => path.join('.');
  */
 export const storableProblems = (value: unknown, path: (string | number)[] = []): ErrorDetail[] => {
   const problems: ErrorDetail[] = [];
-  const visit = (node: unknown, at: (string | number)[], depth: number) => {
+  // One path, pushed and popped along the walk: a body is walked on every write, and its
+  // path is only spelled out for the rare node that has a problem.
+  const at = [...path];
+  const report = (message: string) => problems.push({ path: pathOf(at), message });
+  const visit = (node: unknown, depth: number) => {
     if (problems.length >= 20) {
       return;
     }
     if (depth > MAX_JSON_DEPTH + 2) {
-      problems.push({ path: pathOf(at), message: `nested deeper than ${MAX_JSON_DEPTH} levels` });
+      report(`nested deeper than ${MAX_JSON_DEPTH} levels`);
       return;
     }
     if (typeof node === 'string') {
       if (node.includes('\u0000')) {
-        problems.push({ path: pathOf(at), message: 'contains a NUL character' });
+        report('contains a NUL character');
       }
     } else if (typeof node === 'number') {
       if (Number.isInteger(node) && !Number.isSafeInteger(node)) {
-        problems.push({ path: pathOf(at), message: 'integer beyond Number.MAX_SAFE_INTEGER' });
+        report('integer beyond Number.MAX_SAFE_INTEGER');
       }
     } else if (Array.isArray(node)) {
-      for (const [i, item] of node.entries()) {
-        visit(item, [...at, i], depth + 1);
+      for (let i = 0; i < node.length; i++) {
+        at.push(i);
+        visit(node[i], depth + 1);
+        at.pop();
       }
     } else if (node !== null && typeof node === 'object') {
-      for (const [key, item] of Object.entries(node)) {
+      for (const key in node) {
         if (key.includes('\u0000')) {
-          problems.push({ path: pathOf(at), message: 'has a key with a NUL character' });
+          report('has a key with a NUL character');
         }
-        visit(item, [...at, key], depth + 1);
+        at.push(key);
+        visit((node as Record<string, unknown>)[key], depth + 1);
+        at.pop();
       }
     }
   };
-  visit(value, path, 0);
+  visit(value, 0);
   return problems;
 };
 
 export const depthOf = (value: unknown): number => {
-  if (Array.isArray(value)) {
-    return 1 + Math.max(0, ...value.map(depthOf));
+  if (value === null || typeof value !== 'object') {
+    return 0;
   }
-  if (value !== null && typeof value === 'object') {
-    return 1 + Math.max(0, ...Object.values(value).map(depthOf));
+  let deepest = 0;
+  for (const item of Array.isArray(value) ? value : Object.values(value)) {
+    const depth = depthOf(item);
+    if (depth > deepest) {
+      deepest = depth;
+    }
   }
-  return 0;
+  return 1 + deepest;
 };
 
 /** Whether the request carries a body at all (Node gives even an empty request a stream). */
@@ -118,7 +133,7 @@ export const readJson = async <S extends z.ZodType>(
   const bytes = await readBytes(c, maxBytes);
   let text: string;
   try {
-    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+    text = UTF8.decode(bytes);
   } catch {
     throw new ApiError('invalid_utf8', 'request body is not valid UTF-8');
   }

@@ -1,3 +1,4 @@
+import type { Context } from 'hono';
 import type pg from 'pg';
 import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
@@ -28,8 +29,34 @@ export type AppDeps = {
 export type HonoEnv = {
   Variables: {
     requestId: string;
-    logger: Logger;
+    /** The process's logger; requestLogger binds it to the request on first use. */
+    baseLogger: Logger;
+    logger?: Logger;
+    /** Set by a handler whose response already carries the x-request-id header. */
+    requestIdSent?: true;
     /** Name of the API token the request was authorized with; stamped on the events it writes. */
     writer?: string;
   };
+};
+
+/** The request's logger, bound to its request id. Made on first use: most requests log nothing. */
+export const requestLogger = (c: Context): Logger => {
+  let logger = c.get('logger') as Logger | undefined;
+  if (logger === undefined) {
+    logger = (c.get('baseLogger') as Logger).child({ requestId: c.get('requestId') });
+    c.set('logger', logger);
+  }
+  return logger;
+};
+
+/**
+ * A JSON response with its headers as a plain object, so @hono/node-server writes it on its fast
+ * path; a header set through `c.header` turns every response into a `Headers` object first.
+ */
+export const fastJson = (c: Context, body: unknown, status: number): Response => {
+  c.set('requestIdSent', true);
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { 'content-type': 'application/json', 'x-request-id': c.get('requestId') as string },
+  });
 };

@@ -231,8 +231,8 @@ export class Harness {
     return this.request('POST', path, body, headers);
   }
 
-  get(path: string) {
-    return this.request('GET', path);
+  get(path: string, headers?: Record<string, string>) {
+    return this.request('GET', path, undefined, headers);
   }
 
   /** The environment that makes a separate `outpost serve` process run this harness's site. */

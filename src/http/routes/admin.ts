@@ -7,7 +7,7 @@ import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
 import { hasBody, readJson } from '../body.ts';
-import type { AppDeps } from '../context.ts';
+import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { type App, readQuery, replicaCall, uuidParam } from './shared.ts';
 
@@ -68,7 +68,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         { eventLog: deps.eventLog, main: deps.main, live: deps.live },
         { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
       );
-      c.get('logger').info({ report }, 'replay finished');
+      requestLogger(c).info({ report }, 'replay finished');
       return c.json(report);
     });
   });
@@ -122,7 +122,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       if (!entryId) {
         throw notFound('dead letter');
       }
-      c.get('logger').info({ eventId: dead.event_id, entryId }, 'dead letter retried');
+      requestLogger(c).info({ eventId: dead.event_id, entryId }, 'dead letter retried');
       return c.json({
         id: dead.id,
         event_id: dead.event_id,
@@ -153,7 +153,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       if (!auditId) {
         throw notFound('dead letter');
       }
-      c.get('logger').warn({ eventId: dead.event_id, reason, auditId }, 'dead letter discarded');
+      requestLogger(c).warn({ eventId: dead.event_id, reason, auditId }, 'dead letter discarded');
       return c.json({
         id: dead.id,
         event_id: dead.event_id,

@@ -10,7 +10,7 @@ import {
   type LiveQuery as LiveQueryType,
 } from '../../live/live-message.ts';
 import { LiveSession, type LiveSink } from '../../live/live-session.ts';
-import type { AppDeps } from '../context.ts';
+import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { type App, readQuery } from './shared.ts';
 
@@ -54,7 +54,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
     const since = resumePosition(c, query);
     const feed = feedOf(deps);
     await announce(feed);
-    const logger = c.get('logger');
+    const logger = requestLogger(c);
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
     return streamSSE(c, async (stream) => {
       const sink: LiveSink = {
@@ -117,7 +117,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
     upgradeWebSocket(
       (c) => {
         const query = LiveQuery.parse(c.req.query());
-        const logger = c.get('logger');
+        const logger = requestLogger(c);
         return {
           onOpen: (_event, ctx) => {
             // Hono's onClose needs CloseEvent, which Node 20 lacks: use the ws socket itself.
