@@ -125,6 +125,12 @@ const main = async () => {
       );
       const xaddResult = await load(post(xadd.port));
       await xadd.stop();
+      // Outpost's HTTP side alone (append stubbed): separates the web path from the log's cost.
+      const stubbed = await started(
+        startServer([...nodeArgs, 'bench/servers/stubbed-append.ts'], {}),
+      );
+      const stubbedResult = await load(post(stubbed.port));
+      await stubbed.stop();
       const ingestSite = await newSite();
       const api = await started(outpost(ingestSite, 'api'));
       const outpostResult = await load(post(api.port));
@@ -141,6 +147,7 @@ const main = async () => {
         bare_p99_ms: bareResult.p99_ms,
         xadd_p99_ms: xaddResult.p99_ms,
         outpost_errors: outpostResult.errors,
+        outpost_stubbed_append_rps: stubbedResult.rps,
         ratio_to_bare: round(outpostResult.rps / bareResult.rps),
         ratio_to_xadd: round(outpostResult.rps / xaddResult.rps),
       };

@@ -13,6 +13,11 @@ export const renderTable = (r: any): string => {
       '≥ 0.6 / ≥ 0.8',
     ],
     [
+      'ingest: Outpost with the append stubbed out (req/s): its HTTP side alone',
+      `${r.ingest.outpost_stubbed_append_rps ?? 'not measured'}`,
+      '',
+    ],
+    [
       'ingest: Outpost p50 / p99 / max (ms)',
       `${r.ingest.outpost_p50_ms} / ${r.ingest.outpost_p99_ms} / ${r.ingest.outpost_max_ms}`,
       'p99 ≤ 10',
