@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { encodeEntryFields } from '../src/log/codec.ts';
+import { compareEntryIds } from '../src/log/entry-id.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { Harness } from './harness/harness.ts';
@@ -115,5 +116,137 @@ void describe('the in-flight index', () => {
       1,
       'a second start moves nothing twice',
     );
+  });
+});
+
+void describe('group commit of appends', () => {
+  let h: Harness;
+  let redis: Redis;
+  let log: EventLog;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+    redis = h.serviceRedis();
+    await redis.connect();
+    log = new EventLog(redis, h.config.namespace, h.config.partitions);
+    await log.ensureGroups();
+  });
+  after(async () => {
+    redis.disconnect();
+    await h.close();
+  });
+
+  const scriptCalls = async () => {
+    const stats = await redis.info('commandstats');
+    return ['evalsha', 'eval']
+      .map((command) => Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(stats)?.[1] ?? 0))
+      .reduce((a, b) => a + b, 0);
+  };
+  const eventIn = (partition: number, n: number): Envelope => ({
+    ...fileEvent(newIdInPartition(partition, 4), n),
+    event_id: newIdInPartition(partition, 4),
+  });
+
+  void it('sends the writes that gather during a call as one script call, each answered as if alone', async () => {
+    const partition = 2;
+    const lengthBefore = await redis.xlen(log.keys(partition).stream);
+    const callsBefore = await scriptCalls();
+    const events = Array.from({ length: 200 }, (_, n) => eventIn(partition, n));
+    const results = await Promise.all(
+      events.map((event) => log.append({ partition, events: [event] })),
+    );
+    const calls = (await scriptCalls()) - callsBefore;
+    assert.ok(calls >= 2 && calls < 20, `200 writes took ${calls} script calls`);
+    const entryIds = results.map((r) => (r.kind === 'appended' ? (r.entryIds[0] ?? '') : r.kind));
+    assert.equal(new Set(entryIds).size, 200, 'each write has its own entry');
+    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 200);
+    // Entries are in arrival order, and each is where its index says.
+    assert.deepEqual([...entryIds].sort(compareEntryIds), entryIds);
+    for (const [i, event] of events.entries()) {
+      assert.equal(await log.entryIdOfEvent(event.event_id, partition), entryIds[i]);
+      const inflight = await log.readInflight(event.aggregate_id, partition, 'raw_data_file');
+      assert.deepEqual(
+        inflight.map((e) => e.event.event_id),
+        [event.event_id],
+      );
+    }
+  });
+
+  void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
+    const partition = 3;
+    const idempotency = (requestHash: string) => ({
+      scopeHash: 'scope-dup',
+      requestHash,
+      response: JSON.stringify({ status: 201, body: { first: true } }),
+    });
+    const lengthBefore = await redis.xlen(log.keys(partition).stream);
+    const same = Array.from({ length: 30 }, (_, n) =>
+      log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('a') }),
+    );
+    const other = Array.from({ length: 5 }, (_, n) =>
+      log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('b') }),
+    );
+    const kinds = (await Promise.all([...same, ...other])).map((r) => r.kind);
+    assert.deepEqual(kinds, [
+      'appended',
+      ...Array(29).fill('replayed'),
+      ...Array(5).fill('idempotency_conflict'),
+    ]);
+    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 1);
+  });
+
+  void it('lets exactly one of racing guarded transitions of a unit through', async () => {
+    const partition = 1;
+    const unitId = newIdInPartition(partition, 4);
+    const started = await log.append({
+      partition,
+      events: [eventIn(partition, 0)],
+      guard: { unitId, next: 'running', require: false },
+    });
+    assert.equal(started.kind, 'appended');
+    const finishes = await Promise.all(
+      Array.from({ length: 20 }, (_, n) =>
+        log.append({
+          partition,
+          events: [eventIn(partition, n)],
+          guard: { unitId, allowed: ['running', 'paused'], next: 'success', require: true },
+        }),
+      ),
+    );
+    assert.deepEqual(
+      finishes.map((r) => (r.kind === 'conflict' ? `conflict ${r.state}` : r.kind)),
+      ['appended', ...Array(19).fill('conflict success')],
+    );
+  });
+
+  void it('fails a request alone when Redis refuses it, and appends the rest of its batch', async () => {
+    const partition = 0;
+    // GET on a hash fails with WRONGTYPE: this request's idempotency check cannot run.
+    await redis.hset(log.keys(partition).idempotency('scope-broken'), 'x', '1');
+    const lengthBefore = await redis.xlen(log.keys(partition).stream);
+    const callsBefore = await scriptCalls();
+    const plain = (n: number) => log.append({ partition, events: [eventIn(partition, n)] });
+    const outcomes = await Promise.allSettled([
+      plain(0),
+      plain(1),
+      log.append({
+        partition,
+        events: [eventIn(partition, 2)],
+        idempotency: { scopeHash: 'scope-broken', requestHash: 'h', response: '{}' },
+      }),
+      plain(3),
+      plain(4),
+    ]);
+    // The first write goes alone; the four that gathered meanwhile share the second call.
+    assert.equal((await scriptCalls()) - callsBefore, 2);
+    assert.deepEqual(
+      outcomes.map((o) => (o.status === 'fulfilled' ? o.value.kind : 'rejected')),
+      ['appended', 'appended', 'rejected', 'appended', 'appended'],
+    );
+    const refused = outcomes[2];
+    assert.match(
+      refused?.status === 'rejected' ? String((refused.reason as Error).message) : '',
+      /WRONGTYPE/,
+    );
+    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 4);
   });
 });
