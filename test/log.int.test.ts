@@ -21,7 +21,7 @@ const fileEvent = (aggregateId: string, n: number): Envelope =>
     data: { n },
   }) as unknown as Envelope;
 
-void describe('the in-flight index', () => {
+void describe('the local log', () => {
   let h: Harness;
   let redis: Redis;
   let log: EventLog;
@@ -37,216 +37,205 @@ void describe('the in-flight index', () => {
     await h.close();
   });
 
-  void it('keeps each aggregate’s pending entries in stream order and forgets them once acknowledged', async () => {
-    const [a, b] = [newIdInPartition(0, 4), newIdInPartition(0, 4)];
-    const appended: string[] = [];
-    for (const [i, id] of [a, b, a, a].entries()) {
-      const result = await log.append({ partition: 0, events: [fileEvent(id as string, i)] });
-      assert.equal(result.kind, 'appended');
-      appended.push(result.kind === 'appended' ? (result.entryIds[0] ?? '') : '');
-    }
-    const ofA = await log.readInflight(a as string, 0);
-    assert.deepEqual(
-      ofA.map((e) => e.entryId),
-      [appended[0], appended[2], appended[3]],
-    );
-    assert.deepEqual(
-      (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id).sort(),
-      [a, b].sort(),
-    );
-    // Delivered to a consumer, as the projector would, so that XACK has something to acknowledge.
-    await redis.xreadgroup(
-      'GROUP',
-      CONSUMER_GROUP,
-      'c',
-      'COUNT',
-      10,
-      'STREAMS',
-      log.keys(0).stream,
-      '>',
-    );
-    // Acknowledge A's middle entry first, then the rest: order of removal does not matter.
-    const record = (entryId: string, aggregateId: string) => ({
-      lsn: '0/1',
-      entryId,
-      eventId: ofA.find((e) => e.entryId === entryId)?.event.event_id ?? 'x',
-      aggregateId,
-      aggregateType: 'raw_data_file',
-    });
-    await log.recordApplied(0, [record(appended[2] as string, a as string)]);
-    assert.equal(await log.ack(0, [record(appended[2] as string, a as string)]), 1);
-    assert.deepEqual(
-      (await log.readInflight(a as string, 0, 'raw_data_file')).map((e) => e.entryId),
-      [appended[0], appended[3]],
-    );
-    const rest = [
-      record(appended[0] as string, a as string),
-      record(appended[3] as string, a as string),
-    ];
-    await log.recordApplied(0, rest);
-    assert.equal(await log.ack(0, rest), 2);
-    assert.deepEqual(await log.readInflight(a as string, 0), []);
-    assert.deepEqual(
-      (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id),
-      [b],
-    );
-  });
-
-  void it('folds the per-aggregate lists of an earlier build into the index at start', async () => {
-    const keys = log.keys(1);
-    const aggregateId = newIdInPartition(1, 4);
-    const event = { ...fileEvent(aggregateId, 9), event_id: newIdInPartition(1, 4) };
-    // What an earlier build left behind: the entry, its list and its type's set.
-    const entryId = (await redis.xadd(keys.stream, '*', ...encodeEntryFields(event))) as string;
-    await redis.rpush(keys.legacyInflight(aggregateId), entryId);
-    await redis.sadd(keys.legacyInflightAggregates('raw_data_file'), aggregateId);
-    assert.deepEqual(await log.readInflight(aggregateId, 1), [], 'invisible before the upgrade');
-
-    await log.ensureGroups();
-    const entries = await log.readInflight(aggregateId, 1);
-    assert.deepEqual(
-      entries.map((e) => [e.entryId, e.event.event_id]),
-      [[entryId, event.event_id]],
-    );
-    assert.equal(await redis.exists(keys.legacyInflight(aggregateId)), 0);
-    assert.equal(await redis.exists(keys.legacyInflightAggregates('raw_data_file')), 0);
-    await log.ensureGroups();
-    assert.equal(
-      (await log.readInflight(aggregateId, 1)).length,
-      1,
-      'a second start moves nothing twice',
-    );
-  });
-});
-
-void describe('group commit of appends', () => {
-  let h: Harness;
-  let redis: Redis;
-  let log: EventLog;
-  before(async () => {
-    h = await Harness.start({ role: 'none' });
-    redis = h.serviceRedis();
-    await redis.connect();
-    log = new EventLog(redis, h.config.namespace, h.config.partitions);
-    await log.ensureGroups();
-  });
-  after(async () => {
-    redis.disconnect();
-    await h.close();
-  });
-
-  const scriptCalls = async () => {
-    const stats = await redis.info('commandstats');
-    return ['evalsha', 'eval']
-      .map((command) => Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(stats)?.[1] ?? 0))
-      .reduce((a, b) => a + b, 0);
-  };
-  const eventIn = (partition: number, n: number): Envelope => ({
-    ...fileEvent(newIdInPartition(partition, 4), n),
-    event_id: newIdInPartition(partition, 4),
-  });
-
-  void it('sends the writes that gather during a call as one script call, each answered as if alone', async () => {
-    const partition = 2;
-    const lengthBefore = await redis.xlen(log.keys(partition).stream);
-    const callsBefore = await scriptCalls();
-    const events = Array.from({ length: 200 }, (_, n) => eventIn(partition, n));
-    const results = await Promise.all(
-      events.map((event) => log.append({ partition, events: [event] })),
-    );
-    const calls = (await scriptCalls()) - callsBefore;
-    assert.ok(calls >= 2 && calls < 20, `200 writes took ${calls} script calls`);
-    const entryIds = results.map((r) => (r.kind === 'appended' ? (r.entryIds[0] ?? '') : r.kind));
-    assert.equal(new Set(entryIds).size, 200, 'each write has its own entry');
-    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 200);
-    // Entries are in arrival order, and each is where its index says.
-    assert.deepEqual([...entryIds].sort(compareEntryIds), entryIds);
-    for (const [i, event] of events.entries()) {
-      assert.equal(await log.entryIdOfEvent(event.event_id, partition), entryIds[i]);
-      const inflight = await log.readInflight(event.aggregate_id, partition, 'raw_data_file');
+  void describe('the in-flight index', () => {
+    void it('keeps each aggregate’s pending entries in stream order and forgets them once acknowledged', async () => {
+      const [a, b] = [newIdInPartition(0, 4), newIdInPartition(0, 4)];
+      const appended: string[] = [];
+      for (const [i, id] of [a, b, a, a].entries()) {
+        const result = await log.append({ partition: 0, events: [fileEvent(id as string, i)] });
+        assert.equal(result.kind, 'appended');
+        appended.push(result.kind === 'appended' ? (result.entryIds[0] ?? '') : '');
+      }
+      const ofA = await log.readInflight(a as string, 0);
       assert.deepEqual(
-        inflight.map((e) => e.event.event_id),
-        [event.event_id],
+        ofA.map((e) => e.entryId),
+        [appended[0], appended[2], appended[3]],
       );
-    }
+      assert.deepEqual(
+        (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id).sort(),
+        [a, b].sort(),
+      );
+      // Delivered to a consumer, as the projector would, so that XACK has something to acknowledge.
+      await redis.xreadgroup(
+        'GROUP',
+        CONSUMER_GROUP,
+        'c',
+        'COUNT',
+        10,
+        'STREAMS',
+        log.keys(0).stream,
+        '>',
+      );
+      // Acknowledge A's middle entry first, then the rest: order of removal does not matter.
+      const record = (entryId: string, aggregateId: string) => ({
+        lsn: '0/1',
+        entryId,
+        eventId: ofA.find((e) => e.entryId === entryId)?.event.event_id ?? 'x',
+        aggregateId,
+        aggregateType: 'raw_data_file',
+      });
+      await log.recordApplied(0, [record(appended[2] as string, a as string)]);
+      assert.equal(await log.ack(0, [record(appended[2] as string, a as string)]), 1);
+      assert.deepEqual(
+        (await log.readInflight(a as string, 0, 'raw_data_file')).map((e) => e.entryId),
+        [appended[0], appended[3]],
+      );
+      const rest = [
+        record(appended[0] as string, a as string),
+        record(appended[3] as string, a as string),
+      ];
+      await log.recordApplied(0, rest);
+      assert.equal(await log.ack(0, rest), 2);
+      assert.deepEqual(await log.readInflight(a as string, 0), []);
+      assert.deepEqual(
+        (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id),
+        [b],
+      );
+    });
+
+    void it('folds the per-aggregate lists of an earlier build into the index at start', async () => {
+      const keys = log.keys(1);
+      const aggregateId = newIdInPartition(1, 4);
+      const event = { ...fileEvent(aggregateId, 9), event_id: newIdInPartition(1, 4) };
+      // What an earlier build left behind: the entry, its list and its type's set.
+      const entryId = (await redis.xadd(keys.stream, '*', ...encodeEntryFields(event))) as string;
+      await redis.rpush(keys.legacyInflight(aggregateId), entryId);
+      await redis.sadd(keys.legacyInflightAggregates('raw_data_file'), aggregateId);
+      assert.deepEqual(await log.readInflight(aggregateId, 1), [], 'invisible before the upgrade');
+
+      await log.ensureGroups();
+      const entries = await log.readInflight(aggregateId, 1);
+      assert.deepEqual(
+        entries.map((e) => [e.entryId, e.event.event_id]),
+        [[entryId, event.event_id]],
+      );
+      assert.equal(await redis.exists(keys.legacyInflight(aggregateId)), 0);
+      assert.equal(await redis.exists(keys.legacyInflightAggregates('raw_data_file')), 0);
+      await log.ensureGroups();
+      assert.equal(
+        (await log.readInflight(aggregateId, 1)).length,
+        1,
+        'a second start moves nothing twice',
+      );
+    });
   });
 
-  void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
-    const partition = 3;
-    const idempotency = (requestHash: string) => ({
-      scopeHash: 'scope-dup',
-      requestHash,
-      response: JSON.stringify({ status: 201, body: { first: true } }),
+  void describe('group commit of appends', () => {
+    const scriptCalls = async () => {
+      const stats = await redis.info('commandstats');
+      return ['evalsha', 'eval']
+        .map((command) =>
+          Number(new RegExp(`cmdstat_${command}:calls=(\\d+)`).exec(stats)?.[1] ?? 0),
+        )
+        .reduce((a, b) => a + b, 0);
+    };
+    const eventIn = (partition: number, n: number): Envelope => ({
+      ...fileEvent(newIdInPartition(partition, 4), n),
+      event_id: newIdInPartition(partition, 4),
     });
-    const lengthBefore = await redis.xlen(log.keys(partition).stream);
-    const same = Array.from({ length: 30 }, (_, n) =>
-      log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('a') }),
-    );
-    const other = Array.from({ length: 5 }, (_, n) =>
-      log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('b') }),
-    );
-    const kinds = (await Promise.all([...same, ...other])).map((r) => r.kind);
-    assert.deepEqual(kinds, [
-      'appended',
-      ...Array(29).fill('replayed'),
-      ...Array(5).fill('idempotency_conflict'),
-    ]);
-    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 1);
-  });
 
-  void it('lets exactly one of racing guarded transitions of a unit through', async () => {
-    const partition = 1;
-    const unitId = newIdInPartition(partition, 4);
-    const started = await log.append({
-      partition,
-      events: [eventIn(partition, 0)],
-      guard: { unitId, next: 'running', require: false },
+    void it('sends the writes that gather during a call as one script call, each answered as if alone', async () => {
+      const partition = 2;
+      const lengthBefore = await redis.xlen(log.keys(partition).stream);
+      const callsBefore = await scriptCalls();
+      const events = Array.from({ length: 200 }, (_, n) => eventIn(partition, n));
+      const results = await Promise.all(
+        events.map((event) => log.append({ partition, events: [event] })),
+      );
+      const calls = (await scriptCalls()) - callsBefore;
+      assert.ok(calls >= 2 && calls < 20, `200 writes took ${calls} script calls`);
+      const entryIds = results.map((r) => (r.kind === 'appended' ? (r.entryIds[0] ?? '') : r.kind));
+      assert.equal(new Set(entryIds).size, 200, 'each write has its own entry');
+      assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 200);
+      // Entries are in arrival order, and each is where its index says.
+      assert.deepEqual([...entryIds].sort(compareEntryIds), entryIds);
+      for (const [i, event] of events.entries()) {
+        assert.equal(await log.entryIdOfEvent(event.event_id, partition), entryIds[i]);
+        const inflight = await log.readInflight(event.aggregate_id, partition, 'raw_data_file');
+        assert.deepEqual(
+          inflight.map((e) => e.event.event_id),
+          [event.event_id],
+        );
+      }
     });
-    assert.equal(started.kind, 'appended');
-    const finishes = await Promise.all(
-      Array.from({ length: 20 }, (_, n) =>
+
+    void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
+      const partition = 3;
+      const idempotency = (requestHash: string) => ({
+        scopeHash: 'scope-dup',
+        requestHash,
+        response: JSON.stringify({ status: 201, body: { first: true } }),
+      });
+      const lengthBefore = await redis.xlen(log.keys(partition).stream);
+      const same = Array.from({ length: 30 }, (_, n) =>
+        log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('a') }),
+      );
+      const other = Array.from({ length: 5 }, (_, n) =>
+        log.append({ partition, events: [eventIn(partition, n)], idempotency: idempotency('b') }),
+      );
+      const kinds = (await Promise.all([...same, ...other])).map((r) => r.kind);
+      assert.deepEqual(kinds, [
+        'appended',
+        ...Array(29).fill('replayed'),
+        ...Array(5).fill('idempotency_conflict'),
+      ]);
+      assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 1);
+    });
+
+    void it('lets exactly one of racing guarded transitions of a unit through', async () => {
+      const partition = 1;
+      const unitId = newIdInPartition(partition, 4);
+      const started = await log.append({
+        partition,
+        events: [eventIn(partition, 0)],
+        guard: { unitId, next: 'running', require: false },
+      });
+      assert.equal(started.kind, 'appended');
+      const finishes = await Promise.all(
+        Array.from({ length: 20 }, (_, n) =>
+          log.append({
+            partition,
+            events: [eventIn(partition, n)],
+            guard: { unitId, allowed: ['running', 'paused'], next: 'success', require: true },
+          }),
+        ),
+      );
+      assert.deepEqual(
+        finishes.map((r) => (r.kind === 'conflict' ? `conflict ${r.state}` : r.kind)),
+        ['appended', ...Array(19).fill('conflict success')],
+      );
+    });
+
+    void it('fails a request alone when Redis refuses it, and appends the rest of its batch', async () => {
+      const partition = 0;
+      // GET on a hash fails with WRONGTYPE: this request's idempotency check cannot run.
+      await redis.hset(log.keys(partition).idempotency('scope-broken'), 'x', '1');
+      const lengthBefore = await redis.xlen(log.keys(partition).stream);
+      const callsBefore = await scriptCalls();
+      const plain = (n: number) => log.append({ partition, events: [eventIn(partition, n)] });
+      const outcomes = await Promise.allSettled([
+        plain(0),
+        plain(1),
         log.append({
           partition,
-          events: [eventIn(partition, n)],
-          guard: { unitId, allowed: ['running', 'paused'], next: 'success', require: true },
+          events: [eventIn(partition, 2)],
+          idempotency: { scopeHash: 'scope-broken', requestHash: 'h', response: '{}' },
         }),
-      ),
-    );
-    assert.deepEqual(
-      finishes.map((r) => (r.kind === 'conflict' ? `conflict ${r.state}` : r.kind)),
-      ['appended', ...Array(19).fill('conflict success')],
-    );
-  });
-
-  void it('fails a request alone when Redis refuses it, and appends the rest of its batch', async () => {
-    const partition = 0;
-    // GET on a hash fails with WRONGTYPE: this request's idempotency check cannot run.
-    await redis.hset(log.keys(partition).idempotency('scope-broken'), 'x', '1');
-    const lengthBefore = await redis.xlen(log.keys(partition).stream);
-    const callsBefore = await scriptCalls();
-    const plain = (n: number) => log.append({ partition, events: [eventIn(partition, n)] });
-    const outcomes = await Promise.allSettled([
-      plain(0),
-      plain(1),
-      log.append({
-        partition,
-        events: [eventIn(partition, 2)],
-        idempotency: { scopeHash: 'scope-broken', requestHash: 'h', response: '{}' },
-      }),
-      plain(3),
-      plain(4),
-    ]);
-    // The first write goes alone; the four that gathered meanwhile share the second call.
-    assert.equal((await scriptCalls()) - callsBefore, 2);
-    assert.deepEqual(
-      outcomes.map((o) => (o.status === 'fulfilled' ? o.value.kind : 'rejected')),
-      ['appended', 'appended', 'rejected', 'appended', 'appended'],
-    );
-    const refused = outcomes[2];
-    assert.match(
-      refused?.status === 'rejected' ? String((refused.reason as Error).message) : '',
-      /WRONGTYPE/,
-    );
-    assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 4);
+        plain(3),
+        plain(4),
+      ]);
+      // The first write goes alone; the four that gathered meanwhile share the second call.
+      assert.equal((await scriptCalls()) - callsBefore, 2);
+      assert.deepEqual(
+        outcomes.map((o) => (o.status === 'fulfilled' ? o.value.kind : 'rejected')),
+        ['appended', 'appended', 'rejected', 'appended', 'appended'],
+      );
+      const refused = outcomes[2];
+      assert.match(
+        refused?.status === 'rejected' ? String((refused.reason as Error).message) : '',
+        /WRONGTYPE/,
+      );
+      assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 4);
+    });
   });
 });
