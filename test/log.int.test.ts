@@ -206,6 +206,27 @@ void describe('the local log', () => {
       );
     });
 
+    void it('fails a request that cannot be encoded alone, and sends the rest', async () => {
+      const partition = 2;
+      const lengthBefore = await redis.xlen(log.keys(partition).stream);
+      const unencodable = { ...eventIn(partition, 0), data: { n: 1n } } as unknown as Envelope;
+      const outcomes = await Promise.allSettled([
+        log.append({ partition, events: [eventIn(partition, 1)] }),
+        log.append({ partition, events: [unencodable] }),
+        log.append({ partition, events: [eventIn(partition, 2)] }),
+      ]);
+      assert.deepEqual(
+        outcomes.map((o) => (o.status === 'fulfilled' ? o.value.kind : 'rejected')),
+        ['appended', 'rejected', 'appended'],
+      );
+      assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 2);
+      // The partition still takes writes afterwards.
+      assert.equal(
+        (await log.append({ partition, events: [eventIn(partition, 3)] })).kind,
+        'appended',
+      );
+    });
+
     void it('fails a request alone when Redis refuses it, and appends the rest of its batch', async () => {
       const partition = 0;
       // GET on a hash fails with WRONGTYPE: this request's idempotency check cannot run.

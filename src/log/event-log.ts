@@ -108,21 +108,33 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
   return waiting.splice(0, count);
 };
 
-/** One request as the append script reads it; `k` is the index of its first key in KEYS. */
-const encodeAppend = (request: AppendRequest, k: number) => ({
-  k,
-  idem: request.idempotency && {
-    hash: request.idempotency.requestHash,
-    response: request.idempotency.response,
-    ttl: IDEMPOTENCY_TTL_SECONDS,
+/**
+ * One request as the append script reads it, and its keys: idempotency record, unit status and
+ * each event's in-flight index. `k` is the index of the first of them in the script's KEYS.
+ */
+const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) => ({
+  keys: [
+    keys.idempotency(request.idempotency?.scopeHash ?? 'none'),
+    keys.unitState(request.guard?.unitId ?? 'none'),
+    ...request.events.map((event) => keys.inflight(event.aggregate_type)),
+  ],
+  payload: {
+    k,
+    idem: request.idempotency && {
+      hash: request.idempotency.requestHash,
+      response: request.idempotency.response,
+      ttl: IDEMPOTENCY_TTL_SECONDS,
+    },
+    guard: request.guard && { ...request.guard, unitId: undefined, ttl: UNIT_STATE_TTL_SECONDS },
+    events: request.events.map((event) => ({
+      fields: encodeEntryFields(event),
+      event_id: event.event_id,
+      aggregate_id: event.aggregate_id,
+    })),
   },
-  guard: request.guard && { ...request.guard, unitId: undefined, ttl: UNIT_STATE_TTL_SECONDS },
-  events: request.events.map((event) => ({
-    fields: encodeEntryFields(event),
-    event_id: event.event_id,
-    aggregate_id: event.aggregate_id,
-  })),
 });
+
+type EncodedAppend = ReturnType<typeof encodeAppend>['payload'];
 
 const appendResult = ([kind, ...rest]: string[]): AppendResult => {
   switch (kind) {
@@ -234,23 +246,36 @@ export class EventLog {
     if (waiting.length === 0) {
       this.#gathering.delete(partition);
     }
-    this.#sending.add(partition);
     const keys = this.keys(partition);
     const scriptKeys = [keys.stream, keys.eventIndex];
-    const requests = batch.map(({ request }) => {
-      const first = scriptKeys.length + 1;
-      scriptKeys.push(
-        keys.idempotency(request.idempotency?.scopeHash ?? 'none'),
-        keys.unitState(request.guard?.unitId ?? 'none'),
-        ...request.events.map((event) => keys.inflight(event.aggregate_type)),
-      );
-      return encodeAppend(request, first);
-    });
-    this.#redis
-      .outpostAppend(scriptKeys.length, ...scriptKeys, JSON.stringify(requests))
+    const sent: GatheredAppend[] = [];
+    const requests: EncodedAppend[] = [];
+    for (const item of batch) {
+      // A request that cannot be encoded fails alone, before anything is sent.
+      try {
+        const encoded = encodeAppend(item.request, keys, scriptKeys.length + 1);
+        scriptKeys.push(...encoded.keys);
+        requests.push(encoded.payload);
+        sent.push(item);
+      } catch (err) {
+        item.reject(err);
+      }
+    }
+    if (sent.length === 0) {
+      this.#sendGathered(partition);
+      return;
+    }
+    this.#sending.add(partition);
+    // Through a promise constructor, so even a synchronous throw reaches the handlers below and
+    // the partition's next batch is still sent.
+    new Promise<string[][]>((resolve) =>
+      resolve(
+        this.#redis.outpostAppend(scriptKeys.length, ...scriptKeys, JSON.stringify(requests)),
+      ),
+    )
       .then(
         (replies) => {
-          for (const [i, { resolve, reject }] of batch.entries()) {
+          for (const [i, { resolve, reject }] of sent.entries()) {
             const reply = replies[i];
             if (reply === undefined || reply[0] === 'failed') {
               reject(new Error(`append failed in Redis: ${reply?.[1] ?? 'no reply'}`));
@@ -260,7 +285,7 @@ export class EventLog {
           }
         },
         (err: unknown) => {
-          for (const { reject } of batch) {
+          for (const { reject } of sent) {
             reject(err);
           }
         },
