@@ -44,6 +44,7 @@ export type StackStatus = StackUrls & {
 
 const DATABASE = 'outpost';
 const STATE_FILE = 'stack.json';
+const STREAM_NODE_MAX_BYTES = 16_384;
 
 type StackPaths = { main: string; replica: string; redis: string; logs: string; state: string };
 const pathsOf = (dir: string): StackPaths => ({
@@ -227,6 +228,10 @@ export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
       'yes',
       '--appendfsync',
       o.appendfsync,
+      // Stream nodes of 16 KB instead of 4: ≈ 50 entries share a node's header and field names
+      // instead of ≈ 12, ≈ 20 bytes less Redis memory per pending event (README, memory).
+      '--stream-node-max-bytes',
+      String(STREAM_NODE_MAX_BYTES),
       '--save',
       '',
       '--daemonize',
