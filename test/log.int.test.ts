@@ -120,6 +120,75 @@ void describe('the local log', () => {
     });
   });
 
+  void describe('the event index', () => {
+    void it('finds an event by id until it is acknowledged, in its bucket', async () => {
+      const event = { ...fileEvent(newIdInPartition(1, 4), 1), event_id: newIdInPartition(1, 4) };
+      const appended = await log.append({ partition: 1, events: [event] });
+      assert.equal(appended.kind, 'appended');
+      const entryId = appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '';
+      const keys = log.keys(1);
+      assert.equal(await redis.hget(keys.eventIndex(event.event_id), event.event_id), entryId);
+      assert.equal(await redis.hexists(keys.legacyEventIndex, event.event_id), 0);
+      assert.equal(await log.entryIdOfEvent(event.event_id, 1), entryId);
+      assert.deepEqual(await log.unacknowledged([event.event_id, 'x'], 1), [true, false]);
+
+      await redis.xreadgroup(
+        'GROUP',
+        CONSUMER_GROUP,
+        'c',
+        'COUNT',
+        100,
+        'STREAMS',
+        keys.stream,
+        '>',
+      );
+      const record = {
+        lsn: '0/1',
+        entryId,
+        eventId: event.event_id,
+        aggregateId: event.aggregate_id,
+        aggregateType: 'raw_data_file',
+      };
+      await log.recordApplied(1, [record]);
+      assert.equal(await log.ack(1, [record]), 1);
+      assert.equal(await log.entryIdOfEvent(event.event_id, 1), null);
+      assert.deepEqual(await log.unacknowledged([event.event_id], 1), [false]);
+    });
+
+    void it("folds an earlier build's one-hash index into the buckets at start", async () => {
+      const keys = log.keys(3);
+      const events = Array.from({ length: 700 }, (_, n) => ({
+        ...fileEvent(newIdInPartition(3, 4), n),
+        event_id: newIdInPartition(3, 4),
+      }));
+      // What an earlier build left behind: entries and the single index hash.
+      const entryIds: string[] = [];
+      for (const event of events) {
+        const entryId = (await redis.xadd(keys.stream, '*', ...encodeEntryFields(event))) as string;
+        await redis.hset(keys.legacyEventIndex, event.event_id, entryId);
+        entryIds.push(entryId);
+      }
+      // Readable through the old hash before the upgrade, too.
+      assert.equal(await log.entryIdOfEvent(events[0]?.event_id ?? '', 3), entryIds[0]);
+
+      await log.ensureGroups();
+      assert.equal(await redis.exists(keys.legacyEventIndex), 0);
+      for (const [i, event] of events.entries()) {
+        assert.equal(
+          await redis.hget(keys.eventIndex(event.event_id), event.event_id),
+          entryIds[i],
+        );
+      }
+      assert.deepEqual(
+        await log.unacknowledged(
+          events.map((e) => e.event_id),
+          3,
+        ),
+        events.map(() => true),
+      );
+    });
+  });
+
   void describe('group commit of appends', () => {
     const scriptCalls = async () => {
       const stats = await redis.info('commandstats');

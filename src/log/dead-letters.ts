@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
-import { decodeEntry, encodeEntryFields, type RawEntry } from './codec.ts';
+import { aggregateTypeOf, decodeEntry, encodeEntryFields, type RawEntry } from './codec.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -80,11 +80,12 @@ export class DeadLetters {
     const allKeys = [
       keys.stream,
       keys.deadLetters,
-      keys.eventIndex,
+      keys.eventIndex(entry.eventId),
       keys.attempts,
       keys.inflight(entry.aggregateType),
       keys.deadIndex,
       keys.blockedAggregates,
+      keys.legacyEventIndex,
     ];
     return this.#redis.outpostDeadLetter(
       allKeys.length,
@@ -128,7 +129,7 @@ export class DeadLetters {
       original_entry_id: record.original_entry_id ?? '',
       event_id: record.event_id ?? '',
       aggregate_id: record.aggregate_id ?? '',
-      aggregate_type: record.aggregate_type ?? '',
+      aggregate_type: aggregateTypeOf(record) ?? '',
       type: record.type ?? '',
       error: record.error ?? '',
       attempts: JSON.parse(record.attempts ?? '[]') as Attempt[],
@@ -199,7 +200,7 @@ export class DeadLetters {
     const allKeys = [
       keys.stream,
       keys.deadLetters,
-      keys.eventIndex,
+      keys.eventIndex(dead.event_id),
       keys.deadIndex,
       keys.blockedAggregates,
       keys.inflight(dead.aggregate_type),
@@ -266,7 +267,7 @@ export const failedEntryOf = (raw: RawEntry): FailedEntry => {
     fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],
     eventId: record.event_id ?? `undecodable-${raw[0]}`,
     aggregateId: record.aggregate_id ?? `undecodable-${raw[0]}`,
-    aggregateType: record.aggregate_type ?? 'unknown',
+    aggregateType: aggregateTypeOf(record) ?? 'unknown',
   };
 };
 

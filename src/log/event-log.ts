@@ -78,6 +78,7 @@ type Commands = {
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
+  outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 export type Attempt = { at: string; error: string };
@@ -109,14 +110,15 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
 };
 
 /**
- * One request as the append script reads it, and its keys: idempotency record, unit status and
- * each event's in-flight index. `k` is the index of the first of them in the script's KEYS.
+ * One request as the append script reads it, and its keys: idempotency record, unit status,
+ * each event's in-flight index, then each event's event index bucket. `k` is the index of the first of them in the script's KEYS.
  */
 const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) => ({
   keys: [
     keys.idempotency(request.idempotency?.scopeHash ?? 'none'),
     keys.unitState(request.guard?.unitId ?? 'none'),
     ...request.events.map((event) => keys.inflight(event.aggregate_type)),
+    ...request.events.map((event) => keys.eventIndex(event.event_id)),
   ],
   payload: {
     k,
@@ -167,6 +169,7 @@ export class EventLog {
     redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
+    redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
   }
@@ -191,6 +194,27 @@ export class EventLog {
       }
     }
     await this.#upgradeInflight();
+    await this.#upgradeEventIndex();
+  }
+
+  /** Moves an earlier build's one-hash event index into the buckets, a chunk per call. */
+  async #upgradeEventIndex(): Promise<void> {
+    for (const keys of this.allKeys()) {
+      let cursor = '0';
+      do {
+        const [next, flat] = await this.#redis.hscan(keys.legacyEventIndex, cursor, 'COUNT', 500);
+        cursor = next;
+        const eventIds = flat.filter((_, i) => i % 2 === 0);
+        if (eventIds.length > 0) {
+          await this.#redis.outpostUpgradeEventIndex(
+            eventIds.length + 1,
+            keys.legacyEventIndex,
+            ...eventIds.map(keys.eventIndex),
+            ...eventIds,
+          );
+        }
+      } while (cursor !== '0');
+    }
   }
 
   /**
@@ -247,7 +271,7 @@ export class EventLog {
       this.#gathering.delete(partition);
     }
     const keys = this.keys(partition);
-    const scriptKeys = [keys.stream, keys.eventIndex];
+    const scriptKeys = [keys.stream];
     const sent: GatheredAppend[] = [];
     const requests: EncodedAppend[] = [];
     for (const item of batch) {
@@ -331,7 +355,32 @@ export class EventLog {
   }
 
   async entryIdOfEvent(eventId: string, partition: number): Promise<string | null> {
-    return this.#redis.hget(this.keys(partition).eventIndex, eventId);
+    const keys = this.keys(partition);
+    return (
+      (await this.#redis.hget(keys.eventIndex(eventId), eventId)) ??
+      // Appended by an earlier build after this process folded the old index in.
+      (await this.#redis.hget(keys.legacyEventIndex, eventId))
+    );
+  }
+
+  /** Which of these events of one partition are still unacknowledged (in the event index). */
+  async unacknowledged(eventIds: readonly string[], partition: number): Promise<boolean[]> {
+    if (eventIds.length === 0) {
+      return [];
+    }
+    const keys = this.keys(partition);
+    const pipeline = this.#redis.pipeline();
+    for (const eventId of eventIds) {
+      pipeline.hexists(keys.eventIndex(eventId), eventId);
+    }
+    pipeline.hmget(keys.legacyEventIndex, ...eventIds);
+    const replies = (await pipeline.exec()) ?? [];
+    const failed = replies.find(([err]) => err);
+    if (failed) {
+      throw failed[0];
+    }
+    const legacy = (replies.at(-1)?.[1] ?? []) as (string | null)[];
+    return eventIds.map((_, i) => replies[i]?.[1] === 1 || legacy[i] != null);
   }
 
   async readEntry(entryId: string, partition: number): Promise<LogEntry | undefined> {
@@ -379,10 +428,13 @@ export class EventLog {
       return 0;
     }
     const keys = this.keys(partition);
-    const recordKeys = records.map((r) => keys.inflight(r.aggregateType));
+    const recordKeys = records.flatMap((r) => [
+      keys.inflight(r.aggregateType),
+      keys.eventIndex(r.eventId),
+    ]);
     const allKeys = [
       keys.stream,
-      keys.eventIndex,
+      keys.legacyEventIndex,
       keys.applied,
       keys.appliedLsn,
       keys.attempts,

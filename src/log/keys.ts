@@ -9,8 +9,13 @@ export type PartitionKeys = {
   partition: number;
   /** The append-only log of the partition; consumer group `projector`. */
   stream: string;
-  /** event_id -> entry id for events not yet acknowledged (GET /events/{id}). */
-  eventIndex: string;
+  /**
+   * event_id -> entry id for events not yet acknowledged (GET /events/{id}), spread over
+   * EVENT_INDEX_BUCKETS small hashes by the event id (see eventIndexBucket).
+   */
+  eventIndex: (eventId: string) => string;
+  /** Earlier builds' event index, one hash per partition: read, emptied and folded in at start. */
+  legacyEventIndex: string;
   /** Applied, not yet replica-confirmed entries, in commit (and so LSN) order: the acker's queue. */
   applied: string;
   /** entry id -> commit LSN of applied, not yet acknowledged entries. */
@@ -38,12 +43,32 @@ export type PartitionKeys = {
   idempotency: (scopeHash: string) => string;
 };
 
+/**
+ * Buckets of the event index per partition. Redis keeps a hash of up to 128 short fields as a
+ * listpack, ≈ 60 bytes a field, against ≈ 120 in the hashtable one large hash becomes; with 1,024
+ * buckets a partition stays compact up to ≈ 130,000 pending events (a million with 8 partitions).
+ */
+export const EVENT_INDEX_BUCKETS = 1024;
+
+const HEX3 = /^[0-9a-f]{3}$/i;
+
+/**
+ * An event's bucket: three hex digits of its id's random part, modulo EVENT_INDEX_BUCKETS
+ * (characters 24-26, before the last eight, which carry the partition). Any text is accepted:
+ * an id without hex there (an event from elsewhere) goes to bucket 0.
+ */
+export const eventIndexBucket = (eventId: string): number => {
+  const digits = eventId.slice(24, 27);
+  return HEX3.test(digits) ? Number.parseInt(digits, 16) % EVENT_INDEX_BUCKETS : 0;
+};
+
 export const partitionKeys = (namespace: string, partition: number): PartitionKeys => {
   const prefix = `${namespace}:{p${partition}}`;
   return {
     partition,
     stream: `${prefix}:events`,
-    eventIndex: `${prefix}:event-index`,
+    eventIndex: (eventId) => `${prefix}:event-index:${eventIndexBucket(eventId)}`,
+    legacyEventIndex: `${prefix}:event-index`,
     applied: `${prefix}:applied`,
     appliedLsn: `${prefix}:applied-lsn`,
     deadLetters: `${prefix}:dead-letters`,

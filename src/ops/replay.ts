@@ -152,7 +152,7 @@ const missingFrom = async (
   const keys = deps.eventLog.keys(partition);
   const ids = notApplied.map((e) => e.event.event_id);
   const [pending, dead] = await Promise.all([
-    deps.eventLog.redis.hmget(keys.eventIndex, ...ids),
+    deps.eventLog.unacknowledged(ids, partition),
     deps.eventLog.redis.hmget(keys.deadIndex, ...ids),
   ]);
   const missing: LogEntry[] = [];

@@ -1,8 +1,10 @@
 -- Acknowledges replica-confirmed entries and drops them from the read indexes in one step, so a
 -- merged read never sees an event both missing from the indexes and missing from the replica.
 --
--- KEYS[1] stream  KEYS[2] event index  KEYS[3] applied queue  KEYS[4] applied LSN hash
--- KEYS[5] attempts  KEYS[5 + i] in-flight index of record i's aggregate type
+-- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
+-- KEYS[4] applied LSN hash  KEYS[5] attempts
+-- KEYS[4 + 2i] in-flight index of record i's aggregate type  KEYS[5 + 2i] its event index bucket
+-- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 local acked = 0
 for i = 2, #ARGV do
@@ -11,11 +13,14 @@ for i = 2, #ARGV do
     break
   end
   local entry_id, event_id, aggregate_id = string.match(record, '^%S+ (%S+) (%S+) (%S+)')
+  local n = i - 1
   acked = acked + redis.call('XACK', KEYS[1], ARGV[1], entry_id)
+  redis.call('HDEL', KEYS[5 + 2 * n], event_id)
+  -- An entry appended by an earlier build, before this start folded its index in.
   redis.call('HDEL', KEYS[2], event_id)
   redis.call('HDEL', KEYS[4], entry_id)
   redis.call('HDEL', KEYS[5], entry_id)
-  inflight_remove(KEYS[4 + i], aggregate_id, entry_id)
+  inflight_remove(KEYS[4 + 2 * n], aggregate_id, entry_id)
   redis.call('LPOP', KEYS[3])
 end
 return acked

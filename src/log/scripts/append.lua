@@ -5,9 +5,10 @@
 -- guard and the XADDs of a request see what the requests before it in the batch wrote, so
 -- concurrent duplicates append once and two racing finishes of one unit cannot both pass.
 --
--- KEYS[1] stream  KEYS[2] event index
--- then for each request, from its `k` (index of its first key):
+-- KEYS[1] stream
+-- then for each request of n events, from its `k` (index of its first key):
 --   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight index of event i
+--   KEYS[k + 1 + n + i] event index bucket of event i
 -- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl},
 --               events:[{fields,event_id,aggregate_id}]}]
 -- Answers one reply per request: {'appended', entry ids...} | {'replayed', response} |
@@ -48,9 +49,10 @@ local function append_one(req)
   end
 
   local reply = {'appended'}
+  local n = #req.events
   for i, event in ipairs(req.events) do
     local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
-    redis.call('HSET', KEYS[2], event.event_id, id)
+    redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
     inflight_add(KEYS[req.k + 1 + i], event.aggregate_id, id)
     reply[i + 1] = id
   end
