@@ -149,9 +149,13 @@ void describe('the local log', () => {
         aggregateId: event.aggregate_id,
         aggregateType: 'raw_data_file',
       };
+      // As if an earlier build, still running, had also indexed it in its one hash.
+      await redis.hset(keys.legacyEventIndex, event.event_id, entryId, 'other', '1-1');
       await log.recordApplied(1, [record]);
       assert.equal(await log.ack(1, [record]), 1);
       assert.equal(await log.entryIdOfEvent(event.event_id, 1), null);
+      assert.deepEqual(await redis.hkeys(keys.legacyEventIndex), ['other']);
+      await redis.del(keys.legacyEventIndex);
       assert.deepEqual(await log.unacknowledged([event.event_id], 1), [false]);
     });
 

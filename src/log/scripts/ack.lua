@@ -7,6 +7,8 @@
 -- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 local acked = 0
+-- Nearly always gone: checked once, not deleted from once per record.
+local legacy_index = redis.call('EXISTS', KEYS[2]) == 1
 for i = 2, #ARGV do
   local record = ARGV[i]
   if redis.call('LINDEX', KEYS[3], 0) ~= record then
@@ -16,8 +18,10 @@ for i = 2, #ARGV do
   local n = i - 1
   acked = acked + redis.call('XACK', KEYS[1], ARGV[1], entry_id)
   redis.call('HDEL', KEYS[5 + 2 * n], event_id)
-  -- An entry appended by an earlier build, before this start folded its index in.
-  redis.call('HDEL', KEYS[2], event_id)
+  if legacy_index then
+    -- An entry appended by an earlier build, after this process folded its index in.
+    redis.call('HDEL', KEYS[2], event_id)
+  end
   redis.call('HDEL', KEYS[4], entry_id)
   redis.call('HDEL', KEYS[5], entry_id)
   inflight_remove(KEYS[4 + 2 * n], aggregate_id, entry_id)
