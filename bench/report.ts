@@ -72,5 +72,5 @@ export const renderTable = (r: any): string => {
     ['/metrics p99 during a refresh (ms)', `${r.integrity.scrape_p99_ms_during_refresh}`, ''],
   ];
   const header = `Measured ${r.date} on ${r.machine.cpus} × ${r.machine.model}${r.quick ? ' (quick run)' : ''}.\n\n| scenario | measured | target |\n|---|---|---|\n`;
-  return header + rows.map((row) => `| ${row.join(' | ')} |`).join('\n') + '\n';
+  return `${header}${rows.map((row) => `| ${row.join(' | ')} |`).join('\n')}\n`;
 };
