@@ -407,7 +407,6 @@ const unacknowledged = async (eventLog: EventLog) => {
   return total;
 };
 
-/** Appends `n` unit starts through the real append script, 500 per call, over all partitions. */
 /**
  * Empties Redis and compacts its append-only file between scenarios: what the ingest scenario
  * left (a backlog no projector reads, the XADD ceiling's stream) would otherwise be rewritten by
@@ -427,6 +426,7 @@ const forgetEarlierScenarios = async (redis: Redis) => {
   );
 };
 
+/** Appends `n` unit starts through the real append script, 500 per call, over all partitions. */
 const preload = async (eventLog: EventLog, n: number): Promise<Envelope[]> => {
   const all: Envelope[] = [];
   for (let done = 0; done < n; ) {

@@ -111,7 +111,8 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
 
 /**
  * One request as the append script reads it, and its keys: idempotency record, unit status,
- * each event's in-flight index, then each event's event index bucket. `k` is the index of the first of them in the script's KEYS.
+ * each event's in-flight index, then each event's event index bucket. `k` is the index of the
+ * first of them in the script's KEYS.
  */
 const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) => ({
   keys: [
@@ -356,31 +357,19 @@ export class EventLog {
 
   async entryIdOfEvent(eventId: string, partition: number): Promise<string | null> {
     const keys = this.keys(partition);
-    return (
-      (await this.#redis.hget(keys.eventIndex(eventId), eventId)) ??
-      // Appended by an earlier build after this process folded the old index in.
-      (await this.#redis.hget(keys.legacyEventIndex, eventId))
-    );
+    // Both asked at once (one round trip on the auto-pipelined connection): the old one-hash
+    // index holds what an earlier build appended after this process folded it in.
+    const [inBucket, inLegacy] = await Promise.all([
+      this.#redis.hget(keys.eventIndex(eventId), eventId),
+      this.#redis.hget(keys.legacyEventIndex, eventId),
+    ]);
+    return inBucket ?? inLegacy;
   }
 
   /** Which of these events of one partition are still unacknowledged (in the event index). */
   async unacknowledged(eventIds: readonly string[], partition: number): Promise<boolean[]> {
-    if (eventIds.length === 0) {
-      return [];
-    }
-    const keys = this.keys(partition);
-    const pipeline = this.#redis.pipeline();
-    for (const eventId of eventIds) {
-      pipeline.hexists(keys.eventIndex(eventId), eventId);
-    }
-    pipeline.hmget(keys.legacyEventIndex, ...eventIds);
-    const replies = (await pipeline.exec()) ?? [];
-    const failed = replies.find(([err]) => err);
-    if (failed) {
-      throw failed[0];
-    }
-    const legacy = (replies.at(-1)?.[1] ?? []) as (string | null)[];
-    return eventIds.map((_, i) => replies[i]?.[1] === 1 || legacy[i] != null);
+    const entryIds = await Promise.all(eventIds.map((id) => this.entryIdOfEvent(id, partition)));
+    return entryIds.map((entryId) => entryId !== null);
   }
 
   async readEntry(entryId: string, partition: number): Promise<LogEntry | undefined> {
