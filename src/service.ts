@@ -43,9 +43,9 @@ export const projectorPool = (config: Config) =>
     max: config.partitions + 4,
     applicationName: 'outpost-projector',
     synchronousCommit: true,
-    // A projector frozen inside a batch holds the lease row's share lock (the fencing check) until
-    // the server ends its transaction: keep that well within the lease TTL, so a taker waits at
-    // most this long instead of a minute.
+    // No applying transaction spans round trips (each is one statement or one simple query), so a
+    // frozen projector holds no lease lock; should one ever be left open, the server ends it well
+    // within the lease TTL, so a taker waits at most this long instead of a minute.
     idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
   });
 

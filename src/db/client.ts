@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import pg from 'pg';
 
 // int8 counts and sizes are bounded by the API to Number.MAX_SAFE_INTEGER, so numbers are exact.
@@ -45,46 +46,53 @@ export const createPool = ({
   });
 
 /**
- * Runs `work` in one transaction on one connection, rolling back on any error, and returns the
- * connection to the pool. `commit` gives the text that ends it: `COMMIT`, possibly followed by
- * statements that must run after it, sent in the same round trip; their results come back in
- * `committed`.
+ * Runs `work` on one connection and returns it to the pool. A connection that failed other than
+ * by a server error (a timeout, a dead socket) is destroyed rather than reused: a ROLLBACK would
+ * only wait out another timeout, and the server rolls back whatever it had open.
  */
-export const withTransaction = async <T>(
+export const withConnection = async <T>(
   pool: pg.Pool,
   work: (client: pg.PoolClient) => Promise<T>,
-  commit: (result: T) => string = () => 'COMMIT',
-): Promise<{ result: T; committed: pg.QueryResult[] }> => {
+): Promise<T> => {
   const client = await pool.connect();
   // A checked-out client whose server goes away between statements emits 'error'; without a
-  // listener that would crash the process instead of failing this transaction.
+  // listener that would crash the process instead of failing this work.
   const swallow = () => undefined;
   client.on('error', swallow);
-  const releaseOnce = (err?: Error) => {
-    client.removeListener('error', swallow);
-    client.release(err);
-  };
   try {
-    await client.query('BEGIN');
     const result = await work(client);
-    // Several statements in one simple query answer an array of results, one statement a result.
-    const reply = (await client.query(commit(result))) as pg.QueryResult | pg.QueryResult[];
-    releaseOnce();
-    return { result, committed: Array.isArray(reply) ? reply : [reply] };
+    client.removeListener('error', swallow);
+    client.release();
+    return result;
   } catch (err) {
-    if (!isServerError(err)) {
-      // A timeout or a dead socket: a ROLLBACK would only wait out another timeout. Destroying
-      // the connection makes the server roll back.
-      releaseOnce(err as Error);
-      throw err;
-    }
-    const rollbackError = await client.query('ROLLBACK').then(
-      () => undefined,
-      (e: unknown) => e as Error,
-    );
-    releaseOnce(rollbackError);
+    // A server error inside an explicit transaction block leaves it aborted: end it before the
+    // connection goes back. Outside one, ROLLBACK only draws a notice.
+    const releaseError = isServerError(err)
+      ? await client.query('ROLLBACK').then(
+          () => undefined,
+          (e: unknown) => e as Error,
+        )
+      : (err as Error);
+    client.removeListener('error', swallow);
+    client.release(releaseError);
     throw err;
   }
+};
+
+const statementNames = new Map<string, string>();
+
+/**
+ * A statement PostgreSQL parses and plans once per connection. The projector's statements repeat
+ * batch after batch, and on the small batches of a steady trickle planning them cost as much as
+ * running them (pg_stat_statements: 0.5 of 1.4 ms for the batch write of five events).
+ */
+export const prepared = (text: string, values: readonly unknown[]): pg.QueryConfig => {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `outpost_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`;
+    statementNames.set(text, name);
+  }
+  return { name, text, values: [...values] };
 };
 
 /** An error PostgreSQL itself reported (the connection is fine), as opposed to one of the link. */

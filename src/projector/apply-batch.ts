@@ -1,9 +1,8 @@
 import type pg from 'pg';
-import { type Queryable, withTransaction } from '../db/client.ts';
+import { type Queryable, withConnection } from '../db/client.ts';
 import {
   type AggregateRow,
   appliedEventIds,
-  commitStampingSql,
   type EventRow,
   type HeadRow,
   headSeqs,
@@ -11,7 +10,7 @@ import {
   PROJECTION_TABLES,
   type ProjectionTable,
   projectionRows,
-  stampedLsnOf,
+  stampCommitLsns,
   writeBatch,
 } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
@@ -180,8 +179,11 @@ const writePlan = async (db: pg.PoolClient, plan: Plan, lease: Lease) => {
 };
 
 /**
- * Applies a batch in one transaction: dedupe on event_id, fold, write events, heads, stats, links
- * and projections. Events already applied are reported as duplicates and never written again.
+ * Applies a batch: dedupe on event_id, fold, then write events, heads, stats, links and
+ * projections in one statement (one transaction), and stamp the commit LSN. Events already
+ * applied are reported as duplicates and never written again. The reads before the write need no
+ * transaction around them: only the lease holder writes this partition's aggregates, and the
+ * write itself checks that it still is.
  */
 export const applyBatch = async (
   pool: pg.Pool,
@@ -190,39 +192,37 @@ export const applyBatch = async (
   heldAggregates: ReadonlySet<string> = new Set(),
 ): Promise<BatchResult> => {
   const { partition } = lease;
-  // The commit LSN gates acknowledgement, so COMMIT must mean flushed: an asynchronously
+  // The commit LSN gates acknowledgement, so a commit must mean flushed: an asynchronously
   // committed batch lost in a crash would leave its LSN to be reached again by later WAL, and the
   // acker would acknowledge events that no longer exist. The projector's pool sets
   // synchronous_commit=on in each connection's startup packet, which outranks the server's,
   // database's and role's defaults (service.ts, projectorPool).
-  const { result, committed } = await withTransaction(
-    pool,
-    async (tx) => {
-      const known = await appliedEventIds(tx, unique(entries.map((e) => e.event.event_id)));
-      const seen = new Set<string>();
-      const fresh: LogEntry[] = [];
-      const duplicates: LogEntry[] = [];
-      for (const entry of entries) {
-        const id = entry.event.event_id;
-        (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
-        seen.add(id);
-      }
-      const plan = planBatch(fresh, await loadStates(tx, fresh), partition, heldAggregates);
-      await writePlan(tx, plan, lease);
-      const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
-      return { plan, duplicates, lacksLsn };
-    },
-    // Applied events and duplicates committed earlier without their LSN (a crash in between).
-    ({ plan, lacksLsn }) =>
-      commitStampingSql([...plan.applied, ...lacksLsn].map((e) => e.event.event_id)),
-  );
-  return {
-    applied: result.plan.applied,
-    duplicates: result.duplicates,
-    failed: result.plan.failed,
-    deferred: result.plan.deferred,
-    commitLsn: stampedLsnOf(committed),
-  };
+  return withConnection(pool, async (db) => {
+    const known = await appliedEventIds(db, unique(entries.map((e) => e.event.event_id)));
+    const seen = new Set<string>();
+    const fresh: LogEntry[] = [];
+    const duplicates: LogEntry[] = [];
+    for (const entry of entries) {
+      const id = entry.event.event_id;
+      (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
+      seen.add(id);
+    }
+    const plan = planBatch(fresh, await loadStates(db, fresh), partition, heldAggregates);
+    await writePlan(db, plan, lease);
+    // Applied events, and duplicates committed earlier without their LSN (a crash in between).
+    const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
+    const commitLsn = await stampCommitLsns(
+      db,
+      [...plan.applied, ...lacksLsn].map((e) => e.event.event_id),
+    );
+    return {
+      applied: plan.applied,
+      duplicates,
+      failed: plan.failed,
+      deferred: plan.deferred,
+      commitLsn,
+    };
+  });
 };
 
 const unique = <T>(values: readonly T[]): T[] => [...new Set(values)];

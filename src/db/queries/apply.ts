@@ -1,5 +1,6 @@
+import type pg from 'pg';
 import type { AggregateState } from '../../domain/fold.ts';
-import type { Queryable } from '../client.ts';
+import { prepared, type Queryable } from '../client.ts';
 import { type Lease, leaseHeldSql, leaseParams } from './leases.ts';
 
 /** The projection table of each aggregate type; states are rows of these tables. */
@@ -43,17 +44,21 @@ const json = (rows: readonly unknown[]) => JSON.stringify(rows);
 
 export const appliedEventIds = async (db: Queryable, eventIds: readonly string[]) => {
   const { rows } = await db.query<{ event_id: string; has_lsn: boolean }>(
-    'SELECT event_id, commit_lsn IS NOT NULL AS has_lsn FROM events WHERE event_id = ANY($1::uuid[])',
-    [eventIds],
+    prepared(
+      'SELECT event_id, commit_lsn IS NOT NULL AS has_lsn FROM events WHERE event_id = ANY($1::uuid[])',
+      [eventIds],
+    ),
   );
   return new Map(rows.map((row) => [row.event_id, row.has_lsn]));
 };
 
 export const headSeqs = async (db: Queryable, aggregateIds: readonly string[]) => {
   const { rows } = await db.query<{ aggregate_id: string; seq: number }>(
-    `SELECT aggregate_id, max(seq) AS seq FROM aggregate_heads
-      WHERE aggregate_id = ANY($1::uuid[]) AND ref = 'head' GROUP BY aggregate_id`,
-    [aggregateIds],
+    prepared(
+      `SELECT aggregate_id, max(seq) AS seq FROM aggregate_heads
+        WHERE aggregate_id = ANY($1::uuid[]) AND ref = 'head' GROUP BY aggregate_id`,
+      [aggregateIds],
+    ),
   );
   return new Map(rows.map((row) => [row.aggregate_id, row.seq]));
 };
@@ -78,8 +83,7 @@ export const projectionRows = async (
   ids: readonly string[],
 ): Promise<AggregateState[]> => {
   const { rows } = await db.query<{ row: Record<string, unknown> }>(
-    `SELECT to_jsonb(t) AS row FROM ${table} t WHERE id = ANY($1::uuid[])`,
-    [ids],
+    prepared(`SELECT to_jsonb(t) AS row FROM ${table} t WHERE id = ANY($1::uuid[])`, [ids]),
   );
   return rows.map((r) => stateFromRow(r.row));
 };
@@ -99,10 +103,12 @@ const HEAD_RECORD = 'aggregate_id uuid, seq int, event_id uuid, at timestamptz';
 
 /**
  * Writes a whole batch in one statement, one CTE per table, and only while `lease` holds: the
- * fencing check is part of the same statement (the last before COMMIT), so a fenced projector
- * writes nothing. One round trip instead of one per table matters because every round trip of
- * eight busy partitions waits its turn on shared cores. Foreign keys between the CTEs' rows are
- * checked at the end of the statement, when all of them exist. False when fenced.
+ * fencing check is part of the same statement, so a fenced projector writes nothing. Run outside
+ * a transaction block, the statement is its own transaction: all of the batch or none, committed
+ * when it returns, with no BEGIN or COMMIT round trips around it. One round trip instead of one
+ * per table matters because every round trip of eight busy partitions waits its turn on shared
+ * cores. Foreign keys between the CTEs' rows are checked at the end of the statement, when all of
+ * them exist. False when fenced.
  */
 export const writeBatch = async (
   db: Queryable,
@@ -177,8 +183,7 @@ export const writeBatch = async (
     }
   }
   const { rows } = await db.query<{ leased: boolean }>(
-    `WITH ${ctes.join(',\n')}\nSELECT ${leased} AS leased`,
-    params,
+    prepared(`WITH ${ctes.join(',\n')}\nSELECT ${leased} AS leased`, params),
   );
   return rows[0]?.leased === true;
 };
@@ -240,36 +245,53 @@ export const upsertProjection = async (
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
+const STAMP_STATEMENT = 'outpost_stamp_commit_lsn';
+
+/** Prepared once per connection: a simple query cannot carry parameters, but it can EXECUTE. */
+const PREPARE_STAMP = `PREPARE ${STAMP_STATEMENT}(uuid[]) AS
+  WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
+  UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
+   WHERE event_id = ANY($1) AND commit_lsn IS NULL`;
+
 /**
- * Ends an applying transaction and records its commit LSN in one round trip: `COMMIT`, then, in
- * a transaction of its own, stamp the events that lack a commit LSN with the flush position read
- * at that point (after the synchronous COMMIT, so at or past its record), then read the flush
+ * Records the commit LSN of events whose batch has committed, in one round trip: in a transaction
+ * of its own, stamp the events that lack a commit LSN with the flush position read at that point
+ * (after the batch's synchronous commit returned, so at or past its record), then read the flush
  * position once more, past the stamp's own commit: the LSN acknowledgement waits for, so no event
  * is confirmed on the replica without its LSN. Statements of one simple query run in order and
- * stop at the first error. The ids are inlined (a simple query takes no parameters); they are
- * the event_ids just written as `uuid`, and anything else is refused here.
+ * stop at the first error. The ids are inlined as an array literal (a simple query takes no
+ * parameters); they are the event_ids just written as `uuid`, and anything else is refused here.
  */
-export const commitStampingSql = (eventIds: readonly string[]): string => {
+export const stampingSql = (eventIds: readonly string[]): string => {
   const flushLsn = 'SELECT pg_current_wal_flush_lsn()::text AS lsn';
   if (eventIds.length === 0) {
-    return `COMMIT; ${flushLsn}`;
+    return flushLsn;
   }
   for (const id of eventIds) {
     if (!UUID.test(id)) {
       throw new Error(`not a UUID, refusing to inline it: ${JSON.stringify(id)}`);
     }
   }
-  const ids = eventIds.map((id) => `'${id}'`).join(',');
-  return `COMMIT;
-    BEGIN;
-    WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
-    UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
-     WHERE event_id IN (${ids}) AND commit_lsn IS NULL;
-    COMMIT;
-    ${flushLsn}`;
+  return `BEGIN; EXECUTE ${STAMP_STATEMENT}('{${eventIds.join(',')}}'); COMMIT; ${flushLsn}`;
 };
 
-/** The LSN the last statement of `commitStampingSql` read. */
+const stampPrepared = new WeakSet<Queryable>();
+
+/** Runs `stampingSql` on `client`, preparing its statement on the first use of the connection. */
+export const stampCommitLsns = async (
+  client: pg.PoolClient,
+  eventIds: readonly string[],
+): Promise<string> => {
+  if (eventIds.length > 0 && !stampPrepared.has(client)) {
+    await client.query(PREPARE_STAMP);
+    stampPrepared.add(client);
+  }
+  // Several statements in one simple query answer an array of results, one statement a result.
+  const reply = (await client.query(stampingSql(eventIds))) as pg.QueryResult | pg.QueryResult[];
+  return stampedLsnOf(Array.isArray(reply) ? reply : [reply]);
+};
+
+/** The LSN the last statement of `stampingSql` read. */
 export const stampedLsnOf = (results: readonly { rows: unknown[] }[]): string => {
   const row = results.at(-1)?.rows[0] as { lsn?: string } | undefined;
   if (!row?.lsn) {

@@ -1,19 +1,21 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { commitStampingSql, stampedLsnOf } from './apply.ts';
+import { stampedLsnOf, stampingSql } from './apply.ts';
 
-void describe('commitStampingSql', () => {
-  void it('commits and reads the flush position alone when no event needs a stamp', () => {
-    assert.equal(commitStampingSql([]), 'COMMIT; SELECT pg_current_wal_flush_lsn()::text AS lsn');
+void describe('stampingSql', () => {
+  void it('reads the flush position alone when no event needs a stamp', () => {
+    assert.equal(stampingSql([]), 'SELECT pg_current_wal_flush_lsn()::text AS lsn');
   });
 
-  void it('stamps the given events between the commit and the final read', () => {
-    const sql = commitStampingSql(['0195f2a4-0000-7000-8000-000000000001']);
+  void it('stamps the given events in a transaction of their own, then reads past its commit', () => {
+    const sql = stampingSql([
+      '0195f2a4-0000-7000-8000-000000000001',
+      '0195f2a4-0000-7000-8000-000000000002',
+    ]);
     const order = [
-      'COMMIT;',
       'BEGIN;',
-      'UPDATE events',
-      "'0195f2a4-0000-7000-8000-000000000001'",
+      'EXECUTE outpost_stamp_commit_lsn(',
+      "'{0195f2a4-0000-7000-8000-000000000001,0195f2a4-0000-7000-8000-000000000002}'",
       'COMMIT;',
       'pg_current_wal_flush_lsn()::text',
     ];
@@ -26,7 +28,8 @@ void describe('commitStampingSql', () => {
   });
 
   void it('refuses to inline anything but a UUID', () => {
-    assert.throws(() => commitStampingSql(["x'); DROP TABLE events; --"]), /not a UUID/);
+    assert.throws(() => stampingSql(["x'); DROP TABLE events; --"]), /not a UUID/);
+    assert.throws(() => stampingSql(['0195f2a4-0000-7000-8000-000000000001}']), /not a UUID/);
   });
 
   void it('reads the LSN from the last result and fails loudly without one', () => {
