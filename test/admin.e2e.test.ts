@@ -181,6 +181,35 @@ void describe('admin and incident tools', () => {
     assert.equal(badKey.status, 400);
   });
 
+  void it("dead-letters a dead-lettered unit's later events instead of applying them out of order", async () => {
+    const poison = await deadLetteredStart('held-back');
+    const later = await h.request('PATCH', `/executed_obs_units/${poison.id}`, { notes: 'later' });
+    assert.equal(later.status, 202, later.text);
+    await waitFor(
+      async () => (await h.get(`/events/${later.body.event_id}`)).body?.state === 'dead',
+      'the later event to be held back as a dead letter',
+    );
+    const list = await h.request('GET', '/admin/dead-letters', undefined, auth(TOKEN));
+    const held = list.body.items.find(
+      (item: { event_id: string }) => item.event_id === later.body.event_id,
+    );
+    assert.match(held?.error ?? '', /earlier event of this aggregate is dead-lettered/);
+    const applied = await h.mainRows<{ n: number }>(
+      'SELECT count(*)::int AS n FROM events WHERE aggregate_id = $1',
+      [poison.id],
+    );
+    assert.equal(applied[0]?.n, 0, 'nothing of the unit applied');
+    for (const eventId of [poison.event_id, later.body.event_id]) {
+      const discarded = await h.request(
+        'DELETE',
+        `/admin/dead-letters/${eventId}`,
+        { reason: 'test of held-back events' },
+        auth(TOKEN),
+      );
+      assert.equal(discarded.status, 200, discarded.text);
+    }
+  });
+
   void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
     const poison = await deadLetteredStart('discard-me');
 

@@ -40,6 +40,8 @@ export type ConsumerDeps = {
 };
 
 type StreamReply = [stream: string, entries: [string, string[] | null][]][] | null;
+/** A batch read from the stream, and how many aggregates were blocked by dead letters then. */
+type Read = { entries: RawEntry[]; blockedAggregates: number };
 
 const BLOCK_MS = 1000;
 
@@ -111,8 +113,8 @@ export class PartitionConsumer {
       }
       this.#leaseLapsed = false;
       try {
-        const raw = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
-        if (this.#abort.signal.aborted || raw.length === 0) {
+        const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
+        if (this.#abort.signal.aborted || read.entries.length === 0) {
           continue;
         }
         if (!this.#deps.breaker.tryAcquire()) {
@@ -124,7 +126,7 @@ export class PartitionConsumer {
           );
           continue;
         }
-        await this.#process(raw);
+        await this.#process(read);
         this.#transientBackoff.reset();
         this.#lastError = undefined;
       } catch (err) {
@@ -152,49 +154,59 @@ export class PartitionConsumer {
     }
   }
 
-  async #readOwnPending(): Promise<RawEntry[]> {
+  async #readOwnPending(): Promise<Read> {
     if (this.#cursor === '0') {
       this.#holding.clear();
     }
-    const raw = await this.#read(this.#cursor);
-    if (raw.length === 0) {
+    const read = await this.#read(this.#cursor);
+    if (read.entries.length === 0) {
       this.#rereadOwnPending = false;
       this.#cursor = '0';
-      return [];
+      return read;
     }
-    this.#cursor = raw.at(-1)?.[0] ?? this.#cursor;
+    this.#cursor = read.entries.at(-1)?.[0] ?? this.#cursor;
     const lsns = await this.#deps.eventLog.appliedLsnOf(
-      raw.map(([id]) => id),
+      read.entries.map(([id]) => id),
       this.#partition,
     );
     // Entries already applied and waiting for the replica belong to the acker, not to us.
-    return raw.filter((_, i) => lsns[i] === null);
+    return { ...read, entries: read.entries.filter((_, i) => lsns[i] === null) };
   }
 
-  #readNew(): Promise<RawEntry[]> {
+  #readNew(): Promise<Read> {
     return this.#read('>');
   }
 
-  async #read(from: string): Promise<RawEntry[]> {
+  /**
+   * Reads a batch and, in the same round trip, how many aggregates are blocked behind dead
+   * letters: Redis answers the SCARD queued behind a blocking XREADGROUP once the read returns,
+   * so the count is as fresh as the entries, and is almost always 0.
+   */
+  async #read(from: string): Promise<Read> {
     const { reader, eventLog, lease, batchSize } = this.#deps;
-    const stream = eventLog.keys(this.#partition).stream;
+    const keys = eventLog.keys(this.#partition);
     const args: (string | number)[] = ['GROUP', CONSUMER_GROUP, lease.consumer, 'COUNT', batchSize];
     if (from === '>') {
       args.push('BLOCK', BLOCK_MS);
     }
-    const reply = (await reader.call(
-      'XREADGROUP',
-      ...args,
-      'STREAMS',
-      stream,
-      from,
-    )) as StreamReply;
-    const entries = reply?.[0]?.[1] ?? [];
-    // A pending entry whose stream entry was trimmed away comes back with null fields.
-    return entries.map(([id, fields]) => [id, fields ?? []] as RawEntry);
+    const replies = await reader
+      .pipeline()
+      .call('XREADGROUP', ...args, 'STREAMS', keys.stream, from)
+      .scard(keys.blockedAggregates)
+      .exec();
+    const [[readError, reply] = [], [countError, blockedCount] = []] = replies ?? [];
+    if (readError || countError) {
+      throw readError ?? countError;
+    }
+    const entries = (reply as StreamReply)?.[0]?.[1] ?? [];
+    return {
+      // A pending entry whose stream entry was trimmed away comes back with null fields.
+      entries: entries.map(([id, fields]) => [id, fields ?? []] as RawEntry),
+      blockedAggregates: Number(blockedCount),
+    };
   }
 
-  async #process(raw: RawEntry[]): Promise<void> {
+  async #process({ entries: raw, blockedAggregates }: Read): Promise<void> {
     const started = performance.now();
     const decoded: LogEntry[] = [];
     for (const entry of raw) {
@@ -207,9 +219,12 @@ export class PartitionConsumer {
         await this.#fail(failedEntryOf(entry), err);
       }
     }
-    const blocked = await this.#deps.deadLetters.blocked(this.#partition, [
-      ...new Set(decoded.map((e) => e.event.aggregate_id)),
-    ]);
+    const blocked =
+      blockedAggregates === 0
+        ? new Set<string>()
+        : await this.#deps.deadLetters.blocked(this.#partition, [
+            ...new Set(decoded.map((e) => e.event.aggregate_id)),
+          ]);
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
       if (blocked.has(entry.event.aggregate_id)) {
