@@ -38,6 +38,10 @@ export const partitionForNewRoot = (scope: string | undefined, partitions: numbe
 
 export type NewEvent = DomainEvent & { aggregate_id: string };
 
+/**
+ * The envelope of a new event. Its fields are named one by one: spreading `event` into the literal
+ * took V8 off its fast object-literal path and cost more than the rest of the envelope.
+ */
 export const envelope = (
   deps: AppDeps,
   partition: number,
@@ -45,7 +49,9 @@ export const envelope = (
   event: NewEvent,
 ): Envelope =>
   ({
-    ...event,
+    type: event.type,
+    aggregate_id: event.aggregate_id,
+    data: event.data,
     event_id: newIdInPartition(partition, deps.config.partitions),
     aggregate_type: EVENT_TYPES[event.type].aggregate,
     version: CURRENT_VERSIONS[event.type],
