@@ -311,23 +311,53 @@ const main = async () => {
       const producer = await started(
         startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
       );
+      const bullStarted = Date.now();
       const bull = await load(post(producer.port));
       await until(
         async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
         'the BullMQ worker',
       );
+      const bullCommittedMs = Date.now() - bullStarted;
       const bullLatency = await peerDb.query<{ p99: number }>(
         'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
       );
       await producer.stop();
       await worker.stop();
       await peerDb.end();
+      // The same work for Outpost, in the same shape (an API process and a projector process,
+      // the same load): writes accepted and committed to PostgreSQL, per second, from the first
+      // request to the last commit. A queue that accepts faster than it commits only grows a
+      // backlog; this is the rate it can sustain.
+      await forgetEarlierScenarios(redis);
+      const sameWorkSite = await newSite();
+      const sameWorkApi = await started(outpost(sameWorkSite, 'api'));
+      const sameWorkProjector = await started(outpost(sameWorkSite, 'projector'));
+      const sameWorkDb = new pg.Pool({ connectionString: sameWorkSite.main, max: 2 });
+      const outpostStarted = Date.now();
+      const outpostLoad = await load(post(sameWorkApi.port));
+      await until(
+        async () =>
+          (await count(sameWorkDb, 'events')) >= outpostLoad.requests - outpostLoad.errors,
+        'the Outpost projector',
+      );
+      const outpostCommittedMs = Date.now() - outpostStarted;
+      await sameWorkApi.stop();
+      await sameWorkProjector.stop();
+      await sameWorkDb.end();
+      const bullCommittedRps = Math.round((bull.requests - bull.errors) / (bullCommittedMs / 1000));
+      const outpostCommittedRps = Math.round(
+        (outpostLoad.requests - outpostLoad.errors) / (outpostCommittedMs / 1000),
+      );
       results.peer = {
         bullmq_rps: bull.rps,
         outpost_rps: outpostRps,
         ratio: round(outpostRps / bull.rps),
         bullmq_p99_ms: bull.p99_ms,
         bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
+        outpost_rps_with_projector: outpostLoad.rps,
+        bullmq_committed_rps: bullCommittedRps,
+        outpost_committed_rps: outpostCommittedRps,
+        committed_ratio: round(outpostCommittedRps / bullCommittedRps),
       };
     }
     if (want('integrity')) {

@@ -65,6 +65,13 @@ export const renderTable = (r: any): string => {
     ['BullMQ enqueue (req/s), Outpost ÷ BullMQ', `${r.peer.bullmq_rps}, ${r.peer.ratio}`, '≥ 3'],
     ['BullMQ enqueue → committed p99 (ms)', `${r.peer.bullmq_e2e_p99_ms}`, ''],
     [
+      'same work, accepted and committed to PostgreSQL (writes/s): BullMQ / Outpost, ratio',
+      r.peer.bullmq_committed_rps === undefined
+        ? 'not measured'
+        : `${r.peer.bullmq_committed_rps} / ${r.peer.outpost_committed_rps}, ${r.peer.committed_ratio}`,
+      '≥ 3',
+    ],
+    [
       `integrity refresh (s, scaled to 1M events; measured on ${r.integrity.events})`,
       `${r.integrity.refresh_seconds_1m_events}`,
       '',
