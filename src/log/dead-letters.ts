@@ -104,10 +104,13 @@ export class DeadLetters {
     );
   }
 
-  /** Which of these aggregates are blocked behind a dead letter. */
+  /**
+   * Which of these aggregates are blocked behind a dead letter. The projector asks only when its
+   * read found the partition's blocked set non-empty (the SCARD it sends with each read).
+   */
   async blocked(partition: number, aggregateIds: readonly string[]): Promise<Set<string>> {
     const key = this.eventLog.keys(partition).blockedAggregates;
-    if (aggregateIds.length === 0 || (await this.#redis.scard(key)) === 0) {
+    if (aggregateIds.length === 0) {
       return new Set();
     }
     const flags = (await this.#redis.call('SMISMEMBER', key, ...aggregateIds)) as number[];
