@@ -30,7 +30,7 @@ const startEntry = (n: number): LogEntry => {
   return { entryId: `${Date.now()}-${n}`, event };
 };
 
-void describe('fencing', () => {
+void describe('applying a batch', () => {
   let h: Harness;
   before(async () => {
     h = await Harness.start({ role: 'none' });
@@ -66,6 +66,37 @@ void describe('fencing', () => {
 
     await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
     assert.ok(await applied(stale));
+  });
+
+  void it('applies a redelivered creation only once, beside new events of the same batch', async () => {
+    const token = await acquireLease(h.main, 1, 'C', 60_000);
+    assert.ok(token);
+    const lease = { partition: 1, consumer: 'C', token };
+    const [a, b, c] = [startEntry(3), startEntry(4), startEntry(5)];
+    const first = await applyBatch(h.main, [a], lease);
+    assert.deepEqual(first.applied, [a]);
+
+    const again = await applyBatch(h.main, [a, b], lease);
+    assert.deepEqual(again.applied, [b], 'the new event is applied');
+    assert.deepEqual(again.duplicates, [a], 'the redelivered one is reported, not applied');
+    const counts = await h.mainRows<{ n: number }>(
+      'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1::uuid[]) GROUP BY event_id',
+      [[a.event.event_id, b.event.event_id]],
+    );
+    assert.deepEqual(counts, [{ n: 1 }, { n: 1 }]);
+
+    // A crash between the batch's commit and its LSN stamp: redelivered, the event is stamped.
+    await h.main.query('UPDATE events SET commit_lsn = NULL WHERE event_id = $1', [
+      b.event.event_id,
+    ]);
+    const redelivered = await applyBatch(h.main, [b, c], lease);
+    assert.deepEqual(redelivered.duplicates, [b]);
+    assert.deepEqual(redelivered.applied, [c]);
+    const stamps = await h.mainRows<{ stamped: boolean }>(
+      'SELECT commit_lsn IS NOT NULL AS stamped FROM events WHERE event_id = ANY($1::uuid[])',
+      [[b.event.event_id, c.event.event_id]],
+    );
+    assert.deepEqual(stamps, [{ stamped: true }, { stamped: true }]);
   });
 
   void it('commits through a pool whose sessions flush every commit, whatever the server default', async () => {
