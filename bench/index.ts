@@ -8,6 +8,7 @@ import { newIdInPartition } from '../src/domain/ids.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { startTestStack, TEMPLATE_DATABASE, withDatabase } from '../test/harness/services.ts';
 import {
+  cpuMeter,
   histogramBuckets,
   histogramQuantile,
   load,
@@ -46,6 +47,7 @@ type Site = { main: string; replica: string; redis: string; namespace: string };
 
 const main = async () => {
   const stack = await startTestStack();
+  const stackParts = { stackDir: stack.dir, redisPort: stack.redisPort };
   const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
   await admin.connect();
   let sites = 0;
@@ -312,12 +314,14 @@ const main = async () => {
         startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
       );
       const bullStarted = Date.now();
+      const bullCpu = cpuMeter({ ...stackParts, servers: { producer, worker } });
       const bull = await load(post(producer.port));
       await until(
         async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
         'the BullMQ worker',
       );
       const bullCommittedMs = Date.now() - bullStarted;
+      const bullCpuMs = bullCpu();
       const bullLatency = await peerDb.query<{ p99: number }>(
         'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
       );
@@ -334,6 +338,10 @@ const main = async () => {
       const sameWorkProjector = await started(outpost(sameWorkSite, 'projector'));
       const sameWorkDb = new pg.Pool({ connectionString: sameWorkSite.main, max: 2 });
       const outpostStarted = Date.now();
+      const outpostCpu = cpuMeter({
+        ...stackParts,
+        servers: { api: sameWorkApi, projector: sameWorkProjector },
+      });
       const outpostLoad = await load(post(sameWorkApi.port));
       await until(
         async () =>
@@ -341,9 +349,12 @@ const main = async () => {
         'the Outpost projector',
       );
       const outpostCommittedMs = Date.now() - outpostStarted;
+      const outpostCpuMs = outpostCpu();
       await sameWorkApi.stop();
       await sameWorkProjector.stop();
       await sameWorkDb.end();
+      const bullWrites = bull.requests - bull.errors;
+      const outpostWrites = outpostLoad.requests - outpostLoad.errors;
       const bullCommittedRps = Math.round((bull.requests - bull.errors) / (bullCommittedMs / 1000));
       const outpostCommittedRps = Math.round(
         (outpostLoad.requests - outpostLoad.errors) / (outpostCommittedMs / 1000),
@@ -358,6 +369,10 @@ const main = async () => {
         bullmq_committed_rps: bullCommittedRps,
         outpost_committed_rps: outpostCommittedRps,
         committed_ratio: round(outpostCommittedRps / bullCommittedRps),
+        // CPU per committed write (µs), of the whole machine and of each part of it: steadier
+        // than throughput on a shared machine, and it tells where the time goes.
+        bullmq_cpu_us_per_write: perWrite(bullCpuMs, bullWrites),
+        outpost_cpu_us_per_write: perWrite(outpostCpuMs, outpostWrites),
       };
     }
     if (want('integrity')) {
@@ -436,6 +451,11 @@ const unacknowledged = async (eventLog: EventLog) => {
   }
   return total;
 };
+
+const perWrite = (cpuMs: Record<string, number>, writes: number) =>
+  Object.fromEntries(
+    Object.entries(cpuMs).map(([part, ms]) => [part, Math.round((ms * 1000) / writes)]),
+  );
 
 /**
  * Empties Redis and compacts its append-only file between scenarios: what the ingest scenario

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
@@ -67,6 +67,132 @@ const peakRss = (pid: number | undefined): number => {
   } catch {
     return 0;
   }
+};
+
+/** Linux counts CPU time in clock ticks of 10 ms (USER_HZ is 100 on every Linux we run on). */
+const TICK_MS = 10;
+
+type ProcessCpu = { comm: string; ppid: number; cpuMs: number };
+
+/** Every process's name, parent and CPU time (user + system, ms) so far, from /proc. */
+const processTable = (): Map<number, ProcessCpu> => {
+  const table = new Map<number, ProcessCpu>();
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) {
+      continue;
+    }
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      // The name may contain spaces and parentheses: the fields after it start at the last ')'.
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      table.set(pid, {
+        comm,
+        ppid: Number(fields[1]),
+        cpuMs: (Number(fields[11]) + Number(fields[12])) * TICK_MS,
+      });
+    } catch {
+      // The process ended while the table was read.
+    }
+  }
+  return table;
+};
+
+const cmdline = (pid: number) => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
+};
+
+/** CPU time (ms) all cores of the machine have spent busy so far: every process, the kernel. */
+const machineBusyMs = (): number => {
+  const [, user, nice, system, , , irq, softirq, steal] = (
+    readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? ''
+  )
+    .split(/\s+/)
+    .map(Number);
+  return (
+    ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) *
+    TICK_MS
+  );
+};
+
+export type CpuComponents = {
+  /** The bench's own stack: its data directory names the PostgreSQL servers, its port Redis. */
+  stackDir: string;
+  redisPort: number;
+  /** Processes under test, by label. */
+  servers: Record<string, Server>;
+};
+
+/**
+ * Which part of the set-up a process belongs to: a server under test, the load generator (this
+ * process), Redis, or the main or replica PostgreSQL (a backend by its postmaster's data
+ * directory). Other processes are left out; the machine total minus the parts is "other".
+ */
+const componentOf = (
+  pid: number,
+  table: Map<number, ProcessCpu>,
+  parts: CpuComponents,
+  serverPids: Map<number, string>,
+): string | undefined => {
+  const server = serverPids.get(pid);
+  if (server) {
+    return server;
+  }
+  if (pid === process.pid) {
+    return 'load generator';
+  }
+  const { comm, ppid } = table.get(pid) ?? { comm: '', ppid: 0 };
+  if (comm === 'redis-server') {
+    return cmdline(pid).some((arg) => arg.endsWith(`:${parts.redisPort}`)) ? 'redis' : undefined;
+  }
+  if (comm === 'postgres') {
+    const postmaster = table.get(ppid)?.comm === 'postgres' ? ppid : pid;
+    const args = cmdline(postmaster);
+    const dataDir = args[args.indexOf('-D') + 1] ?? '';
+    if (dataDir.startsWith(parts.stackDir)) {
+      return dataDir.endsWith('replica') ? 'postgres_replica' : 'postgres_main';
+    }
+  }
+  return undefined;
+};
+
+/**
+ * Starts counting CPU time; the returned function tells what each part used since (ms), and the
+ * whole machine (every core, every process, the kernel).
+ */
+export const cpuMeter = (parts: CpuComponents) => {
+  const serverPids = new Map(
+    Object.entries(parts.servers).map(([label, server]) => [server.child.pid ?? -1, label]),
+  );
+  const byComponent = () => {
+    const table = processTable();
+    const totals: Record<string, number> = {};
+    for (const [pid, { cpuMs }] of table) {
+      const component = componentOf(pid, table, parts, serverPids);
+      if (component) {
+        totals[component] = (totals[component] ?? 0) + cpuMs;
+      }
+    }
+    return totals;
+  };
+  const machineAtStart = machineBusyMs();
+  const atStart = byComponent();
+  return () => {
+    const now = byComponent();
+    const used: Record<string, number> = {};
+    for (const [component, ms] of Object.entries(now)) {
+      used[component] = ms - (atStart[component] ?? 0);
+    }
+    const machine = machineBusyMs() - machineAtStart;
+    used.other = machine - Object.values(used).reduce((a, b) => a + b, 0);
+    used.machine = machine;
+    return used;
+  };
 };
 
 export type LoadResult = {

@@ -1,3 +1,9 @@
+const cpuParts = (parts: Record<string, number>) =>
+  Object.entries(parts)
+    .filter(([part]) => part !== 'machine')
+    .map(([part, us]) => `${part} ${us}`)
+    .join(', ');
+
 /** The markdown table the README embeds: measured figures next to the targets of issue 6. */
 // biome-ignore lint/suspicious/noExplicitAny: the results file is read by key
 export const renderTable = (r: any): string => {
@@ -70,6 +76,27 @@ export const renderTable = (r: any): string => {
         ? 'not measured'
         : `${r.peer.bullmq_committed_rps} / ${r.peer.outpost_committed_rps}, ${r.peer.committed_ratio}`,
       '≥ 3',
+    ],
+    [
+      'same work, CPU per committed write (µs), whole machine: BullMQ / Outpost',
+      r.peer.bullmq_cpu_us_per_write === undefined
+        ? 'not measured'
+        : `${r.peer.bullmq_cpu_us_per_write.machine} / ${r.peer.outpost_cpu_us_per_write.machine}`,
+      '',
+    ],
+    [
+      'same work, Outpost CPU per committed write (µs) by part',
+      r.peer.outpost_cpu_us_per_write === undefined
+        ? 'not measured'
+        : cpuParts(r.peer.outpost_cpu_us_per_write),
+      '',
+    ],
+    [
+      'same work, BullMQ CPU per committed write (µs) by part',
+      r.peer.bullmq_cpu_us_per_write === undefined
+        ? 'not measured'
+        : cpuParts(r.peer.bullmq_cpu_us_per_write),
+      '',
     ],
     [
       `integrity refresh (s, scaled to 1M events; measured on ${r.integrity.events})`,
