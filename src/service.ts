@@ -43,6 +43,9 @@ export const projectorPool = (config: Config) =>
     max: config.partitions + 4,
     applicationName: 'outpost-projector',
     synchronousCommit: true,
+    // Applying, replay's and the admin endpoints' lookups go by key; the integrity refresh, which
+    // scans whole tables, has a connection of its own.
+    keyLookupsOnly: true,
     // No applying transaction spans round trips (each is one statement or one simple query), so a
     // frozen projector holds no lease lock; should one ever be left open, the server ends it well
     // within the lease TTL, so a taker waits at most this long instead of a minute.

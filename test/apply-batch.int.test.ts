@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { acquireLease, FencedError, renewLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
@@ -97,6 +98,39 @@ void describe('applying a batch', () => {
       [[b.event.event_id, c.event.event_id]],
     );
     assert.deepEqual(stamps, [{ stamped: true }, { stamped: true }]);
+  });
+
+  void it('keeps the commit-LSN stamp on the events index after the table outgrows its first plan', async () => {
+    const pool = projectorPool(h.config);
+    try {
+      const token = await acquireLease(h.main, 2, 'D', 60_000);
+      assert.ok(token);
+      const lease = { partition: 2, consumer: 'D', token };
+      // Past five runs PostgreSQL may keep a generic plan, made here for a nearly empty table.
+      for (let n = 0; n < 8; n += 1) {
+        await applyBatch(pool, [startEntry(100 + n)], lease);
+      }
+      await h.main.query(
+        `INSERT INTO events (event_id, aggregate_id, seq, type, version, data, site, partition,
+                             stream_entry_id, occurred_at, commit_lsn)
+         SELECT gen_random_uuid(), gen_random_uuid(), 0, 'ExecutedObsUnitStarted', 1, '{}',
+                'fencing', 2, '0-1', now(), '0/1' FROM generate_series(1, 20000)`,
+      );
+      assert.equal(pool.totalCount, 1, 'one connection prepared and ran every statement');
+      const client = await pool.connect();
+      try {
+        const { rows } = await client.query<{ 'QUERY PLAN': string }>(
+          `EXPLAIN EXECUTE outpost_stamp_commit_lsn('{${randomUUID()}}')`,
+        );
+        const plan = rows.map((row) => row['QUERY PLAN']).join('\n');
+        assert.match(plan, /events_pkey/, plan);
+        assert.doesNotMatch(plan, /Seq Scan on events/, plan);
+      } finally {
+        client.release();
+      }
+    } finally {
+      await pool.end();
+    }
   });
 
   void it('commits through a pool whose sessions flush every commit, whatever the server default', async () => {
