@@ -8,6 +8,7 @@ import { newIdInPartition } from '../src/domain/ids.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { startTestStack, TEMPLATE_DATABASE, withDatabase } from '../test/harness/services.ts';
 import {
+  backToBack,
   cpuMeter,
   histogramBuckets,
   histogramQuantile,
@@ -259,6 +260,18 @@ const main = async () => {
           connections,
           duration: DURATION,
         });
+      // The floors under a merged read, one client each: an HTTP round trip to the same process
+      // that reads neither Redis nor PostgreSQL, a Redis round trip, a replica round trip.
+      const floor = await load({
+        url: `http://127.0.0.1:${apiOnly.port}/no-such-path`,
+        connections: 1,
+        duration: DURATION,
+      });
+      const replicaClient = new pg.Client({ connectionString: readSite.replica });
+      await replicaClient.connect();
+      const redisFloor = await backToBack(() => redis.ping(), DURATION / 2);
+      const replicaFloor = await backToBack(() => replicaClient.query('SELECT 1'), DURATION / 2);
+      await replicaClient.end();
       const reads0 = await read(settled.id, 1);
       const reads10 = await read(busy.id, 1);
       const saturated0 = await read(settled.id, 16);
@@ -269,6 +282,14 @@ const main = async () => {
         pending_10_p99_ms: reads10.p99_ms,
         pending_0_p50_ms: reads0.p50_ms,
         pending_10_p50_ms: reads10.p50_ms,
+        floors: {
+          http_404_p50_ms: floor.p50_ms,
+          http_404_p99_ms: floor.p99_ms,
+          redis_ping_p50_ms: redisFloor.p50_ms,
+          redis_ping_p99_ms: redisFloor.p99_ms,
+          replica_select_p50_ms: replicaFloor.p50_ms,
+          replica_select_p99_ms: replicaFloor.p99_ms,
+        },
         saturated_16_connections: {
           pending_0_p99_ms: saturated0.p99_ms,
           pending_10_p99_ms: saturated10.p99_ms,

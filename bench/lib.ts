@@ -358,3 +358,18 @@ export const until = async (
     await sleep(100);
   }
 };
+
+/**
+ * Latency of `call` made back to back by one client for `durationS` seconds, to the hundredth of
+ * a millisecond (autocannon counts whole milliseconds): p50 and p99 in ms.
+ */
+export const backToBack = async (call: () => Promise<unknown>, durationS: number) => {
+  const samples: number[] = [];
+  const end = performance.now() + durationS * 1000;
+  while (performance.now() < end) {
+    const start = performance.now();
+    await call();
+    samples.push(performance.now() - start);
+  }
+  return { p50_ms: round(percentile(samples, 50)), p99_ms: round(percentile(samples, 99)) };
+};

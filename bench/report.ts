@@ -59,6 +59,13 @@ export const renderTable = (r: any): string => {
       'p99 ≤ 3 with 10',
     ],
     [
+      'floors of a read, one client, p50 / p99 (ms): the same process answering 404; Redis PING; replica SELECT 1',
+      r.reads.floors === undefined
+        ? 'not measured'
+        : `${r.reads.floors.http_404_p50_ms} / ${r.reads.floors.http_404_p99_ms}; ${r.reads.floors.redis_ping_p50_ms} / ${r.reads.floors.redis_ping_p99_ms}; ${r.reads.floors.replica_select_p50_ms} / ${r.reads.floors.replica_select_p99_ms}`,
+      '',
+    ],
+    [
       'merged reads, 16 clients: req/s and p99 (ms), 0; 10 pending',
       `${r.reads.saturated_16_connections?.pending_0_rps} / ${r.reads.saturated_16_connections?.pending_0_p99_ms}; ${r.reads.saturated_16_connections?.pending_10_rps} / ${r.reads.saturated_16_connections?.pending_10_p99_ms}`,
       '',
