@@ -337,8 +337,9 @@ const main = async () => {
       const bullStarted = Date.now();
       const bullCpu = cpuMeter({ ...stackParts, servers: { producer, worker } });
       const bull = await load(post(producer.port));
+      const bullWrites = bull.requests - bull.errors;
       await until(
-        async () => (await count(peerDb, 'bullmq_events')) >= bull.requests - bull.errors,
+        async () => (await count(peerDb, 'bullmq_events')) >= bullWrites,
         'the BullMQ worker',
       );
       const bullCommittedMs = Date.now() - bullStarted;
@@ -364,9 +365,9 @@ const main = async () => {
         servers: { api: sameWorkApi, projector: sameWorkProjector },
       });
       const outpostLoad = await load(post(sameWorkApi.port));
+      const outpostWrites = outpostLoad.requests - outpostLoad.errors;
       await until(
-        async () =>
-          (await count(sameWorkDb, 'events')) >= outpostLoad.requests - outpostLoad.errors,
+        async () => (await count(sameWorkDb, 'events')) >= outpostWrites,
         'the Outpost projector',
       );
       const outpostCommittedMs = Date.now() - outpostStarted;
@@ -374,12 +375,8 @@ const main = async () => {
       await sameWorkApi.stop();
       await sameWorkProjector.stop();
       await sameWorkDb.end();
-      const bullWrites = bull.requests - bull.errors;
-      const outpostWrites = outpostLoad.requests - outpostLoad.errors;
-      const bullCommittedRps = Math.round((bull.requests - bull.errors) / (bullCommittedMs / 1000));
-      const outpostCommittedRps = Math.round(
-        (outpostLoad.requests - outpostLoad.errors) / (outpostCommittedMs / 1000),
-      );
+      const bullCommittedRps = Math.round(bullWrites / (bullCommittedMs / 1000));
+      const outpostCommittedRps = Math.round(outpostWrites / (outpostCommittedMs / 1000));
       results.peer = {
         bullmq_rps: bull.rps,
         outpost_rps: outpostRps,
