@@ -48,7 +48,6 @@ type Site = { main: string; replica: string; redis: string; namespace: string };
 
 const main = async () => {
   const stack = await startTestStack();
-  const stackParts = { stackDir: stack.dir, redisPort: stack.redisPort };
   const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
   await admin.connect();
   let sites = 0;
@@ -114,6 +113,31 @@ const main = async () => {
     body: BODY,
     duration: DURATION,
   });
+  /**
+   * Offers the ingest load to `port` and waits until `table` holds every accepted write: the
+   * writes accepted and committed per second, from the first request to the last commit, and
+   * the CPU per write of the machine and of `parts` (µs): steadier than throughput on a shared
+   * machine, and it tells where the time goes.
+   */
+  const committedRun = async (
+    port: number,
+    db: pg.Pool,
+    table: string,
+    parts: Record<string, Server>,
+    what: string,
+  ) => {
+    const startedAt = Date.now();
+    const cpu = cpuMeter({ stackDir: stack.dir, redisPort: stack.redisPort, servers: parts });
+    const offered = await load(post(port));
+    const writes = offered.requests - offered.errors;
+    await until(async () => (await count(db, table)) >= writes, what);
+    const seconds = (Date.now() - startedAt) / 1000;
+    return {
+      offered,
+      committedRps: Math.round(writes / seconds),
+      cpuUsPerWrite: perWrite(cpu(), writes),
+    };
+  };
   let outpostRps = 0;
   let rssMb = 0;
   try {
@@ -334,16 +358,14 @@ const main = async () => {
       const producer = await started(
         startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
       );
-      const bullStarted = Date.now();
-      const bullCpu = cpuMeter({ ...stackParts, servers: { producer, worker } });
-      const bull = await load(post(producer.port));
-      const bullWrites = bull.requests - bull.errors;
-      await until(
-        async () => (await count(peerDb, 'bullmq_events')) >= bullWrites,
+      const bullRun = await committedRun(
+        producer.port,
+        peerDb,
+        'bullmq_events',
+        { producer, worker },
         'the BullMQ worker',
       );
-      const bullCommittedMs = Date.now() - bullStarted;
-      const bullCpuMs = bullCpu();
+      const bull = bullRun.offered;
       const bullLatency = await peerDb.query<{ p99: number }>(
         'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
       );
@@ -359,38 +381,28 @@ const main = async () => {
       const sameWorkApi = await started(outpost(sameWorkSite, 'api'));
       const sameWorkProjector = await started(outpost(sameWorkSite, 'projector'));
       const sameWorkDb = new pg.Pool({ connectionString: sameWorkSite.main, max: 2 });
-      const outpostStarted = Date.now();
-      const outpostCpu = cpuMeter({
-        ...stackParts,
-        servers: { api: sameWorkApi, projector: sameWorkProjector },
-      });
-      const outpostLoad = await load(post(sameWorkApi.port));
-      const outpostWrites = outpostLoad.requests - outpostLoad.errors;
-      await until(
-        async () => (await count(sameWorkDb, 'events')) >= outpostWrites,
+      const outpostRun = await committedRun(
+        sameWorkApi.port,
+        sameWorkDb,
+        'events',
+        { api: sameWorkApi, projector: sameWorkProjector },
         'the Outpost projector',
       );
-      const outpostCommittedMs = Date.now() - outpostStarted;
-      const outpostCpuMs = outpostCpu();
       await sameWorkApi.stop();
       await sameWorkProjector.stop();
       await sameWorkDb.end();
-      const bullCommittedRps = Math.round(bullWrites / (bullCommittedMs / 1000));
-      const outpostCommittedRps = Math.round(outpostWrites / (outpostCommittedMs / 1000));
       results.peer = {
         bullmq_rps: bull.rps,
         outpost_rps: outpostRps,
         ratio: round(outpostRps / bull.rps),
         bullmq_p99_ms: bull.p99_ms,
         bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
-        outpost_rps_with_projector: outpostLoad.rps,
-        bullmq_committed_rps: bullCommittedRps,
-        outpost_committed_rps: outpostCommittedRps,
-        committed_ratio: round(outpostCommittedRps / bullCommittedRps),
-        // CPU per committed write (µs), of the whole machine and of each part of it: steadier
-        // than throughput on a shared machine, and it tells where the time goes.
-        bullmq_cpu_us_per_write: perWrite(bullCpuMs, bullWrites),
-        outpost_cpu_us_per_write: perWrite(outpostCpuMs, outpostWrites),
+        outpost_rps_with_projector: outpostRun.offered.rps,
+        bullmq_committed_rps: bullRun.committedRps,
+        outpost_committed_rps: outpostRun.committedRps,
+        committed_ratio: round(outpostRun.committedRps / bullRun.committedRps),
+        bullmq_cpu_us_per_write: bullRun.cpuUsPerWrite,
+        outpost_cpu_us_per_write: outpostRun.cpuUsPerWrite,
       };
     }
     if (want('integrity')) {
