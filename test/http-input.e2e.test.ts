@@ -35,7 +35,7 @@ void describe('HTTP input', () => {
   };
 
   void describe('x-request-id', () => {
-    void it("echoes the client's request id on an accepted write, a read and a refusal", async () => {
+    void it("echoes the client's request id on an accepted write, a read, a refusal and a metrics scrape", async () => {
       const requestId = `probe-${randomUUID()}`;
       const header = { 'x-request-id': requestId };
       const accepted = await h.post('/executed_obs_units/start', start, header);
@@ -48,6 +48,11 @@ void describe('HTTP input', () => {
       assert.equal(refused.status, 400);
       assert.equal(refused.headers.get('x-request-id'), requestId);
       assert.equal(refused.body.error.requestId, requestId);
+      // A response built as text rather than JSON: the header is set on it after the handler.
+      const metrics = await h.get('/metrics', header);
+      assert.equal(metrics.status, 200);
+      assert.equal(metrics.headers.get('x-request-id'), requestId);
+      assert.match(metrics.text, /outpost_/);
     });
 
     void it('makes one up when the client sends none or an unusable one', async () => {

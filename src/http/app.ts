@@ -31,7 +31,9 @@ const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
     const started = performance.now();
     await next();
     if (!c.get('requestIdSent')) {
-      c.header('x-request-id', requestId);
+      // Set on the response's own headers: `c.header` on a finished response would rebuild it
+      // around a stream of its body, which costs a read as much as its two round trips.
+      c.res.headers.set('x-request-id', requestId);
     }
     if (deps.logger.isLevelEnabled('debug')) {
       requestLogger(c).debug(
