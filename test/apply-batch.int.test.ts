@@ -1,18 +1,19 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { acquireLease, FencedError, renewLease } from '../src/db/queries/leases.ts';
+import { acquireLease, FencedError, type Lease, renewLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
-import { applyBatch } from '../src/projector/apply-batch.ts';
+import { applyBatch, applyBatches, type BatchResult } from '../src/projector/apply-batch.ts';
+import { BatchCombiner } from '../src/projector/batch-combiner.ts';
 import { projectorPool } from '../src/service.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 
-const startEntry = (n: number): LogEntry => {
-  const id = newIdInPartition(0, 4);
+const startEntry = (n: number, partition = 0, aggregateId?: string): LogEntry => {
+  const id = aggregateId ?? newIdInPartition(partition, 8);
   const event: Envelope = {
-    event_id: newIdInPartition(0, 4),
+    event_id: newIdInPartition(partition, 8),
     aggregate_id: id,
     aggregate_type: 'executed_obs_unit',
     version: 1,
@@ -146,5 +147,106 @@ void describe('applying a batch', () => {
     } finally {
       await pool.end();
     }
+  });
+
+  void describe('of several partitions together', () => {
+    const lease = async (partition: number, consumer: string) => {
+      const token = await acquireLease(h.main, partition, consumer, 60_000);
+      assert.ok(token, `lease of partition ${partition}`);
+      return { partition, consumer, token };
+    };
+    /** The transactions that wrote these events: one xmin per transaction. */
+    const writers = async (entries: LogEntry[]) =>
+      (
+        await h.mainRows<{ xmin: string }>(
+          'SELECT DISTINCT xmin::text FROM events WHERE event_id = ANY($1::uuid[])',
+          [entries.map((e) => e.event.event_id)],
+        )
+      ).length;
+    const partitionsOf = async (entries: LogEntry[]) =>
+      (
+        await h.mainRows<{ partition: number }>(
+          'SELECT partition FROM events WHERE event_id = ANY($1::uuid[]) ORDER BY partition',
+          [entries.map((e) => e.event.event_id)],
+        )
+      ).map((r) => r.partition);
+
+    let p3: Lease;
+    let p4: Lease;
+    before(async () => {
+      [p3, p4] = [await lease(3, 'E'), await lease(4, 'E')];
+    });
+
+    void it('writes them in one transaction and answers each partition its own result', async () => {
+      const earlier = startEntry(200, 3);
+      await applyBatch(h.main, [earlier], p3);
+      const [a, b] = [startEntry(201, 3), startEntry(202, 4)];
+      const [three, four] = (await applyBatches(h.main, [
+        { entries: [earlier, a], lease: p3 },
+        { entries: [b], lease: p4 },
+      ])) as [BatchResult, BatchResult];
+      assert.deepEqual(three.applied, [a]);
+      assert.deepEqual(three.duplicates, [earlier]);
+      assert.deepEqual(four.applied, [b]);
+      assert.deepEqual(four.duplicates, []);
+      assert.equal(three.commitLsn, four.commitLsn, 'one commit, one LSN to wait for');
+      assert.equal(await writers([a, b]), 1, 'one transaction wrote both partitions');
+      assert.deepEqual(await partitionsOf([a, b]), [3, 4], 'each event keeps its partition');
+    });
+
+    void it('writes nothing of any partition when one of their leases was taken over', async () => {
+      const p5 = await lease(5, 'E');
+      const p6 = { ...(await lease(6, 'E')), token: 0 };
+      const [a, b] = [startEntry(210, 5), startEntry(211, 6)];
+      await assert.rejects(
+        applyBatches(h.main, [
+          { entries: [a], lease: p5 },
+          { entries: [b], lease: p6 },
+        ]),
+        /no longer current/,
+      );
+      assert.equal(await applied(a), false, 'the partition whose lease holds waits too');
+      assert.equal(await applied(b), false);
+
+      // Through the combiner, each partition learns only its own fate.
+      const combiner = new BatchCombiner(h.main);
+      const [five, six] = await Promise.allSettled([
+        combiner.apply({ entries: [a], lease: p5 }),
+        combiner.apply({ entries: [b], lease: p6 }),
+      ]);
+      assert.equal(five.status, 'fulfilled');
+      assert.equal(six.status, 'rejected');
+      assert.ok(six.status === 'rejected' && six.reason instanceof FencedError, 'fenced alone');
+      assert.ok(await applied(a));
+      assert.equal(await applied(b), false);
+    });
+
+    void it("combines batches that are ready together, and keeps one partition's refusal its own", async () => {
+      const combiner = new BatchCombiner(h.main);
+      const [a, b] = [startEntry(220, 3), startEntry(221, 4)];
+      const results = await Promise.all([
+        combiner.apply({ entries: [a], lease: p3 }),
+        combiner.apply({ entries: [b], lease: p4 }),
+      ]);
+      assert.deepEqual(
+        results.map((r) => r.applied),
+        [[a], [b]],
+      );
+      assert.equal(await writers([a, b]), 1, 'applied in one transaction');
+
+      // A second creation of an existing aggregate: PostgreSQL refuses it (unique key).
+      const poison = startEntry(222, 4, b.event.aggregate_id);
+      const c = startEntry(223, 3);
+      const [three, four] = await Promise.allSettled([
+        combiner.apply({ entries: [c], lease: p3 }),
+        combiner.apply({ entries: [poison], lease: p4 }),
+      ]);
+      assert.equal(three.status, 'fulfilled');
+      assert.deepEqual(three.status === 'fulfilled' && three.value.applied, [c]);
+      assert.equal(four.status, 'rejected');
+      assert.match(four.status === 'rejected' ? String(four.reason) : '', /duplicate key/);
+      assert.ok(await applied(c));
+      assert.equal(await applied(poison), false);
+    });
   });
 });

@@ -160,23 +160,47 @@ const eventRow = (event: Envelope, seq: number, partition: number, entryId: stri
   written_by: event.written_by ?? null,
 });
 
-const writePlan = async (db: pg.PoolClient, plan: Plan, lease: Lease) => {
+/** One partition's batch: its entries in stream order, its lease, its aggregates held back. */
+export type BatchRequest = {
+  entries: readonly LogEntry[];
+  lease: Lease;
+  heldAggregates?: ReadonlySet<string>;
+};
+
+const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: readonly Lease[]) => {
+  const projections = new Map<ProjectionTable, AggregateState[]>();
+  for (const plan of plans) {
+    for (const [table, states] of plan.states) {
+      projections.set(table, [...(projections.get(table) ?? []), ...states]);
+    }
+  }
   const leased = await writeBatch(
     db,
     {
-      aggregates: plan.created,
-      events: plan.events,
-      createdHeads: plan.createdHeads,
-      advancedHeads: plan.advancedHeads,
-      links: plan.links,
-      projections: plan.states,
+      aggregates: plans.flatMap((p) => p.created),
+      events: plans.flatMap((p) => p.events),
+      createdHeads: plans.flatMap((p) => p.createdHeads),
+      advancedHeads: plans.flatMap((p) => p.advancedHeads),
+      links: plans.flatMap((p) => p.links),
+      projections,
     },
-    lease,
+    leases,
   );
   if (!leased) {
-    throw new FencedError(lease.partition, lease.token);
+    const [only] = leases;
+    throw leases.length === 1 && only
+      ? new FencedError(only.partition, only.token)
+      : new CombinedFencedError(leases.map((l) => l.partition));
   }
 };
+
+/** A lease of a combined batch lapsed; which one is found by applying each partition alone. */
+export class CombinedFencedError extends Error {
+  constructor(partitions: readonly number[]) {
+    super(`partitions ${partitions.join(', ')}: a lease is no longer current; refusing to commit`);
+    this.name = 'CombinedFencedError';
+  }
+}
 
 /**
  * Applies a batch: dedupe on event_id, fold, then write events, heads, stats, links and
@@ -191,38 +215,75 @@ export const applyBatch = async (
   lease: Lease,
   heldAggregates: ReadonlySet<string> = new Set(),
 ): Promise<BatchResult> => {
-  const { partition } = lease;
+  const [result] = await applyBatches(pool, [{ entries, lease, heldAggregates }]);
+  if (!result) {
+    throw new Error('a batch was applied without a result');
+  }
+  return result;
+};
+
+/**
+ * Applies the batches of several partitions as one: the same round trips and one commit for all
+ * of them, each folded over its own partition's state, and one result per request. Partitions
+ * hold disjoint aggregates, so nothing one batch writes is read by another.
+ */
+export const applyBatches = async (
+  pool: pg.Pool,
+  requests: readonly BatchRequest[],
+): Promise<BatchResult[]> =>
   // The commit LSN gates acknowledgement, so a commit must mean flushed: an asynchronously
   // committed batch lost in a crash would leave its LSN to be reached again by later WAL, and the
   // acker would acknowledge events that no longer exist. The projector's pool sets
   // synchronous_commit=on in each connection's startup packet, which outranks the server's,
   // database's and role's defaults (service.ts, projectorPool).
-  return withConnection(pool, async (db) => {
-    const known = await appliedEventIds(db, unique(entries.map((e) => e.event.event_id)));
-    const seen = new Set<string>();
-    const fresh: LogEntry[] = [];
-    const duplicates: LogEntry[] = [];
-    for (const entry of entries) {
-      const id = entry.event.event_id;
-      (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
-      seen.add(id);
-    }
-    const plan = planBatch(fresh, await loadStates(db, fresh), partition, heldAggregates);
-    await writePlan(db, plan, lease);
+  withConnection(pool, async (db) => {
+    const known = await appliedEventIds(
+      db,
+      unique(requests.flatMap((r) => r.entries.map((e) => e.event.event_id))),
+    );
+    const split = requests.map(({ entries }) => {
+      const seen = new Set<string>();
+      const fresh: LogEntry[] = [];
+      const duplicates: LogEntry[] = [];
+      for (const entry of entries) {
+        const id = entry.event.event_id;
+        (known.has(id) || seen.has(id) ? duplicates : fresh).push(entry);
+        seen.add(id);
+      }
+      return { fresh, duplicates };
+    });
+    const loaded = await loadStates(
+      db,
+      split.flatMap((s) => s.fresh),
+    );
+    const plans = requests.map((request, i) =>
+      planBatch(
+        split[i]?.fresh ?? [],
+        loaded,
+        request.lease.partition,
+        request.heldAggregates ?? new Set(),
+      ),
+    );
+    await writePlans(
+      db,
+      plans,
+      requests.map((r) => r.lease),
+    );
     // Applied events, and duplicates committed earlier without their LSN (a crash in between).
-    const lacksLsn = duplicates.filter((e) => known.get(e.event.event_id) === false);
+    const lacksLsn = split.flatMap((s) =>
+      s.duplicates.filter((e) => known.get(e.event.event_id) === false),
+    );
     const commitLsn = await stampCommitLsns(
       db,
-      [...plan.applied, ...lacksLsn].map((e) => e.event.event_id),
+      [...plans.flatMap((p) => p.applied), ...lacksLsn].map((e) => e.event.event_id),
     );
-    return {
+    return plans.map((plan, i) => ({
       applied: plan.applied,
-      duplicates,
+      duplicates: split[i]?.duplicates ?? [],
       failed: plan.failed,
       deferred: plan.deferred,
       commitLsn,
-    };
+    }));
   });
-};
 
 const unique = <T>(values: readonly T[]): T[] => [...new Set(values)];

@@ -1,5 +1,4 @@
 import type { Redis } from 'ioredis';
-import type pg from 'pg';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
 import type { LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
@@ -13,13 +12,14 @@ import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { applyBatch, type BatchResult } from './apply-batch.ts';
+import type { BatchRequest, BatchResult } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
 import { classifyFailure } from './errors.ts';
 
 export type ConsumerDeps = {
-  pool: pg.Pool;
+  /** Applies a batch to the main database (see BatchCombiner). */
+  apply: (request: BatchRequest) => Promise<BatchResult>;
   eventLog: EventLog;
   deadLetters: DeadLetters;
   /** A connection of its own: XREADGROUP BLOCK would stall every other command sharing it. */
@@ -306,7 +306,11 @@ export class PartitionConsumer {
    */
   async #applyIsolating(entries: LogEntry[]): Promise<BatchResult> {
     try {
-      return await applyBatch(this.#deps.pool, entries, this.#deps.lease, this.#holding);
+      return await this.#deps.apply({
+        entries,
+        lease: this.#deps.lease,
+        heldAggregates: this.#holding,
+      });
     } catch (err) {
       if (classifyFailure(err) === 'transient' || err instanceof FencedError) {
         throw err;

@@ -9,6 +9,7 @@ import { blockingConnection, watchConnection } from '../log/redis.ts';
 import { trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
@@ -50,7 +51,7 @@ const RATE_WINDOW_MS = 60_000;
 
 /**
  * Applies the partitions this process holds leases for, one consumer per partition, behind one
- * circuit breaker for the main database.
+ * circuit breaker for the main database; batches ready together are written together.
  */
 export class Projector {
   readonly #deps: ProjectorDeps;
@@ -58,6 +59,7 @@ export class Projector {
   readonly #recent: { at: number; applied: number }[] = [];
   readonly breaker: CircuitBreaker;
   readonly #leases: LeaseManager;
+  readonly #combiner: BatchCombiner;
   #reclaimTimer: NodeJS.Timeout | undefined;
   #trimTimer: NodeJS.Timeout | undefined;
   #processed = 0;
@@ -69,6 +71,7 @@ export class Projector {
 
   constructor(deps: ProjectorDeps) {
     this.#deps = deps;
+    this.#combiner = new BatchCombiner(deps.pool);
     this.breaker = createDatabaseBreaker('main', deps.metrics.breakerState, deps.logger);
     this.#leases = new LeaseManager({
       pool: deps.leasePool,
@@ -172,6 +175,7 @@ export class Projector {
     );
     const consumer = new PartitionConsumer({
       ...this.#deps,
+      apply: (request) => this.#combiner.apply(request),
       reader,
       lease,
       leaseValid: () => this.#leases.isValid(lease.partition),

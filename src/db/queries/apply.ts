@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { AggregateState } from '../../domain/fold.ts';
 import { prepared, type Queryable } from '../client.ts';
-import { type Lease, leaseHeldSql, leaseParams } from './leases.ts';
+import { type Lease, leasesHeldSql, leasesParams } from './leases.ts';
 
 /** The projection table of each aggregate type; states are rows of these tables. */
 export const PROJECTION_TABLES = {
@@ -102,22 +102,23 @@ export type BatchWrite = {
 const HEAD_RECORD = 'aggregate_id uuid, seq int, event_id uuid, at timestamptz';
 
 /**
- * Writes a whole batch in one statement, one CTE per table, and only while `lease` holds: the
- * fencing check is part of the same statement, so a fenced projector writes nothing. Run outside
+ * Writes a whole batch in one statement, one CTE per table, and only while every one of `leases`
+ * holds: the fencing check is part of the same statement, so a fenced projector writes nothing.
+ * A batch may gather several partitions' events (see BatchCombiner); one lapsed lease writes none. Run outside
  * a transaction block, the statement is its own transaction: all of the batch or none, committed
  * when it returns, with no BEGIN or COMMIT round trips around it. One round trip instead of one
  * per table matters because every round trip of eight busy partitions waits its turn on shared
  * cores. Foreign keys between the CTEs' rows are checked at the end of the statement, when all of
- * them exist. False when fenced.
+ * them exist. False when any lease is no longer held.
  */
 export const writeBatch = async (
   db: Queryable,
   batch: BatchWrite,
-  lease: Lease,
+  leases: readonly Lease[],
 ): Promise<boolean> => {
-  const params: unknown[] = leaseParams(lease);
-  const ctes = [`lease AS MATERIALIZED (${leaseHeldSql(1)})`];
-  const leased = 'EXISTS (SELECT 1 FROM lease)';
+  const params: unknown[] = leasesParams(leases);
+  const ctes = [`held AS MATERIALIZED (${leasesHeldSql(1)})`];
+  const leased = '(SELECT count(*) FROM held) = cardinality($1::int[])';
   const rowsOf = (rows: readonly unknown[], record: string) => {
     params.push(json(rows));
     return `json_to_recordset($${params.length}::json) AS r(${record})`;

@@ -73,18 +73,24 @@ export const releaseLease = async (db: Queryable, lease: Lease) => {
 };
 
 /**
- * The fencing check, run last inside the applying transaction (see writeBatch): a row while
- * `lease` is current, share-locked so that a taker's UPDATE of the lease waits for the checking
- * transaction to end. Its parameters are `$first` (partition),
- * `$first + 1` (owner) and `$first + 2` (token), so it can sit inside a larger statement.
+ * The fencing check, run last inside the applying transaction (see writeBatch): one row for each
+ * of `leases` that is current, share-locked so that a taker's UPDATE of a lease waits for the
+ * checking transaction to end. Its parameters are `$first` (partitions), `$first + 1` (owners)
+ * and `$first + 2` (tokens), as arrays, so it can sit inside a larger statement.
  */
-export const leaseHeldSql = (first: number) =>
-  `SELECT 1 FROM partition_leases
-    WHERE partition = $${first} AND owner = $${first + 1} AND token = $${first + 2}
-      AND expires_at > clock_timestamp()
-    FOR SHARE`;
+export const leasesHeldSql = (first: number) =>
+  `SELECT l.partition FROM partition_leases l
+     JOIN unnest($${first}::int[], $${first + 1}::text[], $${first + 2}::bigint[])
+          AS held(partition, owner, token)
+       ON l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
+    WHERE l.expires_at > clock_timestamp()
+    FOR SHARE OF l`;
 
-export const leaseParams = (lease: Lease) => [lease.partition, lease.consumer, lease.token];
+export const leasesParams = (leases: readonly Lease[]) => [
+  leases.map((l) => l.partition),
+  leases.map((l) => l.consumer),
+  leases.map((l) => l.token),
+];
 
 export type LeaseRow = {
   partition: number;
