@@ -34,8 +34,8 @@ const SHUTDOWN_STEP_TIMEOUT_MS = 10_000;
 
 /**
  * The main database pool the projector commits through. The acknowledgement gate trusts that a
- * commit LSN the replica reaches stands for a durable commit, so every commit waits for the WAL
- * flush (see apply-batch.ts).
+ * commit LSN the replica reaches stands for a durable commit, so commits wait for the WAL flush;
+ * only the batch write, always followed by a synchronous stamp, opts out (see writeBatch).
  */
 export const projectorPool = (config: Config) =>
   createPool({

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { parseLsn } from '../src/db/lsn.ts';
 import { acquireLease, FencedError, type Lease, renewLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
@@ -8,6 +9,7 @@ import type { LogEntry } from '../src/log/codec.ts';
 import { applyBatch, applyBatches, type BatchResult } from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
 import { projectorPool } from '../src/service.ts';
+import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 
 const startEntry = (n: number, partition = 0, aggregateId?: string): LogEntry => {
@@ -144,6 +146,16 @@ void describe('applying a batch', () => {
         await pool.query<{ synchronous_commit: string }>('SHOW synchronous_commit')
       ).rows;
       assert.equal(session?.synchronous_commit, 'on');
+      // The batch write relaxes it for its own transaction only (the stamp after it flushes both).
+      const lease = {
+        partition: 7,
+        consumer: 'G',
+        token: (await acquireLease(pool, 7, 'G', 60_000)) as number,
+      };
+      await applyBatch(pool, [startEntry(300, 7)], lease);
+      const after = (await pool.query<{ synchronous_commit: string }>('SHOW synchronous_commit'))
+        .rows;
+      assert.deepEqual(after, [{ synchronous_commit: 'on' }]);
     } finally {
       await pool.end();
     }
@@ -248,5 +260,47 @@ void describe('applying a batch', () => {
       assert.ok(await applied(c));
       assert.equal(await applied(poison), false);
     });
+  });
+});
+
+void describe('a batch whose commit LSN was returned', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(async () => {
+    await stackUp(h.stackOptions());
+    await h.close();
+  });
+
+  void it('survives a crash of the main database the moment applyBatch returns', async () => {
+    const pool = projectorPool(h.config);
+    pool.on('error', () => undefined); // its idle connection dies with the server
+    const entries = [startEntry(400, 1), startEntry(401, 1)];
+    let commitLsn: string;
+    try {
+      const token = await acquireLease(pool, 1, 'H', 60_000);
+      assert.ok(token);
+      ({ commitLsn } = await applyBatch(pool, entries, { partition: 1, consumer: 'H', token }));
+      // No pause: the WAL writer, which would flush an asynchronous commit on its own, runs every
+      // 200 ms; an immediate stop now loses whatever commit did not wait for its flush.
+      await crashMain(h.stack.dir);
+    } finally {
+      await pool.end().catch(() => undefined);
+    }
+    await stackUp(h.stackOptions());
+    await waitFor(
+      async () => (await h.mainRows('SELECT 1')).length === 1,
+      'the main database to answer again',
+    );
+    const rows = await h.mainRows<{ event_id: string; commit_lsn: string | null }>(
+      'SELECT event_id, commit_lsn::text FROM events WHERE event_id = ANY($1::uuid[])',
+      [entries.map((e) => e.event.event_id)],
+    );
+    assert.equal(rows.length, 2, 'the batch is there after the crash');
+    for (const row of rows) {
+      assert.ok(row.commit_lsn, 'and so is its stamp');
+      assert.ok(parseLsn(row.commit_lsn) <= parseLsn(commitLsn), 'at or before the LSN returned');
+    }
   });
 });

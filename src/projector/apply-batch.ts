@@ -231,11 +231,12 @@ export const applyBatches = async (
   pool: pg.Pool,
   requests: readonly BatchRequest[],
 ): Promise<BatchResult[]> =>
-  // The commit LSN gates acknowledgement, so a commit must mean flushed: an asynchronously
+  // The commit LSN gates acknowledgement, so it must stand for flushed commits: an asynchronously
   // committed batch lost in a crash would leave its LSN to be reached again by later WAL, and the
   // acker would acknowledge events that no longer exist. The projector's pool sets
   // synchronous_commit=on in each connection's startup packet, which outranks the server's,
-  // database's and role's defaults (service.ts, projectorPool).
+  // database's and role's defaults (service.ts, projectorPool); the write alone relaxes it,
+  // since the stamp's synchronous commit after it flushes both (writeBatch).
   withConnection(pool, async (db) => {
     const known = await appliedEventIds(
       db,
