@@ -85,10 +85,13 @@ const planBatch = (
     failed: [],
     deferred: [],
   };
-  const states = new Map(loaded.states);
+  // What this batch folded, over the loaded states (which a combined batch shares between its
+  // partitions, so they are read through rather than copied for each).
+  const states = new Map<string, AggregateState>();
   const nextSeq = new Map<string, number>();
   const createdHere = new Set<string>();
   const heads = new Map<string, HeadRow>();
+  const tableOf = new Map<string, ProjectionTable>();
   const held = new Set(heldAggregates);
   for (const entry of fresh) {
     const { event } = entry;
@@ -99,7 +102,7 @@ const planBatch = (
     }
     let state: AggregateState;
     try {
-      state = evolve(states.get(id), event);
+      state = evolve(states.get(id) ?? loaded.states.get(id), event);
     } catch (err) {
       if (err instanceof FoldError) {
         plan.failed.push({ entry, error: err });
@@ -123,6 +126,7 @@ const planBatch = (
       });
     }
     heads.set(id, { aggregate_id: id, seq, event_id: event.event_id, at: occurredAt });
+    tableOf.set(id, PROJECTION_TABLES[event.aggregate_type]);
     plan.events.push(eventRow(event, seq, partition, entry.entryId));
     plan.links.push(...linksOf(event).map((link) => ({ ...link, downstream_id: id })));
     plan.applied.push(entry);
@@ -130,20 +134,22 @@ const planBatch = (
   for (const [id, head] of heads) {
     (createdHere.has(id) ? plan.createdHeads : plan.advancedHeads).push(head);
     const state = states.get(id);
-    if (state) {
-      const table = PROJECTION_TABLES[aggregateTypeOf(fresh, id)];
-      plan.states.set(table, [...(plan.states.get(table) ?? []), state]);
+    const table = tableOf.get(id);
+    if (state && table) {
+      appendTo(plan.states, table, [state]);
     }
   }
   return plan;
 };
 
-const aggregateTypeOf = (entries: readonly LogEntry[], id: string) => {
-  const entry = entries.find((e) => e.event.aggregate_id === id);
-  if (!entry) {
-    throw new Error(`no entry of aggregate ${id}`);
+/** Adds `items` to the list under `key`, in place: a list per table grows by one state at a time. */
+const appendTo = <K, V>(lists: Map<K, V[]>, key: K, items: readonly V[]) => {
+  const list = lists.get(key);
+  if (list) {
+    list.push(...items);
+  } else {
+    lists.set(key, [...items]);
   }
-  return entry.event.aggregate_type;
 };
 
 const eventRow = (event: Envelope, seq: number, partition: number, entryId: string): EventRow => ({
@@ -171,7 +177,7 @@ const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: rea
   const projections = new Map<ProjectionTable, AggregateState[]>();
   for (const plan of plans) {
     for (const [table, states] of plan.states) {
-      projections.set(table, [...(projections.get(table) ?? []), ...states]);
+      appendTo(projections, table, states);
     }
   }
   const leased = await writeBatch(

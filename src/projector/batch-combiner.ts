@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { applyBatches, type BatchRequest, type BatchResult } from './apply-batch.ts';
+import { applyBatch, applyBatches, type BatchRequest, type BatchResult } from './apply-batch.ts';
 
 type Waiting = {
   request: BatchRequest;
@@ -64,8 +64,7 @@ export class BatchCombiner {
 
   async #applyAlone({ request, resolve, reject }: Waiting): Promise<void> {
     try {
-      const [result] = await applyBatches(this.#pool, [request]);
-      resolve(result as BatchResult);
+      resolve(await applyBatch(this.#pool, request.entries, request.lease, request.heldAggregates));
     } catch (err) {
       reject(err);
     }
