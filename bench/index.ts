@@ -47,7 +47,7 @@ const log = (text: string) => process.stderr.write(`bench: ${text}\n`);
 type Site = { main: string; replica: string; redis: string; namespace: string };
 
 const main = async () => {
-  const stack = await startTestStack();
+  const stack = await startTestStack({ durablePostgres: true });
   const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
   await admin.connect();
   let sites = 0;

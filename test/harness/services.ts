@@ -91,10 +91,14 @@ export const freePort = (): Promise<number> =>
 export const withDatabase = (url: string, database: string) =>
   url.replace(/\/[^/]*$/, `/${database}`);
 
-/** Starts a primary, a streaming replica and Redis with AOF on free ports in a temporary folder. */
-export const startTestStack = async (): Promise<
-  TestStack & { stop: (options?: { keep?: boolean }) => Promise<void> }
-> => {
+/**
+ * Starts a primary, a streaming replica and Redis with AOF on free ports in a temporary folder.
+ * Tests run PostgreSQL without fsync, for speed; `durablePostgres` runs it as a site does
+ * (`outpost stack up`), for benchmarks.
+ */
+export const startTestStack = async ({
+  durablePostgres = false,
+} = {}): Promise<TestStack & { stop: (options?: { keep?: boolean }) => Promise<void> }> => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-test-'));
   const options: StackOptions = {
     dir,
@@ -103,7 +107,7 @@ export const startTestStack = async (): Promise<
     redisPort: await freePort(),
     pgCron: 'auto',
     appendfsync: 'always',
-    fastUnsafePostgres: true,
+    fastUnsafePostgres: !durablePostgres,
   };
   /** Stops the servers; `keep` leaves their data for inspection (see scripts/test-stack.ts). */
   const stop = async ({ keep = false } = {}) => {
