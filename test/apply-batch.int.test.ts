@@ -221,7 +221,7 @@ void describe('applying a batch', () => {
       assert.equal(await applied(b), false);
 
       // Through the combiner, each partition learns only its own fate.
-      const combiner = new BatchCombiner(h.main);
+      const combiner = new BatchCombiner((requests) => applyBatches(h.main, requests), 500);
       const [five, six] = await Promise.allSettled([
         combiner.apply({ entries: [a], lease: p5 }),
         combiner.apply({ entries: [b], lease: p6 }),
@@ -234,7 +234,7 @@ void describe('applying a batch', () => {
     });
 
     void it("combines batches that are ready together, and keeps one partition's refusal its own", async () => {
-      const combiner = new BatchCombiner(h.main);
+      const combiner = new BatchCombiner((requests) => applyBatches(h.main, requests), 500);
       const [a, b] = [startEntry(220, 3), startEntry(221, 4)];
       const results = await Promise.all([
         combiner.apply({ entries: [a], lease: p3 }),

@@ -9,6 +9,7 @@ import { blockingConnection, watchConnection } from '../log/redis.ts';
 import { trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { applyBatches } from './apply-batch.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
@@ -71,7 +72,10 @@ export class Projector {
 
   constructor(deps: ProjectorDeps) {
     this.#deps = deps;
-    this.#combiner = new BatchCombiner(deps.pool);
+    this.#combiner = new BatchCombiner(
+      (requests) => applyBatches(deps.pool, requests),
+      deps.batchSize,
+    );
     this.breaker = createDatabaseBreaker('main', deps.metrics.breakerState, deps.logger);
     this.#leases = new LeaseManager({
       pool: deps.leasePool,
