@@ -38,7 +38,9 @@ export type LinkRow = { upstream_id: string; downstream_id: string; kind: string
 /*
  * Every batch write is one statement fed by one JSON array, whatever the batch size: round trips
  * stay constant per batch, and the JSON goes into PostgreSQL once instead of as thousands of
- * parameters.
+ * parameters. It is read as jsonb: an event's `data` and a state's `metadata` then reach their
+ * jsonb columns as parsed values, where rows read from `json` text were parsed once for the array
+ * and again for each such column (a drain of 200,000 events: 9.3k → 10.1k events/s).
  */
 const json = (rows: readonly unknown[]) => JSON.stringify(rows);
 
@@ -121,7 +123,7 @@ export const writeBatch = async (
   const leased = '(SELECT count(*) FROM held) = cardinality($1::int[])';
   const rowsOf = (rows: readonly unknown[], record: string) => {
     params.push(json(rows));
-    return `json_to_recordset($${params.length}::json) AS r(${record})`;
+    return `jsonb_to_recordset($${params.length}::jsonb) AS r(${record})`;
   };
   if (batch.aggregates.length > 0) {
     ctes.push(`w_aggregates AS (
@@ -229,7 +231,7 @@ const projectionUpsertSql = (
     .map((c) => `"${c}" = excluded."${c}"`)
     .join(', ');
   return `INSERT INTO ${table} (${list})
-    SELECT ${list} FROM json_populate_recordset(null::${table}, $${param}::json)
+    SELECT ${list} FROM jsonb_populate_recordset(null::${table}, $${param}::jsonb)
      WHERE ${condition}
     ON CONFLICT (id) DO UPDATE SET ${updates}`;
 };
