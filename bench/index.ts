@@ -195,7 +195,7 @@ const main = async () => {
       // Each partition applies its stream in order, so the drain is done when the last event
       // appended to every partition is there: a probe of a few index lookups, where a count(*)
       // every 100 ms would scan the growing table on the cores the drain needs.
-      const lastEvents = [...lastOfEachPartition(backlog).values()];
+      const lastEvents = lastEventOfEachPartition(backlog);
       await until(
         async () => (await present(mainPool, lastEvents)) === lastEvents.length,
         'the drain',
@@ -480,9 +480,10 @@ const count = async (db: pg.Pool | pg.Client, table: string) =>
     (await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`)).rows[0]?.n ?? 0,
   );
 
-/** The event appended last to each partition, by partition. */
-const lastOfEachPartition = (events: readonly Envelope[]) =>
-  new Map(events.map((e) => [partitionOf(e.aggregate_id, PARTITIONS), e.event_id]));
+/** The id of the event appended last to each partition. */
+const lastEventOfEachPartition = (events: readonly Envelope[]) => [
+  ...new Map(events.map((e) => [partitionOf(e.aggregate_id, PARTITIONS), e.event_id])).values(),
+];
 
 /** How many of `eventIds` the main database holds. */
 const present = async (db: pg.Pool, eventIds: readonly string[]) =>

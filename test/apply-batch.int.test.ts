@@ -1,16 +1,28 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import type pg from 'pg';
 import { parseLsn } from '../src/db/lsn.ts';
 import { acquireLease, FencedError, type Lease, renewLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
-import { applyBatch, applyBatches, type BatchResult } from '../src/projector/apply-batch.ts';
+import { applyBatches, type BatchResult } from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
 import { projectorPool } from '../src/service.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { Harness, waitFor } from './harness/harness.ts';
+
+/** One partition's batch on its own. */
+const applyBatch = async (
+  pool: pg.Pool,
+  entries: readonly LogEntry[],
+  lease: Lease,
+): Promise<BatchResult> => {
+  const [result] = await applyBatches(pool, [{ entries, lease }]);
+  assert.ok(result, 'a result for the one batch');
+  return result;
+};
 
 const startEntry = (n: number, partition = 0, aggregateId?: string): LogEntry => {
   const id = aggregateId ?? newIdInPartition(partition, 8);

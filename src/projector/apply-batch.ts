@@ -209,29 +209,13 @@ export class CombinedFencedError extends Error {
 }
 
 /**
- * Applies a batch: dedupe on event_id, fold, then write events, heads, stats, links and
- * projections in one statement (one transaction), and stamp the commit LSN. Events already
- * applied are reported as duplicates and never written again. The reads before the write need no
- * transaction around them: only the lease holder writes this partition's aggregates, and the
- * write itself checks that it still is.
- */
-export const applyBatch = async (
-  pool: pg.Pool,
-  entries: readonly LogEntry[],
-  lease: Lease,
-  heldAggregates: ReadonlySet<string> = new Set(),
-): Promise<BatchResult> => {
-  const [result] = await applyBatches(pool, [{ entries, lease, heldAggregates }]);
-  if (!result) {
-    throw new Error('a batch was applied without a result');
-  }
-  return result;
-};
-
-/**
- * Applies the batches of several partitions as one: the same round trips and one commit for all
- * of them, each folded over its own partition's state, and one result per request. Partitions
- * hold disjoint aggregates, so nothing one batch writes is read by another.
+ * Applies the batches of one or several partitions as one: dedupe on event_id, fold each over its
+ * own partition's state, then write events, heads, stats, links and projections in one statement
+ * (one transaction), and stamp the commit LSN; one result per request. Events already applied are
+ * reported as duplicates and never written again. The reads before the write need no transaction
+ * around them: only a partition's lease holder writes its aggregates, and the write itself checks
+ * that it still is. Partitions hold disjoint aggregates, so nothing one batch writes is read by
+ * another.
  */
 export const applyBatches = async (
   pool: pg.Pool,
