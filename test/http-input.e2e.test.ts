@@ -195,6 +195,18 @@ void describe('HTTP input', () => {
           'integer past 2^53',
           '{"obs_unit_id":"x","instrument":"y","metadata":{"n":9007199254740993}}',
         ],
+        // JSON.parse takes an escaped half of a surrogate pair; no UTF-8 text, jsonb included, can.
+        [
+          'unpaired surrogate in a value',
+          '{"obs_unit_id":"x","instrument":"y","notes":"a\\ud800"}',
+        ],
+        [
+          'unpaired surrogate in a key',
+          '{"obs_unit_id":"x","instrument":"y","metadata":{"\\udc00":1}}',
+        ],
+        ['year 0', { ...start, start_time: '0000-06-01T00:00:00Z' }],
+        ['year 0 once in UTC', { ...start, start_time: '0001-01-01T00:30:00+01:00' }],
+        ['past year 9999 once in UTC', { ...start, start_time: '9999-12-31T23:00:00-02:00' }],
         ['nesting deeper than 32', { ...start, metadata: nested }],
         ['metadata over 64 KB', { ...start, metadata: { blob: 'x'.repeat(70 * 1024) } }],
       ];
@@ -206,6 +218,16 @@ void describe('HTTP input', () => {
         );
         assert.ok(error.details.length > 0, name);
       }
+    });
+
+    void it('refuses a query parameter PostgreSQL could not take with 400, not as the replica failing', async () => {
+      const answer = await h.get('/executed_obs_units?obs_unit_id=a%00b');
+      assert.equal(answer.status, 400, answer.text);
+      assert.equal(answer.body.error.code, 'validation_failed');
+      assert.deepEqual(
+        answer.body.error.details.map((d: { path: string }) => d.path),
+        ['obs_unit_id'],
+      );
     });
 
     void it('refuses invalid UTF-8 with 400', async () => {

@@ -42,8 +42,23 @@ const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
 const pathOf = (path: readonly (string | number)[]) => path.join('.');
 
 /**
- * What PostgreSQL cannot store is refused at the door: NUL in a string or key, integers past
- * 2^53 (JSON.parse has already rounded them), nesting deeper than MAX_JSON_DEPTH.
+ * Half of a UTF-16 surrogate pair without its other half. JSON.parse accepts one written as an
+ * escape (`"\ud800"`), but no UTF-8 text can hold it: PostgreSQL refuses it in jsonb, so the event
+ * would fail in the projector on every attempt.
+ */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+const textProblem = (text: string): string | undefined => {
+  if (text.includes('\u0000')) {
+    return 'a NUL character';
+  }
+  return LONE_SURROGATE.test(text) ? 'an unpaired UTF-16 surrogate (not valid Unicode)' : undefined;
+};
+
+/**
+ * What PostgreSQL cannot store is refused at the door: NUL or an unpaired surrogate in a string or
+ * key, integers past 2^53 (JSON.parse has already rounded them), nesting deeper than
+ * MAX_JSON_DEPTH.
  */
 export const storableProblems = (value: unknown, path: (string | number)[] = []): ErrorDetail[] => {
   const problems: ErrorDetail[] = [];
@@ -60,8 +75,9 @@ export const storableProblems = (value: unknown, path: (string | number)[] = [])
       return;
     }
     if (typeof node === 'string') {
-      if (node.includes('\u0000')) {
-        report('contains a NUL character');
+      const problem = textProblem(node);
+      if (problem) {
+        report(`contains ${problem}`);
       }
     } else if (typeof node === 'number') {
       if (Number.isInteger(node) && !Number.isSafeInteger(node)) {
@@ -75,8 +91,9 @@ export const storableProblems = (value: unknown, path: (string | number)[] = [])
       }
     } else if (node !== null && typeof node === 'object') {
       for (const key in node) {
-        if (key.includes('\u0000')) {
-          report('has a key with a NUL character');
+        const problem = textProblem(key);
+        if (problem) {
+          report(`has a key with ${problem}`);
         }
         at.push(key);
         visit((node as Record<string, unknown>)[key], depth + 1);

@@ -17,6 +17,19 @@ void describe('storableProblems', () => {
     assert.equal(storableProblems({ m: { 'k\u0000': 1 } })[0]?.path, 'm');
   });
 
+  void it('names the path of unpaired surrogates, which JSON.parse accepts and jsonb refuses', () => {
+    const parsed = JSON.parse(
+      '{"high": "a\\ud800", "low": "\\udc00b", "reversed": "\\udc00\\ud800", "pair": "\\ud83d\\udd2d", "m": {"\\ud800": 1}}',
+    );
+    assert.equal(parsed.pair, '🔭');
+    assert.deepEqual(storableProblems(parsed), [
+      { path: 'high', message: 'contains an unpaired UTF-16 surrogate (not valid Unicode)' },
+      { path: 'low', message: 'contains an unpaired UTF-16 surrogate (not valid Unicode)' },
+      { path: 'reversed', message: 'contains an unpaired UTF-16 surrogate (not valid Unicode)' },
+      { path: 'm', message: 'has a key with an unpaired UTF-16 surrogate (not valid Unicode)' },
+    ]);
+  });
+
   void it('flags integers JSON.parse has rounded', () => {
     const parsed = JSON.parse('{"n": 9007199254740993, "f": 1.5e300}');
     assert.deepEqual(

@@ -5,11 +5,23 @@ import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from './body.ts';
 /** Request schemas: the single source for validation and for the OpenAPI document. */
 const text = (max: number) => z.string().min(1).max(max);
 
+/**
+ * The instants a four-digit year in UTC can spell. An offset can carry a valid time past either
+ * end (`0001-01-01T00:00:00+01:00` is year 0 in UTC), and PostgreSQL refuses year 0 and years
+ * past 9999 written as the log stores them.
+ */
+const EARLIEST_MS = Date.parse('0001-01-01T00:00:00.000Z');
+const LATEST_MS = Date.parse('9999-12-31T23:59:59.999Z');
+
 /** Timestamps are normalised to UTC with millisecond precision, the precision of the whole log. */
 const timestamp = z.iso
   .datetime({ offset: true })
   .transform((value) => new Date(value).toISOString())
-  .refine((value) => !Number.isNaN(Date.parse(value)), 'not a valid time');
+  .refine((value) => !Number.isNaN(Date.parse(value)), 'not a valid time')
+  .refine((value) => {
+    const ms = Date.parse(value);
+    return ms >= EARLIEST_MS && ms <= LATEST_MS;
+  }, 'outside years 0001-9999 in UTC');
 
 export const uuid = z
   .string()

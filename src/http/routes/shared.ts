@@ -3,6 +3,7 @@ import { unitStatus } from '../../db/queries/read.ts';
 import type { AggregateType } from '../../domain/events.ts';
 import { isUuid } from '../../domain/ids.ts';
 import { readMerged } from '../../read/merged.ts';
+import { storableProblems } from '../body.ts';
 import type { AppDeps, HonoEnv } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 
@@ -84,7 +85,14 @@ export const readQuery = <T>(
       | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } };
   },
 ): T => {
-  const parsed = schema.safeParse(c.req.query());
+  const query = c.req.query();
+  // A filter value goes to PostgreSQL as a parameter, which refuses a NUL byte: without this
+  // the refusal would come back as the replica failing (503), not as the caller's mistake.
+  const unstorable = storableProblems(query);
+  if (unstorable.length > 0) {
+    throw new ApiError('validation_failed', 'query parameters are invalid', unstorable);
+  }
+  const parsed = schema.safeParse(query);
   if (!parsed.success) {
     throw new ApiError(
       'validation_failed',
