@@ -95,6 +95,23 @@ void describe('process faults under load', () => {
       const health = await h.get('/health');
       assert.equal(health.status, 503);
       assert.equal(health.body.redis, 'disconnected');
+      assert.ok(health.headers.get('retry-after'), '/health says when to look again');
+      // The operator's endpoints read Redis too: an outage is a 503 to wait out, never a 500.
+      const admin = { authorization: `Bearer ${h.config.adminToken}` };
+      const someId = '01900000-0000-7000-8000-000000000000';
+      for (const [method, path] of [
+        ['GET', '/buffer-stats'],
+        ['GET', '/admin/pending'],
+        ['GET', '/admin/dead-letters'],
+        ['GET', `/admin/dead-letters/${someId}`],
+        ['POST', `/admin/dead-letters/${someId}/retry`],
+        ['DELETE', `/admin/dead-letters/${someId}?reason=outage`],
+      ] as const) {
+        const answer = await h.request(method, path, undefined, admin);
+        assert.equal(answer.status, 503, `${method} ${path}: ${answer.text}`);
+        assert.equal(answer.body.error.code, 'log_unavailable', `${method} ${path}`);
+        assert.ok(answer.headers.get('retry-after'), `${method} ${path}`);
+      }
       await stackUp(h.stackOptions());
       await waitFor(
         () => load.accepted() >= acceptedBeforeKill + 100,

@@ -19,8 +19,18 @@ const withRequestId = (body: ReturnType<typeof errorBody>, requestId: string) =>
   error: { ...body.error, requestId },
 });
 
+/**
+ * Whether an unexpected error means the local log is away: the connection is not ready (ioredis
+ * then fails commands at once, since the offline queue is off) or a command outlived its timeout.
+ * Routes that know they talk to Redis say so themselves; this catches the rest (the operator's
+ * endpoints), which would otherwise answer 500 for what is an outage to wait out.
+ */
+const logIsAway = (deps: Pick<AppDeps, 'eventLog'>, err: unknown) =>
+  deps.eventLog.redis.status !== 'ready' ||
+  (err instanceof Error && err.message === 'Command timed out');
+
 /** Request ids, request logging and problem bodies: what every Outpost HTTP server shares. */
-const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
+const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
   const app = new Hono<HonoEnv>();
 
   app.use('*', async (c, next) => {
@@ -63,6 +73,17 @@ const baseApp = (deps: Pick<AppDeps, 'logger'>) => {
       return c.json(
         withRequestId(errorBody(err.code, err.message, err.details), requestId),
         err.status,
+      );
+    }
+    if (logIsAway(deps, err)) {
+      requestLogger(c).warn({ err }, 'request failed: the local log is unavailable');
+      c.header('Retry-After', '1');
+      return c.json(
+        withRequestId(
+          errorBody('log_unavailable', 'the local log cannot be reached right now'),
+          requestId,
+        ),
+        503,
       );
     }
     requestLogger(c).error({ err }, 'unexpected error');

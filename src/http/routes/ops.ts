@@ -7,7 +7,10 @@ export const registerOpsRoutes = (app: App, deps: AppDeps) => {
     const health = await deps.status.health();
     // 503 only when writes cannot be accepted: a site cut off from its main database is degraded,
     // not down, since buffering writes through such a cut is what Outpost is for.
-    return c.json(health, health.redis === 'connected' ? 200 : 503);
+    if (health.redis === 'connected') {
+      return c.json(health, 200);
+    }
+    return c.json(health, 503, { 'Retry-After': '1' });
   });
 
   app.get('/buffer-stats', async (c) => {
