@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
+import { partitionOf } from '../src/domain/ids.ts';
 import { streamEventIds } from './harness/audit.ts';
 import { Harness, type HttpResult } from './harness/harness.ts';
 
@@ -121,6 +122,40 @@ void describe('HTTP input', () => {
       assert.ok(results.every((r) => r.status === 201));
       assert.equal(new Set(results.map((r) => r.body.id)).size, 1);
       assert.equal((await streamEventIds(h)).size, before + 1);
+    });
+
+    void it('refuses a key reused for files of a unit in another partition', async () => {
+      // A file goes to its unit's partition, so the two requests below meet in no stream.
+      const unitIn = new Map<number, string>();
+      while (unitIn.size < 2) {
+        const id = (await h.post('/executed_obs_units/start', start)).body.id as string;
+        unitIn.set(partitionOf(id, h.config.partitions), id);
+      }
+      const [first, second] = [...unitIn.values()];
+      const files = (unit: string | undefined) => ({
+        executed_obs_unit_id: unit,
+        files: [
+          {
+            path: `/k/${randomUUID()}`,
+            size_bytes: 1,
+            checksum: 'ab'.repeat(8),
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      const key = { 'Idempotency-Key': `files-${randomUUID()}` };
+      const body = files(first);
+      const accepted = await h.post('/raw_data_files', body, key);
+      assert.equal(accepted.status, 201, accepted.text);
+      await appendsNothing(
+        () => h.post('/raw_data_files', files(second), key),
+        409,
+        'idempotency_key_reused',
+      );
+      const replayed = await h.post('/raw_data_files', body, key);
+      assert.equal(replayed.status, 201);
+      assert.deepEqual(replayed.body, accepted.body);
+      assert.equal(replayed.headers.get('idempotent-replayed'), 'true');
     });
 
     void it('scopes keys to the concrete path', async () => {

@@ -238,6 +238,7 @@ void describe('the local log', () => {
         scopeHash: 'scope-dup',
         requestHash,
         response: JSON.stringify({ status: 201, body: { first: true } }),
+        keyPartition: partition,
       });
       const lengthBefore = await redis.xlen(log.keys(partition).stream);
       const same = Array.from({ length: 30 }, (_, n) =>
@@ -253,6 +254,48 @@ void describe('the local log', () => {
         ...Array(5).fill('idempotency_conflict'),
       ]);
       assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 1);
+    });
+
+    void it('refuses a key reused with another body in another partition, where its record is not', async () => {
+      // Files and packages go to their unit's partition: one key can be sent with two units.
+      const keyPartition = 3;
+      const idempotency = (requestHash: string) => ({
+        scopeHash: 'scope-moved',
+        requestHash,
+        response: JSON.stringify({ status: 201, body: {} }),
+        keyPartition,
+      });
+      const streamLengths = () =>
+        Promise.all([0, 1, 2, 3].map((p) => redis.xlen(log.keys(p).stream)));
+      const before = await streamLengths();
+      const racing = await Promise.all(
+        [1, 2].flatMap((partition) =>
+          Array.from({ length: 5 }, (_, n) =>
+            log.append({
+              partition,
+              events: [eventIn(partition, n)],
+              idempotency: idempotency(`body-${partition}`),
+            }),
+          ),
+        ),
+      );
+      const kinds = racing.map((r) => r.kind);
+      assert.equal(kinds.filter((k) => k === 'appended').length, 1, kinds.join());
+      assert.equal(kinds.filter((k) => k === 'replayed').length, 4, kinds.join());
+      const refused = racing.flatMap((r, i) => (r.kind === 'idempotency_conflict' ? [i] : []));
+      assert.equal(refused.length, 5, kinds.join());
+      assert.ok(
+        refused.every((i) => i < 5) || refused.every((i) => i >= 5),
+        'every refusal is of the other body',
+      );
+      const after = await streamLengths();
+      assert.equal(
+        after.reduce((sum, n, p) => sum + n - (before[p] ?? 0), 0),
+        1,
+        'one event appended in all',
+      );
+      const claim = log.keys(keyPartition).idempotencyClaim('scope-moved');
+      assert.ok((await redis.ttl(claim)) > 23 * 3600, 'the claim lasts as long as the record');
     });
 
     void it('lets exactly one of racing guarded transitions of a unit through', async () => {
@@ -313,7 +356,12 @@ void describe('the local log', () => {
         log.append({
           partition,
           events: [eventIn(partition, 2)],
-          idempotency: { scopeHash: 'scope-broken', requestHash: 'h', response: '{}' },
+          idempotency: {
+            scopeHash: 'scope-broken',
+            requestHash: 'h',
+            response: '{}',
+            keyPartition: partition,
+          },
         }),
         plain(3),
         plain(4),

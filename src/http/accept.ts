@@ -87,6 +87,7 @@ export const accept = async (
         scopeHash: sha256(scope),
         requestHash: sha256(stringify(request.rawBody) ?? ''),
         response: JSON.stringify(request.response),
+        keyPartition: partitionForText(scope, deps.config.partitions),
       }
     : undefined;
   const writer = c.get('writer') as string | undefined;

@@ -38,7 +38,13 @@ export type Guard = {
 export type AppendRequest = {
   partition: number;
   events: readonly Envelope[];
-  idempotency?: { scopeHash: string; requestHash: string; response: string };
+  idempotency?: {
+    scopeHash: string;
+    requestHash: string;
+    response: string;
+    /** The key's own partition: where a new root created with this key is minted. */
+    keyPartition: number;
+  };
   guard?: Guard;
 };
 
@@ -245,7 +251,43 @@ export class EventLog {
    * call is out wait for it and then go together in one call (group commit): under load a call
    * carries many writes, and alone a write goes at once.
    */
-  append(request: AppendRequest): Promise<AppendResult> {
+  async append(request: AppendRequest): Promise<AppendResult> {
+    const { idempotency } = request;
+    if (idempotency && idempotency.keyPartition !== request.partition) {
+      const claimed = await this.#claimKey(idempotency, request.partition);
+      if (!claimed) {
+        return { kind: 'idempotency_conflict' };
+      }
+    }
+    return this.#appendGathered(request);
+  }
+
+  /**
+   * An idempotency record lives beside the stream it guards, so checking it stays atomic with the
+   * append (and single-slot for Redis Cluster). A route whose partition follows from its body
+   * (files and packages go to their unit's) could then meet a reused key in another partition
+   * and not see it. So before such an append the key is claimed, SET NX, in its own partition
+   * with the request's hash: the same key with another body meets the claim and is refused.
+   * With the same body it proceeds to the append, whose record answers a replay, or appends
+   * if the first attempt never got that far.
+   */
+  async #claimKey(
+    idempotency: NonNullable<AppendRequest['idempotency']>,
+    partition: number,
+  ): Promise<boolean> {
+    const earlier = (await this.#redis.call(
+      'SET',
+      this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),
+      `${idempotency.requestHash} ${partition}`,
+      'NX',
+      'GET',
+      'EX',
+      IDEMPOTENCY_TTL_SECONDS,
+    )) as string | null;
+    return earlier === null || earlier.split(' ')[0] === idempotency.requestHash;
+  }
+
+  #appendGathered(request: AppendRequest): Promise<AppendResult> {
     return new Promise<string[]>((resolve, reject) => {
       const waiting = this.#gathering.get(request.partition);
       if (waiting) {

@@ -41,6 +41,11 @@ export type PartitionKeys = {
   /** The status of an executed obs unit, for atomic finish/patch checks in the append script. */
   unitState: (unitId: string) => string;
   idempotency: (scopeHash: string) => string;
+  /**
+   * Which partition a key's first request went to, kept in the key's own partition (see
+   * EventLog.append): the record itself lives beside the stream it guards.
+   */
+  idempotencyClaim: (scopeHash: string) => string;
 };
 
 /**
@@ -81,6 +86,7 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,
     idempotency: (scopeHash) => `${prefix}:idem:${scopeHash}`,
+    idempotencyClaim: (scopeHash) => `${prefix}:idem-claim:${scopeHash}`,
   };
 };
 
