@@ -190,6 +190,37 @@ void describe('integrity invariants', () => {
     });
   }
 
+  void it('counts seqs that are contiguous but start past 0 as a seq_gap, and as a bad first event', async () => {
+    // Two steps, so no row meets another's (aggregate_id, seq) on the way: 0,1,2 -> 100.. -> 1,2,3.
+    const shift = async (by: number) => {
+      await h.main.query('UPDATE events SET seq = seq + 100 WHERE aggregate_id = $1', [ids.unit]);
+      await h.main.query('UPDATE events SET seq = seq - 100 + $2 WHERE aggregate_id = $1', [
+        ids.unit,
+        by,
+      ]);
+      await h.main.query('UPDATE aggregate_heads SET seq = seq + $2 WHERE aggregate_id = $1', [
+        ids.unit,
+        by,
+      ]);
+    };
+    await shift(1);
+    try {
+      const { anomalies } = await refresh();
+      assert.deepEqual(
+        PROBLEMS.filter((p) => anomalies[p] > 0),
+        ['bad_first_event', 'seq_gap'],
+        JSON.stringify(anomalies),
+      );
+    } finally {
+      await shift(-1);
+    }
+    const { anomalies } = await refresh();
+    assert.ok(
+      PROBLEMS.every((p) => anomalies[p] === 0),
+      JSON.stringify(anomalies),
+    );
+  });
+
   void it('refreshes thousands of events from the full pipeline to all zeros', async () => {
     const units = await inBatches(
       Array.from({ length: 150 }, (_, i) => i),
