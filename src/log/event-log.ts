@@ -247,9 +247,8 @@ export class EventLog {
   }
 
   /**
-   * Appends one request's events. Requests for a partition that arrive while its previous script
-   * call is out wait for it and then go together in one call (group commit): under load a call
-   * carries many writes, and alone a write goes at once.
+   * Appends one request's events, first claiming its idempotency key when the key's partition is
+   * not the request's (#claimKey).
    */
   async append(request: AppendRequest): Promise<AppendResult> {
     const { idempotency } = request;
@@ -287,6 +286,11 @@ export class EventLog {
     return earlier === null || earlier.split(' ')[0] === idempotency.requestHash;
   }
 
+  /**
+   * Requests for a partition that arrive while its previous script call is out wait for it and
+   * then go together in one call (group commit): under load a call carries many writes, and alone
+   * a write goes at once.
+   */
   #appendGathered(request: AppendRequest): Promise<AppendResult> {
     return new Promise<string[]>((resolve, reject) => {
       const waiting = this.#gathering.get(request.partition);
