@@ -296,6 +296,19 @@ void describe('the local log', () => {
       );
       const claim = log.keys(keyPartition).idempotencyClaim('scope-moved');
       assert.ok((await redis.ttl(claim)) > 23 * 3600, 'the claim lasts as long as the record');
+      // Either way round with the key's own partition: first there, then elsewhere, and back.
+      const elsewhere = (scopeHash: string, requestHash: string, partition: number) =>
+        log.append({
+          partition,
+          events: [eventIn(partition, 9)],
+          idempotency: { ...idempotency(requestHash), scopeHash },
+        });
+      assert.equal((await elsewhere('scope-home-first', 'x', keyPartition)).kind, 'appended');
+      assert.equal((await elsewhere('scope-home-first', 'y', 0)).kind, 'idempotency_conflict');
+      assert.equal(
+        (await elsewhere('scope-moved', 'z', keyPartition)).kind,
+        'idempotency_conflict',
+      );
     });
 
     void it('lets exactly one of racing guarded transitions of a unit through', async () => {
@@ -345,8 +358,8 @@ void describe('the local log', () => {
 
     void it('fails a request alone when Redis refuses it, and appends the rest of its batch', async () => {
       const partition = 0;
-      // GET on a hash fails with WRONGTYPE: this request's idempotency check cannot run.
-      await redis.hset(log.keys(partition).idempotency('scope-broken'), 'x', '1');
+      // GET on a hash fails with WRONGTYPE: this request's unit guard cannot run.
+      await redis.hset(log.keys(partition).unitState('unit-broken'), 'x', '1');
       const lengthBefore = await redis.xlen(log.keys(partition).stream);
       const callsBefore = await scriptCalls();
       const plain = (n: number) => log.append({ partition, events: [eventIn(partition, n)] });
@@ -356,12 +369,7 @@ void describe('the local log', () => {
         log.append({
           partition,
           events: [eventIn(partition, 2)],
-          idempotency: {
-            scopeHash: 'scope-broken',
-            requestHash: 'h',
-            response: '{}',
-            keyPartition: partition,
-          },
+          guard: { unitId: 'unit-broken', next: 'running', require: false },
         }),
         plain(3),
         plain(4),

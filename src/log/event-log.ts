@@ -246,14 +246,10 @@ export class EventLog {
     }
   }
 
-  /**
-   * Appends one request's events, first claiming its idempotency key when the key's partition is
-   * not the request's (#claimKey).
-   */
+  /** Appends one request's events, first claiming its idempotency key if it has one (#claimKey). */
   async append(request: AppendRequest): Promise<AppendResult> {
-    const { idempotency } = request;
-    if (idempotency && idempotency.keyPartition !== request.partition) {
-      const claimed = await this.#claimKey(idempotency, request.partition);
+    if (request.idempotency) {
+      const claimed = await this.#claimKey(request.idempotency, request.partition);
       if (!claimed) {
         return { kind: 'idempotency_conflict' };
       }
@@ -265,10 +261,10 @@ export class EventLog {
    * An idempotency record lives beside the stream it guards, so checking it stays atomic with the
    * append (and single-slot for Redis Cluster). A route whose partition follows from its body
    * (files and packages go to their unit's) could then meet a reused key in another partition
-   * and not see it. So before such an append the key is claimed, SET NX, in its own partition
-   * with the request's hash: the same key with another body meets the claim and is refused.
-   * With the same body it proceeds to the append, whose record answers a replay, or appends
-   * if the first attempt never got that far.
+   * and not see it. So first the key is claimed, SET NX, in its own partition with the request's
+   * hash, whichever partition the request goes to: the same key with another body meets the
+   * claim and is refused. With the same body it proceeds to the append, whose record answers a
+   * replay, or appends if the first attempt never got that far.
    */
   async #claimKey(
     idempotency: NonNullable<AppendRequest['idempotency']>,
