@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type pg from 'pg';
+import pg from 'pg';
 import { parseLsn } from '../src/db/lsn.ts';
 import { acquireLease, FencedError, type Lease, renewLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
@@ -314,5 +314,57 @@ void describe('a batch whose commit LSN was returned', () => {
       assert.ok(row.commit_lsn, 'and so is its stamp');
       assert.ok(parseLsn(row.commit_lsn) <= parseLsn(commitLsn), 'at or before the LSN returned');
     }
+  });
+});
+
+void describe('a main database whose time zone had local mean time', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+    await h.main.query(`ALTER DATABASE ${h.database} SET timezone TO 'America/Santiago'`);
+  });
+  after(() => h.close());
+
+  void it('applies and reads back a unit that started in 1850', async () => {
+    const started = startEntry(500, 2);
+    (started.event.data as { start_time: string }).start_time = '1850-01-01T00:00:00.000Z';
+    const updated: LogEntry = {
+      entryId: `${Date.now()}-501`,
+      event: {
+        ...started.event,
+        event_id: newIdInPartition(2, 8),
+        type: 'ExecutedObsUnitUpdated',
+        data: { notes: 'seeing 0.6' },
+      },
+    };
+    // Why the pools say UTC: in the database's own zone the offset of 1850 has seconds.
+    const plain = new pg.Client({ connectionString: h.config.mainDatabaseUrl });
+    await plain.connect();
+    try {
+      const { rows } = await plain.query<{ t: string }>(
+        "SELECT to_jsonb('1850-01-01T00:00:00Z'::timestamptz) #>> '{}' AS t",
+      );
+      assert.match(rows[0]?.t ?? '', /-04:42:4\d$/);
+      assert.ok(Number.isNaN(Date.parse(rows[0]?.t ?? '')));
+    } finally {
+      await plain.end();
+    }
+    const pool = projectorPool(h.config);
+    try {
+      const token = await acquireLease(pool, 2, 'tz', 60_000);
+      assert.ok(token);
+      const lease = { partition: 2, consumer: 'tz', token };
+      // The update reads the row back to fold onto it: that is what a seconds offset broke.
+      await applyBatch(pool, [started], lease);
+      await applyBatch(pool, [updated], lease);
+    } finally {
+      await pool.end();
+    }
+    const rows = await h.mainRows<{ start_time: Date; notes: string }>(
+      'SELECT start_time, notes FROM executed_obs_units WHERE id = $1',
+      [started.event.aggregate_id],
+    );
+    assert.equal(rows[0]?.start_time.toISOString(), '1850-01-01T00:00:00.000Z');
+    assert.equal(rows[0]?.notes, 'seeing 0.6');
   });
 });

@@ -41,12 +41,16 @@ export const createPool = ({
 }: PoolOptions): pg.Pool => {
   // Settings in the startup packet outrank the server's, database's and role's defaults.
   const settings = [
+    // Timestamps come back through to_jsonb, which writes the session zone's offset. In a zone
+    // whose past used local mean time (America/Santiago before 1910: -04:42:46) the offset has
+    // seconds, which JavaScript's Date cannot parse: such a row could not be read back.
+    '-c timezone=UTC',
     ...(synchronousCommit ? ['-c synchronous_commit=on'] : []),
     ...(keyLookupsOnly ? ['-c enable_seqscan=off'] : []),
   ];
   return new pg.Pool({
     connectionString: url,
-    ...(settings.length > 0 ? { options: settings.join(' ') } : {}),
+    options: settings.join(' '),
     max,
     application_name: applicationName,
     connectionTimeoutMillis: Math.min(5_000, queryTimeoutMs),
