@@ -65,6 +65,30 @@ void describe('admin and incident tools', () => {
     }
   });
 
+  void it('refuses a dead-letter cursor Redis could not read on from with 400', async () => {
+    for (const cursor of [
+      'nonsense',
+      '0:99999999999999999999-0',
+      '0:18446744073709551615-18446744073709551615',
+    ]) {
+      const answer = await h.request(
+        'GET',
+        `/admin/dead-letters?cursor=${cursor}`,
+        undefined,
+        auth(TOKEN),
+      );
+      assert.equal(answer.status, 400, `${cursor}: ${answer.text}`);
+      assert.equal(answer.body.error.code, 'validation_failed');
+    }
+    const last = await h.request(
+      'GET',
+      '/admin/dead-letters?cursor=0:18446744073709551615-18446744073709551614',
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(last.status, 200, last.text);
+  });
+
   void it('answers 403 admin_disabled when no token is configured', async () => {
     const service = await h.startService('api', { adminToken: undefined, port: 0 });
     try {

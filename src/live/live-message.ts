@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { AGGREGATE_TYPES } from '../domain/events.ts';
+import { isStreamEntryId } from '../log/entry-id.ts';
 
 export const LIVE_STATES = ['accepted', 'applied', 'confirmed', 'dead'] as const;
 export type LiveState = (typeof LIVE_STATES)[number];
@@ -48,8 +49,6 @@ export type LivePublisher = { publish(messages: readonly LiveMessage[]): Promise
 /** A message with its id in the live stream: the SSE `id:` and the resume position. */
 export type LiveDelivery = { id: string; message: LiveMessage };
 
-const ENTRY_ID = /^\d+(-\d+)?$/;
-
 const commaList = <T extends string>(values: readonly [T, ...T[]]) =>
   z
     .string()
@@ -67,7 +66,7 @@ export const LiveQuery = z.object({
     .optional(),
   state: commaList(LIVE_STATES).optional(),
   /** Resume after this live-feed id (WebSocket; SSE clients send Last-Event-ID). */
-  since: z.string().regex(ENTRY_ID, 'not a live-feed id').optional(),
+  since: z.string().refine(isStreamEntryId, 'not a live-feed id').optional(),
   access_token: z.string().optional(),
 });
 export type LiveQuery = z.infer<typeof LiveQuery>;
@@ -89,7 +88,7 @@ export const matches = (filter: LiveFilter, m: LiveMessage): boolean =>
   (filter.aggregateId === undefined || filter.aggregateId === m.aggregate_id) &&
   (filter.states === undefined || filter.states.has(m.state));
 
-export const isLiveId = (text: string): boolean => ENTRY_ID.test(text);
+export const isLiveId = isStreamEntryId;
 
 /** Orders stream ids `ms-seq` numerically (as text, `10-0` sorts before `9-0`). */
 export const compareIds = (a: string, b: string): number => {

@@ -1,8 +1,25 @@
 /** Stream entry ids (`<ms>-<seq>`) compared as the pairs of integers they are, never as text. */
 export type EntryId = readonly [ms: bigint, seq: bigint];
 
+const ENTRY_ID = /^(\d+)(?:-(\d+))?$/;
+const U64_MAX = 2n ** 64n - 1n;
+
+/** The last id a stream can hold: nothing comes after it, so no range can start past it. */
+export const LAST_ENTRY_ID = `${U64_MAX}-${U64_MAX}`;
+
+/**
+ * Whether Redis takes `text` as an entry id (`<ms>` or `<ms>-<seq>`, each at most 2^64 - 1): an id
+ * that matches the pattern but not the bound makes the command fail, which would be a 500.
+ */
+export const isStreamEntryId = (text: string): boolean => {
+  const match = ENTRY_ID.exec(text);
+  return (
+    match !== null && BigInt(match[1] as string) <= U64_MAX && BigInt(match[2] ?? 0) <= U64_MAX
+  );
+};
+
 export const parseEntryId = (id: string): EntryId => {
-  const match = /^(\d+)(?:-(\d+))?$/.exec(id);
+  const match = ENTRY_ID.exec(id);
   if (!match) {
     throw new Error(`not a stream entry id: ${id}`);
   }

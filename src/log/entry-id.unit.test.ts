@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { compareEntryIds, entryIdAt, minEntryId } from './entry-id.ts';
+import {
+  compareEntryIds,
+  entryIdAt,
+  isStreamEntryId,
+  LAST_ENTRY_ID,
+  minEntryId,
+} from './entry-id.ts';
 
 void describe('entry ids', () => {
   void it('compares as integers, not as text', () => {
@@ -9,5 +15,15 @@ void describe('entry ids', () => {
     assert.equal(compareEntryIds('5-1', '5-1'), 0);
     assert.equal(minEntryId(['10-0', '9-5', '100-0']), '9-5');
     assert.equal(entryIdAt(1234.9), '1234-0');
+  });
+
+  void it('takes as ids only what Redis takes: each part at most 2^64 - 1', () => {
+    for (const id of ['0', '1700000000000-0', '18446744073709551615-18446744073709551615']) {
+      assert.ok(isStreamEntryId(id), id);
+    }
+    for (const id of ['', '-1', '1-', '1-2-3', '18446744073709551616', '1-18446744073709551616']) {
+      assert.ok(!isStreamEntryId(id), id);
+    }
+    assert.equal(LAST_ENTRY_ID, '18446744073709551615-18446744073709551615');
   });
 });

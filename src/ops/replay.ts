@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
 import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
-import { entryIdAt } from '../log/entry-id.ts';
+import { entryIdAt, isStreamEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
@@ -23,7 +23,6 @@ export type ReplayReport = {
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
 
-const ENTRY_ID = /^\d+(-\d+)?$/;
 const PAGE = 500;
 
 export class ReplayBoundError extends Error {
@@ -35,7 +34,7 @@ export class ReplayBoundError extends Error {
 
 /** `from`/`to` as the API and CLI take them: an entry id, or an ISO-8601 time (DESIGN §6). */
 export const replayBound = (text: string): string => {
-  if (ENTRY_ID.test(text)) {
+  if (isStreamEntryId(text)) {
     return text;
   }
   const ms = /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
