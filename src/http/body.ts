@@ -57,8 +57,8 @@ const textProblem = (text: string): string | undefined => {
 
 /**
  * What PostgreSQL cannot store is refused at the door: NUL or an unpaired surrogate in a string or
- * key, integers past 2^53 (JSON.parse has already rounded them), nesting deeper than
- * MAX_JSON_DEPTH.
+ * key, numbers past a double's range and integers past 2^53 (JSON.parse has already rounded
+ * them), nesting deeper than MAX_JSON_DEPTH.
  */
 export const storableProblems = (value: unknown, path: (string | number)[] = []): ErrorDetail[] => {
   const problems: ErrorDetail[] = [];
@@ -80,7 +80,10 @@ export const storableProblems = (value: unknown, path: (string | number)[] = [])
         report(`contains ${problem}`);
       }
     } else if (typeof node === 'number') {
-      if (Number.isInteger(node) && !Number.isSafeInteger(node)) {
+      if (!Number.isFinite(node)) {
+        // JSON.parse reads 1e999 as Infinity, which JSON.stringify would write back as null.
+        report('number beyond the range of a double');
+      } else if (Number.isInteger(node) && !Number.isSafeInteger(node)) {
         report('integer beyond Number.MAX_SAFE_INTEGER');
       }
     } else if (Array.isArray(node)) {

@@ -38,6 +38,14 @@ void describe('storableProblems', () => {
     );
   });
 
+  void it('flags numbers JSON.parse made infinite, which would be stored as null', () => {
+    const parsed = JSON.parse('{"m": {"up": 1e999, "down": -1e999, "fine": 1.5e-300}}');
+    assert.deepEqual(storableProblems(parsed), [
+      { path: 'm.up', message: 'number beyond the range of a double' },
+      { path: 'm.down', message: 'number beyond the range of a double' },
+    ]);
+  });
+
   void it('measures nesting depth', () => {
     assert.equal(depthOf({}), 1);
     assert.equal(depthOf({ a: { b: [1] } }), 3);
