@@ -4,6 +4,7 @@ import { randomInt } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
 import { audit, streamEventIds } from './harness/audit.ts';
+import { runCli } from './harness/cli.ts';
 import {
   Harness,
   holdFault,
@@ -112,6 +113,11 @@ void describe('process faults under load', () => {
         assert.equal(answer.body.error.code, 'log_unavailable', `${method} ${path}`);
         assert.ok(answer.headers.get('retry-after'), `${method} ${path}`);
       }
+      // And the CLI says so in one line, without ioredis's stack traces.
+      const cli = await runCli(h, ['pending']);
+      assert.equal(cli.code, 1);
+      assert.match(cli.stderr, /^outpost: cannot reach Redis at 127\.0\.0\.1:\d+ \(.+\)/);
+      assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
       await stackUp(h.stackOptions());
       await waitFor(
         () => load.accepted() >= acceptedBeforeKill + 100,

@@ -30,8 +30,19 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
     max: 2,
     applicationName: 'outpost-cli',
   });
+  // Without a listener ioredis prints every failed attempt with a stack; the reason is kept for
+  // the one line the command fails with.
+  let redisError: Error | undefined;
+  redis.on('error', (err: Error) => {
+    redisError = err;
+  });
   try {
-    await redis.connect();
+    await redis.connect().catch((err: unknown) => {
+      const { hostname, port } = new URL(config.redisUrl);
+      throw new Error(
+        `cannot reach Redis at ${hostname || 'localhost'}:${port || 6379} (${(redisError ?? (err as Error)).message}); is it running? (outpost stack status)`,
+      );
+    });
     const eventLog = new EventLog(redis, config.namespace, config.partitions);
     // stdout carries the command's --json output; a failed announcement goes to stderr.
     const live = siteLiveFeed(config, redis, createLogger('warn', pino.destination(2)));
