@@ -83,7 +83,11 @@ export const pending = (flags: IncidentFlags) =>
     const r = report.replica;
     print(
       r.replay_lsn
-        ? `replica replayed up to ${r.replay_lsn}, ${r.lag_bytes ?? '?'} bytes behind the main database`
+        ? `replica replayed up to ${r.replay_lsn}, ${
+            r.lag_bytes === null
+              ? 'lag unknown: the main database cannot be reached'
+              : `${r.lag_bytes} bytes behind the main database`
+          }`
         : `replica position unknown: ${r.error ?? 'unreachable'}`,
     );
   });
