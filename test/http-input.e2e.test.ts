@@ -240,6 +240,10 @@ void describe('HTTP input', () => {
           '{"obs_unit_id":"x","instrument":"y","metadata":{"\\udc00":1}}',
         ],
         ['number past a double', '{"obs_unit_id":"x","instrument":"y","metadata":{"n":1e999}}'],
+        [
+          'a __proto__ key validation would drop',
+          '{"obs_unit_id":"x","instrument":"y","metadata":{"__proto__":{"a":1}}}',
+        ],
         ['year 0', { ...start, start_time: '0000-06-01T00:00:00Z' }],
         ['year 0 once in UTC', { ...start, start_time: '0001-01-01T00:30:00+01:00' }],
         ['past year 9999 once in UTC', { ...start, start_time: '9999-12-31T23:00:00-02:00' }],

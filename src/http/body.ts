@@ -98,6 +98,11 @@ export const storableProblems = (value: unknown, path: (string | number)[] = [])
         if (problem) {
           report(`has a key with ${problem}`);
         }
+        if (key === '__proto__') {
+          // JSON.parse keeps it as a key, but validation copies objects by assignment, and
+          // assigning __proto__ sets a prototype: the key and its value would vanish unsaid.
+          report('has a key named __proto__, which would be lost');
+        }
         at.push(key);
         visit((node as Record<string, unknown>)[key], depth + 1);
         at.pop();

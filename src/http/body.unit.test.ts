@@ -38,6 +38,13 @@ void describe('storableProblems', () => {
     );
   });
 
+  void it('flags a __proto__ key, which copying by assignment would drop', () => {
+    const parsed = JSON.parse('{"m": {"__proto__": {"x": 1}, "ok": 1}}');
+    assert.deepEqual(storableProblems(parsed), [
+      { path: 'm', message: 'has a key named __proto__, which would be lost' },
+    ]);
+  });
+
   void it('flags numbers JSON.parse made infinite, which would be stored as null', () => {
     const parsed = JSON.parse('{"m": {"up": 1e999, "down": -1e999, "fine": 1.5e-300}}');
     assert.deepEqual(storableProblems(parsed), [
