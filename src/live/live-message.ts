@@ -88,18 +88,6 @@ export const matches = (filter: LiveFilter, m: LiveMessage): boolean =>
   (filter.aggregateId === undefined || filter.aggregateId === m.aggregate_id) &&
   (filter.states === undefined || filter.states.has(m.state));
 
-export const isLiveId = isStreamEntryId;
-
-/** Orders stream ids `ms-seq` numerically (as text, `10-0` sorts before `9-0`). */
-export const compareIds = (a: string, b: string): number => {
-  const [aMs = 0n, aSeq = 0n] = a.split('-').map(BigInt);
-  const [bMs = 0n, bSeq = 0n] = b.split('-').map(BigInt);
-  if (aMs !== bMs) {
-    return aMs < bMs ? -1 : 1;
-  }
-  return aSeq === bSeq ? 0 : aSeq < bSeq ? -1 : 1;
-};
-
 /** Live-stream fields of a message; one JSON field keeps an entry small and its decode trivial. */
 export const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
 

@@ -1,5 +1,6 @@
+import { compareEntryIds } from '../log/entry-id.ts';
 import type { LiveFeed } from './live-feed.ts';
-import { compareIds, type LiveDelivery, type LiveFilter, matches } from './live-message.ts';
+import { type LiveDelivery, type LiveFilter, matches } from './live-message.ts';
 
 /** What a transport (SSE, WebSocket) does for a session. */
 export type LiveSink = {
@@ -119,7 +120,7 @@ export class LiveSession {
 
   async #replay(since: string) {
     const oldest = await this.#options.feed.oldestId();
-    if (oldest !== undefined && compareIds(oldest, since) > 0) {
+    if (oldest !== undefined && compareEntryIds(oldest, since) > 0) {
       this.#options.onGap?.(oldest);
     }
     let after = since;
@@ -140,7 +141,7 @@ export class LiveSession {
     if (this.#closed) {
       return;
     }
-    if (this.#lastQueued !== undefined && compareIds(delivery.id, this.#lastQueued) <= 0) {
+    if (this.#lastQueued !== undefined && compareEntryIds(delivery.id, this.#lastQueued) <= 0) {
       return;
     }
     this.#lastQueued = delivery.id;

@@ -249,7 +249,7 @@ export class EventLog {
   /** Appends one request's events, first claiming its idempotency key if it has one (#claimKey). */
   async append(request: AppendRequest): Promise<AppendResult> {
     if (request.idempotency) {
-      const claimed = await this.#claimKey(request.idempotency, request.partition);
+      const claimed = await this.#claimKey(request.idempotency);
       if (!claimed) {
         return { kind: 'idempotency_conflict' };
       }
@@ -266,20 +266,17 @@ export class EventLog {
    * claim and is refused. With the same body it proceeds to the append, whose record answers a
    * replay, or appends if the first attempt never got that far.
    */
-  async #claimKey(
-    idempotency: NonNullable<AppendRequest['idempotency']>,
-    partition: number,
-  ): Promise<boolean> {
+  async #claimKey(idempotency: NonNullable<AppendRequest['idempotency']>): Promise<boolean> {
     const earlier = (await this.#redis.call(
       'SET',
       this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),
-      `${idempotency.requestHash} ${partition}`,
+      idempotency.requestHash,
       'NX',
       'GET',
       'EX',
       IDEMPOTENCY_TTL_SECONDS,
     )) as string | null;
-    return earlier === null || earlier.split(' ')[0] === idempotency.requestHash;
+    return earlier === null || earlier === idempotency.requestHash;
   }
 
   /**

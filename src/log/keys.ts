@@ -42,8 +42,8 @@ export type PartitionKeys = {
   unitState: (unitId: string) => string;
   idempotency: (scopeHash: string) => string;
   /**
-   * Which partition a key's first request went to, kept in the key's own partition (see
-   * EventLog.append): the record itself lives beside the stream it guards.
+   * The request hash a key was first sent with, kept in the key's own partition whichever
+   * partition the request went to (see EventLog.append): the record lives beside its stream.
    */
   idempotencyClaim: (scopeHash: string) => string;
 };

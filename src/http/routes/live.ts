@@ -3,13 +3,9 @@ import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
 import type { WebSocket } from 'ws';
 import type { LiveFeed } from '../../live/live-feed.ts';
-import {
-  filterOf,
-  isLiveId,
-  LiveQuery,
-  type LiveQuery as LiveQueryType,
-} from '../../live/live-message.ts';
+import { filterOf, LiveQuery, type LiveQuery as LiveQueryType } from '../../live/live-message.ts';
 import { LiveSession, type LiveSink } from '../../live/live-session.ts';
+import { isStreamEntryId } from '../../log/entry-id.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { type App, readQuery } from './shared.ts';
@@ -29,7 +25,7 @@ const feedOf = (deps: AppDeps) => {
 
 const resumePosition = (c: Context, query: LiveQueryType): string | undefined => {
   const since = c.req.header('last-event-id') ?? query.since;
-  if (since !== undefined && !isLiveId(since)) {
+  if (since !== undefined && !isStreamEntryId(since)) {
     throw new ApiError('validation_failed', 'Last-Event-ID is not an id this feed sent', [
       { path: 'Last-Event-ID', message: 'not a live-feed id' },
     ]);
