@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { entryRecord } from '../src/log/codec.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -188,7 +189,9 @@ void describe('admin and incident tools', () => {
           .map((k) => h.redis.xrange(k.stream, '-', '+')),
       )
     ).flat();
-    const appended = entries.filter(([, fields]) => fields.includes(poison.event_id));
+    const appended = entries.filter(
+      ([, fields]) => entryRecord(fields).event_id === poison.event_id,
+    );
     assert.equal(appended.length, 2, 'the original entry and one retry, not two');
 
     const replay = (body: unknown) =>

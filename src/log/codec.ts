@@ -22,28 +22,67 @@ export class UndecodableEntryError extends Error {
   }
 }
 
+/** The one field a stream entry of this build carries: the whole event, packed (see below). */
+export const EVENT_FIELD = 'event';
+
 /**
- * The stream fields of an event. The aggregate type is left out: it follows from the event type,
- * and at ≈ 27 bytes an entry it was the largest field a pending event need not carry in Redis.
- * Entries written by earlier builds carry it, and decode as before.
+ * An event as one stream value: `event_id|aggregate_id|type|version|accepted_at|written_by|site`,
+ * a newline, then the data as JSON. One value instead of a field per property: a projector batch
+ * of 500 entries is then 1,000 strings for ioredis to decode instead of 7,000 or more (≈ 8 → 3 µs
+ * of client CPU an entry), and the entry takes no more memory than named fields. The five leading
+ * properties never contain `|` (ids, type names, integers, token names), the site may contain
+ * anything and is the rest of the head, and JSON text never holds a raw newline, so the last
+ * newline ends the head. The aggregate type is left out: it follows from the event type. Entries
+ * of earlier builds, a field per property, decode as before.
  */
 export const encodeEntryFields = (event: Envelope): string[] => [
-  'event_id',
-  event.event_id,
-  'aggregate_id',
-  event.aggregate_id,
-  'type',
-  event.type,
-  'v',
-  String(event.version),
-  'site',
-  event.site,
-  'at',
-  String(event.accepted_at),
-  'data',
-  JSON.stringify(event.data),
-  ...(event.written_by === undefined ? [] : ['written_by', event.written_by]),
+  EVENT_FIELD,
+  `${event.event_id}|${event.aggregate_id}|${event.type}|${event.version}|${event.accepted_at}|${
+    event.written_by ?? ''
+  }|${event.site}\n${JSON.stringify(event.data)}`,
 ];
+
+const HEAD_PROPERTIES = ['event_id', 'aggregate_id', 'type', 'v', 'at', 'written_by'] as const;
+
+/** A packed event's properties by the names of earlier builds' fields; partial when malformed. */
+const unpack = (packed: string, record: Record<string, string>) => {
+  const headEnd = packed.lastIndexOf('\n');
+  if (headEnd < 0) {
+    return;
+  }
+  let start = 0;
+  for (const property of HEAD_PROPERTIES) {
+    const end = packed.indexOf('|', start);
+    if (end < 0 || end > headEnd) {
+      return;
+    }
+    const value = packed.slice(start, end);
+    if (value !== '') {
+      record[property] ??= value;
+    }
+    start = end + 1;
+  }
+  record.site ??= packed.slice(start, headEnd);
+  record.data ??= packed.slice(headEnd + 1);
+};
+
+/**
+ * An entry's fields by name, a packed event unpacked into the names earlier builds wrote. The
+ * first occurrence of a name wins.
+ */
+export const entryRecord = (fields: readonly string[]): Record<string, string> => {
+  const record: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i] as string;
+    const value = fields[i + 1] as string;
+    if (name === EVENT_FIELD) {
+      unpack(value, record);
+    } else {
+      record[name] ??= value;
+    }
+  }
+  return record;
+};
 
 const isAggregateType = (value: string): value is AggregateType =>
   (AGGREGATE_TYPES as readonly string[]).includes(value);
@@ -59,10 +98,7 @@ export const aggregateTypeOf = (record: {
     : undefined);
 
 export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
-  const record: Record<string, string> = {};
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    record[fields[i] as string] = fields[i + 1] as string;
-  }
+  const record = entryRecord(fields);
   const { event_id, aggregate_id, type, v, site, at, data, written_by } = record;
   const aggregate_type = aggregateTypeOf(record);
   if (!event_id || !aggregate_id || !aggregate_type || !type || !v || !site || !at || !data) {

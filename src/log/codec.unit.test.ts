@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Envelope } from '../domain/events.ts';
-import { decodeEntry, encodeEntryFields, UndecodableEntryError } from './codec.ts';
+import {
+  decodeEntry,
+  EVENT_FIELD,
+  encodeEntryFields,
+  entryRecord,
+  UndecodableEntryError,
+} from './codec.ts';
 import { failedEntryOf } from './dead-letters.ts';
 
 const started = {
@@ -22,16 +28,62 @@ const started = {
   },
 } as Envelope;
 
+/** An entry as builds before the packed field wrote it: a field per property. */
+const fieldPerProperty = (event: Envelope) => [
+  'event_id',
+  event.event_id,
+  'aggregate_id',
+  event.aggregate_id,
+  'type',
+  event.type,
+  'v',
+  String(event.version),
+  'site',
+  event.site,
+  'at',
+  String(event.accepted_at),
+  'data',
+  JSON.stringify(event.data),
+  ...(event.written_by === undefined ? [] : ['written_by', event.written_by]),
+];
+
 void describe('stream entry codec', () => {
-  void it('writes no aggregate type and decodes it from the event type', () => {
+  void it('writes one packed field without the aggregate type and decodes it from the event type', () => {
     const fields = encodeEntryFields(started);
-    assert.equal(fields.includes('aggregate_type'), false);
+    assert.equal(fields.length, 2);
+    assert.equal(fields[1]?.includes('executed_obs_unit'), false);
     assert.deepEqual(decodeEntry(['1-0', fields]).event, started);
   });
 
-  void it('decodes entries of earlier builds, which carry the aggregate type', () => {
-    const fields = ['aggregate_type', 'executed_obs_unit', ...encodeEntryFields(started)];
+  void it('keeps a site and data holding the separators, and the writer', () => {
+    const awkward = {
+      ...started,
+      site: 'a|b\nc|',
+      written_by: 'ingest@site-1',
+      data: { ...started.data, notes: 'x|y\nz\u2028', metadata: { '|': ['\n'] } },
+    } as Envelope;
+    assert.deepEqual(decodeEntry(['1-0', encodeEntryFields(awkward)]).event, awkward);
+    assert.equal(entryRecord(encodeEntryFields(awkward)).written_by, 'ingest@site-1');
+    assert.equal('written_by' in entryRecord(encodeEntryFields(started)), false);
+  });
+
+  void it('decodes entries of earlier builds, a field per property, with or without the aggregate type', () => {
+    const writer = { ...started, written_by: 'ops' } as Envelope;
+    assert.deepEqual(decodeEntry(['1-0', fieldPerProperty(writer)]).event, writer);
+    const fields = ['aggregate_type', 'executed_obs_unit', ...fieldPerProperty(started)];
     assert.deepEqual(decodeEntry(['1-0', fields]).event, started);
+  });
+
+  void it('refuses a packed field that lost its head, its data or a separator', () => {
+    const [, packed = ''] = encodeEntryFields(started);
+    const head = packed.slice(0, packed.indexOf('\n'));
+    for (const broken of [head, packed.slice(packed.indexOf('\n')), packed.replace('|', ''), '']) {
+      assert.throws(
+        () => decodeEntry(['1-0', [EVENT_FIELD, broken]]),
+        UndecodableEntryError,
+        broken,
+      );
+    }
   });
 
   void it('refuses an entry whose type names no aggregate', () => {

@@ -1,6 +1,12 @@
 import type { Redis } from 'ioredis';
 import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
-import { aggregateTypeOf, decodeEntry, encodeEntryFields, type RawEntry } from './codec.ts';
+import {
+  aggregateTypeOf,
+  decodeEntry,
+  encodeEntryFields,
+  entryRecord,
+  type RawEntry,
+} from './codec.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -37,14 +43,6 @@ type Commands = {
 };
 
 const META_FIELDS = ['original_entry_id', 'error', 'attempts'];
-
-const recordOf = (fields: string[]): Record<string, string> => {
-  const record: Record<string, string> = {};
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    record[fields[i] as string] ??= fields[i + 1] as string;
-  }
-  return record;
-};
 
 /** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
 const eventFieldsOf = (fields: string[]): string[] => {
@@ -118,7 +116,7 @@ export class DeadLetters {
   }
 
   #view(partition: number, [deadId, fields]: RawEntry): DeadLetter {
-    const record = recordOf(fields);
+    const record = entryRecord(fields);
     let data: unknown = record.data;
     try {
       data = decodeEntry([deadId, eventFieldsOf(fields)]).event.data;
@@ -264,7 +262,7 @@ const parseCursor = (cursor: string): [number, string | undefined] => {
 };
 
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {
-  const record = recordOf(raw[1]);
+  const record = entryRecord(raw[1]);
   return {
     entryId: raw[0],
     fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { PROJECTION_TABLES } from '../../src/db/queries/apply.ts';
+import { entryRecord } from '../../src/log/codec.ts';
 import { EventLog } from '../../src/log/event-log.ts';
 import { readBuffer } from '../../src/ops/buffer.ts';
 import { rebuildProjections } from '../../src/ops/rebuild.ts';
@@ -23,8 +24,7 @@ export const streamEventIds = async (h: Harness): Promise<Set<string>> => {
   for (const keys of eventLogOf(h).allKeys()) {
     const entries = (await h.redis.xrange(keys.stream, '-', '+')) as [string, string[]][];
     for (const [, fields] of entries) {
-      const i = fields.indexOf('event_id');
-      ids.add(fields[i + 1] as string);
+      ids.add(entryRecord(fields).event_id as string);
     }
   }
   return ids;
