@@ -120,6 +120,63 @@ void describe('the local log', () => {
     });
   });
 
+  void describe('acknowledgement', () => {
+    void it('acknowledges only the records heading the applied queue, and forgets each everywhere', async () => {
+      const keys = log.keys(2);
+      const [a, b] = [newIdInPartition(2, 4), newIdInPartition(2, 4)];
+      const records = [];
+      for (const [i, id] of [a, b, a].entries()) {
+        const event = { ...fileEvent(id as string, i), event_id: newIdInPartition(2, 4) };
+        const result = await log.append({ partition: 2, events: [event] });
+        assert.equal(result.kind, 'appended');
+        records.push({
+          lsn: `0/${i + 1}`,
+          entryId: result.kind === 'appended' ? (result.entryIds[0] ?? '') : '',
+          eventId: event.event_id,
+          aggregateId: event.aggregate_id,
+          aggregateType: 'raw_data_file',
+        });
+      }
+      const [first, second, third] = records as [
+        (typeof records)[0],
+        (typeof records)[0],
+        (typeof records)[0],
+      ];
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'STREAMS', keys.stream, '>');
+      await log.recordApplied(2, records);
+      await log.recordAttempt(2, second.entryId, 'a transient failure');
+
+      // The third record does not head the queue after the first: the ack stops there.
+      assert.equal(await log.ack(2, [first, third, second]), 1);
+      assert.equal(await log.pendingCount(2), 2);
+      assert.deepEqual(await log.peekApplied(2, 10), [second, third]);
+      assert.deepEqual(await log.appliedLsnOf([first.entryId, second.entryId, third.entryId], 2), [
+        null,
+        '0/2',
+        '0/3',
+      ]);
+      assert.deepEqual(await log.unacknowledged([first.eventId, second.eventId], 2), [false, true]);
+      assert.deepEqual(
+        (await log.readInflight(a as string, 2)).map((e) => e.entryId),
+        [third.entryId],
+      );
+      // A record not at the head acknowledges nothing.
+      assert.equal(await log.ack(2, [third]), 0);
+
+      assert.equal(await log.ack(2, [second, third]), 2);
+      assert.equal(await log.pendingCount(2), 0);
+      assert.equal(await log.appliedCount(2), 0);
+      assert.deepEqual(await log.appliedLsnOf([second.entryId, third.entryId], 2), [null, null]);
+      assert.equal(await redis.exists(keys.attempts), 0);
+      assert.deepEqual(await log.unacknowledged([second.eventId, third.eventId], 2), [
+        false,
+        false,
+      ]);
+      assert.deepEqual(await log.readInflight(a as string, 2), []);
+      assert.deepEqual(await log.readInflight(b as string, 2), []);
+    });
+  });
+
   void describe('the event index', () => {
     void it('finds an event by id until it is acknowledged, in its bucket', async () => {
       const event = { ...fileEvent(newIdInPartition(1, 4), 1), event_id: newIdInPartition(1, 4) };

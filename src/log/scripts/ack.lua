@@ -1,30 +1,41 @@
 -- Acknowledges replica-confirmed entries and drops them from the read indexes in one step, so a
 -- merged read never sees an event both missing from the indexes and missing from the replica.
+-- What applies to every record (XACK, the applied LSNs, the attempts, the applied queue) is one
+-- command for all of them: during a drain this script was four fifths of Redis's CPU when each
+-- record paid eight calls of its own, each write also copied to the AOF.
 --
 -- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
 -- KEYS[4] applied LSN hash  KEYS[5] attempts
 -- KEYS[4 + 2i] in-flight index of record i's aggregate type  KEYS[5 + 2i] its event index bucket
 -- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
-local acked = 0
+-- Acknowledges the records that head the applied queue, up to the first that does not.
+local offered = #ARGV - 1
+local queued = redis.call('LRANGE', KEYS[3], 0, offered - 1)
+local n = 0
+while n < offered and queued[n + 1] == ARGV[n + 2] do
+  n = n + 1
+end
+if n == 0 then
+  return 0
+end
 -- Nearly always gone: checked once, not deleted from once per record.
 local legacy_index = redis.call('EXISTS', KEYS[2]) == 1
-for i = 2, #ARGV do
-  local record = ARGV[i]
-  if redis.call('LINDEX', KEYS[3], 0) ~= record then
-    break
-  end
-  local entry_id, event_id, aggregate_id = string.match(record, '^%S+ (%S+) (%S+) (%S+)')
-  local n = i - 1
-  acked = acked + redis.call('XACK', KEYS[1], ARGV[1], entry_id)
-  redis.call('HDEL', KEYS[5 + 2 * n], event_id)
+local entry_ids = {}
+for i = 1, n do
+  local entry_id, event_id, aggregate_id = string.match(ARGV[i + 1], '^%S+ (%S+) (%S+) (%S+)')
+  entry_ids[i] = entry_id
+  redis.call('HDEL', KEYS[5 + 2 * i], event_id)
   if legacy_index then
     -- An entry appended by an earlier build, after this process folded its index in.
     redis.call('HDEL', KEYS[2], event_id)
   end
-  redis.call('HDEL', KEYS[4], entry_id)
-  redis.call('HDEL', KEYS[5], entry_id)
-  inflight_remove(KEYS[4 + 2 * n], aggregate_id, entry_id)
-  redis.call('LPOP', KEYS[3])
+  inflight_remove(KEYS[4 + 2 * i], aggregate_id, entry_id)
 end
+local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(entry_ids))
+redis.call('HDEL', KEYS[4], unpack(entry_ids))
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  redis.call('HDEL', KEYS[5], unpack(entry_ids))
+end
+redis.call('LTRIM', KEYS[3], n, -1)
 return acked
