@@ -127,7 +127,7 @@ const planBatch = (
     }
     heads.set(id, { aggregate_id: id, seq, event_id: event.event_id, at: occurredAt });
     tableOf.set(id, PROJECTION_TABLES[event.aggregate_type]);
-    plan.events.push(eventRow(event, seq, partition, entry.entryId));
+    plan.events.push(eventRow(event, seq, partition, entry.entryId, occurredAt));
     plan.links.push(...linksOf(event).map((link) => ({ ...link, downstream_id: id })));
     plan.applied.push(entry);
   }
@@ -152,7 +152,13 @@ const appendTo = <K, V>(lists: Map<K, V[]>, key: K, items: readonly V[]) => {
   }
 };
 
-const eventRow = (event: Envelope, seq: number, partition: number, entryId: string): EventRow => ({
+const eventRow = (
+  event: Envelope,
+  seq: number,
+  partition: number,
+  entryId: string,
+  occurredAt: string,
+): EventRow => ({
   event_id: event.event_id,
   aggregate_id: event.aggregate_id,
   seq,
@@ -162,7 +168,7 @@ const eventRow = (event: Envelope, seq: number, partition: number, entryId: stri
   site: event.site,
   partition,
   stream_entry_id: entryId,
-  occurred_at: new Date(event.accepted_at).toISOString(),
+  occurred_at: occurredAt,
   written_by: event.written_by ?? null,
 });
 
