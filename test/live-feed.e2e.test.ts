@@ -164,6 +164,14 @@ void describe('live event feed', () => {
         'the retried event accepted, applied and confirmed',
       );
       assert.deepEqual(statesOf(client.messages(), event_id), ['accepted', 'dead', ...ALL_STATES]);
+      const dead = client
+        .messages()
+        .find((m) => m.message.event_id === event_id && m.message.state === 'dead');
+      assert.equal(
+        dead?.message.type,
+        'ExecutedObsUnitStarted',
+        'a dead message names its event type',
+      );
     } finally {
       await client.close();
     }

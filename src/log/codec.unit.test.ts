@@ -97,5 +97,7 @@ void describe('stream entry codec', () => {
       'executed_obs_unit',
     );
     assert.equal(failedEntryOf(['1-0', ['garbage', 'x']]).aggregateType, 'unknown');
+    assert.equal(failedEntryOf(['1-0', encodeEntryFields(started)]).type, started.type);
+    assert.equal(failedEntryOf(['1-0', ['garbage', 'x']]).type, 'unknown');
   });
 });

@@ -34,6 +34,8 @@ export type FailedEntry = {
   eventId: string;
   aggregateId: string;
   aggregateType: string;
+  /** The event type, or `unknown` when the entry could not be decoded that far. */
+  type: string;
 };
 
 type Commands = {
@@ -269,6 +271,7 @@ export const failedEntryOf = (raw: RawEntry): FailedEntry => {
     eventId: record.event_id ?? `undecodable-${raw[0]}`,
     aggregateId: record.aggregate_id ?? `undecodable-${raw[0]}`,
     aggregateType: aggregateTypeOf(record) ?? 'unknown',
+    type: record.type ?? 'unknown',
   };
 };
 
@@ -281,4 +284,5 @@ export const failedEntryOfEvent = (
   eventId: event.event_id,
   aggregateId: event.aggregate_id,
   aggregateType: event.aggregate_type,
+  type: event.type,
 });

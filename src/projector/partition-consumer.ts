@@ -377,13 +377,12 @@ export class PartitionConsumer {
   async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
     const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
     this.#holding.delete(entry.aggregateId);
-    const typeAt = entry.fields.indexOf('type');
     await this.#deps.live?.publish([
       {
         event_id: entry.eventId,
         aggregate_id: entry.aggregateId,
         aggregate_type: entry.aggregateType,
-        type: (typeAt % 2 === 0 ? entry.fields[typeAt + 1] : undefined) ?? 'unknown',
+        type: entry.type,
         state: 'dead',
         partition: this.#partition,
         entry_id: entry.entryId,
