@@ -3,7 +3,8 @@ import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
-import { encodeEntryFields } from '../src/log/codec.ts';
+import { encodeFieldPerProperty } from '../src/log/codec.ts';
+import { DeadLetters, failedEntryOf } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
@@ -98,7 +99,11 @@ void describe('the local log', () => {
       const aggregateId = newIdInPartition(1, 4);
       const event = { ...fileEvent(aggregateId, 9), event_id: newIdInPartition(1, 4) };
       // What an earlier build left behind: the entry, its list and its type's set.
-      const entryId = (await redis.xadd(keys.stream, '*', ...encodeEntryFields(event))) as string;
+      const entryId = (await redis.xadd(
+        keys.stream,
+        '*',
+        ...encodeFieldPerProperty(event),
+      )) as string;
       await redis.rpush(keys.legacyInflight(aggregateId), entryId);
       await redis.sadd(keys.legacyInflightAggregates('raw_data_file'), aggregateId);
       assert.deepEqual(await log.readInflight(aggregateId, 1), [], 'invisible before the upgrade');
@@ -177,6 +182,45 @@ void describe('the local log', () => {
     });
   });
 
+  void describe('dead letters of earlier builds', () => {
+    void it('shows and retries a dead letter written a field per property', async () => {
+      const deadLetters = new DeadLetters(log);
+      const event = {
+        ...fileEvent(newIdInPartition(2, 4), 7),
+        event_id: newIdInPartition(2, 4),
+        written_by: 'ops',
+      } as Envelope;
+      const fields = encodeFieldPerProperty(event);
+      const entryId = (await redis.xadd(log.keys(2).stream, '*', ...fields)) as string;
+      const failed = failedEntryOf([entryId, fields]);
+      assert.equal(failed.type, event.type);
+      await deadLetters.add(2, failed, [{ at: new Date().toISOString(), error: 'boom' }]);
+
+      const dead = await deadLetters.get(event.event_id, 2);
+      assert.ok(dead, 'found by its event id');
+      assert.deepEqual(
+        {
+          type: dead.type,
+          aggregate: dead.aggregate_id,
+          aggregateType: dead.aggregate_type,
+          data: dead.data,
+          writer: dead.written_by,
+        },
+        {
+          type: event.type,
+          aggregate: event.aggregate_id,
+          aggregateType: 'raw_data_file',
+          data: event.data,
+          writer: 'ops',
+        },
+      );
+      const retried = await deadLetters.retry(dead);
+      assert.ok(retried, 'appended again');
+      assert.deepEqual((await log.readEntry(retried, 2))?.event, event);
+      assert.equal(await deadLetters.get(event.event_id, 2), undefined);
+    });
+  });
+
   void describe('the event index', () => {
     void it('finds an event by id until it is acknowledged, in its bucket', async () => {
       const event = { ...fileEvent(newIdInPartition(1, 4), 1), event_id: newIdInPartition(1, 4) };
@@ -225,7 +269,11 @@ void describe('the local log', () => {
       // What an earlier build left behind: entries and the single index hash.
       const entryIds: string[] = [];
       for (const event of events) {
-        const entryId = (await redis.xadd(keys.stream, '*', ...encodeEntryFields(event))) as string;
+        const entryId = (await redis.xadd(
+          keys.stream,
+          '*',
+          ...encodeFieldPerProperty(event),
+        )) as string;
         await redis.hset(keys.legacyEventIndex, event.event_id, entryId);
         entryIds.push(entryId);
       }

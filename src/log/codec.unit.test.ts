@@ -5,6 +5,7 @@ import {
   decodeEntry,
   EVENT_FIELD,
   encodeEntryFields,
+  encodeFieldPerProperty,
   entryRecord,
   UndecodableEntryError,
 } from './codec.ts';
@@ -28,25 +29,6 @@ const started = {
   },
 } as Envelope;
 
-/** An entry as builds before the packed field wrote it: a field per property. */
-const fieldPerProperty = (event: Envelope) => [
-  'event_id',
-  event.event_id,
-  'aggregate_id',
-  event.aggregate_id,
-  'type',
-  event.type,
-  'v',
-  String(event.version),
-  'site',
-  event.site,
-  'at',
-  String(event.accepted_at),
-  'data',
-  JSON.stringify(event.data),
-  ...(event.written_by === undefined ? [] : ['written_by', event.written_by]),
-];
-
 void describe('stream entry codec', () => {
   void it('writes one packed field without the aggregate type and decodes it from the event type', () => {
     const fields = encodeEntryFields(started);
@@ -69,9 +51,22 @@ void describe('stream entry codec', () => {
 
   void it('decodes entries of earlier builds, a field per property, with or without the aggregate type', () => {
     const writer = { ...started, written_by: 'ops' } as Envelope;
-    assert.deepEqual(decodeEntry(['1-0', fieldPerProperty(writer)]).event, writer);
-    const fields = ['aggregate_type', 'executed_obs_unit', ...fieldPerProperty(started)];
+    assert.deepEqual(decodeEntry(['1-0', encodeFieldPerProperty(writer)]).event, writer);
+    const fields = ['aggregate_type', 'executed_obs_unit', ...encodeFieldPerProperty(started)];
     assert.deepEqual(decodeEntry(['1-0', fields]).event, started);
+  });
+
+  void it('writes a field per property where a separator or an empty writer would not read back', () => {
+    for (const odd of [
+      { ...started, event_id: 'a|b' },
+      { ...started, aggregate_id: 'a\nb' },
+      { ...started, written_by: 'to|ken' },
+      { ...started, written_by: '' },
+    ] as Envelope[]) {
+      const fields = encodeEntryFields(odd);
+      assert.deepEqual(fields, encodeFieldPerProperty(odd));
+      assert.deepEqual(decodeEntry(['1-0', fields]).event, odd);
+    }
   });
 
   void it('refuses a packed field that lost its head, its data or a separator', () => {

@@ -11,6 +11,9 @@
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 -- Acknowledges the records that head the applied queue, up to the first that does not.
 local offered = #ARGV - 1
+if offered < 1 then
+  return 0
+end
 local queued = redis.call('LRANGE', KEYS[3], 0, offered - 1)
 local n = 0
 while n < offered and queued[n + 1] == ARGV[n + 2] do
@@ -19,18 +22,23 @@ end
 if n == 0 then
   return 0
 end
--- Nearly always gone: checked once, not deleted from once per record.
-local legacy_index = redis.call('EXISTS', KEYS[2]) == 1
-local entry_ids = {}
+-- Every record is read before anything is written, so a malformed one changes nothing.
+local entry_ids, event_ids, aggregate_ids = {}, {}, {}
 for i = 1, n do
   local entry_id, event_id, aggregate_id = string.match(ARGV[i + 1], '^%S+ (%S+) (%S+) (%S+)')
-  entry_ids[i] = entry_id
-  redis.call('HDEL', KEYS[5 + 2 * i], event_id)
-  if legacy_index then
-    -- An entry appended by an earlier build, after this process folded its index in.
-    redis.call('HDEL', KEYS[2], event_id)
+  if not aggregate_id then
+    return redis.error_reply('malformed applied record: ' .. ARGV[i + 1])
   end
-  inflight_remove(KEYS[4 + 2 * i], aggregate_id, entry_id)
+  entry_ids[i], event_ids[i], aggregate_ids[i] = entry_id, event_id, aggregate_id
+end
+for i = 1, n do
+  redis.call('HDEL', KEYS[5 + 2 * i], event_ids[i])
+  inflight_remove(KEYS[4 + 2 * i], aggregate_ids[i], entry_ids[i])
+end
+-- Nearly always gone: an entry appended by an earlier build, after this process folded its
+-- index in, is still listed there.
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('HDEL', KEYS[2], unpack(event_ids))
 end
 local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(entry_ids))
 redis.call('HDEL', KEYS[4], unpack(entry_ids))
