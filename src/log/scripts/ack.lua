@@ -1,7 +1,7 @@
 -- Acknowledges replica-confirmed entries and drops them from the read indexes in one step, so a
 -- merged read never sees an event both missing from the indexes and missing from the replica.
 -- What applies to every record (XACK, the applied LSNs, the attempts, the applied queue) is one
--- command for all of them: during a drain this script was four fifths of Redis's CPU when each
+-- command for all of them: during a drain this script was three quarters of Redis's CPU when each
 -- record paid eight calls of its own, each write also copied to the AOF.
 --
 -- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
