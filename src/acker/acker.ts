@@ -28,6 +28,23 @@ const ACK_BATCH = 1000;
 const QUICK_POLL_MS = 2;
 const QUICK_POLLS = 15;
 
+/**
+ * How long to wait after a pass, and how many quick polls are then left. A nudge that came while
+ * the pass ran may be for records the pass looked for too early to see, so it counts as being
+ * behind: otherwise they would wait out the whole interval.
+ */
+export const nextPoll = (pass: {
+  behind: boolean;
+  nudgedDuringPass: boolean;
+  quickPolls: number;
+  intervalMs: number;
+}): { sleepMs: number; quickPolls: number } => {
+  const quick = (pass.behind || pass.nudgedDuringPass) && pass.quickPolls > 0;
+  return quick
+    ? { sleepMs: Math.min(QUICK_POLL_MS, pass.intervalMs), quickPolls: pass.quickPolls - 1 }
+    : { sleepMs: pass.intervalMs, quickPolls: 0 };
+};
+
 /** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
 export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
 
@@ -60,6 +77,7 @@ export class Acker {
   /** Whether the last pass left entries the replica had not reached. */
   #behind = false;
   #quickPolls = 0;
+  #nudged = false;
   #wake: (() => void) | undefined;
   readonly breaker: CircuitBreaker;
 
@@ -92,6 +110,7 @@ export class Acker {
   /** A batch was just recorded as applied: look at the replica now and keep looking closely. */
   nudge(): void {
     this.#quickPolls = QUICK_POLLS;
+    this.#nudged = true;
     this.#wake?.();
   }
 
@@ -126,15 +145,19 @@ export class Acker {
         continue;
       }
       try {
+        this.#nudged = false;
         await this.ackOnce();
         this.breaker.recordSuccess();
         this.#backoff.reset();
         this.#lastError = undefined;
-        const quick = this.#behind && this.#quickPolls > 0;
-        this.#quickPolls = quick ? this.#quickPolls - 1 : 0;
-        await this.#sleep(
-          quick ? Math.min(QUICK_POLL_MS, this.#deps.intervalMs) : this.#deps.intervalMs,
-        );
+        const next = nextPoll({
+          behind: this.#behind,
+          nudgedDuringPass: this.#nudged,
+          quickPolls: this.#quickPolls,
+          intervalMs: this.#deps.intervalMs,
+        });
+        this.#quickPolls = next.quickPolls;
+        await this.#sleep(next.sleepMs);
       } catch (err) {
         this.breaker.recordFailure();
         this.#lastError = (err as Error).message;
