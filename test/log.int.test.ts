@@ -6,7 +6,7 @@ import { newIdInPartition } from '../src/domain/ids.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
 import { DeadLetters, failedEntryOf } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
-import { EventLog } from '../src/log/event-log.ts';
+import { type AppliedRecord, EventLog } from '../src/log/event-log.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { Harness } from './harness/harness.ts';
 
@@ -21,6 +21,15 @@ const fileEvent = (aggregateId: string, n: number): Envelope =>
     accepted_at: Date.now(),
     data: { n },
   }) as unknown as Envelope;
+
+/** What the projector records for an applied file event, as the acker reads it back. */
+const appliedRecord = (event: Envelope, entryId: string, lsn = '0/1'): AppliedRecord => ({
+  lsn,
+  entryId,
+  eventId: event.event_id,
+  aggregateId: event.aggregate_id,
+  aggregateType: 'raw_data_file',
+});
 
 void describe('the local log', () => {
   let h: Harness;
@@ -68,23 +77,18 @@ void describe('the local log', () => {
         '>',
       );
       // Acknowledge A's middle entry first, then the rest: order of removal does not matter.
-      const record = (entryId: string, aggregateId: string) => ({
-        lsn: '0/1',
-        entryId,
-        eventId: ofA.find((e) => e.entryId === entryId)?.event.event_id ?? 'x',
-        aggregateId,
-        aggregateType: 'raw_data_file',
-      });
-      await log.recordApplied(0, [record(appended[2] as string, a as string)]);
-      assert.equal(await log.ack(0, [record(appended[2] as string, a as string)]), 1);
+      const record = (entryId: string) => {
+        const entry = ofA.find((e) => e.entryId === entryId);
+        assert.ok(entry, `entry ${entryId} is A's`);
+        return appliedRecord(entry.event, entryId);
+      };
+      await log.recordApplied(0, [record(appended[2] as string)]);
+      assert.equal(await log.ack(0, [record(appended[2] as string)]), 1);
       assert.deepEqual(
         (await log.readInflight(a as string, 0, 'raw_data_file')).map((e) => e.entryId),
         [appended[0], appended[3]],
       );
-      const rest = [
-        record(appended[0] as string, a as string),
-        record(appended[3] as string, a as string),
-      ];
+      const rest = [record(appended[0] as string), record(appended[3] as string)];
       await log.recordApplied(0, rest);
       assert.equal(await log.ack(0, rest), 2);
       assert.deepEqual(await log.readInflight(a as string, 0), []);
@@ -129,24 +133,15 @@ void describe('the local log', () => {
     void it('acknowledges only the records heading the applied queue, and forgets each everywhere', async () => {
       const keys = log.keys(2);
       const [a, b] = [newIdInPartition(2, 4), newIdInPartition(2, 4)];
-      const records = [];
+      const records: AppliedRecord[] = [];
       for (const [i, id] of [a, b, a].entries()) {
         const event = { ...fileEvent(id as string, i), event_id: newIdInPartition(2, 4) };
         const result = await log.append({ partition: 2, events: [event] });
         assert.equal(result.kind, 'appended');
-        records.push({
-          lsn: `0/${i + 1}`,
-          entryId: result.kind === 'appended' ? (result.entryIds[0] ?? '') : '',
-          eventId: event.event_id,
-          aggregateId: event.aggregate_id,
-          aggregateType: 'raw_data_file',
-        });
+        const entryId = result.kind === 'appended' ? (result.entryIds[0] ?? '') : '';
+        records.push(appliedRecord(event, entryId, `0/${i + 1}`));
       }
-      const [first, second, third] = records as [
-        (typeof records)[0],
-        (typeof records)[0],
-        (typeof records)[0],
-      ];
+      const [first, second, third] = records as [AppliedRecord, AppliedRecord, AppliedRecord];
       await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'STREAMS', keys.stream, '>');
       await log.recordApplied(2, records);
       await log.recordAttempt(2, second.entryId, 'a transient failure');
@@ -243,13 +238,7 @@ void describe('the local log', () => {
         keys.stream,
         '>',
       );
-      const record = {
-        lsn: '0/1',
-        entryId,
-        eventId: event.event_id,
-        aggregateId: event.aggregate_id,
-        aggregateType: 'raw_data_file',
-      };
+      const record = appliedRecord(event, entryId);
       // As if an earlier build, still running, had also indexed it in its one hash.
       await redis.hset(keys.legacyEventIndex, event.event_id, entryId, 'other', '1-1');
       await log.recordApplied(1, [record]);

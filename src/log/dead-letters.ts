@@ -7,6 +7,7 @@ import {
   entryRecord,
   type RawEntry,
 } from './codec.ts';
+import { isStreamEntryId, LAST_ENTRY_ID } from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -255,8 +256,19 @@ export class DeadLetters {
   }
 }
 
+const CURSOR = /^(\d+):(\d+-\d+)$/;
+
+/**
+ * Whether `cursor` is one `list` could have returned. The list reads on after the cursor's entry,
+ * and Redis refuses an id past its range, or the last.
+ */
+export const isDeadLetterCursor = (cursor: string): boolean => {
+  const entryId = CURSOR.exec(cursor)?.[2];
+  return entryId !== undefined && isStreamEntryId(entryId) && entryId !== LAST_ENTRY_ID;
+};
+
 const parseCursor = (cursor: string): [number, string | undefined] => {
-  const match = /^(\d+):(\d+-\d+)$/.exec(cursor);
+  const match = CURSOR.exec(cursor);
   if (!match) {
     throw new Error(`invalid cursor ${cursor}`);
   }

@@ -25,6 +25,12 @@ export type SteadyLoad = {
   accepted: () => number;
 };
 
+/**
+ * How long a writer waits before retrying a refused write: a client's back-off, as an instrument's
+ * would be, not a wait for some state (each retry asks again, and the write's deadline bounds it).
+ */
+const RETRY_BACKOFF_MS = 100;
+
 type Post = (
   path: string,
   body: unknown,
@@ -67,7 +73,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
           return;
         }
       }
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await new Promise((resolve) => setTimeout(resolve, RETRY_BACKOFF_MS));
     }
   };
   const timer = setInterval(

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
 import { partitionOf } from '../../domain/ids.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
-import { isStreamEntryId, LAST_ENTRY_ID } from '../../log/entry-id.ts';
+import { isDeadLetterCursor } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -21,15 +21,7 @@ const PendingQuery = z.object({
 
 const DeadListQuery = z.object({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
-  cursor: z
-    .string()
-    .regex(/^\d+:\d+-\d+$/, 'not a cursor this API returned')
-    // The list reads on after the cursor's entry: Redis refuses an id past its range, or the last.
-    .refine((cursor) => {
-      const entryId = cursor.slice(cursor.indexOf(':') + 1);
-      return isStreamEntryId(entryId) && entryId !== LAST_ENTRY_ID;
-    }, 'not a cursor this API returned')
-    .optional(),
+  cursor: z.string().refine(isDeadLetterCursor, 'not a cursor this API returned').optional(),
 });
 
 const ReplayBody = z.strictObject({
