@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+import type { HttpBindings } from '@hono/node-server';
 import type { Context } from 'hono';
 import type { z } from 'zod';
 import { ApiError, type ErrorDetail } from './errors.ts';
@@ -11,6 +13,28 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 const JSON_CONTENT_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 
+/**
+ * The whole body, straight off Node's request: what @hono/node-server's `arrayBuffer()` gives,
+ * without the copy into a fresh ArrayBuffer, which measured 8 % of a small write's throughput.
+ * A client that hangs up before its Content-Length is in gets a 400, not an internal error.
+ */
+const readIncoming = (incoming: IncomingMessage): Promise<Buffer> =>
+  new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const cutShort = () =>
+      reject(new ApiError('malformed_json', 'request body ended before its Content-Length'));
+    incoming.on('data', (chunk: Buffer) => chunks.push(chunk));
+    incoming.once('end', () =>
+      resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)),
+    );
+    incoming.once('error', cutShort);
+    incoming.once('close', () => {
+      if (!incoming.complete) {
+        cutShort();
+      }
+    });
+  });
+
 const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
   const header = c.req.header('content-length');
   const declared = header === undefined ? Number.NaN : Number(header);
@@ -19,8 +43,12 @@ const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
       throw new ApiError('payload_too_large', `request body is over ${maxBytes} bytes`);
     }
     // With a Content-Length within the limit, Node's parser stops at that length: read it whole.
-    // This skips building a web ReadableStream, the largest cost of a small write.
-    return new Uint8Array(await c.req.arrayBuffer());
+    // This skips building a web ReadableStream, the largest cost of a small write. Served by
+    // @hono/node-server, the request is read off Node's own; in-process (app.request), the web one.
+    const incoming = (c.env as Partial<HttpBindings> | undefined)?.incoming;
+    return incoming && !incoming.readableDidRead
+      ? readIncoming(incoming)
+      : new Uint8Array(await c.req.arrayBuffer());
   }
   const body = c.req.raw.body;
   if (!body) {
