@@ -141,6 +141,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
           ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
           : undefined;
     if (reason === undefined) {
+      // An id that names no dead letter is 404 whatever else the request lacks.
+      await deadLetterOf(id);
       throw new ApiError('validation_failed', 'discarding needs a reason', [
         { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
       ]);
