@@ -164,6 +164,10 @@ void describe('admin and incident tools', () => {
     const again = await runCli(h, ['dead', 'retry', poison.event_id]);
     assert.equal(again.code, 1, 'a retried dead letter is gone');
     assert.match(again.stderr, /no dead letter/);
+    // Without --reason too, the first thing said is that the dead letter is gone, as the API's 404.
+    const discardGone = await runCli(h, ['dead', 'discard', poison.event_id]);
+    assert.equal(discardGone.code, 1);
+    assert.match(discardGone.stderr, /no dead letter/);
     await audit(h, await streamEventIds(h));
   });
 

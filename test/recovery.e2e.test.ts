@@ -179,6 +179,11 @@ void describe('recovery', () => {
         [lostIds],
       );
       assert.equal(back[0]?.n, 10);
+      // The CLI fails the same replay with its reason on stderr, its whole report on stdout.
+      const cli = await runCli(h, ['replay', '--from', '0', '--json']);
+      assert.equal(cli.code, 1, cli.stderr);
+      assert.equal(JSON.parse(cli.stdout).failed, 1);
+      assert.match(cli.stderr, /^outpost: replay left 1 event\(s\) failed .*outpost dead list/m);
     });
 
     void it('finds a hand-corrupted projection row with --verify, and rebuild fixes it', async () => {

@@ -154,10 +154,11 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         return;
       }
       case 'discard': {
+        // An id that names no dead letter is reported first, whatever else the command lacks.
+        const letter = await requireDead(site, id);
         if (!flags.reason?.trim()) {
           throw new CliError('discarding needs --reason "<why>"; it is kept in the audit record');
         }
-        const letter = await requireDead(site, id);
         const auditId = await site.deadLetters.discard(
           letter,
           flags.reason.trim(),

@@ -56,6 +56,11 @@ export const replayCommand = (flags: RecoveryFlags) =>
       }
       print(flags.json ? JSON.stringify(report) : table([report]));
       if (report.failed > 0 || report.unfinished > 0) {
+        // The report stays on stdout, whole and parseable; the reason goes where failures go.
+        process.stderr.write(
+          `outpost: replay left ${report.failed} event(s) failed (dead-lettered or undecodable: ` +
+            `outpost dead list) and ${report.unfinished} not yet applied when it stopped waiting\n`,
+        );
         process.exitCode = 1;
       }
     } catch (err) {
