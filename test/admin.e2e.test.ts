@@ -148,6 +148,15 @@ void describe('admin and incident tools', () => {
     const cliList = await runCli(h, ['dead', 'list', '--json']);
     assert.equal(cliList.code, 0, cliList.stderr);
     assert.equal(JSON.parse(cliList.stdout).items[0].event_id, poison.event_id);
+    const cliShow = await runCli(h, ['dead', 'show', poison.event_id]);
+    assert.equal(cliShow.code, 0, cliShow.stderr);
+    assert.match(cliShow.stdout, new RegExp(`^event_id +${poison.event_id}$`, 'm'));
+    assert.match(cliShow.stdout, /^error +.*no_poison/m);
+    assert.match(cliShow.stdout, /^ATTEMPT +AT +ERROR$/m);
+    assert.equal(
+      cliShow.stdout.match(/^\d+ +\d{4}-\d\d-\d\dT.*no_poison/gm)?.length,
+      h.config.maxAttempts,
+    );
 
     await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
     const retried = await runCli(h, ['dead', 'retry', poison.event_id, '--json']);

@@ -102,6 +102,14 @@ const deadRow = (d: DeadLetter) => ({
   error: d.error.length > 80 ? `${d.error.slice(0, 77)}...` : d.error,
 });
 
+/** One dead letter for a reader: its fields one per line, then every attempt with its error. */
+const deadLetterTables = ({ attempts, ...fields }: DeadLetter) =>
+  [
+    table(Object.entries(fields).map(([field, value]) => ({ field, value }))),
+    '',
+    table(attempts.map((attempt, i) => ({ attempt: i + 1, ...attempt }))),
+  ].join('\n');
+
 const requireDead = async (
   site: Parameters<Parameters<typeof withSite>[0]>[0],
   id: string | undefined,
@@ -130,7 +138,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
       }
       case 'show': {
         const letter = await requireDead(site, id);
-        print(JSON.stringify(letter, null, flags.json ? undefined : 2));
+        print(flags.json ? JSON.stringify(letter) : deadLetterTables(letter));
         return;
       }
       case 'retry': {
