@@ -4,12 +4,16 @@ export const table = (rows: readonly Record<string, unknown>[]): string => {
     return '(none)';
   }
   const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+  // A value with line breaks (a PostgreSQL error with its detail, say) stays on its row.
   const cell = (value: unknown) =>
     value === undefined || value === null
       ? '-'
       : typeof value === 'object'
         ? JSON.stringify(value)
-        : String(value);
+        : String(value)
+            .trim()
+            .split(/\s*\n\s*/)
+            .join('; ');
   const widths = columns.map((col) =>
     Math.max(col.length, ...rows.map((row) => cell(row[col]).length)),
   );
