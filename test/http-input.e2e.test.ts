@@ -49,6 +49,10 @@ void describe('HTTP input', () => {
       assert.equal(refused.status, 400);
       assert.equal(refused.headers.get('x-request-id'), requestId);
       assert.equal(refused.body.error.requestId, requestId);
+      const noRoute = await h.get('/no-such-route', header);
+      assert.equal(noRoute.status, 404);
+      assert.equal(noRoute.body.error.code, 'not_found');
+      assert.equal(noRoute.body.error.requestId, requestId);
       // A response built as text rather than JSON: the header is set on it after the handler.
       const metrics = await h.get('/metrics', header);
       assert.equal(metrics.status, 200);

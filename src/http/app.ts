@@ -91,7 +91,13 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
   });
 
   app.notFound((c) =>
-    c.json(errorBody('not_found', `no route for ${c.req.method} ${c.req.path}`), 404),
+    c.json(
+      withRequestId(
+        errorBody('not_found', `no route for ${c.req.method} ${c.req.path}`),
+        c.get('requestId'),
+      ),
+      404,
+    ),
   );
   return app;
 };

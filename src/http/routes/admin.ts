@@ -141,7 +141,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
           ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
           : undefined;
     if (reason === undefined) {
-      // An id that names no dead letter is 404 whatever else the request lacks.
+      // With no reason given at all, an id that names no dead letter is 404, not 400 for the
+      // missing reason (DESIGN: unknown id 404). A body that is there but wrong is still 400.
       await deadLetterOf(id);
       throw new ApiError('validation_failed', 'discarding needs a reason', [
         { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
