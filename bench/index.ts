@@ -6,7 +6,12 @@ import pg from 'pg';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { EventLog } from '../src/log/event-log.ts';
-import { startTestStack, TEMPLATE_DATABASE, withDatabase } from '../test/harness/services.ts';
+import {
+  startTestStack,
+  stopOnSignal,
+  TEMPLATE_DATABASE,
+  withDatabase,
+} from '../test/harness/services.ts';
 import {
   backToBack,
   cpuMeter,
@@ -101,6 +106,12 @@ const main = async () => {
     quick,
   };
   const servers: Server[] = [];
+  stopOnSignal(async () => {
+    await Promise.allSettled(servers.map((server) => server.stop()));
+    redis.disconnect();
+    await admin.end().catch(() => undefined);
+    await stack.stop();
+  });
   const started = async (server: Promise<Server>) => {
     const s = await server;
     servers.push(s);

@@ -2,7 +2,13 @@ import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
-import { dropSites, startTestStack, type TestSite, takeSites } from '../test/harness/services.ts';
+import {
+  dropSites,
+  startTestStack,
+  stopOnSignal,
+  type TestSite,
+  takeSites,
+} from '../test/harness/services.ts';
 
 /**
  * Finds the test files of a tier and runs them with node:test. Integration and end-to-end tiers
@@ -57,11 +63,7 @@ const main = async () => {
   }
   if (serviceFiles.length > 0) {
     const stack = await startTestStack();
-    const stopAndExit = (signal: string) => {
-      void stack.stop().then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
-    };
-    process.once('SIGINT', () => stopAndExit('SIGINT'));
-    process.once('SIGTERM', () => stopAndExit('SIGTERM'));
+    stopOnSignal(() => stack.stop());
     const failed: { file: string; sites: TestSite[] }[] = [];
     try {
       process.env.TEST_STACK = JSON.stringify(stack);

@@ -92,6 +92,20 @@ export const withDatabase = (url: string, database: string) =>
   url.replace(/\/[^/]*$/, `/${database}`);
 
 /**
+ * On SIGINT or SIGTERM, runs `stop` and exits as the signal would: an interrupted run leaves no
+ * stack or server behind, as a finished one does.
+ */
+export const stopOnSignal = (stop: () => Promise<unknown>) => {
+  const stopAndExit = (signal: NodeJS.Signals) => {
+    void stop()
+      .catch(() => undefined)
+      .finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+  };
+  process.once('SIGINT', stopAndExit);
+  process.once('SIGTERM', stopAndExit);
+};
+
+/**
  * Starts a primary, a streaming replica and Redis with AOF on free ports in a temporary folder.
  * Tests run PostgreSQL without fsync, for speed; `durablePostgres` runs it as a site does
  * (`outpost stack up`), for benchmarks.
