@@ -222,6 +222,74 @@ void describe('recovery', () => {
       assert.equal(JSON.parse(clean.stdout).differing, 0);
     });
 
+    void it('finds heads, stats and links that are not what the events say with --verify, and rebuild rewrites them', async () => {
+      const headless = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'headless', instrument: 'miri' })
+      ).body;
+      const miscounted = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'miscounted', instrument: 'miri' })
+      ).body;
+      await h.post(`/executed_obs_units/${miscounted.id}/finish`, { status: 'success' });
+      const files = await h.post('/raw_data_files', {
+        executed_obs_unit_id: miscounted.id,
+        files: [
+          {
+            path: '/unlinked',
+            size_bytes: 1,
+            checksum: 'ab'.repeat(8),
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      assert.equal(files.status, 201, files.text);
+      const [file] = files.body.ids as string[];
+      await waitForAllAcknowledged(h);
+      await h.main.query('DELETE FROM aggregate_heads WHERE aggregate_id = $1', [headless.id]);
+      await h.main.query(
+        'UPDATE aggregate_stats SET event_count = 7, last_event_at = now() WHERE aggregate_id = $1',
+        [miscounted.id],
+      );
+      await h.main.query('DELETE FROM aggregate_links WHERE downstream_id = $1', [file]);
+      const problems = async () =>
+        (await h.request('POST', '/admin/integrity/refresh', undefined, auth)).body.anomalies;
+      const seen = await problems();
+      assert.deepEqual(
+        [seen.missing_head, seen.head_mismatch, seen.missing_link],
+        [1, 1, 1],
+        'the integrity views see the damage',
+      );
+
+      const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(verify.code, 1, 'verify fails while bookkeeping differs');
+      const found = JSON.parse(verify.stdout);
+      assert.deepEqual(
+        found.differences
+          .map((d: { aggregate_id: string; table: string }) => `${d.table} ${d.aggregate_id}`)
+          .sort(),
+        [
+          `aggregate_heads ${headless.id}`,
+          `aggregate_links ${file}`,
+          `aggregate_stats ${miscounted.id}`,
+        ].sort(),
+      );
+
+      const rebuilt = await runCli(h, ['rebuild-projections', '--json']);
+      assert.equal(rebuilt.code, 0, rebuilt.stderr);
+      assert.equal(JSON.parse(rebuilt.stdout).fixed, 3);
+      const clean = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(clean.code, 0, clean.stdout);
+      const after = await problems();
+      assert.deepEqual(
+        [after.missing_head, after.missing_stats, after.head_mismatch, after.missing_link],
+        [0, 0, 0, 0],
+      );
+      const stats = await h.mainRows<{ event_count: number }>(
+        'SELECT event_count FROM aggregate_stats WHERE aggregate_id = $1',
+        [miscounted.id],
+      );
+      assert.deepEqual(stats, [{ event_count: 2 }], 'start and finish, counted again');
+    });
+
     void it('folds a stored v1 event through its upcaster', async () => {
       const id = newIdInPartition(0, h.config.partitions);
       const v1: Envelope = {

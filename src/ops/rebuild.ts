@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import stringify from 'safe-stable-stringify';
 import { PROJECTION_TABLES, projectionRows, upsertProjection } from '../db/queries/apply.ts';
+import { differingBookkeeping, repairBookkeeping } from '../db/queries/bookkeeping.ts';
 import type { AggregateType, Envelope } from '../domain/events.ts';
 import { type AggregateState, fold } from '../domain/fold.ts';
 import { upcast } from '../domain/upcast.ts';
@@ -11,7 +12,10 @@ export type Difference = {
   aggregate_id: string;
   aggregate_type: string;
   table: string;
-  /** Columns whose stored value differs from the fold; `*` when the row is missing. */
+  /**
+   * Columns whose stored value differs from the fold; `*` when the row is missing, and for the
+   * heads, stats and links beside the projections, when they are not what the events say.
+   */
   fields: string[];
 };
 
@@ -73,7 +77,8 @@ const differingFields = (
 };
 
 /**
- * Recomputes every projection row from the events table with the projector's fold. `verify` and
+ * Recomputes every projection row from the events table with the projector's fold, and each
+ * aggregate's head, stats and links from its events (src/db/queries/bookkeeping.ts). `verify` and
  * `dry-run` only report; `apply` rewrites the rows that differ.
  */
 export const rebuildProjections = async (
@@ -89,6 +94,12 @@ export const rebuildProjections = async (
       return report;
     }
     after = page.at(-1)?.id ?? after;
+    const record = (difference: Difference) => {
+      report.differing += 1;
+      if (report.differences.length < MAX_LISTED) {
+        report.differences.push(difference);
+      }
+    };
     const byTable = new Map<string, { aggregate: AggregateEvents; expected: AggregateState }[]>();
     for (const aggregate of page) {
       const expected = aggregate.events.length > 0 ? foldStored(aggregate) : undefined;
@@ -111,15 +122,7 @@ export const rebuildProjections = async (
       for (const { aggregate, expected } of items) {
         const fields = differingFields(expected, actual.get(aggregate.id));
         if (fields.length > 0) {
-          report.differing += 1;
-          if (report.differences.length < MAX_LISTED) {
-            report.differences.push({
-              aggregate_id: aggregate.id,
-              aggregate_type: aggregate.type,
-              table,
-              fields,
-            });
-          }
+          record({ aggregate_id: aggregate.id, aggregate_type: aggregate.type, table, fields });
           fixes.push(expected);
         }
       }
@@ -127,6 +130,24 @@ export const rebuildProjections = async (
         await upsertProjection(main, table as (typeof PROJECTION_TABLES)[AggregateType], fixes);
         report.fixed += fixes.length;
       }
+    }
+    // After the projections: a missing link is read off the projection row that names it.
+    const bookkeeping = await differingBookkeeping(
+      main,
+      page.map((aggregate) => aggregate.id),
+    );
+    const typeOf = new Map(page.map((aggregate) => [aggregate.id, aggregate.type]));
+    for (const { aggregate_id, table } of bookkeeping) {
+      record({
+        aggregate_id,
+        aggregate_type: typeOf.get(aggregate_id) ?? '',
+        table,
+        fields: ['*'],
+      });
+    }
+    if (mode === 'apply' && bookkeeping.length > 0) {
+      await repairBookkeeping(main, [...new Set(bookkeeping.map((b) => b.aggregate_id))]);
+      report.fixed += bookkeeping.length;
     }
     report.aggregates += page.length;
     onProgress?.(report.aggregates);

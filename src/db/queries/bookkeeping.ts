@@ -1,0 +1,77 @@
+import type pg from 'pg';
+import { withConnection } from '../client.ts';
+
+/** The derived rows beside the projections, each of which its events alone determine. */
+export type BookkeepingTable = 'aggregate_heads' | 'aggregate_stats' | 'aggregate_links';
+
+/*
+ * What the events say each aggregate's bookkeeping must be: one 'head' row at its newest event,
+ * one stats row counting every event and dated at the newest, and a link for every upstream its
+ * projection row names. The same invariants as the integrity views missing_head, missing_stats,
+ * head_mismatch and missing_link, for a page of aggregates.
+ */
+const NEWEST = `SELECT DISTINCT ON (e.aggregate_id) e.aggregate_id, e.seq, e.event_id, e.occurred_at
+                  FROM events e WHERE e.aggregate_id = ANY($1::uuid[])
+                 ORDER BY e.aggregate_id, e.seq DESC`;
+const COUNTS = `SELECT aggregate_id, count(*)::int AS events
+                  FROM events WHERE aggregate_id = ANY($1::uuid[]) GROUP BY aggregate_id`;
+const LINKS = `SELECT f.id AS downstream_id, f.executed_obs_unit_id AS upstream_id, 'recorded_in' AS kind
+                 FROM raw_data_files f WHERE f.id = ANY($1::uuid[])
+               UNION ALL
+               SELECT p.id, file_id, 'packages'
+                 FROM raw_data_packages p, unnest(p.file_ids) AS file_id
+                WHERE p.id = ANY($1::uuid[])`;
+
+const DIFFERING_SQL = `
+  WITH newest AS (${NEWEST}), counts AS (${COUNTS}), links AS (${LINKS})
+  SELECT n.aggregate_id::text, 'aggregate_heads' AS "table" FROM newest n
+   WHERE (SELECT count(*) FROM aggregate_heads h
+           WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') <> 1
+      OR NOT EXISTS (SELECT 1 FROM aggregate_heads h
+                      WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head'
+                        AND h.seq = n.seq AND h.event_id = n.event_id)
+  UNION ALL
+  SELECT n.aggregate_id::text, 'aggregate_stats' FROM newest n JOIN counts c USING (aggregate_id)
+   WHERE (SELECT count(*) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) <> 1
+      OR NOT EXISTS (SELECT 1 FROM aggregate_stats s
+                      WHERE s.aggregate_id = n.aggregate_id AND s.event_count = c.events
+                        AND s.last_event_at = n.occurred_at)
+  UNION ALL
+  SELECT DISTINCT l.downstream_id::text, 'aggregate_links' FROM links l
+   WHERE NOT EXISTS (SELECT 1 FROM aggregate_links k
+                      WHERE k.downstream_id = l.downstream_id AND k.upstream_id = l.upstream_id
+                        AND k.kind = l.kind)
+  ORDER BY 1, 2`;
+
+/** The aggregates of `ids` whose heads, stats or links differ from what their events say. */
+export const differingBookkeeping = async (
+  db: pg.Pool,
+  ids: readonly string[],
+): Promise<{ aggregate_id: string; table: BookkeepingTable }[]> =>
+  (await db.query(DIFFERING_SQL, [ids])).rows;
+
+const REPAIR_STATEMENTS = [
+  `DELETE FROM aggregate_heads WHERE ref = 'head' AND aggregate_id = ANY($1::uuid[])`,
+  `INSERT INTO aggregate_heads (aggregate_id, ref, seq, event_id)
+     SELECT aggregate_id, 'head', seq, event_id FROM (${NEWEST}) n`,
+  `DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1::uuid[])`,
+  `INSERT INTO aggregate_stats (aggregate_id, event_count, last_event_at)
+     SELECT n.aggregate_id, c.events, n.occurred_at
+       FROM (${NEWEST}) n JOIN (${COUNTS}) c USING (aggregate_id)`,
+  `INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
+     SELECT upstream_id, downstream_id, kind FROM (${LINKS}) l
+     ON CONFLICT DO NOTHING`,
+];
+
+/**
+ * Rewrites the heads and stats of `ids` from their events and adds their missing links, in one
+ * transaction. Links are only added: the integrity views know no problem of an extra one.
+ */
+export const repairBookkeeping = (db: pg.Pool, ids: readonly string[]) =>
+  withConnection(db, async (client) => {
+    await client.query('BEGIN');
+    for (const statement of REPAIR_STATEMENTS) {
+      await client.query(statement, [ids]);
+    }
+    await client.query('COMMIT');
+  });
