@@ -66,10 +66,12 @@ export class StatusSource {
 
   async health() {
     const { config, projector } = this.#deps;
-    const [redisUp, buffers, { mainLsn, replicaPos }] = await Promise.all([
+    // Every probe at once: each has its own time limit, and /health answers within the longest.
+    const [redisUp, buffers, { mainLsn, replicaPos }, snapshot] = await Promise.all([
       this.#redisUp(),
       this.bufferOrUndefined(),
       this.#positions(),
+      settle(latestSnapshot(this.#deps.replica)),
     ]);
     const totals = totalsOf(buffers ?? [], Date.now());
     const processor = projector?.stats();
@@ -98,7 +100,7 @@ export class StatusSource {
       circuit_breaker: projector?.breaker.state ?? 'closed',
       integrity: {
         mode: this.#deps.integrity?.mode ?? 'unknown',
-        refreshed_at: (await settle(latestSnapshot(this.#deps.replica)))?.refreshed_at ?? null,
+        refreshed_at: snapshot?.refreshed_at ?? null,
       },
     } as const;
   }
