@@ -183,7 +183,13 @@ void describe('recovery', () => {
       const cli = await runCli(h, ['replay', '--from', '0', '--json']);
       assert.equal(cli.code, 1, cli.stderr);
       assert.equal(JSON.parse(cli.stdout).failed, 1);
-      assert.match(cli.stderr, /^outpost: replay left 1 event\(s\) failed .*outpost dead list/m);
+      assert.match(
+        cli.stderr,
+        /^outpost: replay left 1 event\(s\) that cannot apply .*outpost dead list/m,
+      );
+      const dry = await runCli(h, ['replay', '--from', '0', '--dry-run', '--json']);
+      assert.equal(dry.code, 1, 'a dry run that finds what cannot apply fails too');
+      assert.match(dry.stderr, /^outpost: replay --dry-run found 1 event\(s\) that cannot apply/m);
     });
 
     void it('finds a hand-corrupted projection row with --verify, and rebuild fixes it', async () => {

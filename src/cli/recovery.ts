@@ -57,9 +57,12 @@ export const replayCommand = (flags: RecoveryFlags) =>
       print(flags.json ? JSON.stringify(report) : table([report]));
       if (report.failed > 0 || report.unfinished > 0) {
         // The report stays on stdout, whole and parseable; the reason goes where failures go.
+        // Failed counts every event of the range that cannot apply, dead-lettered before or now.
+        const failed = `${report.failed} event(s) that cannot apply (dead-lettered or undecodable: outpost dead list)`;
         process.stderr.write(
-          `outpost: replay left ${report.failed} event(s) failed (dead-lettered or undecodable: ` +
-            `outpost dead list) and ${report.unfinished} not yet applied when it stopped waiting\n`,
+          report.dry_run
+            ? `outpost: replay --dry-run found ${failed}\n`
+            : `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
         );
         process.exitCode = 1;
       }
