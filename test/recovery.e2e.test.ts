@@ -235,7 +235,13 @@ void describe('recovery', () => {
       const miscounted = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'miscounted', instrument: 'miri' })
       ).body;
-      await h.post(`/executed_obs_units/${miscounted.id}/finish`, { status: 'success' });
+      const finished = await h.post(`/executed_obs_units/${miscounted.id}/finish`, {
+        status: 'success',
+      });
+      assert.equal(finished.status, 202, finished.text);
+      const misdated = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'misdated', instrument: 'miri' })
+      ).body;
       const files = await h.post('/raw_data_files', {
         executed_obs_unit_id: miscounted.id,
         files: [
@@ -255,7 +261,21 @@ void describe('recovery', () => {
         'UPDATE aggregate_stats SET event_count = 7, last_event_at = now() WHERE aggregate_id = $1',
         [miscounted.id],
       );
+      // A date alone wrong: no integrity view sees it, the comparison with the events does.
+      await h.main.query(
+        "UPDATE aggregate_stats SET last_event_at = last_event_at - interval '1 day' WHERE aggregate_id = $1",
+        [misdated.id],
+      );
       await h.main.query('DELETE FROM aggregate_links WHERE downstream_id = $1', [file]);
+      // Rows outside the damage keep their identity (ctid): the repair rewrites only what differs.
+      const untouched = async () =>
+        h.mainRows(
+          `SELECT 'head' AS row, ctid::text FROM aggregate_heads WHERE aggregate_id = ANY($1)
+           UNION ALL SELECT 'stats', ctid::text FROM aggregate_stats WHERE aggregate_id = $2
+           ORDER BY 1, 2`,
+          [[misdated.id, file], file],
+        );
+      const before = await untouched();
       const problems = async () =>
         (await h.request('POST', '/admin/integrity/refresh', undefined, auth)).body.anomalies;
       const seen = await problems();
@@ -276,12 +296,14 @@ void describe('recovery', () => {
           `aggregate_heads ${headless.id}`,
           `aggregate_links ${file}`,
           `aggregate_stats ${miscounted.id}`,
+          `aggregate_stats ${misdated.id}`,
         ].sort(),
       );
 
       const rebuilt = await runCli(h, ['rebuild-projections', '--json']);
       assert.equal(rebuilt.code, 0, rebuilt.stderr);
-      assert.equal(JSON.parse(rebuilt.stdout).fixed, 3);
+      assert.equal(JSON.parse(rebuilt.stdout).fixed, 4);
+      assert.deepEqual(await untouched(), before, 'the rows that were sound were left alone');
       const clean = await runCli(h, ['rebuild-projections', '--verify', '--json']);
       assert.equal(clean.code, 0, clean.stdout);
       const after = await problems();

@@ -146,7 +146,7 @@ export const rebuildProjections = async (
       });
     }
     if (mode === 'apply' && bookkeeping.length > 0) {
-      await repairBookkeeping(main, [...new Set(bookkeeping.map((b) => b.aggregate_id))]);
+      await repairBookkeeping(main, bookkeeping);
       report.fixed += bookkeeping.length;
     }
     report.aggregates += page.length;

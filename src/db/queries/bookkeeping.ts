@@ -50,28 +50,43 @@ export const differingBookkeeping = async (
 ): Promise<{ aggregate_id: string; table: BookkeepingTable }[]> =>
   (await db.query(DIFFERING_SQL, [ids])).rows;
 
-const REPAIR_STATEMENTS = [
-  `DELETE FROM aggregate_heads WHERE ref = 'head' AND aggregate_id = ANY($1::uuid[])`,
-  `INSERT INTO aggregate_heads (aggregate_id, ref, seq, event_id)
-     SELECT aggregate_id, 'head', seq, event_id FROM (${NEWEST}) n`,
-  `DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1::uuid[])`,
-  `INSERT INTO aggregate_stats (aggregate_id, event_count, last_event_at)
-     SELECT n.aggregate_id, c.events, n.occurred_at
-       FROM (${NEWEST}) n JOIN (${COUNTS}) c USING (aggregate_id)`,
-  `INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
-     SELECT upstream_id, downstream_id, kind FROM (${LINKS}) l
-     ON CONFLICT DO NOTHING`,
-];
+/** What rewrites each table's rows for the aggregates `$1` names, from their events. */
+const REPAIRS: Record<BookkeepingTable, string[]> = {
+  aggregate_heads: [
+    `DELETE FROM aggregate_heads WHERE ref = 'head' AND aggregate_id = ANY($1::uuid[])`,
+    `INSERT INTO aggregate_heads (aggregate_id, ref, seq, event_id)
+       SELECT aggregate_id, 'head', seq, event_id FROM (${NEWEST}) n`,
+  ],
+  aggregate_stats: [
+    `DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1::uuid[])`,
+    `INSERT INTO aggregate_stats (aggregate_id, event_count, last_event_at)
+       SELECT n.aggregate_id, c.events, n.occurred_at
+         FROM (${NEWEST}) n JOIN (${COUNTS}) c USING (aggregate_id)`,
+  ],
+  aggregate_links: [
+    `INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
+       SELECT upstream_id, downstream_id, kind FROM (${LINKS}) l
+       ON CONFLICT DO NOTHING`,
+  ],
+};
 
 /**
- * Rewrites the heads and stats of `ids` from their events and adds their missing links, in one
- * transaction. Links are only added: the integrity views know no problem of an extra one.
+ * Rewrites, in one transaction, each differing row from the events: a head or stats row only where
+ * that row differs, since a projector advancing a sound aggregate meanwhile must not lose its step
+ * to a rewrite; links are only added (the integrity views know no problem of an extra one). Every
+ * differing head or stats row belongs to an aggregate with events, so none is deleted for good.
  */
-export const repairBookkeeping = (db: pg.Pool, ids: readonly string[]) =>
+export const repairBookkeeping = (
+  db: pg.Pool,
+  differing: readonly { aggregate_id: string; table: BookkeepingTable }[],
+) =>
   withConnection(db, async (client) => {
     await client.query('BEGIN');
-    for (const statement of REPAIR_STATEMENTS) {
-      await client.query(statement, [ids]);
+    for (const [table, statements] of Object.entries(REPAIRS)) {
+      const ids = differing.filter((d) => d.table === table).map((d) => d.aggregate_id);
+      for (const statement of ids.length > 0 ? statements : []) {
+        await client.query(statement, [ids]);
+      }
     }
     await client.query('COMMIT');
   });
