@@ -106,12 +106,14 @@ const main = async () => {
     quick,
   };
   const servers: Server[] = [];
-  stopOnSignal(async () => {
+  /** Stops what the bench started: after the last scenario, or on Ctrl-C and SIGTERM. */
+  const stopAll = async () => {
     await Promise.allSettled(servers.map((server) => server.stop()));
     redis.disconnect();
     await admin.end().catch(() => undefined);
     await stack.stop();
-  });
+  };
+  stopOnSignal(stopAll);
   const started = async (server: Promise<Server>) => {
     const s = await server;
     servers.push(s);
@@ -472,12 +474,7 @@ const main = async () => {
       };
     }
   } finally {
-    for (const server of servers) {
-      await server.stop().catch(() => undefined);
-    }
-    redis.disconnect();
-    await admin.end();
-    await stack.stop();
+    await stopAll();
   }
   if (only !== undefined) {
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

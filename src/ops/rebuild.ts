@@ -88,18 +88,18 @@ export const rebuildProjections = async (
 ): Promise<RebuildReport> => {
   const report: RebuildReport = { mode, aggregates: 0, differing: 0, fixed: 0, differences: [] };
   let after = '00000000-0000-0000-0000-000000000000';
+  const record = (difference: Difference) => {
+    report.differing += 1;
+    if (report.differences.length < MAX_LISTED) {
+      report.differences.push(difference);
+    }
+  };
   for (;;) {
     const page = await eventsPage(main, after);
     if (page.length === 0) {
       return report;
     }
     after = page.at(-1)?.id ?? after;
-    const record = (difference: Difference) => {
-      report.differing += 1;
-      if (report.differences.length < MAX_LISTED) {
-        report.differences.push(difference);
-      }
-    };
     const byTable = new Map<string, { aggregate: AggregateEvents; expected: AggregateState }[]>();
     for (const aggregate of page) {
       const expected = aggregate.events.length > 0 ? foldStored(aggregate) : undefined;
