@@ -22,6 +22,10 @@ const fileEvent = (aggregateId: string, n: number): Envelope =>
     data: { n },
   }) as unknown as Envelope;
 
+/** Delivers a partition's new entries to a consumer, as the projector would: XACK then has them. */
+const deliver = (redis: Redis, stream: string) =>
+  redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 1000, 'STREAMS', stream, '>');
+
 /** What the projector records for an applied file event, as the acker reads it back. */
 const appliedRecord = (event: Envelope, entryId: string, lsn = '0/1'): AppliedRecord => ({
   lsn,
@@ -96,6 +100,76 @@ void describe('the local log', () => {
         (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id),
         [b],
       );
+    });
+
+    void it("folds an earlier build's one-hash index of a type into the buckets at start", async () => {
+      const keys = log.keys(2);
+      const legacy = keys.legacyInflightIndex('raw_data_file');
+      const [a, b] = [newIdInPartition(2, 4), newIdInPartition(2, 4)];
+      const earlierEntry = async (aggregateId: string, n: number) => {
+        const event = { ...fileEvent(aggregateId, n), event_id: newIdInPartition(2, 4) };
+        const entryId = (await redis.xadd(
+          keys.stream,
+          '*',
+          ...encodeFieldPerProperty(event),
+        )) as string;
+        return { event, entryId };
+      };
+      // What an earlier build left behind: A's two entries and B's one, in the one hash.
+      const [a1, a2, b1] = [
+        await earlierEntry(a, 1),
+        await earlierEntry(a, 2),
+        await earlierEntry(b, 3),
+      ];
+      await redis.hset(legacy, a, `${a1.entryId} ${a2.entryId}`, b, b1.entryId);
+      // This build appends A's third entry to A's bucket.
+      const third = { ...fileEvent(a, 4), event_id: newIdInPartition(2, 4) };
+      const appended = await log.append({ partition: 2, events: [third] });
+      assert.equal(appended.kind, 'appended');
+      const a3 = appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '';
+      assert.equal(await redis.hget(keys.inflight('raw_data_file', a), a), a3);
+      const inPartition = async () =>
+        (await log.inflightAggregateIds('raw_data_file'))
+          .filter((x) => x.partition === 2 && (x.id === a || x.id === b))
+          .map((x) => x.id)
+          .sort();
+
+      const expectedA = [a1.entryId, a2.entryId, a3];
+      assert.deepEqual(
+        (await log.readInflight(a, 2)).map((e) => e.entryId),
+        expectedA,
+        'both indexes read before the upgrade, in stream order',
+      );
+      assert.deepEqual(await inPartition(), [a, b].sort(), 'each listed once');
+      await deliver(redis, keys.stream);
+      const record = appliedRecord(b1.event, b1.entryId);
+      await log.recordApplied(2, [record]);
+      assert.equal(await log.ack(2, [record]), 1);
+      assert.equal(await redis.hexists(legacy, b), 0, 'acknowledged out of the old hash too');
+      assert.deepEqual(await inPartition(), [a]);
+
+      await log.ensureGroups();
+      assert.equal(await redis.exists(legacy), 0);
+      assert.equal(await redis.hget(keys.inflight('raw_data_file', a), a), expectedA.join(' '));
+      assert.deepEqual(
+        (await log.readInflight(a, 2, 'raw_data_file')).map((e) => e.entryId),
+        expectedA,
+      );
+      await log.ensureGroups();
+      assert.equal(
+        await redis.hget(keys.inflight('raw_data_file', a), a),
+        expectedA.join(' '),
+        'a second start moves nothing twice',
+      );
+      const rest = [
+        appliedRecord(a1.event, a1.entryId),
+        appliedRecord(a2.event, a2.entryId),
+        appliedRecord(third, a3),
+      ];
+      await log.recordApplied(2, rest);
+      assert.equal(await log.ack(2, rest), 3);
+      assert.deepEqual(await log.readInflight(a, 2), []);
+      assert.equal(await redis.hexists(keys.inflight('raw_data_file', a), a), 0);
     });
 
     void it('folds the per-aggregate lists of an earlier build into the index at start', async () => {
@@ -228,16 +302,7 @@ void describe('the local log', () => {
       assert.equal(await log.entryIdOfEvent(event.event_id, 1), entryId);
       assert.deepEqual(await log.unacknowledged([event.event_id, 'x'], 1), [true, false]);
 
-      await redis.xreadgroup(
-        'GROUP',
-        CONSUMER_GROUP,
-        'c',
-        'COUNT',
-        100,
-        'STREAMS',
-        keys.stream,
-        '>',
-      );
+      await deliver(redis, keys.stream);
       const record = appliedRecord(event, entryId);
       // As if an earlier build, still running, had also indexed it in its one hash.
       await redis.hset(keys.legacyEventIndex, event.event_id, entryId, 'other', '1-1');

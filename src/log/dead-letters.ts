@@ -83,10 +83,11 @@ export class DeadLetters {
       keys.deadLetters,
       keys.eventIndex(entry.eventId),
       keys.attempts,
-      keys.inflight(entry.aggregateType),
+      keys.inflight(entry.aggregateType, entry.aggregateId),
       keys.deadIndex,
       keys.blockedAggregates,
       keys.legacyEventIndex,
+      keys.legacyInflightIndex(entry.aggregateType),
     ];
     return this.#redis.outpostDeadLetter(
       allKeys.length,
@@ -207,7 +208,7 @@ export class DeadLetters {
       keys.eventIndex(dead.event_id),
       keys.deadIndex,
       keys.blockedAggregates,
-      keys.inflight(dead.aggregate_type),
+      keys.inflight(dead.aggregate_type, dead.aggregate_id),
     ];
     const id = await this.#redis.outpostDeadRetry(
       allKeys.length,

@@ -7,6 +7,7 @@ import {
   type UnitStatus,
 } from '../domain/events.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
+import { compareEntryIds } from './entry-id.ts';
 import { allPartitionKeys, CONSUMER_GROUP, type PartitionKeys, partitionKeys } from './keys.ts';
 
 const readScript = (path: string) =>
@@ -83,7 +84,9 @@ type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
+  outpostInflightAggregates(numKeys: number, ...args: string[]): Promise<string[]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
+  outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
 };
 
@@ -124,7 +127,7 @@ const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) =>
   keys: [
     keys.idempotency(request.idempotency?.scopeHash ?? 'none'),
     keys.unitState(request.guard?.unitId ?? 'none'),
-    ...request.events.map((event) => keys.inflight(event.aggregate_type)),
+    ...request.events.map((event) => keys.inflight(event.aggregate_type, event.aggregate_id)),
     ...request.events.map((event) => keys.eventIndex(event.event_id)),
   ],
   payload: {
@@ -175,7 +178,9 @@ export class EventLog {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
+    redis.defineCommand('outpostInflightAggregates', { lua: script('inflight-aggregates') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
+    redis.defineCommand('outpostUpgradeInflightIndex', { lua: script('upgrade-inflight-index') });
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
@@ -201,7 +206,31 @@ export class EventLog {
       }
     }
     await this.#upgradeInflight();
+    await this.#upgradeInflightIndex();
     await this.#upgradeEventIndex();
+  }
+
+  /** Moves an earlier build's one-hash in-flight index of each type into its buckets. */
+  async #upgradeInflightIndex(): Promise<void> {
+    for (const keys of this.allKeys()) {
+      for (const type of AGGREGATE_TYPES) {
+        const legacy = keys.legacyInflightIndex(type);
+        let cursor = '0';
+        do {
+          const [next, flat] = await this.#redis.hscan(legacy, cursor, 'COUNT', 500);
+          cursor = next;
+          const aggregateIds = flat.filter((_, i) => i % 2 === 0);
+          if (aggregateIds.length > 0) {
+            await this.#redis.outpostUpgradeInflightIndex(
+              aggregateIds.length + 1,
+              legacy,
+              ...aggregateIds.map((id) => keys.inflight(type, id)),
+              ...aggregateIds,
+            );
+          }
+        } while (cursor !== '0');
+      }
+    }
   }
 
   /** Moves an earlier build's one-hash event index into the buckets, a chunk per call. */
@@ -238,7 +267,7 @@ export class EventLog {
             3,
             keys.legacyInflight(aggregateId),
             legacySet,
-            keys.inflight(type),
+            keys.inflight(type, aggregateId),
             aggregateId,
           );
         }
@@ -362,7 +391,8 @@ export class EventLog {
 
   /**
    * Unacknowledged events of one aggregate, oldest first. Without its type (a read by id alone),
-   * the index of every type is asked: only one holds the aggregate.
+   * the index of every type is asked: only one holds the aggregate. An earlier build's one-hash
+   * index is asked too: it holds what such a build appended after this process folded it in.
    */
   async readInflight(
     aggregateId: string,
@@ -370,28 +400,33 @@ export class EventLog {
     aggregateType?: AggregateType,
   ): Promise<LogEntry[]> {
     const keys = this.keys(partition);
-    const indexes = (aggregateType ? [aggregateType] : AGGREGATE_TYPES).map(keys.inflight);
+    const indexes = (aggregateType ? [aggregateType] : AGGREGATE_TYPES).flatMap((type) => [
+      keys.inflight(type, aggregateId),
+      keys.legacyInflightIndex(type),
+    ]);
     const raw = await this.#redis.outpostReadInflight(
       indexes.length + 1,
       keys.stream,
       ...indexes,
       aggregateId,
     );
-    return raw.map(decodeEntry);
+    const entries = raw.map(decodeEntry);
+    // In stream order, whichever index each came from.
+    return entries.length > 1
+      ? entries.sort((a, b) => compareEntryIds(a.entryId, b.entryId))
+      : entries;
   }
 
+  /** Aggregates of a type with unacknowledged events: one call per partition reads its buckets. */
   async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
-    const pipeline = this.#redis.pipeline();
-    for (const keys of this.allKeys()) {
-      pipeline.hkeys(keys.inflight(aggregateType));
-    }
-    const replies = (await pipeline.exec()) ?? [];
-    return replies.flatMap(([err, ids], partition) => {
-      if (err) {
-        throw err;
-      }
-      return (ids as string[]).map((id) => ({ id, partition }));
-    });
+    const perPartition = await Promise.all(
+      this.allKeys().map(async ({ partition, inflightBuckets, legacyInflightIndex }) => {
+        const indexes = [...inflightBuckets(aggregateType), legacyInflightIndex(aggregateType)];
+        const ids = await this.#redis.outpostInflightAggregates(indexes.length, ...indexes);
+        return [...new Set(ids)].map((id) => ({ id, partition }));
+      }),
+    );
+    return perPartition.flat();
   }
 
   async entryIdOfEvent(eventId: string, partition: number): Promise<string | null> {
@@ -457,8 +492,9 @@ export class EventLog {
     }
     const keys = this.keys(partition);
     const recordKeys = records.flatMap((r) => [
-      keys.inflight(r.aggregateType),
+      keys.inflight(r.aggregateType, r.aggregateId),
       keys.eventIndex(r.eventId),
+      keys.legacyInflightIndex(r.aggregateType),
     ]);
     const allKeys = [
       keys.stream,

@@ -31,11 +31,16 @@ export type PartitionKeys = {
   /** Attempts per entry id, for entries whose application failed on data. */
   attempts: string;
   /**
-   * The in-flight index of an aggregate type: a hash of aggregate id -> its unacknowledged entry
-   * ids in stream order (space-separated). The merged read's and the merged list's input.
+   * The in-flight index of an aggregate type, spread over INFLIGHT_BUCKETS small hashes by the
+   * aggregate id: aggregate id -> its unacknowledged entry ids in stream order (space-separated).
+   * The merged read's and the merged list's input. This is the bucket of `aggregateId`.
    */
-  inflight: (aggregateType: string) => string;
-  /** Earlier builds' layout (a list per aggregate, a set per type), folded in by ensureGroups. */
+  inflight: (aggregateType: string, aggregateId: string) => string;
+  /** Every bucket of a type's in-flight index, for the merged list. */
+  inflightBuckets: (aggregateType: string) => string[];
+  /** Earlier builds' in-flight index, one hash per type: read, emptied and folded in at start. */
+  legacyInflightIndex: (aggregateType: string) => string;
+  /** Older builds' layout (a list per aggregate, a set per type), folded in by ensureGroups. */
   legacyInflight: (aggregateId: string) => string;
   legacyInflightAggregates: (aggregateType: string) => string;
   /** The status of an executed obs unit, for atomic finish/patch checks in the append script. */
@@ -55,17 +60,27 @@ export type PartitionKeys = {
  */
 export const EVENT_INDEX_BUCKETS = 1024;
 
+/**
+ * Buckets of the in-flight index per partition and aggregate type, for the same reason as the
+ * event index's (≈ 63 bytes a pending event as listpacks, ≈ 115 as one hashtable). Fewer than the
+ * event index's, because the merged list reads every bucket of a type: 256 keep a partition's
+ * buckets compact up to ≈ 32,000 pending aggregates of one type.
+ */
+export const INFLIGHT_BUCKETS = 256;
+
 const HEX3 = /^[0-9a-f]{3}$/i;
 
 /**
- * An event's bucket: three hex digits of its id's random part, modulo EVENT_INDEX_BUCKETS
- * (characters 24-26, before the last eight, which carry the partition). Any text is accepted:
- * an id without hex there (an event from elsewhere) goes to bucket 0.
+ * An id's bucket out of `buckets`: three hex digits of its random part (characters 24-26, before
+ * the last eight, which carry the partition), modulo `buckets`. Any text is accepted: an id
+ * without hex there (one from elsewhere) goes to bucket 0.
  */
-export const eventIndexBucket = (eventId: string): number => {
-  const digits = eventId.slice(24, 27);
-  return HEX3.test(digits) ? Number.parseInt(digits, 16) % EVENT_INDEX_BUCKETS : 0;
+export const idBucket = (id: string, buckets: number): number => {
+  const digits = id.slice(24, 27);
+  return HEX3.test(digits) ? Number.parseInt(digits, 16) % buckets : 0;
 };
+
+export const eventIndexBucket = (eventId: string): number => idBucket(eventId, EVENT_INDEX_BUCKETS);
 
 export const partitionKeys = (namespace: string, partition: number): PartitionKeys => {
   const prefix = `${namespace}:{p${partition}}`;
@@ -81,7 +96,14 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     deadIndex: `${prefix}:dead-index`,
     blockedAggregates: `${prefix}:blocked-aggregates`,
     discarded: `${prefix}:discarded`,
-    inflight: (aggregateType) => `${prefix}:inflight-ids:${aggregateType}`,
+    inflight: (aggregateType, aggregateId) =>
+      `${prefix}:inflight-ids:${aggregateType}:${idBucket(aggregateId, INFLIGHT_BUCKETS)}`,
+    inflightBuckets: (aggregateType) =>
+      Array.from(
+        { length: INFLIGHT_BUCKETS },
+        (_, bucket) => `${prefix}:inflight-ids:${aggregateType}:${bucket}`,
+      ),
+    legacyInflightIndex: (aggregateType) => `${prefix}:inflight-ids:${aggregateType}`,
     legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
     legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,

@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { newIdInPartition } from '../domain/ids.ts';
-import { EVENT_INDEX_BUCKETS, eventIndexBucket, partitionKeys } from './keys.ts';
+import {
+  EVENT_INDEX_BUCKETS,
+  eventIndexBucket,
+  INFLIGHT_BUCKETS,
+  idBucket,
+  partitionKeys,
+} from './keys.ts';
 
 void describe('eventIndexBucket', () => {
   void it('reads three hex digits of the random part, whatever their case', () => {
@@ -41,5 +47,34 @@ void describe('eventIndexBucket', () => {
       /^outpost:site:\{p5\}:event-index:255$/,
     );
     assert.match(keys.legacyEventIndex, /\{p5\}/);
+  });
+});
+
+void describe('the in-flight index buckets', () => {
+  void it('puts an aggregate in the bucket of its id, one of the type’s buckets, in its slot', () => {
+    const keys = partitionKeys('outpost:site', 5);
+    const id = '01a231cc-e2e8-7118-ae12-0ff595ab4dbc';
+    assert.equal(
+      keys.inflight('raw_data_file', id),
+      `outpost:site:{p5}:inflight-ids:raw_data_file:${0x0ff % INFLIGHT_BUCKETS}`,
+    );
+    const buckets = keys.inflightBuckets('raw_data_file');
+    assert.equal(new Set(buckets).size, INFLIGHT_BUCKETS);
+    assert.ok(buckets.includes(keys.inflight('raw_data_file', newIdInPartition(5, 8))));
+    assert.ok(!buckets.includes(keys.legacyInflightIndex('raw_data_file')));
+    assert.ok(
+      [...buckets, keys.legacyInflightIndex('raw_data_file')].every((k) => k.includes('{p5}')),
+    );
+  });
+
+  void it('spreads aggregates evenly enough that each bucket stays a compact hash', () => {
+    const counts = new Map<number, number>();
+    for (let i = 0; i < 20_000; i++) {
+      const bucket = idBucket(newIdInPartition(1, 8), INFLIGHT_BUCKETS);
+      counts.set(bucket, (counts.get(bucket) ?? 0) + 1);
+    }
+    assert.equal(counts.size, INFLIGHT_BUCKETS, 'every bucket used');
+    // ≈ 78 a bucket on average: under the 128 fields of a listpack hash.
+    assert.ok(Math.max(...counts.values()) < 128);
   });
 });

@@ -2,7 +2,7 @@
 -- applies at most once), and lifts the block on its aggregate. All or nothing.
 --
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] dead index
--- KEYS[5] blocked aggregates  KEYS[6] in-flight index
+-- KEYS[5] blocked aggregates  KEYS[6] in-flight index bucket
 -- ARGV[1] dead-letter id  ARGV[2] event id  ARGV[3] aggregate id  ARGV[4..] the event's fields
 local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if not found[1] then

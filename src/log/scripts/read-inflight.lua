@@ -1,5 +1,7 @@
--- The unacknowledged entries of one aggregate, in stream order, read atomically with their index.
--- KEYS[1] stream  KEYS[2..] in-flight indexes to look in (its type's, or every type's)
+-- The unacknowledged entries of one aggregate, read atomically with their index: in stream order
+-- within each index; the caller orders what several indexes answer.
+-- KEYS[1] stream  KEYS[2..] in-flight indexes to look in: the aggregate's bucket of its type's
+-- index (or of every type's), and an earlier build's one-hash index of each
 -- ARGV[1] aggregate id
 local entries = {}
 for i = 2, #KEYS do

@@ -1,8 +1,9 @@
--- The in-flight index, prepended to the scripts that use it: one hash per partition and aggregate
--- type, aggregate id -> that aggregate's unacknowledged entry ids in stream order, separated by
--- spaces. One field per aggregate rather than a list key per aggregate: a key costs its keyspace
--- entry and object header, which made the per-aggregate lists the largest avoidable part of the
--- Redis memory a pending event takes.
+-- The in-flight index, prepended to the scripts that use it: small hashes (buckets of a partition
+-- and aggregate type, by aggregate id), aggregate id -> that aggregate's unacknowledged entry ids
+-- in stream order, separated by spaces. One field per aggregate rather than a list key per
+-- aggregate: a key costs its keyspace entry and object header, which made the per-aggregate lists
+-- the largest avoidable part of the Redis memory a pending event takes. Buckets rather than one
+-- hash per type: a hash of up to 128 short fields is a listpack, about half a hashtable's bytes.
 
 local function inflight_add(key, aggregate_id, entry_id)
   local ids = redis.call('HGET', key, aggregate_id)

@@ -1,0 +1,17 @@
+-- Moves aggregates of an earlier build's in-flight index (one hash per partition and type) into
+-- the buckets this build reads. Each is read and moved in this one step, so an entry acknowledged
+-- meanwhile is not brought back; its earlier entries go before any this build appended since.
+--
+-- KEYS[1] earlier builds' in-flight index of a type  KEYS[1 + i] the bucket of aggregate i
+-- ARGV[i] aggregate id i
+local moved = 0
+for i, aggregate_id in ipairs(ARGV) do
+  local earlier = redis.call('HGET', KEYS[1], aggregate_id)
+  if earlier then
+    local later = redis.call('HGET', KEYS[1 + i], aggregate_id)
+    redis.call('HSET', KEYS[1 + i], aggregate_id, later and (earlier .. ' ' .. later) or earlier)
+    redis.call('HDEL', KEYS[1], aggregate_id)
+    moved = moved + 1
+  end
+end
+return moved
