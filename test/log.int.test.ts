@@ -7,7 +7,7 @@ import { encodeFieldPerProperty } from '../src/log/codec.ts';
 import { DeadLetters, failedEntryOf } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { type AppliedRecord, EventLog } from '../src/log/event-log.ts';
-import { CONSUMER_GROUP } from '../src/log/keys.ts';
+import { CONSUMER_GROUP, INFLIGHT_BUCKETS } from '../src/log/keys.ts';
 import { Harness } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
@@ -21,6 +21,25 @@ const fileEvent = (aggregateId: string, n: number): Envelope =>
     accepted_at: Date.now(),
     data: { n },
   }) as unknown as Envelope;
+
+/**
+ * Checks that the in-use set of a partition's file buckets names exactly the buckets holding
+ * anything (the merged list reads only those), and answers it.
+ */
+const bucketsInUse = async (redis: Redis, log: EventLog, partition: number) => {
+  const keys = log.keys(partition);
+  const inUse = (await redis.smembers(keys.inflightBucketsInUse('raw_data_file')))
+    .map(Number)
+    .sort((x, y) => x - y);
+  const holding: number[] = [];
+  for (let n = 0; n < INFLIGHT_BUCKETS; n += 1) {
+    if (await redis.exists(keys.inflightBucket('raw_data_file', n))) {
+      holding.push(n);
+    }
+  }
+  assert.deepEqual(inUse, holding, 'the in-use set names exactly the buckets holding anything');
+  return inUse;
+};
 
 /** Delivers a partition's new entries to a consumer, as the projector would: XACK then has them. */
 const deliver = (redis: Redis, stream: string) =>
@@ -60,6 +79,7 @@ void describe('the local log', () => {
         assert.equal(result.kind, 'appended');
         appended.push(result.kind === 'appended' ? (result.entryIds[0] ?? '') : '');
       }
+      assert.ok((await bucketsInUse(redis, log, 0)).length > 0);
       const ofA = await log.readInflight(a as string, 0);
       assert.deepEqual(
         ofA.map((e) => e.entryId),
@@ -100,6 +120,7 @@ void describe('the local log', () => {
         (await log.inflightAggregateIds('raw_data_file')).map((x) => x.id),
         [b],
       );
+      assert.equal((await bucketsInUse(redis, log, 0)).length, 1, 'only B’s bucket is in use');
     });
 
     void it("folds an earlier build's one-hash index of a type into the buckets at start", async () => {
@@ -150,6 +171,7 @@ void describe('the local log', () => {
 
       await log.ensureGroups();
       assert.equal(await redis.exists(legacy), 0);
+      await bucketsInUse(redis, log, 2);
       assert.equal(await redis.hget(keys.inflight('raw_data_file', a), a), expectedA.join(' '));
       assert.deepEqual(
         (await log.readInflight(a, 2, 'raw_data_file')).map((e) => e.entryId),
@@ -169,6 +191,7 @@ void describe('the local log', () => {
       await log.recordApplied(2, rest);
       assert.equal(await log.ack(2, rest), 3);
       assert.deepEqual(await log.readInflight(a, 2), []);
+      await bucketsInUse(redis, log, 2);
       assert.equal(await redis.hexists(keys.inflight('raw_data_file', a), a), 0);
     });
 
@@ -248,6 +271,7 @@ void describe('the local log', () => {
       ]);
       assert.deepEqual(await log.readInflight(a as string, 2), []);
       assert.deepEqual(await log.readInflight(b as string, 2), []);
+      await bucketsInUse(redis, log, 2);
     });
   });
 
@@ -286,6 +310,15 @@ void describe('the local log', () => {
       const retried = await deadLetters.retry(dead);
       assert.ok(retried, 'appended again');
       assert.deepEqual((await log.readEntry(retried, 2))?.event, event);
+      assert.deepEqual(
+        (await log.readInflight(event.aggregate_id, 2)).map((e) => e.entryId),
+        [retried],
+      );
+      assert.ok(
+        (await bucketsInUse(redis, log, 2)).includes(
+          Number(log.keys(2).inflight('raw_data_file', event.aggregate_id).split(':').at(-1)),
+        ),
+      );
       assert.equal(await deadLetters.get(event.event_id, 2), undefined);
     });
   });

@@ -88,6 +88,7 @@ export class DeadLetters {
       keys.blockedAggregates,
       keys.legacyEventIndex,
       keys.legacyInflightIndex(entry.aggregateType),
+      keys.inflightBucketsInUse(entry.aggregateType),
     ];
     return this.#redis.outpostDeadLetter(
       allKeys.length,
@@ -209,6 +210,7 @@ export class DeadLetters {
       keys.deadIndex,
       keys.blockedAggregates,
       keys.inflight(dead.aggregate_type, dead.aggregate_id),
+      keys.inflightBucketsInUse(dead.aggregate_type),
     ];
     const id = await this.#redis.outpostDeadRetry(
       allKeys.length,

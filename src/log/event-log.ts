@@ -84,7 +84,6 @@ type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
-  outpostInflightAggregates(numKeys: number, ...args: string[]): Promise<string[]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
@@ -120,7 +119,8 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
 
 /**
  * One request as the append script reads it, and its keys: idempotency record, unit status,
- * each event's in-flight index, then each event's event index bucket. `k` is the index of the
+ * each event's in-flight bucket, each event's event index bucket, then the in-use buckets of each
+ * event's in-flight index. `k` is the index of the
  * first of them in the script's KEYS.
  */
 const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) => ({
@@ -129,6 +129,7 @@ const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) =>
     keys.unitState(request.guard?.unitId ?? 'none'),
     ...request.events.map((event) => keys.inflight(event.aggregate_type, event.aggregate_id)),
     ...request.events.map((event) => keys.eventIndex(event.event_id)),
+    ...request.events.map((event) => keys.inflightBucketsInUse(event.aggregate_type)),
   ],
   payload: {
     k,
@@ -178,9 +179,10 @@ export class EventLog {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
-    redis.defineCommand('outpostInflightAggregates', { lua: script('inflight-aggregates') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
-    redis.defineCommand('outpostUpgradeInflightIndex', { lua: script('upgrade-inflight-index') });
+    redis.defineCommand('outpostUpgradeInflightIndex', {
+      lua: script('upgrade-inflight-index', 'inflight'),
+    });
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
@@ -222,8 +224,9 @@ export class EventLog {
           const aggregateIds = flat.filter((_, i) => i % 2 === 0);
           if (aggregateIds.length > 0) {
             await this.#redis.outpostUpgradeInflightIndex(
-              aggregateIds.length + 1,
+              aggregateIds.length + 2,
               legacy,
+              keys.inflightBucketsInUse(type),
               ...aggregateIds.map((id) => keys.inflight(type, id)),
               ...aggregateIds,
             );
@@ -264,10 +267,11 @@ export class EventLog {
         const legacySet = keys.legacyInflightAggregates(type);
         for (const aggregateId of await this.#redis.smembers(legacySet)) {
           await this.#redis.outpostUpgradeInflight(
-            3,
+            4,
             keys.legacyInflight(aggregateId),
             legacySet,
             keys.inflight(type, aggregateId),
+            keys.inflightBucketsInUse(type),
             aggregateId,
           );
         }
@@ -417,13 +421,22 @@ export class EventLog {
       : entries;
   }
 
-  /** Aggregates of a type with unacknowledged events: one call per partition reads its buckets. */
+  /**
+   * Aggregates of a type with unacknowledged events: the fields of its buckets in use (and of an
+   * earlier build's one hash). Partitions are asked at once, so on the auto-pipelined connection
+   * this is two round trips however many there are.
+   */
   async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
     const perPartition = await Promise.all(
-      this.allKeys().map(async ({ partition, inflightBuckets, legacyInflightIndex }) => {
-        const indexes = [...inflightBuckets(aggregateType), legacyInflightIndex(aggregateType)];
-        const ids = await this.#redis.outpostInflightAggregates(indexes.length, ...indexes);
-        return [...new Set(ids)].map((id) => ({ id, partition }));
+      this.allKeys().map(async (keys) => {
+        const inUse = await this.#redis.smembers(keys.inflightBucketsInUse(aggregateType));
+        const indexes = [
+          ...inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket))),
+          keys.legacyInflightIndex(aggregateType),
+        ];
+        const ids = (await Promise.all(indexes.map((index) => this.#redis.hkeys(index)))).flat();
+        // An aggregate is in a bucket and an earlier build's hash while the upgrade folds it in.
+        return [...new Set(ids)].map((id) => ({ id, partition: keys.partition }));
       }),
     );
     return perPartition.flat();
@@ -495,6 +508,7 @@ export class EventLog {
       keys.inflight(r.aggregateType, r.aggregateId),
       keys.eventIndex(r.eventId),
       keys.legacyInflightIndex(r.aggregateType),
+      keys.inflightBucketsInUse(r.aggregateType),
     ]);
     const allKeys = [
       keys.stream,

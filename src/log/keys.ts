@@ -36,8 +36,13 @@ export type PartitionKeys = {
    * The merged read's and the merged list's input. This is the bucket of `aggregateId`.
    */
   inflight: (aggregateType: string, aggregateId: string) => string;
-  /** Every bucket of a type's in-flight index, for the merged list. */
-  inflightBuckets: (aggregateType: string) => string[];
+  /** A bucket of a type's in-flight index by its number. */
+  inflightBucket: (aggregateType: string, bucket: number) => string;
+  /**
+   * The numbers of a type's in-flight buckets that hold anything, kept by the scripts that fill
+   * and empty them: the merged list reads those buckets, not all INFLIGHT_BUCKETS.
+   */
+  inflightBucketsInUse: (aggregateType: string) => string;
   /** Earlier builds' in-flight index, one hash per type: read, emptied and folded in at start. */
   legacyInflightIndex: (aggregateType: string) => string;
   /** Older builds' layout (a list per aggregate, a set per type), folded in by ensureGroups. */
@@ -63,8 +68,8 @@ export const EVENT_INDEX_BUCKETS = 1024;
 /**
  * Buckets of the in-flight index per partition and aggregate type, for the same reason as the
  * event index's (≈ 63 bytes a pending event as listpacks, ≈ 115 as one hashtable). Fewer than the
- * event index's, because the merged list reads every bucket of a type: 256 keep a partition's
- * buckets compact up to ≈ 32,000 pending aggregates of one type.
+ * event index's, because the merged list reads every bucket of a type in use: 256 keep a
+ * partition's buckets compact up to ≈ 32,000 pending aggregates of one type.
  */
 export const INFLIGHT_BUCKETS = 256;
 
@@ -98,11 +103,8 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     discarded: `${prefix}:discarded`,
     inflight: (aggregateType, aggregateId) =>
       `${prefix}:inflight-ids:${aggregateType}:${idBucket(aggregateId, INFLIGHT_BUCKETS)}`,
-    inflightBuckets: (aggregateType) =>
-      Array.from(
-        { length: INFLIGHT_BUCKETS },
-        (_, bucket) => `${prefix}:inflight-ids:${aggregateType}:${bucket}`,
-      ),
+    inflightBucket: (aggregateType, bucket) => `${prefix}:inflight-ids:${aggregateType}:${bucket}`,
+    inflightBucketsInUse: (aggregateType) => `${prefix}:inflight-buckets:${aggregateType}`,
     legacyInflightIndex: (aggregateType) => `${prefix}:inflight-ids:${aggregateType}`,
     legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
     legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,

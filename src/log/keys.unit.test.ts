@@ -58,13 +58,20 @@ void describe('the in-flight index buckets', () => {
       keys.inflight('raw_data_file', id),
       `outpost:site:{p5}:inflight-ids:raw_data_file:${0x0ff % INFLIGHT_BUCKETS}`,
     );
-    const buckets = keys.inflightBuckets('raw_data_file');
+    const buckets = Array.from({ length: INFLIGHT_BUCKETS }, (_, n) =>
+      keys.inflightBucket('raw_data_file', n),
+    );
     assert.equal(new Set(buckets).size, INFLIGHT_BUCKETS);
     assert.ok(buckets.includes(keys.inflight('raw_data_file', newIdInPartition(5, 8))));
     assert.ok(!buckets.includes(keys.legacyInflightIndex('raw_data_file')));
-    assert.ok(
-      [...buckets, keys.legacyInflightIndex('raw_data_file')].every((k) => k.includes('{p5}')),
-    );
+    // The scripts read a bucket's number off the end of its key.
+    assert.ok(buckets.every((key, n) => key.endsWith(`:${n}`)));
+    const all = [
+      ...buckets,
+      keys.legacyInflightIndex('raw_data_file'),
+      keys.inflightBucketsInUse('raw_data_file'),
+    ];
+    assert.ok(all.every((k) => k.includes('{p5}')));
   });
 
   void it('spreads aggregates evenly enough that each bucket stays a compact hash', () => {

@@ -6,8 +6,9 @@
 --
 -- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
 -- KEYS[4] applied LSN hash  KEYS[5] attempts
--- KEYS[3 + 3i] in-flight index bucket of record i's aggregate  KEYS[4 + 3i] its event index bucket
--- KEYS[5 + 3i] earlier builds' in-flight index of its type (record i is ARGV[1 + i])
+-- KEYS[2 + 4i] in-flight index bucket of record i's aggregate  KEYS[3 + 4i] its event index bucket
+-- KEYS[4 + 4i] earlier builds' in-flight index of its type  KEYS[5 + 4i] its type's in-use buckets
+-- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 -- Acknowledges the records that head the applied queue, up to the first that does not.
 local offered = #ARGV - 1
@@ -32,11 +33,11 @@ for i = 1, n do
   entry_ids[i], event_ids[i], aggregate_ids[i] = entry_id, event_id, aggregate_id
 end
 for i = 1, n do
-  redis.call('HDEL', KEYS[4 + 3 * i], event_ids[i])
-  inflight_remove(KEYS[3 + 3 * i], aggregate_ids[i], entry_ids[i])
+  redis.call('HDEL', KEYS[3 + 4 * i], event_ids[i])
+  inflight_remove(KEYS[2 + 4 * i], KEYS[5 + 4 * i], aggregate_ids[i], entry_ids[i])
   -- Nearly always absent: an entry an earlier build appended after this process folded its
   -- in-flight index in.
-  inflight_remove(KEYS[5 + 3 * i], aggregate_ids[i], entry_ids[i])
+  inflight_remove(KEYS[4 + 4 * i], nil, aggregate_ids[i], entry_ids[i])
 end
 -- Nearly always gone: an entry appended by an earlier build, after this process folded its
 -- index in, is still listed there.

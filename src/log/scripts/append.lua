@@ -7,8 +7,9 @@
 --
 -- KEYS[1] stream
 -- then for each request of n events, from its `k` (index of its first key):
---   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight index of event i
+--   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight bucket of event i
 --   KEYS[k + 1 + n + i] event index bucket of event i
+--   KEYS[k + 1 + 2n + i] the in-use buckets of event i's in-flight index
 -- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl},
 --               events:[{fields,event_id,aggregate_id}]}]
 -- Answers one reply per request: {'appended', entry ids...} | {'replayed', response} |
@@ -53,7 +54,7 @@ local function append_one(req)
   for i, event in ipairs(req.events) do
     local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
     redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
-    inflight_add(KEYS[req.k + 1 + i], event.aggregate_id, id)
+    inflight_add(KEYS[req.k + 1 + i], KEYS[req.k + 1 + 2 * n + i], event.aggregate_id, id)
     reply[i + 1] = id
   end
 

@@ -5,14 +5,15 @@
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] attempts
 -- KEYS[5] in-flight index bucket  KEYS[6] dead index  KEYS[7] blocked aggregates
 -- KEYS[8] earlier builds' event index  KEYS[9] earlier builds' in-flight index of its type
+-- KEYS[10] its type's in-use in-flight buckets
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5..] dead-letter fields
 local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[8], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
-inflight_remove(KEYS[5], ARGV[4], ARGV[2])
-inflight_remove(KEYS[9], ARGV[4], ARGV[2])
+inflight_remove(KEYS[5], KEYS[10], ARGV[4], ARGV[2])
+inflight_remove(KEYS[9], nil, ARGV[4], ARGV[2])
 redis.call('HSET', KEYS[6], ARGV[3], dead_id)
 redis.call('SADD', KEYS[7], ARGV[4])
 return dead_id

@@ -2,7 +2,7 @@
 -- applies at most once), and lifts the block on its aggregate. All or nothing.
 --
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] dead index
--- KEYS[5] blocked aggregates  KEYS[6] in-flight index bucket
+-- KEYS[5] blocked aggregates  KEYS[6] in-flight index bucket  KEYS[7] its type's in-use in-flight buckets
 -- ARGV[1] dead-letter id  ARGV[2] event id  ARGV[3] aggregate id  ARGV[4..] the event's fields
 local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if not found[1] then
@@ -10,7 +10,7 @@ if not found[1] then
 end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 redis.call('HSET', KEYS[3], ARGV[2], id)
-inflight_add(KEYS[6], ARGV[3], id)
+inflight_add(KEYS[6], KEYS[7], ARGV[3], id)
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('SREM', KEYS[5], ARGV[3])
