@@ -31,6 +31,10 @@ void describe('core pipeline', () => {
       assert.deepEqual(pending.body.consistency, { source: 'pending', pending_events: 1 });
       assert.equal(pending.body.obs_unit_id, 'ou-1');
       assert.equal((await h.get(`/events/${started.body.event_id}`)).body.state, 'pending');
+      // Pending as a unit, it is no raw data file.
+      const asFile = await h.get(`/raw_data_files/${started.body.id}`);
+      assert.equal(asFile.status, 404);
+      assert.equal(asFile.body.error.code, 'not_found');
 
       await h.startService('projector');
       await waitForAllAcknowledged(h);

@@ -28,18 +28,17 @@ export const readMerged = async (
   type: AggregateType,
   id: string,
 ): Promise<MergedAggregate | undefined> => {
-  const inflight = (await deps.eventLog.readInflight(id, partitionOf(id, deps.partitions))).filter(
-    (entry) => entry.event.aggregate_id === id,
-  );
+  // Only the type's index: an id of another type finds nothing there and no row in the type's
+  // table, so it is not found, as it should be.
+  const inflight = (
+    await deps.eventLog.readInflight(id, partitionOf(id, deps.partitions), type)
+  ).filter((entry) => entry.event.aggregate_id === id && entry.event.aggregate_type === type);
   const { row, visible } = await replicaRowWithEvents(
     deps.replica,
     type,
     id,
     inflight.map((e) => e.event.event_id),
   );
-  if (inflight.some((entry) => entry.event.aggregate_type !== type)) {
-    return undefined;
-  }
   const pending = inflight.filter((entry) => !visible.has(entry.event.event_id));
   const state = foldPending(
     row,
