@@ -4,7 +4,7 @@ import type { Redis } from 'ioredis';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
-import { DeadLetters, failedEntryOf } from '../src/log/dead-letters.ts';
+import { DeadLetters, failedEntryOf, failedEntryOfEvent } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { type AppliedRecord, EventLog } from '../src/log/event-log.ts';
 import { CONSUMER_GROUP, INFLIGHT_BUCKETS } from '../src/log/keys.ts';
@@ -217,12 +217,97 @@ void describe('the local log', () => {
       );
       assert.equal(await redis.exists(keys.legacyInflight(aggregateId)), 0);
       assert.equal(await redis.exists(keys.legacyInflightAggregates('raw_data_file')), 0);
+      await bucketsInUse(redis, log, 1);
+      assert.ok(
+        (await log.inflightAggregateIds('raw_data_file')).some((x) => x.id === aggregateId),
+        'listed from its bucket',
+      );
       await log.ensureGroups();
       assert.equal(
         (await log.readInflight(aggregateId, 1)).length,
         1,
         'a second start moves nothing twice',
       );
+    });
+
+    void it('keeps a bucket in use while another aggregate is in it, and heals the set at start', async () => {
+      const keys = log.keys(0);
+      const a = newIdInPartition(0, 4);
+      // B shares A's bucket: the same digits 24-26, its own partition digits at the end.
+      const other = newIdInPartition(0, 4);
+      const b = `${other.slice(0, 24)}${a.slice(24, 27)}${other.slice(27)}`;
+      assert.equal(keys.inflight('raw_data_file', a), keys.inflight('raw_data_file', b));
+      const bucket = Number(keys.inflight('raw_data_file', a).split(':').at(-1));
+      const records: AppliedRecord[] = [];
+      for (const id of [a, b]) {
+        const event = fileEvent(id, 0);
+        const result = await log.append({ partition: 0, events: [event] });
+        assert.equal(result.kind, 'appended');
+        records.push(
+          appliedRecord(event, result.kind === 'appended' ? (result.entryIds[0] ?? '') : ''),
+        );
+      }
+      await deliver(redis, keys.stream);
+      await log.recordApplied(0, records);
+      assert.equal(await log.ack(0, records.slice(0, 1)), 1);
+      assert.ok((await bucketsInUse(redis, log, 0)).includes(bucket), 'B is still in it');
+
+      // A set that drifted, by hand: the bucket left out, an empty one named.
+      await redis.srem(keys.inflightBucketsInUse('raw_data_file'), String(bucket));
+      await redis.sadd(
+        keys.inflightBucketsInUse('raw_data_file'),
+        String((bucket + 1) % INFLIGHT_BUCKETS),
+      );
+      assert.ok(
+        !(await log.inflightAggregateIds('raw_data_file')).some((x) => x.id === b),
+        'hidden from the list by the drift',
+      );
+      await log.ensureGroups();
+      assert.ok((await bucketsInUse(redis, log, 0)).includes(bucket), 'healed at start');
+      assert.ok((await log.inflightAggregateIds('raw_data_file')).some((x) => x.id === b));
+
+      assert.equal(await log.ack(0, records.slice(1)), 1);
+      assert.ok(!(await bucketsInUse(redis, log, 0)).includes(bucket), 'empty, no longer in use');
+    });
+
+    void it('drops a dead-lettered event from its bucket, and from an earlier build’s hash', async () => {
+      const keys = log.keys(3);
+      const deadLetters = new DeadLetters(log);
+      const viaBucket = fileEvent(newIdInPartition(3, 4), 0);
+      const appended = await log.append({ partition: 3, events: [viaBucket] });
+      assert.equal(appended.kind, 'appended');
+      const bucketEntry = appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '';
+      // The other as an earlier build left it: in the stream and its one hash.
+      const viaLegacy = {
+        ...fileEvent(newIdInPartition(3, 4), 1),
+        event_id: newIdInPartition(3, 4),
+      };
+      const legacyEntry = (await redis.xadd(
+        keys.stream,
+        '*',
+        ...encodeFieldPerProperty(viaLegacy),
+      )) as string;
+      await redis.hset(
+        keys.legacyInflightIndex('raw_data_file'),
+        viaLegacy.aggregate_id,
+        legacyEntry,
+      );
+      const listed = async () =>
+        (await log.inflightAggregateIds('raw_data_file'))
+          .map((x) => x.id)
+          .filter((id) => id === viaBucket.aggregate_id || id === viaLegacy.aggregate_id)
+          .sort();
+      assert.deepEqual(await listed(), [viaBucket.aggregate_id, viaLegacy.aggregate_id].sort());
+
+      await deliver(redis, keys.stream);
+      const history = [{ at: new Date().toISOString(), error: 'boom' }];
+      await deadLetters.add(3, failedEntryOfEvent(bucketEntry, viaBucket), history);
+      await deadLetters.add(3, failedEntryOfEvent(legacyEntry, viaLegacy), history);
+      assert.deepEqual(await listed(), []);
+      assert.deepEqual(await log.readInflight(viaBucket.aggregate_id, 3), []);
+      assert.deepEqual(await log.readInflight(viaLegacy.aggregate_id, 3), []);
+      assert.equal(await redis.exists(keys.legacyInflightIndex('raw_data_file')), 0);
+      await bucketsInUse(redis, log, 3);
     });
   });
 

@@ -8,7 +8,13 @@ import {
 } from '../domain/events.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
-import { allPartitionKeys, CONSUMER_GROUP, type PartitionKeys, partitionKeys } from './keys.ts';
+import {
+  allPartitionKeys,
+  CONSUMER_GROUP,
+  INFLIGHT_BUCKETS,
+  type PartitionKeys,
+  partitionKeys,
+} from './keys.ts';
 
 const readScript = (path: string) =>
   readFileSync(new URL(`./scripts/${path}.lua`, import.meta.url), 'utf8');
@@ -86,6 +92,7 @@ type Commands = {
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
+  outpostRebuildBucketsInUse(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
 };
 
@@ -183,6 +190,9 @@ export class EventLog {
     redis.defineCommand('outpostUpgradeInflightIndex', {
       lua: script('upgrade-inflight-index', 'inflight'),
     });
+    redis.defineCommand('outpostRebuildBucketsInUse', {
+      lua: script('rebuild-buckets-in-use', 'inflight'),
+    });
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
@@ -210,6 +220,27 @@ export class EventLog {
     await this.#upgradeInflight();
     await this.#upgradeInflightIndex();
     await this.#upgradeEventIndex();
+    await this.#rebuildBucketsInUse();
+  }
+
+  /**
+   * Sets each type's in-use set to the buckets that hold anything, atomically. The scripts keep it
+   * so; this heals one that drifted (a script that failed half-way, a key removed by hand), which
+   * would otherwise hide pending aggregates from the merged list.
+   */
+  async #rebuildBucketsInUse(): Promise<void> {
+    for (const keys of this.allKeys()) {
+      for (const type of AGGREGATE_TYPES) {
+        const buckets = Array.from({ length: INFLIGHT_BUCKETS }, (_, n) =>
+          keys.inflightBucket(type, n),
+        );
+        await this.#redis.outpostRebuildBucketsInUse(
+          buckets.length + 1,
+          keys.inflightBucketsInUse(type),
+          ...buckets,
+        );
+      }
+    }
   }
 
   /** Moves an earlier build's one-hash in-flight index of each type into its buckets. */
@@ -429,14 +460,22 @@ export class EventLog {
   async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
     const perPartition = await Promise.all(
       this.allKeys().map(async (keys) => {
-        const inUse = await this.#redis.smembers(keys.inflightBucketsInUse(aggregateType));
-        const indexes = [
-          ...inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket))),
-          keys.legacyInflightIndex(aggregateType),
-        ];
-        const ids = (await Promise.all(indexes.map((index) => this.#redis.hkeys(index)))).flat();
+        // The earlier build's hash first: an aggregate the upgrade moves meanwhile is then seen
+        // there, or in a bucket the set already names.
+        const [earlier, inUse] = await Promise.all([
+          this.#redis.hkeys(keys.legacyInflightIndex(aggregateType)),
+          this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
+        ]);
+        const inBuckets = await Promise.all(
+          inUse.map((bucket) =>
+            this.#redis.hkeys(keys.inflightBucket(aggregateType, Number(bucket))),
+          ),
+        );
         // An aggregate is in a bucket and an earlier build's hash while the upgrade folds it in.
-        return [...new Set(ids)].map((id) => ({ id, partition: keys.partition }));
+        return [...new Set([...earlier, ...inBuckets.flat()])].map((id) => ({
+          id,
+          partition: keys.partition,
+        }));
       }),
     );
     return perPartition.flat();

@@ -13,7 +13,9 @@ import { type App, registerAggregateGet, replicaCall } from './shared.ts';
  */
 const unitsOfFiles = async (deps: AppDeps, fileIds: readonly string[]) => {
   const pending = await Promise.all(
-    fileIds.map((id) => deps.eventLog.readInflight(id, partitionOf(id, deps.config.partitions))),
+    fileIds.map((id) =>
+      deps.eventLog.readInflight(id, partitionOf(id, deps.config.partitions), 'raw_data_file'),
+    ),
   );
   const units = new Map<string, string>();
   fileIds.forEach((id, i) => {
