@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
-import type { Envelope } from '../src/domain/events.ts';
+import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
 import { DeadLetters, failedEntryOf, failedEntryOfEvent } from '../src/log/dead-letters.ts';
@@ -26,14 +26,19 @@ const fileEvent = (aggregateId: string, n: number): Envelope =>
  * Checks that the in-use set of a partition's file buckets names exactly the buckets holding
  * anything (the merged list reads only those), and answers it.
  */
-const bucketsInUse = async (redis: Redis, log: EventLog, partition: number) => {
+const bucketsInUse = async (
+  redis: Redis,
+  log: EventLog,
+  partition: number,
+  type: AggregateType = 'raw_data_file',
+) => {
   const keys = log.keys(partition);
-  const inUse = (await redis.smembers(keys.inflightBucketsInUse('raw_data_file')))
+  const inUse = (await redis.smembers(keys.inflightBucketsInUse(type)))
     .map(Number)
     .sort((x, y) => x - y);
   const holding: number[] = [];
   for (let n = 0; n < INFLIGHT_BUCKETS; n += 1) {
-    if (await redis.exists(keys.inflightBucket('raw_data_file', n))) {
+    if (await redis.exists(keys.inflightBucket(type, n))) {
       holding.push(n);
     }
   }
@@ -227,6 +232,43 @@ void describe('the local log', () => {
         (await log.readInflight(aggregateId, 1)).length,
         1,
         'a second start moves nothing twice',
+      );
+    });
+
+    void it("folds an earlier build's one hash page by page, however large", async () => {
+      const keys = log.keys(1);
+      const legacy = keys.legacyInflightIndex('raw_data_package');
+      // Large enough to be a hashtable, whose HSCAN answers a page at a time.
+      const aggregates = Array.from({ length: 1200 }, (_, n) => [
+        newIdInPartition(1, 4),
+        `${n + 1}-0`,
+      ]);
+      await redis.hset(legacy, ...aggregates.flat());
+      assert.equal(await redis.call('OBJECT', 'ENCODING', legacy), 'hashtable');
+
+      await log.ensureGroups();
+      assert.equal(await redis.exists(legacy), 0);
+      for (const [id, entryId] of aggregates) {
+        assert.equal(
+          await redis.hget(keys.inflight('raw_data_package', id as string), id as string),
+          entryId,
+        );
+      }
+      const listed = new Set((await log.inflightAggregateIds('raw_data_package')).map((x) => x.id));
+      assert.ok(aggregates.every(([id]) => listed.has(id as string)));
+      await bucketsInUse(redis, log, 1, 'raw_data_package');
+      const inUse = await redis.smembers(keys.inflightBucketsInUse('raw_data_package'));
+      const encodings = await Promise.all(
+        inUse.map((n) =>
+          redis.call('OBJECT', 'ENCODING', keys.inflightBucket('raw_data_package', Number(n))),
+        ),
+      );
+      assert.deepEqual(new Set(encodings), new Set(['listpack']), 'each bucket a compact listpack');
+      await redis.del(
+        ...Array.from({ length: INFLIGHT_BUCKETS }, (_, n) =>
+          keys.inflightBucket('raw_data_package', n),
+        ),
+        keys.inflightBucketsInUse('raw_data_package'),
       );
     });
 
