@@ -93,16 +93,31 @@ export const withDatabase = (url: string, database: string) =>
 
 /**
  * On SIGINT or SIGTERM, runs `stop` and exits as the signal would: an interrupted run leaves no
- * stack or server behind, as a finished one does.
+ * stack or server behind, as a finished one does. Likewise when the reader of its output goes
+ * away (`npm test | head`): the next write fails with EPIPE, which would otherwise crash the run
+ * with its stack still up.
  */
 export const stopOnSignal = (stop: () => Promise<unknown>) => {
-  const stopAndExit = (signal: NodeJS.Signals) => {
+  let stopping = false;
+  const stopAndExit = (code: number) => {
+    if (stopping) {
+      return;
+    }
+    stopping = true;
     void stop()
       .catch(() => undefined)
-      .finally(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+      .finally(() => process.exit(code));
   };
-  process.once('SIGINT', stopAndExit);
-  process.once('SIGTERM', stopAndExit);
+  process.once('SIGINT', () => stopAndExit(130));
+  process.once('SIGTERM', () => stopAndExit(143));
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE') {
+        throw err;
+      }
+      stopAndExit(141);
+    });
+  }
 };
 
 /**
