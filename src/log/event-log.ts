@@ -248,42 +248,43 @@ export class EventLog {
     for (const keys of this.allKeys()) {
       for (const type of AGGREGATE_TYPES) {
         const legacy = keys.legacyInflightIndex(type);
-        let cursor = '0';
-        do {
-          const [next, flat] = await this.#redis.hscan(legacy, cursor, 'COUNT', 500);
-          cursor = next;
-          const aggregateIds = flat.filter((_, i) => i % 2 === 0);
-          if (aggregateIds.length > 0) {
-            await this.#redis.outpostUpgradeInflightIndex(
-              aggregateIds.length + 2,
-              legacy,
-              keys.inflightBucketsInUse(type),
-              ...aggregateIds.map((id) => keys.inflight(type, id)),
-              ...aggregateIds,
-            );
-          }
-        } while (cursor !== '0');
+        await this.#forEachFieldPage(legacy, (aggregateIds) =>
+          this.#redis.outpostUpgradeInflightIndex(
+            aggregateIds.length + 2,
+            legacy,
+            keys.inflightBucketsInUse(type),
+            ...aggregateIds.map((id) => keys.inflight(type, id)),
+            ...aggregateIds,
+          ),
+        );
       }
     }
+  }
+
+  /** Hands the field names of a hash to `move`, a page of HSCAN at a time, until none is left. */
+  async #forEachFieldPage(key: string, move: (fields: string[]) => Promise<unknown>) {
+    let cursor = '0';
+    do {
+      const [next, flat] = await this.#redis.hscan(key, cursor, 'COUNT', 500);
+      cursor = next;
+      const fields = flat.filter((_, i) => i % 2 === 0);
+      if (fields.length > 0) {
+        await move(fields);
+      }
+    } while (cursor !== '0');
   }
 
   /** Moves an earlier build's one-hash event index into the buckets, a chunk per call. */
   async #upgradeEventIndex(): Promise<void> {
     for (const keys of this.allKeys()) {
-      let cursor = '0';
-      do {
-        const [next, flat] = await this.#redis.hscan(keys.legacyEventIndex, cursor, 'COUNT', 500);
-        cursor = next;
-        const eventIds = flat.filter((_, i) => i % 2 === 0);
-        if (eventIds.length > 0) {
-          await this.#redis.outpostUpgradeEventIndex(
-            eventIds.length + 1,
-            keys.legacyEventIndex,
-            ...eventIds.map(keys.eventIndex),
-            ...eventIds,
-          );
-        }
-      } while (cursor !== '0');
+      await this.#forEachFieldPage(keys.legacyEventIndex, (eventIds) =>
+        this.#redis.outpostUpgradeEventIndex(
+          eventIds.length + 1,
+          keys.legacyEventIndex,
+          ...eventIds.map(keys.eventIndex),
+          ...eventIds,
+        ),
+      );
     }
   }
 

@@ -91,6 +91,10 @@ export const eventIndexBucket = (eventId: string): number => idBucket(eventId, E
 
 export const partitionKeys = (namespace: string, partition: number): PartitionKeys => {
   const prefix = `${namespace}:{p${partition}}`;
+  // Earlier builds' one hash per type is named as the buckets are without their number.
+  const inflightIndex = (aggregateType: string) => `${prefix}:inflight-ids:${aggregateType}`;
+  const inflightBucket = (aggregateType: string, bucket: number) =>
+    `${inflightIndex(aggregateType)}:${bucket}`;
   return {
     partition,
     stream: `${prefix}:events`,
@@ -104,10 +108,10 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     blockedAggregates: `${prefix}:blocked-aggregates`,
     discarded: `${prefix}:discarded`,
     inflight: (aggregateType, aggregateId) =>
-      `${prefix}:inflight-ids:${aggregateType}:${idBucket(aggregateId, INFLIGHT_BUCKETS)}`,
-    inflightBucket: (aggregateType, bucket) => `${prefix}:inflight-ids:${aggregateType}:${bucket}`,
+      inflightBucket(aggregateType, idBucket(aggregateId, INFLIGHT_BUCKETS)),
+    inflightBucket,
     inflightBucketsInUse: (aggregateType) => `${prefix}:inflight-buckets:${aggregateType}`,
-    legacyInflightIndex: (aggregateType) => `${prefix}:inflight-ids:${aggregateType}`,
+    legacyInflightIndex: inflightIndex,
     legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
     legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,
