@@ -38,6 +38,8 @@ const PARTITIONS = 8;
 /** The projector's batch size, and the raw ceiling's INSERT size, so both move together. */
 const BATCH_SIZE = Number(process.env.BENCH_BATCH_SIZE ?? 500);
 const DURATION = quick ? 2 : 10;
+/** Four clients writing back to back on a machine far from busy: the latency of a write, not of a queue. */
+const FEW_CONNECTIONS = 4;
 const E2E_DURATION = quick ? 3 : 60;
 const DRAIN_EVENTS = quick ? 10_000 : 200_000;
 const MEMORY_EVENTS = quick ? 10_000 : 100_000;
@@ -157,25 +159,42 @@ const main = async () => {
     if (want('ingest')) {
       // 1. Ingest: bare Hono, Hono + XADD, Outpost (API only, so the projector does not share the cores).
       log('ingest');
+      /**
+       * The load, and the CPU per request (µs) of the server and of Redis while it ran: steadier
+       * than requests per second on a machine whose speed moves between runs, and it tells a
+       * server that is busy from one that waits (on Redis's fsync, at low concurrency).
+       */
+      const measured = async (server: Server, connections = 64) => {
+        const cpu = cpuMeter({
+          stackDir: stack.dir,
+          redisPort: stack.redisPort,
+          servers: { server },
+        });
+        const result = await load({ ...post(server.port), connections });
+        const used = perWrite(cpu(), result.requests);
+        return { ...result, serverCpuUs: used.server, redisCpuUs: used.redis };
+      };
       const bare = await started(startServer(['bench/servers/bare.ts'], {}));
-      const bareResult = await load(post(bare.port));
+      const bareResult = await measured(bare);
       await bare.stop();
       const xadd = await started(
         startServer(['bench/servers/xadd.ts'], { REDIS_URL: stack.redisUrl }),
       );
-      const xaddResult = await load(post(xadd.port));
+      const xaddResult = await measured(xadd);
+      const xaddFew = await measured(xadd, FEW_CONNECTIONS);
       await xadd.stop();
       // Outpost's HTTP side alone (append stubbed): separates the web path from the log's cost.
       const stubbed = await started(
         startServer([...nodeArgs, 'bench/servers/stubbed-append.ts'], {}),
       );
-      const stubbedResult = await load(post(stubbed.port));
+      const stubbedResult = await measured(stubbed);
       await stubbed.stop();
       const ingestSite = await newSite();
       const api = await started(outpost(ingestSite, 'api'));
-      const outpostResult = await load(post(api.port));
+      const outpostResult = await measured(api);
       rssMb = api.peakRssMb();
       outpostRps = outpostResult.rps;
+      const outpostFew = await measured(api, FEW_CONNECTIONS);
       await api.stop();
       results.ingest = {
         bare_rps: bareResult.rps,
@@ -190,6 +209,17 @@ const main = async () => {
         outpost_stubbed_append_rps: stubbedResult.rps,
         ratio_to_bare: round(outpostResult.rps / bareResult.rps),
         ratio_to_xadd: round(outpostResult.rps / xaddResult.rps),
+        cpu_us_per_request: {
+          bare: bareResult.serverCpuUs,
+          xadd: { server: xaddResult.serverCpuUs, redis: xaddResult.redisCpuUs },
+          stubbed_append: stubbedResult.serverCpuUs,
+          outpost: { api: outpostResult.serverCpuUs, redis: outpostResult.redisCpuUs },
+        },
+        few_connections: {
+          connections: FEW_CONNECTIONS,
+          xadd: { rps: xaddFew.rps, p50_ms: xaddFew.p50_ms, p99_ms: xaddFew.p99_ms },
+          outpost: { rps: outpostFew.rps, p50_ms: outpostFew.p50_ms, p99_ms: outpostFew.p99_ms },
+        },
       };
     }
     if (want('drain')) {

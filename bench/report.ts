@@ -4,6 +4,18 @@ const cpuParts = (parts: Record<string, number>) =>
     .map(([part, us]) => `${part} ${us}`)
     .join(', ');
 
+// biome-ignore lint/suspicious/noExplicitAny: the results file is read by key
+const ingestCpu = (cpu: any) =>
+  cpu
+    ? `${cpu.bare} / ${cpu.xadd.server} (+ ${cpu.xadd.redis}) / ${cpu.stubbed_append} / ${cpu.outpost.api} (+ ${cpu.outpost.redis})`
+    : 'not measured';
+
+// biome-ignore lint/suspicious/noExplicitAny: the results file is read by key
+const fewConnections = (few: any) =>
+  few
+    ? `${few.xadd.p50_ms} / ${few.xadd.p99_ms}; ${few.outpost.p50_ms} / ${few.outpost.p99_ms}`
+    : 'not measured';
+
 /** The markdown table the README embeds: measured figures next to the targets of issue 6. */
 // biome-ignore lint/suspicious/noExplicitAny: the results file is read by key
 export const renderTable = (r: any): string => {
@@ -21,6 +33,16 @@ export const renderTable = (r: any): string => {
     [
       'ingest: Outpost with the append stubbed out (req/s): its HTTP side alone',
       `${r.ingest.outpost_stubbed_append_rps ?? 'not measured'}`,
+      '',
+    ],
+    [
+      'ingest: CPU per request (µs), bare / XADD (+ Redis) / stubbed append / Outpost API (+ Redis)',
+      ingestCpu(r.ingest.cpu_us_per_request),
+      '',
+    ],
+    [
+      `ingest at ${r.ingest.few_connections?.connections ?? '?'} connections, p50 / p99 (ms): Hono+XADD; Outpost`,
+      fewConnections(r.ingest.few_connections),
       '',
     ],
     [
