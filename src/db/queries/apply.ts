@@ -110,8 +110,8 @@ const HEAD_RECORD = 'aggregate_id uuid, seq int, event_id uuid, at timestamptz';
  * none. Run outside a transaction block, the statement is its own transaction: all of the batch
  * or none, committed when it returns, with no BEGIN or COMMIT round trips around it. One round
  * trip instead of one per table matters because every round trip of eight busy partitions waits
- * its turn on shared cores. Foreign keys between the CTEs' rows are checked at the end of the
- * statement, when all of them exist. False when any lease is no longer held.
+ * its turn on shared cores. The tables have no foreign keys between them, so the CTEs can write
+ * in any order. False when any lease is no longer held.
  */
 export const writeBatch = async (
   db: Queryable,
