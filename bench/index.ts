@@ -128,6 +128,9 @@ const main = async () => {
     body: BODY,
     duration: DURATION,
   });
+  /** Counts the CPU time of `servers`, of this stack's Redis and PostgreSQL, and of the machine. */
+  const stackCpuMeter = (servers: Record<string, Server>) =>
+    cpuMeter({ stackDir: stack.dir, redisPort: stack.redisPort, servers });
   /**
    * Offers the ingest load to `port` and waits until `table` holds every accepted write: the
    * writes accepted and committed per second, from the first request to the last commit, and
@@ -142,7 +145,7 @@ const main = async () => {
     what: string,
   ) => {
     const startedAt = Date.now();
-    const cpu = cpuMeter({ stackDir: stack.dir, redisPort: stack.redisPort, servers: parts });
+    const cpu = stackCpuMeter(parts);
     const offered = await load(post(port));
     const writes = offered.requests - offered.errors;
     await until(async () => (await count(db, table)) >= writes, what);
@@ -165,11 +168,7 @@ const main = async () => {
        * part of a request's cost is the server's own.
        */
       const measured = async (server: Server, connections = 64) => {
-        const cpu = cpuMeter({
-          stackDir: stack.dir,
-          redisPort: stack.redisPort,
-          servers: { server },
-        });
+        const cpu = stackCpuMeter({ server });
         const result = await load({ ...post(server.port), connections });
         const used = perWrite(cpu(), Math.max(1, result.requests - result.errors));
         return { ...result, serverCpuUs: used.server, redisCpuUs: used.redis };
