@@ -110,10 +110,10 @@ export const startService = async (
   watchConnection(redis, logger.child({ module: 'redis' }));
   await redis.connect();
   await checkDurability(redis, config, logger);
-  const eventLog = new EventLog(redis, config.namespace, config.partitions);
+  const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
   await eventLog.ensureGroups();
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
-  const deadLetters = new DeadLetters(eventLog, live);
+  const deadLetters = new DeadLetters(eventLog);
   const main = projectorPool(config);
   const replica = createPool({
     url: config.replicaDatabaseUrl,

@@ -3,11 +3,17 @@ import { after, before, describe, it } from 'node:test';
 import type { Redis } from 'ioredis';
 import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
+import { decodeLive, type LiveMessage } from '../src/live/live-message.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
 import { DeadLetters, failedEntryOf, failedEntryOfEvent } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { type AppliedRecord, EventLog } from '../src/log/event-log.ts';
-import { CONSUMER_GROUP, INFLIGHT_BUCKETS } from '../src/log/keys.ts';
+import {
+  CONSUMER_GROUP,
+  INFLIGHT_BUCKETS,
+  liveListenersKey,
+  liveStreamKey,
+} from '../src/log/keys.ts';
 import { Harness } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
@@ -705,6 +711,113 @@ void describe('the local log', () => {
         /WRONGTYPE/,
       );
       assert.equal((await redis.xlen(log.keys(partition).stream)) - lengthBefore, 4);
+    });
+  });
+
+  void describe('the live feed', () => {
+    const liveKey = () => liveStreamKey(h.config.namespace);
+    /** What the live stream holds after `afterId`, as its readers decode it. */
+    const liveAfter = async (afterId: string) =>
+      ((await redis.xrange(liveKey(), `(${afterId}`, '+')) as [string, string[]][]).map(
+        ([id, fields]) => decodeLive(id, fields)?.message,
+      );
+    const liveEnd = async () =>
+      ((await redis.xrevrange(liveKey(), '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0] ??
+      '0-0';
+    const headOf = (m: LiveMessage | undefined) =>
+      m && [m.event_id, m.aggregate_id, m.aggregate_type, m.type, m.state, m.partition, m.entry_id];
+
+    // No publish follows these calls: what the stream holds when they return, they wrote
+    // themselves, in the call that made the step visible to the next one (ADR 0007).
+    void it('announces accepted in the append and applied with the record, only while someone listens', async () => {
+      const partition = 1;
+      const event = (n: number) => ({
+        ...fileEvent(newIdInPartition(partition, 4), n),
+        event_id: newIdInPartition(partition, 4),
+      });
+      const quiet = await liveEnd();
+      assert.equal((await log.append({ partition, events: [event(0)] })).kind, 'appended');
+      assert.deepEqual(await liveAfter(quiet), [], 'nobody listens: nothing published');
+
+      await redis.set(liveListenersKey(h.config.namespace), '1', 'PX', 60_000);
+      try {
+        const start = await liveEnd();
+        const events = [event(1), event(2)];
+        const result = await log.append({ partition, events });
+        assert.equal(result.kind, 'appended');
+        const entryIds = result.kind === 'appended' ? result.entryIds : [];
+        const expected = (state: string) =>
+          events.map((e, i) => [
+            e.event_id,
+            e.aggregate_id,
+            'raw_data_file',
+            'RawDataFileRegistered',
+            state,
+            partition,
+            entryIds[i],
+          ]);
+        const accepted = await liveAfter(start);
+        assert.deepEqual(accepted.map(headOf), expected('accepted'));
+        assert.ok(accepted.every((m) => m && Number.isFinite(Date.parse(m.at))));
+
+        const afterAccepted = await liveEnd();
+        await log.recordApplied(
+          partition,
+          events.map((e, i) => appliedRecord(e, entryIds[i] as string)),
+          events.map((e, i) => ({
+            ...(accepted[i] as LiveMessage),
+            event_id: e.event_id,
+            state: 'applied',
+          })),
+        );
+        assert.deepEqual((await liveAfter(afterAccepted)).map(headOf), expected('applied'));
+
+        // The feed is a view of the log: when its stream cannot be written, the append still is.
+        await redis.rename(liveKey(), `${liveKey()}:aside`);
+        await redis.set(liveKey(), 'not a stream');
+        try {
+          assert.equal((await log.append({ partition, events: [event(3)] })).kind, 'appended');
+        } finally {
+          await redis.rename(`${liveKey()}:aside`, liveKey());
+        }
+      } finally {
+        await redis.del(liveListenersKey(h.config.namespace));
+      }
+    });
+
+    void it('announces a dead letter given back by a retry as accepted, in the retry', async () => {
+      const partition = 3;
+      const deadLetters = new DeadLetters(log);
+      const event = {
+        ...fileEvent(newIdInPartition(partition, 4), 9),
+        event_id: newIdInPartition(partition, 4),
+      };
+      const appended = await log.append({ partition, events: [event] });
+      const entryId = appended.kind === 'appended' ? (appended.entryIds[0] as string) : '';
+      await deadLetters.add(partition, failedEntryOfEvent(entryId, event), [
+        { at: new Date().toISOString(), error: 'boom' },
+      ]);
+      const dead = await deadLetters.get(event.event_id, partition);
+      assert.ok(dead);
+      await redis.set(liveListenersKey(h.config.namespace), '1', 'PX', 60_000);
+      try {
+        const start = await liveEnd();
+        const retried = await deadLetters.retry(dead);
+        assert.ok(retried);
+        assert.deepEqual((await liveAfter(start)).map(headOf), [
+          [
+            event.event_id,
+            event.aggregate_id,
+            'raw_data_file',
+            'RawDataFileRegistered',
+            'accepted',
+            partition,
+            retried,
+          ],
+        ]);
+      } finally {
+        await redis.del(liveListenersKey(h.config.namespace));
+      }
     });
   });
 });

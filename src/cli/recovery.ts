@@ -44,7 +44,7 @@ export const replayCommand = (flags: RecoveryFlags) =>
     const report_ = progress(flags.json);
     try {
       const report = await replay(
-        { eventLog: site.eventLog, main: site.main, live: site.live },
+        { eventLog: site.eventLog, main: site.main },
         { from: flags.from, to: flags.to, partition, dryRun: flags['dry-run'] === true },
         {
           onProgress: (p) =>

@@ -1,20 +1,15 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
-import { pino } from 'pino';
 import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
-import { type LiveFeed, siteLiveFeed } from '../live/live-feed.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
-import { createLogger } from '../observability/logger.ts';
 
 export type Site = {
   config: Config;
   redis: Redis;
   eventLog: EventLog;
-  /** Replays and retries announce the events they give back, as the service does. */
-  live: LiveFeed;
   deadLetters: DeadLetters;
   main: pg.Pool;
   replica: pg.Pool;
@@ -43,15 +38,13 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
         `cannot reach Redis at ${hostname || 'localhost'}:${port || 6379} (${(redisError ?? (err as Error)).message}); is it running? (outpost stack status)`,
       );
     });
-    const eventLog = new EventLog(redis, config.namespace, config.partitions);
-    // stdout carries the command's --json output; a failed announcement goes to stderr.
-    const live = siteLiveFeed(config, redis, createLogger('warn', pino.destination(2)));
+    // Replays and retries announce the events they give back on the live feed, as the service does.
+    const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
     return await work({
       config,
       redis,
       eventLog,
-      live,
-      deadLetters: new DeadLetters(eventLog, live),
+      deadLetters: new DeadLetters(eventLog),
       main,
       replica,
     });

@@ -4,7 +4,6 @@ import stringify from 'safe-stable-stringify';
 import { type DomainEvent, type Envelope, EVENT_TYPES } from '../domain/events.ts';
 import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
 import { CURRENT_VERSIONS } from '../domain/upcast.ts';
-import { acceptedMessages } from '../live/live-message.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -119,8 +118,6 @@ export const accept = async (
       for (const event of request.events) {
         deps.metrics.eventsAccepted.inc({ type: event.type });
       }
-      // Not awaited: the 201 does not wait for the feed, which never rejects.
-      void deps.live?.publish(acceptedMessages(request.events, request.partition, result.entryIds));
       return { kind: 'appended', response: request.response };
     }
     case 'replayed':

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
-import { liveStreamKey } from '../log/keys.ts';
+import { DEFAULT_LIVE_MAX_LEN, liveListenersKey, liveStreamKey } from '../log/keys.ts';
 import { blockingConnection } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
@@ -18,8 +18,9 @@ const READ_COUNT = 1_000;
 const LISTENER_TTL_MS = 600_000;
 const LISTENER_CHECK_MS = 1_000;
 /**
- * A "nobody listens" answer is kept this long, so a write costs no Redis round trip for the
- * check; the first client after a quiet spell waits it out before its stream starts.
+ * A "nobody listens" answer is kept this long, so a projector batch or an acknowledgement costs no
+ * Redis round trip for the check; the first client after a quiet spell waits it out before its
+ * stream starts. (The append asks inside its script.)
  */
 const QUIET_CHECK_MS = 250;
 
@@ -28,6 +29,8 @@ export type LiveFeedDeps = {
   redis: Redis;
   /** The live stream (`keys.ts` `liveStreamKey`). */
   key: string;
+  /** Exists while the site has live clients (`keys.ts` `liveListenersKey`). */
+  listenersKey: string;
   /** Approximate length the stream is trimmed to: how far back a client can resume. */
   maxLen: number;
   logger: Logger;
@@ -57,15 +60,12 @@ export class LiveFeed {
     this.#deps = deps;
   }
 
-  get #listenersKey(): string {
-    return `${this.#deps.key}:listeners`;
-  }
-
   /**
    * Whether any process of the site had a live client within the listener TTL: a yes is kept for
-   * a second, a no for QUIET_CHECK_MS (see `announceListener`).
+   * a second, a no for QUIET_CHECK_MS (see `announceListener`). Never rejects: when Redis cannot
+   * answer, the last answer stands (the step asking is about to meet the same Redis anyway).
    */
-  async #anyoneListening(): Promise<boolean> {
+  async listening(): Promise<boolean> {
     if (this.#listeners.size > 0) {
       return true;
     }
@@ -74,7 +74,11 @@ export class LiveFeed {
       return this.#listened;
     }
     this.#listenedCheckedAt = Date.now();
-    this.#listened = (await this.#deps.redis.exists(this.#listenersKey)) === 1;
+    try {
+      this.#listened = (await this.#deps.redis.exists(this.#deps.listenersKey)) === 1;
+    } catch (err) {
+      this.#deps.logger.warn({ err }, 'live feed listener check failed');
+    }
     return this.#listened;
   }
 
@@ -86,7 +90,7 @@ export class LiveFeed {
   async announceListener(): Promise<void> {
     const previous = await this.#deps.redis.call(
       'SET',
-      this.#listenersKey,
+      this.#deps.listenersKey,
       '1',
       'PX',
       String(LISTENER_TTL_MS),
@@ -99,7 +103,7 @@ export class LiveFeed {
 
   #markListening(): void {
     void this.#deps.redis
-      .set(this.#listenersKey, '1', 'PX', LISTENER_TTL_MS)
+      .set(this.#deps.listenersKey, '1', 'PX', LISTENER_TTL_MS)
       .catch((err: unknown) => this.#deps.logger.warn({ err }, 'live feed listener mark failed'));
   }
 
@@ -113,7 +117,7 @@ export class LiveFeed {
     }
     const { redis, key, maxLen } = this.#deps;
     try {
-      if (!(await this.#anyoneListening())) {
+      if (!(await this.listening())) {
         return;
       }
       const pipeline = redis.pipeline();
@@ -247,6 +251,7 @@ export const siteLiveFeed = (config: Config, redis: Redis, logger: Logger): Live
   new LiveFeed({
     redis,
     key: liveStreamKey(config.namespace),
-    maxLen: config.liveMaxLen ?? 100_000,
+    listenersKey: liveListenersKey(config.namespace),
+    maxLen: config.liveMaxLen ?? DEFAULT_LIVE_MAX_LEN,
     logger,
   });

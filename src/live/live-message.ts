@@ -19,32 +19,14 @@ export type LiveMessage = {
   at: string;
 };
 
-type EventHead = Pick<LiveMessage, 'event_id' | 'aggregate_id' | 'aggregate_type' | 'type'>;
-
 /**
- * The `accepted` messages of events appended to a partition: by a write, and again when replay or
- * a dead-letter retry gives an event back to the projector, so a watcher sees it start over.
+ * Where state changes go: the live feed, or nothing. Never rejects. A step that writes its
+ * message in its own Redis call asks `listening` first.
  */
-export const acceptedMessages = (
-  events: readonly EventHead[],
-  partition: number,
-  entryIds: readonly string[],
-): LiveMessage[] => {
-  const at = new Date().toISOString();
-  return events.map((event, i) => ({
-    event_id: event.event_id,
-    aggregate_id: event.aggregate_id,
-    aggregate_type: event.aggregate_type,
-    type: event.type,
-    state: 'accepted',
-    partition,
-    entry_id: entryIds[i] ?? '',
-    at,
-  }));
+export type LivePublisher = {
+  publish(messages: readonly LiveMessage[]): Promise<void>;
+  listening(): Promise<boolean>;
 };
-
-/** Where state changes go: the live feed, or nothing. Never rejects. */
-export type LivePublisher = { publish(messages: readonly LiveMessage[]): Promise<void> };
 
 /** A message with its id in the live stream: the SSE `id:` and the resume position. */
 export type LiveDelivery = { id: string; message: LiveMessage };

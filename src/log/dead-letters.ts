@@ -1,5 +1,4 @@
 import type { Redis } from 'ioredis';
-import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
 import {
   aggregateTypeOf,
   decodeEntry,
@@ -65,13 +64,10 @@ const eventFieldsOf = (fields: string[]): string[] => {
 export class DeadLetters {
   readonly #redis: Redis & Commands;
 
-  constructor(
-    readonly eventLog: EventLog,
-    readonly live?: LivePublisher,
-  ) {
+  constructor(readonly eventLog: EventLog) {
     const redis = eventLog.redis;
     redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight') });
-    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry', 'inflight') });
+    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry', 'inflight', 'live') });
     redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard') });
     this.#redis = redis as Redis & Commands;
   }
@@ -203,6 +199,7 @@ export class DeadLetters {
     }
     const fields = eventFieldsOf(raw[1]);
     decodeEntry([raw[0], fields]);
+    const live = this.eventLog.liveScriptArgs(dead.partition);
     const allKeys = [
       keys.stream,
       keys.deadLetters,
@@ -211,6 +208,7 @@ export class DeadLetters {
       keys.blockedAggregates,
       keys.inflight(dead.aggregate_type, dead.aggregate_id),
       keys.inflightBucketsInUse(dead.aggregate_type),
+      ...live.keys,
     ];
     const id = await this.#redis.outpostDeadRetry(
       allKeys.length,
@@ -218,11 +216,11 @@ export class DeadLetters {
       dead.dead_letter_id,
       dead.event_id,
       dead.aggregate_id,
+      dead.aggregate_type,
+      dead.type,
+      ...live.args,
       ...fields,
     );
-    if (id) {
-      await this.live?.publish(acceptedMessages([dead], dead.partition, [id]));
-    }
     return id ?? undefined;
   }
 

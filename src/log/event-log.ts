@@ -6,12 +6,16 @@ import {
   type Envelope,
   type UnitStatus,
 } from '../domain/events.ts';
+import { encodeLive, type LiveMessage } from '../live/live-message.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
   allPartitionKeys,
   CONSUMER_GROUP,
+  DEFAULT_LIVE_MAX_LEN,
   INFLIGHT_BUCKETS,
+  liveListenersKey,
+  liveStreamKey,
   type PartitionKeys,
   partitionKeys,
 } from './keys.ts';
@@ -20,7 +24,7 @@ const readScript = (path: string) =>
   readFileSync(new URL(`./scripts/${path}.lua`, import.meta.url), 'utf8');
 
 /** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
-export const script = (name: string, ...libraries: 'inflight'[]) =>
+export const script = (name: string, ...libraries: ('inflight' | 'live')[]) =>
   [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
 
 /**
@@ -150,6 +154,8 @@ const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) =>
       fields: encodeEntryFields(event),
       event_id: event.event_id,
       aggregate_id: event.aggregate_id,
+      aggregate_type: event.aggregate_type,
+      type: event.type,
     })),
   },
 });
@@ -182,8 +188,9 @@ export class EventLog {
     redis: Redis,
     readonly namespace: string,
     readonly partitions: number,
+    readonly liveMaxLen: number = DEFAULT_LIVE_MAX_LEN,
   ) {
-    redis.defineCommand('outpostAppend', { lua: script('append', 'inflight') });
+    redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
@@ -205,6 +212,17 @@ export class EventLog {
 
   allKeys(): readonly PartitionKeys[] {
     return this.#keys;
+  }
+
+  /**
+   * The live feed's keys and the arguments a script that announces `accepted` takes (lib/live.lua):
+   * stream and listeners, then max length, now and partition.
+   */
+  liveScriptArgs(partition: number): { keys: [string, string]; args: [string, string, string] } {
+    return {
+      keys: [liveStreamKey(this.namespace), liveListenersKey(this.namespace)],
+      args: [String(this.liveMaxLen), new Date().toISOString(), String(partition)],
+    };
   }
 
   async ensureGroups(): Promise<void> {
@@ -323,8 +341,8 @@ export class EventLog {
   }
 
   /**
-   * An idempotency record lives beside the stream it guards, so checking it stays atomic with the
-   * append (and single-slot for Redis Cluster). A route whose partition follows from its body
+   * An idempotency record lives beside the stream it guards, in its hash slot, so checking it
+   * stays atomic with the append. A route whose partition follows from its body
    * (files and packages go to their unit's) could then meet a reused key in another partition
    * and not see it. So first the key is claimed, SET NX, in its own partition with the request's
    * hash, whichever partition the request goes to: the same key with another body meets the
@@ -376,7 +394,8 @@ export class EventLog {
       this.#gathering.delete(partition);
     }
     const keys = this.keys(partition);
-    const scriptKeys = [keys.stream];
+    const live = this.liveScriptArgs(partition);
+    const scriptKeys = [keys.stream, ...live.keys];
     const sent: GatheredAppend[] = [];
     const requests: EncodedAppend[] = [];
     for (const item of batch) {
@@ -399,7 +418,12 @@ export class EventLog {
     // the partition's next batch is still sent.
     new Promise<string[][]>((resolve) =>
       resolve(
-        this.#redis.outpostAppend(scriptKeys.length, ...scriptKeys, JSON.stringify(requests)),
+        this.#redis.outpostAppend(
+          scriptKeys.length,
+          ...scriptKeys,
+          JSON.stringify(requests),
+          ...live.args,
+        ),
       ),
     )
       .then(
@@ -508,16 +532,37 @@ export class EventLog {
     return found[0] && decodeEntry(found[0]);
   }
 
-  async recordApplied(partition: number, records: readonly AppliedRecord[]): Promise<void> {
+  /**
+   * Queues applied entries for the acker with their commit LSN, and publishes `live` (their
+   * `applied` messages, when the site has live clients) in the same transaction.
+   */
+  async recordApplied(
+    partition: number,
+    records: readonly AppliedRecord[],
+    live: readonly LiveMessage[] = [],
+  ): Promise<void> {
     if (records.length === 0) {
       return;
     }
     const keys = this.keys(partition);
-    await this.#redis
+    const transaction = this.#redis
       .multi()
       .rpush(keys.applied, ...records.map(formatApplied))
-      .hset(keys.appliedLsn, ...records.flatMap((r) => [r.entryId, r.lsn]))
-      .exec();
+      .hset(keys.appliedLsn, ...records.flatMap((r) => [r.entryId, r.lsn]));
+    // With the records the acker waits for, so `confirmed` cannot pass `applied` on the feed. A
+    // failed XADD fails only itself inside MULTI.
+    for (const message of live) {
+      transaction.xadd(
+        liveStreamKey(this.namespace),
+        'MAXLEN',
+        '~',
+        this.liveMaxLen,
+        '*',
+        'm',
+        encodeLive(message),
+      );
+    }
+    await transaction.exec();
   }
 
   /** The commit LSN of an applied, unacknowledged entry. */

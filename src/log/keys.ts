@@ -122,10 +122,17 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
 
 /**
  * The site's live feed: one stream of state changes that every process reads without a group.
- * It belongs to no partition, so it carries no hash tag and is never touched by a partition's
- * script (that keeps the scripts single-slot for Redis Cluster).
+ * It belongs to no partition, so it carries no hash tag. The append and the applied record write
+ * to it in the same call as the step they report, so the feed's order is the log's; that puts a
+ * second slot into those calls, which Redis Cluster would refuse (see ADR 0007).
  */
 export const liveStreamKey = (namespace: string) => `${namespace}:live`;
+
+/** Exists while some process of the site has had a live client lately (LiveFeed). */
+export const liveListenersKey = (namespace: string) => `${namespace}:live:listeners`;
+
+/** Messages the live stream keeps, roughly: how far back a client can resume. */
+export const DEFAULT_LIVE_MAX_LEN = 100_000;
 
 /** The outcome of an admin action under one Idempotency-Key scope (not a partition's). */
 export const adminIdempotencyKey = (namespace: string, scopeHash: string) =>

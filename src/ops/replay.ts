@@ -1,6 +1,5 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
-import { acceptedMessages, type LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
 import { entryIdAt, isStreamEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
@@ -44,7 +43,7 @@ export const replayBound = (text: string): string => {
   return entryIdAt(ms);
 };
 
-type Deps = { eventLog: EventLog; main: pg.Pool; live?: LivePublisher };
+type Deps = { eventLog: EventLog; main: pg.Pool };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -108,10 +107,7 @@ export const replay = async (
         report.applied += missing.length;
       } else if (missing.length > 0) {
         const events = missing.map((e) => e.event);
-        const appended = await deps.eventLog.append({ partition: keys.partition, events });
-        if (appended.kind === 'appended') {
-          await deps.live?.publish(acceptedMessages(events, keys.partition, appended.entryIds));
-        }
+        await deps.eventLog.append({ partition: keys.partition, events });
         resent.push(
           ...missing.map((e) => ({ eventId: e.event.event_id, partition: keys.partition })),
         );

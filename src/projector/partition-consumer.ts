@@ -253,9 +253,11 @@ export class PartitionConsumer {
       throw err;
     }
     const { applied, duplicates, failed, deferred, commitLsn } = result;
+    const done = [...applied, ...duplicates];
+    const appliedAt = new Date().toISOString();
     await this.#deps.eventLog.recordApplied(
       this.#partition,
-      [...applied, ...duplicates].map(({ entryId, event }) => ({
+      done.map(({ entryId, event }) => ({
         lsn: commitLsn,
         entryId,
         eventId: event.event_id,
@@ -263,19 +265,18 @@ export class PartitionConsumer {
         aggregateType: event.aggregate_type,
         type: event.type,
       })),
-    );
-    const appliedAt = new Date().toISOString();
-    await this.#deps.live?.publish(
-      [...applied, ...duplicates].map(({ entryId, event }) => ({
-        event_id: event.event_id,
-        aggregate_id: event.aggregate_id,
-        aggregate_type: event.aggregate_type,
-        type: event.type,
-        state: 'applied' as const,
-        partition: this.#partition,
-        entry_id: entryId,
-        at: appliedAt,
-      })),
+      (await this.#deps.live?.listening())
+        ? done.map(({ entryId, event }) => ({
+            event_id: event.event_id,
+            aggregate_id: event.aggregate_id,
+            aggregate_type: event.aggregate_type,
+            type: event.type,
+            state: 'applied' as const,
+            partition: this.#partition,
+            entry_id: entryId,
+            at: appliedAt,
+          }))
+        : [],
     );
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);

@@ -63,7 +63,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     }
     return onceForKey(c, deps, value, async () => {
       const report = await replay(
-        { eventLog: deps.eventLog, main: deps.main, live: deps.live },
+        { eventLog: deps.eventLog, main: deps.main },
         { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
       );
       requestLogger(c).info({ report }, 'replay finished');

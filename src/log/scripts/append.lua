@@ -5,15 +5,20 @@
 -- guard and the XADDs of a request see what the requests before it in the batch wrote, so
 -- concurrent duplicates append once and two racing finishes of one unit cannot both pass.
 --
--- KEYS[1] stream
+-- Each appended event is announced `accepted` on the live feed (lib/live.lua).
+--
+-- KEYS[1] stream  KEYS[2] live stream  KEYS[3] live listeners
 -- then for each request of n events, from its `k` (index of its first key):
 --   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight bucket of event i
 --   KEYS[k + 1 + n + i] event index bucket of event i
 --   KEYS[k + 1 + 2n + i] the in-use buckets of event i's in-flight index
 -- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl},
---               events:[{fields,event_id,aggregate_id}]}]
+--               events:[{fields,event_id,aggregate_id,aggregate_type,type}]}]
+-- ARGV[2] live stream max length  ARGV[3] when the events were accepted, ISO-8601  ARGV[4] partition
 -- Answers one reply per request: {'appended', entry ids...} | {'replayed', response} |
 -- {'idempotency_conflict'} | {'unknown'} | {'conflict', state} | {'failed', message}.
+
+local live = live_context(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
 
 local function append_one(req)
   local idem_key, unit_key = KEYS[req.k], KEYS[req.k + 1]
@@ -55,6 +60,7 @@ local function append_one(req)
     local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
     redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
     inflight_add(KEYS[req.k + 1 + i], KEYS[req.k + 1 + 2 * n + i], event.aggregate_id, id)
+    live_accepted(live, event.event_id, event.aggregate_id, event.aggregate_type, event.type, id)
     reply[i + 1] = id
   end
 
