@@ -40,8 +40,8 @@ void describe('live event feed', () => {
   };
 
   void it('shows a client on process A the accepted, applied and confirmed states of a write through process B, in order', async () => {
-    // B has just answered "nobody listens" and keeps that answer for a moment: the first client
-    // of the site must still see B's next write.
+    // A's projector and acker apply this write while nobody listens and keep that answer for a
+    // moment: the site's first client must still see every state of the next write.
     await writeThroughB('before-anyone-listens');
     const client = await SseClient.open(`${a.url}/events/live`);
     try {

@@ -772,11 +772,30 @@ void describe('the local log', () => {
         );
         assert.deepEqual((await liveAfter(afterAccepted)).map(headOf), expected('applied'));
 
-        // The feed is a view of the log: when its stream cannot be written, the append still is.
+        // The feed is a view of the log: when its stream cannot be written, the append and the
+        // record still are, and the record says how many messages it could not publish.
         await redis.rename(liveKey(), `${liveKey()}:aside`);
         await redis.set(liveKey(), 'not a stream');
         try {
-          assert.equal((await log.append({ partition, events: [event(3)] })).kind, 'appended');
+          const unpublished = event(3);
+          const kept = await log.append({ partition, events: [unpublished] });
+          assert.equal(kept.kind, 'appended');
+          const keptId = kept.kind === 'appended' ? (kept.entryIds[0] as string) : '';
+          assert.equal(
+            await log.recordApplied(
+              partition,
+              [appliedRecord(unpublished, keptId)],
+              [
+                {
+                  ...(accepted[0] as LiveMessage),
+                  event_id: unpublished.event_id,
+                  state: 'applied',
+                },
+              ],
+            ),
+            1,
+          );
+          assert.deepEqual(await log.appliedLsnOf([keptId], partition), ['0/1']);
         } finally {
           await redis.rename(`${liveKey()}:aside`, liveKey());
         }
@@ -785,7 +804,7 @@ void describe('the local log', () => {
       }
     });
 
-    void it('announces a dead letter given back by a retry as accepted, in the retry', async () => {
+    void it('announces dead in the dead-lettering, and accepted again in the retry', async () => {
       const partition = 3;
       const deadLetters = new DeadLetters(log);
       const event = {
@@ -794,27 +813,29 @@ void describe('the local log', () => {
       };
       const appended = await log.append({ partition, events: [event] });
       const entryId = appended.kind === 'appended' ? (appended.entryIds[0] as string) : '';
-      await deadLetters.add(partition, failedEntryOfEvent(entryId, event), [
-        { at: new Date().toISOString(), error: 'boom' },
-      ]);
-      const dead = await deadLetters.get(event.event_id, partition);
-      assert.ok(dead);
+      await deliver(redis, log.keys(partition).stream);
       await redis.set(liveListenersKey(h.config.namespace), '1', 'PX', 60_000);
       try {
+        const head = (state: string, entry: string) => [
+          event.event_id,
+          event.aggregate_id,
+          'raw_data_file',
+          'RawDataFileRegistered',
+          state,
+          partition,
+          entry,
+        ];
         const start = await liveEnd();
+        await deadLetters.add(partition, failedEntryOfEvent(entryId, event), [
+          { at: new Date().toISOString(), error: 'boom' },
+        ]);
+        assert.deepEqual((await liveAfter(start)).map(headOf), [head('dead', entryId)]);
+        const dead = await deadLetters.get(event.event_id, partition);
+        assert.ok(dead);
+        const afterDead = await liveEnd();
         const retried = await deadLetters.retry(dead);
         assert.ok(retried);
-        assert.deepEqual((await liveAfter(start)).map(headOf), [
-          [
-            event.event_id,
-            event.aggregate_id,
-            'raw_data_file',
-            'RawDataFileRegistered',
-            'accepted',
-            partition,
-            retried,
-          ],
-        ]);
+        assert.deepEqual((await liveAfter(afterDead)).map(headOf), [head('accepted', retried)]);
       } finally {
         await redis.del(liveListenersKey(h.config.namespace));
       }

@@ -21,7 +21,7 @@ export type AppDeps = {
   status: StatusSource;
   /** Scoped API tokens; absent or unconfigured: the domain endpoints are open. */
   tokens?: TokenStore;
-  /** The live feed: accepted events are published to it; /events/live reads it. */
+  /** The live feed that /events/live reads. */
   live?: LiveFeed;
   now?: () => Date;
 };

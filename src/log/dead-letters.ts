@@ -66,7 +66,7 @@ export class DeadLetters {
 
   constructor(readonly eventLog: EventLog) {
     const redis = eventLog.redis;
-    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight') });
+    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight', 'live') });
     redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry', 'inflight', 'live') });
     redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard') });
     this.#redis = redis as Redis & Commands;
@@ -74,6 +74,7 @@ export class DeadLetters {
 
   async add(partition: number, entry: FailedEntry, history: Attempt[]): Promise<string> {
     const keys = this.eventLog.keys(partition);
+    const live = this.eventLog.liveScriptArgs(partition);
     const allKeys = [
       keys.stream,
       keys.deadLetters,
@@ -85,6 +86,7 @@ export class DeadLetters {
       keys.legacyEventIndex,
       keys.legacyInflightIndex(entry.aggregateType),
       keys.inflightBucketsInUse(entry.aggregateType),
+      ...live.keys,
     ];
     return this.#redis.outpostDeadLetter(
       allKeys.length,
@@ -93,6 +95,9 @@ export class DeadLetters {
       entry.entryId,
       entry.eventId,
       entry.aggregateId,
+      entry.aggregateType,
+      entry.type,
+      ...live.args,
       ...entry.fields,
       'original_entry_id',
       entry.entryId,

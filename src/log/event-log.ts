@@ -534,15 +534,16 @@ export class EventLog {
 
   /**
    * Queues applied entries for the acker with their commit LSN, and publishes `live` (their
-   * `applied` messages, when the site has live clients) in the same transaction.
+   * `applied` messages, when the site has live clients) in the same transaction. Answers how many
+   * of those messages could not be published; a failure to record rejects.
    */
   async recordApplied(
     partition: number,
     records: readonly AppliedRecord[],
     live: readonly LiveMessage[] = [],
-  ): Promise<void> {
+  ): Promise<number> {
     if (records.length === 0) {
-      return;
+      return 0;
     }
     const keys = this.keys(partition);
     const transaction = this.#redis
@@ -562,7 +563,16 @@ export class EventLog {
         encodeLive(message),
       );
     }
-    await transaction.exec();
+    const replies = await transaction.exec();
+    if (!replies) {
+      throw new Error('the applied records were not written: the transaction was discarded');
+    }
+    const recorded = replies.slice(0, 2);
+    const failed = recorded.find(([err]) => err);
+    if (failed) {
+      throw failed[0];
+    }
+    return replies.slice(2).filter(([err]) => err).length;
   }
 
   /** The commit LSN of an applied, unacknowledged entry. */

@@ -1,7 +1,7 @@
 /**
  * Every Redis key Outpost uses is built here. Keys of one partition share the hash tag `{p<N>}`,
- * so a Redis Cluster keeps a partition's stream and its indexes on one slot and the append script
- * stays atomic there.
+ * so a Redis Cluster would keep a partition's stream and its indexes on one slot (the live feed's
+ * keys are the scripts' one exception, see `liveStreamKey`).
  */
 export const CONSUMER_GROUP = 'projector';
 

@@ -255,7 +255,7 @@ export class PartitionConsumer {
     const { applied, duplicates, failed, deferred, commitLsn } = result;
     const done = [...applied, ...duplicates];
     const appliedAt = new Date().toISOString();
-    await this.#deps.eventLog.recordApplied(
+    const unpublished = await this.#deps.eventLog.recordApplied(
       this.#partition,
       done.map(({ entryId, event }) => ({
         lsn: commitLsn,
@@ -265,7 +265,7 @@ export class PartitionConsumer {
         aggregateType: event.aggregate_type,
         type: event.type,
       })),
-      (await this.#deps.live?.listening())
+      done.length > 0 && (await this.#deps.live?.listening())
         ? done.map(({ entryId, event }) => ({
             event_id: event.event_id,
             aggregate_id: event.aggregate_id,
@@ -278,6 +278,12 @@ export class PartitionConsumer {
           }))
         : [],
     );
+    if (unpublished > 0) {
+      this.#deps.logger.warn(
+        { partition: this.#partition, unpublished },
+        'live feed publish failed',
+      );
+    }
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);
       await this.#fail(failedEntryOfEvent(entry.entryId, entry.event), error);
@@ -378,18 +384,6 @@ export class PartitionConsumer {
   async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
     const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
     this.#holding.delete(entry.aggregateId);
-    await this.#deps.live?.publish([
-      {
-        event_id: entry.eventId,
-        aggregate_id: entry.aggregateId,
-        aggregate_type: entry.aggregateType,
-        type: entry.type,
-        state: 'dead',
-        partition: this.#partition,
-        entry_id: entry.entryId,
-        at: new Date().toISOString(),
-      },
-    ]);
     this.#deps.logger.warn(
       {
         partition: this.#partition,

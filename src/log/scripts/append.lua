@@ -60,7 +60,8 @@ local function append_one(req)
     local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
     redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
     inflight_add(KEYS[req.k + 1 + i], KEYS[req.k + 1 + 2 * n + i], event.aggregate_id, id)
-    live_accepted(live, event.event_id, event.aggregate_id, event.aggregate_type, event.type, id)
+    live_publish(live, 'accepted', event.event_id, event.aggregate_id, event.aggregate_type,
+      event.type, id)
     reply[i + 1] = id
   end
 

@@ -1,13 +1,16 @@
 -- Moves an event aside after its last failed attempt: the dead-letter entry is written and the
 -- original acknowledged in one step, so the event is never lost and never in two places. The
 -- aggregate is marked blocked, so its later events follow it instead of applying out of order.
+-- The event is announced `dead` on the live feed (lib/live.lua).
 --
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] attempts
 -- KEYS[5] in-flight index bucket  KEYS[6] dead index  KEYS[7] blocked aggregates
 -- KEYS[8] earlier builds' event index  KEYS[9] earlier builds' in-flight index of its type
--- KEYS[10] its type's in-use in-flight buckets
--- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5..] dead-letter fields
-local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+-- KEYS[10] its type's in-use in-flight buckets  KEYS[11] live stream  KEYS[12] live listeners
+-- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5] aggregate type
+-- ARGV[6] event type  ARGV[7] live stream max length  ARGV[8] now, ISO-8601  ARGV[9] partition
+-- ARGV[10..] dead-letter fields
+local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 10))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[8], ARGV[3])
@@ -16,4 +19,6 @@ inflight_remove(KEYS[5], KEYS[10], ARGV[4], ARGV[2])
 inflight_remove(KEYS[9], nil, ARGV[4], ARGV[2])
 redis.call('HSET', KEYS[6], ARGV[3], dead_id)
 redis.call('SADD', KEYS[7], ARGV[4])
+live_publish(live_context(KEYS[11], KEYS[12], ARGV[7], ARGV[8], ARGV[9]), 'dead', ARGV[3], ARGV[4],
+  ARGV[5], ARGV[6], ARGV[2])
 return dead_id

@@ -18,6 +18,6 @@ inflight_add(KEYS[6], KEYS[7], ARGV[3], id)
 redis.call('XDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('SREM', KEYS[5], ARGV[3])
-live_accepted(live_context(KEYS[8], KEYS[9], ARGV[6], ARGV[7], ARGV[8]), ARGV[2], ARGV[3], ARGV[4],
-  ARGV[5], id)
+live_publish(live_context(KEYS[8], KEYS[9], ARGV[6], ARGV[7], ARGV[8]), 'accepted', ARGV[2],
+  ARGV[3], ARGV[4], ARGV[5], id)
 return id
