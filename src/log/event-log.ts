@@ -215,7 +215,7 @@ export class EventLog {
   }
 
   /**
-   * The live feed's keys and the arguments a script that announces `accepted` takes (lib/live.lua):
+   * The live feed's keys and the arguments a script that announces a state takes (lib/live.lua):
    * stream and listeners, then max length, now and partition.
    */
   liveScriptArgs(partition: number): { keys: [string, string]; args: [string, string, string] } {
