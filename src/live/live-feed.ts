@@ -4,7 +4,7 @@ import { DEFAULT_LIVE_MAX_LEN, liveListenersKey, liveStreamKey } from '../log/ke
 import { blockingConnection } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
-import { decodeLive, encodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
+import { addLiveMessage, decodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
 
 type StreamReply = [stream: string, entries: [string, string[]][]][] | null;
 
@@ -122,7 +122,7 @@ export class LiveFeed {
       }
       const pipeline = redis.pipeline();
       for (const message of messages) {
-        pipeline.xadd(key, 'MAXLEN', '~', maxLen, '*', 'm', encodeLive(message));
+        addLiveMessage(pipeline, key, maxLen, message);
       }
       const replies = (await pipeline.exec()) ?? [];
       const failed = replies.find(([err]) => err);

@@ -1,3 +1,4 @@
+import type { ChainableCommander } from 'ioredis';
 import { z } from 'zod';
 import { AGGREGATE_TYPES } from '../domain/events.ts';
 import { isStreamEntryId } from '../log/entry-id.ts';
@@ -71,7 +72,15 @@ export const matches = (filter: LiveFilter, m: LiveMessage): boolean =>
   (filter.states === undefined || filter.states.has(m.state));
 
 /** Live-stream fields of a message; one JSON field keeps an entry small and its decode trivial. */
-export const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
+const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
+
+/** Queues the XADD of `message` to the live stream `key`, trimmed to about `maxLen` messages. */
+export const addLiveMessage = (
+  commands: ChainableCommander,
+  key: string,
+  maxLen: number,
+  message: LiveMessage,
+) => commands.xadd(key, 'MAXLEN', '~', maxLen, '*', 'm', encodeLive(message));
 
 export const decodeLive = (id: string, fields: readonly string[]): LiveDelivery | undefined => {
   const at = fields.indexOf('m');

@@ -6,7 +6,7 @@ import {
   type Envelope,
   type UnitStatus,
 } from '../domain/events.ts';
-import { encodeLive, type LiveMessage } from '../live/live-message.ts';
+import { addLiveMessage, type LiveMessage } from '../live/live-message.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
@@ -183,6 +183,8 @@ export class EventLog {
   readonly #redis: Redis & Commands;
   /** Built once: every append and read needs its partition's keys. */
   readonly #keys: PartitionKeys[];
+  /** The live stream and its listeners key, which every append names. */
+  readonly #liveKeys: [string, string];
 
   constructor(
     redis: Redis,
@@ -203,6 +205,7 @@ export class EventLog {
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
+    this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
   }
 
   keys(partition: number): PartitionKeys {
@@ -220,7 +223,7 @@ export class EventLog {
    */
   liveScriptArgs(partition: number): { keys: [string, string]; args: [string, string, string] } {
     return {
-      keys: [liveStreamKey(this.namespace), liveListenersKey(this.namespace)],
+      keys: this.#liveKeys,
       args: [String(this.liveMaxLen), new Date().toISOString(), String(partition)],
     };
   }
@@ -553,15 +556,7 @@ export class EventLog {
     // With the records the acker waits for, so `confirmed` cannot pass `applied` on the feed. A
     // failed XADD fails only itself inside MULTI.
     for (const message of live) {
-      transaction.xadd(
-        liveStreamKey(this.namespace),
-        'MAXLEN',
-        '~',
-        this.liveMaxLen,
-        '*',
-        'm',
-        encodeLive(message),
-      );
+      addLiveMessage(transaction, this.#liveKeys[0], this.liveMaxLen, message);
     }
     const replies = await transaction.exec();
     if (!replies) {
