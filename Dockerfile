@@ -6,8 +6,8 @@ FROM node:20-bookworm-slim AS deps
 WORKDIR /app
 # Only the manifests, so editing source does not invalidate the npm ci layer.
 COPY package.json package-lock.json ./
-# tsx is a runtime dependency (the service runs its TypeScript through `node --import tsx`),
-# so TypeScript, Biome, drizzle-kit, autocannon and BullMQ stay out of the image.
+# esbuild (which bundles the service) and tsx (which runs the build and the launcher) are runtime
+# dependencies, so TypeScript, Biome, drizzle-kit, autocannon and BullMQ stay out of the image.
 RUN npm ci --omit=dev --no-audit --no-fund
 
 # --- runtime ---------------------------------------------------------------------------------
@@ -17,12 +17,16 @@ WORKDIR /app
 
 # The runtime stage gets node_modules only, not npm's cache or the deps stage's other layers.
 COPY --from=deps /app/node_modules ./node_modules
-# Everything else the service reads at run time: src/, migrations/ (found relative to
-# src/db/migrate.ts), bin/, tsconfig.json, package.json. .dockerignore keeps out the rest.
+# Everything else the service reads at run time or builds from: src/, migrations/ (found from
+# the project root, src/paths.ts), bin/, scripts/, tsconfig.json, package.json. .dockerignore
+# keeps out the rest.
 COPY . .
 # Lets `npx outpost …` find the CLI from node_modules/.bin, as it would for a dependency,
 # whatever the npm version's handling of a package's own bin.
 RUN ln -s ../../bin/outpost.js node_modules/.bin/outpost
+# The service runs from one bundle of src/ (dist/outpost.mjs), built here while /app is still
+# writable; bin/outpost.js finds it newer than src/ and runs it.
+RUN npm run build --silent
 
 # The files stay root-owned and read-only to the service; `node` (uid 1000, from the base
 # image) needs to write nothing under /app.
@@ -34,6 +38,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch(`http://127.0.0.1:${process.env.OUTPOST_PORT || 8080}/health`).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
 
-# tsx is loaded as a module hook, not as a wrapper process, so signals reach the service's
-# own SIGTERM handler (graceful shutdown) directly.
-CMD ["node", "--import", "tsx", "src/cli/main.ts", "serve"]
+# bin/outpost.js imports the bundle into its own process, no wrapper process, so signals reach
+# the service's own SIGTERM handler (graceful shutdown) directly.
+CMD ["node", "bin/outpost.js", "serve"]

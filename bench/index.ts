@@ -3,6 +3,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import pg from 'pg';
+import { SERVICE_ENTRY } from '../src/bundle.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { EventLog } from '../src/log/event-log.ts';
@@ -96,10 +97,10 @@ const main = async () => {
   // BENCH_NODE_ARGS='--cpu-prof --cpu-prof-dir=bench/results' profiles the service processes.
   const nodeArgs = process.env.BENCH_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
   const outpost = (site: Site, only?: 'api' | 'projector', extra: Record<string, string> = {}) =>
-    startServer(
-      [...nodeArgs, 'src/cli/main.ts', 'serve', ...(only ? ['--only', only] : [])],
-      outpostEnv(site, extra),
-    );
+    startServer(SERVICE_ENTRY, outpostEnv(site, extra), {
+      args: ['serve', ...(only ? ['--only', only] : [])],
+      nodeArgs,
+    });
   const redis = new Redis(stack.redisUrl);
   redis.on('error', () => undefined);
   const results: Record<string, unknown> = {
@@ -173,18 +174,18 @@ const main = async () => {
         const used = perWrite(cpu(), Math.max(1, result.requests - result.errors));
         return { ...result, serverCpuUs: used.server, redisCpuUs: used.redis };
       };
-      const bare = await started(startServer(['bench/servers/bare.ts'], {}));
+      const bare = await started(startServer('bench/servers/bare.ts', {}));
       const bareResult = await measured(bare);
       await bare.stop();
       const xadd = await started(
-        startServer(['bench/servers/xadd.ts'], { REDIS_URL: stack.redisUrl }),
+        startServer('bench/servers/xadd.ts', { REDIS_URL: stack.redisUrl }),
       );
       const xaddResult = await measured(xadd);
       const xaddFew = await measured(xadd, FEW_CONNECTIONS);
       await xadd.stop();
       // Outpost's HTTP side alone (append stubbed): separates the web path from the log's cost.
       const stubbed = await started(
-        startServer([...nodeArgs, 'bench/servers/stubbed-append.ts'], {}),
+        startServer('bench/servers/stubbed-append.ts', {}, { nodeArgs }),
       );
       const stubbedResult = await measured(stubbed);
       await stubbed.stop();
@@ -410,14 +411,14 @@ const main = async () => {
         'CREATE TABLE bullmq_events (id uuid PRIMARY KEY, data jsonb, enqueued_at timestamptz, committed_at timestamptz)',
       );
       const worker = await started(
-        startServer(['bench/servers/bullmq-worker.ts'], {
+        startServer('bench/servers/bullmq-worker.ts', {
           REDIS_URL: stack.redisUrl,
           DATABASE_URL: peerSite.main,
           CONCURRENCY: String(PARTITIONS),
         }),
       );
       const producer = await started(
-        startServer(['bench/servers/bullmq.ts'], { REDIS_URL: stack.redisUrl }),
+        startServer('bench/servers/bullmq.ts', { REDIS_URL: stack.redisUrl }),
       );
       const bullRun = await committedRun(
         producer.port,

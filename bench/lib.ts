@@ -1,8 +1,11 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
+import { basename, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
+import { bundle, SERVICE_BUNDLE, SERVICE_ENTRY } from '../src/bundle.ts';
+import { projectPath } from '../src/paths.ts';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -15,10 +18,40 @@ export type Server = {
   peakRssMb: () => number;
 };
 
-/** Starts a server script in its own process (never inside the load generator) and waits for it. */
-export const startServer = (args: string[], env: NodeJS.ProcessEnv): Promise<Server> =>
+export type ServerOptions = {
+  /** Arguments of the server's own command line. */
+  args?: string[];
+  /** Arguments for node, before the script (`--cpu-prof`, say). */
+  nodeArgs?: string[];
+};
+
+/**
+ * Where each TypeScript entry is bundled: the service where it runs deployed, the bench's own
+ * servers beside it, in dist/ (one level below the root, as src/paths.ts expects).
+ */
+const bundleOf = (entry: string) =>
+  entry === SERVICE_ENTRY
+    ? SERVICE_BUNDLE
+    : projectPath(`dist/bench-${basename(entry, '.ts')}.mjs`);
+
+/**
+ * Starts a server in its own process (never inside the load generator) and waits for it. Every
+ * server runs bundled, as the service is deployed (src/bundle.ts): the baselines and the peer
+ * get the same treatment as Outpost.
+ */
+export const startServer = async (
+  entry: string,
+  env: NodeJS.ProcessEnv,
+  { args = [], nodeArgs = [] }: ServerOptions = {},
+): Promise<Server> => {
+  const script = bundleOf(entry);
+  await bundle(resolve(ROOT, entry), script);
+  return spawnServer([...nodeArgs, '--enable-source-maps', script, ...args], env);
+};
+
+const spawnServer = (args: string[], env: NodeJS.ProcessEnv): Promise<Server> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', ...args], {
+    const child = spawn(process.execPath, args, {
       cwd: ROOT,
       env: { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn', ...env },
       stdio: ['ignore', 'pipe', 'inherit'],

@@ -24,9 +24,9 @@ grep -q '^COPY --from=' Dockerfile || { echo "Dockerfile: the runtime stage copi
 image_root="$(mktemp -d)"
 trap 'rm -rf "$image_root"' EXIT
 cp package.json package-lock.json tsconfig.json "$image_root"/
-cp -r src bin migrations "$image_root"/
+cp -r src bin scripts migrations "$image_root"/
 (cd "$image_root" && npm ci --omit=dev --no-audit --no-fund --loglevel=error >/dev/null)
 if [ -d "$image_root/node_modules/typescript" ]; then echo "Dockerfile: --omit=dev still installed TypeScript"; exit 1; fi
-(cd "$image_root" && node --import tsx src/cli/main.ts --help >/dev/null) \
+(cd "$image_root" && npm run build --silent >/dev/null && node bin/outpost.js --help >/dev/null) \
   || { echo "Dockerfile: the CLI does not start with production dependencies only"; exit 1; }
 echo "deploy files ok"

@@ -10,7 +10,7 @@ server=$!
 cleanup() {
   kill -INT -- "-$server" 2>/dev/null || true
   wait "$server" 2>/dev/null || true
-  node --import tsx src/cli/main.ts stack down >/dev/null 2>&1 || true
+  node bin/outpost.js stack down >/dev/null 2>&1 || true
   rm -f "$log"
 }
 trap cleanup EXIT

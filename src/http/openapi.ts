@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { projectPath } from '../paths.ts';
 import { ERROR_STATUS, type ErrorCode } from './errors.ts';
 import { type JsonSchema, RESPONSE_SCHEMAS } from './openapi-responses.ts';
 import {
@@ -719,7 +720,7 @@ const operationObject = (op: OperationSpec) => {
 
 const packageVersion = (): string =>
   (
-    JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    JSON.parse(readFileSync(projectPath('package.json'), 'utf8')) as {
       version: string;
     }
   ).version;

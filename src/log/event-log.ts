@@ -7,6 +7,7 @@ import {
   type UnitStatus,
 } from '../domain/events.ts';
 import { addLiveMessage, type LiveMessage } from '../live/live-message.ts';
+import { projectPath } from '../paths.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
@@ -21,7 +22,7 @@ import {
 } from './keys.ts';
 
 const readScript = (path: string) =>
-  readFileSync(new URL(`./scripts/${path}.lua`, import.meta.url), 'utf8');
+  readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
 
 /** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
 export const script = (name: string, ...libraries: ('inflight' | 'live')[]) =>

@@ -10,7 +10,7 @@ export const runCli = (
   args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> =>
   new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], {
+    const child = spawn(process.execPath, ['bin/outpost.js', ...args], {
       cwd: REPO_ROOT,
       env: h.envOf(),
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -263,13 +263,7 @@ export class Harness {
   /** Runs `outpost serve` as a separate process, for faults such as `kill -9`. */
   async spawnServe(role: Role, overrides: Record<string, string> = {}): Promise<SpawnedService> {
     const port = await freePort();
-    const args = [
-      '--import',
-      'tsx',
-      'src/cli/main.ts',
-      'serve',
-      ...(role === 'all' ? [] : ['--only', role]),
-    ];
+    const args = ['bin/outpost.js', 'serve', ...(role === 'all' ? [] : ['--only', role])];
     const child = spawn(process.execPath, args, {
       cwd: REPO_ROOT,
       env: this.envOf({ OUTPOST_PORT: String(port), ...overrides }),
