@@ -4,7 +4,7 @@ import http from 'node:http';
 import { basename, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import autocannon from 'autocannon';
-import { bundle, SERVICE_BUNDLE, SERVICE_ENTRY } from '../src/bundle.ts';
+import { bundle, SERVICE_ENTRY } from '../src/bundle.ts';
 import { projectPath } from '../src/paths.ts';
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -26,28 +26,27 @@ export type ServerOptions = {
 };
 
 /**
- * Where each TypeScript entry is bundled: the service where it runs deployed, the bench's own
- * servers beside it, in dist/ (one level below the root, as src/paths.ts expects).
+ * The script that runs `entry`: the service through bin/outpost.js, exactly as deployed (it
+ * builds its bundle when stale); the bench's own servers bundled the same way, beside it in dist/
+ * (one level below the root, as src/paths.ts expects), so the baselines and the peer are not
+ * handicapped against Outpost.
  */
-const bundleOf = (entry: string) =>
-  entry === SERVICE_ENTRY
-    ? SERVICE_BUNDLE
-    : projectPath(`dist/bench-${basename(entry, '.ts')}.mjs`);
+const runnable = async (entry: string): Promise<string> => {
+  if (entry === SERVICE_ENTRY) {
+    return projectPath('bin/outpost.js');
+  }
+  const script = projectPath(`dist/bench-${basename(entry, '.ts')}.mjs`);
+  await bundle(resolve(ROOT, entry), script, 'bench');
+  return script;
+};
 
-/**
- * Starts a server in its own process (never inside the load generator) and waits for it. Every
- * server runs bundled, as the service is deployed (src/bundle.ts): the baselines and the peer
- * get the same treatment as Outpost.
- */
+/** Starts a server in its own process (never inside the load generator) and waits for it. */
 export const startServer = async (
   entry: string,
   env: NodeJS.ProcessEnv,
   { args = [], nodeArgs = [] }: ServerOptions = {},
-): Promise<Server> => {
-  const script = bundleOf(entry);
-  await bundle(resolve(ROOT, entry), script);
-  return spawnServer([...nodeArgs, '--enable-source-maps', script, ...args], env);
-};
+): Promise<Server> =>
+  spawnServer([...nodeArgs, '--enable-source-maps', await runnable(entry), ...args], env);
 
 const spawnServer = (args: string[], env: NodeJS.ProcessEnv): Promise<Server> =>
   new Promise((resolve, reject) => {

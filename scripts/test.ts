@@ -2,7 +2,7 @@ import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { run } from 'node:test';
 import { spec } from 'node:test/reporters';
-import { bundle, SERVICE_BUNDLE, SERVICE_ENTRY } from '../src/bundle.ts';
+import { buildServiceBundle } from '../src/bundle.ts';
 import {
   dropSites,
   startTestStack,
@@ -65,7 +65,7 @@ const main = async () => {
   if (serviceFiles.length > 0) {
     // The service processes the tests start run the bundle, as deployed: built here, where a
     // failure stops the run, rather than left to the first spawn.
-    await bundle(SERVICE_ENTRY, SERVICE_BUNDLE);
+    await buildServiceBundle();
     const stack = await startTestStack();
     stopOnSignal(() => stack.stop());
     const failed: { file: string; sites: TestSite[] }[] = [];

@@ -6,12 +6,14 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
+  symlinkSync,
   utimesSync,
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, beforeEach, describe, it } from 'node:test';
 import { freshBundle } from './bundle.ts';
 
 /** A small project: src/main.ts prints what src/word.ts exports; the bundle goes to dist/. */
@@ -20,23 +22,14 @@ void describe('freshBundle', () => {
   let sources: string;
   let entry: string;
   let outfile: string;
-  const MARKER = '// left as it was\n';
+  /** The bundle is dated this far back before each step, so a rebuild shows as a newer time. */
+  const LONG_AGO = 1_000;
   const write = (name: string, text: string) => writeFileSync(join(sources, name), text);
-  /** Sets the times of everything under src/ (and src/ itself) to `seconds` since the epoch. */
-  const ageSources = (seconds: number) => {
-    for (const name of readdirSync(sources)) {
-      utimesSync(join(sources, name), seconds, seconds);
-    }
-    utimesSync(sources, seconds, seconds);
-  };
-  /** Replaces the bundle with a marker, dated `seconds`: a rebuild is seen as the marker gone. */
-  const markBundle = (seconds: number) => {
-    writeFileSync(outfile, MARKER);
-    utimesSync(outfile, seconds, seconds);
-  };
-  const run = (file: string) => execFileSync(process.execPath, [file], { encoding: 'utf8' }).trim();
+  const fresh = () => freshBundle(entry, outfile, [sources]);
+  const rebuilt = () => statSync(outfile).mtimeMs > LONG_AGO * 1000;
+  const run = () => execFileSync(process.execPath, [outfile], { encoding: 'utf8' }).trim();
 
-  before(() => {
+  before(async () => {
     root = mkdtempSync(join(tmpdir(), 'outpost-bundle-'));
     sources = join(root, 'src');
     mkdirSync(sources);
@@ -44,46 +37,57 @@ void describe('freshBundle', () => {
     outfile = join(root, 'dist', 'main.mjs');
     write('main.ts', "import { word } from './word.ts';\nconsole.log(word satisfies string);\n");
     write('word.ts', "export const word: string = 'first';\n");
+    assert.equal(await fresh(), outfile);
   });
+  beforeEach(() => utimesSync(outfile, LONG_AGO, LONG_AGO));
   after(() => rmSync(root, { recursive: true, force: true }));
 
-  void it('builds a missing bundle that runs the sources', async () => {
-    assert.equal(await freshBundle(entry, outfile, sources), outfile);
-    assert.equal(run(outfile), 'first');
-    assert.ok(readFileSync(`${outfile}.map`, 'utf8').includes('word.ts'), 'a source map beside it');
+  void it('builds a bundle that runs the sources, with its source map', () => {
+    assert.equal(run(), 'first');
+    assert.ok(readFileSync(`${outfile}.map`, 'utf8').includes('word.ts'));
   });
 
-  void it('keeps a bundle newer than every source', async () => {
-    ageSources(1_000);
-    markBundle(2_000);
-    assert.equal(await freshBundle(entry, outfile, sources), outfile);
-    assert.equal(readFileSync(outfile, 'utf8'), MARKER);
+  void it('keeps a bundle built from the sources as they are', async () => {
+    assert.equal(await fresh(), outfile);
+    assert.equal(rebuilt(), false);
+  });
+
+  void it('ignores a dangling symbolic link among the sources (an editor lock file)', async () => {
+    symlinkSync(join(sources, 'nowhere'), join(sources, '.#word.ts'));
+    assert.equal(await fresh(), outfile);
+    assert.equal(rebuilt(), false);
   });
 
   void it('rebuilds after a source file changed', async () => {
     write('word.ts', "export const word: string = 'second';\n");
-    ageSources(1_000);
-    utimesSync(join(sources, 'word.ts'), 3_000, 3_000);
-    markBundle(2_000);
-    assert.equal(await freshBundle(entry, outfile, sources), outfile);
-    assert.equal(run(outfile), 'second');
+    assert.equal(await fresh(), outfile);
+    assert.ok(rebuilt());
+    assert.equal(run(), 'second');
   });
 
-  void it('rebuilds after a source file was deleted (its folder changed)', async () => {
+  void it('rebuilds after a file is put back with an older time and the same size', async () => {
+    write('word.ts', "export const word: string = 'third!';\n");
+    utimesSync(join(sources, 'word.ts'), 500, 500);
+    assert.equal(await fresh(), outfile);
+    assert.ok(rebuilt());
+    assert.equal(run(), 'third!');
+  });
+
+  void it('rebuilds after a source file is added or deleted', async () => {
     write('unused.ts', 'export const unused = 1;\n');
-    ageSources(1_000);
-    markBundle(2_000);
+    await fresh();
+    assert.ok(rebuilt(), 'added');
+    utimesSync(outfile, LONG_AGO, LONG_AGO);
     rmSync(join(sources, 'unused.ts'));
-    assert.equal(await freshBundle(entry, outfile, sources), outfile);
-    assert.equal(run(outfile), 'second');
+    await fresh();
+    assert.ok(rebuilt(), 'deleted');
   });
 
   void it('answers undefined and leaves the old bundle whole when the sources do not build', async () => {
-    ageSources(1_000);
-    markBundle(2_000);
+    const before = readFileSync(outfile);
     write('word.ts', 'export const word: string = ;\n');
-    assert.equal(await freshBundle(entry, outfile, sources), undefined);
-    assert.equal(readFileSync(outfile, 'utf8'), MARKER);
+    assert.equal(await fresh(), undefined);
+    assert.deepEqual(readFileSync(outfile), before);
     assert.deepEqual(
       readdirSync(join(root, 'dist')).filter((name) => name.endsWith('.tmp')),
       [],

@@ -23,7 +23,8 @@ const bodyCutShort = () =>
  * in, before or during the read, gets a 400, not an internal error.
  */
 const readIncoming = (incoming: IncomingMessage): Promise<Buffer> =>
-  // Its callbacks are unnamed: tsx's keep-names transform renames a named one on every call.
+  // Its callbacks are unnamed: run through tsx (in-process tests, the no-bundle fallback), its
+  // keep-names transform renames a named one on every call.
   new Promise((resolve, reject) => {
     // What already happened will not be emitted again: a request torn down before the read, or
     // an empty body already at its end.
@@ -153,7 +154,7 @@ const visitStorable = (walk: StorableWalk, node: unknown, depth: number) => {
  *
  * Every write's body is walked, so the walk creates no functions: one path, pushed and popped,
  * spelled out only for the rare node with a problem; and no closures, each of which tsx's
- * keep-names transform would rename per call, on the process's hot path.
+ * keep-names transform (when the sources run through tsx, not bundled) would rename per call.
  */
 export const storableProblems = (value: unknown, path: (string | number)[] = []): ErrorDetail[] => {
   const walk: StorableWalk = { at: [...path], problems: [] };
