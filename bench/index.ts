@@ -7,6 +7,7 @@ import { SERVICE_ENTRY } from '../src/bundle.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { EventLog } from '../src/log/event-log.ts';
+import { projectPath } from '../src/paths.ts';
 import {
   startTestStack,
   stopOnSignal,
@@ -21,7 +22,6 @@ import {
   load,
   pacedLoad,
   percentile,
-  ROOT,
   round,
   type Server,
   sleep,
@@ -510,7 +510,7 @@ const main = async () => {
     process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
     return;
   }
-  const dir = join(ROOT, 'bench', 'results');
+  const dir = projectPath('bench/results');
   mkdirSync(dir, { recursive: true });
   const file = quick ? 'quick.json' : 'latest.json';
   writeFileSync(join(dir, file), `${JSON.stringify(results, null, 2)}\n`);

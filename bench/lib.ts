@@ -1,13 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
-import { basename, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { basename } from 'node:path';
 import autocannon from 'autocannon';
 import { bundle, SERVICE_ENTRY } from '../src/bundle.ts';
-import { projectPath } from '../src/paths.ts';
-
-export const ROOT = fileURLToPath(new URL('..', import.meta.url));
+import { PROJECT_ROOT, projectPath } from '../src/paths.ts';
 
 export const round = (n: number) => Math.round(n * 100) / 100;
 
@@ -36,7 +33,7 @@ const runnable = async (entry: string): Promise<string> => {
     return projectPath('bin/outpost.js');
   }
   const script = projectPath(`dist/bench-${basename(entry, '.ts')}.mjs`);
-  await bundle(resolve(ROOT, entry), script, 'bench');
+  await bundle(projectPath(entry), script, 'bench');
   return script;
 };
 
@@ -51,7 +48,7 @@ export const startServer = async (
 const spawnServer = (args: string[], env: NodeJS.ProcessEnv): Promise<Server> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, args, {
-      cwd: ROOT,
+      cwd: PROJECT_ROOT,
       env: { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn', ...env },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -1,8 +1,6 @@
 import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { PROJECT_ROOT } from '../../src/paths.ts';
 import type { Harness } from './harness.ts';
-
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 /** Runs `outpost <args>` as an operator would, against the harness's site. */
 export const runCli = (
@@ -11,7 +9,7 @@ export const runCli = (
 ): Promise<{ code: number; stdout: string; stderr: string }> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['bin/outpost.js', ...args], {
-      cwd: REPO_ROOT,
+      cwd: PROJECT_ROOT,
       env: h.envOf(),
       stdio: ['ignore', 'pipe', 'pipe'],
     });

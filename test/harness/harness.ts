@@ -1,12 +1,12 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import type { Config } from '../../src/config.ts';
 import { createRedis } from '../../src/log/redis.ts';
 import { createLogger } from '../../src/observability/logger.ts';
+import { PROJECT_ROOT } from '../../src/paths.ts';
 import { type Role, type Service, startService } from '../../src/service.ts';
 import type { StackOptions } from '../../src/stack/stack.ts';
 import { freePort, recordSite, type TestStack, withDatabase } from './services.ts';
@@ -20,8 +20,6 @@ export type HarnessOptions = {
   role?: Role | 'none';
   config?: Partial<Config>;
 };
-
-const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export const testStack = (): TestStack => {
   const raw = process.env.TEST_STACK;
@@ -265,7 +263,7 @@ export class Harness {
     const port = await freePort();
     const args = ['bin/outpost.js', 'serve', ...(role === 'all' ? [] : ['--only', role])];
     const child = spawn(process.execPath, args, {
-      cwd: REPO_ROOT,
+      cwd: PROJECT_ROOT,
       env: this.envOf({ OUTPOST_PORT: String(port), ...overrides }),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
