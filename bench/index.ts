@@ -58,11 +58,17 @@ const main = async () => {
   const stack = await startTestStack({ durablePostgres: true });
   const admin = new pg.Client({ connectionString: withDatabase(stack.mainUrl, 'postgres') });
   await admin.connect();
+  const replicaAdmin = new pg.Client({
+    connectionString: withDatabase(stack.replicaUrl, 'postgres'),
+  });
+  await replicaAdmin.connect();
   let sites = 0;
+  const siteDatabases: string[] = [];
   /** A fresh migrated database and Redis namespace per scenario, like a new site. */
   const newSite = async (): Promise<Site> => {
     sites += 1;
     const database = `bench_${sites}`;
+    siteDatabases.push(database);
     await admin.query(`CREATE DATABASE ${database} TEMPLATE ${TEMPLATE_DATABASE}`);
     const site = {
       main: withDatabase(stack.mainUrl, database),
@@ -114,9 +120,51 @@ const main = async () => {
     await Promise.allSettled(servers.map((server) => server.stop()));
     redis.disconnect();
     await admin.end().catch(() => undefined);
+    await replicaAdmin.end().catch(() => undefined);
     await stack.stop();
   };
   stopOnSignal(stopAll);
+  /**
+   * Leaves the next scenario a machine with nothing of the earlier ones still working on it.
+   * Redis is emptied and its append-only file compacted: what the ingest scenario left would
+   * otherwise be rewritten by Redis's automatic AOF rewrite in the middle of the next scenario,
+   * on the same two cores. The earlier scenarios' databases are dropped, then a checkpoint, and
+   * the wait until no autovacuum worker runs and the replica has replayed all of it: the drain's
+   * and the end-to-end runs' hundreds of thousands of rows otherwise keep autovacuum, the
+   * checkpointer and the replica's replay of their WAL busy through the scenarios after them.
+   */
+  const forgetEarlierScenarios = async () => {
+    const waitStarted = Date.now();
+    const { rows: found } = await admin.query<{ vacuuming: number }>(
+      `SELECT count(*)::int AS vacuuming FROM pg_stat_activity
+        WHERE backend_type = 'autovacuum worker'`,
+    );
+    await emptyRedis(redis);
+    for (const database of siteDatabases.splice(0)) {
+      await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
+    }
+    await admin.query('CHECKPOINT');
+    const quiet = async () => {
+      const { rows } = await admin.query<{ vacuuming: number; lsn: string }>(
+        `SELECT count(*) FILTER (WHERE backend_type = 'autovacuum worker')::int AS vacuuming,
+                pg_current_wal_lsn()::text AS lsn
+           FROM pg_stat_activity`,
+      );
+      const primary = rows[0];
+      const replica = await replicaAdmin.query<{ behind: boolean }>(
+        'SELECT pg_last_wal_replay_lsn() < $1::pg_lsn AS behind',
+        [primary?.lsn],
+      );
+      return primary?.vacuuming === 0 && replica.rows[0]?.behind === false;
+    };
+    // Autovacuum may wake on another database at any time; a minute of waiting is enough to
+    // let the earlier scenarios' work finish, and a scenario is not worth failing over it.
+    await until(quiet, 'autovacuum and the replica to go quiet', 60_000).catch((err: Error) =>
+      log(`${err.message}; going on`),
+    );
+    const seconds = ((Date.now() - waitStarted) / 1000).toFixed(1);
+    log(`settled in ${seconds} s; ${found[0]?.vacuuming} autovacuum workers were running`);
+  };
   const started = async (server: Promise<Server>) => {
     const s = await server;
     servers.push(s);
@@ -224,7 +272,7 @@ const main = async () => {
     }
     if (want('drain')) {
       // 2. Drain: a backlog appended while no projector runs, then a projector process started.
-      await forgetEarlierScenarios(redis);
+      await forgetEarlierScenarios();
       log(`drain of ${DRAIN_EVENTS} events`);
       const drainSite = await newSite();
       const drainRedis = new Redis(stack.redisUrl);
@@ -263,7 +311,7 @@ const main = async () => {
       };
     }
     if (want('e2e')) {
-      await forgetEarlierScenarios(redis);
+      await forgetEarlierScenarios();
       // 3. End to end at fixed offered rates, next to the replica's own replay latency. An API
       // process and a projector process, as a loaded site runs them (and as the same-work
       // scenario does); the all-in-one process once more at 2,000/s, to show what the split buys.
@@ -316,6 +364,7 @@ const main = async () => {
       results.e2e = e2e;
     }
     if (want('reads')) {
+      await forgetEarlierScenarios();
       // 4. Merged reads with 0 and 10 pending events.
       log('merged reads');
       const readSite = await newSite();
@@ -386,6 +435,7 @@ const main = async () => {
       };
     }
     if (want('memory')) {
+      await forgetEarlierScenarios();
       // 5. Memory: Redis bytes per pending event (stream entry plus read indexes).
       log(`memory with ${MEMORY_EVENTS} pending events`);
       const memorySite = await newSite();
@@ -402,7 +452,7 @@ const main = async () => {
       };
     }
     if (want('peer')) {
-      await forgetEarlierScenarios(redis);
+      await forgetEarlierScenarios();
       // 6. The peer: BullMQ enqueue + worker doing the same insert.
       log('BullMQ peer');
       const peerSite = await newSite();
@@ -438,7 +488,7 @@ const main = async () => {
       // the same load): writes accepted and committed to PostgreSQL, per second, from the first
       // request to the last commit. A queue that accepts faster than it commits only grows a
       // backlog; this is the rate it can sustain.
-      await forgetEarlierScenarios(redis);
+      await forgetEarlierScenarios();
       const sameWorkSite = await newSite();
       const sameWorkApi = await started(outpost(sameWorkSite, 'api'));
       const sameWorkProjector = await started(outpost(sameWorkSite, 'projector'));
@@ -468,6 +518,7 @@ const main = async () => {
       };
     }
     if (want('integrity')) {
+      await forgetEarlierScenarios();
       // 7. Integrity: refresh on a large events table, and /metrics answering during it.
       log(`integrity on ${INTEGRITY_EVENTS} events`);
       const integritySite = await newSite();
@@ -560,12 +611,8 @@ const perWrite = (cpuMs: Record<string, number>, writes: number) =>
     Object.entries(cpuMs).map(([part, ms]) => [part, Math.round((ms * 1000) / writes)]),
   );
 
-/**
- * Empties Redis and compacts its append-only file between scenarios: what the ingest scenario
- * left (a backlog no projector reads, the XADD ceiling's stream) would otherwise be rewritten by
- * Redis's automatic AOF rewrite in the middle of the next scenario, on the same two cores.
- */
-const forgetEarlierScenarios = async (redis: Redis) => {
+/** Empties Redis and compacts its append-only file, waiting until the rewrite is done. */
+const emptyRedis = async (redis: Redis) => {
   await redis.flushall();
   await redis.bgrewriteaof().catch((err: Error) => {
     // A rewrite already running finishes with the emptied data set as well.
