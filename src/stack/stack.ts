@@ -229,7 +229,7 @@ export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
       '--appendfsync',
       o.appendfsync,
       // Stream nodes of 16 KB instead of 4: ≈ 50 entries share a node's header and field names
-      // instead of ≈ 12, ≈ 20 bytes less Redis memory per pending event (README, memory).
+      // instead of ≈ 12, ≈ 20 bytes less Redis memory per pending event (docs/benchmarks.md, memory).
       '--stream-node-max-bytes',
       String(STREAM_NODE_MAX_BYTES),
       '--save',
