@@ -84,6 +84,13 @@ export const renderTable = (r: any): string => {
       '',
     ],
     [
+      'end to end: a projection batch, read → recorded as applied, p50 / p99 (ms) at 500/s; 2000/s',
+      r.e2e.rate_500.batch_p99_ms === undefined
+        ? 'not measured'
+        : `${r.e2e.rate_500.batch_p50_ms} / ${r.e2e.rate_500.batch_p99_ms}; ${r.e2e.rate_2000.batch_p50_ms} / ${r.e2e.rate_2000.batch_p99_ms}`,
+      '',
+    ],
+    [
       'replica replay latency p50 / p99 (ms)',
       `${r.e2e.replica_replay_p50_ms} / ${r.e2e.replica_replay_p99_ms}`,
       '',
