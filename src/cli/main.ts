@@ -27,13 +27,9 @@ const stack = async (action: string | undefined, flags: Flags) => {
   const options = localStack();
   switch (action) {
     case 'up': {
-      const urls = await stackUp(options);
-      const status = { ...(await stackStatus(options.dir, options)), ...urls };
-      print(
-        flags.json
-          ? JSON.stringify(status)
-          : `local stack running\n${stackTable(await stackStatus(options.dir, options))}`,
-      );
+      await stackUp(options);
+      const status = await stackStatus(options.dir, options);
+      print(flags.json ? JSON.stringify(status) : `local stack running\n${stackTable(status)}`);
       return;
     }
     case 'down':
