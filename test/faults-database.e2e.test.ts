@@ -3,7 +3,6 @@ import { after, describe, it } from 'node:test';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { audit, waitForAllAcknowledged } from './harness/audit.ts';
 import { Harness, holdFault, waitFor } from './harness/harness.ts';
-import { steadyLoad } from './harness/load.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
 
 const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
@@ -18,7 +17,7 @@ void describe('database faults under load', () => {
 
     void it('keeps accepting every write, opens and closes the breaker, and drains the backlog', async () => {
       h = await Harness.start();
-      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 40, 'crash');
+      const load = h.steadyLoad(40, 'crash');
       await waitFor(() => load.accepted() >= 40, 'load to be flowing');
       await crashMain(h.stack.dir);
       const down = Date.now();
@@ -27,6 +26,17 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'a site without its main database is degraded, not down');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.database, 'disconnected');
+      // The operator's work that needs the main database now says which database to wait for.
+      const admin = { authorization: `Bearer ${h.config.adminToken}` };
+      for (const [path, body] of [
+        ['/admin/integrity/refresh', undefined],
+        ['/admin/replay', { from: '0' }],
+      ] as const) {
+        const answer = await h.request('POST', path, body, admin);
+        assert.equal(answer.status, 503, `${path}: ${answer.text}`);
+        assert.equal(answer.body.error.code, 'main_unavailable', path);
+        assert.ok(answer.headers.get('retry-after'), path);
+      }
       await holdFault(Math.max(0, 30_000 - (Date.now() - down)));
       await stackUp(h.stackOptions());
       await waitFor(async () => (await breakerOf(h)) === 'closed', 'the breaker to close', 60_000);
@@ -56,11 +66,7 @@ void describe('database faults under load', () => {
       const viaProxy = h.config.mainDatabaseUrl.replace(`:${stack.mainPort}/`, `:${proxy.port}/`);
       // The production lease TTL: leases outlive the first failed batches, so the breaker sees them.
       await h.startService('all', { mainDatabaseUrl: viaProxy, claimIdleMs: 30_000 });
-      const load = steadyLoad(
-        (path, body, headers) => h.post(path, body, headers),
-        40,
-        'partition',
-      );
+      const load = h.steadyLoad(40, 'partition');
       await waitFor(() => load.accepted() >= 40, 'load to be flowing');
       const known = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'during', instrument: 'x' })
@@ -112,7 +118,7 @@ void describe('database faults under load', () => {
 
     void it('acknowledges nothing past the replica, then everything within seconds of resume', async () => {
       h = await Harness.start();
-      const load = steadyLoad((path, body, headers) => h.post(path, body, headers), 40, 'replay');
+      const load = h.steadyLoad(40, 'replay');
       await waitFor(() => load.accepted() >= 20, 'load to be flowing');
       await h.replica.query('SELECT pg_wal_replay_pause()');
       await waitFor(

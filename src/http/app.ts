@@ -3,6 +3,7 @@ import { Hono } from 'hono';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
+import { logIsAway } from './outages.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
 import { registerDocsRoutes } from './routes/docs.ts';
 import { registerEventRoutes } from './routes/events.ts';
@@ -18,16 +19,6 @@ const REQUEST_ID = /^[\w.:-]{1,128}$/;
 const withRequestId = (body: ReturnType<typeof errorBody>, requestId: string) => ({
   error: { ...body.error, requestId },
 });
-
-/**
- * Whether an unexpected error means the local log is away: the connection is not ready (ioredis
- * then fails commands at once, since the offline queue is off) or a command outlived its timeout.
- * Routes that know they talk to Redis say so themselves; this catches the rest (the operator's
- * endpoints), which would otherwise answer 500 for what is an outage to wait out.
- */
-const logIsAway = (deps: Pick<AppDeps, 'eventLog'>, err: unknown) =>
-  deps.eventLog.redis.status !== 'ready' ||
-  (err instanceof Error && err.message === 'Command timed out');
 
 /** Request ids, request logging and problem bodies: what every Outpost HTTP server shares. */
 const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {

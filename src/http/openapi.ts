@@ -80,16 +80,24 @@ const BODY_ERRORS = [
   'unsupported_media_type',
 ] as const satisfies readonly ErrorCode[];
 const WRITE_ERRORS = [...BODY_ERRORS, 'idempotency_key_reused', 'log_unavailable'] as const;
-const READ_ERRORS = ['not_found', 'replica_unavailable'] as const satisfies readonly ErrorCode[];
+// Merged reads and lists read the log as well as the replica.
+const READ_ERRORS = [
+  'not_found',
+  'replica_unavailable',
+  'log_unavailable',
+] as const satisfies readonly ErrorCode[];
 const LIST_ERRORS = [
   'validation_failed',
   'invalid_cursor',
   'replica_unavailable',
+  'log_unavailable',
 ] as const satisfies readonly ErrorCode[];
+// Every admin operation reads the log (pending entries, dead letters, idempotency keys).
 const ADMIN_ERRORS = [
   'unauthorized',
   'forbidden',
   'admin_disabled',
+  'log_unavailable',
 ] as const satisfies readonly ErrorCode[];
 
 /** A message per code for the documented error examples; the Record keeps it complete. */
@@ -111,7 +119,7 @@ const ERROR_EXAMPLES: Record<ErrorCode, string> = {
   payload_too_large: 'request body is over 1048576 bytes',
   unsupported_media_type: 'Content-Type must be application/json',
   internal: 'internal error',
-  log_unavailable: 'the local log cannot accept writes right now',
+  log_unavailable: 'the local log cannot be reached right now',
   replica_unavailable: 'the read replica cannot be reached',
   main_unavailable: 'the main database cannot be reached',
 };
@@ -576,7 +584,7 @@ export const OPERATIONS: readonly OperationSpec[] = [
       'Events the main database lacks are given back to the projector with their own ' +
       '`event_id`, so its dedupe, ordering and dead-letter rules apply; the call waits for them.',
     responses: [{ status: 200, description: 'what the replay did', schema: 'ReplayResult' }],
-    errors: ['idempotency_key_reused', 'conflict', ...BODY_ERRORS],
+    errors: ['idempotency_key_reused', 'conflict', ...BODY_ERRORS, 'main_unavailable'],
     admin: true,
     idempotent: true,
   },

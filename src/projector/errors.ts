@@ -54,3 +54,22 @@ export const classifyFailure = (err: unknown): FailureClass => {
   }
   return err instanceof Error && DATA_ERROR_NAMES.has(err.name) ? 'data' : 'transient';
 };
+
+const UNREACHABLE_SQLSTATE_CLASSES = ['08', '53', '57'];
+
+/**
+ * Whether a failure says the database cannot be reached or cannot serve right now, as opposed to a
+ * fault in the work sent to it: what the API answers 503 for instead of 500.
+ */
+export const isDatabaseUnreachable = (err: unknown): boolean => {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (typeof code === 'string') {
+    if (TRANSIENT_NODE_CODES.has(code) || code === '3D000') {
+      return true;
+    }
+    if (/^[0-9A-Z]{5}$/.test(code)) {
+      return UNREACHABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
+    }
+  }
+  return typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message));
+};

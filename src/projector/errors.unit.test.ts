@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FoldError } from '../domain/fold.ts';
-import { classifyFailure } from './errors.ts';
+import { classifyFailure, isDatabaseUnreachable } from './errors.ts';
 
 const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
 
@@ -40,5 +40,23 @@ void describe('classifyFailure', () => {
   void it('does not count an unknown failure against the event', () => {
     assert.equal(classifyFailure(new Error('something odd')), 'transient');
     assert.equal(classifyFailure(undefined), 'transient');
+  });
+});
+
+void describe('isDatabaseUnreachable', () => {
+  void it('recognises a database that is down, shutting down, full or not there yet', () => {
+    for (const code of ['ECONNREFUSED', 'ETIMEDOUT', '08006', '57P01', '57P03', '53300', '3D000']) {
+      assert.equal(isDatabaseUnreachable(withCode(code)), true, code);
+    }
+    assert.equal(isDatabaseUnreachable(new Error('Connection terminated unexpectedly')), true);
+    assert.equal(isDatabaseUnreachable(new Error('timeout exceeded when trying to connect')), true);
+  });
+
+  void it('does not mistake a failed statement or a bug for an outage', () => {
+    for (const code of ['23505', '42P01', '40001', '22P02']) {
+      assert.equal(isDatabaseUnreachable(withCode(code)), false, code);
+    }
+    assert.equal(isDatabaseUnreachable(new TypeError('x is undefined')), false);
+    assert.equal(isDatabaseUnreachable(undefined), false);
   });
 });

@@ -9,6 +9,7 @@ import { createLogger } from '../../src/observability/logger.ts';
 import { PROJECT_ROOT } from '../../src/paths.ts';
 import { type Role, type Service, startService } from '../../src/service.ts';
 import type { StackOptions } from '../../src/stack/stack.ts';
+import { type SteadyLoad, steadyLoad } from './load.ts';
 import { freePort, recordSite, type TestStack, withDatabase } from './services.ts';
 
 // biome-ignore lint/suspicious/noExplicitAny: tests read response fields directly and assert on them
@@ -102,6 +103,7 @@ export class Harness {
   readonly replica: pg.Pool;
   readonly redis: Redis;
   readonly #children = new Set<ChildProcess>();
+  readonly #loads: SteadyLoad[] = [];
 
   private constructor(
     readonly stack: TestStack,
@@ -310,7 +312,21 @@ export class Harness {
     return createRedis(this.config);
   }
 
+  /** A steady load on this site's writes, abandoned by `close` if the test failed before stopping it. */
+  steadyLoad(ratePerSecond: number, label: string): SteadyLoad {
+    const load = steadyLoad(
+      (path, body, headers) => this.post(path, body, headers),
+      ratePerSecond,
+      label,
+    );
+    this.#loads.push(load);
+    return load;
+  }
+
   async close(): Promise<void> {
+    for (const load of this.#loads.splice(0)) {
+      load.abandon();
+    }
     for (const child of this.#children) {
       child.kill('SIGKILL');
     }

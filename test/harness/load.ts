@@ -23,6 +23,8 @@ export type SteadyLoad = {
   /** Stops sending, waits for requests in flight (and their retries) and reports. */
   stop: () => Promise<{ accepted: Set<string>; failures: string[]; sent: number }>;
   accepted: () => number;
+  /** Stops sending and retrying at once: for a test that failed with its load still running. */
+  abandon: () => void;
 };
 
 /**
@@ -47,6 +49,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
   const inFlight = new Set<Promise<void>>();
   let sent = 0;
   let stopped = false;
+  let abandoned = false;
   const write = async (n: number) => {
     const key = `${label}-${n}-${Math.random().toString(36).slice(2)}`;
     const deadline = Date.now() + 120_000;
@@ -73,6 +76,9 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
           return;
         }
       }
+      if (abandoned) {
+        return;
+      }
       await new Promise((resolve) => setTimeout(resolve, RETRY_BACKOFF_MS));
     }
   };
@@ -94,6 +100,11 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
       clearInterval(timer);
       await Promise.all([...inFlight]);
       return { accepted, failures, sent };
+    },
+    abandon: () => {
+      stopped = true;
+      abandoned = true;
+      clearInterval(timer);
     },
   };
 };

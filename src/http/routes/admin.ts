@@ -10,7 +10,8 @@ import { onceForKey } from '../admin-idempotency.ts';
 import { hasBody, readJson } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { type App, readQuery, replicaCall, uuidParam } from './shared.ts';
+import { mainCall, replicaCall } from '../outages.ts';
+import { type App, readQuery, uuidParam } from './shared.ts';
 
 const PendingQuery = z.object({
   partition: z.coerce.number().int().min(0).optional(),
@@ -62,9 +63,13 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       }
     }
     return onceForKey(c, deps, value, async () => {
-      const report = await replay(
-        { eventLog: deps.eventLog, main: deps.main },
-        { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
+      const report = await mainCall(
+        deps,
+        'tell which events it lacks',
+        replay(
+          { eventLog: deps.eventLog, main: deps.main },
+          { from: value.from, to: value.to, partition: value.partition, dryRun: value.dry_run },
+        ),
       );
       requestLogger(c).info({ report }, 'replay finished');
       return c.json(report);
@@ -169,18 +174,10 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
   app.post('/admin/integrity/refresh', (c) =>
     onceForKey(c, deps, null, async () => {
-      const snapshot = await refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true).catch(
-        (err: unknown) => {
-          throw new ApiError(
-            'log_unavailable',
-            'the main database cannot refresh the integrity views now',
-            undefined,
-            {
-              cause: err,
-              retryAfterSeconds: 30,
-            },
-          );
-        },
+      const snapshot = await mainCall(
+        deps,
+        'refresh the integrity views',
+        refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true),
       );
       if (!snapshot) {
         throw new Error('integrity refresh returned no snapshot');
@@ -194,8 +191,8 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
   );
 
   app.get('/admin/integrity', async (c) => {
-    const snapshot = await replicaCall(latestSnapshot(deps.replica));
-    const samples = await replicaCall(anomalySamples(deps.replica, 5));
+    const snapshot = await replicaCall(deps, latestSnapshot(deps.replica));
+    const samples = await replicaCall(deps, anomalySamples(deps.replica, 5));
     return c.json({
       refreshed_at: snapshot?.refreshed_at ?? null,
       duration_ms: snapshot?.duration_ms ?? null,

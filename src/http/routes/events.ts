@@ -1,12 +1,13 @@
 import { readAggregateEvents, readEvent } from '../../read/events.ts';
 import type { AppDeps } from '../context.ts';
 import { notFound } from '../errors.ts';
-import { type App, readDeps, replicaCall, uuidParam } from './shared.ts';
+import { replicaCall } from '../outages.ts';
+import { type App, readDeps, uuidParam } from './shared.ts';
 
 export const registerEventRoutes = (app: App, deps: AppDeps) => {
   app.get('/events/:event_id', async (c) => {
     const eventId = uuidParam(c, 'event_id', 'event');
-    const view = await replicaCall(readEvent(readDeps(deps), eventId));
+    const view = await replicaCall(deps, readEvent(readDeps(deps), eventId));
     if (!view) {
       throw notFound('event');
     }
@@ -15,7 +16,7 @@ export const registerEventRoutes = (app: App, deps: AppDeps) => {
 
   app.get('/aggregates/:id/events', async (c) => {
     const id = uuidParam(c, 'id', 'aggregate');
-    const items = await replicaCall(readAggregateEvents(readDeps(deps), id));
+    const items = await replicaCall(deps, readAggregateEvents(readDeps(deps), id));
     if (!items) {
       throw notFound('aggregate');
     }

@@ -14,6 +14,7 @@ import {
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
+import { replicaCall } from '../outages.ts';
 import { FinishUnitBody, PatchUnitBody, StartUnitBody, UnitListQuery } from '../schemas.ts';
 import {
   type App,
@@ -21,7 +22,6 @@ import {
   readDeps,
   readQuery,
   registerAggregateGet,
-  replicaCall,
   seedUnitStatus,
   uuidParam,
 } from './shared.ts';
@@ -118,6 +118,7 @@ export const registerUnitRoutes = (app: App, deps: AppDeps) => {
       ...(query.status ? [{ column: 'status', value: query.status }] : []),
     ];
     const page = await replicaCall(
+      deps,
       listMerged(
         readDeps(deps),
         'executed_obs_unit',
@@ -181,7 +182,7 @@ export const requireKnown = async (
   type: 'instrument_configuration' | 'executed_obs_unit',
   id: string,
 ) => {
-  const merged = await replicaCall(readMerged(readDeps(deps), type, id));
+  const merged = await replicaCall(deps, readMerged(readDeps(deps), type, id));
   if (!merged) {
     throw new ApiError('not_found', `${type.replaceAll('_', ' ')} ${id} not found`, [
       {

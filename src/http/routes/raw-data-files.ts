@@ -4,6 +4,7 @@ import { accept, envelope, idempotencyScope, respond } from '../accept.ts';
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
+import { replicaCall } from '../outages.ts';
 import { FileListQuery, RegisterFilesBody } from '../schemas.ts';
 import {
   type App,
@@ -11,7 +12,6 @@ import {
   readDeps,
   readQuery,
   registerAggregateGet,
-  replicaCall,
   seedUnitStatus,
 } from './shared.ts';
 
@@ -69,6 +69,7 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
       ? [{ column: 'executed_obs_unit_id', value: query.executed_obs_unit_id }]
       : [];
     const page = await replicaCall(
+      deps,
       listMerged(readDeps(deps), 'raw_data_file', filters, decodeCursor(query.cursor), query.limit),
     );
     return c.json(page);

@@ -4,8 +4,9 @@ import { accept, envelope, idempotencyScope, respond } from '../accept.ts';
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
+import { replicaCall } from '../outages.ts';
 import { CreatePackageBody } from '../schemas.ts';
-import { type App, registerAggregateGet, replicaCall } from './shared.ts';
+import { type App, registerAggregateGet } from './shared.ts';
 
 /**
  * The unit of each file, from its pending registration or from the replica. Redis is read first:
@@ -27,7 +28,7 @@ const unitsOfFiles = async (deps: AppDeps, fileIds: readonly string[]) => {
   });
   const missing = fileIds.filter((id) => !units.has(id));
   if (missing.length > 0) {
-    for (const [id, unit] of await replicaCall(fileUnits(deps.replica, missing))) {
+    for (const [id, unit] of await replicaCall(deps, fileUnits(deps.replica, missing))) {
       units.set(id, unit);
     }
   }

@@ -6,6 +6,7 @@ import { readMerged } from '../../read/merged.ts';
 import { storableProblems } from '../body.ts';
 import type { AppDeps, HonoEnv } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
+import { replicaCall } from '../outages.ts';
 
 export type App = Hono<HonoEnv>;
 
@@ -18,17 +19,6 @@ export const uuidParam = (c: Context, name: string, what: string): string => {
   return value.toLowerCase();
 };
 
-export const replicaCall = async <T>(work: Promise<T>): Promise<T> => {
-  try {
-    return await work;
-  } catch (err) {
-    throw new ApiError('replica_unavailable', 'the read replica cannot be reached', undefined, {
-      cause: err,
-      retryAfterSeconds: 2,
-    });
-  }
-};
-
 export const registerAggregateGet = (
   app: App,
   deps: AppDeps,
@@ -38,7 +28,7 @@ export const registerAggregateGet = (
 ) => {
   app.get(path, async (c) => {
     const id = uuidParam(c, 'id', what);
-    const merged = await replicaCall(readMerged(readDeps(deps), type, id));
+    const merged = await replicaCall(deps, readMerged(readDeps(deps), type, id));
     if (!merged) {
       throw notFound(what);
     }
@@ -55,7 +45,7 @@ export const readDeps = (deps: AppDeps) => ({
 
 /** The status of a unit Redis no longer remembers, from the replica; undefined if unknown. */
 export const seedUnitStatus = async (deps: AppDeps, unitId: string) =>
-  (await replicaCall(unitStatus(deps.replica, unitId))) as
+  (await replicaCall(deps, unitStatus(deps.replica, unitId))) as
     | 'running'
     | 'paused'
     | 'success'

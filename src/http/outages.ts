@@ -1,0 +1,50 @@
+import { isDatabaseUnreachable } from '../projector/errors.ts';
+import type { AppDeps } from './context.ts';
+import { ApiError } from './errors.ts';
+
+type LogDeps = Pick<AppDeps, 'eventLog'>;
+
+/**
+ * Whether an error means the local log is away: the connection is not ready (ioredis then fails
+ * commands at once, since the offline queue is off) or a command outlived its timeout. The app's
+ * error handler answers such errors 503 `log_unavailable`, whichever route met them.
+ */
+export const logIsAway = (deps: LogDeps, err: unknown) =>
+  deps.eventLog.redis.status !== 'ready' ||
+  (err instanceof Error && err.message === 'Command timed out');
+
+/**
+ * Work that reads the replica (and, for merged reads, the log). A failure is the replica's unless
+ * the log is away: an operator told `replica_unavailable` checks the replica, so it must be true.
+ */
+export const replicaCall = async <T>(deps: LogDeps, work: Promise<T>): Promise<T> => {
+  try {
+    return await work;
+  } catch (err) {
+    if (logIsAway(deps, err)) {
+      throw err;
+    }
+    throw new ApiError('replica_unavailable', 'the read replica cannot be reached', undefined, {
+      cause: err,
+      retryAfterSeconds: 2,
+    });
+  }
+};
+
+/**
+ * Work the main database must do now (a replay, an integrity refresh): its outage is a 503 to wait
+ * out; any other failure stays an error of ours.
+ */
+export const mainCall = async <T>(deps: LogDeps, what: string, work: Promise<T>): Promise<T> => {
+  try {
+    return await work;
+  } catch (err) {
+    if (logIsAway(deps, err) || !isDatabaseUnreachable(err)) {
+      throw err;
+    }
+    throw new ApiError('main_unavailable', `the main database cannot ${what} now`, undefined, {
+      cause: err,
+      retryAfterSeconds: 30,
+    });
+  }
+};
