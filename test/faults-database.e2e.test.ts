@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { audit, waitForAllAcknowledged } from './harness/audit.ts';
+import { runCli } from './harness/cli.ts';
 import { Harness, holdFault, waitFor } from './harness/harness.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
 
@@ -36,6 +37,19 @@ void describe('database faults under load', () => {
         assert.equal(answer.status, 503, `${path}: ${answer.text}`);
         assert.equal(answer.body.error.code, 'main_unavailable', path);
         assert.ok(answer.headers.get('retry-after'), path);
+      }
+      // And the CLI's one line names the database, not just an address refusing connections.
+      for (const args of [
+        ['replay', '--from', '0'],
+        ['integrity', 'refresh'],
+      ]) {
+        const cli = await runCli(h, args);
+        assert.equal(cli.code, 1, args.join(' '));
+        assert.match(
+          cli.stderr,
+          /^outpost: cannot reach the main database at 127\.0\.0\.1:\d+ \(.+\); is it running\?/,
+        );
+        assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
       }
       await holdFault(Math.max(0, 30_000 - (Date.now() - down)));
       await stackUp(h.stackOptions());

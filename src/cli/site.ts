@@ -5,6 +5,7 @@ import { createPool } from '../db/client.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
+import { isDatabaseUnreachable } from '../projector/errors.ts';
 
 export type Site = {
   config: Config;
@@ -13,6 +14,42 @@ export type Site = {
   deadLetters: DeadLetters;
   main: pg.Pool;
   replica: pg.Pool;
+};
+
+const cannotReach = (what: string, url: string, defaultPort: number, reason: unknown) => {
+  const { hostname, port } = new URL(url);
+  const { message, code } = (reason ?? {}) as { message?: string; code?: string };
+  return new Error(
+    `cannot reach ${what} at ${hostname || 'localhost'}:${port || defaultPort} (${message || code || 'no answer'}); is it running? (outpost stack status)`,
+  );
+};
+
+/**
+ * Which database a command could not reach: a driver's error names an address at best, so each is
+ * asked once, and the line an operator reads says which one to look at.
+ */
+const unreachableDatabase = async (
+  err: unknown,
+  config: Config,
+  main: pg.Pool,
+  replica: pg.Pool,
+): Promise<Error | undefined> => {
+  if (!isDatabaseUnreachable(err)) {
+    return undefined;
+  }
+  for (const [what, pool, url] of [
+    ['the main database', main, config.mainDatabaseUrl],
+    ['the read replica', replica, config.replicaDatabaseUrl],
+  ] as const) {
+    const failure = await pool.query('SELECT 1').then(
+      () => undefined,
+      (probeErr: unknown) => probeErr,
+    );
+    if (failure !== undefined) {
+      return cannotReach(what, url, 5432, failure);
+    }
+  }
+  return undefined;
 };
 
 /** Connects an operator command to the site's Redis and databases, and always disconnects. */
@@ -33,10 +70,7 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
   });
   try {
     await redis.connect().catch((err: unknown) => {
-      const { hostname, port } = new URL(config.redisUrl);
-      throw new Error(
-        `cannot reach Redis at ${hostname || 'localhost'}:${port || 6379} (${(redisError ?? (err as Error)).message}); is it running? (outpost stack status)`,
-      );
+      throw cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
     });
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
@@ -47,6 +81,8 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
       deadLetters: new DeadLetters(eventLog),
       main,
       replica,
+    }).catch(async (err: unknown) => {
+      throw (await unreachableDatabase(err, config, main, replica)) ?? err;
     });
   } finally {
     redis.disconnect();
