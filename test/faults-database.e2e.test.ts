@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
-import { crashMain, stackUp } from '../src/stack/stack.ts';
-import { audit, waitForAllAcknowledged } from './harness/audit.ts';
+import { crashMain, crashReplica, stackUp } from '../src/stack/stack.ts';
+import { audit, unacknowledged, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, holdFault, waitFor } from './harness/harness.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
@@ -61,6 +61,57 @@ void describe('database faults under load', () => {
       await audit(h, accepted);
       const metrics = (await h.get('/metrics')).text;
       assert.match(metrics, /^outpost_circuit_breaker_state\{target="main"\} 0$/m);
+    });
+  });
+
+  void describe('read replica stopped for 20 s', () => {
+    let h: Harness;
+    after(async () => {
+      await stackUp(h.stackOptions());
+      await h.close();
+    });
+
+    void it('keeps accepting writes, says reads wait for the replica, acknowledges nothing until it is back', async () => {
+      h = await Harness.start();
+      const load = h.steadyLoad(40, 'replica-down');
+      const known = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'seen', instrument: 'x' })
+      ).body;
+      await waitFor(
+        async () => (await h.get(`/events/${known.event_id}`)).body.state === 'confirmed',
+        'a unit confirmed by the replica',
+      );
+      await crashReplica(h.stack.dir);
+      const down = Date.now();
+      const health = await h.get('/health');
+      assert.equal(health.status, 200, 'writes are still accepted');
+      assert.equal(health.body.status, 'degraded');
+      assert.equal(health.body.replica, 'disconnected');
+      for (const path of [`/executed_obs_units/${known.id}`, `/events/${known.event_id}`]) {
+        const read = await h.get(path);
+        assert.equal(read.status, 503, `${path}: ${read.text}`);
+        assert.equal(read.body.error.code, 'replica_unavailable', path);
+        assert.ok(read.headers.get('retry-after'), path);
+      }
+      const pending = await runCli(h, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(pending.stdout, /replica position unknown: /);
+      // Applied events wait for a replica that has not replayed them: nothing is acknowledged.
+      const acker = h.services[0]?.acker;
+      assert.ok(acker);
+      const acked = acker.acked;
+      const waiting = await unacknowledged(h);
+      await holdFault(Math.max(0, 20_000 - (Date.now() - down)));
+      assert.equal(acker.acked, acked, 'nothing acknowledged while the replica is down');
+      assert.ok((await unacknowledged(h)) > waiting, 'writes of the outage wait for the replica');
+      await stackUp(h.stackOptions());
+      const { accepted, failures, sent } = await load.stop();
+      assert.deepEqual(failures, [], 'no write failed');
+      assert.equal(accepted.size, sent);
+      accepted.add(known.event_id);
+      await waitForAllAcknowledged(h, 60_000);
+      await audit(h, accepted);
+      assert.equal((await h.get(`/executed_obs_units/${known.id}`)).status, 200);
     });
   });
 

@@ -386,9 +386,14 @@ export const stackStatus = async (dir: string, fallback: StackOptions): Promise<
 export const stackPaths = pathsOf;
 
 /** Fault injection for tests and drills: the primary stopped as by a crash (`-m immediate`). */
-export const crashMain = async (dir: string): Promise<void> => {
+export const crashMain = (dir: string): Promise<void> => crashPostgres(pathsOf(dir).main);
+
+/** Fault injection: the read replica stopped as by a crash; `stackUp` starts it again. */
+export const crashReplica = (dir: string): Promise<void> => crashPostgres(pathsOf(dir).replica);
+
+const crashPostgres = async (dataDir: string): Promise<void> => {
   const bin = requirePgBinDir();
-  await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', pathsOf(dir).main]);
+  await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', dataDir]);
 };
 
 /** Fault injection: Redis killed with SIGKILL; `stackUp` restarts it from its append-only file. */
