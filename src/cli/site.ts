@@ -21,6 +21,7 @@ const cannotReach = (what: string, url: string, defaultPort: number, reason: unk
   const { message, code } = (reason ?? {}) as { message?: string; code?: string };
   return new Error(
     `cannot reach ${what} at ${hostname || 'localhost'}:${port || defaultPort} (${message || code || 'no answer'}); is it running? (outpost stack status)`,
+    { cause: reason },
   );
 };
 
@@ -82,6 +83,9 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
       main,
       replica,
     }).catch(async (err: unknown) => {
+      if (redis.status !== 'ready') {
+        throw cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
+      }
       throw (await unreachableDatabase(err, config, main, replica)) ?? err;
     });
   } finally {

@@ -1,4 +1,4 @@
-import { isDatabaseUnreachable } from '../projector/errors.ts';
+import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -14,14 +14,15 @@ export const logIsAway = (deps: LogDeps, err: unknown) =>
   (err instanceof Error && err.message === 'Command timed out');
 
 /**
- * Work that reads the replica (and, for merged reads, the log). A failure is the replica's unless
- * the log is away: an operator told `replica_unavailable` checks the replica, so it must be true.
+ * Work that reads the replica (and, for merged reads, the log). Only a database's failure is the
+ * replica's: an operator told `replica_unavailable` checks the replica, so it must be true; the
+ * log being away and our own bugs go on to the app's handler.
  */
 export const replicaCall = async <T>(deps: LogDeps, work: Promise<T>): Promise<T> => {
   try {
     return await work;
   } catch (err) {
-    if (logIsAway(deps, err)) {
+    if (logIsAway(deps, err) || !isDatabaseFailure(err)) {
       throw err;
     }
     throw new ApiError('replica_unavailable', 'the read replica cannot be reached', undefined, {

@@ -5,6 +5,7 @@
  */
 export type FailureClass = 'transient' | 'data';
 
+const SQLSTATE = /^[0-9A-Z]{5}$/;
 const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57', '58', 'XX'];
 // Besides conflicts and timeouts: a database being restored or not yet migrated (no such database,
 // table or function) is the site's problem, not the event's, and must not count against it.
@@ -45,7 +46,7 @@ export const classifyFailure = (err: unknown): FailureClass => {
     if (TRANSIENT_NODE_CODES.has(code) || TRANSIENT_SQLSTATES.has(code)) {
       return 'transient';
     }
-    if (/^[0-9A-Z]{5}$/.test(code)) {
+    if (SQLSTATE.test(code)) {
       return TRANSIENT_SQLSTATE_CLASSES.includes(code.slice(0, 2)) ? 'transient' : 'data';
     }
   }
@@ -56,6 +57,8 @@ export const classifyFailure = (err: unknown): FailureClass => {
 };
 
 const UNREACHABLE_SQLSTATE_CLASSES = ['08', '53', '57'];
+// Class 57 but answered: a statement timeout or a cancel, which a retry meets again.
+const QUERY_CANCELED = '57014';
 
 /**
  * Whether a failure says the database cannot be reached or cannot serve right now, as opposed to a
@@ -67,9 +70,15 @@ export const isDatabaseUnreachable = (err: unknown): boolean => {
     if (TRANSIENT_NODE_CODES.has(code) || code === '3D000') {
       return true;
     }
-    if (/^[0-9A-Z]{5}$/.test(code)) {
-      return UNREACHABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
+    if (SQLSTATE.test(code)) {
+      return code !== QUERY_CANCELED && UNREACHABLE_SQLSTATE_CLASSES.includes(code.slice(0, 2));
     }
   }
   return typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message));
+};
+
+/** Whether a failure came from a database: an error it answered with, or one reaching it. */
+export const isDatabaseFailure = (err: unknown): boolean => {
+  const { code } = (err ?? {}) as { code?: unknown };
+  return (typeof code === 'string' && SQLSTATE.test(code)) || isDatabaseUnreachable(err);
 };

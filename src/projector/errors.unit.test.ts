@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FoldError } from '../domain/fold.ts';
-import { classifyFailure, isDatabaseUnreachable } from './errors.ts';
+import { classifyFailure, isDatabaseFailure, isDatabaseUnreachable } from './errors.ts';
 
 const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
 
@@ -53,10 +53,20 @@ void describe('isDatabaseUnreachable', () => {
   });
 
   void it('does not mistake a failed statement or a bug for an outage', () => {
-    for (const code of ['23505', '42P01', '40001', '22P02']) {
+    for (const code of ['23505', '42P01', '40001', '22P02', '57014']) {
       assert.equal(isDatabaseUnreachable(withCode(code)), false, code);
     }
     assert.equal(isDatabaseUnreachable(new TypeError('x is undefined')), false);
     assert.equal(isDatabaseUnreachable(undefined), false);
+  });
+});
+
+void describe('isDatabaseFailure', () => {
+  void it('owns what a database answered or failed to answer, and nothing else', () => {
+    assert.equal(isDatabaseFailure(withCode('57014')), true);
+    assert.equal(isDatabaseFailure(withCode('ECONNREFUSED')), true);
+    assert.equal(isDatabaseFailure(new Error('Query read timeout')), true);
+    assert.equal(isDatabaseFailure(new TypeError('Cannot read properties of undefined')), false);
+    assert.equal(isDatabaseFailure(new Error('OOM command not allowed')), false);
   });
 });
