@@ -376,6 +376,23 @@ void describe('HTTP input', () => {
       assert.deepEqual(read.body.metadata, tricky.metadata);
     });
 
+    void it('counts lengths in characters, not UTF-16 units: 128 telescopes fit, 129 do not', async () => {
+      const fits = { obs_unit_id: '🔭'.repeat(128), instrument: 'x' };
+      const created = await h.post('/executed_obs_units/start', fits);
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const read = await h.get(`/executed_obs_units/${created.body.id}`);
+      assert.equal(read.body.obs_unit_id, fits.obs_unit_id);
+      const error = await appendsNothing(
+        () => h.post('/executed_obs_units/start', { ...fits, obs_unit_id: '🔭'.repeat(129) }),
+        400,
+        'validation_failed',
+      );
+      assert.deepEqual(
+        error.details.map((d: { path: string }) => d.path),
+        ['obs_unit_id'],
+      );
+    });
+
     void it('refuses a package whose files belong to several units with 400 files_span_units', async () => {
       const file = {
         path: '/x',

@@ -3,7 +3,24 @@ import type { JsonObject } from '../domain/events.ts';
 import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from './body.ts';
 
 /** Request schemas: the single source for validation and for the OpenAPI document. */
-const text = (max: number) => z.string().min(1).max(max);
+/**
+ * Lengths are counted in characters (code points), as the contract and JSON Schema's `maxLength`
+ * count them; a JavaScript string's length counts UTF-16 units, two for 🔭.
+ */
+const text = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .refine((value) => characterCount(value) <= max, `must be at most ${max} characters`)
+    .meta({ maxLength: max });
+
+const characterCount = (value: string) => {
+  let count = 0;
+  for (const _ of value) {
+    count += 1;
+  }
+  return count;
+};
 
 /**
  * The instants a four-digit year in UTC can spell. An offset can carry a valid time past either
