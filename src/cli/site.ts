@@ -70,8 +70,10 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
     redisError = err;
   });
   try {
+    const redisAway = (err: unknown) =>
+      cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
     await redis.connect().catch((err: unknown) => {
-      throw cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
+      throw redisAway(err);
     });
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
@@ -84,7 +86,7 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
       replica,
     }).catch(async (err: unknown) => {
       if (redis.status !== 'ready') {
-        throw cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
+        throw redisAway(err);
       }
       throw (await unreachableDatabase(err, config, main, replica)) ?? err;
     });

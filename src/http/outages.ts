@@ -14,38 +14,50 @@ export const logIsAway = (deps: LogDeps, err: unknown) =>
   (err instanceof Error && err.message === 'Command timed out');
 
 /**
- * Work that reads the replica (and, for merged reads, the log). Only a database's failure is the
- * replica's: an operator told `replica_unavailable` checks the replica, so it must be true; the
- * log being away and our own bugs go on to the app's handler.
+ * Awaits work and answers `problem` for a failure of the part it names, as `isItsFailure` tells;
+ * the log being away and our own bugs go on to the app's handler.
  */
-export const replicaCall = async <T>(deps: LogDeps, work: Promise<T>): Promise<T> => {
+const blaming = async <T>(
+  deps: LogDeps,
+  work: Promise<T>,
+  isItsFailure: (err: unknown) => boolean,
+  problem: {
+    code: 'replica_unavailable' | 'main_unavailable';
+    message: string;
+    retryAfterSeconds: number;
+  },
+): Promise<T> => {
   try {
     return await work;
   } catch (err) {
-    if (logIsAway(deps, err) || !isDatabaseFailure(err)) {
+    if (logIsAway(deps, err) || !isItsFailure(err)) {
       throw err;
     }
-    throw new ApiError('replica_unavailable', 'the read replica cannot be reached', undefined, {
+    throw new ApiError(problem.code, problem.message, undefined, {
       cause: err,
-      retryAfterSeconds: 2,
+      retryAfterSeconds: problem.retryAfterSeconds,
     });
   }
 };
 
 /**
+ * Work that reads the replica (and, for merged reads, the log). Only a database's failure is the
+ * replica's: an operator told `replica_unavailable` checks the replica, so it must be true.
+ */
+export const replicaCall = <T>(deps: LogDeps, work: Promise<T>): Promise<T> =>
+  blaming(deps, work, isDatabaseFailure, {
+    code: 'replica_unavailable',
+    message: 'the read replica cannot be reached',
+    retryAfterSeconds: 2,
+  });
+
+/**
  * Work the main database must do now (a replay, an integrity refresh): its outage is a 503 to wait
  * out; any other failure stays an error of ours.
  */
-export const mainCall = async <T>(deps: LogDeps, what: string, work: Promise<T>): Promise<T> => {
-  try {
-    return await work;
-  } catch (err) {
-    if (logIsAway(deps, err) || !isDatabaseUnreachable(err)) {
-      throw err;
-    }
-    throw new ApiError('main_unavailable', `the main database cannot ${what} now`, undefined, {
-      cause: err,
-      retryAfterSeconds: 30,
-    });
-  }
-};
+export const mainCall = <T>(deps: LogDeps, what: string, work: Promise<T>): Promise<T> =>
+  blaming(deps, work, isDatabaseUnreachable, {
+    code: 'main_unavailable',
+    message: `the main database cannot ${what} now`,
+    retryAfterSeconds: 30,
+  });

@@ -3,6 +3,7 @@ import type { JsonObject } from '../domain/events.ts';
 import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from './body.ts';
 
 /** Request schemas: the single source for validation and for the OpenAPI document. */
+
 /**
  * Lengths are counted in characters (code points), as the contract and JSON Schema's `maxLength`
  * count them; a JavaScript string's length counts UTF-16 units, two for 🔭.
@@ -11,7 +12,11 @@ const text = (max: number) =>
   z
     .string()
     .min(1)
-    .refine((value) => characterCount(value) <= max, `must be at most ${max} characters`)
+    // A string no longer in UTF-16 units than `max` has no more characters: the usual case is free.
+    .refine(
+      (value) => value.length <= max || characterCount(value) <= max,
+      `must be at most ${max} characters`,
+    )
     .meta({ maxLength: max });
 
 const characterCount = (value: string) => {
