@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import type pg from 'pg';
 import { crashMain, crashReplica, stackUp } from '../src/stack/stack.ts';
 import { audit, unacknowledged, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
@@ -118,8 +120,10 @@ void describe('database faults under load', () => {
   void describe('the link to the main database silently dropping packets for 60 s', () => {
     let h: Harness;
     let proxy: BlackholeProxy;
+    let lockHolder: pg.PoolClient | undefined;
     after(async () => {
       proxy.heal();
+      lockHolder?.release(true);
       await h.close();
       await proxy.close();
     });
@@ -137,6 +141,24 @@ void describe('database faults under load', () => {
         await h.post('/executed_obs_units/start', { obs_unit_id: 'during', instrument: 'x' })
       ).body;
       const accepted = new Set<string>([known.event_id]);
+      // An integrity refresh in progress when the link drops: held behind the refresh lock (taken
+      // here, on a direct connection) so it is still out when packets stop.
+      lockHolder = await h.main.connect();
+      await lockHolder.query('SELECT pg_advisory_lock(7246002)');
+      const refreshing = h
+        .request('POST', '/admin/integrity/refresh', undefined, {
+          authorization: `Bearer ${h.config.adminToken}`,
+        })
+        .then((answer) => ({ answer, at: Date.now() }));
+      await waitFor(
+        async () =>
+          (
+            await h.mainRows(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%outpost_refresh_integrity%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+          ).length > 0,
+        'the refresh to wait for its lock',
+      );
 
       proxy.blackhole();
       const cut = Date.now();
@@ -162,8 +184,19 @@ void describe('database faults under load', () => {
       const health = await h.get('/health');
       assert.equal(health.body.database, 'disconnected');
       assert.equal(health.body.redis, 'connected');
+      // The refresh may rightly run for an hour, so no timeout ends it: its link watchdog does.
+      const settled = await Promise.race([
+        refreshing,
+        delay(Math.max(0, cut + 20_000 - Date.now())).then(() => undefined),
+      ]);
+      assert.ok(settled, 'the refresh answered within 20 s of the link dropping');
+      assert.ok(settled.at - cut < 20_000, `answered after ${settled.at - cut} ms`);
+      assert.equal(settled.answer.status, 503, settled.answer.text);
+      assert.equal(settled.answer.body.error.code, 'main_unavailable');
       await holdFault(Math.max(0, 60_000 - (Date.now() - cut)));
       proxy.heal();
+      lockHolder.release(true);
+      lockHolder = undefined;
       const loaded = await load.stop();
       assert.deepEqual(loaded.failures, []);
       for (const id of loaded.accepted) {

@@ -72,7 +72,7 @@ export class IntegrityScheduler {
 
   async #refresh(mode: string, wait: boolean) {
     try {
-      const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait);
+      const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait, this.#abort.signal);
       if (snapshot) {
         this.deps.onRefreshed?.(snapshot);
         this.deps.logger.info(
@@ -81,6 +81,10 @@ export class IntegrityScheduler {
         );
       }
     } catch (err) {
+      if (this.#abort.signal.aborted) {
+        this.deps.logger.info({ mode }, 'integrity refresh abandoned at shutdown');
+        return;
+      }
       this.deps.logger.warn({ err, mode }, 'integrity refresh failed');
     }
   }

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
 import type { Queryable } from '../client.ts';
+import { LinkWatchdog } from '../link-watchdog.ts';
 
 export const CRON_JOB = 'outpost-integrity';
 
@@ -13,30 +14,42 @@ export type Snapshot = {
 
 /**
  * Runs the refresh on a connection of its own with a long statement timeout: on a large database
- * the views take minutes, far past the timeouts of the batch pools.
+ * the views take minutes, far past the timeouts of the batch pools. A link watchdog stands in for
+ * the timeout, so a link that silently drops mid-refresh fails it in seconds, not in an hour.
+ * `signal` abandons the refresh (a shutdown); the server then stops it too, since it checks the
+ * client connection while the statement runs.
  */
 export const refreshIntegrity = async (
   url: string,
   mode: string,
   wait: boolean,
+  signal?: AbortSignal,
 ): Promise<Snapshot | undefined> => {
   const client = new pg.Client({
     connectionString: url,
     connectionTimeoutMillis: 10_000,
     statement_timeout: 3_600_000,
+    keepAlive: true,
+    options: '-c client_connection_check_interval=5000',
   });
   client.on('error', () => undefined);
   await client.connect();
-  try {
+  const watchdog = new LinkWatchdog({ url });
+  const abandon = () => void client.end().catch(() => undefined);
+  signal?.addEventListener('abort', abandon, { once: true });
+  const refresh = async () => {
     const { rows } = await client.query<{ counts: Record<string, unknown> | null }>(
       'SELECT outpost_refresh_integrity($1, $2) AS counts',
       [mode, wait],
     );
-    if (!rows[0]?.counts) {
-      return undefined;
-    }
-    return await latestSnapshot(client);
+    return rows[0]?.counts ? await latestSnapshot(client) : undefined;
+  };
+  try {
+    return await Promise.race([refresh(), watchdog.lost]);
   } finally {
+    signal?.removeEventListener('abort', abandon);
+    await watchdog.stop();
+    // With a statement still out (the link was lost), ending destroys the socket at once.
     await client.end().catch(() => undefined);
   }
 };

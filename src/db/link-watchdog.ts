@@ -1,0 +1,74 @@
+import pg from 'pg';
+import { pause } from '../projector/backoff.ts';
+
+export type LinkWatchdogOptions = {
+  url: string;
+  /** How often the server is asked a trivial question while the long statement runs. */
+  everyMs?: number;
+  /** How long an answer may take before the link counts as lost. */
+  timeoutMs?: number;
+};
+
+/**
+ * A statement that may rightly run for many minutes cannot be bounded by a timeout, so a link that
+ * silently stops delivering packets would hold it, and whoever waits on it, for as long as the
+ * statement timeout allows. The watchdog asks the same server `SELECT 1` over a connection of its
+ * own while the statement runs; when an answer does not come in time, `lost` rejects with an error
+ * that says so, and the caller abandons the statement.
+ */
+export class LinkWatchdog {
+  readonly lost: Promise<never>;
+  readonly #stop = new AbortController();
+  readonly #client: pg.Client;
+  readonly #running: Promise<void>;
+
+  constructor({ url, everyMs = 5_000, timeoutMs = 5_000 }: LinkWatchdogOptions) {
+    this.#client = new pg.Client({
+      connectionString: url,
+      application_name: 'outpost-link-watchdog',
+      connectionTimeoutMillis: timeoutMs,
+      query_timeout: timeoutMs,
+    });
+    this.#client.on('error', () => undefined);
+    let declareLost: (err: Error) => void = () => undefined;
+    this.lost = new Promise<never>((_, reject) => {
+      declareLost = reject;
+    });
+    // Nobody may be listening when the link goes after the statement has settled.
+    this.lost.catch(() => undefined);
+    this.#running = this.#watch(everyMs, timeoutMs, declareLost);
+  }
+
+  async #watch(everyMs: number, timeoutMs: number, declareLost: (err: Error) => void) {
+    const signal = this.#stop.signal;
+    try {
+      await this.#client.connect();
+      while (!signal.aborted) {
+        await pause(everyMs, signal);
+        if (!signal.aborted) {
+          await this.#client.query('SELECT 1');
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) {
+        declareLost(
+          Object.assign(
+            new Error(
+              `the link to the database was lost: it did not answer within ${timeoutMs} ms (${(err as Error).message})`,
+              { cause: err },
+            ),
+            { code: 'ETIMEDOUT' },
+          ),
+        );
+      }
+    }
+  }
+
+  /** Stops asking and closes the watchdog's connection, without waiting on a dead link. */
+  stop(): Promise<void> {
+    this.#stop.abort();
+    // Ending destroys the socket under a probe in flight; a goodbye on an idle one is not awaited.
+    void this.#client.end().catch(() => undefined);
+    return this.#running;
+  }
+}
