@@ -13,7 +13,7 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
   withSite(async (site) => {
     switch (action) {
       case 'refresh': {
-        const snapshot = await refreshIntegrity(site.config.mainDatabaseUrl, 'manual', true);
+        const snapshot = await refreshIntegrity(site.mainUrl, 'manual', true);
         if (!snapshot) {
           throw new CliError('the refresh returned no snapshot');
         }

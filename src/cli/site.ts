@@ -7,14 +7,19 @@ import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
 
+/** What a command works with; the databases it touches are recorded, to blame only those. */
 export type Site = {
-  config: Config;
-  redis: Redis;
-  eventLog: EventLog;
-  deadLetters: DeadLetters;
-  main: pg.Pool;
-  replica: pg.Pool;
+  readonly config: Config;
+  readonly redis: Redis;
+  readonly eventLog: EventLog;
+  readonly deadLetters: DeadLetters;
+  readonly main: pg.Pool;
+  readonly replica: pg.Pool;
+  /** For work that opens its own connection to the main database (an integrity refresh). */
+  readonly mainUrl: string;
 };
+
+type Database = 'main' | 'replica';
 
 const cannotReach = (what: string, url: string, defaultPort: number, reason: unknown) => {
   const { hostname, port } = new URL(url);
@@ -26,23 +31,28 @@ const cannotReach = (what: string, url: string, defaultPort: number, reason: unk
 };
 
 /**
- * Which database a command could not reach: a driver's error names an address at best, so each is
- * asked once, and the line an operator reads says which one to look at.
+ * Which database a command could not reach: a driver's error names an address at best, so each
+ * database the command touched is asked once, and the line an operator reads says which one to
+ * look at. One it never touched is not asked: being down, it would take the blame for a failure
+ * it had no part in.
  */
 const unreachableDatabase = async (
   err: unknown,
   config: Config,
-  main: pg.Pool,
-  replica: pg.Pool,
+  touched: ReadonlySet<Database>,
+  pools: Record<Database, pg.Pool>,
 ): Promise<Error | undefined> => {
   if (!isDatabaseUnreachable(err)) {
     return undefined;
   }
-  for (const [what, pool, url] of [
-    ['the main database', main, config.mainDatabaseUrl],
-    ['the read replica', replica, config.replicaDatabaseUrl],
+  for (const [database, what, url] of [
+    ['main', 'the main database', config.mainDatabaseUrl],
+    ['replica', 'the read replica', config.replicaDatabaseUrl],
   ] as const) {
-    const failure = await pool.query('SELECT 1').then(
+    if (!touched.has(database)) {
+      continue;
+    }
+    const failure = await pools[database].query('SELECT 1').then(
       () => undefined,
       (probeErr: unknown) => probeErr,
     );
@@ -77,18 +87,30 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
     });
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
-    return await work({
+    const touched = new Set<Database>();
+    const site: Site = {
       config,
       redis,
       eventLog,
       deadLetters: new DeadLetters(eventLog),
-      main,
-      replica,
-    }).catch(async (err: unknown) => {
+      get main() {
+        touched.add('main');
+        return main;
+      },
+      get replica() {
+        touched.add('replica');
+        return replica;
+      },
+      get mainUrl() {
+        touched.add('main');
+        return config.mainDatabaseUrl;
+      },
+    };
+    return await work(site).catch(async (err: unknown) => {
       if (redis.status !== 'ready') {
         throw redisAway(err);
       }
-      throw (await unreachableDatabase(err, config, main, replica)) ?? err;
+      throw (await unreachableDatabase(err, config, touched, { main, replica })) ?? err;
     });
   } finally {
     redis.disconnect();
