@@ -1,5 +1,4 @@
 import { serve } from '@hono/node-server';
-import type { Redis } from 'ioredis';
 import { WebSocketServer } from 'ws';
 import { Acker } from './acker/acker.ts';
 import { TokenStore } from './auth/token-store.ts';
@@ -10,6 +9,7 @@ import { createApp, createOperationsApp } from './http/app.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
 import { DeadLetters } from './log/dead-letters.ts';
+import { checkDurability } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
@@ -51,32 +51,6 @@ export const projectorPool = (config: Config) =>
     // within the lease TTL, so a taker waits at most this long instead of a minute.
     idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
   });
-
-/**
- * A 201 promises the event survives a crash of Redis: that needs the append-only file. Refuse to
- * run against a Redis that would lose acknowledged writes.
- */
-const checkDurability = async (redis: Redis, config: Config, logger: Logger) => {
-  try {
-    const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
-    const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
-    if (appendonly !== 'yes') {
-      throw new Error('Redis runs without appendonly: accepted events would not survive a crash');
-    }
-    if (appendfsync !== config.appendfsync) {
-      logger.warn(
-        { appendfsync, expected: config.appendfsync },
-        'Redis appendfsync differs from OUTPOST_APPENDFSYNC',
-      );
-    }
-  } catch (err) {
-    if (String((err as Error).message).includes('unknown command')) {
-      logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly');
-      return;
-    }
-    throw err;
-  }
-};
 
 const timed = async (logger: Logger, step: string, work: () => Promise<unknown>) => {
   const timeout = new Promise<'timeout'>((resolve) =>

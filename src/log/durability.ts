@@ -1,0 +1,52 @@
+import type { Redis } from 'ioredis';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observability/logger.ts';
+
+type PersistenceSettings = { appendonly: string | undefined; appendfsync: string | undefined };
+
+/**
+ * What Redis's persistence settings mean for the promise of a 201 (the event survives a crash):
+ * without the append-only file, or with its fsync left to the kernel (`appendfsync no`, a loss
+ * window of up to 30 s on Linux), the promise cannot be kept and the service must not start.
+ * `everysec` where `always` is expected keeps the file but widens the window to a second.
+ */
+export const durabilityVerdict = (
+  { appendonly, appendfsync }: PersistenceSettings,
+  expected: Config['appendfsync'],
+): { refuse: string } | { warn: string } | undefined => {
+  if (appendonly !== 'yes') {
+    return { refuse: 'Redis runs without appendonly: accepted events would not survive a crash' };
+  }
+  if (appendfsync !== 'always' && appendfsync !== 'everysec') {
+    return {
+      refuse: `Redis runs with appendfsync ${appendfsync ?? 'unknown'}: accepted events could be lost in a crash; set appendfsync ${expected}`,
+    };
+  }
+  if (appendfsync !== expected) {
+    return { warn: `Redis appendfsync is ${appendfsync}, OUTPOST_APPENDFSYNC says ${expected}` };
+  }
+  return undefined;
+};
+
+/** Refuses to run against a Redis that would lose acknowledged writes. */
+export const checkDurability = async (redis: Redis, config: Config, logger: Logger) => {
+  let settings: PersistenceSettings;
+  try {
+    const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
+    const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
+    settings = { appendonly, appendfsync };
+  } catch (err) {
+    if (String((err as Error).message).includes('unknown command')) {
+      logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly and appendfsync');
+      return;
+    }
+    throw err;
+  }
+  const verdict = durabilityVerdict(settings, config.appendfsync);
+  if (verdict && 'refuse' in verdict) {
+    throw new Error(verdict.refuse);
+  }
+  if (verdict) {
+    logger.warn({ ...settings, expected: config.appendfsync }, verdict.warn);
+  }
+};
