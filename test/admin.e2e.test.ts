@@ -292,6 +292,50 @@ void describe('admin and incident tools', () => {
     );
   });
 
+  void it('lists, shows and discards an entry nobody can decode, and says why it cannot be retried', async () => {
+    // Written past the API, as a foreign or corrupted writer would: no event id, nothing to decode.
+    const entryId = await h.redis.xadd(`${h.config.namespace}:{p1}:events`, '*', 'junk', 'garbled');
+    const id = `undecodable-${entryId}`;
+    const path = `/admin/dead-letters/${id}`;
+    await waitFor(
+      async () => (await h.request('GET', path, undefined, auth(TOKEN))).status === 200,
+      'the undecodable entry to be dead-lettered',
+    );
+    const shown = (await h.request('GET', path, undefined, auth(TOKEN))).body;
+    assert.equal(shown.id, id);
+    assert.equal(shown.partition, 1);
+    assert.equal(shown.original_entry_id, entryId);
+    assert.deepEqual(shown.data, { junk: 'garbled' }, 'its raw fields are shown');
+    const listed = await h.request('GET', '/admin/dead-letters?limit=1000', undefined, auth(TOKEN));
+    assert.ok(
+      listed.body.items.some((d: { id: string }) => d.id === id),
+      'listed under the id the endpoints take',
+    );
+
+    const retry = await h.request('POST', `${path}/retry`, undefined, auth(TOKEN));
+    assert.equal(retry.status, 409, retry.text);
+    assert.match(retry.body.error.message, /cannot be decoded.*discard it/);
+    const cliRetry = await runCli(h, ['dead', 'retry', id]);
+    assert.equal(cliRetry.code, 1);
+    assert.match(cliRetry.stderr, /cannot be retried: undecodable/);
+    const cliShow = await runCli(h, ['dead', 'show', id]);
+    assert.equal(cliShow.code, 0, cliShow.stderr);
+    assert.match(cliShow.stdout, /garbled/);
+
+    const cliDiscard = await runCli(h, ['dead', 'discard', id, '--reason', 'corrupted entry']);
+    assert.equal(cliDiscard.code, 0, cliDiscard.stderr);
+    assert.equal((await h.request('GET', path, undefined, auth(TOKEN))).status, 404);
+    const blocked = await h.redis.sismember(`${h.config.namespace}:{p1}:blocked-aggregates`, id);
+    assert.equal(blocked, 0, 'its stand-in aggregate no longer counts as blocked');
+    const unknown = await h.request(
+      'GET',
+      '/admin/dead-letters/undecodable-not-an-entry-id',
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(unknown.status, 404);
+  });
+
   void it('shows what waits and why: projection or replica, with the replica position', async () => {
     await h.replica.query('SELECT pg_wal_replay_pause()');
     try {

@@ -1,6 +1,7 @@
 import { parseDurationMs } from '../config.ts';
-import { isUuid, partitionOf } from '../domain/ids.ts';
-import type { DeadLetter } from '../log/dead-letters.ts';
+import { isUuid } from '../domain/ids.ts';
+import { UndecodableEntryError } from '../log/codec.ts';
+import { type DeadLetter, isDeadLetterId } from '../log/dead-letters.ts';
 import { inspectPending } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -114,13 +115,12 @@ const requireDead = async (
   site: Parameters<Parameters<typeof withSite>[0]>[0],
   id: string | undefined,
 ) => {
-  if (id === undefined || !isUuid(id)) {
-    throw new CliError('give the dead letter id (the event id, a UUID)');
+  if (id === undefined || !isDeadLetterId(id)) {
+    throw new CliError(
+      'give the dead letter id (the event id, a UUID, or undecodable-<entry id> as listed)',
+    );
   }
-  const dead = await site.deadLetters.get(
-    id.toLowerCase(),
-    partitionOf(id, site.config.partitions),
-  );
+  const dead = await site.deadLetters.find(isUuid(id) ? id.toLowerCase() : id);
   if (!dead) {
     throw new CliError(`no dead letter ${id}`);
   }
@@ -150,12 +150,24 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           : [await requireDead(site, id)];
         const results = [];
         for (const letter of letters) {
-          const entryId = await site.deadLetters.retry(letter);
+          const outcome = await site.deadLetters.retry(letter).then(
+            (entryId) => ({ entryId, why: entryId === undefined ? 'gone' : '' }),
+            (err: unknown) => {
+              if (!(err instanceof UndecodableEntryError)) {
+                throw err;
+              }
+              return { entryId: undefined, why: 'undecodable: discard it with a reason' };
+            },
+          );
+          if (!flags.all && outcome.why.startsWith('undecodable')) {
+            throw new CliError(`dead letter ${letter.id} cannot be retried: ${outcome.why}`);
+          }
           results.push({
             id: letter.id,
             partition: letter.partition,
-            entry_id: entryId ?? null,
-            retried: entryId !== undefined,
+            entry_id: outcome.entryId ?? null,
+            retried: outcome.entryId !== undefined,
+            ...(outcome.why ? { why_not: outcome.why } : {}),
           });
         }
         print(flags.json ? JSON.stringify({ items: results }) : table(results));

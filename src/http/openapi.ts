@@ -44,8 +44,9 @@ type Success = {
 
 export type OperationSpec = {
   method: Method;
-  /** OpenAPI form: `{id}` where Hono has `:id`. Every path parameter is a UUID. */
+  /** OpenAPI form: `{id}` where Hono has `:id`. A path parameter is a UUID, or as `pathId` adds. */
   path: string;
+  pathId?: { description: string; orPattern: string };
   operationId: string;
   tag: Tag;
   summary: string;
@@ -141,6 +142,13 @@ const FILE_IDS = ['0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f10', '0195f2a4-8a02-7c44-8e
 
 const ENTRY_OR_TIME =
   '`^\\d+(-\\d+)?$` is a stream entry id; anything else must be an ISO-8601 time';
+
+/** Dead letters are named by their event id, or, for an entry without one, by its entry id. */
+const DEAD_LETTER_ID: OperationSpec['pathId'] = {
+  description:
+    'the event id (a UUID), or `undecodable-<entry id>` for an entry that has none, as listed; anything else is 404',
+  orPattern: '^undecodable-[0-9]+-[0-9]+$',
+};
 
 export const OPERATIONS: readonly OperationSpec[] = [
   {
@@ -500,6 +508,7 @@ export const OPERATIONS: readonly OperationSpec[] = [
   {
     method: 'get',
     path: '/admin/dead-letters/{id}',
+    pathId: DEAD_LETTER_ID,
     operationId: 'getDeadLetter',
     tag: 'admin',
     summary: 'One dead letter, with its error and attempt history',
@@ -510,6 +519,7 @@ export const OPERATIONS: readonly OperationSpec[] = [
   {
     method: 'post',
     path: '/admin/dead-letters/{id}/retry',
+    pathId: DEAD_LETTER_ID,
     operationId: 'retryDeadLetter',
     tag: 'admin',
     summary: 'Put a dead-lettered event back on its partition stream',
@@ -521,6 +531,7 @@ export const OPERATIONS: readonly OperationSpec[] = [
   {
     method: 'delete',
     path: '/admin/dead-letters/{id}',
+    pathId: DEAD_LETTER_ID,
     operationId: 'discardDeadLetter',
     tag: 'admin',
     summary: 'Discard a dead letter, keeping an audit record',
@@ -622,13 +633,16 @@ export const inputSchemaOf = (schema: z.ZodType): JsonSchema => {
 const schemaOfPart = (part: ZodPart | InlinePart): JsonSchema =>
   'zod' in part ? inputSchemaOf(part.zod) : { ...part.inline, 'x-hand-written': part.why };
 
-const pathParameters = (path: string) =>
+const pathParameters = (path: string, pathId: OperationSpec['pathId']) =>
   [...path.matchAll(/\{(\w+)\}/g)].map(([, name]) => ({
     name,
     in: 'path',
     required: true,
-    description: 'a UUID; one that is not a UUID is 404, like an unknown one',
-    schema: inputSchemaOf(uuid),
+    description:
+      pathId?.description ?? 'a UUID; one that is not a UUID is 404, like an unknown one',
+    schema: pathId
+      ? { anyOf: [inputSchemaOf(uuid), { type: 'string', pattern: pathId.orPattern }] }
+      : inputSchemaOf(uuid),
   }));
 
 const queryParameters = (query: ZodPart | InlinePart | undefined) => {
@@ -692,7 +706,7 @@ const successResponse = (success: Success, idempotent: boolean) => ({
 
 const operationObject = (op: OperationSpec) => {
   const parameters = [
-    ...pathParameters(op.path),
+    ...pathParameters(op.path, op.pathId),
     ...queryParameters(op.query),
     ...(op.idempotent ? [{ $ref: '#/components/parameters/IdempotencyKey' }] : []),
   ];

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import { isUuid, partitionOf } from '../domain/ids.ts';
 import {
   aggregateTypeOf,
   decodeEntry,
@@ -123,14 +124,15 @@ export class DeadLetters {
 
   #view(partition: number, [deadId, fields]: RawEntry): DeadLetter {
     const record = entryRecord(fields);
-    let data: unknown = record.data;
+    let data: unknown;
     try {
       data = decodeEntry([deadId, eventFieldsOf(fields)]).event.data;
     } catch {
-      // An undecodable entry is shown with its raw fields.
+      // An undecodable entry is shown with its raw fields: all an operator has to judge it by.
+      data = entryRecord(eventFieldsOf(fields));
     }
     return {
-      id: record.event_id ?? deadId,
+      id: record.event_id ?? undecodableId(record.original_entry_id ?? deadId),
       dead_letter_id: deadId,
       partition,
       original_entry_id: record.original_entry_id ?? '',
@@ -171,6 +173,26 @@ export class DeadLetters {
       }
     }
     return { items, next_cursor: null };
+  }
+
+  /**
+   * The dead letter an operator names, wherever it is: an event id is looked up in its own
+   * partition first, and an undecodable entry's id (which names no partition) in every one.
+   */
+  async find(id: string): Promise<DeadLetter | undefined> {
+    const partitions = this.eventLog.allKeys();
+    if (isUuid(id)) {
+      const own = await this.get(id, partitionOf(id, partitions.length));
+      if (own) {
+        return own;
+      }
+    }
+    const pipeline = this.#redis.pipeline();
+    for (const keys of partitions) {
+      pipeline.hexists(keys.deadIndex, id);
+    }
+    const found = ((await pipeline.exec()) ?? []).findIndex(([, exists]) => exists === 1);
+    return found === -1 ? undefined : this.get(id, found);
   }
 
   async get(eventId: string, partition: number): Promise<DeadLetter | undefined> {
@@ -250,12 +272,16 @@ export class DeadLetters {
       new Date().toISOString(),
     ];
     const id = await this.#redis.outpostDeadDiscard(
-      3,
+      4,
       keys.deadLetters,
       keys.deadIndex,
       keys.discarded,
+      keys.blockedAggregates,
       dead.dead_letter_id,
-      dead.event_id,
+      dead.id,
+      // An undecodable entry blocked a stand-in aggregate named after it, which nothing else
+      // will ever lift; a real aggregate stays blocked behind a discarded event.
+      dead.event_id === '' ? dead.id : '',
       ...audit,
     );
     return id ?? undefined;
@@ -281,13 +307,20 @@ const parseCursor = (cursor: string): [number, string | undefined] => {
   return [Number(match[1]), match[2]];
 };
 
+/** An entry without an event id is dead-lettered, and named to operators, by its entry id. */
+const undecodableId = (entryId: string) => `undecodable-${entryId}`;
+
+/** Whether `id` could name a dead letter: an event id, or an undecodable entry's id. */
+export const isDeadLetterId = (id: string): boolean =>
+  isUuid(id) || (id.startsWith('undecodable-') && isStreamEntryId(id.slice('undecodable-'.length)));
+
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {
   const record = entryRecord(raw[1]);
   return {
     entryId: raw[0],
     fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],
-    eventId: record.event_id ?? `undecodable-${raw[0]}`,
-    aggregateId: record.aggregate_id ?? `undecodable-${raw[0]}`,
+    eventId: record.event_id ?? undecodableId(raw[0]),
+    aggregateId: record.aggregate_id ?? undecodableId(raw[0]),
     aggregateType: aggregateTypeOf(record) ?? 'unknown',
     type: record.type ?? 'unknown',
   };

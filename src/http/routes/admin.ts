@@ -1,8 +1,10 @@
+import type { Context } from 'hono';
 import { z } from 'zod';
 import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
-import { partitionOf } from '../../domain/ids.ts';
+import { isUuid } from '../../domain/ids.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
-import { isDeadLetterCursor } from '../../log/dead-letters.ts';
+import { UndecodableEntryError } from '../../log/codec.ts';
+import { isDeadLetterCursor, isDeadLetterId } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -11,7 +13,7 @@ import { hasBody, readJson } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { mainCall, replicaCall } from '../outages.ts';
-import { type App, readQuery, uuidParam } from './shared.ts';
+import { type App, readQuery } from './shared.ts';
 
 const PendingQuery = z.object({
   partition: z.coerce.number().int().min(0).optional(),
@@ -106,22 +108,28 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   });
 
   const deadLetterOf = async (id: string) => {
-    const dead = await deps.deadLetters.get(id, partitionOf(id, deps.config.partitions));
+    const dead = await deps.deadLetters.find(id);
     if (!dead) {
       throw notFound('dead letter');
     }
     return dead;
   };
 
-  app.get('/admin/dead-letters/:id', async (c) =>
-    c.json(await deadLetterOf(uuidParam(c, 'id', 'dead letter'))),
-  );
+  app.get('/admin/dead-letters/:id', async (c) => c.json(await deadLetterOf(deadLetterParam(c))));
 
   app.post('/admin/dead-letters/:id/retry', async (c) => {
-    const id = uuidParam(c, 'id', 'dead letter');
+    const id = deadLetterParam(c);
     return onceForKey(c, deps, null, async () => {
       const dead = await deadLetterOf(id);
-      const entryId = await deps.deadLetters.retry(dead);
+      const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
+        if (err instanceof UndecodableEntryError) {
+          throw new ApiError(
+            'conflict',
+            `dead letter ${dead.id} cannot be retried: its entry cannot be decoded (${err.message}); discard it with a reason`,
+          );
+        }
+        throw err;
+      });
       if (!entryId) {
         throw notFound('dead letter');
       }
@@ -137,7 +145,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   });
 
   app.delete('/admin/dead-letters/:id', async (c) => {
-    const id = uuidParam(c, 'id', 'dead letter');
+    const id = deadLetterParam(c);
     const fromQuery = c.req.query('reason');
     const reason =
       fromQuery !== undefined && fromQuery.trim() !== ''
@@ -201,4 +209,13 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
       samples,
     });
   });
+};
+
+/** A dead letter's path id: an event id, or an undecodable entry's; anything else names none. */
+const deadLetterParam = (c: Context): string => {
+  const id = c.req.param('id') ?? '';
+  if (!isDeadLetterId(id)) {
+    throw notFound('dead letter');
+  }
+  return isUuid(id) ? id.toLowerCase() : id;
 };

@@ -1,12 +1,17 @@
 -- Discards a dead-lettered event for good, leaving an audit record of who said why.
 --
 -- KEYS[1] dead letters  KEYS[2] dead index  KEYS[3] discarded (audit stream)
--- ARGV[1] dead-letter id  ARGV[2] event id  ARGV[3..] audit fields
+-- KEYS[4] blocked aggregates
+-- ARGV[1] dead-letter id  ARGV[2] its id in the dead index  ARGV[3] an aggregate to unblock, or ''
+-- ARGV[4..] audit fields
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if not found[1] then
   return false
 end
-local audit = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 3))
+local audit = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 4))
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
 return audit
