@@ -274,6 +274,35 @@ void describe('HTTP input', () => {
       );
     });
 
+    void it('reads an empty query parameter as one not given, as the contract writes them', async () => {
+      const obsUnitId = `empty-query-${randomUUID()}`;
+      const started = await h.post('/executed_obs_units/start', {
+        obs_unit_id: obsUnitId,
+        instrument: 'x',
+      });
+      assert.equal(started.status, 201, started.text);
+      const listed = await h.get(
+        `/executed_obs_units?obs_unit_id=${obsUnitId}&status=&limit=&cursor=`,
+      );
+      assert.equal(listed.status, 200, listed.text);
+      assert.deepEqual(
+        listed.body.items.map((unit: { id: string }) => unit.id),
+        [started.body.id],
+      );
+      const pending = await h.request(
+        'GET',
+        '/admin/pending?partition=&min_idle_ms=&consumer=&limit=',
+        undefined,
+        { authorization: `Bearer ${h.config.adminToken}` },
+      );
+      assert.equal(pending.status, 200, pending.text);
+      assert.deepEqual(
+        pending.body.partitions.map((p: { partition: number }) => p.partition),
+        Array.from({ length: h.config.partitions }, (_, p) => p),
+        'partition= is every partition, not partition 0',
+      );
+    });
+
     void it('refuses invalid UTF-8 with 400', async () => {
       const bytes = Buffer.concat([
         Buffer.from('{"obs_unit_id":"'),
@@ -323,6 +352,34 @@ void describe('HTTP input', () => {
         415,
         'unsupported_media_type',
       );
+    });
+
+    void it('checks a body sent to an admin action that reads none: 415 for text, 413 over the limit', async () => {
+      const admin = { authorization: `Bearer ${h.config.adminToken}` };
+      const refreshes = async () =>
+        (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM integrity_refreshes'))[0]
+          ?.n;
+      const before = await refreshes();
+      for (const path of [
+        '/admin/integrity/refresh',
+        '/admin/dead-letters/01900000-0000-7000-8000-000000000000/retry',
+      ]) {
+        const text = await h.request('POST', path, 'refresh please', {
+          ...admin,
+          'content-type': 'text/plain',
+        });
+        assert.equal(text.status, 415, `${path}: ${text.text}`);
+        assert.equal(text.body.error.code, 'unsupported_media_type');
+        const huge = await h.request(
+          'POST',
+          path,
+          { pad: 'x'.repeat(h.config.maxBodyBytes) },
+          admin,
+        );
+        assert.equal(huge.status, 413, `${path}: ${huge.text}`);
+        assert.equal(huge.body.error.code, 'payload_too_large');
+      }
+      assert.equal(await refreshes(), before, 'no refused request refreshed the views');
     });
 
     void it('answers 404 for unknown ids, ids that are not UUIDs and a 10 KB path', async () => {

@@ -1,7 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { HttpBindings } from '@hono/node-server';
 import type { Context } from 'hono';
-import type { z } from 'zod';
+import { z } from 'zod';
 import { ApiError, type ErrorDetail } from './errors.ts';
 
 /** Limits on free-form JSON (metadata, configurations): PostgreSQL must be able to store it all. */
@@ -236,4 +236,14 @@ export const readJson = async <S extends z.ZodType>(
     );
   }
   return { value: parsed.data, raw };
+};
+
+/**
+ * For a route that reads no body: one sent anyway must still be what any request's body must be
+ * (JSON, within the limit), so a text/plain or oversized body gets its 415 or 413 here too.
+ */
+export const checkUnreadBody = async (c: Context, maxBytes: number): Promise<void> => {
+  if (hasBody(c)) {
+    await readJson(c, z.unknown(), maxBytes);
+  }
 };

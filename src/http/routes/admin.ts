@@ -9,7 +9,7 @@ import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
-import { hasBody, readJson } from '../body.ts';
+import { checkUnreadBody, hasBody, readJson } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { mainCall, replicaCall } from '../outages.ts';
@@ -119,6 +119,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.post('/admin/dead-letters/:id/retry', async (c) => {
     const id = deadLetterParam(c);
+    await checkUnreadBody(c, deps.config.maxBodyBytes);
     return onceForKey(c, deps, null, async () => {
       const dead = await deadLetterOf(id);
       const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
@@ -180,8 +181,9 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 };
 
 export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
-  app.post('/admin/integrity/refresh', (c) =>
-    onceForKey(c, deps, null, async () => {
+  app.post('/admin/integrity/refresh', async (c) => {
+    await checkUnreadBody(c, deps.config.maxBodyBytes);
+    return onceForKey(c, deps, null, async () => {
       const snapshot = await mainCall(
         deps,
         'refresh the integrity views',
@@ -195,8 +197,8 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
         duration_ms: snapshot.duration_ms,
         anomalies: snapshot.anomalies,
       });
-    }),
-  );
+    });
+  });
 
   app.get('/admin/integrity', async (c) => {
     const snapshot = await replicaCall(deps, latestSnapshot(deps.replica));

@@ -75,7 +75,11 @@ export const readQuery = <T>(
       | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } };
   },
 ): T => {
-  const query = c.req.query();
+  // A parameter left empty (`?status=&limit=`, as the contract writes them) is one not given:
+  // `partition=` read as partition 0 would quietly filter out every other partition.
+  const query = Object.fromEntries(
+    Object.entries(c.req.query()).filter(([, value]) => value !== ''),
+  );
   // A filter value goes to PostgreSQL as a parameter, which refuses a NUL byte: without this
   // the refusal would come back as the replica failing (503), not as the caller's mistake.
   const unstorable = storableProblems(query);
