@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { pause } from '../projector/backoff.ts';
+import { isDatabaseAnswer } from '../projector/errors.ts';
 
 export type LinkWatchdogOptions = {
   url: string;
@@ -21,6 +22,7 @@ export class LinkWatchdog {
   readonly #stop = new AbortController();
   readonly #client: pg.Client;
   readonly #running: Promise<void>;
+  #waitingForAnswer = false;
 
   constructor({ url, everyMs = 5_000, timeoutMs = 5_000 }: LinkWatchdogOptions) {
     this.#client = new pg.Client({
@@ -36,25 +38,27 @@ export class LinkWatchdog {
     });
     // Nobody may be listening when the link goes after the statement has settled.
     this.lost.catch(() => undefined);
-    this.#running = this.#watch(everyMs, timeoutMs, declareLost);
+    this.#running = this.#watch(everyMs, declareLost);
   }
 
-  async #watch(everyMs: number, timeoutMs: number, declareLost: (err: Error) => void) {
+  async #watch(everyMs: number, declareLost: (err: Error) => void) {
     const signal = this.#stop.signal;
     try {
-      await this.#client.connect();
+      await this.#asking(this.#client.connect());
       while (!signal.aborted) {
         await pause(everyMs, signal);
         if (!signal.aborted) {
-          await this.#client.query('SELECT 1');
+          await this.#asking(this.#client.query('SELECT 1'));
         }
       }
     } catch (err) {
-      if (!signal.aborted) {
+      // A server that answers with an error (no connection slot left, say) is reachable: the
+      // watchdog then has nothing to tell, and the statement goes on unwatched.
+      if (!signal.aborted && !isDatabaseAnswer(err)) {
         declareLost(
           Object.assign(
             new Error(
-              `the link to the database was lost: it did not answer within ${timeoutMs} ms (${(err as Error).message})`,
+              `the link to the database was lost while a long statement ran: ${(err as Error).message}`,
               { cause: err },
             ),
             { code: 'ETIMEDOUT' },
@@ -64,11 +68,24 @@ export class LinkWatchdog {
     }
   }
 
+  async #asking<T>(question: Promise<T>): Promise<T> {
+    this.#waitingForAnswer = true;
+    try {
+      return await question;
+    } finally {
+      this.#waitingForAnswer = false;
+    }
+  }
+
   /** Stops asking and closes the watchdog's connection, without waiting on a dead link. */
   stop(): Promise<void> {
     this.#stop.abort();
-    // Ending destroys the socket under a probe in flight; a goodbye on an idle one is not awaited.
-    void this.#client.end().catch(() => undefined);
+    if (this.#waitingForAnswer) {
+      // A goodbye would queue behind the unanswered connect or probe, on what may be a dead link.
+      this.#client.connection.stream.destroy();
+    } else {
+      void this.#client.end().catch(() => undefined);
+    }
     return this.#running;
   }
 }

@@ -77,8 +77,12 @@ export const isDatabaseUnreachable = (err: unknown): boolean => {
   return typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message));
 };
 
-/** Whether a failure came from a database: an error it answered with, or one reaching it. */
-export const isDatabaseFailure = (err: unknown): boolean => {
+/** Whether the database itself answered with this error (it carries a SQLSTATE). */
+export const isDatabaseAnswer = (err: unknown): boolean => {
   const { code } = (err ?? {}) as { code?: unknown };
-  return (typeof code === 'string' && SQLSTATE.test(code)) || isDatabaseUnreachable(err);
+  return typeof code === 'string' && SQLSTATE.test(code);
 };
+
+/** Whether a failure came from a database: an error it answered with, or one reaching it. */
+export const isDatabaseFailure = (err: unknown): boolean =>
+  isDatabaseAnswer(err) || isDatabaseUnreachable(err);

@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import { after, describe, it } from 'node:test';
+import { LinkWatchdog } from './link-watchdog.ts';
+
+/** A TCP endpoint standing in for a database server: `greet` is what it does with a connection. */
+const endpoint = async (greet: (socket: Socket) => void) => {
+  const sockets = new Set<Socket>();
+  let hungUp: () => void = () => undefined;
+  const clientHungUp = new Promise<void>((resolve) => {
+    hungUp = resolve;
+  });
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    socket.on('close', hungUp);
+    // What the client sends is read and dropped, so its hang-up is seen.
+    socket.resume();
+    greet(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `postgres://outpost@127.0.0.1:${port}/outpost`,
+    clientHungUp,
+    close: () => {
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+};
+
+/** A PostgreSQL ErrorResponse, as a server out of connection slots sends it. */
+const tooManyClients = () => {
+  const fields = Buffer.from('SFATAL\0C53300\0Msorry, too many clients already\0\0');
+  const header = Buffer.alloc(5);
+  header.write('E', 0);
+  header.writeInt32BE(fields.length + 4, 1);
+  return Buffer.concat([header, fields]);
+};
+
+void describe('LinkWatchdog', () => {
+  const closing: (() => Promise<void>)[] = [];
+  after(async () => {
+    await Promise.all(closing.map((close) => close()));
+  });
+
+  void it('declares the link lost when the server stops answering', async () => {
+    // Accepts the connection and never says a word: a link that silently drops packets.
+    const silent = await endpoint(() => undefined);
+    closing.push(silent.close);
+    const watchdog = new LinkWatchdog({ url: silent.url, everyMs: 20, timeoutMs: 200 });
+    const started = Date.now();
+    await assert.rejects(watchdog.lost, (err: Error & { code?: string }) => {
+      assert.match(err.message, /the link to the database was lost/);
+      assert.equal(err.code, 'ETIMEDOUT');
+      return true;
+    });
+    assert.ok(Date.now() - started < 5_000, 'within a few timeouts, not a TCP give-up');
+    await watchdog.stop();
+  });
+
+  void it('keeps quiet when the server answers, even with an error', async () => {
+    const full = await endpoint((socket) => socket.end(tooManyClients()));
+    closing.push(full.close);
+    const watchdog = new LinkWatchdog({ url: full.url, everyMs: 20, timeoutMs: 200 });
+    let lost: unknown;
+    watchdog.lost.catch((err: unknown) => {
+      lost = err;
+    });
+    // The refusal has been read once the connection is gone; only then is the watch stopped.
+    await full.clientHungUp;
+    await new Promise((resolve) => setImmediate(resolve));
+    await watchdog.stop();
+    assert.equal(lost, undefined);
+  });
+
+  void it('ends its watch promptly when stopped, with a probe in flight', async () => {
+    const silent = await endpoint(() => undefined);
+    closing.push(silent.close);
+    const watchdog = new LinkWatchdog({ url: silent.url, everyMs: 20, timeoutMs: 60_000 });
+    let lost: unknown;
+    watchdog.lost.catch((err: unknown) => {
+      lost = err;
+    });
+    const started = Date.now();
+    await watchdog.stop();
+    assert.ok(Date.now() - started < 1_000, `stopped in ${Date.now() - started} ms`);
+    assert.equal(lost, undefined, 'a stop is not a lost link');
+  });
+});
