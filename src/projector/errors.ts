@@ -5,7 +5,8 @@
  */
 export type FailureClass = 'transient' | 'data';
 
-const SQLSTATE = /^[0-9A-Z]{5}$/;
+// Node's own codes (EPIPE, EPERM) are five capitals too; no SQLSTATE class begins with E.
+const SQLSTATE = /^[0-9A-DF-Z][0-9A-Z]{4}$/;
 const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57', '58', 'XX'];
 // Besides conflicts and timeouts: a database being restored or not yet migrated (no such database,
 // table or function) is the site's problem, not the event's, and must not count against it.
@@ -24,6 +25,8 @@ const TRANSIENT_NODE_CODES = new Set([
   'ECONNRESET',
   'ETIMEDOUT',
   'EPIPE',
+  // A local firewall dropping what the process sends.
+  'EPERM',
   'EHOSTUNREACH',
   'ENETUNREACH',
   'ENOTFOUND',

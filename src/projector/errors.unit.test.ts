@@ -1,7 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { FoldError } from '../domain/fold.ts';
-import { classifyFailure, isDatabaseFailure, isDatabaseUnreachable } from './errors.ts';
+import {
+  classifyFailure,
+  isDatabaseAnswer,
+  isDatabaseFailure,
+  isDatabaseUnreachable,
+} from './errors.ts';
 
 const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
 
@@ -68,5 +73,18 @@ void describe('isDatabaseFailure', () => {
     assert.equal(isDatabaseFailure(new Error('Query read timeout')), true);
     assert.equal(isDatabaseFailure(new TypeError('Cannot read properties of undefined')), false);
     assert.equal(isDatabaseFailure(new Error('OOM command not allowed')), false);
+  });
+});
+
+void describe('isDatabaseAnswer', () => {
+  void it('knows a SQLSTATE from the five capitals of a Node error code', () => {
+    for (const code of ['53300', '57P01', '08006', 'XX000', '40P01']) {
+      assert.equal(isDatabaseAnswer(withCode(code)), true, code);
+    }
+    for (const code of ['EPIPE', 'EPERM', 'ECONNRESET']) {
+      assert.equal(isDatabaseAnswer(withCode(code)), false, code);
+      assert.equal(classifyFailure(withCode(code)), 'transient', code);
+      assert.equal(isDatabaseUnreachable(withCode(code)), true, code);
+    }
   });
 });
