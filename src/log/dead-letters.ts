@@ -6,10 +6,12 @@ import {
   encodeEntryFields,
   entryRecord,
   type RawEntry,
+  UndecodableEntryError,
 } from './codec.ts';
 import { isStreamEntryId, LAST_ENTRY_ID } from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
+import { pipelineReplies } from './redis.ts';
 
 /** What a dead letter says about the event it holds, as the admin API and CLI show it. */
 export type DeadLetter = {
@@ -132,7 +134,7 @@ export class DeadLetters {
       data = entryRecord(eventFieldsOf(fields));
     }
     return {
-      id: record.event_id ?? undecodableId(record.original_entry_id ?? deadId),
+      id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
       dead_letter_id: deadId,
       partition,
       original_entry_id: record.original_entry_id ?? '',
@@ -191,7 +193,7 @@ export class DeadLetters {
     for (const keys of partitions) {
       pipeline.hexists(keys.deadIndex, id);
     }
-    const found = ((await pipeline.exec()) ?? []).findIndex(([, exists]) => exists === 1);
+    const found = (await pipelineReplies(pipeline)).indexOf(1);
     return found === -1 ? undefined : this.get(id, found);
   }
 
@@ -210,11 +212,15 @@ export class DeadLetters {
     for (const keys of this.eventLog.allKeys()) {
       pipeline.xlen(keys.deadLetters);
     }
-    return ((await pipeline.exec()) ?? []).reduce((sum, [, n]) => sum + Number(n ?? 0), 0);
+    return (await pipelineReplies(pipeline)).reduce<number>((sum, n) => sum + Number(n ?? 0), 0);
   }
 
   /** Appends the event again (same event_id) and lifts its aggregate's block; the new entry id. */
   async retry(dead: DeadLetter): Promise<string | undefined> {
+    if (dead.id !== dead.event_id) {
+      // Named by its entry: without an event id it could never be applied, nor deduplicated.
+      throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
+    }
     const keys = this.eventLog.keys(dead.partition);
     const [raw] = (await this.#redis.xrange(
       keys.deadLetters,
@@ -279,9 +285,9 @@ export class DeadLetters {
       keys.blockedAggregates,
       dead.dead_letter_id,
       dead.id,
-      // An undecodable entry blocked a stand-in aggregate named after it, which nothing else
+      // An entry without an aggregate id blocked a stand-in named after it, which nothing else
       // will ever lift; a real aggregate stays blocked behind a discarded event.
-      dead.event_id === '' ? dead.id : '',
+      dead.aggregate_id === '' ? undecodableId(dead.original_entry_id) : '',
       ...audit,
     );
     return id ?? undefined;
@@ -307,8 +313,12 @@ const parseCursor = (cursor: string): [number, string | undefined] => {
   return [Number(match[1]), match[2]];
 };
 
-/** An entry without an event id is dead-lettered, and named to operators, by its entry id. */
+/** An entry without a usable event id is dead-lettered, and named to operators, by its entry id. */
 const undecodableId = (entryId: string) => `undecodable-${entryId}`;
+
+/** The name a dead letter goes by: its event id, if it has one the API can take in a path. */
+const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
+  eventId !== undefined && isUuid(eventId) ? eventId : undecodableId(entryId);
 
 /** Whether `id` could name a dead letter: an event id, or an undecodable entry's id. */
 export const isDeadLetterId = (id: string): boolean =>
@@ -319,7 +329,7 @@ export const failedEntryOf = (raw: RawEntry): FailedEntry => {
   return {
     entryId: raw[0],
     fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],
-    eventId: record.event_id ?? undecodableId(raw[0]),
+    eventId: deadLetterIdOf(record.event_id, raw[0]),
     aggregateId: record.aggregate_id ?? undecodableId(raw[0]),
     aggregateType: aggregateTypeOf(record) ?? 'unknown',
     type: record.type ?? 'unknown',
@@ -332,7 +342,7 @@ export const failedEntryOfEvent = (
 ): FailedEntry => ({
   entryId,
   fields: encodeEntryFields(event),
-  eventId: event.event_id,
+  eventId: deadLetterIdOf(event.event_id, entryId),
   aggregateId: event.aggregate_id,
   aggregateType: event.aggregate_type,
   type: event.type,

@@ -1,4 +1,4 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { type ChainableCommander, Redis, type RedisOptions } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 
@@ -40,4 +40,17 @@ export const watchConnection = (redis: Redis, logger: Logger) => {
       last = undefined;
     }
   });
+};
+
+/**
+ * A pipeline's replies, in order. ioredis resolves `exec()` even when commands failed, each with
+ * its own error beside its reply: read as replies, a timeout would pass for "not found".
+ */
+export const pipelineReplies = async (pipeline: ChainableCommander): Promise<unknown[]> => {
+  const results = (await pipeline.exec()) ?? [];
+  const failed = results.find(([err]) => err);
+  if (failed) {
+    throw failed[0];
+  }
+  return results.map(([, reply]) => reply);
 };

@@ -4,6 +4,7 @@ import { mainWalLsn, replicaPosition } from '../db/queries/replica.ts';
 import { decodeEntry, type RawEntry } from '../log/codec.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
+import { pipelineReplies } from '../log/redis.ts';
 
 export type PendingFilter = {
   partition?: number;
@@ -104,13 +105,13 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
     for (const [id] of pending) {
       pipeline.xrange(k.stream, id, id);
     }
-    const ranges = (await pipeline.exec()) ?? [];
+    const ranges = await pipelineReplies(pipeline);
     const lsns = await eventLog.appliedLsnOf(
       pending.map(([id]) => id),
       k.partition,
     );
     pending.forEach(([id, consumer, idle, deliveries], i) => {
-      const raw = (ranges[i]?.[1] as RawEntry[] | undefined)?.[0];
+      const raw = (ranges[i] as RawEntry[] | undefined)?.[0];
       let event: { event_id: string; aggregate_id: string; type: string } | undefined;
       try {
         event = raw ? decodeEntry(raw).event : undefined;

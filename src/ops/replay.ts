@@ -3,6 +3,7 @@ import { appliedEventIds } from '../db/queries/apply.ts';
 import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
 import { entryIdAt, isStreamEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
+import { pipelineReplies } from '../log/redis.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
 
@@ -182,8 +183,8 @@ const waitForOutcome = async (
     for (const item of notApplied) {
       pipeline.hexists(deps.eventLog.keys(item.partition).deadIndex, item.eventId);
     }
-    const dead = (await pipeline.exec()) ?? [];
-    open = notApplied.filter((_, i) => dead[i]?.[1] !== 1);
+    const dead = await pipelineReplies(pipeline);
+    open = notApplied.filter((_, i) => dead[i] !== 1);
     report.failed += notApplied.length - open.length;
     if (open.length > 0) {
       await sleep(200);
