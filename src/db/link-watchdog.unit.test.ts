@@ -10,10 +10,18 @@ const endpoint = async (greet: (socket: Socket) => void) => {
   const clientHungUp = new Promise<void>((resolve) => {
     hungUp = resolve;
   });
+  let chunks = 0;
+  const hearing: { count: number; resolve: () => void }[] = [];
   const server: Server = createServer((socket) => {
     sockets.add(socket);
     socket.on('error', () => undefined);
     socket.on('close', hungUp);
+    socket.on('data', () => {
+      chunks += 1;
+      for (const waiter of hearing.filter((w) => w.count <= chunks)) {
+        waiter.resolve();
+      }
+    });
     // What the client sends is read and dropped, so its hang-up is seen.
     socket.resume();
     greet(socket);
@@ -23,6 +31,14 @@ const endpoint = async (greet: (socket: Socket) => void) => {
   return {
     url: `postgres://outpost@127.0.0.1:${port}/outpost`,
     clientHungUp,
+    /** Resolves once the client has sent `count` writes: its startup message, then each probe. */
+    heard: (count: number) =>
+      new Promise<void>((resolve) => {
+        hearing.push({ count, resolve });
+        if (chunks >= count) {
+          resolve();
+        }
+      }),
     close: () => {
       for (const socket of sockets) {
         socket.destroy();
@@ -40,6 +56,14 @@ const tooManyClients = () => {
   header.writeInt32BE(fields.length + 4, 1);
   return Buffer.concat([header, fields]);
 };
+
+/** A server that lets the client in (trust: AuthenticationOk, ReadyForQuery) and then falls silent. */
+const letInThenSilent = (socket: Socket) =>
+  socket.once('data', () => {
+    const authenticationOk = Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 0]);
+    const readyForQuery = Buffer.from([0x5a, 0, 0, 0, 5, 0x49]);
+    socket.write(Buffer.concat([authenticationOk, readyForQuery]));
+  });
 
 void describe('LinkWatchdog', () => {
   const closing: (() => Promise<void>)[] = [];
@@ -77,17 +101,31 @@ void describe('LinkWatchdog', () => {
     assert.equal(lost, undefined);
   });
 
-  void it('ends its watch promptly when stopped, with a probe in flight', async () => {
-    const silent = await endpoint(() => undefined);
-    closing.push(silent.close);
-    const watchdog = new LinkWatchdog({ url: silent.url, everyMs: 20, timeoutMs: 60_000 });
-    let lost: unknown;
-    watchdog.lost.catch((err: unknown) => {
-      lost = err;
-    });
-    const started = Date.now();
+  void it('declares the link lost when a probe goes unanswered on a connection that worked', async () => {
+    const falls = await endpoint(letInThenSilent);
+    closing.push(falls.close);
+    const watchdog = new LinkWatchdog({ url: falls.url, everyMs: 20, timeoutMs: 200 });
+    await assert.rejects(watchdog.lost, /the link to the database was lost.*timeout/i);
     await watchdog.stop();
-    assert.ok(Date.now() - started < 1_000, `stopped in ${Date.now() - started} ms`);
-    assert.equal(lost, undefined, 'a stop is not a lost link');
   });
+
+  for (const [moment, greet, writes] of [
+    ['while connecting', () => undefined, 1],
+    ['with a probe in flight', letInThenSilent, 2],
+  ] as const) {
+    void it(`ends its watch promptly when stopped ${moment}`, async () => {
+      const silent = await endpoint(greet);
+      closing.push(silent.close);
+      const watchdog = new LinkWatchdog({ url: silent.url, everyMs: 20, timeoutMs: 60_000 });
+      await silent.heard(writes);
+      let lost: unknown;
+      watchdog.lost.catch((err: unknown) => {
+        lost = err;
+      });
+      const started = Date.now();
+      await watchdog.stop();
+      assert.ok(Date.now() - started < 1_000, `stopped in ${Date.now() - started} ms`);
+      assert.equal(lost, undefined, 'a stop is not a lost link');
+    });
+  }
 });

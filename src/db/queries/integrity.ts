@@ -33,9 +33,8 @@ export const refreshIntegrity = async (
     options: '-c client_connection_check_interval=5000',
   });
   client.on('error', () => undefined);
-  await client.connect();
-  const watchdog = new LinkWatchdog({ url });
   const abandon = () => void client.end().catch(() => undefined);
+  signal?.throwIfAborted();
   signal?.addEventListener('abort', abandon, { once: true });
   const refresh = async () => {
     const { rows } = await client.query<{ counts: Record<string, unknown> | null }>(
@@ -45,10 +44,15 @@ export const refreshIntegrity = async (
     return rows[0]?.counts ? await latestSnapshot(client) : undefined;
   };
   try {
-    return await Promise.race([refresh(), watchdog.lost]);
+    await client.connect();
+    const watchdog = new LinkWatchdog({ url });
+    try {
+      return await Promise.race([refresh(), watchdog.lost]);
+    } finally {
+      await watchdog.stop();
+    }
   } finally {
     signal?.removeEventListener('abort', abandon);
-    await watchdog.stop();
     // With a statement still out (the link was lost), ending destroys the socket at once.
     await client.end().catch(() => undefined);
   }
