@@ -147,13 +147,15 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.delete('/admin/dead-letters/:id', async (c) => {
     const id = deadLetterParam(c);
-    const fromQuery = c.req.query('reason');
+    const fromQuery = c.req.query('reason')?.trim() || undefined;
+    if (fromQuery !== undefined) {
+      await checkUnreadBody(c, deps.config.maxBodyBytes);
+    }
     const reason =
-      fromQuery !== undefined && fromQuery.trim() !== ''
-        ? fromQuery.trim()
-        : hasBody(c)
-          ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
-          : undefined;
+      fromQuery ??
+      (hasBody(c)
+        ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
+        : undefined);
     if (reason === undefined) {
       // With no reason given at all, an id that names no dead letter is 404, not 400 for the
       // missing reason (DESIGN: unknown id 404). A body that is there but wrong is still 400.
