@@ -17,9 +17,13 @@ export const durabilityVerdict = (
   if (appendonly !== 'yes') {
     return { refuse: 'Redis runs without appendonly: accepted events would not survive a crash' };
   }
+  if (appendfsync === undefined) {
+    // Some servers that speak Redis's protocol answer CONFIG GET with nothing for it.
+    return { warn: 'Redis does not say its appendfsync; cannot verify the fsync of each write' };
+  }
   if (appendfsync !== 'always' && appendfsync !== 'everysec') {
     return {
-      refuse: `Redis runs with appendfsync ${appendfsync ?? 'unknown'}: accepted events could be lost in a crash; set appendfsync ${expected}`,
+      refuse: `Redis runs with appendfsync ${appendfsync}: accepted events could be lost in a crash; set appendfsync ${expected}`,
     };
   }
   if (appendfsync !== expected) {

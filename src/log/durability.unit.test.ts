@@ -28,6 +28,12 @@ void describe('durabilityVerdict', () => {
     }
   });
 
+  void it('warns, not refuses, when the server does not say its fsync policy', () => {
+    const verdict = durabilityVerdict({ appendonly: 'yes', appendfsync: undefined }, 'always');
+    assert.ok(verdict && 'warn' in verdict);
+    assert.match(verdict.warn, /cannot verify/);
+  });
+
   void it('warns when the fsync policy differs from OUTPOST_APPENDFSYNC', () => {
     const verdict = durabilityVerdict({ appendonly: 'yes', appendfsync: 'everysec' }, 'always');
     assert.ok(verdict && 'warn' in verdict);
