@@ -6,6 +6,25 @@ pg.types.setTypeParser(pg.types.builtins.INT8, (value) => Number(value));
 
 export type Queryable = pg.Pool | pg.PoolClient | pg.Client;
 
+/**
+ * A connection's target with server settings of ours (`-c name=value`) added to any the site's
+ * URL carries in `options`. pg lets the URL's `options` replace the config's whole, which would
+ * drop ours without a word (the session's UTC time zone among them); ours come last, so they win
+ * over the URL's for the same setting.
+ */
+export const withServerSettings = (
+  url: string,
+  settings: readonly string[],
+): { connectionString: string; options: string } => {
+  const parsed = URL.canParse(url) ? new URL(url) : undefined;
+  const fromUrl = parsed?.searchParams.get('options');
+  if (!parsed || fromUrl === null || fromUrl === undefined) {
+    return { connectionString: url, options: settings.join(' ') };
+  }
+  parsed.searchParams.delete('options');
+  return { connectionString: parsed.toString(), options: [fromUrl, ...settings].join(' ') };
+};
+
 export type PoolOptions = {
   url: string;
   max: number;
@@ -49,8 +68,7 @@ export const createPool = ({
     ...(keyLookupsOnly ? ['-c enable_seqscan=off'] : []),
   ];
   return new pg.Pool({
-    connectionString: url,
-    options: settings.join(' '),
+    ...withServerSettings(url, settings),
     max,
     application_name: applicationName,
     connectionTimeoutMillis: Math.min(5_000, queryTimeoutMs),

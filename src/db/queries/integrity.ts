@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
-import type { Queryable } from '../client.ts';
+import { type Queryable, withServerSettings } from '../client.ts';
 import { LinkWatchdog } from '../link-watchdog.ts';
 
 export const CRON_JOB = 'outpost-integrity';
@@ -26,11 +26,10 @@ export const refreshIntegrity = async (
   signal?: AbortSignal,
 ): Promise<Snapshot | undefined> => {
   const client = new pg.Client({
-    connectionString: url,
+    ...withServerSettings(url, ['-c client_connection_check_interval=5000']),
     connectionTimeoutMillis: 10_000,
     statement_timeout: 3_600_000,
     keepAlive: true,
-    options: '-c client_connection_check_interval=5000',
   });
   client.on('error', () => undefined);
   const abandon = () => void client.end().catch(() => undefined);
