@@ -401,3 +401,63 @@ void describe('admin and incident tools', () => {
     await waitForAllAcknowledged(h);
   });
 });
+
+void describe('dead retry --all', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start();
+  });
+  after(async () => {
+    await h.close();
+  });
+
+  void it('retries what can apply and passes over an undecodable entry, saying why', async () => {
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const poison = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'retry-all', instrument: 'poison' })
+    ).body as { id: string; event_id: string };
+    const entryId = await h.redis.xadd(`${h.config.namespace}:{p0}:events`, '*', 'junk', 'x');
+    const undecodable = `undecodable-${entryId}`;
+    await waitFor(
+      async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
+      'the poison start to be dead-lettered',
+    );
+    await waitFor(
+      async () =>
+        (await h.request('GET', `/admin/dead-letters/${undecodable}`, undefined, auth(TOKEN)))
+          .status === 200,
+      'the undecodable entry to be dead-lettered',
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+
+    const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
+    assert.equal(cli.code, 0, cli.stderr);
+    const rows = JSON.parse(cli.stdout).items as {
+      id: string;
+      retried: boolean;
+      why_not?: string;
+    }[];
+    assert.deepEqual(
+      rows
+        .map(({ id, retried, why_not }) => ({ id, retried, why_not }))
+        .sort((a, b) => a.id.localeCompare(b.id)),
+      [
+        { id: poison.event_id, retried: true, why_not: undefined },
+        { id: undecodable, retried: false, why_not: 'undecodable: discard it with a reason' },
+      ].sort((a, b) => a.id.localeCompare(b.id)),
+    );
+    await waitFor(
+      async () => (await h.get(`/executed_obs_units/${poison.id}`)).status === 200,
+      'the retried start to apply',
+    );
+    const still = await h.request(
+      'GET',
+      `/admin/dead-letters/${undecodable}`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(still.status, 200, 'the undecodable entry waits to be discarded');
+  });
+});
