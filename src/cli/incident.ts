@@ -156,12 +156,14 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
               if (!(err instanceof UndecodableEntryError)) {
                 throw err;
               }
+              if (!flags.all) {
+                throw new CliError(
+                  `dead letter ${letter.id} cannot be retried: ${err.message}; discard it: outpost dead discard ${letter.id} --reason "<why>"`,
+                );
+              }
               return { entryId: undefined, why: 'undecodable: discard it with a reason' };
             },
           );
-          if (!flags.all && outcome.why.startsWith('undecodable')) {
-            throw new CliError(`dead letter ${letter.id} cannot be retried: ${outcome.why}`);
-          }
           results.push({
             id: letter.id,
             partition: letter.partition,

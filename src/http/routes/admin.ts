@@ -126,7 +126,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         if (err instanceof UndecodableEntryError) {
           throw new ApiError(
             'conflict',
-            `dead letter ${dead.id} cannot be retried: its entry cannot be decoded (${err.message}); discard it with a reason`,
+            `dead letter ${dead.id} cannot be retried: ${err.message}; discard it with a reason`,
           );
         }
         throw err;
