@@ -395,9 +395,14 @@ void describe('admin and incident tools', () => {
         String(entry.partition),
       ]);
       assert.equal(JSON.parse(cliJson.stdout).entries[0].waiting_for, 'replica');
-      const cliBad = await runCli(h, ['pending', '--idle', 'soon']);
-      assert.equal(cliBad.code, 1);
-      assert.match(cliBad.stderr, /--idle takes a duration/);
+      for (const idle of ['soon', '60']) {
+        const cliBad = await runCli(h, ['pending', '--idle', idle]);
+        assert.equal(cliBad.code, 1, idle);
+        assert.match(cliBad.stderr, /--idle takes a duration with its unit/, idle);
+      }
+      const cliIdle = await runCli(h, ['pending', '--json', '--idle', '1h']);
+      assert.equal(cliIdle.code, 0, cliIdle.stderr);
+      assert.deepEqual(JSON.parse(cliIdle.stdout).entries, [], 'nothing has waited an hour');
     } finally {
       await h.replica.query('SELECT pg_wal_replay_resume()');
     }

@@ -29,9 +29,16 @@ const int = (value: string | undefined, name: string): number | undefined => {
 /** `outpost pending`: what waits, where, for how long, and for what. */
 export const pending = (flags: IncidentFlags) =>
   withSite(async (site) => {
-    const minIdleMs = flags.idle === undefined ? undefined : parseDurationMs(flags.idle);
+    // A bare number is refused rather than read as milliseconds, as the configuration reads it:
+    // the output shows idle times in seconds, and `--idle 60` would quietly mean 60 ms.
+    const minIdleMs =
+      flags.idle === undefined || /^[1-9]\d*$/.test(flags.idle.trim())
+        ? undefined
+        : parseDurationMs(flags.idle);
     if (flags.idle !== undefined && minIdleMs === undefined) {
-      throw new CliError(`--idle takes a duration such as 60s or 5m, not ${flags.idle}`);
+      throw new CliError(
+        `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
+      );
     }
     const partition = int(flags.partition, '--partition');
     if (partition !== undefined && partition >= site.config.partitions) {
