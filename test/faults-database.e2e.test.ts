@@ -195,6 +195,18 @@ void describe('database faults under load', () => {
       assert.equal(settled.answer.body.error.code, 'main_unavailable');
       await holdFault(Math.max(0, 60_000 - (Date.now() - cut)));
       proxy.heal();
+      // The abandoned refresh still waits for the lock, and a backend waiting never reads its
+      // socket: only the server's connection check, once the close arrives, can end it.
+      await waitFor(
+        async () =>
+          (
+            await h.mainRows(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%outpost_refresh_integrity%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+          ).length === 0,
+        'the abandoned refresh to end while its lock is still held elsewhere',
+        20_000,
+      );
       lockHolder.release(true);
       lockHolder = undefined;
       const loaded = await load.stop();

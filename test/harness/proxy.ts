@@ -4,13 +4,16 @@ type Link = {
   client: Socket;
   upstream: Socket | undefined;
   held: { to: 'up' | 'down'; chunk: Buffer }[];
+  /** The client hung up while packets were dropped: its close reaches the server only on heal. */
+  clientGone: boolean;
 };
 
 /**
  * A TCP proxy the test controls. `blackhole()` models a link that silently stops delivering
  * packets: nothing is closed or refused, bytes simply stop arriving (held back, as TCP would keep
- * retransmitting them) and new connections hang. Only timeouts can notice. `heal()` delivers what
- * was held, as a link that comes back does.
+ * retransmitting them) and new connections hang. Only timeouts can notice, and a client that
+ * gives up and closes is not seen to by the server either. `heal()` delivers what was held, the
+ * closes last, as a link that comes back does.
  */
 export class BlackholeProxy {
   readonly #links = new Set<Link>();
@@ -35,10 +38,14 @@ export class BlackholeProxy {
   }
 
   accept(client: Socket) {
-    const link: Link = { client, upstream: undefined, held: [] };
+    const link: Link = { client, upstream: undefined, held: [], clientGone: false };
     this.#links.add(link);
     client.on('error', () => undefined);
     client.on('close', () => {
+      if (this.#dropping) {
+        link.clientGone = true;
+        return;
+      }
       link.upstream?.destroy();
       this.#links.delete(link);
     });
@@ -71,6 +78,17 @@ export class BlackholeProxy {
   heal(): void {
     this.#dropping = false;
     for (const link of this.#links) {
+      if (link.clientGone) {
+        // What it sent before hanging up arrives, then its close; nothing can reach it any more.
+        for (const { to, chunk } of link.held.splice(0)) {
+          if (to === 'up') {
+            link.upstream?.write(chunk);
+          }
+        }
+        link.upstream?.end();
+        this.#links.delete(link);
+        continue;
+      }
       if (!link.upstream && !link.client.destroyed) {
         this.#connect(link);
       }
