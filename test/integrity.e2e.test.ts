@@ -8,6 +8,7 @@ import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
 import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { waitForAllAcknowledged } from './harness/audit.ts';
+import { runCli } from './harness/cli.ts';
 import { Harness, testStack, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 import { withDatabase } from './harness/services.ts';
@@ -248,6 +249,41 @@ void describe('integrity invariants', () => {
       PROBLEMS.every((p) => anomalies[p] === 0),
       JSON.stringify(anomalies),
     );
+  });
+
+  void it('says which session a manual refresh waits for, instead of looking hung', async () => {
+    const holder = new pg.Client({
+      connectionString: h.config.mainDatabaseUrl,
+      application_name: 'operator-psql',
+    });
+    await holder.connect();
+    try {
+      const pid = (await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]
+        ?.pid;
+      await holder.query('SELECT pg_advisory_lock(7246002)');
+      const cli = runCli(h, ['integrity', 'refresh', '--json']);
+      await waitFor(
+        async () =>
+          (
+            await h.mainRows(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%outpost_refresh_integrity%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+          ).length > 0,
+        'the refresh to wait for the lock',
+      );
+      await holder.query('SELECT pg_advisory_unlock(7246002)');
+      const done = await cli;
+      assert.equal(done.code, 0, done.stderr);
+      assert.match(
+        done.stderr,
+        new RegExp(
+          `^outpost: waiting for the integrity refresh already running \\(pid ${pid}, operator-psql[,)]`,
+        ),
+      );
+      assert.equal(typeof JSON.parse(done.stdout).anomalies, 'object', 'it then refreshed');
+    } finally {
+      await holder.end();
+    }
   });
 
   void describe('with a refresh that takes a while', () => {

@@ -3,6 +3,7 @@ import {
   cronJob,
   latestSnapshot,
   refreshIntegrity,
+  runningRefresh,
 } from '../db/queries/integrity.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
 import { CliError, print, table } from './output.ts';
@@ -13,6 +14,12 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
   withSite(async (site) => {
     switch (action) {
       case 'refresh': {
+        const running = await runningRefresh(site.main);
+        if (running) {
+          process.stderr.write(
+            `outpost: waiting for the integrity refresh already running (pid ${running.pid}, ${running.application || 'no application name'}${running.since ? `, since ${running.since.toISOString()}` : ''})\n`,
+          );
+        }
         const snapshot = await refreshIntegrity(site.mainUrl, 'manual', true);
         if (!snapshot) {
           throw new CliError('the refresh returned no snapshot');

@@ -57,6 +57,26 @@ export const refreshIntegrity = async (
   }
 };
 
+/** The advisory lock outpost_refresh_integrity() takes (migrations/0002_integrity-views.sql). */
+const REFRESH_LOCK = 7246002;
+
+/**
+ * The session holding the refresh lock, if any: a refresh that waits for it would otherwise look
+ * hung to whoever started it. A bigint key is held as classid (high half) and objid (low half).
+ */
+export const runningRefresh = async (
+  db: Queryable,
+): Promise<{ pid: number; application: string; since: Date | null } | undefined> => {
+  const { rows } = await db.query<{ pid: number; application: string; since: Date | null }>(
+    `SELECT a.pid, a.application_name AS application, a.xact_start AS since
+       FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+      WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1
+        AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())`,
+    [REFRESH_LOCK],
+  );
+  return rows[0];
+};
+
 export const latestSnapshot = async (db: Queryable): Promise<Snapshot | undefined> => {
   const { rows } = await db.query<{
     finished_at: Date;
