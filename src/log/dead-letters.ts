@@ -207,14 +207,6 @@ export class DeadLetters {
     return entry && this.#view(partition, entry);
   }
 
-  async count(): Promise<number> {
-    const pipeline = this.#redis.pipeline();
-    for (const keys of this.eventLog.allKeys()) {
-      pipeline.xlen(keys.deadLetters);
-    }
-    return (await pipelineReplies(pipeline)).reduce<number>((sum, n) => sum + Number(n ?? 0), 0);
-  }
-
   /** Appends the event again (same event_id) and lifts its aggregate's block; the new entry id. */
   async retry(dead: DeadLetter): Promise<string | undefined> {
     if (dead.id !== dead.event_id) {
