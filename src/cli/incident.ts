@@ -1,7 +1,6 @@
 import { parseDurationMs } from '../config.ts';
-import { isUuid } from '../domain/ids.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
-import { type DeadLetter, isDeadLetterId } from '../log/dead-letters.ts';
+import { type DeadLetter, deadLetterIdIn } from '../log/dead-letters.ts';
 import { inspectPending } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -122,12 +121,13 @@ const requireDead = async (
   site: Parameters<Parameters<typeof withSite>[0]>[0],
   id: string | undefined,
 ) => {
-  if (id === undefined || !isDeadLetterId(id)) {
+  const named = id === undefined ? undefined : deadLetterIdIn(id);
+  if (named === undefined) {
     throw new CliError(
       'give the dead letter id (the event id, a UUID, or undecodable-<entry id> as listed)',
     );
   }
-  const dead = await site.deadLetters.find(isUuid(id) ? id.toLowerCase() : id);
+  const dead = await site.deadLetters.find(named);
   if (!dead) {
     throw new CliError(`no dead letter ${id}`);
   }

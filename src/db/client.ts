@@ -17,12 +17,15 @@ export const withServerSettings = (
   settings: readonly string[],
 ): { connectionString: string; options: string } => {
   const parsed = URL.canParse(url) ? new URL(url) : undefined;
-  const fromUrl = parsed?.searchParams.get('options');
-  if (!parsed || fromUrl === null || fromUrl === undefined) {
+  if (!parsed?.searchParams.has('options')) {
     return { connectionString: url, options: settings.join(' ') };
   }
+  const fromUrl = parsed.searchParams.get('options');
   parsed.searchParams.delete('options');
-  return { connectionString: parsed.toString(), options: [fromUrl, ...settings].join(' ') };
+  return {
+    connectionString: parsed.toString(),
+    options: [fromUrl, ...settings].filter(Boolean).join(' '),
+  };
 };
 
 export type PoolOptions = {

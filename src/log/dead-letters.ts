@@ -191,19 +191,21 @@ export class DeadLetters {
     }
     const pipeline = this.#redis.pipeline();
     for (const keys of partitions) {
-      pipeline.hexists(keys.deadIndex, id);
+      pipeline.hget(keys.deadIndex, id);
     }
-    const found = (await pipelineReplies(pipeline)).indexOf(1);
-    return found === -1 ? undefined : this.get(id, found);
+    const deadIds = await pipelineReplies(pipeline);
+    const partition = deadIds.findIndex((deadId) => deadId !== null);
+    return partition === -1 ? undefined : this.#letter(partition, deadIds[partition] as string);
   }
 
   async get(eventId: string, partition: number): Promise<DeadLetter | undefined> {
-    const keys = this.eventLog.keys(partition);
-    const deadId = await this.#redis.hget(keys.deadIndex, eventId);
-    if (!deadId) {
-      return undefined;
-    }
-    const [entry] = (await this.#redis.xrange(keys.deadLetters, deadId, deadId)) as RawEntry[];
+    const deadId = await this.#redis.hget(this.eventLog.keys(partition).deadIndex, eventId);
+    return deadId ? this.#letter(partition, deadId) : undefined;
+  }
+
+  async #letter(partition: number, deadId: string): Promise<DeadLetter | undefined> {
+    const key = this.eventLog.keys(partition).deadLetters;
+    const [entry] = (await this.#redis.xrange(key, deadId, deadId)) as RawEntry[];
     return entry && this.#view(partition, entry);
   }
 
@@ -305,16 +307,27 @@ const parseCursor = (cursor: string): [number, string | undefined] => {
   return [Number(match[1]), match[2]];
 };
 
+const UNDECODABLE = 'undecodable-';
+
 /** An entry without a usable event id is dead-lettered, and named to operators, by its entry id. */
-const undecodableId = (entryId: string) => `undecodable-${entryId}`;
+const undecodableId = (entryId: string) => `${UNDECODABLE}${entryId}`;
 
 /** The name a dead letter goes by: its event id, if it has one the API can take in a path. */
 const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
   eventId !== undefined && isUuid(eventId) ? eventId : undecodableId(entryId);
 
-/** Whether `id` could name a dead letter: an event id, or an undecodable entry's id. */
-export const isDeadLetterId = (id: string): boolean =>
-  isUuid(id) || (id.startsWith('undecodable-') && isStreamEntryId(id.slice('undecodable-'.length)));
+/**
+ * The dead letter an operator's text names, as the index spells it (an event id in lower case), or
+ * undefined if it could name none: an event id, or an undecodable entry's id.
+ */
+export const deadLetterIdIn = (text: string): string | undefined => {
+  if (isUuid(text)) {
+    return text.toLowerCase();
+  }
+  return text.startsWith(UNDECODABLE) && isStreamEntryId(text.slice(UNDECODABLE.length))
+    ? text
+    : undefined;
+};
 
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {
   const record = entryRecord(raw[1]);

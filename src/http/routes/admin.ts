@@ -1,10 +1,9 @@
 import type { Context } from 'hono';
 import { z } from 'zod';
 import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
-import { isUuid } from '../../domain/ids.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
 import { UndecodableEntryError } from '../../log/codec.ts';
-import { isDeadLetterCursor, isDeadLetterId } from '../../log/dead-letters.ts';
+import { deadLetterIdIn, isDeadLetterCursor } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -217,9 +216,9 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
 
 /** A dead letter's path id: an event id, or an undecodable entry's; anything else names none. */
 const deadLetterParam = (c: Context): string => {
-  const id = c.req.param('id') ?? '';
-  if (!isDeadLetterId(id)) {
+  const id = deadLetterIdIn(c.req.param('id') ?? '');
+  if (id === undefined) {
     throw notFound('dead letter');
   }
-  return isUuid(id) ? id.toLowerCase() : id;
+  return id;
 };
