@@ -220,6 +220,40 @@ void describe('HTTP input', () => {
       assert.ok(paths.includes('files.1.checksum_algorithm'), paths.join());
     });
 
+    void it('takes a checksum as tools print it and refuses one no such algorithm makes', async () => {
+      const file = (checksum: string, checksum_algorithm = 'xxh64') => ({
+        path: `/c/${randomUUID()}`,
+        size_bytes: 1,
+        checksum,
+        checksum_algorithm,
+      });
+      // An xxh64 printed as a number loses its leading zeros; upper case is stored as lower.
+      const accepted = await h.post('/raw_data_files', {
+        executed_obs_unit_id: unitId,
+        files: [file('deadbeef'), file('E3B0C44298FC1C14', 'xxh64')],
+      });
+      assert.equal(accepted.status, 201, accepted.text);
+      const [short, upper] = accepted.body.ids as string[];
+      assert.equal((await h.get(`/raw_data_files/${short}`)).body.checksum, 'deadbeef');
+      assert.equal((await h.get(`/raw_data_files/${upper}`)).body.checksum, 'e3b0c44298fc1c14');
+      const error = await appendsNothing(
+        () =>
+          h.post('/raw_data_files', {
+            executed_obs_unit_id: unitId,
+            files: [
+              file('ab'.repeat(32)),
+              file('not-hex', 'sha256'),
+              file('ab'.repeat(33), 'sha256'),
+            ],
+          }),
+        400,
+        'validation_failed',
+      );
+      const paths = error.details.map((d: { path: string }) => d.path);
+      assert.deepEqual(paths, ['files.0.checksum', 'files.1.checksum', 'files.2.checksum']);
+      assert.match(error.details[0].message, /xxh64 digest has at most 16 hex digits/);
+    });
+
     void it('refuses what PostgreSQL could not store: NUL, huge integers, deep nesting, oversize metadata', async () => {
       const nested: Record<string, unknown> = {};
       let cursor = nested;

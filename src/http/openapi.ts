@@ -251,8 +251,8 @@ export const OPERATIONS: readonly OperationSpec[] = [
     tag: 'files',
     summary: 'Register 1–1000 raw data files of an executed obs unit',
     description:
-      'All files are appended in one atomic call: all or none. A checksum has 16 hex digits ' +
-      'for xxh64 and 64 for sha256. An unknown unit is 404.',
+      'All files are appended in one atomic call: all or none. A checksum is hex, at most 16 ' +
+      'digits for xxh64 and 64 for sha256, and is stored in lower case. An unknown unit is 404.',
     body: {
       zod: RegisterFilesBody,
       examples: {
