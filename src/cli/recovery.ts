@@ -59,12 +59,16 @@ export const replayCommand = (flags: RecoveryFlags) =>
         // The report stays on stdout, whole and parseable; the reason goes where failures go.
         // Failed counts every event of the range that cannot apply, dead-lettered before or now.
         const failed = `${report.failed} event(s) that cannot apply (dead-lettered or undecodable: outpost dead list)`;
-        process.stderr.write(
-          report.dry_run
-            ? `outpost: replay --dry-run found ${failed}\n`
-            : `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
-        );
-        process.exitCode = 1;
+        if (report.dry_run) {
+          // A dry run did its job when it reported: after an incident the range often holds dead
+          // letters, and a preview that failed on them would stop the operator's script there.
+          process.stderr.write(`outpost: replay --dry-run found ${failed}\n`);
+        } else {
+          process.stderr.write(
+            `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
+          );
+          process.exitCode = 1;
+        }
       }
     } catch (err) {
       if (err instanceof ReplayBoundError) {
