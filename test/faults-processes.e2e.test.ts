@@ -3,7 +3,7 @@ import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
-import { audit, streamEventIds } from './harness/audit.ts';
+import { audit, streamEntries, streamEventIds } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import {
   Harness,
@@ -12,6 +12,8 @@ import {
   scrapeMetric,
   waitFor,
 } from './harness/harness.ts';
+import { type SteadyLoad, steadyLoad } from './harness/load.ts';
+import { BlackholeProxy } from './harness/proxy.ts';
 
 const exited = (child: ChildProcess) =>
   child.exitCode !== null || child.signalCode !== null
@@ -70,6 +72,84 @@ void describe('process faults under load', () => {
         process.child.kill('SIGTERM');
         await exited(process.child);
       }
+    });
+  });
+
+  void describe('API killed -9 three times with answers lost on the way', () => {
+    let h: Harness;
+    let load: SteadyLoad | undefined;
+    const proxies: BlackholeProxy[] = [];
+    after(async () => {
+      load?.abandon();
+      await Promise.all(proxies.map((proxy) => proxy.close()));
+      await h.close();
+    });
+
+    void it('lands each write once when its client retries with the same Idempotency-Key', async () => {
+      h = await Harness.start({ role: 'projector' });
+      const reachable = async (api: SpawnedService) => {
+        await api.ready();
+        const proxy = await BlackholeProxy.start(api.port);
+        proxies.push(proxy);
+        return proxy;
+      };
+      let api = await h.spawnServe('api');
+      let proxy = await reachable(api);
+      // The instrument retries a write whose answer never came (the connection reset, or refused
+      // while no API runs) with the key it sent the first time.
+      load = steadyLoad(
+        async (path, body, headers) => {
+          const response = await fetch(`http://127.0.0.1:${proxy.port}${path}`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json', ...headers },
+            body: JSON.stringify(body),
+          });
+          return { status: response.status, body: await response.json() };
+        },
+        150,
+        'api-kill9',
+      );
+      const running = load;
+      const appendedUnanswered = new Set<string>();
+      for (let kill = 0; kill < 3; kill += 1) {
+        const acceptedBefore = running.accepted();
+        await waitFor(
+          () => running.accepted() >= acceptedBefore + 100,
+          `writes to be answered before kill ${kill + 1}`,
+          30_000,
+        );
+        // The API appends and answers; the answers never arrive, then the API dies.
+        proxy.loseReplies();
+        let unanswered: string[] = [];
+        await waitFor(async () => {
+          const answered = running.acceptedIds();
+          unanswered = [...(await streamEventIds(h))].filter((id) => !answered.has(id));
+          return unanswered.length >= 10;
+        }, 'writes appended whose answers were lost');
+        api.child.kill('SIGKILL');
+        await exited(api.child);
+        for (const id of unanswered) {
+          appendedUnanswered.add(id);
+        }
+        api = await h.spawnServe('api');
+        proxy = await reachable(api);
+      }
+      await waitFor(
+        () => running.accepted() >= 400,
+        'writes to flow after the last restart',
+        30_000,
+      );
+      const { accepted, failures, sent } = await running.stop();
+      assert.deepEqual(failures, []);
+      assert.equal(accepted.size, sent, 'every write answered 201 in the end');
+      for (const id of appendedUnanswered) {
+        assert.ok(accepted.has(id), `${id}, appended but unanswered, answered on retry`);
+      }
+      const entries = await streamEntries(h);
+      assert.equal(entries.length, accepted.size, 'no write appended twice, none lost');
+      await audit(h, accepted);
+      api.child.kill('SIGTERM');
+      await exited(api.child);
     });
   });
 

@@ -18,17 +18,21 @@ export const unacknowledged = async (h: Harness): Promise<number> => {
 export const waitForAllAcknowledged = (h: Harness, timeoutMs = 60_000) =>
   waitFor(async () => (await unacknowledged(h)) === 0, 'every event to be acknowledged', timeoutMs);
 
-/** Event ids of every entry in the partition streams (duplicates included, once each). */
-export const streamEventIds = async (h: Harness): Promise<Set<string>> => {
-  const ids = new Set<string>();
+/** Every entry of the partition streams as [entry id, event id], oldest first per partition. */
+export const streamEntries = async (h: Harness): Promise<[string, string][]> => {
+  const found: [string, string][] = [];
   for (const keys of eventLogOf(h).allKeys()) {
     const entries = (await h.redis.xrange(keys.stream, '-', '+')) as [string, string[]][];
-    for (const [, fields] of entries) {
-      ids.add(entryRecord(fields).event_id as string);
+    for (const [entryId, fields] of entries) {
+      found.push([entryId, entryRecord(fields).event_id as string]);
     }
   }
-  return ids;
+  return found;
 };
+
+/** Event ids of every entry in the partition streams (duplicates included, once each). */
+export const streamEventIds = async (h: Harness): Promise<Set<string>> =>
+  new Set((await streamEntries(h)).map(([, eventId]) => eventId));
 
 const eventIdsIn = async (rows: Promise<{ event_id: string }[]>) =>
   new Set((await rows).map((r) => r.event_id));

@@ -23,6 +23,8 @@ export type SteadyLoad = {
   /** Stops sending, waits for requests in flight (and their retries) and reports. */
   stop: () => Promise<{ accepted: Set<string>; failures: string[]; sent: number }>;
   accepted: () => number;
+  /** Event ids answered 201 so far. */
+  acceptedIds: () => ReadonlySet<string>;
   /** Stops sending and retrying at once: for a test that failed with its load still running. */
   abandon: () => void;
 };
@@ -95,6 +97,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
   );
   return {
     accepted: () => accepted.size,
+    acceptedIds: () => accepted,
     stop: async () => {
       stopped = true;
       clearInterval(timer);

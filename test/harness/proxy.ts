@@ -18,6 +18,7 @@ type Link = {
 export class BlackholeProxy {
   readonly #links = new Set<Link>();
   #dropping = false;
+  #losingReplies = false;
 
   private constructor(
     private readonly server: Server,
@@ -64,11 +65,19 @@ export class BlackholeProxy {
   }
 
   #forward(link: Link, to: 'up' | 'down', chunk: Buffer) {
+    if (to === 'down' && this.#losingReplies) {
+      return;
+    }
     if (this.#dropping || !link.upstream) {
       link.held.push({ to, chunk });
       return;
     }
     (to === 'up' ? link.upstream : link.client).write(chunk);
+  }
+
+  /** From now on requests still arrive, and what the server answers is lost on the way back. */
+  loseReplies(): void {
+    this.#losingReplies = true;
   }
 
   blackhole(): void {
