@@ -84,7 +84,7 @@ void describe('applying a batch', () => {
     assert.ok(await applied(stale));
   });
 
-  void it('applies a redelivered creation only once, beside new events of the same batch', async () => {
+  void it('applies a redelivered creation only once, beside new events of the same batch or twice within it', async () => {
     const token = await acquireLease(h.main, 1, 'C', 60_000);
     assert.ok(token);
     const lease = { partition: 1, consumer: 'C', token };
@@ -113,6 +113,28 @@ void describe('applying a batch', () => {
       [[b.event.event_id, c.event.event_id]],
     );
     assert.deepEqual(stamps, [{ stamped: true }, { stamped: true }]);
+
+    // Twice within one batch: applied once, one row, one count, one version.
+    const once = startEntry(6, 1);
+    // The same event under a second entry id, as a replay appends it while the first is in flight.
+    const twice = { ...once, entryId: `${Date.now() + 1}-6` };
+    const result = await applyBatch(h.main, [once, twice], lease);
+    assert.deepEqual(result.applied, [once]);
+    assert.deepEqual(result.duplicates, [twice]);
+    // event_id is the events table's key, so a second apply would show in what it maintains.
+    const id = once.event.aggregate_id;
+    assert.deepEqual(
+      await h.mainRows('SELECT event_count FROM aggregate_stats WHERE aggregate_id = $1', [id]),
+      [{ event_count: 1 }],
+    );
+    assert.deepEqual(
+      await h.mainRows('SELECT seq FROM aggregate_heads WHERE aggregate_id = $1', [id]),
+      [{ seq: 0 }],
+    );
+    assert.deepEqual(
+      await h.mainRows('SELECT version FROM executed_obs_units WHERE id = $1', [id]),
+      [{ version: 1 }],
+    );
   });
 
   void it('keeps the commit-LSN stamp on the events index after the table outgrows its first plan', async () => {

@@ -163,6 +163,8 @@ void describe('database faults under load', () => {
       proxy.blackhole();
       const cut = Date.now();
       let slowest = 0;
+      // Every answer is kept and judged after: waitFor retries a condition that throws.
+      const answers: string[] = [];
       await waitFor(
         async () => {
           const started = Date.now();
@@ -172,13 +174,20 @@ void describe('database faults under load', () => {
           const read = await h.get(`/executed_obs_units/${known.id}`);
           const health = await h.get('/health');
           slowest = Math.max(slowest, Date.now() - started);
-          assert.equal(write.status, 202);
-          accepted.add(write.body.event_id);
-          assert.equal(read.status, 200);
+          answers.push(`write ${write.status}, read ${read.status}`);
+          if (write.status === 202) {
+            accepted.add(write.body.event_id);
+          }
           return health.body.circuit_breaker === 'open';
         },
         'the breaker to open while the link drops packets',
         45_000,
+      );
+      assert.ok(answers.length > 0);
+      assert.deepEqual(
+        answers.filter((answer) => answer !== 'write 202, read 200'),
+        [],
+        'every write and merged read answered while packets dropped',
       );
       assert.ok(slowest < 5_000, `requests kept answering promptly (slowest ${slowest} ms)`);
       const health = await h.get('/health');

@@ -2,8 +2,10 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { after, describe, it } from 'node:test';
+import { entryRecord } from '../src/log/codec.ts';
+import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
-import { audit, streamEntries, streamEventIds } from './harness/audit.ts';
+import { audit, eventLogOf, streamEntries, streamEventIds } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import {
   Harness,
@@ -72,6 +74,68 @@ void describe('process faults under load', () => {
         process.child.kill('SIGTERM');
         await exited(process.child);
       }
+    });
+  });
+
+  void describe('projector killed -9 and never restarted', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('leaves its delivered entries to another consumer, which claims and applies them', async () => {
+      h = await Harness.start({ role: 'api' });
+      const log = eventLogOf(h);
+      /** Entries delivered to `consumer` and not acknowledged: [stream, entry id]. */
+      const pendingOf = async (consumer: string) => {
+        const found: [string, string][] = [];
+        for (const keys of log.allKeys()) {
+          const entries = (await h.redis.xpending(
+            keys.stream,
+            CONSUMER_GROUP,
+            '-',
+            '+',
+            10_000,
+            consumer,
+          )) as [string, string, number, number][];
+          found.push(...entries.map(([id]): [string, string] => [keys.stream, id]));
+        }
+        return found;
+      };
+      const load = h.steadyLoad(80, 'orphaned');
+      const gone = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'gone' });
+      // Frozen, it can neither apply nor acknowledge: what it holds then is what it dies with.
+      let orphaned: [string, string][] = [];
+      await waitFor(async () => {
+        gone.child.kill('SIGSTOP');
+        orphaned = await pendingOf('gone');
+        if (orphaned.length === 0) {
+          gone.child.kill('SIGCONT');
+        }
+        return orphaned.length > 0;
+      }, 'the projector to hold delivered entries');
+      gone.child.kill('SIGKILL');
+      await exited(gone.child);
+      const heir = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'heir' });
+      await waitFor(
+        async () => (await pendingOf('gone')).length === 0,
+        "the heir to claim the dead consumer's entries",
+        30_000,
+      );
+      const { accepted, failures } = await load.stop();
+      assert.deepEqual(failures, []);
+      await audit(h, accepted);
+      // The entries the dead consumer held were applied: by the heir, which claimed them.
+      const orphanEvents: string[] = [];
+      for (const [stream, entryId] of orphaned) {
+        const [entry] = (await h.redis.xrange(stream, entryId, entryId)) as [string, string[]][];
+        assert.ok(entry, `${entryId} is still in ${stream}`);
+        orphanEvents.push(entryRecord(entry[1]).event_id as string);
+      }
+      const applied = await h.mainRows('SELECT 1 FROM events WHERE event_id = ANY($1::uuid[])', [
+        orphanEvents,
+      ]);
+      assert.equal(applied.length, orphaned.length);
+      heir.child.kill('SIGTERM');
+      await exited(heir.child);
     });
   });
 

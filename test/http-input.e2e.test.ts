@@ -117,6 +117,27 @@ void describe('HTTP input', () => {
       );
     });
 
+    void it('finishes a paused unit, then refuses to change it with 409 already_finished', async () => {
+      const unit = (await h.post('/executed_obs_units/start', start)).body.id;
+      const paused = await h.request('PATCH', `/executed_obs_units/${unit}`, { status: 'paused' });
+      assert.equal(paused.status, 202, paused.text);
+      const finished = await h.post(`/executed_obs_units/${unit}/finish`, {
+        status: 'interrupted',
+      });
+      assert.equal(finished.status, 202, finished.text);
+      const read = await h.get(`/executed_obs_units/${unit}`);
+      assert.equal(read.body.status, 'interrupted');
+      assert.equal(read.body.version, 3);
+      for (const change of [{ status: 'running' }, { notes: 'too late' }]) {
+        const error = await appendsNothing(
+          () => h.request('PATCH', `/executed_obs_units/${unit}`, change),
+          409,
+          'already_finished',
+        );
+        assert.match(error.message, /interrupted/);
+      }
+    });
+
     void it('appends once when concurrent duplicates race', async () => {
       const key = { 'Idempotency-Key': `race-${randomUUID()}` };
       const before = (await streamEventIds(h)).size;
@@ -166,14 +187,16 @@ void describe('HTTP input', () => {
       const key = { 'Idempotency-Key': `scope-${randomUUID()}` };
       const a = (await h.post('/executed_obs_units/start', start)).body.id;
       const b = (await h.post('/executed_obs_units/start', start)).body.id;
-      assert.equal(
-        (await h.post(`/executed_obs_units/${a}/finish`, { status: 'failed' }, key)).status,
-        202,
-      );
-      assert.equal(
-        (await h.post(`/executed_obs_units/${b}/finish`, { status: 'failed' }, key)).status,
-        202,
-      );
+      const first = await h.post(`/executed_obs_units/${a}/finish`, { status: 'failed' }, key);
+      assert.equal(first.status, 202, first.text);
+      // Scoped by method alone, the second would replay the first's answer and append nothing.
+      const second = await h.post(`/executed_obs_units/${b}/finish`, { status: 'failed' }, key);
+      assert.equal(second.status, 202, second.text);
+      assert.equal(second.body.id, b);
+      assert.notEqual(second.body.event_id, first.body.event_id);
+      assert.equal(second.headers.get('idempotent-replayed'), null);
+      const inLog = await streamEventIds(h);
+      assert.ok(inLog.has(first.body.event_id) && inLog.has(second.body.event_id));
     });
   });
 

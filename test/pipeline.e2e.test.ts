@@ -1,5 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { acquireLease } from '../src/db/queries/leases.ts';
+import { partitionOf } from '../src/domain/ids.ts';
+import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
+import { applyBatches } from '../src/projector/apply-batch.ts';
 import {
   audit,
   eventLogOf,
@@ -49,6 +53,55 @@ void describe('core pipeline', () => {
       assert.equal(event.body.state, 'confirmed');
       assert.equal(event.body.seq, 0);
       assert.match(event.body.commit_lsn, /^[0-9A-F]+\/[0-9A-F]+$/);
+    });
+  });
+
+  void describe('with no projector running', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'api' });
+    });
+    after(() => h.close());
+
+    void it('never folds an event twice that the replica holds while it is still pending', async () => {
+      const started = (await h.post('/executed_obs_units/start', startBody('twice'))).body;
+      const patched = await h.request('PATCH', `/executed_obs_units/${started.id}`, {
+        notes: 'after the start',
+      });
+      assert.equal(patched.status, 202, patched.text);
+      // The state between a projector's commit and its XACK: the start applied and replayed,
+      // both entries still in the log. No projector runs here, so nothing acknowledges them.
+      const partition = partitionOf(started.id, h.config.partitions);
+      const raw = (await h.redis.xrange(
+        eventLogOf(h).keys(partition).stream,
+        '-',
+        '+',
+      )) as RawEntry[];
+      const start = raw.map(decodeEntry).find((e) => e.event.event_id === started.event_id);
+      assert.ok(start, 'the start is in its partition stream');
+      const token = await acquireLease(h.main, partition, 'by-hand', 60_000);
+      assert.ok(token, 'the partition is free');
+      await applyBatches(h.main, [
+        { entries: [start], lease: { partition, consumer: 'by-hand', token } },
+      ]);
+      await waitFor(
+        async () =>
+          (await h.replicaRows('SELECT 1 FROM events WHERE event_id = $1', [started.event_id]))
+            .length === 1,
+        'the replica to replay the start',
+      );
+      const unit = await h.get(`/executed_obs_units/${started.id}`);
+      assert.deepEqual(unit.body.consistency, { source: 'replica+pending', pending_events: 1 });
+      assert.equal(unit.body.version, 2, 'the start counted once, the patch once');
+      assert.equal(unit.body.notes, 'after the start');
+      const events = await h.get(`/aggregates/${started.id}/events`);
+      assert.deepEqual(
+        events.body.items.map((e: { event_id: string; state: string }) => [e.event_id, e.state]),
+        [
+          [started.event_id, 'applied'],
+          [patched.body.event_id, 'pending'],
+        ],
+      );
     });
   });
 
