@@ -280,6 +280,26 @@ const main = async () => {
       const eventLog = new EventLog(drainRedis, drainSite.namespace, PARTITIONS);
       await eventLog.ensureGroups();
       const backlog = await preload(eventLog, DRAIN_EVENTS);
+      // What an operator's lists cost while the backlog waits: pending units are merged into
+      // each, a filter that one of them matches and a first page of all of them.
+      const listApi = await started(outpost(drainSite, 'api'));
+      const listMs = async (query: string, expected: number) => {
+        const ms: number[] = [];
+        for (let i = 0; i < 3; i += 1) {
+          const t = performance.now();
+          const page = await getJson(listApi.port, `/executed_obs_units?${query}`);
+          ms.push(performance.now() - t);
+          if (page.items?.length !== expected) {
+            throw new Error(`bench: ${query} listed ${page.items?.length} of ${expected} units`);
+          }
+        }
+        return { median: round(percentile(ms, 50)), max: round(Math.max(...ms)) };
+      };
+      const listDuringBacklog = {
+        filtered: await listMs('obs_unit_id=bench-7&limit=10', 1),
+        first_page: await listMs('limit=10', 10),
+      };
+      await listApi.stop();
       const mainPool = new pg.Pool({ connectionString: drainSite.main, max: PARTITIONS });
       // The clock starts once the projector process is up: its boot is not drain time.
       const projector = await started(outpost(drainSite, 'projector'));
@@ -309,6 +329,7 @@ const main = async () => {
         outpost_confirmed_events_per_s: Math.round(DRAIN_EVENTS / (confirmedMs / 1000)),
         raw_insert_rows_per_s: rawRate,
         ratio_to_raw: round(DRAIN_EVENTS / (appliedMs / 1000) / rawRate),
+        list_during_backlog_ms: listDuringBacklog,
       };
     }
     if (want('e2e')) {

@@ -67,6 +67,13 @@ export const renderTable = (r: any): string => {
       '≥ 0.6',
     ],
     [
+      `a list of units while all ${r.drain.events} wait unprojected, median / max of 3 (ms): one unit's obs_unit_id; a first page of 10`,
+      r.drain.list_during_backlog_ms
+        ? `${r.drain.list_during_backlog_ms.filtered.median} / ${r.drain.list_during_backlog_ms.filtered.max}; ${r.drain.list_during_backlog_ms.first_page.median} / ${r.drain.list_during_backlog_ms.first_page.max}`
+        : 'not measured',
+      '',
+    ],
+    [
       'end to end at 500/s, evenly paced, API + projector processes: p50 / p99 (ms, histogram; polled)',
       `${r.e2e.rate_500.p50_ms} / ${r.e2e.rate_500.p99_ms}; ${r.e2e.rate_500.polled_p50_ms} / ${r.e2e.rate_500.polled_p99_ms}`,
       '',

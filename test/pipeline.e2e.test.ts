@@ -105,6 +105,54 @@ void describe('core pipeline', () => {
     });
   });
 
+  void describe('with a backlog of pending units', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'api' });
+    });
+    after(() => h.close());
+
+    void it('pages a list through it in id order, each unit once, and finds a rare one', async () => {
+      // More pending units than a list merges at a time, so a page settles before all are merged.
+      const units = await inBatches(
+        Array.from({ length: 1_500 }, (_, i) => i),
+        16,
+        async (i) => (await h.post('/executed_obs_units/start', startBody(`page-${i % 3}`))).body,
+      );
+      const rare = (await h.post('/executed_obs_units/start', startBody('page-rare'))).body;
+      const pageOf = async (query: string) => {
+        const list = await h.get(`/executed_obs_units?${query}`);
+        assert.equal(list.status, 200, list.text);
+        return list.body as { items: { id: string; obs_unit_id: string }[]; next_cursor: string };
+      };
+      const expected = units
+        .filter((_, i) => i % 3 === 0)
+        .map((u) => u.id as string)
+        .sort();
+      const seen: string[] = [];
+      let cursor = '';
+      do {
+        const page = await pageOf(`obs_unit_id=ou-page-0&limit=150&cursor=${cursor}`);
+        assert.ok(page.items.every((item) => item.obs_unit_id === 'ou-page-0'));
+        seen.push(...page.items.map((item) => item.id));
+        cursor = page.next_cursor;
+      } while (cursor && seen.length <= expected.length);
+      assert.deepEqual(seen, expected);
+      const first = await pageOf('limit=5');
+      assert.deepEqual(
+        first.items.map((item) => item.id),
+        [...units.map((u) => u.id as string), rare.id].sort().slice(0, 5),
+      );
+      assert.equal(first.next_cursor, first.items[4]?.id);
+      const found = await pageOf('obs_unit_id=ou-page-rare');
+      assert.deepEqual(
+        found.items.map((item) => item.id),
+        [rare.id],
+      );
+      assert.equal(found.next_cursor, null);
+    });
+  });
+
   void describe('with replica replay paused', () => {
     let h: Harness;
     before(async () => {

@@ -94,7 +94,7 @@ export const parseApplied = (record: string): AppliedRecord => {
 type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
-  outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[]>;
+  outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[][]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostRebuildBucketsInUse(numKeys: number, ...args: string[]): Promise<number>;
@@ -108,6 +108,9 @@ export type Attempt = { at: string; error: string };
  * hundred XADDs take about a millisecond.
  */
 const MAX_EVENTS_PER_CALL = 1000;
+
+/** Aggregates per in-flight read script: a few milliseconds of Redis at most. */
+const INFLIGHT_READ_CHUNK = 256;
 
 type GatheredAppend = {
   request: AppendRequest;
@@ -463,22 +466,45 @@ export class EventLog {
     partition: number,
     aggregateType?: AggregateType,
   ): Promise<LogEntry[]> {
+    return (await this.readInflightMany([aggregateId], partition, aggregateType))[0] ?? [];
+  }
+
+  /**
+   * `readInflight` for many aggregates of one partition, in the order given: a script call per
+   * few hundred aggregates, not one each, and never one so long that it holds Redis up.
+   */
+  async readInflightMany(
+    aggregateIds: readonly string[],
+    partition: number,
+    aggregateType?: AggregateType,
+  ): Promise<LogEntry[][]> {
     const keys = this.keys(partition);
-    const indexes = (aggregateType ? [aggregateType] : AGGREGATE_TYPES).flatMap((type) => [
-      keys.inflight(type, aggregateId),
-      keys.legacyInflightIndex(type),
-    ]);
-    const raw = await this.#redis.outpostReadInflight(
-      indexes.length + 1,
-      keys.stream,
-      ...indexes,
-      aggregateId,
+    const types = aggregateType ? [aggregateType] : AGGREGATE_TYPES;
+    const chunks: (readonly string[])[] = [];
+    for (let i = 0; i < aggregateIds.length; i += INFLIGHT_READ_CHUNK) {
+      chunks.push(aggregateIds.slice(i, i + INFLIGHT_READ_CHUNK));
+    }
+    const replies = await Promise.all(
+      chunks.map((ids) => {
+        const indexes = ids.flatMap((id) =>
+          types.flatMap((type) => [keys.inflight(type, id), keys.legacyInflightIndex(type)]),
+        );
+        return this.#redis.outpostReadInflight(
+          indexes.length + 1,
+          keys.stream,
+          ...indexes,
+          String(types.length * 2),
+          ...ids,
+        );
+      }),
     );
-    const entries = raw.map(decodeEntry);
-    // In stream order, whichever index each came from.
-    return entries.length > 1
-      ? entries.sort((a, b) => compareEntryIds(a.entryId, b.entryId))
-      : entries;
+    return replies.flat().map((raw) => {
+      const entries = raw.map(decodeEntry);
+      // In stream order, whichever index each came from.
+      return entries.length > 1
+        ? entries.sort((a, b) => compareEntryIds(a.entryId, b.entryId))
+        : entries;
+    });
   }
 
   /**

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { type ListFilter, listRows, replicaRowWithEvents } from '../db/queries/read.ts';
+import { type ListFilter, listRows, replicaRowsWithEvents } from '../db/queries/read.ts';
 import type { AggregateType, Envelope } from '../domain/events.ts';
 import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
 import { partitionOf } from '../domain/ids.ts';
@@ -27,28 +27,76 @@ export const readMerged = async (
   deps: ReadDeps,
   type: AggregateType,
   id: string,
-): Promise<MergedAggregate | undefined> => {
-  // Only the type's index: an id of another type finds nothing there and no row in the type's
-  // table, so it is not found, as it should be.
-  const inflight = (
-    await deps.eventLog.readInflight(id, partitionOf(id, deps.partitions), type)
-  ).filter((entry) => entry.event.aggregate_id === id && entry.event.aggregate_type === type);
-  const { row, visible } = await replicaRowWithEvents(
+): Promise<MergedAggregate | undefined> =>
+  (await readMergedMany(deps, type, [{ id, partition: partitionOf(id, deps.partitions) }]))[0];
+
+/**
+ * `readMerged` for many aggregates of one type at once, as a list needs for every aggregate with
+ * events in flight: their entries from Redis first, then their rows and the events the replica
+ * holds in one statement, so a list costs one replica round trip however long the backlog (one
+ * per aggregate took 4.5 s a list with 20,000 units pending). Those found, in the order given.
+ */
+export const readMergedMany = async (
+  deps: ReadDeps,
+  type: AggregateType,
+  aggregates: readonly { id: string; partition: number }[],
+): Promise<MergedAggregate[]> => {
+  const inflight = await inflightOf(deps.eventLog, type, aggregates);
+  const { rows, visible } = await replicaRowsWithEvents(
     deps.replica,
     type,
-    id,
-    inflight.map((e) => e.event.event_id),
+    aggregates.map(({ id }) => id),
+    inflight.flatMap((entries) => entries.map((e) => e.event.event_id)),
   );
-  const pending = inflight.filter((entry) => !visible.has(entry.event.event_id));
-  const state = foldPending(
-    row,
-    pending.map((entry) => entry.event),
+  const found: MergedAggregate[] = [];
+  aggregates.forEach(({ id }, i) => {
+    const row = rows.get(id);
+    const pending = (inflight[i] ?? []).filter((entry) => !visible.has(entry.event.event_id));
+    const state = foldPending(
+      row,
+      pending.map((entry) => entry.event),
+    );
+    if (state) {
+      const source = !row ? 'pending' : pending.length > 0 ? 'replica+pending' : 'replica';
+      found.push({ state, consistency: { source, pending_events: pending.length }, pending });
+    }
+  });
+  return found;
+};
+
+/**
+ * The in-flight entries of each aggregate, in the order given, read partition by partition. Only
+ * the type's index: an id of another type finds nothing there and no row in the type's table, so
+ * it is not found, as it should be.
+ */
+const inflightOf = async (
+  eventLog: EventLog,
+  type: AggregateType,
+  aggregates: readonly { id: string; partition: number }[],
+): Promise<LogEntry[][]> => {
+  const byPartition = new Map<number, number[]>();
+  aggregates.forEach(({ partition }, i) => {
+    const positions = byPartition.get(partition);
+    if (positions) {
+      positions.push(i);
+    } else {
+      byPartition.set(partition, [i]);
+    }
+  });
+  const inflight: LogEntry[][] = new Array(aggregates.length);
+  await Promise.all(
+    [...byPartition].map(async ([partition, positions]) => {
+      const ids = positions.map((i) => aggregates[i]?.id as string);
+      const found = await eventLog.readInflightMany(ids, partition, type);
+      positions.forEach((position, k) => {
+        const id = ids[k];
+        inflight[position] = (found[k] ?? []).filter(
+          (entry) => entry.event.aggregate_id === id && entry.event.aggregate_type === type,
+        );
+      });
+    }),
   );
-  if (!state) {
-    return undefined;
-  }
-  const source = !row ? 'pending' : pending.length > 0 ? 'replica+pending' : 'replica';
-  return { state, consistency: { source, pending_events: pending.length }, pending };
+  return inflight;
 };
 
 /** A pending event that cannot fold (it will fail in the projector too) is left out of the view. */
@@ -76,9 +124,18 @@ export type ListPage = {
   next_cursor: string | null;
 };
 
+/** Aggregates with events in flight merged at a time while a list page fills. */
+const LIST_MERGE_CHUNK = 1000;
+
+const byIdOrder = (a: { id: string }, b: { id: string }) =>
+  a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
+
 /**
- * One page of a list, ordered by id (UUIDv7, so by creation): replica rows merged with every
- * aggregate of the type that still has events in flight, filtered after the merge.
+ * One page of a list, ordered by id (UUIDv7, so by creation): replica rows merged with the
+ * aggregates of the type that still have events in flight, filtered after the merge. Those are
+ * merged in id order, a chunk at a time, until the page is settled: every item below the next
+ * unmerged id is final, so a backlog of 200,000 units costs an unfiltered page one chunk, not
+ * 200,000 merges. A filter few of them match still merges them all, a chunk at a time.
  */
 export const listMerged = async (
   deps: ReadDeps,
@@ -87,30 +144,44 @@ export const listMerged = async (
   after: string | undefined,
   limit: number,
 ): Promise<ListPage> => {
-  const inflightIds = await deps.eventLog.inflightAggregateIds(type);
-  const merged = (
-    await Promise.all(inflightIds.map(({ id }) => readMerged(deps, type, id)))
-  ).filter((m): m is MergedAggregate => m !== undefined);
+  // The log before the replica, as for one aggregate: what is acknowledged in between is then
+  // on the replica's page or merged, never missing from both.
+  const inflight = (await deps.eventLog.inflightAggregateIds(type))
+    .filter(({ id }) => after === undefined || id > after)
+    .sort(byIdOrder);
   const rows = await listRows(deps.replica, type, filters, after, limit + 1);
+  // Rows past the replica page's last id may be missing from it: cut the page there.
+  const lastReplicaId = rows.length > limit ? rows[limit - 1]?.id : undefined;
+  const candidates =
+    lastReplicaId === undefined ? inflight : inflight.filter(({ id }) => id <= lastReplicaId);
   const byId = new Map<string, AggregateState & { consistency: Consistency }>();
   for (const row of rows) {
     byId.set(row.id, { ...row, consistency: { source: 'replica', pending_events: 0 } });
   }
   const matches = (state: AggregateState) =>
-    filters.every((f) => String((state as Record<string, unknown>)[f.column]) === f.value) &&
-    (after === undefined || state.id > after);
-  for (const { state, consistency } of merged) {
-    byId.delete(state.id);
-    if (matches(state)) {
-      byId.set(state.id, { ...state, consistency });
+    filters.every((f) => String((state as Record<string, unknown>)[f.column]) === f.value);
+  let mergedUpTo = 0;
+  /** The first id not merged yet: items below it are final. */
+  const unsettledFrom = () => candidates[mergedUpTo]?.id;
+  while (mergedUpTo < candidates.length) {
+    const chunk = candidates.slice(mergedUpTo, mergedUpTo + LIST_MERGE_CHUNK);
+    for (const { state, consistency } of await readMergedMany(deps, type, chunk)) {
+      byId.delete(state.id);
+      if (matches(state)) {
+        byId.set(state.id, { ...state, consistency });
+      }
+    }
+    mergedUpTo += chunk.length;
+    const from = unsettledFrom();
+    if (from !== undefined && [...byId.keys()].filter((id) => id < from).length >= limit) {
+      break;
     }
   }
-  // Rows past the replica page's last id may be missing from it: cut the page there.
-  const lastReplicaId = rows.length > limit ? rows[limit - 1]?.id : undefined;
+  // Stopped early, at least `limit` items lie below the first unmerged id, so the page is theirs.
   const ordered = [...byId.values()]
     .filter((item) => lastReplicaId === undefined || item.id <= lastReplicaId)
-    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    .sort(byIdOrder);
   const items = ordered.slice(0, limit);
-  const more = ordered.length > limit || rows.length > limit;
+  const more = unsettledFrom() !== undefined || ordered.length > limit || rows.length > limit;
   return { items, next_cursor: more ? (items.at(-1)?.id ?? null) : null };
 };

@@ -4,24 +4,29 @@ import type { Queryable } from '../client.ts';
 import { PROJECTION_TABLES, stateFromRow } from './apply.ts';
 
 /**
- * The replica's row of an aggregate and which of the given events it already holds, read in one
- * statement so both come from the same snapshot.
+ * The replica's rows of some aggregates of one type, and which of the given events it already
+ * holds, read in one statement so both come from the same snapshot: one round trip however many
+ * aggregates a list merges.
  */
-export const replicaRowWithEvents = async (
+export const replicaRowsWithEvents = async (
   replica: Queryable,
   type: AggregateType,
-  id: string,
+  ids: readonly string[],
   eventIds: readonly string[],
-): Promise<{ row: AggregateState | undefined; visible: Set<string> }> => {
+): Promise<{ rows: Map<string, AggregateState>; visible: Set<string> }> => {
   const table = PROJECTION_TABLES[type];
-  const { rows } = await replica.query<{ row: Record<string, unknown> | null; visible: string[] }>(
-    `SELECT (SELECT to_jsonb(t) FROM ${table} t WHERE id = $1) AS row,
+  const { rows } = await replica.query<{
+    rows: Record<string, unknown>[] | null;
+    visible: string[];
+  }>(
+    `SELECT (SELECT jsonb_agg(to_jsonb(t)) FROM ${table} t WHERE id = ANY($1::uuid[])) AS rows,
             ARRAY(SELECT event_id::text FROM events WHERE event_id = ANY($2::uuid[])) AS visible`,
-    [id, eventIds],
+    [ids, eventIds],
   );
   const first = rows[0];
+  const states = (first?.rows ?? []).map(stateFromRow);
   return {
-    row: first?.row ? stateFromRow(first.row) : undefined,
+    rows: new Map(states.map((state) => [state.id, state])),
     visible: new Set(first?.visible ?? []),
   };
 };
