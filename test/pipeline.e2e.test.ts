@@ -153,55 +153,6 @@ void describe('core pipeline', () => {
     });
   });
 
-  void describe('without a separate replica', () => {
-    let h: Harness;
-    before(async () => {
-      h = await Harness.start({ role: 'none' });
-    });
-    after(() => h.close());
-
-    void it('confirms against the main database when the replica URL is the main one', async () => {
-      await h.startService('all', {
-        replicaDatabaseUrl: h.config.mainDatabaseUrl,
-        replicaIsMain: true,
-      });
-      const started = (await h.post('/executed_obs_units/start', startBody('no-replica'))).body;
-      await waitFor(
-        async () => (await h.get(`/events/${started.event_id}`)).body?.state === 'confirmed',
-        'the start to be confirmed by the main database itself',
-      );
-      const unit = await h.get(`/executed_obs_units/${started.id}`);
-      assert.deepEqual(unit.body.consistency, { source: 'replica', pending_events: 0 });
-    });
-
-    void it('acknowledges nothing when the replica URL names a server that is not a standby', async () => {
-      for (const service of [...h.services]) {
-        await h.stopService(service);
-      }
-      // The primary under another URL: configured as a replica, its replay LSN is NULL, which
-      // must not read as caught up.
-      const notAStandby = `${h.config.mainDatabaseUrl}?application_name=not-a-standby`;
-      await h.startService('all', { replicaDatabaseUrl: notAStandby, replicaIsMain: false });
-      const started = (await h.post('/executed_obs_units/start', startBody('misread'))).body;
-      await waitFor(
-        async () => (await h.get(`/events/${started.event_id}`)).body?.state === 'applied',
-        'the start to be applied on main',
-      );
-      await waitFor(
-        async () =>
-          /outpost_circuit_breaker_state\{target="replica"\} 2/.test(
-            (await h.get('/metrics')).text,
-          ),
-        'the acknowledgements to fail until the replica breaker opens',
-      );
-      assert.equal((await h.get(`/events/${started.event_id}`)).body.state, 'applied');
-      assert.ok(
-        (await unacknowledged(h)) >= 1,
-        'nothing acknowledged past a server that is no standby',
-      );
-    });
-  });
-
   void describe('with replica replay paused', () => {
     let h: Harness;
     before(async () => {
