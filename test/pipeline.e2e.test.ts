@@ -4,6 +4,7 @@ import { acquireLease } from '../src/db/queries/leases.ts';
 import { partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { applyBatches } from '../src/projector/apply-batch.ts';
+import { crashMain, stackUp } from '../src/stack/stack.ts';
 import {
   audit,
   eventLogOf,
@@ -150,6 +151,72 @@ void describe('core pipeline', () => {
         [rare.id],
       );
       assert.equal(found.next_cursor, null);
+    });
+  });
+
+  void describe('without a separate replica, on a main database that recovered from a crash', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'none' });
+      // A primary that ran crash recovery reports the LSN its recovery ended at as its replay
+      // position for as long as it runs: a site must not mistake it for a standby stuck there.
+      await crashMain(h.stack.dir);
+      await stackUp(h.stackOptions());
+      const [recovered] = await h.mainRows<{ replay: string | null }>(
+        'SELECT pg_last_wal_replay_lsn()::text AS replay',
+      );
+      assert.ok(recovered?.replay, 'the main database reports a replay position after recovery');
+    });
+    after(() => h.close());
+
+    void it('confirms against the main database when the replica URL is the main one', async () => {
+      await h.startService('all', {
+        replicaDatabaseUrl: h.config.mainDatabaseUrl,
+        replicaIsMain: true,
+      });
+      const started = (await h.post('/executed_obs_units/start', startBody('no-replica'))).body;
+      await waitFor(
+        async () => (await h.get(`/events/${started.event_id}`)).body?.state === 'confirmed',
+        'the start to be confirmed by the main database itself',
+      );
+      const unit = await h.get(`/executed_obs_units/${started.id}`);
+      assert.deepEqual(unit.body.consistency, { source: 'replica', pending_events: 0 });
+    });
+
+    void it('acknowledges nothing when the replica URL names a server that is not a standby', async () => {
+      for (const service of [...h.services]) {
+        await h.stopService(service);
+      }
+      // The primary under another URL: configured as a replica, its replay LSN is NULL, which
+      // must not read as caught up.
+      const notAStandby = `${h.config.mainDatabaseUrl}?application_name=not-a-standby`;
+      await h.startService('all', { replicaDatabaseUrl: notAStandby, replicaIsMain: false });
+      const started = (await h.post('/executed_obs_units/start', startBody('misread'))).body;
+      await waitFor(
+        async () => (await h.get(`/events/${started.event_id}`)).body?.state === 'applied',
+        'the start to be applied on main',
+      );
+      await waitFor(
+        async () =>
+          /outpost_circuit_breaker_state\{target="replica"\} 2/.test(
+            (await h.get('/metrics')).text,
+          ),
+        'the acknowledgements to fail until the replica breaker opens',
+      );
+      assert.equal((await h.get(`/events/${started.event_id}`)).body.state, 'applied');
+      assert.ok(
+        (await unacknowledged(h)) >= 1,
+        'nothing acknowledged past a server that is no standby',
+      );
+      // And the operator's view says why.
+      const pending = await h.get('/admin/pending', {
+        authorization: `Bearer ${h.config.adminToken}`,
+      });
+      assert.match(pending.body.replica.error, /not a standby/);
+      const entry = pending.body.entries.find(
+        (e: { event_id: string }) => e.event_id === started.event_id,
+      );
+      assert.equal(entry?.waiting_for, 'replica');
     });
   });
 

@@ -8,32 +8,39 @@ export type ReplicaPosition = {
 };
 
 /**
- * Where reads are served from. A NULL replay position means the "replica" is not a standby: that
- * is a misconfiguration, not "caught up", unless the site runs without a separate replica.
+ * Where reads are served from. Only a server in recovery is a standby: a primary that once
+ * recovered from a crash keeps reporting, forever, the LSN its recovery ended at, so a non-NULL
+ * replay position alone would read as a standby stuck behind and nothing would be acknowledged
+ * again. A primary is the read replica only when the site runs without a separate one.
  */
 export const replicaPosition = async (
   replica: Queryable,
   replicaIsMain: boolean,
 ): Promise<ReplicaPosition> => {
   const { rows } = await replica.query<{
+    standby: boolean;
     replay: string | null;
     flush: string | null;
     lag: number | null;
   }>(
-    `SELECT pg_last_wal_replay_lsn()::text AS replay,
+    `SELECT pg_is_in_recovery() AS standby,
+            pg_last_wal_replay_lsn()::text AS replay,
             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END AS flush,
             CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
                  ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
             END::float8 AS lag`,
   );
   const row = rows[0];
-  if (row?.replay) {
+  if (row?.standby && row.replay) {
     return { lsn: row.replay, lagSeconds: Math.max(0, row.lag ?? 0) };
+  }
+  if (row?.standby) {
+    throw new Error('the replica has replayed nothing yet: pg_last_wal_replay_lsn() is NULL');
   }
   if (replicaIsMain && row?.flush) {
     return { lsn: row.flush, lagSeconds: 0 };
   }
-  throw new Error('the replica is not a standby: pg_last_wal_replay_lsn() is NULL');
+  throw new Error('the replica is not a standby: pg_is_in_recovery() is false on it');
 };
 
 export const mainWalLsn = async (main: Queryable): Promise<string> => {
