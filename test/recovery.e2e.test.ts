@@ -360,15 +360,14 @@ void describe('recovery', () => {
     });
     after(() => h.close());
 
-    void it('trims acknowledged entries past the retention, never a pending one or anything after it', async () => {
+    /** Appends `n` configurations to `partition`, one call each; their entry ids in order. */
+    const appendConfigurations = async (partition: number, n: number): Promise<string[]> => {
       const log = eventLogOf(h);
-      await log.ensureGroups();
-      const stream = log.keys(0).stream;
       const ids: string[] = [];
-      for (let i = 0; i < 5; i += 1) {
+      for (let i = 0; i < n; i += 1) {
         const event = {
-          event_id: newIdInPartition(0, h.config.partitions),
-          aggregate_id: newIdInPartition(0, h.config.partitions),
+          event_id: newIdInPartition(partition, h.config.partitions),
+          aggregate_id: newIdInPartition(partition, h.config.partitions),
           aggregate_type: 'instrument_configuration',
           type: 'InstrumentConfigurationCreated',
           version: 1,
@@ -376,10 +375,20 @@ void describe('recovery', () => {
           accepted_at: Date.now(),
           data: { instrument: 'x', configuration: {} },
         } as Envelope;
-        const result = await log.append({ partition: 0, events: [event] });
+        const result = await log.append({ partition, events: [event] });
         assert.equal(result.kind, 'appended');
         ids.push(...(result.kind === 'appended' ? result.entryIds : []));
       }
+      return ids;
+    };
+    const entryIdsOf = async (stream: string) =>
+      ((await h.redis.xrange(stream, '-', '+')) as [string, string[]][]).map(([id]) => id);
+
+    void it('trims acknowledged entries past the retention, never a pending one or anything after it', async () => {
+      const log = eventLogOf(h);
+      await log.ensureGroups();
+      const stream = log.keys(0).stream;
+      const ids = await appendConfigurations(0, 5);
       await h.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 10, 'STREAMS', stream, '>');
       await h.redis.xack(
         stream,
@@ -392,21 +401,64 @@ void describe('recovery', () => {
       const future = Date.now() + 3_600_000;
       // Everything is older than a zero retention an hour from now; only ids[2] is still pending.
       assert.equal(await trimPartition(log, 0, 0, future), 2);
-      const kept = ((await h.redis.xrange(stream, '-', '+')) as [string, string[]][]).map(
-        ([id]) => id,
-      );
-      assert.deepEqual(kept, ids.slice(2));
+      assert.deepEqual(await entryIdsOf(stream), ids.slice(2));
 
       await h.redis.xack(stream, CONSUMER_GROUP, ids[2] as string);
       await trimPartition(log, 0, 0, future);
-      const left = ((await h.redis.xrange(stream, '-', '+')) as [string, string[]][]).map(
-        ([id]) => id,
+      assert.deepEqual(
+        await entryIdsOf(stream),
+        [ids[4]],
+        'the last delivered entry stays as the group position',
       );
-      assert.deepEqual(left, [ids[4]], 'the last delivered entry stays as the group position');
       assert.equal(
         await trimPartition(log, 0, 7 * 86_400_000),
         0,
         'nothing within the retention is trimmed',
+      );
+    });
+
+    void it('keeps acknowledged entries younger than the retention and entries never delivered', async () => {
+      const log = eventLogOf(h);
+      await log.ensureGroups();
+      const stream = log.keys(1).stream;
+      const old = await appendConfigurations(1, 2);
+      // The retention's edge falls between the old and the young entries: wait until Redis's
+      // clock, which names the entries, has moved past the old ones.
+      const lastOldMs = Number((old[1] as string).split('-')[0]);
+      await waitFor(() => Date.now() > lastOldMs, 'the clock to pass the old entries');
+      const edge = Date.now();
+      const young = await appendConfigurations(1, 2);
+      assert.ok(
+        Number((young[0] as string).split('-')[0]) >= edge,
+        'young entries are past the edge',
+      );
+      const undelivered = await appendConfigurations(1, 2);
+      // Deliver and acknowledge the old and the young ones; the last two are never delivered.
+      await h.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 4, 'STREAMS', stream, '>');
+      await h.redis.xack(stream, CONSUMER_GROUP, ...old, ...young);
+
+      // A retention that ends at the edge: the old entries go, the young acknowledged ones stay.
+      assert.equal(await trimPartition(log, 1, 0, edge), 2);
+      assert.deepEqual(await entryIdsOf(stream), [...young, ...undelivered]);
+
+      // Every entry is past a zero retention an hour from now, yet what the group has not been
+      // delivered stays, and so does the last delivered entry, its position.
+      await trimPartition(log, 1, 0, Date.now() + 3_600_000);
+      assert.deepEqual(await entryIdsOf(stream), [young[1], ...undelivered]);
+      const read = (await h.redis.xreadgroup(
+        'GROUP',
+        CONSUMER_GROUP,
+        'c',
+        'COUNT',
+        10,
+        'STREAMS',
+        stream,
+        '>',
+      )) as [string, [string, string[]][]][];
+      assert.deepEqual(
+        read[0]?.[1].map(([id]) => id),
+        undelivered,
+        'the never-delivered entries are still delivered after the trim',
       );
     });
   });
