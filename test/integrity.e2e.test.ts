@@ -191,6 +191,37 @@ void describe('integrity invariants', () => {
     });
   }
 
+  void it('tells an operator through `outpost integrity status` which problem, how many, and a sample row', async () => {
+    await h.main.query('UPDATE aggregate_heads SET seq = 1 WHERE aggregate_id = $1', [ids.unit]);
+    try {
+      const { anomalies } = await refresh();
+      assert.equal(anomalies.head_mismatch, 1);
+      const json = await runCli(h, ['integrity', 'status', '--json']);
+      assert.equal(json.code, 0, json.stderr);
+      const status = JSON.parse(json.stdout);
+      assert.equal(status.anomalies.head_mismatch, 1);
+      assert.ok(
+        PROBLEMS.every((p) => p === 'head_mismatch' || status.anomalies[p] === 0),
+        JSON.stringify(status.anomalies),
+      );
+      assert.equal(status.samples.head_mismatch.length, 1);
+      assert.equal(status.samples.head_mismatch[0].aggregate_id, ids.unit);
+      assert.equal(status.schedule, h.config.integritySchedule);
+      assert.ok(['pg_cron', 'scheduler'].includes(status.mode), status.mode);
+
+      const text = await runCli(h, ['integrity', 'status']);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(text.stdout, /^head_mismatch\s+1\s*$/m);
+      assert.match(text.stdout, /^seq_gap\s+0\s*$/m);
+      assert.match(text.stdout, new RegExp(`^head_mismatch: \\[.*"${ids.unit}"`, 'm'));
+      assert.match(text.stdout, /^mode (pg_cron|scheduler), schedule \*\/30 \* \* \* \*$/m);
+    } finally {
+      await h.main.query('UPDATE aggregate_heads SET seq = 2 WHERE aggregate_id = $1', [ids.unit]);
+    }
+    const { anomalies } = await refresh();
+    assert.equal(anomalies.head_mismatch, 0);
+  });
+
   void it('counts seqs that are contiguous but start past 0 as a seq_gap, and as a bad first event', async () => {
     // Two steps, so no row meets another's (aggregate_id, seq) on the way: 0,1,2 -> 100.. -> 1,2,3.
     const shift = async (by: number) => {

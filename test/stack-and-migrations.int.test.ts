@@ -1,11 +1,19 @@
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { promisify } from 'node:util';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
+import { PROJECT_ROOT } from '../src/paths.ts';
 import { stackStatus, stackUp } from '../src/stack/stack.ts';
 import { testStack } from './harness/harness.ts';
 import { withDatabase } from './harness/services.ts';
+
+const run = promisify(execFile);
 
 const schemaOf = async (client: pg.Client) =>
   (
@@ -92,6 +100,63 @@ void describe('outpost stack up', () => {
       }),
       /is taken by something that is not this stack/,
     );
+  });
+});
+
+void describe('outpost stack status', () => {
+  /** `outpost stack status` run by an operator in `cwd`, whose `.outpost` is the stack it reports. */
+  const status = (cwd: string, json: boolean) =>
+    run(
+      process.execPath,
+      [join(PROJECT_ROOT, 'bin/outpost.js'), 'stack', 'status', ...(json ? ['--json'] : [])],
+      {
+        cwd,
+        env: { PATH: process.env.PATH, HOME: process.env.HOME },
+      },
+    );
+  let cwd: string;
+  before(() => {
+    cwd = mkdtempSync(join(tmpdir(), 'outpost-status-'));
+  });
+  after(() => rmSync(cwd, { recursive: true, force: true }));
+
+  void it('prints each server of a stopped stack as stopped, at the local stack URLs', async () => {
+    const printed = JSON.parse((await status(cwd, true)).stdout);
+    assert.deepEqual(printed, {
+      running: false,
+      main: { url: 'postgres://postgres@127.0.0.1:55432/outpost', state: 'stopped' },
+      replica: { url: 'postgres://postgres@127.0.0.1:55433/outpost', state: 'stopped' },
+      redis: { url: 'redis://127.0.0.1:56379', state: 'stopped' },
+      pg_cron: false,
+    });
+  });
+
+  void it('prints the URLs and state of the running stack in .outpost, as JSON and as a table', async () => {
+    const stack = testStack();
+    symlinkSync(stack.dir, join(cwd, '.outpost'));
+    const printed = JSON.parse((await status(cwd, true)).stdout);
+    assert.deepEqual(
+      {
+        main: printed.main,
+        replica: printed.replica,
+        redis: printed.redis,
+        running: printed.running,
+      },
+      {
+        main: { url: stack.mainUrl, state: 'running' },
+        replica: { url: stack.replicaUrl, state: 'running' },
+        redis: { url: stack.redisUrl, state: 'running' },
+        running: true,
+      },
+    );
+    const text = (await status(cwd, false)).stdout;
+    for (const [service, url] of [
+      ['main', stack.mainUrl],
+      ['replica', stack.replicaUrl],
+      ['redis', stack.redisUrl],
+    ]) {
+      assert.match(text, new RegExp(`^${service}\\s+running\\s+${url}\\s*$`, 'm'));
+    }
   });
 });
 
