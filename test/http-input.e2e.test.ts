@@ -3,8 +3,9 @@ import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { partitionOf } from '../src/domain/ids.ts';
+import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from '../src/http/body.ts';
 import { streamEventIds } from './harness/audit.ts';
-import { Harness, type HttpResult } from './harness/harness.ts';
+import { Harness, type HttpResult, waitFor } from './harness/harness.ts';
 
 const start = { obs_unit_id: 'ou-input', instrument: 'nirspec' };
 
@@ -593,3 +594,93 @@ const rawPost = (
     }
     req.end();
   });
+
+void describe('free JSON at its exact limits', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start();
+  });
+  after(() => h.close());
+
+  /** An object nested `levels` deep (an object holding an object is 2), with a value at the bottom. */
+  const nestedTo = (levels: number): Record<string, unknown> => {
+    let value: Record<string, unknown> = { seeing: 0.6 };
+    for (let level = 1; level < levels; level += 1) {
+      value = { n: value };
+    }
+    return value;
+  };
+  /** An object whose JSON takes exactly `bytes` bytes of UTF-8, made of `char` (1 or 2 bytes). */
+  const sizedTo = (bytes: number, char: 'x' | 'é'): Record<string, unknown> => {
+    const overhead = Buffer.byteLength(JSON.stringify({ blob: '', pad: '' }));
+    const perChar = Buffer.byteLength(char);
+    const blob = char.repeat(Math.floor((bytes - overhead) / perChar));
+    const value = { blob, pad: '' };
+    value.pad = 'x'.repeat(bytes - Buffer.byteLength(JSON.stringify(value)));
+    assert.equal(Buffer.byteLength(JSON.stringify(value)), bytes);
+    return value;
+  };
+
+  const refusedAt = async (path: string, body: unknown, field: string) => {
+    const answer = await h.post(path, body);
+    assert.equal(answer.status, 400, answer.text);
+    assert.equal(answer.body.error.code, 'validation_failed');
+    assert.deepEqual(
+      answer.body.error.details.map((d: { path: string }) => d.path),
+      [field],
+    );
+  };
+
+  /** Accepted, projected and read back from the replica exactly as sent. */
+  const storedAsSent = async (path: string, body: Record<string, unknown>, field: string) => {
+    const answer = await h.post(path, body);
+    assert.equal(answer.status, 201, answer.text);
+    const readPath = `${path.replace('/start', '')}/${answer.body.id}`;
+    let read: HttpResult | undefined;
+    await waitFor(async () => {
+      read = await h.get(readPath);
+      return read.body?.consistency?.source === 'replica';
+    }, `${readPath} to be served by the replica`);
+    assert.deepEqual(read?.body[field], body[field]);
+  };
+
+  void it('stores metadata nested exactly 32 levels deep and refuses 33', async () => {
+    assert.equal(depthOf(nestedTo(MAX_JSON_DEPTH)), 32);
+    await storedAsSent(
+      '/executed_obs_units/start',
+      { ...start, metadata: nestedTo(MAX_JSON_DEPTH) },
+      'metadata',
+    );
+    await refusedAt(
+      '/executed_obs_units/start',
+      { ...start, metadata: nestedTo(MAX_JSON_DEPTH + 1) },
+      'metadata',
+    );
+  });
+
+  void it('stores metadata and a configuration of exactly 64 KB of UTF-8 and refuses one byte more', async () => {
+    await storedAsSent(
+      '/executed_obs_units/start',
+      { ...start, metadata: sizedTo(MAX_FREE_JSON_BYTES, 'x') },
+      'metadata',
+    );
+    await storedAsSent(
+      '/instrument_configurations',
+      { instrument: 'nirspec', configuration: sizedTo(MAX_FREE_JSON_BYTES, 'é') },
+      'configuration',
+    );
+    await refusedAt(
+      '/executed_obs_units/start',
+      { ...start, metadata: sizedTo(MAX_FREE_JSON_BYTES + 1, 'x') },
+      'metadata',
+    );
+    // Counted in bytes, not characters: fewer than 64 Ki characters, but more bytes.
+    const accented = sizedTo(MAX_FREE_JSON_BYTES + 1, 'é');
+    assert.ok(JSON.stringify(accented).length < MAX_FREE_JSON_BYTES);
+    await refusedAt(
+      '/instrument_configurations',
+      { instrument: 'nirspec', configuration: accented },
+      'configuration',
+    );
+  });
+});
