@@ -42,7 +42,14 @@ const filesOf = (tier: Tier, only: string | undefined) =>
 const runFiles = (files: string[], concurrency: number): Promise<boolean> =>
   new Promise((resolve) => {
     let failed = false;
-    const stream = run({ files, concurrency, timeout: 15 * 60_000 });
+    // TEST_NAME_PATTERN runs only the tests whose name matches it (a regular expression).
+    const pattern = process.env.TEST_NAME_PATTERN;
+    const stream = run({
+      files,
+      concurrency,
+      timeout: 15 * 60_000,
+      ...(pattern ? { testNamePatterns: [new RegExp(pattern)] } : {}),
+    });
     stream.on('test:fail', () => {
       failed = true;
     });
