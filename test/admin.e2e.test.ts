@@ -340,14 +340,8 @@ void describe('admin and incident tools', () => {
   });
 
   void it('shows what waits and why: projection or replica, with the replica position', async () => {
-    await h.replica.query('SELECT pg_wal_replay_pause()');
+    await h.pauseReplay();
     try {
-      await waitFor(
-        async () =>
-          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
-            ?.s === 'paused',
-        'replay to pause',
-      );
       const unit = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'inspect', instrument: 'x' })
       ).body;

@@ -6,17 +6,6 @@ import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './har
 import { Harness, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 
-const pauseReplay = async (h: Harness) => {
-  await h.replica.query('SELECT pg_wal_replay_pause()');
-  await waitFor(
-    async () =>
-      (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]?.s ===
-      'paused',
-    'replay to pause',
-  );
-};
-const resumeReplay = (h: Harness) => h.replica.query('SELECT pg_wal_replay_resume()');
-
 const appliedTimes = async (h: Harness, eventId: string) =>
   (
     await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events WHERE event_id = $1', [
@@ -30,7 +19,7 @@ void describe('exactly-once effect', () => {
     h = await Harness.start({ role: 'api' });
   });
   after(async () => {
-    await resumeReplay(h).catch(() => undefined);
+    await h.resumeReplay().catch(() => undefined);
     await h.close();
   });
 
@@ -76,7 +65,7 @@ void describe('exactly-once effect', () => {
   });
 
   void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {
-    await pauseReplay(h);
+    await h.pauseReplay();
     let projector = await h.startService('projector');
     const unit = await h.post('/executed_obs_units/start', {
       obs_unit_id: 'reread',
@@ -90,7 +79,7 @@ void describe('exactly-once effect', () => {
     // The crash window: committed in PostgreSQL, nothing recorded in Redis yet.
     const keys = eventLogOf(h).keys(partitionOf(unit.body.id, h.config.partitions));
     await h.redis.del(keys.applied, keys.appliedLsn);
-    await resumeReplay(h);
+    await h.resumeReplay();
 
     projector = await h.startService('projector');
     await waitForAllAcknowledged(h);
@@ -108,7 +97,7 @@ void describe('exactly-once effect', () => {
 
   void it('loses nothing and applies nothing twice when the projector is killed -9 between COMMIT and XACK', async () => {
     // With replay paused nothing can be acknowledged: every kill lands between commit and XACK.
-    await pauseReplay(h);
+    await h.pauseReplay();
     let { child } = await h.spawnServe('projector');
     const total = 1500;
     const load = inBatches(
@@ -132,7 +121,7 @@ void describe('exactly-once effect', () => {
     }
     const responses = await load;
     assert.ok(responses.every((r) => r.status === 201));
-    await resumeReplay(h);
+    await h.resumeReplay();
     const accepted = new Set(responses.map((r) => r.body.event_id as string));
     assert.deepEqual(
       await streamEventIds(h),

@@ -239,13 +239,7 @@ void describe('database faults under load', () => {
       h = await Harness.start();
       const load = h.steadyLoad(40, 'replay');
       await waitFor(() => load.accepted() >= 20, 'load to be flowing');
-      await h.replica.query('SELECT pg_wal_replay_pause()');
-      await waitFor(
-        async () =>
-          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
-            ?.s === 'paused',
-        'replay to pause',
-      );
+      await h.pauseReplay();
       const acker = h.services[0]?.acker;
       assert.ok(acker);
       // Entries committed before the pause may still be acknowledged; nothing after a short while.

@@ -231,13 +231,7 @@ void describe('core pipeline', () => {
     });
 
     void it('keeps applied entries pending with their commit LSN until the replica replays them', async () => {
-      await h.replica.query('SELECT pg_wal_replay_pause()');
-      await waitFor(
-        async () =>
-          (await h.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
-            ?.s === 'paused',
-        'replay to pause',
-      );
+      await h.pauseReplay();
       const unit = await h.post('/executed_obs_units/start', startBody('paused'));
       const finish = await h.post(`/executed_obs_units/${unit.body.id}/finish`, {
         status: 'success',

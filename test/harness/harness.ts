@@ -296,6 +296,21 @@ export class Harness {
     };
   }
 
+  /** Pauses the replica's replay, and waits until it has stopped, not just been asked to. */
+  async pauseReplay(): Promise<void> {
+    await this.replica.query('SELECT pg_wal_replay_pause()');
+    await waitFor(
+      async () =>
+        (await this.replicaRows<{ s: string }>('SELECT pg_get_wal_replay_pause_state() AS s'))[0]
+          ?.s === 'paused',
+      'replay to pause',
+    );
+  }
+
+  async resumeReplay(): Promise<void> {
+    await this.replica.query('SELECT pg_wal_replay_resume()');
+  }
+
   async mainRows<T extends pg.QueryResultRow>(text: string, params: unknown[] = []): Promise<T[]> {
     return (await this.main.query<T>(text, params)).rows;
   }
