@@ -42,6 +42,11 @@ export type ConsumerDeps = {
 type StreamReply = [stream: string, entries: [string, string[] | null][]][] | null;
 /** A batch read from the stream, and how many aggregates were blocked by dead letters then. */
 type Read = { entries: RawEntry[]; blockedAggregates: number };
+/**
+ * A page of this consumer's own pending entries: `entries` leaves out those already applied, and
+ * `pageEnd` is the page's last id, where the next page starts once this one is done.
+ */
+type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
 const BLOCK_MS = 1000;
 
@@ -62,6 +67,8 @@ export class PartitionConsumer {
   #stopping: Promise<void> | undefined;
   #rereadOwnPending = true;
   #cursor = '0';
+  /** Which scan of own pending entries the cursor belongs to: a restart begins a new one. */
+  #scan = 0;
   #lastError: string | undefined;
   #leaseLapsed = false;
 
@@ -93,9 +100,12 @@ export class PartitionConsumer {
     return this.#stopping;
   }
 
-  /** Re-reads own pending entries on the next turn (after a claim of a dead owner's entries). */
+  /**
+   * Re-reads own pending entries from the first on the next turn: after a claim of a dead owner's
+   * entries, whose ids may lie before the page being read now.
+   */
   rereadOwnPending(): void {
-    this.#rereadOwnPending = true;
+    this.#rereadFromStart();
   }
 
   async #run(): Promise<void> {
@@ -114,12 +124,16 @@ export class PartitionConsumer {
       this.#leaseLapsed = false;
       try {
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
-        if (this.#abort.signal.aborted || read.entries.length === 0) {
+        if (this.#abort.signal.aborted) {
+          continue;
+        }
+        if (read.entries.length === 0) {
+          this.#pageDone(read);
           continue;
         }
         if (!this.#deps.breaker.tryAcquire()) {
           // What was read stays in our pending list and is re-read once the breaker lets us.
-          this.#rereadOwnPending = true;
+          this.#rereadFromStart();
           await pause(
             Math.min(1000, Math.max(50, this.#deps.breaker.waitMs())),
             this.#abort.signal,
@@ -127,6 +141,7 @@ export class PartitionConsumer {
           continue;
         }
         await this.#process(read);
+        this.#pageDone(read);
         this.#transientBackoff.reset();
         this.#lastError = undefined;
       } catch (err) {
@@ -148,29 +163,57 @@ export class PartitionConsumer {
           { err, partition: this.#partition, retryInMs: delay },
           'projection failed, retrying',
         );
-        this.#rereadOwnPending = true;
+        this.#rereadFromStart();
         await pause(delay, this.#abort.signal);
       }
     }
   }
 
-  async #readOwnPending(): Promise<Read> {
+  /**
+   * After a failure, or a breaker that would not let a batch through, the next read is the first
+   * page of our own pending entries again: the page that failed is retried before anything after
+   * it, and before anything new. (Moving on past it would apply its aggregates' later events
+   * first, and leave it to the idle reclaim.)
+   */
+  #rereadFromStart(): void {
+    this.#rereadOwnPending = true;
+    this.#cursor = '0';
+    this.#scan += 1;
+  }
+
+  /** A page of own pending entries was handled: the next read starts after it, unless restarted. */
+  #pageDone(read: Read | OwnPendingRead): void {
+    if ('pageEnd' in read && read.scan === this.#scan) {
+      this.#cursor = read.pageEnd;
+    }
+  }
+
+  async #readOwnPending(): Promise<Read | OwnPendingRead> {
     if (this.#cursor === '0') {
       this.#holding.clear();
     }
+    const scan = this.#scan;
     const read = await this.#read(this.#cursor);
-    if (read.entries.length === 0) {
-      this.#rereadOwnPending = false;
-      this.#cursor = '0';
+    const pageEnd = read.entries.at(-1)?.[0];
+    if (pageEnd === undefined) {
+      // Past the last own pending entry: new entries next, unless a restart came during the read.
+      if (scan === this.#scan) {
+        this.#rereadOwnPending = false;
+        this.#cursor = '0';
+      }
       return read;
     }
-    this.#cursor = read.entries.at(-1)?.[0] ?? this.#cursor;
     const lsns = await this.#deps.eventLog.appliedLsnOf(
       read.entries.map(([id]) => id),
       this.#partition,
     );
     // Entries already applied and waiting for the replica belong to the acker, not to us.
-    return { ...read, entries: read.entries.filter((_, i) => lsns[i] === null) };
+    return {
+      ...read,
+      entries: read.entries.filter((_, i) => lsns[i] === null),
+      pageEnd,
+      scan,
+    };
   }
 
   #readNew(): Promise<Read> {
