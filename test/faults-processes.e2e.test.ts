@@ -2,16 +2,24 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { after, describe, it } from 'node:test';
+import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
-import { audit, eventLogOf, streamEntries, streamEventIds } from './harness/audit.ts';
+import {
+  audit,
+  eventLogOf,
+  streamEntries,
+  streamEventIds,
+  waitForAllAcknowledged,
+} from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import {
   Harness,
   holdFault,
   type SpawnedService,
   scrapeMetric,
+  testStack,
   waitFor,
 } from './harness/harness.ts';
 import { type SteadyLoad, steadyLoad } from './harness/load.ts';
@@ -396,6 +404,68 @@ void describe('process faults under load', () => {
       a.child.kill('SIGTERM');
       b.child.kill('SIGTERM');
       await Promise.all([exited(a.child), exited(b.child)]);
+    });
+  });
+
+  void describe('a projector taking partitions over while its link to Redis drops packets', () => {
+    let h: Harness;
+    let proxy: BlackholeProxy;
+    after(async () => {
+      // Each is unset when the test failed before making it.
+      proxy?.heal();
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it('starts each partition it took once Redis answers, not just holds its lease', async () => {
+      // A lease that outlives a Redis command's 5 s timeout, as in production (30 s): a shorter
+      // one would lapse while the claim hangs, and its loss would restart the partition anyway.
+      h = await Harness.start({ role: 'api', config: { claimIdleMs: 15_000 } });
+      proxy = await BlackholeProxy.start(testStack().redisPort);
+      const a = await h.startService('projector', { consumer: 'projector-a' });
+      await h.startService('projector', {
+        consumer: 'projector-b',
+        redisUrl: `redis://127.0.0.1:${proxy.port}`,
+      });
+      const owners = async () =>
+        (
+          await h.mainRows<{ owner: string | null }>(
+            'SELECT owner FROM partition_leases ORDER BY partition',
+          )
+        ).map((r) => r.owner);
+      await waitFor(async () => {
+        const now = await owners();
+        return now.includes('projector-a') && now.includes('projector-b');
+      }, 'both projectors to hold partitions');
+
+      // B's link to Redis goes silent, then A leaves: B takes A's partitions over, and claiming
+      // the entries A left pending times out.
+      proxy.blackhole();
+      await h.stopService(a);
+      await waitFor(
+        async () => !(await owners()).includes('projector-a'),
+        "A's leases to be released",
+      );
+      // Long enough for B's next lease round (every 5 s) to take a partition and for its claim
+      // to time out (5 s).
+      await holdFault(12_000);
+      proxy.heal();
+
+      const accepted = new Set<string>();
+      const partitionsWritten = new Set<number>();
+      for (let n = 0; partitionsWritten.size < h.config.partitions; n += 1) {
+        const unit = (
+          await h.post('/executed_obs_units/start', { obs_unit_id: `taken-${n}`, instrument: 'x' })
+        ).body;
+        accepted.add(unit.event_id);
+        partitionsWritten.add(partitionOf(unit.id, h.config.partitions));
+      }
+      await waitForAllAcknowledged(h, 30_000);
+      await audit(h, accepted);
+      assert.deepEqual(
+        await owners(),
+        Array.from({ length: h.config.partitions }, () => 'projector-b'),
+      );
     });
   });
 });

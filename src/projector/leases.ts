@@ -122,7 +122,15 @@ export class LeaseManager {
         const lease = { partition, consumer, token };
         this.#held.set(partition, { lease, validUntil: started + validityMs(ttlMs) });
         logger.info({ partition, token }, 'lease acquired');
-        await this.deps.events.acquired(lease);
+        try {
+          await this.deps.events.acquired(lease);
+        } catch (err) {
+          // Starting it failed (Redis away while claiming the previous owner's entries): kept, the
+          // lease would be renewed forever with nothing reading the partition. Given back, it is
+          // taken again on a later round, here or by another process.
+          await this.#give(partition);
+          throw err;
+        }
       }
     }
   }
