@@ -8,6 +8,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
+import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
@@ -350,6 +351,61 @@ void describe('recovery', () => {
       assert.equal(stored[0]?.version, 2, 'applied in its upcast form');
       const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
       assert.equal(JSON.parse(verify.stdout).differing, 0);
+    });
+  });
+
+  void describe('a main database that lost events the replica had not confirmed yet', () => {
+    let h: Harness;
+    before(async () => {
+      h = await Harness.start({ role: 'api' });
+    });
+    after(() => h.close());
+
+    void it('applies them again instead of acknowledging them once the replica passes their LSNs', async () => {
+      const lost = await startMany(h, 'lost', 8);
+      // What a projector leaves when the main database then loses its last commits (restored
+      // from an earlier backup, or a failover to a standby that never received them): each entry
+      // delivered to it and recorded as applied, at a commit LSN that the WAL written since has
+      // carried the replica past, though no event of them is in the database.
+      const [position] = await h.mainRows<{ lsn: string }>(
+        'SELECT pg_current_wal_flush_lsn()::text AS lsn',
+      );
+      const log = eventLogOf(h);
+      for (let partition = 0; partition < h.config.partitions; partition += 1) {
+        const read = (await h.redis.xreadgroup(
+          'GROUP',
+          CONSUMER_GROUP,
+          h.config.consumer,
+          'COUNT',
+          100,
+          'STREAMS',
+          log.keys(partition).stream,
+          '>',
+        )) as [string, RawEntry[]][] | null;
+        const records = (read?.[0]?.[1] ?? []).map(decodeEntry).map(({ entryId, event }) => ({
+          lsn: position?.lsn ?? '0/0',
+          entryId,
+          eventId: event.event_id,
+          aggregateId: event.aggregate_id,
+          aggregateType: event.aggregate_type,
+          type: event.type,
+        }));
+        await log.recordApplied(partition, records);
+      }
+      assert.equal(await h.mainRows('SELECT 1 FROM events').then((r) => r.length), 0);
+
+      const projector = await h.startService('projector');
+      const accepted = new Set(lost.map((unit) => unit.body.event_id as string));
+      await audit(h, accepted);
+      assert.ok(
+        (projector.acker?.forgotten ?? 0) >= lost.length,
+        'the acker handed the lost events back to the projector',
+      );
+      for (const unit of lost) {
+        const read = await h.get(`/executed_obs_units/${unit.body.id}`);
+        assert.equal(read.status, 200);
+        assert.deepEqual(read.body.consistency, { source: 'replica', pending_events: 0 });
+      }
     });
   });
 

@@ -1,8 +1,8 @@
 import type pg from 'pg';
 import { type Lsn, parseLsn } from '../db/lsn.ts';
-import { type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import { presentEventIds, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
 import type { LivePublisher } from '../live/live-message.ts';
-import type { EventLog } from '../log/event-log.ts';
+import type { AppliedRecord, EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
@@ -48,6 +48,13 @@ export const nextPoll = (pass: {
 /** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
 export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
 
+/** The head of one partition's applied queue, and the part of it the replica has replayed. */
+type AppliedPage = {
+  partition: number;
+  records: AppliedRecord[];
+  reached: AppliedRecord[];
+};
+
 /** A batch's records share one LSN text: parse each distinct text once per pass. */
 const lsnParser = () => {
   let lastText = '';
@@ -73,6 +80,7 @@ export class Acker {
   #lastPosition: ReplicaPosition | undefined;
   #lastError: string | undefined;
   #acked = 0;
+  #forgotten = 0;
   #passes = 0;
   /** Whether the last pass left entries the replica had not reached. */
   #behind = false;
@@ -96,6 +104,11 @@ export class Acker {
 
   get acked(): number {
     return this.#acked;
+  }
+
+  /** Applied records handed back to the projector because the replica lacks their events. */
+  get forgotten(): number {
+    return this.#forgotten;
   }
 
   /** Completed passes that found entries waiting: lets tests wait for the gate to have acted. */
@@ -168,7 +181,10 @@ export class Acker {
     }
   }
 
-  /** One pass: read the replica position, acknowledge every applied entry at or below it. */
+  /**
+   * One pass: read the replica position, acknowledge every applied entry at or below it whose
+   * event the replica shows, and hand back to the projector any it does not.
+   */
   async ackOnce(): Promise<number> {
     const { eventLog } = this.#deps;
     const waiting = await Promise.all(
@@ -181,59 +197,106 @@ export class Acker {
     const position = await replicaPosition(this.#deps.replica, this.#deps.replicaIsMain);
     this.#lastPosition = position;
     const replayed = parseLsn(position.lsn);
-    // Partitions are independent: their round trips to Redis overlap (and leave in one write on
-    // the auto-pipelined connection), so a pass costs a few round trips, not a few per partition.
-    const acked = await Promise.all(
-      waiting.map((count, partition) =>
-        count > 0 ? this.#ackPartition(partition, replayed) : { acked: 0, behind: false },
-      ),
-    );
-    const total = acked.reduce((sum, p) => sum + p.acked, 0);
-    this.#behind = acked.some((p) => p.behind);
+    let partitions = waiting.flatMap((count, partition) => (count > 0 ? [partition] : []));
+    let total = 0;
+    let behind = false;
+    while (partitions.length > 0) {
+      // Partitions are independent: their round trips to Redis overlap (and leave in one write on
+      // the auto-pipelined connection), so a pass costs a few round trips, not a few per partition.
+      const pages = await Promise.all(partitions.map((p) => this.#reachedPage(p, replayed)));
+      const reachedIds = pages.flatMap((page) => page.reached.map((r) => r.eventId));
+      // Read after the position, so every commit at or below it is visible to this statement.
+      const onReplica =
+        reachedIds.length > 0
+          ? await presentEventIds(this.#deps.replica, reachedIds)
+          : new Set<string>();
+      const settled = await Promise.all(pages.map((page) => this.#settle(page, onReplica)));
+      total += settled.reduce((sum, p) => sum + p.acked, 0);
+      behind ||= settled.some((p) => p.behind);
+      partitions = settled.filter((p) => p.again).map((p) => p.partition);
+    }
+    this.#behind = behind;
     this.#acked += total;
     this.#passes += 1;
     return total;
   }
 
-  /** Acknowledges what the replica reached; `behind` when records past it are left waiting. */
-  async #ackPartition(
-    partition: number,
-    replayed: Lsn,
-  ): Promise<{ acked: number; behind: boolean }> {
-    const { eventLog, metrics } = this.#deps;
-    let total = 0;
+  /** The head of a partition's applied queue, and how much of it the replica has replayed. */
+  async #reachedPage(partition: number, replayed: Lsn): Promise<AppliedPage> {
+    const records = await this.#deps.eventLog.peekApplied(partition, ACK_BATCH);
     const lsnOf = lsnParser();
-    for (;;) {
-      const records = await eventLog.peekApplied(partition, ACK_BATCH);
-      // Commits of one partition are sequential, so the queue is in LSN order: stop at the first
-      // record the replica has not reached.
-      const firstAhead = records.findIndex((r) => lsnOf(r.lsn) > replayed);
-      const ready = firstAhead === -1 ? records : records.slice(0, firstAhead);
-      if (ready.length === 0) {
-        return { acked: total, behind: records.length > 0 };
-      }
-      await eventLog.ack(partition, ready);
-      const now = Date.now();
-      const at = new Date(now).toISOString();
-      await this.#deps.live?.publish(
-        ready.map((r) => ({
-          event_id: r.eventId,
-          aggregate_id: r.aggregateId,
-          aggregate_type: r.aggregateType,
-          type: r.type ?? 'unknown',
-          state: 'confirmed' as const,
-          partition,
-          entry_id: r.entryId,
-          at,
-        })),
-      );
-      for (const record of ready) {
-        metrics.endToEnd.observe(Math.max(0, now - entryTime(record.entryId)) / 1000);
-      }
-      total += ready.length;
-      if (ready.length < records.length || records.length < ACK_BATCH) {
-        return { acked: total, behind: ready.length < records.length };
-      }
+    // Commits of one partition are sequential, so the queue is in LSN order: stop at the first
+    // record the replica has not reached.
+    const firstAhead = records.findIndex((r) => lsnOf(r.lsn) > replayed);
+    return {
+      partition,
+      records,
+      reached: firstAhead === -1 ? records : records.slice(0, firstAhead),
+    };
+  }
+
+  /**
+   * Acknowledges the reached records whose events the replica has. A replayed LSN alone is not
+   * proof: a main database restored from an earlier backup, or a standby promoted before it
+   * received the last commits, writes new WAL that passes the LSNs of commits it never had. Those
+   * records are forgotten instead, and the projector applies their entries again.
+   */
+  async #settle(
+    { partition, records, reached }: AppliedPage,
+    onReplica: ReadonlySet<string>,
+  ): Promise<{ partition: number; acked: number; behind: boolean; again: boolean }> {
+    const firstMissing = reached.findIndex((r) => !onReplica.has(r.eventId));
+    const shown = firstMissing === -1 ? reached : reached.slice(0, firstMissing);
+    const acked = await this.#confirm(partition, shown);
+    const behind = reached.length < records.length;
+    if (acked < shown.length) {
+      // Another acker settled the head meanwhile: the next pass reads it afresh.
+      return { partition, acked, behind, again: false };
     }
+    if (firstMissing === -1) {
+      return { partition, acked, behind, again: !behind && records.length === ACK_BATCH };
+    }
+    const missing = reached.slice(firstMissing);
+    const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
+    const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
+    const forgotten = await this.#deps.eventLog.forgetApplied(partition, lost);
+    this.#forgotten += forgotten;
+    this.#deps.logger.error(
+      {
+        partition,
+        events: forgotten,
+        firstEventId: lost[0]?.eventId,
+        commitLsn: lost[0]?.lsn,
+        replicaLsn: this.#lastPosition?.lsn,
+      },
+      'the replica passed the commit LSN of applied events it does not have: the main database lost them (restored from an earlier backup, or failed over); they will be applied again',
+    );
+    return { partition, acked, behind, again: forgotten > 0 };
+  }
+
+  /** Acknowledges records that head the queue, announcing those this call settled. */
+  async #confirm(partition: number, records: readonly AppliedRecord[]): Promise<number> {
+    if (records.length === 0) {
+      return 0;
+    }
+    const settled = records.slice(0, await this.#deps.eventLog.ack(partition, records));
+    const now = Date.now();
+    const at = new Date(now).toISOString();
+    await this.#deps.live?.publish(
+      settled.map((r) => ({
+        event_id: r.eventId,
+        aggregate_id: r.aggregateId,
+        aggregate_type: r.aggregateType,
+        type: r.type ?? 'unknown',
+        state: 'confirmed' as const,
+        partition,
+        entry_id: r.entryId,
+        at,
+      })),
+    );
+    for (const record of settled) {
+      this.#deps.metrics.endToEnd.observe(Math.max(0, now - entryTime(record.entryId)) / 1000);
+    }
+    return settled.length;
   }
 }

@@ -94,6 +94,7 @@ export const parseApplied = (record: string): AppliedRecord => {
 type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
+  outpostForgetApplied(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[][]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
@@ -198,6 +199,7 @@ export class EventLog {
   ) {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
+    redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflightIndex', {
@@ -615,7 +617,10 @@ export class EventLog {
     return this.#redis.llen(this.keys(partition).applied);
   }
 
-  /** XACKs a prefix of the applied queue and drops its entries from the read indexes. */
+  /**
+   * XACKs a prefix of the applied queue and drops its entries from the read indexes. Answers how
+   * many of `records`, from the first, it settled: fewer when another acker got there first.
+   */
   async ack(partition: number, records: readonly AppliedRecord[]): Promise<number> {
     if (records.length === 0) {
       return 0;
@@ -639,6 +644,23 @@ export class EventLog {
       allKeys.length,
       ...allKeys,
       CONSUMER_GROUP,
+      ...records.map(formatApplied),
+    );
+  }
+
+  /**
+   * Takes records off the head of the applied queue without acknowledging their entries, so the
+   * projector applies them again: for events the main database no longer has. The number taken.
+   */
+  async forgetApplied(partition: number, records: readonly AppliedRecord[]): Promise<number> {
+    if (records.length === 0) {
+      return 0;
+    }
+    const keys = this.keys(partition);
+    return this.#redis.outpostForgetApplied(
+      2,
+      keys.applied,
+      keys.appliedLsn,
       ...records.map(formatApplied),
     );
   }

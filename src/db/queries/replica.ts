@@ -47,3 +47,15 @@ export const mainWalLsn = async (main: Queryable): Promise<string> => {
   const { rows } = await main.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
   return rows[0]?.lsn ?? '0/0';
 };
+
+/** Which of these events the database has: an index probe each, in one statement. */
+export const presentEventIds = async (
+  db: Queryable,
+  eventIds: readonly string[],
+): Promise<Set<string>> => {
+  const { rows } = await db.query<{ event_id: string }>(
+    'SELECT event_id FROM events WHERE event_id = ANY($1::uuid[])',
+    [eventIds],
+  );
+  return new Set(rows.map((r) => r.event_id));
+};

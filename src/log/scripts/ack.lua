@@ -44,10 +44,11 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('HDEL', KEYS[2], unpack(event_ids))
 end
-local acked = redis.call('XACK', KEYS[1], ARGV[1], unpack(entry_ids))
+redis.call('XACK', KEYS[1], ARGV[1], unpack(entry_ids))
 redis.call('HDEL', KEYS[4], unpack(entry_ids))
 if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('HDEL', KEYS[5], unpack(entry_ids))
 end
 redis.call('LTRIM', KEYS[3], n, -1)
-return acked
+-- How many of the offered records this call settled: the caller announces only those.
+return n
