@@ -3,7 +3,13 @@ import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { parseLsn } from '../src/db/lsn.ts';
-import { acquireLease, FencedError, type Lease, renewLease } from '../src/db/queries/leases.ts';
+import {
+  acquireLease,
+  FencedError,
+  type Lease,
+  releaseLease,
+  renewLease,
+} from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
@@ -166,6 +172,46 @@ void describe('applying a batch', () => {
         client.release();
       }
     } finally {
+      await pool.end();
+    }
+  });
+
+  void it("stamps each event with an LSN at or past its batch's commit record, so a replica there shows it", async () => {
+    // The batch commits without waiting for its flush: the flush position read right after can
+    // still lie before its commit record. Read back from the WAL itself.
+    await h.main.query('CREATE EXTENSION IF NOT EXISTS pg_walinspect');
+    const pool = projectorPool(h.config);
+    const token = await acquireLease(h.main, 3, 'W', 60_000);
+    assert.ok(token);
+    const lease = { partition: 3, consumer: 'W', token };
+    try {
+      for (let n = 0; n < 5; n += 1) {
+        const [before] = await h.mainRows<{ lsn: string }>(
+          'SELECT pg_current_wal_insert_lsn()::text AS lsn',
+        );
+        const entry = startEntry(200 + n, 3);
+        await applyBatch(pool, [entry], lease);
+        // The aggregate's row is written by the batch alone (the stamp rewrites the event's).
+        const [stamped] = await h.mainRows<{ xid: string; commit_lsn: string }>(
+          `SELECT a.xmin::text AS xid, e.commit_lsn::text AS commit_lsn
+             FROM aggregates a JOIN events e ON e.aggregate_id = a.id WHERE a.id = $1`,
+          [entry.event.aggregate_id],
+        );
+        assert.ok(stamped?.commit_lsn, 'stamped');
+        const [commit] = await h.mainRows<{ end_lsn: string }>(
+          `SELECT end_lsn::text FROM pg_get_wal_records_info($1::pg_lsn, pg_current_wal_flush_lsn())
+            WHERE resource_manager = 'Transaction' AND record_type LIKE 'COMMIT%' AND xid = $2::xid`,
+          [before?.lsn, stamped.xid],
+        );
+        assert.ok(commit, "the batch's commit record");
+        assert.ok(
+          parseLsn(stamped.commit_lsn) >= parseLsn(commit.end_lsn),
+          `commit_lsn ${stamped.commit_lsn} is at or past the commit record's end ${commit.end_lsn}`,
+        );
+      }
+    } finally {
+      // Partition 3 is taken again by the tests of several partitions.
+      await releaseLease(h.main, lease);
       await pool.end();
     }
   });

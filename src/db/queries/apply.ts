@@ -261,16 +261,17 @@ const STAMP_STATEMENT = 'outpost_stamp_commit_lsn';
 
 /** Prepared once per connection: a simple query cannot carry parameters, but it can EXECUTE. */
 const PREPARE_STAMP = `PREPARE ${STAMP_STATEMENT}(uuid[]) AS
-  WITH batch AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
+  WITH batch AS MATERIALIZED (SELECT pg_current_wal_insert_lsn() AS lsn)
   UPDATE events SET commit_lsn = (SELECT lsn FROM batch)
    WHERE event_id = ANY($1) AND commit_lsn IS NULL`;
 
 /**
  * Records the commit LSN of events whose batch has committed, in one round trip: in a transaction
- * of its own, stamp the events that lack a commit LSN with the flush position read at that point
- * (after the batch's synchronous commit returned, so at or past its record), then read the flush
- * position once more, past the stamp's own commit: the LSN acknowledgement waits for, so no event
- * is confirmed on the replica without its LSN. Statements of one simple query run in order and
+ * of its own, stamp the events that lack a commit LSN with the insert position read at that point
+ * (the batch's commit record is inserted by then, though with its asynchronous commit perhaps not
+ * yet flushed, so the flush position could still lie before it), then read the flush position
+ * once more, past the stamp's own synchronous commit and so the batch's too: the LSN
+ * acknowledgement waits for, so no event is confirmed on the replica without its LSN. Statements of one simple query run in order and
  * stop at the first error. The ids are inlined as an array literal (a simple query takes no
  * parameters); they are the event_ids just written as `uuid`, and anything else is refused here.
  */
