@@ -29,13 +29,27 @@ export const trimFloor = async (
   );
 };
 
+/**
+ * Milliseconds since the epoch by Redis's clock, the one that names stream entries: a projector
+ * host whose clock runs ahead would otherwise trim entries younger than the retention.
+ */
+const redisNow = async (eventLog: EventLog): Promise<number> => {
+  const [seconds, micros] = await eventLog.redis.time();
+  return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
+};
+
 /** Trims acknowledged entries older than the retention from one partition; the number removed. */
 export const trimPartition = async (
   eventLog: EventLog,
   partition: number,
   retentionMs: number,
-  now = Date.now(),
+  now?: number,
 ): Promise<number> => {
-  const floor = await trimFloor(eventLog, partition, retentionMs, now);
+  const floor = await trimFloor(
+    eventLog,
+    partition,
+    retentionMs,
+    now ?? (await redisNow(eventLog)),
+  );
   return Number(await eventLog.redis.xtrim(eventLog.keys(partition).stream, 'MINID', floor));
 };

@@ -22,7 +22,9 @@ export class CircuitBreaker {
   readonly #options: Required<Omit<BreakerOptions, 'onChange'>> & Pick<BreakerOptions, 'onChange'>;
 
   constructor(options: BreakerOptions) {
-    this.#options = { now: Date.now, ...options };
+    // A monotonic clock: with the wall clock, a step back while open (NTP after a long outage, the
+    // very moment breakers are open) would stretch the cool-down by the size of the step.
+    this.#options = { now: () => performance.now(), ...options };
   }
 
   get state(): BreakerState {
