@@ -49,7 +49,7 @@ void describe('recovery', () => {
     let h: Harness;
     const dir = mkdtempSync(join(tmpdir(), 'outpost-dump-'));
     after(async () => {
-      await h.close();
+      await h?.close();
       rmSync(dir, { recursive: true, force: true });
     });
 
