@@ -273,6 +273,38 @@ void describe('core pipeline', () => {
       assert.deepEqual(confirmed.body.consistency, { source: 'replica', pending_events: 0 });
       assert.equal(confirmed.body.status, 'success');
     });
+
+    void it('pages on to a matching unit when pending events took every row of a page out of the filter', async () => {
+      const started: { id: string }[] = [];
+      for (const n of [1, 2, 3]) {
+        started.push((await h.post('/executed_obs_units/start', startBody(`filtered-${n}`))).body);
+      }
+      await waitForAllAcknowledged(h, 15_000);
+      const [first, second, third] = started.map((u) => u.id).sort();
+      await h.pauseReplay();
+      try {
+        // The replica still shows all three running; the first two finish in the log.
+        for (const id of [first, second]) {
+          const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
+          assert.equal(finish.status, 202);
+        }
+        const listed: string[] = [];
+        let cursor: string | null = null;
+        let pages = 0;
+        do {
+          const page = await h.get(
+            `/executed_obs_units?status=running&limit=2${cursor ? `&cursor=${cursor}` : ''}`,
+          );
+          assert.equal(page.status, 200, page.text);
+          listed.push(...page.body.items.map((item: { id: string }) => item.id));
+          cursor = page.body.next_cursor;
+          pages += 1;
+        } while (cursor !== null && pages < 10);
+        assert.deepEqual(listed, [third], 'the running unit is listed, the finished ones are not');
+      } finally {
+        await h.resumeReplay();
+      }
+    });
   });
 
   void describe('under concurrent load', () => {

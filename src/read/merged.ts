@@ -183,5 +183,8 @@ export const listMerged = async (
     .sort(byIdOrder);
   const items = ordered.slice(0, limit);
   const more = unsettledFrom() !== undefined || ordered.length > limit || rows.length > limit;
-  return { items, next_cursor: more ? (items.at(-1)?.id ?? null) : null };
+  // A short page with more to come: pending events took replica rows out of the filter, and
+  // everything up to the replica page's end is settled, so the next page starts after it.
+  const pageEnd = items.length < limit ? lastReplicaId : undefined;
+  return { items, next_cursor: more ? (pageEnd ?? items.at(-1)?.id ?? null) : null };
 };
