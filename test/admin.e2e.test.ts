@@ -394,6 +394,29 @@ void describe('admin and incident tools', () => {
         assert.equal(cliBad.code, 1, idle);
         assert.match(cliBad.stderr, /--idle takes a duration with its unit/, idle);
       }
+      // An entry waiting for the replica ages: the projector's rounds over idle entries
+      // (every OUTPOST_CLAIM_IDLE_MS, 2 s here) must not make it look fresh.
+      await waitFor(
+        async () =>
+          (
+            await h.request(
+              'GET',
+              `/admin/pending?partition=${entry.partition}&min_idle_ms=5000`,
+              undefined,
+              auth(TOKEN),
+            )
+          ).body.entries.some((e: { event_id: string }) => e.event_id === unit.event_id),
+        'the waiting entry to have been idle for 5 s',
+      );
+      const cliOld = await runCli(h, ['pending', '--json', '--idle', '5s']);
+      assert.equal(cliOld.code, 0, cliOld.stderr);
+      assert.ok(
+        JSON.parse(cliOld.stdout).entries.some(
+          (e: { event_id: string; idle_ms: number }) =>
+            e.event_id === unit.event_id && e.idle_ms >= 5000,
+        ),
+        cliOld.stdout.slice(0, 2000),
+      );
       const cliIdle = await runCli(h, ['pending', '--json', '--idle', '1h']);
       assert.equal(cliIdle.code, 0, cliIdle.stderr);
       assert.deepEqual(JSON.parse(cliIdle.stdout).entries, [], 'nothing has waited an hour');

@@ -49,6 +49,8 @@ export type ProjectorStats = {
 };
 
 const RATE_WINDOW_MS = 60_000;
+/** Idle pending entries looked at per partition and round; the rest wait for the next. */
+const IDLE_PAGE = 1000;
 
 /**
  * Applies the partitions this process holds leases for, one consumer per partition, behind one
@@ -203,10 +205,32 @@ export class Projector {
     await consumer?.stop();
   }
 
-  /** Entries stranded with another consumer (one fenced mid-read) come back after the idle time. */
+  /**
+   * Entries stranded with another consumer (one fenced mid-read) come back after the idle time,
+   * and so do our own that nothing is applying (handed back by the acker: their events were lost
+   * from the main database). Our own are not claimed: a claim resets the idle time that
+   * `outpost pending` shows, and the entries waiting for the replica would never look old.
+   */
   async #reclaimIdle() {
+    const { redis, eventLog, consumer: me, claimIdleMs } = this.#deps;
     for (const [partition, consumer] of this.#consumers) {
-      if ((await this.#claimAll(partition, this.#deps.claimIdleMs)) > 0) {
+      const stream = eventLog.keys(partition).stream;
+      const idle = (await redis.xpending(
+        stream,
+        CONSUMER_GROUP,
+        'IDLE',
+        claimIdleMs,
+        '-',
+        '+',
+        IDLE_PAGE,
+      )) as [id: string, owner: string, idleMs: number, deliveries: number][];
+      const others = idle.filter(([, owner]) => owner !== me).map(([id]) => id);
+      const own = idle.filter(([, owner]) => owner === me).map(([id]) => id);
+      if (others.length > 0) {
+        await redis.xclaim(stream, CONSUMER_GROUP, me, claimIdleMs, ...others, 'JUSTID');
+      }
+      const ownUnapplied = (await eventLog.appliedLsnOf(own, partition)).some((lsn) => !lsn);
+      if (others.length > 0 || ownUnapplied) {
         consumer.rereadOwnPending();
       }
     }
