@@ -252,6 +252,73 @@ void describe('admin and incident tools', () => {
     }
   });
 
+  void it("retries an aggregate's dead letters together, in the order accepted, before anything newer", async () => {
+    const start = await deadLetteredStart('chain');
+    const patches = [];
+    for (const notes of ['p1', 'p2']) {
+      const patch = await h.request('PATCH', `/executed_obs_units/${start.id}`, { notes });
+      assert.equal(patch.status, 202, patch.text);
+      await waitFor(
+        async () => (await h.get(`/events/${patch.body.event_id}`)).body?.state === 'dead',
+        'the patch to follow the start into the dead letters',
+      );
+      patches.push(patch.body.event_id as string);
+    }
+    // Only the oldest is named, as the runbook says to begin.
+    const retried = await runCli(h, ['dead', 'retry', start.event_id, '--json']);
+    assert.equal(retried.code, 0, retried.stderr);
+    const finish = await h.post(`/executed_obs_units/${start.id}/finish`, { status: 'success' });
+    assert.equal(finish.status, 202, finish.text);
+    await waitForAllAcknowledged(h, 30_000);
+    const applied = await h.mainRows<{ event_id: string }>(
+      'SELECT event_id FROM events WHERE aggregate_id = $1 ORDER BY seq',
+      [start.id],
+    );
+    assert.deepEqual(
+      applied.map((e) => e.event_id),
+      [start.event_id, ...patches, finish.body.event_id],
+      'the dead letters went back in order, and before the finish',
+    );
+    const unit = await h.get(`/executed_obs_units/${start.id}`);
+    assert.equal(unit.body.notes, 'p2');
+    assert.equal(unit.body.status, 'success');
+    const left = await h.request('GET', '/admin/dead-letters', undefined, auth(TOKEN));
+    assert.deepEqual(
+      left.body.items.filter((item: { aggregate_id: string }) => item.aggregate_id === start.id),
+      [],
+    );
+  });
+
+  void it("lets a unit's next events apply once its only dead letter is discarded", async () => {
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'discarded-patch', instrument: 'x' })
+    ).body;
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    await waitFor(
+      async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
+      'the poison patch to be dead-lettered',
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.body.event_id}`,
+      { reason: 'a wrong note, not worth keeping' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
+    let state: string | undefined;
+    await waitFor(async () => {
+      state = (await h.get(`/events/${next.body.event_id}`)).body?.state;
+      return state === 'confirmed' || state === 'dead';
+    }, 'the next patch to be settled');
+    assert.equal(state, 'confirmed', 'applied, not held behind an event no list shows');
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'next');
+  });
+
   void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
     const poison = await deadLetteredStart('discard-me');
 

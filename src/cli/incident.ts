@@ -156,8 +156,19 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
             )
           : [await requireDead(site, id)];
         const results = [];
+        // A retry puts back every dead letter of the letter's aggregate: later ones are done.
+        const retried = new Map<string, string>();
         for (const letter of letters) {
-          const outcome = await site.deadLetters.retry(letter).then(
+          const earlier = retried.get(letter.dead_letter_id);
+          const outcome = await (earlier === undefined
+            ? site.deadLetters.retryAggregate(letter).then((ids) => {
+                for (const [deadId, entryId] of ids) {
+                  retried.set(deadId, entryId);
+                }
+                return ids.get(letter.dead_letter_id);
+              })
+            : Promise.resolve(earlier)
+          ).then(
             (entryId) => ({ entryId, why: entryId === undefined ? 'gone' : '' }),
             (err: unknown) => {
               if (!(err instanceof UndecodableEntryError)) {

@@ -1,4 +1,5 @@
 import type { Redis } from 'ioredis';
+import type { Envelope } from '../domain/events.ts';
 import { isUuid, partitionOf } from '../domain/ids.ts';
 import {
   aggregateTypeOf,
@@ -43,7 +44,7 @@ export type FailedEntry = {
 
 type Commands = {
   outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
-  outpostDeadRetry(numKeys: number, ...args: string[]): Promise<string | null>;
+  outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | null)[]>;
   outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
 };
 
@@ -209,46 +210,121 @@ export class DeadLetters {
     return entry && this.#view(partition, entry);
   }
 
-  /** Appends the event again (same event_id) and lifts its aggregate's block; the new entry id. */
+  /**
+   * Appends the event again (same event_id), with every other dead letter of its aggregate, and
+   * lifts the aggregate's block; the new entry id of this one.
+   */
   async retry(dead: DeadLetter): Promise<string | undefined> {
+    return (await this.retryAggregate(dead)).get(dead.dead_letter_id);
+  }
+
+  /**
+   * Appends every dead letter of `dead`'s aggregate again, in the order the site accepted them,
+   * in one step, then lifts the aggregate's block. Retrying only the named one would either
+   * leave the block (and it would follow the others straight back) or lift it while older events
+   * of the aggregate are still dead, letting newer ones apply first. Answers the new entry id of
+   * each letter retried, by dead-letter id.
+   */
+  async retryAggregate(dead: DeadLetter): Promise<Map<string, string>> {
     if (dead.id !== dead.event_id) {
       // Named by its entry: without an event id it could never be applied, nor deduplicated.
       throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
     }
-    const keys = this.eventLog.keys(dead.partition);
-    const [raw] = (await this.#redis.xrange(
-      keys.deadLetters,
-      dead.dead_letter_id,
-      dead.dead_letter_id,
-    )) as RawEntry[];
-    if (!raw) {
-      return undefined;
+    const letters = await this.#lettersOf(dead.partition, dead.aggregate_id);
+    if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
+      return new Map();
     }
-    const fields = eventFieldsOf(raw[1]);
-    decodeEntry([raw[0], fields]);
+    const keys = this.eventLog.keys(dead.partition);
     const live = this.eventLog.liveScriptArgs(dead.partition);
     const allKeys = [
       keys.stream,
       keys.deadLetters,
-      keys.eventIndex(dead.event_id),
       keys.deadIndex,
       keys.blockedAggregates,
       keys.inflight(dead.aggregate_type, dead.aggregate_id),
       keys.inflightBucketsInUse(dead.aggregate_type),
       ...live.keys,
+      ...letters.map((l) => keys.eventIndex(l.event_id)),
     ];
-    const id = await this.#redis.outpostDeadRetry(
+    const ids = await this.#redis.outpostDeadRetry(
       allKeys.length,
       ...allKeys,
-      dead.dead_letter_id,
-      dead.event_id,
       dead.aggregate_id,
       dead.aggregate_type,
-      dead.type,
       ...live.args,
-      ...fields,
+      String(letters.length),
+      ...letters.flatMap((l) => [
+        l.dead_letter_id,
+        l.event_id,
+        l.type,
+        String(l.fields.length),
+        ...l.fields,
+      ]),
     );
-    return id ?? undefined;
+    const retried = new Map<string, string>();
+    letters.forEach((letter, i) => {
+      const id = ids[i];
+      if (id) {
+        retried.set(letter.dead_letter_id, id);
+      }
+    });
+    return retried;
+  }
+
+  /**
+   * The decodable dead letters of one aggregate, oldest accepted first, with the event fields to
+   * append again. Dead letters are few, so the partition's are read whole.
+   */
+  async #lettersOf(
+    partition: number,
+    aggregateId: string,
+  ): Promise<{ dead_letter_id: string; event_id: string; type: string; fields: string[] }[]> {
+    const entries = (await this.#redis.xrange(
+      this.eventLog.keys(partition).deadLetters,
+      '-',
+      '+',
+    )) as RawEntry[];
+    const letters = [];
+    for (const [deadId, raw] of entries) {
+      const fields = eventFieldsOf(raw);
+      let event: Envelope;
+      try {
+        event = decodeEntry([deadId, fields]).event;
+      } catch {
+        continue;
+      }
+      if (event.aggregate_id === aggregateId) {
+        letters.push({
+          dead_letter_id: deadId,
+          event_id: event.event_id,
+          type: event.type,
+          fields,
+          acceptedAt: event.accepted_at,
+        });
+      }
+    }
+    // A letter retried once and dead again is filed anew, after letters of events accepted later:
+    // the acceptance time, not the filing order, puts them back in order.
+    return letters
+      .sort((a, b) => a.acceptedAt - b.acceptedAt)
+      .map(({ acceptedAt: _, ...letter }) => letter);
+  }
+
+  /**
+   * The aggregate a discard lifts the block on, or ''. An entry without an aggregate id blocked a
+   * stand-in named after it, which nothing else will lift. A real aggregate is unblocked once
+   * none of its events is left in the dead letters: its next events then apply (the operator
+   * chose to go on without the discarded one); kept blocked, they would follow it into the dead
+   * letters, behind an event no list shows any more.
+   */
+  async #unblockedByDiscarding(dead: DeadLetter): Promise<string> {
+    if (dead.aggregate_id === '') {
+      return undecodableId(dead.original_entry_id);
+    }
+    const others = (await this.#lettersOf(dead.partition, dead.aggregate_id)).filter(
+      (letter) => letter.dead_letter_id !== dead.dead_letter_id,
+    );
+    return others.length === 0 ? dead.aggregate_id : '';
   }
 
   async discard(dead: DeadLetter, reason: string, by: string): Promise<string | undefined> {
@@ -279,9 +355,7 @@ export class DeadLetters {
       keys.blockedAggregates,
       dead.dead_letter_id,
       dead.id,
-      // An entry without an aggregate id blocked a stand-in named after it, which nothing else
-      // will ever lift; a real aggregate stays blocked behind a discarded event.
-      dead.aggregate_id === '' ? undecodableId(dead.original_entry_id) : '',
+      await this.#unblockedByDiscarding(dead),
       ...audit,
     );
     return id ?? undefined;

@@ -1,23 +1,38 @@
--- Puts a dead-lettered event back at the end of its partition stream, same event_id (so it still
--- applies at most once), and lifts the block on its aggregate. All or nothing. The event is
--- announced `accepted` again on the live feed (lib/live.lua).
+-- Puts an aggregate's dead-lettered events back at the end of its partition stream, in the order
+-- they were accepted, and only then lifts the block on the aggregate: retried one at a time, a
+-- later event of the aggregate could slip in between them and apply before the older ones. Each
+-- keeps its event_id (so it still applies at most once) and is announced `accepted` again on the
+-- live feed (lib/live.lua). All or nothing.
 --
--- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] dead index
--- KEYS[5] blocked aggregates  KEYS[6] in-flight index bucket  KEYS[7] its type's in-use in-flight buckets
--- KEYS[8] live stream  KEYS[9] live listeners
--- ARGV[1] dead-letter id  ARGV[2] event id  ARGV[3] aggregate id  ARGV[4] aggregate type
--- ARGV[5] event type  ARGV[6] live stream max length  ARGV[7] now, ISO-8601  ARGV[8] partition
--- ARGV[9..] the event's fields
-local found = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
-if not found[1] then
-  return false
+-- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] dead index  KEYS[4] blocked aggregates
+-- KEYS[5] the aggregate's in-flight index bucket  KEYS[6] its type's in-use in-flight buckets
+-- KEYS[7] live stream  KEYS[8] live listeners  KEYS[8 + i] letter i's event index bucket
+-- ARGV[1] aggregate id  ARGV[2] aggregate type  ARGV[3] live stream max length
+-- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] number of letters
+-- then per letter: dead-letter id, event id, event type, number of fields, the event's fields
+-- Answers the new entry id of each letter, in order, or false for one no longer there.
+local letters = {}
+local at = 7
+for i = 1, tonumber(ARGV[6]) do
+  local count = tonumber(ARGV[at + 3])
+  letters[i] = { dead_id = ARGV[at], event_id = ARGV[at + 1], type = ARGV[at + 2],
+    first = at + 4, last = at + 3 + count }
+  at = at + 4 + count
 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
-redis.call('HSET', KEYS[3], ARGV[2], id)
-inflight_add(KEYS[6], KEYS[7], ARGV[3], id)
-redis.call('XDEL', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[2])
-redis.call('SREM', KEYS[5], ARGV[3])
-live_publish(live_context(KEYS[8], KEYS[9], ARGV[6], ARGV[7], ARGV[8]), 'accepted', ARGV[2],
-  ARGV[3], ARGV[4], ARGV[5], id)
-return id
+local live = live_context(KEYS[7], KEYS[8], ARGV[3], ARGV[4], ARGV[5])
+local ids = {}
+for i, letter in ipairs(letters) do
+  if redis.call('XRANGE', KEYS[2], letter.dead_id, letter.dead_id)[1] then
+    local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, letter.first, letter.last))
+    redis.call('HSET', KEYS[8 + i], letter.event_id, id)
+    inflight_add(KEYS[5], KEYS[6], ARGV[1], id)
+    redis.call('XDEL', KEYS[2], letter.dead_id)
+    redis.call('HDEL', KEYS[3], letter.event_id)
+    live_publish(live, 'accepted', letter.event_id, ARGV[1], ARGV[2], letter.type, id)
+    ids[i] = id
+  else
+    ids[i] = false
+  end
+end
+redis.call('SREM', KEYS[4], ARGV[1])
+return ids
