@@ -317,6 +317,23 @@ void describe('admin and incident tools', () => {
     }, 'the next patch to be settled');
     assert.equal(state, 'confirmed', 'applied, not held behind an event no list shows');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'next');
+
+    // A replay over the whole log leaves discarded events out; it does not bring them back.
+    const replay = await h.request('POST', '/admin/replay', { from: '0' }, auth(TOKEN));
+    assert.equal(replay.status, 200, replay.text);
+    assert.ok(replay.body.discarded >= 1, replay.text);
+    assert.equal(replay.body.applied, 0, replay.text);
+    assert.equal(replay.body.failed, 0, replay.text);
+    assert.deepEqual(
+      await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [poison.body.event_id]),
+      [],
+    );
+    assert.equal((await h.get(`/events/${poison.body.event_id}`)).status, 404, 'still gone');
+    const dead = await h.request('GET', '/admin/dead-letters', undefined, auth(TOKEN));
+    assert.ok(
+      !dead.body.items.some((item: { event_id: string }) => item.event_id === poison.body.event_id),
+      'not back in the dead letters',
+    );
   });
 
   void it('discards a dead letter only with a reason, and keeps an audit record', async () => {

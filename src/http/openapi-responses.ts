@@ -284,8 +284,9 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         description: 'still pending when scanned; the projector applies them',
       },
       unfinished: { ...count, description: 'given back to the projector, not yet applied or dead' },
+      discarded: { ...count, description: 'discarded from the dead letters: left out' },
     },
-    ['in_flight', 'unfinished'],
+    ['in_flight', 'unfinished', 'discarded'],
   ),
   IntegrityRefresh: object({
     refreshed_at: time,

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
-import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
+import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
 import { entryIdAt, isStreamEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { pipelineReplies } from '../log/redis.ts';
@@ -19,6 +19,8 @@ export type ReplayReport = {
   in_flight: number;
   /** Re-appended but not yet applied or dead-lettered when the wait ended. */
   unfinished: number;
+  /** Discarded by an operator (the audit stream says who and why): never brought back. */
+  discarded: number;
 };
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
@@ -67,6 +69,7 @@ export const replay = async (
     dry_run: request.dryRun,
     in_flight: 0,
     unfinished: 0,
+    discarded: 0,
   };
   const from = replayBound(request.from);
   const to = request.to === undefined ? '+' : replayBound(request.to);
@@ -76,6 +79,7 @@ export const replay = async (
     .filter((k) => request.partition === undefined || k.partition === request.partition);
   for (const keys of partitions) {
     const seen = new Set<string>();
+    const discarded = await discardedEventIds(deps, keys.partition);
     let cursor = from;
     for (;;) {
       const raw = (await deps.eventLog.redis.xrange(
@@ -103,7 +107,7 @@ export const replay = async (
           report.failed += 1;
         }
       }
-      const missing = await missingFrom(deps, keys.partition, entries, report);
+      const missing = await missingFrom(deps, keys.partition, entries, discarded, report);
       if (request.dryRun) {
         report.applied += missing.length;
       } else if (missing.length > 0) {
@@ -129,11 +133,25 @@ export const replay = async (
   return report;
 };
 
-/** The entries the main database lacks that are neither still pending nor dead-lettered. */
+/**
+ * Events an operator discarded from the dead letters. Their entries stay in the stream until the
+ * retention trims them, acknowledged and never applied: a replay must not bring them back.
+ */
+const discardedEventIds = async (deps: Deps, partition: number): Promise<Set<string>> => {
+  const audits = (await deps.eventLog.redis.xrange(
+    deps.eventLog.keys(partition).discarded,
+    '-',
+    '+',
+  )) as RawEntry[];
+  return new Set(audits.map(([, fields]) => entryRecord(fields).event_id ?? ''));
+};
+
+/** The entries the main database lacks that are neither pending, dead-lettered nor discarded. */
 const missingFrom = async (
   deps: Deps,
   partition: number,
   entries: LogEntry[],
+  discarded: ReadonlySet<string>,
   report: ReplayReport,
 ) => {
   const applied = await appliedEventIds(
@@ -153,7 +171,9 @@ const missingFrom = async (
   ]);
   const missing: LogEntry[] = [];
   notApplied.forEach((entry, i) => {
-    if (pending[i]) {
+    if (discarded.has(entry.event.event_id)) {
+      report.discarded += 1;
+    } else if (pending[i]) {
       report.in_flight += 1;
     } else if (dead[i]) {
       report.failed += 1;
