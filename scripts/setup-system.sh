@@ -17,6 +17,31 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
 
+# The local stack's fixed ports (DESIGN §10) lie in Linux's ephemeral range (32768-60999): an
+# outgoing connection that is handed one of them as its local port makes the stack's server fail
+# to bind it, now and then. Reserved, the kernel never hands them out.
+stack_ports=(55432 55433 56379)
+reserved_file=/proc/sys/net/ipv4/ip_local_reserved_ports
+is_reserved() {
+  tr ',' '\n' <"$reserved_file" | awk -F- -v port="$1" \
+    'NF == 1 && $1 == port { found = 1 } NF == 2 && $1 <= port && port <= $2 { found = 1 } END { exit !found }'
+}
+if [ -r "$reserved_file" ]; then
+  unreserved=()
+  for port in "${stack_ports[@]}"; do
+    is_reserved "$port" || unreserved+=("$port")
+  done
+  if [ ${#unreserved[@]} -gt 0 ]; then
+    current=$(cat "$reserved_file")
+    wanted="${current:+$current,}$(IFS=,; echo "${unreserved[*]}")"
+    if [ -w "$reserved_file" ] && echo "$wanted" >"$reserved_file" 2>/dev/null; then
+      echo "reserved the local stack's ports ${unreserved[*]} (net.ipv4.ip_local_reserved_ports)" >&2
+    else
+      echo "note: the local stack's ports ${unreserved[*]} can be taken now and then by outgoing connections; reserve them with: sudo sysctl -w net.ipv4.ip_local_reserved_ports=$wanted" >&2
+    fi
+  fi
+fi
+
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

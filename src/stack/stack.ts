@@ -155,19 +155,42 @@ const startPg = async (
   const options = pgSettings(o, dataDir, port, cron)
     .map((part) => (part === '-c' ? part : `"${part}"`))
     .join(' ');
-  await runPg(join(bin, 'pg_ctl'), [
-    'start',
-    '-w',
-    '-t',
-    '120',
-    '-D',
-    dataDir,
-    '-l',
-    logFile,
-    '-o',
-    options,
-  ]);
+  for (let attempt = 1; ; attempt += 1) {
+    const logged = existsSync(logFile) ? readFileSync(logFile).length : 0;
+    try {
+      await runPg(join(bin, 'pg_ctl'), [
+        'start',
+        '-w',
+        '-t',
+        '120',
+        '-D',
+        dataDir,
+        '-l',
+        logFile,
+        '-o',
+        options,
+      ]);
+      return;
+    } catch (err) {
+      // The fixed ports lie in the kernel's ephemeral range: an outgoing connection may hold one
+      // as its local port for a moment. Nothing listens there (that was checked), so wait it out.
+      const said = readFileSync(logFile).subarray(logged).toString();
+      if (!/could not bind .*Address already in use/.test(said)) {
+        throw err;
+      }
+      if (attempt === PORT_BUSY_ATTEMPTS) {
+        throw new Error(
+          `port ${port} stayed in use as the local end of some connection; reserve it so the kernel never hands it out: add it to net.ipv4.ip_local_reserved_ports (scripts/setup-system.sh reserves the local stack's, as root)`,
+          { cause: err },
+        );
+      }
+      await new Promise((done) => setTimeout(done, 500));
+    }
+  }
 };
+
+/** How often a PostgreSQL start that found its port taken by a connection is tried. */
+const PORT_BUSY_ATTEMPTS = 10;
 
 const query = async <T extends pg.QueryResultRow>(url: string, text: string): Promise<T[]> => {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
