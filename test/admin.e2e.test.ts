@@ -336,6 +336,56 @@ void describe('admin and incident tools', () => {
     );
   });
 
+  void it('pages the CLI through dead letters with --cursor, and says when more are left', async () => {
+    const letters = [];
+    for (const n of [1, 2, 3]) {
+      letters.push(await deadLetteredStart(`paged-${n}`));
+    }
+    const ours = new Set(letters.map((l) => l.event_id));
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    let pages = 0;
+    do {
+      const args = ['dead', 'list', '--limit', '2', ...(cursor ? ['--cursor', cursor] : [])];
+      const text = await runCli(h, args);
+      assert.equal(text.code, 0, text.stderr);
+      const json = await runCli(h, [...args, '--json']);
+      const page = JSON.parse(json.stdout) as {
+        items: { event_id: string }[];
+        next_cursor: string | null;
+      };
+      assert.ok(page.items.length <= 2);
+      seen.push(...page.items.map((item) => item.event_id));
+      cursor = page.next_cursor ?? undefined;
+      if (cursor) {
+        assert.match(text.stdout, new RegExp(`^more: outpost dead list --cursor ${cursor}$`, 'm'));
+      } else {
+        assert.doesNotMatch(text.stdout, /^more:/m);
+      }
+      pages += 1;
+    } while (cursor && pages < 20);
+    assert.ok(pages >= 2, 'more than one page');
+    assert.deepEqual(
+      seen.filter((id) => ours.has(id)).sort(),
+      [...ours].sort(),
+      'every dead letter listed once',
+    );
+    assert.equal(new Set(seen).size, seen.length, 'none twice');
+    const bad = await runCli(h, ['dead', 'list', '--cursor', 'bogus']);
+    assert.equal(bad.code, 1);
+    assert.match(bad.stderr, /--cursor takes the next_cursor/);
+    for (const letter of letters) {
+      const discarded = await runCli(h, [
+        'dead',
+        'discard',
+        letter.event_id,
+        '--reason',
+        'paging test',
+      ]);
+      assert.equal(discarded.code, 0, discarded.stderr);
+    }
+  });
+
   void it('discards a dead letter only with a reason, and keeps an audit record', async () => {
     const poison = await deadLetteredStart('discard-me');
 

@@ -1,6 +1,6 @@
 import { parseDurationMs } from '../config.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
-import { type DeadLetter, deadLetterIdIn } from '../log/dead-letters.ts';
+import { type DeadLetter, deadLetterIdIn, isDeadLetterCursor } from '../log/dead-letters.ts';
 import { inspectPending } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -13,6 +13,7 @@ export type IncidentFlags = {
   limit?: string;
   reason?: string;
   all?: boolean;
+  cursor?: string;
 };
 
 const int = (value: string | undefined, name: string): number | undefined => {
@@ -134,13 +135,35 @@ const requireDead = async (
   return dead;
 };
 
+/** Every dead letter of the site, page after page. */
+const allDeadLetters = async (site: Parameters<Parameters<typeof withSite>[0]>[0]) => {
+  const letters: DeadLetter[] = [];
+  let cursor: string | undefined;
+  do {
+    const page = await site.deadLetters.list(1_000, cursor);
+    letters.push(...page.items);
+    cursor = page.next_cursor ?? undefined;
+  } while (cursor !== undefined);
+  return letters;
+};
+
 /** `outpost dead list|show|retry|discard`. */
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) =>
   withSite(async (site) => {
     switch (action) {
       case 'list': {
-        const page = await site.deadLetters.list(int(flags.limit, '--limit') ?? 100);
-        print(flags.json ? JSON.stringify(page) : table(page.items.map(deadRow)));
+        if (flags.cursor !== undefined && !isDeadLetterCursor(flags.cursor)) {
+          throw new CliError('--cursor takes the next_cursor an earlier listing printed');
+        }
+        const page = await site.deadLetters.list(int(flags.limit, '--limit') ?? 100, flags.cursor);
+        if (flags.json) {
+          print(JSON.stringify(page));
+          return;
+        }
+        print(table(page.items.map(deadRow)));
+        if (page.next_cursor) {
+          print(`more: outpost dead list --cursor ${page.next_cursor}`);
+        }
         return;
       }
       case 'show': {
@@ -151,7 +174,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
       case 'retry': {
         // Oldest first: the events of one aggregate go back in the order they were accepted.
         const letters = flags.all
-          ? (await site.deadLetters.list(10_000)).items.sort((a, b) =>
+          ? (await allDeadLetters(site)).sort((a, b) =>
               a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true }),
             )
           : [await requireDead(site, id)];
@@ -191,6 +214,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           });
         }
         print(flags.json ? JSON.stringify({ items: results }) : table(results));
+        if (!flags.all && results[0]?.retried === false) {
+          throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? 'gone'}`);
+        }
         return;
       }
       case 'discard': {
@@ -204,17 +230,16 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           flags.reason.trim(),
           `cli:${process.env.USER ?? 'unknown'}`,
         );
-        const result = {
-          id: letter.id,
-          discarded: auditId !== undefined,
-          audit_id: auditId ?? null,
-        };
+        if (auditId === undefined) {
+          throw new CliError(`dead letter ${letter.id} is gone: retried or discarded meanwhile`);
+        }
+        const result = { id: letter.id, discarded: true, audit_id: auditId };
         print(flags.json ? JSON.stringify(result) : `discarded ${letter.id} (audit ${auditId})`);
         return;
       }
       default:
         throw new CliError(
-          'usage: outpost dead list|show <id>|retry <id>|retry --all|discard <id> --reason R',
+          'usage: outpost dead list [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R',
         );
     }
   });

@@ -100,6 +100,7 @@ const main = async (argv: string[]) => {
       idle: { type: 'string' },
       consumer: { type: 'string' },
       limit: { type: 'string' },
+      cursor: { type: 'string' },
       reason: { type: 'string' },
       all: { type: 'boolean', default: false },
       from: { type: 'string' },

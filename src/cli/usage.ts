@@ -8,8 +8,9 @@ export const USAGE = `usage: outpost <command> [options]
                                 --only projector serves /health and /metrics on OUTPOST_PORT
   pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
                                 what waits in the pending lists, and whether for the projector or the replica
-  dead list|show <id>|retry <id>|retry --all|discard <id> --reason R
-                                dead-lettered events (the id is the event id)
+  dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R
+                                dead-lettered events (the id is the event id); a retry puts back
+                                all of its aggregate's, in the order accepted
   integrity refresh|status      refresh the integrity views now, or show the latest snapshot
   replay --from ID|TIME [--to ID|TIME] [--partition N] [--dry-run]
                                 give the main database every logged event it lacks (after a restore)
