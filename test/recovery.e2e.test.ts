@@ -352,6 +352,47 @@ void describe('recovery', () => {
       const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
       assert.equal(JSON.parse(verify.stdout).differing, 0);
     });
+
+    void it('takes the whole millisecond of a --to time, every entry of it', async () => {
+      // One append call writes its events back to back: some millisecond holds several of them,
+      // <ms>-0, <ms>-1, and so on.
+      const events = Array.from(
+        { length: 50 },
+        () =>
+          ({
+            event_id: newIdInPartition(0, h.config.partitions),
+            aggregate_id: newIdInPartition(0, h.config.partitions),
+            aggregate_type: 'instrument_configuration',
+            type: 'InstrumentConfigurationCreated',
+            version: 1,
+            site: 's',
+            accepted_at: Date.now(),
+            data: { instrument: 'x', configuration: {} },
+          }) as Envelope,
+      );
+      const appended = await eventLogOf(h).append({ partition: 0, events });
+      assert.equal(appended.kind, 'appended');
+      const entryIds = appended.kind === 'appended' ? appended.entryIds : [];
+      const shared = entryIds.find((id) => !id.endsWith('-0'))?.split('-')[0];
+      assert.ok(shared, 'a millisecond with more than one entry');
+      const inIt = await h.redis.xrange(eventLogOf(h).keys(0).stream, shared, shared);
+      assert.ok(inIt.length >= 2);
+      await waitForAllAcknowledged(h);
+      const at = new Date(Number(shared)).toISOString();
+      const cli = await runCli(h, [
+        'replay',
+        '--from',
+        at,
+        '--to',
+        at,
+        '--partition',
+        '0',
+        '--dry-run',
+        '--json',
+      ]);
+      assert.equal(cli.code, 0, cli.stderr);
+      assert.equal(JSON.parse(cli.stdout).scanned, inIt.length, cli.stdout);
+    });
   });
 
   void describe('a main database that lost events the replica had not confirmed yet', () => {

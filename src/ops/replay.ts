@@ -35,7 +35,7 @@ export class ReplayBoundError extends Error {
 }
 
 /** `from`/`to` as the API and CLI take them: an entry id, or an ISO-8601 time (DESIGN §6). */
-export const replayBound = (text: string): string => {
+export const replayBound = (text: string, end: 'from' | 'to' = 'from'): string => {
   if (isStreamEntryId(text)) {
     return text;
   }
@@ -43,7 +43,9 @@ export const replayBound = (text: string): string => {
   if (Number.isNaN(ms)) {
     throw new ReplayBoundError(text);
   }
-  return entryIdAt(ms);
+  // As an end, a time takes in its whole millisecond: XRANGE reads an id without its sequence
+  // number as the last entry of that millisecond, where `<ms>-0` would stop at the first.
+  return end === 'to' ? String(Math.max(0, Math.floor(ms))) : entryIdAt(ms);
 };
 
 type Deps = { eventLog: EventLog; main: pg.Pool };
@@ -72,7 +74,7 @@ export const replay = async (
     discarded: 0,
   };
   const from = replayBound(request.from);
-  const to = request.to === undefined ? '+' : replayBound(request.to);
+  const to = request.to === undefined ? '+' : replayBound(request.to, 'to');
   const resent: { eventId: string; partition: number }[] = [];
   const partitions = deps.eventLog
     .allKeys()
