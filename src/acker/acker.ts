@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { type Lsn, parseLsn } from '../db/lsn.ts';
 import { presentEventIds, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
 import type { LivePublisher } from '../live/live-message.ts';
+import { timeMs } from '../log/entry-id.ts';
 import type { AppliedRecord, EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -187,9 +188,13 @@ export class Acker {
    */
   async ackOnce(): Promise<number> {
     const { eventLog } = this.#deps;
-    const waiting = await Promise.all(
-      eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition)),
-    );
+    // Redis's clock names the entries, so end-to-end times are read on it (in the same write).
+    const [waiting, time] = await Promise.all([
+      Promise.all(eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition))),
+      eventLog.redis.time(),
+    ]);
+    const sampled = performance.now();
+    const redisNow = () => timeMs(time) + (performance.now() - sampled);
     if (waiting.every((n) => n === 0)) {
       this.#behind = false;
       return 0;
@@ -210,7 +215,9 @@ export class Acker {
         reachedIds.length > 0
           ? await presentEventIds(this.#deps.replica, reachedIds)
           : new Set<string>();
-      const settled = await Promise.all(pages.map((page) => this.#settle(page, onReplica)));
+      const settled = await Promise.all(
+        pages.map((page) => this.#settle(page, onReplica, redisNow)),
+      );
       total += settled.reduce((sum, p) => sum + p.acked, 0);
       behind ||= settled.some((p) => p.behind);
       partitions = settled.filter((p) => p.again).map((p) => p.partition);
@@ -244,10 +251,11 @@ export class Acker {
   async #settle(
     { partition, records, reached }: AppliedPage,
     onReplica: ReadonlySet<string>,
+    now: () => number,
   ): Promise<{ partition: number; acked: number; behind: boolean; again: boolean }> {
     const firstMissing = reached.findIndex((r) => !onReplica.has(r.eventId));
     const shown = firstMissing === -1 ? reached : reached.slice(0, firstMissing);
-    const acked = await this.#confirm(partition, shown);
+    const acked = await this.#confirm(partition, shown, now);
     const behind = reached.length < records.length;
     if (acked < shown.length) {
       // Another acker settled the head meanwhile: the next pass reads it afresh.
@@ -275,12 +283,16 @@ export class Acker {
   }
 
   /** Acknowledges records that head the queue, announcing those this call settled. */
-  async #confirm(partition: number, records: readonly AppliedRecord[]): Promise<number> {
+  async #confirm(
+    partition: number,
+    records: readonly AppliedRecord[],
+    clock: () => number,
+  ): Promise<number> {
     if (records.length === 0) {
       return 0;
     }
     const settled = records.slice(0, await this.#deps.eventLog.ack(partition, records));
-    const now = Date.now();
+    const now = clock();
     const at = new Date(now).toISOString();
     await this.#deps.live?.publish(
       settled.map((r) => ({

@@ -39,3 +39,7 @@ export const minEntryId = (ids: readonly string[]): string | undefined =>
   );
 
 export const entryIdAt = (ms: number): string => `${Math.max(0, Math.floor(ms))}-0`;
+
+/** Milliseconds since the epoch from a Redis TIME reply: the clock that names stream entries. */
+export const timeMs = ([seconds, micros]: readonly (string | number)[]): number =>
+  Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);

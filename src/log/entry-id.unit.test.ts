@@ -6,6 +6,7 @@ import {
   isStreamEntryId,
   LAST_ENTRY_ID,
   minEntryId,
+  timeMs,
 } from './entry-id.ts';
 
 void describe('entry ids', () => {
@@ -25,5 +26,10 @@ void describe('entry ids', () => {
       assert.ok(!isStreamEntryId(id), id);
     }
     assert.equal(LAST_ENTRY_ID, '18446744073709551615-18446744073709551615');
+  });
+
+  void it("reads Redis's TIME as milliseconds, the unit entry ids count in", () => {
+    assert.equal(timeMs(['1700000000', '123999']), 1_700_000_000_123);
+    assert.equal(timeMs([1700000000, 0]), 1_700_000_000_000);
   });
 });

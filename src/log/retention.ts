@@ -1,4 +1,4 @@
-import { entryIdAt, minEntryId } from './entry-id.ts';
+import { entryIdAt, minEntryId, timeMs } from './entry-id.ts';
 import type { EventLog } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -33,10 +33,7 @@ export const trimFloor = async (
  * Milliseconds since the epoch by Redis's clock, the one that names stream entries: a projector
  * host whose clock runs ahead would otherwise trim entries younger than the retention.
  */
-const redisNow = async (eventLog: EventLog): Promise<number> => {
-  const [seconds, micros] = await eventLog.redis.time();
-  return Number(seconds) * 1000 + Math.floor(Number(micros) / 1000);
-};
+const redisNow = async (eventLog: EventLog): Promise<number> => timeMs(await eventLog.redis.time());
 
 /** Trims acknowledged entries older than the retention from one partition; the number removed. */
 export const trimPartition = async (

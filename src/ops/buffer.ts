@@ -1,3 +1,4 @@
+import { timeMs } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 
@@ -21,8 +22,14 @@ const fieldOf = (info: unknown[], name: string): unknown => {
   return i === -1 ? undefined : info[i + 1];
 };
 
+/**
+ * The site's unacknowledged events per partition, and the time by Redis's clock, which names the
+ * entries: their ages never depend on the clock of the host asking.
+ */
+export type SiteBuffer = { partitions: PartitionBuffer[]; nowMs: number };
+
 /** Where every unacknowledged event of the site is, per partition, in one Redis round trip. */
-export const readBuffer = async (eventLog: EventLog): Promise<PartitionBuffer[]> => {
+export const readBuffer = async (eventLog: EventLog): Promise<SiteBuffer> => {
   const pipeline = eventLog.redis.pipeline();
   const keys = eventLog.allKeys();
   for (const k of keys) {
@@ -31,6 +38,7 @@ export const readBuffer = async (eventLog: EventLog): Promise<PartitionBuffer[]>
     pipeline.llen(k.applied);
     pipeline.xlen(k.deadLetters);
   }
+  pipeline.time();
   const replies = (await pipeline.exec()) ?? [];
   const value = (i: number) => {
     const [err, result] = replies[i] ?? [new Error('missing reply'), null];
@@ -39,6 +47,7 @@ export const readBuffer = async (eventLog: EventLog): Promise<PartitionBuffer[]>
     }
     return result;
   };
+  const nowMs = timeMs(value(keys.length * 4) as string[]);
   const buffers = keys.map((k, p) => {
     const [count, lowest] = value(p * 4) as [number, string | null];
     const groups = value(p * 4 + 1) as unknown[][];
@@ -69,10 +78,10 @@ export const readBuffer = async (eventLog: EventLog): Promise<PartitionBuffer[]>
       b.oldestAcceptedMs = entryMs(entries[0]?.[0]);
     });
   }
-  return buffers.map(({ lastDelivered: _, ...b }) => b);
+  return { partitions: buffers.map(({ lastDelivered: _, ...b }) => b), nowMs };
 };
 
-export const totalsOf = (buffers: readonly PartitionBuffer[], now: number) => {
+export const totalsOf = ({ partitions: buffers, nowMs: now }: SiteBuffer) => {
   const pending = buffers.reduce((sum, b) => sum + b.delivered + b.undelivered, 0);
   const oldest = Math.min(...buffers.map((b) => b.oldestAcceptedMs ?? Number.POSITIVE_INFINITY));
   return {

@@ -9,7 +9,7 @@ import type { IntegrityScheduler } from '../integrity/scheduler.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
-import { type PartitionBuffer, readBuffer, totalsOf } from './buffer.ts';
+import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
 
 export type StatusDeps = {
   config: Config;
@@ -60,7 +60,7 @@ export class StatusSource {
     return { mainLsn, replicaPos };
   }
 
-  async bufferOrUndefined(): Promise<PartitionBuffer[] | undefined> {
+  async bufferOrUndefined(): Promise<SiteBuffer | undefined> {
     return settle(readBuffer(this.#deps.eventLog));
   }
 
@@ -73,7 +73,7 @@ export class StatusSource {
       this.#positions(),
       settle(latestSnapshot(this.#deps.replica)),
     ]);
-    const totals = totalsOf(buffers ?? [], Date.now());
+    const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
     const lag = lagOf(mainLsn, replicaPos);
     const databaseUp = mainLsn !== undefined;
@@ -106,8 +106,7 @@ export class StatusSource {
   }
 
   async bufferStats() {
-    const buffers = await readBuffer(this.#deps.eventLog);
-    const totals = totalsOf(buffers, Date.now());
+    const totals = totalsOf(await readBuffer(this.#deps.eventLog));
     const memory = await this.#deps.eventLog.redis.info('memory');
     const usedBytes = Number(/used_memory:(\d+)/.exec(memory)?.[1] ?? 0);
     const processor = this.#deps.projector?.stats();
@@ -126,19 +125,19 @@ export class StatusSource {
     const { metrics } = this.#deps;
     const buffers = await this.bufferOrUndefined();
     if (buffers) {
-      for (const b of buffers) {
+      for (const b of buffers.partitions) {
         const partition = String(b.partition);
         const unprojected = Math.max(0, b.delivered + b.undelivered - b.awaitingReplica);
         metrics.eventsPending.set({ partition, state: 'unprojected' }, unprojected);
         metrics.eventsPending.set({ partition, state: 'awaiting_replica' }, b.awaitingReplica);
       }
-      const totals = totalsOf(buffers, Date.now());
+      const totals = totalsOf(buffers);
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
     }
     const oldest = await settle(oldestRetainedMs(this.#deps.eventLog));
     metrics.oldestRetainedAge.set(
-      oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000),
+      oldest === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - oldest) / 1000),
     );
     const snapshot = await settle(latestSnapshot(this.#deps.replica));
     const anomalies = snapshot?.anomalies ?? noAnomalies();

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { PROJECTION_TABLES } from '../../src/db/queries/apply.ts';
 import { entryRecord } from '../../src/log/codec.ts';
 import { EventLog } from '../../src/log/event-log.ts';
-import { readBuffer } from '../../src/ops/buffer.ts';
+import { readBuffer, totalsOf } from '../../src/ops/buffer.ts';
 import { rebuildProjections } from '../../src/ops/rebuild.ts';
 import { type Harness, waitFor } from './harness.ts';
 
@@ -11,8 +11,7 @@ export const eventLogOf = (h: Harness) =>
 
 /** Every unacknowledged event of the site: delivered or not. */
 export const unacknowledged = async (h: Harness): Promise<number> => {
-  const buffers = await readBuffer(eventLogOf(h));
-  return buffers.reduce((sum, b) => sum + b.delivered + b.undelivered, 0);
+  return totalsOf(await readBuffer(eventLogOf(h))).pending;
 };
 
 export const waitForAllAcknowledged = (h: Harness, timeoutMs = 60_000) =>
