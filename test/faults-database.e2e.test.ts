@@ -12,17 +12,22 @@ import { BlackholeProxy } from './harness/proxy.ts';
 
 const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
 
+/**
+ * After a test that stopped a server: start it again for the files after this one, then close.
+ * The harness is unset when the test never ran (filtered out, or failed before starting it).
+ */
+const restartAndClose = async (h: Harness | undefined) => {
+  if (h === undefined) {
+    return;
+  }
+  await stackUp(h.stackOptions());
+  await h.close();
+};
+
 void describe('database faults under load', () => {
   void describe('main PostgreSQL stopped for 30 s', () => {
     let h: Harness;
-    after(async () => {
-      // Unset when the test was never run (filtered out, or failed before its harness started).
-      if (h === undefined) {
-        return;
-      }
-      await stackUp(h.stackOptions());
-      await h.close();
-    });
+    after(() => restartAndClose(h));
 
     void it('keeps accepting every write, opens and closes the breaker, and drains the backlog', async () => {
       h = await Harness.start();
@@ -74,14 +79,7 @@ void describe('database faults under load', () => {
 
   void describe('main PostgreSQL crashed while an update waits, then back', () => {
     let h: Harness;
-    after(async () => {
-      // Unset when the test was never run (filtered out, or failed before its harness started).
-      if (h === undefined) {
-        return;
-      }
-      await stackUp(h.stackOptions());
-      await h.close();
-    });
+    after(() => restartAndClose(h));
 
     void it("applies a unit's events in the order they were accepted: the retried one before the next", async () => {
       // The idle reclaim would put a forgotten entry back within its minute, too late to matter:
@@ -140,14 +138,7 @@ void describe('database faults under load', () => {
 
   void describe('read replica stopped for 20 s', () => {
     let h: Harness;
-    after(async () => {
-      // Unset when the test was never run (filtered out, or failed before its harness started).
-      if (h === undefined) {
-        return;
-      }
-      await stackUp(h.stackOptions());
-      await h.close();
-    });
+    after(() => restartAndClose(h));
 
     void it('keeps accepting writes, says reads wait for the replica, acknowledges nothing until it is back', async () => {
       h = await Harness.start();

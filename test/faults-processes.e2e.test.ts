@@ -33,6 +33,14 @@ const exited = (child: ChildProcess) =>
 const appliedBy = (process: SpawnedService) =>
   scrapeMetric(process.url, 'outpost_events_applied_total');
 
+/** Who holds each partition's lease, in partition order. */
+const leaseOwners = async (h: Harness) =>
+  (
+    await h.mainRows<{ owner: string | null }>(
+      'SELECT owner FROM partition_leases ORDER BY partition',
+    )
+  ).map((r) => r.owner);
+
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
@@ -300,12 +308,7 @@ void describe('process faults under load', () => {
       h = await Harness.start({ role: 'api' });
       const a = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'projector-a' });
       const b = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'projector-b' });
-      const owners = async () =>
-        (
-          await h.mainRows<{ owner: string | null }>(
-            'SELECT owner FROM partition_leases ORDER BY partition',
-          )
-        ).map((r) => r.owner);
+      const owners = () => leaseOwners(h);
       await waitFor(async () => {
         const now = await owners();
         return (
@@ -427,12 +430,7 @@ void describe('process faults under load', () => {
         consumer: 'projector-b',
         redisUrl: `redis://127.0.0.1:${proxy.port}`,
       });
-      const owners = async () =>
-        (
-          await h.mainRows<{ owner: string | null }>(
-            'SELECT owner FROM partition_leases ORDER BY partition',
-          )
-        ).map((r) => r.owner);
+      const owners = () => leaseOwners(h);
       await waitFor(async () => {
         const now = await owners();
         return now.includes('projector-a') && now.includes('projector-b');

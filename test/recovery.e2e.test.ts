@@ -30,6 +30,18 @@ const startMany = (h: Harness, label: string, n: number) =>
       h.post('/executed_obs_units/start', { obs_unit_id: `${label}-${i}`, instrument: 'nircam' }),
   );
 
+/** A new instrument configuration's event in `partition`, as the API would have accepted it. */
+const configurationCreated = (h: Harness, partition: number): Envelope => ({
+  event_id: newIdInPartition(partition, h.config.partitions),
+  aggregate_id: newIdInPartition(partition, h.config.partitions),
+  aggregate_type: 'instrument_configuration',
+  type: 'InstrumentConfigurationCreated',
+  version: 1,
+  site: 's',
+  accepted_at: Date.now(),
+  data: { instrument: 'x', configuration: {} },
+});
+
 /** Removes aggregates from the main database entirely, as a restore from an older backup would. */
 const forget = async (h: Harness, ids: string[]) => {
   for (const statement of [
@@ -356,20 +368,7 @@ void describe('recovery', () => {
     void it('takes the whole millisecond of a --to time, every entry of it', async () => {
       // One append call writes its events back to back: some millisecond holds several of them,
       // <ms>-0, <ms>-1, and so on.
-      const events = Array.from(
-        { length: 50 },
-        () =>
-          ({
-            event_id: newIdInPartition(0, h.config.partitions),
-            aggregate_id: newIdInPartition(0, h.config.partitions),
-            aggregate_type: 'instrument_configuration',
-            type: 'InstrumentConfigurationCreated',
-            version: 1,
-            site: 's',
-            accepted_at: Date.now(),
-            data: { instrument: 'x', configuration: {} },
-          }) as Envelope,
-      );
+      const events = Array.from({ length: 50 }, () => configurationCreated(h, 0));
       const appended = await eventLogOf(h).append({ partition: 0, events });
       assert.equal(appended.kind, 'appended');
       const entryIds = appended.kind === 'appended' ? appended.entryIds : [];
@@ -462,17 +461,10 @@ void describe('recovery', () => {
       const log = eventLogOf(h);
       const ids: string[] = [];
       for (let i = 0; i < n; i += 1) {
-        const event = {
-          event_id: newIdInPartition(partition, h.config.partitions),
-          aggregate_id: newIdInPartition(partition, h.config.partitions),
-          aggregate_type: 'instrument_configuration',
-          type: 'InstrumentConfigurationCreated',
-          version: 1,
-          site: 's',
-          accepted_at: Date.now(),
-          data: { instrument: 'x', configuration: {} },
-        } as Envelope;
-        const result = await log.append({ partition, events: [event] });
+        const result = await log.append({
+          partition,
+          events: [configurationCreated(h, partition)],
+        });
         assert.equal(result.kind, 'appended');
         ids.push(...(result.kind === 'appended' ? result.entryIds : []));
       }

@@ -188,18 +188,21 @@ export class Acker {
    */
   async ackOnce(): Promise<number> {
     const { eventLog } = this.#deps;
-    // Redis's clock names the entries, so end-to-end times are read on it (in the same write).
-    const [waiting, time] = await Promise.all([
-      Promise.all(eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition))),
-      eventLog.redis.time(),
-    ]);
-    const sampled = performance.now();
-    const redisNow = () => timeMs(time) + (performance.now() - sampled);
+    const waiting = await Promise.all(
+      eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition)),
+    );
     if (waiting.every((n) => n === 0)) {
       this.#behind = false;
       return 0;
     }
-    const position = await replicaPosition(this.#deps.replica, this.#deps.replicaIsMain);
+    // Redis's clock names the entries, so end-to-end times are read on it, while the replica
+    // answers.
+    const [position, time] = await Promise.all([
+      replicaPosition(this.#deps.replica, this.#deps.replicaIsMain),
+      eventLog.redis.time(),
+    ]);
+    const sampled = performance.now();
+    const redisNow = () => timeMs(time) + (performance.now() - sampled);
     this.#lastPosition = position;
     const replayed = parseLsn(position.lsn);
     let partitions = waiting.flatMap((count, partition) => (count > 0 ? [partition] : []));

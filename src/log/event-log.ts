@@ -25,7 +25,7 @@ const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
 
 /** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
-export const script = (name: string, ...libraries: ('inflight' | 'live')[]) =>
+export const script = (name: string, ...libraries: ('applied' | 'inflight' | 'live')[]) =>
   [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
 
 /**
@@ -198,8 +198,8 @@ export class EventLog {
     readonly liveMaxLen: number = DEFAULT_LIVE_MAX_LEN,
   ) {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
-    redis.defineCommand('outpostAck', { lua: script('ack', 'inflight') });
-    redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied') });
+    redis.defineCommand('outpostAck', { lua: script('ack', 'applied', 'inflight') });
+    redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied', 'applied') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflightIndex', {

@@ -11,15 +11,7 @@
 -- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 -- Acknowledges the records that head the applied queue, up to the first that does not.
-local offered = #ARGV - 1
-if offered < 1 then
-  return 0
-end
-local queued = redis.call('LRANGE', KEYS[3], 0, offered - 1)
-local n = 0
-while n < offered and queued[n + 1] == ARGV[n + 2] do
-  n = n + 1
-end
+local n = applied_heading(KEYS[3], 2)
 if n == 0 then
   return 0
 end

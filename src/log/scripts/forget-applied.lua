@@ -8,12 +8,7 @@
 -- ARGV[1 ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 -- Forgets the records that head the queue, up to the first that does not (another acker may have
 -- settled them since they were read).
-local offered = #ARGV
-local queued = redis.call('LRANGE', KEYS[1], 0, offered - 1)
-local n = 0
-while n < offered and queued[n + 1] == ARGV[n + 1] do
-  n = n + 1
-end
+local n = applied_heading(KEYS[1], 1)
 if n == 0 then
   return 0
 end
