@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { entryRecord } from '../src/log/codec.ts';
+import { decodeEntry, entryRecord, type RawEntry } from '../src/log/codec.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -334,6 +334,59 @@ void describe('admin and incident tools', () => {
       !dead.body.items.some((item: { event_id: string }) => item.event_id === poison.body.event_id),
       'not back in the dead letters',
     );
+  });
+
+  void it('keeps one dead letter for an event appended twice, so its discard unblocks the unit', async () => {
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'twice-dead', instrument: 'x' })
+    ).body;
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    await waitFor(
+      async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
+      'the poison patch to be dead-lettered',
+    );
+    const lettersOf = async (eventId: string) =>
+      (
+        await h.request('GET', '/admin/dead-letters?limit=1000', undefined, auth(TOKEN))
+      ).body.items.filter((item: { event_id: string }) => item.event_id === eventId);
+    const [letter] = await lettersOf(poison.body.event_id);
+    assert.ok(letter);
+    // The same event appended again (ioredis re-sending an append after a reconnect, or two
+    // replays racing): it fails as the first did, behind the aggregate's block.
+    const log = eventLogOf(h);
+    const [original] = (await h.redis.xrange(
+      log.keys(letter.partition).stream,
+      letter.original_entry_id,
+      letter.original_entry_id,
+    )) as RawEntry[];
+    assert.ok(original);
+    const again = await log.append({
+      partition: letter.partition,
+      events: [decodeEntry(original).event],
+    });
+    assert.equal(again.kind, 'appended');
+    await waitForAllAcknowledged(h);
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    assert.equal((await lettersOf(poison.body.event_id)).length, 1, 'one letter per event');
+
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.body.event_id}`,
+      { reason: 'a wrong note' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    assert.deepEqual(await lettersOf(poison.body.event_id), []);
+    const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
+    let state: string | undefined;
+    await waitFor(async () => {
+      state = (await h.get(`/events/${next.body.event_id}`)).body?.state;
+      return state === 'confirmed' || state === 'dead';
+    }, 'the next patch to be settled');
+    assert.equal(state, 'confirmed', 'applied, not held behind a letter the index lost');
   });
 
   void it('pages the CLI through dead letters with --cursor, and says when more are left', async () => {

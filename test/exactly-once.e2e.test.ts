@@ -64,6 +64,34 @@ void describe('exactly-once effect', () => {
     await h.stopService(projector);
   });
 
+  void it('counts and lists an event appended twice once while it waits', async () => {
+    const unit = await h.post('/executed_obs_units/start', {
+      obs_unit_id: 'dup-pending',
+      instrument: 'miri',
+    });
+    const log = eventLogOf(h);
+    const partition = partitionOf(unit.body.id, h.config.partitions);
+    const [entry] = await log.readInflight(unit.body.id, partition);
+    assert.ok(entry, 'no projector runs: the start waits in the log');
+    assert.equal((await log.append({ partition, events: [entry.event] })).kind, 'appended');
+    assert.equal((await log.readInflight(unit.body.id, partition)).length, 2);
+
+    const merged = await h.get(`/executed_obs_units/${unit.body.id}`);
+    assert.equal(merged.status, 200, merged.text);
+    assert.deepEqual(merged.body.consistency, { source: 'pending', pending_events: 1 });
+    assert.equal(merged.body.version, 1);
+    const events = await h.get(`/aggregates/${unit.body.id}/events`);
+    assert.deepEqual(
+      events.body.items.map((e: { event_id: string; state: string }) => [e.event_id, e.state]),
+      [[unit.body.event_id, 'pending']],
+    );
+
+    const projector = await h.startService('projector');
+    await waitForAllAcknowledged(h);
+    assert.equal(await appliedTimes(h, unit.body.event_id), 1);
+    await h.stopService(projector);
+  });
+
   void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {
     await h.pauseReplay();
     let projector = await h.startService('projector');

@@ -4,6 +4,7 @@ import { partitionOf } from '../domain/ids.ts';
 import type { LogEntry } from '../log/codec.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
+import { pendingOnly } from './merged.ts';
 
 export type EventState = 'pending' | 'applied' | 'confirmed' | 'dead';
 
@@ -120,7 +121,7 @@ export const readAggregateEvents = async (
   );
   const stored = await storedEventsOf(deps.replica, aggregateId);
   const onReplica = new Set(stored.map((s) => s.event_id));
-  const pending = inflight.filter((e) => !onReplica.has(e.event.event_id));
+  const pending = pendingOnly(inflight, onReplica);
   const lsns = await deps.eventLog.appliedLsnOf(
     pending.map((e) => e.entryId),
     partition,

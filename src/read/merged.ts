@@ -51,7 +51,7 @@ export const readMergedMany = async (
   const found: MergedAggregate[] = [];
   aggregates.forEach(({ id }, i) => {
     const row = rows.get(id);
-    const pending = (inflight[i] ?? []).filter((entry) => !visible.has(entry.event.event_id));
+    const pending = pendingOnly(inflight[i] ?? [], visible);
     const state = foldPending(
       row,
       pending.map((entry) => entry.event),
@@ -99,15 +99,29 @@ const inflightOf = async (
   return inflight;
 };
 
+/**
+ * The in-flight entries whose events the replica does not hold yet, each event once: an event
+ * appended twice (a replay racing another) is one pending event, folded once.
+ */
+export const pendingOnly = (
+  entries: readonly LogEntry[],
+  visible: ReadonlySet<string>,
+): LogEntry[] => {
+  const seen = new Set<string>();
+  return entries.filter((entry) => {
+    const eventId = entry.event.event_id;
+    if (visible.has(eventId) || seen.has(eventId)) {
+      return false;
+    }
+    seen.add(eventId);
+    return true;
+  });
+};
+
 /** A pending event that cannot fold (it will fail in the projector too) is left out of the view. */
 const foldPending = (row: AggregateState | undefined, events: readonly Envelope[]) => {
   let state = row;
-  const seen = new Set<string>();
   for (const event of events) {
-    if (seen.has(event.event_id)) {
-      continue;
-    }
-    seen.add(event.event_id);
     try {
       state = evolve(state, event);
     } catch (err) {

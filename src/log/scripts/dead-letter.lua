@@ -3,6 +3,10 @@
 -- aggregate is marked blocked, so its later events follow it instead of applying out of order.
 -- The event is announced `dead` on the live feed (lib/live.lua).
 --
+-- An event already among the dead letters (the same event_id appended twice, by two replays
+-- racing, say) keeps its one letter: a second would be out of the index's reach, so no one could
+-- show or discard it by id, and it would hold the aggregate blocked after the first was discarded.
+--
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] the event's event index bucket  KEYS[4] attempts
 -- KEYS[5] in-flight index bucket  KEYS[6] dead index  KEYS[7] blocked aggregates
 -- KEYS[8] earlier builds' event index  KEYS[9] earlier builds' in-flight index of its type
@@ -10,7 +14,10 @@
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5] aggregate type
 -- ARGV[6] event type  ARGV[7] live stream max length  ARGV[8] now, ISO-8601  ARGV[9] partition
 -- ARGV[10..] dead-letter fields
-local dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 10))
+local dead_id = redis.call('HGET', KEYS[6], ARGV[3])
+if not (dead_id and redis.call('XRANGE', KEYS[2], dead_id, dead_id)[1]) then
+  dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 10))
+end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[8], ARGV[3])
