@@ -181,6 +181,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       last_run: nullable(time),
       transactions_processed: count,
       success_rate: { type: 'number', minimum: 0, maximum: 1 },
+      last_error: nullable({ type: 'string' }),
     }),
     replication_lag: object({
       current_lag_seconds: seconds,

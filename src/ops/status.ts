@@ -182,4 +182,6 @@ const processorView = (stats: ProjectorStats | undefined) => ({
   last_run: stats?.lastRun ?? null,
   transactions_processed: stats?.processed ?? 0,
   success_rate: round(stats?.successRate ?? 1),
+  // What the projector last met while its batches fail (the breaker's reason), or null.
+  last_error: stats?.lastError ?? null,
 });

@@ -7,19 +7,12 @@ export type FailureClass = 'transient' | 'data';
 
 // Node's own codes (EPIPE, EPERM) are five capitals too; no SQLSTATE class begins with E.
 const SQLSTATE = /^[0-9A-DF-Z][0-9A-Z]{4}$/;
-const TRANSIENT_SQLSTATE_CLASSES = ['08', '53', '57', '58', 'XX'];
-// Besides conflicts and timeouts: a database being restored or not yet migrated (no such database,
-// table or function) is the site's problem, not the event's, and must not count against it.
-const TRANSIENT_SQLSTATES = new Set([
-  '40001',
-  '40P01',
-  '55P03',
-  '55006',
-  '25006',
-  '3D000',
-  '42P01',
-  '42883',
-]);
+// The classes in which PostgreSQL says that what was sent cannot be stored: a cardinality, data or
+// integrity violation, a program limit (an index row too large) or a trigger's RAISE. Every other
+// answer is about the database, not the event — a revoked privilege, a changed password, a schema
+// restored from before a migration, a lock or a timeout — and must not count against it: counted,
+// it would move the whole backlog into the dead letters within minutes.
+const DATA_SQLSTATE_CLASSES = ['21', '22', '23', '54', 'P0'];
 const TRANSIENT_NODE_CODES = new Set([
   'ECONNREFUSED',
   'ECONNRESET',
@@ -46,11 +39,11 @@ const TRANSIENT_MESSAGES = [
 export const classifyFailure = (err: unknown): FailureClass => {
   const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
   if (typeof code === 'string') {
-    if (TRANSIENT_NODE_CODES.has(code) || TRANSIENT_SQLSTATES.has(code)) {
+    if (TRANSIENT_NODE_CODES.has(code)) {
       return 'transient';
     }
     if (SQLSTATE.test(code)) {
-      return TRANSIENT_SQLSTATE_CLASSES.includes(code.slice(0, 2)) ? 'transient' : 'data';
+      return DATA_SQLSTATE_CLASSES.includes(code.slice(0, 2)) ? 'data' : 'transient';
     }
   }
   if (typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message))) {
@@ -78,6 +71,17 @@ export const isDatabaseUnreachable = (err: unknown): boolean => {
     }
   }
   return typeof message === 'string' && TRANSIENT_MESSAGES.some((pattern) => pattern.test(message));
+};
+
+/**
+ * Whether a statement ran out of time: the database's statement_timeout or the client's query
+ * timeout. A batch that does may only be too large for the link, so it is tried in halves.
+ */
+export const isQueryTimeout = (err: unknown): boolean => {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  return (
+    code === QUERY_CANCELED || (typeof message === 'string' && /Query read timeout/.test(message))
+  );
 };
 
 /** Whether the database itself answered with this error (it carries a SQLSTATE). */

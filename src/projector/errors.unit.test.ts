@@ -6,6 +6,7 @@ import {
   isDatabaseAnswer,
   isDatabaseFailure,
   isDatabaseUnreachable,
+  isQueryTimeout,
 } from './errors.ts';
 
 const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
@@ -29,17 +30,36 @@ void describe('classifyFailure', () => {
     assert.equal(classifyFailure(new Error('Query read timeout')), 'transient');
   });
 
-  void it('does not blame the event for a database being restored or not yet migrated', () => {
-    for (const code of ['3D000', '42P01', '42883']) {
+  void it('does not blame the event for a database being restored, not yet migrated, or locked away', () => {
+    // No such database, table, function or column; a password changed or pg_hba edited; a
+    // privilege revoked; a feature missing; a statement cancelled by its timeout.
+    for (const code of [
+      '3D000',
+      '42P01',
+      '42883',
+      '42703',
+      '28P01',
+      '28000',
+      '42501',
+      '0A000',
+      '57014',
+    ]) {
       assert.equal(classifyFailure(withCode(code)), 'transient', code);
     }
   });
 
   void it('counts constraint violations, bad data and impossible folds as data failures', () => {
-    for (const code of ['23505', '23502', '22P02', '22021', '42703']) {
+    for (const code of ['23505', '23502', '22P02', '22021', '21000', '54000', 'P0001']) {
       assert.equal(classifyFailure(withCode(code)), 'data', code);
     }
     assert.equal(classifyFailure(new FoldError('unit already finished', 'e1')), 'data');
+  });
+
+  void it('knows a statement that ran out of time, from the database or from the client', () => {
+    assert.equal(isQueryTimeout(withCode('57014')), true);
+    assert.equal(isQueryTimeout(new Error('Query read timeout')), true);
+    assert.equal(isQueryTimeout(new Error('timeout exceeded when trying to connect')), false);
+    assert.equal(isQueryTimeout(withCode('57P01')), false);
   });
 
   void it('does not count an unknown failure against the event', () => {

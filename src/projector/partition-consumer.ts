@@ -15,7 +15,7 @@ import type { Metrics } from '../observability/metrics.ts';
 import type { BatchRequest, BatchResult } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
-import { classifyFailure } from './errors.ts';
+import { classifyFailure, isQueryTimeout } from './errors.ts';
 
 export type ConsumerDeps = {
   /** Applies a batch to the main database (see BatchCombiner). */
@@ -333,6 +333,10 @@ export class PartitionConsumer {
     }
     if (deferred.length > 0) {
       this.#scheduleReread();
+    } else if (failed.length === 0 && this.#holding.size === 0) {
+      // Nothing waits for a retry: the next failure starts again from a short wait, not from
+      // where this consumer's earlier failures, hours ago perhaps, left the backoff.
+      this.#retryBackoff.reset();
     }
     const ms = performance.now() - started;
     this.#deps.metrics.eventsApplied.inc(applied.length);
@@ -362,7 +366,16 @@ export class PartitionConsumer {
         heldAggregates: this.#holding,
       });
     } catch (err) {
-      if (classifyFailure(err) === 'transient' || err instanceof FencedError) {
+      if (err instanceof FencedError) {
+        throw err;
+      }
+      if (isQueryTimeout(err) && entries.length > 1) {
+        // Too much for the link in the time allowed, perhaps: the same batch again would only
+        // time out again, and hold the partition for ever.
+        const half = Math.ceil(entries.length / 2);
+        return this.#applyInParts([entries.slice(0, half), entries.slice(half)]);
+      }
+      if (classifyFailure(err) === 'transient') {
         throw err;
       }
       const [only] = entries;
@@ -375,32 +388,52 @@ export class PartitionConsumer {
           commitLsn: '0/0',
         };
       }
-      const combined: BatchResult = {
-        applied: [],
-        duplicates: [],
-        failed: [],
-        deferred: [],
-        commitLsn: '0/0',
-      };
-      for (const entry of entries) {
-        if (
-          this.#holding.has(entry.event.aggregate_id) ||
-          combined.failed.some((f) => f.entry.event.aggregate_id === entry.event.aggregate_id)
-        ) {
+      return this.#applyInParts(entries.map((entry) => [entry]));
+    }
+  }
+
+  /**
+   * Applies `parts` one after another; an entry whose aggregate failed or was held back in an
+   * earlier part waits, so the aggregate's events keep their order.
+   */
+  async #applyInParts(parts: LogEntry[][]): Promise<BatchResult> {
+    const combined: BatchResult = {
+      applied: [],
+      duplicates: [],
+      failed: [],
+      deferred: [],
+      commitLsn: '0/0',
+    };
+    const stopped = new Set<string>();
+    for (const part of parts) {
+      const free: LogEntry[] = [];
+      for (const entry of part) {
+        const id = entry.event.aggregate_id;
+        if (this.#holding.has(id) || stopped.has(id)) {
           combined.deferred.push(entry);
-          continue;
-        }
-        const one = await this.#applyIsolating([entry]);
-        combined.applied.push(...one.applied);
-        combined.duplicates.push(...one.duplicates);
-        combined.failed.push(...one.failed);
-        combined.deferred.push(...one.deferred);
-        if (one.applied.length + one.duplicates.length > 0) {
-          combined.commitLsn = one.commitLsn;
+        } else {
+          free.push(entry);
         }
       }
-      return combined;
+      if (free.length === 0) {
+        continue;
+      }
+      const one = await this.#applyIsolating(free);
+      combined.applied.push(...one.applied);
+      combined.duplicates.push(...one.duplicates);
+      combined.failed.push(...one.failed);
+      combined.deferred.push(...one.deferred);
+      for (const { entry } of one.failed) {
+        stopped.add(entry.event.aggregate_id);
+      }
+      for (const entry of one.deferred) {
+        stopped.add(entry.event.aggregate_id);
+      }
+      if (one.applied.length + one.duplicates.length > 0) {
+        combined.commitLsn = one.commitLsn;
+      }
     }
+    return combined;
   }
 
   async #fail(entry: FailedEntry, error: Error) {
