@@ -14,12 +14,16 @@ export const trimFloor = async (
   now: number,
 ) => {
   const stream = eventLog.keys(partition).stream;
+  // Delivery position first, pending list second. The other way round, a read between the two
+  // (pending list still empty, delivery moved on) put the floor at the new delivery position,
+  // and trimmed the entries just delivered: lost. This way an entry below the floor was delivered
+  // before the first call, so if it is still unacknowledged the second call sees it pending.
+  const groups = (await eventLog.redis.xinfo('GROUPS', stream)) as unknown[][];
+  const lastDelivered = groups.map((g) => String(g[g.indexOf('last-delivered-id') + 1]));
   const [, lowestPending] = (await eventLog.redis.xpending(stream, CONSUMER_GROUP)) as [
     number,
     string | null,
   ];
-  const groups = (await eventLog.redis.xinfo('GROUPS', stream)) as unknown[][];
-  const lastDelivered = groups.map((g) => String(g[g.indexOf('last-delivered-id') + 1]));
   return (
     minEntryId([
       entryIdAt(now - retentionMs),
