@@ -336,6 +336,40 @@ void describe('admin and incident tools', () => {
     );
   });
 
+  void it('forgets what a discarded event did to its unit: a finish can come again, files for a discarded start are 404', async () => {
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'refinished', instrument: 'x' })
+    ).body;
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (status <> 'failed') NOT VALID",
+    );
+    const finish = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'failed' });
+    assert.equal(finish.status, 202, finish.text);
+    await waitFor(
+      async () => (await h.get(`/events/${finish.body.event_id}`)).body?.state === 'dead',
+      'the finish to be dead-lettered',
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const discard = (id: string) =>
+      h.request('DELETE', `/admin/dead-letters/${id}`, { reason: 'sent by mistake' }, auth(TOKEN));
+    assert.equal((await discard(finish.body.event_id)).status, 200);
+    const again = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'success' });
+    assert.equal(again.status, 202, `the unit is running, not finished: ${again.text}`);
+    await waitFor(
+      async () => (await h.get(`/events/${again.body.event_id}`)).body?.state === 'confirmed',
+      'the new finish to be confirmed',
+    );
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.status, 'success');
+
+    const never = await deadLetteredStart('never-started');
+    assert.equal((await discard(never.event_id)).status, 200);
+    const files = await h.post('/raw_data_files', {
+      executed_obs_unit_id: never.id,
+      files: [{ path: '/raw/x.fits', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
+    });
+    assert.equal(files.status, 404, `files for a unit that never was: ${files.text}`);
+  });
+
   void it('keeps one dead letter for an event appended twice, so its discard unblocks the unit', async () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'twice-dead', instrument: 'x' })

@@ -347,12 +347,15 @@ export class DeadLetters {
       'discarded_at',
       new Date().toISOString(),
     ];
+    const statusKeys =
+      dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : [];
     const id = await this.#redis.outpostDeadDiscard(
-      4,
+      4 + statusKeys.length,
       keys.deadLetters,
       keys.deadIndex,
       keys.discarded,
       keys.blockedAggregates,
+      ...statusKeys,
       dead.dead_letter_id,
       dead.id,
       await this.#unblockedByDiscarding(dead),

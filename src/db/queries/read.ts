@@ -113,14 +113,3 @@ export const fileUnits = async (replica: Queryable, fileIds: readonly string[]) 
   );
   return new Map(rows.map((r) => [r.id, r.executed_obs_unit_id]));
 };
-
-export const unitStatus = async (
-  replica: Queryable,
-  unitId: string,
-): Promise<string | undefined> => {
-  const { rows } = await replica.query<{ status: string }>(
-    'SELECT status FROM executed_obs_units WHERE id = $1',
-    [unitId],
-  );
-  return rows[0]?.status;
-};

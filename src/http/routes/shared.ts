@@ -1,6 +1,5 @@
 import type { Context, Hono } from 'hono';
-import { unitStatus } from '../../db/queries/read.ts';
-import type { AggregateType } from '../../domain/events.ts';
+import type { AggregateType, UnitStatus } from '../../domain/events.ts';
 import { isUuid } from '../../domain/ids.ts';
 import { readMerged } from '../../read/merged.ts';
 import { storableProblems } from '../body.ts';
@@ -43,15 +42,17 @@ export const readDeps = (deps: AppDeps) => ({
   partitions: deps.config.partitions,
 });
 
-/** The status of a unit Redis no longer remembers, from the replica; undefined if unknown. */
-export const seedUnitStatus = async (deps: AppDeps, unitId: string) =>
-  (await replicaCall(deps, unitStatus(deps.replica, unitId))) as
-    | 'running'
-    | 'paused'
-    | 'success'
-    | 'failed'
-    | 'interrupted'
-    | undefined;
+/**
+ * The status of a unit Redis no longer remembers (expired, or dropped by a discard), from the
+ * replica with the unit's events still in flight folded over it; undefined if unknown.
+ */
+export const seedUnitStatus = async (
+  deps: AppDeps,
+  unitId: string,
+): Promise<UnitStatus | undefined> => {
+  const merged = await replicaCall(deps, readMerged(readDeps(deps), 'executed_obs_unit', unitId));
+  return merged && 'status' in merged.state ? (merged.state.status as UnitStatus) : undefined;
+};
 
 export const decodeCursor = (cursor: string | undefined): string | undefined => {
   if (cursor === undefined) {

@@ -1,7 +1,12 @@
 -- Discards a dead-lettered event for good, leaving an audit record of who said why.
 --
+-- A unit's status for the append guard was set when the event was accepted: a discarded finish
+-- would leave it `success` for ever (every later finish or patch 409), a discarded start
+-- `running` (files accepted for a unit that never was). It is dropped, and the next write seeds
+-- it again from the replica and the unit's events in flight.
+--
 -- KEYS[1] dead letters  KEYS[2] dead index  KEYS[3] discarded (audit stream)
--- KEYS[4] blocked aggregates
+-- KEYS[4] blocked aggregates  KEYS[5] the unit's status, for an executed obs unit's event
 -- ARGV[1] dead-letter id  ARGV[2] its id in the dead index  ARGV[3] an aggregate to unblock, or ''
 -- ARGV[4..] audit fields
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
@@ -13,5 +18,8 @@ redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[2])
 if ARGV[3] ~= '' then
   redis.call('SREM', KEYS[4], ARGV[3])
+end
+if KEYS[5] then
+  redis.call('DEL', KEYS[5])
 end
 return audit
