@@ -7,7 +7,7 @@ import { decodeLive, type LiveMessage } from '../src/live/live-message.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
 import { DeadLetters, failedEntryOf, failedEntryOfEvent } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
-import { type AppliedRecord, EventLog } from '../src/log/event-log.ts';
+import { type AppendRequest, type AppliedRecord, EventLog } from '../src/log/event-log.ts';
 import {
   CONSUMER_GROUP,
   INFLIGHT_BUCKETS,
@@ -663,6 +663,32 @@ void describe('the local log', () => {
         finishes.map((r) => (r.kind === 'conflict' ? `conflict ${r.state}` : r.kind)),
         ['appended', ...Array(19).fill('conflict success')],
       );
+    });
+
+    void it('answers a re-sent append as its first run, appending nothing and guarding nothing again', async () => {
+      // ioredis re-sends a script call that was out when its connection dropped; Redis may have
+      // run the first already.
+      const partition = 1;
+      const unitId = newIdInPartition(partition, 4);
+      const stream = log.keys(partition).stream;
+      await log.append({
+        partition,
+        events: [eventIn(partition, 0)],
+        guard: { unitId, next: 'running', require: false },
+      });
+      const finish: AppendRequest = {
+        partition,
+        events: [eventIn(partition, 1), eventIn(partition, 2)],
+        guard: { unitId, allowed: ['running', 'paused'], next: 'success', require: true },
+      };
+      const lengthBefore = await redis.xlen(stream);
+      const first = await log.append(finish);
+      const resent = await log.append(finish);
+      assert.equal(first.kind, 'appended');
+      assert.deepEqual(resent, first, 'answered as the first run was, not 409');
+      assert.equal(await redis.xlen(stream), lengthBefore + 2, 'appended once');
+      const other = await log.append({ ...finish, events: [eventIn(partition, 3)] });
+      assert.equal(other.kind, 'conflict', 'another finish still meets the guard');
     });
 
     void it('fails a request that cannot be encoded alone, and sends the rest', async () => {

@@ -33,6 +33,23 @@ local function append_one(req)
     end
   end
 
+  -- This very request ran already: ioredis re-sends a script call that was out when its
+  -- connection dropped, and Redis may have run it. Run again, the guard would refuse a finish
+  -- its own first run had made (409 for a finish that was accepted), and every event would be
+  -- appended twice. Its events are still in the event index until they are acknowledged.
+  local n = #req.events
+  local first = req.events[1]
+  if first then
+    local first_id = redis.call('HGET', KEYS[req.k + 1 + n + 1], first.event_id)
+    if first_id then
+      local reply = {'appended'}
+      for i, event in ipairs(req.events) do
+        reply[i + 1] = redis.call('HGET', KEYS[req.k + 1 + n + i], event.event_id) or first_id
+      end
+      return reply
+    end
+  end
+
   if req.guard then
     local state = redis.call('GET', unit_key)
     if not state then
@@ -55,7 +72,6 @@ local function append_one(req)
   end
 
   local reply = {'appended'}
-  local n = #req.events
   for i, event in ipairs(req.events) do
     local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
     redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
