@@ -122,6 +122,15 @@ export class PartitionConsumer {
         continue;
       }
       this.#leaseLapsed = false;
+      const coolDownMs = this.#deps.breaker.waitMs();
+      if (coolDownMs > 0) {
+        // Nothing read while the breaker cools down: a read of our own pending entries restarts
+        // their idle times and counts a delivery, and `outpost pending --idle` would show nothing
+        // waiting for the whole outage.
+        this.#rereadFromStart();
+        await pause(Math.min(1000, coolDownMs), this.#abort.signal);
+        continue;
+      }
       try {
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
         if (this.#abort.signal.aborted) {
