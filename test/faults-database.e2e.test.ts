@@ -7,7 +7,7 @@ import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { crashMain, crashReplica, stackUp } from '../src/stack/stack.ts';
 import { audit, eventLogOf, unacknowledged, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
-import { Harness, holdFault, waitFor } from './harness/harness.ts';
+import { Harness, holdFault, scrapeMetric, waitFor } from './harness/harness.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
 
 const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
@@ -199,8 +199,16 @@ void describe('database faults under load', () => {
         async () => (await h.get(`/events/${known.event_id}`)).body.state === 'confirmed',
         'a unit confirmed by the replica',
       );
+      // An integrity snapshot with a problem in it, as a refresh would leave it.
+      await h.main.query(
+        `INSERT INTO integrity_refreshes (started_at, finished_at, duration_ms, mode, counts)
+         VALUES (now(), now(), 1, 'manual', '{"seq_gap": 3}')`,
+      );
+      const anomalies = () => scrapeMetric(h.url, 'outpost_integrity_anomalies');
+      await waitFor(async () => (await anomalies()) === 3, 'the anomaly on /metrics');
       await crashReplica(h.stack.dir);
       const down = Date.now();
+      assert.equal(await anomalies(), 3, 'an unreadable snapshot does not resolve the alert');
       const health = await h.get('/health');
       assert.equal(health.status, 200, 'writes are still accepted');
       assert.equal(health.body.status, 'degraded');
@@ -230,6 +238,7 @@ void describe('database faults under load', () => {
       await waitForAllAcknowledged(h, 60_000);
       await audit(h, accepted);
       assert.equal((await h.get(`/executed_obs_units/${known.id}`)).status, 200);
+      await h.main.query('DELETE FROM integrity_refreshes WHERE counts = \'{"seq_gap": 3}\'');
     });
   });
 

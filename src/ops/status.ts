@@ -31,12 +31,20 @@ const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
     new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref()),
   ]);
 
-const settle = async <T>(work: Promise<T>): Promise<T | undefined> => {
+const FAILED = Symbol('probe failed');
+
+/** What `work` answers within the probe timeout, or FAILED. */
+const probe = async <T>(work: Promise<T>): Promise<T | typeof FAILED> => {
   try {
     return await withTimeout(work, PROBE_TIMEOUT_MS);
   } catch {
-    return undefined;
+    return FAILED;
   }
+};
+
+const settle = async <T>(work: Promise<T>): Promise<T | undefined> => {
+  const answer = await probe(work);
+  return answer === FAILED ? undefined : answer;
 };
 
 /** Computes /health, /buffer-stats and the pipeline gauges from live state, never constants. */
@@ -135,21 +143,29 @@ export class StatusSource {
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
     }
-    const oldest = await settle(oldestRetainedMs(this.#deps.eventLog));
-    metrics.oldestRetainedAge.set(
-      oldest === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - oldest) / 1000),
-    );
-    const snapshot = await settle(latestSnapshot(this.#deps.replica));
-    const anomalies = snapshot?.anomalies ?? noAnomalies();
-    for (const problem of PROBLEMS) {
-      metrics.integrityAnomalies.set({ problem }, anomalies[problem]);
+    // A gauge whose probe fails keeps its last value: set to 0, an unreadable replica would
+    // resolve the integrity alert and a lost link the lag alert, and both would flap.
+    const oldest = await probe(oldestRetainedMs(this.#deps.eventLog));
+    if (oldest !== FAILED) {
+      metrics.oldestRetainedAge.set(
+        oldest === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - oldest) / 1000),
+      );
     }
-    metrics.integrityRefreshedAt.set(snapshot ? Date.parse(snapshot.refreshed_at) / 1000 : 0);
-    metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
+    const snapshot = await probe(latestSnapshot(this.#deps.replica));
+    if (snapshot !== FAILED) {
+      const anomalies = snapshot?.anomalies ?? noAnomalies();
+      for (const problem of PROBLEMS) {
+        metrics.integrityAnomalies.set({ problem }, anomalies[problem]);
+      }
+      metrics.integrityRefreshedAt.set(snapshot ? Date.parse(snapshot.refreshed_at) / 1000 : 0);
+      metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
+    }
     const { mainLsn, replicaPos } = await this.#positions();
-    const lag = lagOf(mainLsn, replicaPos);
-    metrics.replicationLagBytes.set(lag.bytes);
-    metrics.replicationLagSeconds.set(lag.current_lag_seconds);
+    if (mainLsn !== undefined && replicaPos !== undefined) {
+      const lag = lagOf(mainLsn, replicaPos);
+      metrics.replicationLagBytes.set(lag.bytes);
+      metrics.replicationLagSeconds.set(lag.current_lag_seconds);
+    }
   }
 }
 
