@@ -111,6 +111,14 @@ void describe('HTTP input', () => {
       const replay = await h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }, key);
       assert.equal(replay.status, 202);
       assert.deepEqual(replay.body, first.body);
+      // The same resource, its id spelt in upper case: the same request.
+      const upper = await h.post(
+        `/executed_obs_units/${unit.toUpperCase()}/finish`,
+        { status: 'success' },
+        key,
+      );
+      assert.equal(upper.status, 202, upper.text);
+      assert.deepEqual(upper.body, first.body);
       await appendsNothing(
         () => h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }),
         409,

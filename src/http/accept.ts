@@ -25,7 +25,9 @@ export const idempotencyScope = (c: Context): string | undefined => {
       [{ path: 'Idempotency-Key', message: 'invalid header value' }],
     );
   }
-  return `${c.req.method} ${new URL(c.req.url).pathname} ${key}`;
+  // Routes are lower case and ids are taken in either case: a retry that spells the id in the
+  // other case names the same resource, and must meet its first attempt.
+  return `${c.req.method} ${new URL(c.req.url).pathname.toLowerCase()} ${key}`;
 };
 
 /**
