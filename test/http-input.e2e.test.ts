@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { partitionOf } from '../src/domain/ids.ts';
+import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from '../src/http/body.ts';
 import { streamEventIds } from './harness/audit.ts';
 import { Harness, type HttpResult, waitFor } from './harness/harness.ts';
@@ -190,6 +190,36 @@ void describe('HTTP input', () => {
       assert.equal(replayed.status, 201);
       assert.deepEqual(replayed.body, accepted.body);
       assert.equal(replayed.headers.get('idempotent-replayed'), 'true');
+    });
+
+    void it('lets a key whose request was refused carry the corrected request', async () => {
+      const unit = (await h.post('/executed_obs_units/start', start)).body.id as string;
+      const key = { 'Idempotency-Key': `refused-${randomUUID()}` };
+      const files = (executedObsUnitId: string) => ({
+        executed_obs_unit_id: executedObsUnitId,
+        files: [
+          {
+            path: `/r/${randomUUID()}`,
+            size_bytes: 1,
+            checksum: 'ab',
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      const typo = await h.post(
+        '/raw_data_files',
+        files(newIdInPartition(0, h.config.partitions)),
+        key,
+      );
+      assert.equal(typo.status, 404, typo.text);
+      const corrected = await h.post('/raw_data_files', files(unit), key);
+      assert.equal(corrected.status, 201, `nothing was accepted under the key: ${corrected.text}`);
+      // Once a request is accepted, the key is its own.
+      await appendsNothing(
+        () => h.post('/raw_data_files', files(unit), key),
+        409,
+        'idempotency_key_reused',
+      );
     });
 
     void it('scopes keys to the concrete path', async () => {

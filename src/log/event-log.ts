@@ -100,6 +100,7 @@ type Commands = {
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostRebuildBucketsInUse(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
+  outpostReleaseClaim(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 export type Attempt = { at: string; error: string };
@@ -209,6 +210,7 @@ export class EventLog {
       lua: script('rebuild-buckets-in-use', 'inflight'),
     });
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
+    redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -340,13 +342,24 @@ export class EventLog {
 
   /** Appends one request's events, first claiming its idempotency key if it has one (#claimKey). */
   async append(request: AppendRequest): Promise<AppendResult> {
-    if (request.idempotency) {
-      const claimed = await this.#claimKey(request.idempotency);
-      if (!claimed) {
-        return { kind: 'idempotency_conflict' };
-      }
+    const { idempotency } = request;
+    if (!idempotency) {
+      return this.#appendGathered(request);
     }
-    return this.#appendGathered(request);
+    const claim = await this.#claimKey(idempotency);
+    if (claim === 'taken') {
+      return { kind: 'idempotency_conflict' };
+    }
+    const result = await this.#appendGathered(request);
+    const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
+    if (result.kind === 'unknown' || result.kind === 'conflict') {
+      await this.#redis.outpostReleaseClaim(1, claimKey, idempotency.requestHash);
+    } else if (result.kind === 'appended' && claim === 'retried') {
+      // The claim dates from the first attempt, the record from now: the claim must last as long
+      // as the record, or another body could pass it in the record's last hours.
+      await this.#redis.set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX');
+    }
+    return result;
   }
 
   /**
@@ -358,7 +371,9 @@ export class EventLog {
    * claim and is refused. With the same body it proceeds to the append, whose record answers a
    * replay, or appends if the first attempt never got that far.
    */
-  async #claimKey(idempotency: NonNullable<AppendRequest['idempotency']>): Promise<boolean> {
+  async #claimKey(
+    idempotency: NonNullable<AppendRequest['idempotency']>,
+  ): Promise<'claimed' | 'retried' | 'taken'> {
     const earlier = (await this.#redis.call(
       'SET',
       this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),
@@ -368,7 +383,10 @@ export class EventLog {
       'EX',
       IDEMPOTENCY_TTL_SECONDS,
     )) as string | null;
-    return earlier === null || earlier === idempotency.requestHash;
+    if (earlier === null) {
+      return 'claimed';
+    }
+    return earlier === idempotency.requestHash ? 'retried' : 'taken';
   }
 
   /**
