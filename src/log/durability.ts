@@ -2,20 +2,33 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 
-type PersistenceSettings = { appendonly: string | undefined; appendfsync: string | undefined };
+type PersistenceSettings = {
+  appendonly: string | undefined;
+  appendfsync: string | undefined;
+  maxmemoryPolicy?: string | undefined;
+};
 
 /**
  * What Redis's persistence settings mean for the promise of a 201 (the event survives a crash):
  * without the append-only file, or with its fsync left to the kernel (`appendfsync no`, a loss
  * window of up to 30 s on Linux), the promise cannot be kept and the service must not start.
- * `everysec` where `always` is expected keeps the file but widens the window to a second.
+ * `everysec` where `always` is expected widens the window to a second that the operator did not
+ * agree to (OUTPOST_APPENDFSYNC=everysec is how to agree to it); `always` where `everysec` is
+ * expected is only stronger. Any eviction policy but `noeviction` lets Redis drop keys when
+ * memory runs out: stream entries under `allkeys-*`, and idempotency records, claims and unit
+ * statuses (the keys with a TTL) under `volatile-*`, so that a client's retry would append again.
  */
 export const durabilityVerdict = (
-  { appendonly, appendfsync }: PersistenceSettings,
+  { appendonly, appendfsync, maxmemoryPolicy }: PersistenceSettings,
   expected: Config['appendfsync'],
 ): { refuse: string } | { warn: string } | undefined => {
   if (appendonly !== 'yes') {
     return { refuse: 'Redis runs without appendonly: accepted events would not survive a crash' };
+  }
+  if (maxmemoryPolicy !== undefined && maxmemoryPolicy !== 'noeviction') {
+    return {
+      refuse: `Redis runs with maxmemory-policy ${maxmemoryPolicy}: it may evict accepted events or idempotency records when memory runs out; set maxmemory-policy noeviction`,
+    };
   }
   if (appendfsync === undefined) {
     // Some servers that speak Redis's protocol answer CONFIG GET with nothing for it.
@@ -26,8 +39,11 @@ export const durabilityVerdict = (
       refuse: `Redis runs with appendfsync ${appendfsync}: accepted events could be lost in a crash; set appendfsync ${expected}`,
     };
   }
-  if (appendfsync !== expected) {
-    return { warn: `Redis appendfsync is ${appendfsync}, OUTPOST_APPENDFSYNC says ${expected}` };
+  if (appendfsync === 'everysec' && expected === 'always') {
+    return {
+      refuse:
+        'Redis runs with appendfsync everysec: up to a second of accepted events could be lost in a crash; set appendfsync always, or OUTPOST_APPENDFSYNC=everysec to accept that window',
+    };
   }
   return undefined;
 };
@@ -38,7 +54,8 @@ export const checkDurability = async (redis: Redis, config: Config, logger: Logg
   try {
     const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
     const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
-    settings = { appendonly, appendfsync };
+    const [, maxmemoryPolicy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    settings = { appendonly, appendfsync, maxmemoryPolicy };
   } catch (err) {
     if (String((err as Error).message).includes('unknown command')) {
       logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly and appendfsync');

@@ -34,9 +34,34 @@ void describe('durabilityVerdict', () => {
     assert.match(verdict.warn, /cannot verify/);
   });
 
-  void it('warns when the fsync policy differs from OUTPOST_APPENDFSYNC', () => {
+  void it('refuses an fsync a second late where every write was to be fsynced', () => {
     const verdict = durabilityVerdict({ appendonly: 'yes', appendfsync: 'everysec' }, 'always');
-    assert.ok(verdict && 'warn' in verdict);
-    assert.match(verdict.warn, /everysec.*always/);
+    assert.ok(verdict && 'refuse' in verdict);
+    assert.match(verdict.refuse, /everysec.*OUTPOST_APPENDFSYNC=everysec/);
+  });
+
+  void it('accepts an fsync stronger than configured', () => {
+    assert.equal(
+      durabilityVerdict({ appendonly: 'yes', appendfsync: 'always' }, 'everysec'),
+      undefined,
+    );
+  });
+
+  void it('refuses any eviction policy but noeviction', () => {
+    for (const policy of ['allkeys-lru', 'volatile-ttl', 'allkeys-random', 'volatile-lfu']) {
+      const verdict = durabilityVerdict(
+        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: policy },
+        'always',
+      );
+      assert.ok(verdict && 'refuse' in verdict, policy);
+      assert.match(verdict.refuse, new RegExp(`${policy}.*noeviction`), policy);
+    }
+    assert.equal(
+      durabilityVerdict(
+        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: 'noeviction' },
+        'always',
+      ),
+      undefined,
+    );
   });
 });
