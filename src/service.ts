@@ -82,8 +82,15 @@ export const startService = async (
   const metrics = createMetrics();
   const redis = createRedis(config);
   watchConnection(redis, logger.child({ module: 'redis' }));
-  await redis.connect();
-  await checkDurability(redis, config, logger);
+  try {
+    await redis.connect();
+    await checkDurability(redis, config, logger);
+  } catch (err) {
+    // Refused before anything else started: leave nothing open behind the error.
+    redis.disconnect();
+    tokens.stop();
+    throw err;
+  }
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
   await eventLog.ensureGroups();
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));

@@ -96,6 +96,22 @@ void describe('exactly-once effect', () => {
     await h.stopService(projector);
   });
 
+  void it('refuses to start against a Redis that may drop or un-fsync what it accepted', async () => {
+    for (const [setting, value, reason] of [
+      ['maxmemory-policy', 'allkeys-lru', /maxmemory-policy allkeys-lru/],
+      ['appendfsync', 'everysec', /appendfsync everysec/],
+      ['appendonly', 'no', /without appendonly/],
+    ] as const) {
+      const [, before] = (await h.redis.config('GET', setting)) as string[];
+      await h.redis.config('SET', setting, value);
+      try {
+        await assert.rejects(h.startService('projector'), reason, setting);
+      } finally {
+        await h.redis.config('SET', setting, before as string);
+      }
+    }
+  });
+
   void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {
     await h.pauseReplay();
     let projector = await h.startService('projector');
