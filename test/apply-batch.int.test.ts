@@ -141,6 +141,24 @@ void describe('applying a batch', () => {
       await h.mainRows('SELECT version FROM executed_obs_units WHERE id = $1', [id]),
       [{ version: 1 }],
     );
+
+    // Twice within one batch, and the first copy fails: the second waits, it is not "applied".
+    const orphan: LogEntry = {
+      entryId: `${Date.now() + 2}-7`,
+      event: {
+        ...startEntry(7, 1).event,
+        type: 'ExecutedObsUnitFinished',
+        data: { status: 'success', end_time: new Date().toISOString() },
+      } as Envelope,
+    };
+    const orphanAgain = { ...orphan, entryId: `${Date.now() + 3}-7` };
+    const failing = await applyBatch(h.main, [orphan, orphanAgain], lease);
+    assert.deepEqual(
+      failing.failed.map((f) => f.entry),
+      [orphan],
+    );
+    assert.deepEqual(failing.duplicates, [], 'nothing was applied to duplicate');
+    assert.deepEqual(failing.deferred, [orphanAgain]);
   });
 
   void it('keeps the commit-LSN stamp on the events index after the table outgrows its first plan', async () => {

@@ -274,13 +274,21 @@ export const applyBatches = async (
       db,
       [...plans.flatMap((p) => p.applied), ...lacksLsn].map((e) => e.event.event_id),
     );
-    return plans.map((plan, i) => ({
-      applied: plan.applied,
-      duplicates: split[i]?.duplicates ?? [],
-      failed: plan.failed,
-      deferred: plan.deferred,
-      commitLsn,
-    }));
+    return plans.map((plan, i) => {
+      // A second copy of an event in the same batch is a duplicate only if the first applied;
+      // if the first failed it waits, rather than be recorded as applied when nothing was.
+      const appliedHere = new Set(plan.applied.map((e) => e.event.event_id));
+      const copies = split[i]?.duplicates ?? [];
+      const settled = (e: LogEntry) =>
+        known.has(e.event.event_id) || appliedHere.has(e.event.event_id);
+      return {
+        applied: plan.applied,
+        duplicates: copies.filter(settled),
+        failed: plan.failed,
+        deferred: [...plan.deferred, ...copies.filter((e) => !settled(e))],
+        commitLsn,
+      };
+    });
   });
 
 const unique = <T>(values: readonly T[]): T[] => [...new Set(values)];
