@@ -707,3 +707,65 @@ void describe('dead retry --all', () => {
     assert.equal(still.status, 200, 'the undecodable entry waits to be discarded');
   });
 });
+
+void describe('dead retry while later events of the aggregate wait', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'api' });
+  });
+  after(async () => {
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+    await h.close();
+  });
+
+  void it('refuses to put a letter back behind a later event still to be processed, then retries both in order', async () => {
+    let projector = await h.startService('projector');
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'behind', instrument: 'x' })
+    ).body;
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    const stateOf = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
+    await waitFor(async () => (await stateOf(poison.body.event_id)) === 'dead', 'dead-lettered');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    await h.stopService(projector);
+    const later = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'later' });
+    assert.equal(later.status, 202, later.text);
+
+    // Put back now, the poison patch would land after the later one and overwrite its notes.
+    const early = await h.request(
+      'POST',
+      `/admin/dead-letters/${poison.body.event_id}/retry`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(early.status, 409, early.text);
+    assert.match(early.body.error.message, /1 later event\(s\) .* still waiting to be processed/);
+    const cli = await runCli(h, ['dead', 'retry', poison.body.event_id]);
+    assert.equal(cli.code, 1, cli.stdout);
+    assert.match(cli.stderr, /cannot be retried yet: 1 later event/);
+    assert.equal(await stateOf(poison.body.event_id), 'dead', 'left as it was');
+
+    projector = await h.startService('projector');
+    await waitFor(
+      async () => (await stateOf(later.body.event_id)) === 'dead',
+      'the later patch to follow the block into the dead letters',
+    );
+    const retry = await h.request(
+      'POST',
+      `/admin/dead-letters/${poison.body.event_id}/retry`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(retry.status, 200, retry.text);
+    await waitFor(
+      async () => (await stateOf(later.body.event_id)) === 'confirmed',
+      'both patches to be confirmed',
+    );
+    assert.equal(await stateOf(poison.body.event_id), 'confirmed');
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'later');
+    await h.stopService(projector);
+  });
+});

@@ -1,6 +1,11 @@
 import { parseDurationMs } from '../config.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
-import { type DeadLetter, deadLetterIdIn, isDeadLetterCursor } from '../log/dead-letters.ts';
+import {
+  type DeadLetter,
+  deadLetterIdIn,
+  isDeadLetterCursor,
+  LaterEventsInFlightError,
+} from '../log/dead-letters.ts';
 import { inspectPending } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -194,6 +199,17 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           ).then(
             (entryId) => ({ entryId, why: entryId === undefined ? 'gone' : '' }),
             (err: unknown) => {
+              if (err instanceof LaterEventsInFlightError) {
+                if (!flags.all) {
+                  throw new CliError(
+                    `dead letter ${letter.id} cannot be retried yet: ${err.message}`,
+                  );
+                }
+                return {
+                  entryId: undefined,
+                  why: `${err.count} later event(s) of its aggregate still to be processed: retry once they are dead-lettered too`,
+                };
+              }
               if (!(err instanceof UndecodableEntryError)) {
                 throw err;
               }

@@ -9,7 +9,7 @@ import {
   type RawEntry,
   UndecodableEntryError,
 } from './codec.ts';
-import { isStreamEntryId, LAST_ENTRY_ID } from './entry-id.ts';
+import { isStreamEntryId, LAST_ENTRY_ID, minEntryId } from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 import { pipelineReplies } from './redis.ts';
@@ -31,6 +31,23 @@ export type DeadLetter = {
   written_by: string | null;
 };
 
+/**
+ * A retry refused because later events of the letter's aggregate are still in the stream,
+ * unprocessed: put back after them, the letters would apply after events accepted later. Once
+ * processed, those follow the aggregate's block into the dead letters, and a retry takes them too.
+ */
+export class LaterEventsInFlightError extends Error {
+  constructor(
+    readonly dead: DeadLetter,
+    readonly count: number,
+  ) {
+    super(
+      `${count} later event(s) of ${dead.aggregate_type} ${dead.aggregate_id} are still waiting to be processed; retried now, this letter would apply after them. Once the projector reaches them they join the dead letters, and a retry then puts them all back in order (outpost pending shows them)`,
+    );
+    this.name = 'LaterEventsInFlightError';
+  }
+}
+
 /** The failed entry as the projector saw it; raw fields when it could not even be decoded. */
 export type FailedEntry = {
   entryId: string;
@@ -44,7 +61,7 @@ export type FailedEntry = {
 
 type Commands = {
   outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
-  outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | null)[]>;
+  outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | number | null)[]>;
   outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
 };
 
@@ -246,12 +263,14 @@ export class DeadLetters {
       ...live.keys,
       ...letters.map((l) => keys.eventIndex(l.event_id)),
     ];
+    const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;
     const ids = await this.#redis.outpostDeadRetry(
       allKeys.length,
       ...allKeys,
       dead.aggregate_id,
       dead.aggregate_type,
       ...live.args,
+      oldest,
       String(letters.length),
       ...letters.flatMap((l) => [
         l.dead_letter_id,
@@ -261,10 +280,13 @@ export class DeadLetters {
         ...l.fields,
       ]),
     );
+    if (ids[0] === 'in_flight') {
+      throw new LaterEventsInFlightError(dead, Number(ids[1]));
+    }
     const retried = new Map<string, string>();
     letters.forEach((letter, i) => {
       const id = ids[i];
-      if (id) {
+      if (typeof id === 'string') {
         retried.set(letter.dead_letter_id, id);
       }
     });
@@ -278,7 +300,15 @@ export class DeadLetters {
   async #lettersOf(
     partition: number,
     aggregateId: string,
-  ): Promise<{ dead_letter_id: string; event_id: string; type: string; fields: string[] }[]> {
+  ): Promise<
+    {
+      dead_letter_id: string;
+      event_id: string;
+      type: string;
+      fields: string[];
+      originalEntryId: string;
+    }[]
+  > {
     const entries = (await this.#redis.xrange(
       this.eventLog.keys(partition).deadLetters,
       '-',
@@ -299,6 +329,7 @@ export class DeadLetters {
           event_id: event.event_id,
           type: event.type,
           fields,
+          originalEntryId: entryRecord(raw).original_entry_id ?? deadId,
           acceptedAt: event.accepted_at,
         });
       }

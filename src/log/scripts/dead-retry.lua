@@ -8,12 +8,37 @@
 -- KEYS[5] the aggregate's in-flight index bucket  KEYS[6] its type's in-use in-flight buckets
 -- KEYS[7] live stream  KEYS[8] live listeners  KEYS[8 + i] letter i's event index bucket
 -- ARGV[1] aggregate id  ARGV[2] aggregate type  ARGV[3] live stream max length
--- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] number of letters
+-- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] the letters' oldest original entry id
+-- ARGV[7] number of letters
 -- then per letter: dead-letter id, event id, event type, number of fields, the event's fields
--- Answers the new entry id of each letter, in order, or false for one no longer there.
+-- Answers the new entry id of each letter, in order, or false for one no longer there; or
+-- {'in_flight', n} and changes nothing while n later events of the aggregate are still in the
+-- stream unprocessed: put back after them, the letters would apply after events accepted later.
+-- (Processed, those follow the block into the dead letters, and a retry then takes them along.)
+
+local function entry_after(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
+end
+
+local later = 0
+local in_flight = redis.call('HGET', KEYS[5], ARGV[1])
+if in_flight then
+  for id in string.gmatch(in_flight, '%S+') do
+    if entry_after(id, ARGV[6]) then
+      later = later + 1
+    end
+  end
+end
+if later > 0 then
+  return {'in_flight', later}
+end
+
 local letters = {}
-local at = 7
-for i = 1, tonumber(ARGV[6]) do
+local at = 8
+for i = 1, tonumber(ARGV[7]) do
   local count = tonumber(ARGV[at + 3])
   letters[i] = { dead_id = ARGV[at], event_id = ARGV[at + 1], type = ARGV[at + 2],
     first = at + 4, last = at + 3 + count }
