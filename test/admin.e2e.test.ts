@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import type { Envelope } from '../src/domain/events.ts';
+import { newIdInPartition } from '../src/domain/ids.ts';
 import { decodeEntry, entryRecord, type RawEntry } from '../src/log/codec.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
@@ -368,6 +370,56 @@ void describe('admin and incident tools', () => {
       files: [{ path: '/raw/x.fits', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
     });
     assert.equal(files.status, 404, `files for a unit that never was: ${files.text}`);
+  });
+
+  void it('dead-letters an entry written past the API that no fold can take, and applies what follows it', async () => {
+    const log = eventLogOf(h);
+    const partition = 0;
+    const inPartition = () => newIdInPartition(partition, h.config.partitions);
+    const envelope = (type: string, aggregateType: string, data: object) =>
+      ({
+        event_id: inPartition(),
+        aggregate_id: inPartition(),
+        aggregate_type: aggregateType,
+        type,
+        version: 1,
+        site: h.config.site,
+        accepted_at: Date.now(),
+        data,
+      }) as unknown as Envelope;
+    // A package without its file_ids: nothing the API would take, and no fold or link can.
+    const broken = envelope('RawDataPackageCreated', 'raw_data_package', { name: 'no files' });
+    const next = envelope('InstrumentConfigurationCreated', 'instrument_configuration', {
+      instrument: 'x',
+      configuration: {},
+    });
+    for (const event of [broken, next]) {
+      assert.equal((await log.append({ partition, events: [event] })).kind, 'appended');
+    }
+    const read = await h.get(`/raw_data_packages/${broken.aggregate_id}`);
+    assert.notEqual(read.status, 500, read.text);
+    await waitFor(
+      async () => (await h.get(`/events/${next.event_id}`)).body?.state === 'confirmed',
+      'the event after it in its partition to be applied',
+    );
+    await waitFor(
+      async () => (await h.get(`/events/${broken.event_id}`)).body?.state === 'dead',
+      'the broken entry to be dead-lettered',
+    );
+    const letter = await h.request(
+      'GET',
+      `/admin/dead-letters/${broken.event_id}`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.match(letter.body.error, /cannot fold RawDataPackageCreated/);
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${broken.event_id}`,
+      { reason: 'written past the API' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
   });
 
   void it('keeps one dead letter for an event appended twice, so its discard unblocks the unit', async () => {

@@ -100,21 +100,33 @@ const planBatch = (
       plan.deferred.push(entry);
       continue;
     }
+    const seq = nextSeq.get(id) ?? (loaded.seqs.has(id) ? (loaded.seqs.get(id) ?? 0) + 1 : 0);
     let state: AggregateState;
+    let occurredAt: string;
+    let row: ReturnType<typeof eventRow>;
+    let links: ReturnType<typeof linksOf>;
     try {
       state = evolve(states.get(id) ?? loaded.states.get(id), event);
+      occurredAt = new Date(event.accepted_at).toISOString();
+      row = eventRow(event, seq, partition, entry.entryId, occurredAt);
+      links = linksOf(event);
     } catch (err) {
-      if (err instanceof FoldError) {
-        plan.failed.push({ entry, error: err });
-        held.add(id);
-        continue;
-      }
-      throw err;
+      // Planning is pure: whatever fails here fails for this event's content (an entry written
+      // past the API, without a time or with a package's file_ids missing), and would fail the
+      // same on every retry. Counted against the event, it ends in the dead letters; thrown, it
+      // would stop the whole partition for good.
+      plan.failed.push({
+        entry,
+        error:
+          err instanceof FoldError
+            ? err
+            : new FoldError(`cannot fold ${event.type}: ${(err as Error).message}`, event.event_id),
+      });
+      held.add(id);
+      continue;
     }
     states.set(id, state);
-    const seq = nextSeq.get(id) ?? (loaded.seqs.has(id) ? (loaded.seqs.get(id) ?? 0) + 1 : 0);
     nextSeq.set(id, seq + 1);
-    const occurredAt = new Date(event.accepted_at).toISOString();
     if (seq === 0) {
       createdHere.add(id);
       plan.created.push({
@@ -127,8 +139,8 @@ const planBatch = (
     }
     heads.set(id, { aggregate_id: id, seq, event_id: event.event_id, at: occurredAt });
     tableOf.set(id, PROJECTION_TABLES[event.aggregate_type]);
-    plan.events.push(eventRow(event, seq, partition, entry.entryId, occurredAt));
-    plan.links.push(...linksOf(event).map((link) => ({ ...link, downstream_id: id })));
+    plan.events.push(row);
+    plan.links.push(...links.map((link) => ({ ...link, downstream_id: id })));
     plan.applied.push(entry);
   }
   for (const [id, head] of heads) {
