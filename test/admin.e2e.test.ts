@@ -770,6 +770,57 @@ void describe('dead retry while later events of the aggregate wait', () => {
     await h.close();
   });
 
+  void it("never applies a file without its unit: files of a dead start follow it, a discarded start's never apply", async () => {
+    let projector = await h.startService('projector');
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'orphans', instrument: 'poison' })
+    ).body;
+    const stateOf = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
+    const settled = async (eventId: string) => {
+      let state: string | undefined;
+      await waitFor(async () => {
+        state = await stateOf(eventId);
+        return state === 'dead' || state === 'confirmed';
+      }, `event ${eventId} to be settled`);
+      return state;
+    };
+    assert.equal(await settled(unit.event_id), 'dead');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const file = (path: string) => ({
+      executed_obs_unit_id: unit.id,
+      files: [{ path, size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
+    });
+    const letterOf = async (eventId: string) =>
+      (await h.request('GET', `/admin/dead-letters/${eventId}`, undefined, auth(TOKEN))).body;
+
+    // The start is dead: a file of its unit follows it, as the unit's own events would.
+    const behind = (await h.post('/raw_data_files', file('/o/behind'))).body;
+    assert.equal(await settled(behind.event_ids[0]), 'dead');
+    assert.match((await letterOf(behind.event_ids[0])).error, /derives from is dead-lettered/);
+
+    // A file already in the stream when the start is discarded finds no unit when it comes.
+    await h.stopService(projector);
+    const late = (await h.post('/raw_data_files', file('/o/late'))).body;
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${unit.event_id}`,
+      { reason: 'a test start' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    projector = await h.startService('projector');
+    assert.equal(await settled(late.event_ids[0]), 'dead');
+    assert.match((await letterOf(late.event_ids[0])).error, /which is not applied/);
+    assert.deepEqual(
+      await h.mainRows('SELECT id FROM raw_data_files WHERE executed_obs_unit_id = $1', [unit.id]),
+      [],
+    );
+    await h.stopService(projector);
+  });
+
   void it('refuses to put a letter back behind a later event still to be processed, then retries both in order', async () => {
     let projector = await h.startService('projector');
     const unit = (

@@ -96,6 +96,18 @@ export type Envelope = DomainEvent & {
   written_by?: string;
 };
 
+/**
+ * The aggregates an event's aggregate derives from, which must be applied before it (DESIGN §1:
+ * a file never before its unit's start); none for an entry too malformed to say.
+ */
+export const upstreamIdsOf = (event: DomainEvent): string[] => {
+  try {
+    return linksOf(event).map((link) => link.upstream_id);
+  } catch {
+    return [];
+  }
+};
+
 /** Upstream edges a derived aggregate must have (DESIGN §5 `missing_link`). */
 export const linksOf = (
   event: DomainEvent,

@@ -4,6 +4,7 @@ import {
   type AggregateRow,
   appliedEventIds,
   type EventRow,
+  existingAggregateIds,
   type HeadRow,
   headSeqs,
   type LinkRow,
@@ -14,8 +15,9 @@ import {
   writeBatch,
 } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
-import { type Envelope, EVENT_TYPES, linksOf } from '../domain/events.ts';
+import { type Envelope, EVENT_TYPES, linksOf, upstreamIdsOf } from '../domain/events.ts';
 import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
+import { isUuid } from '../domain/ids.ts';
 import type { LogEntry } from '../log/codec.ts';
 
 export type BatchResult = {
@@ -47,6 +49,9 @@ type Plan = {
 };
 
 const loadStates = async (db: Queryable, fresh: readonly LogEntry[]) => {
+  const upstreamIds = unique(fresh.flatMap((e) => upstreamIdsOf(e.event))).filter(isUuid);
+  const upstreams =
+    upstreamIds.length > 0 ? await existingAggregateIds(db, upstreamIds) : new Set<string>();
   const idsByTable = new Map<ProjectionTable, Set<string>>();
   for (const { event } of fresh) {
     if (!EVENT_TYPES[event.type].creates) {
@@ -64,13 +69,18 @@ const loadStates = async (db: Queryable, fresh: readonly LogEntry[]) => {
     }
   }
   const seqs = allIds.length > 0 ? await headSeqs(db, allIds) : new Map<string, number>();
-  return { states, seqs };
+  return { states, seqs, upstreams };
 };
 
 /** Folds the fresh events in stream order over the stored states: pure, no I/O. */
 const planBatch = (
   fresh: readonly LogEntry[],
-  loaded: { states: Map<string, AggregateState>; seqs: Map<string, number> },
+  loaded: {
+    states: Map<string, AggregateState>;
+    seqs: Map<string, number>;
+    /** The upstream aggregates of the batch's files and packages that are already applied. */
+    upstreams: ReadonlySet<string>;
+  },
   partition: number,
   heldAggregates: ReadonlySet<string>,
 ): Plan => {
@@ -96,8 +106,11 @@ const planBatch = (
   for (const entry of fresh) {
     const { event } = entry;
     const id = event.aggregate_id;
-    if (held.has(id)) {
+    if (held.has(id) || upstreamIdsOf(event).some((upstream) => held.has(upstream))) {
+      // Behind a failed event of its own aggregate, or of the one it derives from (a file whose
+      // unit's start failed): applied now, it would stand without what it belongs to.
       plan.deferred.push(entry);
+      held.add(id);
       continue;
     }
     const seq = nextSeq.get(id) ?? (loaded.seqs.has(id) ? (loaded.seqs.get(id) ?? 0) + 1 : 0);
@@ -106,6 +119,14 @@ const planBatch = (
     let row: ReturnType<typeof eventRow>;
     let links: ReturnType<typeof linksOf>;
     try {
+      const missing = upstreamIdsOf(event).find(
+        (upstream) => !loaded.upstreams.has(upstream) && !createdHere.has(upstream),
+      );
+      if (missing !== undefined) {
+        // A file before its unit's start, a package before a file: the start failed or was
+        // discarded. Applied, it would stand without what it belongs to (DESIGN §1).
+        throw new FoldError(`${event.type} for ${missing}, which is not applied`, event.event_id);
+      }
       state = evolve(states.get(id) ?? loaded.states.get(id), event);
       occurredAt = new Date(event.accepted_at).toISOString();
       row = eventRow(event, seq, partition, entry.entryId, occurredAt);

@@ -1,5 +1,6 @@
 import type { Redis } from 'ioredis';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
+import { upstreamIdsOf } from '../domain/events.ts';
 import type { LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
 import {
@@ -275,16 +276,18 @@ export class PartitionConsumer {
       blockedAggregates === 0
         ? new Set<string>()
         : await this.#deps.deadLetters.blocked(this.#partition, [
-            ...new Set(decoded.map((e) => e.event.aggregate_id)),
+            ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
-      if (blocked.has(entry.event.aggregate_id)) {
+      const blockedBy = blocked.has(entry.event.aggregate_id)
+        ? 'an earlier event of this aggregate is dead-lettered'
+        : upstreamIdsOf(entry.event).some((upstream) => blocked.has(upstream))
+          ? 'an event of the aggregate it derives from is dead-lettered'
+          : undefined;
+      if (blockedBy) {
         await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
-          {
-            at: new Date().toISOString(),
-            error: 'an earlier event of this aggregate is dead-lettered',
-          },
+          { at: new Date().toISOString(), error: blockedBy },
         ]);
       } else {
         applicable.push(entry);

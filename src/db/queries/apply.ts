@@ -65,6 +65,17 @@ export const headSeqs = async (db: Queryable, aggregateIds: readonly string[]) =
   return new Map(rows.map((row) => [row.aggregate_id, row.seq]));
 };
 
+/** Which of these aggregates the main database holds. */
+export const existingAggregateIds = async (
+  db: Queryable,
+  ids: readonly string[],
+): Promise<Set<string>> => {
+  const { rows } = await db.query<{ id: string }>(
+    prepared('SELECT id FROM aggregates WHERE id = ANY($1::uuid[])', [ids]),
+  );
+  return new Set(rows.map((row) => row.id));
+};
+
 const TIMESTAMP_FIELDS = ['accepted_at', 'updated_at', 'start_time', 'end_time', 'created_at'];
 
 /** Rows come back with `+00:00` offsets; states carry the ISO form the fold writes (`Z`). */
