@@ -59,6 +59,14 @@ export class CircuitBreaker {
     return Math.max(0, this.#openedAt + this.#options.coolDownMs - this.#options.now());
   }
 
+  /**
+   * The call that took the half-open probe made none to the database after all (every entry it
+   * read was blocked behind a dead letter): the probe is free again and decided nothing.
+   */
+  releaseProbe(): void {
+    this.#probeInFlight = false;
+  }
+
   recordSuccess(): void {
     this.#failures = 0;
     this.#probeInFlight = false;

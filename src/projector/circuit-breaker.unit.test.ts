@@ -58,6 +58,19 @@ void describe('CircuitBreaker', () => {
     assert.equal(breaker.tryAcquire(), false);
   });
 
+  void it('stays half-open when the probe is given back unused, and lets the next caller probe', () => {
+    const { breaker, advance } = breakerAt();
+    for (let i = 0; i < 5; i += 1) {
+      breaker.recordFailure();
+    }
+    advance(30_000);
+    assert.equal(breaker.tryAcquire(), true);
+    breaker.releaseProbe();
+    assert.equal(breaker.state, 'half_open', 'nothing was learnt about the database');
+    assert.equal(breaker.tryAcquire(), true, 'the probe is free again');
+    assert.equal(breaker.tryAcquire(), false);
+  });
+
   void it('counts only consecutive failures', () => {
     const { breaker } = breakerAt();
     for (let i = 0; i < 4; i += 1) {

@@ -294,7 +294,9 @@ export class PartitionConsumer {
       }
     }
     if (applicable.length === 0) {
-      this.#deps.breaker.recordSuccess();
+      // Nothing went to the database, so nothing was learnt about it: a half-open breaker must
+      // not close on this.
+      this.#deps.breaker.releaseProbe();
       return;
     }
     let result: BatchResult;
