@@ -801,6 +801,22 @@ void describe('dead retry while later events of the aggregate wait', () => {
     assert.equal(await settled(behind.event_ids[0]), 'dead');
     assert.match((await letterOf(behind.event_ids[0])).error, /derives from is dead-lettered/);
 
+    // A unit that is there holds back none of its files, whatever of its own is dead.
+    const there = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'there', instrument: 'x' })
+    ).body;
+    assert.equal(await settled(there.event_id), 'confirmed');
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const patch = await h.request('PATCH', `/executed_obs_units/${there.id}`, { notes: 'poison' });
+    assert.equal(await settled(patch.body.event_id), 'dead');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const beside = (
+      await h.post('/raw_data_files', { ...file('/o/beside'), executed_obs_unit_id: there.id })
+    ).body;
+    assert.equal(await settled(beside.event_ids[0]), 'confirmed');
+
     // A file already in the stream when the start is discarded finds no unit when it comes.
     await h.stopService(projector);
     const late = (await h.post('/raw_data_files', file('/o/late'))).body;

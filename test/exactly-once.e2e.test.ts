@@ -97,6 +97,8 @@ void describe('exactly-once effect', () => {
   });
 
   void it('refuses to start against a Redis that may drop or un-fsync what it accepted', async () => {
+    const [, maxmemory] = (await h.redis.config('GET', 'maxmemory')) as string[];
+    await h.redis.config('SET', 'maxmemory', '1gb');
     for (const [setting, value, reason] of [
       ['maxmemory-policy', 'allkeys-lru', /maxmemory-policy allkeys-lru/],
       ['appendfsync', 'everysec', /appendfsync everysec/],
@@ -110,6 +112,7 @@ void describe('exactly-once effect', () => {
         await h.redis.config('SET', setting, before as string);
       }
     }
+    await h.redis.config('SET', 'maxmemory', maxmemory as string);
   });
 
   void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {

@@ -689,6 +689,14 @@ void describe('the local log', () => {
       assert.equal(await redis.xlen(stream), lengthBefore + 2, 'appended once');
       const other = await log.append({ ...finish, events: [eventIn(partition, 3)] });
       assert.equal(other.kind, 'conflict', 'another finish still meets the guard');
+
+      // A replay naming an event still in flight beside one that is not: only the second goes in.
+      const [waiting, missing] = [eventIn(partition, 4), eventIn(partition, 5)];
+      const once = await log.append({ partition, events: [waiting] });
+      const both = await log.append({ partition, events: [waiting, missing] });
+      assert.ok(once.kind === 'appended' && both.kind === 'appended');
+      assert.equal(both.entryIds[0], once.entryIds[0]);
+      assert.equal(await redis.xlen(stream), lengthBefore + 4, 'the missing one appended, once');
     });
 
     void it('fails a request that cannot be encoded alone, and sends the rest', async () => {

@@ -378,8 +378,13 @@ export class DeadLetters {
       'discarded_at',
       new Date().toISOString(),
     ];
+    const unblocked = await this.#unblockedByDiscarding(dead);
+    // The unit's status for the write guard is dropped with its last letter only: while another
+    // of its events (a finish) is still dead, the status it set still stands.
     const statusKeys =
-      dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : [];
+      dead.aggregate_type === 'executed_obs_unit' && unblocked === dead.aggregate_id
+        ? [keys.unitState(dead.aggregate_id)]
+        : [];
     const id = await this.#redis.outpostDeadDiscard(
       4 + statusKeys.length,
       keys.deadLetters,
@@ -389,7 +394,7 @@ export class DeadLetters {
       ...statusKeys,
       dead.dead_letter_id,
       dead.id,
-      await this.#unblockedByDiscarding(dead),
+      unblocked,
       ...audit,
     );
     return id ?? undefined;

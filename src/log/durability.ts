@@ -6,6 +6,8 @@ type PersistenceSettings = {
   appendonly: string | undefined;
   appendfsync: string | undefined;
   maxmemoryPolicy?: string | undefined;
+  /** Bytes; 0 (no limit) never evicts, whatever the policy. */
+  maxmemory?: string | undefined;
 };
 
 /**
@@ -14,18 +16,23 @@ type PersistenceSettings = {
  * window of up to 30 s on Linux), the promise cannot be kept and the service must not start.
  * `everysec` where `always` is expected widens the window to a second that the operator did not
  * agree to (OUTPOST_APPENDFSYNC=everysec is how to agree to it); `always` where `everysec` is
- * expected is only stronger. Any eviction policy but `noeviction` lets Redis drop keys when
- * memory runs out: stream entries under `allkeys-*`, and idempotency records, claims and unit
+ * expected is only stronger. Any eviction policy but `noeviction`, with a memory limit set, lets
+ * Redis drop keys when memory runs out: stream entries under `allkeys-*`, and idempotency records, claims and unit
  * statuses (the keys with a TTL) under `volatile-*`, so that a client's retry would append again.
  */
 export const durabilityVerdict = (
-  { appendonly, appendfsync, maxmemoryPolicy }: PersistenceSettings,
+  { appendonly, appendfsync, maxmemoryPolicy, maxmemory }: PersistenceSettings,
   expected: Config['appendfsync'],
 ): { refuse: string } | { warn: string } | undefined => {
   if (appendonly !== 'yes') {
     return { refuse: 'Redis runs without appendonly: accepted events would not survive a crash' };
   }
-  if (maxmemoryPolicy !== undefined && maxmemoryPolicy !== 'noeviction') {
+  if (
+    maxmemoryPolicy !== undefined &&
+    maxmemoryPolicy !== 'noeviction' &&
+    maxmemory !== undefined &&
+    maxmemory !== '0'
+  ) {
     return {
       refuse: `Redis runs with maxmemory-policy ${maxmemoryPolicy}: it may evict accepted events or idempotency records when memory runs out; set maxmemory-policy noeviction`,
     };
@@ -55,7 +62,8 @@ export const checkDurability = async (redis: Redis, config: Config, logger: Logg
     const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
     const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
     const [, maxmemoryPolicy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    settings = { appendonly, appendfsync, maxmemoryPolicy };
+    const [, maxmemory] = (await redis.config('GET', 'maxmemory')) as string[];
+    settings = { appendonly, appendfsync, maxmemoryPolicy, maxmemory };
   } catch (err) {
     if (String((err as Error).message).includes('unknown command')) {
       logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly and appendfsync');

@@ -47,10 +47,10 @@ void describe('durabilityVerdict', () => {
     );
   });
 
-  void it('refuses any eviction policy but noeviction', () => {
+  void it('refuses any eviction policy but noeviction under a memory limit', () => {
     for (const policy of ['allkeys-lru', 'volatile-ttl', 'allkeys-random', 'volatile-lfu']) {
       const verdict = durabilityVerdict(
-        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: policy },
+        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: policy, maxmemory: '1000000' },
         'always',
       );
       assert.ok(verdict && 'refuse' in verdict, policy);
@@ -58,10 +58,23 @@ void describe('durabilityVerdict', () => {
     }
     assert.equal(
       durabilityVerdict(
-        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: 'noeviction' },
+        { appendonly: 'yes', appendfsync: 'always', maxmemoryPolicy: 'noeviction', maxmemory: '1' },
         'always',
       ),
       undefined,
+    );
+    assert.equal(
+      durabilityVerdict(
+        {
+          appendonly: 'yes',
+          appendfsync: 'always',
+          maxmemoryPolicy: 'allkeys-lru',
+          maxmemory: '0',
+        },
+        'always',
+      ),
+      undefined,
+      'without a limit nothing is evicted',
     );
   });
 });

@@ -161,10 +161,13 @@ export class StatusSource {
       metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
     }
     const { mainLsn, replicaPos } = await this.#positions();
-    if (mainLsn !== undefined && replicaPos !== undefined) {
-      const lag = lagOf(mainLsn, replicaPos);
-      metrics.replicationLagBytes.set(lag.bytes);
+    // Seconds are the replica's own replay delay; bytes need both positions.
+    const lag = lagOf(mainLsn, replicaPos);
+    if (replicaPos !== undefined) {
       metrics.replicationLagSeconds.set(lag.current_lag_seconds);
+    }
+    if (mainLsn !== undefined && replicaPos !== undefined) {
+      metrics.replicationLagBytes.set(lag.bytes);
     }
   }
 }

@@ -106,9 +106,15 @@ const planBatch = (
   for (const entry of fresh) {
     const { event } = entry;
     const id = event.aggregate_id;
-    if (held.has(id) || upstreamIdsOf(event).some((upstream) => held.has(upstream))) {
-      // Behind a failed event of its own aggregate, or of the one it derives from (a file whose
-      // unit's start failed): applied now, it would stand without what it belongs to.
+    const applied = (upstream: string) =>
+      loaded.upstreams.has(upstream) || createdHere.has(upstream);
+    if (
+      held.has(id) ||
+      upstreamIdsOf(event).some((upstream) => held.has(upstream) && !applied(upstream))
+    ) {
+      // Behind a failed event of its own aggregate, or behind the failed start of the one it
+      // derives from (a file of a unit that is not there yet): applied now, it would stand
+      // without what it belongs to. A unit that is there already holds back none of its files.
       plan.deferred.push(entry);
       held.add(id);
       continue;
@@ -119,9 +125,7 @@ const planBatch = (
     let row: ReturnType<typeof eventRow>;
     let links: ReturnType<typeof linksOf>;
     try {
-      const missing = upstreamIdsOf(event).find(
-        (upstream) => !loaded.upstreams.has(upstream) && !createdHere.has(upstream),
-      );
+      const missing = upstreamIdsOf(event).find((upstream) => !applied(upstream));
       if (missing !== undefined) {
         // A file before its unit's start, a package before a file: the start failed or was
         // discarded. Applied, it would stand without what it belongs to (DESIGN §1).

@@ -6,7 +6,7 @@ import {
   isDatabaseAnswer,
   isDatabaseFailure,
   isDatabaseUnreachable,
-  isQueryTimeout,
+  isStatementTimeout,
 } from './errors.ts';
 
 const withCode = (code: string, message = 'x') => Object.assign(new Error(message), { code });
@@ -55,11 +55,11 @@ void describe('classifyFailure', () => {
     assert.equal(classifyFailure(new FoldError('unit already finished', 'e1')), 'data');
   });
 
-  void it('knows a statement that ran out of time, from the database or from the client', () => {
-    assert.equal(isQueryTimeout(withCode('57014')), true);
-    assert.equal(isQueryTimeout(new Error('Query read timeout')), true);
-    assert.equal(isQueryTimeout(new Error('timeout exceeded when trying to connect')), false);
-    assert.equal(isQueryTimeout(withCode('57P01')), false);
+  void it("knows a statement the database cancelled for its time, not the client's timeout", () => {
+    assert.equal(isStatementTimeout(withCode('57014')), true);
+    assert.equal(isStatementTimeout(new Error('Query read timeout')), false);
+    assert.equal(isStatementTimeout(new Error('timeout exceeded when trying to connect')), false);
+    assert.equal(isStatementTimeout(withCode('57P01')), false);
   });
 
   void it('does not count an unknown failure against the event', () => {

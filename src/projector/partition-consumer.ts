@@ -16,7 +16,7 @@ import type { Metrics } from '../observability/metrics.ts';
 import type { BatchRequest, BatchResult } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
-import { classifyFailure, isQueryTimeout } from './errors.ts';
+import { classifyFailure, isStatementTimeout } from './errors.ts';
 
 export type ConsumerDeps = {
   /** Applies a batch to the main database (see BatchCombiner). */
@@ -150,7 +150,18 @@ export class PartitionConsumer {
           );
           continue;
         }
-        await this.#process(read);
+        // Only one caller holds a half-open breaker's probe: this one, if it is half-open now.
+        const probing = this.#deps.breaker.state === 'half_open';
+        try {
+          await this.#process(read, probing);
+        } catch (err) {
+          if (probing) {
+            // Failed before the database could tell (Redis, say): the probe must not stay
+            // taken, or no caller would ever be let through again.
+            this.#deps.breaker.releaseProbe();
+          }
+          throw err;
+        }
         this.#pageDone(read);
         this.#transientBackoff.reset();
         this.#lastError = undefined;
@@ -259,7 +270,7 @@ export class PartitionConsumer {
     };
   }
 
-  async #process({ entries: raw, blockedAggregates }: Read): Promise<void> {
+  async #process({ entries: raw, blockedAggregates }: Read, probing: boolean): Promise<void> {
     const started = performance.now();
     const decoded: LogEntry[] = [];
     for (const entry of raw) {
@@ -280,14 +291,12 @@ export class PartitionConsumer {
           ]);
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
-      const blockedBy = blocked.has(entry.event.aggregate_id)
-        ? 'an earlier event of this aggregate is dead-lettered'
-        : upstreamIdsOf(entry.event).some((upstream) => blocked.has(upstream))
-          ? 'an event of the aggregate it derives from is dead-lettered'
-          : undefined;
-      if (blockedBy) {
+      if (blocked.has(entry.event.aggregate_id)) {
         await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
-          { at: new Date().toISOString(), error: blockedBy },
+          {
+            at: new Date().toISOString(),
+            error: 'an earlier event of this aggregate is dead-lettered',
+          },
         ]);
       } else {
         applicable.push(entry);
@@ -296,7 +305,9 @@ export class PartitionConsumer {
     if (applicable.length === 0) {
       // Nothing went to the database, so nothing was learnt about it: a half-open breaker must
       // not close on this.
-      this.#deps.breaker.releaseProbe();
+      if (probing) {
+        this.#deps.breaker.releaseProbe();
+      }
       return;
     }
     let result: BatchResult;
@@ -343,13 +354,27 @@ export class PartitionConsumer {
     }
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);
-      await this.#fail(failedEntryOfEvent(entry.entryId, entry.event), error);
+      const failedEntry = failedEntryOfEvent(entry.entryId, entry.event);
+      if (upstreamIdsOf(entry.event).some((upstream) => blocked.has(upstream))) {
+        // Its unit (or a file of its package) is not applied because it is dead: no attempt
+        // can succeed before an operator retries that one, so it follows it at once.
+        await this.#deadLetter(failedEntry, [
+          {
+            at: new Date().toISOString(),
+            error: `${error.message}: an event of the aggregate it derives from is dead-lettered`,
+          },
+        ]);
+      } else {
+        await this.#fail(failedEntry, error);
+      }
     }
     if (deferred.length > 0) {
       this.#scheduleReread();
-    } else if (failed.length === 0 && this.#holding.size === 0) {
-      // Nothing waits for a retry: the next failure starts again from a short wait, not from
-      // where this consumer's earlier failures, hours ago perhaps, left the backoff.
+    } else if (failed.length === 0 && this.#holding.size === 0 && !this.#rereadOwnPending) {
+      // Past its own pending entries with nothing failed or held: nothing waits for a retry,
+      // and the next failure starts again from a short wait, not from where this consumer's
+      // earlier failures, hours ago perhaps, left the backoff. (During a re-read a page without
+      // the failing entry says nothing about it.)
       this.#retryBackoff.reset();
     }
     const ms = performance.now() - started;
@@ -372,22 +397,25 @@ export class PartitionConsumer {
    * A batch that fails on data in PostgreSQL (a constraint, a value it cannot store) is applied
    * again one event at a time, so one poison event cannot hold back the events around it.
    */
-  async #applyIsolating(entries: LogEntry[]): Promise<BatchResult> {
+  async #applyIsolating(
+    entries: LogEntry[],
+    held: ReadonlySet<string> = this.#holding,
+  ): Promise<BatchResult> {
     try {
       return await this.#deps.apply({
         entries,
         lease: this.#deps.lease,
-        heldAggregates: this.#holding,
+        heldAggregates: held,
       });
     } catch (err) {
       if (err instanceof FencedError) {
         throw err;
       }
-      if (isQueryTimeout(err) && entries.length > 1) {
+      if (isStatementTimeout(err) && entries.length > 1) {
         // Too much for the link in the time allowed, perhaps: the same batch again would only
         // time out again, and hold the partition for ever.
         const half = Math.ceil(entries.length / 2);
-        return this.#applyInParts([entries.slice(0, half), entries.slice(half)]);
+        return this.#applyInParts([entries.slice(0, half), entries.slice(half)], held);
       }
       if (classifyFailure(err) === 'transient') {
         throw err;
@@ -402,7 +430,10 @@ export class PartitionConsumer {
           commitLsn: '0/0',
         };
       }
-      return this.#applyInParts(entries.map((entry) => [entry]));
+      return this.#applyInParts(
+        entries.map((entry) => [entry]),
+        held,
+      );
     }
   }
 
@@ -410,7 +441,7 @@ export class PartitionConsumer {
    * Applies `parts` one after another; an entry whose aggregate failed or was held back in an
    * earlier part waits, so the aggregate's events keep their order.
    */
-  async #applyInParts(parts: LogEntry[][]): Promise<BatchResult> {
+  async #applyInParts(parts: LogEntry[][], held: ReadonlySet<string>): Promise<BatchResult> {
     const combined: BatchResult = {
       applied: [],
       duplicates: [],
@@ -423,7 +454,7 @@ export class PartitionConsumer {
       const free: LogEntry[] = [];
       for (const entry of part) {
         const id = entry.event.aggregate_id;
-        if (this.#holding.has(id) || stopped.has(id)) {
+        if (held.has(id) || stopped.has(id)) {
           combined.deferred.push(entry);
         } else {
           free.push(entry);
@@ -432,7 +463,9 @@ export class PartitionConsumer {
       if (free.length === 0) {
         continue;
       }
-      const one = await this.#applyIsolating(free);
+      // Held: what failed or waits in an earlier part, so a file of a unit whose start failed
+      // there waits too (planning holds a file back only while its unit is not applied).
+      const one = await this.#applyIsolating(free, new Set([...held, ...stopped]));
       combined.applied.push(...one.applied);
       combined.duplicates.push(...one.duplicates);
       combined.failed.push(...one.failed);

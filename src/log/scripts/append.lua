@@ -33,24 +33,21 @@ local function append_one(req)
     end
   end
 
-  -- This very request ran already: ioredis re-sends a script call that was out when its
-  -- connection dropped, and Redis may have run it. Run again, the guard would refuse a finish
-  -- its own first run had made (409 for a finish that was accepted), and every event would be
-  -- appended twice. Its events are still in the event index until they are acknowledged.
+  -- Events already in the event index were appended and are not yet acknowledged: this very
+  -- request ran already (ioredis re-sends a script call that was out when its connection
+  -- dropped, and Redis may have run it), or a replay racing another names some of them again.
+  -- Those are answered with their entries, not appended twice; and a request that ran is not
+  -- guarded again, or a finish would meet the status its own first run set (409 for a finish
+  -- that was accepted).
   local n = #req.events
-  local first = req.events[1]
-  if first then
-    local first_id = redis.call('HGET', KEYS[req.k + 1 + n + 1], first.event_id)
-    if first_id then
-      local reply = {'appended'}
-      for i, event in ipairs(req.events) do
-        reply[i + 1] = redis.call('HGET', KEYS[req.k + 1 + n + i], event.event_id) or first_id
-      end
-      return reply
-    end
+  local indexed = {}
+  local ran = false
+  for i, event in ipairs(req.events) do
+    indexed[i] = redis.call('HGET', KEYS[req.k + 1 + n + i], event.event_id)
+    if indexed[i] then ran = true end
   end
 
-  if req.guard then
+  if req.guard and not ran then
     local state = redis.call('GET', unit_key)
     if not state then
       if req.guard.seed then
@@ -73,11 +70,14 @@ local function append_one(req)
 
   local reply = {'appended'}
   for i, event in ipairs(req.events) do
-    local id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
-    redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
-    inflight_add(KEYS[req.k + 1 + i], KEYS[req.k + 1 + 2 * n + i], event.aggregate_id, id)
-    live_publish(live, 'accepted', event.event_id, event.aggregate_id, event.aggregate_type,
-      event.type, id)
+    local id = indexed[i]
+    if not id then
+      id = redis.call('XADD', KEYS[1], '*', unpack(event.fields))
+      redis.call('HSET', KEYS[req.k + 1 + n + i], event.event_id, id)
+      inflight_add(KEYS[req.k + 1 + i], KEYS[req.k + 1 + 2 * n + i], event.aggregate_id, id)
+      live_publish(live, 'accepted', event.event_id, event.aggregate_id, event.aggregate_type,
+        event.type, id)
+    end
     reply[i + 1] = id
   end
 

@@ -6,7 +6,7 @@
 -- it again from the replica and the unit's events in flight.
 --
 -- KEYS[1] dead letters  KEYS[2] dead index  KEYS[3] discarded (audit stream)
--- KEYS[4] blocked aggregates  KEYS[5] the unit's status, for an executed obs unit's event
+-- KEYS[4] blocked aggregates  KEYS[5] the unit's status, with an executed obs unit's last letter
 -- ARGV[1] dead-letter id  ARGV[2] its id in the dead index  ARGV[3] an aggregate to unblock, or ''
 -- ARGV[4..] audit fields
 local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
