@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Envelope } from '../src/domain/events.ts';
-import { newIdInPartition } from '../src/domain/ids.ts';
-import { decodeEntry, entryRecord, type RawEntry } from '../src/log/codec.ts';
+import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
+import { decodeEntry, encodeEntryFields, entryRecord, type RawEntry } from '../src/log/codec.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -731,7 +731,8 @@ void describe('dead retry --all', () => {
     await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
 
     const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
-    assert.equal(cli.code, 0, cli.stderr);
+    assert.equal(cli.code, 1, 'a letter is left');
+    assert.match(cli.stderr, /^outpost: 1 of 2 dead letter\(s\) were not retried/m);
     const rows = JSON.parse(cli.stdout).items as {
       id: string;
       retried: boolean;
@@ -757,6 +758,57 @@ void describe('dead retry --all', () => {
       auth(TOKEN),
     );
     assert.equal(still.status, 200, 'the undecodable entry waits to be discarded');
+  });
+
+  void it('retries letters of two partitions filed in the same millisecond, each its own', async () => {
+    const log = eventLogOf(h);
+    // Dead-letter ids are entry ids of each partition's stream: two can be alike.
+    const deadId = `${Date.now() + 60_000}-0`;
+    const events = [0, 1].map(
+      (partition) =>
+        ({
+          event_id: newIdInPartition(partition, h.config.partitions),
+          aggregate_id: newIdInPartition(partition, h.config.partitions),
+          aggregate_type: 'instrument_configuration',
+          type: 'InstrumentConfigurationCreated',
+          version: 1,
+          site: h.config.site,
+          accepted_at: Date.now(),
+          data: { instrument: 'x', configuration: {} },
+        }) as Envelope,
+    );
+    for (const [partition, event] of events.entries()) {
+      const keys = log.keys(partition);
+      await h.redis.xadd(
+        keys.deadLetters,
+        deadId,
+        ...encodeEntryFields(event),
+        'original_entry_id',
+        deadId,
+        'error',
+        'filed by hand',
+        'attempts',
+        '[]',
+      );
+      await h.redis.hset(keys.deadIndex, event.event_id, deadId);
+      await h.redis.sadd(keys.blockedAggregates, event.aggregate_id);
+    }
+    const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
+    const rows = (
+      JSON.parse(cli.stdout).items as { id: string; retried: boolean; entry_id: string }[]
+    ).filter((row) => events.some((e) => e.event_id === row.id));
+    assert.equal(rows.length, 2, cli.stdout);
+    assert.ok(
+      rows.every((row) => row.retried),
+      cli.stdout,
+    );
+    assert.notEqual(rows[0]?.entry_id, rows[1]?.entry_id);
+    for (const event of events) {
+      await waitFor(
+        async () => (await h.get(`/events/${event.event_id}`)).body?.state === 'confirmed',
+        `the letter of partition ${partitionOf(event.aggregate_id, h.config.partitions)} to be applied`,
+      );
+    }
   });
 });
 

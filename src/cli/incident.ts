@@ -185,13 +185,16 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           : [await requireDead(site, id)];
         const results = [];
         // A retry puts back every dead letter of the letter's aggregate: later ones are done.
+        // Keyed by partition too: dead-letter ids are entry ids of each partition's own stream,
+        // and two partitions dead-lettering in one millisecond name their letters alike.
         const retried = new Map<string, string>();
+        const keyOf = (partition: number, deadId: string) => `${partition}:${deadId}`;
         for (const letter of letters) {
-          const earlier = retried.get(letter.dead_letter_id);
+          const earlier = retried.get(keyOf(letter.partition, letter.dead_letter_id));
           const outcome = await (earlier === undefined
             ? site.deadLetters.retryAggregate(letter).then((ids) => {
                 for (const [deadId, entryId] of ids) {
-                  retried.set(deadId, entryId);
+                  retried.set(keyOf(letter.partition, deadId), entryId);
                 }
                 return ids.get(letter.dead_letter_id);
               })
@@ -232,6 +235,13 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         print(flags.json ? JSON.stringify({ items: results }) : table(results));
         if (!flags.all && results[0]?.retried === false) {
           throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? 'gone'}`);
+        }
+        const left = results.filter((r) => !r.retried).length;
+        if (left > 0) {
+          // The report is whole on stdout; the exit code says that letters are left.
+          throw new CliError(
+            `${left} of ${results.length} dead letter(s) were not retried; see why_not for each`,
+          );
         }
         return;
       }
