@@ -21,8 +21,23 @@ export class Backoff {
   }
 }
 
-/** A sleep that ends early when `signal` aborts, so shutdown never waits out a backoff. */
-export const pause = (ms: number, signal: AbortSignal): Promise<void> =>
+/** The longest delay setTimeout takes; a longer one fires after 1 ms instead. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * A sleep that ends early when `signal` aborts, so shutdown never waits out a backoff. Sleeps
+ * past 24.8 days (a monthly integrity schedule) go in steps setTimeout can take.
+ */
+export const pause = async (ms: number, signal: AbortSignal): Promise<void> => {
+  let left = ms;
+  while (left > MAX_TIMEOUT_MS && !signal.aborted) {
+    await pauseOnce(MAX_TIMEOUT_MS, signal);
+    left -= MAX_TIMEOUT_MS;
+  }
+  await pauseOnce(left, signal);
+};
+
+const pauseOnce = (ms: number, signal: AbortSignal): Promise<void> =>
   new Promise((resolve) => {
     if (signal.aborted) {
       resolve();

@@ -32,4 +32,23 @@ void describe('Backoff', () => {
     await sleeping;
     assert.ok(Date.now() - started < 1000);
   });
+
+  void it('sleeps past the 24.8 days one setTimeout can take, in steps', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const flush = () => new Promise((resolve) => setImmediate(resolve));
+    let done = false;
+    const day = 24 * 3600 * 1000;
+    void pause(30 * day, new AbortController().signal).then(() => {
+      done = true;
+    });
+    for (let elapsed = 0; elapsed < 29 * day; elapsed += day) {
+      t.mock.timers.tick(day);
+      await flush();
+      assert.equal(done, false, `still asleep after ${elapsed / day + 1} days`);
+    }
+    // The second step starts when the first is seen to end, at the next tick here: within a day.
+    t.mock.timers.tick(2 * day);
+    await flush();
+    assert.equal(done, true, 'awake after 30 days and a little');
+  });
 });
