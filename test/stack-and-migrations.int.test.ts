@@ -61,6 +61,32 @@ void describe('outpost migrate', () => {
       await client.end();
     }
   });
+
+  void it('gives up, saying why, on a table lock it would wait behind, rather than queue writes behind it', async () => {
+    const url = withDatabase(stack.mainUrl, database);
+    await runMigrations(url);
+    const holder = new pg.Client({ connectionString: url });
+    await holder.connect();
+    try {
+      // The last migration unrecorded, so it runs again: it drops and creates integrity_seq_gap.
+      await holder.query(
+        'DELETE FROM drizzle.__drizzle_migrations WHERE id = (SELECT max(id) FROM drizzle.__drizzle_migrations)',
+      );
+      // A long reader of the view, as an integrity refresh holds its tables.
+      await holder.query('BEGIN');
+      await holder.query('SELECT count(*) FROM integrity_seq_gap');
+      await assert.rejects(
+        runMigrations(url, { lockTimeoutMs: 300 }),
+        /waited 0\.3 s for a table lock and gave up.*run the migration again/,
+      );
+      await holder.query('ROLLBACK');
+      await runMigrations(url, { lockTimeoutMs: 300 });
+      const { rows } = await holder.query('SELECT count(*)::int AS n FROM integrity_seq_gap');
+      assert.equal(rows[0]?.n, 0, 'applied once the lock was gone');
+    } finally {
+      await holder.end();
+    }
+  });
 });
 
 void describe('outpost stack up', () => {

@@ -7,15 +7,37 @@ export const MIGRATIONS_FOLDER = projectPath('migrations');
 
 /** Any stable number: two processes migrating at once take turns instead of racing on DDL. */
 const MIGRATION_LOCK = 7_246_001;
+const MIGRATION_LOCK_TIMEOUT_MS = 30_000;
+const LOCK_NOT_AVAILABLE = '55P03';
 
 /** Applies every migration not yet applied, in order; running it again changes nothing. */
-export const runMigrations = async (url: string): Promise<void> => {
+export const runMigrations = async (
+  url: string,
+  { lockTimeoutMs = MIGRATION_LOCK_TIMEOUT_MS }: { lockTimeoutMs?: number } = {},
+): Promise<void> => {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
   await client.connect();
   try {
     await client.query('SET client_min_messages = warning');
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK]);
-    await migrate(drizzle(client), { migrationsFolder: MIGRATIONS_FOLDER });
+    // A migration that alters a table waits for every lock on it, an integrity refresh's too
+    // (up to an hour), and every projector write would queue behind the waiting migration. It
+    // gives up instead, and says why.
+    await client.query(`SET lock_timeout = '${Math.round(lockTimeoutMs)}ms'`);
+    await migrate(drizzle(client), { migrationsFolder: MIGRATIONS_FOLDER }).catch(
+      (err: unknown) => {
+        if (
+          (err as { code?: unknown; cause?: { code?: unknown } }).code === LOCK_NOT_AVAILABLE ||
+          (err as { cause?: { code?: unknown } }).cause?.code === LOCK_NOT_AVAILABLE
+        ) {
+          throw new Error(
+            `a migration waited ${lockTimeoutMs / 1000} s for a table lock and gave up, so that projection does not queue behind it; something holds the table (an integrity refresh? see pg_stat_activity); run the migration again when it is done`,
+            { cause: err },
+          );
+        }
+        throw err;
+      },
+    );
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
     await client.end();
