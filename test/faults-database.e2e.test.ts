@@ -213,6 +213,14 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'writes are still accepted');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.replica, 'disconnected');
+      // And says what stopped the acknowledgements, in the operator's first look.
+      await waitFor(
+        async () =>
+          /^acknowledging: /.test(
+            (await h.get('/health')).body.background_processor.last_error ?? '',
+          ),
+        "the acknowledgements' last error in /health",
+      );
       // Applied events wait for a replica that has not replayed them: nothing is acknowledged.
       const acker = h.services[0]?.acker;
       assert.ok(acker);

@@ -8,6 +8,7 @@ import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from '../projector/circuit-breaker.ts';
+import { isDatabaseFailure } from '../projector/errors.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -175,7 +176,13 @@ export class Acker {
         this.#quickPolls = next.quickPolls;
         await this.#sleep(next.sleepMs);
       } catch (err) {
-        this.breaker.recordFailure();
+        // The breaker is the replica's (outpost_circuit_breaker_state{target="replica"}): a
+        // Redis failure must not send the operator to look at the replica.
+        if (isDatabaseFailure(err)) {
+          this.breaker.recordFailure();
+        } else {
+          this.breaker.releaseProbe();
+        }
         this.#lastError = (err as Error).message;
         const delay = this.#backoff.nextDelayMs();
         this.#deps.logger.warn({ err, retryInMs: delay }, 'acknowledgement pass failed');

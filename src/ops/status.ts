@@ -103,7 +103,7 @@ export class StatusSource {
         failed: totals.deadLetters,
         oldest_pending_seconds: round(totals.oldestPendingSeconds),
       },
-      background_processor: processorView(processor),
+      background_processor: processorView(processor, this.#deps.acker?.lastError),
       replication_lag: lag,
       circuit_breaker: projector?.breaker.state ?? 'closed',
       integrity: {
@@ -196,11 +196,13 @@ const lagOf = (mainLsn: string | undefined, replica: ReplicaPosition | undefined
   };
 };
 
-const processorView = (stats: ProjectorStats | undefined) => ({
+const processorView = (stats: ProjectorStats | undefined, ackerError: string | undefined) => ({
   status: stats?.status ?? 'disabled',
   last_run: stats?.lastRun ?? null,
   transactions_processed: stats?.processed ?? 0,
   success_rate: round(stats?.successRate ?? 1),
-  // What the projector last met while its batches fail (the breaker's reason), or null.
-  last_error: stats?.lastError ?? null,
+  // What the projector last met while its batches fail (the breaker's reason), else what the
+  // acknowledgements last met, or null.
+  last_error:
+    stats?.lastError ?? (ackerError === undefined ? null : `acknowledging: ${ackerError}`),
 });
