@@ -124,6 +124,8 @@ export type Config = {
   readonly liveMaxLen?: number;
   /** Bytes a live client may leave unread before it is dropped. */
   readonly liveClientBufferBytes?: number;
+  /** Between live-feed heartbeats (and token re-checks); 15 s unless a test shortens it. */
+  readonly liveHeartbeatMs?: number;
   readonly maxAttempts: number;
   readonly claimIdleMs: number;
   readonly consumer: string;

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createToken, type TokenEntry } from '../src/auth/api-tokens.ts';
 import { Harness, waitFor } from './harness/harness.ts';
+import { SseClient } from './harness/live-client.ts';
 
 const writer = createToken('camera-1', ['write']);
 const reader = createToken('dashboard', ['read']);
@@ -21,7 +22,9 @@ void describe('scoped API tokens', () => {
     dir = mkdtempSync(join(tmpdir(), 'outpost-tokens-'));
     file = join(dir, 'tokens.json');
     writeTokens([writer.entry, reader.entry, operator.entry]);
-    h = await Harness.start({ config: { apiTokens: { kind: 'file', path: file } } });
+    h = await Harness.start({
+      config: { apiTokens: { kind: 'file', path: file }, liveHeartbeatMs: 100 },
+    });
   });
   after(async () => {
     await h.close();
@@ -105,6 +108,28 @@ void describe('scoped API tokens', () => {
     assert.equal(stillReads.status, 426);
     assert.equal((await h.post('/executed_obs_units/start', body)).status, 401);
   });
+  void it('closes a live feed already open once its token is revoked', async () => {
+    writeTokens([reader.entry, operator.entry]);
+    h.services[0]?.reloadTokens();
+    const feed = await SseClient.open(`${h.url}/events/live`, bearer(reader.token));
+    assert.equal(feed.status, 200);
+    try {
+      writeTokens([operator.entry]);
+      h.services[0]?.reloadTokens();
+      await waitFor(
+        () => feed.frames.some((f) => f.event === 'dropped'),
+        'the feed to be dropped',
+        10_000,
+      );
+      const dropped = feed.frames.find((f) => f.event === 'dropped');
+      assert.equal(JSON.parse(dropped?.data ?? '{}').code, 'unauthorized');
+    } finally {
+      await feed.close();
+      writeTokens([writer.entry, reader.entry, operator.entry]);
+      h.services[0]?.reloadTokens();
+    }
+  });
+
   void it('reloads the token file on SIGHUP, with no change the file poll could see', async () => {
     const sighupFile = join(dir, 'sighup-tokens.json');
     // A whole second, which utimes sets exactly (the file's own has nanoseconds).

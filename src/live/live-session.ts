@@ -13,7 +13,7 @@ export type LiveSink = {
 };
 
 export type DropReason = {
-  code: 'slow_client' | 'resume_failed' | 'shutting_down';
+  code: 'slow_client' | 'resume_failed' | 'shutting_down' | 'unauthorized';
   message: string;
 };
 
@@ -30,6 +30,11 @@ export type LiveSessionOptions = {
   onDropped?: () => void;
   /** Told when the resume position is older than what the stream still holds. */
   onGap?: (oldest: string) => void;
+  /**
+   * Asked at every heartbeat whether the token that opened the session still grants it: a
+   * revoked token must stop a feed already open, not only the next request.
+   */
+  authorized?: () => boolean;
 };
 
 const REPLAY_PAGE = 500;
@@ -84,6 +89,13 @@ export class LiveSession {
       },
     );
     this.#heartbeat = setInterval(() => {
+      if (this.#options.authorized && !this.#options.authorized()) {
+        this.#drop({
+          code: 'unauthorized',
+          message: 'the token that opened this feed was revoked',
+        });
+        return;
+      }
       if (!this.#pumping && !this.#closed) {
         this.#options.sink.heartbeat();
       }

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { upgradeWebSocket } from '@hono/node-server';
 import type { Context } from 'hono';
 import { streamSSE } from 'hono/streaming';
@@ -6,6 +7,7 @@ import type { LiveFeed } from '../../live/live-feed.ts';
 import { filterOf, LiveQuery, type LiveQuery as LiveQueryType } from '../../live/live-message.ts';
 import { LiveSession, type LiveSink } from '../../live/live-session.ts';
 import { isStreamEntryId } from '../../log/entry-id.ts';
+import { authorize, bearerToken, requiredScope } from '../auth.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError } from '../errors.ts';
 import { type App, readQuery } from './shared.ts';
@@ -43,7 +45,21 @@ const announce = (feed: LiveFeed) =>
 
 export const registerLiveRoutes = (app: App, deps: AppDeps) => {
   const maxBufferedBytes = deps.config.liveClientBufferBytes ?? DEFAULT_CLIENT_BUFFER_BYTES;
+  const heartbeatMs = deps.config.liveHeartbeatMs ?? LIVE_HEARTBEAT_MS;
   const { metrics } = deps;
+  /** Whether the request's token still grants the feed, as the scope check at connect saw it. */
+  const stillAuthorized = (c: Context) => {
+    const scope = requiredScope(c.req.method, c.req.path);
+    const token = bearerToken(c.req.header('authorization')) ?? c.req.query('access_token');
+    return () => {
+      try {
+        authorize(deps.tokens?.current, token, scope ?? 'read');
+        return true;
+      } catch {
+        return false;
+      }
+    };
+  };
 
   app.get('/events/live', async (c) => {
     const query = readQuery(c, LiveQuery);
@@ -53,6 +69,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
     const logger = requestLogger(c);
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
     return streamSSE(c, async (stream) => {
+      let closing: Promise<unknown> | undefined;
       const sink: LiveSink = {
         send: async (delivery, json) => {
           await stream.writeSSE({ id: delivery.id, data: json });
@@ -65,7 +82,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
             logger.warn({ transport: 'sse', reason: reason.code }, 'live client dropped');
           }
           // Queued behind what the socket still holds: a client that reads again sees why.
-          void stream.writeSSE({ event: 'dropped', data: JSON.stringify(reason) });
+          closing = stream.writeSSE({ event: 'dropped', data: JSON.stringify(reason) });
           setTimeout(() => {
             outgoing?.destroy();
             void stream.close();
@@ -77,8 +94,9 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
         filter: filterOf(query),
         since,
         maxBufferedBytes,
-        heartbeatMs: LIVE_HEARTBEAT_MS,
+        heartbeatMs,
         sink,
+        authorized: stillAuthorized(c),
         onSent: () => metrics.liveMessagesSent.inc({ transport: 'sse' }),
         onDropped: () => metrics.liveClientsDropped.inc({ transport: 'sse' }),
         onGap: (oldest) => {
@@ -90,6 +108,14 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
       try {
         await stream.write(': connected\n\n');
         await session.run();
+        // The stream ends when this returns: the reason goes out first, if the client takes it
+        // within the grace (a slow client's socket is destroyed then anyway).
+        if (closing) {
+          await Promise.race([
+            closing.catch(() => undefined),
+            delay(DROP_GRACE_MS, undefined, { ref: false }),
+          ]);
+        }
       } finally {
         metrics.liveClients.dec({ transport: 'sse' });
       }
@@ -114,6 +140,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
       (c) => {
         const query = LiveQuery.parse(c.req.query());
         const logger = requestLogger(c);
+        const authorized = stillAuthorized(c);
         return {
           onOpen: (_event, ctx) => {
             // Hono's onClose needs CloseEvent, which Node 20 lacks: use the ws socket itself.
@@ -153,8 +180,9 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
               filter: filterOf(query),
               since: query.since,
               maxBufferedBytes,
-              heartbeatMs: LIVE_HEARTBEAT_MS,
+              heartbeatMs,
               sink,
+              authorized,
               onSent: () => metrics.liveMessagesSent.inc({ transport: 'ws' }),
               onDropped: () => metrics.liveClientsDropped.inc({ transport: 'ws' }),
               onGap: (oldest) => {
