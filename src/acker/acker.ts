@@ -8,7 +8,6 @@ import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from '../projector/circuit-breaker.ts';
-import { isDatabaseFailure } from '../projector/errors.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -56,6 +55,19 @@ type AppliedPage = {
   records: AppliedRecord[];
   reached: AppliedRecord[];
 };
+
+/** A failure of the replica itself (unreachable, not a standby), as opposed to Redis's. */
+class ReplicaError extends Error {
+  constructor(cause: unknown) {
+    super((cause as Error)?.message ?? String(cause), { cause });
+    this.name = 'ReplicaError';
+  }
+}
+
+const fromReplica = <T>(work: Promise<T>): Promise<T> =>
+  work.catch((err: unknown) => {
+    throw new ReplicaError(err);
+  });
 
 /** A batch's records share one LSN text: parse each distinct text once per pass. */
 const lsnParser = () => {
@@ -178,7 +190,7 @@ export class Acker {
       } catch (err) {
         // The breaker is the replica's (outpost_circuit_breaker_state{target="replica"}): a
         // Redis failure must not send the operator to look at the replica.
-        if (isDatabaseFailure(err)) {
+        if (err instanceof ReplicaError) {
           this.breaker.recordFailure();
         } else {
           this.breaker.releaseProbe();
@@ -207,7 +219,7 @@ export class Acker {
     // Redis's clock names the entries, so end-to-end times are read on it, while the replica
     // answers.
     const [position, time] = await Promise.all([
-      replicaPosition(this.#deps.replica, this.#deps.replicaIsMain),
+      fromReplica(replicaPosition(this.#deps.replica, this.#deps.replicaIsMain)),
       eventLog.redis.time(),
     ]);
     const sampled = performance.now();
@@ -235,7 +247,7 @@ export class Acker {
       // Read after the position, so every commit at or below it is visible to this statement.
       const onReplica =
         reachedIds.length > 0
-          ? await presentEventIds(this.#deps.replica, reachedIds)
+          ? await fromReplica(presentEventIds(this.#deps.replica, reachedIds))
           : new Set<string>();
       const settled = await Promise.all(
         pages.map((page) => this.#settle(page, onReplica, redisNow)),

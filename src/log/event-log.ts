@@ -353,7 +353,11 @@ export class EventLog {
     const result = await this.#appendGathered(request);
     const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
     if (result.kind === 'unknown' || result.kind === 'conflict') {
-      await this.#redis.outpostReleaseClaim(1, claimKey, idempotency.requestHash);
+      // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
+      // body, as before claims were given back.
+      await this.#redis
+        .outpostReleaseClaim(1, claimKey, idempotency.requestHash)
+        .catch(() => undefined);
     } else if (result.kind === 'appended' && claim === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
