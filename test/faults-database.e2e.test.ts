@@ -64,6 +64,10 @@ void describe('database faults under load', () => {
         );
         assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
       }
+      // What the integrity alert sends the operator to still answers, from the replica.
+      const status = await runCli(h, ['integrity', 'status', '--json']);
+      assert.equal(status.code, 0, status.stderr);
+      assert.equal(JSON.parse(status.stdout).mode, 'unknown', 'only the main database can say');
       await holdFault(Math.max(0, 30_000 - (Date.now() - down)));
       await stackUp(h.stackOptions());
       await waitFor(async () => (await breakerOf(h)) === 'closed', 'the breaker to close', 60_000);

@@ -196,6 +196,13 @@ void describe('integrity invariants', () => {
     try {
       const { anomalies } = await refresh();
       assert.equal(anomalies.head_mismatch, 1);
+      // The CLI reads the snapshot where the alert's operator can reach it: on the replica.
+      const latest = 'SELECT max(id)::text AS id FROM integrity_refreshes';
+      const [onMain] = await h.mainRows<{ id: string }>(latest);
+      await waitFor(
+        async () => (await h.replica.query<{ id: string }>(latest)).rows[0]?.id === onMain?.id,
+        'the replica to hold the snapshot',
+      );
       const json = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(json.code, 0, json.stderr);
       const status = JSON.parse(json.stdout);

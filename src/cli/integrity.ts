@@ -32,14 +32,20 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
         return;
       }
       case 'status': {
-        const snapshot = await latestSnapshot(site.main);
-        const job = await cronJob(site.main).catch(() => undefined);
-        const samples = await anomalySamples(site.main, 5);
+        // The snapshot and the views are read on the replica, which has them too: the anomaly
+        // alert may well fire while the link to the main database is down.
+        const snapshot = await latestSnapshot(site.replica);
+        const samples = await anomalySamples(site.replica, 5);
+        // Only the main database can say whether pg_cron runs the refresh: 'unknown' without it.
+        const job = await cronJob(site.main).then(
+          (found) => ({ found }),
+          () => undefined,
+        );
         const status = {
           refreshed_at: snapshot?.refreshed_at ?? null,
           duration_ms: snapshot?.duration_ms ?? null,
-          mode: job ? 'pg_cron' : 'scheduler',
-          schedule: job?.schedule ?? site.config.integritySchedule,
+          mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
+          schedule: job?.found?.schedule ?? site.config.integritySchedule,
           anomalies: snapshot?.anomalies ?? null,
           samples,
         };
