@@ -11,6 +11,30 @@ import { inBatches } from './harness/load.ts';
 const TOKEN = 'test-admin-token';
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
 
+/** A PATCH of a unit's notes that the main database refuses until it is dead-lettered; then allowed again. */
+const deadLetteredPatch = async (h: Harness, unitId: string) => {
+  await h.main.query(
+    "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+  );
+  const poison = await h.request('PATCH', `/executed_obs_units/${unitId}`, { notes: 'poison' });
+  await waitFor(
+    async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
+    'the poison patch to be dead-lettered',
+  );
+  await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+  return poison;
+};
+
+/** The state an event settles in: confirmed, or dead. */
+const settledState = async (h: Harness, eventId: string): Promise<string | undefined> => {
+  let state: string | undefined;
+  await waitFor(async () => {
+    state = (await h.get(`/events/${eventId}`)).body?.state;
+    return state === 'confirmed' || state === 'dead';
+  }, `event ${eventId} to be settled`);
+  return state;
+};
+
 void describe('admin and incident tools', () => {
   let h: Harness;
   before(async () => {
@@ -295,15 +319,7 @@ void describe('admin and incident tools', () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'discarded-patch', instrument: 'x' })
     ).body;
-    await h.main.query(
-      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
-    );
-    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
-    await waitFor(
-      async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
-      'the poison patch to be dead-lettered',
-    );
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const poison = await deadLetteredPatch(h, unit.id);
     const discarded = await h.request(
       'DELETE',
       `/admin/dead-letters/${poison.body.event_id}`,
@@ -312,12 +328,11 @@ void describe('admin and incident tools', () => {
     );
     assert.equal(discarded.status, 200, discarded.text);
     const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
-    let state: string | undefined;
-    await waitFor(async () => {
-      state = (await h.get(`/events/${next.body.event_id}`)).body?.state;
-      return state === 'confirmed' || state === 'dead';
-    }, 'the next patch to be settled');
-    assert.equal(state, 'confirmed', 'applied, not held behind an event no list shows');
+    assert.equal(
+      await settledState(h, next.body.event_id),
+      'confirmed',
+      'applied, not held behind an event no list shows',
+    );
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'next');
 
     // A replay over the whole log leaves discarded events out; it does not bring them back.
@@ -426,14 +441,7 @@ void describe('admin and incident tools', () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'twice-dead', instrument: 'x' })
     ).body;
-    await h.main.query(
-      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
-    );
-    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
-    await waitFor(
-      async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
-      'the poison patch to be dead-lettered',
-    );
+    const poison = await deadLetteredPatch(h, unit.id);
     const lettersOf = async (eventId: string) =>
       (
         await h.request('GET', '/admin/dead-letters?limit=1000', undefined, auth(TOKEN))
@@ -455,7 +463,6 @@ void describe('admin and incident tools', () => {
     });
     assert.equal(again.kind, 'appended');
     await waitForAllAcknowledged(h);
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
     assert.equal((await lettersOf(poison.body.event_id)).length, 1, 'one letter per event');
 
     const discarded = await h.request(
@@ -467,12 +474,11 @@ void describe('admin and incident tools', () => {
     assert.equal(discarded.status, 200, discarded.text);
     assert.deepEqual(await lettersOf(poison.body.event_id), []);
     const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
-    let state: string | undefined;
-    await waitFor(async () => {
-      state = (await h.get(`/events/${next.body.event_id}`)).body?.state;
-      return state === 'confirmed' || state === 'dead';
-    }, 'the next patch to be settled');
-    assert.equal(state, 'confirmed', 'applied, not held behind a letter the index lost');
+    assert.equal(
+      await settledState(h, next.body.event_id),
+      'confirmed',
+      'applied, not held behind a letter the index lost',
+    );
   });
 
   void it('pages the CLI through dead letters with --cursor, and says when more are left', async () => {
@@ -830,15 +836,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'orphans', instrument: 'poison' })
     ).body;
-    const stateOf = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
-    const settled = async (eventId: string) => {
-      let state: string | undefined;
-      await waitFor(async () => {
-        state = await stateOf(eventId);
-        return state === 'dead' || state === 'confirmed';
-      }, `event ${eventId} to be settled`);
-      return state;
-    };
+    const settled = (eventId: string) => settledState(h, eventId);
     assert.equal(await settled(unit.event_id), 'dead');
     await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
     const file = (path: string) => ({
@@ -858,12 +856,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
       await h.post('/executed_obs_units/start', { obs_unit_id: 'there', instrument: 'x' })
     ).body;
     assert.equal(await settled(there.event_id), 'confirmed');
-    await h.main.query(
-      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
-    );
-    const patch = await h.request('PATCH', `/executed_obs_units/${there.id}`, { notes: 'poison' });
-    assert.equal(await settled(patch.body.event_id), 'dead');
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    await deadLetteredPatch(h, there.id);
     const beside = (
       await h.post('/raw_data_files', { ...file('/o/beside'), executed_obs_unit_id: there.id })
     ).body;
@@ -894,13 +887,8 @@ void describe('dead retry while later events of the aggregate wait', () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'behind', instrument: 'x' })
     ).body;
-    await h.main.query(
-      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
-    );
-    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    const poison = await deadLetteredPatch(h, unit.id);
     const stateOf = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
-    await waitFor(async () => (await stateOf(poison.body.event_id)) === 'dead', 'dead-lettered');
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
     await h.stopService(projector);
     const later = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'later' });
     assert.equal(later.status, 202, later.text);

@@ -103,15 +103,12 @@ const planBatch = (
   const heads = new Map<string, HeadRow>();
   const tableOf = new Map<string, ProjectionTable>();
   const held = new Set(heldAggregates);
+  const applied = (upstream: string) => loaded.upstreams.has(upstream) || createdHere.has(upstream);
   for (const entry of fresh) {
     const { event } = entry;
     const id = event.aggregate_id;
-    const applied = (upstream: string) =>
-      loaded.upstreams.has(upstream) || createdHere.has(upstream);
-    if (
-      held.has(id) ||
-      upstreamIdsOf(event).some((upstream) => held.has(upstream) && !applied(upstream))
-    ) {
+    const upstreams = upstreamIdsOf(event);
+    if (held.has(id) || upstreams.some((upstream) => held.has(upstream) && !applied(upstream))) {
       // Behind a failed event of its own aggregate, or behind the failed start of the one it
       // derives from (a file of a unit that is not there yet): applied now, it would stand
       // without what it belongs to. A unit that is there already holds back none of its files.
@@ -125,7 +122,7 @@ const planBatch = (
     let row: ReturnType<typeof eventRow>;
     let links: ReturnType<typeof linksOf>;
     try {
-      const missing = upstreamIdsOf(event).find((upstream) => !applied(upstream));
+      const missing = upstreams.find((upstream) => !applied(upstream));
       if (missing !== undefined) {
         // A file before its unit's start, a package before a file: the start failed or was
         // discarded. Applied, it would stand without what it belongs to (DESIGN §1).
