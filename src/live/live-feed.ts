@@ -134,11 +134,15 @@ export class LiveFeed {
     }
   }
 
-  /** Messages after `afterId` (exclusive), oldest first, at most `count`. */
-  async range(afterId: string, count: number): Promise<LiveDelivery[]> {
+  /** Messages after `afterId` (or from it, `including`), oldest first, at most `count`. */
+  async range(
+    afterId: string,
+    count: number,
+    { including = false }: { including?: boolean } = {},
+  ): Promise<LiveDelivery[]> {
     const raw = (await this.#deps.redis.xrange(
       this.#deps.key,
-      `(${afterId}`,
+      including ? afterId : `(${afterId}`,
       '+',
       'COUNT',
       count,

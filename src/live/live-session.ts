@@ -28,8 +28,11 @@ export type LiveSessionOptions = {
   sink: LiveSink;
   onSent?: () => void;
   onDropped?: () => void;
-  /** Told when the resume position is older than what the stream still holds. */
-  onGap?: (oldest: string) => void;
+  /**
+   * Told when the stream no longer holds what follows `after` (a resume position, or the last
+   * message a slow client was sent): messages up to `oldest` may be missing.
+   */
+  onGap?: (after: string, oldest: string) => void;
   /**
    * Asked at every heartbeat whether the token that opened the session still grants it: a
    * revoked token must stop a feed already open, not only the next request.
@@ -38,20 +41,38 @@ export type LiveSessionOptions = {
 };
 
 const REPLAY_PAGE = 500;
+/**
+ * Live messages kept while a replay runs. Past this many the rest are let go and read back from
+ * the stream, which holds them too, so a long resume costs no more memory than a short one.
+ */
+const MAX_HELD = 2_000;
+/** Heartbeat intervals a resuming client may take nothing before it is dropped as slow. */
+const STALLED_HEARTBEATS = 2;
 
 /**
  * One connected client: subscribes first, then replays from its resume position, so nothing
  * published in between is lost, and skips every id it has already queued, so nothing is sent
  * twice. Messages wait in a queue of its own while the socket is busy; once that queue holds more
  * than `maxBufferedBytes` the client is dropped rather than allowed to grow memory without bound.
+ * A resume is sent at the pace the client reads instead: the replay, and then the messages that
+ * arrived during it, wait while the queue is above half its bound, so a client coming back from
+ * far behind catches up rather than being dropped the moment it asks (and again each time it
+ * reconnects). One that takes nothing for two heartbeats meanwhile is dropped as slow. A client
+ * that reads more slowly than the site publishes never reaches live messages: it goes on reading
+ * the stream, and is told of a gap if the stream's trimming overtakes it.
  */
 export class LiveSession {
   readonly #options: LiveSessionOptions;
   readonly #queue: { delivery: LiveDelivery; json: string }[] = [];
   #queuedBytes = 0;
   #lastQueued: string | undefined;
-  /** Live messages that arrived while the replay was running. */
+  /** Live messages that arrived while catching up; undefined once live. */
   #held: LiveDelivery[] | undefined = [];
+  /** Live messages were let go while catching up: they are read back from the stream. */
+  #heldLetGo = false;
+  /** Messages the socket has taken, and a wake-up for the catch-up waiting on it. */
+  #sent = 0;
+  #roomWaiter: (() => void) | undefined;
   #pumping = false;
   #closed = false;
   #unsubscribe: (() => void) | undefined;
@@ -70,17 +91,15 @@ export class LiveSession {
     return this.#queuedBytes;
   }
 
+  /** Whether the session is still sending its resume and what arrived meanwhile. */
+  get catchingUp(): boolean {
+    return this.#held !== undefined && !this.#closed;
+  }
+
   /** Runs until the client goes away or is dropped. */
   async run(): Promise<void> {
-    const { feed, since } = this.#options;
-    this.#unsubscribe = feed.subscribe(
-      (delivery) => {
-        if (this.#held) {
-          this.#held.push(delivery);
-        } else {
-          this.#offer(delivery);
-        }
-      },
+    this.#unsubscribe = this.#options.feed.subscribe(
+      (delivery) => this.#receive(delivery),
       () => {
         if (!this.#closed) {
           this.stop();
@@ -102,16 +121,9 @@ export class LiveSession {
     }, this.#options.heartbeatMs);
     this.#heartbeat.unref();
     try {
-      if (since !== undefined) {
-        await this.#replay(since);
-      }
+      await this.#catchUp();
     } catch (err) {
       this.#drop({ code: 'resume_failed', message: `resume failed: ${(err as Error).message}` });
-    }
-    const held = this.#held ?? [];
-    this.#held = undefined;
-    for (const delivery of held) {
-      this.#offer(delivery);
     }
     await this.#finished;
   }
@@ -127,25 +139,105 @@ export class LiveSession {
     this.#queue.length = 0;
     this.#queuedBytes = 0;
     this.#held = undefined;
+    this.#roomWaiter?.();
     this.#done();
   }
 
-  async #replay(since: string) {
-    const oldest = await this.#options.feed.oldestId();
-    if (oldest !== undefined && compareEntryIds(oldest, since) > 0) {
-      this.#options.onGap?.(oldest);
+  #receive(delivery: LiveDelivery) {
+    if (this.#held === undefined) {
+      this.#offer(delivery);
+    } else if (this.#heldLetGo || this.#held.length >= MAX_HELD) {
+      this.#heldLetGo = true;
+    } else if (matches(this.#options.filter, delivery.message)) {
+      this.#held.push(delivery);
     }
+  }
+
+  /**
+   * The replay from the resume position, then what arrived meanwhile, still holding what arrives
+   * while that is sent so nothing overtakes it; and again from the stream after the last message
+   * queued, for as long as live messages had to be let go.
+   */
+  async #catchUp() {
+    let after = this.#options.since;
+    for (;;) {
+      if (after !== undefined) {
+        await this.#replay(after);
+      }
+      while (this.#held && this.#held.length > 0) {
+        for (const delivery of this.#held.splice(0)) {
+          this.#offer(delivery);
+          await this.#room();
+        }
+      }
+      if (this.#closed) {
+        return;
+      }
+      if (!this.#heldLetGo) {
+        this.#held = undefined;
+        return;
+      }
+      // What was let go was published after everything held, and is in the stream.
+      this.#heldLetGo = false;
+      after = this.#lastQueued;
+    }
+  }
+
+  async #replay(since: string) {
+    const { feed, onGap } = this.#options;
     let after = since;
     for (;;) {
-      const page = await this.#options.feed.range(after, REPLAY_PAGE);
+      // From `after` itself: while it is still in the stream nothing after it was trimmed, so the
+      // stream's first entry is looked up only when it is not (a reader slower than the trimming,
+      // or a resume position from long ago).
+      const [first, ...rest] = await feed.range(after, REPLAY_PAGE + 1, { including: true });
+      const resumedAt = first !== undefined && compareEntryIds(first.id, after) === 0;
+      const page = resumedAt ? rest : [first, ...rest].filter((d) => d !== undefined);
+      if (!resumedAt) {
+        const oldest = await feed.oldestId();
+        if (!this.#closed && oldest !== undefined && compareEntryIds(oldest, after) > 0) {
+          // After everything sent before the gap, so the client knows where it falls.
+          await this.#room(0);
+          if (this.#closed) {
+            return;
+          }
+          onGap?.(after, oldest);
+        }
+      }
       for (const delivery of page) {
         this.#offer(delivery);
+        await this.#room();
       }
       const last = page.at(-1);
       if (this.#closed || page.length < REPLAY_PAGE || !last) {
         return;
       }
       after = last.id;
+    }
+  }
+
+  /**
+   * Waits while the client's queue holds more than `limit` bytes (half its bound by default);
+   * drops the client if it takes nothing for two heartbeats meanwhile.
+   */
+  async #room(limit = this.#options.maxBufferedBytes / 2): Promise<void> {
+    const stallMs = STALLED_HEARTBEATS * this.#options.heartbeatMs;
+    while (!this.#closed && this.#queuedBytes > limit) {
+      const sentBefore = this.#sent;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, stallMs);
+        this.#roomWaiter = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.#roomWaiter = undefined;
+      if (this.#sent === sentBefore && this.#queuedBytes > limit) {
+        this.#drop({
+          code: 'slow_client',
+          message: `slow client: took nothing for ${stallMs / 1000} s while catching up`,
+        });
+      }
     }
   }
 
@@ -187,7 +279,9 @@ export class LiveSession {
         // Counted until the socket has taken it: a stalled send keeps its bytes on the bound.
         this.#queue.shift();
         this.#queuedBytes -= next.json.length;
+        this.#sent += 1;
         this.#options.onSent?.();
+        this.#roomWaiter?.();
       }
     } catch {
       this.stop();

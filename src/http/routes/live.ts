@@ -99,8 +99,8 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
         authorized: stillAuthorized(c),
         onSent: () => metrics.liveMessagesSent.inc({ transport: 'sse' }),
         onDropped: () => metrics.liveClientsDropped.inc({ transport: 'sse' }),
-        onGap: (oldest) => {
-          void stream.writeSSE({ event: 'gap', data: JSON.stringify({ since, oldest }) });
+        onGap: (after, oldest) => {
+          void stream.writeSSE({ event: 'gap', data: JSON.stringify({ since: after, oldest }) });
         },
       });
       stream.onAbort(() => session.stop());
@@ -185,8 +185,8 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
               authorized,
               onSent: () => metrics.liveMessagesSent.inc({ transport: 'ws' }),
               onDropped: () => metrics.liveClientsDropped.inc({ transport: 'ws' }),
-              onGap: (oldest) => {
-                socket.send(JSON.stringify({ gap: { since: query.since, oldest } }));
+              onGap: (after, oldest) => {
+                socket.send(JSON.stringify({ gap: { since: after, oldest } }));
               },
             });
             metrics.liveClients.inc({ transport: 'ws' });

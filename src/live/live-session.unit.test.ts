@@ -1,0 +1,214 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { compareEntryIds } from '../log/entry-id.ts';
+import type { LiveDelivery } from './live-message.ts';
+import { type DropReason, LiveSession } from './live-session.ts';
+
+/** An in-memory live stream with the feed's interface; `publish` also reaches subscribers. */
+const memoryFeed = () => {
+  const stream: LiveDelivery[] = [];
+  const listeners = new Set<(delivery: LiveDelivery) => void>();
+  let afterLastPage: () => void = () => undefined;
+  let next = 1_000;
+  const publish = (n: number) => {
+    for (let i = 0; i < n; i += 1) {
+      const delivery: LiveDelivery = {
+        id: `${next}-0`,
+        message: {
+          event_id: `0190a000-0000-7000-8000-${String(next).padStart(12, '0')}`,
+          aggregate_id: '0190a000-0000-7000-8000-000000000001',
+          aggregate_type: 'executed_obs_unit',
+          type: 'ExecutedObsUnitStarted',
+          state: 'applied',
+          partition: 0,
+          entry_id: `${next}-0`,
+          at: new Date(next).toISOString(),
+        },
+      };
+      next += 1;
+      stream.push(delivery);
+      for (const listener of listeners) {
+        listener(delivery);
+      }
+    }
+  };
+  return {
+    stream,
+    publish,
+    /** Runs `then` once, when a range first comes back short: the end of a replay. */
+    onLastPage: (then: () => void) => {
+      afterLastPage = then;
+    },
+    feed: {
+      subscribe: (listener: (delivery: LiveDelivery) => void) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+      range: async (after: string, count: number, { including = false } = {}) => {
+        const page = stream
+          .filter((d) => compareEntryIds(d.id, after) > (including ? -1 : 0))
+          .slice(0, count);
+        if (page.length < count) {
+          // The replay's last page is read: what is published now reaches the session live.
+          const published = afterLastPage;
+          afterLastPage = () => undefined;
+          published();
+        }
+        return page;
+      },
+      oldestId: async () => stream[0]?.id,
+    },
+  };
+};
+
+const waitUntil = async (condition: () => boolean, what: string, timeoutMs = 10_000) => {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    assert.ok(Date.now() < deadline, `timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+};
+
+/**
+ * A session resuming from before the first message, with a sink that takes one message per turn
+ * of the event loop and waits for `gate` before its first.
+ */
+const resumingSession = (
+  feed: ReturnType<typeof memoryFeed>['feed'],
+  maxBufferedBytes: number,
+  gate: Promise<void> = Promise.resolve(),
+  { heartbeatMs = 60_000, since = '0-0' } = {},
+) => {
+  const received: string[] = [];
+  const drops: DropReason[] = [];
+  const gaps: { after: string; oldest: string; receivedBefore: number }[] = [];
+  let maxQueued = 0;
+  const session: LiveSession = new LiveSession({
+    feed,
+    filter: {},
+    since,
+    maxBufferedBytes,
+    heartbeatMs,
+    onGap: (after, oldest) => gaps.push({ after, oldest, receivedBefore: received.length }),
+    sink: {
+      send: async (delivery) => {
+        maxQueued = Math.max(maxQueued, session.queuedBytes);
+        await gate;
+        await new Promise((resolve) => setImmediate(resolve));
+        received.push(delivery.id);
+      },
+      close: (reason) => drops.push(reason),
+      heartbeat: () => undefined,
+    },
+  });
+  const running = session.run();
+  return { session, running, received, drops, gaps, maxQueued: () => maxQueued };
+};
+
+/** Ends the session, which must have sent every message of the stream, in order, undropped. */
+const stopHavingSentAll = async (
+  client: ReturnType<typeof resumingSession>,
+  stream: readonly LiveDelivery[],
+) => {
+  client.session.stop();
+  await client.running;
+  assert.deepEqual(client.drops, []);
+  assert.deepEqual(
+    client.received,
+    stream.map((d) => d.id),
+  );
+};
+
+void describe('LiveSession resuming', () => {
+  void it('sends a backlog many times its buffer at the pace the client reads, within the buffer', async () => {
+    const { feed, publish, stream } = memoryFeed();
+    publish(3_000);
+    const bytes = stream.reduce((sum, d) => sum + JSON.stringify(d.message).length, 0);
+    const maxBufferedBytes = 16_384;
+    assert.ok(bytes > 20 * maxBufferedBytes, `a backlog of ${bytes} bytes`);
+
+    const client = resumingSession(feed, maxBufferedBytes);
+    await waitUntil(
+      () => client.received.length === stream.length || client.drops.length > 0,
+      'the backlog to be sent',
+    );
+    await stopHavingSentAll(client, stream);
+    const largest = Math.max(...stream.map((d) => JSON.stringify(d.message).length));
+    assert.ok(
+      client.maxQueued() <= maxBufferedBytes / 2 + largest,
+      `queued at most ${client.maxQueued()} bytes`,
+    );
+  });
+
+  void it('reads back from the stream what it let go while catching up, each once and in order', async () => {
+    const { feed, publish, stream, onLastPage } = memoryFeed();
+    publish(2_000);
+    // Published once the replay has read its last page, so the pages already read do not hold
+    // them: past what the session holds, they come back only by reading the stream again.
+    onLastPage(() => publish(12_000));
+    const client = resumingSession(feed, 16_384);
+    await waitUntil(
+      () => client.received.length >= stream.length || client.drops.length > 0,
+      'every message to be sent',
+    );
+    assert.equal(stream.length, 14_000);
+    publish(5);
+    await waitUntil(() => client.received.length === stream.length, 'live messages after it');
+    await stopHavingSentAll(client, stream);
+  });
+
+  void it('tells a client the stream was trimmed past it, after what it was sent before the gap', async () => {
+    const { feed, publish, stream } = memoryFeed();
+    publish(3_000);
+    let open: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    // From the first message, which is still there: no gap yet.
+    const client = resumingSession(feed, 16_384, gate, { since: stream[0]?.id });
+    await waitUntil(() => client.session.queuedBytes > 0, 'the replay to start');
+    const trimmed = stream.splice(0, 2_000).map((d) => d.id);
+    open();
+    await waitUntil(() => !client.session.catchingUp, 'the catch-up to end');
+    client.session.stop();
+    await client.running;
+
+    assert.equal(client.gaps.length, 1, JSON.stringify(client.gaps));
+    const [gap] = client.gaps;
+    assert.equal(gap?.oldest, stream[0]?.id);
+    assert.equal(client.received[(gap?.receivedBefore ?? 0) - 1], gap?.after, 'sent up to it');
+    assert.deepEqual(
+      client.received.slice(gap?.receivedBefore),
+      stream.map((d) => d.id),
+    );
+    assert.deepEqual(
+      client.received.slice(0, gap?.receivedBefore),
+      trimmed.slice(1, 1 + (gap?.receivedBefore ?? 0)),
+    );
+    assert.deepEqual(client.drops, []);
+  });
+
+  void it('drops a client that takes nothing for two heartbeats while catching up', async () => {
+    const { feed, publish } = memoryFeed();
+    publish(1_000);
+    const started = Date.now();
+    const client = resumingSession(feed, 16_384, new Promise<void>(() => undefined), {
+      heartbeatMs: 50,
+    });
+    await waitUntil(() => client.drops.length > 0, 'the drop');
+    await client.running;
+    assert.equal(client.drops[0]?.code, 'slow_client');
+    // Timers count from the event loop's cached clock, a few milliseconds early at most.
+    assert.ok(Date.now() - started >= 90, 'not before two heartbeats');
+  });
+
+  void it('still drops a client that stops reading live messages', async () => {
+    const { feed, publish } = memoryFeed();
+    const client = resumingSession(feed, 4_096, new Promise<void>(() => undefined));
+    await waitUntil(() => !client.session.catchingUp, 'the empty replay');
+    publish(100);
+    await waitUntil(() => client.drops.length > 0, 'the drop');
+    await client.running;
+    assert.equal(client.drops[0]?.code, 'slow_client');
+  });
+});
