@@ -13,7 +13,11 @@ import {
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
-import { applyBatches, type BatchResult } from '../src/projector/apply-batch.ts';
+import {
+  applyBatches,
+  type BatchResult,
+  MainDatabaseChangedError,
+} from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
 import { projectorPool } from '../src/service.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
@@ -88,6 +92,38 @@ void describe('applying a batch', () => {
 
     await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
     assert.ok(await applied(stale));
+  });
+
+  void it('refuses, writing nothing, a batch whose main database is not where the last one left it', async () => {
+    const token = await acquireLease(h.main, 2, 'D', 60_000);
+    assert.ok(token);
+    const lease = { partition: 2, consumer: 'D', token };
+    const first = startEntry(6, 2);
+    const [done] = await applyBatches(h.main, [{ entries: [first], lease }]);
+    const seen = done?.mainPosition;
+    assert.ok(seen, 'the batch says where it left the main database');
+    assert.equal(seen.lsn, done?.commitLsn);
+    assert.match(seen.timeline, /^[0-9A-F]{8}$/);
+
+    // Restored from a backup (WAL behind the last commit), another cluster, another timeline.
+    const elsewhere = [
+      { ...seen, lsn: '7F/0' },
+      { ...seen, system: '1' },
+      { ...seen, timeline: 'FFFFFFFF' },
+    ];
+    for (const mainSeen of elsewhere) {
+      const next = startEntry(7, 2);
+      await assert.rejects(
+        applyBatches(h.main, [{ entries: [next], lease, mainSeen }]),
+        MainDatabaseChangedError,
+      );
+      assert.equal(await applied(next), false, `nothing written for ${JSON.stringify(mainSeen)}`);
+    }
+    const next = startEntry(8, 2);
+    const [went] = await applyBatches(h.main, [{ entries: [next], lease, mainSeen: seen }]);
+    assert.deepEqual(went?.applied, [next], 'the same database, further on');
+    assert.ok(parseLsn(went?.mainPosition?.lsn ?? '0/0') >= parseLsn(seen.lsn));
+    await releaseLease(h.main, lease);
   });
 
   void it('applies a redelivered creation only once, beside new events of the same batch or twice within it', async () => {

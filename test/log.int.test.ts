@@ -411,6 +411,68 @@ void describe('the local log', () => {
       assert.deepEqual(await log.readInflight(b as string, 2), []);
       await bucketsInUse(redis, log, 2);
     });
+
+    void it('forgets applied records by entry id wherever they stand, keeping the rest in order and pending', async () => {
+      const records: AppliedRecord[] = [];
+      for (let i = 0; i < 5; i += 1) {
+        const event = fileEvent(newIdInPartition(3, 4), i);
+        const result = await log.append({ partition: 3, events: [event] });
+        assert.equal(result.kind, 'appended');
+        const entryId = result.kind === 'appended' ? (result.entryIds[0] ?? '') : '';
+        records.push(appliedRecord(event, entryId, `0/${i + 1}`));
+      }
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'STREAMS', log.keys(3).stream, '>');
+      await log.recordApplied(3, records);
+      const [r0, r1, r2, r3, r4] = records as [
+        AppliedRecord,
+        AppliedRecord,
+        AppliedRecord,
+        AppliedRecord,
+        AppliedRecord,
+      ];
+
+      assert.equal(await log.forgetAppliedEntries(3, [r3.entryId, r1.entryId, 'no-such-entry']), 2);
+      assert.deepEqual(await log.peekApplied(3, 10), [r0, r2, r4]);
+      assert.deepEqual(
+        await log.appliedLsnOf(
+          records.map((r) => r.entryId),
+          3,
+        ),
+        ['0/1', null, '0/3', null, '0/5'],
+      );
+      assert.equal(await log.pendingCount(3), 5, 'forgotten, not acknowledged');
+      assert.equal(await log.forgetAppliedEntries(3, [r1.entryId]), 0, 'a second time: none');
+      assert.equal(await log.ack(3, [r0, r2, r4]), 3);
+      assert.equal(await log.pendingCount(3), 2);
+    });
+
+    void it('forgets records across a long queue, from its head to its tail, in pages', async () => {
+      const partition = 1;
+      const records = Array.from({ length: 2_500 }, (_, i) =>
+        appliedRecord(fileEvent(newIdInPartition(partition, 4), i), `${1_000 + i}-0`, `0/${i + 1}`),
+      );
+      // The head (the whole queue rewritten), the tail only (kept up to a page boundary), both
+      // sides of a page boundary, and an entry no longer recorded (no search for it).
+      for (const positions of [[0, 1_499, 1_500, 2_499], [1_500, 2_499], [1_499, 1_500], [2_000]]) {
+        await log.recordApplied(partition, records);
+        const forgotten = positions.map((i) => (records[i] as AppliedRecord).entryId);
+        assert.equal(
+          await log.forgetAppliedEntries(partition, [...forgotten, forgotten[0] as string, '1-0']),
+          positions.length,
+        );
+        const left = await log.peekApplied(partition, 3_000);
+        assert.deepEqual(
+          left.map((r) => r.entryId),
+          records.map((r) => r.entryId).filter((id) => !forgotten.includes(id)),
+          `forgetting ${positions.join(', ')}`,
+        );
+        assert.deepEqual(
+          await log.appliedLsnOf(forgotten, partition),
+          forgotten.map(() => null),
+        );
+        await redis.del(log.keys(partition).applied, log.keys(partition).appliedLsn);
+      }
+    });
   });
 
   void describe('dead letters of earlier builds', () => {

@@ -3,7 +3,7 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type { Envelope } from '../src/domain/events.ts';
@@ -11,6 +11,7 @@ import { newIdInPartition } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
+import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
@@ -395,21 +396,17 @@ void describe('recovery', () => {
   });
 
   void describe('a main database that lost events the replica had not confirmed yet', () => {
-    let h: Harness;
-    before(async () => {
-      h = await Harness.start({ role: 'api' });
-    });
-    after(() => h.close());
-
-    void it('applies them again instead of acknowledging them once the replica passes their LSNs', async () => {
-      const lost = await startMany(h, 'lost', 8);
-      // What a projector leaves when the main database then loses its last commits (restored
-      // from an earlier backup, or a failover to a standby that never received them): each entry
-      // delivered to it and recorded as applied, at a commit LSN that the WAL written since has
-      // carried the replica past, though no event of them is in the database.
-      const [position] = await h.mainRows<{ lsn: string }>(
-        'SELECT pg_current_wal_flush_lsn()::text AS lsn',
-      );
+    /** `outpost_events_reapplied_total` of a service, by who found the events lost. */
+    const reappliedBy = async (service: Service) => {
+      const { values } = await service.metrics.eventsReapplied.get();
+      const by = (foundBy: string) => values.find((v) => v.labels.found_by === foundBy)?.value ?? 0;
+      return { projector: by('projector'), acker: by('acker') };
+    };
+    /**
+     * What a projector leaves when the main database then loses its last commits: every entry
+     * delivered to it and recorded as applied at `lsn`, though no event of them is in the database.
+     */
+    const recordDeliveredAsApplied = async (h: Harness, lsn: string) => {
       const log = eventLogOf(h);
       for (let partition = 0; partition < h.config.partitions; partition += 1) {
         const read = (await h.redis.xreadgroup(
@@ -423,7 +420,7 @@ void describe('recovery', () => {
           '>',
         )) as [string, RawEntry[]][] | null;
         const records = (read?.[0]?.[1] ?? []).map(decodeEntry).map(({ entryId, event }) => ({
-          lsn: position?.lsn ?? '0/0',
+          lsn,
           entryId,
           eventId: event.event_id,
           aggregateId: event.aggregate_id,
@@ -432,20 +429,75 @@ void describe('recovery', () => {
         }));
         await log.recordApplied(partition, records);
       }
+    };
+
+    let h: Harness;
+    beforeEach(async () => {
+      h = await Harness.start({ role: 'api' });
+    });
+    afterEach(() => h.close());
+
+    void it('applies them again instead of acknowledging them once the replica passes their LSNs', async () => {
+      const lost = await startMany(h, 'lost', 8);
+      // What a projector leaves when the main database then loses its last commits (restored
+      // from an earlier backup, or a failover to a standby that never received them): each entry
+      // delivered to it and recorded as applied, at a commit LSN that the WAL written since has
+      // carried the replica past, though no event of them is in the database.
+      const [position] = await h.mainRows<{ lsn: string }>(
+        'SELECT pg_current_wal_flush_lsn()::text AS lsn',
+      );
+      await recordDeliveredAsApplied(h, position?.lsn ?? '0/0');
       assert.equal(await h.mainRows('SELECT 1 FROM events').then((r) => r.length), 0);
 
       const projector = await h.startService('projector');
       const accepted = new Set(lost.map((unit) => unit.body.event_id as string));
       await audit(h, accepted);
+      // Whichever met them first: the projector's first re-read, or the acker's first pass.
+      const reapplied = await reappliedBy(projector);
       assert.ok(
-        (projector.acker?.forgotten ?? 0) >= lost.length,
-        'the acker handed the lost events back to the projector',
+        reapplied.projector + reapplied.acker >= lost.length,
+        `handed back to be applied again: ${JSON.stringify(reapplied)}`,
       );
       for (const unit of lost) {
         const read = await h.get(`/executed_obs_units/${unit.body.id}`);
         assert.equal(read.status, 200);
         assert.deepEqual(read.body.consistency, { source: 'replica', pending_events: 0 });
       }
+    });
+
+    void it('applies them again on start, before newer events of their aggregates, without waiting for the replica to pass their LSNs', async () => {
+      const lost = await startMany(h, 'restored', 6);
+      // As above, but the main database was restored to a point before these commits: the
+      // replica, a standby of it, is far from reaching their recorded LSNs (1 TiB of WAL ahead).
+      await recordDeliveredAsApplied(h, 'FF/0');
+      const patched = await inBatches(lost, 32, (unit) =>
+        h.request('PATCH', `/executed_obs_units/${unit.body.id}`, { notes: 'after the restore' }),
+      );
+      assert.deepEqual(
+        patched.map((p) => p.status),
+        lost.map(() => 202),
+      );
+
+      const projector = await h.startService('projector');
+      await audit(h, new Set([...lost, ...patched].map((r) => r.body.event_id as string)));
+      const reapplied = await reappliedBy(projector);
+      assert.equal(reapplied.acker, 0, 'found by the projector, not the acker');
+      assert.ok(reapplied.projector >= lost.length, JSON.stringify(reapplied));
+      for (const unit of lost) {
+        const events = await h.mainRows<{ type: string; seq: number }>(
+          'SELECT type, seq FROM events WHERE aggregate_id = $1 ORDER BY seq',
+          [unit.body.id],
+        );
+        assert.deepEqual(
+          events.map((e) => `${e.seq} ${e.type}`),
+          ['0 ExecutedObsUnitStarted', '1 ExecutedObsUnitUpdated'],
+        );
+        const read = await h.get(`/executed_obs_units/${unit.body.id}`);
+        assert.equal(read.body.notes, 'after the restore');
+      }
+      const dead = await runCli(h, ['dead', 'list', '--json']);
+      assert.equal(dead.code, 0, dead.stderr);
+      assert.deepEqual(JSON.parse(dead.stdout).items, []);
     });
   });
 

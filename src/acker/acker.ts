@@ -92,8 +92,8 @@ export class Acker {
   readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
   #running: Promise<void> | undefined;
   #lastPosition: ReplicaPosition | undefined;
-  /** Per partition, the LSN of the first applied record the replica had not reached last pass. */
-  readonly #firstAhead = new Map<number, Lsn>();
+  /** Per partition, the first applied record the replica had not reached last pass. */
+  readonly #firstAhead = new Map<number, { entryId: string; lsn: Lsn }>();
   #lastError: string | undefined;
   #acked = 0;
   #forgotten = 0;
@@ -209,10 +209,10 @@ export class Acker {
    */
   async ackOnce(): Promise<number> {
     const { eventLog } = this.#deps;
-    const waiting = await Promise.all(
-      eventLog.allKeys().map((k) => eventLog.appliedCount(k.partition)),
+    const heads = await Promise.all(
+      eventLog.allKeys().map(async (k) => (await eventLog.peekApplied(k.partition, 1))[0]),
     );
-    if (waiting.every((n) => n === 0)) {
+    if (heads.every((head) => head === undefined)) {
       this.#behind = false;
       return 0;
     }
@@ -228,16 +228,25 @@ export class Acker {
     const replayed = parseLsn(position.lsn);
     let total = 0;
     let behind = false;
-    // A partition whose first unreached record, last pass, is still past the replica has nothing
-    // to settle: its page is not read again (1,000 records a partition, every 2 ms while the
-    // replica lags and batches keep nudging, was most of a core exactly when the site strained).
-    let partitions = waiting.flatMap((count, partition) => {
+    // A partition still headed by last pass's first unreached record, which is still past the
+    // replica, has nothing to settle: its page is not read again (1,000 records a partition,
+    // every 2 ms while the replica lags and batches keep nudging, was most of a core exactly when
+    // the site strained). The head, not only the LSN: a projector may have taken that record out
+    // of the queue (its event lost by the main database) and recorded it anew at a lower LSN.
+    let partitions = heads.flatMap((head, partition) => {
+      if (head === undefined) {
+        return [];
+      }
       const ahead = this.#firstAhead.get(partition);
-      if (count > 0 && ahead !== undefined && ahead > replayed) {
+      if (
+        ahead?.entryId === head.entryId &&
+        ahead.lsn === parseLsn(head.lsn) &&
+        ahead.lsn > replayed
+      ) {
         behind = true;
         return [];
       }
-      return count > 0 ? [partition] : [];
+      return [partition];
     });
     while (partitions.length > 0) {
       // Partitions are independent: their round trips to Redis overlap (and leave in one write on
@@ -271,7 +280,10 @@ export class Acker {
     const firstAhead = records.findIndex((r) => lsnOf(r.lsn) > replayed);
     const aheadRecord = records[firstAhead];
     if (aheadRecord) {
-      this.#firstAhead.set(partition, lsnOf(aheadRecord.lsn));
+      this.#firstAhead.set(partition, {
+        entryId: aheadRecord.entryId,
+        lsn: lsnOf(aheadRecord.lsn),
+      });
     } else {
       this.#firstAhead.delete(partition);
     }
@@ -309,6 +321,7 @@ export class Acker {
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
     const forgotten = await this.#deps.eventLog.forgetApplied(partition, lost);
     this.#forgotten += forgotten;
+    this.#deps.metrics.eventsReapplied.inc({ found_by: 'acker' }, forgotten);
     this.#deps.logger.error(
       {
         partition,

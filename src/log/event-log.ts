@@ -95,6 +95,7 @@ type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetApplied(numKeys: number, ...args: string[]): Promise<number>;
+  outpostForgetAppliedEntries(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[][]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
@@ -201,6 +202,7 @@ export class EventLog {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'applied', 'inflight') });
     redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied', 'applied') });
+    redis.defineCommand('outpostForgetAppliedEntries', { lua: script('forget-applied-entries') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflightIndex', {
@@ -685,6 +687,19 @@ export class EventLog {
       keys.appliedLsn,
       ...records.map(formatApplied),
     );
+  }
+
+  /**
+   * Takes the records of these entries out of the applied queue, wherever they stand, without
+   * acknowledging the entries: for events found missing from the main database by the projector,
+   * which applies them again. The number taken.
+   */
+  async forgetAppliedEntries(partition: number, entryIds: readonly string[]): Promise<number> {
+    if (entryIds.length === 0) {
+      return 0;
+    }
+    const keys = this.keys(partition);
+    return this.#redis.outpostForgetAppliedEntries(2, keys.applied, keys.appliedLsn, ...entryIds);
   }
 
   /** Records a failed attempt on an entry and answers the attempt history so far. */

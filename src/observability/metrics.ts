@@ -11,6 +11,17 @@ const E2E_BUCKETS = [
   300, 1800,
 ];
 
+/**
+ * A counter whose labelled series exist from the start at 0: Prometheus's increase() takes a
+ * series' first sample as its starting point, so a series born at 6 would count no increase.
+ */
+const zeroed = <T extends string>(counter: Counter<T>, label: T, values: readonly string[]) => {
+  for (const value of values) {
+    counter.inc({ [label]: value } as Partial<Record<T, string>>, 0);
+  }
+  return counter;
+};
+
 /** Every metric Outpost exports, on a registry of its own (tests get a fresh one each). */
 export const createMetrics = () => {
   const registry = new Registry();
@@ -35,6 +46,16 @@ export const createMetrics = () => {
       help: 'Events applied to the main database (duplicates not counted)',
       registers,
     }),
+    eventsReapplied: zeroed(
+      new Counter({
+        name: 'outpost_events_reapplied_total',
+        help: 'Applied events the main database no longer had (restored from an earlier backup, failed over), handed back to be applied again; found_by: the projector re-reading its pending entries, or the acker once the replica passed their commit LSNs',
+        labelNames: ['found_by'] as const,
+        registers,
+      }),
+      'found_by',
+      ['projector', 'acker'],
+    ),
     batchDuration: new Histogram({
       name: 'outpost_projection_batch_duration_seconds',
       help: 'Time to apply one batch, from read to recorded commit LSN',

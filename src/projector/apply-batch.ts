@@ -1,13 +1,15 @@
 import type pg from 'pg';
 import { type Queryable, withConnection } from '../db/client.ts';
+import { parseLsn } from '../db/lsn.ts';
 import {
   type AggregateRow,
-  appliedEventIds,
+  appliedEventIdsAt,
   type EventRow,
   existingAggregateIds,
   type HeadRow,
   headSeqs,
   type LinkRow,
+  type MainPosition,
   PROJECTION_TABLES,
   type ProjectionTable,
   projectionRows,
@@ -34,6 +36,8 @@ export type BatchResult = {
    * or past both commit records. The acknowledgement gate waits for the replica to reach it.
    */
   commitLsn: string;
+  /** The main database written to, at `commitLsn`: what the partition's next batch expects. */
+  mainPosition?: MainPosition;
 };
 
 type Plan = {
@@ -211,6 +215,8 @@ export type BatchRequest = {
   entries: readonly LogEntry[];
   lease: Lease;
   heldAggregates?: ReadonlySet<string>;
+  /** Where the partition's last batch left the main database: refused if it is not there. */
+  mainSeen?: MainPosition;
 };
 
 const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: readonly Lease[]) => {
@@ -240,6 +246,25 @@ const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: rea
   }
 };
 
+/**
+ * The main database is not the one the partition's earlier batches were committed to: another
+ * cluster, another timeline, or its WAL behind their commits (restored from a backup, failed over
+ * to a standby). Nothing is written: the partition checks its applied entries against it first.
+ */
+export class MainDatabaseChangedError extends Error {
+  constructor(seen: MainPosition, now: MainPosition) {
+    super(
+      `the main database changed under the projector: its batches were committed to system ${seen.system}, timeline ${seen.timeline}, up to ${seen.lsn}; it is now system ${now.system}, timeline ${now.timeline}, at ${now.lsn}`,
+    );
+    this.name = 'MainDatabaseChangedError';
+  }
+}
+
+const movedFrom = (seen: MainPosition, now: MainPosition) =>
+  seen.system !== now.system ||
+  seen.timeline !== now.timeline ||
+  parseLsn(now.lsn) < parseLsn(seen.lsn);
+
 /** A lease of a combined batch lapsed; which one is found by applying each partition alone. */
 export class CombinedFencedError extends Error {
   constructor(partitions: readonly number[]) {
@@ -268,10 +293,15 @@ export const applyBatches = async (
   // database's and role's defaults (service.ts, projectorPool); the write alone relaxes it,
   // since the stamp's synchronous commit after it flushes both (writeBatch).
   withConnection(pool, async (db) => {
-    const known = await appliedEventIds(
+    const { known, position } = await appliedEventIdsAt(
       db,
       unique(requests.flatMap((r) => r.entries.map((e) => e.event.event_id))),
     );
+    for (const { mainSeen } of requests) {
+      if (mainSeen && movedFrom(mainSeen, position)) {
+        throw new MainDatabaseChangedError(mainSeen, position);
+      }
+    }
     const split = requests.map(({ entries }) => {
       const seen = new Set<string>();
       const fresh: LogEntry[] = [];
@@ -321,6 +351,7 @@ export const applyBatches = async (
         failed: plan.failed,
         deferred: [...plan.deferred, ...copies.filter((e) => !settled(e))],
         commitLsn,
+        mainPosition: { ...position, lsn: commitLsn },
       };
     });
   });

@@ -1,4 +1,6 @@
 import type { Redis } from 'ioredis';
+import { parseLsn } from '../db/lsn.ts';
+import type { MainPosition } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { upstreamIdsOf } from '../domain/events.ts';
 import type { LivePublisher } from '../live/live-message.ts';
@@ -13,7 +15,7 @@ import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import type { BatchRequest, BatchResult } from './apply-batch.ts';
+import { type BatchRequest, type BatchResult, MainDatabaseChangedError } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
 import { classifyFailure, isStatementTimeout } from './errors.ts';
@@ -41,11 +43,18 @@ export type ConsumerDeps = {
 };
 
 type StreamReply = [stream: string, entries: [string, string[] | null][]][] | null;
-/** A batch read from the stream, and how many aggregates were blocked by dead letters then. */
-type Read = { entries: RawEntry[]; blockedAggregates: number };
 /**
- * A page of this consumer's own pending entries: `entries` leaves out those already applied, and
- * `pageEnd` is the page's last id, where the next page starts once this one is done.
+ * A batch read from the stream, how many aggregates were blocked by dead letters then, and the
+ * commit LSN of each of its entries already recorded as applied (waiting for the replica).
+ */
+type Read = {
+  entries: RawEntry[];
+  blockedAggregates: number;
+  recorded?: ReadonlyMap<string, string>;
+};
+/**
+ * A page of this consumer's own pending entries; `pageEnd` is the page's last id, where the next
+ * page starts once this one is done.
  */
 type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
@@ -67,6 +76,13 @@ export class PartitionConsumer {
   #running: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #rereadOwnPending = true;
+  /**
+   * Whether this re-read of own pending entries checks those recorded as applied against the main
+   * database: on start, after a claim, and once the main database is found changed.
+   */
+  #verifyRecorded = true;
+  /** Where this partition's last batch left the main database; its next batch expects it there. */
+  #mainSeen: MainPosition | undefined;
   #cursor = '0';
   /** Which scan of own pending entries the cursor belongs to: a restart begins a new one. */
   #scan = 0;
@@ -107,6 +123,7 @@ export class PartitionConsumer {
    */
   rereadOwnPending(): void {
     this.#rereadFromStart();
+    this.#verifyRecorded = true;
   }
 
   async #run(): Promise<void> {
@@ -177,6 +194,14 @@ export class PartitionConsumer {
           this.#deps.onFenced?.();
           break;
         }
+        if (err instanceof MainDatabaseChangedError) {
+          logger.error(
+            { err, partition: this.#partition },
+            'the main database changed (restored from a backup, or failed over): checking the entries applied but not yet confirmed against it',
+          );
+          this.#mainSeen = undefined;
+          this.#verifyRecorded = true;
+        }
         this.#lastError = (err as Error).message;
         this.#deps.onFailure?.();
         const delay = this.#transientBackoff.nextDelayMs();
@@ -220,6 +245,7 @@ export class PartitionConsumer {
       // Past the last own pending entry: new entries next, unless a restart came during the read.
       if (scan === this.#scan) {
         this.#rereadOwnPending = false;
+        this.#verifyRecorded = false;
         this.#cursor = '0';
       }
       return read;
@@ -228,13 +254,26 @@ export class PartitionConsumer {
       read.entries.map(([id]) => id),
       this.#partition,
     );
-    // Entries already applied and waiting for the replica belong to the acker, not to us.
-    return {
-      ...read,
-      entries: read.entries.filter((_, i) => lsns[i] === null),
-      pageEnd,
-      scan,
-    };
+    const recorded = new Map<string, string>();
+    read.entries.forEach(([id], i) => {
+      const lsn = lsns[i];
+      if (lsn) {
+        recorded.set(id, lsn);
+      }
+    });
+    if (!this.#verifyRecorded) {
+      // Entries already applied and waiting for the replica belong to the acker.
+      return { ...read, entries: read.entries.filter(([id]) => !recorded.has(id)), pageEnd, scan };
+    }
+    // On start, after a claim, and once a batch found the main database changed (another
+    // cluster or timeline, or its WAL behind this partition's last commit), they go to the main
+    // database with the rest, where they are duplicates unless it lost them (restored from an
+    // earlier backup, failed over): then they are applied again now, before anything after them.
+    // Left to the acker, they would wait until the replica passed their old commit LSNs, perhaps
+    // for hours on a quiet site, while their aggregates' newer events applied first. Not after
+    // every failure: on a flaky link with a lagging replica that would send the whole backlog
+    // of applied entries over the link again each time.
+    return { ...read, recorded, pageEnd, scan };
   }
 
   #readNew(): Promise<Read> {
@@ -270,7 +309,10 @@ export class PartitionConsumer {
     };
   }
 
-  async #process({ entries: raw, blockedAggregates }: Read, probing: boolean): Promise<void> {
+  async #process(
+    { entries: raw, blockedAggregates, recorded = new Map() }: Read,
+    probing: boolean,
+  ): Promise<void> {
     const started = performance.now();
     const decoded: LogEntry[] = [];
     for (const entry of raw) {
@@ -279,6 +321,10 @@ export class PartitionConsumer {
       } catch (err) {
         if (!(err instanceof UndecodableEntryError)) {
           throw err;
+        }
+        if (recorded.has(entry[0])) {
+          // Applied, and its body trimmed away since: nothing to check it by; the acker settles it.
+          continue;
         }
         await this.#fail(failedEntryOf(entry), err);
       }
@@ -291,7 +337,8 @@ export class PartitionConsumer {
           ]);
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
-      if (blocked.has(entry.event.aggregate_id)) {
+      // An applied event is no later event of a dead-lettered aggregate's: it came before.
+      if (blocked.has(entry.event.aggregate_id) && !recorded.has(entry.entryId)) {
         await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
           {
             at: new Date().toISOString(),
@@ -315,13 +362,18 @@ export class PartitionConsumer {
       result = await this.#applyIsolating(applicable);
       this.#deps.breaker.recordSuccess();
     } catch (err) {
-      if (!(err instanceof FencedError)) {
+      if (!(err instanceof FencedError || err instanceof MainDatabaseChangedError)) {
         this.#deps.breaker.recordFailure();
       }
       throw err;
     }
+    this.#mainSeen = result.mainPosition ?? this.#mainSeen;
     const { applied, duplicates, failed, deferred, commitLsn } = result;
-    const done = [...applied, ...duplicates];
+    const rerecorded = await this.#forgetStale(applicable, recorded, result);
+    const done = [
+      ...applied,
+      ...duplicates.filter((e) => !recorded.has(e.entryId) || rerecorded.has(e.entryId)),
+    ];
     const appliedAt = new Date().toISOString();
     const unpublished = await this.#deps.eventLog.recordApplied(
       this.#partition,
@@ -394,6 +446,56 @@ export class PartitionConsumer {
   }
 
   /**
+   * Takes out of the applied queue the records the main database contradicts, and answers their
+   * entry ids: those of events it does not have (lost, and applied again now, or failed or held
+   * back); those at a commit LSN past its own WAL position, which it cannot have written (the
+   * event was applied again earlier and its record not yet moved: the process died in between,
+   * or a later part of the batch failed); and a second entry of an event applied again now by
+   * another. Those applied or found now are recorded anew with this batch, at its commit LSN; the
+   * acker would wait on the old LSNs, perhaps for ever.
+   */
+  async #forgetStale(
+    sent: readonly LogEntry[],
+    recorded: ReadonlyMap<string, string>,
+    { applied, duplicates, commitLsn }: BatchResult,
+  ): Promise<ReadonlySet<string>> {
+    if (recorded.size === 0) {
+      return new Set();
+    }
+    const present = new Set(duplicates.map((e) => e.entryId));
+    const appliedNow = new Set(applied.map((e) => e.event.event_id));
+    const position = present.size > 0 ? parseLsn(commitLsn) : 0n;
+    const stale = sent.filter((e) => {
+      const lsn = recorded.get(e.entryId);
+      return (
+        lsn !== undefined &&
+        (!present.has(e.entryId) || parseLsn(lsn) > position || appliedNow.has(e.event.event_id))
+      );
+    });
+    if (stale.length === 0) {
+      return new Set();
+    }
+    const forgotten = await this.#deps.eventLog.forgetAppliedEntries(
+      this.#partition,
+      stale.map((e) => e.entryId),
+    );
+    // What the acker did not hand back first: each loss is counted once.
+    this.#deps.metrics.eventsReapplied.inc({ found_by: 'projector' }, forgotten);
+    this.#deps.logger.error(
+      {
+        partition: this.#partition,
+        events: stale.length,
+        firstEventId: stale[0]?.event.event_id,
+        firstEntryId: stale[0]?.entryId,
+        recordedLsn: stale[0] && recorded.get(stale[0].entryId),
+        mainLsn: commitLsn,
+      },
+      'the main database lacks events it had applied (restored from an earlier backup, or failed over): applying them again',
+    );
+    return new Set(stale.map((e) => e.entryId));
+  }
+
+  /**
    * A batch that fails on data in PostgreSQL (a constraint, a value it cannot store) is applied
    * again one event at a time, so one poison event cannot hold back the events around it.
    */
@@ -406,6 +508,7 @@ export class PartitionConsumer {
         entries,
         lease: this.#deps.lease,
         heldAggregates: held,
+        ...(this.#mainSeen ? { mainSeen: this.#mainSeen } : {}),
       });
     } catch (err) {
       if (err instanceof FencedError) {
@@ -479,6 +582,7 @@ export class PartitionConsumer {
       if (one.applied.length + one.duplicates.length > 0) {
         combined.commitLsn = one.commitLsn;
       }
+      combined.mainPosition = one.mainPosition ?? combined.mainPosition;
     }
     return combined;
   }

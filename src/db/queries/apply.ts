@@ -54,6 +54,41 @@ export const appliedEventIds = async (db: Queryable, eventIds: readonly string[]
   return new Map(rows.map((row) => [row.event_id, row.has_lsn]));
 };
 
+/**
+ * Which main database answers, and how far its WAL is flushed. A restore from a backup or a
+ * failover changes one of them: another cluster, a new timeline, or a position gone back.
+ */
+export type MainPosition = { system: string; timeline: string; lsn: string };
+
+/**
+ * appliedEventIds, and in the same statement the main database's position: a batch checks that
+ * it still writes to the database its earlier batches were committed to, at no extra round trip.
+ */
+export const appliedEventIdsAt = async (
+  db: Queryable,
+  eventIds: readonly string[],
+): Promise<{ known: Map<string, boolean>; position: MainPosition }> => {
+  const { rows } = await db.query<MainPosition & { event_id: string | null; has_lsn: boolean }>(
+    prepared(
+      `SELECT p.system, p.timeline, p.lsn, e.event_id, e.commit_lsn IS NOT NULL AS has_lsn
+         FROM (SELECT system_identifier::text AS system,
+                      substr(pg_walfile_name(pg_current_wal_flush_lsn()), 1, 8) AS timeline,
+                      pg_current_wal_flush_lsn()::text AS lsn
+                 FROM pg_control_system()) p
+         LEFT JOIN events e ON e.event_id = ANY($1::uuid[])`,
+      [eventIds],
+    ),
+  );
+  const [first] = rows;
+  if (!first) {
+    throw new Error('the main database answered no position');
+  }
+  return {
+    known: new Map(rows.flatMap((row) => (row.event_id ? [[row.event_id, row.has_lsn]] : []))),
+    position: { system: first.system, timeline: first.timeline, lsn: first.lsn },
+  };
+};
+
 export const headSeqs = async (db: Queryable, aggregateIds: readonly string[]) => {
   const { rows } = await db.query<{ aggregate_id: string; seq: number }>(
     prepared(
