@@ -465,6 +465,28 @@ void describe('recovery', () => {
       }
     });
 
+    void it('outpost pending says the acknowledgement is stuck when the replica has replayed what entries wait for', async () => {
+      const units = await startMany(h, 'unacknowledged', 2);
+      // Recorded as applied at an LSN the replica passed long ago, with no projector running to
+      // acknowledge them.
+      await recordDeliveredAsApplied(h, '0/1');
+      const cli = await runCli(h, ['pending']);
+      assert.equal(cli.code, 0, cli.stderr);
+      for (const unit of units) {
+        assert.match(cli.stdout, new RegExp(`${unit.body.event_id}\\s+acknowledgement`));
+      }
+      assert.match(
+        cli.stdout,
+        /2 of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging/,
+      );
+      const json = JSON.parse((await runCli(h, ['pending', '--json'])).stdout);
+      assert.deepEqual(
+        json.entries.map((e: { waiting_for: string }) => e.waiting_for),
+        ['replica', 'replica'],
+        'the API keeps its two values',
+      );
+    });
+
     void it('applies them again on start, before newer events of their aggregates, without waiting for the replica to pass their LSNs', async () => {
       const lost = await startMany(h, 'restored', 6);
       // As above, but the main database was restored to a point before these commits: the

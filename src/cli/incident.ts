@@ -1,4 +1,5 @@
 import { parseDurationMs } from '../config.ts';
+import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   type DeadLetter,
@@ -77,6 +78,17 @@ export const pending = (flags: IncidentFlags) =>
       ),
     );
     print('');
+    const r = report.replica;
+    // The replica has what these entries wait for: the acknowledgement itself is stuck. The API's
+    // waiting_for keeps to its two values; the operator is told which of the two stages it is.
+    const replayed = r.replay_lsn ? parseLsn(r.replay_lsn) : undefined;
+    const unacknowledged = report.entries.filter(
+      (e) =>
+        e.waiting_for === 'replica' &&
+        e.commit_lsn !== null &&
+        replayed !== undefined &&
+        lsnReached(e.commit_lsn, replayed),
+    );
     print(
       table(
         report.entries.map((e) => ({
@@ -87,13 +99,12 @@ export const pending = (flags: IncidentFlags) =>
           deliveries: e.deliveries,
           type: e.type,
           event_id: e.event_id,
-          waiting_for: e.waiting_for,
+          waiting_for: unacknowledged.includes(e) ? 'acknowledgement' : e.waiting_for,
           commit_lsn: e.commit_lsn,
         })),
       ),
     );
     print('');
-    const r = report.replica;
     print(
       r.replay_lsn
         ? `replica replayed up to ${r.replay_lsn}, ${
@@ -103,6 +114,11 @@ export const pending = (flags: IncidentFlags) =>
           }`
         : `replica position unknown: ${r.error ?? 'unreachable'}`,
     );
+    if (unacknowledged.length > 0) {
+      print(
+        `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,
+      );
+    }
   });
 
 const deadRow = (d: DeadLetter) => ({
