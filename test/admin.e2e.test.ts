@@ -882,6 +882,54 @@ void describe('dead retry while later events of the aggregate wait', () => {
     await h.stopService(projector);
   });
 
+  void it("applies files behind their unit's start retried after them, counting no attempt while they wait", async () => {
+    // One attempt each: a file read before its retried start would be dead-lettered at once.
+    const oneAttempt = { maxAttempts: 1 };
+    let projector = await h.startService('projector', oneAttempt);
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'retried', instrument: 'poison' })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'dead');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    await h.stopService(projector);
+
+    // Registered while the projector is away, so still in the stream when the start is retried.
+    const files = await Promise.all(
+      ['/r/1', '/r/2'].map(async (path) => {
+        const posted = await h.post('/raw_data_files', {
+          executed_obs_unit_id: unit.id,
+          files: [{ path, size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
+        });
+        assert.equal(posted.status, 201, posted.text);
+        return posted.body.event_ids[0] as string;
+      }),
+    );
+    const retry = await h.request(
+      'POST',
+      `/admin/dead-letters/${unit.event_id}/retry`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(retry.status, 200, retry.text);
+
+    projector = await h.startService('projector', oneAttempt);
+    for (const eventId of [unit.event_id, ...files]) {
+      assert.equal(await settledState(h, eventId), 'confirmed', eventId);
+    }
+    const rows = await h.mainRows<{ path: string }>(
+      'SELECT path FROM raw_data_files WHERE executed_obs_unit_id = $1 ORDER BY path',
+      [unit.id],
+    );
+    assert.deepEqual(
+      rows.map((r) => r.path),
+      ['/r/1', '/r/2'],
+    );
+    await h.stopService(projector);
+  });
+
   void it('refuses to put a letter back behind a later event still to be processed, then retries both in order', async () => {
     let projector = await h.startService('projector');
     const unit = (

@@ -66,6 +66,17 @@ export class FoldError extends Error {
   }
 }
 
+/** A file before its unit, a package before a file: what it derives from is not applied. */
+export class UpstreamNotAppliedError extends FoldError {
+  constructor(
+    type: string,
+    readonly upstreamId: string,
+    eventId: string,
+  ) {
+    super(`${type} for ${upstreamId}, which is not applied`, eventId);
+  }
+}
+
 /**
  * A new aggregate's state: the common fields, then the creating event's data, then `extra`, in one
  * object literal. Spreading a separately built object of the common fields first cost ≈ 5.5 µs an

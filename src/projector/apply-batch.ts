@@ -18,7 +18,7 @@ import {
 } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { type Envelope, EVENT_TYPES, linksOf, upstreamIdsOf } from '../domain/events.ts';
-import { type AggregateState, evolve, FoldError } from '../domain/fold.ts';
+import { type AggregateState, evolve, FoldError, UpstreamNotAppliedError } from '../domain/fold.ts';
 import { isUuid } from '../domain/ids.ts';
 import type { LogEntry } from '../log/codec.ts';
 
@@ -130,7 +130,7 @@ const planBatch = (
       if (missing !== undefined) {
         // A file before its unit's start, a package before a file: the start failed or was
         // discarded. Applied, it would stand without what it belongs to (DESIGN §1).
-        throw new FoldError(`${event.type} for ${missing}, which is not applied`, event.event_id);
+        throw new UpstreamNotAppliedError(event.type, missing, event.event_id);
       }
       state = evolve(states.get(id) ?? loaded.states.get(id), event);
       occurredAt = new Date(event.accepted_at).toISOString();

@@ -2,7 +2,8 @@ import type { Redis } from 'ioredis';
 import { parseLsn } from '../db/lsn.ts';
 import type { MainPosition } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
-import { upstreamIdsOf } from '../domain/events.ts';
+import { EVENT_TYPES, upstreamIdsOf } from '../domain/events.ts';
+import { UpstreamNotAppliedError } from '../domain/fold.ts';
 import type { LivePublisher } from '../live/live-message.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
 import {
@@ -11,6 +12,7 @@ import {
   failedEntryOf,
   failedEntryOfEvent,
 } from '../log/dead-letters.ts';
+import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -404,9 +406,16 @@ export class PartitionConsumer {
         'live feed publish failed',
       );
     }
+    const awaiting = await this.#awaitingTheirUpstream(failed);
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);
       const failedEntry = failedEntryOfEvent(entry.entryId, entry.event);
+      if (awaiting.has(entry.entryId)) {
+        // Its unit (or file) is created later in the stream, a start retried from the dead
+        // letters behind its files: it waits for it, without an attempt against it. Counted, a
+        // backlog in between would use up its attempts before the start came.
+        continue;
+      }
       if (upstreamIdsOf(entry.event).some((upstream) => blocked.has(upstream))) {
         // Its unit (or a file of its package) is not applied because it is dead: no attempt
         // can succeed before an operator retries that one, so it follows it at once.
@@ -420,7 +429,7 @@ export class PartitionConsumer {
         await this.#fail(failedEntry, error);
       }
     }
-    if (deferred.length > 0) {
+    if (deferred.length > 0 || awaiting.size > 0) {
       this.#scheduleReread();
     } else if (failed.length === 0 && this.#holding.size === 0 && !this.#rereadOwnPending) {
       // Past its own pending entries with nothing failed or held: nothing waits for a retry,
@@ -493,6 +502,34 @@ export class PartitionConsumer {
       'the main database lacks events it had applied (restored from an earlier backup, or failed over): applying them again',
     );
     return new Set(stale.map((e) => e.entryId));
+  }
+
+  /**
+   * Entries that failed for want of the aggregate they derive from, whose creation is still in
+   * the stream after them.
+   */
+  async #awaitingTheirUpstream(failed: BatchResult['failed']): Promise<ReadonlySet<string>> {
+    const wanting = failed.flatMap(({ entry, error }) =>
+      error instanceof UpstreamNotAppliedError ? [{ entry, upstreamId: error.upstreamId }] : [],
+    );
+    if (wanting.length === 0) {
+      return new Set();
+    }
+    const upstreamIds = [...new Set(wanting.map((w) => w.upstreamId))];
+    const inflight = await this.#deps.eventLog.readInflightMany(upstreamIds, this.#partition);
+    const creations = new Map(
+      upstreamIds.map((id, i) => [
+        id,
+        (inflight[i] ?? []).filter((e) => EVENT_TYPES[e.event.type]?.creates),
+      ]),
+    );
+    return new Set(
+      wanting
+        .filter(({ entry, upstreamId }) =>
+          creations.get(upstreamId)?.some((c) => compareEntryIds(c.entryId, entry.entryId) > 0),
+        )
+        .map(({ entry }) => entry.entryId),
+    );
   }
 
   /**
