@@ -324,6 +324,70 @@ void describe('integrity invariants', () => {
     }
   });
 
+  void describe('refreshes asked together', () => {
+    const refreshes = async () =>
+      (await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM integrity_refreshes'))[0]
+        ?.n ?? 0;
+    const waitingForTheLock = (n: number) =>
+      waitFor(
+        async () =>
+          (
+            await h.mainRows(
+              "SELECT 1 FROM pg_stat_activity WHERE query LIKE '%outpost_refresh_integrity%' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+            )
+          ).length >= n,
+        `${n} refreshes to wait for the lock`,
+      );
+
+    void it('answers requests that waited behind a refresh with one refresh, not one each', async () => {
+      const before = await refreshes();
+      const holder = new pg.Client({ connectionString: h.config.mainDatabaseUrl });
+      await holder.connect();
+      try {
+        await holder.query('SELECT pg_advisory_lock(7246002)');
+        const asked = [1, 2, 3].map(() =>
+          h.request('POST', '/admin/integrity/refresh', undefined, auth),
+        );
+        await waitingForTheLock(3);
+        await holder.query('SELECT pg_advisory_unlock(7246002)');
+        const answers = await Promise.all(asked);
+        assert.deepEqual(
+          answers.map((a) => a.status),
+          [200, 200, 200],
+        );
+        assert.equal(await refreshes(), before + 1, 'one refresh for the three');
+        assert.equal(new Set(answers.map((a) => a.body.refreshed_at)).size, 1);
+      } finally {
+        await holder.end();
+      }
+    });
+
+    void it('answers the post-deploy refresh with any refresh that began after the deploy', async () => {
+      const snapshots: string[] = [];
+      const scheduler = new IntegrityScheduler({
+        main: h.main,
+        mainUrl: h.config.mainDatabaseUrl,
+        schedule: '0 0 1 1 *',
+        postDeployDelayMs: 1_500,
+        projectorHealthy: () => true,
+        logger: silent,
+        onRefreshed: (snapshot) => snapshots.push(snapshot.refreshed_at),
+      });
+      await scheduler.start();
+      try {
+        // Another process of the same deploy refreshed first.
+        const manual = await h.request('POST', '/admin/integrity/refresh', undefined, auth);
+        assert.equal(manual.status, 200);
+        const before = await refreshes();
+        await waitFor(async () => snapshots.length > 0, 'the post-deploy refresh');
+        assert.deepEqual(snapshots, [manual.body.refreshed_at], 'the refresh after the deploy');
+        assert.equal(await refreshes(), before, 'the views were not refreshed again');
+      } finally {
+        await scheduler.stop();
+      }
+    });
+  });
+
   void describe('with a refresh that takes a while', () => {
     before(async () => {
       // Weight that makes the refresh slow: 300,000 events of one synthetic aggregate.

@@ -32,6 +32,7 @@ export class IntegrityScheduler {
   readonly #abort = new AbortController();
   #mode: IntegrityMode = 'unknown';
   #running: Promise<void>[] = [];
+  #deployedAt: Date | undefined;
 
   constructor(private readonly deps: IntegritySchedulerDeps) {}
 
@@ -41,6 +42,12 @@ export class IntegrityScheduler {
 
   async start(): Promise<void> {
     const { main, schedule, logger } = this.deps;
+    // On the main database's clock, which stamps the refreshes: any refresh that began after it,
+    // by whichever process, follows this deploy.
+    this.#deployedAt = await main
+      .query<{ now: Date }>('SELECT clock_timestamp() AS now')
+      .then(({ rows }) => rows[0]?.now)
+      .catch(() => undefined);
     try {
       const job = await cronJob(main);
       if (job) {
@@ -70,9 +77,12 @@ export class IntegrityScheduler {
     await Promise.all(this.#running);
   }
 
-  async #refresh(mode: string, wait: boolean) {
+  async #refresh(mode: string, wait: boolean, freshSince?: Date) {
     try {
-      const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait, this.#abort.signal);
+      const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait, {
+        signal: this.#abort.signal,
+        ...(freshSince ? { freshSince } : {}),
+      });
       if (snapshot) {
         this.deps.onRefreshed?.(snapshot);
         this.deps.logger.info(
@@ -105,7 +115,8 @@ export class IntegrityScheduler {
       await pause(1000, this.#abort.signal);
     }
     if (!this.#abort.signal.aborted) {
-      await this.#refresh('post_deploy', true);
+      // Every process of a deploy asks; one refresh answers them all.
+      await this.#refresh('post_deploy', true, this.#deployedAt);
     }
   }
 }

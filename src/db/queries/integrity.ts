@@ -23,7 +23,14 @@ export const refreshIntegrity = async (
   url: string,
   mode: string,
   wait: boolean,
-  signal?: AbortSignal,
+  {
+    signal,
+    freshSince,
+  }: {
+    signal?: AbortSignal;
+    /** Answer a refresh that began at or after this instant (the main database's clock) instead. */
+    freshSince?: Date;
+  } = {},
 ): Promise<Snapshot | undefined> => {
   const client = new pg.Client({
     ...withServerSettings(url, ['-c client_connection_check_interval=5000']),
@@ -37,8 +44,8 @@ export const refreshIntegrity = async (
   signal?.addEventListener('abort', abandon, { once: true });
   const refresh = async () => {
     const { rows } = await client.query<{ counts: Record<string, unknown> | null }>(
-      'SELECT outpost_refresh_integrity($1, $2) AS counts',
-      [mode, wait],
+      'SELECT outpost_refresh_integrity($1, $2, $3) AS counts',
+      [mode, wait, freshSince ?? null],
     );
     return rows[0]?.counts ? await latestSnapshot(client) : undefined;
   };
