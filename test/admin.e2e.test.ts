@@ -25,6 +25,10 @@ const deadLetteredPatch = async (h: Harness, unitId: string) => {
   return poison;
 };
 
+/** POST /admin/dead-letters/{id}/retry, as an operator would. */
+const retryLetter = (h: Harness, eventId: string) =>
+  h.request('POST', `/admin/dead-letters/${eventId}/retry`, undefined, auth(TOKEN));
+
 /** The state an event settles in: confirmed, or dead. */
 const settledState = async (h: Harness, eventId: string): Promise<string | undefined> => {
   let state: string | undefined;
@@ -882,6 +886,56 @@ void describe('dead retry while later events of the aggregate wait', () => {
     await h.stopService(projector);
   });
 
+  void it('puts letters back in the order the stream took them, whatever the clocks that stamped them said', async () => {
+    const projector = await h.startService('projector');
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'clocks', instrument: 'x' })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const patch = (data: { notes?: string; status: string }, acceptedAt: number): Envelope =>
+      ({
+        event_id: newIdInPartition(partition, h.config.partitions),
+        aggregate_id: unit.id,
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitUpdated',
+        version: 1,
+        site: 's',
+        accepted_at: acceptedAt,
+        data,
+      }) as Envelope;
+    // Appended in this order by two API hosts whose clocks disagree by a second. Only the first
+    // is refused, and the status tells in which order they were applied.
+    const first = patch({ notes: 'poison', status: 'paused' }, Date.now() + 1_000);
+    const second = patch({ status: 'running' }, Date.now());
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    for (const event of [first, second]) {
+      assert.equal((await eventLogOf(h).append({ partition, events: [event] })).kind, 'appended');
+    }
+    assert.equal(await settledState(h, first.event_id), 'dead');
+    assert.equal(await settledState(h, second.event_id), 'dead', 'behind the first');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+
+    const retry = await retryLetter(h, first.event_id);
+    assert.equal(retry.status, 200, retry.text);
+    for (const event of [first, second]) {
+      assert.equal(await settledState(h, event.event_id), 'confirmed');
+    }
+    const applied = await h.mainRows<{ event_id: string }>(
+      'SELECT event_id::text FROM events WHERE aggregate_id = $1 ORDER BY seq',
+      [unit.id],
+    );
+    assert.deepEqual(
+      applied.map((e) => e.event_id),
+      [unit.event_id, first.event_id, second.event_id],
+    );
+    const read = (await h.get(`/executed_obs_units/${unit.id}`)).body;
+    assert.deepEqual([read.notes, read.status], ['poison', 'running']);
+    await h.stopService(projector);
+  });
+
   void it("applies files behind their unit's start retried after them, counting no attempt while they wait", async () => {
     // One attempt each: a file read before its retried start would be dead-lettered at once.
     const oneAttempt = { maxAttempts: 1 };
@@ -907,12 +961,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
         return posted.body.event_ids[0] as string;
       }),
     );
-    const retry = await h.request(
-      'POST',
-      `/admin/dead-letters/${unit.event_id}/retry`,
-      undefined,
-      auth(TOKEN),
-    );
+    const retry = await retryLetter(h, unit.event_id);
     assert.equal(retry.status, 200, retry.text);
 
     projector = await h.startService('projector', oneAttempt);
@@ -942,12 +991,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
     assert.equal(later.status, 202, later.text);
 
     // Put back now, the poison patch would land after the later one and overwrite its notes.
-    const early = await h.request(
-      'POST',
-      `/admin/dead-letters/${poison.body.event_id}/retry`,
-      undefined,
-      auth(TOKEN),
-    );
+    const early = await retryLetter(h, poison.body.event_id);
     assert.equal(early.status, 409, early.text);
     assert.match(early.body.error.message, /1 later event\(s\) .* still waiting to be processed/);
     const cli = await runCli(h, ['dead', 'retry', poison.body.event_id]);
@@ -960,12 +1004,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
       async () => (await stateOf(later.body.event_id)) === 'dead',
       'the later patch to follow the block into the dead letters',
     );
-    const retry = await h.request(
-      'POST',
-      `/admin/dead-letters/${poison.body.event_id}/retry`,
-      undefined,
-      auth(TOKEN),
-    );
+    const retry = await retryLetter(h, poison.body.event_id);
     assert.equal(retry.status, 200, retry.text);
     await waitFor(
       async () => (await stateOf(later.body.event_id)) === 'confirmed',

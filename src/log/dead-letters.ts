@@ -9,7 +9,7 @@ import {
   type RawEntry,
   UndecodableEntryError,
 } from './codec.ts';
-import { isStreamEntryId, LAST_ENTRY_ID, minEntryId } from './entry-id.ts';
+import { compareEntryIds, isStreamEntryId, LAST_ENTRY_ID, minEntryId } from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 import { pipelineReplies } from './redis.ts';
@@ -330,15 +330,15 @@ export class DeadLetters {
           type: event.type,
           fields,
           originalEntryId: entryRecord(raw).original_entry_id ?? deadId,
-          acceptedAt: event.accepted_at,
         });
       }
     }
-    // A letter retried once and dead again is filed anew, after letters of events accepted later:
-    // the acceptance time, not the filing order, puts them back in order.
-    return letters
-      .sort((a, b) => a.acceptedAt - b.acceptedAt)
-      .map(({ acceptedAt: _, ...letter }) => letter);
+    // In the order the stream took them, which the write guard checked them in and the projector
+    // met them in; not by acceptance time, which the API host's clock stamps before its awaits
+    // (an idempotency claim, a status seed), and two hosts' clocks may disagree. A letter keeps
+    // its place through a retry: an aggregate's letters are always put back together and in
+    // order, never behind a later event of it still in the stream (that retry is refused).
+    return letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId));
   }
 
   /**
