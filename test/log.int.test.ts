@@ -905,6 +905,50 @@ void describe('the local log', () => {
       }
     });
 
+    void it('takes along a letter filed between its read of the letters and its retry', async () => {
+      const partition = 2;
+      const deadLetters = new DeadLetters(log);
+      const aggregateId = newIdInPartition(partition, 4);
+      const events = [1, 2].map(
+        (n): Envelope => ({
+          ...fileEvent(aggregateId, n),
+          event_id: newIdInPartition(partition, 4),
+        }),
+      );
+      const entryIds: string[] = [];
+      for (const event of events) {
+        const appended = await log.append({ partition, events: [event] });
+        entryIds.push(appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '');
+      }
+      await deliver(redis, log.keys(partition).stream);
+      const [first, second] = events as [Envelope, Envelope];
+      const history = [{ at: new Date().toISOString(), error: 'boom' }];
+      await deadLetters.add(partition, failedEntryOfEvent(entryIds[0] ?? '', first), history);
+      const dead = await deadLetters.get(first.event_id, partition);
+      assert.ok(dead);
+
+      // The projector files the second behind the first just after the retry read the letters.
+      const read = redis.xrange.bind(redis);
+      let filed = false;
+      redis.xrange = (async (...args: Parameters<typeof read>) => {
+        const reply = await read(...args);
+        if (!filed && args[0] === log.keys(partition).deadLetters) {
+          filed = true;
+          await deadLetters.add(partition, failedEntryOfEvent(entryIds[1] ?? '', second), history);
+        }
+        return reply;
+      }) as unknown as typeof redis.xrange;
+      try {
+        const retried = await deadLetters.retryAggregate(dead);
+        assert.equal(retried.size, 2, 'both letters put back');
+      } finally {
+        redis.xrange = read;
+      }
+      assert.ok(filed);
+      assert.equal(await deadLetters.get(second.event_id, partition), undefined);
+      assert.equal(await redis.sismember(log.keys(partition).blockedAggregates, aggregateId), 0);
+    });
+
     void it('announces dead in the dead-lettering, and accepted again in the retry', async () => {
       const partition = 3;
       const deadLetters = new DeadLetters(log);

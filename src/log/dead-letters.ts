@@ -247,68 +247,77 @@ export class DeadLetters {
       // Named by its entry: without an event id it could never be applied, nor deduplicated.
       throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
     }
-    const letters = await this.#lettersOf(dead.partition, dead.aggregate_id);
-    if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
-      return new Map();
-    }
-    const keys = this.eventLog.keys(dead.partition);
-    const live = this.eventLog.liveScriptArgs(dead.partition);
-    const allKeys = [
-      keys.stream,
-      keys.deadLetters,
-      keys.deadIndex,
-      keys.blockedAggregates,
-      keys.inflight(dead.aggregate_type, dead.aggregate_id),
-      keys.inflightBucketsInUse(dead.aggregate_type),
-      ...live.keys,
-      ...letters.map((l) => keys.eventIndex(l.event_id)),
-    ];
-    const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;
-    const ids = await this.#redis.outpostDeadRetry(
-      allKeys.length,
-      ...allKeys,
-      dead.aggregate_id,
-      dead.aggregate_type,
-      ...live.args,
-      oldest,
-      String(letters.length),
-      ...letters.flatMap((l) => [
-        l.dead_letter_id,
-        l.event_id,
-        l.type,
-        String(l.fields.length),
-        ...l.fields,
-      ]),
-    );
-    if (ids[0] === 'in_flight') {
-      throw new LaterEventsInFlightError(dead, Number(ids[1]));
-    }
-    const retried = new Map<string, string>();
-    letters.forEach((letter, i) => {
-      const id = ids[i];
-      if (typeof id === 'string') {
-        retried.set(letter.dead_letter_id, id);
+    return untilLettersSettle(async () => {
+      const { letters, newest } = await this.#lettersOf(dead.partition, dead.aggregate_id);
+      if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
+        return new Map<string, string>();
       }
+      const keys = this.eventLog.keys(dead.partition);
+      const live = this.eventLog.liveScriptArgs(dead.partition);
+      const allKeys = [
+        keys.stream,
+        keys.deadLetters,
+        keys.deadIndex,
+        keys.blockedAggregates,
+        keys.inflight(dead.aggregate_type, dead.aggregate_id),
+        keys.inflightBucketsInUse(dead.aggregate_type),
+        ...live.keys,
+        ...letters.map((l) => keys.eventIndex(l.event_id)),
+      ];
+      const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;
+      const ids = await this.#redis.outpostDeadRetry(
+        allKeys.length,
+        ...allKeys,
+        dead.aggregate_id,
+        dead.aggregate_type,
+        ...live.args,
+        oldest,
+        newest,
+        String(letters.length),
+        ...letters.flatMap((l) => [
+          l.dead_letter_id,
+          l.event_id,
+          l.type,
+          String(l.fields.length),
+          ...l.fields,
+        ]),
+      );
+      if (ids[0] === LETTERS_CHANGED) {
+        return LETTERS_CHANGED;
+      }
+      if (ids[0] === 'in_flight') {
+        throw new LaterEventsInFlightError(dead, Number(ids[1]));
+      }
+      const retried = new Map<string, string>();
+      letters.forEach((letter, i) => {
+        const id = ids[i];
+        if (typeof id === 'string') {
+          retried.set(letter.dead_letter_id, id);
+        }
+      });
+      return retried;
     });
-    return retried;
   }
 
   /**
-   * The decodable dead letters of one aggregate, oldest accepted first, with the event fields to
-   * append again. Dead letters are few, so the partition's are read whole.
+   * The decodable dead letters of one aggregate, in stream order, with the event fields to append
+   * again; and the partition's newest letter, which the scripts acting on them check is still the
+   * newest (a follower filed in between would be left behind). Dead letters are few, so the
+   * partition's are read whole.
    */
   async #lettersOf(
     partition: number,
     aggregateId: string,
-  ): Promise<
-    {
+  ): Promise<{
+    letters: {
       dead_letter_id: string;
       event_id: string;
       type: string;
       fields: string[];
       originalEntryId: string;
-    }[]
-  > {
+    }[];
+    newest: string;
+  }> {
     const entries = (await this.#redis.xrange(
       this.eventLog.keys(partition).deadLetters,
       '-',
@@ -338,7 +347,10 @@ export class DeadLetters {
     // (an idempotency claim, a status seed), and two hosts' clocks may disagree. A letter keeps
     // its place through a retry: an aggregate's letters are always put back together and in
     // order, never behind a later event of it still in the stream (that retry is refused).
-    return letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId));
+    return {
+      letters: letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId)),
+      newest: entries.at(-1)?.[0] ?? NO_LETTER,
+    };
   }
 
   /**
@@ -348,14 +360,15 @@ export class DeadLetters {
    * chose to go on without the discarded one); kept blocked, they would follow it into the dead
    * letters, behind an event no list shows any more.
    */
-  async #unblockedByDiscarding(dead: DeadLetter): Promise<string> {
+  async #unblockedByDiscarding(
+    dead: DeadLetter,
+  ): Promise<{ unblocked: string; newest: string | undefined }> {
     if (dead.aggregate_id === '') {
-      return undecodableId(dead.original_entry_id);
+      return { unblocked: undecodableId(dead.original_entry_id), newest: undefined };
     }
-    const others = (await this.#lettersOf(dead.partition, dead.aggregate_id)).filter(
-      (letter) => letter.dead_letter_id !== dead.dead_letter_id,
-    );
-    return others.length === 0 ? dead.aggregate_id : '';
+    const { letters, newest } = await this.#lettersOf(dead.partition, dead.aggregate_id);
+    const others = letters.filter((letter) => letter.dead_letter_id !== dead.dead_letter_id);
+    return { unblocked: others.length === 0 ? dead.aggregate_id : '', newest };
   }
 
   async discard(dead: DeadLetter, reason: string, by: string): Promise<string | undefined> {
@@ -378,28 +391,56 @@ export class DeadLetters {
       'discarded_at',
       new Date().toISOString(),
     ];
-    const unblocked = await this.#unblockedByDiscarding(dead);
-    // The unit's status for the write guard is dropped with its last letter only: while another
-    // of its events (a finish) is still dead, the status it set still stands.
-    const statusKeys =
-      dead.aggregate_type === 'executed_obs_unit' && unblocked === dead.aggregate_id
-        ? [keys.unitState(dead.aggregate_id)]
-        : [];
-    const id = await this.#redis.outpostDeadDiscard(
-      4 + statusKeys.length,
-      keys.deadLetters,
-      keys.deadIndex,
-      keys.discarded,
-      keys.blockedAggregates,
-      ...statusKeys,
-      dead.dead_letter_id,
-      dead.id,
-      unblocked,
-      ...audit,
-    );
-    return id ?? undefined;
+    return untilLettersSettle(async () => {
+      const { unblocked, newest } = await this.#unblockedByDiscarding(dead);
+      // The unit's status for the write guard is dropped with its last letter only: while another
+      // of its events (a finish) is still dead, the status it set still stands.
+      const statusKeys =
+        dead.aggregate_type === 'executed_obs_unit' && unblocked === dead.aggregate_id
+          ? [keys.unitState(dead.aggregate_id)]
+          : [];
+      const id = await this.#redis.outpostDeadDiscard(
+        4 + statusKeys.length,
+        keys.deadLetters,
+        keys.deadIndex,
+        keys.discarded,
+        keys.blockedAggregates,
+        ...statusKeys,
+        dead.dead_letter_id,
+        dead.id,
+        unblocked,
+        unblocked === '' ? '' : (newest ?? ''),
+        ...audit,
+      );
+      return id === LETTERS_CHANGED ? LETTERS_CHANGED : (id ?? undefined);
+    });
   }
 }
+
+/** The newest letter of a partition without any. */
+const NO_LETTER = '0-0';
+/** A script's answer when the partition's newest letter is no longer the one its caller read. */
+const LETTERS_CHANGED = 'letters_changed';
+const LETTER_READS = 5;
+
+/**
+ * Runs `attempt` (read an aggregate's letters, then act on them in a script) again while the
+ * script finds a letter filed since the read: a later event of the aggregate following it into
+ * the dead letters in between would otherwise be left behind, dead, with the block lifted.
+ */
+const untilLettersSettle = async <T>(attempt: () => Promise<T | typeof LETTERS_CHANGED>) => {
+  for (let read = 1; ; read += 1) {
+    const outcome = await attempt();
+    if (outcome !== LETTERS_CHANGED) {
+      return outcome;
+    }
+    if (read === LETTER_READS) {
+      throw new Error(
+        `the dead letters kept changing during ${LETTER_READS} reads (the projector is filing letters now); try again`,
+      );
+    }
+  }
+};
 
 const CURSOR = /^(\d+):(\d+-\d+)$/;
 

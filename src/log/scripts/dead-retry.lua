@@ -9,12 +9,20 @@
 -- KEYS[7] live stream  KEYS[8] live listeners  KEYS[8 + i] letter i's event index bucket
 -- ARGV[1] aggregate id  ARGV[2] aggregate type  ARGV[3] live stream max length
 -- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] the letters' oldest original entry id
--- ARGV[7] number of letters
+-- ARGV[7] the partition's newest letter when the letters were read ('0-0': none)
+-- ARGV[8] number of letters
 -- then per letter: dead-letter id, event id, event type, number of fields, the event's fields
 -- Answers the new entry id of each letter, in order, or false for one no longer there; or
 -- {'in_flight', n} and changes nothing while n later events of the aggregate are still in the
 -- stream unprocessed: put back after them, the letters would apply after events accepted later.
 -- (Processed, those follow the block into the dead letters, and a retry then takes them along.)
+-- Or {'letters_changed'}, changing nothing, when a letter was filed (or taken) since the read:
+-- one of this aggregate, left behind, would stay dead with the block lifted.
+
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if (newest and newest[1] or '0-0') ~= ARGV[7] then
+  return {'letters_changed'}
+end
 
 local function entry_after(a, b)
   local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
@@ -37,8 +45,8 @@ if later > 0 then
 end
 
 local letters = {}
-local at = 8
-for i = 1, tonumber(ARGV[7]) do
+local at = 9
+for i = 1, tonumber(ARGV[8]) do
   local count = tonumber(ARGV[at + 3])
   letters[i] = { dead_id = ARGV[at], event_id = ARGV[at + 1], type = ARGV[at + 2],
     first = at + 4, last = at + 3 + count }
