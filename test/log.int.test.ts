@@ -14,6 +14,7 @@ import {
   liveListenersKey,
   liveStreamKey,
 } from '../src/log/keys.ts';
+import { readEvent } from '../src/read/events.ts';
 import { Harness } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
@@ -947,6 +948,47 @@ void describe('the local log', () => {
       assert.ok(filed);
       assert.equal(await deadLetters.get(second.event_id, partition), undefined);
       assert.equal(await redis.sismember(log.keys(partition).blockedAggregates, aggregateId), 0);
+    });
+
+    void it('GET /events/{id} finds an event retried between its look in the log and in the dead letters', async () => {
+      const partition = 1;
+      const deadLetters = new DeadLetters(log);
+      const event: Envelope = {
+        ...fileEvent(newIdInPartition(partition, 4), 1),
+        event_id: newIdInPartition(partition, 4),
+      };
+      const appended = await log.append({ partition, events: [event] });
+      const entryId = appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '';
+      await deliver(redis, log.keys(partition).stream);
+      await deadLetters.add(partition, failedEntryOfEvent(entryId, event), [
+        { at: new Date().toISOString(), error: 'boom' },
+      ]);
+      const dead = await deadLetters.get(event.event_id, partition);
+      assert.ok(dead);
+
+      // An operator retries it the moment the read has found it missing from the log.
+      const hget = redis.hget.bind(redis);
+      let retried: string | undefined;
+      redis.hget = (async (...args: Parameters<typeof hget>) => {
+        const reply = await hget(...args);
+        if (!retried && args[0] === log.keys(partition).legacyEventIndex) {
+          retried = 'retrying';
+          retried = await deadLetters.retry(dead);
+        }
+        return reply;
+      }) as unknown as typeof redis.hget;
+      let view: Awaited<ReturnType<typeof readEvent>>;
+      try {
+        view = await readEvent(
+          { replica: h.replica, eventLog: log, partitions: 4, deadLetters },
+          event.event_id,
+        );
+      } finally {
+        redis.hget = hget;
+      }
+      assert.ok(retried && retried !== 'retrying', 'retried during the read');
+      assert.equal(view?.state, 'pending');
+      assert.equal(view?.entry_id, retried);
     });
 
     void it('announces dead in the dead-lettering, and accepted again in the retry', async () => {

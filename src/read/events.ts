@@ -70,7 +70,11 @@ const fromStored = (stored: StoredEvent): EventView => ({
  * waiting for the replica), confirmed (acknowledged: on the replica). Redis first, then the
  * replica, so an acknowledgement in between cannot hide the event.
  */
-export const readEvent = async (deps: Deps, eventId: string): Promise<EventView | undefined> => {
+export const readEvent = async (
+  deps: Deps,
+  eventId: string,
+  lookedAgain = false,
+): Promise<EventView | undefined> => {
   const partition = partitionOf(eventId, deps.partitions);
   const entryId = await deps.eventLog.entryIdOfEvent(eventId, partition);
   if (entryId) {
@@ -92,6 +96,11 @@ export const readEvent = async (deps: Deps, eventId: string): Promise<EventView 
     return fromStored(stored);
   }
   const dead = await deps.deadLetters?.get(eventId, partition);
+  if (!dead && !lookedAgain && deps.deadLetters) {
+    // A retry moves a dead event back into the log in one step, but between this read of the log
+    // and that of the dead letters: missed by both, it is looked for once more, not answered 404.
+    return readEvent(deps, eventId, true);
+  }
   return (
     dead && {
       event_id: dead.event_id,
