@@ -96,7 +96,6 @@ export class Acker {
   readonly #firstAhead = new Map<number, { entryId: string; lsn: Lsn }>();
   #lastError: string | undefined;
   #acked = 0;
-  #forgotten = 0;
   #passes = 0;
   /** Whether the last pass left entries the replica had not reached. */
   #behind = false;
@@ -120,11 +119,6 @@ export class Acker {
 
   get acked(): number {
     return this.#acked;
-  }
-
-  /** Applied records handed back to the projector because the replica lacks their events. */
-  get forgotten(): number {
-    return this.#forgotten;
   }
 
   /** Completed passes that found entries waiting: lets tests wait for the gate to have acted. */
@@ -320,7 +314,6 @@ export class Acker {
     const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
     const forgotten = await this.#deps.eventLog.forgetApplied(partition, lost);
-    this.#forgotten += forgotten;
     this.#deps.metrics.eventsReapplied.inc({ found_by: 'acker' }, forgotten);
     this.#deps.logger.error(
       {
