@@ -5,7 +5,13 @@ import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { decodeLive, type LiveMessage } from '../src/live/live-message.ts';
 import { encodeFieldPerProperty } from '../src/log/codec.ts';
-import { DeadLetters, failedEntryOf, failedEntryOfEvent } from '../src/log/dead-letters.ts';
+import {
+  type DeadLetter,
+  DeadLetters,
+  failedEntryOf,
+  failedEntryOfEvent,
+  LettersStillArrivingError,
+} from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { type AppendRequest, type AppliedRecord, EventLog } from '../src/log/event-log.ts';
 import {
@@ -906,50 +912,6 @@ void describe('the local log', () => {
       }
     });
 
-    void it('takes along a letter filed between its read of the letters and its retry', async () => {
-      const partition = 2;
-      const deadLetters = new DeadLetters(log);
-      const aggregateId = newIdInPartition(partition, 4);
-      const events = [1, 2].map(
-        (n): Envelope => ({
-          ...fileEvent(aggregateId, n),
-          event_id: newIdInPartition(partition, 4),
-        }),
-      );
-      const entryIds: string[] = [];
-      for (const event of events) {
-        const appended = await log.append({ partition, events: [event] });
-        entryIds.push(appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '');
-      }
-      await deliver(redis, log.keys(partition).stream);
-      const [first, second] = events as [Envelope, Envelope];
-      const history = [{ at: new Date().toISOString(), error: 'boom' }];
-      await deadLetters.add(partition, failedEntryOfEvent(entryIds[0] ?? '', first), history);
-      const dead = await deadLetters.get(first.event_id, partition);
-      assert.ok(dead);
-
-      // The projector files the second behind the first just after the retry read the letters.
-      const read = redis.xrange.bind(redis);
-      let filed = false;
-      redis.xrange = (async (...args: Parameters<typeof read>) => {
-        const reply = await read(...args);
-        if (!filed && args[0] === log.keys(partition).deadLetters) {
-          filed = true;
-          await deadLetters.add(partition, failedEntryOfEvent(entryIds[1] ?? '', second), history);
-        }
-        return reply;
-      }) as unknown as typeof redis.xrange;
-      try {
-        const retried = await deadLetters.retryAggregate(dead);
-        assert.equal(retried.size, 2, 'both letters put back');
-      } finally {
-        redis.xrange = read;
-      }
-      assert.ok(filed);
-      assert.equal(await deadLetters.get(second.event_id, partition), undefined);
-      assert.equal(await redis.sismember(log.keys(partition).blockedAggregates, aggregateId), 0);
-    });
-
     void it('GET /events/{id} finds an event retried between its look in the log and in the dead letters', async () => {
       const partition = 1;
       const deadLetters = new DeadLetters(log);
@@ -1026,6 +988,191 @@ void describe('the local log', () => {
       } finally {
         await redis.del(liveListenersKey(h.config.namespace));
       }
+    });
+  });
+  void describe('retrying and discarding dead letters', () => {
+    const history = [{ at: new Date().toISOString(), error: 'boom' }];
+
+    /** Appends `count` events of a new file in `partition` and delivers them, unprocessed. */
+    const fileInStream = async (partition: number, count: number) => {
+      const aggregateId = newIdInPartition(partition, 4);
+      const events = Array.from(
+        { length: count },
+        (_, n): Envelope => ({
+          ...fileEvent(aggregateId, n),
+          event_id: newIdInPartition(partition, 4),
+        }),
+      );
+      const entryIds: string[] = [];
+      for (const event of events) {
+        const appended = await log.append({ partition, events: [event] });
+        assert.equal(appended.kind, 'appended');
+        entryIds.push(appended.kind === 'appended' ? (appended.entryIds[0] as string) : '');
+      }
+      await deliver(redis, log.keys(partition).stream);
+      return { aggregateId, events, entryIds };
+    };
+
+    /** Files the `n`th event of `file` among the dead letters, as the projector would. */
+    const fileLetter = async (
+      deadLetters: DeadLetters,
+      partition: number,
+      file: Awaited<ReturnType<typeof fileInStream>>,
+      n: number,
+    ) => {
+      await deadLetters.add(
+        partition,
+        failedEntryOfEvent(file.entryIds[n] as string, file.events[n] as Envelope),
+        history,
+      );
+      const dead = await deadLetters.get((file.events[n] as Envelope).event_id, partition);
+      assert.ok(dead);
+      return dead;
+    };
+
+    /**
+     * Retries `dead`'s aggregate while the projector files `file`'s events `from` up to `until`
+     * among the dead letters, one just after each read of them (not after its own reads).
+     */
+    const retryWhileFiling = async (
+      deadLetters: DeadLetters,
+      dead: DeadLetter,
+      file: Awaited<ReturnType<typeof fileInStream>>,
+      from: number,
+      until: number,
+    ) => {
+      const read = redis.xrange.bind(redis);
+      let next = from;
+      let filing = false;
+      redis.xrange = (async (...args: Parameters<typeof read>) => {
+        const reply = await read(...args);
+        if (!filing && next < until && args[0] === log.keys(dead.partition).deadLetters) {
+          filing = true;
+          try {
+            await fileLetter(deadLetters, dead.partition, file, next);
+            next += 1;
+          } finally {
+            filing = false;
+          }
+        }
+        return reply;
+      }) as unknown as typeof redis.xrange;
+      try {
+        const [outcome] = await Promise.allSettled([deadLetters.retryAggregate(dead)]);
+        return {
+          outcome: outcome as PromiseSettledResult<Map<string, string>>,
+          filed: next - from,
+        };
+      } finally {
+        redis.xrange = read;
+      }
+    };
+
+    const isBlocked = async (partition: number, aggregateId: string) =>
+      (await redis.sismember(log.keys(partition).blockedAggregates, aggregateId)) === 1;
+
+    void it('takes along a letter filed between its read of the letters and its retry', async () => {
+      const partition = 2;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 2);
+      const dead = await fileLetter(deadLetters, partition, file, 0);
+
+      // The projector files the second behind the first just after the retry read the letters.
+      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, file, 1, 2);
+      assert.equal(filed, 1);
+      assert.equal(outcome.status, 'fulfilled');
+      assert.equal(
+        outcome.status === 'fulfilled' && outcome.value.size,
+        2,
+        'both letters put back',
+      );
+      assert.equal(
+        await deadLetters.get((file.events[1] as Envelope).event_id, partition),
+        undefined,
+      );
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    void it('retries at once while letters of other aggregates are filed between its reads and its script', async () => {
+      const partition = 3;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 1);
+      const dead = await fileLetter(deadLetters, partition, file, 0);
+      // Another dead file's backlog follows it into the dead letters, one letter after each read.
+      const other = await fileInStream(partition, 8);
+      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, other, 0, 8);
+      assert.ok(filed >= 1, 'a letter of the other file was filed during the retry');
+      assert.equal(
+        outcome.status,
+        'fulfilled',
+        String(outcome.status === 'rejected' && outcome.reason),
+      );
+      assert.deepEqual(outcome.status === 'fulfilled' && [...outcome.value.keys()], [
+        dead.dead_letter_id,
+      ]);
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      assert.equal(await isBlocked(partition, other.aggregateId), true);
+    });
+
+    void it("refuses for now, changing nothing, while the aggregate's own letters keep being filed", async () => {
+      const partition = 0;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 8);
+      const dead = await fileLetter(deadLetters, partition, file, 0);
+      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, file, 1, 8);
+      assert.equal(outcome.status, 'rejected');
+      const err: unknown = outcome.status === 'rejected' && outcome.reason;
+      assert.ok(err instanceof LettersStillArrivingError, String(err));
+      assert.match(err.message, /kept dead-lettering later events/);
+      assert.equal(await isBlocked(partition, file.aggregateId), true);
+      for (const event of file.events.slice(0, 1 + filed)) {
+        assert.ok(
+          await deadLetters.get(event.event_id, partition),
+          'every filed letter still dead',
+        );
+      }
+      assert.ok(1 + filed < file.events.length, 'the refusal came before the backlog ran out');
+      // Once the backlog is all filed, the retry takes every letter back.
+      for (let n = 1 + filed; n < file.events.length; n += 1) {
+        await fileLetter(deadLetters, partition, file, n);
+      }
+      const retried = await deadLetters.retryAggregate(dead);
+      assert.equal(retried.size, file.events.length);
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    const fileWithTwoLetters = async (partition: number) => {
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 2);
+      const first = await fileLetter(deadLetters, partition, file, 0);
+      const second = await fileLetter(deadLetters, partition, file, 1);
+      return { deadLetters, file, first, second };
+    };
+
+    void it("lifts the block when two discards take an aggregate's last two letters at once", async () => {
+      const partition = 1;
+      const { deadLetters, file, first, second } = await fileWithTwoLetters(partition);
+
+      const audits = await Promise.all([
+        deadLetters.discard(first, 'bad header', 'operator-a'),
+        deadLetters.discard(second, 'bad header', 'operator-b'),
+      ]);
+      assert.ok(audits.every((id) => typeof id === 'string'));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    void it('keeps the block while another letter of the aggregate is left, then lifts it', async () => {
+      const partition = 1;
+      const { deadLetters, file, first, second } = await fileWithTwoLetters(partition);
+      // Another aggregate's letter, filed after both, names another aggregate: it keeps nothing.
+      const other = await fileInStream(partition, 1);
+      await fileLetter(deadLetters, partition, other, 0);
+
+      assert.ok(await deadLetters.discard(second, 'duplicate', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), true, 'the first is still dead');
+      assert.ok(await deadLetters.discard(first, 'duplicate', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      assert.equal(await isBlocked(partition, other.aggregateId), true);
     });
   });
 });

@@ -5,7 +5,7 @@ import {
   type DeadLetter,
   deadLetterIdIn,
   isDeadLetterCursor,
-  LaterEventsInFlightError,
+  RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { inspectPending } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
@@ -218,16 +218,13 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           ).then(
             (entryId) => ({ entryId, why: entryId === undefined ? 'gone' : '' }),
             (err: unknown) => {
-              if (err instanceof LaterEventsInFlightError) {
+              if (err instanceof RetryNotYetError) {
                 if (!flags.all) {
                   throw new CliError(
                     `dead letter ${letter.id} cannot be retried yet: ${err.message}`,
                   );
                 }
-                return {
-                  entryId: undefined,
-                  why: `${err.count} later event(s) of its aggregate still to be processed: retry once they are dead-lettered too`,
-                };
+                return { entryId: undefined, why: err.whyNot };
               }
               if (!(err instanceof UndecodableEntryError)) {
                 throw err;

@@ -32,19 +32,49 @@ export type DeadLetter = {
 };
 
 /**
- * A retry refused because later events of the letter's aggregate are still in the stream,
- * unprocessed: put back after them, the letters would apply after events accepted later. Once
- * processed, those follow the aggregate's block into the dead letters, and a retry takes them too.
+ * A retry refused for now, changing nothing: done now, it would put the aggregate's events back out
+ * of order. Asked again later, it goes through; `whyNot` says why, in a line of the `retry --all`
+ * table.
  */
-export class LaterEventsInFlightError extends Error {
+export class RetryNotYetError extends Error {
   constructor(
     readonly dead: DeadLetter,
-    readonly count: number,
+    message: string,
+    readonly whyNot: string,
   ) {
+    super(message);
+    this.name = 'RetryNotYetError';
+  }
+}
+
+/**
+ * Later events of the letter's aggregate are still in the stream, unprocessed: put back after
+ * them, the letters would apply after events accepted later. Once processed, those follow the
+ * aggregate's block into the dead letters, and a retry takes them too.
+ */
+export class LaterEventsInFlightError extends RetryNotYetError {
+  constructor(dead: DeadLetter, count: number) {
     super(
+      dead,
       `${count} later event(s) of ${dead.aggregate_type} ${dead.aggregate_id} are still waiting to be processed; retried now, this letter would apply after them. Once the projector reaches them they join the dead letters, and a retry then puts them all back in order (outpost pending shows them)`,
+      `${count} later event(s) of its aggregate still to be processed: retry once they are dead-lettered too`,
     );
     this.name = 'LaterEventsInFlightError';
+  }
+}
+
+/**
+ * Each read of the aggregate's letters was followed, before the retry could act on it, by another
+ * of its events filed among them: the projector is dead-lettering the aggregate's backlog now.
+ */
+export class LettersStillArrivingError extends RetryNotYetError {
+  constructor(dead: DeadLetter, reads: number) {
+    super(
+      dead,
+      `the projector kept dead-lettering later events of ${dead.aggregate_type} ${dead.aggregate_id} during ${reads} reads of its letters; retry once they are all filed (outpost pending shows those still to come)`,
+      'later events of its aggregate are being dead-lettered now: retry once they are all filed',
+    );
+    this.name = 'LettersStillArrivingError';
   }
 }
 
@@ -88,8 +118,10 @@ export class DeadLetters {
   constructor(readonly eventLog: EventLog) {
     const redis = eventLog.redis;
     redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight', 'live') });
-    redis.defineCommand('outpostDeadRetry', { lua: script('dead-retry', 'inflight', 'live') });
-    redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard') });
+    redis.defineCommand('outpostDeadRetry', {
+      lua: script('dead-retry', 'inflight', 'letters', 'live'),
+    });
+    redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard', 'letters') });
     this.#redis = redis as Redis & Commands;
   }
 
@@ -247,7 +279,7 @@ export class DeadLetters {
       // Named by its entry: without an event id it could never be applied, nor deduplicated.
       throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
     }
-    return untilLettersSettle(async () => {
+    return untilLettersSettle(dead, async () => {
       const { letters, newest } = await this.#lettersOf(dead.partition, dead.aggregate_id);
       if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
         return new Map<string, string>();
@@ -353,24 +385,6 @@ export class DeadLetters {
     };
   }
 
-  /**
-   * The aggregate a discard lifts the block on, or ''. An entry without an aggregate id blocked a
-   * stand-in named after it, which nothing else will lift. A real aggregate is unblocked once
-   * none of its events is left in the dead letters: its next events then apply (the operator
-   * chose to go on without the discarded one); kept blocked, they would follow it into the dead
-   * letters, behind an event no list shows any more.
-   */
-  async #unblockedByDiscarding(
-    dead: DeadLetter,
-  ): Promise<{ unblocked: string; newest: string | undefined }> {
-    if (dead.aggregate_id === '') {
-      return { unblocked: undecodableId(dead.original_entry_id), newest: undefined };
-    }
-    const { letters, newest } = await this.#lettersOf(dead.partition, dead.aggregate_id);
-    const others = letters.filter((letter) => letter.dead_letter_id !== dead.dead_letter_id);
-    return { unblocked: others.length === 0 ? dead.aggregate_id : '', newest };
-  }
-
   async discard(dead: DeadLetter, reason: string, by: string): Promise<string | undefined> {
     const keys = this.eventLog.keys(dead.partition);
     const audit = [
@@ -391,53 +405,50 @@ export class DeadLetters {
       'discarded_at',
       new Date().toISOString(),
     ];
-    return untilLettersSettle(async () => {
-      const { unblocked, newest } = await this.#unblockedByDiscarding(dead);
-      // The unit's status for the write guard is dropped with its last letter only: while another
-      // of its events (a finish) is still dead, the status it set still stands.
-      const statusKeys =
-        dead.aggregate_type === 'executed_obs_unit' && unblocked === dead.aggregate_id
-          ? [keys.unitState(dead.aggregate_id)]
-          : [];
-      const id = await this.#redis.outpostDeadDiscard(
-        4 + statusKeys.length,
-        keys.deadLetters,
-        keys.deadIndex,
-        keys.discarded,
-        keys.blockedAggregates,
-        ...statusKeys,
-        dead.dead_letter_id,
-        dead.id,
-        unblocked,
-        unblocked === '' ? '' : (newest ?? ''),
-        ...audit,
-      );
-      return id === LETTERS_CHANGED ? LETTERS_CHANGED : (id ?? undefined);
-    });
+    // An entry without an aggregate id blocked a stand-in named after it, which nothing else lifts.
+    const blocks =
+      dead.aggregate_id === '' ? undecodableId(dead.original_entry_id) : dead.aggregate_id;
+    const statusKeys =
+      dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : [];
+    const id = await this.#redis.outpostDeadDiscard(
+      4 + statusKeys.length,
+      keys.deadLetters,
+      keys.deadIndex,
+      keys.discarded,
+      keys.blockedAggregates,
+      ...statusKeys,
+      dead.dead_letter_id,
+      dead.id,
+      blocks,
+      dead.aggregate_id === '' ? 'always' : 'last',
+      ...audit,
+    );
+    return id ?? undefined;
   }
 }
 
 /** The newest letter of a partition without any. */
 const NO_LETTER = '0-0';
-/** A script's answer when the partition's newest letter is no longer the one its caller read. */
+/** The retry script's answer when a letter of the aggregate was filed since its caller's read. */
 const LETTERS_CHANGED = 'letters_changed';
 const LETTER_READS = 5;
 
 /**
  * Runs `attempt` (read an aggregate's letters, then act on them in a script) again while the
- * script finds a letter filed since the read: a later event of the aggregate following it into
- * the dead letters in between would otherwise be left behind, dead, with the block lifted.
+ * script finds a letter of the aggregate filed since the read: left behind, it would stay dead
+ * with the block lifted.
  */
-const untilLettersSettle = async <T>(attempt: () => Promise<T | typeof LETTERS_CHANGED>) => {
+const untilLettersSettle = async <T>(
+  dead: DeadLetter,
+  attempt: () => Promise<T | typeof LETTERS_CHANGED>,
+) => {
   for (let read = 1; ; read += 1) {
     const outcome = await attempt();
     if (outcome !== LETTERS_CHANGED) {
       return outcome;
     }
     if (read === LETTER_READS) {
-      throw new Error(
-        `the dead letters kept changing during ${LETTER_READS} reads (the projector is filing letters now); try again`,
-      );
+      throw new LettersStillArrivingError(dead, LETTER_READS);
     }
   }
 };

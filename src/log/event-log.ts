@@ -25,8 +25,10 @@ const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
 
 /** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
-export const script = (name: string, ...libraries: ('applied' | 'inflight' | 'live')[]) =>
-  [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
+export const script = (
+  name: string,
+  ...libraries: ('applied' | 'inflight' | 'letters' | 'live')[]
+) => [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
 
 /**
  * A unit's status is kept in Redis for this long after its last event; past it, the append path

@@ -3,11 +3,7 @@ import { z } from 'zod';
 import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
 import { UndecodableEntryError } from '../../log/codec.ts';
-import {
-  deadLetterIdIn,
-  isDeadLetterCursor,
-  LaterEventsInFlightError,
-} from '../../log/dead-letters.ts';
+import { deadLetterIdIn, isDeadLetterCursor, RetryNotYetError } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -132,7 +128,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
             `dead letter ${dead.id} cannot be retried: ${err.message}; discard it with a reason`,
           );
         }
-        if (err instanceof LaterEventsInFlightError) {
+        if (err instanceof RetryNotYetError) {
           throw new ApiError(
             'conflict',
             `dead letter ${dead.id} cannot be retried yet: ${err.message}`,

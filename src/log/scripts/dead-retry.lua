@@ -16,11 +16,12 @@
 -- {'in_flight', n} and changes nothing while n later events of the aggregate are still in the
 -- stream unprocessed: put back after them, the letters would apply after events accepted later.
 -- (Processed, those follow the block into the dead letters, and a retry then takes them along.)
--- Or {'letters_changed'}, changing nothing, when a letter was filed (or taken) since the read:
--- one of this aggregate, left behind, would stay dead with the block lifted.
+-- Or {'letters_changed'}, changing nothing, when a letter of this aggregate was filed since the
+-- read: left behind, it would stay dead with the block lifted. (Letters of other aggregates filed
+-- meanwhile do not matter: while a unit's files keep following it into the dead letters, a
+-- partition-wide check could refuse every retry of another aggregate.)
 
-local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-if (newest and newest[1] or '0-0') ~= ARGV[7] then
+if has_letter_of(KEYS[2], ARGV[1], ARGV[7]) then
   return {'letters_changed'}
 end
 
