@@ -8,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
+import { refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { stackStatus, stackUp } from '../src/stack/stack.ts';
 import { testStack } from './harness/harness.ts';
@@ -57,6 +58,39 @@ void describe('outpost migrate', () => {
         (await client.query('SELECT hash FROM drizzle.__drizzle_migrations')).rows.length,
         applied,
       );
+    } finally {
+      await client.end();
+    }
+  });
+
+  void it('lets the new build refresh the integrity views of a database not yet migrated past 0005', async () => {
+    const url = withDatabase(stack.mainUrl, database);
+    await runMigrations(url);
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      // The function as 0005 left it: 0006 undone, and unrecorded so that migrating redoes it.
+      await client.query(
+        'DROP FUNCTION outpost_refresh_integrity(text, boolean, timestamptz); ALTER FUNCTION outpost_refresh_integrity_views(text, boolean) RENAME TO outpost_refresh_integrity',
+      );
+      await client.query(
+        'DELETE FROM drizzle.__drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM drizzle.__drizzle_migrations)',
+      );
+      const refreshes = async () =>
+        (await client.query<{ n: number }>('SELECT count(*)::int AS n FROM integrity_refreshes'))
+          .rows[0]?.n;
+      const before = await refreshes();
+      const manual = await refreshIntegrity(url, 'manual', true);
+      assert.equal(manual?.mode, 'manual');
+      const scheduled = await refreshIntegrity(url, 'scheduler', false);
+      assert.equal(scheduled?.mode, 'scheduler');
+      assert.equal(await refreshes(), (before ?? 0) + 2);
+
+      await runMigrations(url);
+      const { rows } = await client.query<{ args: string }>(
+        "SELECT pg_get_function_identity_arguments('outpost_refresh_integrity'::regproc) AS args",
+      );
+      assert.match(rows[0]?.args ?? '', /p_fresh_since timestamp with time zone/);
     } finally {
       await client.end();
     }

@@ -32,7 +32,6 @@ export class IntegrityScheduler {
   readonly #abort = new AbortController();
   #mode: IntegrityMode = 'unknown';
   #running: Promise<void>[] = [];
-  #deployedAt: Date | undefined;
 
   constructor(private readonly deps: IntegritySchedulerDeps) {}
 
@@ -42,12 +41,6 @@ export class IntegrityScheduler {
 
   async start(): Promise<void> {
     const { main, schedule, logger } = this.deps;
-    // On the main database's clock, which stamps the refreshes: any refresh that began after it,
-    // by whichever process, follows this deploy.
-    this.#deployedAt = await main
-      .query<{ now: Date }>('SELECT clock_timestamp() AS now')
-      .then(({ rows }) => rows[0]?.now)
-      .catch(() => undefined);
     try {
       const job = await cronJob(main);
       if (job) {
@@ -77,11 +70,10 @@ export class IntegrityScheduler {
     await Promise.all(this.#running);
   }
 
-  async #refresh(mode: string, wait: boolean, freshSince?: Date) {
+  async #refresh(mode: string, wait: boolean) {
     try {
       const snapshot = await refreshIntegrity(this.deps.mainUrl, mode, wait, {
         signal: this.#abort.signal,
-        ...(freshSince ? { freshSince } : {}),
       });
       if (snapshot) {
         this.deps.onRefreshed?.(snapshot);
@@ -115,8 +107,10 @@ export class IntegrityScheduler {
       await pause(1000, this.#abort.signal);
     }
     if (!this.#abort.signal.aborted) {
-      // Every process of a deploy asks; one refresh answers them all.
-      await this.#refresh('post_deploy', true, this.#deployedAt);
+      // Answered by a refresh that begins after this ask (outpost_refresh_integrity, 0006), not
+      // by one during the delay, which saw the main database before this build projected much
+      // into it. Processes of a deploy that ask while one of them refreshes share the next.
+      await this.#refresh('post_deploy', true);
     }
   }
 }

@@ -23,14 +23,7 @@ export const refreshIntegrity = async (
   url: string,
   mode: string,
   wait: boolean,
-  {
-    signal,
-    freshSince,
-  }: {
-    signal?: AbortSignal;
-    /** Answer a refresh that began at or after this instant (the main database's clock) instead. */
-    freshSince?: Date;
-  } = {},
+  { signal }: { signal?: AbortSignal } = {},
 ): Promise<Snapshot | undefined> => {
   const client = new pg.Client({
     ...withServerSettings(url, ['-c client_connection_check_interval=5000']),
@@ -43,9 +36,11 @@ export const refreshIntegrity = async (
   signal?.throwIfAborted();
   signal?.addEventListener('abort', abandon, { once: true });
   const refresh = async () => {
+    // Two arguments: the call every version of the function since 0002 takes. Since 0006 it is
+    // answered by a refresh that began after it, if one did while it waited for the lock.
     const { rows } = await client.query<{ counts: Record<string, unknown> | null }>(
-      'SELECT outpost_refresh_integrity($1, $2, $3) AS counts',
-      [mode, wait, freshSince ?? null],
+      'SELECT outpost_refresh_integrity($1, $2) AS counts',
+      [mode, wait],
     );
     return rows[0]?.counts ? await latestSnapshot(client) : undefined;
   };
