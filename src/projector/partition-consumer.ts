@@ -376,6 +376,9 @@ export class PartitionConsumer {
       ...applied,
       ...duplicates.filter((e) => !recorded.has(e.entryId) || rerecorded.has(e.entryId)),
     ];
+    // Before the record: once recorded, a creation applied in this batch may be acknowledged, and
+    // gone from the in-flight index, before the files behind it are judged.
+    const awaiting = await this.#awaitingTheirUpstream(failed);
     const appliedAt = new Date().toISOString();
     const unpublished = await this.#deps.eventLog.recordApplied(
       this.#partition,
@@ -406,7 +409,6 @@ export class PartitionConsumer {
         'live feed publish failed',
       );
     }
-    const awaiting = await this.#awaitingTheirUpstream(failed);
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);
       const failedEntry = failedEntryOfEvent(entry.entryId, entry.event);
