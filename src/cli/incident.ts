@@ -7,7 +7,7 @@ import {
   isDeadLetterCursor,
   RetryNotYetError,
 } from '../log/dead-letters.ts';
-import { inspectPending } from '../ops/pending.ts';
+import { inspectPending, stillPendingAfter } from '../ops/pending.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
 
@@ -79,15 +79,20 @@ export const pending = (flags: IncidentFlags) =>
     );
     print('');
     const r = report.replica;
-    // The replica has what these entries wait for: the acknowledgement itself is stuck. The API's
-    // waiting_for keeps to its two values; the operator is told which of the two stages it is.
+    // The replica has what these entries wait for, and the acker has had many passes since: the
+    // acknowledgement itself is stuck. The API's waiting_for keeps to its two values; the operator
+    // is told which of the two stages it is.
     const replayed = r.replay_lsn ? parseLsn(r.replay_lsn) : undefined;
-    const unacknowledged = report.entries.filter(
-      (e) =>
-        e.waiting_for === 'replica' &&
-        e.commit_lsn !== null &&
-        replayed !== undefined &&
-        lsnReached(e.commit_lsn, replayed),
+    const unacknowledged = await stillPendingAfter(
+      site.eventLog,
+      report.entries.filter(
+        (e) =>
+          e.waiting_for === 'replica' &&
+          e.commit_lsn !== null &&
+          replayed !== undefined &&
+          lsnReached(e.commit_lsn, replayed),
+      ),
+      Math.max(ACK_GRACE_MS, ACK_GRACE_PASSES * site.config.ackIntervalMs),
     );
     print(
       table(
@@ -120,6 +125,10 @@ export const pending = (flags: IncidentFlags) =>
       );
     }
   });
+
+/** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
+const ACK_GRACE_MS = 1_000;
+const ACK_GRACE_PASSES = 25;
 
 const deadRow = (d: DeadLetter) => ({
   id: d.id,

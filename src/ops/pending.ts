@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { parseLsn } from '../db/lsn.ts';
 import { mainWalLsn, replicaPosition } from '../db/queries/replica.ts';
@@ -134,6 +135,29 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
     });
   }
   return { partitions, entries, replica: await replicaReport(deps) };
+};
+
+/**
+ * Those of `entries` still pending after `graceMs`. An entry the replica replayed a moment before
+ * the look is normally acknowledged within the acker's next pass; one still pending after many
+ * passes is stuck.
+ */
+export const stillPendingAfter = async (
+  eventLog: EventLog,
+  entries: readonly PendingEntry[],
+  graceMs: number,
+): Promise<PendingEntry[]> => {
+  if (entries.length === 0) {
+    return [];
+  }
+  await sleep(graceMs);
+  const pipeline = eventLog.redis.pipeline();
+  for (const entry of entries) {
+    const { stream } = eventLog.keys(entry.partition);
+    pipeline.xpending(stream, CONSUMER_GROUP, entry.entry_id, entry.entry_id, 1);
+  }
+  const replies = await pipelineReplies(pipeline);
+  return entries.filter((_, i) => ((replies[i] as unknown[] | undefined)?.length ?? 0) > 0);
 };
 
 const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
