@@ -365,12 +365,16 @@ void describe('integrity invariants', () => {
     void it('runs the post-deploy refresh once the projector is healthy, not answered by one during the delay', async () => {
       const snapshots: string[] = [];
       let healthy = false;
+      let asked = 0;
       const scheduler = new IntegrityScheduler({
         main: h.main,
         mainUrl: h.config.mainDatabaseUrl,
         schedule: '0 0 1 1 *',
         postDeployDelayMs: 500,
-        projectorHealthy: () => healthy,
+        projectorHealthy: () => {
+          asked += 1;
+          return healthy;
+        },
         logger: silent,
         onRefreshed: (snapshot) => snapshots.push(snapshot.refreshed_at),
       });
@@ -380,6 +384,9 @@ void describe('integrity invariants', () => {
         const manual = await h.request('POST', '/admin/integrity/refresh', undefined, auth);
         assert.equal(manual.status, 200);
         const before = await refreshes();
+        // Past the delay, it waits for the projector, refreshing nothing meanwhile.
+        await waitFor(async () => asked >= 2, 'the scheduler to wait for a healthy projector');
+        assert.equal(snapshots.length, 0, 'no refresh before the projector is healthy');
         healthy = true;
         await waitFor(async () => snapshots.length > 0, 'the post-deploy refresh');
         assert.equal(snapshots.length, 1);

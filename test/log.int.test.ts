@@ -11,6 +11,7 @@ import {
   failedEntryOf,
   failedEntryOfEvent,
   LettersStillArrivingError,
+  UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { type AppendRequest, type AppliedRecord, EventLog } from '../src/log/event-log.ts';
@@ -1168,6 +1169,65 @@ void describe('the local log', () => {
       const retried = await deadLetters.retryAggregate(dead);
       assert.equal(retried.size, file.events.length);
       assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    void it('keeps the block, and refuses the retry, while an undecodable letter names the aggregate', async () => {
+      const partition = 2;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 2);
+      const good = await fileLetter(deadLetters, partition, file, 0);
+      // The second, as an earlier build wrote it (a field per property), with data no one can
+      // read: it names the file, and cannot be put back.
+      const broken = encodeFieldPerProperty(file.events[1] as Envelope).map((value, i, all) =>
+        all[i - 1] === 'data' ? '{not json' : value,
+      );
+      await deadLetters.add(
+        partition,
+        failedEntryOf([file.entryIds[1] as string, broken]),
+        history,
+      );
+      const undecodable = await deadLetters.get((file.events[1] as Envelope).event_id, partition);
+      assert.equal(undecodable?.aggregate_id, file.aggregateId);
+
+      await assert.rejects(deadLetters.retryAggregate(good), (err: unknown) => {
+        assert.ok(err instanceof UndecodableLetterOfAggregateError, String(err));
+        assert.match(err.message, /discard it first/);
+        return true;
+      });
+      assert.ok(await deadLetters.get(good.event_id, partition), 'left as it was');
+      assert.ok(await deadLetters.discard(good, 'superseded', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), true, 'held by the undecodable');
+      assert.ok(await deadLetters.discard(undecodable as DeadLetter, 'unreadable', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    void it('reads a packed head only up to its last newline, as the codec does', async () => {
+      const partition = 0;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 2);
+      const good = await fileLetter(deadLetters, partition, file, 0);
+      // Packed, with no newline: the codec finds no head, so the letter names no aggregate and
+      // blocks a stand-in; it must not hold the file either.
+      const headless = (file.events[1] as Envelope).event_id.concat(
+        `|${file.aggregateId}|x|1|1|w|s`,
+      );
+      await deadLetters.add(
+        partition,
+        failedEntryOf([file.entryIds[1] as string, ['event', headless]]),
+        history,
+      );
+      assert.ok(await deadLetters.discard(good, 'superseded', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      const [stray] = (await deadLetters.list(100)).items.filter(
+        (l) => l.original_entry_id === file.entryIds[1],
+      );
+      assert.equal(stray?.aggregate_id, '');
+      assert.ok(await deadLetters.discard(stray as DeadLetter, 'unreadable', 'operator'));
+      assert.equal(
+        await isBlocked(partition, `undecodable-${file.entryIds[1] as string}`),
+        false,
+        'its stand-in lifted',
+      );
     });
 
     const fileWithTwoLetters = async (partition: number) => {

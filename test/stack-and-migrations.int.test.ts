@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -15,6 +15,16 @@ import { testStack } from './harness/harness.ts';
 import { withDatabase } from './harness/services.ts';
 
 const run = promisify(execFile);
+
+/** When the journal says a migration was made: drizzle records it as the migration's created_at. */
+const migrationWhen = (tag: string) => {
+  const journal = JSON.parse(
+    readFileSync(join(PROJECT_ROOT, 'migrations', 'meta', '_journal.json'), 'utf8'),
+  ) as { entries: { tag: string; when: number }[] };
+  const entry = journal.entries.find((e) => e.tag === tag);
+  assert.ok(entry, `${tag} in the journal`);
+  return entry.when;
+};
 
 const schemaOf = async (client: pg.Client) =>
   (
@@ -73,9 +83,9 @@ void describe('outpost migrate', () => {
       await client.query(
         'DROP FUNCTION outpost_refresh_integrity(text, boolean, timestamptz); ALTER FUNCTION outpost_refresh_integrity_views(text, boolean) RENAME TO outpost_refresh_integrity',
       );
-      await client.query(
-        'DELETE FROM drizzle.__drizzle_migrations WHERE created_at = (SELECT max(created_at) FROM drizzle.__drizzle_migrations)',
-      );
+      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at = $1', [
+        migrationWhen('0006_coalesced-integrity-refresh'),
+      ]);
       const refreshes = async () =>
         (await client.query<{ n: number }>('SELECT count(*)::int AS n FROM integrity_refreshes'))
           .rows[0]?.n;

@@ -25,8 +25,9 @@ export type IntegritySchedulerDeps = {
 /**
  * Keeps the integrity snapshot fresh. Where pg_cron runs the job, it only makes the job's schedule
  * match OUTPOST_INTEGRITY_SCHEDULE; elsewhere it runs the refresh itself, and the advisory lock in
- * outpost_refresh_integrity() keeps several processes from refreshing at once. Either way, one
- * refresh follows each deploy, once the projector is healthy.
+ * outpost_refresh_integrity() keeps several processes from refreshing at once. Either way, each
+ * process asks for a refresh after a deploy, once its projector is healthy; those asking while
+ * one runs share the next.
  */
 export class IntegrityScheduler {
   readonly #abort = new AbortController();

@@ -78,6 +78,22 @@ export class LettersStillArrivingError extends RetryNotYetError {
   }
 }
 
+/**
+ * A retry refused while a letter naming the same aggregate cannot be decoded: it cannot be put
+ * back, and it holds the aggregate's block (its events after it must not apply past it) until an
+ * operator discards it.
+ */
+export class UndecodableLetterOfAggregateError extends RetryNotYetError {
+  constructor(dead: DeadLetter, undecodableId: string) {
+    super(
+      dead,
+      `dead letter ${undecodableId} of ${dead.aggregate_type} ${dead.aggregate_id} cannot be decoded, so it cannot be put back, and it holds the aggregate's later events; discard it first (outpost dead discard ${undecodableId} --reason "<why>"), then retry`,
+      `an undecodable letter of its aggregate, ${undecodableId}: discard it first`,
+    );
+    this.name = 'UndecodableLetterOfAggregateError';
+  }
+}
+
 /** The failed entry as the projector saw it; raw fields when it could not even be decoded. */
 export type FailedEntry = {
   entryId: string;
@@ -280,7 +296,13 @@ export class DeadLetters {
       throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
     }
     return untilLettersSettle(dead, async () => {
-      const { letters, newest } = await this.#lettersOf(dead.partition, dead.aggregate_id);
+      const { letters, undecodable, newest } = await this.#lettersOf(
+        dead.partition,
+        dead.aggregate_id,
+      );
+      if (undecodable[0] !== undefined) {
+        throw new UndecodableLetterOfAggregateError(dead, undecodable[0]);
+      }
       if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
         return new Map<string, string>();
       }
@@ -333,9 +355,10 @@ export class DeadLetters {
 
   /**
    * The decodable dead letters of one aggregate, in stream order, with the event fields to append
-   * again; and the partition's newest letter, which the scripts acting on them check is still the
-   * newest (a follower filed in between would be left behind). Dead letters are few, so the
-   * partition's are read whole.
+   * again; the ids of those naming it that cannot be decoded; and the partition's newest letter,
+   * after which the retry script looks for letters of the aggregate filed since (left behind, they
+   * would stay dead with the block lifted). Dead letters are few, so the partition's are read
+   * whole.
    */
   async #lettersOf(
     partition: number,
@@ -348,6 +371,7 @@ export class DeadLetters {
       fields: string[];
       originalEntryId: string;
     }[];
+    undecodable: string[];
     newest: string;
   }> {
     const entries = (await this.#redis.xrange(
@@ -356,12 +380,17 @@ export class DeadLetters {
       '+',
     )) as RawEntry[];
     const letters = [];
+    const undecodable: string[] = [];
     for (const [deadId, raw] of entries) {
       const fields = eventFieldsOf(raw);
       let event: Envelope;
       try {
         event = decodeEntry([deadId, fields]).event;
       } catch {
+        // Naming the aggregate, it holds the block as the discard script sees it (lib/letters.lua).
+        if (entryRecord(raw).aggregate_id === aggregateId) {
+          undecodable.push(this.#view(partition, [deadId, raw]).id);
+        }
         continue;
       }
       if (event.aggregate_id === aggregateId) {
@@ -381,6 +410,7 @@ export class DeadLetters {
     // order, never behind a later event of it still in the stream (that retry is refused).
     return {
       letters: letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId)),
+      undecodable,
       newest: entries.at(-1)?.[0] ?? NO_LETTER,
     };
   }
@@ -409,7 +439,9 @@ export class DeadLetters {
     const blocks =
       dead.aggregate_id === '' ? undecodableId(dead.original_entry_id) : dead.aggregate_id;
     const statusKeys =
-      dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : [];
+      dead.aggregate_type === 'executed_obs_unit' && dead.aggregate_id !== ''
+        ? [keys.unitState(dead.aggregate_id)]
+        : [];
     const id = await this.#redis.outpostDeadDiscard(
       4 + statusKeys.length,
       keys.deadLetters,
@@ -500,7 +532,7 @@ export const failedEntryOf = (raw: RawEntry): FailedEntry => {
     entryId: raw[0],
     fields: raw[1].length > 0 ? raw[1] : ['raw', '(trimmed)'],
     eventId: deadLetterIdOf(record.event_id, raw[0]),
-    aggregateId: record.aggregate_id ?? undecodableId(raw[0]),
+    aggregateId: record.aggregate_id || undecodableId(raw[0]),
     aggregateType: aggregateTypeOf(record) ?? 'unknown',
     type: record.type ?? 'unknown',
   };

@@ -8,7 +8,9 @@ local function letter_aggregate(fields)
       return value
     end
     if name == 'event' then
-      local aggregate = string.match(value, '^[^|\n]*|([^|\n]*)|')
+      -- The head is all before the last newline (the data's JSON holds none); without one, none.
+      local head = string.match(value, '^(.*)\n')
+      local aggregate = head and string.match(head, '^[^|]*|([^|]*)|')
       if aggregate and aggregate ~= '' then
         return aggregate
       end
