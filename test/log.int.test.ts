@@ -23,6 +23,7 @@ import {
 } from '../src/log/keys.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { readEvent } from '../src/read/events.ts';
+import { readMerged } from '../src/read/merged.ts';
 import { Harness } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
@@ -1228,6 +1229,63 @@ void describe('the local log', () => {
         false,
         'its stand-in lifted',
       );
+    });
+
+    void it("folds into reads a blocked unit's events applied before the block, none still to be filed", async () => {
+      const partition = 1;
+      const unitId = newIdInPartition(partition, 4);
+      const of = (type: string, data: unknown) =>
+        ({
+          event_id: newIdInPartition(partition, 4),
+          aggregate_id: unitId,
+          aggregate_type: 'executed_obs_unit',
+          type,
+          version: 1,
+          site: 'log-test',
+          accepted_at: Date.now(),
+          data,
+        }) as unknown as Envelope;
+      const start = of('ExecutedObsUnitStarted', {
+        obs_unit_id: 'blocked-read',
+        instrument: 'i',
+        start_time: new Date().toISOString(),
+        instrument_configuration_id: null,
+        notes: null,
+        metadata: {},
+      });
+      const patch = of('ExecutedObsUnitUpdated', { notes: 'behind the block' });
+      const appended = await log.append({ partition, events: [start, patch] });
+      assert.equal(appended.kind, 'appended');
+      const [startEntry] = appended.kind === 'appended' ? appended.entryIds : [];
+      await deliver(redis, log.keys(partition).stream);
+      // The start applied (not yet on the replica), then an event between them dead-lettered.
+      await log.recordApplied(
+        partition,
+        [
+          {
+            lsn: '0/1',
+            entryId: startEntry as string,
+            eventId: start.event_id,
+            aggregateId: unitId,
+            aggregateType: 'executed_obs_unit',
+          },
+        ],
+        [],
+      );
+      await redis.sadd(log.keys(partition).blockedAggregates, unitId);
+      try {
+        const merged = await readMerged(
+          { replica: h.replica, eventLog: log, partitions: 4 },
+          'executed_obs_unit',
+          unitId,
+        );
+        const unit = merged?.state as { obs_unit_id?: string; notes?: string | null } | undefined;
+        assert.equal(unit?.obs_unit_id, 'blocked-read', 'the applied start is folded');
+        assert.equal(unit?.notes, null, 'the patch to be filed is not');
+        assert.deepEqual(merged?.consistency, { source: 'pending', pending_events: 1 });
+      } finally {
+        await redis.srem(log.keys(partition).blockedAggregates, unitId);
+      }
     });
 
     const fileWithTwoLetters = async (partition: number) => {

@@ -177,19 +177,6 @@ export class DeadLetters {
     );
   }
 
-  /**
-   * Which of these aggregates are blocked behind a dead letter. The projector asks only when its
-   * read found the partition's blocked set non-empty (the SCARD it sends with each read).
-   */
-  async blocked(partition: number, aggregateIds: readonly string[]): Promise<Set<string>> {
-    const key = this.eventLog.keys(partition).blockedAggregates;
-    if (aggregateIds.length === 0) {
-      return new Set();
-    }
-    const flags = (await this.#redis.call('SMISMEMBER', key, ...aggregateIds)) as number[];
-    return new Set(aggregateIds.filter((_, i) => flags[i] === 1));
-  }
-
   #view(partition: number, [deadId, fields]: RawEntry): DeadLetter {
     const record = entryRecord(fields);
     let data: unknown;

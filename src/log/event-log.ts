@@ -626,6 +626,20 @@ export class EventLog {
   }
 
   /** The commit LSN of an applied, unacknowledged entry. */
+  /**
+   * Which of these aggregates are blocked behind a dead letter: their events not yet applied will
+   * follow it into the dead letters. The projector asks only when its read found the partition's
+   * blocked set non-empty (the SCARD it sends with each read).
+   */
+  async blocked(partition: number, aggregateIds: readonly string[]): Promise<Set<string>> {
+    if (aggregateIds.length === 0) {
+      return new Set();
+    }
+    const key = this.keys(partition).blockedAggregates;
+    const flags = (await this.#redis.call('SMISMEMBER', key, ...aggregateIds)) as number[];
+    return new Set(aggregateIds.filter((_, i) => flags[i] === 1));
+  }
+
   async appliedLsnOf(entryIds: readonly string[], partition: number): Promise<(string | null)[]> {
     if (entryIds.length === 0) {
       return [];

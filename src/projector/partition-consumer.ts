@@ -334,7 +334,7 @@ export class PartitionConsumer {
     const blocked =
       blockedAggregates === 0
         ? new Set<string>()
-        : await this.#deps.deadLetters.blocked(this.#partition, [
+        : await this.#deps.eventLog.blocked(this.#partition, [
             ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
     const applicable: LogEntry[] = [];
