@@ -1025,13 +1025,14 @@ void describe('the local log', () => {
     const history = [{ at: new Date().toISOString(), error: 'boom' }];
 
     /** Appends `count` events of a new file in `partition` and delivers them, unprocessed. */
-    const fileInStream = async (partition: number, count: number) => {
+    const fileInStream = async (partition: number, count: number, acceptedAt?: number) => {
       const aggregateId = newIdInPartition(partition, 4);
       const events = Array.from(
         { length: count },
         (_, n): Envelope => ({
           ...fileEvent(aggregateId, n),
           event_id: newIdInPartition(partition, 4),
+          ...(acceptedAt === undefined ? {} : { accepted_at: acceptedAt }),
         }),
       );
       const entryIds: string[] = [];
@@ -1286,6 +1287,22 @@ void describe('the local log', () => {
       } finally {
         await redis.srem(log.keys(partition).blockedAggregates, unitId);
       }
+    });
+
+    void it('GET /events/{id} dates a dead event by its acceptance, not by its last entry', async () => {
+      const partition = 3;
+      const deadLetters = new DeadLetters(log);
+      const acceptedAt = '2026-01-02T03:04:05.006Z';
+      const file = await fileInStream(partition, 1, Date.parse(acceptedAt));
+      const dead = await fileLetter(deadLetters, partition, file, 0);
+      const view = await readEvent(
+        { replica: h.replica, eventLog: log, partitions: 4, deadLetters },
+        dead.event_id,
+      );
+      assert.equal(view?.state, 'dead');
+      assert.equal(view?.accepted_at, acceptedAt);
+      assert.equal(view?.version, 1);
+      assert.equal(view?.entry_id, file.entryIds[0]);
     });
 
     const fileWithTwoLetters = async (partition: number) => {

@@ -177,16 +177,25 @@ export class DeadLetters {
     );
   }
 
-  #view(partition: number, [deadId, fields]: RawEntry): DeadLetter {
+  #view(partition: number, entry: RawEntry): DeadLetter {
+    return this.#decoded(partition, entry).letter;
+  }
+
+  /** A dead letter as operators see it, and the event it holds, unless that cannot be decoded. */
+  #decoded(
+    partition: number,
+    [deadId, fields]: RawEntry,
+  ): { letter: DeadLetter; event: Envelope | undefined } {
     const record = entryRecord(fields);
-    let data: unknown;
+    let event: Envelope | undefined;
     try {
-      data = decodeEntry([deadId, eventFieldsOf(fields)]).event.data;
+      event = decodeEntry([deadId, eventFieldsOf(fields)]).event;
     } catch {
-      // An undecodable entry is shown with its raw fields: all an operator has to judge it by.
-      data = entryRecord(eventFieldsOf(fields));
+      event = undefined;
     }
-    return {
+    // An undecodable entry is shown with its raw fields: all an operator has to judge it by.
+    const data = event ? event.data : entryRecord(eventFieldsOf(fields));
+    const letter: DeadLetter = {
       id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
       dead_letter_id: deadId,
       partition,
@@ -201,6 +210,7 @@ export class DeadLetters {
       data,
       written_by: record.written_by ?? null,
     };
+    return { letter, event };
   }
 
   /** Dead letters in partition order, then entry order; the cursor is `<partition>:<entry id>`. */
@@ -252,14 +262,26 @@ export class DeadLetters {
   }
 
   async get(eventId: string, partition: number): Promise<DeadLetter | undefined> {
+    return (await this.getWithEvent(eventId, partition))?.letter;
+  }
+
+  /** `get`, with the event the letter holds (its version and acceptance time), if decodable. */
+  async getWithEvent(
+    eventId: string,
+    partition: number,
+  ): Promise<{ letter: DeadLetter; event: Envelope | undefined } | undefined> {
     const deadId = await this.#redis.hget(this.eventLog.keys(partition).deadIndex, eventId);
-    return deadId ? this.#letter(partition, deadId) : undefined;
+    return deadId ? this.#entry(partition, deadId) : undefined;
   }
 
   async #letter(partition: number, deadId: string): Promise<DeadLetter | undefined> {
+    return (await this.#entry(partition, deadId))?.letter;
+  }
+
+  async #entry(partition: number, deadId: string) {
     const key = this.eventLog.keys(partition).deadLetters;
     const [entry] = (await this.#redis.xrange(key, deadId, deadId)) as RawEntry[];
-    return entry && this.#view(partition, entry);
+    return entry && this.#decoded(partition, entry);
   }
 
   /**

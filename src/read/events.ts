@@ -95,28 +95,34 @@ export const readEvent = async (
   if (stored) {
     return fromStored(stored);
   }
-  const dead = await deps.deadLetters?.get(eventId, partition);
-  if (!dead && !lookedAgain && deps.deadLetters) {
+  const found = await deps.deadLetters?.getWithEvent(eventId, partition);
+  if (!found && !lookedAgain && deps.deadLetters) {
     // A retry moves a dead event back into the log in one step, but between this read of the log
     // and that of the dead letters: missed by both, it is looked for once more, not answered 404.
     return readEvent(deps, eventId, true);
   }
-  return (
-    dead && {
-      event_id: dead.event_id,
-      aggregate_id: dead.aggregate_id,
-      aggregate_type: dead.aggregate_type,
-      type: dead.type,
-      version: 1,
-      partition,
-      entry_id: dead.original_entry_id,
-      state: 'dead',
-      accepted_at: new Date(Number(dead.original_entry_id.split('-')[0])).toISOString(),
-      data: dead.data,
-      error: dead.error,
-      written_by: dead.written_by,
-    }
-  );
+  if (!found) {
+    return undefined;
+  }
+  const { letter, event } = found;
+  return {
+    event_id: letter.event_id,
+    aggregate_id: letter.aggregate_id,
+    aggregate_type: letter.aggregate_type,
+    type: letter.type,
+    // What the API stamped at acceptance, kept through retries; an entry no one can decode is
+    // dated by its entry id.
+    version: event?.version ?? 1,
+    partition,
+    entry_id: letter.original_entry_id,
+    state: 'dead',
+    accepted_at: new Date(
+      event?.accepted_at ?? Number(letter.original_entry_id.split('-')[0]),
+    ).toISOString(),
+    data: letter.data,
+    error: letter.error,
+    written_by: letter.written_by,
+  };
 };
 
 /** Applied and pending events of an aggregate, in order; undefined if it has none. */
