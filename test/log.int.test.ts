@@ -23,7 +23,6 @@ import {
 } from '../src/log/keys.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { readEvent } from '../src/read/events.ts';
-import { readMerged } from '../src/read/merged.ts';
 import { Harness } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
@@ -1232,63 +1231,6 @@ void describe('the local log', () => {
       );
     });
 
-    void it("folds into reads a blocked unit's events applied before the block, none still to be filed", async () => {
-      const partition = 1;
-      const unitId = newIdInPartition(partition, 4);
-      const of = (type: string, data: unknown) =>
-        ({
-          event_id: newIdInPartition(partition, 4),
-          aggregate_id: unitId,
-          aggregate_type: 'executed_obs_unit',
-          type,
-          version: 1,
-          site: 'log-test',
-          accepted_at: Date.now(),
-          data,
-        }) as unknown as Envelope;
-      const start = of('ExecutedObsUnitStarted', {
-        obs_unit_id: 'blocked-read',
-        instrument: 'i',
-        start_time: new Date().toISOString(),
-        instrument_configuration_id: null,
-        notes: null,
-        metadata: {},
-      });
-      const patch = of('ExecutedObsUnitUpdated', { notes: 'behind the block' });
-      const appended = await log.append({ partition, events: [start, patch] });
-      assert.equal(appended.kind, 'appended');
-      const [startEntry] = appended.kind === 'appended' ? appended.entryIds : [];
-      await deliver(redis, log.keys(partition).stream);
-      // The start applied (not yet on the replica), then an event between them dead-lettered.
-      await log.recordApplied(
-        partition,
-        [
-          {
-            lsn: '0/1',
-            entryId: startEntry as string,
-            eventId: start.event_id,
-            aggregateId: unitId,
-            aggregateType: 'executed_obs_unit',
-          },
-        ],
-        [],
-      );
-      await redis.sadd(log.keys(partition).blockedAggregates, unitId);
-      try {
-        const merged = await readMerged(
-          { replica: h.replica, eventLog: log, partitions: 4 },
-          'executed_obs_unit',
-          unitId,
-        );
-        const unit = merged?.state as { obs_unit_id?: string; notes?: string | null } | undefined;
-        assert.equal(unit?.obs_unit_id, 'blocked-read', 'the applied start is folded');
-        assert.equal(unit?.notes, null, 'the patch to be filed is not');
-        assert.deepEqual(merged?.consistency, { source: 'pending', pending_events: 1 });
-      } finally {
-        await redis.srem(log.keys(partition).blockedAggregates, unitId);
-      }
-    });
-
     void it('GET /events/{id} dates a dead event by its acceptance, not by its last entry', async () => {
       const partition = 3;
       const deadLetters = new DeadLetters(log);
@@ -1303,6 +1245,24 @@ void describe('the local log', () => {
       assert.equal(view?.accepted_at, acceptedAt);
       assert.equal(view?.version, 1);
       assert.equal(view?.entry_id, file.entryIds[0]);
+    });
+
+    void it('GET /events/{id} dates a dead event whose time reads as none by its entry', async () => {
+      const partition = 1;
+      const deadLetters = new DeadLetters(log);
+      const file = await fileInStream(partition, 1);
+      // Written past the API with a time no one can read: why the projector filed it.
+      const timeless = encodeFieldPerProperty(file.events[0] as Envelope).map((value, i, all) =>
+        all[i - 1] === 'at' ? 'soon' : value,
+      );
+      const entryId = file.entryIds[0] as string;
+      await deadLetters.add(partition, failedEntryOf([entryId, timeless]), history);
+      const view = await readEvent(
+        { replica: h.replica, eventLog: log, partitions: 4, deadLetters },
+        (file.events[0] as Envelope).event_id,
+      );
+      assert.equal(view?.state, 'dead');
+      assert.equal(view?.accepted_at, new Date(Number(entryId.split('-')[0])).toISOString());
     });
 
     const fileWithTwoLetters = async (partition: number) => {

@@ -625,7 +625,6 @@ export class EventLog {
     return replies.slice(2).filter(([err]) => err).length;
   }
 
-  /** The commit LSN of an applied, unacknowledged entry. */
   /**
    * Which of these aggregates are blocked behind a dead letter: their events not yet applied will
    * follow it into the dead letters. The projector asks only when its read found the partition's
@@ -640,6 +639,7 @@ export class EventLog {
     return new Set(aggregateIds.filter((_, i) => flags[i] === 1));
   }
 
+  /** The commit LSN of an applied, unacknowledged entry. */
   async appliedLsnOf(entryIds: readonly string[], partition: number): Promise<(string | null)[]> {
     if (entryIds.length === 0) {
       return [];

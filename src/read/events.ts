@@ -43,11 +43,22 @@ const fromEntry = (
   partition,
   entry_id: entry.entryId,
   state,
-  accepted_at: new Date(entry.event.accepted_at).toISOString(),
+  accepted_at: acceptedAt(entry.event.accepted_at, entry.entryId),
   data: entry.event.data,
   written_by: entry.event.written_by ?? null,
   ...extra,
 });
+
+/**
+ * When an event was accepted, as ISO-8601: its own stamp, or, for an entry written past the API
+ * with none that reads as a time (the projector dead-letters those), its stream entry's time.
+ */
+const acceptedAt = (stamp: number | undefined, entryId: string) => {
+  const at = new Date(stamp ?? Number.NaN);
+  return Number.isNaN(at.getTime())
+    ? new Date(Number(entryId.split('-')[0])).toISOString()
+    : at.toISOString();
+};
 
 const fromStored = (stored: StoredEvent): EventView => ({
   event_id: stored.event_id,
@@ -110,15 +121,12 @@ export const readEvent = async (
     aggregate_id: letter.aggregate_id,
     aggregate_type: letter.aggregate_type,
     type: letter.type,
-    // What the API stamped at acceptance, kept through retries; an entry no one can decode is
-    // dated by its entry id.
     version: event?.version ?? 1,
     partition,
     entry_id: letter.original_entry_id,
     state: 'dead',
-    accepted_at: new Date(
-      event?.accepted_at ?? Number(letter.original_entry_id.split('-')[0]),
-    ).toISOString(),
+    // As the API stamped it at acceptance, kept through retries.
+    accepted_at: acceptedAt(event?.accepted_at, letter.original_entry_id),
     data: letter.data,
     error: letter.error,
     written_by: letter.written_by,

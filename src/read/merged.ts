@@ -87,37 +87,16 @@ const inflightOf = async (
   await Promise.all(
     [...byPartition].map(async ([partition, positions]) => {
       const ids = positions.map((i) => aggregates[i]?.id as string);
-      const [found, blocked] = await Promise.all([
-        eventLog.readInflightMany(ids, partition, type),
-        eventLog.blocked(partition, ids),
-      ]);
-      await Promise.all(
-        positions.map(async (position, k) => {
-          const id = ids[k] as string;
-          const entries = (found[k] ?? []).filter(
-            (entry) => entry.event.aggregate_id === id && entry.event.aggregate_type === type,
-          );
-          inflight[position] = blocked.has(id)
-            ? await appliedOnly(eventLog, partition, entries)
-            : entries;
-        }),
-      );
+      const found = await eventLog.readInflightMany(ids, partition, type);
+      positions.forEach((position, k) => {
+        const id = ids[k];
+        inflight[position] = (found[k] ?? []).filter(
+          (entry) => entry.event.aggregate_id === id && entry.event.aggregate_type === type,
+        );
+      });
     }),
   );
   return inflight;
-};
-
-/**
- * Of a blocked aggregate's in-flight entries, those applied before the block: the rest follow it
- * into the dead letters (the projector files them there unapplied), so folded into a read they
- * would show a unit `success`, say, that turns back to `running` once its finish is filed.
- */
-const appliedOnly = async (eventLog: EventLog, partition: number, entries: LogEntry[]) => {
-  const lsns = await eventLog.appliedLsnOf(
-    entries.map((e) => e.entryId),
-    partition,
-  );
-  return entries.filter((_, i) => lsns[i]);
 };
 
 /**
