@@ -2,7 +2,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
-import { decodeEntry, encodeEntryFields, entryRecord, type RawEntry } from '../src/log/codec.ts';
+import {
+  decodeEntry,
+  encodeEntryFields,
+  encodeFieldPerProperty,
+  entryRecord,
+  type RawEntry,
+} from '../src/log/codec.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
@@ -390,6 +396,59 @@ void describe('admin and incident tools', () => {
       files: [{ path: '/raw/x.fits', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
     });
     assert.equal(files.status, 404, `files for a unit that never was: ${files.text}`);
+  });
+
+  void it("applies a unit's events before an undecodable entry of it in the same batch, and holds those after", async () => {
+    const log = eventLogOf(h);
+    const first = await h.startService('projector');
+    const unit = (
+      await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'undecodable-middle',
+        instrument: 'x',
+      })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.stopService(first);
+
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const patch = (notes: string) =>
+      ({
+        event_id: newIdInPartition(partition, h.config.partitions),
+        aggregate_id: unit.id,
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitUpdated',
+        version: 1,
+        site: h.config.site,
+        accepted_at: Date.now(),
+        data: { notes },
+      }) as unknown as Envelope;
+    const [before, middle, after] = [patch('before'), patch('unreadable'), patch('after')];
+    assert.equal((await log.append({ partition, events: [before] })).kind, 'appended');
+    // Written past the API, a field per property, with data no JSON parser takes.
+    const unreadable = encodeFieldPerProperty(middle).map((value, i, all) =>
+      all[i - 1] === 'data' ? '{not json' : value,
+    );
+    await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
+    assert.equal((await log.append({ partition, events: [after] })).kind, 'appended');
+
+    // One batch: the projector meets all three at once.
+    const projector = await h.startService('projector');
+    try {
+      assert.equal(await settledState(h, before.event_id), 'confirmed', 'before it: applied');
+      assert.equal(await settledState(h, middle.event_id), 'dead');
+      assert.equal(await settledState(h, after.event_id), 'dead', 'after it: held behind it');
+      assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'before');
+    } finally {
+      for (const event of [middle, after]) {
+        await h.request(
+          'DELETE',
+          `/admin/dead-letters/${event.event_id}`,
+          { reason: 'test of an undecodable entry' },
+          auth(TOKEN),
+        );
+      }
+      await h.stopService(projector);
+    }
   });
 
   void it('dead-letters an entry written past the API that no fold can take, and applies what follows it', async () => {

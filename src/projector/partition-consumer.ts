@@ -317,6 +317,7 @@ export class PartitionConsumer {
   ): Promise<void> {
     const started = performance.now();
     const decoded: LogEntry[] = [];
+    const undecodable: { entry: RawEntry; err: UndecodableEntryError }[] = [];
     for (const entry of raw) {
       try {
         decoded.push(decodeEntry(entry));
@@ -328,19 +329,33 @@ export class PartitionConsumer {
           // Applied, and its body trimmed away since: nothing to check it by; the acker settles it.
           continue;
         }
-        await this.#fail(failedEntryOf(entry), err);
+        undecodable.push({ entry, err });
       }
     }
+    // Blocked before this batch: asked before its undecodable entries are filed, which block
+    // their aggregates only from their own place in the stream on.
     const blocked =
       blockedAggregates === 0
         ? new Set<string>()
         : await this.#deps.eventLog.blocked(this.#partition, [
             ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
+    const blockedFrom = new Map<string, string>();
+    for (const { entry, err } of undecodable) {
+      const failed = failedEntryOf(entry);
+      await this.#fail(failed, err);
+      if (!blockedFrom.has(failed.aggregateId)) {
+        blockedFrom.set(failed.aggregateId, failed.entryId);
+      }
+    }
+    const isBlocked = (aggregateId: string, entryId: string) => {
+      const from = blockedFrom.get(aggregateId);
+      return blocked.has(aggregateId) || (from !== undefined && compareEntryIds(entryId, from) > 0);
+    };
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
-      if (blocked.has(entry.event.aggregate_id) && !recorded.has(entry.entryId)) {
+      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
         await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
           {
             at: new Date().toISOString(),
@@ -418,7 +433,7 @@ export class PartitionConsumer {
         // backlog in between would use up its attempts before the start came.
         continue;
       }
-      if (upstreamIdsOf(entry.event).some((upstream) => blocked.has(upstream))) {
+      if (upstreamIdsOf(entry.event).some((u) => blocked.has(u) || blockedFrom.has(u))) {
         // Its unit (or a file of its package) is not applied because it is dead: no attempt
         // can succeed before an operator retries that one, so it follows it at once.
         await this.#deadLetter(failedEntry, [
