@@ -1192,7 +1192,7 @@ void describe('the local log', () => {
 
       await assert.rejects(deadLetters.retryAggregate(good), (err: unknown) => {
         assert.ok(err instanceof UndecodableLetterOfAggregateError, String(err));
-        assert.match(err.message, /discard it first/);
+        assert.match(err.message, /cannot be decoded by this build \(.*JSON.*\).*discard it first/);
         return true;
       });
       assert.ok(await deadLetters.get(good.event_id, partition), 'left as it was');

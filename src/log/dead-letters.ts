@@ -33,7 +33,8 @@ export type DeadLetter = {
 
 /**
  * A retry refused for now, changing nothing: done now, it would put the aggregate's events back out
- * of order. Asked again later, it goes through; `whyNot` says why, in a line of the `retry --all`
+ * of order. Asked again once its cause is gone (the projector has caught up, or an operator has
+ * dealt with another letter), it goes through; `whyNot` says why, in a line of the `retry --all`
  * table.
  */
 export class RetryNotYetError extends Error {
@@ -84,11 +85,11 @@ export class LettersStillArrivingError extends RetryNotYetError {
  * operator discards it.
  */
 export class UndecodableLetterOfAggregateError extends RetryNotYetError {
-  constructor(dead: DeadLetter, undecodableId: string) {
+  constructor(dead: DeadLetter, undecodable: { id: string; reason: string }) {
     super(
       dead,
-      `dead letter ${undecodableId} of ${dead.aggregate_type} ${dead.aggregate_id} cannot be decoded, so it cannot be put back, and it holds the aggregate's later events; discard it first (outpost dead discard ${undecodableId} --reason "<why>"), then retry`,
-      `an undecodable letter of its aggregate, ${undecodableId}: discard it first`,
+      `dead letter ${undecodable.id} of ${dead.aggregate_type} ${dead.aggregate_id} cannot be decoded by this build (${undecodable.reason}), so it cannot be put back, and it holds the aggregate's later events. Written by a newer build, it is retried under that build; otherwise discard it first (outpost dead discard ${undecodable.id} --reason "<why>"), then retry`,
+      `an undecodable letter of its aggregate, ${undecodable.id}: retry under the build that wrote it, or discard it first`,
     );
     this.name = 'UndecodableLetterOfAggregateError';
   }
@@ -380,7 +381,7 @@ export class DeadLetters {
       fields: string[];
       originalEntryId: string;
     }[];
-    undecodable: string[];
+    undecodable: { id: string; reason: string }[];
     newest: string;
   }> {
     const entries = (await this.#redis.xrange(
@@ -389,16 +390,20 @@ export class DeadLetters {
       '+',
     )) as RawEntry[];
     const letters = [];
-    const undecodable: string[] = [];
+    const undecodable: { id: string; reason: string }[] = [];
     for (const [deadId, raw] of entries) {
       const fields = eventFieldsOf(raw);
       let event: Envelope;
       try {
         event = decodeEntry([deadId, fields]).event;
-      } catch {
+      } catch (err) {
         // Naming the aggregate, it holds the block as the discard script sees it (lib/letters.lua).
-        if (entryRecord(raw).aggregate_id === aggregateId) {
-          undecodable.push(this.#view(partition, [deadId, raw]).id);
+        const record = entryRecord(raw);
+        if (record.aggregate_id === aggregateId) {
+          undecodable.push({
+            id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
+            reason: (err as Error).message,
+          });
         }
         continue;
       }
