@@ -12,7 +12,7 @@ import {
 import { EventLog } from '../src/log/event-log.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
-import { Harness, waitFor } from './harness/harness.ts';
+import { Harness, waitFor, withField } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 
 const TOKEN = 'test-admin-token';
@@ -425,9 +425,7 @@ void describe('admin and incident tools', () => {
     const [before, middle, after] = [patch('before'), patch('unreadable'), patch('after')];
     assert.equal((await log.append({ partition, events: [before] })).kind, 'appended');
     // Written past the API, a field per property, with data no JSON parser takes.
-    const unreadable = encodeFieldPerProperty(middle).map((value, i, all) =>
-      all[i - 1] === 'data' ? '{not json' : value,
-    );
+    const unreadable = withField(encodeFieldPerProperty(middle), 'data', '{not json');
     await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
     assert.equal((await log.append({ partition, events: [after] })).kind, 'appended');
 

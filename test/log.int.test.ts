@@ -23,7 +23,7 @@ import {
 } from '../src/log/keys.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { readEvent } from '../src/read/events.ts';
-import { Harness } from './harness/harness.ts';
+import { Harness, withField } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
   ({
@@ -1022,6 +1022,10 @@ void describe('the local log', () => {
   });
   void describe('retrying and discarding dead letters', () => {
     const history = [{ at: new Date().toISOString(), error: 'boom' }];
+    let deadLetters: DeadLetters;
+    before(() => {
+      deadLetters = new DeadLetters(log);
+    });
 
     /** Appends `count` events of a new file in `partition` and delivers them, unprocessed. */
     const fileInStream = async (partition: number, count: number, acceptedAt?: number) => {
@@ -1046,7 +1050,6 @@ void describe('the local log', () => {
 
     /** Files the `n`th event of `file` among the dead letters, as the projector would. */
     const fileLetter = async (
-      deadLetters: DeadLetters,
       partition: number,
       file: Awaited<ReturnType<typeof fileInStream>>,
       n: number,
@@ -1066,7 +1069,6 @@ void describe('the local log', () => {
      * among the dead letters, one just after each read of them (not after its own reads).
      */
     const retryWhileFiling = async (
-      deadLetters: DeadLetters,
       dead: DeadLetter,
       file: Awaited<ReturnType<typeof fileInStream>>,
       from: number,
@@ -1080,7 +1082,7 @@ void describe('the local log', () => {
         if (!filing && next < until && args[0] === log.keys(dead.partition).deadLetters) {
           filing = true;
           try {
-            await fileLetter(deadLetters, dead.partition, file, next);
+            await fileLetter(dead.partition, file, next);
             next += 1;
           } finally {
             filing = false;
@@ -1104,12 +1106,11 @@ void describe('the local log', () => {
 
     void it('takes along a letter filed between its read of the letters and its retry', async () => {
       const partition = 2;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 2);
-      const dead = await fileLetter(deadLetters, partition, file, 0);
+      const dead = await fileLetter(partition, file, 0);
 
       // The projector files the second behind the first just after the retry read the letters.
-      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, file, 1, 2);
+      const { outcome, filed } = await retryWhileFiling(dead, file, 1, 2);
       assert.equal(filed, 1);
       assert.equal(outcome.status, 'fulfilled');
       assert.equal(
@@ -1126,12 +1127,11 @@ void describe('the local log', () => {
 
     void it('retries at once while letters of other aggregates are filed between its reads and its script', async () => {
       const partition = 3;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 1);
-      const dead = await fileLetter(deadLetters, partition, file, 0);
+      const dead = await fileLetter(partition, file, 0);
       // Another dead file's backlog follows it into the dead letters, one letter after each read.
       const other = await fileInStream(partition, 8);
-      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, other, 0, 8);
+      const { outcome, filed } = await retryWhileFiling(dead, other, 0, 8);
       assert.ok(filed >= 1, 'a letter of the other file was filed during the retry');
       assert.equal(
         outcome.status,
@@ -1147,10 +1147,9 @@ void describe('the local log', () => {
 
     void it("refuses for now, changing nothing, while the aggregate's own letters keep being filed", async () => {
       const partition = 0;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 8);
-      const dead = await fileLetter(deadLetters, partition, file, 0);
-      const { outcome, filed } = await retryWhileFiling(deadLetters, dead, file, 1, 8);
+      const dead = await fileLetter(partition, file, 0);
+      const { outcome, filed } = await retryWhileFiling(dead, file, 1, 8);
       assert.equal(outcome.status, 'rejected');
       const err: unknown = outcome.status === 'rejected' && outcome.reason;
       assert.ok(err instanceof LettersStillArrivingError, String(err));
@@ -1165,7 +1164,7 @@ void describe('the local log', () => {
       assert.ok(1 + filed < file.events.length, 'the refusal came before the backlog ran out');
       // Once the backlog is all filed, the retry takes every letter back.
       for (let n = 1 + filed; n < file.events.length; n += 1) {
-        await fileLetter(deadLetters, partition, file, n);
+        await fileLetter(partition, file, n);
       }
       const retried = await deadLetters.retryAggregate(dead);
       assert.equal(retried.size, file.events.length);
@@ -1174,13 +1173,14 @@ void describe('the local log', () => {
 
     void it('keeps the block, and refuses the retry, while an undecodable letter names the aggregate', async () => {
       const partition = 2;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 2);
-      const good = await fileLetter(deadLetters, partition, file, 0);
+      const good = await fileLetter(partition, file, 0);
       // The second, as an earlier build wrote it (a field per property), with data no one can
       // read: it names the file, and cannot be put back.
-      const broken = encodeFieldPerProperty(file.events[1] as Envelope).map((value, i, all) =>
-        all[i - 1] === 'data' ? '{not json' : value,
+      const broken = withField(
+        encodeFieldPerProperty(file.events[1] as Envelope),
+        'data',
+        '{not json',
       );
       await deadLetters.add(
         partition,
@@ -1204,9 +1204,8 @@ void describe('the local log', () => {
 
     void it('reads a packed head only up to its last newline, as the codec does', async () => {
       const partition = 0;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 2);
-      const good = await fileLetter(deadLetters, partition, file, 0);
+      const good = await fileLetter(partition, file, 0);
       // Packed, with no newline: the codec finds no head, so the letter names no aggregate and
       // blocks a stand-in; it must not hold the file either.
       const headless = (file.events[1] as Envelope).event_id.concat(
@@ -1233,10 +1232,9 @@ void describe('the local log', () => {
 
     void it('GET /events/{id} dates a dead event by its acceptance, not by its last entry', async () => {
       const partition = 3;
-      const deadLetters = new DeadLetters(log);
       const acceptedAt = '2026-01-02T03:04:05.006Z';
       const file = await fileInStream(partition, 1, Date.parse(acceptedAt));
-      const dead = await fileLetter(deadLetters, partition, file, 0);
+      const dead = await fileLetter(partition, file, 0);
       const view = await readEvent(
         { replica: h.replica, eventLog: log, partitions: 4, deadLetters },
         dead.event_id,
@@ -1249,12 +1247,9 @@ void describe('the local log', () => {
 
     void it('GET /events/{id} dates a dead event whose time reads as none by its entry', async () => {
       const partition = 1;
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 1);
       // Written past the API with a time no one can read: why the projector filed it.
-      const timeless = encodeFieldPerProperty(file.events[0] as Envelope).map((value, i, all) =>
-        all[i - 1] === 'at' ? 'soon' : value,
-      );
+      const timeless = withField(encodeFieldPerProperty(file.events[0] as Envelope), 'at', 'soon');
       const entryId = file.entryIds[0] as string;
       await deadLetters.add(partition, failedEntryOf([entryId, timeless]), history);
       const view = await readEvent(
@@ -1266,16 +1261,15 @@ void describe('the local log', () => {
     });
 
     const fileWithTwoLetters = async (partition: number) => {
-      const deadLetters = new DeadLetters(log);
       const file = await fileInStream(partition, 2);
-      const first = await fileLetter(deadLetters, partition, file, 0);
-      const second = await fileLetter(deadLetters, partition, file, 1);
-      return { deadLetters, file, first, second };
+      const first = await fileLetter(partition, file, 0);
+      const second = await fileLetter(partition, file, 1);
+      return { file, first, second };
     };
 
     void it("lifts the block when two discards take an aggregate's last two letters at once", async () => {
       const partition = 1;
-      const { deadLetters, file, first, second } = await fileWithTwoLetters(partition);
+      const { file, first, second } = await fileWithTwoLetters(partition);
 
       const audits = await Promise.all([
         deadLetters.discard(first, 'bad header', 'operator-a'),
@@ -1287,10 +1281,10 @@ void describe('the local log', () => {
 
     void it('keeps the block while another letter of the aggregate is left, then lifts it', async () => {
       const partition = 1;
-      const { deadLetters, file, first, second } = await fileWithTwoLetters(partition);
+      const { file, first, second } = await fileWithTwoLetters(partition);
       // Another aggregate's letter, filed after both, names another aggregate: it keeps nothing.
       const other = await fileInStream(partition, 1);
-      await fileLetter(deadLetters, partition, other, 0);
+      await fileLetter(partition, other, 0);
 
       assert.ok(await deadLetters.discard(second, 'duplicate', 'operator'));
       assert.equal(await isBlocked(partition, file.aggregateId), true, 'the first is still dead');

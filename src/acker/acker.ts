@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { type Lsn, parseLsn } from '../db/lsn.ts';
 import { presentEventIds, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
 import type { LivePublisher } from '../live/live-message.ts';
-import { timeMs } from '../log/entry-id.ts';
+import { entryTime, timeMs } from '../log/entry-id.ts';
 import type { AppliedRecord, EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -45,9 +45,6 @@ export const nextPoll = (pass: {
     ? { sleepMs: Math.min(QUICK_POLL_MS, pass.intervalMs), quickPolls: pass.quickPolls - 1 }
     : { sleepMs: pass.intervalMs, quickPolls: 0 };
 };
-
-/** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
-export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
 
 /** The head of one partition's applied queue, and the part of it the replica has replayed. */
 type AppliedPage = {

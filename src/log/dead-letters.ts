@@ -9,7 +9,13 @@ import {
   type RawEntry,
   UndecodableEntryError,
 } from './codec.ts';
-import { compareEntryIds, isStreamEntryId, LAST_ENTRY_ID, minEntryId } from './entry-id.ts';
+import {
+  compareEntryIds,
+  entryTime,
+  isStreamEntryId,
+  LAST_ENTRY_ID,
+  minEntryId,
+} from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 import { pipelineReplies } from './redis.ts';
@@ -207,7 +213,7 @@ export class DeadLetters {
       type: record.type ?? '',
       error: record.error ?? '',
       attempts: JSON.parse(record.attempts ?? '[]') as Attempt[],
-      dead_at: new Date(Number(deadId.split('-')[0])).toISOString(),
+      dead_at: new Date(entryTime(deadId)).toISOString(),
       data,
       written_by: record.written_by ?? null,
     };
@@ -393,12 +399,12 @@ export class DeadLetters {
     const undecodable: { id: string; reason: string }[] = [];
     for (const [deadId, raw] of entries) {
       const fields = eventFieldsOf(raw);
+      const record = entryRecord(raw);
       let event: Envelope;
       try {
         event = decodeEntry([deadId, fields]).event;
       } catch (err) {
         // Naming the aggregate, it holds the block as the discard script sees it (lib/letters.lua).
-        const record = entryRecord(raw);
         if (record.aggregate_id === aggregateId) {
           undecodable.push({
             id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
@@ -413,7 +419,7 @@ export class DeadLetters {
           event_id: event.event_id,
           type: event.type,
           fields,
-          originalEntryId: entryRecord(raw).original_entry_id ?? deadId,
+          originalEntryId: record.original_entry_id ?? deadId,
         });
       }
     }

@@ -38,6 +38,9 @@ export const minEntryId = (ids: readonly string[]): string | undefined =>
     undefined,
   );
 
+/** Milliseconds since the epoch at which Redis accepted a stream entry, from its id. */
+export const entryTime = (entryId: string): number => Number(entryId.split('-')[0]);
+
 export const entryIdAt = (ms: number): string => `${Math.max(0, Math.floor(ms))}-0`;
 
 /** Milliseconds since the epoch from a Redis TIME reply: the clock that names stream entries. */

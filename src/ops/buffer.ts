@@ -1,4 +1,4 @@
-import { timeMs } from '../log/entry-id.ts';
+import { entryTime, timeMs } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 
@@ -15,7 +15,7 @@ export type PartitionBuffer = {
   oldestAcceptedMs: number | undefined;
 };
 
-const entryMs = (id: string | null | undefined) => (id ? Number(id.split('-')[0]) : undefined);
+const entryMs = (id: string | null | undefined) => (id ? entryTime(id) : undefined);
 
 const fieldOf = (info: unknown[], name: string): unknown => {
   const i = info.indexOf(name);

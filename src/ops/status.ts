@@ -6,6 +6,7 @@ import { latestSnapshot } from '../db/queries/integrity.ts';
 import { mainWalLsn, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
+import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
@@ -180,7 +181,7 @@ const oldestRetainedMs = async (eventLog: EventLog): Promise<number | undefined>
   const firsts = ((await pipeline.exec()) ?? []).flatMap(([, entries]) =>
     (entries as [string, string[]][]).slice(0, 1),
   );
-  const times = firsts.map(([id]) => Number(id.split('-')[0]));
+  const times = firsts.map(([id]) => entryTime(id));
   return times.length === 0 ? undefined : Math.min(...times);
 };
 

@@ -3,6 +3,7 @@ import { type StoredEvent, storedEvent, storedEventsOf } from '../db/queries/rea
 import { partitionOf } from '../domain/ids.ts';
 import type { LogEntry } from '../log/codec.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
+import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { pendingOnly } from './merged.ts';
 
@@ -55,9 +56,7 @@ const fromEntry = (
  */
 const acceptedAt = (stamp: number | undefined, entryId: string) => {
   const at = new Date(stamp ?? Number.NaN);
-  return Number.isNaN(at.getTime())
-    ? new Date(Number(entryId.split('-')[0])).toISOString()
-    : at.toISOString();
+  return (Number.isNaN(at.getTime()) ? new Date(entryTime(entryId)) : at).toISOString();
 };
 
 const fromStored = (stored: StoredEvent): EventView => ({

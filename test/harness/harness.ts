@@ -37,6 +37,10 @@ export const testStack = (): TestStack => {
 export const holdFault = (ms: number): Promise<void> =>
   new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Stream entry fields with the value of field `name` replaced: an entry written past the API. */
+export const withField = (fields: readonly string[], name: string, value: string): string[] =>
+  fields.map((v, i) => (i % 2 === 1 && fields[i - 1] === name ? value : v));
+
 /** Polls until `condition` holds; fails with `what` when the deadline passes. Never a fixed sleep. */
 export const waitFor = async (
   condition: () => Promise<boolean> | boolean,
