@@ -143,6 +143,105 @@ void describe('the local log', () => {
       assert.equal((await bucketsInUse(redis, log, 0)).length, 1, 'only B’s bucket is in use');
     });
 
+    void it("keeps a hot aggregate's pending entries in a list of its own: appends and acks stay constant work", async () => {
+      const keys = log.keys(1);
+      const hot = newIdInPartition(1, 4);
+      const bucket = keys.inflight('raw_data_file', hot);
+      const appendOne = async (aggregateId: string, n: number) => {
+        const event = { ...fileEvent(aggregateId, n), event_id: newIdInPartition(1, 4) };
+        const result = await log.append({ partition: 1, events: [event] });
+        assert.equal(result.kind, 'appended');
+        return { event, entryId: result.kind === 'appended' ? (result.entryIds[0] ?? '') : '' };
+      };
+      const appended: { event: Envelope; entryId: string }[] = [];
+      for (let n = 0; n < 200; n += 1) {
+        appended.push(await appendOne(hot, n));
+      }
+      // Some in one request, as a batch of a unit's files would come.
+      const batch = Array.from({ length: 5 }, (_, n) => ({
+        ...fileEvent(hot, 200 + n),
+        event_id: newIdInPartition(1, 4),
+      }));
+      const batchResult = await log.append({ partition: 1, events: batch });
+      assert.equal(batchResult.kind, 'appended');
+      if (batchResult.kind === 'appended') {
+        appended.push(
+          ...batch.map((event, i) => ({ event, entryId: batchResult.entryIds[i] ?? '' })),
+        );
+      }
+      const entryIds = appended.map((a) => a.entryId);
+      assert.equal(await redis.hget(bucket, hot), 'spilled');
+      assert.deepEqual(
+        await redis.lrange(keys.inflightList('raw_data_file', hot), 0, -1),
+        entryIds,
+      );
+      assert.equal(
+        await redis.object('ENCODING', bucket),
+        'listpack',
+        'no field of the bucket outgrows a listpack',
+      );
+      assert.deepEqual(
+        (await log.readInflight(hot, 1)).map((e) => e.entryId),
+        entryIds,
+      );
+
+      // What an append writes to the append-only file does not grow with the aggregate's backlog:
+      // 20 more appends to it against 20 appends to aggregates of their own.
+      const aofBytesOf = async (append: (n: number) => Promise<unknown>) => {
+        for (;;) {
+          const info = async () => {
+            const text = await redis.info('persistence');
+            const field = (name: string) => Number(new RegExp(`${name}:(\\d+)`).exec(text)?.[1]);
+            return { size: field('aof_current_size'), rewrites: field('aof_rewrites') };
+          };
+          const before = await info();
+          for (let n = 0; n < 20; n += 1) {
+            await append(n);
+          }
+          const after = await info();
+          if (after.rewrites === before.rewrites) {
+            return after.size - before.size;
+          }
+        }
+      };
+      const toOwn: typeof appended = [];
+      const toOwnAggregates = await aofBytesOf(async (n) =>
+        toOwn.push(await appendOne(newIdInPartition(1, 4), n)),
+      );
+      const toHot: typeof appended = [];
+      const toHotAggregate = await aofBytesOf(async (n) => toHot.push(await appendOne(hot, n)));
+      appended.push(...toHot);
+      assert.ok(toOwnAggregates > 0);
+      assert.ok(
+        toHotAggregate < 1.5 * toOwnAggregates,
+        `20 appends to an aggregate with 205 pending wrote ${toHotAggregate} AOF bytes, to new ones ${toOwnAggregates}`,
+      );
+
+      await deliver(redis, keys.stream);
+      // One from the middle first, then the rest in stream order, as the acker sends them.
+      const [middle] = appended.splice(100, 1);
+      assert.ok(middle);
+      const records = (entries: typeof appended) =>
+        entries.map(({ event, entryId }) => appliedRecord(event, entryId));
+      await log.recordApplied(1, records([middle]));
+      assert.equal(await log.ack(1, records([middle])), 1);
+      assert.deepEqual(
+        await redis.lrange(keys.inflightList('raw_data_file', hot), 0, -1),
+        appended.map((a) => a.entryId),
+      );
+      for (let i = 0; i < appended.length; i += 50) {
+        const chunk = records(appended.slice(i, i + 50));
+        await log.recordApplied(1, chunk);
+        assert.equal(await log.ack(1, chunk), chunk.length);
+      }
+      await log.recordApplied(1, records(toOwn));
+      assert.equal(await log.ack(1, records(toOwn)), toOwn.length);
+      assert.deepEqual(await log.readInflight(hot, 1), []);
+      assert.equal(await redis.exists(keys.inflightList('raw_data_file', hot)), 0);
+      assert.equal(await redis.hexists(bucket, hot), 0);
+      await bucketsInUse(redis, log, 1);
+    });
+
     void it("folds an earlier build's one-hash index of a type into the buckets at start", async () => {
       const keys = log.keys(2);
       const legacy = keys.legacyInflightIndex('raw_data_file');

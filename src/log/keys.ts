@@ -39,6 +39,12 @@ export type PartitionKeys = {
   /** A bucket of a type's in-flight index by its number. */
   inflightBucket: (aggregateType: string, bucket: number) => string;
   /**
+   * The entry ids of an aggregate with too many pending entries to keep in its bucket's field
+   * (which then reads `spilled`), as a list. The scripts name it from the bucket's key
+   * (scripts/lib/inflight.lua); this is the same name, for tests and for reading by hand.
+   */
+  inflightList: (aggregateType: string, aggregateId: string) => string;
+  /**
    * The numbers of a type's in-flight buckets that hold anything, kept by the scripts that fill
    * and empty them: the merged list reads those buckets, not all INFLIGHT_BUCKETS.
    */
@@ -110,6 +116,8 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     inflight: (aggregateType, aggregateId) =>
       inflightBucket(aggregateType, idBucket(aggregateId, INFLIGHT_BUCKETS)),
     inflightBucket,
+    inflightList: (aggregateType, aggregateId) =>
+      `${prefix}:inflight-list:${aggregateType}:${aggregateId}`,
     inflightBucketsInUse: (aggregateType) => `${prefix}:inflight-buckets:${aggregateType}`,
     legacyInflightIndex: inflightIndex,
     legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,

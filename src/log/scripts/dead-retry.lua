@@ -33,12 +33,9 @@ local function entry_after(a, b)
 end
 
 local later = 0
-local in_flight = redis.call('HGET', KEYS[5], ARGV[1])
-if in_flight then
-  for id in string.gmatch(in_flight, '%S+') do
-    if entry_after(id, ARGV[6]) then
-      later = later + 1
-    end
+for _, id in ipairs(inflight_ids(KEYS[5], ARGV[1])) do
+  if entry_after(id, ARGV[6]) then
+    later = later + 1
   end
 end
 if later > 0 then

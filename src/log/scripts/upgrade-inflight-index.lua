@@ -10,9 +10,16 @@ for i, aggregate_id in ipairs(ARGV) do
   local earlier = redis.call('HGET', KEYS[1], aggregate_id)
   if earlier then
     local bucket = KEYS[2 + i]
-    local later = redis.call('HGET', bucket, aggregate_id)
-    redis.call('HSET', bucket, aggregate_id, later and (earlier .. ' ' .. later) or earlier)
-    redis.call('SADD', KEYS[2], bucket_number(bucket))
+    local later = inflight_ids(bucket, aggregate_id)
+    for _, id in ipairs(later) do
+      inflight_remove(bucket, KEYS[2], aggregate_id, id)
+    end
+    for _, id in ipairs(split_ids(earlier)) do
+      inflight_add(bucket, KEYS[2], aggregate_id, id)
+    end
+    for _, id in ipairs(later) do
+      inflight_add(bucket, KEYS[2], aggregate_id, id)
+    end
     redis.call('HDEL', KEYS[1], aggregate_id)
     moved = moved + 1
   end
