@@ -10,10 +10,7 @@ for i, aggregate_id in ipairs(ARGV) do
   local earlier = redis.call('HGET', KEYS[1], aggregate_id)
   if earlier then
     local bucket = KEYS[2 + i]
-    local later = inflight_ids(bucket, aggregate_id)
-    for _, id in ipairs(later) do
-      inflight_remove(bucket, KEYS[2], aggregate_id, id)
-    end
+    local later = inflight_take(bucket, aggregate_id)
     for _, id in ipairs(split_ids(earlier)) do
       inflight_add(bucket, KEYS[2], aggregate_id, id)
     end

@@ -123,3 +123,11 @@ local function inflight_ids(key, aggregate_id)
   end
   return split_ids(ids or '')
 end
+
+-- Takes an aggregate out of its bucket whole, answering its ids; the caller adds them back.
+local function inflight_take(key, aggregate_id)
+  local ids = inflight_ids(key, aggregate_id)
+  redis.call('HDEL', key, aggregate_id)
+  redis.call('DEL', spill_key(key, aggregate_id))
+  return ids
+end
