@@ -10,6 +10,7 @@ import {
   DeadLetters,
   failedEntryOf,
   failedEntryOfEvent,
+  LaterEventsInFlightError,
   LettersStillArrivingError,
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
@@ -91,6 +92,17 @@ void describe('the local log', () => {
   });
 
   void describe('the in-flight index', () => {
+    /** A file event in a partition's stream as an earlier build wrote it, a field per property. */
+    const earlierEntry = async (partition: number, aggregateId: string, n: number) => {
+      const event = { ...fileEvent(aggregateId, n), event_id: newIdInPartition(partition, 4) };
+      const entryId = (await redis.xadd(
+        log.keys(partition).stream,
+        '*',
+        ...encodeFieldPerProperty(event),
+      )) as string;
+      return { event, entryId };
+    };
+
     void it('keeps each aggregate’s pending entries in stream order and forgets them once acknowledged', async () => {
       const [a, b] = [newIdInPartition(0, 4), newIdInPartition(0, 4)];
       const appended: string[] = [];
@@ -246,20 +258,11 @@ void describe('the local log', () => {
       const keys = log.keys(2);
       const legacy = keys.legacyInflightIndex('raw_data_file');
       const [a, b] = [newIdInPartition(2, 4), newIdInPartition(2, 4)];
-      const earlierEntry = async (aggregateId: string, n: number) => {
-        const event = { ...fileEvent(aggregateId, n), event_id: newIdInPartition(2, 4) };
-        const entryId = (await redis.xadd(
-          keys.stream,
-          '*',
-          ...encodeFieldPerProperty(event),
-        )) as string;
-        return { event, entryId };
-      };
       // What an earlier build left behind: A's two entries and B's one, in the one hash.
       const [a1, a2, b1] = [
-        await earlierEntry(a, 1),
-        await earlierEntry(a, 2),
-        await earlierEntry(b, 3),
+        await earlierEntry(2, a, 1),
+        await earlierEntry(2, a, 2),
+        await earlierEntry(2, b, 3),
       ];
       await redis.hset(legacy, a, `${a1.entryId} ${a2.entryId}`, b, b1.entryId);
       // This build appends A's third entry to A's bucket.
@@ -312,6 +315,51 @@ void describe('the local log', () => {
       assert.deepEqual(await log.readInflight(a, 2), []);
       await bucketsInUse(redis, log, 2);
       assert.equal(await redis.hexists(keys.inflight('raw_data_file', a), a), 0);
+    });
+
+    void it("folds an earlier build's long id list of an aggregate into a list of its own", async () => {
+      const keys = log.keys(2);
+      const aggregateId = newIdInPartition(2, 4);
+      const earlier: { event: Envelope; entryId: string }[] = [];
+      for (let n = 0; n < 6; n += 1) {
+        earlier.push(await earlierEntry(2, aggregateId, n));
+      }
+      await redis.hset(
+        keys.legacyInflightIndex('raw_data_file'),
+        aggregateId,
+        earlier.map((e) => e.entryId).join(' '),
+      );
+      const later = { ...fileEvent(aggregateId, 6), event_id: newIdInPartition(2, 4) };
+      const appended = await log.append({ partition: 2, events: [later] });
+      assert.equal(appended.kind, 'appended');
+      const all = [
+        ...earlier,
+        { event: later, entryId: appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '' },
+      ];
+
+      await log.ensureGroups();
+      const bucket = keys.inflight('raw_data_file', aggregateId);
+      const list = keys.inflightList('raw_data_file', aggregateId);
+      assert.equal(await redis.hget(bucket, aggregateId), 'spilled');
+      assert.deepEqual(
+        await redis.lrange(list, 0, -1),
+        all.map((e) => e.entryId),
+        "the earlier build's ids first, then this build's",
+      );
+      assert.equal(await redis.object('ENCODING', bucket), 'listpack');
+      assert.deepEqual(
+        (await log.readInflight(aggregateId, 2)).map((e) => e.entryId),
+        all.map((e) => e.entryId),
+      );
+
+      await deliver(redis, keys.stream);
+      const records = all.map(({ event, entryId }) => appliedRecord(event, entryId));
+      await log.recordApplied(2, records);
+      assert.equal(await log.ack(2, records), records.length);
+      assert.deepEqual(await log.readInflight(aggregateId, 2), []);
+      assert.equal(await redis.exists(list), 0);
+      assert.equal(await redis.hexists(bucket, aggregateId), 0);
+      await bucketsInUse(redis, log, 2);
     });
 
     void it('folds the per-aggregate lists of an earlier build into the index at start', async () => {
@@ -536,7 +584,7 @@ void describe('the local log', () => {
 
       assert.equal(await log.ack(2, [second, third]), 2);
       assert.equal(await log.pendingCount(2), 0);
-      assert.equal(await log.appliedCount(2), 0);
+      assert.deepEqual(await log.peekApplied(2, 10), []);
       assert.deepEqual(await log.appliedLsnOf([second.entryId, third.entryId], 2), [null, null]);
       assert.equal(await redis.exists(keys.attempts), 0);
       assert.deepEqual(await log.unacknowledged([second.eventId, third.eventId], 2), [
@@ -1390,6 +1438,46 @@ void describe('the local log', () => {
       assert.ok(await deadLetters.discard(first, 'duplicate', 'operator'));
       assert.equal(await isBlocked(partition, file.aggregateId), false);
       assert.equal(await isBlocked(partition, other.aggregateId), true);
+    });
+
+    void it('dead-letters and retries an aggregate whose pending entries spilled into a list of its own', async () => {
+      const partition = 0;
+      const keys = log.keys(partition);
+      const file = await fileInStream(partition, 12);
+      const bucket = keys.inflight('raw_data_file', file.aggregateId);
+      const list = keys.inflightList('raw_data_file', file.aggregateId);
+      assert.equal(await redis.hget(bucket, file.aggregateId), 'spilled');
+
+      const first = await fileLetter(partition, file, 0);
+      assert.deepEqual(await redis.lrange(list, 0, -1), file.entryIds.slice(1));
+      await assert.rejects(
+        deadLetters.retryAggregate(first),
+        (err: unknown) => err instanceof LaterEventsInFlightError && /^11 later/.test(err.message),
+        'the eleven still in the list are counted',
+      );
+      // The rest follow the block into the dead letters as the projector reaches them.
+      for (let n = 1; n < file.events.length; n += 1) {
+        await fileLetter(partition, file, n);
+      }
+      assert.equal(await redis.exists(list), 0);
+      assert.equal(await redis.hexists(bucket, file.aggregateId), 0);
+      assert.deepEqual(await log.readInflight(file.aggregateId, partition), []);
+      await bucketsInUse(redis, log, partition);
+
+      const retried = [...(await deadLetters.retryAggregate(first)).values()];
+      assert.equal(retried.length, file.events.length);
+      assert.deepEqual(retried, [...retried].sort(compareEntryIds), 'put back in accepted order');
+      assert.equal(await redis.hget(bucket, file.aggregateId), 'spilled');
+      assert.deepEqual(await redis.lrange(list, 0, -1), retried);
+      assert.deepEqual(
+        (await log.readInflight(file.aggregateId, partition)).map((e) => [
+          e.entryId,
+          e.event.event_id,
+        ]),
+        retried.map((id, n) => [id, file.events[n]?.event_id]),
+      );
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      await bucketsInUse(redis, log, partition);
     });
   });
 });
