@@ -653,10 +653,6 @@ export class EventLog {
     return records.map(parseApplied);
   }
 
-  async appliedCount(partition: number): Promise<number> {
-    return this.#redis.llen(this.keys(partition).applied);
-  }
-
   /**
    * XACKs a prefix of the applied queue and drops its entries from the read indexes. Answers how
    * many of `records`, from the first, it settled: fewer when another acker got there first.
