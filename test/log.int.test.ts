@@ -1440,6 +1440,39 @@ void describe('the local log', () => {
       assert.equal(await isBlocked(partition, other.aggregateId), true);
     });
 
+    void it("keeps the block while the aggregate's other letter lies pages of letters away, on either side", async () => {
+      const partition = 2;
+      // The discard looks outward from the discarded letter a page at a time: 16 letters, then 32…
+      const othersBetween = async () => {
+        for (let n = 0; n < 70; n += 1) {
+          await fileLetter(partition, await fileInStream(partition, 1), 0);
+        }
+      };
+      const file = await fileInStream(partition, 2);
+      const first = await fileLetter(partition, file, 0);
+      await othersBetween();
+      const second = await fileLetter(partition, file, 1);
+      await othersBetween();
+
+      assert.ok(await deadLetters.discard(first, 'duplicate', 'operator'));
+      assert.equal(
+        await isBlocked(partition, file.aggregateId),
+        true,
+        'the second, later, is left',
+      );
+      const again = await fileInStream(partition, 2);
+      const earlier = await fileLetter(partition, again, 0);
+      await othersBetween();
+      const later = await fileLetter(partition, again, 1);
+      assert.ok(await deadLetters.discard(later, 'duplicate', 'operator'));
+      assert.equal(await isBlocked(partition, again.aggregateId), true, 'the earlier one is left');
+
+      assert.ok(await deadLetters.discard(second, 'duplicate', 'operator'));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      assert.ok(await deadLetters.discard(earlier, 'duplicate', 'operator'));
+      assert.equal(await isBlocked(partition, again.aggregateId), false);
+    });
+
     void it('dead-letters and retries an aggregate whose pending entries spilled into a list of its own', async () => {
       const partition = 0;
       const keys = log.keys(partition);

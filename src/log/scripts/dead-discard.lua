@@ -28,7 +28,7 @@ end
 local audit = redis.call('XADD', KEYS[3], '*', unpack(ARGV, 5))
 redis.call('XDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[2])
-if ARGV[4] == 'always' or not has_letter_of(KEYS[1], ARGV[3], '0-0') then
+if ARGV[4] == 'always' or not has_letter_around(KEYS[1], ARGV[3], ARGV[1]) then
   redis.call('SREM', KEYS[4], ARGV[3])
   if KEYS[5] then
     redis.call('DEL', KEYS[5])

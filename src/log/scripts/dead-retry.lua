@@ -21,7 +21,7 @@
 -- meanwhile do not matter: while a unit's files keep following it into the dead letters, a
 -- partition-wide check could refuse every retry of another aggregate.)
 
-if has_letter_of(KEYS[2], ARGV[1], ARGV[7]) then
+if has_letter_after(KEYS[2], ARGV[1], ARGV[7]) then
   return {'letters_changed'}
 end
 
