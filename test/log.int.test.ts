@@ -11,6 +11,7 @@ import {
   failedEntryOf,
   failedEntryOfEvent,
   LaterEventsInFlightError,
+  type LetterReads,
   LettersStillArrivingError,
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
@@ -1347,6 +1348,63 @@ void describe('the local log', () => {
       assert.equal(await isBlocked(partition, file.aggregateId), true, 'held by the undecodable');
       assert.ok(await deadLetters.discard(undecodable as DeadLetter, 'unreadable', 'operator'));
       assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
+    void it('shares one read of the letters among the retries of a run, and reads again once one is filed', async () => {
+      const partition = 1;
+      const lettersKey = log.keys(partition).deadLetters;
+      const [a, b, c] = [
+        await fileInStream(partition, 2),
+        await fileInStream(partition, 1),
+        await fileInStream(partition, 2),
+      ];
+      const deadA = await fileLetter(partition, a, 0);
+      const deadB = await fileLetter(partition, b, 0);
+      const deadC = await fileLetter(partition, c, 0);
+      // C's second as an earlier build wrote it, with data no one can read: it holds C's retry.
+      await deadLetters.add(
+        partition,
+        failedEntryOf([
+          c.entryIds[1] as string,
+          withField(encodeFieldPerProperty(c.events[1] as Envelope), 'data', '{not json'),
+        ]),
+        history,
+      );
+      const undecodableC = await deadLetters.get((c.events[1] as Envelope).event_id, partition);
+      assert.ok(undecodableC);
+
+      const read = redis.xrange.bind(redis);
+      let wholeReads = 0;
+      redis.xrange = (async (...args: Parameters<typeof read>) => {
+        if (args[0] === lettersKey && args[1] === '-' && args[2] === '+') {
+          wholeReads += 1;
+        }
+        return read(...args);
+      }) as unknown as typeof redis.xrange;
+      try {
+        const reads: LetterReads = new Map();
+        await assert.rejects(
+          deadLetters.retryAggregate(deadC, reads),
+          UndecodableLetterOfAggregateError,
+        );
+        assert.equal((await deadLetters.retryAggregate(deadB, reads)).size, 1);
+        assert.equal(wholeReads, 1, 'B is retried from the read C was');
+
+        // A's second follows it into the letters after that read: the next retry reads again.
+        await fileLetter(partition, a, 1);
+        assert.equal((await deadLetters.retryAggregate(deadA, reads)).size, 2);
+        assert.equal(wholeReads, 2);
+
+        // The undecodable letter is discarded after the run read it: C's retry looks again.
+        assert.ok(await deadLetters.discard(undecodableC, 'unreadable', 'operator'));
+        assert.equal((await deadLetters.retryAggregate(deadC, reads)).size, 1);
+        assert.equal(wholeReads, 3);
+      } finally {
+        redis.xrange = read;
+      }
+      for (const file of [a, b, c]) {
+        assert.equal(await isBlocked(partition, file.aggregateId), false);
+      }
     });
 
     void it('reads a packed head only up to its last newline, as the codec does', async () => {

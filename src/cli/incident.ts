@@ -5,6 +5,7 @@ import {
   type DeadLetter,
   deadLetterIdIn,
   isDeadLetterCursor,
+  type LetterReads,
   RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
@@ -215,10 +216,11 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         // and two partitions dead-lettering in one millisecond name their letters alike.
         const retried = new Map<string, string>();
         const keyOf = (partition: number, deadId: string) => `${partition}:${deadId}`;
+        const reads: LetterReads = new Map();
         for (const letter of letters) {
           const earlier = retried.get(keyOf(letter.partition, letter.dead_letter_id));
           const outcome = await (earlier === undefined
-            ? site.deadLetters.retryAggregate(letter).then((ids) => {
+            ? site.deadLetters.retryAggregate(letter, reads).then((ids) => {
                 for (const [deadId, entryId] of ids) {
                   retried.set(keyOf(letter.partition, deadId), entryId);
                 }
