@@ -19,6 +19,7 @@ import {
   cpuMeter,
   histogramBuckets,
   histogramQuantile,
+  latencies,
   load,
   pacedLoad,
   percentile,
@@ -206,6 +207,12 @@ const main = async () => {
       cpuUsPerWrite: perWrite(cpu(), writes),
     };
   };
+  /** The projector's batch-duration histogram, as its process's /metrics answers it now. */
+  const batchHistogram = async (projector: Server) =>
+    histogramBuckets(
+      await (await fetch(`http://127.0.0.1:${projector.port}/metrics`)).text(),
+      'outpost_projection_batch_duration_seconds',
+    );
   let outpostRps = 0;
   let rssMb = 0;
   try {
@@ -252,8 +259,12 @@ const main = async () => {
         outpost_p50_ms: outpostResult.p50_ms,
         outpost_p99_ms: outpostResult.p99_ms,
         outpost_max_ms: outpostResult.max_ms,
+        bare_p50_ms: bareResult.p50_ms,
         bare_p99_ms: bareResult.p99_ms,
+        bare_max_ms: bareResult.max_ms,
+        xadd_p50_ms: xaddResult.p50_ms,
         xadd_p99_ms: xaddResult.p99_ms,
+        xadd_max_ms: xaddResult.max_ms,
         outpost_errors: outpostResult.errors,
         outpost_stubbed_append_rps: stubbedResult.rps,
         ratio_to_bare: round(outpostResult.rps / bareResult.rps),
@@ -266,8 +277,8 @@ const main = async () => {
         },
         few_connections: {
           connections: FEW_CONNECTIONS,
-          xadd: { rps: xaddFew.rps, p50_ms: xaddFew.p50_ms, p99_ms: xaddFew.p99_ms },
-          outpost: { rps: outpostFew.rps, p50_ms: outpostFew.p50_ms, p99_ms: outpostFew.p99_ms },
+          xadd: latencies(xaddFew),
+          outpost: latencies(outpostFew),
         },
       };
     }
@@ -303,6 +314,7 @@ const main = async () => {
       const mainPool = new pg.Pool({ connectionString: drainSite.main, max: PARTITIONS });
       // The clock starts once the projector process is up: its boot is not drain time.
       const projector = await started(outpost(drainSite, 'projector'));
+      const batchesBefore = await batchHistogram(projector);
       const t0 = Date.now();
       // Each partition applies its stream in order, so the drain is done when the last event
       // appended to every partition is there: a probe of a few index lookups, where a count(*)
@@ -319,6 +331,7 @@ const main = async () => {
       }
       await until(async () => (await unacknowledged(eventLog)) === 0, 'every acknowledgement');
       const confirmedMs = Date.now() - t0;
+      const batchesAfter = await batchHistogram(projector);
       await projector.stop();
       const rawRate = await rawInsertCeiling(mainPool, backlog);
       await mainPool.end();
@@ -329,6 +342,9 @@ const main = async () => {
         outpost_confirmed_events_per_s: Math.round(DRAIN_EVENTS / (confirmedMs / 1000)),
         raw_insert_rows_per_s: rawRate,
         ratio_to_raw: round(DRAIN_EVENTS / (appliedMs / 1000) / rawRate),
+        // A batch from its read to its record as applied; a histogram has no exact maximum.
+        batch_p50_ms: round(histogramQuantile(batchesBefore, batchesAfter, 0.5) * 1000),
+        batch_p99_ms: round(histogramQuantile(batchesBefore, batchesAfter, 0.99) * 1000),
         list_during_backlog_ms: listDuringBacklog,
       };
     }
@@ -381,8 +397,11 @@ const main = async () => {
           batch_p99_ms: quantileMs('batch', 0.99),
           polled_p50_ms: percentile(polled, 50),
           polled_p99_ms: percentile(polled, 99),
+          polled_max_ms: round(Math.max(0, ...polled)),
           polled_samples: polled.length,
+          ingest_p50_ms: offered.p50_ms,
           ingest_p99_ms: offered.p99_ms,
+          ingest_max_ms: offered.max_ms,
         };
       };
       e2e.rate_500 = await endToEnd(500, 'split');
@@ -390,6 +409,7 @@ const main = async () => {
       e2e.rate_2000_one_process = await endToEnd(2000, 'one process');
       e2e.replica_replay_p50_ms = round(percentile(replaySamples, 50));
       e2e.replica_replay_p99_ms = round(percentile(replaySamples, 99));
+      e2e.replica_replay_max_ms = round(Math.max(0, ...replaySamples));
       results.e2e = e2e;
     }
     if (want('reads')) {
@@ -446,6 +466,10 @@ const main = async () => {
         pending_10_p99_ms: reads10.p99_ms,
         pending_0_p50_ms: reads0.p50_ms,
         pending_10_p50_ms: reads10.p50_ms,
+        pending_0_max_ms: reads0.max_ms,
+        pending_10_max_ms: reads10.max_ms,
+        pending_0_rps: reads0.rps,
+        pending_10_rps: reads10.rps,
         floors: {
           http_404_p50_ms: floor.p50_ms,
           http_404_p99_ms: floor.p99_ms,
@@ -457,6 +481,8 @@ const main = async () => {
         saturated_16_connections: {
           pending_0_p99_ms: saturated0.p99_ms,
           pending_10_p99_ms: saturated10.p99_ms,
+          pending_0_max_ms: saturated0.max_ms,
+          pending_10_max_ms: saturated10.max_ms,
           pending_0_rps: saturated0.rps,
           pending_10_rps: saturated10.rps,
         },
@@ -507,8 +533,11 @@ const main = async () => {
         'the BullMQ worker',
       );
       const bull = bullRun.offered;
-      const bullLatency = await peerDb.query<{ p99: number }>(
-        'SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM committed_at - enqueued_at) * 1000) AS p99 FROM bullmq_events',
+      const bullLatency = await peerDb.query<{ p50: number; p99: number; max: number }>(
+        `SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99, max(ms) AS max
+           FROM (SELECT extract(epoch FROM committed_at - enqueued_at) * 1000 AS ms
+                   FROM bullmq_events) e`,
       );
       await producer.stop();
       await worker.stop();
@@ -536,9 +565,18 @@ const main = async () => {
         bullmq_rps: bull.rps,
         outpost_rps: outpostRps,
         ratio: round(outpostRps / bull.rps),
+        bullmq_p50_ms: bull.p50_ms,
         bullmq_p99_ms: bull.p99_ms,
+        bullmq_max_ms: bull.max_ms,
+        bullmq_e2e_p50_ms: round(Number(bullLatency.rows[0]?.p50 ?? 0)),
         bullmq_e2e_p99_ms: round(Number(bullLatency.rows[0]?.p99 ?? 0)),
+        bullmq_e2e_max_ms: round(Number(bullLatency.rows[0]?.max ?? 0)),
         outpost_rps_with_projector: outpostRun.offered.rps,
+        // What the writers waited for in the same-work runs: BullMQ's enqueue, Outpost's append.
+        same_work_accept_ms: {
+          bullmq: latencies(bull),
+          outpost: latencies(outpostRun.offered),
+        },
         bullmq_committed_rps: bullRun.committedRps,
         outpost_committed_rps: outpostRun.committedRps,
         committed_ratio: round(outpostRun.committedRps / bullRun.committedRps),
@@ -579,7 +617,9 @@ const main = async () => {
         events: INTEGRITY_EVENTS,
         refresh_seconds_1m_events: round(refreshSeconds * (1_000_000 / INTEGRITY_EVENTS)),
         refresh_seconds_measured: round(refreshSeconds),
+        scrape_p50_ms_during_refresh: round(percentile(scrapeTimes, 50)),
         scrape_p99_ms_during_refresh: round(percentile(scrapeTimes, 99)),
+        scrape_max_ms_during_refresh: round(Math.max(0, ...scrapeTimes)),
         scrapes_during_refresh: scrapeTimes.length,
       };
     }

@@ -233,6 +233,14 @@ export type LoadResult = {
   requests: number;
 };
 
+/** A load's throughput and latency, as the results file gives them. */
+export const latencies = ({ rps, p50_ms, p99_ms, max_ms }: LoadResult) => ({
+  rps,
+  p50_ms,
+  p99_ms,
+  max_ms,
+});
+
 export const load = async (options: autocannon.Options): Promise<LoadResult> => {
   const result = await autocannon({ connections: 64, ...options });
   return {
@@ -390,7 +398,7 @@ export const until = async (
 
 /**
  * Latency of `call` made back to back by one client for `durationS` seconds, to the hundredth of
- * a millisecond (autocannon counts whole milliseconds): p50 and p99 in ms.
+ * a millisecond (autocannon counts whole milliseconds): p50, p99 and max in ms.
  */
 export const backToBack = async (call: () => Promise<unknown>, durationS: number) => {
   const samples: number[] = [];
@@ -400,5 +408,9 @@ export const backToBack = async (call: () => Promise<unknown>, durationS: number
     await call();
     samples.push(performance.now() - start);
   }
-  return { p50_ms: round(percentile(samples, 50)), p99_ms: round(percentile(samples, 99)) };
+  return {
+    p50_ms: round(percentile(samples, 50)),
+    p99_ms: round(percentile(samples, 99)),
+    max_ms: round(Math.max(0, ...samples)),
+  };
 };

@@ -1,5 +1,9 @@
 import { round } from './lib.ts';
 
+/** `p50 / p99 / max`, of whichever a results file of an earlier build has. */
+const spread = (...values: unknown[]) =>
+  values.map((value) => (value === undefined ? '–' : String(value))).join(' / ');
+
 const cpuParts = (parts: Record<string, number>) =>
   Object.entries(parts)
     .filter(([part]) => part !== 'machine')
@@ -53,8 +57,13 @@ export const renderTable = (r: any): string => {
     ],
     [
       'ingest: Outpost p50 / p99 / max (ms)',
-      `${r.ingest.outpost_p50_ms} / ${r.ingest.outpost_p99_ms} / ${r.ingest.outpost_max_ms}`,
+      spread(r.ingest.outpost_p50_ms, r.ingest.outpost_p99_ms, r.ingest.outpost_max_ms),
       'p99 ≤ 10',
+    ],
+    [
+      'ingest: bare Hono; Hono+XADD, p50 / p99 / max (ms)',
+      `${spread(r.ingest.bare_p50_ms, r.ingest.bare_p99_ms, r.ingest.bare_max_ms)}; ${spread(r.ingest.xadd_p50_ms, r.ingest.xadd_p99_ms, r.ingest.xadd_max_ms)}`,
+      '',
     ],
     [
       `drain: ${r.drain.events} events applied / confirmed (events/s)`,
@@ -67,6 +76,11 @@ export const renderTable = (r: any): string => {
       '≥ 0.6',
     ],
     [
+      'drain: a projection batch, read → recorded as applied, p50 / p99 (ms)',
+      spread(r.drain.batch_p50_ms, r.drain.batch_p99_ms),
+      '',
+    ],
+    [
       `a list of units while all ${r.drain.events} wait unprojected, median / max of 3 (ms): one unit's obs_unit_id; a first page of 10`,
       r.drain.list_during_backlog_ms
         ? `${r.drain.list_during_backlog_ms.filtered.median} / ${r.drain.list_during_backlog_ms.filtered.max}; ${r.drain.list_during_backlog_ms.first_page.median} / ${r.drain.list_during_backlog_ms.first_page.max}`
@@ -74,19 +88,19 @@ export const renderTable = (r: any): string => {
       '',
     ],
     [
-      'end to end at 500/s, evenly paced, API + projector processes: p50 / p99 (ms, histogram; polled)',
-      `${r.e2e.rate_500.p50_ms} / ${r.e2e.rate_500.p99_ms}; ${r.e2e.rate_500.polled_p50_ms} / ${r.e2e.rate_500.polled_p99_ms}`,
+      'end to end at 500/s, evenly paced, API + projector processes: p50 / p99 (ms, histogram); p50 / p99 / max (polled)',
+      `${spread(r.e2e.rate_500.p50_ms, r.e2e.rate_500.p99_ms)}; ${spread(r.e2e.rate_500.polled_p50_ms, r.e2e.rate_500.polled_p99_ms, r.e2e.rate_500.polled_max_ms)}`,
       '',
     ],
     [
-      'end to end at 2000/s, evenly paced, API + projector processes: p50 / p99 (ms, histogram; polled)',
-      `${r.e2e.rate_2000.p50_ms} / ${r.e2e.rate_2000.p99_ms}; ${r.e2e.rate_2000.polled_p50_ms} / ${r.e2e.rate_2000.polled_p99_ms}`,
+      'end to end at 2000/s, evenly paced, API + projector processes: p50 / p99 (ms, histogram); p50 / p99 / max (polled)',
+      `${spread(r.e2e.rate_2000.p50_ms, r.e2e.rate_2000.p99_ms)}; ${spread(r.e2e.rate_2000.polled_p50_ms, r.e2e.rate_2000.polled_p99_ms, r.e2e.rate_2000.polled_max_ms)}`,
       'p99 ≤ replay p99 + 20',
     ],
     [
-      'end to end at 2000/s, one all-in-one process: p50 / p99 (ms, histogram; polled)',
+      'end to end at 2000/s, one all-in-one process: p50 / p99 (ms, histogram); p50 / p99 / max (polled)',
       r.e2e.rate_2000_one_process
-        ? `${r.e2e.rate_2000_one_process.p50_ms} / ${r.e2e.rate_2000_one_process.p99_ms}; ${r.e2e.rate_2000_one_process.polled_p50_ms} / ${r.e2e.rate_2000_one_process.polled_p99_ms}`
+        ? `${spread(r.e2e.rate_2000_one_process.p50_ms, r.e2e.rate_2000_one_process.p99_ms)}; ${spread(r.e2e.rate_2000_one_process.polled_p50_ms, r.e2e.rate_2000_one_process.polled_p99_ms, r.e2e.rate_2000_one_process.polled_max_ms)}`
         : 'not measured',
       '',
     ],
@@ -98,13 +112,13 @@ export const renderTable = (r: any): string => {
       '',
     ],
     [
-      'replica replay latency p50 / p99 (ms)',
-      `${r.e2e.replica_replay_p50_ms} / ${r.e2e.replica_replay_p99_ms}`,
+      'replica replay latency p50 / p99 / max (ms)',
+      spread(r.e2e.replica_replay_p50_ms, r.e2e.replica_replay_p99_ms, r.e2e.replica_replay_max_ms),
       '',
     ],
     [
-      'merged read p50 / p99, one client, 0 pending; 10 pending (ms)',
-      `${r.reads.pending_0_p50_ms} / ${r.reads.pending_0_p99_ms}; ${r.reads.pending_10_p50_ms} / ${r.reads.pending_10_p99_ms}`,
+      'merged read p50 / p99 / max, one client, 0 pending; 10 pending (ms)',
+      `${spread(r.reads.pending_0_p50_ms, r.reads.pending_0_p99_ms, r.reads.pending_0_max_ms)}; ${spread(r.reads.pending_10_p50_ms, r.reads.pending_10_p99_ms, r.reads.pending_10_max_ms)}`,
       'p99 ≤ 3 with 10',
     ],
     [
@@ -125,13 +139,29 @@ export const renderTable = (r: any): string => {
       '≤ 500 bytes',
     ],
     ['BullMQ enqueue (req/s), Outpost ÷ BullMQ', `${r.peer.bullmq_rps}, ${r.peer.ratio}`, '≥ 3'],
-    ['BullMQ enqueue → committed p99 (ms)', `${r.peer.bullmq_e2e_p99_ms}`, ''],
+    [
+      'BullMQ enqueue p50 / p99 / max (ms)',
+      spread(r.peer.bullmq_p50_ms, r.peer.bullmq_p99_ms, r.peer.bullmq_max_ms),
+      '',
+    ],
+    [
+      'BullMQ enqueue → committed p50 / p99 / max (ms)',
+      spread(r.peer.bullmq_e2e_p50_ms, r.peer.bullmq_e2e_p99_ms, r.peer.bullmq_e2e_max_ms),
+      '',
+    ],
     [
       'same work, accepted and committed to PostgreSQL (writes/s): BullMQ / Outpost, ratio',
       r.peer.bullmq_committed_rps === undefined
         ? 'not measured'
         : `${r.peer.bullmq_committed_rps} / ${r.peer.outpost_committed_rps}, ${r.peer.committed_ratio}`,
       '≥ 3',
+    ],
+    [
+      "same work, a writer's wait for its answer, p50 / p99 / max (ms): BullMQ enqueue; Outpost append",
+      r.peer.same_work_accept_ms === undefined
+        ? 'not measured'
+        : `${spread(r.peer.same_work_accept_ms.bullmq.p50_ms, r.peer.same_work_accept_ms.bullmq.p99_ms, r.peer.same_work_accept_ms.bullmq.max_ms)}; ${spread(r.peer.same_work_accept_ms.outpost.p50_ms, r.peer.same_work_accept_ms.outpost.p99_ms, r.peer.same_work_accept_ms.outpost.max_ms)}`,
+      '',
     ],
     [
       'same work, CPU per committed write (µs), whole machine: BullMQ / Outpost',
@@ -159,7 +189,15 @@ export const renderTable = (r: any): string => {
       `${r.integrity.refresh_seconds_1m_events}`,
       '',
     ],
-    ['/metrics p99 during a refresh (ms)', `${r.integrity.scrape_p99_ms_during_refresh}`, ''],
+    [
+      '/metrics p50 / p99 / max during a refresh (ms)',
+      spread(
+        r.integrity.scrape_p50_ms_during_refresh,
+        r.integrity.scrape_p99_ms_during_refresh,
+        r.integrity.scrape_max_ms_during_refresh,
+      ),
+      '',
+    ],
   ];
   const header = `Measured ${r.date} on ${r.machine.cpus} × ${r.machine.model}${r.quick ? ' (quick run)' : ''}.\n\n| scenario | measured | target |\n|---|---|---|\n`;
   return `${header}${rows.map((row) => `| ${row.join(' | ')} |`).join('\n')}\n`;
