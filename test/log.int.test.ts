@@ -1353,10 +1353,11 @@ void describe('the local log', () => {
     void it('shares one read of the letters among the retries of a run, and reads again once one is filed', async () => {
       const partition = 1;
       const lettersKey = log.keys(partition).deadLetters;
-      const [a, b, c] = [
+      const [a, b, c, d] = [
         await fileInStream(partition, 2),
         await fileInStream(partition, 1),
         await fileInStream(partition, 2),
+        await fileInStream(partition, 1),
       ];
       const deadA = await fileLetter(partition, a, 0);
       const deadB = await fileLetter(partition, b, 0);
@@ -1372,6 +1373,7 @@ void describe('the local log', () => {
       );
       const undecodableC = await deadLetters.get((c.events[1] as Envelope).event_id, partition);
       assert.ok(undecodableC);
+      const deadD = await fileLetter(partition, d, 0);
 
       const read = redis.xrange.bind(redis);
       let wholeReads = 0;
@@ -1390,19 +1392,25 @@ void describe('the local log', () => {
         assert.equal((await deadLetters.retryAggregate(deadB, reads)).size, 1);
         assert.equal(wholeReads, 1, 'B is retried from the read C was');
 
+        // Another operator retries D after the run read the letters: the run finds D's letter
+        // gone, where the read would have it put back behind its own retried entry.
+        assert.equal((await deadLetters.retryAggregate(deadD)).size, 1);
+        assert.equal((await deadLetters.retryAggregate(deadD, reads)).size, 0);
+        assert.equal(wholeReads, 2, "the other operator's read");
+
         // A's second follows it into the letters after that read: the next retry reads again.
         await fileLetter(partition, a, 1);
         assert.equal((await deadLetters.retryAggregate(deadA, reads)).size, 2);
-        assert.equal(wholeReads, 2);
+        assert.equal(wholeReads, 3);
 
-        // The undecodable letter is discarded after the run read it: C's retry looks again.
+        // The undecodable letter is discarded after the run read it: C's retry sees it gone.
         assert.ok(await deadLetters.discard(undecodableC, 'unreadable', 'operator'));
         assert.equal((await deadLetters.retryAggregate(deadC, reads)).size, 1);
-        assert.equal(wholeReads, 3);
+        assert.equal(wholeReads, 3, 'looked up by id, not read again');
       } finally {
         redis.xrange = read;
       }
-      for (const file of [a, b, c]) {
+      for (const file of [a, b, c, d]) {
         assert.equal(await isBlocked(partition, file.aggregateId), false);
       }
     });

@@ -139,15 +139,15 @@ type RetryLetter = {
   originalEntryId: string;
 };
 type AggregateLetters = {
-  /** In stream order. */
+  /** In the order the partition's stream took their events (by original entry id). */
   letters: RetryLetter[];
-  /** Letters naming the aggregate that cannot be decoded. */
-  undecodable: { id: string; reason: string }[];
+  /** Letters naming the aggregate that cannot be decoded, by their id as listed. */
+  undecodable: { id: string; reason: string; dead_letter_id: string }[];
 };
 type PartitionLetters = {
   /** The newest letter read. */
   newest: string;
-  /** The partition's last letter filed when it was read (#lastFiled). */
+  /** The partition's last letter filed (#lastFiled), asked just before the read. */
   lastFiled: string;
   byAggregate: Map<string, AggregateLetters>;
 };
@@ -156,9 +156,9 @@ type PartitionLetters = {
  * Reads of partitions' dead letters, shared by the retries of one run (`retry --all`) so that
  * each retry does not read and decode the whole partition again: with thousands of letters that
  * was quadratic (2,000 single-letter aggregates took 18.5 s). A read is used again only while no
- * letter was filed since (one filed since could be the aggregate's). Letters retried or
- * discarded since are still in it: the retry script passes over a letter no longer there, and an
- * undecodable one is looked for again before it refuses a retry.
+ * letter was filed since (one filed since could be the aggregate's), and then only for those of
+ * the aggregate's letters still there (retried or discarded since by another operator, they are
+ * gone): what a new read would give.
  */
 export type LetterReads = Map<number, PartitionLetters>;
 
@@ -346,12 +346,7 @@ export class DeadLetters {
       throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
     }
     return untilLettersSettle(dead, async () => {
-      let { letters, undecodable, newest, earlier } = await this.#lettersOf(dead, reads);
-      if (undecodable[0] !== undefined && earlier) {
-        // Read earlier in the run, it may have been discarded since.
-        reads.delete(dead.partition);
-        ({ letters, undecodable, newest } = await this.#lettersOf(dead, reads));
-      }
+      const { letters, undecodable, newest } = await this.#lettersOf(dead, reads);
       if (undecodable[0] !== undefined) {
         throw new UndecodableLetterOfAggregateError(dead, undecodable[0]);
       }
@@ -411,24 +406,38 @@ export class DeadLetters {
    * append again; the ids of those naming it that cannot be decoded; and the partition's newest
    * letter, after which the retry script looks for letters of the aggregate filed since (left
    * behind, they would stay dead with the block lifted). From `reads` while no letter was filed
-   * since it was read (`earlier`), else read now and kept there.
+   * since it was read, else read now and kept there.
    */
   async #lettersOf(
     dead: DeadLetter,
     reads: LetterReads,
-  ): Promise<AggregateLetters & { newest: string; earlier: boolean }> {
+  ): Promise<AggregateLetters & { newest: string }> {
     const key = this.eventLog.keys(dead.partition).deadLetters;
     const lastFiled = await this.#lastFiled(key);
-    let read = reads.get(dead.partition);
-    const earlier = read?.lastFiled === lastFiled;
-    if (read === undefined || !earlier) {
-      read = lettersByAggregate((await this.#redis.xrange(key, '-', '+')) as RawEntry[], lastFiled);
+    const earlier = reads.get(dead.partition);
+    if (earlier?.lastFiled !== lastFiled) {
+      const read = lettersByAggregate(
+        (await this.#redis.xrange(key, '-', '+')) as RawEntry[],
+        lastFiled,
+      );
       reads.set(dead.partition, read);
+      return { ...(read.byAggregate.get(dead.aggregate_id) ?? NO_LETTERS), newest: read.newest };
     }
+    const { letters, undecodable } = earlier.byAggregate.get(dead.aggregate_id) ?? NO_LETTERS;
+    const pipeline = this.#redis.pipeline();
+    for (const { dead_letter_id } of [...letters, ...undecodable]) {
+      pipeline.xrange(key, dead_letter_id, dead_letter_id);
+    }
+    const found = await pipelineReplies(pipeline);
+    const left = new Set(
+      [...letters, ...undecodable]
+        .filter((_, i) => (found[i] as RawEntry[]).length > 0)
+        .map((letter) => letter.dead_letter_id),
+    );
     return {
-      ...(read.byAggregate.get(dead.aggregate_id) ?? NO_LETTERS),
-      newest: read.newest,
-      earlier,
+      letters: letters.filter((letter) => left.has(letter.dead_letter_id)),
+      undecodable: undecodable.filter((letter) => left.has(letter.dead_letter_id)),
+      newest: earlier.newest,
     };
   }
 
@@ -522,6 +531,7 @@ const lettersByAggregate = (entries: readonly RawEntry[], lastFiled: string): Pa
         of(record.aggregate_id).undecodable.push({
           id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
           reason: (err as Error).message,
+          dead_letter_id: deadId,
         });
       }
       continue;

@@ -32,9 +32,9 @@ local function names_aggregate(entries, aggregate)
   return false
 end
 
--- Reads `letters` a page at a time in one direction from entry `from` (exclusive; '0-0': from the
--- start). Each call reads the next page: 'found' when one names `aggregate`, else 'more', or
--- 'done' at the end.
+-- Reads `letters` a page at a time in one direction from entry `from`, exclusive (forward, '0-0'
+-- reads from the start; backward, `from` must be an entry id). Each call reads the next page:
+-- 'found' when one names `aggregate`, else 'more', or 'done' at the end.
 local function page_reader(letters, aggregate, from, backward)
   local bound = from == '0-0' and '-' or '(' .. from
   local size = FIRST_PAGE
