@@ -157,10 +157,12 @@ export const renderTable = (r: any): string => {
       '≥ 3',
     ],
     [
-      "same work, a writer's wait for its answer, p50 / p99 / max (ms): BullMQ enqueue; Outpost append",
-      r.peer.same_work_accept_ms === undefined
-        ? 'not measured'
-        : `${spread(r.peer.same_work_accept_ms.bullmq.p50_ms, r.peer.same_work_accept_ms.bullmq.p99_ms, r.peer.same_work_accept_ms.bullmq.max_ms)}; ${spread(r.peer.same_work_accept_ms.outpost.p50_ms, r.peer.same_work_accept_ms.outpost.p99_ms, r.peer.same_work_accept_ms.outpost.max_ms)}`,
+      'same work, Outpost append p50 / p99 / max (ms), beside the BullMQ enqueue row',
+      spread(
+        r.peer.outpost_with_projector_p50_ms,
+        r.peer.outpost_with_projector_p99_ms,
+        r.peer.outpost_with_projector_max_ms,
+      ),
       '',
     ],
     [

@@ -389,7 +389,6 @@ export class DeadLetters {
       if (ids[0] === 'in_flight') {
         throw new LaterEventsInFlightError(dead, Number(ids[1]));
       }
-      reads.get(dead.partition)?.byAggregate.delete(dead.aggregate_id);
       const retried = new Map<string, string>();
       letters.forEach((letter, i) => {
         const id = ids[i];
