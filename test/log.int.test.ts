@@ -1350,6 +1350,55 @@ void describe('the local log', () => {
       assert.equal(await isBlocked(partition, file.aggregateId), false);
     });
 
+    void it('reads the letters in pages, finding the aggregate’s on every page and one filed between them', async () => {
+      const partition = 0;
+      const lettersKey = log.keys(partition).deadLetters;
+      const file = await fileInStream(partition, 3);
+      const dead = await fileLetter(partition, file, 0);
+      // More letters of other files than one page of the read holds, filed as add() files them.
+      const fillers = redis.pipeline();
+      for (let n = 0; n < 1_200; n += 1) {
+        const event = fileEvent(newIdInPartition(partition, 4), n);
+        const entry = failedEntryOfEvent(`1-${n}`, event);
+        fillers.xadd(lettersKey, '*', ...entry.fields, 'original_entry_id', `1-${n}`, 'error', 'x');
+      }
+      const fillerIds = ((await fillers.exec()) ?? []).map(([, id]) => id as string);
+      await fileLetter(partition, file, 1);
+
+      // The projector files the third just after the first page is read.
+      const read = redis.xrange.bind(redis);
+      const starts: string[] = [];
+      redis.xrange = (async (...args: Parameters<typeof read>) => {
+        const reply = await read(...args);
+        if (args[0] === lettersKey && args[2] === '+') {
+          starts.push(String(args[1]));
+          if (starts.length === 1) {
+            await fileLetter(partition, file, 2);
+          }
+        }
+        return reply;
+      }) as unknown as typeof redis.xrange;
+      let retried: Map<string, string>;
+      try {
+        retried = await deadLetters.retryAggregate(dead);
+      } finally {
+        redis.xrange = read;
+        await redis.xdel(lettersKey, ...fillerIds);
+      }
+      assert.equal(starts.filter((start) => start === '-').length, 1, 'one read, not repeated');
+      assert.ok(starts.length >= 2, `read in pages: ${starts.join(', ')}`);
+      const letterIds = await Promise.all(
+        file.events.map(
+          async (event) => (await redis.hget(log.keys(partition).deadIndex, event.event_id)) ?? '',
+        ),
+      );
+      assert.deepEqual(letterIds, ['', '', ''], 'every letter retried');
+      const newEntries = [...retried.values()];
+      assert.equal(newEntries.length, 3);
+      assert.deepEqual(newEntries, [...newEntries].sort(compareEntryIds), 'put back in order');
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
     void it('shares one read of the letters among the retries of a run, and reads again once one is filed', async () => {
       const partition = 1;
       const lettersKey = log.keys(partition).deadLetters;

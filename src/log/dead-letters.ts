@@ -149,7 +149,11 @@ type PartitionLetters = {
   newest: string;
   /** The partition's last letter filed (#lastFiled), asked just before the read. */
   lastFiled: string;
-  byAggregate: Map<string, AggregateLetters>;
+  /**
+   * The letters naming each aggregate, as read: decoded only when that aggregate is retried, so
+   * a single retry decodes its own letters and not the partition's.
+   */
+  byAggregate: Map<string, RawEntry[]>;
 };
 
 /**
@@ -415,14 +419,11 @@ export class DeadLetters {
     const lastFiled = await this.#lastFiled(key);
     const earlier = reads.get(dead.partition);
     if (earlier?.lastFiled !== lastFiled) {
-      const read = lettersByAggregate(
-        (await this.#redis.xrange(key, '-', '+')) as RawEntry[],
-        lastFiled,
-      );
+      const read = await this.#readLetters(key, lastFiled);
       reads.set(dead.partition, read);
-      return { ...(read.byAggregate.get(dead.aggregate_id) ?? NO_LETTERS), newest: read.newest };
+      return { ...decodeLetters(read.byAggregate.get(dead.aggregate_id)), newest: read.newest };
     }
-    const { letters, undecodable } = earlier.byAggregate.get(dead.aggregate_id) ?? NO_LETTERS;
+    const { letters, undecodable } = decodeLetters(earlier.byAggregate.get(dead.aggregate_id));
     const pipeline = this.#redis.pipeline();
     for (const { dead_letter_id } of [...letters, ...undecodable]) {
       pipeline.xrange(key, dead_letter_id, dead_letter_id);
@@ -438,6 +439,36 @@ export class DeadLetters {
       undecodable: undecodable.filter((letter) => left.has(letter.dead_letter_id)),
       newest: earlier.newest,
     };
+  }
+
+  /**
+   * A partition's letters grouped by the aggregate they name, read in pages: a whole read of
+   * thousands held the event loop (and every write of an API process) for tens of milliseconds
+   * at a time. Letters filed during the read are at the stream's end, where the last page finds
+   * them; one retried or discarded meanwhile is answered as gone by the retry script.
+   */
+  async #readLetters(key: string, lastFiled: string): Promise<PartitionLetters> {
+    const byAggregate = new Map<string, RawEntry[]>();
+    let newest = NO_LETTER;
+    for (let start = '-'; ; start = `(${newest}`) {
+      const page = (await this.#redis.xrange(key, start, '+', 'COUNT', READ_PAGE)) as RawEntry[];
+      for (const entry of page) {
+        // An entry naming no aggregate blocks a stand-in of its own, which a retry never lifts.
+        const aggregateId = entryRecord(entry[1]).aggregate_id;
+        if (aggregateId) {
+          const letters = byAggregate.get(aggregateId);
+          if (letters === undefined) {
+            byAggregate.set(aggregateId, [entry]);
+          } else {
+            letters.push(entry);
+          }
+        }
+      }
+      newest = page.at(-1)?.[0] ?? newest;
+      if (page.length < READ_PAGE) {
+        return { newest, lastFiled, byAggregate };
+      }
+    }
   }
 
   /**
@@ -502,23 +533,17 @@ export class DeadLetters {
 
 /** The newest letter of a partition without any. */
 const NO_LETTER = '0-0';
-const NO_LETTERS: AggregateLetters = { letters: [], undecodable: [] };
+
+/** Letters read per XRANGE call: about a millisecond of the caller's decoding each. */
+const READ_PAGE = 1_000;
 
 /**
- * A partition's dead letters by the aggregate they name, each aggregate's decodable ones with the
- * event fields to append again. Undecodable ones that name an aggregate hold its block as the
- * discard script sees it (lib/letters.lua).
+ * An aggregate's letters, the decodable ones with the event fields to append again in the order
+ * the stream took their events. Undecodable ones hold its block as the discard script sees it
+ * (lib/letters.lua).
  */
-const lettersByAggregate = (entries: readonly RawEntry[], lastFiled: string): PartitionLetters => {
-  const byAggregate = new Map<string, AggregateLetters>();
-  const of = (aggregateId: string) => {
-    let letters = byAggregate.get(aggregateId);
-    if (letters === undefined) {
-      letters = { letters: [], undecodable: [] };
-      byAggregate.set(aggregateId, letters);
-    }
-    return letters;
-  };
+const decodeLetters = (entries: readonly RawEntry[] = []): AggregateLetters => {
+  const decoded: AggregateLetters = { letters: [], undecodable: [] };
   for (const [deadId, raw] of entries) {
     const fields = eventFieldsOf(raw);
     const record = entryRecord(raw);
@@ -526,16 +551,14 @@ const lettersByAggregate = (entries: readonly RawEntry[], lastFiled: string): Pa
     try {
       event = decodeEntry([deadId, fields]).event;
     } catch (err) {
-      if (record.aggregate_id) {
-        of(record.aggregate_id).undecodable.push({
-          id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
-          reason: (err as Error).message,
-          dead_letter_id: deadId,
-        });
-      }
+      decoded.undecodable.push({
+        id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
+        reason: (err as Error).message,
+        dead_letter_id: deadId,
+      });
       continue;
     }
-    of(event.aggregate_id).letters.push({
+    decoded.letters.push({
       dead_letter_id: deadId,
       event_id: event.event_id,
       type: event.type,
@@ -548,10 +571,8 @@ const lettersByAggregate = (entries: readonly RawEntry[], lastFiled: string): Pa
   // (an idempotency claim, a status seed), and two hosts' clocks may disagree. A letter keeps
   // its place through a retry: an aggregate's letters are always put back together and in
   // order, never behind a later event of it still in the stream (that retry is refused).
-  for (const { letters } of byAggregate.values()) {
-    letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId));
-  }
-  return { newest: entries.at(-1)?.[0] ?? NO_LETTER, lastFiled, byAggregate };
+  decoded.letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId));
+  return decoded;
 };
 
 /** The retry script's answer when a letter of the aggregate was filed since its caller's read. */
