@@ -1350,6 +1350,38 @@ void describe('the local log', () => {
       assert.equal(await isBlocked(partition, file.aggregateId), false);
     });
 
+    void it("refuses the retry while a later event of the aggregate waits in an earlier build's index", async () => {
+      const partition = 1;
+      const keys = log.keys(partition);
+      const file = await fileInStream(partition, 1);
+      const dead = await fileLetter(partition, file, 0);
+      // An earlier build, still running beside this one (or its leftovers before this one's
+      // start folded them), appends the file's next event to its one-hash index of the type.
+      const next = { ...fileEvent(file.aggregateId, 1), event_id: newIdInPartition(partition, 4) };
+      const nextEntry = (await redis.xadd(
+        keys.stream,
+        '*',
+        ...encodeFieldPerProperty(next),
+      )) as string;
+      const legacy = keys.legacyInflightIndex('raw_data_file');
+      await redis.hset(legacy, file.aggregateId, nextEntry);
+
+      await assert.rejects(
+        deadLetters.retryAggregate(dead),
+        (err: unknown) => err instanceof LaterEventsInFlightError && /^1 later/.test(err.message),
+      );
+      assert.ok(await deadLetters.get(dead.event_id, partition), 'the letter is left');
+      assert.equal(await isBlocked(partition, file.aggregateId), true);
+
+      // Once that event has followed the block into the letters, both go back, in order.
+      await deadLetters.add(partition, failedEntryOfEvent(nextEntry, next), history);
+      assert.equal(await redis.hexists(legacy, file.aggregateId), 0);
+      const retried = [...(await deadLetters.retryAggregate(dead)).values()];
+      assert.equal(retried.length, 2);
+      assert.deepEqual(retried, [...retried].sort(compareEntryIds));
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
     void it('reads the letters in pages, finding the aggregate’s on every page and one filed between them', async () => {
       const partition = 0;
       const lettersKey = log.keys(partition).deadLetters;

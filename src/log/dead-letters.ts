@@ -367,6 +367,7 @@ export class DeadLetters {
         keys.inflight(dead.aggregate_type, dead.aggregate_id),
         keys.inflightBucketsInUse(dead.aggregate_type),
         ...live.keys,
+        keys.legacyInflightIndex(dead.aggregate_type),
         ...letters.map((l) => keys.eventIndex(l.event_id)),
       ];
       const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;

@@ -6,7 +6,9 @@
 --
 -- KEYS[1] stream  KEYS[2] dead letters  KEYS[3] dead index  KEYS[4] blocked aggregates
 -- KEYS[5] the aggregate's in-flight index bucket  KEYS[6] its type's in-use in-flight buckets
--- KEYS[7] live stream  KEYS[8] live listeners  KEYS[8 + i] letter i's event index bucket
+-- KEYS[7] live stream  KEYS[8] live listeners  KEYS[9] an earlier build's in-flight index of the
+-- type (one hash; such a build may still be appending beside this one, or have left entries
+-- behind)  KEYS[9 + i] letter i's event index bucket
 -- ARGV[1] aggregate id  ARGV[2] aggregate type  ARGV[3] live stream max length
 -- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] the letters' oldest original entry id
 -- ARGV[7] the partition's newest letter when the letters were read ('0-0': none)
@@ -33,9 +35,11 @@ local function entry_after(a, b)
 end
 
 local later = 0
-for _, id in ipairs(inflight_ids(KEYS[5], ARGV[1])) do
-  if entry_after(id, ARGV[6]) then
-    later = later + 1
+for _, index in ipairs({KEYS[5], KEYS[9]}) do
+  for _, id in ipairs(inflight_ids(index, ARGV[1])) do
+    if entry_after(id, ARGV[6]) then
+      later = later + 1
+    end
   end
 end
 if later > 0 then
@@ -55,7 +59,7 @@ local ids = {}
 for i, letter in ipairs(letters) do
   if redis.call('XRANGE', KEYS[2], letter.dead_id, letter.dead_id)[1] then
     local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, letter.first, letter.last))
-    redis.call('HSET', KEYS[8 + i], letter.event_id, id)
+    redis.call('HSET', KEYS[9 + i], letter.event_id, id)
     inflight_add(KEYS[5], KEYS[6], ARGV[1], id)
     redis.call('XDEL', KEYS[2], letter.dead_id)
     redis.call('HDEL', KEYS[3], letter.event_id)
