@@ -90,6 +90,19 @@ void describe('readJson over HTTP', () => {
     assert.match(err.message, /ended before its Content-Length/);
   });
 
+  void it('refuses as malformed JSON a chunked body whose client hangs up before its last chunk', {
+    timeout: 5_000,
+  }, async () => {
+    const outcome = nextOutcome();
+    const chunked =
+      'POST / HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n';
+    await send(chunked, ['8\r\n{"note":\r\n'], 'hang up');
+    const err = await outcome;
+    assert.ok(err instanceof ApiError, String(err));
+    assert.equal(err.code, 'malformed_json');
+    assert.match(err.message, /ended before its last chunk/);
+  });
+
   void it('refuses as malformed JSON a body whose client hung up before the handler began to read', {
     timeout: 5_000,
   }, async () => {

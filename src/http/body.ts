@@ -13,8 +13,8 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 const JSON_CONTENT_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
 
-const bodyCutShort = () =>
-  new ApiError('malformed_json', 'request body ended before its Content-Length');
+const bodyCutShort = (before = 'its Content-Length') =>
+  new ApiError('malformed_json', `request body ended before ${before}`);
 
 /**
  * The whole body of a request nothing has read from yet, straight off Node's request: the bytes
@@ -71,12 +71,18 @@ const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
   const chunks: Uint8Array[] = [];
   let size = 0;
   // Without Content-Length (chunked) the size is counted while streaming.
-  for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength;
-    if (size > maxBytes) {
-      throw new ApiError('payload_too_large', `request body is over ${maxBytes} bytes`);
+  try {
+    for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+      size += chunk.byteLength;
+      if (size > maxBytes) {
+        throw new ApiError('payload_too_large', `request body is over ${maxBytes} bytes`);
+      }
+      chunks.push(chunk);
     }
-    chunks.push(chunk);
+  } catch (err) {
+    // The stream fails only when the client hangs up mid-body: its 400 reaches no one, but an
+    // internal error would be logged as a fault of the service's own.
+    throw err instanceof ApiError ? err : bodyCutShort('its last chunk');
   }
   return Buffer.concat(chunks);
 };
