@@ -170,6 +170,8 @@ void describe('LiveSession resuming', () => {
     const trimmed = stream.splice(0, 2_000).map((d) => d.id);
     open();
     await waitUntil(() => !client.session.catchingUp, 'the catch-up to end');
+    // The catch-up ends once its last message is queued, which the sink may not have sent yet.
+    await waitUntil(() => client.received.at(-1) === stream.at(-1)?.id, 'the last message sent');
     client.session.stop();
     await client.running;
 
