@@ -888,6 +888,64 @@ void describe('the local log', () => {
       );
     });
 
+    void it('gives back only a claim it took, and one its key’s record refused', async () => {
+      const keyPartition = 0;
+      const idempotency = (scopeHash: string, requestHash: string) => ({
+        scopeHash,
+        requestHash,
+        response: JSON.stringify({ status: 201, body: {} }),
+        keyPartition,
+      });
+      const unknownUnit = {
+        unitId: newIdInPartition(2, 4),
+        next: 'running',
+        require: true,
+      } as const;
+
+      // A concurrent duplicate holds the claim; this attempt of the same body is refused (its
+      // unit unknown here), and must not free the claim the other may have appended under.
+      const found = log.keys(keyPartition).idempotencyClaim('scope-found');
+      await redis.set(found, 'same', 'EX', 3600);
+      const refused = await log.append({
+        partition: 2,
+        events: [eventIn(2, 0)],
+        guard: unknownUnit,
+        idempotency: idempotency('scope-found', 'same'),
+      });
+      assert.equal(refused.kind, 'unknown');
+      assert.equal(await redis.get(found), 'same', 'the claim is left to its taker');
+      const otherBody = await log.append({
+        partition: 1,
+        events: [eventIn(1, 0)],
+        idempotency: idempotency('scope-found', 'another'),
+      });
+      assert.equal(otherBody.kind, 'idempotency_conflict');
+
+      // A record without its claim (an earlier build's, written before claims): another body
+      // takes the claim, the record refuses it, and the record's own body is still replayed.
+      const recorded = await log.append({
+        partition: keyPartition,
+        events: [eventIn(keyPartition, 1)],
+        idempotency: idempotency('scope-unclaimed', 'first'),
+      });
+      assert.equal(recorded.kind, 'appended');
+      const unclaimed = log.keys(keyPartition).idempotencyClaim('scope-unclaimed');
+      await redis.del(unclaimed);
+      const second = await log.append({
+        partition: keyPartition,
+        events: [eventIn(keyPartition, 2)],
+        idempotency: idempotency('scope-unclaimed', 'second'),
+      });
+      assert.equal(second.kind, 'idempotency_conflict');
+      assert.equal(await redis.exists(unclaimed), 0, 'the refused body gave its claim back');
+      const retry = await log.append({
+        partition: keyPartition,
+        events: [eventIn(keyPartition, 1)],
+        idempotency: idempotency('scope-unclaimed', 'first'),
+      });
+      assert.equal(retry.kind, 'replayed');
+    });
+
     void it('lets exactly one of racing guarded transitions of a unit through', async () => {
       const partition = 1;
       const unitId = newIdInPartition(partition, 4);

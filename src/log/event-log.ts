@@ -356,7 +356,15 @@ export class EventLog {
     }
     const result = await this.#appendGathered(request);
     const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
-    if (result.kind === 'unknown' || result.kind === 'conflict') {
+    const refused =
+      result.kind === 'unknown' ||
+      result.kind === 'conflict' ||
+      result.kind === 'idempotency_conflict';
+    if (refused && claim === 'claimed') {
+      // Only a claim this request took is given back. One it found is another attempt's with the
+      // same body, perhaps one that has since appended: given back, the record would be left
+      // without the claim that keeps the key from another body in another partition. And a claim
+      // taken by a body the key's record then refused would refuse the record's own body.
       // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
       // body, as before claims were given back.
       await this.#redis
