@@ -410,6 +410,80 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('a read a former owner sent before the takeover, reaching Redis after it', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('takes the entries it took back at once, and applies them before later ones', async () => {
+      // The idle reclaim, which would take the entry back after a minute, is not what brings it.
+      h = await Harness.start({ role: 'api', config: { claimIdleMs: 60_000 } });
+      const heir = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'heir' });
+      await heir.ready();
+      const start = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'stranded',
+        instrument: 'nircam',
+      });
+      assert.equal(start.status, 201);
+      const { id, event_id: startEvent } = start.body as { id: string; event_id: string };
+      const stateOf = async (eventId: string) =>
+        ((await h.get(`/events/${eventId}`)).body as { state?: string } | undefined)?.state;
+      await waitFor(async () => (await stateOf(startEvent)) === 'confirmed', 'the start');
+
+      // The heir stops between reads, so none of its reads is blocked in Redis.
+      heir.child.kill('SIGSTOP');
+      try {
+        await waitFor(
+          async () =>
+            !String(await h.redis.call('CLIENT', 'LIST'))
+              .split('\n')
+              .some((client) => /flags=\S*b/.test(client) && /cmd=xreadgroup/.test(client)),
+          "the heir's last blocking read to end",
+        );
+        const first = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'first' });
+        assert.equal(first.status, 202, first.text);
+        // The former owner's read, held in its client until now, takes the patch.
+        const stream = eventLogOf(h).keys(partitionOf(id, h.config.partitions)).stream;
+        const formerOwnersRead = ['GROUP', CONSUMER_GROUP, 'former-owner', 'STREAMS', stream, '>'];
+        const taken = (await h.redis.call('XREADGROUP', ...formerOwnersRead)) as [
+          string,
+          [string, string[]][],
+        ][];
+        assert.equal(taken[0]?.[1].length, 1, 'the former owner took the patch');
+        const second = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'second' });
+        assert.equal(second.status, 202, second.text);
+        const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
+        assert.equal(finish.status, 202, finish.text);
+      } finally {
+        heir.child.kill('SIGCONT');
+      }
+
+      await waitForAllAcknowledged(h, 30_000);
+      const unit = (await h.get(`/executed_obs_units/${id}`)).body as {
+        notes: string | null;
+        status: string;
+      };
+      assert.deepEqual(
+        { notes: unit.notes, status: unit.status },
+        {
+          notes: 'second',
+          status: 'success',
+        },
+      );
+      const events = await h.mainRows<{ seq: number; notes: string | null }>(
+        "SELECT seq, data->>'notes' AS notes FROM events WHERE aggregate_id = $1 ORDER BY seq",
+        [id],
+      );
+      assert.deepEqual(
+        events.map((e) => e.notes),
+        [null, 'first', 'second', null],
+        'applied in the order accepted',
+      );
+      assert.match(heir.output(), /claimed entries another consumer read after this one took/);
+      heir.child.kill('SIGTERM');
+      await exited(heir.child);
+    });
+  });
+
   void describe('a projector taking partitions over while its link to Redis drops packets', () => {
     let h: Harness;
     let proxy: BlackholeProxy;

@@ -53,6 +53,8 @@ type Read = {
   entries: RawEntry[];
   blockedAggregates: number;
   recorded?: ReadonlyMap<string, string>;
+  /** Consumers other than this one holding entries of the partition, by name (reads of new ones). */
+  strandedWith?: string[];
 };
 /**
  * A page of this consumer's own pending entries; `pageEnd` is the page's last id, where the next
@@ -61,6 +63,22 @@ type Read = {
 type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
 const BLOCK_MS = 1000;
+/** Entries of another consumer claimed per XPENDING / XCLAIM round. */
+const STRANDED_PAGE = 1000;
+
+/**
+ * The consumers other than `me` with entries pending, from an XPENDING summary:
+ * `[count, first, last, [[consumer, count], ...] | null]`.
+ */
+export const consumersBesides = (summary: unknown, me: string): string[] => {
+  const counts = Array.isArray(summary) ? summary[3] : undefined;
+  if (!Array.isArray(counts)) {
+    return [];
+  }
+  return counts.flatMap((pair) =>
+    Array.isArray(pair) && pair[0] !== me && Number(pair[1]) > 0 ? [String(pair[0])] : [],
+  );
+};
 
 /**
  * Applies one partition's stream in order, while this process holds the partition's lease. On
@@ -154,6 +172,12 @@ export class PartitionConsumer {
       try {
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
         if (this.#abort.signal.aborted) {
+          continue;
+        }
+        if (read.strandedWith && read.strandedWith.length > 0) {
+          // What was just read is newer than what they hold: it stays in our pending list, and
+          // is read again, in order, after them.
+          await this.#claimStranded(read.strandedWith);
           continue;
         }
         if (read.entries.length === 0) {
@@ -294,21 +318,71 @@ export class PartitionConsumer {
     if (from === '>') {
       args.push('BLOCK', BLOCK_MS);
     }
-    const replies = await reader
+    const pipeline = reader
       .pipeline()
       .call('XREADGROUP', ...args, 'STREAMS', keys.stream, from)
-      .scard(keys.blockedAggregates)
-      .exec();
-    const [[readError, reply] = [], [countError, blockedCount] = []] = replies ?? [];
-    if (readError || countError) {
-      throw readError ?? countError;
+      .scard(keys.blockedAggregates);
+    if (from === '>') {
+      pipeline.xpending(keys.stream, CONSUMER_GROUP);
+    }
+    const replies = await pipeline.exec();
+    const [[readError, reply] = [], [countError, blockedCount] = [], [pendingError, summary] = []] =
+      replies ?? [];
+    if (readError || countError || pendingError) {
+      throw readError ?? countError ?? pendingError;
     }
     const entries = (reply as StreamReply)?.[0]?.[1] ?? [];
     return {
       // A pending entry whose stream entry was trimmed away comes back with null fields.
       entries: entries.map(([id, fields]) => [id, fields ?? []] as RawEntry),
       blockedAggregates: Number(blockedCount),
+      strandedWith: consumersBesides(summary, lease.consumer),
     };
+  }
+
+  /**
+   * Takes over the entries another consumer holds in this partition's stream, and reads this
+   * consumer's own from the first, those among them, before anything new. Only the owner of the
+   * partition's lease reads it, but a read a former owner sent before it lost the lease can
+   * still reach Redis afterwards (held in its client's offline queue, or in the network while
+   * its link was down) and take new entries: left to the idle reclaim, they would come back
+   * after this consumer had applied later events of their aggregates (an update after the
+   * unit's finish). Claimed at once, with no idle time: the lease is this consumer's, and the
+   * former owner's writes are fenced.
+   */
+  async #claimStranded(owners: readonly string[]): Promise<void> {
+    const { redis } = this.#deps.eventLog;
+    const stream = this.#deps.eventLog.keys(this.#partition).stream;
+    let claimed = 0;
+    for (const owner of owners) {
+      for (;;) {
+        const held = (await redis.xpending(
+          stream,
+          CONSUMER_GROUP,
+          '-',
+          '+',
+          STRANDED_PAGE,
+          owner,
+        )) as [id: string, ...unknown[]][];
+        if (held.length === 0) {
+          break;
+        }
+        await redis.xclaim(
+          stream,
+          CONSUMER_GROUP,
+          this.#deps.lease.consumer,
+          0,
+          ...held.map(([id]) => id),
+          'JUSTID',
+        );
+        claimed += held.length;
+      }
+    }
+    this.#deps.logger.warn(
+      { partition: this.#partition, claimed, from: owners },
+      'claimed entries another consumer read after this one took the partition over',
+    );
+    this.rereadOwnPending();
   }
 
   async #process(

@@ -206,8 +206,9 @@ export class Projector {
   }
 
   /**
-   * Entries stranded with another consumer (one fenced mid-read) come back after the idle time,
-   * and so do our own that nothing is applying (handed back by the acker: their events were lost
+   * Entries stranded with another consumer are taken at this consumer's next read of new ones
+   * (PartitionConsumer#claimStranded); the idle time is the backstop. Our own that nothing is
+   * applying come back after it too (handed back by the acker: their events were lost
    * from the main database). Our own are not claimed: a claim resets the idle time that
    * `outpost pending` shows, and the entries waiting for the replica would never look old.
    */
