@@ -753,8 +753,9 @@ export class PartitionConsumer {
 
   #scheduleReread() {
     const delay = this.#retryBackoff.nextDelayMs();
-    setTimeout(() => {
-      this.#rereadOwnPending = true;
-    }, delay).unref();
+    // A pass of its own from the first page: only setting the flag, a timer that fired during a
+    // re-read was undone when that re-read reached its end and cleared the flag, and the failed
+    // event waited for a newer one of its aggregate or the idle reclaim instead of its retry.
+    setTimeout(() => this.#rereadFromStart(), delay).unref();
   }
 }
