@@ -1489,6 +1489,54 @@ void describe('the local log', () => {
       assert.equal(await isBlocked(partition, file.aggregateId), false);
     });
 
+    void it('passes over a letter discarded while later pages of the letters were read', async () => {
+      const partition = 1;
+      const lettersKey = log.keys(partition).deadLetters;
+      const file = await fileInStream(partition, 2);
+      const good = await fileLetter(partition, file, 0);
+      // The second as an earlier build wrote it, with data no one can read: it holds the retry.
+      const broken = withField(
+        encodeFieldPerProperty(file.events[1] as Envelope),
+        'data',
+        '{not json',
+      );
+      await deadLetters.add(
+        partition,
+        failedEntryOf([file.entryIds[1] as string, broken]),
+        history,
+      );
+      const undecodable = await deadLetters.get((file.events[1] as Envelope).event_id, partition);
+      assert.ok(undecodable);
+      const fillers = redis.pipeline();
+      for (let n = 0; n < 1_200; n += 1) {
+        const entry = failedEntryOfEvent(`1-${n}`, fileEvent(newIdInPartition(partition, 4), n));
+        fillers.xadd(lettersKey, '*', ...entry.fields, 'original_entry_id', `1-${n}`, 'error', 'x');
+      }
+      const fillerIds = ((await fillers.exec()) ?? []).map(([, id]) => id as string);
+
+      // Another operator discards the unreadable one just after the first page is read.
+      const read = redis.xrange.bind(redis);
+      let pages = 0;
+      redis.xrange = (async (...args: Parameters<typeof read>) => {
+        const reply = await read(...args);
+        if (args[0] === lettersKey && args[2] === '+') {
+          pages += 1;
+          if (pages === 1) {
+            assert.ok(await deadLetters.discard(undecodable, 'unreadable', 'operator'));
+          }
+        }
+        return reply;
+      }) as unknown as typeof redis.xrange;
+      try {
+        assert.equal((await deadLetters.retryAggregate(good)).size, 1);
+      } finally {
+        redis.xrange = read;
+        await redis.xdel(lettersKey, ...fillerIds);
+      }
+      assert.ok(pages >= 2, 'read in pages');
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+    });
+
     void it('shares one read of the letters among the retries of a run, and reads again once one is filed', async () => {
       const partition = 1;
       const lettersKey = log.keys(partition).deadLetters;

@@ -410,7 +410,10 @@ export class DeadLetters {
    * append again; the ids of those naming it that cannot be decoded; and the partition's newest
    * letter, after which the retry script looks for letters of the aggregate filed since (left
    * behind, they would stay dead with the block lifted). From `reads` while no letter was filed
-   * since it was read, else read now and kept there.
+   * since it was read, else read now and kept there. Either way only those still there: another
+   * operator may have retried or discarded some since they were read (in a run, or while later
+   * pages were), and one of them would refuse the retry for nothing (as undecodable, or as the
+   * oldest, behind its own new entry).
    */
   async #lettersOf(
     dead: DeadLetter,
@@ -418,13 +421,12 @@ export class DeadLetters {
   ): Promise<AggregateLetters & { newest: string }> {
     const key = this.eventLog.keys(dead.partition).deadLetters;
     const lastFiled = await this.#lastFiled(key);
-    const earlier = reads.get(dead.partition);
-    if (earlier?.lastFiled !== lastFiled) {
-      const read = await this.#readLetters(key, lastFiled);
+    let read = reads.get(dead.partition);
+    if (read?.lastFiled !== lastFiled) {
+      read = await this.#readLetters(key, lastFiled);
       reads.set(dead.partition, read);
-      return { ...decodeLetters(read.byAggregate.get(dead.aggregate_id)), newest: read.newest };
     }
-    const { letters, undecodable } = decodeLetters(earlier.byAggregate.get(dead.aggregate_id));
+    const { letters, undecodable } = decodeLetters(read.byAggregate.get(dead.aggregate_id));
     const pipeline = this.#redis.pipeline();
     for (const { dead_letter_id } of [...letters, ...undecodable]) {
       pipeline.xrange(key, dead_letter_id, dead_letter_id);
@@ -438,7 +440,7 @@ export class DeadLetters {
     return {
       letters: letters.filter((letter) => left.has(letter.dead_letter_id)),
       undecodable: undecodable.filter((letter) => left.has(letter.dead_letter_id)),
-      newest: earlier.newest,
+      newest: read.newest,
     };
   }
 
