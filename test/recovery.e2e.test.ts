@@ -207,6 +207,29 @@ void describe('recovery', () => {
       assert.match(dry.stderr, /^outpost: replay --dry-run found 1 event\(s\) that cannot apply/m);
     });
 
+    void it('counts an undecodable entry an operator discarded as discarded, not as failing', async () => {
+      const keys = eventLogOf(h).keys(1);
+      const entryId = (await h.redis.xadd(keys.stream, '*', 'raw', 'not an event')) as string;
+      const letter = `undecodable-${entryId}`;
+      await waitFor(
+        async () => (await h.redis.hget(keys.deadIndex, letter)) !== null,
+        'the projector to dead-letter the entry',
+      );
+      const discard = await h.request(
+        'DELETE',
+        `/admin/dead-letters/${letter}?reason=garbage`,
+        undefined,
+        auth,
+      );
+      assert.equal(discard.status, 200, discard.text);
+      const report = await h.request('POST', '/admin/replay', { from: entryId }, auth);
+      assert.equal(report.status, 200, report.text);
+      assert.equal(report.body.failed, 0, report.text);
+      assert.equal(report.body.discarded, 1, report.text);
+      const cli = await runCli(h, ['replay', '--from', entryId, '--json']);
+      assert.equal(cli.code, 0, cli.stderr);
+    });
+
     void it('finds a hand-corrupted projection row with --verify, and rebuild fixes it', async () => {
       const unit = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'tamper', instrument: 'nirspec' })

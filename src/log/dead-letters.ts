@@ -497,6 +497,8 @@ export class DeadLetters {
       dead.event_id,
       'dead_letter_id',
       dead.dead_letter_id,
+      'original_entry_id',
+      dead.original_entry_id,
       'aggregate_id',
       dead.aggregate_id,
       'type',
