@@ -550,6 +550,40 @@ void describe('the local log', () => {
       await redis.xack(log.keys(partition).stream, CONSUMER_GROUP, entryIds[1] as string);
     });
 
+    void it('leaves out of the pending list an entry acknowledged while its commit LSN was looked up', async () => {
+      const partition = 3;
+      const event = {
+        ...fileEvent(newIdInPartition(partition, 4), 1),
+        event_id: newIdInPartition(partition, 4),
+      };
+      const result = await log.append({ partition, events: [event] });
+      const entryId = result.kind === 'appended' ? (result.entryIds[0] as string) : '';
+      await deliver(redis, log.keys(partition).stream);
+      const record = appliedRecord(event, entryId, '0/1');
+      await log.recordApplied(partition, [record]);
+      // The acker settles it after the list of pending entries, before their LSNs are read.
+      const lookUp = log.appliedLsnOf.bind(log);
+      log.appliedLsnOf = async (...args: Parameters<typeof lookUp>) => {
+        if (args[0].includes(entryId)) {
+          assert.equal(await log.ack(partition, [record]), 1);
+        }
+        return lookUp(...args);
+      };
+      try {
+        const report = await inspectPending(
+          { eventLog: log, main: h.main, replica: h.replica, replicaIsMain: false },
+          { partition, limit: 10 },
+        );
+        assert.deepEqual(
+          report.entries.filter((e) => e.entry_id === entryId),
+          [],
+          'not shown as waiting for projection',
+        );
+      } finally {
+        log.appliedLsnOf = lookUp;
+      }
+    });
+
     void it('acknowledges only the records heading the applied queue, and forgets each everywhere', async () => {
       const keys = log.keys(2);
       const [a, b] = [newIdInPartition(2, 4), newIdInPartition(2, 4)];

@@ -111,7 +111,15 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
       pending.map(([id]) => id),
       k.partition,
     );
+    const acknowledged = await acknowledgedSince(
+      eventLog,
+      k.stream,
+      pending.filter((_, i) => !lsns[i]).map(([id]) => id),
+    );
     pending.forEach(([id, consumer, idle, deliveries], i) => {
+      if (acknowledged.has(id)) {
+        return;
+      }
       const raw = (ranges[i] as RawEntry[] | undefined)?.[0];
       let event: { event_id: string; aggregate_id: string; type: string } | undefined;
       try {
@@ -135,6 +143,28 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
     });
   }
   return { partitions, entries, replica: await replicaReport(deps) };
+};
+
+/**
+ * Which of `entryIds` are no longer pending. The acker drops an entry's commit LSN with its
+ * acknowledgement, so one acknowledged between the list of pending entries and the read of their
+ * LSNs would read as waiting for projection: an operator told the main database or the event is
+ * the problem, when nothing is stuck (many at once, just after a paused replica resumes).
+ */
+const acknowledgedSince = async (
+  eventLog: EventLog,
+  stream: string,
+  entryIds: readonly string[],
+): Promise<Set<string>> => {
+  if (entryIds.length === 0) {
+    return new Set();
+  }
+  const pipeline = eventLog.redis.pipeline();
+  for (const id of entryIds) {
+    pipeline.xpending(stream, CONSUMER_GROUP, id, id, 1);
+  }
+  const still = await pipelineReplies(pipeline);
+  return new Set(entryIds.filter((_, i) => (still[i] as unknown[]).length === 0));
 };
 
 /**
