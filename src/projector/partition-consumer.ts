@@ -176,8 +176,12 @@ export class PartitionConsumer {
         }
         if (read.strandedWith && read.strandedWith.length > 0) {
           // What was just read is newer than what they hold: it stays in our pending list, and
-          // is read again, in order, after them.
-          await this.#claimStranded(read.strandedWith);
+          // is read again, in order, after them. Only while the lease is still ours: the read
+          // may itself be a late one, come back after the partition went to another process,
+          // whose entries it would then take.
+          if (this.#deps.leaseValid()) {
+            await this.#claimStranded(read.strandedWith);
+          }
           continue;
         }
         if (read.entries.length === 0) {
