@@ -757,9 +757,16 @@ export class PartitionConsumer {
 
   #scheduleReread() {
     const delay = this.#retryBackoff.nextDelayMs();
-    // A pass of its own from the first page: only setting the flag, a timer that fired during a
-    // re-read was undone when that re-read reached its end and cleared the flag, and the failed
-    // event waited for a newer one of its aggregate or the idle reclaim instead of its retry.
-    setTimeout(() => this.#rereadFromStart(), delay).unref();
+    const scan = this.#scan;
+    setTimeout(() => {
+      // A pass of its own from the first page, unless one has begun since this was scheduled
+      // (it meets the failed event again). Only setting the flag, a timer that fired during the
+      // re-read under way was undone when that re-read reached its end and cleared the flag;
+      // restarting on every timer, pages of deferred entries scheduling one each could keep the
+      // re-read from ever reaching the entries that would release them.
+      if (this.#scan === scan) {
+        this.#rereadFromStart();
+      }
+    }, delay).unref();
   }
 }
