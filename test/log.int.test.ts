@@ -1305,6 +1305,36 @@ void describe('the local log', () => {
     };
 
     /**
+     * Files the `n`th event of `file` as an earlier build wrote it (a field per property), with
+     * data no one can read: it names the file's aggregate, and cannot be put back.
+     */
+    const fileUndecodableLetter = async (
+      partition: number,
+      file: Awaited<ReturnType<typeof fileInStream>>,
+      n: number,
+    ) => {
+      const event = file.events[n] as Envelope;
+      const broken = withField(encodeFieldPerProperty(event), 'data', '{not json');
+      await deadLetters.add(
+        partition,
+        failedEntryOf([file.entryIds[n] as string, broken]),
+        history,
+      );
+      return deadLetters.get(event.event_id, partition);
+    };
+
+    /** Files `count` letters of other files straight into the letters, as add() writes them. */
+    const fileOtherLetters = async (partition: number, count: number) => {
+      const pipeline = redis.pipeline();
+      for (let n = 0; n < count; n += 1) {
+        const entry = failedEntryOfEvent(`1-${n}`, fileEvent(newIdInPartition(partition, 4), n));
+        const fields = [...entry.fields, 'original_entry_id', `1-${n}`, 'error', 'x'];
+        pipeline.xadd(log.keys(partition).deadLetters, '*', ...fields);
+      }
+      return ((await pipeline.exec()) ?? []).map(([, id]) => id as string);
+    };
+
+    /**
      * Retries `dead`'s aggregate while the projector files `file`'s events `from` up to `until`
      * among the dead letters, one just after each read of them (not after its own reads).
      */
@@ -1415,19 +1445,7 @@ void describe('the local log', () => {
       const partition = 2;
       const file = await fileInStream(partition, 2);
       const good = await fileLetter(partition, file, 0);
-      // The second, as an earlier build wrote it (a field per property), with data no one can
-      // read: it names the file, and cannot be put back.
-      const broken = withField(
-        encodeFieldPerProperty(file.events[1] as Envelope),
-        'data',
-        '{not json',
-      );
-      await deadLetters.add(
-        partition,
-        failedEntryOf([file.entryIds[1] as string, broken]),
-        history,
-      );
-      const undecodable = await deadLetters.get((file.events[1] as Envelope).event_id, partition);
+      const undecodable = await fileUndecodableLetter(partition, file, 1);
       assert.equal(undecodable?.aggregate_id, file.aggregateId);
 
       await assert.rejects(deadLetters.retryAggregate(good), (err: unknown) => {
@@ -1479,14 +1497,8 @@ void describe('the local log', () => {
       const lettersKey = log.keys(partition).deadLetters;
       const file = await fileInStream(partition, 3);
       const dead = await fileLetter(partition, file, 0);
-      // More letters of other files than one page of the read holds, filed as add() files them.
-      const fillers = redis.pipeline();
-      for (let n = 0; n < 1_200; n += 1) {
-        const event = fileEvent(newIdInPartition(partition, 4), n);
-        const entry = failedEntryOfEvent(`1-${n}`, event);
-        fillers.xadd(lettersKey, '*', ...entry.fields, 'original_entry_id', `1-${n}`, 'error', 'x');
-      }
-      const fillerIds = ((await fillers.exec()) ?? []).map(([, id]) => id as string);
+      // More letters of other files than one page of the read holds.
+      const fillerIds = await fileOtherLetters(partition, 1_200);
       await fileLetter(partition, file, 1);
 
       // The projector files the third just after the first page is read.
@@ -1528,25 +1540,10 @@ void describe('the local log', () => {
       const lettersKey = log.keys(partition).deadLetters;
       const file = await fileInStream(partition, 2);
       const good = await fileLetter(partition, file, 0);
-      // The second as an earlier build wrote it, with data no one can read: it holds the retry.
-      const broken = withField(
-        encodeFieldPerProperty(file.events[1] as Envelope),
-        'data',
-        '{not json',
-      );
-      await deadLetters.add(
-        partition,
-        failedEntryOf([file.entryIds[1] as string, broken]),
-        history,
-      );
-      const undecodable = await deadLetters.get((file.events[1] as Envelope).event_id, partition);
+      // The second holds the retry, as long as it is there.
+      const undecodable = await fileUndecodableLetter(partition, file, 1);
       assert.ok(undecodable);
-      const fillers = redis.pipeline();
-      for (let n = 0; n < 1_200; n += 1) {
-        const entry = failedEntryOfEvent(`1-${n}`, fileEvent(newIdInPartition(partition, 4), n));
-        fillers.xadd(lettersKey, '*', ...entry.fields, 'original_entry_id', `1-${n}`, 'error', 'x');
-      }
-      const fillerIds = ((await fillers.exec()) ?? []).map(([, id]) => id as string);
+      const fillerIds = await fileOtherLetters(partition, 1_200);
 
       // Another operator discards the unreadable one just after the first page is read.
       const read = redis.xrange.bind(redis);
@@ -1583,16 +1580,8 @@ void describe('the local log', () => {
       const deadA = await fileLetter(partition, a, 0);
       const deadB = await fileLetter(partition, b, 0);
       const deadC = await fileLetter(partition, c, 0);
-      // C's second as an earlier build wrote it, with data no one can read: it holds C's retry.
-      await deadLetters.add(
-        partition,
-        failedEntryOf([
-          c.entryIds[1] as string,
-          withField(encodeFieldPerProperty(c.events[1] as Envelope), 'data', '{not json'),
-        ]),
-        history,
-      );
-      const undecodableC = await deadLetters.get((c.events[1] as Envelope).event_id, partition);
+      // C's second, unreadable, holds C's retry.
+      const undecodableC = await fileUndecodableLetter(partition, c, 1);
       assert.ok(undecodableC);
       const deadD = await fileLetter(partition, d, 0);
 
