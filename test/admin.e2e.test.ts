@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { parseLsn } from '../src/db/lsn.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import {
@@ -12,7 +13,7 @@ import {
 import { EventLog } from '../src/log/event-log.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
-import { Harness, waitFor, withField } from './harness/harness.ts';
+import { Harness, scrapeMetric, waitFor, withField } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 
 const TOKEN = 'test-admin-token';
@@ -707,6 +708,18 @@ void describe('admin and incident tools', () => {
       assert.equal(partition.consumers[h.config.consumer], 1);
       assert.match(report.body.replica.replay_lsn, /\//);
       assert.ok(report.body.replica.lag_bytes > 0);
+      // Why, in PostgreSQL's terms: the operator need not query the replica to find out.
+      assert.equal(report.body.replica.replay_paused, true);
+      assert.equal(report.body.replica.wal_receiver, 'streaming');
+      assert.match(report.body.replica.reason, /replay is paused on the replica/);
+      assert.ok(
+        parseLsn(report.body.replica.receive_lsn) >= parseLsn(entry.commit_lsn),
+        'the replica received the commit it has not replayed',
+      );
+      const health = (await h.get('/health')).body.replication_lag;
+      assert.equal(health.replay_paused, true);
+      assert.equal(health.reason, report.body.replica.reason);
+      assert.equal(await scrapeMetric(h.url, 'outpost_replica_replay_paused'), 1);
 
       const filtered = await h.request(
         'GET',
@@ -723,6 +736,7 @@ void describe('admin and incident tools', () => {
       assert.match(cli.stdout, /WAITING_FOR/);
       assert.match(cli.stdout, new RegExp(unit.event_id));
       assert.match(cli.stdout, /replica replayed up to/);
+      assert.match(cli.stdout, /replay is paused on the replica .*pg_wal_replay_resume\(\)/);
       const cliJson = await runCli(h, [
         'pending',
         '--json',
@@ -765,6 +779,10 @@ void describe('admin and incident tools', () => {
       await h.replica.query('SELECT pg_wal_replay_resume()');
     }
     await waitForAllAcknowledged(h);
+    const resumed = (await h.get('/health')).body.replication_lag;
+    assert.equal(resumed.replay_paused, false);
+    assert.equal(resumed.reason, null);
+    assert.equal(await scrapeMetric(h.url, 'outpost_replica_replay_paused'), 0);
   });
 });
 

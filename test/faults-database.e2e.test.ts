@@ -40,6 +40,14 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'a site without its main database is degraded, not down');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.database, 'disconnected');
+      // The replica lost its source too, and /health says so in PostgreSQL's terms.
+      await waitFor(
+        async () =>
+          /WAL receiver is (not running|\w+, not streaming)/.test(
+            (await h.get('/health')).body.replication_lag.reason ?? '',
+          ),
+        "the replica's stopped WAL receiver named in /health",
+      );
       // The operator's work that needs the main database now says which database to wait for.
       const admin = { authorization: `Bearer ${h.config.adminToken}` };
       for (const [path, body] of [

@@ -121,6 +121,9 @@ export const pending = (flags: IncidentFlags) =>
           }`
         : `replica position unknown: ${r.error ?? 'unreachable'}`,
     );
+    if (r.reason) {
+      print(r.reason);
+    }
     if (unacknowledged.length > 0) {
       print(
         `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,

@@ -30,6 +30,20 @@ const entryId: JsonSchema = {
 };
 const seconds: JsonSchema = { type: 'number', minimum: 0 };
 const count: JsonSchema = { type: 'integer', minimum: 0 };
+/** Why a read replica is behind, as PostgreSQL reports it; all null without a standby. */
+const replayState: Record<string, JsonSchema> = {
+  receive_lsn: nullable(lsn),
+  replay_paused: nullable({ type: 'boolean' }),
+  wal_receiver: nullable({
+    type: 'string',
+    description: "pg_stat_wal_receiver.status, or 'stopped' when no WAL receiver runs",
+  }),
+  reason: nullable({
+    type: 'string',
+    description:
+      "Why the replica does not replay the main database's commits, when something holds it",
+  }),
+};
 const connection: JsonSchema = { type: 'string', enum: ['connected', 'disconnected'] };
 const freeJson: JsonSchema = { type: 'object', additionalProperties: true };
 const unitStatus: JsonSchema = {
@@ -188,6 +202,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       bytes: count,
       main_lsn: nullable(lsn),
       replica_lsn: nullable(lsn),
+      ...replayState,
     }),
     circuit_breaker: { type: 'string', enum: ['closed', 'open', 'half_open'] },
     integrity: object({
@@ -239,6 +254,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       {
         replay_lsn: nullable(lsn),
         lag_bytes: nullable(count),
+        ...replayState,
         error: { type: 'string' },
       },
       ['error'],

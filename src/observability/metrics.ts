@@ -88,6 +88,11 @@ export const createMetrics = () => {
       help: 'Bytes of WAL the replica has still to replay',
       registers,
     }),
+    replicaReplayPaused: new Gauge({
+      name: 'outpost_replica_replay_paused',
+      help: 'Whether replay is paused on the read replica (pg_wal_replay_pause()): 1 paused, 0 replaying',
+      registers,
+    }),
     replicationLagSeconds: new Gauge({
       name: 'outpost_replication_lag_seconds',
       help: 'Seconds since the last transaction the replica replayed, while it is behind',

@@ -1,11 +1,12 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { parseLsn } from '../db/lsn.ts';
-import { mainWalLsn, replicaPosition } from '../db/queries/replica.ts';
+import { mainWalLsn, replicaPosition, replicaReplayState } from '../db/queries/replica.ts';
 import { decodeEntry, type RawEntry } from '../log/codec.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
+import { replayStateView } from './replica-delay.ts';
 
 export type PendingFilter = {
   partition?: number;
@@ -41,7 +42,18 @@ export type PendingEntry = {
 export type PendingReport = {
   partitions: PendingPartition[];
   entries: PendingEntry[];
-  replica: { replay_lsn: string | null; lag_bytes: number | null; error?: string };
+  replica: {
+    replay_lsn: string | null;
+    lag_bytes: number | null;
+    /** WAL the replica has received; it replays up to here. */
+    receive_lsn: string | null;
+    replay_paused: boolean | null;
+    /** pg_stat_wal_receiver.status, 'stopped' without a receiver; null when unknown. */
+    wal_receiver: string | null;
+    /** Why the replica does not replay the main database's commits, when something holds it. */
+    reason: string | null;
+    error?: string;
+  };
 };
 
 type Deps = { eventLog: EventLog; main: pg.Pool; replica: pg.Pool; replicaIsMain: boolean };
@@ -192,13 +204,25 @@ export const stillPendingAfter = async (
 
 const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
   try {
-    const position = await replicaPosition(deps.replica, deps.replicaIsMain);
+    const [position, state] = await Promise.all([
+      replicaPosition(deps.replica, deps.replicaIsMain),
+      replicaReplayState(deps.replica),
+    ]);
     const main = await mainWalLsn(deps.main).catch(() => undefined);
     return {
       replay_lsn: position.lsn,
       lag_bytes: main ? Math.max(0, Number(parseLsn(main) - parseLsn(position.lsn))) : null,
+      ...replayStateView(state, position),
     };
   } catch (err) {
-    return { replay_lsn: null, lag_bytes: null, error: (err as Error).message };
+    return {
+      replay_lsn: null,
+      lag_bytes: null,
+      receive_lsn: null,
+      replay_paused: null,
+      wal_receiver: null,
+      reason: null,
+      error: (err as Error).message,
+    };
   }
 };

@@ -3,7 +3,13 @@ import type { Acker } from '../acker/acker.ts';
 import type { Config } from '../config.ts';
 import { parseLsn } from '../db/lsn.ts';
 import { latestSnapshot } from '../db/queries/integrity.ts';
-import { mainWalLsn, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import {
+  mainWalLsn,
+  type ReplayState,
+  type ReplicaPosition,
+  replicaPosition,
+  replicaReplayState,
+} from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
 import { entryTime } from '../log/entry-id.ts';
@@ -11,6 +17,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
+import { replayStateView } from './replica-delay.ts';
 
 export type StatusDeps = {
   config: Config;
@@ -62,11 +69,13 @@ export class StatusSource {
 
   async #positions() {
     const { main, replica, config } = this.#deps;
-    const [mainLsn, replicaPos] = await Promise.all([
+    const [mainLsn, replicaPos, replayState] = await Promise.all([
       settle(mainWalLsn(main)),
       settle(replicaPosition(replica, config.replicaIsMain)),
+      // Wrapped: a primary serving as the replica has no replay state, which is not a failure.
+      settle(replicaReplayState(replica).then((state) => ({ state }))),
     ]);
-    return { mainLsn, replicaPos };
+    return { mainLsn, replicaPos, replayState };
   }
 
   async bufferOrUndefined(): Promise<SiteBuffer | undefined> {
@@ -76,7 +85,7 @@ export class StatusSource {
   async health() {
     const { config, projector } = this.#deps;
     // Every probe at once: each has its own time limit, and /health answers within the longest.
-    const [redisUp, buffers, { mainLsn, replicaPos }, snapshot] = await Promise.all([
+    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot] = await Promise.all([
       this.#redisUp(),
       this.bufferOrUndefined(),
       this.#positions(),
@@ -84,7 +93,7 @@ export class StatusSource {
     ]);
     const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
-    const lag = lagOf(mainLsn, replicaPos);
+    const lag = lagOf(mainLsn, replicaPos, replayState);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
     const status = !redisUp
@@ -161,9 +170,12 @@ export class StatusSource {
       metrics.integrityRefreshedAt.set(snapshot ? Date.parse(snapshot.refreshed_at) / 1000 : 0);
       metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
     }
-    const { mainLsn, replicaPos } = await this.#positions();
+    const { mainLsn, replicaPos, replayState } = await this.#positions();
     // Seconds are the replica's own replay delay; bytes need both positions.
-    const lag = lagOf(mainLsn, replicaPos);
+    const lag = lagOf(mainLsn, replicaPos, replayState);
+    if (lag.replay_paused !== null) {
+      metrics.replicaReplayPaused.set(lag.replay_paused ? 1 : 0);
+    }
     if (replicaPos !== undefined) {
       metrics.replicationLagSeconds.set(lag.current_lag_seconds);
     }
@@ -187,13 +199,20 @@ const oldestRetainedMs = async (eventLog: EventLog): Promise<number | undefined>
 
 const round = (n: number) => Math.round(n * 1000) / 1000;
 
-const lagOf = (mainLsn: string | undefined, replica: ReplicaPosition | undefined) => {
+const lagOf = (
+  mainLsn: string | undefined,
+  replica: ReplicaPosition | undefined,
+  replayState: { state: ReplayState | undefined } | undefined,
+) => {
   const bytes = mainLsn && replica ? Number(parseLsn(mainLsn) - parseLsn(replica.lsn)) : 0;
   return {
     current_lag_seconds: round(replica?.lagSeconds ?? 0),
     bytes: Math.max(0, bytes),
     main_lsn: mainLsn ?? null,
     replica_lsn: replica?.lsn ?? null,
+    ...(replica && replayState
+      ? replayStateView(replayState.state, replica)
+      : { receive_lsn: null, replay_paused: null, wal_receiver: null, reason: null }),
   };
 };
 

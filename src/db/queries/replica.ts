@@ -43,6 +43,41 @@ export const replicaPosition = async (
   throw new Error('the replica is not a standby: pg_is_in_recovery() is false on it');
 };
 
+/**
+ * Why a standby may be behind, as PostgreSQL itself reports it. Read only for operators (/health,
+ * `outpost pending`, the gauges), never on the acknowledgement path.
+ */
+export type ReplayState = {
+  /** pg_get_wal_replay_pause_state(): 'not paused', 'pause requested' or 'paused'. */
+  pause: string;
+  /** The WAL the standby has received and flushed; replay follows it. */
+  receiveLsn: string | null;
+  /**
+   * pg_stat_wal_receiver.status ('streaming', 'waiting', …), 'stopped' when no WAL receiver runs,
+   * or null when this role may not see it (it needs pg_read_all_stats).
+   */
+  receiver: string | null;
+};
+
+/** The replica's replay state, or undefined when it is not a standby (a site without one). */
+export const replicaReplayState = async (replica: Queryable): Promise<ReplayState | undefined> => {
+  const { rows } = await replica.query<{
+    pause: string | null;
+    received: string | null;
+    receiver: string | null;
+  }>(
+    `SELECT CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END AS pause,
+            pg_last_wal_receive_lsn()::text AS received,
+            CASE WHEN NOT EXISTS (SELECT 1 FROM pg_stat_wal_receiver) THEN 'stopped'
+                 ELSE (SELECT status FROM pg_stat_wal_receiver LIMIT 1) END AS receiver`,
+  );
+  const row = rows[0];
+  if (!row?.pause) {
+    return undefined;
+  }
+  return { pause: row.pause, receiveLsn: row.received, receiver: row.receiver };
+};
+
 export const mainWalLsn = async (main: Queryable): Promise<string> => {
   const { rows } = await main.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn');
   return rows[0]?.lsn ?? '0/0';
