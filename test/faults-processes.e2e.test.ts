@@ -285,6 +285,19 @@ void describe('process faults under load', () => {
       assert.equal(cli.code, 1);
       assert.match(cli.stderr, /^outpost: cannot reach Redis at 127\.0\.0\.1:\d+ \(.+\)/);
       assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
+      // A mistyped flag is named as such, not blamed on Redis: flags are read before connecting.
+      for (const [args, reason] of [
+        [['pending', '--idle', '60'], /--idle takes a duration with its unit/],
+        [['pending', '--partition', '0x1'], /--partition takes a whole number, not "0x1"/],
+        [['dead', 'list', '--limit', '0'], /--limit must be at least 1/],
+        [['replay', '--from', '0', '--partition', '1e0'], /--partition takes a whole number/],
+        [['replay', '--from', 'yesterday'], /yesterday/],
+      ] as const) {
+        const mistyped = await runCli(h, [...args]);
+        assert.equal(mistyped.code, 1, args.join(' '));
+        assert.match(mistyped.stderr, reason, args.join(' '));
+        assert.doesNotMatch(mistyped.stderr, /Redis/, args.join(' '));
+      }
       await stackUp(h.stackOptions());
       await waitFor(
         () => load.accepted() >= acceptedBeforeKill + 100,

@@ -241,6 +241,11 @@ void describe('recovery', () => {
       );
       const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
       assert.equal(verify.code, 1, 'verify fails while rows differ');
+      assert.match(
+        verify.stderr,
+        /^outpost: rebuild-projections --verify found 1 projection row\(s\) that differ/m,
+        'with its one-line reason',
+      );
       const found = JSON.parse(verify.stdout);
       assert.equal(found.differing, 1);
       assert.equal(found.differences[0].aggregate_id, unit.id);

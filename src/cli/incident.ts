@@ -1,4 +1,4 @@
-import { parseDurationMs } from '../config.ts';
+import { loadConfig, parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
@@ -9,7 +9,7 @@ import {
   RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { CliError, print, table } from './output.ts';
+import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { withSite } from './site.ts';
 
 export type IncidentFlags = {
@@ -23,34 +23,24 @@ export type IncidentFlags = {
   cursor?: string;
 };
 
-const int = (value: string | undefined, name: string): number | undefined => {
-  if (value === undefined) {
-    return undefined;
-  }
-  if (!/^\d+$/.test(value)) {
-    throw new CliError(`${name} takes a whole number, not ${value}`);
-  }
-  return Number(value);
-};
-
 /** `outpost pending`: what waits, where, for how long, and for what. */
-export const pending = (flags: IncidentFlags) =>
-  withSite(async (site) => {
-    // A bare number is refused rather than read as milliseconds, as the configuration reads it:
-    // the output shows idle times in seconds, and `--idle 60` would quietly mean 60 ms.
-    const minIdleMs =
-      flags.idle === undefined || /^[1-9]\d*$/.test(flags.idle.trim())
-        ? undefined
-        : parseDurationMs(flags.idle);
-    if (flags.idle !== undefined && minIdleMs === undefined) {
-      throw new CliError(
-        `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
-      );
-    }
-    const partition = int(flags.partition, '--partition');
-    if (partition !== undefined && partition >= site.config.partitions) {
-      throw new CliError(`--partition must be below ${site.config.partitions}`);
-    }
+export const pending = (flags: IncidentFlags) => {
+  // A bare number is refused rather than read as milliseconds, as the configuration reads it:
+  // the output shows idle times in seconds, and `--idle 60` would quietly mean 60 ms.
+  const minIdleMs =
+    flags.idle === undefined || /^[1-9]\d*$/.test(flags.idle.trim())
+      ? undefined
+      : parseDurationMs(flags.idle);
+  if (flags.idle !== undefined && minIdleMs === undefined) {
+    throw new CliError(
+      `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
+    );
+  }
+  const partition = wholeNumberFlag(flags.partition, '--partition', {
+    below: loadConfig().partitions,
+  });
+  const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 50;
+  return withSite(async (site) => {
     const report = await inspectPending(
       {
         eventLog: site.eventLog,
@@ -58,7 +48,7 @@ export const pending = (flags: IncidentFlags) =>
         replica: site.replica,
         replicaIsMain: site.config.replicaIsMain,
       },
-      { partition, minIdleMs, consumer: flags.consumer, limit: int(flags.limit, '--limit') ?? 50 },
+      { partition, minIdleMs, consumer: flags.consumer, limit },
     );
     if (flags.json) {
       print(JSON.stringify(report));
@@ -130,6 +120,7 @@ export const pending = (flags: IncidentFlags) =>
       );
     }
   });
+};
 
 /** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
 const ACK_GRACE_MS = 1_000;
@@ -183,14 +174,15 @@ const allDeadLetters = async (site: Parameters<Parameters<typeof withSite>[0]>[0
 };
 
 /** `outpost dead list|show|retry|discard`. */
-export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) =>
-  withSite(async (site) => {
+export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
+  const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 100;
+  if (flags.cursor !== undefined && !isDeadLetterCursor(flags.cursor)) {
+    throw new CliError('--cursor takes the next_cursor an earlier listing printed');
+  }
+  return withSite(async (site) => {
     switch (action) {
       case 'list': {
-        if (flags.cursor !== undefined && !isDeadLetterCursor(flags.cursor)) {
-          throw new CliError('--cursor takes the next_cursor an earlier listing printed');
-        }
-        const page = await site.deadLetters.list(int(flags.limit, '--limit') ?? 100, flags.cursor);
+        const page = await site.deadLetters.list(limit, flags.cursor);
         if (flags.json) {
           print(JSON.stringify(page));
           return;
@@ -297,3 +289,4 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         );
     }
   });
+};

@@ -7,7 +7,7 @@ import { type Role, startService } from '../service.ts';
 import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '../stack/stack.ts';
 import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
-import { CliError, print, table } from './output.ts';
+import { CliError, print, reasonOf, table } from './output.ts';
 import { rebuildCommand, replayCommand } from './recovery.ts';
 import { tokenCommand } from './token.ts';
 import { USAGE, usageOf } from './usage.ts';
@@ -158,9 +158,7 @@ const main = async (argv: string[]) => {
 
 main(process.argv.slice(2)).catch((err: unknown) => {
   const message =
-    err instanceof ConfigError || err instanceof CliError
-      ? err.message
-      : ((err as Error).message ?? String(err));
+    err instanceof ConfigError || err instanceof CliError ? err.message : reasonOf(err);
   process.stderr.write(`outpost: ${message.split('\n').join('; ')}\n`);
   process.exit(1);
 });

@@ -38,3 +38,48 @@ export class CliError extends Error {
     this.name = 'CliError';
   }
 }
+
+/**
+ * A flag's whole number, at least `min` and below `below` when given. Commands read their flags
+ * before connecting, so a mistyped flag is named even while Redis or a database is away.
+ */
+export const wholeNumberFlag = (
+  value: string | undefined,
+  name: string,
+  bounds: { min?: number; below?: number } = {},
+): number | undefined => {
+  if (value === undefined) {
+    return undefined;
+  }
+  if (!/^\d+$/.test(value)) {
+    throw new CliError(`${name} takes a whole number, not ${JSON.stringify(value)}`);
+  }
+  const n = Number(value);
+  if (bounds.min !== undefined && n < bounds.min) {
+    throw new CliError(`${name} must be at least ${bounds.min}`);
+  }
+  if (bounds.below !== undefined && n >= bounds.below) {
+    throw new CliError(`${name} must be below ${bounds.below}`);
+  }
+  return n;
+};
+
+/**
+ * An error's one-line reason. Node's connection attempts to a name with several addresses fail
+ * with an AggregateError whose own message is empty: its attempts' messages say what happened.
+ */
+export const reasonOf = (err: unknown, fallback = String(err)): string => {
+  const { message, code, errors } = (err ?? {}) as {
+    message?: unknown;
+    code?: unknown;
+    errors?: unknown;
+  };
+  if (typeof message === 'string' && message !== '') {
+    return message;
+  }
+  const attempts = Array.isArray(errors) ? errors.map((e) => reasonOf(e, '')).filter(Boolean) : [];
+  if (attempts.length > 0) {
+    return [...new Set(attempts)].join('; ');
+  }
+  return typeof code === 'string' && code !== '' ? code : fallback;
+};

@@ -1,6 +1,7 @@
+import { loadConfig } from '../config.ts';
 import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
-import { ReplayBoundError, replay } from '../ops/replay.ts';
-import { CliError, print, table } from './output.ts';
+import { ReplayBoundError, replay, replayBound } from '../ops/replay.ts';
+import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { withSite } from './site.ts';
 
 export type RecoveryFlags = {
@@ -29,54 +30,52 @@ const progress = (json: boolean) => {
 };
 
 /** `outpost replay --from ID|TIME [--to] [--partition N] [--dry-run]`. */
-export const replayCommand = (flags: RecoveryFlags) =>
-  withSite(async (site) => {
-    if (!flags.from) {
-      throw new CliError('replay needs --from <entry id | ISO time>');
+export const replayCommand = (flags: RecoveryFlags) => {
+  const { from, to } = flags;
+  if (!from) {
+    throw new CliError('replay needs --from <entry id | ISO time>');
+  }
+  try {
+    replayBound(from);
+    if (to !== undefined) {
+      replayBound(to, 'to');
     }
-    const partition = flags.partition === undefined ? undefined : Number(flags.partition);
-    if (
-      partition !== undefined &&
-      !(Number.isInteger(partition) && partition >= 0 && partition < site.config.partitions)
-    ) {
-      throw new CliError(`--partition must be a whole number below ${site.config.partitions}`);
-    }
+  } catch (err) {
+    throw err instanceof ReplayBoundError ? new CliError(err.message) : err;
+  }
+  const partition = wholeNumberFlag(flags.partition, '--partition', {
+    below: loadConfig().partitions,
+  });
+  return withSite(async (site) => {
     const report_ = progress(flags.json);
-    try {
-      const report = await replay(
-        { eventLog: site.eventLog, main: site.main },
-        { from: flags.from, to: flags.to, partition, dryRun: flags['dry-run'] === true },
-        {
-          onProgress: (p) =>
-            report_({ partition: p.partition, scanned: p.scanned, at: p.position }),
-        },
-      );
-      if (process.stderr.isTTY && !flags.json) {
-        process.stderr.write('\n');
+    const report = await replay(
+      { eventLog: site.eventLog, main: site.main },
+      { from, to, partition, dryRun: flags['dry-run'] === true },
+      {
+        onProgress: (p) => report_({ partition: p.partition, scanned: p.scanned, at: p.position }),
+      },
+    );
+    if (process.stderr.isTTY && !flags.json) {
+      process.stderr.write('\n');
+    }
+    print(flags.json ? JSON.stringify(report) : table([report]));
+    if (report.failed > 0 || report.unfinished > 0) {
+      // The report stays on stdout, whole and parseable; the reason goes where failures go.
+      // Failed counts every event of the range that cannot apply, dead-lettered before or now.
+      const failed = `${report.failed} event(s) that cannot apply (dead-lettered or undecodable: outpost dead list)`;
+      if (report.dry_run) {
+        // A dry run did its job when it reported: after an incident the range often holds dead
+        // letters, and a preview that failed on them would stop the operator's script there.
+        process.stderr.write(`outpost: replay --dry-run found ${failed}\n`);
+      } else {
+        process.stderr.write(
+          `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
+        );
+        process.exitCode = 1;
       }
-      print(flags.json ? JSON.stringify(report) : table([report]));
-      if (report.failed > 0 || report.unfinished > 0) {
-        // The report stays on stdout, whole and parseable; the reason goes where failures go.
-        // Failed counts every event of the range that cannot apply, dead-lettered before or now.
-        const failed = `${report.failed} event(s) that cannot apply (dead-lettered or undecodable: outpost dead list)`;
-        if (report.dry_run) {
-          // A dry run did its job when it reported: after an incident the range often holds dead
-          // letters, and a preview that failed on them would stop the operator's script there.
-          process.stderr.write(`outpost: replay --dry-run found ${failed}\n`);
-        } else {
-          process.stderr.write(
-            `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
-          );
-          process.exitCode = 1;
-        }
-      }
-    } catch (err) {
-      if (err instanceof ReplayBoundError) {
-        throw new CliError(err.message);
-      }
-      throw err;
     }
   });
+};
 
 /** `outpost rebuild-projections [--dry-run | --verify]`. */
 export const rebuildCommand = (flags: RecoveryFlags) =>
@@ -99,6 +98,10 @@ export const rebuildCommand = (flags: RecoveryFlags) =>
       );
     }
     if (mode === 'verify' && report.differing > 0) {
+      // The report stays on stdout, whole and parseable; the reason goes where failures go.
+      process.stderr.write(
+        `outpost: rebuild-projections --verify found ${report.differing} projection row(s) that differ from their events; outpost rebuild-projections rewrites them\n`,
+      );
       process.exitCode = 1;
     }
   });

@@ -6,6 +6,7 @@ import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
+import { reasonOf } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
 export type Site = {
@@ -23,9 +24,8 @@ type Database = 'main' | 'replica';
 
 const cannotReach = (what: string, url: string, defaultPort: number, reason: unknown) => {
   const { hostname, port } = new URL(url);
-  const { message, code } = (reason ?? {}) as { message?: string; code?: string };
   return new Error(
-    `cannot reach ${what} at ${hostname || 'localhost'}:${port || defaultPort} (${message || code || 'no answer'}); is it running? (outpost stack status)`,
+    `cannot reach ${what} at ${hostname || 'localhost'}:${port || defaultPort} (${reasonOf(reason, 'no answer')}); is it running? (outpost stack status)`,
     { cause: reason },
   );
 };

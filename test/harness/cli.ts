@@ -6,11 +6,17 @@ import type { Harness } from './harness.ts';
 export const runCli = (
   h: Harness,
   args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> => runCliWith(h.envOf(), args);
+
+/** Runs `outpost <args>` with exactly this environment. */
+export const runCliWith = (
+  env: NodeJS.ProcessEnv,
+  args: string[],
 ): Promise<{ code: number; stdout: string; stderr: string }> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['bin/outpost.js', ...args], {
       cwd: PROJECT_ROOT,
-      env: h.envOf(),
+      env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stdout = '';
