@@ -8,6 +8,7 @@ import { createPool } from './db/client.ts';
 import { createApp, createOperationsApp } from './http/app.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
+import { LogCapacity } from './log/capacity.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { checkDurability } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
@@ -171,8 +172,12 @@ export const startService = async (
   acker?.start();
   await integrity?.start();
 
+  // Only API processes take writes; they keep the log's room for the backlog to drain.
+  const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
+  capacity?.start();
   const appDeps = {
     config,
+    capacity,
     eventLog,
     deadLetters,
     main,
@@ -236,6 +241,7 @@ export const startService = async (
         });
       }
       tokens.stop();
+      capacity?.stop();
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());
       await timed(logger, 'integrity scheduler', async () => integrity?.stop());

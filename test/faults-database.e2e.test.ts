@@ -3,11 +3,12 @@ import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { partitionOf } from '../src/domain/ids.ts';
+import { DRAIN_RESERVE, readLogMemory } from '../src/log/capacity.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { crashMain, crashReplica, stackUp } from '../src/stack/stack.ts';
 import { audit, eventLogOf, unacknowledged, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
-import { Harness, holdFault, scrapeMetric, waitFor } from './harness/harness.ts';
+import { Harness, type HttpResult, holdFault, scrapeMetric, waitFor } from './harness/harness.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
 
 const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
@@ -415,6 +416,87 @@ void describe('database faults under load', () => {
       await waitForAllAcknowledged(h, 15_000);
       assert.ok(Date.now() - resumed < 15_000);
       await audit(h, accepted);
+    });
+  });
+
+  void describe('Redis filling to its maxmemory while the main database is away', () => {
+    let h: Harness;
+    after(async () => {
+      await h?.redis.config('SET', 'maxmemory', '0');
+      await restartAndClose(h);
+    });
+
+    void it('refuses writes saying why, still drains once the database is back even past maxmemory, then takes writes again', async () => {
+      h = await Harness.start();
+      await crashMain(h.stack.dir);
+      // Memory measured once writes flow (the scripts cached in Redis, say).
+      const load = h.steadyLoad(25, 'full');
+      await waitFor(() => load.accepted() >= 25, 'writes to flow');
+      // Room for a few hundred more pending events before writes are refused.
+      const before = await readLogMemory(h.redis);
+      const limit = Math.ceil((before.usedBytes + 100_000) / (1 - DRAIN_RESERVE));
+      await h.redis.config('SET', 'maxmemory', String(limit));
+      // The answer that saw it full: memory moves around the line (history trimmed from 90 %).
+      let health: HttpResult | undefined;
+      await waitFor(
+        async () => {
+          health = await h.get('/health');
+          return health.body.transaction_buffer.full === true;
+        },
+        'the log to fill up',
+        60_000,
+      );
+      assert.ok(health);
+      assert.equal(health.status, 503, 'writes cannot be accepted');
+      assert.equal(health.body.status, 'unhealthy');
+      assert.equal(health.body.redis, 'connected');
+      assert.equal(health.body.transaction_buffer.memory_limit_bytes, limit);
+      assert.ok(health.body.transaction_buffer.size > 0);
+      // The API looks at Redis's memory once a second: a write may still pass just after /health
+      // saw the log full. Such writes are accepted writes like the load's.
+      const probes = new Set<string>();
+      let refused: HttpResult | undefined;
+      await waitFor(async () => {
+        const answer = await h.post('/executed_obs_units/start', {
+          obs_unit_id: `probe-${probes.size}`,
+          instrument: 'x',
+        });
+        if (answer.status === 201) {
+          probes.add(answer.body.event_id);
+          return false;
+        }
+        refused = answer;
+        return true;
+      }, 'a write to be refused');
+      assert.ok(refused);
+      assert.equal(refused.status, 503);
+      assert.equal(refused.body.error.code, 'log_unavailable');
+      // Refused by the API's last look at Redis's memory, or by Redis itself when a burst took the
+      // reserve since: either way the client is told the log is full, not that Redis is away.
+      assert.match(refused.body.error.message, /^the local log is full: Redis .*maxmemory/);
+      assert.equal(refused.headers.get('retry-after'), '5');
+      // What an operator would add to the log is refused alike; a dry run adds nothing.
+      const admin = { authorization: `Bearer ${h.config.adminToken}` };
+      const replayed = await h.request('POST', '/admin/replay', { from: '0' }, admin);
+      assert.equal(replayed.status, 503, replayed.text);
+      assert.match(replayed.body.error.message, /^the local log is full/);
+      assert.ok((await scrapeMetric(h.url, 'outpost_log_memory_used_ratio')) >= 1 - DRAIN_RESERVE);
+
+      // Past maxmemory now (a limit lowered by hand, a burst that took the reserve): Redis refuses
+      // every write it counts as growing, yet the projector must still record what it applies.
+      const full = await readLogMemory(h.redis);
+      await h.redis.config('SET', 'maxmemory', String(Math.floor(full.usedBytes * 0.9)));
+      await stackUp(h.stackOptions());
+      await waitForAllAcknowledged(h, 90_000);
+
+      // Drained, the log still holds what it keeps for a while whatever is pending (each write's
+      // idempotency record for 24 h, its unit's status): the operator's way out is a higher limit.
+      // The writes refused meanwhile, retried by their clients, land.
+      await h.redis.config('SET', 'maxmemory', String(2 * limit));
+      const { accepted, failures, sent } = await load.stop();
+      assert.deepEqual(failures, [], 'every refused write landed once retried');
+      assert.equal(accepted.size, sent);
+      await audit(h, new Set([...accepted, ...probes]));
     });
   });
 });

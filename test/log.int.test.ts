@@ -519,6 +519,37 @@ void describe('the local log', () => {
       assert.equal(await redis.exists(keys.legacyInflightIndex('raw_data_file')), 0);
       await bucketsInUse(redis, log, 3);
     });
+
+    void it('drains past maxmemory: records, acknowledges, counts attempts and dead-letters, while appends are refused', async () => {
+      const keys = log.keys(3);
+      const deadLetters = new DeadLetters(log);
+      const unit = newIdInPartition(3, 4);
+      const [applied, failing] = [fileEvent(unit, 0), fileEvent(unit, 1)];
+      const appended = await log.append({ partition: 3, events: [applied, failing] });
+      assert.equal(appended.kind, 'appended');
+      const [appliedEntry = '', failingEntry = ''] =
+        appended.kind === 'appended' ? appended.entryIds : [];
+      await deliver(redis, keys.stream);
+      // Any write that may grow memory is refused now, as by a log that filled up.
+      await redis.config('SET', 'maxmemory', '1');
+      try {
+        await assert.rejects(
+          log.append({ partition: 3, events: [fileEvent(newIdInPartition(3, 4), 2)] }),
+          /OOM/,
+        );
+        const record = appliedRecord(applied, appliedEntry);
+        await log.recordApplied(3, [record]);
+        assert.equal(await log.ack(3, [record]), 1);
+        const history = await log.recordAttempt(3, failingEntry, 'violates check constraint');
+        assert.equal(history.length, 1);
+        await deadLetters.add(3, failedEntryOfEvent(failingEntry, failing), history);
+      } finally {
+        await redis.config('SET', 'maxmemory', '0');
+      }
+      assert.deepEqual(await log.readInflight(unit, 3), []);
+      assert.equal(await log.pendingCount(3), 0);
+      assert.equal(await redis.hexists(keys.deadIndex, failing.event_id), 1);
+    });
   });
 
   void describe('acknowledgement', () => {

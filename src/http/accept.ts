@@ -4,6 +4,7 @@ import stringify from 'safe-stable-stringify';
 import { type DomainEvent, type Envelope, EVENT_TYPES } from '../domain/events.ts';
 import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
 import { CURRENT_VERSIONS } from '../domain/upcast.ts';
+import { isOutOfMemory, type LogMemory, logFullReason } from '../log/capacity.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -60,6 +61,21 @@ export const envelope = (
     accepted_at: acceptedAt,
   }) as Envelope;
 
+/** A full log takes longer to get room again than a lost connection takes to come back. */
+export const logFull = (memory: LogMemory | undefined, cause?: unknown) =>
+  new ApiError('log_unavailable', logFullReason(memory), undefined, {
+    cause,
+    retryAfterSeconds: 5,
+  });
+
+/** Refuses what would add events to a log that has no room left but the drain's. */
+export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
+  const full = deps.capacity?.full;
+  if (full) {
+    throw logFull(full);
+  }
+};
+
 export type Accepted = { status: 201 | 202; body: unknown };
 export type AcceptOutcome =
   | { kind: 'appended' | 'replayed'; response: Accepted }
@@ -96,6 +112,7 @@ export const accept = async (
     writer === undefined
       ? request.events
       : request.events.map((e) => ({ ...e, written_by: writer }));
+  refuseWhenLogFull(deps);
   let result: AppendResult;
   try {
     result = await deps.eventLog.append({
@@ -105,6 +122,10 @@ export const accept = async (
       guard: request.guard,
     });
   } catch (err) {
+    if (isOutOfMemory(err)) {
+      deps.capacity?.refresh();
+      throw logFull(undefined, err);
+    }
     throw new ApiError(
       'log_unavailable',
       'the local log cannot accept writes right now',

@@ -1,9 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
+import { isOutOfMemory } from '../log/capacity.ts';
+import { logFull } from './accept.ts';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
 import { logIsAway } from './outages.ts';
+import { refusalLog } from './refusal-log.ts';
 import { registerAdminRoutes } from './routes/admin.ts';
 import { registerDocsRoutes } from './routes/docs.ts';
 import { registerEventRoutes } from './routes/events.ts';
@@ -23,6 +26,7 @@ const withRequestId = (body: ReturnType<typeof errorBody>, requestId: string) =>
 /** Request ids, request logging and problem bodies: what every Outpost HTTP server shares. */
 const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
   const app = new Hono<HonoEnv>();
+  const refusals = refusalLog();
 
   app.use('*', async (c, next) => {
     const incoming = c.req.header('x-request-id');
@@ -49,14 +53,24 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
     }
   });
 
-  app.onError((err, c) => {
+  app.onError((thrown, c) => {
     const requestId = c.get('requestId');
+    // Redis's own refusal for memory, met past the write path's check (a replay, a retry, a
+    // burst since its last look): the log is full, not broken.
+    const err =
+      !(thrown instanceof ApiError) && isOutOfMemory(thrown) ? logFull(undefined, thrown) : thrown;
     if (err instanceof ApiError) {
-      if (err.status >= 500) {
-        // 503s are the log or replica being away: degraded and self-healing, and one line per
-        // refused request would bury the line that matters.
-        const level = err.status === 503 ? 'warn' : 'error';
-        requestLogger(c)[level]({ err, cause: err.cause }, 'request failed');
+      if (err.status === 503) {
+        // The log or replica away, or the log full: degraded and self-healing.
+        const leftOut = refusals(err.code);
+        if (leftOut !== undefined) {
+          requestLogger(c).warn(
+            { err, cause: err.cause, refusedSinceLastLine: leftOut },
+            'request failed',
+          );
+        }
+      } else if (err.status >= 500) {
+        requestLogger(c).error({ err, cause: err.cause }, 'request failed');
       }
       if (err.retryAfterSeconds !== undefined) {
         c.header('Retry-After', String(err.retryAfterSeconds));
@@ -67,7 +81,13 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
       );
     }
     if (logIsAway(deps, err)) {
-      requestLogger(c).warn({ err }, 'request failed: the local log is unavailable');
+      const leftOut = refusals('log_unavailable');
+      if (leftOut !== undefined) {
+        requestLogger(c).warn(
+          { err, refusedSinceLastLine: leftOut },
+          'request failed: the local log is unavailable',
+        );
+      }
       c.header('Retry-After', '1');
       return c.json(
         withRequestId(

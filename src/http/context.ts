@@ -3,6 +3,7 @@ import type pg from 'pg';
 import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
 import type { LiveFeed } from '../live/live-feed.ts';
+import type { LogCapacity } from '../log/capacity.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -13,6 +14,8 @@ import type { StatusSource } from '../ops/status.ts';
 export type AppDeps = {
   config: Config;
   eventLog: EventLog;
+  /** The log's memory against its limit: writes that would take the drain's room are refused. */
+  capacity?: LogCapacity;
   deadLetters: DeadLetters;
   main: pg.Pool;
   replica: pg.Pool;

@@ -189,6 +189,16 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       size: count,
       failed: count,
       oldest_pending_seconds: seconds,
+      full: {
+        type: 'boolean',
+        description:
+          "Redis's memory leaves no room for writes: they are refused (503) and /health answers 503",
+      },
+      memory_used_bytes: nullable(count),
+      memory_limit_bytes: nullable({
+        ...count,
+        description: "Redis's maxmemory; null without one",
+      }),
     }),
     background_processor: object({
       status: { type: 'string', enum: ['running', 'failing', 'stopped', 'disabled'] },

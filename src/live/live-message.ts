@@ -72,7 +72,7 @@ export const matches = (filter: LiveFilter, m: LiveMessage): boolean =>
   (filter.states === undefined || filter.states.has(m.state));
 
 /** Live-stream fields of a message; one JSON field keeps an entry small and its decode trivial. */
-const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
+export const encodeLive = (m: LiveMessage): string => JSON.stringify(m);
 
 /** Queues the XADD of `message` to the live stream `key`, trimmed to about `maxLen` messages. */
 export const addLiveMessage = (

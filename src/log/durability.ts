@@ -78,4 +78,9 @@ export const checkDurability = async (redis: Redis, config: Config, logger: Logg
   if (verdict) {
     logger.warn({ ...settings, expected: config.appendfsync }, verdict.warn);
   }
+  if (settings.maxmemory === '0') {
+    logger.warn(
+      "Redis has no maxmemory: a long outage of the main database can take all of the host's memory; with maxmemory set, writes are refused at 95 % of it and the rest is kept for the backlog to drain",
+    );
+  }
 };

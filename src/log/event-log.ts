@@ -6,8 +6,9 @@ import {
   type Envelope,
   type UnitStatus,
 } from '../domain/events.ts';
-import { addLiveMessage, type LiveMessage } from '../live/live-message.ts';
+import { encodeLive, type LiveMessage } from '../live/live-message.ts';
 import { projectPath } from '../paths.ts';
+import { isOutOfMemory } from './capacity.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
@@ -24,11 +25,17 @@ import {
 const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
 
-/** A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include). */
+/**
+ * A script's source, after the helpers it uses from scripts/lib (Redis scripts cannot include).
+ * Its `#!lua flags=…` line, when it has one, stays first, where Redis reads it.
+ */
 export const script = (
   name: string,
   ...libraries: ('applied' | 'inflight' | 'letters' | 'live')[]
-) => [...libraries.map((library) => readScript(`lib/${library}`)), readScript(name)].join('\n');
+) => {
+  const [, shebang = '', body = ''] = /^(#!lua[^\n]*\n)?([\s\S]*)$/.exec(readScript(name)) ?? [];
+  return shebang + [...libraries.map((library) => readScript(`lib/${library}`)), body].join('\n');
+};
 
 /**
  * A unit's status is kept in Redis for this long after its last event; past it, the append path
@@ -95,6 +102,8 @@ export const parseApplied = (record: string): AppliedRecord => {
 
 type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
+  outpostRecordApplied(numKeys: number, ...args: string[]): Promise<number>;
+  outpostRecordAttempt(numKeys: number, ...args: string[]): Promise<number>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetApplied(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetAppliedEntries(numKeys: number, ...args: string[]): Promise<number>;
@@ -202,6 +211,8 @@ export class EventLog {
     readonly liveMaxLen: number = DEFAULT_LIVE_MAX_LEN,
   ) {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
+    redis.defineCommand('outpostRecordApplied', { lua: script('record-applied') });
+    redis.defineCommand('outpostRecordAttempt', { lua: script('record-attempt') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'applied', 'inflight') });
     redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied', 'applied') });
     redis.defineCommand('outpostForgetAppliedEntries', { lua: script('forget-applied-entries') });
@@ -245,7 +256,14 @@ export class EventLog {
       try {
         await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
       } catch (err) {
-        if (!String((err as Error).message).includes('BUSYGROUP')) {
+        // A full log refuses the CREATE before it finds the group there: starting the service is
+        // what drains it, so a group that exists is enough.
+        const exists = async () =>
+          ((await this.#redis.xinfo('GROUPS', keys.stream).catch(() => [])) as unknown[][]).some(
+            (group) => group.includes(CONSUMER_GROUP),
+          );
+        const message = String((err as Error).message);
+        if (!message.includes('BUSYGROUP') && !(isOutOfMemory(err) && (await exists()))) {
           throw err;
         }
       }
@@ -612,25 +630,17 @@ export class EventLog {
       return 0;
     }
     const keys = this.keys(partition);
-    const transaction = this.#redis
-      .multi()
-      .rpush(keys.applied, ...records.map(formatApplied))
-      .hset(keys.appliedLsn, ...records.flatMap((r) => [r.entryId, r.lsn]));
-    // With the records the acker waits for, so `confirmed` cannot pass `applied` on the feed. A
-    // failed XADD fails only itself inside MULTI.
-    for (const message of live) {
-      addLiveMessage(transaction, this.#liveKeys[0], this.liveMaxLen, message);
-    }
-    const replies = await transaction.exec();
-    if (!replies) {
-      throw new Error('the applied records were not written: the transaction was discarded');
-    }
-    const recorded = replies.slice(0, 2);
-    const failed = recorded.find(([err]) => err);
-    if (failed) {
-      throw failed[0];
-    }
-    return replies.slice(2).filter(([err]) => err).length;
+    return this.#redis.outpostRecordApplied(
+      3,
+      keys.applied,
+      keys.appliedLsn,
+      this.#liveKeys[0],
+      String(records.length),
+      ...records.map(formatApplied),
+      ...records.flatMap((r) => [r.entryId, r.lsn]),
+      String(this.liveMaxLen),
+      ...live.map(encodeLive),
+    );
   }
 
   /**
@@ -727,7 +737,9 @@ export class EventLog {
     const key = this.keys(partition).attempts;
     const history = JSON.parse((await this.#redis.hget(key, entryId)) ?? '[]') as Attempt[];
     history.push({ at: new Date().toISOString(), error });
-    await this.#redis.hset(key, entryId, JSON.stringify(history));
+    // Past maxmemory too: an event that fails on its data must still reach the dead letters, or
+    // it would hold its partition until the log had room again.
+    await this.#redis.outpostRecordAttempt(1, key, entryId, JSON.stringify(history));
     return history;
   }
 

@@ -1,4 +1,4 @@
-import { entryIdAt, minEntryId, timeMs } from './entry-id.ts';
+import { entryIdAt, entryTime, minEntryId, timeMs } from './entry-id.ts';
 import type { EventLog } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -53,4 +53,28 @@ export const trimPartition = async (
     now ?? (await redisNow(eventLog)),
   );
   return Number(await eventLog.redis.xtrim(eventLog.keys(partition).stream, 'MINID', floor));
+};
+
+/**
+ * Under memory pressure: trims the older half of a partition's acknowledged history, whatever the
+ * retention says (never an entry still pending or not yet delivered, as above). Called every few
+ * seconds while the pressure lasts, the history halves each time. Answers what it removed and the
+ * time the partition's log now reaches back to, if it holds anything.
+ */
+export const trimHalfHistory = async (
+  eventLog: EventLog,
+  partition: number,
+): Promise<{ trimmed: number; reachesBackTo: number | undefined }> => {
+  const stream = eventLog.keys(partition).stream;
+  const oldest = async () => {
+    const [first] = await eventLog.redis.xrange(stream, '-', '+', 'COUNT', 1);
+    return first ? entryTime(first[0]) : undefined;
+  };
+  const now = await redisNow(eventLog);
+  const from = await oldest();
+  if (from === undefined || from >= now) {
+    return { trimmed: 0, reachesBackTo: from };
+  }
+  const trimmed = await trimPartition(eventLog, partition, Math.ceil((now - from) / 2), now);
+  return { trimmed, reachesBackTo: await oldest() };
 };

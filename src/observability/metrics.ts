@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { DRAIN_RESERVE } from '../log/capacity.ts';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
 /*
@@ -86,6 +87,11 @@ export const createMetrics = () => {
     replicationLagBytes: new Gauge({
       name: 'outpost_replication_lag_bytes',
       help: 'Bytes of WAL the replica has still to replay',
+      registers,
+    }),
+    logMemoryRatio: new Gauge({
+      name: 'outpost_log_memory_used_ratio',
+      help: `Redis used_memory as a share of its maxmemory (0 without a limit); writes are refused from ${1 - DRAIN_RESERVE}, the rest kept for the backlog's drain`,
       registers,
     }),
     replicaReplayPaused: new Gauge({

@@ -12,6 +12,7 @@ import {
 } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
+import { isLogFull, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
 import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -85,22 +86,27 @@ export class StatusSource {
   async health() {
     const { config, projector } = this.#deps;
     // Every probe at once: each has its own time limit, and /health answers within the longest.
-    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot] = await Promise.all([
-      this.#redisUp(),
-      this.bufferOrUndefined(),
-      this.#positions(),
-      settle(latestSnapshot(this.#deps.replica)),
-    ]);
+    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory] =
+      await Promise.all([
+        this.#redisUp(),
+        this.bufferOrUndefined(),
+        this.#positions(),
+        settle(latestSnapshot(this.#deps.replica)),
+        settle(readLogMemory(this.#deps.eventLog.redis)),
+      ]);
+    // Writes are refused once they would take the room the backlog needs to drain.
+    const full = memory !== undefined && isLogFull(memory);
     const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
     const lag = lagOf(mainLsn, replicaPos, replayState);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
-    const status = !redisUp
-      ? 'unhealthy'
-      : databaseUp && replicaUp && processor?.status !== 'failing'
-        ? 'healthy'
-        : 'degraded';
+    const status =
+      !redisUp || full
+        ? 'unhealthy'
+        : databaseUp && replicaUp && processor?.status !== 'failing'
+          ? 'healthy'
+          : 'degraded';
     return {
       status,
       site: config.site,
@@ -112,6 +118,9 @@ export class StatusSource {
         size: totals.pending,
         failed: totals.deadLetters,
         oldest_pending_seconds: round(totals.oldestPendingSeconds),
+        full,
+        memory_used_bytes: memory?.usedBytes ?? null,
+        memory_limit_bytes: memory?.maxBytes || null,
       },
       background_processor: processorView(processor, this.#deps.acker?.lastError),
       replication_lag: lag,
@@ -125,8 +134,7 @@ export class StatusSource {
 
   async bufferStats() {
     const totals = totalsOf(await readBuffer(this.#deps.eventLog));
-    const memory = await this.#deps.eventLog.redis.info('memory');
-    const usedBytes = Number(/used_memory:(\d+)/.exec(memory)?.[1] ?? 0);
+    const { usedBytes } = await readLogMemory(this.#deps.eventLog.redis);
     const processor = this.#deps.projector?.stats();
     return {
       pending_transactions: totals.pending,
@@ -152,6 +160,10 @@ export class StatusSource {
       const totals = totalsOf(buffers);
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
+    }
+    const memory = await probe(readLogMemory(this.#deps.eventLog.redis));
+    if (memory !== FAILED) {
+      metrics.logMemoryRatio.set(logMemoryRatio(memory));
     }
     // A gauge whose probe fails keeps its last value: set to 0, an unreadable replica would
     // resolve the integrity alert and a lost link the lag alert, and both would flap.

@@ -2,11 +2,12 @@ import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import type { Lease } from '../db/queries/leases.ts';
 import type { LivePublisher } from '../live/live-message.ts';
+import { isLogPressed, readLogMemory } from '../log/capacity.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { blockingConnection, watchConnection } from '../log/redis.ts';
-import { trimPartition } from '../log/retention.ts';
+import { trimHalfHistory, trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { applyBatches } from './apply-batch.ts';
@@ -14,6 +15,9 @@ import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
+
+/** How often a projector looks at the log's memory: one INFO each time. */
+const PRESSURE_CHECK_MS = 2_000;
 
 export type ProjectorDeps = {
   pool: pg.Pool;
@@ -65,6 +69,8 @@ export class Projector {
   readonly #combiner: BatchCombiner;
   #reclaimTimer: NodeJS.Timeout | undefined;
   #trimTimer: NodeJS.Timeout | undefined;
+  #pressureTimer: NodeJS.Timeout | undefined;
+  #relieving: Promise<void> | undefined;
   #processed = 0;
   #batches = 0;
   #failures = 0;
@@ -110,6 +116,45 @@ export class Projector {
       Math.min(60_000, Math.max(1_000, Math.floor(this.#deps.streamRetentionMs / 10))),
     );
     this.#trimTimer.unref();
+    this.#pressureTimer = setInterval(() => {
+      // One run at a time: two overlapping would halve the history twice in one period.
+      this.#relieving ??= this.#relievePressure()
+        .catch((err: unknown) =>
+          this.#deps.logger.warn({ err }, 'trimming the log under memory pressure failed'),
+        )
+        .finally(() => {
+          this.#relieving = undefined;
+        });
+    }, PRESSURE_CHECK_MS);
+    this.#pressureTimer.unref();
+  }
+
+  /**
+   * Near maxmemory, acknowledged history gives way before writes are refused: each look halves
+   * what the partitions this process owns keep, until the pressure is gone. Only pending entries
+   * can then fill the log, and those are what the site cannot do without.
+   */
+  async #relievePressure() {
+    const memory = await readLogMemory(this.#deps.redis);
+    if (!isLogPressed(memory)) {
+      return;
+    }
+    for (const partition of this.#consumers.keys()) {
+      const { trimmed, reachesBackTo } = await trimHalfHistory(this.#deps.eventLog, partition);
+      if (trimmed > 0) {
+        this.#deps.logger.warn(
+          {
+            partition,
+            trimmed,
+            usedBytes: memory.usedBytes,
+            maxmemory: memory.maxBytes,
+            replayReachesBackTo:
+              reachesBackTo === undefined ? null : new Date(reachesBackTo).toISOString(),
+          },
+          'Redis is near its maxmemory: trimmed acknowledged entries younger than OUTPOST_STREAM_RETENTION, so writes keep being accepted (replay now reaches back less far; raise maxmemory to keep the full retention)',
+        );
+      }
+    }
   }
 
   /** Drops acknowledged entries past the retention from the partitions this process owns. */
@@ -133,6 +178,7 @@ export class Projector {
     this.#stopping ??= (async () => {
       clearInterval(this.#reclaimTimer);
       clearInterval(this.#trimTimer);
+      clearInterval(this.#pressureTimer);
       await this.#leases.stop();
     })();
     return this.#stopping;

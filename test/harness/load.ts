@@ -39,11 +39,18 @@ type Post = (
   path: string,
   body: unknown,
   headers: Record<string, string>,
-) => Promise<Pick<HttpResult, 'status' | 'body'>>;
+) => Promise<Pick<HttpResult, 'status' | 'body'> & { headers?: Headers }>;
+
+/** The wait a 503 asks for (Retry-After, in seconds), within reason; else the usual back-off. */
+const backoffAfter = (headers: Headers | undefined): number => {
+  const seconds = Number(headers?.get('retry-after'));
+  return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 5) * 1000 : RETRY_BACKOFF_MS;
+};
 
 /**
  * Writes at a steady rate, as an instrument would: each write carries its own Idempotency-Key and
- * is retried on 503 or a refused connection until it is accepted, so every write lands once.
+ * is retried on 503 (after the Retry-After it names) or a refused connection until it is
+ * accepted, so every write lands once.
  */
 export const steadyLoad = (post: Post, ratePerSecond: number, label: string): SteadyLoad => {
   const accepted = new Set<string>();
@@ -56,6 +63,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
     const key = `${label}-${n}-${Math.random().toString(36).slice(2)}`;
     const deadline = Date.now() + 120_000;
     for (;;) {
+      let backoffMs = RETRY_BACKOFF_MS;
       try {
         const result = await post(
           '/executed_obs_units/start',
@@ -72,6 +80,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
           failures.push(`${result.status} ${JSON.stringify(result.body)}`);
           return;
         }
+        backoffMs = backoffAfter(result.headers);
       } catch (err) {
         if (Date.now() > deadline) {
           failures.push(String(err));
@@ -81,7 +90,7 @@ export const steadyLoad = (post: Post, ratePerSecond: number, label: string): St
       if (abandoned) {
         return;
       }
-      await new Promise((resolve) => setTimeout(resolve, RETRY_BACKOFF_MS));
+      await new Promise((resolve) => setTimeout(resolve, backoffMs));
     }
   };
   const timer = setInterval(

@@ -6,6 +6,7 @@ import { UndecodableEntryError } from '../../log/codec.ts';
 import { deadLetterIdIn, isDeadLetterCursor, RetryNotYetError } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound } from '../../ops/replay.ts';
+import { refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
 import { checkUnreadBody, hasBody, readJson } from '../body.ts';
@@ -63,6 +64,9 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         }
       }
     }
+    if (!value.dry_run) {
+      refuseWhenLogFull(deps);
+    }
     return onceForKey(c, deps, value, async () => {
       const report = await mainCall(
         deps,
@@ -119,6 +123,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   app.post('/admin/dead-letters/:id/retry', async (c) => {
     const id = deadLetterParam(c);
     await checkUnreadBody(c, deps.config.maxBodyBytes);
+    refuseWhenLogFull(deps);
     return onceForKey(c, deps, null, async () => {
       const dead = await deadLetterOf(id);
       const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {

@@ -5,12 +5,18 @@ import type { App } from './shared.ts';
 export const registerOpsRoutes = (app: App, deps: AppDeps) => {
   app.get('/health', async (c) => {
     const health = await deps.status.health();
-    // 503 only when writes cannot be accepted: a site cut off from its main database is degraded,
-    // not down, since buffering writes through such a cut is what Outpost is for.
-    if (health.redis === 'connected') {
-      return c.json(health, 200);
+    // 503 only when writes cannot be accepted (Redis away, or its memory full): a site cut off
+    // from its main database is degraded, not down, since buffering writes through such a cut is
+    // what Outpost is for.
+    if (health.redis !== 'connected') {
+      return c.json(health, 503, { 'Retry-After': '1' });
     }
-    return c.json(health, 503, { 'Retry-After': '1' });
+    // Only a process that takes writes: a projector answering 503 would invite an orchestrator
+    // to restart the very process that drains the log.
+    if (health.transaction_buffer.full && deps.capacity) {
+      return c.json(health, 503, { 'Retry-After': '5' });
+    }
+    return c.json(health, 200);
   });
 
   app.get('/buffer-stats', async (c) => {

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, as it drains the backlog or frees room: see record-applied.lua.
 -- Acknowledges replica-confirmed entries and drops them from the read indexes in one step, so a
 -- merged read never sees an event both missing from the indexes and missing from the replica.
 -- What applies to every record (XACK, the applied LSNs, the attempts, the applied queue) is one

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, as it drains the backlog or frees room: see record-applied.lua.
 -- Discards a dead-lettered event for good, leaving an audit record of who said why.
 --
 -- The aggregate's block is lifted once none of its events is left in the dead letters: its next

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, as it drains the backlog or frees room: see record-applied.lua.
 -- Moves an event aside after its last failed attempt: the dead-letter entry is written and the
 -- original acknowledged in one step, so the event is never lost and never in two places. The
 -- aggregate is marked blocked, so its later events follow it instead of applying out of order.

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, as it drains the backlog or frees room: see record-applied.lua.
 -- Forgets applied records wherever they stand in the queue, by entry id: a projector re-reading its
 -- own pending entries found their events missing from the main database (restored from an earlier
 -- backup, or failed over to a standby that never received them), or their records at LSNs it has

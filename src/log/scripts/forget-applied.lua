@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, as it drains the backlog or frees room: see record-applied.lua.
 -- Forgets that records heading the applied queue were applied, so the projector applies their
 -- entries again: the replica passed their commit LSNs yet does not have their events, which the
 -- main database lost (restored from an earlier backup, or a failover to a standby that had not

@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, so a full log does not keep the service from starting: it moves or
+-- rebuilds what is there, adding nothing.
 -- Sets a type's in-use set to the numbers of its in-flight buckets that hold anything.
 --
 -- KEYS[1] the type's in-use buckets  KEYS[2..] every bucket of the type's in-flight index

@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, so a full log does not keep the service from starting: it moves or
+-- rebuilds what is there, adding nothing.
 -- Moves entries of an earlier build's event index (one hash per partition) into the buckets this
 -- build reads. Each field is read and moved in this one step, so an entry acknowledged meanwhile
 -- (deleted from the old hash by an earlier build still running) is not brought back.

@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, so a full log does not keep the service from starting: it moves or
+-- rebuilds what is there, adding nothing.
 -- Moves aggregates of an earlier build's in-flight index (one hash per partition and type) into
 -- the buckets this build reads. Each is read and moved in this one step, so an entry acknowledged
 -- meanwhile is not brought back; its earlier entries go before any this build appended since.

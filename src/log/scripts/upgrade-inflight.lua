@@ -1,3 +1,6 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory, so a full log does not keep the service from starting: it moves or
+-- rebuilds what is there, adding nothing.
 -- Folds one aggregate's in-flight list of an earlier build into the in-flight index, atomically,
 -- so a read sees its pending entries in one place or the other, never in neither.
 -- KEYS[1] legacy list  KEYS[2] legacy set of its type  KEYS[3] the aggregate's in-flight bucket
