@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -200,6 +200,29 @@ void describe('outpost stack status', () => {
       redis: { url: 'redis://127.0.0.1:56379', state: 'stopped' },
       pg_cron: false,
     });
+  });
+
+  void it('reports stopped a stack whose pid files name processes that are not its servers', async () => {
+    // As after a reboot: the pid files are still there, and their numbers now belong to others
+    // (here, this test's own process, which is alive but neither PostgreSQL nor Redis).
+    const stale = mkdtempSync(join(tmpdir(), 'outpost-stale-'));
+    try {
+      for (const [dir, file] of [
+        ['pg-main', 'postmaster.pid'],
+        ['pg-replica', 'postmaster.pid'],
+        ['redis', 'redis.pid'],
+      ]) {
+        mkdirSync(join(stale, '.outpost', dir as string), { recursive: true });
+        writeFileSync(join(stale, '.outpost', dir as string, file as string), `${process.pid}\n`);
+      }
+      const printed = JSON.parse((await status(stale, true)).stdout);
+      assert.deepEqual(
+        [printed.running, printed.main.state, printed.replica.state, printed.redis.state],
+        [false, 'stopped', 'stopped', 'stopped'],
+      );
+    } finally {
+      rmSync(stale, { recursive: true, force: true });
+    }
   });
 
   void it('prints the URLs and state of the running stack in .outpost, as JSON and as a table', async () => {

@@ -1,5 +1,5 @@
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -68,6 +68,25 @@ export const isPortOpen = (port: number, host = '127.0.0.1'): Promise<boolean> =
     });
     socket.once('error', () => resolve(false));
   });
+
+/**
+ * Whether `pid` is a live process whose command line names `marks` (the server's program and its
+ * data directory, say). A pid file outlives a reboot or a container restart, and its number may
+ * then belong to anything: alive alone would make a stopped stack look running, and keep `up` from
+ * starting it. Where /proc cannot tell, alive is all there is to go on.
+ */
+export const isProcessOf = (pid: number, ...marks: string[]): boolean => {
+  if (!isAlive(pid)) {
+    return false;
+  }
+  let commandLine: string;
+  try {
+    commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return true;
+  }
+  return marks.every((mark) => commandLine.includes(mark));
+};
 
 export const isAlive = (pid: number): boolean => {
   try {

@@ -7,13 +7,14 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import pg from 'pg';
 import {
   findOnPath,
   findPgBinDir,
   isAlive,
   isPortOpen,
+  isProcessOf,
   isRoot,
   pgCronInstalled,
   run,
@@ -105,7 +106,7 @@ const pgIsRunning = (dataDir: string): boolean => {
     return false;
   }
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  return Number.isInteger(pid) && isAlive(pid);
+  return Number.isInteger(pid) && isProcessOf(pid, 'postgres', basename(dataDir));
 };
 
 const redisPid = (redisDir: string): number | undefined => {
@@ -114,7 +115,7 @@ const redisPid = (redisDir: string): number | undefined => {
     return undefined;
   }
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
-  return Number.isInteger(pid) && isAlive(pid) ? pid : undefined;
+  return Number.isInteger(pid) && isProcessOf(pid, 'redis-server') ? pid : undefined;
 };
 
 const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolean): string[] => {
