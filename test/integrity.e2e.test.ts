@@ -86,6 +86,32 @@ void describe('integrity invariants', () => {
     await gaugesShow({});
   });
 
+  void it('answers a refresh once the replica shows it: the next read is that refresh', async () => {
+    // Every commit reaches the replica's data half a second late, as over a slow link.
+    const delayReplay = async (delay: string) => {
+      await h.replica.query(`ALTER SYSTEM SET recovery_min_apply_delay = '${delay}'`);
+      await h.replica.query('SELECT pg_reload_conf()');
+    };
+    await delayReplay('500ms');
+    try {
+      const refreshed = await refresh();
+      const shown = await h.request('GET', '/admin/integrity', undefined, auth);
+      assert.equal(shown.status, 200, shown.text);
+      assert.equal(shown.body.refreshed_at, refreshed.refreshed_at);
+      const cli = await runCli(h, ['integrity', 'refresh', '--json']);
+      assert.equal(cli.code, 0, cli.stderr);
+      const status = await runCli(h, ['integrity', 'status', '--json']);
+      assert.equal(
+        JSON.parse(status.stdout).refreshed_at,
+        JSON.parse(cli.stdout).refreshed_at,
+        status.stdout,
+      );
+      assert.equal(JSON.parse(cli.stdout).lsn, undefined, 'the output keeps its fields');
+    } finally {
+      await delayReplay('0');
+    }
+  });
+
   const corruptions: Record<Problem, { corrupt: string[]; repair: string[] }> = {
     missing_head: {
       corrupt: [

@@ -2,9 +2,11 @@ import {
   anomalySamples,
   cronJob,
   latestSnapshot,
+  REFRESH_VISIBLE_WAIT_MS,
   refreshIntegrity,
   runningRefresh,
 } from '../db/queries/integrity.ts';
+import { replicaReached } from '../db/queries/replica.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -20,10 +22,13 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
             `outpost: waiting for the integrity refresh already running (pid ${running.pid}, ${running.application || 'no application name'}${running.since ? `, since ${running.since.toISOString()}` : ''})\n`,
           );
         }
-        const snapshot = await refreshIntegrity(site.mainUrl, 'manual', true);
-        if (!snapshot) {
+        const refreshed = await refreshIntegrity(site.mainUrl, 'manual', true);
+        if (!refreshed) {
           throw new CliError('the refresh returned no snapshot');
         }
+        const { lsn, ...snapshot } = refreshed;
+        // `integrity status` reads the replica: it shows this refresh once it has replayed it.
+        await replicaReached(site.replica, site.config.replicaIsMain, lsn, REFRESH_VISIBLE_WAIT_MS);
         print(
           flags.json
             ? JSON.stringify(snapshot)

@@ -5,6 +5,12 @@ import { LinkWatchdog } from '../link-watchdog.ts';
 
 export const CRON_JOB = 'outpost-integrity';
 
+/**
+ * How long a manual refresh's answer waits for the read replica to show it (usually
+ * milliseconds): the snapshot is read back there, by `GET /admin/integrity` and `integrity status`.
+ */
+export const REFRESH_VISIBLE_WAIT_MS = 2_000;
+
 export type Snapshot = {
   refreshed_at: string;
   duration_ms: number;
@@ -24,7 +30,7 @@ export const refreshIntegrity = async (
   mode: string,
   wait: boolean,
   { signal }: { signal?: AbortSignal } = {},
-): Promise<Snapshot | undefined> => {
+): Promise<(Snapshot & { lsn: string }) | undefined> => {
   const client = new pg.Client({
     ...withServerSettings(url, ['-c client_connection_check_interval=5000']),
     connectionTimeoutMillis: 10_000,
@@ -42,7 +48,17 @@ export const refreshIntegrity = async (
       'SELECT outpost_refresh_integrity($1, $2) AS counts',
       [mode, wait],
     );
-    return rows[0]?.counts ? await latestSnapshot(client) : undefined;
+    const snapshot = rows[0]?.counts ? await latestSnapshot(client) : undefined;
+    if (!snapshot) {
+      return undefined;
+    }
+    // Where the refresh's commit is in the WAL: a replica past it shows this snapshot. The insert
+    // position, not the flush: with synchronous_commit off the commit returns before its record
+    // is flushed, and a flush position read then lies before it.
+    const { rows: at } = await client.query<{ lsn: string }>(
+      'SELECT pg_current_wal_insert_lsn()::text AS lsn',
+    );
+    return { ...snapshot, lsn: at[0]?.lsn ?? '0/0' };
   };
   try {
     await client.connect();

@@ -1,4 +1,5 @@
 import type { Queryable } from '../client.ts';
+import { parseLsn } from '../lsn.ts';
 
 export type ReplicaPosition = {
   /** The LSN up to which the read replica has replayed (or the primary flushed, without replica). */
@@ -76,6 +77,31 @@ export const replicaReplayState = async (replica: Queryable): Promise<ReplayStat
     return undefined;
   }
   return { pause: row.pause, receiveLsn: row.received, receiver: row.receiver };
+};
+
+/**
+ * Waits, at most `timeoutMs`, for the read replica to replay up to `lsn`: whoever just wrote to
+ * the main database and reads the replica next then reads what they wrote. Answers whether it
+ * did; a replica that is behind or away only means the wait ends without it.
+ */
+export const replicaReached = async (
+  replica: Queryable,
+  replicaIsMain: boolean,
+  lsn: string,
+  timeoutMs: number,
+): Promise<boolean> => {
+  const deadline = Date.now() + timeoutMs;
+  const target = parseLsn(lsn);
+  for (;;) {
+    const position = await replicaPosition(replica, replicaIsMain).catch(() => undefined);
+    if (position && parseLsn(position.lsn) >= target) {
+      return true;
+    }
+    if (Date.now() >= deadline) {
+      return false;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 };
 
 export const mainWalLsn = async (main: Queryable): Promise<string> => {

@@ -1,6 +1,12 @@
 import type { Context } from 'hono';
 import { z } from 'zod';
-import { anomalySamples, latestSnapshot, refreshIntegrity } from '../../db/queries/integrity.ts';
+import {
+  anomalySamples,
+  latestSnapshot,
+  REFRESH_VISIBLE_WAIT_MS,
+  refreshIntegrity,
+} from '../../db/queries/integrity.ts';
+import { replicaReached } from '../../db/queries/replica.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
 import { UndecodableEntryError } from '../../log/codec.ts';
 import { deadLetterIdIn, isDeadLetterCursor, RetryNotYetError } from '../../log/dead-letters.ts';
@@ -204,6 +210,13 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
       if (!snapshot) {
         throw new Error('integrity refresh returned no snapshot');
       }
+      // GET /admin/integrity reads the replica: it shows this refresh once it has replayed it.
+      await replicaReached(
+        deps.replica,
+        deps.config.replicaIsMain,
+        snapshot.lsn,
+        REFRESH_VISIBLE_WAIT_MS,
+      );
       return c.json({
         refreshed_at: snapshot.refreshed_at,
         duration_ms: snapshot.duration_ms,
