@@ -60,3 +60,10 @@ void describe('flags and reasons', () => {
     assert.equal(reasonOf('plain text'), 'plain text');
   });
 });
+
+void describe('reasonOf on what is not an Error', () => {
+  void it('never throws, even for an object without a prototype', () => {
+    assert.equal(reasonOf(Object.create(null)), 'unknown error');
+    assert.equal(reasonOf({ message: '', code: '' }, 'fallback'), 'fallback');
+  });
+});

@@ -204,9 +204,11 @@ export const stillPendingAfter = async (
 
 const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
   try {
+    // The replay state is an explanation: a replica that will not give it (a managed service
+    // restricting the functions, say) still gives its position.
     const [position, state] = await Promise.all([
       replicaPosition(deps.replica, deps.replicaIsMain),
-      replicaReplayState(deps.replica),
+      replicaReplayState(deps.replica).catch(() => undefined),
     ]);
     const main = await mainWalLsn(deps.main).catch(() => undefined);
     return {

@@ -29,7 +29,7 @@ export const replicaDelayReason = (
   const unreplayed =
     state.receiveLsn === null ? 0n : parseLsn(state.receiveLsn) - parseLsn(replay.lsn);
   if (unreplayed > 0n && replay.lagSeconds >= HELD_BACK_SECONDS) {
-    return `the replica received WAL up to ${state.receiveLsn} but has replayed nothing past ${replay.lsn} for ${Math.round(replay.lagSeconds)} s: replay is held back, usually by a query on the replica that conflicts with it (see pg_stat_activity there, and max_standby_streaming_delay)`;
+    return `the replica received WAL up to ${state.receiveLsn} but has replayed nothing past ${replay.lsn} for ${Math.round(replay.lagSeconds)} s: replay is held back, by a query on the replica that conflicts with it (see pg_stat_activity there, and max_standby_streaming_delay) or by its recovery_min_apply_delay`;
   }
   return undefined;
 };

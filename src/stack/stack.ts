@@ -109,6 +109,22 @@ const pgIsRunning = (dataDir: string): boolean => {
   return Number.isInteger(pid) && isProcessOf(pid, 'postgres', basename(dataDir));
 };
 
+/**
+ * A postmaster.pid naming a live process that is not PostgreSQL at all (its number reused after a
+ * reboot): PostgreSQL itself would refuse to start beside it ("lock file already exists") when
+ * that process runs as the same user. Removed, as PostgreSQL removes one naming a dead process.
+ */
+const removeStalePidFile = (dataDir: string): void => {
+  const pidFile = join(dataDir, 'postmaster.pid');
+  if (!existsSync(pidFile)) {
+    return;
+  }
+  const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+  if (Number.isInteger(pid) && isAlive(pid) && !isProcessOf(pid, 'postgres')) {
+    rmSync(pidFile, { force: true });
+  }
+};
+
 const redisPid = (redisDir: string): number | undefined => {
   const pidFile = join(redisDir, 'redis.pid');
   if (!existsSync(pidFile)) {
@@ -149,6 +165,7 @@ const startPg = async (
   if (pgIsRunning(dataDir)) {
     return;
   }
+  removeStalePidFile(dataDir);
   const logFile = join(
     pathsOf(o.dir).logs,
     `${dataDir.endsWith('replica') ? 'replica' : 'main'}.log`,

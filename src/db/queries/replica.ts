@@ -93,7 +93,16 @@ export const replicaReached = async (
   const deadline = Date.now() + timeoutMs;
   const target = parseLsn(lsn);
   for (;;) {
-    const position = await replicaPosition(replica, replicaIsMain).catch(() => undefined);
+    // Each look within what is left of the wait: a replica behind a link that drops packets
+    // would otherwise hold the caller for its query timeout.
+    let timer: NodeJS.Timeout | undefined;
+    const position = await Promise.race([
+      replicaPosition(replica, replicaIsMain).catch(() => undefined),
+      new Promise<undefined>((resolve) => {
+        timer = setTimeout(() => resolve(undefined), Math.max(0, deadline - Date.now()));
+      }),
+    ]);
+    clearTimeout(timer);
     if (position && parseLsn(position.lsn) >= target) {
       return true;
     }
