@@ -15,7 +15,7 @@ import {
   LettersStillArrivingError,
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
-import { compareEntryIds } from '../src/log/entry-id.ts';
+import { compareEntryIds, timeMs } from '../src/log/entry-id.ts';
 import { type AppendRequest, type AppliedRecord, EventLog } from '../src/log/event-log.ts';
 import {
   CONSUMER_GROUP,
@@ -23,6 +23,7 @@ import {
   liveListenersKey,
   liveStreamKey,
 } from '../src/log/keys.ts';
+import { trimHalfHistory } from '../src/log/retention.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { readEvent } from '../src/read/events.ts';
 import { Harness, withField } from './harness/harness.ts';
@@ -518,6 +519,30 @@ void describe('the local log', () => {
       assert.deepEqual(await log.readInflight(viaLegacy.aggregate_id, 3), []);
       assert.equal(await redis.exists(keys.legacyInflightIndex('raw_data_file')), 0);
       await bucketsInUse(redis, log, 3);
+    });
+
+    void it('trims the older half of acknowledged history under pressure, never a pending entry', async () => {
+      // A log of its own: its entries are named by times in the past.
+      const trimLog = new EventLog(redis, `${h.config.namespace}-trim`, 1);
+      await trimLog.ensureGroups();
+      const { stream } = trimLog.keys(0);
+      const now = timeMs(await redis.time());
+      const ids = [60_000, 50_000, 20_000, 10_000].map((ago) => `${now - ago}-0`);
+      for (const id of ids) {
+        await redis.xadd(stream, id, 'junk', 'x');
+      }
+      await deliver(redis, stream);
+      const remaining = async () => (await redis.xrange(stream, '-', '+')).map(([id]) => id);
+      // The oldest still pending: nothing may go.
+      await redis.xack(stream, CONSUMER_GROUP, ...ids.slice(1));
+      assert.equal((await trimHalfHistory(trimLog, 0)).trimmed, 0);
+      assert.deepEqual(await remaining(), ids);
+      // All acknowledged: the entries older than half the history's span (30 s) go.
+      await redis.xack(stream, CONSUMER_GROUP, ids[0] as string);
+      const { trimmed, reachesBackTo } = await trimHalfHistory(trimLog, 0);
+      assert.equal(trimmed, 2);
+      assert.deepEqual(await remaining(), ids.slice(2));
+      assert.equal(reachesBackTo, now - 20_000);
     });
 
     void it('drains past maxmemory: records, acknowledges, counts attempts and dead-letters, while appends are refused', async () => {
