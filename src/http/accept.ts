@@ -123,8 +123,9 @@ export const accept = async (
     });
   } catch (err) {
     if (isOutOfMemory(err)) {
+      // Answered as the log full by the app's error handler; look at the memory again now.
       deps.capacity?.refresh();
-      throw logFull(undefined, err);
+      throw err;
     }
     throw new ApiError(
       'log_unavailable',

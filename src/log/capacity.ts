@@ -81,10 +81,6 @@ export class LogCapacity {
     return this.#memory && isLogFull(this.#memory) ? this.#memory : undefined;
   }
 
-  get memory(): LogMemory | undefined {
-    return this.#memory;
-  }
-
   /** Looks again now (after Redis refused a write for memory, say). A failed look keeps the last. */
   refresh(): void {
     readLogMemory(this.#redis).then(

@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
+import { DRAIN_RESERVE } from './capacity.ts';
 
 type PersistenceSettings = {
   appendonly: string | undefined;
@@ -80,7 +81,7 @@ export const checkDurability = async (redis: Redis, config: Config, logger: Logg
   }
   if (settings.maxmemory === '0') {
     logger.warn(
-      "Redis has no maxmemory: a long outage of the main database can take all of the host's memory; with maxmemory set, writes are refused at 95 % of it and the rest is kept for the backlog to drain",
+      `Redis has no maxmemory: a long outage of the main database can take all of the host's memory; with maxmemory set, writes are refused at ${(1 - DRAIN_RESERVE) * 100} % of it and the rest is kept for the backlog to drain`,
     );
   }
 };

@@ -220,10 +220,7 @@ const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
     return {
       replay_lsn: null,
       lag_bytes: null,
-      receive_lsn: null,
-      replay_paused: null,
-      wal_receiver: null,
-      reason: null,
+      ...replayStateView(undefined, undefined),
       error: (err as Error).message,
     };
   }

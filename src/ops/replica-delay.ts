@@ -34,10 +34,19 @@ export const replicaDelayReason = (
   return undefined;
 };
 
-/** The replay state as /health and `outpost pending` show it; all null on a site without a standby. */
-export const replayStateView = (state: ReplayState | undefined, position: ReplicaPosition) => ({
-  receive_lsn: state?.receiveLsn ?? null,
-  replay_paused: state ? state.pause !== 'not paused' : null,
-  wal_receiver: state?.receiver ?? null,
-  reason: (state && replicaDelayReason(state, position)) ?? null,
-});
+/**
+ * The replay state as /health and `outpost pending` show it; all null on a site without a standby,
+ * or when the replica did not say.
+ */
+export const replayStateView = (
+  state: ReplayState | undefined,
+  position: ReplicaPosition | undefined,
+) => {
+  const known = state && position ? { state, position } : undefined;
+  return {
+    receive_lsn: known?.state.receiveLsn ?? null,
+    replay_paused: known ? known.state.pause !== 'not paused' : null,
+    wal_receiver: known?.state.receiver ?? null,
+    reason: (known && replicaDelayReason(known.state, known.position)) ?? null,
+  };
+};

@@ -222,9 +222,7 @@ const lagOf = (
     bytes: Math.max(0, bytes),
     main_lsn: mainLsn ?? null,
     replica_lsn: replica?.lsn ?? null,
-    ...(replica && replayState
-      ? replayStateView(replayState.state, replica)
-      : { receive_lsn: null, replay_paused: null, wal_receiver: null, reason: null }),
+    ...replayStateView(replayState?.state, replica),
   };
 };
 
