@@ -83,17 +83,25 @@ export const startService = async (
   const metrics = createMetrics();
   const redis = createRedis(config);
   watchConnection(redis, logger.child({ module: 'redis' }));
+  const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
+  let refusal: string | undefined;
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
+    refusal = await eventLog.ensureGroups();
   } catch (err) {
-    // Refused before anything else started: leave nothing open behind the error.
+    // Refused before anything else started: leave nothing open behind the error (an open
+    // connection would keep the process, or a test, from exiting).
     redis.disconnect();
     tokens.stop();
     throw err;
   }
-  const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
-  await eventLog.ensureGroups();
+  if (refusal !== undefined) {
+    logger.warn(
+      { refusal },
+      'Redis refuses writes: started without the start-up upkeep; writes are refused until Redis can save again (free disk space for it)',
+    );
+  }
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
   const deadLetters = new DeadLetters(eventLog);
   const main = projectorPool(config);

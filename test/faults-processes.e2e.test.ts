@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
@@ -40,6 +41,30 @@ const leaseOwners = async (h: Harness) =>
       'SELECT owner FROM partition_leases ORDER BY partition',
     )
   ).map((r) => r.owner);
+
+/**
+ * Makes Redis's next background save fail, as a full disk would: with a save point set (Redis's
+ * default, which compose.yaml turns off) Redis then refuses every write (MISCONF) until a save
+ * succeeds. The save is slowed to a second a key so that it can be killed before it finishes.
+ */
+const failBackgroundSave = async (h: Harness) => {
+  await h.redis.config('SET', 'save', '3600 1');
+  await h.redis.config('SET', 'rdb-key-save-delay', '1000000');
+  await h.redis.bgsave();
+  const redisPid = /^process_id:(\d+)/m.exec(await h.redis.info('server'))?.[1];
+  assert.ok(redisPid);
+  let saver: number | undefined;
+  await waitFor(() => {
+    const children = readFileSync(`/proc/${redisPid}/task/${redisPid}/children`, 'utf8').trim();
+    saver = children === '' ? undefined : Number(children.split(' ')[0]);
+    return saver !== undefined;
+  }, 'the background save to start');
+  process.kill(saver as number, 'SIGKILL');
+  await waitFor(
+    async () => /^rdb_last_bgsave_status:err/m.test(await h.redis.info('persistence')),
+    'Redis to see its background save fail',
+  );
+};
 
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
@@ -310,6 +335,83 @@ void describe('process faults under load', () => {
       const lost = [...accepted].filter((id) => !inLog.has(id));
       assert.deepEqual(lost, [], 'every 201 survived the crash');
       await audit(h, inLog);
+    });
+  });
+
+  void describe('Redis refusing every write after a background save failed (a full disk)', () => {
+    let h: Harness | undefined;
+    after(async () => {
+      // Redis takes writes again whatever the test reached, for the files after this one.
+      await h?.redis.config('SET', 'rdb-key-save-delay', '0');
+      await h?.redis.config('SET', 'save', '');
+      await h?.close();
+    });
+
+    void it("refuses writes and an operator's replay with Redis's reason, /health says so, and every write lands once Redis saves again", async () => {
+      const started = await Harness.start();
+      h = started;
+      const load = started.steadyLoad(25, 'misconf');
+      await waitFor(() => load.accepted() >= 25, 'writes to flow');
+      await failBackgroundSave(started);
+
+      const health = await started.get('/health');
+      assert.equal(health.status, 503, 'writes cannot be accepted');
+      assert.equal(health.body.status, 'unhealthy');
+      assert.equal(health.body.redis, 'connected', 'Redis answers; it refuses writes');
+      assert.match(
+        health.body.transaction_buffer.write_error ?? '',
+        /^MISCONF .*unable to persist/,
+      );
+      assert.equal(health.body.transaction_buffer.full, false);
+      assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 0);
+
+      const refused = await started.post('/executed_obs_units/start', {
+        obs_unit_id: 'refused',
+        instrument: 'x',
+      });
+      assert.equal(refused.status, 503, refused.text);
+      assert.equal(refused.body.error.code, 'log_unavailable');
+      assert.match(
+        refused.body.error.message,
+        /^the local log cannot save writes: Redis refuses them \(MISCONF .*\); free disk space/,
+      );
+      assert.equal(refused.headers.get('retry-after'), '5');
+      // An operator's action under an Idempotency-Key claims it in Redis first: the same answer,
+      // not an internal error.
+      const admin = {
+        authorization: `Bearer ${started.config.adminToken}`,
+        'idempotency-key': 'replay-during-misconf',
+      };
+      const replayed = await started.request('POST', '/admin/replay', { from: '0' }, admin);
+      assert.equal(replayed.status, 503, replayed.text);
+      assert.match(replayed.body.error.message, /^the local log cannot save writes/);
+      // Restarted meanwhile (an operator's first move), the service comes up and says why.
+      const restarted = await started.startService('api');
+      const restartedHealth = await fetch(`http://127.0.0.1:${restarted.port}/health`);
+      assert.equal(restartedHealth.status, 503);
+      const { transaction_buffer } = (await restartedHealth.json()) as {
+        transaction_buffer: { write_error: string | null };
+      };
+      assert.match(transaction_buffer.write_error ?? '', /^MISCONF /);
+      await started.stopService(restarted);
+
+      // The disk has room again and a save succeeds: Redis takes writes at once.
+      await started.redis.config('SET', 'rdb-key-save-delay', '0');
+      await started.redis.bgsave();
+      await waitFor(
+        async () => (await started.get('/health')).status === 200,
+        'Redis to take writes again',
+      );
+      const recovered = await started.get('/health');
+      assert.equal(recovered.body.transaction_buffer.write_error, null);
+      assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 1);
+      const sentBefore = load.accepted();
+      await waitFor(() => load.accepted() >= sentBefore + 25, 'writes to flow again');
+      const { accepted, failures, sent } = await load.stop();
+      assert.deepEqual(failures, [], 'every refused write landed once retried');
+      assert.equal(accepted.size, sent);
+      await waitForAllAcknowledged(started);
+      await audit(started, accepted);
     });
   });
 

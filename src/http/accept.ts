@@ -4,7 +4,13 @@ import stringify from 'safe-stable-stringify';
 import { type DomainEvent, type Envelope, EVENT_TYPES } from '../domain/events.ts';
 import { newIdInPartition, partitionForText, randomPartition } from '../domain/ids.ts';
 import { CURRENT_VERSIONS } from '../domain/upcast.ts';
-import { isOutOfMemory, type LogMemory, logFullReason } from '../log/capacity.ts';
+import {
+  isOutOfMemory,
+  type LogMemory,
+  logFullReason,
+  writeRefusal,
+  writeRefusedReason,
+} from '../log/capacity.ts';
 import type { AppendResult, Guard } from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -68,6 +74,23 @@ export const logFull = (memory: LogMemory | undefined, cause?: unknown) =>
     retryAfterSeconds: 5,
   });
 
+/**
+ * Redis's own refusal of a write, as the answer a client and an operator can act on: the log full
+ * (OOM), or unable to save (MISCONF) or read-only (READONLY). Undefined for any other failure.
+ */
+export const redisRefusal = (err: unknown): ApiError | undefined => {
+  if (isOutOfMemory(err)) {
+    return logFull(undefined, err);
+  }
+  const refusal = writeRefusal(err);
+  return refusal === undefined
+    ? undefined
+    : new ApiError('log_unavailable', writeRefusedReason(refusal), undefined, {
+        cause: err,
+        retryAfterSeconds: 5,
+      });
+};
+
 /** Refuses what would add events to a log that has no room left but the drain's. */
 export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
   const full = deps.capacity?.full;
@@ -122,10 +145,11 @@ export const accept = async (
       guard: request.guard,
     });
   } catch (err) {
-    if (isOutOfMemory(err)) {
-      // Answered as the log full by the app's error handler; look at the memory again now.
+    const refused = redisRefusal(err);
+    if (refused) {
+      // Look at the memory again now, should it be the log full.
       deps.capacity?.refresh();
-      throw err;
+      throw refused;
     }
     throw new ApiError(
       'log_unavailable',

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Context } from 'hono';
 import stringify from 'safe-stable-stringify';
 import { adminIdempotencyKey } from '../log/keys.ts';
-import { idempotencyScope } from './accept.ts';
+import { idempotencyScope, redisRefusal } from './accept.ts';
 import { type AppDeps, requestLogger } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -25,6 +25,7 @@ const parse = (value: string): Stored => {
 };
 
 const logUnavailable = (err: unknown) =>
+  redisRefusal(err) ??
   new ApiError('log_unavailable', 'the local log cannot be reached right now', undefined, {
     cause: err,
     retryAfterSeconds: 1,

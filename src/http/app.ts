@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
-import { isOutOfMemory } from '../log/capacity.ts';
-import { logFull } from './accept.ts';
+import { redisRefusal } from './accept.ts';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
@@ -55,10 +54,9 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
 
   app.onError((thrown, c) => {
     const requestId = c.get('requestId');
-    // Redis's own refusal for memory, met past the write path's check (a replay, a retry, a
-    // burst since its last look): the log is full, not broken.
-    const err =
-      !(thrown instanceof ApiError) && isOutOfMemory(thrown) ? logFull(undefined, thrown) : thrown;
+    // Redis's own refusal of a write, met anywhere (a write, a replay, a retry): the log is full or
+    // cannot save, not broken.
+    const err = (!(thrown instanceof ApiError) && redisRefusal(thrown)) || thrown;
     if (err instanceof ApiError) {
       if (err.status === 503) {
         // The log or replica away, or the log full: degraded and self-healing.

@@ -199,6 +199,11 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         ...count,
         description: "Redis's maxmemory; null without one",
       }),
+      write_error: nullable({
+        type: 'string',
+        description:
+          "Redis's own refusal of every write, in its words (MISCONF after a failed save, a full disk say; READONLY on a replica): writes are refused (503) and /health answers 503; null while it takes writes",
+      }),
     }),
     background_processor: object({
       status: { type: 'string', enum: ['running', 'failing', 'stopped', 'disabled'] },

@@ -42,6 +42,46 @@ export const logMemoryRatio = ({ usedBytes, maxBytes }: LogMemory): number =>
 export const isOutOfMemory = (err: unknown): boolean =>
   /\bOOM\b/.test((err as Error | undefined)?.message ?? '');
 
+/**
+ * Redis's own refusal of every write, whatever the memory: `MISCONF` after a failed save (its
+ * append-only file or a snapshot could not be written: a full disk, say) and `READONLY` when it is
+ * a replica. Its message is kept: it names the cause.
+ */
+export const writeRefusal = (err: unknown): string | undefined => {
+  const message = (err as Error | undefined)?.message;
+  // From its code on: the append path wraps the refusal of one request in a reply of its own.
+  return typeof message === 'string'
+    ? /\b(?:MISCONF|READONLY) [\s\S]*$/.exec(message)?.[0]
+    : undefined;
+};
+
+/** Why a write is refused when Redis refuses every write, for the client and the operator. */
+export const writeRefusedReason = (refusal: string): string =>
+  refusal.startsWith('READONLY')
+    ? `the local log refuses writes: REDIS_URL names a read-only replica (${refusal}); point it at the primary`
+    : `the local log cannot save writes: Redis refuses them (${refusal}); free disk space on Redis's volume (then \`redis-cli BGSAVE\` if a snapshot failed): writes resume once Redis saves again`;
+
+/**
+ * A script that writes nothing but is not flagged read-only: Redis refuses to run it exactly when
+ * it refuses writes (and, flagged allow-oom, not for memory, which has its own answer). One round
+ * trip, nothing appended to the log or its file.
+ */
+const WRITE_PROBE = '#!lua flags=allow-oom\nreturn 1';
+
+/** Redis's refusal of writes, or undefined while it takes them. */
+export const probeWriteRefusal = async (redis: Redis): Promise<string | undefined> => {
+  try {
+    await redis.eval(WRITE_PROBE, 0);
+    return undefined;
+  } catch (err) {
+    const refusal = writeRefusal(err);
+    if (refusal === undefined) {
+      throw err;
+    }
+    return refusal;
+  }
+};
+
 const mb = (bytes: number) => (bytes / (1024 * 1024)).toFixed(1);
 
 /** Why a write is refused, for the client and the operator alike. */

@@ -8,6 +8,8 @@ import {
   logFullReason,
   logMemoryOf,
   logMemoryRatio,
+  writeRefusal,
+  writeRefusedReason,
 } from './capacity.ts';
 
 const MB = 1024 * 1024;
@@ -51,6 +53,34 @@ void describe("the log's memory", () => {
     );
     assert.equal(isOutOfMemory(new Error('Connection is closed.')), false);
     assert.equal(isOutOfMemory(undefined), false);
+  });
+
+  void it("keeps Redis's own words when it refuses every write, and nothing else", () => {
+    const misconf =
+      "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.";
+    assert.equal(writeRefusal(new Error(misconf)), misconf);
+    assert.equal(writeRefusal(new Error(`append failed in Redis: ${misconf}`)), misconf);
+    const readOnly = "READONLY You can't write against a read only replica.";
+    assert.equal(writeRefusal(new Error(readOnly)), readOnly);
+    for (const other of [
+      new Error("OOM command not allowed when used memory > 'maxmemory'."),
+      new Error('Connection is closed.'),
+      new Error('ERR unknown command MISCONFIGURED'),
+      undefined,
+    ]) {
+      assert.equal(writeRefusal(other), undefined, String(other));
+    }
+  });
+
+  void it('says what frees a refusal of every write', () => {
+    assert.match(
+      writeRefusedReason('MISCONF Errors writing to the AOF file: No space left on device'),
+      /^the local log cannot save writes: Redis refuses them \(MISCONF Errors writing to the AOF file: No space left on device\); free disk space/,
+    );
+    assert.match(
+      writeRefusedReason("READONLY You can't write against a read only replica."),
+      /REDIS_URL names a read-only replica .*point it at the primary$/,
+    );
   });
 
   void it('says how full, and what frees it', () => {

@@ -8,7 +8,7 @@ import {
 } from '../domain/events.ts';
 import { encodeLive, type LiveMessage } from '../live/live-message.ts';
 import { projectPath } from '../paths.ts';
-import { isOutOfMemory } from './capacity.ts';
+import { isOutOfMemory, probeWriteRefusal, writeRefusal } from './capacity.ts';
 import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
@@ -251,27 +251,39 @@ export class EventLog {
     };
   }
 
-  async ensureGroups(): Promise<void> {
+  /**
+   * Creates the consumer groups and runs the start-up upkeep. Answers Redis's refusal of writes
+   * when it refuses them (a full disk): groups that exist are then enough, and the upkeep waits
+   * for a start that can write.
+   */
+  async ensureGroups(): Promise<string | undefined> {
     for (const keys of this.allKeys()) {
       try {
         await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
       } catch (err) {
-        // A full log refuses the CREATE before it finds the group there: starting the service is
-        // what drains it, so a group that exists is enough.
+        // A full log, or one that cannot save, refuses the CREATE before it finds the group
+        // there: a service that starts still serves reads and says why writes are refused, and
+        // drains a full log, so a group that exists is enough.
         const exists = async () =>
           ((await this.#redis.xinfo('GROUPS', keys.stream).catch(() => [])) as unknown[][]).some(
             (group) => group.includes(CONSUMER_GROUP),
           );
         const message = String((err as Error).message);
-        if (!message.includes('BUSYGROUP') && !(isOutOfMemory(err) && (await exists()))) {
+        const refused = isOutOfMemory(err) || writeRefusal(err) !== undefined;
+        if (!message.includes('BUSYGROUP') && !(refused && (await exists()))) {
           throw err;
         }
       }
+    }
+    const refusal = await probeWriteRefusal(this.#redis);
+    if (refusal !== undefined) {
+      return refusal;
     }
     await this.#upgradeInflight();
     await this.#upgradeInflightIndex();
     await this.#upgradeEventIndex();
     await this.#rebuildBucketsInUse();
+    return undefined;
   }
 
   /**

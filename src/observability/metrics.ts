@@ -94,6 +94,11 @@ export const createMetrics = () => {
       help: `Redis used_memory as a share of its maxmemory (0 without a limit); writes are refused from ${1 - DRAIN_RESERVE}, the rest kept for the backlog's drain`,
       registers,
     }),
+    logWritable: new Gauge({
+      name: 'outpost_log_writable',
+      help: 'Whether Redis takes writes: 0 while it refuses every write (MISCONF after a failed save, a full disk say, or READONLY on a replica), 1 otherwise',
+      registers,
+    }),
     replicaReplayPaused: new Gauge({
       name: 'outpost_replica_replay_paused',
       help: 'Whether replay is paused on the read replica (pg_wal_replay_pause()): 1 paused, 0 replaying',

@@ -12,7 +12,13 @@ import {
 } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
-import { isLogFull, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
+import {
+  isLogFull,
+  logMemoryRatio,
+  probeWriteRefusal,
+  readLogMemory,
+  writeRefusal,
+} from '../log/capacity.ts';
 import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -65,7 +71,11 @@ export class StatusSource {
   }
 
   async #redisUp(): Promise<boolean> {
-    return (await settle(this.#deps.eventLog.redis.ping())) === 'PONG';
+    // Redis answers PING with MISCONF while it refuses writes: it is up, and write_error says why.
+    const answer = this.#deps.eventLog.redis
+      .ping()
+      .catch((err: unknown) => (writeRefusal(err) === undefined ? Promise.reject(err) : 'PONG'));
+    return (await settle(answer)) === 'PONG';
   }
 
   async #positions() {
@@ -86,23 +96,26 @@ export class StatusSource {
   async health() {
     const { config, projector } = this.#deps;
     // Every probe at once: each has its own time limit, and /health answers within the longest.
-    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory] =
+    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory, refusal] =
       await Promise.all([
         this.#redisUp(),
         this.bufferOrUndefined(),
         this.#positions(),
         settle(latestSnapshot(this.#deps.replica)),
         settle(readLogMemory(this.#deps.eventLog.redis)),
+        settle(probeWriteRefusal(this.#deps.eventLog.redis)),
       ]);
-    // Writes are refused once they would take the room the backlog needs to drain.
+    // Writes are refused once they would take the room the backlog needs to drain, and by Redis
+    // itself when it cannot save them.
     const full = memory !== undefined && isLogFull(memory);
+    const writeError = refusal ?? null;
     const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
     const lag = lagOf(mainLsn, replicaPos, replayState);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
     const status =
-      !redisUp || full
+      !redisUp || full || writeError
         ? 'unhealthy'
         : databaseUp && replicaUp && processor?.status !== 'failing'
           ? 'healthy'
@@ -121,6 +134,7 @@ export class StatusSource {
         full,
         memory_used_bytes: memory?.usedBytes ?? null,
         memory_limit_bytes: memory?.maxBytes || null,
+        write_error: writeError,
       },
       background_processor: processorView(processor, this.#deps.acker?.lastError),
       replication_lag: lag,
@@ -164,6 +178,10 @@ export class StatusSource {
     const memory = await probe(readLogMemory(this.#deps.eventLog.redis));
     if (memory !== FAILED) {
       metrics.logMemoryRatio.set(logMemoryRatio(memory));
+    }
+    const refusal = await probe(probeWriteRefusal(this.#deps.eventLog.redis));
+    if (refusal !== FAILED) {
+      metrics.logWritable.set(refusal === undefined ? 1 : 0);
     }
     // A gauge whose probe fails keeps its last value: set to 0, an unreadable replica would
     // resolve the integrity alert and a lost link the lag alert, and both would flap.

@@ -5,7 +5,7 @@ import type { App } from './shared.ts';
 export const registerOpsRoutes = (app: App, deps: AppDeps) => {
   app.get('/health', async (c) => {
     const health = await deps.status.health();
-    // 503 only when writes cannot be accepted (Redis away, or its memory full): a site cut off
+    // 503 only when writes cannot be accepted (Redis away, full, or unable to save): a site cut off
     // from its main database is degraded, not down, since buffering writes through such a cut is
     // what Outpost is for.
     if (health.redis !== 'connected') {
@@ -13,7 +13,8 @@ export const registerOpsRoutes = (app: App, deps: AppDeps) => {
     }
     // Only a process that takes writes: a projector answering 503 would invite an orchestrator
     // to restart the very process that drains the log.
-    if (health.transaction_buffer.full && deps.capacity) {
+    const { full, write_error } = health.transaction_buffer;
+    if ((full || write_error !== null) && deps.capacity) {
       return c.json(health, 503, { 'Retry-After': '5' });
     }
     return c.json(health, 200);
