@@ -71,18 +71,42 @@ const apiTokens = z
     }
   });
 
-const positiveInt = (fallback: number) => z.coerce.number().int().positive().default(fallback);
+/**
+ * A whole number written in digits. Coercion read a blank value as 0 (a random port) and took
+ * `0x50`, `8e3` or `12.0` for numbers nobody meant to write.
+ */
+const wholeNumber = (fallback: number, range: { min: number; max?: number }) =>
+  z
+    .string()
+    .default(String(fallback))
+    .transform((text, ctx) => {
+      const value = /^\s*\d+\s*$/.test(text) ? Number(text) : Number.NaN;
+      const { min, max = Number.MAX_SAFE_INTEGER } = range;
+      if (!(value >= min && value <= max)) {
+        ctx.addIssue({
+          code: 'custom',
+          message:
+            max === Number.MAX_SAFE_INTEGER
+              ? `must be a whole number of at least ${min}, not "${text}"`
+              : `must be a whole number from ${min} to ${max}, not "${text}"`,
+        });
+        return z.NEVER;
+      }
+      return value;
+    });
+
+const positiveInt = (fallback: number) => wholeNumber(fallback, { min: 1 });
 const pgUrl = z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL');
 const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis:// URL');
 
 const Env = z.object({
-  OUTPOST_PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  OUTPOST_PORT: wholeNumber(8080, { min: 0, max: 65535 }),
   OUTPOST_SITE: z.string().min(1).max(64).default(hostname()),
   OUTPOST_SITE_ROLE: z.enum(['main', 'secondary']).optional(),
   MAIN_DATABASE_URL: pgUrl.optional(),
   REPLICA_DATABASE_URL: pgUrl.optional(),
   REDIS_URL: redisUrl.default(localRedisUrl),
-  OUTPOST_PARTITIONS: z.coerce.number().int().min(1).max(1024).default(8),
+  OUTPOST_PARTITIONS: wholeNumber(8, { min: 1, max: 1024 }),
   OUTPOST_ADMIN_TOKEN: z.string().min(1).optional(),
   OUTPOST_API_TOKENS: apiTokens,
   OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
@@ -148,6 +172,14 @@ export class ConfigError extends Error {
   }
 }
 
+/**
+ * The host and port name a process for as long as it runs there, so a restart re-reads its own
+ * pending entries first. Port 0 (any free port) names no process: every such process on a host
+ * would share one name, each reading the others' pending entries as its own, so it takes its pid.
+ */
+const defaultConsumer = (port: number) =>
+  port === 0 ? `${hostname()}:pid${process.pid}` : `${hostname()}:${port}`;
+
 /** Validates the environment once at start-up; the only reader of process.env. */
 export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
   const relevant = Object.fromEntries(
@@ -182,7 +214,7 @@ export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
     liveClientBufferBytes: e.OUTPOST_LIVE_CLIENT_BUFFER_BYTES,
     maxAttempts: e.OUTPOST_MAX_ATTEMPTS,
     claimIdleMs: e.OUTPOST_CLAIM_IDLE_MS,
-    consumer: e.OUTPOST_CONSUMER ?? `${hostname()}:${e.OUTPOST_PORT}`,
+    consumer: e.OUTPOST_CONSUMER ?? defaultConsumer(e.OUTPOST_PORT),
     streamRetentionMs: e.OUTPOST_STREAM_RETENTION,
     integritySchedule: e.OUTPOST_INTEGRITY_SCHEDULE,
     postDeployRefreshDelayMs: e.OUTPOST_POST_DEPLOY_REFRESH_DELAY,

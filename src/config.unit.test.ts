@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { hostname } from 'node:os';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig, parseDurationMs, redactedConfig } from './config.ts';
 
@@ -35,6 +36,38 @@ void describe('loadConfig', () => {
           err.message.includes(v),
         ),
     );
+  });
+
+  void it('reads whole numbers only as digits', () => {
+    assert.equal(loadConfig({ OUTPOST_PORT: ' 9090 ' }).port, 9090);
+    assert.equal(loadConfig({ OUTPOST_PORT: '0' }).port, 0);
+    assert.equal(loadConfig({ OUTPOST_BATCH_SIZE: '1000' }).batchSize, 1000);
+    for (const [variable, value] of [
+      ['OUTPOST_PORT', ' '],
+      ['OUTPOST_PORT', '0x50'],
+      ['OUTPOST_PORT', '8e3'],
+      ['OUTPOST_PORT', '80.5'],
+      ['OUTPOST_PORT', '-1'],
+      ['OUTPOST_PORT', '65536'],
+      ['OUTPOST_PARTITIONS', '1025'],
+      ['OUTPOST_BATCH_SIZE', '0'],
+      ['OUTPOST_MAX_BODY_BYTES', '1e6'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig({ [variable]: value }),
+        (err: Error) =>
+          err instanceof ConfigError &&
+          err.message.includes(`${variable}: must be a whole number`) &&
+          err.message.includes(`not "${value}"`),
+        `${variable}=${JSON.stringify(value)}`,
+      );
+    }
+  });
+
+  void it('names a process by host and port, or by pid when any port will do', () => {
+    assert.equal(loadConfig({ OUTPOST_PORT: '8081' }).consumer, `${hostname()}:8081`);
+    assert.equal(loadConfig({ OUTPOST_PORT: '0' }).consumer, `${hostname()}:pid${process.pid}`);
+    assert.equal(loadConfig({ OUTPOST_PORT: '0', OUTPOST_CONSUMER: 'c1' }).consumer, 'c1');
   });
 
   void it('parses durations and redacts secrets', () => {

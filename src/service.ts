@@ -217,8 +217,8 @@ export const startService = async (
         throw err;
       }
       logger.warn(
-        { port: config.port },
-        'OUTPOST_PORT is taken: this projector serves no /health or /metrics; give it a port of its own',
+        { port: config.port, consumer: config.consumer },
+        'OUTPOST_PORT is taken: this projector serves no /health or /metrics, and shares its consumer name with the process on that port if that one projects too; give it a port of its own (or OUTPOST_CONSUMER)',
       );
       server = undefined;
     }
