@@ -399,6 +399,34 @@ void describe('HTTP input', () => {
       );
     });
 
+    void it('refuses a count in a query string not written in digits, naming the parameter', async () => {
+      const admin = { authorization: `Bearer ${h.config.adminToken}` };
+      for (const [path, parameter] of [
+        ['/executed_obs_units?limit=1e2', 'limit'],
+        ['/executed_obs_units?limit=0x10', 'limit'],
+        ['/executed_obs_units?limit=0', 'limit'],
+        ['/admin/pending?partition=%20', 'partition'],
+        ['/admin/pending?partition=0x1', 'partition'],
+        ['/admin/pending?min_idle_ms=1e3', 'min_idle_ms'],
+        ['/admin/dead-letters?limit=-1', 'limit'],
+      ] as const) {
+        const answer = await h.request('GET', path, undefined, admin);
+        assert.equal(answer.status, 400, `${path}: ${answer.text}`);
+        assert.equal(answer.body.error.code, 'validation_failed', path);
+        assert.deepEqual(
+          answer.body.error.details.map((d: { path: string }) => d.path),
+          [parameter],
+          path,
+        );
+      }
+      const listed = await h.request('GET', '/admin/pending?partition=1&limit=5', undefined, admin);
+      assert.equal(listed.status, 200, listed.text);
+      assert.deepEqual(
+        listed.body.partitions.map((p: { partition: number }) => p.partition),
+        [1],
+      );
+    });
+
     void it('refuses invalid UTF-8 with 400', async () => {
       const bytes = Buffer.concat([
         Buffer.from('{"obs_unit_id":"'),

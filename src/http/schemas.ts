@@ -133,8 +133,25 @@ export const CreateConfigurationBody = z.strictObject({
   configuration: freeJson('configuration'),
 });
 
+/**
+ * A whole number in a query string, in digits: coercion read `?partition=%20` as partition 0 and
+ * took `0x1` or `1e2` for numbers.
+ */
+export const queryWholeNumber = z
+  .string()
+  .regex(/^\d+$/, 'must be a whole number written in digits')
+  .transform(Number)
+  // The document says what a client writes: a query string's whole number.
+  .meta({ type: 'integer', minimum: 0 });
+
+/** A page size: 1 to 1000, 100 when not given. */
+export const pageLimit = queryWholeNumber
+  .pipe(z.number().min(1).max(1000))
+  .default(100)
+  .meta({ type: 'integer', minimum: 1, maximum: 1000, description: '100 when not given' });
+
 export const ListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  limit: pageLimit,
   cursor: z.string().max(200).optional(),
 });
 

@@ -19,17 +19,18 @@ import { checkUnreadBody, hasBody, readJson } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { mainCall, replicaCall } from '../outages.ts';
+import { pageLimit, queryWholeNumber } from '../schemas.ts';
 import { type App, readQuery } from './shared.ts';
 
 const PendingQuery = z.object({
-  partition: z.coerce.number().int().min(0).optional(),
-  min_idle_ms: z.coerce.number().int().min(0).optional(),
+  partition: queryWholeNumber.optional(),
+  min_idle_ms: queryWholeNumber.optional(),
   consumer: z.string().min(1).max(200).optional(),
-  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  limit: pageLimit,
 });
 
 const DeadListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  limit: pageLimit,
   cursor: z.string().refine(isDeadLetterCursor, 'not a cursor this API returned').optional(),
 });
 
