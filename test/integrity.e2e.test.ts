@@ -136,8 +136,9 @@ void describe('integrity invariants', () => {
       repair: ['INSERT INTO events SELECT * FROM saved', 'DROP TABLE saved'],
     },
     bad_first_event: {
+      // A creation event, but another type's: seq 0 must create this aggregate.
       corrupt: [
-        "UPDATE events SET type = 'ExecutedObsUnitUpdated' WHERE aggregate_id = '$unit' AND seq = 0",
+        "UPDATE events SET type = 'RawDataFileRegistered' WHERE aggregate_id = '$unit' AND seq = 0",
       ],
       repair: [
         "UPDATE events SET type = 'ExecutedObsUnitStarted' WHERE aggregate_id = '$unit' AND seq = 0",

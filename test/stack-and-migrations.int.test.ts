@@ -79,11 +79,13 @@ void describe('outpost migrate', () => {
     const client = new pg.Client({ connectionString: url });
     await client.connect();
     try {
-      // The function as 0005 left it: 0006 undone, and unrecorded so that migrating redoes it.
+      // The function as 0005 left it: 0006 undone, and it and every later migration unrecorded
+      // so that migrating redoes them (drizzle applies what is newer than the last it recorded;
+      // those after 0006 can run again as they are).
       await client.query(
         'DROP FUNCTION outpost_refresh_integrity(text, boolean, timestamptz); ALTER FUNCTION outpost_refresh_integrity_views(text, boolean) RENAME TO outpost_refresh_integrity',
       );
-      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at = $1', [
+      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at >= $1', [
         migrationWhen('0006_coalesced-integrity-refresh'),
       ]);
       const refreshes = async () =>
