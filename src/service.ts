@@ -8,7 +8,7 @@ import { createPool } from './db/client.ts';
 import { createApp, createOperationsApp } from './http/app.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
-import { LogCapacity } from './log/capacity.ts';
+import { LogCapacity, writeRefusedReason } from './log/capacity.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { checkDurability } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
@@ -99,7 +99,7 @@ export const startService = async (
   if (refusal !== undefined) {
     logger.warn(
       { refusal },
-      'Redis refuses writes: started without the start-up upkeep; writes are refused until Redis can save again (free disk space for it)',
+      `started without the start-up upkeep, which waits for a start that can write: ${writeRefusedReason(refusal)}`,
     );
   }
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));

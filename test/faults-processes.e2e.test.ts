@@ -48,8 +48,10 @@ const leaseOwners = async (h: Harness) =>
  * succeeds. The save is slowed to a second a key so that it can be killed before it finishes.
  */
 const failBackgroundSave = async (h: Harness) => {
-  await h.redis.config('SET', 'save', '3600 1');
   await h.redis.config('SET', 'rdb-key-save-delay', '1000000');
+  // A save point Redis never reaches on its own (it would start saves of its own, and retry a
+  // failed one every 5 s), yet one that makes a failed save stop writes.
+  await h.redis.config('SET', 'save', '100000000 1');
   await h.redis.bgsave();
   const redisPid = /^process_id:(\d+)/m.exec(await h.redis.info('server'))?.[1];
   assert.ok(redisPid);
@@ -341,10 +343,13 @@ void describe('process faults under load', () => {
   void describe('Redis refusing every write after a background save failed (a full disk)', () => {
     let h: Harness | undefined;
     after(async () => {
-      // Redis takes writes again whatever the test reached, for the files after this one.
-      await h?.redis.config('SET', 'rdb-key-save-delay', '0');
-      await h?.redis.config('SET', 'save', '');
-      await h?.close();
+      try {
+        // Redis takes writes again whatever the test reached, for the files after this one.
+        await h?.redis.config('SET', 'rdb-key-save-delay', '0');
+        await h?.redis.config('SET', 'save', '');
+      } finally {
+        await h?.close();
+      }
     });
 
     void it("refuses writes and an operator's replay with Redis's reason, /health says so, and every write lands once Redis saves again", async () => {
@@ -352,6 +357,7 @@ void describe('process faults under load', () => {
       h = started;
       const load = started.steadyLoad(25, 'misconf');
       await waitFor(() => load.accepted() >= 25, 'writes to flow');
+      assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 1);
       await failBackgroundSave(started);
 
       const health = await started.get('/health');

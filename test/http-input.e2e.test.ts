@@ -408,6 +408,8 @@ void describe('HTTP input', () => {
         ['/admin/pending?partition=%20', 'partition'],
         ['/admin/pending?partition=0x1', 'partition'],
         ['/admin/pending?min_idle_ms=1e3', 'min_idle_ms'],
+        // Digits, but past what a number holds exactly (and what Redis takes as an idle time).
+        ['/admin/pending?min_idle_ms=99999999999999999999', 'min_idle_ms'],
         ['/admin/dead-letters?limit=-1', 'limit'],
       ] as const) {
         const answer = await h.request('GET', path, undefined, admin);

@@ -577,6 +577,38 @@ void describe('the local log', () => {
     });
   });
 
+  void describe('start-up while Redis refuses every write', () => {
+    // A replica refuses every write (READONLY) as a Redis that cannot save does (MISCONF); one
+    // whose primary cannot be reached keeps its data.
+    const refuseWrites = () => redis.call('REPLICAOF', '127.0.0.1', '1');
+    const takeWrites = () => redis.call('REPLICAOF', 'NO', 'ONE');
+
+    void it('starts on the groups there and leaves the upkeep for later', async () => {
+      await refuseWrites();
+      try {
+        assert.match((await log.ensureGroups()) ?? '', /^READONLY /);
+      } finally {
+        await takeWrites();
+      }
+      assert.equal(await log.ensureGroups(), undefined, 'nothing refused once it takes writes');
+    });
+
+    void it("refuses to start while an earlier build's keys wait to be moved, saying why", async () => {
+      const earlier = log.keys(1).legacyInflightAggregates('raw_data_file');
+      await redis.sadd(earlier, 'some-aggregate');
+      await refuseWrites();
+      try {
+        await assert.rejects(
+          log.ensureGroups(),
+          /keys of an earlier build .*\(READONLY .*\): start it once Redis takes writes again/,
+        );
+      } finally {
+        await takeWrites();
+        await redis.del(earlier);
+      }
+    });
+  });
+
   void describe('acknowledgement', () => {
     void it('counts as stuck only the replayed entries still unacknowledged after the grace', async () => {
       const partition = 3;

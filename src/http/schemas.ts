@@ -141,6 +141,8 @@ export const queryWholeNumber = z
   .string()
   .regex(/^\d+$/, 'must be a whole number written in digits')
   .transform(Number)
+  // Past it, a number loses digits (and Redis refuses it): a 400, not a 500 from below.
+  .refine(Number.isSafeInteger, 'must be at most 9007199254740991')
   // The document says what a client writes: a query string's whole number.
   .meta({ type: 'integer', minimum: 0 });
 

@@ -44,14 +44,15 @@ export const isOutOfMemory = (err: unknown): boolean =>
 
 /**
  * Redis's own refusal of every write, whatever the memory: `MISCONF` after a failed save (its
- * append-only file or a snapshot could not be written: a full disk, say) and `READONLY` when it is
- * a replica. Its message is kept: it names the cause.
+ * append-only file or a snapshot could not be written: a full disk, say), `READONLY` when it is
+ * a replica, `NOREPLICAS` when fewer replicas than its min-replicas-to-write are connected. Its
+ * message is kept: it names the cause.
  */
 export const writeRefusal = (err: unknown): string | undefined => {
   const message = (err as Error | undefined)?.message;
   // From its code on: the append path wraps the refusal of one request in a reply of its own.
   return typeof message === 'string'
-    ? /\b(?:MISCONF|READONLY) [\s\S]*$/.exec(message)?.[0]
+    ? /\b(?:MISCONF|READONLY|NOREPLICAS) [\s\S]*$/.exec(message)?.[0]
     : undefined;
 };
 
@@ -59,7 +60,9 @@ export const writeRefusal = (err: unknown): string | undefined => {
 export const writeRefusedReason = (refusal: string): string =>
   refusal.startsWith('READONLY')
     ? `the local log refuses writes: REDIS_URL names a read-only replica (${refusal}); point it at the primary`
-    : `the local log cannot save writes: Redis refuses them (${refusal}); free disk space on Redis's volume (then \`redis-cli BGSAVE\` if a snapshot failed): writes resume once Redis saves again`;
+    : refusal.startsWith('NOREPLICAS')
+      ? `the local log refuses writes: Redis has fewer replicas connected than its min-replicas-to-write (${refusal}); reconnect them or lower the setting`
+      : `the local log cannot save writes: Redis refuses them (${refusal}); free disk space on Redis's volume (then \`redis-cli BGSAVE\` if a snapshot failed): writes resume once Redis saves again`;
 
 /**
  * A script that writes nothing but is not flagged read-only: Redis refuses to run it exactly when

@@ -62,6 +62,8 @@ void describe("the log's memory", () => {
     assert.equal(writeRefusal(new Error(`append failed in Redis: ${misconf}`)), misconf);
     const readOnly = "READONLY You can't write against a read only replica.";
     assert.equal(writeRefusal(new Error(readOnly)), readOnly);
+    const noReplicas = 'NOREPLICAS Not enough good replicas to write.';
+    assert.equal(writeRefusal(new Error(noReplicas)), noReplicas);
     for (const other of [
       new Error("OOM command not allowed when used memory > 'maxmemory'."),
       new Error('Connection is closed.'),
@@ -80,6 +82,10 @@ void describe("the log's memory", () => {
     assert.match(
       writeRefusedReason("READONLY You can't write against a read only replica."),
       /REDIS_URL names a read-only replica .*point it at the primary$/,
+    );
+    assert.match(
+      writeRefusedReason('NOREPLICAS Not enough good replicas to write.'),
+      /fewer replicas connected than its min-replicas-to-write/,
     );
   });
 

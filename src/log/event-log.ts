@@ -277,6 +277,13 @@ export class EventLog {
     }
     const refusal = await probeWriteRefusal(this.#redis);
     if (refusal !== undefined) {
+      // Healing the in-use sets can wait for a start that can write; moving an earlier build's
+      // keys cannot: this build would not see what they hold.
+      if (await this.#holdsEarlierBuildKeys()) {
+        throw new Error(
+          `the log holds keys of an earlier build that this one must move before it starts, and Redis refuses writes (${refusal}): start it once Redis takes writes again`,
+        );
+      }
       return refusal;
     }
     await this.#upgradeInflight();
@@ -304,6 +311,22 @@ export class EventLog {
         );
       }
     }
+  }
+
+  async #holdsEarlierBuildKeys(): Promise<boolean> {
+    for (const keys of this.allKeys()) {
+      const earlier = [
+        keys.legacyEventIndex,
+        ...AGGREGATE_TYPES.flatMap((type) => [
+          keys.legacyInflightIndex(type),
+          keys.legacyInflightAggregates(type),
+        ]),
+      ];
+      if ((await this.#redis.exists(...earlier)) > 0) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Moves an earlier build's one-hash in-flight index of each type into its buckets. */

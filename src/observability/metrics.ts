@@ -24,6 +24,15 @@ const zeroed = <T extends string>(counter: Counter<T>, label: T, values: readonl
 };
 
 /** Every metric Outpost exports, on a registry of its own (tests get a fresh one each). */
+/**
+ * A gauge starts at 0, which for this one is the alarm: until a scrape has asked Redis (or while
+ * asking fails), it must not page that Redis refuses writes.
+ */
+const writableUntilSeenOtherwise = (gauge: Gauge) => {
+  gauge.set(1);
+  return gauge;
+};
+
 export const createMetrics = () => {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
@@ -94,11 +103,13 @@ export const createMetrics = () => {
       help: `Redis used_memory as a share of its maxmemory (0 without a limit); writes are refused from ${1 - DRAIN_RESERVE}, the rest kept for the backlog's drain`,
       registers,
     }),
-    logWritable: new Gauge({
-      name: 'outpost_log_writable',
-      help: 'Whether Redis takes writes: 0 while it refuses every write (MISCONF after a failed save, a full disk say, or READONLY on a replica), 1 otherwise',
-      registers,
-    }),
+    logWritable: writableUntilSeenOtherwise(
+      new Gauge({
+        name: 'outpost_log_writable',
+        help: 'Whether Redis takes writes: 0 while it refuses every write (MISCONF after a failed save, a full disk say; READONLY on a replica; NOREPLICAS), 1 otherwise',
+        registers,
+      }),
+    ),
     replicaReplayPaused: new Gauge({
       name: 'outpost_replica_replay_paused',
       help: 'Whether replay is paused on the read replica (pg_wal_replay_pause()): 1 paused, 0 replaying',
