@@ -358,6 +358,13 @@ void describe('process faults under load', () => {
       const load = started.steadyLoad(25, 'misconf');
       await waitFor(() => load.accepted() >= 25, 'writes to flow');
       assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 1);
+      const answeredBefore = {
+        authorization: `Bearer ${started.config.adminToken}`,
+        'idempotency-key': 'dry-run-before-misconf',
+      };
+      const dryRun = { from: '0', dry_run: true };
+      const answered = await started.request('POST', '/admin/replay', dryRun, answeredBefore);
+      assert.equal(answered.status, 200, answered.text);
       await failBackgroundSave(started);
 
       const health = await started.get('/health');
@@ -391,6 +398,11 @@ void describe('process faults under load', () => {
       const replayed = await started.request('POST', '/admin/replay', { from: '0' }, admin);
       assert.equal(replayed.status, 503, replayed.text);
       assert.match(replayed.body.error.message, /^the local log cannot save writes/);
+      // One Redis answered before is answered again: reading still works.
+      const again = await started.request('POST', '/admin/replay', dryRun, answeredBefore);
+      assert.equal(again.status, 200, again.text);
+      assert.equal(again.headers.get('idempotent-replayed'), 'true');
+      assert.deepEqual(again.body, answered.body);
       // Restarted meanwhile (an operator's first move), the service comes up and says why.
       const restarted = await started.startService('api');
       const restartedHealth = await fetch(`http://127.0.0.1:${restarted.port}/health`);

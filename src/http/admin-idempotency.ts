@@ -53,7 +53,12 @@ export const onceForKey = async (
   const hash = sha256(stringify(request) ?? 'null');
   const claimed = await redis
     .set(key, `running\n${hash}`, 'EX', CLAIM_SECONDS, 'NX')
-    .catch((err: unknown) => {
+    .catch(async (err: unknown) => {
+      // A Redis refusing writes still reads: a request it has answered is answered again below.
+      const answered = redisRefusal(err) && (await redis.get(key).catch(() => null));
+      if (answered && parse(answered).state === 'done') {
+        return null;
+      }
       throw logUnavailable(err);
     });
   if (claimed === null) {
