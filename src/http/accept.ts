@@ -76,7 +76,8 @@ export const logFull = (memory: LogMemory | undefined, cause?: unknown) =>
 
 /**
  * Redis's own refusal of a write, as the answer a client and an operator can act on: the log full
- * (OOM), or unable to save (MISCONF) or read-only (READONLY). Undefined for any other failure.
+ * (OOM), unable to save (MISCONF), read-only (READONLY) or short of replicas (NOREPLICAS).
+ * Undefined for any other failure.
  */
 export const redisRefusal = (err: unknown): ApiError | undefined => {
   if (isOutOfMemory(err)) {

@@ -65,9 +65,9 @@ export const writeRefusedReason = (refusal: string): string =>
       : `the local log cannot save writes: Redis refuses them (${refusal}); free disk space on Redis's volume (then \`redis-cli BGSAVE\` if a snapshot failed): writes resume once Redis saves again`;
 
 /**
- * A script that writes nothing but is not flagged read-only: Redis refuses to run it exactly when
- * it refuses writes (and, flagged allow-oom, not for memory, which has its own answer). One round
- * trip, nothing appended to the log or its file.
+ * A script that writes nothing but is not flagged read-only: Redis refuses to run it as it
+ * refuses a write, with the same error (and, flagged allow-oom, not for memory, which has its own
+ * answer). One round trip, nothing appended to the log or its file.
  */
 const WRITE_PROBE = '#!lua flags=allow-oom\nreturn 1';
 
