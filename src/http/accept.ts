@@ -92,6 +92,14 @@ export const redisRefusal = (err: unknown): ApiError | undefined => {
       });
 };
 
+/**
+ * A failure of the local log as the client's answer: Redis's own refusal when it is one, else
+ * `message`, to retry shortly (the connection comes back within seconds).
+ */
+export const logUnavailable = (err: unknown, message: string): ApiError =>
+  redisRefusal(err) ??
+  new ApiError('log_unavailable', message, undefined, { cause: err, retryAfterSeconds: 1 });
+
 /** Refuses what would add events to a log that has no room left but the drain's. */
 export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
   const full = deps.capacity?.full;
@@ -146,21 +154,11 @@ export const accept = async (
       guard: request.guard,
     });
   } catch (err) {
-    const refused = redisRefusal(err);
-    if (refused) {
-      // Look at the memory again now, should it be the log full.
+    if (isOutOfMemory(err)) {
+      // Look at the memory again now: the log is full.
       deps.capacity?.refresh();
-      throw refused;
     }
-    throw new ApiError(
-      'log_unavailable',
-      'the local log cannot accept writes right now',
-      undefined,
-      {
-        cause: err,
-        retryAfterSeconds: 1,
-      },
-    );
+    throw logUnavailable(err, 'the local log cannot accept writes right now');
   }
   switch (result.kind) {
     case 'appended': {

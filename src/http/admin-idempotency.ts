@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Context } from 'hono';
 import stringify from 'safe-stable-stringify';
 import { adminIdempotencyKey } from '../log/keys.ts';
-import { idempotencyScope, redisRefusal } from './accept.ts';
+import { idempotencyScope, logUnavailable, redisRefusal } from './accept.ts';
 import { type AppDeps, requestLogger } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -24,12 +24,8 @@ const parse = (value: string): Stored => {
     : { state: 'running', hash };
 };
 
-const logUnavailable = (err: unknown) =>
-  redisRefusal(err) ??
-  new ApiError('log_unavailable', 'the local log cannot be reached right now', undefined, {
-    cause: err,
-    retryAfterSeconds: 1,
-  });
+const unreachable = (err: unknown) =>
+  logUnavailable(err, 'the local log cannot be reached right now');
 
 /**
  * Runs an admin action once per `Idempotency-Key` (DESIGN §6: every POST, PATCH and DELETE):
@@ -59,11 +55,11 @@ export const onceForKey = async (
       if (answered && parse(answered).state === 'done') {
         return null;
       }
-      throw logUnavailable(err);
+      throw unreachable(err);
     });
   if (claimed === null) {
     const value = await redis.get(key).catch((err: unknown) => {
-      throw logUnavailable(err);
+      throw unreachable(err);
     });
     const stored = parse(value ?? 'running\n');
     if (value !== null && stored.hash !== hash) {

@@ -23,7 +23,6 @@ const zeroed = <T extends string>(counter: Counter<T>, label: T, values: readonl
   return counter;
 };
 
-/** Every metric Outpost exports, on a registry of its own (tests get a fresh one each). */
 /**
  * A gauge starts at 0, which for this one is the alarm: until a scrape has asked Redis (or while
  * asking fails), it must not page that Redis refuses writes.
@@ -33,6 +32,7 @@ const writableUntilSeenOtherwise = (gauge: Gauge) => {
   return gauge;
 };
 
+/** Every metric Outpost exports, on a registry of its own (tests get a fresh one each). */
 export const createMetrics = () => {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });

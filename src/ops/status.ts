@@ -12,13 +12,7 @@ import {
 } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
-import {
-  isLogFull,
-  logMemoryRatio,
-  probeWriteRefusal,
-  readLogMemory,
-  writeRefusal,
-} from '../log/capacity.ts';
+import { isLogFull, logMemoryRatio, probeWriteRefusal, readLogMemory } from '../log/capacity.ts';
 import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -70,14 +64,6 @@ export class StatusSource {
     this.#deps = deps;
   }
 
-  async #redisUp(): Promise<boolean> {
-    // Redis answers PING with MISCONF while it refuses writes: it is up, and write_error says why.
-    const answer = this.#deps.eventLog.redis
-      .ping()
-      .catch((err: unknown) => (writeRefusal(err) === undefined ? Promise.reject(err) : 'PONG'));
-    return (await settle(answer)) === 'PONG';
-  }
-
   async #positions() {
     const { main, replica, config } = this.#deps;
     const [mainLsn, replicaPos, replayState] = await Promise.all([
@@ -96,19 +82,21 @@ export class StatusSource {
   async health() {
     const { config, projector } = this.#deps;
     // Every probe at once: each has its own time limit, and /health answers within the longest.
-    const [redisUp, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory, refusal] =
+    const [refusal, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory] =
       await Promise.all([
-        this.#redisUp(),
+        probe(probeWriteRefusal(this.#deps.eventLog.redis)),
         this.bufferOrUndefined(),
         this.#positions(),
         settle(latestSnapshot(this.#deps.replica)),
         settle(readLogMemory(this.#deps.eventLog.redis)),
-        settle(probeWriteRefusal(this.#deps.eventLog.redis)),
       ]);
+    // Redis is up when it answers the write probe, taking writes or refusing them: it refuses even
+    // PING while it cannot save.
+    const redisUp = refusal !== FAILED;
     // Writes are refused once they would take the room the backlog needs to drain, and by Redis
     // itself when it cannot save them.
     const full = memory !== undefined && isLogFull(memory);
-    const writeError = refusal ?? null;
+    const writeError = refusal === FAILED ? null : (refusal ?? null);
     const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
     const lag = lagOf(mainLsn, replicaPos, replayState);

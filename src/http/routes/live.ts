@@ -7,7 +7,7 @@ import type { LiveFeed } from '../../live/live-feed.ts';
 import { filterOf, LiveQuery, type LiveQuery as LiveQueryType } from '../../live/live-message.ts';
 import { LiveSession, type LiveSink } from '../../live/live-session.ts';
 import { isStreamEntryId } from '../../log/entry-id.ts';
-import { redisRefusal } from '../accept.ts';
+import { logUnavailable } from '../accept.ts';
 import { authorize, bearerToken, requiredScope } from '../auth.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError } from '../errors.ts';
@@ -39,13 +39,7 @@ const resumePosition = (c: Context, query: LiveQueryType): string | undefined =>
 const announce = (feed: LiveFeed) =>
   feed.announceListener().catch((err: unknown) => {
     // Announcing a listener is a write: a Redis refusing writes is named as such.
-    throw (
-      redisRefusal(err) ??
-      new ApiError('log_unavailable', 'the live feed cannot be reached right now', undefined, {
-        cause: err,
-        retryAfterSeconds: 1,
-      })
-    );
+    throw logUnavailable(err, 'the live feed cannot be reached right now');
   });
 
 export const registerLiveRoutes = (app: App, deps: AppDeps) => {
