@@ -617,6 +617,69 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe("a projector's read whose reply is lost with its connection, and which its client sends again", () => {
+    let h: Harness;
+    let proxy: BlackholeProxy;
+    after(async () => {
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it('reads its own pending entries again, in order, instead of applying what the second run took first', async () => {
+      // The idle reclaim, which would take the lost read's entry back after a minute, is not
+      // what brings it.
+      h = await Harness.start({ role: 'api', config: { claimIdleMs: 60_000 } });
+      proxy = await BlackholeProxy.start(testStack().redisPort);
+      await h.startService('projector', { redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      const start = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'resent-read',
+        instrument: 'nircam',
+      });
+      assert.equal(start.status, 201);
+      const { id, event_id: startEvent } = start.body as { id: string; event_id: string };
+      await waitFor(
+        async () =>
+          ((await h.get(`/events/${startEvent}`)).body as { state?: string }).state === 'confirmed',
+        'the start to be confirmed',
+      );
+
+      // Redis runs the read that takes the first patch (into the projector's pending list), and
+      // its reply is lost with the connection. ioredis sends the read again once it reconnects,
+      // and that run takes only what comes after.
+      const firstNotes = `first-${randomInt(1e9)}`;
+      proxy.loseReplyWithConnection((chunk) => chunk.includes(firstNotes));
+      const first = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: firstNotes });
+      assert.equal(first.status, 202, first.text);
+      await waitFor(
+        () => proxy.repliesLostWithConnection === 1,
+        'the read that took the first patch to lose its reply',
+      );
+      const second = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'second' });
+      assert.equal(second.status, 202, second.text);
+      const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
+      assert.equal(finish.status, 202, finish.text);
+
+      await waitForAllAcknowledged(h, 30_000);
+      const unit = (await h.get(`/executed_obs_units/${id}`)).body as {
+        notes: string | null;
+        status: string;
+      };
+      assert.deepEqual(
+        { notes: unit.notes, status: unit.status },
+        { notes: 'second', status: 'success' },
+      );
+      const events = await h.mainRows<{ notes: string | null }>(
+        "SELECT data->>'notes' AS notes FROM events WHERE aggregate_id = $1 ORDER BY seq",
+        [id],
+      );
+      assert.deepEqual(
+        events.map((e) => e.notes),
+        [null, firstNotes, 'second', null],
+        'applied in the order accepted',
+      );
+    });
+  });
+
   void describe('a projector taking partitions over while its link to Redis drops packets', () => {
     let h: Harness;
     let proxy: BlackholeProxy;

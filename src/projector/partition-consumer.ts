@@ -108,10 +108,15 @@ export class PartitionConsumer {
   #scan = 0;
   #lastError: string | undefined;
   #leaseLapsed = false;
+  /** Closes of the reader's connection so far: a read out during one may have run twice. */
+  #readerCloses = 0;
 
   constructor(deps: ConsumerDeps) {
     this.#deps = deps;
     this.#partition = deps.lease.partition;
+    deps.reader.on('close', () => {
+      this.#readerCloses += 1;
+    });
   }
 
   get lastError(): string | undefined {
@@ -170,8 +175,20 @@ export class PartitionConsumer {
         continue;
       }
       try {
+        const readerClosesBefore = this.#readerCloses;
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
         if (this.#abort.signal.aborted) {
+          continue;
+        }
+        if (this.#readerCloses !== readerClosesBefore) {
+          // ioredis sends a read that got no reply again once it has reconnected, and Redis may
+          // have run it both times: what the first run took went to our pending list unseen, and
+          // this reply holds only what came after it. Applied now, it would go first.
+          logger.warn(
+            { partition: this.#partition },
+            'the reader connection closed while a read was out: reading own pending entries again',
+          );
+          this.#rereadFromStart();
           continue;
         }
         if (read.strandedWith && read.strandedWith.length > 0) {

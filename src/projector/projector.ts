@@ -274,10 +274,15 @@ export class Projector {
       const others = idle.filter(([, owner]) => owner !== me).map(([id]) => id);
       const own = idle.filter(([, owner]) => owner === me).map(([id]) => id);
       if (others.length > 0) {
-        await redis.xclaim(stream, CONSUMER_GROUP, me, claimIdleMs, ...others, 'JUSTID');
+        try {
+          await redis.xclaim(stream, CONSUMER_GROUP, me, claimIdleMs, ...others, 'JUSTID');
+        } finally {
+          // Also when the claim failed: Redis may have run it and lost only its reply, and the
+          // entries are then ours, behind the page being read.
+          consumer.rereadOwnPending();
+        }
       }
-      const ownUnapplied = (await eventLog.appliedLsnOf(own, partition)).some((lsn) => !lsn);
-      if (others.length > 0 || ownUnapplied) {
+      if ((await eventLog.appliedLsnOf(own, partition)).some((lsn) => !lsn)) {
         consumer.rereadOwnPending();
       }
     }

@@ -19,6 +19,8 @@ export class BlackholeProxy {
   readonly #links = new Set<Link>();
   #dropping = false;
   #losingReplies = false;
+  #replyToLose: ((chunk: Buffer) => boolean) | undefined;
+  #repliesLostWithConnection = 0;
 
   private constructor(
     private readonly server: Server,
@@ -68,11 +70,30 @@ export class BlackholeProxy {
     if (to === 'down' && this.#losingReplies) {
       return;
     }
+    if (to === 'down' && this.#replyToLose?.(chunk)) {
+      this.#replyToLose = undefined;
+      this.#repliesLostWithConnection += 1;
+      link.client.destroy();
+      return;
+    }
     if (this.#dropping || !link.upstream) {
       link.held.push({ to, chunk });
       return;
     }
     (to === 'up' ? link.upstream : link.client).write(chunk);
+  }
+
+  /**
+   * The next reply that `matches` is lost and its client's connection reset: the server ran the
+   * request, and the client sees its connection drop with the request unanswered.
+   */
+  loseReplyWithConnection(matches: (chunk: Buffer) => boolean): void {
+    this.#replyToLose = matches;
+  }
+
+  /** How many replies `loseReplyWithConnection` has lost so far. */
+  get repliesLostWithConnection(): number {
+    return this.#repliesLostWithConnection;
   }
 
   /** From now on requests still arrive, and what the server answers is lost on the way back. */
