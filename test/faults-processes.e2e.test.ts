@@ -43,6 +43,31 @@ const leaseOwners = async (h: Harness) =>
   ).map((r) => r.owner);
 
 /**
+ * Once every event is acknowledged: the unit patched `firstNotes`, then 'second', then finished
+ * holds the second notes, and its events were applied in the order accepted.
+ */
+const patchedInOrder = async (h: Harness, id: string, firstNotes: string) => {
+  await waitForAllAcknowledged(h, 30_000);
+  const unit = (await h.get(`/executed_obs_units/${id}`)).body as {
+    notes: string | null;
+    status: string;
+  };
+  assert.deepEqual(
+    { notes: unit.notes, status: unit.status },
+    { notes: 'second', status: 'success' },
+  );
+  const events = await h.mainRows<{ notes: string | null }>(
+    "SELECT data->>'notes' AS notes FROM events WHERE aggregate_id = $1 ORDER BY seq",
+    [id],
+  );
+  assert.deepEqual(
+    events.map((e) => e.notes),
+    [null, firstNotes, 'second', null],
+    'applied in the order accepted',
+  );
+};
+
+/**
  * Makes Redis's next background save fail, as a full disk would: with a save point set (Redis's
  * default, which compose.yaml turns off) Redis then refuses every write (MISCONF) until a save
  * succeeds. The save is slowed to a second a key so that it can be killed before it finishes.
@@ -590,27 +615,7 @@ void describe('process faults under load', () => {
         heir.child.kill('SIGCONT');
       }
 
-      await waitForAllAcknowledged(h, 30_000);
-      const unit = (await h.get(`/executed_obs_units/${id}`)).body as {
-        notes: string | null;
-        status: string;
-      };
-      assert.deepEqual(
-        { notes: unit.notes, status: unit.status },
-        {
-          notes: 'second',
-          status: 'success',
-        },
-      );
-      const events = await h.mainRows<{ seq: number; notes: string | null }>(
-        "SELECT seq, data->>'notes' AS notes FROM events WHERE aggregate_id = $1 ORDER BY seq",
-        [id],
-      );
-      assert.deepEqual(
-        events.map((e) => e.notes),
-        [null, 'first', 'second', null],
-        'applied in the order accepted',
-      );
+      await patchedInOrder(h, id, 'first');
       assert.match(heir.output(), /claimed entries another consumer read after this one took/);
       heir.child.kill('SIGTERM');
       await exited(heir.child);
@@ -659,24 +664,7 @@ void describe('process faults under load', () => {
       const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
       assert.equal(finish.status, 202, finish.text);
 
-      await waitForAllAcknowledged(h, 30_000);
-      const unit = (await h.get(`/executed_obs_units/${id}`)).body as {
-        notes: string | null;
-        status: string;
-      };
-      assert.deepEqual(
-        { notes: unit.notes, status: unit.status },
-        { notes: 'second', status: 'success' },
-      );
-      const events = await h.mainRows<{ notes: string | null }>(
-        "SELECT data->>'notes' AS notes FROM events WHERE aggregate_id = $1 ORDER BY seq",
-        [id],
-      );
-      assert.deepEqual(
-        events.map((e) => e.notes),
-        [null, firstNotes, 'second', null],
-        'applied in the order accepted',
-      );
+      await patchedInOrder(h, id, firstNotes);
     });
   });
 
