@@ -180,6 +180,13 @@ void describe('database faults under load', () => {
         60_000,
       );
       assert.equal(await deadLetters(), 0, 'the schema is at fault, not the events');
+      // It stays open while lease rounds (every 667 ms here) pass: the database answers them, and
+      // that is not a batch applied. Its cool-down (30 s) outlasts the watch.
+      const watchedUntil = Date.now() + 3_000;
+      while (Date.now() < watchedUntil) {
+        assert.equal(await breakerOf(h), 'open', 'the breaker stays open');
+        await holdFault(100);
+      }
       // And /health says why, for the operator the breaker's alert wakes.
       await waitFor(
         async () =>

@@ -40,7 +40,10 @@ export class LeaseManager {
       ttlMs: number;
       logger: Logger;
       events: LeaseEvents;
-      /** Lease queries reach the same database as the batches: their failures count there too. */
+      /**
+       * Lease queries reach the same database as the batches: their failures count there too, and
+       * a round that succeeds after a failed one closes it.
+       */
       breaker?: { recordSuccess: () => void; recordFailure: () => void };
     },
   ) {}
@@ -75,8 +78,13 @@ export class LeaseManager {
     while (!this.#abort.signal.aborted) {
       try {
         await this.tick();
+        if (this.#lastError !== undefined) {
+          // The database the last round could not reach answers again. Not after every round:
+          // leases pass where batches may not (a revoked privilege, a column lost in a restore),
+          // and a success each round would close the breaker those batches keep opening.
+          this.deps.breaker?.recordSuccess();
+        }
         this.#lastError = undefined;
-        this.deps.breaker?.recordSuccess();
       } catch (err) {
         this.#lastError = (err as Error).message;
         this.deps.breaker?.recordFailure();
