@@ -33,6 +33,25 @@ const deadLetteredPatch = async (h: Harness, unitId: string) => {
   return poison;
 };
 
+/**
+ * A site of its own for the describe it is called in, whose service only takes writes (projectors
+ * are started by the tests), with the poison constraint dropped when it is done.
+ */
+const apiOnlySite = (): (() => Harness) => {
+  let h: Harness | undefined;
+  before(async () => {
+    h = await Harness.start({ role: 'api' });
+  });
+  after(async () => {
+    await h?.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+    await h?.close();
+  });
+  return () => {
+    assert.ok(h, 'the site started');
+    return h;
+  };
+};
+
 /** POST /admin/dead-letters/{id}/retry, as an operator would. */
 const retryLetter = (h: Harness, eventId: string) =>
   h.request('POST', `/admin/dead-letters/${eventId}/retry`, undefined, auth(TOKEN));
@@ -904,16 +923,10 @@ void describe('dead retry --all', () => {
 });
 
 void describe('dead retry while later events of the aggregate wait', () => {
-  let h: Harness;
-  before(async () => {
-    h = await Harness.start({ role: 'api' });
-  });
-  after(async () => {
-    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
-    await h.close();
-  });
+  const site = apiOnlySite();
 
   void it("never applies a file without its unit: files of a dead start follow it, a discarded start's never apply", async () => {
+    const h = site();
     let projector = await h.startService('projector');
     await h.main.query(
       "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
@@ -968,6 +981,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
   });
 
   void it('puts letters back in the order the stream took them, whatever the clocks that stamped them said', async () => {
+    const h = site();
     const projector = await h.startService('projector');
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'clocks', instrument: 'x' })
@@ -1018,6 +1032,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
   });
 
   void it("applies files behind their unit's start retried after them, counting no attempt while they wait", async () => {
+    const h = site();
     // One attempt each: a file read before its retried start would be dead-lettered at once.
     const oneAttempt = { maxAttempts: 1 };
     let projector = await h.startService('projector', oneAttempt);
@@ -1077,6 +1092,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
   });
 
   void it('refuses to put a letter back behind a later event still to be processed, then retries both in order', async () => {
+    const h = site();
     let projector = await h.startService('projector');
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'behind', instrument: 'x' })
@@ -1110,5 +1126,70 @@ void describe('dead retry while later events of the aggregate wait', () => {
     assert.equal(await stateOf(poison.body.event_id), 'confirmed');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'later');
     await h.stopService(projector);
+  });
+});
+
+void describe('outpost pending when nothing is applied', () => {
+  const site = apiOnlySite();
+
+  void it('names the partitions no projector holds, how long their entries waited, and the dead letters', async () => {
+    const h = site();
+    const all = `0-${h.config.partitions - 1}`;
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'nobody-applies', instrument: 'x' })
+    ).body;
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const pendingOutput = async () => {
+      const cli = await runCli(h, ['pending']);
+      assert.equal(cli.code, 0, cli.stderr);
+      return cli.stdout;
+    };
+
+    // No projector has run: the entry is not even delivered, so it has no idle time, only an age.
+    let out = await pendingOutput();
+    assert.match(
+      out,
+      new RegExp(`^no projector holds partitions ${all}: nothing applies their events until`, 'm'),
+    );
+    const ageOf = (text: string) => {
+      const header = text.split('\n')[0]?.split(/\s{2,}/) ?? [];
+      const row = text
+        .split('\n')
+        .find((line) => line.startsWith(`${partition} `))
+        ?.split(/\s{2,}/);
+      return Number(row?.[header.indexOf('OLDEST_AGE')]?.replace(/s$/, ''));
+    };
+    assert.ok(ageOf(out) >= 0, `an age in seconds: ${out}`);
+    await waitFor(
+      async () => ageOf(await pendingOutput()) >= 2,
+      "the partition's oldest age to pass 2 s",
+    );
+    assert.doesNotMatch(out, /dead letter/, 'none yet');
+
+    // A projector applies the start and dead-letters a patch it cannot apply.
+    const projector = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'night-shift' });
+    await projector.ready();
+    await waitFor(
+      async () => (await h.get(`/events/${unit.event_id}`)).body.state === 'confirmed',
+      'the start to be confirmed',
+    );
+    await deadLetteredPatch(h, unit.id);
+    out = await pendingOutput();
+    assert.match(out, new RegExp(`^projector leases: ${all} by night-shift$`, 'm'));
+    assert.match(
+      out,
+      /^1 dead letter; 1 aggregate held behind them, whose later events follow them into the dead letters: outpost dead list$/m,
+    );
+
+    // It dies without giving its leases back: once they lapse, the operator is told whose.
+    projector.child.kill('SIGKILL');
+    await waitFor(
+      async () =>
+        new RegExp(
+          `^no projector holds partitions ${all} \\(leases expired: night-shift's \\d+ s ago\\)`,
+          'm',
+        ).test(await pendingOutput()),
+      'the lapsed leases to be named',
+    );
   });
 });

@@ -1,5 +1,6 @@
 import { loadConfig, parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
+import { type LeaseHolding, leaseHoldings } from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   type DeadLetter,
@@ -8,6 +9,8 @@ import {
   type LetterReads,
   RetryNotYetError,
 } from '../log/dead-letters.ts';
+import { entryTime } from '../log/entry-id.ts';
+import { readBuffer } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { withSite } from './site.ts';
@@ -54,13 +57,21 @@ export const pending = (flags: IncidentFlags) => {
       print(JSON.stringify(report));
       return;
     }
+    // Since the site accepted the entry, by Redis's clock, which names entries. Idle times restart
+    // at every re-read (each retry of a failing batch), so only this tells how long one waits;
+    // and a partition's oldest may be undelivered (no projector reading it), with no idle time.
+    const buffer = await readBuffer(site.eventLog);
+    const sinceMs = (acceptedMs: number | undefined) =>
+      acceptedMs === undefined ? '-' : seconds(Math.max(0, buffer.nowMs - acceptedMs));
+    const oldestOf = new Map(buffer.partitions.map((b) => [b.partition, b.oldestAcceptedMs]));
     print(
       table(
         report.partitions.map((p) => ({
           partition: p.partition,
           pending: p.count,
           undelivered: p.undelivered,
-          oldest_idle: `${Math.round(p.oldest_idle_ms / 1000)}s`,
+          oldest_age: sinceMs(oldestOf.get(p.partition)),
+          oldest_idle: seconds(p.oldest_idle_ms),
           lowest_id: p.lowest_id,
           consumers: Object.entries(p.consumers)
             .map(([name, n]) => `${name}=${n}`)
@@ -92,7 +103,8 @@ export const pending = (flags: IncidentFlags) => {
           entry_id: e.entry_id,
           p: e.partition,
           consumer: e.consumer,
-          idle: `${Math.round(e.idle_ms / 1000)}s`,
+          age: sinceMs(entryTime(e.entry_id)),
+          idle: seconds(e.idle_ms),
           deliveries: e.deliveries,
           type: e.type,
           event_id: e.event_id,
@@ -119,8 +131,80 @@ export const pending = (flags: IncidentFlags) => {
         `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,
       );
     }
+    print(
+      await leaseHoldings(site.main).then(
+        (holdings) => projectorLeasesLine(holdings, site.config.partitions),
+        (err: Error) =>
+          `projector leases unknown: the main database did not answer (${err.message})`,
+      ),
+    );
+    const { letters, blockedAggregates } = await site.deadLetters.counts();
+    if (letters > 0) {
+      print(deadLettersLine(letters, blockedAggregates));
+    }
   });
 };
+
+/** `[0, 1, 2, 3, 5]` as `0-3, 5`. */
+export const partitionRanges = (partitions: readonly number[]): string => {
+  const ranges: string[] = [];
+  const sorted = [...partitions].sort((a, b) => a - b);
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === (sorted[j] as number) + 1) {
+      j += 1;
+    }
+    ranges.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);
+    i = j + 1;
+  }
+  return ranges.join(', ');
+};
+
+/**
+ * Which process applies which partitions, or which partitions nobody applies: entries waiting for
+ * projection show the same whether the projector is slow, failing or not running at all.
+ */
+export const projectorLeasesLine = (
+  holdings: readonly LeaseHolding[],
+  partitions: number,
+): string => {
+  const byPartition = new Map(holdings.map((h) => [h.partition, h]));
+  const unheld: number[] = [];
+  const heldBy = new Map<string, number[]>();
+  for (let partition = 0; partition < partitions; partition += 1) {
+    const holding = byPartition.get(partition);
+    if (holding?.live && holding.owner !== null) {
+      heldBy.set(holding.owner, [...(heldBy.get(holding.owner) ?? []), partition]);
+    } else {
+      unheld.push(partition);
+    }
+  }
+  const held = [...heldBy].map(([owner, ps]) => `${partitionRanges(ps)} by ${owner}`).join('; ');
+  if (unheld.length === 0) {
+    return `projector leases: ${held}`;
+  }
+  // Each former holder once, with its most recent expiry.
+  const lapsedSince = new Map<string, number>();
+  for (const partition of unheld) {
+    const holding = byPartition.get(partition);
+    if (holding?.owner && holding.expiredSeconds !== null) {
+      const since = lapsedSince.get(holding.owner) ?? Number.POSITIVE_INFINITY;
+      lapsedSince.set(holding.owner, Math.min(since, holding.expiredSeconds));
+    }
+  }
+  const lapsed = [...lapsedSince].map(([owner, seconds]) => `${owner}'s ${seconds} s ago`);
+  const last = lapsed.length > 0 ? ` (leases expired: ${lapsed.join(', ')})` : '';
+  return `no projector holds partition${unheld.length > 1 ? 's' : ''} ${partitionRanges(unheld)}${last}: nothing applies their events until a projector runs (outpost serve --only projector, or outpost serve) and reaches the main database${held ? `; held: ${held}` : ''}`;
+};
+
+export const deadLettersLine = (letters: number, blockedAggregates: number): string =>
+  `${letters} dead letter${letters === 1 ? '' : 's'}${
+    blockedAggregates > 0
+      ? `; ${blockedAggregates} aggregate${blockedAggregates === 1 ? '' : 's'} held behind them, whose later events follow them into the dead letters`
+      : ''
+  }: outpost dead list`;
+
+const seconds = (ms: number) => `${Math.round(ms / 1000)}s`;
 
 /** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
 const ACK_GRACE_MS = 1_000;

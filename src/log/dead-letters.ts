@@ -183,6 +183,18 @@ export class DeadLetters {
     this.#redis = redis as Redis & Commands;
   }
 
+  /** The site's dead letters, and the aggregates whose later events follow them, in one round trip. */
+  async counts(): Promise<{ letters: number; blockedAggregates: number }> {
+    const pipeline = this.#redis.pipeline();
+    for (const keys of this.eventLog.allKeys()) {
+      pipeline.xlen(keys.deadLetters).scard(keys.blockedAggregates);
+    }
+    const replies = (await pipelineReplies(pipeline)).map(Number);
+    const sumOf = (parity: number) =>
+      replies.filter((_, i) => i % 2 === parity).reduce((sum, n) => sum + n, 0);
+    return { letters: sumOf(0), blockedAggregates: sumOf(1) };
+  }
+
   async add(partition: number, entry: FailedEntry, history: Attempt[]): Promise<string> {
     const keys = this.eventLog.keys(partition);
     const live = this.eventLog.liveScriptArgs(partition);

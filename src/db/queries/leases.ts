@@ -92,16 +92,22 @@ export const leasesParams = (leases: readonly Lease[]) => [
   leases.map((l) => l.token),
 ];
 
-export type LeaseRow = {
+/** Who holds a partition's lease, and whether it is still live by the database's clock. */
+export type LeaseHolding = {
   partition: number;
   owner: string | null;
-  token: number;
-  expires_at: string;
+  live: boolean;
+  /** Whole seconds since it expired; null while live, and for a lease given back. */
+  expiredSeconds: number | null;
 };
 
-export const allLeases = async (db: Queryable): Promise<LeaseRow[]> =>
+export const leaseHoldings = async (db: Queryable): Promise<LeaseHolding[]> =>
   (
-    await db.query<LeaseRow>(
-      `SELECT partition, owner, token, expires_at::text FROM partition_leases ORDER BY partition`,
+    await db.query<LeaseHolding>(
+      `SELECT partition, owner, expires_at > clock_timestamp() AS live,
+              CASE WHEN expires_at > clock_timestamp() OR expires_at = '-infinity' THEN NULL
+                   ELSE floor(extract(epoch FROM clock_timestamp() - expires_at))::int END
+                AS "expiredSeconds"
+         FROM partition_leases ORDER BY partition`,
     )
   ).rows;
