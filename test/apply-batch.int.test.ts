@@ -13,12 +13,14 @@ import {
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import type { LogEntry } from '../src/log/codec.ts';
+import { createLogger } from '../src/observability/logger.ts';
 import {
   applyBatches,
   type BatchResult,
   MainDatabaseChangedError,
 } from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
+import { LeaseManager } from '../src/projector/leases.ts';
 import { projectorPool } from '../src/service.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -488,5 +490,54 @@ void describe('a main database whose time zone had local mean time', () => {
     );
     assert.equal(rows[0]?.start_time.toISOString(), '1850-01-01T00:00:00.000Z');
     assert.equal(rows[0]?.notes, 'seeing 0.6');
+  });
+});
+
+void describe('two projector processes sharing one consumer name', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(() => h.close());
+
+  const manager = (consumer: string) =>
+    new LeaseManager({
+      pool: h.main,
+      consumer,
+      partitions: h.config.partitions,
+      ttlMs: 60_000,
+      logger: createLogger('silent'),
+      events: { acquired: async () => undefined, stopped: async () => undefined },
+    });
+
+  void it('each says so once the other has beaten between its own beats', async () => {
+    const a = manager('shared-name');
+    const b = manager('shared-name');
+    await a.tick();
+    // B's first beat meets A's, as a restarted process meets its former self's: not yet a twin.
+    await b.tick();
+    assert.equal(b.lastError, undefined);
+    await a.tick();
+    await b.tick();
+    for (const twin of [a, b]) {
+      assert.match(
+        twin.lastError ?? '',
+        /another projector process uses the consumer name shared-name: give each process its own OUTPOST_CONSUMER/,
+      );
+    }
+    await a.stop();
+    await b.stop();
+  });
+
+  void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {
+    const crashed = manager('restarted-name');
+    await crashed.tick();
+    // Never stopped: its beat stays, as after kill -9.
+    const restarted = manager('restarted-name');
+    for (let round = 0; round < 3; round += 1) {
+      await restarted.tick();
+      assert.equal(restarted.lastError, undefined, `round ${round}`);
+    }
+    await restarted.stop();
   });
 });

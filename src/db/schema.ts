@@ -162,4 +162,6 @@ export const partitionLeases = pgTable('partition_leases', {
 export const projectorMembers = pgTable('projector_members', {
   consumer: text('consumer').primaryKey(),
   heartbeatAt: timestamptz('heartbeat_at').notNull(),
+  /** The process that beat last under this name: another one beating between ours is a twin. */
+  instance: uuid('instance'),
 });

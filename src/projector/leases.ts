@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import {
   acquireLease,
@@ -29,8 +30,12 @@ type Held = { lease: Lease; validUntil: number };
 export class LeaseManager {
   readonly #held = new Map<number, Held>();
   readonly #abort = new AbortController();
+  readonly #instance = randomUUID();
   #running: Promise<void> | undefined;
   #lastError: string | undefined;
+  /** Whether this process has beaten under its name: a beat by another since then is a twin's. */
+  #beaten = false;
+  #twin: string | undefined;
 
   constructor(
     private readonly deps: {
@@ -53,7 +58,7 @@ export class LeaseManager {
   }
 
   get lastError(): string | undefined {
-    return this.#lastError;
+    return this.#lastError ?? this.#twin;
   }
 
   isValid(partition: number): boolean {
@@ -97,7 +102,22 @@ export class LeaseManager {
   /** One round: heartbeat, renew what we hold, take or give partitions toward our fair share. */
   async tick(): Promise<void> {
     const { pool, consumer, partitions, ttlMs, logger } = this.deps;
-    await heartbeat(pool, consumer);
+    const previous = await heartbeat(pool, consumer, this.#instance);
+    // A restarted process meets its former self's beat once, on its first round; a process
+    // meeting another's beat after its own shares its name with a live one. The group then sees
+    // them as one consumer with one pending list, and the check that takes entries another
+    // consumer read after a takeover cannot tell them apart.
+    const twin = this.#beaten && previous !== null && previous !== this.#instance;
+    if (twin && this.#twin === undefined) {
+      logger.error(
+        { consumer },
+        'another projector process uses this consumer name: give each process its own OUTPOST_CONSUMER',
+      );
+    }
+    this.#twin = twin
+      ? `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`
+      : undefined;
+    this.#beaten = true;
     for (const [partition, held] of this.#held) {
       const started = Date.now();
       if (await renewLease(pool, held.lease, ttlMs)) {

@@ -10,12 +10,22 @@ export class FencedError extends Error {
 
 export type Lease = { partition: number; consumer: string; token: number };
 
-export const heartbeat = async (db: Queryable, consumer: string) => {
-  await db.query(
-    `INSERT INTO projector_members (consumer, heartbeat_at) VALUES ($1, clock_timestamp())
-     ON CONFLICT (consumer) DO UPDATE SET heartbeat_at = excluded.heartbeat_at`,
-    [consumer],
+/** Beats for `instance` under its consumer name; answers the instance that beat last before it. */
+export const heartbeat = async (
+  db: Queryable,
+  consumer: string,
+  instance: string,
+): Promise<string | null> => {
+  const { rows } = await db.query<{ previous: string | null }>(
+    `WITH previous AS (SELECT instance FROM projector_members WHERE consumer = $1)
+     INSERT INTO projector_members (consumer, heartbeat_at, instance)
+     VALUES ($1, clock_timestamp(), $2)
+     ON CONFLICT (consumer) DO UPDATE
+       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
+     RETURNING (SELECT instance FROM previous)::text AS previous`,
+    [consumer, instance],
   );
+  return rows[0]?.previous ?? null;
 };
 
 export const liveMembers = async (db: Queryable, ttlMs: number): Promise<number> => {
