@@ -73,6 +73,14 @@ void describe('database faults under load', () => {
         );
         assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
       }
+      // `pending` still answers from Redis and the replica, and says what it cannot tell.
+      const pending = await runCli(h, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(pending.stdout, /lag unknown: the main database cannot be reached/);
+      assert.match(
+        pending.stdout,
+        /^projector leases unknown: the main database cannot be reached$/m,
+      );
       // What the integrity alert sends the operator to still answers, from the replica.
       const status = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(status.code, 0, status.stderr);

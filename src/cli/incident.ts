@@ -131,12 +131,16 @@ export const pending = (flags: IncidentFlags) => {
         `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,
       );
     }
+    // Not asked again of a main database the report found unreachable: another connect timeout.
+    const mainUnreachable = r.replay_lsn !== null && r.lag_bytes === null;
     print(
-      await leaseHoldings(site.main).then(
-        (holdings) => projectorLeasesLine(holdings, site.config.partitions),
-        (err: Error) =>
-          `projector leases unknown: the main database did not answer (${err.message})`,
-      ),
+      mainUnreachable
+        ? 'projector leases unknown: the main database cannot be reached'
+        : await leaseHoldings(site.main).then(
+            (holdings) => projectorLeasesLine(holdings, site.config.partitions),
+            (err: Error) =>
+              `projector leases unknown: the main database did not answer (${err.message})`,
+          ),
     );
     const { letters, blockedAggregates } = await site.deadLetters.counts();
     if (letters > 0) {
