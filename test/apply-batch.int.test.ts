@@ -20,10 +20,10 @@ import {
   MainDatabaseChangedError,
 } from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
-import { LeaseManager } from '../src/projector/leases.ts';
+import { LeaseManager, type LeaseManagerDeps } from '../src/projector/leases.ts';
 import { projectorPool } from '../src/service.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
-import { Harness, waitFor } from './harness/harness.ts';
+import { Harness, holdFault, waitFor } from './harness/harness.ts';
 
 /** One partition's batch on its own. */
 const applyBatch = async (
@@ -500,14 +500,18 @@ void describe('two projector processes sharing one consumer name', () => {
   });
   after(() => h.close());
 
-  const manager = (consumer: string) =>
+  const manager = (
+    consumer: string,
+    { ttlMs = 60_000, breaker }: Pick<LeaseManagerDeps, 'breaker'> & { ttlMs?: number } = {},
+  ) =>
     new LeaseManager({
       pool: h.main,
       consumer,
       partitions: h.config.partitions,
-      ttlMs: 60_000,
+      ttlMs,
       logger: createLogger('silent'),
       events: { acquired: async () => undefined, stopped: async () => undefined },
+      breaker,
     });
 
   void it('each says so once the other has beaten between its own beats', async () => {
@@ -527,6 +531,58 @@ void describe('two projector processes sharing one consumer name', () => {
     }
     await a.stop();
     await b.stop();
+  });
+
+  void it('keeps beating on a database not yet migrated past 0008, a build started before migrate', async () => {
+    await h.main.query('ALTER TABLE projector_members DROP COLUMN instance');
+    try {
+      const early = manager('early-start');
+      await early.tick();
+      await early.tick();
+      assert.equal(early.lastError, undefined);
+      const { rows } = await h.main.query(
+        "SELECT 1 FROM projector_members WHERE consumer = 'early-start'",
+      );
+      assert.equal(rows.length, 1, 'it beat');
+      await early.stop();
+    } finally {
+      await h.main.query('ALTER TABLE projector_members ADD COLUMN IF NOT EXISTS instance uuid');
+    }
+  });
+
+  void it('closes a breaker whose cool-down is over with a lease round: it may hold no partition to probe with', async () => {
+    let closed = 0;
+    const breaker = {
+      state: 'half_open',
+      recordSuccess: () => {
+        closed += 1;
+      },
+      recordFailure: () => undefined,
+    };
+    const quiet = manager('no-partitions-left', { breaker });
+    quiet.start();
+    try {
+      await waitFor(() => closed > 0, 'a lease round to close the breaker');
+    } finally {
+      await quiet.stop();
+    }
+    // A closed breaker is left alone by rounds that pass: batches alone decide while it is.
+    breaker.state = 'closed';
+    closed = 0;
+    const busy = manager('batches-decide', { ttlMs: 300, breaker });
+    busy.start();
+    try {
+      await waitFor(async () => {
+        const { rows } = await h.main.query<{ n: number }>(
+          "SELECT count(*)::int AS n FROM projector_members WHERE consumer = 'batches-decide'",
+        );
+        return rows[0]?.n === 1;
+      }, 'a round to pass');
+      await holdFault(500);
+    } finally {
+      await busy.stop();
+    }
+    assert.equal(closed, 0);
   });
 
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {

@@ -21,6 +21,20 @@ export type LeaseEvents = {
 
 type Held = { lease: Lease; validUntil: number };
 
+export type LeaseManagerDeps = {
+  pool: pg.Pool;
+  consumer: string;
+  partitions: number;
+  ttlMs: number;
+  logger: Logger;
+  events: LeaseEvents;
+  /**
+   * Lease queries reach the same database as the batches: their failures count there too, and
+   * a round that succeeds after a failed one, or once the cool-down is over, closes it.
+   */
+  breaker?: { state: string; recordSuccess: () => void; recordFailure: () => void };
+};
+
 /**
  * Holds this process's fair share of the partitions. Leases live in the main database because the
  * fencing token must be checked in the same transaction that applies events. Renewal runs every
@@ -35,30 +49,21 @@ export class LeaseManager {
   #lastError: string | undefined;
   /** Whether this process has beaten under its name: a beat by another since then is a twin's. */
   #beaten = false;
-  #twin: string | undefined;
+  /** When a twin's beat was last met: twins need not alternate strictly, one may beat twice. */
+  #twinMetAt: number | undefined;
 
-  constructor(
-    private readonly deps: {
-      pool: pg.Pool;
-      consumer: string;
-      partitions: number;
-      ttlMs: number;
-      logger: Logger;
-      events: LeaseEvents;
-      /**
-       * Lease queries reach the same database as the batches: their failures count there too, and
-       * a round that succeeds after a failed one closes it.
-       */
-      breaker?: { recordSuccess: () => void; recordFailure: () => void };
-    },
-  ) {}
+  constructor(private readonly deps: LeaseManagerDeps) {}
 
   get owned(): number[] {
     return [...this.#held.keys()].sort((a, b) => a - b);
   }
 
   get lastError(): string | undefined {
-    return this.#lastError ?? this.#twin;
+    return this.#lastError ?? (this.#twinNow() ? twinMessage(this.deps.consumer) : undefined);
+  }
+
+  #twinNow(): boolean {
+    return this.#twinMetAt !== undefined && Date.now() - this.#twinMetAt < this.deps.ttlMs;
   }
 
   isValid(partition: number): boolean {
@@ -83,10 +88,12 @@ export class LeaseManager {
     while (!this.#abort.signal.aborted) {
       try {
         await this.tick();
-        if (this.#lastError !== undefined) {
-          // The database the last round could not reach answers again. Not after every round:
-          // leases pass where batches may not (a revoked privilege, a column lost in a restore),
-          // and a success each round would close the breaker those batches keep opening.
+        if (this.#lastError !== undefined || this.deps.breaker?.state === 'half_open') {
+          // The database the last round could not reach answers again, or the breaker's cool-down
+          // is over and this round is as good a probe as a batch (a process whose partitions
+          // went elsewhere has no batch left to probe with). Not after every round: leases pass
+          // where batches may not (a revoked privilege, a column lost in a restore), and a
+          // success each round would close the breaker those batches keep opening.
           this.deps.breaker?.recordSuccess();
         }
         this.#lastError = undefined;
@@ -107,16 +114,17 @@ export class LeaseManager {
     // meeting another's beat after its own shares its name with a live one. The group then sees
     // them as one consumer with one pending list, and the check that takes entries another
     // consumer read after a takeover cannot tell them apart.
-    const twin = this.#beaten && previous !== null && previous !== this.#instance;
-    if (twin && this.#twin === undefined) {
-      logger.error(
-        { consumer },
-        'another projector process uses this consumer name: give each process its own OUTPOST_CONSUMER',
-      );
+    if (
+      this.#beaten &&
+      previous !== null &&
+      previous !== 'unknown' &&
+      previous !== this.#instance
+    ) {
+      if (!this.#twinNow()) {
+        logger.error({ consumer }, twinMessage(consumer));
+      }
+      this.#twinMetAt = Date.now();
     }
-    this.#twin = twin
-      ? `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`
-      : undefined;
     this.#beaten = true;
     for (const [partition, held] of this.#held) {
       const started = Date.now();
@@ -173,6 +181,9 @@ export class LeaseManager {
     await releaseLease(this.deps.pool, held.lease).catch(() => undefined);
   }
 }
+
+const twinMessage = (consumer: string) =>
+  `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`;
 
 /**
  * How long after a renewal began we trust the lease locally: two thirds of the TTL, so a renewal

@@ -10,22 +10,40 @@ export class FencedError extends Error {
 
 export type Lease = { partition: number; consumer: string; token: number };
 
-/** Beats for `instance` under its consumer name; answers the instance that beat last before it. */
+const UNDEFINED_COLUMN = '42703';
+
+/**
+ * Beats for `instance` under its consumer name; answers the instance that beat last before it, or
+ * `unknown` on a database not yet migrated past 0008 (a build started before `outpost migrate`),
+ * which still gets the beat: the leases must not stop for want of a column only a check reads.
+ */
 export const heartbeat = async (
   db: Queryable,
   consumer: string,
   instance: string,
-): Promise<string | null> => {
-  const { rows } = await db.query<{ previous: string | null }>(
-    `WITH previous AS (SELECT instance FROM projector_members WHERE consumer = $1)
-     INSERT INTO projector_members (consumer, heartbeat_at, instance)
-     VALUES ($1, clock_timestamp(), $2)
-     ON CONFLICT (consumer) DO UPDATE
-       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
-     RETURNING (SELECT instance FROM previous)::text AS previous`,
-    [consumer, instance],
-  );
-  return rows[0]?.previous ?? null;
+): Promise<string | null | 'unknown'> => {
+  try {
+    const { rows } = await db.query<{ previous: string | null }>(
+      `WITH previous AS (SELECT instance FROM projector_members WHERE consumer = $1)
+       INSERT INTO projector_members (consumer, heartbeat_at, instance)
+       VALUES ($1, clock_timestamp(), $2)
+       ON CONFLICT (consumer) DO UPDATE
+         SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
+       RETURNING (SELECT instance FROM previous)::text AS previous`,
+      [consumer, instance],
+    );
+    return rows[0]?.previous ?? null;
+  } catch (err) {
+    if ((err as { code?: unknown }).code !== UNDEFINED_COLUMN) {
+      throw err;
+    }
+    await db.query(
+      `INSERT INTO projector_members (consumer, heartbeat_at) VALUES ($1, clock_timestamp())
+       ON CONFLICT (consumer) DO UPDATE SET heartbeat_at = excluded.heartbeat_at`,
+      [consumer],
+    );
+    return 'unknown';
+  }
 };
 
 export const liveMembers = async (db: Queryable, ttlMs: number): Promise<number> => {
