@@ -10,7 +10,7 @@ import {
   RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
-import { readBuffer } from '../ops/buffer.ts';
+import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { withSite } from './site.ts';
@@ -142,9 +142,9 @@ export const pending = (flags: IncidentFlags) => {
               `projector leases unknown: the main database did not answer (${err.message})`,
           ),
     );
-    const { letters, blockedAggregates } = await site.deadLetters.counts();
+    const letters = totalsOf(buffer).deadLetters;
     if (letters > 0) {
-      print(deadLettersLine(letters, blockedAggregates));
+      print(deadLettersLine(letters, await site.deadLetters.blockedAggregates()));
     }
   });
 };

@@ -183,16 +183,13 @@ export class DeadLetters {
     this.#redis = redis as Redis & Commands;
   }
 
-  /** The site's dead letters, and the aggregates whose later events follow them, in one round trip. */
-  async counts(): Promise<{ letters: number; blockedAggregates: number }> {
+  /** How many aggregates of the site have their later events follow a dead letter. */
+  async blockedAggregates(): Promise<number> {
     const pipeline = this.#redis.pipeline();
     for (const keys of this.eventLog.allKeys()) {
-      pipeline.xlen(keys.deadLetters).scard(keys.blockedAggregates);
+      pipeline.scard(keys.blockedAggregates);
     }
-    const replies = (await pipelineReplies(pipeline)).map(Number);
-    const sumOf = (parity: number) =>
-      replies.filter((_, i) => i % 2 === parity).reduce((sum, n) => sum + n, 0);
-    return { letters: sumOf(0), blockedAggregates: sumOf(1) };
+    return (await pipelineReplies(pipeline)).reduce((sum: number, n) => sum + Number(n), 0);
   }
 
   async add(partition: number, entry: FailedEntry, history: Attempt[]): Promise<string> {
