@@ -16,7 +16,12 @@ import {
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
 import { compareEntryIds, timeMs } from '../src/log/entry-id.ts';
-import { type AppendRequest, type AppliedRecord, EventLog } from '../src/log/event-log.ts';
+import {
+  type AppendRequest,
+  type AppendResult,
+  type AppliedRecord,
+  EventLog,
+} from '../src/log/event-log.ts';
 import {
   CONSUMER_GROUP,
   INFLIGHT_BUCKETS,
@@ -1124,6 +1129,60 @@ void describe('the local log', () => {
       assert.ok(once.kind === 'appended' && both.kind === 'appended');
       assert.equal(both.entryIds[0], once.entryIds[0]);
       assert.equal(await redis.xlen(stream), lengthBefore + 4, 'the missing one appended, once');
+    });
+
+    void it('answers a guarded request re-sent after its events were acknowledged as its first run', async () => {
+      // The reply of a finish is lost with its connection; before ioredis re-sends it, the
+      // projector applies the finish and the acker acknowledges it, which empties the event index.
+      const partition = 3;
+      const unitId = newIdInPartition(partition, 4);
+      const stream = log.keys(partition).stream;
+      const acknowledge = async (request: AppendRequest, result: AppendResult) => {
+        assert.equal(result.kind, 'appended');
+        const entryIds = result.kind === 'appended' ? result.entryIds : [];
+        await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'STREAMS', stream, '>');
+        const records = request.events.map((event, i) => appliedRecord(event, entryIds[i] ?? ''));
+        await log.recordApplied(partition, records);
+        assert.equal(await log.ack(partition, records), records.length);
+        for (const event of request.events) {
+          assert.equal(await log.entryIdOfEvent(event.event_id, partition), null);
+        }
+      };
+      const start: AppendRequest = {
+        partition,
+        events: [eventIn(partition, 0)],
+        guard: { unitId, next: 'running', require: false },
+      };
+      const started = await log.append(start);
+      await acknowledge(start, started);
+      const startedLength = await redis.xlen(stream);
+      assert.deepEqual(await log.append(start), started, 'the start is not appended again');
+      assert.equal(await redis.xlen(stream), startedLength);
+      const finish: AppendRequest = {
+        partition,
+        events: [eventIn(partition, 1), eventIn(partition, 2)],
+        guard: { unitId, allowed: ['running', 'paused'], next: 'success', require: true },
+      };
+      const finished = await log.append(finish);
+      await acknowledge(finish, finished);
+      const lengthBefore = await redis.xlen(stream);
+
+      assert.deepEqual(await log.append(finish), finished, 'the finish is answered, not 409');
+      assert.equal(await redis.xlen(stream), lengthBefore, 'nor appended twice');
+      assert.deepEqual(
+        await log.append({ ...finish, events: [eventIn(partition, 3)] }),
+        { kind: 'conflict', state: 'success' },
+        'another finish still meets the guard, told the status alone',
+      );
+
+      // A status as earlier builds wrote it, without the request that set it, still guards.
+      await redis.set(log.keys(partition).unitState(unitId), 'paused');
+      const afterUpgrade = { ...finish, events: [eventIn(partition, 4)] };
+      assert.equal((await log.append(afterUpgrade)).kind, 'appended');
+      assert.deepEqual(await log.append({ ...finish, events: [eventIn(partition, 5)] }), {
+        kind: 'conflict',
+        state: 'success',
+      });
     });
 
     void it('fails a request that cannot be encoded alone, and sends the rest', async () => {

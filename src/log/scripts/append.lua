@@ -47,8 +47,26 @@ local function append_one(req)
     if indexed[i] then ran = true end
   end
 
+  -- A re-sent guarded request whose events were applied and acknowledged before it came back
+  -- is no longer in the event index; the unit's status names the last guarded request that set
+  -- it ('<status> <first event id> <entry ids...>'; earlier builds wrote the status alone), so
+  -- it is still answered with its entries instead of a 409 or a second copy.
+  local state
+  if req.guard then
+    state = redis.call('GET', unit_key)
+    if state then
+      local words = {}
+      for word in string.gmatch(state, '%S+') do words[#words + 1] = word end
+      state = words[1]
+      if not ran and words[2] == req.events[1].event_id then
+        ran = true
+        for i = 1, n do indexed[i] = indexed[i] or words[i + 2] end
+      end
+    end
+  end
+
+  local next_status
   if req.guard and not ran then
-    local state = redis.call('GET', unit_key)
     if not state then
       if req.guard.seed then
         state = req.guard.seed
@@ -63,9 +81,8 @@ local function append_one(req)
       end
       if not ok then return {'conflict', state} end
     end
-    local next_state = req.guard.next
-    if next_state == '=' then next_state = state end
-    redis.call('SET', unit_key, next_state, 'EX', req.guard.ttl)
+    next_status = req.guard.next
+    if next_status == '=' then next_status = state end
   end
 
   local reply = {'appended'}
@@ -79,6 +96,11 @@ local function append_one(req)
         event.type, id)
     end
     reply[i + 1] = id
+  end
+  if next_status then
+    local setter = {next_status, req.events[1].event_id}
+    for i = 2, #reply do setter[i + 1] = reply[i] end
+    redis.call('SET', unit_key, table.concat(setter, ' '), 'EX', req.guard.ttl)
   end
 
   if req.idem then
