@@ -740,7 +740,9 @@ void describe('admin and incident tools', () => {
           ) >= parseLsn(entry.commit_lsn),
         'the replica to receive the commit it does not replay',
       );
-      const health = (await h.get('/health')).body.replication_lag;
+      const paused = (await h.get('/health')).body;
+      assert.equal(paused.status, 'degraded', 'nothing is acknowledged while replay is paused');
+      const health = paused.replication_lag;
       assert.equal(health.replay_paused, true);
       assert.equal(health.reason, report.body.replica.reason);
       assert.equal(await scrapeMetric(h.url, 'outpost_replica_replay_paused'), 1);
@@ -803,7 +805,9 @@ void describe('admin and incident tools', () => {
       await h.replica.query('SELECT pg_wal_replay_resume()');
     }
     await waitForAllAcknowledged(h);
-    const resumed = (await h.get('/health')).body.replication_lag;
+    const resumedHealth = (await h.get('/health')).body;
+    assert.equal(resumedHealth.status, 'healthy');
+    const resumed = resumedHealth.replication_lag;
     assert.equal(resumed.replay_paused, false);
     assert.equal(resumed.reason, null);
     assert.equal(await scrapeMetric(h.url, 'outpost_replica_replay_paused'), 0);

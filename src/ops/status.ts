@@ -102,10 +102,13 @@ export class StatusSource {
     const lag = lagOf(mainLsn, replicaPos, replayState);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
+    // Applied events that the replica does not replay, or that cannot be acknowledged, stay
+    // pending however well the projector runs: the log grows until someone looks.
+    const acknowledging = lag.reason === null && this.#deps.acker?.lastError === undefined;
     const status =
       !redisUp || full || writeError
         ? 'unhealthy'
-        : databaseUp && replicaUp && processor?.status !== 'failing'
+        : databaseUp && replicaUp && processor?.status !== 'failing' && acknowledging
           ? 'healthy'
           : 'degraded';
     return {
