@@ -51,6 +51,12 @@ export class CircuitBreaker {
     return false;
   }
 
+  /** Whether tryAcquire would let a call through now; takes nothing. */
+  admits(): boolean {
+    const state = this.state;
+    return state === 'closed' || (state === 'half_open' && !this.#probeInFlight);
+  }
+
   /** Milliseconds until an open breaker admits its probe (0 when calls may go ahead). */
   waitMs(): number {
     if (this.#state !== 'open') {

@@ -45,6 +45,26 @@ void describe('CircuitBreaker', () => {
     assert.deepEqual(changes, ['open', 'half_open', 'closed']);
   });
 
+  void it('admits no one while cooling down or while the probe is out, and takes nothing when asked', () => {
+    const { breaker, advance } = breakerAt();
+    assert.equal(breaker.admits(), true);
+    for (let i = 0; i < 5; i += 1) {
+      breaker.recordFailure();
+    }
+    assert.equal(breaker.admits(), false, 'cooling down');
+    advance(30_000);
+    assert.equal(breaker.admits(), true, 'the probe is free');
+    assert.equal(breaker.admits(), true, 'asking did not take it');
+    assert.equal(breaker.tryAcquire(), true);
+    assert.equal(breaker.waitMs(), 0);
+    assert.equal(breaker.admits(), false, 'another caller holds the probe');
+    breaker.releaseProbe();
+    assert.equal(breaker.admits(), true);
+    assert.equal(breaker.tryAcquire(), true);
+    breaker.recordSuccess();
+    assert.equal(breaker.admits(), true);
+  });
+
   void it('reopens for another cool-down when the probe fails', () => {
     const { breaker, advance } = breakerAt();
     for (let i = 0; i < 5; i += 1) {

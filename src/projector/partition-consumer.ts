@@ -165,13 +165,13 @@ export class PartitionConsumer {
         continue;
       }
       this.#leaseLapsed = false;
-      const coolDownMs = this.#deps.breaker.waitMs();
-      if (coolDownMs > 0) {
-        // Nothing read while the breaker cools down: a read of our own pending entries restarts
-        // their idle times and counts a delivery, and `outpost pending --idle` would show nothing
-        // waiting for the whole outage.
+      if (!this.#deps.breaker.admits()) {
+        // Nothing read while the breaker cools down, or while another partition's batch probes
+        // it: a read of our own pending entries restarts their idle times and counts a delivery,
+        // and `outpost pending --idle` would show nothing waiting for the whole outage. Read
+        // while a probe was out (until its connect timeout), it was a read every 50 ms.
         this.#rereadFromStart();
-        await pause(Math.min(1000, coolDownMs), this.#abort.signal);
+        await pause(Math.min(1000, Math.max(50, this.#deps.breaker.waitMs())), this.#abort.signal);
         continue;
       }
       try {
