@@ -257,6 +257,26 @@ void describe('HTTP input', () => {
       const paths = error.details.map((d: { path: string }) => d.path);
       assert.ok(paths.includes('obs_unit_id'), paths.join());
       assert.ok(paths.includes('instrument'), paths.join());
+      assert.ok(paths.includes('extra'), `the unknown field by name: ${paths.join()}`);
+      const nested = await appendsNothing(
+        () =>
+          h.post('/raw_data_files', {
+            executed_obs_unit_id: unitId,
+            files: [
+              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
+              {
+                path: '/b',
+                size_bytes: 1,
+                checksum: 'ab'.repeat(8),
+                checksum_algorithm: 'xxh64',
+                sizeBytes: 1,
+              },
+            ],
+          }),
+        400,
+        'validation_failed',
+      );
+      assert.deepEqual(nested.details, [{ path: 'files.1.sizeBytes', message: 'unknown field' }]);
     });
 
     void it('refuses an unknown enum value and points at files.N.field in a bulk', async () => {

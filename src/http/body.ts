@@ -87,7 +87,19 @@ const readBytes = async (c: Context, maxBytes: number): Promise<Uint8Array> => {
   return Buffer.concat(chunks);
 };
 
-const pathOf = (path: readonly (string | number)[]) => path.join('.');
+const pathOf = (path: readonly PropertyKey[]) => path.map(String).join('.');
+
+/**
+ * Zod's issues as problem details. Zod files unknown keys under the object holding them (path
+ * `""` for a top-level one): each is named at its own path instead, so the caller sees which
+ * field was not expected.
+ */
+export const issueDetails = (error: z.ZodError): ErrorDetail[] =>
+  error.issues.flatMap((issue) =>
+    issue.code === 'unrecognized_keys'
+      ? issue.keys.map((key) => ({ path: pathOf([...issue.path, key]), message: 'unknown field' }))
+      : [{ path: pathOf(issue.path), message: issue.message }],
+  );
 
 /**
  * Half of a UTF-16 surrogate pair without its other half. JSON.parse accepts one written as an
@@ -232,14 +244,7 @@ export const readJson = async <S extends z.ZodType>(
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
-    throw new ApiError(
-      'validation_failed',
-      'request body is invalid',
-      parsed.error.issues.map((issue) => ({
-        path: pathOf(issue.path as (string | number)[]),
-        message: issue.message,
-      })),
-    );
+    throw new ApiError('validation_failed', 'request body is invalid', issueDetails(parsed.error));
   }
   return { value: parsed.data, raw };
 };

@@ -1,8 +1,9 @@
 import type { Context, Hono } from 'hono';
+import type { z } from 'zod';
 import type { AggregateType, UnitStatus } from '../../domain/events.ts';
 import { isUuid } from '../../domain/ids.ts';
 import { readMerged } from '../../read/merged.ts';
-import { storableProblems } from '../body.ts';
+import { issueDetails, storableProblems } from '../body.ts';
 import type { AppDeps, HonoEnv } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { replicaCall } from '../outages.ts';
@@ -66,16 +67,7 @@ export const decodeCursor = (cursor: string | undefined): string | undefined => 
   return cursor.toLowerCase();
 };
 
-export const readQuery = <T>(
-  c: Context,
-  schema: {
-    safeParse: (
-      v: unknown,
-    ) =>
-      | { success: true; data: T }
-      | { success: false; error: { issues: { path: PropertyKey[]; message: string }[] } };
-  },
-): T => {
+export const readQuery = <T>(c: Context, schema: z.ZodType<T>): T => {
   // A parameter left empty (`?status=&limit=`, as the contract writes them) is one not given:
   // `partition=` read as partition 0 would quietly filter out every other partition.
   const query = Object.fromEntries(
@@ -92,7 +84,7 @@ export const readQuery = <T>(
     throw new ApiError(
       'validation_failed',
       'query parameters are invalid',
-      parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+      issueDetails(parsed.error),
     );
   }
   return parsed.data;
