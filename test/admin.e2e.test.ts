@@ -273,6 +273,16 @@ void describe('admin and incident tools', () => {
     const different = await replay({ from: '0', dry_run: false });
     assert.equal(different.status, 409);
     assert.equal(different.body.error.code, 'idempotency_key_reused');
+    // Compared as JSON, canonically: key order does not matter, a default spelled out does.
+    const future = { from: '2099-01-01T00:00:00Z', to: '2099-01-02T00:00:00Z' };
+    const later = (body: unknown) =>
+      h.request('POST', '/admin/replay', body, { ...auth(TOKEN), 'idempotency-key': 'replay-2' });
+    const original = await later(future);
+    assert.equal(original.status, 200, original.text);
+    const reordered = await later({ to: future.to, from: future.from });
+    assert.equal(reordered.headers.get('idempotent-replayed'), 'true', 'the same JSON');
+    const defaultSpelledOut = await later({ ...future, dry_run: false });
+    assert.equal(defaultSpelledOut.status, 409, 'another JSON body, though it means the same');
     const badKey = await h.request('POST', '/admin/integrity/refresh', undefined, {
       ...auth(TOKEN),
       'idempotency-key': 'has space',

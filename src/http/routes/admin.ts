@@ -51,7 +51,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   registerIntegrityRoutes(app, deps);
 
   app.post('/admin/replay', async (c) => {
-    const { value } = await readJson(c, ReplayBody, deps.config.maxBodyBytes);
+    const { value, raw } = await readJson(c, ReplayBody, deps.config.maxBodyBytes);
     if (value.partition !== undefined && value.partition >= deps.config.partitions) {
       throw new ApiError('validation_failed', `partition must be below ${deps.config.partitions}`, [
         { path: 'partition', message: 'no such partition' },
@@ -74,7 +74,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     if (!value.dry_run) {
       refuseWhenLogFull(deps);
     }
-    return onceForKey(c, deps, value, async () => {
+    // The JSON sent, as DESIGN compares it: `{from}` and `{from, dry_run: false}` are two bodies.
+    return onceForKey(c, deps, raw, async () => {
       const report = await mainCall(
         deps,
         'tell which events it lacks',
