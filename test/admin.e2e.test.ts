@@ -633,6 +633,17 @@ void describe('admin and incident tools', () => {
       auth(TOKEN),
     );
     assert.equal(noReason.status, 400);
+    const tooLong = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.event_id}?reason=${'x'.repeat(2001)}`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(tooLong.status, 400, 'a reason in the query is held to the body’s limit');
+    assert.deepEqual(
+      tooLong.body.error.details.map((d: { path: string }) => d.path),
+      ['reason'],
+    );
     const discarded = await h.request(
       'DELETE',
       `/admin/dead-letters/${poison.event_id}`,

@@ -15,7 +15,7 @@ import { replay, replayBound } from '../../ops/replay.ts';
 import { refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
-import { checkUnreadBody, hasBody, readJson } from '../body.ts';
+import { checkUnreadBody, hasBody, issueDetails, readJson } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { mainCall, replicaCall } from '../outages.ts';
@@ -42,6 +42,22 @@ const ReplayBody = z.strictObject({
 });
 
 const DiscardBody = z.strictObject({ reason: z.string().trim().min(1).max(2000) });
+
+/** `?reason=`, held to what a body's reason must be; undefined when not given. */
+const discardReasonOfQuery = (given: string | undefined): string | undefined => {
+  if (!given?.trim()) {
+    return undefined;
+  }
+  const parsed = DiscardBody.safeParse({ reason: given });
+  if (!parsed.success) {
+    throw new ApiError(
+      'validation_failed',
+      'query parameters are invalid',
+      issueDetails(parsed.error),
+    );
+  }
+  return parsed.data.reason;
+};
 
 export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   const tokens = () => deps.tokens?.current;
@@ -165,7 +181,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.delete('/admin/dead-letters/:id', async (c) => {
     const id = deadLetterParam(c);
-    const fromQuery = c.req.query('reason')?.trim() || undefined;
+    const fromQuery = discardReasonOfQuery(c.req.query('reason'));
     if (fromQuery !== undefined) {
       await checkUnreadBody(c, deps.config.maxBodyBytes);
     }
