@@ -43,6 +43,8 @@ export const script = (
  */
 const UNIT_STATE_TTL_SECONDS = 30 * 24 * 3600;
 const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+/** How long a guarded request is known by its first event id once its events are acknowledged. */
+const GUARDED_RUN_TTL_SECONDS = 60;
 
 export type Guard = {
   unitId: string;
@@ -148,8 +150,8 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
 
 /**
  * One request as the append script reads it, and its keys: idempotency record, unit status,
- * each event's in-flight bucket, each event's event index bucket, then the in-use buckets of each
- * event's in-flight index. `k` is the index of the
+ * each event's in-flight bucket, each event's event index bucket, the in-use buckets of each
+ * event's in-flight index, then a guarded request's run record. `k` is the index of the
  * first of them in the script's KEYS.
  */
 const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) => ({
@@ -159,6 +161,7 @@ const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) =>
     ...request.events.map((event) => keys.inflight(event.aggregate_type, event.aggregate_id)),
     ...request.events.map((event) => keys.eventIndex(event.event_id)),
     ...request.events.map((event) => keys.inflightBucketsInUse(event.aggregate_type)),
+    keys.guardedRun(request.guard ? (request.events[0]?.event_id ?? 'none') : 'none'),
   ],
   payload: {
     k,
@@ -167,7 +170,12 @@ const encodeAppend = (request: AppendRequest, keys: PartitionKeys, k: number) =>
       response: request.idempotency.response,
       ttl: IDEMPOTENCY_TTL_SECONDS,
     },
-    guard: request.guard && { ...request.guard, unitId: undefined, ttl: UNIT_STATE_TTL_SECONDS },
+    guard: request.guard && {
+      ...request.guard,
+      unitId: undefined,
+      ttl: UNIT_STATE_TTL_SECONDS,
+      run_ttl: GUARDED_RUN_TTL_SECONDS,
+    },
     events: request.events.map((event) => ({
       fields: encodeEntryFields(event),
       event_id: event.event_id,

@@ -56,6 +56,8 @@ export type PartitionKeys = {
   legacyInflightAggregates: (aggregateType: string) => string;
   /** The status of an executed obs unit, for atomic finish/patch checks in the append script. */
   unitState: (unitId: string) => string;
+  /** A guarded request's entry ids by its first event id, for a minute: see append.lua. */
+  guardedRun: (firstEventId: string) => string;
   idempotency: (scopeHash: string) => string;
   /**
    * The request hash a key was first sent with, kept in the key's own partition whichever
@@ -123,6 +125,7 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     legacyInflight: (aggregateId) => `${prefix}:inflight:${aggregateId}`,
     legacyInflightAggregates: (aggregateType) => `${prefix}:inflight-aggregates:${aggregateType}`,
     unitState: (unitId) => `${prefix}:unit:${unitId}`,
+    guardedRun: (firstEventId) => `${prefix}:guarded-run:${firstEventId}`,
     idempotency: (scopeHash) => `${prefix}:idem:${scopeHash}`,
     idempotencyClaim: (scopeHash) => `${prefix}:idem-claim:${scopeHash}`,
   };

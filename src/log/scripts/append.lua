@@ -12,6 +12,7 @@
 --   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight bucket of event i
 --   KEYS[k + 1 + n + i] event index bucket of event i
 --   KEYS[k + 1 + 2n + i] the in-use buckets of event i's in-flight index
+--   KEYS[k + 2 + 3n] the guarded request's run record (its entry ids, kept a minute)
 -- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl},
 --               events:[{fields,event_id,aggregate_id,aggregate_type,type}]}]
 -- ARGV[2] live stream max length  ARGV[3] when the events were accepted, ISO-8601  ARGV[4] partition
@@ -47,26 +48,26 @@ local function append_one(req)
     if indexed[i] then ran = true end
   end
 
-  -- A re-sent guarded request whose events were applied and acknowledged before it came back
-  -- is no longer in the event index; the unit's status names the last guarded request that set
-  -- it ('<status> <first event id> <entry ids...>'; earlier builds wrote the status alone), so
-  -- it is still answered with its entries instead of a 409 or a second copy.
-  local state
+  -- Acknowledged events have left the index: a guarded request re-sent after some or all of its
+  -- events were applied and acknowledged is known by its run record instead, so a finish is not
+  -- answered 409 and a start does not set its unit running again. The record is kept a minute,
+  -- one per guarded write: ioredis re-sends within its reconnect attempts (a few seconds), and
+  -- past its command timeout (5 s) the request's client has been answered 503 anyway.
+  local run_key = KEYS[req.k + 2 + 3 * n]
   if req.guard then
-    state = redis.call('GET', unit_key)
-    if state then
-      local words = {}
-      for word in string.gmatch(state, '%S+') do words[#words + 1] = word end
-      state = words[1]
-      if not ran and words[2] == req.events[1].event_id then
-        ran = true
-        for i = 1, n do indexed[i] = indexed[i] or words[i + 2] end
+    local run = redis.call('GET', run_key)
+    if run then
+      ran = true
+      local i = 0
+      for id in string.gmatch(run, '%S+') do
+        i = i + 1
+        indexed[i] = indexed[i] or id
       end
     end
   end
 
-  local next_status
   if req.guard and not ran then
+    local state = redis.call('GET', unit_key)
     if not state then
       if req.guard.seed then
         state = req.guard.seed
@@ -81,8 +82,9 @@ local function append_one(req)
       end
       if not ok then return {'conflict', state} end
     end
-    next_status = req.guard.next
-    if next_status == '=' then next_status = state end
+    local next_state = req.guard.next
+    if next_state == '=' then next_state = state end
+    redis.call('SET', unit_key, next_state, 'EX', req.guard.ttl)
   end
 
   local reply = {'appended'}
@@ -97,10 +99,8 @@ local function append_one(req)
     end
     reply[i + 1] = id
   end
-  if next_status then
-    local setter = {next_status, req.events[1].event_id}
-    for i = 2, #reply do setter[i + 1] = reply[i] end
-    redis.call('SET', unit_key, table.concat(setter, ' '), 'EX', req.guard.ttl)
+  if req.guard and not ran then
+    redis.call('SET', run_key, table.concat(reply, ' ', 2), 'EX', req.guard.run_ttl)
   end
 
   if req.idem then
