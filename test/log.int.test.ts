@@ -29,9 +29,13 @@ import {
   liveStreamKey,
 } from '../src/log/keys.ts';
 import { trimHalfHistory } from '../src/log/retention.ts';
+import { createLogger } from '../src/observability/logger.ts';
+import { createMetrics } from '../src/observability/metrics.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
+import { CircuitBreaker } from '../src/projector/circuit-breaker.ts';
+import { PartitionConsumer } from '../src/projector/partition-consumer.ts';
 import { readEvent } from '../src/read/events.ts';
-import { Harness, withField } from './harness/harness.ts';
+import { Harness, waitFor, withField } from './harness/harness.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
   ({
@@ -1934,6 +1938,66 @@ void describe('the local log', () => {
       );
       assert.equal(await isBlocked(partition, file.aggregateId), false);
       await bucketsInUse(redis, log, partition);
+    });
+  });
+
+  void describe('a projector that stalled past its lease', () => {
+    void it('files no dead letters on what it read before, which the new owner holds now', async () => {
+      // A log of its own: the consumer reads every entry of its partition.
+      const own = new EventLog(redis, `${h.config.namespace}-stalled`, 2);
+      await own.ensureGroups();
+      const deadLetters = new DeadLetters(own);
+      const partition = 1;
+      const aggregateId = newIdInPartition(partition, 2);
+      const events = [0, 1].map(
+        (n): Envelope => ({
+          ...fileEvent(aggregateId, n),
+          event_id: newIdInPartition(partition, 2),
+        }),
+      );
+      const entryIds: string[] = [];
+      for (const event of events) {
+        const result = await own.append({ partition, events: [event] });
+        assert.ok(result.kind === 'appended');
+        entryIds.push(result.entryIds[0] ?? '');
+      }
+      // The first is dead: the second, its follower, would be dead-lettered behind it.
+      const stream = own.keys(partition).stream;
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'old', 'COUNT', 1, 'STREAMS', stream, '>');
+      await deadLetters.add(
+        partition,
+        failedEntryOfEvent(entryIds[0] ?? '', events[0] as Envelope),
+        [{ at: new Date().toISOString(), error: 'boom' }],
+      );
+      // Valid when the loop looks before its reads (its own pending entries, none, then new
+      // ones), lapsed by the time the page of new ones is handled.
+      let leaseChecks = 0;
+      const reader = h.serviceRedis();
+      await reader.connect();
+      const consumer = new PartitionConsumer({
+        apply: () => Promise.reject(new Error('nothing is applicable')),
+        eventLog: own,
+        deadLetters,
+        reader,
+        lease: { partition, consumer: 'stalled', token: 1 },
+        leaseValid: () => {
+          leaseChecks += 1;
+          return leaseChecks <= 2;
+        },
+        breaker: new CircuitBreaker({ failureThreshold: 5, coolDownMs: 30_000 }),
+        batchSize: 100,
+        maxAttempts: 5,
+        logger: createLogger('silent'),
+        metrics: createMetrics(),
+      });
+      consumer.start();
+      try {
+        await waitFor(async () => leaseChecks >= 4, 'the consumer to have handled the page');
+      } finally {
+        await consumer.stop();
+      }
+      assert.equal(await deadLetters.get(events[1]?.event_id ?? '', partition), undefined);
+      assert.equal(await own.entryIdOfEvent(events[1]?.event_id ?? '', partition), entryIds[1]);
     });
   });
 });

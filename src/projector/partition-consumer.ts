@@ -435,6 +435,16 @@ export class PartitionConsumer {
         : await this.#deps.eventLog.blocked(this.#partition, [
             ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
+    if ((undecodable.length > 0 || blocked.size > 0) && !this.#deps.leaseValid()) {
+      // Dead-lettering is not fenced as a batch's write is: a process that stalled past its lease
+      // (its page read, its blocked set asked) would file the entries the partition's new owner
+      // holds, perhaps applied by it already, on a block an operator has lifted meanwhile.
+      if (probing) {
+        this.#deps.breaker.releaseProbe();
+      }
+      this.#rereadFromStart();
+      return;
+    }
     const blockedFrom = new Map<string, string>();
     for (const { entry, err } of undecodable) {
       const failed = failedEntryOf(entry);
