@@ -32,6 +32,7 @@ import { trimHalfHistory } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
+import { replay } from '../src/ops/replay.ts';
 import { CircuitBreaker } from '../src/projector/circuit-breaker.ts';
 import { PartitionConsumer } from '../src/projector/partition-consumer.ts';
 import { readEvent } from '../src/read/events.ts';
@@ -1998,6 +1999,47 @@ void describe('the local log', () => {
       }
       assert.equal(await deadLetters.get(events[1]?.event_id ?? '', partition), undefined);
       assert.equal(await own.entryIdOfEvent(events[1]?.event_id ?? '', partition), entryIds[1]);
+    });
+  });
+
+  void describe('a replay while an operator discards', () => {
+    void it('does not bring back a letter discarded after the replay began', async () => {
+      const own = new EventLog(redis, `${h.config.namespace}-replay`, 1);
+      await own.ensureGroups();
+      const deadLetters = new DeadLetters(own);
+      const stream = own.keys(0).stream;
+      // A first page of events still in flight, then the dead one on the second page.
+      const events = Array.from(
+        { length: 501 },
+        (_, n): Envelope => ({ ...fileEvent(newIdInPartition(0, 1), n) }),
+      );
+      const appended = await own.append({ partition: 0, events });
+      assert.ok(appended.kind === 'appended');
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 1000, 'STREAMS', stream, '>');
+      const victim = events[500] as Envelope;
+      await deadLetters.add(0, failedEntryOfEvent(appended.entryIds[500] ?? '', victim), [
+        { at: new Date().toISOString(), error: 'boom' },
+      ]);
+      const letter = await deadLetters.get(victim.event_id, 0);
+      assert.ok(letter);
+      const lengthBefore = await redis.xlen(stream);
+      let discarding: Promise<unknown> | undefined;
+      const report = await replay(
+        { eventLog: own, main: h.main },
+        { from: '0', dryRun: false },
+        {
+          waitMs: 0,
+          // Sent on the replay's own connection, so Redis runs it before the next page's read.
+          onProgress: () => {
+            discarding ??= deadLetters.discard(letter, 'not real data', 'operator');
+          },
+        },
+      );
+      assert.ok(await discarding, 'discarded while the replay ran');
+      assert.equal(report.applied, 0, JSON.stringify(report));
+      assert.equal(report.discarded, 1);
+      assert.equal(report.in_flight, 500);
+      assert.equal(await redis.xlen(stream), lengthBefore, 'nothing appended again');
     });
   });
 });

@@ -81,7 +81,9 @@ export const replay = async (
     .filter((k) => request.partition === undefined || k.partition === request.partition);
   for (const keys of partitions) {
     const seen = new Set<string>();
-    const discarded = await discardedEventIds(deps, keys.partition);
+    const latestDiscarded = discardedIds(deps, keys.partition);
+    // One set, kept up to date by each page's look.
+    const discarded = await latestDiscarded();
     let cursor = from;
     for (;;) {
       const raw = (await deps.eventLog.redis.xrange(
@@ -114,7 +116,7 @@ export const replay = async (
           }
         }
       }
-      const missing = await missingFrom(deps, keys.partition, entries, discarded, report);
+      const missing = await missingFrom(deps, keys.partition, entries, latestDiscarded, report);
       if (request.dryRun) {
         report.applied += missing.length;
       } else if (missing.length > 0) {
@@ -145,19 +147,32 @@ export const replay = async (
  * them. Their entries stay in the stream until the retention trims them, acknowledged and never
  * applied: a replay must not bring them back, nor count an undecodable one as failing. (Audits
  * of earlier builds name no entry.)
+ *
+ * Read once whole, then brought up to date by reading only the records filed since. A discard
+ * files its record in the same script that takes the letter out of the dead index, so a page
+ * whose dead-index look is followed by an update cannot miss one discarded in between (during a
+ * long replay) and bring it back.
  */
-const discardedEventIds = async (deps: Deps, partition: number): Promise<Set<string>> => {
-  const audits = (await deps.eventLog.redis.xrange(
-    deps.eventLog.keys(partition).discarded,
-    '-',
-    '+',
-  )) as RawEntry[];
-  return new Set(
-    audits.flatMap(([, fields]) => {
+const discardedIds = (deps: Deps, partition: number) => {
+  const ids = new Set<string>();
+  let after = '-';
+  return async (): Promise<ReadonlySet<string>> => {
+    const audits = (await deps.eventLog.redis.xrange(
+      deps.eventLog.keys(partition).discarded,
+      after,
+      '+',
+    )) as RawEntry[];
+    for (const [id, fields] of audits) {
       const { event_id, original_entry_id } = entryRecord(fields);
-      return [event_id, original_entry_id].filter((id): id is string => Boolean(id));
-    }),
-  );
+      for (const known of [event_id, original_entry_id]) {
+        if (known) {
+          ids.add(known);
+        }
+      }
+      after = `(${id}`;
+    }
+    return ids;
+  };
 };
 
 /** The entries the main database lacks that are neither pending, dead-lettered nor discarded. */
@@ -165,7 +180,7 @@ const missingFrom = async (
   deps: Deps,
   partition: number,
   entries: LogEntry[],
-  discarded: ReadonlySet<string>,
+  latestDiscarded: () => Promise<ReadonlySet<string>>,
   report: ReplayReport,
 ) => {
   if (entries.length === 0) {
@@ -182,6 +197,8 @@ const missingFrom = async (
     deps.eventLog.redis.hmget(keys.deadIndex, ...ids),
   ]);
   const applied = await appliedEventIds(deps.main, ids);
+  // After the dead index: one discarded since holds its audit record by now.
+  const discarded = await latestDiscarded();
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
     if (applied.has(entry.event.event_id)) {
