@@ -20,6 +20,7 @@ import {
   type AppendRequest,
   type AppendResult,
   type AppliedRecord,
+  type CreationFilter,
   EventLog,
 } from '../src/log/event-log.ts';
 import {
@@ -2040,6 +2041,121 @@ void describe('the local log', () => {
       assert.equal(report.discarded, 1);
       assert.equal(report.in_flight, 500);
       assert.equal(await redis.xlen(stream), lengthBefore, 'nothing appended again');
+    });
+  });
+
+  void describe('lists filtered on a field set at creation', () => {
+    void it('leaves out exactly the aggregates whose creation event in flight lacks the value', async () => {
+      // A log of its own: every aggregate in flight is one of this test's.
+      const own = new EventLog(redis, `${h.config.namespace}-lists`, 4);
+      await own.ensureGroups();
+      const partition = 2;
+      const unitOf = (n: number) => `0193a2b4-5c6d-7e8f-9a0b-1c2d3e4f${String(n).padStart(4, '0')}`;
+      const file = (unit: string, extra: Partial<Envelope> = {}): Envelope =>
+        ({
+          ...fileEvent(newIdInPartition(partition, 4), 0),
+          event_id: newIdInPartition(partition, 4),
+          data: {
+            executed_obs_unit_id: unit,
+            path: '/p',
+            size_bytes: 1,
+            checksum: 'ab',
+            checksum_algorithm: 'xxh64',
+            created_at: new Date().toISOString(),
+          },
+          ...extra,
+        }) as Envelope;
+      const appendAll = async (...events: Envelope[]) => {
+        for (const event of events) {
+          assert.equal((await own.append({ partition, events: [event] })).kind, 'appended');
+        }
+      };
+      const wanted = unitOf(1);
+      const matching = file(wanted);
+      const other = file(unitOf(2));
+      // Created earlier (its creation acknowledged): a later event is its first in flight.
+      const laterUpdate = { ...file(unitOf(2)), type: 'ExecutedObsUnitUpdated' } as Envelope;
+      // Another version than the one asked about is not searched.
+      const olderVersion = { ...file(unitOf(2)), version: 0 } as Envelope;
+      // The field and value written inside another string are escaped there: not taken for them.
+      const valueElsewhere = file(unitOf(2));
+      (valueElsewhere.data as Record<string, unknown>).path = `"executed_obs_unit_id":"${wanted}"`;
+      // A nested field of the same name keeps its aggregate, for the merge to leave out.
+      const nested = file(unitOf(3));
+      (nested.data as Record<string, unknown>).checksum = { executed_obs_unit_id: wanted };
+      // Written a field per property (as earlier builds did, and as an empty writer still is):
+      // not searched.
+      const perProperty = file(unitOf(2), { written_by: '' });
+      const searched = [
+        matching,
+        other,
+        laterUpdate,
+        olderVersion,
+        valueElsewhere,
+        nested,
+        perProperty,
+      ];
+      await appendAll(...searched);
+      const perPropertyEntry = await own.entryIdOfEvent(perProperty.event_id, partition);
+      assert.deepEqual(
+        (
+          await redis.xrange(
+            own.keys(partition).stream,
+            perPropertyEntry ?? '',
+            perPropertyEntry ?? '',
+          )
+        )[0]?.[1][0],
+        'event_id',
+        'written a field per property',
+      );
+      // A spilled aggregate: many events, its creation first.
+      const spilled = file(unitOf(2));
+      await appendAll(
+        spilled,
+        ...Array.from(
+          { length: 8 },
+          () => ({ ...spilled, event_id: newIdInPartition(partition, 4) }) as Envelope,
+        ),
+      );
+      assert.equal(
+        await redis.hget(
+          own.keys(partition).inflight('raw_data_file', spilled.aggregate_id),
+          spilled.aggregate_id,
+        ),
+        'spilled',
+      );
+      const kept = async (type: AggregateType, creation: CreationFilter) =>
+        (await own.inflightAggregateIds(type, creation)).map(({ id }) => id).sort();
+      assert.deepEqual(
+        await kept('raw_data_file', {
+          type: 'RawDataFileRegistered',
+          version: 1,
+          needle: `"executed_obs_unit_id":${JSON.stringify(wanted)}`,
+        }),
+        [matching, laterUpdate, olderVersion, nested, perProperty]
+          .map((e) => e.aggregate_id)
+          .sort(),
+        'other, valueElsewhere and spilled are left out',
+      );
+
+      // A value JSON escapes (quotes, backslashes, control characters, non-ASCII) is found as written.
+      const awkward = 'ou "north" \\ tab\t é 星';
+      const unit = {
+        ...file(unitOf(4)),
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitStarted',
+        version: 2,
+        data: { obs_unit_id: awkward, instrument: 'x', metadata: {} },
+      } as Envelope;
+      await appendAll(unit);
+      const asked = (value: string) =>
+        kept('executed_obs_unit', {
+          type: 'ExecutedObsUnitStarted',
+          version: 2,
+          needle: `"obs_unit_id":${JSON.stringify(value)}`,
+        });
+      assert.deepEqual(await asked(awkward), [unit.aggregate_id]);
+      assert.deepEqual(await asked(`${awkward} `), []);
     });
   });
 });

@@ -103,6 +103,17 @@ void describe('core pipeline', () => {
           [patched.body.event_id, 'pending'],
         ],
       );
+      // Listed by its obs_unit_id once, on the replica and merged with its patch; the start is
+      // still in flight too, so Redis found the value in it.
+      const listed = await h.get('/executed_obs_units?obs_unit_id=ou-twice');
+      assert.deepEqual(
+        listed.body.items.map((u: { id: string; version: number; notes: string }) => [
+          u.id,
+          u.version,
+          u.notes,
+        ]),
+        [[started.id, 2, 'after the start']],
+      );
     });
   });
 
@@ -151,6 +162,36 @@ void describe('core pipeline', () => {
         [rare.id],
       );
       assert.equal(found.next_cursor, null);
+
+      // Files pending for the rare unit among files of others, listed by their unit.
+      const register = async (unitId: string, count: number) =>
+        (
+          await h.post('/raw_data_files', {
+            executed_obs_unit_id: unitId,
+            files: Array.from({ length: count }, (_, n) => ({
+              path: `/raw/${unitId}/${n}`,
+              size_bytes: n,
+              checksum: 'ab'.repeat(8),
+              checksum_algorithm: 'xxh64',
+            })),
+          })
+        ).body.ids as string[];
+      const others = await register(units[0].id, 40);
+      const files = await register(rare.id, 3);
+      const filesOf = async (unitId: string) =>
+        (
+          (await h.get(`/raw_data_files?executed_obs_unit_id=${unitId.toUpperCase()}`)).body
+            .items as {
+            id: string;
+            executed_obs_unit_id: string;
+          }[]
+        ).map((f) => [f.id, f.executed_obs_unit_id]);
+      assert.deepEqual(
+        await filesOf(rare.id),
+        [...files].sort().map((id) => [id, rare.id]),
+      );
+      assert.equal((await filesOf(units[0].id)).length, others.length);
+      assert.deepEqual(await filesOf(units[1].id), []);
     });
   });
 

@@ -110,6 +110,7 @@ type Commands = {
   outpostForgetApplied(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetAppliedEntries(numKeys: number, ...args: string[]): Promise<number>;
   outpostReadInflight(numKeys: number, ...args: string[]): Promise<RawEntry[][]>;
+  outpostInflightMayMatch(numKeys: number, ...args: string[]): Promise<string[]>;
   outpostUpgradeInflight(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeInflightIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostRebuildBucketsInUse(numKeys: number, ...args: string[]): Promise<number>;
@@ -124,6 +125,26 @@ export type Attempt = { at: string; error: string };
  * hundred XADDs take about a millisecond.
  */
 const MAX_EVENTS_PER_CALL = 1000;
+
+/**
+ * In-flight index buckets searched per call for a filtered list: a few hundred aggregates, each
+ * an XRANGE and a string search, about a millisecond of Redis.
+ */
+const BUCKETS_PER_SEARCH = 4;
+
+const chunksOf = <T>(items: readonly T[], size: number): T[][] => {
+  const chunks: T[][] = [];
+  for (let i = 0; i < items.length; i += size) {
+    chunks.push(items.slice(i, i + size));
+  }
+  return chunks;
+};
+
+/**
+ * A list's filter on a field a creation event sets for good: the creation event's type and
+ * version, and the field with its value as JSON.stringify writes them into the event's data.
+ */
+export type CreationFilter = { type: string; version: number; needle: string };
 
 /** Aggregates per in-flight read script: a few milliseconds of Redis at most. */
 const INFLIGHT_READ_CHUNK = 256;
@@ -225,6 +246,9 @@ export class EventLog {
     redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied', 'applied') });
     redis.defineCommand('outpostForgetAppliedEntries', { lua: script('forget-applied-entries') });
     redis.defineCommand('outpostReadInflight', { lua: script('read-inflight', 'inflight') });
+    redis.defineCommand('outpostInflightMayMatch', {
+      lua: script('inflight-may-match', 'inflight'),
+    });
     redis.defineCommand('outpostUpgradeInflight', { lua: script('upgrade-inflight', 'inflight') });
     redis.defineCommand('outpostUpgradeInflightIndex', {
       lua: script('upgrade-inflight-index', 'inflight'),
@@ -577,12 +601,8 @@ export class EventLog {
   ): Promise<LogEntry[][]> {
     const keys = this.keys(partition);
     const types = aggregateType ? [aggregateType] : AGGREGATE_TYPES;
-    const chunks: (readonly string[])[] = [];
-    for (let i = 0; i < aggregateIds.length; i += INFLIGHT_READ_CHUNK) {
-      chunks.push(aggregateIds.slice(i, i + INFLIGHT_READ_CHUNK));
-    }
     const replies = await Promise.all(
-      chunks.map((ids) => {
+      chunksOf(aggregateIds, INFLIGHT_READ_CHUNK).map((ids) => {
         const indexes = ids.flatMap((id) =>
           types.flatMap((type) => [keys.inflight(type, id), keys.legacyInflightIndex(type)]),
         );
@@ -607,9 +627,14 @@ export class EventLog {
   /**
    * Aggregates of a type with unacknowledged events: the fields of its buckets in use (and of an
    * earlier build's one hash). Partitions are asked at once, so on the auto-pipelined connection
-   * this is two round trips however many there are.
+   * this is two round trips however many there are. With `creation`, only those that may match a
+   * filter on a field their creation event sets (see inflight-may-match.lua), searched in Redis a
+   * few buckets a call.
    */
-  async inflightAggregateIds(aggregateType: string): Promise<{ id: string; partition: number }[]> {
+  async inflightAggregateIds(
+    aggregateType: string,
+    creation?: CreationFilter,
+  ): Promise<{ id: string; partition: number }[]> {
     const perPartition = await Promise.all(
       this.allKeys().map(async (keys) => {
         // The earlier build's hash first: an aggregate the upgrade moves meanwhile is then seen
@@ -618,11 +643,21 @@ export class EventLog {
           this.#redis.hkeys(keys.legacyInflightIndex(aggregateType)),
           this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
         ]);
-        const inBuckets = await Promise.all(
-          inUse.map((bucket) =>
-            this.#redis.hkeys(keys.inflightBucket(aggregateType, Number(bucket))),
-          ),
-        );
+        const buckets = inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket)));
+        const inBuckets = creation
+          ? await Promise.all(
+              chunksOf(buckets, BUCKETS_PER_SEARCH).map((chunk) =>
+                this.#redis.outpostInflightMayMatch(
+                  chunk.length + 1,
+                  keys.stream,
+                  ...chunk,
+                  creation.type,
+                  String(creation.version),
+                  creation.needle,
+                ),
+              ),
+            )
+          : await Promise.all(buckets.map((bucket) => this.#redis.hkeys(bucket)));
         // An aggregate is in a bucket and an earlier build's hash while the upgrade folds it in.
         return [...new Set([...earlier, ...inBuckets.flat()])].map((id) => ({
           id,

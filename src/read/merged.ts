@@ -1,10 +1,11 @@
 import type pg from 'pg';
 import { type ListFilter, listRows, replicaRowsWithEvents } from '../db/queries/read.ts';
-import type { AggregateType, Envelope } from '../domain/events.ts';
+import type { AggregateType, Envelope, EventType } from '../domain/events.ts';
 import { type AggregateState, evolve } from '../domain/fold.ts';
 import { partitionOf } from '../domain/ids.ts';
+import { CURRENT_VERSIONS } from '../domain/upcast.ts';
 import type { LogEntry } from '../log/codec.ts';
-import type { EventLog } from '../log/event-log.ts';
+import type { CreationFilter, EventLog } from '../log/event-log.ts';
 
 export type Consistency = {
   source: 'replica' | 'replica+pending' | 'pending';
@@ -140,6 +141,36 @@ export type ListPage = {
   next_cursor: string | null;
 };
 
+/** Fields a creation event sets for good, by the type of the aggregate it creates. */
+const SET_AT_CREATION: Partial<Record<AggregateType, { column: string; creation: EventType }>> = {
+  executed_obs_unit: { column: 'obs_unit_id', creation: 'ExecutedObsUnitStarted' },
+  raw_data_file: { column: 'executed_obs_unit_id', creation: 'RawDataFileRegistered' },
+};
+
+/**
+ * A filter on a field set at creation, as Redis searches the creation events in flight for it:
+ * an aggregate whose creation event lacks the value is left out of the merge, since no later
+ * event can change it. A list by one unit's `obs_unit_id` over 200,000 pending units then merges
+ * the few that hold it, where it merged them all. Other filters (a status changes with later
+ * events) are left to the merge.
+ */
+const creationFilter = (
+  type: AggregateType,
+  filters: readonly ListFilter[],
+): CreationFilter | undefined => {
+  const field = SET_AT_CREATION[type];
+  const filter = field && filters.find((f) => f.column === field.column);
+  return (
+    field &&
+    filter && {
+      type: field.creation,
+      version: CURRENT_VERSIONS[field.creation],
+      // As the event's data was written: JSON.stringify of an object whose field holds the value.
+      needle: `${JSON.stringify(field.column)}:${JSON.stringify(filter.value)}`,
+    }
+  );
+};
+
 /** Aggregates with events in flight merged at a time while a list page fills. */
 const LIST_MERGE_CHUNK = 1000;
 
@@ -151,7 +182,8 @@ const byIdOrder = (a: { id: string }, b: { id: string }) =>
  * aggregates of the type that still have events in flight, filtered after the merge. Those are
  * merged in id order, a chunk at a time, until the page is settled: every item below the next
  * unmerged id is final, so a backlog of 200,000 units costs an unfiltered page one chunk, not
- * 200,000 merges. A filter few of them match still merges them all, a chunk at a time.
+ * 200,000 merges. A filter few of them match merges them all, a chunk at a time, unless it is on
+ * a field set at creation (creationFilter).
  */
 export const listMerged = async (
   deps: ReadDeps,
@@ -162,7 +194,7 @@ export const listMerged = async (
 ): Promise<ListPage> => {
   // The log before the replica, as for one aggregate: what is acknowledged in between is then
   // on the replica's page or merged, never missing from both.
-  const inflight = (await deps.eventLog.inflightAggregateIds(type))
+  const inflight = (await deps.eventLog.inflightAggregateIds(type, creationFilter(type, filters)))
     .filter(({ id }) => after === undefined || id > after)
     .sort(byIdOrder);
   const rows = await listRows(deps.replica, type, filters, after, limit + 1);
