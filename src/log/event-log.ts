@@ -127,10 +127,11 @@ export type Attempt = { at: string; error: string };
 const MAX_EVENTS_PER_CALL = 1000;
 
 /**
- * In-flight index buckets searched per call for a filtered list: a few hundred aggregates, each
- * an XRANGE and a string search, about a millisecond of Redis.
+ * In-flight index buckets searched per call for a filtered list. One: a bucket holds about a
+ * hundred aggregates with 200,000 units pending, each an XRANGE and a string search (≈ 4 µs),
+ * and a call must not hold Redis up for long while a backlog of a million grows its buckets.
  */
-const BUCKETS_PER_SEARCH = 4;
+const BUCKETS_PER_SEARCH = 1;
 
 const chunksOf = <T>(items: readonly T[], size: number): T[][] => {
   const chunks: T[][] = [];
