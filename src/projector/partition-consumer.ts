@@ -63,6 +63,13 @@ type Read = {
 type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
 const BLOCK_MS = 1000;
+
+class LeaseLapsedError extends Error {
+  constructor(partition: number) {
+    super(`partition ${partition}: the lease may have lapsed; filing no dead letter`);
+    this.name = 'LeaseLapsedError';
+  }
+}
 /** Entries of another consumer claimed per XPENDING / XCLAIM round. */
 const STRANDED_PAGE = 1000;
 
@@ -232,6 +239,12 @@ export class PartitionConsumer {
       } catch (err) {
         if (this.#abort.signal.aborted) {
           break;
+        }
+        if (err instanceof LeaseLapsedError) {
+          // Read again once the lease is ours again, or not at all (the loop's first check).
+          logger.warn({ partition: this.#partition }, err.message);
+          this.#rereadFromStart();
+          continue;
         }
         if (err instanceof FencedError) {
           logger.warn(
@@ -435,16 +448,6 @@ export class PartitionConsumer {
         : await this.#deps.eventLog.blocked(this.#partition, [
             ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
-    if ((undecodable.length > 0 || blocked.size > 0) && !this.#deps.leaseValid()) {
-      // Dead-lettering is not fenced as a batch's write is: a process that stalled past its lease
-      // (its page read, its blocked set asked) would file the entries the partition's new owner
-      // holds, perhaps applied by it already, on a block an operator has lifted meanwhile.
-      if (probing) {
-        this.#deps.breaker.releaseProbe();
-      }
-      this.#rereadFromStart();
-      return;
-    }
     const blockedFrom = new Map<string, string>();
     for (const { entry, err } of undecodable) {
       const failed = failedEntryOf(entry);
@@ -768,6 +771,12 @@ export class PartitionConsumer {
   }
 
   async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
+    if (!this.#deps.leaseValid()) {
+      // Dead-lettering is not fenced as a batch's write is: a process that stalled past its
+      // lease since it read the entry would file one the partition's new owner holds, perhaps
+      // applied by it already, on a block or an attempt count an operator has reset meanwhile.
+      throw new LeaseLapsedError(this.#partition);
+    }
     const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
     this.#holding.delete(entry.aggregateId);
     this.#deps.logger.warn(
