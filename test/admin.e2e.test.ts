@@ -644,14 +644,25 @@ void describe('admin and incident tools', () => {
       tooLong.body.error.details.map((d: { path: string }) => d.path),
       ['reason'],
     );
-    const discarded = await h.request(
-      'DELETE',
-      `/admin/dead-letters/${poison.event_id}`,
-      { reason: 'test instrument, not real data' },
-      auth(TOKEN),
-    );
+    const discard = (reason: string) =>
+      h.request(
+        'DELETE',
+        `/admin/dead-letters/${poison.event_id}`,
+        { reason },
+        {
+          ...auth(TOKEN),
+          'idempotency-key': 'discard-1',
+        },
+      );
+    const discarded = await discard('test instrument, not real data');
     assert.equal(discarded.status, 200, discarded.text);
     assert.equal(discarded.body.discarded, true);
+    const repeated = await discard('test instrument, not real data');
+    assert.equal(repeated.headers.get('idempotent-replayed'), 'true');
+    assert.deepEqual(repeated.body, discarded.body);
+    const reworded = await discard(' test instrument, not real data');
+    assert.equal(reworded.status, 409, 'another JSON body, though its reason trims the same');
+    assert.equal(reworded.body.error.code, 'idempotency_key_reused');
     const gone = await h.request(
       'DELETE',
       `/admin/dead-letters/${poison.event_id}?reason=again`,

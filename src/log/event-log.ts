@@ -629,8 +629,8 @@ export class EventLog {
    * Aggregates of a type with unacknowledged events: the fields of its buckets in use (and of an
    * earlier build's one hash). Partitions are asked at once, so on the auto-pipelined connection
    * this is two round trips however many there are. With `creation`, only those that may match a
-   * filter on a field their creation event sets (see inflight-may-match.lua), searched in Redis a
-   * few buckets a call.
+   * filter on a field their creation event sets (see inflight-may-match.lua), searched in Redis one
+   * bucket a call.
    */
   async inflightAggregateIds(
     aggregateType: string,

@@ -103,8 +103,11 @@ export class StatusSource {
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
     // Applied events that the replica does not replay, or that cannot be acknowledged, stay
-    // pending however well the projector runs: the log grows until someone looks.
-    const acknowledging = lag.reason === null && this.#deps.acker?.lastError === undefined;
+    // pending however well the projector runs: the log grows until someone looks. A replica held
+    // back while nothing waits for it (paused on purpose on an idle site) keeps nothing pending.
+    const acknowledging =
+      (lag.reason === null || totals.awaitingReplica === 0) &&
+      this.#deps.acker?.lastError === undefined;
     const status =
       !redisUp || full || writeError
         ? 'unhealthy'

@@ -185,11 +185,11 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     if (fromQuery !== undefined) {
       await checkUnreadBody(c, deps.config.maxBodyBytes);
     }
-    const reason =
-      fromQuery ??
-      (hasBody(c)
-        ? (await readJson(c, DiscardBody, deps.config.maxBodyBytes)).value.reason
-        : undefined);
+    const body =
+      fromQuery === undefined && hasBody(c)
+        ? await readJson(c, DiscardBody, deps.config.maxBodyBytes)
+        : undefined;
+    const reason = fromQuery ?? body?.value.reason;
     if (reason === undefined) {
       // With no reason given at all, an id that names no dead letter is 404, not 400 for the
       // missing reason (DESIGN: unknown id 404). A body that is there but wrong is still 400.
@@ -198,7 +198,9 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
       ]);
     }
-    return onceForKey(c, deps, { reason }, async () => {
+    // The JSON sent, or the query's reason as given: compared as sent, like every keyed request.
+    const sent = body ? body.raw : { reason: c.req.query('reason') };
+    return onceForKey(c, deps, sent, async () => {
       const dead = await deadLetterOf(id);
       const auditId = await deps.deadLetters.discard(dead, reason, 'admin-api');
       if (!auditId) {

@@ -13,7 +13,7 @@
 --   KEYS[k + 1 + n + i] event index bucket of event i
 --   KEYS[k + 1 + 2n + i] the in-use buckets of event i's in-flight index
 --   KEYS[k + 2 + 3n] the guarded request's run record (its entry ids, kept a minute)
--- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl},
+-- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl,run_ttl},
 --               events:[{fields,event_id,aggregate_id,aggregate_type,type}]}]
 -- ARGV[2] live stream max length  ARGV[3] when the events were accepted, ISO-8601  ARGV[4] partition
 -- Answers one reply per request: {'appended', entry ids...} | {'replayed', response} |
