@@ -2108,22 +2108,25 @@ void describe('the local log', () => {
         'event_id',
         'written a field per property',
       );
-      // A spilled aggregate: many events, its creation first.
+      // Spilled aggregates (many events, their creation first), one of each kind.
       const spilled = file(unitOf(2));
-      await appendAll(
-        spilled,
-        ...Array.from(
-          { length: 8 },
-          () => ({ ...spilled, event_id: newIdInPartition(partition, 4) }) as Envelope,
-        ),
-      );
-      assert.equal(
-        await redis.hget(
-          own.keys(partition).inflight('raw_data_file', spilled.aggregate_id),
-          spilled.aggregate_id,
-        ),
-        'spilled',
-      );
+      const spilledMatching = file(wanted);
+      for (const creation of [spilled, spilledMatching]) {
+        await appendAll(
+          creation,
+          ...Array.from(
+            { length: 8 },
+            () => ({ ...creation, event_id: newIdInPartition(partition, 4) }) as Envelope,
+          ),
+        );
+        assert.equal(
+          await redis.hget(
+            own.keys(partition).inflight('raw_data_file', creation.aggregate_id),
+            creation.aggregate_id,
+          ),
+          'spilled',
+        );
+      }
       const kept = async (type: AggregateType, creation: CreationFilter) =>
         (await own.inflightAggregateIds(type, creation)).map(({ id }) => id).sort();
       assert.deepEqual(
@@ -2132,7 +2135,7 @@ void describe('the local log', () => {
           version: 1,
           needle: `"executed_obs_unit_id":${JSON.stringify(wanted)}`,
         }),
-        [matching, laterUpdate, olderVersion, nested, perProperty]
+        [matching, laterUpdate, olderVersion, nested, perProperty, spilledMatching]
           .map((e) => e.aggregate_id)
           .sort(),
         'other, valueElsewhere and spilled are left out',
