@@ -1943,8 +1943,48 @@ void describe('the local log', () => {
     });
   });
 
-  void describe('a projector that stalled past its lease', () => {
-    void it('files no dead letters on what it read before, which the new owner holds now', async () => {
+  void describe('a partition consumer', () => {
+    /**
+     * Runs a partition consumer of `log` until `until` holds, counting its looks at its lease
+     * (`leaseValid` answers each); nothing it reads is applicable.
+     */
+    const runConsumer = async (
+      log: EventLog,
+      partition: number,
+      options: {
+        leaseValid: (checks: number) => boolean;
+        breaker?: CircuitBreaker;
+        until: (checks: number) => Promise<boolean>;
+      },
+    ) => {
+      let checks = 0;
+      const reader = h.serviceRedis();
+      await reader.connect();
+      const consumer = new PartitionConsumer({
+        apply: () => Promise.reject(new Error('nothing is applicable')),
+        eventLog: log,
+        deadLetters: new DeadLetters(log),
+        reader,
+        lease: { partition, consumer: 'stalled', token: 1 },
+        leaseValid: () => {
+          checks += 1;
+          return options.leaseValid(checks);
+        },
+        breaker: options.breaker ?? new CircuitBreaker({ failureThreshold: 5, coolDownMs: 30_000 }),
+        batchSize: 100,
+        maxAttempts: 5,
+        logger: createLogger('silent'),
+        metrics: createMetrics(),
+      });
+      consumer.start();
+      try {
+        await waitFor(() => options.until(checks), 'the consumer to have gone round its loop');
+      } finally {
+        await consumer.stop();
+      }
+    };
+
+    void it('files no dead letters, past its lease, on what it read before', async () => {
       // A log of its own: the consumer reads every entry of its partition.
       const own = new EventLog(redis, `${h.config.namespace}-stalled`, 2);
       await own.ensureGroups();
@@ -1972,34 +2012,35 @@ void describe('the local log', () => {
         [{ at: new Date().toISOString(), error: 'boom' }],
       );
       // Valid when the loop looks before its reads (its own pending entries, none, then new
-      // ones), lapsed by the time the page of new ones is handled.
-      let leaseChecks = 0;
-      const reader = h.serviceRedis();
-      await reader.connect();
-      const consumer = new PartitionConsumer({
-        apply: () => Promise.reject(new Error('nothing is applicable')),
-        eventLog: own,
-        deadLetters,
-        reader,
-        lease: { partition, consumer: 'stalled', token: 1 },
-        leaseValid: () => {
-          leaseChecks += 1;
-          return leaseChecks <= 2;
-        },
-        breaker: new CircuitBreaker({ failureThreshold: 5, coolDownMs: 30_000 }),
-        batchSize: 100,
-        maxAttempts: 5,
-        logger: createLogger('silent'),
-        metrics: createMetrics(),
+      // ones), lapsed by the time the page of new ones is handled: the new owner holds it now.
+      await runConsumer(own, partition, {
+        leaseValid: (checks) => checks <= 2,
+        until: async (checks) => checks >= 4,
       });
-      consumer.start();
-      try {
-        await waitFor(async () => leaseChecks >= 4, 'the consumer to have handled the page');
-      } finally {
-        await consumer.stop();
-      }
       assert.equal(await deadLetters.get(events[1]?.event_id ?? '', partition), undefined);
       assert.equal(await own.entryIdOfEvent(events[1]?.event_id ?? '', partition), entryIds[1]);
+    });
+
+    void it("reads nothing while another partition's batch holds the breaker's probe", async () => {
+      const own = new EventLog(redis, `${h.config.namespace}-probe`, 1);
+      await own.ensureGroups();
+      const appended = await own.append({
+        partition: 0,
+        events: [fileEvent(newIdInPartition(0, 1), 0)],
+      });
+      assert.ok(appended.kind === 'appended');
+      const breaker = new CircuitBreaker({ failureThreshold: 1, coolDownMs: 1 });
+      breaker.recordFailure();
+      await waitFor(async () => breaker.state === 'half_open', 'the cool-down to end');
+      assert.ok(breaker.tryAcquire(), 'the probe, taken by another partition');
+      // A read would deliver the entry (and each read again restart its idle time).
+      await runConsumer(own, 0, {
+        leaseValid: () => true,
+        breaker,
+        until: async (checks) => checks >= 5,
+      });
+      const [pending] = (await redis.xpending(own.keys(0).stream, CONSUMER_GROUP)) as [number];
+      assert.equal(pending, 0, 'the entry was never delivered');
     });
   });
 

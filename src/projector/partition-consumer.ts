@@ -63,6 +63,8 @@ type Read = {
 type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
 const BLOCK_MS = 1000;
+/** Entries of another consumer claimed per XPENDING / XCLAIM round. */
+const STRANDED_PAGE = 1000;
 
 class LeaseLapsedError extends Error {
   constructor(partition: number) {
@@ -70,8 +72,6 @@ class LeaseLapsedError extends Error {
     this.name = 'LeaseLapsedError';
   }
 }
-/** Entries of another consumer claimed per XPENDING / XCLAIM round. */
-const STRANDED_PAGE = 1000;
 
 /**
  * The consumers other than `me` with entries pending, from an XPENDING summary:
