@@ -2021,6 +2021,19 @@ void describe('the local log', () => {
       assert.equal(await own.entryIdOfEvent(events[1]?.event_id ?? '', partition), entryIds[1]);
     });
 
+    void it('counts no attempt, past its lease, on an entry it read before', async () => {
+      const own = new EventLog(redis, `${h.config.namespace}-stalled-attempt`, 1);
+      await own.ensureGroups();
+      // Nobody can decode it: its first failure counts an attempt and files it at once.
+      const undecodable = (await redis.xadd(own.keys(0).stream, '*', 'nonsense', '1')) as string;
+      await runConsumer(own, 0, {
+        leaseValid: (checks) => checks <= 2,
+        until: async (checks) => checks >= 4,
+      });
+      assert.equal(await redis.hget(own.keys(0).attempts, undecodable), null);
+      assert.equal(await redis.xlen(own.keys(0).deadLetters), 0);
+    });
+
     void it("reads nothing while another partition's batch holds the breaker's probe", async () => {
       const own = new EventLog(redis, `${h.config.namespace}-probe`, 1);
       await own.ensureGroups();

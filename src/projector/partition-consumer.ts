@@ -68,7 +68,9 @@ const STRANDED_PAGE = 1000;
 
 class LeaseLapsedError extends Error {
   constructor(partition: number) {
-    super(`partition ${partition}: the lease may have lapsed; filing no dead letter`);
+    super(
+      `partition ${partition}: the lease may have lapsed; counting no attempt, filing no dead letter`,
+    );
     this.name = 'LeaseLapsedError';
   }
 }
@@ -750,6 +752,7 @@ export class PartitionConsumer {
   }
 
   async #fail(entry: FailedEntry, error: Error) {
+    this.#requireLease();
     const { eventLog, maxAttempts, logger } = this.#deps;
     this.#deps.onFailure?.();
     const history = await eventLog.recordAttempt(this.#partition, entry.entryId, error.message);
@@ -770,13 +773,20 @@ export class PartitionConsumer {
     this.#scheduleReread();
   }
 
-  async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
+  /**
+   * Counting an attempt and dead-lettering are not fenced as a batch's write is: a process that
+   * stalled past its lease since it read the entry would count against, or file, one the
+   * partition's new owner holds, perhaps applied by it already, on a block or an attempt count an
+   * operator has reset meanwhile.
+   */
+  #requireLease(): void {
     if (!this.#deps.leaseValid()) {
-      // Dead-lettering is not fenced as a batch's write is: a process that stalled past its
-      // lease since it read the entry would file one the partition's new owner holds, perhaps
-      // applied by it already, on a block or an attempt count an operator has reset meanwhile.
       throw new LeaseLapsedError(this.#partition);
     }
+  }
+
+  async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
+    this.#requireLease();
     const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
     this.#holding.delete(entry.aggregateId);
     this.#deps.logger.warn(
