@@ -8,6 +8,14 @@ import { streamEventIds } from './harness/audit.ts';
 import { Harness, type HttpResult, waitFor } from './harness/harness.ts';
 
 const start = { obs_unit_id: 'ou-input', instrument: 'nirspec' };
+/** A valid file of a registration; `extra` changes or adds fields. */
+const fileRow = (path: string, extra: Record<string, unknown> = {}) => ({
+  path,
+  size_bytes: 1,
+  checksum: 'ab'.repeat(8),
+  checksum_algorithm: 'xxh64',
+  ...extra,
+});
 
 void describe('HTTP input', () => {
   let h: Harness;
@@ -262,16 +270,7 @@ void describe('HTTP input', () => {
         () =>
           h.post('/raw_data_files', {
             executed_obs_unit_id: unitId,
-            files: [
-              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
-              {
-                path: '/b',
-                size_bytes: 1,
-                checksum: 'ab'.repeat(8),
-                checksum_algorithm: 'xxh64',
-                sizeBytes: 1,
-              },
-            ],
+            files: [fileRow('/a'), fileRow('/b', { sizeBytes: 1 })],
           }),
         400,
         'validation_failed',
@@ -289,10 +288,7 @@ void describe('HTTP input', () => {
         () =>
           h.post('/raw_data_files', {
             executed_obs_unit_id: unitId,
-            files: [
-              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
-              { path: '/b', size_bytes: -1, checksum: 'ab'.repeat(8), checksum_algorithm: 'md5' },
-            ],
+            files: [fileRow('/a'), fileRow('/b', { size_bytes: -1, checksum_algorithm: 'md5' })],
           }),
         400,
         'validation_failed',
@@ -556,9 +552,7 @@ void describe('HTTP input', () => {
         () =>
           h.post('/raw_data_files', {
             executed_obs_unit_id: unknown,
-            files: [
-              { path: '/a', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
-            ],
+            files: [fileRow('/a')],
           }),
         404,
         'not_found',

@@ -126,13 +126,6 @@ export type Attempt = { at: string; error: string };
  */
 const MAX_EVENTS_PER_CALL = 1000;
 
-/**
- * In-flight index buckets searched per call for a filtered list. One: a bucket holds about a
- * hundred aggregates with 200,000 units pending, each an XRANGE and a string search (≈ 4 µs),
- * and a call must not hold Redis up for long while a backlog of a million grows its buckets.
- */
-const BUCKETS_PER_SEARCH = 1;
-
 const chunksOf = <T>(items: readonly T[], size: number): T[][] => {
   const chunks: T[][] = [];
   for (let i = 0; i < items.length; i += size) {
@@ -645,20 +638,23 @@ export class EventLog {
           this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
         ]);
         const buckets = inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket)));
-        const inBuckets = creation
-          ? await Promise.all(
-              chunksOf(buckets, BUCKETS_PER_SEARCH).map((chunk) =>
-                this.#redis.outpostInflightMayMatch(
-                  chunk.length + 1,
+        // A filtered list's search takes one bucket a call: about a hundred aggregates with
+        // 200,000 units pending, each an XRANGE and a string search (≈ 4 µs), so a call does not
+        // hold Redis up for long even while a backlog of a million grows the buckets.
+        const inBuckets = await Promise.all(
+          buckets.map((bucket) =>
+            creation
+              ? this.#redis.outpostInflightMayMatch(
+                  2,
                   keys.stream,
-                  ...chunk,
+                  bucket,
                   creation.type,
                   String(creation.version),
                   creation.needle,
-                ),
-              ),
-            )
-          : await Promise.all(buckets.map((bucket) => this.#redis.hkeys(bucket)));
+                )
+              : this.#redis.hkeys(bucket),
+          ),
+        );
         // An aggregate is in a bucket and an earlier build's hash while the upgrade folds it in.
         return [...new Set([...earlier, ...inBuckets.flat()])].map((id) => ({
           id,
