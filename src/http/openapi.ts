@@ -141,7 +141,7 @@ const UNIT_ID = '0195f2a4-7c1e-7b3a-9d2e-5a1c3e4f0b10';
 const FILE_IDS = ['0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f10', '0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f20'];
 
 const ENTRY_OR_TIME =
-  '`^\\d+(-\\d+)?$` is a stream entry id; anything else must be an ISO-8601 time';
+  '`^\\d+(-\\d+)?$` is a stream entry id; anything else must be an ISO-8601 time, read as UTC unless it names an offset';
 
 /** Dead letters are named by their event id, or, for an entry without one, by its entry id. */
 const DEAD_LETTER_ID: OperationSpec['pathId'] = {

@@ -34,12 +34,30 @@ export class ReplayBoundError extends Error {
   }
 }
 
-/** `from`/`to` as the API and CLI take them: an entry id, or an ISO-8601 time (DESIGN §6). */
+/**
+ * A date and time without an offset. JavaScript reads it in the local time zone of the host that
+ * parses it: an operator's shell in UTC-3 would start a replay three hours late, and its dry run
+ * would report nothing lost. Entry ids count UTC milliseconds, so it is read as UTC.
+ */
+const WITHOUT_OFFSET = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$/;
+
+const boundTimeMs = (text: string): number => {
+  const withoutOffset = WITHOUT_OFFSET.exec(text);
+  if (withoutOffset) {
+    return Date.parse(`${withoutOffset[1]}T${withoutOffset[2]}Z`);
+  }
+  return /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
+};
+
+/**
+ * `from`/`to` as the API and CLI take them: an entry id, or an ISO-8601 time (DESIGN §6), in UTC
+ * unless it names an offset.
+ */
 export const replayBound = (text: string, end: 'from' | 'to' = 'from'): string => {
   if (isStreamEntryId(text)) {
     return text;
   }
-  const ms = /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
+  const ms = boundTimeMs(text);
   if (Number.isNaN(ms)) {
     throw new ReplayBoundError(text);
   }

@@ -1,0 +1,56 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { ReplayBoundError, replayBound } from './replay.ts';
+
+void describe('replay bounds', () => {
+  // The operator's shell may run in any zone; the bound must not move with it.
+  const zone = process.env.TZ;
+  before(() => {
+    process.env.TZ = 'America/Santiago';
+  });
+  after(() => {
+    if (zone === undefined) {
+      delete process.env.TZ;
+    } else {
+      process.env.TZ = zone;
+    }
+  });
+
+  void it('takes entry ids as they are', () => {
+    assert.equal(replayBound('1700000000000-3'), '1700000000000-3');
+    assert.equal(replayBound('1700000000000', 'to'), '1700000000000');
+  });
+
+  void it('reads a time without an offset as UTC, whatever the local zone', () => {
+    // Checks that the zone took effect, so the assertions below would catch a local reading.
+    assert.notEqual(new Date(2026, 11, 5, 2).getTime(), Date.UTC(2026, 11, 5, 2));
+    const expected = `${Date.UTC(2026, 11, 5, 2, 0)}-0`;
+    assert.equal(replayBound('2026-12-05T02:00'), expected);
+    assert.equal(replayBound('2026-12-05 02:00'), expected);
+    assert.equal(replayBound('2026-12-05T02:00:00'), expected);
+    assert.equal(
+      replayBound('2026-12-05T02:00:00.250'),
+      `${Date.UTC(2026, 11, 5, 2, 0, 0, 250)}-0`,
+    );
+    assert.equal(replayBound('2026-12-05'), `${Date.UTC(2026, 11, 5)}-0`);
+  });
+
+  void it('honours an offset or Z when the time names one', () => {
+    assert.equal(replayBound('2026-12-05T02:00Z'), `${Date.UTC(2026, 11, 5, 2)}-0`);
+    assert.equal(replayBound('2026-12-05T02:00:00+01:00'), `${Date.UTC(2026, 11, 5, 1)}-0`);
+    assert.equal(replayBound('2026-12-05T02:00:00-0300'), `${Date.UTC(2026, 11, 5, 5)}-0`);
+  });
+
+  void it('takes in the whole last millisecond of a time as an end', () => {
+    assert.equal(
+      replayBound('2026-12-05T02:00:00.250', 'to'),
+      String(Date.UTC(2026, 11, 5, 2, 0, 0, 250)),
+    );
+  });
+
+  void it('refuses what is neither an entry id nor an ISO-8601 time', () => {
+    for (const text of ['yesterday', '', '12/05/2026', '2026-13-45T99:00', 'T02:00']) {
+      assert.throws(() => replayBound(text), ReplayBoundError, text);
+    }
+  });
+});
