@@ -7,7 +7,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import type { Envelope } from '../src/domain/events.ts';
-import { newIdInPartition } from '../src/domain/ids.ts';
+import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
@@ -420,6 +420,47 @@ void describe('recovery', () => {
       ]);
       assert.equal(cli.code, 0, cli.stderr);
       assert.equal(JSON.parse(cli.stdout).scanned, inIt.length, cli.stdout);
+    });
+
+    void it('waits out a database connection lost while a replay waits for the projector', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', {
+          obs_unit_id: 'lost-link',
+          instrument: 'nirspec',
+        })
+      ).body;
+      await waitForAllAcknowledged(h);
+      await forget(h, [unit.id]);
+      const [service] = h.services;
+      assert.ok(service);
+      await h.stopService(service);
+      // Nothing projects, so the replay appends the lost event and then waits, asking the main
+      // database every 200 ms on a pooled connection that sits idle in between.
+      const replaying = runCli(h, ['replay', '--from', '0', '--json']);
+      const idleCliSessions = () =>
+        h.mainRows<{ pid: number }>(
+          "SELECT pid FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
+        );
+      const partition = partitionOf(unit.id, h.config.partitions);
+      await waitFor(
+        async () => (await eventLogOf(h).unacknowledged([unit.event_id], partition))[0] === true,
+        'the replay to append the lost event',
+      );
+      await waitFor(async () => (await idleCliSessions()).length > 0, 'an idle replay session');
+      const terminated = await h.mainRows<{ ended: boolean }>(
+        "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
+      );
+      assert.ok(
+        terminated.some((row) => row.ended),
+        'a replay session was ended',
+      );
+      await h.startService();
+      const replayed = await replaying;
+      assert.equal(replayed.code, 0, replayed.stderr);
+      assert.equal(JSON.parse(replayed.stdout).applied, 1, replayed.stdout);
+      assert.doesNotMatch(replayed.stderr, /Unhandled|\n\s+at /);
+      const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = $1', [unit.id]);
+      assert.equal(back.length, 1, 'the lost unit is back');
     });
   });
 

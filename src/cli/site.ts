@@ -73,6 +73,12 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
     max: 2,
     applicationName: 'outpost-cli',
   });
+  // A connection that fails while idle (a database restarted, a session terminated during a
+  // replay's wait) is the pool's to replace on next use; without a listener, Node would end the
+  // command with an unhandled 'error' and a stack instead of its one-line reason.
+  for (const pool of [main, replica]) {
+    pool.on('error', () => undefined);
+  }
   // Without a listener ioredis prints every failed attempt with a stack; the reason is kept for
   // the one line the command fails with.
   let redisError: Error | undefined;

@@ -16,6 +16,9 @@ export const runMigrations = async (
   { lockTimeoutMs = MIGRATION_LOCK_TIMEOUT_MS }: { lockTimeoutMs?: number } = {},
 ): Promise<void> => {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  // A connection lost between statements fails the next one, which says why; unheard, its
+  // 'error' would end the process with a stack instead.
+  client.on('error', () => undefined);
   await client.connect();
   try {
     await client.query('SET client_min_messages = warning');
