@@ -846,6 +846,36 @@ void describe('admin and incident tools', () => {
   });
 });
 
+/** A new instrument configuration's event in `partition`, as the API would have accepted it. */
+const configurationEvent = (h: Harness, partition: number): Envelope => ({
+  event_id: newIdInPartition(partition, h.config.partitions),
+  aggregate_id: newIdInPartition(partition, h.config.partitions),
+  aggregate_type: 'instrument_configuration',
+  type: 'InstrumentConfigurationCreated',
+  version: 1,
+  site: h.config.site,
+  accepted_at: Date.now(),
+  data: { instrument: 'x', configuration: {} },
+});
+
+/** Files `event` as a dead letter of `partition` by hand, as the projector would, blocking its aggregate. */
+const fileDeadLetter = async (h: Harness, partition: number, event: Envelope, deadId: string) => {
+  const keys = eventLogOf(h).keys(partition);
+  await h.redis.xadd(
+    keys.deadLetters,
+    deadId,
+    ...encodeEntryFields(event),
+    'original_entry_id',
+    deadId,
+    'error',
+    'filed by hand',
+    'attempts',
+    '[]',
+  );
+  await h.redis.hset(keys.deadIndex, event.event_id, deadId);
+  await h.redis.sadd(keys.blockedAggregates, event.aggregate_id);
+};
+
 void describe('dead retry --all', () => {
   let h: Harness;
   before(async () => {
@@ -907,37 +937,11 @@ void describe('dead retry --all', () => {
   });
 
   void it('retries letters of two partitions filed in the same millisecond, each its own', async () => {
-    const log = eventLogOf(h);
     // Dead-letter ids are entry ids of each partition's stream: two can be alike.
     const deadId = `${Date.now() + 60_000}-0`;
-    const events = [0, 1].map(
-      (partition) =>
-        ({
-          event_id: newIdInPartition(partition, h.config.partitions),
-          aggregate_id: newIdInPartition(partition, h.config.partitions),
-          aggregate_type: 'instrument_configuration',
-          type: 'InstrumentConfigurationCreated',
-          version: 1,
-          site: h.config.site,
-          accepted_at: Date.now(),
-          data: { instrument: 'x', configuration: {} },
-        }) as Envelope,
-    );
+    const events = [0, 1].map((partition) => configurationEvent(h, partition));
     for (const [partition, event] of events.entries()) {
-      const keys = log.keys(partition);
-      await h.redis.xadd(
-        keys.deadLetters,
-        deadId,
-        ...encodeEntryFields(event),
-        'original_entry_id',
-        deadId,
-        'error',
-        'filed by hand',
-        'attempts',
-        '[]',
-      );
-      await h.redis.hset(keys.deadIndex, event.event_id, deadId);
-      await h.redis.sadd(keys.blockedAggregates, event.aggregate_id);
+      await fileDeadLetter(h, partition, event, deadId);
     }
     const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
     const rows = (
@@ -949,6 +953,68 @@ void describe('dead retry --all', () => {
       cli.stdout,
     );
     assert.notEqual(rows[0]?.entry_id, rows[1]?.entry_id);
+    for (const event of events) {
+      await waitFor(
+        async () => (await h.get(`/events/${event.event_id}`)).body?.state === 'confirmed',
+        `the letter of partition ${partitionOf(event.aggregate_id, h.config.partitions)} to be applied`,
+      );
+    }
+  });
+
+  void it('reports every letter when a failure stops the run, those retried before it too', async () => {
+    const log = eventLogOf(h);
+    const first = Date.now() + 120_000;
+    const events = [0, 1, 2].map((partition) => configurationEvent(h, partition));
+    for (const [partition, event] of events.entries()) {
+      await fileDeadLetter(h, partition, event, `${first + partition}-0`);
+    }
+    // The second letter's in-flight bucket holds a string: Redis refuses its retry (WRONGTYPE)
+    // before writing anything, as it would refuse every retry once out of memory.
+    const [, broken] = events;
+    assert.ok(broken);
+    const bucket = log.keys(1).inflight(broken.aggregate_type, broken.aggregate_id);
+    await h.redis.set(bucket, 'not a hash');
+    try {
+      const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
+      assert.equal(cli.code, 1, cli.stderr);
+      assert.match(
+        cli.stderr,
+        new RegExp(
+          `^outpost: retry --all stopped at dead letter ${broken.event_id}: .*WRONGTYPE`,
+          'm',
+        ),
+      );
+      const rows = JSON.parse(cli.stdout).items as {
+        id: string;
+        retried: boolean;
+        why_not?: string;
+      }[];
+      assert.deepEqual(
+        events.map((e) => {
+          const row = rows.find((r) => r.id === e.event_id);
+          return {
+            retried: row?.retried,
+            why_not: row?.why_not?.replace(/WRONGTYPE.*/, 'WRONGTYPE'),
+          };
+        }),
+        [
+          { retried: true, why_not: undefined },
+          { retried: false, why_not: 'failed: WRONGTYPE' },
+          { retried: false, why_not: `not tried: the run stopped at ${broken.event_id}` },
+        ],
+        cli.stdout,
+      );
+    } finally {
+      await h.redis.del(bucket);
+    }
+    // Run again, it puts back the rest (the first test's undecodable entry stays, as there).
+    const rest = await runCli(h, ['dead', 'retry', '--all', '--json']);
+    const restRows = JSON.parse(rest.stdout).items as { id: string; retried: boolean }[];
+    assert.deepEqual(
+      events.slice(1).map((e) => restRows.find((r) => r.id === e.event_id)?.retried),
+      [true, true],
+      rest.stdout,
+    );
     for (const event of events) {
       await waitFor(
         async () => (await h.get(`/events/${event.event_id}`)).body?.state === 'confirmed',

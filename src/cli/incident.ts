@@ -12,7 +12,7 @@ import {
 import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { CliError, print, table, wholeNumberFlag } from './output.ts';
+import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
 import { withSite } from './site.ts';
 
 export type IncidentFlags = {
@@ -300,7 +300,20 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         const retried = new Map<string, string>();
         const keyOf = (partition: number, deadId: string) => `${partition}:${deadId}`;
         const reads: LetterReads = new Map();
+        // A failure no letter explains (Redis out of memory or gone) stops a run of --all; the
+        // report still lists every letter, so the operator sees which went back before it.
+        let stoppedBy: { id: string; err: unknown } | undefined;
         for (const letter of letters) {
+          if (stoppedBy) {
+            results.push({
+              id: letter.id,
+              partition: letter.partition,
+              entry_id: null,
+              retried: false,
+              why_not: `not tried: the run stopped at ${stoppedBy.id}`,
+            });
+            continue;
+          }
           const earlier = retried.get(keyOf(letter.partition, letter.dead_letter_id));
           const outcome = await (earlier === undefined
             ? site.deadLetters.retryAggregate(letter, reads).then((ids) => {
@@ -322,7 +335,11 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
                 return { entryId: undefined, why: err.whyNot };
               }
               if (!(err instanceof UndecodableEntryError)) {
-                throw err;
+                if (!flags.all) {
+                  throw err;
+                }
+                stoppedBy = { id: letter.id, err };
+                return { entryId: undefined, why: `failed: ${reasonOf(err)}` };
               }
               if (!flags.all) {
                 throw new CliError(
@@ -341,6 +358,13 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           });
         }
         print(flags.json ? JSON.stringify({ items: results }) : table(results));
+        if (stoppedBy) {
+          throw new CliError(
+            `retry --all stopped at dead letter ${stoppedBy.id}: ${reasonOf(stoppedBy.err)}; ${
+              results.filter((r) => r.retried).length
+            } of ${results.length} dead letter(s) were retried before it (see the report)`,
+          );
+        }
         if (!flags.all && results[0]?.retried === false) {
           throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? 'gone'}`);
         }
