@@ -116,16 +116,20 @@ void describe('live event feed', () => {
     const plain = await fetch(`${b.url}/events/live/ws`);
     assert.equal(plain.status, 426);
     const received: { id: string; message: { event_id: string; state: string } }[] = [];
-    const open = (since?: string) => {
-      const query = since ? `?since=${since}` : '';
+    const open = (query: string) => {
       const ws = new WebSocket(`ws://127.0.0.1:${b.port}/events/live/ws${query}`);
       ws.on('message', (data) => received.push(JSON.parse(String(data))));
       return new Promise<WebSocket>((resolve, reject) => {
         ws.once('open', () => resolve(ws));
+        ws.once('unexpected-response', (_request, response) =>
+          reject(new Error(`answered ${response.statusCode} instead of opening`)),
+        );
         ws.once('error', reject);
       });
     };
-    const ws = await open();
+    await assert.rejects(open('?state=bogus'), /answered 400/);
+    // Parameters left empty are ones not given, as everywhere else in the API (this was a 500).
+    const ws = await open('?state=&since=&aggregate_id=&aggregate_type=');
     const { event_id } = await writeThroughB('websocket');
     await waitFor(
       () => received.filter((r) => r.message.event_id === event_id).length === 3,
@@ -138,7 +142,7 @@ void describe('live event feed', () => {
     const accepted = received.find((r) => r.message.event_id === event_id);
     ws.close();
     received.length = 0;
-    const again = await open(accepted?.id);
+    const again = await open(`?since=${accepted?.id}`);
     await waitFor(
       () => received.filter((r) => r.message.event_id === event_id).length === 2,
       'the two later states replayed',

@@ -137,7 +137,7 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
     },
     upgradeWebSocket(
       (c) => {
-        const query = LiveQuery.parse(c.req.query());
+        const query = readQuery(c, LiveQuery);
         const logger = requestLogger(c);
         const authorized = stillAuthorized(c);
         return {
