@@ -101,6 +101,17 @@ void describe('HTTP input', () => {
       }
     });
 
+    void it('answers a retry whose path is percent-encoded as the first attempt, appending nothing', async () => {
+      const key = { 'Idempotency-Key': `encoded-${randomUUID()}` };
+      const first = await h.post('/executed_obs_units/start', start, key);
+      assert.equal(first.status, 201, first.text);
+      const before = await streamEventIds(h);
+      const again = await h.post('/executed_obs_units/st%61rt', start, key);
+      assert.equal(again.status, 201, again.text);
+      assert.deepEqual(again.body, first.body);
+      assert.deepEqual(await streamEventIds(h), before, 'no second unit');
+    });
+
     void it('refuses the same key with a different body with 409 idempotency_key_reused', async () => {
       const key = { 'Idempotency-Key': `key-${randomUUID()}` };
       assert.equal((await h.post('/executed_obs_units/start', start, key)).status, 201);
@@ -127,6 +138,15 @@ void describe('HTTP input', () => {
       );
       assert.equal(upper.status, 202, upper.text);
       assert.deepEqual(upper.body, first.body);
+      // Percent-encoded unreserved characters name the same path too (RFC 3986 §6.2.2.2): the
+      // router decodes them, so the key's scope must (this was a 409 for a replayed finish).
+      const encoded = await h.post(
+        `/executed_obs_units/${unit.replaceAll('-', '%2D')}/fin%69sh`,
+        { status: 'success' },
+        key,
+      );
+      assert.equal(encoded.status, 202, encoded.text);
+      assert.deepEqual(encoded.body, first.body);
       await appendsNothing(
         () => h.post(`/executed_obs_units/${unit}/finish`, { status: 'success' }),
         409,

@@ -33,8 +33,10 @@ export const idempotencyScope = (c: Context): string | undefined => {
     );
   }
   // Routes are lower case and ids are taken in either case: a retry that spells the id in the
-  // other case names the same resource, and must meet its first attempt.
-  return `${c.req.method} ${new URL(c.req.url).pathname.toLowerCase()} ${key}`;
+  // other case names the same resource, and must meet its first attempt. The path as the router
+  // read it, percent-encoded unreserved characters decoded: `/executed_obs_units/st%61rt` is the
+  // route it reached.
+  return `${c.req.method} ${c.req.path.toLowerCase()} ${key}`;
 };
 
 /**
