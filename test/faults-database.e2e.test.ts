@@ -495,6 +495,22 @@ void describe('database faults under load', () => {
       const replayed = await h.request('POST', '/admin/replay', { from: '0' }, admin);
       assert.equal(replayed.status, 503, replayed.text);
       assert.match(replayed.body.error.message, /^the local log is full/);
+      // The CLI's replay and retries too: Redis itself would let them take the drain's reserve.
+      for (const args of [
+        ['replay', '--from', '0'],
+        ['dead', 'retry', '--all'],
+      ]) {
+        const cli = await runCli(h, args);
+        assert.equal(cli.code, 1, `${args.join(' ')}: ${cli.stderr}`);
+        assert.match(
+          cli.stderr,
+          /^outpost: the local log is full: Redis .*maxmemory/,
+          args.join(' '),
+        );
+      }
+      const dryRun = await runCli(h, ['replay', '--from', '0', '--dry-run', '--json']);
+      // A dry run adds nothing: it goes on, to the main database, which is away here.
+      assert.match(dryRun.stderr, /^outpost: cannot reach the main database/m, dryRun.stderr);
       assert.ok((await scrapeMetric(h.url, 'outpost_log_memory_used_ratio')) >= 1 - DRAIN_RESERVE);
 
       // Past maxmemory now (a limit lowered by hand, a burst that took the reserve): Redis refuses

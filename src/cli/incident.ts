@@ -13,7 +13,7 @@ import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
-import { withSite } from './site.ts';
+import { requireLogRoom, withSite } from './site.ts';
 
 export type IncidentFlags = {
   json: boolean;
@@ -287,6 +287,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         return;
       }
       case 'retry': {
+        await requireLogRoom(site);
         // Oldest first: the events of one aggregate go back in the order they were accepted.
         const letters = flags.all
           ? (await allDeadLetters(site)).sort((a, b) =>

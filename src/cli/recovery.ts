@@ -2,7 +2,7 @@ import { loadConfig } from '../config.ts';
 import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
 import { ReplayBoundError, replay, replayBound } from '../ops/replay.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
-import { withSite } from './site.ts';
+import { requireLogRoom, withSite } from './site.ts';
 
 export type RecoveryFlags = {
   json: boolean;
@@ -47,6 +47,9 @@ export const replayCommand = (flags: RecoveryFlags) => {
     below: loadConfig().partitions,
   });
   return withSite(async (site) => {
+    if (flags['dry-run'] !== true) {
+      await requireLogRoom(site);
+    }
     const report_ = progress(flags.json);
     const report = await replay(
       { eventLog: site.eventLog, main: site.main },

@@ -2,11 +2,12 @@ import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
+import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
-import { reasonOf } from './output.ts';
+import { CliError, reasonOf } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
 export type Site = {
@@ -121,5 +122,16 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
   } finally {
     redis.disconnect();
     await Promise.all([main.end(), replica.end()]);
+  }
+};
+
+/**
+ * Refuses, as the API does, what would add events to a log that has no room left but the
+ * backlog's to drain: Redis itself refuses only at its maxmemory, past the reserve.
+ */
+export const requireLogRoom = async (site: Site): Promise<void> => {
+  const memory = await readLogMemory(site.redis);
+  if (isLogFull(memory)) {
+    throw new CliError(logFullReason(memory));
   }
 };
