@@ -732,6 +732,41 @@ void describe('admin and incident tools', () => {
     assert.equal(unknown.status, 404);
   });
 
+  void it('says degraded, with the buffer unknown, when /health cannot read the buffer', async () => {
+    const before = (await h.get('/health')).body;
+    assert.notEqual(before.status, 'unhealthy', JSON.stringify(before));
+    assert.equal(typeof before.transaction_buffer.size, 'number');
+    // A partition's dead letters that are not a stream: Redis answers WRONGTYPE to the buffer's
+    // read while it takes writes as ever.
+    const partitions = eventLogOf(h).allKeys();
+    const free = [];
+    for (const keys of partitions) {
+      if ((await h.redis.exists(keys.deadLetters)) === 0) {
+        free.push(keys.deadLetters);
+      }
+    }
+    const [deadLetters] = free;
+    assert.ok(deadLetters, 'a partition without dead letters');
+    await h.redis.set(deadLetters, 'not a stream');
+    try {
+      const health = await h.get('/health');
+      assert.equal(health.status, 200, 'writes are still accepted');
+      assert.equal(health.body.status, 'degraded', health.text);
+      assert.equal(health.body.redis, 'connected');
+      assert.deepEqual(
+        {
+          size: health.body.transaction_buffer.size,
+          failed: health.body.transaction_buffer.failed,
+          oldest_pending_seconds: health.body.transaction_buffer.oldest_pending_seconds,
+        },
+        { size: null, failed: null, oldest_pending_seconds: null },
+      );
+    } finally {
+      await h.redis.del(deadLetters);
+    }
+    assert.equal((await h.get('/health')).body.status, before.status);
+  });
+
   void it('shows what waits and why: projection or replica, with the replica position', async () => {
     await h.pauseReplay();
     try {

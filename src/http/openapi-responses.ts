@@ -186,9 +186,12 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
     replica: connection,
     redis: connection,
     transaction_buffer: object({
-      size: count,
-      failed: count,
-      oldest_pending_seconds: seconds,
+      size: nullable({ ...count, description: 'null when the buffer could not be read' }),
+      failed: nullable({ ...count, description: 'null when the buffer could not be read' }),
+      oldest_pending_seconds: nullable({
+        ...seconds,
+        description: 'null when the buffer could not be read',
+      }),
       full: {
         type: 'boolean',
         description:

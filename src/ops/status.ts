@@ -108,10 +108,13 @@ export class StatusSource {
     const acknowledging =
       (lag.reason === null || totals.awaitingReplica === 0) &&
       this.#deps.acker?.lastError === undefined;
+    // A buffer that could not be read (too slow to answer, a key of the wrong type) is unknown,
+    // not empty: zeros would say nothing waits, and let the site look healthy.
+    const bufferRead = buffers !== undefined;
     const status =
       !redisUp || full || writeError
         ? 'unhealthy'
-        : databaseUp && replicaUp && processor?.status !== 'failing' && acknowledging
+        : databaseUp && replicaUp && bufferRead && processor?.status !== 'failing' && acknowledging
           ? 'healthy'
           : 'degraded';
     return {
@@ -122,9 +125,9 @@ export class StatusSource {
       replica: replicaUp ? 'connected' : 'disconnected',
       redis: redisUp ? 'connected' : 'disconnected',
       transaction_buffer: {
-        size: totals.pending,
-        failed: totals.deadLetters,
-        oldest_pending_seconds: round(totals.oldestPendingSeconds),
+        size: bufferRead ? totals.pending : null,
+        failed: bufferRead ? totals.deadLetters : null,
+        oldest_pending_seconds: bufferRead ? round(totals.oldestPendingSeconds) : null,
         full,
         memory_used_bytes: memory?.usedBytes ?? null,
         memory_limit_bytes: memory?.maxBytes || null,
