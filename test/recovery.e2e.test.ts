@@ -436,7 +436,9 @@ void describe('recovery', () => {
       await h.stopService(service);
       // Nothing projects, so the replay appends the lost event and then waits, asking the main
       // database every 200 ms on a pooled connection that sits idle in between.
-      const replaying = runCli(h, ['replay', '--from', '0', '--json']);
+      // From just before the unit: earlier tests left a dead letter further back.
+      const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
+      const replaying = runCli(h, ['replay', '--from', from, '--json']);
       const idleCliSessions = () =>
         h.mainRows<{ pid: number }>(
           "SELECT pid FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
@@ -459,6 +461,11 @@ void describe('recovery', () => {
       assert.equal(replayed.code, 0, replayed.stderr);
       assert.equal(JSON.parse(replayed.stdout).applied, 1, replayed.stdout);
       assert.doesNotMatch(replayed.stderr, /Unhandled|\n\s+at /);
+      // Nothing projected when it began: the operator was told at once, not left waiting.
+      assert.match(
+        replayed.stderr,
+        /^outpost: no projector holds partitions? .*; the replay waits up to 10 minutes for them$/m,
+      );
       const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = $1', [unit.id]);
       assert.equal(back.length, 1, 'the lost unit is back');
     });

@@ -1,8 +1,10 @@
 import { loadConfig } from '../config.ts';
+import { leaseHoldings } from '../db/queries/leases.ts';
 import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
 import { ReplayBoundError, replay, replayBound } from '../ops/replay.ts';
+import { projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, withSite } from './site.ts';
+import { requireLogRoom, type Site, withSite } from './site.ts';
 
 export type RecoveryFlags = {
   json: boolean;
@@ -29,6 +31,22 @@ const progress = (json: boolean) => {
   };
 };
 
+/**
+ * A replay waits (up to ten minutes) until the projector has applied what it gives back: with no
+ * projector holding a partition it would wait in silence, so the operator is told at once.
+ */
+const warnWithoutProjector = async (site: Site, partition: number | undefined) => {
+  const holdings = await leaseHoldings(site.main).catch(() => undefined);
+  const scope = partition === undefined ? [...Array(site.config.partitions).keys()] : [partition];
+  const held = (p: number) =>
+    holdings?.some((h) => h.partition === p && h.live && h.owner !== null) ?? true;
+  if (holdings !== undefined && !scope.every(held)) {
+    process.stderr.write(
+      `outpost: ${projectorLeasesLine(holdings, site.config.partitions)}; the replay waits up to 10 minutes for them\n`,
+    );
+  }
+};
+
 /** `outpost replay --from ID|TIME [--to] [--partition N] [--dry-run]`. */
 export const replayCommand = (flags: RecoveryFlags) => {
   const { from, to } = flags;
@@ -49,6 +67,7 @@ export const replayCommand = (flags: RecoveryFlags) => {
   return withSite(async (site) => {
     if (flags['dry-run'] !== true) {
       await requireLogRoom(site);
+      await warnWithoutProjector(site, partition);
     }
     const report_ = progress(flags.json);
     const report = await replay(
