@@ -108,6 +108,33 @@ void describe('outpost migrate', () => {
     }
   });
 
+  void it('applies a migration added since to a database migrated up to 0007', async () => {
+    const url = withDatabase(stack.mainUrl, database);
+    await runMigrations(url);
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    const hasInstance = async () =>
+      (
+        await client.query(
+          "SELECT 1 FROM information_schema.columns WHERE table_name = 'projector_members' AND column_name = 'instance'",
+        )
+      ).rows.length === 1;
+    try {
+      // The database as a site migrated while 0007 was the newest left it: 0008 neither applied
+      // nor recorded (under its first journal date, too: it was dated before 0006 and 0007).
+      await client.query('ALTER TABLE projector_members DROP COLUMN instance');
+      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at IN ($1, $2)', [
+        migrationWhen('0008_projector-instance'),
+        1796421052278,
+      ]);
+      assert.equal(await hasInstance(), false);
+      await runMigrations(url);
+      assert.equal(await hasInstance(), true, '0008 applied on upgrade');
+    } finally {
+      await client.end();
+    }
+  });
+
   void it('gives up, saying why, on a table lock it would wait behind, rather than queue writes behind it', async () => {
     const url = withDatabase(stack.mainUrl, database);
     await runMigrations(url);
