@@ -529,6 +529,59 @@ void describe('admin and incident tools', () => {
     assert.equal(discarded.status, 200, discarded.text);
   });
 
+  void it("leaves an event of a type this build does not know out of its unit's reads", async () => {
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'newer-build', instrument: 'x' })
+    ).body;
+    await waitForAllAcknowledged(h);
+    // As a newer build would have appended it before a rollback to this one.
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const archived = {
+      event_id: newIdInPartition(partition, h.config.partitions),
+      aggregate_id: unit.id,
+      aggregate_type: 'executed_obs_unit',
+      type: 'ExecutedObsUnitArchived',
+      version: 1,
+      site: h.config.site,
+      accepted_at: Date.now(),
+      data: {},
+    } as unknown as Envelope;
+    assert.equal((await eventLogOf(h).append({ partition, events: [archived] })).kind, 'appended');
+    const reads = async () =>
+      Promise.all(
+        [
+          `/executed_obs_units/${unit.id}`,
+          `/aggregates/${unit.id}/events`,
+          '/executed_obs_units?obs_unit_id=newer-build',
+        ].map(async (path) => ({ path, ...(await h.get(path)) })),
+      );
+    for (const read of await reads()) {
+      assert.equal(read.status, 200, `${read.path}: ${read.text}`);
+    }
+    await waitFor(
+      async () => (await h.get(`/events/${archived.event_id}`)).body?.state === 'dead',
+      'the projector to dead-letter the entry',
+    );
+    const [unitRead, events, list] = await reads();
+    assert.equal(unitRead?.status, 200, unitRead?.text);
+    assert.equal(unitRead?.body.status, 'running');
+    assert.deepEqual(
+      events?.body.items.map((e: { type: string }) => e.type),
+      ['ExecutedObsUnitStarted'],
+    );
+    assert.deepEqual(
+      list?.body.items.map((u: { id: string }) => u.id),
+      [unit.id],
+    );
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${archived.event_id}`,
+      { reason: 'a newer build wrote it' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+  });
+
   void it('keeps one dead letter for an event appended twice, so its discard unblocks the unit', async () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'twice-dead', instrument: 'x' })

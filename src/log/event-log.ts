@@ -9,7 +9,13 @@ import {
 import { encodeLive, type LiveMessage } from '../live/live-message.ts';
 import { projectPath } from '../paths.ts';
 import { isOutOfMemory, probeWriteRefusal, writeRefusal } from './capacity.ts';
-import { decodeEntry, encodeEntryFields, type LogEntry, type RawEntry } from './codec.ts';
+import {
+  decodeEntry,
+  encodeEntryFields,
+  type LogEntry,
+  type RawEntry,
+  UndecodableEntryError,
+} from './codec.ts';
 import { compareEntryIds } from './entry-id.ts';
 import {
   allPartitionKeys,
@@ -139,6 +145,23 @@ const chunksOf = <T>(items: readonly T[], size: number): T[][] => {
  * version, and the field with its value as JSON.stringify writes them into the event's data.
  */
 export type CreationFilter = { type: string; version: number; needle: string };
+
+/**
+ * An in-flight entry this build can read, or none. One it cannot (an event type or version of a
+ * newer build, after a rollback; data written past the API) is left out, as a pending event that
+ * cannot fold is: the projector dead-letters it, and every read of its aggregate must not be a 500
+ * meanwhile.
+ */
+const decodableEntry = (raw: RawEntry): LogEntry[] => {
+  try {
+    return [decodeEntry(raw)];
+  } catch (err) {
+    if (err instanceof UndecodableEntryError) {
+      return [];
+    }
+    throw err;
+  }
+};
 
 /** Aggregates per in-flight read script: a few milliseconds of Redis at most. */
 const INFLIGHT_READ_CHUNK = 256;
@@ -610,7 +633,7 @@ export class EventLog {
       }),
     );
     return replies.flat().map((raw) => {
-      const entries = raw.map(decodeEntry);
+      const entries = raw.flatMap(decodableEntry);
       // In stream order, whichever index each came from.
       return entries.length > 1
         ? entries.sort((a, b) => compareEntryIds(a.entryId, b.entryId))
