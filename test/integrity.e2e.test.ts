@@ -3,7 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
-import { CRON_JOB } from '../src/db/queries/integrity.ts';
+import { CRON_JOB, scheduleCronJob } from '../src/db/queries/integrity.ts';
 import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
 import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
 import { createLogger } from '../src/observability/logger.ts';
@@ -11,6 +11,7 @@ import { waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, testStack, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
+import { BlackholeProxy } from './harness/proxy.ts';
 import { withDatabase } from './harness/services.ts';
 
 const auth = { authorization: 'Bearer test-admin-token' };
@@ -577,6 +578,50 @@ void describe('pg_cron', () => {
       [since],
     );
     assert.ok(snapshots.rows.length >= 1, 'the snapshot time moved');
+  });
+
+  void it('finds pg_cron once the main database answers, when it could not tell at start', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    await scheduleCronJob(client, '*/30 * * * *');
+    // The site's link down as the process starts: nothing reaches the main database.
+    const proxy = await BlackholeProxy.start(stack.mainPort);
+    proxy.blackhole();
+    const viaProxy = new URL(url);
+    viaProxy.port = String(proxy.port);
+    const main = new pg.Pool({
+      connectionString: viaProxy.toString(),
+      max: 1,
+      connectionTimeoutMillis: 300,
+    });
+    main.on('error', () => undefined);
+    const scheduler = new IntegrityScheduler({
+      main,
+      mainUrl: viaProxy.toString(),
+      schedule: '0 0 1 1 *',
+      postDeployDelayMs: 3_600_000,
+      projectorHealthy: () => true,
+      logger: silent,
+      detectRetryMs: 200,
+    });
+    try {
+      await scheduler.start();
+      assert.equal(scheduler.mode, 'scheduler', 'refreshing in-process while it cannot tell');
+      proxy.heal();
+      await waitFor(() => scheduler.mode === 'pg_cron', 'the scheduler to find the pg_cron job');
+      const jobs = await client.query<{ schedule: string }>(
+        'SELECT schedule FROM cron.job WHERE jobname = $1',
+        [CRON_JOB],
+      );
+      assert.deepEqual(jobs.rows, [{ schedule: '0 0 1 1 *' }], 'the job given the schedule');
+    } finally {
+      await scheduler.stop();
+      await main.end();
+      await proxy.close();
+    }
   });
 });
 

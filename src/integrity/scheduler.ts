@@ -20,7 +20,11 @@ export type IntegritySchedulerDeps = {
   projectorHealthy: () => boolean;
   logger: Logger;
   onRefreshed?: (snapshot: Snapshot) => void;
+  /** How soon to ask again whether pg_cron runs the job, after the main database did not say. */
+  detectRetryMs?: number;
 };
+
+const DETECT_RETRY_MS = 60_000;
 
 /**
  * Keeps the integrity snapshot fresh. Where pg_cron runs the job, it only makes the job's schedule
@@ -41,29 +45,63 @@ export class IntegrityScheduler {
   }
 
   async start(): Promise<void> {
-    const { main, schedule, logger } = this.deps;
-    try {
-      const job = await cronJob(main);
-      if (job) {
-        if (job.schedule !== schedule) {
-          await scheduleCronJob(main, schedule);
-          logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
-        }
-        this.#mode = 'pg_cron';
-      } else {
-        this.#mode = 'scheduler';
-        this.#running.push(this.#loop());
-      }
-    } catch (err) {
+    const { schedule, logger } = this.deps;
+    const found = await this.#detect();
+    this.#mode = found ?? 'scheduler';
+    const loop = new AbortController();
+    if (this.#mode === 'scheduler') {
+      this.#running.push(this.#loop(loop.signal));
+    }
+    if (found === undefined) {
+      // A site whose link is down at start: refresh in-process meanwhile, and ask again. Deciding
+      // for good here would leave the process refreshing beside pg_cron, under the wrong mode in
+      // /health, with a changed schedule never given to the job.
       logger.warn(
-        { err },
-        'cannot tell whether pg_cron runs the integrity refresh; using the in-process scheduler',
+        'cannot tell whether pg_cron runs the integrity refresh; using the in-process scheduler until the main database says',
       );
-      this.#mode = 'scheduler';
-      this.#running.push(this.#loop());
+      this.#running.push(this.#detectAgain(loop));
     }
     this.#running.push(this.#postDeploy());
     logger.info({ mode: this.#mode, schedule }, 'integrity refresh scheduled');
+  }
+
+  /**
+   * Whether pg_cron runs the job (given the configured schedule if it had another) or this
+   * process must; undefined when the main database did not say.
+   */
+  async #detect(): Promise<IntegrityMode | undefined> {
+    const { main, schedule, logger } = this.deps;
+    try {
+      const job = await cronJob(main);
+      if (!job) {
+        return 'scheduler';
+      }
+      if (job.schedule !== schedule) {
+        await scheduleCronJob(main, schedule);
+        logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
+      }
+      return 'pg_cron';
+    } catch (err) {
+      logger.debug({ err }, 'cannot tell whether pg_cron runs the integrity refresh');
+      return undefined;
+    }
+  }
+
+  /** Asks until the main database says; where pg_cron runs the job, the interim loop stops. */
+  async #detectAgain(interimLoop: AbortController) {
+    const signal = this.#abort.signal;
+    while (!signal.aborted) {
+      await pause(this.deps.detectRetryMs ?? DETECT_RETRY_MS, signal);
+      const found = signal.aborted ? undefined : await this.#detect();
+      if (found !== undefined) {
+        if (found === 'pg_cron') {
+          interimLoop.abort();
+        }
+        this.#mode = found;
+        this.deps.logger.info({ mode: found }, 'integrity refresh mode found');
+        return;
+      }
+    }
   }
 
   async stop(): Promise<void> {
@@ -92,11 +130,12 @@ export class IntegrityScheduler {
     }
   }
 
-  async #loop() {
-    while (!this.#abort.signal.aborted) {
+  async #loop(until: AbortSignal) {
+    const signal = AbortSignal.any([until, this.#abort.signal]);
+    while (!signal.aborted) {
       const at = nextRun(this.deps.schedule, new Date());
-      await pause(Math.max(0, at.getTime() - Date.now()), this.#abort.signal);
-      if (!this.#abort.signal.aborted) {
+      await pause(Math.max(0, at.getTime() - Date.now()), signal);
+      if (!signal.aborted) {
         await this.#refresh('scheduler', false);
       }
     }
