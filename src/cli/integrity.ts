@@ -1,7 +1,6 @@
 import {
-  anomalySamples,
   cronJob,
-  latestSnapshot,
+  integrityReport,
   REFRESH_VISIBLE_WAIT_MS,
   refreshIntegrity,
   runningRefresh,
@@ -39,8 +38,7 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
       case 'status': {
         // The snapshot and the views are read on the replica, which has them too: the anomaly
         // alert may well fire while the link to the main database is down.
-        const snapshot = await latestSnapshot(site.replica);
-        const samples = await anomalySamples(site.replica, 5);
+        const { snapshot, samples } = await integrityReport(site.replica, 5);
         // Only the main database can say whether pg_cron runs the refresh: 'unknown' without it.
         const job = await cronJob(site.main).then(
           (found) => ({ found }),

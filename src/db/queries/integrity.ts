@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
-import { type Queryable, withServerSettings } from '../client.ts';
+import { type Queryable, withConnection, withServerSettings } from '../client.ts';
 import { LinkWatchdog } from '../link-watchdog.ts';
 
 export const CRON_JOB = 'outpost-integrity';
@@ -116,7 +116,7 @@ export const latestSnapshot = async (db: Queryable): Promise<Snapshot | undefine
 };
 
 /** A few offending rows per problem, straight from the views (cheap: they hold only anomalies). */
-export const anomalySamples = async (
+const anomalySamples = async (
   db: Queryable,
   limit: number,
 ): Promise<Record<Problem, unknown[]>> => {
@@ -127,6 +127,20 @@ export const anomalySamples = async (
   }
   return samples;
 };
+
+/**
+ * The latest snapshot and its sample rows, read in one snapshot of the database: a refresh the
+ * replica replays between two separate reads would pair one refresh's counts with another's rows
+ * (`head_mismatch: 0` beside a head_mismatch row).
+ */
+export const integrityReport = (db: pg.Pool, limit: number) =>
+  withConnection(db, async (client) => {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    const snapshot = await latestSnapshot(client);
+    const samples = await anomalySamples(client, limit);
+    await client.query('COMMIT');
+    return { snapshot, samples };
+  });
 
 /** The pg_cron job of this database, if pg_cron runs the refresh here. */
 export const cronJob = async (db: Queryable): Promise<{ schedule: string } | undefined> => {

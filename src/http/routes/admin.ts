@@ -1,8 +1,7 @@
 import type { Context } from 'hono';
 import { z } from 'zod';
 import {
-  anomalySamples,
-  latestSnapshot,
+  integrityReport,
   REFRESH_VISIBLE_WAIT_MS,
   refreshIntegrity,
 } from '../../db/queries/integrity.ts';
@@ -246,8 +245,7 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
   });
 
   app.get('/admin/integrity', async (c) => {
-    const snapshot = await replicaCall(deps, latestSnapshot(deps.replica));
-    const samples = await replicaCall(deps, anomalySamples(deps.replica, 5));
+    const { snapshot, samples } = await replicaCall(deps, integrityReport(deps.replica, 5));
     return c.json({
       refreshed_at: snapshot?.refreshed_at ?? null,
       duration_ms: snapshot?.duration_ms ?? null,
