@@ -16,6 +16,7 @@ import {
 } from '../test/harness/services.ts';
 import {
   backToBack,
+  commandCosts,
   cpuMeter,
   histogramBuckets,
   histogramQuantile,
@@ -248,7 +249,12 @@ const main = async () => {
       await stubbed.stop();
       const ingestSite = await newSite();
       const api = await started(outpost(ingestSite, 'api'));
+      await redis.config('RESETSTAT');
       const outpostResult = await measured(api);
+      const redisByCommand = commandCosts(
+        await redis.info('commandstats'),
+        outpostResult.requests - outpostResult.errors,
+      );
       rssMb = api.peakRssMb();
       outpostRps = outpostResult.rps;
       const outpostFew = await measured(api, FEW_CONNECTIONS);
@@ -275,6 +281,7 @@ const main = async () => {
           xadd: { server: xaddResult.serverCpuUs, redis: xaddResult.redisCpuUs },
           stubbed_append: stubbedResult.serverCpuUs,
           outpost: { api: outpostResult.serverCpuUs, redis: outpostResult.redisCpuUs },
+          outpost_redis_by_command: redisByCommand,
         },
         few_connections: {
           connections: FEW_CONNECTIONS,

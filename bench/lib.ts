@@ -418,3 +418,16 @@ export const backToBack = async (call: () => Promise<unknown>, durationS: number
     max_ms: maxOf(samples),
   };
 };
+
+/**
+ * Redis's own time per request in each command, from `INFO commandstats` after a `CONFIG
+ * RESETSTAT`: µs, largest first, those under 0.05 left out. Commands a script calls are counted
+ * under their own names and again inside the script's (`evalsha`).
+ */
+export const commandCosts = (commandstats: string, requests: number): Record<string, number> => {
+  const costs = [...commandstats.matchAll(/^cmdstat_([\w|]+):calls=\d+,usec=(\d+)/gm)]
+    .map(([, command, usec]) => [command ?? '', Number(usec) / Math.max(1, requests)] as const)
+    .filter(([, us]) => us >= 0.05)
+    .sort((a, b) => b[1] - a[1]);
+  return Object.fromEntries(costs.map(([command, us]) => [command, Math.round(us * 10) / 10]));
+};

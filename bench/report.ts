@@ -51,6 +51,13 @@ export const renderTable = (r: any): string => {
       '',
     ],
     [
+      "ingest: Redis's time per Outpost request by command (µs; evalsha includes the calls its script makes)",
+      r.ingest.cpu_us_per_request?.outpost_redis_by_command
+        ? cpuParts(r.ingest.cpu_us_per_request.outpost_redis_by_command)
+        : 'not measured',
+      '',
+    ],
+    [
       `ingest at ${r.ingest.few_connections?.connections ?? 4} connections, req/s and mean latency (ms): Hono+XADD; Outpost`,
       fewConnections(r.ingest.few_connections),
       '',
