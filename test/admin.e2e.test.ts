@@ -562,6 +562,10 @@ void describe('admin and incident tools', () => {
       async () => (await h.get(`/events/${archived.event_id}`)).body?.state === 'dead',
       'the projector to dead-letter the entry',
     );
+    // Its dead letter could not name its aggregate type, yet it left the unit's in-flight bucket:
+    // a field left behind would hold back any retry of the unit's letters for good.
+    const bucket = eventLogOf(h).keys(partition).inflight('executed_obs_unit', unit.id);
+    assert.equal(await h.redis.hget(bucket, unit.id), null);
     const [unitRead, events, list] = await reads();
     assert.equal(unitRead?.status, 200, unitRead?.text);
     assert.equal(unitRead?.body.status, 'running');

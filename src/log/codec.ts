@@ -117,7 +117,7 @@ export const entryRecord = (fields: readonly string[]): Record<string, string> =
   return record;
 };
 
-const isAggregateType = (value: string): value is AggregateType =>
+export const isAggregateType = (value: string): value is AggregateType =>
   (AGGREGATE_TYPES as readonly string[]).includes(value);
 
 /** An entry's aggregate type: its own field (earlier builds), else its event type's. */

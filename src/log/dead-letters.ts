@@ -1,11 +1,12 @@
 import type { Redis } from 'ioredis';
-import type { Envelope } from '../domain/events.ts';
+import { AGGREGATE_TYPES, type Envelope } from '../domain/events.ts';
 import { isUuid, partitionOf } from '../domain/ids.ts';
 import {
   aggregateTypeOf,
   decodeEntry,
   encodeEntryFields,
   entryRecord,
+  isAggregateType,
   type RawEntry,
   UndecodableEntryError,
 } from './codec.ts';
@@ -207,6 +208,12 @@ export class DeadLetters {
       keys.legacyInflightIndex(entry.aggregateType),
       keys.inflightBucketsInUse(entry.aggregateType),
       ...live.keys,
+      ...(isAggregateType(entry.aggregateType)
+        ? []
+        : AGGREGATE_TYPES.flatMap((type) => [
+            keys.inflight(type, entry.aggregateId),
+            keys.inflightBucketsInUse(type),
+          ])),
     ];
     return this.#redis.outpostDeadLetter(
       allKeys.length,

@@ -13,6 +13,8 @@
 -- KEYS[5] in-flight index bucket  KEYS[6] dead index  KEYS[7] blocked aggregates
 -- KEYS[8] earlier builds' event index  KEYS[9] earlier builds' in-flight index of its type
 -- KEYS[10] its type's in-use in-flight buckets  KEYS[11] live stream  KEYS[12] live listeners
+-- KEYS[13..] for an entry whose aggregate type this build cannot tell: each known type's in-flight
+-- bucket of its aggregate, then that type's in-use buckets
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5] aggregate type
 -- ARGV[6] event type  ARGV[7] live stream max length  ARGV[8] now, ISO-8601  ARGV[9] partition
 -- ARGV[10..] dead-letter fields
@@ -26,6 +28,11 @@ redis.call('HDEL', KEYS[8], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2])
 inflight_remove(KEYS[5], KEYS[10], ARGV[4], ARGV[2])
 inflight_remove(KEYS[9], nil, ARGV[4], ARGV[2])
+-- Its appender (a newer build, say) knew the type and filed it in that type's bucket: left there,
+-- the field would outlive the entry, and a retry of the aggregate's letters would wait for it.
+for i = 13, #KEYS, 2 do
+  inflight_remove(KEYS[i], KEYS[i + 1], ARGV[4], ARGV[2])
+end
 redis.call('HSET', KEYS[6], ARGV[3], dead_id)
 redis.call('SADD', KEYS[7], ARGV[4])
 live_publish(live_context(KEYS[11], KEYS[12], ARGV[7], ARGV[8], ARGV[9]), 'dead', ARGV[3], ARGV[4],
