@@ -1057,9 +1057,36 @@ void describe('dead retry --all', () => {
   void it('reports every letter when a failure stops the run, those retried before it too', async () => {
     const log = eventLogOf(h);
     const first = Date.now() + 120_000;
-    const events = [0, 1, 2].map((partition) => configurationEvent(h, partition));
-    for (const [partition, event] of events.entries()) {
-      await fileDeadLetter(h, partition, event, `${first + partition}-0`);
+    // A unit's start and, filed after the others, its patch: the start's retry puts both back.
+    const unitId = newIdInPartition(0, h.config.partitions);
+    const unitEvent = (type: string, version: number, data: object) =>
+      ({
+        event_id: newIdInPartition(0, h.config.partitions),
+        aggregate_id: unitId,
+        aggregate_type: 'executed_obs_unit',
+        type,
+        version,
+        site: h.config.site,
+        accepted_at: Date.now(),
+        data,
+      }) as unknown as Envelope;
+    const start = unitEvent('ExecutedObsUnitStarted', 2, {
+      obs_unit_id: 'stopped-run',
+      instrument: 'x',
+      start_time: new Date().toISOString(),
+      instrument_configuration_id: null,
+      notes: null,
+      metadata: {},
+    });
+    const patch = unitEvent('ExecutedObsUnitUpdated', 1, { notes: 'after' });
+    const events = [start, configurationEvent(h, 1), configurationEvent(h, 2), patch];
+    for (const [i, event] of events.entries()) {
+      await fileDeadLetter(
+        h,
+        partitionOf(event.aggregate_id, h.config.partitions),
+        event,
+        `${first + i}-0`,
+      );
     }
     // The second letter's in-flight bucket holds a string: Redis refuses its retry (WRONGTYPE)
     // before writing anything, as it would refuse every retry once out of memory.
@@ -1094,9 +1121,12 @@ void describe('dead retry --all', () => {
           { retried: true, why_not: undefined },
           { retried: false, why_not: 'failed: WRONGTYPE' },
           { retried: false, why_not: `not tried: the run stopped at ${broken.event_id}` },
+          // Back in the stream with its unit's start, before the run stopped.
+          { retried: true, why_not: undefined },
         ],
         cli.stdout,
       );
+      assert.match(cli.stderr, /; 2 of \d+ dead letter\(s\) were retried before it/);
     } finally {
       await h.redis.del(bucket);
     }
@@ -1104,7 +1134,7 @@ void describe('dead retry --all', () => {
     const rest = await runCli(h, ['dead', 'retry', '--all', '--json']);
     const restRows = JSON.parse(rest.stdout).items as { id: string; retried: boolean }[];
     assert.deepEqual(
-      events.slice(1).map((e) => restRows.find((r) => r.id === e.event_id)?.retried),
+      events.slice(1, 3).map((e) => restRows.find((r) => r.id === e.event_id)?.retried),
       [true, true],
       rest.stdout,
     );

@@ -305,7 +305,8 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         // report still lists every letter, so the operator sees which went back before it.
         let stoppedBy: { id: string; err: unknown } | undefined;
         for (const letter of letters) {
-          if (stoppedBy) {
+          const earlier = retried.get(keyOf(letter.partition, letter.dead_letter_id));
+          if (stoppedBy && earlier === undefined) {
             results.push({
               id: letter.id,
               partition: letter.partition,
@@ -315,7 +316,6 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
             });
             continue;
           }
-          const earlier = retried.get(keyOf(letter.partition, letter.dead_letter_id));
           const outcome = await (earlier === undefined
             ? site.deadLetters.retryAggregate(letter, reads).then((ids) => {
                 for (const [deadId, entryId] of ids) {
