@@ -546,6 +546,11 @@ void describe('admin and incident tools', () => {
       accepted_at: Date.now(),
       data: {},
     } as unknown as Envelope;
+    // With nothing projecting, so that the reads meet it pending.
+    const [service] = h.services;
+    assert.ok(service);
+    await h.stopService(service);
+    const api = await h.startService('api');
     assert.equal((await eventLogOf(h).append({ partition, events: [archived] })).kind, 'appended');
     const reads = async () =>
       Promise.all(
@@ -553,11 +558,20 @@ void describe('admin and incident tools', () => {
           `/executed_obs_units/${unit.id}`,
           `/aggregates/${unit.id}/events`,
           '/executed_obs_units?obs_unit_id=newer-build',
+          `/events/${archived.event_id}`,
         ].map(async (path) => ({ path, ...(await h.get(path)) })),
       );
-    for (const read of await reads()) {
+    const pending = await reads();
+    for (const read of pending) {
       assert.equal(read.status, 200, `${read.path}: ${read.text}`);
     }
+    // The event itself, by its raw fields, until the projector dead-letters it.
+    const eventRead = pending.at(-1)?.body;
+    assert.equal(eventRead?.state, 'pending', JSON.stringify(eventRead));
+    assert.equal(eventRead?.type, 'ExecutedObsUnitArchived');
+    assert.equal(eventRead?.aggregate_id, unit.id);
+    await h.stopService(api);
+    await h.startService();
     await waitFor(
       async () => (await h.get(`/events/${archived.event_id}`)).body?.state === 'dead',
       'the projector to dead-letter the entry',
@@ -566,7 +580,8 @@ void describe('admin and incident tools', () => {
     // a field left behind would hold back any retry of the unit's letters for good.
     const bucket = eventLogOf(h).keys(partition).inflight('executed_obs_unit', unit.id);
     assert.equal(await h.redis.hget(bucket, unit.id), null);
-    const [unitRead, events, list] = await reads();
+    const [unitRead, events, list, dead] = await reads();
+    assert.equal(dead?.body.state, 'dead', dead?.text);
     assert.equal(unitRead?.status, 200, unitRead?.text);
     assert.equal(unitRead?.body.status, 'running');
     assert.deepEqual(

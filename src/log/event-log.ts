@@ -152,7 +152,7 @@ export type CreationFilter = { type: string; version: number; needle: string };
  * cannot fold is: the projector dead-letters it, and every read of its aggregate must not be a 500
  * meanwhile.
  */
-const decodableEntry = (raw: RawEntry): LogEntry[] => {
+export const decodableEntry = (raw: RawEntry): LogEntry[] => {
   try {
     return [decodeEntry(raw)];
   } catch (err) {
@@ -705,13 +705,14 @@ export class EventLog {
     return entryIds.map((entryId) => entryId !== null);
   }
 
-  async readEntry(entryId: string, partition: number): Promise<LogEntry | undefined> {
+  /** One entry as it lies in the stream, decodable by this build or not. */
+  async readRawEntry(entryId: string, partition: number): Promise<RawEntry | undefined> {
     const found = (await this.#redis.xrange(
       this.keys(partition).stream,
       entryId,
       entryId,
     )) as RawEntry[];
-    return found[0] && decodeEntry(found[0]);
+    return found[0];
   }
 
   /**

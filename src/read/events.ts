@@ -1,10 +1,10 @@
 import type pg from 'pg';
 import { type StoredEvent, storedEvent, storedEventsOf } from '../db/queries/read.ts';
 import { partitionOf } from '../domain/ids.ts';
-import type { LogEntry } from '../log/codec.ts';
+import { aggregateTypeOf, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
-import type { EventLog } from '../log/event-log.ts';
+import { decodableEntry, type EventLog } from '../log/event-log.ts';
 import { pendingOnly } from './merged.ts';
 
 export type EventState = 'pending' | 'applied' | 'confirmed' | 'dead';
@@ -51,6 +51,34 @@ const fromEntry = (
 });
 
 /**
+ * An entry this build cannot decode (a newer build's event type or version, after a rollback),
+ * by its raw fields, as the dead letters show one: the projector dead-letters it soon, and until
+ * then it is pending, not a 500.
+ */
+const fromUndecodable = (
+  [entryId, fields]: RawEntry,
+  partition: number,
+  state: EventState,
+  extra: Partial<EventView>,
+): EventView => {
+  const record = entryRecord(fields);
+  return {
+    event_id: record.event_id ?? '',
+    aggregate_id: record.aggregate_id ?? '',
+    aggregate_type: aggregateTypeOf(record) ?? '',
+    type: record.type ?? '',
+    version: Number(record.v) || 1,
+    partition,
+    entry_id: entryId,
+    state,
+    accepted_at: new Date(entryTime(entryId)).toISOString(),
+    data: record,
+    written_by: record.written_by ?? null,
+    ...extra,
+  };
+};
+
+/**
  * When an event was accepted, as ISO-8601: its own stamp, or, for an entry written past the API
  * with none that reads as a time (the projector dead-letters those), its stream entry's time.
  */
@@ -88,17 +116,22 @@ export const readEvent = async (
   const partition = partitionOf(eventId, deps.partitions);
   const entryId = await deps.eventLog.entryIdOfEvent(eventId, partition);
   if (entryId) {
-    const [entry, [lsn]] = await Promise.all([
-      deps.eventLog.readEntry(entryId, partition),
+    const [raw, [lsn]] = await Promise.all([
+      deps.eventLog.readRawEntry(entryId, partition),
       deps.eventLog.appliedLsnOf([entryId], partition),
     ]);
-    if (entry) {
+    if (raw) {
       const stored = await storedEvent(deps.replica, eventId);
       const applied = lsn ?? stored?.commit_lsn ?? undefined;
-      return fromEntry(entry, partition, applied || stored ? 'applied' : 'pending', {
+      const state = applied || stored ? 'applied' : 'pending';
+      const extra = {
         ...(stored ? { seq: stored.seq } : {}),
         ...(applied ? { commit_lsn: applied } : {}),
-      });
+      };
+      const [entry] = decodableEntry(raw);
+      return entry
+        ? fromEntry(entry, partition, state, extra)
+        : fromUndecodable(raw, partition, state, extra);
     }
   }
   const stored = await storedEvent(deps.replica, eventId);
