@@ -130,8 +130,9 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
  * backlog's to drain: Redis itself refuses only at its maxmemory, past the reserve.
  */
 export const requireLogRoom = async (site: Site): Promise<void> => {
-  const memory = await readLogMemory(site.redis);
-  if (isLogFull(memory)) {
+  // Unreadable (INFO denied by an ACL, say), the check lets the command through, as the API's does.
+  const memory = await readLogMemory(site.redis).catch(() => undefined);
+  if (memory && isLogFull(memory)) {
     throw new CliError(logFullReason(memory));
   }
 };

@@ -46,7 +46,7 @@ export class IntegrityScheduler {
 
   async start(): Promise<void> {
     const { schedule, logger } = this.deps;
-    const found = await this.#detect();
+    const found = await this.#detect(true);
     this.#mode = found ?? 'scheduler';
     const loop = new AbortController();
     if (this.#mode === 'scheduler') {
@@ -56,9 +56,6 @@ export class IntegrityScheduler {
       // A site whose link is down at start: refresh in-process meanwhile, and ask again. Deciding
       // for good here would leave the process refreshing beside pg_cron, under the wrong mode in
       // /health, with a changed schedule never given to the job.
-      logger.warn(
-        'cannot tell whether pg_cron runs the integrity refresh; using the in-process scheduler until the main database says',
-      );
       this.#running.push(this.#detectAgain(loop));
     }
     this.#running.push(this.#postDeploy());
@@ -69,7 +66,7 @@ export class IntegrityScheduler {
    * Whether pg_cron runs the job (given the configured schedule if it had another) or this
    * process must; undefined when the main database did not say.
    */
-  async #detect(): Promise<IntegrityMode | undefined> {
+  async #detect(first = false): Promise<IntegrityMode | undefined> {
     const { main, schedule, logger } = this.deps;
     try {
       const job = await cronJob(main);
@@ -82,7 +79,16 @@ export class IntegrityScheduler {
       }
       return 'pg_cron';
     } catch (err) {
-      logger.debug({ err }, 'cannot tell whether pg_cron runs the integrity refresh');
+      // Said once at the default level, with why: a refusal (a permission on cron.job) does not
+      // clear on its own, and the operator must see it. The retries that follow stay quiet.
+      if (first) {
+        logger.warn(
+          { err },
+          'cannot tell whether pg_cron runs the integrity refresh; using the in-process scheduler until the main database says',
+        );
+      } else {
+        logger.debug({ err }, 'cannot tell whether pg_cron runs the integrity refresh yet');
+      }
       return undefined;
     }
   }
