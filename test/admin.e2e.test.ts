@@ -19,6 +19,32 @@ import { inBatches } from './harness/load.ts';
 const TOKEN = 'test-admin-token';
 const auth = (token: string) => ({ authorization: `Bearer ${token}` });
 
+/**
+ * An event of `partition` as something past the API would append it: a build of another version,
+ * or a hand. A new aggregate unless `aggregate_id` names one.
+ */
+const eventIn = (
+  h: Harness,
+  partition: number,
+  event: {
+    type: string;
+    aggregate_type: string;
+    data: object;
+    aggregate_id?: string;
+    version?: number;
+  },
+): Envelope =>
+  ({
+    event_id: newIdInPartition(partition, h.config.partitions),
+    aggregate_id: event.aggregate_id ?? newIdInPartition(partition, h.config.partitions),
+    aggregate_type: event.aggregate_type,
+    type: event.type,
+    version: event.version ?? 1,
+    site: h.config.site,
+    accepted_at: Date.now(),
+    data: event.data,
+  }) as unknown as Envelope;
+
 /** A PATCH of a unit's notes that the main database refuses until it is dead-lettered; then allowed again. */
 const deadLetteredPatch = async (h: Harness, unitId: string) => {
   await h.main.query(
@@ -482,24 +508,13 @@ void describe('admin and incident tools', () => {
   void it('dead-letters an entry written past the API that no fold can take, and applies what follows it', async () => {
     const log = eventLogOf(h);
     const partition = 0;
-    const inPartition = () => newIdInPartition(partition, h.config.partitions);
-    const envelope = (type: string, aggregateType: string, data: object) =>
-      ({
-        event_id: inPartition(),
-        aggregate_id: inPartition(),
-        aggregate_type: aggregateType,
-        type,
-        version: 1,
-        site: h.config.site,
-        accepted_at: Date.now(),
-        data,
-      }) as unknown as Envelope;
     // A package without its file_ids: nothing the API would take, and no fold or link can.
-    const broken = envelope('RawDataPackageCreated', 'raw_data_package', { name: 'no files' });
-    const next = envelope('InstrumentConfigurationCreated', 'instrument_configuration', {
-      instrument: 'x',
-      configuration: {},
+    const broken = eventIn(h, partition, {
+      type: 'RawDataPackageCreated',
+      aggregate_type: 'raw_data_package',
+      data: { name: 'no files' },
     });
+    const next = configurationEvent(h, partition);
     for (const event of [broken, next]) {
       assert.equal((await log.append({ partition, events: [event] })).kind, 'appended');
     }
@@ -536,16 +551,12 @@ void describe('admin and incident tools', () => {
     await waitForAllAcknowledged(h);
     // As a newer build would have appended it before a rollback to this one.
     const partition = partitionOf(unit.id, h.config.partitions);
-    const archived = {
-      event_id: newIdInPartition(partition, h.config.partitions),
-      aggregate_id: unit.id,
-      aggregate_type: 'executed_obs_unit',
+    const archived = eventIn(h, partition, {
       type: 'ExecutedObsUnitArchived',
-      version: 1,
-      site: h.config.site,
-      accepted_at: Date.now(),
+      aggregate_type: 'executed_obs_unit',
+      aggregate_id: unit.id,
       data: {},
-    } as unknown as Envelope;
+    });
     // With nothing projecting, so that the reads meet it pending.
     const [service] = h.services;
     assert.ok(service);
@@ -955,16 +966,12 @@ void describe('admin and incident tools', () => {
 });
 
 /** A new instrument configuration's event in `partition`, as the API would have accepted it. */
-const configurationEvent = (h: Harness, partition: number): Envelope => ({
-  event_id: newIdInPartition(partition, h.config.partitions),
-  aggregate_id: newIdInPartition(partition, h.config.partitions),
-  aggregate_type: 'instrument_configuration',
-  type: 'InstrumentConfigurationCreated',
-  version: 1,
-  site: h.config.site,
-  accepted_at: Date.now(),
-  data: { instrument: 'x', configuration: {} },
-});
+const configurationEvent = (h: Harness, partition: number): Envelope =>
+  eventIn(h, partition, {
+    type: 'InstrumentConfigurationCreated',
+    aggregate_type: 'instrument_configuration',
+    data: { instrument: 'x', configuration: {} },
+  });
 
 /** Files `event` as a dead letter of `partition` by hand, as the projector would, blocking its aggregate. */
 const fileDeadLetter = async (h: Harness, partition: number, event: Envelope, deadId: string) => {
@@ -1075,16 +1082,13 @@ void describe('dead retry --all', () => {
     // A unit's start and, filed after the others, its patch: the start's retry puts both back.
     const unitId = newIdInPartition(0, h.config.partitions);
     const unitEvent = (type: string, version: number, data: object) =>
-      ({
-        event_id: newIdInPartition(0, h.config.partitions),
-        aggregate_id: unitId,
-        aggregate_type: 'executed_obs_unit',
+      eventIn(h, 0, {
         type,
         version,
-        site: h.config.site,
-        accepted_at: Date.now(),
         data,
-      }) as unknown as Envelope;
+        aggregate_type: 'executed_obs_unit',
+        aggregate_id: unitId,
+      });
     const start = unitEvent('ExecutedObsUnitStarted', 2, {
       obs_unit_id: 'stopped-run',
       instrument: 'x',

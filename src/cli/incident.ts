@@ -164,6 +164,10 @@ export const partitionRanges = (partitions: readonly number[]): string => {
   return ranges.join(', ');
 };
 
+/** The process that holds a partition's lease now, if one does. */
+export const liveHolder = (holding: LeaseHolding | undefined): string | undefined =>
+  holding?.live && holding.owner !== null ? holding.owner : undefined;
+
 /**
  * Which process applies which partitions, or which partitions nobody applies: entries waiting for
  * projection show the same whether the projector is slow, failing or not running at all.
@@ -176,9 +180,9 @@ export const projectorLeasesLine = (
   const unheld: number[] = [];
   const heldBy = new Map<string, number[]>();
   for (let partition = 0; partition < partitions; partition += 1) {
-    const holding = byPartition.get(partition);
-    if (holding?.live && holding.owner !== null) {
-      heldBy.set(holding.owner, [...(heldBy.get(holding.owner) ?? []), partition]);
+    const owner = liveHolder(byPartition.get(partition));
+    if (owner !== undefined) {
+      heldBy.set(owner, [...(heldBy.get(owner) ?? []), partition]);
     } else {
       unheld.push(partition);
     }

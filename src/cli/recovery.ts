@@ -2,7 +2,7 @@ import { loadConfig } from '../config.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
 import { ReplayBoundError, replay, replayBound } from '../ops/replay.ts';
-import { projectorLeasesLine } from './incident.ts';
+import { liveHolder, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, type Site, withSite } from './site.ts';
 
@@ -39,7 +39,7 @@ const warnWithoutProjector = async (site: Site, partition: number | undefined) =
   const holdings = await leaseHoldings(site.main).catch(() => undefined);
   const scope = partition === undefined ? [...Array(site.config.partitions).keys()] : [partition];
   const held = (p: number) =>
-    holdings?.some((h) => h.partition === p && h.live && h.owner !== null) ?? true;
+    holdings === undefined || liveHolder(holdings.find((h) => h.partition === p)) !== undefined;
   if (holdings !== undefined && !scope.every(held)) {
     process.stderr.write(
       `outpost: ${projectorLeasesLine(holdings, site.config.partitions)}; the replay waits up to 10 minutes for them\n`,

@@ -71,7 +71,7 @@ const fromUndecodable = (
     partition,
     entry_id: entryId,
     state,
-    accepted_at: new Date(entryTime(entryId)).toISOString(),
+    accepted_at: acceptedAt(undefined, entryId),
     data: record,
     written_by: record.written_by ?? null,
     ...extra,
