@@ -447,6 +447,11 @@ void describe('database faults under load', () => {
       // Memory measured once writes flow (the scripts cached in Redis, say).
       const load = h.steadyLoad(25, 'full');
       await waitFor(() => load.accepted() >= 25, 'writes to flow');
+      // A keyed write accepted now, whose client never got its answer and retries it later.
+      const keyed = { 'idempotency-key': 'before-full' };
+      const keyedBody = { obs_unit_id: 'keyed-before-full', instrument: 'x' };
+      const first = await h.post('/executed_obs_units/start', keyedBody, keyed);
+      assert.equal(first.status, 201, first.text);
       // Room for a few hundred more pending events before writes are refused.
       const before = await readLogMemory(h.redis);
       const limit = Math.ceil((before.usedBytes + 100_000) / (1 - DRAIN_RESERVE));
@@ -490,6 +495,19 @@ void describe('database faults under load', () => {
       // reserve since: either way the client is told the log is full, not that Redis is away.
       assert.match(refused.body.error.message, /^the local log is full: Redis .*maxmemory/);
       assert.equal(refused.headers.get('retry-after'), '5');
+      // The full log still answers a retry of a write it took: its first answer, not "come back
+      // later" for a write already accepted. The same key with another body is still refused.
+      const retried = await h.post('/executed_obs_units/start', keyedBody, keyed);
+      assert.equal(retried.status, 201, retried.text);
+      assert.deepEqual(retried.body, first.body);
+      assert.equal(retried.headers.get('idempotent-replayed'), 'true');
+      const reused = await h.post('/executed_obs_units/start', { ...keyedBody, notes: 'n' }, keyed);
+      assert.equal(reused.status, 409, reused.text);
+      assert.equal(reused.body.error.code, 'idempotency_key_reused');
+      const newKey = await h.post('/executed_obs_units/start', keyedBody, {
+        'idempotency-key': 'while-full',
+      });
+      assert.equal(newKey.status, 503, newKey.text);
       // What an operator would add to the log is refused alike; a dry run adds nothing.
       const admin = { authorization: `Bearer ${h.config.adminToken}` };
       const replayed = await h.request('POST', '/admin/replay', { from: '0' }, admin);
@@ -521,6 +539,9 @@ void describe('database faults under load', () => {
       // every write it counts as growing, yet the projector must still record what it applies.
       const full = await readLogMemory(h.redis);
       await h.redis.config('SET', 'maxmemory', String(Math.floor(full.usedBytes * 0.9)));
+      const retriedPastLimit = await h.post('/executed_obs_units/start', keyedBody, keyed);
+      assert.equal(retriedPastLimit.status, 201, retriedPastLimit.text);
+      assert.deepEqual(retriedPastLimit.body, first.body);
       await stackUp(h.stackOptions());
       await waitForAllAcknowledged(h, 90_000);
 
@@ -531,7 +552,7 @@ void describe('database faults under load', () => {
       const { accepted, failures, sent } = await load.stop();
       assert.deepEqual(failures, [], 'every refused write landed once retried');
       assert.equal(accepted.size, sent);
-      await audit(h, new Set([...accepted, ...probes]));
+      await audit(h, new Set([...accepted, ...probes, first.body.event_id]));
     });
   });
 });

@@ -390,6 +390,10 @@ void describe('process faults under load', () => {
       const dryRun = { from: '0', dry_run: true };
       const answered = await started.request('POST', '/admin/replay', dryRun, answeredBefore);
       assert.equal(answered.status, 200, answered.text);
+      const keyedWrite = { 'idempotency-key': 'write-before-misconf' };
+      const keyedBody = { obs_unit_id: 'keyed-before-misconf', instrument: 'x' };
+      const written = await started.post('/executed_obs_units/start', keyedBody, keyedWrite);
+      assert.equal(written.status, 201, written.text);
       await failBackgroundSave(started);
 
       const health = await started.get('/health');
@@ -428,6 +432,11 @@ void describe('process faults under load', () => {
       assert.equal(again.status, 200, again.text);
       assert.equal(again.headers.get('idempotent-replayed'), 'true');
       assert.deepEqual(again.body, answered.body);
+      // And so is a write accepted before, retried under its key.
+      const rewritten = await started.post('/executed_obs_units/start', keyedBody, keyedWrite);
+      assert.equal(rewritten.status, 201, rewritten.text);
+      assert.equal(rewritten.headers.get('idempotent-replayed'), 'true');
+      assert.deepEqual(rewritten.body, written.body);
       // Restarted meanwhile (an operator's first move), the service comes up and says why.
       const restarted = await started.startService('api');
       const restartedHealth = await fetch(`http://127.0.0.1:${restarted.port}/health`);
@@ -454,7 +463,7 @@ void describe('process faults under load', () => {
       assert.deepEqual(failures, [], 'every refused write landed once retried');
       assert.equal(accepted.size, sent);
       await waitForAllAcknowledged(started);
-      await audit(started, accepted);
+      await audit(started, new Set([...accepted, written.body.event_id]));
     });
   });
 

@@ -146,9 +146,9 @@ export const accept = async (
     writer === undefined
       ? request.events
       : request.events.map((e) => ({ ...e, written_by: writer }));
-  refuseWhenLogFull(deps);
   let result: AppendResult;
   try {
+    refuseWhenLogFull(deps);
     result = await deps.eventLog.append({
       partition: request.partition,
       events,
@@ -160,7 +160,11 @@ export const accept = async (
       // Look at the memory again now: the log is full.
       deps.capacity?.refresh();
     }
-    throw logUnavailable(err, 'the local log cannot accept writes right now');
+    const refusal =
+      err instanceof ApiError
+        ? err
+        : logUnavailable(err, 'the local log cannot accept writes right now');
+    result = await answerOnRecord(deps, request.partition, idempotency, err, refusal);
   }
   switch (result.kind) {
     case 'appended': {
@@ -180,6 +184,31 @@ export const accept = async (
     default:
       return result;
   }
+};
+
+/**
+ * A write refused because the log takes no writes (full, or Redis refusing them) may be the retry
+ * of one that was accepted: its key's record, which Redis still reads, answers it as its first
+ * run. Anything else, or a record that cannot be read, gets the refusal.
+ */
+const answerOnRecord = async (
+  deps: AppDeps,
+  partition: number,
+  idempotency: Parameters<AppDeps['eventLog']['recordedAnswer']>[1] | undefined,
+  err: unknown,
+  refusal: ApiError,
+): Promise<AppendResult> => {
+  const refusedWrites = err instanceof ApiError || redisRefusal(err) !== undefined;
+  if (idempotency === undefined || !refusedWrites) {
+    throw refusal;
+  }
+  const recorded = await deps.eventLog
+    .recordedAnswer(partition, idempotency)
+    .catch(() => undefined);
+  if (recorded === undefined) {
+    throw refusal;
+  }
+  return recorded;
 };
 
 /** Answers a successful append (or its idempotent replay) and records the ingest latency. */

@@ -475,9 +475,39 @@ export class EventLog {
     } else if (result.kind === 'appended' && claim === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
-      await this.#redis.set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX');
+      // Best effort too: the events are in the stream, and a failed refresh must not answer 503
+      // to a write that was accepted. It only leaves the claim its first attempt's expiry.
+      await this.#redis
+        .set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX')
+        .catch(() => undefined);
     }
     return result;
+  }
+
+  /**
+   * What the first run of an idempotent request answered, read without writing anything: while
+   * Redis refuses writes (the log full, a save failed), a retry of a write that was accepted
+   * must still get its first answer back, not be told to come back later. Undefined when the key
+   * has no record yet (nor a claim by another body).
+   */
+  async recordedAnswer(
+    partition: number,
+    idempotency: NonNullable<AppendRequest['idempotency']>,
+  ): Promise<Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }> | undefined> {
+    const [record, claim] = await Promise.all([
+      this.#redis.get(this.keys(partition).idempotency(idempotency.scopeHash)),
+      this.#redis.get(this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash)),
+    ]);
+    if (record !== null) {
+      // As the append script reads it: the request's hash, a newline, the response.
+      const newline = record.indexOf('\n');
+      return record.slice(0, newline) === idempotency.requestHash
+        ? { kind: 'replayed', response: record.slice(newline + 1) }
+        : { kind: 'idempotency_conflict' };
+    }
+    return claim !== null && claim !== idempotency.requestHash
+      ? { kind: 'idempotency_conflict' }
+      : undefined;
   }
 
   /**
