@@ -585,6 +585,26 @@ void describe('two projector processes sharing one consumer name', () => {
     assert.equal(closed, 0);
   });
 
+  void it('trusts a lease locally by the monotonic clock: the wall clock stepped back (NTP back after an outage) does not stretch it', async () => {
+    const stalled = manager('clock-stepped-back', { ttlMs: 600 });
+    await stalled.tick();
+    const [partition] = stalled.owned;
+    assert.ok(partition !== undefined, 'it took a partition');
+    assert.equal(stalled.isValid(partition), true);
+    const wallClock = Date.now;
+    const steppedBack = wallClock() - 3_600_000;
+    const since = performance.now();
+    Date.now = () => steppedBack + (performance.now() - since);
+    try {
+      // No renewal from here on (a frozen or cut-off process): the lease must lapse locally
+      // two thirds of the TTL after the last renewal began, whatever the wall clock says.
+      await waitFor(() => !stalled.isValid(partition), 'the local validity to end', 5_000);
+    } finally {
+      Date.now = wallClock;
+      await stalled.stop();
+    }
+  });
+
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {
     const crashed = manager('restarted-name');
     await crashed.tick();

@@ -19,6 +19,10 @@ export type LeaseEvents = {
   stopped: (partition: number) => Promise<void>;
 };
 
+/**
+ * `validUntil` is on the monotonic clock: a wall clock stepped back (NTP reached again after an
+ * outage) would otherwise stretch a stale owner's local trust past the lease's end in the database.
+ */
 type Held = { lease: Lease; validUntil: number };
 
 export type LeaseManagerDeps = {
@@ -63,12 +67,12 @@ export class LeaseManager {
   }
 
   #twinNow(): boolean {
-    return this.#twinMetAt !== undefined && Date.now() - this.#twinMetAt < this.deps.ttlMs;
+    return this.#twinMetAt !== undefined && performance.now() - this.#twinMetAt < this.deps.ttlMs;
   }
 
   isValid(partition: number): boolean {
     const held = this.#held.get(partition);
-    return held !== undefined && held.validUntil > Date.now();
+    return held !== undefined && held.validUntil > performance.now();
   }
 
   start(): void {
@@ -123,11 +127,11 @@ export class LeaseManager {
       if (!this.#twinNow()) {
         logger.error({ consumer }, twinMessage(consumer));
       }
-      this.#twinMetAt = Date.now();
+      this.#twinMetAt = performance.now();
     }
     this.#beaten = true;
     for (const [partition, held] of this.#held) {
-      const started = Date.now();
+      const started = performance.now();
       if (await renewLease(pool, held.lease, ttlMs)) {
         held.validUntil = started + validityMs(ttlMs);
       } else {
@@ -152,7 +156,7 @@ export class LeaseManager {
       if (this.#held.has(partition) || this.#abort.signal.aborted) {
         continue;
       }
-      const started = Date.now();
+      const started = performance.now();
       const token = await acquireLease(pool, partition, consumer, ttlMs);
       if (token !== undefined) {
         const lease = { partition, consumer, token };
