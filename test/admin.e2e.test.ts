@@ -1373,6 +1373,77 @@ void describe('dead retry while later events of the aggregate wait', () => {
   });
 });
 
+void describe('an undecodable entry behind a failing event of its unit', () => {
+  const site = apiOnlySite();
+
+  void it('files an undecodable entry only once the earlier events of its unit have applied: one retried first is not dead-lettered behind it', async () => {
+    const h = site();
+    const log = eventLogOf(h);
+    const first = await h.startService('projector');
+    const unit = (
+      await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'undecodable-later',
+        instrument: 'x',
+      })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.stopService(first);
+
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const patch = (notes: string) =>
+      eventIn(h, partition, {
+        type: 'ExecutedObsUnitUpdated',
+        aggregate_type: 'executed_obs_unit',
+        aggregate_id: unit.id,
+        data: { notes },
+      });
+    const [refusedOnce, unreadableEvent, after] = [
+      patch('refused-once'),
+      patch('unreadable'),
+      patch('after'),
+    ];
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'refused-once') NOT VALID",
+    );
+    const appended = await log.append({ partition, events: [refusedOnce] });
+    assert.equal(appended.kind, 'appended');
+    const [refusedEntry] = appended.kind === 'appended' ? appended.entryIds : [];
+    const unreadable = withField(encodeFieldPerProperty(unreadableEvent), 'data', '{not json');
+    await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
+    assert.equal((await log.append({ partition, events: [after] })).kind, 'appended');
+
+    // Attempts far apart: the constraint is dropped between the first and the second.
+    const projector = await h.startService('projector', { maxAttempts: 50 });
+    try {
+      await waitFor(
+        async () =>
+          (await log.redis.hget(log.keys(partition).attempts, refusedEntry ?? '')) !== null,
+        'the refused patch to fail once',
+      );
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+      assert.equal(
+        await settledState(h, refusedOnce.event_id),
+        'confirmed',
+        'retried and applied, not dead-lettered behind the later unreadable entry',
+      );
+      assert.equal(await settledState(h, unreadableEvent.event_id), 'dead');
+      assert.equal(await settledState(h, after.event_id), 'dead', 'after it: held behind it');
+      assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'refused-once');
+    } finally {
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+      for (const event of [refusedOnce, unreadableEvent, after]) {
+        await h.request(
+          'DELETE',
+          `/admin/dead-letters/${event.event_id}`,
+          { reason: 'test of an undecodable entry' },
+          auth(TOKEN),
+        );
+      }
+      await h.stopService(projector);
+    }
+  });
+});
+
 void describe('outpost pending when nothing is applied', () => {
   const site = apiOnlySite();
 

@@ -185,6 +185,7 @@ export class PartitionConsumer {
       }
       try {
         const readerClosesBefore = this.#readerCloses;
+        const scanBefore = this.#scan;
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
         if (this.#abort.signal.aborted) {
           continue;
@@ -200,6 +201,12 @@ export class PartitionConsumer {
           this.#rereadFromStart();
           continue;
         }
+        if (this.#scan !== scanBefore) {
+          // Entries were claimed for this consumer while the read was out (the idle reclaim):
+          // they may be older than what it brought, which waits in our pending list and is read
+          // again after them. Applied now, it would go before them.
+          continue;
+        }
         if (read.strandedWith && read.strandedWith.length > 0) {
           // What was just read is newer than what they hold: it stays in our pending list, and
           // is read again, in order, after them. Only while the lease is still ours: the read
@@ -207,6 +214,10 @@ export class PartitionConsumer {
           // whose entries it would then take.
           if (this.#deps.leaseValid()) {
             await this.#claimStranded(read.strandedWith);
+          } else {
+            // Not claimed: what was read waits in our pending list all the same, and must come
+            // after theirs, not be passed over by the next read of new entries.
+            this.rereadOwnPending();
           }
           continue;
         }
@@ -451,19 +462,58 @@ export class PartitionConsumer {
             ...new Set(decoded.flatMap((e) => [e.event.aggregate_id, ...upstreamIdsOf(e.event)])),
           ]);
     const blockedFrom = new Map<string, string>();
+    // An undecodable entry is filed (and blocks its aggregate) only once nothing earlier of its
+    // aggregate waits: filed first, it would send an earlier event still to apply, or to retry,
+    // to the dead letters behind it. Until then it and what follows it wait in our pending list.
+    const waitingFrom = new Map<string, string>();
+    const unsettledBefore = (aggregateId: string, entryId: string) =>
+      this.#holding.has(aggregateId) ||
+      decoded.some(
+        (e) =>
+          e.event.aggregate_id === aggregateId &&
+          compareEntryIds(e.entryId, entryId) < 0 &&
+          !recorded.has(e.entryId),
+      );
     for (const { entry, err } of undecodable) {
-      const failed = failedEntryOf(entry);
-      await this.#fail(failed, err);
-      if (!blockedFrom.has(failed.aggregateId)) {
-        blockedFrom.set(failed.aggregateId, failed.entryId);
+      const { aggregateId, entryId } = failedEntryOf(entry);
+      if (
+        waitingFrom.has(aggregateId) ||
+        (!blockedFrom.has(aggregateId) && unsettledBefore(aggregateId, entryId))
+      ) {
+        if (!waitingFrom.has(aggregateId)) {
+          waitingFrom.set(aggregateId, entryId);
+        }
+        continue;
+      }
+      await this.#fail(failedEntryOf(entry), err);
+      if (!blockedFrom.has(aggregateId)) {
+        blockedFrom.set(aggregateId, entryId);
       }
     }
+    if (waitingFrom.size > 0) {
+      // Read again, after a wait: by then what they wait for has applied, or failed again. Held
+      // meanwhile, so that their aggregates' entries in later pages wait too; but only once this
+      // page is applied, or what they wait for would itself be held back.
+      this.#scheduleReread();
+    }
+    const holdWaiting = () => {
+      for (const aggregateId of waitingFrom.keys()) {
+        this.#holding.add(aggregateId);
+      }
+    };
     const isBlocked = (aggregateId: string, entryId: string) => {
       const from = blockedFrom.get(aggregateId);
       return blocked.has(aggregateId) || (from !== undefined && compareEntryIds(entryId, from) > 0);
     };
+    const isWaiting = (aggregateId: string, entryId: string) => {
+      const from = waitingFrom.get(aggregateId);
+      return from !== undefined && compareEntryIds(entryId, from) > 0;
+    };
     const applicable: LogEntry[] = [];
     for (const entry of decoded) {
+      if (isWaiting(entry.event.aggregate_id, entry.entryId)) {
+        continue;
+      }
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
       if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
         await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
@@ -477,6 +527,7 @@ export class PartitionConsumer {
       }
     }
     if (applicable.length === 0) {
+      holdWaiting();
       // Nothing went to the database, so nothing was learnt about it: a half-open breaker must
       // not close on this.
       if (probing) {
@@ -494,6 +545,7 @@ export class PartitionConsumer {
       }
       throw err;
     }
+    holdWaiting();
     this.#mainSeen = result.mainPosition ?? this.#mainSeen;
     const { applied, duplicates, failed, deferred, commitLsn } = result;
     const rerecorded = await this.#forgetStale(applicable, recorded, result);

@@ -261,6 +261,11 @@ export class Projector {
   async #reclaimIdle() {
     const { redis, eventLog, consumer: me, claimIdleMs } = this.#deps;
     for (const [partition, consumer] of this.#consumers) {
+      if (!this.#leases.isValid(partition)) {
+        // A process woken from a freeze, or cut off from the database, may have lost the
+        // partition: the new owner's entries are not ours to take, whatever their idle time.
+        continue;
+      }
       const stream = eventLog.keys(partition).stream;
       const idle = (await redis.xpending(
         stream,
