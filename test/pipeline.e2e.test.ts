@@ -254,6 +254,12 @@ void describe('core pipeline', () => {
         authorization: `Bearer ${h.config.adminToken}`,
       });
       assert.match(pending.body.replica.error, /not a standby/);
+      const health = await h.get('/health');
+      assert.equal(health.body.replica, 'disconnected');
+      assert.match(
+        health.body.replication_lag.reason ?? '',
+        /^the replica's position cannot be read: the replica is not a standby/,
+      );
       const entry = pending.body.entries.find(
         (e: { event_id: string }) => e.event_id === started.event_id,
       );

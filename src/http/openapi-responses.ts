@@ -41,7 +41,7 @@ const replayState: Record<string, JsonSchema> = {
   reason: nullable({
     type: 'string',
     description:
-      "Why the replica does not replay the main database's commits, when something holds it",
+      "Why the replica does not replay the main database's commits, when something holds it, or why its position cannot be read",
   }),
 };
 const connection: JsonSchema = { type: 'string', enum: ['connected', 'disconnected'] };

@@ -56,6 +56,15 @@ const settle = async <T>(work: Promise<T>): Promise<T | undefined> => {
   return answer === FAILED ? undefined : answer;
 };
 
+/** What `work` answers within the probe timeout, or why it did not. */
+const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failure?: string }> => {
+  try {
+    return { answer: await withTimeout(work, PROBE_TIMEOUT_MS) };
+  } catch (err) {
+    return { failure: (err as Error).message };
+  }
+};
+
 /** Computes /health, /buffer-stats and the pipeline gauges from live state, never constants. */
 export class StatusSource {
   readonly #deps: StatusDeps;
@@ -66,13 +75,18 @@ export class StatusSource {
 
   async #positions() {
     const { main, replica, config } = this.#deps;
-    const [mainLsn, replicaPos, replayState] = await Promise.all([
+    const [mainLsn, position, replayState] = await Promise.all([
       settle(mainWalLsn(main)),
-      settle(replicaPosition(replica, config.replicaIsMain)),
+      answerOrReason(replicaPosition(replica, config.replicaIsMain)),
       // Wrapped: a primary serving as the replica has no replay state, which is not a failure.
       settle(replicaReplayState(replica).then((state) => ({ state }))),
     ]);
-    return { mainLsn, replicaPos, replayState };
+    return {
+      mainLsn,
+      replicaPos: position.answer,
+      replicaFailure: position.failure,
+      replayState,
+    };
   }
 
   async bufferOrUndefined(): Promise<SiteBuffer | undefined> {
@@ -82,14 +96,19 @@ export class StatusSource {
   async health() {
     const { config, projector } = this.#deps;
     // Every probe at once: each has its own time limit, and /health answers within the longest.
-    const [refusal, buffers, { mainLsn, replicaPos, replayState }, snapshot, memory] =
-      await Promise.all([
-        probe(probeWriteRefusal(this.#deps.eventLog.redis)),
-        this.bufferOrUndefined(),
-        this.#positions(),
-        settle(latestSnapshot(this.#deps.replica)),
-        settle(readLogMemory(this.#deps.eventLog.redis)),
-      ]);
+    const [
+      refusal,
+      buffers,
+      { mainLsn, replicaPos, replicaFailure, replayState },
+      snapshot,
+      memory,
+    ] = await Promise.all([
+      probe(probeWriteRefusal(this.#deps.eventLog.redis)),
+      this.bufferOrUndefined(),
+      this.#positions(),
+      settle(latestSnapshot(this.#deps.replica)),
+      settle(readLogMemory(this.#deps.eventLog.redis)),
+    ]);
     // Redis is up when it answers the write probe, taking writes or refusing them: it refuses even
     // PING while it cannot save.
     const redisUp = refusal !== FAILED;
@@ -99,7 +118,7 @@ export class StatusSource {
     const writeError = refusal === FAILED ? null : (refusal ?? null);
     const totals = totalsOf(buffers ?? { partitions: [], nowMs: 0 });
     const processor = projector?.stats();
-    const lag = lagOf(mainLsn, replicaPos, replayState);
+    const lag = lagOf(mainLsn, replicaPos, replayState, replicaFailure);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
     // Applied events that the replica does not replay, or that cannot be acknowledged, stay
@@ -230,14 +249,23 @@ const lagOf = (
   mainLsn: string | undefined,
   replica: ReplicaPosition | undefined,
   replayState: { state: ReplayState | undefined } | undefined,
+  replicaFailure?: string,
 ) => {
   const bytes = mainLsn && replica ? Number(parseLsn(mainLsn) - parseLsn(replica.lsn)) : 0;
+  const view = replayStateView(replayState?.state, replica);
   return {
     current_lag_seconds: round(replica?.lagSeconds ?? 0),
     bytes: Math.max(0, bytes),
     main_lsn: mainLsn ?? null,
     replica_lsn: replica?.lsn ?? null,
-    ...replayStateView(replayState?.state, replica),
+    ...view,
+    // A replica that answers but cannot say how far it replayed (promoted, say, or a primary
+    // named as the replica) acknowledges nothing, as one that is away: the reason says which.
+    reason:
+      view.reason ??
+      (replicaFailure === undefined
+        ? null
+        : `the replica's position cannot be read: ${replicaFailure}`),
   };
 };
 

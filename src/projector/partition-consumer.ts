@@ -41,7 +41,6 @@ export type ConsumerDeps = {
   live?: LivePublisher;
   onBatch?: (stats: { applied: number; ms: number }) => void;
   onFailure?: () => void;
-  onFenced?: () => void;
 };
 
 type StreamReply = [stream: string, entries: [string, string[] | null][]][] | null;
@@ -264,7 +263,8 @@ export class PartitionConsumer {
             { err, partition: this.#partition },
             'fenced: another process owns this partition now',
           );
-          this.#deps.onFenced?.();
+          // Shown until the lease manager's next round finds the lease lost and stops us.
+          this.#lastError = `fenced: another process owns partition ${this.#partition} now`;
           break;
         }
         if (err instanceof MainDatabaseChangedError) {
