@@ -398,7 +398,7 @@ export const OPERATIONS: readonly OperationSpec[] = [
     description:
       'The same feed as /events/live as WebSocket text messages `{id, message}`; `since` resumes ' +
       'after a feed id. Pings every 15 s; a client that does not keep up is closed with 1008 ' +
-      'and the reason.',
+      'and the reason; a resume the server could not read is closed with 1011, to retry.',
     query: { zod: LIVE_QUERY_DOC },
     responses: [{ status: 101, description: 'switching to WebSocket', contentType: 'text/plain' }],
     errors: ['validation_failed', 'upgrade_required'],

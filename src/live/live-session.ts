@@ -98,6 +98,11 @@ export class LiveSession {
 
   /** Runs until the client goes away or is dropped. */
   async run(): Promise<void> {
+    if (this.#closed) {
+      // Gone before it began (a client that hung up while its stream was being set up): a
+      // subscription taken now would never be given back.
+      return;
+    }
     this.#unsubscribe = this.#options.feed.subscribe(
       (delivery) => this.#receive(delivery),
       () => {

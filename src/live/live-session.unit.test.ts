@@ -119,6 +119,35 @@ const stopHavingSentAll = async (
   );
 };
 
+void describe('LiveSession stopped before it ran', () => {
+  void it('subscribes to nothing: a client gone while its stream was set up leaves no listener', async () => {
+    const { feed } = memoryFeed();
+    let subscribed = 0;
+    const counting = {
+      ...feed,
+      subscribe: (listener: (delivery: LiveDelivery) => void) => {
+        subscribed += 1;
+        const unsubscribe = feed.subscribe(listener);
+        return () => {
+          subscribed -= 1;
+          return unsubscribe();
+        };
+      },
+    };
+    const session = new LiveSession({
+      feed: counting,
+      filter: {},
+      since: '0-0',
+      maxBufferedBytes: 16_384,
+      heartbeatMs: 60_000,
+      sink: { send: async () => undefined, close: () => undefined, heartbeat: () => undefined },
+    });
+    session.stop();
+    await session.run();
+    assert.equal(subscribed, 0);
+  });
+});
+
 void describe('LiveSession resuming', () => {
   void it('sends a backlog many times its buffer at the pace the client reads, within the buffer', async () => {
     const { feed, publish, stream } = memoryFeed();

@@ -168,8 +168,11 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
                   socket.close(1001, reason.message);
                 } else {
                   logger.warn({ transport: 'ws', reason: reason.code }, 'live client dropped');
-                  // 1008 policy violation; the protocol limits a reason to 123 bytes.
-                  socket.close(1008, reason.message.slice(0, 120));
+                  // 1008 policy violation for what the client did (too slow, its token revoked);
+                  // 1011 for a resume the server failed, which a client should retry. The
+                  // protocol limits a reason to 123 bytes.
+                  const code = reason.code === 'resume_failed' ? 1011 : 1008;
+                  socket.close(code, reason.message.slice(0, 120));
                 }
                 setTimeout(() => socket.terminate(), DROP_GRACE_MS).unref();
               },
