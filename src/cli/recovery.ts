@@ -99,6 +99,20 @@ export const replayCommand = (flags: RecoveryFlags) => {
   });
 };
 
+/**
+ * A rebuild rewrites rows from the events it read a moment before: beside a projector applying
+ * the same aggregates it would put a row back behind an event committed in between (a finished
+ * unit running again), and the two would overwrite each other's heads.
+ */
+const refuseBesideProjectors = async (site: Site) => {
+  const holdings = await leaseHoldings(site.main);
+  if (holdings.some((holding) => liveHolder(holding) !== undefined)) {
+    throw new CliError(
+      `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write; --verify and --dry-run only read`,
+    );
+  }
+};
+
 /** `outpost rebuild-projections [--dry-run | --verify]`. */
 export const rebuildCommand = (flags: RecoveryFlags) =>
   withSite(async (site) => {
@@ -106,6 +120,9 @@ export const rebuildCommand = (flags: RecoveryFlags) =>
       throw new CliError('give either --dry-run or --verify, not both');
     }
     const mode: RebuildMode = flags.verify ? 'verify' : flags['dry-run'] ? 'dry-run' : 'apply';
+    if (mode === 'apply') {
+      await refuseBesideProjectors(site);
+    }
     const report_ = progress(flags.json);
     const report = await rebuildProjections(site.main, mode, (aggregates) =>
       report_({ aggregates }),
