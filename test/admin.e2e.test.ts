@@ -408,6 +408,17 @@ void describe('admin and incident tools', () => {
     assert.ok(replay.body.discarded >= 1, replay.text);
     assert.equal(replay.body.applied, 0, replay.text);
     assert.equal(replay.body.failed, 0, replay.text);
+    assert.equal(replay.body.history_starts_at, null, 'nothing trimmed on this site');
+    // A range whose start lies after its end holds nothing: refused, not answered with zeros.
+    const backwards = await h.request(
+      'POST',
+      '/admin/replay',
+      { from: '2026-12-05T03:00Z', to: '2026-12-05T02:00Z', dry_run: true },
+      auth(TOKEN),
+    );
+    assert.equal(backwards.status, 400, backwards.text);
+    assert.equal(backwards.body.error.code, 'validation_failed');
+    assert.match(backwards.body.error.message, /lies after to/);
     assert.deepEqual(
       await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [poison.body.event_id]),
       [],

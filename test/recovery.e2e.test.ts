@@ -11,6 +11,7 @@ import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
+import { replay } from '../src/ops/replay.ts';
 import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
@@ -668,6 +669,18 @@ void describe('recovery', () => {
         [ids[4]],
         'the last delivered entry stays as the group position',
       );
+      // A replay reaching back before what is left says where the history now begins: the
+      // trimmed part of its range was never looked at.
+      const deps = { eventLog: log, main: h.main };
+      const fromTrimmed = await replay(deps, {
+        from: ids[0] as string,
+        partition: 0,
+        dryRun: true,
+      });
+      assert.equal(fromTrimmed.history_starts_at, ids[4]);
+      const fromKept = await replay(deps, { from: ids[4] as string, partition: 0, dryRun: true });
+      assert.equal(fromKept.history_starts_at, null);
+      assert.equal(fromKept.scanned, 1);
       assert.equal(
         await trimPartition(log, 0, 7 * 86_400_000),
         0,

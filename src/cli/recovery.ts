@@ -1,7 +1,13 @@
 import { loadConfig } from '../config.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
-import { ReplayBoundError, replay, replayBound } from '../ops/replay.ts';
+import {
+  ReplayBoundError,
+  ReplayRangeError,
+  replay,
+  replayBound,
+  replayRange,
+} from '../ops/replay.ts';
 import { liveHolder, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, type Site, withSite } from './site.ts';
@@ -58,8 +64,11 @@ export const replayCommand = (flags: RecoveryFlags) => {
     if (to !== undefined) {
       replayBound(to, 'to');
     }
+    replayRange(from, to);
   } catch (err) {
-    throw err instanceof ReplayBoundError ? new CliError(err.message) : err;
+    throw err instanceof ReplayBoundError || err instanceof ReplayRangeError
+      ? new CliError(err.message)
+      : err;
   }
   const partition = wholeNumberFlag(flags.partition, '--partition', {
     below: loadConfig().partitions,
@@ -81,6 +90,11 @@ export const replayCommand = (flags: RecoveryFlags) => {
       process.stderr.write('\n');
     }
     print(flags.json ? JSON.stringify(report) : table([report]));
+    if (report.history_starts_at !== null) {
+      process.stderr.write(
+        `outpost: the range reaches back before the log's history, which now begins at ${report.history_starts_at} (older entries were trimmed: OUTPOST_STREAM_RETENTION, or memory pressure): events accepted before it were not looked at\n`,
+      );
+    }
     if (report.failed > 0 || report.unfinished > 0) {
       // The report stays on stdout, whole and parseable; the reason goes where failures go.
       // Failed counts every event of the range that cannot apply, dead-lettered before or now.

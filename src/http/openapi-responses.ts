@@ -320,8 +320,13 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       },
       unfinished: { ...count, description: 'given back to the projector, not yet applied or dead' },
       discarded: { ...count, description: 'discarded from the dead letters: left out' },
+      history_starts_at: nullable({
+        ...entryId,
+        description:
+          "where the log's history begins now, when the range reaches back before it (entries before were trimmed and not looked at); null when the whole range was held",
+      }),
     },
-    ['in_flight', 'unfinished', 'discarded'],
+    ['in_flight', 'unfinished', 'discarded', 'history_starts_at'],
   ),
   IntegrityRefresh: object({
     refreshed_at: time,

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
-import { entryIdAt, isStreamEntryId } from '../log/entry-id.ts';
+import { compareEntryIds, entryIdAt, isStreamEntryId, parseEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { pipelineReplies } from '../log/redis.ts';
 
@@ -21,6 +21,12 @@ export type ReplayReport = {
   unfinished: number;
   /** Discarded by an operator (the audit stream says who and why): never brought back. */
   discarded: number;
+  /**
+   * Where the log's history begins now, when the range reaches back before it: entries older
+   * than this were trimmed (retention, or memory pressure) and could not be looked at. The
+   * latest such start over the partitions read; null when the whole range was still held.
+   */
+  history_starts_at: string | null;
 };
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
@@ -66,6 +72,32 @@ export const replayBound = (text: string, end: 'from' | 'to' = 'from'): string =
   return end === 'to' ? String(Math.max(0, Math.floor(ms))) : entryIdAt(ms);
 };
 
+export class ReplayRangeError extends Error {
+  constructor(from: string, to: string) {
+    super(`from ${from} lies after to ${to}: the range holds nothing`);
+    this.name = 'ReplayRangeError';
+  }
+}
+
+/**
+ * The range as XRANGE reads it. One whose start lies after its end is refused: its report of
+ * zeros would read as "nothing lost".
+ */
+export const replayRange = (fromText: string, toText?: string): { from: string; to: string } => {
+  const from = replayBound(fromText);
+  if (toText === undefined) {
+    return { from, to: '+' };
+  }
+  const to = replayBound(toText, 'to');
+  // An end without its sequence number takes in the whole millisecond.
+  const [toMs] = parseEntryId(to);
+  const lastOfEnd = to.includes('-') ? to : `${toMs}-${2n ** 64n - 1n}`;
+  if (compareEntryIds(from, lastOfEnd) > 0) {
+    throw new ReplayRangeError(fromText, toText);
+  }
+  return { from, to };
+};
+
 type Deps = { eventLog: EventLog; main: pg.Pool };
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -90,14 +122,21 @@ export const replay = async (
     in_flight: 0,
     unfinished: 0,
     discarded: 0,
+    history_starts_at: null,
   };
-  const from = replayBound(request.from);
-  const to = request.to === undefined ? '+' : replayBound(request.to, 'to');
+  const { from, to } = replayRange(request.from, request.to);
   const resent: { eventId: string; partition: number }[] = [];
   const partitions = deps.eventLog
     .allKeys()
     .filter((k) => request.partition === undefined || k.partition === request.partition);
   for (const keys of partitions) {
+    const start = await trimmedAfter(deps, keys.stream, from);
+    if (
+      start !== undefined &&
+      (report.history_starts_at === null || compareEntryIds(start, report.history_starts_at) > 0)
+    ) {
+      report.history_starts_at = start;
+    }
     const seen = new Set<string>();
     const latestDiscarded = discardedIds(deps, keys.partition);
     // One set, kept up to date by each page's look.
@@ -158,6 +197,32 @@ export const replay = async (
     await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000);
   }
   return report;
+};
+
+/**
+ * The first entry a stream still holds, when the range starts before it and entries were trimmed
+ * from the front (XTRIM is the only way entries leave a partition stream): the part of the range
+ * before it may have held events, and is gone. Undefined when the range's start is still held.
+ */
+const trimmedAfter = async (
+  deps: Deps,
+  stream: string,
+  from: string,
+): Promise<string | undefined> => {
+  let info: unknown[];
+  try {
+    info = (await deps.eventLog.redis.xinfo('STREAM', stream)) as unknown[];
+  } catch (err) {
+    if (err instanceof Error && /no such key/i.test(err.message)) {
+      return undefined;
+    }
+    throw err;
+  }
+  const field = (name: string) => info[info.indexOf(name) + 1];
+  const trimmed = Number(field('entries-added')) > Number(field('length'));
+  const first = (field('first-entry') as [string, unknown] | null)?.[0];
+  const start = first ?? String(field('last-generated-id'));
+  return trimmed && compareEntryIds(from, start) < 0 ? start : undefined;
 };
 
 /**

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { ReplayBoundError, replayBound } from './replay.ts';
+import { ReplayBoundError, ReplayRangeError, replayBound, replayRange } from './replay.ts';
 
 void describe('replay bounds', () => {
   // The operator's shell may run in any zone; the bound must not move with it.
@@ -52,5 +52,30 @@ void describe('replay bounds', () => {
     for (const text of ['yesterday', '', '12/05/2026', '2026-13-45T99:00', 'T02:00']) {
       assert.throws(() => replayBound(text), ReplayBoundError, text);
     }
+  });
+});
+
+void describe('replay range', () => {
+  void it('refuses a start after the end: its report of zeros would read as nothing lost', () => {
+    assert.throws(() => replayRange('1700000000001-0', '1700000000000-5'), ReplayRangeError);
+    assert.throws(
+      () => replayRange('2026-12-05T03:00Z', '2026-12-05T02:00Z'),
+      /from 2026-12-05T03:00Z lies after to 2026-12-05T02:00Z/,
+    );
+  });
+
+  void it('takes a range within one millisecond, and an end naming the whole of it', () => {
+    assert.deepEqual(replayRange('1700000000000-3', '1700000000000-3'), {
+      from: '1700000000000-3',
+      to: '1700000000000-3',
+    });
+    assert.deepEqual(replayRange('1700000000000-7', '1700000000000'), {
+      from: '1700000000000-7',
+      to: '1700000000000',
+    });
+    assert.deepEqual(replayRange('2026-12-05T02:00Z'), {
+      from: `${Date.UTC(2026, 11, 5, 2)}-0`,
+      to: '+',
+    });
   });
 });

@@ -10,7 +10,7 @@ import { noAnomalies } from '../../integrity/problems.ts';
 import { UndecodableEntryError } from '../../log/codec.ts';
 import { deadLetterIdIn, isDeadLetterCursor, RetryNotYetError } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
-import { replay, replayBound } from '../../ops/replay.ts';
+import { replay, replayBound, replayRange } from '../../ops/replay.ts';
 import { refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
@@ -85,6 +85,13 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
           ]);
         }
       }
+    }
+    try {
+      replayRange(value.from, value.to);
+    } catch (err) {
+      throw new ApiError('validation_failed', (err as Error).message, [
+        { path: 'to', message: 'before from' },
+      ]);
     }
     if (!value.dry_run) {
       refuseWhenLogFull(deps);
