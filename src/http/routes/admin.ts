@@ -93,11 +93,12 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         { path: 'to', message: 'before from' },
       ]);
     }
-    if (!value.dry_run) {
-      refuseWhenLogFull(deps);
-    }
     // The JSON sent, as DESIGN compares it: `{from}` and `{from, dry_run: false}` are two bodies.
+    // The log's room is looked at under the key: one already answered is answered again.
     return onceForKey(c, deps, raw, async () => {
+      if (!value.dry_run) {
+        refuseWhenLogFull(deps);
+      }
       const report = await mainCall(
         deps,
         'tell which events it lacks',
@@ -153,8 +154,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   app.post('/admin/dead-letters/:id/retry', async (c) => {
     const id = deadLetterParam(c);
     await checkUnreadBody(c, deps.config.maxBodyBytes);
-    refuseWhenLogFull(deps);
     return onceForKey(c, deps, null, async () => {
+      refuseWhenLogFull(deps);
       const dead = await deadLetterOf(id);
       const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
         if (err instanceof UndecodableEntryError) {
