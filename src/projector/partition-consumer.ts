@@ -101,6 +101,8 @@ export class PartitionConsumer {
   readonly #retryBackoff = new Backoff({ baseMs: 200, capMs: 30_000 });
   /** Aggregates with a failed entry awaiting retry: their later entries wait behind it. */
   readonly #holding = new Set<string>();
+  /** The pass a re-read is already scheduled from, if any. */
+  #rereadScheduledFor: number | undefined;
   #running: Promise<void> | undefined;
   #stopping: Promise<void> | undefined;
   #rereadOwnPending = true;
@@ -200,24 +202,21 @@ export class PartitionConsumer {
           this.#rereadFromStart();
           continue;
         }
-        if (this.#scan !== scanBefore) {
-          // Entries were claimed for this consumer while the read was out (the idle reclaim):
-          // they may be older than what it brought, which waits in our pending list and is read
-          // again after them. Applied now, it would go before them.
-          continue;
-        }
         if (read.strandedWith && read.strandedWith.length > 0) {
           // What was just read is newer than what they hold: it stays in our pending list, and
           // is read again, in order, after them. Only while the lease is still ours: the read
           // may itself be a late one, come back after the partition went to another process,
           // whose entries it would then take.
+          // Otherwise the next read of new entries finds them held still, and claims them then.
           if (this.#deps.leaseValid()) {
             await this.#claimStranded(read.strandedWith);
-          } else {
-            // Not claimed: what was read waits in our pending list all the same, and must come
-            // after theirs, not be passed over by the next read of new entries.
-            this.rereadOwnPending();
           }
+          continue;
+        }
+        if (this.#scan !== scanBefore) {
+          // Entries were claimed for this consumer while the read was out (the idle reclaim):
+          // they may be older than what it brought, which waits in our pending list and is read
+          // again after them. Applied now, it would go before them.
           continue;
         }
         if (read.entries.length === 0) {
@@ -548,6 +547,11 @@ export class PartitionConsumer {
     holdWaiting();
     this.#mainSeen = result.mainPosition ?? this.#mainSeen;
     const { applied, duplicates, failed, deferred, commitLsn } = result;
+    for (const entry of deferred) {
+      // Held back behind what its unit waits for: its aggregate's later entries, in later pages,
+      // wait too, and an undecodable one is not filed ahead of it.
+      this.#holding.add(entry.event.aggregate_id);
+    }
     const rerecorded = await this.#forgetStale(applicable, recorded, result);
     const done = [
       ...applied,
@@ -854,8 +858,14 @@ export class PartitionConsumer {
   }
 
   #scheduleReread() {
-    const delay = this.#retryBackoff.nextDelayMs();
     const scan = this.#scan;
+    if (this.#rereadScheduledFor === scan) {
+      // One wait per pass: each page with a failed or held entry asking again would take the
+      // backoff to its cap within a pass, though only the first timer acts.
+      return;
+    }
+    this.#rereadScheduledFor = scan;
+    const delay = this.#retryBackoff.nextDelayMs();
     setTimeout(() => {
       // A pass of its own from the first page, unless one has begun since this was scheduled
       // (it meets the failed event again). Only setting the flag, a timer that fired during the
