@@ -585,24 +585,56 @@ void describe('two projector processes sharing one consumer name', () => {
     assert.equal(closed, 0);
   });
 
+  /**
+   * Runs `check` on a partition `lease` took, with the wall clock read through `wallClock` (given
+   * the real one), and puts the real clock back whatever happens.
+   */
+  const withWallClock = async (
+    lease: LeaseManager,
+    wallClock: (real: () => number) => () => number,
+    check: (partition: number) => Promise<void> | void,
+  ) => {
+    await lease.tick();
+    const [partition] = lease.owned;
+    assert.ok(partition !== undefined, 'it took a partition');
+    assert.equal(lease.isValid(partition), true);
+    const real = Date.now;
+    Date.now = wallClock(real);
+    try {
+      await check(partition);
+    } finally {
+      Date.now = real;
+      await lease.stop();
+    }
+  };
+
   void it('trusts a lease locally by the monotonic clock: the wall clock stepped back (NTP back after an outage) does not stretch it', async () => {
     const stalled = manager('clock-stepped-back', { ttlMs: 600 });
-    await stalled.tick();
-    const [partition] = stalled.owned;
-    assert.ok(partition !== undefined, 'it took a partition');
-    assert.equal(stalled.isValid(partition), true);
-    const wallClock = Date.now;
-    const steppedBack = wallClock() - 3_600_000;
-    const since = performance.now();
-    Date.now = () => steppedBack + (performance.now() - since);
-    try {
+    await withWallClock(
+      stalled,
+      (real) => {
+        const steppedBack = real() - 3_600_000;
+        const since = performance.now();
+        return () => steppedBack + (performance.now() - since);
+      },
       // No renewal from here on (a frozen or cut-off process): the lease must lapse locally
       // two thirds of the TTL after the last renewal began, whatever the wall clock says.
-      await waitFor(() => !stalled.isValid(partition), 'the local validity to end', 5_000);
-    } finally {
-      Date.now = wallClock;
-      await stalled.stop();
-    }
+      (partition) => waitFor(() => !stalled.isValid(partition), 'the local validity to end', 5_000),
+    );
+  });
+
+  void it('stops trusting a lease when the wall clock passed its end: the monotonic clock stands still while a host is suspended', async () => {
+    const suspended = manager('host-suspended', { ttlMs: 60_000 });
+    await withWallClock(
+      suspended,
+      (real) => {
+        const wokenAt = real() + 600_000;
+        return () => wokenAt;
+      },
+      (partition) => {
+        assert.equal(suspended.isValid(partition), false, 'woken ten minutes later');
+      },
+    );
   });
 
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {

@@ -20,10 +20,18 @@ export type LeaseEvents = {
 };
 
 /**
- * `validUntil` is on the monotonic clock: a wall clock stepped back (NTP reached again after an
- * outage) would otherwise stretch a stale owner's local trust past the lease's end in the database.
+ * Trusted locally until both ends pass: `validUntil` on the monotonic clock, as a wall clock
+ * stepped back (NTP reached again after an outage) would stretch a stale owner's trust past the
+ * lease's end in the database; `wallUntil` on the wall clock, as the monotonic one stands still
+ * while the host is suspended, and a host woken after minutes would trust a lease long lost.
  */
-type Held = { lease: Lease; validUntil: number };
+type Held = { lease: Lease; validUntil: number; wallUntil: number };
+
+/** When a lease renewed (or taken) from now on stops being trusted locally, on both clocks. */
+const trustedFrom = (ttlMs: number) => {
+  const validity = validityMs(ttlMs);
+  return { validUntil: performance.now() + validity, wallUntil: Date.now() + validity };
+};
 
 export type LeaseManagerDeps = {
   pool: pg.Pool;
@@ -72,7 +80,7 @@ export class LeaseManager {
 
   isValid(partition: number): boolean {
     const held = this.#held.get(partition);
-    return held !== undefined && held.validUntil > performance.now();
+    return held !== undefined && held.validUntil > performance.now() && held.wallUntil > Date.now();
   }
 
   start(): void {
@@ -131,9 +139,9 @@ export class LeaseManager {
     }
     this.#beaten = true;
     for (const [partition, held] of this.#held) {
-      const started = performance.now();
+      const trusted = trustedFrom(ttlMs);
       if (await renewLease(pool, held.lease, ttlMs)) {
-        held.validUntil = started + validityMs(ttlMs);
+        Object.assign(held, trusted);
       } else {
         logger.warn({ partition, token: held.lease.token }, 'lease lost');
         this.#held.delete(partition);
@@ -156,11 +164,11 @@ export class LeaseManager {
       if (this.#held.has(partition) || this.#abort.signal.aborted) {
         continue;
       }
-      const started = performance.now();
+      const trusted = trustedFrom(ttlMs);
       const token = await acquireLease(pool, partition, consumer, ttlMs);
       if (token !== undefined) {
         const lease = { partition, consumer, token };
-        this.#held.set(partition, { lease, validUntil: started + validityMs(ttlMs) });
+        this.#held.set(partition, { lease, ...trusted });
         logger.info({ partition, token }, 'lease acquired');
         try {
           await this.deps.events.acquired(lease);
