@@ -681,6 +681,11 @@ void describe('recovery', () => {
       const fromKept = await replay(deps, { from: ids[4] as string, partition: 0, dryRun: true });
       assert.equal(fromKept.history_starts_at, null);
       assert.equal(fromKept.scanned, 1);
+      // From just after the last entry trimmed: nothing of that range is gone.
+      const [lastTrimmedMs, lastTrimmedSeq] = (ids[3] as string).split('-');
+      const justAfter = `${lastTrimmedMs}-${Number(lastTrimmedSeq) + 1}`;
+      const fromUntrimmed = await replay(deps, { from: justAfter, partition: 0, dryRun: true });
+      assert.equal(fromUntrimmed.history_starts_at, null);
       assert.equal(
         await trimPartition(log, 0, 7 * 86_400_000),
         0,

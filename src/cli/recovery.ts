@@ -122,7 +122,7 @@ const refuseBesideProjectors = async (site: Site) => {
   const holdings = await leaseHoldings(site.main);
   if (holdings.some((holding) => liveHolder(holding) !== undefined)) {
     throw new CliError(
-      `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write; --verify and --dry-run only read`,
+      `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
     );
   }
 };

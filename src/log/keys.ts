@@ -28,6 +28,8 @@ export type PartitionKeys = {
   blockedAggregates: string;
   /** Audit records of discarded dead letters. */
   discarded: string;
+  /** The newest entry id trimming has removed from the stream: replays before it are cut short. */
+  trimmedThrough: string;
   /** Attempts per entry id, for entries whose application failed on data. */
   attempts: string;
   /**
@@ -115,6 +117,7 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     deadIndex: `${prefix}:dead-index`,
     blockedAggregates: `${prefix}:blocked-aggregates`,
     discarded: `${prefix}:discarded`,
+    trimmedThrough: `${prefix}:trimmed-through`,
     inflight: (aggregateType, aggregateId) =>
       inflightBucket(aggregateType, idBucket(aggregateId, INFLIGHT_BUCKETS)),
     inflightBucket,

@@ -1,4 +1,4 @@
-import { entryIdAt, entryTime, minEntryId, timeMs } from './entry-id.ts';
+import { compareEntryIds, entryIdAt, entryTime, minEntryId, timeMs } from './entry-id.ts';
 import type { EventLog } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 
@@ -52,7 +52,36 @@ export const trimPartition = async (
     retentionMs,
     now ?? (await redisNow(eventLog)),
   );
-  return Number(await eventLog.redis.xtrim(eventLog.keys(partition).stream, 'MINID', floor));
+  const keys = eventLog.keys(partition);
+  // The newest entry the trim removes, so a replay can tell whether its range reached into what
+  // is gone (nothing else takes entries out of a partition stream).
+  const [lastBelow] = (await eventLog.redis.xrevrange(
+    keys.stream,
+    `(${floor}`,
+    '-',
+    'COUNT',
+    1,
+  )) as [string, unknown][];
+  const trimmed = Number(await eventLog.redis.xtrim(keys.stream, 'MINID', floor));
+  if (trimmed > 0 && lastBelow) {
+    await recordTrimmedThrough(eventLog, keys.trimmedThrough, lastBelow[0]);
+  }
+  return trimmed;
+};
+
+/**
+ * Best effort, as the trim it follows has freed memory already: a mark left behind only makes a
+ * replay's report say less.
+ */
+const recordTrimmedThrough = async (eventLog: EventLog, key: string, entryId: string) => {
+  try {
+    const recorded = await eventLog.redis.get(key);
+    if (recorded === null || compareEntryIds(entryId, recorded) > 0) {
+      await eventLog.redis.set(key, entryId);
+    }
+  } catch {
+    // The next trim records it again.
+  }
 };
 
 /**

@@ -3,6 +3,7 @@ import { appliedEventIds } from '../db/queries/apply.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
 import { compareEntryIds, entryIdAt, isStreamEntryId, parseEntryId } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
+import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
@@ -130,7 +131,7 @@ export const replay = async (
     .allKeys()
     .filter((k) => request.partition === undefined || k.partition === request.partition);
   for (const keys of partitions) {
-    const start = await trimmedAfter(deps, keys.stream, from);
+    const start = await trimmedAfter(deps, keys, from);
     if (
       start !== undefined &&
       (report.history_starts_at === null || compareEntryIds(start, report.history_starts_at) > 0)
@@ -200,29 +201,27 @@ export const replay = async (
 };
 
 /**
- * The first entry a stream still holds, when the range starts before it and entries were trimmed
- * from the front (XTRIM is the only way entries leave a partition stream): the part of the range
- * before it may have held events, and is gone. Undefined when the range's start is still held.
+ * Where a partition's history begins now, when trimming removed entries at or after `from`: the
+ * part of the range up to there is gone. Undefined when nothing of the range was trimmed.
  */
 const trimmedAfter = async (
   deps: Deps,
-  stream: string,
+  keys: PartitionKeys,
   from: string,
 ): Promise<string | undefined> => {
-  let info: unknown[];
-  try {
-    info = (await deps.eventLog.redis.xinfo('STREAM', stream)) as unknown[];
-  } catch (err) {
-    if (err instanceof Error && /no such key/i.test(err.message)) {
-      return undefined;
-    }
-    throw err;
+  const trimmedThrough = await deps.eventLog.redis.get(keys.trimmedThrough);
+  if (trimmedThrough === null || compareEntryIds(trimmedThrough, from) < 0) {
+    return undefined;
   }
-  const field = (name: string) => info[info.indexOf(name) + 1];
-  const trimmed = Number(field('entries-added')) > Number(field('length'));
-  const first = (field('first-entry') as [string, unknown] | null)?.[0];
-  const start = first ?? String(field('last-generated-id'));
-  return trimmed && compareEntryIds(from, start) < 0 ? start : undefined;
+  const [first] = (await deps.eventLog.redis.xrange(
+    keys.stream,
+    `(${trimmedThrough}`,
+    '+',
+    'COUNT',
+    1,
+  )) as RawEntry[];
+  // Nothing left after it (all trimmed): the last entry trimmed stands for where it ends.
+  return first?.[0] ?? trimmedThrough;
 };
 
 /**
