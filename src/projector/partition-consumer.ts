@@ -364,13 +364,14 @@ export class PartitionConsumer {
     if (from === '>') {
       args.push('BLOCK', BLOCK_MS);
     }
+    // The pending summary with every read, own pending entries too: a re-read from the start
+    // that came before the next read of new entries (a retry, the breaker) would otherwise apply
+    // what it holds before entries still stranded with another consumer.
     const pipeline = reader
       .pipeline()
       .call('XREADGROUP', ...args, 'STREAMS', keys.stream, from)
-      .scard(keys.blockedAggregates);
-    if (from === '>') {
-      pipeline.xpending(keys.stream, CONSUMER_GROUP);
-    }
+      .scard(keys.blockedAggregates)
+      .xpending(keys.stream, CONSUMER_GROUP);
     const replies = await pipeline.exec();
     const [[readError, reply] = [], [countError, blockedCount] = [], [pendingError, summary] = []] =
       replies ?? [];
@@ -620,6 +621,8 @@ export class PartitionConsumer {
       // earlier failures, hours ago perhaps, left the backoff. (During a re-read a page without
       // the failing entry says nothing about it.)
       this.#retryBackoff.reset();
+      // A re-read scheduled at the old backoff would otherwise make the next failure wait for it.
+      this.#rereadScheduledFor = undefined;
     }
     const ms = performance.now() - started;
     this.#deps.metrics.eventsApplied.inc(applied.length);
