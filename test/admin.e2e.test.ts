@@ -92,6 +92,49 @@ const settledState = async (h: Harness, eventId: string): Promise<string | undef
   return state;
 };
 
+/**
+ * A unit started and confirmed, then its projector stopped: `patch` builds an update of it to
+ * append past the API, `appendUnreadable` writes one with data no JSON parser takes, and
+ * `discardLetters` discards whatever of the given events the dead letters hold.
+ */
+const unitForUnreadablePatches = async (h: Harness, obsUnitId: string) => {
+  const log = eventLogOf(h);
+  const first = await h.startService('projector');
+  const unit = (
+    await h.post('/executed_obs_units/start', { obs_unit_id: obsUnitId, instrument: 'x' })
+  ).body;
+  assert.equal(await settledState(h, unit.event_id), 'confirmed');
+  await h.stopService(first);
+  const partition = partitionOf(unit.id, h.config.partitions);
+  return {
+    log,
+    unit,
+    partition,
+    patch: (notes: string) =>
+      eventIn(h, partition, {
+        type: 'ExecutedObsUnitUpdated',
+        aggregate_type: 'executed_obs_unit',
+        aggregate_id: unit.id,
+        data: { notes },
+      }),
+    appendUnreadable: async (event: Envelope) => {
+      // Written past the API, a field per property, with data no JSON parser takes.
+      const unreadable = withField(encodeFieldPerProperty(event), 'data', '{not json');
+      await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
+    },
+    discardLetters: async (events: readonly Envelope[]) => {
+      for (const event of events) {
+        await h.request(
+          'DELETE',
+          `/admin/dead-letters/${event.event_id}`,
+          { reason: 'test of an undecodable entry' },
+          auth(TOKEN),
+        );
+      }
+    },
+  };
+};
+
 void describe('admin and incident tools', () => {
   let h: Harness;
   before(async () => {
@@ -466,34 +509,11 @@ void describe('admin and incident tools', () => {
   });
 
   void it("applies a unit's events before an undecodable entry of it in the same batch, and holds those after", async () => {
-    const log = eventLogOf(h);
-    const first = await h.startService('projector');
-    const unit = (
-      await h.post('/executed_obs_units/start', {
-        obs_unit_id: 'undecodable-middle',
-        instrument: 'x',
-      })
-    ).body;
-    assert.equal(await settledState(h, unit.event_id), 'confirmed');
-    await h.stopService(first);
-
-    const partition = partitionOf(unit.id, h.config.partitions);
-    const patch = (notes: string) =>
-      ({
-        event_id: newIdInPartition(partition, h.config.partitions),
-        aggregate_id: unit.id,
-        aggregate_type: 'executed_obs_unit',
-        type: 'ExecutedObsUnitUpdated',
-        version: 1,
-        site: h.config.site,
-        accepted_at: Date.now(),
-        data: { notes },
-      }) as unknown as Envelope;
+    const { log, unit, partition, patch, appendUnreadable, discardLetters } =
+      await unitForUnreadablePatches(h, 'undecodable-middle');
     const [before, middle, after] = [patch('before'), patch('unreadable'), patch('after')];
     assert.equal((await log.append({ partition, events: [before] })).kind, 'appended');
-    // Written past the API, a field per property, with data no JSON parser takes.
-    const unreadable = withField(encodeFieldPerProperty(middle), 'data', '{not json');
-    await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
+    await appendUnreadable(middle);
     assert.equal((await log.append({ partition, events: [after] })).kind, 'appended');
 
     // One batch: the projector meets all three at once.
@@ -504,14 +524,7 @@ void describe('admin and incident tools', () => {
       assert.equal(await settledState(h, after.event_id), 'dead', 'after it: held behind it');
       assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'before');
     } finally {
-      for (const event of [middle, after]) {
-        await h.request(
-          'DELETE',
-          `/admin/dead-letters/${event.event_id}`,
-          { reason: 'test of an undecodable entry' },
-          auth(TOKEN),
-        );
-      }
+      await discardLetters([middle, after]);
       await h.stopService(projector);
     }
   });
@@ -1389,25 +1402,8 @@ void describe('an undecodable entry behind a failing event of its unit', () => {
 
   void it('files an undecodable entry only once the earlier events of its unit have applied: one retried first is not dead-lettered behind it', async () => {
     const h = site();
-    const log = eventLogOf(h);
-    const first = await h.startService('projector');
-    const unit = (
-      await h.post('/executed_obs_units/start', {
-        obs_unit_id: 'undecodable-later',
-        instrument: 'x',
-      })
-    ).body;
-    assert.equal(await settledState(h, unit.event_id), 'confirmed');
-    await h.stopService(first);
-
-    const partition = partitionOf(unit.id, h.config.partitions);
-    const patch = (notes: string) =>
-      eventIn(h, partition, {
-        type: 'ExecutedObsUnitUpdated',
-        aggregate_type: 'executed_obs_unit',
-        aggregate_id: unit.id,
-        data: { notes },
-      });
+    const { log, unit, partition, patch, appendUnreadable, discardLetters } =
+      await unitForUnreadablePatches(h, 'undecodable-later');
     const [refusedOnce, unreadableEvent, after] = [
       patch('refused-once'),
       patch('unreadable'),
@@ -1419,8 +1415,7 @@ void describe('an undecodable entry behind a failing event of its unit', () => {
     const appended = await log.append({ partition, events: [refusedOnce] });
     assert.equal(appended.kind, 'appended');
     const [refusedEntry] = appended.kind === 'appended' ? appended.entryIds : [];
-    const unreadable = withField(encodeFieldPerProperty(unreadableEvent), 'data', '{not json');
-    await log.redis.xadd(log.keys(partition).stream, '*', ...unreadable);
+    await appendUnreadable(unreadableEvent);
     assert.equal((await log.append({ partition, events: [after] })).kind, 'appended');
 
     // Attempts far apart: the constraint is dropped between the first and the second.
@@ -1442,14 +1437,7 @@ void describe('an undecodable entry behind a failing event of its unit', () => {
       assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'refused-once');
     } finally {
       await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
-      for (const event of [refusedOnce, unreadableEvent, after]) {
-        await h.request(
-          'DELETE',
-          `/admin/dead-letters/${event.event_id}`,
-          { reason: 'test of an undecodable entry' },
-          auth(TOKEN),
-        );
-      }
+      await discardLetters([refusedOnce, unreadableEvent, after]);
       await h.stopService(projector);
     }
   });

@@ -11,7 +11,7 @@ import {
   writeRefusal,
   writeRefusedReason,
 } from '../log/capacity.ts';
-import type { AppendResult, Guard } from '../log/event-log.ts';
+import type { AppendRequest, AppendResult, Guard } from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -194,7 +194,7 @@ export const accept = async (
 const answerOnRecord = async (
   deps: AppDeps,
   partition: number,
-  idempotency: Parameters<AppDeps['eventLog']['recordedAnswer']>[1] | undefined,
+  idempotency: AppendRequest['idempotency'],
   err: unknown,
   refusal: ApiError,
 ): Promise<AppendResult> => {

@@ -2,7 +2,7 @@
 export type EntryId = readonly [ms: bigint, seq: bigint];
 
 const ENTRY_ID = /^(\d+)(?:-(\d+))?$/;
-const U64_MAX = 2n ** 64n - 1n;
+export const U64_MAX = 2n ** 64n - 1n;
 
 /** The last id a stream can hold: nothing comes after it, so no range can start past it. */
 export const LAST_ENTRY_ID = `${U64_MAX}-${U64_MAX}`;

@@ -1,7 +1,13 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
-import { compareEntryIds, entryIdAt, isStreamEntryId, parseEntryId } from '../log/entry-id.ts';
+import {
+  compareEntryIds,
+  entryIdAt,
+  isStreamEntryId,
+  parseEntryId,
+  U64_MAX,
+} from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
@@ -92,7 +98,7 @@ export const replayRange = (fromText: string, toText?: string): { from: string; 
   const to = replayBound(toText, 'to');
   // An end without its sequence number takes in the whole millisecond.
   const [toMs] = parseEntryId(to);
-  const lastOfEnd = to.includes('-') ? to : `${toMs}-${2n ** 64n - 1n}`;
+  const lastOfEnd = to.includes('-') ? to : `${toMs}-${U64_MAX}`;
   if (compareEntryIds(from, lastOfEnd) > 0) {
     throw new ReplayRangeError(fromText, toText);
   }

@@ -42,20 +42,6 @@ const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
 
 const FAILED = Symbol('probe failed');
 
-/** What `work` answers within the probe timeout, or FAILED. */
-const probe = async <T>(work: Promise<T>): Promise<T | typeof FAILED> => {
-  try {
-    return await withTimeout(work, PROBE_TIMEOUT_MS);
-  } catch {
-    return FAILED;
-  }
-};
-
-const settle = async <T>(work: Promise<T>): Promise<T | undefined> => {
-  const answer = await probe(work);
-  return answer === FAILED ? undefined : answer;
-};
-
 /** What `work` answers within the probe timeout, or why it did not. */
 const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failure?: string }> => {
   try {
@@ -64,6 +50,15 @@ const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failur
     return { failure: (err as Error).message };
   }
 };
+
+/** What `work` answers within the probe timeout, or FAILED. */
+const probe = async <T>(work: Promise<T>): Promise<T | typeof FAILED> => {
+  const { answer, failure } = await answerOrReason(work);
+  return failure === undefined ? (answer as T) : FAILED;
+};
+
+const settle = async <T>(work: Promise<T>): Promise<T | undefined> =>
+  (await answerOrReason(work)).answer;
 
 /** Computes /health, /buffer-stats and the pipeline gauges from live state, never constants. */
 export class StatusSource {

@@ -475,7 +475,8 @@ export class PartitionConsumer {
           !recorded.has(e.entryId),
       );
     for (const { entry, err } of undecodable) {
-      const { aggregateId, entryId } = failedEntryOf(entry);
+      const failed = failedEntryOf(entry);
+      const { aggregateId, entryId } = failed;
       if (
         waitingFrom.has(aggregateId) ||
         (!blockedFrom.has(aggregateId) && unsettledBefore(aggregateId, entryId))
@@ -485,7 +486,7 @@ export class PartitionConsumer {
         }
         continue;
       }
-      await this.#fail(failedEntryOf(entry), err);
+      await this.#fail(failed, err);
       if (!blockedFrom.has(aggregateId)) {
         blockedFrom.set(aggregateId, entryId);
       }
