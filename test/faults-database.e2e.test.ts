@@ -41,6 +41,9 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'a site without its main database is degraded, not down');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.database, 'disconnected');
+      const outage = (await h.get('/metrics')).text;
+      assert.match(outage, /^outpost_dependency_up\{dependency="main"\} 0$/m);
+      assert.match(outage, /^outpost_dependency_up\{dependency="redis"\} 1$/m);
       // The replica lost its source too, and /health says so in PostgreSQL's terms.
       await waitFor(
         async () =>
@@ -95,6 +98,7 @@ void describe('database faults under load', () => {
       await audit(h, accepted);
       const metrics = (await h.get('/metrics')).text;
       assert.match(metrics, /^outpost_circuit_breaker_state\{target="main"\} 0$/m);
+      assert.match(metrics, /^outpost_dependency_up\{dependency="main"\} 1$/m);
     });
   });
 
@@ -241,6 +245,11 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'writes are still accepted');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.replica, 'disconnected');
+      // The anomaly gauge keeps its value, and this says it is stale.
+      assert.match(
+        (await h.get('/metrics')).text,
+        /^outpost_dependency_up\{dependency="replica"\} 0$/m,
+      );
       // And says what stopped the acknowledgements, in the operator's first look.
       await waitFor(
         async () =>

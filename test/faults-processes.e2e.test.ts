@@ -311,6 +311,10 @@ void describe('process faults under load', () => {
       assert.equal(health.status, 503);
       assert.equal(health.body.redis, 'disconnected');
       assert.ok(health.headers.get('retry-after'), '/health says when to look again');
+      // The backlog gauges keep their values from before, and this says they are stale.
+      const metrics = await h.get('/metrics');
+      assert.equal(metrics.status, 200, 'Prometheus still scrapes the process');
+      assert.match(metrics.text, /^outpost_dependency_up\{dependency="redis"\} 0$/m);
       // The operator's endpoints read Redis too: an outage is a 503 to wait out, never a 500.
       const admin = { authorization: `Bearer ${h.config.adminToken}` };
       const someId = '01900000-0000-7000-8000-000000000000';

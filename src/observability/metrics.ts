@@ -110,6 +110,12 @@ export const createMetrics = () => {
         registers,
       }),
     ),
+    dependencyUp: new Gauge({
+      name: 'outpost_dependency_up',
+      help: 'Whether this process reached each dependency at its last scrape: redis (the site log), main (the main database), replica (the read replica); 1 reached, 0 not. The gauges read from an unreachable dependency keep their last value',
+      labelNames: ['dependency'] as const,
+      registers,
+    }),
     replicaReplayPaused: new Gauge({
       name: 'outpost_replica_replay_paused',
       help: 'Whether replay is paused on the read replica (pg_wal_replay_pause()): 1 paused, 0 replaying',

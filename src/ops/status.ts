@@ -174,7 +174,20 @@ export class StatusSource {
   /** Sets the pipeline gauges just before a scrape. */
   async refreshGauges(): Promise<void> {
     const { metrics } = this.#deps;
-    const buffers = await this.bufferOrUndefined();
+    // Each probe has its own time limit: together, an unreachable dependency costs the scrape one
+    // limit, not one per probe.
+    const [buffers, memory, refusal, oldest, snapshot, positions] = await Promise.all([
+      this.bufferOrUndefined(),
+      probe(readLogMemory(this.#deps.eventLog.redis)),
+      probe(probeWriteRefusal(this.#deps.eventLog.redis)),
+      probe(oldestRetainedMs(this.#deps.eventLog)),
+      probe(latestSnapshot(this.#deps.replica)),
+      this.#positions(),
+    ]);
+    // As /health reads them: Redis is reached when it answers the write probe, even to refuse.
+    metrics.dependencyUp.set({ dependency: 'redis' }, refusal === FAILED ? 0 : 1);
+    metrics.dependencyUp.set({ dependency: 'main' }, positions.mainLsn === undefined ? 0 : 1);
+    metrics.dependencyUp.set({ dependency: 'replica' }, positions.replicaPos === undefined ? 0 : 1);
     if (buffers) {
       for (const b of buffers.partitions) {
         const partition = String(b.partition);
@@ -186,23 +199,20 @@ export class StatusSource {
       metrics.oldestPendingAge.set(totals.oldestPendingSeconds);
       metrics.deadLetters.set(totals.deadLetters);
     }
-    const memory = await probe(readLogMemory(this.#deps.eventLog.redis));
     if (memory !== FAILED) {
       metrics.logMemoryRatio.set(logMemoryRatio(memory));
     }
-    const refusal = await probe(probeWriteRefusal(this.#deps.eventLog.redis));
     if (refusal !== FAILED) {
       metrics.logWritable.set(refusal === undefined ? 1 : 0);
     }
     // A gauge whose probe fails keeps its last value: set to 0, an unreadable replica would
-    // resolve the integrity alert and a lost link the lag alert, and both would flap.
-    const oldest = await probe(oldestRetainedMs(this.#deps.eventLog));
+    // resolve the integrity alert and a lost link the lag alert, and both would flap. The
+    // dependency gauges above say which values are stale.
     if (oldest !== FAILED) {
       metrics.oldestRetainedAge.set(
         oldest === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - oldest) / 1000),
       );
     }
-    const snapshot = await probe(latestSnapshot(this.#deps.replica));
     if (snapshot !== FAILED) {
       const anomalies = snapshot?.anomalies ?? noAnomalies();
       for (const problem of PROBLEMS) {
@@ -211,7 +221,7 @@ export class StatusSource {
       metrics.integrityRefreshedAt.set(snapshot ? Date.parse(snapshot.refreshed_at) / 1000 : 0);
       metrics.integrityRefreshDuration.set(snapshot ? snapshot.duration_ms / 1000 : 0);
     }
-    const { mainLsn, replicaPos, replayState } = await this.#positions();
+    const { mainLsn, replicaPos, replayState } = positions;
     // Seconds are the replica's own replay delay; bytes need both positions.
     const lag = lagOf(mainLsn, replicaPos, replayState);
     if (lag.replay_paused !== null) {
