@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { parseLsn } from '../src/db/lsn.ts';
 import type { Envelope } from '../src/domain/events.ts';
-import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
+import { newIdInPartition, partitionForText, partitionOf } from '../src/domain/ids.ts';
 import {
   decodeEntry,
   encodeEntryFields,
@@ -986,6 +986,67 @@ void describe('admin and incident tools', () => {
     assert.equal(resumed.replay_paused, false);
     assert.equal(resumed.reason, null);
     assert.equal(await scrapeMetric(h.url, 'outpost_replica_replay_paused'), 0);
+  });
+
+  void it('lists the oldest waiting entries whichever partitions hold them, and says when it leaves some out', async () => {
+    /** A unit started in `partition`: a new unit's partition follows from its Idempotency-Key. */
+    const startIn = async (partition: number, name: string) => {
+      let key = name;
+      for (
+        let n = 0;
+        partitionForText(`POST /executed_obs_units/start ${key}`, h.config.partitions) !==
+        partition;
+        n += 1
+      ) {
+        key = `${name}-${n}`;
+      }
+      const started = await h.post(
+        '/executed_obs_units/start',
+        { obs_unit_id: name, instrument: 'x' },
+        { 'idempotency-key': key },
+      );
+      assert.equal(started.status, 201, started.text);
+      return started.body as { id: string; event_id: string };
+    };
+    await waitForAllAcknowledged(h);
+    await h.pauseReplay();
+    try {
+      // The oldest waits in the last partition and newer ones in the first: a list filled
+      // partition by partition would show only the newer ones.
+      const oldest = await startIn(h.config.partitions - 1, 'oldest');
+      const newer = [await startIn(0, 'newer-a'), await startIn(0, 'newer-b')];
+      for (const unit of [oldest, ...newer]) {
+        await waitFor(
+          async () => (await h.get(`/events/${unit.event_id}`)).body.state === 'applied',
+          'applied',
+        );
+      }
+      const all = await h.request('GET', '/admin/pending?limit=1000', undefined, auth(TOKEN));
+      assert.equal(all.body.truncated, false);
+      assert.deepEqual(
+        all.body.entries.map((e: { event_id: string }) => e.event_id).sort(),
+        [oldest, ...newer].map((u) => u.event_id).sort(),
+      );
+      const cut = await h.request('GET', '/admin/pending?limit=1', undefined, auth(TOKEN));
+      assert.equal(cut.body.truncated, true);
+      assert.deepEqual(
+        cut.body.entries.map((e: { event_id: string }) => e.event_id),
+        [oldest.event_id],
+      );
+      const cli = await runCli(h, ['pending', '--limit', '1']);
+      assert.equal(cli.code, 0, cli.stderr);
+      assert.match(cli.stdout, new RegExp(oldest.event_id));
+      assert.doesNotMatch(cli.stdout, new RegExp(`${newer[0]?.event_id}|${newer[1]?.event_id}`));
+      assert.match(
+        cli.stdout,
+        /showing the 1 oldest entries of those that match: --limit shows more/,
+      );
+      const whole = await runCli(h, ['pending']);
+      assert.doesNotMatch(whole.stdout, /showing the/, 'nothing left out, nothing said');
+    } finally {
+      await h.replica.query('SELECT pg_wal_replay_resume()');
+    }
+    await waitForAllAcknowledged(h);
   });
 });
 

@@ -94,7 +94,10 @@ export const pending = (flags: IncidentFlags) => {
           replayed !== undefined &&
           lsnReached(e.commit_lsn, replayed),
       ),
-      Math.max(ACK_GRACE_MS, ACK_GRACE_PASSES * site.config.ackIntervalMs),
+      Math.min(
+        ACK_GRACE_MAX_MS,
+        Math.max(ACK_GRACE_MS, ACK_GRACE_PASSES * site.config.ackIntervalMs),
+      ),
       // The second look only refines the table already read; failing, it flags nothing.
     ).catch((): PendingEntry[] => []);
     print(
@@ -113,6 +116,11 @@ export const pending = (flags: IncidentFlags) => {
         })),
       ),
     );
+    if (report.truncated) {
+      print(
+        `showing the ${report.entries.length} oldest entries of those that match: --limit shows more, --partition, --idle and --consumer narrow them`,
+      );
+    }
     print('');
     print(
       r.replay_lsn
@@ -217,6 +225,8 @@ const seconds = (ms: number) => `${Math.round(ms / 1000)}s`;
 /** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
 const ACK_GRACE_MS = 1_000;
 const ACK_GRACE_PASSES = 25;
+/** An operator waits for the entries table: a slow acker's many passes are not worth minutes. */
+const ACK_GRACE_MAX_MS = 5_000;
 
 const deadRow = (d: DeadLetter) => ({
   id: d.id,

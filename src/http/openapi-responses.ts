@@ -267,7 +267,10 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         commit_lsn: nullable(lsn),
         waiting_for: { type: 'string', enum: ['projection', 'replica'] },
       }),
+      description:
+        'the `limit` oldest pending entries that match, whichever partitions hold them, by partition',
     },
+    truncated: { type: 'boolean', description: 'more entries match than `limit` let through' },
     replica: object(
       {
         replay_lsn: nullable(lsn),

@@ -3,8 +3,9 @@ import type pg from 'pg';
 import { parseLsn } from '../db/lsn.ts';
 import { mainWalLsn, replicaPosition, replicaReplayState } from '../db/queries/replica.ts';
 import { decodeEntry, type RawEntry } from '../log/codec.ts';
+import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
-import { CONSUMER_GROUP } from '../log/keys.ts';
+import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 import { replayStateView } from './replica-delay.ts';
 
@@ -41,7 +42,10 @@ export type PendingEntry = {
 
 export type PendingReport = {
   partitions: PendingPartition[];
+  /** The oldest pending entries that match, at most the filter's limit, by partition. */
   entries: PendingEntry[];
+  /** More entries match than the limit let through. */
+  truncated: boolean;
   replica: {
     replay_lsn: string | null;
     lag_bytes: number | null;
@@ -64,7 +68,10 @@ type XPendingEntry = [string, string, number, number];
 /**
  * What is stuck and why: XPENDING per partition, and for each pending entry its event, how long
  * it has been idle, how often it was delivered, and whether it waits for the projector (not yet
- * applied) or for the replica (applied, commit LSN not yet replayed).
+ * applied) or for the replica (applied, commit LSN not yet replayed). The entries listed are the
+ * `limit` oldest that match, whichever partitions hold them: filled partition by partition, a
+ * stuck entry of a late partition would hide behind healthy ones of the first. `truncated` says
+ * more match.
  */
 export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise<PendingReport> => {
   const { eventLog } = deps;
@@ -72,75 +79,117 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
     .allKeys()
     .filter((k) => filter.partition === undefined || k.partition === filter.partition);
   const partitions: PendingPartition[] = [];
+  const candidates: { partition: number; pending: XPendingEntry }[] = [];
+  for (const k of keys) {
+    const summary = await partitionSummary(eventLog, k.stream);
+    partitions.push({ partition: k.partition, ...summary });
+    if (summary.count > 0) {
+      // One more than asked for: a partition with more that match makes the list truncated.
+      for (const pending of await matchingPending(eventLog, k.stream, filter, filter.limit + 1)) {
+        candidates.push({ partition: k.partition, pending });
+      }
+    }
+  }
+  const chosen = candidates
+    .sort((a, b) => compareEntryIds(a.pending[0], b.pending[0]) || a.partition - b.partition)
+    .slice(0, filter.limit);
   const entries: PendingEntry[] = [];
   for (const k of keys) {
-    const [count, lowest, highest, consumers] = (await eventLog.redis.xpending(
-      k.stream,
-      CONSUMER_GROUP,
-    )) as XPendingSummary;
-    const oldest = lowest
-      ? ((await eventLog.redis.xpending(
-          k.stream,
-          CONSUMER_GROUP,
-          lowest,
-          lowest,
-          1,
-        )) as XPendingEntry[])
-      : [];
-    const groups = (await eventLog.redis.xinfo('GROUPS', k.stream)) as unknown[][];
-    const group = groups.find((g) => g[g.indexOf('name') + 1] === CONSUMER_GROUP) ?? [];
-    partitions.push({
-      partition: k.partition,
-      count: Number(count),
-      lowest_id: lowest,
-      highest_id: highest,
-      oldest_idle_ms: Number(oldest[0]?.[2] ?? 0),
-      consumers: Object.fromEntries((consumers ?? []).map(([name, n]) => [name, Number(n)])),
-      undelivered: Number(group[group.indexOf('lag') + 1] ?? 0) || 0,
-    });
-    const remaining = filter.limit - entries.length;
-    if (remaining <= 0 || Number(count) === 0) {
-      continue;
+    const own = chosen.filter((c) => c.partition === k.partition).map((c) => c.pending);
+    entries.push(...(await describePending(eventLog, k, own)));
+  }
+  return {
+    partitions,
+    entries,
+    truncated: candidates.length > filter.limit,
+    replica: await replicaReport(deps),
+  };
+};
+
+const partitionSummary = async (
+  eventLog: EventLog,
+  stream: string,
+): Promise<Omit<PendingPartition, 'partition'>> => {
+  const [count, lowest, highest, consumers] = (await eventLog.redis.xpending(
+    stream,
+    CONSUMER_GROUP,
+  )) as XPendingSummary;
+  const oldest = lowest
+    ? ((await eventLog.redis.xpending(
+        stream,
+        CONSUMER_GROUP,
+        lowest,
+        lowest,
+        1,
+      )) as XPendingEntry[])
+    : [];
+  const groups = (await eventLog.redis.xinfo('GROUPS', stream)) as unknown[][];
+  const group = groups.find((g) => g[g.indexOf('name') + 1] === CONSUMER_GROUP) ?? [];
+  return {
+    count: Number(count),
+    lowest_id: lowest,
+    highest_id: highest,
+    oldest_idle_ms: Number(oldest[0]?.[2] ?? 0),
+    consumers: Object.fromEntries((consumers ?? []).map(([name, n]) => [name, Number(n)])),
+    undelivered: Number(group[group.indexOf('lag') + 1] ?? 0) || 0,
+  };
+};
+
+/** A partition's oldest pending entries that pass the filter, at most `count`. */
+const matchingPending = async (
+  eventLog: EventLog,
+  stream: string,
+  filter: PendingFilter,
+  count: number,
+): Promise<XPendingEntry[]> => {
+  const args: (string | number)[] = [stream, CONSUMER_GROUP];
+  if (filter.minIdleMs !== undefined) {
+    args.push('IDLE', filter.minIdleMs);
+  }
+  args.push('-', '+', count);
+  if (filter.consumer !== undefined) {
+    args.push(filter.consumer);
+  }
+  return (await eventLog.redis.call('XPENDING', ...args)) as XPendingEntry[];
+};
+
+/** Pending entries of one partition with their events, commit LSNs and what they wait for. */
+const describePending = async (
+  eventLog: EventLog,
+  k: PartitionKeys,
+  pending: readonly XPendingEntry[],
+): Promise<PendingEntry[]> => {
+  if (pending.length === 0) {
+    return [];
+  }
+  const pipeline = eventLog.redis.pipeline();
+  for (const [id] of pending) {
+    pipeline.xrange(k.stream, id, id);
+  }
+  const ranges = await pipelineReplies(pipeline);
+  const lsns = await eventLog.appliedLsnOf(
+    pending.map(([id]) => id),
+    k.partition,
+  );
+  const acknowledged = await acknowledgedSince(
+    eventLog,
+    k.stream,
+    pending.filter((_, i) => !lsns[i]).map(([id]) => id),
+  );
+  return pending.flatMap(([id, consumer, idle, deliveries], i) => {
+    if (acknowledged.has(id)) {
+      return [];
     }
-    const args: (string | number)[] = [k.stream, CONSUMER_GROUP];
-    if (filter.minIdleMs !== undefined) {
-      args.push('IDLE', filter.minIdleMs);
+    const raw = (ranges[i] as RawEntry[] | undefined)?.[0];
+    let event: { event_id: string; aggregate_id: string; type: string } | undefined;
+    try {
+      event = raw ? decodeEntry(raw).event : undefined;
+    } catch {
+      event = undefined;
     }
-    args.push('-', '+', remaining);
-    if (filter.consumer !== undefined) {
-      args.push(filter.consumer);
-    }
-    const pending = (await eventLog.redis.call('XPENDING', ...args)) as XPendingEntry[];
-    if (pending.length === 0) {
-      continue;
-    }
-    const pipeline = eventLog.redis.pipeline();
-    for (const [id] of pending) {
-      pipeline.xrange(k.stream, id, id);
-    }
-    const ranges = await pipelineReplies(pipeline);
-    const lsns = await eventLog.appliedLsnOf(
-      pending.map(([id]) => id),
-      k.partition,
-    );
-    const acknowledged = await acknowledgedSince(
-      eventLog,
-      k.stream,
-      pending.filter((_, i) => !lsns[i]).map(([id]) => id),
-    );
-    pending.forEach(([id, consumer, idle, deliveries], i) => {
-      if (acknowledged.has(id)) {
-        return;
-      }
-      const raw = (ranges[i] as RawEntry[] | undefined)?.[0];
-      let event: { event_id: string; aggregate_id: string; type: string } | undefined;
-      try {
-        event = raw ? decodeEntry(raw).event : undefined;
-      } catch {
-        event = undefined;
-      }
-      const lsn = lsns[i] ?? null;
-      entries.push({
+    const lsn = lsns[i] ?? null;
+    return [
+      {
         entry_id: id,
         partition: k.partition,
         consumer,
@@ -151,10 +200,9 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
         type: event?.type ?? null,
         commit_lsn: lsn,
         waiting_for: lsn ? 'replica' : 'projection',
-      });
-    });
-  }
-  return { partitions, entries, replica: await replicaReport(deps) };
+      },
+    ];
+  });
 };
 
 /**
