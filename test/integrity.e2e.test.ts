@@ -219,6 +219,34 @@ void describe('integrity invariants', () => {
     });
   }
 
+  void it('counts a head at the newest seq that names another event, and stats ending at another time, as head_mismatch, as --verify does', async () => {
+    for (const [corrupt, repair] of [
+      [
+        `UPDATE aggregate_heads SET event_id = (SELECT event_id FROM events WHERE aggregate_id = $1 AND seq = 1)
+          WHERE aggregate_id = $1 AND ref = 'head'`,
+        `UPDATE aggregate_heads SET event_id = (SELECT event_id FROM events WHERE aggregate_id = $1 AND seq = 2)
+          WHERE aggregate_id = $1 AND ref = 'head'`,
+      ],
+      [
+        "UPDATE aggregate_stats SET last_event_at = last_event_at - interval '1 hour' WHERE aggregate_id = $1",
+        "UPDATE aggregate_stats SET last_event_at = last_event_at + interval '1 hour' WHERE aggregate_id = $1",
+      ],
+    ] as const) {
+      await h.main.query(corrupt, [ids.unit]);
+      try {
+        const { anomalies } = await refresh();
+        const moved = PROBLEMS.filter((p) => anomalies[p] > 0);
+        assert.deepEqual(moved, ['head_mismatch'], `${corrupt}: ${JSON.stringify(anomalies)}`);
+        const verify = await runCli(h, ['rebuild-projections', '--verify']);
+        assert.match(verify.stdout, new RegExp(ids.unit), 'the rebuild would repair it');
+      } finally {
+        await h.main.query(repair, [ids.unit]);
+      }
+    }
+    const { anomalies } = await refresh();
+    assert.equal(anomalies.head_mismatch, 0);
+  });
+
   void it('tells an operator through `outpost integrity status` which problem, how many, and a sample row', async () => {
     await h.main.query('UPDATE aggregate_heads SET seq = 1 WHERE aggregate_id = $1', [ids.unit]);
     try {

@@ -120,16 +120,21 @@ void describe('outpost migrate', () => {
         )
       ).rows.length === 1;
     try {
-      // The database as a site migrated while 0007 was the newest left it: 0008 neither applied
-      // nor recorded (under its first journal date, too: it was dated before 0006 and 0007).
+      // The database as a site migrated while 0007 was the newest left it: nothing after it
+      // applied or recorded (0008 under its first journal date, too: it was dated before 0006
+      // and 0007).
       await client.query('ALTER TABLE projector_members DROP COLUMN instance');
-      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at IN ($1, $2)', [
-        migrationWhen('0008_projector-instance'),
-        1796421052278,
-      ]);
+      await client.query(
+        'DELETE FROM drizzle.__drizzle_migrations WHERE created_at >= $1 OR created_at = $2',
+        [migrationWhen('0008_projector-instance'), 1796421052278],
+      );
       assert.equal(await hasInstance(), false);
       await runMigrations(url);
       assert.equal(await hasInstance(), true, '0008 applied on upgrade');
+      const { rows } = await client.query<{ query: string }>(
+        "SELECT pg_get_viewdef('integrity_head_mismatch') AS query",
+      );
+      assert.match(rows[0]?.query ?? '', /last_event_at/, '0009 applied on upgrade');
     } finally {
       await client.end();
     }

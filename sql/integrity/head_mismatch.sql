@@ -1,4 +1,5 @@
--- The head points at the newest event and the stats count every event.
+-- The head names the newest event, by seq and id, and the stats count every event and end at the
+-- newest one's time.
 WITH per_aggregate AS (
   SELECT aggregate_id, max(seq) AS max_seq, count(*)::int AS events FROM events GROUP BY aggregate_id
 )
@@ -7,6 +8,13 @@ SELECT p.aggregate_id, p.max_seq, p.events,
        (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = p.aggregate_id) AS stats_count
   FROM per_aggregate p
  WHERE EXISTS (SELECT 1 FROM aggregate_heads h
-                WHERE h.aggregate_id = p.aggregate_id AND h.ref = 'head' AND h.seq <> p.max_seq)
+                WHERE h.aggregate_id = p.aggregate_id AND h.ref = 'head'
+                  AND NOT EXISTS (SELECT 1 FROM events e
+                                   WHERE e.aggregate_id = p.aggregate_id AND e.seq = p.max_seq
+                                     AND e.seq = h.seq AND e.event_id = h.event_id))
     OR EXISTS (SELECT 1 FROM aggregate_stats s
-                WHERE s.aggregate_id = p.aggregate_id AND s.event_count <> p.events)
+                WHERE s.aggregate_id = p.aggregate_id
+                  AND (s.event_count <> p.events
+                       OR NOT EXISTS (SELECT 1 FROM events e
+                                       WHERE e.aggregate_id = p.aggregate_id AND e.seq = p.max_seq
+                                         AND e.occurred_at = s.last_event_at)))
