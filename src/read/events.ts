@@ -174,13 +174,18 @@ export const readAggregateEvents = async (
   const inflight = (await deps.eventLog.readInflight(aggregateId, partition)).filter(
     (e) => e.event.aggregate_id === aggregateId,
   );
+  // The commit LSNs before the replica: the acker drops an entry's LSN when it acknowledges it,
+  // once the replica has it, so an entry not on the replica read after had its LSN read before,
+  // if it had one. Read after the replica, one acknowledged in between would show as pending.
+  const inflightLsns = await deps.eventLog.appliedLsnOf(
+    inflight.map((e) => e.entryId),
+    partition,
+  );
+  const lsnOf = new Map(inflight.map((e, i) => [e.entryId, inflightLsns[i]]));
   const stored = await storedEventsOf(deps.replica, aggregateId);
   const onReplica = new Set(stored.map((s) => s.event_id));
   const pending = pendingOnly(inflight, onReplica);
-  const lsns = await deps.eventLog.appliedLsnOf(
-    pending.map((e) => e.entryId),
-    partition,
-  );
+  const lsns = pending.map((e) => lsnOf.get(e.entryId));
   const inflightIds = new Set(inflight.map((e) => e.event.event_id));
   const items = [
     ...stored.map(
