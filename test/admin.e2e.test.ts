@@ -1568,3 +1568,72 @@ void describe('outpost pending when nothing is applied', () => {
     );
   });
 });
+
+void describe('a keyed retry of a write whose named ids are gone since', () => {
+  const site = apiOnlySite();
+
+  void it('answers a start and a package with their first answers after the configuration and the files they named were dead-lettered', async () => {
+    const h = site();
+    const config = await h.post('/instrument_configurations', {
+      instrument: 'poison',
+      configuration: {},
+    });
+    assert.equal(config.status, 201, config.text);
+    const startBody = {
+      obs_unit_id: 'retried-later',
+      instrument: 'x',
+      instrument_configuration_id: config.body.id,
+    };
+    const startKey = { 'idempotency-key': 'start-naming-a-configuration' };
+    const started = await h.post('/executed_obs_units/start', startBody, startKey);
+    assert.equal(started.status, 201, started.text);
+    const unit = (await h.post('/executed_obs_units/start', { obs_unit_id: 'u', instrument: 'x' }))
+      .body;
+    const files = await h.post('/raw_data_files', {
+      executed_obs_unit_id: unit.id,
+      files: [
+        { path: '/poison', size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' },
+      ],
+    });
+    assert.equal(files.status, 201, files.text);
+    const packageBody = { name: 'p', file_ids: files.body.ids };
+    const packageKey = { 'idempotency-key': 'package-naming-a-file' };
+    const packaged = await h.post('/raw_data_packages', packageBody, packageKey);
+    assert.equal(packaged.status, 201, packaged.text);
+
+    await h.main.query(
+      "ALTER TABLE instrument_configurations ADD CONSTRAINT no_poison_config CHECK (instrument <> 'poison') NOT VALID",
+    );
+    await h.main.query(
+      "ALTER TABLE raw_data_files ADD CONSTRAINT no_poison_file CHECK (path <> '/poison') NOT VALID",
+    );
+    const projector = await h.startService('projector');
+    try {
+      assert.equal(await settledState(h, config.body.event_id), 'dead');
+      assert.equal(await settledState(h, files.body.event_ids[0]), 'dead');
+    } finally {
+      await h.stopService(projector);
+      await h.main.query('ALTER TABLE instrument_configurations DROP CONSTRAINT no_poison_config');
+      await h.main.query('ALTER TABLE raw_data_files DROP CONSTRAINT no_poison_file');
+    }
+    // Sent fresh, each names what the site no longer knows.
+    const fresh = await h.post('/executed_obs_units/start', startBody);
+    assert.equal(fresh.status, 404, fresh.text);
+    assert.equal((await h.post('/raw_data_packages', packageBody)).status, 404);
+    // Retried under their keys, each gets its first answer, and nothing is appended.
+    const before = await streamEventIds(h);
+    const startAgain = await h.post('/executed_obs_units/start', startBody, startKey);
+    assert.equal(startAgain.status, 201, startAgain.text);
+    assert.deepEqual(startAgain.body, started.body);
+    assert.equal(startAgain.headers.get('idempotent-replayed'), 'true');
+    const packageAgain = await h.post('/raw_data_packages', packageBody, packageKey);
+    assert.equal(packageAgain.status, 201, packageAgain.text);
+    assert.deepEqual(packageAgain.body, packaged.body);
+    assert.equal(packageAgain.headers.get('idempotent-replayed'), 'true');
+    // The same keys with other bodies are still refused as reused.
+    const reused = await h.post('/raw_data_packages', { ...packageBody, name: 'q' }, packageKey);
+    assert.equal(reused.status, 409, reused.text);
+    assert.equal(reused.body.error.code, 'idempotency_key_reused');
+    assert.deepEqual(await streamEventIds(h), before, 'nothing appended');
+  });
+});

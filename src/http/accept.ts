@@ -11,7 +11,7 @@ import {
   writeRefusal,
   writeRefusedReason,
 } from '../log/capacity.ts';
-import type { AppendRequest, AppendResult, Guard } from '../log/event-log.ts';
+import type { AppendRequest, AppendResult, Guard, RequestUnderKey } from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -135,10 +135,8 @@ export const accept = async (
   const { scope } = request;
   const idempotency = scope
     ? {
-        scopeHash: sha256(scope),
-        requestHash: sha256(stringify(request.rawBody) ?? ''),
+        ...requestUnderKey(deps, scope, request.rawBody),
         response: JSON.stringify(request.response),
-        keyPartition: partitionForText(scope, deps.config.partitions),
       }
     : undefined;
   const writer = c.get('writer') as string | undefined;
@@ -174,16 +172,57 @@ export const accept = async (
       return { kind: 'appended', response: request.response };
     }
     case 'replayed':
-      c.header('Idempotent-Replayed', 'true');
-      return { kind: 'replayed', response: JSON.parse(result.response) as Accepted };
     case 'idempotency_conflict':
-      throw new ApiError(
-        'idempotency_key_reused',
-        'this Idempotency-Key was used with a different request body',
-      );
+      return recordedOutcome(c, result);
     default:
       return result;
   }
+};
+
+const requestUnderKey = (deps: AppDeps, scope: string, rawBody: unknown): RequestUnderKey => ({
+  scopeHash: sha256(scope),
+  requestHash: sha256(stringify(rawBody) ?? ''),
+  keyPartition: partitionForText(scope, deps.config.partitions),
+});
+
+/** The first answer a key's record holds, as this request's; or the key reused with another body. */
+const recordedOutcome = (
+  c: Context,
+  recorded: Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }>,
+): AcceptOutcome => {
+  if (recorded.kind === 'idempotency_conflict') {
+    throw new ApiError(
+      'idempotency_key_reused',
+      'this Idempotency-Key was used with a different request body',
+    );
+  }
+  c.header('Idempotent-Replayed', 'true');
+  return { kind: 'replayed', response: JSON.parse(recorded.response) as Accepted };
+};
+
+/**
+ * A request refused by a check against what the site knows (an id in its body it cannot find)
+ * may be the retry of one that passed that check and was accepted: what it named was discarded
+ * since. Under an Idempotency-Key, the key's record answers it as its first run; without a
+ * record, it gets the refusal. `partition` is where the first run appended, if the route can tell
+ * without what the check could not find.
+ */
+export const recordedOrRefused = async (
+  c: Context,
+  deps: AppDeps,
+  request: { scope: string | undefined; rawBody: unknown; partition?: number },
+  refusal: unknown,
+): Promise<AcceptOutcome> => {
+  if (request.scope === undefined || !(refusal instanceof ApiError)) {
+    throw refusal;
+  }
+  const recorded = await deps.eventLog
+    .recordedAnswer(request.partition, requestUnderKey(deps, request.scope, request.rawBody))
+    .catch(() => undefined);
+  if (recorded === undefined) {
+    throw refusal;
+  }
+  return recordedOutcome(c, recorded);
 };
 
 /**

@@ -27,6 +27,7 @@ import {
   type PartitionKeys,
   partitionKeys,
 } from './keys.ts';
+import { pipelineReplies } from './redis.ts';
 
 const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
@@ -64,16 +65,18 @@ export type Guard = {
   require: boolean;
 };
 
+/** A request as its Idempotency-Key names it. */
+export type RequestUnderKey = {
+  scopeHash: string;
+  requestHash: string;
+  /** The key's own partition: where a new root created with this key is minted. */
+  keyPartition: number;
+};
+
 export type AppendRequest = {
   partition: number;
   events: readonly Envelope[];
-  idempotency?: {
-    scopeHash: string;
-    requestHash: string;
-    response: string;
-    /** The key's own partition: where a new root created with this key is minted. */
-    keyPartition: number;
-  };
+  idempotency?: RequestUnderKey & { response: string };
   guard?: Guard;
 };
 
@@ -491,11 +494,13 @@ export class EventLog {
    * has no record yet (nor a claim by another body).
    */
   async recordedAnswer(
-    partition: number,
-    idempotency: NonNullable<AppendRequest['idempotency']>,
+    partition: number | undefined,
+    idempotency: RequestUnderKey,
   ): Promise<Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }> | undefined> {
     const [record, claim] = await Promise.all([
-      this.#redis.get(this.keys(partition).idempotency(idempotency.scopeHash)),
+      partition === undefined
+        ? this.#recordInAnyPartition(idempotency.scopeHash)
+        : this.#redis.get(this.keys(partition).idempotency(idempotency.scopeHash)),
       this.#redis.get(this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash)),
     ]);
     if (record !== null) {
@@ -508,6 +513,16 @@ export class EventLog {
     return claim !== null && claim !== idempotency.requestHash
       ? { kind: 'idempotency_conflict' }
       : undefined;
+  }
+
+  /** A key's record wherever its request appended: for a caller that cannot tell where. */
+  async #recordInAnyPartition(scopeHash: string): Promise<string | null> {
+    const pipeline = this.#redis.pipeline();
+    for (const keys of this.allKeys()) {
+      pipeline.get(keys.idempotency(scopeHash));
+    }
+    const records = (await pipelineReplies(pipeline)) as (string | null)[];
+    return records.find((record) => record !== null) ?? null;
   }
 
   /**

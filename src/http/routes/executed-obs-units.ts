@@ -9,6 +9,7 @@ import {
   idempotencyScope,
   type NewEvent,
   partitionForNewRoot,
+  recordedOrRefused,
   respond,
 } from '../accept.ts';
 import { readJson } from '../body.ts';
@@ -35,10 +36,15 @@ export const registerUnitRoutes = (app: App, deps: AppDeps) => {
     const started = performance.now();
     const scope = idempotencyScope(c);
     const { value, raw } = await readJson(c, StartUnitBody, deps.config.maxBodyBytes);
-    if (value.instrument_configuration_id) {
-      await requireKnown(deps, 'instrument_configuration', value.instrument_configuration_id);
-    }
     const partition = partitionForNewRoot(scope, deps.config.partitions);
+    if (value.instrument_configuration_id) {
+      try {
+        await requireKnown(deps, 'instrument_configuration', value.instrument_configuration_id);
+      } catch (err) {
+        const outcome = await recordedOrRefused(c, deps, { scope, rawBody: raw, partition }, err);
+        return respond(c, deps, outcome, started);
+      }
+    }
     const id = newIdInPartition(partition, deps.config.partitions);
     const acceptedAt = now();
     const event = envelope(deps, partition, acceptedAt, {

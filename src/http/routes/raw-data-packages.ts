@@ -1,6 +1,6 @@
 import { fileUnits } from '../../db/queries/read.ts';
 import { newIdInPartition, partitionOf } from '../../domain/ids.ts';
-import { accept, envelope, idempotencyScope, respond } from '../accept.ts';
+import { accept, envelope, idempotencyScope, recordedOrRefused, respond } from '../accept.ts';
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
@@ -35,28 +35,42 @@ const unitsOfFiles = async (deps: AppDeps, fileIds: readonly string[]) => {
   return units;
 };
 
+/** The one executed obs unit whose files a package holds: every file known, all of one unit. */
+const unitOfPackage = async (deps: AppDeps, fileIds: readonly string[]): Promise<string> => {
+  const units = await unitsOfFiles(deps, fileIds);
+  const unknown = fileIds.flatMap((id, i) =>
+    units.has(id) ? [] : [{ path: `file_ids.${i}`, message: `unknown raw data file ${id}` }],
+  );
+  if (unknown.length > 0) {
+    throw new ApiError('not_found', 'some raw data files are not known at this site', unknown);
+  }
+  const distinctUnits = [...new Set(units.values())];
+  const unitId = distinctUnits[0];
+  if (distinctUnits.length !== 1 || unitId === undefined) {
+    throw new ApiError(
+      'files_span_units',
+      `a package holds files of one executed obs unit; these belong to ${distinctUnits.length}`,
+      fileIds.map((id, i) => ({ path: `file_ids.${i}`, message: `of unit ${units.get(id)}` })),
+    );
+  }
+  return unitId;
+};
+
 export const registerPackageRoutes = (app: App, deps: AppDeps) => {
   app.post('/raw_data_packages', async (c) => {
     const started = performance.now();
     const scope = idempotencyScope(c);
     const { value, raw } = await readJson(c, CreatePackageBody, deps.config.maxBodyBytes);
-    const units = await unitsOfFiles(deps, value.file_ids);
-    const unknown = value.file_ids.flatMap((id, i) =>
-      units.has(id) ? [] : [{ path: `file_ids.${i}`, message: `unknown raw data file ${id}` }],
-    );
-    if (unknown.length > 0) {
-      throw new ApiError('not_found', 'some raw data files are not known at this site', unknown);
-    }
-    const distinctUnits = [...new Set(units.values())];
-    const unitId = distinctUnits[0];
-    if (distinctUnits.length !== 1 || unitId === undefined) {
-      throw new ApiError(
-        'files_span_units',
-        `a package holds files of one executed obs unit; these belong to ${distinctUnits.length}`,
-        value.file_ids.map((id, i) => ({
-          path: `file_ids.${i}`,
-          message: `of unit ${units.get(id)}`,
-        })),
+    let unitId: string;
+    try {
+      unitId = await unitOfPackage(deps, value.file_ids);
+    } catch (err) {
+      // Where a first run appended follows from its files' unit, which this cannot tell.
+      return respond(
+        c,
+        deps,
+        await recordedOrRefused(c, deps, { scope, rawBody: raw }, err),
+        started,
       );
     }
     // A package lives in its unit's partition, behind the registrations of its files.
