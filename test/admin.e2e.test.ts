@@ -792,10 +792,71 @@ void describe('admin and incident tools', () => {
     );
   });
 
+  void it('names undecodable entries of the same entry id in two partitions apart, and acts on the one named', async () => {
+    // Entry ids are per stream: two partitions take the same one in the same millisecond.
+    const entryId = `${Date.now() + 60_000}-0`;
+    for (const partition of [2, 3]) {
+      await h.redis.xadd(
+        `${h.config.namespace}:{p${partition}}:events`,
+        entryId,
+        'junk',
+        `p${partition}`,
+      );
+    }
+    const [inTwo, inThree] = [`undecodable-2-${entryId}`, `undecodable-3-${entryId}`];
+    for (const id of [inTwo, inThree]) {
+      await waitFor(
+        async () =>
+          (await h.request('GET', `/admin/dead-letters/${id}`, undefined, auth(TOKEN))).status ===
+          200,
+        `${id} to be dead-lettered`,
+      );
+    }
+    const listed = await h.request('GET', '/admin/dead-letters?limit=1000', undefined, auth(TOKEN));
+    const ids = listed.body.items.map((d: { id: string }) => d.id);
+    assert.ok(ids.includes(inTwo) && ids.includes(inThree), ids.join(' '));
+    // The entry id alone names both: refused, with the names that tell them apart.
+    const ambiguous = await h.request(
+      'DELETE',
+      `/admin/dead-letters/undecodable-${entryId}?reason=which`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(ambiguous.status, 409, ambiguous.text);
+    assert.match(ambiguous.body.error.message, new RegExp(`${inTwo} or ${inThree}`));
+    const cliAmbiguous = await runCli(h, ['dead', 'show', `undecodable-${entryId}`]);
+    assert.equal(cliAmbiguous.code, 1);
+    assert.match(cliAmbiguous.stderr, /names dead letters in partitions 2, 3/);
+
+    const cliDiscard = await runCli(h, ['dead', 'discard', inThree, '--reason', 'junk']);
+    assert.equal(cliDiscard.code, 0, cliDiscard.stderr);
+    const left = await h.request('GET', `/admin/dead-letters/${inTwo}`, undefined, auth(TOKEN));
+    assert.equal(left.status, 200, 'the other partition keeps its letter');
+    assert.deepEqual(left.body.data, { junk: 'p2' });
+    assert.equal(
+      (await h.request('GET', `/admin/dead-letters/${inThree}`, undefined, auth(TOKEN))).status,
+      404,
+    );
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/undecodable-${entryId}?reason=junk`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, 'one partition left holding it: the entry id names it');
+    assert.equal(
+      await h.redis.sismember(
+        `${h.config.namespace}:{p2}:blocked-aggregates`,
+        `undecodable-${entryId}`,
+      ),
+      0,
+    );
+  });
+
   void it('lists, shows and discards an entry nobody can decode, and says why it cannot be retried', async () => {
     // Written past the API, as a foreign or corrupted writer would: no event id, nothing to decode.
     const entryId = await h.redis.xadd(`${h.config.namespace}:{p1}:events`, '*', 'junk', 'garbled');
-    const id = `undecodable-${entryId}`;
+    const id = `undecodable-1-${entryId}`;
     const path = `/admin/dead-letters/${id}`;
     await waitFor(
       async () => (await h.request('GET', path, undefined, auth(TOKEN))).status === 200,
@@ -824,6 +885,9 @@ void describe('admin and incident tools', () => {
     const cliShow = await runCli(h, ['dead', 'show', id]);
     assert.equal(cliShow.code, 0, cliShow.stderr);
     assert.match(cliShow.stdout, /garbled/);
+    // The name earlier builds listed it under still finds it, while no other partition has one.
+    const earlierName = `/admin/dead-letters/undecodable-${entryId}`;
+    assert.equal((await h.request('GET', earlierName, undefined, auth(TOKEN))).body.id, id);
 
     const cliDiscard = await runCli(h, ['dead', 'discard', id, '--reason', 'corrupted entry']);
     assert.equal(cliDiscard.code, 0, cliDiscard.stderr);
@@ -1093,7 +1157,7 @@ void describe('dead retry --all', () => {
       await h.post('/executed_obs_units/start', { obs_unit_id: 'retry-all', instrument: 'poison' })
     ).body as { id: string; event_id: string };
     const entryId = await h.redis.xadd(`${h.config.namespace}:{p0}:events`, '*', 'junk', 'x');
-    const undecodable = `undecodable-${entryId}`;
+    const undecodable = `undecodable-0-${entryId}`;
     await waitFor(
       async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
       'the poison start to be dead-lettered',

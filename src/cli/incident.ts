@@ -3,6 +3,7 @@ import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { type LeaseHolding, leaseHoldings } from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
+  AmbiguousDeadLetterError,
   type DeadLetter,
   deadLetterIdIn,
   isDeadLetterCursor,
@@ -253,10 +254,12 @@ const requireDead = async (
   const named = id === undefined ? undefined : deadLetterIdIn(id);
   if (named === undefined) {
     throw new CliError(
-      'give the dead letter id (the event id, a UUID, or undecodable-<entry id> as listed)',
+      'give the dead letter id (the event id, a UUID, or undecodable-<partition>-<entry id> as listed)',
     );
   }
-  const dead = await site.deadLetters.find(named);
+  const dead = await site.deadLetters.find(named).catch((err: unknown) => {
+    throw err instanceof AmbiguousDeadLetterError ? new CliError(err.message) : err;
+  });
   if (!dead) {
     throw new CliError(`no dead letter ${id}`);
   }

@@ -143,11 +143,11 @@ const FILE_IDS = ['0195f2a4-8a02-7c44-8e1f-2b3c4d5e6f10', '0195f2a4-8a02-7c44-8e
 const ENTRY_OR_TIME =
   '`^\\d+(-\\d+)?$` is a stream entry id; anything else must be an ISO-8601 time, read as UTC unless it names an offset';
 
-/** Dead letters are named by their event id, or, for an entry without one, by its entry id. */
+/** Dead letters are named by their event id, or, for an entry without one, by its partition and entry id. */
 const DEAD_LETTER_ID: OperationSpec['pathId'] = {
   description:
-    'the event id (a UUID), or `undecodable-<entry id>` for an entry that has none, as listed; anything else is 404',
-  orPattern: '^undecodable-[0-9]+-[0-9]+$',
+    'the event id (a UUID), or `undecodable-<partition>-<entry id>` for an entry that has none, as listed (`undecodable-<entry id>`, as earlier builds listed it, is taken while only one partition holds it: 409 otherwise); anything else is 404',
+  orPattern: '^undecodable-([0-9]+-)?[0-9]+-[0-9]+$',
 };
 
 export const OPERATIONS: readonly OperationSpec[] = [

@@ -254,7 +254,7 @@ export class DeadLetters {
     // An undecodable entry is shown with its raw fields: all an operator has to judge it by.
     const data = event ? event.data : entryRecord(eventFieldsOf(fields));
     const letter: DeadLetter = {
-      id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
+      id: shownIdOf(record.event_id, record.original_entry_id ?? deadId, partition),
       dead_letter_id: deadId,
       partition,
       original_entry_id: record.original_entry_id ?? '',
@@ -300,7 +300,9 @@ export class DeadLetters {
 
   /**
    * The dead letter an operator names, wherever it is: an event id is looked up in its own
-   * partition first, and an undecodable entry's id (which names no partition) in every one.
+   * partition first, an undecodable entry's id in the partition it names, and one in the form
+   * earlier builds listed, which names no partition, in every one; two letters under that name
+   * (entry ids are per partition) are refused rather than one picked.
    */
   async find(id: string): Promise<DeadLetter | undefined> {
     const partitions = this.eventLog.allKeys();
@@ -310,13 +312,26 @@ export class DeadLetters {
         return own;
       }
     }
+    const named = UNDECODABLE_IN_PARTITION.exec(id);
+    if (named) {
+      const partition = Number(named[1]);
+      return partition < partitions.length
+        ? this.get(undecodableId(named[2] as string), partition)
+        : undefined;
+    }
     const pipeline = this.#redis.pipeline();
     for (const keys of partitions) {
       pipeline.hget(keys.deadIndex, id);
     }
     const deadIds = await pipelineReplies(pipeline);
-    const partition = deadIds.findIndex((deadId) => deadId !== null);
-    return partition === -1 ? undefined : this.#letter(partition, deadIds[partition] as string);
+    const holding = deadIds.flatMap((deadId, partition) => (deadId === null ? [] : [partition]));
+    if (holding.length > 1) {
+      throw new AmbiguousDeadLetterError(id, holding);
+    }
+    const [partition] = holding;
+    return partition === undefined
+      ? undefined
+      : this.#letter(partition, deadIds[partition] as string);
   }
 
   async get(eventId: string, partition: number): Promise<DeadLetter | undefined> {
@@ -442,7 +457,10 @@ export class DeadLetters {
       read = await this.#readLetters(key, lastFiled);
       reads.set(dead.partition, read);
     }
-    const { letters, undecodable } = decodeLetters(read.byAggregate.get(dead.aggregate_id));
+    const { letters, undecodable } = decodeLetters(
+      dead.partition,
+      read.byAggregate.get(dead.aggregate_id),
+    );
     const pipeline = this.#redis.pipeline();
     for (const { dead_letter_id } of [...letters, ...undecodable]) {
       pipeline.xrange(key, dead_letter_id, dead_letter_id);
@@ -543,7 +561,7 @@ export class DeadLetters {
       keys.blockedAggregates,
       ...statusKeys,
       dead.dead_letter_id,
-      dead.id,
+      indexNameOf(dead),
       blocks,
       dead.aggregate_id === '' ? 'always' : 'last',
       ...audit,
@@ -563,7 +581,7 @@ const READ_PAGE = 1_000;
  * the stream took their events. Undecodable ones hold its block as the discard script sees it
  * (lib/letters.lua).
  */
-const decodeLetters = (entries: readonly RawEntry[] = []): AggregateLetters => {
+const decodeLetters = (partition: number, entries: readonly RawEntry[] = []): AggregateLetters => {
   const decoded: AggregateLetters = { letters: [], undecodable: [] };
   for (const [deadId, raw] of entries) {
     const fields = eventFieldsOf(raw);
@@ -573,7 +591,7 @@ const decodeLetters = (entries: readonly RawEntry[] = []): AggregateLetters => {
       event = decodeEntry([deadId, fields]).event;
     } catch (err) {
       decoded.undecodable.push({
-        id: deadLetterIdOf(record.event_id, record.original_entry_id ?? deadId),
+        id: shownIdOf(record.event_id, record.original_entry_id ?? deadId, partition),
         reason: (err as Error).message,
         dead_letter_id: deadId,
       });
@@ -644,9 +662,34 @@ const UNDECODABLE = 'undecodable-';
 /** An entry without a usable event id is dead-lettered, and named to operators, by its entry id. */
 const undecodableId = (entryId: string) => `${UNDECODABLE}${entryId}`;
 
-/** The name a dead letter goes by: its event id, if it has one the API can take in a path. */
+/** A letter's name in its partition's dead index: its event id, else its entry's stand-in. */
 const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
   eventId !== undefined && isUuid(eventId) ? eventId : undecodableId(entryId);
+
+/**
+ * The name operators know a letter by: its event id, or for an entry without one its partition
+ * and entry id. Entry ids are per partition, so the entry id alone, which the dead index holds and
+ * earlier builds listed, can name a letter in each of two partitions.
+ */
+const shownIdOf = (eventId: string | undefined, entryId: string, partition: number) =>
+  eventId !== undefined && isUuid(eventId) ? eventId : `${UNDECODABLE}${partition}-${entryId}`;
+
+/** `undecodable-<partition>-<entry id>`. */
+const UNDECODABLE_IN_PARTITION = /^undecodable-(\d+)-(\d+-\d+)$/;
+
+const indexNameOf = (dead: DeadLetter) =>
+  deadLetterIdOf(dead.event_id, dead.original_entry_id || dead.dead_letter_id);
+
+/** An undecodable entry's id in the form earlier builds listed, held by letters of several partitions. */
+export class AmbiguousDeadLetterError extends Error {
+  constructor(id: string, partitions: readonly number[]) {
+    super(
+      `${id} names dead letters in partitions ${partitions.join(', ')}: name one as ${partitions
+        .map((p) => `${UNDECODABLE}${p}-${id.slice(UNDECODABLE.length)}`)
+        .join(' or ')}, as outpost dead list shows them now`,
+    );
+  }
+}
 
 /**
  * The dead letter an operator's text names, as the index spells it (an event id in lower case), or
@@ -656,9 +699,10 @@ export const deadLetterIdIn = (text: string): string | undefined => {
   if (isUuid(text)) {
     return text.toLowerCase();
   }
-  return text.startsWith(UNDECODABLE) && isStreamEntryId(text.slice(UNDECODABLE.length))
-    ? text
+  const entryId = text.startsWith(UNDECODABLE)
+    ? (UNDECODABLE_IN_PARTITION.exec(text)?.[2] ?? text.slice(UNDECODABLE.length))
     : undefined;
+  return entryId !== undefined && isStreamEntryId(entryId) ? text : undefined;
 };
 
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {

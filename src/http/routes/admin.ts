@@ -8,7 +8,12 @@ import {
 import { replicaReached } from '../../db/queries/replica.ts';
 import { noAnomalies } from '../../integrity/problems.ts';
 import { UndecodableEntryError } from '../../log/codec.ts';
-import { deadLetterIdIn, isDeadLetterCursor, RetryNotYetError } from '../../log/dead-letters.ts';
+import {
+  AmbiguousDeadLetterError,
+  deadLetterIdIn,
+  isDeadLetterCursor,
+  RetryNotYetError,
+} from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound, replayRange } from '../../ops/replay.ts';
 import { refuseWhenLogFull } from '../accept.ts';
@@ -142,7 +147,9 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   });
 
   const deadLetterOf = async (id: string) => {
-    const dead = await deps.deadLetters.find(id);
+    const dead = await deps.deadLetters.find(id).catch((err: unknown) => {
+      throw err instanceof AmbiguousDeadLetterError ? new ApiError('conflict', err.message) : err;
+    });
     if (!dead) {
       throw notFound('dead letter');
     }
