@@ -224,6 +224,9 @@ export const deadLettersLine = (letters: number, blockedAggregates: number): str
 const seconds = (ms: number) => `${Math.round(ms / 1000)}s`;
 
 /** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
+/** Why a letter listed at the start of a retry was not retried: it had left the dead letters. */
+const GONE = 'gone: retried or discarded meanwhile';
+
 const ACK_GRACE_MS = 1_000;
 const ACK_GRACE_PASSES = 25;
 /** An operator waits for the entries table: a slow acker's many passes are not worth minutes. */
@@ -342,7 +345,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
               })
             : Promise.resolve(earlier)
           ).then(
-            (entryId) => ({ entryId, why: entryId === undefined ? 'gone' : '' }),
+            (entryId) => ({ entryId, why: entryId === undefined ? GONE : '' }),
             (err: unknown) => {
               if (err instanceof RetryNotYetError) {
                 if (!flags.all) {
@@ -384,9 +387,10 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           );
         }
         if (!flags.all && results[0]?.retried === false) {
-          throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? 'gone'}`);
+          throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? GONE}`);
         }
-        const left = results.filter((r) => !r.retried).length;
+        // A letter another operator retried or discarded meanwhile is not left.
+        const left = results.filter((r) => !r.retried && r.why_not !== GONE).length;
         if (left > 0) {
           // The report is whole on stdout; the exit code says that letters are left.
           throw new CliError(
@@ -407,7 +411,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           `cli:${process.env.USER ?? 'unknown'}`,
         );
         if (auditId === undefined) {
-          throw new CliError(`dead letter ${letter.id} is gone: retried or discarded meanwhile`);
+          throw new CliError(`dead letter ${letter.id} is ${GONE}`);
         }
         const result = { id: letter.id, discarded: true, audit_id: auditId };
         print(flags.json ? JSON.stringify(result) : `discarded ${letter.id} (audit ${auditId})`);
