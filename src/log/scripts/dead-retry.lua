@@ -14,7 +14,8 @@
 -- ARGV[7] the partition's newest letter when the letters were read ('0-0': none)
 -- ARGV[8] number of letters
 -- then per letter: dead-letter id, event id, event type, number of fields, the event's fields
--- Answers the new entry id of each letter, in order, or false for one no longer there; or
+-- Answers the new entry id of each letter, in order, or false for one no longer there (each, when
+-- none is: checked first); or
 -- {'in_flight', n} and changes nothing while n later events of the aggregate are still in the
 -- stream unprocessed: put back after them, the letters would apply after events accepted later.
 -- (Processed, those follow the block into the dead letters, and a retry then takes them along.)
@@ -25,6 +26,31 @@
 
 if has_letter_after(KEYS[2], ARGV[1], ARGV[7]) then
   return {'letters_changed'}
+end
+
+local letters = {}
+local at = 9
+for i = 1, tonumber(ARGV[8]) do
+  local count = tonumber(ARGV[at + 3])
+  letters[i] = { dead_id = ARGV[at], event_id = ARGV[at + 1], type = ARGV[at + 2],
+    first = at + 4, last = at + 3 + count }
+  at = at + 4 + count
+end
+
+-- Letters all gone since the read (another operator retried or discarded them) are answered as
+-- gone, not as held back by the entries that retry put back.
+local left = false
+for _, letter in ipairs(letters) do
+  if redis.call('XRANGE', KEYS[2], letter.dead_id, letter.dead_id)[1] then
+    left = true
+  end
+end
+if #letters > 0 and not left then
+  local gone = {}
+  for i = 1, #letters do
+    gone[i] = false
+  end
+  return gone
 end
 
 local function entry_after(a, b)
@@ -46,14 +72,6 @@ if later > 0 then
   return {'in_flight', later}
 end
 
-local letters = {}
-local at = 9
-for i = 1, tonumber(ARGV[8]) do
-  local count = tonumber(ARGV[at + 3])
-  letters[i] = { dead_id = ARGV[at], event_id = ARGV[at + 1], type = ARGV[at + 2],
-    first = at + 4, last = at + 3 + count }
-  at = at + 4 + count
-end
 local live = live_context(KEYS[7], KEYS[8], ARGV[3], ARGV[4], ARGV[5])
 local ids = {}
 for i, letter in ipairs(letters) do
