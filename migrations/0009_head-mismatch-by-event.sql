@@ -7,21 +7,19 @@ DROP MATERIALIZED VIEW integrity_head_mismatch;
 CREATE MATERIALIZED VIEW integrity_head_mismatch AS
 WITH per_aggregate AS (
   SELECT aggregate_id, max(seq) AS max_seq, count(*)::int AS events FROM events GROUP BY aggregate_id
+), newest AS (
+  SELECT p.aggregate_id, p.max_seq, p.events, e.event_id, e.occurred_at
+    FROM per_aggregate p JOIN events e ON e.aggregate_id = p.aggregate_id AND e.seq = p.max_seq
 )
-SELECT p.aggregate_id, p.max_seq, p.events,
-       (SELECT max(h.seq) FROM aggregate_heads h WHERE h.aggregate_id = p.aggregate_id AND h.ref = 'head') AS head_seq,
-       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = p.aggregate_id) AS stats_count
-  FROM per_aggregate p
+SELECT n.aggregate_id, n.max_seq, n.events,
+       (SELECT max(h.seq) FROM aggregate_heads h WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') AS head_seq,
+       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_count
+  FROM newest n
  WHERE EXISTS (SELECT 1 FROM aggregate_heads h
-                WHERE h.aggregate_id = p.aggregate_id AND h.ref = 'head'
-                  AND NOT EXISTS (SELECT 1 FROM events e
-                                   WHERE e.aggregate_id = p.aggregate_id AND e.seq = p.max_seq
-                                     AND e.seq = h.seq AND e.event_id = h.event_id))
+                WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head'
+                  AND (h.seq <> n.max_seq OR h.event_id IS DISTINCT FROM n.event_id))
     OR EXISTS (SELECT 1 FROM aggregate_stats s
-                WHERE s.aggregate_id = p.aggregate_id
-                  AND (s.event_count <> p.events
-                       OR NOT EXISTS (SELECT 1 FROM events e
-                                       WHERE e.aggregate_id = p.aggregate_id AND e.seq = p.max_seq
-                                         AND e.occurred_at = s.last_event_at)));
+                WHERE s.aggregate_id = n.aggregate_id
+                  AND (s.event_count <> n.events OR s.last_event_at IS DISTINCT FROM n.occurred_at));
 --> statement-breakpoint
 CREATE UNIQUE INDEX integrity_head_mismatch_key ON integrity_head_mismatch (aggregate_id);
