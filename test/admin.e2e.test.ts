@@ -793,8 +793,18 @@ void describe('admin and incident tools', () => {
   });
 
   void it('names undecodable entries of the same entry id in two partitions apart, and acts on the one named', async () => {
-    // Entry ids are per stream: two partitions take the same one in the same millisecond.
-    const entryId = `${Date.now() + 60_000}-0`;
+    // Entry ids are per stream: two partitions take the same one in the same millisecond. Past
+    // both streams' last ids, and no further ahead of the clock: later entries follow it.
+    const lastMs = await Promise.all(
+      [2, 3].map(async (p) => {
+        const info = (await h.redis.xinfo(
+          'STREAM',
+          `${h.config.namespace}:{p${p}}:events`,
+        )) as unknown[];
+        return Number(String(info[info.indexOf('last-generated-id') + 1]).split('-')[0]);
+      }),
+    );
+    const entryId = `${Math.max(Date.now(), ...lastMs) + 1}-0`;
     for (const partition of [2, 3]) {
       await h.redis.xadd(
         `${h.config.namespace}:{p${partition}}:events`,
@@ -1518,6 +1528,62 @@ void describe('dead retry while later events of the aggregate wait', () => {
     );
     assert.equal(await stateOf(poison.body.event_id), 'confirmed');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'later');
+    await h.stopService(projector);
+  });
+
+  void it('applies a later event whose block an operator lifted after the projector read it, rather than block the aggregate again', async () => {
+    const h = site();
+    let projector = await h.startService('projector', { maxAttempts: 1 });
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'lifted', instrument: 'x' })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    const poison = await deadLetteredPatch(h, unit.id);
+    await h.stopService(projector);
+    const later = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'later' });
+    assert.equal(later.status, 202, later.text);
+
+    // The operator discards the letter just after the projector read the blocks with its batch.
+    const partition = partitionOf(unit.id, h.config.partitions);
+    const blocked = EventLog.prototype.blocked;
+    let discarded: number | undefined;
+    EventLog.prototype.blocked = async function (this: EventLog, ...args) {
+      const found = await blocked.apply(this, args);
+      if (discarded === undefined && found.has(unit.id)) {
+        discarded = (
+          await h.request(
+            'DELETE',
+            `/admin/dead-letters/${poison.body.event_id}?reason=lifted`,
+            undefined,
+            auth(TOKEN),
+          )
+        ).status;
+      }
+      return found;
+    };
+    try {
+      projector = await h.startService('projector', { maxAttempts: 1 });
+      assert.equal(await settledState(h, later.body.event_id), 'confirmed');
+    } finally {
+      EventLog.prototype.blocked = blocked;
+    }
+    assert.equal(discarded, 200, 'discarded between the read and the filing');
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'later');
+    assert.equal(
+      await h.redis.sismember(eventLogOf(h).keys(partition).blockedAggregates, unit.id),
+      0,
+      'not blocked again behind no letter',
+    );
+    const letters = await h.request(
+      'GET',
+      '/admin/dead-letters?limit=1000',
+      undefined,
+      auth(TOKEN),
+    );
+    assert.deepEqual(
+      letters.body.items.filter((d: { aggregate_id: string }) => d.aggregate_id === unit.id),
+      [],
+    );
     await h.stopService(projector);
   });
 });

@@ -114,7 +114,7 @@ export type FailedEntry = {
 };
 
 type Commands = {
-  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string>;
+  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string | null>;
   outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | number | null)[]>;
   outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
 };
@@ -193,7 +193,18 @@ export class DeadLetters {
     return (await pipelineReplies(pipeline)).reduce((sum: number, n) => sum + Number(n), 0);
   }
 
-  async add(partition: number, entry: FailedEntry, history: Attempt[]): Promise<string> {
+  /**
+   * Files `entry` as a dead letter and blocks its aggregate; its dead-letter id. `follows`: the
+   * aggregates whose block it follows, when it did not fail on its own; if none of them is still
+   * blocked (an operator lifted the block since they were read), nothing is filed and the answer
+   * is null.
+   */
+  async add(
+    partition: number,
+    entry: FailedEntry,
+    history: Attempt[],
+    follows: readonly string[] = [],
+  ): Promise<string | null> {
     const keys = this.eventLog.keys(partition);
     const live = this.eventLog.liveScriptArgs(partition);
     const allKeys = [
@@ -225,6 +236,8 @@ export class DeadLetters {
       entry.aggregateType,
       entry.type,
       ...live.args,
+      String(follows.length),
+      ...follows,
       ...entry.fields,
       'original_entry_id',
       entry.entryId,

@@ -516,16 +516,26 @@ export class PartitionConsumer {
         continue;
       }
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
-      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
-        await this.#deadLetter(failedEntryOfEvent(entry.entryId, entry.event), [
-          {
-            at: new Date().toISOString(),
-            error: 'an earlier event of this aggregate is dead-lettered',
-          },
-        ]);
-      } else {
-        applicable.push(entry);
+      if (
+        isBlocked(entry.event.aggregate_id, entry.entryId) &&
+        !recorded.has(entry.entryId) &&
+        (await this.#deadLetter(
+          failedEntryOfEvent(entry.entryId, entry.event),
+          [
+            {
+              at: new Date().toISOString(),
+              error: 'an earlier event of this aggregate is dead-lettered',
+            },
+          ],
+          [entry.event.aggregate_id],
+        ))
+      ) {
+        continue;
       }
+      // Not blocked, or no longer: an operator discarded or retried the block's last letter
+      // since the read, and the event applies in its place.
+      blocked.delete(entry.event.aggregate_id);
+      applicable.push(entry);
     }
     if (applicable.length === 0) {
       holdWaiting();
@@ -601,15 +611,26 @@ export class PartitionConsumer {
         // backlog in between would use up its attempts before the start came.
         continue;
       }
-      if (upstreamIdsOf(entry.event).some((u) => blocked.has(u) || blockedFrom.has(u))) {
+      const blockedUpstream = upstreamIdsOf(entry.event).filter(
+        (u) => blocked.has(u) || blockedFrom.has(u),
+      );
+      if (blockedUpstream.length > 0) {
         // Its unit (or a file of its package) is not applied because it is dead: no attempt
-        // can succeed before an operator retries that one, so it follows it at once.
-        await this.#deadLetter(failedEntry, [
-          {
-            at: new Date().toISOString(),
-            error: `${error.message}: an event of the aggregate it derives from is dead-lettered`,
-          },
-        ]);
+        // can succeed before an operator retries that one, so it follows it at once. Unless the
+        // operator did since the read: then it waits, held, for the retried one to apply.
+        const filed = await this.#deadLetter(
+          failedEntry,
+          [
+            {
+              at: new Date().toISOString(),
+              error: `${error.message}: an event of the aggregate it derives from is dead-lettered`,
+            },
+          ],
+          blockedUpstream,
+        );
+        if (!filed) {
+          this.#scheduleReread();
+        }
       } else {
         await this.#fail(failedEntry, error);
       }
@@ -845,9 +866,20 @@ export class PartitionConsumer {
     }
   }
 
-  async #deadLetter(entry: FailedEntry, history: { at: string; error: string }[]) {
+  /**
+   * Files `entry` as a dead letter; false when it only `follows` blocks that are lifted since the
+   * batch read them, and stays pending.
+   */
+  async #deadLetter(
+    entry: FailedEntry,
+    history: { at: string; error: string }[],
+    follows: readonly string[] = [],
+  ): Promise<boolean> {
     this.#requireLease();
-    const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history);
+    const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history, follows);
+    if (deadId === null) {
+      return false;
+    }
     this.#holding.delete(entry.aggregateId);
     this.#deps.logger.warn(
       {
@@ -859,6 +891,7 @@ export class PartitionConsumer {
       },
       'event moved to dead letters',
     );
+    return true;
   }
 
   #scheduleReread() {
