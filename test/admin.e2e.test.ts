@@ -1531,6 +1531,39 @@ void describe('dead retry while later events of the aggregate wait', () => {
     await h.stopService(projector);
   });
 
+  void it('forgets a finish discarded while another letter held its unit, once that letter is retried', async () => {
+    const h = site();
+    const projector = await h.startService('projector', { maxAttempts: 1 });
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'forget', instrument: 'x' })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    const finish = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'success' });
+    assert.equal(finish.status, 202, finish.text);
+    assert.equal(await settledState(h, poison.body.event_id), 'dead');
+    assert.equal(await settledState(h, finish.body.event_id), 'dead', 'behind the patch');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const discard = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${finish.body.event_id}?reason=finished by mistake`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(discard.status, 200, discard.text);
+    assert.equal((await retryLetter(h, poison.body.event_id)).status, 200);
+    assert.equal(await settledState(h, poison.body.event_id), 'confirmed');
+    // Nothing finished the unit: it can be finished now, as a discarded finish leaves it.
+    const again = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'failed' });
+    assert.equal(again.status, 202, again.text);
+    assert.equal(await settledState(h, again.body.event_id), 'confirmed');
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.status, 'failed');
+    await h.stopService(projector);
+  });
+
   void it('applies a later event whose block an operator lifted after the projector read it, rather than block the aggregate again', async () => {
     const h = site();
     let projector = await h.startService('projector', { maxAttempts: 1 });

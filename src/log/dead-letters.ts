@@ -413,6 +413,9 @@ export class DeadLetters {
         ...live.keys,
         keys.legacyInflightIndex(dead.aggregate_type),
         ...letters.map((l) => keys.eventIndex(l.event_id)),
+        // A unit's status, which the write guard keeps: a finish discarded while other letters
+        // held the unit set it, and nothing else would forget it.
+        ...(dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : []),
       ];
       const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;
       const ids = await this.#redis.outpostDeadRetry(
