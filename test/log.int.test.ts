@@ -13,6 +13,7 @@ import {
   LaterEventsInFlightError,
   type LetterReads,
   LettersStillArrivingError,
+  NotHolderError,
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
 import { compareEntryIds, timeMs } from '../src/log/entry-id.ts';
@@ -577,8 +578,8 @@ void describe('the local log', () => {
         await log.recordApplied(3, [record]);
         assert.equal(await log.ack(3, [record]), 1);
         const history = await log.recordAttempt(3, failingEntry, 'violates check constraint');
-        assert.equal(history.length, 1);
-        await deadLetters.add(3, failedEntryOfEvent(failingEntry, failing), history);
+        assert.equal(history?.length, 1);
+        await deadLetters.add(3, failedEntryOfEvent(failingEntry, failing), history ?? []);
       } finally {
         await redis.config('SET', 'maxmemory', '0');
       }
@@ -1528,6 +1529,32 @@ void describe('the local log', () => {
 
     const isBlocked = async (partition: number, aggregateId: string) =>
       (await redis.sismember(log.keys(partition).blockedAggregates, aggregateId)) === 1;
+
+    void it('counts an attempt and files a letter only for the consumer that holds the entry', async () => {
+      const partition = 3;
+      const file = await fileInStream(partition, 1);
+      const entryId = file.entryIds[0] as string;
+      const failed = failedEntryOfEvent(entryId, file.events[0] as Envelope);
+      const { stream, attempts } = log.keys(partition);
+      // Delivered to consumer c; the partition's new owner takes it over.
+      await redis.xclaim(stream, CONSUMER_GROUP, 'heir', 0, entryId);
+
+      assert.equal(await log.recordAttempt(partition, entryId, 'stale', 'c'), undefined);
+      assert.equal(await redis.hget(attempts, entryId), null, 'no attempt counted');
+      await assert.rejects(
+        deadLetters.add(partition, failed, history, { consumer: 'c' }),
+        NotHolderError,
+      );
+      assert.equal(await deadLetters.get(failed.eventId, partition), undefined, 'nothing filed');
+      assert.equal(await isBlocked(partition, file.aggregateId), false);
+      assert.equal((await redis.xpending(stream, CONSUMER_GROUP, entryId, entryId, 1)).length, 1);
+
+      assert.equal((await log.recordAttempt(partition, entryId, 'real', 'heir'))?.length, 1);
+      assert.ok(await deadLetters.add(partition, failed, history, { consumer: 'heir' }));
+      assert.ok(await deadLetters.get(failed.eventId, partition));
+      // Settled (filed, so acknowledged): nobody holds it any more.
+      assert.equal(await log.recordAttempt(partition, entryId, 'late', 'heir'), undefined);
+    });
 
     void it('takes along a letter filed between its read of the letters and its retry', async () => {
       const partition = 2;

@@ -114,7 +114,8 @@ export type FailedEntry = {
 };
 
 type Commands = {
-  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string | null>;
+  /** The dead-letter id; null when the blocks it follows are lifted; ['not_owner']. */
+  outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string | null | ['not_owner']>;
   outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | number | null)[]>;
   outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
 };
@@ -197,13 +198,13 @@ export class DeadLetters {
    * Files `entry` as a dead letter and blocks its aggregate; its dead-letter id. `follows`: the
    * aggregates whose block it follows, when it did not fail on its own; if none of them is still
    * blocked (an operator lifted the block since they were read), nothing is filed and the answer
-   * is null.
+   * is null. Given `consumer`, only while that consumer holds the entry (NotHolderError).
    */
   async add(
     partition: number,
     entry: FailedEntry,
     history: Attempt[],
-    follows: readonly string[] = [],
+    { follows = [], consumer = '' }: { follows?: readonly string[]; consumer?: string } = {},
   ): Promise<string | null> {
     const keys = this.eventLog.keys(partition);
     const live = this.eventLog.liveScriptArgs(partition);
@@ -226,7 +227,7 @@ export class DeadLetters {
             keys.inflightBucketsInUse(type),
           ])),
     ];
-    return this.#redis.outpostDeadLetter(
+    const filed = await this.#redis.outpostDeadLetter(
       allKeys.length,
       ...allKeys,
       CONSUMER_GROUP,
@@ -236,6 +237,7 @@ export class DeadLetters {
       entry.aggregateType,
       entry.type,
       ...live.args,
+      consumer,
       String(follows.length),
       ...follows,
       ...entry.fields,
@@ -246,6 +248,10 @@ export class DeadLetters {
       'attempts',
       JSON.stringify(history),
     );
+    if (Array.isArray(filed)) {
+      throw new NotHolderError(partition, entry.entryId, consumer);
+    }
+    return filed;
   }
 
   #view(partition: number, entry: RawEntry): DeadLetter {
@@ -695,6 +701,16 @@ const UNDECODABLE_IN_PARTITION = /^undecodable-(\d+)-(\d+-\d+)$/;
 
 const indexNameOf = (dead: DeadLetter) =>
   deadLetterIdOf(dead.event_id, dead.original_entry_id || dead.dead_letter_id);
+
+/** A consumer no longer holds the entry it would file: another took it over, or settled it. */
+export class NotHolderError extends Error {
+  constructor(partition: number, entryId: string, consumer: string) {
+    super(
+      `partition ${partition}: ${consumer} no longer holds entry ${entryId}; filing no dead letter`,
+    );
+    this.name = 'NotHolderError';
+  }
+}
 
 /** An undecodable entry's id in the form earlier builds listed, held by letters of several partitions. */
 export class AmbiguousDeadLetterError extends Error {

@@ -114,7 +114,7 @@ export const parseApplied = (record: string): AppliedRecord => {
 type Commands = {
   outpostAppend(numKeys: number, ...args: string[]): Promise<string[][]>;
   outpostRecordApplied(numKeys: number, ...args: string[]): Promise<number>;
-  outpostRecordAttempt(numKeys: number, ...args: string[]): Promise<number>;
+  outpostRecordAttempt(numKeys: number, ...args: string[]): Promise<number | null>;
   outpostAck(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetApplied(numKeys: number, ...args: string[]): Promise<number>;
   outpostForgetAppliedEntries(numKeys: number, ...args: string[]): Promise<number>;
@@ -877,14 +877,33 @@ export class EventLog {
   }
 
   /** Records a failed attempt on an entry and answers the attempt history so far. */
-  async recordAttempt(partition: number, entryId: string, error: string): Promise<Attempt[]> {
-    const key = this.keys(partition).attempts;
-    const history = JSON.parse((await this.#redis.hget(key, entryId)) ?? '[]') as Attempt[];
+  /**
+   * Counts a failed attempt at an entry; its attempts so far. Given `consumer`, only while that
+   * consumer holds the entry: undefined, counting nothing, once another does or none.
+   */
+  async recordAttempt(
+    partition: number,
+    entryId: string,
+    error: string,
+    consumer = '',
+  ): Promise<Attempt[] | undefined> {
+    const keys = this.keys(partition);
+    const history = JSON.parse(
+      (await this.#redis.hget(keys.attempts, entryId)) ?? '[]',
+    ) as Attempt[];
     history.push({ at: new Date().toISOString(), error });
     // Past maxmemory too: an event that fails on its data must still reach the dead letters, or
     // it would hold its partition until the log had room again.
-    await this.#redis.outpostRecordAttempt(1, key, entryId, JSON.stringify(history));
-    return history;
+    const counted = await this.#redis.outpostRecordAttempt(
+      2,
+      keys.attempts,
+      keys.stream,
+      entryId,
+      JSON.stringify(history),
+      CONSUMER_GROUP,
+      consumer,
+    );
+    return counted === null ? undefined : history;
   }
 
   async pendingCount(partition: number): Promise<number> {

@@ -11,6 +11,7 @@ import {
   type FailedEntry,
   failedEntryOf,
   failedEntryOfEvent,
+  NotHolderError,
 } from '../log/dead-letters.ts';
 import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
@@ -836,7 +837,16 @@ export class PartitionConsumer {
     this.#requireLease();
     const { eventLog, maxAttempts, logger } = this.#deps;
     this.#deps.onFailure?.();
-    const history = await eventLog.recordAttempt(this.#partition, entry.entryId, error.message);
+    const history = await eventLog.recordAttempt(
+      this.#partition,
+      entry.entryId,
+      error.message,
+      this.#deps.lease.consumer,
+    );
+    if (history === undefined) {
+      // Taken over (or settled) since it was read: the lease lapsed meanwhile.
+      throw new LeaseLapsedError(this.#partition);
+    }
     if (history.length >= maxAttempts || error instanceof UndecodableEntryError) {
       await this.#deadLetter(entry, history);
       return;
@@ -858,7 +868,8 @@ export class PartitionConsumer {
    * Counting an attempt and dead-lettering are not fenced as a batch's write is: a process that
    * stalled past its lease since it read the entry would count against, or file, one the
    * partition's new owner holds, perhaps applied by it already, on a block or an attempt count an
-   * operator has reset meanwhile.
+   * operator has reset meanwhile. Checked here first, so such a process reads its page again once
+   * the lease is renewed; the scripts check again that this consumer holds the entry.
    */
   #requireLease(): void {
     if (!this.#deps.leaseValid()) {
@@ -876,7 +887,11 @@ export class PartitionConsumer {
     follows: readonly string[] = [],
   ): Promise<boolean> {
     this.#requireLease();
-    const deadId = await this.#deps.deadLetters.add(this.#partition, entry, history, follows);
+    const deadId = await this.#deps.deadLetters
+      .add(this.#partition, entry, history, { follows, consumer: this.#deps.lease.consumer })
+      .catch((err: unknown) => {
+        throw err instanceof NotHolderError ? new LeaseLapsedError(this.#partition) : err;
+      });
     if (deadId === null) {
       return false;
     }

@@ -17,17 +17,28 @@
 -- bucket of its aggregate, then that type's in-use buckets
 -- ARGV[1] group  ARGV[2] entry id  ARGV[3] event id  ARGV[4] aggregate id  ARGV[5] aggregate type
 -- ARGV[6] event type  ARGV[7] live stream max length  ARGV[8] now, ISO-8601  ARGV[9] partition
--- ARGV[10] n: how many aggregates' blocks the event follows (0: it failed on its own)
--- ARGV[11..10+n] those aggregates  ARGV[11+n..] dead-letter fields
+-- ARGV[10] the consumer filing it ('': anyone)
+-- ARGV[11] n: how many aggregates' blocks the event follows (0: it failed on its own)
+-- ARGV[12..11+n] those aggregates  ARGV[12+n..] dead-letter fields
+--
+-- Only the consumer that holds the entry files it: one that stalled past its lease since it read
+-- the entry would file one the partition's new owner holds, or has applied and acknowledged.
+-- Then nothing changes and the answer is {'not_owner'}.
 --
 -- An event that only follows a block is filed only while one of those aggregates is still
 -- blocked: the projector read the blocks with its batch, and an operator who discarded or retried
 -- their last letter since has lifted them. Filed anyway, it would block its aggregate again behind
 -- no letter. Then nothing changes and the answer is false: the entry stays pending, to apply.
-local follows = tonumber(ARGV[10])
+if ARGV[10] ~= '' then
+  local holder = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)[1]
+  if not holder or holder[2] ~= ARGV[10] then
+    return {'not_owner'}
+  end
+end
+local follows = tonumber(ARGV[11])
 if follows > 0 then
   local still_blocked = false
-  for i = 11, 10 + follows do
+  for i = 12, 11 + follows do
     if redis.call('SISMEMBER', KEYS[7], ARGV[i]) == 1 then
       still_blocked = true
     end
@@ -38,7 +49,7 @@ if follows > 0 then
 end
 local dead_id = redis.call('HGET', KEYS[6], ARGV[3])
 if not (dead_id and redis.call('XRANGE', KEYS[2], dead_id, dead_id)[1]) then
-  dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 11 + follows))
+  dead_id = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 12 + follows))
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[3])
