@@ -241,17 +241,34 @@ void describe('outpost stack status', () => {
     // (here, this test's own process, which is alive but neither PostgreSQL nor Redis).
     const stale = mkdtempSync(join(tmpdir(), 'outpost-stale-'));
     try {
-      for (const [dir, file] of [
+      const files = [
         ['pg-main', 'postmaster.pid'],
         ['pg-replica', 'postmaster.pid'],
         ['redis', 'redis.pid'],
-      ]) {
-        mkdirSync(join(stale, '.outpost', dir as string), { recursive: true });
-        writeFileSync(join(stale, '.outpost', dir as string, file as string), `${process.pid}\n`);
-      }
+      ] as const;
+      const pidFilesNaming = (pidOf: (dir: string, file: string) => string) => {
+        for (const [dir, file] of files) {
+          mkdirSync(join(stale, '.outpost', dir), { recursive: true });
+          writeFileSync(join(stale, '.outpost', dir, file), `${pidOf(dir, file)}\n`);
+        }
+      };
+      pidFilesNaming(() => String(process.pid));
       const printed = JSON.parse((await status(stale, true)).stdout);
       assert.deepEqual(
         [printed.running, printed.main.state, printed.replica.state, printed.redis.state],
+        [false, 'stopped', 'stopped', 'stopped'],
+      );
+      // Or to another stack's own servers (this test's), which `down` must not stop.
+      const running = testStack().dir;
+      pidFilesNaming(
+        (dir, file) =>
+          readFileSync(join(running, dir, file), 'utf8')
+            .split('\n')[0]
+            ?.trim() ?? '',
+      );
+      const others = JSON.parse((await status(stale, true)).stdout);
+      assert.deepEqual(
+        [others.running, others.main.state, others.replica.state, others.redis.state],
         [false, 'stopped', 'stopped', 'stopped'],
       );
     } finally {

@@ -79,13 +79,21 @@ export const isProcessOf = (pid: number, ...marks: string[]): boolean => {
   if (!isAlive(pid)) {
     return false;
   }
-  let commandLine: string;
-  try {
-    commandLine = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-  } catch {
+  const args = commandLineOf(pid);
+  if (args === undefined) {
     return true;
   }
+  const commandLine = args.join(' ');
   return marks.every((mark) => commandLine.includes(mark));
+};
+
+/** A process's arguments, as /proc shows them; undefined if it cannot be read. */
+export const commandLineOf = (pid: number): string[] | undefined => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return undefined;
+  }
 };
 
 export const isAlive = (pid: number): boolean => {

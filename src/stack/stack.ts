@@ -4,12 +4,14 @@ import {
   existsSync,
   mkdirSync,
   readFileSync,
+  realpathSync,
   rmSync,
   writeFileSync,
 } from 'node:fs';
 import { basename, join, resolve } from 'node:path';
 import pg from 'pg';
 import {
+  commandLineOf,
   findOnPath,
   findPgBinDir,
   isAlive,
@@ -106,13 +108,36 @@ const pgIsRunning = (dataDir: string): boolean => {
     return false;
   }
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  return Number.isInteger(pid) && isProcessOf(pid, 'postgres', basename(dataDir));
+  return Number.isInteger(pid) && isPostgresOf(pid, dataDir);
 };
 
 /**
- * A postmaster.pid naming a live process that is not PostgreSQL at all (its number reused after a
- * reboot): PostgreSQL itself would refuse to start beside it ("lock file already exists") when
- * that process runs as the same user. Removed, as PostgreSQL removes one naming a dead process.
+ * Whether `pid` is the postmaster of `dataDir`: the directory its `-D` names is that one, however
+ * either is spelt (`.outpost` may be a link). By the directory's last part alone (`pg-main`), any
+ * other stack's postmaster, a test's say, would pass.
+ */
+const isPostgresOf = (pid: number, dataDir: string): boolean => {
+  if (!isProcessOf(pid, 'postgres')) {
+    return false;
+  }
+  const args = commandLineOf(pid) ?? [];
+  const named = args[args.indexOf('-D') + 1];
+  return named !== undefined && args.includes('-D') && sameDirectory(named, dataDir);
+};
+
+const sameDirectory = (a: string, b: string): boolean => {
+  try {
+    return realpathSync(a) === realpathSync(b);
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * A postmaster.pid naming a live process that is not this directory's postmaster (its number
+ * reused after a reboot, by anything, another PostgreSQL's included): PostgreSQL itself would
+ * refuse to start beside it ("lock file already exists") when that process runs as the same user.
+ * Removed, as PostgreSQL removes one naming a dead process.
  */
 const removeStalePidFile = (dataDir: string): void => {
   const pidFile = join(dataDir, 'postmaster.pid');
@@ -120,19 +145,29 @@ const removeStalePidFile = (dataDir: string): void => {
     return;
   }
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
-  if (Number.isInteger(pid) && isAlive(pid) && !isProcessOf(pid, 'postgres')) {
+  if (Number.isInteger(pid) && isAlive(pid) && !isPostgresOf(pid, dataDir)) {
     rmSync(pidFile, { force: true });
   }
 };
 
+/**
+ * The Redis this stack started, by its pid file: a redis-server working in `redisDir` (Redis
+ * moves into its `--dir`). Any redis-server would pass by name alone, and after a reboot a stale
+ * pid file can name the machine's own Redis, or another stack's, which `down` would then stop.
+ */
 const redisPid = (redisDir: string): number | undefined => {
   const pidFile = join(redisDir, 'redis.pid');
   if (!existsSync(pidFile)) {
     return undefined;
   }
   const pid = Number(readFileSync(pidFile, 'utf8').trim());
-  return Number.isInteger(pid) && isProcessOf(pid, 'redis-server') ? pid : undefined;
+  return Number.isInteger(pid) && isProcessOf(pid, 'redis-server') && workingIn(pid, redisDir)
+    ? pid
+    : undefined;
 };
+
+/** Another user's process cannot be looked into, so it is not the Redis this stack started. */
+const workingIn = (pid: number, dir: string): boolean => sameDirectory(`/proc/${pid}/cwd`, dir);
 
 const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolean): string[] => {
   const settings: Record<string, string> = {
@@ -141,6 +176,9 @@ const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolea
     unix_socket_directories: dataDir,
     wal_level: 'replica',
     max_wal_senders: '10',
+    // WAL kept for a replica that was down or cut off a while (deploy/postgres/outpost.conf):
+    // without it, one that missed a checkpoint's recycling could never catch up.
+    wal_keep_size: '1GB',
     hot_standby: 'on',
     hot_standby_feedback: 'on',
     max_connections: '200',
