@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Makes sure the machine has what Outpost's local stack and tests run on: PostgreSQL server
-# binaries with pg_cron, Redis, promtool and docker-compose (for validating deploy files).
+# binaries with pg_cron, and Redis; with --deploy-tools also promtool and docker-compose, which
+# only validate the deploy files (scripts/check-deploy.sh, in CI).
 # As root on Debian it installs what is missing; otherwise it prints the exact command.
 set -euo pipefail
+deploy_tools=false
+[ "${1:-}" = --deploy-tools ] && deploy_tools=true
 
 missing=()
 pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
@@ -14,8 +17,10 @@ else
   missing+=(postgresql-15-cron)
 fi
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v promtool >/dev/null || missing+=(prometheus)
-command -v docker-compose >/dev/null || missing+=(docker-compose)
+if $deploy_tools; then
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
+fi
 
 # The local stack's fixed ports (DESIGN §10) lie in Linux's ephemeral range (32768-60999): an
 # outgoing connection that is handed one of them as its local port makes the stack's server fail
