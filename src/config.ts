@@ -26,7 +26,10 @@ export const parseDurationMs = (text: string): number | undefined => {
   return Number(match[1]) * DURATION_UNITS_MS[unit];
 };
 
-const duration = (fallback: string) =>
+/** The longest wait Node's timers take: beyond it, they fire at once. */
+const LONGEST_TIMER_MS = 2 ** 31 - 1;
+
+const duration = (fallback: string, { timer = false } = {}) =>
   z
     .string()
     .default(fallback)
@@ -37,6 +40,10 @@ const duration = (fallback: string) =>
           code: 'custom',
           message: `not a duration: ${text} (e.g. 30000, 30s, 10m, 7d)`,
         });
+        return z.NEVER;
+      }
+      if (timer && ms > LONGEST_TIMER_MS) {
+        ctx.addIssue({ code: 'custom', message: `at most 24 days (24d), not ${text}` });
         return z.NEVER;
       }
       return ms;
@@ -112,18 +119,18 @@ const Env = z.object({
   OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
   OUTPOST_LIVE_CLIENT_BUFFER_BYTES: positiveInt(1024 * 1024),
   OUTPOST_MAX_ATTEMPTS: positiveInt(5),
-  OUTPOST_CLAIM_IDLE_MS: positiveInt(30_000),
+  OUTPOST_CLAIM_IDLE_MS: wholeNumber(30_000, { min: 1, max: LONGEST_TIMER_MS }),
   OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
   OUTPOST_STREAM_RETENTION: duration('7d'),
   OUTPOST_INTEGRITY_SCHEDULE: z
     .string()
     .default('*/30 * * * *')
     .refine(isValidSchedule, 'not a 5-field cron schedule (e.g. */30 * * * *)'),
-  OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m'),
+  OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m', { timer: true }),
   OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
   OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),
   OUTPOST_BATCH_SIZE: positiveInt(500),
-  OUTPOST_ACK_INTERVAL_MS: positiveInt(20),
+  OUTPOST_ACK_INTERVAL_MS: wholeNumber(20, { min: 1, max: LONGEST_TIMER_MS }),
   OUTPOST_NAMESPACE: z
     .string()
     .regex(/^outpost(:[a-z0-9_-]+)?$/, 'must be "outpost" or "outpost:<suffix>"')

@@ -38,6 +38,24 @@ void describe('loadConfig', () => {
     );
   });
 
+  void it("refuses waits longer than Node's timers take, which would fire at once", () => {
+    assert.equal(
+      loadConfig({ OUTPOST_POST_DEPLOY_REFRESH_DELAY: '24d' }).postDeployRefreshDelayMs,
+      24 * 86_400_000,
+    );
+    for (const [variable, value, says] of [
+      ['OUTPOST_POST_DEPLOY_REFRESH_DELAY', '30d', 'at most 24 days'],
+      ['OUTPOST_CLAIM_IDLE_MS', '2147483648', 'must be a whole number'],
+      ['OUTPOST_ACK_INTERVAL_MS', '9999999999', 'must be a whole number'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig({ [variable]: value }),
+        (err: Error) => err instanceof ConfigError && err.message.includes(`${variable}: ${says}`),
+        variable,
+      );
+    }
+  });
+
   void it('reads whole numbers only as digits', () => {
     assert.equal(loadConfig({ OUTPOST_PORT: ' 9090 ' }).port, 9090);
     assert.equal(loadConfig({ OUTPOST_PORT: '0' }).port, 0);
