@@ -78,8 +78,7 @@ const main = async () => {
     // The service processes the tests start run the bundle, as deployed: built here, where a
     // failure stops the run, rather than left to the first spawn.
     await buildServiceBundle();
-    const stack = await startTestStack();
-    stopOnSignal(() => stack.stop());
+    const stack = await startTestStack({ whileStarting: stopOnSignal });
     const failed: { file: string; sites: TestSite[] }[] = [];
     try {
       process.env.TEST_STACK = JSON.stringify(stack);

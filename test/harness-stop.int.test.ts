@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 const services = fileURLToPath(new URL('./harness/services.ts', import.meta.url));
@@ -35,5 +36,42 @@ setInterval(() => process.stdout.write('progress\\n'), 5);
     const [code] = await exited;
     assert.equal(code, 141);
     assert.ok(existsSync(marker), 'stop ran before the exit');
+  });
+});
+
+void describe('a test run stopped while its stack starts', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-stop-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  void it('stops the servers it has started so far and removes their folder', async () => {
+    const child = join(dir, 'start.ts');
+    writeFileSync(
+      child,
+      `import { startTestStack, stopOnSignal } from ${JSON.stringify(services)};
+void startTestStack({ whileStarting: stopOnSignal });
+setInterval(() => undefined, 1000);
+`,
+    );
+    const before = new Set(readdirSync(tmpdir()));
+    const run = spawn(process.execPath, ['--import', 'tsx', child], { stdio: 'ignore' });
+    const exited = once(run, 'exit', { signal: AbortSignal.timeout(120_000) });
+    // Signalled once its primary runs, while the rest of the stack is still to come.
+    let stack: string | undefined;
+    let postmaster: number | undefined;
+    const deadline = Date.now() + 60_000;
+    while (postmaster === undefined && Date.now() < deadline) {
+      stack = readdirSync(tmpdir()).find((d) => d.startsWith('outpost-test-') && !before.has(d));
+      const pidFile = stack && join(tmpdir(), stack, 'pg-main', 'postmaster.pid');
+      if (pidFile && existsSync(pidFile)) {
+        postmaster = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+      }
+      await sleep(20);
+    }
+    assert.ok(stack && postmaster, 'the child started its primary');
+    run.kill('SIGTERM');
+    const [code] = await exited;
+    assert.equal(code, 143);
+    assert.equal(existsSync(join(tmpdir(), stack)), false, 'its folder is removed');
+    assert.throws(() => process.kill(postmaster as number, 0), 'its primary is stopped');
   });
 });

@@ -127,6 +127,14 @@ export const stopOnSignal = (stop: () => Promise<unknown>) => {
  */
 export const startTestStack = async ({
   durablePostgres = false,
+  whileStarting,
+}: {
+  durablePostgres?: boolean;
+  /**
+   * Given the stack's stop before anything starts: a signal during start-up must stop what it
+   * has started too (PostgreSQL and Redis detach from the terminal, so Ctrl-C never reaches them).
+   */
+  whileStarting?: (stop: () => Promise<void>) => void;
 } = {}): Promise<TestStack & { stop: (options?: { keep?: boolean }) => Promise<void> }> => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-test-'));
   const options: StackOptions = {
@@ -145,6 +153,7 @@ export const startTestStack = async ({
       rmSync(dir, { recursive: true, force: true });
     }
   };
+  whileStarting?.(() => stop());
   try {
     const urls = urlsOf(options);
     await stackUp(options);
