@@ -247,6 +247,33 @@ void describe('integrity invariants', () => {
     assert.equal(anomalies.head_mismatch, 0);
   });
 
+  void it('says in `outpost integrity status` when the snapshot has outlived three scheduled refreshes', async () => {
+    const fresh = await runCli(h, ['integrity', 'status', '--json']);
+    assert.equal(fresh.code, 0, fresh.stderr);
+    assert.equal(JSON.parse(fresh.stdout).stale, false);
+    // The latest snapshot, as one taken before the refresh stopped running 2 hours ago.
+    const [old] = await h.mainRows<{ id: string }>(
+      `INSERT INTO integrity_refreshes (started_at, finished_at, duration_ms, mode, counts)
+       VALUES (now() - interval '2 hours', now() - interval '2 hours', 1, 'pg_cron', '{}')
+       RETURNING id::text`,
+    );
+    try {
+      await waitFor(
+        async () =>
+          (await h.replica.query('SELECT 1 FROM integrity_refreshes WHERE id = $1', [old?.id])).rows
+            .length === 1,
+        'the replica to hold the snapshot',
+      );
+      const json = await runCli(h, ['integrity', 'status', '--json']);
+      assert.equal(JSON.parse(json.stdout).stale, true, 'the schedule is every 30 minutes');
+      const text = await runCli(h, ['integrity', 'status']);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(text.stdout, /^stale: three scheduled refreshes have come and gone/m);
+    } finally {
+      await h.main.query('DELETE FROM integrity_refreshes WHERE id = $1', [old?.id]);
+    }
+  });
+
   void it('tells an operator through `outpost integrity status` which problem, how many, and a sample row', async () => {
     await h.main.query('UPDATE aggregate_heads SET seq = 1 WHERE aggregate_id = $1', [ids.unit]);
     try {

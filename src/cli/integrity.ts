@@ -7,6 +7,7 @@ import {
 } from '../db/queries/integrity.ts';
 import { replicaReached } from '../db/queries/replica.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
+import { nextRun } from '../integrity/schedule.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
 
@@ -44,11 +45,15 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
           (found) => ({ found }),
           () => undefined,
         );
+        const schedule = job?.found?.schedule ?? site.config.integritySchedule;
+        const stale = snapshot !== undefined && missedRuns(schedule, snapshot.refreshed_at) >= 3;
         const status = {
           refreshed_at: snapshot?.refreshed_at ?? null,
           duration_ms: snapshot?.duration_ms ?? null,
+          // Three scheduled refreshes since this one: the schedule is not being kept.
+          stale,
           mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
-          schedule: job?.found?.schedule ?? site.config.integritySchedule,
+          schedule,
           anomalies: snapshot?.anomalies ?? null,
           samples,
         };
@@ -64,6 +69,11 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
         }
         print(render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms));
         print(`mode ${status.mode}, schedule ${status.schedule}`);
+        if (stale) {
+          print(
+            `stale: three scheduled refreshes have come and gone since this snapshot, so these counts may be old; the refresh is not running (the pg_cron job, or the service's scheduler) or it fails: run outpost integrity refresh, which says why if it fails`,
+          );
+        }
         for (const problem of PROBLEMS) {
           if ((snapshot.anomalies[problem] ?? 0) > 0) {
             print(`\n${problem}: ${JSON.stringify(samples[problem])}`);
@@ -75,6 +85,20 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
         throw new CliError('usage: outpost integrity refresh|status');
     }
   });
+
+/** How many runs `schedule` has had since `since`, up to 3. */
+const missedRuns = (schedule: string, since: string): number => {
+  let at = new Date(since);
+  let runs = 0;
+  while (runs < 3) {
+    at = nextRun(schedule, at);
+    if (at.getTime() > Date.now()) {
+      break;
+    }
+    runs += 1;
+  }
+  return runs;
+};
 
 const render = (anomalies: Record<string, number>, at: string, ms: number) =>
   `${table(PROBLEMS.map((problem) => ({ problem, anomalies: anomalies[problem] ?? 0 })))}\nrefreshed at ${at} in ${Math.round(ms)} ms`;
