@@ -12,6 +12,24 @@ import type { StackOptions } from '../../src/stack/stack.ts';
 import { type SteadyLoad, steadyLoad } from './load.ts';
 import { freePort, recordSite, type TestStack, withDatabase } from './services.ts';
 
+/**
+ * Every `outpost serve` the harnesses of this test file spawned and have not seen exit, killed
+ * however the file ends: a file that crashes or is stopped (a timeout, Ctrl-C) runs no `after`
+ * hook, and its children would go on reconnecting to a stack that is gone.
+ */
+const spawned = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of spawned) {
+    child.kill('SIGKILL');
+  }
+});
+for (const [signal, code] of [
+  ['SIGTERM', 143],
+  ['SIGINT', 130],
+] as const) {
+  process.once(signal, () => process.exit(code));
+}
+
 // biome-ignore lint/suspicious/noExplicitAny: tests read response fields directly and assert on them
 export type HttpResult = { status: number; body: any; headers: Headers; text: string };
 
@@ -284,7 +302,11 @@ export class Harness {
     child.stdout?.on('data', collect);
     child.stderr?.on('data', collect);
     this.#children.add(child);
-    child.once('exit', () => this.#children.delete(child));
+    spawned.add(child);
+    child.once('exit', () => {
+      this.#children.delete(child);
+      spawned.delete(child);
+    });
     const url = `http://127.0.0.1:${port}`;
     return {
       child,
