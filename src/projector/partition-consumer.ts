@@ -517,10 +517,8 @@ export class PartitionConsumer {
         continue;
       }
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
-      if (
-        isBlocked(entry.event.aggregate_id, entry.entryId) &&
-        !recorded.has(entry.entryId) &&
-        (await this.#deadLetter(
+      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
+        const filed = await this.#deadLetter(
           failedEntryOfEvent(entry.entryId, entry.event),
           [
             {
@@ -529,13 +527,14 @@ export class PartitionConsumer {
             },
           ],
           [entry.event.aggregate_id],
-        ))
-      ) {
-        continue;
+        );
+        if (filed) {
+          continue;
+        }
+        // No longer blocked: an operator discarded the block's last letter since the read, and
+        // the event applies in its place.
+        blocked.delete(entry.event.aggregate_id);
       }
-      // Not blocked, or no longer: an operator discarded or retried the block's last letter
-      // since the read, and the event applies in its place.
-      blocked.delete(entry.event.aggregate_id);
       applicable.push(entry);
     }
     if (applicable.length === 0) {
@@ -618,7 +617,8 @@ export class PartitionConsumer {
       if (blockedUpstream.length > 0) {
         // Its unit (or a file of its package) is not applied because it is dead: no attempt
         // can succeed before an operator retries that one, so it follows it at once. Unless the
-        // operator did since the read: then it waits, held, for the retried one to apply.
+        // block was lifted since the read: then it is read again, held meanwhile, and waits for
+        // a retried unit, or fails on its own if the unit was discarded.
         const filed = await this.#deadLetter(
           failedEntry,
           [
