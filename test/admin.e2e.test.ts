@@ -1531,7 +1531,7 @@ void describe('dead retry while later events of the aggregate wait', () => {
     await h.stopService(projector);
   });
 
-  void it('forgets a finish discarded while another letter held its unit, once that letter is retried', async () => {
+  void it('forgets a finish discarded while another letter holds its unit', async () => {
     const h = site();
     const projector = await h.startService('projector', { maxAttempts: 1 });
     const unit = (
@@ -1554,13 +1554,53 @@ void describe('dead retry while later events of the aggregate wait', () => {
       auth(TOKEN),
     );
     assert.equal(discard.status, 200, discard.text);
-    assert.equal((await retryLetter(h, poison.body.event_id)).status, 200);
-    assert.equal(await settledState(h, poison.body.event_id), 'confirmed');
-    // Nothing finished the unit: it can be finished now, as a discarded finish leaves it.
+    // Nothing finishes the unit any more, though the patch still holds it: it can be finished.
     const again = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'failed' });
     assert.equal(again.status, 202, again.text);
+    assert.equal(await settledState(h, again.body.event_id), 'dead', 'behind the patch');
+    assert.equal((await retryLetter(h, poison.body.event_id)).status, 200);
+    assert.equal(await settledState(h, poison.body.event_id), 'confirmed');
     assert.equal(await settledState(h, again.body.event_id), 'confirmed');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.status, 'failed');
+    await h.stopService(projector);
+  });
+
+  void it('keeps a dead finish finishing its unit through a retry that fails again', async () => {
+    const h = site();
+    const projector = await h.startService('projector', { maxAttempts: 1 });
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'refinish', instrument: 'x' })
+    ).body;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_success CHECK (status IS DISTINCT FROM 'success') NOT VALID",
+    );
+    try {
+      const finish = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'success' });
+      assert.equal(await settledState(h, finish.body.event_id), 'dead');
+      // Retried before its cause is fixed: it fails, and is dead again.
+      assert.equal((await retryLetter(h, finish.body.event_id)).status, 200);
+      await waitFor(
+        async () =>
+          (
+            await h.request(
+              'GET',
+              `/admin/dead-letters/${finish.body.event_id}`,
+              undefined,
+              auth(TOKEN),
+            )
+          ).status === 200,
+        'the finish to be dead-lettered again',
+      );
+      const second = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'failed' });
+      assert.equal(second.status, 409, second.text);
+      assert.equal(second.body.error.code, 'already_finished');
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_success');
+      assert.equal((await retryLetter(h, finish.body.event_id)).status, 200);
+      assert.equal(await settledState(h, finish.body.event_id), 'confirmed');
+    } finally {
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_success');
+    }
     await h.stopService(projector);
   });
 

@@ -419,9 +419,6 @@ export class DeadLetters {
         ...live.keys,
         keys.legacyInflightIndex(dead.aggregate_type),
         ...letters.map((l) => keys.eventIndex(l.event_id)),
-        // A unit's status, which the write guard keeps: a finish discarded while other letters
-        // held the unit set it, and nothing else would forget it.
-        ...(dead.aggregate_type === 'executed_obs_unit' ? [keys.unitState(dead.aggregate_id)] : []),
       ];
       const oldest = minEntryId(letters.map((l) => l.originalEntryId)) ?? dead.original_entry_id;
       const ids = await this.#redis.outpostDeadRetry(
@@ -586,11 +583,15 @@ export class DeadLetters {
       indexNameOf(dead),
       blocks,
       dead.aggregate_id === '' ? 'always' : 'last',
+      SETS_UNIT_STATUS.has(dead.type) ? 'status' : 'with_block',
       ...audit,
     );
     return id ?? undefined;
   }
 }
+
+/** Events that give a unit its start or end status: discarded, the status they set goes too. */
+const SETS_UNIT_STATUS = new Set(['ExecutedObsUnitStarted', 'ExecutedObsUnitFinished']);
 
 /** The newest letter of a partition without any. */
 const NO_LETTER = '0-0';

@@ -8,9 +8,7 @@
 -- KEYS[5] the aggregate's in-flight index bucket  KEYS[6] its type's in-use in-flight buckets
 -- KEYS[7] live stream  KEYS[8] live listeners  KEYS[9] an earlier build's in-flight index of the
 -- type (one hash; such a build may still be appending beside this one, or have left entries
--- behind)  KEYS[9 + i] letter i's event index bucket  KEYS[10 + n], for n letters of an executed
--- obs unit: its status for the write guard, dropped with the block, so the next write reads it
--- again from the events, retried ones included (one discarded meanwhile no longer counts)
+-- behind)  KEYS[9 + i] letter i's event index bucket
 -- ARGV[1] aggregate id  ARGV[2] aggregate type  ARGV[3] live stream max length
 -- ARGV[4] now, ISO-8601  ARGV[5] partition  ARGV[6] the letters' oldest original entry id
 -- ARGV[7] the partition's newest letter when the letters were read ('0-0': none)
@@ -90,8 +88,4 @@ for i, letter in ipairs(letters) do
   end
 end
 redis.call('SREM', KEYS[4], ARGV[1])
-local status = KEYS[10 + #letters]
-if status then
-  redis.call('DEL', status)
-end
 return ids
