@@ -120,9 +120,13 @@ const isPostgresOf = (pid: number, dataDir: string): boolean => {
   if (!isProcessOf(pid, 'postgres')) {
     return false;
   }
-  const args = commandLineOf(pid) ?? [];
-  const named = args[args.indexOf('-D') + 1];
-  return named !== undefined && args.includes('-D') && sameDirectory(named, dataDir);
+  const args = commandLineOf(pid);
+  if (args === undefined) {
+    // Not to be looked into: taken for ours, as a pid file is never removed on a guess.
+    return true;
+  }
+  const named = args.includes('-D') ? args[args.indexOf('-D') + 1] : undefined;
+  return named !== undefined && sameDirectory(named, dataDir);
 };
 
 const sameDirectory = (a: string, b: string): boolean => {
