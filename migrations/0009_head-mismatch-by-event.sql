@@ -1,7 +1,8 @@
 -- head_mismatch compares what rebuild-projections --verify compares: 0002 checked only the head's
 -- seq and the stats' count, so a head at the newest seq naming another event, or stats ending at
--- another time (a restore, a hand edit), passed the view while --verify listed them. The view's
--- query is sql/integrity/head_mismatch.sql.
+-- another time (a restore, a hand edit), passed the view while --verify listed them. Its rows
+-- name the head's and the newest event's ids and times too, so a sample shows which differ. The
+-- view's query is sql/integrity/head_mismatch.sql.
 DROP MATERIALIZED VIEW integrity_head_mismatch;
 --> statement-breakpoint
 CREATE MATERIALIZED VIEW integrity_head_mismatch AS
@@ -13,7 +14,11 @@ WITH per_aggregate AS (
 )
 SELECT n.aggregate_id, n.max_seq, n.events,
        (SELECT max(h.seq) FROM aggregate_heads h WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') AS head_seq,
-       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_count
+       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_count,
+       n.event_id AS newest_event_id,
+       (SELECT min(h.event_id::text) FROM aggregate_heads h WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') AS head_event_id,
+       n.occurred_at AS newest_at,
+       (SELECT min(s.last_event_at) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_last_event_at
   FROM newest n
  WHERE EXISTS (SELECT 1 FROM aggregate_heads h
                 WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head'

@@ -8,7 +8,11 @@ WITH per_aggregate AS (
 )
 SELECT n.aggregate_id, n.max_seq, n.events,
        (SELECT max(h.seq) FROM aggregate_heads h WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') AS head_seq,
-       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_count
+       (SELECT max(s.event_count) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_count,
+       n.event_id AS newest_event_id,
+       (SELECT min(h.event_id::text) FROM aggregate_heads h WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head') AS head_event_id,
+       n.occurred_at AS newest_at,
+       (SELECT min(s.last_event_at) FROM aggregate_stats s WHERE s.aggregate_id = n.aggregate_id) AS stats_last_event_at
   FROM newest n
  WHERE EXISTS (SELECT 1 FROM aggregate_heads h
                 WHERE h.aggregate_id = n.aggregate_id AND h.ref = 'head'
