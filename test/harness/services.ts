@@ -146,17 +146,30 @@ export const startTestStack = async ({
     appendfsync: 'always',
     fastUnsafePostgres: !durablePostgres,
   };
-  /** Stops the servers; `keep` leaves their data for inspection (see scripts/test-stack.ts). */
-  const stop = async ({ keep = false } = {}) => {
-    await stackDown(dir).catch(() => undefined);
-    if (!keep) {
-      rmSync(dir, { recursive: true, force: true });
-    }
+  let starting: Promise<unknown> = Promise.resolve();
+  let stopping: Promise<void> | undefined;
+  /**
+   * Stops the servers, once however often asked (a signal during start-up, and the start-up
+   * failing for it); `keep` leaves their data for inspection (see scripts/test-stack.ts).
+   */
+  const stop = ({ keep = false } = {}) => {
+    stopping ??= (async () => {
+      await stackDown(dir).catch(() => undefined);
+      // Stopped while starting: the step under way (a base backup writing into the folder, say)
+      // fails without the primary, or finishes; whatever it started is stopped after it.
+      await starting.catch(() => undefined);
+      await stackDown(dir).catch(() => undefined);
+      if (!keep) {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    })();
+    return stopping;
   };
   whileStarting?.(() => stop());
   try {
     const urls = urlsOf(options);
-    await stackUp(options);
+    starting = stackUp(options);
+    await starting;
     const admin = new pg.Client({ connectionString: withDatabase(urls.main.url, 'postgres') });
     await admin.connect();
     await admin.query(`CREATE DATABASE ${TEMPLATE_DATABASE}`);
