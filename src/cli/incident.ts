@@ -223,10 +223,10 @@ export const deadLettersLine = (letters: number, blockedAggregates: number): str
 
 const seconds = (ms: number) => `${Math.round(ms / 1000)}s`;
 
-/** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
 /** Why a letter listed at the start of a retry was not retried: it had left the dead letters. */
 const GONE = 'gone: retried or discarded meanwhile';
 
+/** How long a replayed entry may wait for its acknowledgement before it counts as stuck. */
 const ACK_GRACE_MS = 1_000;
 const ACK_GRACE_PASSES = 25;
 /** An operator waits for the entries table: a slow acker's many passes are not worth minutes. */

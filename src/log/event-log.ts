@@ -876,7 +876,6 @@ export class EventLog {
     return this.#redis.outpostForgetAppliedEntries(2, keys.applied, keys.appliedLsn, ...entryIds);
   }
 
-  /** Records a failed attempt on an entry and answers the attempt history so far. */
   /**
    * Counts a failed attempt at an entry; its attempts so far. Given `consumer`, only while that
    * consumer holds the entry: undefined, counting nothing, once another does or none.
