@@ -109,9 +109,11 @@ export const waitUntil = async (
   condition: () => Promise<boolean> | boolean,
   what: string,
   timeoutMs = 60_000,
+  signal?: AbortSignal,
 ): Promise<void> => {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    signal?.throwIfAborted();
     if (await condition()) {
       return;
     }

@@ -280,7 +280,15 @@ export const readState = (dir: string): StackOptions | undefined => {
  * Starts (or finds running) a PostgreSQL primary, a hot-standby replica cloned from it with
  * `pg_basebackup -R`, and Redis with AOF. Idempotent: what already runs is left alone.
  */
-export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
+/**
+ * Starts the stack's servers, or those of them not running. `signal` gives up between steps and
+ * in the waits (a test run stopped during start-up): without it, a stopped primary would keep it
+ * waiting a minute for the replica.
+ */
+export const stackUp = async (
+  o: StackOptions,
+  { signal }: { signal?: AbortSignal } = {},
+): Promise<StackUrls> => {
   const bin = requirePgBinDir();
   const redisServer = requireRedisServer();
   const cron = o.pgCron === 'auto' ? pgCronInstalled(bin) : o.pgCron;
@@ -353,12 +361,18 @@ export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
   await startPg(o, bin, paths.main, o.mainPort, cron);
   const urls = urlsOf(o);
   const adminUrl = urls.main.url.replace(/\/outpost$/, '/postgres');
-  await waitUntil(() => canQuery(adminUrl), `PostgreSQL primary on ${o.mainPort}`);
+  await waitUntil(
+    () => canQuery(adminUrl),
+    `PostgreSQL primary on ${o.mainPort}`,
+    undefined,
+    signal,
+  );
   const exists = await query(adminUrl, `select 1 from pg_database where datname = '${DATABASE}'`);
   if (exists.length === 0) {
     await query(adminUrl, `create database ${DATABASE}`);
   }
 
+  signal?.throwIfAborted();
   if (!existsSync(join(paths.replica, 'PG_VERSION'))) {
     rmSync(paths.replica, { recursive: true, force: true });
     mkdirSync(paths.replica, { recursive: true, mode: 0o700 });
@@ -380,8 +394,14 @@ export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
       '--no-sync',
     ]);
   }
+  signal?.throwIfAborted();
   await startPg(o, bin, paths.replica, o.replicaPort, cron);
-  await waitUntil(() => canQuery(urls.replica.url), `PostgreSQL replica on ${o.replicaPort}`);
+  await waitUntil(
+    () => canQuery(urls.replica.url),
+    `PostgreSQL replica on ${o.replicaPort}`,
+    undefined,
+    signal,
+  );
   await waitUntil(
     async () =>
       (
@@ -391,8 +411,10 @@ export const stackUp = async (o: StackOptions): Promise<StackUrls> => {
         )
       )[0]?.n === 1,
     'the replica to stream from the primary',
+    undefined,
+    signal,
   );
-  await waitUntil(() => isPortOpen(o.redisPort), `Redis on ${o.redisPort}`);
+  await waitUntil(() => isPortOpen(o.redisPort), `Redis on ${o.redisPort}`, undefined, signal);
   return urls;
 };
 

@@ -148,12 +148,14 @@ export const startTestStack = async ({
   };
   let starting: Promise<unknown> = Promise.resolve();
   let stopping: Promise<void> | undefined;
+  const startUp = new AbortController();
   /**
    * Stops the servers, once however often asked (a signal during start-up, and the start-up
    * failing for it); `keep` leaves their data for inspection (see scripts/test-stack.ts).
    */
   const stop = ({ keep = false } = {}) => {
     stopping ??= (async () => {
+      startUp.abort();
       await stackDown(dir).catch(() => undefined);
       // Stopped while starting: the step under way (a base backup writing into the folder, say)
       // fails without the primary, or finishes; whatever it started is stopped after it.
@@ -168,7 +170,7 @@ export const startTestStack = async ({
   whileStarting?.(() => stop());
   try {
     const urls = urlsOf(options);
-    starting = stackUp(options);
+    starting = stackUp(options, { signal: startUp.signal });
     await starting;
     const admin = new pg.Client({ connectionString: withDatabase(urls.main.url, 'postgres') });
     await admin.connect();
