@@ -177,7 +177,9 @@ export class DeadLetters {
 
   constructor(readonly eventLog: EventLog) {
     const redis = eventLog.redis;
-    redis.defineCommand('outpostDeadLetter', { lua: script('dead-letter', 'inflight', 'live') });
+    redis.defineCommand('outpostDeadLetter', {
+      lua: script('dead-letter', 'inflight', 'live', 'holder'),
+    });
     redis.defineCommand('outpostDeadRetry', {
       lua: script('dead-retry', 'inflight', 'letters', 'live'),
     });
@@ -718,7 +720,7 @@ export class AmbiguousDeadLetterError extends Error {
   constructor(id: string, partitions: readonly number[]) {
     super(
       `${id} names dead letters in partitions ${partitions.join(', ')}: name one as ${partitions
-        .map((p) => `${UNDECODABLE}${p}-${id.slice(UNDECODABLE.length)}`)
+        .map((p) => shownIdOf(undefined, id.slice(UNDECODABLE.length), p))
         .join(' or ')}, as outpost dead list shows them now`,
     );
   }

@@ -38,7 +38,7 @@ const readScript = (path: string) =>
  */
 export const script = (
   name: string,
-  ...libraries: ('applied' | 'inflight' | 'letters' | 'live')[]
+  ...libraries: ('applied' | 'holder' | 'inflight' | 'letters' | 'live')[]
 ) => {
   const [, shebang = '', body = ''] = /^(#!lua[^\n]*\n)?([\s\S]*)$/.exec(readScript(name)) ?? [];
   return shebang + [...libraries.map((library) => readScript(`lib/${library}`)), body].join('\n');
@@ -261,7 +261,7 @@ export class EventLog {
   ) {
     redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
     redis.defineCommand('outpostRecordApplied', { lua: script('record-applied') });
-    redis.defineCommand('outpostRecordAttempt', { lua: script('record-attempt') });
+    redis.defineCommand('outpostRecordAttempt', { lua: script('record-attempt', 'holder') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'applied', 'inflight') });
     redis.defineCommand('outpostForgetApplied', { lua: script('forget-applied', 'applied') });
     redis.defineCommand('outpostForgetAppliedEntries', { lua: script('forget-applied-entries') });

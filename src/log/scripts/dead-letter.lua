@@ -29,11 +29,8 @@
 -- blocked: the projector read the blocks with its batch, and an operator who discarded or retried
 -- their last letter since has lifted them. Filed anyway, it would block its aggregate again behind
 -- no letter. Then nothing changes and the answer is false: the entry stays pending, to apply.
-if ARGV[10] ~= '' then
-  local holder = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)[1]
-  if not holder or holder[2] ~= ARGV[10] then
-    return {'not_owner'}
-  end
+if not holds_entry(KEYS[1], ARGV[1], ARGV[2], ARGV[10]) then
+  return {'not_owner'}
 end
 local follows = tonumber(ARGV[11])
 if follows > 0 then

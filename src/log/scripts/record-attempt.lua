@@ -7,11 +7,8 @@
 --
 -- KEYS[1] attempts  KEYS[2] stream  ARGV[1] entry id  ARGV[2] its attempts, JSON  ARGV[3] group
 -- ARGV[4] the consumer ('': anyone)
-if ARGV[4] ~= '' then
-  local holder = redis.call('XPENDING', KEYS[2], ARGV[3], ARGV[1], ARGV[1], 1)[1]
-  if not holder or holder[2] ~= ARGV[4] then
-    return false
-  end
+if not holds_entry(KEYS[2], ARGV[3], ARGV[1], ARGV[4]) then
+  return false
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return true
