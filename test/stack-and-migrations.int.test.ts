@@ -209,16 +209,17 @@ void describe('outpost stack up', () => {
 });
 
 void describe('outpost stack status', () => {
-  /** `outpost stack status` run by an operator in `cwd`, whose `.outpost` is the stack it reports. */
-  const status = (cwd: string, json: boolean) =>
+  /** `outpost stack <action>` run by an operator in `cwd`, whose `.outpost` is the stack it means. */
+  const stackCommand = (action: string, cwd: string, json: boolean) =>
     run(
       process.execPath,
-      [join(PROJECT_ROOT, 'bin/outpost.js'), 'stack', 'status', ...(json ? ['--json'] : [])],
+      [join(PROJECT_ROOT, 'bin/outpost.js'), 'stack', action, ...(json ? ['--json'] : [])],
       {
         cwd,
         env: { PATH: process.env.PATH, HOME: process.env.HOME },
       },
     );
+  const status = (cwd: string, json: boolean) => stackCommand('status', cwd, json);
   let cwd: string;
   before(() => {
     cwd = mkdtempSync(join(tmpdir(), 'outpost-status-'));
@@ -301,6 +302,30 @@ void describe('outpost stack status', () => {
       ['redis', stack.redisUrl],
     ]) {
       assert.match(text, new RegExp(`^${service}\\s+running\\s+${url}\\s*$`, 'm'));
+    }
+    // From a subfolder of the project, as git finds its repository.
+    const subfolder = join(cwd, 'src', 'deeper');
+    mkdirSync(subfolder, { recursive: true });
+    const fromSubfolder = JSON.parse((await status(subfolder, true)).stdout);
+    assert.deepEqual(
+      [fromSubfolder.running, fromSubfolder.main.url, fromSubfolder.redis.url],
+      [true, stack.mainUrl, stack.redisUrl],
+    );
+  });
+
+  void it('says that no stack was running where `down` finds none, instead of reporting it stopped', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'outpost-empty-'));
+    try {
+      assert.deepEqual(JSON.parse((await stackCommand('down', empty, true)).stdout), {
+        stopped: false,
+        dir: join(empty, '.outpost'),
+      });
+      assert.match(
+        (await stackCommand('down', empty, false)).stdout,
+        /^no local stack was running in .*outpost-empty-.*\/\.outpost$/m,
+      );
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
     }
   });
 });

@@ -1,10 +1,16 @@
-import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, LOCAL_STACK, loadConfig } from '../config.ts';
 import { runMigrations } from '../db/migrate.ts';
 import { createLogger } from '../observability/logger.ts';
 import { type Role, startService } from '../service.ts';
-import { type StackOptions, stackDown, stackReset, stackStatus, stackUp } from '../stack/stack.ts';
+import {
+  findStackDir,
+  type StackOptions,
+  stackDown,
+  stackReset,
+  stackStatus,
+  stackUp,
+} from '../stack/stack.ts';
 import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
 import { CliError, print, reasonOf, table } from './output.ts';
@@ -13,7 +19,7 @@ import { tokenCommand } from './token.ts';
 import { USAGE, usageOf } from './usage.ts';
 
 const localStack = (): StackOptions => ({
-  dir: resolve(process.cwd(), '.outpost'),
+  dir: findStackDir(process.cwd()),
   mainPort: LOCAL_STACK.mainPort,
   replicaPort: LOCAL_STACK.replicaPort,
   redisPort: LOCAL_STACK.redisPort,
@@ -32,10 +38,17 @@ const stack = async (action: string | undefined, flags: Flags) => {
       print(flags.json ? JSON.stringify(status) : `local stack running\n${stackTable(status)}`);
       return;
     }
-    case 'down':
-      await stackDown(options.dir);
-      print(flags.json ? JSON.stringify({ stopped: true }) : 'local stack stopped');
+    case 'down': {
+      const stopped = await stackDown(options.dir);
+      print(
+        flags.json
+          ? JSON.stringify({ stopped, dir: options.dir })
+          : stopped
+            ? `local stack stopped (${options.dir})`
+            : `no local stack was running in ${options.dir}`,
+      );
       return;
+    }
     case 'reset':
       await stackReset(options.dir);
       print(

@@ -8,7 +8,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 import {
   commandLineOf,
@@ -47,6 +47,7 @@ export type StackStatus = StackUrls & {
 
 const DATABASE = 'outpost';
 const STATE_FILE = 'stack.json';
+const STACK_FOLDER = '.outpost';
 const STREAM_NODE_MAX_BYTES = 16_384;
 
 type StackPaths = { main: string; replica: string; redis: string; logs: string; state: string };
@@ -271,6 +272,22 @@ const canQuery = async (url: string): Promise<boolean> => {
   }
 };
 
+/**
+ * The `.outpost` folder of the nearest of `from` and its parents that has one, as git finds its
+ * repository: an operator in a project's subfolder means the project's stack, and `down` there
+ * must not report a stack stopped that it never looked at. `from/.outpost` when none has one.
+ */
+export const findStackDir = (from: string): string => {
+  for (let dir = resolve(from); ; dir = dirname(dir)) {
+    if (existsSync(join(dir, STACK_FOLDER))) {
+      return join(dir, STACK_FOLDER);
+    }
+    if (dirname(dir) === dir) {
+      return join(resolve(from), STACK_FOLDER);
+    }
+  }
+};
+
 export const readState = (dir: string): StackOptions | undefined => {
   const file = pathsOf(dir).state;
   return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as StackOptions) : undefined;
@@ -278,10 +295,7 @@ export const readState = (dir: string): StackOptions | undefined => {
 
 /**
  * Starts (or finds running) a PostgreSQL primary, a hot-standby replica cloned from it with
- * `pg_basebackup -R`, and Redis with AOF. Idempotent: what already runs is left alone.
- */
-/**
- * Starts the stack's servers, or those of them not running. `signal` gives up between steps and
+ * `pg_basebackup -R`, and Redis with AOF: the stack's servers, or those of them not running. `signal` gives up between steps and
  * in the waits (a test run stopped during start-up): without it, a stopped primary would keep it
  * waiting a minute for the replica.
  */
@@ -436,13 +450,16 @@ const refuseForeignServices = async (o: StackOptions, paths: StackPaths) => {
 /**
  * Stops the replica, the primary and Redis; a stack that is not running is left as it is. Every
  * part is attempted even when an earlier one fails, so nothing is left running behind an error.
+ * Says whether any server was running.
  */
-export const stackDown = async (dir: string): Promise<void> => {
+export const stackDown = async (dir: string): Promise<boolean> => {
   const paths = pathsOf(dir);
   const bin = findPgBinDir();
   const failures: string[] = [];
+  let found = false;
   for (const dataDir of [paths.replica, paths.main]) {
     if (bin && pgIsRunning(dataDir)) {
+      found = true;
       await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]).catch(
         async (err: Error) => {
           failures.push(err.message);
@@ -455,6 +472,7 @@ export const stackDown = async (dir: string): Promise<void> => {
   }
   const pid = redisPid(paths.redis);
   if (pid !== undefined) {
+    found = true;
     process.kill(pid, 'SIGTERM');
     await waitUntil(() => !isAlive(pid), 'Redis to stop', 30_000).catch((err: Error) => {
       failures.push(err.message);
@@ -464,6 +482,7 @@ export const stackDown = async (dir: string): Promise<void> => {
   if (failures.length > 0) {
     throw new Error(`stopping the stack: ${failures.join('; ')}`);
   }
+  return found;
 };
 
 export const stackReset = async (dir: string): Promise<void> => {
