@@ -164,6 +164,7 @@ export const startService = async (
         postDeployDelayMs: config.postDeployRefreshDelayMs,
         projectorHealthy: () => projector?.stats().status === 'running',
         logger: logger.child({ module: 'integrity' }),
+        onMissedCronRun: () => metrics.integrityCronRunsMissed.inc(),
       })
     : undefined;
   const status = new StatusSource({

@@ -3,7 +3,12 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
-import { CRON_JOB, scheduleCronJob } from '../src/db/queries/integrity.ts';
+import {
+  CRON_JOB,
+  REFRESH_LOCK,
+  scheduleCronJob,
+  whyCronMissed,
+} from '../src/db/queries/integrity.ts';
 import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
 import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
 import { createLogger } from '../src/observability/logger.ts';
@@ -676,6 +681,70 @@ void describe('pg_cron', () => {
       await scheduler.stop();
       await main.end();
       await proxy.close();
+    }
+  });
+
+  void it('runs a scheduled refresh pg_cron missed, says why, and takes the refresh over when the job is gone', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    const missed: string[] = [];
+    const main = new pg.Pool({ connectionString: url, max: 1 });
+    const scheduler = new IntegrityScheduler({
+      main,
+      mainUrl: url,
+      schedule: '0 0 1 1 *',
+      postDeployDelayMs: 3_600_000,
+      projectorHealthy: () => true,
+      logger: silent,
+      onMissedCronRun: (why) => missed.push(why),
+    });
+    const holder = new pg.Client({ connectionString: url });
+    try {
+      await scheduler.start();
+      assert.equal(scheduler.mode, 'pg_cron');
+      const { rows: jobs } = await client.query<{ jobid: string }>(
+        'SELECT jobid::text FROM cron.job WHERE jobname = $1',
+        [CRON_JOB],
+      );
+      await client.query('SELECT cron.alter_job($1, active := false)', [jobs[0]?.jobid]);
+      // A due time later than every snapshot so far: none of them is its run.
+      const due = new Date(Date.now() + 60_000);
+      await holder.connect();
+      await holder.query('SELECT pg_advisory_lock($1)', [REFRESH_LOCK]);
+      assert.equal(await scheduler.catchUpCronRun(due), 'running', 'a refresh holds the lock');
+      await holder.query('SELECT pg_advisory_unlock($1)', [REFRESH_LOCK]);
+      assert.deepEqual(missed, []);
+
+      assert.equal(await scheduler.catchUpCronRun(due), 'refreshed');
+      assert.match(
+        missed[0] ?? '',
+        new RegExp(`inactive; SELECT cron\\.alter_job\\(${jobs[0]?.jobid}, active := true\\)`),
+      );
+      const latest = await client.query<{ mode: string }>(
+        'SELECT mode FROM integrity_refreshes ORDER BY id DESC LIMIT 1',
+      );
+      assert.equal(latest.rows[0]?.mode, 'watchdog');
+      assert.equal(await scheduler.catchUpCronRun(new Date()), 'ran', 'the refresh just made');
+      assert.equal(missed.length, 1);
+
+      await client.query('SELECT cron.alter_job($1, active := true)', [jobs[0]?.jobid]);
+      assert.doesNotMatch(
+        await whyCronMissed(client),
+        /inactive|launcher/,
+        'an active job, its launcher running',
+      );
+
+      await client.query('SELECT cron.unschedule($1)', [CRON_JOB]);
+      assert.equal(await scheduler.catchUpCronRun(due), 'refreshed');
+      assert.match(missed[1] ?? '', new RegExp(`the pg_cron job ${CRON_JOB} is gone`));
+      assert.equal(scheduler.mode, 'scheduler', 'refreshing in-process from now on');
+    } finally {
+      await holder.end().catch(() => undefined);
+      await scheduler.stop();
+      await main.end();
     }
   });
 });

@@ -1,9 +1,12 @@
 import type pg from 'pg';
 import {
   cronJob,
+  latestSnapshot,
   refreshIntegrity,
+  runningRefresh,
   type Snapshot,
   scheduleCronJob,
+  whyCronMissed,
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from '../projector/backoff.ts';
@@ -22,9 +25,16 @@ export type IntegritySchedulerDeps = {
   onRefreshed?: (snapshot: Snapshot) => void;
   /** How soon to ask again whether pg_cron runs the job, after the main database did not say. */
   detectRetryMs?: number;
+  /** Told of each scheduled pg_cron run that did not happen, and why; this process ran it. */
+  onMissedCronRun?: (why: string) => void;
 };
 
 const DETECT_RETRY_MS = 60_000;
+/** How long after its scheduled time pg_cron's run must have finished or still be running. */
+const CRON_GRACE_MS = 60_000;
+const CLOCK_SKEW_MS = 30_000;
+
+export type CronRunOutcome = 'ran' | 'running' | 'refreshed' | 'unknown';
 
 /**
  * Keeps the integrity snapshot fresh. Where pg_cron runs the job, it only makes the job's schedule
@@ -51,6 +61,8 @@ export class IntegrityScheduler {
     const loop = new AbortController();
     if (this.#mode === 'scheduler') {
       this.#running.push(this.#loop(loop.signal));
+    } else {
+      this.#running.push(this.#watchCron());
     }
     if (found === undefined) {
       // A site whose link is down at start: refresh in-process meanwhile, and ask again. Deciding
@@ -100,10 +112,11 @@ export class IntegrityScheduler {
       await pause(this.deps.detectRetryMs ?? DETECT_RETRY_MS, signal);
       const found = signal.aborted ? undefined : await this.#detect();
       if (found !== undefined) {
+        this.#mode = found;
         if (found === 'pg_cron') {
           interimLoop.abort();
+          this.#running.push(this.#watchCron());
         }
-        this.#mode = found;
         this.deps.logger.info({ mode: found }, 'integrity refresh mode found');
         return;
       }
@@ -145,6 +158,64 @@ export class IntegrityScheduler {
         await this.#refresh('scheduler', false);
       }
     }
+  }
+
+  /**
+   * pg_cron installed but not running the job (the job made inactive, its launcher gone after a
+   * failover to a server without it preloaded, every run failing) would leave the snapshot to
+   * age until the stale alert, hours later. After each scheduled time this looks whether that
+   * run happened, and where it did not, says why and runs it.
+   */
+  async #watchCron() {
+    const signal = this.#abort.signal;
+    // From each due time to the next, not from the clock: a check that ends past the next due
+    // time (every minute, say) would otherwise skip it.
+    let after = new Date();
+    while (!signal.aborted && this.#mode === 'pg_cron') {
+      const due = nextRun(this.deps.schedule, after);
+      await pause(Math.max(0, due.getTime() - Date.now()) + CRON_GRACE_MS, signal);
+      if (!signal.aborted) {
+        await this.catchUpCronRun(due);
+      }
+      after = due;
+    }
+  }
+
+  /**
+   * Whether pg_cron's run scheduled for `due` happened; where it did not, refreshes in its place
+   * (mode `watchdog`), and where the job is gone, refreshes in-process from then on.
+   */
+  async catchUpCronRun(due: Date): Promise<CronRunOutcome> {
+    const { main, logger } = this.deps;
+    let why: string;
+    try {
+      const latest = await latestSnapshot(main);
+      // Against the main database's clock, which may be a little behind this one.
+      if (latest && Date.parse(latest.refreshed_at) >= due.getTime() - CLOCK_SKEW_MS) {
+        return 'ran';
+      }
+      if (await runningRefresh(main)) {
+        return 'running';
+      }
+      why = await whyCronMissed(main).catch(
+        (err: Error) => `pg_cron could not be asked why (${err.message})`,
+      );
+    } catch (err) {
+      logger.debug({ err }, 'cannot tell whether pg_cron ran the integrity refresh');
+      return 'unknown';
+    }
+    logger.warn(
+      { due: due.toISOString(), why },
+      `pg_cron did not run the integrity refresh due at ${due.toISOString()}: ${why}; refreshing in its place`,
+    );
+    this.deps.onMissedCronRun?.(why);
+    if ((await this.#detect()) === 'scheduler') {
+      this.#mode = 'scheduler';
+      this.#running.push(this.#loop(this.#abort.signal));
+      logger.warn('no pg_cron job; the integrity refresh runs in-process from now on');
+    }
+    await this.#refresh('watchdog', false);
+    return 'refreshed';
   }
 
   async #postDeploy() {

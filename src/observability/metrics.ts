@@ -167,6 +167,11 @@ export const createMetrics = () => {
       labelNames: ['transport'] as const,
       registers,
     }),
+    integrityCronRunsMissed: new Counter({
+      name: 'outpost_integrity_cron_runs_missed_total',
+      help: 'Scheduled pg_cron integrity refreshes that did not happen, run by this process instead',
+      registers,
+    }),
     integrityRefreshDuration: new Gauge({
       name: 'outpost_integrity_refresh_duration_seconds',
       help: 'How long the last integrity refresh took',

@@ -76,7 +76,7 @@ export const refreshIntegrity = async (
 };
 
 /** The advisory lock outpost_refresh_integrity() takes (migrations/0002_integrity-views.sql). */
-const REFRESH_LOCK = 7246002;
+export const REFRESH_LOCK = 7246002;
 
 /**
  * The session holding the refresh lock, if any: a refresh that waits for it would otherwise look
@@ -153,6 +153,48 @@ export const cronJob = async (db: Queryable): Promise<{ schedule: string } | und
     [CRON_JOB],
   );
   return rows[0];
+};
+
+/**
+ * Why pg_cron did not run the refresh job, as far as the main database tells: the job gone or
+ * inactive, its launcher not running, or its last run failed. Whether the launcher runs is asked
+ * only where this role may see other sessions; elsewhere pg_stat_activity would hide it.
+ */
+export const whyCronMissed = async (db: Queryable): Promise<string> => {
+  const { rows } = await db.query<{
+    jobid: string;
+    active: boolean;
+    launcher: boolean | null;
+    status: string | null;
+    message: string | null;
+    start_time: Date | null;
+  }>(
+    `SELECT j.jobid::text, j.active,
+            CASE WHEN pg_has_role('pg_read_all_stats', 'MEMBER') THEN
+              EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'pg_cron launcher')
+            END AS launcher,
+            r.status, r.return_message AS message, r.start_time
+       FROM cron.job j
+       LEFT JOIN LATERAL (SELECT status, return_message, start_time FROM cron.job_run_details d
+                           WHERE d.jobid = j.jobid ORDER BY d.runid DESC LIMIT 1) r ON true
+      WHERE j.jobname = $1`,
+    [CRON_JOB],
+  );
+  const job = rows[0];
+  if (!job) {
+    return `the pg_cron job ${CRON_JOB} is gone`;
+  }
+  if (!job.active) {
+    return `the pg_cron job ${CRON_JOB} is inactive; SELECT cron.alter_job(${job.jobid}, active := true) on the main database resumes it`;
+  }
+  if (job.launcher === false) {
+    return "pg_cron's launcher is not running on the main database: is pg_cron in its shared_preload_libraries, and cron.database_name this database?";
+  }
+  const last = job.start_time?.toISOString();
+  if (job.status === 'failed') {
+    return `its last run, at ${last}, failed: ${job.message ?? 'no message'}`;
+  }
+  return last ? `pg_cron has not started it since ${last}` : 'pg_cron has never started it';
 };
 
 /** Scheduling by job name updates the existing job: a changed schedule never duplicates it. */
