@@ -6,11 +6,18 @@ import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { acquireLease } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
+import {
+  holdPartitions,
+  RebuildLeaseError,
+  rebuildProjections,
+  releasePartitions,
+} from '../src/ops/rebuild.ts';
 import { replay } from '../src/ops/replay.ts';
 import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
@@ -196,10 +203,15 @@ void describe('recovery', () => {
       await h.main.query(
         "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
       );
+      let entries = 0;
+      for (const keys of eventLogOf(h).allKeys()) {
+        entries += await h.redis.xlen(keys.stream);
+      }
       const report = await h.request('POST', '/admin/replay', { from: '0' }, auth);
       assert.equal(report.status, 200, report.text);
       assert.equal(report.body.applied, 10);
       assert.equal(report.body.failed, 1);
+      assert.equal(report.body.scanned, entries, 'what the log held as it began, not its appends');
       assert.equal((await h.get(`/events/${poison.event_id}`)).body.state, 'dead');
       const back = await h.mainRows<{ n: number }>(
         'SELECT count(*)::int AS n FROM executed_obs_units WHERE id = ANY($1)',
@@ -289,6 +301,88 @@ void describe('recovery', () => {
       const clean = await runCli(h, ['rebuild-projections', '--verify', '--json']);
       assert.equal(clean.code, 0);
       assert.equal(JSON.parse(clean.stdout).differing, 0);
+    });
+
+    void it('holds every partition lease while it rewrites, and writes no page once one of them is taken', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'fenced', instrument: 'nirspec' })
+      ).body;
+      await waitForAllAcknowledged(h);
+      await h.main.query("UPDATE executed_obs_units SET notes = 'tampered' WHERE id = $1", [
+        unit.id,
+      ]);
+      const notes = async () =>
+        (await h.mainRows('SELECT notes FROM executed_obs_units WHERE id = $1', [unit.id]))[0]
+          ?.notes;
+      await withoutProjector(async () => {
+        const leases = await holdPartitions(h.main, h.config.partitions, 30_000);
+        try {
+          assert.deepEqual(
+            leases.map((lease) => lease.partition),
+            [...Array(h.config.partitions).keys()],
+          );
+          assert.equal(
+            await acquireLease(h.main, 0, 'projector-started-meanwhile', 30_000),
+            undefined,
+            'a projector started during the rebuild waits for the partition',
+          );
+          // The rebuild stalled past its lease, and a projector took partition 0.
+          await h.main.query(
+            "UPDATE partition_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE partition = 0",
+          );
+          assert.ok(await acquireLease(h.main, 0, 'projector-started-meanwhile', 30_000));
+          await assert.rejects(
+            rebuildProjections(h.main, 'apply', { fence: { leases, ttlMs: 30_000 } }),
+            RebuildLeaseError,
+          );
+          assert.equal(await notes(), 'tampered', 'no page written');
+        } finally {
+          await releasePartitions(h.main, leases);
+          await h.main.query(
+            "UPDATE partition_leases SET owner = NULL, expires_at = '-infinity' WHERE owner = 'projector-started-meanwhile'",
+          );
+        }
+        const rebuilt = await runCli(h, ['rebuild-projections', '--json']);
+        assert.equal(rebuilt.code, 0, rebuilt.stderr);
+        assert.equal(await notes(), null);
+        const holders = await h.mainRows<{ n: number }>(
+          'SELECT count(*)::int AS n FROM partition_leases WHERE owner IS NOT NULL',
+        );
+        assert.deepEqual(holders, [{ n: 0 }], 'the rebuild gave its leases back');
+      });
+    });
+
+    void it('reports an aggregate whose events do not fold, and verifies the others all the same', async () => {
+      const units = await startMany(h, 'unfoldable', 3);
+      await waitForAllAcknowledged(h);
+      const [broken] = units.map((u) => u.body.id as string);
+      const corrupt = (type: string) =>
+        h.main.query('UPDATE events SET type = $2 WHERE aggregate_id = $1 AND seq = 0', [
+          broken,
+          type,
+        ]);
+      await corrupt('ExecutedObsUnitFinished');
+      try {
+        const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+        assert.equal(verify.code, 1);
+        const report = JSON.parse(verify.stdout);
+        const aggregates = await h.mainRows<{ n: number }>(
+          'SELECT count(*)::int AS n FROM aggregates',
+        );
+        assert.equal(report.aggregates, aggregates[0]?.n, 'every aggregate folded or reported');
+        assert.equal(report.unfoldable, 1);
+        const listed = report.differences.filter(
+          (d: { aggregate_id: string }) => d.aggregate_id === broken,
+        );
+        assert.equal(listed.length, 1, verify.stdout);
+        assert.match(listed[0].fields[0], /^unfoldable: /);
+        assert.match(
+          verify.stderr,
+          /^outpost: rebuild-projections found 1 aggregate\(s\) whose events do not fold/m,
+        );
+      } finally {
+        await corrupt('ExecutedObsUnitStarted');
+      }
     });
 
     void it('finds heads, stats and links that are not what the events say with --verify, and rebuild rewrites them', async () => {

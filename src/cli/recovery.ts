@@ -1,6 +1,12 @@
 import { loadConfig } from '../config.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
-import { type RebuildMode, rebuildProjections } from '../ops/rebuild.ts';
+import {
+  holdPartitions,
+  RebuildLeaseError,
+  type RebuildMode,
+  rebuildProjections,
+  releasePartitions,
+} from '../ops/rebuild.ts';
 import { ReplayBoundError, ReplayRangeError, replay, replayRange } from '../ops/replay.ts';
 import { liveHolder, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
@@ -105,17 +111,14 @@ export const replayCommand = (flags: RecoveryFlags) => {
 };
 
 /**
- * A rebuild rewrites rows from the events it read a moment before: beside a projector applying
- * the same aggregates it would put a row back behind an event committed in between (a finished
- * unit running again), and the two would overwrite each other's heads.
+ * A rebuild rewrites rows from the events it read a moment before, so it holds every partition's
+ * lease while it writes (holdPartitions); a projector holding one is named, with how to stop it.
  */
 const refuseBesideProjectors = async (site: Site) => {
   const holdings = await leaseHoldings(site.main);
-  if (holdings.some((holding) => liveHolder(holding) !== undefined)) {
-    throw new CliError(
-      `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
-    );
-  }
+  throw new CliError(
+    `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
+  );
 };
 
 /** `outpost rebuild-projections [--dry-run | --verify]`. */
@@ -125,13 +128,18 @@ export const rebuildCommand = (flags: RecoveryFlags) =>
       throw new CliError('give either --dry-run or --verify, not both');
     }
     const mode: RebuildMode = flags.verify ? 'verify' : flags['dry-run'] ? 'dry-run' : 'apply';
-    if (mode === 'apply') {
-      await refuseBesideProjectors(site);
-    }
+    const ttlMs = site.config.claimIdleMs;
+    const leases =
+      mode === 'apply'
+        ? await holdPartitions(site.main, site.config.partitions, ttlMs).catch((err: Error) =>
+            err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
+          )
+        : [];
     const report_ = progress(flags.json);
-    const report = await rebuildProjections(site.main, mode, (aggregates) =>
-      report_({ aggregates }),
-    );
+    const report = await rebuildProjections(site.main, mode, {
+      onProgress: (aggregates) => report_({ aggregates }),
+      fence: mode === 'apply' ? { leases, ttlMs } : undefined,
+    }).finally(() => releasePartitions(site.main, leases));
     if (flags.json) {
       print(JSON.stringify(report));
     } else {
@@ -141,10 +149,16 @@ export const rebuildCommand = (flags: RecoveryFlags) =>
           (mode === 'apply' ? `, ${report.fixed} rewritten` : ' (nothing changed)'),
       );
     }
-    if (mode === 'verify' && report.differing > 0) {
+    if (report.unfoldable > 0) {
+      process.stderr.write(
+        `outpost: rebuild-projections found ${report.unfoldable} aggregate(s) whose events do not fold (listed as unfoldable, left as they are); outpost integrity status names their problems\n`,
+      );
+      process.exitCode = 1;
+    }
+    if (mode === 'verify' && report.differing > report.unfoldable) {
       // The report stays on stdout, whole and parseable; the reason goes where failures go.
       process.stderr.write(
-        `outpost: rebuild-projections --verify found ${report.differing} projection row(s) that differ from their events; outpost rebuild-projections rewrites them\n`,
+        `outpost: rebuild-projections --verify found ${report.differing - report.unfoldable} projection row(s) that differ from their events; outpost rebuild-projections rewrites them\n`,
       );
       process.exitCode = 1;
     }

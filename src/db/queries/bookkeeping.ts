@@ -1,5 +1,4 @@
-import type pg from 'pg';
-import { withConnection } from '../client.ts';
+import type { Queryable } from '../client.ts';
 
 /** The derived rows beside the projections, each of which its events alone determine. */
 export type BookkeepingTable = 'aggregate_heads' | 'aggregate_stats' | 'aggregate_links';
@@ -45,7 +44,7 @@ const DIFFERING_SQL = `
 
 /** The aggregates of `ids` whose heads, stats or links differ from what their events say. */
 export const differingBookkeeping = async (
-  db: pg.Pool,
+  db: Queryable,
   ids: readonly string[],
 ): Promise<{ aggregate_id: string; table: BookkeepingTable }[]> =>
   (await db.query(DIFFERING_SQL, [ids])).rows;
@@ -71,22 +70,19 @@ const REPAIRS: Record<BookkeepingTable, string[]> = {
 };
 
 /**
- * Rewrites, in one transaction, each differing row from the events: a head or stats row only where
+ * Rewrites, inside the caller's transaction, each differing row from the events: a head or stats row only where
  * that row differs, since a projector advancing a sound aggregate meanwhile must not lose its step
  * to a rewrite; links are only added (the integrity views know no problem of an extra one). Every
  * differing head or stats row belongs to an aggregate with events, so none is deleted for good.
  */
-export const repairBookkeeping = (
-  db: pg.Pool,
+export const repairBookkeeping = async (
+  db: Queryable,
   differing: readonly { aggregate_id: string; table: BookkeepingTable }[],
-) =>
-  withConnection(db, async (client) => {
-    await client.query('BEGIN');
-    for (const [table, statements] of Object.entries(REPAIRS)) {
-      const ids = differing.filter((d) => d.table === table).map((d) => d.aggregate_id);
-      for (const statement of ids.length > 0 ? statements : []) {
-        await client.query(statement, [ids]);
-      }
+) => {
+  for (const [table, statements] of Object.entries(REPAIRS)) {
+    const ids = differing.filter((d) => d.table === table).map((d) => d.aggregate_id);
+    for (const statement of ids.length > 0 ? statements : []) {
+      await db.query(statement, [ids]);
     }
-    await client.query('COMMIT');
-  });
+  }
+};

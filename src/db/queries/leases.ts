@@ -92,6 +92,26 @@ export const renewLease = async (db: Queryable, lease: Lease, ttlMs: number): Pr
   return rowCount === 1;
 };
 
+/**
+ * Renews every one of `leases` inside the caller's transaction, row-locking them until it ends: a
+ * taker's UPDATE waits for the commit, so what the transaction writes is written under them. False
+ * when any has lapsed or was taken.
+ */
+export const renewLeasesIn = async (
+  db: Queryable,
+  leases: readonly Lease[],
+  ttlMs: number,
+): Promise<boolean> => {
+  const { rowCount } = await db.query(
+    `UPDATE partition_leases l SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+       FROM unnest($1::int[], $2::text[], $3::bigint[]) AS held(partition, owner, token)
+      WHERE l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
+        AND l.expires_at > clock_timestamp()`,
+    [...leasesParams(leases), ttlMs],
+  );
+  return rowCount === leases.length;
+};
+
 export const releaseLease = async (db: Queryable, lease: Lease) => {
   await db.query(
     `UPDATE partition_leases SET owner = NULL, expires_at = '-infinity'
