@@ -12,7 +12,7 @@ import {
 } from '../src/log/codec.ts';
 import { EventLog } from '../src/log/event-log.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
-import { runCli } from './harness/cli.ts';
+import { runCli, runCliWith } from './harness/cli.ts';
 import { Harness, scrapeMetric, waitFor, withField } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 
@@ -1005,6 +1005,27 @@ void describe('admin and incident tools', () => {
       assert.equal(filtered.body.entries.length, 0);
       const bad = await h.request('GET', '/admin/pending?partition=99', undefined, auth(TOKEN));
       assert.equal(bad.status, 400);
+
+      // An operator's shell configured with one partition more than the site has: that one has
+      // no consumer group, which the report says instead of failing.
+      const extra = h.config.partitions;
+      const wider = await runCliWith({ ...h.envOf(), OUTPOST_PARTITIONS: String(extra + 1) }, [
+        'pending',
+      ]);
+      assert.equal(wider.code, 0, wider.stderr);
+      assert.match(
+        wider.stdout,
+        new RegExp(`^partition\\(s\\) ${extra} have no consumer group on this Redis`, 'm'),
+      );
+      const widerJson = await runCliWith({ ...h.envOf(), OUTPOST_PARTITIONS: String(extra + 1) }, [
+        'pending',
+        '--json',
+      ]);
+      const partitions = JSON.parse(widerJson.stdout).partitions;
+      assert.deepEqual(
+        partitions.map((p: { no_group?: boolean }) => p.no_group === true),
+        [...Array(extra + 1).keys()].map((p) => p === extra),
+      );
 
       const cli = await runCli(h, ['pending']);
       assert.equal(cli.code, 0, cli.stderr);

@@ -80,6 +80,12 @@ export const pending = (flags: IncidentFlags) => {
         })),
       ),
     );
+    const groupless = report.partitions.filter((p) => p.no_group).map((p) => p.partition);
+    if (groupless.length > 0) {
+      print(
+        `partition(s) ${partitionRanges(groupless)} have no consumer group on this Redis: no service with OUTPOST_PARTITIONS=${site.config.partitions} has started on it, or Redis lost its data`,
+      );
+    }
     print('');
     const r = report.replica;
     // The replica has what these entries wait for, and the acker has had many passes since: the

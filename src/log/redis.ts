@@ -54,3 +54,7 @@ export const pipelineReplies = async (pipeline: ChainableCommander): Promise<unk
   }
   return results.map(([, reply]) => reply);
 };
+
+/** Redis's answer about a stream without the consumer group, or without the stream itself. */
+export const isNoGroup = (err: unknown): boolean =>
+  /^NOGROUP|^ERR no such key/i.test((err as Error | undefined)?.message ?? '');

@@ -1,6 +1,7 @@
 import { entryTime, timeMs } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
+import { isNoGroup } from '../log/redis.ts';
 
 export type PartitionBuffer = {
   partition: number;
@@ -47,10 +48,22 @@ export const readBuffer = async (eventLog: EventLog): Promise<SiteBuffer> => {
     }
     return result;
   };
+  // A partition without its stream or group (a shell configured with more partitions than the
+  // site, a Redis that lost its data) holds nothing: it must not fail the whole report.
+  const valueOr = (i: number, empty: unknown) => {
+    try {
+      return value(i);
+    } catch (err) {
+      if (isNoGroup(err)) {
+        return empty;
+      }
+      throw err;
+    }
+  };
   const nowMs = timeMs(value(keys.length * 4) as string[]);
   const buffers = keys.map((k, p) => {
-    const [count, lowest] = value(p * 4) as [number, string | null];
-    const groups = value(p * 4 + 1) as unknown[][];
+    const [count, lowest] = valueOr(p * 4, [0, null]) as [number, string | null];
+    const groups = valueOr(p * 4 + 1, []) as unknown[][];
     const group = groups.find((g) => fieldOf(g, 'name') === CONSUMER_GROUP) ?? [];
     const lag = Number(fieldOf(group, 'lag') ?? 0);
     return {

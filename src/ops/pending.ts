@@ -6,7 +6,7 @@ import { decodeEntry, type RawEntry } from '../log/codec.ts';
 import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
-import { pipelineReplies } from '../log/redis.ts';
+import { isNoGroup, pipelineReplies } from '../log/redis.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type PendingFilter = {
@@ -25,6 +25,11 @@ export type PendingPartition = {
   consumers: Record<string, number>;
   /** Appended but not yet delivered to any projector (not in the pending list yet). */
   undelivered: number;
+  /**
+   * The partition has no consumer group (or no stream): no service of this configuration has
+   * started on this Redis, or Redis lost its data. Absent otherwise.
+   */
+  no_group?: true;
 };
 
 export type PendingEntry = {
@@ -110,10 +115,23 @@ const partitionSummary = async (
   eventLog: EventLog,
   stream: string,
 ): Promise<Omit<PendingPartition, 'partition'>> => {
-  const [count, lowest, highest, consumers] = (await eventLog.redis.xpending(
-    stream,
-    CONSUMER_GROUP,
-  )) as XPendingSummary;
+  const summary = (await eventLog.redis
+    .xpending(stream, CONSUMER_GROUP)
+    .catch((err: unknown) => (isNoGroup(err) ? undefined : Promise.reject(err)))) as
+    | XPendingSummary
+    | undefined;
+  if (summary === undefined) {
+    return {
+      count: 0,
+      lowest_id: null,
+      highest_id: null,
+      oldest_idle_ms: 0,
+      consumers: {},
+      undelivered: 0,
+      no_group: true,
+    };
+  }
+  const [count, lowest, highest, consumers] = summary;
   const oldest = lowest
     ? ((await eventLog.redis.xpending(
         stream,

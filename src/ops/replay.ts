@@ -148,12 +148,20 @@ export const replay = async (
     const latestDiscarded = discardedIds(deps, keys.partition);
     // One set, kept up to date by each page's look.
     const discarded = await latestDiscarded();
+    // An open end is the partition's last entry now: past it lie the replay's own appends and
+    // new writes, which a busy partition would keep the scan chasing.
+    const end =
+      to === '+'
+        ? ((
+            (await deps.eventLog.redis.xrevrange(keys.stream, '+', '-', 'COUNT', 1)) as RawEntry[]
+          )[0]?.[0] ?? '0-0')
+        : to;
     let cursor = from;
     for (;;) {
       const raw = (await deps.eventLog.redis.xrange(
         keys.stream,
         cursor,
-        to,
+        end,
         'COUNT',
         PAGE,
       )) as RawEntry[];
