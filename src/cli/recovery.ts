@@ -7,7 +7,13 @@ import {
   rebuildProjections,
   releasePartitions,
 } from '../ops/rebuild.ts';
-import { ReplayBoundError, ReplayRangeError, replay, replayRange } from '../ops/replay.ts';
+import {
+  OVERTAKEN_LISTED,
+  ReplayBoundError,
+  ReplayRangeError,
+  replay,
+  replayRange,
+} from '../ops/replay.ts';
 import { liveHolder, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, type Site, withSite } from './site.ts';
@@ -91,6 +97,14 @@ export const replayCommand = (flags: RecoveryFlags) => {
       process.stderr.write(
         `outpost: the range reaches back before the log's history, which now begins at ${report.history_starts_at} (older entries were trimmed: OUTPOST_STREAM_RETENTION, or memory pressure): events accepted before it were not looked at\n`,
       );
+    }
+    if (report.overtaken > 0) {
+      process.stderr.write(
+        `outpost: replay${report.dry_run ? ' --dry-run' : ''} ${report.dry_run ? 'would give' : 'gave'} back ${report.overtaken} event(s) older than an event of the same aggregate that is already applied, pending or dead-lettered: they apply after it, so an older update can show over a newer one; check ${report.overtaken_aggregates.join(', ')}${report.overtaken_aggregates.length === OVERTAKEN_LISTED ? ' and more' : ''} with GET /aggregates/{id}/events and correct them with a new write\n`,
+      );
+      if (!report.dry_run) {
+        process.exitCode = 1;
+      }
     }
     if (report.failed > 0 || report.unfinished > 0) {
       // The report stays on stdout, whole and parseable; the reason goes where failures go.

@@ -328,8 +328,25 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         description:
           "where the log's history begins now, when the range reaches back before it (entries before were trimmed and not looked at); null when the whole range was held",
       }),
+      overtaken: {
+        ...count,
+        description:
+          'given back though a later event of their aggregate is applied, pending or dead-lettered: they apply after it, out of order; check those aggregates',
+      },
+      overtaken_aggregates: {
+        type: 'array',
+        items: id,
+        description: 'the first 20 aggregates of the overtaken events',
+      },
     },
-    ['in_flight', 'unfinished', 'discarded', 'history_starts_at'],
+    [
+      'in_flight',
+      'unfinished',
+      'discarded',
+      'history_starts_at',
+      'overtaken',
+      'overtaken_aggregates',
+    ],
   ),
   IntegrityRefresh: object({
     refreshed_at: time,

@@ -34,7 +34,18 @@ export type ReplayReport = {
    * latest such start over the partitions read; null when the whole range was still held.
    */
   history_starts_at: string | null;
+  /**
+   * Given back (in a dry run: would be) though their aggregate has a later event already applied,
+   * still pending, or held in its dead letters: the projector applies them after it, out of
+   * order (a restore from a backup lost them while later events of the aggregate went on).
+   */
+  overtaken: number;
+  /** The first of those events' aggregates, to check and correct. */
+  overtaken_aggregates: string[];
 };
+
+/** How many overtaken aggregates a report names. */
+export const OVERTAKEN_LISTED = 20;
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
 
@@ -130,6 +141,8 @@ export const replay = async (
     unfinished: 0,
     discarded: 0,
     history_starts_at: null,
+    overtaken: 0,
+    overtaken_aggregates: [],
   };
   const { from, to } = replayRange(request.from, request.to);
   const resent: { eventId: string; partition: number }[] = [];
@@ -189,6 +202,7 @@ export const replay = async (
         }
       }
       const missing = await missingFrom(deps, keys.partition, entries, latestDiscarded, report);
+      await countOvertaken(deps, keys.partition, missing, report);
       if (request.dryRun) {
         report.applied += missing.length;
       } else if (missing.length > 0) {
@@ -310,6 +324,63 @@ const missingFrom = async (
     }
   });
   return missing;
+};
+
+/**
+ * Counts the missing events that a later event of their aggregate has overtaken: applied in the
+ * main database, pending in the log, or dead-lettered (the aggregate blocked, so the event would
+ * follow into the dead letters behind it). Appending them again is still right (a write is never
+ * dropped), but the operator must check those aggregates: an older update applied after a newer
+ * one shows the older values.
+ */
+const countOvertaken = async (
+  deps: Deps,
+  partition: number,
+  missing: readonly LogEntry[],
+  report: ReplayReport,
+) => {
+  if (missing.length === 0) {
+    return;
+  }
+  const aggregateIds = [...new Set(missing.map((e) => e.event.aggregate_id))];
+  const [inflight, blocked, { rows: laterApplied }] = await Promise.all([
+    deps.eventLog.readInflightMany(aggregateIds, partition),
+    deps.eventLog.redis.smismember(deps.eventLog.keys(partition).blockedAggregates, aggregateIds),
+    deps.main.query<{ event_id: string }>(
+      `SELECT DISTINCT m.event_id::text FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
+                AS m(event_id, aggregate_id, accepted_ms)
+         JOIN events e ON e.aggregate_id = m.aggregate_id
+                      AND (extract(epoch FROM e.occurred_at) * 1000)::bigint > m.accepted_ms`,
+      [
+        missing.map((e) => e.event.event_id),
+        missing.map((e) => e.event.aggregate_id),
+        missing.map((e) => e.event.accepted_at),
+      ],
+    ),
+  ]);
+  const newestInflight = new Map(
+    aggregateIds.map((id, i) => [
+      id,
+      Math.max(-1, ...(inflight[i] ?? []).map((e) => e.event.accepted_at)),
+    ]),
+  );
+  const blockedIds = new Set(aggregateIds.filter((_, i) => blocked[i] === 1));
+  const appliedLater = new Set(laterApplied.map((row) => row.event_id));
+  for (const { event } of missing) {
+    if (
+      appliedLater.has(event.event_id) ||
+      blockedIds.has(event.aggregate_id) ||
+      (newestInflight.get(event.aggregate_id) ?? -1) > event.accepted_at
+    ) {
+      report.overtaken += 1;
+      if (
+        report.overtaken_aggregates.length < OVERTAKEN_LISTED &&
+        !report.overtaken_aggregates.includes(event.aggregate_id)
+      ) {
+        report.overtaken_aggregates.push(event.aggregate_id);
+      }
+    }
+  }
 };
 
 const waitForOutcome = async (
