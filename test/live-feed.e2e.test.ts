@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
+import { compareEntryIds } from '../src/log/entry-id.ts';
+import { liveListenersKey, liveStreamKey } from '../src/log/keys.ts';
 import {
   Harness,
   residentMb,
@@ -92,6 +94,53 @@ void describe('live event feed', () => {
       }
       const ids = messages.map((m) => m.id);
       assert.equal(new Set(ids).size, ids.length, 'no id twice');
+    } finally {
+      await resumed.close();
+    }
+  });
+
+  void it('tells a client resuming across a spell with no listener anywhere that messages may be missing there', async () => {
+    const first = await SseClient.open(`${a.url}/events/live`);
+    const before = await writeThroughB('before-quiet');
+    await waitFor(() => statesOf(first.messages(), before.event_id).length === 3, 'first event');
+    const resumeFrom = first.lastId;
+    assert.ok(resumeFrom);
+    await first.close();
+    // The listener mark lapses, as it does 10 minutes after the last client anywhere left: once
+    // the processes have asked again, what happens is published nowhere.
+    await h.redis.del(liveListenersKey(h.config.namespace));
+    const liveStream = liveStreamKey(h.config.namespace);
+    const published = async (eventId: string) =>
+      ((await h.redis.xrevrange(liveStream, '+', '-', 'COUNT', 200)) as [string, string[]][]).some(
+        ([, fields]) => fields.join(' ').includes(eventId),
+      );
+    let unpublished: string | undefined;
+    await waitFor(async () => {
+      const { event_id } = await writeThroughB(`quiet-${Date.now()}`);
+      await waitFor(async () => (await stateOf(event_id)) === 'confirmed', 'confirmed');
+      unpublished = (await published(event_id)) ? undefined : event_id;
+      return unpublished !== undefined;
+    }, 'a write confirmed with none of its states published');
+
+    const resumed = await SseClient.open(`${a.url}/events/live`, { 'last-event-id': resumeFrom });
+    try {
+      const after = await writeThroughB('after-quiet');
+      await waitFor(
+        () => statesOf(resumed.messages(), after.event_id).length === 3,
+        'the event written after the reconnect',
+      );
+      const gaps = resumed.frames.filter((f) => f.event === 'gap');
+      assert.equal(gaps.length, 1, JSON.stringify(resumed.frames.map((f) => f.event ?? f.id)));
+      const gap = JSON.parse(gaps[0]?.data ?? '{}') as { since: string; oldest: string };
+      const at = resumed.frames.findIndex((f) => f.event === 'gap');
+      const ids = resumed.frames.flatMap((f) => (f.id === undefined ? [] : [f.id]));
+      const sentBefore = resumed.frames.slice(0, at).flatMap((f) => (f.id ? [f.id] : []));
+      assert.equal(gap.since, sentBefore.at(-1) ?? resumeFrom, 'from the last message sent');
+      assert.ok(
+        ids.every((id) => compareEntryIds(id, gap.oldest) * (sentBefore.includes(id) ? -1 : 1) > 0),
+        `the gap falls between the messages around it: ${JSON.stringify({ gap, ids })}`,
+      );
+      assert.deepEqual(statesOf(resumed.messages(), unpublished ?? ''), []);
     } finally {
       await resumed.close();
     }

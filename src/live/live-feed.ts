@@ -4,7 +4,15 @@ import { DEFAULT_LIVE_MAX_LEN, liveListenersKey, liveStreamKey } from '../log/ke
 import { blockingConnection } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
-import { addLiveMessage, decodeLive, type LiveDelivery, type LiveMessage } from './live-message.ts';
+import {
+  addLiveMessage,
+  decodeLive,
+  decodeLiveOrMark,
+  type LiveDelivery,
+  type LiveMessage,
+  QUIET_FIELD,
+  type QuietMark,
+} from './live-message.ts';
 
 type StreamReply = [stream: string, entries: [string, string[]][]][] | null;
 
@@ -84,19 +92,23 @@ export class LiveFeed {
 
   /**
    * Marks the site as listened to before a client's stream starts. When nobody listened before,
-   * other processes may still hold a "nobody listens" answer for up to QUIET_CHECK_MS and skip
-   * publishing: wait that out, so the client misses nothing published once its stream began.
+   * nothing was published since the listeners key lapsed: a quiet mark in the stream tells a
+   * client resuming from before it that messages may be missing there. And other processes may
+   * still hold a "nobody listens" answer for up to QUIET_CHECK_MS and skip publishing: wait that
+   * out, so the client misses nothing published once its stream began.
    */
   async announceListener(): Promise<void> {
-    const previous = await this.#deps.redis.call(
+    const { redis, listenersKey, key, maxLen } = this.#deps;
+    const previous = await redis.call(
       'SET',
-      this.#deps.listenersKey,
+      listenersKey,
       '1',
       'PX',
       String(LISTENER_TTL_MS),
       'GET',
     );
     if (previous === null) {
+      await redis.xadd(key, 'MAXLEN', '~', maxLen, '*', QUIET_FIELD, '1');
       await new Promise((resolve) => setTimeout(resolve, QUIET_CHECK_MS));
     }
   }
@@ -139,7 +151,7 @@ export class LiveFeed {
     afterId: string,
     count: number,
     { including = false }: { including?: boolean } = {},
-  ): Promise<LiveDelivery[]> {
+  ): Promise<(LiveDelivery | QuietMark)[]> {
     const raw = (await this.#deps.redis.xrange(
       this.#deps.key,
       including ? afterId : `(${afterId}`,
@@ -147,7 +159,7 @@ export class LiveFeed {
       'COUNT',
       count,
     )) as [string, string[]][];
-    return raw.flatMap(([id, fields]) => decodeLive(id, fields) ?? []);
+    return raw.flatMap(([id, fields]) => decodeLiveOrMark(id, fields) ?? []);
   }
 
   /** The oldest id still in the stream, or undefined when it is empty. */

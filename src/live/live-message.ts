@@ -32,6 +32,16 @@ export type LivePublisher = {
 /** A message with its id in the live stream: the SSE `id:` and the resume position. */
 export type LiveDelivery = { id: string; message: LiveMessage };
 
+/**
+ * Where the feed went quiet: written when a client arrives after a spell with no listener on
+ * any process, during which nothing was published. A resume from before it may have missed
+ * messages there; only a replay meets it (live readers skip it).
+ */
+export type QuietMark = { id: string; quiet: true };
+
+/** The live stream's field of a quiet mark. */
+export const QUIET_FIELD = 'quiet';
+
 const commaList = <T extends string>(values: readonly [T, ...T[]]) =>
   z
     .string()
@@ -81,6 +91,13 @@ export const addLiveMessage = (
   maxLen: number,
   message: LiveMessage,
 ) => commands.xadd(key, 'MAXLEN', '~', maxLen, '*', 'm', encodeLive(message));
+
+/** A stream entry as a replay reads it: a message, a quiet mark, or nothing it knows. */
+export const decodeLiveOrMark = (
+  id: string,
+  fields: readonly string[],
+): LiveDelivery | QuietMark | undefined =>
+  fields[0] === QUIET_FIELD ? { id, quiet: true } : decodeLive(id, fields);
 
 export const decodeLive = (id: string, fields: readonly string[]): LiveDelivery | undefined => {
   const at = fields.indexOf('m');

@@ -209,9 +209,19 @@ export class LiveSession {
           onGap?.(after, oldest);
         }
       }
-      for (const delivery of page) {
-        this.#offer(delivery);
-        await this.#room();
+      for (const item of page) {
+        if ('quiet' in item) {
+          // Nobody listened for a while before this mark, so nothing was published: what
+          // happened then is missing from the stream, right after what was queued so far.
+          await this.#room(0);
+          if (this.#closed) {
+            return;
+          }
+          onGap?.(this.#lastQueued ?? after, item.id);
+        } else {
+          this.#offer(item);
+          await this.#room();
+        }
       }
       const last = page.at(-1);
       if (this.#closed || page.length < REPLAY_PAGE || !last) {
