@@ -6,12 +6,16 @@ import { join } from 'node:path';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
+import { Acker } from '../src/acker/acker.ts';
 import { acquireLease } from '../src/db/queries/leases.ts';
+import { replicaReached } from '../src/db/queries/replica.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
+import { createLogger } from '../src/observability/logger.ts';
+import { createMetrics } from '../src/observability/metrics.ts';
 import {
   holdPartitions,
   RebuildLeaseError,
@@ -723,6 +727,59 @@ void describe('recovery', () => {
         assert.equal(read.status, 200);
         assert.deepEqual(read.body.consistency, { source: 'replica', pending_events: 0 });
       }
+    });
+
+    void it('lets them wait, naming the replica, while its WAL receiver does not stream: it may be on another history', async () => {
+      const lost = await startMany(h, 'diverged', 4);
+      const [position] = await h.mainRows<{ lsn: string }>(
+        'SELECT pg_current_wal_flush_lsn()::text AS lsn',
+      );
+      const lsn = position?.lsn ?? '0/0';
+      assert.ok(await replicaReached(h.replica, false, lsn, 30_000), 'the replica is past them');
+      await recordDeliveredAsApplied(h, lsn);
+      const metrics = createMetrics();
+      const acker = new Acker({
+        replica: h.replica,
+        replicaIsMain: false,
+        eventLog: eventLogOf(h),
+        intervalMs: 20,
+        logger: createLogger('silent'),
+        metrics,
+      });
+      const handedBack = async () =>
+        (await metrics.eventsReapplied.get()).values.find((v) => v.labels.found_by === 'acker')
+          ?.value ?? 0;
+      const receiver = async () =>
+        (
+          await h.replica.query<{ n: number }>(
+            'SELECT count(*)::int AS n FROM pg_stat_wal_receiver',
+          )
+        ).rows[0]?.n;
+      // As a replica left on the old timeline after a failover: it no longer streams.
+      const { rows } = await h.replica.query<{ primary_conninfo: string }>('SHOW primary_conninfo');
+      const conninfo = rows[0]?.primary_conninfo ?? '';
+      const setConninfo = async (value: string) => {
+        await h.replica.query(
+          `ALTER SYSTEM SET primary_conninfo = '${value.replaceAll("'", "''")}'`,
+        );
+        await h.replica.query('SELECT pg_reload_conf()');
+      };
+      await setConninfo('');
+      try {
+        await waitFor(async () => (await receiver()) === 0, 'the WAL receiver to stop');
+        assert.equal(await acker.ackOnce(), 0);
+        assert.equal(await handedBack(), 0, 'nothing handed back to be applied again');
+        assert.match(acker.stuck ?? '', /WAL receiver is stopped: it may be on another history/);
+      } finally {
+        await setConninfo(conninfo);
+      }
+      await waitFor(async () => (await receiver()) === 1, 'the WAL receiver to stream again');
+      // Streaming again, the replica follows the main database: what it lacks, the main lost.
+      await waitFor(async () => {
+        await acker.ackOnce();
+        return (await handedBack()) >= lost.length;
+      }, 'the acker to hand the lost events back');
+      assert.equal(acker.stuck, undefined);
     });
 
     void it('outpost pending says the acknowledgement is stuck when the replica has replayed what entries wait for', async () => {

@@ -1,6 +1,11 @@
 import type pg from 'pg';
 import { type Lsn, parseLsn } from '../db/lsn.ts';
-import { presentEventIds, type ReplicaPosition, replicaPosition } from '../db/queries/replica.ts';
+import {
+  presentEventIds,
+  type ReplicaPosition,
+  replicaPosition,
+  replicaReplayState,
+} from '../db/queries/replica.ts';
 import type { LivePublisher } from '../live/live-message.ts';
 import { entryTime, timeMs } from '../log/entry-id.ts';
 import type { AppliedRecord, EventLog } from '../log/event-log.ts';
@@ -92,6 +97,12 @@ export class Acker {
   /** Per partition, the first applied record the replica had not reached last pass. */
   readonly #firstAhead = new Map<number, { entryId: string; lsn: Lsn }>();
   #lastError: string | undefined;
+  /**
+   * Why applied records the replica should have, and lacks, wait instead of being handed back:
+   * its WAL receiver is not streaming (see `#replicaStreams`). Shown as the acker's last error.
+   */
+  #stuck: string | undefined;
+  #stuckBefore = false;
   #acked = 0;
   #passes = 0;
   /** Whether the last pass left entries the replica had not reached. */
@@ -112,6 +123,11 @@ export class Acker {
 
   get lastError(): string | undefined {
     return this.#lastError;
+  }
+
+  /** Why applied records wait for a replica that does not stream, as of the last pass. */
+  get stuck(): string | undefined {
+    return this.#stuck;
   }
 
   get acked(): number {
@@ -169,7 +185,7 @@ export class Acker {
         await this.ackOnce();
         this.breaker.recordSuccess();
         this.#backoff.reset();
-        this.#lastError = undefined;
+        this.#lastError = this.#stuck;
         const next = nextPoll({
           behind: this.#behind,
           nudgedDuringPass: this.#nudged,
@@ -200,6 +216,9 @@ export class Acker {
    */
   async ackOnce(): Promise<number> {
     const { eventLog } = this.#deps;
+    // Said once a spell: a pass that finds nothing stuck ends it.
+    this.#stuckBefore = this.#stuck !== undefined;
+    this.#stuck = undefined;
     const heads = await Promise.all(
       eventLog.allKeys().map(async (k) => (await eventLog.peekApplied(k.partition, 1))[0]),
     );
@@ -310,6 +329,9 @@ export class Acker {
     const missing = reached.slice(firstMissing);
     const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
+    if (!(await this.#replicaStreams(partition, lost))) {
+      return { partition, acked, behind: true, again: false };
+    }
     const forgotten = await this.#deps.eventLog.forgetApplied(partition, lost);
     this.#deps.metrics.eventsReapplied.inc({ found_by: 'acker' }, forgotten);
     this.#deps.logger.error(
@@ -323,6 +345,34 @@ export class Acker {
       'the replica passed the commit LSN of applied events it does not have: the main database lost them (restored from an earlier backup, or failed over); they will be applied again',
     );
     return { partition, acked, behind, again: forgotten > 0 };
+  }
+
+  /**
+   * Whether the replica follows the main database, so that events it lacks below its replay
+   * position were lost by the main database. A replica whose WAL receiver does not stream may be
+   * on another history: after a failover to a standby that never received the last commits, one
+   * that had replayed them cannot follow the new timeline, and the new commits' LSNs fall below
+   * its replay position. Handing those back would re-apply them every pass and blame the main
+   * database; they wait instead, and the operator is told to look at the replica. Unknown (the
+   * role may not read pg_stat_wal_receiver) counts as following.
+   */
+  async #replicaStreams(partition: number, lost: readonly AppliedRecord[]): Promise<boolean> {
+    if (this.#deps.replicaIsMain) {
+      return true;
+    }
+    const receiver = (await fromReplica(replicaReplayState(this.#deps.replica)))?.receiver ?? null;
+    if (receiver === null || receiver === 'streaming') {
+      return true;
+    }
+    const stuck = `${lost.length} applied event(s) of partition ${partition} are not on the replica though it has replayed past their commit LSN (${lost[0]?.lsn}), and its WAL receiver is ${receiver}: it may be on another history than the main database (after a failover, re-clone it from the new primary); they wait, acknowledged once it streams again`;
+    if (!this.#stuckBefore && this.#stuck === undefined) {
+      this.#deps.logger.error(
+        { partition, events: lost.length, receiver, replicaLsn: this.#lastPosition?.lsn },
+        stuck,
+      );
+    }
+    this.#stuck = stuck;
+    return false;
   }
 
   /** Acknowledges records that head the queue, announcing those this call settled. */
