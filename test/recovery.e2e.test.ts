@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import pg from 'pg';
 import { Acker } from '../src/acker/acker.ts';
 import { acquireLease } from '../src/db/queries/leases.ts';
-import { replicaReached } from '../src/db/queries/replica.ts';
+import { replicaPosition, replicaReached } from '../src/db/queries/replica.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
@@ -770,6 +770,8 @@ void describe('recovery', () => {
         assert.equal(await acker.ackOnce(), 0);
         assert.equal(await handedBack(), 0, 'nothing handed back to be applied again');
         assert.match(acker.stuck ?? '', /WAL receiver is stopped: it may be on another history/);
+        // All it received is replayed, yet it falls behind: the lag says so, not 0.
+        assert.ok((await replicaPosition(h.replica, false)).lagSeconds > 0);
       } finally {
         await setConninfo(conninfo);
       }

@@ -224,6 +224,13 @@ export class Acker {
     );
     if (heads.every((head) => head === undefined)) {
       this.#behind = false;
+      if (this.breaker.state !== 'closed') {
+        // Nothing to settle, but a pass that never asked the replica must not close its breaker:
+        // one still down would read as healthy until the next write opened it again.
+        this.#lastPosition = await fromReplica(
+          replicaPosition(this.#deps.replica, this.#deps.replicaIsMain),
+        );
+      }
       return 0;
     }
     // Redis's clock names the entries, so end-to-end times are read on it, while the replica

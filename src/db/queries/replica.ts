@@ -4,7 +4,11 @@ import { parseLsn } from '../lsn.ts';
 export type ReplicaPosition = {
   /** The LSN up to which the read replica has replayed (or the primary flushed, without replica). */
   lsn: string;
-  /** Seconds since the last replayed transaction while the replica is behind; 0 when caught up. */
+  /**
+   * Seconds since the last replayed transaction while the replica is behind, or while its WAL
+   * receiver does not stream (it then has all it received, and still falls behind); 0 when
+   * caught up and streaming.
+   */
   lagSeconds: number;
 };
 
@@ -27,7 +31,9 @@ export const replicaPosition = async (
     `SELECT pg_is_in_recovery() AS standby,
             pg_last_wal_replay_lsn()::text AS replay,
             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END AS flush,
-            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                      AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
+                                   WHERE status IS NULL OR status = 'streaming') THEN 0
                  ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
             END::float8 AS lag`,
   );
