@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { acquireLease } from '../src/db/queries/leases.ts';
-import { partitionOf } from '../src/domain/ids.ts';
+import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
 import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
 import { applyBatches } from '../src/projector/apply-batch.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
@@ -114,6 +114,29 @@ void describe('core pipeline', () => {
         ]),
         [[started.id, 2, 'after the start']],
       );
+    });
+
+    void it('counts as pending only the events its state shows: one that cannot fold is left out', async () => {
+      const started = (await h.post('/executed_obs_units/start', startBody('unfoldable'))).body;
+      const partition = partitionOf(started.id, h.config.partitions);
+      const raw = (await h.redis.xrange(
+        eventLogOf(h).keys(partition).stream,
+        '-',
+        '+',
+      )) as RawEntry[];
+      const start = raw.map(decodeEntry).find((e) => e.event.event_id === started.event_id);
+      assert.ok(start);
+      // A second creation of the same unit, as only a writer past the API could append: the
+      // projector will dead-letter it, and a read leaves it out of the state.
+      const again = {
+        ...start.event,
+        event_id: newIdInPartition(partition, h.config.partitions),
+        accepted_at: start.event.accepted_at + 1,
+      };
+      assert.equal((await eventLogOf(h).append({ partition, events: [again] })).kind, 'appended');
+      const unit = await h.get(`/executed_obs_units/${started.id}`);
+      assert.equal(unit.status, 200);
+      assert.deepEqual(unit.body.consistency, { source: 'pending', pending_events: 1 });
     });
   });
 

@@ -53,13 +53,14 @@ export const readMergedMany = async (
   aggregates.forEach(({ id }, i) => {
     const row = rows.get(id);
     const pending = pendingOnly(inflight[i] ?? [], visible);
-    const state = foldPending(
+    const { state, folded } = foldPending(
       row,
       pending.map((entry) => entry.event),
     );
     if (state) {
-      const source = !row ? 'pending' : pending.length > 0 ? 'replica+pending' : 'replica';
-      found.push({ state, consistency: { source, pending_events: pending.length }, pending });
+      // What the state shows: an event left out of the fold is not counted as merged into it.
+      const source = !row ? 'pending' : folded > 0 ? 'replica+pending' : 'replica';
+      found.push({ state, consistency: { source, pending_events: folded }, pending });
     }
   });
   return found;
@@ -126,14 +127,16 @@ export const pendingOnly = (
  */
 const foldPending = (row: AggregateState | undefined, events: readonly Envelope[]) => {
   let state = row;
+  let folded = 0;
   for (const event of events) {
     try {
       state = evolve(state, event);
+      folded += 1;
     } catch {
       // Left out, as above.
     }
   }
-  return state;
+  return { state, folded };
 };
 
 export type ListPage = {
