@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import type { Redis } from 'ioredis';
+import { Redis as IORedis, type Redis } from 'ioredis';
 import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { decodeLive, type LiveMessage } from '../src/live/live-message.ts';
@@ -30,6 +31,7 @@ import {
   liveListenersKey,
   liveStreamKey,
 } from '../src/log/keys.ts';
+import { dropLateResends } from '../src/log/redis.ts';
 import { trimHalfHistory } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
@@ -38,7 +40,8 @@ import { replay } from '../src/ops/replay.ts';
 import { CircuitBreaker } from '../src/projector/circuit-breaker.ts';
 import { PartitionConsumer } from '../src/projector/partition-consumer.ts';
 import { readEvent } from '../src/read/events.ts';
-import { Harness, waitFor, withField } from './harness/harness.ts';
+import { Harness, testStack, waitFor, withField } from './harness/harness.ts';
+import { BlackholeProxy } from './harness/proxy.ts';
 
 const fileEvent = (aggregateId: string, n: number): Envelope =>
   ({
@@ -903,6 +906,38 @@ void describe('the local log', () => {
         ),
         events.map(() => true),
       );
+    });
+  });
+
+  void describe('a connection that drops with a command out', () => {
+    void it('does not send the command again when it reconnects later than the command timeout', async () => {
+      const proxy = await BlackholeProxy.start(testStack().redisPort);
+      const key = `late-resend-${randomUUID()}`;
+      // Reconnecting a second after it drops, five command timeouts later.
+      const client = new IORedis(`redis://127.0.0.1:${proxy.port}`, {
+        lazyConnect: true,
+        protocol: 2,
+        enableOfflineQueue: false,
+        commandTimeout: 200,
+        retryStrategy: () => 1_000,
+      });
+      client.on('error', () => undefined);
+      dropLateResends(client, 200);
+      try {
+        await client.connect();
+        // Redis runs it, and its reply is lost with the connection.
+        proxy.loseReplyWithConnection((chunk) => chunk.toString() === ':1\r\n');
+        await assert.rejects(client.incr(key), /timed out/);
+        await waitFor(
+          () => client.status === 'ready' && proxy.repliesLostWithConnection === 1,
+          'the client to reconnect',
+        );
+        // On the same connection, after whatever the reconnect sent again.
+        assert.equal(await client.get(key), '1', 'run once, not again on the late reconnect');
+      } finally {
+        client.disconnect();
+        await proxy.close();
+      }
     });
   });
 

@@ -2,21 +2,49 @@ import { type ChainableCommander, Redis, type RedisOptions } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 
-export const createRedis = (config: Config): Redis =>
-  new Redis(config.redisUrl, {
+const COMMAND_TIMEOUT_MS = 5_000;
+
+export const createRedis = (config: Config): Redis => {
+  const redis = new Redis(config.redisUrl, {
     lazyConnect: true,
     // RESP2 reply shapes: XREADGROUP answers [[stream, entries]] as every Redis client expects.
     protocol: 2,
     // Writes fail fast while Redis is away (503 with Retry-After) instead of queueing in memory.
     enableOfflineQueue: false,
     maxRetriesPerRequest: 2,
-    commandTimeout: 5_000,
+    commandTimeout: COMMAND_TIMEOUT_MS,
     connectTimeout: 5_000,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
     // Commands issued in one event-loop tick (the appends of concurrent requests) leave in one
     // write and are read by Redis in one go; while a batch is out, the next one gathers.
     enableAutoPipelining: true,
   });
+  dropLateResends(redis, COMMAND_TIMEOUT_MS);
+  return redis;
+};
+
+/**
+ * ioredis sends again, once it reconnects, the commands its connection had out when it dropped,
+ * however late that is. Within the command timeout their callers still wait for the answer, and
+ * a script that runs twice knows it (append.lua's event index and run record). Past it, every
+ * caller has been answered (an append with 503) and may have written since: run then, a write the
+ * client was told failed would take effect behind the writes that followed it. So whatever still
+ * waits to be sent again a command timeout after the connection closed is dropped.
+ */
+export const dropLateResends = (redis: Redis, afterMs: number): void => {
+  let timer: NodeJS.Timeout | undefined;
+  redis.on('close', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => {
+      if (redis.status !== 'ready') {
+        // Where ioredis keeps them (event_handler.js), read again by its ready handler.
+        (redis as unknown as { prevCommandQueue: unknown }).prevCommandQueue = null;
+      }
+    }, afterMs);
+    timer.unref();
+  });
+  redis.on('ready', () => clearTimeout(timer));
+};
 
 /**
  * A connection of its own for a blocking read (XREAD/XREADGROUP BLOCK): auto-pipelining would
