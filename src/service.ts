@@ -176,6 +176,7 @@ export const startService = async (
     projector,
     acker,
     integrity,
+    tokens,
   });
   projector?.start();
   acker?.start();

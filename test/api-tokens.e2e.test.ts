@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createToken, type TokenEntry } from '../src/auth/api-tokens.ts';
-import { Harness, waitFor } from './harness/harness.ts';
+import { Harness, scrapeMetric, waitFor } from './harness/harness.ts';
 import { SseClient } from './harness/live-client.ts';
 
 const writer = createToken('camera-1', ['write']);
@@ -107,6 +107,15 @@ void describe('scoped API tokens', () => {
     const stillReads = await h.request('GET', '/events/live/ws', undefined, bearer(reader.token));
     assert.equal(stillReads.status, 426);
     assert.equal((await h.post('/executed_obs_units/start', body)).status, 401);
+    // And says so: a revocation made in that edit is not in force.
+    const health = await h.get('/health');
+    assert.equal(health.body.status, 'degraded');
+    assert.match(health.body.api_tokens?.error ?? '', /OUTPOST_API_TOKENS: .*tokens\.json/);
+    assert.equal(await scrapeMetric(h.url, 'outpost_api_tokens_file_valid'), 0);
+    writeTokens([reader.entry, operator.entry]);
+    h.services[0]?.reloadTokens();
+    assert.equal((await h.get('/health')).body.api_tokens, undefined);
+    assert.equal(await scrapeMetric(h.url, 'outpost_api_tokens_file_valid'), 1);
   });
   void it('closes a live feed already open once its token is revoked', async () => {
     writeTokens([reader.entry, operator.entry]);

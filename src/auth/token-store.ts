@@ -22,12 +22,21 @@ export class TokenStore {
   readonly #pollMs: number;
   #set: TokenSet | undefined;
   #watching = false;
+  #reloadError: string | undefined;
 
   constructor(source: ApiTokensSource | undefined, logger: Logger, pollMs = 1_000) {
     this.#source = source;
     this.#logger = logger;
     this.#pollMs = pollMs;
     this.#set = source?.kind === 'inline' ? new TokenSet(source.entries) : undefined;
+  }
+
+  /**
+   * Why the token file's last reading was refused, while the tokens read before stay in force: a
+   * revocation made in that edit is not in force (/health, outpost_api_tokens_file_valid).
+   */
+  get reloadError(): string | undefined {
+    return this.#reloadError;
   }
 
   /** Undefined when no tokens are configured: the domain endpoints are open. */
@@ -58,9 +67,14 @@ export class TokenStore {
     }
     try {
       this.#set = this.#read(this.#source.path);
+      this.#reloadError = undefined;
       this.#logger.info({ tokens: this.#set.size }, 'API tokens reloaded');
     } catch (err) {
-      this.#logger.error({ err }, 'API token file is invalid; keeping the tokens in force');
+      this.#reloadError = (err as Error).message;
+      this.#logger.error(
+        { err },
+        'API token file is invalid; keeping the tokens read before, so a token removed in this edit still works until the file is fixed',
+      );
     }
   }
 

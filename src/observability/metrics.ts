@@ -167,6 +167,11 @@ export const createMetrics = () => {
       labelNames: ['transport'] as const,
       registers,
     }),
+    apiTokensFileValid: new Gauge({
+      name: 'outpost_api_tokens_file_valid',
+      help: 'Whether the API token file last read was taken (0: refused, the tokens before it stay in force)',
+      registers,
+    }),
     integrityCronRunsMissed: new Counter({
       name: 'outpost_integrity_cron_runs_missed_total',
       help: 'Scheduled pg_cron integrity refreshes that did not happen, run by this process instead',

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { Acker } from '../acker/acker.ts';
+import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
 import { parseLsn } from '../db/lsn.ts';
 import { latestSnapshot } from '../db/queries/integrity.ts';
@@ -29,6 +30,7 @@ export type StatusDeps = {
   projector?: Projector;
   acker?: Acker;
   integrity?: IntegrityScheduler;
+  tokens?: Pick<TokenStore, 'reloadError'>;
 };
 
 /** Health probes of remote databases must answer even when the link silently drops packets. */
@@ -125,10 +127,16 @@ export class StatusSource {
     // A buffer that could not be read (too slow to answer, a key of the wrong type) is unknown,
     // not empty: zeros would say nothing waits, and let the site look healthy.
     const bufferRead = buffers !== undefined;
+    const tokensError = this.#deps.tokens?.reloadError;
     const status =
       !redisUp || full || writeError
         ? 'unhealthy'
-        : databaseUp && replicaUp && bufferRead && processor?.status !== 'failing' && acknowledging
+        : databaseUp &&
+            replicaUp &&
+            bufferRead &&
+            processor?.status !== 'failing' &&
+            acknowledging &&
+            tokensError === undefined
           ? 'healthy'
           : 'degraded';
     return {
@@ -154,6 +162,8 @@ export class StatusSource {
         mode: this.#deps.integrity?.mode ?? 'unknown',
         refreshed_at: snapshot?.refreshed_at ?? null,
       },
+      // Only while the token file's last edit is refused: the tokens before it stay in force.
+      ...(tokensError === undefined ? {} : { api_tokens: { error: tokensError } }),
     } as const;
   }
 
@@ -188,6 +198,7 @@ export class StatusSource {
     metrics.dependencyUp.set({ dependency: 'redis' }, refusal === FAILED ? 0 : 1);
     metrics.dependencyUp.set({ dependency: 'main' }, positions.mainLsn === undefined ? 0 : 1);
     metrics.dependencyUp.set({ dependency: 'replica' }, positions.replicaPos === undefined ? 0 : 1);
+    metrics.apiTokensFileValid.set(this.#deps.tokens?.reloadError === undefined ? 1 : 0);
     if (buffers) {
       for (const b of buffers.partitions) {
         const partition = String(b.partition);
