@@ -178,60 +178,70 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
     ['seq', 'commit_lsn', 'error', 'written_by'],
   ),
   AggregateEvents: object({ items: { type: 'array', items: ref('Event') } }),
-  Health: object({
-    status: { type: 'string', enum: ['healthy', 'degraded', 'unhealthy'] },
-    site: { type: 'string' },
-    role: { type: 'string', enum: ['main', 'secondary'] },
-    database: connection,
-    replica: connection,
-    redis: connection,
-    transaction_buffer: object({
-      size: nullable({ ...count, description: 'null when the buffer could not be read' }),
-      failed: nullable({ ...count, description: 'null when the buffer could not be read' }),
-      oldest_pending_seconds: nullable({
-        ...seconds,
-        description: 'null when the buffer could not be read',
+  Health: object(
+    {
+      status: { type: 'string', enum: ['healthy', 'degraded', 'unhealthy'] },
+      site: { type: 'string' },
+      role: { type: 'string', enum: ['main', 'secondary'] },
+      database: connection,
+      replica: connection,
+      redis: connection,
+      transaction_buffer: object({
+        size: nullable({ ...count, description: 'null when the buffer could not be read' }),
+        failed: nullable({ ...count, description: 'null when the buffer could not be read' }),
+        oldest_pending_seconds: nullable({
+          ...seconds,
+          description: 'null when the buffer could not be read',
+        }),
+        full: {
+          type: 'boolean',
+          description:
+            "Redis's memory leaves no room for writes: they are refused (503) and /health answers 503",
+        },
+        memory_used_bytes: nullable(count),
+        memory_limit_bytes: nullable({
+          ...count,
+          description: "Redis's maxmemory; null without one",
+        }),
+        write_error: nullable({
+          type: 'string',
+          description:
+            "Redis's own refusal of every write, in its words (MISCONF after a failed save, a full disk say; READONLY on a replica): writes are refused (503) and /health answers 503; null while it takes writes",
+        }),
       }),
-      full: {
-        type: 'boolean',
-        description:
-          "Redis's memory leaves no room for writes: they are refused (503) and /health answers 503",
-      },
-      memory_used_bytes: nullable(count),
-      memory_limit_bytes: nullable({
-        ...count,
-        description: "Redis's maxmemory; null without one",
+      background_processor: object({
+        status: { type: 'string', enum: ['running', 'failing', 'stopped', 'disabled'] },
+        last_run: nullable(time),
+        transactions_processed: count,
+        success_rate: { type: 'number', minimum: 0, maximum: 1 },
+        last_error: nullable({ type: 'string' }),
       }),
-      write_error: nullable({
-        type: 'string',
-        description:
-          "Redis's own refusal of every write, in its words (MISCONF after a failed save, a full disk say; READONLY on a replica): writes are refused (503) and /health answers 503; null while it takes writes",
+      replication_lag: object({
+        current_lag_seconds: seconds,
+        bytes: count,
+        main_lsn: nullable(lsn),
+        replica_lsn: nullable(lsn),
+        ...replayState,
       }),
-    }),
-    background_processor: object({
-      status: { type: 'string', enum: ['running', 'failing', 'stopped', 'disabled'] },
-      last_run: nullable(time),
-      transactions_processed: count,
-      success_rate: { type: 'number', minimum: 0, maximum: 1 },
-      last_error: nullable({ type: 'string' }),
-    }),
-    replication_lag: object({
-      current_lag_seconds: seconds,
-      bytes: count,
-      main_lsn: nullable(lsn),
-      replica_lsn: nullable(lsn),
-      ...replayState,
-    }),
-    circuit_breaker: { type: 'string', enum: ['closed', 'open', 'half_open'] },
-    integrity: object({
-      mode: {
-        type: 'string',
-        enum: ['pg_cron', 'scheduler', 'unknown'],
-        description: 'what refreshes the integrity views at this site',
-      },
-      refreshed_at: nullable(time),
-    }),
-  }),
+      circuit_breaker: { type: 'string', enum: ['closed', 'open', 'half_open'] },
+      integrity: object({
+        mode: {
+          type: 'string',
+          enum: ['pg_cron', 'scheduler', 'unknown'],
+          description: 'what refreshes the integrity views at this site',
+        },
+        refreshed_at: nullable(time),
+      }),
+      api_tokens: object({
+        error: {
+          type: 'string',
+          description:
+            "why the token file's last edit was refused; the tokens read before it stay in force",
+        },
+      }),
+    },
+    ['api_tokens'],
+  ),
   BufferStats: object({
     pending_transactions: count,
     failed_transactions: count,
