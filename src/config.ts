@@ -114,12 +114,20 @@ const Env = z.object({
   REPLICA_DATABASE_URL: pgUrl.optional(),
   REDIS_URL: redisUrl.default(localRedisUrl),
   OUTPOST_PARTITIONS: wholeNumber(8, { min: 1, max: 1024 }),
-  OUTPOST_ADMIN_TOKEN: z.string().min(1).optional(),
+  OUTPOST_ADMIN_TOKEN: z
+    .string()
+    .min(1)
+    .refine(
+      (token) => token === token.trim(),
+      "has spaces or a line break around it (a secret file's last newline?): a request's token, read from its header, never does, so every admin call would be refused",
+    )
+    .optional(),
   OUTPOST_API_TOKENS: apiTokens,
   OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
   OUTPOST_LIVE_CLIENT_BUFFER_BYTES: positiveInt(1024 * 1024),
   OUTPOST_MAX_ATTEMPTS: positiveInt(5),
-  OUTPOST_CLAIM_IDLE_MS: wholeNumber(30_000, { min: 1, max: LONGEST_TIMER_MS }),
+  // The partition leases last this long and are renewed every third of it, at most every 50 ms.
+  OUTPOST_CLAIM_IDLE_MS: wholeNumber(30_000, { min: 200, max: LONGEST_TIMER_MS }),
   OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
   OUTPOST_STREAM_RETENTION: duration('7d'),
   OUTPOST_INTEGRITY_SCHEDULE: z

@@ -47,6 +47,9 @@ void describe('loadConfig', () => {
       ['OUTPOST_POST_DEPLOY_REFRESH_DELAY', '30d', 'at most 24 days'],
       ['OUTPOST_CLAIM_IDLE_MS', '2147483648', 'must be a whole number'],
       ['OUTPOST_ACK_INTERVAL_MS', '9999999999', 'must be a whole number'],
+      // Leases renewed every third of it, at most every 50 ms: shorter ones lapse between.
+      ['OUTPOST_CLAIM_IDLE_MS', '10', 'must be a whole number'],
+      ['OUTPOST_ADMIN_TOKEN', 's3cret\n', "has spaces or a line break around it (a secret file's"],
     ] as const) {
       assert.throws(
         () => loadConfig({ [variable]: value }),

@@ -18,11 +18,22 @@ export type TokenEntry = z.infer<typeof TokenEntry>;
 
 export const TokenEntries = z.array(TokenEntry).superRefine((entries, ctx) => {
   const seen = new Set<string>();
+  const digests = new Map<string, string>();
   for (const [i, entry] of entries.entries()) {
     if (seen.has(entry.name)) {
       ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate name ${entry.name}` });
     }
     seen.add(entry.name);
+    // One token, two entries: which name and scopes it had would depend on the order.
+    const first = digests.get(entry.sha256);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [i, 'sha256'],
+        message: `the same token as ${first}`,
+      });
+    }
+    digests.set(entry.sha256, first ?? entry.name);
   }
 });
 

@@ -38,6 +38,7 @@ void describe('API tokens', () => {
       [[{ ...entry, scopes: [] }], /0\.scopes/],
       [[{ ...entry, token: 'plain' }], /token/],
       [[entry, entry], /duplicate name x/],
+      [[entry, { ...entry, name: 'y', sha256: 'A'.repeat(64) }], /1\.sha256.*the same token as x/],
       [{ name: 'x' }, /array/],
     ];
     for (const [value, message] of cases) {
