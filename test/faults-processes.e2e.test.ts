@@ -369,6 +369,67 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('Redis busy running a long script', () => {
+    let h: Harness | undefined;
+    after(async () => {
+      try {
+        await h?.redis.config('SET', 'busy-reply-threshold', '5000');
+      } finally {
+        await h?.close();
+      }
+    });
+
+    void it('answers writes and reads 503 log_unavailable while Redis answers BUSY, not 500', async () => {
+      const started = await Harness.start({ role: 'api' });
+      h = started;
+      const unit = (
+        await started.post('/executed_obs_units/start', { obs_unit_id: 'b', instrument: 'x' })
+      ).body;
+      // Past 50 ms, Redis answers every other client BUSY until the script ends, three seconds on
+      // (by Redis's clock; bounded by a count too, should that clock stand still in a script).
+      await started.redis.config('SET', 'busy-reply-threshold', '50');
+      const blocker = started.redis.duplicate();
+      blocker.on('error', () => undefined);
+      try {
+        const busy = blocker.eval(
+          `local t = redis.call('TIME')
+           local stop = t[1] * 1000000 + t[2] + 3000000
+           for i = 1, 1000000000 do
+             if i % 100000 == 0 then
+               t = redis.call('TIME')
+               if t[1] * 1000000 + t[2] >= stop then return i end
+             end
+           end
+           return 0`,
+          0,
+        );
+        await waitFor(
+          async () =>
+            /^BUSY /.test(
+              await started.redis.ping().then(
+                () => '',
+                (err: Error) => err.message,
+              ),
+            ),
+          'Redis to answer BUSY',
+        );
+        const write = await started.post('/executed_obs_units/start', {
+          obs_unit_id: 'c',
+          instrument: 'x',
+        });
+        assert.equal(write.status, 503, write.text);
+        assert.equal(write.body.error.code, 'log_unavailable');
+        assert.ok(write.headers.get('retry-after'));
+        const read = await started.get(`/executed_obs_units/${unit.id}`);
+        assert.equal(read.status, 503, read.text);
+        assert.equal(read.body.error.code, 'log_unavailable');
+        await busy;
+      } finally {
+        blocker.disconnect();
+      }
+    });
+  });
+
   void describe('Redis refusing every write after a background save failed (a full disk)', () => {
     let h: Harness | undefined;
     after(async () => {
