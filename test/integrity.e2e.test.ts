@@ -13,7 +13,7 @@ import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
 import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { waitForAllAcknowledged } from './harness/audit.ts';
-import { runCli } from './harness/cli.ts';
+import { runCli, runCliWith } from './harness/cli.ts';
 import { Harness, testStack, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
@@ -310,6 +310,19 @@ void describe('integrity invariants', () => {
       assert.match(text.stdout, /^seq_gap\s+0\s*$/m);
       assert.match(text.stdout, new RegExp(`^head_mismatch: \\[.*"${ids.unit}"`, 'm'));
       assert.match(text.stdout, /^mode (pg_cron|scheduler), schedule \*\/30 \* \* \* \*$/m);
+
+      // They read only the databases: with Redis out of reach (an incident they may be helping
+      // with), they answer all the same.
+      const redisDown = { ...h.envOf(), REDIS_URL: 'redis://127.0.0.1:1' };
+      const withoutRedis = await runCliWith(redisDown, ['integrity', 'status', '--json']);
+      assert.equal(withoutRedis.code, 0, withoutRedis.stderr);
+      assert.equal(JSON.parse(withoutRedis.stdout).anomalies.head_mismatch, 1);
+      const verify = await runCliWith(redisDown, ['rebuild-projections', '--verify', '--json']);
+      assert.match(verify.stdout, /"mode":"verify"/, verify.stderr);
+      assert.doesNotMatch(verify.stderr, /Redis/);
+      const usage = await runCliWith(redisDown, ['integrity', 'rebuild']);
+      assert.equal(usage.code, 1);
+      assert.match(usage.stderr, /usage: outpost integrity refresh\|status/);
     } finally {
       await h.main.query('UPDATE aggregate_heads SET seq = 2 WHERE aggregate_id = $1', [ids.unit]);
     }

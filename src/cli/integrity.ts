@@ -11,80 +11,94 @@ import { nextRun } from '../integrity/schedule.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
 
-/** `outpost integrity refresh|status`. */
-export const integrity = (action: string | undefined, flags: { json: boolean }) =>
-  withSite(async (site) => {
-    switch (action) {
-      case 'refresh': {
-        const running = await runningRefresh(site.main);
-        if (running) {
-          process.stderr.write(
-            `outpost: waiting for the integrity refresh already running (pid ${running.pid}, ${running.application || 'no application name'}${running.since ? `, since ${running.since.toISOString()}` : ''})\n`,
-          );
-        }
-        const refreshed = await refreshIntegrity(site.mainUrl, 'manual', true);
-        if (!refreshed) {
-          throw new CliError('the refresh returned no snapshot');
-        }
-        const { lsn, ...snapshot } = refreshed;
-        // `integrity status` reads the replica: it shows this refresh once it has replayed it.
-        await replicaReached(site.replica, site.config.replicaIsMain, lsn, REFRESH_VISIBLE_WAIT_MS);
-        print(
-          flags.json
-            ? JSON.stringify(snapshot)
-            : render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms),
-        );
-        return;
-      }
-      case 'status': {
-        // The snapshot and the views are read on the replica, which has them too: the anomaly
-        // alert may well fire while the link to the main database is down.
-        const { snapshot, samples } = await integrityReport(site.replica, 5);
-        // Only the main database can say whether pg_cron runs the refresh: 'unknown' without it.
-        const job = await cronJob(site.main).then(
-          (found) => ({ found }),
-          () => undefined,
-        );
-        const schedule = job?.found?.schedule ?? site.config.integritySchedule;
-        const stale = snapshot !== undefined && missedRuns(schedule, snapshot.refreshed_at) >= 3;
-        const status = {
-          refreshed_at: snapshot?.refreshed_at ?? null,
-          duration_ms: snapshot?.duration_ms ?? null,
-          // Three scheduled refreshes since this one: the schedule is not being kept.
-          stale,
-          mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
-          schedule,
-          anomalies: snapshot?.anomalies ?? null,
-          samples,
-        };
-        if (flags.json) {
-          print(JSON.stringify(status));
-          return;
-        }
-        if (!snapshot) {
-          print(
-            `no integrity snapshot yet (mode ${status.mode}, schedule ${status.schedule}); run: outpost integrity refresh`,
-          );
-          return;
-        }
-        print(render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms));
-        print(`mode ${status.mode}, schedule ${status.schedule}`);
-        if (stale) {
-          print(
-            `stale: three scheduled refreshes have come and gone since this snapshot, so these counts may be old; the refresh is not running (the pg_cron job, or the service's scheduler) or it fails: run outpost integrity refresh, which says why if it fails`,
-          );
-        }
-        for (const problem of PROBLEMS) {
-          if ((snapshot.anomalies[problem] ?? 0) > 0) {
-            print(`\n${problem}: ${JSON.stringify(samples[problem])}`);
+const INTEGRITY_USAGE = 'usage: outpost integrity refresh|status';
+
+/** `outpost integrity refresh|status`: the databases alone, so it answers while Redis is down. */
+export const integrity = (action: string | undefined, flags: { json: boolean }) => {
+  if (action !== 'refresh' && action !== 'status') {
+    throw new CliError(INTEGRITY_USAGE);
+  }
+  return withSite(
+    async (site) => {
+      switch (action) {
+        case 'refresh': {
+          const running = await runningRefresh(site.main);
+          if (running) {
+            process.stderr.write(
+              `outpost: waiting for the integrity refresh already running (pid ${running.pid}, ${running.application || 'no application name'}${running.since ? `, since ${running.since.toISOString()}` : ''})\n`,
+            );
           }
+          const refreshed = await refreshIntegrity(site.mainUrl, 'manual', true);
+          if (!refreshed) {
+            throw new CliError('the refresh returned no snapshot');
+          }
+          const { lsn, ...snapshot } = refreshed;
+          // `integrity status` reads the replica: it shows this refresh once it has replayed it.
+          await replicaReached(
+            site.replica,
+            site.config.replicaIsMain,
+            lsn,
+            REFRESH_VISIBLE_WAIT_MS,
+          );
+          print(
+            flags.json
+              ? JSON.stringify(snapshot)
+              : render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms),
+          );
+          return;
         }
-        return;
+        case 'status': {
+          // The snapshot and the views are read on the replica, which has them too: the anomaly
+          // alert may well fire while the link to the main database is down.
+          const { snapshot, samples } = await integrityReport(site.replica, 5);
+          // Only the main database can say whether pg_cron runs the refresh: 'unknown' without it.
+          const job = await cronJob(site.main).then(
+            (found) => ({ found }),
+            () => undefined,
+          );
+          const schedule = job?.found?.schedule ?? site.config.integritySchedule;
+          const stale = snapshot !== undefined && missedRuns(schedule, snapshot.refreshed_at) >= 3;
+          const status = {
+            refreshed_at: snapshot?.refreshed_at ?? null,
+            duration_ms: snapshot?.duration_ms ?? null,
+            // Three scheduled refreshes since this one: the schedule is not being kept.
+            stale,
+            mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
+            schedule,
+            anomalies: snapshot?.anomalies ?? null,
+            samples,
+          };
+          if (flags.json) {
+            print(JSON.stringify(status));
+            return;
+          }
+          if (!snapshot) {
+            print(
+              `no integrity snapshot yet (mode ${status.mode}, schedule ${status.schedule}); run: outpost integrity refresh`,
+            );
+            return;
+          }
+          print(render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms));
+          print(`mode ${status.mode}, schedule ${status.schedule}`);
+          if (stale) {
+            print(
+              `stale: three scheduled refreshes have come and gone since this snapshot, so these counts may be old; the refresh is not running (the pg_cron job, or the service's scheduler) or it fails: run outpost integrity refresh, which says why if it fails`,
+            );
+          }
+          for (const problem of PROBLEMS) {
+            if ((snapshot.anomalies[problem] ?? 0) > 0) {
+              print(`\n${problem}: ${JSON.stringify(samples[problem])}`);
+            }
+          }
+          return;
+        }
+        default:
+          throw new CliError(INTEGRITY_USAGE);
       }
-      default:
-        throw new CliError('usage: outpost integrity refresh|status');
-    }
-  });
+    },
+    { redis: false },
+  );
+};
 
 /** How many runs `schedule` has had since `since`, up to 3. */
 const missedRuns = (schedule: string, since: string): number => {

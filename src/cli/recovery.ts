@@ -136,44 +136,49 @@ const refuseBesideProjectors = async (site: Site) => {
 };
 
 /** `outpost rebuild-projections [--dry-run | --verify]`. */
-export const rebuildCommand = (flags: RecoveryFlags) =>
-  withSite(async (site) => {
-    if (flags['dry-run'] && flags.verify) {
-      throw new CliError('give either --dry-run or --verify, not both');
-    }
-    const mode: RebuildMode = flags.verify ? 'verify' : flags['dry-run'] ? 'dry-run' : 'apply';
-    const ttlMs = site.config.claimIdleMs;
-    const leases =
-      mode === 'apply'
-        ? await holdPartitions(site.main, site.config.partitions, ttlMs).catch((err: Error) =>
-            err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
-          )
-        : [];
-    const report_ = progress(flags.json);
-    const report = await rebuildProjections(site.main, mode, {
-      onProgress: (aggregates) => report_({ aggregates }),
-      fence: mode === 'apply' ? { leases, ttlMs } : undefined,
-    }).finally(() => releasePartitions(site.main, leases));
-    if (flags.json) {
-      print(JSON.stringify(report));
-    } else {
-      print(table(report.differences.map((d) => ({ ...d, fields: d.fields.join(',') }))));
-      print(
-        `${report.aggregates} aggregates folded, ${report.differing} rows differ from their events` +
-          (mode === 'apply' ? `, ${report.fixed} rewritten` : ' (nothing changed)'),
-      );
-    }
-    if (report.unfoldable > 0) {
-      process.stderr.write(
-        `outpost: rebuild-projections found ${report.unfoldable} aggregate(s) whose events do not fold (listed as unfoldable, left as they are); outpost integrity status names their problems\n`,
-      );
-      process.exitCode = 1;
-    }
-    if (mode === 'verify' && report.differing > report.unfoldable) {
-      // The report stays on stdout, whole and parseable; the reason goes where failures go.
-      process.stderr.write(
-        `outpost: rebuild-projections --verify found ${report.differing - report.unfoldable} projection row(s) that differ from their events; outpost rebuild-projections rewrites them\n`,
-      );
-      process.exitCode = 1;
-    }
-  });
+export const rebuildCommand = (flags: RecoveryFlags) => {
+  if (flags['dry-run'] && flags.verify) {
+    throw new CliError('give either --dry-run or --verify, not both');
+  }
+  // The databases alone: it answers while Redis is down.
+  return withSite(
+    async (site) => {
+      const mode: RebuildMode = flags.verify ? 'verify' : flags['dry-run'] ? 'dry-run' : 'apply';
+      const ttlMs = site.config.claimIdleMs;
+      const leases =
+        mode === 'apply'
+          ? await holdPartitions(site.main, site.config.partitions, ttlMs).catch((err: Error) =>
+              err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
+            )
+          : [];
+      const report_ = progress(flags.json);
+      const report = await rebuildProjections(site.main, mode, {
+        onProgress: (aggregates) => report_({ aggregates }),
+        fence: mode === 'apply' ? { leases, ttlMs } : undefined,
+      }).finally(() => releasePartitions(site.main, leases));
+      if (flags.json) {
+        print(JSON.stringify(report));
+      } else {
+        print(table(report.differences.map((d) => ({ ...d, fields: d.fields.join(',') }))));
+        print(
+          `${report.aggregates} aggregates folded, ${report.differing} rows differ from their events` +
+            (mode === 'apply' ? `, ${report.fixed} rewritten` : ' (nothing changed)'),
+        );
+      }
+      if (report.unfoldable > 0) {
+        process.stderr.write(
+          `outpost: rebuild-projections found ${report.unfoldable} aggregate(s) whose events do not fold (listed as unfoldable, left as they are); outpost integrity status names their problems\n`,
+        );
+        process.exitCode = 1;
+      }
+      if (mode === 'verify' && report.differing > report.unfoldable) {
+        // The report stays on stdout, whole and parseable; the reason goes where failures go.
+        process.stderr.write(
+          `outpost: rebuild-projections --verify found ${report.differing - report.unfoldable} projection row(s) that differ from their events; outpost rebuild-projections rewrites them\n`,
+        );
+        process.exitCode = 1;
+      }
+    },
+    { redis: false },
+  );
+};

@@ -64,8 +64,16 @@ const unreachableDatabase = async (
   return undefined;
 };
 
-/** Connects an operator command to the site's Redis and databases, and always disconnects. */
-export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> => {
+/**
+ * Connects an operator command to the site's Redis and databases, and always disconnects. A
+ * command that reads only the databases (`{ redis: false }`: the integrity views, a rebuild)
+ * does not connect to Redis, so it still answers while Redis is down, an incident it may be
+ * helping with.
+ */
+export const withSite = async <T>(
+  work: (site: Site) => Promise<T>,
+  { redis: usesRedis = true }: { redis?: boolean } = {},
+): Promise<T> => {
   const config = loadConfig();
   const redis = createRedis(config);
   const main = createPool({ url: config.mainDatabaseUrl, max: 2, applicationName: 'outpost-cli' });
@@ -89,17 +97,32 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
   try {
     const redisAway = (err: unknown) =>
       cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
-    await redis.connect().catch((err: unknown) => {
-      throw redisAway(err);
-    });
+    if (usesRedis) {
+      await redis.connect().catch((err: unknown) => {
+        throw redisAway(err);
+      });
+    }
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
+    const deadLetters = new DeadLetters(eventLog);
+    const redisOf = <R>(value: R): R => {
+      if (!usesRedis) {
+        throw new Error('this command was started without Redis (withSite { redis: false })');
+      }
+      return value;
+    };
     const touched = new Set<Database>();
     const site: Site = {
       config,
-      redis,
-      eventLog,
-      deadLetters: new DeadLetters(eventLog),
+      get redis() {
+        return redisOf(redis);
+      },
+      get eventLog() {
+        return redisOf(eventLog);
+      },
+      get deadLetters() {
+        return redisOf(deadLetters);
+      },
       get main() {
         touched.add('main');
         return main;
@@ -114,7 +137,7 @@ export const withSite = async <T>(work: (site: Site) => Promise<T>): Promise<T> 
       },
     };
     return await work(site).catch(async (err: unknown) => {
-      if (redis.status !== 'ready') {
+      if (usesRedis && redis.status !== 'ready') {
         throw redisAway(err);
       }
       throw (await unreachableDatabase(err, config, touched, { main, replica })) ?? err;
