@@ -15,6 +15,7 @@ import { EventLog } from './log/event-log.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
+import { checkPartitionCount } from './ops/partition-count.ts';
 import { StatusSource } from './ops/status.ts';
 import { Projector } from './projector/projector.ts';
 
@@ -88,6 +89,7 @@ export const startService = async (
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
+    await checkPartitionCount(redis, config.namespace, config.partitions, logger);
     refusal = await eventLog.ensureGroups();
   } catch (err) {
     // Refused before anything else started: leave nothing open behind the error (an open

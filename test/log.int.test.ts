@@ -35,6 +35,11 @@ import { dropLateResends } from '../src/log/redis.ts';
 import { trimHalfHistory } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
+import {
+  checkPartitionCount,
+  PartitionCountError,
+  recordedPartitions,
+} from '../src/ops/partition-count.ts';
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { replay } from '../src/ops/replay.ts';
 import { CircuitBreaker } from '../src/projector/circuit-breaker.ts';
@@ -906,6 +911,36 @@ void describe('the local log', () => {
         ),
         events.map(() => true),
       );
+    });
+  });
+
+  void describe('the partition count', () => {
+    void it('is recorded at the first start, and a start with another is refused while the log holds anything', async () => {
+      const namespace = `count-${randomUUID()}`;
+      const silent = createLogger('silent');
+      await checkPartitionCount(redis, namespace, 2, silent);
+      await checkPartitionCount(redis, namespace, 2, silent);
+      assert.equal(await recordedPartitions(redis, namespace), 2);
+      const two = new EventLog(redis, namespace, 2);
+      await two.ensureGroups();
+      const id = newIdInPartition(1, 2);
+      assert.equal(
+        (await two.append({ partition: 1, events: [{ ...fileEvent(id, 0), event_id: id }] })).kind,
+        'appended',
+      );
+      await assert.rejects(
+        checkPartitionCount(redis, namespace, 4, silent),
+        (err: Error) =>
+          err instanceof PartitionCountError &&
+          /OUTPOST_PARTITIONS is 4, but this site's log was written with 2 partitions and still holds 1 pending event\(s\) and 0 dead letter\(s\)/.test(
+            err.message,
+          ),
+      );
+      assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
+      // Nothing held any more (here, the streams gone): the change is taken.
+      await redis.del(...two.allKeys().map((k) => k.stream));
+      await checkPartitionCount(redis, namespace, 4, silent);
+      assert.equal(await recordedPartitions(redis, namespace), 4);
     });
   });
 

@@ -6,6 +6,7 @@ import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { createRedis } from '../log/redis.ts';
+import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { CliError, reasonOf } from './output.ts';
 
@@ -101,6 +102,13 @@ export const withSite = async <T>(
       await redis.connect().catch((err: unknown) => {
         throw redisAway(err);
       });
+      // A shell without the service's env file would look at part of the log and report all well.
+      const recorded = await recordedPartitions(redis, config.namespace);
+      if (recorded !== undefined && recorded !== config.partitions) {
+        throw new CliError(
+          `this shell has OUTPOST_PARTITIONS=${config.partitions}, but the site's log has ${recorded} partitions: set OUTPOST_PARTITIONS=${recorded}, as the service has it (its env file)`,
+        );
+      }
     }
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);

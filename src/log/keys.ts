@@ -142,6 +142,9 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
  */
 export const liveStreamKey = (namespace: string) => `${namespace}:live`;
 
+/** The partition count the site's log is written with (src/ops/partition-count.ts). */
+export const partitionCountKey = (namespace: string) => `${namespace}:partitions`;
+
 /** Exists while some process of the site has had a live client lately (LiveFeed). */
 export const liveListenersKey = (namespace: string) => `${namespace}:live:listeners`;
 
