@@ -130,6 +130,8 @@ export const aggregateTypeOf = (record: {
     ? EVENT_TYPES[record.type].aggregate
     : undefined);
 
+const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
 export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   const record = entryRecord(fields);
   const { event_id, aggregate_id, type, v, site, at, data, written_by } = record;
@@ -139,6 +141,11 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   }
   if (!isEventType(type) || !isAggregateType(aggregate_type)) {
     throw new UndecodableEntryError(entryId, `unknown type ${aggregate_type}/${type}`);
+  }
+  // As PostgreSQL writes a uuid back: an id in another form (upper case, braces, no hyphens),
+  // written past the API, would never be found applied by its own text, and be applied again.
+  if (!CANONICAL_UUID.test(event_id) || !CANONICAL_UUID.test(aggregate_id)) {
+    throw new UndecodableEntryError(entryId, 'event_id or aggregate_id is not a lower-case UUID');
   }
   let parsed: unknown;
   try {
