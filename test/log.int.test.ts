@@ -630,6 +630,27 @@ void describe('the local log', () => {
   });
 
   void describe('acknowledgement', () => {
+    void it('queues a record call that ran already (sent again after a dropped connection) once', async () => {
+      // A log of its own: the tests around it count this partition's queue and pending entries.
+      const own = new EventLog(redis, `record-${randomUUID()}`, 4);
+      await own.ensureGroups();
+      const partition = 2;
+      const event = {
+        ...fileEvent(newIdInPartition(partition, 4), 0),
+        event_id: newIdInPartition(partition, 4),
+      };
+      const result = await own.append({ partition, events: [event] });
+      assert.equal(result.kind, 'appended');
+      const entryId = result.kind === 'appended' ? (result.entryIds[0] as string) : '';
+      const records = [appliedRecord(event, entryId, '0/A1')];
+      await own.recordApplied(partition, records);
+      await own.recordApplied(partition, records);
+      assert.equal(await redis.llen(own.keys(partition).applied), 1);
+      // Recorded anew at another LSN (applied again after the main database lost it): queued.
+      await own.recordApplied(partition, [appliedRecord(event, entryId, '0/B2')]);
+      assert.equal(await redis.llen(own.keys(partition).applied), 2);
+    });
+
     void it('counts as stuck only the replayed entries still unacknowledged after the grace', async () => {
       const partition = 3;
       const entryIds: string[] = [];
