@@ -16,7 +16,7 @@ import { integrity } from './integrity.ts';
 import { CliError, print, reasonOf, table } from './output.ts';
 import { rebuildCommand, replayCommand } from './recovery.ts';
 import { tokenCommand } from './token.ts';
-import { USAGE, usageOf } from './usage.ts';
+import { isCommand, USAGE, usageOf } from './usage.ts';
 
 const localStack = (): StackOptions => ({
   dir: findStackDir(process.cwd()),
@@ -129,7 +129,12 @@ const main = async (argv: string[]) => {
   const [command, action, argument] = positionals;
   const incidentFlags = { ...values, json: values.json ?? false };
   if (values.help || command === undefined || command === 'help') {
-    print(command === undefined || command === 'help' ? USAGE : usageOf(command));
+    // `outpost help replay` as `outpost replay --help`; a command that does not exist is named.
+    const topic = command === 'help' ? action : command;
+    if (topic !== undefined && !isCommand(topic)) {
+      throw new CliError(`unknown command ${topic}; see outpost --help`);
+    }
+    print(topic === undefined ? USAGE : usageOf(topic));
     return;
   }
   switch (command) {

@@ -22,11 +22,17 @@ export const USAGE = `usage: outpost <command> [options]
 Every command takes --json. Exit code 0 on success, 1 on failure with a one-line reason.`;
 
 /** `outpost <command> --help`: that command's lines of the usage, with the common footer. */
+const usageLines = USAGE.split('\n');
+
+/** Where the usage of `command` begins, -1 for no such command. */
+const usageLineOf = (command: string) =>
+  usageLines.findIndex((line) => line.startsWith(`  ${command} `) || line === `  ${command}`);
+
+export const isCommand = (command: string): boolean => usageLineOf(command) !== -1;
+
 export const usageOf = (command: string): string => {
-  const lines = USAGE.split('\n');
-  const start = lines.findIndex(
-    (line) => line.startsWith(`  ${command} `) || line === `  ${command}`,
-  );
+  const lines = usageLines;
+  const start = usageLineOf(command);
   if (start === -1) {
     return USAGE;
   }

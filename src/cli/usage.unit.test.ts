@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { USAGE, usageOf } from './usage.ts';
+import { isCommand, USAGE, usageOf } from './usage.ts';
 
 void describe('usage', () => {
   void it('lists every command of the contract', () => {
@@ -25,5 +25,8 @@ void describe('usage', () => {
     assert.match(help, /give the main database/);
     assert.doesNotMatch(help, /rebuild-projections/);
     assert.equal(usageOf('no-such-command'), USAGE);
+    assert.equal(isCommand('no-such-command'), false);
+    assert.equal(isCommand('replay'), true);
+    assert.equal(isCommand('rebuild-projections'), true);
   });
 });
