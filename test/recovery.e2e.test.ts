@@ -806,6 +806,62 @@ void describe('recovery', () => {
       );
     });
 
+    void it('notices a main database rolled back on its own timeline by the last event a partition applied, and applies the lost ones before newer events', async () => {
+      await h.startService('projector');
+      // Nothing is acknowledged meanwhile: the lost starts stay in the log, recorded as applied.
+      await h.replica.query('SELECT pg_wal_replay_pause()');
+      try {
+        const lost = await startMany(h, 'rolled-back', 8);
+        const ids = lost.map((unit) => unit.body.id as string);
+        await waitFor(
+          async () =>
+            (
+              await h.mainRows<{ n: number }>(
+                'SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1)',
+                [ids],
+              )
+            )[0]?.n === ids.length,
+          'the starts to be applied',
+        );
+        // A filesystem snapshot of the main database restored from before them: same system, same
+        // timeline, and its WAL soon past their commits again (these deletes take it there).
+        await forget(h, ids);
+        const patched = await inBatches(lost, 32, (unit) =>
+          h.request('PATCH', `/executed_obs_units/${unit.body.id}`, {
+            notes: 'after the rollback',
+          }),
+        );
+        assert.deepEqual(
+          patched.map((p) => p.status),
+          lost.map(() => 202),
+        );
+        await waitFor(
+          async () =>
+            (
+              await h.mainRows<{ n: number }>(
+                "SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1) AND type = 'ExecutedObsUnitUpdated'",
+                [ids],
+              )
+            )[0]?.n === ids.length,
+          'the patches to be applied',
+        );
+        for (const id of ids) {
+          const events = await h.mainRows<{ type: string; seq: number }>(
+            'SELECT type, seq FROM events WHERE aggregate_id = $1 ORDER BY seq',
+            [id],
+          );
+          assert.deepEqual(
+            events.map((e) => `${e.seq} ${e.type}`),
+            ['0 ExecutedObsUnitStarted', '1 ExecutedObsUnitUpdated'],
+          );
+        }
+        const dead = await runCli(h, ['dead', 'list', '--json']);
+        assert.deepEqual(JSON.parse(dead.stdout).items, []);
+      } finally {
+        await h.replica.query('SELECT pg_wal_replay_resume()');
+      }
+    });
+
     void it('applies them again on start, before newer events of their aggregates, without waiting for the replica to pass their LSNs', async () => {
       const lost = await startMany(h, 'restored', 6);
       // As above, but the main database was restored to a point before these commits: the

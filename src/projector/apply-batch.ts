@@ -216,8 +216,15 @@ export type BatchRequest = {
   lease: Lease;
   heldAggregates?: ReadonlySet<string>;
   /** Where the partition's last batch left the main database: refused if it is not there. */
-  mainSeen?: MainPosition;
+  mainSeen?: MainSeen;
 };
+
+/**
+ * Where a partition's batches left the main database, and the last event they applied: a main
+ * database rolled back on the same timeline (a filesystem snapshot restored) soon has its WAL
+ * past their commits again, from other partitions' batches, and lacks only their events.
+ */
+export type MainSeen = MainPosition & { eventId?: string };
 
 const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: readonly Lease[]) => {
   const projections = new Map<ProjectionTable, AggregateState[]>();
@@ -252,9 +259,9 @@ const writePlans = async (db: pg.PoolClient, plans: readonly Plan[], leases: rea
  * to a standby). Nothing is written: the partition checks its applied entries against it first.
  */
 export class MainDatabaseChangedError extends Error {
-  constructor(seen: MainPosition, now: MainPosition) {
+  constructor(seen: MainSeen, now: MainPosition, lacksEvent: boolean) {
     super(
-      `the main database changed under the projector: its batches were committed to system ${seen.system}, timeline ${seen.timeline}, up to ${seen.lsn}; it is now system ${now.system}, timeline ${now.timeline}, at ${now.lsn}`,
+      `the main database changed under the projector: its batches were committed to system ${seen.system}, timeline ${seen.timeline}, up to ${seen.lsn}; it is now system ${now.system}, timeline ${now.timeline}, at ${now.lsn}${lacksEvent ? `, and lacks event ${seen.eventId}, the last they applied` : ''}`,
     );
     this.name = 'MainDatabaseChangedError';
   }
@@ -295,11 +302,15 @@ export const applyBatches = async (
   withConnection(pool, async (db) => {
     const { known, position } = await appliedEventIdsAt(
       db,
-      unique(requests.flatMap((r) => r.entries.map((e) => e.event.event_id))),
+      unique([
+        ...requests.flatMap((r) => r.entries.map((e) => e.event.event_id)),
+        ...requests.flatMap((r) => (r.mainSeen?.eventId ? [r.mainSeen.eventId] : [])),
+      ]),
     );
     for (const { mainSeen } of requests) {
-      if (mainSeen && movedFrom(mainSeen, position)) {
-        throw new MainDatabaseChangedError(mainSeen, position);
+      const lacksEvent = mainSeen?.eventId !== undefined && !known.has(mainSeen.eventId);
+      if (mainSeen && (movedFrom(mainSeen, position) || lacksEvent)) {
+        throw new MainDatabaseChangedError(mainSeen, position, lacksEvent);
       }
     }
     const split = requests.map(({ entries }) => {

@@ -1,6 +1,5 @@
 import type { Redis } from 'ioredis';
 import { parseLsn } from '../db/lsn.ts';
-import type { MainPosition } from '../db/queries/apply.ts';
 import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { EVENT_TYPES, upstreamIdsOf } from '../domain/events.ts';
 import { UpstreamNotAppliedError } from '../domain/fold.ts';
@@ -18,7 +17,12 @@ import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { type BatchRequest, type BatchResult, MainDatabaseChangedError } from './apply-batch.ts';
+import {
+  type BatchRequest,
+  type BatchResult,
+  MainDatabaseChangedError,
+  type MainSeen,
+} from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
 import { classifyFailure, isStatementTimeout } from './errors.ts';
@@ -113,7 +117,7 @@ export class PartitionConsumer {
    */
   #verifyRecorded = true;
   /** Where this partition's last batch left the main database; its next batch expects it there. */
-  #mainSeen: MainPosition | undefined;
+  #mainSeen: MainSeen | undefined;
   #cursor = '0';
   /** Which scan of own pending entries the cursor belongs to: a restart begins a new one. */
   #scan = 0;
@@ -557,8 +561,13 @@ export class PartitionConsumer {
       throw err;
     }
     holdWaiting();
-    this.#mainSeen = result.mainPosition ?? this.#mainSeen;
     const { applied, duplicates, failed, deferred, commitLsn } = result;
+    if (result.mainPosition) {
+      this.#mainSeen = {
+        ...result.mainPosition,
+        eventId: applied.at(-1)?.event.event_id ?? this.#mainSeen?.eventId,
+      };
+    }
     for (const entry of deferred) {
       // Held back behind what its unit waits for: its aggregate's later entries, in later pages,
       // wait too, and an undecodable one is not filed ahead of it.
