@@ -978,7 +978,7 @@ void describe('the local log', () => {
         retryStrategy: () => 1_000,
       });
       client.on('error', () => undefined);
-      dropLateResends(client, 200);
+      dropLateResends(client);
       try {
         await client.connect();
         // Redis runs it, and its reply is lost with the connection.

@@ -19,31 +19,38 @@ export const createRedis = (config: Config): Redis => {
     // write and are read by Redis in one go; while a batch is out, the next one gathers.
     enableAutoPipelining: true,
   });
-  dropLateResends(redis, COMMAND_TIMEOUT_MS);
+  dropLateResends(redis);
   return redis;
+};
+
+/** What ioredis keeps, across a reconnect, of the commands its connection had out. */
+type ResendQueue = {
+  toArray(): { command: { isSettled: boolean } }[];
+  clear(): void;
+  push(item: unknown): void;
 };
 
 /**
  * ioredis sends again, once it reconnects, the commands its connection had out when it dropped,
- * however late that is. Within the command timeout their callers still wait for the answer, and
- * a script that runs twice knows it (append.lua's event index and run record). Past it, every
- * caller has been answered (an append with 503) and may have written since: run then, a write the
- * client was told failed would take effect behind the writes that followed it. So whatever still
- * waits to be sent again a command timeout after the connection closed is dropped.
+ * however late that is. One whose caller still waits is worth sending (a script that runs twice
+ * knows it: append.lua's event index and run record). One already settled, by its command
+ * timeout, has been answered (an append with 503), and its caller may have written since: run
+ * then, a write the client was told failed would take effect behind the writes that followed it.
+ * Those are dropped when the connection is made again, before ioredis's ready handler resends.
  */
-export const dropLateResends = (redis: Redis, afterMs: number): void => {
-  let timer: NodeJS.Timeout | undefined;
-  redis.on('close', () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => {
-      if (redis.status !== 'ready') {
-        // Where ioredis keeps them (event_handler.js), read again by its ready handler.
-        (redis as unknown as { prevCommandQueue: unknown }).prevCommandQueue = null;
-      }
-    }, afterMs);
-    timer.unref();
+export const dropLateResends = (redis: Redis): void => {
+  redis.on('connect', () => {
+    // Where ioredis keeps them (event_handler.js closeHandler and readyHandler).
+    const queue = (redis as unknown as { prevCommandQueue?: ResendQueue | null }).prevCommandQueue;
+    if (!queue) {
+      return;
+    }
+    const waiting = queue.toArray().filter((item) => !item.command.isSettled);
+    queue.clear();
+    for (const item of waiting) {
+      queue.push(item);
+    }
   });
-  redis.on('ready', () => clearTimeout(timer));
 };
 
 /**
