@@ -962,6 +962,15 @@ void describe('the local log', () => {
       await redis.del(...two.allKeys().map((k) => k.stream));
       await checkPartitionCount(redis, namespace, 4, silent);
       assert.equal(await recordedPartitions(redis, namespace), 4);
+      // A Redis that refuses writes (full, or a failed save) does not stop a start that would
+      // drain it: the count is compared, or recorded later.
+      await redis.call('REPLICAOF', '127.0.0.1', '1');
+      try {
+        await checkPartitionCount(redis, namespace, 4, silent);
+        await checkPartitionCount(redis, `count-${randomUUID()}`, 4, silent);
+      } finally {
+        await redis.call('REPLICAOF', 'NO', 'ONE');
+      }
     });
   });
 

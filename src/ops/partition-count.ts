@@ -33,7 +33,17 @@ export const checkPartitionCount = async (
   logger: Logger,
 ): Promise<void> => {
   const key = partitionCountKey(namespace);
-  const previous = (await redis.call('SET', key, String(partitions), 'NX', 'GET')) as string | null;
+  let previous = await redis.get(key);
+  if (previous === null) {
+    // A Redis refusing writes (full, or a failed save) must not stop a start that would drain it;
+    // the count is recorded at a start that can write.
+    const recorded = await redis.set(key, String(partitions), 'NX').catch((err: Error) => {
+      logger.warn({ err }, 'cannot record the partition count while Redis refuses writes');
+      return 'refused';
+    });
+    // Null: another process recorded one between the two calls.
+    previous = recorded === null ? await redis.get(key) : null;
+  }
   if (previous === null || Number(previous) === partitions) {
     return;
   }
