@@ -92,10 +92,10 @@ export class LiveFeed {
 
   /**
    * Marks the site as listened to before a client's stream starts. When nobody listened before,
-   * nothing was published since the listeners key lapsed: a quiet mark in the stream tells a
-   * client resuming from before it that messages may be missing there. And other processes may
-   * still hold a "nobody listens" answer for up to QUIET_CHECK_MS and skip publishing: wait that
-   * out, so the client misses nothing published once its stream began.
+   * other processes may still hold a "nobody listens" answer for up to QUIET_CHECK_MS and skip
+   * publishing: wait that out, so the client misses nothing published once its stream began. And
+   * nothing was published since the listeners key lapsed: a quiet mark in the stream, once the
+   * wait is over, tells a client resuming from before it that messages may be missing there.
    */
   async announceListener(): Promise<void> {
     const { redis, listenersKey, key, maxLen } = this.#deps;
@@ -108,8 +108,9 @@ export class LiveFeed {
       'GET',
     );
     if (previous === null) {
-      await redis.xadd(key, 'MAXLEN', '~', maxLen, '*', QUIET_FIELD, '1');
       await new Promise((resolve) => setTimeout(resolve, QUIET_CHECK_MS));
+      // After the wait: what a process skipped meanwhile, on its cached answer, lies before it.
+      await redis.xadd(key, 'MAXLEN', '~', maxLen, '*', QUIET_FIELD, '1');
     }
   }
 

@@ -68,6 +68,8 @@ export class LiveSession {
   #lastQueued: string | undefined;
   /** Live messages that arrived while catching up; undefined once live. */
   #held: LiveDelivery[] | undefined = [];
+  /** The last quiet mark a gap notice was sent for. */
+  #lastQuietMark: string | undefined;
   /** Live messages were let go while catching up: they are read back from the stream. */
   #heldLetGo = false;
   /** Messages the socket has taken, and a wake-up for the catch-up waiting on it. */
@@ -212,7 +214,15 @@ export class LiveSession {
       for (const item of page) {
         if ('quiet' in item) {
           // Nobody listened for a while before this mark, so nothing was published: what
-          // happened then is missing from the stream, right after what was queued so far.
+          // happened then is missing from the stream, right after what was queued so far. Once:
+          // a replay again from what was queued, after live messages were let go, meets it again.
+          if (
+            this.#lastQuietMark !== undefined &&
+            compareEntryIds(item.id, this.#lastQuietMark) <= 0
+          ) {
+            continue;
+          }
+          this.#lastQuietMark = item.id;
           await this.#room(0);
           if (this.#closed) {
             return;
