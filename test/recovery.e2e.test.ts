@@ -770,6 +770,9 @@ void describe('recovery', () => {
         assert.equal(await acker.ackOnce(), 0);
         assert.equal(await handedBack(), 0, 'nothing handed back to be applied again');
         assert.match(acker.stuck ?? '', /WAL receiver is stopped: it may be on another history/);
+        // The next pass, within the second, does not look again, and still says why.
+        assert.equal(await acker.ackOnce(), 0);
+        assert.match(acker.stuck ?? '', /WAL receiver is stopped/);
         // All it received is replayed, yet it falls behind: the lag says so, not 0.
         assert.ok((await replicaPosition(h.replica, false)).lagSeconds > 0);
       } finally {

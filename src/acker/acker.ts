@@ -32,6 +32,8 @@ const ACK_BATCH = 1000;
  * falls back to the interval.
  */
 const QUICK_POLL_MS = 2;
+/** How often a partition whose head waits for a replica that does not stream is looked at again. */
+const STUCK_RECHECK_MS = 1_000;
 const QUICK_POLLS = 15;
 
 /**
@@ -103,6 +105,12 @@ export class Acker {
    */
   #stuck: string | undefined;
   #stuckBefore = false;
+  /**
+   * Per partition, the head record that waits for a replica that does not stream, and why: looked
+   * at again only when the head changes or a second has passed, not every 2 ms pass of a busy
+   * site for as long as the incident lasts.
+   */
+  readonly #stuckHeads = new Map<number, { entryId: string; since: number; why: string }>();
   #acked = 0;
   #passes = 0;
   /** Whether the last pass left entries the replica had not reached. */
@@ -254,6 +262,11 @@ export class Acker {
       if (head === undefined) {
         return [];
       }
+      const stuck = this.#stuckHeads.get(partition);
+      if (stuck?.entryId === head.entryId && performance.now() - stuck.since < STUCK_RECHECK_MS) {
+        this.#stuck = stuck.why;
+        return [];
+      }
       const ahead = this.#firstAhead.get(partition);
       if (
         ahead?.entryId === head.entryId &&
@@ -336,8 +349,9 @@ export class Acker {
     const missing = reached.slice(firstMissing);
     const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
-    if (!(await this.#replicaStreams(partition, lost))) {
-      return { partition, acked, behind: true, again: false };
+    if (!(await this.#replicaStreams(partition, lost, records[0]?.entryId))) {
+      // Not behind: quick polls would not make a replica that does not stream any closer.
+      return { partition, acked, behind: false, again: false };
     }
     const forgotten = await this.#deps.eventLog.forgetApplied(partition, lost);
     this.#deps.metrics.eventsReapplied.inc({ found_by: 'acker' }, forgotten);
@@ -363,12 +377,17 @@ export class Acker {
    * database; they wait instead, and the operator is told to look at the replica. Unknown (the
    * role may not read pg_stat_wal_receiver) counts as following.
    */
-  async #replicaStreams(partition: number, lost: readonly AppliedRecord[]): Promise<boolean> {
+  async #replicaStreams(
+    partition: number,
+    lost: readonly AppliedRecord[],
+    head: string | undefined,
+  ): Promise<boolean> {
     if (this.#deps.replicaIsMain) {
       return true;
     }
     const receiver = (await fromReplica(replicaReplayState(this.#deps.replica)))?.receiver ?? null;
     if (receiver === null || receiver === 'streaming') {
+      this.#stuckHeads.delete(partition);
       return true;
     }
     const stuck = `${lost.length} applied event(s) of partition ${partition} are not on the replica though it has replayed past their commit LSN (${lost[0]?.lsn}), and its WAL receiver is ${receiver}: it may be on another history than the main database (after a failover, re-clone it from the new primary); they wait, acknowledged once it streams again`;
@@ -379,6 +398,9 @@ export class Acker {
       );
     }
     this.#stuck = stuck;
+    if (head !== undefined) {
+      this.#stuckHeads.set(partition, { entryId: head, since: performance.now(), why: stuck });
+    }
     return false;
   }
 
