@@ -7,7 +7,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { Acker } from '../src/acker/acker.ts';
-import { acquireLease } from '../src/db/queries/leases.ts';
+import { acquireLease, releaseLease } from '../src/db/queries/leases.ts';
 import { replicaPosition, replicaReached } from '../src/db/queries/replica.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
@@ -389,12 +389,30 @@ void describe('recovery', () => {
         (await h.mainRows('SELECT notes FROM executed_obs_units WHERE id = $1', [unit.id]))[0]
           ?.notes;
       await withoutProjector(async () => {
+        // All or none: with one partition held, it takes none of the others.
+        const token = await acquireLease(h.main, 1, 'projector-started-meanwhile', 30_000);
+        assert.ok(token);
+        await assert.rejects(
+          holdPartitions(h.main, h.config.partitions, 30_000),
+          RebuildLeaseError,
+        );
+        const rebuilding = () =>
+          h.mainRows("SELECT partition FROM partition_leases WHERE owner = 'rebuild-projections'");
+        assert.deepEqual(await rebuilding(), []);
+        await releaseLease(h.main, {
+          partition: 1,
+          consumer: 'projector-started-meanwhile',
+          token,
+        });
         const leases = await holdPartitions(h.main, h.config.partitions, 30_000);
         try {
           assert.deepEqual(
             leases.map((lease) => lease.partition),
             [...Array(h.config.partitions).keys()],
           );
+          const second = await runCli(h, ['rebuild-projections']);
+          assert.equal(second.code, 1);
+          assert.match(second.stderr, /^outpost: another rebuild-projections is running/m);
           assert.equal(
             await acquireLease(h.main, 0, 'projector-started-meanwhile', 30_000),
             undefined,

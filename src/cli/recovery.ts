@@ -2,6 +2,8 @@ import { loadConfig } from '../config.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import {
   holdPartitions,
+  keepPartitions,
+  REBUILD_OWNER,
   RebuildLeaseError,
   type RebuildMode,
   rebuildProjections,
@@ -130,6 +132,11 @@ export const replayCommand = (flags: RecoveryFlags) => {
  */
 const refuseBesideProjectors = async (site: Site) => {
   const holdings = await leaseHoldings(site.main);
+  if (holdings.some((holding) => liveHolder(holding) === REBUILD_OWNER)) {
+    throw new CliError(
+      `another rebuild-projections is running (${projectorLeasesLine(holdings, site.config.partitions)}): wait for it to end; --verify and --dry-run only read`,
+    );
+  }
   throw new CliError(
     `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
   );
@@ -152,10 +159,14 @@ export const rebuildCommand = (flags: RecoveryFlags) => {
             )
           : [];
       const report_ = progress(flags.json);
+      const stopRenewing = keepPartitions(site.main, leases, ttlMs);
       const report = await rebuildProjections(site.main, mode, {
         onProgress: (aggregates) => report_({ aggregates }),
         fence: mode === 'apply' ? { leases, ttlMs } : undefined,
-      }).finally(() => releasePartitions(site.main, leases));
+      }).finally(() => {
+        stopRenewing();
+        return releasePartitions(site.main, leases);
+      });
       if (flags.json) {
         print(JSON.stringify(report));
       } else {

@@ -7,13 +7,7 @@ import {
   differingBookkeeping,
   repairBookkeeping,
 } from '../db/queries/bookkeeping.ts';
-import {
-  acquireLease,
-  type Lease,
-  leaseHoldings,
-  releaseLease,
-  renewLeasesIn,
-} from '../db/queries/leases.ts';
+import { type Lease, leaseHoldings, releaseLease, renewLeasesIn } from '../db/queries/leases.ts';
 import type { AggregateType, Envelope } from '../domain/events.ts';
 import { type AggregateState, fold } from '../domain/fold.ts';
 import { upcast } from '../domain/upcast.ts';
@@ -116,16 +110,56 @@ export const holdPartitions = async (
   // The partitions of the leases table too: a projector configured with more than this shell.
   const known = (await leaseHoldings(main)).map((holding) => holding.partition);
   const all = [...new Set([...Array(partitions).keys(), ...known])].sort((a, b) => a - b);
-  const leases: Lease[] = [];
-  for (const partition of all) {
-    const token = await acquireLease(main, partition, REBUILD_OWNER, ttlMs);
-    if (token === undefined) {
-      await releasePartitions(main, leases);
-      throw new RebuildLeaseError(`partition ${partition}'s lease is held by a projector`);
+  // All in one statement and one transaction, or none: taken one at a time over a distant link,
+  // the first would lapse before the last was taken.
+  return withConnection(main, async (client) => {
+    await client.query('BEGIN');
+    try {
+      const { rows } = await client.query<{ partition: number; token: string }>(
+        `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
+         SELECT p, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp()
+           FROM unnest($1::int[]) AS p
+         ON CONFLICT (partition) DO UPDATE
+           SET owner = excluded.owner, token = partition_leases.token + 1,
+               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
+           WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
+         RETURNING partition, token::text`,
+        [all, REBUILD_OWNER, ttlMs],
+      );
+      if (rows.length < all.length) {
+        const taken = new Set(rows.map((row) => row.partition));
+        const held = all.filter((partition) => !taken.has(partition));
+        throw new RebuildLeaseError(`partition(s) ${held.join(', ')} are held`);
+      }
+      await client.query('COMMIT');
+      return rows.map((row) => ({
+        partition: row.partition,
+        consumer: REBUILD_OWNER,
+        token: Number(row.token),
+      }));
+    } catch (err) {
+      await client.query('ROLLBACK').catch(() => undefined);
+      throw err;
     }
-    leases.push({ partition, consumer: REBUILD_OWNER, token });
-  }
-  return leases;
+  });
+};
+
+/**
+ * Renews the rebuild's leases every third of their lifetime until the returned stop is called:
+ * a page read slowly must not let them lapse between two writes. A renewal that fails is left to
+ * the next page's own check, which then says the rebuild lost them.
+ */
+export const keepPartitions = (
+  main: pg.Pool,
+  leases: readonly Lease[],
+  ttlMs: number,
+): (() => void) => {
+  const timer = setInterval(
+    () => void renewLeasesIn(main, leases, ttlMs).catch(() => undefined),
+    Math.max(50, Math.floor(ttlMs / 3)),
+  );
+  timer.unref();
+  return () => clearInterval(timer);
 };
 
 export const releasePartitions = async (main: pg.Pool, leases: readonly Lease[]) => {
