@@ -6,6 +6,7 @@ import {
   readFileSync,
   realpathSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -279,7 +280,7 @@ const canQuery = async (url: string): Promise<boolean> => {
  */
 export const findStackDir = (from: string): string => {
   for (let dir = resolve(from); ; dir = dirname(dir)) {
-    if (existsSync(join(dir, STACK_FOLDER))) {
+    if (statSync(join(dir, STACK_FOLDER), { throwIfNoEntry: false })?.isDirectory()) {
       return join(dir, STACK_FOLDER);
     }
     if (dirname(dir) === dir) {
