@@ -20,18 +20,23 @@ export type LinkWatchdogOptions = {
 export class LinkWatchdog {
   readonly lost: Promise<never>;
   readonly #stop = new AbortController();
-  readonly #client: pg.Client;
+  readonly #newClient: () => pg.Client;
+  #client: pg.Client;
   readonly #running: Promise<void>;
   #waitingForAnswer = false;
 
   constructor({ url, everyMs = 5_000, timeoutMs = 5_000 }: LinkWatchdogOptions) {
-    this.#client = new pg.Client({
-      connectionString: url,
-      application_name: 'outpost-link-watchdog',
-      connectionTimeoutMillis: timeoutMs,
-      query_timeout: timeoutMs,
-    });
-    this.#client.on('error', () => undefined);
+    this.#newClient = () => {
+      const client = new pg.Client({
+        connectionString: url,
+        application_name: 'outpost-link-watchdog',
+        connectionTimeoutMillis: timeoutMs,
+        query_timeout: timeoutMs,
+      });
+      client.on('error', () => undefined);
+      return client;
+    };
+    this.#client = this.#newClient();
     let declareLost: (err: Error) => void = () => undefined;
     this.lost = new Promise<never>((_, reject) => {
       declareLost = reject;
@@ -43,27 +48,39 @@ export class LinkWatchdog {
 
   async #watch(everyMs: number, declareLost: (err: Error) => void) {
     const signal = this.#stop.signal;
-    try {
-      await this.#asking(this.#client.connect());
-      while (!signal.aborted) {
+    let connected = false;
+    while (!signal.aborted) {
+      try {
+        if (!connected) {
+          await this.#asking(this.#client.connect());
+          connected = true;
+        }
         await pause(everyMs, signal);
         if (!signal.aborted) {
           await this.#asking(this.#client.query('SELECT 1'));
         }
-      }
-    } catch (err) {
-      // A server that answers with an error (no connection slot left, say) is reachable: the
-      // watchdog then has nothing to tell, and the statement goes on unwatched.
-      if (!signal.aborted && !isDatabaseAnswer(err)) {
-        declareLost(
-          Object.assign(
-            new Error(
-              `the link to the database was lost while a long statement ran: ${(err as Error).message}`,
-              { cause: err },
+      } catch (err) {
+        if (signal.aborted) {
+          return;
+        }
+        if (!isDatabaseAnswer(err)) {
+          declareLost(
+            Object.assign(
+              new Error(
+                `the link to the database was lost while a long statement ran: ${(err as Error).message}`,
+                { cause: err },
+              ),
+              { code: 'ETIMEDOUT' },
             ),
-            { code: 'ETIMEDOUT' },
-          ),
-        );
+          );
+          return;
+        }
+        // A server that answers with an error (no connection slot left, a restart under way) is
+        // reachable now, and may not be in a minute: ask again on a new connection, next time.
+        void this.#client.end().catch(() => undefined);
+        this.#client = this.#newClient();
+        connected = false;
+        await pause(everyMs, signal);
       }
     }
   }

@@ -101,6 +101,39 @@ void describe('LinkWatchdog', () => {
     assert.equal(lost, undefined);
   });
 
+  void it('goes on watching after the server answered with an error, and sees the link go later', async () => {
+    // Out of connection slots at first, then a connection that works and falls silent.
+    let connections = 0;
+    const later = await endpoint((socket) => {
+      connections += 1;
+      if (connections === 1) {
+        socket.end(tooManyClients());
+      } else {
+        letInThenSilent(socket);
+      }
+    });
+    closing.push(later.close);
+    const watchdog = new LinkWatchdog({ url: later.url, everyMs: 20, timeoutMs: 200 });
+    let deadline: NodeJS.Timeout | undefined;
+    const gaveUp = new Promise<'still watching?'>((resolve) => {
+      deadline = setTimeout(() => resolve('still watching?'), 5_000);
+    });
+    try {
+      const outcome = await Promise.race([
+        watchdog.lost.then(
+          () => 'answered',
+          (err: Error) => err.message,
+        ),
+        gaveUp,
+      ]);
+      assert.match(outcome, /the link to the database was lost/);
+      assert.ok(connections >= 2);
+    } finally {
+      clearTimeout(deadline);
+      await watchdog.stop();
+    }
+  });
+
   void it('declares the link lost when a probe goes unanswered on a connection that worked', async () => {
     const falls = await endpoint(letInThenSilent);
     closing.push(falls.close);
