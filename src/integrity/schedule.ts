@@ -1,8 +1,22 @@
 import { CronExpressionParser } from 'cron-parser';
 
-/** Next run of a 5-field cron schedule after `from`; validated at start-up, so it parses. */
-export const nextRun = (schedule: string, from: Date): Date =>
-  CronExpressionParser.parse(schedule, { currentDate: from, tz: 'UTC' }).next().toDate();
+/**
+ * Next run of a 5-field cron schedule after `from`; validated at start-up, so it parses. In UTC
+ * unless `timeZone` names another (pg_cron's `cron.timezone`); one this parser does not know is
+ * read as UTC.
+ */
+export const nextRun = (schedule: string, from: Date, timeZone = 'UTC'): Date => {
+  try {
+    return CronExpressionParser.parse(schedule, { currentDate: from, tz: timeZone })
+      .next()
+      .toDate();
+  } catch (err) {
+    if (timeZone === 'UTC') {
+      throw err;
+    }
+    return nextRun(schedule, from);
+  }
+};
 
 export const isValidSchedule = (schedule: string): boolean => {
   try {

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import {
   cronJob,
+  cronTimeZone,
   latestSnapshot,
   refreshIntegrity,
   runningRefresh,
@@ -172,7 +173,9 @@ export class IntegrityScheduler {
     // time (every minute, say) would otherwise skip it.
     let after = new Date();
     while (!signal.aborted && this.#mode === 'pg_cron') {
-      const due = nextRun(this.deps.schedule, after);
+      // In pg_cron's own time zone: a schedule of hours means its hours.
+      const timeZone = await cronTimeZone(this.deps.main).catch(() => null);
+      const due = nextRun(this.deps.schedule, after, timeZone ?? 'UTC');
       await pause(Math.max(0, due.getTime() - Date.now()) + CRON_GRACE_MS, signal);
       if (!signal.aborted) {
         await this.catchUpCronRun(due);

@@ -197,6 +197,14 @@ export const whyCronMissed = async (db: Queryable): Promise<string> => {
   return last ? `pg_cron has not started it since ${last}` : 'pg_cron has never started it';
 };
 
+/** pg_cron's time zone for its schedules (`cron.timezone`, GMT by default); null without it. */
+export const cronTimeZone = async (db: Queryable): Promise<string | null> => {
+  const { rows } = await db.query<{ tz: string | null }>(
+    "SELECT current_setting('cron.timezone', true) AS tz",
+  );
+  return rows[0]?.tz || null;
+};
+
 /** Scheduling by job name updates the existing job: a changed schedule never duplicates it. */
 export const scheduleCronJob = async (db: Queryable, schedule: string) => {
   await db.query(

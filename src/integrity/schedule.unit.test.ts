@@ -1,0 +1,24 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { nextRun } from './schedule.ts';
+
+void describe('nextRun', () => {
+  const from = new Date('2026-12-05T01:30:00Z');
+
+  void it('reads a schedule in UTC by default', () => {
+    assert.equal(nextRun('0 3 * * *', from).toISOString(), '2026-12-05T03:00:00.000Z');
+  });
+
+  void it("reads it in pg_cron's time zone where one is given, as pg_cron does", () => {
+    // 03:00 in Santiago (UTC-3 in December) is 06:00 UTC.
+    assert.equal(
+      nextRun('0 3 * * *', from, 'America/Santiago').toISOString(),
+      '2026-12-05T06:00:00.000Z',
+    );
+    assert.equal(nextRun('0 3 * * *', from, 'GMT').toISOString(), '2026-12-05T03:00:00.000Z');
+  });
+
+  void it('reads a time zone it does not know as UTC', () => {
+    assert.equal(nextRun('0 3 * * *', from, 'Not/AZone').toISOString(), '2026-12-05T03:00:00.000Z');
+  });
+});
