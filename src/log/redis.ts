@@ -25,6 +25,7 @@ export const createRedis = (config: Config): Redis => {
 
 /** What ioredis keeps, across a reconnect, of the commands its connection had out. */
 type ResendQueue = {
+  readonly length: number;
   toArray(): { command: { isSettled: boolean } }[];
   clear(): void;
   push(item: unknown): void;
@@ -36,20 +37,29 @@ type ResendQueue = {
  * knows it: append.lua's event index and run record). One already settled, by its command
  * timeout, has been answered (an append with 503), and its caller may have written since: run
  * then, a write the client was told failed would take effect behind the writes that followed it.
- * Those are dropped when the connection is made again, before ioredis's ready handler resends.
+ * Those are dropped whenever ioredis reads its resend queue, which its ready handler does just
+ * before resending: a Redis still loading a large AOF keeps the client from ready well past the
+ * command timeout of what was out.
  */
 export const dropLateResends = (redis: Redis): void => {
-  redis.on('connect', () => {
-    // Where ioredis keeps them (event_handler.js closeHandler and readyHandler).
-    const queue = (redis as unknown as { prevCommandQueue?: ResendQueue | null }).prevCommandQueue;
-    if (!queue) {
-      return;
-    }
-    const waiting = queue.toArray().filter((item) => !item.command.isSettled);
-    queue.clear();
-    for (const item of waiting) {
-      queue.push(item);
-    }
+  // Where ioredis keeps them (event_handler.js: set by closeHandler, read by readyHandler).
+  const holder = redis as unknown as { prevCommandQueue?: ResendQueue | null };
+  let queue = holder.prevCommandQueue ?? null;
+  Object.defineProperty(holder, 'prevCommandQueue', {
+    configurable: true,
+    get: () => {
+      const waiting = queue?.toArray().filter((item) => !item.command.isSettled);
+      if (queue && waiting && waiting.length !== queue.length) {
+        queue.clear();
+        for (const item of waiting) {
+          queue.push(item);
+        }
+      }
+      return queue;
+    },
+    set: (value: ResendQueue | null) => {
+      queue = value;
+    },
   });
 };
 
