@@ -30,6 +30,7 @@ import {
   INFLIGHT_BUCKETS,
   liveListenersKey,
   liveStreamKey,
+  partitionCountKey,
 } from '../src/log/keys.ts';
 import { dropLateResends } from '../src/log/redis.ts';
 import { trimHalfHistory } from '../src/log/retention.ts';
@@ -962,6 +963,24 @@ void describe('the local log', () => {
       await redis.del(...two.allKeys().map((k) => k.stream));
       await checkPartitionCount(redis, namespace, 4, silent);
       assert.equal(await recordedPartitions(redis, namespace), 4);
+      // Two processes starting together: the other recorded its count between this one's read
+      // (which found none) and its write. A different count is refused, not taken over.
+      const racing = `count-${randomUUID()}`;
+      await redis.set(partitionCountKey(racing), '2');
+      let firstRead = true;
+      const raced = new Proxy(redis, {
+        get: (target, name) =>
+          name === 'get' && firstRead
+            ? async () => {
+                firstRead = false;
+                return null;
+              }
+            : Reflect.get(target, name, target),
+      });
+      await assert.rejects(
+        checkPartitionCount(raced, racing, 4, silent),
+        /OUTPOST_PARTITIONS is 4, but a process of this site starting at the same moment recorded 2/,
+      );
       // A Redis that refuses writes (full, or a failed save) does not stop a start that would
       // drain it: the count is compared, or recorded later.
       await redis.call('REPLICAOF', '127.0.0.1', '1');

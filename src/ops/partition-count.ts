@@ -4,6 +4,9 @@ import { partitionCountKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBuffer, totalsOf } from './buffer.ts';
 
+/** Redis's refusals of every write: full (OOM), a failed save (MISCONF), a replica (READONLY). */
+const REFUSES_WRITES = /^(OOM|MISCONF|READONLY) /;
+
 /** Thrown when a process's OUTPOST_PARTITIONS is not the count the site's log holds events in. */
 export class PartitionCountError extends Error {
   override name = 'PartitionCountError';
@@ -33,18 +36,31 @@ export const checkPartitionCount = async (
   logger: Logger,
 ): Promise<void> => {
   const key = partitionCountKey(namespace);
-  let previous = await redis.get(key);
+  const previous = await redis.get(key);
   if (previous === null) {
     // A Redis refusing writes (full, or a failed save) must not stop a start that would drain it;
     // the count is recorded at a start that can write.
     const recorded = await redis.set(key, String(partitions), 'NX').catch((err: Error) => {
+      if (!REFUSES_WRITES.test(err.message)) {
+        throw err;
+      }
       logger.warn({ err }, 'cannot record the partition count while Redis refuses writes');
       return 'refused';
     });
-    // Null: another process recorded one between the two calls.
-    previous = recorded === null ? await redis.get(key) : null;
+    if (recorded !== null) {
+      return;
+    }
+    // Another process recorded one between the two calls: starting together, with nothing yet
+    // to tell which is meant, a different count is refused rather than taken over.
+    const theirs = await redis.get(key);
+    if (theirs !== null && Number(theirs) !== partitions) {
+      throw new PartitionCountError(
+        `OUTPOST_PARTITIONS is ${partitions}, but a process of this site starting at the same moment recorded ${theirs}: give every process the same count`,
+      );
+    }
+    return;
   }
-  if (previous === null || Number(previous) === partitions) {
+  if (Number(previous) === partitions) {
     return;
   }
   const before = Number(previous);
