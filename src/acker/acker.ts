@@ -349,7 +349,8 @@ export class Acker {
     const missing = reached.slice(firstMissing);
     const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
-    if (!(await this.#replicaStreams(partition, lost, records[0]?.entryId))) {
+    // Keyed on the first lost record: what the replica had is acknowledged, so it heads the queue.
+    if (!(await this.#replicaStreams(partition, lost, lost[0]?.entryId))) {
       // Not behind: quick polls would not make a replica that does not stream any closer.
       return { partition, acked, behind: false, again: false };
     }

@@ -48,6 +48,7 @@ export class IntegrityScheduler {
   readonly #abort = new AbortController();
   #mode: IntegrityMode = 'unknown';
   #running: Promise<void>[] = [];
+  #cronTimeZone: string | null = null;
 
   constructor(private readonly deps: IntegritySchedulerDeps) {}
 
@@ -173,9 +174,11 @@ export class IntegrityScheduler {
     // time (every minute, say) would otherwise skip it.
     let after = new Date();
     while (!signal.aborted && this.#mode === 'pg_cron') {
-      // In pg_cron's own time zone: a schedule of hours means its hours.
-      const timeZone = await cronTimeZone(this.deps.main).catch(() => null);
-      const due = nextRun(this.deps.schedule, after, timeZone ?? 'UTC');
+      // In pg_cron's own time zone: a schedule of hours means its hours. The last one read
+      // stands while the main database does not answer.
+      this.#cronTimeZone =
+        (await cronTimeZone(this.deps.main).catch(() => undefined)) ?? this.#cronTimeZone;
+      const due = nextRun(this.deps.schedule, after, this.#cronTimeZone ?? 'UTC');
       await pause(Math.max(0, due.getTime() - Date.now()) + CRON_GRACE_MS, signal);
       if (!signal.aborted) {
         await this.catchUpCronRun(due);

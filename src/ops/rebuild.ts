@@ -154,8 +154,22 @@ export const keepPartitions = (
   leases: readonly Lease[],
   ttlMs: number,
 ): (() => void) => {
+  if (leases.length === 0) {
+    return () => undefined;
+  }
+  // One renewal at a time: one waits behind a page's transaction, which holds the lease rows.
+  let renewing = false;
   const timer = setInterval(
-    () => void renewLeasesIn(main, leases, ttlMs).catch(() => undefined),
+    () => {
+      if (!renewing) {
+        renewing = true;
+        void renewLeasesIn(main, leases, ttlMs)
+          .catch(() => undefined)
+          .finally(() => {
+            renewing = false;
+          });
+      }
+    },
     Math.max(50, Math.floor(ttlMs / 3)),
   );
   timer.unref();

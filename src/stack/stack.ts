@@ -278,9 +278,18 @@ const canQuery = async (url: string): Promise<boolean> => {
  * repository: an operator in a project's subfolder means the project's stack, and `down` there
  * must not report a stack stopped that it never looked at. `from/.outpost` when none has one.
  */
+/** Whether `path` is a folder (or a link to one); false where it cannot be looked at. */
+const isFolder = (path: string): boolean => {
+  try {
+    return statSync(path, { throwIfNoEntry: false })?.isDirectory() === true;
+  } catch {
+    return false;
+  }
+};
+
 export const findStackDir = (from: string): string => {
   for (let dir = resolve(from); ; dir = dirname(dir)) {
-    if (statSync(join(dir, STACK_FOLDER), { throwIfNoEntry: false })?.isDirectory()) {
+    if (isFolder(join(dir, STACK_FOLDER))) {
       return join(dir, STACK_FOLDER);
     }
     if (dirname(dir) === dir) {
