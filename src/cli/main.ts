@@ -42,7 +42,7 @@ const stack = async (action: string | undefined, flags: Flags) => {
       const stopped = await stackDown(options.dir);
       print(
         flags.json
-          ? JSON.stringify({ stopped, dir: options.dir })
+          ? JSON.stringify({ stopped })
           : stopped
             ? `local stack stopped (${options.dir})`
             : `no local stack was running in ${options.dir}`,
