@@ -6,7 +6,6 @@ import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
 import {
   addLiveMessage,
-  decodeLive,
   decodeLiveOrMark,
   type LiveDelivery,
   type LiveMessage,
@@ -53,7 +52,7 @@ export type LiveFeedDeps = {
  */
 export class LiveFeed {
   readonly #deps: LiveFeedDeps;
-  readonly #listeners = new Map<(delivery: LiveDelivery) => void, () => void>();
+  readonly #listeners = new Map<(item: LiveDelivery | QuietMark) => void, () => void>();
   readonly #abort = new AbortController();
   readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
   #reader: Redis | undefined;
@@ -176,7 +175,7 @@ export class LiveFeed {
    * Calls `listener` with every message read from now on, and `onEnd` when the feed stops (the
    * process shuts down); returns the unsubscribe.
    */
-  subscribe(listener: (delivery: LiveDelivery) => void, onEnd: () => void): () => void {
+  subscribe(listener: (item: LiveDelivery | QuietMark) => void, onEnd: () => void): () => void {
     this.#listeners.set(listener, onEnd);
     this.#markListening();
     this.#markTimer ??= setInterval(() => {
@@ -239,10 +238,12 @@ export class LiveFeed {
         )) as StreamReply;
         for (const [id, fields] of reply?.[0]?.[1] ?? []) {
           cursor = id;
-          const delivery = decodeLive(id, fields);
-          if (delivery) {
+          // Quiet marks too: one written while a client that joined beside the first after a
+          // quiet spell was already live reaches it only here.
+          const item = decodeLiveOrMark(id, fields);
+          if (item) {
             for (const listener of this.#listeners.keys()) {
-              listener(delivery);
+              listener(item);
             }
           }
         }

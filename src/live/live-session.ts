@@ -1,6 +1,6 @@
 import { compareEntryIds } from '../log/entry-id.ts';
 import type { LiveFeed } from './live-feed.ts';
-import { type LiveDelivery, type LiveFilter, matches } from './live-message.ts';
+import { type LiveDelivery, type LiveFilter, matches, type QuietMark } from './live-message.ts';
 
 /** What a transport (SSE, WebSocket) does for a session. */
 export type LiveSink = {
@@ -66,8 +66,8 @@ export class LiveSession {
   readonly #queue: { delivery: LiveDelivery; json: string }[] = [];
   #queuedBytes = 0;
   #lastQueued: string | undefined;
-  /** Live messages that arrived while catching up; undefined once live. */
-  #held: LiveDelivery[] | undefined = [];
+  /** Live messages (and quiet marks) that arrived while catching up; undefined once live. */
+  #held: (LiveDelivery | QuietMark)[] | undefined = [];
   /** The last quiet mark a gap notice was sent for. */
   #lastQuietMark: string | undefined;
   /** Live messages were let go while catching up: they are read back from the stream. */
@@ -150,13 +150,36 @@ export class LiveSession {
     this.#done();
   }
 
-  #receive(delivery: LiveDelivery) {
+  #receive(item: LiveDelivery | QuietMark) {
     if (this.#held === undefined) {
-      this.#offer(delivery);
+      if ('quiet' in item) {
+        void this.#quietMark(item);
+      } else {
+        this.#offer(item);
+      }
     } else if (this.#heldLetGo || this.#held.length >= MAX_HELD) {
       this.#heldLetGo = true;
-    } else if (matches(this.#options.filter, delivery.message)) {
-      this.#held.push(delivery);
+    } else if ('quiet' in item || matches(this.#options.filter, item.message)) {
+      this.#held.push(item);
+    }
+  }
+
+  /**
+   * A gap notice for a quiet mark: nobody listened for a while before it, so nothing was
+   * published, and what happened then is missing, right after what was queued so far. Once per
+   * mark: a replay from what was queued (after live messages were let go) meets it again, and a
+   * client that joined while the first after the spell waited to write it meets it live. Sent
+   * once what was queued before it has gone out, so the client knows where it falls.
+   */
+  async #quietMark(mark: QuietMark, after?: string) {
+    if (this.#lastQuietMark !== undefined && compareEntryIds(mark.id, this.#lastQuietMark) <= 0) {
+      return;
+    }
+    this.#lastQuietMark = mark.id;
+    const since = this.#lastQueued ?? after ?? this.#options.since;
+    await this.#room(0);
+    if (!this.#closed && since !== undefined) {
+      this.#options.onGap?.(since, mark.id);
     }
   }
 
@@ -172,9 +195,13 @@ export class LiveSession {
         await this.#replay(after);
       }
       while (this.#held && this.#held.length > 0) {
-        for (const delivery of this.#held.splice(0)) {
-          this.#offer(delivery);
-          await this.#room();
+        for (const item of this.#held.splice(0)) {
+          if ('quiet' in item) {
+            await this.#quietMark(item);
+          } else {
+            this.#offer(item);
+            await this.#room();
+          }
         }
       }
       if (this.#closed) {
@@ -213,21 +240,10 @@ export class LiveSession {
       }
       for (const item of page) {
         if ('quiet' in item) {
-          // Nobody listened for a while before this mark, so nothing was published: what
-          // happened then is missing from the stream, right after what was queued so far. Once:
-          // a replay again from what was queued, after live messages were let go, meets it again.
-          if (
-            this.#lastQuietMark !== undefined &&
-            compareEntryIds(item.id, this.#lastQuietMark) <= 0
-          ) {
-            continue;
-          }
-          this.#lastQuietMark = item.id;
-          await this.#room(0);
+          await this.#quietMark(item, after);
           if (this.#closed) {
             return;
           }
-          onGap?.(this.#lastQueued ?? after, item.id);
         } else {
           this.#offer(item);
           await this.#room();

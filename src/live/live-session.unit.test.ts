@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { compareEntryIds } from '../log/entry-id.ts';
-import type { LiveDelivery } from './live-message.ts';
+import type { LiveDelivery, QuietMark } from './live-message.ts';
 import { type DropReason, LiveSession } from './live-session.ts';
 
 /** An in-memory live stream with the feed's interface; `publish` also reaches subscribers. */
 const memoryFeed = () => {
   const stream: LiveDelivery[] = [];
-  const listeners = new Set<(delivery: LiveDelivery) => void>();
+  const listeners = new Set<(item: LiveDelivery | QuietMark) => void>();
   let afterLastPage: () => void = () => undefined;
   let next = 1_000;
   const publish = (n: number) => {
@@ -32,15 +32,25 @@ const memoryFeed = () => {
       }
     }
   };
+  /** A quiet mark, as the live reader hands one on: written after the session went live. */
+  const markQuiet = (again?: QuietMark) => {
+    const mark: QuietMark = again ?? { id: `${next}-0`, quiet: true };
+    next += again ? 0 : 1;
+    for (const listener of listeners) {
+      listener(mark);
+    }
+    return mark;
+  };
   return {
     stream,
     publish,
+    markQuiet,
     /** Runs `then` once, when a range first comes back short: the end of a replay. */
     onLastPage: (then: () => void) => {
       afterLastPage = then;
     },
     feed: {
-      subscribe: (listener: (delivery: LiveDelivery) => void) => {
+      subscribe: (listener: (item: LiveDelivery | QuietMark) => void) => {
         listeners.add(listener);
         return () => listeners.delete(listener);
       },
@@ -125,7 +135,7 @@ void describe('LiveSession stopped before it ran', () => {
     let subscribed = 0;
     const counting = {
       ...feed,
-      subscribe: (listener: (delivery: LiveDelivery) => void) => {
+      subscribe: (listener: (item: LiveDelivery | QuietMark) => void) => {
         subscribed += 1;
         const unsubscribe = feed.subscribe(listener);
         return () => {
@@ -145,6 +155,27 @@ void describe('LiveSession stopped before it ran', () => {
     session.stop();
     await session.run();
     assert.equal(subscribed, 0);
+  });
+});
+
+void describe('LiveSession live', () => {
+  void it('sends a gap notice, once, for a quiet mark that reaches it live, after what was sent before it', async () => {
+    const { feed, publish, stream, markQuiet } = memoryFeed();
+    const client = resumingSession(feed, 16_384);
+    await waitUntil(() => !client.session.catchingUp, 'the session to go live');
+    publish(3);
+    await waitUntil(() => client.received.length === 3, 'the first messages');
+    // Written by the first client after a quiet spell while this one, which joined beside it
+    // without waiting, was already live.
+    const mark = markQuiet();
+    markQuiet(mark);
+    publish(2);
+    await waitUntil(() => client.received.length === 5, 'the messages after it');
+    assert.deepEqual(
+      client.gaps.filter((gap) => gap.oldest === mark.id),
+      [{ after: stream[2]?.id, oldest: mark.id, receivedBefore: 3 }],
+    );
+    await stopHavingSentAll(client, stream);
   });
 });
 
