@@ -17,6 +17,12 @@ import { inBatches } from './harness/load.ts';
 
 const startBody = (n: number | string) => ({ obs_unit_id: `ou-${n}`, instrument: 'nirspec' });
 
+/** The entry of `eventId` as it lies in its partition's stream, decoded. */
+const entryOf = async (h: Harness, partition: number, eventId: string) =>
+  ((await h.redis.xrange(eventLogOf(h).keys(partition).stream, '-', '+')) as RawEntry[])
+    .map(decodeEntry)
+    .find((e) => e.event.event_id === eventId);
+
 void describe('core pipeline', () => {
   void describe('with the API alone running', () => {
     let h: Harness;
@@ -73,12 +79,7 @@ void describe('core pipeline', () => {
       // The state between a projector's commit and its XACK: the start applied and replayed,
       // both entries still in the log. No projector runs here, so nothing acknowledges them.
       const partition = partitionOf(started.id, h.config.partitions);
-      const raw = (await h.redis.xrange(
-        eventLogOf(h).keys(partition).stream,
-        '-',
-        '+',
-      )) as RawEntry[];
-      const start = raw.map(decodeEntry).find((e) => e.event.event_id === started.event_id);
+      const start = await entryOf(h, partition, started.event_id);
       assert.ok(start, 'the start is in its partition stream');
       const token = await acquireLease(h.main, partition, 'by-hand', 60_000);
       assert.ok(token, 'the partition is free');
@@ -119,12 +120,7 @@ void describe('core pipeline', () => {
     void it('counts as pending only the events its state shows: one that cannot fold is left out', async () => {
       const started = (await h.post('/executed_obs_units/start', startBody('unfoldable'))).body;
       const partition = partitionOf(started.id, h.config.partitions);
-      const raw = (await h.redis.xrange(
-        eventLogOf(h).keys(partition).stream,
-        '-',
-        '+',
-      )) as RawEntry[];
-      const start = raw.map(decodeEntry).find((e) => e.event.event_id === started.event_id);
+      const start = await entryOf(h, partition, started.event_id);
       assert.ok(start);
       // A second creation of the same unit, as only a writer past the API could append: the
       // projector will dead-letter it, and a read leaves it out of the state.

@@ -834,14 +834,16 @@ void describe('recovery', () => {
       try {
         const lost = await startMany(h, 'rolled-back', 8);
         const ids = lost.map((unit) => unit.body.id as string);
+        /** How many events of `type` the main database holds for these units. */
+        const applied = async (type: string) =>
+          (
+            await h.mainRows<{ n: number }>(
+              'SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1) AND type = $2',
+              [ids, type],
+            )
+          )[0]?.n;
         await waitFor(
-          async () =>
-            (
-              await h.mainRows<{ n: number }>(
-                'SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1)',
-                [ids],
-              )
-            )[0]?.n === ids.length,
+          async () => (await applied('ExecutedObsUnitStarted')) === ids.length,
           'the starts to be applied',
         );
         // A filesystem snapshot of the main database restored from before them: same system, same
@@ -857,13 +859,7 @@ void describe('recovery', () => {
           lost.map(() => 202),
         );
         await waitFor(
-          async () =>
-            (
-              await h.mainRows<{ n: number }>(
-                "SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1) AND type = 'ExecutedObsUnitUpdated'",
-                [ids],
-              )
-            )[0]?.n === ids.length,
+          async () => (await applied('ExecutedObsUnitUpdated')) === ids.length,
           'the patches to be applied',
         );
         for (const id of ids) {

@@ -236,7 +236,7 @@ export class Acker {
         // Nothing to settle, but a pass that never asked the replica must not close its breaker:
         // one still down would read as healthy until the next write opened it again.
         this.#lastPosition = await fromReplica(
-          replicaPosition(this.#deps.replica, this.#deps.replicaIsMain),
+          replicaPosition(this.#deps.replica, this.#deps.replicaIsMain, { withLag: false }),
         );
       }
       return 0;
@@ -244,7 +244,9 @@ export class Acker {
     // Redis's clock names the entries, so end-to-end times are read on it, while the replica
     // answers.
     const [position, time] = await Promise.all([
-      fromReplica(replicaPosition(this.#deps.replica, this.#deps.replicaIsMain)),
+      fromReplica(
+        replicaPosition(this.#deps.replica, this.#deps.replicaIsMain, { withLag: false }),
+      ),
       eventLog.redis.time(),
     ]);
     const sampled = performance.now();

@@ -14,6 +14,10 @@ const TAIL_RANGE = 0x1_0000_0000;
 
 export const isUuid = (value: string): value is Uuid => UUID_PATTERN.test(value);
 
+/** A UUID as PostgreSQL writes one back: hyphenated, lower case. */
+export const isCanonicalUuid = (value: string): value is Uuid =>
+  isUuid(value) && !/[A-F]/.test(value);
+
 export const partitionOf = (id: string, partitions: number): number =>
   Number.parseInt(id.slice(-8), 16) % partitions;
 

@@ -5,6 +5,7 @@ import {
   EVENT_TYPES,
   isEventType,
 } from '../domain/events.ts';
+import { isCanonicalUuid } from '../domain/ids.ts';
 import { upcast } from '../domain/upcast.ts';
 
 /** A stream entry as Redis returns it: `[id, [field, value, ...]]`. */
@@ -130,8 +131,6 @@ export const aggregateTypeOf = (record: {
     ? EVENT_TYPES[record.type].aggregate
     : undefined);
 
-const CANONICAL_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
-
 export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   const record = entryRecord(fields);
   const { event_id, aggregate_id, type, v, site, at, data, written_by } = record;
@@ -144,7 +143,7 @@ export const decodeEntry = ([entryId, fields]: RawEntry): LogEntry => {
   }
   // As PostgreSQL writes a uuid back: an id in another form (upper case, braces, no hyphens),
   // written past the API, would never be found applied by its own text, and be applied again.
-  if (!CANONICAL_UUID.test(event_id) || !CANONICAL_UUID.test(aggregate_id)) {
+  if (!isCanonicalUuid(event_id) || !isCanonicalUuid(aggregate_id)) {
     throw new UndecodableEntryError(entryId, 'event_id or aggregate_id is not a lower-case UUID');
   }
   let parsed: unknown;

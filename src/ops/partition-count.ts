@@ -1,11 +1,9 @@
 import type { Redis } from 'ioredis';
+import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
 import { EventLog } from '../log/event-log.ts';
 import { partitionCountKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBuffer, totalsOf } from './buffer.ts';
-
-/** Redis's refusals of every write: full (OOM), a failed save (MISCONF), a replica (READONLY). */
-const REFUSES_WRITES = /^(OOM|MISCONF|READONLY) /;
 
 /** Thrown when a process's OUTPOST_PARTITIONS is not the count the site's log holds events in. */
 export class PartitionCountError extends Error {
@@ -41,7 +39,7 @@ export const checkPartitionCount = async (
     // A Redis refusing writes (full, or a failed save) must not stop a start that would drain it;
     // the count is recorded at a start that can write.
     const recorded = await redis.set(key, String(partitions), 'NX').catch((err: Error) => {
-      if (!REFUSES_WRITES.test(err.message)) {
+      if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
         throw err;
       }
       logger.warn({ err }, 'cannot record the partition count while Redis refuses writes');

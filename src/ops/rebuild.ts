@@ -7,7 +7,13 @@ import {
   differingBookkeeping,
   repairBookkeeping,
 } from '../db/queries/bookkeeping.ts';
-import { type Lease, leaseHoldings, releaseLease, renewLeasesIn } from '../db/queries/leases.ts';
+import {
+  acquireLeases,
+  type Lease,
+  leaseHoldings,
+  releaseLease,
+  renewLeasesIn,
+} from '../db/queries/leases.ts';
 import type { AggregateType, Envelope } from '../domain/events.ts';
 import { type AggregateState, fold } from '../domain/fold.ts';
 import { upcast } from '../domain/upcast.ts';
@@ -115,28 +121,14 @@ export const holdPartitions = async (
   return withConnection(main, async (client) => {
     await client.query('BEGIN');
     try {
-      const { rows } = await client.query<{ partition: number; token: string }>(
-        `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
-         SELECT p, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp()
-           FROM unnest($1::int[]) AS p
-         ON CONFLICT (partition) DO UPDATE
-           SET owner = excluded.owner, token = partition_leases.token + 1,
-               expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
-           WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
-         RETURNING partition, token::text`,
-        [all, REBUILD_OWNER, ttlMs],
-      );
+      const rows = await acquireLeases(client, all, REBUILD_OWNER, ttlMs);
       if (rows.length < all.length) {
         const taken = new Set(rows.map((row) => row.partition));
         const held = all.filter((partition) => !taken.has(partition));
         throw new RebuildLeaseError(`partition(s) ${held.join(', ')} are held`);
       }
       await client.query('COMMIT');
-      return rows.map((row) => ({
-        partition: row.partition,
-        consumer: REBUILD_OWNER,
-        token: Number(row.token),
-      }));
+      return rows.map((row) => ({ ...row, consumer: REBUILD_OWNER }));
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);
       throw err;

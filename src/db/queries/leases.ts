@@ -69,19 +69,28 @@ export const acquireLease = async (
   partition: number,
   consumer: string,
   ttlMs: number,
-): Promise<number | undefined> => {
-  const { rows } = await db.query<{ token: number }>(
-    `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
-     VALUES ($1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp())
-     ON CONFLICT (partition) DO UPDATE
-       SET owner = excluded.owner, token = partition_leases.token + 1,
-           expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
-       WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
-     RETURNING token`,
-    [partition, consumer, ttlMs],
-  );
-  return rows[0]?.token;
-};
+): Promise<number | undefined> => (await acquireLeases(db, [partition], consumer, ttlMs))[0]?.token;
+
+/** `acquireLease` for several partitions in one statement: those it took, with their tokens. */
+export const acquireLeases = async (
+  db: Queryable,
+  partitions: readonly number[],
+  consumer: string,
+  ttlMs: number,
+): Promise<{ partition: number; token: number }[]> =>
+  (
+    await db.query<{ partition: number; token: number }>(
+      `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
+       SELECT p, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp()
+         FROM unnest($1::int[]) AS p
+       ON CONFLICT (partition) DO UPDATE
+         SET owner = excluded.owner, token = partition_leases.token + 1,
+             expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
+         WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
+       RETURNING partition, token`,
+      [partitions, consumer, ttlMs],
+    )
+  ).rows;
 
 export const renewLease = async (db: Queryable, lease: Lease, ttlMs: number): Promise<boolean> => {
   const { rowCount } = await db.query(

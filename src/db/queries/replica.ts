@@ -18,9 +18,20 @@ export type ReplicaPosition = {
  * replay position alone would read as a standby stuck behind and nothing would be acknowledged
  * again. A primary is the read replica only when the site runs without a separate one.
  */
+const LAG_SECONDS = `CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                      AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
+                                   WHERE status IS NULL OR status = 'streaming') THEN 0
+                 ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
+            END::float8`;
+
+/**
+ * `withLag: false` leaves `lagSeconds` at 0 for callers that read only the position (the acker,
+ * every 2 ms while batches land, and waits for a replay): the lag reads the WAL receiver's state.
+ */
 export const replicaPosition = async (
   replica: Queryable,
   replicaIsMain: boolean,
+  { withLag = true }: { withLag?: boolean } = {},
 ): Promise<ReplicaPosition> => {
   const { rows } = await replica.query<{
     standby: boolean;
@@ -31,11 +42,7 @@ export const replicaPosition = async (
     `SELECT pg_is_in_recovery() AS standby,
             pg_last_wal_replay_lsn()::text AS replay,
             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_flush_lsn()::text END AS flush,
-            CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
-                      AND EXISTS (SELECT 1 FROM pg_stat_wal_receiver
-                                   WHERE status IS NULL OR status = 'streaming') THEN 0
-                 ELSE COALESCE(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)
-            END::float8 AS lag`,
+            ${withLag ? LAG_SECONDS : '0::float8'} AS lag`,
   );
   const row = rows[0];
   if (row?.standby && row.replay) {
@@ -103,7 +110,7 @@ export const replicaReached = async (
     // would otherwise hold the caller for its query timeout.
     let timer: NodeJS.Timeout | undefined;
     const position = await Promise.race([
-      replicaPosition(replica, replicaIsMain).catch(() => undefined),
+      replicaPosition(replica, replicaIsMain, { withLag: false }).catch(() => undefined),
       new Promise<undefined>((resolve) => {
         timer = setTimeout(() => resolve(undefined), Math.max(0, deadline - Date.now()));
       }),
