@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { serve } from '@hono/node-server';
 import { WebSocketServer } from 'ws';
 import { Acker } from './acker/acker.ts';
@@ -15,7 +16,7 @@ import { EventLog } from './log/event-log.ts';
 import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
-import { checkPartitionCount } from './ops/partition-count.ts';
+import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
 import { StatusSource } from './ops/status.ts';
 import { Projector } from './projector/projector.ts';
 
@@ -86,12 +87,20 @@ export const startService = async (
   watchConnection(redis, logger.child({ module: 'redis' }));
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
   let refusal: string | undefined;
+  let listing: SiteListing | undefined;
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
-    await checkPartitionCount(redis, config.namespace, config.partitions, logger);
+    listing = await checkPartitionCount(
+      redis,
+      config.namespace,
+      config.partitions,
+      logger,
+      `${config.consumer} on ${hostname()} pid ${process.pid}`,
+    );
     refusal = await eventLog.ensureGroups();
   } catch (err) {
+    await listing?.stop();
     // Refused before anything else started: leave nothing open behind the error (an open
     // connection would keep the process, or a test, from exiting).
     redis.disconnect();
@@ -257,6 +266,7 @@ export const startService = async (
       await timed(logger, 'projector', async () => projector?.stop());
       await timed(logger, 'acker', async () => acker?.stop());
       await timed(logger, 'integrity scheduler', async () => integrity?.stop());
+      await timed(logger, 'roster', async () => listing?.stop());
       await timed(logger, 'redis', () => redis.quit());
       await timed(logger, 'databases', () =>
         Promise.all([main.end(), replica.end(), probe.end(), leasePool.end()]),

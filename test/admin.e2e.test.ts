@@ -360,6 +360,66 @@ void describe('admin and incident tools', () => {
     assert.equal(badKey.status, 400);
   });
 
+  void it("holds an admin action's Idempotency-Key for as long as it runs, and never stores over a key another request took", async () => {
+    const refresh = (key: string) =>
+      h.request('POST', '/admin/integrity/refresh', undefined, {
+        ...auth(TOKEN),
+        'idempotency-key': key,
+      });
+    /** The key of an admin action running now that is not one of `known`. */
+    const newRunningKey = async (known: readonly string[]) => {
+      let found: string | undefined;
+      await waitFor(async () => {
+        for (const key of await h.redis.keys(`${h.config.namespace}:admin-idem:*`)) {
+          if (!known.includes(key) && (await h.redis.get(key))?.startsWith('running\n')) {
+            found = key;
+          }
+        }
+        return found !== undefined;
+      }, 'an admin action to claim its key');
+      return found as string;
+    };
+    const holder = await h.main.connect();
+    let long: Promise<Awaited<ReturnType<typeof refresh>>> | undefined;
+    let overtaken: typeof long;
+    const foreign = `running\n${'0'.repeat(64)}\nanother-process`;
+    let overtakenKey = '';
+    try {
+      // The refresh waits for this lock: an action that runs as long as the test wants.
+      await holder.query('SELECT pg_advisory_lock(7246002)');
+      long = refresh('long-refresh');
+      const longKey = await newRunningKey([]);
+      overtaken = refresh('taken-over');
+      overtakenKey = await newRunningKey([longKey]);
+      // As if the action had run for most of its claim: unrenewed, the key lapses in 3 s and a
+      // retry would run the refresh a second time.
+      await h.redis.pexpire(longKey, 3000);
+      await waitFor(
+        async () => (await h.redis.pttl(longKey)) > 10_000,
+        'the running action to renew its claim',
+      );
+      const during = await refresh('long-refresh');
+      assert.equal(during.status, 409, during.text);
+      assert.equal(during.body.error.code, 'conflict');
+      // As if this claim had lapsed and another process's retry had taken the key since.
+      await h.redis.set(overtakenKey, foreign, 'KEEPTTL');
+    } finally {
+      await holder.query('SELECT pg_advisory_unlock(7246002)');
+      holder.release();
+    }
+    const done = await long;
+    assert.equal(done?.status, 200, done?.text);
+    assert.equal((await overtaken)?.status, 200, 'its action ran; only its outcome is not kept');
+    assert.equal(
+      await h.redis.get(overtakenKey),
+      foreign,
+      'the key stays with the request that took it, neither overwritten nor freed',
+    );
+    const again = await refresh('long-refresh');
+    assert.equal(again.headers.get('idempotent-replayed'), 'true');
+    assert.deepEqual(again.body, done?.body);
+  });
+
   void it("dead-letters a dead-lettered unit's later events instead of applying them out of order", async () => {
     const poison = await deadLetteredStart('held-back');
     const later = await h.request('PATCH', `/executed_obs_units/${poison.id}`, { notes: 'later' });

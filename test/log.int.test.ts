@@ -940,8 +940,8 @@ void describe('the local log', () => {
     void it('is recorded at the first start, and a start with another is refused while the log holds anything', async () => {
       const namespace = `count-${randomUUID()}`;
       const silent = createLogger('silent');
-      await checkPartitionCount(redis, namespace, 2, silent);
-      await checkPartitionCount(redis, namespace, 2, silent);
+      const first = await checkPartitionCount(redis, namespace, 2, silent, 'first');
+      const second = await checkPartitionCount(redis, namespace, 2, silent, 'second');
       assert.equal(await recordedPartitions(redis, namespace), 2);
       const two = new EventLog(redis, namespace, 2);
       await two.ensureGroups();
@@ -959,10 +959,25 @@ void describe('the local log', () => {
           ),
       );
       assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
-      // Nothing held any more (here, the streams gone): the change is taken.
+      // Nothing held any more (here, the streams gone), but processes with the old count still
+      // run: their writes would go where the new count does not look.
       await redis.del(...two.allKeys().map((k) => k.stream));
-      await checkPartitionCount(redis, namespace, 4, silent);
+      await assert.rejects(
+        checkPartitionCount(redis, namespace, 4, silent, 'third'),
+        /OUTPOST_PARTITIONS is 4, but 2 process\(es\) of this site still run with another count: (first with 2; second with 2|second with 2; first with 2)\. Stop them first/,
+      );
+      assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
+      await first.stop();
+      await second.stop();
+      // And the other way round: the process that took the change is listed, so one started
+      // with the old count meanwhile is refused, though the log is as empty.
+      const changed = await checkPartitionCount(redis, namespace, 4, silent, 'third');
       assert.equal(await recordedPartitions(redis, namespace), 4);
+      await assert.rejects(
+        checkPartitionCount(redis, namespace, 2, silent, 'late'),
+        /OUTPOST_PARTITIONS is 2, but 1 process\(es\) of this site still run with another count: third with 4/,
+      );
+      await changed.stop();
       // Two processes starting together: the other recorded its count between this one's read
       // (which found none) and its write. A different count is refused, not taken over.
       const racing = `count-${randomUUID()}`;
@@ -983,10 +998,15 @@ void describe('the local log', () => {
       );
       // A Redis that refuses writes (full, or a failed save) does not stop a start that would
       // drain it: the count is compared, or recorded later.
+      // A change, though, is not taken while it cannot be recorded.
       await redis.call('REPLICAOF', '127.0.0.1', '1');
       try {
-        await checkPartitionCount(redis, namespace, 4, silent);
-        await checkPartitionCount(redis, `count-${randomUUID()}`, 4, silent);
+        await (await checkPartitionCount(redis, namespace, 4, silent)).stop();
+        await (await checkPartitionCount(redis, `count-${randomUUID()}`, 4, silent)).stop();
+        await assert.rejects(
+          checkPartitionCount(redis, namespace, 2, silent),
+          /the change cannot be recorded while Redis refuses writes: start with OUTPOST_PARTITIONS=4/,
+        );
       } finally {
         await redis.call('REPLICAOF', 'NO', 'ONE');
       }

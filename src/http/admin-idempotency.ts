@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { Context } from 'hono';
 import stringify from 'safe-stable-stringify';
 import { adminIdempotencyKey } from '../log/keys.ts';
@@ -10,10 +10,12 @@ const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
 
 const REMEMBER_SECONDS = 24 * 3600;
 /**
- * How long a running action holds its key. A replay waits up to ten minutes for its events; a
- * process that dies mid-action frees the key after this, so the operator can try again.
+ * How long a claim outlives its process: a process that dies mid-action frees the key after
+ * this, so the operator can try again. A running action renews its claim every second, however
+ * long it runs (a replay waits up to ten minutes for its events, a refresh for a long lock).
  */
-const CLAIM_SECONDS = 15 * 60;
+const CLAIM_SECONDS = 60;
+const RENEW_EVERY_MS = 1000;
 
 type Stored = { state: 'running' | 'done'; hash: string; status?: number; body?: string };
 
@@ -47,8 +49,11 @@ export const onceForKey = async (
   const redis = deps.eventLog.redis;
   const key = adminIdempotencyKey(deps.config.namespace, sha256(scope));
   const hash = sha256(stringify(request) ?? 'null');
+  // The holder's own value: the request's hash alone would let another process's attempt with
+  // the same body pass for this one when it renews, stores or frees the key.
+  const running = `running\n${hash}\n${randomUUID()}`;
   const claimed = await redis
-    .set(key, `running\n${hash}`, 'EX', CLAIM_SECONDS, 'NX')
+    .set(key, running, 'EX', CLAIM_SECONDS, 'NX')
     .catch(async (err: unknown) => {
       // A Redis refusing writes still reads: a request it has answered is answered again below.
       const answered = redisRefusal(err) && (await redis.get(key).catch(() => null));
@@ -58,40 +63,95 @@ export const onceForKey = async (
       throw unreachable(err);
     });
   if (claimed === null) {
-    const value = await redis.get(key).catch((err: unknown) => {
-      throw unreachable(err);
-    });
-    const stored = parse(value ?? 'running\n');
-    if (value !== null && stored.hash !== hash) {
-      throw new ApiError(
-        'idempotency_key_reused',
-        'this Idempotency-Key was used with a different request',
-      );
-    }
-    if (stored.state === 'running') {
-      throw new ApiError('conflict', 'a request with this Idempotency-Key is still running', [], {
-        retryAfterSeconds: 5,
-      });
-    }
-    c.header('Idempotent-Replayed', 'true');
-    return c.body(stored.body ?? '', (stored.status ?? 200) as 200, {
-      'content-type': 'application/json',
-    });
+    return answerEarlierRun(c, await redis.get(key).catch(rethrowUnreachable), hash);
   }
+  const claim = holdClaim(c, deps, key, running);
   let response: Response;
   try {
     response = await action();
   } catch (err) {
-    await redis.del(key).catch(() => undefined);
+    await claim.release();
     throw err;
   }
   if (response.status >= 200 && response.status < 300) {
-    const body = await response.clone().text();
-    await redis
-      .set(key, `done\n${hash}\n${response.status}\n${body}`, 'EX', REMEMBER_SECONDS)
-      .catch((err: unknown) => requestLogger(c).warn({ err }, 'idempotency record not stored'));
+    await claim.store(`done\n${hash}\n${response.status}\n${await response.clone().text()}`);
   } else {
-    await redis.del(key).catch(() => undefined);
+    await claim.release();
   }
   return response;
+};
+
+const rethrowUnreachable = (err: unknown): never => {
+  throw unreachable(err);
+};
+
+/** The answer to a request whose key another run holds: its outcome, or why not yet. */
+const answerEarlierRun = (c: Context, value: string | null, hash: string): Response => {
+  const stored = parse(value ?? 'running\n');
+  if (value !== null && stored.hash !== hash) {
+    throw new ApiError(
+      'idempotency_key_reused',
+      'this Idempotency-Key was used with a different request',
+    );
+  }
+  if (stored.state === 'running') {
+    throw new ApiError('conflict', 'a request with this Idempotency-Key is still running', [], {
+      retryAfterSeconds: 5,
+    });
+  }
+  c.header('Idempotent-Replayed', 'true');
+  return c.body(stored.body ?? '', (stored.status ?? 200) as 200, {
+    'content-type': 'application/json',
+  });
+};
+
+/**
+ * Keeps a claimed key for as long as its action runs, then stores the outcome or frees the key,
+ * each only while the key is still this claim's: a claim that lapsed (Redis unreachable for a
+ * minute) and was taken by a retry is left to that retry, never overwritten or deleted.
+ */
+const holdClaim = (c: Context, deps: AppDeps, key: string, running: string) => {
+  const eventLog = deps.eventLog;
+  let renewal: Promise<unknown> = Promise.resolve();
+  let lost = false;
+  const lose = () => {
+    if (!lost) {
+      lost = true;
+      requestLogger(c).warn(
+        { key },
+        'another request took this Idempotency-Key while the action ran; its outcome is not stored',
+      );
+    }
+  };
+  const timer = setInterval(() => {
+    renewal = renewal
+      .then(() => eventLog.holdKey(key, running, running, CLAIM_SECONDS))
+      // Unreachable now: the next renewal tries again, well within the claim's minute.
+      .then(
+        (held) => held || lose(),
+        () => undefined,
+      );
+  }, RENEW_EVERY_MS);
+  timer.unref();
+  // A renewal still out after the outcome would take the key back for a minute.
+  const stopRenewing = async () => {
+    clearInterval(timer);
+    await renewal;
+  };
+  return {
+    async store(done: string) {
+      await stopRenewing();
+      const stored = await eventLog.holdKey(key, running, done, REMEMBER_SECONDS).catch((err) => {
+        requestLogger(c).warn({ err }, 'idempotency record not stored');
+        return true;
+      });
+      if (!stored) {
+        lose();
+      }
+    },
+    async release() {
+      await stopRenewing();
+      await eventLog.releaseKey(key, running).catch(() => undefined);
+    },
+  };
 };

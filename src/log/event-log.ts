@@ -125,7 +125,12 @@ type Commands = {
   outpostRebuildBucketsInUse(numKeys: number, ...args: string[]): Promise<number>;
   outpostUpgradeEventIndex(numKeys: number, ...args: string[]): Promise<number>;
   outpostReleaseClaim(numKeys: number, ...args: string[]): Promise<number>;
+  outpostHoldKey(numKeys: number, ...args: string[]): Promise<number>;
+  outpostPartitionCount(numKeys: number, ...args: string[]): Promise<RosterOutcome>;
 };
+
+/** What listing a process in the site's roster found: see scripts/partition-count.lua. */
+export type RosterOutcome = ['listed'] | ['moved', string] | ['running', ...string[]];
 
 export type Attempt = { at: string; error: string };
 
@@ -278,6 +283,8 @@ export class EventLog {
     });
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
+    redis.defineCommand('outpostHoldKey', { lua: script('hold-key') });
+    redis.defineCommand('outpostPartitionCount', { lua: script('partition-count') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -919,5 +926,38 @@ export class EventLog {
 
   get redis(): Redis {
     return this.#redis;
+  }
+
+  /**
+   * Sets `key` to `value` for `seconds` while it still holds `held` or is gone, never over what
+   * another holder set since. False when another holder has it.
+   */
+  async holdKey(key: string, held: string, value: string, seconds: number): Promise<boolean> {
+    return (await this.#redis.outpostHoldKey(1, key, held, value, String(seconds))) === 1;
+  }
+
+  /**
+   * Lists a process in the site's roster under its partition count, taking that count as the
+   * site's if no listed process runs with another (scripts/partition-count.lua).
+   */
+  listProcess(
+    countKey: string,
+    rosterKey: string,
+    listing: { partitions: number; found: string; member: string; listedMs: number },
+  ): Promise<RosterOutcome> {
+    return this.#redis.outpostPartitionCount(
+      2,
+      countKey,
+      rosterKey,
+      String(listing.partitions),
+      listing.found,
+      listing.member,
+      String(listing.listedMs),
+    );
+  }
+
+  /** Deletes `key` only while it holds `held`: a holder never frees what another holder set. */
+  async releaseKey(key: string, held: string): Promise<boolean> {
+    return (await this.#redis.outpostReleaseClaim(1, key, held)) === 1;
   }
 }

@@ -145,6 +145,9 @@ export const liveStreamKey = (namespace: string) => `${namespace}:live`;
 /** The partition count the site's log is written with (src/ops/partition-count.ts). */
 export const partitionCountKey = (namespace: string) => `${namespace}:partitions`;
 
+/** The site's running processes with their partition counts (ops/partition-count.ts). */
+export const processRosterKey = (namespace: string) => `${namespace}:processes`;
+
 /** Exists while some process of the site has had a live client lately (LiveFeed). */
 export const liveListenersKey = (namespace: string) => `${namespace}:live:listeners`;
 

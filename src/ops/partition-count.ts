@@ -1,7 +1,8 @@
+import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
-import { EventLog } from '../log/event-log.ts';
-import { partitionCountKey } from '../log/keys.ts';
+import { EventLog, type RosterOutcome } from '../log/event-log.ts';
+import { partitionCountKey, processRosterKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBuffer, totalsOf } from './buffer.ts';
 
@@ -19,58 +20,160 @@ export const recordedPartitions = async (
   return recorded === null ? undefined : Number(recorded);
 };
 
+/** How long a process stays in the site's roster after its last call, and how often it calls. */
+const LISTED_MS = 20_000;
+const RELIST_EVERY_MS = 5_000;
+
+/** A process's place in the site's roster, renewed until it stops. */
+export type SiteListing = { stop(): Promise<void> };
+
 /**
- * Records the partition count at a process's start, or checks it against the one recorded. An
- * aggregate's partition follows from its id and the count: processes with another count would
- * put its events in two streams (out of order, a start and its finish guarded apart, one request
- * under one key appended twice), and operator tools with another count would look at part of the
- * log and report all well. A change is taken while the log holds nothing pending and no dead
- * letters, as the README says to make it; otherwise start-up is refused, saying why.
+ * Records the partition count at a process's start, or checks it against the one recorded, and
+ * lists the process in the site's roster under its count for as long as it runs. An aggregate's
+ * partition follows from its id and the count: processes with another count would put its events
+ * in two streams (out of order, a start and its finish guarded apart, one request under one key
+ * appended twice), and operator tools with another count would look at part of the log and
+ * report all well. A change is taken while the log holds nothing pending and no dead letters and
+ * no listed process runs with the old count, as the README says to make it; otherwise start-up
+ * is refused, saying why.
  */
 export const checkPartitionCount = async (
   redis: Redis,
   namespace: string,
   partitions: number,
   logger: Logger,
-): Promise<void> => {
-  const key = partitionCountKey(namespace);
-  const previous = await redis.get(key);
-  if (previous === null) {
-    // A Redis refusing writes (full, or a failed save) must not stop a start that would drain it;
-    // the count is recorded at a start that can write.
-    const recorded = await redis.set(key, String(partitions), 'NX').catch((err: Error) => {
-      if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
-        throw err;
-      }
-      logger.warn({ err }, 'cannot record the partition count while Redis refuses writes');
-      return 'refused';
-    });
-    if (recorded !== null) {
-      return;
+  name = `${hostname()} pid ${process.pid}`,
+): Promise<SiteListing> => {
+  const member = `${partitions} ${name}`;
+  const eventLog = new EventLog(redis, namespace, partitions);
+  for (let look = 0; look < 3; look += 1) {
+    const previous = await redis.get(partitionCountKey(namespace));
+    if (previous !== null && Number(previous) !== partitions) {
+      await refuseWhileLogHolds(redis, namespace, partitions, Number(previous));
     }
-    // Another process recorded one between the two calls: starting together, with nothing yet
-    // to tell which is meant, a different count is refused rather than taken over.
-    const theirs = await redis.get(key);
-    if (theirs !== null && Number(theirs) !== partitions) {
+    const outcome = await listOnce(eventLog, namespace, partitions, previous ?? '', member);
+    if (outcome === 'refused') {
+      if (previous !== null && Number(previous) !== partitions) {
+        throw new PartitionCountError(
+          `OUTPOST_PARTITIONS is ${partitions}, but this site's log was written with ${previous} partitions, and the change cannot be recorded while Redis refuses writes: start with OUTPOST_PARTITIONS=${previous}`,
+        );
+      }
+      // A Redis refusing writes (full, or a failed save) must not stop a start that would drain
+      // it: the count is recorded, and the process listed, by a renewal that can write.
+      logger.warn('cannot record the partition count while Redis refuses writes');
+      return keepListed(eventLog, namespace, partitions, member, logger, previous ?? '');
+    }
+    const [state, ...detail] = outcome;
+    if (state === 'listed') {
+      if (previous !== null && Number(previous) !== partitions) {
+        logger.warn(
+          { from: Number(previous), to: partitions },
+          'partition count changed; the log held nothing pending',
+        );
+      }
+      return keepListed(eventLog, namespace, partitions, member, logger, String(partitions));
+    }
+    if (state === 'running') {
+      throw new PartitionCountError(
+        `OUTPOST_PARTITIONS is ${partitions}, but ${detail.length} process(es) of this site still run with another count: ${detail.map(describeMember).join('; ')}. Stop them first (a process stays listed ${LISTED_MS / 1000} s after it stops)`,
+      );
+    }
+    const [theirs = ''] = detail;
+    if (previous === null && theirs !== '' && Number(theirs) !== partitions) {
+      // Starting together, with nothing yet to tell which is meant: a different count is refused
+      // rather than taken over.
       throw new PartitionCountError(
         `OUTPOST_PARTITIONS is ${partitions}, but a process of this site starting at the same moment recorded ${theirs}: give every process the same count`,
       );
     }
-    return;
+    // Changed between the read and the call: look again.
   }
-  if (Number(previous) === partitions) {
-    return;
-  }
-  const before = Number(previous);
+  throw new PartitionCountError(
+    `OUTPOST_PARTITIONS is ${partitions}, and the count recorded for this site kept changing while this process started: give every process the same count`,
+  );
+};
+
+const describeMember = (member: string) => {
+  const [count, ...name] = member.split(' ');
+  return `${name.join(' ')} with ${count}`;
+};
+
+const refuseWhileLogHolds = async (
+  redis: Redis,
+  namespace: string,
+  partitions: number,
+  before: number,
+) => {
   const held = totalsOf(await readBuffer(new EventLog(redis, namespace, before)));
   if (held.pending > 0 || held.deadLetters > 0) {
     throw new PartitionCountError(
       `OUTPOST_PARTITIONS is ${partitions}, but this site's log was written with ${before} partitions and still holds ${held.pending} pending event(s) and ${held.deadLetters} dead letter(s): with another count an aggregate's events would go to two streams. Start with OUTPOST_PARTITIONS=${before} until outpost pending shows none and the dead letters are settled, then change it`,
     );
   }
-  await redis.set(key, String(partitions));
-  logger.warn(
-    { from: before, to: partitions },
-    'partition count changed; the log held nothing pending',
-  );
+};
+
+const listOnce = (
+  eventLog: EventLog,
+  namespace: string,
+  partitions: number,
+  found: string,
+  member: string,
+): Promise<RosterOutcome | 'refused'> =>
+  eventLog
+    .listProcess(partitionCountKey(namespace), processRosterKey(namespace), {
+      partitions,
+      found,
+      member,
+      listedMs: LISTED_MS,
+    })
+    .catch((err: Error) => {
+      if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
+        throw err;
+      }
+      return 'refused' as const;
+    });
+
+/**
+ * Renews the listing until the process stops. Should the recorded count ever change under a
+ * running process (a process of an earlier build, or a hand-edited key), it says so once: its
+ * writes now go where the site's other processes do not look.
+ */
+const keepListed = (
+  eventLog: EventLog,
+  namespace: string,
+  partitions: number,
+  member: string,
+  logger: Logger,
+  lastFound: string,
+): SiteListing => {
+  let found = lastFound;
+  let warned = false;
+  let renewal: Promise<unknown> = Promise.resolve();
+  const renew = async () => {
+    const outcome = await listOnce(eventLog, namespace, partitions, found, member);
+    if (outcome === 'refused' || outcome[0] !== 'moved') {
+      return;
+    }
+    const theirs = outcome[1];
+    if (theirs === '' || Number(theirs) === partitions) {
+      found = theirs;
+    } else if (!warned) {
+      warned = true;
+      logger.error(
+        { recorded: Number(theirs), partitions },
+        `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: stop this process and start it with OUTPOST_PARTITIONS=${theirs}`,
+      );
+    }
+  };
+  const timer = setInterval(() => {
+    renewal = renewal.then(renew).catch(() => undefined);
+  }, RELIST_EVERY_MS);
+  timer.unref();
+  return {
+    async stop() {
+      clearInterval(timer);
+      await renewal;
+      await eventLog.redis.zrem(processRosterKey(namespace), member).catch(() => undefined);
+    },
+  };
 };
