@@ -33,7 +33,7 @@ import {
   partitionCountKey,
 } from '../src/log/keys.ts';
 import { dropLateResends } from '../src/log/redis.ts';
-import { trimHalfHistory } from '../src/log/retention.ts';
+import { trimHalfHistory, trimPartition } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
 import {
@@ -564,6 +564,50 @@ void describe('the local log', () => {
       assert.equal(trimmed, 2);
       assert.deepEqual(await remaining(), ids.slice(2));
       assert.equal(reachesBackTo, now - 20_000);
+    });
+
+    void it('trims nothing from a partition nothing was delivered from, new or with entries waiting', async () => {
+      const fresh = new EventLog(redis, `${h.config.namespace}-undelivered`, 1);
+      await fresh.ensureGroups();
+      const { stream } = fresh.keys(0);
+      // Its group has delivered nothing (0-0): Redis refused the range below that, and the error
+      // stopped the trim of every partition after it.
+      assert.equal(await trimPartition(fresh, 0, 0), 0);
+      const waiting = await redis.xadd(stream, '*', 'junk', 'x');
+      assert.equal(await trimPartition(fresh, 0, 0), 0);
+      assert.deepEqual(
+        (await redis.xrange(stream, '-', '+')).map(([id]) => id),
+        [waiting],
+      );
+    });
+
+    void it('moves the trimmed-through mark forward only, whichever of two trims finishes last', async () => {
+      // The other trim records its mark between this one's look at the mark and its write: a
+      // read of the mark answers as it was before.
+      const readBefore = new Proxy(redis, {
+        get: (target, name) =>
+          name === 'get'
+            ? async (key: string) => (key.endsWith('trimmed-through') ? null : target.get(key))
+            : Reflect.get(target, name, target),
+      });
+      const marked = new EventLog(readBefore, `${h.config.namespace}-mark`, 1);
+      await marked.ensureGroups();
+      const { stream, trimmedThrough } = marked.keys(0);
+      const now = timeMs(await redis.time());
+      const ids = [40_000, 30_000, 20_000, 10_000].map((ago) => `${now - ago}-0`);
+      for (const id of ids) {
+        await redis.xadd(stream, id, 'junk', 'x');
+      }
+      await deliver(redis, stream);
+      await redis.xack(stream, CONSUMER_GROUP, ...ids);
+      // Another trim went further meanwhile and recorded its mark first.
+      const further = `${now - 1_000}-0`;
+      await redis.set(trimmedThrough, further);
+      assert.equal(await trimPartition(marked, 0, 25_000), 2);
+      assert.equal(await redis.get(trimmedThrough), further, 'not moved back');
+      await redis.del(trimmedThrough);
+      assert.equal(await trimPartition(marked, 0, 15_000), 1);
+      assert.equal(await redis.get(trimmedThrough), ids[2], 'recorded when it goes further');
     });
 
     void it('drains past maxmemory: records, acknowledges, counts attempts and dead-letters, while appends are refused', async () => {

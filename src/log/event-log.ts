@@ -127,6 +127,7 @@ type Commands = {
   outpostReleaseClaim(numKeys: number, ...args: string[]): Promise<number>;
   outpostHoldKey(numKeys: number, ...args: string[]): Promise<number>;
   outpostPartitionCount(numKeys: number, ...args: string[]): Promise<RosterOutcome>;
+  outpostRecordTrimmedThrough(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 /** What listing a process in the site's roster found: see scripts/partition-count.lua. */
@@ -285,6 +286,7 @@ export class EventLog {
     redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
     redis.defineCommand('outpostHoldKey', { lua: script('hold-key') });
     redis.defineCommand('outpostPartitionCount', { lua: script('partition-count') });
+    redis.defineCommand('outpostRecordTrimmedThrough', { lua: script('record-trimmed-through') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -954,6 +956,11 @@ export class EventLog {
       listing.member,
       String(listing.listedMs),
     );
+  }
+
+  /** Moves a partition's trimmed-through mark forward to `entryId`, never back. */
+  async recordTrimmedThrough(markKey: string, entryId: string): Promise<void> {
+    await this.#redis.outpostRecordTrimmedThrough(1, markKey, entryId);
   }
 
   /** Deletes `key` only while it holds `held`: a holder never frees what another holder set. */

@@ -1,6 +1,8 @@
-import { compareEntryIds, entryIdAt, entryTime, minEntryId, timeMs } from './entry-id.ts';
+import { entryIdAt, entryTime, minEntryId, timeMs } from './entry-id.ts';
 import type { EventLog } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
+
+const FIRST_POSSIBLE_ENTRY = '0-0';
 
 /**
  * The lowest entry id trimming may keep from: older than the retention, and never at or past the
@@ -29,7 +31,7 @@ export const trimFloor = async (
       entryIdAt(now - retentionMs),
       ...(lowestPending ? [lowestPending] : []),
       ...lastDelivered,
-    ]) ?? '0-0'
+    ]) ?? FIRST_POSSIBLE_ENTRY
   );
 };
 
@@ -52,6 +54,11 @@ export const trimPartition = async (
     retentionMs,
     now ?? (await redisNow(eventLog)),
   );
+  if (floor === FIRST_POSSIBLE_ENTRY) {
+    // Nothing delivered yet (a new or idle partition): nothing is below, and Redis refuses a
+    // range that ends before 0-0.
+    return 0;
+  }
   const keys = eventLog.keys(partition);
   // The newest entry the trim removes, so a replay can tell whether its range reached into what
   // is gone (nothing else takes entries out of a partition stream).
@@ -64,24 +71,11 @@ export const trimPartition = async (
   )) as [string, unknown][];
   const trimmed = Number(await eventLog.redis.xtrim(keys.stream, 'MINID', floor));
   if (trimmed > 0 && lastBelow) {
-    await recordTrimmedThrough(eventLog, keys.trimmedThrough, lastBelow[0]);
+    // Best effort, as the trim has freed memory already: a mark left behind only makes a
+    // replay's report say less, and the next trim records it again.
+    await eventLog.recordTrimmedThrough(keys.trimmedThrough, lastBelow[0]).catch(() => undefined);
   }
   return trimmed;
-};
-
-/**
- * Best effort, as the trim it follows has freed memory already: a mark left behind only makes a
- * replay's report say less.
- */
-const recordTrimmedThrough = async (eventLog: EventLog, key: string, entryId: string) => {
-  try {
-    const recorded = await eventLog.redis.get(key);
-    if (recorded === null || compareEntryIds(entryId, recorded) > 0) {
-      await eventLog.redis.set(key, entryId);
-    }
-  } catch {
-    // The next trim records it again.
-  }
 };
 
 /**

@@ -140,7 +140,13 @@ export class Projector {
       return;
     }
     for (const partition of this.#consumers.keys()) {
-      const { trimmed, reachesBackTo } = await trimHalfHistory(this.#deps.eventLog, partition);
+      const { trimmed, reachesBackTo } = await trimHalfHistory(
+        this.#deps.eventLog,
+        partition,
+      ).catch((err: unknown) => {
+        this.#trimFailed(partition, err, 'under memory pressure');
+        return { trimmed: 0, reachesBackTo: undefined };
+      });
       if (trimmed > 0) {
         this.#deps.logger.warn(
           {
@@ -164,7 +170,10 @@ export class Projector {
         this.#deps.eventLog,
         partition,
         this.#deps.streamRetentionMs,
-      );
+      ).catch((err: unknown) => {
+        this.#trimFailed(partition, err, 'past the retention');
+        return 0;
+      });
       if (trimmed > 0) {
         this.#deps.logger.info(
           { partition, trimmed },
@@ -172,6 +181,11 @@ export class Projector {
         );
       }
     }
+  }
+
+  /** One partition's failure is its own: the partitions after it are still trimmed. */
+  #trimFailed(partition: number, err: unknown, how: string) {
+    this.#deps.logger.warn({ err, partition }, `trimming partition ${partition} ${how} failed`);
   }
 
   stop(): Promise<void> {
