@@ -1418,6 +1418,61 @@ void describe('dead retry --all', () => {
       );
     }
   });
+
+  void it("puts a unit's start back before its files, though the start's letter was filed again later", async () => {
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const unit = (
+      await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'upstream-first',
+        instrument: 'poison',
+      })
+    ).body as { id: string; event_id: string };
+    const state = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
+    await waitFor(async () => (await state(unit.event_id)) === 'dead', 'the start dead-lettered');
+    const file = (
+      await h.post('/raw_data_files', {
+        executed_obs_unit_id: unit.id,
+        files: [
+          { path: '/o/upstream-first', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' },
+        ],
+      })
+    ).body as { event_ids: string[] };
+    const [fileEvent = ''] = file.event_ids;
+    await waitFor(async () => (await state(fileEvent)) === 'dead', 'the file to follow its start');
+    const letterOf = async (eventId: string) =>
+      (await h.request('GET', `/admin/dead-letters/${eventId}`, undefined, auth(TOKEN))).body as
+        | { original_entry_id: string }
+        | undefined;
+    const firstFiled = (await letterOf(unit.event_id))?.original_entry_id;
+    // Retried before its cause was fixed, the start is filed again: its letter is now younger
+    // than its file's.
+    assert.equal((await retryLetter(h, unit.event_id)).status, 200);
+    await waitFor(async () => {
+      const again = (await letterOf(unit.event_id))?.original_entry_id;
+      return again !== undefined && again !== firstFiled;
+    }, 'the start to be filed again');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+
+    const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
+    const rows = (JSON.parse(cli.stdout).items as { id: string; retried: boolean }[]).filter(
+      (row) => row.id === unit.event_id || row.id === fileEvent,
+    );
+    assert.deepEqual(
+      rows.map((row) => [row.id, row.retried]),
+      [
+        [unit.event_id, true],
+        [fileEvent, true],
+      ],
+      cli.stdout,
+    );
+    await waitFor(
+      async () =>
+        (await state(unit.event_id)) === 'confirmed' && (await state(fileEvent)) === 'confirmed',
+      'the start and then its file applied',
+    );
+  });
 });
 
 void describe('dead retry while later events of the aggregate wait', () => {

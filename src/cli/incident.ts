@@ -287,6 +287,22 @@ const allDeadLetters = async (site: Parameters<Parameters<typeof withSite>[0]>[0
   return letters;
 };
 
+/**
+ * The order `dead retry --all` puts letters back in: what others derive from first (a unit's
+ * configuration, then the unit, its files, its packages), oldest first within each. By entry id
+ * alone, a file could go back before its unit's start whose letter was filed again later (an
+ * earlier retry that failed), meet its unit still dead and be filed again behind it.
+ */
+const UPSTREAM_RANK: Record<string, number> = {
+  instrument_configuration: 0,
+  executed_obs_unit: 1,
+  raw_data_file: 2,
+  raw_data_package: 3,
+};
+const upstreamFirst = (a: DeadLetter, b: DeadLetter) =>
+  (UPSTREAM_RANK[a.aggregate_type] ?? 4) - (UPSTREAM_RANK[b.aggregate_type] ?? 4) ||
+  a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true });
+
 /** `outpost dead list|show|retry|discard`. */
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
   const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 100;
@@ -314,11 +330,8 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
       }
       case 'retry': {
         await requireLogRoom(site);
-        // Oldest first: the events of one aggregate go back in the order they were accepted.
         const letters = flags.all
-          ? (await allDeadLetters(site)).sort((a, b) =>
-              a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true }),
-            )
+          ? (await allDeadLetters(site)).sort(upstreamFirst)
           : [await requireDead(site, id)];
         const results = [];
         // A retry puts back every dead letter of the letter's aggregate: later ones are done.
