@@ -750,9 +750,26 @@ void describe('pg_cron', () => {
         'an active job, its launcher running',
       );
 
+      // Another process of the site (a rolling change) gave the job another schedule: this one
+      // checks its runs by the job's, and a run it finds missed does not set the schedule back.
+      await client.query('SELECT cron.alter_job($1, schedule := $2, active := false)', [
+        jobs[0]?.jobid,
+        '*/5 * * * *',
+      ]);
+      assert.equal(
+        (await scheduler.cronDueAfter(new Date('2026-06-01T00:01:00Z'))).toISOString(),
+        '2026-06-01T00:05:00.000Z',
+      );
+      assert.equal(await scheduler.catchUpCronRun(new Date(Date.now() + 60_000)), 'refreshed');
+      const { rows: kept } = await client.query(
+        'SELECT schedule FROM cron.job WHERE jobname = $1',
+        [CRON_JOB],
+      );
+      assert.deepEqual(kept, [{ schedule: '*/5 * * * *' }], "the site's schedule kept");
+
       await client.query('SELECT cron.unschedule($1)', [CRON_JOB]);
-      assert.equal(await scheduler.catchUpCronRun(due), 'refreshed');
-      assert.match(missed[1] ?? '', new RegExp(`the pg_cron job ${CRON_JOB} is gone`));
+      assert.equal(await scheduler.catchUpCronRun(new Date(Date.now() + 120_000)), 'refreshed');
+      assert.match(missed[2] ?? '', new RegExp(`the pg_cron job ${CRON_JOB} is gone`));
       assert.equal(scheduler.mode, 'scheduler', 'refreshing in-process from now on');
     } finally {
       await holder.end().catch(() => undefined);

@@ -49,6 +49,8 @@ export class IntegrityScheduler {
   #mode: IntegrityMode = 'unknown';
   #running: Promise<void>[] = [];
   #cronTimeZone: string | null = null;
+  /** The schedule pg_cron had for the job when last asked. */
+  #jobSchedule: string | undefined;
 
   constructor(private readonly deps: IntegritySchedulerDeps) {}
 
@@ -176,14 +178,44 @@ export class IntegrityScheduler {
     while (!signal.aborted && this.#mode === 'pg_cron') {
       // In pg_cron's own time zone: a schedule of hours means its hours. The last one read
       // stands while the main database does not answer.
-      this.#cronTimeZone =
-        (await cronTimeZone(this.deps.main).catch(() => undefined)) ?? this.#cronTimeZone;
-      const due = nextRun(this.deps.schedule, after, this.#cronTimeZone ?? 'UTC');
+      const due = await this.cronDueAfter(after);
       await pause(Math.max(0, due.getTime() - Date.now()) + CRON_GRACE_MS, signal);
       if (!signal.aborted) {
         await this.catchUpCronRun(due);
       }
       after = due;
+    }
+  }
+
+  /**
+   * The job's next due time after `after`, by the schedule pg_cron has for it, which another
+   * process of the site may have changed (a rolling change of OUTPOST_INTEGRITY_SCHEDULE, or two
+   * processes configured apart): checked against this process's own schedule, runs the job was
+   * never meant to make would look missed, raise the alert and be refreshed in its place. In
+   * pg_cron's own time zone: a schedule of hours means its hours. What was read last stands while
+   * the main database does not answer.
+   */
+  async cronDueAfter(after: Date): Promise<Date> {
+    const { main, schedule, logger } = this.deps;
+    const [timeZone, job] = await Promise.all([
+      cronTimeZone(main).catch(() => undefined),
+      cronJob(main).catch(() => undefined),
+    ]);
+    this.#cronTimeZone = timeZone ?? this.#cronTimeZone;
+    const jobSchedule = job?.schedule ?? this.#jobSchedule ?? schedule;
+    try {
+      const due = nextRun(jobSchedule, after, this.#cronTimeZone ?? 'UTC');
+      if (jobSchedule !== schedule && jobSchedule !== this.#jobSchedule) {
+        logger.warn(
+          { job: jobSchedule, configured: schedule },
+          `pg_cron runs the integrity refresh on "${jobSchedule}", not on this process's OUTPOST_INTEGRITY_SCHEDULE "${schedule}": another process of the site set it; its runs are checked against the job's schedule (give every process the same schedule)`,
+        );
+      }
+      this.#jobSchedule = jobSchedule;
+      return due;
+    } catch {
+      // A schedule set by hand in a form this parser does not take (pg_cron's "30 seconds").
+      return nextRun(schedule, after, this.#cronTimeZone ?? 'UTC');
     }
   }
 
@@ -215,7 +247,9 @@ export class IntegrityScheduler {
       `pg_cron did not run the integrity refresh due at ${due.toISOString()}: ${why}; refreshing in its place`,
     );
     this.deps.onMissedCronRun?.(why);
-    if ((await this.#detect()) === 'scheduler') {
+    // Only whether the job is there: its schedule is the site's, perhaps set by another process
+    // since this one started, and a missed run is no reason to set it back.
+    if ((await cronJob(main).catch(() => null)) === undefined) {
       this.#mode = 'scheduler';
       this.#running.push(this.#loop(this.#abort.signal));
       logger.warn('no pg_cron job; the integrity refresh runs in-process from now on');
