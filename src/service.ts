@@ -7,6 +7,7 @@ import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp, createOperationsApp } from './http/app.ts';
+import { longestGapSeconds } from './integrity/schedule.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
 import { LogCapacity, writeRefusedReason } from './log/capacity.ts';
@@ -83,6 +84,7 @@ export const startService = async (
   // Before anything connects: a bad token file stops start-up with the variable's name.
   tokens.start();
   const metrics = createMetrics();
+  metrics.integrityRefreshInterval.set(longestGapSeconds(config.integritySchedule, new Date()));
   const redis = createRedis(config);
   watchConnection(redis, logger.child({ module: 'redis' }));
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);

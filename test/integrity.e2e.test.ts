@@ -537,6 +537,11 @@ void describe('integrity invariants', () => {
       const read = await h.get(`/executed_obs_units/${ids.unit}`);
       const stillRefreshing = await active();
       assert.equal(scrape.status, 200);
+      assert.match(
+        scrape.text,
+        /^outpost_integrity_refresh_interval_seconds 1800$/m,
+        'the default schedule, every 30 minutes: the stale alert allows three',
+      );
       assert.equal(read.status, 200);
       assert.ok(
         stillRefreshing,

@@ -27,3 +27,18 @@ export const isValidSchedule = (schedule: string): boolean => {
     return false;
   }
 };
+
+/**
+ * The longest time between two runs of `schedule` among its next `runs` (a schedule of weekdays
+ * leaves the weekend): how old a snapshot may rightly be before one is late.
+ */
+export const longestGapSeconds = (schedule: string, from: Date, runs = 32): number => {
+  let previous = nextRun(schedule, from);
+  let longest = 0;
+  for (let run = 0; run < runs; run += 1) {
+    const next = nextRun(schedule, previous);
+    longest = Math.max(longest, next.getTime() - previous.getTime());
+    previous = next;
+  }
+  return longest / 1000;
+};

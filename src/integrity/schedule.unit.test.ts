@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { nextRun } from './schedule.ts';
+import { longestGapSeconds, nextRun } from './schedule.ts';
 
 void describe('nextRun', () => {
   const from = new Date('2026-12-05T01:30:00Z');
@@ -20,5 +20,19 @@ void describe('nextRun', () => {
 
   void it('reads a time zone it does not know as UTC', () => {
     assert.equal(nextRun('0 3 * * *', from, 'Not/AZone').toISOString(), '2026-12-05T03:00:00.000Z');
+  });
+});
+
+void describe('longestGapSeconds', () => {
+  const from = new Date('2026-12-05T01:30:00Z');
+
+  void it('is the period of an even schedule', () => {
+    assert.equal(longestGapSeconds('*/30 * * * *', from), 1800);
+    assert.equal(longestGapSeconds('0 3 * * *', from), 86_400);
+  });
+
+  void it('is the longest gap of an uneven one: weekdays leave the weekend', () => {
+    assert.equal(longestGapSeconds('0 3 * * 1-5', from), 3 * 86_400);
+    assert.equal(longestGapSeconds('0 6,8 * * *', from), 22 * 3600);
   });
 });

@@ -149,6 +149,11 @@ export const createMetrics = () => {
       help: 'When the integrity snapshot was last refreshed',
       registers,
     }),
+    integrityRefreshInterval: new Gauge({
+      name: 'outpost_integrity_refresh_interval_seconds',
+      help: 'The longest time between two scheduled integrity refreshes by OUTPOST_INTEGRITY_SCHEDULE: the stale alert allows three',
+      registers,
+    }),
     liveClients: new Gauge({
       name: 'outpost_live_clients',
       help: 'Clients connected to the live event feed',
