@@ -15,6 +15,7 @@ import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
+import { RecentBatches } from './recent-batches.ts';
 
 /** How often a projector looks at the log's memory: one INFO each time. */
 const PRESSURE_CHECK_MS = 2_000;
@@ -43,8 +44,9 @@ export type ProjectorStats = {
   lastRun: string | null;
   processed: number;
   batches: number;
+  /** Over the last minute, as successRate and rate (RecentBatches). */
   averageBatchMs: number;
-  /** Share of batch attempts and event applications that succeeded, 0-1. */
+  /** Share of the last minute's batch attempts that succeeded, 0-1. */
   successRate: number;
   /** Events applied per second over the last minute. */
   rate: number;
@@ -52,7 +54,6 @@ export type ProjectorStats = {
   partitions: number[];
 };
 
-const RATE_WINDOW_MS = 60_000;
 /** Idle pending entries looked at per partition and round; the rest wait for the next. */
 const IDLE_PAGE = 1000;
 
@@ -63,7 +64,7 @@ const IDLE_PAGE = 1000;
 export class Projector {
   readonly #deps: ProjectorDeps;
   readonly #consumers = new Map<number, PartitionConsumer>();
-  readonly #recent: { at: number; applied: number }[] = [];
+  readonly #recent = new RecentBatches(Date.now());
   readonly breaker: CircuitBreaker;
   readonly #leases: LeaseManager;
   readonly #combiner: BatchCombiner;
@@ -73,8 +74,6 @@ export class Projector {
   #relieving: Promise<void> | undefined;
   #processed = 0;
   #batches = 0;
-  #failures = 0;
-  #batchMs = 0;
   #lastRun: number | undefined;
   #stopping: Promise<void> | undefined;
 
@@ -252,7 +251,7 @@ export class Projector {
         this.#deps.onApplied?.();
       },
       onFailure: () => {
-        this.#failures += 1;
+        this.#recent.failed(Date.now());
       },
     });
     this.#consumers.set(lease.partition, consumer);
@@ -311,12 +310,8 @@ export class Projector {
     const now = Date.now();
     this.#processed += applied;
     this.#batches += 1;
-    this.#batchMs += ms;
     this.#lastRun = now;
-    this.#recent.push({ at: now, applied });
-    while ((this.#recent[0]?.at ?? now) < now - RATE_WINDOW_MS) {
-      this.#recent.shift();
-    }
+    this.#recent.written(now, applied, ms);
   }
 
   stats(): ProjectorStats {
@@ -324,9 +319,6 @@ export class Projector {
       .map((c) => c.lastError)
       .filter((e) => e !== undefined);
     const leaseError = this.#leases.lastError;
-    const now = Date.now();
-    const recent = this.#recent.filter((r) => r.at >= now - RATE_WINDOW_MS);
-    const windowMs = Math.min(RATE_WINDOW_MS, Math.max(1000, now - (recent[0]?.at ?? now)));
     const failing =
       errors.length > 0 || leaseError !== undefined || this.breaker.state !== 'closed';
     return {
@@ -334,10 +326,7 @@ export class Projector {
       lastRun: this.#lastRun === undefined ? null : new Date(this.#lastRun).toISOString(),
       processed: this.#processed,
       batches: this.#batches,
-      averageBatchMs: this.#batches === 0 ? 0 : this.#batchMs / this.#batches,
-      successRate:
-        this.#batches + this.#failures === 0 ? 1 : this.#batches / (this.#batches + this.#failures),
-      rate: recent.reduce((sum, r) => sum + r.applied, 0) / (windowMs / 1000),
+      ...this.#recent.figures(Date.now()),
       lastError: errors[0] ?? leaseError,
       partitions: this.#leases.owned,
     };
