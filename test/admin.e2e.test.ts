@@ -1334,25 +1334,36 @@ void describe('dead retry --all', () => {
     const log = eventLogOf(h);
     const first = Date.now() + 120_000;
     // A unit's start and, filed after the others, its patch: the start's retry puts both back.
-    const unitId = newIdInPartition(0, h.config.partitions);
-    const unitEvent = (type: string, version: number, data: object) =>
-      eventIn(h, 0, {
+    // Letters of units only: retry --all puts units back in the order they were filed.
+    const unitEvent = (
+      partition: number,
+      unitId: string,
+      type: string,
+      version: number,
+      data: object,
+    ) =>
+      eventIn(h, partition, {
         type,
         version,
         data,
         aggregate_type: 'executed_obs_unit',
         aggregate_id: unitId,
       });
-    const start = unitEvent('ExecutedObsUnitStarted', 2, {
-      obs_unit_id: 'stopped-run',
-      instrument: 'x',
-      start_time: new Date().toISOString(),
-      instrument_configuration_id: null,
-      notes: null,
-      metadata: {},
-    });
-    const patch = unitEvent('ExecutedObsUnitUpdated', 1, { notes: 'after' });
-    const events = [start, configurationEvent(h, 1), configurationEvent(h, 2), patch];
+    const unitStart = (
+      partition: number,
+      unitId = newIdInPartition(partition, h.config.partitions),
+    ) =>
+      unitEvent(partition, unitId, 'ExecutedObsUnitStarted', 2, {
+        obs_unit_id: `stopped-run-${partition}`,
+        instrument: 'x',
+        start_time: new Date().toISOString(),
+        instrument_configuration_id: null,
+        notes: null,
+        metadata: {},
+      });
+    const start = unitStart(0);
+    const patch = unitEvent(0, start.aggregate_id, 'ExecutedObsUnitUpdated', 1, { notes: 'after' });
+    const events = [start, unitStart(1), unitStart(2), patch];
     for (const [i, event] of events.entries()) {
       await fileDeadLetter(
         h,
