@@ -93,13 +93,9 @@ export const startService = async (
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
-    listing = await checkPartitionCount(
-      redis,
-      config.namespace,
-      config.partitions,
-      logger,
-      `${config.consumer} on ${hostname()} pid ${process.pid}`,
-    );
+    listing = await checkPartitionCount(redis, config.namespace, config.partitions, logger, {
+      name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
+    });
     refusal = await eventLog.ensureGroups();
   } catch (err) {
     await listing?.stop();
@@ -190,10 +186,17 @@ export const startService = async (
     acker,
     integrity,
     tokens,
+    partitionCount: listing,
   });
+  // A start that fails from here leaves the site's roster as it found it.
+  const unlistOnFailure = <T>(work: Promise<T>): Promise<T> =>
+    work.catch(async (err: unknown) => {
+      await listing?.stop();
+      throw err;
+    });
   projector?.start();
   acker?.start();
-  await integrity?.start();
+  await unlistOnFailure(Promise.resolve(integrity?.start()));
 
   // Only API processes take writes; they keep the log's room for the backlog to drain.
   const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
@@ -210,10 +213,11 @@ export const startService = async (
     status,
     tokens,
     live,
+    partitionCount: listing,
   };
   // Only API processes read the feed back: they are the ones with clients to fan it out to.
   if (role !== 'projector') {
-    await live.start();
+    await unlistOnFailure(live.start());
   }
   let server: ReturnType<typeof serve> | undefined;
   let port = 0;
@@ -224,7 +228,7 @@ export const startService = async (
       hostname: '0.0.0.0',
     });
     try {
-      port = await listeningPort(server);
+      port = await unlistOnFailure(listeningPort(server));
     } catch (err) {
       // A projector started next to an API process with the same environment: projecting
       // matters more than its probes, so it runs on without them rather than failing.
@@ -244,7 +248,7 @@ export const startService = async (
       hostname: '0.0.0.0',
       websocket: { server: new WebSocketServer({ noServer: true }) },
     });
-    port = await listeningPort(server);
+    port = await unlistOnFailure(listeningPort(server));
   }
   logger.info({ port, role }, 'started');
 

@@ -11,7 +11,7 @@ import {
   type RawEntry,
 } from '../src/log/codec.ts';
 import { EventLog } from '../src/log/event-log.ts';
-import { partitionCountKey } from '../src/log/keys.ts';
+import { partitionCountKey, processRosterKey } from '../src/log/keys.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli, runCliWith } from './harness/cli.ts';
 import { Harness, scrapeMetric, waitFor, withField } from './harness/harness.ts';
@@ -418,6 +418,39 @@ void describe('admin and incident tools', () => {
     const again = await refresh('long-refresh');
     assert.equal(again.headers.get('idempotent-replayed'), 'true');
     assert.deepEqual(again.body, done?.body);
+  });
+
+  void it("refuses writes while the site's partition count is not the process's, saying why", async () => {
+    const countKey = partitionCountKey(h.config.namespace);
+    const rosterKey = processRosterKey(h.config.namespace);
+    const own = String(h.config.partitions);
+    const other = String(h.config.partitions * 2);
+    const start = () =>
+      h.post('/executed_obs_units/start', { obs_unit_id: 'count-moved', instrument: 'x' });
+    try {
+      // As after a Redis outage that outlived every listing, when a process with another count
+      // started first and took the change.
+      await h.redis.del(rosterKey);
+      await h.redis.set(countKey, other);
+      await waitFor(
+        async () => (await h.get('/health')).body?.partition_count !== undefined,
+        'the process to notice at its next renewal',
+      );
+      const health = (await h.get('/health')).body;
+      assert.equal(health.status, 'unhealthy');
+      assert.match(
+        health.partition_count.error,
+        new RegExp(`changed to ${other} while this process runs with ${own}: it refuses writes`),
+      );
+      const refused = await start();
+      assert.equal(refused.status, 503, refused.text);
+      assert.equal(refused.body.error.code, 'log_unavailable');
+      assert.match(refused.body.error.message, new RegExp(`OUTPOST_PARTITIONS=${other}`));
+    } finally {
+      await h.redis.set(countKey, own);
+    }
+    await waitFor(async () => (await start()).status === 201, 'writes to be taken again');
+    assert.equal((await h.get('/health')).body?.partition_count, undefined);
   });
 
   void it("dead-letters a dead-lettered unit's later events instead of applying them out of order", async () => {

@@ -31,6 +31,7 @@ import {
   liveListenersKey,
   liveStreamKey,
   partitionCountKey,
+  processRosterKey,
 } from '../src/log/keys.ts';
 import { dropLateResends } from '../src/log/redis.ts';
 import { trimHalfHistory, trimPartition } from '../src/log/retention.ts';
@@ -984,8 +985,8 @@ void describe('the local log', () => {
     void it('is recorded at the first start, and a start with another is refused while the log holds anything', async () => {
       const namespace = `count-${randomUUID()}`;
       const silent = createLogger('silent');
-      const first = await checkPartitionCount(redis, namespace, 2, silent, 'first');
-      const second = await checkPartitionCount(redis, namespace, 2, silent, 'second');
+      const first = await checkPartitionCount(redis, namespace, 2, silent, { name: 'first' });
+      const second = await checkPartitionCount(redis, namespace, 2, silent, { name: 'second' });
       assert.equal(await recordedPartitions(redis, namespace), 2);
       const two = new EventLog(redis, namespace, 2);
       await two.ensureGroups();
@@ -1007,7 +1008,7 @@ void describe('the local log', () => {
       // run: their writes would go where the new count does not look.
       await redis.del(...two.allKeys().map((k) => k.stream));
       await assert.rejects(
-        checkPartitionCount(redis, namespace, 4, silent, 'third'),
+        checkPartitionCount(redis, namespace, 4, silent, { name: 'third' }),
         /OUTPOST_PARTITIONS is 4, but 2 process\(es\) of this site still run with another count: (first with 2; second with 2|second with 2; first with 2)\. Stop them first/,
       );
       assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
@@ -1015,10 +1016,10 @@ void describe('the local log', () => {
       await second.stop();
       // And the other way round: the process that took the change is listed, so one started
       // with the old count meanwhile is refused, though the log is as empty.
-      const changed = await checkPartitionCount(redis, namespace, 4, silent, 'third');
+      const changed = await checkPartitionCount(redis, namespace, 4, silent, { name: 'third' });
       assert.equal(await recordedPartitions(redis, namespace), 4);
       await assert.rejects(
-        checkPartitionCount(redis, namespace, 2, silent, 'late'),
+        checkPartitionCount(redis, namespace, 2, silent, { name: 'late' }),
         /OUTPOST_PARTITIONS is 2, but 1 process\(es\) of this site still run with another count: third with 4/,
       );
       await changed.stop();
@@ -1054,6 +1055,36 @@ void describe('the local log', () => {
       } finally {
         await redis.call('REPLICAOF', 'NO', 'ONE');
       }
+    });
+  });
+
+  void describe('a running process listed under its partition count', () => {
+    void it("refuses writes once the site's count is changed under it, until the count is its own again", async () => {
+      const namespace = `count-${randomUUID()}`;
+      const listing = await checkPartitionCount(redis, namespace, 2, createLogger('silent'), {
+        name: 'running',
+        relistEveryMs: 50,
+      });
+      const listed = () => redis.zrange(processRosterKey(namespace), '0', '-1');
+      try {
+        assert.equal(listing.countError, undefined);
+        assert.deepEqual(await listed(), ['2 running']);
+        // Its listing lapsed while Redis was away, and a process with 4 took the change.
+        await redis.del(processRosterKey(namespace));
+        await redis.set(partitionCountKey(namespace), '4');
+        await waitFor(() => listing.countError !== undefined, 'the running process to notice');
+        assert.match(
+          listing.countError ?? '',
+          /changed to 4 while this process runs with 2: it refuses writes.*OUTPOST_PARTITIONS=4$/,
+        );
+        assert.deepEqual(await listed(), [], "not listed under a count that is not the site's");
+        await redis.set(partitionCountKey(namespace), '2');
+        await waitFor(() => listing.countError === undefined, 'writes to be taken again');
+        await waitFor(async () => (await listed()).length === 1, 'listed again');
+      } finally {
+        await listing.stop();
+      }
+      assert.deepEqual(await listed(), [], 'gone once stopped');
     });
   });
 

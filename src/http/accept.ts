@@ -110,6 +110,17 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
   }
 };
 
+/**
+ * Refuses writes while the site's recorded partition count is not this process's: its events
+ * would go to partitions the site's other processes do not look in (ops/partition-count.ts).
+ */
+const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
+  const countError = deps.partitionCount?.countError;
+  if (countError !== undefined) {
+    throw new ApiError('log_unavailable', countError, undefined, { retryAfterSeconds: 30 });
+  }
+};
+
 export type Accepted = { status: 201 | 202; body: unknown };
 export type AcceptOutcome =
   | { kind: 'appended' | 'replayed'; response: Accepted }
@@ -146,6 +157,7 @@ export const accept = async (
       : request.events.map((e) => ({ ...e, written_by: writer }));
   let result: AppendResult;
   try {
+    refuseWhenCountMoved(deps);
     refuseWhenLogFull(deps);
     result = await deps.eventLog.append({
       partition: request.partition,

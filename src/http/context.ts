@@ -8,6 +8,7 @@ import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import type { SiteListing } from '../ops/partition-count.ts';
 import type { StatusSource } from '../ops/status.ts';
 
 /** Everything the HTTP layer uses, passed in: the app holds no resources of its own. */
@@ -26,6 +27,8 @@ export type AppDeps = {
   tokens?: TokenStore;
   /** The live feed that /events/live reads. */
   live?: LiveFeed;
+  /** This process's listing under its partition count: writes wait while the count is not the site's. */
+  partitionCount?: Pick<SiteListing, 'countError'>;
   now?: () => Date;
 };
 

@@ -25,7 +25,11 @@ const LISTED_MS = 20_000;
 const RELIST_EVERY_MS = 5_000;
 
 /** A process's place in the site's roster, renewed until it stops. */
-export type SiteListing = { stop(): Promise<void> };
+export type SiteListing = {
+  /** Why this process refuses writes: the site's recorded partition count is not its own. */
+  readonly countError: string | undefined;
+  stop(): Promise<void>;
+};
 
 /**
  * Records the partition count at a process's start, or checks it against the one recorded, and
@@ -42,7 +46,10 @@ export const checkPartitionCount = async (
   namespace: string,
   partitions: number,
   logger: Logger,
-  name = `${hostname()} pid ${process.pid}`,
+  {
+    name = `${hostname()} pid ${process.pid}`,
+    relistEveryMs = RELIST_EVERY_MS,
+  }: { name?: string; relistEveryMs?: number } = {},
 ): Promise<SiteListing> => {
   const member = `${partitions} ${name}`;
   const eventLog = new EventLog(redis, namespace, partitions);
@@ -61,7 +68,12 @@ export const checkPartitionCount = async (
       // A Redis refusing writes (full, or a failed save) must not stop a start that would drain
       // it: the count is recorded, and the process listed, by a renewal that can write.
       logger.warn('cannot record the partition count while Redis refuses writes');
-      return keepListed(eventLog, namespace, partitions, member, logger, previous ?? '');
+      return keepListed(
+        eventLog,
+        { namespace, partitions, member, relistEveryMs },
+        logger,
+        previous ?? '',
+      );
     }
     const [state, ...detail] = outcome;
     if (state === 'listed') {
@@ -71,7 +83,12 @@ export const checkPartitionCount = async (
           'partition count changed; the log held nothing pending',
         );
       }
-      return keepListed(eventLog, namespace, partitions, member, logger, String(partitions));
+      return keepListed(
+        eventLog,
+        { namespace, partitions, member, relistEveryMs },
+        logger,
+        String(partitions),
+      );
     }
     if (state === 'running') {
       throw new PartitionCountError(
@@ -134,42 +151,76 @@ const listOnce = (
     });
 
 /**
- * Renews the listing until the process stops. Should the recorded count ever change under a
- * running process (a process of an earlier build, or a hand-edited key), it says so once: its
- * writes now go where the site's other processes do not look.
+ * Renews the listing until the process stops. Should the recorded count change under a running
+ * process (its listing lapsed while Redis was away and a process with another count took the
+ * change, or a process of an earlier build changed it), its writes would go where the site's
+ * other processes do not look: it refuses them from then on (`countError`, 503 and /health),
+ * saying why, until the count is its own again.
  */
 const keepListed = (
   eventLog: EventLog,
-  namespace: string,
-  partitions: number,
-  member: string,
+  {
+    namespace,
+    partitions,
+    member,
+    relistEveryMs,
+  }: { namespace: string; partitions: number; member: string; relistEveryMs: number },
   logger: Logger,
   lastFound: string,
 ): SiteListing => {
   let found = lastFound;
-  let warned = false;
-  let renewal: Promise<unknown> = Promise.resolve();
+  let countError: string | undefined;
+  const refuse = (error: string) => {
+    if (countError !== error) {
+      logger.error({ partitions }, error);
+    }
+    countError = error;
+  };
+  let renewal: Promise<void> | undefined;
   const renew = async () => {
     const outcome = await listOnce(eventLog, namespace, partitions, found, member);
-    if (outcome === 'refused' || outcome[0] !== 'moved') {
+    if (outcome === 'refused') {
       return;
     }
-    const theirs = outcome[1];
-    if (theirs === '' || Number(theirs) === partitions) {
-      found = theirs;
-    } else if (!warned) {
-      warned = true;
-      logger.error(
-        { recorded: Number(theirs), partitions },
-        `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: stop this process and start it with OUTPOST_PARTITIONS=${theirs}`,
+    const [state, ...detail] = outcome;
+    if (state === 'listed') {
+      found = String(partitions);
+      if (countError !== undefined) {
+        logger.warn(
+          { partitions },
+          "the recorded partition count is this process's again: writes are taken",
+        );
+      }
+      countError = undefined;
+    } else if (state === 'running') {
+      refuse(
+        `no partition count is recorded for this site, and ${detail.length} process(es) run with another than this process's ${partitions}: ${detail.map(describeMember).join('; ')}; writes are refused until every process runs with one count`,
       );
+    } else {
+      const [theirs = ''] = detail;
+      if (theirs === '' || Number(theirs) === partitions) {
+        // Recorded again (or lost with Redis's data): the next renewal lists this process.
+        found = theirs;
+      } else {
+        refuse(
+          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, which would go to the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
+        );
+      }
     }
   };
   const timer = setInterval(() => {
-    renewal = renewal.then(renew).catch(() => undefined);
-  }, RELIST_EVERY_MS);
+    // One renewal at a time: behind a Redis that answers slowly, ticks must not queue up.
+    renewal ??= renew()
+      .catch(() => undefined)
+      .finally(() => {
+        renewal = undefined;
+      });
+  }, relistEveryMs);
   timer.unref();
   return {
+    get countError() {
+      return countError;
+    },
     async stop() {
       clearInterval(timer);
       await renewal;

@@ -19,6 +19,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
+import type { SiteListing } from './partition-count.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type StatusDeps = {
@@ -31,6 +32,7 @@ export type StatusDeps = {
   acker?: Acker;
   integrity?: IntegrityScheduler;
   tokens?: Pick<TokenStore, 'reloadError'>;
+  partitionCount?: Pick<SiteListing, 'countError'>;
 };
 
 /** Health probes of remote databases must answer even when the link silently drops packets. */
@@ -128,8 +130,9 @@ export class StatusSource {
     // not empty: zeros would say nothing waits, and let the site look healthy.
     const bufferRead = buffers !== undefined;
     const tokensError = this.#deps.tokens?.reloadError;
+    const countError = this.#deps.partitionCount?.countError;
     const status =
-      !redisUp || full || writeError
+      !redisUp || full || writeError || countError !== undefined
         ? 'unhealthy'
         : databaseUp &&
             replicaUp &&
@@ -164,6 +167,8 @@ export class StatusSource {
       },
       // Only while the token file's last edit is refused: the tokens before it stay in force.
       ...(tokensError === undefined ? {} : { api_tokens: { error: tokensError } }),
+      // Only while this process refuses writes for it.
+      ...(countError === undefined ? {} : { partition_count: { error: countError } }),
     } as const;
   }
 
