@@ -66,19 +66,17 @@ export const onceForKey = async (
     return answerEarlierRun(c, await redis.get(key).catch(rethrowUnreachable), hash);
   }
   const claim = holdClaim(c, deps, key, running);
-  let response: Response;
+  let done: string | undefined;
   try {
-    response = await action();
-  } catch (err) {
-    await claim.release();
-    throw err;
+    const response = await action();
+    if (response.status >= 200 && response.status < 300) {
+      done = `done\n${hash}\n${response.status}\n${await response.clone().text()}`;
+    }
+    return response;
+  } finally {
+    // Whatever happened, the renewals stop: the outcome is stored, or the key freed.
+    await (done === undefined ? claim.release() : claim.store(done));
   }
-  if (response.status >= 200 && response.status < 300) {
-    await claim.store(`done\n${hash}\n${response.status}\n${await response.clone().text()}`);
-  } else {
-    await claim.release();
-  }
-  return response;
 };
 
 const rethrowUnreachable = (err: unknown): never => {
@@ -112,7 +110,7 @@ const answerEarlierRun = (c: Context, value: string | null, hash: string): Respo
  */
 const holdClaim = (c: Context, deps: AppDeps, key: string, running: string) => {
   const eventLog = deps.eventLog;
-  let renewal: Promise<unknown> = Promise.resolve();
+  let renewal: Promise<void> | undefined;
   let lost = false;
   const lose = () => {
     if (!lost) {
@@ -123,14 +121,32 @@ const holdClaim = (c: Context, deps: AppDeps, key: string, running: string) => {
       );
     }
   };
+  let failing = false;
   const timer = setInterval(() => {
-    renewal = renewal
-      .then(() => eventLog.holdKey(key, running, running, CLAIM_SECONDS))
-      // Unreachable now: the next renewal tries again, well within the claim's minute.
+    // One renewal at a time: behind a Redis that answers slowly, ticks must not queue up.
+    renewal ??= eventLog
+      .holdKey(key, running, running, CLAIM_SECONDS)
       .then(
-        (held) => held || lose(),
-        () => undefined,
-      );
+        (held) => {
+          failing = false;
+          if (!held) {
+            lose();
+          }
+        },
+        (err: unknown) => {
+          // The next tick tries again; only a minute of failures lets the claim lapse.
+          if (!failing) {
+            failing = true;
+            requestLogger(c).warn(
+              { err, key },
+              'cannot renew the claim on this Idempotency-Key; it lapses a minute after the last renewal',
+            );
+          }
+        },
+      )
+      .finally(() => {
+        renewal = undefined;
+      });
   }, RENEW_EVERY_MS);
   timer.unref();
   // A renewal still out after the outcome would take the key back for a minute.
