@@ -4,7 +4,14 @@ import { after, before, describe, it } from 'node:test';
 import { Redis as IORedis, type Redis } from 'ioredis';
 import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
-import { decodeLive, type LiveMessage } from '../src/live/live-message.ts';
+import { LiveFeed } from '../src/live/live-feed.ts';
+import {
+  decodeLive,
+  encodeLive,
+  type LiveDelivery,
+  type LiveMessage,
+  type QuietMark,
+} from '../src/live/live-message.ts';
 import { decodeEntry, encodeFieldPerProperty } from '../src/log/codec.ts';
 import {
   type DeadLetter,
@@ -1474,6 +1481,58 @@ void describe('the local log', () => {
       '0-0';
     const headOf = (m: LiveMessage | undefined) =>
       m && [m.event_id, m.aggregate_id, m.aggregate_type, m.type, m.state, m.partition, m.entry_id];
+
+    void it("tells its listeners of a gap when the stream's trimming overtakes the shared reader", async () => {
+      const key = `${h.config.namespace}:live-overtaken`;
+      const feed = new LiveFeed({
+        redis,
+        key,
+        listenersKey: `${key}:listeners`,
+        maxLen: 10,
+        logger: createLogger('silent'),
+      });
+      const message = (n: number): LiveMessage => ({
+        event_id: randomUUID(),
+        aggregate_id: randomUUID(),
+        aggregate_type: 'raw_data_file',
+        type: 'RawDataFileRegistered',
+        state: 'accepted',
+        partition: 0,
+        entry_id: `${n}-0`,
+        at: new Date().toISOString(),
+      });
+      const received: (LiveDelivery | QuietMark)[] = [];
+      await redis.xadd(key, '*', 'm', encodeLive(message(0)));
+      await feed.start();
+      const unsubscribe = feed.subscribe(
+        (item) => received.push(item),
+        () => undefined,
+      );
+      try {
+        const seen = await redis.xadd(key, '*', 'm', encodeLive(message(1)));
+        await waitFor(() => received.some((item) => item.id === seen), 'the first message read');
+        // Fifty messages at once, trimmed to the last ten before the reader sees any: as a site
+        // publishing faster than the reader hands messages on, until trimming passes its cursor.
+        const flood = redis.multi();
+        for (let n = 2; n < 52; n += 1) {
+          flood.xadd(key, '*', 'm', encodeLive(message(n)));
+        }
+        flood.xtrim(key, 'MAXLEN', 10);
+        await flood.exec();
+        const kept = (await redis.xrange(key, '-', '+')).map(([id]) => id);
+        assert.equal(kept.length, 10);
+        await waitFor(() => received.at(-1)?.id === kept.at(-1), 'the last message read');
+        const after = received.slice(received.findIndex((item) => item.id === seen) + 1);
+        assert.deepEqual(
+          after.map((item) => ('quiet' in item ? `gap before ${item.id}` : item.id)),
+          [`gap before ${kept[0]}`, ...kept],
+        );
+      } finally {
+        unsubscribe();
+        await feed.stop();
+        await redis.del(key);
+      }
+    });
 
     // No publish follows these calls: what the stream holds when they return, they wrote
     // themselves, in the call that made the step visible to the next one (ADR 0007).

@@ -222,21 +222,55 @@ export class LiveFeed {
     return this.#stopping;
   }
 
+  /**
+   * The messages after `cursor` (waiting for some), and whether trimming may have removed
+   * messages between the cursor and the first of them: the cursor's own entry is gone right
+   * after the read (Redis answers one connection's commands in order). Trimming removes the
+   * oldest first, so while the cursor is there nothing after it is gone (as a resume's replay
+   * reads it, LiveSession); once it is not, the reader has fallen a whole stream behind.
+   */
+  async #readAfter(cursor: string): Promise<{ gapBefore: boolean; entries: [string, string[]][] }> {
+    const { key } = this.#deps;
+    const reader = this.#reader;
+    if (!reader) {
+      return { gapBefore: false, entries: [] };
+    }
+    const [read, kept] = (await reader
+      .pipeline()
+      .call('XREAD', 'COUNT', READ_COUNT, 'BLOCK', BLOCK_MS, 'STREAMS', key, cursor)
+      .xrange(key, cursor, cursor)
+      .exec()) ?? [[null, null]];
+    if (read?.[0]) {
+      throw read[0];
+    }
+    const entries = (read?.[1] as StreamReply)?.[0]?.[1] ?? [];
+    return {
+      // 0-0 names no entry: a reader that began on an empty stream has nothing to lose yet.
+      gapBefore:
+        entries.length > 0 &&
+        cursor !== '0-0' &&
+        !kept?.[0] &&
+        ((kept?.[1] as unknown[] | undefined) ?? []).length === 0,
+      entries,
+    };
+  }
+
   async #run(from: string): Promise<void> {
     let cursor = from;
     while (!this.#abort.signal.aborted) {
       try {
-        const reply = (await this.#reader?.call(
-          'XREAD',
-          'COUNT',
-          READ_COUNT,
-          'BLOCK',
-          BLOCK_MS,
-          'STREAMS',
-          this.#deps.key,
-          cursor,
-        )) as StreamReply;
-        for (const [id, fields] of reply?.[0]?.[1] ?? []) {
+        const { gapBefore, entries } = await this.#readAfter(cursor);
+        const [first] = entries;
+        if (gapBefore && first) {
+          // The stream's trimming overtook this reader (a site publishing faster than it hands
+          // messages on): what lay between its cursor and the first entry read may be gone.
+          // Listeners are told, as of a quiet spell: a gap before that entry.
+          const gap: QuietMark = { id: first[0], quiet: true };
+          for (const listener of this.#listeners.keys()) {
+            listener(gap);
+          }
+        }
+        for (const [id, fields] of entries) {
           cursor = id;
           // Quiet marks too: one written while a client that joined beside the first after a
           // quiet spell was already live reaches it only here.
