@@ -228,11 +228,13 @@ export const startService = async (
       hostname: '0.0.0.0',
     });
     try {
-      port = await unlistOnFailure(listeningPort(server));
+      port = await listeningPort(server);
     } catch (err) {
       // A projector started next to an API process with the same environment: projecting
-      // matters more than its probes, so it runs on without them rather than failing.
+      // matters more than its probes, so it runs on without them rather than failing (and
+      // stays listed under its partition count).
       if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
+        await listing?.stop();
         throw err;
       }
       logger.warn(

@@ -446,6 +446,10 @@ void describe('admin and incident tools', () => {
       assert.equal(refused.status, 503, refused.text);
       assert.equal(refused.body.error.code, 'log_unavailable');
       assert.match(refused.body.error.message, new RegExp(`OUTPOST_PARTITIONS=${other}`));
+      // A replay would walk partitions the site's other processes do not read.
+      const replay = await h.request('POST', '/admin/replay', { from: '0' }, auth(TOKEN));
+      assert.equal(replay.status, 503, replay.text);
+      assert.equal(replay.body.error.code, 'log_unavailable');
     } finally {
       await h.redis.set(countKey, own);
     }

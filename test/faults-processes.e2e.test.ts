@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { after, describe, it } from 'node:test';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
-import { CONSUMER_GROUP } from '../src/log/keys.ts';
+import { CONSUMER_GROUP, processRosterKey } from '../src/log/keys.ts';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
 import {
   audit,
@@ -138,6 +138,12 @@ void describe('process faults under load', () => {
         30_000,
       );
       assert.equal(twin.child.exitCode, null, 'still running');
+      assert.ok(
+        (await h.redis.zrange(processRosterKey(h.config.namespace), '0', '-1')).some((member) =>
+          member.includes('twin on'),
+        ),
+        'listed under its partition count: a change of the count waits for it',
+      );
       for (const process of [projector, twin]) {
         process.child.kill('SIGTERM');
         await exited(process.child);

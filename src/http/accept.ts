@@ -111,10 +111,11 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
 };
 
 /**
- * Refuses writes while the site's recorded partition count is not this process's: its events
- * would go to partitions the site's other processes do not look in (ops/partition-count.ts).
+ * Refuses what would append while the site's recorded partition count is not this process's:
+ * new events would go to partitions the site's other processes do not look in, and a replay or a
+ * retry would walk partitions they do not read (ops/partition-count.ts).
  */
-const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
+export const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
   const countError = deps.partitionCount?.countError;
   if (countError !== undefined) {
     throw new ApiError('log_unavailable', countError, undefined, { retryAfterSeconds: 30 });

@@ -203,7 +203,7 @@ const keepListed = (
         found = theirs;
       } else {
         refuse(
-          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, which would go to the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
+          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, replays and retries, which would go to the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
         );
       }
     }

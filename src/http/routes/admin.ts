@@ -16,7 +16,7 @@ import {
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound, replayRange } from '../../ops/replay.ts';
-import { refuseWhenLogFull } from '../accept.ts';
+import { refuseWhenCountMoved, refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
 import { checkUnreadBody, hasBody, issueDetails, readJson } from '../body.ts';
@@ -102,6 +102,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     // The log's room is looked at under the key: one already answered is answered again.
     return onceForKey(c, deps, raw, async () => {
       if (!value.dry_run) {
+        refuseWhenCountMoved(deps);
         refuseWhenLogFull(deps);
       }
       const report = await mainCall(
@@ -162,6 +163,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     const id = deadLetterParam(c);
     await checkUnreadBody(c, deps.config.maxBodyBytes);
     return onceForKey(c, deps, null, async () => {
+      refuseWhenCountMoved(deps);
       refuseWhenLogFull(deps);
       const dead = await deadLetterOf(id);
       const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
