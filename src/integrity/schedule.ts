@@ -29,17 +29,18 @@ export const isValidSchedule = (schedule: string): boolean => {
 };
 
 /**
- * The longest time between two runs of `schedule` over the eight days after `from` (a schedule of
+ * The longest time between two runs of `schedule`: over the eight days after `from` (a schedule of
  * working hours leaves the night, one of weekdays the weekend; a week is where the calendar
- * repeats): how old a snapshot may rightly be before one is late. At most `maxRuns` runs are
- * looked at, so a schedule of every few seconds costs a start-up little.
+ * repeats), and over at least its next 32 runs (a monthly schedule's first run may be weeks
+ * away): how old a snapshot may rightly be before one is late. At most `maxRuns` runs are looked
+ * at, so a schedule of every few seconds costs a start-up little.
  */
-export const longestGapSeconds = (schedule: string, from: Date, maxRuns = 5_000): number => {
+export const longestGapSeconds = (schedule: string, from: Date, maxRuns = 20_000): number => {
   const runs = CronExpressionParser.parse(schedule, { currentDate: from, tz: 'UTC' });
   const until = from.getTime() + 8 * 86_400_000;
   let previous = runs.next().getTime();
   let longest = 0;
-  for (let run = 0; run < maxRuns && previous < until; run += 1) {
+  for (let run = 0; run < maxRuns && (run < 32 || previous < until); run += 1) {
     const next = runs.next().getTime();
     longest = Math.max(longest, next - previous);
     previous = next;

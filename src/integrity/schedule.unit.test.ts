@@ -36,6 +36,14 @@ void describe('longestGapSeconds', () => {
     assert.equal(longestGapSeconds('0 6,8 * * *', from), 22 * 3600);
   });
 
+  void it('finds the gaps of a monthly schedule, and the weekend of one every minute on weekdays', () => {
+    assert.equal(longestGapSeconds('0 3 1 * *', from), 31 * 86_400);
+    assert.equal(
+      longestGapSeconds('* * * * 1-5', new Date('2026-12-07T09:00:00Z')),
+      2 * 86_400 + 60,
+    );
+  });
+
   void it('finds the night of a schedule of working hours, whenever the process starts', () => {
     for (const start of ['2026-12-07T09:00:00Z', '2026-12-07T17:30:00Z']) {
       assert.equal(longestGapSeconds('*/5 8-17 * * 1-5', new Date(start)), 62 * 3600 + 5 * 60);
