@@ -8,9 +8,8 @@ import { LiveFeed } from '../src/live/live-feed.ts';
 import {
   decodeLive,
   encodeLive,
-  type LiveDelivery,
+  type LiveItem,
   type LiveMessage,
-  type QuietMark,
 } from '../src/live/live-message.ts';
 import { decodeEntry, encodeFieldPerProperty } from '../src/log/codec.ts';
 import {
@@ -1482,7 +1481,7 @@ void describe('the local log', () => {
     const headOf = (m: LiveMessage | undefined) =>
       m && [m.event_id, m.aggregate_id, m.aggregate_type, m.type, m.state, m.partition, m.entry_id];
 
-    void it("tells its listeners of a gap when the stream's trimming overtakes the shared reader", async () => {
+    void it("tells its listeners when the stream's trimming overtakes the shared reader", async () => {
       const key = `${h.config.namespace}:live-overtaken`;
       const feed = new LiveFeed({
         redis,
@@ -1501,7 +1500,7 @@ void describe('the local log', () => {
         entry_id: `${n}-0`,
         at: new Date().toISOString(),
       });
-      const received: (LiveDelivery | QuietMark)[] = [];
+      const received: LiveItem[] = [];
       await redis.xadd(key, '*', 'm', encodeLive(message(0)));
       await feed.start();
       const unsubscribe = feed.subscribe(
@@ -1524,8 +1523,8 @@ void describe('the local log', () => {
         await waitFor(() => received.at(-1)?.id === kept.at(-1), 'the last message read');
         const after = received.slice(received.findIndex((item) => item.id === seen) + 1);
         assert.deepEqual(
-          after.map((item) => ('quiet' in item ? `gap before ${item.id}` : item.id)),
-          [`gap before ${kept[0]}`, ...kept],
+          after.map((item) => ('overtaken' in item ? `overtaken before ${item.id}` : item.id)),
+          [`overtaken before ${kept[0]}`, ...kept],
         );
       } finally {
         unsubscribe();

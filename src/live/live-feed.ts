@@ -8,9 +8,11 @@ import {
   addLiveMessage,
   decodeLiveOrMark,
   type LiveDelivery,
+  type LiveItem,
   type LiveMessage,
   QUIET_FIELD,
   type QuietMark,
+  type ReaderOvertaken,
 } from './live-message.ts';
 
 type StreamReply = [stream: string, entries: [string, string[]][]][] | null;
@@ -52,7 +54,7 @@ export type LiveFeedDeps = {
  */
 export class LiveFeed {
   readonly #deps: LiveFeedDeps;
-  readonly #listeners = new Map<(item: LiveDelivery | QuietMark) => void, () => void>();
+  readonly #listeners = new Map<(item: LiveItem) => void, () => void>();
   readonly #abort = new AbortController();
   readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
   #reader: Redis | undefined;
@@ -175,7 +177,7 @@ export class LiveFeed {
    * Calls `listener` with every message read from now on, and `onEnd` when the feed stops (the
    * process shuts down); returns the unsubscribe.
    */
-  subscribe(listener: (item: LiveDelivery | QuietMark) => void, onEnd: () => void): () => void {
+  subscribe(listener: (item: LiveItem) => void, onEnd: () => void): () => void {
     this.#listeners.set(listener, onEnd);
     this.#markListening();
     this.#markTimer ??= setInterval(() => {
@@ -262,12 +264,11 @@ export class LiveFeed {
         const { gapBefore, entries } = await this.#readAfter(cursor);
         const [first] = entries;
         if (gapBefore && first) {
-          // The stream's trimming overtook this reader (a site publishing faster than it hands
-          // messages on): what lay between its cursor and the first entry read may be gone.
-          // Listeners are told, as of a quiet spell: a gap before that entry.
-          const gap: QuietMark = { id: first[0], quiet: true };
+          // What lay between the cursor and the first entry read may be gone: each session reads
+          // on from the stream from what it last queued, which says where its gap is, if any.
+          const overtaken: ReaderOvertaken = { id: first[0], overtaken: true };
           for (const listener of this.#listeners.keys()) {
-            listener(gap);
+            listener(overtaken);
           }
         }
         for (const [id, fields] of entries) {

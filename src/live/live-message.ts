@@ -35,9 +35,19 @@ export type LiveDelivery = { id: string; message: LiveMessage };
 /**
  * Where the feed went quiet: written when a client arrives after a spell with no listener on
  * any process, during which nothing was published. A resume from before it may have missed
- * messages there; only a replay meets it (live readers skip it).
+ * messages there; a replay meets it, and a live session the process's reader hands it on to.
  */
 export type QuietMark = { id: string; quiet: true };
+
+/**
+ * Handed on by the process's reader of the stream, never written to it: the stream's trimming
+ * overtook the reader (a site publishing faster than it hands messages on), so messages before
+ * `id` may never have reached the process's sessions. Each reads on from the stream itself.
+ */
+export type ReaderOvertaken = { id: string; overtaken: true };
+
+/** What the process's reader of the stream hands each session. */
+export type LiveItem = LiveDelivery | QuietMark | ReaderOvertaken;
 
 /** The live stream's field of a quiet mark. */
 export const QUIET_FIELD = 'quiet';

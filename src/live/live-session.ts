@@ -1,6 +1,12 @@
 import { compareEntryIds } from '../log/entry-id.ts';
 import type { LiveFeed } from './live-feed.ts';
-import { type LiveDelivery, type LiveFilter, matches, type QuietMark } from './live-message.ts';
+import {
+  type LiveDelivery,
+  type LiveFilter,
+  type LiveItem,
+  matches,
+  type QuietMark,
+} from './live-message.ts';
 
 /** What a transport (SSE, WebSocket) does for a session. */
 export type LiveSink = {
@@ -127,11 +133,7 @@ export class LiveSession {
       }
     }, this.#options.heartbeatMs);
     this.#heartbeat.unref();
-    try {
-      await this.#catchUp();
-    } catch (err) {
-      this.#drop({ code: 'resume_failed', message: `resume failed: ${(err as Error).message}` });
-    }
+    await this.#catchUpOrDrop(this.#options.since);
     await this.#finished;
   }
 
@@ -150,7 +152,11 @@ export class LiveSession {
     this.#done();
   }
 
-  #receive(item: LiveDelivery | QuietMark) {
+  #receive(item: LiveItem) {
+    if ('overtaken' in item) {
+      this.#readOnFromStream();
+      return;
+    }
     if (this.#held === undefined) {
       if ('quiet' in item) {
         void this.#quietMark(item);
@@ -161,6 +167,25 @@ export class LiveSession {
       this.#heldLetGo = true;
     } else if ('quiet' in item || matches(this.#options.filter, item.message)) {
       this.#held.push(item);
+    }
+  }
+
+  /**
+   * The process's reader fell behind the stream's trimming, so what it hands on next may follow a
+   * gap. The session reads on from the stream from the last message it queued, as a catch-up
+   * does: that tells the client of a gap only where its own position was trimmed, after what was
+   * sent before it, and a session already past the reader (a resume that read the stream to its
+   * end) loses nothing and is told nothing.
+   */
+  #readOnFromStream() {
+    if (this.#closed) {
+      return;
+    }
+    // A catch-up running now reads the stream again in its next round.
+    this.#heldLetGo = true;
+    if (this.#held === undefined) {
+      this.#held = [];
+      void this.#catchUpOrDrop(undefined);
     }
   }
 
@@ -188,8 +213,16 @@ export class LiveSession {
    * while that is sent so nothing overtakes it; and again from the stream after the last message
    * queued, for as long as live messages had to be let go.
    */
-  async #catchUp() {
-    let after = this.#options.since;
+  async #catchUpOrDrop(from: string | undefined) {
+    try {
+      await this.#catchUp(from);
+    } catch (err) {
+      this.#drop({ code: 'resume_failed', message: `resume failed: ${(err as Error).message}` });
+    }
+  }
+
+  async #catchUp(from: string | undefined) {
+    let after = from;
     for (;;) {
       if (after !== undefined) {
         await this.#replay(after);

@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { compareEntryIds } from '../log/entry-id.ts';
-import type { LiveDelivery, QuietMark } from './live-message.ts';
+import type { LiveDelivery, LiveItem, QuietMark } from './live-message.ts';
 import { type DropReason, LiveSession } from './live-session.ts';
 
 /** An in-memory live stream with the feed's interface; `publish` also reaches subscribers. */
 const memoryFeed = () => {
   const stream: LiveDelivery[] = [];
-  const listeners = new Set<(item: LiveDelivery | QuietMark) => void>();
+  const listeners = new Set<(item: LiveItem) => void>();
   let afterLastPage: () => void = () => undefined;
   let next = 1_000;
   const publish = (n: number) => {
@@ -41,16 +41,43 @@ const memoryFeed = () => {
     }
     return mark;
   };
+  /**
+   * `unheard` messages the process's reader never handed on before the trimming overtook it,
+   * after which the stream keeps its last `kept` messages (all of them, if `kept` is undefined).
+   * Then the reader's notice, and the messages it reads after it, handed on as it reads them.
+   */
+  const overtakeReader = (unheard: number, kept?: number) => {
+    const heard = new Set(listeners);
+    listeners.clear();
+    publish(unheard);
+    for (const listener of heard) {
+      listeners.add(listener);
+    }
+    if (kept !== undefined) {
+      stream.splice(0, stream.length - kept);
+    }
+    const [first, ...rest] = stream.slice(-Math.min(unheard, kept ?? unheard));
+    for (const listener of listeners) {
+      if (first) {
+        listener({ id: first.id, overtaken: true });
+        listener(first);
+      }
+      for (const delivery of rest) {
+        listener(delivery);
+      }
+    }
+  };
   return {
     stream,
     publish,
     markQuiet,
+    overtakeReader,
     /** Runs `then` once, when a range first comes back short: the end of a replay. */
     onLastPage: (then: () => void) => {
       afterLastPage = then;
     },
     feed: {
-      subscribe: (listener: (item: LiveDelivery | QuietMark) => void) => {
+      subscribe: (listener: (item: LiveItem) => void) => {
         listeners.add(listener);
         return () => listeners.delete(listener);
       },
@@ -135,7 +162,7 @@ void describe('LiveSession stopped before it ran', () => {
     let subscribed = 0;
     const counting = {
       ...feed,
-      subscribe: (listener: (item: LiveDelivery | QuietMark) => void) => {
+      subscribe: (listener: (item: LiveItem) => void) => {
         subscribed += 1;
         const unsubscribe = feed.subscribe(listener);
         return () => {
@@ -175,6 +202,45 @@ void describe('LiveSession live', () => {
       client.gaps.filter((gap) => gap.oldest === mark.id),
       [{ after: stream[2]?.id, oldest: mark.id, receivedBefore: 3 }],
     );
+    await stopHavingSentAll(client, stream);
+  });
+});
+
+/** A live session that has been sent three messages. */
+const liveAfterThreeMessages = async () => {
+  const memory = memoryFeed();
+  const client = resumingSession(memory.feed, 16_384);
+  await waitUntil(() => !client.session.catchingUp, 'the session to go live');
+  memory.publish(3);
+  await waitUntil(() => client.received.length === 3, 'the first messages');
+  return { ...memory, client };
+};
+
+void describe('LiveSession behind an overtaken reader', () => {
+  void it('reads on from the stream and tells of the gap where its own position was trimmed, after what it was sent', async () => {
+    const { publish, stream, overtakeReader, client } = await liveAfterThreeMessages();
+    const sentBefore = client.received.slice();
+    // Twenty messages the reader never handed on; the trimming kept the last ten of them.
+    overtakeReader(20, 10);
+    publish(2);
+    await waitUntil(() => client.received.length === 3 + 12, 'what the stream still holds');
+    assert.deepEqual(client.gaps, [
+      { after: sentBefore.at(-1), oldest: stream[0]?.id, receivedBefore: 3 },
+    ]);
+    assert.deepEqual(client.received, [...sentBefore, ...stream.map((d) => d.id)]);
+    assert.deepEqual(client.drops, []);
+    client.session.stop();
+    await client.running;
+  });
+
+  void it('tells a session whose own position is still in the stream of no gap, and sends nothing twice', async () => {
+    const { publish, stream, overtakeReader, client } = await liveAfterThreeMessages();
+    // The reader says it was overtaken, but the trimming stopped short of this session's
+    // position: the stream holds everything, read again beside what the reader hands on.
+    overtakeReader(20);
+    publish(2);
+    await waitUntil(() => client.received.length === stream.length, 'every message');
+    assert.deepEqual(client.gaps, []);
     await stopHavingSentAll(client, stream);
   });
 });
