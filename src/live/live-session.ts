@@ -6,6 +6,7 @@ import {
   type LiveItem,
   matches,
   type QuietMark,
+  type ReaderOvertaken,
 } from './live-message.ts';
 
 /** What a transport (SSE, WebSocket) does for a session. */
@@ -73,9 +74,9 @@ export class LiveSession {
   #queuedBytes = 0;
   #lastQueued: string | undefined;
   /** Live messages (and quiet marks) that arrived while catching up; undefined once live. */
-  #held: (LiveDelivery | QuietMark)[] | undefined = [];
-  /** The last quiet mark a gap notice was sent for. */
-  #lastQuietMark: string | undefined;
+  #held: LiveItem[] | undefined = [];
+  /** The last mark a gap notice was sent for. */
+  #lastGapMark: string | undefined;
   /** Live messages were let go while catching up: they are read back from the stream. */
   #heldLetGo = false;
   /** Messages the socket has taken, and a wake-up for the catch-up waiting on it. */
@@ -153,54 +154,52 @@ export class LiveSession {
   }
 
   #receive(item: LiveItem) {
-    if ('overtaken' in item) {
-      this.#readOnFromStream();
-      return;
-    }
     if (this.#held === undefined) {
-      if ('quiet' in item) {
-        void this.#quietMark(item);
-      } else {
+      if ('message' in item) {
         this.#offer(item);
+      } else {
+        this.#gapWhileLive(item);
       }
+    } else if ('overtaken' in item) {
+      // Catching up: its next round reads the stream again from what it queued, which tells of
+      // a gap only where its own position was trimmed (a resume that read the stream past the
+      // reader loses nothing there).
+      this.#heldLetGo = true;
     } else if (this.#heldLetGo || this.#held.length >= MAX_HELD) {
       this.#heldLetGo = true;
-    } else if ('quiet' in item || matches(this.#options.filter, item.message)) {
+    } else if (!('message' in item) || matches(this.#options.filter, item.message)) {
       this.#held.push(item);
     }
   }
 
   /**
-   * The process's reader fell behind the stream's trimming, so what it hands on next may follow a
-   * gap. The session reads on from the stream from the last message it queued, as a catch-up
-   * does: that tells the client of a gap only where its own position was trimmed, after what was
-   * sent before it, and a session already past the reader (a resume that read the stream to its
-   * end) loses nothing and is told nothing.
+   * A mark reaching a live session: a quiet spell before it, or the process's reader overtaken by
+   * the stream's trimming just before it. What arrives after it is held, as during a catch-up,
+   * until what was queued before it has gone out and the gap notice with it, so the client knows
+   * where the gap falls; then the session is live again. A mark at or before the last message
+   * queued lies behind the session and tells it nothing.
    */
-  #readOnFromStream() {
-    if (this.#closed) {
+  #gapWhileLive(mark: QuietMark | ReaderOvertaken) {
+    if (this.#lastQueued !== undefined && compareEntryIds(mark.id, this.#lastQueued) <= 0) {
       return;
     }
-    // A catch-up running now reads the stream again in its next round.
-    this.#heldLetGo = true;
-    if (this.#held === undefined) {
-      this.#held = [];
-      void this.#catchUpOrDrop(undefined);
-    }
+    this.#held = [mark];
+    void this.#catchUpOrDrop(undefined);
   }
 
   /**
-   * A gap notice for a quiet mark: nobody listened for a while before it, so nothing was
-   * published, and what happened then is missing, right after what was queued so far. Once per
-   * mark: a replay from what was queued (after live messages were let go) meets it again, and a
+   * A gap notice for a mark: before a quiet mark nobody listened for a while, so nothing was
+   * published; before an overtaken one the stream's trimming took what the reader had not read.
+   * What happened there is missing, right after what was queued so far. Once per mark: a replay
+   * from what was queued (after live messages were let go) meets a quiet mark again, and a
    * client that joined while the first after the spell waited to write it meets it live. Sent
    * once what was queued before it has gone out, so the client knows where it falls.
    */
-  async #quietMark(mark: QuietMark, after?: string) {
-    if (this.#lastQuietMark !== undefined && compareEntryIds(mark.id, this.#lastQuietMark) <= 0) {
+  async #gapNotice(mark: QuietMark | ReaderOvertaken, after?: string) {
+    if (this.#lastGapMark !== undefined && compareEntryIds(mark.id, this.#lastGapMark) <= 0) {
       return;
     }
-    this.#lastQuietMark = mark.id;
+    this.#lastGapMark = mark.id;
     const since = this.#lastQueued ?? after ?? this.#options.since;
     await this.#room(0);
     if (!this.#closed && since !== undefined) {
@@ -229,11 +228,11 @@ export class LiveSession {
       }
       while (this.#held && this.#held.length > 0) {
         for (const item of this.#held.splice(0)) {
-          if ('quiet' in item) {
-            await this.#quietMark(item);
-          } else {
+          if ('message' in item) {
             this.#offer(item);
             await this.#room();
+          } else {
+            await this.#gapNotice(item);
           }
         }
       }
@@ -273,7 +272,7 @@ export class LiveSession {
       }
       for (const item of page) {
         if ('quiet' in item) {
-          await this.#quietMark(item, after);
+          await this.#gapNotice(item, after);
           if (this.#closed) {
             return;
           }

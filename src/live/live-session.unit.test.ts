@@ -10,6 +10,7 @@ const memoryFeed = () => {
   const listeners = new Set<(item: LiveItem) => void>();
   let afterLastPage: () => void = () => undefined;
   let next = 1_000;
+  let ranges = 0;
   const publish = (n: number) => {
     for (let i = 0; i < n; i += 1) {
       const delivery: LiveDelivery = {
@@ -72,6 +73,8 @@ const memoryFeed = () => {
     publish,
     markQuiet,
     overtakeReader,
+    /** How many ranges of the stream sessions have read. */
+    ranges: () => ranges,
     /** Runs `then` once, when a range first comes back short: the end of a replay. */
     onLastPage: (then: () => void) => {
       afterLastPage = then;
@@ -82,6 +85,7 @@ const memoryFeed = () => {
         return () => listeners.delete(listener);
       },
       range: async (after: string, count: number, { including = false } = {}) => {
+        ranges += 1;
         const page = stream
           .filter((d) => compareEntryIds(d.id, after) > (including ? -1 : 0))
           .slice(0, count);
@@ -142,6 +146,38 @@ const resumingSession = (
   return { session, running, received, drops, gaps, maxQueued: () => maxQueued };
 };
 
+/**
+ * A session resuming from the first of 3,000 messages, its replay started and its sink waiting
+ * for `open` before it takes the first.
+ */
+const resumingFromTheFirstOf3000 = async () => {
+  const memory = memoryFeed();
+  memory.publish(3_000);
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  const client = resumingSession(memory.feed, 16_384, gate, { since: memory.stream[0]?.id });
+  await waitUntil(() => client.session.queuedBytes > 0, 'the replay to start');
+  return { ...memory, client, open };
+};
+
+/** A session gone live on an empty stream. */
+const liveSession = async () => {
+  const memory = memoryFeed();
+  const client = resumingSession(memory.feed, 16_384);
+  await waitUntil(() => !client.session.catchingUp, 'the session to go live');
+  return { ...memory, client };
+};
+
+/** A live session that has been sent three messages. */
+const liveAfterThreeMessages = async () => {
+  const live = await liveSession();
+  live.publish(3);
+  await waitUntil(() => live.client.received.length === 3, 'the first messages');
+  return live;
+};
+
 /** Ends the session, which must have sent every message of the stream, in order, undropped. */
 const stopHavingSentAll = async (
   client: ReturnType<typeof resumingSession>,
@@ -187,11 +223,7 @@ void describe('LiveSession stopped before it ran', () => {
 
 void describe('LiveSession live', () => {
   void it('sends a gap notice, once, for a quiet mark that reaches it live, after what was sent before it', async () => {
-    const { feed, publish, stream, markQuiet } = memoryFeed();
-    const client = resumingSession(feed, 16_384);
-    await waitUntil(() => !client.session.catchingUp, 'the session to go live');
-    publish(3);
-    await waitUntil(() => client.received.length === 3, 'the first messages');
+    const { publish, stream, markQuiet, client } = await liveAfterThreeMessages();
     // Written by the first client after a quiet spell while this one, which joined beside it
     // without waiting, was already live.
     const mark = markQuiet();
@@ -206,20 +238,11 @@ void describe('LiveSession live', () => {
   });
 });
 
-/** A live session that has been sent three messages. */
-const liveAfterThreeMessages = async () => {
-  const memory = memoryFeed();
-  const client = resumingSession(memory.feed, 16_384);
-  await waitUntil(() => !client.session.catchingUp, 'the session to go live');
-  memory.publish(3);
-  await waitUntil(() => client.received.length === 3, 'the first messages');
-  return { ...memory, client };
-};
-
 void describe('LiveSession behind an overtaken reader', () => {
-  void it('reads on from the stream and tells of the gap where its own position was trimmed, after what it was sent', async () => {
-    const { publish, stream, overtakeReader, client } = await liveAfterThreeMessages();
+  void it('tells a live session of the gap after what it was sent, from what the reader hands on', async () => {
+    const { publish, stream, overtakeReader, client, ranges } = await liveAfterThreeMessages();
     const sentBefore = client.received.slice();
+    const rangesBefore = ranges();
     // Twenty messages the reader never handed on; the trimming kept the last ten of them.
     overtakeReader(20, 10);
     publish(2);
@@ -228,19 +251,46 @@ void describe('LiveSession behind an overtaken reader', () => {
       { after: sentBefore.at(-1), oldest: stream[0]?.id, receivedBefore: 3 },
     ]);
     assert.deepEqual(client.received, [...sentBefore, ...stream.map((d) => d.id)]);
+    // From what the reader hands on: each of a process's sessions reading the stream again would
+    // multiply the reads just when the process is behind.
+    assert.equal(ranges(), rangesBefore);
     assert.deepEqual(client.drops, []);
     client.session.stop();
     await client.running;
   });
 
-  void it('tells a session whose own position is still in the stream of no gap, and sends nothing twice', async () => {
-    const { publish, stream, overtakeReader, client } = await liveAfterThreeMessages();
-    // The reader says it was overtaken, but the trimming stopped short of this session's
-    // position: the stream holds everything, read again beside what the reader hands on.
+  void it('tells a resuming session whose own position is still in the stream of no gap, and sends nothing twice', async () => {
+    const { publish, stream, overtakeReader, client, open } = await resumingFromTheFirstOf3000();
+    // The reader was overtaken while this session read the stream on its own, from a position
+    // the trimming never reached.
     overtakeReader(20);
+    open();
+    await waitUntil(
+      () => client.received.length === stream.length - 1,
+      'every message after since',
+    );
     publish(2);
-    await waitUntil(() => client.received.length === stream.length, 'every message');
+    await waitUntil(() => client.received.length === stream.length - 1, 'the live messages after');
     assert.deepEqual(client.gaps, []);
+    assert.deepEqual(
+      client.received,
+      stream.slice(1).map((d) => d.id),
+    );
+    assert.deepEqual(client.drops, []);
+    client.session.stop();
+    await client.running;
+  });
+});
+
+void describe('LiveSession live, with messages still queued', () => {
+  void it("sends a quiet mark's gap notice after what was queued before it and before what follows", async () => {
+    const { publish, stream, markQuiet, client } = await liveSession();
+    // All at once: three queued and not yet sent when the mark arrives, two right after it.
+    publish(3);
+    const mark = markQuiet();
+    publish(2);
+    await waitUntil(() => client.received.length === 5, 'every message');
+    assert.deepEqual(client.gaps, [{ after: stream[2]?.id, oldest: mark.id, receivedBefore: 3 }]);
     await stopHavingSentAll(client, stream);
   });
 });
@@ -284,15 +334,8 @@ void describe('LiveSession resuming', () => {
   });
 
   void it('tells a client the stream was trimmed past it, after what it was sent before the gap', async () => {
-    const { feed, publish, stream } = memoryFeed();
-    publish(3_000);
-    let open: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => {
-      open = resolve;
-    });
     // From the first message, which is still there: no gap yet.
-    const client = resumingSession(feed, 16_384, gate, { since: stream[0]?.id });
-    await waitUntil(() => client.session.queuedBytes > 0, 'the replay to start');
+    const { stream, client, open } = await resumingFromTheFirstOf3000();
     const trimmed = stream.splice(0, 2_000).map((d) => d.id);
     open();
     await waitUntil(() => !client.session.catchingUp, 'the catch-up to end');
