@@ -176,8 +176,6 @@ export class IntegrityScheduler {
     // time (every minute, say) would otherwise skip it.
     let after = new Date();
     while (!signal.aborted && this.#mode === 'pg_cron') {
-      // In pg_cron's own time zone: a schedule of hours means its hours. The last one read
-      // stands while the main database does not answer.
       const due = await this.cronDueAfter(after);
       await pause(Math.max(0, due.getTime() - Date.now()) + CRON_GRACE_MS, signal);
       if (!signal.aborted) {
