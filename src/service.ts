@@ -93,7 +93,7 @@ export const startService = async (
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
-    listing = await checkPartitionCount(redis, config.namespace, config.partitions, logger, {
+    listing = await checkPartitionCount(eventLog, logger, {
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });
     refusal = await eventLog.ensureGroups();

@@ -991,8 +991,12 @@ void describe('the local log', () => {
     void it('is recorded at the first start, and a start with another is refused while the log holds anything', async () => {
       const namespace = `count-${randomUUID()}`;
       const silent = createLogger('silent');
-      const first = await checkPartitionCount(redis, namespace, 2, silent, { name: 'first' });
-      const second = await checkPartitionCount(redis, namespace, 2, silent, { name: 'second' });
+      const first = await checkPartitionCount(new EventLog(redis, namespace, 2), silent, {
+        name: 'first',
+      });
+      const second = await checkPartitionCount(new EventLog(redis, namespace, 2), silent, {
+        name: 'second',
+      });
       assert.equal(await recordedPartitions(redis, namespace), 2);
       const two = new EventLog(redis, namespace, 2);
       await two.ensureGroups();
@@ -1002,7 +1006,7 @@ void describe('the local log', () => {
         'appended',
       );
       await assert.rejects(
-        checkPartitionCount(redis, namespace, 4, silent),
+        checkPartitionCount(new EventLog(redis, namespace, 4), silent),
         (err: Error) =>
           err instanceof PartitionCountError &&
           /OUTPOST_PARTITIONS is 4, but this site's log was written with 2 partitions and still holds 1 pending event\(s\) and 0 dead letter\(s\)/.test(
@@ -1014,7 +1018,7 @@ void describe('the local log', () => {
       // run: their writes would go where the new count does not look.
       await redis.del(...two.allKeys().map((k) => k.stream));
       await assert.rejects(
-        checkPartitionCount(redis, namespace, 4, silent, { name: 'third' }),
+        checkPartitionCount(new EventLog(redis, namespace, 4), silent, { name: 'third' }),
         /OUTPOST_PARTITIONS is 4, but 2 process\(es\) of this site still run with another count: (first with 2; second with 2|second with 2; first with 2)\. Stop them first/,
       );
       assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
@@ -1022,10 +1026,12 @@ void describe('the local log', () => {
       await second.stop();
       // And the other way round: the process that took the change is listed, so one started
       // with the old count meanwhile is refused, though the log is as empty.
-      const changed = await checkPartitionCount(redis, namespace, 4, silent, { name: 'third' });
+      const changed = await checkPartitionCount(new EventLog(redis, namespace, 4), silent, {
+        name: 'third',
+      });
       assert.equal(await recordedPartitions(redis, namespace), 4);
       await assert.rejects(
-        checkPartitionCount(redis, namespace, 2, silent, { name: 'late' }),
+        checkPartitionCount(new EventLog(redis, namespace, 2), silent, { name: 'late' }),
         /OUTPOST_PARTITIONS is 2, but 1 process\(es\) of this site still run with another count: third with 4/,
       );
       await changed.stop();
@@ -1044,7 +1050,7 @@ void describe('the local log', () => {
             : Reflect.get(target, name, target),
       });
       await assert.rejects(
-        checkPartitionCount(raced, racing, 4, silent),
+        checkPartitionCount(new EventLog(raced, racing, 4), silent),
         /OUTPOST_PARTITIONS is 4, but a process of this site starting at the same moment recorded 2/,
       );
       // A Redis that refuses writes (full, or a failed save) does not stop a start that would
@@ -1052,10 +1058,12 @@ void describe('the local log', () => {
       // A change, though, is not taken while it cannot be recorded.
       await redis.call('REPLICAOF', '127.0.0.1', '1');
       try {
-        await (await checkPartitionCount(redis, namespace, 4, silent)).stop();
-        await (await checkPartitionCount(redis, `count-${randomUUID()}`, 4, silent)).stop();
+        await (await checkPartitionCount(new EventLog(redis, namespace, 4), silent)).stop();
+        await (
+          await checkPartitionCount(new EventLog(redis, `count-${randomUUID()}`, 4), silent)
+        ).stop();
         await assert.rejects(
-          checkPartitionCount(redis, namespace, 2, silent),
+          checkPartitionCount(new EventLog(redis, namespace, 2), silent),
           /the change cannot be recorded while Redis refuses writes: start with OUTPOST_PARTITIONS=4/,
         );
       } finally {
@@ -1067,10 +1075,14 @@ void describe('the local log', () => {
   void describe('a running process listed under its partition count', () => {
     void it("refuses writes once the site's count is changed under it, until the count is its own again", async () => {
       const namespace = `count-${randomUUID()}`;
-      const listing = await checkPartitionCount(redis, namespace, 2, createLogger('silent'), {
-        name: 'running',
-        relistEveryMs: 50,
-      });
+      const listing = await checkPartitionCount(
+        new EventLog(redis, namespace, 2),
+        createLogger('silent'),
+        {
+          name: 'running',
+          relistEveryMs: 50,
+        },
+      );
       const listed = () => redis.zrange(processRosterKey(namespace), '0', '-1');
       try {
         assert.equal(listing.countError, undefined);

@@ -1,5 +1,9 @@
 import { CronExpressionParser } from 'cron-parser';
 
+/** The runs of a cron schedule after `from`, in `timeZone`, one by one. */
+const runsAfter = (schedule: string, from: Date, timeZone: string) =>
+  CronExpressionParser.parse(schedule, { currentDate: from, tz: timeZone });
+
 /**
  * Next run of a 5-field cron schedule after `from`; validated at start-up, so it parses. In UTC
  * unless `timeZone` names another (pg_cron's `cron.timezone`); one this parser does not know is
@@ -7,9 +11,7 @@ import { CronExpressionParser } from 'cron-parser';
  */
 export const nextRun = (schedule: string, from: Date, timeZone = 'UTC'): Date => {
   try {
-    return CronExpressionParser.parse(schedule, { currentDate: from, tz: timeZone })
-      .next()
-      .toDate();
+    return runsAfter(schedule, from, timeZone).next().toDate();
   } catch (err) {
     if (timeZone === 'UTC') {
       throw err;
@@ -36,7 +38,7 @@ export const isValidSchedule = (schedule: string): boolean => {
  * at, so a schedule of every few seconds costs a start-up little.
  */
 export const longestGapSeconds = (schedule: string, from: Date, maxRuns = 20_000): number => {
-  const runs = CronExpressionParser.parse(schedule, { currentDate: from, tz: 'UTC' });
+  const runs = runsAfter(schedule, from, 'UTC');
   const until = from.getTime() + 8 * 86_400_000;
   let previous = runs.next().getTime();
   let longest = 0;

@@ -25,7 +25,9 @@ import {
   liveListenersKey,
   liveStreamKey,
   type PartitionKeys,
+  partitionCountKey,
   partitionKeys,
+  processRosterKey,
 } from './keys.ts';
 import { pipelineReplies } from './redis.ts';
 
@@ -481,9 +483,7 @@ export class EventLog {
       // taken by a body the key's record then refused would refuse the record's own body.
       // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
       // body, as before claims were given back.
-      await this.#redis
-        .outpostReleaseClaim(1, claimKey, idempotency.requestHash)
-        .catch(() => undefined);
+      await this.releaseKey(claimKey, idempotency.requestHash).catch(() => undefined);
     } else if (result.kind === 'appended' && claim === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
@@ -942,16 +942,16 @@ export class EventLog {
    * Lists a process in the site's roster under its partition count, taking that count as the
    * site's if no listed process runs with another (scripts/partition-count.lua).
    */
-  listProcess(
-    countKey: string,
-    rosterKey: string,
-    listing: { partitions: number; found: string; member: string; listedMs: number },
-  ): Promise<RosterOutcome> {
+  listProcess(listing: {
+    found: string;
+    member: string;
+    listedMs: number;
+  }): Promise<RosterOutcome> {
     return this.#redis.outpostPartitionCount(
       2,
-      countKey,
-      rosterKey,
-      String(listing.partitions),
+      partitionCountKey(this.namespace),
+      processRosterKey(this.namespace),
+      String(this.partitions),
       listing.found,
       listing.member,
       String(listing.listedMs),

@@ -42,25 +42,24 @@ export type SiteListing = {
  * is refused, saying why.
  */
 export const checkPartitionCount = async (
-  redis: Redis,
-  namespace: string,
-  partitions: number,
+  eventLog: EventLog,
   logger: Logger,
   {
     name = `${hostname()} pid ${process.pid}`,
     relistEveryMs = RELIST_EVERY_MS,
   }: { name?: string; relistEveryMs?: number } = {},
 ): Promise<SiteListing> => {
+  const { redis, namespace, partitions } = eventLog;
   const member = `${partitions} ${name}`;
-  const eventLog = new EventLog(redis, namespace, partitions);
   for (let look = 0; look < 3; look += 1) {
     const previous = await redis.get(partitionCountKey(namespace));
-    if (previous !== null && Number(previous) !== partitions) {
+    const changing = previous !== null && Number(previous) !== partitions;
+    if (changing) {
       await refuseWhileLogHolds(redis, namespace, partitions, Number(previous));
     }
-    const outcome = await listOnce(eventLog, namespace, partitions, previous ?? '', member);
+    const outcome = await listOnce(eventLog, previous ?? '', member);
     if (outcome === 'refused') {
-      if (previous !== null && Number(previous) !== partitions) {
+      if (changing) {
         throw new PartitionCountError(
           `OUTPOST_PARTITIONS is ${partitions}, but this site's log was written with ${previous} partitions, and the change cannot be recorded while Redis refuses writes: start with OUTPOST_PARTITIONS=${previous}`,
         );
@@ -68,27 +67,17 @@ export const checkPartitionCount = async (
       // A Redis refusing writes (full, or a failed save) must not stop a start that would drain
       // it: the count is recorded, and the process listed, by a renewal that can write.
       logger.warn('cannot record the partition count while Redis refuses writes');
-      return keepListed(
-        eventLog,
-        { namespace, partitions, member, relistEveryMs },
-        logger,
-        previous ?? '',
-      );
+      return keepListed(eventLog, { member, relistEveryMs }, logger, previous ?? '');
     }
     const [state, ...detail] = outcome;
     if (state === 'listed') {
-      if (previous !== null && Number(previous) !== partitions) {
+      if (changing) {
         logger.warn(
           { from: Number(previous), to: partitions },
           'partition count changed; the log held nothing pending',
         );
       }
-      return keepListed(
-        eventLog,
-        { namespace, partitions, member, relistEveryMs },
-        logger,
-        String(partitions),
-      );
+      return keepListed(eventLog, { member, relistEveryMs }, logger, String(partitions));
     }
     if (state === 'running') {
       throw new PartitionCountError(
@@ -131,24 +120,15 @@ const refuseWhileLogHolds = async (
 
 const listOnce = (
   eventLog: EventLog,
-  namespace: string,
-  partitions: number,
   found: string,
   member: string,
 ): Promise<RosterOutcome | 'refused'> =>
-  eventLog
-    .listProcess(partitionCountKey(namespace), processRosterKey(namespace), {
-      partitions,
-      found,
-      member,
-      listedMs: LISTED_MS,
-    })
-    .catch((err: Error) => {
-      if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
-        throw err;
-      }
-      return 'refused' as const;
-    });
+  eventLog.listProcess({ found, member, listedMs: LISTED_MS }).catch((err: Error) => {
+    if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
+      throw err;
+    }
+    return 'refused' as const;
+  });
 
 /**
  * Renews the listing until the process stops. Should the recorded count change under a running
@@ -159,15 +139,11 @@ const listOnce = (
  */
 const keepListed = (
   eventLog: EventLog,
-  {
-    namespace,
-    partitions,
-    member,
-    relistEveryMs,
-  }: { namespace: string; partitions: number; member: string; relistEveryMs: number },
+  { member, relistEveryMs }: { member: string; relistEveryMs: number },
   logger: Logger,
   lastFound: string,
 ): SiteListing => {
+  const { namespace, partitions } = eventLog;
   let found = lastFound;
   let countError: string | undefined;
   const refuse = (error: string) => {
@@ -178,7 +154,7 @@ const keepListed = (
   };
   let renewal: Promise<void> | undefined;
   const renew = async () => {
-    const outcome = await listOnce(eventLog, namespace, partitions, found, member);
+    const outcome = await listOnce(eventLog, found, member);
     if (outcome === 'refused') {
       return;
     }
