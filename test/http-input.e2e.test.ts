@@ -616,6 +616,57 @@ void describe('HTTP input', () => {
       );
     });
 
+    void it('counts notes in characters too: 10,000 telescopes fit, 10,001 do not', async () => {
+      const created = await h.post('/executed_obs_units/start', {
+        ...start,
+        notes: '🔭'.repeat(10_000),
+      });
+      assert.equal(created.status, 201, JSON.stringify(created.body));
+      const finish = (notes: string) =>
+        h.post(`/executed_obs_units/${created.body.id}/finish`, { status: 'success', notes });
+      const error = await appendsNothing(
+        () => finish('🔭'.repeat(10_001)),
+        400,
+        'validation_failed',
+      );
+      assert.deepEqual(
+        error.details.map((d: { path: string }) => d.path),
+        ['notes'],
+      );
+      assert.equal((await finish('')).status, 202, 'empty notes stay allowed');
+    });
+
+    void it('stores doubles past 2^53 as written, where an integer literal JSON.parse rounded is refused', async () => {
+      // Written as the text a client sends: JSON.stringify would spell 3.0857e16 as digits.
+      const body = (extra: string) =>
+        `{"obs_unit_id":"ou-doubles","instrument":"x","metadata":{"parsec_m":3.0857e16,"avogadro":6.02214076E23,"huge":-1.5e300${extra}}}`;
+      const created = await h.request(
+        'POST',
+        '/executed_obs_units/start',
+        body(',"exact":1152921504606846976'),
+      );
+      assert.equal(created.status, 201, created.text);
+      const read = await h.get(`/executed_obs_units/${created.body.id}`);
+      assert.deepEqual(read.body.metadata, {
+        parsec_m: 3.0857e16,
+        avogadro: 6.02214076e23,
+        huge: -1.5e300,
+        exact: 2 ** 60,
+      });
+      const error = await appendsNothing(
+        () =>
+          h.request('POST', '/executed_obs_units/start', body(',"counts":[1, 9007199254740993]')),
+        400,
+        'validation_failed',
+      );
+      assert.deepEqual(error.details, [
+        {
+          path: 'metadata.counts.1',
+          message: 'integer with more digits than a double holds (it would be stored rounded)',
+        },
+      ]);
+    });
+
     void it('refuses a package whose files belong to several units with 400 files_span_units', async () => {
       const file = {
         path: '/x',

@@ -115,8 +115,50 @@ const textProblem = (text: string): string | undefined => {
   return LONE_SURROGATE.test(text) ? 'an unpaired UTF-16 surrogate (not valid Unicode)' : undefined;
 };
 
-/** A walk of one body: the path to the node being visited, and what was found so far. */
-type StorableWalk = { at: (string | number)[]; problems: ErrorDetail[] };
+/**
+ * A walk of one body: the path to the node being visited, what was found so far, and the JSON
+ * text it was parsed from with, once needed, the integers past 2^53 that text writes as such.
+ */
+type StorableWalk = {
+  at: (string | number)[];
+  problems: ErrorDetail[];
+  source: string | undefined;
+  roundedIntegers?: Set<number>;
+};
+
+/** Strings (keys included) are matched whole, so digits inside them are never taken for numbers. */
+const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
+
+/** The integer literals of a JSON text that JSON.parse rounded, as the numbers it made of them. */
+const roundedIntegerLiterals = (source: string): Set<number> => {
+  const rounded = new Set<number>();
+  for (const [token] of source.matchAll(JSON_TOKEN)) {
+    if (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token))) {
+      const parsed = Number(token);
+      if (BigInt(parsed) !== BigInt(token)) {
+        rounded.add(parsed);
+      }
+    }
+  }
+  return rounded;
+};
+
+/**
+ * An integer literal past 2^53 has usually lost its last digits to JSON.parse (9007199254740993
+ * reads as …992); one a double holds exactly (2^60) has not. A number written as a double
+ * (3.0857e16, 6.02214076e23) is stored as the double it names, as any other. Without the text,
+ * every integer past 2^53 is taken for a rounded one.
+ */
+const isRoundedInteger = (walk: StorableWalk, node: number): boolean => {
+  if (Number.isSafeInteger(node) || !Number.isInteger(node)) {
+    return false;
+  }
+  if (walk.source === undefined) {
+    return true;
+  }
+  walk.roundedIntegers ??= roundedIntegerLiterals(walk.source);
+  return walk.roundedIntegers.has(node);
+};
 
 const report = (walk: StorableWalk, message: string) =>
   walk.problems.push({ path: pathOf(walk.at), message });
@@ -138,8 +180,8 @@ const visitStorable = (walk: StorableWalk, node: unknown, depth: number) => {
     if (!Number.isFinite(node)) {
       // JSON.parse reads 1e999 as Infinity, which JSON.stringify would write back as null.
       report(walk, 'number beyond the range of a double');
-    } else if (Number.isInteger(node) && !Number.isSafeInteger(node)) {
-      report(walk, 'integer beyond Number.MAX_SAFE_INTEGER');
+    } else if (isRoundedInteger(walk, node)) {
+      report(walk, 'integer with more digits than a double holds (it would be stored rounded)');
     }
   } else if (Array.isArray(node)) {
     for (let i = 0; i < node.length; i++) {
@@ -167,15 +209,15 @@ const visitStorable = (walk: StorableWalk, node: unknown, depth: number) => {
 
 /**
  * What PostgreSQL cannot store is refused at the door: NUL or an unpaired surrogate in a string or
- * key, numbers past a double's range and integers past 2^53 (JSON.parse has already rounded
- * them), nesting deeper than MAX_JSON_DEPTH.
+ * key, numbers past a double's range and integer literals past 2^53 (JSON.parse has already
+ * rounded them; `source` is the text `value` was parsed from), nesting deeper than MAX_JSON_DEPTH.
  *
  * Every write's body is walked, so the walk creates no functions: one path, pushed and popped,
  * spelled out only for the rare node with a problem; and no closures, each of which tsx's
  * keep-names transform (when the sources run through tsx, not bundled) would rename per call.
  */
-export const storableProblems = (value: unknown, path: (string | number)[] = []): ErrorDetail[] => {
-  const walk: StorableWalk = { at: [...path], problems: [] };
+export const storableProblems = (value: unknown, source?: string): ErrorDetail[] => {
+  const walk: StorableWalk = { at: [], problems: [], source };
   visitStorable(walk, value, 0);
   return walk.problems;
 };
@@ -238,7 +280,7 @@ export const readJson = async <S extends z.ZodType>(
       `request body is not valid JSON: ${(err as Error).message}`,
     );
   }
-  const problems = storableProblems(raw);
+  const problems = storableProblems(raw, text);
   if (problems.length > 0) {
     throw new ApiError('validation_failed', 'request body cannot be stored', problems);
   }

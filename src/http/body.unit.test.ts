@@ -38,6 +38,24 @@ void describe('storableProblems', () => {
     );
   });
 
+  void it('flags only integer literals JSON.parse rounded, given the text they were parsed from', () => {
+    const source = JSON.stringify({
+      parsec_m: 3.0857e16,
+      avogadro: 6.02214076e23,
+      huge: 1.5e300,
+      label: '9007199254740993',
+    })
+      .replace(
+        '}',
+        ', "n": 9007199254740993, "neg": -12345678901234567890, "exact": 1152921504606846976}',
+      )
+      .replace('"huge":1.5e+300', '"huge": 1.5E300');
+    assert.deepEqual(
+      storableProblems(JSON.parse(source), source).map((p) => p.path),
+      ['n', 'neg'],
+    );
+  });
+
   void it('flags a __proto__ key, which copying by assignment would drop', () => {
     const parsed = JSON.parse('{"m": {"__proto__": {"x": 1}, "ok": 1}}');
     assert.deepEqual(storableProblems(parsed), [
