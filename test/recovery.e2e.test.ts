@@ -567,6 +567,44 @@ void describe('recovery', () => {
       assert.deepEqual(stats, [{ event_count: 2 }], 'start and finish, counted again');
     });
 
+    void it('answers 404 to a finish or a change of a unit another site started, naming that site', async () => {
+      const started = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'elsewhere',
+        instrument: 'nircam',
+      });
+      assert.equal(started.status, 201);
+      const id: string = started.body.id;
+      await waitForAllAcknowledged(h);
+      // As a unit of another site sharing the main database shows here: on the replica, and
+      // unknown to this site's Redis.
+      await h.redis.del(eventLogOf(h).keys(partitionOf(id, h.config.partitions)).unitState(id));
+      const setSite = async (site: string) => {
+        await h.main.query('UPDATE executed_obs_units SET site = $2 WHERE id = $1', [id, site]);
+        await waitFor(
+          async () =>
+            (
+              await h.replicaRows<{ site: string }>(
+                'SELECT site FROM executed_obs_units WHERE id = $1',
+                [id],
+              )
+            )[0]?.site === site,
+          'the replica to show the site',
+        );
+      };
+      await setSite('summit-b');
+      const before = await streamEventIds(h);
+      const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
+      assert.equal(finish.status, 404, finish.text);
+      assert.equal(finish.body.error.code, 'not_found');
+      assert.match(finish.body.error.message, /started at site summit-b/);
+      const patch = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'x' });
+      assert.equal(patch.status, 404, patch.text);
+      assert.deepEqual(await streamEventIds(h), before, 'nothing appended');
+      await setSite(h.config.site);
+      const own = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
+      assert.equal(own.status, 202, own.text);
+    });
+
     void it('folds a stored v1 event through its upcaster', async () => {
       const id = newIdInPartition(0, h.config.partitions);
       const v1: Envelope = {

@@ -171,7 +171,15 @@ const transition = async (
     if (seed === undefined) {
       throw notFound(UNIT);
     }
-    outcome = await attempt({ ...request.guard, seed });
+    if (seed.site !== deps.config.site) {
+      // Its events are ordered by its own site's log: one appended here could apply before or
+      // after that site's, and a finish at both sites would leave the second a dead letter.
+      throw new ApiError(
+        'not_found',
+        `${UNIT} ${request.id} is not known at this site: it was started at site ${seed.site}, where it can be changed or finished`,
+      );
+    }
+    outcome = await attempt({ ...request.guard, seed: seed.status });
   }
   if (outcome.kind === 'conflict') {
     throw new ApiError(

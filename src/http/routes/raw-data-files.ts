@@ -1,3 +1,4 @@
+import type { UnitStatus } from '../../domain/events.ts';
 import { newIdInPartition, partitionOf } from '../../domain/ids.ts';
 import { listMerged } from '../../read/merged.ts';
 import { accept, envelope, idempotencyScope, respond } from '../accept.ts';
@@ -39,7 +40,7 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
       }),
     );
     const ids = events.map((e) => e.aggregate_id);
-    const attempt = (seed?: Awaited<ReturnType<typeof seedUnitStatus>>) =>
+    const attempt = (seed?: UnitStatus) =>
       accept(c, deps, {
         scope,
         rawBody: raw,
@@ -56,7 +57,7 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
           { path: 'executed_obs_unit_id', message: 'unknown id' },
         ]);
       }
-      outcome = await attempt(seed);
+      outcome = await attempt(seed.status);
     }
     return respond(c, deps, outcome, started);
   });

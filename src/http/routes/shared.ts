@@ -44,15 +44,18 @@ export const readDeps = (deps: AppDeps) => ({
 });
 
 /**
- * The status of a unit Redis no longer remembers (expired, or dropped by a discard), from the
- * replica with the unit's events still in flight folded over it; undefined if unknown.
+ * The status of a unit Redis no longer remembers (expired, dropped by a discard, or started at
+ * another site sharing the main database), and the site it was started at, from the replica with
+ * the unit's events still in flight folded over it; undefined if unknown.
  */
 export const seedUnitStatus = async (
   deps: AppDeps,
   unitId: string,
-): Promise<UnitStatus | undefined> => {
+): Promise<{ status: UnitStatus; site: string } | undefined> => {
   const merged = await replicaCall(deps, readMerged(readDeps(deps), 'executed_obs_unit', unitId));
-  return merged && 'status' in merged.state ? (merged.state.status as UnitStatus) : undefined;
+  return merged && 'status' in merged.state
+    ? { status: merged.state.status as UnitStatus, site: String(merged.state.site) }
+    : undefined;
 };
 
 export const decodeCursor = (cursor: string | undefined): string | undefined => {
