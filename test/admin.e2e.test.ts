@@ -457,6 +457,34 @@ void describe('admin and incident tools', () => {
     assert.equal((await h.get('/health')).body?.partition_count, undefined);
   });
 
+  void it('answers a read of a dead-lettered aggregate with a 404 that says where it is', async () => {
+    const poison = await deadLetteredStart('read-while-dead');
+    for (const path of [`/executed_obs_units/${poison.id}`, `/aggregates/${poison.id}/events`]) {
+      const read = await h.get(path);
+      assert.equal(read.status, 404, read.text);
+      assert.equal(read.body.error.code, 'not_found');
+      assert.match(
+        read.body.error.message,
+        /is not applied: its events are held in the dead letters/,
+      );
+    }
+    const unknown = await h.get(`/executed_obs_units/${unknownId}`);
+    assert.equal(unknown.status, 404);
+    assert.equal(unknown.body.error.message, 'executed obs unit not found');
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.event_id}?reason=test`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    assert.equal(
+      (await h.get(`/executed_obs_units/${poison.id}`)).body.error.message,
+      'executed obs unit not found',
+      'discarded: nothing of it is held any more',
+    );
+  });
+
   void it("dead-letters a dead-lettered unit's later events instead of applying them out of order", async () => {
     const poison = await deadLetteredStart('held-back');
     const later = await h.request('PATCH', `/executed_obs_units/${poison.id}`, { notes: 'later' });

@@ -196,6 +196,12 @@ export class DeadLetters {
     return (await pipelineReplies(pipeline)).reduce((sum: number, n) => sum + Number(n), 0);
   }
 
+  /** Whether an aggregate's events follow a dead letter of its own instead of applying. */
+  async isBlocked(aggregateId: string): Promise<boolean> {
+    const keys = this.eventLog.keys(partitionOf(aggregateId, this.eventLog.partitions));
+    return (await this.#redis.sismember(keys.blockedAggregates, aggregateId)) === 1;
+  }
+
   /**
    * Files `entry` as a dead letter and blocks its aggregate; its dead-letter id. `follows`: the
    * aggregates whose block it follows, when it did not fail on its own; if none of them is still

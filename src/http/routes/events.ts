@@ -2,7 +2,7 @@ import { readAggregateEvents, readEvent } from '../../read/events.ts';
 import type { AppDeps } from '../context.ts';
 import { notFound } from '../errors.ts';
 import { replicaCall } from '../outages.ts';
-import { type App, readDeps, uuidParam } from './shared.ts';
+import { type App, aggregateNotFound, readDeps, uuidParam } from './shared.ts';
 
 export const registerEventRoutes = (app: App, deps: AppDeps) => {
   app.get('/events/:event_id', async (c) => {
@@ -18,7 +18,7 @@ export const registerEventRoutes = (app: App, deps: AppDeps) => {
     const id = uuidParam(c, 'id', 'aggregate');
     const items = await replicaCall(deps, readAggregateEvents(readDeps(deps), id));
     if (!items) {
-      throw notFound('aggregate');
+      throw await aggregateNotFound(deps, 'aggregate', id);
     }
     return c.json({ items });
   });

@@ -30,11 +30,27 @@ export const registerAggregateGet = (
     const id = uuidParam(c, 'id', what);
     const merged = await replicaCall(deps, readMerged(readDeps(deps), type, id));
     if (!merged) {
-      throw notFound(what);
+      throw await aggregateNotFound(deps, what, id);
     }
     return c.json({ ...merged.state, consistency: merged.consistency });
   });
 };
+
+/**
+ * The 404 of an aggregate no read shows. One whose events wait in the dead letters was accepted
+ * (201) and is not applied: the answer says so and where to look, not that the id is unknown.
+ */
+export const aggregateNotFound = async (
+  deps: AppDeps,
+  what: string,
+  id: string,
+): Promise<ApiError> =>
+  (await deps.deadLetters.isBlocked(id))
+    ? new ApiError(
+        'not_found',
+        `${what} ${id} is not applied: its events are held in the dead letters (outpost dead list, GET /admin/dead-letters)`,
+      )
+    : notFound(what);
 
 export const readDeps = (deps: AppDeps) => ({
   replica: deps.replica,
