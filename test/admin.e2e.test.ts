@@ -446,10 +446,28 @@ void describe('admin and incident tools', () => {
       assert.equal(refused.status, 503, refused.text);
       assert.equal(refused.body.error.code, 'log_unavailable');
       assert.match(refused.body.error.message, new RegExp(`OUTPOST_PARTITIONS=${other}`));
-      // A replay would walk partitions the site's other processes do not read.
-      const replay = await h.request('POST', '/admin/replay', { from: '0' }, auth(TOKEN));
-      assert.equal(replay.status, 503, replay.text);
-      assert.equal(replay.body.error.code, 'log_unavailable');
+      // A replay would walk partitions the site's other processes do not read, and a read or an
+      // operator's look would miss the events in flight that they wrote.
+      const refusedToo: [string, string, unknown?][] = [
+        ['POST', '/admin/replay', { from: '0' }],
+        ['POST', '/admin/replay', { from: '0', dry_run: true }],
+        ['GET', '/admin/pending'],
+        ['GET', '/admin/dead-letters'],
+        ['GET', `/admin/dead-letters/${unknownId}`],
+        ['GET', `/executed_obs_units/${unknownId}`],
+        ['GET', '/executed_obs_units'],
+        ['GET', `/events/${unknownId}`],
+      ];
+      for (const [method, path, body] of refusedToo) {
+        const headers = path.startsWith('/admin') ? auth(TOKEN) : {};
+        const answer = await h.request(method, path, body, headers);
+        assert.equal(answer.status, 503, `${method} ${path}: ${answer.text}`);
+        assert.equal(answer.body.error.code, 'log_unavailable');
+        assert.match(answer.body.error.message, new RegExp(`OUTPOST_PARTITIONS=${other}`));
+      }
+      const unauthorized = await h.request('GET', '/admin/pending');
+      assert.equal(unauthorized.status, 401, 'auth is still checked before anything else');
+      assert.equal((await h.get('/metrics')).status, 200);
     } finally {
       await h.redis.set(countKey, own);
     }

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
-import { redisRefusal } from './accept.ts';
+import { redisRefusal, refuseWhenCountMoved } from './accept.ts';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
 import { ApiError, errorBody } from './errors.ts';
@@ -111,6 +111,19 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
   return app;
 };
 
+/**
+ * What a process whose partition count is no longer the site's still answers: its probes, which
+ * say so, and the API's description. Every read and write finds an aggregate's events by its
+ * partition, so with another count a read would miss the events in flight (ops/partition-count.ts).
+ */
+const SERVED_WHATEVER_THE_COUNT = new Set([
+  '/health',
+  '/buffer-stats',
+  '/metrics',
+  '/openapi.json',
+  '/docs',
+]);
+
 /** The HTTP API; it holds no resources, so tests call `app.request(...)` in-process. */
 export const createApp = (deps: AppDeps) => {
   const app = baseApp(deps);
@@ -119,6 +132,12 @@ export const createApp = (deps: AppDeps) => {
     '*',
     requireScope(() => deps.tokens?.current),
   );
+  app.use('*', async (c, next) => {
+    if (!SERVED_WHATEVER_THE_COUNT.has(c.req.path)) {
+      refuseWhenCountMoved(deps);
+    }
+    await next();
+  });
   registerUnitRoutes(app, deps);
   registerFileRoutes(app, deps);
   registerPackageRoutes(app, deps);

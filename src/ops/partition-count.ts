@@ -26,7 +26,7 @@ const RELIST_EVERY_MS = 5_000;
 
 /** A process's place in the site's roster, renewed until it stops. */
 export type SiteListing = {
-  /** Why this process refuses writes: the site's recorded partition count is not its own. */
+  /** Why this process refuses requests: the site's recorded partition count is not its own. */
   readonly countError: string | undefined;
   stop(): Promise<void>;
 };
@@ -134,8 +134,8 @@ const listOnce = (
  * Renews the listing until the process stops. Should the recorded count change under a running
  * process (its listing lapsed while Redis was away and a process with another count took the
  * change, or a process of an earlier build changed it), its writes would go where the site's
- * other processes do not look: it refuses them from then on (`countError`, 503 and /health),
- * saying why, until the count is its own again.
+ * other processes do not look, and its reads would miss what they wrote: it refuses both from
+ * then on (`countError`, 503 and /health), saying why, until the count is its own again.
  */
 const keepListed = (
   eventLog: EventLog,
@@ -164,13 +164,13 @@ const keepListed = (
       if (countError !== undefined) {
         logger.warn(
           { partitions },
-          "the recorded partition count is this process's again: writes are taken",
+          "the recorded partition count is this process's again: requests are taken",
         );
       }
       countError = undefined;
     } else if (state === 'running') {
       refuse(
-        `no partition count is recorded for this site, and ${detail.length} process(es) run with another than this process's ${partitions}: ${detail.map(describeMember).join('; ')}; writes are refused until every process runs with one count`,
+        `no partition count is recorded for this site, and ${detail.length} process(es) run with another than this process's ${partitions}: ${detail.map(describeMember).join('; ')}; writes, reads and operators' requests are refused until every process runs with one count`,
       );
     } else {
       const [theirs = ''] = detail;
@@ -179,7 +179,7 @@ const keepListed = (
         found = theirs;
       } else {
         refuse(
-          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, replays and retries, which would go to the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
+          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, reads and operators' requests, which would look in the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
         );
       }
     }

@@ -101,8 +101,9 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     // The JSON sent, as DESIGN compares it: `{from}` and `{from, dry_run: false}` are two bodies.
     // The log's room is looked at under the key: one already answered is answered again.
     return onceForKey(c, deps, raw, async () => {
+      // A dry run too: it would report on partitions the site's processes no longer write.
+      refuseWhenCountMoved(deps);
       if (!value.dry_run) {
-        refuseWhenCountMoved(deps);
         refuseWhenLogFull(deps);
       }
       const report = await mainCall(
@@ -120,6 +121,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.get('/admin/pending', async (c) => {
     const query = readQuery(c, PendingQuery);
+    refuseWhenCountMoved(deps);
     if (query.partition !== undefined && query.partition >= deps.config.partitions) {
       throw new ApiError('validation_failed', `partition must be below ${deps.config.partitions}`, [
         { path: 'partition', message: 'no such partition' },
@@ -144,10 +146,12 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.get('/admin/dead-letters', async (c) => {
     const query = readQuery(c, DeadListQuery);
+    refuseWhenCountMoved(deps);
     return c.json(await deps.deadLetters.list(query.limit, query.cursor));
   });
 
   const deadLetterOf = async (id: string) => {
+    refuseWhenCountMoved(deps);
     const dead = await deps.deadLetters.find(id).catch((err: unknown) => {
       throw err instanceof AmbiguousDeadLetterError ? new ApiError('conflict', err.message) : err;
     });
