@@ -1197,7 +1197,7 @@ void describe('admin and incident tools', () => {
         String(entry.partition),
       ]);
       assert.equal(JSON.parse(cliJson.stdout).entries[0].waiting_for, 'replica');
-      for (const idle of ['soon', '60']) {
+      for (const idle of ['soon', '60', '060']) {
         const cliBad = await runCli(h, ['pending', '--idle', idle]);
         assert.equal(cliBad.code, 1, idle);
         assert.match(cliBad.stderr, /--idle takes a duration with its unit/, idle);
@@ -1357,6 +1357,22 @@ void describe('dead retry --all', () => {
       'the undecodable entry to be dead-lettered',
     );
     await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+
+    // An operator used to replay's dry run: refused, not taken for the real thing.
+    for (const args of [
+      ['dead', 'retry', '--all', '--dry-run'],
+      ['dead', 'retry', poison.event_id, '--all'],
+      ['dead', 'retry', poison.event_id, undecodable],
+    ]) {
+      const refused = await runCli(h, args);
+      assert.equal(refused.code, 1, args.join(' '));
+      assert.match(refused.stderr, /\(nothing was done\)$/m, refused.stderr);
+    }
+    assert.equal(
+      (await h.get(`/events/${poison.event_id}`)).body?.state,
+      'dead',
+      'nothing was retried',
+    );
 
     const cli = await runCli(h, ['dead', 'retry', '--all', '--json']);
     assert.equal(cli.code, 1, 'a letter is left');

@@ -30,9 +30,10 @@ export type IncidentFlags = {
 /** `outpost pending`: what waits, where, for how long, and for what. */
 export const pending = (flags: IncidentFlags) => {
   // A bare number is refused rather than read as milliseconds, as the configuration reads it:
-  // the output shows idle times in seconds, and `--idle 60` would quietly mean 60 ms.
+  // the output shows idle times in seconds, and `--idle 60` (or `060`) would quietly mean 60 ms.
+  // Zero is zero in any unit.
   const minIdleMs =
-    flags.idle === undefined || /^[1-9]\d*$/.test(flags.idle.trim())
+    flags.idle === undefined || /^(?!0+$)\d+$/.test(flags.idle.trim())
       ? undefined
       : parseDurationMs(flags.idle);
   if (flags.idle !== undefined && minIdleMs === undefined) {
@@ -304,7 +305,19 @@ const upstreamFirst = (a: DeadLetter, b: DeadLetter) =>
   a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true });
 
 /** `outpost dead list|show|retry|discard`. */
+const DEAD_USAGE =
+  'usage: outpost dead list [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
+
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
+  // Before connecting: with Redis away, a mistyped action would be blamed on Redis.
+  if (action === undefined || !['list', 'show', 'retry', 'discard'].includes(action)) {
+    throw new CliError(DEAD_USAGE);
+  }
+  if (action === 'retry' && flags.all && id !== undefined) {
+    throw new CliError(
+      `give a dead letter's id or --all, not both: outpost dead retry ${id} retries its aggregate's letters, --all every letter (nothing was done)`,
+    );
+  }
   const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 100;
   if (flags.cursor !== undefined && !isDeadLetterCursor(flags.cursor)) {
     throw new CliError('--cursor takes the next_cursor an earlier listing printed');
@@ -437,9 +450,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         return;
       }
       default:
-        throw new CliError(
-          'usage: outpost dead list [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R',
-        );
+        throw new CliError(DEAD_USAGE);
     }
   });
 };

@@ -11,6 +11,7 @@ import {
   stackStatus,
   stackUp,
 } from '../stack/stack.ts';
+import { refuseWhatIsNotTaken } from './grammar.ts';
 import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
 import { CliError, print, reasonOf, table } from './output.ts';
@@ -103,9 +104,10 @@ const serveUntilSignalled = async (role: Role) => {
 };
 
 const main = async (argv: string[]) => {
-  const { values, positionals } = parseArgs({
+  const { values, positionals, tokens } = parseArgs({
     args: argv,
     allowPositionals: true,
+    tokens: true,
     options: {
       json: { type: 'boolean', default: false },
       only: { type: 'string' },
@@ -137,6 +139,10 @@ const main = async (argv: string[]) => {
     print(topic === undefined ? USAGE : usageOf(topic));
     return;
   }
+  refuseWhatIsNotTaken(
+    positionals,
+    tokens.flatMap((token) => (token.kind === 'option' ? [token.name] : [])),
+  );
   switch (command) {
     case 'stack':
       return stack(action, flags);
