@@ -114,6 +114,15 @@ void describe('integrity invariants', () => {
         status.stdout,
       );
       assert.equal(JSON.parse(cli.stdout).lsn, undefined, 'the output keeps its fields');
+      assert.doesNotMatch(cli.stderr, /has not replayed/);
+      // Past the wait (2 s): done, but the next status would show the snapshot before it.
+      await delayReplay('5s');
+      const late = await runCli(h, ['integrity', 'refresh', '--json']);
+      assert.equal(late.code, 0, late.stderr);
+      assert.match(
+        late.stderr,
+        /^outpost: the replica has not replayed this refresh yet: integrity status shows it once the replica reaches [0-9A-F]+\/[0-9A-F]+$/m,
+      );
     } finally {
       await delayReplay('0');
     }

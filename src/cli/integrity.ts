@@ -34,12 +34,18 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
           }
           const { lsn, ...snapshot } = refreshed;
           // `integrity status` reads the replica: it shows this refresh once it has replayed it.
-          await replicaReached(
+          const visible = await replicaReached(
             site.replica,
             site.config.replicaIsMain,
             lsn,
             REFRESH_VISIBLE_WAIT_MS,
           );
+          if (!visible) {
+            // Else a status read next shows the earlier snapshot, as if this refresh had failed.
+            process.stderr.write(
+              `outpost: the replica has not replayed this refresh yet: integrity status shows it once the replica reaches ${lsn}\n`,
+            );
+          }
           print(
             flags.json
               ? JSON.stringify(snapshot)
