@@ -36,8 +36,24 @@ const TRANSIENT_MESSAGES = [
   /the database system is (starting up|shutting down|in recovery)/i,
 ];
 
+/**
+ * A batch first reads which of its events are applied and writes only the others, one row of each
+ * (apply-batch.ts). Its write then meets an event's own id already there only when a write of the
+ * same event commits late, after that read: its reply lost with the connection while the
+ * statement went on. Applied again, the batch finds the event and records it; counted as an
+ * attempt, it could move an applied event into the dead letters.
+ */
+const EVENT_ALREADY_WRITTEN = { code: '23505', constraint: 'events_pkey' };
+
 export const classifyFailure = (err: unknown): FailureClass => {
-  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  const { code, message, constraint } = (err ?? {}) as {
+    code?: unknown;
+    message?: unknown;
+    constraint?: unknown;
+  };
+  if (code === EVENT_ALREADY_WRITTEN.code && constraint === EVENT_ALREADY_WRITTEN.constraint) {
+    return 'transient';
+  }
   if (typeof code === 'string') {
     if (TRANSIENT_NODE_CODES.has(code)) {
       return 'transient';

@@ -53,6 +53,17 @@ void describe('classifyFailure', () => {
       assert.equal(classifyFailure(withCode(code)), 'data', code);
     }
     assert.equal(classifyFailure(new FoldError('unit already finished', 'e1')), 'data');
+    assert.equal(
+      classifyFailure(Object.assign(withCode('23505'), { constraint: 'events_aggregate_seq_key' })),
+      'data',
+    );
+  });
+
+  void it("does not count an event's own id met by a write of the same event that committed late", () => {
+    assert.equal(
+      classifyFailure(Object.assign(withCode('23505'), { constraint: 'events_pkey' })),
+      'transient',
+    );
   });
 
   void it("knows a statement the database cancelled for its time, not the client's timeout", () => {
