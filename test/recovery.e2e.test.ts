@@ -1020,6 +1020,17 @@ void describe('recovery', () => {
       const justAfter = `${lastTrimmedMs}-${Number(lastTrimmedSeq) + 1}`;
       const fromUntrimmed = await replay(deps, { from: justAfter, partition: 0, dryRun: true });
       assert.equal(fromUntrimmed.history_starts_at, null);
+      // The operator's command: a replay that could not look at all it was asked to fails, saying
+      // why; its dry run reports the same and succeeds.
+      const trimmedRange = ['replay', '--from', ids[0] as string, '--to', ids[3] as string];
+      const cliDry = await runCli(h, [...trimmedRange, '--dry-run', '--json']);
+      assert.equal(cliDry.code, 0, cliDry.stderr);
+      assert.equal(JSON.parse(cliDry.stdout).history_starts_at, ids[4]);
+      assert.match(cliDry.stderr, /reaches back before the log's history/);
+      const cliReplay = await runCli(h, [...trimmedRange, '--json']);
+      assert.equal(cliReplay.code, 1, cliReplay.stderr);
+      assert.equal(JSON.parse(cliReplay.stdout).scanned, 0);
+      assert.match(cliReplay.stderr, /the main database may lack some of them for good$/m);
       assert.equal(
         await trimPartition(log, 0, 7 * 86_400_000),
         0,

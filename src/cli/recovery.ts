@@ -97,8 +97,13 @@ export const replayCommand = (flags: RecoveryFlags) => {
     print(flags.json ? JSON.stringify(report) : table([report]));
     if (report.history_starts_at !== null) {
       process.stderr.write(
-        `outpost: the range reaches back before the log's history, which now begins at ${report.history_starts_at} (older entries were trimmed: OUTPOST_STREAM_RETENTION, or memory pressure): events accepted before it were not looked at\n`,
+        `outpost: the range reaches back before the log's history, which now begins at ${report.history_starts_at} (older entries were trimmed: OUTPOST_STREAM_RETENTION, or memory pressure): events accepted before it were not looked at${report.dry_run ? '' : ', and the main database may lack some of them for good'}\n`,
       );
+      // Not all of what was asked for could be given back: after a restore, a script that reads
+      // exit 0 as "the database is whole again" would be wrong. A dry run did its job: it said so.
+      if (!report.dry_run) {
+        process.exitCode = 1;
+      }
     }
     if (report.overtaken > 0) {
       process.stderr.write(
