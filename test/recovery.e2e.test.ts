@@ -682,7 +682,12 @@ void describe('recovery', () => {
       // database every 200 ms on a pooled connection that sits idle in between.
       // From just before the unit: earlier tests left a dead letter further back.
       const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
-      const replaying = runCli(h, ['replay', '--from', from, '--json']);
+      let stderrSoFar = '';
+      const replaying = runCli(h, ['replay', '--from', from, '--json'], {
+        stderr: (soFar) => {
+          stderrSoFar = soFar;
+        },
+      });
       const idleCliSessions = () =>
         h.mainRows<{ pid: number }>(
           "SELECT pid FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
@@ -699,6 +704,11 @@ void describe('recovery', () => {
       assert.ok(
         terminated.some((row) => row.ended),
         'a replay session was ended',
+      );
+      // A wait the operator can watch: what it waits for, every 5 s.
+      await waitFor(
+        async () => stderrSoFar.includes('{"progress":{"waiting_for":1,"applied":0,"failed":0}}\n'),
+        'the replay to say what it waits for',
       );
       await h.startService();
       const replayed = await replaying;

@@ -89,6 +89,7 @@ export const replayCommand = (flags: RecoveryFlags) => {
       { from, to, partition, dryRun: flags['dry-run'] === true },
       {
         onProgress: (p) => report_({ partition: p.partition, scanned: p.scanned, at: p.position }),
+        onWaiting: (w) => report_({ ...w }),
       },
     );
     if (process.stderr.isTTY && !flags.json) {
@@ -123,7 +124,7 @@ export const replayCommand = (flags: RecoveryFlags) => {
         process.stderr.write(`outpost: replay --dry-run found ${failed}\n`);
       } else {
         process.stderr.write(
-          `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting\n`,
+          `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting${report.unfinished > 0 ? ' (they stay in the log and apply once the projector can: its /health background_processor.last_error says what stops it, and replay --dry-run later shows what is still missing)' : ''}\n`,
         );
         process.exitCode = 1;
       }

@@ -49,6 +49,11 @@ export const OVERTAKEN_LISTED = 20;
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
 
+/** Where the wait for what a replay gave back stands: told every WAIT_REPORT_EVERY_MS. */
+export type ReplayWaiting = { waiting_for: number; applied: number; failed: number };
+
+const WAIT_REPORT_EVERY_MS = 5_000;
+
 const PAGE = 500;
 
 export class ReplayBoundError extends Error {
@@ -129,7 +134,11 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 export const replay = async (
   deps: Deps,
   request: ReplayRequest,
-  options: { onProgress?: (p: ReplayProgress) => void; waitMs?: number } = {},
+  options: {
+    onProgress?: (p: ReplayProgress) => void;
+    onWaiting?: (w: ReplayWaiting) => void;
+    waitMs?: number;
+  } = {},
 ): Promise<ReplayReport> => {
   const report: ReplayReport = {
     scanned: 0,
@@ -223,7 +232,7 @@ export const replay = async (
     }
   }
   if (!request.dryRun) {
-    await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000);
+    await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000, options.onWaiting);
   }
   return report;
 };
@@ -388,10 +397,17 @@ const waitForOutcome = async (
   resent: { eventId: string; partition: number }[],
   report: ReplayReport,
   waitMs: number,
+  onWaiting: ((w: ReplayWaiting) => void) | undefined,
 ) => {
   let open = resent;
   const deadline = Date.now() + waitMs;
+  // The first report after a while: most replays are done before anyone would look.
+  let nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
   while (open.length > 0 && Date.now() < deadline) {
+    if (Date.now() >= nextReport) {
+      nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
+      onWaiting?.({ waiting_for: open.length, applied: report.applied, failed: report.failed });
+    }
     const applied = await appliedEventIds(
       deps.main,
       open.map((r) => r.eventId),

@@ -2,16 +2,21 @@ import { spawn } from 'node:child_process';
 import { PROJECT_ROOT } from '../../src/paths.ts';
 import type { Harness } from './harness.ts';
 
+/** What a command wrote to stderr so far, for a test that looks while it runs. */
+type Watch = { stderr?: (soFar: string) => void };
+
 /** Runs `outpost <args>` as an operator would, against the harness's site. */
 export const runCli = (
   h: Harness,
   args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> => runCliWith(h.envOf(), args);
+  watch: Watch = {},
+): Promise<{ code: number; stdout: string; stderr: string }> => runCliWith(h.envOf(), args, watch);
 
 /** Runs `outpost <args>` with exactly this environment. */
 export const runCliWith = (
   env: NodeJS.ProcessEnv,
   args: string[],
+  watch: Watch = {},
 ): Promise<{ code: number; stdout: string; stderr: string }> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['bin/outpost.js', ...args], {
@@ -26,6 +31,7 @@ export const runCliWith = (
     });
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString();
+      watch.stderr?.(stderr);
     });
     child.once('error', reject);
     child.once('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }));
