@@ -72,7 +72,8 @@ void describe('database faults under load', () => {
         assert.equal(cli.code, 1, args.join(' '));
         assert.match(
           cli.stderr,
-          /^outpost: cannot reach the main database at 127\.0\.0\.1:\d+ \(.+\); is it running\?/,
+          // The harness's stack is not the local stack `outpost stack status` would show.
+          /^outpost: cannot reach the main database at 127\.0\.0\.1:\d+ \(.+\); is it running, and is this the address the service uses \(its env file\)\?$/m,
         );
         assert.equal(cli.stderr.trim().split('\n').length, 1, cli.stderr);
       }
