@@ -123,41 +123,42 @@ type StorableWalk = {
   at: (string | number)[];
   problems: ErrorDetail[];
   source: string | undefined;
-  roundedIntegers?: Set<number>;
+  unsafeIntegers?: Set<number>;
 };
 
 /** Strings (keys included) are matched whole, so digits inside them are never taken for numbers. */
 const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
-/** The integer literals of a JSON text that JSON.parse rounded, as the numbers it made of them. */
-const roundedIntegerLiterals = (source: string): Set<number> => {
-  const rounded = new Set<number>();
+/**
+ * The integer literals of a JSON text past Number.MAX_SAFE_INTEGER, as the numbers JSON.parse
+ * made of them. Matched by value: a double written elsewhere in the body with the same value as
+ * such a literal is refused with it.
+ */
+const unsafeIntegerLiterals = (source: string): Set<number> => {
+  const unsafe = new Set<number>();
   for (const [token] of source.matchAll(JSON_TOKEN)) {
     if (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token))) {
-      const parsed = Number(token);
-      if (BigInt(parsed) !== BigInt(token)) {
-        rounded.add(parsed);
-      }
+      unsafe.add(Number(token));
     }
   }
-  return rounded;
+  return unsafe;
 };
 
 /**
- * An integer literal past 2^53 has usually lost its last digits to JSON.parse (9007199254740993
- * reads as …992); one a double holds exactly (2^60) has not. A number written as a double
- * (3.0857e16, 6.02214076e23) is stored as the double it names, as any other. Without the text,
- * every integer past 2^53 is taken for a rounded one.
+ * An integer written past Number.MAX_SAFE_INTEGER may have lost its last digits to JSON.parse
+ * (9007199254740993 reads as …992), and the contract refuses them all. A number written as a
+ * double (3.0857e16, 6.02214076e23) is not an integer literal: it is stored as the double it
+ * names, as any other. Without the text, every integer-valued number past it is refused.
  */
-const isRoundedInteger = (walk: StorableWalk, node: number): boolean => {
+const isUnsafeIntegerLiteral = (walk: StorableWalk, node: number): boolean => {
   if (Number.isSafeInteger(node) || !Number.isInteger(node)) {
     return false;
   }
   if (walk.source === undefined) {
     return true;
   }
-  walk.roundedIntegers ??= roundedIntegerLiterals(walk.source);
-  return walk.roundedIntegers.has(node);
+  walk.unsafeIntegers ??= unsafeIntegerLiterals(walk.source);
+  return walk.unsafeIntegers.has(node);
 };
 
 const report = (walk: StorableWalk, message: string) =>
@@ -180,8 +181,8 @@ const visitStorable = (walk: StorableWalk, node: unknown, depth: number) => {
     if (!Number.isFinite(node)) {
       // JSON.parse reads 1e999 as Infinity, which JSON.stringify would write back as null.
       report(walk, 'number beyond the range of a double');
-    } else if (isRoundedInteger(walk, node)) {
-      report(walk, 'integer with more digits than a double holds (it would be stored rounded)');
+    } else if (isUnsafeIntegerLiteral(walk, node)) {
+      report(walk, 'integer beyond Number.MAX_SAFE_INTEGER');
     }
   } else if (Array.isArray(node)) {
     for (let i = 0; i < node.length; i++) {

@@ -38,21 +38,19 @@ void describe('storableProblems', () => {
     );
   });
 
-  void it('flags only integer literals JSON.parse rounded, given the text they were parsed from', () => {
-    const source = JSON.stringify({
-      parsec_m: 3.0857e16,
-      avogadro: 6.02214076e23,
-      huge: 1.5e300,
-      label: '9007199254740993',
-    })
-      .replace(
-        '}',
-        ', "n": 9007199254740993, "neg": -12345678901234567890, "exact": 1152921504606846976}',
-      )
-      .replace('"huge":1.5e+300', '"huge": 1.5E300');
+  void it('flags integer literals past 2^53, not doubles, given the text they were parsed from', () => {
+    // As clients write them: JSON.stringify would spell 3.0857e16 in digits.
+    const source = `{"parsec_m": 3.0857e16, "avogadro": 6.02214076E23, "huge": -1.5e300,
+      "label": "9007199254740993", "key 9007199254740993": 1, "n": 9007199254740993,
+      "neg": -12345678901234567890, "exact": 1152921504606846976, "endless": ${'9'.repeat(400)}}`;
     assert.deepEqual(
-      storableProblems(JSON.parse(source), source).map((p) => p.path),
-      ['n', 'neg'],
+      storableProblems(JSON.parse(source), source).map((p) => [p.path, p.message]),
+      [
+        ['n', 'integer beyond Number.MAX_SAFE_INTEGER'],
+        ['neg', 'integer beyond Number.MAX_SAFE_INTEGER'],
+        ['exact', 'integer beyond Number.MAX_SAFE_INTEGER'],
+        ['endless', 'number beyond the range of a double'],
+      ],
     );
   });
 
