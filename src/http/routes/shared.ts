@@ -48,7 +48,7 @@ export const aggregateNotFound = async (
   (await deps.deadLetters.isBlocked(id))
     ? new ApiError(
         'not_found',
-        `${what} ${id} is not applied: its events are held in the dead letters (outpost dead list, GET /admin/dead-letters)`,
+        `${id} is not applied: the events of the aggregate with this id are held in the dead letters (outpost dead list, GET /admin/dead-letters)`,
       )
     : notFound(what);
 
