@@ -170,7 +170,7 @@ const keepListed = (
       countError = undefined;
     } else if (state === 'running') {
       refuse(
-        `no partition count is recorded for this site, and ${detail.length} process(es) run with another than this process's ${partitions}: ${detail.map(describeMember).join('; ')}; writes, reads and operators' requests are refused until every process runs with one count`,
+        `no partition count is recorded for this site, and ${detail.length} process(es) run with another than this process's ${partitions}: ${detail.map(describeMember).join('; ')}; writes, reads and the admin requests that walk partitions are refused until every process runs with one count`,
       );
     } else {
       const [theirs = ''] = detail;
@@ -179,7 +179,7 @@ const keepListed = (
         found = theirs;
       } else {
         refuse(
-          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, reads and operators' requests, which would look in the wrong partitions; restart it with OUTPOST_PARTITIONS=${theirs}`,
+          `this site's partition count was changed to ${theirs} while this process runs with ${partitions}: it refuses writes, reads and the admin requests that walk partitions, which would look in the wrong ones; restart it with OUTPOST_PARTITIONS=${theirs}`,
         );
       }
     }
