@@ -112,6 +112,10 @@ export const withSite = async <T>(
       // Redis restarted from its append-only file answers that it is loading, and ioredis waits
       // until it is done: minutes for a large log, in which the operator would see nothing.
       const slow = setTimeout(() => {
+        // Connected and waiting for its ready check; one still connecting fails on its own.
+        if (redis.status !== 'connect') {
+          return;
+        }
         const { hostname, port } = new URL(config.redisUrl);
         process.stderr.write(
           `outpost: waiting for Redis at ${hostname || 'localhost'}:${port || 6379} to be ready (still loading its data after a restart?)\n`,
