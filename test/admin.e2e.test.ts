@@ -1164,6 +1164,21 @@ void describe('admin and incident tools', () => {
           `this shell has OUTPOST_PARTITIONS=${extra + 1}, but the site's log has ${extra} partitions: set OUTPOST_PARTITIONS=${extra}`,
         ),
       );
+      // A shell with fewer partitions than the site, asked for one past its own count, is told
+      // the cause (its env file), not that the partition is past the shell's count.
+      const narrower = { ...h.envOf(), OUTPOST_PARTITIONS: String(extra - 1) };
+      const past = await runCliWith(narrower, ['pending', '--partition', String(extra - 1)]);
+      assert.equal(past.code, 1);
+      assert.match(past.stderr, new RegExp(`this shell has OUTPOST_PARTITIONS=${extra - 1}, but`));
+      const noSuch = await runCli(h, ['pending', '--partition', String(extra)]);
+      assert.equal(noSuch.code, 1);
+      assert.match(
+        noSuch.stderr,
+        new RegExp(
+          `^outpost: --partition must be below ${extra}, the site's partition count$`,
+          'm',
+        ),
+      );
       // With the count's record gone too (a Redis that lost its data), the partition past the
       // site's has no consumer group, which the report says instead of failing.
       const countKey = partitionCountKey(h.config.namespace);

@@ -1,4 +1,4 @@
-import { loadConfig, parseDurationMs } from '../config.ts';
+import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { type LeaseHolding, leaseHoldings } from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
@@ -14,7 +14,7 @@ import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, withSite } from './site.ts';
+import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
 
 export type IncidentFlags = {
   json: boolean;
@@ -41,11 +41,10 @@ export const pending = (flags: IncidentFlags) => {
       `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
     );
   }
-  const partition = wholeNumberFlag(flags.partition, '--partition', {
-    below: loadConfig().partitions,
-  });
+  const partition = wholeNumberFlag(flags.partition, '--partition');
   const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 50;
   return withSite(async (site) => {
+    requirePartitionOf(site, partition);
     const report = await inspectPending(
       {
         eventLog: site.eventLog,

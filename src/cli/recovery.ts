@@ -1,4 +1,3 @@
-import { loadConfig } from '../config.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import {
   holdPartitions,
@@ -18,7 +17,7 @@ import {
 } from '../ops/replay.ts';
 import { liveHolder, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, type Site, withSite } from './site.ts';
+import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
 export type RecoveryFlags = {
   json: boolean;
@@ -75,10 +74,9 @@ export const replayCommand = (flags: RecoveryFlags) => {
       ? new CliError(err.message)
       : err;
   }
-  const partition = wholeNumberFlag(flags.partition, '--partition', {
-    below: loadConfig().partitions,
-  });
+  const partition = wholeNumberFlag(flags.partition, '--partition');
   return withSite(async (site) => {
+    requirePartitionOf(site, partition);
     if (flags['dry-run'] !== true) {
       await requireLogRoom(site);
       await warnWithoutProjector(site, partition);

@@ -76,6 +76,19 @@ const unreachableDatabase = async (
 };
 
 /**
+ * `--partition N` against the site's partition count. Checked once connected: a shell with
+ * another count than the site's is told that first (withSite), which is the cause to fix, not
+ * that N is past the shell's count.
+ */
+export const requirePartitionOf = (site: Site, partition: number | undefined): void => {
+  if (partition !== undefined && partition >= site.config.partitions) {
+    throw new CliError(
+      `--partition must be below ${site.config.partitions}, the site's partition count`,
+    );
+  }
+};
+
+/**
  * Connects an operator command to the site's Redis and databases, and always disconnects. A
  * command that reads only the databases (`{ redis: false }`: the integrity views, a rebuild)
  * does not connect to Redis, so it still answers while Redis is down, an incident it may be
