@@ -111,9 +111,11 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
 };
 
 /**
- * Refuses what would append while the site's recorded partition count is not this process's:
- * new events would go to partitions the site's other processes do not look in, and a replay or a
- * retry would walk partitions they do not read (ops/partition-count.ts).
+ * Refuses what finds events by partition while the site's recorded partition count is not this
+ * process's: new events would go to partitions the site's other processes do not look in, reads
+ * would miss what they wrote, and a replay or a retry would walk partitions they do not read
+ * (ops/partition-count.ts). Every domain request meets it in createApp's middleware; the admin
+ * routes call it where they walk partitions.
  */
 export const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
   const countError = deps.partitionCount?.countError;
@@ -158,7 +160,6 @@ export const accept = async (
       : request.events.map((e) => ({ ...e, written_by: writer }));
   let result: AppendResult;
   try {
-    refuseWhenCountMoved(deps);
     refuseWhenLogFull(deps);
     result = await deps.eventLog.append({
       partition: request.partition,
