@@ -534,6 +534,54 @@ void describe('admin and incident tools', () => {
     }
   });
 
+  void it('acknowledges a second entry of an event applied before its aggregate was blocked, rather than file it as dead', async () => {
+    const unit = (
+      await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'resent-while-blocked',
+        instrument: 'x',
+      })
+    ).body as { id: string; event_id: string };
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'poison' });
+    assert.equal(poison.status, 202, poison.text);
+    assert.equal(await settledState(h, poison.body.event_id), 'dead');
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    // The start again, as an append re-sent by ioredis after a reconnect lands once the first
+    // copy has been acknowledged and left the event index.
+    const { partition, entry_id: entryId } = (await h.get(`/events/${unit.event_id}`)).body;
+    const log = eventLogOf(h);
+    const stream = log.keys(partition).stream;
+    const [first] = await h.redis.xrange(stream, entryId, entryId);
+    assert.ok(first, 'the acknowledged entry is still held for replays');
+    const appended = await log.append({ partition, events: [decodeEntry(first).event] });
+    assert.ok(appended.kind === 'appended');
+    const [resent] = appended.entryIds;
+    assert.ok(resent);
+    await waitFor(
+      async () => (await h.redis.xpending(stream, 'projector', resent, resent, 1)).length === 0,
+      'the second entry to leave the pending list',
+    );
+    const letters = await h.request('GET', '/admin/dead-letters', undefined, auth(TOKEN));
+    assert.deepEqual(
+      letters.body.items
+        .filter((item: { aggregate_id: string }) => item.aggregate_id === unit.id)
+        .map((item: { event_id: string }) => item.event_id),
+      [poison.body.event_id],
+      'only the patch is held; the start is applied',
+    );
+    assert.equal((await h.get(`/events/${unit.event_id}`)).body.state, 'confirmed');
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.body.event_id}`,
+      { reason: 'test of a re-sent entry behind a dead letter' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+  });
+
   void it("retries an aggregate's dead letters together, in the order accepted, before anything newer", async () => {
     const start = await deadLetteredStart('chain');
     const patches = [];

@@ -515,29 +515,20 @@ export class PartitionConsumer {
       const from = waitingFrom.get(aggregateId);
       return from !== undefined && compareEntryIds(entryId, from) > 0;
     };
+    // Entries of an aggregate blocked by a dead letter go to the main database held: reported
+    // there as duplicates if it has their events (a second entry of an event applied before the
+    // block, re-sent by ioredis or given back by a replay), and otherwise held back, to follow
+    // the block into the dead letters below. Filed at once, an applied event would be listed as
+    // dead, and a discard would record it as never applied.
     const applicable: LogEntry[] = [];
+    const heldByBlock = new Set<string>();
     for (const entry of decoded) {
       if (isWaiting(entry.event.aggregate_id, entry.entryId)) {
         continue;
       }
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
       if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
-        const filed = await this.#deadLetter(
-          failedEntryOfEvent(entry.entryId, entry.event),
-          [
-            {
-              at: new Date().toISOString(),
-              error: 'an earlier event of this aggregate is dead-lettered',
-            },
-          ],
-          [entry.event.aggregate_id],
-        );
-        if (filed) {
-          continue;
-        }
-        // No longer blocked: an operator discarded the block's last letter since the read, and
-        // the event applies in its place.
-        blocked.delete(entry.event.aggregate_id);
+        heldByBlock.add(entry.event.aggregate_id);
       }
       applicable.push(entry);
     }
@@ -552,7 +543,10 @@ export class PartitionConsumer {
     }
     let result: BatchResult;
     try {
-      result = await this.#applyIsolating(applicable);
+      result = await this.#applyIsolating(
+        applicable,
+        heldByBlock.size === 0 ? this.#holding : new Set([...this.#holding, ...heldByBlock]),
+      );
       this.#deps.breaker.recordSuccess();
     } catch (err) {
       if (!(err instanceof FencedError || err instanceof MainDatabaseChangedError)) {
@@ -568,7 +562,26 @@ export class PartitionConsumer {
         eventId: applied.at(-1)?.event.event_id ?? this.#mainSeen?.eventId,
       };
     }
+    const waiting: LogEntry[] = [];
     for (const entry of deferred) {
+      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
+        const filed = await this.#deadLetter(
+          failedEntryOfEvent(entry.entryId, entry.event),
+          [
+            {
+              at: new Date().toISOString(),
+              error: 'an earlier event of this aggregate is dead-lettered',
+            },
+          ],
+          [entry.event.aggregate_id],
+        );
+        if (filed) {
+          continue;
+        }
+        // No longer blocked: an operator discarded the block's last letter since the read, and
+        // the event applies in its place when read again.
+      }
+      waiting.push(entry);
       // Held back behind what its unit waits for: its aggregate's later entries, in later pages,
       // wait too, and an undecodable one is not filed ahead of it.
       this.#holding.add(entry.event.aggregate_id);
@@ -645,7 +658,7 @@ export class PartitionConsumer {
         await this.#fail(failedEntry, error);
       }
     }
-    if (deferred.length > 0 || awaiting.size > 0) {
+    if (waiting.length > 0 || awaiting.size > 0) {
       this.#scheduleReread();
     } else if (failed.length === 0 && this.#holding.size === 0 && !this.#rereadOwnPending) {
       // Past its own pending entries with nothing failed or held: nothing waits for a retry,
