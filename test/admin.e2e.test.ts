@@ -436,7 +436,10 @@ void describe('admin and incident tools', () => {
         async () => (await h.get('/health')).body?.partition_count !== undefined,
         'the process to notice at its next renewal',
       );
-      const health = (await h.get('/health')).body;
+      const probe = await h.get('/health');
+      assert.equal(probe.status, 503, 'a load balancer stops sending writes it would refuse');
+      assert.equal(probe.headers.get('retry-after'), '5');
+      const health = probe.body;
       assert.equal(health.status, 'unhealthy');
       assert.match(
         health.partition_count.error,

@@ -12,9 +12,11 @@ export const registerOpsRoutes = (app: App, deps: AppDeps) => {
       return c.json(health, 503, { 'Retry-After': '1' });
     }
     // Only a process that takes writes: a projector answering 503 would invite an orchestrator
-    // to restart the very process that drains the log.
+    // to restart the very process that drains the log. A process whose partition count is no
+    // longer the site's refuses writes too, until restarted with the site's count.
     const { full, write_error } = health.transaction_buffer;
-    if ((full || write_error !== null) && deps.capacity) {
+    const refusing = full || write_error !== null || health.partition_count !== undefined;
+    if (refusing && deps.capacity) {
       return c.json(health, 503, { 'Retry-After': '5' });
     }
     return c.json(health, 200);
