@@ -241,6 +241,67 @@ void describe('integrity invariants', () => {
     });
   }
 
+  void it('names a missing edge once when a package row names a file twice, and the refresh still succeeds', async () => {
+    const client = await h.main.connect();
+    try {
+      await client.query(
+        'CREATE TEMP TABLE saved_links AS SELECT * FROM aggregate_links WHERE downstream_id = $1',
+        [ids.pkg],
+      );
+      await client.query('DELETE FROM aggregate_links WHERE downstream_id = $1', [ids.pkg]);
+      // Written past the API, which refuses a file named twice.
+      await client.query(
+        'UPDATE raw_data_packages SET file_ids = file_ids || file_ids[1] WHERE id = $1',
+        [ids.pkg],
+      );
+      const { anomalies } = await refresh();
+      assert.equal(anomalies.missing_link, 2, "each of the package's two files, once");
+    } finally {
+      await client.query('UPDATE raw_data_packages SET file_ids = file_ids[1:2] WHERE id = $1', [
+        ids.pkg,
+      ]);
+      await client.query('INSERT INTO aggregate_links SELECT * FROM saved_links');
+      await client.query('DROP TABLE saved_links');
+      client.release();
+    }
+    const { anomalies } = await refresh();
+    assert.ok(
+      PROBLEMS.every((p) => anomalies[p] === 0),
+      JSON.stringify(anomalies),
+    );
+  });
+
+  void it('dates the commit LSN cutoff from the refresh itself, not from the start of a transaction that waited for it', async () => {
+    const client = await h.main.connect();
+    try {
+      await client.query('BEGIN');
+      // Applied a second after the cutoff as it stood when the transaction began.
+      await client.query(
+        "UPDATE events SET commit_lsn = NULL, applied_at = now() - interval '5 minutes' + interval '1 second' WHERE event_id = $1",
+        [ids.finishEvent],
+      );
+      // As a refresh that waited for the lock behind another: once it runs, the event has been
+      // applied for over 5 minutes.
+      await waitFor(
+        async () =>
+          (
+            await client.query<{ past: boolean }>(
+              "SELECT clock_timestamp() > now() + interval '1.5 seconds' AS past",
+            )
+          ).rows[0]?.past === true,
+        'the transaction to outlast the second',
+      );
+      const { rows } = await client.query<{ counts: Record<Problem, number> }>(
+        "SELECT outpost_refresh_integrity('manual', true) AS counts",
+      );
+      assert.equal(rows[0]?.counts.missing_commit_lsn, 1, JSON.stringify(rows[0]?.counts));
+    } finally {
+      // Nothing of it stays: the event's LSN, the views and the snapshot row go with the rollback.
+      await client.query('ROLLBACK');
+      client.release();
+    }
+  });
+
   void it('counts a head at the newest seq that names another event, and stats ending at another time, as head_mismatch, as --verify does', async () => {
     for (const [corrupt, repair] of [
       [
