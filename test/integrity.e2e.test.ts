@@ -271,6 +271,36 @@ void describe('integrity invariants', () => {
     );
   });
 
+  void it('answers a refresh PostgreSQL refuses with what it said, and keeps the last snapshot', async () => {
+    const kept = await refresh();
+    await h.main.query(
+      'ALTER MATERIALIZED VIEW integrity_seq_gap RENAME TO integrity_seq_gap_away',
+    );
+    try {
+      const failed = await h.request('POST', '/admin/integrity/refresh', undefined, auth);
+      assert.equal(failed.status, 500, failed.text);
+      assert.equal(failed.body.error.code, 'internal');
+      assert.match(
+        failed.body.error.message,
+        /^the main database refused the integrity refresh: .*integrity_seq_gap.* \(SQLSTATE 42P01\); the last snapshot stands/,
+      );
+      const cli = await runCli(h, ['integrity', 'refresh']);
+      assert.equal(cli.code, 1);
+      assert.match(cli.stderr, /integrity_seq_gap/);
+    } finally {
+      await h.main.query(
+        'ALTER MATERIALIZED VIEW integrity_seq_gap_away RENAME TO integrity_seq_gap',
+      );
+    }
+    // Its samples come from the views on the replica, once it has replayed the rename back.
+    let shown = await h.request('GET', '/admin/integrity', undefined, auth);
+    await waitFor(async () => {
+      shown = await h.request('GET', '/admin/integrity', undefined, auth);
+      return shown.status === 200;
+    }, 'the replica to have the view back');
+    assert.equal(shown.body.refreshed_at, kept.refreshed_at);
+  });
+
   void it('dates the commit LSN cutoff from the refresh itself, not from the start of a transaction that waited for it', async () => {
     const client = await h.main.connect();
     try {

@@ -16,6 +16,7 @@ import {
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound, replayRange } from '../../ops/replay.ts';
+import { isDatabaseAnswer } from '../../projector/errors.ts';
 import { refuseWhenCountMoved, refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
@@ -246,7 +247,20 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
         deps,
         'refresh the integrity views',
         refreshIntegrity(deps.config.mainDatabaseUrl, 'manual', true),
-      );
+      ).catch((err: unknown) => {
+        if (err instanceof ApiError || !isDatabaseAnswer(err)) {
+          throw err;
+        }
+        // PostgreSQL refused the refresh itself (a view's rows, a lock, a migration not run):
+        // what it said is what an operator needs, not "internal error".
+        const { message, code } = err as { message: string; code: string };
+        throw new ApiError(
+          'internal',
+          `the main database refused the integrity refresh: ${message} (SQLSTATE ${code}); the last snapshot stands (GET /admin/integrity)`,
+          undefined,
+          { cause: err },
+        );
+      });
       if (!snapshot) {
         throw new Error('integrity refresh returned no snapshot');
       }
