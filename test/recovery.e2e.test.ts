@@ -1092,5 +1092,31 @@ void describe('recovery', () => {
         'the never-delivered entries are still delivered after the trim',
       );
     });
+
+    void it('tells a replay that a trim took entries of its range while it was scanning', async () => {
+      const log = eventLogOf(h);
+      await log.ensureGroups();
+      const stream = log.keys(2).stream;
+      // More than a replay's page (500), all delivered and acknowledged.
+      const ids = await appendConfigurations(2, 502);
+      await h.redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 600, 'STREAMS', stream, '>');
+      assert.equal(await h.redis.xack(stream, CONSUMER_GROUP, ...ids), ids.length);
+      let trimmed = 0;
+      const report = await replay(
+        { eventLog: log, main: h.main },
+        { from: ids[0] as string, partition: 2, dryRun: true },
+        {
+          onProgress: async () => {
+            if (trimmed === 0) {
+              // Memory pressure between two pages: all but the group's position goes.
+              trimmed = await trimPartition(log, 2, 0, Date.now() + 3_600_000);
+            }
+          },
+        },
+      );
+      assert.equal(trimmed, 501);
+      assert.equal(report.scanned, 501, 'the first page, and the one entry the trim left');
+      assert.equal(report.history_starts_at, ids[501]);
+    });
   });
 });

@@ -69,11 +69,21 @@ export const trimPartition = async (
     'COUNT',
     1,
   )) as [string, unknown][];
+  // Marked before the trim: a replay reading a page and then the mark sees every trim that took
+  // entries before its read, and a crash in between leaves the mark saying too much is gone,
+  // never too little. Still best effort: Redis past its maxmemory refuses the mark's write but
+  // not the trim, which frees memory; the mark is tried again after it.
+  const mark = () =>
+    lastBelow
+      ? eventLog.recordTrimmedThrough(keys.trimmedThrough, lastBelow[0]).then(
+          () => true,
+          () => false,
+        )
+      : Promise.resolve(true);
+  const marked = await mark();
   const trimmed = Number(await eventLog.redis.xtrim(keys.stream, 'MINID', floor));
-  if (trimmed > 0 && lastBelow) {
-    // Best effort, as the trim has freed memory already: a mark left behind only makes a
-    // replay's report say less, and the next trim records it again.
-    await eventLog.recordTrimmedThrough(keys.trimmedThrough, lastBelow[0]).catch(() => undefined);
+  if (trimmed > 0 && !marked) {
+    await mark();
   }
   return trimmed;
 };

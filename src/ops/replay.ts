@@ -135,7 +135,8 @@ export const replay = async (
   deps: Deps,
   request: ReplayRequest,
   options: {
-    onProgress?: (p: ReplayProgress) => void;
+    /** Awaited: the scan goes on once it returns. */
+    onProgress?: (p: ReplayProgress) => void | Promise<void>;
     onWaiting?: (w: ReplayWaiting) => void;
     waitMs?: number;
   } = {},
@@ -158,14 +159,12 @@ export const replay = async (
   const partitions = deps.eventLog
     .allKeys()
     .filter((k) => request.partition === undefined || k.partition === request.partition);
-  for (const keys of partitions) {
-    const start = await trimmedAfter(deps, keys, from);
-    if (
-      start !== undefined &&
-      (report.history_starts_at === null || compareEntryIds(start, report.history_starts_at) > 0)
-    ) {
+  const historyStartsAt = (start: string) => {
+    if (report.history_starts_at === null || compareEntryIds(start, report.history_starts_at) > 0) {
       report.history_starts_at = start;
     }
+  };
+  for (const keys of partitions) {
     const seen = new Set<string>();
     const latestDiscarded = discardedIds(deps, keys.partition);
     // One set, kept up to date by each page's look.
@@ -179,19 +178,31 @@ export const replay = async (
           )[0]?.[0] ?? '0-0')
         : to;
     let cursor = from;
+    // The last entry this scan has looked at: a trim that reaches past it (memory pressure
+    // halving the history while an operator replays after an outage) took entries of the range
+    // before the scan got to them.
+    let scannedThrough: string | undefined;
     for (;;) {
-      const raw = (await deps.eventLog.redis.xrange(
-        keys.stream,
-        cursor,
-        end,
-        'COUNT',
-        PAGE,
-      )) as RawEntry[];
-      const page = cursor === from ? raw : raw.filter(([id]) => id !== cursor);
+      // The mark after the page: a trim records it before removing anything, so entries gone
+      // before this read are always seen by it.
+      const [page, trimmedThrough] = (await pipelineReplies(
+        deps.eventLog.redis
+          .pipeline()
+          .xrange(keys.stream, cursor, end, 'COUNT', PAGE)
+          .get(keys.trimmedThrough),
+      )) as [RawEntry[], string | null];
+      if (
+        trimmedThrough !== null &&
+        compareEntryIds(trimmedThrough, from) >= 0 &&
+        (scannedThrough === undefined || compareEntryIds(trimmedThrough, scannedThrough) > 0)
+      ) {
+        historyStartsAt(await firstEntryAfter(deps, keys, trimmedThrough));
+      }
       if (page.length === 0) {
         break;
       }
-      cursor = `(${page.at(-1)?.[0]}`;
+      scannedThrough = page.at(-1)?.[0];
+      cursor = `(${scannedThrough}`;
       const entries: LogEntry[] = [];
       for (const entry of page) {
         report.scanned += 1;
@@ -221,12 +232,12 @@ export const replay = async (
           ...missing.map((e) => ({ eventId: e.event.event_id, partition: keys.partition })),
         );
       }
-      options.onProgress?.({
+      await options.onProgress?.({
         partition: keys.partition,
         scanned: report.scanned,
         position: page.at(-1)?.[0] ?? '',
       });
-      if (raw.length < PAGE) {
+      if (page.length < PAGE) {
         break;
       }
     }
@@ -237,19 +248,12 @@ export const replay = async (
   return report;
 };
 
-/**
- * Where a partition's history begins now, when trimming removed entries at or after `from`: the
- * part of the range up to there is gone. Undefined when nothing of the range was trimmed.
- */
-const trimmedAfter = async (
+/** Where a partition's history begins now that trimming removed everything through `trimmedThrough`. */
+const firstEntryAfter = async (
   deps: Deps,
   keys: PartitionKeys,
-  from: string,
-): Promise<string | undefined> => {
-  const trimmedThrough = await deps.eventLog.redis.get(keys.trimmedThrough);
-  if (trimmedThrough === null || compareEntryIds(trimmedThrough, from) < 0) {
-    return undefined;
-  }
+  trimmedThrough: string,
+): Promise<string> => {
   const [first] = (await deps.eventLog.redis.xrange(
     keys.stream,
     `(${trimmedThrough}`,
