@@ -35,6 +35,9 @@ export type Service = {
 };
 
 const SHUTDOWN_STEP_TIMEOUT_MS = 10_000;
+/** How long a stopping server lets requests in progress finish before it cuts their connections. */
+const HTTP_GRACE_MS = 5_000;
+const IDLE_SWEEP_MS = 50;
 
 /**
  * The main database pool the projector commits through. The acknowledgement gate trusts that a
@@ -262,11 +265,24 @@ export const startService = async (
       // server can close.
       await timed(logger, 'live feed', () => live.stop());
       if (server) {
-        const open = server;
-        await timed(logger, 'http', () => {
+        const open = server as {
+          close(done: () => void): void;
+          closeIdleConnections?: () => void;
+          closeAllConnections?: () => void;
+        };
+        await timed(logger, 'http', async () => {
           const closed = new Promise<void>((resolve) => open.close(() => resolve()));
-          (open as { closeAllConnections?: () => void }).closeAllConnections?.();
-          return closed;
+          // A request in progress is answered first: its append may have run already, and a
+          // client whose answer was cut off retries, without an Idempotency-Key as a second
+          // write. Keep-alive connections are closed as they fall idle; whatever is still open
+          // after the grace is cut.
+          const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS);
+          const cut = setTimeout(() => open.closeAllConnections?.(), HTTP_GRACE_MS);
+          open.closeIdleConnections?.();
+          await closed.finally(() => {
+            clearInterval(idle);
+            clearTimeout(cut);
+          });
         });
       }
       tokens.stop();

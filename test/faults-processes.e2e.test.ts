@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { createConnection } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
@@ -210,6 +212,57 @@ void describe('process faults under load', () => {
       assert.equal(applied.length, orphaned.length);
       heir.child.kill('SIGTERM');
       await exited(heir.child);
+    });
+  });
+
+  void describe('an API stopped while a write is on its way in', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('answers the write before it closes the connection', async () => {
+      h = await Harness.start({ role: 'none' });
+      const api = await h.startService('api');
+      const body = JSON.stringify({ obs_unit_id: 'stopped-mid-request', instrument: 'x' });
+      const request = httpRequest({
+        host: '127.0.0.1',
+        port: api.port,
+        method: 'POST',
+        path: '/executed_obs_units/start',
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      });
+      const answered = new Promise<{ status: number; text: string }>((resolve, reject) => {
+        request.on('error', reject);
+        request.on('response', (response) => {
+          let text = '';
+          response.setEncoding('utf8');
+          response.on('data', (chunk: string) => {
+            text += chunk;
+          });
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, text }));
+        });
+      });
+      // Half the body sent: the request is in progress when the stop comes.
+      request.write(body.slice(0, 10));
+      const stopping = h.stopService(api);
+      await waitFor(
+        () =>
+          new Promise<boolean>((resolve) => {
+            const probe = createConnection({ host: '127.0.0.1', port: api.port });
+            probe.on('connect', () => {
+              probe.destroy();
+              resolve(false);
+            });
+            probe.on('error', () => resolve(true));
+          }),
+        'the API to stop taking connections',
+      );
+      request.end(body.slice(10));
+      const answer = await answered;
+      assert.equal(answer.status, 201, answer.text);
+      await stopping;
+      const { id } = JSON.parse(answer.text) as { id: string };
+      const [entry] = await eventLogOf(h).readInflight(id, partitionOf(id, h.config.partitions));
+      assert.ok(entry, 'the answered write is in the log');
     });
   });
 
