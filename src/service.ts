@@ -199,7 +199,7 @@ export const startService = async (
     });
   projector?.start();
   acker?.start();
-  await unlistOnFailure(Promise.resolve(integrity?.start()));
+  void integrity?.start();
 
   // Only API processes take writes; they keep the log's room for the backlog to drain.
   const capacity = role === 'projector' ? undefined : new LogCapacity(redis);

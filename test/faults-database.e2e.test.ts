@@ -400,6 +400,42 @@ void describe('database faults under load', () => {
     });
   });
 
+  void describe('the service started while the link to its main database drops packets', () => {
+    let h: Harness | undefined;
+    let proxy: BlackholeProxy | undefined;
+    after(async () => {
+      proxy?.heal();
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it('takes writes at once, before the main database has said anything', async () => {
+      const stack = (await import('./harness/harness.ts')).testStack();
+      proxy = await BlackholeProxy.start(stack.mainPort);
+      proxy.blackhole();
+      h = await Harness.start({ role: 'none' });
+      const viaProxy = h.config.mainDatabaseUrl.replace(`:${stack.mainPort}/`, `:${proxy.port}/`);
+      await h.startService('all', { mainDatabaseUrl: viaProxy });
+      const health = await h.get('/health');
+      assert.equal(
+        health.body.integrity.mode,
+        'unknown',
+        'listening while it still waits to hear whether pg_cron runs the refresh',
+      );
+      const write = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'started-cut-off',
+        instrument: 'x',
+      });
+      assert.equal(write.status, 201, write.text);
+      proxy.heal();
+      await waitForAllAcknowledged(h, 60_000);
+      const rows = await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [
+        write.body.event_id,
+      ]);
+      assert.equal(rows.length, 1);
+    });
+  });
+
   void describe('replica replay paused for 30 s', () => {
     let h: Harness;
     after(async () => {

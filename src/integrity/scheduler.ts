@@ -58,9 +58,25 @@ export class IntegrityScheduler {
     return this.#mode;
   }
 
-  async start(): Promise<void> {
+  /**
+   * Starts in the background; answers once the main database has said whether pg_cron runs the
+   * refresh, or could not. The service does not wait for it: cut off from its main database, a
+   * site would take no writes for the connect timeout (a link that drops packets) or longer.
+   */
+  start(): Promise<void> {
+    const started = this.#start().catch((err: unknown) => {
+      this.deps.logger.error({ err }, 'integrity scheduler did not start');
+    });
+    this.#running.push(started);
+    return started;
+  }
+
+  async #start(): Promise<void> {
     const { schedule, logger } = this.deps;
     const found = await this.#detect(true);
+    if (this.#abort.signal.aborted) {
+      return;
+    }
     this.#mode = found ?? 'scheduler';
     const loop = new AbortController();
     if (this.#mode === 'scheduler') {
@@ -129,7 +145,10 @@ export class IntegrityScheduler {
 
   async stop(): Promise<void> {
     this.#abort.abort();
-    await Promise.all(this.#running);
+    // A start still asking the main database adds its loops when it returns.
+    while (this.#running.length > 0) {
+      await Promise.all(this.#running.splice(0));
+    }
   }
 
   async #refresh(mode: string, wait: boolean) {
