@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { request as httpRequest } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
+import { newIdInPartition, partitionForText, partitionOf } from '../src/domain/ids.ts';
 import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from '../src/http/body.ts';
-import { streamEventIds } from './harness/audit.ts';
+import { streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { Harness, type HttpResult, waitFor } from './harness/harness.ts';
 
 const start = { obs_unit_id: 'ou-input', instrument: 'nirspec' };
@@ -833,5 +833,59 @@ void describe('free JSON at its exact limits', () => {
       { instrument: 'nirspec', configuration: accented },
       'configuration',
     );
+  });
+});
+
+void describe('Idempotency-Key across a change of the partition count', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(() => h.close());
+
+  void it('answers a retry after the change with its first answer, appending nothing', async () => {
+    const first = await h.startService('all');
+    const path = '/executed_obs_units/start';
+    // A key whose partition moves with the change: where a retry looks is not where it wrote.
+    let n = 0;
+    while (partitionForText(`POST ${path} resize-${n}`, 8) < 4) {
+      n += 1;
+    }
+    const keyed = (key: string) => ({ 'idempotency-key': key });
+    const body = { obs_unit_id: 'across-resize', instrument: 'x' };
+    const started = await h.request('POST', path, body, keyed(`resize-${n}`));
+    assert.equal(started.status, 201, started.text);
+    const finishPath = `/executed_obs_units/${started.body.id}/finish`;
+    const finished = await h.request('POST', finishPath, { status: 'success' }, keyed('resize-f'));
+    assert.equal(finished.status, 202, finished.text);
+    await waitForAllAcknowledged(h);
+    await h.stopService(first);
+    // Nothing pending and no process left with the old count: the change is taken.
+    const resized = await h.startService('all', { partitions: 8 });
+    const entries = async () => {
+      let total = 0;
+      for (const keys of resized.eventLog.allKeys()) {
+        total += await h.redis.xlen(keys.stream);
+      }
+      return total;
+    };
+    const held = await entries();
+    const again = await h.request('POST', path, body, keyed(`resize-${n}`));
+    assert.equal(again.status, 201, again.text);
+    assert.deepEqual(again.body, started.body);
+    assert.equal(again.headers.get('idempotent-replayed'), 'true');
+    const finishedAgain = await h.request(
+      'POST',
+      finishPath,
+      { status: 'success' },
+      keyed('resize-f'),
+    );
+    assert.equal(finishedAgain.status, 202, finishedAgain.text);
+    assert.deepEqual(finishedAgain.body, finished.body);
+    assert.equal(await entries(), held, 'nothing appended');
+    // Another body under a carried key is still refused.
+    const other = await h.request('POST', path, { ...body, notes: 'other' }, keyed(`resize-${n}`));
+    assert.equal(other.status, 409, other.text);
+    assert.equal(other.body.error.code, 'idempotency_key_reused');
   });
 });

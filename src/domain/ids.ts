@@ -45,8 +45,16 @@ export const newIdInPartition = (partition: number, partitions: number): Uuid =>
   return `${id.slice(0, -8)}${tail.toString(16).padStart(8, '0')}` as Uuid;
 };
 
+/**
+ * The partition of an idempotency scope, from its SHA-256 in hex: where its key is claimed, and
+ * where a new root created under it is minted. Its first 32 bits, so it can be told again from a
+ * stored key's name when the partition count changes.
+ */
+export const partitionOfScopeHash = (scopeHash: string, partitions: number): number =>
+  Number.parseInt(scopeHash.slice(0, 8), 16) % partitions;
+
 /** A partition chosen from a stable text (an idempotency scope), so retries land together. */
 export const partitionForText = (text: string, partitions: number): number =>
-  createHash('sha256').update(text).digest().readUInt32BE(0) % partitions;
+  partitionOfScopeHash(createHash('sha256').update(text).digest('hex'), partitions);
 
 export const randomPartition = (partitions: number): number => randomInt(partitions);

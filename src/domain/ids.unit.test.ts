@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isUuid, newIdInPartition, partitionForText, partitionOf } from './ids.ts';
+import {
+  isUuid,
+  newIdInPartition,
+  partitionForText,
+  partitionOf,
+  partitionOfScopeHash,
+} from './ids.ts';
 
 void describe('ids', () => {
   void it('mints UUIDv7 ids that name the requested partition for any partition count', () => {
@@ -25,5 +32,16 @@ void describe('ids', () => {
     assert.equal(partitionForText('POST /x key-1', 8), partitionForText('POST /x key-1', 8));
     const spread = new Set(Array.from({ length: 64 }, (_, i) => partitionForText(`k${i}`, 8)));
     assert.ok(spread.size > 4, 'texts spread over partitions');
+  });
+
+  void it("tells a scope's partition from its hash as from its text, as builds before did", () => {
+    for (const scope of ['POST /executed_obs_units/start k1', 'PATCH /executed_obs_units/x k2']) {
+      const digest = createHash('sha256').update(scope).digest();
+      for (const partitions of [4, 8, 13]) {
+        const before = digest.readUInt32BE(0) % partitions;
+        assert.equal(partitionForText(scope, partitions), before);
+        assert.equal(partitionOfScopeHash(digest.toString('hex'), partitions), before);
+      }
+    }
   });
 });

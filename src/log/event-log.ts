@@ -197,6 +197,17 @@ const takeBatch = (waiting: GatheredAppend[]): GatheredAppend[] => {
   return waiting.splice(0, count);
 };
 
+/** A request's answer from its key's record, as the append script reads it: the request's hash, a newline, the response. */
+const recordOutcome = (
+  record: string,
+  requestHash: string,
+): Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }> => {
+  const newline = record.indexOf('\n');
+  return record.slice(0, newline) === requestHash
+    ? { kind: 'replayed', response: record.slice(newline + 1) }
+    : { kind: 'idempotency_conflict' };
+};
+
 /**
  * One request as the append script reads it, and its keys: idempotency record, unit status,
  * each event's in-flight bucket, each event's event index bucket, the in-use buckets of each
@@ -470,6 +481,18 @@ export class EventLog {
     if (claim === 'taken') {
       return { kind: 'idempotency_conflict' };
     }
+    if (claim === 'retried') {
+      // A retry. Its first attempt's record is where that attempt appended, unless the site's
+      // partition count changed since: then it was copied to the key's partition, which this
+      // append does not look at (carryIdempotencyKeys). Records are never rewritten, so one found
+      // here answers as the script would.
+      const carried = await this.#redis.get(
+        this.keys(idempotency.keyPartition).idempotency(idempotency.scopeHash),
+      );
+      if (carried !== null) {
+        return recordOutcome(carried, idempotency.requestHash);
+      }
+    }
     const result = await this.#appendGathered(request);
     const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
     const refused =
@@ -513,11 +536,7 @@ export class EventLog {
       this.#redis.get(this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash)),
     ]);
     if (record !== null) {
-      // As the append script reads it: the request's hash, a newline, the response.
-      const newline = record.indexOf('\n');
-      return record.slice(0, newline) === idempotency.requestHash
-        ? { kind: 'replayed', response: record.slice(newline + 1) }
-        : { kind: 'idempotency_conflict' };
+      return recordOutcome(record, idempotency.requestHash);
     }
     return claim !== null && claim !== idempotency.requestHash
       ? { kind: 'idempotency_conflict' }

@@ -1,8 +1,10 @@
 import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
+import { partitionOfScopeHash } from '../domain/ids.ts';
 import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
 import { EventLog, type RosterOutcome } from '../log/event-log.ts';
 import { partitionCountKey, processRosterKey } from '../log/keys.ts';
+import { pipelineReplies } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBuffer, totalsOf } from './buffer.ts';
 
@@ -56,6 +58,7 @@ export const checkPartitionCount = async (
     const changing = previous !== null && Number(previous) !== partitions;
     if (changing) {
       await refuseWhileLogHolds(redis, namespace, partitions, Number(previous));
+      await carryIdempotencyKeys(eventLog, Number(previous), logger);
     }
     const outcome = await listOnce(eventLog, previous ?? '', member);
     if (outcome === 'refused') {
@@ -97,6 +100,64 @@ export const checkPartitionCount = async (
   throw new PartitionCountError(
     `OUTPOST_PARTITIONS is ${partitions}, and the count recorded for this site kept changing while this process started: give every process the same count`,
   );
+};
+
+const GLOB_SPECIAL = /[*?[\]\\]/g;
+
+/**
+ * Copies the idempotency claims and records of the last 24 h to the partition each key has under
+ * the new count. A key's partition follows from its scope's hash and the count, and a record lies
+ * beside the stream its request appended to: under another count a retry looked elsewhere, found
+ * nothing, and appended its request a second time (a replayed finish answered 409). The claim
+ * lands where the retry claims, the record where it looks when it finds its own claim. Copied,
+ * not moved: until the change is recorded a process with the old count may still answer from
+ * them, and a start refused after this step leaves the site as it was.
+ */
+const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: Logger) => {
+  const { redis, partitions } = eventLog;
+  let carried = 0;
+  for (let from = 0; from < before; from += 1) {
+    const keys = eventLog.keys(from);
+    for (const kind of ['idempotency', 'idempotencyClaim'] as const) {
+      const prefix = keys[kind]('');
+      const names = redis.scanStream({
+        match: `${prefix.replace(GLOB_SPECIAL, '\\$&')}*`,
+        count: 1_000,
+      });
+      for await (const page of names as AsyncIterable<string[]>) {
+        const moving = page
+          .map((name) => {
+            const scopeHash = name.slice(prefix.length);
+            return { name, to: partitionOfScopeHash(scopeHash, partitions), scopeHash };
+          })
+          .filter(({ to }) => to !== from);
+        if (moving.length === 0) {
+          continue;
+        }
+        const read = redis.pipeline();
+        for (const { name } of moving) {
+          read.pttl(name).dumpBuffer(name);
+        }
+        const replies = await pipelineReplies(read);
+        const write = redis.pipeline();
+        moving.forEach(({ to, scopeHash }, i) => {
+          const ttl = replies[2 * i] as number;
+          const value = replies[2 * i + 1] as Buffer | null;
+          if (value !== null && ttl !== -2) {
+            // Not over a key already there: the same request's own record, or a copy by another
+            // process taking the same change.
+            write.restore(eventLog.keys(to)[kind](scopeHash), Math.max(ttl, 0), value);
+          }
+        });
+        // BUSYKEY for those already there: nothing to do.
+        const written = (await write.exec()) ?? [];
+        carried += written.filter(([err]) => !err).length;
+      }
+    }
+  }
+  if (carried > 0) {
+    logger.info({ carried, from: before, to: partitions }, 'idempotency keys carried over');
+  }
 };
 
 const describeMember = (member: string) => {
