@@ -76,6 +76,66 @@ const timed = async (logger: Logger, step: string, work: () => Promise<unknown>)
   }
 };
 
+/** What a start began, for its stop. */
+type Started = {
+  live: { stop(): Promise<void> };
+  /** The HTTP server once it listens. */
+  server: () => ReturnType<typeof serve> | undefined;
+  tokens: TokenStore;
+  capacity: LogCapacity | undefined;
+  projector: Projector | undefined;
+  acker: Acker | undefined;
+  integrity: IntegrityScheduler | undefined;
+  listing: SiteListing | undefined;
+  redis: ReturnType<typeof createRedis>;
+  pools: { end(): Promise<void> }[];
+};
+
+/** Stops what a start began, in order, each step within its time; a second call awaits the first. */
+const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
+  let stopped: Promise<void> | undefined;
+  return () => {
+    stopped ??= (async () => {
+      logger.info('stopping');
+      // Live clients never end their requests on their own: end their sessions first, so the
+      // server can close.
+      await timed(logger, 'live feed', () => parts.live.stop());
+      const server = parts.server();
+      if (server) {
+        const open = server as {
+          close(done: () => void): void;
+          closeIdleConnections?: () => void;
+          closeAllConnections?: () => void;
+        };
+        await timed(logger, 'http', async () => {
+          const closed = new Promise<void>((resolve) => open.close(() => resolve()));
+          // A request in progress is answered first: its append may have run already, and a
+          // client whose answer was cut off retries, without an Idempotency-Key as a second
+          // write. Keep-alive connections are closed as they fall idle; whatever is still open
+          // after the grace is cut.
+          const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS);
+          const cut = setTimeout(() => open.closeAllConnections?.(), HTTP_GRACE_MS);
+          open.closeIdleConnections?.();
+          await closed.finally(() => {
+            clearInterval(idle);
+            clearTimeout(cut);
+          });
+        });
+      }
+      parts.tokens.stop();
+      parts.capacity?.stop();
+      await timed(logger, 'projector', async () => parts.projector?.stop());
+      await timed(logger, 'acker', async () => parts.acker?.stop());
+      await timed(logger, 'integrity scheduler', async () => parts.integrity?.stop());
+      await timed(logger, 'roster', async () => parts.listing?.stop());
+      await timed(logger, 'redis', () => parts.redis.quit());
+      await timed(logger, 'databases', () => Promise.all(parts.pools.map((pool) => pool.end())));
+      logger.info('stopped');
+    })();
+    return stopped;
+  };
+};
+
 /** Wires config into running parts: HTTP API, projector, acker. The only place that does. */
 export const startService = async (
   config: Config,
@@ -191,18 +251,32 @@ export const startService = async (
     tokens,
     partitionCount: listing,
   });
-  // A start that fails from here leaves the site's roster as it found it.
-  const unlistOnFailure = <T>(work: Promise<T>): Promise<T> =>
+  // Only API processes take writes; they keep the log's room for the backlog to drain.
+  const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
+  let server: ReturnType<typeof serve> | undefined;
+  const stop = stopping(logger, {
+    live,
+    server: () => server,
+    tokens,
+    capacity,
+    projector,
+    acker,
+    integrity,
+    listing,
+    redis,
+    pools: [main, replica, probe, leasePool],
+  });
+  // A start that fails from here stops what it started: leases held until the process exits
+  // would keep the partitions from another process for the claim idle time, and the site's
+  // roster would list a process that is not running.
+  const stopOnFailure = <T>(work: Promise<T>): Promise<T> =>
     work.catch(async (err: unknown) => {
-      await listing?.stop();
+      await stop();
       throw err;
     });
   projector?.start();
   acker?.start();
   void integrity?.start();
-
-  // Only API processes take writes; they keep the log's room for the backlog to drain.
-  const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
   capacity?.start();
   const appDeps = {
     config,
@@ -220,9 +294,8 @@ export const startService = async (
   };
   // Only API processes read the feed back: they are the ones with clients to fan it out to.
   if (role !== 'projector') {
-    await unlistOnFailure(live.start());
+    await stopOnFailure(live.start());
   }
-  let server: ReturnType<typeof serve> | undefined;
   let port = 0;
   if (role === 'projector') {
     server = serve({
@@ -237,7 +310,7 @@ export const startService = async (
       // matters more than its probes, so it runs on without them rather than failing (and
       // stays listed under its partition count).
       if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') {
-        await listing?.stop();
+        await stop();
         throw err;
       }
       logger.warn(
@@ -253,52 +326,10 @@ export const startService = async (
       hostname: '0.0.0.0',
       websocket: { server: new WebSocketServer({ noServer: true }) },
     });
-    port = await unlistOnFailure(listeningPort(server));
+    port = await stopOnFailure(listeningPort(server));
   }
   logger.info({ port, role }, 'started');
 
-  let stopping: Promise<void> | undefined;
-  const stop = () => {
-    stopping ??= (async () => {
-      logger.info('stopping');
-      // Live clients never end their requests on their own: end their sessions first, so the
-      // server can close.
-      await timed(logger, 'live feed', () => live.stop());
-      if (server) {
-        const open = server as {
-          close(done: () => void): void;
-          closeIdleConnections?: () => void;
-          closeAllConnections?: () => void;
-        };
-        await timed(logger, 'http', async () => {
-          const closed = new Promise<void>((resolve) => open.close(() => resolve()));
-          // A request in progress is answered first: its append may have run already, and a
-          // client whose answer was cut off retries, without an Idempotency-Key as a second
-          // write. Keep-alive connections are closed as they fall idle; whatever is still open
-          // after the grace is cut.
-          const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS);
-          const cut = setTimeout(() => open.closeAllConnections?.(), HTTP_GRACE_MS);
-          open.closeIdleConnections?.();
-          await closed.finally(() => {
-            clearInterval(idle);
-            clearTimeout(cut);
-          });
-        });
-      }
-      tokens.stop();
-      capacity?.stop();
-      await timed(logger, 'projector', async () => projector?.stop());
-      await timed(logger, 'acker', async () => acker?.stop());
-      await timed(logger, 'integrity scheduler', async () => integrity?.stop());
-      await timed(logger, 'roster', async () => listing?.stop());
-      await timed(logger, 'redis', () => redis.quit());
-      await timed(logger, 'databases', () =>
-        Promise.all([main.end(), replica.end(), probe.end(), leasePool.end()]),
-      );
-      logger.info('stopped');
-    })();
-    return stopping;
-  };
   return {
     port,
     metrics,

@@ -266,6 +266,30 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('a start that fails once its projector has begun', () => {
+    let h: Harness;
+    after(() => h.close());
+
+    void it('stops what it started, so another projector takes the partitions at once', async () => {
+      h = await Harness.start({ role: 'none' });
+      const api = await h.startService('api');
+      // The same port as the running API: the listen fails after the projector has started.
+      await assert.rejects(
+        h.startService('all', { port: api.port, consumer: 'port-taken' }),
+        /EADDRINUSE/,
+      );
+      await h.startService('projector', { port: 0, consumer: 'heir' });
+      await waitFor(
+        async () => (await leaseOwners(h)).every((owner) => owner === 'heir'),
+        'the other projector to hold every partition',
+      );
+      const members = await h.mainRows(
+        "SELECT 1 FROM projector_members WHERE consumer = 'port-taken'",
+      );
+      assert.equal(members.length, 0, 'the failed start left no member behind');
+    });
+  });
+
   void describe('API killed -9 three times with answers lost on the way', () => {
     let h: Harness;
     let load: SteadyLoad | undefined;
