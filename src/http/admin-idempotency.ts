@@ -52,18 +52,23 @@ export const onceForKey = async (
   // The holder's own value: the request's hash alone would let another process's attempt with
   // the same body pass for this one when it renews, stores or frees the key.
   const running = `running\n${hash}\n${randomUUID()}`;
-  const claimed = await redis
-    .set(key, running, 'EX', CLAIM_SECONDS, 'NX')
-    .catch(async (err: unknown) => {
-      // A Redis refusing writes still reads: a request it has answered is answered again below.
-      const answered = redisRefusal(err) && (await redis.get(key).catch(() => null));
-      if (answered && parse(answered).state === 'done') {
-        return null;
-      }
-      throw unreachable(err);
-    });
-  if (claimed === null) {
-    return answerEarlierRun(c, await redis.get(key).catch(rethrowUnreachable), hash);
+  let earlier: string | null;
+  try {
+    // The claim and what held the key before it, in one step: read apart, a first run that
+    // failed and freed the key in between was taken for one still running.
+    earlier = (await redis.call('SET', key, running, 'NX', 'GET', 'EX', CLAIM_SECONDS)) as
+      | string
+      | null;
+  } catch (err) {
+    // A Redis refusing writes still reads: a request it has answered is answered again.
+    const answered = redisRefusal(err) && (await redis.get(key).catch(() => null));
+    if (answered && parse(answered).state === 'done') {
+      return answerEarlierRun(c, answered, hash);
+    }
+    throw unreachable(err);
+  }
+  if (earlier !== null) {
+    return answerEarlierRun(c, earlier, hash);
   }
   const claim = holdClaim(c, deps, key, running);
   let done: string | undefined;
@@ -79,14 +84,10 @@ export const onceForKey = async (
   }
 };
 
-const rethrowUnreachable = (err: unknown): never => {
-  throw unreachable(err);
-};
-
 /** The answer to a request whose key another run holds: its outcome, or why not yet. */
-const answerEarlierRun = (c: Context, value: string | null, hash: string): Response => {
-  const stored = parse(value ?? 'running\n');
-  if (value !== null && stored.hash !== hash) {
+const answerEarlierRun = (c: Context, value: string, hash: string): Response => {
+  const stored = parse(value);
+  if (stored.hash !== hash) {
     throw new ApiError(
       'idempotency_key_reused',
       'this Idempotency-Key was used with a different request',
