@@ -515,21 +515,40 @@ export class PartitionConsumer {
       const from = waitingFrom.get(aggregateId);
       return from !== undefined && compareEntryIds(entryId, from) > 0;
     };
-    // Entries of an aggregate blocked by a dead letter go to the main database held: reported
-    // there as duplicates if it has their events (a second entry of an event applied before the
-    // block, re-sent by ioredis or given back by a replay), and otherwise held back, to follow
-    // the block into the dead letters below. Filed at once, an applied event would be listed as
-    // dead, and a discard would record it as never applied.
     const applicable: LogEntry[] = [];
-    const heldByBlock = new Set<string>();
+    const behindBlock: LogEntry[] = [];
     for (const entry of decoded) {
       if (isWaiting(entry.event.aggregate_id, entry.entryId)) {
         continue;
       }
       // An applied event is no later event of a dead-lettered aggregate's: it came before.
-      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
-        heldByBlock.add(entry.event.aggregate_id);
+      (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)
+        ? behindBlock
+        : applicable
+      ).push(entry);
+    }
+    // Those behind a block whose events the main database already has (a second entry of an
+    // event applied before the block: an append re-sent by ioredis, a replay racing the
+    // projector) are recorded as applied; the rest follow the block into the dead letters.
+    // Filed without asking, an applied event was listed as dead, and a discard recorded it as
+    // never applied.
+    for (const entry of await this.#recordAppliedAmong(behindBlock)) {
+      const filed = await this.#deadLetter(
+        failedEntryOfEvent(entry.entryId, entry.event),
+        [
+          {
+            at: new Date().toISOString(),
+            error: 'an earlier event of this aggregate is dead-lettered',
+          },
+        ],
+        [entry.event.aggregate_id],
+      );
+      if (filed) {
+        continue;
       }
+      // No longer blocked: an operator discarded the block's last letter since the read, and
+      // the event applies in its place.
+      blocked.delete(entry.event.aggregate_id);
       applicable.push(entry);
     }
     if (applicable.length === 0) {
@@ -541,19 +560,7 @@ export class PartitionConsumer {
       }
       return;
     }
-    let result: BatchResult;
-    try {
-      result = await this.#applyIsolating(
-        applicable,
-        heldByBlock.size === 0 ? this.#holding : new Set([...this.#holding, ...heldByBlock]),
-      );
-      this.#deps.breaker.recordSuccess();
-    } catch (err) {
-      if (!(err instanceof FencedError || err instanceof MainDatabaseChangedError)) {
-        this.#deps.breaker.recordFailure();
-      }
-      throw err;
-    }
+    const result = await this.#applyGuarded(applicable);
     holdWaiting();
     const { applied, duplicates, failed, deferred, commitLsn } = result;
     if (result.mainPosition) {
@@ -562,26 +569,7 @@ export class PartitionConsumer {
         eventId: applied.at(-1)?.event.event_id ?? this.#mainSeen?.eventId,
       };
     }
-    const waiting: LogEntry[] = [];
     for (const entry of deferred) {
-      if (isBlocked(entry.event.aggregate_id, entry.entryId) && !recorded.has(entry.entryId)) {
-        const filed = await this.#deadLetter(
-          failedEntryOfEvent(entry.entryId, entry.event),
-          [
-            {
-              at: new Date().toISOString(),
-              error: 'an earlier event of this aggregate is dead-lettered',
-            },
-          ],
-          [entry.event.aggregate_id],
-        );
-        if (filed) {
-          continue;
-        }
-        // No longer blocked: an operator discarded the block's last letter since the read, and
-        // the event applies in its place when read again.
-      }
-      waiting.push(entry);
       // Held back behind what its unit waits for: its aggregate's later entries, in later pages,
       // wait too, and an undecodable one is not filed ahead of it.
       this.#holding.add(entry.event.aggregate_id);
@@ -594,36 +582,7 @@ export class PartitionConsumer {
     // Before the record: once recorded, a creation applied in this batch may be acknowledged, and
     // gone from the in-flight index, before the files behind it are judged.
     const awaiting = await this.#awaitingTheirUpstream(failed);
-    const appliedAt = new Date().toISOString();
-    const unpublished = await this.#deps.eventLog.recordApplied(
-      this.#partition,
-      done.map(({ entryId, event }) => ({
-        lsn: commitLsn,
-        entryId,
-        eventId: event.event_id,
-        aggregateId: event.aggregate_id,
-        aggregateType: event.aggregate_type,
-        type: event.type,
-      })),
-      done.length > 0 && (await this.#deps.live?.listening())
-        ? done.map(({ entryId, event }) => ({
-            event_id: event.event_id,
-            aggregate_id: event.aggregate_id,
-            aggregate_type: event.aggregate_type,
-            type: event.type,
-            state: 'applied' as const,
-            partition: this.#partition,
-            entry_id: entryId,
-            at: appliedAt,
-          }))
-        : [],
-    );
-    if (unpublished > 0) {
-      this.#deps.logger.warn(
-        { partition: this.#partition, unpublished },
-        'live feed publish failed',
-      );
-    }
+    await this.#recordDone(done, commitLsn);
     for (const { entry, error } of failed) {
       this.#holding.add(entry.event.aggregate_id);
       const failedEntry = failedEntryOfEvent(entry.entryId, entry.event);
@@ -658,7 +617,7 @@ export class PartitionConsumer {
         await this.#fail(failedEntry, error);
       }
     }
-    if (waiting.length > 0 || awaiting.size > 0) {
+    if (deferred.length > 0 || awaiting.size > 0) {
       this.#scheduleReread();
     } else if (failed.length === 0 && this.#holding.size === 0 && !this.#rereadOwnPending) {
       // Past its own pending entries with nothing failed or held: nothing waits for a retry,
@@ -761,6 +720,74 @@ export class PartitionConsumer {
         )
         .map(({ entry }) => entry.entryId),
     );
+  }
+
+  /** A batch to the main database, its outcome told to the breaker. */
+  async #applyGuarded(entries: LogEntry[], held?: ReadonlySet<string>): Promise<BatchResult> {
+    try {
+      const result = await this.#applyIsolating(entries, held);
+      this.#deps.breaker.recordSuccess();
+      return result;
+    } catch (err) {
+      if (!(err instanceof FencedError || err instanceof MainDatabaseChangedError)) {
+        this.#deps.breaker.recordFailure();
+      }
+      throw err;
+    }
+  }
+
+  /** Records entries as applied at `commitLsn`, for the acker, and tells the live feed. */
+  async #recordDone(done: readonly LogEntry[], commitLsn: string): Promise<void> {
+    const appliedAt = new Date().toISOString();
+    const unpublished = await this.#deps.eventLog.recordApplied(
+      this.#partition,
+      done.map(({ entryId, event }) => ({
+        lsn: commitLsn,
+        entryId,
+        eventId: event.event_id,
+        aggregateId: event.aggregate_id,
+        aggregateType: event.aggregate_type,
+        type: event.type,
+      })),
+      done.length > 0 && (await this.#deps.live?.listening())
+        ? done.map(({ entryId, event }) => ({
+            event_id: event.event_id,
+            aggregate_id: event.aggregate_id,
+            aggregate_type: event.aggregate_type,
+            type: event.type,
+            state: 'applied' as const,
+            partition: this.#partition,
+            entry_id: entryId,
+            at: appliedAt,
+          }))
+        : [],
+    );
+    if (unpublished > 0) {
+      this.#deps.logger.warn(
+        { partition: this.#partition, unpublished },
+        'live feed publish failed',
+      );
+    }
+  }
+
+  /**
+   * Of entries behind a dead letter of their aggregate, records those whose events the main
+   * database has as applied, and answers the others. Asked with each of their aggregates held, so
+   * the batch writes nothing but a commit LSN its events may lack.
+   */
+  async #recordAppliedAmong(entries: LogEntry[]): Promise<LogEntry[]> {
+    if (entries.length === 0) {
+      return [];
+    }
+    const { duplicates, commitLsn } = await this.#applyGuarded(
+      entries,
+      new Set(entries.map((e) => e.event.aggregate_id)),
+    );
+    if (duplicates.length > 0) {
+      await this.#recordDone(duplicates, commitLsn);
+    }
+    const applied = new Set(duplicates.map((e) => e.entryId));
+    return entries.filter((e) => !applied.has(e.entryId));
   }
 
   /**
