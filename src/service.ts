@@ -113,8 +113,12 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
           // client whose answer was cut off retries, without an Idempotency-Key as a second
           // write. Keep-alive connections are closed as they fall idle; whatever is still open
           // after the grace is cut.
-          const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS);
-          const cut = setTimeout(() => open.closeAllConnections?.(), HTTP_GRACE_MS);
+          const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS).unref();
+          const cut = setTimeout(() => {
+            // Past the grace nothing is left to sweep, even if the close never completes.
+            clearInterval(idle);
+            open.closeAllConnections?.();
+          }, HTTP_GRACE_MS).unref();
           open.closeIdleConnections?.();
           await closed.finally(() => {
             clearInterval(idle);
