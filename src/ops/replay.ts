@@ -183,11 +183,11 @@ export const replay = async (
     // before the scan got to them.
     let scannedThrough: string | undefined;
     for (;;) {
-      // The mark after the page: a trim records it before removing anything, so entries gone
-      // before this read are always seen by it.
+      // The mark as the page is read, in one step: a trim records it before removing anything,
+      // so entries gone before this read are always seen by it, and a trim after it is not.
       const [page, trimmedThrough] = (await pipelineReplies(
         deps.eventLog.redis
-          .pipeline()
+          .multi()
           .xrange(keys.stream, cursor, end, 'COUNT', PAGE)
           .get(keys.trimmedThrough),
       )) as [RawEntry[], string | null];
