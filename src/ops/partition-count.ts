@@ -149,9 +149,16 @@ const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: 
             write.restore(eventLog.keys(to)[kind](scopeHash), Math.max(ttl, 0), value);
           }
         });
-        // BUSYKEY for those already there: nothing to do.
         const written = (await write.exec()) ?? [];
         carried += written.filter(([err]) => !err).length;
+        // BUSYKEY for those already there: nothing to do. Anything else (Redis full) would leave
+        // a retry across the change to append a second time: the change is not taken.
+        const failed = written.find(([err]) => err && !/^BUSYKEY/.test(err.message));
+        if (failed?.[0]) {
+          throw new PartitionCountError(
+            `OUTPOST_PARTITIONS is ${partitions}, but the Idempotency-Key records of the last 24 h could not be copied to where that count looks (${failed[0].message}): start with OUTPOST_PARTITIONS=${before} until Redis takes writes again`,
+          );
+        }
       }
     }
   }
