@@ -303,10 +303,10 @@ const upstreamFirst = (a: DeadLetter, b: DeadLetter) =>
   (UPSTREAM_RANK[a.aggregate_type] ?? 4) - (UPSTREAM_RANK[b.aggregate_type] ?? 4) ||
   a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true });
 
-/** `outpost dead list|show|retry|discard`. */
 const DEAD_USAGE =
   'usage: outpost dead list [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
 
+/** `outpost dead list|show|retry|discard`. */
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
   // Before connecting: with Redis away, a mistyped action would be blamed on Redis.
   if (action === undefined || !['list', 'show', 'retry', 'discard'].includes(action)) {

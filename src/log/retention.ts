@@ -69,8 +69,8 @@ export const trimPartition = async (
     'COUNT',
     1,
   )) as [string, unknown][];
-  // Marked before the trim: a replay reading a page and then the mark sees every trim that took
-  // entries before its read, and a crash in between leaves the mark saying too much is gone,
+  // Marked before the trim: a replay reading the mark with each page sees every trim that took
+  // entries before that read, and a crash in between leaves the mark saying too much is gone,
   // never too little. Still best effort: Redis past its maxmemory refuses the mark's write but
   // not the trim, which frees memory; the mark is tried again after it.
   const mark = () =>

@@ -5,18 +5,16 @@ import type { App } from './shared.ts';
 export const registerOpsRoutes = (app: App, deps: AppDeps) => {
   app.get('/health', async (c) => {
     const health = await deps.status.health();
-    // 503 only when writes cannot be accepted (Redis away, full, or unable to save): a site cut off
+    // 503 only when writes cannot be accepted (Redis away, full, unable to save, or the site's
+    // partition count no longer this process's), which is what `unhealthy` says: a site cut off
     // from its main database is degraded, not down, since buffering writes through such a cut is
     // what Outpost is for.
     if (health.redis !== 'connected') {
       return c.json(health, 503, { 'Retry-After': '1' });
     }
     // Only a process that takes writes: a projector answering 503 would invite an orchestrator
-    // to restart the very process that drains the log. A process whose partition count is no
-    // longer the site's refuses writes too, until restarted with the site's count.
-    const { full, write_error } = health.transaction_buffer;
-    const refusing = full || write_error !== null || health.partition_count !== undefined;
-    if (refusing && deps.capacity) {
+    // to restart the very process that drains the log.
+    if (health.status === 'unhealthy' && deps.capacity) {
       return c.json(health, 503, { 'Retry-After': '5' });
     }
     return c.json(health, 200);
