@@ -59,6 +59,15 @@ export const projectorPool = (config: Config) =>
     idleInTransactionTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 2)),
   });
 
+/** Short timeouts: a lease round must finish well within a third of the lease TTL. */
+export const leasePool = (config: Pick<Config, 'mainDatabaseUrl' | 'claimIdleMs'>) =>
+  createPool({
+    url: config.mainDatabaseUrl,
+    max: 2,
+    applicationName: 'outpost-leases',
+    queryTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 6)),
+  });
+
 const timed = async (logger: Logger, step: string, work: () => Promise<unknown>) => {
   const timeout = new Promise<'timeout'>((resolve) =>
     setTimeout(() => resolve('timeout'), SHUTDOWN_STEP_TIMEOUT_MS).unref(),
@@ -192,13 +201,8 @@ export const startService = async (
     max: 2,
     applicationName: 'outpost-probe',
   });
-  const leasePool = createPool({
-    url: config.mainDatabaseUrl,
-    max: 2,
-    applicationName: 'outpost-leases',
-    queryTimeoutMs: Math.max(1_000, Math.floor(config.claimIdleMs / 6)),
-  });
-  for (const pool of [main, replica, probe, leasePool]) {
+  const leases = leasePool(config);
+  for (const pool of [main, replica, probe, leases]) {
     pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   }
 
@@ -206,7 +210,7 @@ export const startService = async (
   const projector = runsProjector
     ? new Projector({
         pool: main,
-        leasePool,
+        leasePool: leases,
         eventLog,
         deadLetters,
         redis,
@@ -268,7 +272,7 @@ export const startService = async (
     integrity,
     listing,
     redis,
-    pools: [main, replica, probe, leasePool],
+    pools: [main, replica, probe, leases],
   });
   // A start that fails from here stops what it started: leases held until the process exits
   // would keep the partitions from another process for the claim idle time, and the site's

@@ -8,7 +8,7 @@ import {
   FencedError,
   type Lease,
   releaseLease,
-  renewLease,
+  renewLeases,
 } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
@@ -21,7 +21,7 @@ import {
 } from '../src/projector/apply-batch.ts';
 import { BatchCombiner } from '../src/projector/batch-combiner.ts';
 import { LeaseManager, type LeaseManagerDeps } from '../src/projector/leases.ts';
-import { projectorPool } from '../src/service.ts';
+import { leasePool, projectorPool } from '../src/service.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { Harness, holdFault, waitFor } from './harness/harness.ts';
 
@@ -90,7 +90,11 @@ void describe('applying a batch', () => {
     const stale = startEntry(2);
     await assert.rejects(applyBatch(h.main, [stale], leaseA), FencedError);
     assert.equal(await applied(stale), false, 'nothing of the stale batch is committed');
-    assert.equal(await renewLease(h.main, leaseA, ttlMs), false, 'A cannot renew a lease it lost');
+    assert.deepEqual(
+      await renewLeases(h.main, [leaseA], ttlMs),
+      [],
+      'A cannot renew a lease it lost',
+    );
 
     await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
     assert.ok(await applied(stale));
@@ -635,6 +639,62 @@ void describe('two projector processes sharing one consumer name', () => {
         assert.equal(suspended.isValid(partition), false, 'woken ten minutes later');
       },
     );
+  });
+
+  void it('keeps its leases trusted through a round whose heartbeat timed out: renewed first, and tried again soon', async () => {
+    const ttlMs = 3_000;
+    const pool = leasePool({ ...h.config, claimIdleMs: ttlMs });
+    const slowBeat = new LeaseManager({
+      pool,
+      consumer: 'slow-beat',
+      partitions: h.config.partitions,
+      ttlMs,
+      logger: createLogger('silent'),
+      events: { acquired: async () => undefined, stopped: async () => undefined },
+    });
+    const lastBeat = async () =>
+      (
+        await h.main.query<{ at: string }>(
+          "SELECT heartbeat_at::text AS at FROM projector_members WHERE consumer = 'slow-beat'",
+        )
+      ).rows[0]?.at;
+    const blocker = await h.main.connect();
+    let lapsedAt: number | undefined;
+    let watch: NodeJS.Timeout | undefined;
+    try {
+      await slowBeat.tick();
+      const [partition] = slowBeat.owned;
+      assert.ok(partition !== undefined, 'it took a partition');
+      watch = setInterval(() => {
+        if (!slowBeat.isValid(partition)) {
+          lapsedAt ??= Date.now();
+        }
+      }, 5);
+      const manual = await lastBeat();
+      slowBeat.start();
+      await waitFor(async () => (await lastBeat()) !== manual, 'its first round to beat');
+      // A row lock on its membership (a long transaction, a lock queue) holds the next heartbeat
+      // past the lease pool's timeout.
+      await blocker.query('BEGIN');
+      await blocker.query(
+        "SELECT 1 FROM projector_members WHERE consumer = 'slow-beat' FOR UPDATE",
+      );
+      await waitFor(() => slowBeat.lastError !== undefined, 'a round to fail on its heartbeat');
+      const failedAt = await lastBeat();
+      await blocker.query('ROLLBACK');
+      await waitFor(async () => (await lastBeat()) !== failedAt, 'a round to beat again');
+      const recoveredAt = await lastBeat();
+      // One more round: a lapse left behind by the failed one would have shown by its end.
+      await waitFor(async () => (await lastBeat()) !== recoveredAt, 'the round after it');
+      assert.equal(slowBeat.lastError, undefined);
+    } finally {
+      clearInterval(watch);
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      blocker.release();
+      await slowBeat.stop();
+      await pool.end();
+    }
+    assert.equal(lapsedAt, undefined, 'the lease was trusted throughout');
   });
 
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {

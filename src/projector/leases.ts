@@ -7,7 +7,7 @@ import {
   leaveMembers,
   liveMembers,
   releaseLease,
-  renewLease,
+  renewLeases,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from './backoff.ts';
@@ -114,13 +114,21 @@ export class LeaseManager {
         this.deps.breaker?.recordFailure();
         this.deps.logger.warn({ err }, 'lease maintenance failed');
       }
-      await pause(Math.max(50, Math.floor(this.deps.ttlMs / 3)), this.#abort.signal);
+      // After a failed round the next comes sooner: the leases it renewed stay trusted for two
+      // thirds of the TTL from its start, and one that did not renew them has used up part of it.
+      const roundsPerTtl = this.#lastError === undefined ? 3 : 10;
+      await pause(Math.max(50, Math.floor(this.deps.ttlMs / roundsPerTtl)), this.#abort.signal);
     }
   }
 
-  /** One round: heartbeat, renew what we hold, take or give partitions toward our fair share. */
+  /**
+   * One round: renew what we hold, heartbeat, take or give partitions toward our fair share. The
+   * renewal comes first and in one statement, so a heartbeat held up (a lock on the roster, a
+   * slow link) costs the held partitions nothing.
+   */
   async tick(): Promise<void> {
     const { pool, consumer, partitions, ttlMs, logger } = this.deps;
+    await this.#renewHeld();
     const previous = await heartbeat(pool, consumer, this.#instance);
     // A restarted process meets its former self's beat once, on its first round; a process
     // meeting another's beat after its own shares its name with a live one. The group then sees
@@ -138,16 +146,6 @@ export class LeaseManager {
       this.#twinMetAt = performance.now();
     }
     this.#beaten = true;
-    for (const [partition, held] of this.#held) {
-      const trusted = trustedFrom(ttlMs);
-      if (await renewLease(pool, held.lease, ttlMs)) {
-        Object.assign(held, trusted);
-      } else {
-        logger.warn({ partition, token: held.lease.token }, 'lease lost');
-        this.#held.delete(partition);
-        await this.deps.events.stopped(partition);
-      }
-    }
     const members = Math.max(1, await liveMembers(pool, ttlMs));
     const share = Math.ceil(partitions / members);
     for (const partition of this.owned.slice(share)) {
@@ -179,6 +177,31 @@ export class LeaseManager {
           await this.#give(partition);
           throw err;
         }
+      }
+    }
+  }
+
+  async #renewHeld() {
+    const held = [...this.#held.values()];
+    if (held.length === 0) {
+      return;
+    }
+    const trusted = trustedFrom(this.deps.ttlMs);
+    const renewed = new Set(
+      await renewLeases(
+        this.deps.pool,
+        held.map(({ lease }) => lease),
+        this.deps.ttlMs,
+      ),
+    );
+    for (const entry of held) {
+      const { partition, token } = entry.lease;
+      if (renewed.has(partition)) {
+        Object.assign(entry, trusted);
+      } else {
+        this.deps.logger.warn({ partition, token }, 'lease lost');
+        this.#held.delete(partition);
+        await this.deps.events.stopped(partition);
       }
     }
   }

@@ -92,34 +92,35 @@ export const acquireLeases = async (
     )
   ).rows;
 
-export const renewLease = async (db: Queryable, lease: Lease, ttlMs: number): Promise<boolean> => {
-  const { rowCount } = await db.query(
-    `UPDATE partition_leases SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
-      WHERE partition = $1 AND owner = $2 AND token = $3 AND expires_at > clock_timestamp()`,
-    [lease.partition, lease.consumer, lease.token, ttlMs],
-  );
-  return rowCount === 1;
-};
+/**
+ * Renews every one of `leases` that is still its holder's; answers the partitions renewed. In a
+ * transaction it row-locks them until it ends: a taker's UPDATE waits for the commit.
+ */
+export const renewLeases = async (
+  db: Queryable,
+  leases: readonly Lease[],
+  ttlMs: number,
+): Promise<number[]> =>
+  (
+    await db.query<{ partition: number }>(
+      `UPDATE partition_leases l SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
+         FROM unnest($1::int[], $2::text[], $3::bigint[]) AS held(partition, owner, token)
+        WHERE l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
+          AND l.expires_at > clock_timestamp()
+       RETURNING l.partition`,
+      [...leasesParams(leases), ttlMs],
+    )
+  ).rows.map((row) => row.partition);
 
 /**
- * Renews every one of `leases` inside the caller's transaction, row-locking them until it ends: a
- * taker's UPDATE waits for the commit, so what the transaction writes is written under them. False
- * when any has lapsed or was taken.
+ * Renews every one of `leases` inside the caller's transaction, row-locking them until it ends, so
+ * what the transaction writes is written under them. False when any has lapsed or was taken.
  */
 export const renewLeasesIn = async (
   db: Queryable,
   leases: readonly Lease[],
   ttlMs: number,
-): Promise<boolean> => {
-  const { rowCount } = await db.query(
-    `UPDATE partition_leases l SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
-       FROM unnest($1::int[], $2::text[], $3::bigint[]) AS held(partition, owner, token)
-      WHERE l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
-        AND l.expires_at > clock_timestamp()`,
-    [...leasesParams(leases), ttlMs],
-  );
-  return rowCount === leases.length;
-};
+): Promise<boolean> => (await renewLeases(db, leases, ttlMs)).length === leases.length;
 
 export const releaseLease = async (db: Queryable, lease: Lease) => {
   await db.query(
