@@ -43,7 +43,7 @@ void describe('a test run stopped while its stack starts', () => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-stop-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  void it('stops the servers it has started so far and removes their folder', async () => {
+  void it('stops the servers it has started so far and removes their folder', async (t) => {
     const child = join(dir, 'start.ts');
     writeFileSync(
       child,
@@ -54,6 +54,12 @@ setInterval(() => undefined, 1000);
     );
     const before = new Set(readdirSync(tmpdir()));
     const run = spawn(process.execPath, ['--import', 'tsx', child], { stdio: 'ignore' });
+    // A failed assertion must not leave the child, and the servers it started, holding the run open.
+    t.after(() => {
+      if (run.exitCode === null && run.signalCode === null) {
+        run.kill('SIGTERM');
+      }
+    });
     const exited = once(run, 'exit', { signal: AbortSignal.timeout(120_000) });
     // Signalled once its primary runs, while the rest of the stack is still to come.
     let stack: string | undefined;
@@ -63,7 +69,9 @@ setInterval(() => undefined, 1000);
       stack = readdirSync(tmpdir()).find((d) => d.startsWith('outpost-test-') && !before.has(d));
       const pidFile = stack && join(tmpdir(), stack, 'pg-main', 'postmaster.pid');
       if (pidFile && existsSync(pidFile)) {
-        postmaster = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+        // The file is there before its first line is: an empty line reads as pid 0.
+        const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0]);
+        postmaster = pid > 0 ? pid : undefined;
       }
       await sleep(20);
     }
