@@ -364,10 +364,11 @@ void describe('integrity invariants', () => {
     const fresh = await runCli(h, ['integrity', 'status', '--json']);
     assert.equal(fresh.code, 0, fresh.stderr);
     assert.equal(JSON.parse(fresh.stdout).stale, false);
-    // The latest snapshot, as one taken before the refresh stopped running 2 hours ago.
+    // The latest snapshot, as one taken before the refresh stopped running 2 hours ago: the
+    // watchdog's, in place of a pg_cron run that did not come.
     const [old] = await h.mainRows<{ id: string }>(
       `INSERT INTO integrity_refreshes (started_at, finished_at, duration_ms, mode, counts)
-       VALUES (now() - interval '2 hours', now() - interval '2 hours', 1, 'pg_cron', '{}')
+       VALUES (now() - interval '2 hours', now() - interval '2 hours', 1, 'watchdog', '{}')
        RETURNING id::text`,
     );
     try {
@@ -379,9 +380,14 @@ void describe('integrity invariants', () => {
       );
       const json = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(JSON.parse(json.stdout).stale, true, 'the schedule is every 30 minutes');
+      assert.equal(JSON.parse(json.stdout).refreshed_by, 'watchdog');
       const text = await runCli(h, ['integrity', 'status']);
       assert.equal(text.code, 0, text.stderr);
       assert.match(text.stdout, /^stale: three scheduled refreshes have come and gone/m);
+      assert.match(
+        text.stdout,
+        /^refreshed at \S+ in 1 ms, by the projector's watchdog: pg_cron did not run the refresh due before it/m,
+      );
     } finally {
       await h.main.query('DELETE FROM integrity_refreshes WHERE id = $1', [old?.id]);
     }
@@ -411,6 +417,7 @@ void describe('integrity invariants', () => {
       assert.equal(status.samples.head_mismatch[0].aggregate_id, ids.unit);
       assert.equal(status.schedule, h.config.integritySchedule);
       assert.ok(['pg_cron', 'scheduler'].includes(status.mode), status.mode);
+      assert.equal(status.refreshed_by, 'manual', 'the admin endpoint ran it');
 
       const text = await runCli(h, ['integrity', 'status']);
       assert.equal(text.code, 0, text.stderr);
@@ -418,6 +425,10 @@ void describe('integrity invariants', () => {
       assert.match(text.stdout, /^seq_gap\s+0\s*$/m);
       assert.match(text.stdout, new RegExp(`^head_mismatch: \\[.*"${ids.unit}"`, 'm'));
       assert.match(text.stdout, /^mode (pg_cron|scheduler), schedule \*\/30 \* \* \* \*$/m);
+      assert.match(
+        text.stdout,
+        /^refreshed at \S+ in \d+ ms, on request \(outpost integrity refresh/m,
+      );
 
       // They read only the databases: with Redis out of reach (an incident they may be helping
       // with), they answer all the same.

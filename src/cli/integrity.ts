@@ -4,6 +4,7 @@ import {
   REFRESH_VISIBLE_WAIT_MS,
   refreshIntegrity,
   runningRefresh,
+  type Snapshot,
 } from '../db/queries/integrity.ts';
 import { replicaReached } from '../db/queries/replica.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
@@ -46,11 +47,7 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
               `outpost: the replica has not replayed this refresh yet: integrity status shows it once the replica reaches ${lsn}\n`,
             );
           }
-          print(
-            flags.json
-              ? JSON.stringify(snapshot)
-              : render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms),
-          );
+          print(flags.json ? JSON.stringify(snapshot) : render(snapshot));
           return;
         }
         case 'status': {
@@ -67,6 +64,8 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
           const status = {
             refreshed_at: snapshot?.refreshed_at ?? null,
             duration_ms: snapshot?.duration_ms ?? null,
+            // How that refresh was run; `mode` below is how refreshes are scheduled.
+            refreshed_by: snapshot?.mode ?? null,
             // Three scheduled refreshes since this one: the schedule is not being kept.
             stale,
             mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
@@ -84,7 +83,7 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
             );
             return;
           }
-          print(render(snapshot.anomalies, snapshot.refreshed_at, snapshot.duration_ms));
+          print(render(snapshot));
           print(`mode ${status.mode}, schedule ${status.schedule}`);
           if (stale) {
             print(
@@ -120,5 +119,18 @@ const missedRuns = (schedule: string, since: string): number => {
   return runs;
 };
 
-const render = (anomalies: Record<string, number>, at: string, ms: number) =>
-  `${table(PROBLEMS.map((problem) => ({ problem, anomalies: anomalies[problem] ?? 0 })))}\nrefreshed at ${at} in ${Math.round(ms)} ms`;
+/** Why a refresh was run, as `integrity_refreshes.mode` says, for a reader of its snapshot. */
+const REFRESHED_BY: Record<string, string> = {
+  pg_cron: 'by pg_cron',
+  scheduler: "by the service's scheduler",
+  manual: 'on request (outpost integrity refresh or POST /admin/integrity/refresh)',
+  watchdog:
+    "by the projector's watchdog: pg_cron did not run the refresh due before it, and the projector's log says why",
+  post_deploy: 'after a deploy',
+};
+
+const render = (snapshot: Snapshot) => {
+  const { anomalies, refreshed_at: at, duration_ms: ms, mode } = snapshot;
+  const rows = table(PROBLEMS.map((problem) => ({ problem, anomalies: anomalies[problem] ?? 0 })));
+  return `${rows}\nrefreshed at ${at} in ${Math.round(ms)} ms, ${REFRESHED_BY[mode] ?? `by ${mode}`}`;
+};
