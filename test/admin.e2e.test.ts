@@ -899,7 +899,10 @@ void describe('admin and incident tools', () => {
       seen.push(...page.items.map((item) => item.event_id));
       cursor = page.next_cursor ?? undefined;
       if (cursor) {
-        assert.match(text.stdout, new RegExp(`^more: outpost dead list --cursor ${cursor}$`, 'm'));
+        assert.match(
+          text.stdout,
+          new RegExp(`^more: outpost dead list --limit 2 --cursor ${cursor}$`, 'm'),
+        );
       } else {
         assert.doesNotMatch(text.stdout, /^more:/m);
       }

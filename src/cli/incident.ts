@@ -304,7 +304,7 @@ const upstreamFirst = (a: DeadLetter, b: DeadLetter) =>
   a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true });
 
 const DEAD_USAGE =
-  'usage: outpost dead list [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
+  'usage: outpost dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
 
 /** `outpost dead list|show|retry|discard`. */
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
@@ -331,7 +331,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         }
         print(table(page.items.map(deadRow)));
         if (page.next_cursor) {
-          print(`more: outpost dead list --cursor ${page.next_cursor}`);
+          // The page size given carries on: without it, the next page would be the default's.
+          const pageSize = flags.limit === undefined ? '' : ` --limit ${limit}`;
+          print(`more: outpost dead list${pageSize} --cursor ${page.next_cursor}`);
         }
         return;
       }

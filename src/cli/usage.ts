@@ -5,11 +5,12 @@ export const USAGE = `usage: outpost <command> [options]
   stack up|down|status|reset    the local PostgreSQL primary + replica and Redis under .outpost/
   migrate                       apply database migrations to MAIN_DATABASE_URL
   serve [--only api|projector]  run the API, projector and acker (or one of them)
-                                --only projector serves /health and /metrics on OUTPOST_PORT
+                                --only projector serves /health, /buffer-stats and /metrics on OUTPOST_PORT
   pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
                                 what waits in the pending lists, and whether for the projector or the replica
   dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R
-                                dead-lettered events (the id is the event id); a retry puts back
+                                dead-lettered events (the id is the event id, or
+                                undecodable-<partition>-<entry id> as listed); a retry puts back
                                 all of its aggregate's, in the order accepted
   integrity refresh|status      refresh the integrity views now, or show the latest snapshot
   replay --from ID|TIME [--to ID|TIME] [--partition N] [--dry-run]
