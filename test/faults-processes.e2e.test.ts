@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { createConnection } from 'node:net';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
@@ -449,6 +450,52 @@ void describe('process faults under load', () => {
       const lost = [...accepted].filter((id) => !inLog.has(id));
       assert.deepEqual(lost, [], 'every 201 survived the crash');
       await audit(h, inLog);
+    });
+  });
+
+  void describe('Redis restarted without its data (its volume lost)', () => {
+    let h: Harness;
+    after(async () => {
+      await stackUp(h.stackOptions());
+      await h.close();
+    });
+
+    void it('applies what is written after it: the projector creates the consumer groups again', async () => {
+      h = await Harness.start();
+      const before = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'before-loss',
+        instrument: 'x',
+      });
+      assert.equal(before.status, 201, before.text);
+      await waitForAllAcknowledged(h);
+      await killRedis(h.stack.dir);
+      rmSync(join(h.stack.dir, 'redis', 'appendonlydir'), { recursive: true, force: true });
+      await stackUp(h.stackOptions());
+      // Writes come back once the service has reconnected; the streams they create have no group.
+      const written: { id: string; event_id: string }[] = [];
+      await waitFor(async () => {
+        const answer = await h.post('/executed_obs_units/start', {
+          obs_unit_id: `after-loss-${written.length}`,
+          instrument: 'x',
+        });
+        if (answer.status === 201) {
+          written.push(answer.body);
+        }
+        return written.length >= 2 * h.config.partitions;
+      }, 'writes to be taken again');
+      const eventIds = written.map((w) => w.event_id);
+      await waitFor(
+        async () =>
+          (
+            await h.mainRows<{ n: number }>(
+              'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1)',
+              [eventIds],
+            )
+          )[0]?.n === written.length,
+        'every write after the loss to be applied',
+        60_000,
+      );
+      await waitForAllAcknowledged(h, 60_000);
     });
   });
 

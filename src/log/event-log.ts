@@ -326,6 +326,26 @@ export class EventLog {
   }
 
   /**
+   * Creates a partition's consumer group again after Redis lost it (restarted without its data,
+   * or the group destroyed by hand), from the stream's first entry: whatever the stream holds is
+   * delivered, and entries applied before are recognised as applied, not applied again.
+   */
+  async recreateGroup(partition: number): Promise<void> {
+    await this.#createGroup(this.keys(partition));
+  }
+
+  /** From the stream's first entry; a group that is there already is left as it is. */
+  async #createGroup(keys: PartitionKeys): Promise<void> {
+    try {
+      await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!String((err as Error).message).includes('BUSYGROUP')) {
+        throw err;
+      }
+    }
+  }
+
+  /**
    * Creates the consumer groups and runs the start-up upkeep. Answers Redis's refusal of writes
    * when it refuses them (a full disk): groups that exist are then enough, and the upkeep waits
    * for a start that can write.
@@ -333,7 +353,7 @@ export class EventLog {
   async ensureGroups(): Promise<string | undefined> {
     for (const keys of this.allKeys()) {
       try {
-        await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
+        await this.#createGroup(keys);
       } catch (err) {
         // A full log, or one that cannot save, refuses the CREATE before it finds the group
         // there: a service that starts still serves reads and says why writes are refused, and
@@ -342,9 +362,8 @@ export class EventLog {
           ((await this.#redis.xinfo('GROUPS', keys.stream).catch(() => [])) as unknown[][]).some(
             (group) => group.includes(CONSUMER_GROUP),
           );
-        const message = String((err as Error).message);
         const refused = isOutOfMemory(err) || writeRefusal(err) !== undefined;
-        if (!message.includes('BUSYGROUP') && !(refused && (await exists()))) {
+        if (!(refused && (await exists()))) {
           throw err;
         }
       }

@@ -15,6 +15,7 @@ import {
 import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
+import { isNoGroup } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import {
@@ -270,6 +271,18 @@ export class PartitionConsumer {
           // Shown until the lease manager's next round finds the lease lost and stops us.
           this.#lastError = `fenced: another process owns partition ${this.#partition} now`;
           break;
+        }
+        if (isNoGroup(err)) {
+          logger.error(
+            { err, partition: this.#partition },
+            "the partition's consumer group is gone (Redis lost its data, or the group was destroyed): creating it again from the stream's first entry",
+          );
+          await this.#deps.eventLog.recreateGroup(this.#partition).catch((recreateError) => {
+            logger.warn(
+              { err: recreateError, partition: this.#partition },
+              'could not create it yet',
+            );
+          });
         }
         if (err instanceof MainDatabaseChangedError) {
           logger.error(
