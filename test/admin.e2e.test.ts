@@ -2041,6 +2041,22 @@ void describe('an undecodable entry behind a failing event of its unit', () => {
 void describe('outpost pending when nothing is applied', () => {
   const site = apiOnlySite();
 
+  void it('says what the main database answered when it refuses its WAL position: MAIN_DATABASE_URL naming a standby after a failover', async () => {
+    const h = site();
+    const standbyAsMain = { ...h.envOf(), MAIN_DATABASE_URL: h.config.replicaDatabaseUrl };
+    const text = await runCliWith(standbyAsMain, ['pending']);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(
+      text.stdout,
+      /^replica replayed up to [0-9A-F]+\/[0-9A-F]+, lag unknown: the main database refused to give its WAL position: recovery is in progress.* \(SQLSTATE 55000\)$/m,
+    );
+    // A database that answers is asked who holds the partitions all the same.
+    assert.match(text.stdout, /^no projector holds partitions /m);
+    const json = await runCliWith(standbyAsMain, ['pending', '--json']);
+    assert.equal(json.code, 0, json.stderr);
+    assert.match(JSON.parse(json.stdout).replica.main_refusal, /\(SQLSTATE 55000\)$/);
+  });
+
   void it('names the partitions no projector holds, how long their entries waited, and the dead letters', async () => {
     const h = site();
     const all = `0-${h.config.partitions - 1}`;

@@ -133,7 +133,9 @@ export const pending = (flags: IncidentFlags) => {
       r.replay_lsn
         ? `replica replayed up to ${r.replay_lsn}, ${
             r.lag_bytes === null
-              ? 'lag unknown: the main database cannot be reached'
+              ? r.main_refusal === undefined
+                ? 'lag unknown: the main database cannot be reached'
+                : `lag unknown: the main database refused to give its WAL position: ${r.main_refusal}`
               : `${r.lag_bytes} bytes behind the main database`
           }`
         : `replica position unknown: ${r.error ?? 'unreachable'}`,
@@ -147,7 +149,8 @@ export const pending = (flags: IncidentFlags) => {
       );
     }
     // Not asked again of a main database the report found unreachable: another connect timeout.
-    const mainUnreachable = r.replay_lsn !== null && r.lag_bytes === null;
+    const mainUnreachable =
+      r.replay_lsn !== null && r.lag_bytes === null && r.main_refusal === undefined;
     print(
       mainUnreachable
         ? 'projector leases unknown: the main database cannot be reached'

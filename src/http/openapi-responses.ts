@@ -287,8 +287,13 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         lag_bytes: nullable(count),
         ...replayState,
         error: { type: 'string' },
+        main_refusal: {
+          type: 'string',
+          description:
+            'what the main database answered, with its SQLSTATE, when it refused to give its WAL position (lag_bytes is then null)',
+        },
       },
-      ['error'],
+      ['error', 'main_refusal'],
     ),
   }),
   DeadLetter: object({

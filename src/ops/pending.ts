@@ -7,6 +7,7 @@ import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
 import { isNoGroup, pipelineReplies } from '../log/redis.ts';
+import { isDatabaseAnswer, isDatabaseUnreachable } from '../projector/errors.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type PendingFilter = {
@@ -62,6 +63,8 @@ export type PendingReport = {
     /** Why the replica does not replay the main database's commits, when something holds it. */
     reason: string | null;
     error?: string;
+    /** What the main database answered when asked for its WAL position, if it refused. */
+    main_refusal?: string;
   };
 };
 
@@ -276,11 +279,21 @@ const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
       replicaPosition(deps.replica, deps.replicaIsMain),
       replicaReplayState(deps.replica).catch(() => undefined),
     ]);
-    const main = await mainWalLsn(deps.main).catch(() => undefined);
+    let mainRefusal: string | undefined;
+    const main = await mainWalLsn(deps.main).catch((err: unknown) => {
+      // Answered, but refused: a standby in recovery named as the main database after a
+      // failover, a privilege revoked. Its words, not "cannot be reached", say what to mend.
+      if (isDatabaseAnswer(err) && !isDatabaseUnreachable(err)) {
+        const { message, code } = err as { message: string; code: string };
+        mainRefusal = `${message} (SQLSTATE ${code})`;
+      }
+      return undefined;
+    });
     return {
       replay_lsn: position.lsn,
       lag_bytes: main ? Math.max(0, Number(parseLsn(main) - parseLsn(position.lsn))) : null,
       ...replayStateView(state, position),
+      ...(mainRefusal === undefined ? {} : { main_refusal: mainRefusal }),
     };
   } catch (err) {
     return {
