@@ -214,6 +214,7 @@ export const startService = async (
         eventLog,
         deadLetters,
         redis,
+        site: config.site,
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,

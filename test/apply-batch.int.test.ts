@@ -71,10 +71,14 @@ void describe('applying a batch', () => {
 
   void it('refuses the commit of an owner whose lease was taken over, and accepts the new owner', async () => {
     const ttlMs = 300;
-    const tokenA = await acquireLease(h.main, 0, 'A', ttlMs);
+    const tokenA = await acquireLease(h.main, h.config.site, 0, 'A', ttlMs);
     assert.equal(tokenA, 1);
-    assert.equal(await acquireLease(h.main, 0, 'B', ttlMs), undefined, 'a live lease is not taken');
-    const leaseA = { partition: 0, consumer: 'A', token: tokenA };
+    assert.equal(
+      await acquireLease(h.main, h.config.site, 0, 'B', ttlMs),
+      undefined,
+      'a live lease is not taken',
+    );
+    const leaseA = { site: h.config.site, partition: 0, consumer: 'A', token: tokenA };
     const first = startEntry(1);
     await applyBatch(h.main, [first], leaseA);
     assert.ok(await applied(first));
@@ -82,7 +86,7 @@ void describe('applying a batch', () => {
     // A stalls past its lease; B takes the partition over with a higher token.
     let tokenB: number | undefined;
     await waitFor(async () => {
-      tokenB = await acquireLease(h.main, 0, 'B', 60_000);
+      tokenB = await acquireLease(h.main, h.config.site, 0, 'B', 60_000);
       return tokenB !== undefined;
     }, 'the lease to expire and B to take it');
     assert.equal(tokenB, 2);
@@ -96,14 +100,53 @@ void describe('applying a batch', () => {
       'A cannot renew a lease it lost',
     );
 
-    await applyBatch(h.main, [stale], { partition: 0, consumer: 'B', token: tokenB as number });
+    await applyBatch(h.main, [stale], {
+      site: h.config.site,
+      partition: 0,
+      consumer: 'B',
+      token: tokenB as number,
+    });
     assert.ok(await applied(stale));
   });
 
+  void it("leases a site's own partitions: another site's lease of the same number leaves it free, an earlier build's live one does not", async () => {
+    const other = await acquireLease(h.main, 'far-site', 5, 'far-site:8080', 60_000);
+    assert.ok(other, "the other site's partition 5");
+    // A process of a build from before leases were a site's, still running through the upgrade.
+    await h.main.query(
+      `INSERT INTO partition_leases (site, partition, owner, token, expires_at, acquired_at)
+       VALUES ('', 6, 'earlier-build', 1, clock_timestamp() + interval '1 minute', clock_timestamp())`,
+    );
+    try {
+      const own = await acquireLease(h.main, h.config.site, 5, 'here', 60_000);
+      assert.ok(own, "this site's partition 5 beside the other site's");
+      await releaseLease(h.main, {
+        site: h.config.site,
+        partition: 5,
+        consumer: 'here',
+        token: own,
+      });
+      assert.equal(await acquireLease(h.main, h.config.site, 6, 'here', 60_000), undefined);
+      await h.main.query(
+        "UPDATE partition_leases SET owner = NULL WHERE site = '' AND partition = 6",
+      );
+      const freed = await acquireLease(h.main, h.config.site, 6, 'here', 60_000);
+      assert.ok(freed, 'taken once the earlier build gave it back');
+      await releaseLease(h.main, {
+        site: h.config.site,
+        partition: 6,
+        consumer: 'here',
+        token: freed,
+      });
+    } finally {
+      await h.main.query("DELETE FROM partition_leases WHERE site IN ('', 'far-site')");
+    }
+  });
+
   void it('refuses, writing nothing, a batch whose main database is not where the last one left it', async () => {
-    const token = await acquireLease(h.main, 2, 'D', 60_000);
+    const token = await acquireLease(h.main, h.config.site, 2, 'D', 60_000);
     assert.ok(token);
-    const lease = { partition: 2, consumer: 'D', token };
+    const lease = { site: h.config.site, partition: 2, consumer: 'D', token };
     const first = startEntry(6, 2);
     const [done] = await applyBatches(h.main, [{ entries: [first], lease }]);
     const seen = done?.mainPosition;
@@ -133,9 +176,9 @@ void describe('applying a batch', () => {
   });
 
   void it('applies a redelivered creation only once, beside new events of the same batch or twice within it', async () => {
-    const token = await acquireLease(h.main, 1, 'C', 60_000);
+    const token = await acquireLease(h.main, h.config.site, 1, 'C', 60_000);
     assert.ok(token);
-    const lease = { partition: 1, consumer: 'C', token };
+    const lease = { site: h.config.site, partition: 1, consumer: 'C', token };
     const [a, b, c] = [startEntry(3), startEntry(4), startEntry(5)];
     const first = await applyBatch(h.main, [a], lease);
     assert.deepEqual(first.applied, [a]);
@@ -206,9 +249,9 @@ void describe('applying a batch', () => {
   void it('keeps the commit-LSN stamp on the events index after the table outgrows its first plan', async () => {
     const pool = projectorPool(h.config);
     try {
-      const token = await acquireLease(h.main, 2, 'D', 60_000);
+      const token = await acquireLease(h.main, h.config.site, 2, 'D', 60_000);
       assert.ok(token);
-      const lease = { partition: 2, consumer: 'D', token };
+      const lease = { site: h.config.site, partition: 2, consumer: 'D', token };
       // Past five runs PostgreSQL may keep a generic plan, made here for a nearly empty table.
       for (let n = 0; n < 8; n += 1) {
         await applyBatch(pool, [startEntry(100 + n)], lease);
@@ -241,9 +284,9 @@ void describe('applying a batch', () => {
     // still lie before its commit record. Read back from the WAL itself.
     await h.main.query('CREATE EXTENSION IF NOT EXISTS pg_walinspect');
     const pool = projectorPool(h.config);
-    const token = await acquireLease(h.main, 3, 'W', 60_000);
+    const token = await acquireLease(h.main, h.config.site, 3, 'W', 60_000);
     assert.ok(token);
-    const lease = { partition: 3, consumer: 'W', token };
+    const lease = { site: h.config.site, partition: 3, consumer: 'W', token };
     try {
       for (let n = 0; n < 5; n += 1) {
         const [before] = await h.mainRows<{ lsn: string }>(
@@ -288,9 +331,10 @@ void describe('applying a batch', () => {
       assert.equal(session?.synchronous_commit, 'on');
       // The batch write relaxes it for its own transaction only (the stamp after it flushes both).
       const lease = {
+        site: h.config.site,
         partition: 7,
         consumer: 'G',
-        token: (await acquireLease(pool, 7, 'G', 60_000)) as number,
+        token: (await acquireLease(pool, h.config.site, 7, 'G', 60_000)) as number,
       };
       await applyBatch(pool, [startEntry(300, 7)], lease);
       const after = (await pool.query<{ synchronous_commit: string }>('SHOW synchronous_commit'))
@@ -303,9 +347,9 @@ void describe('applying a batch', () => {
 
   void describe('of several partitions together', () => {
     const lease = async (partition: number, consumer: string) => {
-      const token = await acquireLease(h.main, partition, consumer, 60_000);
+      const token = await acquireLease(h.main, h.config.site, partition, consumer, 60_000);
       assert.ok(token, `lease of partition ${partition}`);
-      return { partition, consumer, token };
+      return { site: h.config.site, partition, consumer, token };
     };
     /** The transactions that wrote these events: one xmin per transaction. */
     const writers = async (entries: LogEntry[]) =>
@@ -419,9 +463,14 @@ void describe('a batch whose commit LSN was returned', () => {
     const entries = [startEntry(400, 1), startEntry(401, 1)];
     let commitLsn: string;
     try {
-      const token = await acquireLease(pool, 1, 'H', 60_000);
+      const token = await acquireLease(pool, h.config.site, 1, 'H', 60_000);
       assert.ok(token);
-      ({ commitLsn } = await applyBatch(pool, entries, { partition: 1, consumer: 'H', token }));
+      ({ commitLsn } = await applyBatch(pool, entries, {
+        site: h.config.site,
+        partition: 1,
+        consumer: 'H',
+        token,
+      }));
       // No pause: the WAL writer, which would flush an asynchronous commit on its own, runs every
       // 200 ms; an immediate stop now loses whatever commit did not wait for its flush.
       await crashMain(h.stack.dir);
@@ -479,9 +528,9 @@ void describe('a main database whose time zone had local mean time', () => {
     }
     const pool = projectorPool(h.config);
     try {
-      const token = await acquireLease(pool, 2, 'tz', 60_000);
+      const token = await acquireLease(pool, h.config.site, 2, 'tz', 60_000);
       assert.ok(token);
-      const lease = { partition: 2, consumer: 'tz', token };
+      const lease = { site: h.config.site, partition: 2, consumer: 'tz', token };
       // The update reads the row back to fold onto it: that is what a seconds offset broke.
       await applyBatch(pool, [started], lease);
       await applyBatch(pool, [updated], lease);
@@ -510,6 +559,7 @@ void describe('two projector processes sharing one consumer name', () => {
   ) =>
     new LeaseManager({
       pool: h.main,
+      site: h.config.site,
       consumer,
       partitions: h.config.partitions,
       ttlMs,
@@ -535,23 +585,6 @@ void describe('two projector processes sharing one consumer name', () => {
     }
     await a.stop();
     await b.stop();
-  });
-
-  void it('keeps beating on a database not yet migrated past 0008, a build started before migrate', async () => {
-    await h.main.query('ALTER TABLE projector_members DROP COLUMN instance');
-    try {
-      const early = manager('early-start');
-      await early.tick();
-      await early.tick();
-      assert.equal(early.lastError, undefined);
-      const { rows } = await h.main.query(
-        "SELECT 1 FROM projector_members WHERE consumer = 'early-start'",
-      );
-      assert.equal(rows.length, 1, 'it beat');
-      await early.stop();
-    } finally {
-      await h.main.query('ALTER TABLE projector_members ADD COLUMN IF NOT EXISTS instance uuid');
-    }
   });
 
   void it('closes a breaker whose cool-down is over with a lease round: it may hold no partition to probe with', async () => {
@@ -646,6 +679,7 @@ void describe('two projector processes sharing one consumer name', () => {
     const pool = leasePool({ ...h.config, claimIdleMs: ttlMs });
     const slowBeat = new LeaseManager({
       pool,
+      site: h.config.site,
       consumer: 'slow-beat',
       partitions: h.config.partitions,
       ttlMs,

@@ -2278,7 +2278,7 @@ void describe('the local log', () => {
         eventLog: log,
         deadLetters: new DeadLetters(log),
         reader,
-        lease: { partition, consumer: 'stalled', token: 1 },
+        lease: { site: 'here', partition, consumer: 'stalled', token: 1 },
         leaseValid: () => {
           checks += 1;
           return options.leaseValid(checks);

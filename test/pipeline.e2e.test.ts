@@ -81,10 +81,10 @@ void describe('core pipeline', () => {
       const partition = partitionOf(started.id, h.config.partitions);
       const start = await entryOf(h, partition, started.event_id);
       assert.ok(start, 'the start is in its partition stream');
-      const token = await acquireLease(h.main, partition, 'by-hand', 60_000);
+      const token = await acquireLease(h.main, h.config.site, partition, 'by-hand', 60_000);
       assert.ok(token, 'the partition is free');
       await applyBatches(h.main, [
-        { entries: [start], lease: { partition, consumer: 'by-hand', token } },
+        { entries: [start], lease: { site: h.config.site, partition, consumer: 'by-hand', token } },
       ]);
       await waitFor(
         async () =>
@@ -425,5 +425,58 @@ void describe('core pipeline', () => {
       );
       assert.equal(links[0]?.n, units * filesPerUnit);
     });
+  });
+});
+
+void describe('two sites sharing one main database', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start();
+  });
+  after(() => h.close());
+
+  void it("applies every site's writes: each site's projectors hold all of its own partitions", async () => {
+    // Another site: its own log (here a namespace of the same Redis) and its own processes,
+    // projecting onto the same main database.
+    const far = await h.startService('all', {
+      site: 'far-site',
+      namespace: 'outpost:far-site',
+      consumer: 'far-site:8080',
+      port: 0,
+    });
+    const postTo = async (port: number, obsUnitId: string) => {
+      const answer = await fetch(`http://127.0.0.1:${port}/executed_obs_units/start`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ obs_unit_id: obsUnitId, instrument: 'x' }),
+      });
+      assert.equal(answer.status, 201, await answer.clone().text());
+      return ((await answer.json()) as { event_id: string }).event_id;
+    };
+    const near = h.services[0];
+    assert.ok(near, "this site's service");
+    const eventIds: string[] = [];
+    // Enough writes for every partition of both sites to have some, whatever their ids.
+    for (let n = 0; n < 8 * h.config.partitions; n += 1) {
+      eventIds.push(await postTo(near.port, `near-${n}`), await postTo(far.port, `far-${n}`));
+    }
+    await waitFor(
+      async () =>
+        (
+          await h.mainRows<{ n: number }>(
+            'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1)',
+            [eventIds],
+          )
+        )[0]?.n === eventIds.length,
+      'every write of both sites to be applied',
+      30_000,
+    );
+    for (const service of [near, far]) {
+      assert.deepEqual(
+        service.projector?.stats().partitions,
+        [...Array(h.config.partitions).keys()],
+        "a site's one projector holds all of its partitions",
+      );
+    }
   });
 });

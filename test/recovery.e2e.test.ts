@@ -390,21 +390,28 @@ void describe('recovery', () => {
           ?.notes;
       await withoutProjector(async () => {
         // All or none: with one partition held, it takes none of the others.
-        const token = await acquireLease(h.main, 1, 'projector-started-meanwhile', 30_000);
+        const token = await acquireLease(
+          h.main,
+          h.config.site,
+          1,
+          'projector-started-meanwhile',
+          30_000,
+        );
         assert.ok(token);
         await assert.rejects(
-          holdPartitions(h.main, h.config.partitions, 30_000),
+          holdPartitions(h.main, h.config.site, h.config.partitions, 30_000),
           RebuildLeaseError,
         );
         const rebuilding = () =>
           h.mainRows("SELECT partition FROM partition_leases WHERE owner = 'rebuild-projections'");
         assert.deepEqual(await rebuilding(), []);
         await releaseLease(h.main, {
+          site: h.config.site,
           partition: 1,
           consumer: 'projector-started-meanwhile',
           token,
         });
-        const leases = await holdPartitions(h.main, h.config.partitions, 30_000);
+        const leases = await holdPartitions(h.main, h.config.site, h.config.partitions, 30_000);
         try {
           assert.deepEqual(
             leases.map((lease) => lease.partition),
@@ -414,7 +421,7 @@ void describe('recovery', () => {
           assert.equal(second.code, 1);
           assert.match(second.stderr, /^outpost: another rebuild-projections is running/m);
           assert.equal(
-            await acquireLease(h.main, 0, 'projector-started-meanwhile', 30_000),
+            await acquireLease(h.main, h.config.site, 0, 'projector-started-meanwhile', 30_000),
             undefined,
             'a projector started during the rebuild waits for the partition',
           );
@@ -422,7 +429,9 @@ void describe('recovery', () => {
           await h.main.query(
             "UPDATE partition_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE partition = 0",
           );
-          assert.ok(await acquireLease(h.main, 0, 'projector-started-meanwhile', 30_000));
+          assert.ok(
+            await acquireLease(h.main, h.config.site, 0, 'projector-started-meanwhile', 30_000),
+          );
           await assert.rejects(
             rebuildProjections(h.main, 'apply', { fence: { leases, ttlMs: 30_000 } }),
             RebuildLeaseError,

@@ -154,7 +154,7 @@ export const pending = (flags: IncidentFlags) => {
     print(
       mainUnreachable
         ? 'projector leases unknown: the main database cannot be reached'
-        : await leaseHoldings(site.main).then(
+        : await leaseHoldings(site.main, site.config.site).then(
             (holdings) => projectorLeasesLine(holdings, site.config.partitions),
             (err: Error) =>
               `projector leases unknown: the main database did not answer (${err.message})`,

@@ -12,6 +12,7 @@ void describe('partitionRanges', () => {
 
 void describe('projectorLeasesLine', () => {
   const live = (partition: number, owner: string) => ({
+    site: 'here',
     partition,
     owner,
     live: true,
@@ -29,10 +30,10 @@ void describe('projectorLeasesLine', () => {
     const line = projectorLeasesLine(
       [
         live(0, 'a:1'),
-        { partition: 1, owner: 'gone:1', live: false, expiredSeconds: 700 },
-        { partition: 2, owner: 'gone:1', live: false, expiredSeconds: 650 },
+        { site: 'here', partition: 1, owner: 'gone:1', live: false, expiredSeconds: 700 },
+        { site: 'here', partition: 2, owner: 'gone:1', live: false, expiredSeconds: 650 },
         // Given back on a clean stop: no owner, no expiry to tell.
-        { partition: 3, owner: null, live: false, expiredSeconds: null },
+        { site: 'here', partition: 3, owner: null, live: false, expiredSeconds: null },
       ],
       5,
     );

@@ -49,7 +49,7 @@ const progress = (json: boolean) => {
  * projector holding a partition it would wait in silence, so the operator is told at once.
  */
 const warnWithoutProjector = async (site: Site, partition: number | undefined) => {
-  const holdings = await leaseHoldings(site.main).catch(() => undefined);
+  const holdings = await leaseHoldings(site.main, site.config.site).catch(() => undefined);
   const scope = partition === undefined ? [...Array(site.config.partitions).keys()] : [partition];
   const held = (p: number) =>
     holdings === undefined || liveHolder(holdings.find((h) => h.partition === p)) !== undefined;
@@ -136,13 +136,25 @@ export const replayCommand = (flags: RecoveryFlags) => {
  */
 const refuseBesideProjectors = async (site: Site) => {
   const holdings = await leaseHoldings(site.main);
+  const own = site.config.site;
+  // This site's line, then one per other site (or earlier build) whose projectors hold any.
+  const sites = new Set([own, ...holdings.filter((h) => liveHolder(h)).map((h) => h.site)]);
+  const leases = [...sites]
+    .map((name) => {
+      const of = holdings.filter((h) => h.site === name);
+      const partitions =
+        name === own ? site.config.partitions : Math.max(...of.map((h) => h.partition)) + 1;
+      const line = projectorLeasesLine(of, partitions);
+      return name === own ? line : `${name ? `site ${name}` : 'an earlier build'}: ${line}`;
+    })
+    .join('; ');
   if (holdings.some((holding) => liveHolder(holding) === REBUILD_OWNER)) {
     throw new CliError(
-      `another rebuild-projections is running (${projectorLeasesLine(holdings, site.config.partitions)}): wait for it to end; --verify and --dry-run only read`,
+      `another rebuild-projections is running (${leases}): wait for it to end; --verify and --dry-run only read`,
     );
   }
   throw new CliError(
-    `projectors are applying events (${projectorLeasesLine(holdings, site.config.partitions)}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
+    `projectors are applying events (${leases}): stop them before rebuild-projections, which would overwrite what they write (the leases of one killed without stopping expire within ${Math.ceil(site.config.claimIdleMs / 1000)} s); --verify and --dry-run only read`,
   );
 };
 
@@ -158,8 +170,11 @@ export const rebuildCommand = (flags: RecoveryFlags) => {
       const ttlMs = site.config.claimIdleMs;
       const leases =
         mode === 'apply'
-          ? await holdPartitions(site.main, site.config.partitions, ttlMs).catch((err: Error) =>
-              err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
+          ? await holdPartitions(site.main, site.config.site, site.config.partitions, ttlMs).catch(
+              (err: Error) =>
+                err instanceof RebuildLeaseError
+                  ? refuseBesideProjectors(site)
+                  : Promise.reject(err),
             )
           : [];
       const report_ = progress(flags.json);

@@ -150,18 +150,30 @@ export const instrumentConfigurations = pgTable('instrument_configurations', {
  * One row per partition stream. `token` grows with every change of owner and is checked inside
  * each applying transaction, so a process that lost its lease (paused, partitioned) cannot commit.
  */
-export const partitionLeases = pgTable('partition_leases', {
-  partition: integer('partition').primaryKey(),
-  owner: text('owner'),
-  token: bigint('token', { mode: 'number' }).notNull(),
-  expiresAt: timestamptz('expires_at').notNull(),
-  acquiredAt: timestamptz('acquired_at').notNull(),
-});
+export const partitionLeases = pgTable(
+  'partition_leases',
+  {
+    /** Sites sharing the main database each lease their own partitions ('': an earlier build's). */
+    site: text('site').notNull().default(''),
+    partition: integer('partition').notNull(),
+    owner: text('owner'),
+    token: bigint('token', { mode: 'number' }).notNull(),
+    expiresAt: timestamptz('expires_at').notNull(),
+    acquiredAt: timestamptz('acquired_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.site, t.partition] })],
+);
 
 /** Projector processes alive recently: each takes its fair share of the partitions. */
-export const projectorMembers = pgTable('projector_members', {
-  consumer: text('consumer').primaryKey(),
-  heartbeatAt: timestamptz('heartbeat_at').notNull(),
-  /** The process that beat last under this name: another one beating between ours is a twin. */
-  instance: uuid('instance'),
-});
+export const projectorMembers = pgTable(
+  'projector_members',
+  {
+    /** A site's projectors share its partitions, and only its own. */
+    site: text('site').notNull().default(''),
+    consumer: text('consumer').notNull(),
+    heartbeatAt: timestamptz('heartbeat_at').notNull(),
+    /** The process that beat last under this name: another one beating between ours is a twin. */
+    instance: uuid('instance'),
+  },
+  (t) => [primaryKey({ columns: [t.site, t.consumer] })],
+);

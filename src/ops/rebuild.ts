@@ -102,20 +102,28 @@ export class RebuildLeaseError extends Error {
 }
 
 /**
- * Every partition's lease, held by the rebuild: projectors started while it runs (a supervisor's
- * restart, a second operator) wait for them instead of applying events beside it, and each page
- * is written only while all of them are still the rebuild's (`renewLeasesIn`). A rebuild folds
- * rows from the events it read a moment before; beside a projector it would put a row back behind
- * an event committed in between (a finished unit running again).
+ * Every partition's lease, of every site sharing the main database, held by the rebuild:
+ * projectors started while it runs (a supervisor's restart, a second operator) wait for them
+ * instead of applying events beside it, and each page is written only while all of them are still
+ * the rebuild's (`renewLeasesIn`). A rebuild folds rows from the events it read a moment before;
+ * beside a projector it would put a row back behind an event committed in between (a finished
+ * unit running again). It rewrites every site's rows, so every site's projectors must wait.
  */
 export const holdPartitions = async (
   main: pg.Pool,
+  site: string,
   partitions: number,
   ttlMs: number,
 ): Promise<Lease[]> => {
-  // The partitions of the leases table too: a projector configured with more than this shell.
-  const known = (await leaseHoldings(main)).map((holding) => holding.partition);
-  const all = [...new Set([...Array(partitions).keys(), ...known])].sort((a, b) => a - b);
+  // The leases table's too: other sites', and a projector configured with more than this shell.
+  const wanted = new Map<string, { site: string; partition: number }>();
+  for (const key of [
+    ...[...Array(partitions).keys()].map((partition) => ({ site, partition })),
+    ...(await leaseHoldings(main)).map(({ site, partition }) => ({ site, partition })),
+  ]) {
+    wanted.set(`${key.site}/${key.partition}`, key);
+  }
+  const all = [...wanted.values()];
   // All in one statement and one transaction, or none: taken one at a time over a distant link,
   // the first would lapse before the last was taken.
   return withConnection(main, async (client) => {
@@ -123,9 +131,9 @@ export const holdPartitions = async (
     try {
       const rows = await acquireLeases(client, all, REBUILD_OWNER, ttlMs);
       if (rows.length < all.length) {
-        const taken = new Set(rows.map((row) => row.partition));
-        const held = all.filter((partition) => !taken.has(partition));
-        throw new RebuildLeaseError(`partition(s) ${held.join(', ')} are held`);
+        const taken = new Set(rows.map((row) => `${row.site}/${row.partition}`));
+        const held = [...wanted.keys()].filter((key) => !taken.has(key));
+        throw new RebuildLeaseError(`partition(s) ${held.join(', ')} (site/partition) are held`);
       }
       await client.query('COMMIT');
       return rows.map((row) => ({ ...row, consumer: REBUILD_OWNER }));

@@ -43,7 +43,7 @@ const batch = (partition: number, size = 1): BatchRequest => ({
     { length: size },
     (_, i) => ({ entryId: `${partition}-${i}`, event: {} }) as LogEntry,
   ),
-  lease: { partition, consumer: 'unit', token: 1 },
+  lease: { site: 'here', partition, consumer: 'unit', token: 1 },
 });
 
 void describe('BatchCombiner', () => {

@@ -35,6 +35,8 @@ const trustedFrom = (ttlMs: number) => {
 
 export type LeaseManagerDeps = {
   pool: pg.Pool;
+  /** Whose partitions: sites sharing the main database each have their own. */
+  site: string;
   consumer: string;
   partitions: number;
   ttlMs: number;
@@ -93,7 +95,7 @@ export class LeaseManager {
     for (const partition of this.owned) {
       await this.#give(partition);
     }
-    await leaveMembers(this.deps.pool, this.deps.consumer).catch(() => undefined);
+    await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer).catch(() => undefined);
   }
 
   async #run(): Promise<void> {
@@ -127,26 +129,21 @@ export class LeaseManager {
    * slow link) costs the held partitions nothing.
    */
   async tick(): Promise<void> {
-    const { pool, consumer, partitions, ttlMs, logger } = this.deps;
+    const { pool, site, consumer, partitions, ttlMs, logger } = this.deps;
     await this.#renewHeld();
-    const previous = await heartbeat(pool, consumer, this.#instance);
+    const previous = await heartbeat(pool, site, consumer, this.#instance);
     // A restarted process meets its former self's beat once, on its first round; a process
     // meeting another's beat after its own shares its name with a live one. The group then sees
     // them as one consumer with one pending list, and the check that takes entries another
     // consumer read after a takeover cannot tell them apart.
-    if (
-      this.#beaten &&
-      previous !== null &&
-      previous !== 'unknown' &&
-      previous !== this.#instance
-    ) {
+    if (this.#beaten && previous !== null && previous !== this.#instance) {
       if (!this.#twinNow()) {
         logger.error({ consumer }, twinMessage(consumer));
       }
       this.#twinMetAt = performance.now();
     }
     this.#beaten = true;
-    const members = Math.max(1, await liveMembers(pool, ttlMs));
+    const members = Math.max(1, await liveMembers(pool, site, ttlMs));
     const share = Math.ceil(partitions / members);
     for (const partition of this.owned.slice(share)) {
       logger.info({ partition, members }, 'handing partition over to balance load');
@@ -163,9 +160,9 @@ export class LeaseManager {
         continue;
       }
       const trusted = trustedFrom(ttlMs);
-      const token = await acquireLease(pool, partition, consumer, ttlMs);
+      const token = await acquireLease(pool, site, partition, consumer, ttlMs);
       if (token !== undefined) {
-        const lease = { partition, consumer, token };
+        const lease = { site, partition, consumer, token };
         this.#held.set(partition, { lease, ...trusted });
         logger.info({ partition, token }, 'lease acquired');
         try {

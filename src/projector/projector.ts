@@ -27,6 +27,8 @@ export type ProjectorDeps = {
   eventLog: EventLog;
   deadLetters: DeadLetters;
   redis: Redis;
+  /** This site's partitions are the ones to hold (OUTPOST_SITE). */
+  site: string;
   consumer: string;
   batchSize: number;
   maxAttempts: number;
@@ -87,6 +89,7 @@ export class Projector {
     this.#leases = new LeaseManager({
       pool: deps.leasePool,
       breaker: this.breaker,
+      site: deps.site,
       consumer: deps.consumer,
       partitions: deps.eventLog.partitions,
       ttlMs: deps.claimIdleMs,

@@ -8,87 +8,92 @@ export class FencedError extends Error {
   }
 }
 
-export type Lease = { partition: number; consumer: string; token: number };
-
-const UNDEFINED_COLUMN = '42703';
+/**
+ * A partition's lease is its site's: sites sharing one main database each have their own log and
+ * their own partitions 0..n-1, and a projector applies only its own site's.
+ */
+export type Lease = { site: string; partition: number; consumer: string; token: number };
 
 /**
- * Beats for `instance` under its consumer name; answers the instance that beat last before it, or
- * `unknown` on a database not yet migrated past 0008 (a build started before `outpost migrate`),
- * which still gets the beat: the leases must not stop for want of a column only a check reads.
+ * Beats for `instance` under its site and consumer name; answers the instance that beat last
+ * before it under that name.
  */
 export const heartbeat = async (
   db: Queryable,
+  site: string,
   consumer: string,
   instance: string,
-): Promise<string | null | 'unknown'> => {
-  try {
-    const { rows } = await db.query<{ previous: string | null }>(
-      `WITH previous AS (SELECT instance FROM projector_members WHERE consumer = $1)
-       INSERT INTO projector_members (consumer, heartbeat_at, instance)
-       VALUES ($1, clock_timestamp(), $2)
-       ON CONFLICT (consumer) DO UPDATE
-         SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
-       RETURNING (SELECT instance FROM previous)::text AS previous`,
-      [consumer, instance],
-    );
-    return rows[0]?.previous ?? null;
-  } catch (err) {
-    if ((err as { code?: unknown }).code !== UNDEFINED_COLUMN) {
-      throw err;
-    }
-    await db.query(
-      `INSERT INTO projector_members (consumer, heartbeat_at) VALUES ($1, clock_timestamp())
-       ON CONFLICT (consumer) DO UPDATE SET heartbeat_at = excluded.heartbeat_at`,
-      [consumer],
-    );
-    return 'unknown';
-  }
+): Promise<string | null> => {
+  const { rows } = await db.query<{ previous: string | null }>(
+    `WITH previous AS (SELECT instance FROM projector_members WHERE site = $1 AND consumer = $2)
+     INSERT INTO projector_members (site, consumer, heartbeat_at, instance)
+     VALUES ($1, $2, clock_timestamp(), $3)
+     ON CONFLICT (site, consumer) DO UPDATE
+       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
+     RETURNING (SELECT instance FROM previous)::text AS previous`,
+    [site, consumer, instance],
+  );
+  return rows[0]?.previous ?? null;
 };
 
-export const liveMembers = async (db: Queryable, ttlMs: number): Promise<number> => {
+/** The site's projector processes that beat within the TTL: they share its partitions. */
+export const liveMembers = async (db: Queryable, site: string, ttlMs: number): Promise<number> => {
   const { rows } = await db.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM projector_members
-      WHERE heartbeat_at > clock_timestamp() - $1 * interval '1 millisecond'`,
-    [ttlMs],
+      WHERE site = $1 AND heartbeat_at > clock_timestamp() - $2 * interval '1 millisecond'`,
+    [site, ttlMs],
   );
   return rows[0]?.n ?? 0;
 };
 
-export const leaveMembers = async (db: Queryable, consumer: string) => {
-  await db.query('DELETE FROM projector_members WHERE consumer = $1', [consumer]);
+export const leaveMembers = async (db: Queryable, site: string, consumer: string) => {
+  await db.query('DELETE FROM projector_members WHERE site = $1 AND consumer = $2', [
+    site,
+    consumer,
+  ]);
 };
 
 /**
- * Takes a partition that is free or whose lease expired, with a new token. The lease pool's short
- * statement timeout keeps a taker from hanging behind a stale owner frozen inside its final
- * fencing check; the next round simply tries again.
+ * Takes a partition of `site` that is free or whose lease expired, with a new token. The lease
+ * pool's short statement timeout keeps a taker from hanging behind a stale owner frozen inside
+ * its final fencing check; the next round simply tries again.
  */
 export const acquireLease = async (
   db: Queryable,
+  site: string,
   partition: number,
   consumer: string,
   ttlMs: number,
-): Promise<number | undefined> => (await acquireLeases(db, [partition], consumer, ttlMs))[0]?.token;
+): Promise<number | undefined> =>
+  (await acquireLeases(db, [{ site, partition }], consumer, ttlMs))[0]?.token;
 
-/** `acquireLease` for several partitions in one statement: those it took, with their tokens. */
+/**
+ * `acquireLease` for several partitions, of one site or several, in one statement: those it took,
+ * with their tokens. A lease of a build from before leases were a site's (site '', migration
+ * 0012) still live in the same partition keeps it: that process may still be applying it.
+ */
 export const acquireLeases = async (
   db: Queryable,
-  partitions: readonly number[],
+  wanted: readonly { site: string; partition: number }[],
   consumer: string,
   ttlMs: number,
-): Promise<{ partition: number; token: number }[]> =>
+): Promise<{ site: string; partition: number; token: number }[]> =>
   (
-    await db.query<{ partition: number; token: number }>(
-      `INSERT INTO partition_leases (partition, owner, token, expires_at, acquired_at)
-       SELECT p, $2, 1, clock_timestamp() + $3 * interval '1 millisecond', clock_timestamp()
-         FROM unnest($1::int[]) AS p
-       ON CONFLICT (partition) DO UPDATE
-         SET owner = excluded.owner, token = partition_leases.token + 1,
+    await db.query<{ site: string; partition: number; token: number }>(
+      `INSERT INTO partition_leases AS l (site, partition, owner, token, expires_at, acquired_at)
+       SELECT w.site, w.partition, $3, 1, clock_timestamp() + $4 * interval '1 millisecond',
+              clock_timestamp()
+         FROM unnest($1::text[], $2::int[]) AS w(site, partition)
+        WHERE NOT EXISTS (SELECT 1 FROM partition_leases legacy
+                           WHERE legacy.site = '' AND legacy.partition = w.partition
+                             AND legacy.site <> w.site AND legacy.owner IS NOT NULL
+                             AND legacy.expires_at > clock_timestamp())
+       ON CONFLICT (site, partition) DO UPDATE
+         SET owner = excluded.owner, token = l.token + 1,
              expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
-         WHERE partition_leases.expires_at < clock_timestamp() OR partition_leases.owner IS NULL
-       RETURNING partition, token`,
-      [partitions, consumer, ttlMs],
+         WHERE l.expires_at < clock_timestamp() OR l.owner IS NULL
+       RETURNING l.site, l.partition, l.token`,
+      [wanted.map((w) => w.site), wanted.map((w) => w.partition), consumer, ttlMs],
     )
   ).rows;
 
@@ -103,10 +108,11 @@ export const renewLeases = async (
 ): Promise<number[]> =>
   (
     await db.query<{ partition: number }>(
-      `UPDATE partition_leases l SET expires_at = clock_timestamp() + $4 * interval '1 millisecond'
-         FROM unnest($1::int[], $2::text[], $3::bigint[]) AS held(partition, owner, token)
-        WHERE l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
-          AND l.expires_at > clock_timestamp()
+      `UPDATE partition_leases l SET expires_at = clock_timestamp() + $5 * interval '1 millisecond'
+         FROM unnest($1::int[], $2::text[], $3::bigint[], $4::text[])
+              AS held(partition, owner, token, site)
+        WHERE l.site = held.site AND l.partition = held.partition AND l.owner = held.owner
+          AND l.token = held.token AND l.expires_at > clock_timestamp()
        RETURNING l.partition`,
       [...leasesParams(leases), ttlMs],
     )
@@ -125,22 +131,24 @@ export const renewLeasesIn = async (
 export const releaseLease = async (db: Queryable, lease: Lease) => {
   await db.query(
     `UPDATE partition_leases SET owner = NULL, expires_at = '-infinity'
-      WHERE partition = $1 AND owner = $2 AND token = $3`,
-    [lease.partition, lease.consumer, lease.token],
+      WHERE site = $1 AND partition = $2 AND owner = $3 AND token = $4`,
+    [lease.site, lease.partition, lease.consumer, lease.token],
   );
 };
 
 /**
  * The fencing check, run last inside the applying transaction (see writeBatch): one row for each
  * of `leases` that is current, share-locked so that a taker's UPDATE of a lease waits for the
- * checking transaction to end. Its parameters are `$first` (partitions), `$first + 1` (owners)
- * and `$first + 2` (tokens), as arrays, so it can sit inside a larger statement.
+ * checking transaction to end. Its parameters are `$first` (partitions), `$first + 1` (owners),
+ * `$first + 2` (tokens) and `$first + 3` (sites), as arrays, so it can sit inside a larger
+ * statement.
  */
 export const leasesHeldSql = (first: number) =>
   `SELECT l.partition FROM partition_leases l
-     JOIN unnest($${first}::int[], $${first + 1}::text[], $${first + 2}::bigint[])
-          AS held(partition, owner, token)
-       ON l.partition = held.partition AND l.owner = held.owner AND l.token = held.token
+     JOIN unnest($${first}::int[], $${first + 1}::text[], $${first + 2}::bigint[],
+                 $${first + 3}::text[]) AS held(partition, owner, token, site)
+       ON l.site = held.site AND l.partition = held.partition AND l.owner = held.owner
+      AND l.token = held.token
     WHERE l.expires_at > clock_timestamp()
     FOR SHARE OF l`;
 
@@ -148,10 +156,12 @@ export const leasesParams = (leases: readonly Lease[]) => [
   leases.map((l) => l.partition),
   leases.map((l) => l.consumer),
   leases.map((l) => l.token),
+  leases.map((l) => l.site),
 ];
 
 /** Who holds a partition's lease, and whether it is still live by the database's clock. */
 export type LeaseHolding = {
+  site: string;
   partition: number;
   owner: string | null;
   live: boolean;
@@ -159,13 +169,15 @@ export type LeaseHolding = {
   expiredSeconds: number | null;
 };
 
-export const leaseHoldings = async (db: Queryable): Promise<LeaseHolding[]> =>
+/** Every site's leases, or `site`'s alone. */
+export const leaseHoldings = async (db: Queryable, site?: string): Promise<LeaseHolding[]> =>
   (
     await db.query<LeaseHolding>(
-      `SELECT partition, owner, expires_at > clock_timestamp() AS live,
+      `SELECT site, partition, owner, expires_at > clock_timestamp() AS live,
               CASE WHEN expires_at > clock_timestamp() OR expires_at = '-infinity' THEN NULL
                    ELSE floor(extract(epoch FROM clock_timestamp() - expires_at))::int END
                 AS "expiredSeconds"
-         FROM partition_leases ORDER BY partition`,
+         FROM partition_leases WHERE $1::text IS NULL OR site = $1 ORDER BY site, partition`,
+      [site ?? null],
     )
   ).rows;
