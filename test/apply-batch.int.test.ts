@@ -118,26 +118,20 @@ void describe('applying a batch', () => {
        VALUES ('', 6, 'earlier-build', 1, clock_timestamp() + interval '1 minute', clock_timestamp())`,
     );
     try {
-      const own = await acquireLease(h.main, h.config.site, 5, 'here', 60_000);
+      const take = (partition: number) =>
+        acquireLease(h.main, h.config.site, partition, 'here', 60_000);
+      const giveBack = (partition: number, token: number) =>
+        releaseLease(h.main, { site: h.config.site, partition, consumer: 'here', token });
+      const own = await take(5);
       assert.ok(own, "this site's partition 5 beside the other site's");
-      await releaseLease(h.main, {
-        site: h.config.site,
-        partition: 5,
-        consumer: 'here',
-        token: own,
-      });
-      assert.equal(await acquireLease(h.main, h.config.site, 6, 'here', 60_000), undefined);
+      await giveBack(5, own);
+      assert.equal(await take(6), undefined);
       await h.main.query(
         "UPDATE partition_leases SET owner = NULL WHERE site = '' AND partition = 6",
       );
-      const freed = await acquireLease(h.main, h.config.site, 6, 'here', 60_000);
+      const freed = await take(6);
       assert.ok(freed, 'taken once the earlier build gave it back');
-      await releaseLease(h.main, {
-        site: h.config.site,
-        partition: 6,
-        consumer: 'here',
-        token: freed,
-      });
+      await giveBack(6, freed);
     } finally {
       await h.main.query("DELETE FROM partition_leases WHERE site IN ('', 'far-site')");
     }

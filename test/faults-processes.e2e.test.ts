@@ -16,6 +16,7 @@ import {
   streamEntries,
   streamEventIds,
   waitForAllAcknowledged,
+  waitForApplied,
 } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import {
@@ -484,17 +485,7 @@ void describe('process faults under load', () => {
         return written.length >= 2 * h.config.partitions;
       }, 'writes to be taken again');
       const eventIds = written.map((w) => w.event_id);
-      await waitFor(
-        async () =>
-          (
-            await h.mainRows<{ n: number }>(
-              'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1)',
-              [eventIds],
-            )
-          )[0]?.n === written.length,
-        'every write after the loss to be applied',
-        60_000,
-      );
+      await waitForApplied(h, eventIds, 'every write after the loss to be applied', 60_000);
       await waitForAllAcknowledged(h, 60_000);
     });
   });

@@ -11,6 +11,7 @@ import {
   streamEventIds,
   unacknowledged,
   waitForAllAcknowledged,
+  waitForApplied,
 } from './harness/audit.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
@@ -460,17 +461,7 @@ void describe('two sites sharing one main database', () => {
     for (let n = 0; n < 8 * h.config.partitions; n += 1) {
       eventIds.push(await postTo(near.port, `near-${n}`), await postTo(far.port, `far-${n}`));
     }
-    await waitFor(
-      async () =>
-        (
-          await h.mainRows<{ n: number }>(
-            'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1)',
-            [eventIds],
-          )
-        )[0]?.n === eventIds.length,
-      'every write of both sites to be applied',
-      30_000,
-    );
+    await waitForApplied(h, eventIds, 'every write of both sites to be applied');
     for (const service of [near, far]) {
       assert.deepEqual(
         service.projector?.stats().partitions,

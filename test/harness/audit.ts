@@ -17,6 +17,25 @@ export const unacknowledged = async (h: Harness): Promise<number> => {
 export const waitForAllAcknowledged = (h: Harness, timeoutMs = 60_000) =>
   waitFor(async () => (await unacknowledged(h)) === 0, 'every event to be acknowledged', timeoutMs);
 
+/** Polls until every one of `eventIds` is in the main database's events table. */
+export const waitForApplied = (
+  h: Harness,
+  eventIds: readonly string[],
+  what: string,
+  timeoutMs = 30_000,
+) =>
+  waitFor(
+    async () =>
+      (
+        await h.mainRows<{ n: number }>(
+          'SELECT count(*)::int AS n FROM events WHERE event_id = ANY($1)',
+          [eventIds],
+        )
+      )[0]?.n === eventIds.length,
+    what,
+    timeoutMs,
+  );
+
 /** Every entry of the partition streams as [entry id, event id], oldest first per partition. */
 export const streamEntries = async (h: Harness): Promise<[string, string][]> => {
   const found: [string, string][] = [];
