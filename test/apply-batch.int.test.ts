@@ -124,6 +124,12 @@ void describe('applying a batch', () => {
         releaseLease(h.main, { site: h.config.site, partition, consumer: 'here', token });
       const own = await take(5);
       assert.ok(own, "this site's partition 5 beside the other site's");
+      // Tokens of one partition number never repeat across sites: an earlier build's check,
+      // which does not match the site, must never take another site's lease for its own.
+      assert.ok(own > other, `${own} after ${other}`);
+      // Tokens of one partition number never repeat across sites: an earlier build's check,
+      // which does not match the site, must never take another site's lease for its own.
+      assert.ok(own > other, `${own} after ${other}`);
       await giveBack(5, own);
       assert.equal(await take(6), undefined);
       await h.main.query(

@@ -399,7 +399,7 @@ void describe('recovery', () => {
         );
         assert.ok(token);
         await assert.rejects(
-          holdPartitions(h.main, h.config.site, h.config.partitions, 30_000),
+          holdPartitions(h.main, h.config.partitions, 30_000),
           RebuildLeaseError,
         );
         const rebuilding = () =>
@@ -411,11 +411,17 @@ void describe('recovery', () => {
           consumer: 'projector-started-meanwhile',
           token,
         });
-        const leases = await holdPartitions(h.main, h.config.site, h.config.partitions, 30_000);
+        const leases = await holdPartitions(h.main, h.config.partitions, 30_000);
         try {
+          // Each partition number for every site, a site that never leased one included.
           assert.deepEqual(
-            leases.map((lease) => lease.partition),
+            leases.filter((lease) => lease.site === '').map((lease) => lease.partition),
             [...Array(h.config.partitions).keys()],
+          );
+          assert.equal(
+            await acquireLease(h.main, 'a-site-new-since', 2, 'its-projector', 30_000),
+            undefined,
+            "another site's projector waits for the rebuild too",
           );
           const second = await runCli(h, ['rebuild-projections']);
           assert.equal(second.code, 1);

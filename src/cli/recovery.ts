@@ -145,7 +145,8 @@ const refuseBesideProjectors = async (site: Site) => {
       const partitions =
         name === own ? site.config.partitions : Math.max(...of.map((h) => h.partition)) + 1;
       const line = projectorLeasesLine(of, partitions);
-      return name === own ? line : `${name ? `site ${name}` : 'an earlier build'}: ${line}`;
+      // Site '' is every site's: a rebuild's leases, or an earlier build's.
+      return name === own ? line : `${name ? `site ${name}` : 'every site'}: ${line}`;
     })
     .join('; ');
   if (holdings.some((holding) => liveHolder(holding) === REBUILD_OWNER)) {
@@ -170,11 +171,8 @@ export const rebuildCommand = (flags: RecoveryFlags) => {
       const ttlMs = site.config.claimIdleMs;
       const leases =
         mode === 'apply'
-          ? await holdPartitions(site.main, site.config.site, site.config.partitions, ttlMs).catch(
-              (err: Error) =>
-                err instanceof RebuildLeaseError
-                  ? refuseBesideProjectors(site)
-                  : Promise.reject(err),
+          ? await holdPartitions(site.main, site.config.partitions, ttlMs).catch((err: Error) =>
+              err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
             )
           : [];
       const report_ = progress(flags.json);

@@ -107,19 +107,22 @@ export class RebuildLeaseError extends Error {
  * instead of applying events beside it, and each page is written only while all of them are still
  * the rebuild's (`renewLeasesIn`). A rebuild folds rows from the events it read a moment before;
  * beside a projector it would put a row back behind an event committed in between (a finished
- * unit running again). It rewrites every site's rows, so every site's projectors must wait.
+ * unit running again). It rewrites every site's rows, so every site's projectors must wait: it
+ * takes each partition number's lease of every site (site '', which keeps it from all of them,
+ * a site that never leased one too) and every site's own lease there is.
  */
 export const holdPartitions = async (
   main: pg.Pool,
-  site: string,
   partitions: number,
   ttlMs: number,
 ): Promise<Lease[]> => {
-  // The leases table's too: other sites', and a projector configured with more than this shell.
+  // The leases table's too: each site's, and a projector configured with more than this shell.
+  const holdings = await leaseHoldings(main);
+  const numbers = new Set([...Array(partitions).keys(), ...holdings.map((h) => h.partition)]);
   const wanted = new Map<string, { site: string; partition: number }>();
   for (const key of [
-    ...[...Array(partitions).keys()].map((partition) => ({ site, partition })),
-    ...(await leaseHoldings(main)).map(({ site, partition }) => ({ site, partition })),
+    ...[...numbers].map((partition) => ({ site: '', partition })),
+    ...holdings.map(({ site, partition }) => ({ site, partition })),
   ]) {
     wanted.set(`${key.site}/${key.partition}`, key);
   }

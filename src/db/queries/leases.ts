@@ -69,8 +69,11 @@ export const acquireLease = async (
 
 /**
  * `acquireLease` for several partitions, of one site or several, in one statement: those it took,
- * with their tokens. A lease of a build from before leases were a site's (site '', migration
- * 0012) still live in the same partition keeps it: that process may still be applying it.
+ * with their tokens. Site '' stands for every site: a live lease there keeps its partition number
+ * from all of them. An earlier build's leases are there (before migration 0012 a partition's
+ * lease was every site's), and so are a rebuild's, which rewrites every site's rows. A new row's
+ * token starts above every token its partition number had: an earlier build's renewal and fencing
+ * check match owner and token without the site, and must never match this row.
  */
 export const acquireLeases = async (
   db: Queryable,
@@ -81,8 +84,10 @@ export const acquireLeases = async (
   (
     await db.query<{ site: string; partition: number; token: number }>(
       `INSERT INTO partition_leases AS l (site, partition, owner, token, expires_at, acquired_at)
-       SELECT w.site, w.partition, $3, 1, clock_timestamp() + $4 * interval '1 millisecond',
-              clock_timestamp()
+       SELECT w.site, w.partition, $3,
+              COALESCE((SELECT max(x.token) FROM partition_leases x
+                         WHERE x.partition = w.partition), 0) + 1,
+              clock_timestamp() + $4 * interval '1 millisecond', clock_timestamp()
          FROM unnest($1::text[], $2::int[]) AS w(site, partition)
         WHERE NOT EXISTS (SELECT 1 FROM partition_leases legacy
                            WHERE legacy.site = '' AND legacy.partition = w.partition
@@ -169,15 +174,24 @@ export type LeaseHolding = {
   expiredSeconds: number | null;
 };
 
-/** Every site's leases, or `site`'s alone. */
+/**
+ * Every site's leases; or, for `site`, who holds each of its partitions: its own lease, or a live
+ * one of every site's (a rebuild's, an earlier build's) that keeps the partition from it.
+ */
 export const leaseHoldings = async (db: Queryable, site?: string): Promise<LeaseHolding[]> =>
   (
     await db.query<LeaseHolding>(
-      `SELECT site, partition, owner, expires_at > clock_timestamp() AS live,
-              CASE WHEN expires_at > clock_timestamp() OR expires_at = '-infinity' THEN NULL
-                   ELSE floor(extract(epoch FROM clock_timestamp() - expires_at))::int END
-                AS "expiredSeconds"
-         FROM partition_leases WHERE $1::text IS NULL OR site = $1 ORDER BY site, partition`,
+      `SELECT DISTINCT ON (site_of, partition) site, partition, owner, live, "expiredSeconds"
+         FROM (SELECT site, partition, owner, expires_at > clock_timestamp() AS live,
+                      CASE WHEN expires_at > clock_timestamp() OR expires_at = '-infinity'
+                           THEN NULL
+                           ELSE floor(extract(epoch FROM clock_timestamp() - expires_at))::int
+                      END AS "expiredSeconds",
+                      CASE WHEN $1::text IS NULL THEN site ELSE $1 END AS site_of
+                 FROM partition_leases
+                WHERE $1::text IS NULL OR site = $1 OR site = '') AS l
+        WHERE $1::text IS NULL OR site = $1 OR live
+        ORDER BY site_of, partition, live DESC, site = $1 DESC`,
       [site ?? null],
     )
   ).rows;
