@@ -18,6 +18,7 @@ import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
+import { checkSiteName } from './ops/site-name.ts';
 import { StatusSource } from './ops/status.ts';
 import { Projector } from './projector/projector.ts';
 
@@ -169,6 +170,7 @@ export const startService = async (
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
+    await checkSiteName(redis, config.namespace, config.site, logger);
     listing = await checkPartitionCount(eventLog, logger, {
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });

@@ -127,9 +127,6 @@ void describe('applying a batch', () => {
       // Tokens of one partition number never repeat across sites: an earlier build's check,
       // which does not match the site, must never take another site's lease for its own.
       assert.ok(own > other, `${own} after ${other}`);
-      // Tokens of one partition number never repeat across sites: an earlier build's check,
-      // which does not match the site, must never take another site's lease for its own.
-      assert.ok(own > other, `${own} after ${other}`);
       await giveBack(5, own);
       assert.equal(await take(6), undefined);
       await h.main.query(

@@ -470,4 +470,12 @@ void describe('two sites sharing one main database', () => {
       );
     }
   });
+
+  void it('refuses to start a process of a site under another name: it would lease every partition beside the others', async () => {
+    // A second host left to the default OUTPOST_SITE, its host name.
+    await assert.rejects(
+      h.startService('projector', { site: 'second-host' }),
+      /^SiteNameError: OUTPOST_SITE is "second-host", but this log is served as site "test-site": start every process of the site with OUTPOST_SITE=test-site/,
+    );
+  });
 });

@@ -145,6 +145,9 @@ export const liveStreamKey = (namespace: string) => `${namespace}:live`;
 /** The partition count the site's log is written with (src/ops/partition-count.ts). */
 export const partitionCountKey = (namespace: string) => `${namespace}:partitions`;
 
+/** The OUTPOST_SITE the log was first served under (ops/site-name.ts). */
+export const siteNameKey = (namespace: string) => `${namespace}:site`;
+
 /** The site's running processes with their partition counts (ops/partition-count.ts). */
 export const processRosterKey = (namespace: string) => `${namespace}:processes`;
 

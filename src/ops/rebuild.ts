@@ -116,22 +116,26 @@ export const holdPartitions = async (
   partitions: number,
   ttlMs: number,
 ): Promise<Lease[]> => {
-  // The leases table's too: each site's, and a projector configured with more than this shell.
-  const holdings = await leaseHoldings(main);
-  const numbers = new Set([...Array(partitions).keys(), ...holdings.map((h) => h.partition)]);
-  const wanted = new Map<string, { site: string; partition: number }>();
-  for (const key of [
-    ...[...numbers].map((partition) => ({ site: '', partition })),
-    ...holdings.map(({ site, partition }) => ({ site, partition })),
-  ]) {
-    wanted.set(`${key.site}/${key.partition}`, key);
-  }
-  const all = [...wanted.values()];
   // All in one statement and one transaction, or none: taken one at a time over a distant link,
   // the first would lapse before the last was taken.
   return withConnection(main, async (client) => {
     await client.query('BEGIN');
     try {
+      // Read and taken with the table locked against lease writes: a site's first lease of a
+      // number, taken between the read and the commit, would be neither seen nor kept out (its
+      // check of the every-site lease would see the rebuild's as it was before).
+      await client.query('LOCK TABLE partition_leases IN SHARE ROW EXCLUSIVE MODE');
+      // The leases table's too: each site's, and a projector configured with more than this shell.
+      const holdings = await leaseHoldings(client);
+      const numbers = new Set([...Array(partitions).keys(), ...holdings.map((h) => h.partition)]);
+      const wanted = new Map<string, { site: string; partition: number }>();
+      for (const key of [
+        ...[...numbers].map((partition) => ({ site: '', partition })),
+        ...holdings.map(({ site, partition }) => ({ site, partition })),
+      ]) {
+        wanted.set(`${key.site}/${key.partition}`, key);
+      }
+      const all = [...wanted.values()];
       const rows = await acquireLeases(client, all, REBUILD_OWNER, ttlMs);
       if (rows.length < all.length) {
         const taken = new Set(rows.map((row) => `${row.site}/${row.partition}`));

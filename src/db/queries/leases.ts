@@ -71,9 +71,10 @@ export const acquireLease = async (
  * `acquireLease` for several partitions, of one site or several, in one statement: those it took,
  * with their tokens. Site '' stands for every site: a live lease there keeps its partition number
  * from all of them. An earlier build's leases are there (before migration 0012 a partition's
- * lease was every site's), and so are a rebuild's, which rewrites every site's rows. A new row's
- * token starts above every token its partition number had: an earlier build's renewal and fencing
- * check match owner and token without the site, and must never match this row.
+ * lease was every site's), and so are a rebuild's, which rewrites every site's rows. A lease taken
+ * gets a token above every token its partition number had (two sites taking one number at the
+ * same moment may tie): an earlier build's renewal and fencing check match owner and token
+ * without the site, and must not match another site's lease.
  */
 export const acquireLeases = async (
   db: Queryable,
@@ -94,7 +95,9 @@ export const acquireLeases = async (
                              AND legacy.site <> w.site AND legacy.owner IS NOT NULL
                              AND legacy.expires_at > clock_timestamp())
        ON CONFLICT (site, partition) DO UPDATE
-         SET owner = excluded.owner, token = l.token + 1,
+         SET owner = excluded.owner,
+             token = GREATEST(l.token, (SELECT max(x.token) FROM partition_leases x
+                                         WHERE x.partition = excluded.partition)) + 1,
              expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
          WHERE l.expires_at < clock_timestamp() OR l.owner IS NULL
        RETURNING l.site, l.partition, l.token`,

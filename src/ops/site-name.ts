@@ -1,0 +1,37 @@
+import type { Redis } from 'ioredis';
+import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
+import { siteNameKey } from '../log/keys.ts';
+import type { Logger } from '../observability/logger.ts';
+
+/** Thrown when a process's OUTPOST_SITE is not the name its log is served under. */
+export class SiteNameError extends Error {
+  override name = 'SiteNameError';
+}
+
+/**
+ * The processes of one log share its partitions through leases keyed by site name, and stamp its
+ * events with that name. A process serving the log under another (OUTPOST_SITE left to its
+ * default, the host name, on a second host) would lease every partition beside them: two writers
+ * to each. So the first start records the name beside the log, and a process with another is
+ * refused. While Redis refuses writes the name is only compared, not recorded.
+ */
+export const checkSiteName = async (
+  redis: Redis,
+  namespace: string,
+  site: string,
+  logger: Logger,
+): Promise<void> => {
+  const key = siteNameKey(namespace);
+  const recorded = (await redis.call('SET', key, site, 'NX', 'GET').catch(async (err: unknown) => {
+    if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
+      throw err;
+    }
+    logger.warn('cannot record the site name while Redis refuses writes');
+    return redis.get(key);
+  })) as string | null;
+  if (recorded !== null && recorded !== site) {
+    throw new SiteNameError(
+      `OUTPOST_SITE is "${site}", but this log is served as site "${recorded}": start every process of the site with OUTPOST_SITE=${recorded} (left unset, it is the host's name, which differs on a second host)`,
+    );
+  }
+};
