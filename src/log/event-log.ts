@@ -7,6 +7,7 @@ import {
   type UnitStatus,
 } from '../domain/events.ts';
 import { encodeLive, type LiveMessage } from '../live/live-message.ts';
+import type { Logger } from '../observability/logger.ts';
 import { projectPath } from '../paths.ts';
 import { isOutOfMemory, probeWriteRefusal, writeRefusal } from './capacity.ts';
 import {
@@ -330,7 +331,11 @@ export class EventLog {
    * or the group destroyed by hand), from the stream's first entry: whatever the stream holds is
    * delivered, and entries applied before are recognised as applied, not applied again.
    */
-  async recreateGroup(partition: number): Promise<void> {
+  async recreateGroup(partition: number, logger: Logger): Promise<void> {
+    logger.error(
+      { partition },
+      "the partition's consumer group is gone (Redis lost its data, or the group was destroyed): creating it again from the stream's first entry",
+    );
     await this.#createGroup(this.keys(partition));
   }
 

@@ -273,16 +273,14 @@ export class PartitionConsumer {
           break;
         }
         if (isNoGroup(err)) {
-          logger.error(
-            { err, partition: this.#partition },
-            "the partition's consumer group is gone (Redis lost its data, or the group was destroyed): creating it again from the stream's first entry",
-          );
-          await this.#deps.eventLog.recreateGroup(this.#partition).catch((recreateError) => {
-            logger.warn(
-              { err: recreateError, partition: this.#partition },
-              'could not create it yet',
-            );
-          });
+          await this.#deps.eventLog
+            .recreateGroup(this.#partition, logger)
+            .catch((recreateError: unknown) => {
+              logger.warn(
+                { err: recreateError, partition: this.#partition },
+                'could not create the consumer group again yet',
+              );
+            });
         }
         if (err instanceof MainDatabaseChangedError) {
           logger.error(

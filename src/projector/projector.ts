@@ -6,7 +6,7 @@ import { isLogPressed, readLogMemory } from '../log/capacity.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
-import { blockingConnection, watchConnection } from '../log/redis.ts';
+import { blockingConnection, isNoGroup, watchConnection } from '../log/redis.ts';
 import { trimHalfHistory, trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -226,7 +226,15 @@ export class Projector {
   }
 
   async #startPartition(lease: Lease) {
-    const claimed = await this.#claimAll(lease.partition, 0);
+    const claimed = await this.#claimAll(lease.partition, 0).catch(async (err: unknown) => {
+      if (!isNoGroup(err)) {
+        throw err;
+      }
+      // Redis came back without its data while the partition was between owners: the consumer
+      // that would create the group again on its first read never started. Nothing to claim.
+      await this.#deps.eventLog.recreateGroup(lease.partition, this.#deps.logger);
+      return 0;
+    });
     if (claimed > 0) {
       this.#deps.logger.info(
         { partition: lease.partition, claimed },
