@@ -7,7 +7,11 @@ import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
 import { isNoGroup, pipelineReplies } from '../log/redis.ts';
-import { isDatabaseAnswer, isDatabaseUnreachable } from '../projector/errors.ts';
+import {
+  isDatabaseAnswer,
+  isDatabaseUnreachable,
+  isStatementTimeout,
+} from '../projector/errors.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type PendingFilter = {
@@ -283,7 +287,7 @@ const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
     const main = await mainWalLsn(deps.main).catch((err: unknown) => {
       // Answered, but refused: a standby in recovery named as the main database after a
       // failover, a privilege revoked. Its words, not "cannot be reached", say what to mend.
-      if (isDatabaseAnswer(err) && !isDatabaseUnreachable(err)) {
+      if (isDatabaseAnswer(err) && !isDatabaseUnreachable(err) && !isStatementTimeout(err)) {
         const { message, code } = err as { message: string; code: string };
         mainRefusal = `${message} (SQLSTATE ${code})`;
       }
