@@ -102,6 +102,7 @@ void describe('exactly-once effect', () => {
     for (const [setting, value, reason] of [
       ['maxmemory-policy', 'allkeys-lru', /maxmemory-policy allkeys-lru/],
       ['appendfsync', 'everysec', /appendfsync everysec/],
+      ['no-appendfsync-on-rewrite', 'yes', /no-appendfsync-on-rewrite yes/],
       ['appendonly', 'no', /without appendonly/],
     ] as const) {
       const [, before] = (await h.redis.config('GET', setting)) as string[];

@@ -9,6 +9,8 @@ type PersistenceSettings = {
   maxmemoryPolicy?: string | undefined;
   /** Bytes; 0 (no limit) never evicts, whatever the policy. */
   maxmemory?: string | undefined;
+  /** `yes` skips the fsync while a rewrite or a save runs in a child, `always` or not. */
+  noAppendfsyncOnRewrite?: string | undefined;
 };
 
 /**
@@ -20,9 +22,18 @@ type PersistenceSettings = {
  * expected is only stronger. Any eviction policy but `noeviction`, with a memory limit set, lets
  * Redis drop keys when memory runs out: stream entries under `allkeys-*`, and idempotency records, claims and unit
  * statuses (the keys with a TTL) under `volatile-*`, so that a client's retry would append again.
+ * And `no-appendfsync-on-rewrite yes` skips every fsync while a child process runs (an append-only
+ * file rewrite, which a growing log starts by itself, or a snapshot): writes answered meanwhile
+ * sit in the page cache, under `appendfsync always` too.
  */
 export const durabilityVerdict = (
-  { appendonly, appendfsync, maxmemoryPolicy, maxmemory }: PersistenceSettings,
+  {
+    appendonly,
+    appendfsync,
+    maxmemoryPolicy,
+    maxmemory,
+    noAppendfsyncOnRewrite,
+  }: PersistenceSettings,
   expected: Config['appendfsync'],
 ): { refuse: string } | { warn: string } | undefined => {
   if (appendonly !== 'yes') {
@@ -36,6 +47,12 @@ export const durabilityVerdict = (
   ) {
     return {
       refuse: `Redis runs with maxmemory-policy ${maxmemoryPolicy}: it may evict accepted events or idempotency records when memory runs out; set maxmemory-policy noeviction`,
+    };
+  }
+  if (noAppendfsyncOnRewrite === 'yes') {
+    return {
+      refuse:
+        'Redis runs with no-appendfsync-on-rewrite yes: while it rewrites its append-only file or saves a snapshot, accepted events are not fsynced and could be lost in a crash; set no-appendfsync-on-rewrite no',
     };
   }
   if (appendfsync === undefined) {
@@ -64,7 +81,11 @@ export const checkDurability = async (redis: Redis, config: Config, logger: Logg
     const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
     const [, maxmemoryPolicy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
     const [, maxmemory] = (await redis.config('GET', 'maxmemory')) as string[];
-    settings = { appendonly, appendfsync, maxmemoryPolicy, maxmemory };
+    const [, noAppendfsyncOnRewrite] = (await redis.config(
+      'GET',
+      'no-appendfsync-on-rewrite',
+    )) as string[];
+    settings = { appendonly, appendfsync, maxmemoryPolicy, maxmemory, noAppendfsyncOnRewrite };
   } catch (err) {
     if (String((err as Error).message).includes('unknown command')) {
       logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly and appendfsync');

@@ -40,6 +40,27 @@ void describe('durabilityVerdict', () => {
     assert.match(verdict.refuse, /everysec.*OUTPOST_APPENDFSYNC=everysec/);
   });
 
+  void it('refuses a Redis that skips the fsync while a rewrite or a save runs', () => {
+    for (const appendfsync of ['always', 'everysec']) {
+      const verdict = durabilityVerdict(
+        { appendonly: 'yes', appendfsync, noAppendfsyncOnRewrite: 'yes' },
+        'everysec',
+      );
+      assert.ok(verdict && 'refuse' in verdict, appendfsync);
+      assert.match(
+        verdict.refuse,
+        /no-appendfsync-on-rewrite yes: .*set no-appendfsync-on-rewrite no/,
+      );
+    }
+    assert.equal(
+      durabilityVerdict(
+        { appendonly: 'yes', appendfsync: 'always', noAppendfsyncOnRewrite: 'no' },
+        'always',
+      ),
+      undefined,
+    );
+  });
+
   void it('accepts an fsync stronger than configured', () => {
     assert.equal(
       durabilityVerdict({ appendonly: 'yes', appendfsync: 'always' }, 'everysec'),
