@@ -728,6 +728,43 @@ void describe('two projector processes sharing one consumer name', () => {
     assert.equal(lapsedAt, undefined, 'the lease was trusted throughout');
   });
 
+  void it("leaves the main database's breaker alone when a partition it took cannot be started (Redis away)", async () => {
+    let failures = 0;
+    const breaker = {
+      state: 'closed',
+      recordSuccess: () => undefined,
+      recordFailure: () => {
+        failures += 1;
+      },
+    };
+    const unstartable = new LeaseManager({
+      pool: h.main,
+      site: h.config.site,
+      consumer: 'redis-away',
+      partitions: h.config.partitions,
+      ttlMs: 60_000,
+      logger: createLogger('silent'),
+      events: {
+        acquired: () => Promise.reject(new Error('Connection is closed.')),
+        stopped: async () => undefined,
+      },
+      breaker,
+    });
+    try {
+      await assert.rejects(unstartable.tick(), /could not be started: Connection is closed\./);
+      assert.deepEqual(unstartable.owned, [], 'the lease was given back');
+      unstartable.start();
+      await waitFor(
+        () => unstartable.lastError !== undefined,
+        'a round of its own to fail starting a partition',
+      );
+      assert.match(unstartable.lastError ?? '', /^partition \d+ could not be started: /);
+    } finally {
+      await unstartable.stop();
+    }
+    assert.equal(failures, 0);
+  });
+
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {
     const crashed = manager('restarted-name');
     await crashed.tick();

@@ -113,7 +113,9 @@ export class LeaseManager {
         this.#lastError = undefined;
       } catch (err) {
         this.#lastError = (err as Error).message;
-        this.deps.breaker?.recordFailure();
+        if (!(err instanceof PartitionStartError)) {
+          this.deps.breaker?.recordFailure();
+        }
         this.deps.logger.warn({ err }, 'lease maintenance failed');
       }
       // After a failed round the next comes sooner: the leases it renewed stay trusted for two
@@ -172,7 +174,7 @@ export class LeaseManager {
           // lease would be renewed forever with nothing reading the partition. Given back, it is
           // taken again on a later round, here or by another process.
           await this.#give(partition);
-          throw err;
+          throw new PartitionStartError(partition, err);
         }
       }
     }
@@ -211,6 +213,19 @@ export class LeaseManager {
     this.#held.delete(partition);
     await this.deps.events.stopped(partition);
     await releaseLease(this.deps.pool, held.lease).catch(() => undefined);
+  }
+}
+
+/**
+ * A partition taken but not started: claiming its previous owner's entries failed, in Redis. Not
+ * the main database's failure, so not its breaker's: counted there, a Redis outage while
+ * partitions change hands would show the breaker to the main database open.
+ */
+class PartitionStartError extends Error {
+  override name = 'PartitionStartError';
+
+  constructor(partition: number, cause: unknown) {
+    super(`partition ${partition} could not be started: ${(cause as Error).message}`, { cause });
   }
 }
 
