@@ -95,9 +95,7 @@ export const acquireLeases = async (
                              AND legacy.site <> w.site AND legacy.owner IS NOT NULL
                              AND legacy.expires_at > clock_timestamp())
        ON CONFLICT (site, partition) DO UPDATE
-         SET owner = excluded.owner,
-             token = GREATEST(l.token, (SELECT max(x.token) FROM partition_leases x
-                                         WHERE x.partition = excluded.partition)) + 1,
+         SET owner = excluded.owner, token = GREATEST(l.token + 1, excluded.token),
              expires_at = excluded.expires_at, acquired_at = excluded.acquired_at
          WHERE l.expires_at < clock_timestamp() OR l.owner IS NULL
        RETURNING l.site, l.partition, l.token`,
