@@ -1218,6 +1218,16 @@ void describe('admin and incident tools', () => {
           `this shell has OUTPOST_PARTITIONS=${extra + 1}, but the site's log has ${extra} partitions: set OUTPOST_PARTITIONS=${extra}`,
         ),
       );
+      // A shell with another site name (OUTPOST_SITE unset on another host) would look for
+      // leases no projector holds, and report none of the site's projectors.
+      const elsewhere = await runCliWith({ ...h.envOf(), OUTPOST_SITE: 'ops-laptop' }, ['pending']);
+      assert.equal(elsewhere.code, 1);
+      assert.match(
+        elsewhere.stderr,
+        new RegExp(
+          `this shell has OUTPOST_SITE=ops-laptop, but the site's log is served as site ${h.config.site}: set OUTPOST_SITE=${h.config.site}`,
+        ),
+      );
       // A shell with fewer partitions than the site, asked for one past its own count, is told
       // the cause (its env file), not that the partition is past the shell's count.
       const narrower = { ...h.envOf(), OUTPOST_PARTITIONS: String(extra - 1) };

@@ -5,6 +5,7 @@ import { createPool } from '../db/client.ts';
 import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
+import { siteNameKey } from '../log/keys.ts';
 import { createRedis } from '../log/redis.ts';
 import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
@@ -145,6 +146,14 @@ export const withSite = async <T>(
       if (recorded !== undefined && recorded !== config.partitions) {
         throw new CliError(
           `this shell has OUTPOST_PARTITIONS=${config.partitions}, but the site's log has ${recorded} partitions: set OUTPOST_PARTITIONS=${recorded}, as the service has it (its env file)`,
+        );
+      }
+      // Leases are keyed by site: a shell with another name (unset, it is this host's) would
+      // report no projector holding any partition while the site's hold them all.
+      const siteName = await redis.get(siteNameKey(config.namespace));
+      if (siteName !== null && siteName !== config.site) {
+        throw new CliError(
+          `this shell has OUTPOST_SITE=${config.site}, but the site's log is served as site ${siteName}: set OUTPOST_SITE=${siteName}, as the service has it (its env file)`,
         );
       }
     }
