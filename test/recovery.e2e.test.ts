@@ -607,6 +607,19 @@ void describe('recovery', () => {
         );
       };
       await setSite('summit-b');
+      // Files of that unit are taken here, but do not make its status this site's to change.
+      const files = await h.post('/raw_data_files', {
+        executed_obs_unit_id: id,
+        files: [
+          {
+            path: '/elsewhere',
+            size_bytes: 1,
+            checksum: 'ab'.repeat(8),
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      assert.equal(files.status, 201, files.text);
       const before = await streamEventIds(h);
       const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
       assert.equal(finish.status, 404, finish.text);

@@ -64,6 +64,11 @@ export type Guard = {
   next: UnitStatus | '=';
   /** The status read from the replica, used when Redis no longer holds one. */
   seed?: UnitStatus;
+  /**
+   * False: the seed serves this request only and is not recorded, for a unit another site
+   * started, which is changed and finished only there.
+   */
+  recordSeed?: boolean;
   /** Without a status in Redis and without a seed, answer `unknown` instead of appending. */
   require: boolean;
 };

@@ -40,13 +40,19 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
       }),
     );
     const ids = events.map((e) => e.aggregate_id);
-    const attempt = (seed?: UnitStatus) =>
+    const attempt = (seed?: { status: UnitStatus; site: string }) =>
       accept(c, deps, {
         scope,
         rawBody: raw,
         partition,
         events,
-        guard: { unitId, next: '=', require: true, ...(seed ? { seed } : {}) },
+        guard: {
+          unitId,
+          next: '=',
+          require: true,
+          // A unit another site started takes files here, but its status stays that site's.
+          ...(seed ? { seed: seed.status, recordSeed: seed.site === deps.config.site } : {}),
+        },
         response: { status: 201, body: { ids, event_ids: events.map((e) => e.event_id) } },
       });
     let outcome = await attempt();
@@ -57,7 +63,7 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
           { path: 'executed_obs_unit_id', message: 'unknown id' },
         ]);
       }
-      outcome = await attempt(seed.status);
+      outcome = await attempt(seed);
     }
     return respond(c, deps, outcome, started);
   });

@@ -68,9 +68,11 @@ local function append_one(req)
 
   if req.guard and not ran then
     local state = redis.call('GET', unit_key)
+    local seeded = false
     if not state then
       if req.guard.seed then
         state = req.guard.seed
+        seeded = true
       elseif req.guard.require then
         return {'unknown'}
       end
@@ -84,7 +86,10 @@ local function append_one(req)
     end
     local next_state = req.guard.next
     if next_state == '=' then next_state = state end
-    redis.call('SET', unit_key, next_state, 'EX', req.guard.ttl)
+    -- A status recorded here for a unit another site started would let this site finish it.
+    if not (seeded and req.guard.recordSeed == false) then
+      redis.call('SET', unit_key, next_state, 'EX', req.guard.ttl)
+    end
   end
 
   local reply = {'appended'}
