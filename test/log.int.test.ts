@@ -617,6 +617,29 @@ void describe('the local log', () => {
       assert.equal(await redis.get(trimmedThrough), ids[2], 'recorded when it goes further');
     });
 
+    void it('records the mark of a trim made while Redis is past its maxmemory', async () => {
+      // The trim frees memory and is not refused; a mark refused with it would tell a replay
+      // reaching into the trimmed range that its history is whole.
+      const full = new EventLog(redis, `${h.config.namespace}-full`, 1);
+      await full.ensureGroups();
+      const { stream, trimmedThrough } = full.keys(0);
+      const now = timeMs(await redis.time());
+      const ids = [30_000, 20_000].map((ago) => `${now - ago}-0`);
+      for (const id of ids) {
+        await redis.xadd(stream, id, 'junk', 'x');
+      }
+      await deliver(redis, stream);
+      await redis.xack(stream, CONSUMER_GROUP, ...ids);
+      await redis.config('SET', 'maxmemory', '1');
+      try {
+        await assert.rejects(redis.set(`${h.config.namespace}-full:probe`, 'x'), /OOM/);
+        assert.equal(await trimPartition(full, 0, 25_000), 1);
+      } finally {
+        await redis.config('SET', 'maxmemory', '0');
+      }
+      assert.equal(await redis.get(trimmedThrough), ids[0]);
+    });
+
     void it('drains past maxmemory: records, acknowledges, counts attempts and dead-letters, while appends are refused', async () => {
       const keys = log.keys(3);
       const deadLetters = new DeadLetters(log);

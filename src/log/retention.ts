@@ -71,8 +71,8 @@ export const trimPartition = async (
   )) as [string, unknown][];
   // Marked before the trim: a replay reading the mark with each page sees every trim that took
   // entries before that read, and a crash in between leaves the mark saying too much is gone,
-  // never too little. Still best effort: Redis past its maxmemory refuses the mark's write but
-  // not the trim, which frees memory; the mark is tried again after it.
+  // never too little. Past its maxmemory Redis still takes the mark (its script is allowed
+  // there); a mark that failed otherwise is tried again after the trim.
   const mark = () =>
     lastBelow
       ? eventLog.recordTrimmedThrough(keys.trimmedThrough, lastBelow[0]).then(

@@ -1,3 +1,5 @@
+#!lua flags=allow-oom
+-- Allowed past maxmemory: it writes one small key, and the trim it marks frees memory.
 -- Moves a partition's trimmed-through mark forward to an entry id, never back: two trims of one
 -- partition at once (the retention's and the memory pressure's, or two owners during a lease
 -- handover) may finish in either order, and a mark gone back would tell a replay that entries
