@@ -426,6 +426,20 @@ void describe('recovery', () => {
           const second = await runCli(h, ['rebuild-projections']);
           assert.equal(second.code, 1);
           assert.match(second.stderr, /^outpost: another rebuild-projections is running/m);
+          // A replay meanwhile would wait in silence for what only the rebuild's end lets apply.
+          const replaying = await runCli(h, [
+            'replay',
+            '--from',
+            new Date(Date.now() - 60_000).toISOString(),
+          ]);
+          assert.equal(replaying.code, 0, replaying.stderr);
+          assert.match(
+            replaying.stderr,
+            new RegExp(
+              `^outpost: rebuild-projections holds partitions 0-${h.config.partitions - 1}: nothing applies their events until it ends; the replay waits up to 10 minutes for them$`,
+              'm',
+            ),
+          );
           assert.equal(
             await acquireLease(h.main, h.config.site, 0, 'projector-started-meanwhile', 30_000),
             undefined,

@@ -15,7 +15,7 @@ import {
   replay,
   replayRange,
 } from '../ops/replay.ts';
-import { liveHolder, projectorLeasesLine } from './incident.ts';
+import { liveHolder, partitionRanges, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
@@ -51,9 +51,16 @@ const progress = (json: boolean) => {
 const warnWithoutProjector = async (site: Site, partition: number | undefined) => {
   const holdings = await leaseHoldings(site.main, site.config.site).catch(() => undefined);
   const scope = partition === undefined ? [...Array(site.config.partitions).keys()] : [partition];
-  const held = (p: number) =>
-    holdings === undefined || liveHolder(holdings.find((h) => h.partition === p)) !== undefined;
-  if (holdings !== undefined && !scope.every(held)) {
+  if (holdings === undefined) {
+    return;
+  }
+  const holderOf = (p: number) => liveHolder(holdings.find((h) => h.partition === p));
+  const rebuilding = scope.filter((p) => holderOf(p) === REBUILD_OWNER);
+  if (rebuilding.length > 0) {
+    process.stderr.write(
+      `outpost: ${REBUILD_OWNER} holds partition${rebuilding.length > 1 ? 's' : ''} ${partitionRanges(rebuilding)}: nothing applies their events until it ends; the replay waits up to 10 minutes for them\n`,
+    );
+  } else if (!scope.every((p) => holderOf(p) !== undefined)) {
     process.stderr.write(
       `outpost: ${projectorLeasesLine(holdings, site.config.partitions)}; the replay waits up to 10 minutes for them\n`,
     );
