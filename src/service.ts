@@ -18,7 +18,7 @@ import { createRedis, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
-import { checkSiteName } from './ops/site-name.ts';
+import { checkSiteName, recordLogId } from './ops/site-name.ts';
 import { StatusSource } from './ops/status.ts';
 import { Projector } from './projector/projector.ts';
 
@@ -167,10 +167,12 @@ export const startService = async (
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
   let refusal: string | undefined;
   let listing: SiteListing | undefined;
+  let logId: string | undefined;
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
     await checkSiteName(redis, config.namespace, config.site, logger);
+    logId = await recordLogId(redis, config.namespace, logger);
     listing = await checkPartitionCount(eventLog, logger, {
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });
@@ -217,6 +219,7 @@ export const startService = async (
         deadLetters,
         redis,
         site: config.site,
+        log: logId,
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,

@@ -543,6 +543,60 @@ void describe('a main database whose time zone had local mean time', () => {
   });
 });
 
+void describe('two logs run under one site name', () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(() => h.close());
+
+  // A second site given the first's OUTPOST_SITE (its env file copied): its own Redis log, the
+  // same leases in the main database.
+  const manager = (consumer: string, log: string) =>
+    new LeaseManager({
+      pool: h.main,
+      site: 'copied-site',
+      log,
+      consumer,
+      partitions: h.config.partitions,
+      ttlMs: 60_000,
+      logger: createLogger('silent'),
+      events: { acquired: async () => undefined, stopped: async () => undefined },
+    });
+
+  void it('lets the log whose processes ran first keep every partition, and the other take none, saying why', async () => {
+    const all = [...Array(h.config.partitions).keys()];
+    const first = manager('summit-a:8080', 'log-a');
+    const copy = manager('summit-b:8080', 'log-b');
+    await first.tick();
+    assert.deepEqual(first.owned, all);
+    await copy.tick();
+    assert.deepEqual(copy.owned, []);
+    assert.match(
+      copy.lastError ?? '',
+      /^projector processes of another log run as site copied-site \(summit-a:8080\): two sites have OUTPOST_SITE=copied-site/,
+    );
+    await first.tick();
+    assert.deepEqual(first.owned, all, 'none handed to a process of the other log');
+    assert.equal(first.lastError, undefined);
+    // A second process of the first log shares its partitions as before.
+    const second = manager('summit-a:8081', 'log-a');
+    await second.tick();
+    await first.tick();
+    await second.tick();
+    assert.deepEqual([...first.owned, ...second.owned].sort(), all);
+    assert.ok(second.owned.length > 0, 'the second process of the first log took its share');
+    assert.deepEqual(copy.owned, []);
+    // Once the first log's processes are gone, the other's take the site.
+    await first.stop();
+    await second.stop();
+    await copy.tick();
+    assert.deepEqual(copy.owned, all);
+    assert.equal(copy.lastError, undefined);
+    await copy.stop();
+  });
+});
+
 void describe('two projector processes sharing one consumer name', () => {
   let h: Harness;
   before(async () => {

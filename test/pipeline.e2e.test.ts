@@ -13,6 +13,7 @@ import {
   waitForAllAcknowledged,
   waitForApplied,
 } from './harness/audit.ts';
+import { runCliWith } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
 import { inBatches } from './harness/load.ts';
 
@@ -468,6 +469,60 @@ void describe('two sites sharing one main database', () => {
         [...Array(h.config.partitions).keys()],
         "a site's one projector holds all of its partitions",
       );
+    }
+  });
+
+  void it("keeps a site's partitions with its own log when another site is given its name, which says so", async () => {
+    // A second site with the first's OUTPOST_SITE (an env file copied): its own log, here a
+    // namespace of the same Redis, so the site name recorded there does not refuse it.
+    const copy = await h.startService('all', {
+      namespace: 'outpost:copied-env',
+      consumer: 'copied-env:8080',
+      port: 0,
+    });
+    try {
+      await waitFor(
+        () => /of another log run as site test-site/.test(copy.projector?.stats().lastError ?? ''),
+        'the copy to say that another log serves its site name',
+      );
+      assert.deepEqual(copy.projector?.stats().partitions, []);
+      const health = (await (await fetch(`http://127.0.0.1:${copy.port}/health`)).json()) as {
+        status: string;
+        background_processor: { last_error: string | null };
+      };
+      assert.equal(health.status, 'degraded');
+      assert.match(health.background_processor.last_error ?? '', /give each site its own name/);
+      // Either site's operator hears of the other in outpost pending.
+      for (const [namespace, other] of [
+        [h.config.namespace, 'copied-env:8080'],
+        ['outpost:copied-env', h.config.consumer],
+      ]) {
+        const pending = await runCliWith({ ...h.envOf(), OUTPOST_NAMESPACE: namespace }, [
+          'pending',
+        ]);
+        assert.match(
+          pending.stdout,
+          new RegExp(
+            `^projector processes of another log run as site ${h.config.site} \\(${other}\\)`,
+            'm',
+          ),
+          pending.stderr,
+        );
+      }
+      // Every write of the first site still applies: none of its partitions went to the copy.
+      const eventIds: string[] = [];
+      for (let n = 0; n < 4 * h.config.partitions; n += 1) {
+        eventIds.push(
+          (await h.post('/executed_obs_units/start', { obs_unit_id: `kept-${n}`, instrument: 'x' }))
+            .body.event_id,
+        );
+      }
+      await waitForApplied(h, eventIds, 'every write of the first site to be applied');
+      assert.deepEqual(h.services[0]?.projector?.stats().partitions, [
+        ...Array(h.config.partitions).keys(),
+      ]);
+    } finally {
+      await copy.stop();
     }
   });
 

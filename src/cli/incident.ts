@@ -1,6 +1,6 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
-import { type LeaseHolding, leaseHoldings } from '../db/queries/leases.ts';
+import { type LeaseHolding, leaseHoldings, siteMembers } from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -11,10 +11,12 @@ import {
   RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
+import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
+import { anotherLogMessage } from '../projector/leases.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
+import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
 export type IncidentFlags = {
   json: boolean;
@@ -160,11 +162,30 @@ export const pending = (flags: IncidentFlags) => {
               `projector leases unknown: the main database did not answer (${err.message})`,
           ),
     );
+    const strangers = mainUnreachable ? [] : await processesOfAnotherLog(site);
+    if (strangers.length > 0) {
+      print(anotherLogMessage(site.config.site, strangers));
+    }
     const letters = totalsOf(buffer).deadLetters;
     if (letters > 0) {
       print(deadLettersLine(letters, await site.deadLetters.blockedAggregates()));
     }
   });
+};
+
+/**
+ * Projectors of another log running under this site's name: whichever log keeps the site, the
+ * other's events wait unapplied, and both operators should hear of it.
+ */
+const processesOfAnotherLog = async (site: Site): Promise<string[]> => {
+  const log = await site.redis.get(logIdKey(site.config.namespace));
+  if (log === null) {
+    return [];
+  }
+  const roster = await siteMembers(site.main, site.config.site, log, site.config.claimIdleMs).catch(
+    () => undefined,
+  );
+  return roster?.ofAnotherLog ?? [];
 };
 
 /** `[0, 1, 2, 3, 5]` as `0-3, 5`. */

@@ -174,6 +174,13 @@ export const projectorMembers = pgTable(
     heartbeatAt: timestamptz('heartbeat_at').notNull(),
     /** The process that beat last under this name: another one beating between ours is a twin. */
     instance: uuid('instance'),
+    /**
+     * The Redis log the process applies (its id, recorded beside the log): two logs under one
+     * site name would share its partitions, each applying only its own streams.
+     */
+    log: text('log'),
+    /** Since when the process has beaten without a gap for that log: the first log keeps the site. */
+    joinedAt: timestamptz('joined_at'),
   },
   (t) => [primaryKey({ columns: [t.site, t.consumer] })],
 );

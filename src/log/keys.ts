@@ -148,6 +148,9 @@ export const partitionCountKey = (namespace: string) => `${namespace}:partitions
 /** The OUTPOST_SITE the log was first served under (ops/site-name.ts). */
 export const siteNameKey = (namespace: string) => `${namespace}:site`;
 
+/** The log's own id, told apart from another site's log run under the same name (ops/site-name.ts). */
+export const logIdKey = (namespace: string) => `${namespace}:log-id`;
+
 /** The site's running processes with their partition counts (ops/partition-count.ts). */
 export const processRosterKey = (namespace: string) => `${namespace}:processes`;
 

@@ -5,9 +5,9 @@ import {
   heartbeat,
   type Lease,
   leaveMembers,
-  liveMembers,
   releaseLease,
   renewLeases,
+  siteMembers,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from './backoff.ts';
@@ -37,6 +37,8 @@ export type LeaseManagerDeps = {
   pool: pg.Pool;
   /** Whose partitions: sites sharing the main database each have their own. */
   site: string;
+  /** The id of the Redis log this process applies, when known (ops/site-name.ts). */
+  log?: string;
   consumer: string;
   partitions: number;
   ttlMs: number;
@@ -65,6 +67,10 @@ export class LeaseManager {
   #beaten = false;
   /** When a twin's beat was last met: twins need not alternate strictly, one may beat twice. */
   #twinMetAt: number | undefined;
+  /** Why this process applies nothing: another log serves its site name. */
+  #anotherLog: string | undefined;
+  /** The processes of another log under this site's name last met, to say so once. */
+  #strangers = '';
 
   constructor(private readonly deps: LeaseManagerDeps) {}
 
@@ -73,7 +79,11 @@ export class LeaseManager {
   }
 
   get lastError(): string | undefined {
-    return this.#lastError ?? (this.#twinNow() ? twinMessage(this.deps.consumer) : undefined);
+    return (
+      this.#lastError ??
+      this.#anotherLog ??
+      (this.#twinNow() ? twinMessage(this.deps.consumer) : undefined)
+    );
   }
 
   #twinNow(): boolean {
@@ -132,8 +142,13 @@ export class LeaseManager {
    */
   async tick(): Promise<void> {
     const { pool, site, consumer, partitions, ttlMs, logger } = this.deps;
+    const log = this.deps.log ?? null;
     await this.#renewHeld();
-    const previous = await heartbeat(pool, site, consumer, this.#instance);
+    const previous = await heartbeat(
+      pool,
+      { site, consumer, instance: this.#instance, log },
+      ttlMs,
+    );
     // A restarted process meets its former self's beat once, on its first round; a process
     // meeting another's beat after its own shares its name with a live one. The group then sees
     // them as one consumer with one pending list, and the check that takes entries another
@@ -145,7 +160,17 @@ export class LeaseManager {
       this.#twinMetAt = performance.now();
     }
     this.#beaten = true;
-    const members = Math.max(1, await liveMembers(pool, site, ttlMs));
+    const roster = await siteMembers(pool, site, log, ttlMs);
+    this.#meetStrangers(roster.ofAnotherLog);
+    if (roster.anotherLogFirst) {
+      this.#anotherLog = anotherLogMessage(site, roster.ofAnotherLog);
+      for (const partition of this.owned) {
+        await this.#give(partition);
+      }
+      return;
+    }
+    this.#anotherLog = undefined;
+    const members = Math.max(1, roster.members);
     const share = Math.ceil(partitions / members);
     for (const partition of this.owned.slice(share)) {
       logger.info({ partition, members }, 'handing partition over to balance load');
@@ -178,6 +203,18 @@ export class LeaseManager {
         }
       }
     }
+  }
+
+  /** Says once per change who else runs under this site's name, whichever of the two applies. */
+  #meetStrangers(strangers: readonly string[]) {
+    const seen = strangers.join(', ');
+    if (seen !== this.#strangers && seen !== '') {
+      this.deps.logger.error(
+        { site: this.deps.site, strangers },
+        anotherLogMessage(this.deps.site, strangers),
+      );
+    }
+    this.#strangers = seen;
   }
 
   async #renewHeld() {
@@ -228,6 +265,10 @@ class PartitionStartError extends Error {
     super(`partition ${partition} could not be started: ${(cause as Error).message}`, { cause });
   }
 }
+
+/** What the processes of two logs run under one site name are told, and the operator's pending. */
+export const anotherLogMessage = (site: string, strangers: readonly string[]) =>
+  `projector processes of another log run as site ${site} (${strangers.join(', ')}): two sites have OUTPOST_SITE=${site}, or they use another Redis or OUTPOST_NAMESPACE; give each site its own name. The log whose processes ran first keeps the site's partitions, and the other's events wait unapplied until it is renamed`;
 
 const twinMessage = (consumer: string) =>
   `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`;

@@ -15,35 +15,75 @@ export class FencedError extends Error {
 export type Lease = { site: string; partition: number; consumer: string; token: number };
 
 /**
- * Beats for `instance` under its site and consumer name; answers the instance that beat last
- * before it under that name.
+ * Beats for `instance` under its site and consumer name, for the log it applies (null: unknown);
+ * answers the instance that beat last before it under that name. `joined_at` stays while the
+ * process beats for the same log without a gap longer than the TTL.
  */
 export const heartbeat = async (
   db: Queryable,
-  site: string,
-  consumer: string,
-  instance: string,
+  member: { site: string; consumer: string; instance: string; log: string | null },
+  ttlMs: number,
 ): Promise<string | null> => {
   const { rows } = await db.query<{ previous: string | null }>(
     `WITH previous AS (SELECT instance FROM projector_members WHERE site = $1 AND consumer = $2)
-     INSERT INTO projector_members (site, consumer, heartbeat_at, instance)
-     VALUES ($1, $2, clock_timestamp(), $3)
+     INSERT INTO projector_members AS m (site, consumer, heartbeat_at, instance, log, joined_at)
+     VALUES ($1, $2, clock_timestamp(), $3, $4, clock_timestamp())
      ON CONFLICT (site, consumer) DO UPDATE
-       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
+       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance, log = excluded.log,
+           joined_at = CASE
+             WHEN m.log IS NOT DISTINCT FROM excluded.log AND m.joined_at IS NOT NULL
+              AND m.heartbeat_at > clock_timestamp() - $5 * interval '1 millisecond'
+             THEN m.joined_at ELSE excluded.joined_at END
      RETURNING (SELECT instance FROM previous)::text AS previous`,
-    [site, consumer, instance],
+    [member.site, member.consumer, member.instance, member.log, ttlMs],
   );
   return rows[0]?.previous ?? null;
 };
 
-/** The site's projector processes that beat within the TTL: they share its partitions. */
-export const liveMembers = async (db: Queryable, site: string, ttlMs: number): Promise<number> => {
-  const { rows } = await db.query<{ n: number }>(
-    `SELECT count(*)::int AS n FROM projector_members
-      WHERE site = $1 AND heartbeat_at > clock_timestamp() - $2 * interval '1 millisecond'`,
-    [site, ttlMs],
+/** The site's projector processes that beat within the TTL, as one of them sees them. */
+export type SiteMembers = {
+  /** How many apply this one's log (or do not say which: earlier builds): they share its partitions. */
+  members: number;
+  /** Whether another log has served the site longer: this one's processes then apply nothing. */
+  anotherLogFirst: boolean;
+  /** Those that apply another log under the same site name. */
+  ofAnotherLog: string[];
+};
+
+/**
+ * The site's live projectors. Two logs run under one site name (a second site given the same
+ * OUTPOST_SITE) would share its partitions, each applying only its own streams: what each held
+ * of the other's waited for good. The log whose processes have beaten longest keeps the site.
+ */
+export const siteMembers = async (
+  db: Queryable,
+  site: string,
+  log: string | null,
+  ttlMs: number,
+): Promise<SiteMembers> => {
+  const { rows } = await db.query<{
+    members: number;
+    first: string | null;
+    others: string[];
+  }>(
+    `WITH live AS (
+       SELECT consumer, log, joined_at FROM projector_members
+        WHERE site = $1 AND heartbeat_at > clock_timestamp() - $3 * interval '1 millisecond')
+     SELECT (SELECT count(*) FROM live WHERE $2::text IS NULL OR log IS NULL OR log = $2)::int
+              AS members,
+            (SELECT log FROM live WHERE log IS NOT NULL
+              GROUP BY log ORDER BY min(joined_at), log LIMIT 1) AS first,
+            (SELECT coalesce(array_agg(consumer ORDER BY consumer), '{}') FROM live
+              WHERE log <> $2) AS others`,
+    [site, log, ttlMs],
   );
-  return rows[0]?.n ?? 0;
+  const row = rows[0];
+  const first = row?.first ?? null;
+  return {
+    members: row?.members ?? 0,
+    anotherLogFirst: log !== null && first !== null && first !== log,
+    ofAnotherLog: row?.others ?? [],
+  };
 };
 
 export const leaveMembers = async (db: Queryable, site: string, consumer: string) => {
