@@ -426,12 +426,10 @@ void describe('recovery', () => {
           const second = await runCli(h, ['rebuild-projections']);
           assert.equal(second.code, 1);
           assert.match(second.stderr, /^outpost: another rebuild-projections is running/m);
-          // A replay meanwhile would wait in silence for what only the rebuild's end lets apply.
-          const replaying = await runCli(h, [
-            'replay',
-            '--from',
-            new Date(Date.now() - 60_000).toISOString(),
-          ]);
+          // A replay meanwhile would wait in silence for what only the rebuild's end lets apply
+          // (told before it looks: here at a range that holds nothing, earlier tests' dead
+          // letters left out).
+          const replaying = await runCli(h, ['replay', '--from', new Date().toISOString()]);
           assert.equal(replaying.code, 0, replaying.stderr);
           assert.match(
             replaying.stderr,
