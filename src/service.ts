@@ -167,12 +167,10 @@ export const startService = async (
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
   let refusal: string | undefined;
   let listing: SiteListing | undefined;
-  let logId: string | undefined;
   try {
     await redis.connect();
     await checkDurability(redis, config, logger);
     await checkSiteName(redis, config.namespace, config.site, logger);
-    logId = await recordLogId(redis, config.namespace, logger);
     listing = await checkPartitionCount(eventLog, logger, {
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });
@@ -219,7 +217,7 @@ export const startService = async (
         deadLetters,
         redis,
         site: config.site,
-        log: logId,
+        logId: () => recordLogId(redis, config.namespace),
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,

@@ -552,48 +552,91 @@ void describe('two logs run under one site name', () => {
 
   // A second site given the first's OUTPOST_SITE (its env file copied): its own Redis log, the
   // same leases in the main database.
-  const manager = (consumer: string, log: string) =>
+  const manager = (consumer: string, logId: () => Promise<string>) =>
     new LeaseManager({
       pool: h.main,
       site: 'copied-site',
-      log,
+      logId,
       consumer,
       partitions: h.config.partitions,
       ttlMs: 60_000,
       logger: createLogger('silent'),
       events: { acquired: async () => undefined, stopped: async () => undefined },
     });
+  const all = () => [...Array(h.config.partitions).keys()];
+  const roster = async () =>
+    (
+      await h.mainRows<{ consumer: string }>(
+        "SELECT consumer FROM projector_members WHERE site = 'copied-site' ORDER BY consumer",
+      )
+    ).map((row) => row.consumer);
 
-  void it('lets the log whose processes ran first keep every partition, and the other take none, saying why', async () => {
-    const all = [...Array(h.config.partitions).keys()];
-    const first = manager('summit-a:8080', 'log-a');
-    const copy = manager('summit-b:8080', 'log-b');
+  void it('keeps the site with the log that claimed it, across restarts, until that log is silent for long', async () => {
+    const first = manager('summit-a:8080', async () => 'log-a');
+    let copyLog = 'log-b';
+    const copy = manager('summit-b:8080', async () => copyLog);
     await first.tick();
-    assert.deepEqual(first.owned, all);
+    assert.deepEqual(first.owned, all());
     await copy.tick();
     assert.deepEqual(copy.owned, []);
     assert.match(
       copy.lastError ?? '',
-      /^projector processes of another log run as site copied-site \(summit-a:8080\): two sites have OUTPOST_SITE=copied-site/,
+      /^site copied-site's partitions are applied from another Redis log \(projectors summit-a:8080\), last seen 0 s ago: two sites have OUTPOST_SITE=copied-site, so give each its own/,
     );
+    assert.deepEqual(await roster(), ['summit-a:8080'], 'the refused process does not join');
     await first.tick();
-    assert.deepEqual(first.owned, all, 'none handed to a process of the other log');
+    assert.deepEqual(first.owned, all());
     assert.equal(first.lastError, undefined);
     // A second process of the first log shares its partitions as before.
-    const second = manager('summit-a:8081', 'log-a');
+    const second = manager('summit-a:8081', async () => 'log-a');
     await second.tick();
     await first.tick();
     await second.tick();
-    assert.deepEqual([...first.owned, ...second.owned].sort(), all);
+    assert.deepEqual(
+      [...first.owned, ...second.owned].sort((a, b) => a - b),
+      all(),
+    );
     assert.ok(second.owned.length > 0, 'the second process of the first log took its share');
-    assert.deepEqual(copy.owned, []);
-    // Once the first log's processes are gone, the other's take the site.
+    // Its processes stopped for a restart, the first log keeps the site.
     await first.stop();
     await second.stop();
     await copy.tick();
-    assert.deepEqual(copy.owned, all);
+    assert.deepEqual(copy.owned, []);
+    // Silent for long (its Redis replaced, say), it gives the site to the other log.
+    await h.main.query(
+      "UPDATE site_logs SET seen_at = clock_timestamp() - interval '1 hour' WHERE site = 'copied-site'",
+    );
+    await copy.tick();
+    assert.deepEqual(copy.owned, all());
     assert.equal(copy.lastError, undefined);
-    await copy.stop();
+    const restarted = manager('summit-a:8080', async () => 'log-a');
+    await restarted.tick();
+    assert.deepEqual(restarted.owned, []);
+    assert.match(restarted.lastError ?? '', /another Redis log \(projectors summit-b:8080\)/);
+    // A process of the other log under the holder's own consumer name (both env files set it)
+    // neither takes partitions nor overwrites the holder's beat, which would make twins of them.
+    const namesake = manager('summit-b:8080', async () => 'log-a');
+    await namesake.tick();
+    await copy.tick();
+    assert.deepEqual(namesake.owned, []);
+    assert.equal(copy.lastError, undefined, 'no twin');
+    // The holder's Redis lost its data and recorded a new id: its processes keep the site.
+    copyLog = 'log-c';
+    await copy.tick();
+    assert.deepEqual(copy.owned, all());
+    const claimed = await h.mainRows("SELECT log FROM site_logs WHERE site = 'copied-site'");
+    assert.deepEqual(claimed, [{ log: 'log-c' }]);
+    for (const process of [copy, restarted, namesake]) {
+      await process.stop();
+    }
+  });
+
+  void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {
+    const unknown = manager('no-id:8080', () => Promise.reject(new Error('READONLY')));
+    await unknown.tick();
+    assert.deepEqual(unknown.owned, []);
+    assert.match(unknown.lastError ?? '', /id of this site's Redis log cannot be read or recorded/);
+    await unknown.stop();
   });
 });
 

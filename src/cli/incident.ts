@@ -1,6 +1,11 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
-import { type LeaseHolding, leaseHoldings, siteMembers } from '../db/queries/leases.ts';
+import {
+  type LeaseHolding,
+  leaseHoldings,
+  liveMembers,
+  siteClaimOf,
+} from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -14,7 +19,7 @@ import { entryTime } from '../log/entry-id.ts';
 import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { anotherLogMessage } from '../projector/leases.ts';
+import { anotherLogHolds, anotherLogRefused, siteTakeoverMs } from '../projector/leases.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
@@ -162,9 +167,9 @@ export const pending = (flags: IncidentFlags) => {
               `projector leases unknown: the main database did not answer (${err.message})`,
           ),
     );
-    const strangers = mainUnreachable ? [] : await processesOfAnotherLog(site);
-    if (strangers.length > 0) {
-      print(anotherLogMessage(site.config.site, strangers));
+    const claim = mainUnreachable ? undefined : await siteClaimLine(site);
+    if (claim !== undefined) {
+      print(claim);
     }
     const letters = totalsOf(buffer).deadLetters;
     if (letters > 0) {
@@ -174,18 +179,25 @@ export const pending = (flags: IncidentFlags) => {
 };
 
 /**
- * Projectors of another log running under this site's name: whichever log keeps the site, the
- * other's events wait unapplied, and both operators should hear of it.
+ * Whether the site's name is applied from another Redis log (a second site given this one's
+ * name): one of the two sites applies nothing, and both operators should hear of it.
  */
-const processesOfAnotherLog = async (site: Site): Promise<string[]> => {
-  const log = await site.redis.get(logIdKey(site.config.namespace));
-  if (log === null) {
-    return [];
+const siteClaimLine = async (site: Site): Promise<string | undefined> => {
+  const { site: name, namespace, claimIdleMs: ttlMs } = site.config;
+  const [log, claim] = await Promise.all([
+    site.redis.get(logIdKey(namespace)),
+    siteClaimOf(site.main, name, ttlMs).catch(() => undefined),
+  ]);
+  if (log === null || claim === undefined) {
+    return undefined;
   }
-  const roster = await siteMembers(site.main, site.config.site, log, site.config.claimIdleMs).catch(
-    () => undefined,
-  );
-  return roster?.ofAnotherLog ?? [];
+  if (claim.log !== log) {
+    const members = await liveMembers(site.main, name, ttlMs).catch(() => []);
+    return anotherLogHolds(name, members, claim.seenSecondsAgo, siteTakeoverMs(ttlMs));
+  }
+  return claim.refusedConsumer === null
+    ? undefined
+    : anotherLogRefused(name, claim.refusedConsumer);
 };
 
 /** `[0, 1, 2, 3, 5]` as `0-3, 5`. */

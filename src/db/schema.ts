@@ -174,13 +174,23 @@ export const projectorMembers = pgTable(
     heartbeatAt: timestamptz('heartbeat_at').notNull(),
     /** The process that beat last under this name: another one beating between ours is a twin. */
     instance: uuid('instance'),
-    /**
-     * The Redis log the process applies (its id, recorded beside the log): two logs under one
-     * site name would share its partitions, each applying only its own streams.
-     */
-    log: text('log'),
-    /** Since when the process has beaten without a gap for that log: the first log keeps the site. */
-    joinedAt: timestamptz('joined_at'),
   },
   (t) => [primaryKey({ columns: [t.site, t.consumer] })],
 );
+
+/**
+ * Which Redis log a site name is applied from. Two logs run under one name (a second site given
+ * the first's OUTPOST_SITE) would share its partition leases, each applying only its own streams:
+ * the partitions each held of the other's would wait for good. The log holding the claim keeps
+ * it while any of its projectors renews it; another log takes it only after a long silence.
+ */
+export const siteLogs = pgTable('site_logs', {
+  site: text('site').primaryKey(),
+  /** The id recorded beside the log in its Redis (ops/site-name.ts). */
+  log: text('log').notNull(),
+  /** When a projector of that log last renewed the claim. */
+  seenAt: timestamptz('seen_at').notNull(),
+  /** The last projector of another log refused, and when: the holding site's tools say so too. */
+  refusedConsumer: text('refused_consumer'),
+  refusedAt: timestamptz('refused_at'),
+});

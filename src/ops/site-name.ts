@@ -22,50 +22,33 @@ export const checkSiteName = async (
   site: string,
   logger: Logger,
 ): Promise<void> => {
-  const recorded = await recordOnce(redis, siteNameKey(namespace), site, 'site name', logger);
-  if (recorded !== undefined && recorded !== site) {
+  const key = siteNameKey(namespace);
+  const recorded = (await redis.call('SET', key, site, 'NX', 'GET').catch(async (err: unknown) => {
+    if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
+      throw err;
+    }
+    logger.warn('cannot record the site name while Redis refuses writes');
+    return redis.get(key);
+  })) as string | null;
+  if (recorded !== null && recorded !== site) {
     throw new SiteNameError(
       `OUTPOST_SITE is "${site}", but this log is served as site "${recorded}": start every process of the site with OUTPOST_SITE=${recorded} (left unset, it is the host's name, which differs on a second host)`,
     );
   }
 };
 
-/**
- * The log's id, recorded beside it at its first start. The check above cannot see a second log
- * run under the same site name (an env file copied to another site, with its own Redis): each
- * records the name for itself. The processes of both meet in the site's roster in the main
- * database, where this id tells them apart. Undefined while Redis refuses writes and no start
- * has recorded one.
- */
-export const recordLogId = async (
-  redis: Redis,
-  namespace: string,
-  logger: Logger,
-): Promise<string | undefined> => {
-  return recordOnce(redis, logIdKey(namespace), randomUUID(), 'log id', logger);
-};
+/** Past maxmemory too: one small key, without which the projector takes no partition. */
+const SET_ONCE = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')";
 
 /**
- * Sets `key` to `value` unless it holds one, and answers the value it holds now. While Redis
- * refuses writes it is only read: undefined when none was recorded before.
+ * The log's own id, recorded beside it by the first projector to ask (answers the recorded one).
+ * The check above cannot see a second site given this site's name: each log records the name
+ * for itself. Their projectors meet in the main database, where this id says which log a site
+ * name is applied from (claimSite). Asked on every lease round, so processes of a Redis that lost
+ * its data agree on the new id it gets.
  */
-const recordOnce = async (
-  redis: Redis,
-  key: string,
-  value: string,
-  what: string,
-  logger: Logger,
-): Promise<string | undefined> => {
-  const refused = Symbol('refused');
-  const recorded = (await redis.call('SET', key, value, 'NX', 'GET').catch((err: unknown) => {
-    if (!isOutOfMemory(err) && writeRefusal(err) === undefined) {
-      throw err;
-    }
-    logger.warn(`cannot record the ${what} while Redis refuses writes`);
-    return refused;
-  })) as string | null | typeof refused;
-  if (recorded === refused) {
-    return (await redis.get(key)) ?? undefined;
-  }
-  return recorded ?? value;
+export const recordLogId = async (redis: Redis, namespace: string): Promise<string> => {
+  const ours = randomUUID();
+  const recorded = (await redis.eval(SET_ONCE, 1, logIdKey(namespace), ours)) as string | null;
+  return recorded ?? ours;
 };

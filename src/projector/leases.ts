@@ -2,12 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import {
   acquireLease,
+  claimSite,
   heartbeat,
   type Lease,
   leaveMembers,
+  liveMembers,
   releaseLease,
   renewLeases,
-  siteMembers,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from './backoff.ts';
@@ -37,8 +38,11 @@ export type LeaseManagerDeps = {
   pool: pg.Pool;
   /** Whose partitions: sites sharing the main database each have their own. */
   site: string;
-  /** The id of the Redis log this process applies, when known (ops/site-name.ts). */
-  log?: string;
+  /**
+   * The id of the Redis log this process applies, recorded beside it (ops/site-name.ts): absent,
+   * the process does not claim its site name for that log (tests of the leases alone).
+   */
+  logId?: () => Promise<string>;
   consumer: string;
   partitions: number;
   ttlMs: number;
@@ -67,10 +71,13 @@ export class LeaseManager {
   #beaten = false;
   /** When a twin's beat was last met: twins need not alternate strictly, one may beat twice. */
   #twinMetAt: number | undefined;
-  /** Why this process applies nothing: another log serves its site name. */
-  #anotherLog: string | undefined;
-  /** The processes of another log under this site's name last met, to say so once. */
-  #strangers = '';
+  /** The log's id as last read, and the one the site was last claimed with. */
+  #log: string | undefined;
+  #claimedLog: string | undefined;
+  /** Why this process takes no partition: its site name is applied from another log. */
+  #refusal: string | undefined;
+  /** The projector of another log last told of, so that each is told once. */
+  #refusedMet: string | null = null;
 
   constructor(private readonly deps: LeaseManagerDeps) {}
 
@@ -81,7 +88,7 @@ export class LeaseManager {
   get lastError(): string | undefined {
     return (
       this.#lastError ??
-      this.#anotherLog ??
+      this.#refusal ??
       (this.#twinNow() ? twinMessage(this.deps.consumer) : undefined)
     );
   }
@@ -142,13 +149,16 @@ export class LeaseManager {
    */
   async tick(): Promise<void> {
     const { pool, site, consumer, partitions, ttlMs, logger } = this.deps;
-    const log = this.deps.log ?? null;
     await this.#renewHeld();
-    const previous = await heartbeat(
-      pool,
-      { site, consumer, instance: this.#instance, log },
-      ttlMs,
-    );
+    // Before the beat: a process refused the site does not join its roster, where it would
+    // count in its share and overwrite a process of the other log under the same name.
+    if (!(await this.#claimSite())) {
+      for (const partition of this.owned) {
+        await this.#give(partition);
+      }
+      return;
+    }
+    const previous = await heartbeat(pool, site, consumer, this.#instance);
     // A restarted process meets its former self's beat once, on its first round; a process
     // meeting another's beat after its own shares its name with a live one. The group then sees
     // them as one consumer with one pending list, and the check that takes entries another
@@ -160,17 +170,7 @@ export class LeaseManager {
       this.#twinMetAt = performance.now();
     }
     this.#beaten = true;
-    const roster = await siteMembers(pool, site, log, ttlMs);
-    this.#meetStrangers(roster.ofAnotherLog);
-    if (roster.anotherLogFirst) {
-      this.#anotherLog = anotherLogMessage(site, roster.ofAnotherLog);
-      for (const partition of this.owned) {
-        await this.#give(partition);
-      }
-      return;
-    }
-    this.#anotherLog = undefined;
-    const members = Math.max(1, roster.members);
+    const members = Math.max(1, (await liveMembers(pool, site, ttlMs)).length);
     const share = Math.ceil(partitions / members);
     for (const partition of this.owned.slice(share)) {
       logger.info({ partition, members }, 'handing partition over to balance load');
@@ -205,16 +205,41 @@ export class LeaseManager {
     }
   }
 
-  /** Says once per change who else runs under this site's name, whichever of the two applies. */
-  #meetStrangers(strangers: readonly string[]) {
-    const seen = strangers.join(', ');
-    if (seen !== this.#strangers && seen !== '') {
-      this.deps.logger.error(
-        { site: this.deps.site, strangers },
-        anotherLogMessage(this.deps.site, strangers),
-      );
+  /** Whether this process's log may apply the site's partitions (claimSite), saying why not. */
+  async #claimSite(): Promise<boolean> {
+    const { pool, site, consumer, ttlMs, logger } = this.deps;
+    if (this.deps.logId === undefined) {
+      return true;
     }
-    this.#strangers = seen;
+    // Redis away for a round leaves the id as it was: the lease rounds go on without it.
+    this.#log = (await this.deps.logId().catch(() => undefined)) ?? this.#log;
+    if (this.#log === undefined) {
+      this.#refusal =
+        "the id of this site's Redis log cannot be read or recorded: no partition is taken until it can";
+      return false;
+    }
+    const claim = await claimSite(
+      pool,
+      { site, log: this.#log, previousLog: this.#claimedLog ?? null, consumer },
+      ttlMs,
+      siteTakeoverMs(ttlMs),
+    );
+    if (!claim.held) {
+      const members = await liveMembers(pool, site, ttlMs);
+      const refusal = anotherLogHolds(site, members, claim.seenSecondsAgo, siteTakeoverMs(ttlMs));
+      if (this.#refusal === undefined) {
+        logger.error({ site }, refusal);
+      }
+      this.#refusal = refusal;
+      return false;
+    }
+    this.#claimedLog = this.#log;
+    this.#refusal = undefined;
+    if (claim.refusedConsumer !== null && claim.refusedConsumer !== this.#refusedMet) {
+      logger.error({ site }, anotherLogRefused(site, claim.refusedConsumer));
+    }
+    this.#refusedMet = claim.refusedConsumer;
+    return true;
   }
 
   async #renewHeld() {
@@ -266,9 +291,24 @@ class PartitionStartError extends Error {
   }
 }
 
-/** What the processes of two logs run under one site name are told, and the operator's pending. */
-export const anotherLogMessage = (site: string, strangers: readonly string[]) =>
-  `projector processes of another log run as site ${site} (${strangers.join(', ')}): two sites have OUTPOST_SITE=${site}, or they use another Redis or OUTPOST_NAMESPACE; give each site its own name. The log whose processes ran first keeps the site's partitions, and the other's events wait unapplied until it is renamed`;
+/**
+ * How long a site name's log must have been silent (no projector renewing its claim) before
+ * another log takes it: longer than a restart or an upgrade of the site's processes.
+ */
+export const siteTakeoverMs = (ttlMs: number) => 10 * ttlMs;
+
+/** What a projector of a log refused its site name is told, and its operator's pending. */
+export const anotherLogHolds = (
+  site: string,
+  members: readonly string[],
+  seenSecondsAgo: number,
+  takeoverMs: number,
+) =>
+  `site ${site}'s partitions are applied from another Redis log${members.length > 0 ? ` (projectors ${members.join(', ')})` : ''}, last seen ${seenSecondsAgo} s ago: two sites have OUTPOST_SITE=${site}, so give each its own; or that log was this site's before its Redis was replaced, and this one takes the site ${Math.round(takeoverMs / 1000)} s after it was last seen. This site's events wait unapplied meanwhile`;
+
+/** What the site holding its name is told of a projector of another log refused it. */
+export const anotherLogRefused = (site: string, consumer: string) =>
+  `a projector of another Redis log (${consumer}) runs as site ${site} and applies nothing: two sites have OUTPOST_SITE=${site}; give each its own`;
 
 const twinMessage = (consumer: string) =>
   `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`;

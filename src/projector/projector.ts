@@ -29,8 +29,8 @@ export type ProjectorDeps = {
   redis: Redis;
   /** This site's partitions are the ones to hold (OUTPOST_SITE). */
   site: string;
-  /** The id of the log applied, which keeps the site's partitions from another log's processes. */
-  log?: string;
+  /** Reads (or records) the applied log's id, which claims the site name for it (LeaseManager). */
+  logId?: () => Promise<string>;
   consumer: string;
   batchSize: number;
   maxAttempts: number;
@@ -92,7 +92,7 @@ export class Projector {
       pool: deps.leasePool,
       breaker: this.breaker,
       site: deps.site,
-      log: deps.log,
+      logId: deps.logId,
       consumer: deps.consumer,
       partitions: deps.eventLog.partitions,
       ttlMs: deps.claimIdleMs,

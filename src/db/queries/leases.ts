@@ -15,75 +15,113 @@ export class FencedError extends Error {
 export type Lease = { site: string; partition: number; consumer: string; token: number };
 
 /**
- * Beats for `instance` under its site and consumer name, for the log it applies (null: unknown);
- * answers the instance that beat last before it under that name. `joined_at` stays while the
- * process beats for the same log without a gap longer than the TTL.
+ * Beats for `instance` under its site and consumer name; answers the instance that beat last
+ * before it under that name.
  */
 export const heartbeat = async (
   db: Queryable,
-  member: { site: string; consumer: string; instance: string; log: string | null },
-  ttlMs: number,
+  site: string,
+  consumer: string,
+  instance: string,
 ): Promise<string | null> => {
   const { rows } = await db.query<{ previous: string | null }>(
     `WITH previous AS (SELECT instance FROM projector_members WHERE site = $1 AND consumer = $2)
-     INSERT INTO projector_members AS m (site, consumer, heartbeat_at, instance, log, joined_at)
-     VALUES ($1, $2, clock_timestamp(), $3, $4, clock_timestamp())
+     INSERT INTO projector_members (site, consumer, heartbeat_at, instance)
+     VALUES ($1, $2, clock_timestamp(), $3)
      ON CONFLICT (site, consumer) DO UPDATE
-       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance, log = excluded.log,
-           joined_at = CASE
-             WHEN m.log IS NOT DISTINCT FROM excluded.log AND m.joined_at IS NOT NULL
-              AND m.heartbeat_at > clock_timestamp() - $5 * interval '1 millisecond'
-             THEN m.joined_at ELSE excluded.joined_at END
+       SET heartbeat_at = excluded.heartbeat_at, instance = excluded.instance
      RETURNING (SELECT instance FROM previous)::text AS previous`,
-    [member.site, member.consumer, member.instance, member.log, ttlMs],
+    [site, consumer, instance],
   );
   return rows[0]?.previous ?? null;
 };
 
-/** The site's projector processes that beat within the TTL, as one of them sees them. */
-export type SiteMembers = {
-  /** How many apply this one's log (or do not say which: earlier builds): they share its partitions. */
-  members: number;
-  /** Whether another log has served the site longer: this one's processes then apply nothing. */
-  anotherLogFirst: boolean;
-  /** Those that apply another log under the same site name. */
-  ofAnotherLog: string[];
+/** The names of the site's projector processes that beat within the TTL: they share its partitions. */
+export const liveMembers = async (
+  db: Queryable,
+  site: string,
+  ttlMs: number,
+): Promise<string[]> => {
+  const { rows } = await db.query<{ consumer: string }>(
+    `SELECT consumer FROM projector_members
+      WHERE site = $1 AND heartbeat_at > clock_timestamp() - $2 * interval '1 millisecond'
+      ORDER BY consumer`,
+    [site, ttlMs],
+  );
+  return rows.map((row) => row.consumer);
+};
+
+/** A site name's claim by a Redis log, as one of its projectors met it. */
+export type SiteClaim = {
+  /** Whether the process's log holds the site (now renewed by it). */
+  held: boolean;
+  /** How long ago a projector of the holding log last renewed the claim, when not this one. */
+  seenSecondsAgo: number;
+  /** A projector of another log refused within the TTL, named for the holding site's tools. */
+  refusedConsumer: string | null;
 };
 
 /**
- * The site's live projectors. Two logs run under one site name (a second site given the same
- * OUTPOST_SITE) would share its partitions, each applying only its own streams: what each held
- * of the other's waited for good. The log whose processes have beaten longest keeps the site.
+ * Claims the site for `log`, or renews its claim: taken when free, when held by `previousLog`
+ * (the id this process claimed with before, which its Redis lost and replaced), or when the
+ * holding log's projectors have been silent for `takeoverMs`. Refused, the attempt is recorded
+ * so that the holding site's operators hear of it too.
  */
-export const siteMembers = async (
+export const claimSite = async (
+  db: Queryable,
+  claim: { site: string; log: string; previousLog: string | null; consumer: string },
+  ttlMs: number,
+  takeoverMs: number,
+): Promise<SiteClaim> => {
+  const { rows } = await db.query<{ refused_consumer: string | null }>(
+    `INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
+     ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at
+       WHERE s.log IN (excluded.log, $3)
+          OR s.seen_at < clock_timestamp() - $4 * interval '1 millisecond'
+     RETURNING CASE WHEN s.refused_at > clock_timestamp() - $5 * interval '1 millisecond'
+                    THEN s.refused_consumer END AS refused_consumer`,
+    [claim.site, claim.log, claim.previousLog, takeoverMs, ttlMs],
+  );
+  if (rows[0] !== undefined) {
+    return { held: true, seenSecondsAgo: 0, refusedConsumer: rows[0].refused_consumer };
+  }
+  const refused = await db.query<{ seen_seconds_ago: number }>(
+    `UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
+     RETURNING floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago`,
+    [claim.site, claim.consumer],
+  );
+  return {
+    held: false,
+    seenSecondsAgo: refused.rows[0]?.seen_seconds_ago ?? 0,
+    refusedConsumer: null,
+  };
+};
+
+/** The site's claim as the operator's tools read it, without renewing it. */
+export const siteClaimOf = async (
   db: Queryable,
   site: string,
-  log: string | null,
   ttlMs: number,
-): Promise<SiteMembers> => {
+): Promise<{ log: string; seenSecondsAgo: number; refusedConsumer: string | null } | undefined> => {
   const { rows } = await db.query<{
-    members: number;
-    first: string | null;
-    others: string[];
+    log: string;
+    seen_seconds_ago: number;
+    refused_consumer: string | null;
   }>(
-    `WITH live AS (
-       SELECT consumer, log, joined_at FROM projector_members
-        WHERE site = $1 AND heartbeat_at > clock_timestamp() - $3 * interval '1 millisecond')
-     SELECT (SELECT count(*) FROM live WHERE $2::text IS NULL OR log IS NULL OR log = $2)::int
-              AS members,
-            (SELECT log FROM live WHERE log IS NOT NULL
-              GROUP BY log ORDER BY min(joined_at), log LIMIT 1) AS first,
-            (SELECT coalesce(array_agg(consumer ORDER BY consumer), '{}') FROM live
-              WHERE log <> $2) AS others`,
-    [site, log, ttlMs],
+    `SELECT log, floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago,
+            CASE WHEN refused_at > clock_timestamp() - $2 * interval '1 millisecond'
+                 THEN refused_consumer END AS refused_consumer
+       FROM site_logs WHERE site = $1`,
+    [site, ttlMs],
   );
   const row = rows[0];
-  const first = row?.first ?? null;
-  return {
-    members: row?.members ?? 0,
-    anotherLogFirst: log !== null && first !== null && first !== log,
-    ofAnotherLog: row?.others ?? [],
-  };
+  return (
+    row && {
+      log: row.log,
+      seenSecondsAgo: row.seen_seconds_ago,
+      refusedConsumer: row.refused_consumer,
+    }
+  );
 };
 
 export const leaveMembers = async (db: Queryable, site: string, consumer: string) => {
