@@ -571,7 +571,7 @@ void describe('two logs run under one site name', () => {
       )
     ).map((row) => row.consumer);
 
-  void it('keeps the site with the log that claimed it, across restarts, until that log is silent for long', async () => {
+  void it('keeps the site with the log that claimed it, however long its processes stop, until an operator frees it', async () => {
     const first = manager('summit-a:8080', async () => 'log-a');
     let copyLog = 'log-b';
     const copy = manager('summit-b:8080', async () => copyLog);
@@ -581,7 +581,7 @@ void describe('two logs run under one site name', () => {
     assert.deepEqual(copy.owned, []);
     assert.match(
       copy.lastError ?? '',
-      /^site copied-site's partitions are applied from another Redis log \(projectors summit-a:8080\), last seen 0 s ago: two sites have OUTPOST_SITE=copied-site, so give each its own/,
+      /^site copied-site's partitions are applied from another Redis log \(projectors summit-a:8080, last seen 0 s ago\): two sites have OUTPOST_SITE=copied-site, so give each its own/,
     );
     assert.deepEqual(await roster(), ['summit-a:8080'], 'the refused process does not join');
     await first.tick();
@@ -597,22 +597,30 @@ void describe('two logs run under one site name', () => {
       all(),
     );
     assert.ok(second.owned.length > 0, 'the second process of the first log took its share');
-    // Its processes stopped for a restart, the first log keeps the site.
+    // Its processes stopped (a rebuild, a long upgrade), the first log keeps the site.
     await first.stop();
     await second.stop();
+    await h.main.query(
+      "UPDATE site_logs SET seen_at = clock_timestamp() - interval '1 day' WHERE site = 'copied-site'",
+    );
     await copy.tick();
     assert.deepEqual(copy.owned, []);
-    // Silent for long (its Redis replaced, say), it gives the site to the other log.
-    await h.main.query(
-      "UPDATE site_logs SET seen_at = clock_timestamp() - interval '1 hour' WHERE site = 'copied-site'",
+    assert.match(
+      copy.lastError ?? '',
+      /\(last seen 86400 s ago\): two sites .* DELETE FROM site_logs WHERE site = 'copied-site'\./,
     );
+    // An operator frees the name (the first log's Redis was replaced, say): the other log takes it.
+    await h.main.query("DELETE FROM site_logs WHERE site = 'copied-site'");
     await copy.tick();
     assert.deepEqual(copy.owned, all());
     assert.equal(copy.lastError, undefined);
     const restarted = manager('summit-a:8080', async () => 'log-a');
     await restarted.tick();
     assert.deepEqual(restarted.owned, []);
-    assert.match(restarted.lastError ?? '', /another Redis log \(projectors summit-b:8080\)/);
+    assert.match(
+      restarted.lastError ?? '',
+      /another Redis log \(projectors summit-b:8080, last seen/,
+    );
     // A process of the other log under the holder's own consumer name (both env files set it)
     // neither takes partitions nor overwrites the holder's beat, which would make twins of them.
     const namesake = manager('summit-b:8080', async () => 'log-a');
@@ -624,9 +632,18 @@ void describe('two logs run under one site name', () => {
     copyLog = 'log-c';
     await copy.tick();
     assert.deepEqual(copy.owned, all());
-    const claimed = await h.mainRows("SELECT log FROM site_logs WHERE site = 'copied-site'");
-    assert.deepEqual(claimed, [{ log: 'log-c' }]);
-    for (const process of [copy, restarted, namesake]) {
+    const claimed = await h.mainRows(
+      "SELECT log, refused_consumer FROM site_logs WHERE site = 'copied-site'",
+    );
+    assert.deepEqual(
+      claimed,
+      [{ log: 'log-c', refused_consumer: null }],
+      'refusals met by the id it held are not reported against the new one',
+    );
+    // The namesake stopping leaves the holder's beat in the roster.
+    await namesake.stop();
+    assert.ok((await roster()).includes('summit-b:8080'));
+    for (const process of [copy, restarted]) {
       await process.stop();
     }
   });

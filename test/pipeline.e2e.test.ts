@@ -506,7 +506,7 @@ void describe('two sites sharing one main database', () => {
         ],
         [
           'outpost:copied-env',
-          `site ${h.config.site}'s partitions are applied from another Redis log (projectors ${h.config.consumer}), last seen`,
+          `site ${h.config.site}'s partitions are applied from another Redis log (projectors ${h.config.consumer}, last seen`,
         ],
       ] as const) {
         const pending = await runCliWith({ ...h.envOf(), OUTPOST_NAMESPACE: namespace }, [

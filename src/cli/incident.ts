@@ -19,7 +19,7 @@ import { entryTime } from '../log/entry-id.ts';
 import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { anotherLogHolds, anotherLogRefused, siteTakeoverMs } from '../projector/leases.ts';
+import { anotherLogHolds, anotherLogRefused } from '../projector/leases.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
@@ -193,7 +193,7 @@ const siteClaimLine = async (site: Site): Promise<string | undefined> => {
   }
   if (claim.log !== log) {
     const members = await liveMembers(site.main, name, ttlMs).catch(() => []);
-    return anotherLogHolds(name, members, claim.seenSecondsAgo, siteTakeoverMs(ttlMs));
+    return anotherLogHolds(name, members, claim.seenSecondsAgo);
   }
   return claim.refusedConsumer === null
     ? undefined

@@ -112,7 +112,9 @@ export class LeaseManager {
     for (const partition of this.owned) {
       await this.#give(partition);
     }
-    await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer).catch(() => undefined);
+    await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer, this.#instance).catch(
+      () => undefined,
+    );
   }
 
   async #run(): Promise<void> {
@@ -152,12 +154,20 @@ export class LeaseManager {
     await this.#renewHeld();
     // Before the beat: a process refused the site does not join its roster, where it would
     // count in its share and overwrite a process of the other log under the same name.
-    if (!(await this.#claimSite())) {
+    const refused = await this.#claimSite();
+    if (refused !== undefined) {
+      // Given back before anything else can fail: a refused process must not go on applying.
       for (const partition of this.owned) {
         await this.#give(partition);
       }
+      const refusal = await refused();
+      if (this.#refusal === undefined) {
+        logger.error({ site }, refusal);
+      }
+      this.#refusal = refusal;
       return;
     }
+    this.#refusal = undefined;
     const previous = await heartbeat(pool, site, consumer, this.#instance);
     // A restarted process meets its former self's beat once, on its first round; a process
     // meeting another's beat after its own shares its name with a live one. The group then sees
@@ -205,41 +215,40 @@ export class LeaseManager {
     }
   }
 
-  /** Whether this process's log may apply the site's partitions (claimSite), saying why not. */
-  async #claimSite(): Promise<boolean> {
+  /**
+   * Claims the site name for this process's log (claimSite). Refused, answers how to say why,
+   * asked once the partitions are given back.
+   */
+  async #claimSite(): Promise<(() => Promise<string>) | undefined> {
     const { pool, site, consumer, ttlMs, logger } = this.deps;
     if (this.deps.logId === undefined) {
-      return true;
+      return undefined;
     }
     // Redis away for a round leaves the id as it was: the lease rounds go on without it.
     this.#log = (await this.deps.logId().catch(() => undefined)) ?? this.#log;
     if (this.#log === undefined) {
-      this.#refusal =
+      return async () =>
         "the id of this site's Redis log cannot be read or recorded: no partition is taken until it can";
-      return false;
     }
     const claim = await claimSite(
       pool,
       { site, log: this.#log, previousLog: this.#claimedLog ?? null, consumer },
       ttlMs,
-      siteTakeoverMs(ttlMs),
     );
     if (!claim.held) {
-      const members = await liveMembers(pool, site, ttlMs);
-      const refusal = anotherLogHolds(site, members, claim.seenSecondsAgo, siteTakeoverMs(ttlMs));
-      if (this.#refusal === undefined) {
-        logger.error({ site }, refusal);
-      }
-      this.#refusal = refusal;
-      return false;
+      return async () =>
+        anotherLogHolds(
+          site,
+          await liveMembers(pool, site, ttlMs).catch(() => []),
+          claim.seenSecondsAgo,
+        );
     }
     this.#claimedLog = this.#log;
-    this.#refusal = undefined;
     if (claim.refusedConsumer !== null && claim.refusedConsumer !== this.#refusedMet) {
       logger.error({ site }, anotherLogRefused(site, claim.refusedConsumer));
     }
     this.#refusedMet = claim.refusedConsumer;
-    return true;
+    return undefined;
   }
 
   async #renewHeld() {
@@ -291,20 +300,9 @@ class PartitionStartError extends Error {
   }
 }
 
-/**
- * How long a site name's log must have been silent (no projector renewing its claim) before
- * another log takes it: longer than a restart or an upgrade of the site's processes.
- */
-export const siteTakeoverMs = (ttlMs: number) => 10 * ttlMs;
-
 /** What a projector of a log refused its site name is told, and its operator's pending. */
-export const anotherLogHolds = (
-  site: string,
-  members: readonly string[],
-  seenSecondsAgo: number,
-  takeoverMs: number,
-) =>
-  `site ${site}'s partitions are applied from another Redis log${members.length > 0 ? ` (projectors ${members.join(', ')})` : ''}, last seen ${seenSecondsAgo} s ago: two sites have OUTPOST_SITE=${site}, so give each its own; or that log was this site's before its Redis was replaced, and this one takes the site ${Math.round(takeoverMs / 1000)} s after it was last seen. This site's events wait unapplied meanwhile`;
+export const anotherLogHolds = (site: string, members: readonly string[], seenSecondsAgo: number) =>
+  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, free the name for this log on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
 
 /** What the site holding its name is told of a projector of another log refused it. */
 export const anotherLogRefused = (site: string, consumer: string) =>

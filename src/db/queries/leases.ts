@@ -62,25 +62,27 @@ export type SiteClaim = {
 };
 
 /**
- * Claims the site for `log`, or renews its claim: taken when free, when held by `previousLog`
- * (the id this process claimed with before, which its Redis lost and replaced), or when the
- * holding log's projectors have been silent for `takeoverMs`. Refused, the attempt is recorded
- * so that the holding site's operators hear of it too.
+ * Claims the site for `log`, or renews its claim: taken when free, or when held by `previousLog`
+ * (the id this process claimed with before, which its Redis lost and replaced). Never taken
+ * from another log by time alone: a copy's log and a site's own log whose Redis was replaced
+ * look alike here, and a copy that took the site while the site's projectors were stopped (a
+ * rebuild, a long upgrade) would keep it. Refused, the attempt is recorded so that the holding
+ * site's operators hear of it too.
  */
 export const claimSite = async (
   db: Queryable,
   claim: { site: string; log: string; previousLog: string | null; consumer: string },
   ttlMs: number,
-  takeoverMs: number,
 ): Promise<SiteClaim> => {
   const { rows } = await db.query<{ refused_consumer: string | null }>(
     `INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
-     ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at
+     ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at,
+       refused_consumer = CASE WHEN s.log = excluded.log THEN s.refused_consumer END,
+       refused_at = CASE WHEN s.log = excluded.log THEN s.refused_at END
        WHERE s.log IN (excluded.log, $3)
-          OR s.seen_at < clock_timestamp() - $4 * interval '1 millisecond'
-     RETURNING CASE WHEN s.refused_at > clock_timestamp() - $5 * interval '1 millisecond'
+     RETURNING CASE WHEN s.refused_at > clock_timestamp() - $4 * interval '1 millisecond'
                     THEN s.refused_consumer END AS refused_consumer`,
-    [claim.site, claim.log, claim.previousLog, takeoverMs, ttlMs],
+    [claim.site, claim.log, claim.previousLog, ttlMs],
   );
   if (rows[0] !== undefined) {
     return { held: true, seenSecondsAgo: 0, refusedConsumer: rows[0].refused_consumer };
@@ -124,11 +126,17 @@ export const siteClaimOf = async (
   );
 };
 
-export const leaveMembers = async (db: Queryable, site: string, consumer: string) => {
-  await db.query('DELETE FROM projector_members WHERE site = $1 AND consumer = $2', [
-    site,
-    consumer,
-  ]);
+/** Leaves the roster, if this process's beat is the one there (not a namesake's since). */
+export const leaveMembers = async (
+  db: Queryable,
+  site: string,
+  consumer: string,
+  instance: string,
+) => {
+  await db.query(
+    'DELETE FROM projector_members WHERE site = $1 AND consumer = $2 AND instance = $3',
+    [site, consumer, instance],
+  );
 };
 
 /**
