@@ -645,6 +645,39 @@ void describe('recovery', () => {
       assert.equal(own.status, 202, own.text);
     });
 
+    void it('names the streams past the partition count that hold entries of the range, which it does not look at', async () => {
+      // Left by a higher OUTPOST_PARTITIONS before the count was lowered.
+      const past = h.config.partitions;
+      const stream = eventLogOf(h).keys(past).stream;
+      const from = new Date(Date.now() - 1_000).toISOString();
+      await h.redis.xadd(stream, '*', 'junk', 'x');
+      try {
+        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
+        assert.deepEqual(JSON.parse(dry.stdout).unscanned_partitions, [past], dry.stderr);
+        assert.match(
+          dry.stderr,
+          new RegExp(
+            `^outpost: partition stream\\(s\\) ${past} hold entries of the range but lie past the site's ${past} partitions`,
+            'm',
+          ),
+        );
+        const replayed = await runCli(h, ['replay', '--from', from, '--json']);
+        assert.equal(replayed.code, 1, 'not reported whole');
+        assert.deepEqual(JSON.parse(replayed.stdout).unscanned_partitions, [past]);
+        // Entries older than the range are none of its concern.
+        const later = await runCli(h, [
+          'replay',
+          '--from',
+          new Date().toISOString(),
+          '--dry-run',
+          '--json',
+        ]);
+        assert.deepEqual(JSON.parse(later.stdout).unscanned_partitions, []);
+      } finally {
+        await h.redis.del(stream);
+      }
+    });
+
     void it('folds a stored v1 event through its upcaster', async () => {
       const id = newIdInPartition(0, h.config.partitions);
       const v1: Envelope = {

@@ -111,6 +111,15 @@ export const replayCommand = (flags: RecoveryFlags) => {
         process.exitCode = 1;
       }
     }
+    if (report.unscanned_partitions.length > 0) {
+      const count = site.config.partitions;
+      process.stderr.write(
+        `outpost: partition stream(s) ${partitionRanges(report.unscanned_partitions)} hold entries of the range but lie past the site's ${count} partitions (written before OUTPOST_PARTITIONS was lowered): the replay did not look at them${report.dry_run ? '' : ', so the main database may still lack events there'}. To replay them, change the count back once outpost pending shows nothing pending and no dead letters (every process stopped, restarted with the earlier count), replay, then lower it again\n`,
+      );
+      if (!report.dry_run) {
+        process.exitCode = 1;
+      }
+    }
     if (report.overtaken > 0) {
       process.stderr.write(
         `outpost: replay${report.dry_run ? ' --dry-run' : ''} ${report.dry_run ? 'would give' : 'gave'} back ${report.overtaken} event(s) older than an event of the same aggregate that is already applied, pending or dead-lettered: they apply after it, so an older update can show over a newer one; check ${report.overtaken_aggregates.join(', ')}${report.overtaken_aggregates.length === OVERTAKEN_LISTED ? ' and more' : ''} with GET /aggregates/{id}/events and correct them with a new write\n`,

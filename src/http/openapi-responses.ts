@@ -353,6 +353,12 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         items: id,
         description: 'the first 20 aggregates of the overtaken events',
       },
+      unscanned_partitions: {
+        type: 'array',
+        items: { type: 'integer', minimum: 0 },
+        description:
+          "partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose streams hold entries of the range: not looked at",
+      },
     },
     [
       'in_flight',
@@ -361,6 +367,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       'history_starts_at',
       'overtaken',
       'overtaken_aggregates',
+      'unscanned_partitions',
     ],
   ),
   IntegrityRefresh: object({

@@ -3,7 +3,7 @@ import type { Redis } from 'ioredis';
 import { partitionOfScopeHash } from '../domain/ids.ts';
 import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
 import { EventLog, type RosterOutcome } from '../log/event-log.ts';
-import { partitionCountKey, processRosterKey } from '../log/keys.ts';
+import { globEscaped, partitionCountKey, processRosterKey } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import { readBuffer, totalsOf } from './buffer.ts';
@@ -102,8 +102,6 @@ export const checkPartitionCount = async (
   );
 };
 
-const GLOB_SPECIAL = /[*?[\]\\]/g;
-
 /**
  * Copies the idempotency claims and records of the last 24 h to the partition each key has under
  * the new count. A key's partition follows from its scope's hash and the count, and a record lies
@@ -121,7 +119,7 @@ const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: 
     for (const kind of ['idempotency', 'idempotencyClaim'] as const) {
       const prefix = keys[kind]('');
       const names = redis.scanStream({
-        match: `${prefix.replace(GLOB_SPECIAL, '\\$&')}*`,
+        match: `${globEscaped(prefix)}*`,
         count: 1_000,
       });
       for await (const page of names as AsyncIterable<string[]>) {

@@ -9,7 +9,7 @@ import {
   U64_MAX,
 } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
-import type { PartitionKeys } from '../log/keys.ts';
+import { anyPartitionStream, type PartitionKeys, partitionOfStreamKey } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
@@ -42,6 +42,12 @@ export type ReplayReport = {
   overtaken: number;
   /** The first of those events' aggregates, to check and correct. */
   overtaken_aggregates: string[];
+  /**
+   * Partitions past the site's count whose streams hold entries of the range (written under an
+   * earlier, higher OUTPOST_PARTITIONS): not looked at, so what they hold that the main database
+   * lacks is not given back.
+   */
+  unscanned_partitions: number[];
 };
 
 /** How many overtaken aggregates a report names. */
@@ -153,6 +159,8 @@ export const replay = async (
     history_starts_at: null,
     overtaken: 0,
     overtaken_aggregates: [],
+    unscanned_partitions:
+      request.partition === undefined ? await streamsPastCount(deps.eventLog, request) : [],
   };
   const { from, to } = replayRange(request.from, request.to);
   const resent: { eventId: string; partition: number }[] = [];
@@ -246,6 +254,37 @@ export const replay = async (
     await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000, options.onWaiting);
   }
   return report;
+};
+
+/**
+ * The partitions past the count whose streams still hold entries of the range. A count lowered
+ * (once nothing was pending, as the README says) leaves the higher partitions' acknowledged
+ * history in Redis until its retention passes; their aggregates now map to other partitions, so
+ * a replay cannot give their events back in order there, and says so instead of reporting the
+ * range whole.
+ */
+const streamsPastCount = async (eventLog: EventLog, request: ReplayRequest): Promise<number[]> => {
+  const { from, to } = replayRange(request.from, request.to);
+  const found: number[] = [];
+  const keys = eventLog.redis.scanStream({
+    match: anyPartitionStream(eventLog.namespace),
+    type: 'stream',
+    count: 1_000,
+  });
+  for await (const page of keys as AsyncIterable<string[]>) {
+    for (const key of page) {
+      const partition = partitionOfStreamKey(key);
+      if (
+        partition !== undefined &&
+        partition >= eventLog.partitions &&
+        !found.includes(partition) &&
+        (await eventLog.redis.xrange(key, from, to, 'COUNT', 1)).length > 0
+      ) {
+        found.push(partition);
+      }
+    }
+  }
+  return found.sort((a, b) => a - b);
 };
 
 /** Where a partition's history begins now that trimming removed everything through `trimmedThrough`. */
