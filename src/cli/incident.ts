@@ -1,11 +1,6 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
-import {
-  type LeaseHolding,
-  leaseHoldings,
-  liveMembers,
-  siteClaimOf,
-} from '../db/queries/leases.ts';
+import { leaseHoldings, liveMembers, siteClaimOf } from '../db/queries/leases.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -18,6 +13,7 @@ import {
 import { entryTime } from '../log/entry-id.ts';
 import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
+import { partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { anotherLogHolds, anotherLogRefused } from '../projector/leases.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
@@ -198,62 +194,6 @@ const siteClaimLine = async (site: Site): Promise<string | undefined> => {
   return claim.refusedConsumer === null
     ? undefined
     : anotherLogRefused(name, claim.refusedConsumer);
-};
-
-/** `[0, 1, 2, 3, 5]` as `0-3, 5`. */
-export const partitionRanges = (partitions: readonly number[]): string => {
-  const ranges: string[] = [];
-  const sorted = [...partitions].sort((a, b) => a - b);
-  for (let i = 0; i < sorted.length; ) {
-    let j = i;
-    while (j + 1 < sorted.length && sorted[j + 1] === (sorted[j] as number) + 1) {
-      j += 1;
-    }
-    ranges.push(i === j ? `${sorted[i]}` : `${sorted[i]}-${sorted[j]}`);
-    i = j + 1;
-  }
-  return ranges.join(', ');
-};
-
-/** The process that holds a partition's lease now, if one does. */
-export const liveHolder = (holding: LeaseHolding | undefined): string | undefined =>
-  holding?.live && holding.owner !== null ? holding.owner : undefined;
-
-/**
- * Which process applies which partitions, or which partitions nobody applies: entries waiting for
- * projection show the same whether the projector is slow, failing or not running at all.
- */
-export const projectorLeasesLine = (
-  holdings: readonly LeaseHolding[],
-  partitions: number,
-): string => {
-  const byPartition = new Map(holdings.map((h) => [h.partition, h]));
-  const unheld: number[] = [];
-  const heldBy = new Map<string, number[]>();
-  for (let partition = 0; partition < partitions; partition += 1) {
-    const owner = liveHolder(byPartition.get(partition));
-    if (owner !== undefined) {
-      heldBy.set(owner, [...(heldBy.get(owner) ?? []), partition]);
-    } else {
-      unheld.push(partition);
-    }
-  }
-  const held = [...heldBy].map(([owner, ps]) => `${partitionRanges(ps)} by ${owner}`).join('; ');
-  if (unheld.length === 0) {
-    return `projector leases: ${held}`;
-  }
-  // Each former holder once, with its most recent expiry.
-  const lapsedSince = new Map<string, number>();
-  for (const partition of unheld) {
-    const holding = byPartition.get(partition);
-    if (holding?.owner && holding.expiredSeconds !== null) {
-      const since = lapsedSince.get(holding.owner) ?? Number.POSITIVE_INFINITY;
-      lapsedSince.set(holding.owner, Math.min(since, holding.expiredSeconds));
-    }
-  }
-  const lapsed = [...lapsedSince].map(([owner, seconds]) => `${owner}'s ${seconds} s ago`);
-  const last = lapsed.length > 0 ? ` (leases expired: ${lapsed.join(', ')})` : '';
-  return `no projector holds partition${unheld.length > 1 ? 's' : ''} ${partitionRanges(unheld)}${last}: nothing applies their events until a projector runs (outpost serve --only projector, or outpost serve) and reaches the main database${held ? `; held: ${held}` : ''}`;
 };
 
 export const deadLettersLine = (letters: number, blockedAggregates: number): string =>

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { deadLettersLine, partitionRanges, projectorLeasesLine } from './incident.ts';
+import { partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
+import { deadLettersLine } from './incident.ts';
 
 void describe('partitionRanges', () => {
   void it('joins runs of partitions into ranges, in order', () => {

@@ -1,4 +1,5 @@
 import { leaseHoldings } from '../db/queries/leases.ts';
+import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
 import {
   holdPartitions,
   keepPartitions,
@@ -15,7 +16,6 @@ import {
   replay,
   replayRange,
 } from '../ops/replay.ts';
-import { liveHolder, partitionRanges, projectorLeasesLine } from './incident.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
