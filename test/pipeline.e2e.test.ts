@@ -49,8 +49,24 @@ void describe('core pipeline', () => {
       assert.equal(asFile.status, 404);
       assert.equal(asFile.body.error.code, 'not_found');
 
+      // Nothing projects: once the write has waited longer than a lease's lifetime in a
+      // partition no projector holds, the API's /health says so instead of healthy.
+      const unprojected =
+        /^no projector holds partitions? .*: nothing applies their events until a projector runs/;
+      await waitFor(
+        async () => unprojected.test((await h.get('/health')).body.background_processor.last_error),
+        "the API's health to say that no projector holds the partition",
+      );
+      const health = (await h.get('/health')).body;
+      assert.equal(health.status, 'degraded');
+      assert.equal(health.background_processor.status, 'disabled');
+
       await h.startService('projector');
       await waitForAllAcknowledged(h);
+      await waitFor(
+        async () => (await h.get('/health')).body.status === 'healthy',
+        "the API's health to be healthy once the projector applied the write",
+      );
       const rows = await h.mainRows('SELECT status FROM executed_obs_units WHERE id = $1', [
         started.body.id,
       ]);

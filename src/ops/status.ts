@@ -4,6 +4,7 @@ import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
 import { parseLsn } from '../db/lsn.ts';
 import { latestSnapshot } from '../db/queries/integrity.ts';
+import { leaseHoldings } from '../db/queries/leases.ts';
 import {
   mainWalLsn,
   type ReplayState,
@@ -19,6 +20,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
+import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
 import { replayStateView } from './replica-delay.ts';
 
@@ -120,6 +122,11 @@ export class StatusSource {
     const lag = lagOf(mainLsn, replicaPos, replayState, replicaFailure);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
+    // A process without a projector sees none fail: it asks the leases once events have waited.
+    const unprojected =
+      projector === undefined && databaseUp && buffers !== undefined
+        ? await settle(this.#unheldWaiting(buffers))
+        : undefined;
     // Applied events that the replica does not replay, or that cannot be acknowledged, stay
     // pending however well the projector runs: the log grows until someone looks. A replica held
     // back while nothing waits for it (paused on purpose on an idle site) keeps nothing pending.
@@ -139,6 +146,7 @@ export class StatusSource {
             bufferRead &&
             processor?.status !== 'failing' &&
             acknowledging &&
+            unprojected === undefined &&
             tokensError === undefined
           ? 'healthy'
           : 'degraded';
@@ -158,7 +166,7 @@ export class StatusSource {
         memory_limit_bytes: memory?.maxBytes || null,
         write_error: writeError,
       },
-      background_processor: processorView(processor, this.#deps.acker?.lastError),
+      background_processor: processorView(processor, this.#deps.acker?.lastError, unprojected),
       replication_lag: lag,
       circuit_breaker: projector?.breaker.state ?? 'closed',
       integrity: {
@@ -170,6 +178,30 @@ export class StatusSource {
       // Only while this process refuses writes for it.
       ...(countError === undefined ? {} : { partition_count: { error: countError } }),
     } as const;
+  }
+
+  /**
+   * The projector leases line, when events have waited longer than a lease's lifetime in a
+   * partition no projector of the site holds: nothing applies them (none running, or none
+   * reaching the main database), however healthy the process answering.
+   */
+  async #unheldWaiting({ partitions, nowMs }: SiteBuffer): Promise<string | undefined> {
+    const { config, main } = this.#deps;
+    const waiting = partitions.filter(
+      (b) =>
+        b.delivered + b.undelivered > 0 &&
+        b.oldestAcceptedMs !== undefined &&
+        nowMs - b.oldestAcceptedMs > config.claimIdleMs,
+    );
+    if (waiting.length === 0) {
+      return undefined;
+    }
+    const holdings = await leaseHoldings(main, config.site);
+    const held = (partition: number) =>
+      liveHolder(holdings.find((h) => h.partition === partition)) !== undefined;
+    return waiting.every((b) => held(b.partition))
+      ? undefined
+      : projectorLeasesLine(holdings, config.partitions);
   }
 
   async bufferStats() {
@@ -290,13 +322,19 @@ const lagOf = (
   };
 };
 
-const processorView = (stats: ProjectorStats | undefined, ackerError: string | undefined) => ({
+const processorView = (
+  stats: ProjectorStats | undefined,
+  ackerError: string | undefined,
+  unprojected: string | undefined,
+) => ({
   status: stats?.status ?? 'disabled',
   last_run: stats?.lastRun ?? null,
   transactions_processed: stats?.processed ?? 0,
   success_rate: round(stats?.successRate ?? 1),
   // What the projector last met while its batches fail (the breaker's reason), else what the
-  // acknowledgements last met, or null.
+  // acknowledgements last met, else (in a process without a projector) that none holds
+  // partitions whose events wait, or null.
   last_error:
-    stats?.lastError ?? (ackerError === undefined ? null : `acknowledging: ${ackerError}`),
+    stats?.lastError ??
+    (ackerError === undefined ? (unprojected ?? null) : `acknowledging: ${ackerError}`),
 });
