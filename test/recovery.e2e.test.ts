@@ -11,7 +11,7 @@ import { acquireLease, releaseLease } from '../src/db/queries/leases.ts';
 import { replicaPosition, replicaReached } from '../src/db/queries/replica.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
-import { decodeEntry, type RawEntry } from '../src/log/codec.ts';
+import { decodeEntry, encodeEntryFields, type RawEntry } from '../src/log/codec.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
 import { trimPartition } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
@@ -645,25 +645,51 @@ void describe('recovery', () => {
       assert.equal(own.status, 202, own.text);
     });
 
-    void it('names the streams past the partition count that hold entries of the range, which it does not look at', async () => {
-      // Left by a higher OUTPOST_PARTITIONS before the count was lowered.
+    void it('names the streams past the partition count that hold events of the range the main database lacks', async () => {
+      // Left by a higher OUTPOST_PARTITIONS before the count was lowered: an event applied then,
+      // and one the main database lost since (restored from a backup).
       const past = h.config.partitions;
       const stream = eventLogOf(h).keys(past).stream;
       const from = new Date(Date.now() - 1_000).toISOString();
-      await h.redis.xadd(stream, '*', 'junk', 'x');
+      const applied = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'past-the-count',
+        instrument: 'miri',
+      });
+      await waitForAllAcknowledged(h);
+      const { partition, entry_id } = (await h.get(`/events/${applied.body.event_id}`)).body;
+      const [[, fields] = ['', []]] = (await h.redis.xrange(
+        eventLogOf(h).keys(partition).stream,
+        entry_id,
+        entry_id,
+      )) as RawEntry[];
+      await h.redis.xadd(stream, '*', ...fields);
+      const replayPast = (args: string[]) =>
+        runCli(h, ['replay', '--from', from, '--json', ...args]);
       try {
-        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
+        const whole = await replayPast(['--dry-run']);
+        assert.deepEqual(JSON.parse(whole.stdout).unscanned_partitions, [], 'its event is applied');
+        const lost: Envelope = {
+          event_id: newIdInPartition(0, h.config.partitions),
+          aggregate_id: newIdInPartition(0, h.config.partitions),
+          aggregate_type: 'executed_obs_unit',
+          type: 'ExecutedObsUnitStarted',
+          version: 1,
+          site: h.config.site,
+          accepted_at: Date.now(),
+          data: { obs_unit_id: 'lost-past-the-count', instrument: 'miri', start_time: from },
+        } as unknown as Envelope;
+        await h.redis.xadd(stream, '*', ...encodeEntryFields(lost));
+        const dry = await replayPast(['--dry-run']);
         assert.deepEqual(JSON.parse(dry.stdout).unscanned_partitions, [past], dry.stderr);
-        assert.match(
-          dry.stderr,
-          new RegExp(
-            `^outpost: partition stream\\(s\\) ${past} hold entries of the range but lie past the site's ${past} partitions`,
-            'm',
-          ),
+        const warning = new RegExp(
+          `^outpost: partition stream\\(s\\) ${past} hold events of the range that the main database lacks, but lie past the site's ${past} partitions`,
+          'm',
         );
-        const replayed = await runCli(h, ['replay', '--from', from, '--json']);
+        assert.match(dry.stderr, warning);
+        const replayed = await replayPast([]);
         assert.equal(replayed.code, 1, 'not reported whole');
         assert.deepEqual(JSON.parse(replayed.stdout).unscanned_partitions, [past]);
+        assert.match(replayed.stderr, warning);
         // Entries older than the range are none of its concern.
         const later = await runCli(h, [
           'replay',

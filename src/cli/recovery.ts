@@ -114,7 +114,7 @@ export const replayCommand = (flags: RecoveryFlags) => {
     if (report.unscanned_partitions.length > 0) {
       const count = site.config.partitions;
       process.stderr.write(
-        `outpost: partition stream(s) ${partitionRanges(report.unscanned_partitions)} hold entries of the range but lie past the site's ${count} partitions (written before OUTPOST_PARTITIONS was lowered): the replay did not look at them${report.dry_run ? '' : ', so the main database may still lack events there'}. To replay them, change the count back once outpost pending shows nothing pending and no dead letters (every process stopped, restarted with the earlier count), replay, then lower it again\n`,
+        `outpost: partition stream(s) ${partitionRanges(report.unscanned_partitions)} hold events of the range that the main database lacks, but lie past the site's ${count} partitions (written before OUTPOST_PARTITIONS was lowered): the replay ${report.dry_run ? 'would not give' : 'did not give'} them back. To replay them, change the count back once outpost pending shows nothing pending and no dead letters (every process stopped, restarted with the earlier count), replay, then lower it again\n`,
       );
       if (!report.dry_run) {
         process.exitCode = 1;

@@ -357,7 +357,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         type: 'array',
         items: { type: 'integer', minimum: 0 },
         description:
-          "partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose streams hold entries of the range: not looked at",
+          "partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose streams hold events of the range that the main database lacks: not given back",
       },
     },
     [

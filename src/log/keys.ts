@@ -154,13 +154,6 @@ export const logIdKey = (namespace: string) => `${namespace}:log-id`;
 /** `text` matched literally by a SCAN MATCH pattern. */
 export const globEscaped = (text: string) => text.replace(/[*?[\]\\]/g, '\\$&');
 
-/** A partition stream's key, of any partition (SCAN MATCH), and the partition it names. */
-export const anyPartitionStream = (namespace: string) => `${globEscaped(namespace)}:{p*}:events`;
-export const partitionOfStreamKey = (key: string): number | undefined => {
-  const match = /:\{p(\d+)\}:events$/.exec(key);
-  return match ? Number(match[1]) : undefined;
-};
-
 /** The site's running processes with their partition counts (ops/partition-count.ts). */
 export const processRosterKey = (namespace: string) => `${namespace}:processes`;
 

@@ -9,7 +9,7 @@ import {
   U64_MAX,
 } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
-import { anyPartitionStream, type PartitionKeys, partitionOfStreamKey } from '../log/keys.ts';
+import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
@@ -43,9 +43,8 @@ export type ReplayReport = {
   /** The first of those events' aggregates, to check and correct. */
   overtaken_aggregates: string[];
   /**
-   * Partitions past the site's count whose streams hold entries of the range (written under an
-   * earlier, higher OUTPOST_PARTITIONS): not looked at, so what they hold that the main database
-   * lacks is not given back.
+   * Partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose
+   * streams hold events of the range that the main database lacks: not given back.
    */
   unscanned_partitions: number[];
 };
@@ -160,7 +159,7 @@ export const replay = async (
     overtaken: 0,
     overtaken_aggregates: [],
     unscanned_partitions:
-      request.partition === undefined ? await streamsPastCount(deps.eventLog, request) : [],
+      request.partition === undefined ? await streamsPastCount(deps, request) : [],
   };
   const { from, to } = replayRange(request.from, request.to);
   const resent: { eventId: string; partition: number }[] = [];
@@ -256,35 +255,77 @@ export const replay = async (
   return report;
 };
 
+/** The highest partition count a site can have had (OUTPOST_PARTITIONS' bound). */
+const MAX_PARTITIONS = 1024;
+
 /**
- * The partitions past the count whose streams still hold entries of the range. A count lowered
- * (once nothing was pending, as the README says) leaves the higher partitions' acknowledged
- * history in Redis until its retention passes; their aggregates now map to other partitions, so
- * a replay cannot give their events back in order there, and says so instead of reporting the
- * range whole.
+ * The partitions past the count whose streams hold events of the range that the main database
+ * lacks. A count lowered (once nothing was pending, as the README says) leaves the higher
+ * partitions' streams in Redis, untrimmed, since no projector holds them; their aggregates now
+ * map to other partitions, so a replay cannot give their events back in order there, and says
+ * so instead of reporting the range whole. Their streams are looked up by name, not by SCAN: a
+ * bounded pipeline, which a Redis holding a day of idempotency keys answers at once.
  */
-const streamsPastCount = async (eventLog: EventLog, request: ReplayRequest): Promise<number[]> => {
+const streamsPastCount = async (deps: Deps, request: ReplayRequest): Promise<number[]> => {
+  const { eventLog } = deps;
   const { from, to } = replayRange(request.from, request.to);
-  const found: number[] = [];
-  const keys = eventLog.redis.scanStream({
-    match: anyPartitionStream(eventLog.namespace),
-    type: 'stream',
-    count: 1_000,
-  });
-  for await (const page of keys as AsyncIterable<string[]>) {
-    for (const key of page) {
-      const partition = partitionOfStreamKey(key);
-      if (
-        partition !== undefined &&
-        partition >= eventLog.partitions &&
-        !found.includes(partition) &&
-        (await eventLog.redis.xrange(key, from, to, 'COUNT', 1)).length > 0
-      ) {
-        found.push(partition);
-      }
+  const past = Array.from(
+    { length: Math.max(0, MAX_PARTITIONS - eventLog.partitions) },
+    (_, i) => eventLog.partitions + i,
+  );
+  const look = eventLog.redis.pipeline();
+  for (const partition of past) {
+    look.xrange(eventLog.keys(partition).stream, from, to, 'COUNT', 1);
+  }
+  const firsts = (await pipelineReplies(look)) as RawEntry[][];
+  const lacking: number[] = [];
+  for (const [i, partition] of past.entries()) {
+    if ((firsts[i]?.length ?? 0) > 0 && (await lacksEventsOf(deps, partition, from, to))) {
+      lacking.push(partition);
     }
   }
-  return found.sort((a, b) => a - b);
+  return lacking;
+};
+
+/**
+ * Whether the main database lacks an event of a partition stream's range. Undecodable entries are
+ * left out: no replay could give them back, and the count was lowered only with none pending.
+ */
+const lacksEventsOf = async (
+  deps: Deps,
+  partition: number,
+  from: string,
+  to: string,
+): Promise<boolean> => {
+  const stream = deps.eventLog.keys(partition).stream;
+  let cursor = from;
+  for (;;) {
+    const page = (await deps.eventLog.redis.xrange(
+      stream,
+      cursor,
+      to,
+      'COUNT',
+      PAGE,
+    )) as RawEntry[];
+    const ids = page.flatMap((entry) => {
+      try {
+        return [decodeEntry(entry).event.event_id];
+      } catch {
+        return [];
+      }
+    });
+    if (ids.length > 0) {
+      const applied = await appliedEventIds(deps.main, ids);
+      if (ids.some((id) => !applied.has(id))) {
+        return true;
+      }
+    }
+    const last = page.at(-1)?.[0];
+    if (page.length < PAGE || last === undefined) {
+      return false;
+    }
+    cursor = `(${last}`;
+  }
 };
 
 /** Where a partition's history begins now that trimming removed everything through `trimmedThrough`. */
