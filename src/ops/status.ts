@@ -4,7 +4,7 @@ import type { TokenStore } from '../auth/token-store.ts';
 import type { Config } from '../config.ts';
 import { parseLsn } from '../db/lsn.ts';
 import { latestSnapshot } from '../db/queries/integrity.ts';
-import { leaseHoldings } from '../db/queries/leases.ts';
+import { type LeaseHolding, leaseHoldings } from '../db/queries/leases.ts';
 import {
   mainWalLsn,
   type ReplayState,
@@ -22,6 +22,7 @@ import type { Projector, ProjectorStats } from '../projector/projector.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
 import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
+import { REBUILD_OWNER } from './rebuild.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type StatusDeps = {
@@ -69,6 +70,7 @@ const settle = async <T>(work: Promise<T>): Promise<T | undefined> =>
 /** Computes /health, /buffer-stats and the pipeline gauges from live state, never constants. */
 export class StatusSource {
   readonly #deps: StatusDeps;
+  #leaseQuery: Promise<LeaseHolding[]> | undefined;
 
   constructor(deps: StatusDeps) {
     this.#deps = deps;
@@ -103,12 +105,15 @@ export class StatusSource {
       { mainLsn, replicaPos, replicaFailure, replayState },
       snapshot,
       memory,
+      leases,
     ] = await Promise.all([
       probe(probeWriteRefusal(this.#deps.eventLog.redis)),
       this.bufferOrUndefined(),
       this.#positions(),
       settle(latestSnapshot(this.#deps.replica)),
       settle(readLogMemory(this.#deps.eventLog.redis)),
+      // A process without a projector sees none fail: the leases say whether any runs.
+      projector === undefined ? answerOrReason(this.#siteLeases()) : undefined,
     ]);
     // Redis is up when it answers the write probe, taking writes or refusing them: it refuses even
     // PING while it cannot save.
@@ -122,11 +127,10 @@ export class StatusSource {
     const lag = lagOf(mainLsn, replicaPos, replayState, replicaFailure);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
-    // A process without a projector sees none fail: it asks the leases once events have waited.
     const unprojected =
-      projector === undefined && databaseUp && buffers !== undefined
-        ? await settle(this.#unheldWaiting(buffers))
-        : undefined;
+      leases === undefined || buffers === undefined
+        ? undefined
+        : unheldWaiting(buffers, leases, config);
     // Applied events that the replica does not replay, or that cannot be acknowledged, stay
     // pending however well the projector runs: the log grows until someone looks. A replica held
     // back while nothing waits for it (paused on purpose on an idle site) keeps nothing pending.
@@ -181,27 +185,14 @@ export class StatusSource {
   }
 
   /**
-   * The projector leases line, when events have waited longer than a lease's lifetime in a
-   * partition no projector of the site holds: nothing applies them (none running, or none
-   * reaching the main database), however healthy the process answering.
+   * The site's leases, one query at a time: /health asked often while the lease table is locked
+   * (a migration) would otherwise pin every connection of the probe pool.
    */
-  async #unheldWaiting({ partitions, nowMs }: SiteBuffer): Promise<string | undefined> {
-    const { config, main } = this.#deps;
-    const waiting = partitions.filter(
-      (b) =>
-        b.delivered + b.undelivered > 0 &&
-        b.oldestAcceptedMs !== undefined &&
-        nowMs - b.oldestAcceptedMs > config.claimIdleMs,
-    );
-    if (waiting.length === 0) {
-      return undefined;
-    }
-    const holdings = await leaseHoldings(main, config.site);
-    const held = (partition: number) =>
-      liveHolder(holdings.find((h) => h.partition === partition)) !== undefined;
-    return waiting.every((b) => held(b.partition))
-      ? undefined
-      : projectorLeasesLine(holdings, config.partitions);
+  #siteLeases(): Promise<LeaseHolding[]> {
+    this.#leaseQuery ??= leaseHoldings(this.#deps.main, this.#deps.config.site).finally(() => {
+      this.#leaseQuery = undefined;
+    });
+    return this.#leaseQuery;
   }
 
   async bufferStats() {
@@ -320,6 +311,38 @@ const lagOf = (
         ? null
         : `the replica's position cannot be read: ${replicaFailure}`),
   };
+};
+
+/**
+ * Why events have waited longer than a lease's lifetime in a partition no projector of the site
+ * applies (none running, none reaching the main database, or a rebuild holding them), or
+ * undefined. Leases that could not be read are said so: unknown is not all well.
+ */
+const unheldWaiting = (
+  { partitions, nowMs }: SiteBuffer,
+  leases: { answer?: LeaseHolding[]; failure?: string },
+  config: Config,
+): string | undefined => {
+  const waiting = partitions.filter(
+    (b) =>
+      b.delivered + b.undelivered > 0 &&
+      b.oldestAcceptedMs !== undefined &&
+      nowMs - b.oldestAcceptedMs > config.claimIdleMs,
+  );
+  if (waiting.length === 0) {
+    return undefined;
+  }
+  const { answer: holdings, failure } = leases;
+  if (holdings === undefined) {
+    return `events have waited over ${Math.round(config.claimIdleMs / 1000)} s, and the projector leases cannot be read: ${failure ?? 'no answer'}`;
+  }
+  const applying = (partition: number) => {
+    const holder = liveHolder(holdings.find((h) => h.partition === partition));
+    return holder !== undefined && holder !== REBUILD_OWNER;
+  };
+  return waiting.every((b) => applying(b.partition))
+    ? undefined
+    : projectorLeasesLine(holdings, config.partitions);
 };
 
 const processorView = (
