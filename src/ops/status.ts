@@ -318,10 +318,10 @@ const lagOf = (
  * applies (none running, none reaching the main database, or a rebuild holding them), or
  * undefined. Leases that could not be read are said so: unknown is not all well.
  */
-const unheldWaiting = (
+export const unheldWaiting = (
   { partitions, nowMs }: SiteBuffer,
   leases: { answer?: LeaseHolding[]; failure?: string },
-  config: Config,
+  config: Pick<Config, 'claimIdleMs' | 'partitions'>,
 ): string | undefined => {
   const waiting = partitions.filter(
     (b) =>
