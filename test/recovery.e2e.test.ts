@@ -665,9 +665,27 @@ void describe('recovery', () => {
       await h.redis.xadd(stream, '*', ...fields);
       const replayPast = (args: string[]) =>
         runCli(h, ['replay', '--from', from, '--json', ...args]);
+      // And one an operator discarded from the dead letters before the count was lowered.
+      const dropped = {
+        event_id: newIdInPartition(0, h.config.partitions),
+        aggregate_id: newIdInPartition(0, h.config.partitions),
+        aggregate_type: 'executed_obs_unit',
+        type: 'ExecutedObsUnitStarted',
+        version: 1,
+        site: h.config.site,
+        accepted_at: Date.now(),
+        data: { obs_unit_id: 'dropped-past-the-count', instrument: 'miri', start_time: from },
+      } as unknown as Envelope;
+      await h.redis.xadd(stream, '*', ...encodeEntryFields(dropped));
+      const audit = eventLogOf(h).keys(past).discarded;
+      await h.redis.xadd(audit, '*', 'event_id', dropped.event_id, 'reason', 'poison');
       try {
         const whole = await replayPast(['--dry-run']);
-        assert.deepEqual(JSON.parse(whole.stdout).unscanned_partitions, [], 'its event is applied');
+        assert.deepEqual(
+          JSON.parse(whole.stdout).unscanned_partitions,
+          [],
+          'its events are applied or discarded',
+        );
         const lost: Envelope = {
           event_id: newIdInPartition(0, h.config.partitions),
           aggregate_id: newIdInPartition(0, h.config.partitions),
@@ -700,7 +718,7 @@ void describe('recovery', () => {
         ]);
         assert.deepEqual(JSON.parse(later.stdout).unscanned_partitions, []);
       } finally {
-        await h.redis.del(stream);
+        await h.redis.del(stream, audit);
       }
     });
 

@@ -288,8 +288,10 @@ const streamsPastCount = async (deps: Deps, request: ReplayRequest): Promise<num
 };
 
 /**
- * Whether the main database lacks an event of a partition stream's range. Undecodable entries are
- * left out: no replay could give them back, and the count was lowered only with none pending.
+ * Whether the main database lacks an event of a partition stream's range that a replay would give
+ * back: undecodable entries, and events discarded from the dead letters or still in them, are
+ * left out, as the scan of the site's own partitions leaves them out (the count was lowered only
+ * with none pending and the dead letters settled).
  */
 const lacksEventsOf = async (
   deps: Deps,
@@ -297,7 +299,9 @@ const lacksEventsOf = async (
   from: string,
   to: string,
 ): Promise<boolean> => {
-  const stream = deps.eventLog.keys(partition).stream;
+  const keys = deps.eventLog.keys(partition);
+  const stream = keys.stream;
+  const discarded = await discardedIds(deps, partition)();
   let cursor = from;
   for (;;) {
     const page = (await deps.eventLog.redis.xrange(
@@ -316,8 +320,12 @@ const lacksEventsOf = async (
     });
     if (ids.length > 0) {
       const applied = await appliedEventIds(deps.main, ids);
-      if (ids.some((id) => !applied.has(id))) {
-        return true;
+      const unapplied = ids.filter((id) => !applied.has(id) && !discarded.has(id));
+      if (unapplied.length > 0) {
+        const dead = await deps.eventLog.redis.hmget(keys.deadIndex, ...unapplied);
+        if (dead.some((letter) => letter === null)) {
+          return true;
+        }
       }
     }
     const last = page.at(-1)?.[0];
