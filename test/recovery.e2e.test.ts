@@ -663,19 +663,22 @@ void describe('recovery', () => {
         entry_id,
       )) as RawEntry[];
       await h.redis.xadd(stream, '*', ...fields);
+      // A unit start as an earlier build wrote it, never applied here.
+      const unitStart = (obsUnitId: string) =>
+        ({
+          event_id: newIdInPartition(0, h.config.partitions),
+          aggregate_id: newIdInPartition(0, h.config.partitions),
+          aggregate_type: 'executed_obs_unit',
+          type: 'ExecutedObsUnitStarted',
+          version: 1,
+          site: h.config.site,
+          accepted_at: Date.now(),
+          data: { obs_unit_id: obsUnitId, instrument: 'miri', start_time: from },
+        }) as unknown as Envelope;
       const replayPast = (args: string[]) =>
         runCli(h, ['replay', '--from', from, '--json', ...args]);
       // And one an operator discarded from the dead letters before the count was lowered.
-      const dropped = {
-        event_id: newIdInPartition(0, h.config.partitions),
-        aggregate_id: newIdInPartition(0, h.config.partitions),
-        aggregate_type: 'executed_obs_unit',
-        type: 'ExecutedObsUnitStarted',
-        version: 1,
-        site: h.config.site,
-        accepted_at: Date.now(),
-        data: { obs_unit_id: 'dropped-past-the-count', instrument: 'miri', start_time: from },
-      } as unknown as Envelope;
+      const dropped = unitStart('dropped-past-the-count');
       await h.redis.xadd(stream, '*', ...encodeEntryFields(dropped));
       const audit = eventLogOf(h).keys(past).discarded;
       await h.redis.xadd(audit, '*', 'event_id', dropped.event_id, 'reason', 'poison');
@@ -686,16 +689,7 @@ void describe('recovery', () => {
           [],
           'its events are applied or discarded',
         );
-        const lost: Envelope = {
-          event_id: newIdInPartition(0, h.config.partitions),
-          aggregate_id: newIdInPartition(0, h.config.partitions),
-          aggregate_type: 'executed_obs_unit',
-          type: 'ExecutedObsUnitStarted',
-          version: 1,
-          site: h.config.site,
-          accepted_at: Date.now(),
-          data: { obs_unit_id: 'lost-past-the-count', instrument: 'miri', start_time: from },
-        } as unknown as Envelope;
+        const lost = unitStart('lost-past-the-count');
         await h.redis.xadd(stream, '*', ...encodeEntryFields(lost));
         const dry = await replayPast(['--dry-run']);
         assert.deepEqual(JSON.parse(dry.stdout).unscanned_partitions, [past], dry.stderr);

@@ -13,9 +13,13 @@ import {
 import { entryTime } from '../log/entry-id.ts';
 import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
-import { partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
+import {
+  anotherLogHolds,
+  anotherLogRefused,
+  partitionRanges,
+  projectorLeasesLine,
+} from '../ops/lease-report.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { anotherLogHolds, anotherLogRefused } from '../projector/leases.ts';
 import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 

@@ -55,3 +55,11 @@ export const projectorLeasesLine = (
   const last = lapsed.length > 0 ? ` (leases expired: ${lapsed.join(', ')})` : '';
   return `no projector holds partition${unheld.length > 1 ? 's' : ''} ${partitionRanges(unheld)}${last}: nothing applies their events until a projector runs (outpost serve --only projector, or outpost serve) and reaches the main database${held ? `; held: ${held}` : ''}`;
 };
+
+/** What a projector of a log refused its site name is told, and its operator's pending. */
+export const anotherLogHolds = (site: string, members: readonly string[], seenSecondsAgo: number) =>
+  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, free the name for this log on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
+
+/** What the site holding its name is told of a projector of another log refused it. */
+export const anotherLogRefused = (site: string, consumer: string) =>
+  `a projector of another Redis log (${consumer}) runs as site ${site} and applies nothing: two sites have OUTPOST_SITE=${site}; give each its own`;

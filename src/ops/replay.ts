@@ -146,22 +146,11 @@ export const replay = async (
     waitMs?: number;
   } = {},
 ): Promise<ReplayReport> => {
-  const report: ReplayReport = {
-    scanned: 0,
-    already_applied: 0,
-    applied: 0,
-    failed: 0,
-    dry_run: request.dryRun,
-    in_flight: 0,
-    unfinished: 0,
-    discarded: 0,
-    history_starts_at: null,
-    overtaken: 0,
-    overtaken_aggregates: [],
-    unscanned_partitions:
-      request.partition === undefined ? await streamsPastCount(deps, request) : [],
-  };
   const { from, to } = replayRange(request.from, request.to);
+  const report = emptyReport(request.dryRun);
+  if (request.partition === undefined) {
+    report.unscanned_partitions = await streamsPastCount(deps, from, to);
+  }
   const resent: { eventId: string; partition: number }[] = [];
   const partitions = deps.eventLog
     .allKeys()
@@ -255,6 +244,21 @@ export const replay = async (
   return report;
 };
 
+const emptyReport = (dryRun: boolean): ReplayReport => ({
+  scanned: 0,
+  already_applied: 0,
+  applied: 0,
+  failed: 0,
+  dry_run: dryRun,
+  in_flight: 0,
+  unfinished: 0,
+  discarded: 0,
+  history_starts_at: null,
+  overtaken: 0,
+  overtaken_aggregates: [],
+  unscanned_partitions: [],
+});
+
 /** The highest partition count a site can have had (OUTPOST_PARTITIONS' bound). */
 const MAX_PARTITIONS = 1024;
 
@@ -266,9 +270,8 @@ const MAX_PARTITIONS = 1024;
  * so instead of reporting the range whole. Their streams are looked up by name, not by SCAN: a
  * bounded pipeline, which a Redis holding a day of idempotency keys answers at once.
  */
-const streamsPastCount = async (deps: Deps, request: ReplayRequest): Promise<number[]> => {
+const streamsPastCount = async (deps: Deps, from: string, to: string): Promise<number[]> => {
   const { eventLog } = deps;
-  const { from, to } = replayRange(request.from, request.to);
   const past = Array.from(
     { length: Math.max(0, MAX_PARTITIONS - eventLog.partitions) },
     (_, i) => eventLog.partitions + i,
@@ -289,9 +292,9 @@ const streamsPastCount = async (deps: Deps, request: ReplayRequest): Promise<num
 
 /**
  * Whether the main database lacks an event of a partition stream's range that a replay would give
- * back: undecodable entries, and events discarded from the dead letters or still in them, are
- * left out, as the scan of the site's own partitions leaves them out (the count was lowered only
- * with none pending and the dead letters settled).
+ * back, by the scan's own test (missingFrom): undecodable entries, and events discarded from the
+ * dead letters or still in them, are left out (the count was lowered only with none pending and
+ * the dead letters settled).
  */
 const lacksEventsOf = async (
   deps: Deps,
@@ -299,9 +302,10 @@ const lacksEventsOf = async (
   from: string,
   to: string,
 ): Promise<boolean> => {
-  const keys = deps.eventLog.keys(partition);
-  const stream = keys.stream;
-  const discarded = await discardedIds(deps, partition)();
+  const stream = deps.eventLog.keys(partition).stream;
+  const latestDiscarded = discardedIds(deps, partition);
+  // Its counts are not the replay's: these partitions are not scanned.
+  const uncounted = emptyReport(true);
   let cursor = from;
   for (;;) {
     const page = (await deps.eventLog.redis.xrange(
@@ -311,22 +315,15 @@ const lacksEventsOf = async (
       'COUNT',
       PAGE,
     )) as RawEntry[];
-    const ids = page.flatMap((entry) => {
+    const entries = page.flatMap((entry) => {
       try {
-        return [decodeEntry(entry).event.event_id];
+        return [decodeEntry(entry)];
       } catch {
         return [];
       }
     });
-    if (ids.length > 0) {
-      const applied = await appliedEventIds(deps.main, ids);
-      const unapplied = ids.filter((id) => !applied.has(id) && !discarded.has(id));
-      if (unapplied.length > 0) {
-        const dead = await deps.eventLog.redis.hmget(keys.deadIndex, ...unapplied);
-        if (dead.some((letter) => letter === null)) {
-          return true;
-        }
-      }
+    if ((await missingFrom(deps, partition, entries, latestDiscarded, uncounted)).length > 0) {
+      return true;
     }
     const last = page.at(-1)?.[0];
     if (page.length < PAGE || last === undefined) {

@@ -11,6 +11,7 @@ import {
   renewLeases,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
+import { anotherLogHolds, anotherLogRefused } from '../ops/lease-report.ts';
 import { pause } from './backoff.ts';
 
 export type LeaseEvents = {
@@ -299,14 +300,6 @@ class PartitionStartError extends Error {
     super(`partition ${partition} could not be started: ${(cause as Error).message}`, { cause });
   }
 }
-
-/** What a projector of a log refused its site name is told, and its operator's pending. */
-export const anotherLogHolds = (site: string, members: readonly string[], seenSecondsAgo: number) =>
-  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, free the name for this log on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
-
-/** What the site holding its name is told of a projector of another log refused it. */
-export const anotherLogRefused = (site: string, consumer: string) =>
-  `a projector of another Redis log (${consumer}) runs as site ${site} and applies nothing: two sites have OUTPOST_SITE=${site}; give each its own`;
 
 const twinMessage = (consumer: string) =>
   `another projector process uses the consumer name ${consumer}: give each process its own OUTPOST_CONSUMER`;
