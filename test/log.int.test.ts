@@ -588,25 +588,29 @@ void describe('the local log', () => {
       );
     });
 
-    void it('moves the trimmed-through mark forward only, whichever of two trims finishes last', async () => {
-      // The other trim records its mark between this one's look at the mark and its write: a
-      // read of the mark answers as it was before.
-      const readBefore = new Proxy(redis, {
-        get: (target, name) =>
-          name === 'get'
-            ? async (key: string) => (key.endsWith('trimmed-through') ? null : target.get(key))
-            : Reflect.get(target, name, target),
-      });
-      const marked = new EventLog(readBefore, `${h.config.namespace}-mark`, 1);
-      await marked.ensureGroups();
-      const { stream, trimmedThrough } = marked.keys(0);
+    /** A partition of its own whose entries, `ago` ms old by Redis's clock, are all delivered and acknowledged. */
+    const acknowledgedHistory = async (name: string, agos: number[], redisClient = redis) => {
+      const own = new EventLog(redisClient, `${h.config.namespace}-${name}`, 1);
+      await own.ensureGroups();
+      const { stream, trimmedThrough } = own.keys(0);
       const now = timeMs(await redis.time());
-      const ids = [40_000, 30_000, 20_000, 10_000].map((ago) => `${now - ago}-0`);
+      const ids = agos.map((ago) => `${now - ago}-0`);
       for (const id of ids) {
         await redis.xadd(stream, id, 'junk', 'x');
       }
       await deliver(redis, stream);
       await redis.xack(stream, CONSUMER_GROUP, ...ids);
+      const remaining = async () => (await redis.xrange(stream, '-', '+')).map(([id]) => id);
+      return { log: own, stream, trimmedThrough, now, ids, remaining };
+    };
+
+    void it('moves the trimmed-through mark forward only, whichever of two trims finishes last', async () => {
+      const {
+        log: marked,
+        trimmedThrough,
+        now,
+        ids,
+      } = await acknowledgedHistory('mark', [40_000, 30_000, 20_000, 10_000]);
       // Another trim went further meanwhile and recorded its mark first.
       const further = `${now - 1_000}-0`;
       await redis.set(trimmedThrough, further);
@@ -617,19 +621,68 @@ void describe('the local log', () => {
       assert.equal(await redis.get(trimmedThrough), ids[2], 'recorded when it goes further');
     });
 
+    void it('trims nothing a re-created group has yet to deliver, whichever of its calls the re-creation comes before', async () => {
+      // The group is lost and re-created from 0-0 (a projector meeting NOGROUP) while a trim runs.
+      // A floor taken by separate calls, the re-creation between its look at the groups and its
+      // look at the pending list, saw an empty pending list and the old group's delivery
+      // position, and trimmed what the new group had yet to deliver.
+      const agos = [30_000, 20_000, 10_000];
+      for (let before = 1; before <= 8; before += 1) {
+        const {
+          log: own,
+          stream,
+          ids,
+          remaining,
+        } = await acknowledgedHistory(`regroup-${before}`, agos);
+        let calls = 0;
+        let regrouped = false;
+        const regrouping = new Proxy(redis, {
+          get: (target, name) => {
+            const value: unknown = Reflect.get(target, name, target);
+            if (typeof value !== 'function') {
+              return value;
+            }
+            return (...args: unknown[]) => {
+              calls += 1;
+              const regroup =
+                calls === before
+                  ? target
+                      .xgroup('DESTROY', stream, CONSUMER_GROUP)
+                      .then(() => target.xgroup('CREATE', stream, CONSUMER_GROUP, '0'))
+                      .then(() => {
+                        regrouped = true;
+                      })
+                  : Promise.resolve();
+              return regroup.then(() => value.apply(target, args));
+            };
+          },
+        });
+        const trimming = new EventLog(redis, own.namespace, 1);
+        // Its calls go through the proxy from here on, counted.
+        Object.defineProperty(trimming, 'redis', { value: regrouping });
+        const trimmed = await trimPartition(trimming, 0, 0);
+        if (regrouped) {
+          assert.equal(trimmed, 0, `re-created before call ${before}`);
+          assert.deepEqual(await remaining(), ids);
+        } else {
+          assert.equal(trimmed, ids.length - 1, 'all but the last delivered, with no re-creation');
+        }
+      }
+      // And with the group gone for good, nothing is known delivered: nothing goes either.
+      const { log: lost, stream, ids, remaining } = await acknowledgedHistory('lost-group', agos);
+      await redis.xgroup('DESTROY', stream, CONSUMER_GROUP);
+      assert.equal(await trimPartition(lost, 0, 0), 0);
+      assert.deepEqual(await remaining(), ids);
+    });
+
     void it('records the mark of a trim made while Redis is past its maxmemory', async () => {
       // The trim frees memory and is not refused; a mark refused with it would tell a replay
       // reaching into the trimmed range that its history is whole.
-      const full = new EventLog(redis, `${h.config.namespace}-full`, 1);
-      await full.ensureGroups();
-      const { stream, trimmedThrough } = full.keys(0);
-      const now = timeMs(await redis.time());
-      const ids = [30_000, 20_000].map((ago) => `${now - ago}-0`);
-      for (const id of ids) {
-        await redis.xadd(stream, id, 'junk', 'x');
-      }
-      await deliver(redis, stream);
-      await redis.xack(stream, CONSUMER_GROUP, ...ids);
+      const {
+        log: full,
+        trimmedThrough,
+        ids,
+      } = await acknowledgedHistory('full', [30_000, 20_000]);
       await redis.config('SET', 'maxmemory', '1');
       try {
         await assert.rejects(redis.set(`${h.config.namespace}-full:probe`, 'x'), /OOM/);

@@ -135,7 +135,7 @@ type Commands = {
   outpostReleaseClaim(numKeys: number, ...args: string[]): Promise<number>;
   outpostHoldKey(numKeys: number, ...args: string[]): Promise<number>;
   outpostPartitionCount(numKeys: number, ...args: string[]): Promise<RosterOutcome>;
-  outpostRecordTrimmedThrough(numKeys: number, ...args: string[]): Promise<number>;
+  outpostTrim(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 /** What listing a process in the site's roster found: see scripts/partition-count.lua. */
@@ -305,7 +305,7 @@ export class EventLog {
     redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
     redis.defineCommand('outpostHoldKey', { lua: script('hold-key') });
     redis.defineCommand('outpostPartitionCount', { lua: script('partition-count') });
-    redis.defineCommand('outpostRecordTrimmedThrough', { lua: script('record-trimmed-through') });
+    redis.defineCommand('outpostTrim', { lua: script('trim') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -1006,9 +1006,13 @@ export class EventLog {
     );
   }
 
-  /** Moves a partition's trimmed-through mark forward to `entryId`, never back. */
-  async recordTrimmedThrough(markKey: string, entryId: string): Promise<void> {
-    await this.#redis.outpostRecordTrimmedThrough(1, markKey, entryId);
+  /**
+   * Trims a partition's acknowledged entries below `edge` (an entry id), never one pending or not
+   * yet delivered, and moves its trimmed-through mark forward over them; the number removed.
+   */
+  async trimBelow(partition: number, edge: string): Promise<number> {
+    const keys = this.keys(partition);
+    return this.#redis.outpostTrim(2, keys.stream, keys.trimmedThrough, CONSUMER_GROUP, edge);
   }
 
   /** Deletes `key` only while it holds `held`: a holder never frees what another holder set. */
