@@ -552,10 +552,10 @@ void describe('two logs run under one site name', () => {
 
   // A second site given the first's OUTPOST_SITE (its env file copied): its own Redis log, the
   // same leases in the main database.
-  const manager = (consumer: string, logId: () => Promise<string>) =>
+  const manager = (consumer: string, logId: () => Promise<string>, site = 'copied-site') =>
     new LeaseManager({
       pool: h.main,
-      site: 'copied-site',
+      site,
       logId,
       consumer,
       partitions: h.config.partitions,
@@ -564,12 +564,16 @@ void describe('two logs run under one site name', () => {
       events: { acquired: async () => undefined, stopped: async () => undefined },
     });
   const all = () => [...Array(h.config.partitions).keys()];
-  const roster = async () =>
+  const roster = async (site = 'copied-site') =>
     (
       await h.mainRows<{ consumer: string }>(
-        "SELECT consumer FROM projector_members WHERE site = 'copied-site' ORDER BY consumer",
+        'SELECT consumer FROM projector_members WHERE site = $1 ORDER BY consumer',
+        [site],
       )
     ).map((row) => row.consumer);
+  const claimedBy = async (site: string) =>
+    (await h.mainRows<{ log: string }>('SELECT log FROM site_logs WHERE site = $1', [site]))[0]
+      ?.log;
 
   void it('keeps the site with the log that claimed it, however long its processes stop, until an operator frees it', async () => {
     const first = manager('summit-a:8080', async () => 'log-a');
@@ -600,9 +604,13 @@ void describe('two logs run under one site name', () => {
     // Its processes stopped (a rebuild, a long upgrade), the first log keeps the site.
     await first.stop();
     await second.stop();
-    await h.main.query(
-      "UPDATE site_logs SET seen_at = clock_timestamp() - interval '1 day' WHERE site = 'copied-site'",
-    );
+    // A day later, and the copy was first seen a day before that.
+    for (const aged of [
+      "UPDATE site_logs SET seen_at = seen_at - interval '1 day' WHERE site = 'copied-site'",
+      "UPDATE site_log_sightings SET first_seen_at = first_seen_at - interval '1 day' WHERE site = 'copied-site'",
+    ]) {
+      await h.main.query(aged);
+    }
     await copy.tick();
     assert.deepEqual(copy.owned, []);
     assert.match(
@@ -644,6 +652,52 @@ void describe('two logs run under one site name', () => {
     await namesake.stop();
     assert.ok((await roster()).includes('summit-b:8080'));
     for (const process of [copy, restarted]) {
+      await process.stop();
+    }
+  });
+
+  void it("hands the site to a log first seen after the holder's projectors stopped: the site's Redis replaced by an empty one", async () => {
+    const site = 'replaced-site';
+    const before = manager('summit:8080', async () => 'log-before', site);
+    await before.tick();
+    assert.deepEqual(before.owned, all());
+    // Killed, its Redis replaced by an empty one (a new log id), started again at once: the
+    // killed process's beat and leases are still live, so it is refused for now.
+    const after = manager('summit:8080', async () => 'log-after', site);
+    await after.tick();
+    assert.deepEqual(after.owned, []);
+    assert.match(
+      after.lastError ?? '',
+      /this log takes the name once that log's projectors have stopped .* DELETE FROM site_logs WHERE site = 'replaced-site'\./,
+    );
+    // The killed process's beat and leases lapse: nothing of the log that held the name runs.
+    for (const lapsed of [
+      "UPDATE projector_members SET heartbeat_at = heartbeat_at - interval '2 minutes' WHERE site = $1",
+      "UPDATE partition_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE site = $1",
+    ]) {
+      await h.main.query(lapsed, [site]);
+    }
+    await after.tick();
+    assert.deepEqual(after.owned, all(), 'taken without an operator');
+    assert.equal(after.lastError, undefined);
+    assert.equal(await claimedBy(site), 'log-after');
+    // The earlier log comes back (its Redis was not lost after all) while the new one runs: refused,
+    // and seen, so the new one's stop does not hand the name back.
+    const returning = manager('summit-old:8080', async () => 'log-before', site);
+    await returning.tick();
+    assert.deepEqual(returning.owned, []);
+    await after.tick();
+    await after.stop();
+    assert.deepEqual(await roster(site), [], 'a graceful stop leaves the roster');
+    await returning.tick();
+    assert.deepEqual(returning.owned, [], 'seen while the holder ran: refused after its stop too');
+    assert.equal(await claimedBy(site), 'log-after');
+    // A log first seen now, with nothing of the holder running, takes the name at once.
+    const fresh = manager('summit:8080', async () => 'log-fresh', site);
+    await fresh.tick();
+    assert.deepEqual(fresh.owned, all());
+    assert.equal(await claimedBy(site), 'log-fresh');
+    for (const process of [before, returning, fresh]) {
       await process.stop();
     }
   });

@@ -453,6 +453,17 @@ void describe('two sites sharing one main database', () => {
   });
   after(() => h.close());
 
+  /** Starts a unit through the service on `port`: each site's service runs in this process. */
+  const postTo = async (port: number, obsUnitId: string) => {
+    const answer = await fetch(`http://127.0.0.1:${port}/executed_obs_units/start`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ obs_unit_id: obsUnitId, instrument: 'x' }),
+    });
+    assert.equal(answer.status, 201, await answer.clone().text());
+    return ((await answer.json()) as { event_id: string }).event_id;
+  };
+
   void it("applies every site's writes: each site's projectors hold all of its own partitions", async () => {
     // Another site: its own log (here a namespace of the same Redis) and its own processes,
     // projecting onto the same main database.
@@ -462,15 +473,6 @@ void describe('two sites sharing one main database', () => {
       consumer: 'far-site:8080',
       port: 0,
     });
-    const postTo = async (port: number, obsUnitId: string) => {
-      const answer = await fetch(`http://127.0.0.1:${port}/executed_obs_units/start`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ obs_unit_id: obsUnitId, instrument: 'x' }),
-      });
-      assert.equal(answer.status, 201, await answer.clone().text());
-      return ((await answer.json()) as { event_id: string }).event_id;
-    };
     const near = h.services[0];
     assert.ok(near, "this site's service");
     const eventIds: string[] = [];
@@ -553,5 +555,29 @@ void describe('two sites sharing one main database', () => {
       h.startService('projector', { site: 'second-host' }),
       /^SiteNameError: OUTPOST_SITE is "second-host", but this log is served as site "test-site": start every process of the site with OUTPOST_SITE=test-site/,
     );
+  });
+
+  void it("applies again, with no operator, once the site's Redis was replaced by an empty one while its processes were stopped", async () => {
+    const service = h.services[0];
+    assert.ok(service, "this site's service, started first");
+    await waitForApplied(
+      h,
+      [await postTo(service.port, 'before-replaced')],
+      'a write before the replacement',
+    );
+    await waitForAllAcknowledged(h);
+    await h.stopService(service);
+    // Every key of the site's log gone: a new Redis, with a new log id.
+    await h.redis.del(...(await h.redis.keys(`${h.config.namespace}:*`)));
+    const restarted = await h.startService('all');
+    await waitForApplied(
+      h,
+      [await postTo(restarted.port, 'after-replaced')],
+      'a write after the replacement, the log that held the name having stopped',
+    );
+    assert.deepEqual(restarted.projector?.stats().partitions, [
+      ...Array(h.config.partitions).keys(),
+    ]);
+    assert.equal(restarted.projector?.stats().lastError ?? null, null);
   });
 });

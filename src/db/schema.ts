@@ -182,7 +182,8 @@ export const projectorMembers = pgTable(
  * Which Redis log a site name is applied from. Two logs run under one name (a second site given
  * the first's OUTPOST_SITE) would share its partition leases, each applying only its own streams:
  * the partitions each held of the other's would wait for good. The log holding the claim keeps
- * it while any of its projectors renews it; another log takes it only after a long silence.
+ * it while any of its projectors runs; another log takes it only when none does, and only if it
+ * was not seen while they ran (site_log_sightings): a Redis replaced by an empty one, not a copy.
  */
 export const siteLogs = pgTable('site_logs', {
   site: text('site').primaryKey(),
@@ -194,3 +195,18 @@ export const siteLogs = pgTable('site_logs', {
   refusedConsumer: text('refused_consumer'),
   refusedAt: timestamptz('refused_at'),
 });
+
+/**
+ * When each log refused a site name was first seen trying it. A log seen while the holder's
+ * projectors still renewed the claim is another site's (a copy of its env file), and never takes
+ * the name by itself; a log first seen after they stopped may (the site's Redis replaced).
+ */
+export const siteLogSightings = pgTable(
+  'site_log_sightings',
+  {
+    site: text('site').notNull(),
+    log: text('log').notNull(),
+    firstSeenAt: timestamptz('first_seen_at').notNull(),
+  },
+  (t) => [primaryKey({ columns: [t.site, t.log] })],
+);

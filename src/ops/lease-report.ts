@@ -58,8 +58,12 @@ export const projectorLeasesLine = (
 
 /** What a projector of a log refused its site name is told, and its operator's pending. */
 export const anotherLogHolds = (site: string, members: readonly string[], seenSecondsAgo: number) =>
-  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, free the name for this log on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
+  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, this log takes the name once that log's projectors have stopped (unless they ran after this log was first seen), and to free it now for this log, on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
 
 /** What the site holding its name is told of a projector of another log refused it. */
 export const anotherLogRefused = (site: string, consumer: string) =>
   `a projector of another Redis log (${consumer}) runs as site ${site} and applies nothing: two sites have OUTPOST_SITE=${site}; give each its own`;
+
+/** What a projector of a log that took its site name from a stopped log's says. */
+export const siteTakenOver = (site: string) =>
+  `site ${site} is now applied from this Redis log: the log that held the name has no projector running, and this one was first seen after they stopped (the site's Redis replaced by an empty one); if that log is another site's still in use, the two have one OUTPOST_SITE: give each its own before it starts again, or it will be refused`;

@@ -11,7 +11,7 @@ import {
   renewLeases,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
-import { anotherLogHolds, anotherLogRefused } from '../ops/lease-report.ts';
+import { anotherLogHolds, anotherLogRefused, siteTakenOver } from '../ops/lease-report.ts';
 import { pause } from './backoff.ts';
 
 export type LeaseEvents = {
@@ -245,6 +245,9 @@ export class LeaseManager {
         );
     }
     this.#claimedLog = this.#log;
+    if (claim.takenFrom !== null) {
+      logger.warn({ site, log: this.#log, from: claim.takenFrom }, siteTakenOver(site));
+    }
     if (claim.refusedConsumer !== null && claim.refusedConsumer !== this.#refusedMet) {
       logger.error({ site }, anotherLogRefused(site, claim.refusedConsumer));
     }

@@ -59,43 +59,63 @@ export type SiteClaim = {
   seenSecondsAgo: number;
   /** A projector of another log refused within the TTL, named for the holding site's tools. */
   refusedConsumer: string | null;
+  /** The log this claim was taken from, its projectors all stopped: a replaced Redis's. */
+  takenFrom: string | null;
 };
 
 /**
- * Claims the site for `log`, or renews its claim: taken when free, or when held by `previousLog`
- * (the id this process claimed with before, which its Redis lost and replaced). Never taken
- * from another log by time alone: a copy's log and a site's own log whose Redis was replaced
- * look alike here, and a copy that took the site while the site's projectors were stopped (a
- * rebuild, a long upgrade) would keep it. Refused, the attempt is recorded so that the holding
- * site's operators hear of it too.
+ * Claims the site for `log`, or renews its claim. Taken when free; when held by `previousLog`
+ * (the id this process claimed with before, which its Redis lost and replaced); or when none of
+ * the holder's projectors runs (the refused do not join the roster) and `log` was not seen trying
+ * while they ran. A copy's log and a site's own log whose Redis was replaced look alike here but
+ * for that: the copy is refused while the holder runs, and seen, so the holder's stop (a rebuild,
+ * a long upgrade, a graceful restart) does not hand it the name. A log first seen after the
+ * holder stopped takes it. Refused, the attempt is recorded so that the holding site's operators
+ * hear of it too.
  */
 export const claimSite = async (
   db: Queryable,
   claim: { site: string; log: string; previousLog: string | null; consumer: string },
   ttlMs: number,
 ): Promise<SiteClaim> => {
-  const { rows } = await db.query<{ refused_consumer: string | null }>(
-    `INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
+  const { rows } = await db.query<{ refused_consumer: string | null; taken_from: string | null }>(
+    `WITH holder AS (SELECT log FROM site_logs WHERE site = $1)
+     INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
      ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at,
        refused_consumer = CASE WHEN s.log = excluded.log THEN s.refused_consumer END,
        refused_at = CASE WHEN s.log = excluded.log THEN s.refused_at END
        WHERE s.log IN (excluded.log, $3)
+          OR (NOT EXISTS (SELECT 1 FROM projector_members m
+                           WHERE m.site = $1
+                             AND m.heartbeat_at > clock_timestamp() - $4 * interval '1 millisecond')
+              AND NOT EXISTS (SELECT 1 FROM site_log_sightings g
+                               WHERE g.site = $1 AND g.log = $2 AND g.first_seen_at <= s.seen_at))
      RETURNING CASE WHEN s.refused_at > clock_timestamp() - $4 * interval '1 millisecond'
-                    THEN s.refused_consumer END AS refused_consumer`,
+                    THEN s.refused_consumer END AS refused_consumer,
+               (SELECT log FROM holder WHERE log NOT IN ($2, coalesce($3, ''))) AS taken_from`,
     [claim.site, claim.log, claim.previousLog, ttlMs],
   );
   if (rows[0] !== undefined) {
-    return { held: true, seenSecondsAgo: 0, refusedConsumer: rows[0].refused_consumer };
+    return {
+      held: true,
+      seenSecondsAgo: 0,
+      refusedConsumer: rows[0].refused_consumer,
+      takenFrom: rows[0].taken_from,
+    };
   }
   const refused = await db.query<{ seen_seconds_ago: number }>(
-    `UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
+    `WITH seen AS (
+       INSERT INTO site_log_sightings (site, log, first_seen_at) VALUES ($1, $3, clock_timestamp())
+       ON CONFLICT DO NOTHING)
+     UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
      RETURNING floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago`,
-    [claim.site, claim.consumer],
+    [claim.site, claim.consumer, claim.log],
   );
   return {
     held: false,
     seenSecondsAgo: refused.rows[0]?.seen_seconds_ago ?? 0,
     refusedConsumer: null,
+    takenFrom: null,
   };
 };
 
