@@ -777,6 +777,42 @@ void describe('pg_cron', () => {
     assert.ok(snapshots.rows.length >= 1, 'the snapshot time moved');
   });
 
+  void it('gives the job OUTPOST_INTEGRITY_SCHEDULE on outpost migrate, before any process starts', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    await scheduleCronJob(client, '*/30 * * * *');
+    const migrate = (schedule: string) =>
+      runCliWith(
+        {
+          PATH: process.env.PATH,
+          HOME: process.env.HOME,
+          MAIN_DATABASE_URL: url,
+          OUTPOST_INTEGRITY_SCHEDULE: schedule,
+        },
+        ['migrate', '--json'],
+      );
+    const scheduleNow = async () =>
+      (
+        await client.query<{ schedule: string }>(
+          'SELECT schedule FROM cron.job WHERE jobname = $1',
+          [CRON_JOB],
+        )
+      ).rows;
+    const moved = await migrate('*/7 * * * *');
+    assert.equal(moved.code, 0, moved.stderr);
+    assert.deepEqual(JSON.parse(moved.stdout), {
+      migrated: true,
+      integrity_schedule: '*/7 * * * *',
+    });
+    assert.deepEqual(await scheduleNow(), [{ schedule: '*/7 * * * *' }], 'one job, rescheduled');
+    const again = await migrate('*/7 * * * *');
+    assert.deepEqual(JSON.parse(again.stdout), { migrated: true }, 'nothing to change');
+    assert.deepEqual(await scheduleNow(), [{ schedule: '*/7 * * * *' }]);
+  });
+
   void it('finds pg_cron once the main database answers, when it could not tell at start', async (t) => {
     const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
     if (cron.rows.length === 0) {

@@ -160,8 +160,17 @@ const main = async (argv: string[]) => {
       return tokenCommand(action, { ...values, json: values.json ?? false });
     case 'migrate': {
       const config = loadConfig();
-      await runMigrations(config.mainDatabaseUrl);
-      print(flags.json ? JSON.stringify({ migrated: true }) : 'migrations applied');
+      const { rescheduled } = await runMigrations(config.mainDatabaseUrl, {
+        integritySchedule: config.integritySchedule,
+      });
+      print(
+        flags.json
+          ? JSON.stringify({
+              migrated: true,
+              ...(rescheduled && { integrity_schedule: rescheduled }),
+            })
+          : `migrations applied${rescheduled ? `; pg_cron's integrity job now runs on ${rescheduled} (OUTPOST_INTEGRITY_SCHEDULE)` : ''}`,
+      );
       return;
     }
     case 'serve': {
@@ -172,7 +181,8 @@ const main = async (argv: string[]) => {
     }
     case 'start': {
       await stack('up', flags);
-      await runMigrations(loadConfig().mainDatabaseUrl);
+      const config = loadConfig();
+      await runMigrations(config.mainDatabaseUrl, { integritySchedule: config.integritySchedule });
       return serveUntilSignalled('all');
     }
     default:
