@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { EVENT_TYPES } from '../domain/events.ts';
 import { DRAIN_RESERVE } from '../log/capacity.ts';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
@@ -39,12 +40,16 @@ export const createMetrics = () => {
   const registers = [registry];
   return {
     registry,
-    eventsAccepted: new Counter({
-      name: 'outpost_events_accepted_total',
-      help: 'Events appended to the local log, by event type',
-      labelNames: ['type'] as const,
-      registers,
-    }),
+    eventsAccepted: zeroed(
+      new Counter({
+        name: 'outpost_events_accepted_total',
+        help: 'Events appended to the local log, by event type',
+        labelNames: ['type'] as const,
+        registers,
+      }),
+      'type',
+      Object.keys(EVENT_TYPES),
+    ),
     ingestDuration: new Histogram({
       name: 'outpost_ingest_duration_seconds',
       help: 'Time from request received to durable append answered',

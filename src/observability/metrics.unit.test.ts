@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { EVENT_TYPES } from '../domain/events.ts';
 import { createMetrics } from './metrics.ts';
 
 /** DESIGN §9, the metrics contract: name, type and label names, as scrapers and alerts use them. */
@@ -33,6 +34,20 @@ void describe('metrics', () => {
     assert.deepEqual(
       CONTRACT.map(([name]) => [name, types.get(name) ?? 'missing', labelsOf(name)]),
       CONTRACT.map(([name, type, labels]) => [name, type, [...labels].sort()]),
+    );
+  });
+
+  void it("counts every event type's accepted events from 0, before the first of its kind", async () => {
+    // Prometheus's increase() takes a series' first sample as its start: a series born at 1
+    // would hide the first write of its type from a rate or an alert.
+    const { registry } = createMetrics();
+    const accepted = (await registry.getSingleMetric('outpost_events_accepted_total')?.get())
+      ?.values;
+    assert.deepEqual(
+      accepted?.map(({ labels, value }) => [labels.type, value]).sort(),
+      Object.keys(EVENT_TYPES)
+        .map((type) => [type, 0])
+        .sort(),
     );
   });
 
