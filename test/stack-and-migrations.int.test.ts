@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -10,9 +18,10 @@ import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
 import { refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
+import { isPortOpen } from '../src/stack/processes.ts';
 import { stackStatus, stackUp } from '../src/stack/stack.ts';
 import { testStack } from './harness/harness.ts';
-import { withDatabase } from './harness/services.ts';
+import { freePort, withDatabase } from './harness/services.ts';
 
 const run = promisify(execFile);
 
@@ -190,6 +199,39 @@ void describe('outpost stack up', () => {
       [status.main.state, status.replica.state, status.redis.state],
       ['running', 'running', 'running'],
     );
+  });
+
+  void it('says which folder the postgres user cannot enter, as root, before starting anything', async (t) => {
+    if (process.getuid?.() !== 0) {
+      t.skip('runs PostgreSQL as itself when not root');
+      return;
+    }
+    // A checkout under a folder closed to others, as /root is.
+    const closed = mkdtempSync(join(tmpdir(), 'outpost-closed-'));
+    chmodSync(closed, 0o700);
+    try {
+      const [mainPort, replicaPort, redisPort] = [
+        await freePort(),
+        await freePort(),
+        await freePort(),
+      ];
+      await assert.rejects(
+        stackUp({
+          dir: join(closed, 'project', '.outpost'),
+          mainPort,
+          replicaPort,
+          redisPort,
+          pgCron: false,
+          appendfsync: 'always',
+        }),
+        new RegExp(
+          `postgres cannot enter ${closed} on the way to .*: let it \\(chmod o\\+x ${closed}\\)`,
+        ),
+      );
+      assert.equal(await isPortOpen(redisPort), false, 'Redis was not started');
+    } finally {
+      rmSync(closed, { recursive: true, force: true });
+    }
   });
 
   void it('refuses ports held by something that is not its own stack', async () => {

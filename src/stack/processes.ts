@@ -1,7 +1,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -22,6 +22,25 @@ export const runPg = async (binary: string, args: string[]): Promise<string> => 
       cause: err,
     });
   }
+};
+
+/**
+ * As root, the first folder on the way to `dir` (itself included) that `postgres` cannot enter:
+ * a checkout under a home folder closed to others (/root is 0700) failed in initdb with a bare
+ * "Permission denied".
+ */
+export const closedToPostgres = (dir: string): string | undefined => {
+  if (!isRoot()) {
+    return undefined;
+  }
+  const parts = resolve(dir).split(sep).filter(Boolean);
+  for (let depth = 1; depth <= parts.length; depth += 1) {
+    const path = sep + parts.slice(0, depth).join(sep);
+    if (spawnSync('runuser', ['-u', 'postgres', '--', 'test', '-x', path]).status !== 0) {
+      return path;
+    }
+  }
+  return undefined;
 };
 
 export const run = async (file: string, args: string[]): Promise<string> => {

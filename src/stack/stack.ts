@@ -12,6 +12,7 @@ import {
 import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 import {
+  closedToPostgres,
   commandLineOf,
   findOnPath,
   findPgBinDir,
@@ -329,6 +330,12 @@ export const stackUp = async (
   // PostgreSQL runs as `postgres`, which must be able to reach its data through our folders.
   chmodSync(o.dir, 0o755);
   chmodSync(paths.logs, 0o777);
+  const closed = closedToPostgres(o.dir);
+  if (closed !== undefined) {
+    throw new Error(
+      `PostgreSQL runs as the postgres user here (this runs as root), and postgres cannot enter ${closed} on the way to ${o.dir}: let it (chmod o+x ${closed}), or keep the project where it can (outside /root)`,
+    );
+  }
   writeFileSync(paths.state, `${JSON.stringify({ ...o, pgCron: cron }, null, 2)}\n`);
 
   if (!redisPid(paths.redis)) {
