@@ -5,6 +5,7 @@ import pg from 'pg';
 import { parseLsn } from '../src/db/lsn.ts';
 import {
   acquireLease,
+  claimSite,
   FencedError,
   type Lease,
   releaseLease,
@@ -670,9 +671,13 @@ void describe('two logs run under one site name', () => {
       after.lastError ?? '',
       /this log takes the name once that log's projectors have stopped .* DELETE FROM site_logs WHERE site = 'replaced-site'\./,
     );
-    // The killed process's beat and leases lapse: nothing of the log that held the name runs.
+    // Still refused a moment later: its claim renewed within three lease TTLs, the killed
+    // process might be a live one held up.
+    await after.tick();
+    assert.deepEqual(after.owned, []);
+    // The killed process's claim and leases lapse: nothing of the log that held the name runs.
     for (const lapsed of [
-      "UPDATE projector_members SET heartbeat_at = heartbeat_at - interval '2 minutes' WHERE site = $1",
+      "UPDATE site_logs SET seen_at = seen_at - interval '1 day' WHERE site = $1",
       "UPDATE partition_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE site = $1",
     ]) {
       await h.main.query(lapsed, [site]);
@@ -692,7 +697,7 @@ void describe('two logs run under one site name', () => {
     await returning.tick();
     assert.deepEqual(returning.owned, [], 'seen while the holder ran: refused after its stop too');
     assert.equal(await claimedBy(site), 'log-after');
-    // A log first seen now, with nothing of the holder running, takes the name at once.
+    // A log first seen now takes the name at once: the holder's last process released it.
     const fresh = manager('summit:8080', async () => 'log-fresh', site);
     await fresh.tick();
     assert.deepEqual(fresh.owned, all());
@@ -700,6 +705,44 @@ void describe('two logs run under one site name', () => {
     for (const process of [before, returning, fresh]) {
       await process.stop();
     }
+  });
+
+  void it('keeps a name with the log that claimed it first when another claims it a moment later, before either beat', async () => {
+    const claim = (log: string, consumer: string) =>
+      claimSite(h.main, { site: 'raced-site', log, previousLog: null, consumer }, 60_000);
+    assert.equal((await claim('log-first', 'first:8080')).held, true);
+    assert.equal((await claim('log-second', 'second:8080')).held, false);
+    assert.equal(await claimedBy('raced-site'), 'log-first');
+    // Released by its last process, the name goes to a log not seen before, which hears from whom.
+    await h.main.query(
+      "UPDATE site_logs SET released_at = clock_timestamp() WHERE site = 'raced-site'",
+    );
+    assert.equal((await claim('log-second', 'second:8080')).held, false, 'seen while it ran');
+    assert.deepEqual(await claim('log-third', 'third:8080'), {
+      held: true,
+      seenSecondsAgo: 0,
+      refusedConsumer: null,
+      takenFrom: 'log-first',
+    });
+    assert.equal((await claim('log-third', 'third:8080')).takenFrom, null, 'said once');
+  });
+
+  void it('lets no log take a name by itself where a log was refused before refused logs were recorded', async () => {
+    // Migration 0014 bars the sites whose site_logs row shows a refusal under 0013: which log
+    // was refused is unknown there, so a stopped holder keeps the name until an operator frees it.
+    const site = 'barred-site';
+    const holder = manager('barred:8080', async () => 'log-holder', site);
+    await holder.tick();
+    await holder.stop();
+    await h.main.query('UPDATE site_logs SET takeover_barred = true WHERE site = $1', [site]);
+    const unknown = manager('barred:8080', async () => 'log-unknown', site);
+    await unknown.tick();
+    assert.deepEqual(unknown.owned, []);
+    assert.equal(await claimedBy(site), 'log-holder');
+    await h.main.query('DELETE FROM site_logs WHERE site = $1', [site]);
+    await unknown.tick();
+    assert.deepEqual(unknown.owned, all(), 'freed by the operator');
+    await unknown.stop();
   });
 
   void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {

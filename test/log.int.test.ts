@@ -627,6 +627,7 @@ void describe('the local log', () => {
       // look at the pending list, saw an empty pending list and the old group's delivery
       // position, and trimmed what the new group had yet to deliver.
       const agos = [30_000, 20_000, 10_000];
+      let interleavings = 0;
       for (let before = 1; before <= 8; before += 1) {
         const {
           log: own,
@@ -634,6 +635,7 @@ void describe('the local log', () => {
           ids,
           remaining,
         } = await acknowledgedHistory(`regroup-${before}`, agos);
+        let armed = false;
         let calls = 0;
         let regrouped = false;
         const regrouping = new Proxy(redis, {
@@ -641,6 +643,9 @@ void describe('the local log', () => {
             const value: unknown = Reflect.get(target, name, target);
             if (typeof value !== 'function') {
               return value;
+            }
+            if (!armed) {
+              return value.bind(target);
             }
             return (...args: unknown[]) => {
               calls += 1;
@@ -657,17 +662,19 @@ void describe('the local log', () => {
             };
           },
         });
-        const trimming = new EventLog(redis, own.namespace, 1);
-        // Its calls go through the proxy from here on, counted.
-        Object.defineProperty(trimming, 'redis', { value: regrouping });
+        // Every call of the trim goes through the proxy, counted, once the log is built.
+        const trimming = new EventLog(regrouping, own.namespace, 1);
+        armed = true;
         const trimmed = await trimPartition(trimming, 0, 0);
         if (regrouped) {
+          interleavings += 1;
           assert.equal(trimmed, 0, `re-created before call ${before}`);
           assert.deepEqual(await remaining(), ids);
         } else {
           assert.equal(trimmed, ids.length - 1, 'all but the last delivered, with no re-creation');
         }
       }
+      assert.ok(interleavings >= 2, 'the trim makes its calls through the log, each one tried');
       // And with the group gone for good, nothing is known delivered: nothing goes either.
       const { log: lost, stream, ids, remaining } = await acknowledgedHistory('lost-group', agos);
       await redis.xgroup('DESTROY', stream, CONSUMER_GROUP);

@@ -149,6 +149,48 @@ void describe('outpost migrate', () => {
     }
   });
 
+  void it('bars the takeover of a site name where a log was refused before 0014 recorded which', async () => {
+    const url = withDatabase(stack.mainUrl, database);
+    await runMigrations(url);
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      // The database as the 0013 build left it: one site with a log refused, one without.
+      await client.query('ALTER TABLE site_logs DROP COLUMN takeover_barred');
+      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at >= $1', [
+        migrationWhen('0014_site-log-sightings'),
+      ]);
+      await client.query(
+        `INSERT INTO site_logs (site, log, seen_at, refused_consumer, refused_at) VALUES
+           ('copied', 'log-a', now(), 'copy:8080', now()), ('alone', 'log-b', now(), NULL, NULL)`,
+      );
+      await runMigrations(url);
+      const barred = async () =>
+        (
+          await client.query<{ site: string; takeover_barred: boolean }>(
+            'SELECT site, takeover_barred FROM site_logs ORDER BY site',
+          )
+        ).rows;
+      assert.deepEqual(await barred(), [
+        { site: 'alone', takeover_barred: false },
+        { site: 'copied', takeover_barred: true },
+      ]);
+      // Run again (the column there), it bars nothing more.
+      await client.query("UPDATE site_logs SET refused_at = now() WHERE site = 'alone'");
+      await client.query('DELETE FROM drizzle.__drizzle_migrations WHERE created_at >= $1', [
+        migrationWhen('0014_site-log-sightings'),
+      ]);
+      await runMigrations(url);
+      assert.deepEqual(await barred(), [
+        { site: 'alone', takeover_barred: false },
+        { site: 'copied', takeover_barred: true },
+      ]);
+    } finally {
+      await client.query("DELETE FROM site_logs WHERE site IN ('copied', 'alone')");
+      await client.end();
+    }
+  });
+
   void it('gives up, saying why, on a table lock it would wait behind, rather than queue writes behind it', async () => {
     const url = withDatabase(stack.mainUrl, database);
     await runMigrations(url);

@@ -1,6 +1,7 @@
 import { sql } from 'drizzle-orm';
 import {
   bigint,
+  boolean,
   customType,
   index,
   integer,
@@ -182,8 +183,9 @@ export const projectorMembers = pgTable(
  * Which Redis log a site name is applied from. Two logs run under one name (a second site given
  * the first's OUTPOST_SITE) would share its partition leases, each applying only its own streams:
  * the partitions each held of the other's would wait for good. The log holding the claim keeps
- * it while any of its projectors runs; another log takes it only when none does, and only if it
- * was not seen while they ran (site_log_sightings): a Redis replaced by an empty one, not a copy.
+ * it while its projectors renew it; another log takes it only once they stopped (released it, or
+ * went silent), and only if it was not seen while they ran (site_log_sightings): a Redis replaced
+ * by an empty one, not a copy.
  */
 export const siteLogs = pgTable('site_logs', {
   site: text('site').primaryKey(),
@@ -194,6 +196,10 @@ export const siteLogs = pgTable('site_logs', {
   /** The last projector of another log refused, and when: the holding site's tools say so too. */
   refusedConsumer: text('refused_consumer'),
   refusedAt: timestamptz('refused_at'),
+  /** When the holding log's last projector stopped gracefully; cleared by its next renewal. */
+  releasedAt: timestamptz('released_at'),
+  /** A log was refused before refused logs were recorded (0014): none takes the name by itself. */
+  takeoverBarred: boolean('takeover_barred').notNull().default(false),
 });
 
 /**

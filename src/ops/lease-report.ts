@@ -66,4 +66,4 @@ export const anotherLogRefused = (site: string, consumer: string) =>
 
 /** What a projector of a log that took its site name from a stopped log's says. */
 export const siteTakenOver = (site: string) =>
-  `site ${site} is now applied from this Redis log: the log that held the name has no projector running, and this one was first seen after they stopped (the site's Redis replaced by an empty one); if that log is another site's still in use, the two have one OUTPOST_SITE: give each its own before it starts again, or it will be refused`;
+  `site ${site} is now applied from this Redis log: the log that held the name stopped renewing it (its last projector released it, or none renewed it for a while), and this one was first seen after that (the site's Redis replaced by an empty one); if that log is another site's still in use, the two have one OUTPOST_SITE: give each its own before it starts again, or it will be refused`;

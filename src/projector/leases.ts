@@ -8,6 +8,7 @@ import {
   leaveMembers,
   liveMembers,
   releaseLease,
+  releaseSite,
   renewLeases,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -116,6 +117,11 @@ export class LeaseManager {
     await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer, this.#instance).catch(
       () => undefined,
     );
+    if (this.#claimedLog !== undefined && this.#refusal === undefined) {
+      await releaseSite(this.deps.pool, this.deps.site, this.#claimedLog, this.deps.ttlMs).catch(
+        () => undefined,
+      );
+    }
   }
 
   async #run(): Promise<void> {
@@ -160,6 +166,12 @@ export class LeaseManager {
       // Given back before anything else can fail: a refused process must not go on applying.
       for (const partition of this.owned) {
         await this.#give(partition);
+      }
+      if (this.#beaten) {
+        // Refused after it held the site (another log took the name): left in the roster, it
+        // would count in the holder's share of the partitions for a TTL.
+        await leaveMembers(pool, site, consumer, this.#instance);
+        this.#beaten = false;
       }
       const refusal = await refused();
       if (this.#refusal === undefined) {

@@ -64,14 +64,21 @@ export type SiteClaim = {
 };
 
 /**
+ * How long a holding log's projectors must have renewed nothing before a log first seen since
+ * may take its name, in lease TTLs: its processes renew every third of a TTL, so a round or two
+ * held up on a loaded machine does not look like a stop. A graceful stop releases it at once.
+ */
+export const SITE_SILENCE_TTLS = 3;
+
+/**
  * Claims the site for `log`, or renews its claim. Taken when free; when held by `previousLog`
- * (the id this process claimed with before, which its Redis lost and replaced); or when none of
- * the holder's projectors runs (the refused do not join the roster) and `log` was not seen trying
- * while they ran. A copy's log and a site's own log whose Redis was replaced look alike here but
- * for that: the copy is refused while the holder runs, and seen, so the holder's stop (a rebuild,
- * a long upgrade, a graceful restart) does not hand it the name. A log first seen after the
- * holder stopped takes it. Refused, the attempt is recorded so that the holding site's operators
- * hear of it too.
+ * (the id this process claimed with before, which its Redis lost and replaced); or when the
+ * holder's projectors stopped (the last released it, or none renewed it for SITE_SILENCE_TTLS)
+ * and `log` was not seen trying before their last sign (the last renewal, or the release). A copy's log and a site's own log
+ * whose Redis was replaced look alike here but for that: the copy is refused while the holder
+ * runs, and seen, so the holder's stop (a rebuild, a long upgrade, a graceful restart) does not
+ * hand it the name; a log first seen after the holder stopped takes it. Refused, the attempt is
+ * recorded so that the holding site's operators hear of it too.
  */
 export const claimSite = async (
   db: Queryable,
@@ -79,21 +86,25 @@ export const claimSite = async (
   ttlMs: number,
 ): Promise<SiteClaim> => {
   const { rows } = await db.query<{ refused_consumer: string | null; taken_from: string | null }>(
+    // The holder as the statement began: two processes of one log taking the name together may
+    // both name the log it was taken from.
     `WITH holder AS (SELECT log FROM site_logs WHERE site = $1)
      INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
      ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at,
+       released_at = NULL,
        refused_consumer = CASE WHEN s.log = excluded.log THEN s.refused_consumer END,
        refused_at = CASE WHEN s.log = excluded.log THEN s.refused_at END
        WHERE s.log IN (excluded.log, $3)
-          OR (NOT EXISTS (SELECT 1 FROM projector_members m
-                           WHERE m.site = $1
-                             AND m.heartbeat_at > clock_timestamp() - $4 * interval '1 millisecond')
+          OR (NOT s.takeover_barred
+              AND (s.released_at IS NOT NULL
+                   OR s.seen_at < clock_timestamp() - $5 * interval '1 millisecond')
               AND NOT EXISTS (SELECT 1 FROM site_log_sightings g
-                               WHERE g.site = $1 AND g.log = $2 AND g.first_seen_at <= s.seen_at))
+                               WHERE g.site = $1 AND g.log = $2
+                                 AND g.first_seen_at <= greatest(s.seen_at, s.released_at)))
      RETURNING CASE WHEN s.refused_at > clock_timestamp() - $4 * interval '1 millisecond'
                     THEN s.refused_consumer END AS refused_consumer,
                (SELECT log FROM holder WHERE log NOT IN ($2, coalesce($3, ''))) AS taken_from`,
-    [claim.site, claim.log, claim.previousLog, ttlMs],
+    [claim.site, claim.log, claim.previousLog, ttlMs, SITE_SILENCE_TTLS * ttlMs],
   );
   if (rows[0] !== undefined) {
     return {
@@ -117,6 +128,23 @@ export const claimSite = async (
     refusedConsumer: null,
     takenFrom: null,
   };
+};
+
+/**
+ * Releases the site's claim by `log` once no projector of the site beats any longer (this one
+ * has left the roster): a log first seen after it may take the name at once, where a silence
+ * would have had it wait SITE_SILENCE_TTLS. Two processes stopping together may each see the
+ * other still beating; the silence then does it.
+ */
+export const releaseSite = async (db: Queryable, site: string, log: string, ttlMs: number) => {
+  await db.query(
+    `UPDATE site_logs SET released_at = clock_timestamp()
+      WHERE site = $1 AND log = $2
+        AND NOT EXISTS (SELECT 1 FROM projector_members
+                         WHERE site = $1
+                           AND heartbeat_at > clock_timestamp() - $3 * interval '1 millisecond')`,
+    [site, log, ttlMs],
+  );
 };
 
 /** The site's claim as the operator's tools read it, without renewing it. */
