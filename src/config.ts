@@ -170,6 +170,8 @@ export type Config = {
   readonly consumer: string;
   readonly streamRetentionMs: number;
   readonly integritySchedule: string;
+  /** Whether OUTPOST_INTEGRITY_SCHEDULE was set: `outpost migrate` gives the job only a chosen one. */
+  readonly integrityScheduleGiven?: boolean;
   readonly postDeployRefreshDelayMs: number;
   readonly maxBodyBytes: number;
   readonly appendfsync: 'always' | 'everysec';
@@ -232,6 +234,7 @@ export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
     consumer: e.OUTPOST_CONSUMER ?? defaultConsumer(e.OUTPOST_PORT),
     streamRetentionMs: e.OUTPOST_STREAM_RETENTION,
     integritySchedule: e.OUTPOST_INTEGRITY_SCHEDULE,
+    integrityScheduleGiven: 'OUTPOST_INTEGRITY_SCHEDULE' in relevant,
     postDeployRefreshDelayMs: e.OUTPOST_POST_DEPLOY_REFRESH_DELAY,
     maxBodyBytes: e.OUTPOST_MAX_BODY_BYTES,
     appendfsync: e.OUTPOST_APPENDFSYNC,

@@ -784,13 +784,13 @@ void describe('pg_cron', () => {
       return;
     }
     await scheduleCronJob(client, '*/30 * * * *');
-    const migrate = (schedule: string) =>
+    const migrate = (schedule?: string) =>
       runCliWith(
         {
           PATH: process.env.PATH,
           HOME: process.env.HOME,
           MAIN_DATABASE_URL: url,
-          OUTPOST_INTEGRITY_SCHEDULE: schedule,
+          ...(schedule && { OUTPOST_INTEGRITY_SCHEDULE: schedule }),
         },
         ['migrate', '--json'],
       );
@@ -811,6 +811,10 @@ void describe('pg_cron', () => {
     const again = await migrate('*/7 * * * *');
     assert.deepEqual(JSON.parse(again.stdout), { migrated: true }, 'nothing to change');
     assert.deepEqual(await scheduleNow(), [{ schedule: '*/7 * * * *' }]);
+    // From a shell without the variable, the schedule the projectors were given stays.
+    const unset = await migrate();
+    assert.deepEqual(JSON.parse(unset.stdout), { migrated: true }, unset.stderr);
+    assert.deepEqual(await scheduleNow(), [{ schedule: '*/7 * * * *' }], 'not put back to */30');
   });
 
   void it('finds pg_cron once the main database answers, when it could not tell at start', async (t) => {

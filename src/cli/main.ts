@@ -160,9 +160,15 @@ const main = async (argv: string[]) => {
       return tokenCommand(action, { ...values, json: values.json ?? false });
     case 'migrate': {
       const config = loadConfig();
-      const { rescheduled } = await runMigrations(config.mainDatabaseUrl, {
-        integritySchedule: config.integritySchedule,
+      // Only a schedule someone chose: the default would undo what the projectors were given.
+      const { rescheduled, notRescheduled } = await runMigrations(config.mainDatabaseUrl, {
+        integritySchedule: config.integrityScheduleGiven ? config.integritySchedule : undefined,
       });
+      if (notRescheduled !== undefined) {
+        process.stderr.write(
+          `outpost: pg_cron's integrity job keeps its schedule (${reasonOf(notRescheduled)}); a projector gives it OUTPOST_INTEGRITY_SCHEDULE when it starts\n`,
+        );
+      }
       print(
         flags.json
           ? JSON.stringify({
@@ -181,8 +187,8 @@ const main = async (argv: string[]) => {
     }
     case 'start': {
       await stack('up', flags);
-      const config = loadConfig();
-      await runMigrations(config.mainDatabaseUrl, { integritySchedule: config.integritySchedule });
+      // The schedule is the service's to give, as it starts.
+      await runMigrations(loadConfig().mainDatabaseUrl);
       return serveUntilSignalled('all');
     }
     default:

@@ -2,7 +2,7 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import pg from 'pg';
 import { projectPath } from '../paths.ts';
-import { cronJob, scheduleCronJob } from './queries/integrity.ts';
+import { rescheduleCronJob } from './queries/integrity.ts';
 
 export const MIGRATIONS_FOLDER = projectPath('migrations');
 
@@ -14,7 +14,8 @@ const LOCK_NOT_AVAILABLE = '55P03';
 /**
  * Applies every migration not yet applied, in order; running it again changes nothing. Given the
  * integrity schedule, it gives pg_cron's refresh job that schedule, where the job exists: the
- * migration that creates it knows only the default. Answers the schedule when it changed it.
+ * migration that creates it knows only the default. Answers the schedule when it changed it, or
+ * why it could not (the migrations stand: a projector's start tries again).
  */
 export const runMigrations = async (
   url: string,
@@ -22,7 +23,7 @@ export const runMigrations = async (
     lockTimeoutMs = MIGRATION_LOCK_TIMEOUT_MS,
     integritySchedule,
   }: { lockTimeoutMs?: number; integritySchedule?: string } = {},
-): Promise<{ rescheduled?: string }> => {
+): Promise<{ rescheduled?: string; notRescheduled?: unknown }> => {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
   // A connection lost between statements fails the next one, which says why; unheard, its
   // 'error' would end the process with a stack instead.
@@ -49,16 +50,17 @@ export const runMigrations = async (
         throw err;
       },
     );
-    const job = integritySchedule === undefined ? undefined : await cronJob(client);
-    if (
-      integritySchedule !== undefined &&
-      job !== undefined &&
-      job.schedule !== integritySchedule
-    ) {
-      await scheduleCronJob(client, integritySchedule);
-      return { rescheduled: integritySchedule };
+    if (integritySchedule === undefined) {
+      return {};
     }
-    return {};
+    try {
+      const job = await rescheduleCronJob(client, integritySchedule);
+      return job !== undefined && job.from !== integritySchedule
+        ? { rescheduled: integritySchedule }
+        : {};
+    } catch (err) {
+      return { notRescheduled: err };
+    }
   } finally {
     await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK]).catch(() => undefined);
     await client.end();

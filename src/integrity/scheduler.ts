@@ -4,9 +4,9 @@ import {
   cronTimeZone,
   latestSnapshot,
   refreshIntegrity,
+  rescheduleCronJob,
   runningRefresh,
   type Snapshot,
-  scheduleCronJob,
   whyCronMissed,
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -101,13 +101,12 @@ export class IntegrityScheduler {
   async #detect(first = false): Promise<IntegrityMode | undefined> {
     const { main, schedule, logger } = this.deps;
     try {
-      const job = await cronJob(main);
+      const job = await rescheduleCronJob(main, schedule);
       if (!job) {
         return 'scheduler';
       }
-      if (job.schedule !== schedule) {
-        await scheduleCronJob(main, schedule);
-        logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
+      if (job.from !== schedule) {
+        logger.info({ from: job.from, to: schedule }, 'pg_cron integrity job re-scheduled');
       }
       return 'pg_cron';
     } catch (err) {

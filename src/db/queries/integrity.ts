@@ -212,3 +212,18 @@ export const scheduleCronJob = async (db: Queryable, schedule: string) => {
     [CRON_JOB, schedule],
   );
 };
+
+/**
+ * Gives pg_cron's refresh job `schedule` where the job exists (never a second job: it is
+ * scheduled by name). Answers the schedule it had, or undefined where there is no job.
+ */
+export const rescheduleCronJob = async (
+  db: Queryable,
+  schedule: string,
+): Promise<{ from: string } | undefined> => {
+  const job = await cronJob(db);
+  if (job !== undefined && job.schedule !== schedule) {
+    await scheduleCronJob(db, schedule);
+  }
+  return job && { from: job.schedule };
+};
