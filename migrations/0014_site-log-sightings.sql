@@ -12,6 +12,9 @@ CREATE TABLE IF NOT EXISTS "site_log_sightings" (
 );
 --> statement-breakpoint
 ALTER TABLE "site_logs" ADD COLUMN IF NOT EXISTS "released_at" timestamp with time zone;--> statement-breakpoint
+-- The holder's lease TTL: a claimer with a shorter one would take a silence of a few of its own
+-- TTLs for a stop, between two rounds of a holder that renews every third of a longer one.
+ALTER TABLE "site_logs" ADD COLUMN IF NOT EXISTS "ttl_ms" integer;--> statement-breakpoint
 -- A log refused under 0013 was not recorded, so which one is unknown: at such a site no log takes
 -- the name by itself (as under 0013) until an operator frees it. Only where the column is new: run
 -- again, it would bar the sites whose refusals since were recorded.

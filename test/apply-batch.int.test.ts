@@ -576,7 +576,7 @@ void describe('two logs run under one site name', () => {
     (await h.mainRows<{ log: string }>('SELECT log FROM site_logs WHERE site = $1', [site]))[0]
       ?.log;
 
-  void it('keeps the site with the log that claimed it, however long its processes stop, until an operator frees it', async () => {
+  void it('keeps the site from a log seen while it ran, however long its processes stop, until an operator frees it', async () => {
     const first = manager('summit-a:8080', async () => 'log-a');
     let copyLog = 'log-b';
     const copy = manager('summit-b:8080', async () => copyLog);
@@ -586,7 +586,7 @@ void describe('two logs run under one site name', () => {
     assert.deepEqual(copy.owned, []);
     assert.match(
       copy.lastError ?? '',
-      /^site copied-site's partitions are applied from another Redis log \(projectors summit-a:8080, last seen 0 s ago\): two sites have OUTPOST_SITE=copied-site, so give each its own/,
+      /^site copied-site's partitions are applied from another Redis log \(projectors summit-a:8080, last seen [01] s ago\): two sites have OUTPOST_SITE=copied-site, so give each its own/,
     );
     assert.deepEqual(await roster(), ['summit-a:8080'], 'the refused process does not join');
     await first.tick();
@@ -616,7 +616,7 @@ void describe('two logs run under one site name', () => {
     assert.deepEqual(copy.owned, []);
     assert.match(
       copy.lastError ?? '',
-      /\(last seen 86400 s ago\): two sites .* DELETE FROM site_logs WHERE site = 'copied-site'\./,
+      /\(last seen 8640\d s ago\): two sites .* DELETE FROM site_logs WHERE site = 'copied-site'\./,
     );
     // An operator frees the name (the first log's Redis was replaced, say): the other log takes it.
     await h.main.query("DELETE FROM site_logs WHERE site = 'copied-site'");
@@ -707,6 +707,44 @@ void describe('two logs run under one site name', () => {
     }
   });
 
+  void it("releases a name only with the log's last process, and only if none renewed it since", async () => {
+    const site = 'paired-site';
+    const [one, two] = ['pair:8080', 'pair:8081'].map((consumer) =>
+      manager(consumer, async () => 'log-pair', site),
+    );
+    assert.ok(one && two);
+    const released = async () =>
+      (
+        await h.mainRows<{ released: boolean }>(
+          'SELECT released_at IS NOT NULL AS released FROM site_logs WHERE site = $1',
+          [site],
+        )
+      )[0]?.released;
+    await one.tick();
+    await two.tick();
+    await one.tick();
+    await one.stop();
+    assert.equal(await released(), false, 'the other process still runs');
+    // A third process of the log renews the claim (its first round, before its first beat) while
+    // the last one stops: the name is not released under it.
+    await two.tick();
+    await claimSite(
+      h.main,
+      { site, log: 'log-pair', previousLog: null, consumer: 'pair:8082' },
+      60_000,
+    );
+    await two.stop();
+    assert.equal(await released(), false, 'renewed since by a starting process');
+    const last = manager('pair:8082', async () => 'log-pair', site);
+    await last.tick();
+    await last.stop();
+    assert.equal(await released(), true, 'released by the last one');
+    const fresh = manager('fresh:8080', async () => 'log-fresh', site);
+    await fresh.tick();
+    assert.deepEqual(fresh.owned, all());
+    await fresh.stop();
+  });
+
   void it('keeps a name with the log that claimed it first when another claims it a moment later, before either beat', async () => {
     const claim = (log: string, consumer: string) =>
       claimSite(h.main, { site: 'raced-site', log, previousLog: null, consumer }, 60_000);
@@ -718,12 +756,8 @@ void describe('two logs run under one site name', () => {
       "UPDATE site_logs SET released_at = clock_timestamp() WHERE site = 'raced-site'",
     );
     assert.equal((await claim('log-second', 'second:8080')).held, false, 'seen while it ran');
-    assert.deepEqual(await claim('log-third', 'third:8080'), {
-      held: true,
-      seenSecondsAgo: 0,
-      refusedConsumer: null,
-      takenFrom: 'log-first',
-    });
+    const third = await claim('log-third', 'third:8080');
+    assert.deepEqual([third.held, third.takenFrom], [true, 'log-first']);
     assert.equal((await claim('log-third', 'third:8080')).takenFrom, null, 'said once');
   });
 
@@ -738,6 +772,10 @@ void describe('two logs run under one site name', () => {
     const unknown = manager('barred:8080', async () => 'log-unknown', site);
     await unknown.tick();
     assert.deepEqual(unknown.owned, []);
+    assert.match(
+      unknown.lastError ?? '',
+      /replaced by an empty one, to free it for this log, on the main database: DELETE FROM site_logs WHERE site = 'barred-site'/,
+    );
     assert.equal(await claimedBy(site), 'log-holder');
     await h.main.query('DELETE FROM site_logs WHERE site = $1', [site]);
     await unknown.tick();

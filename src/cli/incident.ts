@@ -193,7 +193,7 @@ const siteClaimLine = async (site: Site): Promise<string | undefined> => {
   }
   if (claim.log !== log) {
     const members = await liveMembers(site.main, name, ttlMs).catch(() => []);
-    return anotherLogHolds(name, members, claim.seenSecondsAgo);
+    return anotherLogHolds(name, members, claim.seenSecondsAgo, claim.barred);
   }
   return claim.refusedConsumer === null
     ? undefined

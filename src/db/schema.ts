@@ -196,6 +196,8 @@ export const siteLogs = pgTable('site_logs', {
   /** The last projector of another log refused, and when: the holding site's tools say so too. */
   refusedConsumer: text('refused_consumer'),
   refusedAt: timestamptz('refused_at'),
+  /** The lease TTL of the process that last renewed it: its rounds come every third of it. */
+  ttlMs: integer('ttl_ms'),
   /** When the holding log's last projector stopped gracefully; cleared by its next renewal. */
   releasedAt: timestamptz('released_at'),
   /** A log was refused before refused logs were recorded (0014): none takes the name by itself. */

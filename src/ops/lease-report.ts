@@ -57,8 +57,13 @@ export const projectorLeasesLine = (
 };
 
 /** What a projector of a log refused its site name is told, and its operator's pending. */
-export const anotherLogHolds = (site: string, members: readonly string[], seenSecondsAgo: number) =>
-  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, this log takes the name once that log's projectors have stopped (unless they ran after this log was first seen), and to free it now for this log, on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
+export const anotherLogHolds = (
+  site: string,
+  members: readonly string[],
+  seenSecondsAgo: number,
+  barred = false,
+) =>
+  `site ${site}'s partitions are applied from another Redis log (${members.length > 0 ? `projectors ${members.join(', ')}, ` : ''}last seen ${seenSecondsAgo} s ago): two sites have OUTPOST_SITE=${site}, so give each its own; or, if that log was this site's own before its Redis was replaced by an empty one, ${barred ? '' : "this log takes the name once that log's projectors have stopped (unless they ran after this log was first seen), and "}to free it ${barred ? '' : 'now '}for this log, on the main database: DELETE FROM site_logs WHERE site = '${site.replaceAll("'", "''")}'. This site's events wait unapplied meanwhile`;
 
 /** What the site holding its name is told of a projector of another log refused it. */
 export const anotherLogRefused = (site: string, consumer: string) =>

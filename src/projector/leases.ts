@@ -76,6 +76,8 @@ export class LeaseManager {
   /** The log's id as last read, and the one the site was last claimed with. */
   #log: string | undefined;
   #claimedLog: string | undefined;
+  /** When this process last renewed the claim, as the main database wrote it (releaseSite). */
+  #renewedAt: string | undefined;
   /** Why this process takes no partition: its site name is applied from another log. */
   #refusal: string | undefined;
   /** The projector of another log last told of, so that each is told once. */
@@ -117,10 +119,12 @@ export class LeaseManager {
     await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer, this.#instance).catch(
       () => undefined,
     );
-    if (this.#claimedLog !== undefined && this.#refusal === undefined) {
-      await releaseSite(this.deps.pool, this.deps.site, this.#claimedLog, this.deps.ttlMs).catch(
-        () => undefined,
-      );
+    if (this.#claimedLog !== undefined && this.#renewedAt !== undefined && !this.#refusal) {
+      await releaseSite(
+        this.deps.pool,
+        { site: this.deps.site, log: this.#claimedLog, renewedAt: this.#renewedAt },
+        this.deps.ttlMs,
+      ).catch(() => undefined);
     }
   }
 
@@ -254,9 +258,11 @@ export class LeaseManager {
           site,
           await liveMembers(pool, site, ttlMs).catch(() => []),
           claim.seenSecondsAgo,
+          claim.barred,
         );
     }
     this.#claimedLog = this.#log;
+    this.#renewedAt = claim.renewedAt ?? undefined;
     if (claim.takenFrom !== null) {
       logger.warn({ site, log: this.#log, from: claim.takenFrom }, siteTakenOver(site));
     }

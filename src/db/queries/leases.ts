@@ -57,16 +57,21 @@ export type SiteClaim = {
   held: boolean;
   /** How long ago a projector of the holding log last renewed the claim, when not this one. */
   seenSecondsAgo: number;
+  /** Refused at a site whose name no log takes by itself (takeover_barred): an operator frees it. */
+  barred: boolean;
   /** A projector of another log refused within the TTL, named for the holding site's tools. */
   refusedConsumer: string | null;
   /** The log this claim was taken from, its projectors all stopped: a replaced Redis's. */
   takenFrom: string | null;
+  /** The renewal's time as the main database wrote it: a release names it (releaseSite). */
+  renewedAt: string | null;
 };
 
 /**
  * How long a holding log's projectors must have renewed nothing before a log first seen since
- * may take its name, in lease TTLs: its processes renew every third of a TTL, so a round or two
- * held up on a loaded machine does not look like a stop. A graceful stop releases it at once.
+ * may take its name, in lease TTLs (the holder's or the claimer's, the longer): they renew every
+ * third of one, so a round or two held up on a loaded machine does not look like a stop. A
+ * graceful stop releases it at once.
  */
 export const SITE_SILENCE_TTLS = 3;
 
@@ -74,76 +79,93 @@ export const SITE_SILENCE_TTLS = 3;
  * Claims the site for `log`, or renews its claim. Taken when free; when held by `previousLog`
  * (the id this process claimed with before, which its Redis lost and replaced); or when the
  * holder's projectors stopped (the last released it, or none renewed it for SITE_SILENCE_TTLS)
- * and `log` was not seen trying before their last sign (the last renewal, or the release). A copy's log and a site's own log
- * whose Redis was replaced look alike here but for that: the copy is refused while the holder
- * runs, and seen, so the holder's stop (a rebuild, a long upgrade, a graceful restart) does not
- * hand it the name; a log first seen after the holder stopped takes it. Refused, the attempt is
- * recorded so that the holding site's operators hear of it too.
+ * and `log` was not seen trying before their last sign (the last renewal, or the release). A
+ * copy's log and a site's own log whose Redis was replaced look alike here but for that: the
+ * copy is refused while the holder runs, and seen, so the holder's stop (a rebuild, a long
+ * upgrade, a graceful restart) does not hand it the name; a log first seen after the holder
+ * stopped takes it. Every log trying is recorded when first seen, by this same statement (its
+ * own check does not see the row): recorded by a later one, a release in between came first.
+ * Refused, the attempt is recorded so that the holding site's operators hear of it too.
  */
 export const claimSite = async (
   db: Queryable,
   claim: { site: string; log: string; previousLog: string | null; consumer: string },
   ttlMs: number,
 ): Promise<SiteClaim> => {
-  const { rows } = await db.query<{ refused_consumer: string | null; taken_from: string | null }>(
+  const { rows } = await db.query<{
+    refused_consumer: string | null;
+    taken_from: string | null;
+    renewed_at: string;
+  }>(
     // The holder as the statement began: two processes of one log taking the name together may
     // both name the log it was taken from.
-    `WITH holder AS (SELECT log FROM site_logs WHERE site = $1)
-     INSERT INTO site_logs AS s (site, log, seen_at) VALUES ($1, $2, clock_timestamp())
+    `WITH holder AS (SELECT log FROM site_logs WHERE site = $1),
+          seen AS (INSERT INTO site_log_sightings (site, log, first_seen_at)
+                   VALUES ($1, $2, clock_timestamp()) ON CONFLICT DO NOTHING)
+     INSERT INTO site_logs AS s (site, log, seen_at, ttl_ms) VALUES ($1, $2, clock_timestamp(), $4)
      ON CONFLICT (site) DO UPDATE SET log = excluded.log, seen_at = excluded.seen_at,
-       released_at = NULL,
+       ttl_ms = excluded.ttl_ms, released_at = NULL,
        refused_consumer = CASE WHEN s.log = excluded.log THEN s.refused_consumer END,
        refused_at = CASE WHEN s.log = excluded.log THEN s.refused_at END
        WHERE s.log IN (excluded.log, $3)
           OR (NOT s.takeover_barred
               AND (s.released_at IS NOT NULL
-                   OR s.seen_at < clock_timestamp() - $5 * interval '1 millisecond')
+                   OR s.seen_at < clock_timestamp()
+                                  - $5 * greatest(s.ttl_ms, $4) * interval '1 millisecond')
               AND NOT EXISTS (SELECT 1 FROM site_log_sightings g
                                WHERE g.site = $1 AND g.log = $2
                                  AND g.first_seen_at <= greatest(s.seen_at, s.released_at)))
      RETURNING CASE WHEN s.refused_at > clock_timestamp() - $4 * interval '1 millisecond'
                     THEN s.refused_consumer END AS refused_consumer,
-               (SELECT log FROM holder WHERE log NOT IN ($2, coalesce($3, ''))) AS taken_from`,
-    [claim.site, claim.log, claim.previousLog, ttlMs, SITE_SILENCE_TTLS * ttlMs],
+               (SELECT log FROM holder WHERE log NOT IN ($2, coalesce($3, ''))) AS taken_from,
+               s.seen_at::text AS renewed_at`,
+    [claim.site, claim.log, claim.previousLog, ttlMs, SITE_SILENCE_TTLS],
   );
-  if (rows[0] !== undefined) {
+  const held = rows[0];
+  if (held !== undefined) {
     return {
       held: true,
       seenSecondsAgo: 0,
-      refusedConsumer: rows[0].refused_consumer,
-      takenFrom: rows[0].taken_from,
+      barred: false,
+      refusedConsumer: held.refused_consumer,
+      takenFrom: held.taken_from,
+      renewedAt: held.renewed_at,
     };
   }
-  const refused = await db.query<{ seen_seconds_ago: number }>(
-    `WITH seen AS (
-       INSERT INTO site_log_sightings (site, log, first_seen_at) VALUES ($1, $3, clock_timestamp())
-       ON CONFLICT DO NOTHING)
-     UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
-     RETURNING floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago`,
-    [claim.site, claim.consumer, claim.log],
+  const refused = await db.query<{ seen_seconds_ago: number; takeover_barred: boolean }>(
+    `UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
+     RETURNING floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago,
+               takeover_barred`,
+    [claim.site, claim.consumer],
   );
   return {
     held: false,
     seenSecondsAgo: refused.rows[0]?.seen_seconds_ago ?? 0,
+    barred: refused.rows[0]?.takeover_barred ?? false,
     refusedConsumer: null,
     takenFrom: null,
+    renewedAt: null,
   };
 };
 
 /**
- * Releases the site's claim by `log` once no projector of the site beats any longer (this one
- * has left the roster): a log first seen after it may take the name at once, where a silence
- * would have had it wait SITE_SILENCE_TTLS. Two processes stopping together may each see the
- * other still beating; the silence then does it.
+ * Releases the site's claim by `log` when this process's renewal (`renewedAt`) was the last and
+ * no projector of the site beats any longer (this one has left the roster): a log first seen
+ * after it may take the name at once, where a silence would have had it wait SITE_SILENCE_TTLS.
+ * A process of the log starting meanwhile has renewed since, or beaten, and keeps it.
  */
-export const releaseSite = async (db: Queryable, site: string, log: string, ttlMs: number) => {
+export const releaseSite = async (
+  db: Queryable,
+  release: { site: string; log: string; renewedAt: string },
+  ttlMs: number,
+) => {
   await db.query(
     `UPDATE site_logs SET released_at = clock_timestamp()
-      WHERE site = $1 AND log = $2
+      WHERE site = $1 AND log = $2 AND seen_at = $3::timestamptz
         AND NOT EXISTS (SELECT 1 FROM projector_members
                          WHERE site = $1
-                           AND heartbeat_at > clock_timestamp() - $3 * interval '1 millisecond')`,
-    [site, log, ttlMs],
+                           AND heartbeat_at > clock_timestamp() - $4 * interval '1 millisecond')`,
+    [release.site, release.log, release.renewedAt, ttlMs],
   );
 };
 
@@ -152,13 +174,18 @@ export const siteClaimOf = async (
   db: Queryable,
   site: string,
   ttlMs: number,
-): Promise<{ log: string; seenSecondsAgo: number; refusedConsumer: string | null } | undefined> => {
+): Promise<
+  | { log: string; seenSecondsAgo: number; barred: boolean; refusedConsumer: string | null }
+  | undefined
+> => {
   const { rows } = await db.query<{
     log: string;
     seen_seconds_ago: number;
+    takeover_barred: boolean;
     refused_consumer: string | null;
   }>(
     `SELECT log, floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago,
+            takeover_barred,
             CASE WHEN refused_at > clock_timestamp() - $2 * interval '1 millisecond'
                  THEN refused_consumer END AS refused_consumer
        FROM site_logs WHERE site = $1`,
@@ -169,6 +196,7 @@ export const siteClaimOf = async (
     row && {
       log: row.log,
       seenSecondsAgo: row.seen_seconds_ago,
+      barred: row.takeover_barred,
       refusedConsumer: row.refused_consumer,
     }
   );
