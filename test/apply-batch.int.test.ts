@@ -745,6 +745,22 @@ void describe('two logs run under one site name', () => {
     await fresh.stop();
   });
 
+  void it("measures the holder's silence by its own lease TTL when the claimer's is shorter", async () => {
+    const claim = (log: string, ttlMs: number) =>
+      claimSite(
+        h.main,
+        { site: 'slow-site', log, previousLog: null, consumer: `${log}:8080` },
+        ttlMs,
+      );
+    assert.equal((await claim('log-slow', 60_000)).held, true);
+    // Its rounds come every 20 s: a second since its last is no stop, whatever the claimer's TTL.
+    await h.main.query(
+      "UPDATE site_logs SET seen_at = seen_at - interval '1 second' WHERE site = 'slow-site'",
+    );
+    assert.equal((await claim('log-quick', 100)).held, false);
+    assert.equal(await claimedBy('slow-site'), 'log-slow');
+  });
+
   void it('keeps a name with the log that claimed it first when another claims it a moment later, before either beat', async () => {
     const claim = (log: string, consumer: string) =>
       claimSite(h.main, { site: 'raced-site', log, previousLog: null, consumer }, 60_000);
