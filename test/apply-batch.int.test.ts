@@ -799,6 +799,39 @@ void describe('two logs run under one site name', () => {
     await unknown.stop();
   });
 
+  void it('gives its partitions back when its claim of the name has failed for two lease TTLs, though its leases renew', async () => {
+    // Long enough for the first failed round to come well within two of them on a loaded machine.
+    const ttlMs = 1500;
+    const fenced = new LeaseManager({
+      pool: h.main,
+      site: 'fenced-site',
+      logId: async () => 'log-fenced',
+      consumer: 'fenced:8080',
+      partitions: h.config.partitions,
+      ttlMs,
+      logger: createLogger('silent'),
+      events: { acquired: async () => undefined, stopped: async () => undefined },
+    });
+    await fenced.tick();
+    assert.deepEqual(fenced.owned, all());
+    // The claim's statement fails (here: a table it writes is gone), the lease renewal does not.
+    await h.main.query('ALTER TABLE site_log_sightings RENAME TO site_log_sightings_away');
+    try {
+      await assert.rejects(fenced.tick(), /site_log_sightings/);
+      assert.deepEqual(fenced.owned, all(), 'kept while the name cannot have gone elsewhere');
+      // Unrenewed for three TTLs the name may go to another log: given back a TTL before.
+      await waitFor(async () => {
+        await fenced.tick().catch(() => undefined);
+        return fenced.owned.length === 0;
+      }, 'the partitions given back');
+    } finally {
+      await h.main.query('ALTER TABLE site_log_sightings_away RENAME TO site_log_sightings');
+    }
+    await fenced.tick();
+    assert.deepEqual(fenced.owned, all(), 'taken again once the claim passes');
+    await fenced.stop();
+  });
+
   void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {
     const unknown = manager('no-id:8080', () => Promise.reject(new Error('READONLY')));
     await unknown.tick();

@@ -10,6 +10,7 @@ import {
   releaseLease,
   releaseSite,
   renewLeases,
+  SITE_SILENCE_TTLS,
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
 import { anotherLogHolds, anotherLogRefused, siteTakenOver } from '../ops/lease-report.ts';
@@ -78,6 +79,8 @@ export class LeaseManager {
   #claimedLog: string | undefined;
   /** When this process last renewed the claim, as the main database wrote it (releaseSite). */
   #renewedAt: string | undefined;
+  /** When it last renewed the claim, by the monotonic clock. */
+  #claimedAt: number | undefined;
   /** Why this process takes no partition: its site name is applied from another log. */
   #refusal: string | undefined;
   /** The projector of another log last told of, so that each is told once. */
@@ -251,7 +254,20 @@ export class LeaseManager {
       pool,
       { site, log: this.#log, previousLog: this.#claimedLog ?? null, consumer },
       ttlMs,
-    );
+    ).catch(async (err: unknown) => {
+      // The leases were renewed this round, but the claim was not. Unrenewed for
+      // SITE_SILENCE_TTLS, the name may go to another log: its partitions are given back a TTL
+      // before that, so that the two never apply beside each other.
+      if (
+        this.#claimedAt !== undefined &&
+        performance.now() - this.#claimedAt > (SITE_SILENCE_TTLS - 1) * ttlMs
+      ) {
+        for (const partition of this.owned) {
+          await this.#give(partition);
+        }
+      }
+      throw err;
+    });
     if (!claim.held) {
       return async () =>
         anotherLogHolds(
@@ -263,6 +279,7 @@ export class LeaseManager {
     }
     this.#claimedLog = this.#log;
     this.#renewedAt = claim.renewedAt ?? undefined;
+    this.#claimedAt = performance.now();
     if (claim.takenFrom !== null) {
       logger.warn({ site, log: this.#log, from: claim.takenFrom }, siteTakenOver(site));
     }
