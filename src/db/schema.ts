@@ -205,9 +205,10 @@ export const siteLogs = pgTable('site_logs', {
 });
 
 /**
- * When each log refused a site name was first seen trying it. A log seen while the holder's
- * projectors still renewed the claim is another site's (a copy of its env file), and never takes
- * the name by itself; a log first seen after they stopped may (the site's Redis replaced).
+ * When each log trying a site name was first seen (by the statement that tries). A log seen
+ * while the holder's projectors still renewed the claim is another site's (a copy of its env
+ * file), and never takes the name by itself; a log first seen after they stopped may (the
+ * site's Redis replaced).
  */
 export const siteLogSightings = pgTable(
   'site_log_sightings',

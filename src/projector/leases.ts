@@ -76,11 +76,11 @@ export class LeaseManager {
   #twinMetAt: number | undefined;
   /** The log's id as last read, and the one the site was last claimed with. */
   #log: string | undefined;
-  #claimedLog: string | undefined;
-  /** When this process last renewed the claim, as the main database wrote it (releaseSite). */
-  #renewedAt: string | undefined;
-  /** When it last renewed the claim, by the monotonic clock. */
-  #claimedAt: number | undefined;
+  /**
+   * This process's last renewal of the claim: the log it claimed with, the time the main database
+   * wrote (releaseSite names it), and the time by the monotonic clock.
+   */
+  #claimed: { log: string; renewedAt: string; atMs: number } | undefined;
   /** Why this process takes no partition: its site name is applied from another log. */
   #refusal: string | undefined;
   /** The projector of another log last told of, so that each is told once. */
@@ -116,16 +116,14 @@ export class LeaseManager {
   async stop(): Promise<void> {
     this.#abort.abort();
     await this.#running;
-    for (const partition of this.owned) {
-      await this.#give(partition);
-    }
+    await this.#giveAll();
     await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer, this.#instance).catch(
       () => undefined,
     );
-    if (this.#claimedLog !== undefined && this.#renewedAt !== undefined && !this.#refusal) {
+    if (this.#claimed !== undefined && !this.#refusal) {
       await releaseSite(
         this.deps.pool,
-        { site: this.deps.site, log: this.#claimedLog, renewedAt: this.#renewedAt },
+        { site: this.deps.site, log: this.#claimed.log, renewedAt: this.#claimed.renewedAt },
         this.deps.ttlMs,
       ).catch(() => undefined);
     }
@@ -171,9 +169,7 @@ export class LeaseManager {
     const refused = await this.#claimSite();
     if (refused !== undefined) {
       // Given back before anything else can fail: a refused process must not go on applying.
-      for (const partition of this.owned) {
-        await this.#give(partition);
-      }
+      await this.#giveAll();
       if (this.#beaten) {
         // Refused after it held the site (another log took the name): left in the roster, it
         // would count in the holder's share of the partitions for a TTL.
@@ -252,19 +248,17 @@ export class LeaseManager {
     }
     const claim = await claimSite(
       pool,
-      { site, log: this.#log, previousLog: this.#claimedLog ?? null, consumer },
+      { site, log: this.#log, previousLog: this.#claimed?.log ?? null, consumer },
       ttlMs,
     ).catch(async (err: unknown) => {
       // The leases were renewed this round, but the claim was not. Unrenewed for
       // SITE_SILENCE_TTLS, the name may go to another log: its partitions are given back a TTL
       // before that, so that the two never apply beside each other.
       if (
-        this.#claimedAt !== undefined &&
-        performance.now() - this.#claimedAt > (SITE_SILENCE_TTLS - 1) * ttlMs
+        this.#claimed !== undefined &&
+        performance.now() - this.#claimed.atMs > (SITE_SILENCE_TTLS - 1) * ttlMs
       ) {
-        for (const partition of this.owned) {
-          await this.#give(partition);
-        }
+        await this.#giveAll();
       }
       throw err;
     });
@@ -277,9 +271,7 @@ export class LeaseManager {
           claim.barred,
         );
     }
-    this.#claimedLog = this.#log;
-    this.#renewedAt = claim.renewedAt ?? undefined;
-    this.#claimedAt = performance.now();
+    this.#claimed = { log: this.#log, renewedAt: claim.renewedAt, atMs: performance.now() };
     if (claim.takenFrom !== null) {
       logger.warn({ site, log: this.#log, from: claim.takenFrom }, siteTakenOver(site));
     }
@@ -312,6 +304,12 @@ export class LeaseManager {
         this.#held.delete(partition);
         await this.deps.events.stopped(partition);
       }
+    }
+  }
+
+  async #giveAll() {
+    for (const partition of this.owned) {
+      await this.#give(partition);
     }
   }
 

@@ -52,20 +52,37 @@ export const liveMembers = async (
 };
 
 /** A site name's claim by a Redis log, as one of its projectors met it. */
-export type SiteClaim = {
-  /** Whether the process's log holds the site (now renewed by it). */
-  held: boolean;
-  /** How long ago a projector of the holding log last renewed the claim, when not this one. */
-  seenSecondsAgo: number;
-  /** Refused at a site whose name no log takes by itself (takeover_barred): an operator frees it. */
-  barred: boolean;
-  /** A projector of another log refused within the TTL, named for the holding site's tools. */
-  refusedConsumer: string | null;
-  /** The log this claim was taken from, its projectors all stopped: a replaced Redis's. */
-  takenFrom: string | null;
-  /** The renewal's time as the main database wrote it: a release names it (releaseSite). */
-  renewedAt: string | null;
-};
+export type SiteClaim =
+  | {
+      /** The process's log holds the site, now renewed by it. */
+      held: true;
+      seenSecondsAgo: 0;
+      barred: false;
+      /** A projector of another log refused within the TTL, named for the holding site's tools. */
+      refusedConsumer: string | null;
+      /** The log this claim was taken from, its projectors all stopped: a replaced Redis's. */
+      takenFrom: string | null;
+      /** The renewal's time as the main database wrote it: a release names it (releaseSite). */
+      renewedAt: string;
+    }
+  | {
+      held: false;
+      /** How long ago a projector of the holding log last renewed the claim. */
+      seenSecondsAgo: number;
+      /** At a site whose name no log takes by itself (takeover_barred): an operator frees it. */
+      barred: boolean;
+      refusedConsumer: null;
+      takenFrom: null;
+      renewedAt: null;
+    };
+
+/** Seconds since a projector of the holding log last renewed the claim. */
+const SEEN_SECONDS_AGO = 'floor(extract(epoch FROM clock_timestamp() - seen_at))::int';
+
+/** The projector of another log refused within the TTL (the parameter `ttlParam`), or null. */
+const refusedWithin = (ttlParam: string) =>
+  `CASE WHEN refused_at > clock_timestamp() - ${ttlParam} * interval '1 millisecond'
+        THEN refused_consumer END`;
 
 /**
  * How long a holding log's projectors must have renewed nothing before a log first seen since
@@ -115,8 +132,7 @@ export const claimSite = async (
               AND NOT EXISTS (SELECT 1 FROM site_log_sightings g
                                WHERE g.site = $1 AND g.log = $2
                                  AND g.first_seen_at <= greatest(s.seen_at, s.released_at)))
-     RETURNING CASE WHEN s.refused_at > clock_timestamp() - $4 * interval '1 millisecond'
-                    THEN s.refused_consumer END AS refused_consumer,
+     RETURNING ${refusedWithin('$4')} AS refused_consumer,
                (SELECT log FROM holder WHERE log NOT IN ($2, coalesce($3, ''))) AS taken_from,
                s.seen_at::text AS renewed_at`,
     [claim.site, claim.log, claim.previousLog, ttlMs, SITE_SILENCE_TTLS],
@@ -134,8 +150,7 @@ export const claimSite = async (
   }
   const refused = await db.query<{ seen_seconds_ago: number; takeover_barred: boolean }>(
     `UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
-     RETURNING floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago,
-               takeover_barred`,
+     RETURNING ${SEEN_SECONDS_AGO} AS seen_seconds_ago, takeover_barred`,
     [claim.site, claim.consumer],
   );
   return {
@@ -184,10 +199,8 @@ export const siteClaimOf = async (
     takeover_barred: boolean;
     refused_consumer: string | null;
   }>(
-    `SELECT log, floor(extract(epoch FROM clock_timestamp() - seen_at))::int AS seen_seconds_ago,
-            takeover_barred,
-            CASE WHEN refused_at > clock_timestamp() - $2 * interval '1 millisecond'
-                 THEN refused_consumer END AS refused_consumer
+    `SELECT log, ${SEEN_SECONDS_AGO} AS seen_seconds_ago, takeover_barred,
+            ${refusedWithin('$2')} AS refused_consumer
        FROM site_logs WHERE site = $1`,
     [site, ttlMs],
   );
