@@ -1113,6 +1113,45 @@ void describe('admin and incident tools', () => {
     assert.equal(unknown.status, 404);
   });
 
+  void it('names an entry whose event id is in upper case by its entry, and discards it so its aggregate applies again', async () => {
+    // Written past the API by a writer that spells UUIDs in upper case: the codec refuses the id.
+    const partition = 2;
+    const shouting = eventIn(h, partition, {
+      type: 'ExecutedObsUnitStarted',
+      aggregate_type: 'executed_obs_unit',
+      data: { obs_unit_id: 'shouting', instrument: 'x' },
+    });
+    const event = { ...shouting, event_id: shouting.event_id.toUpperCase() } as Envelope;
+    const stream = `${h.config.namespace}:{p${partition}}:events`;
+    const entryId = await h.redis.xadd(stream, '*', ...encodeEntryFields(event));
+    const id = `undecodable-${partition}-${entryId}`;
+    const path = `/admin/dead-letters/${id}`;
+    await waitFor(
+      async () => (await h.request('GET', path, undefined, auth(TOKEN))).status === 200,
+      'the entry to be dead-lettered under its entry id',
+    );
+    const cliList = await runCli(h, ['dead', 'list', '--json']);
+    assert.equal(cliList.code, 0, cliList.stderr);
+    const listedIds = (JSON.parse(cliList.stdout) as { items: { id: string }[] }).items.map(
+      (d) => d.id,
+    );
+    assert.ok(listedIds.includes(id), 'listed under the name the commands take');
+    assert.ok(!listedIds.includes(event.event_id), 'not under the id no command finds');
+    const cliShow = await runCli(h, ['dead', 'show', id]);
+    assert.equal(cliShow.code, 0, cliShow.stderr);
+    const cliRetry = await runCli(h, ['dead', 'retry', id]);
+    assert.equal(cliRetry.code, 1);
+    assert.match(cliRetry.stderr, /cannot be decoded: .*lower-case UUID.*; discard it/);
+
+    const cliDiscard = await runCli(h, ['dead', 'discard', id, '--reason', 'upper-case writer']);
+    assert.equal(cliDiscard.code, 0, cliDiscard.stderr);
+    assert.equal((await h.request('GET', path, undefined, auth(TOKEN))).status, 404);
+    const blocked = await h.redis.smembers(
+      `${h.config.namespace}:{p${partition}}:blocked-aggregates`,
+    );
+    assert.ok(!blocked.includes(event.aggregate_id), 'its aggregate is no longer blocked');
+  });
+
   void it('says degraded, with the buffer unknown, when /health cannot read the buffer', async () => {
     const before = (await h.get('/health')).body;
     assert.notEqual(before.status, 'unhealthy', JSON.stringify(before));

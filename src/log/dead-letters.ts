@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { AGGREGATE_TYPES, type Envelope } from '../domain/events.ts';
-import { isUuid, partitionOf } from '../domain/ids.ts';
+import { isCanonicalUuid, isUuid, partitionOf } from '../domain/ids.ts';
 import {
   aggregateTypeOf,
   decodeEntry,
@@ -405,7 +405,12 @@ export class DeadLetters {
   ): Promise<Map<string, string>> {
     if (dead.id !== dead.event_id) {
       // Named by its entry: without an event id it could never be applied, nor deduplicated.
-      throw new UndecodableEntryError(dead.original_entry_id, 'it has no event id (a UUID)');
+      throw new UndecodableEntryError(
+        dead.original_entry_id,
+        dead.event_id === ''
+          ? 'it has no event id (a UUID)'
+          : `its event id ${dead.event_id} is not a lower-case UUID`,
+      );
     }
     return untilLettersSettle(dead, async () => {
       const { letters, undecodable, newest } = await this.#lettersOf(dead, reads);
@@ -693,9 +698,13 @@ const UNDECODABLE = 'undecodable-';
 /** An entry without a usable event id is dead-lettered, and named to operators, by its entry id. */
 const undecodableId = (entryId: string) => `${UNDECODABLE}${entryId}`;
 
-/** A letter's name in its partition's dead index: its event id, else its entry's stand-in. */
+/**
+ * A letter's name in its partition's dead index: its event id, else its entry's stand-in. An id
+ * in upper case (written past the API) is no usable event id: the codec refuses it, and operators
+ * name letters in lower case, so a letter under it could never be shown, retried or discarded.
+ */
 const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
-  eventId !== undefined && isUuid(eventId) ? eventId : undecodableId(entryId);
+  eventId !== undefined && isCanonicalUuid(eventId) ? eventId : undecodableId(entryId);
 
 /**
  * The name operators know a letter by: its event id, or for an entry without one its partition
@@ -703,7 +712,9 @@ const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
  * earlier builds listed, can name a letter in each of two partitions.
  */
 const shownIdOf = (eventId: string | undefined, entryId: string, partition: number) =>
-  eventId !== undefined && isUuid(eventId) ? eventId : `${UNDECODABLE}${partition}-${entryId}`;
+  eventId !== undefined && isCanonicalUuid(eventId)
+    ? eventId
+    : `${UNDECODABLE}${partition}-${entryId}`;
 
 /** `undecodable-<partition>-<entry id>`. */
 const UNDECODABLE_IN_PARTITION = /^undecodable-(\d+)-(\d+-\d+)$/;
