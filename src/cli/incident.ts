@@ -20,7 +20,8 @@ import {
   projectorLeasesLine,
 } from '../ops/lease-report.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { CliError, print, reasonOf, table, wholeNumberFlag } from './output.ts';
+import { reasonOf } from '../reason.ts';
+import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
 export type IncidentFlags = {
@@ -163,8 +164,8 @@ export const pending = (flags: IncidentFlags) => {
         ? 'projector leases unknown: the main database cannot be reached'
         : await leaseHoldings(site.main, site.config.site).then(
             (holdings) => projectorLeasesLine(holdings, site.config.partitions),
-            (err: Error) =>
-              `projector leases unknown: the main database did not answer (${err.message})`,
+            (err: unknown) =>
+              `projector leases unknown: the main database did not answer (${reasonOf(err)})`,
           ),
     );
     const claim = mainUnreachable ? undefined : await siteClaimLine(site);

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError, LOCAL_STACK, loadConfig } from '../config.ts';
 import { runMigrations } from '../db/migrate.ts';
 import { createLogger } from '../observability/logger.ts';
+import { reasonOf } from '../reason.ts';
 import { type Role, startService } from '../service.ts';
 import {
   findStackDir,
@@ -14,7 +15,7 @@ import {
 import { refuseWhatIsNotTaken } from './grammar.ts';
 import { dead, pending } from './incident.ts';
 import { integrity } from './integrity.ts';
-import { CliError, print, reasonOf, table } from './output.ts';
+import { CliError, print, table } from './output.ts';
 import { rebuildCommand, replayCommand } from './recovery.ts';
 import { tokenCommand } from './token.ts';
 import { isCommand, USAGE, usageOf } from './usage.ts';

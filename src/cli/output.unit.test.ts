@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { reasonOf, table, wholeNumberFlag } from './output.ts';
+import { table, wholeNumberFlag } from './output.ts';
 
 void describe('table', () => {
   void it('aligns columns under upper-case headers, objects as JSON and missing values as -', () => {
@@ -30,7 +30,7 @@ void describe('table', () => {
   });
 });
 
-void describe('flags and reasons', () => {
+void describe('flags', () => {
   void it('takes a whole number within bounds and names the flag otherwise', () => {
     assert.equal(wholeNumberFlag(undefined, '--limit'), undefined);
     assert.equal(wholeNumberFlag('7', '--partition', { below: 8 }), 7);
@@ -44,26 +44,5 @@ void describe('flags and reasons', () => {
       assert.throws(() => wholeNumberFlag(value, '--partition', { below: 8 }), message, value);
     }
     assert.throws(() => wholeNumberFlag('0', '--limit', { min: 1 }), /--limit must be at least 1/);
-  });
-
-  void it("gives an error's message, or what its attempts say when it has none", () => {
-    assert.equal(reasonOf(new Error('boom')), 'boom');
-    // Node's connection to a name with two addresses, both refusing.
-    const refused = (address: string) =>
-      Object.assign(new Error(`connect ECONNREFUSED ${address}`), { code: 'ECONNREFUSED' });
-    const both = Object.assign(new AggregateError([refused('::1:1'), refused('127.0.0.1:1')], ''), {
-      code: 'ECONNREFUSED',
-    });
-    assert.equal(reasonOf(both), 'connect ECONNREFUSED ::1:1; connect ECONNREFUSED 127.0.0.1:1');
-    assert.equal(reasonOf(Object.assign(new Error(''), { code: 'ETIMEDOUT' })), 'ETIMEDOUT');
-    assert.equal(reasonOf(undefined, 'no answer'), 'no answer');
-    assert.equal(reasonOf('plain text'), 'plain text');
-  });
-});
-
-void describe('reasonOf on what is not an Error', () => {
-  void it('never throws, even for an object without a prototype', () => {
-    assert.equal(reasonOf(Object.create(null)), 'unknown error');
-    assert.equal(reasonOf({ message: '', code: '' }, 'fallback'), 'fallback');
   });
 });

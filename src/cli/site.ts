@@ -9,7 +9,8 @@ import { siteNameKey } from '../log/keys.ts';
 import { createRedis } from '../log/redis.ts';
 import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
-import { CliError, reasonOf } from './output.ts';
+import { reasonOf } from '../reason.ts';
+import { CliError } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
 export type Site = {

@@ -11,6 +11,7 @@ import {
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from '../projector/backoff.ts';
+import { reasonOf } from '../reason.ts';
 import { nextRun } from './schedule.ts';
 
 export type IntegrityMode = 'pg_cron' | 'scheduler' | 'unknown';
@@ -252,7 +253,7 @@ export class IntegrityScheduler {
         return 'running';
       }
       why = await whyCronMissed(main).catch(
-        (err: Error) => `pg_cron could not be asked why (${err.message})`,
+        (err: unknown) => `pg_cron could not be asked why (${reasonOf(err)})`,
       );
     } catch (err) {
       logger.debug({ err }, 'cannot tell whether pg_cron ran the integrity refresh');

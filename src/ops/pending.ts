@@ -12,6 +12,7 @@ import {
   isDatabaseUnreachable,
   isStatementTimeout,
 } from '../projector/errors.ts';
+import { reasonOf } from '../reason.ts';
 import { replayStateView } from './replica-delay.ts';
 
 export type PendingFilter = {
@@ -304,7 +305,7 @@ const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
       replay_lsn: null,
       lag_bytes: null,
       ...replayStateView(undefined, undefined),
-      error: (err as Error).message,
+      error: reasonOf(err),
     };
   }
 };

@@ -19,6 +19,7 @@ import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
+import { reasonOf } from '../reason.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
 import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
@@ -54,7 +55,7 @@ const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failur
   try {
     return { answer: await withTimeout(work, PROBE_TIMEOUT_MS) };
   } catch (err) {
-    return { failure: (err as Error).message };
+    return { failure: reasonOf(err) };
   }
 };
 

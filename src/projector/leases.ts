@@ -14,6 +14,7 @@ import {
 } from '../db/queries/leases.ts';
 import type { Logger } from '../observability/logger.ts';
 import { anotherLogHolds, anotherLogRefused, siteTakenOver } from '../ops/lease-report.ts';
+import { reasonOf } from '../reason.ts';
 import { pause } from './backoff.ts';
 
 export type LeaseEvents = {
@@ -143,7 +144,7 @@ export class LeaseManager {
         }
         this.#lastError = undefined;
       } catch (err) {
-        this.#lastError = (err as Error).message;
+        this.#lastError = reasonOf(err);
         if (!(err instanceof PartitionStartError)) {
           this.deps.breaker?.recordFailure();
         }

@@ -18,6 +18,7 @@ import { CONSUMER_GROUP } from '../log/keys.ts';
 import { isNoGroup } from '../log/redis.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { reasonOf } from '../reason.ts';
 import {
   type BatchRequest,
   type BatchResult,
@@ -290,7 +291,7 @@ export class PartitionConsumer {
           this.#mainSeen = undefined;
           this.#verifyRecorded = true;
         }
-        this.#lastError = (err as Error).message;
+        this.#lastError = reasonOf(err);
         this.#deps.onFailure?.();
         const delay = this.#transientBackoff.nextDelayMs();
         logger.warn(

@@ -1,0 +1,26 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { reasonOf } from './reason.ts';
+
+void describe('reasonOf', () => {
+  void it("gives an error's message, or what its attempts say when it has none", () => {
+    assert.equal(reasonOf(new Error('boom')), 'boom');
+    // Node's connection to a name with two addresses, both refusing.
+    const refused = (address: string) =>
+      Object.assign(new Error(`connect ECONNREFUSED ${address}`), { code: 'ECONNREFUSED' });
+    const both = Object.assign(new AggregateError([refused('::1:1'), refused('127.0.0.1:1')], ''), {
+      code: 'ECONNREFUSED',
+    });
+    assert.equal(reasonOf(both), 'connect ECONNREFUSED ::1:1; connect ECONNREFUSED 127.0.0.1:1');
+    assert.equal(reasonOf(Object.assign(new Error(''), { code: 'ETIMEDOUT' })), 'ETIMEDOUT');
+    assert.equal(reasonOf(undefined, 'no answer'), 'no answer');
+    assert.equal(reasonOf('plain text'), 'plain text');
+  });
+});
+
+void describe('reasonOf on what is not an Error', () => {
+  void it('never throws, even for an object without a prototype', () => {
+    assert.equal(reasonOf(Object.create(null)), 'unknown error');
+    assert.equal(reasonOf({ message: '', code: '' }, 'fallback'), 'fallback');
+  });
+});
