@@ -25,6 +25,7 @@ import {
 import { replay } from '../src/ops/replay.ts';
 import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
+import { crashMain, stackUp } from '../src/stack/stack.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -777,20 +778,19 @@ void describe('recovery', () => {
       assert.equal(JSON.parse(cli.stdout).scanned, inIt.length, cli.stdout);
     });
 
-    void it('waits out a database connection lost while a replay waits for the projector', async () => {
+    /**
+     * A unit the main database lost, replayed with no projector running: the replay appends its
+     * event and then waits for it, asking the main database every 200 ms.
+     */
+    const replayWaitingForLostUnit = async (obsUnitId: string) => {
       const unit = (
-        await h.post('/executed_obs_units/start', {
-          obs_unit_id: 'lost-link',
-          instrument: 'nirspec',
-        })
+        await h.post('/executed_obs_units/start', { obs_unit_id: obsUnitId, instrument: 'x' })
       ).body;
       await waitForAllAcknowledged(h);
       await forget(h, [unit.id]);
       const [service] = h.services;
       assert.ok(service);
       await h.stopService(service);
-      // Nothing projects, so the replay appends the lost event and then waits, asking the main
-      // database every 200 ms on a pooled connection that sits idle in between.
       // From just before the unit: earlier tests left a dead letter further back.
       const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
       let stderrSoFar = '';
@@ -799,15 +799,21 @@ void describe('recovery', () => {
           stderrSoFar = soFar;
         },
       });
-      const idleCliSessions = () =>
-        h.mainRows<{ pid: number }>(
-          "SELECT pid FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
-        );
       const partition = partitionOf(unit.id, h.config.partitions);
       await waitFor(
         async () => (await eventLogOf(h).unacknowledged([unit.event_id], partition))[0] === true,
         'the replay to append the lost event',
       );
+      return { unit, replaying, stderrSoFar: () => stderrSoFar };
+    };
+
+    void it('waits out a database connection lost while a replay waits for the projector', async () => {
+      // The pooled connection the replay asks on sits idle between its questions.
+      const { unit, replaying, stderrSoFar } = await replayWaitingForLostUnit('lost-link');
+      const idleCliSessions = () =>
+        h.mainRows<{ pid: number }>(
+          "SELECT pid FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
+        );
       await waitFor(async () => (await idleCliSessions()).length > 0, 'an idle replay session');
       const terminated = await h.mainRows<{ ended: boolean }>(
         "SELECT pg_terminate_backend(pid) AS ended FROM pg_stat_activity WHERE application_name = 'outpost-cli' AND state = 'idle'",
@@ -818,7 +824,8 @@ void describe('recovery', () => {
       );
       // A wait the operator can watch: what it waits for, every 5 s.
       await waitFor(
-        async () => stderrSoFar.includes('{"progress":{"waiting_for":1,"applied":0,"failed":0}}\n'),
+        async () =>
+          stderrSoFar().includes('{"progress":{"waiting_for":1,"applied":0,"failed":0}}\n'),
         'the replay to say what it waits for',
       );
       await h.startService();
@@ -831,6 +838,25 @@ void describe('recovery', () => {
         replayed.stderr,
         /^outpost: no projector holds partitions? .*; the replay waits up to 10 minutes for them$/m,
       );
+      const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = $1', [unit.id]);
+      assert.equal(back.length, 1, 'the lost unit is back');
+    });
+
+    void it('waits out a main database that stops while a replay waits, saying why, and still reports', async () => {
+      const { unit, replaying, stderrSoFar } = await replayWaitingForLostUnit('main-away');
+      try {
+        await crashMain(h.stack.dir);
+        await waitFor(
+          () => /"main_database_error":"[^"]*ECONNREFUSED[^"]*"/.test(stderrSoFar()),
+          'the replay to say why it cannot ask the main database',
+        );
+      } finally {
+        await stackUp(h.stackOptions());
+      }
+      await h.startService();
+      const replayed = await replaying;
+      assert.equal(replayed.code, 0, replayed.stderr);
+      assert.equal(JSON.parse(replayed.stdout).applied, 1, replayed.stdout);
       const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = $1', [unit.id]);
       assert.equal(back.length, 1, 'the lost unit is back');
     });

@@ -11,6 +11,8 @@ import {
 import type { EventLog } from '../log/event-log.ts';
 import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
+import { isDatabaseUnreachable } from '../projector/errors.ts';
+import { reasonOf } from '../reason.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
 
@@ -55,7 +57,13 @@ export const OVERTAKEN_LISTED = 20;
 export type ReplayProgress = { partition: number; scanned: number; position: string };
 
 /** Where the wait for what a replay gave back stands: told every WAIT_REPORT_EVERY_MS. */
-export type ReplayWaiting = { waiting_for: number; applied: number; failed: number };
+export type ReplayWaiting = {
+  waiting_for: number;
+  applied: number;
+  failed: number;
+  /** Why the main database cannot be asked what applied, while it cannot. */
+  main_database_error?: string;
+};
 
 const WAIT_REPORT_EVERY_MS = 5_000;
 
@@ -492,15 +500,37 @@ const waitForOutcome = async (
   const deadline = Date.now() + waitMs;
   // The first report after a while: most replays are done before anyone would look.
   let nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
+  let unreachable: string | undefined;
   while (open.length > 0 && Date.now() < deadline) {
     if (Date.now() >= nextReport) {
       nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
-      onWaiting?.({ waiting_for: open.length, applied: report.applied, failed: report.failed });
+      onWaiting?.({
+        waiting_for: open.length,
+        applied: report.applied,
+        failed: report.failed,
+        ...(unreachable === undefined ? {} : { main_database_error: unreachable }),
+      });
     }
-    const applied = await appliedEventIds(
-      deps.main,
-      open.map((r) => r.eventId),
-    );
+    let applied: Map<string, boolean>;
+    try {
+      applied = await appliedEventIds(
+        deps.main,
+        open.map((r) => r.eventId),
+      );
+    } catch (err) {
+      if (!isDatabaseUnreachable(err)) {
+        throw err;
+      }
+      // The events are appended already: a main database away for a while (restarting after a
+      // restore, say) is waited out like a slow projector, not the end of the replay's report.
+      if (unreachable === undefined) {
+        nextReport = Date.now();
+      }
+      unreachable = reasonOf(err);
+      await sleep(1_000);
+      continue;
+    }
+    unreachable = undefined;
     const notApplied = open.filter((item) => !applied.has(item.eventId));
     report.applied += open.length - notApplied.length;
     const pipeline = deps.eventLog.redis.pipeline();
