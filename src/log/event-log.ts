@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { Redis } from 'ioredis';
+import type { ChainableCommander, Redis } from 'ioredis';
 import {
   AGGREGATE_TYPES,
   type AggregateType,
@@ -41,7 +41,7 @@ const readScript = (path: string) =>
  */
 export const script = (
   name: string,
-  ...libraries: ('applied' | 'holder' | 'inflight' | 'letters' | 'live')[]
+  ...libraries: ('applied' | 'entry-ids' | 'holder' | 'inflight' | 'letters' | 'live')[]
 ) => {
   const [, shebang = '', body = ''] = /^(#!lua[^\n]*\n)?([\s\S]*)$/.exec(readScript(name)) ?? [];
   return shebang + [...libraries.map((library) => readScript(`lib/${library}`)), body].join('\n');
@@ -53,6 +53,11 @@ export const script = (
  */
 const UNIT_STATE_TTL_SECONDS = 30 * 24 * 3600;
 const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+/**
+ * The most entries counted, one script call, where a restart left Redis's lag unknown: past it
+ * a partition reports this many and one more, and a count holds Redis up for a few milliseconds.
+ */
+const UNDELIVERED_COUNT_LIMIT = 10_000;
 /** How long a guarded request is known by its first event id once its events are acknowledged. */
 const GUARDED_RUN_TTL_SECONDS = 60;
 
@@ -136,6 +141,7 @@ type Commands = {
   outpostHoldKey(numKeys: number, ...args: string[]): Promise<number>;
   outpostPartitionCount(numKeys: number, ...args: string[]): Promise<RosterOutcome>;
   outpostTrim(numKeys: number, ...args: string[]): Promise<number>;
+  outpostUndelivered(numKeys: number, ...args: string[]): Promise<[number, string]>;
 };
 
 /** What listing a process in the site's roster found: see scripts/partition-count.lua. */
@@ -305,7 +311,8 @@ export class EventLog {
     redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
     redis.defineCommand('outpostHoldKey', { lua: script('hold-key') });
     redis.defineCommand('outpostPartitionCount', { lua: script('partition-count') });
-    redis.defineCommand('outpostTrim', { lua: script('trim') });
+    redis.defineCommand('outpostTrim', { lua: script('trim', 'entry-ids') });
+    redis.defineCommand('outpostUndelivered', { lua: script('undelivered', 'entry-ids') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -1013,6 +1020,21 @@ export class EventLog {
   async trimBelow(partition: number, edge: string): Promise<number> {
     const keys = this.keys(partition);
     return this.#redis.outpostTrim(2, keys.stream, keys.trimmedThrough, CONSUMER_GROUP, edge);
+  }
+
+  /**
+   * Queues on `pipeline` the count of a partition's entries the projector group has yet to be
+   * delivered, and the group's last delivered id: [-1, '0-0'] without the group. Redis's own lag
+   * can be unknown or stale after a restart (scripts/undelivered.lua); this is never less than
+   * what waits, and exact once the group has caught up.
+   */
+  undeliveredIn(pipeline: ChainableCommander, partition: number): void {
+    (pipeline as ChainableCommander & Pick<Commands, 'outpostUndelivered'>).outpostUndelivered(
+      1,
+      this.keys(partition).stream,
+      CONSUMER_GROUP,
+      String(UNDELIVERED_COUNT_LIMIT),
+    );
   }
 
   /** Deletes `key` only while it holds `held`: a holder never frees what another holder set. */

@@ -18,11 +18,6 @@ export type PartitionBuffer = {
 
 const entryMs = (id: string | null | undefined) => (id ? entryTime(id) : undefined);
 
-const fieldOf = (info: unknown[], name: string): unknown => {
-  const i = info.indexOf(name);
-  return i === -1 ? undefined : info[i + 1];
-};
-
 /**
  * The site's unacknowledged events per partition, and the time by Redis's clock, which names the
  * entries: their ages never depend on the clock of the host asking.
@@ -35,7 +30,7 @@ export const readBuffer = async (eventLog: EventLog): Promise<SiteBuffer> => {
   const keys = eventLog.allKeys();
   for (const k of keys) {
     pipeline.xpending(k.stream, CONSUMER_GROUP);
-    pipeline.xinfo('GROUPS', k.stream);
+    eventLog.undeliveredIn(pipeline, k.partition);
     pipeline.llen(k.applied);
     pipeline.xlen(k.deadLetters);
   }
@@ -63,17 +58,15 @@ export const readBuffer = async (eventLog: EventLog): Promise<SiteBuffer> => {
   const nowMs = timeMs(value(keys.length * 4) as string[]);
   const buffers = keys.map((k, p) => {
     const [count, lowest] = valueOr(p * 4, [0, null]) as [number, string | null];
-    const groups = valueOr(p * 4 + 1, []) as unknown[][];
-    const group = groups.find((g) => fieldOf(g, 'name') === CONSUMER_GROUP) ?? [];
-    const lag = Number(fieldOf(group, 'lag') ?? 0);
+    const [undelivered, lastDelivered] = value(p * 4 + 1) as [number, string];
     return {
       partition: k.partition,
       delivered: Number(count),
-      undelivered: Number.isFinite(lag) ? lag : 0,
+      undelivered: Math.max(0, undelivered),
       awaitingReplica: Number(value(p * 4 + 2)),
       deadLetters: Number(value(p * 4 + 3)),
       oldestAcceptedMs: entryMs(lowest),
-      lastDelivered: String(fieldOf(group, 'last-delivered-id') ?? '0-0'),
+      lastDelivered,
     };
   });
   // The oldest undelivered entry matters only where nothing older waits in the pending list.

@@ -94,7 +94,7 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
   const partitions: PendingPartition[] = [];
   const candidates: { partition: number; pending: XPendingEntry }[] = [];
   for (const k of keys) {
-    const summary = await partitionSummary(eventLog, k.stream);
+    const summary = await partitionSummary(eventLog, k.partition);
     partitions.push({ partition: k.partition, ...summary });
     if (summary.count > 0) {
       // One more than asked for: a partition with more that match makes the list truncated.
@@ -121,8 +121,9 @@ export const inspectPending = async (deps: Deps, filter: PendingFilter): Promise
 
 const partitionSummary = async (
   eventLog: EventLog,
-  stream: string,
+  partition: number,
 ): Promise<Omit<PendingPartition, 'partition'>> => {
+  const { stream } = eventLog.keys(partition);
   const summary = (await eventLog.redis
     .xpending(stream, CONSUMER_GROUP)
     .catch((err: unknown) => (isNoGroup(err) ? undefined : Promise.reject(err)))) as
@@ -149,15 +150,16 @@ const partitionSummary = async (
         1,
       )) as XPendingEntry[])
     : [];
-  const groups = (await eventLog.redis.xinfo('GROUPS', stream)) as unknown[][];
-  const group = groups.find((g) => g[g.indexOf('name') + 1] === CONSUMER_GROUP) ?? [];
+  const lag = eventLog.redis.pipeline();
+  eventLog.undeliveredIn(lag, partition);
+  const [[undelivered]] = (await pipelineReplies(lag)) as [[number, string]];
   return {
     count: Number(count),
     lowest_id: lowest,
     highest_id: highest,
     oldest_idle_ms: Number(oldest[0]?.[2] ?? 0),
     consumers: Object.fromEntries((consumers ?? []).map(([name, n]) => [name, Number(n)])),
-    undelivered: Number(group[group.indexOf('lag') + 1] ?? 0) || 0,
+    undelivered: Math.max(0, undelivered),
   };
 };
 

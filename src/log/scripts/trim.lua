@@ -16,16 +16,6 @@
 -- KEYS[1] the stream  KEYS[2] the trimmed-through mark
 -- ARGV[1] the projector group  ARGV[2] the edge: an entry id, nothing at or after it goes
 -- Returns the number of entries removed.
-local function parts(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
-end
-local function below(a, b)
-  local a_ms, a_seq = parts(a)
-  local b_ms, b_seq = parts(b)
-  return a_ms < b_ms or (a_ms == b_ms and a_seq < b_seq)
-end
-
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then
   return 0

@@ -1,0 +1,67 @@
+-- How many entries of a partition's stream the projector group has yet to be delivered.
+--
+-- Redis keeps that as the group's lag, from a counter of entries read that a restart can leave
+-- wrong (Redis 7.0): the append-only file replays the deliveries as XCLAIMs, which do not count,
+-- so after a restart the counter is unknown (no lag at all: read as 0, a backlog would look
+-- empty) or, where the file was rewritten since, stale (a lag that never goes back to 0). So:
+-- a group that has been delivered everything has nothing undelivered whatever the counter says,
+-- and its counter is set right; an unknown counter is found by counting, up to ARGV[2] entries,
+-- and set right from that count. A stale counter behind the stream's end cannot be told from a
+-- right one, and overstates until the group catches up: more, never less, than waits.
+--
+-- KEYS[1] the stream  ARGV[1] the projector group  ARGV[2] the most entries to count
+-- Returns {the number undelivered (ARGV[2] + 1 meaning at least that many), the group's last
+-- delivered id}, or {-1, '0-0'} without the stream or the group.
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then
+  return { -1, '0-0' }
+end
+local group
+for _, candidate in ipairs(groups) do
+  local fields = {}
+  for i = 1, #candidate, 2 do
+    fields[candidate[i]] = candidate[i + 1]
+  end
+  if fields['name'] == ARGV[1] then
+    group = fields
+  end
+end
+if not group then
+  return { -1, '0-0' }
+end
+local stream = {}
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+for i = 1, #info, 2 do
+  stream[info[i]] = info[i + 1]
+end
+local delivered = group['last-delivered-id']
+-- Set right with a plain call that may fail: a Redis refusing writes (a failed save, the memory
+-- limit) still answers the count.
+local function correct_counter(entries_read)
+  if group['entries-read'] ~= entries_read then
+    redis.pcall('XGROUP', 'SETID', KEYS[1], ARGV[1], delivered, 'ENTRIESREAD', entries_read)
+  end
+end
+if not below(delivered, stream['last-generated-id']) then
+  correct_counter(stream['entries-added'])
+  return { 0, delivered }
+end
+if type(group['lag']) == 'number' then
+  return { group['lag'], delivered }
+end
+local limit = tonumber(ARGV[2])
+local count = 0
+local from = '(' .. delivered
+while count <= limit do
+  local entries = redis.call('XRANGE', KEYS[1], from, '+', 'COUNT', 1000)
+  if #entries == 0 then
+    break
+  end
+  count = count + #entries
+  from = '(' .. entries[#entries][1]
+end
+if count > limit then
+  return { limit + 1, delivered }
+end
+correct_counter(stream['entries-added'] - count)
+return { count, delivered }
