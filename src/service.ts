@@ -249,6 +249,11 @@ export const startService = async (
         projectorHealthy: () => projector?.stats().status === 'running',
         logger: logger.child({ module: 'integrity' }),
         onMissedCronRun: () => metrics.integrityCronRunsMissed.inc(),
+        // The stale alert allows three of the longest gaps of the schedule the job really runs
+        // on (its max over the site's processes): one process's own would raise it falsely, or
+        // not at all, where another process set the job apart.
+        onJobSchedule: (schedule) =>
+          metrics.integrityRefreshInterval.set(longestGapSeconds(schedule, new Date())),
       })
     : undefined;
   const status = new StatusSource({

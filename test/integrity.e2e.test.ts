@@ -868,6 +868,7 @@ void describe('pg_cron', () => {
       return;
     }
     const missed: string[] = [];
+    const jobSchedules: string[] = [];
     const main = new pg.Pool({ connectionString: url, max: 1 });
     const scheduler = new IntegrityScheduler({
       main,
@@ -877,6 +878,7 @@ void describe('pg_cron', () => {
       projectorHealthy: () => true,
       logger: silent,
       onMissedCronRun: (why) => missed.push(why),
+      onJobSchedule: (schedule) => jobSchedules.push(schedule),
     });
     const holder = new pg.Client({ connectionString: url });
     try {
@@ -924,6 +926,7 @@ void describe('pg_cron', () => {
         (await scheduler.cronDueAfter(new Date('2026-06-01T00:01:00Z'))).toISOString(),
         '2026-06-01T00:05:00.000Z',
       );
+      assert.equal(jobSchedules.at(-1), '*/5 * * * *', "the stale alert's gap follows the job's");
       assert.equal(await scheduler.catchUpCronRun(new Date(Date.now() + 60_000)), 'refreshed');
       const { rows: kept } = await client.query(
         'SELECT schedule FROM cron.job WHERE jobname = $1',

@@ -29,6 +29,11 @@ export type IntegritySchedulerDeps = {
   detectRetryMs?: number;
   /** Told of each scheduled pg_cron run that did not happen, and why; this process ran it. */
   onMissedCronRun?: (why: string) => void;
+  /**
+   * Told the schedule pg_cron runs the refresh on when first read and whenever it changes: set by
+   * another process of the site, it is the one the snapshot's age is to be judged by.
+   */
+  onJobSchedule?: (schedule: string) => void;
 };
 
 const DETECT_RETRY_MS = 60_000;
@@ -227,6 +232,9 @@ export class IntegrityScheduler {
           { job: jobSchedule, configured: schedule },
           `pg_cron runs the integrity refresh on "${jobSchedule}", not on this process's OUTPOST_INTEGRITY_SCHEDULE "${schedule}": another process of the site set it; its runs are checked against the job's schedule (give every process the same schedule)`,
         );
+      }
+      if (jobSchedule !== this.#jobSchedule) {
+        this.deps.onJobSchedule?.(jobSchedule);
       }
       this.#jobSchedule = jobSchedule;
       return due;
