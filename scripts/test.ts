@@ -20,6 +20,8 @@ const TIERS = {
   unit: { roots: ['src'], suffix: '.unit.test.ts' },
   int: { roots: ['test'], suffix: '.int.test.ts' },
   e2e: { roots: ['test'], suffix: '.e2e.test.ts' },
+  // Not part of `all`: minutes of faults (SOAK_MINUTES), run on its own with `npm run soak`.
+  soak: { roots: ['test'], suffix: '.soak.test.ts' },
 } as const;
 type Tier = keyof typeof TIERS;
 
@@ -39,6 +41,8 @@ const filesOf = (tier: Tier, only: string | undefined) =>
     .filter((file) => only === undefined || file.includes(only))
     .sort();
 
+const isSoak = (file: string) => file.endsWith(TIERS.soak.suffix);
+
 const runFiles = (files: string[], concurrency: number): Promise<boolean> =>
   new Promise((resolve) => {
     let failed = false;
@@ -47,7 +51,7 @@ const runFiles = (files: string[], concurrency: number): Promise<boolean> =>
     const stream = run({
       files,
       concurrency,
-      timeout: 15 * 60_000,
+      timeout: (15 + (files.some(isSoak) ? Number(process.env.SOAK_MINUTES ?? 10) : 0)) * 60_000,
       ...(pattern ? { testNamePatterns: [new RegExp(pattern)] } : {}),
     });
     stream.on('test:fail', () => {
@@ -66,7 +70,7 @@ const main = async () => {
   const [which = 'all', only] = args;
   const tiers: Tier[] = which === 'all' ? ['unit', 'int', 'e2e'] : [which as Tier];
   if (!tiers.every((t) => t in TIERS)) {
-    throw new Error(`unknown tier ${which}: use unit, int, e2e or all`);
+    throw new Error(`unknown tier ${which}: use unit, int, e2e, soak or all`);
   }
   const unitFiles = tiers.includes('unit') ? filesOf('unit', only) : [];
   const serviceFiles = tiers.filter((t) => t !== 'unit').flatMap((t) => filesOf(t, only));
