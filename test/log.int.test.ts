@@ -815,6 +815,19 @@ void describe('the local log', () => {
       );
       assert.equal(report.partitions[0]?.undelivered, 4, 'outpost pending counts them too');
     });
+
+    void it('past the entries it counts, reports the most that can wait and sets the counter to it', async () => {
+      const { stream, last, lagOf, undelivered } = await delivered('long-unknown-lag', 3);
+      const appends = redis.pipeline();
+      for (let i = 0; i < 10_050; i += 1) {
+        appends.xadd(stream, '*', 'junk', `later ${i}`);
+      }
+      await appends.exec();
+      await redis.xgroup('SETID', stream, CONSUMER_GROUP, last);
+      // The stream holds 10,053 entries of which the 3 delivered are pending: at most 10,050 wait.
+      assert.equal(await undelivered(), 10_050);
+      assert.equal(await lagOf(), 10_050, 'the counter set, so the next look need not count');
+    });
   });
 
   void describe('acknowledgement', () => {

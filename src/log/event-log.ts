@@ -54,8 +54,9 @@ export const script = (
 const UNIT_STATE_TTL_SECONDS = 30 * 24 * 3600;
 const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
 /**
- * The most entries counted, one script call, where a restart left Redis's lag unknown: past it
- * a partition reports this many and one more, and a count holds Redis up for a few milliseconds.
+ * The most entries counted, one script call, where a restart left Redis's lag unknown (a few
+ * milliseconds of Redis's time, once): past it, the most that can wait is reported until the
+ * group catches up (scripts/undelivered.lua).
  */
 const UNDELIVERED_COUNT_LIMIT = 10_000;
 /** How long a guarded request is known by its first event id once its events are acknowledged. */

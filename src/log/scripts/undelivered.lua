@@ -6,12 +6,14 @@
 -- empty) or, where the file was rewritten since, stale (a lag that never goes back to 0). So:
 -- a group that has been delivered everything has nothing undelivered whatever the counter says,
 -- and its counter is set right; an unknown counter is found by counting, up to ARGV[2] entries,
--- and set right from that count. A stale counter behind the stream's end cannot be told from a
--- right one, and overstates until the group catches up: more, never less, than waits.
+-- and set right from that count. Past that many, it is set to the most that can wait (the
+-- stream's entries less those pending, which are all delivered), so that the count is not made
+-- again on every look. A counter behind the stream's end that is stale, or set so, cannot be told
+-- from a right one, and overstates until the group catches up: more, never less, than waits.
 --
 -- KEYS[1] the stream  ARGV[1] the projector group  ARGV[2] the most entries to count
--- Returns {the number undelivered (ARGV[2] + 1 meaning at least that many), the group's last
--- delivered id}, or {-1, '0-0'} without the stream or the group.
+-- Returns {the number undelivered, the group's last delivered id}, or {-1, '0-0'} without the
+-- stream or the group.
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then
   return { -1, '0-0' }
@@ -46,8 +48,10 @@ if not below(delivered, stream['last-generated-id']) then
   correct_counter(stream['entries-added'])
   return { 0, delivered }
 end
+-- Never more than the stream holds less what is pending (all delivered), whatever the counter.
+local most = stream['length'] - group['pending']
 if type(group['lag']) == 'number' then
-  return { group['lag'], delivered }
+  return { math.min(group['lag'], most), delivered }
 end
 local limit = tonumber(ARGV[2])
 local count = 0
@@ -61,7 +65,7 @@ while count <= limit do
   from = '(' .. entries[#entries][1]
 end
 if count > limit then
-  return { limit + 1, delivered }
+  count = most
 end
 correct_counter(stream['entries-added'] - count)
 return { count, delivered }
