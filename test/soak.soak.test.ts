@@ -28,7 +28,7 @@ const exited = (child: ChildProcess) =>
     ? Promise.resolve()
     : new Promise<void>((resolve) => child.once('exit', () => resolve()));
 
-type Accepted = { eventIds: Set<string>; failures: string[] };
+type Accepted = { eventIds: Set<string>; failures: string[]; abandoned?: boolean };
 
 /** One write as an instrument sends it: its own Idempotency-Key, retried until answered. */
 const writeUntilAnswered = async (
@@ -58,6 +58,9 @@ const writeUntilAnswered = async (
         into.failures.push(`${method} ${path}: ${String(err)}`);
         return undefined;
       }
+    }
+    if (into.abandoned) {
+      return undefined;
     }
     await backOff(retryInMs);
   }
@@ -114,6 +117,11 @@ const unitLifecycles = (h: Harness) => {
       await Promise.all([...running]);
       return { accepted, finished };
     },
+    /** Stops starting units and retrying writes at once: the soak failed with them running. */
+    abandon: () => {
+      accepted.abandoned = true;
+      clearInterval(timer);
+    },
   };
 };
 
@@ -121,17 +129,22 @@ type Fault = { name: string; inject: () => Promise<void> };
 
 void describe('soak: writes under faults that follow each other at random', () => {
   let h: Harness | undefined;
+  let lifecycles: ReturnType<typeof unitLifecycles> | undefined;
   const projectors: SpawnedService[] = [];
   after(async () => {
+    lifecycles?.abandon();
     if (!h) {
       return;
     }
     for (const { child } of projectors) {
       child.kill('SIGCONT');
     }
-    // A fault left in place by a failure is undone, so the runner can stop the stack cleanly.
-    await stackUp(h.stackOptions());
-    await h.close();
+    try {
+      // A fault left in place by a failure is undone, so the runner can stop the stack cleanly.
+      await stackUp(h.stackOptions());
+    } finally {
+      await h.close();
+    }
   });
 
   void it(`applies every answered write exactly once, in order, through ${MINUTES} min of faults`, async (t) => {
@@ -196,7 +209,7 @@ void describe('soak: writes under faults that follow each other at random', () =
     ];
 
     const load = site.steadyLoad(RATE, 'soak');
-    const lifecycles = unitLifecycles(site);
+    lifecycles = unitLifecycles(site);
     const injected = new Map<string, number>();
     const end = Date.now() + MINUTES * 60_000;
     while (Date.now() < end) {

@@ -138,7 +138,13 @@ export const replayCommand = (flags: RecoveryFlags) => {
         process.stderr.write(`outpost: replay --dry-run found ${failed}\n`);
       } else {
         process.stderr.write(
-          `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting${report.unfinished > 0 ? ' (they stay in the log and apply once the projector can: its /health background_processor.last_error says what stops it, and replay --dry-run later shows what is still missing)' : ''}\n`,
+          `outpost: replay left ${failed} and ${report.unfinished} not yet applied when it stopped waiting${
+            report.main_database_error !== undefined
+              ? ` (or not known to be: the main database could not be asked, ${report.main_database_error}; they stay in the log and apply once the projector reaches it, and replay --dry-run once it answers shows what is still missing)`
+              : report.unfinished > 0
+                ? ' (they stay in the log and apply once the projector can: its /health background_processor.last_error says what stops it, and replay --dry-run later shows what is still missing)'
+                : ''
+          }\n`,
         );
         process.exitCode = 1;
       }

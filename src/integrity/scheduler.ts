@@ -276,6 +276,8 @@ export class IntegrityScheduler {
     // since this one started, and a missed run is no reason to set it back.
     if ((await cronJob(main).catch(() => null)) === undefined) {
       this.#mode = 'scheduler';
+      // From now on the refresh follows this process's own schedule, and the stale alert with it.
+      this.deps.onJobSchedule?.(this.deps.schedule);
       this.#running.push(this.#loop(this.#abort.signal));
       logger.warn('no pg_cron job; the integrity refresh runs in-process from now on');
     }

@@ -28,6 +28,11 @@ export type ReplayReport = {
   in_flight: number;
   /** Re-appended but not yet applied or dead-lettered when the wait ended. */
   unfinished: number;
+  /**
+   * Why the main database could not be asked what applied, where it could not when the wait
+   * ended: some of the unfinished may be applied by now.
+   */
+  main_database_error?: string;
   /** Discarded by an operator (the audit stream says who and why): never brought back. */
   discarded: number;
   /**
@@ -545,4 +550,7 @@ const waitForOutcome = async (
     }
   }
   report.unfinished = open.length;
+  if (open.length > 0 && unreachable !== undefined) {
+    report.main_database_error = unreachable;
+  }
 };
