@@ -1030,7 +1030,7 @@ export class EventLog {
    * what waits, and exact once the group has caught up.
    */
   undeliveredIn(pipeline: ChainableCommander, partition: number): void {
-    (pipeline as ChainableCommander & Pick<Commands, 'outpostUndelivered'>).outpostUndelivered(
+    void (pipeline as ChainableCommander & Pick<Commands, 'outpostUndelivered'>).outpostUndelivered(
       1,
       this.keys(partition).stream,
       CONSUMER_GROUP,
