@@ -698,13 +698,16 @@ const UNDECODABLE = 'undecodable-';
 /** An entry without a usable event id is dead-lettered, and named to operators, by its entry id. */
 const undecodableId = (entryId: string) => `${UNDECODABLE}${entryId}`;
 
+const isUsableEventId = (eventId: string | undefined): eventId is string =>
+  eventId !== undefined && isCanonicalUuid(eventId);
+
 /**
  * A letter's name in its partition's dead index: its event id, else its entry's stand-in. An id
  * in upper case (written past the API) is no usable event id: the codec refuses it, and operators
  * name letters in lower case, so a letter under it could never be shown, retried or discarded.
  */
 const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
-  eventId !== undefined && isCanonicalUuid(eventId) ? eventId : undecodableId(entryId);
+  isUsableEventId(eventId) ? eventId : undecodableId(entryId);
 
 /**
  * The name operators know a letter by: its event id, or for an entry without one its partition
@@ -712,9 +715,7 @@ const deadLetterIdOf = (eventId: string | undefined, entryId: string) =>
  * earlier builds listed, can name a letter in each of two partitions.
  */
 const shownIdOf = (eventId: string | undefined, entryId: string, partition: number) =>
-  eventId !== undefined && isCanonicalUuid(eventId)
-    ? eventId
-    : `${UNDECODABLE}${partition}-${entryId}`;
+  isUsableEventId(eventId) ? eventId : `${UNDECODABLE}${partition}-${entryId}`;
 
 /** `undecodable-<partition>-<entry id>`. */
 const UNDECODABLE_IN_PARTITION = /^undecodable-(\d+)-(\d+-\d+)$/;

@@ -1025,7 +1025,7 @@ export class EventLog {
 
   /**
    * Queues on `pipeline` the count of a partition's entries the projector group has yet to be
-   * delivered, and the group's last delivered id: [-1, '0-0'] without the group. Redis's own lag
+   * delivered, and the group's last delivered id: [0, '0-0'] without the group. Redis's own lag
    * can be unknown or stale after a restart (scripts/undelivered.lua); this is never less than
    * what waits, and exact once the group has caught up.
    */

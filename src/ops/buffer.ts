@@ -62,7 +62,7 @@ export const readBuffer = async (eventLog: EventLog): Promise<SiteBuffer> => {
     return {
       partition: k.partition,
       delivered: Number(count),
-      undelivered: Math.max(0, undelivered),
+      undelivered,
       awaitingReplica: Number(value(p * 4 + 2)),
       deadLetters: Number(value(p * 4 + 3)),
       oldestAcceptedMs: entryMs(lowest),

@@ -159,7 +159,7 @@ const partitionSummary = async (
     highest_id: highest,
     oldest_idle_ms: Number(oldest[0]?.[2] ?? 0),
     consumers: Object.fromEntries((consumers ?? []).map(([name, n]) => [name, Number(n)])),
-    undelivered: Math.max(0, undelivered),
+    undelivered,
   };
 };
 

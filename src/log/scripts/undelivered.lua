@@ -12,11 +12,11 @@
 -- from a right one, and overstates until the group catches up: more, never less, than waits.
 --
 -- KEYS[1] the stream  ARGV[1] the projector group  ARGV[2] the most entries to count
--- Returns {the number undelivered, the group's last delivered id}, or {-1, '0-0'} without the
--- stream or the group.
+-- Returns {the number undelivered, the group's last delivered id}: {0, '0-0'} without the stream
+-- or the group, which hold nothing to deliver.
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
 if not ok then
-  return { -1, '0-0' }
+  return { 0, '0-0' }
 end
 local group
 for _, candidate in ipairs(groups) do
@@ -29,7 +29,7 @@ for _, candidate in ipairs(groups) do
   end
 end
 if not group then
-  return { -1, '0-0' }
+  return { 0, '0-0' }
 end
 local stream = {}
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
