@@ -1,4 +1,5 @@
 import { hostname } from 'node:os';
+import { parse as parseConnectionString } from 'pg-connection-string';
 import { z } from 'zod';
 import { parseTokenEntries, type TokenEntry, TokenFileError } from './auth/api-tokens.ts';
 import { isValidSchedule } from './integrity/schedule.ts';
@@ -103,8 +104,54 @@ const wholeNumber = (fallback: number, range: { min: number; max?: number }) =>
     });
 
 const positiveInt = (fallback: number) => wholeNumber(fallback, { min: 1 });
-const pgUrl = z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL');
-const redisUrl = z.string().regex(/^(redis|rediss|unix):\/\//, 'must be a redis:// URL');
+/**
+ * A URL the driver can connect with, read by the driver's own parser, and naming where to
+ * connect: the drivers read a URL they cannot parse as an error at every connect (the service
+ * would start and fail each request), and one without a host as the machine's default server,
+ * which is not the site's. The value is never echoed: it may hold a password.
+ */
+const connectionUrl = (
+  scheme: RegExp,
+  example: string,
+  hostOf: (text: string) => string | null | undefined,
+): z.ZodType<string> =>
+  z.string().superRefine((text, ctx) => {
+    if (!scheme.test(text)) {
+      ctx.addIssue({ code: 'custom', message: `must be a URL such as ${example}` });
+      return;
+    }
+    let host: string | null | undefined;
+    try {
+      host = hostOf(text);
+    } catch {
+      ctx.addIssue({
+        code: 'custom',
+        message: `must be a URL such as ${example}, and does not parse as one (a port that is not a number from 1 to 65535? a character in the password that must be percent-encoded?)`,
+      });
+      return;
+    }
+    if (!host) {
+      ctx.addIssue({
+        code: 'custom',
+        message: `must name the server's host, as in ${example}; without one the driver would connect to this machine's default server`,
+      });
+    }
+  });
+
+// pg's own parser: it also takes a socket directory, as `?host=/var/run/postgresql`.
+const pgUrl = connectionUrl(
+  /^postgres(ql)?:\/\//,
+  'postgres://user:password@host:5432/database',
+  (text) => parseConnectionString(text).host,
+);
+
+// ioredis reads redis:// and rediss:// (TLS) URLs with the WHATWG parser, and any other scheme
+// as part of a host name.
+const redisUrl = connectionUrl(
+  /^rediss?:\/\//,
+  'redis://:password@host:6379 (rediss:// for TLS)',
+  (text) => new URL(text).hostname,
+);
 
 const Env = z.object({
   OUTPOST_PORT: wholeNumber(8080, { min: 0, max: 65535 }),

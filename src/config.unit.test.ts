@@ -38,6 +38,43 @@ void describe('loadConfig', () => {
     );
   });
 
+  void it('refuses a connection URL its driver could not parse, or one naming no host, without echoing it', () => {
+    const refusal = (env: Record<string, string>) => {
+      try {
+        loadConfig(env);
+      } catch (err) {
+        assert.ok(err instanceof ConfigError);
+        return err.message;
+      }
+      assert.fail(`accepted ${JSON.stringify(env)}`);
+    };
+    for (const [variable, url, says] of [
+      ['MAIN_DATABASE_URL', 'postgres://u:s3cret@db:54x2/outpost', /does not parse/],
+      ['MAIN_DATABASE_URL', 'postgres://u:s3cret@db:99999/outpost', /does not parse/],
+      ['MAIN_DATABASE_URL', 'postgres://', /must name the server's host/],
+      ['REPLICA_DATABASE_URL', 'mysql://u:s3cret@db/outpost', /must be a URL such as postgres:/],
+      ['REDIS_URL', 'redis://:s3cret@cache:6x79', /does not parse/],
+      ['REDIS_URL', 'redis://', /must name the server's host/],
+      // ioredis would read it as the host name "unix".
+      ['REDIS_URL', 'unix:///var/run/redis.sock', /must be a URL such as redis:/],
+    ] as const) {
+      const message = refusal({ MAIN_DATABASE_URL: 'postgres://u@db/outpost', [variable]: url });
+      assert.match(message, new RegExp(`${variable}: `), url);
+      assert.match(message, says, url);
+      assert.doesNotMatch(message, /s3cret/, `${url}: the password is not echoed`);
+    }
+    for (const url of [
+      'postgres://u:p%40ss@db:5432/outpost',
+      'postgresql://db/outpost',
+      'postgres://u@/outpost?host=/var/run/postgresql',
+    ]) {
+      assert.equal(loadConfig({ MAIN_DATABASE_URL: url }).mainDatabaseUrl, url);
+    }
+    for (const url of ['redis://cache:6379', 'rediss://:pw@cache:6380/2']) {
+      assert.equal(loadConfig({ REDIS_URL: url }).redisUrl, url);
+    }
+  });
+
   void it("refuses waits longer than Node's timers take, which would fire at once", () => {
     assert.equal(
       loadConfig({ OUTPOST_POST_DEPLOY_REFRESH_DELAY: '24d' }).postDeployRefreshDelayMs,

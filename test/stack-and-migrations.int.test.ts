@@ -20,6 +20,7 @@ import { refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { isPortOpen } from '../src/stack/processes.ts';
 import { stackStatus, stackUp } from '../src/stack/stack.ts';
+import { runCliWith } from './harness/cli.ts';
 import { testStack } from './harness/harness.ts';
 import { freePort, withDatabase } from './harness/services.ts';
 
@@ -410,6 +411,51 @@ void describe('outpost stack status', () => {
     } finally {
       rmSync(empty, { recursive: true, force: true });
     }
+  });
+});
+
+void describe('start-up against servers that do not answer, or a URL that names none', () => {
+  const envWith = async (overrides: Record<string, string> = {}) => ({
+    PATH: process.env.PATH,
+    HOME: process.env.HOME,
+    REDIS_URL: `redis://127.0.0.1:${await freePort()}`,
+    MAIN_DATABASE_URL: `postgres://postgres@127.0.0.1:${await freePort()}/outpost`,
+    ...overrides,
+  });
+
+  void it('serve names Redis and its address, where ioredis says only that the connection is closed', async () => {
+    const env = await envWith();
+    const { code, stderr } = await runCliWith(env, ['serve', '--only', 'api']);
+    assert.equal(code, 1);
+    assert.match(
+      stderr,
+      new RegExp(
+        `^outpost: cannot reach Redis at ${env.REDIS_URL.slice('redis://'.length).replaceAll('.', '\\.')} \\(.*ECONNREFUSED.*\\); is it running`,
+        'm',
+      ),
+    );
+  });
+
+  void it('migrate names the main database and its address', async () => {
+    const env = await envWith();
+    const { code, stderr } = await runCliWith(env, ['migrate']);
+    assert.equal(code, 1);
+    const address = env.MAIN_DATABASE_URL.replace(/^postgres:\/\/postgres@|\/outpost$/g, '');
+    assert.match(
+      stderr,
+      new RegExp(
+        `^outpost: cannot reach the main database at ${address.replaceAll('.', '\\.')} \\(.*ECONNREFUSED.*\\)`,
+        'm',
+      ),
+    );
+  });
+
+  void it('refuses a database URL its driver cannot parse before anything starts, without echoing it', async () => {
+    const env = await envWith({ MAIN_DATABASE_URL: 'postgres://site:s3cret@db:54x2/outpost' });
+    const { code, stderr } = await runCliWith(env, ['serve']);
+    assert.equal(code, 1);
+    assert.match(stderr, /^outpost: invalid configuration; MAIN_DATABASE_URL: must be a URL/m);
+    assert.doesNotMatch(stderr, /s3cret/);
   });
 });
 

@@ -1,15 +1,15 @@
 import type { Redis } from 'ioredis';
 import type pg from 'pg';
-import { type Config, LOCAL_STACK, loadConfig } from '../config.ts';
+import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
 import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { siteNameKey } from '../log/keys.ts';
-import { createRedis } from '../log/redis.ts';
+import { connectRedis, createRedis } from '../log/redis.ts';
 import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
-import { reasonOf } from '../reason.ts';
+import { addressOf, cannotReach } from '../reach.ts';
 import { CliError } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
@@ -28,21 +28,6 @@ type Database = 'main' | 'replica';
 
 /** How long Redis may take to be ready before the operator is told what the command waits for. */
 const NOTICE_SLOW_REDIS_MS = 2_000;
-
-const LOCAL_STACK_PORTS = new Set<string>(Object.values(LOCAL_STACK).map(String));
-
-const cannotReach = (what: string, url: string, defaultPort: number, reason: unknown) => {
-  const { hostname, port } = new URL(url);
-  // `outpost stack status` knows only the local stack: elsewhere (compose, real hosts) the
-  // operator's next look is the address itself.
-  const nextStep = LOCAL_STACK_PORTS.has(port)
-    ? 'is it running? (outpost stack status)'
-    : 'is it running, and is this the address the service uses (its env file)?';
-  return new Error(
-    `cannot reach ${what} at ${hostname || 'localhost'}:${port || defaultPort} (${reasonOf(reason, 'no answer')}); ${nextStep}`,
-    { cause: reason },
-  );
-};
 
 /**
  * Which database a command could not reach: a driver's error names an address at best, so each
@@ -71,7 +56,7 @@ const unreachableDatabase = async (
       (probeErr: unknown) => probeErr,
     );
     if (failure !== undefined) {
-      return cannotReach(what, url, 5432, failure);
+      return cannotReach(what, url, failure);
     }
   }
   return undefined;
@@ -121,8 +106,7 @@ export const withSite = async <T>(
     redisError = err;
   });
   try {
-    const redisAway = (err: unknown) =>
-      cannotReach('Redis', config.redisUrl, 6379, redisError ?? err);
+    const redisAway = (err: unknown) => cannotReach('Redis', config.redisUrl, redisError ?? err);
     if (usesRedis) {
       // Redis restarted from its append-only file answers that it is loading, and ioredis waits
       // until it is done: minutes for a large log, in which the operator would see nothing.
@@ -131,17 +115,11 @@ export const withSite = async <T>(
         if (redis.status !== 'connect') {
           return;
         }
-        const { hostname, port } = new URL(config.redisUrl);
         process.stderr.write(
-          `outpost: waiting for Redis at ${hostname || 'localhost'}:${port || 6379} to be ready (still loading its data after a restart?)\n`,
+          `outpost: waiting for Redis at ${addressOf(config.redisUrl)} to be ready (still loading its data after a restart?)\n`,
         );
       }, NOTICE_SLOW_REDIS_MS);
-      await redis
-        .connect()
-        .catch((err: unknown) => {
-          throw redisAway(err);
-        })
-        .finally(() => clearTimeout(slow));
+      await connectRedis(redis, config.redisUrl).finally(() => clearTimeout(slow));
       // A shell without the service's env file would look at part of the log and report all well.
       const recorded = await recordedPartitions(redis, config.namespace);
       if (recorded !== undefined && recorded !== config.partitions) {

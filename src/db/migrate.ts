@@ -2,6 +2,8 @@ import { drizzle } from 'drizzle-orm/node-postgres';
 import { migrate } from 'drizzle-orm/node-postgres/migrator';
 import pg from 'pg';
 import { projectPath } from '../paths.ts';
+import { isDatabaseUnreachable } from '../projector/errors.ts';
+import { cannotReach } from '../reach.ts';
 import { rescheduleCronJob } from './queries/integrity.ts';
 
 export const MIGRATIONS_FOLDER = projectPath('migrations');
@@ -28,7 +30,9 @@ export const runMigrations = async (
   // A connection lost between statements fails the next one, which says why; unheard, its
   // 'error' would end the process with a stack instead.
   client.on('error', () => undefined);
-  await client.connect();
+  await client.connect().catch((err: unknown) => {
+    throw isDatabaseUnreachable(err) ? cannotReach('the main database', url, err) : err;
+  });
   try {
     await client.query('SET client_min_messages = warning');
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK]);

@@ -1,6 +1,7 @@
 import { type ChainableCommander, Redis, type RedisOptions } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
+import { cannotReach } from '../reach.ts';
 
 const COMMAND_TIMEOUT_MS = 5_000;
 
@@ -69,6 +70,25 @@ export const dropLateResends = (redis: Redis): void => {
  */
 export const blockingConnection = (redis: Redis, options: RedisOptions = {}): Redis =>
   redis.duplicate({ ...options, enableAutoPipelining: false });
+
+/**
+ * Connects, or fails with a line naming Redis, its address and why its last attempt failed:
+ * ioredis's own rejection says only "Connection is closed."
+ */
+export const connectRedis = async (redis: Redis, url: string): Promise<void> => {
+  let failure: unknown;
+  const remember = (err: unknown) => {
+    failure = err;
+  };
+  redis.on('error', remember);
+  try {
+    await redis.connect();
+  } catch (err) {
+    throw cannotReach('Redis', url, failure ?? err);
+  } finally {
+    redis.off('error', remember);
+  }
+};
 
 /** Logs each change of a Redis connection's health once, not every reconnect attempt. */
 export const watchConnection = (redis: Redis, logger: Logger) => {

@@ -1,0 +1,44 @@
+import { parse as parseConnectionString } from 'pg-connection-string';
+import { LOCAL_STACK } from './config.ts';
+import { reasonOf } from './reason.ts';
+
+const LOCAL_STACK_PORTS = new Set<string>(Object.values(LOCAL_STACK).map(String));
+
+/**
+ * Where a connection URL points, as `host:port`, with the drivers' default ports. Never throws:
+ * it is asked while reporting another failure.
+ */
+const whereIs = (url: string): { host: string; port: string } => {
+  try {
+    if (/^postgres(ql)?:/.test(url)) {
+      const { host, port } = parseConnectionString(url);
+      return { host: host || 'localhost', port: port || '5432' };
+    }
+    const { hostname, port } = new URL(url);
+    return { host: hostname || 'localhost', port: port || '6379' };
+  } catch {
+    return { host: 'the configured address', port: '' };
+  }
+};
+
+/** `host:port` of a connection URL, for the lines operators read. */
+export const addressOf = (url: string): string => {
+  const { host, port } = whereIs(url);
+  return port === '' ? host : `${host}:${port}`;
+};
+
+/**
+ * A server that did not answer, named with its address and the operator's next look: the
+ * driver's own error names an address at best, never which of the site's servers it is.
+ */
+export const cannotReach = (what: string, url: string, reason: unknown): Error => {
+  // `outpost stack status` knows only the local stack: elsewhere (compose, real hosts) the
+  // operator's next look is the address itself.
+  const nextStep = LOCAL_STACK_PORTS.has(whereIs(url).port)
+    ? 'is it running? (outpost stack status)'
+    : 'is it running, and is this the address the service uses (its env file)?';
+  return new Error(
+    `cannot reach ${what} at ${addressOf(url)} (${reasonOf(reason, 'no answer')}); ${nextStep}`,
+    { cause: reason },
+  );
+};
