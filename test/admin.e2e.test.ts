@@ -320,6 +320,15 @@ void describe('admin and incident tools', () => {
     assert.equal(again.status, 200, 'not 404: the same key answers the first retry');
     assert.deepEqual(again.body, first.body);
     assert.equal(again.headers.get('idempotent-replayed'), 'true');
+    // A body the route does not read is still the request the key was given to.
+    const withBody = await h.request(
+      'POST',
+      `/admin/dead-letters/${poison.event_id}/retry`,
+      { note: 'again' },
+      { ...auth(TOKEN), 'idempotency-key': 'retry-1' },
+    );
+    assert.equal(withBody.status, 409, withBody.text);
+    assert.equal(withBody.body.error.code, 'idempotency_key_reused');
     await waitFor(
       async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'confirmed',
       'the retried event confirmed',

@@ -500,7 +500,7 @@ void describe('HTTP input', () => {
       );
     });
 
-    void it('refuses a missing or non-JSON content type with 415', async () => {
+    void it('refuses a missing or non-JSON content type on a body with 415, and no body with 400', async () => {
       await appendsNothing(
         () =>
           h.post('/executed_obs_units/start', JSON.stringify(start), {
@@ -514,6 +514,14 @@ void describe('HTTP input', () => {
         415,
         'unsupported_media_type',
       );
+      // No body is no body of another type: a 400 saying one is required, whatever the headers.
+      for (const headers of [{}, { 'content-type': 'text/plain' }] as Record<string, string>[]) {
+        await appendsNothing(
+          () => rawPost(h, '/executed_obs_units/start', Buffer.alloc(0), headers),
+          400,
+          'malformed_json',
+        );
+      }
     });
 
     void it('checks a body sent to an admin action that does not read it: 415 for text, 413 over the limit', async () => {

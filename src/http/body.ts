@@ -261,7 +261,8 @@ export const readJson = async <S extends z.ZodType>(
   schema: S,
   maxBytes: number,
 ): Promise<{ value: z.output<S>; raw: unknown }> => {
-  if (c.req.header('content-type') === undefined && !hasBody(c)) {
+  // 415 is for a body of another type; no body at all, whatever its headers say, is a bad request.
+  if (!hasBody(c)) {
     throw new ApiError('malformed_json', 'a JSON request body is required');
   }
   requireJsonContentType(c);
@@ -294,10 +295,9 @@ export const readJson = async <S extends z.ZodType>(
 
 /**
  * For a route that reads no body: one sent anyway must still be what any request's body must be
- * (JSON, within the limit), so a text/plain or oversized body gets its 415 or 413 here too.
+ * (JSON, within the limit), so a text/plain or oversized body gets its 415 or 413 here too. The
+ * JSON sent, or null for none: an Idempotency-Key compares it, so the same key with another body
+ * is refused as with any route.
  */
-export const checkUnreadBody = async (c: Context, maxBytes: number): Promise<void> => {
-  if (hasBody(c)) {
-    await readJson(c, z.unknown(), maxBytes);
-  }
-};
+export const readUnusedBody = async (c: Context, maxBytes: number): Promise<unknown> =>
+  hasBody(c) ? (await readJson(c, z.unknown(), maxBytes)).raw : null;

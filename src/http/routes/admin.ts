@@ -20,7 +20,7 @@ import { isDatabaseAnswer } from '../../projector/errors.ts';
 import { refuseWhenCountMoved, refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
-import { checkUnreadBody, hasBody, issueDetails, readJson } from '../body.ts';
+import { hasBody, issueDetails, readJson, readUnusedBody } from '../body.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
 import { mainCall, replicaCall } from '../outages.ts';
@@ -166,8 +166,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
   app.post('/admin/dead-letters/:id/retry', async (c) => {
     const id = deadLetterParam(c);
-    await checkUnreadBody(c, deps.config.maxBodyBytes);
-    return onceForKey(c, deps, null, async () => {
+    const sent = await readUnusedBody(c, deps.config.maxBodyBytes);
+    return onceForKey(c, deps, sent, async () => {
       refuseWhenLogFull(deps);
       // deadLetterOf refuses it while the site's partition count is not this process's.
       const dead = await deadLetterOf(id);
@@ -204,7 +204,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     const id = deadLetterParam(c);
     const fromQuery = discardReasonOfQuery(c.req.query('reason'));
     if (fromQuery !== undefined) {
-      await checkUnreadBody(c, deps.config.maxBodyBytes);
+      await readUnusedBody(c, deps.config.maxBodyBytes);
     }
     const body =
       fromQuery === undefined && hasBody(c)
@@ -241,8 +241,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
 
 export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
   app.post('/admin/integrity/refresh', async (c) => {
-    await checkUnreadBody(c, deps.config.maxBodyBytes);
-    return onceForKey(c, deps, null, async () => {
+    const sent = await readUnusedBody(c, deps.config.maxBodyBytes);
+    return onceForKey(c, deps, sent, async () => {
       const snapshot = await mainCall(
         deps,
         'refresh the integrity views',
