@@ -2148,6 +2148,20 @@ void describe('outpost pending when nothing is applied', () => {
       "the partition's oldest age to pass 2 s",
     );
     assert.doesNotMatch(out, /dead letter/, 'none yet');
+    // Scripts read the same facts from --json.
+    const pendingJson = async () => {
+      const cli = await runCli(h, ['pending', '--json']);
+      assert.equal(cli.code, 0, cli.stderr);
+      return JSON.parse(cli.stdout);
+    };
+    let json = await pendingJson();
+    const row = json.partitions.find((p: { partition: number }) => p.partition === partition);
+    assert.ok(row.oldest_age_ms >= 2000, JSON.stringify(row));
+    assert.deepEqual(
+      json.projector_leases.map((l: { holder: string | null }) => l.holder),
+      Array(h.config.partitions).fill(null),
+    );
+    assert.deepEqual(json.dead_letters, { count: 0, blocked_aggregates: 0 });
 
     // A projector applies the start and dead-letters a patch it cannot apply.
     const projector = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'night-shift' });
@@ -2163,6 +2177,13 @@ void describe('outpost pending when nothing is applied', () => {
       out,
       /^1 dead letter; 1 aggregate held behind them, whose later events follow them into the dead letters: outpost dead list$/m,
     );
+    json = await pendingJson();
+    assert.deepEqual(
+      json.projector_leases.map((l: { holder: string | null }) => l.holder),
+      Array(h.config.partitions).fill('night-shift'),
+    );
+    assert.deepEqual(json.dead_letters, { count: 1, blocked_aggregates: 1 });
+    assert.equal(json.site_claim, null);
 
     // It dies without giving its leases back: once they lapse, the operator is told whose.
     projector.child.kill('SIGKILL');
@@ -2174,6 +2195,12 @@ void describe('outpost pending when nothing is applied', () => {
         ).test(await pendingOutput()),
       'the lapsed leases to be named',
     );
+    json = await pendingJson();
+    for (const lease of json.projector_leases) {
+      assert.equal(lease.holder, null, JSON.stringify(lease));
+      assert.equal(lease.last_holder, 'night-shift', JSON.stringify(lease));
+      assert.ok(lease.expired_seconds >= 0, JSON.stringify(lease));
+    }
   });
 });
 

@@ -85,6 +85,11 @@ void describe('database faults under load', () => {
         pending.stdout,
         /^projector leases unknown: the main database cannot be reached$/m,
       );
+      const pendingJson = await runCli(h, ['pending', '--json']);
+      assert.equal(pendingJson.code, 0, pendingJson.stderr);
+      const report = JSON.parse(pendingJson.stdout);
+      assert.equal(report.projector_leases, null);
+      assert.equal(report.projector_leases_unknown, 'the main database cannot be reached');
       // What the integrity alert sends the operator to still answers, from the replica.
       const status = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(status.code, 0, status.stderr);

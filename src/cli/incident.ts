@@ -16,6 +16,7 @@ import { readBuffer, totalsOf } from '../ops/buffer.ts';
 import {
   anotherLogHolds,
   anotherLogRefused,
+  liveHolder,
   partitionRanges,
   projectorLeasesLine,
 } from '../ops/lease-report.ts';
@@ -62,39 +63,13 @@ export const pending = (flags: IncidentFlags) => {
       },
       { partition, minIdleMs, consumer: flags.consumer, limit },
     );
-    if (flags.json) {
-      print(JSON.stringify(report));
-      return;
-    }
     // Since the site accepted the entry, by Redis's clock, which names entries. Idle times restart
     // at every re-read (each retry of a failing batch), so only this tells how long one waits;
     // and a partition's oldest may be undelivered (no projector reading it), with no idle time.
     const buffer = await readBuffer(site.eventLog);
     const sinceMs = (acceptedMs: number | undefined) =>
-      acceptedMs === undefined ? '-' : seconds(Math.max(0, buffer.nowMs - acceptedMs));
+      acceptedMs === undefined ? undefined : Math.max(0, buffer.nowMs - acceptedMs);
     const oldestOf = new Map(buffer.partitions.map((b) => [b.partition, b.oldestAcceptedMs]));
-    print(
-      table(
-        report.partitions.map((p) => ({
-          partition: p.partition,
-          pending: p.count,
-          undelivered: p.undelivered,
-          oldest_age: sinceMs(oldestOf.get(p.partition)),
-          oldest_idle: seconds(p.oldest_idle_ms),
-          lowest_id: p.lowest_id,
-          consumers: Object.entries(p.consumers)
-            .map(([name, n]) => `${name}=${n}`)
-            .join(' '),
-        })),
-      ),
-    );
-    const groupless = report.partitions.filter((p) => p.no_group).map((p) => p.partition);
-    if (groupless.length > 0) {
-      print(
-        `partition(s) ${partitionRanges(groupless)} have no consumer group on this Redis: no service with OUTPOST_PARTITIONS=${site.config.partitions} has started on it, or Redis lost its data`,
-      );
-    }
-    print('');
     const r = report.replica;
     // The replica has what these entries wait for, and the acker has had many passes since: the
     // acknowledgement itself is stuck. The API's waiting_for keeps to its two values; the operator
@@ -115,13 +90,80 @@ export const pending = (flags: IncidentFlags) => {
       ),
       // The second look only refines the table already read; failing, it flags nothing.
     ).catch((): PendingEntry[] => []);
+    // Not asked again of a main database the report found unreachable: another connect timeout.
+    const mainUnreachable =
+      r.replay_lsn !== null && r.lag_bytes === null && r.main_refusal === undefined;
+    const leases = mainUnreachable
+      ? { unknown: 'the main database cannot be reached' }
+      : await leaseHoldings(site.main, site.config.site).then(
+          (holdings) => ({ holdings }),
+          (err: unknown) => ({ unknown: `the main database did not answer (${reasonOf(err)})` }),
+        );
+    const claim = mainUnreachable ? undefined : await siteClaimLine(site);
+    const letters = totalsOf(buffer).deadLetters;
+    const blocked = letters > 0 ? await site.deadLetters.blockedAggregates() : 0;
+    if (flags.json) {
+      // The report /admin/pending answers, and what the table's closing lines say, for scripts.
+      print(
+        JSON.stringify({
+          ...report,
+          partitions: report.partitions.map((p) => ({
+            ...p,
+            oldest_age_ms: sinceMs(oldestOf.get(p.partition)) ?? null,
+          })),
+          unacknowledged_entry_ids: unacknowledged.map((e) => e.entry_id),
+          projector_leases:
+            'holdings' in leases
+              ? Array.from({ length: site.config.partitions }, (_, partition) => {
+                  const holding = leases.holdings.find((h) => h.partition === partition);
+                  return {
+                    partition,
+                    holder: liveHolder(holding) ?? null,
+                    last_holder: holding?.owner ?? null,
+                    expired_seconds: holding?.expiredSeconds ?? null,
+                  };
+                })
+              : null,
+          ...('unknown' in leases && { projector_leases_unknown: leases.unknown }),
+          site_claim: claim ?? null,
+          dead_letters: { count: letters, blocked_aggregates: blocked },
+        }),
+      );
+      return;
+    }
+    const age = (acceptedMs: number | undefined) => {
+      const ms = sinceMs(acceptedMs);
+      return ms === undefined ? '-' : seconds(ms);
+    };
+    print(
+      table(
+        report.partitions.map((p) => ({
+          partition: p.partition,
+          pending: p.count,
+          undelivered: p.undelivered,
+          oldest_age: age(oldestOf.get(p.partition)),
+          oldest_idle: seconds(p.oldest_idle_ms),
+          lowest_id: p.lowest_id,
+          consumers: Object.entries(p.consumers)
+            .map(([name, n]) => `${name}=${n}`)
+            .join(' '),
+        })),
+      ),
+    );
+    const groupless = report.partitions.filter((p) => p.no_group).map((p) => p.partition);
+    if (groupless.length > 0) {
+      print(
+        `partition(s) ${partitionRanges(groupless)} have no consumer group on this Redis: no service with OUTPOST_PARTITIONS=${site.config.partitions} has started on it, or Redis lost its data`,
+      );
+    }
+    print('');
     print(
       table(
         report.entries.map((e) => ({
           entry_id: e.entry_id,
           p: e.partition,
           consumer: e.consumer,
-          age: sinceMs(entryTime(e.entry_id)),
+          age: age(entryTime(e.entry_id)),
           idle: seconds(e.idle_ms),
           deliveries: e.deliveries,
           type: e.type,
@@ -156,25 +198,16 @@ export const pending = (flags: IncidentFlags) => {
         `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,
       );
     }
-    // Not asked again of a main database the report found unreachable: another connect timeout.
-    const mainUnreachable =
-      r.replay_lsn !== null && r.lag_bytes === null && r.main_refusal === undefined;
     print(
-      mainUnreachable
-        ? 'projector leases unknown: the main database cannot be reached'
-        : await leaseHoldings(site.main, site.config.site).then(
-            (holdings) => projectorLeasesLine(holdings, site.config.partitions),
-            (err: unknown) =>
-              `projector leases unknown: the main database did not answer (${reasonOf(err)})`,
-          ),
+      'holdings' in leases
+        ? projectorLeasesLine(leases.holdings, site.config.partitions)
+        : `projector leases unknown: ${leases.unknown}`,
     );
-    const claim = mainUnreachable ? undefined : await siteClaimLine(site);
     if (claim !== undefined) {
       print(claim);
     }
-    const letters = totalsOf(buffer).deadLetters;
     if (letters > 0) {
-      print(deadLettersLine(letters, await site.deadLetters.blockedAggregates()));
+      print(deadLettersLine(letters, blocked));
     }
   });
 };
