@@ -233,9 +233,26 @@ void describe('database faults under load', () => {
       const known = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'seen', instrument: 'x' })
       ).body;
+      // A configuration and a file the replica has, and Redis no longer holds in flight.
+      const configuration = (
+        await h.post('/instrument_configurations', { instrument: 'x', configuration: { f: 1 } })
+      ).body;
+      const file = (
+        await h.post('/raw_data_files', {
+          executed_obs_unit_id: known.id,
+          files: [
+            { path: '/d/seen.fits', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' },
+          ],
+        })
+      ).body;
+      const confirmed = async (eventId: string) =>
+        (await h.get(`/events/${eventId}`)).body.state === 'confirmed';
       await waitFor(
-        async () => (await h.get(`/events/${known.event_id}`)).body.state === 'confirmed',
-        'a unit confirmed by the replica',
+        async () =>
+          (await confirmed(known.event_id)) &&
+          (await confirmed(configuration.event_id)) &&
+          (await confirmed(file.event_ids[0])),
+        'a unit, its file and a configuration confirmed by the replica',
       );
       // An integrity snapshot with a problem in it, as a refresh would leave it.
       await h.main.query(
@@ -278,6 +295,24 @@ void describe('database faults under load', () => {
       const pending = await runCli(h, ['pending']);
       assert.equal(pending.code, 0, pending.stderr);
       assert.match(pending.stdout, /replica position unknown: /);
+      // Writes naming what only the databases hold still go: the main database answers for it.
+      const configured = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'configured',
+        instrument: 'x',
+        instrument_configuration_id: configuration.id,
+      });
+      assert.equal(configured.status, 201, configured.text);
+      const packaged = await h.post('/raw_data_packages', {
+        name: 'outage',
+        file_ids: file.ids,
+      });
+      assert.equal(packaged.status, 201, packaged.text);
+      const unknownConfiguration = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'misconfigured',
+        instrument: 'x',
+        instrument_configuration_id: '01900000-0000-7000-8000-000000000000',
+      });
+      assert.equal(unknownConfiguration.status, 404, unknownConfiguration.text);
       await holdFault(Math.max(3_000, 20_000 - (Date.now() - down)));
       assert.equal(acker.acked, acked, 'nothing acknowledged while the replica is down');
       assert.ok((await unacknowledged(h)) > waiting, 'writes of the outage wait for the replica');
@@ -285,7 +320,15 @@ void describe('database faults under load', () => {
       const { accepted, failures, sent } = await load.stop();
       assert.deepEqual(failures, [], 'no write failed');
       assert.equal(accepted.size, sent);
-      accepted.add(known.event_id);
+      for (const eventId of [
+        known.event_id,
+        configuration.event_id,
+        ...file.event_ids,
+        configured.body.event_id,
+        packaged.body.event_id,
+      ]) {
+        accepted.add(eventId);
+      }
       await waitForAllAcknowledged(h, 60_000);
       await audit(h, accepted);
       assert.equal((await h.get(`/executed_obs_units/${known.id}`)).status, 200);

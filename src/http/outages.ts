@@ -1,3 +1,4 @@
+import type pg from 'pg';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -58,6 +59,27 @@ export const replicaCall = <T>(deps: LogDeps, work: Promise<T>): Promise<T> =>
     message: 'the read replica cannot be reached',
     retryAfterSeconds: 2,
   });
+
+/**
+ * What a write must know before it is accepted (that an id it names exists, a unit's status),
+ * read from the replica, or from the main database while the replica does not answer: the main
+ * database holds all the replica has replayed, and more. A replica outage then stops
+ * acknowledgements, not writes; only when neither database answers is the write refused, 503
+ * `replica_unavailable`, as the replica is the one this site reads.
+ */
+export const writeCheck = <T>(
+  deps: Pick<AppDeps, 'eventLog' | 'replica' | 'main' | 'config'>,
+  read: (database: pg.Pool) => Promise<T>,
+): Promise<T> =>
+  replicaCall(
+    deps,
+    read(deps.replica).catch(async (err: unknown) => {
+      if (deps.config.replicaIsMain || logIsAway(deps, err) || !isDatabaseUnreachable(err)) {
+        throw err;
+      }
+      return read(deps.main).catch(() => Promise.reject(err));
+    }),
+  );
 
 /**
  * Work the main database must do now (a replay, an integrity refresh): its outage is a 503 to wait

@@ -15,7 +15,7 @@ import {
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { replicaCall } from '../outages.ts';
+import { replicaCall, writeCheck } from '../outages.ts';
 import { FinishUnitBody, PatchUnitBody, StartUnitBody, UnitListQuery } from '../schemas.ts';
 import {
   type App,
@@ -196,7 +196,9 @@ export const requireKnown = async (
   type: 'instrument_configuration' | 'executed_obs_unit',
   id: string,
 ) => {
-  const merged = await replicaCall(deps, readMerged(readDeps(deps), type, id));
+  const merged = await writeCheck(deps, (database) =>
+    readMerged({ ...readDeps(deps), replica: database }, type, id),
+  );
   if (!merged) {
     throw new ApiError('not_found', `${type.replaceAll('_', ' ')} ${id} not found`, [
       {

@@ -4,7 +4,7 @@ import { accept, envelope, idempotencyScope, recordedOrRefused, respond } from '
 import { readJson } from '../body.ts';
 import type { AppDeps } from '../context.ts';
 import { ApiError } from '../errors.ts';
-import { replicaCall } from '../outages.ts';
+import { writeCheck } from '../outages.ts';
 import { CreatePackageBody } from '../schemas.ts';
 import { type App, registerAggregateGet } from './shared.ts';
 
@@ -28,7 +28,7 @@ const unitsOfFiles = async (deps: AppDeps, fileIds: readonly string[]) => {
   });
   const missing = fileIds.filter((id) => !units.has(id));
   if (missing.length > 0) {
-    for (const [id, unit] of await replicaCall(deps, fileUnits(deps.replica, missing))) {
+    for (const [id, unit] of await writeCheck(deps, (database) => fileUnits(database, missing))) {
       units.set(id, unit);
     }
   }

@@ -6,7 +6,7 @@ import { readMerged } from '../../read/merged.ts';
 import { issueDetails, storableProblems } from '../body.ts';
 import type { AppDeps, HonoEnv } from '../context.ts';
 import { ApiError, notFound } from '../errors.ts';
-import { replicaCall } from '../outages.ts';
+import { replicaCall, writeCheck } from '../outages.ts';
 
 export type App = Hono<HonoEnv>;
 
@@ -68,7 +68,9 @@ export const seedUnitStatus = async (
   deps: AppDeps,
   unitId: string,
 ): Promise<{ status: UnitStatus; site: string } | undefined> => {
-  const merged = await replicaCall(deps, readMerged(readDeps(deps), 'executed_obs_unit', unitId));
+  const merged = await writeCheck(deps, (database) =>
+    readMerged({ ...readDeps(deps), replica: database }, 'executed_obs_unit', unitId),
+  );
   return merged && 'status' in merged.state
     ? { status: merged.state.status as UnitStatus, site: String(merged.state.site) }
     : undefined;
