@@ -165,6 +165,7 @@ export const startService = async (
   const redis = createRedis(config);
   watchConnection(redis, logger.child({ module: 'redis' }));
   const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
+  const deadLetters = new DeadLetters(eventLog);
   let refusal: string | undefined;
   let listing: SiteListing | undefined;
   try {
@@ -175,6 +176,15 @@ export const startService = async (
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });
     refusal = await eventLog.ensureGroups();
+    if (refusal === undefined) {
+      const renamed = await deadLetters.renameEarlierBuildLetters();
+      if (renamed > 0) {
+        logger.info(
+          { renamed },
+          'dead letters an earlier build indexed otherwise are now filed under the names outpost dead list shows',
+        );
+      }
+    }
   } catch (err) {
     await listing?.stop();
     // Refused before anything else started: leave nothing open behind the error (an open
@@ -190,7 +200,6 @@ export const startService = async (
     );
   }
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
-  const deadLetters = new DeadLetters(eventLog);
   const main = projectorPool(config);
   const replica = createPool({
     url: config.replicaDatabaseUrl,

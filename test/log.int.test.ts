@@ -1072,6 +1072,48 @@ void describe('the local log', () => {
       );
       assert.equal(await deadLetters.get(event.event_id, 2), undefined);
     });
+
+    void it('files letters an earlier build indexed otherwise under the names this build lists them by', async () => {
+      const deadLetters = new DeadLetters(log);
+      const history = [{ at: new Date().toISOString(), error: 'boom' }];
+      const index = log.keys(2).deadIndex;
+      /** Files a letter, then moves its index entry to the name an earlier build gave it. */
+      const filedEarlier = async (event: Envelope, earlierName: (entryId: string) => string) => {
+        const entryId = (await redis.xadd(log.keys(2).stream, '*', 'x', '1')) as string;
+        const failed = failedEntryOfEvent(entryId, event);
+        await deadLetters.add(2, failed, history);
+        const deadId = (await redis.hget(index, failed.eventId)) as string;
+        await redis.hset(index, earlierName(entryId), deadId);
+        await redis.hdel(index, failed.eventId);
+        return { entryId, deadId };
+      };
+      // An event an earlier build could not decode, filed under its entry id; listed by its
+      // event id now.
+      const packed = { ...fileEvent(newIdInPartition(2, 4), 1), event_id: newIdInPartition(2, 4) };
+      const first = await filedEarlier(packed, (entryId) => `undecodable-${entryId}`);
+      // An upper-case event id, filed under it; listed by partition and entry now.
+      const upper = newIdInPartition(2, 4).toUpperCase();
+      const second = await filedEarlier(
+        { ...fileEvent(newIdInPartition(2, 4), 2), event_id: upper },
+        () => upper,
+      );
+      const secondName = `undecodable-2-${second.entryId}`;
+      const listed = (await deadLetters.list(100)).items.map((d) => d.id);
+      assert.ok(listed.includes(packed.event_id) && listed.includes(secondName), listed.join());
+      assert.equal(await deadLetters.find(packed.event_id), undefined, 'listed, yet out of reach');
+      assert.equal(await deadLetters.find(secondName), undefined, 'listed, yet out of reach');
+
+      assert.equal(await deadLetters.renameEarlierBuildLetters(), 2);
+      assert.equal((await deadLetters.find(packed.event_id))?.dead_letter_id, first.deadId);
+      assert.equal((await deadLetters.find(secondName))?.dead_letter_id, second.deadId);
+      assert.equal(await redis.hexists(index, `undecodable-${first.entryId}`), 0);
+      assert.equal(await redis.hexists(index, upper), 0);
+      assert.equal(await deadLetters.renameEarlierBuildLetters(), 0, 'nothing left to rename');
+      const retried = await deadLetters.retry(
+        (await deadLetters.find(packed.event_id)) as DeadLetter,
+      );
+      assert.ok(retried, 'reachable by its listed name, it is retried');
+    });
   });
 
   void describe('the event index', () => {

@@ -118,6 +118,7 @@ type Commands = {
   outpostDeadLetter(numKeys: number, ...args: string[]): Promise<string | null | ['not_owner']>;
   outpostDeadRetry(numKeys: number, ...args: string[]): Promise<(string | number | null)[]>;
   outpostDeadDiscard(numKeys: number, ...args: string[]): Promise<string | null>;
+  outpostRenameDeadLetter(numKeys: number, ...args: string[]): Promise<number>;
 };
 
 const META_FIELDS = ['original_entry_id', 'error', 'attempts'];
@@ -184,7 +185,46 @@ export class DeadLetters {
       lua: script('dead-retry', 'inflight', 'letters', 'live'),
     });
     redis.defineCommand('outpostDeadDiscard', { lua: script('dead-discard', 'letters') });
+    redis.defineCommand('outpostRenameDeadLetter', { lua: script('rename-dead-letter') });
     this.#redis = redis as Redis & Commands;
+  }
+
+  /**
+   * Files under the name this build gives it each letter an earlier build indexed otherwise, so
+   * that `dead show`, `retry` and `discard` reach it by the name `dead list` shows: a letter of an
+   * event packed as builds since 2026-12-02 pack it, which an earlier build could not decode and
+   * indexed as `undecodable-<entry id>`, is listed by its event id; one whose event id is an
+   * upper-case UUID, indexed under it, is listed as `undecodable-<partition>-<entry id>`. Only
+   * names that are not an event id in lower case are looked at; runs at every start and finds
+   * nothing once they are all renamed. Answers how many it renamed.
+   */
+  async renameEarlierBuildLetters(): Promise<number> {
+    let renamed = 0;
+    for (const keys of this.eventLog.allKeys()) {
+      let cursor = '0';
+      do {
+        const [next, flat] = await this.#redis.hscan(keys.deadIndex, cursor, 'COUNT', 500);
+        cursor = next;
+        for (let i = 0; i + 1 < flat.length; i += 2) {
+          const [name, deadId] = [flat[i] as string, flat[i + 1] as string];
+          if (isUsableEventId(name)) {
+            continue;
+          }
+          const letter = await this.#letter(keys.partition, deadId);
+          const current = letter && indexNameOf(letter);
+          if (current !== undefined && current !== name) {
+            renamed += await this.#redis.outpostRenameDeadLetter(
+              1,
+              keys.deadIndex,
+              name,
+              current,
+              deadId,
+            );
+          }
+        }
+      } while (cursor !== '0');
+    }
+    return renamed;
   }
 
   /** How many aggregates of the site have their later events follow a dead letter. */
