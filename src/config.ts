@@ -104,94 +104,138 @@ const wholeNumber = (fallback: number, range: { min: number; max?: number }) =>
     });
 
 const positiveInt = (fallback: number) => wholeNumber(fallback, { min: 1 });
+const UNPARSABLE_HINT =
+  'a port that is not a number from 1 to 65535? a character in the password that must be percent-encoded?';
+
 /**
- * A URL the driver can connect with, read by the driver's own parser, and naming where to
- * connect: the drivers read a URL they cannot parse as an error at every connect (the service
- * would start and fail each request), and one without a host as the machine's default server,
- * which is not the site's. The value is never echoed: it may hold a password.
+ * A URL its driver can connect with, read by the driver's own parser: a driver reads one it
+ * cannot parse as an error at every connect, so the service would start and then fail each
+ * request. The value is never echoed: it may hold a password.
  */
 const connectionUrl = (
   scheme: RegExp,
   example: string,
-  hostOf: (text: string) => string | null | undefined,
+  read: (text: string) => unknown,
 ): z.ZodType<string> =>
   z.string().superRefine((text, ctx) => {
     if (!scheme.test(text)) {
       ctx.addIssue({ code: 'custom', message: `must be a URL such as ${example}` });
       return;
     }
-    let host: string | null | undefined;
     try {
-      host = hostOf(text);
-    } catch {
+      read(text);
+    } catch (err) {
+      // The parsers' own refusal of a URL names nothing; pg's also reads the TLS files the URL
+      // names (sslcert, sslkey, sslrootcert), whose errors say which file.
+      const reason =
+        err instanceof Error && err.message !== 'Invalid URL' ? err.message : UNPARSABLE_HINT;
       ctx.addIssue({
         code: 'custom',
-        message: `must be a URL such as ${example}, and does not parse as one (a port that is not a number from 1 to 65535? a character in the password that must be percent-encoded?)`,
-      });
-      return;
-    }
-    if (!host) {
-      ctx.addIssue({
-        code: 'custom',
-        message: `must name the server's host, as in ${example}; without one the driver would connect to this machine's default server`,
+        message: `must be a URL such as ${example}, and cannot be read as one (${reason})`,
       });
     }
   });
 
+const PG_EXAMPLE = 'postgres://user:password@host:5432/database';
+const REDIS_EXAMPLE = 'redis://:password@host:6379 (rediss:// for TLS, unix:///path/to/redis.sock)';
+
 // pg's own parser: it also takes a socket directory, as `?host=/var/run/postgresql`.
-const pgUrl = connectionUrl(
-  /^postgres(ql)?:\/\//,
-  'postgres://user:password@host:5432/database',
-  (text) => parseConnectionString(text).host,
-);
+const pgUrl = connectionUrl(/^postgres(ql)?:\/\//, PG_EXAMPLE, parseConnectionString);
 
-// ioredis reads redis:// and rediss:// (TLS) URLs with the WHATWG parser, and any other scheme
-// as part of a host name.
-const redisUrl = connectionUrl(
-  /^rediss?:\/\//,
-  'redis://:password@host:6379 (rediss:// for TLS)',
-  (text) => new URL(text).hostname,
-);
+/** Where a Redis URL points, as ioredis reads it: a host, or a socket's path. */
+export const redisEndpoint = (url: string): { host: string; port: string } | { path: string } => {
+  const parsed = new URL(url);
+  const path = parsed.protocol === 'unix:' ? parsed.pathname : parsed.searchParams.get('path');
+  return path ? { path } : { host: parsed.hostname, port: parsed.port || '6379' };
+};
 
-const Env = z.object({
-  OUTPOST_PORT: wholeNumber(8080, { min: 0, max: 65535 }),
-  OUTPOST_SITE: z.string().min(1).max(64).default(hostname()),
-  OUTPOST_SITE_ROLE: z.enum(['main', 'secondary']).optional(),
-  MAIN_DATABASE_URL: pgUrl.optional(),
-  REPLICA_DATABASE_URL: pgUrl.optional(),
-  REDIS_URL: redisUrl.default(localRedisUrl),
-  OUTPOST_PARTITIONS: wholeNumber(8, { min: 1, max: 1024 }),
-  OUTPOST_ADMIN_TOKEN: z
-    .string()
-    .min(1)
-    .refine(
-      (token) => token === token.trim(),
-      "has spaces or a line break around it (a secret file's last newline?): a request's token, read from its header, never does, so every admin call would be refused",
-    )
-    .optional(),
-  OUTPOST_API_TOKENS: apiTokens,
-  OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
-  OUTPOST_LIVE_CLIENT_BUFFER_BYTES: positiveInt(1024 * 1024),
-  OUTPOST_MAX_ATTEMPTS: positiveInt(5),
-  // The partition leases last this long and are renewed every third of it, at most every 50 ms.
-  OUTPOST_CLAIM_IDLE_MS: wholeNumber(30_000, { min: 200, max: LONGEST_TIMER_MS }),
-  OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
-  OUTPOST_STREAM_RETENTION: duration('7d'),
-  OUTPOST_INTEGRITY_SCHEDULE: z
-    .string()
-    .default('*/30 * * * *')
-    .refine(isValidSchedule, 'not a 5-field cron schedule (e.g. */30 * * * *)'),
-  OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m', { timer: true }),
-  OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
-  OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),
-  OUTPOST_BATCH_SIZE: positiveInt(500),
-  OUTPOST_ACK_INTERVAL_MS: wholeNumber(20, { min: 1, max: LONGEST_TIMER_MS }),
-  OUTPOST_NAMESPACE: z
-    .string()
-    .regex(/^outpost(:[a-z0-9_-]+)?$/, 'must be "outpost" or "outpost:<suffix>"')
-    .default('outpost'),
-  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-});
+const redisUrl = connectionUrl(/^(rediss?|unix):\/\//, REDIS_EXAMPLE, redisEndpoint);
+
+/**
+ * A URL naming no server, which its driver takes to mean this machine's default one (for pg,
+ * PGHOST's where that is set): a template whose host was left empty would reach a server that is
+ * not the site's, and say nothing.
+ */
+const requireServer = (e: Record<string, unknown>, ctx: z.RefinementCtx) => {
+  const servers = [
+    ['MAIN_DATABASE_URL', PG_EXAMPLE, (url: string) => parseConnectionString(url).host || e.PGHOST],
+    [
+      'REPLICA_DATABASE_URL',
+      PG_EXAMPLE,
+      (url: string) => parseConnectionString(url).host || e.PGHOST,
+    ],
+    [
+      'REDIS_URL',
+      REDIS_EXAMPLE,
+      (url: string) => {
+        const endpoint = redisEndpoint(url);
+        return 'path' in endpoint ? endpoint.path : endpoint.host;
+      },
+    ],
+  ] as const;
+  for (const [variable, example, serverOf] of servers) {
+    const url = e[variable];
+    let server: unknown;
+    try {
+      server = typeof url === 'string' ? serverOf(url) : 'not given';
+    } catch {
+      continue; // refused above as unreadable
+    }
+    if (!server) {
+      ctx.addIssue({
+        code: 'custom',
+        path: [variable],
+        message: `must name the server, as in ${example}; without one the driver would connect to this machine's default server`,
+      });
+    }
+  }
+};
+
+const Env = z
+  .object({
+    OUTPOST_PORT: wholeNumber(8080, { min: 0, max: 65535 }),
+    OUTPOST_SITE: z.string().min(1).max(64).default(hostname()),
+    OUTPOST_SITE_ROLE: z.enum(['main', 'secondary']).optional(),
+    MAIN_DATABASE_URL: pgUrl.optional(),
+    REPLICA_DATABASE_URL: pgUrl.optional(),
+    REDIS_URL: redisUrl.default(localRedisUrl),
+    OUTPOST_PARTITIONS: wholeNumber(8, { min: 1, max: 1024 }),
+    OUTPOST_ADMIN_TOKEN: z
+      .string()
+      .min(1)
+      .refine(
+        (token) => token === token.trim(),
+        "has spaces or a line break around it (a secret file's last newline?): a request's token, read from its header, never does, so every admin call would be refused",
+      )
+      .optional(),
+    OUTPOST_API_TOKENS: apiTokens,
+    OUTPOST_LIVE_MAXLEN: positiveInt(100_000),
+    OUTPOST_LIVE_CLIENT_BUFFER_BYTES: positiveInt(1024 * 1024),
+    OUTPOST_MAX_ATTEMPTS: positiveInt(5),
+    // The partition leases last this long and are renewed every third of it, at most every 50 ms.
+    OUTPOST_CLAIM_IDLE_MS: wholeNumber(30_000, { min: 200, max: LONGEST_TIMER_MS }),
+    OUTPOST_CONSUMER: z.string().min(1).max(200).optional(),
+    OUTPOST_STREAM_RETENTION: duration('7d'),
+    OUTPOST_INTEGRITY_SCHEDULE: z
+      .string()
+      .default('*/30 * * * *')
+      .refine(isValidSchedule, 'not a 5-field cron schedule (e.g. */30 * * * *)'),
+    OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m', { timer: true }),
+    OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
+    OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),
+    OUTPOST_BATCH_SIZE: positiveInt(500),
+    OUTPOST_ACK_INTERVAL_MS: wholeNumber(20, { min: 1, max: LONGEST_TIMER_MS }),
+    OUTPOST_NAMESPACE: z
+      .string()
+      .regex(/^outpost(:[a-z0-9_-]+)?$/, 'must be "outpost" or "outpost:<suffix>"')
+      .default('outpost'),
+    LOG_LEVEL: z
+      .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+      .default('info'),
+    // pg's own: where a database URL names no host, pg connects to PGHOST.
+    PGHOST: z.string().optional(),
+  })
+  .superRefine(requireServer);
 
 export type Config = {
   readonly port: number;

@@ -49,14 +49,24 @@ void describe('loadConfig', () => {
       assert.fail(`accepted ${JSON.stringify(env)}`);
     };
     for (const [variable, url, says] of [
-      ['MAIN_DATABASE_URL', 'postgres://u:s3cret@db:54x2/outpost', /does not parse/],
-      ['MAIN_DATABASE_URL', 'postgres://u:s3cret@db:99999/outpost', /does not parse/],
-      ['MAIN_DATABASE_URL', 'postgres://', /must name the server's host/],
+      [
+        'MAIN_DATABASE_URL',
+        'postgres://u:s3cret@db:54x2/outpost',
+        /cannot be read as one \(a port/,
+      ],
+      ['MAIN_DATABASE_URL', 'postgres://u:s3cret@db:99999/outpost', /cannot be read as one/],
+      // pg reads the TLS files a URL names as it parses it: the message says which is missing.
+      [
+        'MAIN_DATABASE_URL',
+        'postgres://u:s3cret@db/outpost?sslcert=/nonexistent/client.crt',
+        /cannot be read as one \(.*\/nonexistent\/client\.crt/,
+      ],
+      ['MAIN_DATABASE_URL', 'postgres://', /must name the server/],
+      ['REPLICA_DATABASE_URL', 'postgres://u:s3cret@/outpost', /must name the server/],
       ['REPLICA_DATABASE_URL', 'mysql://u:s3cret@db/outpost', /must be a URL such as postgres:/],
-      ['REDIS_URL', 'redis://:s3cret@cache:6x79', /does not parse/],
-      ['REDIS_URL', 'redis://', /must name the server's host/],
-      // ioredis would read it as the host name "unix".
-      ['REDIS_URL', 'unix:///var/run/redis.sock', /must be a URL such as redis:/],
+      ['REDIS_URL', 'redis://:s3cret@cache:6x79', /cannot be read as one/],
+      ['REDIS_URL', 'redis://', /must name the server/],
+      ['REDIS_URL', 'http://cache:6379', /must be a URL such as redis:/],
     ] as const) {
       const message = refusal({ MAIN_DATABASE_URL: 'postgres://u@db/outpost', [variable]: url });
       assert.match(message, new RegExp(`${variable}: `), url);
@@ -67,10 +77,21 @@ void describe('loadConfig', () => {
       'postgres://u:p%40ss@db:5432/outpost',
       'postgresql://db/outpost',
       'postgres://u@/outpost?host=/var/run/postgresql',
+      'postgres://u@[::1]:5432/outpost',
     ]) {
       assert.equal(loadConfig({ MAIN_DATABASE_URL: url }).mainDatabaseUrl, url);
     }
-    for (const url of ['redis://cache:6379', 'rediss://:pw@cache:6380/2']) {
+    // A URL without a host is pg's to complete from PGHOST, where that is set.
+    assert.equal(
+      loadConfig({ MAIN_DATABASE_URL: 'postgres:///outpost', PGHOST: 'db' }).mainDatabaseUrl,
+      'postgres:///outpost',
+    );
+    for (const url of [
+      'redis://cache:6379',
+      'rediss://:pw@cache:6380/2',
+      'unix:///var/run/redis/redis.sock',
+      'redis://localhost?path=/var/run/redis/redis.sock',
+    ]) {
       assert.equal(loadConfig({ REDIS_URL: url }).redisUrl, url);
     }
   });

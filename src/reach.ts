@@ -1,5 +1,5 @@
 import { parse as parseConnectionString } from 'pg-connection-string';
-import { LOCAL_STACK } from './config.ts';
+import { LOCAL_STACK, redisEndpoint } from './config.ts';
 import { reasonOf } from './reason.ts';
 
 const LOCAL_STACK_PORTS = new Set<string>(Object.values(LOCAL_STACK).map(String));
@@ -14,8 +14,10 @@ const whereIs = (url: string): { host: string; port: string } => {
       const { host, port } = parseConnectionString(url);
       return { host: host || 'localhost', port: port || '5432' };
     }
-    const { hostname, port } = new URL(url);
-    return { host: hostname || 'localhost', port: port || '6379' };
+    const endpoint = redisEndpoint(url);
+    return 'path' in endpoint
+      ? { host: endpoint.path, port: '' }
+      : { host: endpoint.host || 'localhost', port: endpoint.port };
   } catch {
     return { host: 'the configured address', port: '' };
   }
@@ -24,7 +26,11 @@ const whereIs = (url: string): { host: string; port: string } => {
 /** `host:port` of a connection URL, for the lines operators read. */
 export const addressOf = (url: string): string => {
   const { host, port } = whereIs(url);
-  return port === '' ? host : `${host}:${port}`;
+  if (port === '') {
+    return host;
+  }
+  // An IPv6 address in brackets, as in a URL: `::1:5432` would read as part of the address.
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]:${port}` : `${host}:${port}`;
 };
 
 /**
