@@ -176,15 +176,6 @@ export const startService = async (
       name: `${config.consumer} on ${hostname()} pid ${process.pid}`,
     });
     refusal = await eventLog.ensureGroups();
-    if (refusal === undefined) {
-      const renamed = await deadLetters.renameEarlierBuildLetters();
-      if (renamed > 0) {
-        logger.info(
-          { renamed },
-          'dead letters an earlier build indexed otherwise are now filed under the names outpost dead list shows',
-        );
-      }
-    }
   } catch (err) {
     await listing?.stop();
     // Refused before anything else started: leave nothing open behind the error (an open
@@ -193,7 +184,24 @@ export const startService = async (
     tokens.stop();
     throw err;
   }
-  if (refusal !== undefined) {
+  if (refusal === undefined) {
+    // Upkeep that need not hold up the start, nor fail it: the next start tries again.
+    void deadLetters.renameEarlierBuildLetters().then(
+      (renamed) => {
+        if (renamed > 0) {
+          logger.info(
+            { renamed },
+            'dead letters an earlier build indexed otherwise are now filed under the names outpost dead list shows',
+          );
+        }
+      },
+      (err: unknown) =>
+        logger.warn(
+          { err },
+          'dead letters of an earlier build not renamed; the next start tries again',
+        ),
+    );
+  } else {
     logger.warn(
       { refusal },
       `started without the start-up upkeep, which waits for a start that can write: ${writeRefusedReason(refusal)}`,

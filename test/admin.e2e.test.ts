@@ -329,6 +329,19 @@ void describe('admin and incident tools', () => {
     );
     assert.equal(withBody.status, 409, withBody.text);
     assert.equal(withBody.body.error.code, 'idempotency_key_reused');
+    // A discard's reason in the query, with a body beside it: the key is given to both.
+    const discarded = await deadLetteredStart('discard-by-query');
+    const discard = (body: unknown) =>
+      h.request('DELETE', `/admin/dead-letters/${discarded.event_id}?reason=by%20query`, body, {
+        ...auth(TOKEN),
+        'idempotency-key': 'discard-q',
+      });
+    const byQuery = await discard(undefined);
+    assert.equal(byQuery.status, 200, byQuery.text);
+    assert.equal((await discard(undefined)).headers.get('idempotent-replayed'), 'true');
+    const byQueryWithBody = await discard({ note: 'x' });
+    assert.equal(byQueryWithBody.status, 409, byQueryWithBody.text);
+    assert.equal(byQueryWithBody.body.error.code, 'idempotency_key_reused');
     await waitFor(
       async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'confirmed',
       'the retried event confirmed',

@@ -205,19 +205,35 @@ export class DeadLetters {
       do {
         const [next, flat] = await this.#redis.hscan(keys.deadIndex, cursor, 'COUNT', 500);
         cursor = next;
+        const named: [name: string, deadId: string][] = [];
         for (let i = 0; i + 1 < flat.length; i += 2) {
-          const [name, deadId] = [flat[i] as string, flat[i + 1] as string];
-          if (isUsableEventId(name)) {
+          if (!isUsableEventId(flat[i])) {
+            named.push([flat[i] as string, flat[i + 1] as string]);
+          }
+        }
+        if (named.length === 0) {
+          continue;
+        }
+        const pipeline = this.#redis.pipeline();
+        for (const [, deadId] of named) {
+          pipeline.xrange(keys.deadLetters, deadId, deadId);
+        }
+        const letters = (await pipelineReplies(pipeline)) as RawEntry[][];
+        for (const [i, [name, deadId]] of named.entries()) {
+          const fields = letters[i]?.[0]?.[1];
+          if (fields === undefined) {
             continue;
           }
-          const letter = await this.#letter(keys.partition, deadId);
-          const current = letter && indexNameOf(letter);
-          if (current !== undefined && current !== name) {
+          // Its record only: a letter whose attempts or data do not decode is still renamed.
+          const record = entryRecord(fields);
+          const listed = deadLetterIdOf(record.event_id, record.original_entry_id || deadId);
+          if (listed !== name) {
             renamed += await this.#redis.outpostRenameDeadLetter(
-              1,
+              2,
               keys.deadIndex,
+              keys.deadLetters,
               name,
-              current,
+              listed,
               deadId,
             );
           }

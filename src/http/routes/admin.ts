@@ -203,9 +203,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
   app.delete('/admin/dead-letters/:id', async (c) => {
     const id = deadLetterParam(c);
     const fromQuery = discardReasonOfQuery(c.req.query('reason'));
-    if (fromQuery !== undefined) {
-      await readUnusedBody(c, deps.config.maxBodyBytes);
-    }
+    const unused =
+      fromQuery === undefined ? null : await readUnusedBody(c, deps.config.maxBodyBytes);
     const body =
       fromQuery === undefined && hasBody(c)
         ? await readJson(c, DiscardBody, deps.config.maxBodyBytes)
@@ -219,8 +218,11 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         { path: 'reason', message: 'give {"reason": "..."} in the body or ?reason=' },
       ]);
     }
-    // The JSON sent, or the query's reason as given: compared as sent, like every keyed request.
-    const sent = body ? body.raw : { reason: c.req.query('reason') };
+    // The JSON sent, or the query's reason as given (with any body beside it): compared as sent,
+    // like every keyed request.
+    const sent = body
+      ? body.raw
+      : { reason: c.req.query('reason'), ...(unused !== null && { body: unused }) };
     return onceForKey(c, deps, sent, async () => {
       const dead = await deadLetterOf(id);
       const auditId = await deps.deadLetters.discard(dead, reason, 'admin-api');
