@@ -157,13 +157,10 @@ const redisUrl = connectionUrl(/^(rediss?|unix):\/\//, REDIS_EXAMPLE, redisEndpo
  * not the site's, and say nothing.
  */
 const requireServer = (e: Record<string, unknown>, ctx: z.RefinementCtx) => {
+  const database = (url: string) => parseConnectionString(url).host || e.PGHOST;
   const servers = [
-    ['MAIN_DATABASE_URL', PG_EXAMPLE, (url: string) => parseConnectionString(url).host || e.PGHOST],
-    [
-      'REPLICA_DATABASE_URL',
-      PG_EXAMPLE,
-      (url: string) => parseConnectionString(url).host || e.PGHOST,
-    ],
+    ['MAIN_DATABASE_URL', PG_EXAMPLE, database],
+    ['REPLICA_DATABASE_URL', PG_EXAMPLE, database],
     [
       'REDIS_URL',
       REDIS_EXAMPLE,
