@@ -27,7 +27,7 @@ void describe('scoped API tokens', () => {
     });
   });
   after(async () => {
-    await h.close();
+    await h?.close();
     rmSync(dir, { recursive: true, force: true });
   });
 

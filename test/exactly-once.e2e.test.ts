@@ -20,7 +20,7 @@ void describe('exactly-once effect', () => {
   });
   after(async () => {
     await h.resumeReplay().catch(() => undefined);
-    await h.close();
+    await h?.close();
   });
 
   void it('applies an event once when its entry is appended twice with the same event_id', async () => {

@@ -22,7 +22,7 @@ const restartAndClose = async (h: Harness | undefined) => {
     return;
   }
   await stackUp(h.stackOptions());
-  await h.close();
+  await h?.close();
 };
 
 void describe('database faults under load', () => {
@@ -491,7 +491,7 @@ void describe('database faults under load', () => {
         return;
       }
       await h.replica.query('SELECT pg_wal_replay_resume()').catch(() => undefined);
-      await h.close();
+      await h?.close();
     });
 
     void it('acknowledges nothing past the replica, then everything within seconds of resume', async () => {

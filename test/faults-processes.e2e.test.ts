@@ -100,7 +100,7 @@ const failBackgroundSave = async (h: Harness) => {
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('loses no event and applies none twice', async () => {
       h = await Harness.start({ role: 'api' });
@@ -157,7 +157,7 @@ void describe('process faults under load', () => {
 
   void describe('projector killed -9 and never restarted', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('leaves its delivered entries to another consumer, which claims and applies them', async () => {
       h = await Harness.start({ role: 'api' });
@@ -219,7 +219,7 @@ void describe('process faults under load', () => {
 
   void describe('an API stopped while a write is on its way in', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('answers the write before it closes the connection', async () => {
       h = await Harness.start({ role: 'none' });
@@ -270,7 +270,7 @@ void describe('process faults under load', () => {
 
   void describe('a start that fails once its projector has begun', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('stops what it started, so another projector takes the partitions at once', async () => {
       h = await Harness.start({ role: 'none' });
@@ -281,10 +281,10 @@ void describe('process faults under load', () => {
         /EADDRINUSE/,
       );
       await h.startService('projector', { port: 0, consumer: 'heir' });
-      await waitFor(
-        async () => (await leaseOwners(h)).every((owner) => owner === 'heir'),
-        'the other projector to hold every partition',
-      );
+      await waitFor(async () => {
+        const owners = await leaseOwners(h);
+        return owners.length === h.config.partitions && owners.every((owner) => owner === 'heir');
+      }, 'the other projector to hold every partition');
       const members = await h.mainRows(
         "SELECT 1 FROM projector_members WHERE consumer = 'port-taken'",
       );
@@ -299,7 +299,7 @@ void describe('process faults under load', () => {
     after(async () => {
       load?.abandon();
       await Promise.all(proxies.map((proxy) => proxy.close()));
-      await h.close();
+      await h?.close();
     });
 
     void it('lands each write once when its client retries with the same Idempotency-Key', async () => {
@@ -373,8 +373,11 @@ void describe('process faults under load', () => {
   void describe('Redis killed -9 and restarted from its append-only file', () => {
     let h: Harness;
     after(async () => {
-      await stackUp(h.stackOptions());
-      await h.close();
+      // Unset when the test failed before starting its site, which then killed nothing.
+      if (h !== undefined) {
+        await stackUp(h.stackOptions());
+        await h?.close();
+      }
     });
 
     void it('still holds every event that was answered 201', async () => {
@@ -457,8 +460,11 @@ void describe('process faults under load', () => {
   void describe('Redis restarted without its data (its volume lost)', () => {
     let h: Harness;
     after(async () => {
-      await stackUp(h.stackOptions());
-      await h.close();
+      // Unset when the test failed before starting its site, which then killed nothing.
+      if (h !== undefined) {
+        await stackUp(h.stackOptions());
+        await h?.close();
+      }
     });
 
     void it('applies what is written after it: the projector creates the consumer groups again', async () => {
@@ -655,7 +661,7 @@ void describe('process faults under load', () => {
 
   void describe('two projectors, one frozen past its lease', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('refuses the frozen one, applies nothing twice, and keeps per-aggregate order', async () => {
       h = await Harness.start({ role: 'api' });
@@ -765,7 +771,7 @@ void describe('process faults under load', () => {
 
   void describe('a read a former owner sent before the takeover, reaching Redis after it', () => {
     let h: Harness;
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('takes the entries it took back at once, and applies them before later ones', async () => {
       // The idle reclaim, which would take the entry back after a minute, is not what brings it.
@@ -891,15 +897,32 @@ void describe('process faults under load', () => {
 
       // B's link to Redis goes silent, then A leaves: B takes A's partitions over, and claiming
       // the entries A left pending times out.
+      const held = (await owners()).flatMap((owner, partition) =>
+        owner === 'projector-a' ? [partition] : [],
+      );
       proxy.blackhole();
       await h.stopService(a);
       await waitFor(
         async () => !(await owners()).includes('projector-a'),
         "A's leases to be released",
       );
-      // Long enough for B's next lease round (every 5 s) to take a partition and for its claim
-      // to time out (5 s).
-      await holdFault(12_000);
+      // B's next lease round (every 5 s) takes one of A's partitions, and claiming what A left
+      // pending times out (5 s) on the silent link: the lease is given back, to be taken again.
+      let taken: number | undefined;
+      await waitFor(
+        async () => {
+          const now = await owners();
+          taken = held.find((partition) => now[partition] === 'projector-b');
+          return taken !== undefined;
+        },
+        "B to take one of A's partitions",
+        30_000,
+      );
+      await waitFor(
+        async () => (await owners())[taken as number] !== 'projector-b',
+        'B to give it back once claiming its entries timed out',
+        30_000,
+      );
       proxy.heal();
 
       const accepted = new Set<string>();

@@ -14,7 +14,7 @@ void describe('a test or bench run whose output reader goes away', () => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-stop-'));
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  void it('stops what it started and exits as on SIGPIPE, instead of crashing with it running', async () => {
+  void it('stops what it started and exits as on SIGPIPE, instead of crashing with it running', async (t) => {
     const marker = join(dir, 'stopped');
     const child = join(dir, 'run.ts');
     // A run as scripts/test.ts and the bench are: its stop registered, writing progress lines.
@@ -28,6 +28,11 @@ setInterval(() => process.stdout.write('progress\\n'), 5);
     );
     const run = spawn(process.execPath, ['--import', 'tsx', child], {
       stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    t.after(() => {
+      if (run.exitCode === null && run.signalCode === null) {
+        run.kill('SIGKILL');
+      }
     });
     const exited = once(run, 'exit', { signal: AbortSignal.timeout(30_000) });
     await once(run.stdout, 'data');

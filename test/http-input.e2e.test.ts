@@ -24,7 +24,7 @@ void describe('HTTP input', () => {
     h = await Harness.start({ role: 'api' });
     unitId = (await h.post('/executed_obs_units/start', start)).body.id;
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   /** Every refusal must leave the log exactly as it was. */
   const appendsNothing = async (
@@ -759,7 +759,7 @@ void describe('free JSON at its exact limits', () => {
   before(async () => {
     h = await Harness.start();
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   /** An object nested `levels` deep (an object holding an object is 2), with a value at the bottom. */
   const nestedTo = (levels: number): Record<string, unknown> => {
@@ -849,7 +849,7 @@ void describe('Idempotency-Key across a change of the partition count', () => {
   before(async () => {
     h = await Harness.start({ role: 'none' });
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   void it('answers a retry after the change with its first answer, appending nothing', async () => {
     const first = await h.startService('all');

@@ -66,7 +66,7 @@ void describe('integrity invariants', () => {
     ids.pkg = (await h.post('/raw_data_packages', { name: 'p', file_ids: files.body.ids })).body.id;
     await waitForAllAcknowledged(h);
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   const refresh = async () => {
     const result = await h.request('POST', '/admin/integrity/refresh', undefined, auth);
@@ -741,16 +741,21 @@ void describe('pg_cron', () => {
       t.skip('pg_cron is not installed on this machine');
       return;
     }
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    t.after(() => pool.end());
     const scheduler = new IntegrityScheduler({
-      main: new pg.Pool({ connectionString: url, max: 1 }),
+      main: pool,
       mainUrl: url,
       schedule: '* * * * *',
       postDeployDelayMs: 3_600_000,
       projectorHealthy: () => true,
       logger: silent,
     });
-    await scheduler.start();
-    await scheduler.stop();
+    try {
+      await scheduler.start();
+    } finally {
+      await scheduler.stop();
+    }
     assert.equal(scheduler.mode, 'pg_cron');
     const jobs = await client.query<{ schedule: string }>(
       'SELECT schedule FROM cron.job WHERE jobname = $1',

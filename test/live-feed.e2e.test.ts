@@ -27,7 +27,7 @@ void describe('live event feed', () => {
     b = await h.spawnServe('api');
     await Promise.all([a.ready(), b.ready()]);
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   const stateOf = async (event_id: string) =>
     ((await (await fetch(`${a.url}/events/${event_id}`)).json()) as { state?: string }).state;
@@ -148,15 +148,38 @@ void describe('live event feed', () => {
 
   void it('filters by aggregate id and state', async () => {
     const client = await SseClient.open(`${a.url}/events/live?state=confirmed`);
+    let byId: SseClient | undefined;
     try {
       const { id, event_id } = await writeThroughB('filtered');
-      const byId = await SseClient.open(`${a.url}/events/live?aggregate_id=${id}`);
+      byId = await SseClient.open(`${a.url}/events/live?aggregate_id=${id}`);
       await waitFor(() => statesOf(client.messages(), event_id).length === 1, 'confirmed only');
       assert.ok(client.messages().every((m) => m.message.state === 'confirmed'));
-      await byId.close();
+      // A change of the unit, and a write of another: only the unit's reaches the filtered client.
+      const patch = await fetch(`${b.url}/executed_obs_units/${id}`, {
+        method: 'PATCH',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ notes: 'filtered' }),
+      });
+      assert.equal(patch.status, 202);
+      const { event_id: patched } = (await patch.json()) as { event_id: string };
+      const other = await writeThroughB('not filtered');
+      await waitFor(
+        () => statesOf(client.messages(), other.event_id).length === 1,
+        "the other unit's write confirmed",
+      );
+      const filtered = byId;
+      await waitFor(
+        () => statesOf(filtered.messages(), patched).includes('confirmed'),
+        "the unit's change on the filtered feed",
+      );
+      assert.ok(
+        byId.messages().every((m) => m.message.aggregate_id === id),
+        JSON.stringify(byId.messages().map((m) => m.message.aggregate_id)),
+      );
       const bad = await fetch(`${a.url}/events/live?state=bogus`);
       assert.equal(bad.status, 400);
     } finally {
+      await byId?.close();
       await client.close();
     }
   });

@@ -119,7 +119,7 @@ void describe('the local log', () => {
   });
   after(async () => {
     redis.disconnect();
-    await h.close();
+    await h?.close();
   });
 
   void describe('the in-flight index', () => {

@@ -31,7 +31,7 @@ void describe('core pipeline', () => {
     before(async () => {
       h = await Harness.start({ role: 'api' });
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('serves a new unit from the log before any projector ran, then from the replica once acknowledged', async () => {
       const started = await h.post('/executed_obs_units/start', startBody(1));
@@ -86,7 +86,7 @@ void describe('core pipeline', () => {
     before(async () => {
       h = await Harness.start({ role: 'api' });
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('never folds an event twice that the replica holds while it is still pending', async () => {
       const started = (await h.post('/executed_obs_units/start', startBody('twice'))).body;
@@ -159,7 +159,7 @@ void describe('core pipeline', () => {
     before(async () => {
       h = await Harness.start({ role: 'api' });
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('pages a list through it in id order, each unit once, and finds a rare one', async () => {
       // More pending units than a list merges at a time, so a page settles before all are merged.
@@ -245,7 +245,7 @@ void describe('core pipeline', () => {
       );
       assert.ok(recovered?.replay, 'the main database reports a replay position after recovery');
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('confirms against the main database when the replica URL is the main one', async () => {
       await h.startService('all', {
@@ -311,7 +311,7 @@ void describe('core pipeline', () => {
     });
     after(async () => {
       await h.replica.query('SELECT pg_wal_replay_resume()').catch(() => undefined);
-      await h.close();
+      await h?.close();
     });
 
     void it('keeps applied entries pending with their commit LSN until the replica replays them', async () => {
@@ -341,10 +341,12 @@ void describe('core pipeline', () => {
       const acker = h.services[0]?.acker;
       assert.ok(acker);
       const passesBefore = acker.passes;
+      const seen = new Set<number>();
       await waitFor(async () => {
-        assert.equal(await unacknowledged(h), 2);
+        seen.add(await unacknowledged(h));
         return acker.passes >= passesBefore + 20;
       }, '20 acknowledgement passes');
+      assert.deepEqual([...seen], [2], 'nothing acknowledged past the replica at any look');
       const merged = await h.get(`/executed_obs_units/${unit.body.id}`);
       assert.equal(merged.body.status, 'success');
       assert.equal(merged.body.consistency.source, 'pending');
@@ -396,7 +398,7 @@ void describe('core pipeline', () => {
     before(async () => {
       h = await Harness.start();
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     void it('finishes 200 units with 100 files each, fired concurrently, with contiguous seqs', async () => {
       const units = 200;
@@ -451,7 +453,7 @@ void describe('two sites sharing one main database', () => {
   before(async () => {
     h = await Harness.start();
   });
-  after(() => h.close());
+  after(() => h?.close());
 
   /** Starts a unit through the service on `port`: each site's service runs in this process. */
   const postTo = async (port: number, obsUnitId: string) => {

@@ -146,7 +146,7 @@ void describe('recovery', () => {
     });
     after(async () => {
       await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
-      await h.close();
+      await h?.close();
     });
 
     /** Runs `work` with the site's service stopped (projectors give their leases back), then starts it again. */
@@ -324,6 +324,7 @@ void describe('recovery', () => {
       const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
       assert.equal(rebuilt.code, 0, rebuilt.stderr);
       const { differences } = JSON.parse(rebuilt.stdout);
+      assert.ok(differences.length > 0, `the late update left rows to rewrite: ${rebuilt.stdout}`);
       assert.ok(
         differences.every((d: { aggregate_id: string }) => d.aggregate_id === unit.id),
         rebuilt.stdout,
@@ -1105,7 +1106,7 @@ void describe('recovery', () => {
     before(async () => {
       h = await Harness.start({ role: 'none' });
     });
-    after(() => h.close());
+    after(() => h?.close());
 
     /** Appends `n` configurations to `partition`, one call each; their entry ids in order. */
     const appendConfigurations = async (partition: number, n: number): Promise<string[]> => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { LinkWatchdog } from './link-watchdog.ts';
 
 /** A TCP endpoint standing in for a database server: `greet` is what it does with a connection. */
@@ -87,14 +88,24 @@ void describe('LinkWatchdog', () => {
   });
 
   void it('keeps quiet when the server answers, even with an error', async () => {
-    const full = await endpoint((socket) => socket.end(tooManyClients()));
+    let refused = 0;
+    const full = await endpoint((socket) => {
+      refused += 1;
+      socket.end(tooManyClients());
+    });
     closing.push(full.close);
     const watchdog = new LinkWatchdog({ url: full.url, everyMs: 20, timeoutMs: 200 });
     let lost: unknown;
     watchdog.lost.catch((err: unknown) => {
       lost = err;
     });
-    // The refusal has been read once the connection is gone; only then is the watch stopped.
+    // Refused on a new connection every 20 ms: 21 refusals span two timeouts, in which a watchdog
+    // that took a refusal for silence would have given up.
+    const deadline = Date.now() + 10_000;
+    while (refused < 21 && lost === undefined) {
+      assert.ok(Date.now() < deadline, `asked again after each refusal (${refused} so far)`);
+      await sleep(10);
+    }
     await full.clientHungUp;
     await new Promise((resolve) => setImmediate(resolve));
     await watchdog.stop();

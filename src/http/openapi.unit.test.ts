@@ -18,10 +18,12 @@ import type { JsonSchema } from './openapi-responses.ts';
  */
 const idleDeps = () => {
   const config = loadConfig({ OUTPOST_ADMIN_TOKEN: 'unit-test-token' });
-  const redis = new Redis({ lazyConnect: true });
+  // A closed port, not the defaults (the machine's own servers on 6379 and 5432): should a
+  // route ever query while registering, this test fails instead of reaching them.
+  const redis = new Redis({ port: 1, lazyConnect: true, enableOfflineQueue: false });
   const eventLog = new EventLog(redis, config.namespace, config.partitions);
-  const main = new pg.Pool();
-  const replica = new pg.Pool();
+  const main = new pg.Pool({ port: 1 });
+  const replica = new pg.Pool({ port: 1 });
   const metrics = createMetrics();
   return {
     deps: {

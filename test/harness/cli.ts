@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { PROJECT_ROOT } from '../../src/paths.ts';
-import type { Harness } from './harness.ts';
+import { type Harness, killOnExit } from './harness.ts';
 
 /** What a command wrote to stderr so far, for a test that looks while it runs. */
 type Watch = { stderr?: (soFar: string) => void };
@@ -24,6 +24,8 @@ export const runCliWith = (
       env,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
+    // A command waiting (a replay's ten minutes) must not outlive a test that failed meanwhile.
+    killOnExit(child);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => {

@@ -18,6 +18,13 @@ import { freePort, recordSite, type TestStack, withDatabase } from './services.t
  * hook, and its children would go on reconnecting to a stack that is gone.
  */
 const spawned = new Set<ChildProcess>();
+
+/** Kills `child` when this test file's process ends, unless it has exited by then. */
+export const killOnExit = (child: ChildProcess): void => {
+  spawned.add(child);
+  child.once('exit', () => spawned.delete(child));
+};
+
 process.once('exit', () => {
   for (const child of spawned) {
     child.kill('SIGKILL');
@@ -188,14 +195,20 @@ export class Harness {
       ...options.config,
     };
     const harness = new Harness(stack, database, config);
-    await waitFor(async () => {
-      const probe = new pg.Client({ connectionString: config.replicaDatabaseUrl });
-      await probe.connect();
-      await probe.end();
-      return true;
-    }, 'the test database on the replica');
-    if (options.role !== 'none') {
-      await harness.startService(options.role ?? 'all');
+    try {
+      await waitFor(async () => {
+        const probe = new pg.Client({ connectionString: config.replicaDatabaseUrl });
+        await probe.connect();
+        await probe.end();
+        return true;
+      }, 'the test database on the replica');
+      if (options.role !== 'none') {
+        await harness.startService(options.role ?? 'all');
+      }
+    } catch (err) {
+      // The test never gets the harness to close: its pools and Redis client close here.
+      await harness.close().catch(() => undefined);
+      throw err;
     }
     return harness;
   }
@@ -302,11 +315,8 @@ export class Harness {
     child.stdout?.on('data', collect);
     child.stderr?.on('data', collect);
     this.#children.add(child);
-    spawned.add(child);
-    child.once('exit', () => {
-      this.#children.delete(child);
-      spawned.delete(child);
-    });
+    killOnExit(child);
+    child.once('exit', () => this.#children.delete(child));
     const url = `http://127.0.0.1:${port}`;
     return {
       child,
@@ -371,13 +381,19 @@ export class Harness {
     for (const child of this.#children) {
       child.kill('SIGKILL');
     }
+    // Every service stops and every connection closes, even past one that fails to: the
+    // first failure is reported once they have.
+    const failures: unknown[] = [];
     for (const service of this.services.splice(0)) {
-      await service.stop();
+      await service.stop().catch((err: unknown) => failures.push(err));
     }
     // The database and Redis keys stay: the runner drops them once the file passed, and keeps
     // them for inspection when it failed.
     this.redis.disconnect();
-    await this.main.end();
-    await this.replica.end();
+    await this.main.end().catch((err: unknown) => failures.push(err));
+    await this.replica.end().catch((err: unknown) => failures.push(err));
+    if (failures.length > 0) {
+      throw failures[0];
+    }
   }
 }
