@@ -73,27 +73,24 @@ void describe('loadConfig', () => {
       assert.match(message, says, url);
       assert.doesNotMatch(message, /s3cret/, `${url}: the password is not echoed`);
     }
-    for (const url of [
-      'postgres://u:p%40ss@db:5432/outpost',
-      'postgresql://db/outpost',
-      'postgres://u@/outpost?host=/var/run/postgresql',
-      'postgres://u@[::1]:5432/outpost',
-    ]) {
-      assert.equal(loadConfig({ MAIN_DATABASE_URL: url }).mainDatabaseUrl, url);
+    for (const [variable, url] of [
+      ['MAIN_DATABASE_URL', 'postgres://u:p%40ss@db:5432/outpost'],
+      ['MAIN_DATABASE_URL', 'postgresql://db/outpost'],
+      ['MAIN_DATABASE_URL', 'postgres://u@/outpost?host=/var/run/postgresql'],
+      ['MAIN_DATABASE_URL', 'postgres://u@[::1]:5432/outpost'],
+      ['REDIS_URL', 'redis://cache:6379'],
+      ['REDIS_URL', 'rediss://:pw@cache:6380/2'],
+      ['REDIS_URL', 'unix:///var/run/redis/redis.sock'],
+      ['REDIS_URL', 'redis://localhost?path=/var/run/redis/redis.sock'],
+    ] as const) {
+      const config = loadConfig({ [variable]: url });
+      assert.equal(variable === 'REDIS_URL' ? config.redisUrl : config.mainDatabaseUrl, url);
     }
     // A URL without a host is pg's to complete from PGHOST, where that is set.
     assert.equal(
       loadConfig({ MAIN_DATABASE_URL: 'postgres:///outpost', PGHOST: 'db' }).mainDatabaseUrl,
       'postgres:///outpost',
     );
-    for (const url of [
-      'redis://cache:6379',
-      'rediss://:pw@cache:6380/2',
-      'unix:///var/run/redis/redis.sock',
-      'redis://localhost?path=/var/run/redis/redis.sock',
-    ]) {
-      assert.equal(loadConfig({ REDIS_URL: url }).redisUrl, url);
-    }
   });
 
   void it("refuses waits longer than Node's timers take, which would fire at once", () => {

@@ -19,7 +19,7 @@ import {
 } from './entry-id.ts';
 import { type Attempt, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
-import { pipelineReplies } from './redis.ts';
+import { forEachHashPage, pipelineReplies } from './redis.ts';
 
 /** What a dead letter says about the event it holds, as the admin API and CLI show it. */
 export type DeadLetter = {
@@ -201,18 +201,10 @@ export class DeadLetters {
   async renameEarlierBuildLetters(): Promise<number> {
     let renamed = 0;
     for (const keys of this.eventLog.allKeys()) {
-      let cursor = '0';
-      do {
-        const [next, flat] = await this.#redis.hscan(keys.deadIndex, cursor, 'COUNT', 500);
-        cursor = next;
-        const named: [name: string, deadId: string][] = [];
-        for (let i = 0; i + 1 < flat.length; i += 2) {
-          if (!isUsableEventId(flat[i])) {
-            named.push([flat[i] as string, flat[i + 1] as string]);
-          }
-        }
+      await forEachHashPage(this.#redis, keys.deadIndex, async (entries) => {
+        const named = entries.filter(([name]) => !isUsableEventId(name));
         if (named.length === 0) {
-          continue;
+          return;
         }
         const pipeline = this.#redis.pipeline();
         for (const [, deadId] of named) {
@@ -238,7 +230,7 @@ export class DeadLetters {
             );
           }
         }
-      } while (cursor !== '0');
+      });
     }
     return renamed;
   }

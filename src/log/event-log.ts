@@ -30,7 +30,7 @@ import {
   partitionKeys,
   processRosterKey,
 } from './keys.ts';
-import { pipelineReplies } from './redis.ts';
+import { forEachHashPage, pipelineReplies } from './redis.ts';
 
 const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
@@ -445,43 +445,32 @@ export class EventLog {
     for (const keys of this.allKeys()) {
       for (const type of AGGREGATE_TYPES) {
         const legacy = keys.legacyInflightIndex(type);
-        await this.#forEachFieldPage(legacy, (aggregateIds) =>
-          this.#redis.outpostUpgradeInflightIndex(
+        await forEachHashPage(this.#redis, legacy, (entries) => {
+          const aggregateIds = entries.map(([field]) => field);
+          return this.#redis.outpostUpgradeInflightIndex(
             aggregateIds.length + 2,
             legacy,
             keys.inflightBucketsInUse(type),
             ...aggregateIds.map((id) => keys.inflight(type, id)),
             ...aggregateIds,
-          ),
-        );
+          );
+        });
       }
     }
-  }
-
-  /** Hands the field names of a hash to `move`, a page of HSCAN at a time, until none is left. */
-  async #forEachFieldPage(key: string, move: (fields: string[]) => Promise<unknown>) {
-    let cursor = '0';
-    do {
-      const [next, flat] = await this.#redis.hscan(key, cursor, 'COUNT', 500);
-      cursor = next;
-      const fields = flat.filter((_, i) => i % 2 === 0);
-      if (fields.length > 0) {
-        await move(fields);
-      }
-    } while (cursor !== '0');
   }
 
   /** Moves an earlier build's one-hash event index into the buckets, a chunk per call. */
   async #upgradeEventIndex(): Promise<void> {
     for (const keys of this.allKeys()) {
-      await this.#forEachFieldPage(keys.legacyEventIndex, (eventIds) =>
-        this.#redis.outpostUpgradeEventIndex(
+      await forEachHashPage(this.#redis, keys.legacyEventIndex, (entries) => {
+        const eventIds = entries.map(([field]) => field);
+        return this.#redis.outpostUpgradeEventIndex(
           eventIds.length + 1,
           keys.legacyEventIndex,
           ...eventIds.map(keys.eventIndex),
           ...eventIds,
-        ),
-      );
+        );
+      });
     }
   }
 

@@ -72,6 +72,29 @@ export const blockingConnection = (redis: Redis, options: RedisOptions = {}): Re
   redis.duplicate({ ...options, enableAutoPipelining: false });
 
 /**
+ * Hands the fields of a hash with their values to `visit`, a page of HSCAN at a time, until none
+ * is left; a page with nothing in it is not handed on.
+ */
+export const forEachHashPage = async (
+  redis: Redis,
+  key: string,
+  visit: (entries: [field: string, value: string][]) => Promise<unknown>,
+): Promise<void> => {
+  let cursor = '0';
+  do {
+    const [next, flat] = await redis.hscan(key, cursor, 'COUNT', 500);
+    cursor = next;
+    const entries: [string, string][] = [];
+    for (let i = 0; i + 1 < flat.length; i += 2) {
+      entries.push([flat[i] as string, flat[i + 1] as string]);
+    }
+    if (entries.length > 0) {
+      await visit(entries);
+    }
+  } while (cursor !== '0');
+};
+
+/**
  * Connects, or fails with a line naming Redis, its address and why its last attempt failed:
  * ioredis's own rejection says only "Connection is closed."
  */
