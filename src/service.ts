@@ -7,6 +7,7 @@ import type { Config } from './config.ts';
 import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp, createOperationsApp } from './http/app.ts';
+import { ReplicaLink } from './http/replica-link.ts';
 import { longestGapSeconds } from './integrity/schedule.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
@@ -319,6 +320,7 @@ export const startService = async (
     deadLetters,
     main,
     replica,
+    replicaLink: new ReplicaLink(replica, logger.child({ module: 'replica-link' })),
     metrics,
     logger,
     status,

@@ -494,6 +494,76 @@ void describe('database faults under load', () => {
     });
   });
 
+  void describe('the link to the read replica silently dropping packets', () => {
+    let h: Harness | undefined;
+    let proxy: BlackholeProxy | undefined;
+    after(async () => {
+      proxy?.heal();
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it("waits out the replica's timeout once: then writes that check an id go on through the main database, reads answer 503 at once, and both recover with it", async () => {
+      const stack = (await import('./harness/harness.ts')).testStack();
+      proxy = await BlackholeProxy.start(stack.replicaPort);
+      const harness = await Harness.start({ role: 'none' });
+      h = harness;
+      const viaProxy = harness.config.replicaDatabaseUrl.replace(
+        `:${stack.replicaPort}/`,
+        `:${proxy.port}/`,
+      );
+      await harness.startService('all', { replicaDatabaseUrl: viaProxy });
+      const configuration = (
+        await harness.post('/instrument_configurations', {
+          instrument: 'x',
+          configuration: { f: 1 },
+        })
+      ).body;
+      const accepted = new Set<string>([configuration.event_id]);
+      await waitForAllAcknowledged(harness, 60_000);
+      // A unit start naming a configuration asks a database whether it exists.
+      const startNamingIt = async (name: string) => {
+        const started = Date.now();
+        const write = await harness.post('/executed_obs_units/start', {
+          obs_unit_id: name,
+          instrument: 'x',
+          instrument_configuration_id: configuration.id,
+        });
+        assert.equal(write.status, 201, `${name}: ${write.text}`);
+        accepted.add(write.body.event_id);
+        return { id: write.body.id as string, ms: Date.now() - started };
+      };
+
+      proxy.blackhole();
+      // The first check waits for the replica's connect or query timeout (5–10 s).
+      const first = await startNamingIt('first');
+      const later = [];
+      for (const name of ['second', 'third', 'fourth', 'fifth', 'sixth']) {
+        later.push(await startNamingIt(name));
+      }
+      const slowest = Math.max(...later.map(({ ms }) => ms));
+      assert.ok(
+        slowest < 3_000,
+        `later checks did not wait for the replica's timeout again (slowest ${slowest} ms, the first ${first.ms} ms)`,
+      );
+      const readStarted = Date.now();
+      const read = await harness.get(`/executed_obs_units/${first.id}`);
+      const readMs = Date.now() - readStarted;
+      assert.equal(read.status, 503, read.text);
+      assert.equal(read.body.error.code, 'replica_unavailable');
+      assert.ok(readMs < 3_000, `the read answered at once (${readMs} ms)`);
+
+      proxy.heal();
+      await waitFor(
+        async () => (await harness.get(`/executed_obs_units/${first.id}`)).status === 200,
+        'reads to answer again once the replica does',
+        30_000,
+      );
+      await waitForAllAcknowledged(harness, 60_000);
+      await audit(harness, accepted);
+    });
+  });
+
   void describe('replica replay paused for 30 s', () => {
     let h: Harness;
     after(async () => {

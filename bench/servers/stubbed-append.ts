@@ -29,6 +29,7 @@ const deps: AppDeps = {
   deadLetters: unused,
   main: unused,
   replica: unused,
+  replicaLink: unused,
   metrics: createMetrics(),
   logger: createLogger('info'),
   status: unused,

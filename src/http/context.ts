@@ -10,6 +10,7 @@ import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import type { SiteListing } from '../ops/partition-count.ts';
 import type { StatusSource } from '../ops/status.ts';
+import type { ReplicaLink } from './replica-link.ts';
 
 /** Everything the HTTP layer uses, passed in: the app holds no resources of its own. */
 export type AppDeps = {
@@ -20,6 +21,8 @@ export type AppDeps = {
   deadLetters: DeadLetters;
   main: pg.Pool;
   replica: pg.Pool;
+  /** The API's calls to the replica, refused at once while it does not answer in time. */
+  replicaLink: ReplicaLink;
   metrics: Metrics;
   logger: Logger;
   status: StatusSource;

@@ -11,6 +11,7 @@ import { StatusSource } from '../ops/status.ts';
 import { createApp } from './app.ts';
 import { buildOpenApiDocument, type Example, OPERATIONS, type OperationSpec } from './openapi.ts';
 import type { JsonSchema } from './openapi-responses.ts';
+import { ReplicaLink } from './replica-link.ts';
 
 /**
  * Real dependencies that never touch the network: the Redis client connects lazily, pools connect
@@ -32,6 +33,7 @@ const idleDeps = () => {
       deadLetters: new DeadLetters(eventLog),
       main,
       replica,
+      replicaLink: new ReplicaLink(replica, createLogger('silent')),
       metrics,
       logger: createLogger('silent'),
       status: new StatusSource({ config, eventLog, main, replica, metrics }),

@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
+import { ReplicaAwayError } from './replica-link.ts';
 
 type LogDeps = Pick<AppDeps, 'eventLog'>;
 
@@ -51,14 +52,23 @@ const blaming = async <T>(
 
 /**
  * Work that reads the replica (and, for merged reads, the log). Only a database's failure is the
- * replica's: an operator told `replica_unavailable` checks the replica, so it must be true.
+ * replica's: an operator told `replica_unavailable` checks the replica, so it must be true. While
+ * the replica is taken as away (it did not answer in time lately) the work is not started and the
+ * answer is that 503 at once, not after another timeout.
  */
-export const replicaCall = <T>(deps: LogDeps, work: Promise<T>): Promise<T> =>
-  blaming(deps, work, isDatabaseFailure, {
-    code: 'replica_unavailable',
-    message: 'the read replica cannot be reached',
-    retryAfterSeconds: 2,
-  });
+export const replicaCall = <T>(
+  deps: LogDeps & Pick<AppDeps, 'replicaLink'>,
+  read: (replica: pg.Pool) => Promise<T>,
+): Promise<T> => blaming(deps, deps.replicaLink.call(read), isReplicaFailure, REPLICA_UNAVAILABLE);
+
+const REPLICA_UNAVAILABLE = {
+  code: 'replica_unavailable',
+  message: 'the read replica cannot be reached',
+  retryAfterSeconds: 2,
+} as const;
+
+const isReplicaFailure = (err: unknown) =>
+  err instanceof ReplicaAwayError || isDatabaseFailure(err);
 
 /**
  * What a write must know before it is accepted (that an id it names exists, a unit's status),
@@ -68,17 +78,20 @@ export const replicaCall = <T>(deps: LogDeps, work: Promise<T>): Promise<T> =>
  * `replica_unavailable`, as the replica is the one this site reads.
  */
 export const writeCheck = <T>(
-  deps: Pick<AppDeps, 'eventLog' | 'replica' | 'main' | 'config'>,
+  deps: Pick<AppDeps, 'eventLog' | 'replicaLink' | 'main' | 'config'>,
   read: (database: pg.Pool) => Promise<T>,
 ): Promise<T> =>
-  replicaCall(
+  blaming(
     deps,
-    read(deps.replica).catch(async (err: unknown) => {
-      if (deps.config.replicaIsMain || logIsAway(deps, err) || !isDatabaseUnreachable(err)) {
+    deps.replicaLink.call(read).catch(async (err: unknown) => {
+      const replicaAway = err instanceof ReplicaAwayError || isDatabaseUnreachable(err);
+      if (deps.config.replicaIsMain || logIsAway(deps, err) || !replicaAway) {
         throw err;
       }
       return read(deps.main).catch(() => Promise.reject(err));
     }),
+    isReplicaFailure,
+    REPLICA_UNAVAILABLE,
   );
 
 /**

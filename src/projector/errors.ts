@@ -97,6 +97,21 @@ export const isDatabaseUnreachable = (err: unknown): boolean => {
 export const isStatementTimeout = (err: unknown): boolean =>
   (err as { code?: unknown } | undefined)?.code === QUERY_CANCELED;
 
+/**
+ * Whether a database did not answer in time: a connection not made within its connect timeout
+ * (pg: "timeout expired", pg-pool: "... due to connection timeout", "timeout exceeded when trying
+ * to connect" for a pool whose connections are all out), a query unanswered past the client's
+ * query timeout, or the system's own connect timeout. Not a statement timeout, which the database
+ * answered.
+ */
+export const isLinkTimeout = (err: unknown): boolean => {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (code === 'ETIMEDOUT') {
+    return true;
+  }
+  return code === undefined && typeof message === 'string' && /timeout/i.test(message);
+};
+
 /** Whether the database itself answered with this error (it carries a SQLSTATE). */
 export const isDatabaseAnswer = (err: unknown): boolean => {
   const { code } = (err ?? {}) as { code?: unknown };

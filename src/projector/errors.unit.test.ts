@@ -6,6 +6,7 @@ import {
   isDatabaseAnswer,
   isDatabaseFailure,
   isDatabaseUnreachable,
+  isLinkTimeout,
   isStatementTimeout,
 } from './errors.ts';
 
@@ -94,6 +95,30 @@ void describe('isDatabaseUnreachable', () => {
     }
     assert.equal(isDatabaseUnreachable(new TypeError('x is undefined')), false);
     assert.equal(isDatabaseUnreachable(undefined), false);
+  });
+});
+
+void describe('isLinkTimeout', () => {
+  void it('knows a database that did not answer in time from one that answered or refused', () => {
+    for (const message of [
+      'timeout expired',
+      'Connection terminated due to connection timeout',
+      'timeout exceeded when trying to connect',
+      'Query read timeout',
+    ]) {
+      assert.equal(isLinkTimeout(new Error(message)), true, message);
+    }
+    assert.equal(isLinkTimeout(withCode('ETIMEDOUT')), true);
+    for (const code of ['57014', 'ECONNREFUSED', '57P01']) {
+      assert.equal(isLinkTimeout(withCode(code)), false, code);
+    }
+    const statementTimeout = Object.assign(
+      new Error('canceling statement due to statement timeout'),
+      { code: '57014' },
+    );
+    assert.equal(isLinkTimeout(statementTimeout), false);
+    assert.equal(isLinkTimeout(new Error('Connection terminated unexpectedly')), false);
+    assert.equal(isLinkTimeout(undefined), false);
   });
 });
 

@@ -7,7 +7,7 @@ import { type App, aggregateNotFound, readDeps, uuidParam } from './shared.ts';
 export const registerEventRoutes = (app: App, deps: AppDeps) => {
   app.get('/events/:event_id', async (c) => {
     const eventId = uuidParam(c, 'event_id', 'event');
-    const view = await replicaCall(deps, readEvent(readDeps(deps), eventId));
+    const view = await replicaCall(deps, (replica) => readEvent(readDeps(deps, replica), eventId));
     if (!view) {
       throw notFound('event');
     }
@@ -16,7 +16,9 @@ export const registerEventRoutes = (app: App, deps: AppDeps) => {
 
   app.get('/aggregates/:id/events', async (c) => {
     const id = uuidParam(c, 'id', 'aggregate');
-    const items = await replicaCall(deps, readAggregateEvents(readDeps(deps), id));
+    const items = await replicaCall(deps, (replica) =>
+      readAggregateEvents(readDeps(deps, replica), id),
+    );
     if (!items) {
       throw await aggregateNotFound(deps, 'aggregate', id);
     }

@@ -123,10 +123,9 @@ export const registerUnitRoutes = (app: App, deps: AppDeps) => {
       ...(query.obs_unit_id ? [{ column: 'obs_unit_id', value: query.obs_unit_id }] : []),
       ...(query.status ? [{ column: 'status', value: query.status }] : []),
     ];
-    const page = await replicaCall(
-      deps,
+    const page = await replicaCall(deps, (replica) =>
       listMerged(
-        readDeps(deps),
+        readDeps(deps, replica),
         'executed_obs_unit',
         filters,
         decodeCursor(query.cursor),
@@ -197,7 +196,7 @@ export const requireKnown = async (
   id: string,
 ) => {
   const merged = await writeCheck(deps, (database) =>
-    readMerged({ ...readDeps(deps), replica: database }, type, id),
+    readMerged(readDeps(deps, database), type, id),
   );
   if (!merged) {
     throw new ApiError('not_found', `${type.replaceAll('_', ' ')} ${id} not found`, [

@@ -75,9 +75,14 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
     const filters = query.executed_obs_unit_id
       ? [{ column: 'executed_obs_unit_id', value: query.executed_obs_unit_id }]
       : [];
-    const page = await replicaCall(
-      deps,
-      listMerged(readDeps(deps), 'raw_data_file', filters, decodeCursor(query.cursor), query.limit),
+    const page = await replicaCall(deps, (replica) =>
+      listMerged(
+        readDeps(deps, replica),
+        'raw_data_file',
+        filters,
+        decodeCursor(query.cursor),
+        query.limit,
+      ),
     );
     return c.json(page);
   });

@@ -1,4 +1,5 @@
 import type { Context, Hono } from 'hono';
+import type pg from 'pg';
 import type { z } from 'zod';
 import type { AggregateType, UnitStatus } from '../../domain/events.ts';
 import { isUuid } from '../../domain/ids.ts';
@@ -28,7 +29,9 @@ export const registerAggregateGet = (
 ) => {
   app.get(path, async (c) => {
     const id = uuidParam(c, 'id', what);
-    const merged = await replicaCall(deps, readMerged(readDeps(deps), type, id));
+    const merged = await replicaCall(deps, (replica) =>
+      readMerged(readDeps(deps, replica), type, id),
+    );
     if (!merged) {
       throw await aggregateNotFound(deps, what, id);
     }
@@ -52,8 +55,9 @@ export const aggregateNotFound = async (
       )
     : notFound(what);
 
-export const readDeps = (deps: AppDeps) => ({
-  replica: deps.replica,
+/** What a read needs, with the replica pool `ReplicaLink.call` hands it (or the main database's). */
+export const readDeps = (deps: AppDeps, replica: pg.Pool) => ({
+  replica,
   eventLog: deps.eventLog,
   deadLetters: deps.deadLetters,
   partitions: deps.config.partitions,
@@ -69,7 +73,7 @@ export const seedUnitStatus = async (
   unitId: string,
 ): Promise<{ status: UnitStatus; site: string } | undefined> => {
   const merged = await writeCheck(deps, (database) =>
-    readMerged({ ...readDeps(deps), replica: database }, 'executed_obs_unit', unitId),
+    readMerged(readDeps(deps, database), 'executed_obs_unit', unitId),
   );
   return merged && 'status' in merged.state
     ? { status: merged.state.status as UnitStatus, site: String(merged.state.site) }

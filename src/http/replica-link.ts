@@ -1,0 +1,98 @@
+import type pg from 'pg';
+import type { Logger } from '../observability/logger.ts';
+import { CircuitBreaker } from '../projector/circuit-breaker.ts';
+import { isLinkTimeout } from '../projector/errors.ts';
+
+/** How long the API takes a replica that did not answer in time as away before it looks again. */
+export const REPLICA_AWAY_MS = 5_000;
+
+/** The replica did not answer in time lately: the call was not made. */
+export class ReplicaAwayError extends Error {
+  constructor(cause: unknown) {
+    super('the read replica did not answer in time lately; not asked again until it does', {
+      cause,
+    });
+    this.name = 'ReplicaAwayError';
+  }
+}
+
+/**
+ * The API's calls to the read replica. One that refuses costs a call nothing, but one that does
+ * not answer (frozen, or behind a link that drops packets) costs each call its connect or query
+ * timeout, 5 to 10 s, and holds a pooled connection as long: every write naming a configuration
+ * would take that long, and the pool would fill. So once a call times out, calls are refused at
+ * once (write checks then ask the main database, reads answer 503) and a `SELECT 1` in the
+ * background, one every few seconds, looks for the replica's return; no request waits for it.
+ */
+export class ReplicaLink {
+  readonly #breaker: CircuitBreaker;
+  #lastTimeout: unknown;
+  #reportedAway = false;
+
+  constructor(
+    readonly pool: pg.Pool,
+    logger: Pick<Logger, 'warn' | 'info'>,
+  ) {
+    this.#breaker = new CircuitBreaker({
+      failureThreshold: 1,
+      coolDownMs: REPLICA_AWAY_MS,
+      // Said once each way, not at every look that finds it still away.
+      onChange: (state) => {
+        if (state === 'open' && !this.#reportedAway) {
+          this.#reportedAway = true;
+          logger.warn(
+            { err: this.#lastTimeout, lookAgainMs: REPLICA_AWAY_MS },
+            'the read replica did not answer in time: write checks ask the main database and reads answer 503 until it answers again',
+          );
+        } else if (state === 'closed') {
+          this.#reportedAway = false;
+          logger.info('the read replica answers again');
+        }
+      },
+    });
+  }
+
+  /** Whether calls are refused now, the replica having not answered in time. */
+  get away(): boolean {
+    return this.#breaker.state !== 'closed';
+  }
+
+  /** `read` on the replica, or ReplicaAwayError at once while the replica is taken as away. */
+  async call<T>(read: (replica: pg.Pool) => Promise<T>): Promise<T> {
+    if (this.away) {
+      this.#lookAgain();
+      throw new ReplicaAwayError(this.#lastTimeout);
+    }
+    try {
+      return await read(this.pool);
+    } catch (err) {
+      this.#record(err);
+      throw err;
+    }
+  }
+
+  #lookAgain() {
+    if (!this.#breaker.tryAcquire()) {
+      return;
+    }
+    this.pool.query('SELECT 1').then(
+      () => this.#breaker.recordSuccess(),
+      (err: unknown) => {
+        // A refusal is quick: calls may go ahead and meet it themselves.
+        if (!this.#record(err)) {
+          this.#breaker.recordSuccess();
+        }
+      },
+    );
+  }
+
+  /** Records a timeout against the replica; whether it was one. */
+  #record(err: unknown): boolean {
+    if (!isLinkTimeout(err)) {
+      return false;
+    }
+    this.#lastTimeout = err;
+    this.#breaker.recordFailure();
+    return true;
+  }
+}
