@@ -15,7 +15,7 @@ import { LogCapacity, writeRefusedReason } from './log/capacity.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { checkDurability } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
-import { connectRedis, createRedis, watchConnection } from './log/redis.ts';
+import { connectRedis, createRedis, requireRedisVersion, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
@@ -171,6 +171,7 @@ export const startService = async (
   let listing: SiteListing | undefined;
   try {
     await connectRedis(redis, config.redisUrl);
+    await requireRedisVersion(redis, config.redisUrl);
     await checkDurability(redis, config, logger);
     await checkSiteName(redis, config.namespace, config.site, logger);
     listing = await checkPartitionCount(eventLog, logger, {

@@ -19,7 +19,7 @@ import { runMigrations } from '../src/db/migrate.ts';
 import { refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { isPortOpen } from '../src/stack/processes.ts';
-import { stackStatus, stackUp } from '../src/stack/stack.ts';
+import { stackDown, stackStatus, stackUp } from '../src/stack/stack.ts';
 import { runCliWith } from './harness/cli.ts';
 import { testStack } from './harness/harness.ts';
 import { freePort, withDatabase } from './harness/services.ts';
@@ -274,6 +274,36 @@ void describe('outpost stack up', () => {
       assert.equal(await isPortOpen(redisPort), false, 'Redis was not started');
     } finally {
       rmSync(closed, { recursive: true, force: true });
+    }
+  });
+
+  void it('refuses a Redis older than 7 by its version, before starting anything', async () => {
+    // A redis-server first on PATH that says it is 6.2, as Debian 11's does.
+    const fakeBin = mkdtempSync(join(tmpdir(), 'outpost-old-redis-'));
+    writeFileSync(
+      join(fakeBin, 'redis-server'),
+      '#!/bin/sh\necho "Redis server v=6.2.14 sha=00000000:0 malloc=jemalloc-5.2.1 bits=64 build=1"\n',
+      { mode: 0o755 },
+    );
+    const dir = join(fakeBin, '.outpost');
+    const path = process.env.PATH;
+    process.env.PATH = `${fakeBin}:${path}`;
+    try {
+      const [mainPort, replicaPort, redisPort] = [
+        await freePort(),
+        await freePort(),
+        await freePort(),
+      ];
+      await assert.rejects(
+        stackUp({ dir, mainPort, replicaPort, redisPort, pgCron: false, appendfsync: 'always' }),
+        new RegExp(`Redis 7 or later is needed, and ${fakeBin}/redis-server is Redis 6; install`),
+      );
+      assert.equal(await isPortOpen(mainPort), false, 'PostgreSQL was not started');
+    } finally {
+      process.env.PATH = path;
+      // Only should the refusal have failed: a stack it started is stopped, not left running.
+      await stackDown(dir).catch(() => undefined);
+      rmSync(fakeBin, { recursive: true, force: true });
     }
   });
 

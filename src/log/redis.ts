@@ -1,7 +1,7 @@
 import { type ChainableCommander, Redis, type RedisOptions } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
-import { cannotReach } from '../reach.ts';
+import { addressOf, cannotReach } from '../reach.ts';
 
 const COMMAND_TIMEOUT_MS = 5_000;
 
@@ -110,6 +110,32 @@ export const connectRedis = async (redis: Redis, url: string): Promise<void> => 
     throw cannotReach('Redis', url, failure ?? err);
   } finally {
     redis.off('error', remember);
+  }
+};
+
+/**
+ * The oldest Redis the log runs on: its scripts declare flags (`#!lua flags=allow-oom`, which lets
+ * a full log drain), which came with Redis 7; an older one fails them at the first write with a
+ * Lua syntax error that names no version.
+ */
+export const MIN_REDIS_MAJOR = 7;
+
+/** Why the Redis that answered `INFO server` with `info` is too old for the log, or undefined. */
+export const redisVersionRefusal = (info: string, url: string): string | undefined => {
+  const version = /^redis_version:(\S+)/m.exec(info)?.[1];
+  const major = version === undefined ? Number.NaN : Number.parseInt(version, 10);
+  // A server that does not say (some that speak the protocol) is given the benefit of the doubt.
+  if (Number.isNaN(major) || major >= MIN_REDIS_MAJOR) {
+    return undefined;
+  }
+  return `Redis at ${addressOf(url)} is ${version}, and Outpost needs Redis ${MIN_REDIS_MAJOR} or later: its scripts declare flags, which older versions cannot read`;
+};
+
+/** Refuses to run on a Redis too old for the log's scripts, before anything is written. */
+export const requireRedisVersion = async (redis: Redis, url: string): Promise<void> => {
+  const refusal = redisVersionRefusal(await redis.info('server'), url);
+  if (refusal !== undefined) {
+    throw new Error(refusal);
   }
 };
 

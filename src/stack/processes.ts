@@ -48,8 +48,29 @@ export const run = async (file: string, args: string[]): Promise<string> => {
   return stdout;
 };
 
-/** The newest PostgreSQL server binaries on the machine (Debian keeps them out of PATH). */
-export const findPgBinDir = (): string | undefined => {
+/** The oldest PostgreSQL the stack runs, as DESIGN sets it. */
+export const MIN_POSTGRES_MAJOR = 15;
+
+/**
+ * The major version in what a server prints for `--version`: `postgres (PostgreSQL) 15.19 …` or
+ * `Redis server v=7.0.15 …`; undefined for anything else.
+ */
+export const majorVersionOf = (versionOutput: string): number | undefined => {
+  const match = /(?:\(PostgreSQL\) |\bv=)(\d+)\./.exec(versionOutput);
+  return match ? Number(match[1]) : undefined;
+};
+
+/** The major version `binary --version` reports, or undefined when it cannot tell. */
+export const reportedMajorVersion = (binary: string): number | undefined => {
+  const result = spawnSync(binary, ['--version'], { encoding: 'utf8' });
+  return result.status === 0 ? majorVersionOf(result.stdout) : undefined;
+};
+
+/**
+ * The PostgreSQL server installations on the machine (Debian keeps them out of PATH): pg_config's
+ * first, then Debian's, newest first; each with the major version its server reports.
+ */
+export const pgServerInstalls = (): { dir: string; major: number | undefined }[] => {
   const fromConfig = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' });
   const candidates: string[] = [];
   if (fromConfig.status === 0) {
@@ -62,10 +83,14 @@ export const findPgBinDir = (): string | undefined => {
       .sort((a, b) => Number(b) - Number(a));
     candidates.push(...versions.map((v) => join(debianRoot, v, 'bin')));
   }
-  return candidates.find(
-    (dir) => existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'postgres')),
-  );
+  return [...new Set(candidates)]
+    .filter((dir) => existsSync(join(dir, 'initdb')) && existsSync(join(dir, 'postgres')))
+    .map((dir) => ({ dir, major: reportedMajorVersion(join(dir, 'postgres')) }));
 };
+
+/** The server binaries the stack runs: the first installation recent enough. */
+export const findPgBinDir = (): string | undefined =>
+  pgServerInstalls().find(({ major }) => major !== undefined && major >= MIN_POSTGRES_MAJOR)?.dir;
 
 export const findOnPath = (name: string): string | undefined => {
   const result = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });

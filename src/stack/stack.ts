@@ -11,6 +11,7 @@ import {
 } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
+import { MIN_REDIS_MAJOR } from '../log/redis.ts';
 import {
   closedToPostgres,
   commandLineOf,
@@ -20,7 +21,10 @@ import {
   isPortOpen,
   isProcessOf,
   isRoot,
+  MIN_POSTGRES_MAJOR,
   pgCronInstalled,
+  pgServerInstalls,
+  reportedMajorVersion,
   run,
   runPg,
   waitUntil,
@@ -71,18 +75,29 @@ export const urlsOf = (
 
 const requirePgBinDir = (): string => {
   const dir = findPgBinDir();
-  if (!dir) {
-    throw new Error(
-      'PostgreSQL server binaries not found; install them with: apt-get install -y postgresql postgresql-15-cron',
-    );
+  if (dir) {
+    return dir;
   }
-  return dir;
+  const found = pgServerInstalls().map(
+    ({ dir, major }) => `${major === undefined ? 'an unknown version' : major} in ${dir}`,
+  );
+  throw new Error(
+    found.length === 0
+      ? 'PostgreSQL server binaries not found; install them with: apt-get install -y postgresql postgresql-15-cron'
+      : `PostgreSQL ${MIN_POSTGRES_MAJOR} or later is needed, and found only ${found.join(', ')}; install it with: apt-get install -y postgresql-15 postgresql-15-cron`,
+  );
 };
 
 const requireRedisServer = (): string => {
   const bin = findOnPath('redis-server');
   if (!bin) {
     throw new Error('redis-server not found; install it with: apt-get install -y redis-server');
+  }
+  const major = reportedMajorVersion(bin);
+  if (major !== undefined && major < MIN_REDIS_MAJOR) {
+    throw new Error(
+      `Redis ${MIN_REDIS_MAJOR} or later is needed, and ${bin} is Redis ${major}; install a newer one with: apt-get install -y redis-server (Debian 12 has 7.0)`,
+    );
   }
   return bin;
 };
