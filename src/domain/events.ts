@@ -97,6 +97,20 @@ export type Envelope = DomainEvent & {
 };
 
 /**
+ * The aggregate whose partition holds an event's stream entries: a file's and a package's unit
+ * (a unit's whole tree stays in order on one stream), else the event's own aggregate.
+ */
+export const partitionRootOf = (event: Envelope): string => {
+  if (event.type === 'RawDataFileRegistered' || event.type === 'RawDataPackageCreated') {
+    const unit: unknown = event.data.executed_obs_unit_id;
+    if (typeof unit === 'string') {
+      return unit;
+    }
+  }
+  return event.aggregate_id;
+};
+
+/**
  * The aggregates an event's aggregate derives from, which must be applied before it (DESIGN §1:
  * a file never before its unit's start); none for an entry too malformed to say.
  */

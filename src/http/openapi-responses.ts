@@ -353,6 +353,11 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         items: id,
         description: 'the first 20 aggregates of the overtaken events',
       },
+      moved: {
+        ...count,
+        description:
+          'given back to another partition than the stream they lay in: written under an earlier OUTPOST_PARTITIONS, their aggregate maps there now',
+      },
       unscanned_partitions: {
         type: 'array',
         items: { type: 'integer', minimum: 0 },
@@ -367,6 +372,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       'history_starts_at',
       'overtaken',
       'overtaken_aggregates',
+      'moved',
       'unscanned_partitions',
     ],
   ),

@@ -1,5 +1,7 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
+import { partitionRootOf } from '../domain/events.ts';
+import { partitionOf } from '../domain/ids.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
 import {
   compareEntryIds,
@@ -49,6 +51,11 @@ export type ReplayReport = {
   overtaken: number;
   /** The first of those events' aggregates, to check and correct. */
   overtaken_aggregates: string[];
+  /**
+   * Given back (in a dry run: would be) to another partition than the stream they were read from:
+   * written under an earlier OUTPOST_PARTITIONS, their aggregate maps there now.
+   */
+  moved: number;
   /**
    * Partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose
    * streams hold events of the range that the main database lacks: not given back.
@@ -231,15 +238,17 @@ export const replay = async (
         }
       }
       const missing = await missingFrom(deps, keys.partition, entries, latestDiscarded, report);
-      await countOvertaken(deps, keys.partition, missing, report);
-      if (request.dryRun) {
-        report.applied += missing.length;
-      } else if (missing.length > 0) {
-        const events = missing.map((e) => e.event);
-        await deps.eventLog.append({ partition: keys.partition, events });
-        resent.push(
-          ...missing.map((e) => ({ eventId: e.event.event_id, partition: keys.partition })),
-        );
+      for (const [partition, group] of byCurrentPartition(missing, deps.eventLog.partitions)) {
+        if (partition !== keys.partition) {
+          report.moved += group.length;
+        }
+        await countOvertaken(deps, partition, group, report);
+        if (request.dryRun) {
+          report.applied += group.length;
+        } else {
+          await deps.eventLog.append({ partition, events: group.map((e) => e.event) });
+          resent.push(...group.map((e) => ({ eventId: e.event.event_id, partition })));
+        }
       }
       await options.onProgress?.({
         partition: keys.partition,
@@ -269,6 +278,7 @@ const emptyReport = (dryRun: boolean): ReplayReport => ({
   history_starts_at: null,
   overtaken: 0,
   overtaken_aggregates: [],
+  moved: 0,
   unscanned_partitions: [],
 });
 
@@ -396,6 +406,59 @@ const discardedIds = (deps: Deps, partition: number) => {
   };
 };
 
+/**
+ * The entries to give back, by the partition each goes to: the one its aggregate maps to under the
+ * site's count now. An event written under an earlier OUTPOST_PARTITIONS may lie in another
+ * stream than its aggregate's later events; given back where it lay, the two streams' projectors
+ * would apply them in either order. (Partitions are scanned in ascending order, so after a count
+ * doubled, an aggregate's older stream is read before its newer one and its events go back in
+ * order; after other changes, one given back after a later event of its aggregate is counted as
+ * overtaken.) In order within each group, as read.
+ */
+const byCurrentPartition = (
+  entries: readonly LogEntry[],
+  partitions: number,
+): Map<number, LogEntry[]> => {
+  const groups = new Map<number, LogEntry[]>();
+  for (const entry of entries) {
+    const partition = partitionOf(partitionRootOf(entry.event), partitions);
+    groups.set(partition, [...(groups.get(partition) ?? []), entry]);
+  }
+  return groups;
+};
+
+/**
+ * Which entries of a partition's page are still pending, and which are dead-lettered: there, or
+ * (an event of an aggregate that maps elsewhere now, given back by an earlier replay) in its
+ * aggregate's partition.
+ */
+const heldInLog = async (
+  deps: Deps,
+  partition: number,
+  entries: readonly LogEntry[],
+): Promise<{ pending: boolean[]; dead: boolean[] }> => {
+  const look = async (at: number, group: readonly LogEntry[]) => {
+    const ids = group.map((e) => e.event.event_id);
+    const [pending, dead] = await Promise.all([
+      deps.eventLog.unacknowledged(ids, at),
+      deps.eventLog.redis.hmget(deps.eventLog.keys(at).deadIndex, ...ids),
+    ]);
+    return { pending, dead: dead.map((letter) => letter !== null) };
+  };
+  const held = await look(partition, entries);
+  for (const [current, group] of byCurrentPartition(entries, deps.eventLog.partitions)) {
+    if (current !== partition) {
+      const there = await look(current, group);
+      for (const [i, entry] of group.entries()) {
+        const at = entries.indexOf(entry);
+        held.pending[at] ||= there.pending[i] ?? false;
+        held.dead[at] ||= there.dead[i] ?? false;
+      }
+    }
+  }
+  return held;
+};
+
 /** The entries the main database lacks that are neither pending, dead-lettered nor discarded. */
 const missingFrom = async (
   deps: Deps,
@@ -407,16 +470,12 @@ const missingFrom = async (
   if (entries.length === 0) {
     return [];
   }
-  const keys = deps.eventLog.keys(partition);
   const ids = entries.map((e) => e.event.event_id);
   // The log before the main database: an event the projector applies and the acker acknowledges
   // between the two looks applied then. The other way round it looked neither pending nor
   // applied, was appended again (harmless, deduplicated) and counted as applied by this replay,
   // a dry run's count of what the database lacks included.
-  const [pending, dead] = await Promise.all([
-    deps.eventLog.unacknowledged(ids, partition),
-    deps.eventLog.redis.hmget(keys.deadIndex, ...ids),
-  ]);
+  const { pending, dead } = await heldInLog(deps, partition, entries);
   const applied = await appliedEventIds(deps.main, ids);
   // After the dead index: one discarded since holds its audit record by now.
   const discarded = await latestDiscarded();
