@@ -180,11 +180,14 @@ export const replay = async (
       report.history_starts_at = start;
     }
   };
+  const discardedIn = discardedReaders(deps);
+  // The entries this replay appended, moved to a partition scanned after the one they were read
+  // from: its scan meets them, and must not count them a second time.
+  const givenBack = new Set<string>();
   for (const keys of partitions) {
     const seen = new Set<string>();
-    const latestDiscarded = discardedIds(deps, keys.partition);
     // One set, kept up to date by each page's look.
-    const discarded = await latestDiscarded();
+    const discarded = await discardedIn(keys.partition);
     // An open end is the partition's last entry now: past it lie the replay's own appends and
     // new writes, which a busy partition would keep the scan chasing.
     const end =
@@ -221,6 +224,9 @@ export const replay = async (
       cursor = `(${scannedThrough}`;
       const entries: LogEntry[] = [];
       for (const entry of page) {
+        if (givenBack.has(`${keys.partition}:${entry[0]}`)) {
+          continue;
+        }
         report.scanned += 1;
         try {
           const decoded = decodeEntry(entry);
@@ -237,8 +243,12 @@ export const replay = async (
           }
         }
       }
-      const missing = await missingFrom(deps, keys.partition, entries, latestDiscarded, report);
-      for (const [partition, group] of byCurrentPartition(missing, deps.eventLog.partitions)) {
+      const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report);
+      for (const [partition, group] of byCurrentPartition(
+        missing,
+        deps.eventLog.partitions,
+        keys.partition,
+      )) {
         if (partition !== keys.partition) {
           report.moved += group.length;
         }
@@ -246,7 +256,13 @@ export const replay = async (
         if (request.dryRun) {
           report.applied += group.length;
         } else {
-          await deps.eventLog.append({ partition, events: group.map((e) => e.event) });
+          const appended = await deps.eventLog.append({
+            partition,
+            events: group.map((e) => e.event),
+          });
+          for (const entryId of appended.kind === 'appended' ? appended.entryIds : []) {
+            givenBack.add(`${partition}:${entryId}`);
+          }
           resent.push(...group.map((e) => ({ eventId: e.event.event_id, partition })));
         }
       }
@@ -326,7 +342,7 @@ const lacksEventsOf = async (
   to: string,
 ): Promise<boolean> => {
   const stream = deps.eventLog.keys(partition).stream;
-  const latestDiscarded = discardedIds(deps, partition);
+  const discardedIn = discardedReaders(deps);
   // Its counts are not the replay's: these partitions are not scanned.
   const uncounted = emptyReport(true);
   let cursor = from;
@@ -345,7 +361,7 @@ const lacksEventsOf = async (
         return [];
       }
     });
-    if ((await missingFrom(deps, partition, entries, latestDiscarded, uncounted)).length > 0) {
+    if ((await missingFrom(deps, partition, entries, discardedIn, uncounted)).length > 0) {
       return true;
     }
     const last = page.at(-1)?.[0];
@@ -387,7 +403,7 @@ const firstEntryAfter = async (
 const discardedIds = (deps: Deps, partition: number) => {
   const ids = new Set<string>();
   let after = '-';
-  return async (): Promise<ReadonlySet<string>> => {
+  return async (): Promise<Set<string>> => {
     const audits = (await deps.eventLog.redis.xrange(
       deps.eventLog.keys(partition).discarded,
       after,
@@ -406,6 +422,21 @@ const discardedIds = (deps: Deps, partition: number) => {
   };
 };
 
+/** `discardedIds` of each partition a scan asks about, each read whole once and then kept up to date. */
+type DiscardedIn = (partition: number) => Promise<ReadonlySet<string>>;
+
+const discardedReaders = (deps: Deps): DiscardedIn => {
+  const readers = new Map<number, () => Promise<Set<string>>>();
+  return (partition) => {
+    let reader = readers.get(partition);
+    if (reader === undefined) {
+      reader = discardedIds(deps, partition);
+      readers.set(partition, reader);
+    }
+    return reader();
+  };
+};
+
 /**
  * The entries to give back, by the partition each goes to: the one its aggregate maps to under the
  * site's count now. An event written under an earlier OUTPOST_PARTITIONS may lie in another
@@ -418,10 +449,13 @@ const discardedIds = (deps: Deps, partition: number) => {
 const byCurrentPartition = (
   entries: readonly LogEntry[],
   partitions: number,
+  readFrom: number,
 ): Map<number, LogEntry[]> => {
   const groups = new Map<number, LogEntry[]>();
   for (const entry of entries) {
-    const partition = partitionOf(partitionRootOf(entry.event), partitions);
+    const current = partitionOf(partitionRootOf(entry.event), partitions);
+    // A hand-written entry whose unit id is not a UUID names no partition: it stays where it lay.
+    const partition = Number.isInteger(current) ? current : readFrom;
     groups.set(partition, [...(groups.get(partition) ?? []), entry]);
   }
   return groups;
@@ -446,7 +480,7 @@ const heldInLog = async (
     return { pending, dead: dead.map((letter) => letter !== null) };
   };
   const held = await look(partition, entries);
-  for (const [current, group] of byCurrentPartition(entries, deps.eventLog.partitions)) {
+  for (const [current, group] of byCurrentPartition(entries, deps.eventLog.partitions, partition)) {
     if (current !== partition) {
       const there = await look(current, group);
       for (const [i, entry] of group.entries()) {
@@ -464,7 +498,7 @@ const missingFrom = async (
   deps: Deps,
   partition: number,
   entries: LogEntry[],
-  latestDiscarded: () => Promise<ReadonlySet<string>>,
+  discardedIn: DiscardedIn,
   report: ReplayReport,
 ) => {
   if (entries.length === 0) {
@@ -477,8 +511,17 @@ const missingFrom = async (
   // a dry run's count of what the database lacks included.
   const { pending, dead } = await heldInLog(deps, partition, entries);
   const applied = await appliedEventIds(deps.main, ids);
-  // After the dead index: one discarded since holds its audit record by now.
-  const discarded = await latestDiscarded();
+  // After the dead index: one discarded since holds its audit record by now, filed where the
+  // letter was: where the entry lies, or (given back by an earlier replay) its aggregate's
+  // partition now.
+  const discarded = new Set(await discardedIn(partition));
+  for (const current of byCurrentPartition(entries, deps.eventLog.partitions, partition).keys()) {
+    if (current !== partition) {
+      for (const id of await discardedIn(current)) {
+        discarded.add(id);
+      }
+    }
+  }
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
     if (applied.has(entry.event.event_id)) {
