@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import type { Logger } from '../observability/logger.ts';
 import { CircuitBreaker } from '../projector/circuit-breaker.ts';
-import { isLinkTimeout } from '../projector/errors.ts';
+import { isLinkTimeout, isPoolWaitTimeout } from '../projector/errors.ts';
 
 /** How long the API takes a replica that did not answer in time as away before it looks again. */
 export const REPLICA_AWAY_MS = 5_000;
@@ -21,8 +21,10 @@ export class ReplicaAwayError extends Error {
  * not answer (frozen, or behind a link that drops packets) costs each call its connect or query
  * timeout, 5 to 10 s, and holds a pooled connection as long: every write naming a configuration
  * would take that long, and the pool would fill. So once a call times out, calls are refused at
- * once (write checks then ask the main database, reads answer 503) and a `SELECT 1` in the
- * background, one every few seconds, looks for the replica's return; no request waits for it.
+ * once (write checks then ask the main database, reads answer 503). The first call refused after
+ * a cool-down of a few seconds starts a `SELECT 1` in the background, which closes the breaker
+ * when it is answered; no request waits for it. A pool only busy (every connection in use for
+ * the connect timeout) does not open it: an overloaded healthy replica says the same.
  */
 export class ReplicaLink {
   readonly #breaker: CircuitBreaker;
@@ -78,8 +80,11 @@ export class ReplicaLink {
     this.pool.query('SELECT 1').then(
       () => this.#breaker.recordSuccess(),
       (err: unknown) => {
-        // A refusal is quick: calls may go ahead and meet it themselves.
-        if (!this.#record(err)) {
+        // No connection free in time: those out still wait on the replica, so it is not back.
+        if (isPoolWaitTimeout(err)) {
+          this.#breaker.recordFailure();
+        } else if (!this.#record(err)) {
+          // A refusal is quick: calls may go ahead and meet it themselves.
           this.#breaker.recordSuccess();
         }
       },

@@ -97,20 +97,32 @@ export const isDatabaseUnreachable = (err: unknown): boolean => {
 export const isStatementTimeout = (err: unknown): boolean =>
   (err as { code?: unknown } | undefined)?.code === QUERY_CANCELED;
 
+/** pg-pool's answer when every connection of the pool stayed in use for its connect timeout. */
+const POOL_WAIT_TIMEOUT = 'timeout exceeded when trying to connect';
+
 /**
  * Whether a database did not answer in time: a connection not made within its connect timeout
- * (pg: "timeout expired", pg-pool: "... due to connection timeout", "timeout exceeded when trying
- * to connect" for a pool whose connections are all out), a query unanswered past the client's
- * query timeout, or the system's own connect timeout. Not a statement timeout, which the database
- * answered.
+ * (pg: "timeout expired", pg-pool: "... due to connection timeout"), a query unanswered past the
+ * client's query timeout, or the system's own connect timeout. Not a statement timeout, which the
+ * database answered, nor a pool whose connections were all in use (isPoolWaitTimeout): a busy
+ * pool in front of a healthy database says the same.
  */
 export const isLinkTimeout = (err: unknown): boolean => {
   const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
   if (code === 'ETIMEDOUT') {
     return true;
   }
-  return code === undefined && typeof message === 'string' && /timeout/i.test(message);
+  return (
+    code === undefined &&
+    typeof message === 'string' &&
+    message !== POOL_WAIT_TIMEOUT &&
+    /timeout/i.test(message)
+  );
 };
+
+/** Whether a pool had no connection free for its whole connect timeout. */
+export const isPoolWaitTimeout = (err: unknown): boolean =>
+  (err as { message?: unknown } | undefined)?.message === POOL_WAIT_TIMEOUT;
 
 /** Whether the database itself answered with this error (it carries a SQLSTATE). */
 export const isDatabaseAnswer = (err: unknown): boolean => {

@@ -7,6 +7,7 @@ import {
   isDatabaseFailure,
   isDatabaseUnreachable,
   isLinkTimeout,
+  isPoolWaitTimeout,
   isStatementTimeout,
 } from './errors.ts';
 
@@ -103,7 +104,6 @@ void describe('isLinkTimeout', () => {
     for (const message of [
       'timeout expired',
       'Connection terminated due to connection timeout',
-      'timeout exceeded when trying to connect',
       'Query read timeout',
     ]) {
       assert.equal(isLinkTimeout(new Error(message)), true, message);
@@ -119,6 +119,13 @@ void describe('isLinkTimeout', () => {
     assert.equal(isLinkTimeout(statementTimeout), false);
     assert.equal(isLinkTimeout(new Error('Connection terminated unexpectedly')), false);
     assert.equal(isLinkTimeout(undefined), false);
+  });
+
+  void it('does not take a pool whose connections were all in use for a dead link', () => {
+    const busy = new Error('timeout exceeded when trying to connect');
+    assert.equal(isLinkTimeout(busy), false);
+    assert.equal(isPoolWaitTimeout(busy), true);
+    assert.equal(isPoolWaitTimeout(new Error('Query read timeout')), false);
   });
 });
 
