@@ -1,4 +1,4 @@
-import { type ChainableCommander, Redis, type RedisOptions } from 'ioredis';
+import { type ChainableCommander, Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 import { addressOf, cannotReach } from '../reach.ts';
@@ -131,9 +131,18 @@ export const redisVersionRefusal = (info: string, url: string): string | undefin
   return `Redis at ${addressOf(url)} is ${version}, and Outpost needs Redis ${MIN_REDIS_MAJOR} or later: its scripts declare flags, which older versions cannot read`;
 };
 
-/** Refuses to run on a Redis too old for the log's scripts, before anything is written. */
+/**
+ * Refuses to run on a Redis too old for the log's scripts, before anything is written. One that
+ * will not answer INFO (an ACL without it) is taken as recent enough, as one that does not say.
+ */
 export const requireRedisVersion = async (redis: Redis, url: string): Promise<void> => {
-  const refusal = redisVersionRefusal(await redis.info('server'), url);
+  const info = await redis.info('server').catch((err: unknown) => {
+    if (err instanceof ReplyError) {
+      return '';
+    }
+    throw err;
+  });
+  const refusal = redisVersionRefusal(info, url);
   if (refusal !== undefined) {
     throw new Error(refusal);
   }

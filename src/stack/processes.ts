@@ -52,11 +52,11 @@ export const run = async (file: string, args: string[]): Promise<string> => {
 export const MIN_POSTGRES_MAJOR = 15;
 
 /**
- * The major version in what a server prints for `--version`: `postgres (PostgreSQL) 15.19 …` or
- * `Redis server v=7.0.15 …`; undefined for anything else.
+ * The major version in what a server prints for `--version`: `postgres (PostgreSQL) 15.19 …`,
+ * `postgres (PostgreSQL) 18beta1` or `Redis server v=7.0.15 …`; undefined for anything else.
  */
 export const majorVersionOf = (versionOutput: string): number | undefined => {
-  const match = /(?:\(PostgreSQL\) |\bv=)(\d+)\./.exec(versionOutput);
+  const match = /(?:\(PostgreSQL\) |\bv=)(\d+)(?!\d)/.exec(versionOutput);
   return match ? Number(match[1]) : undefined;
 };
 

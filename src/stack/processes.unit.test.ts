@@ -7,6 +7,7 @@ void describe('majorVersionOf', () => {
     assert.equal(majorVersionOf('postgres (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n'), 15);
     assert.equal(majorVersionOf('postgres (PostgreSQL) 9.6.24\n'), 9);
     assert.equal(majorVersionOf('postgres (PostgreSQL) 17.2\n'), 17);
+    assert.equal(majorVersionOf('postgres (PostgreSQL) 18beta1\n'), 18);
     assert.equal(
       majorVersionOf('Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0 bits=64\n'),
       7,
