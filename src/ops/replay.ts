@@ -446,6 +446,12 @@ const discardedReaders = (deps: Deps): DiscardedIn => {
  * order; after other changes, one given back after a later event of its aggregate is counted as
  * overtaken.) In order within each group, as read.
  */
+const currentPartitionOf = (entry: LogEntry, partitions: number, readFrom: number): number => {
+  const current = partitionOf(partitionRootOf(entry.event), partitions);
+  // A hand-written entry whose unit id is not a UUID names no partition: it stays where it lay.
+  return Number.isInteger(current) ? current : readFrom;
+};
+
 const byCurrentPartition = (
   entries: readonly LogEntry[],
   partitions: number,
@@ -453,10 +459,13 @@ const byCurrentPartition = (
 ): Map<number, LogEntry[]> => {
   const groups = new Map<number, LogEntry[]>();
   for (const entry of entries) {
-    const current = partitionOf(partitionRootOf(entry.event), partitions);
-    // A hand-written entry whose unit id is not a UUID names no partition: it stays where it lay.
-    const partition = Number.isInteger(current) ? current : readFrom;
-    groups.set(partition, [...(groups.get(partition) ?? []), entry]);
+    const partition = currentPartitionOf(entry, partitions, readFrom);
+    const group = groups.get(partition);
+    if (group === undefined) {
+      groups.set(partition, [entry]);
+    } else {
+      group.push(entry);
+    }
   }
   return groups;
 };
@@ -480,11 +489,12 @@ const heldInLog = async (
     return { pending, dead: dead.map((letter) => letter !== null) };
   };
   const held = await look(partition, entries);
+  const positions = new Map(entries.map((entry, i) => [entry, i]));
   for (const [current, group] of byCurrentPartition(entries, deps.eventLog.partitions, partition)) {
     if (current !== partition) {
       const there = await look(current, group);
       for (const [i, entry] of group.entries()) {
-        const at = entries.indexOf(entry);
+        const at = positions.get(entry) ?? -1;
         held.pending[at] ||= there.pending[i] ?? false;
         held.dead[at] ||= there.dead[i] ?? false;
       }
@@ -514,19 +524,20 @@ const missingFrom = async (
   // After the dead index: one discarded since holds its audit record by now, filed where the
   // letter was: where the entry lies, or (given back by an earlier replay) its aggregate's
   // partition now.
-  const discarded = new Set(await discardedIn(partition));
-  for (const current of byCurrentPartition(entries, deps.eventLog.partitions, partition).keys()) {
-    if (current !== partition) {
-      for (const id of await discardedIn(current)) {
-        discarded.add(id);
-      }
-    }
+  const currents = entries.map((entry) =>
+    currentPartitionOf(entry, deps.eventLog.partitions, partition),
+  );
+  const discarded = new Map<number, ReadonlySet<string>>();
+  for (const at of new Set([partition, ...currents])) {
+    discarded.set(at, await discardedIn(at));
   }
+  const isDiscarded = (eventId: string, i: number) =>
+    discarded.get(partition)?.has(eventId) || discarded.get(currents[i] ?? partition)?.has(eventId);
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
     if (applied.has(entry.event.event_id)) {
       report.already_applied += 1;
-    } else if (discarded.has(entry.event.event_id)) {
+    } else if (isDiscarded(entry.event.event_id, i)) {
       report.discarded += 1;
     } else if (pending[i]) {
       report.in_flight += 1;
