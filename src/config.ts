@@ -285,6 +285,27 @@ export class ConfigError extends Error {
 const defaultConsumer = (port: number) =>
   port === 0 ? `${hostname()}:pid${process.pid}` : `${hostname()}:${port}`;
 
+/**
+ * Whether two database URLs name the same database: the same server, port, database and user,
+ * however the URL is spelled (`postgresql://` or `postgres://`, the default port written or not,
+ * the host's case, other parameters). A main site whose replica URL spelled its own database
+ * differently was taken to have a replica that is not a standby, and acknowledged nothing.
+ */
+export const sameDatabase = (a: string, b: string): boolean => {
+  if (a === b) {
+    return true;
+  }
+  const target = (url: string) => {
+    const { host, port, database, user } = parseConnectionString(url);
+    return [host?.toLowerCase() ?? '', port || '5432', database ?? '', user ?? ''].join('\n');
+  };
+  try {
+    return target(a) === target(b);
+  } catch {
+    return false;
+  }
+};
+
 /** Validates the environment once at start-up; the only reader of process.env. */
 export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
   const relevant = Object.fromEntries(
@@ -310,7 +331,7 @@ export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
     role,
     mainDatabaseUrl,
     replicaDatabaseUrl,
-    replicaIsMain: replicaDatabaseUrl === mainDatabaseUrl,
+    replicaIsMain: sameDatabase(replicaDatabaseUrl, mainDatabaseUrl),
     redisUrl: e.REDIS_URL,
     partitions: e.OUTPOST_PARTITIONS,
     adminToken: e.OUTPOST_ADMIN_TOKEN,

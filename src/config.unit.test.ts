@@ -22,6 +22,27 @@ void describe('loadConfig', () => {
     assert.equal(config.replicaIsMain, true);
   });
 
+  void it('knows a replica URL naming the main database however it is spelled', () => {
+    const main = 'postgres://u:pw@db.site:5432/outpost';
+    for (const replica of [
+      'postgresql://u:pw@db.site:5432/outpost',
+      'postgres://u:pw@DB.site/outpost',
+      'postgres://u:pw@db.site:5432/outpost?application_name=x',
+    ]) {
+      const config = loadConfig({ MAIN_DATABASE_URL: main, REPLICA_DATABASE_URL: replica });
+      assert.equal(config.replicaIsMain, true, replica);
+    }
+    for (const replica of [
+      'postgres://u:pw@db.site:5433/outpost',
+      'postgres://u:pw@replica.site:5432/outpost',
+      'postgres://u:pw@db.site:5432/other',
+      'postgres://v:pw@db.site:5432/outpost',
+    ]) {
+      const config = loadConfig({ MAIN_DATABASE_URL: main, REPLICA_DATABASE_URL: replica });
+      assert.equal(config.replicaIsMain, false, replica);
+    }
+  });
+
   void it('stops with a message naming each bad variable', () => {
     assert.throws(
       () =>

@@ -295,7 +295,7 @@ void describe('core pipeline', () => {
       assert.equal(health.body.replica, 'disconnected');
       assert.match(
         health.body.replication_lag.reason ?? '',
-        /^the replica's position cannot be read: the replica is not a standby: .* sets it to exactly MAIN_DATABASE_URL, or leaves it unset\)/,
+        /^the replica's position cannot be read: the replica is not a standby: .* names the main database in it \(same host, port, database and user\), or leaves it unset\)/,
       );
       const entry = pending.body.entries.find(
         (e: { event_id: string }) => e.event_id === started.event_id,
