@@ -321,7 +321,12 @@ export const startService = async (
     deadLetters,
     main,
     replica,
-    replicaLink: new ReplicaLink(replica, logger.child({ module: 'replica-link' })),
+    // An API process has no acker: its own replica breaker is the one its gauge shows.
+    replicaLink: new ReplicaLink(
+      replica,
+      logger.child({ module: 'replica-link' }),
+      acker === undefined ? metrics.breakerState : undefined,
+    ),
     metrics,
     logger,
     status,

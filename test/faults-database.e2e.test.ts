@@ -512,7 +512,14 @@ void describe('database faults under load', () => {
         `:${stack.replicaPort}/`,
         `:${proxy.port}/`,
       );
-      await harness.startService('all', { replicaDatabaseUrl: viaProxy });
+      // The API reads through the proxy; the projector's acker does not, so acknowledgements go on.
+      await harness.startService('api', { replicaDatabaseUrl: viaProxy });
+      await harness.startService('projector');
+      const breakerGauge = async () =>
+        /^outpost_circuit_breaker_state\{target="replica"\} (\d)$/m.exec(
+          (await harness.get('/metrics')).text,
+        )?.[1];
+      assert.equal(await breakerGauge(), '0', 'an API process shows its own replica breaker');
       const configuration = (
         await harness.post('/instrument_configurations', {
           instrument: 'x',
@@ -552,6 +559,7 @@ void describe('database faults under load', () => {
       assert.equal(read.status, 503, read.text);
       assert.equal(read.body.error.code, 'replica_unavailable');
       assert.ok(readMs < 3_000, `the read answered at once (${readMs} ms)`);
+      assert.match((await breakerGauge()) ?? '', /^[12]$/, 'open, or looking again');
 
       proxy.heal();
       await waitFor(
@@ -559,6 +567,7 @@ void describe('database faults under load', () => {
         'reads to answer again once the replica does',
         30_000,
       );
+      assert.equal(await breakerGauge(), '0');
       await waitForAllAcknowledged(harness, 60_000);
       await audit(harness, accepted);
     });

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import type { Logger } from '../observability/logger.ts';
-import { CircuitBreaker } from '../projector/circuit-breaker.ts';
+import { BREAKER_GAUGE, type BreakerGauge, CircuitBreaker } from '../projector/circuit-breaker.ts';
 import { isLinkTimeout, isPoolWaitTimeout } from '../projector/errors.ts';
 
 /** How long the API takes a replica that did not answer in time as away before it looks again. */
@@ -31,15 +31,22 @@ export class ReplicaLink {
   #lastTimeout: unknown;
   #reportedAway = false;
 
+  /**
+   * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`,
+   * in a process whose acker does not already (an `--only api` one).
+   */
   constructor(
     readonly pool: pg.Pool,
     logger: Pick<Logger, 'warn' | 'info'>,
+    gauge?: BreakerGauge,
   ) {
+    gauge?.set({ target: 'replica' }, BREAKER_GAUGE.closed);
     this.#breaker = new CircuitBreaker({
       failureThreshold: 1,
       coolDownMs: REPLICA_AWAY_MS,
       // Said once each way, not at every look that finds it still away.
       onChange: (state) => {
+        gauge?.set({ target: 'replica' }, BREAKER_GAUGE[state]);
         if (state === 'open' && !this.#reportedAway) {
           this.#reportedAway = true;
           logger.warn(

@@ -103,9 +103,11 @@ export const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_ope
  * The breaker guarding one database (DESIGN: 5 failures open it, 30 s cool-down), reporting its
  * state as `outpost_circuit_breaker_state{target}` and in the log.
  */
+export type BreakerGauge = { set: (labels: { target: string }, value: number) => void };
+
 export const createDatabaseBreaker = (
   target: 'main' | 'replica',
-  gauge: { set: (labels: { target: string }, value: number) => void },
+  gauge: BreakerGauge,
   logger: { warn: (fields: object, message: string) => void },
 ): CircuitBreaker => {
   gauge.set({ target }, BREAKER_GAUGE.closed);
