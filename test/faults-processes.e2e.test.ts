@@ -610,6 +610,15 @@ void describe('process faults under load', () => {
         /^the local log cannot save writes: Redis refuses them \(MISCONF .*\); free disk space/,
       );
       assert.equal(refused.headers.get('retry-after'), '5');
+      // The operator's first look names Redis, not the projector or the main database.
+      const pending = await runCli(started, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(
+        pending.stdout,
+        /^the local log cannot save writes: Redis refuses them \(MISCONF .*; until then the projector can neither read new entries nor record or acknowledge/m,
+      );
+      const pendingJson = await runCli(started, ['pending', '--json']);
+      assert.match(JSON.parse(pendingJson.stdout).log_write_error ?? '', /^MISCONF /);
       // An operator's action under an Idempotency-Key claims it in Redis first: the same answer,
       // not an internal error.
       const admin = {
@@ -648,6 +657,8 @@ void describe('process faults under load', () => {
       );
       const recovered = await started.get('/health');
       assert.equal(recovered.body.transaction_buffer.write_error, null);
+      const pendingAfter = await runCli(started, ['pending', '--json']);
+      assert.equal(JSON.parse(pendingAfter.stdout).log_write_error, null);
       assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 1);
       const sentBefore = load.accepted();
       await waitFor(() => load.accepted() >= sentBefore + 25, 'writes to flow again');

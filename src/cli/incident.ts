@@ -1,6 +1,7 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { leaseHoldings, liveMembers, siteClaimOf } from '../db/queries/leases.ts';
+import { probeWriteRefusal, writeRefusedReason } from '../log/capacity.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -106,6 +107,10 @@ export const pending = (flags: IncidentFlags) => {
         ]);
     const letters = totalsOf(buffer).deadLetters;
     const blocked = letters > 0 ? await site.deadLetters.blockedAggregates() : 0;
+    // A Redis that refuses writes (MISCONF after a failed save, READONLY) refuses the projector's
+    // reads, records and acknowledgements too: everything above then waits on Redis, whatever the
+    // entries' waiting_for says. Not knowing (another error) is not a refusal.
+    const logRefusal = await probeWriteRefusal(site.eventLog.redis).catch(() => undefined);
     if (flags.json) {
       // The report /admin/pending answers, and what the table's closing lines say, for scripts.
       print(
@@ -131,6 +136,7 @@ export const pending = (flags: IncidentFlags) => {
           ...('unknown' in leases && { projector_leases_unknown: leases.unknown }),
           site_claim: claim ?? null,
           dead_letters: { count: letters, blocked_aggregates: blocked },
+          log_write_error: logRefusal ?? null,
         }),
       );
       return;
@@ -183,6 +189,11 @@ export const pending = (flags: IncidentFlags) => {
       );
     }
     print('');
+    if (logRefusal !== undefined) {
+      print(
+        `${writeRefusedReason(logRefusal)}; until then the projector can neither read new entries nor record or acknowledge what it applies`,
+      );
+    }
     print(
       r.replay_lsn
         ? `replica replayed up to ${r.replay_lsn}, ${
@@ -199,7 +210,11 @@ export const pending = (flags: IncidentFlags) => {
     }
     if (unacknowledged.length > 0) {
       print(
-        `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)`,
+        `${unacknowledged.length} of these entries are applied and replayed by the replica, yet not acknowledged: ${
+          logRefusal === undefined
+            ? "no projector process is acknowledging (not running, or failing: see background_processor.last_error in /health, and the projector's log)"
+            : 'Redis refuses the acknowledgements (above)'
+        }`,
       );
     }
     print(
