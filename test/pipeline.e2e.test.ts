@@ -518,6 +518,25 @@ void describe('two sites sharing one main database', () => {
         health.background_processor.last_error ?? '',
         /two sites have OUTPOST_SITE=test-site, so give each its own/,
       );
+      // An API process of the copy, which runs no projector of its own, says the same: the
+      // leases it sees held are the other log's.
+      const copyApi = await h.startService('api', {
+        namespace: 'outpost:copied-env',
+        consumer: 'copied-env:8081',
+        port: 0,
+      });
+      try {
+        const apiHealth = (await (
+          await fetch(`http://127.0.0.1:${copyApi.port}/health`)
+        ).json()) as typeof health;
+        assert.equal(apiHealth.status, 'degraded');
+        assert.match(
+          apiHealth.background_processor.last_error ?? '',
+          /^site test-site's partitions are applied from another Redis log .*two sites have OUTPOST_SITE=test-site/,
+        );
+      } finally {
+        await h.stopService(copyApi);
+      }
       // Either site's operator hears of the other in outpost pending.
       for (const [namespace, line] of [
         [

@@ -1,6 +1,6 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
-import { leaseHoldings, liveMembers, siteClaimOf } from '../db/queries/leases.ts';
+import { leaseHoldings } from '../db/queries/leases.ts';
 import { probeWriteRefusal, writeRefusedReason } from '../log/capacity.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
@@ -12,16 +12,10 @@ import {
   RetryNotYetError,
 } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
-import { logIdKey } from '../log/keys.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
-import {
-  anotherLogHolds,
-  anotherLogRefused,
-  liveHolder,
-  partitionRanges,
-  projectorLeasesLine,
-} from '../ops/lease-report.ts';
+import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
+import { siteClaimNote } from '../ops/site-name.ts';
 import { reasonOf } from '../reason.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
@@ -235,23 +229,8 @@ export const pending = (flags: IncidentFlags) => {
  * Whether the site's name is applied from another Redis log (a second site given this one's
  * name): one of the two sites applies nothing, and both operators should hear of it.
  */
-const siteClaimLine = async (site: Site): Promise<string | undefined> => {
-  const { site: name, namespace, claimIdleMs: ttlMs } = site.config;
-  const [log, claim] = await Promise.all([
-    site.redis.get(logIdKey(namespace)),
-    siteClaimOf(site.main, name, ttlMs).catch(() => undefined),
-  ]);
-  if (log === null || claim === undefined) {
-    return undefined;
-  }
-  if (claim.log !== log) {
-    const members = await liveMembers(site.main, name, ttlMs).catch(() => []);
-    return anotherLogHolds(name, members, claim.seenSecondsAgo, claim.barred);
-  }
-  return claim.refusedConsumer === null
-    ? undefined
-    : anotherLogRefused(name, claim.refusedConsumer);
-};
+const siteClaimLine = async (site: Site): Promise<string | undefined> =>
+  (await siteClaimNote({ redis: site.redis, main: site.main, config: site.config }))?.line;
 
 export const deadLettersLine = (letters: number, blockedAggregates: number): string =>
   `${letters} dead letter${letters === 1 ? '' : 's'}${

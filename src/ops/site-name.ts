@@ -1,8 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
+import type { Config } from '../config.ts';
+import type { Queryable } from '../db/client.ts';
+import { liveMembers, siteClaimOf } from '../db/queries/leases.ts';
 import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
 import { logIdKey, siteNameKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
+import { anotherLogHolds, anotherLogRefused } from './lease-report.ts';
 
 /** Thrown when a process's OUTPOST_SITE is not the name its log is served under. */
 export class SiteNameError extends Error {
@@ -51,4 +55,38 @@ export const recordLogId = async (redis: Redis, namespace: string): Promise<stri
   const ours = randomUUID();
   const recorded = (await redis.eval(SET_ONCE, 1, logIdKey(namespace), ours)) as string | null;
   return recorded ?? ours;
+};
+
+/**
+ * What the main database's claim on the site name says of this log, for operators: another log
+ * holds the name (this site's events wait unapplied: two sites under one name), or this log holds
+ * it and another one's projector was refused. Undefined when all is well, or the claim or this
+ * log's id cannot be read.
+ */
+export const siteClaimNote = async ({
+  redis,
+  main,
+  config: { site, namespace, claimIdleMs },
+}: {
+  redis: Redis;
+  main: Queryable;
+  config: Pick<Config, 'site' | 'namespace' | 'claimIdleMs'>;
+}): Promise<{ heldByAnotherLog: boolean; line: string } | undefined> => {
+  const [log, claim] = await Promise.all([
+    redis.get(logIdKey(namespace)),
+    siteClaimOf(main, site, claimIdleMs).catch(() => undefined),
+  ]);
+  if (log === null || claim === undefined) {
+    return undefined;
+  }
+  if (claim.log !== log) {
+    const members = await liveMembers(main, site, claimIdleMs).catch(() => []);
+    return {
+      heldByAnotherLog: true,
+      line: anotherLogHolds(site, members, claim.seenSecondsAgo, claim.barred),
+    };
+  }
+  return claim.refusedConsumer === null
+    ? undefined
+    : { heldByAnotherLog: false, line: anotherLogRefused(site, claim.refusedConsumer) };
 };

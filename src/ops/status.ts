@@ -25,6 +25,7 @@ import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
 import { REBUILD_OWNER } from './rebuild.ts';
 import { replayStateView } from './replica-delay.ts';
+import { siteClaimNote } from './site-name.ts';
 
 export type StatusDeps = {
   config: Config;
@@ -72,6 +73,7 @@ const settle = async <T>(work: Promise<T>): Promise<T | undefined> =>
 export class StatusSource {
   readonly #deps: StatusDeps;
   #leaseQuery: Promise<LeaseHolding[]> | undefined;
+  #claimQuery: ReturnType<typeof siteClaimNote> | undefined;
 
   constructor(deps: StatusDeps) {
     this.#deps = deps;
@@ -107,14 +109,17 @@ export class StatusSource {
       snapshot,
       memory,
       leases,
+      claim,
     ] = await Promise.all([
       probe(probeWriteRefusal(this.#deps.eventLog.redis)),
       this.bufferOrUndefined(),
       this.#positions(),
       settle(latestSnapshot(this.#deps.replica)),
       settle(readLogMemory(this.#deps.eventLog.redis)),
-      // A process without a projector sees none fail: the leases say whether any runs.
+      // A process without a projector sees none fail: the leases say whether any runs, and the
+      // site name's claim whether they are this log's (or another site's, under the same name).
       projector === undefined ? answerOrReason(this.#siteLeases()) : undefined,
+      projector === undefined ? settle(this.#siteClaim()) : undefined,
     ]);
     // Redis is up when it answers the write probe, taking writes or refusing them: it refuses even
     // PING while it cannot save.
@@ -128,8 +133,9 @@ export class StatusSource {
     const lag = lagOf(mainLsn, replicaPos, replayState, replicaFailure);
     const databaseUp = mainLsn !== undefined;
     const replicaUp = replicaPos !== undefined;
-    const unprojected =
-      leases === undefined || buffers === undefined
+    const unprojected = claim?.heldByAnotherLog
+      ? claim.line
+      : leases === undefined || buffers === undefined
         ? undefined
         : unheldWaiting(buffers, leases, config);
     // Applied events that the replica does not replay, or that cannot be acknowledged, stay
@@ -194,6 +200,15 @@ export class StatusSource {
       this.#leaseQuery = undefined;
     });
     return this.#leaseQuery;
+  }
+
+  /** The site name's claim, one look at a time, as the leases. */
+  #siteClaim(): ReturnType<typeof siteClaimNote> {
+    const { eventLog, main, config } = this.#deps;
+    this.#claimQuery ??= siteClaimNote({ redis: eventLog.redis, main, config }).finally(() => {
+      this.#claimQuery = undefined;
+    });
+    return this.#claimQuery;
   }
 
   async bufferStats() {
