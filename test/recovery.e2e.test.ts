@@ -362,8 +362,33 @@ void describe('recovery', () => {
       assert.equal(refused.code, 1);
       assert.match(
         refused.stderr,
-        /^outpost: projectors are applying events \(projector leases: .*\): stop them before rebuild-projections/m,
+        new RegExp(
+          `^outpost: projectors are applying events \\(site ${h.config.site} \\(this one\\): partitions 0-${h.config.partitions - 1} by ${h.config.consumer}\\): stop them before rebuild-projections`,
+          'm',
+        ),
       );
+      // Stopped here, but another site's projector on the same main database still holds a
+      // partition: that one is named, and this site's stopped ones are not asked to start.
+      await withoutProjector(async () => {
+        const lease = {
+          site: 'far-site',
+          partition: 2,
+          consumer: 'far-site:8080',
+        };
+        const token = await acquireLease(h.main, lease.site, 2, lease.consumer, 30_000);
+        assert.ok(token);
+        try {
+          const beside = await runCli(h, ['rebuild-projections', '--json']);
+          assert.equal(beside.code, 1);
+          assert.match(
+            beside.stderr,
+            /^outpost: projectors are applying events \(site far-site: partitions 2 by far-site:8080\): stop them/m,
+          );
+          assert.doesNotMatch(beside.stderr, /no projector holds/);
+        } finally {
+          await releaseLease(h.main, { ...lease, token });
+        }
+      });
       const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
       assert.equal(rebuilt.code, 0, rebuilt.stderr);
       assert.equal(JSON.parse(rebuilt.stdout).fixed, 1);

@@ -159,17 +159,28 @@ export const replayCommand = (flags: RecoveryFlags) => {
 const refuseBesideProjectors = async (site: Site) => {
   const holdings = await leaseHoldings(site.main);
   const own = site.config.site;
-  // This site's line, then one per other site (or earlier build) whose projectors hold any.
-  const sites = new Set([own, ...holdings.filter((h) => liveHolder(h)).map((h) => h.site)]);
-  const leases = [...sites]
-    .map((name) => {
-      const of = holdings.filter((h) => h.site === name);
-      const partitions =
-        name === own ? site.config.partitions : Math.max(...of.map((h) => h.partition)) + 1;
-      const line = projectorLeasesLine(of, partitions);
-      // Site '' is every site's: a rebuild's leases, or an earlier build's.
-      return name === own ? line : `${name ? `site ${name}` : 'every site'}: ${line}`;
-    })
+  // Only the live holders, this site's first: what the operator has to stop. (Every partition's
+  // lease, not only those below this shell's count, and no word of partitions nobody holds.)
+  const held = new Map<string, Map<string, number[]>>();
+  for (const holding of holdings) {
+    const owner = liveHolder(holding);
+    if (owner !== undefined) {
+      const owners = held.get(holding.site) ?? new Map<string, number[]>();
+      owners.set(owner, [...(owners.get(owner) ?? []), holding.partition]);
+      held.set(holding.site, owners);
+    }
+  }
+  // Site '' is every site's: a rebuild's leases, or an earlier build's.
+  const label = (name: string) =>
+    name === own ? `site ${name} (this one)` : name ? `site ${name}` : 'every site';
+  const leases = [...held]
+    .sort(([a], [b]) => Number(b === own) - Number(a === own))
+    .map(
+      ([name, owners]) =>
+        `${label(name)}: ${[...owners]
+          .map(([owner, partitions]) => `partitions ${partitionRanges(partitions)} by ${owner}`)
+          .join(', ')}`,
+    )
     .join('; ');
   if (holdings.some((holding) => liveHolder(holding) === REBUILD_OWNER)) {
     throw new CliError(
