@@ -90,6 +90,8 @@ void describe('database faults under load', () => {
       const report = JSON.parse(pendingJson.stdout);
       assert.equal(report.projector_leases, null);
       assert.equal(report.projector_leases_unknown, 'the main database cannot be reached');
+      assert.equal(report.site_claim, null);
+      assert.equal(report.site_claim_unknown, 'the main database cannot be reached');
       // What the integrity alert sends the operator to still answers, from the replica.
       const status = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(status.code, 0, status.stderr);

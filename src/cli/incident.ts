@@ -18,7 +18,7 @@ import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pen
 import { siteClaimNote } from '../ops/site-name.ts';
 import { reasonOf } from '../reason.ts';
 import { CliError, print, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
+import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
 
 export type IncidentFlags = {
   json: boolean;
@@ -90,15 +90,26 @@ export const pending = (flags: IncidentFlags) => {
       r.replay_lsn !== null && r.lag_bytes === null && r.main_refusal === undefined;
     // Asked together: a main database behind a link that drops packets costs one connect
     // timeout, not one per question.
-    const [leases, claim] = mainUnreachable
-      ? [{ unknown: 'the main database cannot be reached' }, undefined]
+    const [leases, siteClaim] = mainUnreachable
+      ? [
+          { unknown: 'the main database cannot be reached' },
+          { unknown: 'the main database cannot be reached' },
+        ]
       : await Promise.all([
           leaseHoldings(site.main, site.config.site).then(
             (holdings) => ({ holdings }),
             (err: unknown) => ({ unknown: `the main database did not answer (${reasonOf(err)})` }),
           ),
-          siteClaimLine(site),
+          siteClaimNote({ redis: site.redis, main: site.main, config: site.config }).then(
+            (note) => ({ line: note?.line }),
+            (err: unknown) => ({
+              unknown: `the site name's claim could not be read (${reasonOf(err)})`,
+            }),
+          ),
         ]);
+    // Whether the site's name is applied from another Redis log (a second site given this one's
+    // name): one of the two sites applies nothing, and both operators should hear of it.
+    const claim = 'line' in siteClaim ? siteClaim.line : undefined;
     const letters = totalsOf(buffer).deadLetters;
     const blocked = letters > 0 ? await site.deadLetters.blockedAggregates() : 0;
     // A Redis that refuses writes (MISCONF after a failed save, READONLY) refuses the projector's
@@ -129,6 +140,8 @@ export const pending = (flags: IncidentFlags) => {
               : null,
           ...('unknown' in leases && { projector_leases_unknown: leases.unknown }),
           site_claim: claim ?? null,
+          // Null above says all is well only where this is absent.
+          ...('unknown' in siteClaim && { site_claim_unknown: siteClaim.unknown }),
           dead_letters: { count: letters, blocked_aggregates: blocked },
           log_write_error: logRefusal ?? null,
         }),
@@ -224,13 +237,6 @@ export const pending = (flags: IncidentFlags) => {
     }
   });
 };
-
-/**
- * Whether the site's name is applied from another Redis log (a second site given this one's
- * name): one of the two sites applies nothing, and both operators should hear of it.
- */
-const siteClaimLine = async (site: Site): Promise<string | undefined> =>
-  (await siteClaimNote({ redis: site.redis, main: site.main, config: site.config }))?.line;
 
 export const deadLettersLine = (letters: number, blockedAggregates: number): string =>
   `${letters} dead letter${letters === 1 ? '' : 's'}${

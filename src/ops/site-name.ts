@@ -60,8 +60,8 @@ export const recordLogId = async (redis: Redis, namespace: string): Promise<stri
 /**
  * What the main database's claim on the site name says of this log, for operators: another log
  * holds the name (this site's events wait unapplied: two sites under one name), or this log holds
- * it and another one's projector was refused. Undefined when all is well, or the claim or this
- * log's id cannot be read.
+ * it and another one's projector was refused. Undefined when all is well, or before the name is
+ * claimed or this log's id recorded; rejects when Redis or the main database does not answer.
  */
 export const siteClaimNote = async ({
   redis,
@@ -74,7 +74,7 @@ export const siteClaimNote = async ({
 }): Promise<{ heldByAnotherLog: boolean; line: string } | undefined> => {
   const [log, claim] = await Promise.all([
     redis.get(logIdKey(namespace)),
-    siteClaimOf(main, site, claimIdleMs).catch(() => undefined),
+    siteClaimOf(main, site, claimIdleMs),
   ]);
   if (log === null || claim === undefined) {
     return undefined;
