@@ -364,7 +364,7 @@ void describe('database faults under load', () => {
       const stack = (await import('./harness/harness.ts')).testStack();
       proxy = await BlackholeProxy.start(stack.mainPort);
       h = await Harness.start({ role: 'none' });
-      const viaProxy = h.config.mainDatabaseUrl.replace(`:${stack.mainPort}/`, `:${proxy.port}/`);
+      const viaProxy = proxy.reroute(h.config.mainDatabaseUrl);
       // The production lease TTL: leases outlive the first failed batches, so the breaker sees them.
       await h.startService('all', { mainDatabaseUrl: viaProxy, claimIdleMs: 30_000 });
       const load = h.steadyLoad(40, 'partition');
@@ -474,7 +474,7 @@ void describe('database faults under load', () => {
       proxy = await BlackholeProxy.start(stack.mainPort);
       proxy.blackhole();
       h = await Harness.start({ role: 'none' });
-      const viaProxy = h.config.mainDatabaseUrl.replace(`:${stack.mainPort}/`, `:${proxy.port}/`);
+      const viaProxy = proxy.reroute(h.config.mainDatabaseUrl);
       await h.startService('all', { mainDatabaseUrl: viaProxy });
       const health = await h.get('/health');
       assert.equal(
@@ -510,10 +510,7 @@ void describe('database faults under load', () => {
       proxy = await BlackholeProxy.start(stack.replicaPort);
       const harness = await Harness.start({ role: 'none' });
       h = harness;
-      const viaProxy = harness.config.replicaDatabaseUrl.replace(
-        `:${stack.replicaPort}/`,
-        `:${proxy.port}/`,
-      );
+      const viaProxy = proxy.reroute(harness.config.replicaDatabaseUrl);
       // The API reads through the proxy; the projector's acker does not, so acknowledgements go on.
       await harness.startService('api', { replicaDatabaseUrl: viaProxy });
       await harness.startService('projector');

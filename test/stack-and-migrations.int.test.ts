@@ -22,7 +22,7 @@ import { isPortOpen } from '../src/stack/processes.ts';
 import { stackDown, stackStatus, stackUp } from '../src/stack/stack.ts';
 import { runCliWith } from './harness/cli.ts';
 import { testStack } from './harness/harness.ts';
-import { freePort, withDatabase } from './harness/services.ts';
+import { freePort, freeStackPorts, withDatabase } from './harness/services.ts';
 
 const run = promisify(execFile);
 
@@ -253,17 +253,11 @@ void describe('outpost stack up', () => {
     const closed = mkdtempSync(join(tmpdir(), 'outpost-closed-'));
     chmodSync(closed, 0o700);
     try {
-      const [mainPort, replicaPort, redisPort] = [
-        await freePort(),
-        await freePort(),
-        await freePort(),
-      ];
+      const ports = await freeStackPorts();
       await assert.rejects(
         stackUp({
           dir: join(closed, 'project', '.outpost'),
-          mainPort,
-          replicaPort,
-          redisPort,
+          ...ports,
           pgCron: false,
           appendfsync: 'always',
         }),
@@ -271,7 +265,7 @@ void describe('outpost stack up', () => {
           `postgres cannot enter ${closed} on the way to .*: let it \\(chmod o\\+x ${closed}\\)`,
         ),
       );
-      assert.equal(await isPortOpen(redisPort), false, 'Redis was not started');
+      assert.equal(await isPortOpen(ports.redisPort), false, 'Redis was not started');
     } finally {
       rmSync(closed, { recursive: true, force: true });
     }
@@ -289,16 +283,12 @@ void describe('outpost stack up', () => {
     const path = process.env.PATH;
     process.env.PATH = `${fakeBin}:${path}`;
     try {
-      const [mainPort, replicaPort, redisPort] = [
-        await freePort(),
-        await freePort(),
-        await freePort(),
-      ];
+      const ports = await freeStackPorts();
       await assert.rejects(
-        stackUp({ dir, mainPort, replicaPort, redisPort, pgCron: false, appendfsync: 'always' }),
+        stackUp({ dir, ...ports, pgCron: false, appendfsync: 'always' }),
         new RegExp(`Redis 7 or later is needed, and ${fakeBin}/redis-server is Redis 6; install`),
       );
-      assert.equal(await isPortOpen(mainPort), false, 'PostgreSQL was not started');
+      assert.equal(await isPortOpen(ports.mainPort), false, 'PostgreSQL was not started');
     } finally {
       process.env.PATH = path;
       // Only should the refusal have failed: a stack it started is stopped, not left running.

@@ -437,6 +437,12 @@ const discardedReaders = (deps: Deps): DiscardedIn => {
   };
 };
 
+const currentPartitionOf = (entry: LogEntry, partitions: number, readFrom: number): number => {
+  const current = partitionOf(partitionRootOf(entry.event), partitions);
+  // A hand-written entry whose unit id is not a UUID names no partition: it stays where it lay.
+  return Number.isInteger(current) ? current : readFrom;
+};
+
 /**
  * The entries to give back, by the partition each goes to: the one its aggregate maps to under the
  * site's count now. An event written under an earlier OUTPOST_PARTITIONS may lie in another
@@ -446,12 +452,6 @@ const discardedReaders = (deps: Deps): DiscardedIn => {
  * order; after other changes, one given back after a later event of its aggregate is counted as
  * overtaken.) In order within each group, as read.
  */
-const currentPartitionOf = (entry: LogEntry, partitions: number, readFrom: number): number => {
-  const current = partitionOf(partitionRootOf(entry.event), partitions);
-  // A hand-written entry whose unit id is not a UUID names no partition: it stays where it lay.
-  return Number.isInteger(current) ? current : readFrom;
-};
-
 const byCurrentPartition = (
   entries: readonly LogEntry[],
   partitions: number,
@@ -473,31 +473,34 @@ const byCurrentPartition = (
 /**
  * Which entries of a partition's page are still pending, and which are dead-lettered: there, or
  * (an event of an aggregate that maps elsewhere now, given back by an earlier replay) in its
- * aggregate's partition.
+ * aggregate's partition, `currents[i]` for entry i.
  */
 const heldInLog = async (
   deps: Deps,
   partition: number,
   entries: readonly LogEntry[],
+  currents: readonly number[],
 ): Promise<{ pending: boolean[]; dead: boolean[] }> => {
-  const look = async (at: number, group: readonly LogEntry[]) => {
-    const ids = group.map((e) => e.event.event_id);
+  const look = async (at: number, ids: string[]) => {
     const [pending, dead] = await Promise.all([
       deps.eventLog.unacknowledged(ids, at),
       deps.eventLog.redis.hmget(deps.eventLog.keys(at).deadIndex, ...ids),
     ]);
     return { pending, dead: dead.map((letter) => letter !== null) };
   };
-  const held = await look(partition, entries);
-  const positions = new Map(entries.map((entry, i) => [entry, i]));
-  for (const [current, group] of byCurrentPartition(entries, deps.eventLog.partitions, partition)) {
-    if (current !== partition) {
-      const there = await look(current, group);
-      for (const [i, entry] of group.entries()) {
-        const at = positions.get(entry) ?? -1;
-        held.pending[at] ||= there.pending[i] ?? false;
-        held.dead[at] ||= there.dead[i] ?? false;
-      }
+  const ids = entries.map((e) => e.event.event_id);
+  const held = await look(partition, ids);
+  for (const at of new Set(currents)) {
+    if (at !== partition) {
+      const movedHere = currents.flatMap((current, i) => (current === at ? [i] : []));
+      const there = await look(
+        at,
+        movedHere.map((i) => ids[i] as string),
+      );
+      movedHere.forEach((i, k) => {
+        held.pending[i] ||= there.pending[k] ?? false;
+        held.dead[i] ||= there.dead[k] ?? false;
+      });
     }
   }
   return held;
@@ -519,14 +522,14 @@ const missingFrom = async (
   // between the two looks applied then. The other way round it looked neither pending nor
   // applied, was appended again (harmless, deduplicated) and counted as applied by this replay,
   // a dry run's count of what the database lacks included.
-  const { pending, dead } = await heldInLog(deps, partition, entries);
+  const currents = entries.map((entry) =>
+    currentPartitionOf(entry, deps.eventLog.partitions, partition),
+  );
+  const { pending, dead } = await heldInLog(deps, partition, entries, currents);
   const applied = await appliedEventIds(deps.main, ids);
   // After the dead index: one discarded since holds its audit record by now, filed where the
   // letter was: where the entry lies, or (given back by an earlier replay) its aggregate's
   // partition now.
-  const currents = entries.map((entry) =>
-    currentPartitionOf(entry, deps.eventLog.partitions, partition),
-  );
   const discarded = new Map<number, ReadonlySet<string>>();
   for (const at of new Set([partition, ...currents])) {
     discarded.set(at, await discardedIn(at));

@@ -101,6 +101,11 @@ export class BlackholeProxy {
     this.#losingReplies = true;
   }
 
+  /** `url` (a connection URL naming the proxied server's port) sent through this proxy instead. */
+  reroute(url: string): string {
+    return url.replace(`:${this.target.port}/`, `:${this.port}/`);
+  }
+
   blackhole(): void {
     this.#dropping = true;
   }

@@ -88,6 +88,11 @@ export const freePort = (): Promise<number> =>
     });
   });
 
+/** A free port for each server of a stack. */
+export const freeStackPorts = async (): Promise<
+  Pick<StackOptions, 'mainPort' | 'replicaPort' | 'redisPort'>
+> => ({ mainPort: await freePort(), replicaPort: await freePort(), redisPort: await freePort() });
+
 export const withDatabase = (url: string, database: string) =>
   url.replace(/\/[^/]*$/, `/${database}`);
 
@@ -139,9 +144,7 @@ export const startTestStack = async ({
   const dir = mkdtempSync(join(tmpdir(), 'outpost-test-'));
   const options: StackOptions = {
     dir,
-    mainPort: await freePort(),
-    replicaPort: await freePort(),
-    redisPort: await freePort(),
+    ...(await freeStackPorts()),
     pgCron: 'auto',
     appendfsync: 'always',
     fastUnsafePostgres: !durablePostgres,
