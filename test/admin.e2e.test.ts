@@ -501,6 +501,41 @@ void describe('admin and incident tools', () => {
     assert.equal((await h.get('/health')).body?.partition_count, undefined);
   });
 
+  void it('refuses a write the moment the partition count moved, before its listing notices', async () => {
+    const countKey = partitionCountKey(h.config.namespace);
+    const own = String(h.config.partitions);
+    const other = String(h.config.partitions * 2);
+    const obs_unit_id = 'count-moved-at-once';
+    try {
+      // The listing renews every 5 s; this write comes within milliseconds of the change.
+      await h.redis.del(processRosterKey(h.config.namespace));
+      await h.redis.set(countKey, other);
+      const refused = await h.post('/executed_obs_units/start', { obs_unit_id, instrument: 'x' });
+      assert.equal(refused.status, 503, refused.text);
+      assert.equal(refused.headers.get('retry-after'), '30');
+      assert.equal(refused.body.error.code, 'log_unavailable');
+      assert.match(
+        refused.body.error.message,
+        new RegExp(
+          `changed to ${other} while this process runs with ${own}: it refuses writes.*OUTPOST_PARTITIONS=${other}$`,
+        ),
+      );
+    } finally {
+      await h.redis.set(countKey, own);
+    }
+    await waitFor(
+      async () => (await h.get('/health')).body?.partition_count === undefined,
+      'the process to take requests again',
+    );
+    const listed = await h.get(`/executed_obs_units?obs_unit_id=${obs_unit_id}`);
+    assert.equal(listed.status, 200, listed.text);
+    assert.deepEqual(
+      listed.body.items,
+      [],
+      'the refused write appended nothing, pending or applied',
+    );
+  });
+
   void it('answers a read of a dead-lettered aggregate with a 404 that says where it is', async () => {
     const poison = await deadLetteredStart('read-while-dead');
     for (const path of [`/executed_obs_units/${poison.id}`, `/aggregates/${poison.id}/events`]) {

@@ -11,7 +11,13 @@ import {
   writeRefusal,
   writeRefusedReason,
 } from '../log/capacity.ts';
-import type { AppendRequest, AppendResult, Guard, RequestUnderKey } from '../log/event-log.ts';
+import {
+  type AppendRequest,
+  type AppendResult,
+  type Guard,
+  PartitionCountMovedError,
+  type RequestUnderKey,
+} from '../log/event-log.ts';
 import { type AppDeps, fastJson } from './context.ts';
 import { ApiError } from './errors.ts';
 
@@ -77,13 +83,19 @@ export const logFull = (memory: LogMemory | undefined, cause?: unknown) =>
   });
 
 /**
- * Redis's own refusal of a write, as the answer a client and an operator can act on: the log full
- * (OOM), unable to save (MISCONF), read-only (READONLY) or short of replicas (NOREPLICAS).
- * Undefined for any other failure.
+ * The log's refusal of a write, as the answer a client and an operator can act on: Redis full
+ * (OOM), unable to save (MISCONF), read-only (READONLY) or short of replicas (NOREPLICAS), or the
+ * site's partition count no longer this process's. Undefined for any other failure.
  */
 export const redisRefusal = (err: unknown): ApiError | undefined => {
   if (isOutOfMemory(err)) {
     return logFull(undefined, err);
+  }
+  if (err instanceof PartitionCountMovedError) {
+    return new ApiError('log_unavailable', err.message, undefined, {
+      cause: err,
+      retryAfterSeconds: COUNT_MOVED_RETRY_AFTER_SECONDS,
+    });
   }
   const refusal = writeRefusal(err);
   return refusal === undefined
@@ -110,6 +122,9 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
   }
 };
 
+/** A process with another partition count than the site's waits for its operator's restart. */
+const COUNT_MOVED_RETRY_AFTER_SECONDS = 30;
+
 /**
  * Refuses what finds events by partition while the site's recorded partition count is not this
  * process's: new events would go to partitions the site's other processes do not look in, reads
@@ -120,7 +135,9 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
 export const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
   const countError = deps.partitionCount?.countError;
   if (countError !== undefined) {
-    throw new ApiError('log_unavailable', countError, undefined, { retryAfterSeconds: 30 });
+    throw new ApiError('log_unavailable', countError, undefined, {
+      retryAfterSeconds: COUNT_MOVED_RETRY_AFTER_SECONDS,
+    });
   }
 };
 

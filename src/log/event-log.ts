@@ -277,6 +277,23 @@ const appendResult = ([kind, ...rest]: string[]): AppendResult => {
   }
 };
 
+/**
+ * The append script's refusal: the site's recorded partition count is no longer this process's,
+ * so its events would go where the site's other processes do not look (ops/partition-count.ts).
+ */
+export class PartitionCountMovedError extends Error {
+  override name = 'PartitionCountMovedError';
+
+  constructor(
+    readonly recorded: number,
+    readonly own: number,
+  ) {
+    super(
+      `this site's partition count was changed to ${recorded} while this process runs with ${own}: it refuses writes, which would go to partitions the site's other processes do not read; restart it with OUTPOST_PARTITIONS=${recorded}`,
+    );
+  }
+}
+
 /** The site's local log: partition streams in Redis and the indexes the read path needs. */
 export class EventLog {
   readonly #redis: Redis & Commands;
@@ -639,7 +656,7 @@ export class EventLog {
     }
     const keys = this.keys(partition);
     const live = this.liveScriptArgs(partition);
-    const scriptKeys = [keys.stream, ...live.keys];
+    const scriptKeys = [keys.stream, ...live.keys, partitionCountKey(this.namespace)];
     const sent: GatheredAppend[] = [];
     const requests: EncodedAppend[] = [];
     for (const item of batch) {
@@ -667,11 +684,20 @@ export class EventLog {
           ...scriptKeys,
           JSON.stringify(requests),
           ...live.args,
+          String(this.partitions),
         ),
       ),
     )
       .then(
         (replies) => {
+          const [refusal] = replies;
+          if (refusal?.[0] === 'count_moved') {
+            const moved = new PartitionCountMovedError(Number(refusal[1]), this.partitions);
+            for (const { reject } of sent) {
+              reject(moved);
+            }
+            return;
+          }
           for (const [i, { resolve, reject }] of sent.entries()) {
             const reply = replies[i];
             if (reply === undefined || reply[0] === 'failed') {

@@ -7,7 +7,8 @@
 --
 -- Each appended event is announced `accepted` on the live feed (lib/live.lua).
 --
--- KEYS[1] stream  KEYS[2] live stream  KEYS[3] live listeners
+-- KEYS[1] stream  KEYS[2] live stream  KEYS[3] live listeners  KEYS[4] the site's recorded
+-- partition count
 -- then for each request of n events, from its `k` (index of its first key):
 --   KEYS[k] idempotency key  KEYS[k + 1] unit state key  KEYS[k + 1 + i] in-flight bucket of event i
 --   KEYS[k + 1 + n + i] event index bucket of event i
@@ -16,8 +17,19 @@
 -- ARGV[1] JSON [{k, idem?:{hash,response,ttl}, guard?:{allowed?,next,seed?,require,ttl,run_ttl},
 --               events:[{fields,event_id,aggregate_id,aggregate_type,type}]}]
 -- ARGV[2] live stream max length  ARGV[3] when the events were accepted, ISO-8601  ARGV[4] partition
+-- ARGV[5] the caller's partition count
 -- Answers one reply per request: {'appended', entry ids...} | {'replayed', response} |
--- {'idempotency_conflict'} | {'unknown'} | {'conflict', state} | {'failed', message}.
+-- {'idempotency_conflict'} | {'unknown'} | {'conflict', state} | {'failed', message};
+-- or, for the whole call, {{'count_moved', recorded count}}.
+
+-- An aggregate's partition follows from the count. A caller whose count is no longer the site's
+-- (its listing lapsed while Redis was away and a process with another count took the change)
+-- would append where the site's processes do not look: nothing is appended, in the same call
+-- that would have, rather than from the caller's next renewal of its listing, seconds later.
+local recorded_count = redis.call('GET', KEYS[4])
+if recorded_count and recorded_count ~= ARGV[5] then
+  return {{'count_moved', recorded_count}}
+end
 
 local live = live_context(KEYS[2], KEYS[3], ARGV[2], ARGV[3], ARGV[4])
 
