@@ -1225,6 +1225,45 @@ void describe('recovery', () => {
       }
     });
 
+    void it('notices the rollback on a partition left idle after it, and applies the lost events again without waiting for the replica', async () => {
+      const projector = await h.startService('projector');
+      // The replica replays nothing: only the projector can find the lost events.
+      await h.replica.query('SELECT pg_wal_replay_pause()');
+      const lost = await startMany(h, 'idle-after-rollback', 8);
+      try {
+        const ids = lost.map((unit) => unit.body.id as string);
+        const applied = async () =>
+          (
+            await h.mainRows<{ n: number }>(
+              'SELECT count(*)::int AS n FROM events WHERE aggregate_id = ANY($1)',
+              [ids],
+            )
+          )[0]?.n;
+        await waitFor(async () => (await applied()) === ids.length, 'the starts to be applied');
+        // Restored from before them, as above; and then no write comes to any partition.
+        await forget(h, ids);
+        assert.equal(await applied(), 0);
+        await waitFor(
+          async () => (await applied()) === ids.length,
+          'the lost starts to be applied again',
+        );
+        assert.ok((await reappliedBy(projector)).projector >= ids.length);
+        for (const id of ids) {
+          const events = await h.mainRows<{ type: string; seq: number }>(
+            'SELECT type, seq FROM events WHERE aggregate_id = $1 ORDER BY seq',
+            [id],
+          );
+          assert.deepEqual(
+            events.map((e) => `${e.seq} ${e.type}`),
+            ['0 ExecutedObsUnitStarted'],
+          );
+        }
+      } finally {
+        await h.replica.query('SELECT pg_wal_replay_resume()');
+      }
+      await audit(h, new Set(lost.map((unit) => unit.body.event_id as string)));
+    });
+
     void it('applies them again on start, before newer events of their aggregates, without waiting for the replica to pass their LSNs', async () => {
       const lost = await startMany(h, 'restored', 6);
       // As above, but the main database was restored to a point before these commits: the

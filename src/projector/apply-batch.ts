@@ -272,6 +272,30 @@ const movedFrom = (seen: MainPosition, now: MainPosition) =>
   seen.timeline !== now.timeline ||
   parseLsn(now.lsn) < parseLsn(seen.lsn);
 
+const changeFrom = (
+  seen: MainSeen,
+  now: MainPosition,
+  known: ReadonlyMap<string, unknown>,
+): MainDatabaseChangedError | undefined => {
+  const lacksEvent = seen.eventId !== undefined && !known.has(seen.eventId);
+  return movedFrom(seen, now) || lacksEvent
+    ? new MainDatabaseChangedError(seen, now, lacksEvent)
+    : undefined;
+};
+
+/**
+ * The check a batch makes before it writes, for a partition with no batch to make: how the main
+ * database is not where the partition's batches left it, if it is not.
+ */
+export const mainChangeSince = (
+  pool: pg.Pool,
+  seen: MainSeen,
+): Promise<MainDatabaseChangedError | undefined> =>
+  withConnection(pool, async (db) => {
+    const { known, position } = await appliedEventIdsAt(db, seen.eventId ? [seen.eventId] : []);
+    return changeFrom(seen, position, known);
+  });
+
 /** A lease of a combined batch lapsed; which one is found by applying each partition alone. */
 export class CombinedFencedError extends Error {
   constructor(partitions: readonly number[]) {
@@ -308,9 +332,9 @@ export const applyBatches = async (
       ]),
     );
     for (const { mainSeen } of requests) {
-      const lacksEvent = mainSeen?.eventId !== undefined && !known.has(mainSeen.eventId);
-      if (mainSeen && (movedFrom(mainSeen, position) || lacksEvent)) {
-        throw new MainDatabaseChangedError(mainSeen, position, lacksEvent);
+      const change = mainSeen && changeFrom(mainSeen, position, known);
+      if (change) {
+        throw change;
       }
     }
     const split = requests.map(({ entries }) => {

@@ -46,6 +46,8 @@ export type ConsumerDeps = {
   metrics: Metrics;
   /** The live feed: applied and dead state changes are published to it. */
   live?: LivePublisher;
+  /** How the main database is not where this partition's batches left it (mainChangeSince). */
+  mainChange?: (seen: MainSeen) => Promise<MainDatabaseChangedError | undefined>;
   onBatch?: (stats: { applied: number; ms: number }) => void;
   onFailure?: () => void;
 };
@@ -69,6 +71,8 @@ type Read = {
 type OwnPendingRead = Read & { pageEnd: string; scan: number };
 
 const BLOCK_MS = 1000;
+/** How often an idle partition with entries waiting for the replica checks the main database. */
+const IDLE_MAIN_CHECK_MS = 5000;
 /** Entries of another consumer claimed per XPENDING / XCLAIM round. */
 const STRANDED_PAGE = 1000;
 
@@ -120,6 +124,8 @@ export class PartitionConsumer {
   #verifyRecorded = true;
   /** Where this partition's last batch left the main database; its next batch expects it there. */
   #mainSeen: MainSeen | undefined;
+  /** When this partition, idle, last asked the main database whether it is still there. */
+  #mainCheckedAt = 0;
   #cursor = '0';
   /** Which scan of own pending entries the cursor belongs to: a restart begins a new one. */
   #scan = 0;
@@ -228,6 +234,7 @@ export class PartitionConsumer {
         }
         if (read.entries.length === 0) {
           this.#pageDone(read);
+          await this.#checkMainWhileIdle();
           continue;
         }
         if (!this.#deps.breaker.tryAcquire()) {
@@ -301,6 +308,30 @@ export class PartitionConsumer {
         this.#rereadFromStart();
         await pause(delay, this.#abort.signal);
       }
+    }
+  }
+
+  /**
+   * A partition with no batch to make never meets the check a batch makes first. After a failover
+   * to a standby that never received its last commits, or a restore from before them, its
+   * applied entries would wait, shown as waiting for the replica, until a new write came or the
+   * new history's WAL passed their old commit LSNs: hours on a quiet site. So while entries wait
+   * for the replica, an idle partition asks every few seconds; a change found is handled as a
+   * batch's would be. A failure to ask is left to the next batch or the next look.
+   */
+  async #checkMainWhileIdle(): Promise<void> {
+    const { mainChange, eventLog } = this.#deps;
+    const seen = this.#mainSeen;
+    if (!seen || !mainChange || Date.now() - this.#mainCheckedAt < IDLE_MAIN_CHECK_MS) {
+      return;
+    }
+    this.#mainCheckedAt = Date.now();
+    if ((await eventLog.peekApplied(this.#partition, 1)).length === 0) {
+      return;
+    }
+    const change = await mainChange(seen).catch(() => undefined);
+    if (change) {
+      throw change;
     }
   }
 

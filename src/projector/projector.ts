@@ -10,7 +10,7 @@ import { blockingConnection, isNoGroup, watchConnection } from '../log/redis.ts'
 import { trimHalfHistory, trimPartition } from '../log/retention.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { applyBatches } from './apply-batch.ts';
+import { applyBatches, mainChangeSince } from './apply-batch.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
 import { LeaseManager } from './leases.ts';
@@ -255,6 +255,7 @@ export class Projector {
     const consumer = new PartitionConsumer({
       ...this.#deps,
       apply: (request) => this.#combiner.apply(request),
+      mainChange: (seen) => mainChangeSince(this.#deps.pool, seen),
       reader,
       lease,
       leaseValid: () => this.#leases.isValid(lease.partition),
