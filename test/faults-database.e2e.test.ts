@@ -14,16 +14,20 @@ import { BlackholeProxy } from './harness/proxy.ts';
 const breakerOf = async (h: Harness) => (await h.get('/health')).body.circuit_breaker as string;
 
 /**
- * After a test that stopped a server: start it again for the files after this one, then close.
- * The harness is unset when the test never ran (filtered out, or failed before starting it).
+ * Closes a site, and then the proxy its database link went through, whether or not the site
+ * closed. Each is unset when the test never ran or failed before making it.
  */
-const restartAndClose = async (h: Harness | undefined) => {
-  if (h === undefined) {
-    return;
+const closeBehind = async (h: Harness | undefined, proxy: BlackholeProxy | undefined) => {
+  proxy?.heal();
+  try {
+    await h?.close();
+  } finally {
+    await proxy?.close();
   }
-  await stackUp(h.stackOptions());
-  await h?.close();
 };
+
+/** The harness is unset when the test never ran (filtered out, or failed before starting it). */
+const restartAndClose = (h: Harness | undefined) => h?.restartStackAndClose();
 
 void describe('database faults under load', () => {
   void describe('main PostgreSQL stopped for 30 s', () => {
@@ -92,6 +96,15 @@ void describe('database faults under load', () => {
       assert.equal(report.projector_leases_unknown, 'the main database cannot be reached');
       assert.equal(report.site_claim, null);
       assert.equal(report.site_claim_unknown, 'the main database cannot be reached');
+      // The writes the projector read since the crash wait for it, not for the replica.
+      const unapplied = report.entries.filter(
+        (e: { waiting_for: string }) => e.waiting_for === 'projection',
+      );
+      assert.ok(unapplied.length > 0, JSON.stringify(report.entries).slice(0, 2000));
+      for (const entry of unapplied) {
+        assert.equal(entry.commit_lsn, null, JSON.stringify(entry));
+      }
+      assert.match(pending.stdout, / {2}projection( |$)/m, 'the table names what they wait for');
       // What the integrity alert sends the operator to still answers, from the replica.
       const status = await runCli(h, ['integrity', 'status', '--json']);
       assert.equal(status.code, 0, status.stderr);
@@ -354,10 +367,8 @@ void describe('database faults under load', () => {
     let lockHolder: pg.PoolClient | undefined;
     after(async () => {
       // Each is unset when the test was never run or failed before making it.
-      proxy?.heal();
       lockHolder?.release(true);
-      await h?.close();
-      await proxy?.close();
+      await closeBehind(h, proxy);
     });
 
     void it('does not hang: writes and merged reads keep answering, the breaker opens, the backlog drains after', async () => {
@@ -463,11 +474,7 @@ void describe('database faults under load', () => {
   void describe('the service started while the link to its main database drops packets', () => {
     let h: Harness | undefined;
     let proxy: BlackholeProxy | undefined;
-    after(async () => {
-      proxy?.heal();
-      await h?.close();
-      await proxy?.close();
-    });
+    after(() => closeBehind(h, proxy));
 
     void it('takes writes at once, before the main database has said anything', async () => {
       const stack = (await import('./harness/harness.ts')).testStack();
@@ -499,11 +506,7 @@ void describe('database faults under load', () => {
   void describe('the link to the read replica silently dropping packets', () => {
     let h: Harness | undefined;
     let proxy: BlackholeProxy | undefined;
-    after(async () => {
-      proxy?.heal();
-      await h?.close();
-      await proxy?.close();
-    });
+    after(() => closeBehind(h, proxy));
 
     void it("waits out the replica's timeout once: then writes that check an id go on through the main database, reads answer 503 at once, and both recover with it", async () => {
       const stack = (await import('./harness/harness.ts')).testStack();
@@ -619,8 +622,11 @@ void describe('database faults under load', () => {
   void describe('Redis filling to its maxmemory while the main database is away', () => {
     let h: Harness;
     after(async () => {
-      await h?.redis.config('SET', 'maxmemory', '0');
-      await restartAndClose(h);
+      try {
+        await h?.redis.config('SET', 'maxmemory', '0');
+      } finally {
+        await restartAndClose(h);
+      }
     });
 
     void it('refuses writes saying why, still drains once the database is back even past maxmemory, then takes writes again', async () => {

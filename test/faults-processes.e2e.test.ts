@@ -374,10 +374,7 @@ void describe('process faults under load', () => {
     let h: Harness;
     after(async () => {
       // Unset when the test failed before starting its site, which then killed nothing.
-      if (h !== undefined) {
-        await stackUp(h.stackOptions());
-        await h?.close();
-      }
+      await h?.restartStackAndClose();
     });
 
     void it('still holds every event that was answered 201', async () => {
@@ -461,10 +458,7 @@ void describe('process faults under load', () => {
     let h: Harness;
     after(async () => {
       // Unset when the test failed before starting its site, which then killed nothing.
-      if (h !== undefined) {
-        await stackUp(h.stackOptions());
-        await h?.close();
-      }
+      await h?.restartStackAndClose();
     });
 
     void it('applies what is written after it: the projector creates the consumer groups again', async () => {

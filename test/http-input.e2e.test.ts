@@ -298,6 +298,67 @@ void describe('HTTP input', () => {
       assert.deepEqual(nested.details, [{ path: 'files.1.sizeBytes', message: 'unknown field' }]);
     });
 
+    void it('registers 1 to 1,000 files a request: none and 1,001 are refused, naming files', async () => {
+      const unit = (await h.post('/executed_obs_units/start', start)).body.id;
+      const files = (count: number) =>
+        Array.from({ length: count }, (_, i) => fileRow(`/bounds/${count}/${i}`));
+      for (const count of [0, 1001]) {
+        const error = await appendsNothing(
+          () => h.post('/raw_data_files', { executed_obs_unit_id: unit, files: files(count) }),
+          400,
+          'validation_failed',
+        );
+        assert.deepEqual(
+          error.details.map((d: { path: string }) => d.path),
+          ['files'],
+          `${count} files`,
+        );
+      }
+      const most = await h.post('/raw_data_files', {
+        executed_obs_unit_id: unit,
+        files: files(1000),
+      });
+      assert.equal(most.status, 201, most.text);
+      assert.equal(new Set(most.body.ids).size, 1000);
+      assert.equal(new Set(most.body.event_ids).size, 1000);
+      const listed = await h.get(`/raw_data_files?executed_obs_unit_id=${unit}&limit=1000`);
+      assert.equal(listed.status, 200, listed.text);
+      assert.deepEqual(
+        listed.body.items.map((f: { id: string }) => f.id).sort(),
+        [...most.body.ids].sort(),
+      );
+    });
+
+    void it('pages a list by 100 unless asked for up to 1,000; a larger limit is refused, naming it', async () => {
+      const obs_unit_id = 'paged-by-default';
+      const started = new Set<string>();
+      for (let i = 0; i < 101; i += 1) {
+        const unit = await h.post('/executed_obs_units/start', { obs_unit_id, instrument: 'x' });
+        assert.equal(unit.status, 201, unit.text);
+        started.add(unit.body.id);
+      }
+      const list = (query: string) =>
+        h.get(`/executed_obs_units?obs_unit_id=${obs_unit_id}${query}`);
+      const first = await list('');
+      assert.equal(first.status, 200, first.text);
+      assert.equal(first.body.items.length, 100);
+      assert.equal(typeof first.body.next_cursor, 'string');
+      const rest = await list(`&cursor=${encodeURIComponent(first.body.next_cursor)}`);
+      assert.equal(rest.status, 200, rest.text);
+      const paged = [...first.body.items, ...rest.body.items].map((u: { id: string }) => u.id);
+      assert.deepEqual(new Set(paged), started);
+      assert.equal(paged.length, started.size, 'no unit on both pages');
+      const whole = await list('&limit=1000');
+      assert.equal(whole.body.items.length, 101);
+      const over = await list('&limit=1001');
+      assert.equal(over.status, 400, over.text);
+      assert.equal(over.body.error.code, 'validation_failed');
+      assert.deepEqual(
+        over.body.error.details.map((d: { path: string }) => d.path),
+        ['limit'],
+      );
+    });
+
     void it('refuses an unknown enum value and points at files.N.field in a bulk', async () => {
       await appendsNothing(
         () => h.post(`/executed_obs_units/${unitId}/finish`, { status: 'done' }),

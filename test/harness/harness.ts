@@ -8,7 +8,7 @@ import { createRedis } from '../../src/log/redis.ts';
 import { createLogger } from '../../src/observability/logger.ts';
 import { PROJECT_ROOT } from '../../src/paths.ts';
 import { type Role, type Service, startService } from '../../src/service.ts';
-import type { StackOptions } from '../../src/stack/stack.ts';
+import { type StackOptions, stackUp } from '../../src/stack/stack.ts';
 import { type SteadyLoad, steadyLoad } from './load.ts';
 import { freePort, recordSite, type TestStack, withDatabase } from './services.ts';
 
@@ -372,6 +372,18 @@ export class Harness {
     );
     this.#loads.push(load);
     return load;
+  }
+
+  /**
+   * After a test that stopped or killed one of the stack's servers: starts them again for the
+   * files after this one, then closes, whether or not they started.
+   */
+  async restartStackAndClose(): Promise<void> {
+    try {
+      await stackUp(this.stackOptions());
+    } finally {
+      await this.close();
+    }
   }
 
   async close(): Promise<void> {
