@@ -21,15 +21,18 @@ export class ReplicaAwayError extends Error {
  * not answer (frozen, or behind a link that drops packets) costs each call its connect or query
  * timeout, 5 to 10 s, and holds a pooled connection as long: every write naming a configuration
  * would take that long, and the pool would fill. So once a call times out, calls are refused at
- * once (write checks then ask the main database, reads answer 503). The first call refused after
- * a cool-down of a few seconds starts a `SELECT 1` in the background, which closes the breaker
- * when it is answered; no request waits for it. A pool only busy (every connection in use for
- * the connect timeout) does not open it: an overloaded healthy replica says the same.
+ * once (write checks then ask the main database, reads answer 503). After a cool-down of a few
+ * seconds a `SELECT 1` goes in the background, which closes the breaker when it is answered; no
+ * request waits for it. It goes on its own too, not only when a call is refused: on a site that
+ * nobody reads from overnight, the breaker (its gauge, and the alert on it) would otherwise stay
+ * open for hours after the replica came back. A pool only busy (every connection in use for the
+ * connect timeout) does not open it: an overloaded healthy replica says the same.
  */
 export class ReplicaLink {
   readonly #breaker: CircuitBreaker;
   #lastTimeout: unknown;
   #reportedAway = false;
+  #nextLook: NodeJS.Timeout | undefined;
 
   /**
    * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`,
@@ -47,6 +50,9 @@ export class ReplicaLink {
       // Said once each way, not at every look that finds it still away.
       onChange: (state) => {
         gauge?.set({ target: 'replica' }, BREAKER_GAUGE[state]);
+        if (state === 'open') {
+          this.#lookAgainLater();
+        }
         if (state === 'open' && !this.#reportedAway) {
           this.#reportedAway = true;
           logger.warn(
@@ -78,6 +84,25 @@ export class ReplicaLink {
       this.#record(err);
       throw err;
     }
+  }
+
+  /** One look at a time, once the cool-down is over; again while the replica stays away. */
+  #lookAgainLater() {
+    if (this.#nextLook !== undefined) {
+      return;
+    }
+    this.#nextLook = setTimeout(
+      () => {
+        this.#nextLook = undefined;
+        this.#lookAgain();
+        if (this.#breaker.state === 'open') {
+          // Not over yet: a call timed out since, and the cool-down began again.
+          this.#lookAgainLater();
+        }
+      },
+      Math.max(1, this.#breaker.waitMs()),
+    );
+    this.#nextLook.unref();
   }
 
   #lookAgain() {
