@@ -2171,6 +2171,24 @@ void describe('outpost pending when nothing is applied', () => {
     const json = await runCliWith(standbyAsMain, ['pending', '--json']);
     assert.equal(json.code, 0, json.stderr);
     assert.match(JSON.parse(json.stdout).replica.main_refusal, /\(SQLSTATE 55000\)$/);
+    // /health says the same, where it only said `database: disconnected`.
+    const api = await h.startService('api', {
+      mainDatabaseUrl: h.config.replicaDatabaseUrl,
+      port: 0,
+    });
+    try {
+      const health = (await (await fetch(`http://127.0.0.1:${api.port}/health`)).json()) as {
+        database: string;
+        database_error?: string;
+      };
+      assert.equal(health.database, 'disconnected');
+      assert.match(health.database_error ?? '', /recovery is in progress.* \(SQLSTATE 55000\)$/);
+    } finally {
+      await h.stopService(api);
+    }
+    const connected = (await h.get('/health')).body;
+    assert.equal(connected.database, 'connected');
+    assert.equal('database_error' in connected, false, 'only while disconnected');
   });
 
   void it('names the partitions no projector holds, how long their entries waited, and the dead letters', async () => {

@@ -45,6 +45,11 @@ void describe('database faults under load', () => {
       assert.equal(health.status, 200, 'a site without its main database is degraded, not down');
       assert.equal(health.body.status, 'degraded');
       assert.equal(health.body.database, 'disconnected');
+      assert.doesNotMatch(
+        health.body.database_error,
+        /SQLSTATE/,
+        'a stopped server answers nothing',
+      );
       const outage = (await h.get('/metrics')).text;
       assert.match(outage, /^outpost_dependency_up\{dependency="main"\} 0$/m);
       assert.match(outage, /^outpost_dependency_up\{dependency="redis"\} 1$/m);

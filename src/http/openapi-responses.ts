@@ -184,6 +184,11 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
       site: { type: 'string' },
       role: { type: 'string', enum: ['main', 'secondary'] },
       database: connection,
+      database_error: nullable({
+        type: 'string',
+        description:
+          'only while the main database is disconnected: why, in its words (with its SQLSTATE when it answered and refused, as a standby in recovery or one with too many clients does)',
+      }),
       replica: connection,
       redis: connection,
       transaction_buffer: object({
@@ -240,7 +245,7 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         },
       }),
     },
-    ['api_tokens'],
+    ['api_tokens', 'database_error'],
   ),
   BufferStats: object({
     pending_transactions: count,

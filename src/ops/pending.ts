@@ -8,6 +8,7 @@ import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
 import { isNoGroup, pipelineReplies } from '../log/redis.ts';
 import {
+  databaseReason,
   isDatabaseAnswer,
   isDatabaseUnreachable,
   isStatementTimeout,
@@ -291,8 +292,7 @@ const replicaReport = async (deps: Deps): Promise<PendingReport['replica']> => {
       // Answered, but refused: a standby in recovery named as the main database after a
       // failover, a privilege revoked. Its words, not "cannot be reached", say what to mend.
       if (isDatabaseAnswer(err) && !isDatabaseUnreachable(err) && !isStatementTimeout(err)) {
-        const { message, code } = err as { message: string; code: string };
-        mainRefusal = `${message} (SQLSTATE ${code})`;
+        mainRefusal = databaseReason(err);
       }
       return undefined;
     });

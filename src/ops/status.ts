@@ -18,8 +18,8 @@ import { isLogFull, logMemoryRatio, probeWriteRefusal, readLogMemory } from '../
 import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { databaseReason } from '../projector/errors.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
-import { reasonOf } from '../reason.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
 import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
@@ -46,7 +46,9 @@ const PROBE_TIMEOUT_MS = 1500;
 const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
   Promise.race([
     work,
-    new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref()),
+    new Promise<T>((_, reject) =>
+      setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref(),
+    ),
   ]);
 
 const FAILED = Symbol('probe failed');
@@ -56,7 +58,7 @@ const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failur
   try {
     return { answer: await withTimeout(work, PROBE_TIMEOUT_MS) };
   } catch (err) {
-    return { failure: reasonOf(err) };
+    return { failure: databaseReason(err) };
   }
 };
 
@@ -82,13 +84,14 @@ export class StatusSource {
   async #positions() {
     const { main, replica, config } = this.#deps;
     const [mainLsn, position, replayState] = await Promise.all([
-      settle(mainWalLsn(main)),
+      answerOrReason(mainWalLsn(main)),
       answerOrReason(replicaPosition(replica, config.replicaIsMain)),
       // Wrapped: a primary serving as the replica has no replay state, which is not a failure.
       settle(replicaReplayState(replica).then((state) => ({ state }))),
     ]);
     return {
-      mainLsn,
+      mainLsn: mainLsn.answer,
+      mainFailure: mainLsn.failure,
       replicaPos: position.answer,
       replicaFailure: position.failure,
       replayState,
@@ -105,7 +108,7 @@ export class StatusSource {
     const [
       refusal,
       buffers,
-      { mainLsn, replicaPos, replicaFailure, replayState },
+      { mainLsn, mainFailure, replicaPos, replicaFailure, replayState },
       snapshot,
       memory,
       leases,
@@ -166,6 +169,9 @@ export class StatusSource {
       site: config.site,
       role: config.role,
       database: databaseUp ? 'connected' : 'disconnected',
+      // Why not, in the database's words: an address that does not answer, or a server that
+      // answered and refused (a standby in recovery, too many clients), are mended differently.
+      ...(databaseUp ? {} : { database_error: mainFailure ?? null }),
       replica: replicaUp ? 'connected' : 'disconnected',
       redis: redisUp ? 'connected' : 'disconnected',
       transaction_buffer: {

@@ -1,3 +1,4 @@
+import { reasonOf } from '../reason.ts';
 /**
  * Failures are classified, never caught wholesale: a transient failure (database unreachable,
  * serialization conflict, timeout) leaves the entries pending and never counts as an attempt; a
@@ -129,6 +130,12 @@ export const isDatabaseAnswer = (err: unknown): boolean => {
   const { code } = (err ?? {}) as { code?: unknown };
   return typeof code === 'string' && SQLSTATE.test(code);
 };
+
+/** A database's failure in its own words, with its SQLSTATE when the server answered. */
+export const databaseReason = (err: unknown): string =>
+  isDatabaseAnswer(err)
+    ? `${reasonOf(err)} (SQLSTATE ${String((err as { code: string }).code)})`
+    : reasonOf(err);
 
 /** Whether a failure came from a database: an error it answered with, or one reaching it. */
 export const isDatabaseFailure = (err: unknown): boolean =>

@@ -16,7 +16,7 @@ import {
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound, replayRange } from '../../ops/replay.ts';
-import { isDatabaseAnswer } from '../../projector/errors.ts';
+import { databaseReason, isDatabaseAnswer } from '../../projector/errors.ts';
 import { refuseWhenCountMoved, refuseWhenLogFull } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
@@ -255,10 +255,9 @@ export const registerIntegrityRoutes = (app: App, deps: AppDeps) => {
         }
         // PostgreSQL refused the refresh itself (a view's rows, a lock, a migration not run):
         // what it said is what an operator needs, not "internal error".
-        const { message, code } = err as { message: string; code: string };
         throw new ApiError(
           'internal',
-          `the main database refused the integrity refresh: ${message} (SQLSTATE ${code}); the last snapshot stands (GET /admin/integrity)`,
+          `the main database refused the integrity refresh: ${databaseReason(err)}; the last snapshot stands (GET /admin/integrity)`,
           undefined,
           { cause: err },
         );
