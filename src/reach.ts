@@ -1,5 +1,6 @@
 import { parse as parseConnectionString } from 'pg-connection-string';
 import { LOCAL_STACK, redisEndpoint } from './config.ts';
+import { databaseReason, isDatabaseAnswer } from './projector/errors.ts';
 import { reasonOf } from './reason.ts';
 
 const LOCAL_STACK_PORTS = new Set<string>(Object.values(LOCAL_STACK).map(String));
@@ -35,9 +36,19 @@ export const addressOf = (url: string): string => {
 
 /**
  * A server that did not answer, named with its address and the operator's next look: the
- * driver's own error names an address at best, never which of the site's servers it is.
+ * driver's own error names an address at best, never which of the site's servers it is. One that
+ * answered and would not serve (too many clients, starting up or shutting down, no such
+ * database) runs: asking whether it is running would send the operator the wrong way.
  */
 export const cannotReach = (what: string, url: string, reason: unknown): Error => {
+  if (isDatabaseAnswer(reason)) {
+    return new Error(
+      `${what} at ${addressOf(url)} answered and refused: ${databaseReason(reason)}`,
+      {
+        cause: reason,
+      },
+    );
+  }
   // `outpost stack status` knows only the local stack: elsewhere (compose, real hosts) the
   // operator's next look is the address itself.
   const nextStep = LOCAL_STACK_PORTS.has(whereIs(url).port)

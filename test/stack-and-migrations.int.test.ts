@@ -470,6 +470,21 @@ void describe('start-up against servers that do not answer, or a URL that names 
     );
   });
 
+  void it('says a server that answered refused, not that it cannot be reached: a database that does not exist', async () => {
+    const { mainUrl } = testStack();
+    const env = await envWith({ MAIN_DATABASE_URL: withDatabase(mainUrl, 'no_such_database') });
+    const { code, stderr } = await runCliWith(env, ['migrate']);
+    assert.equal(code, 1);
+    const address = new URL(mainUrl).host;
+    assert.match(
+      stderr,
+      new RegExp(
+        `^outpost: the main database at ${address.replaceAll('.', '\\.')} answered and refused: database "no_such_database" does not exist \\(SQLSTATE 3D000\\)$`,
+        'm',
+      ),
+    );
+  });
+
   void it('refuses a database URL its driver cannot parse before anything starts, without echoing it', async () => {
     const env = await envWith({ MAIN_DATABASE_URL: 'postgres://site:s3cret@db:54x2/outpost' });
     const { code, stderr } = await runCliWith(env, ['serve']);
