@@ -325,6 +325,13 @@ void describe('database faults under load', () => {
       const pending = await runCli(h, ['pending']);
       assert.equal(pending.code, 0, pending.stderr);
       assert.match(pending.stdout, /replica position unknown: /);
+      // A manual refresh runs on the main database, and says why it cannot tell it is visible.
+      const refreshed = await runCli(h, ['integrity', 'refresh']);
+      assert.equal(refreshed.code, 0, refreshed.stderr);
+      assert.match(
+        refreshed.stderr,
+        /^outpost: the read replica could not be asked whether it replayed this refresh \(.+\): integrity status reads the replica/m,
+      );
       // Writes naming what only the databases hold still go: the main database answers for it.
       const configured = await h.post('/executed_obs_units/start', {
         obs_unit_id: 'configured',

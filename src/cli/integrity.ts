@@ -9,6 +9,7 @@ import {
 import { replicaReached } from '../db/queries/replica.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
 import { nextRun } from '../integrity/schedule.ts';
+import { databaseReason } from '../projector/errors.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
 
@@ -35,16 +36,22 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
           }
           const { lsn, ...snapshot } = refreshed;
           // `integrity status` reads the replica: it shows this refresh once it has replayed it.
+          let lookFailed: unknown;
           const visible = await replicaReached(
             site.replica,
             site.config.replicaIsMain,
             lsn,
             REFRESH_VISIBLE_WAIT_MS,
+            (err) => {
+              lookFailed = err;
+            },
           );
           if (!visible) {
             // Else a status read next shows the earlier snapshot, as if this refresh had failed.
             process.stderr.write(
-              `outpost: the replica has not replayed this refresh yet: integrity status shows it once the replica reaches ${lsn}\n`,
+              lookFailed === undefined
+                ? `outpost: the replica has not replayed this refresh yet: integrity status shows it once the replica reaches ${lsn}\n`
+                : `outpost: the read replica could not be asked whether it replayed this refresh (${databaseReason(lookFailed)}): integrity status reads the replica, and shows it once the replica answers and reaches ${lsn}\n`,
             );
           }
           print(flags.json ? JSON.stringify(snapshot) : render(snapshot));

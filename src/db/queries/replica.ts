@@ -104,6 +104,7 @@ export const replicaReached = async (
   replicaIsMain: boolean,
   lsn: string,
   timeoutMs: number,
+  onLookFailed?: (err: unknown) => void,
 ): Promise<boolean> => {
   const deadline = Date.now() + timeoutMs;
   const target = parseLsn(lsn);
@@ -112,7 +113,10 @@ export const replicaReached = async (
     // would otherwise hold the caller for its query timeout.
     let timer: NodeJS.Timeout | undefined;
     const position = await Promise.race([
-      replicaPosition(replica, replicaIsMain, { withLag: false }).catch(() => undefined),
+      replicaPosition(replica, replicaIsMain, { withLag: false }).catch((err: unknown) => {
+        onLookFailed?.(err);
+        return undefined;
+      }),
       new Promise<undefined>((resolve) => {
         timer = setTimeout(() => resolve(undefined), Math.max(0, deadline - Date.now()));
       }),
