@@ -1263,6 +1263,55 @@ void describe('the local log', () => {
     });
   });
 
+  void describe('a partition count change racing a write under the old count', () => {
+    void it('is refused when a process with the old count appends between the look at the log and the change', async () => {
+      const namespace = `count-${randomUUID()}`;
+      const two = new EventLog(redis, namespace, 2);
+      await two.ensureGroups();
+      await redis.set(partitionCountKey(namespace), '2');
+      const id = newIdInPartition(1, 2);
+      let appended = false;
+      // Its listing lapsed while Redis was away: it appends just as the new process changes the
+      // count, after that process found the log empty.
+      const late = new Proxy(redis, {
+        get: (target, name) =>
+          name === 'outpostPartitionCount' && !appended
+            ? async (...args: unknown[]) => {
+                appended = true;
+                const written = await two.append({
+                  partition: 1,
+                  events: [{ ...fileEvent(id, 0), event_id: id }],
+                });
+                assert.equal(written.kind, 'appended');
+                return Reflect.get(target, name, target).apply(target, args);
+              }
+            : Reflect.get(target, name, target),
+      });
+      await assert.rejects(
+        checkPartitionCount(new EventLog(late, namespace, 4), createLogger('silent')),
+        /OUTPOST_PARTITIONS is 4, but this site's log was written with 2 partitions and still holds 1 pending event\(s\)/,
+      );
+      assert.ok(appended);
+      assert.equal(await recordedPartitions(redis, namespace), 2, 'unchanged');
+      // Delivered and acknowledged, the partition holds nothing to apply: the change is taken.
+      const stream = two.keys(1).stream;
+      const read = (await redis.xreadgroup(
+        'GROUP',
+        CONSUMER_GROUP,
+        'c',
+        'STREAMS',
+        stream,
+        '>',
+      )) as [string, [string, string[]][]][];
+      const entryId = read[0]?.[1][0]?.[0] ?? '';
+      await redis.xack(stream, CONSUMER_GROUP, entryId);
+      await (
+        await checkPartitionCount(new EventLog(redis, namespace, 4), createLogger('silent'))
+      ).stop();
+      assert.equal(await recordedPartitions(redis, namespace), 4);
+    });
+  });
+
   void describe('a running process listed under its partition count', () => {
     void it("refuses writes once the site's count is changed under it, until the count is its own again", async () => {
       const namespace = `count-${randomUUID()}`;

@@ -146,7 +146,7 @@ type Commands = {
 };
 
 /** What listing a process in the site's roster found: see scripts/partition-count.lua. */
-export type RosterOutcome = ['listed'] | ['moved', string] | ['running', ...string[]];
+export type RosterOutcome = ['listed'] | ['moved', string] | ['running', ...string[]] | ['held'];
 
 export type Attempt = { at: string; error: string };
 
@@ -1018,10 +1018,18 @@ export class EventLog {
     member: string;
     listedMs: number;
   }): Promise<RosterOutcome> {
+    // Taking a change of count, the log under the count found must hold nothing still to apply.
+    const changing = listing.found !== '' && Number(listing.found) !== this.partitions;
+    const held = changing
+      ? new EventLog(this.#redis, this.namespace, Number(listing.found))
+          .allKeys()
+          .flatMap((keys) => [keys.stream, keys.deadLetters])
+      : [];
     return this.#redis.outpostPartitionCount(
-      2,
+      2 + held.length,
       partitionCountKey(this.namespace),
       processRosterKey(this.namespace),
+      ...held,
       String(this.partitions),
       listing.found,
       listing.member,

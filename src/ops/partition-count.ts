@@ -82,6 +82,10 @@ export const checkPartitionCount = async (
       }
       return keepListed(eventLog, { member, relistEveryMs }, logger, String(partitions));
     }
+    if (state === 'held') {
+      // Appended to since this look, by a process with the old count: the next look says what.
+      continue;
+    }
     if (state === 'running') {
       throw new PartitionCountError(
         `OUTPOST_PARTITIONS is ${partitions}, but ${detail.length} process(es) of this site still run with another count: ${detail.map(describeMember).join('; ')}. Stop them first (a process stays listed ${LISTED_MS / 1000} s after it stops)`,

@@ -4,10 +4,50 @@
 -- both pass: whichever comes second sees the first listed, or the count it recorded.
 --
 -- KEYS[1] the recorded count  KEYS[2] the roster (member "<count> <name>", score: listed until)
+-- KEYS[3..] when this call would change the count: each partition's stream and dead letters
+-- under the recorded one
 -- ARGV[1] this process's count  ARGV[2] the count it found recorded ('' for none)
 -- ARGV[3] its member  ARGV[4] milliseconds it stays listed without another call
 -- Returns {'listed'}; {'moved', count} when the recorded count is no longer the one it found;
--- {'running', member...} for the listed processes that run with another count.
+-- {'running', member...} for the listed processes that run with another count; {'held'} when a
+-- partition of the recorded count holds an event still to apply, or a dead letter.
+--
+-- The caller looked at the log before this call; a process with the old count whose listing
+-- lapsed (Redis away) may have appended since, and its event would be left in a partition the new
+-- count never reads. The append script refuses a count not recorded, and this call looks again in
+-- the same step as it records: between the two, no event slips through.
+
+local function entry_id_after(a, b)
+  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
+  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
+  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
+  return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
+end
+
+local function holds_work(stream, dead_letters)
+  if redis.call('XLEN', dead_letters) > 0 then
+    return true
+  end
+  local newest = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  if not newest then
+    return false
+  end
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
+  if not ok or #groups == 0 then
+    return true
+  end
+  for _, group in ipairs(groups) do
+    local fields = {}
+    for i = 1, #group, 2 do
+      fields[group[i]] = group[i + 1]
+    end
+    if tonumber(fields['pending']) > 0 or entry_id_after(newest[1], fields['last-delivered-id']) then
+      return true
+    end
+  end
+  return false
+end
+
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -24,6 +64,11 @@ if recorded ~= ARGV[1] then
   end
   if #others > 1 then
     return others
+  end
+  for i = 3, #KEYS, 2 do
+    if holds_work(KEYS[i], KEYS[i + 1]) then
+      return { 'held' }
+    end
   end
   redis.call('SET', KEYS[1], ARGV[1])
 end
