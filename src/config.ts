@@ -149,7 +149,25 @@ export const redisEndpoint = (url: string): { host: string; port: string } | { p
   return path ? { path } : { host: parsed.hostname, port: parsed.port || '6379' };
 };
 
-const redisUrl = connectionUrl(/^(rediss?|unix):\/\//, REDIS_EXAMPLE, redisEndpoint);
+/**
+ * A Redis URL as ioredis will read it: it decodes the user name and password itself, and a `%`
+ * not written as `%25` would throw "URI malformed" at start-up, naming no variable.
+ */
+const readRedisUrl = (url: string) => {
+  const { username, password } = new URL(url);
+  for (const part of [username, password]) {
+    try {
+      decodeURIComponent(part);
+    } catch {
+      throw new Error(
+        'its user name or password holds a % not followed by two hex digits: write % as %25',
+      );
+    }
+  }
+  return redisEndpoint(url);
+};
+
+const redisUrl = connectionUrl(/^(rediss?|unix):\/\//, REDIS_EXAMPLE, readRedisUrl);
 
 /**
  * A URL naming no server, which its driver takes to mean this machine's default one (for pg,
@@ -191,7 +209,16 @@ const requireServer = (e: Record<string, unknown>, ctx: z.RefinementCtx) => {
 const Env = z
   .object({
     OUTPOST_PORT: wholeNumber(8080, { min: 0, max: 65535 }),
-    OUTPOST_SITE: z.string().min(1).max(64).default(hostname()),
+    // Stamped on every event and recorded as the site's name: a stray space or newline from a
+    // template would make another site, for the main database, of the same one.
+    OUTPOST_SITE: z
+      .string()
+      .min(1)
+      .max(64)
+      .regex(/^[^\s\p{Cc}](?:[^\p{Cc}]*[^\s\p{Cc}])?$/u, {
+        message: 'must not begin or end with white space, nor hold control characters',
+      })
+      .default(hostname()),
     OUTPOST_SITE_ROLE: z.enum(['main', 'secondary']).optional(),
     MAIN_DATABASE_URL: pgUrl.optional(),
     REPLICA_DATABASE_URL: pgUrl.optional(),

@@ -59,6 +59,19 @@ void describe('loadConfig', () => {
     );
   });
 
+  void it('refuses a site name with white space around it or control characters in it', () => {
+    for (const site of [' alma', 'alma ', 'alma\n', 'al\tma']) {
+      assert.throws(
+        () => loadConfig({ OUTPOST_SITE: site }),
+        (err: Error) => err instanceof ConfigError && err.message.includes('OUTPOST_SITE'),
+        JSON.stringify(site),
+      );
+    }
+    for (const site of ['alma', 'La Silla 2', 'Ñuñoa-3.6m']) {
+      assert.equal(loadConfig({ OUTPOST_SITE: site }).site, site);
+    }
+  });
+
   void it('refuses a connection URL its driver could not parse, or one naming no host, without echoing it', () => {
     const refusal = (env: Record<string, string>) => {
       try {
@@ -88,6 +101,8 @@ void describe('loadConfig', () => {
       ['REDIS_URL', 'redis://:s3cret@cache:6x79', /cannot be read as one/],
       ['REDIS_URL', 'redis://', /must name the server/],
       ['REDIS_URL', 'http://cache:6379', /must be a URL such as redis:/],
+      // ioredis decodes the password at start-up, where "URI malformed" names no variable.
+      ['REDIS_URL', 'redis://:s3cret50%off@cache:6379', /write % as %25/],
     ] as const) {
       const message = refusal({ MAIN_DATABASE_URL: 'postgres://u@db/outpost', [variable]: url });
       assert.match(message, new RegExp(`${variable}: `), url);
@@ -101,6 +116,7 @@ void describe('loadConfig', () => {
       ['MAIN_DATABASE_URL', 'postgres://u@[::1]:5432/outpost'],
       ['REDIS_URL', 'redis://cache:6379'],
       ['REDIS_URL', 'rediss://:pw@cache:6380/2'],
+      ['REDIS_URL', 'redis://:50%25off@cache:6379'],
       ['REDIS_URL', 'unix:///var/run/redis/redis.sock'],
       ['REDIS_URL', 'redis://localhost?path=/var/run/redis/redis.sock'],
     ] as const) {

@@ -485,6 +485,16 @@ void describe('start-up against servers that do not answer, or a URL that names 
     );
   });
 
+  void it('start refuses a variable the service would refuse before it starts the local stack', async () => {
+    const { code, stdout, stderr } = await runCliWith(
+      { PATH: process.env.PATH, HOME: process.env.HOME, OUTPOST_PORT: '80a' },
+      ['start'],
+    );
+    assert.equal(code, 1, stdout);
+    assert.match(stderr, /OUTPOST_PORT/);
+    assert.equal(stdout, '', 'nothing of the stack was started or reported');
+  });
+
   void it('refuses a database URL its driver cannot parse before anything starts, without echoing it', async () => {
     const env = await envWith({ MAIN_DATABASE_URL: 'postgres://site:s3cret@db:54x2/outpost' });
     const { code, stderr } = await runCliWith(env, ['serve']);

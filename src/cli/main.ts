@@ -187,9 +187,11 @@ const main = async (argv: string[]) => {
       return serveUntilSignalled((flags.only as Role | undefined) ?? 'all');
     }
     case 'start': {
+      // A variable the service would refuse is said before the stack starts, not after.
+      const { mainDatabaseUrl } = loadConfig();
       await stack('up', flags);
       // The schedule is the service's to give, as it starts.
-      await runMigrations(loadConfig().mainDatabaseUrl);
+      await runMigrations(mainDatabaseUrl);
       return serveUntilSignalled('all');
     }
     default:

@@ -12,6 +12,7 @@ import {
 import { dirname, join, resolve } from 'node:path';
 import pg from 'pg';
 import { MIN_REDIS_MAJOR } from '../log/redis.ts';
+import { reasonOf } from '../reason.ts';
 import {
   closedToPostgres,
   commandLineOf,
@@ -195,7 +196,9 @@ const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolea
   const settings: Record<string, string> = {
     listen_addresses: '127.0.0.1',
     port: String(port),
-    unix_socket_directories: dataDir,
+    // TCP only, as every client of the stack connects: a socket in the data folder of a deep
+    // checkout would pass the 107 bytes the kernel allows its path, and PostgreSQL not start.
+    unix_socket_directories: '',
     wal_level: 'replica',
     max_wal_senders: '10',
     // WAL kept for a replica that was down or cut off a while (deploy/postgres/outpost.conf):
@@ -254,7 +257,12 @@ const startPg = async (
       // as its local port for a moment. Nothing listens there (that was checked), so wait it out.
       const said = readFileSync(logFile).subarray(logged).toString();
       if (!/could not bind .*Address already in use/.test(said)) {
-        throw err;
+        // pg_ctl says only to examine the log: what the server said is the cause.
+        const lastLines = said.trim().split('\n').slice(-5).join('\n');
+        throw new Error(
+          `PostgreSQL in ${dataDir} did not start${lastLines ? `; its log (${logFile}) ends:\n${lastLines}` : ` (${reasonOf(err)})`}`,
+          { cause: err },
+        );
       }
       if (attempt === PORT_BUSY_ATTEMPTS) {
         throw new Error(
