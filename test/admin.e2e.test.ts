@@ -1051,12 +1051,20 @@ void describe('admin and incident tools', () => {
         h.redis.xrange(`${h.config.namespace}:{p${p}}:discarded`, '-', '+'),
       ),
     );
-    const records = audits.flat().map(([, fields]) => fields.join(' '));
-    assert.ok(
-      records.some(
-        (r) => r.includes(poison.event_id) && r.includes('test instrument, not real data'),
-      ),
-    );
+    const records = audits.flat().map(([, fields]) => {
+      const record: Record<string, string> = {};
+      for (let i = 0; i + 1 < fields.length; i += 2) {
+        record[fields[i] as string] = fields[i + 1] as string;
+      }
+      return record;
+    });
+    const record = records.find((r) => r.event_id === poison.event_id);
+    assert.ok(record, JSON.stringify(records));
+    assert.equal(record.reason, 'test instrument, not real data');
+    // Whole, so a discard found wrong after retention trimmed the stream can still be undone.
+    assert.equal(record.aggregate_type, 'executed_obs_unit');
+    assert.equal(JSON.parse(record.data ?? 'null').obs_unit_id, 'discard-me');
+    assert.ok(JSON.parse(record.attempts ?? '[]').length >= 1, record.attempts);
   });
 
   void it('names undecodable entries of the same entry id in two partitions apart, and acts on the one named', async () => {
@@ -1798,6 +1806,20 @@ void describe('dead retry while later events of the aggregate wait', () => {
     const behind = (await h.post('/raw_data_files', file('/o/behind'))).body;
     assert.equal(await settled(behind.event_ids[0]), 'dead');
     assert.match((await letterOf(behind.event_ids[0])).error, /derives from is dead-lettered/);
+    assert.deepEqual((await letterOf(behind.event_ids[0])).follows, [unit.id]);
+    // Retried while the start is still dead, it would only follow it back: refused, saying which.
+    const early = await h.request(
+      'POST',
+      `/admin/dead-letters/${behind.event_ids[0]}/retry`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(early.status, 409, early.text);
+    assert.match(
+      early.body.error.message,
+      new RegExp(`followed ${unit.id} into the dead letters, and ${unit.id} is still held there`),
+    );
+    assert.equal(await settled(behind.event_ids[0]), 'dead', 'nothing was put back');
 
     // A unit that is there holds back none of its files, whatever of its own is dead.
     const there = (

@@ -36,6 +36,8 @@ export type DeadLetter = {
   dead_at: string;
   data: unknown;
   written_by: string | null;
+  /** The aggregates whose dead letters it followed into the dead letters, not failing itself. */
+  follows?: string[];
 };
 
 /**
@@ -60,6 +62,21 @@ export class RetryNotYetError extends Error {
  * them, the letters would apply after events accepted later. Once processed, those follow the
  * aggregate's block into the dead letters, and a retry takes them too.
  */
+/**
+ * The letter followed another aggregate into the dead letters (a file its unit's dead start), and
+ * that one is there still: retried now, it would only follow it back.
+ */
+export class FollowsDeadLetterError extends RetryNotYetError {
+  constructor(dead: DeadLetter, upstream: string) {
+    super(
+      dead,
+      `${dead.aggregate_type} ${dead.aggregate_id} followed ${upstream} into the dead letters, and ${upstream} is still held there: retried now, it would only follow it back. Retry or discard the letters of ${upstream} first (outpost dead list)`,
+      `it follows ${upstream}, still in the dead letters: retry or discard that first`,
+    );
+    this.name = 'FollowsDeadLetterError';
+  }
+}
+
 export class LaterEventsInFlightError extends RetryNotYetError {
   constructor(dead: DeadLetter, count: number) {
     super(
@@ -121,7 +138,7 @@ type Commands = {
   outpostRenameDeadLetter(numKeys: number, ...args: string[]): Promise<number>;
 };
 
-const META_FIELDS = ['original_entry_id', 'error', 'attempts'];
+const META_FIELDS = ['original_entry_id', 'error', 'attempts', 'follows'];
 
 /** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
 const eventFieldsOf = (fields: string[]): string[] => {
@@ -140,6 +157,8 @@ type RetryLetter = {
   type: string;
   fields: string[];
   originalEntryId: string;
+  /** The aggregates whose letters it followed into the dead letters. */
+  follows: string[];
 };
 type AggregateLetters = {
   /** In the order the partition's stream took their events (by original entry id). */
@@ -303,6 +322,8 @@ export class DeadLetters {
       history.at(-1)?.error ?? 'unknown',
       'attempts',
       JSON.stringify(history),
+      // What it followed, so a retry can tell it would only follow again.
+      ...(follows.length > 0 ? ['follows', follows.join(' ')] : []),
     );
     if (Array.isArray(filed)) {
       throw new NotHolderError(partition, entry.entryId, consumer);
@@ -342,6 +363,7 @@ export class DeadLetters {
       dead_at: new Date(entryTime(deadId)).toISOString(),
       data,
       written_by: record.written_by ?? null,
+      ...(record.follows ? { follows: record.follows.split(' ') } : {}),
     };
     return { letter, event };
   }
@@ -469,6 +491,18 @@ export class DeadLetters {
         return new Map<string, string>();
       }
       const keys = this.eventLog.keys(dead.partition);
+      const followed = [
+        ...new Set(letters.flatMap((l) => l.follows).filter((id) => id !== dead.aggregate_id)),
+      ];
+      if (followed.length > 0) {
+        // A file lives in its unit's partition, a package in its files' unit's: the blocks it
+        // followed are this partition's.
+        const stillBlocked = await this.#redis.smismember(keys.blockedAggregates, followed);
+        const upstream = followed.find((_, i) => stillBlocked[i] === 1);
+        if (upstream !== undefined) {
+          throw new FollowsDeadLetterError(dead, upstream);
+        }
+      }
       const live = this.eventLog.liveScriptArgs(dead.partition);
       const allKeys = [
         keys.stream,
@@ -615,10 +649,18 @@ export class DeadLetters {
       dead.original_entry_id,
       'aggregate_id',
       dead.aggregate_id,
+      'aggregate_type',
+      dead.aggregate_type,
       'type',
       dead.type,
       'error',
       dead.error,
+      // The event and its history outlive the stream entry retention trims: a discard found
+      // wrong later can still be read, and written again.
+      'attempts',
+      JSON.stringify(dead.attempts),
+      'data',
+      JSON.stringify(dead.data ?? null),
       'reason',
       reason,
       'by',
@@ -687,6 +729,7 @@ const decodeLetters = (partition: number, entries: readonly RawEntry[] = []): Ag
       type: event.type,
       fields,
       originalEntryId: record.original_entry_id ?? deadId,
+      follows: record.follows?.split(' ') ?? [],
     });
   }
   // In the order the stream took them, which the write guard checked them in and the projector
