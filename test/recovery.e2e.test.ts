@@ -70,6 +70,36 @@ const forget = async (h: Harness, ids: string[]) => {
   }
 };
 
+/**
+ * The main database restored from a backup taken between a unit's start and `lostEventId`, an
+ * update of it: the update is gone, the head, stats and projection as they were after the start.
+ */
+const loseUpdateAfterStart = async (
+  h: Harness,
+  unit: { id: string; event_id: string },
+  lostEventId: string,
+) => {
+  const statements: [string, ...string[]][] = [
+    ['DELETE FROM events WHERE event_id = $1', lostEventId],
+    [
+      `UPDATE aggregate_heads SET seq = 0, event_id = $2 WHERE aggregate_id = $1 AND ref = 'head'`,
+      unit.id,
+      unit.event_id,
+    ],
+    [
+      `UPDATE aggregate_stats SET event_count = 1,
+              last_event_at = (SELECT occurred_at FROM events WHERE event_id = $2)
+        WHERE aggregate_id = $1`,
+      unit.id,
+      unit.event_id,
+    ],
+    ['UPDATE executed_obs_units SET notes = NULL WHERE id = $1', unit.id],
+  ];
+  for (const [statement, ...params] of statements) {
+    await h.main.query(statement, params);
+  }
+};
+
 void describe('recovery', () => {
   void describe('restore of the main database from a dump, then replay', () => {
     let h: Harness;
@@ -260,6 +290,51 @@ void describe('recovery', () => {
       assert.equal(cli.code, 0, cli.stderr);
     });
 
+    void it('counts, in a dry run, a lost event of an aggregate blocked by a dead letter as one that would fail, as the run does', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'blocked-lost', instrument: 'x' })
+      ).body;
+      const lost = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'lost' });
+      assert.equal(lost.status, 202, lost.text);
+      await waitForAllAcknowledged(h);
+      await loseUpdateAfterStart(h, unit, lost.body.event_id);
+      // A later update of the unit that the main database refuses: the unit is blocked.
+      await h.main.query(
+        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+      );
+      const letters: string[] = [];
+      try {
+        const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, {
+          notes: 'poison',
+        });
+        assert.equal(poison.status, 202, poison.text);
+        letters.push(poison.body.event_id);
+        await waitFor(
+          async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
+          'the poison update to be dead-lettered',
+        );
+        const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
+        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
+        assert.equal(dry.code, 0, dry.stderr);
+        // Failed: the poison update, dead in the range, and the lost one, which would follow it.
+        const planned = JSON.parse(dry.stdout);
+        assert.deepEqual([planned.applied, planned.failed], [0, 2], dry.stdout);
+        const given = await runCli(h, ['replay', '--from', from, '--json']);
+        const report = JSON.parse(given.stdout);
+        assert.deepEqual([report.applied, report.failed], [0, 2], given.stdout);
+        letters.push(lost.body.event_id);
+      } finally {
+        await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+        for (const id of letters) {
+          await h.request('DELETE', `/admin/dead-letters/${id}?reason=test`, undefined, auth);
+        }
+      }
+      // The restore left the unit's row as the lost update made it: rewritten from its events,
+      // the database is clean for the next test.
+      const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
+      assert.equal(rebuilt.code, 0, rebuilt.stderr);
+    });
+
     void it('names the aggregates whose lost events a later event overtook, and still gives the events back', async () => {
       const unit = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'overtaken', instrument: 'miri' })
@@ -267,26 +342,7 @@ void describe('recovery', () => {
       const older = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'older' });
       assert.equal(older.status, 202, older.text);
       await waitForAllAcknowledged(h);
-      // Restored from a backup taken between the start and the older update: the update is gone,
-      // the head and stats are as they were after the start.
-      for (const [statement, ...params] of [
-        ['DELETE FROM events WHERE event_id = $1', older.body.event_id],
-        [
-          `UPDATE aggregate_heads SET seq = 0, event_id = $2 WHERE aggregate_id = $1 AND ref = 'head'`,
-          unit.id,
-          unit.event_id,
-        ],
-        [
-          `UPDATE aggregate_stats SET event_count = 1,
-                  last_event_at = (SELECT occurred_at FROM events WHERE event_id = $2)
-            WHERE aggregate_id = $1`,
-          unit.id,
-          unit.event_id,
-        ],
-        ['UPDATE executed_obs_units SET notes = NULL WHERE id = $1', unit.id],
-      ]) {
-        await h.main.query(statement, params);
-      }
+      await loseUpdateAfterStart(h, unit, older.body.event_id);
       const newer = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'newer' });
       assert.equal(newer.status, 202, newer.text);
       await waitForAllAcknowledged(h);

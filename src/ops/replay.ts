@@ -252,9 +252,12 @@ export const replay = async (
         if (partition !== keys.partition) {
           report.moved += group.length;
         }
-        await countOvertaken(deps, partition, group, report);
+        const behindDeadLetters = await countOvertaken(deps, partition, group, report);
         if (request.dryRun) {
-          report.applied += group.length;
+          // Appended, those of a blocked aggregate would follow its dead letter, not apply: the
+          // run counts them failed, and the dry run says so beforehand.
+          report.applied += group.length - behindDeadLetters;
+          report.failed += behindDeadLetters;
         } else {
           const appended = await deps.eventLog.append({
             partition,
@@ -565,9 +568,9 @@ const countOvertaken = async (
   partition: number,
   missing: readonly LogEntry[],
   report: ReplayReport,
-) => {
+): Promise<number> => {
   if (missing.length === 0) {
-    return;
+    return 0;
   }
   const aggregateIds = [...new Set(missing.map((e) => e.event.aggregate_id))];
   const [inflight, blocked, { rows: laterApplied }] = await Promise.all([
@@ -608,6 +611,7 @@ const countOvertaken = async (
       }
     }
   }
+  return missing.filter(({ event }) => blockedIds.has(event.aggregate_id)).length;
 };
 
 const waitForOutcome = async (
