@@ -3,9 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -f deploy/prometheus/alerts.yml ]; then
+  # The scrape configuration too, with the rule files it names.
+  promtool check config deploy/prometheus/prometheus.yml
   promtool check rules deploy/prometheus/alerts.yml
   promtool test rules deploy/prometheus/alerts.test.yml
 fi
+# The database images' start-up scripts run only under Docker: at least they must parse.
+for script in deploy/postgres/*.sh; do
+  bash -n "$script"
+done
 if [ -f compose.yaml ]; then
   docker-compose -f compose.yaml config --quiet
 fi

@@ -7,6 +7,14 @@ set -euo pipefail
 deploy_tools=false
 [ "${1:-}" = --deploy-tools ] && deploy_tools=true
 
+# tsx's --import hook (the tests, the CLI from a checkout) needs Node 20.6 or later; Debian 12's
+# own nodejs package is 18, which npm ci only warns about.
+if ! node -e 'const [major, minor] = process.versions.node.split(".").map(Number);
+  process.exit(major > 20 || (major === 20 && minor >= 6) ? 0 : 1)' 2>/dev/null; then
+  echo "Node.js $(node --version 2>/dev/null || echo 'is missing'): Outpost needs 20.6 or later (nodejs.org, or NodeSource's Debian packages)" >&2
+  exit 1
+fi
+
 missing=()
 pg_bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
 [ -n "$pg_bindir" ] && [ -x "$pg_bindir/initdb" ] || missing+=(postgresql)
@@ -18,6 +26,7 @@ else
 fi
 command -v redis-server >/dev/null || missing+=(redis-server)
 if $deploy_tools; then
+  command -v curl >/dev/null || missing+=(curl) # the quick start's check asks /health with it
   command -v promtool >/dev/null || missing+=(prometheus)
   command -v docker-compose >/dev/null || missing+=(docker-compose)
 fi
