@@ -300,7 +300,7 @@ void describe('recovery', () => {
       await loseUpdateAfterStart(h, unit, lost.body.event_id);
       // A later update of the unit that the main database refuses: the unit is blocked.
       await h.main.query(
-        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
       );
       const letters: string[] = [];
       try {
@@ -324,7 +324,9 @@ void describe('recovery', () => {
         assert.deepEqual([report.applied, report.failed], [0, 2], given.stdout);
         letters.push(lost.body.event_id);
       } finally {
-        await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+        await h.main.query(
+          'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',
+        );
         for (const id of letters) {
           await h.request('DELETE', `/admin/dead-letters/${id}?reason=test`, undefined, auth);
         }
