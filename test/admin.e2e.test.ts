@@ -772,6 +772,52 @@ void describe('admin and incident tools', () => {
     assert.equal(files.status, 404, `files for a unit that never was: ${files.text}`);
   });
 
+  void it("lists, shows and discards a dead entry written past the API with fields named as the letter's own", async () => {
+    const { log, partition, patch, discardLetters } = await unitForUnreadablePatches(
+      h,
+      'undecodable-clash',
+    );
+    const clash = patch('clash');
+    // Undecodable, and carrying an `attempts` that is no JSON and an `original_entry_id` of its own.
+    const fields = [
+      ...withField(encodeFieldPerProperty(clash), 'data', '{not json'),
+      'attempts',
+      'x',
+      'original_entry_id',
+      '1-1',
+    ];
+    const entryId = await log.redis.xadd(log.keys(partition).stream, '*', ...fields);
+    const projector = await h.startService('projector');
+    try {
+      assert.equal(await settledState(h, clash.event_id), 'dead');
+      const listed = await h.request(
+        'GET',
+        '/admin/dead-letters?limit=1000',
+        undefined,
+        auth(TOKEN),
+      );
+      assert.equal(listed.status, 200, listed.text);
+      const letter = listed.body.items.find(
+        (item: { event_id: string }) => item.event_id === clash.event_id,
+      );
+      assert.ok(letter, listed.text.slice(0, 2000));
+      assert.equal(letter.original_entry_id, entryId, 'the letter says where the entry was');
+      assert.ok(letter.attempts.length >= 1, JSON.stringify(letter.attempts));
+      const shown = await runCli(h, ['dead', 'show', clash.event_id, '--json']);
+      assert.equal(shown.code, 0, shown.stderr);
+    } finally {
+      await discardLetters([clash]);
+      await h.stopService(projector);
+    }
+    const gone = await h.request(
+      'GET',
+      `/admin/dead-letters/${clash.event_id}`,
+      undefined,
+      auth(TOKEN),
+    );
+    assert.equal(gone.status, 404, 'discarded');
+  });
+
   void it("applies a unit's events before an undecodable entry of it in the same batch, and holds those after", async () => {
     const { log, unit, partition, patch, appendUnreadable, discardLetters } =
       await unitForUnreadablePatches(h, 'undecodable-middle');

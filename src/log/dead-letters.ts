@@ -140,6 +140,33 @@ type Commands = {
 
 const META_FIELDS = ['original_entry_id', 'error', 'attempts', 'follows'];
 
+/**
+ * A dead-letter entry's fields by name. What the dead-lettering added comes after the event's own
+ * fields and wins over them: an entry written past the API may carry an `attempts` or an
+ * `original_entry_id` of its own, which read first would stand for the letter's (and one that is
+ * no JSON would fail every page of the list that reaches it).
+ */
+const letterRecord = (fields: readonly string[]): Record<string, string> => {
+  const record = entryRecord(fields);
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const name = fields[i] as string;
+    if (META_FIELDS.includes(name)) {
+      record[name] = fields[i + 1] as string;
+    }
+  }
+  return record;
+};
+
+/** A letter's attempt history; one that does not read (written by hand, say) shows as none. */
+const attemptsOf = (text: string | undefined): Attempt[] => {
+  try {
+    const attempts: unknown = JSON.parse(text ?? '[]');
+    return Array.isArray(attempts) ? (attempts as Attempt[]) : [];
+  } catch {
+    return [];
+  }
+};
+
 /** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
 const eventFieldsOf = (fields: string[]): string[] => {
   const out: string[] = [];
@@ -236,7 +263,7 @@ export class DeadLetters {
             continue;
           }
           // Its record only: a letter whose attempts or data do not decode is still renamed.
-          const record = entryRecord(fields);
+          const record = letterRecord(fields);
           const listed = deadLetterIdOf(record.event_id, record.original_entry_id || deadId);
           if (listed !== name) {
             renamed += await this.#redis.outpostRenameDeadLetter(
@@ -340,7 +367,7 @@ export class DeadLetters {
     partition: number,
     [deadId, fields]: RawEntry,
   ): { letter: DeadLetter; event: Envelope | undefined } {
-    const record = entryRecord(fields);
+    const record = letterRecord(fields);
     let event: Envelope | undefined;
     try {
       event = decodeEntry([deadId, eventFieldsOf(fields)]).event;
@@ -359,7 +386,7 @@ export class DeadLetters {
       aggregate_type: aggregateTypeOf(record) ?? '',
       type: record.type ?? '',
       error: record.error ?? '',
-      attempts: JSON.parse(record.attempts ?? '[]') as Attempt[],
+      attempts: attemptsOf(record.attempts),
       dead_at: new Date(entryTime(deadId)).toISOString(),
       data,
       written_by: record.written_by ?? null,
@@ -711,7 +738,7 @@ const decodeLetters = (partition: number, entries: readonly RawEntry[] = []): Ag
   const decoded: AggregateLetters = { letters: [], undecodable: [] };
   for (const [deadId, raw] of entries) {
     const fields = eventFieldsOf(raw);
-    const record = entryRecord(raw);
+    const record = letterRecord(raw);
     let event: Envelope;
     try {
       event = decodeEntry([deadId, fields]).event;
