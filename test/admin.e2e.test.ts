@@ -1863,7 +1863,9 @@ void describe('dead retry while later events of the aggregate wait', () => {
     assert.equal(early.status, 409, early.text);
     assert.match(
       early.body.error.message,
-      new RegExp(`followed ${unit.id} into the dead letters, and ${unit.id} is still held there`),
+      new RegExp(
+        `followed ${unit.id} into the dead letters, and the creation of ${unit.id} is still held there`,
+      ),
     );
     assert.equal(await settled(behind.event_ids[0]), 'dead', 'nothing was put back');
 
@@ -1896,6 +1898,41 @@ void describe('dead retry while later events of the aggregate wait', () => {
       [],
     );
     await h.stopService(projector);
+  });
+
+  void it("retries a file that followed its unit's dead start once the start is applied, whatever of the unit is dead since", async () => {
+    const h = site();
+    const projector = await h.startService('projector');
+    try {
+      await h.main.query(
+        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_start CHECK (instrument <> 'poison') NOT VALID",
+      );
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'followed', instrument: 'poison' })
+      ).body;
+      assert.equal(await settledState(h, unit.event_id), 'dead');
+      const file = (
+        await h.post('/raw_data_files', {
+          executed_obs_unit_id: unit.id,
+          files: [{ path: '/f/1', size_bytes: 1, checksum: 'ab', checksum_algorithm: 'xxh64' }],
+        })
+      ).body;
+      assert.equal(await settledState(h, file.event_ids[0]), 'dead');
+      await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison_start');
+      const start = await retryLetter(h, unit.event_id);
+      assert.equal(start.status, 200, start.text);
+      assert.equal(await settledState(h, unit.event_id), 'confirmed');
+      // The unit is blocked again, by a later update of its own: its files apply all the same.
+      await deadLetteredPatch(h, unit.id);
+      const retried = await retryLetter(h, file.event_ids[0]);
+      assert.equal(retried.status, 200, retried.text);
+      assert.equal(await settledState(h, file.event_ids[0]), 'confirmed');
+    } finally {
+      await h.main.query(
+        'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_start',
+      );
+      await h.stopService(projector);
+    }
   });
 
   void it('puts letters back in the order the stream took them, whatever the clocks that stamped them said', async () => {

@@ -1,5 +1,5 @@
 import type { Redis } from 'ioredis';
-import { AGGREGATE_TYPES, type Envelope } from '../domain/events.ts';
+import { AGGREGATE_TYPES, type Envelope, EVENT_TYPES, isEventType } from '../domain/events.ts';
 import { isCanonicalUuid, isUuid, partitionOf } from '../domain/ids.ts';
 import {
   aggregateTypeOf,
@@ -64,14 +64,14 @@ export class RetryNotYetError extends Error {
  */
 /**
  * The letter followed another aggregate into the dead letters (a file its unit's dead start), and
- * that one is there still: retried now, it would only follow it back.
+ * that one's creation is there still: retried now, it would only follow it back.
  */
 export class FollowsDeadLetterError extends RetryNotYetError {
   constructor(dead: DeadLetter, upstream: string) {
     super(
       dead,
-      `${dead.aggregate_type} ${dead.aggregate_id} followed ${upstream} into the dead letters, and ${upstream} is still held there: retried now, it would only follow it back. Retry or discard the letters of ${upstream} first (outpost dead list)`,
-      `it follows ${upstream}, still in the dead letters: retry or discard that first`,
+      `${dead.aggregate_type} ${dead.aggregate_id} followed ${upstream} into the dead letters, and the creation of ${upstream} is still held there: retried now, it would only follow it back. Retry or discard the letters of ${upstream} first (outpost dead list)`,
+      `it follows ${upstream}, whose creation is still in the dead letters: retry or discard that first`,
     );
     this.name = 'FollowsDeadLetterError';
   }
@@ -156,6 +156,8 @@ const letterRecord = (fields: readonly string[]): Record<string, string> => {
   }
   return record;
 };
+
+const createsAggregate = (type: string): boolean => isEventType(type) && EVENT_TYPES[type].creates;
 
 /** A letter's attempt history; one that does not read (written by hand, say) shows as none. */
 const attemptsOf = (text: string | undefined): Attempt[] => {
@@ -518,17 +520,9 @@ export class DeadLetters {
         return new Map<string, string>();
       }
       const keys = this.eventLog.keys(dead.partition);
-      const followed = [
-        ...new Set(letters.flatMap((l) => l.follows).filter((id) => id !== dead.aggregate_id)),
-      ];
-      if (followed.length > 0) {
-        // A file lives in its unit's partition, a package in its files' unit's: the blocks it
-        // followed are this partition's.
-        const stillBlocked = await this.#redis.smismember(keys.blockedAggregates, followed);
-        const upstream = followed.find((_, i) => stillBlocked[i] === 1);
-        if (upstream !== undefined) {
-          throw new FollowsDeadLetterError(dead, upstream);
-        }
+      const upstream = await this.#stillFollowed(dead, letters, reads);
+      if (upstream !== undefined) {
+        throw new FollowsDeadLetterError(dead, upstream);
       }
       const live = this.eventLog.liveScriptArgs(dead.partition);
       const allKeys = [
@@ -575,6 +569,41 @@ export class DeadLetters {
       });
       return retried;
     });
+  }
+
+  /**
+   * An aggregate that `letters` followed into the dead letters whose creation is still among them:
+   * retried now, they would follow it back, as what derives from an aggregate that is not there
+   * does. Once its creation is gone from them (retried and applied, or discarded) it holds them
+   * back no more, whatever of it is dead since: an applied unit holds back none of its files. A
+   * file lives in its unit's partition, a package in its files' unit's: what they followed is in
+   * this partition, among the letters `reads` holds for it (read by #lettersOf just before), each
+   * asked again in case it was retried or discarded since.
+   */
+  async #stillFollowed(
+    dead: DeadLetter,
+    letters: readonly RetryLetter[],
+    reads: LetterReads,
+  ): Promise<string | undefined> {
+    const byAggregate = reads.get(dead.partition)?.byAggregate;
+    const creations: { upstream: string; deadId: string }[] = [];
+    for (const upstream of new Set(letters.flatMap((letter) => letter.follows))) {
+      for (const [deadId, fields] of byAggregate?.get(upstream) ?? []) {
+        const { type } = letterRecord(fields);
+        if (upstream !== dead.aggregate_id && type !== undefined && createsAggregate(type)) {
+          creations.push({ upstream, deadId });
+        }
+      }
+    }
+    if (creations.length === 0) {
+      return undefined;
+    }
+    const pipeline = this.#redis.pipeline();
+    for (const { deadId } of creations) {
+      pipeline.xrange(this.eventLog.keys(dead.partition).deadLetters, deadId, deadId);
+    }
+    const found = (await pipelineReplies(pipeline)) as RawEntry[][];
+    return creations.find((_, i) => (found[i]?.length ?? 0) > 0)?.upstream;
   }
 
   /**
