@@ -1034,6 +1034,7 @@ export class EventLog {
       listing.found,
       listing.member,
       String(listing.listedMs),
+      CONSUMER_GROUP,
     );
   }
 

@@ -8,6 +8,7 @@
 -- under the recorded one
 -- ARGV[1] this process's count  ARGV[2] the count it found recorded ('' for none)
 -- ARGV[3] its member  ARGV[4] milliseconds it stays listed without another call
+-- ARGV[5] the projector's consumer group
 -- Returns {'listed'}; {'moved', count} when the recorded count is no longer the one it found;
 -- {'running', member...} for the listed processes that run with another count; {'held'} when a
 -- partition of the recorded count holds an event still to apply, or a dead letter.
@@ -32,17 +33,19 @@ local function holds_work(stream, dead_letters)
   if not newest then
     return false
   end
+  -- As the buffer counts it (undelivered.lua): a stream without the projector's group holds
+  -- nothing to deliver.
   local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if not ok or #groups == 0 then
-    return true
+  if not ok then
+    return false
   end
   for _, group in ipairs(groups) do
     local fields = {}
     for i = 1, #group, 2 do
       fields[group[i]] = group[i + 1]
     end
-    if tonumber(fields['pending']) > 0 or entry_id_after(newest[1], fields['last-delivered-id']) then
-      return true
+    if fields['name'] == ARGV[5] then
+      return tonumber(fields['pending']) > 0 or entry_id_after(newest[1], fields['last-delivered-id'])
     end
   end
   return false
