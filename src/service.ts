@@ -93,6 +93,7 @@ type Started = {
   /** The HTTP server once it listens. */
   server: () => ReturnType<typeof serve> | undefined;
   tokens: TokenStore;
+  replicaLink: ReplicaLink;
   capacity: LogCapacity | undefined;
   projector: Projector | undefined;
   acker: Acker | undefined;
@@ -138,6 +139,7 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
         });
       }
       parts.tokens.stop();
+      parts.replicaLink.stop();
       parts.capacity?.stop();
       await timed(logger, 'projector', async () => parts.projector?.stop());
       await timed(logger, 'acker', async () => parts.acker?.stop());
@@ -289,11 +291,18 @@ export const startService = async (
   });
   // Only API processes take writes; they keep the log's room for the backlog to drain.
   const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
+  // An API process has no acker: its own replica breaker is the one its gauge shows.
+  const replicaLink = new ReplicaLink(
+    replica,
+    logger.child({ module: 'replica-link' }),
+    acker === undefined ? metrics.breakerState : undefined,
+  );
   let server: ReturnType<typeof serve> | undefined;
   const stop = stopping(logger, {
     live,
     server: () => server,
     tokens,
+    replicaLink,
     capacity,
     projector,
     acker,
@@ -321,12 +330,7 @@ export const startService = async (
     deadLetters,
     main,
     replica,
-    // An API process has no acker: its own replica breaker is the one its gauge shows.
-    replicaLink: new ReplicaLink(
-      replica,
-      logger.child({ module: 'replica-link' }),
-      acker === undefined ? metrics.breakerState : undefined,
-    ),
+    replicaLink,
     metrics,
     logger,
     status,

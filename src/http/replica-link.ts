@@ -33,6 +33,7 @@ export class ReplicaLink {
   #lastTimeout: unknown;
   #reportedAway = false;
   #nextLook: NodeJS.Timeout | undefined;
+  #stopped = false;
 
   /**
    * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`,
@@ -86,9 +87,15 @@ export class ReplicaLink {
     }
   }
 
+  /** No more looks of its own: the process stops, and its pool with it. */
+  stop(): void {
+    this.#stopped = true;
+    clearTimeout(this.#nextLook);
+  }
+
   /** One look at a time, once the cool-down is over; again while the replica stays away. */
   #lookAgainLater() {
-    if (this.#nextLook !== undefined) {
+    if (this.#nextLook !== undefined || this.#stopped) {
       return;
     }
     this.#nextLook = setTimeout(
