@@ -71,6 +71,24 @@ const forget = async (h: Harness, ids: string[]) => {
 };
 
 /**
+ * A unit started and updated with `notes`, both applied and acknowledged, and then the main
+ * database restored from a backup taken between the two (loseUpdateAfterStart).
+ */
+const unitWithLostUpdate = async (h: Harness, obsUnitId: string, notes: string) => {
+  const started = await h.post('/executed_obs_units/start', {
+    obs_unit_id: obsUnitId,
+    instrument: 'x',
+  });
+  const unit = started.body as { id: string; event_id: string; accepted_at: string };
+  const update = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes });
+  assert.equal(update.status, 202, update.text);
+  await waitForAllAcknowledged(h);
+  const lost = update.body as { event_id: string };
+  await loseUpdateAfterStart(h, unit, lost.event_id);
+  return { unit, lost };
+};
+
+/**
  * The main database restored from a backup taken between a unit's start and `lostEventId`, an
  * update of it: the update is gone, the head, stats and projection as they were after the start.
  */
@@ -291,13 +309,7 @@ void describe('recovery', () => {
     });
 
     void it('counts, in a dry run, a lost event of an aggregate blocked by a dead letter as one that would fail, as the run does', async () => {
-      const unit = (
-        await h.post('/executed_obs_units/start', { obs_unit_id: 'blocked-lost', instrument: 'x' })
-      ).body;
-      const lost = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'lost' });
-      assert.equal(lost.status, 202, lost.text);
-      await waitForAllAcknowledged(h);
-      await loseUpdateAfterStart(h, unit, lost.body.event_id);
+      const { unit, lost } = await unitWithLostUpdate(h, 'blocked-lost', 'lost');
       // A later update of the unit that the main database refuses: the unit is blocked.
       await h.main.query(
         "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
@@ -322,7 +334,7 @@ void describe('recovery', () => {
         const given = await runCli(h, ['replay', '--from', from, '--json']);
         const report = JSON.parse(given.stdout);
         assert.deepEqual([report.applied, report.failed], [0, 2], given.stdout);
-        letters.push(lost.body.event_id);
+        letters.push(lost.event_id);
       } finally {
         await h.main.query(
           'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',
@@ -338,13 +350,7 @@ void describe('recovery', () => {
     });
 
     void it('names the aggregates whose lost events a later event overtook, and still gives the events back', async () => {
-      const unit = (
-        await h.post('/executed_obs_units/start', { obs_unit_id: 'overtaken', instrument: 'miri' })
-      ).body;
-      const older = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'older' });
-      assert.equal(older.status, 202, older.text);
-      await waitForAllAcknowledged(h);
-      await loseUpdateAfterStart(h, unit, older.body.event_id);
+      const { unit, lost: older } = await unitWithLostUpdate(h, 'overtaken', 'older');
       const newer = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'newer' });
       assert.equal(newer.status, 202, newer.text);
       await waitForAllAcknowledged(h);
@@ -375,7 +381,7 @@ void describe('recovery', () => {
       );
       assert.deepEqual(
         history.map((e) => e.event_id),
-        [unit.event_id, newer.body.event_id, older.body.event_id],
+        [unit.event_id, newer.body.event_id, older.event_id],
       );
       // The rows the late update left differ only for this unit; the rebuild rewrites them from
       // the events in that order, leaving a clean database for the next test.

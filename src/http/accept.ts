@@ -92,10 +92,7 @@ export const redisRefusal = (err: unknown): ApiError | undefined => {
     return logFull(undefined, err);
   }
   if (err instanceof PartitionCountMovedError) {
-    return new ApiError('log_unavailable', err.message, undefined, {
-      cause: err,
-      retryAfterSeconds: COUNT_MOVED_RETRY_AFTER_SECONDS,
-    });
+    return countMoved(err.message, err);
   }
   const refusal = writeRefusal(err);
   return refusal === undefined
@@ -122,8 +119,12 @@ export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
   }
 };
 
-/** A process with another partition count than the site's waits for its operator's restart. */
-const COUNT_MOVED_RETRY_AFTER_SECONDS = 30;
+/**
+ * The refusal of a process with another partition count than the site's: it waits for its
+ * operator's restart.
+ */
+const countMoved = (message: string, cause?: unknown) =>
+  new ApiError('log_unavailable', message, undefined, { cause, retryAfterSeconds: 30 });
 
 /**
  * Refuses what finds events by partition while the site's recorded partition count is not this
@@ -135,9 +136,7 @@ const COUNT_MOVED_RETRY_AFTER_SECONDS = 30;
 export const refuseWhenCountMoved = (deps: Pick<AppDeps, 'partitionCount'>): void => {
   const countError = deps.partitionCount?.countError;
   if (countError !== undefined) {
-    throw new ApiError('log_unavailable', countError, undefined, {
-      retryAfterSeconds: COUNT_MOVED_RETRY_AFTER_SECONDS,
-    });
+    throw countMoved(countError);
   }
 };
 

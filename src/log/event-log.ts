@@ -41,7 +41,7 @@ const readScript = (path: string) =>
  */
 export const script = (
   name: string,
-  ...libraries: ('applied' | 'entry-ids' | 'holder' | 'inflight' | 'letters' | 'live')[]
+  ...libraries: ('applied' | 'entry-ids' | 'groups' | 'holder' | 'inflight' | 'letters' | 'live')[]
 ) => {
   const [, shebang = '', body = ''] = /^(#!lua[^\n]*\n)?([\s\S]*)$/.exec(readScript(name)) ?? [];
   return shebang + [...libraries.map((library) => readScript(`lib/${library}`)), body].join('\n');
@@ -328,9 +328,13 @@ export class EventLog {
     redis.defineCommand('outpostUpgradeEventIndex', { lua: script('upgrade-event-index') });
     redis.defineCommand('outpostReleaseClaim', { lua: script('release-claim') });
     redis.defineCommand('outpostHoldKey', { lua: script('hold-key') });
-    redis.defineCommand('outpostPartitionCount', { lua: script('partition-count') });
+    redis.defineCommand('outpostPartitionCount', {
+      lua: script('partition-count', 'entry-ids', 'groups'),
+    });
     redis.defineCommand('outpostTrim', { lua: script('trim', 'entry-ids') });
-    redis.defineCommand('outpostUndelivered', { lua: script('undelivered', 'entry-ids') });
+    redis.defineCommand('outpostUndelivered', {
+      lua: script('undelivered', 'entry-ids', 'groups'),
+    });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];

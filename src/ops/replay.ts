@@ -2,6 +2,7 @@ import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
 import { partitionRootOf } from '../domain/events.ts';
 import { partitionOf } from '../domain/ids.ts';
+import { appendTo } from '../lists.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
 import {
   compareEntryIds,
@@ -462,13 +463,7 @@ const byCurrentPartition = (
 ): Map<number, LogEntry[]> => {
   const groups = new Map<number, LogEntry[]>();
   for (const entry of entries) {
-    const partition = currentPartitionOf(entry, partitions, readFrom);
-    const group = groups.get(partition);
-    if (group === undefined) {
-      groups.set(partition, [entry]);
-    } else {
-      group.push(entry);
-    }
+    appendTo(groups, currentPartitionOf(entry, partitions, readFrom), [entry]);
   }
   return groups;
 };

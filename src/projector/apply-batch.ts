@@ -20,6 +20,7 @@ import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { type Envelope, EVENT_TYPES, linksOf, upstreamIdsOf } from '../domain/events.ts';
 import { type AggregateState, evolve, FoldError, UpstreamNotAppliedError } from '../domain/fold.ts';
 import { isUuid } from '../domain/ids.ts';
+import { appendTo } from '../lists.ts';
 import type { LogEntry } from '../log/codec.ts';
 
 export type BatchResult = {
@@ -178,16 +179,6 @@ const planBatch = (
     }
   }
   return plan;
-};
-
-/** Adds `items` to the list under `key`, in place: a list per table grows by one state at a time. */
-const appendTo = <K, V>(lists: Map<K, V[]>, key: K, items: readonly V[]) => {
-  const list = lists.get(key);
-  if (list) {
-    list.push(...items);
-  } else {
-    lists.set(key, [...items]);
-  }
 };
 
 const eventRow = (

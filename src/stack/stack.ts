@@ -192,7 +192,7 @@ const redisPid = (redisDir: string): number | undefined => {
 /** Another user's process cannot be looked into, so it is not the Redis this stack started. */
 const workingIn = (pid: number, dir: string): boolean => sameDirectory(`/proc/${pid}/cwd`, dir);
 
-const pgSettings = (o: StackOptions, dataDir: string, port: number, cron: boolean): string[] => {
+const pgSettings = (o: StackOptions, port: number, cron: boolean): string[] => {
   const settings: Record<string, string> = {
     listen_addresses: '127.0.0.1',
     port: String(port),
@@ -233,7 +233,7 @@ const startPg = async (
     pathsOf(o.dir).logs,
     `${dataDir.endsWith('replica') ? 'replica' : 'main'}.log`,
   );
-  const options = pgSettings(o, dataDir, port, cron)
+  const options = pgSettings(o, port, cron)
     .map((part) => (part === '-c' ? part : `"${part}"`))
     .join(' ');
   for (let attempt = 1; ; attempt += 1) {

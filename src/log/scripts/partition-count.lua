@@ -18,13 +18,6 @@
 -- count never reads. The append script refuses a count not recorded, and this call looks again in
 -- the same step as it records: between the two, no event slips through.
 
-local function entry_id_after(a, b)
-  local a_ms, a_seq = string.match(a, '^(%d+)-(%d+)$')
-  local b_ms, b_seq = string.match(b, '^(%d+)-(%d+)$')
-  a_ms, b_ms = tonumber(a_ms), tonumber(b_ms)
-  return a_ms > b_ms or (a_ms == b_ms and tonumber(a_seq) > tonumber(b_seq))
-end
-
 local function holds_work(stream, dead_letters)
   if redis.call('XLEN', dead_letters) > 0 then
     return true
@@ -35,20 +28,9 @@ local function holds_work(stream, dead_letters)
   end
   -- As the buffer counts it (undelivered.lua): a stream without the projector's group holds
   -- nothing to deliver.
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if not ok then
-    return false
-  end
-  for _, group in ipairs(groups) do
-    local fields = {}
-    for i = 1, #group, 2 do
-      fields[group[i]] = group[i + 1]
-    end
-    if fields['name'] == ARGV[5] then
-      return tonumber(fields['pending']) > 0 or entry_id_after(newest[1], fields['last-delivered-id'])
-    end
-  end
-  return false
+  local group = group_info(stream, ARGV[5])
+  return group ~= nil
+    and (tonumber(group['pending']) > 0 or below(group['last-delivered-id'], newest[1]))
 end
 
 local time = redis.call('TIME')

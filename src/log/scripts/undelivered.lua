@@ -14,20 +14,7 @@
 -- KEYS[1] the stream  ARGV[1] the projector group  ARGV[2] the most entries to count
 -- Returns {the number undelivered, the group's last delivered id}: {0, '0-0'} without the stream
 -- or the group, which hold nothing to deliver.
-local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
-if not ok then
-  return { 0, '0-0' }
-end
-local group
-for _, candidate in ipairs(groups) do
-  local fields = {}
-  for i = 1, #candidate, 2 do
-    fields[candidate[i]] = candidate[i + 1]
-  end
-  if fields['name'] == ARGV[1] then
-    group = fields
-  end
-end
+local group = group_info(KEYS[1], ARGV[1])
 if not group then
   return { 0, '0-0' }
 end
