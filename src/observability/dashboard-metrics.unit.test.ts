@@ -114,6 +114,28 @@ void describe('dashboard and alert metrics', () => {
     assert.deepEqual(missing, []);
   });
 
+  void it('shows no age of a timestamp gauge that reads 0 for "never"', () => {
+    // time() - 0 would show 56 years for a site with no integrity snapshot yet.
+    const ages = dashboard.filter((expr) => /time\(\)\s*-/.test(expr));
+    assert.ok(ages.length > 0, 'the dashboard shows the snapshot age');
+    assert.deepEqual(
+      ages.filter((expr) => !/_timestamp_seconds\s*>\s*0\b/.test(expr)),
+      [],
+    );
+  });
+
+  void it("lists every alert in the deploy README's table", () => {
+    const names = [...repoFile('deploy/prometheus/alerts.yml').matchAll(/- alert: (\w+)/g)].map(
+      (match) => match[1],
+    );
+    assert.ok(names.length >= 20, `only ${names.length} alerts found`);
+    const table = repoFile('deploy/README.md');
+    assert.deepEqual(
+      names.filter((name) => !table.includes(`| \`${name}\` |`)),
+      [],
+    );
+  });
+
   void it('reads block and quoted expressions from YAML', () => {
     const yaml = [
       'rules:',
