@@ -13,7 +13,7 @@ import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
 import { LogCapacity, writeRefusedReason } from './log/capacity.ts';
 import { DeadLetters } from './log/dead-letters.ts';
-import { checkDurability } from './log/durability.ts';
+import { checkDurability, persistenceRefusal } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
 import { connectRedis, createRedis, requireRedisVersion, watchConnection } from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
@@ -290,8 +290,10 @@ export const startService = async (
     partitionCount: listing,
   });
   // Only API processes take writes; they keep the log's room for the backlog to drain.
-  const capacity = role === 'projector' ? undefined : new LogCapacity(redis);
-  // An API process has no acker: its own replica breaker is the one its gauge shows.
+  const capacity =
+    role === 'projector'
+      ? undefined
+      : new LogCapacity(redis, () => persistenceRefusal(redis, config.appendfsync));
   const replicaLink = new ReplicaLink(
     replica,
     logger.child({ module: 'replica-link' }),

@@ -551,6 +551,67 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe("Redis's fsync turned off under a running service (CONFIG SET appendfsync no)", () => {
+    let h: Harness | undefined;
+    after(async () => {
+      try {
+        await h?.redis.config('SET', 'appendfsync', 'always');
+      } finally {
+        await h?.close();
+      }
+    });
+
+    void it('refuses writes and names the setting, /health and the gauge say so, and writes resume once it is back', async () => {
+      const started = await Harness.start();
+      h = started;
+      const accepted = new Set<string>();
+      const start = async (obsUnitId: string) => {
+        const answer = await started.post('/executed_obs_units/start', {
+          obs_unit_id: obsUnitId,
+          instrument: 'x',
+        });
+        if (answer.status === 201) {
+          accepted.add(answer.body.event_id);
+        }
+        return answer;
+      };
+      assert.equal((await start('before-fsync-off')).status, 201);
+
+      // The start-up check passed; the setting changes under the running service.
+      await started.redis.config('SET', 'appendfsync', 'no');
+      let refused: Awaited<ReturnType<typeof start>> | undefined;
+      let tries = 0;
+      await waitFor(async () => {
+        tries += 1;
+        refused = await start(`while-fsync-off-${tries}`);
+        return refused.status === 503;
+      }, 'writes to be refused');
+      assert.equal(refused?.body.error.code, 'log_unavailable', refused?.text);
+      assert.match(
+        refused?.body.error.message ?? '',
+        /^the local log would not keep writes through a crash: Redis runs with appendfsync no: .*set appendfsync always/,
+      );
+      assert.equal(refused?.headers.get('retry-after'), '5');
+      const health = await started.get('/health');
+      assert.equal(health.status, 503, health.text);
+      assert.equal(health.body.status, 'unhealthy');
+      assert.equal(health.body.redis, 'connected');
+      assert.match(
+        health.body.transaction_buffer.write_error ?? '',
+        /^Redis runs with appendfsync no/,
+      );
+      assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 0);
+
+      await started.redis.config('SET', 'appendfsync', 'always');
+      await waitFor(async () => (await start('after-fsync-on')).status === 201, 'writes to resume');
+      const recovered = await started.get('/health');
+      assert.equal(recovered.body.transaction_buffer.write_error, null);
+      assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 1);
+      // Exactly the writes answered 201 reach the main database: the refused ones left nothing.
+      await audit(started, accepted);
+    });
+  });
+
   void describe('Redis refusing every write after a background save failed (a full disk)', () => {
     let h: Harness | undefined;
     after(async () => {

@@ -111,11 +111,23 @@ export const logUnavailable = (err: unknown, message: string): ApiError =>
   redisRefusal(err) ??
   new ApiError('log_unavailable', message, undefined, { cause: err, retryAfterSeconds: 1 });
 
-/** Refuses what would add events to a log that has no room left but the drain's. */
-export const refuseWhenLogFull = (deps: Pick<AppDeps, 'capacity'>): void => {
+/**
+ * Refuses what would add events to a log that has no room left but the drain's, or that would not
+ * keep them through a crash (its fsync turned off since the start, say): a 201 means durable.
+ */
+export const refuseUnlessLogKeepsWrites = (deps: Pick<AppDeps, 'capacity'>): void => {
   const full = deps.capacity?.full;
   if (full) {
     throw logFull(full);
+  }
+  const unsafe = deps.capacity?.unsafe;
+  if (unsafe !== undefined) {
+    throw new ApiError(
+      'log_unavailable',
+      `the local log would not keep writes through a crash: ${unsafe}; writes resume within a second of the change`,
+      undefined,
+      { retryAfterSeconds: 5 },
+    );
   }
 };
 
@@ -176,7 +188,7 @@ export const accept = async (
       : request.events.map((e) => ({ ...e, written_by: writer }));
   let result: AppendResult;
   try {
-    refuseWhenLogFull(deps);
+    refuseUnlessLogKeepsWrites(deps);
     result = await deps.eventLog.append({
       partition: request.partition,
       events,

@@ -94,18 +94,29 @@ export const logFullReason = (memory: LogMemory | undefined): string =>
     : 'the local log is full: Redis refuses writes at its maxmemory; writes resume once it has room again: raise maxmemory';
 
 /**
- * The write path's view of the log's memory, looked at every second off the request path: one
- * INFO a second, not one a write. A burst within that second may take some of the reserve, which
- * is what it is sized for.
+ * The write path's view of the log, looked at every second off the request path: one INFO and one
+ * CONFIG GET a second, not one a write. A burst within that second may take some of the reserve,
+ * which is what it is sized for.
  */
 export class LogCapacity {
   readonly #redis: Redis;
   readonly #intervalMs: number;
+  readonly #persistenceRefusal: () => Promise<string | undefined>;
   #memory: LogMemory | undefined;
+  #unsafe: string | undefined;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(redis: Redis, intervalMs = 1_000) {
+  /**
+   * `persistenceRefusal`: why Redis's settings now would not keep a 201 through a crash
+   * (durability.ts), or undefined while they would.
+   */
+  constructor(
+    redis: Redis,
+    persistenceRefusal: () => Promise<string | undefined>,
+    intervalMs = 1_000,
+  ) {
     this.#redis = redis;
+    this.#persistenceRefusal = persistenceRefusal;
     this.#intervalMs = intervalMs;
   }
 
@@ -124,11 +135,22 @@ export class LogCapacity {
     return this.#memory && isLogFull(this.#memory) ? this.#memory : undefined;
   }
 
+  /** Why Redis's settings last seen would not keep a write through a crash, else undefined. */
+  get unsafe(): string | undefined {
+    return this.#unsafe;
+  }
+
   /** Looks again now (after Redis refused a write for memory, say). A failed look keeps the last. */
   refresh(): void {
     readLogMemory(this.#redis).then(
       (memory) => {
         this.#memory = memory;
+      },
+      () => undefined,
+    );
+    this.#persistenceRefusal().then(
+      (refusal) => {
+        this.#unsafe = refusal;
       },
       () => undefined,
     );

@@ -1,7 +1,7 @@
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
-import { DRAIN_RESERVE } from './capacity.ts';
+import { DRAIN_RESERVE, probeWriteRefusal } from './capacity.ts';
 
 type PersistenceSettings = {
   appendonly: string | undefined;
@@ -73,25 +73,75 @@ export const durabilityVerdict = (
   return undefined;
 };
 
-/** Refuses to run against a Redis that would lose acknowledged writes. */
-export const checkDurability = async (redis: Redis, config: Config, logger: Logger) => {
-  let settings: PersistenceSettings;
+const PERSISTENCE_PARAMETERS = [
+  'appendonly',
+  'appendfsync',
+  'maxmemory-policy',
+  'maxmemory',
+  'no-appendfsync-on-rewrite',
+] as const;
+
+/**
+ * Redis's persistence settings, or undefined where CONFIG is disabled (a managed Redis, say) or
+ * not granted to this user.
+ */
+export const readPersistence = async (redis: Redis): Promise<PersistenceSettings | undefined> => {
+  let pairs: string[];
   try {
-    const [, appendonly] = (await redis.config('GET', 'appendonly')) as string[];
-    const [, appendfsync] = (await redis.config('GET', 'appendfsync')) as string[];
-    const [, maxmemoryPolicy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
-    const [, maxmemory] = (await redis.config('GET', 'maxmemory')) as string[];
-    const [, noAppendfsyncOnRewrite] = (await redis.config(
-      'GET',
-      'no-appendfsync-on-rewrite',
-    )) as string[];
-    settings = { appendonly, appendfsync, maxmemoryPolicy, maxmemory, noAppendfsyncOnRewrite };
+    pairs = (await redis.call('CONFIG', 'GET', ...PERSISTENCE_PARAMETERS)) as string[];
   } catch (err) {
-    if (String((err as Error).message).includes('unknown command')) {
-      logger.warn('CONFIG is disabled on this Redis; cannot verify appendonly and appendfsync');
-      return;
+    if (/unknown command|NOPERM/.test(String((err as Error).message))) {
+      return undefined;
     }
     throw err;
+  }
+  const value = new Map<string, string>();
+  for (let i = 0; i + 1 < pairs.length; i += 2) {
+    value.set(pairs[i] as string, pairs[i + 1] as string);
+  }
+  return {
+    appendonly: value.get('appendonly'),
+    appendfsync: value.get('appendfsync'),
+    maxmemoryPolicy: value.get('maxmemory-policy'),
+    maxmemory: value.get('maxmemory'),
+    noAppendfsyncOnRewrite: value.get('no-appendfsync-on-rewrite'),
+  };
+};
+
+/**
+ * Why a 201 would not mean durable under Redis's settings now, or undefined while it would. The
+ * start-up check is not enough: `CONFIG SET appendfsync no` on a running Redis, or a Redis
+ * restarted with other settings behind the same address, changes them under a running service.
+ */
+export const persistenceRefusal = async (
+  redis: Redis,
+  expected: Config['appendfsync'],
+): Promise<string | undefined> => {
+  const settings = await readPersistence(redis);
+  const verdict = settings && durabilityVerdict(settings, expected);
+  return verdict && 'refuse' in verdict ? verdict.refuse : undefined;
+};
+
+/**
+ * Why the log takes no writes now, for /health and the gauges: Redis's own refusal (it cannot
+ * save, it is a replica), or settings under which it would not keep them through a crash.
+ */
+export const logWriteRefusal = async (
+  redis: Redis,
+  expected: Config['appendfsync'],
+): Promise<string | undefined> =>
+  (await probeWriteRefusal(redis)) ??
+  // Redis answered the probe: a settings read that fails leaves the answer to the next look.
+  (await persistenceRefusal(redis, expected).catch(() => undefined));
+
+/** Refuses to run against a Redis that would lose acknowledged writes. */
+export const checkDurability = async (redis: Redis, config: Config, logger: Logger) => {
+  const settings = await readPersistence(redis);
+  if (settings === undefined) {
+    logger.warn(
+      'CONFIG GET is disabled on this Redis or not granted to its user; cannot verify appendonly and appendfsync',
+    );
+    return;
   }
   const verdict = durabilityVerdict(settings, config.appendfsync);
   if (verdict && 'refuse' in verdict) {

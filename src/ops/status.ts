@@ -14,7 +14,8 @@ import {
 } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
-import { isLogFull, logMemoryRatio, probeWriteRefusal, readLogMemory } from '../log/capacity.ts';
+import { isLogFull, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
+import { logWriteRefusal } from '../log/durability.ts';
 import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
@@ -114,7 +115,7 @@ export class StatusSource {
       leases,
       claim,
     ] = await Promise.all([
-      probe(probeWriteRefusal(this.#deps.eventLog.redis)),
+      probe(logWriteRefusal(this.#deps.eventLog.redis, this.#deps.config.appendfsync)),
       this.bufferOrUndefined(),
       this.#positions(),
       settle(latestSnapshot(this.#deps.replica)),
@@ -239,7 +240,7 @@ export class StatusSource {
     const [buffers, memory, refusal, oldest, snapshot, positions] = await Promise.all([
       this.bufferOrUndefined(),
       probe(readLogMemory(this.#deps.eventLog.redis)),
-      probe(probeWriteRefusal(this.#deps.eventLog.redis)),
+      probe(logWriteRefusal(this.#deps.eventLog.redis, this.#deps.config.appendfsync)),
       probe(oldestRetainedMs(this.#deps.eventLog)),
       probe(latestSnapshot(this.#deps.replica)),
       this.#positions(),

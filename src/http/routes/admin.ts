@@ -17,7 +17,7 @@ import {
 import { inspectPending } from '../../ops/pending.ts';
 import { replay, replayBound, replayRange } from '../../ops/replay.ts';
 import { databaseReason, isDatabaseAnswer } from '../../projector/errors.ts';
-import { refuseWhenCountMoved, refuseWhenLogFull } from '../accept.ts';
+import { refuseUnlessLogKeepsWrites, refuseWhenCountMoved } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
 import { onceForKey } from '../admin-idempotency.ts';
 import { hasBody, issueDetails, readJson, readUnusedBody } from '../body.ts';
@@ -105,7 +105,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       // A dry run too: it would report on partitions the site's processes no longer write.
       refuseWhenCountMoved(deps);
       if (!value.dry_run) {
-        refuseWhenLogFull(deps);
+        refuseUnlessLogKeepsWrites(deps);
       }
       const report = await mainCall(
         deps,
@@ -168,7 +168,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     const id = deadLetterParam(c);
     const sent = await readUnusedBody(c, deps.config.maxBodyBytes);
     return onceForKey(c, deps, sent, async () => {
-      refuseWhenLogFull(deps);
+      refuseUnlessLogKeepsWrites(deps);
       // deadLetterOf refuses it while the site's partition count is not this process's.
       const dead = await deadLetterOf(id);
       const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
