@@ -935,6 +935,40 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe("an operator's action whose Idempotency-Key claim loses its reply with the connection, which ioredis sends again", () => {
+    let h: Harness | undefined;
+    let proxy: BlackholeProxy | undefined;
+    after(async () => {
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it('runs the action, instead of taking its own claim for an earlier run still going', async () => {
+      h = await Harness.start({ role: 'projector' });
+      proxy = await BlackholeProxy.start(testStack().redisPort);
+      const api = await h.startService('api', { redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      // Redis runs the claim (SET … NX GET, nil: the key was free) and its reply is lost with
+      // the connection; ioredis sends the claim again, which now finds the value it set itself.
+      proxy.loseReplyTo(
+        (chunk) => chunk.includes(':admin-idem:') && chunk.includes('NX'),
+        (chunk) => chunk.toString().endsWith('$-1\r\n'),
+      );
+      const answer = await fetch(`http://127.0.0.1:${api.port}/admin/replay`, {
+        method: 'POST',
+        headers: {
+          authorization: `Bearer ${h.config.adminToken}`,
+          'content-type': 'application/json',
+          'idempotency-key': 'claim-sent-twice',
+        },
+        body: JSON.stringify({ from: '0', dry_run: true }),
+      });
+      const text = await answer.text();
+      assert.equal(proxy.repliesLostWithConnection, 1, 'the claim lost its reply');
+      assert.equal(answer.status, 200, text);
+      assert.equal(answer.headers.get('idempotent-replayed'), null);
+    });
+  });
+
   void describe('a projector taking partitions over while its link to Redis drops packets', () => {
     let h: Harness;
     let proxy: BlackholeProxy;

@@ -39,7 +39,7 @@ import {
   partitionCountKey,
   processRosterKey,
 } from '../src/log/keys.ts';
-import { dropLateResends } from '../src/log/redis.ts';
+import { createRedis, dropLateResends } from '../src/log/redis.ts';
 import { trimHalfHistory, trimPartition } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
@@ -1496,7 +1496,7 @@ void describe('the local log', () => {
       );
     });
 
-    void it('gives back only a claim it took, and one its key’s record refused', async () => {
+    void it('gives back only a claim it took (also one whose reply was lost and sent again), and one its key’s record refused', async () => {
       const keyPartition = 0;
       const idempotency = (scopeHash: string, requestHash: string) => ({
         scopeHash,
@@ -1552,6 +1552,33 @@ void describe('the local log', () => {
         idempotency: idempotency('scope-unclaimed', 'first'),
       });
       assert.equal(retry.kind, 'replayed');
+
+      // Redis takes the claim and its reply is lost with the connection; ioredis sends the claim
+      // again, which finds the value it set itself: still this request's, given back on refusal.
+      const proxy = await BlackholeProxy.start(testStack().redisPort);
+      const client = createRedis({ ...h.config, redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        const proxied = new EventLog(client, h.config.namespace, h.config.partitions);
+        proxy.loseReplyTo(
+          (chunk) => chunk.includes(':idem-claim:scope-resent'),
+          (chunk) => chunk.toString().endsWith('$-1\r\n'),
+        );
+        const resent = await proxied.append({
+          partition: 2,
+          events: [eventIn(2, 3)],
+          guard: unknownUnit,
+          idempotency: idempotency('scope-resent', 'first'),
+        });
+        assert.equal(proxy.repliesLostWithConnection, 1, 'the claim lost its reply');
+        assert.equal(resent.kind, 'unknown');
+        const resentClaim = log.keys(keyPartition).idempotencyClaim('scope-resent');
+        assert.equal(await redis.exists(resentClaim), 0, 'the refused request gave its claim back');
+      } finally {
+        client.disconnect();
+        await proxy.close();
+      }
     });
 
     void it('lets exactly one of racing guarded transitions of a unit through', async () => {

@@ -67,7 +67,9 @@ export const onceForKey = async (
     }
     throw unreachable(err);
   }
-  if (earlier !== null) {
+  // Its own value: ioredis sent the claim again after its first reply was lost with the
+  // connection, and the first had taken the key.
+  if (earlier !== null && earlier !== running) {
     return answerEarlierRun(c, earlier, hash);
   }
   const claim = holdClaim(c, deps, key, running);

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ChainableCommander, Redis } from 'ioredis';
 import {
@@ -53,6 +54,9 @@ export const script = (
  */
 const UNIT_STATE_TTL_SECONDS = 30 * 24 * 3600;
 const IDEMPOTENCY_TTL_SECONDS = 24 * 3600;
+
+/** The request hash a key's claim holds: the claim is the hash and its attempt's mark. */
+const claimedHash = (claim: string) => claim.split(' ', 1)[0];
 /**
  * The most entries counted, one script call, where a restart left Redis's lag unknown (a few
  * milliseconds of Redis's time, once): past it, the most that can wait is reported until the
@@ -525,10 +529,10 @@ export class EventLog {
       return this.#appendGathered(request);
     }
     const claim = await this.#claimKey(idempotency);
-    if (claim === 'taken') {
+    if (claim.kind === 'taken') {
       return { kind: 'idempotency_conflict' };
     }
-    if (claim === 'retried') {
+    if (claim.kind === 'retried') {
       // A retry. Its first attempt's record is where that attempt appended, unless the site's
       // partition count changed since: then it was copied to the key's partition, which this
       // append does not look at (carryIdempotencyKeys). Records are never rewritten, so one found
@@ -546,15 +550,15 @@ export class EventLog {
       result.kind === 'unknown' ||
       result.kind === 'conflict' ||
       result.kind === 'idempotency_conflict';
-    if (refused && claim === 'claimed') {
+    if (refused && claim.kind === 'claimed') {
       // Only a claim this request took is given back. One it found is another attempt's with the
       // same body, perhaps one that has since appended: given back, the record would be left
       // without the claim that keeps the key from another body in another partition. And a claim
       // taken by a body the key's record then refused would refuse the record's own body.
       // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
       // body, as before claims were given back.
-      await this.releaseKey(claimKey, idempotency.requestHash).catch(() => undefined);
-    } else if (result.kind === 'appended' && claim === 'retried') {
+      await this.releaseKey(claimKey, claim.value).catch(() => undefined);
+    } else if (result.kind === 'appended' && claim.kind === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
       // Best effort too: the events are in the stream, and a failed refresh must not answer 503
@@ -585,7 +589,7 @@ export class EventLog {
     if (record !== null) {
       return recordOutcome(record, idempotency.requestHash);
     }
-    return claim !== null && claim !== idempotency.requestHash
+    return claim !== null && claimedHash(claim) !== idempotency.requestHash
       ? { kind: 'idempotency_conflict' }
       : undefined;
   }
@@ -611,20 +615,24 @@ export class EventLog {
    */
   async #claimKey(
     idempotency: NonNullable<AppendRequest['idempotency']>,
-  ): Promise<'claimed' | 'retried' | 'taken'> {
+  ): Promise<{ kind: 'claimed' | 'retried' | 'taken'; value: string }> {
+    // The request's hash and this attempt's own mark: a claim that ioredis sent again after its
+    // reply was lost with the connection finds the value it set itself, and must know it for its
+    // own, not another attempt's, or a refused request would keep the key for its body.
+    const value = `${idempotency.requestHash} ${randomUUID()}`;
     const earlier = (await this.#redis.call(
       'SET',
       this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),
-      idempotency.requestHash,
+      value,
       'NX',
       'GET',
       'EX',
       IDEMPOTENCY_TTL_SECONDS,
     )) as string | null;
-    if (earlier === null) {
-      return 'claimed';
+    if (earlier === null || earlier === value) {
+      return { kind: 'claimed', value };
     }
-    return earlier === idempotency.requestHash ? 'retried' : 'taken';
+    return { kind: claimedHash(earlier) === idempotency.requestHash ? 'retried' : 'taken', value };
   }
 
   /**

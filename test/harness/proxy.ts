@@ -6,6 +6,8 @@ type Link = {
   held: { to: 'up' | 'down'; chunk: Buffer }[];
   /** The client hung up while packets were dropped: its close reaches the server only on heal. */
   clientGone: boolean;
+  /** A request `loseReplyTo` names went up this link: the reply it names is lost with the link. */
+  replyToLose?: (chunk: Buffer) => boolean;
 };
 
 /**
@@ -20,6 +22,9 @@ export class BlackholeProxy {
   #dropping = false;
   #losingReplies = false;
   #replyToLose: ((chunk: Buffer) => boolean) | undefined;
+  #requestToLose:
+    | { request: (chunk: Buffer) => boolean; reply: (chunk: Buffer) => boolean }
+    | undefined;
   #repliesLostWithConnection = 0;
 
   private constructor(
@@ -70,10 +75,18 @@ export class BlackholeProxy {
     if (to === 'down' && this.#losingReplies) {
       return;
     }
+    if (to === 'up' && this.#requestToLose?.request(chunk)) {
+      link.replyToLose = this.#requestToLose.reply;
+      this.#requestToLose = undefined;
+    }
+    if (to === 'down' && link.replyToLose?.(chunk)) {
+      link.replyToLose = undefined;
+      this.#loseWithConnection(link);
+      return;
+    }
     if (to === 'down' && this.#replyToLose?.(chunk)) {
       this.#replyToLose = undefined;
-      this.#repliesLostWithConnection += 1;
-      link.client.destroy();
+      this.#loseWithConnection(link);
       return;
     }
     if (this.#dropping || !link.upstream) {
@@ -81,6 +94,11 @@ export class BlackholeProxy {
       return;
     }
     (to === 'up' ? link.upstream : link.client).write(chunk);
+  }
+
+  #loseWithConnection(link: Link) {
+    this.#repliesLostWithConnection += 1;
+    link.client.destroy();
   }
 
   /**
@@ -91,7 +109,16 @@ export class BlackholeProxy {
     this.#replyToLose = matches;
   }
 
-  /** How many replies `loseReplyWithConnection` has lost so far. */
+  /**
+   * After the next request that `request` matches, the first reply on its connection that `reply`
+   * matches is lost and the connection reset: for a reply too common to know by itself, such as a
+   * nil.
+   */
+  loseReplyTo(request: (chunk: Buffer) => boolean, reply: (chunk: Buffer) => boolean): void {
+    this.#requestToLose = { request, reply };
+  }
+
+  /** How many replies `loseReplyWithConnection` and `loseReplyTo` have lost so far. */
   get repliesLostWithConnection(): number {
     return this.#repliesLostWithConnection;
   }
