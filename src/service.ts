@@ -21,6 +21,7 @@ import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
 import { checkSiteName, recordLogId } from './ops/site-name.ts';
 import { StatusSource } from './ops/status.ts';
+import { WorstBreakerGauge } from './projector/circuit-breaker.ts';
 import { Projector } from './projector/projector.ts';
 
 export type Role = 'all' | 'api' | 'projector';
@@ -250,6 +251,9 @@ export const startService = async (
         onApplied: () => acker?.nudge(),
       })
     : undefined;
+  // The acker's breaker and the API's replica link each guard the replica; its gauge shows the
+  // worse of them.
+  const replicaBreakers = new WorstBreakerGauge(metrics.breakerState);
   const acker = runsProjector
     ? new Acker({
         replica,
@@ -258,6 +262,7 @@ export const startService = async (
         intervalMs: config.ackIntervalMs,
         logger: logger.child({ module: 'acker' }),
         metrics,
+        breakerGauge: replicaBreakers.member(),
         live,
       })
     : undefined;
@@ -297,7 +302,7 @@ export const startService = async (
   const replicaLink = new ReplicaLink(
     replica,
     logger.child({ module: 'replica-link' }),
-    acker === undefined ? metrics.breakerState : undefined,
+    replicaBreakers.member(),
   );
   let server: ReturnType<typeof serve> | undefined;
   const stop = stopping(logger, {

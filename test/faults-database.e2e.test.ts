@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
@@ -586,6 +587,34 @@ void describe('database faults under load', () => {
       assert.equal(again.status, 200, again.text);
       await waitForAllAcknowledged(harness, 60_000);
       await audit(harness, accepted);
+    });
+  });
+
+  void describe('the link to the read replica dropping packets under an all-in-one process that only reads', () => {
+    let h: Harness | undefined;
+    let proxy: BlackholeProxy | undefined;
+    after(() => closeBehind(h, proxy));
+
+    void it("shows the reads' replica breaker, though its acker has nothing to ask", async () => {
+      const stack = (await import('./harness/harness.ts')).testStack();
+      proxy = await BlackholeProxy.start(stack.replicaPort);
+      const harness = await Harness.start({ role: 'none' });
+      h = harness;
+      await harness.startService('all', {
+        replicaDatabaseUrl: proxy.reroute(harness.config.replicaDatabaseUrl),
+      });
+      const gauge = async () =>
+        /^outpost_circuit_breaker_state\{target="replica"\} (\d)$/m.exec(
+          (await harness.get('/metrics')).text,
+        )?.[1];
+      assert.equal(await gauge(), '0');
+
+      // No writes: nothing applied waits for the replica, so the acker never asks it.
+      proxy.blackhole();
+      const read = await harness.get(`/executed_obs_units/${randomUUID()}`);
+      assert.equal(read.status, 503, read.text);
+      assert.equal(read.body.error.code, 'replica_unavailable');
+      assert.match((await gauge()) ?? '', /^[12]$/, 'open, or looking again');
     });
   });
 

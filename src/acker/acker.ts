@@ -12,7 +12,11 @@ import type { AppliedRecord, EventLog } from '../log/event-log.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
-import { type CircuitBreaker, createDatabaseBreaker } from '../projector/circuit-breaker.ts';
+import {
+  type BreakerGauge,
+  type CircuitBreaker,
+  createDatabaseBreaker,
+} from '../projector/circuit-breaker.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -21,6 +25,11 @@ export type AckerDeps = {
   intervalMs: number;
   logger: Logger;
   metrics: Metrics;
+  /**
+   * Where its replica breaker's state shows, when the process's API has a breaker on the replica
+   * too (WorstBreakerGauge); else the metrics' own gauge.
+   */
+  breakerGauge?: BreakerGauge;
   /** The live feed: confirmed state changes are published to it. */
   live?: LivePublisher;
 };
@@ -122,7 +131,11 @@ export class Acker {
 
   constructor(deps: AckerDeps) {
     this.#deps = deps;
-    this.breaker = createDatabaseBreaker('replica', deps.metrics.breakerState, deps.logger);
+    this.breaker = createDatabaseBreaker(
+      'replica',
+      deps.breakerGauge ?? deps.metrics.breakerState,
+      deps.logger,
+    );
   }
 
   get lastPosition(): ReplicaPosition | undefined {

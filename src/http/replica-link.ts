@@ -36,8 +36,8 @@ export class ReplicaLink {
   #stopped = false;
 
   /**
-   * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`,
-   * in a process whose acker does not already (an `--only api` one).
+   * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`
+   * (beside the acker's, where the process has one: WorstBreakerGauge).
    */
   constructor(
     readonly pool: pg.Pool,

@@ -105,6 +105,31 @@ export const BREAKER_GAUGE: Record<BreakerState, number> = { closed: 0, half_ope
  */
 export type BreakerGauge = { set: (labels: { target: string }, value: number) => void };
 
+/**
+ * One gauge for the breakers one process holds on one target (an all-in-one process's acker and
+ * its API's replica link each have one on the replica): it shows the worst of them, so a link
+ * whose reads time out is not hidden by an acker that has nothing to ask while writes are quiet.
+ */
+export class WorstBreakerGauge {
+  readonly #gauge: BreakerGauge;
+  readonly #states: number[] = [];
+
+  constructor(gauge: BreakerGauge) {
+    this.#gauge = gauge;
+  }
+
+  /** The gauge of one more breaker, closed until it says otherwise. */
+  member(): BreakerGauge {
+    const index = this.#states.push(BREAKER_GAUGE.closed) - 1;
+    return {
+      set: (labels, state) => {
+        this.#states[index] = state;
+        this.#gauge.set(labels, Math.max(...this.#states));
+      },
+    };
+  }
+}
+
 export const createDatabaseBreaker = (
   target: 'main' | 'replica',
   gauge: BreakerGauge,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { CircuitBreaker } from './circuit-breaker.ts';
+import { BREAKER_GAUGE, CircuitBreaker, WorstBreakerGauge } from './circuit-breaker.ts';
 
 const breakerAt = () => {
   let now = 0;
@@ -101,5 +101,26 @@ void describe('CircuitBreaker', () => {
       breaker.recordFailure();
     }
     assert.equal(breaker.state, 'closed');
+  });
+});
+
+void describe('WorstBreakerGauge', () => {
+  void it('shows the worst state of the breakers it gathers, whichever changed last', () => {
+    const shown: number[] = [];
+    const worst = new WorstBreakerGauge({ set: (_labels, value) => shown.push(value) });
+    const acker = worst.member();
+    const link = worst.member();
+    const replica = { target: 'replica' };
+    // The API's link opens while the acker, with nothing to ask, stays closed.
+    link.set(replica, BREAKER_GAUGE.open);
+    acker.set(replica, BREAKER_GAUGE.closed);
+    assert.equal(shown.at(-1), BREAKER_GAUGE.open);
+    link.set(replica, BREAKER_GAUGE.half_open);
+    assert.equal(shown.at(-1), BREAKER_GAUGE.half_open);
+    acker.set(replica, BREAKER_GAUGE.open);
+    link.set(replica, BREAKER_GAUGE.closed);
+    assert.equal(shown.at(-1), BREAKER_GAUGE.open);
+    acker.set(replica, BREAKER_GAUGE.closed);
+    assert.equal(shown.at(-1), BREAKER_GAUGE.closed);
   });
 });
