@@ -726,6 +726,17 @@ void describe('admin and incident tools', () => {
     assert.equal(backwards.status, 400, backwards.text);
     assert.equal(backwards.body.error.code, 'validation_failed');
     assert.match(backwards.body.error.message, /lies after to/);
+    // So does one that starts in the future: a mistyped year after a restore.
+    const nextYear = new Date(Date.now() + 365 * 86_400_000).toISOString();
+    const future = await h.request(
+      'POST',
+      '/admin/replay',
+      { from: nextYear, dry_run: true },
+      auth(TOKEN),
+    );
+    assert.equal(future.status, 400, future.text);
+    assert.match(future.body.error.message, /lies in the future/);
+    assert.deepEqual(future.body.error.details, [{ path: 'from', message: 'in the future' }]);
     assert.deepEqual(
       await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [poison.body.event_id]),
       [],

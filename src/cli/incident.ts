@@ -40,7 +40,7 @@ export const pending = (flags: IncidentFlags) => {
     flags.idle === undefined || /^(?!0+$)\d+$/.test(flags.idle.trim())
       ? undefined
       : parseDurationMs(flags.idle);
-  if (flags.idle !== undefined && minIdleMs === undefined) {
+  if (flags.idle !== undefined && (minIdleMs === undefined || !Number.isSafeInteger(minIdleMs))) {
     throw new CliError(
       `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
     );
@@ -274,16 +274,24 @@ const deadLetterTables = ({ attempts, ...fields }: DeadLetter) =>
     table(attempts.map((attempt, i) => ({ attempt: i + 1, ...attempt }))),
   ].join('\n');
 
-const requireDead = async (
-  site: Parameters<Parameters<typeof withSite>[0]>[0],
-  id: string | undefined,
-) => {
+/**
+ * The dead letter an action names, read before connecting: with Redis away, a missing or mistyped
+ * id would be blamed on Redis.
+ */
+const namedDeadLetter = (id: string | undefined): { named: string; id: string } => {
   const named = id === undefined ? undefined : deadLetterIdIn(id);
-  if (named === undefined) {
+  if (id === undefined || named === undefined) {
     throw new CliError(
       'give the dead letter id (the event id, a UUID, or undecodable-<partition>-<entry id> as listed)',
     );
   }
+  return { named, id };
+};
+
+const requireDead = async (
+  site: Parameters<Parameters<typeof withSite>[0]>[0],
+  { named, id }: { named: string; id: string },
+) => {
   const dead = await site.deadLetters.find(named).catch((err: unknown) => {
     throw err instanceof AmbiguousDeadLetterError ? new CliError(err.message) : err;
   });
@@ -339,6 +347,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
   if (flags.cursor !== undefined && !isDeadLetterCursor(flags.cursor)) {
     throw new CliError('--cursor takes the next_cursor an earlier listing printed');
   }
+  if (action !== 'list' && !(action === 'retry' && flags.all)) {
+    namedDeadLetter(id);
+  }
   return withSite(async (site) => {
     switch (action) {
       case 'list': {
@@ -356,7 +367,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         return;
       }
       case 'show': {
-        const letter = await requireDead(site, id);
+        const letter = await requireDead(site, namedDeadLetter(id));
         print(flags.json ? JSON.stringify(letter) : deadLetterTables(letter));
         return;
       }
@@ -364,7 +375,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         await requireLogRoom(site);
         const letters = flags.all
           ? (await allDeadLetters(site)).sort(upstreamFirst)
-          : [await requireDead(site, id)];
+          : [await requireDead(site, namedDeadLetter(id))];
         const results = [];
         // A retry puts back every dead letter of the letter's aggregate: later ones are done.
         // Keyed by partition too: dead-letter ids are entry ids of each partition's own stream,
@@ -452,7 +463,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
       }
       case 'discard': {
         // An id that names no dead letter is reported first, whatever else the command lacks.
-        const letter = await requireDead(site, id);
+        const letter = await requireDead(site, namedDeadLetter(id));
         if (!flags.reason?.trim()) {
           throw new CliError('discarding needs --reason "<why>"; it is kept in the audit record');
         }

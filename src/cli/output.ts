@@ -55,6 +55,10 @@ export const wholeNumberFlag = (
     throw new CliError(`${name} takes a whole number, not ${JSON.stringify(value)}`);
   }
   const n = Number(value);
+  // Past it, Number() rounds, and Redis refuses what it is sent without naming the flag.
+  if (!Number.isSafeInteger(n)) {
+    throw new CliError(`${name} must be at most ${Number.MAX_SAFE_INTEGER}`);
+  }
   if (bounds.min !== undefined && n < bounds.min) {
     throw new CliError(`${name} must be at least ${bounds.min}`);
   }

@@ -44,5 +44,10 @@ void describe('flags', () => {
       assert.throws(() => wholeNumberFlag(value, '--partition', { below: 8 }), message, value);
     }
     assert.throws(() => wholeNumberFlag('0', '--limit', { min: 1 }), /--limit must be at least 1/);
+    // Not rounded and sent on for Redis to refuse without naming the flag.
+    assert.throws(
+      () => wholeNumberFlag('99999999999999999999', '--limit', { min: 1 }),
+      /--limit must be at most 9007199254740991/,
+    );
   });
 });

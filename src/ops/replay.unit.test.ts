@@ -73,8 +73,30 @@ void describe('replay range', () => {
       from: '1700000000000-7',
       to: '1700000000000',
     });
-    assert.deepEqual(replayRange('2026-12-05T02:00Z'), {
+    assert.deepEqual(replayRange('2026-12-05T02:00Z', undefined, Date.UTC(2026, 11, 6)), {
       from: `${Date.UTC(2026, 11, 5, 2)}-0`,
+      to: '+',
+    });
+  });
+
+  void it('refuses a start in the future (a mistyped year), past a few minutes of clock skew', () => {
+    const now = Date.UTC(2026, 11, 6, 12);
+    assert.throws(
+      () => replayRange('2027-12-06T12:00Z', undefined, now),
+      (err: unknown) =>
+        err instanceof ReplayRangeError &&
+        err.path === 'from' &&
+        /^from 2027-12-06T12:00Z lies in the future \(it is 2026-12-06T12:00:00.000Z here\)/.test(
+          err.message,
+        ),
+    );
+    assert.throws(
+      () => replayRange(`${now + 3_600_000}-0`, `${now + 7_200_000}-0`, now),
+      ReplayRangeError,
+    );
+    // Redis's clock a minute ahead of this host's: still a range.
+    assert.deepEqual(replayRange(`${now + 60_000}-0`, undefined, now), {
+      from: `${now + 60_000}-0`,
       to: '+',
     });
   });

@@ -15,7 +15,7 @@ import {
   RetryNotYetError,
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
-import { replay, replayBound, replayRange } from '../../ops/replay.ts';
+import { ReplayRangeError, replay, replayBound, replayRange } from '../../ops/replay.ts';
 import { databaseReason, isDatabaseAnswer } from '../../projector/errors.ts';
 import { refuseUnlessLogKeepsWrites, refuseWhenCountMoved } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -95,8 +95,11 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
     try {
       replayRange(value.from, value.to);
     } catch (err) {
-      throw new ApiError('validation_failed', (err as Error).message, [
-        { path: 'to', message: 'before from' },
+      if (!(err instanceof ReplayRangeError)) {
+        throw err;
+      }
+      throw new ApiError('validation_failed', err.message, [
+        { path: err.path, message: err.detail },
       ]);
     }
     // The JSON sent, as DESIGN compares it: `{from}` and `{from, dry_run: false}` are two bodies.
