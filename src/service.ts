@@ -94,6 +94,7 @@ type Started = {
   /** The HTTP server once it listens. */
   server: () => ReturnType<typeof serve> | undefined;
   tokens: TokenStore;
+  eventLog: EventLog;
   replicaLink: ReplicaLink;
   capacity: LogCapacity | undefined;
   projector: Projector | undefined;
@@ -113,6 +114,9 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
       // Live clients never end their requests on their own: end their sessions first, so the
       // server can close.
       await timed(logger, 'live feed', () => parts.live.stop());
+      // Requests in progress are answered; appends not yet sent are refused now, not sent after
+      // the grace, when their clients' connections may be cut (EventLog.closeAppends).
+      parts.eventLog.closeAppends();
       const server = parts.server();
       if (server) {
         const open = server as {
@@ -309,6 +313,7 @@ export const startService = async (
     live,
     server: () => server,
     tokens,
+    eventLog,
     replicaLink,
     capacity,
     projector,

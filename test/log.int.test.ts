@@ -27,6 +27,7 @@ import { compareEntryIds, timeMs } from '../src/log/entry-id.ts';
 import {
   type AppendRequest,
   type AppendResult,
+  AppendsClosedError,
   type AppliedRecord,
   type CreationFilter,
   EventLog,
@@ -1414,6 +1415,35 @@ void describe('the local log', () => {
           inflight.map((e) => e.event.event_id),
           [event.event_id],
         );
+      }
+    });
+
+    void it("sends nothing once closed: an append waiting for its partition's call is refused, not sent later", async () => {
+      const proxy = await BlackholeProxy.start(testStack().redisPort);
+      const client = createRedis({ ...h.config, redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      client.on('error', () => undefined);
+      try {
+        await client.connect();
+        const closing = new EventLog(client, h.config.namespace, h.config.partitions);
+        const partition = 3;
+        const out = eventIn(partition, 0);
+        const waiting = eventIn(partition, 1);
+        const late = eventIn(partition, 2);
+        proxy.blackhole();
+        // Sent at once and held by the link; the next one waits for that call.
+        const first = closing.append({ partition, events: [out] });
+        const second = closing.append({ partition, events: [waiting] });
+        closing.closeAppends();
+        await assert.rejects(second, AppendsClosedError);
+        await assert.rejects(closing.append({ partition, events: [late] }), AppendsClosedError);
+        proxy.heal();
+        assert.equal((await first).kind, 'appended', 'what was out is answered');
+        for (const refused of [waiting, late]) {
+          assert.equal(await log.entryIdOfEvent(refused.event_id, partition), null);
+        }
+      } finally {
+        client.disconnect();
+        await proxy.close();
       }
     });
 

@@ -14,6 +14,7 @@ import {
 import {
   type AppendRequest,
   type AppendResult,
+  AppendsClosedError,
   type Guard,
   PartitionCountMovedError,
   type RequestUnderKey,
@@ -109,7 +110,12 @@ export const redisRefusal = (err: unknown): ApiError | undefined => {
  */
 export const logUnavailable = (err: unknown, message: string): ApiError =>
   redisRefusal(err) ??
-  new ApiError('log_unavailable', message, undefined, { cause: err, retryAfterSeconds: 1 });
+  new ApiError(
+    'log_unavailable',
+    err instanceof AppendsClosedError ? err.message : message,
+    undefined,
+    { cause: err, retryAfterSeconds: 1 },
+  );
 
 /**
  * Refuses what would add events to a log that has no room left but the drain's, or that would not

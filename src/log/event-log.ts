@@ -281,6 +281,17 @@ const appendResult = ([kind, ...rest]: string[]): AppendResult => {
   }
 };
 
+/** An append refused because its process stops: nothing was sent to Redis. */
+export class AppendsClosedError extends Error {
+  override name = 'AppendsClosedError';
+
+  constructor() {
+    super(
+      'this process is stopping: nothing was appended; send the write again, to another process or once this one is back',
+    );
+  }
+}
+
 /**
  * The append script's refusal: the site's recorded partition count is no longer this process's,
  * so its events would go where the site's other processes do not look (ops/partition-count.ts).
@@ -522,8 +533,29 @@ export class EventLog {
     }
   }
 
+  #appendsClosed = false;
+
+  /**
+   * Sends no append from now on, and refuses those waiting for their partition's call: the process
+   * stops. A request whose append is out is answered within the HTTP grace; one whose append were
+   * sent later might have its connection cut at the end of the grace, its append run all the same,
+   * and its client, told nothing, send it again as a second write.
+   */
+  closeAppends(): void {
+    this.#appendsClosed = true;
+    for (const waiting of this.#gathering.values()) {
+      for (const item of waiting) {
+        item.reject(new AppendsClosedError());
+      }
+    }
+    this.#gathering.clear();
+  }
+
   /** Appends one request's events, first claiming its idempotency key if it has one (#claimKey). */
   async append(request: AppendRequest): Promise<AppendResult> {
+    if (this.#appendsClosed) {
+      throw new AppendsClosedError();
+    }
     const { idempotency } = request;
     if (!idempotency) {
       return this.#appendGathered(request);
@@ -642,6 +674,11 @@ export class EventLog {
    */
   #appendGathered(request: AppendRequest): Promise<AppendResult> {
     return new Promise<string[]>((resolve, reject) => {
+      // Closed while its key was claimed.
+      if (this.#appendsClosed) {
+        reject(new AppendsClosedError());
+        return;
+      }
       const waiting = this.#gathering.get(request.partition);
       if (waiting) {
         waiting.push({ request, resolve, reject });
