@@ -364,6 +364,10 @@ export class Acker {
     const missing = reached.slice(firstMissing);
     const firstShown = missing.findIndex((r) => onReplica.has(r.eventId));
     const lost = firstShown === -1 ? missing : missing.slice(0, firstShown);
+    if (!(await this.#stillLost(lost))) {
+      // The replica's view moved between the pass's two questions: the next pass asks again.
+      return { partition, acked, behind: true, again: false };
+    }
     // Keyed on the first lost record: what the replica had is acknowledged, so it heads the queue.
     if (!(await this.#replicaStreams(partition, lost, lost[0]?.entryId))) {
       // Not behind: quick polls would not make a replica that does not stream any closer.
@@ -382,6 +386,37 @@ export class Acker {
       'the replica passed the commit LSN of applied events it does not have: the main database lost them (restored from an earlier backup, or failed over); they will be applied again',
     );
     return { partition, acked, behind, again: forgotten > 0 };
+  }
+
+  /**
+   * Whether the replica still lacks every one of `lost` below its replay position, asked again on
+   * one connection: the pass asked the position and the events on two connections of the pool,
+   * and a replica restarted in between opens for reads at its consistent point, which may lie
+   * below the position read first, so that events it had replayed looked lost (and the operator
+   * was paged that the main database lost them). On one connection, a restart fails the question.
+   */
+  async #stillLost(lost: readonly AppliedRecord[]): Promise<boolean> {
+    const client = await fromReplica(this.#deps.replica.connect());
+    let broken: unknown;
+    try {
+      const position = await fromReplica(
+        replicaPosition(client, this.#deps.replicaIsMain, { withLag: false }),
+      );
+      const replayed = parseLsn(position.lsn);
+      const shown = await fromReplica(
+        presentEventIds(
+          client,
+          lost.map((r) => r.eventId),
+        ),
+      );
+      return lost.every((r) => !shown.has(r.eventId) && parseLsn(r.lsn) <= replayed);
+    } catch (err) {
+      broken = err;
+      throw err;
+    } finally {
+      // A connection a restart broke is not given back to the pool.
+      client.release(broken instanceof Error ? broken : undefined);
+    }
   }
 
   /**
