@@ -2224,6 +2224,49 @@ void describe('dead retry while later events of the aggregate wait', () => {
   });
 });
 
+void describe('outpost pending for an entry that keeps failing', () => {
+  const site = apiOnlySite();
+
+  void it('shows its failed attempts and the last error, which its deliveries do not tell', async () => {
+    const h = site();
+    const projector = await h.startService('projector', { maxAttempts: 1000 });
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'failing', instrument: 'poison' })
+    ).body;
+    type Entry = { entry_id: string; event_id: string; waiting_for: string; attempts: number };
+    let entry: (Entry & { last_error: string | null }) | undefined;
+    await waitFor(async () => {
+      const pending = await h.request('GET', '/admin/pending', undefined, auth(TOKEN));
+      entry = pending.body.entries.find((e: Entry) => e.event_id === unit.event_id);
+      return (entry?.attempts ?? 0) >= 2;
+    }, 'two failed attempts');
+    assert.equal(entry?.waiting_for, 'projection');
+    assert.match(entry?.last_error ?? '', /no_poison/);
+    const cli = await runCli(h, ['pending']);
+    assert.equal(cli.code, 0, cli.stderr);
+    assert.match(cli.stdout, /^ENTRY_ID +P +CONSUMER +AGE +IDLE +DELIVERIES +ATTEMPTS /m);
+    assert.match(
+      cli.stdout,
+      new RegExp(
+        `^${entry?.entry_id} \\(partition \\d+\\) failed \\d+ attempt\\(s\\) \\(dead-lettered at its projector's OUTPOST_MAX_ATTEMPTS\\), the last: .*no_poison`,
+        'm',
+      ),
+    );
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    const after = await h.request('GET', '/admin/pending', undefined, auth(TOKEN));
+    assert.equal(
+      after.body.entries.some((e: Entry) => e.event_id === unit.event_id),
+      false,
+      'gone once applied',
+    );
+    await h.stopService(projector);
+  });
+});
+
 void describe('an undecodable entry behind a failing event of its unit', () => {
   const site = apiOnlySite();
 

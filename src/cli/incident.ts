@@ -183,6 +183,7 @@ export const pending = (flags: IncidentFlags) => {
           age: age(entryTime(e.entry_id)),
           idle: seconds(e.idle_ms),
           deliveries: e.deliveries,
+          attempts: e.attempts,
           type: e.type,
           event_id: e.event_id,
           waiting_for: unacknowledged.includes(e) ? 'acknowledgement' : e.waiting_for,
@@ -190,6 +191,13 @@ export const pending = (flags: IncidentFlags) => {
         })),
       ),
     );
+    // Why an entry waiting for projection waits: its own failures, which deliveries do not tell
+    // from a batch retried through a database outage.
+    for (const e of report.entries.filter((entry) => entry.attempts > 0)) {
+      print(
+        `${e.entry_id} (partition ${e.partition}) failed ${e.attempts} attempt(s) (dead-lettered at its projector's OUTPOST_MAX_ATTEMPTS), the last: ${e.last_error}`,
+      );
+    }
     if (report.truncated) {
       print(
         `showing the ${report.entries.length} oldest entries of those that match: --limit shows more, --partition, --idle and --consumer narrow them`,

@@ -281,6 +281,12 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         type: nullable({ type: 'string' }),
         commit_lsn: nullable(lsn),
         waiting_for: { type: 'string', enum: ['projection', 'replica'] },
+        attempts: {
+          ...count,
+          description:
+            'failed attempts at applying it, counted towards OUTPOST_MAX_ATTEMPTS (a database out of reach counts none); `deliveries` counts reads, which every retry of a batch repeats',
+        },
+        last_error: nullable({ type: 'string', description: 'the last failed attempt’s error' }),
       }),
       description:
         'the `limit` oldest pending entries that match, whichever partitions hold them, by partition',

@@ -17,7 +17,7 @@ import {
   LAST_ENTRY_ID,
   minEntryId,
 } from './entry-id.ts';
-import { type Attempt, type EventLog, script } from './event-log.ts';
+import { type Attempt, attemptsOf, type EventLog, script } from './event-log.ts';
 import { CONSUMER_GROUP } from './keys.ts';
 import { forEachHashPage, pipelineReplies } from './redis.ts';
 
@@ -160,15 +160,6 @@ const letterRecord = (fields: readonly string[]): Record<string, string> => {
 const createsAggregate = (type: string): boolean => isEventType(type) && EVENT_TYPES[type].creates;
 
 /** A letter's attempt history; one that does not read (written by hand, say) shows as none. */
-const attemptsOf = (text: string | undefined): Attempt[] => {
-  try {
-    const attempts: unknown = JSON.parse(text ?? '[]');
-    return Array.isArray(attempts) ? (attempts as Attempt[]) : [];
-  } catch {
-    return [];
-  }
-};
-
 /** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
 const eventFieldsOf = (fields: string[]): string[] => {
   const out: string[] = [];

@@ -154,6 +154,16 @@ export type RosterOutcome = ['listed'] | ['moved', string] | ['running', ...stri
 
 export type Attempt = { at: string; error: string };
 
+/** An entry's recorded attempts; none where the record is missing or not a list. */
+export const attemptsOf = (text: string | undefined): Attempt[] => {
+  try {
+    const attempts: unknown = JSON.parse(text ?? '[]');
+    return Array.isArray(attempts) ? (attempts as Attempt[]) : [];
+  } catch {
+    return [];
+  }
+};
+
 /**
  * The most events one append call carries: the script blocks Redis while it runs, and a few
  * hundred XADDs take about a millisecond.
@@ -1016,9 +1026,7 @@ export class EventLog {
     consumer = '',
   ): Promise<Attempt[] | undefined> {
     const keys = this.keys(partition);
-    const history = JSON.parse(
-      (await this.#redis.hget(keys.attempts, entryId)) ?? '[]',
-    ) as Attempt[];
+    const history = attemptsOf((await this.#redis.hget(keys.attempts, entryId)) ?? undefined);
     history.push({ at: new Date().toISOString(), error });
     // Past maxmemory too: an event that fails on its data must still reach the dead letters, or
     // it would hold its partition until the log had room again.

@@ -4,7 +4,7 @@ import { parseLsn } from '../db/lsn.ts';
 import { mainWalLsn, replicaPosition, replicaReplayState } from '../db/queries/replica.ts';
 import { decodeEntry, type RawEntry } from '../log/codec.ts';
 import { compareEntryIds } from '../log/entry-id.ts';
-import type { EventLog } from '../log/event-log.ts';
+import { attemptsOf, type EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP, type PartitionKeys } from '../log/keys.ts';
 import { isNoGroup, pipelineReplies } from '../log/redis.ts';
 import {
@@ -50,6 +50,13 @@ export type PendingEntry = {
   type: string | null;
   commit_lsn: string | null;
   waiting_for: 'projection' | 'replica';
+  /**
+   * Failed attempts at applying it, as counted towards the dead letters (a database out of reach
+   * counts none), and the last one's error. `deliveries` counts reads, which a retried batch
+   * repeats: it does not tell a failing entry from one behind an outage.
+   */
+  attempts: number;
+  last_error: string | null;
 };
 
 export type PendingReport = {
@@ -195,7 +202,14 @@ const describePending = async (
   for (const [id] of pending) {
     pipeline.xrange(k.stream, id, id);
   }
-  const ranges = await pipelineReplies(pipeline);
+  for (const [id] of pending) {
+    pipeline.hget(k.attempts, id);
+  }
+  const replies = await pipelineReplies(pipeline);
+  const ranges = replies.slice(0, pending.length);
+  const attempts = replies
+    .slice(pending.length)
+    .map((text) => attemptsOf((text as string | null) ?? undefined));
   const lsns = await eventLog.appliedLsnOf(
     pending.map(([id]) => id),
     k.partition,
@@ -229,6 +243,8 @@ const describePending = async (
         type: event?.type ?? null,
         commit_lsn: lsn,
         waiting_for: lsn ? 'replica' : 'projection',
+        attempts: attempts[i]?.length ?? 0,
+        last_error: attempts[i]?.at(-1)?.error ?? null,
       },
     ];
   });
