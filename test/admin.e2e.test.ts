@@ -2085,6 +2085,12 @@ void describe('dead retry while later events of the aggregate wait', () => {
     );
     const retry = await retryLetter(h, poison.body.event_id);
     assert.equal(retry.status, 200, retry.text);
+    // The later patch went back with it, and the answer says so.
+    assert.deepEqual(
+      retry.body.also_retried.map((r: { event_id: string }) => r.event_id),
+      [later.body.event_id],
+    );
+    assert.ok(compareEntryIds(retry.body.also_retried[0].entry_id, retry.body.entry_id) > 0);
     await waitFor(
       async () => (await stateOf(later.body.event_id)) === 'confirmed',
       'both patches to be confirmed',
@@ -2121,7 +2127,20 @@ void describe('dead retry while later events of the aggregate wait', () => {
     const again = await h.post(`/executed_obs_units/${unit.id}/finish`, { status: 'failed' });
     assert.equal(again.status, 202, again.text);
     assert.equal(await settledState(h, again.body.event_id), 'dead', 'behind the patch');
-    assert.equal((await retryLetter(h, poison.body.event_id)).status, 200);
+    const retried = await runCli(h, ['dead', 'retry', poison.body.event_id, '--json']);
+    assert.equal(retried.code, 0, retried.stderr);
+    // The finish went back with the patch, and the report says so.
+    assert.deepEqual(
+      JSON.parse(retried.stdout).items.map((r: { id: string; retried: boolean; with?: string }) => [
+        r.id,
+        r.retried,
+        r.with,
+      ]),
+      [
+        [poison.body.event_id, true, undefined],
+        [again.body.event_id, true, poison.body.event_id],
+      ],
+    );
     assert.equal(await settledState(h, poison.body.event_id), 'confirmed');
     assert.equal(await settledState(h, again.body.event_id), 'confirmed');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.status, 'failed');

@@ -21,6 +21,7 @@ import {
   type LetterReads,
   LettersStillArrivingError,
   NotHolderError,
+  type RetriedLetter,
   UndecodableLetterOfAggregateError,
 } from '../src/log/dead-letters.ts';
 import { compareEntryIds, timeMs } from '../src/log/entry-id.ts';
@@ -2100,7 +2101,7 @@ void describe('the local log', () => {
       try {
         const [outcome] = await Promise.allSettled([deadLetters.retryAggregate(dead)]);
         return {
-          outcome: outcome as PromiseSettledResult<Map<string, string>>,
+          outcome: outcome as PromiseSettledResult<Map<string, RetriedLetter>>,
           filed: next - from,
         };
       } finally {
@@ -2249,7 +2250,7 @@ void describe('the local log', () => {
       // Once that event has followed the block into the letters, both go back, in order.
       await deadLetters.add(partition, failedEntryOfEvent(nextEntry, next), history);
       assert.equal(await redis.hexists(legacy, file.aggregateId), 0);
-      const retried = [...(await deadLetters.retryAggregate(dead)).values()];
+      const retried = [...(await deadLetters.retryAggregate(dead)).values()].map((r) => r.entryId);
       assert.equal(retried.length, 2);
       assert.deepEqual(retried, [...retried].sort(compareEntryIds));
       assert.equal(await isBlocked(partition, file.aggregateId), false);
@@ -2277,7 +2278,7 @@ void describe('the local log', () => {
         }
         return reply;
       }) as unknown as typeof redis.xrange;
-      let retried: Map<string, string>;
+      let retried: Map<string, RetriedLetter>;
       try {
         retried = await deadLetters.retryAggregate(dead);
       } finally {
@@ -2292,7 +2293,7 @@ void describe('the local log', () => {
         ),
       );
       assert.deepEqual(letterIds, ['', '', ''], 'every letter retried');
-      const newEntries = [...retried.values()];
+      const newEntries = [...retried.values()].map((r) => r.entryId);
       assert.equal(newEntries.length, 3);
       assert.deepEqual(newEntries, [...newEntries].sort(compareEntryIds), 'put back in order');
       assert.equal(await isBlocked(partition, file.aggregateId), false);
@@ -2536,7 +2537,7 @@ void describe('the local log', () => {
       assert.deepEqual(await log.readInflight(file.aggregateId, partition), []);
       await bucketsInUse(redis, log, partition);
 
-      const retried = [...(await deadLetters.retryAggregate(first)).values()];
+      const retried = [...(await deadLetters.retryAggregate(first)).values()].map((r) => r.entryId);
       assert.equal(retried.length, file.events.length);
       assert.deepEqual(retried, [...retried].sort(compareEntryIds), 'put back in accepted order');
       assert.equal(await redis.hget(bucket, file.aggregateId), 'spilled');

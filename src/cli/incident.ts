@@ -337,6 +337,16 @@ const upstreamFirst = (a: DeadLetter, b: DeadLetter) =>
   (UPSTREAM_RANK[a.aggregate_type] ?? 4) - (UPSTREAM_RANK[b.aggregate_type] ?? 4) ||
   a.original_entry_id.localeCompare(b.original_entry_id, 'en', { numeric: true });
 
+/** One line of a retry's report; `with`: the letter named, that put this one back with it. */
+type RetryRow = {
+  id: string;
+  partition: number;
+  entry_id: string | null;
+  retried: boolean;
+  why_not?: string;
+  with?: string;
+};
+
 const DEAD_USAGE =
   'usage: outpost dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
 
@@ -384,13 +394,16 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         const letters = flags.all
           ? (await allDeadLetters(site)).sort(upstreamFirst)
           : [await requireDead(site, namedDeadLetter(id))];
-        const results = [];
+        const results: RetryRow[] = [];
         // A retry puts back every dead letter of the letter's aggregate: later ones are done.
         // Keyed by partition too: dead-letter ids are entry ids of each partition's own stream,
         // and two partitions dead-lettering in one millisecond name their letters alike.
         const retried = new Map<string, string>();
         const keyOf = (partition: number, deadId: string) => `${partition}:${deadId}`;
         const reads: LetterReads = new Map();
+        // A retry of one letter puts back its aggregate's other letters too: they are reported
+        // with it, or they would leave `dead list` with nothing said of where they went.
+        const alsoRetried: { eventId: string; entryId: string; partition: number }[] = [];
         // A failure no letter explains (Redis out of memory or gone) stops a run of --all; the
         // report still lists every letter, so the operator sees which went back before it.
         let stoppedBy: { id: string; err: unknown } | undefined;
@@ -408,10 +421,21 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
           }
           const outcome = await (earlier === undefined
             ? site.deadLetters.retryAggregate(letter, reads).then((ids) => {
-                for (const [deadId, entryId] of ids) {
+                for (const [deadId, { entryId }] of ids) {
                   retried.set(keyOf(letter.partition, deadId), entryId);
                 }
-                return ids.get(letter.dead_letter_id);
+                if (!flags.all) {
+                  alsoRetried.push(
+                    ...[...ids]
+                      .filter(([deadId]) => deadId !== letter.dead_letter_id)
+                      .map(([, { eventId, entryId }]) => ({
+                        eventId,
+                        entryId,
+                        partition: letter.partition,
+                      })),
+                  );
+                }
+                return ids.get(letter.dead_letter_id)?.entryId;
               })
             : Promise.resolve(earlier)
           ).then(
@@ -447,6 +471,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
             retried: outcome.entryId !== undefined,
             ...(outcome.why ? { why_not: outcome.why } : {}),
           });
+        }
+        for (const { eventId, entryId, partition } of alsoRetried) {
+          results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: id });
         }
         print(flags.json ? JSON.stringify({ items: results }) : table(results));
         if (stoppedBy) {

@@ -337,6 +337,12 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
     partition: count,
     entry_id: { ...entryId, description: 'the new stream entry of the retried event' },
     retried: { const: true },
+    also_retried: {
+      type: 'array',
+      items: object({ event_id: id, entry_id: entryId }),
+      description:
+        "the aggregate's other dead letters, put back with it in the order the site accepted them",
+    },
   }),
   DeadLetterDiscarded: object({
     id,

@@ -21,6 +21,9 @@ import { type Attempt, attemptsOf, type EventLog, script } from './event-log.ts'
 import { CONSUMER_GROUP } from './keys.ts';
 import { forEachHashPage, pipelineReplies } from './redis.ts';
 
+/** A dead letter put back in its stream: its event and the event's new entry. */
+export type RetriedLetter = { eventId: string; entryId: string };
+
 /** What a dead letter says about the event it holds, as the admin API and CLI show it. */
 export type DeadLetter = {
   id: string;
@@ -479,20 +482,20 @@ export class DeadLetters {
    * lifts the aggregate's block; the new entry id of this one.
    */
   async retry(dead: DeadLetter): Promise<string | undefined> {
-    return (await this.retryAggregate(dead)).get(dead.dead_letter_id);
+    return (await this.retryAggregate(dead)).get(dead.dead_letter_id)?.entryId;
   }
 
   /**
    * Appends every dead letter of `dead`'s aggregate again, in the order the site accepted them,
    * in one step, then lifts the aggregate's block. Retrying only the named one would either
    * leave the block (and it would follow the others straight back) or lift it while older events
-   * of the aggregate are still dead, letting newer ones apply first. Answers the new entry id of
-   * each letter retried, by dead-letter id. Retries of many aggregates share their `reads`.
+   * of the aggregate are still dead, letting newer ones apply first. Answers each letter retried,
+   * with its event's new entry id, by dead-letter id. Retries of many aggregates share `reads`.
    */
   async retryAggregate(
     dead: DeadLetter,
     reads: LetterReads = new Map(),
-  ): Promise<Map<string, string>> {
+  ): Promise<Map<string, RetriedLetter>> {
     if (dead.id !== dead.event_id) {
       // Named by its entry: without an event id it could never be applied, nor deduplicated.
       throw new UndecodableEntryError(
@@ -508,7 +511,7 @@ export class DeadLetters {
         throw new UndecodableLetterOfAggregateError(dead, undecodable[0]);
       }
       if (!letters.some((l) => l.dead_letter_id === dead.dead_letter_id)) {
-        return new Map<string, string>();
+        return new Map<string, RetriedLetter>();
       }
       const keys = this.eventLog.keys(dead.partition);
       const upstream = await this.#stillFollowed(dead, letters, reads);
@@ -551,11 +554,11 @@ export class DeadLetters {
       if (ids[0] === 'in_flight') {
         throw new LaterEventsInFlightError(dead, Number(ids[1]));
       }
-      const retried = new Map<string, string>();
+      const retried = new Map<string, RetriedLetter>();
       letters.forEach((letter, i) => {
         const id = ids[i];
         if (typeof id === 'string') {
-          retried.set(letter.dead_letter_id, id);
+          retried.set(letter.dead_letter_id, { eventId: letter.event_id, entryId: id });
         }
       });
       return retried;

@@ -174,7 +174,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       refuseUnlessLogKeepsWrites(deps);
       // deadLetterOf refuses it while the site's partition count is not this process's.
       const dead = await deadLetterOf(id);
-      const entryId = await deps.deadLetters.retry(dead).catch((err: unknown) => {
+      const retried = await deps.deadLetters.retryAggregate(dead).catch((err: unknown) => {
         if (err instanceof UndecodableEntryError) {
           throw new ApiError(
             'conflict',
@@ -189,16 +189,26 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         }
         throw err;
       });
+      const entryId = retried.get(dead.dead_letter_id)?.entryId;
       if (!entryId) {
         throw notFound('dead letter');
       }
-      requestLogger(c).info({ eventId: dead.event_id, entryId }, 'dead letter retried');
+      // The aggregate's other letters went back with it: said, or they would leave the dead
+      // letters with nothing said of where they went.
+      const alsoRetried = [...retried]
+        .filter(([deadId]) => deadId !== dead.dead_letter_id)
+        .map(([, other]) => ({ event_id: other.eventId, entry_id: other.entryId }));
+      requestLogger(c).info(
+        { eventId: dead.event_id, entryId, alsoRetried: alsoRetried.length },
+        'dead letter retried',
+      );
       return c.json({
         id: dead.id,
         event_id: dead.event_id,
         partition: dead.partition,
         entry_id: entryId,
         retried: true,
+        also_retried: alsoRetried,
       });
     });
   });
