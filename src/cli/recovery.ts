@@ -10,6 +10,7 @@ import {
   releasePartitions,
 } from '../ops/rebuild.ts';
 import {
+  futureStartWarning,
   OVERTAKEN_LISTED,
   ReplayBoundError,
   ReplayRangeError,
@@ -100,7 +101,15 @@ export const replayCommand = (flags: RecoveryFlags) => {
     if (process.stderr.isTTY && !flags.json) {
       process.stderr.write('\n');
     }
-    print(flags.json ? JSON.stringify(report) : table([report]));
+    const warning = futureStartWarning(from);
+    print(
+      flags.json
+        ? JSON.stringify(warning === undefined ? report : { ...report, warning })
+        : table([report]),
+    );
+    if (warning !== undefined) {
+      process.stderr.write(`outpost: ${warning}\n`);
+    }
     if (report.history_starts_at !== null) {
       process.stderr.write(
         `outpost: the range reaches back before the log's history, which now begins at ${report.history_starts_at} (older entries were trimmed: OUTPOST_STREAM_RETENTION, or memory pressure): events accepted before it were not looked at${report.dry_run ? '' : ', and the main database may lack some of them for good'}\n`,

@@ -390,8 +390,14 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
         description:
           "partitions past the site's count (written under an earlier, higher OUTPOST_PARTITIONS) whose streams hold events of the range that the main database lacks: not given back",
       },
+      warning: {
+        type: 'string',
+        description:
+          'only when `from` lies more than five minutes in the future (a mistyped year): the range holds nothing yet, so its zeros say nothing of what is lost',
+      },
     },
     [
+      'warning',
       'in_flight',
       'unfinished',
       'discarded',

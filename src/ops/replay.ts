@@ -121,42 +121,37 @@ export const replayBound = (text: string, end: 'from' | 'to' = 'from'): string =
   return end === 'to' ? String(Math.max(0, Math.floor(ms))) : entryIdAt(ms);
 };
 
-/** A range that holds nothing, named by the bound (`path`) to correct. */
 export class ReplayRangeError extends Error {
-  constructor(
-    message: string,
-    readonly path: 'from' | 'to',
-    readonly detail: string,
-  ) {
-    super(message);
+  constructor(from: string, to: string) {
+    super(`from ${from} lies after to ${to}: the range holds nothing`);
     this.name = 'ReplayRangeError';
   }
 }
 
 /**
- * How far past this host's clock a start may lie before it is refused as a mistake: the log's
- * entry ids come from Redis's clock, which may run a little ahead of this host's.
+ * How far past this host's clock a start may lie before it is said to be a likely mistake: the
+ * log's entry ids come from Redis's clock, which may run a little ahead of this host's.
  */
 const FUTURE_START_TOLERANCE_MS = 5 * 60_000;
 
 /**
- * The range as XRANGE reads it. One that holds nothing is refused, its start after its end or in
- * the future (a mistyped year): its report of zeros would read as "nothing lost".
+ * What to tell of a start in the future (a mistyped year after a restore), whose report of zeros
+ * would read as "nothing lost"; undefined for any other. Said, not refused: a range that holds
+ * nothing yet is a valid request (a no-op replay), and the contract answers it with its report.
  */
-export const replayRange = (
-  fromText: string,
-  toText?: string,
-  nowMs = Date.now(),
-): { from: string; to: string } => {
+export const futureStartWarning = (fromText: string, nowMs = Date.now()): string | undefined => {
+  const [fromMs] = parseEntryId(replayBound(fromText));
+  return fromMs > nowMs + FUTURE_START_TOLERANCE_MS
+    ? `from ${fromText} lies in the future (it is ${new Date(nowMs).toISOString()} here): the range holds nothing yet, so nothing was looked at; check the date`
+    : undefined;
+};
+
+/**
+ * The range as XRANGE reads it. One whose start lies after its end is refused: its report of zeros
+ * would read as "nothing lost".
+ */
+export const replayRange = (fromText: string, toText?: string): { from: string; to: string } => {
   const from = replayBound(fromText);
-  const [fromMs] = parseEntryId(from);
-  if (fromMs > nowMs + FUTURE_START_TOLERANCE_MS) {
-    throw new ReplayRangeError(
-      `from ${fromText} lies in the future (it is ${new Date(nowMs).toISOString()} here): the range holds nothing yet; check the date`,
-      'from',
-      'in the future',
-    );
-  }
   if (toText === undefined) {
     return { from, to: '+' };
   }
@@ -165,11 +160,7 @@ export const replayRange = (
   const [toMs] = parseEntryId(to);
   const lastOfEnd = to.includes('-') ? to : `${toMs}-${U64_MAX}`;
   if (compareEntryIds(from, lastOfEnd) > 0) {
-    throw new ReplayRangeError(
-      `from ${fromText} lies after to ${toText}: the range holds nothing`,
-      'to',
-      'before from',
-    );
+    throw new ReplayRangeError(fromText, toText);
   }
   return { from, to };
 };

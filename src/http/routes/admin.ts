@@ -15,7 +15,13 @@ import {
   RetryNotYetError,
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
-import { ReplayRangeError, replay, replayBound, replayRange } from '../../ops/replay.ts';
+import {
+  futureStartWarning,
+  ReplayRangeError,
+  replay,
+  replayBound,
+  replayRange,
+} from '../../ops/replay.ts';
 import { databaseReason, isDatabaseAnswer } from '../../projector/errors.ts';
 import { refuseUnlessLogKeepsWrites, refuseWhenCountMoved } from '../accept.ts';
 import { requireAdmin } from '../admin-auth.ts';
@@ -99,7 +105,7 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         throw err;
       }
       throw new ApiError('validation_failed', err.message, [
-        { path: err.path, message: err.detail },
+        { path: 'to', message: 'before from' },
       ]);
     }
     // The JSON sent, as DESIGN compares it: `{from}` and `{from, dry_run: false}` are two bodies.
@@ -119,7 +125,8 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         ),
       );
       requestLogger(c).info({ report }, 'replay finished');
-      return c.json(report);
+      const warning = futureStartWarning(value.from);
+      return c.json(warning === undefined ? report : { ...report, warning });
     });
   });
 
