@@ -1,8 +1,9 @@
 import type { Envelope, EventType } from './events.ts';
 
 /**
- * The schema version each event type is written with today. Older events stay in the log and in
- * the events table as they were written; they are upcast on read, never rewritten.
+ * The schema version each event type is written with today. Older events stay in the log as they
+ * were written, never rewritten, and are upcast as they are read from it: the projector stores
+ * them upcast, at today's version (rows an earlier build stored keep theirs).
  */
 export const CURRENT_VERSIONS: Record<EventType, number> = {
   // v2 always carries instrument_configuration_id, notes and metadata (v1 omitted them when empty).
