@@ -34,9 +34,31 @@ const nextRandom = (): Buffer => {
   return pool.subarray(offset - 16, offset);
 };
 
+/**
+ * The last id's millisecond and 31-bit counter (RFC 9562's method 1, as uuid's v7 keeps it when
+ * given no options, which it is not here): ids minted in one millisecond by one process ascend,
+ * so a request's files are listed in `ids[]` order, and an id minted after a list's cursor sorts
+ * after it. A clock that steps back keeps the last millisecond.
+ */
+const v7State = { msecs: Number.NEGATIVE_INFINITY, seq: 0 };
+
+const nextV7Position = (random: Buffer): { msecs: number; seq: number } => {
+  const now = Date.now();
+  if (now > v7State.msecs) {
+    v7State.msecs = now;
+    v7State.seq = random.readUInt32BE(6) & 0x7fffffff;
+  } else {
+    v7State.seq = (v7State.seq + 1) | 0;
+    if (v7State.seq === 0) {
+      v7State.msecs += 1;
+    }
+  }
+  return { ...v7State };
+};
+
 export const newIdInPartition = (partition: number, partitions: number): Uuid => {
   const random = nextRandom();
-  const id = uuidv7({ random });
+  const id = uuidv7({ random, ...nextV7Position(random) });
   let tail = random.readUInt32BE(12) % TAIL_RANGE;
   tail = tail - (tail % partitions) + partition;
   if (tail >= TAIL_RANGE) {

@@ -28,6 +28,15 @@ void describe('ids', () => {
     assert.ok(first.slice(0, 13) <= second.slice(0, 13));
   });
 
+  void it('orders the ids one process mints within a millisecond, whatever their partitions', () => {
+    const ids = Array.from({ length: 2000 }, (_, n) => newIdInPartition(n % 8, 8));
+    const sameMillisecond = ids.filter(
+      (id, n) => n > 0 && id.slice(0, 13) === ids[n - 1]?.slice(0, 13),
+    );
+    assert.ok(sameMillisecond.length > 0, 'some ids share a millisecond');
+    assert.deepEqual([...ids].sort(), ids);
+  });
+
   void it('chooses the same partition for the same text', () => {
     assert.equal(partitionForText('POST /x key-1', 8), partitionForText('POST /x key-1', 8));
     const spread = new Set(Array.from({ length: 64 }, (_, i) => partitionForText(`k${i}`, 8)));
