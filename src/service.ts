@@ -114,9 +114,6 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
       // Live clients never end their requests on their own: end their sessions first, so the
       // server can close.
       await timed(logger, 'live feed', () => parts.live.stop());
-      // Requests in progress are answered; appends not yet sent are refused now, not sent after
-      // the grace, when their clients' connections may be cut (EventLog.closeAppends).
-      parts.eventLog.closeAppends();
       const server = parts.server();
       if (server) {
         const open = server as {
@@ -132,8 +129,11 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
           // after the grace is cut.
           const idle = setInterval(() => open.closeIdleConnections?.(), IDLE_SWEEP_MS).unref();
           const cut = setTimeout(() => {
-            // Past the grace nothing is left to sweep, even if the close never completes.
+            // Past the grace nothing is left to sweep, even if the close never completes. An
+            // append not yet sent (behind a call a stalled link holds) is refused, not sent once
+            // its client's connection is cut: it would run, and the client, told nothing, retry.
             clearInterval(idle);
+            parts.eventLog.closeAppends();
             open.closeAllConnections?.();
           }, HTTP_GRACE_MS).unref();
           open.closeIdleConnections?.();

@@ -547,9 +547,8 @@ export class EventLog {
 
   /**
    * Sends no append from now on, and refuses those waiting for their partition's call: the process
-   * stops. A request whose append is out is answered within the HTTP grace; one whose append were
-   * sent later might have its connection cut at the end of the grace, its append run all the same,
-   * and its client, told nothing, send it again as a second write.
+   * stops, and the connections of its requests are cut. An append sent after that would run all
+   * the same, and its client, told nothing, would send it again as a second write.
    */
   closeAppends(): void {
     this.#appendsClosed = true;
