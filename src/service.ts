@@ -143,6 +143,9 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
           });
         });
       }
+      // However the server closed: a client that hung up on its own while its append waited
+      // behind a stalled call leaves no connection, and the append would be sent all the same.
+      parts.eventLog.closeAppends();
       parts.tokens.stop();
       parts.replicaLink.stop();
       parts.capacity?.stop();
