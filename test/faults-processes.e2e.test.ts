@@ -434,7 +434,7 @@ void describe('process faults under load', () => {
         [['replay', '--from', '0', '--partition', '1e0'], /--partition takes a whole number/],
         [['replay', '--from', 'yesterday'], /yesterday/],
         [['pending', '--limit', '99999999999999999999'], /--limit must be at most/],
-        [['pending', '--idle', '99999999999999999999d'], /--idle takes a duration/],
+        [['pending', '--idle', '99999999999999999999d'], /--idle must be at most/],
         [['dead', 'show'], /give the dead letter id/],
         [['dead', 'discard', 'not-an-id', '--reason', 'r'], /give the dead letter id/],
       ] as const) {

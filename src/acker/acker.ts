@@ -414,7 +414,8 @@ export class Acker {
       broken = err;
       throw err;
     } finally {
-      // A connection a restart broke is not given back to the pool.
+      // A session that failed may be broken (by the very restart this guards against): it is
+      // not given back to the pool for another question.
       client.release(broken instanceof Error ? broken : undefined);
     }
   }

@@ -10,6 +10,7 @@ import {
   isDeadLetterCursor,
   type LetterReads,
   RetryNotYetError,
+  retriedBeside,
 } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, totalsOf } from '../ops/buffer.ts';
@@ -40,10 +41,14 @@ export const pending = (flags: IncidentFlags) => {
     flags.idle === undefined || /^(?!0+$)\d+$/.test(flags.idle.trim())
       ? undefined
       : parseDurationMs(flags.idle);
-  if (flags.idle !== undefined && (minIdleMs === undefined || !Number.isSafeInteger(minIdleMs))) {
+  if (flags.idle !== undefined && minIdleMs === undefined) {
     throw new CliError(
       `--idle takes a duration with its unit, such as 60s, 500ms or 5m, not ${flags.idle}`,
     );
+  }
+  // Past it, Number() rounds, and Redis refuses what it is sent without naming the flag.
+  if (minIdleMs !== undefined && !Number.isSafeInteger(minIdleMs)) {
+    throw new CliError(`--idle must be at most ${Number.MAX_SAFE_INTEGER}ms`);
   }
   const partition = wholeNumberFlag(flags.partition, '--partition');
   const limit = wholeNumberFlag(flags.limit, '--limit', { min: 1 }) ?? 50;
@@ -193,7 +198,9 @@ export const pending = (flags: IncidentFlags) => {
     );
     // Why an entry waiting for projection waits: its own failures, which deliveries do not tell
     // from a batch retried through a database outage.
-    for (const e of report.entries.filter((entry) => entry.attempts > 0)) {
+    for (const e of report.entries.filter(
+      (entry) => entry.waiting_for === 'projection' && entry.attempts > 0,
+    )) {
       print(
         `${e.entry_id} (partition ${e.partition}) failed ${e.attempts} attempt(s) (dead-lettered at its projector's OUTPOST_MAX_ATTEMPTS), the last: ${e.last_error}`,
       );
@@ -425,15 +432,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
                   retried.set(keyOf(letter.partition, deadId), entryId);
                 }
                 if (!flags.all) {
-                  alsoRetried.push(
-                    ...[...ids]
-                      .filter(([deadId]) => deadId !== letter.dead_letter_id)
-                      .map(([, { eventId, entryId }]) => ({
-                        eventId,
-                        entryId,
-                        partition: letter.partition,
-                      })),
-                  );
+                  for (const other of retriedBeside(ids, letter.dead_letter_id)) {
+                    alsoRetried.push({ ...other, partition: letter.partition });
+                  }
                 }
                 return ids.get(letter.dead_letter_id)?.entryId;
               })

@@ -24,6 +24,13 @@ import { forEachHashPage, pipelineReplies } from './redis.ts';
 /** A dead letter put back in its stream: its event and the event's new entry. */
 export type RetriedLetter = { eventId: string; entryId: string };
 
+/** The letters a retry put back beside the one it was named by (`retryAggregate`'s answer). */
+export const retriedBeside = (
+  retried: ReadonlyMap<string, RetriedLetter>,
+  namedDeadLetterId: string,
+): RetriedLetter[] =>
+  [...retried].filter(([deadId]) => deadId !== namedDeadLetterId).map(([, letter]) => letter);
+
 /** What a dead letter says about the event it holds, as the admin API and CLI show it. */
 export type DeadLetter = {
   id: string;
@@ -162,7 +169,6 @@ const letterRecord = (fields: readonly string[]): Record<string, string> => {
 
 const createsAggregate = (type: string): boolean => isEventType(type) && EVENT_TYPES[type].creates;
 
-/** A letter's attempt history; one that does not read (written by hand, say) shows as none. */
 /** The event's own fields of a dead-letter entry, without what the dead-lettering added. */
 const eventFieldsOf = (fields: string[]): string[] => {
   const out: string[] = [];

@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ChainableCommander, Redis } from 'ioredis';
 import {
@@ -154,7 +154,7 @@ export type RosterOutcome = ['listed'] | ['moved', string] | ['running', ...stri
 
 export type Attempt = { at: string; error: string };
 
-/** An entry's recorded attempts; none where the record is missing or not a list. */
+/** An entry's recorded attempts; one that does not read (written by hand, say) shows as none. */
 export const attemptsOf = (text: string | undefined): Attempt[] => {
   try {
     const attempts: unknown = JSON.parse(text ?? '[]');
@@ -660,7 +660,8 @@ export class EventLog {
     // The request's hash and this attempt's own mark: a claim that ioredis sent again after its
     // reply was lost with the connection finds the value it set itself, and must know it for its
     // own, not another attempt's, or a refused request would keep the key for its body.
-    const value = `${idempotency.requestHash} ${randomUUID()}`;
+    // 64 random bits tell two attempts apart; the claim is kept 24 h per keyed write.
+    const value = `${idempotency.requestHash} ${randomBytes(8).toString('base64url')}`;
     const earlier = (await this.#redis.call(
       'SET',
       this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),

@@ -13,6 +13,7 @@ import {
   deadLetterIdIn,
   isDeadLetterCursor,
   RetryNotYetError,
+  retriedBeside,
 } from '../../log/dead-letters.ts';
 import { inspectPending } from '../../ops/pending.ts';
 import {
@@ -202,9 +203,10 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
       }
       // The aggregate's other letters went back with it: said, or they would leave the dead
       // letters with nothing said of where they went.
-      const alsoRetried = [...retried]
-        .filter(([deadId]) => deadId !== dead.dead_letter_id)
-        .map(([, other]) => ({ event_id: other.eventId, entry_id: other.entryId }));
+      const alsoRetried = retriedBeside(retried, dead.dead_letter_id).map((other) => ({
+        event_id: other.eventId,
+        entry_id: other.entryId,
+      }));
       requestLogger(c).info(
         { eventId: dead.event_id, entryId, alsoRetried: alsoRetried.length },
         'dead letter retried',
