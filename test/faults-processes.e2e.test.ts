@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { randomInt } from 'node:crypto';
-import { readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { createConnection } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { Redis as IORedis } from 'ioredis';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
 import { CONSUMER_GROUP, processRosterKey } from '../src/log/keys.ts';
@@ -22,6 +24,7 @@ import { runCli } from './harness/cli.ts';
 import {
   Harness,
   holdFault,
+  killOnExit,
   type SpawnedService,
   scrapeMetric,
   testStack,
@@ -29,6 +32,7 @@ import {
 } from './harness/harness.ts';
 import { type SteadyLoad, steadyLoad } from './harness/load.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
+import { freePort } from './harness/services.ts';
 
 const exited = (child: ChildProcess) =>
   child.exitCode !== null || child.signalCode !== null
@@ -936,6 +940,73 @@ void describe('process faults under load', () => {
       assert.equal(finish.status, 202, finish.text);
 
       await patchedInOrder(h, id, firstNotes);
+    });
+  });
+
+  void describe("Redis's address moving to a replica and back to the primary (a failover under a stable name)", () => {
+    let h: Harness | undefined;
+    let proxy: BlackholeProxy | undefined;
+    let replica: ChildProcess | undefined;
+    let replicaDir: string | undefined;
+    after(async () => {
+      try {
+        await h?.close();
+        await proxy?.close();
+      } finally {
+        replica?.kill('SIGKILL');
+        if (replicaDir !== undefined) {
+          rmSync(replicaDir, { recursive: true, force: true });
+        }
+      }
+    });
+
+    void it('reconnects on READONLY, and takes writes again once the address leads to the primary', async () => {
+      const primaryPort = testStack().redisPort;
+      h = await Harness.start({ role: 'projector' });
+      const replicaPort = await freePort();
+      replicaDir = mkdtempSync(join(tmpdir(), 'outpost-redis-replica-'));
+      // A durable replica, as a failover would leave one: the durability check passes on it.
+      replica = spawn('redis-server', [
+        ...['--port', String(replicaPort), '--bind', '127.0.0.1', '--dir', replicaDir],
+        ...['--replicaof', '127.0.0.1', String(primaryPort), '--save', ''],
+        ...['--appendonly', 'yes', '--appendfsync', 'always'],
+      ]);
+      killOnExit(replica);
+      const replicaClient = new IORedis(replicaPort, '127.0.0.1', { lazyConnect: true });
+      // Refused until the server listens: waitFor asks again.
+      replicaClient.on('error', () => undefined);
+      try {
+        await waitFor(
+          async () => /^master_link_status:up/m.test(await replicaClient.info('replication')),
+          'the replica to sync',
+        );
+      } finally {
+        replicaClient.disconnect();
+      }
+      proxy = await BlackholeProxy.start(primaryPort);
+      const api = await h.startService('api', { redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      const start = (name: string) =>
+        fetch(`http://127.0.0.1:${api.port}/executed_obs_units/start`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ obs_unit_id: name, instrument: 'x' }),
+        });
+      assert.equal((await start('before')).status, 201);
+
+      // The address leads to the replica, and the service's connection is made again there.
+      proxy.retarget(replicaPort);
+      proxy.dropConnections();
+      let refusal = '';
+      await waitFor(async () => {
+        const answer = await start('on-the-replica');
+        refusal = await answer.text();
+        return answer.status === 503 && /READONLY/.test(refusal);
+      }, 'writes to be refused by the replica');
+      assert.match(refusal, /names a read-only replica/);
+
+      // Back to the primary, with no connection dropped: only a connection made again reaches it.
+      proxy.retarget(primaryPort);
+      await waitFor(async () => (await start('after')).status === 201, 'writes to be taken again');
     });
   });
 

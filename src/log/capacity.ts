@@ -142,6 +142,11 @@ export class LogCapacity {
 
   /** Looks again now (after Redis refused a write for memory, say). A failed look keeps the last. */
   refresh(): void {
+    // Its answer is /health's to give; asked here so that a Redis turned replica under the
+    // address this process reaches it by is met by an error each second, on which the
+    // connection is made again and may reach the primary (reconnectOnReadOnly): the appends'
+    // own refusals come back inside the script's reply, where ioredis does not see them.
+    probeWriteRefusal(this.#redis).catch(() => undefined);
     readLogMemory(this.#redis).then(
       (memory) => {
         this.#memory = memory;

@@ -30,7 +30,7 @@ export class BlackholeProxy {
   private constructor(
     private readonly server: Server,
     readonly port: number,
-    private readonly target: { port: number; host: string },
+    private target: { port: number; host: string },
   ) {}
 
   static async start(targetPort: number, targetHost = '127.0.0.1'): Promise<BlackholeProxy> {
@@ -131,6 +131,23 @@ export class BlackholeProxy {
   /** `url` (a connection URL naming the proxied server's port) sent through this proxy instead. */
   reroute(url: string): string {
     return url.replace(`:${this.target.port}/`, `:${this.port}/`);
+  }
+
+  /**
+   * New connections go to `port` from now on, as a name whose address moved (a failover under a
+   * DNS name or a virtual IP) leads there; open ones stay where they are until `dropConnections`.
+   */
+  retarget(port: number, host = '127.0.0.1'): void {
+    this.target = { port, host };
+  }
+
+  /** Every open connection is reset, as a server that went away resets them. */
+  dropConnections(): void {
+    for (const link of this.#links) {
+      link.client.destroy();
+      link.upstream?.destroy();
+    }
+    this.#links.clear();
   }
 
   blackhole(): void {
