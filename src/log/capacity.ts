@@ -94,9 +94,9 @@ export const logFullReason = (memory: LogMemory | undefined): string =>
     : 'the local log is full: Redis refuses writes at its maxmemory; writes resume once it has room again: raise maxmemory';
 
 /**
- * The write path's view of the log, looked at every second off the request path: one INFO and one
- * CONFIG GET a second, not one a write. A burst within that second may take some of the reserve,
- * which is what it is sized for.
+ * The write path's view of the log, looked at every second off the request path: an INFO, a
+ * CONFIG GET and a write probe a second, not one a write. A burst within that second may take some
+ * of the reserve, which is what it is sized for.
  */
 export class LogCapacity {
   readonly #redis: Redis;
