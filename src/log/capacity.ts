@@ -93,6 +93,41 @@ export const logFullReason = (memory: LogMemory | undefined): string =>
     ? `the local log is full: Redis holds ${mb(memory.usedBytes)} MB of its ${mb(memory.maxBytes)} MB maxmemory (the last ${DRAIN_RESERVE * 100} % is kept for the backlog to drain); writes resume once it has room again: raise maxmemory`
     : 'the local log is full: Redis refuses writes at its maxmemory; writes resume once it has room again: raise maxmemory';
 
+/** How long Redis answers READONLY before its connection is made again, and how often after. */
+export const READONLY_RECONNECT_MS = 5_000;
+
+/**
+ * A primary demoted behind the address Outpost reaches it by (a failover under a DNS name or a
+ * virtual IP, without Sentinel, which would have closed its clients) answers READONLY on the
+ * connection Outpost holds for as long as that stays open; a new connection reaches whatever the
+ * address names now. Made again only once READONLY has lasted a while, and then at that pace:
+ * the commands out when a connection is made again fail, so a REDIS_URL naming a replica by
+ * mistake is not reconnected under every write, and a start-up that meets READONLY keeps its
+ * connection to say so. Not through ioredis's reconnectOnError: the append script's refusals come
+ * back inside its reply, where ioredis does not see them, and it would reconnect at every one.
+ */
+export class ReadOnlyWatch {
+  #since: number | undefined;
+  #lastReconnect = Number.NEGATIVE_INFINITY;
+
+  /** Whether to make the connection again now, given what the write probe answered. */
+  reconnectNow(refusal: string | undefined, nowMs: number): boolean {
+    if (!refusal?.startsWith('READONLY')) {
+      this.#since = undefined;
+      return false;
+    }
+    this.#since ??= nowMs;
+    if (
+      nowMs - this.#since < READONLY_RECONNECT_MS ||
+      nowMs - this.#lastReconnect < READONLY_RECONNECT_MS
+    ) {
+      return false;
+    }
+    this.#lastReconnect = nowMs;
+    return true;
+  }
+}
+
 /**
  * The write path's view of the log, looked at every second off the request path: an INFO, a
  * CONFIG GET and a write probe a second, not one a write. A burst within that second may take some
@@ -104,6 +139,7 @@ export class LogCapacity {
   readonly #persistenceRefusal: () => Promise<string | undefined>;
   #memory: LogMemory | undefined;
   #unsafe: string | undefined;
+  readonly #readOnly = new ReadOnlyWatch();
   #timer: NodeJS.Timeout | undefined;
 
   /**
@@ -142,11 +178,14 @@ export class LogCapacity {
 
   /** Looks again now (after Redis refused a write for memory, say). A failed look keeps the last. */
   refresh(): void {
-    // Its answer is /health's to give; asked here so that a Redis turned replica under the
-    // address this process reaches it by is met by an error each second, on which the
-    // connection is made again and may reach the primary (reconnectOnReadOnly): the appends'
-    // own refusals come back inside the script's reply, where ioredis does not see them.
-    probeWriteRefusal(this.#redis).catch(() => undefined);
+    probeWriteRefusal(this.#redis).then(
+      (refusal) => {
+        if (this.#readOnly.reconnectNow(refusal, performance.now())) {
+          this.#redis.disconnect(true);
+        }
+      },
+      () => undefined,
+    );
     readLogMemory(this.#redis).then(
       (memory) => {
         this.#memory = memory;

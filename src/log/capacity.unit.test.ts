@@ -8,6 +8,8 @@ import {
   logFullReason,
   logMemoryOf,
   logMemoryRatio,
+  READONLY_RECONNECT_MS,
+  ReadOnlyWatch,
   writeRefusal,
   writeRefusedReason,
 } from './capacity.ts';
@@ -95,5 +97,29 @@ void describe("the log's memory", () => {
       /^the local log is full: Redis holds 97\.0 MB of its 100\.0 MB maxmemory .*raise maxmemory$/,
     );
     assert.match(logFullReason(undefined), /^the local log is full: .*raise maxmemory$/);
+  });
+});
+
+void describe('ReadOnlyWatch', () => {
+  const readOnly = "READONLY You can't write against a read only replica.";
+
+  void it('makes the connection again once READONLY has lasted, then at that pace', () => {
+    const watch = new ReadOnlyWatch();
+    assert.equal(watch.reconnectNow(readOnly, 0), false, 'not at the first refusal');
+    assert.equal(watch.reconnectNow(readOnly, READONLY_RECONNECT_MS - 1), false);
+    assert.equal(watch.reconnectNow(readOnly, READONLY_RECONNECT_MS), true);
+    assert.equal(watch.reconnectNow(readOnly, READONLY_RECONNECT_MS + 1_000), false);
+    assert.equal(watch.reconnectNow(readOnly, 2 * READONLY_RECONNECT_MS), true);
+  });
+
+  void it('starts again from a Redis that takes writes, and ignores other refusals', () => {
+    const watch = new ReadOnlyWatch();
+    watch.reconnectNow(readOnly, 0);
+    assert.equal(watch.reconnectNow(undefined, 1_000), false);
+    assert.equal(watch.reconnectNow(readOnly, READONLY_RECONNECT_MS), false, 'lasting anew');
+    const misconf = 'MISCONF Redis is configured to save RDB snapshots';
+    for (const at of [0, READONLY_RECONNECT_MS, 3 * READONLY_RECONNECT_MS]) {
+      assert.equal(new ReadOnlyWatch().reconnectNow(misconf, at), false);
+    }
   });
 });

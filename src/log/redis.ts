@@ -19,31 +19,9 @@ export const createRedis = (config: Config): Redis => {
     // Commands issued in one event-loop tick (the appends of concurrent requests) leave in one
     // write and are read by Redis in one go; while a batch is out, the next one gathers.
     enableAutoPipelining: true,
-    reconnectOnError: reconnectOnReadOnly(),
   });
   dropLateResends(redis);
   return redis;
-};
-
-const READONLY_RECONNECT_MS = 1_000;
-
-/**
- * A primary demoted behind the address Outpost reaches it by (a failover under a DNS name or a
- * virtual IP, without Sentinel, which would have closed its clients) answers READONLY on the
- * connection Outpost holds for as long as it stays open: a new connection reaches whatever the
- * address names now. At most once a second, so that a REDIS_URL naming a replica by mistake is not
- * reconnected for every write. 1 reconnects without sending the refused command again: it was
- * answered, and its request has its 503.
- */
-export const reconnectOnReadOnly = (now = () => performance.now()) => {
-  let last = Number.NEGATIVE_INFINITY;
-  return (err: Error): 1 | false => {
-    if (!/^READONLY\b/.test(err.message) || now() - last < READONLY_RECONNECT_MS) {
-      return false;
-    }
-    last = now();
-    return 1;
-  };
 };
 
 /** What ioredis keeps, across a reconnect, of the commands its connection had out. */

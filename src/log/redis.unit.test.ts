@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { reconnectOnReadOnly, redisVersionRefusal } from './redis.ts';
+import { redisVersionRefusal } from './redis.ts';
 
 const infoOf = (version: string) =>
   `# Server\r\nredis_version:${version}\r\nredis_git_sha1:00000000\r\nredis_mode:standalone\r\n`;
@@ -23,23 +23,5 @@ void describe('redisVersionRefusal', () => {
       undefined,
     );
     assert.equal(redisVersionRefusal(infoOf('unknown'), 'redis://h'), undefined);
-  });
-});
-
-void describe('reconnectOnReadOnly', () => {
-  void it('reconnects on READONLY, at most once a second, and on nothing else', () => {
-    let now = 0;
-    const decide = reconnectOnReadOnly(() => now);
-    const readOnly = new Error("READONLY You can't write against a read only replica.");
-    assert.equal(decide(readOnly), 1, 'without sending the refused command again');
-    now = 500;
-    assert.equal(decide(readOnly), false, 'not for every write to a replica named by mistake');
-    now = 1_000;
-    assert.equal(decide(readOnly), 1);
-    now = 5_000;
-    for (const other of ['MISCONF Redis is configured to save', 'ERR unknown command', 'OOM']) {
-      assert.equal(decide(new Error(other)), false, other);
-    }
-    assert.equal(decide(new Error('ERR Error running script: READONLY inside')), false);
   });
 });
