@@ -180,7 +180,8 @@ export class LogCapacity {
   refresh(): void {
     probeWriteRefusal(this.#redis).then(
       (refusal) => {
-        if (this.#readOnly.reconnectNow(refusal, performance.now())) {
+        // Not once stopped: the process is closing this connection.
+        if (this.#timer !== undefined && this.#readOnly.reconnectNow(refusal, performance.now())) {
           this.#redis.disconnect(true);
         }
       },
