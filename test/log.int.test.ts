@@ -124,6 +124,22 @@ void describe('the local log', () => {
     await h?.close();
   });
 
+  /** `work` with this site's log reached through a proxy the test controls, as a service reaches it. */
+  const throughProxy = async (
+    work: (proxied: EventLog, proxy: BlackholeProxy) => Promise<void>,
+  ): Promise<void> => {
+    const proxy = await BlackholeProxy.start(testStack().redisPort);
+    const client = createRedis({ ...h.config, redisUrl: `redis://127.0.0.1:${proxy.port}` });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      await work(new EventLog(client, h.config.namespace, h.config.partitions), proxy);
+    } finally {
+      client.disconnect();
+      await proxy.close();
+    }
+  };
+
   void describe('the in-flight index', () => {
     /** A file event in a partition's stream as an earlier build wrote it, a field per property. */
     const earlierEntry = async (partition: number, aggregateId: string, n: number) => {
@@ -1420,12 +1436,7 @@ void describe('the local log', () => {
     });
 
     void it("sends nothing once closed: an append waiting for its partition's call is refused, not sent later", async () => {
-      const proxy = await BlackholeProxy.start(testStack().redisPort);
-      const client = createRedis({ ...h.config, redisUrl: `redis://127.0.0.1:${proxy.port}` });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        const closing = new EventLog(client, h.config.namespace, h.config.partitions);
+      await throughProxy(async (closing, proxy) => {
         const partition = 3;
         const out = eventIn(partition, 0);
         const waiting = eventIn(partition, 1);
@@ -1442,10 +1453,7 @@ void describe('the local log', () => {
         for (const refused of [waiting, late]) {
           assert.equal(await log.entryIdOfEvent(refused.event_id, partition), null);
         }
-      } finally {
-        client.disconnect();
-        await proxy.close();
-      }
+      });
     });
 
     void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
@@ -1586,12 +1594,7 @@ void describe('the local log', () => {
 
       // Redis takes the claim and its reply is lost with the connection; ioredis sends the claim
       // again, which finds the value it set itself: still this request's, given back on refusal.
-      const proxy = await BlackholeProxy.start(testStack().redisPort);
-      const client = createRedis({ ...h.config, redisUrl: `redis://127.0.0.1:${proxy.port}` });
-      client.on('error', () => undefined);
-      try {
-        await client.connect();
-        const proxied = new EventLog(client, h.config.namespace, h.config.partitions);
+      await throughProxy(async (proxied, proxy) => {
         proxy.loseReplyTo(
           (chunk) => chunk.includes(':idem-claim:scope-resent'),
           (chunk) => chunk.toString().endsWith('$-1\r\n'),
@@ -1606,10 +1609,7 @@ void describe('the local log', () => {
         assert.equal(resent.kind, 'unknown');
         const resentClaim = log.keys(keyPartition).idempotencyClaim('scope-resent');
         assert.equal(await redis.exists(resentClaim), 0, 'the refused request gave its claim back');
-      } finally {
-        client.disconnect();
-        await proxy.close();
-      }
+      });
     });
 
     void it('lets exactly one of racing guarded transitions of a unit through', async () => {
