@@ -96,7 +96,7 @@ type Started = {
   tokens: TokenStore;
   eventLog: EventLog;
   replicaLink: ReplicaLink;
-  capacity: LogCapacity | undefined;
+  logWatch: LogCapacity;
   projector: Projector | undefined;
   acker: Acker | undefined;
   integrity: IntegrityScheduler | undefined;
@@ -148,7 +148,7 @@ const stopping = (logger: Logger, parts: Started): (() => Promise<void>) => {
       parts.eventLog.closeAppends();
       parts.tokens.stop();
       parts.replicaLink.stop();
-      parts.capacity?.stop();
+      parts.logWatch.stop();
       await timed(logger, 'projector', async () => parts.projector?.stop());
       await timed(logger, 'acker', async () => parts.acker?.stop());
       await timed(logger, 'integrity scheduler', async () => parts.integrity?.stop());
@@ -301,11 +301,11 @@ export const startService = async (
     tokens,
     partitionCount: listing,
   });
-  // Only API processes take writes; they keep the log's room for the backlog to drain.
-  const capacity =
-    role === 'projector'
-      ? undefined
-      : new LogCapacity(redis, () => persistenceRefusal(redis, config.appendfsync));
+  // Every process watches the log: each makes its connection again after a failover behind
+  // REDIS_URL's address (ReadOnlyWatch). Only API processes take writes; they keep the log's room
+  // for the backlog to drain.
+  const logWatch = new LogCapacity(redis, () => persistenceRefusal(redis, config.appendfsync));
+  const capacity = role === 'projector' ? undefined : logWatch;
   const replicaLink = new ReplicaLink(
     replica,
     logger.child({ module: 'replica-link' }),
@@ -318,7 +318,7 @@ export const startService = async (
     tokens,
     eventLog,
     replicaLink,
-    capacity,
+    logWatch,
     projector,
     acker,
     integrity,
@@ -337,7 +337,7 @@ export const startService = async (
   projector?.start();
   acker?.start();
   void integrity?.start();
-  capacity?.start();
+  logWatch.start();
   const appDeps = {
     config,
     capacity,

@@ -960,9 +960,11 @@ void describe('process faults under load', () => {
       }
     });
 
-    void it('reconnects on READONLY, and takes writes again once the address leads to the primary', async () => {
+    void it('reconnects on READONLY, and takes writes again and projects them once the address leads to the primary', async () => {
       const primaryPort = testStack().redisPort;
-      h = await Harness.start({ role: 'projector' });
+      // The only projector is a process of its own behind the proxy: nothing else projects.
+      const harness = await Harness.start({ role: 'api' });
+      h = harness;
       const replicaPort = await freePort();
       replicaDir = mkdtempSync(join(tmpdir(), 'outpost-redis-replica-'));
       // A durable replica, as a failover would leave one: the durability check passes on it.
@@ -984,14 +986,31 @@ void describe('process faults under load', () => {
         replicaClient.disconnect();
       }
       proxy = await BlackholeProxy.start(primaryPort);
-      const api = await h.startService('api', { redisUrl: `redis://127.0.0.1:${proxy.port}` });
+      const redisUrl = `redis://127.0.0.1:${proxy.port}`;
+      const api = await harness.startService('api', { redisUrl });
+      await harness.startService('projector', {
+        redisUrl,
+        consumer: 'projector-behind-the-address',
+      });
       const start = (name: string) =>
         fetch(`http://127.0.0.1:${api.port}/executed_obs_units/start`, {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ obs_unit_id: name, instrument: 'x' }),
         });
-      assert.equal((await start('before')).status, 201);
+      const confirmed = async (answer: Response, what: string) => {
+        const { event_id: eventId } = (await answer.json()) as { event_id: string };
+        await waitFor(
+          async () =>
+            ((await harness.get(`/events/${eventId}`)).body as { state?: string }).state ===
+            'confirmed',
+          what,
+          60_000,
+        );
+      };
+      const before = await start('before');
+      assert.equal(before.status, 201);
+      await confirmed(before, 'the write before the failover to be projected');
 
       // The address leads to the replica, and the service's connection is made again there.
       proxy.retarget(replicaPort);
@@ -1006,7 +1025,13 @@ void describe('process faults under load', () => {
 
       // Back to the primary, with no connection dropped: only a connection made again reaches it.
       proxy.retarget(primaryPort);
-      await waitFor(async () => (await start('after')).status === 201, 'writes to be taken again');
+      let after: Response | undefined;
+      await waitFor(async () => {
+        after = await start('after');
+        return after.status === 201;
+      }, 'writes to be taken again');
+      // The projector process's connections, its partitions' readers among them, are made again too.
+      await confirmed(after as Response, 'the write after the failover to be projected');
     });
   });
 

@@ -131,7 +131,8 @@ export class ReadOnlyWatch {
 /**
  * The write path's view of the log, looked at every second off the request path: an INFO, a
  * CONFIG GET and a write probe a second, not one a write. A burst within that second may take some
- * of the reserve, which is what it is sized for.
+ * of the reserve, which is what it is sized for. A projector-only process runs it too, for the
+ * probe's reconnect after a failover (ReadOnlyWatch).
  */
 export class LogCapacity {
   readonly #redis: Redis;

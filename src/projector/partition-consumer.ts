@@ -4,6 +4,7 @@ import { FencedError, type Lease } from '../db/queries/leases.ts';
 import { EVENT_TYPES, upstreamIdsOf } from '../domain/events.ts';
 import { UpstreamNotAppliedError } from '../domain/fold.ts';
 import type { LivePublisher } from '../live/live-message.ts';
+import { ReadOnlyWatch, writeRefusal } from '../log/capacity.ts';
 import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
 import {
   type DeadLetters,
@@ -110,6 +111,8 @@ export class PartitionConsumer {
   readonly #abort = new AbortController();
   readonly #transientBackoff = new Backoff({ baseMs: 100, capMs: 10_000 });
   readonly #retryBackoff = new Backoff({ baseMs: 200, capMs: 30_000 });
+  /** The reader's connection is the process's to make again after a failover, as the API's is. */
+  readonly #readerReadOnly = new ReadOnlyWatch();
   /** Aggregates with a failed entry awaiting retry: their later entries wait behind it. */
   readonly #holding = new Set<string>();
   /** The pass a re-read is already scheduled from, if any. */
@@ -297,6 +300,13 @@ export class PartitionConsumer {
           );
           this.#mainSeen = undefined;
           this.#verifyRecorded = true;
+        }
+        if (this.#readerReadOnly.reconnectNow(writeRefusal(err), performance.now())) {
+          logger.warn(
+            { partition: this.#partition },
+            'Redis has answered READONLY for a while (a failover behind REDIS_URL?): making the reader connection again',
+          );
+          this.#deps.reader.disconnect(true);
         }
         this.#lastError = reasonOf(err);
         this.#deps.onFailure?.();
