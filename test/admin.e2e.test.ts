@@ -855,43 +855,84 @@ void describe('admin and incident tools', () => {
     }
   });
 
-  void it('dead-letters an entry written past the API that no fold can take, and applies what follows it', async () => {
+  void it('dead-letters entries written past the API that no fold can take, and applies what follows them', async () => {
     const log = eventLogOf(h);
     const partition = 0;
-    // A package without its file_ids: nothing the API would take, and no fold or link can.
-    const broken = eventIn(h, partition, {
-      type: 'RawDataPackageCreated',
-      aggregate_type: 'raw_data_package',
-      data: { name: 'no files' },
-    });
+    const brokenCases = [
+      {
+        // A package without its file_ids: nothing the API would take, and no fold or link can.
+        read: 'raw_data_packages',
+        error: /cannot fold RawDataPackageCreated/,
+        event: eventIn(h, partition, {
+          type: 'RawDataPackageCreated',
+          aggregate_type: 'raw_data_package',
+          data: { name: 'no files' },
+        }),
+      },
+      {
+        // A file of a unit named by null, and a package of a file named by a number: ids that
+        // cannot be looked up, which once stopped the partition for good instead.
+        read: 'raw_data_files',
+        error: /cannot fold RawDataFileRegistered: executed_obs_unit_id is not a UUID: null/,
+        event: eventIn(h, partition, {
+          type: 'RawDataFileRegistered',
+          aggregate_type: 'raw_data_file',
+          data: {
+            executed_obs_unit_id: null,
+            path: '/data/of-no-unit.fits',
+            size_bytes: 1,
+            checksum: 'ab',
+            checksum_algorithm: 'xxh64',
+            created_at: new Date().toISOString(),
+          },
+        }),
+      },
+      {
+        read: 'raw_data_packages',
+        error: /cannot fold RawDataPackageCreated: file_ids is not a UUID: 42/,
+        event: eventIn(h, partition, {
+          type: 'RawDataPackageCreated',
+          aggregate_type: 'raw_data_package',
+          data: {
+            name: 'numbered',
+            file_ids: [42],
+            executed_obs_unit_id: newIdInPartition(partition, h.config.partitions),
+          },
+        }),
+      },
+    ];
     const next = configurationEvent(h, partition);
-    for (const event of [broken, next]) {
+    for (const event of [...brokenCases.map((c) => c.event), next]) {
       assert.equal((await log.append({ partition, events: [event] })).kind, 'appended');
     }
-    const read = await h.get(`/raw_data_packages/${broken.aggregate_id}`);
-    assert.notEqual(read.status, 500, read.text);
+    for (const { read: collection, event } of brokenCases) {
+      const read = await h.get(`/${collection}/${event.aggregate_id}`);
+      assert.notEqual(read.status, 500, read.text);
+    }
     await waitFor(
       async () => (await h.get(`/events/${next.event_id}`)).body?.state === 'confirmed',
-      'the event after it in its partition to be applied',
+      'the event after them in their partition to be applied',
     );
-    await waitFor(
-      async () => (await h.get(`/events/${broken.event_id}`)).body?.state === 'dead',
-      'the broken entry to be dead-lettered',
-    );
-    const letter = await h.request(
-      'GET',
-      `/admin/dead-letters/${broken.event_id}`,
-      undefined,
-      auth(TOKEN),
-    );
-    assert.match(letter.body.error, /cannot fold RawDataPackageCreated/);
-    const discarded = await h.request(
-      'DELETE',
-      `/admin/dead-letters/${broken.event_id}`,
-      { reason: 'written past the API' },
-      auth(TOKEN),
-    );
-    assert.equal(discarded.status, 200, discarded.text);
+    for (const { event, error } of brokenCases) {
+      await waitFor(
+        async () => (await h.get(`/events/${event.event_id}`)).body?.state === 'dead',
+        `the broken ${event.type} to be dead-lettered`,
+      );
+      const letter = await h.request(
+        'GET',
+        `/admin/dead-letters/${event.event_id}`,
+        undefined,
+        auth(TOKEN),
+      );
+      assert.match(letter.body.error, error);
+      const discarded = await h.request(
+        'DELETE',
+        `/admin/dead-letters/${event.event_id}`,
+        { reason: 'written past the API' },
+        auth(TOKEN),
+      );
+      assert.equal(discarded.status, 200, discarded.text);
+    }
   });
 
   void it("leaves an event of a type this build does not know out of its unit's reads", async () => {

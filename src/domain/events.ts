@@ -1,3 +1,5 @@
+import { isUuid } from './ids.ts';
+
 /**
  * The observatory's events. Each is immutable once accepted; `version` is the schema version of
  * `data`, so the fold can upcast older shapes after a schema change.
@@ -122,15 +124,36 @@ export const upstreamIdsOf = (event: DomainEvent): string[] => {
   }
 };
 
+/**
+ * An upstream id as the API writes one. An entry written past the API may name its unit by null
+ * or a number: looked up, that would throw far from the event, after its batch committed, and on
+ * every re-read, so the partition would stop for good; refused here, the event fails its own fold
+ * and ends in the dead letters.
+ */
+const upstreamIdIn = (value: unknown, field: string): string => {
+  if (typeof value !== 'string' || !isUuid(value)) {
+    throw new Error(`${field} is not a UUID: ${JSON.stringify(value) ?? 'missing'}`);
+  }
+  return value;
+};
+
 /** Upstream edges a derived aggregate must have (DESIGN §5 `missing_link`). */
 export const linksOf = (
   event: DomainEvent,
 ): { upstream_id: string; kind: 'recorded_in' | 'packages' }[] => {
   switch (event.type) {
     case 'RawDataFileRegistered':
-      return [{ upstream_id: event.data.executed_obs_unit_id, kind: 'recorded_in' }];
+      return [
+        {
+          upstream_id: upstreamIdIn(event.data.executed_obs_unit_id, 'executed_obs_unit_id'),
+          kind: 'recorded_in',
+        },
+      ];
     case 'RawDataPackageCreated':
-      return event.data.file_ids.map((upstream_id) => ({ upstream_id, kind: 'packages' as const }));
+      return event.data.file_ids.map((id) => ({
+        upstream_id: upstreamIdIn(id, 'file_ids'),
+        kind: 'packages' as const,
+      }));
     default:
       return [];
   }
