@@ -72,6 +72,7 @@ const apiOnlySite = (): (() => Harness) => {
   });
   after(async () => {
     await h?.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+    await h?.main.query('ALTER TABLE events DROP CONSTRAINT IF EXISTS no_poison_event');
     await h?.close();
   });
   return () => {
@@ -2143,6 +2144,61 @@ void describe('dead retry while later events of the aggregate wait', () => {
     );
     assert.equal(await stateOf(poison.body.event_id), 'confirmed');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'later');
+    await h.stopService(projector);
+  });
+
+  void it("keeps an aggregate's order when its failing event is discarded at once, while a later one waits behind it", async () => {
+    const h = site();
+    // Five attempts: the re-read after the fifth waits 1.6 s or more, long enough to discard in.
+    const fiveAttempts = { maxAttempts: 5 };
+    let projector = await h.startService('projector', fiveAttempts);
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'discarded-ahead', instrument: 'x' })
+    ).body;
+    const stateOf = async (eventId: string) => (await h.get(`/events/${eventId}`)).body?.state;
+    assert.equal(await settledState(h, unit.event_id), 'confirmed');
+    await h.stopService(projector);
+    // On the event's own row: a unit's row is written once a batch, with its last notes, and two
+    // patches read together would never show the poison to a constraint on it.
+    await h.main.query(
+      "ALTER TABLE events ADD CONSTRAINT no_poison_event CHECK (data->>'notes' IS DISTINCT FROM 'poison') NOT VALID",
+    );
+    const patch = async (notes: string) => {
+      const answer = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes });
+      assert.equal(answer.status, 202, answer.text);
+      return answer.body.event_id as string;
+    };
+    // Read in one page: the second waits behind the poison in every pass, and in the one that
+    // files the poison it is left behind the cursor, for the next pass.
+    const poison = await patch('poison');
+    const second = await patch('second');
+    projector = await h.startService('projector', fiveAttempts);
+    await waitFor(
+      async () => (await stateOf(poison)) === 'dead',
+      'the poison patch to be dead-lettered',
+    );
+    await h.main.query('ALTER TABLE events DROP CONSTRAINT no_poison_event');
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison}`,
+      { reason: 'the notes were wrong' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    const third = await patch('third');
+
+    for (const eventId of [second, third]) {
+      assert.equal(await settledState(h, eventId), 'confirmed', eventId);
+    }
+    const applied = await h.mainRows<{ event_id: string }>(
+      'SELECT event_id FROM events WHERE aggregate_id = $1 ORDER BY seq',
+      [unit.id],
+    );
+    assert.deepEqual(
+      applied.map((row) => row.event_id),
+      [unit.event_id, second, third],
+    );
+    assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'third');
     await h.stopService(projector);
   });
 

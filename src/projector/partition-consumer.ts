@@ -622,11 +622,6 @@ export class PartitionConsumer {
         eventId: applied.at(-1)?.event.event_id ?? this.#mainSeen?.eventId,
       };
     }
-    for (const entry of deferred) {
-      // Held back behind what its unit waits for: its aggregate's later entries, in later pages,
-      // wait too, and an undecodable one is not filed ahead of it.
-      this.#holding.add(entry.event.aggregate_id);
-    }
     const rerecorded = await this.#forgetStale(applicable, recorded, result);
     const done = [
       ...applied,
@@ -669,6 +664,13 @@ export class PartitionConsumer {
       } else {
         await this.#fail(failedEntry, error);
       }
+    }
+    for (const entry of deferred) {
+      // Held back behind what its aggregate or its unit waits for: its aggregate's later entries
+      // wait too, and an undecodable one is not filed ahead of it. Also when the event it waited
+      // behind was just filed as dead: it is behind the cursor until the next pass, and a later
+      // entry read before then would go ahead of it once an operator discards that letter.
+      this.#holding.add(entry.event.aggregate_id);
     }
     if (deferred.length > 0 || awaiting.size > 0) {
       this.#scheduleReread();
