@@ -277,10 +277,12 @@ export class PartitionConsumer {
         if (err instanceof FencedError) {
           logger.warn(
             { err, partition: this.#partition },
-            'fenced: another process owns this partition now',
+            'fenced: the lease on this partition lapsed or another process took it; nothing of the batch was committed',
           );
           // Shown until the lease manager's next round finds the lease lost and stops us.
-          this.#lastError = `fenced: another process owns partition ${this.#partition} now`;
+          // Not "another process owns it": a lease outlived by a stalled link to the main database,
+          // or a frozen process, fences a site's only projector too, which then takes it again.
+          this.#lastError = `fenced: the lease on partition ${this.#partition} lapsed (a stalled link to the main database or a frozen process) or another process took it`;
           break;
         }
         if (isNoGroup(err)) {
