@@ -11,6 +11,7 @@ import {
 } from '../src/db/queries/integrity.ts';
 import { partitionOf } from '../src/domain/ids.ts';
 import { PROBLEMS, type Problem } from '../src/integrity/problems.ts';
+import { isValidSchedule } from '../src/integrity/schedule.ts';
 import { IntegrityScheduler } from '../src/integrity/scheduler.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { waitForAllAcknowledged } from './harness/audit.ts';
@@ -794,6 +795,67 @@ void describe('pg_cron', () => {
       [since],
     );
     assert.ok(snapshots.rows.length >= 1, 'the snapshot time moved');
+  });
+
+  void it('refuses, as the configuration does, every schedule pg_cron would refuse', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    const checkJob = 'outpost-schedule-check';
+    t.after(() => client.query('SELECT cron.unschedule($1)', [checkJob]).catch(() => undefined));
+    const takes = (schedule: string) =>
+      client.query('SELECT cron.schedule($1, $2, $3)', [checkJob, schedule, 'SELECT 1']).then(
+        () => true,
+        () => false,
+      );
+    const valid = ['*/30 * * * *', '0 3 * * *', '0 9-17 * * mon-fri', '0,30 * 1-15 jan-mar 1-5'];
+    // Each read by cron-parser, which computes the in-process scheduler's runs, but not by pg_cron.
+    const pgCronRefuses = ['0 3 L * *', '0 3 ? * *', '0 3 15W * *', '5/10 * * * *'];
+    for (const schedule of valid) {
+      assert.equal(isValidSchedule(schedule), true, schedule);
+      assert.equal(await takes(schedule), true, `pg_cron takes ${schedule}`);
+    }
+    for (const schedule of pgCronRefuses) {
+      assert.equal(await takes(schedule), false, `pg_cron refuses ${schedule}`);
+      assert.equal(isValidSchedule(schedule), false, schedule);
+    }
+    // pg_cron takes this one, but its grammar has no `#` (cron-parser's "second Friday"): the two
+    // would not agree on its runs, and the stale alert's gap would be another schedule's.
+    assert.equal(await takes('0 3 * * 5#2'), true);
+    assert.equal(isValidSchedule('0 3 * * 5#2'), false);
+  });
+
+  void it('leaves the refresh to pg_cron when its job would not take the configured schedule', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    await scheduleCronJob(client, '*/30 * * * *');
+    const pool = new pg.Pool({ connectionString: url, max: 1 });
+    t.after(() => pool.end());
+    const scheduler = new IntegrityScheduler({
+      main: pool,
+      mainUrl: url,
+      // Read by the in-process scheduler's parser, refused by pg_cron: as a refusal to schedule.
+      schedule: '0 3 L * *',
+      postDeployDelayMs: 3_600_000,
+      projectorHealthy: () => true,
+      logger: silent,
+    });
+    try {
+      await scheduler.start();
+    } finally {
+      await scheduler.stop();
+    }
+    assert.equal(scheduler.mode, 'pg_cron', 'not refreshing beside the job');
+    const jobs = await client.query<{ schedule: string }>(
+      'SELECT schedule FROM cron.job WHERE jobname = $1',
+      [CRON_JOB],
+    );
+    assert.deepEqual(jobs.rows, [{ schedule: '*/30 * * * *' }]);
   });
 
   void it('gives the job OUTPOST_INTEGRITY_SCHEDULE on outpost migrate, before any process starts', async (t) => {

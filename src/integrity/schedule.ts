@@ -20,10 +20,27 @@ export const nextRun = (schedule: string, from: Date, timeZone = 'UTC'): Date =>
   }
 };
 
+/**
+ * One field as pg_cron reads it (vixie cron's grammar): a list of `*` or a number, or a range of
+ * two, a step only after `*` or a range; names (`jan`, `mon`) only for the month and the weekday.
+ * cron-parser, which computes the runs, takes more (`L`, `W`, `#`, `?`, `5/10`); a schedule
+ * pg_cron refuses would be refused only when the job is given it, leaving a site with none.
+ */
+const pgCronField = (names: boolean): RegExp => {
+  const value = names ? String.raw`(?:\d+|[a-z]{3})` : String.raw`\d+`;
+  const item = String.raw`(?:\*(?:/\d+)?|${value}-${value}(?:/\d+)?|${value})`;
+  return new RegExp(`^${item}(?:,${item})*$`, 'i');
+};
+const PG_CRON_FIELDS = [false, false, false, true, true].map(pgCronField);
+
+/** Whether pg_cron and this process's own scheduler both read `schedule`, five fields, alike. */
 export const isValidSchedule = (schedule: string): boolean => {
+  const fields = schedule.trim().split(/\s+/);
   try {
     return (
-      schedule.trim().split(/\s+/).length === 5 && nextRun(schedule, new Date()) instanceof Date
+      fields.length === PG_CRON_FIELDS.length &&
+      fields.every((field, i) => PG_CRON_FIELDS[i]?.test(field)) &&
+      nextRun(schedule, new Date()) instanceof Date
     );
   } catch {
     return false;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { longestGapSeconds, nextRun } from './schedule.ts';
+import { isValidSchedule, longestGapSeconds, nextRun } from './schedule.ts';
 
 void describe('nextRun', () => {
   const from = new Date('2026-12-05T01:30:00Z');
@@ -48,5 +48,14 @@ void describe('longestGapSeconds', () => {
     for (const start of ['2026-12-07T09:00:00Z', '2026-12-07T17:30:00Z']) {
       assert.equal(longestGapSeconds('*/5 8-17 * * 1-5', new Date(start)), 62 * 3600 + 5 * 60);
     }
+  });
+});
+
+void describe('isValidSchedule', () => {
+  // The full lists are checked against pg_cron itself in the integrity e2e test.
+  void it("takes pg_cron's grammar and refuses what only cron-parser reads", () => {
+    assert.equal(isValidSchedule('0 9-17 * * mon-fri'), true);
+    assert.equal(isValidSchedule('0 3 L * *'), false);
+    assert.equal(isValidSchedule('5/10 * * * *'), false);
   });
 });

@@ -4,13 +4,14 @@ import {
   cronTimeZone,
   latestSnapshot,
   refreshIntegrity,
-  rescheduleCronJob,
   runningRefresh,
   type Snapshot,
+  scheduleCronJob,
   whyCronMissed,
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from '../projector/backoff.ts';
+import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { reasonOf } from '../reason.ts';
 import { nextRun } from './schedule.ts';
 
@@ -106,15 +107,9 @@ export class IntegrityScheduler {
    */
   async #detect(first = false): Promise<IntegrityMode | undefined> {
     const { main, schedule, logger } = this.deps;
+    let job: { schedule: string } | undefined;
     try {
-      const job = await rescheduleCronJob(main, schedule);
-      if (!job) {
-        return 'scheduler';
-      }
-      if (job.from !== schedule) {
-        logger.info({ from: job.from, to: schedule }, 'pg_cron integrity job re-scheduled');
-      }
-      return 'pg_cron';
+      job = await cronJob(main);
     } catch (err) {
       // Said once at the default level, with why: a refusal (a permission on cron.job) does not
       // clear on its own, and the operator must see it. The retries that follow stay quiet.
@@ -128,6 +123,27 @@ export class IntegrityScheduler {
       }
       return undefined;
     }
+    if (!job) {
+      return 'scheduler';
+    }
+    if (job.schedule !== schedule) {
+      try {
+        await scheduleCronJob(main, schedule);
+        logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
+      } catch (err) {
+        if (isDatabaseUnreachable(err)) {
+          return undefined;
+        }
+        // Refused (a schedule pg_cron cannot read, a role that may not schedule): pg_cron runs
+        // the job all the same. Taken for "cannot tell", this process refreshed beside it, each
+        // period twice, under the wrong mode in /health, for good.
+        logger.warn(
+          { err, schedule: job.schedule, configured: schedule },
+          'pg_cron runs the integrity refresh but would not take OUTPOST_INTEGRITY_SCHEDULE: the job keeps its schedule',
+        );
+      }
+    }
+    return 'pg_cron';
   }
 
   /** Asks until the main database says; where pg_cron runs the job, the interim loop stops. */
