@@ -1,14 +1,15 @@
 import {
   cronJob,
+  cronTimeZone,
   integrityReport,
   REFRESH_VISIBLE_WAIT_MS,
   refreshIntegrity,
   runningRefresh,
   type Snapshot,
 } from '../db/queries/integrity.ts';
-import { replicaReached } from '../db/queries/replica.ts';
+import { replicaPosition, replicaReached } from '../db/queries/replica.ts';
 import { PROBLEMS } from '../integrity/problems.ts';
-import { nextRun } from '../integrity/schedule.ts';
+import { runsBetween } from '../integrity/schedule.ts';
 import { databaseReason } from '../projector/errors.ts';
 import { CliError, print, table } from './output.ts';
 import { withSite } from './site.ts';
@@ -67,16 +68,37 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
             () => undefined,
           );
           const schedule = job?.found?.schedule ?? site.config.integritySchedule;
-          const stale = snapshot !== undefined && missedRuns(schedule, snapshot.refreshed_at) >= 3;
+          // pg_cron keeps its schedule in its own time zone; the in-process scheduler in UTC.
+          const timeZone = job?.found
+            ? ((await cronTimeZone(site.main).catch(() => null)) ?? 'UTC')
+            : 'UTC';
+          // The replica holds the main database's snapshots as of its last replay: a site cut off
+          // from the main database sees an old one however well the main keeps the schedule.
+          const replicaLagSeconds = await replicaPosition(
+            site.replica,
+            site.config.replicaIsMain,
+          ).then(
+            (position) => position.lagSeconds,
+            () => 0,
+          );
+          const now = Date.now();
+          const runsSince = (until: number) =>
+            snapshot === undefined
+              ? 0
+              : runsBetween(schedule, new Date(snapshot.refreshed_at), new Date(until), timeZone);
+          const stale = runsSince(now - replicaLagSeconds * 1000) >= 3;
+          const oldAsTheReplica = !stale && runsSince(now) >= 3;
           const status = {
             refreshed_at: snapshot?.refreshed_at ?? null,
             duration_ms: snapshot?.duration_ms ?? null,
             // How that refresh was run; `mode` below is how refreshes are scheduled.
             refreshed_by: snapshot?.mode ?? null,
-            // Three scheduled refreshes since this one: the schedule is not being kept.
+            // Three scheduled refreshes since this one, the replica's lag aside (as the stale
+            // alert counts): the schedule is not being kept.
             stale,
             mode: job === undefined ? 'unknown' : job.found ? 'pg_cron' : 'scheduler',
             schedule,
+            replica_lag_seconds: replicaLagSeconds,
             anomalies: snapshot?.anomalies ?? null,
             samples,
           };
@@ -92,6 +114,11 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
           }
           print(render(snapshot));
           print(`mode ${status.mode}, schedule ${status.schedule}`);
+          if (oldAsTheReplica) {
+            print(
+              `old as the replica: three scheduled refreshes have come and gone since this snapshot, but the replica it is read from has replayed nothing of the main database for ${Math.round(replicaLagSeconds)} s (its link to the main database is down, or its replay is paused or behind): refreshes run since are not here yet; see outpost pending or /health for the replica`,
+            );
+          }
           if (stale) {
             print(
               `stale: three scheduled refreshes have come and gone since this snapshot, so these counts may be old; the refresh is not running (the pg_cron job, or the service's scheduler) or it fails: run outpost integrity refresh, which says why if it fails`,
@@ -110,20 +137,6 @@ export const integrity = (action: string | undefined, flags: { json: boolean }) 
     },
     { redis: false },
   );
-};
-
-/** How many runs `schedule` has had since `since`, up to 3. */
-const missedRuns = (schedule: string, since: string): number => {
-  let at = new Date(since);
-  let runs = 0;
-  while (runs < 3) {
-    at = nextRun(schedule, at);
-    if (at.getTime() > Date.now()) {
-      break;
-    }
-    runs += 1;
-  }
-  return runs;
 };
 
 /** Why a refresh was run, as `integrity_refreshes.mode` says, for a reader of its snapshot. */

@@ -21,6 +21,29 @@ export const nextRun = (schedule: string, from: Date, timeZone = 'UTC'): Date =>
 };
 
 /**
+ * How many runs `schedule` had after `since` up to `until`, counted up to `atMost`, in `timeZone`
+ * (pg_cron's `cron.timezone` where pg_cron runs it).
+ */
+export const runsBetween = (
+  schedule: string,
+  since: Date,
+  until: Date,
+  timeZone = 'UTC',
+  atMost = 3,
+): number => {
+  let at = since;
+  let runs = 0;
+  while (runs < atMost) {
+    at = nextRun(schedule, at, timeZone);
+    if (at.getTime() > until.getTime()) {
+      break;
+    }
+    runs += 1;
+  }
+  return runs;
+};
+
+/**
  * One field as pg_cron reads it (vixie cron's grammar): a list of `*` or a number, or a range of
  * two, a step only after `*` or a range; names (`jan`, `mon`) only for the month and the weekday.
  * cron-parser, which computes the runs, takes more (`L`, `W`, `#`, `?`, `5/10`); a schedule

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isValidSchedule, longestGapSeconds, nextRun } from './schedule.ts';
+import { isValidSchedule, longestGapSeconds, nextRun, runsBetween } from './schedule.ts';
 
 void describe('nextRun', () => {
   const from = new Date('2026-12-05T01:30:00Z');
@@ -57,5 +57,26 @@ void describe('isValidSchedule', () => {
     assert.equal(isValidSchedule('0 9-17 * * mon-fri'), true);
     assert.equal(isValidSchedule('0 3 L * *'), false);
     assert.equal(isValidSchedule('5/10 * * * *'), false);
+  });
+});
+
+void describe('runsBetween', () => {
+  const since = new Date('2026-12-05T00:00:00Z');
+
+  void it('counts the runs after the first time up to the second, up to a bound', () => {
+    assert.equal(runsBetween('*/30 * * * *', since, new Date('2026-12-05T01:29:59Z')), 2);
+    assert.equal(runsBetween('*/30 * * * *', since, new Date('2026-12-05T01:30:00Z')), 3);
+    assert.equal(runsBetween('*/30 * * * *', since, new Date('2026-12-06T00:00:00Z')), 3);
+    assert.equal(
+      runsBetween('*/30 * * * *', since, new Date('2026-12-06T00:00:00Z'), 'UTC', 10),
+      10,
+    );
+  });
+
+  void it("counts them in pg_cron's time zone where one is given", () => {
+    // 03:00 in Santiago is 06:00 UTC in December: one run by 04:00 UTC on the 6th, not two.
+    const until = new Date('2026-12-06T04:00:00Z');
+    assert.equal(runsBetween('0 3 * * *', since, until), 2);
+    assert.equal(runsBetween('0 3 * * *', since, until, 'America/Santiago'), 1);
   });
 });
