@@ -495,6 +495,26 @@ void describe('integrity invariants', () => {
     );
   });
 
+  void it('counts a seq at the top of its type as a seq_gap, instead of failing the refresh', async () => {
+    const top = 2_147_483_647;
+    // The unit's last event (seq 2) given the largest seq an integer holds, as a hand might.
+    await h.main.query('UPDATE events SET seq = $2 WHERE aggregate_id = $1 AND seq = 2', [
+      ids.unit,
+      top,
+    ]);
+    try {
+      const { anomalies } = await refresh();
+      assert.equal(anomalies.seq_gap, 1, JSON.stringify(anomalies));
+    } finally {
+      await h.main.query('UPDATE events SET seq = 2 WHERE aggregate_id = $1 AND seq = $2', [
+        ids.unit,
+        top,
+      ]);
+    }
+    const { anomalies } = await refresh();
+    assert.equal(anomalies.seq_gap, 0, JSON.stringify(anomalies));
+  });
+
   void it('refreshes thousands of events from the full pipeline to all zeros', async () => {
     const units = await inBatches(
       Array.from({ length: 150 }, (_, i) => i),

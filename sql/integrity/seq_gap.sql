@@ -2,4 +2,4 @@
 SELECT aggregate_id, min(seq) AS min_seq, max(seq) AS max_seq, count(*)::int AS events
   FROM events
  GROUP BY aggregate_id
-HAVING min(seq) <> 0 OR max(seq) + 1 <> count(*)
+HAVING min(seq) <> 0 OR max(seq)::bigint + 1 <> count(*)
