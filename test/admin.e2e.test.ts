@@ -936,6 +936,46 @@ void describe('admin and incident tools', () => {
     }
   });
 
+  void it('puts a lost start given back behind its failed patch back first, so both apply', async () => {
+    const log = eventLogOf(h);
+    const partition = 1;
+    const unitId = newIdInPartition(partition, h.config.partitions);
+    // After a restore from before the unit's start: its patch, still in the log, meets no unit
+    // and is dead-lettered; a replay then gives the start back, appended behind it, and the
+    // start follows the block into the dead letters.
+    const patch = eventIn(h, partition, {
+      type: 'ExecutedObsUnitUpdated',
+      aggregate_type: 'executed_obs_unit',
+      aggregate_id: unitId,
+      data: { notes: 'after the start' },
+    });
+    assert.equal((await log.append({ partition, events: [patch] })).kind, 'appended');
+    assert.equal(await settledState(h, patch.event_id), 'dead');
+    const start = eventIn(h, partition, {
+      type: 'ExecutedObsUnitStarted',
+      aggregate_type: 'executed_obs_unit',
+      aggregate_id: unitId,
+      data: {
+        obs_unit_id: 'lost-in-a-restore',
+        instrument: 'x',
+        start_time: new Date().toISOString(),
+        instrument_configuration_id: null,
+        notes: null,
+        metadata: {},
+      },
+    });
+    assert.equal((await log.append({ partition, events: [start] })).kind, 'appended');
+    assert.equal(await settledState(h, start.event_id), 'dead');
+
+    const retry = await retryLetter(h, patch.event_id);
+    assert.equal(retry.status, 200, retry.text);
+    for (const event of [start, patch]) {
+      assert.equal(await settledState(h, event.event_id), 'confirmed', event.type);
+    }
+    const unit = await h.get(`/executed_obs_units/${unitId}`);
+    assert.equal(unit.body.notes, 'after the start', unit.text);
+  });
+
   void it("leaves an event of a type this build does not know out of its unit's reads", async () => {
     const unit = (
       await h.post('/executed_obs_units/start', { obs_unit_id: 'newer-build', instrument: 'x' })

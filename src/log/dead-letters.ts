@@ -792,8 +792,16 @@ const decodeLetters = (partition: number, entries: readonly RawEntry[] = []): Ag
   // met them in; not by acceptance time, which the API host's clock stamps before its awaits
   // (an idempotency claim, a status seed), and two hosts' clocks may disagree. A letter keeps
   // its place through a retry: an aggregate's letters are always put back together and in
-  // order, never behind a later event of it still in the stream (that retry is refused).
-  decoded.letters.sort((a, b) => compareEntryIds(a.originalEntryId, b.originalEntryId));
+  // order, never behind a later event of it still in the stream (that retry is refused). Its
+  // creation goes first all the same: nothing of an aggregate applies before it, and a replay
+  // after a restore gives back a lost start behind the patch that failed for want of it. Put
+  // back in stream order, the patch failed again and the start followed it, at every retry.
+  const createsFirst = (letter: { type: string }) =>
+    isEventType(letter.type) && EVENT_TYPES[letter.type].creates ? 0 : 1;
+  decoded.letters.sort(
+    (a, b) =>
+      createsFirst(a) - createsFirst(b) || compareEntryIds(a.originalEntryId, b.originalEntryId),
+  );
   return decoded;
 };
 
