@@ -1,3 +1,4 @@
+import type { Server } from 'node:http';
 import { hostname } from 'node:os';
 import { serve } from '@hono/node-server';
 import { WebSocketServer } from 'ws';
@@ -8,6 +9,7 @@ import { redactedConfig } from './config.ts';
 import { createPool } from './db/client.ts';
 import { createApp, createOperationsApp } from './http/app.ts';
 import { ReplicaLink } from './http/replica-link.ts';
+import { LIVE_WS_MAX_PAYLOAD_BYTES, refuseOtherUpgrades } from './http/routes/live.ts';
 import { longestGapSeconds } from './integrity/schedule.ts';
 import { IntegrityScheduler } from './integrity/scheduler.ts';
 import { siteLiveFeed } from './live/live-feed.ts';
@@ -385,8 +387,11 @@ export const startService = async (
       fetch: createApp(appDeps).fetch,
       port: config.port,
       hostname: '0.0.0.0',
-      websocket: { server: new WebSocketServer({ noServer: true }) },
+      websocket: {
+        server: new WebSocketServer({ noServer: true, maxPayload: LIVE_WS_MAX_PAYLOAD_BYTES }),
+      },
     });
+    refuseOtherUpgrades(server as Server);
     port = await stopOnFailure(listeningPort(server));
   }
   logger.info({ port, role }, 'started');

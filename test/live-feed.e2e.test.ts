@@ -305,4 +305,69 @@ void describe('live event feed', () => {
     assert.ok(growthMb < 48, `RSS of the API process grew by ${growthMb.toFixed(1)} MB`);
     socket.destroy();
   });
+
+  void describe('requests at the door that hold nothing open', () => {
+    let c: SpawnedService;
+    before(async () => {
+      // A process of its own: its gauge counts only these tests' clients.
+      c = await h.spawnServe('api');
+      await c.ready();
+    });
+    const sessions = () => scrapeMetric(c.url, 'outpost_live_clients');
+
+    void it('answers HEAD of the feed without a session that would outlive it', async () => {
+      const head = await fetch(`${c.url}/events/live`, { method: 'HEAD' });
+      assert.equal(head.status, 200);
+      assert.match(head.headers.get('content-type') ?? '', /^text\/event-stream/);
+      // A client that reads, beside it: once its session counts, the HEAD's would count too.
+      const client = await SseClient.open(`${c.url}/events/live`);
+      try {
+        await waitFor(async () => (await sessions()) >= 1, 'the reading client to connect');
+        assert.equal(await sessions(), 1, 'only the reading client has a session');
+      } finally {
+        await client.close();
+      }
+      await waitFor(async () => (await sessions()) === 0, 'no session left');
+    });
+
+    void it('closes a WebSocket whose client sends more than the feed would ever read', async () => {
+      const ws = new WebSocket(`ws://127.0.0.1:${c.port}/events/live/ws`);
+      await new Promise((resolve, reject) => {
+        ws.once('open', resolve);
+        ws.once('error', reject);
+      });
+      let closedWith: number | undefined;
+      ws.once('close', (code) => {
+        closedWith = code;
+      });
+      try {
+        ws.send('x'.repeat(64 * 1024));
+        await waitFor(() => closedWith !== undefined, 'the server to close the socket');
+      } finally {
+        ws.terminate();
+      }
+      assert.equal(closedWith, 1009, 'message too big');
+      await waitFor(async () => (await sessions()) === 0, 'its session ended');
+    });
+
+    void it('answers an upgrade to anything but websocket, instead of holding its socket', async () => {
+      const socket = connect(c.port, '127.0.0.1');
+      let answer = '';
+      socket.on('data', (chunk) => {
+        answer += String(chunk);
+      });
+      const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      socket.write(
+        'GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n',
+      );
+      try {
+        await waitFor(() => answer.includes('\r\n\r\n'), 'an answer to the h2c upgrade');
+        assert.match(answer, /^HTTP\/1\.1 400 /);
+        assert.match(answer, /"code":"validation_failed"/);
+        await ended;
+      } finally {
+        socket.destroy();
+      }
+    });
+  });
 });

@@ -1,3 +1,5 @@
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { setTimeout as delay } from 'node:timers/promises';
 import { upgradeWebSocket } from '@hono/node-server';
 import type { Context } from 'hono';
@@ -10,7 +12,7 @@ import { isStreamEntryId } from '../../log/entry-id.ts';
 import { logUnavailable } from '../accept.ts';
 import { authorize, bearerToken, requiredScope } from '../auth.ts';
 import { type AppDeps, requestLogger } from '../context.ts';
-import { ApiError } from '../errors.ts';
+import { ApiError, errorBody } from '../errors.ts';
 import { type App, readQuery } from './shared.ts';
 
 /** Proxies commonly cut connections idle for 30-60 s; a comment or ping every 15 s keeps them. */
@@ -64,6 +66,14 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
     const query = readQuery(c, LiveQuery);
     const since = resumePosition(c, query);
     const feed = feedOf(deps);
+    if (c.req.method === 'HEAD') {
+      // Hono answers HEAD with the GET handler and drops the body unread: a stream started
+      // here would never learn that nobody reads it, and its session would run for good.
+      return c.body(null, 200, {
+        'content-type': 'text/event-stream',
+        'cache-control': 'no-cache',
+      });
+    }
     await announce(feed);
     const logger = requestLogger(c);
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
@@ -206,4 +216,47 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
       { onError: (err) => deps.logger.debug({ err }, 'live WebSocket event handler failed') },
     ),
   );
+};
+
+/**
+ * The live feed reads nothing a client sends over its WebSocket: a data frame larger than this
+ * closes the socket (1009) instead of being buffered whole (ws allows 100 MiB by default).
+ */
+export const LIVE_WS_MAX_PAYLOAD_BYTES = 4 * 1024;
+
+const UPGRADE_REFUSED_BODY = JSON.stringify(
+  errorBody(
+    'validation_failed',
+    'only /events/live/ws upgrades, to websocket: send this request without an Upgrade header',
+  ),
+);
+const UPGRADE_REFUSED = [
+  'HTTP/1.1 400 Bad Request',
+  'content-type: application/json',
+  `content-length: ${Buffer.byteLength(UPGRADE_REFUSED_BODY)}`,
+  'connection: close',
+  '',
+  UPGRADE_REFUSED_BODY,
+].join('\r\n');
+
+/**
+ * Answers every upgrade but to websocket with 400. Once a server listens for upgrades, Node hands
+ * it every request with an Upgrade header (`curl --http2` sends `Upgrade: h2c`) without its
+ * timeouts, and @hono/node-server leaves those it does not take untouched: each held a socket
+ * for good, unanswered and unauthenticated. Wrapped rather than added beside it: node-server
+ * answers a failed WebSocket handshake only while its listener is the server's one.
+ */
+export const refuseOtherUpgrades = (server: Server): void => {
+  for (const listener of server.listeners('upgrade')) {
+    const upgrade = listener as (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
+    server.off('upgrade', upgrade);
+    server.on('upgrade', (request: IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (request.headers.upgrade?.toLowerCase() === 'websocket') {
+        upgrade(request, socket, head);
+        return;
+      }
+      socket.on('error', () => undefined);
+      socket.end(UPGRADE_REFUSED);
+    });
+  }
 };
