@@ -1520,4 +1520,57 @@ void describe('recovery', () => {
       assert.equal(report.history_starts_at, ids[501]);
     });
   });
+
+  void describe('rebuild-projections --verify beside a running projector', () => {
+    let h: Harness | undefined;
+    after(() => h?.close());
+
+    void it('reads each page in one snapshot, so a commit between its reads is no difference', async () => {
+      // A site of its own: its few units are all on the first page, the one held below.
+      const site = await Harness.start();
+      h = site;
+      const unit = (
+        await site.post('/executed_obs_units/start', { obs_unit_id: 'mid-verify', instrument: 'x' })
+      ).body;
+      const patch = await site.request('PATCH', `/executed_obs_units/${unit.id}`, {
+        notes: 'before',
+      });
+      assert.equal(patch.status, 202, patch.text);
+      await waitForAllAcknowledged(site);
+
+      // A commit as a projector's would be, changing an event and its projection row together,
+      // held to land after the verify has read the page's events and before it reads its rows.
+      const writer = await site.main.connect();
+      try {
+        await writer.query('BEGIN');
+        await writer.query('LOCK TABLE executed_obs_units IN ACCESS EXCLUSIVE MODE');
+        const verifying = runCli(site, ['rebuild-projections', '--verify', '--json']);
+        await waitFor(
+          async () =>
+            (
+              await site.main.query(
+                "SELECT 1 FROM pg_locks WHERE relation = 'executed_obs_units'::regclass AND NOT granted",
+              )
+            ).rows.length > 0,
+          "the verify to wait for the units' rows, the page's events read",
+        );
+        await writer.query(
+          `UPDATE events SET data = jsonb_set(data, '{notes}', '"after"') WHERE event_id = $1`,
+          [patch.body.event_id],
+        );
+        await writer.query("UPDATE executed_obs_units SET notes = 'after' WHERE id = $1", [
+          unit.id,
+        ]);
+        await writer.query('COMMIT');
+        const verify = await verifying;
+        assert.equal(verify.code, 0, verify.stdout);
+        assert.equal(JSON.parse(verify.stdout).differing, 0);
+      } finally {
+        await writer.query('ROLLBACK').catch(() => undefined);
+        writer.release();
+      }
+      const settled = await runCli(site, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(settled.code, 0, `the committed change is consistent: ${settled.stdout}`);
+    });
+  });
 });

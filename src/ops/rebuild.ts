@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import stringify from 'safe-stable-stringify';
-import { withConnection } from '../db/client.ts';
+import { type Queryable, withConnection } from '../db/client.ts';
 import { PROJECTION_TABLES, projectionRows, upsertProjection } from '../db/queries/apply.ts';
 import {
   type BookkeepingTable,
@@ -55,7 +55,7 @@ type AggregateEvents = {
 };
 
 /** The events of a page of aggregates, in seq order, shaped as the log carries them. */
-const eventsPage = async (db: pg.Pool, after: string): Promise<AggregateEvents[]> => {
+const eventsPage = async (db: Queryable, after: string): Promise<AggregateEvents[]> => {
   const { rows } = await db.query<AggregateEvents>(
     `SELECT a.id::text, a.type,
             COALESCE(json_agg(json_build_object(
@@ -254,10 +254,24 @@ export const rebuildProjections = async (
       report.differences.push(difference);
     }
   };
-  for (;;) {
-    const page = await eventsPage(main, after);
+  // Only reporting, each page's reads share one snapshot: read apart, a batch a projector
+  // committed between a page's events and its rows showed rows ahead of the fold, differences
+  // that were not there, and --verify failed. Applying, the rebuild holds every partition's
+  // lease, so nothing else commits meanwhile.
+  const inSnapshot = <T>(read: (db: Queryable) => Promise<T>): Promise<T> =>
+    mode === 'apply'
+      ? read(main)
+      : withConnection(main, async (client) => {
+          await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+          const result = await read(client);
+          await client.query('COMMIT');
+          return result;
+        });
+  /** Checks (and, applying, rewrites) the page after `after`; true when there was none. */
+  const rebuildPage = async (db: Queryable): Promise<boolean> => {
+    const page = await eventsPage(db, after);
     if (page.length === 0) {
-      return report;
+      return true;
     }
     after = page.at(-1)?.id ?? after;
     const byTable = new Map<string, { aggregate: AggregateEvents; expected: AggregateState }[]>();
@@ -286,7 +300,7 @@ export const rebuildProjections = async (
       const actual = new Map(
         (
           await projectionRows(
-            main,
+            db,
             projectionTable,
             items.map((i) => i.aggregate.id),
           )
@@ -308,7 +322,7 @@ export const rebuildProjections = async (
     const bookkeeping: readonly { aggregate_id: string; table: BookkeepingTable }[] =
       mode === 'apply'
         ? await writePage(main, fixes, ids, fence)
-        : await differingBookkeeping(main, ids);
+        : await differingBookkeeping(db, ids);
     if (mode === 'apply') {
       report.fixed += fixes.reduce((n, { states }) => n + states.length, 0) + bookkeeping.length;
     }
@@ -323,5 +337,12 @@ export const rebuildProjections = async (
     }
     report.aggregates += page.length;
     onProgress?.(report.aggregates);
+    return false;
+  };
+  for (;;) {
+    const last = await inSnapshot(rebuildPage);
+    if (last) {
+      return report;
+    }
   }
 };
