@@ -958,3 +958,49 @@ void describe('Idempotency-Key across a change of the partition count', () => {
     assert.equal(other.body.error.code, 'idempotency_key_reused');
   });
 });
+
+void describe("a unit's status across a change of the partition count and back", () => {
+  let h: Harness;
+  before(async () => {
+    h = await Harness.start({ role: 'none' });
+  });
+  after(() => h?.close());
+
+  void it('refuses a second finish after the unit was finished under the other count', async () => {
+    const original = h.config.partitions;
+    let service = await h.startService('all');
+    // A unit whose partition moves with the change: its status is kept beside its stream.
+    let unit: { id: string } | undefined;
+    for (let n = 0; unit === undefined; n += 1) {
+      const started = await h.post('/executed_obs_units/start', {
+        obs_unit_id: `round-trip-${n}`,
+        instrument: 'x',
+      });
+      assert.equal(started.status, 201, started.text);
+      if (partitionOf(started.body.id, 8) !== partitionOf(started.body.id, original)) {
+        unit = started.body as { id: string };
+      }
+    }
+    const finishPath = `/executed_obs_units/${unit.id}/finish`;
+    const resize = async (partitions: number) => {
+      await h.stopService(service);
+      service = await h.startService('all', { partitions });
+    };
+
+    await waitForAllAcknowledged(h);
+    await resize(8);
+    const finished = await h.post(finishPath, { status: 'success' });
+    assert.equal(finished.status, 202, finished.text);
+    // Acknowledged, as a change needs: the harness's own look covers only its count's streams.
+    await waitFor(
+      async () => (await h.get(`/events/${finished.body.event_id}`)).body?.state === 'confirmed',
+      'the finish to be confirmed',
+    );
+    await resize(original);
+    const again = await h.post(finishPath, { status: 'failed' });
+    assert.equal(again.status, 409, again.text);
+    assert.equal(again.body.error.code, 'already_finished');
+    const read = await h.get(`/executed_obs_units/${unit.id}`);
+    assert.equal(read.body.status, 'success');
+  });
+});

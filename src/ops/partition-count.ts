@@ -59,6 +59,7 @@ export const checkPartitionCount = async (
     if (changing) {
       await refuseWhileLogHolds(redis, namespace, partitions, Number(previous));
       await carryIdempotencyKeys(eventLog, Number(previous), logger);
+      await forgetUnitStatuses(eventLog);
     }
     const outcome = await listOnce(eventLog, previous ?? '', member);
     if (outcome === 'refused') {
@@ -166,6 +167,29 @@ const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: 
   }
   if (carried > 0) {
     logger.info({ carried, from: before, to: partitions }, 'idempotency keys carried over');
+  }
+};
+
+/**
+ * Drops every unit status the write guard keeps beside the streams of the new count. A unit's
+ * status lies in its partition, which moves with the count, and a status left from an earlier
+ * count was trusted over the replica for its 30 days: after a change there and back, a unit
+ * finished meanwhile read `running` again, and a second finish was answered 202 and then
+ * dead-lettered. Nothing is pending at a change, so the replica, from which a missing status is
+ * seeded, has every event; dropped is what an expired status already is.
+ */
+const forgetUnitStatuses = async (eventLog: EventLog) => {
+  const { redis, partitions } = eventLog;
+  for (let partition = 0; partition < partitions; partition += 1) {
+    const names = redis.scanStream({
+      match: `${globEscaped(eventLog.keys(partition).unitState(''))}*`,
+      count: 1_000,
+    });
+    for await (const page of names as AsyncIterable<string[]>) {
+      if (page.length > 0) {
+        await redis.unlink(...page);
+      }
+    }
   }
 };
 
