@@ -99,6 +99,27 @@ void describe('live event feed', () => {
     }
   });
 
+  void it('tells a live client that messages went unpublished when the listener mark lapsed under it', async () => {
+    const client = await SseClient.open(`${a.url}/events/live`);
+    try {
+      const before = await writeThroughB('before-lapse');
+      await waitFor(
+        () => statesOf(client.messages(), before.event_id).length === 3,
+        'the first event',
+      );
+      // Gone as after a Redis outage longer than its TTL, or a Redis back without its data.
+      await h.redis.del(liveListenersKey(h.config.namespace));
+      await waitFor(() => client.frames.some((f) => f.event === 'gap'), 'a gap notice');
+      const after = await writeThroughB('after-lapse');
+      await waitFor(
+        () => statesOf(client.messages(), after.event_id).length === 3,
+        'the event written once the mark was set again',
+      );
+    } finally {
+      await client.close();
+    }
+  });
+
   void it('tells a client resuming across a spell with no listener anywhere that messages may be missing there', async () => {
     const first = await SseClient.open(`${a.url}/events/live`);
     const before = await writeThroughB('before-quiet');

@@ -27,6 +27,12 @@ const READ_COUNT = 1_000;
 const LISTENER_TTL_MS = 600_000;
 const LISTENER_CHECK_MS = 1_000;
 /**
+ * How often a process with live clients marks the site as listened to again. The mark outlives
+ * this many times over, but it can go sooner (a Redis outage longer than its TTL, a Redis back
+ * without its data): until it is set again nothing is published.
+ */
+const LISTENER_MARK_EVERY_MS = 5_000;
+/**
  * A "nobody listens" answer is kept this long, so a projector batch or an acknowledgement costs no
  * Redis round trip for the check; the first client after a quiet spell waits it out before its
  * stream starts. (The append asks inside its script.)
@@ -115,10 +121,14 @@ export class LiveFeed {
     }
   }
 
+  /**
+   * As a new client's announcement does: a mark found gone means messages went unpublished while
+   * this process's clients were live, and the quiet mark it leaves reaches them as a gap notice.
+   */
   #markListening(): void {
-    void this.#deps.redis
-      .set(this.#deps.listenersKey, '1', 'PX', LISTENER_TTL_MS)
-      .catch((err: unknown) => this.#deps.logger.warn({ err }, 'live feed listener mark failed'));
+    void this.announceListener().catch((err: unknown) =>
+      this.#deps.logger.warn({ err }, 'live feed listener mark failed'),
+    );
   }
 
   /**
@@ -184,7 +194,7 @@ export class LiveFeed {
       if (this.#listeners.size > 0) {
         this.#markListening();
       }
-    }, LISTENER_TTL_MS / 10);
+    }, LISTENER_MARK_EVERY_MS);
     this.#markTimer.unref();
     return () => this.#listeners.delete(listener);
   }
@@ -281,6 +291,11 @@ export class LiveFeed {
               listener(item);
             }
           }
+        }
+        if (this.#lastError !== undefined && this.#listeners.size > 0) {
+          // Back from a failure, which may have outlasted the mark: set again now, not at the
+          // next round.
+          this.#markListening();
         }
         this.#backoff.reset();
         this.#lastError = undefined;
