@@ -243,10 +243,7 @@ const Env = z
     OUTPOST_INTEGRITY_SCHEDULE: z
       .string()
       .default('*/30 * * * *')
-      .refine(
-        isValidSchedule,
-        'not a 5-field cron schedule pg_cron can run (e.g. */30 * * * *): numbers, month and weekday names, *, ranges, lists, and steps after * or a range; no L, W, # or ?',
-      ),
+      .refine(isValidSchedule, 'not a 5-field cron schedule (e.g. */30 * * * *)'),
     OUTPOST_POST_DEPLOY_REFRESH_DELAY: duration('10m', { timer: true }),
     OUTPOST_MAX_BODY_BYTES: positiveInt(1024 * 1024),
     OUTPOST_APPENDFSYNC: z.enum(['always', 'everysec']).default('always'),

@@ -43,11 +43,19 @@ export const runsBetween = (
   return runs;
 };
 
+export const isValidSchedule = (schedule: string): boolean => {
+  try {
+    return (
+      schedule.trim().split(/\s+/).length === 5 && nextRun(schedule, new Date()) instanceof Date
+    );
+  } catch {
+    return false;
+  }
+};
+
 /**
  * One field as pg_cron reads it (vixie cron's grammar): a list of `*` or a number, or a range of
  * two, a step only after `*` or a range; names (`jan`, `mon`) only for the month and the weekday.
- * cron-parser, which computes the runs, takes more (`L`, `W`, `#`, `?`, `5/10`); a schedule
- * pg_cron refuses would be refused only when the job is given it, leaving a site with none.
  */
 const pgCronField = (names: boolean): RegExp => {
   const value = names ? String.raw`(?:\d+|[a-z]{3})` : String.raw`\d+`;
@@ -56,18 +64,24 @@ const pgCronField = (names: boolean): RegExp => {
 };
 const PG_CRON_FIELDS = [false, false, false, true, true].map(pgCronField);
 
-/** Whether pg_cron and this process's own scheduler both read `schedule`, five fields, alike. */
-export const isValidSchedule = (schedule: string): boolean => {
+/**
+ * Whether pg_cron reads `schedule` as this process's scheduler (cron-parser) does. cron-parser
+ * takes more (`L`, `#`, `?`, `5/10`), which pg_cron refuses or reads otherwise (`5#2` as
+ * `5`); and where one of day-of-month and day-of-week is restricted and the other is a step of
+ * `*`, pg_cron runs on days matching both, cron-parser on days matching either. Such a schedule
+ * runs in-process where there is no pg_cron, and is never given to pg_cron's job: the alert's
+ * gap and the watchdog's due times would be another schedule's.
+ */
+export const pgCronReadsAlike = (schedule: string): boolean => {
   const fields = schedule.trim().split(/\s+/);
-  try {
-    return (
-      fields.length === PG_CRON_FIELDS.length &&
-      fields.every((field, i) => PG_CRON_FIELDS[i]?.test(field)) &&
-      nextRun(schedule, new Date()) instanceof Date
-    );
-  } catch {
-    return false;
-  }
+  const [, , dayOfMonth = '', , dayOfWeek = ''] = fields;
+  const starStep = (field: string) => field.startsWith('*') && field !== '*';
+  return (
+    isValidSchedule(schedule) &&
+    fields.every((field, i) => PG_CRON_FIELDS[i]?.test(field)) &&
+    !(starStep(dayOfMonth) && dayOfWeek !== '*') &&
+    !(starStep(dayOfWeek) && dayOfMonth !== '*')
+  );
 };
 
 /**

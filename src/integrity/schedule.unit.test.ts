@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isValidSchedule, longestGapSeconds, nextRun, runsBetween } from './schedule.ts';
+import {
+  isValidSchedule,
+  longestGapSeconds,
+  nextRun,
+  pgCronReadsAlike,
+  runsBetween,
+} from './schedule.ts';
 
 void describe('nextRun', () => {
   const from = new Date('2026-12-05T01:30:00Z');
@@ -51,12 +57,15 @@ void describe('longestGapSeconds', () => {
   });
 });
 
-void describe('isValidSchedule', () => {
+void describe('pgCronReadsAlike', () => {
   // The full lists are checked against pg_cron itself in the integrity e2e test.
-  void it("takes pg_cron's grammar and refuses what only cron-parser reads", () => {
-    assert.equal(isValidSchedule('0 9-17 * * mon-fri'), true);
-    assert.equal(isValidSchedule('0 3 L * *'), false);
-    assert.equal(isValidSchedule('5/10 * * * *'), false);
+  void it("takes pg_cron's grammar and refuses what pg_cron refuses or reads otherwise", () => {
+    assert.equal(pgCronReadsAlike('0 9-17 * * mon-fri'), true);
+    assert.equal(pgCronReadsAlike('0 3 L * *'), false);
+    assert.equal(pgCronReadsAlike('5/10 * * * *'), false);
+    assert.equal(pgCronReadsAlike('0 3 */2 * mon'), false);
+    // The in-process scheduler runs them all, where there is no pg_cron.
+    assert.equal(isValidSchedule('0 3 L * *'), true);
   });
 });
 

@@ -3,6 +3,7 @@ import {
   cronJob,
   cronTimeZone,
   latestSnapshot,
+  PgCronScheduleError,
   refreshIntegrity,
   runningRefresh,
   type Snapshot,
@@ -11,11 +12,16 @@ import {
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
 import { pause } from '../projector/backoff.ts';
-import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { reasonOf } from '../reason.ts';
 import { nextRun } from './schedule.ts';
 
 export type IntegrityMode = 'pg_cron' | 'scheduler' | 'unknown';
+
+/** PostgreSQL's refusal of the request itself: a value it rejects (22), a privilege or name (42). */
+const isRefusal = (err: unknown): boolean => {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && /^(?:22|42)[0-9A-Z]{3}$/.test(code);
+};
 
 export type IntegritySchedulerDeps = {
   main: pg.Pool;
@@ -131,7 +137,8 @@ export class IntegrityScheduler {
         await scheduleCronJob(main, schedule);
         logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
       } catch (err) {
-        if (isDatabaseUnreachable(err)) {
+        if (!(err instanceof PgCronScheduleError) && !isRefusal(err)) {
+          // A lost link, a timeout, a deadlock: asked again.
           return undefined;
         }
         // Refused (a schedule pg_cron cannot read, a role that may not schedule): pg_cron runs

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
+import { pgCronReadsAlike } from '../../integrity/schedule.ts';
 import { type Queryable, withConnection, withServerSettings } from '../client.ts';
 import { LinkWatchdog } from '../link-watchdog.ts';
 
@@ -205,8 +206,22 @@ export const cronTimeZone = async (db: Queryable): Promise<string | null> => {
   return rows[0]?.tz || null;
 };
 
+/** A schedule pg_cron would refuse, or read otherwise than this process (pgCronReadsAlike). */
+export class PgCronScheduleError extends Error {
+  override name = 'PgCronScheduleError';
+
+  constructor(schedule: string) {
+    super(
+      `pg_cron would not read the schedule ${schedule} as cron-parser does (pg_cron takes numbers, month and weekday names, *, ranges, lists and steps after * or a range, not L, W, # or ?, and matches both day fields where one is a step of *): its job keeps its schedule`,
+    );
+  }
+}
+
 /** Scheduling by job name updates the existing job: a changed schedule never duplicates it. */
 export const scheduleCronJob = async (db: Queryable, schedule: string) => {
+  if (!pgCronReadsAlike(schedule)) {
+    throw new PgCronScheduleError(schedule);
+  }
   await db.query(
     "SELECT cron.schedule($1, $2, $$SELECT outpost_refresh_integrity('pg_cron', false)$$)",
     [CRON_JOB, schedule],
