@@ -128,7 +128,12 @@ void describe('live event feed', () => {
     assert.ok(resumeFrom);
     await first.close();
     // The listener mark lapses, as it does 10 minutes after the last client anywhere left: once
-    // the processes have asked again, what happens is published nowhere.
+    // the processes have asked again, what happens is published nowhere. Not while A still
+    // counts the client: it would mark the site again.
+    await waitFor(
+      async () => (await scrapeMetric(a.url, 'outpost_live_clients')) === 0,
+      'A to let the client go',
+    );
     await h.redis.del(liveListenersKey(h.config.namespace));
     const liveStream = liveStreamKey(h.config.namespace);
     const published = async (eventId: string) =>
@@ -336,10 +341,20 @@ void describe('live event feed', () => {
     });
     const sessions = () => scrapeMetric(c.url, 'outpost_live_clients');
 
-    void it('answers HEAD of the feed without a session that would outlive it', async () => {
+    void it('answers HEAD of the feed, and a WebSocket handshake sent to it, without a session that would outlive them', async () => {
       const head = await fetch(`${c.url}/events/live`, { method: 'HEAD' });
       assert.equal(head.status, 200);
       assert.match(head.headers.get('content-type') ?? '', /^text\/event-stream/);
+      const handshake = new WebSocket(`ws://127.0.0.1:${c.port}/events/live`);
+      const refused = await new Promise<number | string>((resolve) => {
+        handshake.once('unexpected-response', (_request, response) =>
+          resolve(response.statusCode ?? 0),
+        );
+        handshake.once('open', () => resolve('opened'));
+        handshake.once('error', (err) => resolve(err.message));
+      });
+      handshake.terminate();
+      assert.equal(refused, 400);
       // A client that reads, beside it: once its session counts, the HEAD's would count too.
       const client = await SseClient.open(`${c.url}/events/live`);
       try {

@@ -74,6 +74,14 @@ export const registerLiveRoutes = (app: App, deps: AppDeps) => {
         'cache-control': 'no-cache',
       });
     }
+    if (c.req.header('upgrade') !== undefined) {
+      // A WebSocket handshake sent here reaches this handler through node-server's upgrade
+      // path, which reads no stream: answered with one, its session would run for good too.
+      throw new ApiError(
+        'validation_failed',
+        'this URL streams Server-Sent Events: open /events/live/ws as a WebSocket',
+      );
+    }
     await announce(feed);
     const logger = requestLogger(c);
     const outgoing = (c.env as { outgoing?: { destroy(): void } } | undefined)?.outgoing;
@@ -256,7 +264,9 @@ export const refuseOtherUpgrades = (server: Server): void => {
         return;
       }
       socket.on('error', () => undefined);
-      socket.end(UPGRADE_REFUSED);
+      // Destroyed once the answer is out: an upgraded socket has no timeouts, and one the client
+      // keeps half open would otherwise stay.
+      socket.end(UPGRADE_REFUSED, () => socket.destroy());
     });
   }
 };
