@@ -59,7 +59,6 @@ export const checkPartitionCount = async (
     if (changing) {
       await refuseWhileLogHolds(redis, namespace, partitions, Number(previous));
       await carryIdempotencyKeys(eventLog, Number(previous), logger);
-      await forgetUnitStatuses(eventLog);
     }
     const outcome = await listOnce(eventLog, previous ?? '', member);
     if (outcome === 'refused') {
@@ -76,6 +75,9 @@ export const checkPartitionCount = async (
     const [state, ...detail] = outcome;
     if (state === 'listed') {
       if (changing) {
+        // Once the change is taken, before this process serves: a start refused after this
+        // step leaves the statuses the site runs on as they were.
+        await forgetUnitStatuses(eventLog);
         logger.warn(
           { from: Number(previous), to: partitions },
           'partition count changed; the log held nothing pending',
