@@ -1108,6 +1108,8 @@ void describe('process faults under load', () => {
       );
       // B's next lease round (every 5 s) takes one of A's partitions, and claiming what A left
       // pending times out (5 s) on the silent link: the lease is given back, to be taken again.
+      // Each round of B's also waits out its site-claim's Redis call (5 s) on the silent link, so
+      // under a loaded CI a take can come well after 20 s (a clean-clone CI missed 30 s once).
       let taken: number | undefined;
       await waitFor(
         async () => {
@@ -1116,7 +1118,7 @@ void describe('process faults under load', () => {
           return taken !== undefined;
         },
         "B to take one of A's partitions",
-        30_000,
+        60_000,
       );
       await waitFor(
         async () => (await owners())[taken as number] !== 'projector-b',
