@@ -770,18 +770,13 @@ void describe('pg_cron', () => {
     await client.end();
   });
 
-  void it('really fires the refresh job on its schedule, and re-scheduling never duplicates it', async (t) => {
-    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
-    if (cron.rows.length === 0) {
-      t.skip('pg_cron is not installed on this machine');
-      return;
-    }
+  /** The mode a scheduler given `schedule` settles on at start (it is stopped again at once). */
+  const modeAfterStart = async (schedule: string) => {
     const pool = new pg.Pool({ connectionString: url, max: 1 });
-    t.after(() => pool.end());
     const scheduler = new IntegrityScheduler({
       main: pool,
       mainUrl: url,
-      schedule: '* * * * *',
+      schedule,
       postDeployDelayMs: 3_600_000,
       projectorHealthy: () => true,
       logger: silent,
@@ -790,13 +785,25 @@ void describe('pg_cron', () => {
       await scheduler.start();
     } finally {
       await scheduler.stop();
+      await pool.end();
     }
-    assert.equal(scheduler.mode, 'pg_cron');
-    const jobs = await client.query<{ schedule: string }>(
-      'SELECT schedule FROM cron.job WHERE jobname = $1',
-      [CRON_JOB],
-    );
-    assert.deepEqual(jobs.rows, [{ schedule: '* * * * *' }]);
+    return scheduler.mode;
+  };
+  const jobSchedules = async () =>
+    (
+      await client.query<{ schedule: string }>('SELECT schedule FROM cron.job WHERE jobname = $1', [
+        CRON_JOB,
+      ])
+    ).rows;
+
+  void it('really fires the refresh job on its schedule, and re-scheduling never duplicates it', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    assert.equal(await modeAfterStart('* * * * *'), 'pg_cron');
+    assert.deepEqual(await jobSchedules(), [{ schedule: '* * * * *' }]);
     const since = new Date();
     await waitFor(
       async () =>
@@ -857,28 +864,9 @@ void describe('pg_cron', () => {
       return;
     }
     await scheduleCronJob(client, '*/30 * * * *');
-    const pool = new pg.Pool({ connectionString: url, max: 1 });
-    t.after(() => pool.end());
-    const scheduler = new IntegrityScheduler({
-      main: pool,
-      mainUrl: url,
-      // Read by the in-process scheduler's parser, refused by pg_cron: as a refusal to schedule.
-      schedule: '0 3 L * *',
-      postDeployDelayMs: 3_600_000,
-      projectorHealthy: () => true,
-      logger: silent,
-    });
-    try {
-      await scheduler.start();
-    } finally {
-      await scheduler.stop();
-    }
-    assert.equal(scheduler.mode, 'pg_cron', 'not refreshing beside the job');
-    const jobs = await client.query<{ schedule: string }>(
-      'SELECT schedule FROM cron.job WHERE jobname = $1',
-      [CRON_JOB],
-    );
-    assert.deepEqual(jobs.rows, [{ schedule: '*/30 * * * *' }]);
+    // Read by the in-process scheduler's parser, refused by pg_cron: as a refusal to schedule.
+    assert.equal(await modeAfterStart('0 3 L * *'), 'pg_cron', 'not refreshing beside the job');
+    assert.deepEqual(await jobSchedules(), [{ schedule: '*/30 * * * *' }]);
   });
 
   void it('gives the job OUTPOST_INTEGRITY_SCHEDULE on outpost migrate, before any process starts', async (t) => {

@@ -59,6 +59,9 @@ export const runMigrations = async (
     }
     try {
       const job = await rescheduleCronJob(client, integritySchedule);
+      if (job?.refused !== undefined) {
+        return { notRescheduled: job.refused };
+      }
       return job !== undefined && job.from !== integritySchedule
         ? { rescheduled: integritySchedule }
         : {};

@@ -3,11 +3,10 @@ import {
   cronJob,
   cronTimeZone,
   latestSnapshot,
-  PgCronScheduleError,
   refreshIntegrity,
+  rescheduleCronJob,
   runningRefresh,
   type Snapshot,
-  scheduleCronJob,
   whyCronMissed,
 } from '../db/queries/integrity.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -16,12 +15,6 @@ import { reasonOf } from '../reason.ts';
 import { nextRun } from './schedule.ts';
 
 export type IntegrityMode = 'pg_cron' | 'scheduler' | 'unknown';
-
-/** PostgreSQL's refusal of the request itself: a value it rejects (22), a privilege or name (42). */
-const isRefusal = (err: unknown): boolean => {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  return typeof code === 'string' && /^(?:22|42)[0-9A-Z]{3}$/.test(code);
-};
 
 export type IntegritySchedulerDeps = {
   main: pg.Pool;
@@ -113,9 +106,9 @@ export class IntegrityScheduler {
    */
   async #detect(first = false): Promise<IntegrityMode | undefined> {
     const { main, schedule, logger } = this.deps;
-    let job: { schedule: string } | undefined;
+    let job: Awaited<ReturnType<typeof rescheduleCronJob>>;
     try {
-      job = await cronJob(main);
+      job = await rescheduleCronJob(main, schedule);
     } catch (err) {
       // Said once at the default level, with why: a refusal (a permission on cron.job) does not
       // clear on its own, and the operator must see it. The retries that follow stay quiet.
@@ -132,23 +125,15 @@ export class IntegrityScheduler {
     if (!job) {
       return 'scheduler';
     }
-    if (job.schedule !== schedule) {
-      try {
-        await scheduleCronJob(main, schedule);
-        logger.info({ from: job.schedule, to: schedule }, 'pg_cron integrity job re-scheduled');
-      } catch (err) {
-        if (!(err instanceof PgCronScheduleError) && !isRefusal(err)) {
-          // A lost link, a timeout, a deadlock: asked again.
-          return undefined;
-        }
-        // Refused (a schedule pg_cron cannot read, a role that may not schedule): pg_cron runs
-        // the job all the same. Taken for "cannot tell", this process refreshed beside it, each
-        // period twice, under the wrong mode in /health, for good.
-        logger.warn(
-          { err, schedule: job.schedule, configured: schedule },
-          'pg_cron runs the integrity refresh but would not take OUTPOST_INTEGRITY_SCHEDULE: the job keeps its schedule',
-        );
-      }
+    if (job.refused !== undefined) {
+      // pg_cron runs the job all the same. Taken for "cannot tell", this process refreshed
+      // beside it, each period twice, under the wrong mode in /health, for good.
+      logger.warn(
+        { err: job.refused, schedule: job.from, configured: schedule },
+        'pg_cron runs the integrity refresh but would not take OUTPOST_INTEGRITY_SCHEDULE: the job keeps its schedule',
+      );
+    } else if (job.from !== schedule) {
+      logger.info({ from: job.from, to: schedule }, 'pg_cron integrity job re-scheduled');
     }
     return 'pg_cron';
   }

@@ -131,6 +131,11 @@ export const isDatabaseAnswer = (err: unknown): boolean => {
   return typeof code === 'string' && SQLSTATE.test(code);
 };
 
+/** The database's refusal of the request itself: a value it rejects (22), a privilege or name (42). */
+export const isRequestRefused = (err: unknown): boolean =>
+  isDatabaseAnswer(err) &&
+  ['22', '42'].includes(String((err as { code: string }).code).slice(0, 2));
+
 /** A database's failure in its own words, with its SQLSTATE when the server answered. */
 export const databaseReason = (err: unknown): string =>
   isDatabaseAnswer(err)

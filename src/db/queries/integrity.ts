@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { type Anomalies, anomaliesOf, PROBLEMS, type Problem } from '../../integrity/problems.ts';
 import { pgCronReadsAlike } from '../../integrity/schedule.ts';
+import { isRequestRefused } from '../../projector/errors.ts';
 import { type Queryable, withConnection, withServerSettings } from '../client.ts';
 import { LinkWatchdog } from '../link-watchdog.ts';
 
@@ -230,15 +231,27 @@ export const scheduleCronJob = async (db: Queryable, schedule: string) => {
 
 /**
  * Gives pg_cron's refresh job `schedule` where the job exists (never a second job: it is
- * scheduled by name). Answers the schedule it had, or undefined where there is no job.
+ * scheduled by name). Answers the schedule it had, or undefined where there is no job; with
+ * `refused`, why the job keeps it: a schedule pg_cron reads otherwise, or a refusal (a role that
+ * may not schedule). A failure to ask (a lost link, a timeout) is thrown.
  */
 export const rescheduleCronJob = async (
   db: Queryable,
   schedule: string,
-): Promise<{ from: string } | undefined> => {
+): Promise<{ from: string; refused?: unknown } | undefined> => {
   const job = await cronJob(db);
-  if (job !== undefined && job.schedule !== schedule) {
-    await scheduleCronJob(db, schedule);
+  if (job === undefined) {
+    return undefined;
   }
-  return job && { from: job.schedule };
+  if (job.schedule !== schedule) {
+    try {
+      await scheduleCronJob(db, schedule);
+    } catch (err) {
+      if (!(err instanceof PgCronScheduleError) && !isRequestRefused(err)) {
+        throw err;
+      }
+      return { from: job.schedule, refused: err };
+    }
+  }
+  return { from: job.schedule };
 };
