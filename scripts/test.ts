@@ -1,8 +1,7 @@
 import { readdirSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { run } from 'node:test';
-import { spec } from 'node:test/reporters';
 import { buildServiceBundle } from '../src/bundle.ts';
+import { runTestFiles } from '../test/harness/run-files.ts';
 import {
   dropSites,
   startTestStack,
@@ -43,23 +42,9 @@ const filesOf = (tier: Tier, only: string | undefined) =>
 
 const isSoak = (file: string) => file.endsWith(TIERS.soak.suffix);
 
-const runFiles = (files: string[], concurrency: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    let failed = false;
-    // TEST_NAME_PATTERN runs only the tests whose name matches it (a regular expression).
-    const pattern = process.env.TEST_NAME_PATTERN;
-    const stream = run({
-      files,
-      concurrency,
-      timeout: (15 + (files.some(isSoak) ? Number(process.env.SOAK_MINUTES ?? 10) : 0)) * 60_000,
-      ...(pattern ? { testNamePatterns: [new RegExp(pattern)] } : {}),
-    });
-    stream.on('test:fail', () => {
-      failed = true;
-    });
-    stream.compose(new spec()).pipe(process.stdout);
-    stream.once('end', () => resolve(!failed));
-  });
+/** Minutes a file may run: a soak file runs SOAK_MINUTES of faults on top. */
+const timeoutMsOf = (files: string[]) =>
+  (15 + (files.some(isSoak) ? Number(process.env.SOAK_MINUTES ?? 10) : 0)) * 60_000;
 
 const main = async () => {
   const args = process.argv.slice(2);
@@ -72,6 +57,16 @@ const main = async () => {
   if (!tiers.every((t) => t in TIERS)) {
     throw new Error(`unknown tier ${which}: use unit, int, e2e, soak or all`);
   }
+  // On SIGINT or SIGTERM: the running file's process is killed (and with it the services it
+  // spawned), then the stack is stopped, if it has started.
+  const tests = new AbortController();
+  let stopStack: (() => Promise<void>) | undefined;
+  stopOnSignal(async () => {
+    tests.abort();
+    await stopStack?.();
+  });
+  const runFiles = (files: string[], concurrency: number) =>
+    runTestFiles(files, { concurrency, timeoutMs: timeoutMsOf(files), signal: tests.signal });
   const unitFiles = tiers.includes('unit') ? filesOf('unit', only) : [];
   const serviceFiles = tiers.filter((t) => t !== 'unit').flatMap((t) => filesOf(t, only));
   let ok = true;
@@ -82,7 +77,11 @@ const main = async () => {
     // The service processes the tests start run the bundle, as deployed: built here, where a
     // failure stops the run, rather than left to the first spawn.
     await buildServiceBundle();
-    const stack = await startTestStack({ whileStarting: stopOnSignal });
+    const stack = await startTestStack({
+      whileStarting: (stop) => {
+        stopStack = stop;
+      },
+    });
     const failed: { file: string; sites: TestSite[] }[] = [];
     try {
       process.env.TEST_STACK = JSON.stringify(stack);
@@ -93,6 +92,9 @@ const main = async () => {
       // cluster would feel. A file that passed leaves nothing behind; one that failed keeps its
       // databases and Redis keys for inspection.
       for (const file of serviceFiles) {
+        if (tests.signal.aborted) {
+          break;
+        }
         const passed = await runFiles([file], 1);
         const sites = takeSites(stack.dir);
         if (passed) {
@@ -103,6 +105,10 @@ const main = async () => {
       }
     } finally {
       await stack.stop({ keep: failed.length > 0 });
+    }
+    if (tests.signal.aborted) {
+      // Stopped by a signal: its handler exits once the stack is down, and keeps nothing.
+      return;
     }
     const passedFiles = serviceFiles.length - failed.length;
     process.stdout.write(`\nservice test files: ${passedFiles} passed, ${failed.length} failed\n`);

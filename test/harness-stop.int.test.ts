@@ -9,6 +9,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 
 const services = fileURLToPath(new URL('./harness/services.ts', import.meta.url));
+const harness = fileURLToPath(new URL('./harness/harness.ts', import.meta.url));
+const runFiles = fileURLToPath(new URL('./harness/run-files.ts', import.meta.url));
+
+const isRunning = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 void describe('a test or bench run whose output reader goes away', () => {
   const dir = mkdtempSync(join(tmpdir(), 'outpost-stop-'));
@@ -86,5 +97,69 @@ setInterval(() => undefined, 1000);
     assert.equal(code, 143);
     assert.equal(existsSync(join(tmpdir(), stack)), false, 'its folder is removed');
     assert.throws(() => process.kill(postmaster as number, 0), 'its primary is stopped');
+  });
+});
+
+void describe('a test run signalled while a test file runs', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'outpost-stop-'));
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  void it('kills the file and the service it spawned, not only itself', async (t) => {
+    const servicePidFile = join(dir, 'service.pid');
+    const testFile = join(dir, 'holds-a-service.test.mts');
+    // A test that has spawned a service (as harnesses spawn `outpost serve`) and waits on it.
+    writeFileSync(
+      testFile,
+      `import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { it } from 'node:test';
+import { killOnExit } from ${JSON.stringify(harness)};
+it('waits on its service', async () => {
+  const service = spawn('sleep', ['600'], { stdio: 'ignore' });
+  killOnExit(service);
+  writeFileSync(${JSON.stringify(servicePidFile)}, String(service.pid));
+  await new Promise((resolve) => service.once('exit', resolve));
+});
+`,
+    );
+    const runner = join(dir, 'runner.mts');
+    // As scripts/test.ts runs its files (.mts: ES modules outside the project's package).
+    writeFileSync(
+      runner,
+      `import { runTestFiles } from ${JSON.stringify(runFiles)};
+import { stopOnSignal } from ${JSON.stringify(services)};
+const tests = new AbortController();
+stopOnSignal(async () => tests.abort());
+await runTestFiles([${JSON.stringify(testFile)}], { concurrency: 1, timeoutMs: 60_000, signal: tests.signal });
+`,
+    );
+    // A run of its own: not narrowed to this test's name, nor reporting as a child of this run.
+    const { TEST_NAME_PATTERN: _, NODE_TEST_CONTEXT: __, ...env } = process.env;
+    const run = spawn(process.execPath, ['--import', 'tsx', runner], { stdio: 'ignore', env });
+    let service: number | undefined;
+    t.after(() => {
+      run.kill('SIGKILL');
+      if (service !== undefined && isRunning(service)) {
+        process.kill(service, 'SIGKILL');
+      }
+    });
+    const exited = once(run, 'exit', { signal: AbortSignal.timeout(60_000) });
+    const started = Date.now() + 30_000;
+    while (service === undefined && Date.now() < started) {
+      if (existsSync(servicePidFile)) {
+        const pid = Number(readFileSync(servicePidFile, 'utf8'));
+        service = pid > 0 ? pid : undefined;
+      }
+      await sleep(20);
+    }
+    assert.ok(service, 'the test file spawned its service');
+    run.kill('SIGTERM');
+    const [code] = await exited;
+    assert.equal(code, 143);
+    const gone = Date.now() + 10_000;
+    while (isRunning(service) && Date.now() < gone) {
+      await sleep(20);
+    }
+    assert.equal(isRunning(service), false, 'the service the test file spawned is gone');
   });
 });
