@@ -349,6 +349,61 @@ void describe('recovery', () => {
       assert.equal(rebuilt.code, 0, rebuilt.stderr);
     });
 
+    void it('counts, in a dry run, a lost file of a unit blocked by a dead letter as one that would fail, as the run does', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'blocked-file', instrument: 'x' })
+      ).body as { id: string; event_id: string; accepted_at: string };
+      const files = await h.post('/raw_data_files', {
+        executed_obs_unit_id: unit.id,
+        files: [
+          {
+            path: '/blocked',
+            size_bytes: 1,
+            checksum: 'cd'.repeat(8),
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      assert.equal(files.status, 201, files.text);
+      const [file] = files.body.ids as string[];
+      await h.main.query(
+        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
+      );
+      const letters: string[] = [];
+      try {
+        // A later update of the unit that the main database refuses: the unit is blocked.
+        const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, {
+          notes: 'poison',
+        });
+        assert.equal(poison.status, 202, poison.text);
+        letters.push(poison.body.event_id);
+        await waitFor(
+          async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
+          'the poison update to be dead-lettered',
+        );
+        // Then the main database restored from a backup older than the unit and its file.
+        await forget(h, [unit.id, file as string]);
+        const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
+        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
+        assert.equal(dry.code, 0, dry.stderr);
+        // Failed: the poison update, dead; the start, which would follow it; and the file, whose
+        // unit would not be there to link it to.
+        const planned = JSON.parse(dry.stdout);
+        assert.deepEqual([planned.applied, planned.failed], [0, 3], dry.stdout);
+        const given = await runCli(h, ['replay', '--from', from, '--json']);
+        const report = JSON.parse(given.stdout);
+        assert.deepEqual([report.applied, report.failed], [0, 3], given.stdout);
+        letters.push(unit.event_id, ...(files.body.event_ids as string[]));
+      } finally {
+        await h.main.query(
+          'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',
+        );
+        for (const id of letters) {
+          await h.request('DELETE', `/admin/dead-letters/${id}?reason=test`, undefined, auth);
+        }
+      }
+    });
+
     void it('names the aggregates whose lost events a later event overtook, and still gives the events back', async () => {
       const { unit, lost: older } = await unitWithLostUpdate(h, 'overtaken', 'older');
       const newer = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'newer' });

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { appliedEventIds } from '../db/queries/apply.ts';
-import { partitionRootOf } from '../domain/events.ts';
+import { partitionRootOf, upstreamIdsOf } from '../domain/events.ts';
 import { partitionOf } from '../domain/ids.ts';
 import { appendTo } from '../lists.ts';
 import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
@@ -586,9 +586,11 @@ const countOvertaken = async (
     return 0;
   }
   const aggregateIds = [...new Set(missing.map((e) => e.event.aggregate_id))];
+  const upstreamIds = [...new Set(missing.flatMap((e) => upstreamIdsOf(e.event)))];
+  const asked = [...aggregateIds, ...upstreamIds];
   const [inflight, blocked, { rows: laterApplied }] = await Promise.all([
     deps.eventLog.readInflightMany(aggregateIds, partition),
-    deps.eventLog.redis.smismember(deps.eventLog.keys(partition).blockedAggregates, aggregateIds),
+    deps.eventLog.redis.smismember(deps.eventLog.keys(partition).blockedAggregates, asked),
     deps.main.query<{ event_id: string }>(
       `SELECT DISTINCT m.event_id::text FROM unnest($1::uuid[], $2::uuid[], $3::bigint[])
                 AS m(event_id, aggregate_id, accepted_ms)
@@ -607,7 +609,11 @@ const countOvertaken = async (
       Math.max(-1, ...(inflight[i] ?? []).map((e) => e.event.accepted_at)),
     ]),
   );
-  const blockedIds = new Set(aggregateIds.filter((_, i) => blocked[i] === 1));
+  const blockedIds = new Set(asked.filter((_, i) => blocked[i] === 1));
+  const upstreamsLacking = await lackingFromMain(
+    deps,
+    upstreamIds.filter((id) => blockedIds.has(id)),
+  );
   const appliedLater = new Set(laterApplied.map((row) => row.event_id));
   for (const { event } of missing) {
     if (
@@ -624,7 +630,27 @@ const countOvertaken = async (
       }
     }
   }
-  return missing.filter(({ event }) => blockedIds.has(event.aggregate_id)).length;
+  // As the projector files them: an event of a blocked aggregate follows its dead letter, and so
+  // does a file (or package) whose unit (or file) is blocked and not in the main database, since
+  // nothing can apply before an operator retries that one.
+  return missing.filter(
+    ({ event }) =>
+      blockedIds.has(event.aggregate_id) ||
+      upstreamIdsOf(event).some((id) => upstreamsLacking.has(id)),
+  ).length;
+};
+
+/** Which of `ids` the main database holds no aggregate of. */
+const lackingFromMain = async (deps: Deps, ids: string[]): Promise<Set<string>> => {
+  if (ids.length === 0) {
+    return new Set();
+  }
+  const { rows } = await deps.main.query<{ id: string }>(
+    'SELECT id::text FROM aggregates WHERE id = ANY($1::uuid[])',
+    [ids],
+  );
+  const held = new Set(rows.map((row) => row.id));
+  return new Set(ids.filter((id) => !held.has(id.toLowerCase())));
 };
 
 const waitForOutcome = async (
