@@ -28,3 +28,18 @@ export const reasonOf = (err: unknown, fallback?: string): string => {
     return 'unknown error';
   }
 };
+
+/**
+ * An error met part-way through work that had already changed something: its message says what
+ * was done before it, so that an operator reading it knows where things stand. `met` is the error
+ * itself, by which callers tell what failed (the main database, the log).
+ */
+export class PartWayError extends Error {
+  constructor(
+    readonly done: string,
+    readonly met: unknown,
+  ) {
+    super(`${reasonOf(met)} (${done})`, { cause: met });
+    this.name = 'PartWayError';
+  }
+}

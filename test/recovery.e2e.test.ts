@@ -23,6 +23,8 @@ import {
   releasePartitions,
 } from '../src/ops/rebuild.ts';
 import { replay } from '../src/ops/replay.ts';
+import { isDatabaseUnreachable } from '../src/projector/errors.ts';
+import { PartWayError } from '../src/reason.ts';
 import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
 import { crashMain, stackUp } from '../src/stack/stack.ts';
@@ -64,6 +66,7 @@ const forget = async (h: Harness, ids: string[]) => {
     'DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1)',
     'DELETE FROM aggregate_links WHERE downstream_id = ANY($1)',
     'DELETE FROM executed_obs_units WHERE id = ANY($1)',
+    'DELETE FROM raw_data_files WHERE id = ANY($1)',
     'DELETE FROM aggregates WHERE id = ANY($1)',
   ]) {
     await h.main.query(statement, [ids]);
@@ -1139,6 +1142,63 @@ void describe('recovery', () => {
       assert.equal(JSON.parse(replayed.stdout).applied, 1, replayed.stdout);
       const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = $1', [unit.id]);
       assert.equal(back.length, 1, 'the lost unit is back');
+    });
+
+    void it('says how many events it had given back when the main database stops during its scan, and a second run gives back the rest', async () => {
+      const lost = (await startMany(h, 'part-way', 24)).map(
+        (r) => r.body as { id: string; accepted_at: string },
+      );
+      await waitForAllAcknowledged(h);
+      await forget(
+        h,
+        lost.map((unit) => unit.id),
+      );
+      // Written out before the crash below: the test stack commits without waiting for its WAL.
+      await h.main.query('CHECKPOINT');
+      const partitionsOf = lost.map((unit) => partitionOf(unit.id, h.config.partitions));
+      // The main database stops once the first partition holding a lost unit is scanned.
+      const first = Math.min(...partitionsOf);
+      assert.ok(
+        partitionsOf.some((p) => p > first),
+        'lost units lie in more than one partition',
+      );
+      const from = new Date(
+        Math.min(...lost.map((u) => Date.parse(u.accepted_at))) - 1000,
+      ).toISOString();
+      let stopped: unknown;
+      try {
+        await replay(
+          { eventLog: eventLogOf(h), main: h.main },
+          { from, dryRun: false },
+          {
+            onProgress: async ({ partition }) => {
+              if (partition === first) {
+                await crashMain(h.stack.dir);
+              }
+            },
+          },
+        );
+      } catch (err) {
+        stopped = err;
+      } finally {
+        await stackUp(h.stackOptions());
+      }
+      assert.ok(stopped instanceof PartWayError, String(stopped));
+      const givenBack = partitionsOf.filter((p) => p === first).length;
+      assert.match(
+        stopped.message,
+        new RegExp(`ECONNREFUSED.*the replay stopped after giving back ${givenBack} event\\(s\\)`),
+      );
+      assert.ok(isDatabaseUnreachable(stopped.met), 'the error met is the main database away');
+      const rerun = await runCli(h, ['replay', '--from', from, '--json']);
+      assert.equal(rerun.code, 0, rerun.stderr);
+      const report = JSON.parse(rerun.stdout);
+      // The first run's appends are applied, or still pending, by now: never given back twice.
+      assert.equal(report.applied, lost.length - givenBack, rerun.stdout);
+      const back = await h.mainRows('SELECT 1 FROM executed_obs_units WHERE id = ANY($1)', [
+        lost.map((unit) => unit.id),
+      ]);
+      assert.equal(back.length, lost.length, 'every lost unit is back');
     });
   });
 

@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
+import { PartWayError } from '../reason.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
 import { ReplicaAwayError } from './replica-link.ts';
@@ -40,11 +41,18 @@ const blaming = async <T>(
   try {
     return await work;
   } catch (err) {
-    if (logIsAway(deps, err) || !isItsFailure(err)) {
+    // Met part-way (a replay that had given events back): told by the error met, and said with
+    // what was done before it.
+    const met = err instanceof PartWayError ? err.met : err;
+    if (logIsAway(deps, met)) {
+      throw met;
+    }
+    if (!isItsFailure(met)) {
       throw err;
     }
-    throw new ApiError(problem.code, problem.message, undefined, {
-      cause: err,
+    const done = err instanceof PartWayError ? ` (${err.done})` : '';
+    throw new ApiError(problem.code, `${problem.message}${done}`, undefined, {
+      cause: met,
       retryAfterSeconds: problem.retryAfterSeconds,
     });
   }

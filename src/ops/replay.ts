@@ -15,7 +15,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
-import { reasonOf } from '../reason.ts';
+import { PartWayError, reasonOf } from '../reason.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
 
@@ -203,103 +203,115 @@ export const replay = async (
   // The entries this replay appended, moved to a partition scanned after the one they were read
   // from: its scan meets them, and must not count them a second time.
   const givenBack = new Set<string>();
-  for (const keys of partitions) {
-    const seen = new Set<string>();
-    // One set, kept up to date by each page's look.
-    const discarded = await discardedIn(keys.partition);
-    // An open end is the partition's last entry now: past it lie the replay's own appends and
-    // new writes, which a busy partition would keep the scan chasing.
-    const end =
-      to === '+'
-        ? ((
-            (await deps.eventLog.redis.xrevrange(keys.stream, '+', '-', 'COUNT', 1)) as RawEntry[]
-          )[0]?.[0] ?? '0-0')
-        : to;
-    let cursor = from;
-    // The last entry this scan has looked at: a trim that reaches past it (memory pressure
-    // halving the history while an operator replays after an outage) took entries of the range
-    // before the scan got to them.
-    let scannedThrough: string | undefined;
-    for (;;) {
-      // The mark as the page is read, in one step: a trim records it before removing anything,
-      // so entries gone before this read are always seen by it, and a trim after it is not.
-      const [page, trimmedThrough] = (await pipelineReplies(
-        deps.eventLog.redis
-          .multi()
-          .xrange(keys.stream, cursor, end, 'COUNT', PAGE)
-          .get(keys.trimmedThrough),
-      )) as [RawEntry[], string | null];
-      if (
-        trimmedThrough !== null &&
-        compareEntryIds(trimmedThrough, from) >= 0 &&
-        (scannedThrough === undefined || compareEntryIds(trimmedThrough, scannedThrough) > 0)
-      ) {
-        historyStartsAt(await firstEntryAfter(deps, keys, trimmedThrough));
-      }
-      if (page.length === 0) {
-        break;
-      }
-      scannedThrough = page.at(-1)?.[0];
-      cursor = `(${scannedThrough}`;
-      const entries: LogEntry[] = [];
-      for (const entry of page) {
-        if (givenBack.has(`${keys.partition}:${entry[0]}`)) {
-          continue;
+  try {
+    for (const keys of partitions) {
+      const seen = new Set<string>();
+      // One set, kept up to date by each page's look.
+      const discarded = await discardedIn(keys.partition);
+      // An open end is the partition's last entry now: past it lie the replay's own appends and
+      // new writes, which a busy partition would keep the scan chasing.
+      const end =
+        to === '+'
+          ? ((
+              (await deps.eventLog.redis.xrevrange(keys.stream, '+', '-', 'COUNT', 1)) as RawEntry[]
+            )[0]?.[0] ?? '0-0')
+          : to;
+      let cursor = from;
+      // The last entry this scan has looked at: a trim that reaches past it (memory pressure
+      // halving the history while an operator replays after an outage) took entries of the range
+      // before the scan got to them.
+      let scannedThrough: string | undefined;
+      for (;;) {
+        // The mark as the page is read, in one step: a trim records it before removing anything,
+        // so entries gone before this read are always seen by it, and a trim after it is not.
+        const [page, trimmedThrough] = (await pipelineReplies(
+          deps.eventLog.redis
+            .multi()
+            .xrange(keys.stream, cursor, end, 'COUNT', PAGE)
+            .get(keys.trimmedThrough),
+        )) as [RawEntry[], string | null];
+        if (
+          trimmedThrough !== null &&
+          compareEntryIds(trimmedThrough, from) >= 0 &&
+          (scannedThrough === undefined || compareEntryIds(trimmedThrough, scannedThrough) > 0)
+        ) {
+          historyStartsAt(await firstEntryAfter(deps, keys, trimmedThrough));
         }
-        report.scanned += 1;
-        try {
-          const decoded = decodeEntry(entry);
-          if (!seen.has(decoded.event.event_id)) {
-            seen.add(decoded.event.event_id);
-            entries.push(decoded);
+        if (page.length === 0) {
+          break;
+        }
+        scannedThrough = page.at(-1)?.[0];
+        cursor = `(${scannedThrough}`;
+        const entries: LogEntry[] = [];
+        for (const entry of page) {
+          if (givenBack.has(`${keys.partition}:${entry[0]}`)) {
+            continue;
           }
-        } catch {
-          // One an operator discarded (as the runbook says to) has no event id to find it by.
-          if (discarded.has(entry[0])) {
-            report.discarded += 1;
+          report.scanned += 1;
+          try {
+            const decoded = decodeEntry(entry);
+            if (!seen.has(decoded.event.event_id)) {
+              seen.add(decoded.event.event_id);
+              entries.push(decoded);
+            }
+          } catch {
+            // One an operator discarded (as the runbook says to) has no event id to find it by.
+            if (discarded.has(entry[0])) {
+              report.discarded += 1;
+            } else {
+              report.failed += 1;
+            }
+          }
+        }
+        const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report);
+        for (const [partition, group] of byCurrentPartition(
+          missing,
+          deps.eventLog.partitions,
+          keys.partition,
+        )) {
+          if (partition !== keys.partition) {
+            report.moved += group.length;
+          }
+          const behindDeadLetters = await countOvertaken(deps, partition, group, report);
+          if (request.dryRun) {
+            // Appended, those of a blocked aggregate would follow its dead letter, not apply: the
+            // run counts them failed, and the dry run says so beforehand.
+            report.applied += group.length - behindDeadLetters;
+            report.failed += behindDeadLetters;
           } else {
-            report.failed += 1;
+            const appended = await deps.eventLog.append({
+              partition,
+              events: group.map((e) => e.event),
+            });
+            for (const entryId of appended.kind === 'appended' ? appended.entryIds : []) {
+              givenBack.add(`${partition}:${entryId}`);
+            }
+            resent.push(...group.map((e) => ({ eventId: e.event.event_id, partition })));
           }
         }
-      }
-      const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report);
-      for (const [partition, group] of byCurrentPartition(
-        missing,
-        deps.eventLog.partitions,
-        keys.partition,
-      )) {
-        if (partition !== keys.partition) {
-          report.moved += group.length;
+        await options.onProgress?.({
+          partition: keys.partition,
+          scanned: report.scanned,
+          position: page.at(-1)?.[0] ?? '',
+        });
+        if (page.length < PAGE) {
+          break;
         }
-        const behindDeadLetters = await countOvertaken(deps, partition, group, report);
-        if (request.dryRun) {
-          // Appended, those of a blocked aggregate would follow its dead letter, not apply: the
-          // run counts them failed, and the dry run says so beforehand.
-          report.applied += group.length - behindDeadLetters;
-          report.failed += behindDeadLetters;
-        } else {
-          const appended = await deps.eventLog.append({
-            partition,
-            events: group.map((e) => e.event),
-          });
-          for (const entryId of appended.kind === 'appended' ? appended.entryIds : []) {
-            givenBack.add(`${partition}:${entryId}`);
-          }
-          resent.push(...group.map((e) => ({ eventId: e.event.event_id, partition })));
-        }
-      }
-      await options.onProgress?.({
-        partition: keys.partition,
-        scanned: report.scanned,
-        position: page.at(-1)?.[0] ?? '',
-      });
-      if (page.length < PAGE) {
-        break;
       }
     }
-  }
-  if (!request.dryRun) {
-    await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000, options.onWaiting);
+    if (!request.dryRun) {
+      await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000, options.onWaiting);
+    }
+  } catch (err) {
+    if (resent.length === 0) {
+      throw err;
+    }
+    // The events appended so far stay given back: the projector applies them, and the same
+    // replay run again finds them applied or pending and gives back only what is still missing.
+    throw new PartWayError(
+      `the replay stopped after giving back ${resent.length} event(s) the main database lacked, which apply as the projector reaches them; the same replay run again gives back only what is still missing`,
+      err,
+    );
   }
   return report;
 };
