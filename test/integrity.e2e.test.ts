@@ -1036,6 +1036,31 @@ void describe('pg_cron', () => {
       await main.end();
     }
   });
+
+  void it('creates the refresh job at start where pg_cron runs but has no job: preloaded after the migrations ran', async (t) => {
+    const cron = await client.query("SELECT 1 FROM pg_extension WHERE extname = 'pg_cron'");
+    if (cron.rows.length === 0) {
+      t.skip('pg_cron is not installed on this machine');
+      return;
+    }
+    // As a database migrated before pg_cron was preloaded is: no extension, so no job.
+    await client.query('DROP EXTENSION pg_cron');
+    const since = new Date();
+    assert.equal(await modeAfterStart('* * * * *'), 'pg_cron');
+    assert.deepEqual(await jobSchedules(), [{ schedule: '* * * * *' }]);
+    // And pg_cron's launcher takes the new job up and runs it.
+    await waitFor(
+      async () =>
+        (
+          await client.query(
+            "SELECT 1 FROM integrity_refreshes WHERE mode = 'pg_cron' AND finished_at >= $1",
+            [since],
+          )
+        ).rows.length > 0,
+      'pg_cron to run the job it was given',
+      150_000,
+    );
+  });
 });
 
 void describe('the integrity SQL', () => {

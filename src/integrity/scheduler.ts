@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import {
+  createMissingCronJob,
   cronJob,
   cronTimeZone,
   latestSnapshot,
@@ -109,6 +110,22 @@ export class IntegrityScheduler {
     let job: Awaited<ReturnType<typeof rescheduleCronJob>>;
     try {
       job = await rescheduleCronJob(main, schedule);
+      if (job === undefined) {
+        // pg_cron preloaded after the migration that creates the job ran: the job is made here,
+        // at a projector's start, rather than left for an operator to write by hand.
+        const made = await createMissingCronJob(main);
+        if (made.created) {
+          logger.info(
+            'pg_cron runs in the main database but had no integrity refresh job: created it',
+          );
+          job = await rescheduleCronJob(main, schedule);
+        } else if (made.refused !== undefined) {
+          logger.warn(
+            { err: made.refused },
+            'pg_cron runs in the main database, but the integrity refresh job could not be created; using the in-process scheduler (create the job as migrations/0002_integrity-views.sql does, as a role that may)',
+          );
+        }
+      }
     } catch (err) {
       // Said once at the default level, with why: a refusal (a permission on cron.job) does not
       // clear on its own, and the operator must see it. The retries that follow stay quiet.

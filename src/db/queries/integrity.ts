@@ -229,6 +229,38 @@ export const scheduleCronJob = async (db: Queryable, schedule: string) => {
   );
 };
 
+/** The schedule migration 0002 gives the job it creates. */
+const MIGRATION_CRON_SCHEDULE = '*/30 * * * *';
+
+/**
+ * Creates pg_cron's refresh job as migration 0002 does where pg_cron runs in this database (it is
+ * preloaded, and this is its cron.database_name) but the job is missing: a site that preloaded
+ * pg_cron after that migration ran. Answers whether it created it, or why it could not (a role
+ * that may not create the extension); a failure to ask is thrown.
+ */
+export const createMissingCronJob = async (
+  db: Queryable,
+): Promise<{ created: boolean; refused?: unknown }> => {
+  const { rows } = await db.query<{ runs_here: boolean }>(
+    `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
+            AND coalesce(current_setting('shared_preload_libraries', true), '') LIKE '%pg_cron%'
+            AND current_database() = current_setting('cron.database_name', true) AS runs_here`,
+  );
+  if (rows[0]?.runs_here !== true || (await cronJob(db)) !== undefined) {
+    return { created: false };
+  }
+  try {
+    await db.query('CREATE EXTENSION IF NOT EXISTS pg_cron');
+    await scheduleCronJob(db, MIGRATION_CRON_SCHEDULE);
+  } catch (err) {
+    if (!isRequestRefused(err)) {
+      throw err;
+    }
+    return { created: false, refused: err };
+  }
+  return { created: true };
+};
+
 /**
  * Gives pg_cron's refresh job `schedule` where the job exists (never a second job: it is
  * scheduled by name). Answers the schedule it had, or undefined where there is no job; with
