@@ -302,6 +302,8 @@ export const startService = async (
     integrity,
     tokens,
     partitionCount: listing,
+    // Only API processes read the feed back (below).
+    live: role === 'projector' ? undefined : live,
   });
   // Every process watches the log: each makes its connection again after a failover behind
   // REDIS_URL's address (ReadOnlyWatch). Only API processes take writes; they keep the log's room

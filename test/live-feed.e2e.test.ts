@@ -120,6 +120,34 @@ void describe('live event feed', () => {
     }
   });
 
+  void it("shows the feed reader's failure in /health while it lasts", async () => {
+    const health = async () =>
+      (await (await fetch(`${b.url}/health`)).json()) as {
+        status: string;
+        live_feed?: { error: string };
+      };
+    const key = liveStreamKey(h.config.namespace);
+    // A key of the wrong type where the feed's stream should be: every read of it fails.
+    const kept = (await h.redis.exists(key)) === 1;
+    if (kept) {
+      await h.redis.rename(key, `${key}:kept`);
+    }
+    await h.redis.set(key, 'not a stream');
+    try {
+      await waitFor(
+        async () => /WRONGTYPE/.test((await health()).live_feed?.error ?? ''),
+        "the reader's failure in /health",
+      );
+      assert.equal((await health()).status, 'degraded');
+    } finally {
+      await h.redis.del(key);
+      if (kept) {
+        await h.redis.rename(`${key}:kept`, key);
+      }
+    }
+    await waitFor(async () => (await health()).live_feed === undefined, 'the reader back');
+  });
+
   void it('tells a client resuming across a spell with no listener anywhere that messages may be missing there', async () => {
     const first = await SseClient.open(`${a.url}/events/live`);
     const before = await writeThroughB('before-quiet');

@@ -244,8 +244,22 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
             "why the token file's last edit was refused; the tokens read before it stay in force",
         },
       }),
+      partition_count: object({
+        error: {
+          type: 'string',
+          description:
+            "why this process refuses writes and reads: the site's partition count is no longer its own",
+        },
+      }),
+      live_feed: object({
+        error: {
+          type: 'string',
+          description:
+            "why the live feed's reader fails to read; its clients hear nothing until it reads again",
+        },
+      }),
     },
-    ['api_tokens', 'database_error'],
+    ['api_tokens', 'database_error', 'partition_count', 'live_feed'],
   ),
   BufferStats: object({
     pending_transactions: count,

@@ -14,6 +14,7 @@ import {
 } from '../db/queries/replica.ts';
 import { noAnomalies, PROBLEMS } from '../integrity/problems.ts';
 import type { IntegrityScheduler } from '../integrity/scheduler.ts';
+import type { LiveFeed } from '../live/live-feed.ts';
 import { isLogFull, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
 import { logWriteRefusal } from '../log/durability.ts';
 import { entryTime } from '../log/entry-id.ts';
@@ -39,6 +40,8 @@ export type StatusDeps = {
   integrity?: IntegrityScheduler;
   tokens?: Pick<TokenStore, 'reloadError'>;
   partitionCount?: Pick<SiteListing, 'countError'>;
+  /** The live feed's reader, in processes that fan the feed out to clients. */
+  live?: Pick<LiveFeed, 'lastError'>;
 };
 
 /** Health probes of remote databases must answer even when the link silently drops packets. */
@@ -153,6 +156,7 @@ export class StatusSource {
     const bufferRead = buffers !== undefined;
     const tokensError = this.#deps.tokens?.reloadError;
     const countError = this.#deps.partitionCount?.countError;
+    const liveError = this.#deps.live?.lastError;
     const status =
       !redisUp || full || writeError || countError !== undefined
         ? 'unhealthy'
@@ -162,7 +166,8 @@ export class StatusSource {
             processor?.status !== 'failing' &&
             acknowledging &&
             unprojected === undefined &&
-            tokensError === undefined
+            tokensError === undefined &&
+            liveError === undefined
           ? 'healthy'
           : 'degraded';
     return {
@@ -195,6 +200,8 @@ export class StatusSource {
       ...(tokensError === undefined ? {} : { api_tokens: { error: tokensError } }),
       // Only while this process refuses writes for it.
       ...(countError === undefined ? {} : { partition_count: { error: countError } }),
+      // Only while the feed's reader fails: live clients hear nothing until it reads again.
+      ...(liveError === undefined ? {} : { live_feed: { error: liveError } }),
     } as const;
   }
 
