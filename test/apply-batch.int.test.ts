@@ -596,6 +596,8 @@ void describe('two logs run under one site name', () => {
     const second = manager('summit-a:8081', async () => 'log-a');
     await second.tick();
     await first.tick();
+    // The partitions it handed over are released once their consumers stop.
+    await first.settled();
     await second.tick();
     assert.deepEqual(
       [...first.owned, ...second.owned].sort((a, b) => a - b),
@@ -830,6 +832,92 @@ void describe('two logs run under one site name', () => {
     await fenced.tick();
     assert.deepEqual(fenced.owned, all(), 'taken again once the claim passes');
     await fenced.stop();
+  });
+
+  void it('renews the leases it keeps while a partition it hands over or loses is still stopping, and takes a lost one again only once stopped', async () => {
+    let finishStop: () => void = () => undefined;
+    const stopHangs = new Promise<void>((resolve) => {
+      finishStop = resolve;
+    });
+    const stopping: number[] = [];
+    const handing = (consumer: string, stopped: (partition: number) => Promise<void>) =>
+      new LeaseManager({
+        pool: h.main,
+        site: 'handing-site',
+        logId: async () => 'log-handing',
+        consumer,
+        partitions: h.config.partitions,
+        ttlMs: 60_000,
+        logger: createLogger('silent'),
+        events: { acquired: async () => undefined, stopped },
+      });
+    // Its consumers' stops wait (as for a batch of a poison page applied one event at a time).
+    const first = handing('handing-a:8080', async (partition) => {
+      stopping.push(partition);
+      await stopHangs;
+    });
+    const second = handing('handing-b:8080', async () => undefined);
+    try {
+      await first.tick();
+      assert.deepEqual(first.owned, all());
+      await second.tick();
+      assert.deepEqual(second.owned, [], 'all held by the first');
+      // The first's next round hands half over to the newcomer.
+      let roundDone = false;
+      void first.tick().then(() => {
+        roundDone = true;
+      });
+      await waitFor(() => roundDone, 'the round to finish while the stops it began wait', 10_000);
+      const kept = first.owned;
+      assert.equal(kept.length, h.config.partitions / 2);
+      assert.deepEqual(
+        stopping,
+        all().filter((p) => !kept.includes(p)),
+      );
+      // The next round renews what it kept, and does not take the stopping ones back.
+      const expiries = async () =>
+        (
+          await h.main.query<{ expires: number }>(
+            "SELECT extract(epoch FROM expires_at)::float8 AS expires FROM partition_leases WHERE site = 'handing-site' AND partition = ANY($1) ORDER BY partition",
+            [kept],
+          )
+        ).rows.map((row) => row.expires);
+      const before = await expiries();
+      await first.tick();
+      assert.deepEqual(first.owned, kept);
+      const after = await expiries();
+      assert.equal(after.length, kept.length);
+      assert.ok(
+        after.every((expires, i) => expires > (before[i] ?? Number.POSITIVE_INFINITY)),
+        'every kept lease renewed',
+      );
+      // A kept lease lost (its row freed behind this process's back): its stop waits too, and the
+      // partition, free in the database, is not taken again while its consumer may still run.
+      const lost = kept[0] as number;
+      await h.main.query(
+        "UPDATE partition_leases SET owner = NULL, expires_at = now() - interval '1 second' WHERE site = 'handing-site' AND partition = $1",
+        [lost],
+      );
+      await first.tick();
+      assert.ok(stopping.includes(lost), 'its consumer asked to stop');
+      assert.ok(!first.owned.includes(lost), 'not taken again while it stops');
+      // Once stopped, the lost one is taken again and the ones handed over are released: the two
+      // processes share every partition.
+      finishStop();
+      await first.settled();
+      await waitFor(async () => {
+        await first.tick();
+        await second.tick();
+        return (
+          [...first.owned, ...second.owned].sort((a, b) => a - b).join() === all().join() &&
+          second.owned.length === h.config.partitions / 2
+        );
+      }, 'the partitions shared again');
+    } finally {
+      finishStop();
+      await first.stop();
+      await second.stop();
+    }
   });
 
   void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {

@@ -67,6 +67,14 @@ export type LeaseManagerDeps = {
  */
 export class LeaseManager {
   readonly #held = new Map<number, Held>();
+  /**
+   * Partitions given up without holding up the lease rounds (handed over, or lost), until their
+   * consumers have stopped: not taken again before, as two consumers of one partition would
+   * run side by side in this process.
+   */
+  readonly #stopping = new Map<number, Promise<void>>();
+  /** Why a partition given up could not be stopped: said until the process restarts. */
+  #stopFailure: string | undefined;
   readonly #abort = new AbortController();
   readonly #instance = randomUUID();
   #running: Promise<void> | undefined;
@@ -97,6 +105,7 @@ export class LeaseManager {
     return (
       this.#lastError ??
       this.#refusal ??
+      this.#stopFailure ??
       (this.#twinNow() ? twinMessage(this.deps.consumer) : undefined)
     );
   }
@@ -114,10 +123,16 @@ export class LeaseManager {
     this.#running ??= this.#run();
   }
 
+  /** Resolves once every partition given up so far has stopped and, if handed over, been released. */
+  async settled(): Promise<void> {
+    await Promise.all(this.#stopping.values());
+  }
+
   async stop(): Promise<void> {
     this.#abort.abort();
     await this.#running;
     await this.#giveAll();
+    await this.settled();
     await leaveMembers(this.deps.pool, this.deps.site, this.deps.consumer, this.#instance).catch(
       () => undefined,
     );
@@ -201,7 +216,7 @@ export class LeaseManager {
     const share = Math.ceil(partitions / members);
     for (const partition of this.owned.slice(share)) {
       logger.info({ partition, members }, 'handing partition over to balance load');
-      await this.#give(partition);
+      this.#inBackground(partition, () => this.#give(partition));
     }
     if (this.#held.size >= share) {
       return;
@@ -210,7 +225,11 @@ export class LeaseManager {
     const offset = [...consumer].reduce((sum, ch) => sum + ch.charCodeAt(0), 0) % partitions;
     for (let i = 0; i < partitions && this.#held.size < share; i += 1) {
       const partition = (offset + i) % partitions;
-      if (this.#held.has(partition) || this.#abort.signal.aborted) {
+      if (
+        this.#held.has(partition) ||
+        this.#stopping.has(partition) ||
+        this.#abort.signal.aborted
+      ) {
         continue;
       }
       const trusted = trustedFrom(ttlMs);
@@ -303,9 +322,30 @@ export class LeaseManager {
       } else {
         this.deps.logger.warn({ partition, token }, 'lease lost');
         this.#held.delete(partition);
-        await this.deps.events.stopped(partition);
+        this.#inBackground(partition, () => this.deps.events.stopped(partition));
       }
     }
+  }
+
+  /**
+   * Stops a partition's consumer without holding up this round: a stop waits for the batch under
+   * way, which a poison page applied one event at a time can stretch to a TTL, and meanwhile the
+   * other leases would go unrenewed and be lost too. (The lease's fencing token keeps the batch
+   * from committing once another process holds the partition.)
+   */
+  #inBackground(partition: number, stop: () => Promise<void>) {
+    const stopping = stop().then(
+      () => {
+        this.#stopping.delete(partition);
+      },
+      (err: unknown) => {
+        // Its consumer may still run: kept among the stopping, the partition is never taken
+        // again by this process (another takes it once its lease lapses), and the process says so.
+        this.#stopFailure = `stopping partition ${partition} failed: ${reasonOf(err)}`;
+        this.deps.logger.error({ err, partition }, 'stopping a partition given up failed');
+      },
+    );
+    this.#stopping.set(partition, stopping);
   }
 
   async #giveAll() {
