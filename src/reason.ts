@@ -43,3 +43,18 @@ export class PartWayError extends Error {
     this.name = 'PartWayError';
   }
 }
+
+/**
+ * `restate` applied to the error met: an error said in other words (an outage named for the
+ * operator, an answer for a client) that keeps what was done before it, where `err` says.
+ */
+export const restated = async (
+  err: unknown,
+  restate: (met: unknown) => unknown | Promise<unknown>,
+): Promise<unknown> => {
+  if (!(err instanceof PartWayError)) {
+    return restate(err);
+  }
+  const said = await restate(err.met);
+  return said === err.met ? err : new PartWayError(err.done, said);
+};

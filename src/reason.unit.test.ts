@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { reasonOf } from './reason.ts';
+import { PartWayError, reasonOf, restated } from './reason.ts';
 
 void describe('reasonOf', () => {
   void it("gives an error's message, or what its attempts say when it has none", () => {
@@ -22,5 +22,30 @@ void describe('reasonOf on what is not an Error', () => {
   void it('never throws, even for an object without a prototype', () => {
     assert.equal(reasonOf(Object.create(null)), 'unknown error');
     assert.equal(reasonOf({ message: '', code: '' }, 'fallback'), 'fallback');
+  });
+});
+
+void describe('restated', () => {
+  const outage = async (met: unknown) =>
+    new Error(`cannot reach the main database at db:5432 (${reasonOf(met)})`);
+
+  void it('says an error met part-way in other words, keeping what was done before it', async () => {
+    const partWay = new PartWayError('gave back 3 events', new Error('Connection terminated'));
+    const said = await restated(partWay, outage);
+    assert.ok(said instanceof PartWayError);
+    assert.equal(
+      said.message,
+      'cannot reach the main database at db:5432 (Connection terminated) (gave back 3 events)',
+    );
+  });
+
+  void it('keeps an error met part-way as it is when nothing restates it, and restates any other', async () => {
+    const partWay = new PartWayError('gave back 3 events', new TypeError('x'));
+    assert.equal(await restated(partWay, (met) => met), partWay);
+    const said = await restated(new Error('Connection terminated'), outage);
+    assert.equal(
+      (said as Error).message,
+      'cannot reach the main database at db:5432 (Connection terminated)',
+    );
   });
 });

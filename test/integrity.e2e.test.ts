@@ -1045,6 +1045,7 @@ void describe('pg_cron', () => {
     }
     // As a database migrated before pg_cron was preloaded is: no extension, so no job.
     await client.query('DROP EXTENSION pg_cron');
+    t.after(() => client.query('CREATE EXTENSION IF NOT EXISTS pg_cron'));
     const since = new Date();
     assert.equal(await modeAfterStart('* * * * *'), 'pg_cron');
     assert.deepEqual(await jobSchedules(), [{ schedule: '* * * * *' }]);

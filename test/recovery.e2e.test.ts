@@ -67,6 +67,7 @@ const forget = async (h: Harness, ids: string[]) => {
     'DELETE FROM aggregate_links WHERE downstream_id = ANY($1)',
     'DELETE FROM executed_obs_units WHERE id = ANY($1)',
     'DELETE FROM raw_data_files WHERE id = ANY($1)',
+    'DELETE FROM raw_data_packages WHERE id = ANY($1)',
     'DELETE FROM aggregates WHERE id = ANY($1)',
   ]) {
     await h.main.query(statement, [ids]);
@@ -352,7 +353,7 @@ void describe('recovery', () => {
       assert.equal(rebuilt.code, 0, rebuilt.stderr);
     });
 
-    void it('counts, in a dry run, a lost file of a unit blocked by a dead letter as one that would fail, as the run does', async () => {
+    void it('counts, in a dry run, a lost file of a unit blocked by a dead letter, and a package of that file, as ones that would fail, as the run does', async () => {
       const unit = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'blocked-file', instrument: 'x' })
       ).body as { id: string; event_id: string; accepted_at: string };
@@ -369,6 +370,11 @@ void describe('recovery', () => {
       });
       assert.equal(files.status, 201, files.text);
       const [file] = files.body.ids as string[];
+      const bundle = await h.post('/raw_data_packages', {
+        name: 'blocked-bundle',
+        file_ids: [file],
+      });
+      assert.equal(bundle.status, 201, bundle.text);
       await h.main.query(
         "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
       );
@@ -385,18 +391,18 @@ void describe('recovery', () => {
           'the poison update to be dead-lettered',
         );
         // Then the main database restored from a backup older than the unit and its file.
-        await forget(h, [unit.id, file as string]);
+        await forget(h, [unit.id, file as string, bundle.body.id]);
         const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
         const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
         assert.equal(dry.code, 0, dry.stderr);
-        // Failed: the poison update, dead; the start, which would follow it; and the file, whose
-        // unit would not be there to link it to.
+        // Failed: the poison update, dead; the start, which would follow it; the file, whose unit
+        // would not be there to link it to; and the package, whose file would not be.
         const planned = JSON.parse(dry.stdout);
-        assert.deepEqual([planned.applied, planned.failed], [0, 3], dry.stdout);
+        assert.deepEqual([planned.applied, planned.failed], [0, 4], dry.stdout);
         const given = await runCli(h, ['replay', '--from', from, '--json']);
         const report = JSON.parse(given.stdout);
-        assert.deepEqual([report.applied, report.failed], [0, 3], given.stdout);
-        letters.push(unit.event_id, ...(files.body.event_ids as string[]));
+        assert.deepEqual([report.applied, report.failed], [0, 4], given.stdout);
+        letters.push(unit.event_id, ...(files.body.event_ids as string[]), bundle.body.event_id);
       } finally {
         await h.main.query(
           'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',

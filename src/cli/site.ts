@@ -10,6 +10,7 @@ import { connectRedis, createRedis } from '../log/redis.ts';
 import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { addressOf, cannotReach } from '../reach.ts';
+import { restated } from '../reason.ts';
 import { CliError } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
@@ -171,10 +172,11 @@ export const withSite = async <T>(
       },
     };
     return await work(site).catch(async (err: unknown) => {
-      if (usesRedis && redis.status !== 'ready') {
-        throw redisAway(err);
-      }
-      throw (await unreachableDatabase(err, config, touched, { main, replica })) ?? err;
+      throw await restated(err, async (met) =>
+        usesRedis && redis.status !== 'ready'
+          ? redisAway(met)
+          : ((await unreachableDatabase(met, config, touched, { main, replica })) ?? met),
+      );
     });
   } finally {
     redis.disconnect();

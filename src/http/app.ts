@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
+import { PartWayError } from '../reason.ts';
 import { redisRefusal, refuseWhenCountMoved } from './accept.ts';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
@@ -54,9 +55,13 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
 
   app.onError((thrown, c) => {
     const requestId = c.get('requestId');
+    // Met part-way (a replay that had given events back): answered for the error met, saying
+    // what was done before it.
+    const met = thrown instanceof PartWayError ? thrown.met : thrown;
+    const done = thrown instanceof PartWayError ? ` (${thrown.done})` : '';
     // Redis's own refusal of a write, met anywhere (a write, a replay, a retry): the log is full or
     // cannot save, not broken.
-    const err = (!(thrown instanceof ApiError) && redisRefusal(thrown)) || thrown;
+    const err = (!(met instanceof ApiError) && redisRefusal(met)) || met;
     if (err instanceof ApiError) {
       if (err.status === 503) {
         // The log or replica away, or the log full: degraded and self-healing.
@@ -74,7 +79,7 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
         c.header('Retry-After', String(err.retryAfterSeconds));
       }
       return c.json(
-        withRequestId(errorBody(err.code, err.message, err.details), requestId),
+        withRequestId(errorBody(err.code, `${err.message}${done}`, err.details), requestId),
         err.status,
       );
     }
@@ -89,14 +94,14 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
       c.header('Retry-After', '1');
       return c.json(
         withRequestId(
-          errorBody('log_unavailable', 'the local log cannot be reached right now'),
+          errorBody('log_unavailable', `the local log cannot be reached right now${done}`),
           requestId,
         ),
         503,
       );
     }
-    requestLogger(c).error({ err }, 'unexpected error');
-    return c.json(withRequestId(errorBody('internal', 'internal error'), requestId), 500);
+    requestLogger(c).error({ err: thrown }, 'unexpected error');
+    return c.json(withRequestId(errorBody('internal', `internal error${done}`), requestId), 500);
   });
 
   app.notFound((c) =>

@@ -42,12 +42,9 @@ const blaming = async <T>(
     return await work;
   } catch (err) {
     // Met part-way (a replay that had given events back): told by the error met, and said with
-    // what was done before it.
+    // what was done before it (here, and by the app's error handler for the others).
     const met = err instanceof PartWayError ? err.met : err;
-    if (logIsAway(deps, met)) {
-      throw met;
-    }
-    if (!isItsFailure(met)) {
+    if (logIsAway(deps, met) || !isItsFailure(met)) {
       throw err;
     }
     const done = err instanceof PartWayError ? ` (${err.done})` : '';

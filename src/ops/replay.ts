@@ -622,10 +622,7 @@ const countOvertaken = async (
     ]),
   );
   const blockedIds = new Set(asked.filter((_, i) => blocked[i] === 1));
-  const upstreamsLacking = await lackingFromMain(
-    deps,
-    upstreamIds.filter((id) => blockedIds.has(id)),
-  );
+  const upstreamsLacking = await lackingFromMain(deps, upstreamIds);
   const appliedLater = new Set(laterApplied.map((row) => row.event_id));
   for (const { event } of missing) {
     if (
@@ -642,14 +639,22 @@ const countOvertaken = async (
       }
     }
   }
-  // As the projector files them: an event of a blocked aggregate follows its dead letter, and so
-  // does a file (or package) whose unit (or file) is blocked and not in the main database, since
-  // nothing can apply before an operator retries that one.
-  return missing.filter(
-    ({ event }) =>
-      blockedIds.has(event.aggregate_id) ||
-      upstreamIdsOf(event).some((id) => upstreamsLacking.has(id)),
-  ).length;
+  // As the projector files them, in stream order: an event of a blocked aggregate follows its
+  // dead letter, and so does a file (or package) whose unit (or file) is not in the main database
+  // and is blocked, or is itself to fail earlier in this group (a package of a file of a blocked
+  // unit), since nothing can apply before an operator retries that one.
+  const failing = new Set(blockedIds);
+  let behind = 0;
+  for (const { event } of missing) {
+    if (
+      failing.has(event.aggregate_id) ||
+      upstreamIdsOf(event).some((id) => upstreamsLacking.has(id) && failing.has(id))
+    ) {
+      failing.add(event.aggregate_id);
+      behind += 1;
+    }
+  }
+  return behind;
 };
 
 /** Which of `ids` the main database holds no aggregate of. */

@@ -229,6 +229,8 @@ export const scheduleCronJob = async (db: Queryable, schedule: string) => {
   );
 };
 
+const UNIQUE_VIOLATION = '23505';
+
 /** The schedule migration 0002 gives the job it creates. */
 const MIGRATION_CRON_SCHEDULE = '*/30 * * * *';
 
@@ -241,16 +243,23 @@ const MIGRATION_CRON_SCHEDULE = '*/30 * * * *';
 export const createMissingCronJob = async (
   db: Queryable,
 ): Promise<{ created: boolean; refused?: unknown }> => {
+  // cron.database_name is set where pg_cron is loaded, and readable by any role (unlike
+  // shared_preload_libraries, which only a superuser may read).
   const { rows } = await db.query<{ runs_here: boolean }>(
     `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
-            AND coalesce(current_setting('shared_preload_libraries', true), '') LIKE '%pg_cron%'
             AND current_database() = current_setting('cron.database_name', true) AS runs_here`,
   );
   if (rows[0]?.runs_here !== true || (await cronJob(db)) !== undefined) {
     return { created: false };
   }
   try {
-    await db.query('CREATE EXTENSION IF NOT EXISTS pg_cron');
+    await db.query('CREATE EXTENSION IF NOT EXISTS pg_cron').catch((err: unknown) => {
+      // Created by another process starting at the same moment: the job is scheduled by name,
+      // so both schedule it once.
+      if ((err as { code?: unknown }).code !== UNIQUE_VIOLATION) {
+        throw err;
+      }
+    });
     await scheduleCronJob(db, MIGRATION_CRON_SCHEDULE);
   } catch (err) {
     if (!isRequestRefused(err)) {
