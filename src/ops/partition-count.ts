@@ -109,6 +109,10 @@ export const checkPartitionCount = async (
   );
 };
 
+/** The names of the keys that start with `prefix`, a page at a time (SCAN: never blocks Redis). */
+const keysStartingWith = (redis: Redis, prefix: string) =>
+  redis.scanStream({ match: `${globEscaped(prefix)}*`, count: 1_000 }) as AsyncIterable<string[]>;
+
 /**
  * Copies the idempotency claims and records of the last 24 h to the partition each key has under
  * the new count. A key's partition follows from its scope's hash and the count, and a record lies
@@ -125,11 +129,7 @@ const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: 
     const keys = eventLog.keys(from);
     for (const kind of ['idempotency', 'idempotencyClaim'] as const) {
       const prefix = keys[kind]('');
-      const names = redis.scanStream({
-        match: `${globEscaped(prefix)}*`,
-        count: 1_000,
-      });
-      for await (const page of names as AsyncIterable<string[]>) {
+      for await (const page of keysStartingWith(redis, prefix)) {
         const moving = page
           .map((name) => {
             const scopeHash = name.slice(prefix.length);
@@ -183,11 +183,7 @@ const carryIdempotencyKeys = async (eventLog: EventLog, before: number, logger: 
 const forgetUnitStatuses = async (eventLog: EventLog) => {
   const { redis, partitions } = eventLog;
   for (let partition = 0; partition < partitions; partition += 1) {
-    const names = redis.scanStream({
-      match: `${globEscaped(eventLog.keys(partition).unitState(''))}*`,
-      count: 1_000,
-    });
-    for await (const page of names as AsyncIterable<string[]>) {
+    for await (const page of keysStartingWith(redis, eventLog.keys(partition).unitState(''))) {
       if (page.length > 0) {
         await redis.unlink(...page);
       }
