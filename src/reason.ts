@@ -44,6 +44,10 @@ export class PartWayError extends Error {
   }
 }
 
+/** The error met, and what was done before it as a message's suffix (empty when nothing was). */
+export const partsOf = (err: unknown): { met: unknown; done: string } =>
+  err instanceof PartWayError ? { met: err.met, done: ` (${err.done})` } : { met: err, done: '' };
+
 /**
  * `restate` applied to the error met: an error said in other words (an outage named for the
  * operator, an answer for a client) that keeps what was done before it, where `err` says.

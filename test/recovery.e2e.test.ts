@@ -312,9 +312,12 @@ void describe('recovery', () => {
       assert.equal(cli.code, 0, cli.stderr);
     });
 
-    void it('counts, in a dry run, a lost event of an aggregate blocked by a dead letter as one that would fail, as the run does', async () => {
-      const { unit, lost } = await unitWithLostUpdate(h, 'blocked-lost', 'lost');
-      // A later update of the unit that the main database refuses: the unit is blocked.
+    /**
+     * Runs `work` with `unit` blocked: a later update of it, which the main database refuses, is
+     * dead-lettered first. Then the refusal is lifted, and the update and the letters `work`
+     * answers (those filed behind it) are discarded.
+     */
+    const whileBlocked = async (unit: { id: string }, work: () => Promise<string[]>) => {
       await h.main.query(
         "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
       );
@@ -329,16 +332,7 @@ void describe('recovery', () => {
           async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
           'the poison update to be dead-lettered',
         );
-        const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
-        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
-        assert.equal(dry.code, 0, dry.stderr);
-        // Failed: the poison update, dead in the range, and the lost one, which would follow it.
-        const planned = JSON.parse(dry.stdout);
-        assert.deepEqual([planned.applied, planned.failed], [0, 2], dry.stdout);
-        const given = await runCli(h, ['replay', '--from', from, '--json']);
-        const report = JSON.parse(given.stdout);
-        assert.deepEqual([report.applied, report.failed], [0, 2], given.stdout);
-        letters.push(lost.event_id);
+        letters.push(...(await work()));
       } finally {
         await h.main.query(
           'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',
@@ -347,6 +341,26 @@ void describe('recovery', () => {
           await h.request('DELETE', `/admin/dead-letters/${id}?reason=test`, undefined, auth);
         }
       }
+    };
+
+    /** The reports of a dry run and then a run of `outpost replay` from just before `unit`. */
+    const dryRunThenReplay = async (unit: { accepted_at: string }) => {
+      const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
+      const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
+      assert.equal(dry.code, 0, dry.stderr);
+      const given = await runCli(h, ['replay', '--from', from, '--json']);
+      return { planned: JSON.parse(dry.stdout), report: JSON.parse(given.stdout), dry, given };
+    };
+
+    void it('counts, in a dry run, a lost event of an aggregate blocked by a dead letter as one that would fail, as the run does', async () => {
+      const { unit, lost } = await unitWithLostUpdate(h, 'blocked-lost', 'lost');
+      await whileBlocked(unit, async () => {
+        const { planned, report, dry, given } = await dryRunThenReplay(unit);
+        // Failed: the poison update, dead in the range, and the lost one, which would follow it.
+        assert.deepEqual([planned.applied, planned.failed], [0, 2], dry.stdout);
+        assert.deepEqual([report.applied, report.failed], [0, 2], given.stdout);
+        return [lost.event_id];
+      });
       // The restore left the unit's row as the lost update made it: rewritten from its events,
       // the database is clean for the next test.
       const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
@@ -375,42 +389,16 @@ void describe('recovery', () => {
         file_ids: [file],
       });
       assert.equal(bundle.status, 201, bundle.text);
-      await h.main.query(
-        "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison_notes CHECK (notes IS DISTINCT FROM 'poison') NOT VALID",
-      );
-      const letters: string[] = [];
-      try {
-        // A later update of the unit that the main database refuses: the unit is blocked.
-        const poison = await h.request('PATCH', `/executed_obs_units/${unit.id}`, {
-          notes: 'poison',
-        });
-        assert.equal(poison.status, 202, poison.text);
-        letters.push(poison.body.event_id);
-        await waitFor(
-          async () => (await h.get(`/events/${poison.body.event_id}`)).body?.state === 'dead',
-          'the poison update to be dead-lettered',
-        );
+      await whileBlocked(unit, async () => {
         // Then the main database restored from a backup older than the unit and its file.
         await forget(h, [unit.id, file as string, bundle.body.id]);
-        const from = new Date(Date.parse(unit.accepted_at) - 1000).toISOString();
-        const dry = await runCli(h, ['replay', '--from', from, '--dry-run', '--json']);
-        assert.equal(dry.code, 0, dry.stderr);
+        const { planned, report, dry, given } = await dryRunThenReplay(unit);
         // Failed: the poison update, dead; the start, which would follow it; the file, whose unit
         // would not be there to link it to; and the package, whose file would not be.
-        const planned = JSON.parse(dry.stdout);
         assert.deepEqual([planned.applied, planned.failed], [0, 4], dry.stdout);
-        const given = await runCli(h, ['replay', '--from', from, '--json']);
-        const report = JSON.parse(given.stdout);
         assert.deepEqual([report.applied, report.failed], [0, 4], given.stdout);
-        letters.push(unit.event_id, ...(files.body.event_ids as string[]), bundle.body.event_id);
-      } finally {
-        await h.main.query(
-          'ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison_notes',
-        );
-        for (const id of letters) {
-          await h.request('DELETE', `/admin/dead-letters/${id}?reason=test`, undefined, auth);
-        }
-      }
+        return [unit.event_id, ...(files.body.event_ids as string[]), bundle.body.event_id];
+      });
     });
 
     void it('names the aggregates whose lost events a later event overtook, and still gives the events back', async () => {

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Hono } from 'hono';
-import { PartWayError } from '../reason.ts';
+import { partsOf } from '../reason.ts';
 import { redisRefusal, refuseWhenCountMoved } from './accept.ts';
 import { requireScope } from './auth.ts';
 import { type AppDeps, type HonoEnv, requestLogger } from './context.ts';
@@ -57,8 +57,7 @@ const baseApp = (deps: Pick<AppDeps, 'logger' | 'eventLog'>) => {
     const requestId = c.get('requestId');
     // Met part-way (a replay that had given events back): answered for the error met, saying
     // what was done before it.
-    const met = thrown instanceof PartWayError ? thrown.met : thrown;
-    const done = thrown instanceof PartWayError ? ` (${thrown.done})` : '';
+    const { met, done } = partsOf(thrown);
     // Redis's own refusal of a write, met anywhere (a write, a replay, a retry): the log is full or
     // cannot save, not broken.
     const err = (!(met instanceof ApiError) && redisRefusal(met)) || met;

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
-import { PartWayError } from '../reason.ts';
+import { partsOf } from '../reason.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
 import { ReplicaAwayError } from './replica-link.ts';
@@ -43,11 +43,10 @@ const blaming = async <T>(
   } catch (err) {
     // Met part-way (a replay that had given events back): told by the error met, and said with
     // what was done before it (here, and by the app's error handler for the others).
-    const met = err instanceof PartWayError ? err.met : err;
+    const { met, done } = partsOf(err);
     if (logIsAway(deps, met) || !isItsFailure(met)) {
       throw err;
     }
-    const done = err instanceof PartWayError ? ` (${err.done})` : '';
     throw new ApiError(problem.code, `${problem.message}${done}`, undefined, {
       cause: met,
       retryAfterSeconds: problem.retryAfterSeconds,

@@ -272,8 +272,9 @@ export const replay = async (
           if (partition !== keys.partition) {
             report.moved += group.length;
           }
-          const behindDeadLetters = await countOvertaken(deps, partition, group, report);
+          const blocked = await countOvertaken(deps, partition, group, report);
           if (request.dryRun) {
+            const behindDeadLetters = await countBehindDeadLetters(deps, group, blocked);
             // Appended, those of a blocked aggregate would follow its dead letter, not apply: the
             // run counts them failed, and the dry run says so beforehand.
             report.applied += group.length - behindDeadLetters;
@@ -586,16 +587,17 @@ const missingFrom = async (
  * main database, pending in the log, or dead-lettered (the aggregate blocked, so the event would
  * follow into the dead letters behind it). Appending them again is still right (a write is never
  * dropped), but the operator must check those aggregates: an older update applied after a newer
- * one shows the older values.
+ * one shows the older values. Answers which of their aggregates, and of the aggregates they
+ * derive from, are blocked by dead letters.
  */
 const countOvertaken = async (
   deps: Deps,
   partition: number,
   missing: readonly LogEntry[],
   report: ReplayReport,
-): Promise<number> => {
+): Promise<ReadonlySet<string>> => {
   if (missing.length === 0) {
-    return 0;
+    return new Set();
   }
   const aggregateIds = [...new Set(missing.map((e) => e.event.aggregate_id))];
   const upstreamIds = [...new Set(missing.flatMap((e) => upstreamIdsOf(e.event)))];
@@ -622,7 +624,6 @@ const countOvertaken = async (
     ]),
   );
   const blockedIds = new Set(asked.filter((_, i) => blocked[i] === 1));
-  const upstreamsLacking = await lackingFromMain(deps, upstreamIds);
   const appliedLater = new Set(laterApplied.map((row) => row.event_id));
   for (const { event } of missing) {
     if (
@@ -639,11 +640,25 @@ const countOvertaken = async (
       }
     }
   }
-  // As the projector files them, in stream order: an event of a blocked aggregate follows its
-  // dead letter, and so does a file (or package) whose unit (or file) is not in the main database
-  // and is blocked, or is itself to fail earlier in this group (a package of a file of a blocked
-  // unit), since nothing can apply before an operator retries that one.
-  const failing = new Set(blockedIds);
+  return blockedIds;
+};
+
+/**
+ * How many of the missing events would follow a dead letter once given back, as the projector
+ * files them, in stream order: an event of a blocked aggregate, and a file (or package) whose unit
+ * (or file) is not in the main database and is blocked, or is itself to fail earlier in this group
+ * (a package of a file of a blocked unit), since nothing can apply before an operator retries
+ * that one.
+ */
+const countBehindDeadLetters = async (
+  deps: Deps,
+  missing: readonly LogEntry[],
+  blocked: ReadonlySet<string>,
+): Promise<number> => {
+  const upstreamsLacking = await lackingFromMain(deps, [
+    ...new Set(missing.flatMap((e) => upstreamIdsOf(e.event))),
+  ]);
+  const failing = new Set(blocked);
   let behind = 0;
   for (const { event } of missing) {
     if (
