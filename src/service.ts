@@ -25,6 +25,7 @@ import { checkSiteName, recordLogId } from './ops/site-name.ts';
 import { StatusSource } from './ops/status.ts';
 import { WorstBreakerGauge } from './projector/circuit-breaker.ts';
 import { Projector } from './projector/projector.ts';
+import { showsAcknowledged } from './read/acknowledged-replay.ts';
 
 export type Role = 'all' | 'api' | 'projector';
 
@@ -223,10 +224,19 @@ export const startService = async (
   }
   const live = siteLiveFeed(config, redis, logger.child({ module: 'live' }));
   const main = projectorPool(config);
+  // The acker's questions, health and the operators' reports, which must reach a replica
+  // however far behind it is.
   const replica = createPool({
+    url: config.replicaDatabaseUrl,
+    max: 10,
+    applicationName: 'outpost-replica',
+  });
+  // The API's merged reads and writes' checks: only from a replica that shows what is acknowledged.
+  const reads = createPool({
     url: config.replicaDatabaseUrl,
     max: 20,
     applicationName: 'outpost-reader',
+    onConnect: showsAcknowledged(() => eventLog.acknowledgedThrough()),
   });
   // Health probes get a pool of their own: probes that hang on a dead link never starve the projector.
   const probe = createPool({
@@ -235,7 +245,7 @@ export const startService = async (
     applicationName: 'outpost-probe',
   });
   const leases = leasePool(config);
-  for (const pool of [main, replica, probe, leases]) {
+  for (const pool of [main, replica, reads, probe, leases]) {
     pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   }
 
@@ -311,7 +321,7 @@ export const startService = async (
   const logWatch = new LogCapacity(redis, () => persistenceRefusal(redis, config.appendfsync));
   const capacity = role === 'projector' ? undefined : logWatch;
   const replicaLink = new ReplicaLink(
-    replica,
+    reads,
     logger.child({ module: 'replica-link' }),
     replicaBreakers.member(),
   );
@@ -328,7 +338,7 @@ export const startService = async (
     integrity,
     listing,
     redis,
-    pools: [main, replica, probe, leases],
+    pools: [main, replica, reads, probe, leases],
   });
   // A start that fails from here stops what it started: leases held until the process exits
   // would keep the partitions from another process for the claim idle time, and the site's

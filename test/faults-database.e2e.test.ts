@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type pg from 'pg';
 import { partitionOf } from '../src/domain/ids.ts';
 import { DRAIN_RESERVE, readLogMemory } from '../src/log/capacity.ts';
 import { CONSUMER_GROUP } from '../src/log/keys.ts';
-import { crashMain, crashReplica, stackUp } from '../src/stack/stack.ts';
+import { crashMain, crashReplica, stackPaths, stackUp, stopReplica } from '../src/stack/stack.ts';
 import { audit, eventLogOf, unacknowledged, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, type HttpResult, holdFault, scrapeMetric, waitFor } from './harness/harness.ts';
@@ -513,6 +516,93 @@ void describe('database faults under load', () => {
         write.body.event_id,
       ]);
       assert.equal(rows.length, 1);
+    });
+  });
+
+  void describe('read replica back at a point before what was acknowledged', () => {
+    let h: Harness;
+    let replicaDir: string;
+    const snapshotDir = () => `${replicaDir}-snapshot`;
+    const DELAY = 'recovery_min_apply_delay';
+    /** The replica applies commits an hour late: it stays where the snapshot left it. */
+    const setApplyDelay = (on: boolean) => {
+      const file = join(replicaDir, 'postgresql.auto.conf');
+      const kept = readFileSync(file, 'utf8')
+        .split('\n')
+        .filter((line) => !line.startsWith(DELAY));
+      writeFileSync(
+        file,
+        `${[...kept.filter(Boolean), ...(on ? [`${DELAY} = '1h'`] : [])].join('\n')}\n`,
+      );
+    };
+    after(async () => {
+      if (h) {
+        setApplyDelay(false);
+        await h.replica.query('SELECT pg_reload_conf()').catch(() => undefined);
+        rmSync(snapshotDir(), { recursive: true, force: true });
+      }
+      await restartAndClose(h);
+    });
+
+    void it('does not read from it until it passes them: reads wait and then say why, write checks ask the main database', async () => {
+      h = await Harness.start();
+      replicaDir = stackPaths(h.stack.dir).replica;
+      // A snapshot of the replica taken before the writes below (a VM restored, say).
+      await stopReplica(h.stack.dir);
+      // As the servers' own user, not the test's: `cp -a` keeps the files' owner.
+      execFileSync('cp', ['-a', replicaDir, snapshotDir()]);
+      await stackUp(h.stackOptions());
+      const configuration = await h.post('/instrument_configurations', {
+        instrument: 'x',
+        configuration: { filter: 'r' },
+      });
+      assert.equal(configuration.status, 201);
+      const confirmed = async (eventId: string) =>
+        (await h.get(`/events/${eventId}`)).body.state === 'confirmed';
+      await waitFor(
+        () => confirmed(configuration.body.event_id),
+        'the configuration acknowledged: no longer held in flight, only on the replica',
+      );
+      await stopReplica(h.stack.dir);
+      rmSync(replicaDir, { recursive: true });
+      renameSync(snapshotDir(), replicaDir);
+      setApplyDelay(true);
+      await stackUp(h.stackOptions());
+      const onReplica = await h.replicaRows(
+        'SELECT id FROM instrument_configurations WHERE id = $1',
+        [configuration.body.id],
+      );
+      assert.equal(
+        onReplica.length,
+        0,
+        'the replica is back at the snapshot, without the configuration',
+      );
+
+      const read = await h.get(`/instrument_configurations/${configuration.body.id}`);
+      assert.equal(read.status, 503, 'not a 404 for a configuration the site confirmed');
+      assert.equal(read.body.error.code, 'replica_unavailable');
+      assert.match(
+        read.body.error.message,
+        /^the read replica has replayed up to [0-9A-F]+\/[0-9A-F]+, and this site's events are acknowledged \(no longer held in flight\) up to [0-9A-F]+\/[0-9A-F]+; .*came back at an earlier point/,
+      );
+      // A write naming it is checked against the main database, which has everything.
+      const unit = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'behind',
+        instrument: 'x',
+        instrument_configuration_id: configuration.body.id,
+      });
+      assert.equal(unit.status, 201, JSON.stringify(unit.body));
+
+      setApplyDelay(false);
+      await h.replica.query('SELECT pg_reload_conf()');
+      await waitFor(
+        async () =>
+          (await h.get(`/instrument_configurations/${configuration.body.id}`)).status === 200,
+        'reads again once the replica has caught up',
+      );
+      const caughtUp = await h.get(`/instrument_configurations/${configuration.body.id}`);
+      assert.equal(caughtUp.body.consistency.source, 'replica');
+      await waitFor(() => confirmed(unit.body.event_id), 'the unit confirmed through the replica');
     });
   });
 

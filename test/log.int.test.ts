@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Redis as IORedis, type Redis } from 'ioredis';
+import { parseLsn } from '../src/db/lsn.ts';
 import type { AggregateType, Envelope } from '../src/domain/events.ts';
 import { newIdInPartition } from '../src/domain/ids.ts';
 import { LiveFeed } from '../src/live/live-feed.ts';
@@ -748,6 +749,52 @@ void describe('the local log', () => {
       assert.deepEqual(await log.readInflight(unit, 3), []);
       assert.equal(await log.pendingCount(3), 0);
       assert.equal(await redis.hexists(keys.deadIndex, failing.event_id), 1);
+    });
+  });
+
+  void describe('how far events are acknowledged', () => {
+    void it('keeps the highest acknowledged commit LSN per partition, compared as LSNs, until forgotten', async () => {
+      // A log of its own: the other tests' acknowledgements do not move its marks.
+      const own = new EventLog(redis, `${h.config.namespace}:acked`, 2);
+      await own.ensureGroups();
+      assert.equal(await own.acknowledgedThrough(), undefined, 'nothing acknowledged yet');
+      const ack = async (partition: number, lsns: readonly string[]) => {
+        const records: AppliedRecord[] = [];
+        for (const lsn of lsns) {
+          const event = fileEvent(newIdInPartition(partition, 2), 0);
+          const appended = await own.append({ partition, events: [event] });
+          assert.equal(appended.kind, 'appended');
+          const entryId = appended.kind === 'appended' ? (appended.entryIds[0] ?? '') : '';
+          records.push(appliedRecord(event, entryId, lsn));
+        }
+        await redis.xreadgroup(
+          'GROUP',
+          CONSUMER_GROUP,
+          'c',
+          'STREAMS',
+          own.keys(partition).stream,
+          '>',
+        );
+        await own.recordApplied(partition, records);
+        assert.equal(await own.ack(partition, records), records.length);
+      };
+      // As text '0/9' sorts after '0/10'; as LSNs it comes before.
+      await ack(0, ['0/9', '0/10']);
+      assert.equal(await own.acknowledgedThrough(), parseLsn('0/10'));
+      await ack(1, ['1/A0000000']);
+      assert.equal(
+        await own.acknowledgedThrough(),
+        parseLsn('1/A0000000'),
+        'the highest of any partition',
+      );
+      // An acknowledgement of lower LSNs (records applied before a main database moved) never
+      // takes a mark back.
+      await ack(1, ['0/FF']);
+      assert.equal(await own.acknowledgedThrough(), parseLsn('1/A0000000'));
+      await own.forgetAcknowledgedThrough([1]);
+      assert.equal(await own.acknowledgedThrough(), parseLsn('0/10'), "partition 0's mark stays");
+      await own.forgetAcknowledgedThrough([0, 1]);
+      assert.equal(await own.acknowledgedThrough(), undefined);
     });
   });
 

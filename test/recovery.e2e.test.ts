@@ -135,7 +135,7 @@ void describe('recovery', () => {
       h = await Harness.start();
       const bin = findPgBinDir();
       assert.ok(bin, 'PostgreSQL client binaries');
-      await startMany(h, 'before', 200);
+      const earlier = await startMany(h, 'before', 200);
       await waitForAllAcknowledged(h);
       const dumpFile = join(dir, 'main.dump');
       const dumpTime = new Date().toISOString();
@@ -157,6 +157,16 @@ void describe('recovery', () => {
       const afterRestore = await h.mainRows<{ n: number }>('SELECT count(*)::int AS n FROM events');
       assert.equal(afterRestore[0]?.n, 200, 'the restore lost the later events');
       await h.startService();
+      // A cluster restored whole writes its WAL again from below what the log acknowledged, and
+      // a replica re-made from it is behind that; here the cluster's WAL went on (one database
+      // was restored), so the log is told it acknowledged past where the replica is.
+      for (const keys of eventLogOf(h).allKeys()) {
+        await h.redis.set(keys.acknowledgedThrough, 'FFFFFFFF00000000');
+      }
+      const earlierUnit = `/executed_obs_units/${earlier[0]?.body.id}`;
+      const held = await h.get(earlierUnit);
+      assert.equal(held.status, 503, 'reads wait for the replica to pass what was acknowledged');
+      assert.equal(held.body.error.code, 'replica_unavailable');
 
       const dry = await runCli(h, ['replay', '--from', dumpTime, '--dry-run', '--json']);
       assert.equal(dry.code, 0, dry.stderr);
@@ -176,6 +186,7 @@ void describe('recovery', () => {
       assert.equal(report.applied, 5000);
       assert.equal(report.failed, 0);
       assert.match(replayed.stderr, /"progress"/, 'JSON progress lines on long runs');
+      assert.equal((await h.get(earlierUnit)).status, 200, 'the replay let reads go on');
       const lostIds = new Set(lost.map((r) => r.body.event_id as string));
       await waitFor(
         () => watcher.messages().filter((m) => lostIds.has(m.message.event_id)).length === 5000,
@@ -1365,6 +1376,15 @@ void describe('recovery', () => {
           async () => (await applied('ExecutedObsUnitStarted')) === ids.length,
           'the starts to be applied',
         );
+        // What the log acknowledged before, past where the rolled-back WAL is (as for a restore).
+        const partitions = [...new Set(ids.map((id) => partitionOf(id, h.config.partitions)))];
+        const marks = () =>
+          Promise.all(
+            partitions.map((p) => h.redis.get(eventLogOf(h).keys(p).acknowledgedThrough)),
+          );
+        for (const p of partitions) {
+          await h.redis.set(eventLogOf(h).keys(p).acknowledgedThrough, 'FFFFFFFF00000000');
+        }
         // A filesystem snapshot of the main database restored from before them: same system, same
         // timeline, and its WAL soon past their commits again (these deletes take it there).
         await forget(h, ids);
@@ -1393,6 +1413,11 @@ void describe('recovery', () => {
         }
         const dead = await runCli(h, ['dead', 'list', '--json']);
         assert.deepEqual(JSON.parse(dead.stdout).items, []);
+        assert.deepEqual(
+          await marks(),
+          partitions.map(() => null),
+          'each partition that found the main database changed forgot how far it acknowledged',
+        );
       } finally {
         await h.replica.query('SELECT pg_wal_replay_resume()');
       }

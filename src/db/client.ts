@@ -46,6 +46,8 @@ export type PoolOptions = {
   keyLookupsOnly?: boolean;
   /** The server ends a transaction left idle this long (a frozen or partitioned client). */
   idleInTransactionTimeoutMs?: number;
+  /** Awaited on each new connection before the pool hands it out; one that fails is closed. */
+  onConnect?: (client: pg.ClientBase) => Promise<void>;
 };
 
 /**
@@ -60,6 +62,7 @@ export const createPool = ({
   synchronousCommit = false,
   keyLookupsOnly = false,
   idleInTransactionTimeoutMs = 60_000,
+  onConnect,
 }: PoolOptions): pg.Pool => {
   // Settings in the startup packet outrank the server's, database's and role's defaults.
   const settings = [
@@ -82,6 +85,7 @@ export const createPool = ({
     statement_timeout: Math.max(1_000, queryTimeoutMs - 2_000),
     query_timeout: queryTimeoutMs,
     idle_in_transaction_session_timeout: idleInTransactionTimeoutMs,
+    onConnect,
   });
 };
 

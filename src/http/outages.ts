@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
+import { ReplicaBehindError } from '../read/acknowledged-replay.ts';
 import { partsOf } from '../reason.ts';
 import type { AppDeps } from './context.ts';
 import { ApiError } from './errors.ts';
@@ -34,7 +35,7 @@ const blaming = async <T>(
   isItsFailure: (err: unknown) => boolean,
   problem: {
     code: 'replica_unavailable' | 'main_unavailable';
-    message: string;
+    message: string | ((met: unknown) => string);
     retryAfterSeconds: number;
   },
 ): Promise<T> => {
@@ -47,7 +48,8 @@ const blaming = async <T>(
     if (logIsAway(deps, met) || !isItsFailure(met)) {
       throw err;
     }
-    throw new ApiError(problem.code, `${problem.message}${done}`, undefined, {
+    const message = typeof problem.message === 'string' ? problem.message : problem.message(met);
+    throw new ApiError(problem.code, `${message}${done}`, undefined, {
       cause: met,
       retryAfterSeconds: problem.retryAfterSeconds,
     });
@@ -67,17 +69,19 @@ export const replicaCall = <T>(
 
 const REPLICA_UNAVAILABLE = {
   code: 'replica_unavailable',
-  message: 'the read replica cannot be reached',
+  message: (met: unknown) =>
+    met instanceof ReplicaBehindError ? met.message : 'the read replica cannot be reached',
   retryAfterSeconds: 2,
 } as const;
 
 const isReplicaFailure = (err: unknown) =>
-  err instanceof ReplicaAwayError || isDatabaseFailure(err);
+  err instanceof ReplicaAwayError || err instanceof ReplicaBehindError || isDatabaseFailure(err);
 
 /**
  * What a write must know before it is accepted (that an id it names exists, a unit's status),
- * read from the replica, or from the main database while the replica does not answer: the main
- * database holds all the replica has replayed, and more. A replica outage then stops
+ * read from the replica, or from the main database while the replica does not answer (or has not
+ * replayed what is acknowledged, ReplicaBehindError): the main database holds all the replica has
+ * replayed, and more. A replica outage then stops
  * acknowledgements, not writes; only when neither database answers is the write refused, 503
  * `replica_unavailable`, as the replica is the one this site reads.
  */
@@ -88,7 +92,10 @@ export const writeCheck = <T>(
   blaming(
     deps,
     deps.replicaLink.call(read).catch(async (err: unknown) => {
-      const replicaAway = err instanceof ReplicaAwayError || isDatabaseUnreachable(err);
+      const replicaAway =
+        err instanceof ReplicaAwayError ||
+        err instanceof ReplicaBehindError ||
+        isDatabaseUnreachable(err);
       if (deps.config.replicaIsMain || logIsAway(deps, err) || !replicaAway) {
         throw err;
       }

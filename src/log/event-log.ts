@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { ChainableCommander, Redis } from 'ioredis';
+import type { Lsn } from '../db/lsn.ts';
 import {
   AGGREGATE_TYPES,
   type AggregateType,
@@ -940,6 +941,37 @@ export class EventLog {
     return new Set(aggregateIds.filter((_, i) => flags[i] === 1));
   }
 
+  /**
+   * The highest commit LSN of the events acknowledged in any partition: a replica that has
+   * replayed less does not show all of them, though they are no longer held in flight. Undefined
+   * before the first acknowledgement, or once forgotten.
+   */
+  async acknowledgedThrough(): Promise<Lsn | undefined> {
+    const marks = await Promise.all(
+      this.allKeys().map((keys) => this.#redis.get(keys.acknowledgedThrough)),
+    );
+    let highest: Lsn | undefined;
+    for (const mark of marks) {
+      const lsn = mark === null ? undefined : BigInt(`0x${mark}`);
+      if (lsn !== undefined && (highest === undefined || lsn > highest)) {
+        highest = lsn;
+      }
+    }
+    return highest;
+  }
+
+  /**
+   * Forgets how far the events of these partitions were acknowledged: the main database lost
+   * commits (restored from an earlier backup, failed over), and its WAL, which a replica then
+   * follows, starts again below them.
+   */
+  async forgetAcknowledgedThrough(partitions: readonly number[]): Promise<void> {
+    // One key per call: the partitions' keys lie in different hash slots.
+    await Promise.all(
+      partitions.map((partition) => this.#redis.del(this.keys(partition).acknowledgedThrough)),
+    );
+  }
+
   /** The commit LSN of an applied, unacknowledged entry. */
   async appliedLsnOf(entryIds: readonly string[], partition: number): Promise<(string | null)[]> {
     if (entryIds.length === 0) {
@@ -975,6 +1007,7 @@ export class EventLog {
       keys.applied,
       keys.appliedLsn,
       keys.attempts,
+      keys.acknowledgedThrough,
       ...recordKeys,
     ];
     return this.#redis.outpostAck(

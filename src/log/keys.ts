@@ -20,6 +20,11 @@ export type PartitionKeys = {
   applied: string;
   /** entry id -> commit LSN of applied, not yet acknowledged entries. */
   appliedLsn: string;
+  /**
+   * The highest commit LSN of the entries acknowledged so far, as sixteen hex digits: what a
+   * replica must have replayed to show all of them (src/read/replica-position.ts).
+   */
+  acknowledgedThrough: string;
   /** Moved-aside events that failed N times, with their error and attempt history. */
   deadLetters: string;
   /** event_id -> dead-letter entry id. */
@@ -112,6 +117,7 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     legacyEventIndex: `${prefix}:event-index`,
     applied: `${prefix}:applied`,
     appliedLsn: `${prefix}:applied-lsn`,
+    acknowledgedThrough: `${prefix}:acknowledged-through`,
     deadLetters: `${prefix}:dead-letters`,
     attempts: `${prefix}:attempts`,
     deadIndex: `${prefix}:dead-index`,

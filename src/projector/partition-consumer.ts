@@ -302,6 +302,16 @@ export class PartitionConsumer {
           );
           this.#mainSeen = undefined;
           this.#verifyRecorded = true;
+          // Its WAL starts again below the commits acknowledged so far: a replica following it
+          // would otherwise be taken as behind them until it passed them.
+          await this.#deps.eventLog
+            .forgetAcknowledgedThrough([this.#partition])
+            .catch((forgetError: unknown) => {
+              logger.warn(
+                { err: forgetError, partition: this.#partition },
+                'could not forget how far the partition was acknowledged: reads from a replica of the changed main database answer 503 until it passes that, or a replay forgets it',
+              );
+            });
         }
         if (this.#readerReadOnly.reconnectNow(writeRefusal(err), performance.now())) {
           logger.warn(

@@ -555,9 +555,18 @@ export const crashMain = (dir: string): Promise<void> => crashPostgres(pathsOf(d
 /** Fault injection: the read replica stopped as by a crash; `stackUp` starts it again. */
 export const crashReplica = (dir: string): Promise<void> => crashPostgres(pathsOf(dir).replica);
 
-const crashPostgres = async (dataDir: string): Promise<void> => {
+/**
+ * Fault injection: the read replica shut down cleanly, its data directory then whole to copy (a
+ * snapshot to bring it back from later); `stackUp` starts it again.
+ */
+export const stopReplica = (dir: string): Promise<void> =>
+  stopPostgres(pathsOf(dir).replica, 'fast');
+
+const crashPostgres = (dataDir: string): Promise<void> => stopPostgres(dataDir, 'immediate');
+
+const stopPostgres = async (dataDir: string, mode: 'fast' | 'immediate'): Promise<void> => {
   const bin = requirePgBinDir();
-  await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', dataDir]);
+  await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', mode, '-D', dataDir]);
 };
 
 /** Fault injection: Redis killed with SIGKILL; `stackUp` restarts it from its append-only file. */

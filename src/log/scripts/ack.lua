@@ -7,8 +7,8 @@
 -- record paid eight calls of its own, each write also copied to the AOF.
 --
 -- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
--- KEYS[4] applied LSN hash  KEYS[5] attempts
--- KEYS[2 + 4i] in-flight index bucket of record i's aggregate  KEYS[3 + 4i] its event index bucket
+-- KEYS[4] applied LSN hash  KEYS[5] attempts  KEYS[6] acknowledged-through mark
+-- KEYS[3 + 4i] in-flight index bucket of record i's aggregate  KEYS[3 + 4i] its event index bucket
 -- KEYS[4 + 4i] earlier builds' in-flight index of its type  KEYS[5 + 4i] its type's in-use buckets
 -- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
@@ -19,19 +19,34 @@ if n == 0 then
 end
 -- Every record is read before anything is written, so a malformed one changes nothing.
 local entry_ids, event_ids, aggregate_ids = {}, {}, {}
+local through = ''
 for i = 1, n do
-  local entry_id, event_id, aggregate_id = string.match(ARGV[i + 1], '^%S+ (%S+) (%S+) (%S+)')
+  local lsn, entry_id, event_id, aggregate_id = string.match(ARGV[i + 1], '^(%S+) (%S+) (%S+) (%S+)')
   if not aggregate_id then
     return redis.error_reply('malformed applied record: ' .. ARGV[i + 1])
   end
   entry_ids[i], event_ids[i], aggregate_ids[i] = entry_id, event_id, aggregate_id
+  -- As sixteen hex digits, so that LSNs compare as strings.
+  local hi, lo = string.match(lsn, '^(%x+)/(%x+)$')
+  if hi and #hi <= 8 and #lo <= 8 then
+    local padded = string.format('%08X%08X', tonumber(hi, 16), tonumber(lo, 16))
+    if padded > through then
+      through = padded
+    end
+  end
 end
 for i = 1, n do
-  redis.call('HDEL', KEYS[3 + 4 * i], event_ids[i])
-  inflight_remove(KEYS[2 + 4 * i], KEYS[5 + 4 * i], aggregate_ids[i], entry_ids[i])
+  redis.call('HDEL', KEYS[4 + 4 * i], event_ids[i])
+  inflight_remove(KEYS[3 + 4 * i], KEYS[6 + 4 * i], aggregate_ids[i], entry_ids[i])
   -- Nearly always absent: an entry an earlier build appended after this process folded its
   -- in-flight index in.
-  inflight_remove(KEYS[4 + 4 * i], nil, aggregate_ids[i], entry_ids[i])
+  inflight_remove(KEYS[5 + 4 * i], nil, aggregate_ids[i], entry_ids[i])
+end
+-- What a replica must have replayed to show every event acknowledged here: a replica that comes
+-- back at an earlier point is not read from until it passes it (ReplicaPosition in the API).
+local before = redis.call('GET', KEYS[6])
+if through ~= '' and (not before or through > before) then
+  redis.call('SET', KEYS[6], through)
 end
 -- Nearly always gone: an entry appended by an earlier build, after this process folded its
 -- index in, is still listed there.
