@@ -25,7 +25,7 @@ import { checkSiteName, recordLogId } from './ops/site-name.ts';
 import { StatusSource } from './ops/status.ts';
 import { WorstBreakerGauge } from './projector/circuit-breaker.ts';
 import { Projector } from './projector/projector.ts';
-import { showsAcknowledged } from './read/acknowledged-replay.ts';
+import { AcknowledgedReplayGate, walPosition } from './read/acknowledged-replay.ts';
 
 export type Role = 'all' | 'api' | 'projector';
 
@@ -232,11 +232,28 @@ export const startService = async (
     applicationName: 'outpost-replica',
   });
   // The API's merged reads and writes' checks: only from a replica that shows what is acknowledged.
+  const readsLogger = logger.child({ module: 'reads' });
   const reads = createPool({
     url: config.replicaDatabaseUrl,
     max: 20,
     applicationName: 'outpost-reader',
-    onConnect: showsAcknowledged(() => eventLog.acknowledgedThrough()),
+    // Checked as it is made: a connection that outlives a restart of the replica behind a pooler
+    // or a proxy would never be checked again.
+    maxLifetimeSeconds: 300,
+    onConnect: new AcknowledgedReplayGate({
+      acknowledgedThrough: () => eventLog.acknowledgedThrough(),
+      forgetAcknowledged: async () => {
+        await eventLog.forgetAcknowledgedThrough(eventLog.allKeys().map((k) => k.partition));
+        readsLogger.warn(
+          'the main database is behind what this site acknowledged (restored from an earlier backup, or replaced): forgot how far events were acknowledged, and reads go on from the replica',
+        );
+      },
+      mainPosition: () => walPosition(main),
+      onBehind: (err) => {
+        metrics.replicaBehind.inc();
+        readsLogger.warn({ err }, 'a read refused: the replica is behind what was acknowledged');
+      },
+    }).check,
   });
   // Health probes get a pool of their own: probes that hang on a dead link never starve the projector.
   const probe = createPool({

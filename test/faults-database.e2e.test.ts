@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -521,12 +521,12 @@ void describe('database faults under load', () => {
 
   void describe('read replica back at a point before what was acknowledged', () => {
     let h: Harness;
-    let replicaDir: string;
+    let replicaDir: string | undefined;
     const snapshotDir = () => `${replicaDir}-snapshot`;
     const DELAY = 'recovery_min_apply_delay';
     /** The replica applies commits an hour late: it stays where the snapshot left it. */
-    const setApplyDelay = (on: boolean) => {
-      const file = join(replicaDir, 'postgresql.auto.conf');
+    const setApplyDelay = (dir: string, on: boolean) => {
+      const file = join(dir, 'postgresql.auto.conf');
       const kept = readFileSync(file, 'utf8')
         .split('\n')
         .filter((line) => !line.startsWith(DELAY));
@@ -535,22 +535,34 @@ void describe('database faults under load', () => {
         `${[...kept.filter(Boolean), ...(on ? [`${DELAY} = '1h'`] : [])].join('\n')}\n`,
       );
     };
+    const replacedDir = () => `${replicaDir}-replaced`;
     after(async () => {
-      if (h) {
-        setApplyDelay(false);
-        await h.replica.query('SELECT pg_reload_conf()').catch(() => undefined);
-        rmSync(snapshotDir(), { recursive: true, force: true });
+      try {
+        if (replicaDir !== undefined) {
+          // Whatever step failed, the stack keeps a replica that follows the primary.
+          if (!existsSync(replicaDir)) {
+            renameSync(replacedDir(), replicaDir);
+          }
+          setApplyDelay(replicaDir, false);
+          await h.replica.query('SELECT pg_reload_conf()').catch(() => undefined);
+        }
+      } finally {
+        if (replicaDir !== undefined) {
+          rmSync(snapshotDir(), { recursive: true, force: true });
+          rmSync(replacedDir(), { recursive: true, force: true });
+        }
+        await restartAndClose(h);
       }
-      await restartAndClose(h);
     });
 
     void it('does not read from it until it passes them: reads wait and then say why, write checks ask the main database', async () => {
       h = await Harness.start();
-      replicaDir = stackPaths(h.stack.dir).replica;
+      const dir = stackPaths(h.stack.dir).replica;
+      replicaDir = dir;
       // A snapshot of the replica taken before the writes below (a VM restored, say).
       await stopReplica(h.stack.dir);
       // As the servers' own user, not the test's: `cp -a` keeps the files' owner.
-      execFileSync('cp', ['-a', replicaDir, snapshotDir()]);
+      execFileSync('cp', ['-a', dir, snapshotDir()]);
       await stackUp(h.stackOptions());
       const configuration = await h.post('/instrument_configurations', {
         instrument: 'x',
@@ -564,9 +576,9 @@ void describe('database faults under load', () => {
         'the configuration acknowledged: no longer held in flight, only on the replica',
       );
       await stopReplica(h.stack.dir);
-      rmSync(replicaDir, { recursive: true });
-      renameSync(snapshotDir(), replicaDir);
-      setApplyDelay(true);
+      renameSync(dir, replacedDir());
+      renameSync(snapshotDir(), dir);
+      setApplyDelay(dir, true);
       await stackUp(h.stackOptions());
       const onReplica = await h.replicaRows(
         'SELECT id FROM instrument_configurations WHERE id = $1',
@@ -583,8 +595,17 @@ void describe('database faults under load', () => {
       assert.equal(read.body.error.code, 'replica_unavailable');
       assert.match(
         read.body.error.message,
-        /^the read replica has replayed up to [0-9A-F]+\/[0-9A-F]+, and this site's events are acknowledged \(no longer held in flight\) up to [0-9A-F]+\/[0-9A-F]+; .*came back at an earlier point/,
+        /^the read replica has replayed up to [0-9A-F]+\/[0-9A-F]+, and this site's events are acknowledged \(no longer held in flight\) up to [0-9A-F]+\/[0-9A-F]+: it came back at an earlier point/,
       );
+      assert.ok(
+        (await scrapeMetric(h.url, 'outpost_replica_behind_total')) >= 1,
+        'counted on /metrics',
+      );
+      // The operators' reports read the replica as it is.
+      const integrity = await h.request('GET', '/admin/integrity', undefined, {
+        authorization: `Bearer ${h.config.adminToken}`,
+      });
+      assert.equal(integrity.status, 200, JSON.stringify(integrity.body));
       // A write naming it is checked against the main database, which has everything.
       const unit = await h.post('/executed_obs_units/start', {
         obs_unit_id: 'behind',
@@ -593,7 +614,7 @@ void describe('database faults under load', () => {
       });
       assert.equal(unit.status, 201, JSON.stringify(unit.body));
 
-      setApplyDelay(false);
+      setApplyDelay(dir, false);
       await h.replica.query('SELECT pg_reload_conf()');
       await waitFor(
         async () =>

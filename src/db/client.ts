@@ -48,6 +48,8 @@ export type PoolOptions = {
   idleInTransactionTimeoutMs?: number;
   /** Awaited on each new connection before the pool hands it out; one that fails is closed. */
   onConnect?: (client: pg.ClientBase) => Promise<void>;
+  /** Connections are closed (and made again, so checked again) after this long; 0: never. */
+  maxLifetimeSeconds?: number;
 };
 
 /**
@@ -63,6 +65,7 @@ export const createPool = ({
   keyLookupsOnly = false,
   idleInTransactionTimeoutMs = 60_000,
   onConnect,
+  maxLifetimeSeconds = 0,
 }: PoolOptions): pg.Pool => {
   // Settings in the startup packet outrank the server's, database's and role's defaults.
   const settings = [
@@ -86,6 +89,7 @@ export const createPool = ({
     query_timeout: queryTimeoutMs,
     idle_in_transaction_session_timeout: idleInTransactionTimeoutMs,
     onConnect,
+    maxLifetimeSeconds,
   });
 };
 

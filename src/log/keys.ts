@@ -22,7 +22,7 @@ export type PartitionKeys = {
   appliedLsn: string;
   /**
    * The highest commit LSN of the entries acknowledged so far, as sixteen hex digits: what a
-   * replica must have replayed to show all of them (src/read/replica-position.ts).
+   * replica must have replayed to show all of them (src/read/acknowledged-replay.ts).
    */
   acknowledgedThrough: string;
   /** Moved-aside events that failed N times, with their error and attempt history. */

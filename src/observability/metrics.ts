@@ -182,6 +182,11 @@ export const createMetrics = () => {
       help: 'Whether the API token file last read was taken (0: refused, the tokens before it stay in force)',
       registers,
     }),
+    replicaBehind: new Counter({
+      name: 'outpost_replica_behind_total',
+      help: "Connections to the read replica refused because it had not replayed what this site acknowledged: reads answered 503, writes' checks asked the main database",
+      registers,
+    }),
     integrityCronRunsMissed: new Counter({
       name: 'outpost_integrity_cron_runs_missed_total',
       help: 'Scheduled pg_cron integrity refreshes that did not happen, run by this process instead',

@@ -280,14 +280,6 @@ export const replay = async (
             report.applied += group.length - behindDeadLetters;
             report.failed += behindDeadLetters;
           } else {
-            if (resent.length === 0) {
-              // The main database lost what it had applied (restored from an earlier backup):
-              // its WAL, and a replica re-made from it, start again below what the log
-              // acknowledged, which reads would otherwise wait for (acknowledged-replay.ts).
-              await deps.eventLog.forgetAcknowledgedThrough(
-                deps.eventLog.allKeys().map((k) => k.partition),
-              );
-            }
             const appended = await deps.eventLog.append({
               partition,
               events: group.map((e) => e.event),

@@ -302,14 +302,14 @@ export class PartitionConsumer {
           );
           this.#mainSeen = undefined;
           this.#verifyRecorded = true;
-          // Its WAL starts again below the commits acknowledged so far: a replica following it
-          // would otherwise be taken as behind them until it passed them.
+          // Its WAL may start again below the commits acknowledged so far, in every partition: a
+          // replica following it would be taken as behind them until it passed them.
           await this.#deps.eventLog
-            .forgetAcknowledgedThrough([this.#partition])
+            .forgetAcknowledgedThrough(this.#deps.eventLog.allKeys().map((k) => k.partition))
             .catch((forgetError: unknown) => {
               logger.warn(
                 { err: forgetError, partition: this.#partition },
-                'could not forget how far the partition was acknowledged: reads from a replica of the changed main database answer 503 until it passes that, or a replay forgets it',
+                'could not forget how far events were acknowledged: the API forgets it once it finds the main database behind it',
               );
             });
         }

@@ -5,52 +5,106 @@ import { formatLsn, type Lsn, parseLsn } from '../db/lsn.ts';
 /** How long a new connection to the read replica waits for it to show what was acknowledged. */
 export const CATCH_UP_WAIT_MS = 2_000;
 const CATCH_UP_POLL_MS = 25;
+/**
+ * After a wait that ran out, new connections for this long check once and do not wait: with the
+ * replica behind, every read and every write that names an id would otherwise wait it out again.
+ */
+const BEHIND_REMEMBERED_MS = 1_000;
+/** How long the main database's WAL position is waited for: a remote link may not answer. */
+const MAIN_POSITION_WAIT_MS = 1_000;
 
 /** The read replica has not replayed the commits of events no longer held in flight. */
 export class ReplicaBehindError extends Error {
-  constructor(replayed: Lsn, acknowledged: Lsn, waitedMs: number) {
+  constructor(replayed: Lsn, acknowledged: Lsn) {
     super(
-      `the read replica has replayed up to ${formatLsn(replayed)}, and this site's events are acknowledged (no longer held in flight) up to ${formatLsn(acknowledged)}; it did not get there within ${waitedMs} ms. It came back at an earlier point (after a crash, or from a snapshot) or is not the replica the acker confirms against, and reads wait for it rather than show older state. After a main database restored from an earlier backup, the runbook's replay lets them go on`,
+      `the read replica has replayed up to ${formatLsn(replayed)}, and this site's events are acknowledged (no longer held in flight) up to ${formatLsn(acknowledged)}: it came back at an earlier point (after a crash, or from a snapshot) and has not caught up, does not stream, or is not the replica the acker confirms against. Reads wait for it rather than show older state`,
     );
     this.name = 'ReplicaBehindError';
   }
 }
 
+export type GateDeps = {
+  /** The highest commit LSN acknowledged in any partition (EventLog.acknowledgedThrough). */
+  acknowledgedThrough: () => Promise<Lsn | undefined>;
+  /** Forgets every partition's mark (EventLog.forgetAcknowledgedThrough). */
+  forgetAcknowledged: () => Promise<void>;
+  /** The main database's current WAL position, undefined when it cannot tell. */
+  mainPosition: () => Promise<Lsn | undefined>;
+  /** Told of each connection refused, with the reason. */
+  onBehind?: (err: ReplicaBehindError) => void;
+  waitMs?: number;
+};
+
 /**
- * A check for each new connection to the read replica, before the pool hands it out: the replica
- * has replayed at least as far as this site's events are acknowledged. An acknowledged event has
- * left Redis's in-flight index, so a merged read (or a write's check of an id) finds it only on
- * the replica; a replica that comes back at an earlier point (a hot standby opens for reads at its
- * consistent point, which after a crash may lie below what it had replayed; a snapshot restored)
- * would answer a confirmed unit 404 until it caught up. It waits up to `waitMs` for the replica,
- * then fails the connection with ReplicaBehindError.
+ * A check of each new connection to the read replica, before the pool hands it out (pg-pool's
+ * `onConnect`): the replica has replayed at least as far as this site's events are acknowledged.
+ * An acknowledged event has left Redis's in-flight index, so a merged read (or a write's check of
+ * an id) finds it only on the replica; a replica that comes back at an earlier point (a hot
+ * standby opens for reads at its consistent point, which after a crash may lie below what it had
+ * replayed; a snapshot restored) would answer a confirmed unit 404 until it caught up. It waits up
+ * to `waitMs` for the replica, then fails the connection with ReplicaBehindError.
  *
  * Checked per connection, not per read: within one run of the server, replay only moves forward,
  * and whatever is acknowledged later was confirmed on the replica as it is now. A restart ends
  * every connection, so the connections after it are checked again. A standby promoted since (or a
- * primary standing in for the replica) is not in recovery and is not checked. Where the log cannot
- * be asked, the connection goes ahead: reads that need the log fail on it anyway, and the
- * replica's own answers (an integrity report) are still worth giving.
+ * primary standing in for the replica) is not in recovery and is not checked. A main database
+ * whose WAL is itself below the mark was restored or replaced (a cluster's WAL only grows): the
+ * mark belongs to a history that is gone, and is forgotten.
  */
-export const showsAcknowledged =
-  (acknowledgedThrough: () => Promise<Lsn | undefined>, waitMs = CATCH_UP_WAIT_MS) =>
-  async (client: pg.ClientBase): Promise<void> => {
-    const acknowledged = await acknowledgedThrough().catch(() => undefined);
+export class AcknowledgedReplayGate {
+  readonly #deps: GateDeps;
+  #behindSince: number | undefined;
+
+  constructor(deps: GateDeps) {
+    this.#deps = deps;
+  }
+
+  /** The pool's `onConnect`. */
+  readonly check = async (client: pg.ClientBase): Promise<void> => {
+    // Unread, the mark cannot be checked: the connection fails, as reads and writes that need
+    // the log do anyway (operators' reports read through a pool without this check).
+    const acknowledged = await this.#deps.acknowledgedThrough();
     if (acknowledged === undefined) {
       return;
     }
-    const deadline = performance.now() + waitMs;
-    for (;;) {
-      const replayed = await replayedBy(client);
+    let replayed = await replayedBy(client);
+    if (replayed === undefined || replayed >= acknowledged) {
+      return;
+    }
+    if (await this.#mainBelow(acknowledged)) {
+      await this.#deps.forgetAcknowledged();
+      return;
+    }
+    const now = performance.now();
+    const recentlyBehind =
+      this.#behindSince !== undefined && now - this.#behindSince < BEHIND_REMEMBERED_MS;
+    const waitMs = recentlyBehind ? 0 : (this.#deps.waitMs ?? CATCH_UP_WAIT_MS);
+    const deadline = now + waitMs;
+    while (performance.now() < deadline) {
+      await sleep(CATCH_UP_POLL_MS);
+      replayed = await replayedBy(client);
       if (replayed === undefined || replayed >= acknowledged) {
+        this.#behindSince = undefined;
         return;
       }
-      if (performance.now() >= deadline) {
-        throw new ReplicaBehindError(replayed, acknowledged, waitMs);
-      }
-      await sleep(CATCH_UP_POLL_MS);
     }
+    this.#behindSince = performance.now();
+    const behind = new ReplicaBehindError(replayed, acknowledged);
+    this.#deps.onBehind?.(behind);
+    throw behind;
   };
+
+  /** Whether the main database's WAL is below `lsn`; false when it cannot tell in time. */
+  async #mainBelow(lsn: Lsn): Promise<boolean> {
+    const timeout = new AbortController();
+    const position = await Promise.race([
+      this.#deps.mainPosition().catch(() => undefined),
+      sleep(MAIN_POSITION_WAIT_MS, undefined, { signal: timeout.signal }).catch(() => undefined),
+    ]);
+    timeout.abort();
+    return position !== undefined && position < lsn;
+  }
+}
 
 /** How far a standby has replayed; undefined for a server not in recovery. */
 const replayedBy = async (client: pg.ClientBase): Promise<Lsn | undefined> => {
@@ -59,4 +113,15 @@ const replayedBy = async (client: pg.ClientBase): Promise<Lsn | undefined> => {
   );
   const replayed = rows[0]?.replayed;
   return replayed ? parseLsn(replayed) : undefined;
+};
+
+/**
+ * The WAL position of a primary (the main database): where its next record goes, past every
+ * commit it made, written to disk yet or not.
+ */
+export const walPosition = async (db: pg.Pool): Promise<Lsn> => {
+  const { rows } = await db.query<{ lsn: string }>(
+    'SELECT pg_current_wal_insert_lsn()::text AS lsn',
+  );
+  return parseLsn(rows[0]?.lsn ?? '');
 };

@@ -8,8 +8,8 @@
 --
 -- KEYS[1] stream  KEYS[2] earlier builds' event index  KEYS[3] applied queue
 -- KEYS[4] applied LSN hash  KEYS[5] attempts  KEYS[6] acknowledged-through mark
--- KEYS[3 + 4i] in-flight index bucket of record i's aggregate  KEYS[3 + 4i] its event index bucket
--- KEYS[4 + 4i] earlier builds' in-flight index of its type  KEYS[5 + 4i] its type's in-use buckets
+-- KEYS[3 + 4i] in-flight index bucket of record i's aggregate  KEYS[4 + 4i] its event index bucket
+-- KEYS[5 + 4i] earlier builds' in-flight index of its type  KEYS[6 + 4i] its type's in-use buckets
 -- (record i is ARGV[1 + i])
 -- ARGV[1] consumer group  ARGV[2 + ...] applied records "lsn entry_id event_id aggregate_id aggregate_type"
 -- Acknowledges the records that head the applied queue, up to the first that does not.
@@ -43,7 +43,7 @@ for i = 1, n do
   inflight_remove(KEYS[5 + 4 * i], nil, aggregate_ids[i], entry_ids[i])
 end
 -- What a replica must have replayed to show every event acknowledged here: a replica that comes
--- back at an earlier point is not read from until it passes it (ReplicaPosition in the API).
+-- back at an earlier point is not read from until it passes it (src/read/acknowledged-replay.ts).
 local before = redis.call('GET', KEYS[6])
 if through ~= '' and (not before or through > before) then
   redis.call('SET', KEYS[6], through)
