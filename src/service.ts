@@ -249,10 +249,17 @@ export const startService = async (
         );
       },
       mainPosition: () => walPosition(main),
-      onBehind: (err) => {
+      onBehind: (err, { first }) => {
         metrics.replicaBehind.inc();
-        readsLogger.warn({ err }, 'a read refused: the replica is behind what was acknowledged');
+        if (first) {
+          readsLogger.warn(
+            { err },
+            'reads refused until the replica replays what was acknowledged; writes check ids against the main database meanwhile',
+          );
+        }
       },
+      onCaughtUp: () =>
+        readsLogger.info('the replica shows what was acknowledged again: reads go on'),
     }).check,
   });
   // Health probes get a pool of their own: probes that hang on a dead link never starve the projector.

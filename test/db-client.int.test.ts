@@ -69,15 +69,18 @@ void describe('connections that wait for the replica to show what was acknowledg
   };
   /** A gate over a mark the test sets, counting what it forgets and refuses. */
   const gateOver = (mark: () => Lsn | undefined, waitMs: number) => {
-    const seen = { forgotten: 0, refused: 0 };
+    const seen = { forgotten: 0, refused: [] as boolean[], caughtUp: 0 };
     const gate = new AcknowledgedReplayGate({
       acknowledgedThrough: async () => mark(),
       forgetAcknowledged: async () => {
         seen.forgotten += 1;
       },
       mainPosition: () => walPosition(main),
-      onBehind: () => {
-        seen.refused += 1;
+      onBehind: (_, { first }) => {
+        seen.refused.push(first);
+      },
+      onCaughtUp: () => {
+        seen.caughtUp += 1;
       },
       waitMs,
     });
@@ -115,18 +118,19 @@ void describe('connections that wait for the replica to show what was acknowledg
         'the new connection asking how far the replica replayed',
       );
       assert.equal(answered, false, 'held while the replica is short of the mark');
-      assert.deepEqual(seen, { forgotten: 0, refused: 0 });
+      assert.deepEqual(seen, { forgotten: 0, refused: [], caughtUp: 0 });
     });
     const lsn = parseLsn((await read)?.rows[0]?.lsn ?? '');
     assert.ok(lsn >= ahead, `read at ${lsn}, at or past the mark ${ahead}`);
   });
 
   void it('fails the connection, saying how far each got, when the replica does not get there in time', async () => {
+    let ahead = 0n;
+    const { gate, seen } = gateOver(() => ahead, 100);
+    const gated = pool({ url: replicaUrl, onConnect: gate.check });
     await whilePaused(async () => {
       await main.query('SELECT txid_current()');
-      const ahead = await walPosition(main);
-      const { gate, seen } = gateOver(() => ahead, 100);
-      const gated = pool({ url: replicaUrl, onConnect: gate.check });
+      ahead = await walPosition(main);
       await assert.rejects(gated.query('SELECT 1'), (err: Error) => {
         assert.ok(err instanceof ReplicaBehindError);
         assert.match(
@@ -135,15 +139,19 @@ void describe('connections that wait for the replica to show what was acknowledg
         );
         return true;
       });
-      assert.deepEqual(seen, { forgotten: 0, refused: 1 });
+      await assert.rejects(gated.query('SELECT 1'), ReplicaBehindError);
+      assert.deepEqual(seen.refused, [true, false], 'one spell of refusals, told once');
     });
+    await waitFor(async () => (await replayed()) >= ahead, 'the replica past the mark');
+    assert.deepEqual((await gated.query('SELECT 1 AS one')).rows, [{ one: 1 }]);
+    assert.deepEqual(seen, { forgotten: 0, refused: [true, false], caughtUp: 1 });
   });
 
   void it("forgets a mark past the main database's own WAL (restored, or replaced) and reads on", async () => {
     const { gate, seen } = gateOver(() => 0xffffffff00000000n, 60_000);
     const gated = pool({ url: replicaUrl, onConnect: gate.check });
     assert.deepEqual((await gated.query('SELECT 1 AS one')).rows, [{ one: 1 }]);
-    assert.deepEqual(seen, { forgotten: 1, refused: 0 });
+    assert.deepEqual(seen, { forgotten: 1, refused: [], caughtUp: 0 });
   });
 
   void it('does not hold a server that is not a standby, nor any before the first acknowledgement', async () => {
@@ -154,7 +162,7 @@ void describe('connections that wait for the replica to show what was acknowledg
       const { gate, seen } = gateOver(() => mark, 60_000);
       const gated = pool({ url, onConnect: gate.check });
       assert.deepEqual((await gated.query('SELECT 1 AS one')).rows, [{ one: 1 }]);
-      assert.deepEqual(seen, { forgotten: 0, refused: 0 });
+      assert.deepEqual(seen, { forgotten: 0, refused: [], caughtUp: 0 });
     }
   });
 });

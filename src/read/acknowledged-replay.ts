@@ -30,8 +30,10 @@ export type GateDeps = {
   forgetAcknowledged: () => Promise<void>;
   /** The main database's current WAL position, undefined when it cannot tell. */
   mainPosition: () => Promise<Lsn | undefined>;
-  /** Told of each connection refused, with the reason. */
-  onBehind?: (err: ReplicaBehindError) => void;
+  /** Told of each connection refused, with the reason; `first` of a spell of refusals. */
+  onBehind?: (err: ReplicaBehindError, spell: { first: boolean }) => void;
+  /** Told when a connection is let through after a spell of refusals. */
+  onCaughtUp?: () => void;
   waitMs?: number;
 };
 
@@ -53,7 +55,8 @@ export type GateDeps = {
  */
 export class AcknowledgedReplayGate {
   readonly #deps: GateDeps;
-  #behindSince: number | undefined;
+  /** When the last connection was refused, while no connection has been let through since. */
+  #refusedAt: number | undefined;
 
   constructor(deps: GateDeps) {
     this.#deps = deps;
@@ -64,35 +67,38 @@ export class AcknowledgedReplayGate {
     // Unread, the mark cannot be checked: the connection fails, as reads and writes that need
     // the log do anyway (operators' reports read through a pool without this check).
     const acknowledged = await this.#deps.acknowledgedThrough();
-    if (acknowledged === undefined) {
-      return;
-    }
-    let replayed = await replayedBy(client);
-    if (replayed === undefined || replayed >= acknowledged) {
-      return;
+    let replayed = acknowledged === undefined ? undefined : await replayedBy(client);
+    if (acknowledged === undefined || replayed === undefined || replayed >= acknowledged) {
+      return this.#caughtUp();
     }
     if (await this.#mainBelow(acknowledged)) {
       await this.#deps.forgetAcknowledged();
-      return;
+      return this.#caughtUp();
     }
     const now = performance.now();
-    const recentlyBehind =
-      this.#behindSince !== undefined && now - this.#behindSince < BEHIND_REMEMBERED_MS;
-    const waitMs = recentlyBehind ? 0 : (this.#deps.waitMs ?? CATCH_UP_WAIT_MS);
-    const deadline = now + waitMs;
+    const refusedLately =
+      this.#refusedAt !== undefined && now - this.#refusedAt < BEHIND_REMEMBERED_MS;
+    const deadline = now + (refusedLately ? 0 : (this.#deps.waitMs ?? CATCH_UP_WAIT_MS));
     while (performance.now() < deadline) {
       await sleep(CATCH_UP_POLL_MS);
       replayed = await replayedBy(client);
       if (replayed === undefined || replayed >= acknowledged) {
-        this.#behindSince = undefined;
-        return;
+        return this.#caughtUp();
       }
     }
-    this.#behindSince = performance.now();
     const behind = new ReplicaBehindError(replayed, acknowledged);
-    this.#deps.onBehind?.(behind);
+    this.#deps.onBehind?.(behind, { first: this.#refusedAt === undefined });
+    this.#refusedAt = performance.now();
     throw behind;
   };
+
+  /** A connection let through: a spell of refusals, if there was one, is over. */
+  #caughtUp(): void {
+    if (this.#refusedAt !== undefined) {
+      this.#refusedAt = undefined;
+      this.#deps.onCaughtUp?.();
+    }
+  }
 
   /** Whether the main database's WAL is below `lsn`; false when it cannot tell in time. */
   async #mainBelow(lsn: Lsn): Promise<boolean> {
