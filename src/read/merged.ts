@@ -121,9 +121,11 @@ export const pendingOnly = (
 };
 
 /**
- * A pending event that cannot fold is left out of the view: it fails in the projector too, and
- * ends in the dead letters (an entry written past the API can fail with any error, not only a
- * FoldError, and must not turn every read of its aggregate into a 500).
+ * A pending event that cannot fold is left out of the view, with every later event of its
+ * aggregate: it fails in the projector too and ends in the dead letters, and the projector holds
+ * those later events behind it (they follow it there), so a view with them folded in would show a
+ * state the main database never reaches. An entry written past the API can fail with any error,
+ * not only a FoldError, and must not turn every read of its aggregate into a 500.
  */
 const foldPending = (row: AggregateState | undefined, events: readonly Envelope[]) => {
   let state = row;
@@ -131,10 +133,10 @@ const foldPending = (row: AggregateState | undefined, events: readonly Envelope[
   for (const event of events) {
     try {
       state = evolve(state, event);
-      folded += 1;
     } catch {
-      // Left out, as above.
+      break;
     }
+    folded += 1;
   }
   return { state, folded };
 };
