@@ -233,6 +233,14 @@ export const startService = async (
   });
   // The API's merged reads and writes' checks: only from a replica that shows what is acknowledged.
   const readsLogger = logger.child({ module: 'reads' });
+  // One connection, quick to give up: asked only while the replica is behind, and never allowed
+  // to hold the projector's connections on a link that drops packets.
+  const mainForReads = createPool({
+    url: config.mainDatabaseUrl,
+    max: 1,
+    applicationName: 'outpost-reads-check',
+    queryTimeoutMs: 1_000,
+  });
   const reads = createPool({
     url: config.replicaDatabaseUrl,
     max: 20,
@@ -248,7 +256,7 @@ export const startService = async (
           'the main database is behind what this site acknowledged (restored from an earlier backup, or replaced): forgot how far events were acknowledged, and reads go on from the replica',
         );
       },
-      mainPosition: () => walPosition(main),
+      mainPosition: () => walPosition(mainForReads),
       onBehind: (err, { first }) => {
         metrics.replicaBehind.inc();
         if (first) {
@@ -269,7 +277,7 @@ export const startService = async (
     applicationName: 'outpost-probe',
   });
   const leases = leasePool(config);
-  for (const pool of [main, replica, reads, probe, leases]) {
+  for (const pool of [main, replica, reads, mainForReads, probe, leases]) {
     pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   }
 
@@ -348,6 +356,7 @@ export const startService = async (
     reads,
     logger.child({ module: 'replica-link' }),
     replicaBreakers.member(),
+    replica,
   );
   let server: ReturnType<typeof serve> | undefined;
   const stop = stopping(logger, {
@@ -362,7 +371,7 @@ export const startService = async (
     integrity,
     listing,
     redis,
-    pools: [main, replica, reads, probe, leases],
+    pools: [main, replica, reads, mainForReads, probe, leases],
   });
   // A start that fails from here stops what it started: leases held until the process exits
   // would keep the partitions from another process for the claim idle time, and the site's

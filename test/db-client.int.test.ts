@@ -148,7 +148,7 @@ void describe('connections that wait for the replica to show what was acknowledg
   });
 
   void it("forgets a mark past the main database's own WAL (restored, or replaced) and reads on", async () => {
-    const { gate, seen } = gateOver(() => 0xffffffff00000000n, 60_000);
+    const { gate, seen } = gateOver(() => 0xffffffff00000000n, 100);
     const gated = pool({ url: replicaUrl, onConnect: gate.check });
     assert.deepEqual((await gated.query('SELECT 1 AS one')).rows, [{ one: 1 }]);
     assert.deepEqual(seen, { forgotten: 1, refused: [], caughtUp: 0 });

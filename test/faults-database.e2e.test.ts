@@ -613,9 +613,24 @@ void describe('database faults under load', () => {
         instrument_configuration_id: configuration.body.id,
       });
       assert.equal(unit.status, 201, JSON.stringify(unit.body));
+      // With the main database away too, an id still in flight at this site is known from the log.
+      await h.main.query('CHECKPOINT');
+      await crashMain(h.stack.dir);
+      const pendingConfiguration = await h.post('/instrument_configurations', {
+        instrument: 'x',
+        configuration: { filter: 'g' },
+      });
+      assert.equal(pendingConfiguration.status, 201);
+      const unitOfPending = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'behind-pending',
+        instrument: 'x',
+        instrument_configuration_id: pendingConfiguration.body.id,
+      });
+      assert.equal(unitOfPending.status, 201, JSON.stringify(unitOfPending.body));
 
       setApplyDelay(dir, false);
       await h.replica.query('SELECT pg_reload_conf()');
+      await stackUp(h.stackOptions());
       await waitFor(
         async () =>
           (await h.get(`/instrument_configurations/${configuration.body.id}`)).status === 200,

@@ -135,19 +135,29 @@ void describe('core pipeline', () => {
       );
     });
 
-    void it('counts as pending only the events its state shows: one that cannot fold is left out, and the events after it', async () => {
-      const started = (await h.post('/executed_obs_units/start', startBody('unfoldable'))).body;
+    /**
+     * A started unit with, after its start, an event like it but for `changes` appended past the
+     * API: one the projector will dead-letter.
+     */
+    const startedWithPoison = async (name: string, changes: Record<string, unknown>) => {
+      const started = (await h.post('/executed_obs_units/start', startBody(name))).body;
       const partition = partitionOf(started.id, h.config.partitions);
       const start = await entryOf(h, partition, started.event_id);
       assert.ok(start);
-      // A second creation of the same unit, as only a writer past the API could append: the
-      // projector will dead-letter it, and a read leaves it out of the state.
-      const again = {
+      const poison = {
         ...start.event,
         event_id: newIdInPartition(partition, h.config.partitions),
         accepted_at: start.event.accepted_at + 1,
-      };
-      assert.equal((await eventLogOf(h).append({ partition, events: [again] })).kind, 'appended');
+        ...changes,
+      } as typeof start.event;
+      assert.equal((await eventLogOf(h).append({ partition, events: [poison] })).kind, 'appended');
+      return started;
+    };
+
+    void it('counts as pending only the events its state shows: one that cannot fold is left out, and the events after it', async () => {
+      // A second creation of the same unit, as only a writer past the API could append: the
+      // projector will dead-letter it, and a read leaves it out of the state.
+      const started = await startedWithPoison('unfoldable', {});
       const unit = await h.get(`/executed_obs_units/${started.id}`);
       assert.equal(unit.status, 200);
       assert.deepEqual(unit.body.consistency, { source: 'pending', pending_events: 1 });
@@ -161,6 +171,24 @@ void describe('core pipeline', () => {
       assert.deepEqual(after.body.consistency, { source: 'pending', pending_events: 1 });
       assert.equal(after.body.notes, unit.body.notes);
       assert.equal(after.body.version, unit.body.version);
+    });
+
+    void it('leaves an event this build cannot read out of the view, and the events after it', async () => {
+      // A change in a version of a newer build, as after a rollback: the projector dead-letters
+      // it and holds the unit's later events behind it.
+      const started = await startedWithPoison('newer', {
+        type: 'ExecutedObsUnitUpdated',
+        version: 99,
+        data: { notes: 'from a newer build' },
+      });
+      const patched = await h.request('PATCH', `/executed_obs_units/${started.id}`, {
+        notes: 'behind the newer one',
+      });
+      assert.equal(patched.status, 202, patched.text);
+      const unit = await h.get(`/executed_obs_units/${started.id}`);
+      assert.equal(unit.status, 200);
+      assert.deepEqual(unit.body.consistency, { source: 'pending', pending_events: 1 });
+      assert.equal(unit.body.notes, started.notes ?? null);
     });
   });
 

@@ -34,16 +34,21 @@ export class ReplicaLink {
   #reportedAway = false;
   #nextLook: NodeJS.Timeout | undefined;
   #stopped = false;
+  readonly #lookWith: pg.Pool;
 
   /**
    * `gauge`: where to show the breaker's state as `outpost_circuit_breaker_state{target="replica"}`
-   * (beside the acker's, where the process has one: WorstBreakerGauge).
+   * (beside the acker's, where the process has one: WorstBreakerGauge). `lookWith`: the pool its
+   * own look goes through, when `pool` checks more than that the replica answers (the reads' pool
+   * asks the log too, and a log away must not close the breaker).
    */
   constructor(
     readonly pool: pg.Pool,
     logger: Pick<Logger, 'warn' | 'info'>,
     gauge?: BreakerGauge,
+    lookWith: pg.Pool = pool,
   ) {
+    this.#lookWith = lookWith;
     gauge?.set({ target: 'replica' }, BREAKER_GAUGE.closed);
     this.#breaker = new CircuitBreaker({
       failureThreshold: 1,
@@ -116,7 +121,7 @@ export class ReplicaLink {
     if (!this.#breaker.tryAcquire()) {
       return;
     }
-    this.pool.query('SELECT 1').then(
+    this.#lookWith.query('SELECT 1').then(
       () => this.#breaker.recordSuccess(),
       (err: unknown) => {
         // No connection free in time: those out still wait on the replica, so it is not back.

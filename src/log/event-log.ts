@@ -202,6 +202,24 @@ export const decodableEntry = (raw: RawEntry): LogEntry[] => {
   }
 };
 
+/**
+ * An aggregate's in-flight entries in stream order, whichever index each came from, those this
+ * build cannot read left out; with `upToUndecodable`, every entry after the first of those too:
+ * the projector dead-letters such an entry and holds its aggregate's later ones behind it.
+ */
+const inStreamOrder = (raw: readonly RawEntry[], upToUndecodable: boolean): LogEntry[] => {
+  const ordered = raw.length > 1 ? [...raw].sort((a, b) => compareEntryIds(a[0], b[0])) : raw;
+  const entries: LogEntry[] = [];
+  for (const one of ordered) {
+    const decoded = decodableEntry(one);
+    if (decoded.length === 0 && upToUndecodable) {
+      break;
+    }
+    entries.push(...decoded);
+  }
+  return entries;
+};
+
 /** Aggregates per in-flight read script: a few milliseconds of Redis at most. */
 const INFLIGHT_READ_CHUNK = 256;
 
@@ -800,6 +818,7 @@ export class EventLog {
     aggregateIds: readonly string[],
     partition: number,
     aggregateType?: AggregateType,
+    { upToUndecodable = false }: { upToUndecodable?: boolean } = {},
   ): Promise<LogEntry[][]> {
     const keys = this.keys(partition);
     const types = aggregateType ? [aggregateType] : AGGREGATE_TYPES;
@@ -817,13 +836,7 @@ export class EventLog {
         );
       }),
     );
-    return replies.flat().map((raw) => {
-      const entries = raw.flatMap(decodableEntry);
-      // In stream order, whichever index each came from.
-      return entries.length > 1
-        ? entries.sort((a, b) => compareEntryIds(a.entryId, b.entryId))
-        : entries;
-    });
+    return replies.flat().map((raw) => inStreamOrder(raw, upToUndecodable));
   }
 
   /**

@@ -5,13 +5,8 @@ import { formatLsn, type Lsn, parseLsn } from '../db/lsn.ts';
 /** How long a new connection to the read replica waits for it to show what was acknowledged. */
 export const CATCH_UP_WAIT_MS = 2_000;
 const CATCH_UP_POLL_MS = 25;
-/**
- * After a wait that ran out, new connections for this long check once and do not wait: with the
- * replica behind, every read and every write that names an id would otherwise wait it out again.
- */
-const BEHIND_REMEMBERED_MS = 1_000;
-/** How long the main database's WAL position is waited for: a remote link may not answer. */
-const MAIN_POSITION_WAIT_MS = 1_000;
+/** How long the main database is not asked again after it could not tell its WAL position. */
+const MAIN_UNTOLD_MS = 10_000;
 
 /** The read replica has not replayed the commits of events no longer held in flight. */
 export class ReplicaBehindError extends Error {
@@ -28,8 +23,8 @@ export type GateDeps = {
   acknowledgedThrough: () => Promise<Lsn | undefined>;
   /** Forgets every partition's mark (EventLog.forgetAcknowledgedThrough). */
   forgetAcknowledged: () => Promise<void>;
-  /** The main database's current WAL position, undefined when it cannot tell. */
-  mainPosition: () => Promise<Lsn | undefined>;
+  /** The main database's current WAL position; rejects when it cannot tell (soon). */
+  mainPosition: () => Promise<Lsn>;
   /** Told of each connection refused, with the reason; `first` of a spell of refusals. */
   onBehind?: (err: ReplicaBehindError, spell: { first: boolean }) => void;
   /** Told when a connection is let through after a spell of refusals. */
@@ -43,20 +38,24 @@ export type GateDeps = {
  * An acknowledged event has left Redis's in-flight index, so a merged read (or a write's check of
  * an id) finds it only on the replica; a replica that comes back at an earlier point (a hot
  * standby opens for reads at its consistent point, which after a crash may lie below what it had
- * replayed; a snapshot restored) would answer a confirmed unit 404 until it caught up. It waits up
- * to `waitMs` for the replica, then fails the connection with ReplicaBehindError.
+ * replayed; a snapshot restored) would answer a confirmed unit 404 until it caught up. The first
+ * connection to find it behind waits up to `waitMs` for it; then, until one is let through, each
+ * connection is refused at once (ReplicaBehindError) unless the replica has caught up by then.
  *
  * Checked per connection, not per read: within one run of the server, replay only moves forward,
  * and whatever is acknowledged later was confirmed on the replica as it is now. A restart ends
  * every connection, so the connections after it are checked again. A standby promoted since (or a
  * primary standing in for the replica) is not in recovery and is not checked. A main database
  * whose WAL is itself below the mark was restored or replaced (a cluster's WAL only grows): the
- * mark belongs to a history that is gone, and is forgotten.
+ * mark belongs to a history that is gone, and is forgotten. That is asked of the main database
+ * afresh each time (a position read earlier may predate the mark), and not again for a while once
+ * it could not tell: on a site cut off from its main database, refusals stay immediate.
  */
 export class AcknowledgedReplayGate {
   readonly #deps: GateDeps;
-  /** When the last connection was refused, while no connection has been let through since. */
-  #refusedAt: number | undefined;
+  /** Whether connections are being refused: since one was, and none let through after it. */
+  #refusing = false;
+  #mainUntoldAt: number | undefined;
 
   constructor(deps: GateDeps) {
     this.#deps = deps;
@@ -71,44 +70,50 @@ export class AcknowledgedReplayGate {
     if (acknowledged === undefined || replayed === undefined || replayed >= acknowledged) {
       return this.#caughtUp();
     }
+    if (!this.#refusing) {
+      const deadline = performance.now() + (this.#deps.waitMs ?? CATCH_UP_WAIT_MS);
+      while (performance.now() < deadline) {
+        await sleep(CATCH_UP_POLL_MS);
+        replayed = await replayedBy(client);
+        if (replayed === undefined || replayed >= acknowledged) {
+          return this.#caughtUp();
+        }
+      }
+    }
     if (await this.#mainBelow(acknowledged)) {
       await this.#deps.forgetAcknowledged();
       return this.#caughtUp();
     }
-    const now = performance.now();
-    const refusedLately =
-      this.#refusedAt !== undefined && now - this.#refusedAt < BEHIND_REMEMBERED_MS;
-    const deadline = now + (refusedLately ? 0 : (this.#deps.waitMs ?? CATCH_UP_WAIT_MS));
-    while (performance.now() < deadline) {
-      await sleep(CATCH_UP_POLL_MS);
-      replayed = await replayedBy(client);
-      if (replayed === undefined || replayed >= acknowledged) {
-        return this.#caughtUp();
-      }
-    }
     const behind = new ReplicaBehindError(replayed, acknowledged);
-    this.#deps.onBehind?.(behind, { first: this.#refusedAt === undefined });
-    this.#refusedAt = performance.now();
+    this.#deps.onBehind?.(behind, { first: !this.#refusing });
+    this.#refusing = true;
     throw behind;
   };
 
   /** A connection let through: a spell of refusals, if there was one, is over. */
   #caughtUp(): void {
-    if (this.#refusedAt !== undefined) {
-      this.#refusedAt = undefined;
+    if (this.#refusing) {
+      this.#refusing = false;
       this.#deps.onCaughtUp?.();
     }
   }
 
-  /** Whether the main database's WAL is below `lsn`; false when it cannot tell in time. */
+  /** Whether the main database's WAL is below `lsn`; false when it cannot tell. */
   async #mainBelow(lsn: Lsn): Promise<boolean> {
-    const timeout = new AbortController();
-    const position = await Promise.race([
-      this.#deps.mainPosition().catch(() => undefined),
-      sleep(MAIN_POSITION_WAIT_MS, undefined, { signal: timeout.signal }).catch(() => undefined),
-    ]);
-    timeout.abort();
-    return position !== undefined && position < lsn;
+    if (
+      this.#mainUntoldAt !== undefined &&
+      performance.now() - this.#mainUntoldAt < MAIN_UNTOLD_MS
+    ) {
+      return false;
+    }
+    try {
+      const position = await this.#deps.mainPosition();
+      this.#mainUntoldAt = undefined;
+      return position < lsn;
+    } catch {
+      this.#mainUntoldAt = performance.now();
+      return false;
+    }
   }
 }
 

@@ -32,6 +32,24 @@ export const readMerged = async (
   (await readMergedMany(deps, type, [{ id, partition: partitionOf(id, deps.partitions) }]))[0];
 
 /**
+ * An aggregate as its events in flight alone make it, without the replica: whether an id created
+ * at this site and not yet acknowledged exists, when no database can be asked.
+ */
+export const readInflightOnly = async (
+  deps: Pick<ReadDeps, 'eventLog' | 'partitions'>,
+  type: AggregateType,
+  id: string,
+): Promise<AggregateState | undefined> => {
+  const [entries = []] = await inflightOf(deps.eventLog, type, [
+    { id, partition: partitionOf(id, deps.partitions) },
+  ]);
+  return foldPending(
+    undefined,
+    pendingOnly(entries, new Set()).map((entry) => entry.event),
+  ).state;
+};
+
+/**
  * `readMerged` for many aggregates of one type at once, as a list needs for every aggregate with
  * events in flight: their entries from Redis first, then their rows and the events the replica
  * holds in one statement, so a list costs one replica round trip however long the backlog (one
@@ -89,7 +107,10 @@ const inflightOf = async (
   await Promise.all(
     [...byPartition].map(async ([partition, positions]) => {
       const ids = positions.map((i) => aggregates[i]?.id as string);
-      const found = await eventLog.readInflightMany(ids, partition, type);
+      // As the projector will apply them: none past one it cannot read.
+      const found = await eventLog.readInflightMany(ids, partition, type, {
+        upToUndecodable: true,
+      });
       positions.forEach((position, k) => {
         const id = ids[k];
         inflight[position] = (found[k] ?? []).filter(

@@ -2,7 +2,7 @@ import type { Context } from 'hono';
 import { OPEN_STATUSES } from '../../domain/events.ts';
 import { newIdInPartition, partitionOf } from '../../domain/ids.ts';
 import type { Guard } from '../../log/event-log.ts';
-import { listMerged, readMerged } from '../../read/merged.ts';
+import { listMerged, readInflightOnly, readMerged } from '../../read/merged.ts';
 import {
   accept,
   envelope,
@@ -197,7 +197,22 @@ export const requireKnown = async (
 ) => {
   const merged = await writeCheck(deps, (database) =>
     readMerged(readDeps(deps, database), type, id),
-  );
+  ).catch(async (err: unknown) => {
+    // Neither database answers (the replica away or behind what was acknowledged, the main
+    // database cut off): an id created here and still in flight is known all the same.
+    const inflight =
+      err instanceof ApiError && err.code === 'replica_unavailable'
+        ? await readInflightOnly(
+            { eventLog: deps.eventLog, partitions: deps.config.partitions },
+            type,
+            id,
+          )
+        : undefined;
+    if (!inflight) {
+      throw err;
+    }
+    return inflight;
+  });
   if (!merged) {
     throw new ApiError('not_found', `${type.replaceAll('_', ' ')} ${id} not found`, [
       {
