@@ -251,7 +251,7 @@ export const startService = async (
     onConnect: new AcknowledgedReplayGate({
       acknowledgedThrough: () => eventLog.acknowledgedThrough(),
       forgetAcknowledged: async () => {
-        await eventLog.forgetAcknowledgedThrough(eventLog.allKeys().map((k) => k.partition));
+        await eventLog.forgetAcknowledgedThrough();
         readsLogger.warn(
           'the main database is behind what this site acknowledged (restored from an earlier backup, or replaced): forgot how far events were acknowledged, and reads go on from the replica',
         );

@@ -974,11 +974,13 @@ export class EventLog {
   }
 
   /**
-   * Forgets how far the events of these partitions were acknowledged: the main database lost
-   * commits (restored from an earlier backup, failed over), and its WAL, which a replica then
-   * follows, starts again below them.
+   * Forgets how far the events of these partitions (all, by default) were acknowledged: the main
+   * database lost commits (restored from an earlier backup, failed over), and its WAL, which a
+   * replica then follows, starts again below them.
    */
-  async forgetAcknowledgedThrough(partitions: readonly number[]): Promise<void> {
+  async forgetAcknowledgedThrough(
+    partitions: readonly number[] = this.allKeys().map((k) => k.partition),
+  ): Promise<void> {
     // One key per call: the partitions' keys lie in different hash slots.
     await Promise.all(
       partitions.map((partition) => this.#redis.del(this.keys(partition).acknowledgedThrough)),

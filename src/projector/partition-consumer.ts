@@ -304,14 +304,12 @@ export class PartitionConsumer {
           this.#verifyRecorded = true;
           // Its WAL may start again below the commits acknowledged so far, in every partition: a
           // replica following it would be taken as behind them until it passed them.
-          await this.#deps.eventLog
-            .forgetAcknowledgedThrough(this.#deps.eventLog.allKeys().map((k) => k.partition))
-            .catch((forgetError: unknown) => {
-              logger.warn(
-                { err: forgetError, partition: this.#partition },
-                'could not forget how far events were acknowledged: the API forgets it once it finds the main database behind it',
-              );
-            });
+          await this.#deps.eventLog.forgetAcknowledgedThrough().catch((forgetError: unknown) => {
+            logger.warn(
+              { err: forgetError, partition: this.#partition },
+              'could not forget how far events were acknowledged: the API forgets it once it finds the main database behind it',
+            );
+          });
         }
         if (this.#readerReadOnly.reconnectNow(writeRefusal(err), performance.now())) {
           logger.warn(
