@@ -585,6 +585,59 @@ void describe('HTTP input', () => {
       }
     });
 
+    void it('refuses a charset other than UTF-8 and patch documents with 415, rather than read them as something else', async () => {
+      // "Ã©" in Latin-1 is the two bytes of "é" in UTF-8: read as UTF-8 it would be stored as é.
+      const latin1 = Buffer.concat([
+        Buffer.from('{"obs_unit_id":"caf'),
+        Buffer.from([0xc3, 0xa9]),
+        Buffer.from('","instrument":"nirspec"}'),
+      ]);
+      const refused = await appendsNothing(
+        () =>
+          rawPost(h, '/executed_obs_units/start', latin1, {
+            'content-type': 'application/json; charset=ISO-8859-1',
+          }),
+        415,
+        'unsupported_media_type',
+      );
+      assert.match(refused.message, /UTF-8.*ISO-8859-1/);
+      // The same bytes declared as UTF-8 (any spelling, quoted or not) are é, as sent.
+      for (const contentType of [
+        'application/json; charset=UTF-8',
+        'application/json;charset="utf8"',
+      ]) {
+        const accepted = await rawPost(h, '/executed_obs_units/start', latin1, {
+          'content-type': contentType,
+        });
+        assert.equal(accepted.status, 201, `${contentType}: ${JSON.stringify(accepted.body)}`);
+        const read = await h.get(`/executed_obs_units/${accepted.body.id}`);
+        assert.equal(read.body.obs_unit_id, 'café');
+      }
+      // A merge patch removes the metadata keys it sets to null; read as JSON, it would replace the
+      // metadata with {a: null} and lose b.
+      const unit = await h.post('/executed_obs_units/start', {
+        ...start,
+        metadata: { a: 1, b: 2 },
+      });
+      assert.equal(unit.status, 201);
+      for (const contentType of ['application/merge-patch+json', 'application/json-patch+json']) {
+        const patch = await appendsNothing(
+          () =>
+            h.request(
+              'PATCH',
+              `/executed_obs_units/${unit.body.id}`,
+              { metadata: { a: null } },
+              {
+                'content-type': contentType,
+              },
+            ),
+          415,
+          'unsupported_media_type',
+        );
+        assert.match(patch.message, /application\/json, not/);
+      }
+    });
+
     void it('checks a body sent to an admin action that does not read it: 415 for text, 413 over the limit', async () => {
       const admin = { authorization: `Bearer ${h.config.adminToken}` };
       // Counted by mode: the service's own schedule may refresh meanwhile, never as 'manual'.

@@ -12,6 +12,11 @@ export const MAX_FREE_JSON_BYTES = 64 * 1024;
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 const JSON_CONTENT_TYPE = /^application\/([a-z0-9.+-]*\+)?json\s*(;|$)/i;
+/** Patch formats whose meaning a body read as plain JSON would silently change (RFC 7396, 6902). */
+const PATCH_DOCUMENT_TYPE = /^application\/(merge-patch|json-patch)\+json\s*(;|$)/i;
+const CHARSET_PARAMETER = /;\s*charset\s*=\s*(?:"([^"]*)"|([^;\s]*))/i;
+/** The charsets whose bytes read as UTF-8 read as what the client meant (ASCII is a subset). */
+const UTF8_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii']);
 
 const bodyCutShort = (before = 'its Content-Length') =>
   new ApiError('malformed_json', `request body ended before ${before}`);
@@ -251,6 +256,21 @@ export const requireJsonContentType = (c: Context) => {
     throw new ApiError(
       'unsupported_media_type',
       `Content-Type must be application/json${type ? `, not ${type}` : ''}`,
+    );
+  }
+  if (PATCH_DOCUMENT_TYPE.test(type)) {
+    throw new ApiError(
+      'unsupported_media_type',
+      `Content-Type must be application/json, not ${type}: a body's fields replace the record's (metadata as a whole), which is not what a patch document of that type means`,
+    );
+  }
+  const charset = CHARSET_PARAMETER.exec(type);
+  const declared = charset?.[1] ?? charset?.[2];
+  // Read as UTF-8 anyway, a body in another charset could be stored as other text than was sent.
+  if (declared !== undefined && !UTF8_CHARSETS.has(declared.toLowerCase())) {
+    throw new ApiError(
+      'unsupported_media_type',
+      `Content-Type must be application/json in UTF-8 (RFC 8259), not charset=${declared}`,
     );
   }
 };
