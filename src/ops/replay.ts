@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { z } from 'zod';
 import { appliedEventIds } from '../db/queries/apply.ts';
 import { partitionRootOf, upstreamIdsOf } from '../domain/events.ts';
 import { partitionOf } from '../domain/ids.ts';
@@ -96,12 +97,18 @@ export class ReplayBoundError extends Error {
  */
 const WITHOUT_OFFSET = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$/;
 
+/** A day the calendar has: `Date.parse` rolls 2026-02-30 over into March without a word. */
+const CALENDAR_DATE = z.iso.date();
+
 const boundTimeMs = (text: string): number => {
+  if (!CALENDAR_DATE.safeParse(text.slice(0, 10)).success) {
+    return Number.NaN;
+  }
   const withoutOffset = WITHOUT_OFFSET.exec(text);
   if (withoutOffset) {
     return Date.parse(`${withoutOffset[1]}T${withoutOffset[2]}Z`);
   }
-  return /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
+  return Date.parse(text);
 };
 
 /**

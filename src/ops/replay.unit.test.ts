@@ -59,6 +59,18 @@ void describe('replay bounds', () => {
       assert.throws(() => replayBound(text), ReplayBoundError, text);
     }
   });
+
+  void it('refuses a day the month does not have, which Date.parse would roll into the next', () => {
+    for (const text of [
+      '2026-02-29',
+      '2026-02-30T02:00',
+      '2026-04-31T02:00:00Z',
+      '2026-06-31 02:00',
+    ]) {
+      assert.throws(() => replayBound(text), ReplayBoundError, text);
+    }
+    assert.equal(replayBound('2024-02-29'), `${Date.UTC(2024, 1, 29)}-0`);
+  });
 });
 
 void describe('replay range', () => {
