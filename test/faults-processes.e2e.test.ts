@@ -101,6 +101,24 @@ const failBackgroundSave = async (h: Harness) => {
   );
 };
 
+/** Entries delivered to `consumer` and not acknowledged: [stream, entry id]. */
+const deliveredTo = async (h: Harness, consumer: string): Promise<[string, string][]> => {
+  const log = eventLogOf(h);
+  const found: [string, string][] = [];
+  for (const keys of log.allKeys()) {
+    const entries = (await h.redis.xpending(
+      keys.stream,
+      CONSUMER_GROUP,
+      '-',
+      '+',
+      10_000,
+      consumer,
+    )) as [string, string, number, number][];
+    found.push(...entries.map(([id]): [string, string] => [keys.stream, id]));
+  }
+  return found;
+};
+
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
@@ -165,23 +183,7 @@ void describe('process faults under load', () => {
 
     void it('leaves its delivered entries to another consumer, which claims and applies them', async () => {
       h = await Harness.start({ role: 'api' });
-      const log = eventLogOf(h);
-      /** Entries delivered to `consumer` and not acknowledged: [stream, entry id]. */
-      const pendingOf = async (consumer: string) => {
-        const found: [string, string][] = [];
-        for (const keys of log.allKeys()) {
-          const entries = (await h.redis.xpending(
-            keys.stream,
-            CONSUMER_GROUP,
-            '-',
-            '+',
-            10_000,
-            consumer,
-          )) as [string, string, number, number][];
-          found.push(...entries.map(([id]): [string, string] => [keys.stream, id]));
-        }
-        return found;
-      };
+      const pendingOf = (consumer: string) => deliveredTo(h, consumer);
       const load = h.steadyLoad(80, 'orphaned');
       const gone = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'gone' });
       // Frozen, it can neither apply nor acknowledge: what it holds then is what it dies with.
@@ -216,6 +218,49 @@ void describe('process faults under load', () => {
         orphanEvents,
       ]);
       assert.equal(applied.length, orphaned.length);
+      heir.child.kill('SIGTERM');
+      await exited(heir.child);
+    });
+  });
+
+  void describe('a pending entry deleted from the stream by hand before its owner died', () => {
+    let h: Harness;
+    after(() => h?.close());
+
+    void it('is named by the heir that claims the partition, not dropped without a word', async () => {
+      h = await Harness.start({ role: 'api' });
+      const load = h.steadyLoad(80, 'deleted');
+      const gone = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'gone' });
+      let held: [string, string][] = [];
+      await waitFor(async () => {
+        gone.child.kill('SIGSTOP');
+        held = await deliveredTo(h, 'gone');
+        if (held.length === 0) {
+          gone.child.kill('SIGCONT');
+        }
+        return held.length > 0;
+      }, 'the projector to hold delivered entries');
+      await load.stop();
+      const [stream, entryId] = held[0] as [string, string];
+      // What an operator freeing memory with XDEL (or XTRIM MAXLEN) does to a pending entry.
+      assert.equal(await h.redis.xdel(stream, entryId), 1);
+      gone.child.kill('SIGKILL');
+      await exited(gone.child);
+      const heir = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'heir' });
+      await waitFor(
+        async () => (await deliveredTo(h, 'gone')).length === 0,
+        "the heir to claim the dead consumer's entries",
+        30_000,
+      );
+      await waitFor(
+        () => /deleted from the stream outside Outpost/.test(heir.output()),
+        'the heir to say what it found deleted',
+      );
+      const said = heir
+        .output()
+        .split('\n')
+        .find((line) => line.includes('deleted from the stream outside Outpost'));
+      assert.ok(said?.includes(entryId), said);
       heir.child.kill('SIGTERM');
       await exited(heir.child);
     });

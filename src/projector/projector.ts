@@ -60,6 +60,8 @@ export type ProjectorStats = {
 
 /** Idle pending entries looked at per partition and round; the rest wait for the next. */
 const IDLE_PAGE = 1000;
+/** How many entry ids a log line names of pending entries deleted behind Outpost's back. */
+const DELETED_LISTED = 20;
 
 /**
  * Applies the partitions this process holds leases for, one consumer per partition, behind one
@@ -211,8 +213,9 @@ export class Projector {
     const stream = this.#deps.eventLog.keys(partition).stream;
     let cursor = '0-0';
     let claimed = 0;
+    const deleted: string[] = [];
     do {
-      const [next, ids] = (await this.#deps.redis.xautoclaim(
+      const [next, ids, deletedIds = []] = (await this.#deps.redis.xautoclaim(
         stream,
         CONSUMER_GROUP,
         this.#deps.consumer,
@@ -221,10 +224,18 @@ export class Projector {
         'COUNT',
         1000,
         'JUSTID',
-      )) as [string, string[]];
+      )) as [string, string[], string[]?];
       claimed += ids.length;
+      deleted.push(...deletedIds);
       cursor = next;
     } while (cursor !== '0-0');
+    if (deleted.length > 0) {
+      // Redis 7 drops them from the pending list as it answers: nothing else would ever say so.
+      this.#deps.logger.error(
+        { partition, count: deleted.length, entryIds: deleted.slice(0, DELETED_LISTED) },
+        'pending entries of the previous owner were deleted from the stream outside Outpost (XDEL, or XTRIM by length) and are no longer pending: their events are lost unless they had applied (the main database has those in events); a replay cannot bring them back',
+      );
+    }
     return claimed;
   }
 
