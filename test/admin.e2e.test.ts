@@ -12,7 +12,7 @@ import {
 } from '../src/log/codec.ts';
 import { compareEntryIds } from '../src/log/entry-id.ts';
 import { EventLog } from '../src/log/event-log.ts';
-import { partitionCountKey, processRosterKey } from '../src/log/keys.ts';
+import { CONSUMER_GROUP, partitionCountKey, processRosterKey } from '../src/log/keys.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli, runCliWith } from './harness/cli.ts';
 import { Harness, scrapeMetric, waitFor, withField } from './harness/harness.ts';
@@ -2666,5 +2666,56 @@ void describe('a keyed retry of a write whose named ids are gone since', () => {
     assert.equal(reused.status, 409, reused.text);
     assert.equal(reused.body.error.code, 'idempotency_key_reused');
     assert.deepEqual(await streamEventIds(h), before, 'nothing appended');
+  });
+});
+
+void describe('a consumer group lost after an operator discarded a dead letter', () => {
+  let h: Harness;
+  after(async () => {
+    await h?.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT IF EXISTS no_poison');
+    await h?.close();
+  });
+
+  void it('does not apply the discarded event when the group, created again, delivers it again', async () => {
+    h = await Harness.start();
+    const unit = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'regrouped', instrument: 'x' })
+    ).body;
+    const poison = await deadLetteredPatch(h, unit.id);
+    const discarded = await h.request(
+      'DELETE',
+      `/admin/dead-letters/${poison.body.event_id}`,
+      { reason: 'a wrong note' },
+      auth(TOKEN),
+    );
+    assert.equal(discarded.status, 200, discarded.text);
+    const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
+    assert.equal(await settledState(h, next.body.event_id), 'confirmed');
+
+    // The group destroyed by hand, its stream kept: the projector creates it again from the
+    // stream's first entry and is delivered every entry a second time.
+    const log = eventLogOf(h);
+    const { stream } = log.keys(partitionOf(unit.id, h.config.partitions));
+    await h.redis.xgroup('DESTROY', stream, CONSUMER_GROUP);
+    const [newest] = await h.redis.xrevrange(stream, '+', '-', 'COUNT', 1);
+    const last = newest?.[0];
+    assert.ok(last, 'the stream holds entries');
+    await waitFor(async () => {
+      const groups = (await h.redis.xinfo('GROUPS', stream).catch(() => [])) as unknown[][];
+      const group = groups.find((fields) => fields[1] === CONSUMER_GROUP);
+      const delivered = group?.[group.indexOf('last-delivered-id') + 1] as string | undefined;
+      const pending = group?.[group.indexOf('pending') + 1];
+      return delivered === last && pending === 0;
+    }, 'the group created again to have delivered and acknowledged every entry again');
+    assert.deepEqual(
+      await h.mainRows('SELECT 1 FROM events WHERE event_id = $1', [poison.body.event_id]),
+      [],
+      'the discarded patch is still not applied',
+    );
+    const rows = await h.mainRows<{ notes: string; version: number }>(
+      'SELECT notes, version FROM executed_obs_units WHERE id = $1',
+      [unit.id],
+    );
+    assert.deepEqual(rows, [{ notes: 'next', version: 2 }]);
   });
 });

@@ -913,6 +913,40 @@ export const deadLetterIdIn = (text: string): string | undefined => {
   return entryId !== undefined && isStreamEntryId(entryId) ? text : undefined;
 };
 
+/**
+ * Events an operator discarded from the dead letters, by event id and by the entry that held
+ * them. Their entries stay in the stream until the retention trims them, acknowledged and never
+ * applied: a replay must not bring them back, nor count an undecodable one as failing, and a
+ * consumer group created again must not apply them when it delivers them a second time. (Audits
+ * of earlier builds name no entry.)
+ *
+ * Read once whole, then brought up to date by reading only the records filed since. A discard
+ * files its record in the same script that takes the letter out of the dead index, so a page
+ * whose dead-index look is followed by an update cannot miss one discarded in between (during a
+ * long replay) and bring it back.
+ */
+export const discardedIds = (eventLog: EventLog, partition: number) => {
+  const ids = new Set<string>();
+  let after = '-';
+  return async (): Promise<Set<string>> => {
+    const audits = (await eventLog.redis.xrange(
+      eventLog.keys(partition).discarded,
+      after,
+      '+',
+    )) as RawEntry[];
+    for (const [id, fields] of audits) {
+      const { event_id, original_entry_id } = entryRecord(fields);
+      for (const known of [event_id, original_entry_id]) {
+        if (known) {
+          ids.add(known);
+        }
+      }
+      after = `(${id}`;
+    }
+    return ids;
+  };
+};
+
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {
   const record = entryRecord(raw[1]);
   return {

@@ -417,14 +417,23 @@ export class EventLog {
     await this.#createGroup(this.keys(partition));
   }
 
-  /** From the stream's first entry; a group that is there already is left as it is. */
+  /**
+   * From the stream's first entry; a group that is there already is left as it is. Created over
+   * entries the stream already holds, it delivers again what was acknowledged before: how far is
+   * kept, so that the projector leaves out the events an operator discarded among them.
+   */
   async #createGroup(keys: PartitionKeys): Promise<void> {
+    const [last] = (await this.#redis.xrevrange(keys.stream, '+', '-', 'COUNT', 1)) as RawEntry[];
     try {
       await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
     } catch (err) {
       if (!String((err as Error).message).includes('BUSYGROUP')) {
         throw err;
       }
+      return;
+    }
+    if (last) {
+      await this.#redis.set(keys.redeliveredThrough, last[0]);
     }
   }
 

@@ -35,6 +35,12 @@ export type PartitionKeys = {
   discarded: string;
   /** The newest entry id trimming has removed from the stream: replays before it are cut short. */
   trimmedThrough: string;
+  /**
+   * The newest entry id the stream held when its consumer group was created again from its first
+   * entry (the group lost, its stream kept): up to it, entries acknowledged before are delivered a
+   * second time, and those an operator discarded from the dead letters must not apply then.
+   */
+  redeliveredThrough: string;
   /** Attempts per entry id, for entries whose application failed on data. */
   attempts: string;
   /**
@@ -124,6 +130,7 @@ export const partitionKeys = (namespace: string, partition: number): PartitionKe
     blockedAggregates: `${prefix}:blocked-aggregates`,
     discarded: `${prefix}:discarded`,
     trimmedThrough: `${prefix}:trimmed-through`,
+    redeliveredThrough: `${prefix}:redelivered-through`,
     inflight: (aggregateType, aggregateId) =>
       inflightBucket(aggregateType, idBucket(aggregateId, INFLIGHT_BUCKETS)),
     inflightBucket,

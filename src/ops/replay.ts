@@ -4,7 +4,8 @@ import { appliedEventIds } from '../db/queries/apply.ts';
 import { partitionRootOf, upstreamIdsOf } from '../domain/events.ts';
 import { partitionOf } from '../domain/ids.ts';
 import { appendTo } from '../lists.ts';
-import { decodeEntry, entryRecord, type LogEntry, type RawEntry } from '../log/codec.ts';
+import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
+import { discardedIds } from '../log/dead-letters.ts';
 import {
   compareEntryIds,
   entryIdAt,
@@ -431,39 +432,6 @@ const firstEntryAfter = async (
   return first?.[0] ?? trimmedThrough;
 };
 
-/**
- * Events an operator discarded from the dead letters, by event id and by the entry that held
- * them. Their entries stay in the stream until the retention trims them, acknowledged and never
- * applied: a replay must not bring them back, nor count an undecodable one as failing. (Audits
- * of earlier builds name no entry.)
- *
- * Read once whole, then brought up to date by reading only the records filed since. A discard
- * files its record in the same script that takes the letter out of the dead index, so a page
- * whose dead-index look is followed by an update cannot miss one discarded in between (during a
- * long replay) and bring it back.
- */
-const discardedIds = (deps: Deps, partition: number) => {
-  const ids = new Set<string>();
-  let after = '-';
-  return async (): Promise<Set<string>> => {
-    const audits = (await deps.eventLog.redis.xrange(
-      deps.eventLog.keys(partition).discarded,
-      after,
-      '+',
-    )) as RawEntry[];
-    for (const [id, fields] of audits) {
-      const { event_id, original_entry_id } = entryRecord(fields);
-      for (const known of [event_id, original_entry_id]) {
-        if (known) {
-          ids.add(known);
-        }
-      }
-      after = `(${id}`;
-    }
-    return ids;
-  };
-};
-
 /** `discardedIds` of each partition a scan asks about, each read whole once and then kept up to date. */
 type DiscardedIn = (partition: number) => Promise<ReadonlySet<string>>;
 
@@ -472,7 +440,7 @@ const discardedReaders = (deps: Deps): DiscardedIn => {
   return (partition) => {
     let reader = readers.get(partition);
     if (reader === undefined) {
-      reader = discardedIds(deps, partition);
+      reader = discardedIds(deps.eventLog, partition);
       readers.set(partition, reader);
     }
     return reader();

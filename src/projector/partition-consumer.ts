@@ -5,9 +5,16 @@ import { EVENT_TYPES, upstreamIdsOf } from '../domain/events.ts';
 import { UpstreamNotAppliedError } from '../domain/fold.ts';
 import type { LivePublisher } from '../live/live-message.ts';
 import { ReadOnlyWatch, writeRefusal } from '../log/capacity.ts';
-import { decodeEntry, type LogEntry, type RawEntry, UndecodableEntryError } from '../log/codec.ts';
+import {
+  decodeEntry,
+  entryRecord,
+  type LogEntry,
+  type RawEntry,
+  UndecodableEntryError,
+} from '../log/codec.ts';
 import {
   type DeadLetters,
+  discardedIds,
   type FailedEntry,
   failedEntryOf,
   failedEntryOfEvent,
@@ -64,6 +71,8 @@ type Read = {
   recorded?: ReadonlyMap<string, string>;
   /** Consumers other than this one holding entries of the partition, by name (reads of new ones). */
   strandedWith?: string[];
+  /** `PartitionKeys.redeliveredThrough`, read with the batch: null unless the group was lost. */
+  redeliveredThrough: string | null;
 };
 /**
  * A page of this consumer's own pending entries; `pageEnd` is the page's last id, where the next
@@ -439,12 +448,17 @@ export class PartitionConsumer {
       .pipeline()
       .call('XREADGROUP', ...args, 'STREAMS', keys.stream, from)
       .scard(keys.blockedAggregates)
-      .xpending(keys.stream, CONSUMER_GROUP);
+      .xpending(keys.stream, CONSUMER_GROUP)
+      .get(keys.redeliveredThrough);
     const replies = await pipeline.exec();
-    const [[readError, reply] = [], [countError, blockedCount] = [], [pendingError, summary] = []] =
-      replies ?? [];
-    if (readError || countError || pendingError) {
-      throw readError ?? countError ?? pendingError;
+    const [
+      [readError, reply] = [],
+      [countError, blockedCount] = [],
+      [pendingError, summary] = [],
+      [markError, redeliveredThrough] = [],
+    ] = replies ?? [];
+    if (readError || countError || pendingError || markError) {
+      throw readError ?? countError ?? pendingError ?? markError;
     }
     const entries = (reply as StreamReply)?.[0]?.[1] ?? [];
     return {
@@ -452,6 +466,7 @@ export class PartitionConsumer {
       entries: entries.map(([id, fields]) => [id, fields ?? []] as RawEntry),
       blockedAggregates: Number(blockedCount),
       strandedWith: consumersBesides(summary, lease.consumer),
+      redeliveredThrough: (redeliveredThrough as string | null) ?? null,
     };
   }
 
@@ -500,11 +515,50 @@ export class PartitionConsumer {
     this.rereadOwnPending();
   }
 
+  /**
+   * A consumer group created again delivers a second time what was acknowledged before, up to
+   * `redeliveredThrough`: applied events are found applied, dead-lettered ones keep their one
+   * letter, but an event an operator discarded from the dead letters is in neither place, and
+   * would apply now, after the later events of its aggregate. Those are acknowledged again instead.
+   */
+  async #leaveOutDiscarded(
+    entries: RawEntry[],
+    redeliveredThrough: string | null,
+  ): Promise<RawEntry[]> {
+    if (
+      redeliveredThrough === null ||
+      !entries.some(([id]) => compareEntryIds(id, redeliveredThrough) <= 0)
+    ) {
+      return entries;
+    }
+    const readDiscarded = this.#discarded ?? discardedIds(this.#deps.eventLog, this.#partition);
+    this.#discarded = readDiscarded;
+    const discarded = await readDiscarded();
+    const isDiscarded = ([id, fields]: RawEntry) =>
+      compareEntryIds(id, redeliveredThrough) <= 0 &&
+      (discarded.has(id) || discarded.has(entryRecord(fields).event_id ?? ''));
+    const left = entries.filter(isDiscarded).map(([id]) => id);
+    if (left.length === 0) {
+      return entries;
+    }
+    this.#requireLease();
+    const { eventLog, logger } = this.#deps;
+    await eventLog.redis.xack(eventLog.keys(this.#partition).stream, CONSUMER_GROUP, ...left);
+    logger.warn(
+      { partition: this.#partition, entryIds: left },
+      'left out events an operator discarded from the dead letters, delivered again by a consumer group created again',
+    );
+    return entries.filter((entry) => !isDiscarded(entry));
+  }
+
+  #discarded: (() => Promise<Set<string>>) | undefined;
+
   async #process(
-    { entries: raw, blockedAggregates, recorded = new Map() }: Read,
+    { entries: read, blockedAggregates, recorded = new Map(), redeliveredThrough }: Read,
     probing: boolean,
   ): Promise<void> {
     const started = performance.now();
+    const raw = await this.#leaveOutDiscarded(read, redeliveredThrough);
     const decoded: LogEntry[] = [];
     const undecodable: { entry: RawEntry; err: UndecodableEntryError }[] = [];
     for (const entry of raw) {
