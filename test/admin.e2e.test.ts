@@ -62,6 +62,27 @@ const deadLetteredPatch = async (h: Harness, unitId: string) => {
 };
 
 /**
+ * A unit whose patch was dead-lettered and discarded, then patched again (notes 'next') and that
+ * patch confirmed: applied, not held behind an event no list shows.
+ */
+const patchedPastADiscardedLetter = async (h: Harness, obsUnitId: string) => {
+  const unit = (
+    await h.post('/executed_obs_units/start', { obs_unit_id: obsUnitId, instrument: 'x' })
+  ).body;
+  const poison = await deadLetteredPatch(h, unit.id);
+  const discarded = await h.request(
+    'DELETE',
+    `/admin/dead-letters/${poison.body.event_id}`,
+    { reason: 'a wrong note, not worth keeping' },
+    auth(TOKEN),
+  );
+  assert.equal(discarded.status, 200, discarded.text);
+  const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
+  assert.equal(await settledState(h, next.body.event_id), 'confirmed');
+  return { unit, poison };
+};
+
+/**
  * A site of its own for the describe it is called in, whose service only takes writes (projectors
  * are started by the tests), with the poison constraint dropped when it is done.
  */
@@ -691,23 +712,7 @@ void describe('admin and incident tools', () => {
   });
 
   void it("lets a unit's next events apply once its only dead letter is discarded", async () => {
-    const unit = (
-      await h.post('/executed_obs_units/start', { obs_unit_id: 'discarded-patch', instrument: 'x' })
-    ).body;
-    const poison = await deadLetteredPatch(h, unit.id);
-    const discarded = await h.request(
-      'DELETE',
-      `/admin/dead-letters/${poison.body.event_id}`,
-      { reason: 'a wrong note, not worth keeping' },
-      auth(TOKEN),
-    );
-    assert.equal(discarded.status, 200, discarded.text);
-    const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
-    assert.equal(
-      await settledState(h, next.body.event_id),
-      'confirmed',
-      'applied, not held behind an event no list shows',
-    );
+    const { unit, poison } = await patchedPastADiscardedLetter(h, 'discarded-patch');
     assert.equal((await h.get(`/executed_obs_units/${unit.id}`)).body.notes, 'next');
 
     // A replay over the whole log leaves discarded events out; it does not bring them back.
@@ -2678,19 +2683,7 @@ void describe('a consumer group lost after an operator discarded a dead letter',
 
   void it('does not apply the discarded event when the group, created again, delivers it again', async () => {
     h = await Harness.start();
-    const unit = (
-      await h.post('/executed_obs_units/start', { obs_unit_id: 'regrouped', instrument: 'x' })
-    ).body;
-    const poison = await deadLetteredPatch(h, unit.id);
-    const discarded = await h.request(
-      'DELETE',
-      `/admin/dead-letters/${poison.body.event_id}`,
-      { reason: 'a wrong note' },
-      auth(TOKEN),
-    );
-    assert.equal(discarded.status, 200, discarded.text);
-    const next = await h.request('PATCH', `/executed_obs_units/${unit.id}`, { notes: 'next' });
-    assert.equal(await settledState(h, next.body.event_id), 'confirmed');
+    const { unit, poison } = await patchedPastADiscardedLetter(h, 'regrouped');
 
     // The group destroyed by hand, its stream kept: the projector creates it again from the
     // stream's first entry and is delivered every entry a second time.
