@@ -700,6 +700,13 @@ void describe('database faults under load', () => {
       assert.equal(read.status, 503, read.text);
       assert.equal(read.body.error.code, 'replica_unavailable');
       assert.ok(readMs < 3_000, `the read answered at once (${readMs} ms)`);
+      // A cursor no page gave can never succeed: a 400 while the replica is away too, not a 503
+      // that tells the client to retry it.
+      for (const path of ['/executed_obs_units?cursor=abc', '/raw_data_files?cursor=abc']) {
+        const list = await harness.get(path);
+        assert.equal(list.status, 400, `${path}: ${list.text}`);
+        assert.equal(list.body.error.code, 'invalid_cursor', path);
+      }
       assert.match((await breakerGauge()) ?? '', /^[12]$/, 'open, or looking again');
 
       proxy.heal();

@@ -123,14 +123,10 @@ export const registerUnitRoutes = (app: App, deps: AppDeps) => {
       ...(query.obs_unit_id ? [{ column: 'obs_unit_id', value: query.obs_unit_id }] : []),
       ...(query.status ? [{ column: 'status', value: query.status }] : []),
     ];
+    // Decoded first: a cursor no page gave is a 400 whether or not the replica answers.
+    const cursor = decodeCursor(query.cursor);
     const page = await replicaCall(deps, (replica) =>
-      listMerged(
-        readDeps(deps, replica),
-        'executed_obs_unit',
-        filters,
-        decodeCursor(query.cursor),
-        query.limit,
-      ),
+      listMerged(readDeps(deps, replica), 'executed_obs_unit', filters, cursor, query.limit),
     );
     return c.json(page);
   });

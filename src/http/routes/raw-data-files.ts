@@ -75,14 +75,10 @@ export const registerFileRoutes = (app: App, deps: AppDeps) => {
     const filters = query.executed_obs_unit_id
       ? [{ column: 'executed_obs_unit_id', value: query.executed_obs_unit_id }]
       : [];
+    // Decoded first: a cursor no page gave is a 400 whether or not the replica answers.
+    const cursor = decodeCursor(query.cursor);
     const page = await replicaCall(deps, (replica) =>
-      listMerged(
-        readDeps(deps, replica),
-        'raw_data_file',
-        filters,
-        decodeCursor(query.cursor),
-        query.limit,
-      ),
+      listMerged(readDeps(deps, replica), 'raw_data_file', filters, cursor, query.limit),
     );
     return c.json(page);
   });
