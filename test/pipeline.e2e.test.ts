@@ -133,6 +133,50 @@ void describe('core pipeline', () => {
         ]),
         [[started.id, 2, 'after the start']],
       );
+      // Between a batch's commit and the commit LSN stamped on its events after it, the replica
+      // shows the row without the LSN that Redis already holds: both reads of the event name it.
+      const [stamped] = await h.mainRows<{ lsn: string }>(
+        'SELECT commit_lsn::text AS lsn FROM events WHERE event_id = $1',
+        [started.event_id],
+      );
+      assert.ok(stamped?.lsn, 'the batch stamped its commit LSN');
+      await h.main.query('UPDATE events SET commit_lsn = NULL WHERE event_id = $1', [
+        started.event_id,
+      ]);
+      await eventLogOf(h).recordApplied(partition, [
+        {
+          lsn: stamped.lsn,
+          entryId: start.entryId,
+          eventId: started.event_id,
+          aggregateId: started.id,
+          aggregateType: 'executed_obs_unit',
+        },
+      ]);
+      await waitFor(
+        async () =>
+          (
+            await h.replicaRows('SELECT 1 FROM events WHERE event_id = $1 AND commit_lsn IS NULL', [
+              started.event_id,
+            ])
+          ).length === 1,
+        'the replica to show the row without its LSN',
+      );
+      assert.equal((await h.get(`/events/${started.event_id}`)).body.commit_lsn, stamped.lsn);
+      const unstamped = await h.get(`/aggregates/${started.id}/events`);
+      assert.deepEqual(
+        unstamped.body.items.map((e: { state: string; commit_lsn?: string }) => [
+          e.state,
+          e.commit_lsn,
+        ]),
+        [
+          ['applied', stamped.lsn],
+          ['pending', undefined],
+        ],
+      );
+      await h.main.query('UPDATE events SET commit_lsn = $2 WHERE event_id = $1', [
+        started.event_id,
+        stamped.lsn,
+      ]);
     });
 
     /**

@@ -186,15 +186,17 @@ export const readAggregateEvents = async (
   const onReplica = new Set(stored.map((s) => s.event_id));
   const pending = pendingOnly(inflight, onReplica);
   const lsns = pending.map((e) => lsnOf.get(e.entryId));
-  const inflightIds = new Set(inflight.map((e) => e.event.event_id));
+  // An applied event still in flight: the replica may show its row before the commit LSN stamped
+  // on it after the commit, which Redis already holds (as GET /events/{id} says it).
+  const inflightLsnOf = new Map(inflight.map((e, i) => [e.event.event_id, inflightLsns[i]]));
   const items = [
-    ...stored.map(
-      (s) =>
-        ({
-          ...fromStored(s),
-          state: inflightIds.has(s.event_id) ? 'applied' : 'confirmed',
-        }) as EventView,
-    ),
+    ...stored.map((s): EventView => {
+      if (!inflightLsnOf.has(s.event_id)) {
+        return fromStored(s);
+      }
+      const lsn = inflightLsnOf.get(s.event_id) ?? s.commit_lsn;
+      return { ...fromStored(s), state: 'applied', ...(lsn ? { commit_lsn: lsn } : {}) };
+    }),
     ...pending.map((e, i) => {
       const lsn = lsns[i];
       return fromEntry(e, partition, lsn ? 'applied' : 'pending', lsn ? { commit_lsn: lsn } : {});
