@@ -60,17 +60,29 @@ const configurationCreated = (h: Harness, partition: number): Envelope => ({
 
 /** Removes aggregates from the main database entirely, as a restore from an older backup would. */
 const forget = async (h: Harness, ids: string[]) => {
-  for (const statement of [
-    'DELETE FROM events WHERE aggregate_id = ANY($1)',
-    'DELETE FROM aggregate_heads WHERE aggregate_id = ANY($1)',
-    'DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1)',
-    'DELETE FROM aggregate_links WHERE downstream_id = ANY($1)',
-    'DELETE FROM executed_obs_units WHERE id = ANY($1)',
-    'DELETE FROM raw_data_files WHERE id = ANY($1)',
-    'DELETE FROM raw_data_packages WHERE id = ANY($1)',
-    'DELETE FROM aggregates WHERE id = ANY($1)',
-  ]) {
-    await h.main.query(statement, [ids]);
+  // In one transaction, as a restore is to the projector: one that looked between the statements
+  // would find an aggregate without its events, which no restore leaves.
+  const client = await h.main.connect();
+  try {
+    await client.query('BEGIN');
+    for (const statement of [
+      'DELETE FROM events WHERE aggregate_id = ANY($1)',
+      'DELETE FROM aggregate_heads WHERE aggregate_id = ANY($1)',
+      'DELETE FROM aggregate_stats WHERE aggregate_id = ANY($1)',
+      'DELETE FROM aggregate_links WHERE downstream_id = ANY($1)',
+      'DELETE FROM executed_obs_units WHERE id = ANY($1)',
+      'DELETE FROM raw_data_files WHERE id = ANY($1)',
+      'DELETE FROM raw_data_packages WHERE id = ANY($1)',
+      'DELETE FROM aggregates WHERE id = ANY($1)',
+    ]) {
+      await client.query(statement, [ids]);
+    }
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
+  } finally {
+    client.release();
   }
 };
 
