@@ -1468,6 +1468,15 @@ void describe('admin and incident tools', () => {
       assert.equal(filtered.body.entries.length, 0);
       const bad = await h.request('GET', '/admin/pending?partition=99', undefined, auth(TOKEN));
       assert.equal(bad.status, 400);
+      // A misspelt filter is refused, not ignored: the whole log shown as if filtered misleads.
+      for (const path of ['/admin/pending?partiton=1', '/admin/dead-letters?limt=5']) {
+        const misspelt = await h.request('GET', path, undefined, auth(TOKEN));
+        assert.equal(misspelt.status, 400, `${path}: ${misspelt.text}`);
+        assert.equal(misspelt.body.error.code, 'validation_failed');
+        assert.deepEqual(misspelt.body.error.details, [
+          { path: path.includes('partiton') ? 'partiton' : 'limt', message: 'unknown field' },
+        ]);
+      }
 
       // An operator's shell configured with one partition more than the site has is told so,
       // rather than shown part of the log.

@@ -34,14 +34,15 @@ import { mainCall, replicaCall } from '../outages.ts';
 import { pageLimit, queryWholeNumber } from '../schemas.ts';
 import { type App, readQuery } from './shared.ts';
 
-const PendingQuery = z.object({
+// Strict: a misspelt filter (`?partiton=3`) ignored would answer with the whole log as if filtered.
+const PendingQuery = z.strictObject({
   partition: queryWholeNumber.optional(),
   min_idle_ms: queryWholeNumber.optional(),
   consumer: z.string().min(1).max(200).optional(),
   limit: pageLimit,
 });
 
-const DeadListQuery = z.object({
+const DeadListQuery = z.strictObject({
   limit: pageLimit,
   cursor: z.string().refine(isDeadLetterCursor, 'not a cursor this API returned').optional(),
 });
