@@ -926,9 +926,9 @@ export const deadLetterIdIn = (text: string): string | undefined => {
  * long replay) and bring it back.
  */
 export const discardedIds = (eventLog: EventLog, partition: number) => {
-  const ids = new Set<string>();
+  const discards = new Map<string, string>();
   let after = '-';
-  return async (): Promise<Set<string>> => {
+  return async (): Promise<Discards> => {
     const audits = (await eventLog.redis.xrange(
       eventLog.keys(partition).discarded,
       after,
@@ -938,13 +938,34 @@ export const discardedIds = (eventLog: EventLog, partition: number) => {
       const { event_id, original_entry_id } = entryRecord(fields);
       for (const known of [event_id, original_entry_id]) {
         if (known) {
-          ids.add(known);
+          discards.set(known, id);
         }
       }
       after = `(${id}`;
     }
-    return ids;
+    return discards;
   };
+};
+
+/** What discard records name (event ids, and the entries that held them) → the record's own id. */
+export type Discards = ReadonlyMap<string, string>;
+
+/**
+ * Whether an entry holds what an operator discarded: the entry a record names, or an entry of the
+ * event older than the record. A later entry of the same event was put back after the discard (a
+ * duplicate entry of it, dead-lettered on its own once the block was lifted, then retried by an
+ * operator) and is to apply.
+ */
+export const isDiscardedEntry = (
+  discards: Discards,
+  entryId: string,
+  eventId: string | undefined,
+): boolean => {
+  if (discards.has(entryId)) {
+    return true;
+  }
+  const discardedAt = eventId ? discards.get(eventId) : undefined;
+  return discardedAt !== undefined && compareEntryIds(entryId, discardedAt) < 0;
 };
 
 export const failedEntryOf = (raw: RawEntry): FailedEntry => {

@@ -147,6 +147,7 @@ type Commands = {
   outpostHoldKey(numKeys: number, ...args: string[]): Promise<number>;
   outpostPartitionCount(numKeys: number, ...args: string[]): Promise<RosterOutcome>;
   outpostTrim(numKeys: number, ...args: string[]): Promise<number>;
+  outpostCreateGroup(numKeys: number, ...args: string[]): Promise<0 | 1>;
   outpostUndelivered(numKeys: number, ...args: string[]): Promise<[number, string]>;
 };
 
@@ -376,6 +377,7 @@ export class EventLog {
       lua: script('partition-count', 'entry-ids', 'groups'),
     });
     redis.defineCommand('outpostTrim', { lua: script('trim', 'entry-ids') });
+    redis.defineCommand('outpostCreateGroup', { lua: script('create-group') });
     redis.defineCommand('outpostUndelivered', {
       lua: script('undelivered', 'entry-ids', 'groups'),
     });
@@ -423,18 +425,7 @@ export class EventLog {
    * kept, so that the projector leaves out the events an operator discarded among them.
    */
   async #createGroup(keys: PartitionKeys): Promise<void> {
-    const [last] = (await this.#redis.xrevrange(keys.stream, '+', '-', 'COUNT', 1)) as RawEntry[];
-    try {
-      await this.#redis.xgroup('CREATE', keys.stream, CONSUMER_GROUP, '0', 'MKSTREAM');
-    } catch (err) {
-      if (!String((err as Error).message).includes('BUSYGROUP')) {
-        throw err;
-      }
-      return;
-    }
-    if (last) {
-      await this.#redis.set(keys.redeliveredThrough, last[0]);
-    }
+    await this.#redis.outpostCreateGroup(2, keys.stream, keys.redeliveredThrough, CONSUMER_GROUP);
   }
 
   /**

@@ -5,7 +5,7 @@ import { partitionRootOf, upstreamIdsOf } from '../domain/events.ts';
 import { partitionOf } from '../domain/ids.ts';
 import { appendTo } from '../lists.ts';
 import { decodeEntry, type LogEntry, type RawEntry } from '../log/codec.ts';
-import { discardedIds } from '../log/dead-letters.ts';
+import { type Discards, discardedIds, isDiscardedEntry } from '../log/dead-letters.ts';
 import {
   compareEntryIds,
   entryIdAt,
@@ -433,10 +433,10 @@ const firstEntryAfter = async (
 };
 
 /** `discardedIds` of each partition a scan asks about, each read whole once and then kept up to date. */
-type DiscardedIn = (partition: number) => Promise<ReadonlySet<string>>;
+type DiscardedIn = (partition: number) => Promise<Discards>;
 
 const discardedReaders = (deps: Deps): DiscardedIn => {
-  const readers = new Map<number, () => Promise<Set<string>>>();
+  const readers = new Map<number, () => Promise<Discards>>();
   return (partition) => {
     let reader = readers.get(partition);
     if (reader === undefined) {
@@ -534,17 +534,20 @@ const missingFrom = async (
   // After the dead index: one discarded since holds its audit record by now, filed where the
   // letter was: where the entry lies, or (given back by an earlier replay) its aggregate's
   // partition now.
-  const discarded = new Map<number, ReadonlySet<string>>();
+  const discarded = new Map<number, Discards>();
   for (const at of new Set([partition, ...currents])) {
     discarded.set(at, await discardedIn(at));
   }
-  const isDiscarded = (eventId: string, i: number) =>
-    discarded.get(partition)?.has(eventId) || discarded.get(currents[i] ?? partition)?.has(eventId);
+  const isDiscarded = ({ entryId, event }: LogEntry, i: number) =>
+    [partition, currents[i] ?? partition].some((at) => {
+      const discards = discarded.get(at);
+      return discards !== undefined && isDiscardedEntry(discards, entryId, event.event_id);
+    });
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
     if (applied.has(entry.event.event_id)) {
       report.already_applied += 1;
-    } else if (isDiscarded(entry.event.event_id, i)) {
+    } else if (isDiscarded(entry, i)) {
       report.discarded += 1;
     } else if (pending[i]) {
       report.in_flight += 1;

@@ -14,10 +14,12 @@ import {
 } from '../log/codec.ts';
 import {
   type DeadLetters,
+  type Discards,
   discardedIds,
   type FailedEntry,
   failedEntryOf,
   failedEntryOfEvent,
+  isDiscardedEntry,
   NotHolderError,
 } from '../log/dead-letters.ts';
 import { compareEntryIds } from '../log/entry-id.ts';
@@ -536,7 +538,7 @@ export class PartitionConsumer {
     const discarded = await readDiscarded();
     const isDiscarded = ([id, fields]: RawEntry) =>
       compareEntryIds(id, redeliveredThrough) <= 0 &&
-      (discarded.has(id) || discarded.has(entryRecord(fields).event_id ?? ''));
+      isDiscardedEntry(discarded, id, entryRecord(fields).event_id);
     const left = entries.filter(isDiscarded).map(([id]) => id);
     if (left.length === 0) {
       return entries;
@@ -551,7 +553,7 @@ export class PartitionConsumer {
     return entries.filter((entry) => !isDiscarded(entry));
   }
 
-  #discarded: (() => Promise<Set<string>>) | undefined;
+  #discarded: (() => Promise<Discards>) | undefined;
 
   async #process(
     { entries: read, blockedAggregates, recorded = new Map(), redeliveredThrough }: Read,
