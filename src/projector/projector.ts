@@ -233,7 +233,7 @@ export class Projector {
       // Redis 7 drops them from the pending list as it answers: nothing else would ever say so.
       this.#deps.logger.error(
         { partition, count: deleted.length, entryIds: deleted.slice(0, DELETED_LISTED) },
-        'pending entries of the previous owner were deleted from the stream outside Outpost (XDEL, or XTRIM by length) and are no longer pending: their events are lost unless they had applied (the main database has those in events); a replay cannot bring them back',
+        'pending entries taken over with the partition were deleted from the stream outside Outpost (XDEL, or XTRIM by length) and are no longer pending: their events are lost unless they had applied (the main database has those in events); a replay cannot bring them back',
       );
     }
     return claimed;
