@@ -86,8 +86,26 @@ export class CircuitBreaker {
     if (wasProbe || this.#failures >= this.#options.failureThreshold) {
       this.#openedAt = this.#options.now();
       this.#set('open');
+      this.#halfOpenWhenCooled();
     }
   }
+
+  /**
+   * Says half-open once the cool-down is over, not only when a caller takes the probe: a
+   * projector with nothing to apply takes none, and its gauge said open while /health, reading
+   * `state`, said half-open.
+   */
+  #halfOpenWhenCooled() {
+    clearTimeout(this.#coolDownTimer);
+    this.#coolDownTimer = setTimeout(() => {
+      if (this.#state === 'open' && this.state === 'half_open') {
+        this.#set('half_open');
+      }
+    }, this.#options.coolDownMs);
+    this.#coolDownTimer.unref();
+  }
+
+  #coolDownTimer: NodeJS.Timeout | undefined;
 
   #set(state: BreakerState) {
     if (this.#state !== state) {

@@ -30,6 +30,25 @@ void describe('CircuitBreaker', () => {
     assert.deepEqual(changes, ['open']);
   });
 
+  void it('says half-open once the cool-down is over, though no caller takes the probe', async () => {
+    const changes: string[] = [];
+    const breaker = new CircuitBreaker({
+      failureThreshold: 1,
+      coolDownMs: 20,
+      onChange: (s) => changes.push(s),
+    });
+    breaker.recordFailure();
+    assert.deepEqual(changes, ['open']);
+    const deadline = Date.now() + 5_000;
+    while (changes.length < 2 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.deepEqual(changes, ['open', 'half_open']);
+    assert.equal(breaker.tryAcquire(), true, 'the probe is free');
+    breaker.recordFailure();
+    assert.deepEqual(changes, ['open', 'half_open', 'open'], 'a failed probe opens it again');
+  });
+
   void it('lets exactly one half-open probe through and closes on its success', () => {
     const { breaker, changes, advance } = breakerAt();
     for (let i = 0; i < 5; i += 1) {
