@@ -95,13 +95,21 @@ export class CircuitBreaker {
    * projector with nothing to apply takes none, and its gauge said open while /health, reading
    * `state`, said half-open.
    */
-  #halfOpenWhenCooled() {
+  #halfOpenWhenCooled(delayMs = this.#options.coolDownMs) {
     clearTimeout(this.#coolDownTimer);
     this.#coolDownTimer = setTimeout(() => {
-      if (this.#state === 'open' && this.state === 'half_open') {
+      if (this.#state !== 'open') {
+        return;
+      }
+      // A timer may fire a fraction of a millisecond before the monotonic clock says the
+      // cool-down is over (the event loop's clock is cached and whole milliseconds).
+      const left = this.waitMs();
+      if (left > 0) {
+        this.#halfOpenWhenCooled(Math.ceil(left));
+      } else {
         this.#set('half_open');
       }
-    }, this.#options.coolDownMs);
+    }, delayMs);
     this.#coolDownTimer.unref();
   }
 
