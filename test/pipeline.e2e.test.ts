@@ -684,3 +684,34 @@ void describe('two sites sharing one main database', () => {
     assert.equal(restarted.projector?.stats().lastError ?? null, null);
   });
 });
+
+void describe('a Redis whose ACL denies INFO to the service', () => {
+  let h: Harness;
+  const user = `no-info-${process.pid}`;
+  after(async () => {
+    // The service first: its clients, cut off by the user's deletion, would retry for good.
+    for (const service of [...(h?.services ?? [])]) {
+      await h.stopService(service);
+    }
+    await h?.redis.call('ACL', 'DELUSER', user).catch(() => undefined);
+    await h?.close();
+  });
+
+  void it('still answers /buffer-stats and /health, without the memory it cannot read', async () => {
+    h = await Harness.start({ role: 'none' });
+    await h.redis.call('ACL', 'SETUSER', user, 'on', 'nopass', '~*', '&*', '+@all', '-info');
+    const url = new URL(h.config.redisUrl);
+    url.username = user;
+    url.password = 'unused';
+    await h.startService('api', { redisUrl: url.toString() });
+    const written = await h.post('/executed_obs_units/start', startBody('acl'));
+    assert.equal(written.status, 201, written.text);
+    const stats = await h.get('/buffer-stats');
+    assert.equal(stats.status, 200, stats.text);
+    assert.equal(stats.body.buffer_size_mb, null);
+    assert.ok(stats.body.pending_transactions >= 1, stats.text);
+    const health = await h.get('/health');
+    assert.equal(health.status, 200, health.text);
+    assert.equal(health.body.transaction_buffer.memory_used_bytes, null);
+  });
+});

@@ -266,7 +266,11 @@ export const RESPONSE_SCHEMAS: Record<string, JsonSchema> = {
     failed_transactions: count,
     processing_rate: { type: 'number', minimum: 0, description: 'events applied per second' },
     average_execution_time_ms: { type: 'number', minimum: 0 },
-    buffer_size_mb: { type: 'number', minimum: 0 },
+    buffer_size_mb: nullable({
+      type: 'number',
+      minimum: 0,
+      description: "Redis's used memory; null where Redis will not say (INFO denied by an ACL)",
+    }),
     oldest_pending_seconds: seconds,
   }),
   PendingReport: object({

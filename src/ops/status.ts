@@ -226,15 +226,20 @@ export class StatusSource {
   }
 
   async bufferStats() {
-    const totals = totalsOf(await readBuffer(this.#deps.eventLog));
-    const { usedBytes } = await readLogMemory(this.#deps.eventLog.redis);
+    // Redis's memory is asked apart: a Redis whose ACL denies INFO still shows its buffer, as
+    // /health does, where its refusal failed the whole answer with 503 log_unavailable.
+    const [buffer, memory] = await Promise.all([
+      readBuffer(this.#deps.eventLog),
+      settle(readLogMemory(this.#deps.eventLog.redis)),
+    ]);
+    const totals = totalsOf(buffer);
     const processor = this.#deps.projector?.stats();
     return {
       pending_transactions: totals.pending,
       failed_transactions: totals.deadLetters,
       processing_rate: round(processor?.rate ?? 0),
       average_execution_time_ms: round(processor?.averageBatchMs ?? 0),
-      buffer_size_mb: round(usedBytes / (1024 * 1024)),
+      buffer_size_mb: memory === undefined ? null : round(memory.usedBytes / (1024 * 1024)),
       oldest_pending_seconds: round(totals.oldestPendingSeconds),
     };
   }
