@@ -119,6 +119,28 @@ const deliveredTo = async (h: Harness, consumer: string): Promise<[string, strin
   return found;
 };
 
+/**
+ * Freezes a projector (SIGSTOP) once it holds delivered entries, letting it run again while it
+ * holds none: frozen, it can neither apply nor acknowledge, so what it holds then is what it
+ * would die with. Answers those entries.
+ */
+const frozenHolding = async (
+  h: Harness,
+  projector: SpawnedService,
+  consumer: string,
+): Promise<[string, string][]> => {
+  let held: [string, string][] = [];
+  await waitFor(async () => {
+    projector.child.kill('SIGSTOP');
+    held = await deliveredTo(h, consumer);
+    if (held.length === 0) {
+      projector.child.kill('SIGCONT');
+    }
+    return held.length > 0;
+  }, 'the projector to hold delivered entries');
+  return held;
+};
+
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
@@ -186,16 +208,7 @@ void describe('process faults under load', () => {
       const pendingOf = (consumer: string) => deliveredTo(h, consumer);
       const load = h.steadyLoad(80, 'orphaned');
       const gone = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'gone' });
-      // Frozen, it can neither apply nor acknowledge: what it holds then is what it dies with.
-      let orphaned: [string, string][] = [];
-      await waitFor(async () => {
-        gone.child.kill('SIGSTOP');
-        orphaned = await pendingOf('gone');
-        if (orphaned.length === 0) {
-          gone.child.kill('SIGCONT');
-        }
-        return orphaned.length > 0;
-      }, 'the projector to hold delivered entries');
+      const orphaned = await frozenHolding(h, gone, 'gone');
       gone.child.kill('SIGKILL');
       await exited(gone.child);
       const heir = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'heir' });
@@ -231,15 +244,7 @@ void describe('process faults under load', () => {
       h = await Harness.start({ role: 'api' });
       const load = h.steadyLoad(80, 'deleted');
       const gone = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'gone' });
-      let held: [string, string][] = [];
-      await waitFor(async () => {
-        gone.child.kill('SIGSTOP');
-        held = await deliveredTo(h, 'gone');
-        if (held.length === 0) {
-          gone.child.kill('SIGCONT');
-        }
-        return held.length > 0;
-      }, 'the projector to hold delivered entries');
+      const held = await frozenHolding(h, gone, 'gone');
       await load.stop();
       const [stream, entryId] = held[0] as [string, string];
       // What an operator freeing memory with XDEL (or XTRIM MAXLEN) does to a pending entry.

@@ -536,21 +536,26 @@ export class PartitionConsumer {
     const readDiscarded = this.#discarded ?? discardedIds(this.#deps.eventLog, this.#partition);
     this.#discarded = readDiscarded;
     const discarded = await readDiscarded();
-    const isDiscarded = ([id, fields]: RawEntry) =>
-      compareEntryIds(id, redeliveredThrough) <= 0 &&
-      isDiscardedEntry(discarded, id, entryRecord(fields).event_id);
-    const left = entries.filter(isDiscarded).map(([id]) => id);
-    if (left.length === 0) {
+    const left = new Set(
+      entries
+        .filter(
+          ([id, fields]) =>
+            compareEntryIds(id, redeliveredThrough) <= 0 &&
+            isDiscardedEntry(discarded, id, entryRecord(fields).event_id),
+        )
+        .map(([id]) => id),
+    );
+    if (left.size === 0) {
       return entries;
     }
     this.#requireLease();
     const { eventLog, logger } = this.#deps;
     await eventLog.redis.xack(eventLog.keys(this.#partition).stream, CONSUMER_GROUP, ...left);
     logger.warn(
-      { partition: this.#partition, entryIds: left },
+      { partition: this.#partition, entryIds: [...left] },
       'left out events an operator discarded from the dead letters, delivered again by a consumer group created again',
     );
-    return entries.filter((entry) => !isDiscarded(entry));
+    return entries.filter(([id]) => !left.has(id));
   }
 
   #discarded: (() => Promise<Discards>) | undefined;
