@@ -434,6 +434,27 @@ void describe('outpost stack status', () => {
   });
 });
 
+void describe('outpost without a command', () => {
+  const env = { PATH: process.env.PATH, HOME: process.env.HOME };
+
+  void it('fails with its usage and a one-line reason, where --help succeeds', async () => {
+    const bare = await runCliWith(env, []);
+    assert.equal(bare.code, 1, 'a script whose command came out empty must not pass');
+    assert.equal(bare.stdout, '');
+    assert.match(bare.stderr, /^usage: outpost <command>/);
+    assert.equal(
+      bare.stderr.trimEnd().split('\n').at(-1),
+      'outpost: no command given; see outpost --help',
+    );
+    const help = await runCliWith(env, ['--help']);
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^usage: outpost <command>/);
+    const unknown = await runCliWith(env, ['stats']);
+    assert.equal(unknown.code, 1);
+    assert.equal(unknown.stderr, 'outpost: unknown command stats; see outpost --help\n');
+  });
+});
+
 void describe('start-up against servers that do not answer, or a URL that names none', () => {
   const envWith = async (overrides: Record<string, string> = {}) => ({
     PATH: process.env.PATH,

@@ -131,7 +131,12 @@ const main = async (argv: string[]) => {
   const flags: Flags = { json: values.json ?? false, only: values.only };
   const [command, action, argument] = positionals;
   const incidentFlags = { ...values, json: values.json ?? false };
-  if (values.help || command === undefined || command === 'help') {
+  if (command === undefined && !values.help) {
+    // Nothing asked is nothing done: a script's empty command must not pass for success.
+    process.stderr.write(`${USAGE}\n`);
+    throw new CliError('no command given; see outpost --help');
+  }
+  if (values.help || command === 'help') {
     // `outpost help replay` as `outpost replay --help`; a command that does not exist is named.
     const topic = command === 'help' ? action : command;
     if (topic !== undefined && !isCommand(topic)) {
