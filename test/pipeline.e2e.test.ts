@@ -678,6 +678,11 @@ void describe('two sites sharing one main database', () => {
       [await postTo(restarted.port, 'after-replaced')],
       'a write after the replacement, the log that held the name having stopped',
     );
+    // Partitions are leased one after another: the write's may be applied before the last is held.
+    await waitFor(
+      () => restarted.projector?.stats().partitions.length === h.config.partitions,
+      'every partition to be held',
+    );
     assert.deepEqual(restarted.projector?.stats().partitions, [
       ...Array(h.config.partitions).keys(),
     ]);
