@@ -141,6 +141,49 @@ const frozenHolding = async (
   return held;
 };
 
+/** New entries of `stream` read by a consumer named `former-owner`: their ids. */
+const readAsFormerOwner = async (h: Harness, stream: string): Promise<string[]> => {
+  const read = (await h.redis.xreadgroup(
+    'GROUP',
+    CONSUMER_GROUP,
+    'former-owner',
+    'STREAMS',
+    stream,
+    '>',
+  )) as [string, [string, string[]][]][] | null;
+  return (read?.[0]?.[1] ?? []).map(([id]) => id);
+};
+
+/**
+ * A projector named `consumer`, and a unit it applied: the consumer of the unit's partition runs
+ * (a partition leased later would take a former owner's entries over whole, not claim them).
+ */
+const runningAUnit = async (h: Harness, consumer: string, obsUnitId: string) => {
+  const projector = await h.spawnServe('projector', { OUTPOST_CONSUMER: consumer });
+  await projector.ready();
+  const start = await h.post('/executed_obs_units/start', {
+    obs_unit_id: obsUnitId,
+    instrument: 'nircam',
+  });
+  assert.equal(start.status, 201, start.text);
+  const { id, event_id: startEvent } = start.body as { id: string; event_id: string };
+  await waitFor(
+    async () => (await h.get(`/events/${startEvent}`)).body?.state === 'confirmed',
+    'the start to be applied',
+  );
+  return { projector, id };
+};
+
+/** Waits until no client is blocked in XREADGROUP: a stopped projector's last read has ended. */
+const noReadBlocked = (h: Harness): Promise<void> =>
+  waitFor(
+    async () =>
+      !String(await h.redis.call('CLIENT', 'LIST'))
+        .split('\n')
+        .some((client) => /flags=\S*b/.test(client) && /cmd=xreadgroup/.test(client)),
+    "the stopped projector's last blocking read to end",
+  );
+
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
@@ -900,38 +943,21 @@ void describe('process faults under load', () => {
     void it('takes the entries it took back at once, and applies them before later ones', async () => {
       // The idle reclaim, which would take the entry back after a minute, is not what brings it.
       h = await Harness.start({ role: 'api', config: { claimIdleMs: 60_000 } });
-      const heir = await h.spawnServe('projector', { OUTPOST_CONSUMER: 'heir' });
-      await heir.ready();
-      const start = await h.post('/executed_obs_units/start', {
-        obs_unit_id: 'stranded',
-        instrument: 'nircam',
-      });
-      assert.equal(start.status, 201);
-      const { id, event_id: startEvent } = start.body as { id: string; event_id: string };
-      const stateOf = async (eventId: string) =>
-        ((await h.get(`/events/${eventId}`)).body as { state?: string } | undefined)?.state;
-      await waitFor(async () => (await stateOf(startEvent)) === 'confirmed', 'the start');
+      const { projector: heir, id } = await runningAUnit(h, 'heir', 'stranded');
 
       // The heir stops between reads, so none of its reads is blocked in Redis.
       heir.child.kill('SIGSTOP');
       try {
-        await waitFor(
-          async () =>
-            !String(await h.redis.call('CLIENT', 'LIST'))
-              .split('\n')
-              .some((client) => /flags=\S*b/.test(client) && /cmd=xreadgroup/.test(client)),
-          "the heir's last blocking read to end",
-        );
+        await noReadBlocked(h);
         const first = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'first' });
         assert.equal(first.status, 202, first.text);
         // The former owner's read, held in its client until now, takes the patch.
         const stream = eventLogOf(h).keys(partitionOf(id, h.config.partitions)).stream;
-        const formerOwnersRead = ['GROUP', CONSUMER_GROUP, 'former-owner', 'STREAMS', stream, '>'];
-        const taken = (await h.redis.call('XREADGROUP', ...formerOwnersRead)) as [
-          string,
-          [string, string[]][],
-        ][];
-        assert.equal(taken[0]?.[1].length, 1, 'the former owner took the patch');
+        assert.equal(
+          (await readAsFormerOwner(h, stream)).length,
+          1,
+          'the former owner took the patch',
+        );
         const second = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'second' });
         assert.equal(second.status, 202, second.text);
         const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
@@ -944,6 +970,50 @@ void describe('process faults under load', () => {
       assert.match(heir.output(), /claimed entries another consumer read after this one took/);
       heir.child.kill('SIGTERM');
       await exited(heir.child);
+    });
+  });
+
+  void describe('an entry a former owner read after the takeover, then deleted from the stream by hand', () => {
+    let h: Harness;
+    after(() => h?.close());
+
+    void it('is named by the owner that claims the rest, not dropped without a word', async () => {
+      h = await Harness.start({ role: 'api', config: { claimIdleMs: 60_000 } });
+      const { projector: owner, id } = await runningAUnit(h, 'owner', 'read-then-deleted');
+      owner.child.kill('SIGSTOP');
+      let deletedId = '';
+      try {
+        await noReadBlocked(h);
+        const patch = await h.request('PATCH', `/executed_obs_units/${id}`, { notes: 'deleted' });
+        assert.equal(patch.status, 202, patch.text);
+        const stream = eventLogOf(h).keys(partitionOf(id, h.config.partitions)).stream;
+        const taken = await readAsFormerOwner(h, stream);
+        assert.equal(taken.length, 1, 'the former owner took the patch');
+        deletedId = taken[0] as string;
+        // What an operator freeing memory with XDEL does to one of them.
+        assert.equal(await h.redis.xdel(stream, deletedId), 1);
+      } finally {
+        owner.child.kill('SIGCONT');
+      }
+      await waitFor(
+        async () => (await deliveredTo(h, 'former-owner')).length === 0,
+        "the owner to claim the former owner's entries",
+      );
+      const said = () =>
+        owner
+          .output()
+          .split('\n')
+          .find((line) =>
+            line.includes('claimed from another consumer were deleted from the stream'),
+          );
+      await waitFor(() => said() !== undefined, 'the owner to say what it found deleted').catch(
+        (err: Error) => {
+          throw new Error(`${err.message}; it said:\n${owner.output()}`);
+        },
+      );
+      assert.ok(said()?.includes(deletedId), said());
+      owner.child.kill('SIGTERM');
+      await exited(owner.child);
     });
   });
 

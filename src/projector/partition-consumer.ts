@@ -37,6 +37,7 @@ import {
 } from './apply-batch.ts';
 import { Backoff, pause } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
+import { deletedAmong, sayDeletedPending } from './deleted-pending.ts';
 import { classifyFailure, isStatementTimeout } from './errors.ts';
 
 export type ConsumerDeps = {
@@ -486,6 +487,7 @@ export class PartitionConsumer {
     const { redis } = this.#deps.eventLog;
     const stream = this.#deps.eventLog.keys(this.#partition).stream;
     let claimed = 0;
+    const deleted: string[] = [];
     for (const owner of owners) {
       for (;;) {
         const held = (await redis.xpending(
@@ -499,17 +501,20 @@ export class PartitionConsumer {
         if (held.length === 0) {
           break;
         }
-        await redis.xclaim(
+        const asked = held.map(([id]) => id);
+        const got = (await redis.xclaim(
           stream,
           CONSUMER_GROUP,
           this.#deps.lease.consumer,
           0,
-          ...held.map(([id]) => id),
+          ...asked,
           'JUSTID',
-        );
-        claimed += held.length;
+        )) as string[];
+        claimed += got.length;
+        deleted.push(...(await deletedAmong(redis, stream, asked, got)));
       }
     }
+    sayDeletedPending(this.#deps.logger, this.#partition, deleted, 'claimed from another consumer');
     this.#deps.logger.warn(
       { partition: this.#partition, claimed, from: owners },
       'claimed entries another consumer read after this one took the partition over',

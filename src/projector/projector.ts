@@ -13,6 +13,7 @@ import type { Metrics } from '../observability/metrics.ts';
 import { applyBatches, mainChangeSince } from './apply-batch.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
+import { deletedAmong, sayDeletedPending } from './deleted-pending.ts';
 import { LeaseManager } from './leases.ts';
 import { PartitionConsumer } from './partition-consumer.ts';
 import { RecentBatches } from './recent-batches.ts';
@@ -60,8 +61,6 @@ export type ProjectorStats = {
 
 /** Idle pending entries looked at per partition and round; the rest wait for the next. */
 const IDLE_PAGE = 1000;
-/** How many entry ids a log line names of pending entries deleted behind Outpost's back. */
-const DELETED_LISTED = 20;
 
 /**
  * Applies the partitions this process holds leases for, one consumer per partition, behind one
@@ -229,13 +228,7 @@ export class Projector {
       deleted.push(...deletedIds);
       cursor = next;
     } while (cursor !== '0-0');
-    if (deleted.length > 0) {
-      // Redis 7 drops them from the pending list as it answers: nothing else would ever say so.
-      this.#deps.logger.error(
-        { partition, count: deleted.length, entryIds: deleted.slice(0, DELETED_LISTED) },
-        'pending entries taken over with the partition were deleted from the stream outside Outpost (XDEL, or XTRIM by length) and are no longer pending: their events are lost unless they had applied (the main database has those in events); a replay cannot bring them back',
-      );
-    }
+    sayDeletedPending(this.#deps.logger, partition, deleted, 'taken over with the partition');
     return claimed;
   }
 
@@ -319,7 +312,16 @@ export class Projector {
       const own = idle.filter(([, owner]) => owner === me).map(([id]) => id);
       if (others.length > 0) {
         try {
-          await redis.xclaim(stream, CONSUMER_GROUP, me, claimIdleMs, ...others, 'JUSTID');
+          const got = (await redis.xclaim(
+            stream,
+            CONSUMER_GROUP,
+            me,
+            claimIdleMs,
+            ...others,
+            'JUSTID',
+          )) as string[];
+          const deleted = await deletedAmong(redis, stream, others, got);
+          sayDeletedPending(this.#deps.logger, partition, deleted, 'claimed from another consumer');
         } finally {
           // Also when the claim failed: Redis may have run it and lost only its reply, and the
           // entries are then ours, behind the page being read.
