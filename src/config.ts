@@ -384,12 +384,14 @@ export const loadConfig = (env: NodeJS.ProcessEnv = process.env): Config => {
 /** What start-up logs: everything but secrets and credentials in URLs. */
 export const redactedConfig = (config: Config): Record<string, unknown> => {
   const stripCredentials = (url: string) => url.replace(/\/\/[^@/]*@/, '//***@');
+  // Whether the admin API is on, not the token: a redacted token read "***" even when unset.
+  const { adminToken, ...rest } = config;
   return {
-    ...config,
+    ...rest,
+    admin: adminToken === undefined ? 'disabled: OUTPOST_ADMIN_TOKEN is not set' : 'enabled',
     mainDatabaseUrl: stripCredentials(config.mainDatabaseUrl),
     replicaDatabaseUrl: stripCredentials(config.replicaDatabaseUrl),
     redisUrl: stripCredentials(config.redisUrl),
-    adminToken: config.adminToken === undefined ? undefined : '***',
     // Digests are not secrets, but a summary is all start-up needs to say.
     apiTokens:
       config.apiTokens === undefined

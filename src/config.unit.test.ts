@@ -190,8 +190,12 @@ void describe('loadConfig', () => {
     const redacted = redactedConfig(
       loadConfig({ OUTPOST_ADMIN_TOKEN: 's3cret', MAIN_DATABASE_URL: 'postgres://u:pw@h/d' }),
     );
-    assert.equal(redacted.adminToken, '***');
+    assert.equal(redacted.admin, 'enabled');
     assert.ok(!JSON.stringify(redacted).includes('pw'));
     assert.ok(!JSON.stringify(redacted).includes('s3cret'));
+    // Start-up says the admin API is off, where a redacted token looked set either way.
+    const withoutAdmin = redactedConfig(loadConfig({}));
+    assert.equal(withoutAdmin.admin, 'disabled: OUTPOST_ADMIN_TOKEN is not set');
+    assert.equal('adminToken' in withoutAdmin, false);
   });
 });
