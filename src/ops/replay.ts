@@ -92,24 +92,28 @@ export class ReplayBoundError extends Error {
 }
 
 /**
- * A date and time without an offset. JavaScript reads it in the local time zone of the host that
- * parses it: an operator's shell in UTC-3 would start a replay three hours late, and its dry run
- * would report nothing lost. Entry ids count UTC milliseconds, so it is read as UTC.
+ * The ISO-8601 times a bound takes: a day, or a day and a time, with an offset or not. Only these:
+ * `Date.parse` reads any other form it can make sense of ("2026-12-05 2:00") in the local time
+ * zone of the host that parses it, and an operator's shell in UTC-3 would start a replay three
+ * hours late, its dry run reporting nothing lost. Without an offset the time is UTC, as entry ids
+ * count UTC milliseconds.
  */
-const WITHOUT_OFFSET = /^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)$/;
+const ISO_TIME =
+  /^(\d{4}-\d{2}-\d{2})(?:[Tt ](\d{2}:\d{2})(:\d{2}(?:\.\d+)?)?([Zz]|[+-]\d{2}(?::?\d{2})?)?)?$/;
 
 /** A day the calendar has: `Date.parse` rolls 2026-02-30 over into March without a word. */
 const CALENDAR_DATE = z.iso.date();
 
 const boundTimeMs = (text: string): number => {
-  if (!CALENDAR_DATE.safeParse(text.slice(0, 10)).success) {
+  const iso = ISO_TIME.exec(text);
+  if (!iso || !CALENDAR_DATE.safeParse(iso[1]).success) {
     return Number.NaN;
   }
-  const withoutOffset = WITHOUT_OFFSET.exec(text);
-  if (withoutOffset) {
-    return Date.parse(`${withoutOffset[1]}T${withoutOffset[2]}Z`);
-  }
-  return Date.parse(text);
+  const [, day, hoursMinutes = '00:00', seconds = ':00', offset = 'Z'] = iso;
+  const zone = /^[Zz]$/.test(offset)
+    ? 'Z'
+    : `${offset.slice(0, 3)}:${offset.slice(3).replace(':', '') || '00'}`;
+  return Date.parse(`${day}T${hoursMinutes}${seconds}${zone}`);
 };
 
 /**

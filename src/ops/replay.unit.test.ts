@@ -45,6 +45,8 @@ void describe('replay bounds', () => {
     assert.equal(replayBound('2026-12-05T02:00Z'), `${Date.UTC(2026, 11, 5, 2)}-0`);
     assert.equal(replayBound('2026-12-05T02:00:00+01:00'), `${Date.UTC(2026, 11, 5, 1)}-0`);
     assert.equal(replayBound('2026-12-05T02:00:00-0300'), `${Date.UTC(2026, 11, 5, 5)}-0`);
+    assert.equal(replayBound('2026-12-05 02:00+01'), `${Date.UTC(2026, 11, 5, 1)}-0`);
+    assert.equal(replayBound('2026-12-05t02:00:00.5z'), `${Date.UTC(2026, 11, 5, 2, 0, 0, 500)}-0`);
   });
 
   void it('takes in the whole last millisecond of a time as an end', () => {
@@ -55,7 +57,19 @@ void describe('replay bounds', () => {
   });
 
   void it('refuses what is neither an entry id nor an ISO-8601 time', () => {
-    for (const text of ['yesterday', '', '12/05/2026', '2026-13-45T99:00', 'T02:00']) {
+    for (const text of [
+      'yesterday',
+      '',
+      '12/05/2026',
+      '2026-13-45T99:00',
+      'T02:00',
+      '2026-12-05T25:00',
+      // Forms Date.parse reads in the local zone.
+      '2026-12-05 2:00',
+      '2026-12-05,02:00',
+      'Dec 5 2026 02:00',
+      '2026-12-05T02',
+    ]) {
       assert.throws(() => replayBound(text), ReplayBoundError, text);
     }
   });
