@@ -20,7 +20,7 @@ import {
   waitForAllAcknowledged,
   waitForApplied,
 } from './harness/audit.ts';
-import { runCli } from './harness/cli.ts';
+import { runCli, runCliWith } from './harness/cli.ts';
 import {
   Harness,
   holdFault,
@@ -1014,6 +1014,47 @@ void describe('process faults under load', () => {
       assert.ok(said()?.includes(deletedId), said());
       owner.child.kill('SIGTERM');
       await exited(owner.child);
+    });
+  });
+
+  void describe('an outpost command whose link to Redis stops delivering part-way', () => {
+    let h: Harness;
+    let proxy: BlackholeProxy;
+    after(async () => {
+      await h?.close();
+      await proxy?.close();
+    });
+
+    void it('names Redis and its address, not only that a command timed out', async () => {
+      h = await Harness.start({ role: 'api' });
+      // In several partitions, so the scan reads on after its first progress line.
+      const started = await Promise.all(
+        Array.from({ length: 16 }, (_, i) =>
+          h.post('/executed_obs_units/start', { obs_unit_id: `stalled-${i}`, instrument: 'x' }),
+        ),
+      );
+      assert.deepEqual(
+        started.map((r) => r.status),
+        started.map(() => 201),
+      );
+      proxy = await BlackholeProxy.start(testStack().redisPort);
+      const env = h.envOf();
+      const redisUrl = proxy.reroute(`${env.REDIS_URL}/`);
+      // Connected and ready, the command's next read goes into a link that drops every packet.
+      const cli = await runCliWith(
+        { ...env, REDIS_URL: redisUrl },
+        ['replay', '--from', '0', '--dry-run', '--json'],
+        { stderr: (soFar) => soFar.includes('"progress"') && proxy.blackhole() },
+      );
+      proxy.heal();
+      assert.equal(cli.code, 1, cli.stdout);
+      assert.match(
+        cli.stderr,
+        new RegExp(
+          `^outpost: cannot reach Redis at 127\\.0\\.0\\.1:${proxy.port} \\(Command timed out\\)`,
+          'm',
+        ),
+      );
     });
   });
 

@@ -6,7 +6,7 @@ import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { siteNameKey } from '../log/keys.ts';
-import { connectRedis, createRedis } from '../log/redis.ts';
+import { connectRedis, createRedis, isRedisAway } from '../log/redis.ts';
 import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { addressOf, cannotReach } from '../reach.ts';
@@ -173,7 +173,7 @@ export const withSite = async <T>(
     };
     return await work(site).catch(async (err: unknown) => {
       throw await restated(err, async (met) =>
-        usesRedis && redis.status !== 'ready'
+        usesRedis && isRedisAway(redis, met)
           ? redisAway(met)
           : ((await unreachableDatabase(met, config, touched, { main, replica })) ?? met),
       );

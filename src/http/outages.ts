@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { isRedisAway } from '../log/redis.ts';
 import { isDatabaseFailure, isDatabaseUnreachable } from '../projector/errors.ts';
 import { ReplicaBehindError } from '../read/acknowledged-replay.ts';
 import { partsOf } from '../reason.ts';
@@ -12,18 +13,11 @@ type LogDeps = Pick<AppDeps, 'eventLog'>;
  * Redis answering that it cannot serve for the moment: a script running past its busy threshold,
  * a restart still loading its AOF, a replica cut off from its master.
  */
-const MOMENTARILY_AWAY = /^(BUSY|LOADING|MASTERDOWN|TRYAGAIN) /;
-
 /**
- * Whether an error means the local log is away: the connection is not ready (ioredis then fails
- * commands at once, since the offline queue is off), a command outlived its timeout, or Redis
- * answered that it cannot serve for the moment. The app's error handler answers such errors 503
- * `log_unavailable`, whichever route met them.
+ * Whether an error means the local log is away (`isRedisAway`). The app's error handler answers
+ * such errors 503 `log_unavailable`, whichever route met them.
  */
-export const logIsAway = (deps: LogDeps, err: unknown) =>
-  deps.eventLog.redis.status !== 'ready' ||
-  (err instanceof Error &&
-    (err.message === 'Command timed out' || MOMENTARILY_AWAY.test(err.message)));
+export const logIsAway = (deps: LogDeps, err: unknown) => isRedisAway(deps.eventLog.redis, err);
 
 /**
  * Awaits work and answers `problem` for a failure of the part it names, as `isItsFailure` tells;

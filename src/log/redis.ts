@@ -24,6 +24,19 @@ export const createRedis = (config: Config): Redis => {
   return redis;
 };
 
+const MOMENTARILY_AWAY = /^(BUSY|LOADING|MASTERDOWN|TRYAGAIN) /;
+
+/**
+ * Whether an error `redis` gave means Redis is away: the connection is not ready (ioredis then
+ * fails commands at once, since the offline queue is off), a command outlived its timeout (a link
+ * that stopped delivering, a stalled disk under appendfsync always: the connection still reads
+ * as ready), or Redis answered that it cannot serve for the moment.
+ */
+export const isRedisAway = (redis: Redis, err: unknown): boolean =>
+  redis.status !== 'ready' ||
+  (err instanceof Error &&
+    (err.message === 'Command timed out' || MOMENTARILY_AWAY.test(err.message)));
+
 /** What ioredis keeps, across a reconnect, of the commands its connection had out. */
 type ResendQueue = {
   readonly length: number;
