@@ -680,6 +680,45 @@ void describe('recovery', () => {
       }
     });
 
+    void it('lists an aggregate whose events do not fold behind a thousand rows that differ', async () => {
+      const units = await startMany(h, 'drifted', 1002);
+      await waitForAllAcknowledged(h);
+      const ids = units.map((u) => u.body.id as string);
+      // UUIDv7 sorts by creation: the last unit is folded after the thousand before it.
+      const broken = ids.toSorted().at(-1) as string;
+      const drift = (notes: string | null) =>
+        h.main.query('UPDATE executed_obs_units SET notes = $2 WHERE id = ANY($1)', [ids, notes]);
+      const corrupt = (type: string) =>
+        h.main.query('UPDATE events SET type = $2 WHERE aggregate_id = $1 AND seq = 0', [
+          broken,
+          type,
+        ]);
+      await drift('drifted');
+      await corrupt('ExecutedObsUnitFinished');
+      try {
+        const verify = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+        assert.equal(verify.code, 1);
+        const report = JSON.parse(verify.stdout);
+        assert.equal(report.unfoldable, 1);
+        assert.ok(report.differences.length < report.differing, String(report.differing));
+        const listed = report.differences.filter(
+          (d: { aggregate_id: string }) => d.aggregate_id === broken,
+        );
+        assert.equal(listed.length, 1, 'the unfoldable aggregate is listed');
+        assert.match(listed[0].fields[0], /^unfoldable: /);
+        const human = await runCli(h, ['rebuild-projections', '--verify']);
+        assert.match(
+          human.stdout,
+          new RegExp(
+            `${report.differing} rows differ from their events \\(${report.differences.length} listed\\)`,
+          ),
+        );
+      } finally {
+        await corrupt('ExecutedObsUnitStarted');
+        await drift(null);
+      }
+    });
+
     void it('finds heads, stats and links that are not what the events say with --verify, and rebuild rewrites them', async () => {
       const headless = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'headless', instrument: 'miri' })

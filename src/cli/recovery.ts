@@ -29,19 +29,32 @@ export type RecoveryFlags = {
   verify?: boolean;
 };
 
-/** Progress for long runs: a rewritten line on a terminal, JSON lines for scripts, else nothing. */
+/**
+ * Progress for long runs: a rewritten line on a terminal, JSON lines for scripts, else nothing.
+ * `end` closes the line, so neither the report nor a failure's reason starts in the middle of it.
+ */
 const progress = (json: boolean) => {
   let last = 0;
-  return (fields: Record<string, unknown>) => {
-    if (json) {
-      process.stderr.write(`${JSON.stringify({ progress: fields })}\n`);
-    } else if (process.stderr.isTTY && Date.now() - last > 250) {
-      last = Date.now();
-      const text = Object.entries(fields)
-        .map(([k, v]) => `${k} ${v}`)
-        .join(', ');
-      process.stderr.write(`\r${text}   `);
-    }
+  let drawn = false;
+  return {
+    report: (fields: Record<string, unknown>) => {
+      if (json) {
+        process.stderr.write(`${JSON.stringify({ progress: fields })}\n`);
+      } else if (process.stderr.isTTY && Date.now() - last > 250) {
+        last = Date.now();
+        drawn = true;
+        const text = Object.entries(fields)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ');
+        process.stderr.write(`\r${text}   `);
+      }
+    },
+    end: () => {
+      if (drawn) {
+        process.stderr.write('\n');
+        drawn = false;
+      }
+    },
   };
 };
 
@@ -89,18 +102,16 @@ export const replayCommand = (flags: RecoveryFlags) => {
       await requireLogRoom(site);
       await warnWithoutProjector(site, partition);
     }
-    const report_ = progress(flags.json);
+    const shown = progress(flags.json);
     const report = await replay(
       { eventLog: site.eventLog, main: site.main },
       { from, to, partition, dryRun: flags['dry-run'] === true },
       {
-        onProgress: (p) => report_({ partition: p.partition, scanned: p.scanned, at: p.position }),
-        onWaiting: (w) => report_({ ...w }),
+        onProgress: (p) =>
+          shown.report({ partition: p.partition, scanned: p.scanned, at: p.position }),
+        onWaiting: (w) => shown.report({ ...w }),
       },
-    );
-    if (process.stderr.isTTY && !flags.json) {
-      process.stderr.write('\n');
-    }
+    ).finally(shown.end);
     const warning = futureStartWarning(from);
     print(
       flags.json
@@ -217,12 +228,13 @@ export const rebuildCommand = (flags: RecoveryFlags) => {
               err instanceof RebuildLeaseError ? refuseBesideProjectors(site) : Promise.reject(err),
             )
           : [];
-      const report_ = progress(flags.json);
+      const shown = progress(flags.json);
       const stopRenewing = keepPartitions(site.main, leases, ttlMs);
       const report = await rebuildProjections(site.main, mode, {
-        onProgress: (aggregates) => report_({ aggregates }),
+        onProgress: (aggregates) => shown.report({ aggregates }),
         fence: mode === 'apply' ? { leases, ttlMs } : undefined,
       }).finally(() => {
+        shown.end();
         stopRenewing();
         return releasePartitions(site.main, leases);
       });
@@ -232,6 +244,9 @@ export const rebuildCommand = (flags: RecoveryFlags) => {
         print(table(report.differences.map((d) => ({ ...d, fields: d.fields.join(',') }))));
         print(
           `${report.aggregates} aggregates folded, ${report.differing} rows differ from their events` +
+            (report.differences.length < report.differing
+              ? ` (${report.differences.length} listed)`
+              : '') +
             (mode === 'apply' ? `, ${report.fixed} rewritten` : ' (nothing changed)'),
         );
       }

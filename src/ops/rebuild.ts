@@ -41,7 +41,10 @@ export type RebuildReport = {
    * does not know): listed with the reason in `fields`, counted in `differing`, left as they are.
    */
   unfoldable: number;
-  /** The first differences found (all of them are counted in `differing`). */
+  /**
+   * The first differences found, up to a thousand rows that differ and a thousand unfoldable
+   * aggregates, so the rows never crowd the unfoldable out (all are counted in `differing`).
+   */
   differences: Difference[];
 };
 
@@ -248,10 +251,13 @@ export const rebuildProjections = async (
     differences: [],
   };
   let after = '00000000-0000-0000-0000-000000000000';
-  const record = (difference: Difference) => {
+  let listedUnfoldable = 0;
+  const record = (difference: Difference, unfoldable = false) => {
     report.differing += 1;
-    if (report.differences.length < MAX_LISTED) {
+    const listed = unfoldable ? listedUnfoldable : report.differences.length - listedUnfoldable;
+    if (listed < MAX_LISTED) {
       report.differences.push(difference);
+      listedUnfoldable += unfoldable ? 1 : 0;
     }
   };
   // Only reporting, each page's reads share one snapshot: read apart, a batch a projector
@@ -286,12 +292,15 @@ export const rebuildProjections = async (
         // One such aggregate must not stop the rest, least of all under --verify, which an
         // operator reaches for when the integrity views report such problems.
         report.unfoldable += 1;
-        record({
-          aggregate_id: aggregate.id,
-          aggregate_type: aggregate.type,
-          table,
-          fields: [`unfoldable: ${(err as Error).message}`],
-        });
+        record(
+          {
+            aggregate_id: aggregate.id,
+            aggregate_type: aggregate.type,
+            table,
+            fields: [`unfoldable: ${(err as Error).message}`],
+          },
+          true,
+        );
       }
     }
     const fixes: Fixes = [];
