@@ -8,7 +8,7 @@ import {
   claimSite,
   FencedError,
   type Lease,
-  releaseLease,
+  releaseLeases,
   renewLeases,
 } from '../src/db/queries/leases.ts';
 import type { Envelope } from '../src/domain/events.ts';
@@ -122,7 +122,7 @@ void describe('applying a batch', () => {
       const take = (partition: number) =>
         acquireLease(h.main, h.config.site, partition, 'here', 60_000);
       const giveBack = (partition: number, token: number) =>
-        releaseLease(h.main, { site: h.config.site, partition, consumer: 'here', token });
+        releaseLeases(h.main, [{ site: h.config.site, partition, consumer: 'here', token }]);
       const own = await take(5);
       assert.ok(own, "this site's partition 5 beside the other site's");
       // Tokens of one partition number never repeat across sites: an earlier build's check,
@@ -170,7 +170,7 @@ void describe('applying a batch', () => {
     const [went] = await applyBatches(h.main, [{ entries: [next], lease, mainSeen: seen }]);
     assert.deepEqual(went?.applied, [next], 'the same database, further on');
     assert.ok(parseLsn(went?.mainPosition?.lsn ?? '0/0') >= parseLsn(seen.lsn));
-    await releaseLease(h.main, lease);
+    await releaseLeases(h.main, [lease]);
   });
 
   void it('applies a redelivered creation only once, beside new events of the same batch or twice within it', async () => {
@@ -312,7 +312,7 @@ void describe('applying a batch', () => {
       }
     } finally {
       // Partition 3 is taken again by the tests of several partitions.
-      await releaseLease(h.main, lease);
+      await releaseLeases(h.main, [lease]);
       await pool.end();
     }
   });

@@ -7,7 +7,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { Acker } from '../src/acker/acker.ts';
-import { acquireLease, releaseLease } from '../src/db/queries/leases.ts';
+import { acquireLease, releaseLeases } from '../src/db/queries/leases.ts';
 import { replicaPosition, replicaReached } from '../src/db/queries/replica.ts';
 import type { Envelope } from '../src/domain/events.ts';
 import { newIdInPartition, partitionOf } from '../src/domain/ids.ts';
@@ -535,7 +535,7 @@ void describe('recovery', () => {
           );
           assert.doesNotMatch(beside.stderr, /no projector holds/);
         } finally {
-          await releaseLease(h.main, { ...lease, token });
+          await releaseLeases(h.main, [{ ...lease, token }]);
         }
       });
       const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
@@ -581,12 +581,14 @@ void describe('recovery', () => {
         const rebuilding = () =>
           h.mainRows("SELECT partition FROM partition_leases WHERE owner = 'rebuild-projections'");
         assert.deepEqual(await rebuilding(), []);
-        await releaseLease(h.main, {
-          site: h.config.site,
-          partition: 1,
-          consumer: 'projector-started-meanwhile',
-          token,
-        });
+        await releaseLeases(h.main, [
+          {
+            site: h.config.site,
+            partition: 1,
+            consumer: 'projector-started-meanwhile',
+            token,
+          },
+        ]);
         const leases = await holdPartitions(h.main, h.config.partitions, 30_000);
         try {
           // Each partition number for every site, a site that never leased one included.

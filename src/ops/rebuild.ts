@@ -11,7 +11,7 @@ import {
   acquireLeases,
   type Lease,
   leaseHoldings,
-  releaseLease,
+  releaseLeases,
   renewLeasesIn,
 } from '../db/queries/leases.ts';
 import type { AggregateType, Envelope } from '../domain/events.ts';
@@ -186,11 +186,8 @@ export const keepPartitions = (
   return () => clearInterval(timer);
 };
 
-export const releasePartitions = async (main: pg.Pool, leases: readonly Lease[]) => {
-  for (const lease of leases) {
-    await releaseLease(main, lease).catch(() => undefined);
-  }
-};
+export const releasePartitions = (main: pg.Pool, leases: readonly Lease[]): Promise<void> =>
+  releaseLeases(main, leases).catch(() => undefined);
 
 type Fixes = { table: (typeof PROJECTION_TABLES)[AggregateType]; states: AggregateState[] }[];
 

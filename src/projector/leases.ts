@@ -7,7 +7,7 @@ import {
   type Lease,
   leaveMembers,
   liveMembers,
-  releaseLease,
+  releaseLeases,
   releaseSite,
   renewLeases,
   SITE_SILENCE_TTLS,
@@ -361,7 +361,7 @@ export class LeaseManager {
     }
     this.#held.delete(partition);
     await this.deps.events.stopped(partition);
-    await releaseLease(this.deps.pool, held.lease).catch(() => undefined);
+    await releaseLeases(this.deps.pool, [held.lease]).catch(() => undefined);
   }
 }
 
