@@ -1,4 +1,6 @@
 import type { Redis } from 'ioredis';
+import { compareEntryIds } from '../log/entry-id.ts';
+import type { PartitionKeys } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
 
 /** Entry ids a log line names, of the pending entries found deleted. */
@@ -8,11 +10,13 @@ const DELETED_LISTED = 20;
  * Of the pending entries an XCLAIM asked for, those it did not get because the stream no longer
  * holds them. Redis 7 drops a deleted entry from the pending list as a claim meets it and leaves
  * it out of the reply, as it leaves out one acknowledged meanwhile; only the stream tells them
- * apart (an acknowledged entry stays until retention trims it, days later).
+ * apart. An acknowledged entry stays until Outpost trims it (retention, or memory pressure), and
+ * its trims record how far they reached first (`trimmedThrough`): an entry up to there is not
+ * said deleted by hand.
  */
 export const deletedAmong = async (
   redis: Redis,
-  stream: string,
+  keys: Pick<PartitionKeys, 'stream' | 'trimmedThrough'>,
   asked: readonly string[],
   got: readonly string[],
 ): Promise<string[]> => {
@@ -21,14 +25,16 @@ export const deletedAmong = async (
   if (missing.length === 0) {
     return [];
   }
-  const pipeline = redis.pipeline();
+  const pipeline = redis.pipeline().get(keys.trimmedThrough);
   for (const id of missing) {
-    pipeline.xrange(stream, id, id);
+    pipeline.xrange(keys.stream, id, id);
   }
-  const found = (await pipeline.exec()) ?? [];
-  return missing.filter((_, i) => {
+  const [[, trimmedThrough] = [], ...found] = (await pipeline.exec()) ?? [];
+  return missing.filter((id, i) => {
     const [err, entries] = found[i] ?? [];
-    return err == null && Array.isArray(entries) && entries.length === 0;
+    const trimmedByOutpost =
+      typeof trimmedThrough === 'string' && compareEntryIds(id, trimmedThrough) <= 0;
+    return err == null && Array.isArray(entries) && entries.length === 0 && !trimmedByOutpost;
   });
 };
 

@@ -485,7 +485,8 @@ export class PartitionConsumer {
    */
   async #claimStranded(owners: readonly string[]): Promise<void> {
     const { redis } = this.#deps.eventLog;
-    const stream = this.#deps.eventLog.keys(this.#partition).stream;
+    const keys = this.#deps.eventLog.keys(this.#partition);
+    const { stream } = keys;
     let claimed = 0;
     const deleted: string[] = [];
     for (const owner of owners) {
@@ -511,7 +512,7 @@ export class PartitionConsumer {
           'JUSTID',
         )) as string[];
         claimed += got.length;
-        deleted.push(...(await deletedAmong(redis, stream, asked, got)));
+        deleted.push(...(await deletedAmong(redis, keys, asked, got)));
       }
     }
     sayDeletedPending(this.#deps.logger, this.#partition, deleted, 'claimed from another consumer');

@@ -320,7 +320,7 @@ export class Projector {
             ...others,
             'JUSTID',
           )) as string[];
-          const deleted = await deletedAmong(redis, stream, others, got);
+          const deleted = await deletedAmong(redis, eventLog.keys(partition), others, got);
           sayDeletedPending(this.#deps.logger, partition, deleted, 'claimed from another consumer');
         } finally {
           // Also when the claim failed: Redis may have run it and lost only its reply, and the
