@@ -1,3 +1,4 @@
+import { ReplyError } from 'ioredis';
 import { parse as parseConnectionString } from 'pg-connection-string';
 import { LOCAL_STACK, redisEndpoint } from './config.ts';
 import { databaseReason, isDatabaseAnswer } from './projector/errors.ts';
@@ -41,6 +42,15 @@ export const addressOf = (url: string): string => {
  * database) runs: asking whether it is running would send the operator the wrong way.
  */
 export const cannotReach = (what: string, url: string, reason: unknown): Error => {
+  if (reason instanceof ReplyError) {
+    // Redis answered that it cannot serve for the moment (LOADING, BUSY, MASTERDOWN, TRYAGAIN).
+    return new Error(
+      `${what} at ${addressOf(url)} answered and refused: ${(reason as Error).message}`,
+      {
+        cause: reason,
+      },
+    );
+  }
   if (isDatabaseAnswer(reason)) {
     return new Error(
       `${what} at ${addressOf(url)} answered and refused: ${databaseReason(reason)}`,

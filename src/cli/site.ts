@@ -107,7 +107,9 @@ export const withSite = async <T>(
     redisError = err;
   });
   try {
-    const redisAway = (err: unknown) => cannotReach('Redis', config.redisUrl, redisError ?? err);
+    // The connection's own error says why it is not ready; a ready one's is an older reconnect's.
+    const redisAway = (err: unknown) =>
+      cannotReach('Redis', config.redisUrl, redis.status === 'ready' ? err : (redisError ?? err));
     if (usesRedis) {
       // Redis restarted from its append-only file answers that it is loading, and ioredis waits
       // until it is done: minutes for a large log, in which the operator would see nothing.
