@@ -683,13 +683,25 @@ void describe('recovery', () => {
     });
 
     void it('lists an aggregate whose events do not fold behind a thousand rows that differ', async () => {
-      const units = await startMany(h, 'drifted', 1002);
+      // Folded by id, 500 aggregates a page, an unfoldable one listed as its page is folded and
+      // the page's differing rows after it: 1500 drifted units before it put over a thousand of
+      // them in earlier pages, whatever this describe's other tests left before them.
+      const units = await startMany(h, 'drifted', 1500);
+      const last = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'unfoldable-after-them',
+        instrument: 'nircam',
+      });
+      assert.equal(last.status, 201, last.text);
       await waitForAllAcknowledged(h);
       const ids = units.map((u) => u.body.id as string);
-      // UUIDv7 sorts by creation: the last unit is folded after the thousand before it.
-      const broken = ids.toSorted().at(-1) as string;
+      // UUIDv7 sorts by creation: created after them all, it is folded after them all.
+      const broken = last.body.id as string;
+      assert.ok(ids.every((id) => id < broken));
       const drift = (notes: string | null) =>
-        h.main.query('UPDATE executed_obs_units SET notes = $2 WHERE id = ANY($1)', [ids, notes]);
+        h.main.query('UPDATE executed_obs_units SET notes = $2 WHERE id = ANY($1)', [
+          [...ids, broken],
+          notes,
+        ]);
       const corrupt = (type: string) =>
         h.main.query('UPDATE events SET type = $2 WHERE aggregate_id = $1 AND seq = 0', [
           broken,
