@@ -11,7 +11,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
@@ -294,6 +294,25 @@ void describe('outpost stack up', () => {
       // Only should the refusal have failed: a stack it started is stopped, not left running.
       await stackDown(dir).catch(() => undefined);
       rmSync(fakeBin, { recursive: true, force: true });
+    }
+  });
+
+  void it("says why its Redis did not start, in Redis's words, at once and before PostgreSQL", async () => {
+    // An append-only file damaged on disk: Redis forks, then exits as it reads it.
+    const dir = join(mkdtempSync(join(tmpdir(), 'outpost-bad-aof-')), '.outpost');
+    chmodSync(dirname(dir), 0o755);
+    mkdirSync(join(dir, 'redis', 'appendonlydir'), { recursive: true });
+    writeFileSync(join(dir, 'redis', 'appendonlydir', 'appendonly.aof.manifest'), 'garbage\n');
+    try {
+      const ports = await freeStackPorts();
+      await assert.rejects(
+        stackUp({ dir, ...ports, pgCron: false, appendfsync: 'always' }),
+        /^Error: Redis in .*\/redis did not start; its log \(.*redis\.log\) ends:\n(.*\n)*.*Invalid AOF manifest file format/,
+      );
+      assert.equal(await isPortOpen(ports.mainPort), false, 'PostgreSQL was not started');
+    } finally {
+      await stackDown(dir).catch(() => undefined);
+      rmSync(dirname(dir), { recursive: true, force: true });
     }
   });
 

@@ -1,7 +1,7 @@
 import { execFile, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createConnection } from 'node:net';
-import { join, resolve, sep } from 'node:path';
+import { basename, join, resolve, sep } from 'node:path';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -18,7 +18,9 @@ export const runPg = async (binary: string, args: string[]): Promise<string> => 
     return stdout;
   } catch (err) {
     const detail = (err as { stderr?: string }).stderr?.trim();
-    throw new Error(`${binary} ${args[0] ?? ''} failed${detail ? `: ${detail}` : ''}`, {
+    // pg_ctl's first argument is what it was asked to do; other programs' are options (-D).
+    const program = basename(binary) === 'pg_ctl' ? `${binary} ${args[0] ?? ''}` : binary;
+    throw new Error(`${program} failed${detail ? `: ${detail}` : ''}`, {
       cause: err,
     });
   }
@@ -111,6 +113,25 @@ export const isPortOpen = (port: number, host = '127.0.0.1'): Promise<boolean> =
       resolve(true);
     });
     socket.once('error', () => resolve(false));
+  });
+
+/**
+ * Whether a Redis serves on `port`: it answers a PING, with PONG or with LOADING while it reads its
+ * append-only file. An open port is not enough: Redis listens before it reads its data, and one
+ * that then finds its AOF damaged exits without having answered anyone.
+ */
+export const redisAnswers = (port: number, host = '127.0.0.1'): Promise<boolean> =>
+  new Promise((resolve) => {
+    const socket = createConnection({ port, host });
+    const done = (answered: boolean) => {
+      socket.destroy();
+      resolve(answered);
+    };
+    socket.setTimeout(1_000, () => done(false));
+    socket.once('connect', () => socket.write('PING\r\n'));
+    socket.once('data', () => done(true));
+    socket.once('error', () => done(false));
+    socket.once('close', () => done(false));
   });
 
 /**

@@ -5,6 +5,7 @@ import {
   mkdirSync,
   readFileSync,
   realpathSync,
+  renameSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -25,6 +26,7 @@ import {
   MIN_POSTGRES_MAJOR,
   pgCronInstalled,
   pgServerInstalls,
+  redisAnswers,
   reportedMajorVersion,
   run,
   runPg,
@@ -236,31 +238,50 @@ const startPg = async (
   const options = pgSettings(o, port, cron)
     .map((part) => (part === '-c' ? part : `"${part}"`))
     .join(' ');
+  await startOnFixedPort(`PostgreSQL in ${dataDir}`, port, logFile, PG_PORT_BUSY, async () => {
+    await runPg(join(bin, 'pg_ctl'), [
+      'start',
+      '-w',
+      '-t',
+      '120',
+      '-D',
+      dataDir,
+      '-l',
+      logFile,
+      '-o',
+      options,
+    ]);
+  });
+};
+
+const PG_PORT_BUSY = /could not bind .*Address already in use/;
+const REDIS_PORT_BUSY = /Could not create server TCP listening socket .*Address already in use/;
+
+/**
+ * Starts a server on one of the stack's fixed ports with `start`, which resolves once it serves
+ * and throws if it does not. The fixed ports lie in the kernel's ephemeral range: an outgoing
+ * connection may hold one as its local port for a moment. Nothing listens there (that was
+ * checked), so a start whose log says the port was busy is tried again; any other failure is
+ * said with what the server's log said, which is its cause.
+ */
+const startOnFixedPort = async (
+  what: string,
+  port: number,
+  logFile: string,
+  busy: RegExp,
+  start: () => Promise<void>,
+): Promise<void> => {
   for (let attempt = 1; ; attempt += 1) {
-    const logged = existsSync(logFile) ? readFileSync(logFile).length : 0;
+    const logged = existsSync(logFile) ? statSync(logFile).size : 0;
     try {
-      await runPg(join(bin, 'pg_ctl'), [
-        'start',
-        '-w',
-        '-t',
-        '120',
-        '-D',
-        dataDir,
-        '-l',
-        logFile,
-        '-o',
-        options,
-      ]);
+      await start();
       return;
     } catch (err) {
-      // The fixed ports lie in the kernel's ephemeral range: an outgoing connection may hold one
-      // as its local port for a moment. Nothing listens there (that was checked), so wait it out.
-      const said = readFileSync(logFile).subarray(logged).toString();
-      if (!/could not bind .*Address already in use/.test(said)) {
-        // pg_ctl says only to examine the log: what the server said is the cause.
+      const said = existsSync(logFile) ? readFileSync(logFile).subarray(logged).toString() : '';
+      if (!busy.test(said)) {
         const lastLines = said.trim().split('\n').slice(-5).join('\n');
         throw new Error(
-          `PostgreSQL in ${dataDir} did not start${lastLines ? `; its log (${logFile}) ends:\n${lastLines}` : ` (${reasonOf(err)})`}`,
+          `${what} did not start${lastLines ? `; its log (${logFile}) ends:\n${lastLines}` : ` (${reasonOf(err)})`}`,
           { cause: err },
         );
       }
@@ -273,6 +294,67 @@ const startPg = async (
       await new Promise((done) => setTimeout(done, 500));
     }
   }
+};
+
+/**
+ * Starts the stack's Redis and waits until it serves. Daemonized, it forks before it binds its
+ * port or reads its append-only file, so its start succeeds either way: a Redis that then exits
+ * (the port busy, a damaged AOF, a folder it cannot write) is told by its pid file naming a process
+ * gone, or by its log saying it aborts, at once rather than after a minute's wait for the port.
+ */
+const startRedis = async (redisServer: string, o: StackOptions, paths: StackPaths) => {
+  const pidFile = join(paths.redis, 'redis.pid');
+  const logFile = join(paths.redis, 'redis.log');
+  await startOnFixedPort(
+    `Redis in ${paths.redis}`,
+    o.redisPort,
+    logFile,
+    REDIS_PORT_BUSY,
+    async () => {
+      // Not this stack's Redis (redisPid said so): its number must not be taken for the new one's.
+      rmSync(pidFile, { force: true });
+      const logged = existsSync(logFile) ? statSync(logFile).size : 0;
+      await run(redisServer, [
+        '--port',
+        String(o.redisPort),
+        '--bind',
+        '127.0.0.1',
+        '--dir',
+        paths.redis,
+        '--appendonly',
+        'yes',
+        '--appendfsync',
+        o.appendfsync,
+        // Stream nodes of 16 KB instead of 4: ≈ 50 entries share a node's header and field names
+        // instead of ≈ 12, ≈ 20 bytes less Redis memory per pending event (docs/benchmarks.md, memory).
+        '--stream-node-max-bytes',
+        String(STREAM_NODE_MAX_BYTES),
+        '--save',
+        '',
+        '--daemonize',
+        'yes',
+        '--pidfile',
+        pidFile,
+        '--logfile',
+        logFile,
+      ]);
+      const exited = () => {
+        const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : undefined;
+        const aborted =
+          existsSync(logFile) &&
+          readFileSync(logFile).subarray(logged).toString().includes('aborting');
+        // Gone, or a zombie where nothing reaps orphans (a container's init): no redis-server.
+        return aborted || (pid !== undefined && !isProcessOf(pid, 'redis-server'));
+      };
+      await waitUntil(
+        async () => (await redisAnswers(o.redisPort)) || exited(),
+        `Redis on ${o.redisPort}`,
+      );
+      if (!(await redisAnswers(o.redisPort))) {
+        throw new Error('Redis exited as it started');
+      }
+    },
+  );
 };
 
 /** How often a PostgreSQL start that found its port taken by a connection is tried. */
@@ -362,30 +444,7 @@ export const stackUp = async (
   writeFileSync(paths.state, `${JSON.stringify({ ...o, pgCron: cron }, null, 2)}\n`);
 
   if (!redisPid(paths.redis)) {
-    await run(redisServer, [
-      '--port',
-      String(o.redisPort),
-      '--bind',
-      '127.0.0.1',
-      '--dir',
-      paths.redis,
-      '--appendonly',
-      'yes',
-      '--appendfsync',
-      o.appendfsync,
-      // Stream nodes of 16 KB instead of 4: ≈ 50 entries share a node's header and field names
-      // instead of ≈ 12, ≈ 20 bytes less Redis memory per pending event (docs/benchmarks.md, memory).
-      '--stream-node-max-bytes',
-      String(STREAM_NODE_MAX_BYTES),
-      '--save',
-      '',
-      '--daemonize',
-      'yes',
-      '--pidfile',
-      join(paths.redis, 'redis.pid'),
-      '--logfile',
-      join(paths.redis, 'redis.log'),
-    ]);
+    await startRedis(redisServer, o, paths);
   }
 
   if (!existsSync(join(paths.main, 'PG_VERSION'))) {
@@ -428,9 +487,14 @@ export const stackUp = async (
 
   signal?.throwIfAborted();
   if (!existsSync(join(paths.replica, 'PG_VERSION'))) {
+    // Cloned aside and moved in whole: a clone cut short (Ctrl-C, a kill) left a folder with its
+    // PG_VERSION that every later up took for a replica, which then never started, and only a
+    // reset, which takes the primary too, cleared. Now what is left is the partial copy, dropped here.
+    const partial = `${paths.replica}.partial`;
+    rmSync(partial, { recursive: true, force: true });
     rmSync(paths.replica, { recursive: true, force: true });
-    mkdirSync(paths.replica, { recursive: true, mode: 0o700 });
-    giveToPostgres(paths.replica);
+    mkdirSync(partial, { recursive: true, mode: 0o700 });
+    giveToPostgres(partial);
     await runPg(join(bin, 'pg_basebackup'), [
       '-h',
       '127.0.0.1',
@@ -439,7 +503,7 @@ export const stackUp = async (
       '-U',
       'postgres',
       '-D',
-      paths.replica,
+      partial,
       '-R',
       '-X',
       'stream',
@@ -447,6 +511,7 @@ export const stackUp = async (
       'fast',
       '--no-sync',
     ]);
+    renameSync(partial, paths.replica);
   }
   signal?.throwIfAborted();
   await startPg(o, bin, paths.replica, o.replicaPort, cron);
@@ -468,7 +533,6 @@ export const stackUp = async (
     undefined,
     signal,
   );
-  await waitUntil(() => isPortOpen(o.redisPort), `Redis on ${o.redisPort}`, undefined, signal);
   return urls;
 };
 
