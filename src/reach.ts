@@ -42,22 +42,16 @@ export const addressOf = (url: string): string => {
  * database) runs: asking whether it is running would send the operator the wrong way.
  */
 export const cannotReach = (what: string, url: string, reason: unknown): Error => {
-  if (reason instanceof ReplyError) {
-    // Redis answered that it cannot serve for the moment (LOADING, BUSY, MASTERDOWN, TRYAGAIN).
-    return new Error(
-      `${what} at ${addressOf(url)} answered and refused: ${(reason as Error).message}`,
-      {
-        cause: reason,
-      },
-    );
-  }
-  if (isDatabaseAnswer(reason)) {
-    return new Error(
-      `${what} at ${addressOf(url)} answered and refused: ${databaseReason(reason)}`,
-      {
-        cause: reason,
-      },
-    );
+  // A database's refusal, or Redis's (LOADING, BUSY, MASTERDOWN, TRYAGAIN), in its own words.
+  const refusal = isDatabaseAnswer(reason)
+    ? databaseReason(reason)
+    : reason instanceof ReplyError
+      ? (reason as Error).message
+      : undefined;
+  if (refusal !== undefined) {
+    return new Error(`${what} at ${addressOf(url)} answered and refused: ${refusal}`, {
+      cause: reason,
+    });
   }
   // `outpost stack status` knows only the local stack: elsewhere (compose, real hosts) the
   // operator's next look is the address itself.

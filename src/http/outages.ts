@@ -10,10 +10,6 @@ import { ReplicaAwayError } from './replica-link.ts';
 type LogDeps = Pick<AppDeps, 'eventLog'>;
 
 /**
- * Redis answering that it cannot serve for the moment: a script running past its busy threshold,
- * a restart still loading its AOF, a replica cut off from its master.
- */
-/**
  * Whether an error means the local log is away (`isRedisAway`). The app's error handler answers
  * such errors 503 `log_unavailable`, whichever route met them.
  */

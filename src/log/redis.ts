@@ -24,6 +24,10 @@ export const createRedis = (config: Config): Redis => {
   return redis;
 };
 
+/**
+ * Redis answering that it cannot serve for the moment: a script running past its busy threshold,
+ * a restart still loading its AOF, a replica cut off from its master.
+ */
 const MOMENTARILY_AWAY = /^(BUSY|LOADING|MASTERDOWN|TRYAGAIN) /;
 
 /**

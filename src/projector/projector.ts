@@ -298,7 +298,8 @@ export class Projector {
         // partition: the new owner's entries are not ours to take, whatever their idle time.
         continue;
       }
-      const stream = eventLog.keys(partition).stream;
+      const keys = eventLog.keys(partition);
+      const { stream } = keys;
       const idle = (await redis.xpending(
         stream,
         CONSUMER_GROUP,
@@ -320,7 +321,7 @@ export class Projector {
             ...others,
             'JUSTID',
           )) as string[];
-          const deleted = await deletedAmong(redis, eventLog.keys(partition), others, got);
+          const deleted = await deletedAmong(redis, keys, others, got);
           sayDeletedPending(this.#deps.logger, partition, deleted, 'claimed from another consumer');
         } finally {
           // Also when the claim failed: Redis may have run it and lost only its reply, and the

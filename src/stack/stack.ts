@@ -269,15 +269,18 @@ const startOnFixedPort = async (
   port: number,
   logFile: string,
   busy: RegExp,
-  start: () => Promise<void>,
+  start: (saidSince: () => string) => Promise<void>,
 ): Promise<void> => {
   for (let attempt = 1; ; attempt += 1) {
     const logged = existsSync(logFile) ? statSync(logFile).size : 0;
+    // What the server wrote to its log in this attempt.
+    const saidSince = () =>
+      existsSync(logFile) ? readFileSync(logFile).subarray(logged).toString() : '';
     try {
-      await start();
+      await start(saidSince);
       return;
     } catch (err) {
-      const said = existsSync(logFile) ? readFileSync(logFile).subarray(logged).toString() : '';
+      const said = saidSince();
       if (!busy.test(said)) {
         const lastLines = said.trim().split('\n').slice(-5).join('\n');
         throw new Error(
@@ -310,10 +313,9 @@ const startRedis = async (redisServer: string, o: StackOptions, paths: StackPath
     o.redisPort,
     logFile,
     REDIS_PORT_BUSY,
-    async () => {
+    async (saidSince) => {
       // Not this stack's Redis (redisPid said so): its number must not be taken for the new one's.
       rmSync(pidFile, { force: true });
-      const logged = existsSync(logFile) ? statSync(logFile).size : 0;
       await run(redisServer, [
         '--port',
         String(o.redisPort),
@@ -340,9 +342,7 @@ const startRedis = async (redisServer: string, o: StackOptions, paths: StackPath
       ]);
       const exited = () => {
         const pid = existsSync(pidFile) ? Number(readFileSync(pidFile, 'utf8').trim()) : undefined;
-        const aborted =
-          existsSync(logFile) &&
-          readFileSync(logFile).subarray(logged).toString().includes('aborting');
+        const aborted = saidSince().includes('aborting');
         // Gone, or a zombie where nothing reaps orphans (a container's init): no redis-server.
         return aborted || (pid !== undefined && !isProcessOf(pid, 'redis-server'));
       };
