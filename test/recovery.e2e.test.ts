@@ -27,7 +27,7 @@ import { isDatabaseUnreachable } from '../src/projector/errors.ts';
 import { PartWayError } from '../src/reason.ts';
 import type { Service } from '../src/service.ts';
 import { findPgBinDir } from '../src/stack/processes.ts';
-import { crashMain, stackUp } from '../src/stack/stack.ts';
+import { crashMain, stackPaths, stackUp } from '../src/stack/stack.ts';
 import { audit, eventLogOf, streamEventIds, waitForAllAcknowledged } from './harness/audit.ts';
 import { runCli } from './harness/cli.ts';
 import { Harness, waitFor } from './harness/harness.ts';
@@ -145,7 +145,7 @@ void describe('recovery', () => {
 
     void it('brings back every event the restored database lost, exactly once', async () => {
       h = await Harness.start();
-      const bin = findPgBinDir();
+      const bin = findPgBinDir(stackPaths(h.stack.dir).main);
       assert.ok(bin, 'PostgreSQL client binaries');
       const earlier = await startMany(h, 'before', 200);
       await waitForAllAcknowledged(h);

@@ -19,7 +19,7 @@ import { runMigrations } from '../src/db/migrate.ts';
 import { refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { isPortOpen } from '../src/stack/processes.ts';
-import { stackDown, stackStatus, stackUp } from '../src/stack/stack.ts';
+import { stackDown, stackPaths, stackStatus, stackUp } from '../src/stack/stack.ts';
 import { runCliWith } from './harness/cli.ts';
 import { testStack } from './harness/harness.ts';
 import { freePort, freeStackPorts, withDatabase } from './harness/services.ts';
@@ -294,6 +294,28 @@ void describe('outpost stack up', () => {
       // Only should the refusal have failed: a stack it started is stopped, not left running.
       await stackDown(dir).catch(() => undefined);
       rmSync(fakeBin, { recursive: true, force: true });
+    }
+  });
+
+  void it("runs its cluster with the cluster's own PostgreSQL version, and says so when that one is missing", async () => {
+    // A cluster made by a PostgreSQL this machine does not have (as after upgrading the package):
+    // the newest installed server would refuse its data directory with a line in its own log.
+    const dir = mkdtempSync(join(tmpdir(), 'outpost-other-version-'));
+    const main = stackPaths(dir).main;
+    mkdirSync(main, { recursive: true });
+    writeFileSync(join(main, 'PG_VERSION'), '99\n');
+    try {
+      const ports = await freeStackPorts();
+      await assert.rejects(
+        stackUp({ dir, ...ports, pgCron: false, appendfsync: 'always' }),
+        new RegExp(
+          `PostgreSQL data in ${main} is of version 99, whose server is not installed \\(found \\d+ in .+\\): install it with: apt-get install -y postgresql-99; or start over on the installed one with: outpost stack reset`,
+        ),
+      );
+      assert.equal(await isPortOpen(ports.redisPort), false, 'Redis was not started');
+    } finally {
+      await stackDown(dir).catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -68,11 +68,13 @@ export const reportedMajorVersion = (binary: string): number | undefined => {
   return result.status === 0 ? majorVersionOf(result.stdout) : undefined;
 };
 
+export type PgInstall = { dir: string; major: number | undefined };
+
 /**
  * The PostgreSQL server installations on the machine (Debian keeps them out of PATH): pg_config's
  * first, then Debian's, newest first; each with the major version its server reports.
  */
-export const pgServerInstalls = (): { dir: string; major: number | undefined }[] => {
+export const pgServerInstalls = (): PgInstall[] => {
   const fromConfig = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' });
   const candidates: string[] = [];
   if (fromConfig.status === 0) {
@@ -90,9 +92,33 @@ export const pgServerInstalls = (): { dir: string; major: number | undefined }[]
     .map((dir) => ({ dir, major: reportedMajorVersion(join(dir, 'postgres')) }));
 };
 
-/** The server binaries the stack runs: the first installation recent enough. */
-export const findPgBinDir = (): string | undefined =>
-  pgServerInstalls().find(({ major }) => major !== undefined && major >= MIN_POSTGRES_MAJOR)?.dir;
+/**
+ * The installation to run a cluster with: the one of the cluster's own major version when the
+ * cluster exists (a server of another version refuses its data directory, so after a newer
+ * PostgreSQL is installed beside the stack's, the stack keeps to its own), else the first one
+ * recent enough.
+ */
+export const pickPgInstall = (
+  installs: PgInstall[],
+  clusterMajor: number | undefined,
+): PgInstall | undefined =>
+  clusterMajor === undefined
+    ? installs.find(({ major }) => major !== undefined && major >= MIN_POSTGRES_MAJOR)
+    : installs.find(({ major }) => major === clusterMajor);
+
+/** The major version a data directory was made by (its PG_VERSION), or undefined when none is there. */
+export const clusterMajorOf = (dataDir: string): number | undefined => {
+  const file = join(dataDir, 'PG_VERSION');
+  if (!existsSync(file)) {
+    return undefined;
+  }
+  const major = Number.parseInt(readFileSync(file, 'utf8').trim(), 10);
+  return Number.isNaN(major) ? undefined : major;
+};
+
+/** The server binaries that run the cluster in `dataDir` (or would make a new one there). */
+export const findPgBinDir = (dataDir: string): string | undefined =>
+  pickPgInstall(pgServerInstalls(), clusterMajorOf(dataDir))?.dir;
 
 export const findOnPath = (name: string): string | undefined => {
   const result = spawnSync('sh', ['-c', `command -v ${name}`], { encoding: 'utf8' });

@@ -16,6 +16,7 @@ import { MIN_REDIS_MAJOR } from '../log/redis.ts';
 import { reasonOf } from '../reason.ts';
 import {
   closedToPostgres,
+  clusterMajorOf,
   commandLineOf,
   findOnPath,
   findPgBinDir,
@@ -76,14 +77,22 @@ export const urlsOf = (
   redis: { url: `redis://127.0.0.1:${o.redisPort}` },
 });
 
-const requirePgBinDir = (): string => {
-  const dir = findPgBinDir();
+/** The server binaries for the cluster in `dataDir`, or why there are none. */
+const requirePgBinDir = (dataDir: string): string => {
+  const dir = findPgBinDir(dataDir);
   if (dir) {
     return dir;
   }
-  const found = pgServerInstalls().map(
+  const installs = pgServerInstalls();
+  const found = installs.map(
     ({ dir, major }) => `${major === undefined ? 'an unknown version' : major} in ${dir}`,
   );
+  const clusterMajor = clusterMajorOf(dataDir);
+  if (clusterMajor !== undefined && installs.length > 0) {
+    throw new Error(
+      `the stack's PostgreSQL data in ${dataDir} is of version ${clusterMajor}, whose server is not installed (found ${found.join(', ')}): install it with: apt-get install -y postgresql-${clusterMajor}; or start over on the installed one with: outpost stack reset (it deletes the stack's data)`,
+    );
+  }
   throw new Error(
     found.length === 0
       ? 'PostgreSQL server binaries not found; install them with: apt-get install -y postgresql postgresql-15-cron'
@@ -419,7 +428,8 @@ export const stackUp = async (
   o: StackOptions,
   { signal }: { signal?: AbortSignal } = {},
 ): Promise<StackUrls> => {
-  const bin = requirePgBinDir();
+  const paths = pathsOf(o.dir);
+  const bin = requirePgBinDir(paths.main);
   const redisServer = requireRedisServer();
   const cron = o.pgCron === 'auto' ? pgCronInstalled(bin) : o.pgCron;
   if (cron && !pgCronInstalled(bin)) {
@@ -427,7 +437,6 @@ export const stackUp = async (
       'pg_cron is not installed; install it with: apt-get install -y postgresql-15-cron',
     );
   }
-  const paths = pathsOf(o.dir);
   await refuseForeignServices(o, paths);
   for (const dir of [o.dir, paths.logs, paths.redis]) {
     mkdirSync(dir, { recursive: true });
@@ -558,21 +567,28 @@ const refuseForeignServices = async (o: StackOptions, paths: StackPaths) => {
  */
 export const stackDown = async (dir: string): Promise<boolean> => {
   const paths = pathsOf(dir);
-  const bin = findPgBinDir();
   const failures: string[] = [];
   let found = false;
   for (const dataDir of [paths.replica, paths.main]) {
-    if (bin && pgIsRunning(dataDir)) {
-      found = true;
-      await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]).catch(
-        async (err: Error) => {
-          failures.push(err.message);
-          await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', dataDir]).catch(
-            () => undefined,
-          );
-        },
-      );
+    if (!pgIsRunning(dataDir)) {
+      continue;
     }
+    found = true;
+    let bin: string;
+    try {
+      bin = requirePgBinDir(dataDir);
+    } catch (err) {
+      failures.push((err as Error).message);
+      continue;
+    }
+    await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'fast', '-D', dataDir]).catch(
+      async (err: Error) => {
+        failures.push(err.message);
+        await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', 'immediate', '-D', dataDir]).catch(
+          () => undefined,
+        );
+      },
+    );
   }
   const pid = redisPid(paths.redis);
   if (pid !== undefined) {
@@ -629,7 +645,7 @@ export const stopReplica = (dir: string): Promise<void> =>
 const crashPostgres = (dataDir: string): Promise<void> => stopPostgres(dataDir, 'immediate');
 
 const stopPostgres = async (dataDir: string, mode: 'fast' | 'immediate'): Promise<void> => {
-  const bin = requirePgBinDir();
+  const bin = requirePgBinDir(dataDir);
   await runPg(join(bin, 'pg_ctl'), ['stop', '-w', '-m', mode, '-D', dataDir]);
 };
 
