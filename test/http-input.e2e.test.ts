@@ -359,6 +359,44 @@ void describe('HTTP input', () => {
       );
     });
 
+    void it('refuses a list filter it does not take or one given twice, naming it, rather than answer as if filtered', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { ...start, obs_unit_id: 'filter-refusals' })
+      ).body.id;
+      await h.post(`/executed_obs_units/${unit}/finish`, { status: 'failed' });
+      const refusals: [string, string, string][] = [
+        // A misspelt filter was ignored, and the whole list came back.
+        ['/executed_obs_units?obs_unit=filter-refusals', 'obs_unit', 'unknown field'],
+        [`/raw_data_files?executed_obs_unit=${unit}`, 'executed_obs_unit', 'unknown field'],
+        // Of a filter given twice, the first alone was read.
+        ['/executed_obs_units?status=running&status=failed', 'status', 'given more than once'],
+        ['/executed_obs_units?limit=1&limit=2', 'limit', 'given more than once'],
+        ['/admin/pending?partition=0&partition=1', 'partition', 'given more than once'],
+      ];
+      for (const [path, field, message] of refusals) {
+        const answer = await h.get(path, { authorization: `Bearer ${h.config.adminToken}` });
+        assert.equal(answer.status, 400, `${path}: ${answer.text}`);
+        assert.equal(answer.body.error.code, 'validation_failed', path);
+        assert.deepEqual(
+          answer.body.error.details.map((d: { path: string; message: string }) => [
+            d.path,
+            d.message.startsWith(message),
+          ]),
+          [[field, true]],
+          `${path}: ${answer.text}`,
+        );
+      }
+      // An empty value is still one not given, beside the one given.
+      const listed = await h.get(
+        '/executed_obs_units?obs_unit_id=filter-refusals&status=&status=failed',
+      );
+      assert.equal(listed.status, 200, listed.text);
+      assert.deepEqual(
+        listed.body.items.map((u: { id: string }) => u.id),
+        [unit],
+      );
+    });
+
     void it('refuses an unknown enum value and points at files.N.field in a bulk', async () => {
       await appendsNothing(
         () => h.post(`/executed_obs_units/${unitId}/finish`, { status: 'done' }),

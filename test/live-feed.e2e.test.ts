@@ -230,8 +230,14 @@ void describe('live event feed', () => {
         byId.messages().every((m) => m.message.aggregate_id === id),
         JSON.stringify(byId.messages().map((m) => m.message.aggregate_id)),
       );
-      const bad = await fetch(`${a.url}/events/live?state=bogus`);
-      assert.equal(bad.status, 400);
+      for (const query of [
+        'state=bogus',
+        'aggregate=executed_obs_unit',
+        'state=applied&state=dead',
+      ]) {
+        const bad = await fetch(`${a.url}/events/live?${query}`);
+        assert.equal(bad.status, 400, query);
+      }
     } finally {
       await byId?.close();
       await client.close();

@@ -152,7 +152,9 @@ export const pageLimit = queryWholeNumber
   .default(100)
   .meta({ type: 'integer', minimum: 1, maximum: 1000, description: '100 when not given' });
 
-export const ListQuery = z.object({
+// Strict, as the admin lists: a misspelt filter (`?obs_unit=…`) ignored would answer with the whole
+// list as if filtered.
+export const ListQuery = z.strictObject({
   limit: pageLimit,
   cursor: z.string().max(200).optional(),
 });

@@ -58,7 +58,8 @@ const commaList = <T extends string>(values: readonly [T, ...T[]]) =>
     .transform((text) => text.split(',').map((s) => s.trim()))
     .pipe(z.array(z.enum(values)).min(1));
 
-export const LiveQuery = z.object({
+// Strict, as the lists: a misspelt filter ignored would stream every event as if filtered.
+export const LiveQuery = z.strictObject({
   aggregate_type: commaList(
     AGGREGATE_TYPES as unknown as readonly [string, ...string[]],
   ).optional(),

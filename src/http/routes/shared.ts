@@ -95,8 +95,19 @@ export const decodeCursor = (cursor: string | undefined): string | undefined => 
 export const readQuery = <T>(c: Context, schema: z.ZodType<T>): T => {
   // A parameter left empty (`?status=&limit=`, as the contract writes them) is one not given:
   // `partition=` read as partition 0 would quietly filter out every other partition.
+  const given = Object.entries(c.req.queries()).map(
+    ([name, values]) => [name, values.filter((value) => value !== '')] as const,
+  );
+  // Every parameter takes one value: of `?status=failed&status=success` the first alone was
+  // read, and the answer looked like one filtered by both.
+  const repeated = given
+    .filter(([, values]) => values.length > 1)
+    .map(([name]) => ({ path: name, message: 'given more than once; it takes one value' }));
+  if (repeated.length > 0) {
+    throw new ApiError('validation_failed', 'query parameters are invalid', repeated);
+  }
   const query = Object.fromEntries(
-    Object.entries(c.req.query()).filter(([, value]) => value !== ''),
+    given.flatMap(([name, [value]]) => (value === undefined ? [] : [[name, value]])),
   );
   // A filter value goes to PostgreSQL as a parameter, which refuses a NUL byte: without this
   // the refusal would come back as the replica failing (503), not as the caller's mistake.
