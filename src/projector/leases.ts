@@ -348,9 +348,29 @@ export class LeaseManager {
     this.#stopping.set(partition, stopping);
   }
 
+  /**
+   * All at once, the leases in one statement: one after another, each partition waited for its
+   * batch under way and then its own release, and on a link that drops packets a shutdown took a
+   * query timeout per partition (8 × 5 s by default, past the process's 30 s to exit). A
+   * partition whose consumer failed to stop keeps its lease until it lapses, as its fencing token
+   * then keeps its batch from committing; the failure is thrown once the others are given back.
+   */
   async #giveAll() {
-    for (const partition of this.owned) {
-      await this.#give(partition);
+    const given = this.owned.flatMap((partition) => {
+      const held = this.#held.get(partition);
+      this.#held.delete(partition);
+      return held === undefined ? [] : [held.lease];
+    });
+    const stops = await Promise.allSettled(
+      given.map((lease) => this.deps.events.stopped(lease.partition)),
+    );
+    await releaseLeases(
+      this.deps.pool,
+      given.filter((_, i) => stops[i]?.status === 'fulfilled'),
+    ).catch(() => undefined);
+    const failed = stops.find((stop) => stop.status === 'rejected');
+    if (failed !== undefined) {
+      throw failed.reason;
     }
   }
 
