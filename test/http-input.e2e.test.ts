@@ -415,6 +415,26 @@ void describe('HTTP input', () => {
       const paths = error.details.map((d: { path: string }) => d.path);
       assert.ok(paths.includes('files.1.size_bytes'), paths.join());
       assert.ok(paths.includes('files.1.checksum_algorithm'), paths.join());
+      // A size past 2^53 − 1 is said once (it was said twice, as an int and as a number). Sent
+      // as text: JSON.stringify would spell 1e19 in digits, which the door refuses before.
+      const tooBig = await appendsNothing(
+        () =>
+          h.request(
+            'POST',
+            '/raw_data_files',
+            JSON.stringify({ executed_obs_unit_id: unitId, files: [fileRow('/c')] }).replace(
+              /"size_bytes":\d+/,
+              '"size_bytes":1e19',
+            ),
+          ),
+        400,
+        'validation_failed',
+      );
+      assert.deepEqual(
+        tooBig.details.map((d: { path: string }) => d.path),
+        ['files.0.size_bytes'],
+        JSON.stringify(tooBig.details),
+      );
     });
 
     void it('takes a checksum as tools print it and refuses one no such algorithm makes', async () => {
