@@ -473,6 +473,48 @@ void describe('outpost stack status', () => {
       rmSync(empty, { recursive: true, force: true });
     }
   });
+
+  void it('says a stack root started belongs to root when another user asks, instead of reporting it stopped', async (t) => {
+    if (process.getuid?.() !== 0) {
+      t.skip('needs root, to start a stack as one user and ask as another');
+      return;
+    }
+    // A stack's state as root's `up` leaves it; its servers' pid files are closed to others.
+    const project = mkdtempSync(join(tmpdir(), 'outpost-roots-'));
+    chmodSync(project, 0o755);
+    const dir = join(project, '.outpost');
+    mkdirSync(dir, { mode: 0o755 });
+    writeFileSync(stackPaths(dir).state, '{}\n');
+    try {
+      for (const action of ['status', 'down', 'up']) {
+        const asked = await run(
+          'runuser',
+          [
+            '-u',
+            'postgres',
+            '--',
+            process.execPath,
+            join(PROJECT_ROOT, 'bin/outpost.js'),
+            'stack',
+            action,
+          ],
+          { cwd: project, env: { PATH: process.env.PATH, HOME: '/tmp' } },
+        ).then(
+          (done) => ({ code: 0, ...done }),
+          (failed: { code: number; stdout: string; stderr: string }) => failed,
+        );
+        assert.equal(asked.code, 1, `${action}: ${asked.stdout}${asked.stderr}`);
+        assert.match(
+          asked.stderr,
+          new RegExp(
+            `the local stack in ${dir} belongs to root, who started it, and its servers cannot be seen or stopped by another user: run it as root \\(sudo npx outpost stack ${action}\\)`,
+          ),
+        );
+      }
+    } finally {
+      rmSync(project, { recursive: true, force: true });
+    }
+  });
 });
 
 void describe('outpost without a command', () => {

@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import {
   chmodSync,
   chownSync,
@@ -413,6 +414,39 @@ export const findStackDir = (from: string): string => {
   }
 };
 
+/**
+ * A stack another user started (root, whose PostgreSQL then runs as postgres) cannot be looked
+ * into by this one: its pid files and processes are closed to it, so the stack read as stopped,
+ * `down` found nothing to stop and `up` took its own ports for a foreign service's. Said instead,
+ * with whom to ask. Root sees every stack.
+ */
+const refuseAnotherUsersStack = (dir: string, command: string): void => {
+  const me = process.getuid?.();
+  if (me === undefined || me === 0) {
+    return;
+  }
+  let owner: number;
+  try {
+    owner = statSync(pathsOf(dir).state).uid;
+  } catch {
+    return;
+  }
+  if (owner === me) {
+    return;
+  }
+  const name = userNameOf(owner);
+  const asOwner = owner === 0 ? 'sudo' : `sudo -u ${name}`;
+  throw new Error(
+    `the local stack in ${dir} belongs to ${name}, who started it, and its servers cannot be seen or stopped by another user: run it as ${name} (${asOwner} npx outpost stack ${command})`,
+  );
+};
+
+const userNameOf = (uid: number): string => {
+  const entry = spawnSync('getent', ['passwd', String(uid)], { encoding: 'utf8' });
+  const name = entry.status === 0 ? entry.stdout.split(':')[0] : undefined;
+  return name ? name : `the user of uid ${uid}`;
+};
+
 export const readState = (dir: string): StackOptions | undefined => {
   const file = pathsOf(dir).state;
   return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as StackOptions) : undefined;
@@ -428,6 +462,7 @@ export const stackUp = async (
   o: StackOptions,
   { signal }: { signal?: AbortSignal } = {},
 ): Promise<StackUrls> => {
+  refuseAnotherUsersStack(o.dir, 'up');
   const paths = pathsOf(o.dir);
   const bin = requirePgBinDir(paths.main);
   const redisServer = requireRedisServer();
@@ -565,7 +600,8 @@ const refuseForeignServices = async (o: StackOptions, paths: StackPaths) => {
  * part is attempted even when an earlier one fails, so nothing is left running behind an error.
  * Says whether any server was running.
  */
-export const stackDown = async (dir: string): Promise<boolean> => {
+export const stackDown = async (dir: string, command = 'down'): Promise<boolean> => {
+  refuseAnotherUsersStack(dir, command);
   const paths = pathsOf(dir);
   const failures: string[] = [];
   let found = false;
@@ -606,11 +642,12 @@ export const stackDown = async (dir: string): Promise<boolean> => {
 };
 
 export const stackReset = async (dir: string): Promise<void> => {
-  await stackDown(dir);
+  await stackDown(dir, 'reset');
   rmSync(dir, { recursive: true, force: true });
 };
 
 export const stackStatus = async (dir: string, fallback: StackOptions): Promise<StackStatus> => {
+  refuseAnotherUsersStack(dir, 'status');
   const o = readState(dir) ?? fallback;
   const paths = pathsOf(dir);
   const urls = urlsOf(o);
