@@ -555,6 +555,43 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('Redis killed -9 and restarted while nothing is written', () => {
+    let h: Harness;
+    after(async () => {
+      await h?.restartStackAndClose();
+    });
+
+    void it('shows the projector running again once Redis answers, not failing until each partition next applies', async () => {
+      h = await Harness.start();
+      const projector = async () => (await h.get('/health')).body.background_processor;
+      await waitFor(async () => (await projector()).status === 'running', 'the projector to run');
+      await killRedis(h.stack.dir);
+      await waitFor(
+        async () => (await projector()).last_error !== null,
+        "the projector's reads to fail while Redis is down",
+        30_000,
+      );
+      await stackUp(h.stackOptions());
+      // Nothing is written: no partition has a batch to make that would clear its error.
+      let seen: unknown;
+      await waitFor(
+        async () => {
+          const health = await h.get('/health');
+          seen = health.body;
+          return (
+            health.body.status === 'healthy' &&
+            health.body.background_processor.status === 'running' &&
+            health.body.background_processor.last_error === null
+          );
+        },
+        'the projector to be shown running again after Redis came back',
+        30_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
+      });
+    });
+  });
+
   void describe('Redis restarted without its data (its volume lost)', () => {
     let h: Harness;
     after(async () => {

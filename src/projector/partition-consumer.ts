@@ -145,6 +145,8 @@ export class PartitionConsumer {
   /** Which scan of own pending entries the cursor belongs to: a restart begins a new one. */
   #scan = 0;
   #lastError: string | undefined;
+  /** Whether the last error was a read's (Redis away): the next read that answers ends it. */
+  #lastErrorWasRead = false;
   #leaseLapsed = false;
   /** Closes of the reader's connection so far: a read out during one may have run twice. */
   #readerCloses = 0;
@@ -212,10 +214,18 @@ export class PartitionConsumer {
         await pause(Math.min(1000, Math.max(50, this.#deps.breaker.waitMs())), this.#abort.signal);
         continue;
       }
+      let reading = true;
       try {
         const readerClosesBefore = this.#readerCloses;
         const scanBefore = this.#scan;
         const read = this.#rereadOwnPending ? await this.#readOwnPending() : await this.#readNew();
+        reading = false;
+        if (this.#lastErrorWasRead) {
+          // Redis answers again. Kept until the next batch, a partition with nothing to apply
+          // showed the outage's error, and /health the projector failing, long after it ended.
+          this.#lastError = undefined;
+          this.#lastErrorWasRead = false;
+        }
         if (this.#abort.signal.aborted) {
           continue;
         }
@@ -276,6 +286,7 @@ export class PartitionConsumer {
         this.#pageDone(read);
         this.#transientBackoff.reset();
         this.#lastError = undefined;
+        this.#lastErrorWasRead = false;
       } catch (err) {
         if (this.#abort.signal.aborted) {
           break;
@@ -331,6 +342,7 @@ export class PartitionConsumer {
           this.#deps.reader.disconnect(true);
         }
         this.#lastError = reasonOf(err);
+        this.#lastErrorWasRead = reading;
         this.#deps.onFailure?.();
         const delay = this.#transientBackoff.nextDelayMs();
         logger.warn(
