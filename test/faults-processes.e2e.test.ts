@@ -571,6 +571,9 @@ void describe('process faults under load', () => {
         "the projector's reads to fail while Redis is down",
         30_000,
       );
+      // Said as Redis's failure: ioredis's words ("Reached the max retries per request limit")
+      // do not name it.
+      assert.match((await projector()).last_error, /^reading partition \d+ from Redis failed: /);
       await stackUp(h.stackOptions());
       // Nothing is written: no partition has a batch to make that would clear its error.
       let seen: unknown;

@@ -341,7 +341,10 @@ export class PartitionConsumer {
           );
           this.#deps.reader.disconnect(true);
         }
-        this.#lastError = reasonOf(err);
+        // A read's failure is Redis's; its error, ioredis's words, does not say so.
+        this.#lastError = reading
+          ? `reading partition ${this.#partition} from Redis failed: ${reasonOf(err)}`
+          : reasonOf(err);
         this.#lastErrorWasRead = reading;
         this.#deps.onFailure?.();
         const delay = this.#transientBackoff.nextDelayMs();
