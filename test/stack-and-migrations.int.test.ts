@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import {
   chmodSync,
@@ -535,6 +535,23 @@ void describe('outpost without a command', () => {
     const unknown = await runCliWith(env, ['stats']);
     assert.equal(unknown.code, 1);
     assert.equal(unknown.stderr, 'outpost: unknown command stats; see outpost --help\n');
+  });
+
+  void it('stops quietly when the reader of its output goes away (outpost pending | head)', async () => {
+    const child = spawn(process.execPath, ['bin/outpost.js', '--help'], {
+      cwd: PROJECT_ROOT,
+      env: { PATH: process.env.PATH, HOME: process.env.HOME },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    // Closed before the command has loaded, so its first write meets a pipe with no reader.
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const code = await new Promise((resolve) => child.once('exit', resolve));
+    assert.equal(stderr, '', 'no EPIPE stack trace');
+    assert.equal(code, 0);
   });
 });
 

@@ -204,6 +204,19 @@ const main = async (argv: string[]) => {
   }
 };
 
+// A reader that stops early (`outpost pending | head`) closes the pipe: what it wanted is out, and
+// the rest has nowhere to go. Unhandled, the write's EPIPE ended the command with a stack trace.
+// Not for the service's log (serve, start), whose stdout is its own concern.
+const [command] = process.argv.slice(2);
+if (command !== 'serve' && command !== 'start') {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') {
+      throw err;
+    }
+    process.exit(0);
+  });
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
   const message =
     err instanceof ConfigError || err instanceof CliError ? err.message : reasonOf(err);
