@@ -242,6 +242,79 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('projector killed -9 and restarted at once under the same name', () => {
+    let h: Harness;
+    after(() => h?.close());
+
+    void it("says in /health that its partitions wait for the killed run's leases, then applies", async () => {
+      h = await Harness.start({ role: 'api' });
+      // A lease TTL long enough to look at the wait (the harness's is 2 s).
+      const env = { OUTPOST_CLAIM_IDLE_MS: '20000' };
+      const killed = await h.spawnServe('projector', env);
+      await killed.ready();
+      const leased = async () =>
+        (
+          await h.mainRows(
+            "SELECT partition FROM partition_leases WHERE owner IS NOT NULL AND expires_at > now() AND site <> ''",
+          )
+        ).length;
+      await waitFor(async () => (await leased()) === h.config.partitions, 'every partition leased');
+      killed.child.kill('SIGKILL');
+      await exited(killed.child);
+      const written = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'behind-a-killed-run',
+        instrument: 'x',
+      });
+      assert.equal(written.status, 201, written.text);
+
+      const restarted = await h.spawnServe('projector', env);
+      await restarted.ready();
+      const health = async () => (await fetch(`${restarted.url}/health`)).json();
+      let seen: unknown;
+      await waitFor(
+        async () => {
+          seen = await health();
+          const { status, background_processor } = seen as {
+            status: string;
+            background_processor: { last_error: string | null };
+          };
+          return (
+            status === 'degraded' &&
+            /^partitions? [\d, ]+ leased to .+, this process's own name, but not held by it: a previous run stopped without giving (them|it) back \(killed\?\)/.test(
+              background_processor.last_error ?? '',
+            )
+          );
+        },
+        "/health to say the killed run's leases hold the partitions",
+        15_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
+      });
+      assert.match(restarted.output(), /leased to .+, this process's own name/);
+      await waitFor(
+        async () => (await h.get(`/events/${written.body.event_id}`)).body.state === 'confirmed',
+        'the write to be applied once the leases lapsed',
+        60_000,
+      );
+      await waitFor(
+        async () => {
+          seen = await health();
+          const { status, background_processor } = seen as {
+            status: string;
+            background_processor: { last_error: string | null };
+          };
+          return status === 'healthy' && background_processor.last_error === null;
+        },
+        '/health to be healthy once the partitions are held',
+        30_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
+      });
+      restarted.child.kill('SIGTERM');
+      await exited(restarted.child);
+    });
+  });
+
   void describe('projector killed -9 and never restarted', () => {
     let h: Harness;
     after(() => h?.close());

@@ -164,6 +164,7 @@ export class StatusSource {
             replicaUp &&
             bufferRead &&
             processor?.status !== 'failing' &&
+            processor?.waiting === undefined &&
             acknowledging &&
             unprojected === undefined &&
             tokensError === undefined &&
@@ -389,10 +390,11 @@ const processorView = (
   last_run: stats?.lastRun ?? null,
   transactions_processed: stats?.processed ?? 0,
   success_rate: round(stats?.successRate ?? 1),
-  // What the projector last met while its batches fail (the breaker's reason), else what the
-  // acknowledgements last met, else (in a process without a projector) that none holds
-  // partitions whose events wait, or null.
+  // What the projector last met while its batches fail (the breaker's reason), else why
+  // partitions of its share wait, else what the acknowledgements last met, else (in a process
+  // without a projector) that none holds partitions whose events wait, or null.
   last_error:
     stats?.lastError ??
+    stats?.waiting ??
     (ackerError === undefined ? (unprojected ?? null) : `acknowledging: ${ackerError}`),
 });

@@ -5,6 +5,7 @@ import {
   claimSite,
   heartbeat,
   type Lease,
+  leaseHoldings,
   leaveMembers,
   liveMembers,
   releaseLeases,
@@ -92,6 +93,7 @@ export class LeaseManager {
   #claimed: { log: string; renewedAt: string; atMs: number } | undefined;
   /** Why this process takes no partition: its site name is applied from another log. */
   #refusal: string | undefined;
+  #waiting: string | undefined;
   /** The projector of another log last told of, so that each is told once. */
   #refusedMet: string | null = null;
 
@@ -99,6 +101,15 @@ export class LeaseManager {
 
   get owned(): number[] {
     return [...this.#held.keys()].sort((a, b) => a - b);
+  }
+
+  /**
+   * Why partitions of this process's share are not taken yet, when it is its own name that holds
+   * them (a previous run killed without giving them back): events wait up to a lease TTL with
+   * every other sign saying the projector runs.
+   */
+  get waiting(): string | undefined {
+    return this.#waiting;
   }
 
   get lastError(): string | undefined {
@@ -219,6 +230,7 @@ export class LeaseManager {
       this.#inBackground(partition, () => this.#give(partition));
     }
     if (this.#held.size >= share) {
+      this.#waiting = undefined;
       return;
     }
     // Start at a place derived from our name, so joining processes do not all race for partition 0.
@@ -249,6 +261,31 @@ export class LeaseManager {
         }
       }
     }
+    await this.#sayLeasedToOurName();
+  }
+
+  /** Partitions live-leased to this process's name that it does not hold: see `waiting`. */
+  async #sayLeasedToOurName(): Promise<void> {
+    const { pool, site, consumer, ttlMs, logger } = this.deps;
+    // Not worth failing the round for: it only says why.
+    const holdings = await leaseHoldings(pool, site).catch(() => []);
+    const kept = holdings
+      .filter(
+        (h) =>
+          h.live &&
+          h.owner === consumer &&
+          !this.#held.has(h.partition) &&
+          !this.#stopping.has(h.partition),
+      )
+      .map((h) => h.partition);
+    const waiting =
+      kept.length === 0
+        ? undefined
+        : `partition${kept.length > 1 ? 's' : ''} ${kept.join(', ')} leased to ${consumer}, this process's own name, but not held by it: a previous run stopped without giving ${kept.length > 1 ? 'them' : 'it'} back (killed?), or another process runs with the same OUTPOST_CONSUMER; taken when the lease lapses, within ${Math.ceil(ttlMs / 1000)} s of that run's last renewal`;
+    if (waiting !== undefined && waiting !== this.#waiting) {
+      logger.warn({ partitions: kept, consumer }, waiting);
+    }
+    this.#waiting = waiting;
   }
 
   /**

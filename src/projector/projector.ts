@@ -56,6 +56,8 @@ export type ProjectorStats = {
   /** Events applied per second over the last minute. */
   rate: number;
   lastError: string | undefined;
+  /** Why partitions of its share wait (leased to its own name by a run killed before it). */
+  waiting: string | undefined;
   partitions: number[];
 };
 
@@ -357,6 +359,7 @@ export class Projector {
       batches: this.#batches,
       ...this.#recent.figures(Date.now()),
       lastError: errors[0] ?? leaseError,
+      waiting: this.#leases.waiting,
       partitions: this.#leases.owned,
     };
   }
