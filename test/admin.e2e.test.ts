@@ -2001,13 +2001,22 @@ void describe('dead retry while later events of the aggregate wait', () => {
     // A file already in the stream when the start is discarded finds no unit when it comes.
     await h.stopService(projector);
     const late = (await h.post('/raw_data_files', file('/o/late'))).body;
-    const discarded = await h.request(
-      'DELETE',
-      `/admin/dead-letters/${unit.event_id}`,
-      { reason: 'a test start' },
-      auth(TOKEN),
+    // The CLI's discard names the file that followed the start in, which now derives from nothing.
+    const discarded = await runCli(h, [
+      'dead',
+      'discard',
+      unit.event_id,
+      '--reason',
+      'a test start',
+    ]);
+    assert.equal(discarded.code, 0, discarded.stderr);
+    assert.match(
+      discarded.stdout,
+      new RegExp(
+        `^1 dead letter\\(s\\) followed executed_obs_unit ${unit.id} into the dead letters and wait still; they derive from it, .*: ${behind.event_ids[0]}$`,
+        'm',
+      ),
     );
-    assert.equal(discarded.status, 200, discarded.text);
     projector = await h.startService('projector');
     assert.equal(await settled(late.event_ids[0]), 'dead');
     assert.match((await letterOf(late.event_ids[0])).error, /which is not applied/);
@@ -2037,8 +2046,11 @@ void describe('dead retry while later events of the aggregate wait', () => {
       ).body;
       assert.equal(await settledState(h, file.event_ids[0]), 'dead');
       await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison_start');
-      const start = await retryLetter(h, unit.event_id);
-      assert.equal(start.status, 200, start.text);
+      // The CLI's retry of the start names the file that waits on it: retried with the start
+      // alone, it was left in the dead letters with nothing said.
+      const start = await runCli(h, ['dead', 'retry', unit.event_id, '--json']);
+      assert.equal(start.code, 0, start.stderr);
+      assert.deepEqual(JSON.parse(start.stdout).followers_waiting, [file.event_ids[0]]);
       assert.equal(await settledState(h, unit.event_id), 'confirmed');
       // The unit is blocked again, by a later update of its own: its files apply all the same.
       await deadLetteredPatch(h, unit.id);

@@ -1,6 +1,7 @@
 import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
+import { EVENT_TYPES, isEventType } from '../domain/events.ts';
 import { probeWriteRefusal, writeRefusedReason } from '../log/capacity.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
@@ -317,7 +318,9 @@ const requireDead = async (
 };
 
 /** Every dead letter of the site, page after page. */
-const allDeadLetters = async (site: Parameters<Parameters<typeof withSite>[0]>[0]) => {
+type Site = Parameters<Parameters<typeof withSite>[0]>[0];
+
+const allDeadLetters = async (site: Site) => {
   const letters: DeadLetter[] = [];
   let cursor: string | undefined;
   do {
@@ -353,6 +356,19 @@ type RetryRow = {
   why_not?: string;
   with?: string;
 };
+
+/**
+ * The dead letters that followed `letter`'s aggregate into the dead letters (a unit's files,
+ * behind its dead start): a retry or discard of its letters leaves them where they are, and
+ * `dead list` alone would not say they wait on it.
+ */
+const followersOf = async (site: Site, letter: DeadLetter): Promise<DeadLetter[]> =>
+  (await allDeadLetters(site)).filter((other) => other.follows?.includes(letter.aggregate_id));
+
+const followersLine = (letter: DeadLetter, followers: DeadLetter[], advice: string) =>
+  `${followers.length} dead letter(s) followed ${letter.aggregate_type} ${letter.aggregate_id} into the dead letters and wait still; ${advice}: ${followers
+    .map((f) => f.id)
+    .join(' ')}`;
 
 const DEAD_USAGE =
   'usage: outpost dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
@@ -476,7 +492,28 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         for (const { eventId, entryId, partition } of alsoRetried) {
           results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: id });
         }
-        print(flags.json ? JSON.stringify({ items: results }) : table(results));
+        const named = letters[0];
+        const followers =
+          !flags.all && named !== undefined && results[0]?.retried
+            ? await followersOf(site, named)
+            : [];
+        print(
+          flags.json
+            ? JSON.stringify({
+                items: results,
+                ...(followers.length > 0 && { followers_waiting: followers.map((f) => f.id) }),
+              })
+            : table(results),
+        );
+        if (!flags.json && followers.length > 0) {
+          print(
+            followersLine(
+              named as DeadLetter,
+              followers,
+              'now that it is back, retry them (outpost dead retry <id>, or --all)',
+            ),
+          );
+        }
         if (stoppedBy) {
           throw new CliError(
             `retry --all stopped at dead letter ${stoppedBy.id}: ${reasonOf(stoppedBy.err)}; ${
@@ -511,8 +548,28 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         if (auditId === undefined) {
           throw new CliError(`dead letter ${letter.id} is ${GONE}`);
         }
-        const result = { id: letter.id, discarded: true, audit_id: auditId };
+        // Only a creation's discard leaves them with nothing to derive from; after an update's,
+        // they follow a block that a retry of the rest lifts.
+        const followers =
+          isEventType(letter.type) && EVENT_TYPES[letter.type].creates
+            ? await followersOf(site, letter)
+            : [];
+        const result = {
+          id: letter.id,
+          discarded: true,
+          audit_id: auditId,
+          ...(followers.length > 0 && { followers_waiting: followers.map((f) => f.id) }),
+        };
         print(flags.json ? JSON.stringify(result) : `discarded ${letter.id} (audit ${auditId})`);
+        if (!flags.json && followers.length > 0) {
+          print(
+            followersLine(
+              letter,
+              followers,
+              'they derive from it, and retried without it they fail again: discard them too (outpost dead discard <id> --reason …)',
+            ),
+          );
+        }
         return;
       }
       default:
