@@ -79,6 +79,8 @@ export class Projector {
   #trimTimer: NodeJS.Timeout | undefined;
   #pressureTimer: NodeJS.Timeout | undefined;
   #relieving: Promise<void> | undefined;
+  /** Whether the last look at Redis's memory failed, so that an outage is said once. */
+  #pressureUnread = false;
   #processed = 0;
   #batches = 0;
   #lastRun: number | undefined;
@@ -127,8 +129,22 @@ export class Projector {
     this.#pressureTimer = setInterval(() => {
       // One run at a time: two overlapping would halve the history twice in one period.
       this.#relieving ??= this.#relievePressure()
-        .catch((err: unknown) =>
-          this.#deps.logger.warn({ err }, 'trimming the log under memory pressure failed'),
+        .then(
+          () => {
+            this.#pressureUnread = false;
+          },
+          (err: unknown) => {
+            // Its look at Redis's memory failed (a partition's trim says so itself): said once
+            // in a row, not every PRESSURE_CHECK_MS through a Redis outage, where it hid the
+            // lines that said what was wrong.
+            if (!this.#pressureUnread) {
+              this.#deps.logger.warn(
+                { err },
+                "reading Redis's memory use failed: the log is not trimmed under memory pressure until it can be read",
+              );
+            }
+            this.#pressureUnread = true;
+          },
         )
         .finally(() => {
           this.#relieving = undefined;
