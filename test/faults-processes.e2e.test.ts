@@ -184,6 +184,31 @@ const noReadBlocked = (h: Harness): Promise<void> =>
     "the stopped projector's last blocking read to end",
   );
 
+type Health = {
+  status: string;
+  background_processor: { status: string; last_error: string | null };
+};
+
+/** Polls a process's /health until `until` holds; a timeout says what it said last. */
+const healthUntil = async (
+  url: string,
+  until: (health: Health) => boolean,
+  what: string,
+  timeoutMs: number,
+): Promise<void> => {
+  let seen: unknown;
+  await waitFor(
+    async () => {
+      seen = await (await fetch(`${url}/health`)).json();
+      return until(seen as Health);
+    },
+    what,
+    timeoutMs,
+  ).catch((err: Error) => {
+    throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
+  });
+};
+
 void describe('process faults under load', () => {
   void describe('projector killed -9 five times', () => {
     let h: Harness;
@@ -269,47 +294,29 @@ void describe('process faults under load', () => {
 
       const restarted = await h.spawnServe('projector', env);
       await restarted.ready();
-      const health = async () => (await fetch(`${restarted.url}/health`)).json();
-      let seen: unknown;
-      await waitFor(
-        async () => {
-          seen = await health();
-          const { status, background_processor } = seen as {
-            status: string;
-            background_processor: { last_error: string | null };
-          };
-          return (
-            status === 'degraded' &&
-            /^partitions? [\d, ]+ leased to .+, this process's own name, but not held by it: a previous run stopped without giving (them|it) back \(killed\?\)/.test(
-              background_processor.last_error ?? '',
-            )
-          );
-        },
+      await healthUntil(
+        restarted.url,
+        ({ status, background_processor }) =>
+          status === 'degraded' &&
+          /^partitions? [\d, ]+ leased to .+, this process's own name, but not held by it: a previous run stopped without giving (them|it) back \(killed\?\)/.test(
+            background_processor.last_error ?? '',
+          ),
         "/health to say the killed run's leases hold the partitions",
         15_000,
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
-      });
+      );
       assert.match(restarted.output(), /leased to .+, this process's own name/);
       await waitFor(
         async () => (await h.get(`/events/${written.body.event_id}`)).body.state === 'confirmed',
         'the write to be applied once the leases lapsed',
         60_000,
       );
-      await waitFor(
-        async () => {
-          seen = await health();
-          const { status, background_processor } = seen as {
-            status: string;
-            background_processor: { last_error: string | null };
-          };
-          return status === 'healthy' && background_processor.last_error === null;
-        },
+      await healthUntil(
+        restarted.url,
+        ({ status, background_processor }) =>
+          status === 'healthy' && background_processor.last_error === null,
         '/health to be healthy once the partitions are held',
         30_000,
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
-      });
+      );
       restarted.child.kill('SIGTERM');
       await exited(restarted.child);
     });
@@ -669,22 +676,15 @@ void describe('process faults under load', () => {
       });
       await stackUp(h.stackOptions());
       // Nothing is written: no partition has a batch to make that would clear its error.
-      let seen: unknown;
-      await waitFor(
-        async () => {
-          const health = await h.get('/health');
-          seen = health.body;
-          return (
-            health.body.status === 'healthy' &&
-            health.body.background_processor.status === 'running' &&
-            health.body.background_processor.last_error === null
-          );
-        },
+      await healthUntil(
+        h.url,
+        ({ status, background_processor }) =>
+          status === 'healthy' &&
+          background_processor.status === 'running' &&
+          background_processor.last_error === null,
         'the projector to be shown running again after Redis came back',
         30_000,
-      ).catch((err: Error) => {
-        throw new Error(`${err.message}; /health said ${JSON.stringify(seen)}`);
-      });
+      );
     });
   });
 

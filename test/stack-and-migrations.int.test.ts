@@ -12,7 +12,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { after, before, describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
@@ -43,6 +43,15 @@ const schemaOf = async (client: pg.Client) =>
         WHERE table_schema IN ('public', 'drizzle') ORDER BY 1`,
     )
   ).rows.map((r) => r.t);
+
+/** Skips `t`, saying why, where the test needs root and this is not it. */
+const skippedUnlessRoot = (t: TestContext, why: string): boolean => {
+  if (process.getuid?.() === 0) {
+    return false;
+  }
+  t.skip(why);
+  return true;
+};
 
 void describe('outpost migrate', () => {
   const stack = testStack();
@@ -245,8 +254,7 @@ void describe('outpost stack up', () => {
   });
 
   void it('says which folder the postgres user cannot enter, as root, before starting anything', async (t) => {
-    if (process.getuid?.() !== 0) {
-      t.skip('runs PostgreSQL as itself when not root');
+    if (skippedUnlessRoot(t, 'runs PostgreSQL as itself when not root')) {
       return;
     }
     // A checkout under a folder closed to others, as /root is.
@@ -475,8 +483,7 @@ void describe('outpost stack status', () => {
   });
 
   void it('says a stack root started belongs to root when another user asks, instead of reporting it stopped', async (t) => {
-    if (process.getuid?.() !== 0) {
-      t.skip('needs root, to start a stack as one user and ask as another');
+    if (skippedUnlessRoot(t, 'needs root, to start a stack as one user and ask as another')) {
       return;
     }
     // A stack's state as root's `up` leaves it; its servers' pid files are closed to others.

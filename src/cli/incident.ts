@@ -492,11 +492,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         for (const { eventId, entryId, partition } of alsoRetried) {
           results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: id });
         }
-        const named = letters[0];
-        const followers =
-          !flags.all && named !== undefined && results[0]?.retried
-            ? await followersOf(site, named)
-            : [];
+        // The letter named, put back: what followed it in waits still.
+        const named = !flags.all && results[0]?.retried ? letters[0] : undefined;
+        const followers = named === undefined ? [] : await followersOf(site, named);
         print(
           flags.json
             ? JSON.stringify({
@@ -505,10 +503,10 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
               })
             : table(results),
         );
-        if (!flags.json && followers.length > 0) {
+        if (!flags.json && named !== undefined && followers.length > 0) {
           print(
             followersLine(
-              named as DeadLetter,
+              named,
               followers,
               'now that it is back, retry them (outpost dead retry <id>, or --all)',
             ),
