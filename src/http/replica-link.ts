@@ -6,6 +6,20 @@ import { isLinkTimeout, isPoolWaitTimeout } from '../projector/errors.ts';
 /** How long the API takes a replica that did not answer in time as away before it looks again. */
 export const REPLICA_AWAY_MS = 5_000;
 
+/**
+ * How long a look waits for `SELECT 1`. A replica that takes longer is not one to send reads to;
+ * and a look sent while packets were dropped waits, once the link heals, for TCP's next
+ * retransmission (seconds apart by then) or the pool's query timeout (10 s): the breaker stayed
+ * open up to 15 s after the link came back, where a new look would have been answered at once.
+ */
+export const REPLICA_LOOK_TIMEOUT_MS = 3_000;
+
+// pg takes a query's own `query_timeout` (lib/client.js), which @types/pg does not declare.
+const LOOK: pg.QueryConfig & { query_timeout: number } = {
+  text: 'SELECT 1',
+  query_timeout: REPLICA_LOOK_TIMEOUT_MS,
+};
+
 /** The replica did not answer in time lately: the call was not made. */
 export class ReplicaAwayError extends Error {
   constructor(cause: unknown) {
@@ -121,7 +135,7 @@ export class ReplicaLink {
     if (!this.#breaker.tryAcquire()) {
       return;
     }
-    this.#lookWith.query('SELECT 1').then(
+    this.#lookWith.query(LOOK).then(
       () => this.#breaker.recordSuccess(),
       (err: unknown) => {
         // No connection free in time: those out still wait on the replica, so it is not back.

@@ -128,6 +128,11 @@ export class BlackholeProxy {
     this.#losingReplies = true;
   }
 
+  /** Replies arrive again; those lost meanwhile stay lost, as packets dropped for good are. */
+  answerAgain(): void {
+    this.#losingReplies = false;
+  }
+
   /** `url` (a connection URL naming the proxied server's port) sent through this proxy instead. */
   reroute(url: string): string {
     return url.replace(`:${this.target.port}/`, `:${this.port}/`);
