@@ -22,7 +22,7 @@ import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
 import { checkSiteName, recordLogId } from './ops/site-name.ts';
-import { StatusSource } from './ops/status.ts';
+import { PROBE_TIMEOUT_MS, StatusSource } from './ops/status.ts';
 import { WorstBreakerGauge } from './projector/circuit-breaker.ts';
 import { Projector } from './projector/projector.ts';
 import { AcknowledgedReplayGate, walPosition } from './read/acknowledged-replay.ts';
@@ -270,14 +270,25 @@ export const startService = async (
         readsLogger.info('the replica shows what was acknowledged again: reads go on'),
     }).check,
   });
-  // Health probes get a pool of their own: probes that hang on a dead link never starve the projector.
+  // Health probes get pools of their own: a probe stops waiting after PROBE_TIMEOUT_MS, but its
+  // query runs on to its pool's timeouts, and scrapes of a database that is slow to answer (a
+  // dead link; a replica whose readers wait on a lock it replays) would otherwise fill the
+  // projector's connections, or the acker's.
   const probe = createPool({
     url: config.mainDatabaseUrl,
     max: 2,
     applicationName: 'outpost-probe',
   });
+  // The replica is local: its probes' queries end as the probes do, rather than pile up there.
+  const replicaProbe = createPool({
+    url: config.replicaDatabaseUrl,
+    max: 3,
+    applicationName: 'outpost-probe',
+    queryTimeoutMs: PROBE_TIMEOUT_MS,
+  });
   const leases = leasePool(config);
-  for (const pool of [main, replica, reads, mainForReads, probe, leases]) {
+  const pools = [main, replica, reads, mainForReads, probe, replicaProbe, leases];
+  for (const pool of pools) {
     pool.on('error', (err) => logger.warn({ err }, 'idle database connection failed'));
   }
 
@@ -337,7 +348,7 @@ export const startService = async (
     config,
     eventLog,
     main: probe,
-    replica,
+    replica: replicaProbe,
     metrics,
     projector,
     acker,
@@ -371,7 +382,7 @@ export const startService = async (
     integrity,
     listing,
     redis,
-    pools: [main, replica, reads, mainForReads, probe, leases],
+    pools,
   });
   // A start that fails from here stops what it started: leases held until the process exits
   // would keep the partitions from another process for the claim idle time, and the site's

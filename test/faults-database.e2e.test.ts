@@ -739,6 +739,74 @@ void describe('database faults under load', () => {
     });
   });
 
+  void describe("the replica's reads of one table waiting on a lock it replays", () => {
+    let h: Harness | undefined;
+    let locker: pg.PoolClient | undefined;
+    after(async () => {
+      await locker?.query('ROLLBACK').catch(() => undefined);
+      locker?.release();
+      await h?.close();
+    });
+
+    void it('health scrapes that wait on it leave the acker its connections: writes are still acknowledged', async () => {
+      const harness = await Harness.start();
+      h = harness;
+      const accepted = new Set<string>();
+      const write = async (name: string) => {
+        const started = await harness.post('/executed_obs_units/start', {
+          obs_unit_id: name,
+          instrument: 'x',
+        });
+        assert.equal(started.status, 201, started.text);
+        accepted.add(started.body.event_id);
+      };
+      await write('before');
+      await waitForAllAcknowledged(harness);
+
+      // An ACCESS EXCLUSIVE lock is replayed on the replica, whose readers of the table then wait
+      // until the main database's transaction ends. Of the service's questions to the replica,
+      // only the integrity snapshot's, which every scrape asks, reads it.
+      locker = await harness.main.connect();
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE integrity_refreshes IN ACCESS EXCLUSIVE MODE');
+      await waitFor(
+        async () =>
+          (
+            await harness.replica.query(
+              `SELECT 1 FROM pg_locks WHERE relation = 'integrity_refreshes'::regclass AND mode = 'AccessExclusiveLock'`,
+            )
+          ).rowCount === 1,
+        'the replica to hold the lock',
+      );
+      // Scrapes as a busy Prometheus and a supervisor's probes would send them: each answers after
+      // its probes' time limit, while its question waits on at the replica.
+      let scraping = true;
+      const scrapeStatuses: number[] = [];
+      const scrapes = (async () => {
+        while (scraping) {
+          const answered = await Promise.all(
+            Array.from({ length: 4 }, () => harness.get('/metrics')),
+          );
+          scrapeStatuses.push(...answered.map(({ status }) => status));
+        }
+      })();
+      try {
+        await waitFor(() => scrapeStatuses.length >= 8, 'scrapes to be answered while they wait');
+        await write('while scrapes wait');
+        await waitFor(
+          async () => (await unacknowledged(harness)) === 0,
+          'the write to be acknowledged while scrapes wait on the replica',
+        );
+      } finally {
+        scraping = false;
+        await scrapes;
+      }
+      assert.deepEqual(new Set(scrapeStatuses), new Set([200]), 'every scrape answered');
+      await locker.query('COMMIT');
+      await audit(harness, accepted);
+    });
+  });
+
   void describe('the link to the read replica dropping packets under an all-in-one process that only reads', () => {
     let h: Harness | undefined;
     let proxy: BlackholeProxy | undefined;

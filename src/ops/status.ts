@@ -45,7 +45,7 @@ export type StatusDeps = {
 };
 
 /** Health probes of remote databases must answer even when the link silently drops packets. */
-const PROBE_TIMEOUT_MS = 1500;
+export const PROBE_TIMEOUT_MS = 1500;
 
 const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
   Promise.race([
