@@ -94,6 +94,11 @@ void describe('database faults under load', () => {
       const pending = await runCli(h, ['pending']);
       assert.equal(pending.code, 0, pending.stderr);
       assert.match(pending.stdout, /lag unknown: the main database cannot be reached/);
+      // First, the whole backlog and what holds it: the table lists only the oldest entries.
+      assert.match(
+        pending.stdout.split('\n')[0] ?? '',
+        /^\d+ events? pending in \d+ of \d+ partitions?, the oldest accepted \d+s ago: [1-9]\d* to be applied \(\d+ not yet read by a projector\), \d+ applied and waiting for the replica; the main database cannot be reached from here: none is applied while the projector cannot reach it either$/,
+      );
       assert.match(
         pending.stdout,
         /^projector leases unknown: the main database cannot be reached$/m,
@@ -110,6 +115,8 @@ void describe('database faults under load', () => {
         (e: { waiting_for: string }) => e.waiting_for === 'projection',
       );
       assert.ok(unapplied.length > 0, JSON.stringify(report.entries).slice(0, 2000));
+      // Nothing is applied meanwhile, so the backlog read after the entries holds them all.
+      assert.ok(report.backlog.to_apply >= unapplied.length, JSON.stringify(report.backlog));
       for (const entry of unapplied) {
         assert.equal(entry.commit_lsn, null, JSON.stringify(entry));
       }

@@ -14,7 +14,7 @@ import {
   retriedBeside,
 } from '../log/dead-letters.ts';
 import { entryTime } from '../log/entry-id.ts';
-import { readBuffer, totalsOf } from '../ops/buffer.ts';
+import { readBuffer, type SiteBuffer, totalsOf } from '../ops/buffer.ts';
 import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { siteClaimNote } from '../ops/site-name.ts';
@@ -132,6 +132,7 @@ export const pending = (flags: IncidentFlags) => {
             oldest_age_ms: sinceMs(oldestOf.get(p.partition)) ?? null,
           })),
           unacknowledged_entry_ids: unacknowledged.map((e) => e.entry_id),
+          backlog: backlogOf(buffer),
           projector_leases:
             'holdings' in leases
               ? Array.from({ length: site.config.partitions }, (_, partition) => {
@@ -158,6 +159,8 @@ export const pending = (flags: IncidentFlags) => {
       const ms = sinceMs(acceptedMs);
       return ms === undefined ? '-' : seconds(ms);
     };
+    print(backlogLine(buffer, mainUnreachable));
+    print('');
     print(
       table(
         report.partitions.map((p) => ({
@@ -252,6 +255,37 @@ export const pending = (flags: IncidentFlags) => {
       print(deadLettersLine(letters, blocked));
     }
   });
+};
+
+/** The site's unacknowledged events by what they wait for, as `pending --json` gives them. */
+const backlogOf = (buffer: SiteBuffer) => {
+  const totals = totalsOf(buffer);
+  return {
+    pending: totals.pending,
+    partitions_holding: totals.partitionsHolding,
+    to_apply: Math.max(0, totals.pending - totals.awaitingReplica),
+    undelivered: totals.undelivered,
+    awaiting_replica: totals.awaitingReplica,
+    oldest_age_seconds: Math.round(totals.oldestPendingSeconds),
+  };
+};
+
+/**
+ * The site's backlog in one line, first in `pending`'s output: what the per-partition table and
+ * the listed entries (the oldest fifty) leave the operator to add up. `mainUnreachable`: this
+ * shell cannot reach the main database either, which is what then holds what is to be applied.
+ */
+export const backlogLine = (buffer: SiteBuffer, mainUnreachable: boolean): string => {
+  const backlog = backlogOf(buffer);
+  if (backlog.pending === 0) {
+    return 'nothing pending: every event accepted is applied and acknowledged';
+  }
+  const partitions = buffer.partitions.length;
+  return `${backlog.pending} event${backlog.pending === 1 ? '' : 's'} pending in ${backlog.partitions_holding} of ${partitions} partition${partitions === 1 ? '' : 's'}, the oldest accepted ${seconds(backlog.oldest_age_seconds * 1000)} ago: ${backlog.to_apply} to be applied (${backlog.undelivered} not yet read by a projector), ${backlog.awaiting_replica} applied and waiting for the replica${
+    mainUnreachable && backlog.to_apply > 0
+      ? '; the main database cannot be reached from here: none is applied while the projector cannot reach it either'
+      : ''
+  }`;
 };
 
 export const deadLettersLine = (letters: number, blockedAggregates: number): string =>

@@ -92,6 +92,8 @@ export const totalsOf = ({ partitions: buffers, nowMs: now }: SiteBuffer) => {
   const oldest = Math.min(...buffers.map((b) => b.oldestAcceptedMs ?? Number.POSITIVE_INFINITY));
   return {
     pending,
+    undelivered: buffers.reduce((sum, b) => sum + b.undelivered, 0),
+    partitionsHolding: buffers.filter((b) => b.delivered + b.undelivered > 0).length,
     awaitingReplica: buffers.reduce((sum, b) => sum + b.awaitingReplica, 0),
     deadLetters: buffers.reduce((sum, b) => sum + b.deadLetters, 0),
     oldestPendingSeconds:
