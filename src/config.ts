@@ -312,11 +312,16 @@ export class ConfigError extends Error {
 const defaultConsumer = (port: number) =>
   port === 0 ? `${hostname()}:pid${process.pid}` : `${hostname()}:${port}`;
 
+/** Names of this machine's own loopback address: one server, however the URL names it. */
+const LOOPBACK = new Set(['', 'localhost', '127.0.0.1', '::1', '[::1]']);
+
 /**
  * Whether two database URLs name the same database: the same server, port, database and user,
  * however the URL is spelled (`postgresql://` or `postgres://`, the default port written or not,
- * the host's case, other parameters). A main site whose replica URL spelled its own database
- * differently was taken to have a replica that is not a standby, and acknowledged nothing.
+ * the host's case, `localhost` or `127.0.0.1`, other parameters). A main site whose replica URL
+ * spelled its own database differently was taken to have a replica that is not a standby, and
+ * acknowledged nothing. Other names of one host are not resolved: the URLs are read at start-up,
+ * before any name service answers.
  */
 export const sameDatabase = (a: string, b: string): boolean => {
   if (a === b) {
@@ -324,7 +329,13 @@ export const sameDatabase = (a: string, b: string): boolean => {
   }
   const target = (url: string) => {
     const { host, port, database, user } = parseConnectionString(url);
-    return [host?.toLowerCase() ?? '', port || '5432', database ?? '', user ?? ''].join('\n');
+    const server = host?.toLowerCase() ?? '';
+    return [
+      LOOPBACK.has(server) ? 'localhost' : server,
+      port || '5432',
+      database ?? '',
+      user ?? '',
+    ].join('\n');
   };
   try {
     return target(a) === target(b);

@@ -43,6 +43,25 @@ void describe('loadConfig', () => {
     }
   });
 
+  void it("takes this machine's loopback names for one server, as an operator types them", () => {
+    const main = 'postgres://postgres@127.0.0.1:55432/outpost';
+    for (const replica of [
+      'postgres://postgres@localhost:55432/outpost',
+      'postgres://postgres@[::1]:55432/outpost',
+      'postgres://postgres@LOCALHOST:55432/outpost',
+    ]) {
+      const config = loadConfig({ MAIN_DATABASE_URL: main, REPLICA_DATABASE_URL: replica });
+      assert.equal(config.replicaIsMain, true, replica);
+    }
+    for (const replica of [
+      'postgres://postgres@localhost:55433/outpost',
+      'postgres://postgres@127.0.0.2.example:55432/outpost',
+    ]) {
+      const config = loadConfig({ MAIN_DATABASE_URL: main, REPLICA_DATABASE_URL: replica });
+      assert.equal(config.replicaIsMain, false, replica);
+    }
+  });
+
   void it('stops with a message naming each bad variable', () => {
     assert.throws(
       () =>

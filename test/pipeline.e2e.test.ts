@@ -377,7 +377,7 @@ void describe('core pipeline', () => {
       assert.equal(health.body.replica, 'disconnected');
       assert.match(
         health.body.replication_lag.reason ?? '',
-        /^the replica's position cannot be read: the replica is not a standby: .* names the main database in it \(same host, port, database and user\), or leaves it unset\)/,
+        /^the replica's position cannot be read: the replica is not a standby: .* names the main database in it, with the host, port, database and user MAIN_DATABASE_URL gives \(.*localhost and 127\.0\.0\.1 are\), or leaves it unset; the processes read it at start-up\)$/,
       );
       const entry = pending.body.entries.find(
         (e: { event_id: string }) => e.event_id === started.event_id,

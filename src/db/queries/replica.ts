@@ -55,7 +55,7 @@ export const replicaPosition = async (
     return { lsn: row.flush, lagSeconds: 0 };
   }
   throw new Error(
-    'the replica is not a standby: pg_is_in_recovery() is false on it (promoted, or REPLICA_DATABASE_URL names a primary; a site without a separate replica names the main database in it (same host, port, database and user), or leaves it unset)',
+    'the replica is not a standby: pg_is_in_recovery() is false on it (promoted, or REPLICA_DATABASE_URL names a primary; a site without a separate replica names the main database in it, with the host, port, database and user MAIN_DATABASE_URL gives (a host name and its address are not taken as one, localhost and 127.0.0.1 are), or leaves it unset; the processes read it at start-up)',
   );
 };
 
