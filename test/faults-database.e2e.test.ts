@@ -992,14 +992,23 @@ void describe('database faults under load', () => {
           args.join(' '),
         );
       }
+      // Past maxmemory now (a limit lowered by hand, a burst that took the reserve): Redis refuses
+      // every write it counts as growing, yet the projector must still record what it applies,
+      // and what only reads the log still answers (Redis 7 refuses any command of a MULTI then).
+      const full = await readLogMemory(h.redis);
+      await h.redis.config('SET', 'maxmemory', String(Math.floor(full.usedBytes * 0.9)));
       const dryRun = await runCli(h, ['replay', '--from', '0', '--dry-run', '--json']);
       // A dry run adds nothing: it goes on, to the main database, which is away here.
       assert.match(dryRun.stderr, /^outpost: cannot reach the main database/m, dryRun.stderr);
-
-      // Past maxmemory now (a limit lowered by hand, a burst that took the reserve): Redis refuses
-      // every write it counts as growing, yet the projector must still record what it applies.
-      const full = await readLogMemory(h.redis);
-      await h.redis.config('SET', 'maxmemory', String(Math.floor(full.usedBytes * 0.9)));
+      // What waits says why writers are refused, beside what frees the room.
+      const pending = await runCli(h, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(
+        pending.stdout,
+        /^the local log is full: Redis holds [\d.]+ MB of its [\d.]+ MB maxmemory, (9[5-9]|1\d\d)\.\d % .*; writers get 503 log_unavailable until then, and the log frees room as what is pending here is applied and acknowledged$/m,
+      );
+      const pendingJson = JSON.parse((await runCli(h, ['pending', '--json'])).stdout);
+      assert.match(pendingJson.log_full, /^the local log is full/);
       const retriedPastLimit = await h.post('/executed_obs_units/start', keyedBody, keyed);
       assert.equal(retriedPastLimit.status, 201, retriedPastLimit.text);
       assert.deepEqual(retriedPastLimit.body, first.body);

@@ -2,7 +2,13 @@ import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import { EVENT_TYPES, isEventType } from '../domain/events.ts';
-import { probeWriteRefusal, writeRefusedReason } from '../log/capacity.ts';
+import {
+  isLogFull,
+  logFullReason,
+  probeWriteRefusal,
+  readLogMemory,
+  writeRefusedReason,
+} from '../log/capacity.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -122,6 +128,10 @@ export const pending = (flags: IncidentFlags) => {
     // reads, records and acknowledgements too: everything above then waits on Redis, whatever the
     // entries' waiting_for says. Not knowing (another error) is not a refusal.
     const logRefusal = await probeWriteRefusal(site.eventLog.redis).catch(() => undefined);
+    // A full log refuses the writers, not the projector: said beside what waits, which is what
+    // frees it. Unreadable (INFO denied by an ACL, say), nothing is said, as the API refuses nothing.
+    const memory = await readLogMemory(site.eventLog.redis).catch(() => undefined);
+    const logFull = memory !== undefined && isLogFull(memory) ? logFullReason(memory) : undefined;
     if (flags.json) {
       // The report /admin/pending answers, and what the table's closing lines say, for scripts.
       print(
@@ -151,6 +161,7 @@ export const pending = (flags: IncidentFlags) => {
           ...('unknown' in siteClaim && { site_claim_unknown: siteClaim.unknown }),
           dead_letters: { count: letters, blocked_aggregates: blocked },
           log_write_error: logRefusal ?? null,
+          log_full: logFull ?? null,
         }),
       );
       return;
@@ -218,6 +229,11 @@ export const pending = (flags: IncidentFlags) => {
     if (logRefusal !== undefined) {
       print(
         `${writeRefusedReason(logRefusal)}; until then the projector can neither read new entries nor record or acknowledge what it applies`,
+      );
+    }
+    if (logFull !== undefined) {
+      print(
+        `${logFull}; writers get 503 log_unavailable until then, and the log frees room as what is pending here is applied and acknowledged`,
       );
     }
     print(

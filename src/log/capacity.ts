@@ -87,10 +87,14 @@ export const probeWriteRefusal = async (redis: Redis): Promise<string | undefine
 
 const mb = (bytes: number) => (bytes / (1024 * 1024)).toFixed(1);
 
+// Down, not to the nearest: 94.6 % must not read as the 95 % at which writes are refused.
+const percentOf = (memory: LogMemory) =>
+  (Math.floor(logMemoryRatio(memory) * 1000) / 10).toFixed(1);
+
 /** Why a write is refused, for the client and the operator alike. */
 export const logFullReason = (memory: LogMemory | undefined): string =>
   memory && memory.maxBytes > 0
-    ? `the local log is full: Redis holds ${mb(memory.usedBytes)} MB of its ${mb(memory.maxBytes)} MB maxmemory (the last ${DRAIN_RESERVE * 100} % is kept for the backlog to drain); writes resume once it has room again: raise maxmemory`
+    ? `the local log is full: Redis holds ${mb(memory.usedBytes)} MB of its ${mb(memory.maxBytes)} MB maxmemory, ${percentOf(memory)} % (the last ${DRAIN_RESERVE * 100} % is kept for the backlog to drain); writes resume once it has room again: raise maxmemory`
     : 'the local log is full: Redis refuses writes at its maxmemory; writes resume once it has room again: raise maxmemory';
 
 /** How long Redis answers READONLY before its connection is made again, and how often after. */

@@ -94,7 +94,12 @@ void describe("the log's memory", () => {
   void it('says how full, and what frees it', () => {
     assert.match(
       logFullReason({ usedBytes: 97 * MB, maxBytes: 100 * MB }),
-      /^the local log is full: Redis holds 97\.0 MB of its 100\.0 MB maxmemory .*raise maxmemory$/,
+      /^the local log is full: Redis holds 97\.0 MB of its 100\.0 MB maxmemory, 97\.0 % .*raise maxmemory$/,
+    );
+    // Megabytes rounded say 2.9 of 3.1 (93.5 %) of a log refused at 95 %: the share is given too.
+    assert.match(
+      logFullReason({ usedBytes: 0.9535 * 3_200_000, maxBytes: 3_200_000 }),
+      /Redis holds 2\.9 MB of its 3\.1 MB maxmemory, 95\.3 % \(the last 5 % is kept/,
     );
     assert.match(logFullReason(undefined), /^the local log is full: .*raise maxmemory$/);
   });

@@ -149,6 +149,7 @@ type Commands = {
   outpostTrim(numKeys: number, ...args: string[]): Promise<number>;
   outpostCreateGroup(numKeys: number, ...args: string[]): Promise<0 | 1>;
   outpostUndelivered(numKeys: number, ...args: string[]): Promise<[number, string]>;
+  outpostReplayPage(numKeys: number, ...args: string[]): Promise<[RawEntry[], string | null]>;
 };
 
 /** What listing a process in the site's roster found: see scripts/partition-count.lua. */
@@ -381,6 +382,7 @@ export class EventLog {
     redis.defineCommand('outpostUndelivered', {
       lua: script('undelivered', 'entry-ids', 'groups'),
     });
+    redis.defineCommand('outpostReplayPage', { lua: script('replay-page') });
     this.#redis = redis as Redis & Commands;
     this.#keys = allPartitionKeys(namespace, partitions);
     this.#liveKeys = [liveStreamKey(namespace), liveListenersKey(namespace)];
@@ -1164,6 +1166,27 @@ export class EventLog {
       this.keys(partition).stream,
       CONSUMER_GROUP,
       String(UNDELIVERED_COUNT_LIMIT),
+    );
+  }
+
+  /**
+   * Up to `count` entries of `partition`'s stream from `from` to `to` (XRANGE's forms), with the
+   * mark of what trimming has removed, read in one step (scripts/replay-page.lua).
+   */
+  async pageWithTrimMark(
+    partition: number,
+    from: string,
+    to: string,
+    count: number,
+  ): Promise<[RawEntry[], string | null]> {
+    const keys = this.keys(partition);
+    return this.#redis.outpostReplayPage(
+      2,
+      keys.stream,
+      keys.trimmedThrough,
+      from,
+      to,
+      String(count),
     );
   }
 

@@ -236,12 +236,12 @@ export const replay = async (
       for (;;) {
         // The mark as the page is read, in one step: a trim records it before removing anything,
         // so entries gone before this read are always seen by it, and a trim after it is not.
-        const [page, trimmedThrough] = (await pipelineReplies(
-          deps.eventLog.redis
-            .multi()
-            .xrange(keys.stream, cursor, end, 'COUNT', PAGE)
-            .get(keys.trimmedThrough),
-        )) as [RawEntry[], string | null];
+        const [page, trimmedThrough] = await deps.eventLog.pageWithTrimMark(
+          keys.partition,
+          cursor,
+          end,
+          PAGE,
+        );
         if (
           trimmedThrough !== null &&
           compareEntryIds(trimmedThrough, from) >= 0 &&
