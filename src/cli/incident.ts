@@ -170,8 +170,6 @@ export const pending = (flags: IncidentFlags) => {
       const ms = sinceMs(acceptedMs);
       return ms === undefined ? '-' : seconds(ms);
     };
-    print(backlogLine(buffer, mainUnreachable));
-    print('');
     print(
       table(
         report.partitions.map((p) => ({
@@ -226,6 +224,7 @@ export const pending = (flags: IncidentFlags) => {
       );
     }
     print('');
+    print(backlogLine(buffer, mainUnreachable));
     if (logRefusal !== undefined) {
       print(
         `${writeRefusedReason(logRefusal)}; until then the projector can neither read new entries nor record or acknowledge what it applies`,
@@ -287,8 +286,8 @@ const backlogOf = (buffer: SiteBuffer) => {
 };
 
 /**
- * The site's backlog in one line, first in `pending`'s output: what the per-partition table and
- * the listed entries (the oldest fifty) leave the operator to add up. `mainUnreachable`: this
+ * The site's backlog in one line, first of `pending`'s closing lines: what the per-partition
+ * table and the listed entries (the oldest fifty) leave the operator to add up. `mainUnreachable`: this
  * shell cannot reach the main database either, which is what then holds what is to be applied.
  */
 export const backlogLine = (buffer: SiteBuffer, mainUnreachable: boolean): string => {

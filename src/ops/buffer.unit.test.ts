@@ -27,6 +27,8 @@ void describe('buffer totals', () => {
     const totals = totalsOf({ partitions: [partition(undefined, 0)], nowMs: Date.now() });
     assert.deepEqual(totals, {
       pending: 0,
+      undelivered: 0,
+      partitionsHolding: 0,
       awaitingReplica: 0,
       deadLetters: 0,
       oldestPendingSeconds: 0,
