@@ -600,7 +600,10 @@ void describe('admin and incident tools', () => {
     const held = list.body.items.find(
       (item: { event_id: string }) => item.event_id === later.body.event_id,
     );
-    assert.match(held?.error ?? '', /earlier event of this aggregate is dead-lettered/);
+    assert.match(
+      held?.error ?? '',
+      /^an event of this aggregate ahead of it in the log is dead-lettered$/,
+    );
     const applied = await h.mainRows<{ n: number }>(
       'SELECT count(*)::int AS n FROM events WHERE aggregate_id = $1',
       [poison.id],

@@ -683,7 +683,9 @@ export class PartitionConsumer {
         [
           {
             at: new Date().toISOString(),
-            error: 'an earlier event of this aggregate is dead-lettered',
+            // Ahead in the log, not always earlier: a replayed event lies after those written
+            // since, and one of those may be the dead letter it is held behind.
+            error: 'an event of this aggregate ahead of it in the log is dead-lettered',
           },
         ],
         [entry.event.aggregate_id],
