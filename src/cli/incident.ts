@@ -2,13 +2,7 @@ import { parseDurationMs } from '../config.ts';
 import { lsnReached, parseLsn } from '../db/lsn.ts';
 import { leaseHoldings } from '../db/queries/leases.ts';
 import { EVENT_TYPES, isEventType } from '../domain/events.ts';
-import {
-  isLogFull,
-  logFullReason,
-  probeWriteRefusal,
-  readLogMemory,
-  writeRefusedReason,
-} from '../log/capacity.ts';
+import { logFullNow, probeWriteRefusal, writeRefusedReason } from '../log/capacity.ts';
 import { UndecodableEntryError } from '../log/codec.ts';
 import {
   AmbiguousDeadLetterError,
@@ -129,9 +123,8 @@ export const pending = (flags: IncidentFlags) => {
     // entries' waiting_for says. Not knowing (another error) is not a refusal.
     const logRefusal = await probeWriteRefusal(site.eventLog.redis).catch(() => undefined);
     // A full log refuses the writers, not the projector: said beside what waits, which is what
-    // frees it. Unreadable (INFO denied by an ACL, say), nothing is said, as the API refuses nothing.
-    const memory = await readLogMemory(site.eventLog.redis).catch(() => undefined);
-    const logFull = memory !== undefined && isLogFull(memory) ? logFullReason(memory) : undefined;
+    // frees it.
+    const logFull = await logFullNow(site.eventLog.redis);
     if (flags.json) {
       // The report /admin/pending answers, and what the table's closing lines say, for scripts.
       print(
@@ -287,8 +280,9 @@ const backlogOf = (buffer: SiteBuffer) => {
 
 /**
  * The site's backlog in one line, first of `pending`'s closing lines: what the per-partition
- * table and the listed entries (the oldest fifty) leave the operator to add up. `mainUnreachable`: this
- * shell cannot reach the main database either, which is what then holds what is to be applied.
+ * table and the listed entries (the oldest fifty) leave the operator to add up.
+ * `mainUnreachable`: this shell cannot reach the main database either, which is what then holds
+ * what is to be applied.
  */
 export const backlogLine = (buffer: SiteBuffer, mainUnreachable: boolean): string => {
   const backlog = backlogOf(buffer);

@@ -2,7 +2,7 @@ import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import { type Config, loadConfig } from '../config.ts';
 import { createPool } from '../db/client.ts';
-import { isLogFull, logFullReason, readLogMemory } from '../log/capacity.ts';
+import { logFullNow } from '../log/capacity.ts';
 import { DeadLetters } from '../log/dead-letters.ts';
 import { EventLog } from '../log/event-log.ts';
 import { siteNameKey } from '../log/keys.ts';
@@ -191,9 +191,8 @@ export const withSite = async <T>(
  * backlog's to drain: Redis itself refuses only at its maxmemory, past the reserve.
  */
 export const requireLogRoom = async (site: Site): Promise<void> => {
-  // Unreadable (INFO denied by an ACL, say), the check lets the command through, as the API's does.
-  const memory = await readLogMemory(site.redis).catch(() => undefined);
-  if (memory && isLogFull(memory)) {
-    throw new CliError(logFullReason(memory));
+  const full = await logFullNow(site.redis);
+  if (full !== undefined) {
+    throw new CliError(full);
   }
 };

@@ -97,6 +97,15 @@ export const logFullReason = (memory: LogMemory | undefined): string =>
     ? `the local log is full: Redis holds ${mb(memory.usedBytes)} MB of its ${mb(memory.maxBytes)} MB maxmemory, ${percentOf(memory)} % (the last ${DRAIN_RESERVE * 100} % is kept for the backlog to drain); writes resume once it has room again: raise maxmemory`
     : 'the local log is full: Redis refuses writes at its maxmemory; writes resume once it has room again: raise maxmemory';
 
+/**
+ * Why the log has no room for writes now, or undefined. Memory that cannot be read (INFO denied by
+ * an ACL, say) refuses nothing, as the API's check does.
+ */
+export const logFullNow = async (redis: Redis): Promise<string | undefined> => {
+  const memory = await readLogMemory(redis).catch(() => undefined);
+  return memory !== undefined && isLogFull(memory) ? logFullReason(memory) : undefined;
+};
+
 /** How long Redis answers READONLY before its connection is made again, and how often after. */
 export const READONLY_RECONNECT_MS = 5_000;
 
