@@ -688,6 +688,81 @@ void describe('process faults under load', () => {
     });
   });
 
+  void describe('Redis frozen (SIGSTOP) and let go while nothing is written', () => {
+    let h: Harness;
+    let frozen: number | undefined;
+    after(async () => {
+      if (frozen !== undefined) {
+        process.kill(frozen, 'SIGCONT');
+      }
+      await h?.close();
+    });
+
+    void it('logs a spell of failures once per reason with its error, not every retry, and its end', async () => {
+      h = await Harness.start({ role: 'api' });
+      const projector = await h.spawnServe('projector', { LOG_LEVEL: 'debug' });
+      await projector.ready();
+      type Line = { level: number; msg: string; partition?: number; failures?: number };
+      const lines = () =>
+        projector
+          .output()
+          .split('\n')
+          .filter((line) => line.startsWith('{'))
+          .map((line) => JSON.parse(line) as Line);
+      const said = () =>
+        lines()
+          .filter((l) => l.level >= 20)
+          .map((l) => `${l.partition ?? '-'} ${l.msg}`)
+          .slice(-40)
+          .join('\n');
+      // The acker retries alike for as long as Redis is away (the partitions' readers stop once
+      // their leases lapse, which a lease round that cannot reach Redis lets happen).
+      const ackFailures = () => lines().filter((l) => l.msg.startsWith('acknowledging failed: '));
+      const pid = Number(/^process_id:(\d+)/m.exec(await h.redis.info('server'))?.[1]);
+      assert.ok(pid > 0);
+      process.kill(pid, 'SIGSTOP');
+      frozen = pid;
+      await waitFor(
+        () => ackFailures().length >= 3,
+        'the acker to fail three times while Redis is frozen',
+        60_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; the projector said:\n${said()}`);
+      });
+      process.kill(pid, 'SIGCONT');
+      frozen = undefined;
+      const ends = () =>
+        lines().filter((l) => l.msg.startsWith('acknowledging works again after '));
+      await waitFor(
+        () => ends().length === 1,
+        'the acker to log that it works again',
+        30_000,
+      ).catch((err: Error) => {
+        throw new Error(`${err.message}; the projector said:\n${said()}`);
+      });
+      const failed = ackFailures();
+      const warned = failed.filter((l) => l.level === 40).map((l) => l.msg);
+      // Told once per reason (a timeout, a closed connection); the retries between are debug.
+      assert.deepEqual(warned, [...new Set(warned)], said());
+      assert.ok(warned.length < failed.length, said());
+      assert.equal(ends()[0]?.failures, failed.length, said());
+      assert.ok(
+        warned.every((msg) => msg.endsWith('; retrying')),
+        said(),
+      );
+      // Each partition's reader says its Redis failure as Redis's, once per reason.
+      for (let p = 0; p < h.config.partitions; p += 1) {
+        const reads = lines()
+          .filter((l) => l.level === 40 && l.partition === p)
+          .map((l) => l.msg)
+          .filter((msg) => msg.startsWith(`reading partition ${p} from Redis failed: `));
+        assert.deepEqual(reads, [...new Set(reads)], said());
+      }
+      projector.child.kill('SIGTERM');
+      await exited(projector.child);
+    });
+  });
+
   void describe('Redis restarted without its data (its volume lost)', () => {
     let h: Harness;
     after(async () => {

@@ -9,6 +9,7 @@ import {
 import type { LivePublisher } from '../live/live-message.ts';
 import { entryTime, timeMs } from '../log/entry-id.ts';
 import type { AppliedRecord, EventLog } from '../log/event-log.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
@@ -17,6 +18,7 @@ import {
   type CircuitBreaker,
   createDatabaseBreaker,
 } from '../projector/circuit-breaker.ts';
+import { reasonOf } from '../reason.ts';
 
 export type AckerDeps = {
   replica: pg.Pool;
@@ -103,6 +105,7 @@ export class Acker {
   readonly #deps: AckerDeps;
   readonly #abort = new AbortController();
   readonly #backoff = new Backoff({ baseMs: 100, capMs: 5_000 });
+  readonly #failures: FailureSpell;
   #running: Promise<void> | undefined;
   #lastPosition: ReplicaPosition | undefined;
   /** Per partition, the first applied record the replica had not reached last pass. */
@@ -131,6 +134,7 @@ export class Acker {
 
   constructor(deps: AckerDeps) {
     this.#deps = deps;
+    this.#failures = new FailureSpell(deps.logger, 'acknowledging');
     this.breaker = createDatabaseBreaker(
       'replica',
       deps.breakerGauge ?? deps.metrics.breakerState,
@@ -206,6 +210,7 @@ export class Acker {
         await this.ackOnce();
         this.breaker.recordSuccess();
         this.#backoff.reset();
+        this.#failures.ended();
         this.#lastError = this.#stuck;
         const next = nextPoll({
           behind: this.#behind,
@@ -223,9 +228,13 @@ export class Acker {
         } else {
           this.breaker.releaseProbe();
         }
-        this.#lastError = (err as Error).message;
+        this.#lastError = reasonOf(err);
         const delay = this.#backoff.nextDelayMs();
-        this.#deps.logger.warn({ err, retryInMs: delay }, 'acknowledgement pass failed');
+        this.#failures.failed(
+          err,
+          { retryInMs: delay },
+          `acknowledging failed: ${this.#lastError}`,
+        );
         await pause(delay, this.#abort.signal);
       }
     }

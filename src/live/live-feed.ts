@@ -2,8 +2,10 @@ import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import { DEFAULT_LIVE_MAX_LEN, liveListenersKey, liveStreamKey } from '../log/keys.ts';
 import { blockingConnection } from '../log/redis.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import { Backoff, pause } from '../projector/backoff.ts';
+import { reasonOf } from '../reason.ts';
 import {
   addLiveMessage,
   decodeLiveOrMark,
@@ -71,8 +73,11 @@ export class LiveFeed {
   #listenedCheckedAt = 0;
   #markTimer: NodeJS.Timeout | undefined;
 
+  readonly #failures: FailureSpell;
+
   constructor(deps: LiveFeedDeps) {
     this.#deps = deps;
+    this.#failures = new FailureSpell(deps.logger, 'reading the live feed');
   }
 
   /**
@@ -299,15 +304,18 @@ export class LiveFeed {
         }
         this.#backoff.reset();
         this.#lastError = undefined;
+        this.#failures.ended();
       } catch (err) {
         if (this.#abort.signal.aborted) {
           break;
         }
         const delay = this.#backoff.nextDelayMs();
-        if (this.#lastError === undefined) {
-          this.#deps.logger.warn({ err, retryInMs: delay }, 'live feed read failed, retrying');
-        }
-        this.#lastError = (err as Error).message;
+        this.#lastError = reasonOf(err);
+        this.#failures.failed(
+          err,
+          { retryInMs: delay },
+          `reading the live feed failed: ${this.#lastError}`,
+        );
         await pause(delay, this.#abort.signal);
       }
     }

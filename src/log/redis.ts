@@ -1,7 +1,9 @@
 import { type ChainableCommander, Redis, type RedisOptions, ReplyError } from 'ioredis';
 import type { Config } from '../config.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import { addressOf, cannotReach } from '../reach.ts';
+import { reasonOf } from '../reason.ts';
 
 const COMMAND_TIMEOUT_MS = 5_000;
 
@@ -165,21 +167,13 @@ export const requireRedisVersion = async (redis: Redis, url: string): Promise<vo
   }
 };
 
-/** Logs each change of a Redis connection's health once, not every reconnect attempt. */
+/** Logs a Redis connection's spells of failure (see FailureSpell), not every reconnect attempt. */
 export const watchConnection = (redis: Redis, logger: Logger) => {
-  let last: string | undefined;
+  const failures = new FailureSpell(logger, 'the Redis connection');
   redis.on('error', (err: Error) => {
-    if (err.message !== last) {
-      last = err.message;
-      logger.warn({ err }, 'Redis connection error');
-    }
+    failures.failed(err, {}, `Redis connection error: ${reasonOf(err)}`);
   });
-  redis.on('ready', () => {
-    if (last !== undefined) {
-      logger.info('Redis connection restored');
-      last = undefined;
-    }
-  });
+  redis.on('ready', () => failures.ended());
 };
 
 /**

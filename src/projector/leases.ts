@@ -13,6 +13,7 @@ import {
   renewLeases,
   SITE_SILENCE_TTLS,
 } from '../db/queries/leases.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import { anotherLogHolds, anotherLogRefused, siteTakenOver } from '../ops/lease-report.ts';
 import { reasonOf } from '../reason.ts';
@@ -97,7 +98,11 @@ export class LeaseManager {
   /** The projector of another log last told of, so that each is told once. */
   #refusedMet: string | null = null;
 
-  constructor(private readonly deps: LeaseManagerDeps) {}
+  readonly #failures: FailureSpell;
+
+  constructor(private readonly deps: LeaseManagerDeps) {
+    this.#failures = new FailureSpell(deps.logger, 'keeping the partition leases');
+  }
 
   get owned(): number[] {
     return [...this.#held.keys()].sort((a, b) => a - b);
@@ -169,12 +174,13 @@ export class LeaseManager {
           this.deps.breaker?.recordSuccess();
         }
         this.#lastError = undefined;
+        this.#failures.ended();
       } catch (err) {
         this.#lastError = reasonOf(err);
         if (!(err instanceof PartitionStartError)) {
           this.deps.breaker?.recordFailure();
         }
-        this.deps.logger.warn({ err }, 'lease maintenance failed');
+        this.#failures.failed(err, {}, `keeping the partition leases failed: ${this.#lastError}`);
       }
       // After a failed round the next comes sooner: the leases it renewed stay trusted for two
       // thirds of the TTL from its start, and one that did not renew them has used up part of it.

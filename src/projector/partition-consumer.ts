@@ -26,6 +26,7 @@ import { compareEntryIds } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { isNoGroup } from '../log/redis.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { reasonOf } from '../reason.ts';
@@ -150,10 +151,12 @@ export class PartitionConsumer {
   #leaseLapsed = false;
   /** Closes of the reader's connection so far: a read out during one may have run twice. */
   #readerCloses = 0;
+  readonly #failures: FailureSpell;
 
   constructor(deps: ConsumerDeps) {
     this.#deps = deps;
     this.#partition = deps.lease.partition;
+    this.#failures = new FailureSpell(deps.logger, `projecting partition ${this.#partition}`);
     deps.reader.on('close', () => {
       this.#readerCloses += 1;
     });
@@ -225,6 +228,7 @@ export class PartitionConsumer {
           // showed the outage's error, and /health the projector failing, long after it ended.
           this.#lastError = undefined;
           this.#lastErrorWasRead = false;
+          this.#failures.ended({ partition: this.#partition });
         }
         if (this.#abort.signal.aborted) {
           continue;
@@ -287,6 +291,7 @@ export class PartitionConsumer {
         this.#transientBackoff.reset();
         this.#lastError = undefined;
         this.#lastErrorWasRead = false;
+        this.#failures.ended({ partition: this.#partition });
       } catch (err) {
         if (this.#abort.signal.aborted) {
           break;
@@ -348,9 +353,12 @@ export class PartitionConsumer {
         this.#lastErrorWasRead = reading;
         this.#deps.onFailure?.();
         const delay = this.#transientBackoff.nextDelayMs();
-        logger.warn(
-          { err, partition: this.#partition, retryInMs: delay },
-          'projection failed, retrying',
+        this.#failures.failed(
+          err,
+          { partition: this.#partition, retryInMs: delay },
+          reading
+            ? this.#lastError
+            : `projecting partition ${this.#partition} failed: ${this.#lastError}`,
         );
         this.#rereadFromStart();
         await pause(delay, this.#abort.signal);

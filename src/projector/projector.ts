@@ -8,8 +8,10 @@ import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { blockingConnection, isNoGroup, watchConnection } from '../log/redis.ts';
 import { trimHalfHistory, trimPartition } from '../log/retention.ts';
+import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import { reasonOf } from '../reason.ts';
 import { applyBatches, mainChangeSince } from './apply-batch.ts';
 import { BatchCombiner } from './batch-combiner.ts';
 import { type CircuitBreaker, createDatabaseBreaker } from './circuit-breaker.ts';
@@ -79,8 +81,9 @@ export class Projector {
   #trimTimer: NodeJS.Timeout | undefined;
   #pressureTimer: NodeJS.Timeout | undefined;
   #relieving: Promise<void> | undefined;
-  /** Whether the last look at Redis's memory failed, so that an outage is said once. */
-  #pressureUnread = false;
+  readonly #reclaimFailures: FailureSpell;
+  readonly #trimFailures: FailureSpell;
+  readonly #pressureFailures: FailureSpell;
   #processed = 0;
   #batches = 0;
   #lastRun: number | undefined;
@@ -88,6 +91,9 @@ export class Projector {
 
   constructor(deps: ProjectorDeps) {
     this.#deps = deps;
+    this.#reclaimFailures = new FailureSpell(deps.logger, 'reclaiming idle entries');
+    this.#trimFailures = new FailureSpell(deps.logger, 'trimming the log');
+    this.#pressureFailures = new FailureSpell(deps.logger, "reading Redis's memory use");
     this.#combiner = new BatchCombiner(
       (requests) => applyBatches(deps.pool, requests),
       deps.batchSize,
@@ -112,15 +118,17 @@ export class Projector {
   start(): void {
     this.#leases.start();
     this.#reclaimTimer = setInterval(() => {
-      void this.#reclaimIdle().catch((err: unknown) =>
-        this.#deps.logger.warn({ err }, 'reclaiming idle entries failed'),
+      void this.#reclaimIdle().then(
+        () => this.#reclaimFailures.ended(),
+        (err: unknown) =>
+          this.#reclaimFailures.failed(err, {}, `reclaiming idle entries failed: ${reasonOf(err)}`),
       );
     }, this.#deps.claimIdleMs);
     this.#reclaimTimer.unref();
     this.#trimTimer = setInterval(
       () => {
         void this.#trim().catch((err: unknown) =>
-          this.#deps.logger.warn({ err }, 'trimming the log failed'),
+          this.#trimFailures.failed(err, {}, `trimming the log failed: ${reasonOf(err)}`),
         );
       },
       Math.min(60_000, Math.max(1_000, Math.floor(this.#deps.streamRetentionMs / 10))),
@@ -130,21 +138,14 @@ export class Projector {
       // One run at a time: two overlapping would halve the history twice in one period.
       this.#relieving ??= this.#relievePressure()
         .then(
-          () => {
-            this.#pressureUnread = false;
-          },
-          (err: unknown) => {
-            // Its look at Redis's memory failed (a partition's trim says so itself): said once
-            // in a row, not every PRESSURE_CHECK_MS through a Redis outage, where it hid the
-            // lines that said what was wrong.
-            if (!this.#pressureUnread) {
-              this.#deps.logger.warn(
-                { err },
-                "reading Redis's memory use failed: the log is not trimmed under memory pressure until it can be read",
-              );
-            }
-            this.#pressureUnread = true;
-          },
+          () => this.#pressureFailures.ended(),
+          (err: unknown) =>
+            // Its look at Redis's memory failed (a partition's trim says so itself).
+            this.#pressureFailures.failed(
+              err,
+              {},
+              `reading Redis's memory use failed: the log is not trimmed under memory pressure until it can be read: ${reasonOf(err)}`,
+            ),
         )
         .finally(() => {
           this.#relieving = undefined;
@@ -189,12 +190,14 @@ export class Projector {
 
   /** Drops acknowledged entries past the retention from the partitions this process owns. */
   async #trim() {
+    let failed = false;
     for (const partition of this.#consumers.keys()) {
       const trimmed = await trimPartition(
         this.#deps.eventLog,
         partition,
         this.#deps.streamRetentionMs,
       ).catch((err: unknown) => {
+        failed = true;
         this.#trimFailed(partition, err, 'past the retention');
         return 0;
       });
@@ -205,11 +208,21 @@ export class Projector {
         );
       }
     }
+    if (!failed) {
+      this.#trimFailures.ended();
+    }
   }
 
-  /** One partition's failure is its own: the partitions after it are still trimmed. */
+  /**
+   * One partition's failure is its own: the partitions after it are still trimmed. Partitions
+   * failing alike (Redis away) are one spell.
+   */
   #trimFailed(partition: number, err: unknown, how: string) {
-    this.#deps.logger.warn({ err, partition }, `trimming partition ${partition} ${how} failed`);
+    this.#trimFailures.failed(
+      err,
+      { partition },
+      `trimming the log ${how} failed: ${reasonOf(err)}`,
+    );
   }
 
   stop(): Promise<void> {
