@@ -330,6 +330,49 @@ void describe('admin and incident tools', () => {
     await audit(h, await streamEventIds(h));
   });
 
+  void it('dead retry --wait says whether the retried event applied or was dead-lettered again', async () => {
+    // Retried before the cause is gone: dead again, said with the new letter's error, exit 1.
+    await h.main.query(
+      "ALTER TABLE executed_obs_units ADD CONSTRAINT no_poison CHECK (instrument <> 'poison') NOT VALID",
+    );
+    const poison = (
+      await h.post('/executed_obs_units/start', { obs_unit_id: 'retry-wait', instrument: 'poison' })
+    ).body as { id: string; event_id: string };
+    const deadOnce = async () =>
+      waitFor(
+        async () => (await h.get(`/events/${poison.event_id}`)).body?.state === 'dead',
+        'dead-lettered',
+      );
+    await deadOnce();
+    const tooEarly = await runCli(h, ['dead', 'retry', poison.event_id, '--wait', '--json']);
+    assert.equal(tooEarly.code, 1, tooEarly.stderr);
+    const [deadAgain] = JSON.parse(tooEarly.stdout).items;
+    assert.equal(deadAgain.retried, true);
+    assert.equal(deadAgain.outcome, 'dead');
+    assert.match(deadAgain.error, /no_poison/);
+    assert.match(
+      tooEarly.stderr,
+      new RegExp(
+        `^outpost: 1 of 1 retried event\\(s\\) were dead-lettered again \\(${poison.event_id}: .*no_poison`,
+      ),
+    );
+    assert.equal((await h.get(`/events/${poison.event_id}`)).body.state, 'dead');
+    // The cause gone: applied, said in the table, exit 0.
+    await h.main.query('ALTER TABLE executed_obs_units DROP CONSTRAINT no_poison');
+    const fixed = await runCli(h, ['dead', 'retry', poison.event_id, '--wait']);
+    assert.equal(fixed.code, 0, fixed.stderr);
+    assert.match(fixed.stdout, /^ID +PARTITION +ENTRY_ID +RETRIED +OUTCOME$/m);
+    assert.match(
+      fixed.stdout,
+      new RegExp(`^${poison.event_id} +\\d+ +\\d+-\\d+ +true +applied$`, 'm'),
+    );
+    const times = await h.mainRows<{ n: number }>(
+      'SELECT count(*)::int AS n FROM events WHERE event_id = $1',
+      [poison.event_id],
+    );
+    assert.equal(times[0]?.n, 1);
+  });
+
   void it('honours Idempotency-Key on admin actions: a repeat answers the first response and does nothing', async () => {
     const poison = await deadLetteredStart('retry-once');
     const retry = () =>

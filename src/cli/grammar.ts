@@ -27,7 +27,7 @@ const GRAMMAR: Readonly<Record<string, Takes | { readonly actions: Record<string
     actions: {
       list: { flags: ['limit', 'cursor'] },
       show: { words: 1 },
-      retry: { flags: ['all'], words: 1 },
+      retry: { flags: ['all', 'wait'], words: 1 },
       discard: { flags: ['reason'], words: 1 },
     },
   },

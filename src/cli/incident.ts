@@ -16,10 +16,11 @@ import {
 import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from '../ops/buffer.ts';
 import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
+import { type Outcomes, waitForOutcomes } from '../ops/outcomes.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
 import { siteClaimNote } from '../ops/site-name.ts';
 import { reasonOf } from '../reason.ts';
-import { CliError, print, table, wholeNumberFlag } from './output.ts';
+import { CliError, print, progress, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
 
 export type IncidentFlags = {
@@ -31,6 +32,7 @@ export type IncidentFlags = {
   reason?: string;
   all?: boolean;
   cursor?: string;
+  wait?: boolean;
 };
 
 /** `outpost pending`: what waits, where, for how long, and for what. */
@@ -347,10 +349,59 @@ const namedDeadLetter = (id: string | undefined): { named: string; id: string } 
   return { named, id };
 };
 
-const requireDead = async (
-  site: Parameters<Parameters<typeof withSite>[0]>[0],
-  { named, id }: { named: string; id: string },
-) => {
+type Site = Parameters<Parameters<typeof withSite>[0]>[0];
+
+/** How long `dead retry --wait` waits for what it put back: as long as a replay waits. */
+const RETRY_WAIT_MS = 600_000;
+
+/**
+ * `dead retry --wait`: waits until each event put back is applied or dead-lettered again, and
+ * writes what became of it (and a new letter's error) into its row: without it the operator who
+ * fixed a cause learns whether the fix held only from a later `dead list`.
+ */
+const followRetried = async (site: Site, rows: RetryRow[], json: boolean): Promise<Outcomes> => {
+  const retried = rows.filter((row) => row.retried);
+  const shown = progress(json);
+  const outcomes = await waitForOutcomes(
+    { eventLog: site.eventLog, main: site.main },
+    retried.map((row) => ({ eventId: row.id, partition: row.partition })),
+    RETRY_WAIT_MS,
+    (w) => shown.report({ ...w }),
+  ).finally(shown.end);
+  const applied = new Set(outcomes.applied);
+  const dead = new Set(outcomes.dead);
+  for (const row of retried) {
+    row.outcome = applied.has(row.id) ? 'applied' : dead.has(row.id) ? 'dead' : 'pending';
+    if (row.outcome === 'dead') {
+      row.error = (await site.deadLetters.get(row.id, row.partition))?.error;
+    }
+  }
+  return outcomes;
+};
+
+/** Exit 1 when what `dead retry --wait` put back did not apply: dead again, or not yet. */
+const refuseUnsettled = (rows: readonly RetryRow[], outcomes: Outcomes) => {
+  const retried = rows.filter((row) => row.retried).length;
+  const deadAgain = rows.filter((row) => row.outcome === 'dead');
+  const [first] = deadAgain;
+  if (first !== undefined) {
+    throw new CliError(
+      `${deadAgain.length} of ${retried} retried event(s) were dead-lettered again (${first.id}: ${first.error ?? 'its letter is gone'}); outpost dead show <id> has each attempt`,
+    );
+  }
+  const open = rows.filter((row) => row.outcome === 'pending').length;
+  if (open > 0) {
+    throw new CliError(
+      `${open} of ${retried} retried event(s) were not applied within ${RETRY_WAIT_MS / 60_000} minutes${
+        outcomes.mainDatabaseError === undefined
+          ? ''
+          : ` (the main database could not be asked: ${outcomes.mainDatabaseError})`
+      }; they stay in the log and apply once the projector can: /health background_processor.last_error says what stops it`,
+    );
+  }
+};
+
+const requireDead = async (site: Site, { named, id }: { named: string; id: string }) => {
   const dead = await site.deadLetters.find(named).catch((err: unknown) => {
     throw err instanceof AmbiguousDeadLetterError ? new CliError(err.message) : err;
   });
@@ -361,8 +412,6 @@ const requireDead = async (
 };
 
 /** Every dead letter of the site, page after page. */
-type Site = Parameters<Parameters<typeof withSite>[0]>[0];
-
 const allDeadLetters = async (site: Site) => {
   const letters: DeadLetter[] = [];
   let cursor: string | undefined;
@@ -398,6 +447,9 @@ type RetryRow = {
   retried: boolean;
   why_not?: string;
   with?: string;
+  /** With --wait: what became of it, and, dead-lettered again, why. */
+  outcome?: 'applied' | 'dead' | 'pending';
+  error?: string;
 };
 
 /**
@@ -414,7 +466,7 @@ const followersLine = (letter: DeadLetter, followers: DeadLetter[], advice: stri
     .join(' ')}`;
 
 const DEAD_USAGE =
-  'usage: outpost dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R';
+  'usage: outpost dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all [--wait]|discard <id> --reason R';
 
 /** `outpost dead list|show|retry|discard`. */
 export const dead = (action: string | undefined, id: string | undefined, flags: IncidentFlags) => {
@@ -535,6 +587,7 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         for (const { eventId, entryId, partition } of alsoRetried) {
           results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: id });
         }
+        const outcomes = flags.wait ? await followRetried(site, results, flags.json) : undefined;
         // The letter named, put back: what followed it in waits still.
         const named = !flags.all && results[0]?.retried ? letters[0] : undefined;
         const followers = named === undefined ? [] : await followersOf(site, named);
@@ -564,6 +617,9 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         }
         if (!flags.all && results[0]?.retried === false) {
           throw new CliError(`dead letter ${id} was not retried: ${results[0].why_not ?? GONE}`);
+        }
+        if (outcomes !== undefined) {
+          refuseUnsettled(results, outcomes);
         }
         // A letter another operator retried or discarded meanwhile is not left.
         const left = results.filter((r) => !r.retried && r.why_not !== GONE).length;

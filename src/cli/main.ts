@@ -119,6 +119,7 @@ const main = async (argv: string[]) => {
       cursor: { type: 'string' },
       reason: { type: 'string' },
       all: { type: 'boolean', default: false },
+      wait: { type: 'boolean', default: false },
       from: { type: 'string' },
       to: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },

@@ -67,3 +67,32 @@ export const wholeNumberFlag = (
   }
   return n;
 };
+
+/**
+ * Progress for long runs: a rewritten line on a terminal, JSON lines for scripts, else nothing.
+ * `end` closes the line, so neither the report nor a failure's reason starts in the middle of it.
+ */
+export const progress = (json: boolean) => {
+  let last = 0;
+  let drawn = false;
+  return {
+    report: (fields: Record<string, unknown>) => {
+      if (json) {
+        process.stderr.write(`${JSON.stringify({ progress: fields })}\n`);
+      } else if (process.stderr.isTTY && Date.now() - last > 250) {
+        last = Date.now();
+        drawn = true;
+        const text = Object.entries(fields)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(', ');
+        process.stderr.write(`\r${text}   `);
+      }
+    },
+    end: () => {
+      if (drawn) {
+        process.stderr.write('\n');
+        drawn = false;
+      }
+    },
+  };
+};

@@ -17,7 +17,7 @@ import {
   replay,
   replayRange,
 } from '../ops/replay.ts';
-import { CliError, print, table, wholeNumberFlag } from './output.ts';
+import { CliError, print, progress, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
 export type RecoveryFlags = {
@@ -27,35 +27,6 @@ export type RecoveryFlags = {
   partition?: string;
   'dry-run'?: boolean;
   verify?: boolean;
-};
-
-/**
- * Progress for long runs: a rewritten line on a terminal, JSON lines for scripts, else nothing.
- * `end` closes the line, so neither the report nor a failure's reason starts in the middle of it.
- */
-const progress = (json: boolean) => {
-  let last = 0;
-  let drawn = false;
-  return {
-    report: (fields: Record<string, unknown>) => {
-      if (json) {
-        process.stderr.write(`${JSON.stringify({ progress: fields })}\n`);
-      } else if (process.stderr.isTTY && Date.now() - last > 250) {
-        last = Date.now();
-        drawn = true;
-        const text = Object.entries(fields)
-          .map(([k, v]) => `${k} ${v}`)
-          .join(', ');
-        process.stderr.write(`\r${text}   `);
-      }
-    },
-    end: () => {
-      if (drawn) {
-        process.stderr.write('\n');
-        drawn = false;
-      }
-    },
-  };
 };
 
 /**

@@ -8,10 +8,11 @@ export const USAGE = `usage: outpost <command> [options]
                                 --only projector serves /health, /buffer-stats and /metrics on OUTPOST_PORT
   pending [--partition N] [--idle 60s] [--consumer C] [--limit N]
                                 what waits in the pending lists, and whether for the projector or the replica
-  dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all|discard <id> --reason R
+  dead list [--limit N] [--cursor C]|show <id>|retry <id>|retry --all [--wait]|discard <id> --reason R
                                 dead-lettered events (the id is the event id, or
                                 undecodable-<partition>-<entry id> as listed); a retry puts back
-                                all of its aggregate's, in the order accepted
+                                all of its aggregate's, in the order accepted; retry --wait waits
+                                until they are applied or dead again, and exits 1 unless applied
   integrity refresh|status      refresh the integrity views now, or show the latest snapshot
   replay --from ID|TIME [--to ID|TIME] [--partition N] [--dry-run]
                                 give the main database every logged event it lacks (after a restore)

@@ -16,8 +16,8 @@ import {
 import type { EventLog } from '../log/event-log.ts';
 import type { PartitionKeys } from '../log/keys.ts';
 import { pipelineReplies } from '../log/redis.ts';
-import { isDatabaseUnreachable } from '../projector/errors.ts';
-import { PartWayError, reasonOf } from '../reason.ts';
+import { PartWayError } from '../reason.ts';
+import { type OutcomeWaiting, waitForOutcomes } from './outcomes.ts';
 
 export type ReplayRequest = { from: string; to?: string; partition?: number; dryRun: boolean };
 
@@ -71,16 +71,8 @@ export const OVERTAKEN_LISTED = 20;
 
 export type ReplayProgress = { partition: number; scanned: number; position: string };
 
-/** Where the wait for what a replay gave back stands: told every WAIT_REPORT_EVERY_MS. */
-export type ReplayWaiting = {
-  waiting_for: number;
-  applied: number;
-  failed: number;
-  /** Why the main database cannot be asked what applied, while it cannot. */
-  main_database_error?: string;
-};
-
-const WAIT_REPORT_EVERY_MS = 5_000;
+/** Where the wait for what a replay gave back stands. */
+export type ReplayWaiting = OutcomeWaiting;
 
 const PAGE = 500;
 
@@ -178,8 +170,6 @@ export const replayRange = (fromText: string, toText?: string): { from: string; 
 };
 
 type Deps = { eventLog: EventLog; main: pg.Pool };
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /**
  * Re-reads the log with XRANGE and gives back to the projector every event the main database
@@ -313,7 +303,25 @@ export const replay = async (
       }
     }
     if (!request.dryRun) {
-      await waitForOutcome(deps, resent, report, options.waitMs ?? 600_000, options.onWaiting);
+      const before = { applied: report.applied, failed: report.failed };
+      const outcomes = await waitForOutcomes(
+        deps,
+        resent,
+        options.waitMs ?? 600_000,
+        options.onWaiting &&
+          ((w) =>
+            options.onWaiting?.({
+              ...w,
+              applied: before.applied + w.applied,
+              failed: before.failed + w.failed,
+            })),
+      );
+      report.applied += outcomes.applied.length;
+      report.failed += outcomes.dead.length;
+      report.unfinished = outcomes.open.length;
+      if (outcomes.mainDatabaseError !== undefined) {
+        report.main_database_error = outcomes.mainDatabaseError;
+      }
     }
   } catch (err) {
     if (resent.length === 0) {
@@ -665,65 +673,4 @@ const lackingFromMain = async (deps: Deps, ids: string[]): Promise<Set<string>> 
   );
   const held = new Set(rows.map((row) => row.id));
   return new Set(ids.filter((id) => !held.has(id.toLowerCase())));
-};
-
-const waitForOutcome = async (
-  deps: Deps,
-  resent: { eventId: string; partition: number }[],
-  report: ReplayReport,
-  waitMs: number,
-  onWaiting: ((w: ReplayWaiting) => void) | undefined,
-) => {
-  let open = resent;
-  const deadline = Date.now() + waitMs;
-  // The first report after a while: most replays are done before anyone would look.
-  let nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
-  let unreachable: string | undefined;
-  while (open.length > 0 && Date.now() < deadline) {
-    if (Date.now() >= nextReport) {
-      nextReport = Date.now() + WAIT_REPORT_EVERY_MS;
-      onWaiting?.({
-        waiting_for: open.length,
-        applied: report.applied,
-        failed: report.failed,
-        ...(unreachable === undefined ? {} : { main_database_error: unreachable }),
-      });
-    }
-    let applied: Map<string, boolean>;
-    try {
-      applied = await appliedEventIds(
-        deps.main,
-        open.map((r) => r.eventId),
-      );
-    } catch (err) {
-      if (!isDatabaseUnreachable(err)) {
-        throw err;
-      }
-      // The events are appended already: a main database away for a while (restarting after a
-      // restore, say) is waited out like a slow projector, not the end of the replay's report.
-      if (unreachable === undefined) {
-        nextReport = Date.now();
-      }
-      unreachable = reasonOf(err);
-      await sleep(1_000);
-      continue;
-    }
-    unreachable = undefined;
-    const notApplied = open.filter((item) => !applied.has(item.eventId));
-    report.applied += open.length - notApplied.length;
-    const pipeline = deps.eventLog.redis.pipeline();
-    for (const item of notApplied) {
-      pipeline.hexists(deps.eventLog.keys(item.partition).deadIndex, item.eventId);
-    }
-    const dead = await pipelineReplies(pipeline);
-    open = notApplied.filter((_, i) => dead[i] !== 1);
-    report.failed += notApplied.length - open.length;
-    if (open.length > 0) {
-      await sleep(200);
-    }
-  }
-  report.unfinished = open.length;
-  if (open.length > 0 && unreachable !== undefined) {
-    report.main_database_error = unreachable;
-  }
 };
