@@ -346,6 +346,39 @@ void describe('outpost stack up', () => {
     }
   });
 
+  void it('waits while its Redis reads its append-only file, and says so when Redis then refuses it', async () => {
+    // Damaged far from its start: Redis answers LOADING for a while, then exits (drill 163, where
+    // `stack up` said "redis running" and exited 0).
+    const dir = join(mkdtempSync(join(tmpdir(), 'outpost-late-bad-aof-')), '.outpost');
+    chmodSync(dirname(dir), 0o755);
+    const aofDir = join(dir, 'redis', 'appendonlydir');
+    mkdirSync(aofDir, { recursive: true });
+    writeFileSync(
+      join(aofDir, 'appendonly.aof.manifest'),
+      'file appendonly.aof.1.base.aof seq 1 type b\n',
+    );
+    const value = 'v'.repeat(200);
+    const set = (i: number) =>
+      `*3\r\n$3\r\nSET\r\n$${String(i).length + 2}\r\nk:${i}\r\n$${value.length}\r\n${value}\r\n`;
+    const chunks: string[] = [];
+    for (let i = 0; i < 150_000; i += 1) {
+      chunks.push(set(i));
+    }
+    chunks.push('*1\r\nnot a command\r\n');
+    writeFileSync(join(aofDir, 'appendonly.aof.1.base.aof'), chunks.join(''));
+    try {
+      const ports = await freeStackPorts();
+      await assert.rejects(
+        stackUp({ dir, ...ports, pgCron: false, appendfsync: 'always' }),
+        /^Error: Redis in .*\/redis did not start; its log \(.*redis\.log\) ends:\n(.*\n)*.*(Bad file format|Unrecoverable error) reading the append only file/,
+      );
+      assert.equal(await isPortOpen(ports.mainPort), false, 'PostgreSQL was not started');
+    } finally {
+      await stackDown(dir).catch(() => undefined);
+      rmSync(dirname(dir), { recursive: true, force: true });
+    }
+  });
+
   void it('refuses ports held by something that is not its own stack', async () => {
     const stack = testStack();
     await assert.rejects(

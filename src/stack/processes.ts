@@ -142,22 +142,30 @@ export const isPortOpen = (port: number, host = '127.0.0.1'): Promise<boolean> =
   });
 
 /**
- * Whether a Redis serves on `port`: it answers a PING, with PONG or with LOADING while it reads its
- * append-only file. An open port is not enough: Redis listens before it reads its data, and one
- * that then finds its AOF damaged exits without having answered anyone.
+ * What a Redis on `port` answers a PING: `pong` once it serves, `loading` while it reads its
+ * append-only file (which it may yet refuse, and exit: taken for up, `stack up` said "running" and
+ * `npm start` went on to serve), `other` for any other answer (a password asked), undefined when
+ * nothing answers within a second (not listening, or stopped with its port still open). An open
+ * port is not enough: Redis listens before it reads its data.
  */
-export const redisAnswers = (port: number, host = '127.0.0.1'): Promise<boolean> =>
+export const redisPing = (
+  port: number,
+  host = '127.0.0.1',
+): Promise<'pong' | 'loading' | 'other' | undefined> =>
   new Promise((resolve) => {
     const socket = createConnection({ port, host });
-    const done = (answered: boolean) => {
+    const done = (answer: 'pong' | 'loading' | 'other' | undefined) => {
       socket.destroy();
-      resolve(answered);
+      resolve(answer);
     };
-    socket.setTimeout(1_000, () => done(false));
+    socket.setTimeout(1_000, () => done(undefined));
     socket.once('connect', () => socket.write('PING\r\n'));
-    socket.once('data', () => done(true));
-    socket.once('error', () => done(false));
-    socket.once('close', () => done(false));
+    socket.once('data', (reply: Buffer) => {
+      const text = reply.toString();
+      done(text.startsWith('+PONG') ? 'pong' : text.startsWith('-LOADING') ? 'loading' : 'other');
+    });
+    socket.once('error', () => done(undefined));
+    socket.once('close', () => done(undefined));
   });
 
 /**

@@ -28,7 +28,7 @@ import {
   MIN_POSTGRES_MAJOR,
   pgCronInstalled,
   pgServerInstalls,
-  redisAnswers,
+  redisPing,
   reportedMajorVersion,
   run,
   runPg,
@@ -315,6 +315,9 @@ const startOnFixedPort = async (
  * (the port busy, a damaged AOF, a folder it cannot write) is told by its pid file naming a process
  * gone, or by its log saying it aborts, at once rather than after a minute's wait for the port.
  */
+/** How long a starting Redis may answer nothing, not even LOADING, before `up` gives up. */
+const REDIS_SILENCE_MS = 60_000;
+
 const startRedis = async (redisServer: string, o: StackOptions, paths: StackPaths) => {
   const pidFile = join(paths.redis, 'redis.pid');
   const logFile = join(paths.redis, 'redis.log');
@@ -356,11 +359,25 @@ const startRedis = async (redisServer: string, o: StackOptions, paths: StackPath
         // Gone, or a zombie where nothing reaps orphans (a container's init): no redis-server.
         return aborted || (pid !== undefined && !isProcessOf(pid, 'redis-server'));
       };
+      // As long as it reads its append-only file (a large one takes minutes), and a minute more.
+      let heardAt = Date.now();
       await waitUntil(
-        async () => (await redisAnswers(o.redisPort)) || exited(),
+        async () => {
+          const answer = await redisPing(o.redisPort);
+          if (answer === 'loading') {
+            heardAt = Date.now();
+          }
+          if (answer === undefined && Date.now() - heardAt > REDIS_SILENCE_MS) {
+            throw new Error(
+              `Redis on ${o.redisPort} did not answer for ${REDIS_SILENCE_MS / 1000} s`,
+            );
+          }
+          return answer === 'pong' || exited();
+        },
         `Redis on ${o.redisPort}`,
+        Number.MAX_SAFE_INTEGER,
       );
-      if (!(await redisAnswers(o.redisPort))) {
+      if ((await redisPing(o.redisPort)) !== 'pong') {
         throw new Error('Redis exited as it started');
       }
     },
