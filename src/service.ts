@@ -301,7 +301,7 @@ export const startService = async (
         deadLetters,
         redis,
         site: config.site,
-        logId: () => recordLogId(redis, config.namespace),
+        logId: () => recordLogId(redis, config.namespace, config.site),
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,

@@ -10,7 +10,7 @@ import { after, describe, it } from 'node:test';
 import { Redis as IORedis } from 'ioredis';
 import { partitionOf } from '../src/domain/ids.ts';
 import { entryRecord } from '../src/log/codec.ts';
-import { CONSUMER_GROUP, processRosterKey } from '../src/log/keys.ts';
+import { CONSUMER_GROUP, processRosterKey, siteNameKey } from '../src/log/keys.ts';
 import { killRedis, stackUp } from '../src/stack/stack.ts';
 import {
   audit,
@@ -796,6 +796,18 @@ void describe('process faults under load', () => {
       const eventIds = written.map((w) => w.event_id);
       await waitForApplied(h, eventIds, 'every write after the loss to be applied', 60_000);
       await waitForAllAcknowledged(h, 60_000);
+      // The site's name, lost with the data, is recorded again by the running projector: a shell
+      // with another OUTPOST_SITE is refused, not taken in (drill 163: until a process restarted).
+      await waitFor(
+        async () => (await h.redis.get(siteNameKey(h.config.namespace))) === h.config.site,
+        "the site's name to be recorded beside the log again",
+      );
+      const stranger = await runCliWith(h.envOf({ OUTPOST_SITE: 'another-site' }), ['pending']);
+      assert.equal(stranger.code, 1, stranger.stdout);
+      assert.match(
+        stranger.stderr,
+        /this shell has OUTPOST_SITE=another-site, but the site's log is served as site test-site/,
+      );
     });
   });
 
@@ -1263,6 +1275,28 @@ void describe('process faults under load', () => {
           'm',
         ),
       );
+    });
+
+    void it('says a Redis that takes the connection and answers nothing is stalled, not loading', async () => {
+      // As a Redis stopped with SIGSTOP: the kernel takes the connection, nothing answers.
+      proxy.blackhole();
+      try {
+        const env = h.envOf();
+        const cli = await runCliWith({ ...env, REDIS_URL: proxy.reroute(`${env.REDIS_URL}/`) }, [
+          'pending',
+        ]);
+        assert.equal(cli.code, 1, cli.stdout);
+        assert.match(
+          cli.stderr,
+          new RegExp(
+            `^outpost: waiting for Redis at 127\\.0\\.0\\.1:${proxy.port} to be ready \\(it took the connection but answers nothing: stopped, or stalled\\?\\)$`,
+            'm',
+          ),
+        );
+        assert.doesNotMatch(cli.stderr, /loading/);
+      } finally {
+        proxy.heal();
+      }
     });
   });
 

@@ -11,6 +11,7 @@ import { recordedPartitions } from '../ops/partition-count.ts';
 import { isDatabaseUnreachable } from '../projector/errors.ts';
 import { addressOf, cannotReach } from '../reach.ts';
 import { restated } from '../reason.ts';
+import { redisPing } from '../stack/processes.ts';
 import { CliError } from './output.ts';
 
 /** What a command works with; the databases it touches are recorded, to blame only those. */
@@ -29,6 +30,24 @@ type Database = 'main' | 'replica';
 
 /** How long Redis may take to be ready before the operator is told what the command waits for. */
 const NOTICE_SLOW_REDIS_MS = 2_000;
+
+/**
+ * Why a Redis that took the connection is not ready, asked on a connection of its own: loading
+ * its data (after a restart), or answering nothing at all (stopped with SIGSTOP, or stalled),
+ * which the ready check cannot tell apart. Over TLS it is not asked.
+ */
+const whyRedisIsSlow = async (url: string): Promise<string> => {
+  const { protocol, hostname, port } = new URL(url);
+  const answer =
+    protocol === 'redis:'
+      ? await redisPing(Number(port || 6379), hostname.replace(/^\[|\]$/g, '') || '127.0.0.1')
+      : 'other';
+  return answer === 'loading'
+    ? 'it is loading its data after a restart'
+    : answer === undefined
+      ? 'it took the connection but answers nothing: stopped, or stalled?'
+      : 'still loading its data after a restart, or stalled?';
+};
 
 /**
  * Which database a command could not reach: a driver's error names an address at best, so each
@@ -118,9 +137,13 @@ export const withSite = async <T>(
         if (redis.status !== 'connect') {
           return;
         }
-        process.stderr.write(
-          `outpost: waiting for Redis at ${addressOf(config.redisUrl)} to be ready (still loading its data after a restart?)\n`,
-        );
+        void whyRedisIsSlow(config.redisUrl).then((why) => {
+          if (redis.status === 'connect') {
+            process.stderr.write(
+              `outpost: waiting for Redis at ${addressOf(config.redisUrl)} to be ready (${why})\n`,
+            );
+          }
+        });
       }, NOTICE_SLOW_REDIS_MS);
       await connectRedis(redis, config.redisUrl).finally(() => clearTimeout(slow));
       // A shell without the service's env file would look at part of the log and report all well.

@@ -41,19 +41,37 @@ export const checkSiteName = async (
   }
 };
 
-/** Past maxmemory too: one small key, without which the projector takes no partition. */
-const SET_ONCE = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')";
+/**
+ * Past maxmemory too: two small keys, without which the projector takes no partition. The site's
+ * name goes back beside the log where it is missing (the log id's first key).
+ */
+const RECORD_ONCE = `#!lua flags=allow-oom
+redis.call('SET', KEYS[2], ARGV[2], 'NX')
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')`;
 
 /**
  * The log's own id, recorded beside it by the first projector to ask (answers the recorded one).
  * The check above cannot see a second site given this site's name: each log records the name
  * for itself. Their projectors meet in the main database, where this id says which log a site
  * name is applied from (claimSite). Asked on every lease round, so processes of a Redis that lost
- * its data agree on the new id it gets.
+ * its data agree on the new id it gets; and the site's name is recorded again then, since such a
+ * Redis lost it too, and a process or shell with another OUTPOST_SITE would go unrefused until
+ * one of the site's processes restarted (drill 163).
  */
-export const recordLogId = async (redis: Redis, namespace: string): Promise<string> => {
+export const recordLogId = async (
+  redis: Redis,
+  namespace: string,
+  site: string,
+): Promise<string> => {
   const ours = randomUUID();
-  const recorded = (await redis.eval(SET_ONCE, 1, logIdKey(namespace), ours)) as string | null;
+  const recorded = (await redis.eval(
+    RECORD_ONCE,
+    2,
+    logIdKey(namespace),
+    siteNameKey(namespace),
+    ours,
+    site,
+  )) as string | null;
   return recorded ?? ours;
 };
 
