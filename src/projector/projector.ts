@@ -2,13 +2,13 @@ import type { Redis } from 'ioredis';
 import type pg from 'pg';
 import type { Lease } from '../db/queries/leases.ts';
 import type { LivePublisher } from '../live/live-message.ts';
-import { isLogPressed, readLogMemory } from '../log/capacity.ts';
+import { isLogPressed, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
 import type { DeadLetters } from '../log/dead-letters.ts';
 import type { EventLog } from '../log/event-log.ts';
 import { CONSUMER_GROUP } from '../log/keys.ts';
 import { blockingConnection, isNoGroup, watchConnection } from '../log/redis.ts';
 import { trimHalfHistory, trimPartition } from '../log/retention.ts';
-import { FailureSpell } from '../observability/failure-spell.ts';
+import { FailureSpell, REMIND_EVERY_MS } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { reasonOf } from '../reason.ts';
@@ -84,6 +84,8 @@ export class Projector {
   readonly #reclaimFailures: FailureSpell;
   readonly #trimFailures: FailureSpell;
   readonly #pressureFailures: FailureSpell;
+  /** Trimmed under memory pressure since the last line that said so. */
+  #pressureTrims = { at: Number.NEGATIVE_INFINITY, trimmed: 0, partitions: new Set<number>() };
   #processed = 0;
   #batches = 0;
   #lastRun: number | undefined;
@@ -161,31 +163,40 @@ export class Projector {
    */
   async #relievePressure() {
     const memory = await readLogMemory(this.#deps.redis);
-    if (!isLogPressed(memory)) {
-      return;
-    }
-    for (const partition of this.#consumers.keys()) {
-      const { trimmed, reachesBackTo } = await trimHalfHistory(
-        this.#deps.eventLog,
-        partition,
-      ).catch((err: unknown) => {
+    const pressed = isLogPressed(memory);
+    let reachesBackTo: number | undefined;
+    for (const partition of pressed ? this.#consumers.keys() : []) {
+      const trim = await trimHalfHistory(this.#deps.eventLog, partition).catch((err: unknown) => {
         this.#trimFailed(partition, err, 'under memory pressure');
         return { trimmed: 0, reachesBackTo: undefined };
       });
-      if (trimmed > 0) {
-        this.#deps.logger.warn(
-          {
-            partition,
-            trimmed,
-            usedBytes: memory.usedBytes,
-            maxmemory: memory.maxBytes,
-            replayReachesBackTo:
-              reachesBackTo === undefined ? null : new Date(reachesBackTo).toISOString(),
-          },
-          'Redis is near its maxmemory: trimmed acknowledged entries younger than OUTPOST_STREAM_RETENTION, so writes keep being accepted (replay now reaches back less far; raise maxmemory to keep the full retention)',
-        );
+      if (trim.trimmed > 0) {
+        this.#pressureTrims.trimmed += trim.trimmed;
+        this.#pressureTrims.partitions.add(partition);
+        if (trim.reachesBackTo !== undefined) {
+          reachesBackTo = Math.min(reachesBackTo ?? trim.reachesBackTo, trim.reachesBackTo);
+        }
       }
     }
+    const told = this.#pressureTrims;
+    // A line a minute at most while the pressure lasts, with what was trimmed since, and one when
+    // it ends: a log near its maxmemory for long is trimmed every look (every 2 s), and a line
+    // per partition and look filled the log.
+    if (told.trimmed === 0 || (pressed && performance.now() - told.at < REMIND_EVERY_MS)) {
+      return;
+    }
+    this.#deps.logger.warn(
+      {
+        trimmed: told.trimmed,
+        partitions: [...told.partitions].sort((a, b) => a - b),
+        usedBytes: memory.usedBytes,
+        maxmemory: memory.maxBytes,
+        replayReachesBackTo:
+          reachesBackTo === undefined ? null : new Date(reachesBackTo).toISOString(),
+      },
+      `Redis holds ${(logMemoryRatio(memory) * 100).toFixed(1)} % of its maxmemory: trimmed ${told.trimmed} acknowledged entries younger than OUTPOST_STREAM_RETENTION to make room for writes (replay now reaches back less far; raise maxmemory to keep the full retention)`,
+    );
+    this.#pressureTrims = { at: performance.now(), trimmed: 0, partitions: new Set() };
   }
 
   /** Drops acknowledged entries past the retention from the partitions this process owns. */
