@@ -750,6 +750,12 @@ void describe('process faults under load', () => {
         warned.every((msg) => msg.endsWith('; retrying')),
         said(),
       );
+      // A partition's lines name it once: its logger's own field, not again beside it.
+      const twice = projector
+        .output()
+        .split('\n')
+        .filter((line) => (line.match(/"partition":/g) ?? []).length > 1);
+      assert.deepEqual(twice, []);
       // Each partition's reader says its Redis failure as Redis's, once per reason.
       for (let p = 0; p < h.config.partitions; p += 1) {
         const reads = lines()

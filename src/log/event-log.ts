@@ -412,10 +412,10 @@ export class EventLog {
    * Creates a partition's consumer group again after Redis lost it (restarted without its data,
    * or the group destroyed by hand), from the stream's first entry: whatever the stream holds is
    * delivered, and entries applied before are recognised as applied, not applied again.
+   * `logger` is the partition's own, which names it.
    */
   async recreateGroup(partition: number, logger: Logger): Promise<void> {
     logger.error(
-      { partition },
       "the partition's consumer group is gone (Redis lost its data, or the group was destroyed): creating it again from the stream's first entry",
     );
     await this.#createGroup(this.keys(partition));

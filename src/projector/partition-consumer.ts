@@ -201,7 +201,7 @@ export class PartitionConsumer {
         // Renewal is overdue (a frozen process, an unreachable database): read nothing until the
         // lease manager either renews the lease or takes this consumer down.
         if (!this.#leaseLapsed) {
-          logger.warn({ partition: this.#partition }, 'lease may have lapsed, not reading');
+          logger.warn('lease may have lapsed, not reading');
         }
         this.#leaseLapsed = true;
         await pause(100, this.#abort.signal);
@@ -228,7 +228,7 @@ export class PartitionConsumer {
           // showed the outage's error, and /health the projector failing, long after it ended.
           this.#lastError = undefined;
           this.#lastErrorWasRead = false;
-          this.#failures.ended({ partition: this.#partition });
+          this.#failures.ended();
         }
         if (this.#abort.signal.aborted) {
           continue;
@@ -238,7 +238,6 @@ export class PartitionConsumer {
           // have run it both times: what the first run took went to our pending list unseen, and
           // this reply holds only what came after it. Applied now, it would go first.
           logger.warn(
-            { partition: this.#partition },
             'the reader connection closed while a read was out: reading own pending entries again',
           );
           this.#rereadFromStart();
@@ -291,20 +290,20 @@ export class PartitionConsumer {
         this.#transientBackoff.reset();
         this.#lastError = undefined;
         this.#lastErrorWasRead = false;
-        this.#failures.ended({ partition: this.#partition });
+        this.#failures.ended();
       } catch (err) {
         if (this.#abort.signal.aborted) {
           break;
         }
         if (err instanceof LeaseLapsedError) {
           // Read again once the lease is ours again, or not at all (the loop's first check).
-          logger.warn({ partition: this.#partition }, err.message);
+          logger.warn(err.message);
           this.#rereadFromStart();
           continue;
         }
         if (err instanceof FencedError) {
           logger.warn(
-            { err, partition: this.#partition },
+            { err },
             'fenced: the lease on this partition lapsed or another process took it; nothing of the batch was committed',
           );
           // Shown until the lease manager's next round finds the lease lost and stops us.
@@ -317,15 +316,12 @@ export class PartitionConsumer {
           await this.#deps.eventLog
             .recreateGroup(this.#partition, logger)
             .catch((recreateError: unknown) => {
-              logger.warn(
-                { err: recreateError, partition: this.#partition },
-                'could not create the consumer group again yet',
-              );
+              logger.warn({ err: recreateError }, 'could not create the consumer group again yet');
             });
         }
         if (err instanceof MainDatabaseChangedError) {
           logger.error(
-            { err, partition: this.#partition },
+            { err },
             'the main database changed (restored from a backup, or failed over): checking the entries applied but not yet confirmed against it',
           );
           this.#mainSeen = undefined;
@@ -334,14 +330,13 @@ export class PartitionConsumer {
           // replica following it would be taken as behind them until it passed them.
           await this.#deps.eventLog.forgetAcknowledgedThrough().catch((forgetError: unknown) => {
             logger.warn(
-              { err: forgetError, partition: this.#partition },
+              { err: forgetError },
               'could not forget how far events were acknowledged: the API forgets it once it finds the main database behind it',
             );
           });
         }
         if (this.#readerReadOnly.reconnectNow(writeRefusal(err), performance.now())) {
           logger.warn(
-            { partition: this.#partition },
             'Redis has answered READONLY for a while (a failover behind REDIS_URL?): making the reader connection again',
           );
           this.#deps.reader.disconnect(true);
@@ -355,7 +350,7 @@ export class PartitionConsumer {
         const delay = this.#transientBackoff.nextDelayMs();
         this.#failures.failed(
           err,
-          { partition: this.#partition, retryInMs: delay },
+          { retryInMs: delay },
           reading
             ? this.#lastError
             : `projecting partition ${this.#partition} failed: ${this.#lastError}`,
@@ -540,7 +535,7 @@ export class PartitionConsumer {
     }
     sayDeletedPending(this.#deps.logger, this.#partition, deleted, 'claimed from another consumer');
     this.#deps.logger.warn(
-      { partition: this.#partition, claimed, from: owners },
+      { claimed, from: owners },
       'claimed entries another consumer read after this one took the partition over',
     );
     this.rereadOwnPending();
@@ -581,7 +576,7 @@ export class PartitionConsumer {
     const { eventLog, logger } = this.#deps;
     await eventLog.redis.xack(eventLog.keys(this.#partition).stream, CONSUMER_GROUP, ...left);
     logger.warn(
-      { partition: this.#partition, entryIds: [...left] },
+      { entryIds: [...left] },
       'left out events an operator discarded from the dead letters, delivered again by a consumer group created again',
     );
     return entries.filter(([id]) => !left.has(id));
@@ -791,7 +786,6 @@ export class PartitionConsumer {
     this.#deps.onBatch?.({ applied: applied.length, ms });
     this.#deps.logger.debug(
       {
-        partition: this.#partition,
         applied: applied.length,
         duplicates: duplicates.length,
         commitLsn,
@@ -839,7 +833,6 @@ export class PartitionConsumer {
     this.#deps.metrics.eventsReapplied.inc({ found_by: 'projector' }, forgotten);
     this.#deps.logger.error(
       {
-        partition: this.#partition,
         events: stale.length,
         firstEventId: stale[0]?.event.event_id,
         firstEntryId: stale[0]?.entryId,
@@ -920,10 +913,7 @@ export class PartitionConsumer {
         : [],
     );
     if (unpublished > 0) {
-      this.#deps.logger.warn(
-        { partition: this.#partition, unpublished },
-        'live feed publish failed',
-      );
+      this.#deps.logger.warn({ unpublished }, 'live feed publish failed');
     }
   }
 
@@ -1059,7 +1049,6 @@ export class PartitionConsumer {
     }
     logger.warn(
       {
-        partition: this.#partition,
         entryId: entry.entryId,
         eventId: entry.eventId,
         attempt: history.length,
@@ -1104,7 +1093,6 @@ export class PartitionConsumer {
     this.#holding.delete(entry.aggregateId);
     this.#deps.logger.warn(
       {
-        partition: this.#partition,
         entryId: entry.entryId,
         eventId: entry.eventId,
         deadId,

@@ -281,7 +281,10 @@ export class Projector {
       }
       // Redis came back without its data while the partition was between owners: the consumer
       // that would create the group again on its first read never started. Nothing to claim.
-      await this.#deps.eventLog.recreateGroup(lease.partition, this.#deps.logger);
+      await this.#deps.eventLog.recreateGroup(
+        lease.partition,
+        this.#deps.logger.child({ partition: lease.partition }),
+      );
       return 0;
     });
     if (claimed > 0) {
