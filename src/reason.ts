@@ -1,4 +1,29 @@
 /**
+ * ioredis's words for a command it would not send or gave up on, which name its options rather
+ * than what happened; shown as they were in /health, the log and the CLI (drill 163), "Stream
+ * isn't writeable" read as a fault of the Redis Stream at 3 a.m.
+ */
+const DRIVER_WORDS: [RegExp, string][] = [
+  [
+    /^Stream isn't writeable and enableOfflineQueue options is false$/,
+    'no connection to Redis (reconnecting)',
+  ],
+  [
+    /^Reached the max retries per request limit \(which is (\d+)\)\. Refer to "maxRetriesPerRequest" option for details\.$/,
+    'no connection to Redis (the command failed on it and on $1 reconnects)',
+  ],
+];
+
+const inPlainWords = (message: string): string => {
+  for (const [words, plain] of DRIVER_WORDS) {
+    if (words.test(message)) {
+      return message.replace(words, plain);
+    }
+  }
+  return message;
+};
+
+/**
  * An error's one-line reason. Node's connection attempts to a name with several addresses fail
  * with an AggregateError whose own message is empty: its attempts' messages say what happened.
  */
@@ -9,7 +34,7 @@ export const reasonOf = (err: unknown, fallback?: string): string => {
     errors?: unknown;
   };
   if (typeof message === 'string' && message !== '') {
-    return message;
+    return inPlainWords(message);
   }
   const attempts = Array.isArray(errors) ? errors.map((e) => reasonOf(e, '')).filter(Boolean) : [];
   if (attempts.length > 0) {

@@ -18,6 +18,24 @@ void describe('reasonOf', () => {
   });
 });
 
+void describe("reasonOf on the Redis driver's words", () => {
+  void it('says what happened to the connection, not which option the driver has', () => {
+    assert.equal(
+      reasonOf(new Error("Stream isn't writeable and enableOfflineQueue options is false")),
+      'no connection to Redis (reconnecting)',
+    );
+    assert.equal(
+      reasonOf(
+        new Error(
+          'Reached the max retries per request limit (which is 2). Refer to "maxRetriesPerRequest" option for details.',
+        ),
+      ),
+      'no connection to Redis (the command failed on it and on 2 reconnects)',
+    );
+    assert.equal(reasonOf(new Error('Command timed out')), 'Command timed out');
+  });
+});
+
 void describe('reasonOf on what is not an Error', () => {
   void it('never throws, even for an object without a prototype', () => {
     assert.equal(reasonOf(Object.create(null)), 'unknown error');
