@@ -928,6 +928,18 @@ void describe('process faults under load', () => {
         /^Redis runs with appendfsync no/,
       );
       assert.equal(await scrapeMetric(started.url, 'outpost_log_writable'), 0);
+      // And so does `outpost pending`, which had said all was well (drill 163).
+      const pending = await runCli(started, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(
+        pending.stdout,
+        /^writes are refused: Redis runs with appendfsync no: .*; writers get 503 log_unavailable until then/m,
+      );
+      const pendingJson = await runCli(started, ['pending', '--json']);
+      assert.match(
+        JSON.parse(pendingJson.stdout).log_write_error,
+        /^Redis runs with appendfsync no/,
+      );
 
       await started.redis.config('SET', 'appendfsync', 'always');
       await waitFor(async () => (await start('after-fsync-on')).status === 201, 'writes to resume');

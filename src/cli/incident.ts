@@ -13,6 +13,7 @@ import {
   RetryNotYetError,
   retriedBeside,
 } from '../log/dead-letters.ts';
+import { persistenceRefusal } from '../log/durability.ts';
 import { entryTime } from '../log/entry-id.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from '../ops/buffer.ts';
 import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
@@ -124,6 +125,14 @@ export const pending = (flags: IncidentFlags) => {
     // reads, records and acknowledgements too: everything above then waits on Redis, whatever the
     // entries' waiting_for says. Not knowing (another error) is not a refusal.
     const logRefusal = await probeWriteRefusal(site.eventLog.redis).catch(() => undefined);
+    // Settings under which Redis would not keep a write through a crash: the service refuses the
+    // writers, as /health's write_error says, while the projector goes on.
+    const unsafe =
+      logRefusal === undefined
+        ? await persistenceRefusal(site.eventLog.redis, site.config.appendfsync).catch(
+            () => undefined,
+          )
+        : undefined;
     // A full log refuses the writers, not the projector: said beside what waits, which is what
     // frees it.
     const logFull = await logFullNow(site.eventLog.redis);
@@ -155,7 +164,7 @@ export const pending = (flags: IncidentFlags) => {
           // Null above says all is well only where this is absent.
           ...('unknown' in siteClaim && { site_claim_unknown: siteClaim.unknown }),
           dead_letters: { count: letters, blocked_aggregates: blocked },
-          log_write_error: logRefusal ?? null,
+          log_write_error: logRefusal ?? unsafe ?? null,
           log_full: logFull ?? null,
         }),
       );
@@ -223,6 +232,11 @@ export const pending = (flags: IncidentFlags) => {
     if (logRefusal !== undefined) {
       print(
         `${writeRefusedReason(logRefusal)}; until then the projector can neither read new entries nor record or acknowledge what it applies`,
+      );
+    }
+    if (unsafe !== undefined) {
+      print(
+        `writes are refused: ${unsafe}; writers get 503 log_unavailable until then (the projector goes on applying what is pending)`,
       );
     }
     if (logFull !== undefined) {
