@@ -808,6 +808,18 @@ void describe('process faults under load', () => {
         async () => (await h.redis.get(siteNameKey(h.config.namespace))) === h.config.site,
         "the site's name to be recorded beside the log again",
       );
+      // And `outpost pending` says the log began anew, which /health (healthy) cannot.
+      const pending = await runCli(h, ['pending']);
+      assert.equal(pending.code, 0, pending.stderr);
+      assert.match(
+        pending.stdout,
+        /^this Redis log began at \S+, after another log of site test-site \(seen from \S+\): Redis restarted without its data/m,
+      );
+      const pendingJson = JSON.parse((await runCli(h, ['pending', '--json'])).stdout);
+      assert.ok(
+        Date.parse(pendingJson.log_restarted.began_at) >
+          Date.parse(pendingJson.log_restarted.earlier_log_seen_at),
+      );
       const stranger = await runCliWith(h.envOf({ OUTPOST_SITE: 'another-site' }), ['pending']);
       assert.equal(stranger.code, 1, stranger.stdout);
       assert.match(

@@ -19,7 +19,7 @@ import { readBuffer, type SiteBuffer, totalsOf } from '../ops/buffer.ts';
 import { liveHolder, partitionRanges, projectorLeasesLine } from '../ops/lease-report.ts';
 import { type Outcomes, waitForOutcomes } from '../ops/outcomes.ts';
 import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pending.ts';
-import { siteClaimNote } from '../ops/site-name.ts';
+import { logRestartNote, siteClaimNote } from '../ops/site-name.ts';
 import { reasonOf } from '../reason.ts';
 import { CliError, print, progress, table, wholeNumberFlag } from './output.ts';
 import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
@@ -99,10 +99,11 @@ export const pending = (flags: IncidentFlags) => {
       r.replay_lsn !== null && r.lag_bytes === null && r.main_refusal === undefined;
     // Asked together: a main database behind a link that drops packets costs one connect
     // timeout, not one per question.
-    const [leases, siteClaim] = mainUnreachable
+    const [leases, siteClaim, restart] = mainUnreachable
       ? [
           { unknown: 'the main database cannot be reached' },
           { unknown: 'the main database cannot be reached' },
+          undefined,
         ]
       : await Promise.all([
           leaseHoldings(site.main, site.config.site).then(
@@ -114,6 +115,10 @@ export const pending = (flags: IncidentFlags) => {
             (err: unknown) => ({
               unknown: `the site name's claim could not be read (${reasonOf(err)})`,
             }),
+          ),
+          // A note only: not knowing leaves it out.
+          logRestartNote({ redis: site.redis, main: site.main, config: site.config }).catch(
+            () => undefined,
           ),
         ]);
     // Whether the site's name is applied from another Redis log (a second site given this one's
@@ -164,6 +169,10 @@ export const pending = (flags: IncidentFlags) => {
           // Null above says all is well only where this is absent.
           ...('unknown' in siteClaim && { site_claim_unknown: siteClaim.unknown }),
           dead_letters: { count: letters, blocked_aggregates: blocked },
+          log_restarted:
+            restart === undefined
+              ? null
+              : { began_at: restart.began_at, earlier_log_seen_at: restart.earlier_log_seen_at },
           log_write_error: logRefusal ?? unsafe ?? null,
           log_full: logFull ?? null,
         }),
@@ -274,6 +283,9 @@ export const pending = (flags: IncidentFlags) => {
     );
     if (claim !== undefined) {
       print(claim);
+    }
+    if (restart !== undefined) {
+      print(restart.line);
     }
     if (letters > 0) {
       print(deadLettersLine(letters, blocked));

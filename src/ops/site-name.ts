@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import type { Config } from '../config.ts';
 import type { Queryable } from '../db/client.ts';
-import { liveMembers, siteClaimOf } from '../db/queries/leases.ts';
+import { liveMembers, logFollowedAnother, siteClaimOf } from '../db/queries/leases.ts';
 import { isOutOfMemory, writeRefusal } from '../log/capacity.ts';
 import { logIdKey, siteNameKey } from '../log/keys.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -107,4 +107,33 @@ export const siteClaimNote = async ({
   return claim.refusedConsumer === null
     ? undefined
     : { heldByAnotherLog: false, line: anotherLogRefused(site, claim.refusedConsumer) };
+};
+
+/**
+ * That this Redis log began lately after another of the site (Redis restarted without its data,
+ * or replaced by an empty one), within the stream retention: what the earlier log held and had
+ * not applied is not in this one, and nothing else says so once the new log runs (drill 163:
+ * /health healthy, `pending` "nothing pending"). Undefined otherwise.
+ */
+export const logRestartNote = async ({
+  redis,
+  main,
+  config: { site, namespace, streamRetentionMs },
+}: {
+  redis: Redis;
+  main: Queryable;
+  config: Pick<Config, 'site' | 'namespace' | 'streamRetentionMs'>;
+}): Promise<{ began_at: string; earlier_log_seen_at: string; line: string } | undefined> => {
+  const log = await redis.get(logIdKey(namespace));
+  const followed =
+    log === null ? undefined : await logFollowedAnother(main, site, log, streamRetentionMs);
+  if (followed === undefined) {
+    return undefined;
+  }
+  const beganAt = followed.beganAt.toISOString();
+  return {
+    began_at: beganAt,
+    earlier_log_seen_at: followed.earlierSeenAt.toISOString(),
+    line: `this Redis log began at ${beganAt}, after another log of site ${site} (seen from ${followed.earlierSeenAt.toISOString()}): Redis restarted without its data or was replaced by an empty one, and events the earlier log held and had not applied are not in this one (runbook: Redis back without its data)`,
+  };
 };

@@ -184,6 +184,35 @@ export const releaseSite = async (
   );
 };
 
+/**
+ * When `log`, which holds the site's name, was first seen applying the site, if that lies within
+ * `withinMs` and another log of the site was seen before it (and when that one was first seen);
+ * undefined otherwise.
+ */
+export const logFollowedAnother = async (
+  db: Queryable,
+  site: string,
+  log: string,
+  withinMs: number,
+): Promise<{ beganAt: Date; earlierSeenAt: Date } | undefined> => {
+  const { rows } = await db.query<{ began_at: Date; earlier_seen_at: Date | null }>(
+    `SELECT ours.first_seen_at AS began_at,
+            (SELECT max(e.first_seen_at) FROM site_log_sightings e
+              WHERE e.site = $1 AND e.log <> $2 AND e.first_seen_at < ours.first_seen_at)
+              AS earlier_seen_at
+       FROM site_log_sightings ours
+      WHERE ours.site = $1 AND ours.log = $2
+        AND ours.first_seen_at > clock_timestamp() - $3 * interval '1 millisecond'
+        -- Holding the name: a log refused it is a second site under the name, said apart.
+        AND EXISTS (SELECT 1 FROM site_logs l WHERE l.site = $1 AND l.log = $2)`,
+    [site, log, withinMs],
+  );
+  const row = rows[0];
+  return row?.earlier_seen_at
+    ? { beganAt: row.began_at, earlierSeenAt: row.earlier_seen_at }
+    : undefined;
+};
+
 /** The site's claim as the operator's tools read it, without renewing it. */
 export const siteClaimOf = async (
   db: Queryable,
