@@ -40,11 +40,11 @@ export const deletedAmong = async (
 
 /**
  * Says which pending entries a claim found deleted from the stream by hand: Redis drops them
- * from the pending list as it answers, so nothing else would ever say so.
+ * from the pending list as it answers, so nothing else would ever say so. `logger` is the
+ * partition's, which names it.
  */
 export const sayDeletedPending = (
   logger: Logger,
-  partition: number,
   deleted: readonly string[],
   whose: 'taken over with the partition' | 'claimed from another consumer',
 ): void => {
@@ -52,7 +52,7 @@ export const sayDeletedPending = (
     return;
   }
   logger.error(
-    { partition, count: deleted.length, entryIds: deleted.slice(0, DELETED_LISTED) },
+    { count: deleted.length, entryIds: deleted.slice(0, DELETED_LISTED) },
     `pending entries ${whose} were deleted from the stream outside Outpost (XDEL, or XTRIM by length) and are no longer pending: their events are lost unless they had applied (the main database has those in events); a replay cannot bring them back`,
   );
 };

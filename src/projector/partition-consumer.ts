@@ -533,7 +533,7 @@ export class PartitionConsumer {
         deleted.push(...(await deletedAmong(redis, keys, asked, got)));
       }
     }
-    sayDeletedPending(this.#deps.logger, this.#partition, deleted, 'claimed from another consumer');
+    sayDeletedPending(this.#deps.logger, deleted, 'claimed from another consumer');
     this.#deps.logger.warn(
       { claimed, from: owners },
       'claimed entries another consumer read after this one took the partition over',

@@ -85,7 +85,13 @@ export class Projector {
   readonly #trimFailures: FailureSpell;
   readonly #pressureFailures: FailureSpell;
   /** Trimmed under memory pressure since the last line that said so. */
-  #pressureTrims = { at: Number.NEGATIVE_INFINITY, trimmed: 0, partitions: new Set<number>() };
+  #pressureTrims: {
+    at: number;
+    trimmed: number;
+    partitions: Set<number>;
+    /** The earliest a replay reaches back to after those trims, where known. */
+    reachesBackTo?: number;
+  } = { at: Number.NEGATIVE_INFINITY, trimmed: 0, partitions: new Set<number>() };
   #processed = 0;
   #batches = 0;
   #lastRun: number | undefined;
@@ -121,7 +127,9 @@ export class Projector {
     this.#leases.start();
     this.#reclaimTimer = setInterval(() => {
       void this.#reclaimIdle().then(
-        () => this.#reclaimFailures.ended(),
+        // Only a pass that asked Redis ends a spell: with every lease lapsed (Redis frozen past
+        // them) it asks nothing, and would say "works again" in the middle of the outage.
+        (looked) => looked > 0 && this.#reclaimFailures.ended(),
         (err: unknown) =>
           this.#reclaimFailures.failed(err, {}, `reclaiming idle entries failed: ${reasonOf(err)}`),
       );
@@ -164,7 +172,6 @@ export class Projector {
   async #relievePressure() {
     const memory = await readLogMemory(this.#deps.redis);
     const pressed = isLogPressed(memory);
-    let reachesBackTo: number | undefined;
     for (const partition of pressed ? this.#consumers.keys() : []) {
       const trim = await trimHalfHistory(this.#deps.eventLog, partition).catch((err: unknown) => {
         this.#trimFailed(partition, err, 'under memory pressure');
@@ -174,7 +181,11 @@ export class Projector {
         this.#pressureTrims.trimmed += trim.trimmed;
         this.#pressureTrims.partitions.add(partition);
         if (trim.reachesBackTo !== undefined) {
-          reachesBackTo = Math.min(reachesBackTo ?? trim.reachesBackTo, trim.reachesBackTo);
+          const before = this.#pressureTrims.reachesBackTo;
+          this.#pressureTrims.reachesBackTo = Math.min(
+            before ?? trim.reachesBackTo,
+            trim.reachesBackTo,
+          );
         }
       }
     }
@@ -192,7 +203,7 @@ export class Projector {
         usedBytes: memory.usedBytes,
         maxmemory: memory.maxBytes,
         replayReachesBackTo:
-          reachesBackTo === undefined ? null : new Date(reachesBackTo).toISOString(),
+          told.reachesBackTo === undefined ? null : new Date(told.reachesBackTo).toISOString(),
       },
       `Redis holds ${(logMemoryRatio(memory) * 100).toFixed(1)} % of its maxmemory: trimmed ${told.trimmed} acknowledged entries younger than OUTPOST_STREAM_RETENTION to make room for writes (replay now reaches back less far; raise maxmemory to keep the full retention)`,
     );
@@ -202,7 +213,9 @@ export class Projector {
   /** Drops acknowledged entries past the retention from the partitions this process owns. */
   async #trim() {
     let failed = false;
+    let looked = 0;
     for (const partition of this.#consumers.keys()) {
+      looked += 1;
       const trimmed = await trimPartition(
         this.#deps.eventLog,
         partition,
@@ -219,7 +232,7 @@ export class Projector {
         );
       }
     }
-    if (!failed) {
+    if (!failed && looked > 0) {
       this.#trimFailures.ended();
     }
   }
@@ -270,7 +283,11 @@ export class Projector {
       deleted.push(...deletedIds);
       cursor = next;
     } while (cursor !== '0-0');
-    sayDeletedPending(this.#deps.logger, partition, deleted, 'taken over with the partition');
+    sayDeletedPending(
+      this.#deps.logger.child({ partition }),
+      deleted,
+      'taken over with the partition',
+    );
     return claimed;
   }
 
@@ -337,12 +354,14 @@ export class Projector {
    */
   async #reclaimIdle() {
     const { redis, eventLog, consumer: me, claimIdleMs } = this.#deps;
+    let looked = 0;
     for (const [partition, consumer] of this.#consumers) {
       if (!this.#leases.isValid(partition)) {
         // A process woken from a freeze, or cut off from the database, may have lost the
         // partition: the new owner's entries are not ours to take, whatever their idle time.
         continue;
       }
+      looked += 1;
       const keys = eventLog.keys(partition);
       const { stream } = keys;
       const idle = (await redis.xpending(
@@ -367,7 +386,11 @@ export class Projector {
             'JUSTID',
           )) as string[];
           const deleted = await deletedAmong(redis, keys, others, got);
-          sayDeletedPending(this.#deps.logger, partition, deleted, 'claimed from another consumer');
+          sayDeletedPending(
+            this.#deps.logger.child({ partition }),
+            deleted,
+            'claimed from another consumer',
+          );
         } finally {
           // Also when the claim failed: Redis may have run it and lost only its reply, and the
           // entries are then ours, behind the page being read.
@@ -378,6 +401,7 @@ export class Projector {
         consumer.rereadOwnPending();
       }
     }
+    return looked;
   }
 
   #record(applied: number, ms: number) {
