@@ -41,13 +41,8 @@ export const checkSiteName = async (
   }
 };
 
-/**
- * Past maxmemory too: two small keys, without which the projector takes no partition. The site's
- * name goes back beside the log where it is missing (the log id's first key).
- */
-const RECORD_ONCE = `#!lua flags=allow-oom
-redis.call('SET', KEYS[2], ARGV[2], 'NX')
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')`;
+/** Past maxmemory too: one small key, without which the projector takes no partition. */
+const SET_ONCE = "#!lua flags=allow-oom\nreturn redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET')";
 
 /**
  * The log's own id, recorded beside it by the first projector to ask (answers the recorded one).
@@ -64,14 +59,11 @@ export const recordLogId = async (
   site: string,
 ): Promise<string> => {
   const ours = randomUUID();
-  const recorded = (await redis.eval(
-    RECORD_ONCE,
-    2,
-    logIdKey(namespace),
-    siteNameKey(namespace),
-    ours,
-    site,
-  )) as string | null;
+  // Two scripts of one key each: the keys need not share a slot.
+  const [recorded] = (await Promise.all([
+    redis.eval(SET_ONCE, 1, logIdKey(namespace), ours),
+    redis.eval(SET_ONCE, 1, siteNameKey(namespace), site),
+  ])) as [string | null, unknown];
   return recorded ?? ours;
 };
 

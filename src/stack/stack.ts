@@ -309,15 +309,15 @@ const startOnFixedPort = async (
   }
 };
 
+/** How long a starting Redis may answer nothing, not even LOADING, before `up` gives up. */
+const REDIS_SILENCE_MS = 60_000;
+
 /**
  * Starts the stack's Redis and waits until it serves. Daemonized, it forks before it binds its
  * port or reads its append-only file, so its start succeeds either way: a Redis that then exits
  * (the port busy, a damaged AOF, a folder it cannot write) is told by its pid file naming a process
  * gone, or by its log saying it aborts, at once rather than after a minute's wait for the port.
  */
-/** How long a starting Redis may answer nothing, not even LOADING, before `up` gives up. */
-const REDIS_SILENCE_MS = 60_000;
-
 const startRedis = async (redisServer: string, o: StackOptions, paths: StackPaths) => {
   const pidFile = join(paths.redis, 'redis.pid');
   const logFile = join(paths.redis, 'redis.log');
@@ -372,12 +372,14 @@ const startRedis = async (redisServer: string, o: StackOptions, paths: StackPath
               `Redis on ${o.redisPort} did not answer for ${REDIS_SILENCE_MS / 1000} s`,
             );
           }
-          return answer === 'pong' || exited();
+          // Any other answer (a password asked) is a server that serves, as before.
+          return answer === 'pong' || answer === 'other' || exited();
         },
         `Redis on ${o.redisPort}`,
         Number.MAX_SAFE_INTEGER,
       );
-      if ((await redisPing(o.redisPort)) !== 'pong') {
+      const answer = await redisPing(o.redisPort);
+      if (answer === undefined || answer === 'loading') {
         throw new Error('Redis exited as it started');
       }
     },
