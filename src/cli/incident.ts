@@ -22,7 +22,8 @@ import { inspectPending, type PendingEntry, stillPendingAfter } from '../ops/pen
 import { logRestartNote, siteClaimNote } from '../ops/site-name.ts';
 import { reasonOf } from '../reason.ts';
 import { CliError, print, progress, table, wholeNumberFlag } from './output.ts';
-import { requireLogRoom, requirePartitionOf, withSite } from './site.ts';
+import { warnWithoutProjector } from './recovery.ts';
+import { requireLogRoom, requirePartitionOf, type Site, withSite } from './site.ts';
 
 export type IncidentFlags = {
   json: boolean;
@@ -103,7 +104,7 @@ export const pending = (flags: IncidentFlags) => {
       ? [
           { unknown: 'the main database cannot be reached' },
           { unknown: 'the main database cannot be reached' },
-          undefined,
+          { unknown: 'the main database cannot be reached' },
         ]
       : await Promise.all([
           leaseHoldings(site.main, site.config.site).then(
@@ -116,9 +117,11 @@ export const pending = (flags: IncidentFlags) => {
               unknown: `the site name's claim could not be read (${reasonOf(err)})`,
             }),
           ),
-          // A note only: not knowing leaves it out.
-          logRestartNote({ redis: site.redis, main: site.main, config: site.config }).catch(
-            () => undefined,
+          logRestartNote({ redis: site.redis, main: site.main, config: site.config }).then(
+            (note) => ({ note }),
+            (err: unknown) => ({
+              unknown: `whether this Redis log began anew could not be read (${reasonOf(err)})`,
+            }),
           ),
         ]);
     // Whether the site's name is applied from another Redis log (a second site given this one's
@@ -131,12 +134,12 @@ export const pending = (flags: IncidentFlags) => {
     // entries' waiting_for says. Not knowing (another error) is not a refusal.
     const logRefusal = await probeWriteRefusal(site.eventLog.redis).catch(() => undefined);
     // Settings under which Redis would not keep a write through a crash: the service refuses the
-    // writers, as /health's write_error says, while the projector goes on.
+    // writers, as /health's write_error says, while the projector goes on. Only those refused
+    // whatever OUTPOST_APPENDFSYNC says (appendfsync no, appendonly off): this shell's may not
+    // be the service's, and `everysec` is refused only where the service expects `always`.
     const unsafe =
       logRefusal === undefined
-        ? await persistenceRefusal(site.eventLog.redis, site.config.appendfsync).catch(
-            () => undefined,
-          )
+        ? await persistenceRefusal(site.eventLog.redis, 'everysec').catch(() => undefined)
         : undefined;
     // A full log refuses the writers, not the projector: said beside what waits, which is what
     // frees it.
@@ -170,9 +173,14 @@ export const pending = (flags: IncidentFlags) => {
           ...('unknown' in siteClaim && { site_claim_unknown: siteClaim.unknown }),
           dead_letters: { count: letters, blocked_aggregates: blocked },
           log_restarted:
-            restart === undefined
-              ? null
-              : { began_at: restart.began_at, earlier_log_seen_at: restart.earlier_log_seen_at },
+            'note' in restart && restart.note !== undefined
+              ? {
+                  began_at: restart.note.began_at,
+                  earlier_log_seen_at: restart.note.earlier_log_seen_at,
+                }
+              : null,
+          // Null above says no restart only where this is absent.
+          ...('unknown' in restart && { log_restarted_unknown: restart.unknown }),
           log_write_error: logRefusal ?? unsafe ?? null,
           log_full: logFull ?? null,
         }),
@@ -284,8 +292,8 @@ export const pending = (flags: IncidentFlags) => {
     if (claim !== undefined) {
       print(claim);
     }
-    if (restart !== undefined) {
-      print(restart.line);
+    if ('note' in restart && restart.note !== undefined) {
+      print(restart.note.line);
     }
     if (letters > 0) {
       print(deadLettersLine(letters, blocked));
@@ -375,8 +383,6 @@ const namedDeadLetter = (id: string | undefined): { named: string; id: string } 
   return { named, id };
 };
 
-type Site = Parameters<Parameters<typeof withSite>[0]>[0];
-
 /** How long `dead retry --wait` waits for what it put back: as long as a replay waits. */
 const RETRY_WAIT_MS = 600_000;
 
@@ -387,6 +393,7 @@ const RETRY_WAIT_MS = 600_000;
  */
 const followRetried = async (site: Site, rows: RetryRow[], json: boolean): Promise<Outcomes> => {
   const retried = rows.filter((row) => row.retried);
+  await warnWithoutProjector(site, [...new Set(retried.map((row) => row.partition))], 'the retry');
   const shown = progress(json);
   const outcomes = await waitForOutcomes(
     { eventLog: site.eventLog, main: site.main },

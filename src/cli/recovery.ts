@@ -30,12 +30,17 @@ export type RecoveryFlags = {
 };
 
 /**
- * A replay waits (up to ten minutes) until the projector has applied what it gives back: with no
- * projector holding a partition it would wait in silence, so the operator is told at once.
+ * A replay (or `dead retry --wait`) waits up to ten minutes until the projector has applied what
+ * it gives back: with no projector holding a partition it would wait in silence (progress shows
+ * only on a terminal, or with --json), so the operator is told at once.
  */
-const warnWithoutProjector = async (site: Site, partition: number | undefined) => {
+export const warnWithoutProjector = async (
+  site: Site,
+  partitions: readonly number[] | undefined,
+  waiter = 'the replay',
+) => {
   const holdings = await leaseHoldings(site.main, site.config.site).catch(() => undefined);
-  const scope = partition === undefined ? [...Array(site.config.partitions).keys()] : [partition];
+  const scope = partitions ?? [...Array(site.config.partitions).keys()];
   if (holdings === undefined) {
     return;
   }
@@ -43,11 +48,11 @@ const warnWithoutProjector = async (site: Site, partition: number | undefined) =
   const rebuilding = scope.filter((p) => holderOf(p) === REBUILD_OWNER);
   if (rebuilding.length > 0) {
     process.stderr.write(
-      `outpost: ${REBUILD_OWNER} holds partition${rebuilding.length > 1 ? 's' : ''} ${partitionRanges(rebuilding)}: nothing applies their events until it ends; the replay waits up to 10 minutes for them\n`,
+      `outpost: ${REBUILD_OWNER} holds partition${rebuilding.length > 1 ? 's' : ''} ${partitionRanges(rebuilding)}: nothing applies their events until it ends; ${waiter} waits up to 10 minutes for them\n`,
     );
   } else if (!scope.every((p) => holderOf(p) !== undefined)) {
     process.stderr.write(
-      `outpost: ${projectorLeasesLine(holdings, site.config.partitions)}; the replay waits up to 10 minutes for them\n`,
+      `outpost: ${projectorLeasesLine(holdings, site.config.partitions)}; ${waiter} waits up to 10 minutes for them\n`,
     );
   }
 };
@@ -71,7 +76,7 @@ export const replayCommand = (flags: RecoveryFlags) => {
     requirePartitionOf(site, partition);
     if (flags['dry-run'] !== true) {
       await requireLogRoom(site);
-      await warnWithoutProjector(site, partition);
+      await warnWithoutProjector(site, partition === undefined ? undefined : [partition]);
     }
     const shown = progress(flags.json);
     const report = await replay(
