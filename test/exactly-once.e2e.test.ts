@@ -121,6 +121,19 @@ void describe('exactly-once effect', () => {
       }
     }
     await h.redis.config('SET', 'maxmemory', maxmemory as string);
+    // The running API saw the unsafe settings too, if it looked while they held (once a second):
+    // it takes writes again within a second of their return. Waited for here, or the next test's
+    // first write is refused.
+    await waitFor(
+      async () =>
+        (
+          await h.post('/executed_obs_units/start', {
+            obs_unit_id: 'settings-back',
+            instrument: 'x',
+          })
+        ).status === 201,
+      'writes to be taken again once the settings are back',
+    );
   });
 
   void it('applies an event once when a projector that crashed before recording re-reads its pending entries', async () => {
