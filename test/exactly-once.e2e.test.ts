@@ -209,7 +209,7 @@ const earlierEventIds = async (h: Harness) =>
   new Set(
     (
       await h.mainRows<{ event_id: string }>(
-        "SELECT e.event_id::text FROM events e JOIN executed_obs_units u ON u.id = e.aggregate_id WHERE u.obs_unit_id IN ('dup-xadd', 'dup-pending', 'reread')",
+        "SELECT e.event_id::text FROM events e JOIN executed_obs_units u ON u.id = e.aggregate_id WHERE u.obs_unit_id IN ('dup-xadd', 'dup-pending', 'reread', 'settings-back')",
       )
     ).map((r) => r.event_id),
   );

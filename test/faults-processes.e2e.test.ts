@@ -1317,6 +1317,9 @@ void describe('process faults under load', () => {
     });
 
     void it('says a Redis that takes the connection and answers nothing is stalled, not loading', async () => {
+      // Run alone (a name pattern), the test before it has set up nothing.
+      h ??= await Harness.start({ role: 'api' });
+      proxy ??= await BlackholeProxy.start(testStack().redisPort);
       // As a Redis stopped with SIGSTOP: the kernel takes the connection, nothing answers.
       proxy.blackhole();
       try {
