@@ -730,9 +730,11 @@ void describe('process faults under load', () => {
       fromLine = allLines().length;
       process.kill(pid, 'SIGSTOP');
       frozen = pid;
+      // Not a partition's reader too: under load its lease may lapse, and its consumer stop,
+      // before its read times out (seen in a clean-clone CI).
       await waitFor(
-        () => ackFailures().length >= 3 && readFailures().length > 0,
-        "the acker to fail three times, and a partition's reader once, while Redis is frozen",
+        () => ackFailures().length >= 3,
+        'the acker to fail three times while Redis is frozen',
         60_000,
       ).catch((err: Error) => {
         throw new Error(`${err.message}; the projector said:\n${said()}`);
