@@ -778,6 +778,73 @@ void describe('process faults under load', () => {
       projector.child.kill('SIGTERM');
       await exited(projector.child);
     });
+
+    void it('refuses each write within its command timeout, however long the call before it waits', async () => {
+      // Run alone (a name pattern), the test before it has set up nothing.
+      h ??= await Harness.start({ role: 'api' });
+      const configuration = await h.post('/instrument_configurations', {
+        instrument: 'nircam',
+        configuration: { filter: 'F200W' },
+      });
+      assert.equal(configuration.status, 201, configuration.text);
+      const unit = await h.post('/executed_obs_units/start', {
+        obs_unit_id: 'frozen-writes',
+        instrument: 'nircam',
+      });
+      assert.equal(unit.status, 201, unit.text);
+      const { id: configurationId } = configuration.body as { id: string };
+      const { id: unitId } = unit.body as { id: string };
+      const pid = Number(/^process_id:(\d+)/m.exec(await h.redis.info('server'))?.[1]);
+      assert.ok(pid > 0);
+      process.kill(pid, 'SIGSTOP');
+      frozen = pid;
+      // One after another, so each is asked while the process's call before it (the last
+      // request's, or a background loop's) is still out on the frozen Redis.
+      const key = () => ({ 'Idempotency-Key': `frozen-${randomInt(1e9)}` });
+      const start = { obs_unit_id: 'frozen-writes-2', instrument: 'nircam' };
+      const requests: [string, () => Promise<{ status: number; text: string }>][] = [
+        ['start', () => h.post('/executed_obs_units/start', start)],
+        ['the same start again', () => h.post('/executed_obs_units/start', start)],
+        ['a keyed start', () => h.post('/executed_obs_units/start', start, key())],
+        [
+          'a start naming a configuration',
+          () =>
+            h.post(
+              '/executed_obs_units/start',
+              { ...start, instrument_configuration_id: configurationId },
+              key(),
+            ),
+        ],
+        [
+          'a finish',
+          () => h.post(`/executed_obs_units/${unitId}/finish`, { status: 'success' }, key()),
+        ],
+        ['a merged read', () => h.get(`/executed_obs_units/${unitId}`)],
+      ];
+      const answers: { request: string; status: number; seconds: number; text: string }[] = [];
+      try {
+        for (const [request, send] of requests) {
+          const askedAt = performance.now();
+          const { status, text } = await send();
+          answers.push({ request, status, seconds: (performance.now() - askedAt) / 1000, text });
+        }
+      } finally {
+        process.kill(pid, 'SIGCONT');
+        frozen = undefined;
+      }
+      const said = JSON.stringify(answers, null, 1);
+      assert.deepEqual(
+        answers.map((a) => a.status),
+        requests.map(() => 503),
+        said,
+      );
+      // The command timeout is 5 s. Counted from when each call left, not from when it was
+      // asked, a request waited up to twice that.
+      assert.ok(
+        answers.every((a) => a.seconds < 7.5),
+        said,
+      );
+    });
   });
 
   void describe('Redis restarted without its data (its volume lost)', () => {

@@ -32,7 +32,13 @@ import {
   partitionKeys,
   processRosterKey,
 } from './keys.ts';
-import { forEachHashPage, pipelineReplies } from './redis.ts';
+import {
+  COMMAND_TIMEOUT_MS,
+  commandTimedOut,
+  forEachHashPage,
+  pipelineReplies,
+  withinCommandTimeout,
+} from './redis.ts';
 
 const readScript = (path: string) =>
   readFileSync(projectPath(`src/log/scripts/${path}.lua`), 'utf8');
@@ -586,11 +592,13 @@ export class EventLog {
     if (this.#appendsClosed) {
       throw new AppendsClosedError();
     }
+    // Answered within the command timeout of now, however many calls it takes.
+    const askedAt = performance.now();
     const { idempotency } = request;
     if (!idempotency) {
-      return this.#appendGathered(request);
+      return this.#appendGathered(request, askedAt);
     }
-    const claim = await this.#claimKey(idempotency);
+    const claim = await withinCommandTimeout(this.#claimKey(idempotency), askedAt);
     if (claim.kind === 'taken') {
       return { kind: 'idempotency_conflict' };
     }
@@ -599,14 +607,15 @@ export class EventLog {
       // partition count changed since: then it was copied to the key's partition, which this
       // append does not look at (carryIdempotencyKeys). Records are never rewritten, so one found
       // here answers as the script would.
-      const carried = await this.#redis.get(
-        this.keys(idempotency.keyPartition).idempotency(idempotency.scopeHash),
+      const carried = await withinCommandTimeout(
+        this.#redis.get(this.keys(idempotency.keyPartition).idempotency(idempotency.scopeHash)),
+        askedAt,
       );
       if (carried !== null) {
         return recordOutcome(carried, idempotency.requestHash);
       }
     }
-    const result = await this.#appendGathered(request);
+    const result = await this.#appendGathered(request, askedAt);
     const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
     const refused =
       result.kind === 'unknown' ||
@@ -619,15 +628,18 @@ export class EventLog {
       // taken by a body the key's record then refused would refuse the record's own body.
       // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
       // body, as before claims were given back.
-      await this.releaseKey(claimKey, claim.value).catch(() => undefined);
+      await withinCommandTimeout(this.releaseKey(claimKey, claim.value), askedAt).catch(
+        () => undefined,
+      );
     } else if (result.kind === 'appended' && claim.kind === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
       // Best effort too: the events are in the stream, and a failed refresh must not answer 503
       // to a write that was accepted. It only leaves the claim its first attempt's expiry.
-      await this.#redis
-        .set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX')
-        .catch(() => undefined);
+      await withinCommandTimeout(
+        this.#redis.set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX'),
+        askedAt,
+      ).catch(() => undefined);
     }
     return result;
   }
@@ -642,12 +654,16 @@ export class EventLog {
     partition: number | undefined,
     idempotency: RequestUnderKey,
   ): Promise<Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }> | undefined> {
-    const [record, claim] = await Promise.all([
-      partition === undefined
-        ? this.#recordInAnyPartition(idempotency.scopeHash)
-        : this.#redis.get(this.keys(partition).idempotency(idempotency.scopeHash)),
-      this.#redis.get(this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash)),
-    ]);
+    const [record, claim] = await withinCommandTimeout(
+      Promise.all([
+        partition === undefined
+          ? this.#recordInAnyPartition(idempotency.scopeHash)
+          : this.#redis.get(this.keys(partition).idempotency(idempotency.scopeHash)),
+        this.#redis.get(
+          this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash),
+        ),
+      ]),
+    );
     if (record !== null) {
       return recordOutcome(record, idempotency.requestHash);
     }
@@ -701,25 +717,49 @@ export class EventLog {
   /**
    * Requests for a partition that arrive while its previous script call is out wait for it and
    * then go together in one call (group commit): under load a call carries many writes, and alone
-   * a write goes at once.
+   * a write goes at once. Each is refused once the command timeout from `askedAt` has passed:
+   * the wait for the call before it counts, and one refused before its call left is never sent.
    */
-  #appendGathered(request: AppendRequest): Promise<AppendResult> {
+  #appendGathered(request: AppendRequest, askedAt: number): Promise<AppendResult> {
+    let deadline: NodeJS.Timeout | undefined;
     return new Promise<string[]>((resolve, reject) => {
       // Closed while its key was claimed.
       if (this.#appendsClosed) {
         reject(new AppendsClosedError());
         return;
       }
+      const item = { request, resolve, reject };
       const waiting = this.#gathering.get(request.partition);
       if (waiting) {
-        waiting.push({ request, resolve, reject });
+        waiting.push(item);
       } else {
-        this.#gathering.set(request.partition, [{ request, resolve, reject }]);
+        this.#gathering.set(request.partition, [item]);
       }
+      deadline = setTimeout(
+        () => {
+          this.#stopWaiting(item);
+          reject(commandTimedOut());
+        },
+        Math.max(0, askedAt + COMMAND_TIMEOUT_MS - performance.now()),
+      );
       if (!this.#sending.has(request.partition)) {
         this.#sendGathered(request.partition);
       }
-    }).then(appendResult);
+    })
+      .finally(() => clearTimeout(deadline))
+      .then(appendResult);
+  }
+
+  /** Takes a request out of its partition's next call, if it is still waiting for it. */
+  #stopWaiting(item: GatheredAppend): void {
+    const waiting = this.#gathering.get(item.request.partition);
+    const at = waiting?.indexOf(item) ?? -1;
+    if (waiting && at !== -1) {
+      waiting.splice(at, 1);
+      if (waiting.length === 0) {
+        this.#gathering.delete(item.request.partition);
+      }
+    }
   }
 
   readonly #gathering = new Map<number, GatheredAppend[]>();
@@ -824,19 +864,21 @@ export class EventLog {
   ): Promise<LogEntry[][]> {
     const keys = this.keys(partition);
     const types = aggregateType ? [aggregateType] : AGGREGATE_TYPES;
-    const replies = await Promise.all(
-      chunksOf(aggregateIds, INFLIGHT_READ_CHUNK).map((ids) => {
-        const indexes = ids.flatMap((id) =>
-          types.flatMap((type) => [keys.inflight(type, id), keys.legacyInflightIndex(type)]),
-        );
-        return this.#redis.outpostReadInflight(
-          indexes.length + 1,
-          keys.stream,
-          ...indexes,
-          String(types.length * 2),
-          ...ids,
-        );
-      }),
+    const replies = await withinCommandTimeout(
+      Promise.all(
+        chunksOf(aggregateIds, INFLIGHT_READ_CHUNK).map((ids) => {
+          const indexes = ids.flatMap((id) =>
+            types.flatMap((type) => [keys.inflight(type, id), keys.legacyInflightIndex(type)]),
+          );
+          return this.#redis.outpostReadInflight(
+            indexes.length + 1,
+            keys.stream,
+            ...indexes,
+            String(types.length * 2),
+            ...ids,
+          );
+        }),
+      ),
     );
     return replies.flat().map((raw) => inStreamOrder(raw, upToUndecodable));
   }
@@ -892,10 +934,12 @@ export class EventLog {
     const keys = this.keys(partition);
     // Both asked at once (one round trip on the auto-pipelined connection): the old one-hash
     // index holds what an earlier build appended after this process folded it in.
-    const [inBucket, inLegacy] = await Promise.all([
-      this.#redis.hget(keys.eventIndex(eventId), eventId),
-      this.#redis.hget(keys.legacyEventIndex, eventId),
-    ]);
+    const [inBucket, inLegacy] = await withinCommandTimeout(
+      Promise.all([
+        this.#redis.hget(keys.eventIndex(eventId), eventId),
+        this.#redis.hget(keys.legacyEventIndex, eventId),
+      ]),
+    );
     return inBucket ?? inLegacy;
   }
 

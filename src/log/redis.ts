@@ -5,7 +5,35 @@ import type { Logger } from '../observability/logger.ts';
 import { addressOf, cannotReach } from '../reach.ts';
 import { reasonOf } from '../reason.ts';
 
-const COMMAND_TIMEOUT_MS = 5_000;
+/** How long a caller waits for Redis before it is told Redis is away. */
+export const COMMAND_TIMEOUT_MS = 5_000;
+
+/** The error ioredis fails a command with once its timeout passes, and `isRedisAway` knows. */
+const COMMAND_TIMED_OUT = 'Command timed out';
+
+export const commandTimedOut = (): Error => new Error(COMMAND_TIMED_OUT);
+
+/**
+ * `work`, or the command timeout's failure once COMMAND_TIMEOUT_MS have passed since `askedAt`
+ * (a `performance.now()` time), whichever comes first. ioredis starts a command's clock only
+ * when its auto-pipeline leaves, and sends one pipeline at a time, settling each caller when the
+ * whole pipeline has: a command asked while the pipeline before it waits on a stalled Redis
+ * waits untimed, so its caller heard after up to twice the timeout (10 s, measured with Redis
+ * under SIGSTOP). The work itself is not called back: what it sent may still run.
+ */
+export const withinCommandTimeout = <T>(
+  work: Promise<T>,
+  askedAt = performance.now(),
+): Promise<T> => {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(commandTimedOut()),
+      Math.max(0, askedAt + COMMAND_TIMEOUT_MS - performance.now()),
+    );
+  });
+  return Promise.race([work, timedOut]).finally(() => clearTimeout(timer));
+};
 
 export const createRedis = (config: Config): Redis => {
   const redis = new Redis(config.redisUrl, {
@@ -41,7 +69,7 @@ const MOMENTARILY_AWAY = /^(BUSY|LOADING|MASTERDOWN|TRYAGAIN) /;
 export const isRedisAway = (redis: Redis, err: unknown): boolean =>
   redis.status !== 'ready' ||
   (err instanceof Error &&
-    (err.message === 'Command timed out' || MOMENTARILY_AWAY.test(err.message)));
+    (err.message === COMMAND_TIMED_OUT || MOMENTARILY_AWAY.test(err.message)));
 
 /** What ioredis keeps, across a reconnect, of the commands its connection had out. */
 type ResendQueue = {

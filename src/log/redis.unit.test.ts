@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { redisVersionRefusal } from './redis.ts';
+import { COMMAND_TIMEOUT_MS, redisVersionRefusal, withinCommandTimeout } from './redis.ts';
 
 const infoOf = (version: string) =>
   `# Server\r\nredis_version:${version}\r\nredis_git_sha1:00000000\r\nredis_mode:standalone\r\n`;
@@ -23,5 +23,28 @@ void describe('redisVersionRefusal', () => {
       undefined,
     );
     assert.equal(redisVersionRefusal(infoOf('unknown'), 'redis://h'), undefined);
+  });
+});
+
+void describe('withinCommandTimeout', () => {
+  const never = new Promise<never>(() => undefined);
+
+  void it('answers what the work answers, its failure too, while the timeout has not passed', async () => {
+    assert.equal(await withinCommandTimeout(Promise.resolve('OK')), 'OK');
+    await assert.rejects(
+      withinCommandTimeout(Promise.reject(new Error('NOSCRIPT'))),
+      /^Error: NOSCRIPT$/,
+    );
+  });
+
+  void it('fails as a timed-out command once the timeout has passed since it was asked, the wait before counted', async () => {
+    const askedAt = performance.now() - COMMAND_TIMEOUT_MS + 20;
+    const failedAfter = performance.now();
+    await assert.rejects(withinCommandTimeout(never, askedAt), { message: 'Command timed out' });
+    // 20 ms were left of the 5 s, not 5 s more.
+    assert.ok(performance.now() - failedAfter < COMMAND_TIMEOUT_MS / 2);
+    await assert.rejects(withinCommandTimeout(never, askedAt - 60_000), {
+      message: 'Command timed out',
+    });
   });
 });
