@@ -1503,6 +1503,63 @@ void describe('the local log', () => {
       });
     });
 
+    void it('refuses an append that waited out its command timeout behind a stalled call, and never sends it', async () => {
+      await throughProxy(async (proxied, proxy) => {
+        const partition = 1;
+        const out = eventIn(partition, 0);
+        const waiting = eventIn(partition, 1);
+        proxy.blackhole();
+        // Sent at once and held by the link; the next one waits for that call. Both time out
+        // together, so the first's failure is taken at once, and looked at after.
+        const first = proxied.append({ partition, events: [out] }).catch((err: Error) => err);
+        const asked = performance.now();
+        await assert.rejects(proxied.append({ partition, events: [waiting] }), {
+          message: 'Command timed out',
+        });
+        // Its own timeout, not the call before it's and then its own.
+        assert.ok(performance.now() - asked < 7_500, `${performance.now() - asked} ms`);
+        assert.equal(((await first) as Error).message, 'Command timed out');
+        proxy.heal();
+        // What the link held arrives: the call that was out, and nothing after it.
+        await waitFor(
+          async () => (await log.entryIdOfEvent(out.event_id, partition)) !== null,
+          'the call that was out to arrive once the link heals',
+        );
+        assert.equal(await log.entryIdOfEvent(waiting.event_id, partition), null);
+      });
+    });
+
+    void it('does not send again, on a reconnect, an append told it timed out while it waited behind a stalled call', async () => {
+      await throughProxy(async (proxied, proxy) => {
+        const partition = 1;
+        // The connection made and the script known: only what the test sends is out.
+        const warm = await proxied.append({ partition, events: [eventIn(partition, 0)] });
+        assert.equal(warm.kind, 'appended');
+        proxy.blackhole();
+        // A call of the process's own (a background loop's) leaves first and stalls with the link.
+        const stalled = proxied.redis.get(`stalled-${randomUUID()}`).catch((err: Error) => err);
+        await new Promise((resolve) => setImmediate(resolve));
+        const refused = eventIn(partition, 1);
+        await assert.rejects(proxied.append({ partition, events: [refused] }), {
+          message: 'Command timed out',
+        });
+        assert.equal(((await stalled) as Error).message, 'Command timed out');
+        // The link is reset and works again: ioredis connects anew and sends again what its
+        // connection had out and someone still waits for.
+        // Not events.once: it would fail on the error the reset raises first.
+        const reconnected = new Promise((resolve) => proxied.redis.once('ready', resolve));
+        proxy.dropConnections();
+        proxy.heal();
+        await reconnected;
+        await proxied.redis.ping();
+        assert.equal(
+          await log.entryIdOfEvent(refused.event_id, partition),
+          null,
+          'the append its caller was told had timed out was sent again',
+        );
+      });
+    });
+
     void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
       const partition = 3;
       const idempotency = (requestHash: string) => ({

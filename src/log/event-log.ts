@@ -179,6 +179,12 @@ export const attemptsOf = (text: string | undefined): Attempt[] => {
  */
 const MAX_EVENTS_PER_CALL = 1000;
 
+/**
+ * The least time an append must have left of its command timeout to be sent: a Redis slower than
+ * this per call is stalled, and the append's own call would take the whole timeout again.
+ */
+const MIN_TIME_TO_SEND_MS = 1_000;
+
 const chunksOf = <T>(items: readonly T[], size: number): T[][] => {
   const chunks: T[][] = [];
   for (let i = 0; i < items.length; i += size) {
@@ -233,6 +239,8 @@ const INFLIGHT_READ_CHUNK = 256;
 
 type GatheredAppend = {
   request: AppendRequest;
+  /** When (a `performance.now()` time) it is refused if it is still waiting to be sent. */
+  deadline: number;
   resolve: (reply: string[]) => void;
   reject: (err: unknown) => void;
 };
@@ -592,13 +600,11 @@ export class EventLog {
     if (this.#appendsClosed) {
       throw new AppendsClosedError();
     }
-    // Answered within the command timeout of now, however many calls it takes.
-    const askedAt = performance.now();
     const { idempotency } = request;
     if (!idempotency) {
-      return this.#appendGathered(request, askedAt);
+      return this.#appendGathered(request);
     }
-    const claim = await withinCommandTimeout(this.#claimKey(idempotency), askedAt);
+    const claim = await withinCommandTimeout(() => this.#claimKey(idempotency));
     if (claim.kind === 'taken') {
       return { kind: 'idempotency_conflict' };
     }
@@ -607,15 +613,14 @@ export class EventLog {
       // partition count changed since: then it was copied to the key's partition, which this
       // append does not look at (carryIdempotencyKeys). Records are never rewritten, so one found
       // here answers as the script would.
-      const carried = await withinCommandTimeout(
+      const carried = await withinCommandTimeout(() =>
         this.#redis.get(this.keys(idempotency.keyPartition).idempotency(idempotency.scopeHash)),
-        askedAt,
       );
       if (carried !== null) {
         return recordOutcome(carried, idempotency.requestHash);
       }
     }
-    const result = await this.#appendGathered(request, askedAt);
+    const result = await this.#appendGathered(request);
     const claimKey = this.keys(idempotency.keyPartition).idempotencyClaim(idempotency.scopeHash);
     const refused =
       result.kind === 'unknown' ||
@@ -628,17 +633,16 @@ export class EventLog {
       // taken by a body the key's record then refused would refuse the record's own body.
       // Best effort: the refusal is the answer; a claim left behind only keeps the key for this
       // body, as before claims were given back.
-      await withinCommandTimeout(this.releaseKey(claimKey, claim.value), askedAt).catch(
-        () => undefined,
-      );
+      // Not raced (withinCommandTimeout): run late, after a retry of this body found the claim,
+      // it would take the claim from under that retry's record.
+      await this.releaseKey(claimKey, claim.value).catch(() => undefined);
     } else if (result.kind === 'appended' && claim.kind === 'retried') {
       // The claim dates from the first attempt, the record from now: the claim must last as long
       // as the record, or another body could pass it in the record's last hours.
       // Best effort too: the events are in the stream, and a failed refresh must not answer 503
       // to a write that was accepted. It only leaves the claim its first attempt's expiry.
-      await withinCommandTimeout(
+      await withinCommandTimeout(() =>
         this.#redis.set(claimKey, idempotency.requestHash, 'EX', IDEMPOTENCY_TTL_SECONDS, 'XX'),
-        askedAt,
       ).catch(() => undefined);
     }
     return result;
@@ -654,7 +658,7 @@ export class EventLog {
     partition: number | undefined,
     idempotency: RequestUnderKey,
   ): Promise<Extract<AppendResult, { kind: 'replayed' | 'idempotency_conflict' }> | undefined> {
-    const [record, claim] = await withinCommandTimeout(
+    const [record, claim] = await withinCommandTimeout(() =>
       Promise.all([
         partition === undefined
           ? this.#recordInAnyPartition(idempotency.scopeHash)
@@ -717,49 +721,57 @@ export class EventLog {
   /**
    * Requests for a partition that arrive while its previous script call is out wait for it and
    * then go together in one call (group commit): under load a call carries many writes, and alone
-   * a write goes at once. Each is refused once the command timeout from `askedAt` has passed:
-   * the wait for the call before it counts, and one refused before its call left is never sent.
+   * a write goes at once. One still waiting when the command timeout has passed since it was
+   * asked (the call before it stalled) is refused, and never sent. One sent is answered by its
+   * call, even when that comes later: told it timed out while ioredis still had its call out, its
+   * client could write again, and a reconnect would then run it late (dropLateResends keeps
+   * what is unsettled).
    */
-  #appendGathered(request: AppendRequest, askedAt: number): Promise<AppendResult> {
-    let deadline: NodeJS.Timeout | undefined;
+  #appendGathered(request: AppendRequest): Promise<AppendResult> {
+    let timer: NodeJS.Timeout | undefined;
     return new Promise<string[]>((resolve, reject) => {
       // Closed while its key was claimed.
       if (this.#appendsClosed) {
         reject(new AppendsClosedError());
         return;
       }
-      const item = { request, resolve, reject };
+      const item = {
+        request,
+        deadline: performance.now() + COMMAND_TIMEOUT_MS,
+        resolve,
+        reject,
+      };
       const waiting = this.#gathering.get(request.partition);
       if (waiting) {
         waiting.push(item);
       } else {
         this.#gathering.set(request.partition, [item]);
       }
-      deadline = setTimeout(
-        () => {
-          this.#stopWaiting(item);
+      timer = setTimeout(() => {
+        if (this.#stopWaiting(item)) {
           reject(commandTimedOut());
-        },
-        Math.max(0, askedAt + COMMAND_TIMEOUT_MS - performance.now()),
-      );
+        }
+      }, COMMAND_TIMEOUT_MS);
       if (!this.#sending.has(request.partition)) {
         this.#sendGathered(request.partition);
       }
     })
-      .finally(() => clearTimeout(deadline))
+      .finally(() => clearTimeout(timer))
       .then(appendResult);
   }
 
-  /** Takes a request out of its partition's next call, if it is still waiting for it. */
-  #stopWaiting(item: GatheredAppend): void {
+  /** Takes a request out of its partition's next call; false when it was sent already. */
+  #stopWaiting(item: GatheredAppend): boolean {
     const waiting = this.#gathering.get(item.request.partition);
     const at = waiting?.indexOf(item) ?? -1;
-    if (waiting && at !== -1) {
-      waiting.splice(at, 1);
-      if (waiting.length === 0) {
-        this.#gathering.delete(item.request.partition);
-      }
+    if (!waiting || at === -1) {
+      return false;
     }
+    waiting.splice(at, 1);
+    if (waiting.length === 0) {
+      this.#gathering.delete(item.request.partition);
+    }
+    return true;
   }
 
   readonly #gathering = new Map<number, GatheredAppend[]>();
@@ -780,6 +792,12 @@ export class EventLog {
     const sent: GatheredAppend[] = [];
     const requests: EncodedAppend[] = [];
     for (const item of batch) {
+      if (item.deadline - performance.now() < MIN_TIME_TO_SEND_MS) {
+        // It waited out nearly all of its time behind the call before it, on a stalled Redis:
+        // refused unsent rather than sent to wait the whole command timeout again.
+        item.reject(commandTimedOut());
+        continue;
+      }
       // A request that cannot be encoded fails alone, before anything is sent.
       try {
         const encoded = encodeAppend(item.request, keys, scriptKeys.length + 1);
@@ -864,7 +882,7 @@ export class EventLog {
   ): Promise<LogEntry[][]> {
     const keys = this.keys(partition);
     const types = aggregateType ? [aggregateType] : AGGREGATE_TYPES;
-    const replies = await withinCommandTimeout(
+    const replies = await withinCommandTimeout(() =>
       Promise.all(
         chunksOf(aggregateIds, INFLIGHT_READ_CHUNK).map((ids) => {
           const indexes = ids.flatMap((id) =>
@@ -934,7 +952,7 @@ export class EventLog {
     const keys = this.keys(partition);
     // Both asked at once (one round trip on the auto-pipelined connection): the old one-hash
     // index holds what an earlier build appended after this process folded it in.
-    const [inBucket, inLegacy] = await withinCommandTimeout(
+    const [inBucket, inLegacy] = await withinCommandTimeout(() =>
       Promise.all([
         this.#redis.hget(keys.eventIndex(eventId), eventId),
         this.#redis.hget(keys.legacyEventIndex, eventId),
