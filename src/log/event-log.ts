@@ -747,14 +747,16 @@ export class EventLog {
       } else {
         this.#gathering.set(request.partition, [item]);
       }
+      if (!this.#sending.has(request.partition)) {
+        // Sent now, with no call before it to wait for.
+        this.#sendGathered(request.partition);
+        return;
+      }
       timer = setTimeout(() => {
         if (this.#stopWaiting(item)) {
           reject(commandTimedOut());
         }
       }, COMMAND_TIMEOUT_MS);
-      if (!this.#sending.has(request.partition)) {
-        this.#sendGathered(request.partition);
-      }
     })
       .finally(() => clearTimeout(timer))
       .then(appendResult);

@@ -4,6 +4,7 @@ import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import { addressOf, cannotReach } from '../reach.ts';
 import { reasonOf } from '../reason.ts';
+import { within } from '../within.ts';
 
 /** How long a caller waits for Redis before it is told Redis is away. */
 export const COMMAND_TIMEOUT_MS = 5_000;
@@ -23,14 +24,8 @@ export const commandTimedOut = (): Error => new Error(COMMAND_TIMED_OUT);
  * this is only for calls whose late run does no harm: reads, a key's claim. An append is answered
  * by its own call (EventLog's group commit).
  */
-export const withinCommandTimeout = <T>(ask: () => Promise<T>): Promise<T> => {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(commandTimedOut()), COMMAND_TIMEOUT_MS);
-  });
-  const asked = new Promise<T>((resolve) => resolve(ask()));
-  return Promise.race([asked, timedOut]).finally(() => clearTimeout(timer));
-};
+export const withinCommandTimeout = <T>(ask: () => Promise<T>): Promise<T> =>
+  within(new Promise<T>((resolve) => resolve(ask())), COMMAND_TIMEOUT_MS, commandTimedOut);
 
 export const createRedis = (config: Config): Redis => {
   const redis = new Redis(config.redisUrl, {

@@ -22,6 +22,7 @@ import type { EventLog } from '../log/event-log.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { databaseReason } from '../projector/errors.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
+import { within } from '../within.ts';
 import { readBuffer, type SiteBuffer, totalsOf } from './buffer.ts';
 import { liveHolder, projectorLeasesLine } from './lease-report.ts';
 import type { SiteListing } from './partition-count.ts';
@@ -47,20 +48,18 @@ export type StatusDeps = {
 /** Health probes of remote databases must answer even when the link silently drops packets. */
 export const PROBE_TIMEOUT_MS = 1500;
 
-const withTimeout = <T>(work: Promise<T>, ms: number): Promise<T> =>
-  Promise.race([
-    work,
-    new Promise<T>((_, reject) =>
-      setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms).unref(),
-    ),
-  ]);
-
 const FAILED = Symbol('probe failed');
 
 /** What `work` answers within the probe timeout, or why it did not. */
 const answerOrReason = async <T>(work: Promise<T>): Promise<{ answer?: T; failure?: string }> => {
   try {
-    return { answer: await withTimeout(work, PROBE_TIMEOUT_MS) };
+    return {
+      answer: await within(
+        work,
+        PROBE_TIMEOUT_MS,
+        () => new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`),
+      ),
+    };
   } catch (err) {
     return { failure: databaseReason(err) };
   }
