@@ -779,7 +779,7 @@ void describe('process faults under load', () => {
       await exited(projector.child);
     });
 
-    void it('refuses keyed writes and reads within the command timeout, however long the call before them waits', async () => {
+    void it('refuses writes and reads within the command timeout, however long the call before them waits', async () => {
       // Run alone (a name pattern), the test before it has set up nothing.
       h ??= await Harness.start({ role: 'api' });
       const configuration = await h.post('/instrument_configurations', {
@@ -820,18 +820,19 @@ void describe('process faults under load', () => {
         ],
         ['a merged read', () => h.get(`/executed_obs_units/${unitId}`)],
         ["an event's state", () => h.get(`/events/${unitEvent}`)],
+        ['a list', () => h.get('/executed_obs_units?obs_unit_id=frozen-writes')],
+        // Without a key the append itself is the first call: sent on its own, it is timed from
+        // when it leaves, not from when the auto-pipeline before it is answered.
+        ['a start without a key', () => h.post('/executed_obs_units/start', start)],
+        ['another start without a key', () => h.post('/executed_obs_units/start', start)],
       ];
       const answers: { request: string; status: number; seconds: number; text: string }[] = [];
-      let unkeyed: { status: number; text: string } | undefined;
       try {
         for (const [request, send] of requests) {
           const askedAt = performance.now();
           const { status, text } = await send();
           answers.push({ request, status, seconds: (performance.now() - askedAt) / 1000, text });
         }
-        // Without a key the append itself goes out, and is answered by its own call, which
-        // may wait for the one before it on the connection (up to twice the timeout).
-        unkeyed = await h.post('/executed_obs_units/start', start);
       } finally {
         process.kill(pid, 'SIGCONT');
         frozen = undefined;
@@ -848,7 +849,6 @@ void describe('process faults under load', () => {
         answers.every((a) => a.seconds < 7.5),
         said,
       );
-      assert.equal(unkeyed?.status, 503, unkeyed?.text);
     });
   });
 

@@ -33,9 +33,11 @@ import {
   processRosterKey,
 } from './keys.ts';
 import {
+  APPEND_COMMAND,
   COMMAND_TIMEOUT_MS,
   commandTimedOut,
   forEachHashPage,
+  isCommandTimeout,
   pipelineReplies,
   withinCommandTimeout,
 } from './redis.ts';
@@ -368,7 +370,7 @@ export class EventLog {
     readonly partitions: number,
     readonly liveMaxLen: number = DEFAULT_LIVE_MAX_LEN,
   ) {
-    redis.defineCommand('outpostAppend', { lua: script('append', 'inflight', 'live') });
+    redis.defineCommand(APPEND_COMMAND, { lua: script('append', 'inflight', 'live') });
     redis.defineCommand('outpostRecordApplied', { lua: script('record-applied') });
     redis.defineCommand('outpostRecordAttempt', { lua: script('record-attempt', 'holder') });
     redis.defineCommand('outpostAck', { lua: script('ack', 'applied', 'inflight') });
@@ -722,10 +724,11 @@ export class EventLog {
    * Requests for a partition that arrive while its previous script call is out wait for it and
    * then go together in one call (group commit): under load a call carries many writes, and alone
    * a write goes at once. One still waiting when the command timeout has passed since it was
-   * asked (the call before it stalled) is refused, and never sent. One sent is answered by its
-   * call, even when that comes later: told it timed out while ioredis still had its call out, its
-   * client could write again, and a reconnect would then run it late (dropLateResends keeps
-   * what is unsettled).
+   * asked, or when the call before it timed out (a stalled Redis), is refused, and never sent.
+   * One sent is answered by its call, whose timeout runs from when it left (APPEND_COMMAND is not
+   * auto-pipelined): told it timed out while ioredis still had its call out, its client could
+   * write again, and a reconnect would then run it late (dropLateResends keeps what is
+   * unsettled). So a write that meets a stalled Redis hears within the timeout of asking.
    */
   #appendGathered(request: AppendRequest): Promise<AppendResult> {
     let timer: NodeJS.Timeout | undefined;
@@ -774,6 +777,14 @@ export class EventLog {
       this.#gathering.delete(item.request.partition);
     }
     return true;
+  }
+
+  /** Refuses, unsent, every request waiting for a partition's next call. */
+  #refuseWaiting(partition: number): void {
+    for (const { reject } of this.#gathering.get(partition) ?? []) {
+      reject(commandTimedOut());
+    }
+    this.#gathering.delete(partition);
   }
 
   readonly #gathering = new Map<number, GatheredAppend[]>();
@@ -851,6 +862,11 @@ export class EventLog {
           for (const { reject } of sent) {
             reject(err);
           }
+          if (isCommandTimeout(err)) {
+            // Redis left the call unanswered for the whole timeout: those that waited behind it
+            // would be sent to wait it out again.
+            this.#refuseWaiting(partition);
+          }
         },
       )
       .finally(() => {
@@ -914,14 +930,22 @@ export class EventLog {
     aggregateType: string,
     creation?: CreationFilter,
   ): Promise<{ id: string; partition: number }[]> {
+    // The earlier build's hash first: an aggregate the upgrade moves meanwhile is then seen
+    // there, or in a bucket the set already names. Raced: a list is a read, and its first calls
+    // are the ones that meet a Redis stalled before it was asked.
+    const firstLook = await withinCommandTimeout(() =>
+      Promise.all(
+        this.allKeys().map((keys) =>
+          Promise.all([
+            this.#redis.hkeys(keys.legacyInflightIndex(aggregateType)),
+            this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
+          ]),
+        ),
+      ),
+    );
     const perPartition = await Promise.all(
-      this.allKeys().map(async (keys) => {
-        // The earlier build's hash first: an aggregate the upgrade moves meanwhile is then seen
-        // there, or in a bucket the set already names.
-        const [earlier, inUse] = await Promise.all([
-          this.#redis.hkeys(keys.legacyInflightIndex(aggregateType)),
-          this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
-        ]);
+      this.allKeys().map(async (keys, at) => {
+        const [earlier, inUse] = firstLook[at] ?? [[], []];
         const buckets = inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket)));
         // A filtered list's search takes one bucket a call: about a hundred aggregates with
         // 200,000 units pending, each an XRANGE and a string search (≈ 4 µs), so a call does not

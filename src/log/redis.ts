@@ -14,6 +14,9 @@ const COMMAND_TIMED_OUT = 'Command timed out';
 
 export const commandTimedOut = (): Error => new Error(COMMAND_TIMED_OUT);
 
+export const isCommandTimeout = (err: unknown): boolean =>
+  err instanceof Error && err.message === COMMAND_TIMED_OUT;
+
 /**
  * What `ask` answers, or the command timeout's failure COMMAND_TIMEOUT_MS after it was asked,
  * whichever comes first. ioredis settles each caller of an auto-pipeline only when the whole
@@ -26,6 +29,13 @@ export const commandTimedOut = (): Error => new Error(COMMAND_TIMED_OUT);
  */
 export const withinCommandTimeout = <T>(ask: () => Promise<T>): Promise<T> =>
   within(new Promise<T>((resolve) => resolve(ask())), COMMAND_TIMEOUT_MS, commandTimedOut);
+
+/**
+ * The append script's command (EventLog defines it), sent on its own rather than auto-pipelined:
+ * its 5 s then run from when it leaves, not from when the auto-pipeline before it settles (up to
+ * another 5 s on a stalled Redis). Its writes are gathered already, a call per partition.
+ */
+export const APPEND_COMMAND = 'outpostAppend';
 
 export const createRedis = (config: Config): Redis => {
   const redis = new Redis(config.redisUrl, {
@@ -41,6 +51,7 @@ export const createRedis = (config: Config): Redis => {
     // Commands issued in one event-loop tick (the appends of concurrent requests) leave in one
     // write and are read by Redis in one go; while a batch is out, the next one gathers.
     enableAutoPipelining: true,
+    autoPipeliningIgnoredCommands: [APPEND_COMMAND],
   });
   dropLateResends(redis);
   return redis;
@@ -60,8 +71,8 @@ const MOMENTARILY_AWAY = /^(BUSY|LOADING|MASTERDOWN|TRYAGAIN) /;
  */
 export const isRedisAway = (redis: Redis, err: unknown): boolean =>
   redis.status !== 'ready' ||
-  (err instanceof Error &&
-    (err.message === COMMAND_TIMED_OUT || MOMENTARILY_AWAY.test(err.message)));
+  isCommandTimeout(err) ||
+  (err instanceof Error && MOMENTARILY_AWAY.test(err.message));
 
 /** What ioredis keeps, across a reconnect, of the commands its connection had out. */
 type ResendQueue = {
