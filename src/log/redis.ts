@@ -25,7 +25,7 @@ export const isCommandTimeout = (err: unknown): boolean =>
  * (10 s, measured with Redis under SIGSTOP). Its commands are not called back: ioredis may still
  * send them, and send them again on a reconnect (dropLateResends keeps what is unsettled), so
  * this is only for calls whose late run does no harm: reads, a key's claim. An append is answered
- * by its own call (EventLog's group commit).
+ * by its own call, which is not auto-pipelined (APPEND_COMMAND).
  */
 export const withinCommandTimeout = <T>(ask: () => Promise<T>): Promise<T> =>
   within(new Promise<T>((resolve) => resolve(ask())), COMMAND_TIMEOUT_MS, commandTimedOut);
