@@ -724,11 +724,14 @@ export class EventLog {
    * Requests for a partition that arrive while its previous script call is out wait for it and
    * then go together in one call (group commit): under load a call carries many writes, and alone
    * a write goes at once. One still waiting when the command timeout has passed since it was
-   * asked, or when the call before it timed out (a stalled Redis), is refused, and never sent.
-   * One sent is answered by its call, whose timeout runs from when it left (APPEND_COMMAND is not
-   * auto-pipelined): told it timed out while ioredis still had its call out, its client could
-   * write again, and a reconnect would then run it late (dropLateResends keeps what is
-   * unsettled). So a write that meets a stalled Redis hears within the timeout of asking.
+   * asked, or when the call before it timed out (Redis stalled, or too slow to count as there),
+   * is refused, and never sent. One sent is answered by its call, whose timeout runs from when it
+   * left (APPEND_COMMAND is not auto-pipelined) and marks it settled, so a reconnect does not
+   * send it again (dropLateResends). A race of ours would not: its caller told it timed out could
+   * write again, and a reconnect would then run it after that. A Redis that resumes still runs
+   * what it received before it stalled: a 503 does not say the write was not made (a retry with
+   * its Idempotency-Key finds it). So a write whose first call meets a stalled Redis hears within
+   * the timeout of asking.
    */
   #appendGathered(request: AppendRequest): Promise<AppendResult> {
     let timer: NodeJS.Timeout | undefined;
