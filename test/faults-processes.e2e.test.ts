@@ -1604,11 +1604,22 @@ void describe('process faults under load', () => {
       h = await Harness.start({ role: 'api', config: { claimIdleMs: 15_000 } });
       proxy = await BlackholeProxy.start(testStack().redisPort);
       const a = await h.startService('projector', { consumer: 'projector-a' });
-      await h.startService('projector', {
+      const b = await h.startService('projector', {
         consumer: 'projector-b',
         redisUrl: `redis://127.0.0.1:${proxy.port}`,
       });
       const owners = () => leaseOwners(h);
+      // What B went through, each change once with the seconds since A left: a take that does
+      // not come (it failed twice in CI, at 60 s) then says where B's rounds were.
+      const seen: string[] = [];
+      let leftAt = performance.now();
+      const noteB = (now: readonly (string | null)[]) => {
+        const stats = b.projector?.stats();
+        const line = `partitions ${stats?.partitions.join(',')}, leases ${now.join(',')}: ${stats?.lastError ?? 'no error'}`;
+        if (!seen.at(-1)?.endsWith(line)) {
+          seen.push(`${((performance.now() - leftAt) / 1000).toFixed(1)} s ${line}`);
+        }
+      };
       await waitFor(async () => {
         const now = await owners();
         return now.includes('projector-a') && now.includes('projector-b');
@@ -1621,6 +1632,7 @@ void describe('process faults under load', () => {
       );
       proxy.blackhole();
       await h.stopService(a);
+      leftAt = performance.now();
       await waitFor(
         async () => !(await owners()).includes('projector-a'),
         "A's leases to be released",
@@ -1630,20 +1642,28 @@ void describe('process faults under load', () => {
       // Each round of B's also waits out its site-claim's Redis call (5 s) on the silent link, so
       // under a loaded CI a take can come well after 20 s (a clean-clone CI missed 30 s once).
       let taken: number | undefined;
+      const sayingWhatBDid = (err: Error) => {
+        throw new Error(`${err.message}; B, since A left:\n${seen.join('\n')}`, { cause: err });
+      };
       await waitFor(
         async () => {
           const now = await owners();
+          noteB(now);
           taken = held.find((partition) => now[partition] === 'projector-b');
           return taken !== undefined;
         },
         "B to take one of A's partitions",
         60_000,
-      );
+      ).catch(sayingWhatBDid);
       await waitFor(
-        async () => (await owners())[taken as number] !== 'projector-b',
+        async () => {
+          const now = await owners();
+          noteB(now);
+          return now[taken as number] !== 'projector-b';
+        },
         'B to give it back once claiming its entries timed out',
         30_000,
-      );
+      ).catch(sayingWhatBDid);
       proxy.heal();
 
       const accepted = new Set<string>();
