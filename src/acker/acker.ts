@@ -12,7 +12,7 @@ import type { AppliedRecord, EventLog } from '../log/event-log.ts';
 import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
-import { Backoff, pause } from '../projector/backoff.ts';
+import { Backoff, pause, pauseUnlessReconnected } from '../projector/backoff.ts';
 import {
   type BreakerGauge,
   type CircuitBreaker,
@@ -235,7 +235,9 @@ export class Acker {
           { retryInMs: delay },
           `acknowledging failed: ${this.#lastError}`,
         );
-        await pause(delay, this.#abort.signal);
+        await (err instanceof ReplicaError
+          ? pause(delay, this.#abort.signal)
+          : pauseUnlessReconnected(delay, this.#deps.eventLog.redis, this.#abort.signal));
       }
     }
   }

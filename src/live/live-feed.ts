@@ -4,7 +4,7 @@ import { DEFAULT_LIVE_MAX_LEN, liveListenersKey, liveStreamKey } from '../log/ke
 import { blockingConnection } from '../log/redis.ts';
 import { FailureSpell } from '../observability/failure-spell.ts';
 import type { Logger } from '../observability/logger.ts';
-import { Backoff, pause } from '../projector/backoff.ts';
+import { Backoff, pause, pauseUnlessReconnected } from '../projector/backoff.ts';
 import { reasonOf } from '../reason.ts';
 import {
   addLiveMessage,
@@ -316,7 +316,10 @@ export class LiveFeed {
           { retryInMs: delay },
           `reading the live feed failed: ${this.#lastError}`,
         );
-        await pause(delay, this.#abort.signal);
+        // Read again as soon as the reader is connected again, not up to 5 s later.
+        await (this.#reader
+          ? pauseUnlessReconnected(delay, this.#reader, this.#abort.signal)
+          : pause(delay, this.#abort.signal));
       }
     }
   }

@@ -1,3 +1,5 @@
+import type { EventEmitter } from 'node:events';
+
 export type BackoffOptions = { baseMs: number; capMs: number; random?: () => number };
 
 /** Exponential backoff with full jitter: retries from many processes do not arrive in step. */
@@ -35,6 +37,27 @@ export const pause = async (ms: number, signal: AbortSignal): Promise<void> => {
     left -= MAX_TIMEOUT_MS;
   }
   await pauseOnce(left, signal);
+};
+
+/**
+ * `pause`, cut short when `connection` (an ioredis client) connects to Redis again: a loop
+ * backing off from a Redis that was away starts again once it is back, not up to its backoff's
+ * cap later. A connection that stayed up (a command timed out on a stalled Redis) is not made
+ * again, so the pause runs its course there, as waking at once would only fail again.
+ */
+export const pauseUnlessReconnected = async (
+  ms: number,
+  connection: EventEmitter,
+  signal: AbortSignal,
+): Promise<void> => {
+  const reconnected = new AbortController();
+  const wake = () => reconnected.abort();
+  connection.once('ready', wake);
+  try {
+    await pause(ms, AbortSignal.any([signal, reconnected.signal]));
+  } finally {
+    connection.off('ready', wake);
+  }
 };
 
 const pauseOnce = (ms: number, signal: AbortSignal): Promise<void> =>

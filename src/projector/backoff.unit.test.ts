@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { EventEmitter } from 'node:events';
 import { describe, it } from 'node:test';
-import { Backoff, pause } from './backoff.ts';
+import { Backoff, pause, pauseUnlessReconnected } from './backoff.ts';
 
 void describe('Backoff', () => {
   void it('doubles up to the cap, with jitter within the upper half', () => {
@@ -50,5 +51,51 @@ void describe('Backoff', () => {
     t.mock.timers.tick(2 * day);
     await flush();
     assert.equal(done, true, 'awake after 30 days and a little');
+  });
+
+  /** A pause of `ms` on a connection of its own, under mock timers, and whether it has ended. */
+  const pausedOn = (ms: number) => {
+    const connection = new EventEmitter();
+    let done = false;
+    void pauseUnlessReconnected(ms, connection, new AbortController().signal).then(() => {
+      done = true;
+    });
+    return { connection, ended: () => done };
+  };
+  const flush = () => new Promise((resolve) => setImmediate(resolve));
+
+  void it('ends a pause when the connection is ready again, and leaves no listener behind', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { connection, ended } = pausedOn(60_000);
+    t.mock.timers.tick(30_000);
+    await flush();
+    assert.equal(ended(), false, 'still paused before the connection is made again');
+    connection.emit('ready');
+    await flush();
+    assert.equal(ended(), true, 'awake once the connection is ready');
+    assert.equal(connection.listenerCount('ready'), 0);
+  });
+
+  void it('runs its course, and leaves no listener, when the connection is not made again', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { connection, ended } = pausedOn(1_000);
+    t.mock.timers.tick(999);
+    await flush();
+    assert.equal(ended(), false);
+    t.mock.timers.tick(1);
+    await flush();
+    assert.equal(ended(), true);
+    assert.equal(connection.listenerCount('ready'), 0);
+  });
+
+  void it('ends a pause as soon as the signal aborts, whatever the connection does', async () => {
+    const controller = new AbortController();
+    const connection = new EventEmitter();
+    const started = Date.now();
+    const sleeping = pauseUnlessReconnected(60_000, connection, controller.signal);
+    controller.abort();
+    await sleeping;
+    assert.ok(Date.now() - started < 1000);
+    assert.equal(connection.listenerCount('ready'), 0);
   });
 });

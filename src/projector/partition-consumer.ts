@@ -36,7 +36,7 @@ import {
   MainDatabaseChangedError,
   type MainSeen,
 } from './apply-batch.ts';
-import { Backoff, pause } from './backoff.ts';
+import { Backoff, pause, pauseUnlessReconnected } from './backoff.ts';
 import type { CircuitBreaker } from './circuit-breaker.ts';
 import { deletedAmong, sayDeletedPending } from './deleted-pending.ts';
 import { classifyFailure, isStatementTimeout } from './errors.ts';
@@ -356,7 +356,11 @@ export class PartitionConsumer {
             : `projecting partition ${this.#partition} failed: ${this.#lastError}`,
         );
         this.#rereadFromStart();
-        await pause(delay, this.#abort.signal);
+        // After a failed read, a partition starts on the backlog, and stops saying its read
+        // fails, as soon as its reader is connected again, not up to the backoff's cap later.
+        await (reading
+          ? pauseUnlessReconnected(delay, this.#deps.reader, this.#abort.signal)
+          : pause(delay, this.#abort.signal));
       }
     }
   }
