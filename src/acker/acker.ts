@@ -237,7 +237,7 @@ export class Acker {
         );
         await (err instanceof ReplicaError
           ? pause(delay, this.#abort.signal)
-          : pauseUnlessReconnected(delay, this.#deps.eventLog.redis, this.#abort.signal));
+          : pauseUnlessReconnected(delay, [this.#deps.eventLog.redis], this.#abort.signal));
       }
     }
   }

@@ -318,7 +318,7 @@ export class LiveFeed {
         );
         // Read again as soon as the reader is connected again, not up to 5 s later.
         await (this.#reader
-          ? pauseUnlessReconnected(delay, this.#reader, this.#abort.signal)
+          ? pauseUnlessReconnected(delay, [this.#reader], this.#abort.signal)
           : pause(delay, this.#abort.signal));
       }
     }

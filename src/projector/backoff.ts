@@ -39,24 +39,44 @@ export const pause = async (ms: number, signal: AbortSignal): Promise<void> => {
   await pauseOnce(left, signal);
 };
 
+/** An ioredis client, as far as a pause needs it: whether it is ready, and its 'ready' event. */
+type Connection = EventEmitter & { readonly status: string };
+
 /**
- * `pause`, cut short when `connection` (an ioredis client) connects to Redis again: a loop
- * backing off from a Redis that was away starts again once it is back, not up to its backoff's
- * cap later. A connection that stayed up (a command timed out on a stalled Redis) is not made
- * again, so the pause runs its course there, as waking at once would only fail again.
+ * `pause`, cut short once every one of `connections` (ioredis clients) is ready after one of
+ * them connected again: a loop backing off from a Redis that was away starts again once it is
+ * back, not up to its backoff's cap later, and not before all the connections its next try uses
+ * are back. A connection that stayed up (a command timed out on a stalled Redis) is not made
+ * again, so the pause runs its course there, as waking at once would only fail again. Plain
+ * listeners on `signal`, removed after: `AbortSignal.any` on Node 20 leaves a reference behind
+ * in a long-lived signal at every call, for as long as the process runs.
  */
 export const pauseUnlessReconnected = async (
   ms: number,
-  connection: EventEmitter,
+  connections: readonly Connection[],
   signal: AbortSignal,
 ): Promise<void> => {
-  const reconnected = new AbortController();
-  const wake = () => reconnected.abort();
-  connection.once('ready', wake);
+  if (signal.aborted) {
+    return;
+  }
+  const ended = new AbortController();
+  const end = () => ended.abort();
+  const endIfAllReady = () => {
+    if (connections.every((connection) => connection.status === 'ready')) {
+      end();
+    }
+  };
+  signal.addEventListener('abort', end, { once: true });
+  for (const connection of connections) {
+    connection.on('ready', endIfAllReady);
+  }
   try {
-    await pause(ms, AbortSignal.any([signal, reconnected.signal]));
+    await pause(ms, ended.signal);
   } finally {
-    connection.off('ready', wake);
+    signal.removeEventListener('abort', end);
+    for (const connection of connections) {
+      connection.off('ready', endIfAllReady);
+    }
   }
 };
 

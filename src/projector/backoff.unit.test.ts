@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { EventEmitter } from 'node:events';
+import { EventEmitter, getEventListeners } from 'node:events';
 import { describe, it } from 'node:test';
 import { Backoff, pause, pauseUnlessReconnected } from './backoff.ts';
 
@@ -53,32 +53,56 @@ void describe('Backoff', () => {
     assert.equal(done, true, 'awake after 30 days and a little');
   });
 
-  /** A pause of `ms` on a connection of its own, under mock timers, and whether it has ended. */
-  const pausedOn = (ms: number) => {
-    const connection = new EventEmitter();
+  /** A stand-in for an ioredis client: its status, and 'ready' once it is made again. */
+  const connectionAway = () => {
+    const connection = Object.assign(new EventEmitter(), { status: 'reconnecting' });
+    const madeAgain = () => {
+      connection.status = 'ready';
+      connection.emit('ready');
+    };
+    return { connection, madeAgain };
+  };
+
+  /** A pause of `ms` on these connections, and whether it has ended. */
+  const pausedOn = (
+    ms: number,
+    connections: Parameters<typeof pauseUnlessReconnected>[1],
+    signal: AbortSignal,
+  ) => {
     let done = false;
-    void pauseUnlessReconnected(ms, connection, new AbortController().signal).then(() => {
+    void pauseUnlessReconnected(ms, connections, signal).then(() => {
       done = true;
     });
-    return { connection, ended: () => done };
+    return () => done;
   };
   const flush = () => new Promise((resolve) => setImmediate(resolve));
 
-  void it('ends a pause when the connection is ready again, and leaves no listener behind', async (t) => {
+  void it('ends a pause once every connection is ready again, and leaves no listener behind', async (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
-    const { connection, ended } = pausedOn(60_000);
+    const reader = connectionAway();
+    const shared = connectionAway();
+    const signal = new AbortController().signal;
+    const ended = pausedOn(60_000, [reader.connection, shared.connection], signal);
     t.mock.timers.tick(30_000);
     await flush();
-    assert.equal(ended(), false, 'still paused before the connection is made again');
-    connection.emit('ready');
+    assert.equal(ended(), false, 'still paused before the connections are made again');
+    reader.madeAgain();
     await flush();
-    assert.equal(ended(), true, 'awake once the connection is ready');
-    assert.equal(connection.listenerCount('ready'), 0);
+    assert.equal(ended(), false, 'still paused while the other connection is away');
+    shared.madeAgain();
+    await flush();
+    assert.equal(ended(), true, 'awake once both are ready');
+    for (const { connection } of [reader, shared]) {
+      assert.equal(connection.listenerCount('ready'), 0);
+    }
+    assert.equal(getEventListeners(signal, 'abort').length, 0);
   });
 
   void it('runs its course, and leaves no listener, when the connection is not made again', async (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
-    const { connection, ended } = pausedOn(1_000);
+    const { connection } = connectionAway();
+    const signal = new AbortController().signal;
+    const ended = pausedOn(1_000, [connection], signal);
     t.mock.timers.tick(999);
     await flush();
     assert.equal(ended(), false);
@@ -86,13 +110,14 @@ void describe('Backoff', () => {
     await flush();
     assert.equal(ended(), true);
     assert.equal(connection.listenerCount('ready'), 0);
+    assert.equal(getEventListeners(signal, 'abort').length, 0);
   });
 
   void it('ends a pause as soon as the signal aborts, whatever the connection does', async () => {
     const controller = new AbortController();
-    const connection = new EventEmitter();
+    const { connection } = connectionAway();
     const started = Date.now();
-    const sleeping = pauseUnlessReconnected(60_000, connection, controller.signal);
+    const sleeping = pauseUnlessReconnected(60_000, [connection], controller.signal);
     controller.abort();
     await sleeping;
     assert.ok(Date.now() - started < 1000);

@@ -357,9 +357,14 @@ export class PartitionConsumer {
         );
         this.#rereadFromStart();
         // After a failed read, a partition starts on the backlog, and stops saying its read
-        // fails, as soon as its reader is connected again, not up to the backoff's cap later.
+        // fails, as soon as Redis is back, not up to the backoff's cap later. A read uses the
+        // shared connection too (the applied records of its own pending entries).
         await (reading
-          ? pauseUnlessReconnected(delay, this.#deps.reader, this.#abort.signal)
+          ? pauseUnlessReconnected(
+              delay,
+              [this.#deps.reader, this.#deps.eventLog.redis],
+              this.#abort.signal,
+            )
           : pause(delay, this.#abort.signal));
       }
     }
