@@ -674,8 +674,8 @@ void describe('process faults under load', () => {
       ).catch((err: Error) => {
         throw new Error(`${err.message}; last_error: ${JSON.stringify(said)}`);
       });
-      // Down long enough for the readers' and the acker's retries to back off to their caps
-      // (10 s and 5 s): the time the outage lasts is what is tested.
+      // Down long enough for the retries of the readers, the acker and the live feed to back off
+      // to their caps (10 s, 5 s, 5 s): the time the outage lasts is what is tested.
       await holdFault(40_000);
       await stackUp(h.stackOptions());
       const upAt = performance.now();
@@ -689,8 +689,8 @@ void describe('process faults under load', () => {
         'the projector to be shown running again after Redis came back',
         30_000,
       );
-      // Each reader and the acker start again once their connections are made again (every 2 s
-      // at most), not when their backoffs end: up to 10 s later, for each partition apart.
+      // Each of them starts again once its connections are made again (every 2 s at most), not
+      // when its backoff ends: up to 10 s later, for each partition apart.
       const seconds = (performance.now() - upAt) / 1000;
       assert.ok(seconds < 5, `shown running ${seconds.toFixed(1)} s after Redis answered again`);
     });

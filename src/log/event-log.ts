@@ -938,17 +938,17 @@ export class EventLog {
     // are the ones that meet a Redis stalled before it was asked.
     const firstLook = await withinCommandTimeout(() =>
       Promise.all(
-        this.allKeys().map((keys) =>
-          Promise.all([
+        this.allKeys().map(async (keys) => {
+          const [earlier, inUse] = await Promise.all([
             this.#redis.hkeys(keys.legacyInflightIndex(aggregateType)),
             this.#redis.smembers(keys.inflightBucketsInUse(aggregateType)),
-          ]),
-        ),
+          ]);
+          return { keys, earlier, inUse };
+        }),
       ),
     );
     const perPartition = await Promise.all(
-      this.allKeys().map(async (keys, at) => {
-        const [earlier, inUse] = firstLook[at] ?? [[], []];
+      firstLook.map(async ({ keys, earlier, inUse }) => {
         const buckets = inUse.map((bucket) => keys.inflightBucket(aggregateType, Number(bucket)));
         // A filtered list's search takes one bucket a call: about a hundred aggregates with
         // 200,000 units pending, each an XRANGE and a string search (≈ 4 µs), so a call does not
