@@ -17,7 +17,13 @@ import { LogCapacity, writeRefusedReason } from './log/capacity.ts';
 import { DeadLetters } from './log/dead-letters.ts';
 import { checkDurability, persistenceRefusal } from './log/durability.ts';
 import { EventLog } from './log/event-log.ts';
-import { connectRedis, createRedis, requireRedisVersion, watchConnection } from './log/redis.ts';
+import {
+  connectRedis,
+  createRedis,
+  requireRedisVersion,
+  watchConnection,
+  withinCommandTimeout,
+} from './log/redis.ts';
 import type { Logger } from './observability/logger.ts';
 import { createMetrics, type Metrics } from './observability/metrics.ts';
 import { checkPartitionCount, type SiteListing } from './ops/partition-count.ts';
@@ -301,7 +307,10 @@ export const startService = async (
         deadLetters,
         redis,
         site: config.site,
-        logId: () => recordLogId(redis, config.namespace, config.site),
+        // Raced, as every lease round asks it before taking partitions: behind an auto-pipeline
+        // stalled on a silent link it waited up to twice the command timeout. Run late, it only
+        // sets what is absent, as it would have.
+        logId: () => withinCommandTimeout(() => recordLogId(redis, config.namespace, config.site)),
         consumer: config.consumer,
         batchSize: config.batchSize,
         maxAttempts: config.maxAttempts,

@@ -1155,6 +1155,44 @@ void describe('two projector processes sharing one consumer name', () => {
     assert.equal(failures, 0);
   });
 
+  void it('takes the free partitions while one it took cannot be started, and tries that one after them', async () => {
+    // A partition whose previous owner's entries cannot be claimed (each claim times out on a
+    // link that drops packets, say), tried first again, ended every round before the others were
+    // taken: a projector taking over from one that left held none of its partitions for minutes.
+    let unstartable: number | undefined;
+    const tried: number[] = [];
+    const taker = new LeaseManager({
+      pool: h.main,
+      site: 'one-partition-unstartable',
+      consumer: 'taker',
+      partitions: h.config.partitions,
+      ttlMs: 60_000,
+      logger: createLogger('silent'),
+      events: {
+        acquired: async ({ partition }) => {
+          tried.push(partition);
+          unstartable ??= partition;
+          if (partition === unstartable) {
+            throw new Error('Command timed out');
+          }
+        },
+        stopped: async () => undefined,
+      },
+    });
+    try {
+      await assert.rejects(taker.tick(), /could not be started: Command timed out/);
+      assert.deepEqual(taker.owned, []);
+      // The next round takes every other partition, then tries the unstartable one, last.
+      await assert.rejects(taker.tick(), /could not be started: Command timed out/);
+      const others = [...Array(h.config.partitions).keys()].filter((p) => p !== unstartable);
+      assert.deepEqual(taker.owned, others);
+      assert.equal(tried.length, h.config.partitions + 1, `tried ${tried.join(', ')}`);
+      assert.equal(tried.at(-1), unstartable);
+    } finally {
+      await taker.stop();
+    }
+  });
+
   void it('a process restarted under its name, its former self gone without a word, is no twin', async () => {
     const crashed = manager('restarted-name');
     await crashed.tick();

@@ -1649,6 +1649,10 @@ void describe('process faults under load', () => {
       // pending times out (5 s) on the silent link: the lease is given back, to be taken again.
       // Each round of B's also waits out its site-claim's Redis call (5 s) on the silent link, so
       // under a loaded CI a take can come well after 20 s (a clean-clone CI missed 30 s once).
+      // A round with a failed start outlasts B's own leases (15 s here), which lapse too; had one
+      // of those come first in B's order, its failed start would have ended every round before
+      // A's were tried. A partition that failed to start now comes last in the next round's
+      // order. Whether that is why B took none in 60 s in three full runs is not known.
       let taken: number | undefined;
       const sayingWhatBDid = (err: Error) => {
         throw new Error(`${err.message}; B, since A left:\n${seen.join('\n')}`, { cause: err });

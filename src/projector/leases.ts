@@ -77,6 +77,8 @@ export class LeaseManager {
   readonly #stopping = new Map<number, Promise<void>>();
   /** Why a partition given up could not be stopped: said until the process restarts. */
   #stopFailure: string | undefined;
+  /** When a partition taken last failed to start (by the monotonic clock), until one starts. */
+  readonly #failedStarts = new Map<number, number>();
   readonly #abort = new AbortController();
   readonly #instance = randomUUID();
   #running: Promise<void> | undefined;
@@ -239,10 +241,10 @@ export class LeaseManager {
       this.#waiting = undefined;
       return;
     }
-    // Start at a place derived from our name, so joining processes do not all race for partition 0.
-    const offset = [...consumer].reduce((sum, ch) => sum + ch.charCodeAt(0), 0) % partitions;
-    for (let i = 0; i < partitions && this.#held.size < share; i += 1) {
-      const partition = (offset + i) % partitions;
+    for (const partition of this.#takingOrder()) {
+      if (this.#held.size >= share) {
+        break;
+      }
       if (
         this.#held.has(partition) ||
         this.#stopping.has(partition) ||
@@ -258,16 +260,35 @@ export class LeaseManager {
         logger.info({ partition, token }, 'lease acquired');
         try {
           await this.deps.events.acquired(lease);
+          this.#failedStarts.delete(partition);
         } catch (err) {
           // Starting it failed (Redis away while claiming the previous owner's entries): kept, the
           // lease would be renewed forever with nothing reading the partition. Given back, it is
-          // taken again on a later round, here or by another process.
+          // taken again on a later round, here or by another process. The round ends here, as a
+          // start on a stalled Redis takes a command timeout and the held leases wait for the
+          // next round's renewal.
+          this.#failedStarts.set(partition, performance.now());
           await this.#give(partition);
           throw new PartitionStartError(partition, err);
         }
       }
     }
     await this.#sayLeasedToOurName();
+  }
+
+  /**
+   * The partitions in the order a round tries to take them: from a place derived from our name,
+   * so joining processes do not all race for partition 0, and those whose start failed last, the
+   * longest failed first. Tried first again, a partition that cannot be started (its previous
+   * owner's entries unclaimable) would end every round before the others, free, were taken.
+   */
+  #takingOrder(): number[] {
+    const { consumer, partitions } = this.deps;
+    const offset = [...consumer].reduce((sum, ch) => sum + ch.charCodeAt(0), 0) % partitions;
+    const failedAt = (partition: number) => this.#failedStarts.get(partition) ?? 0;
+    return Array.from({ length: partitions }, (_, i) => (offset + i) % partitions).sort(
+      (a, b) => failedAt(a) - failedAt(b),
+    );
   }
 
   /** Partitions live-leased to this process's name that it does not hold: see `waiting`. */
