@@ -304,7 +304,13 @@ void describe('process faults under load', () => {
         "/health to say the killed run's leases hold the partitions",
         15_000,
       );
-      assert.match(restarted.output(), /leased to .+, this process's own name/);
+      // Logged before /health can say it, but read from the child's pipe in this process's own
+      // time: an answer from /health can come first (one full run missed it).
+      await waitFor(
+        () => /leased to .+, this process's own name/.test(restarted.output()),
+        "the killed run's leases named in the log",
+        5_000,
+      );
       await waitFor(
         async () => (await h.get(`/events/${written.body.event_id}`)).body.state === 'confirmed',
         'the write to be applied once the leases lapsed',
