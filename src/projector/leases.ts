@@ -77,7 +77,7 @@ export class LeaseManager {
   readonly #stopping = new Map<number, Promise<void>>();
   /** Why a partition given up could not be stopped: said until the process restarts. */
   #stopFailure: string | undefined;
-  /** When a partition taken last failed to start (by the monotonic clock), until one starts. */
+  /** When a partition last failed to start (by the monotonic clock), until a round has none fail. */
   readonly #failedStarts = new Map<number, number>();
   readonly #abort = new AbortController();
   readonly #instance = randomUUID();
@@ -260,7 +260,6 @@ export class LeaseManager {
         logger.info({ partition, token }, 'lease acquired');
         try {
           await this.deps.events.acquired(lease);
-          this.#failedStarts.delete(partition);
         } catch (err) {
           // Starting it failed (Redis away while claiming the previous owner's entries): kept, the
           // lease would be renewed forever with nothing reading the partition. Given back, it is
@@ -273,6 +272,8 @@ export class LeaseManager {
         }
       }
     }
+    // A round with no start failed: the next takes in the order of our name again.
+    this.#failedStarts.clear();
     await this.#sayLeasedToOurName();
   }
 
