@@ -1655,10 +1655,11 @@ void describe('process faults under load', () => {
       // pending times out (5 s) on the silent link: the lease is given back, to be taken again.
       // Each round of B's also waits out its site-claim's Redis call (5 s) on the silent link, so
       // under a loaded CI a take can come well after 20 s (a clean-clone CI missed 30 s once).
-      // A round with a failed start outlasts B's own leases (15 s here), which lapse too; had one
-      // of those come first in B's order, its failed start would have ended every round before
-      // A's were tried. A partition that failed to start now comes last in the next round's
-      // order. Whether that is why B took none in 60 s in three full runs is not known.
+      // B took none in 60 s in three full runs. Likely why (by reading, not seen): each of B's
+      // rounds waited up to 10 s for the log id and 10 s for a claim, behind stalled
+      // auto-pipelines, past B's own leases (15 s here); one of those, lapsed and first in B's
+      // order, then failed to start and ended every round before A's were tried. Both calls now
+      // take 5 s at most, and a partition that failed to start comes last in the next round.
       let taken: number | undefined;
       const sayingWhatBDid = (err: Error) => {
         throw new Error(`${err.message}; B, since A left:\n${seen.join('\n')}`, { cause: err });
