@@ -77,7 +77,10 @@ export class LeaseManager {
   readonly #stopping = new Map<number, Promise<void>>();
   /** Why a partition given up could not be stopped: said until the process restarts. */
   #stopFailure: string | undefined;
-  /** When a partition last failed to start (by the monotonic clock), until a round has none fail. */
+  /**
+   * When a partition last failed to start (by the monotonic clock), until a round goes through
+   * the partitions without a failed start.
+   */
   readonly #failedStarts = new Map<number, number>();
   readonly #abort = new AbortController();
   readonly #instance = randomUUID();
