@@ -920,6 +920,52 @@ void describe('two logs run under one site name', () => {
     }
   });
 
+  void it("keeps its partitions and refuses nothing when it cannot read its log's id and a peer moved the name to the new one: Redis back without its data", async () => {
+    const site = 'emptied-site';
+    let idOfA: () => Promise<string> = async () => 'log-before';
+    let idOfB = 'log-before';
+    const a = manager('emptied-a:8080', () => idOfA(), site);
+    const b = manager('emptied-b:8080', async () => idOfB, site);
+    try {
+      await a.tick();
+      await b.tick();
+      const refusedConsumer = async () =>
+        (
+          await h.mainRows<{ refused_consumer: string | null }>(
+            'SELECT refused_consumer FROM site_logs WHERE site = $1',
+            [site],
+          )
+        )[0]?.refused_consumer;
+      // Redis comes back empty: B reads the new id first and moves the name to it.
+      idOfB = 'log-after';
+      await b.tick();
+      assert.equal(await claimedBy(site), 'log-after');
+      // A's read of the id times out this round; it claimed with the one it read last.
+      idOfA = () => Promise.reject(new Error('Command timed out'));
+      const held = a.owned;
+      assert.notDeepEqual(held, [], 'A held partitions');
+      await assert.rejects(
+        a.tick(),
+        /site emptied-site's name is no longer held under this Redis log's id as last read, and the id cannot be read now/,
+      );
+      assert.deepEqual(a.owned, held, 'A kept its partitions');
+      assert.deepEqual(await roster(site), ['emptied-a:8080', 'emptied-b:8080']);
+      assert.equal(
+        await refusedConsumer(),
+        null,
+        "no refusal recorded for B's operators to hear of",
+      );
+      // Read again, the new id renews the name with B (and A now hands B its share).
+      idOfA = async () => 'log-after';
+      await a.tick();
+      assert.equal(await claimedBy(site), 'log-after');
+      assert.equal(await refusedConsumer(), null);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+
   void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {
     const unknown = manager('no-id:8080', () => Promise.reject(new Error('READONLY')));
     await unknown.tick();

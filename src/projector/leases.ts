@@ -11,6 +11,7 @@ import {
   releaseLeases,
   releaseSite,
   renewLeases,
+  renewSiteClaim,
   SITE_SILENCE_TTLS,
 } from '../db/queries/leases.ts';
 import { FailureSpell } from '../observability/failure-spell.ts';
@@ -182,7 +183,7 @@ export class LeaseManager {
         this.#failures.ended();
       } catch (err) {
         this.#lastError = reasonOf(err);
-        if (!(err instanceof PartitionStartError)) {
+        if (!(err instanceof PartitionStartError || err instanceof SiteClaimUnconfirmedError)) {
           this.deps.breaker?.recordFailure();
         }
         this.#failures.failed(err, {}, `keeping the partition leases failed: ${this.#lastError}`);
@@ -329,16 +330,24 @@ export class LeaseManager {
       return undefined;
     }
     // Redis away for a round leaves the id as it was: the lease rounds go on without it.
-    this.#log = (await this.deps.logId().catch(() => undefined)) ?? this.#log;
+    const read = await this.deps.logId().catch(() => undefined);
+    this.#log = read ?? this.#log;
     if (this.#log === undefined) {
       return async () =>
         "the id of this site's Redis log cannot be read or recorded: no partition is taken until it can";
     }
-    const claim = await claimSite(
-      pool,
-      { site, log: this.#log, previousLog: this.#claimed?.log ?? null, consumer },
-      ttlMs,
-    ).catch(async (err: unknown) => {
+    const claiming = { site, log: this.#log, previousLog: this.#claimed?.log ?? null, consumer };
+    // An id not read this round only renews a claim it holds. A Redis back without its data has
+    // a new id, and a peer that read it may have moved the claim there already: claimed under
+    // the old one, the name would be refused, its partitions given back, and the site told of
+    // another log applying it, all for a round.
+    const asked =
+      read === undefined
+        ? renewSiteClaim(pool, claiming, ttlMs).then(
+            (renewed) => renewed ?? Promise.reject(new SiteClaimUnconfirmedError(site)),
+          )
+        : claimSite(pool, claiming, ttlMs);
+    const claim = await asked.catch(async (err: unknown) => {
       // The leases were renewed this round, but the claim was not. Unrenewed for
       // SITE_SILENCE_TTLS, the name may go to another log: its partitions are given back a TTL
       // before that, so that the two never apply beside each other.
@@ -463,6 +472,22 @@ class PartitionStartError extends Error {
 
   constructor(partition: number, cause: unknown) {
     super(`partition ${partition} could not be started: ${(cause as Error).message}`, { cause });
+  }
+}
+
+/**
+ * The site's name is held under another log id than the one this process read last, and this
+ * round could not read the id (Redis away): whether Redis came back under a new id that a peer
+ * claimed, or another site holds the name, is told once it can. Redis's failure, not the main
+ * database's.
+ */
+class SiteClaimUnconfirmedError extends Error {
+  override name = 'SiteClaimUnconfirmedError';
+
+  constructor(site: string) {
+    super(
+      `site ${site}'s name is no longer held under this Redis log's id as last read, and the id cannot be read now (Redis away?): if Redis came back without its data, the name went with its new id; no partition is taken until the id can be read`,
+    );
   }
 }
 

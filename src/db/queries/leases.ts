@@ -164,6 +164,35 @@ export const claimSite = async (
 };
 
 /**
+ * Renews the site's claim by `log` if `log` holds it, taking and refusing nothing: for a process
+ * claiming with the log id it read last, as it could not read it now. Undefined when another
+ * log holds it.
+ */
+export const renewSiteClaim = async (
+  db: Queryable,
+  claim: { site: string; log: string },
+  ttlMs: number,
+): Promise<Extract<SiteClaim, { held: true }> | undefined> => {
+  const { rows } = await db.query<{ refused_consumer: string | null; renewed_at: string }>(
+    `UPDATE site_logs SET seen_at = clock_timestamp(), ttl_ms = $3, released_at = NULL
+      WHERE site = $1 AND log = $2
+     RETURNING ${refusedWithin('$3')} AS refused_consumer, seen_at::text AS renewed_at`,
+    [claim.site, claim.log, ttlMs],
+  );
+  const renewed = rows[0];
+  return (
+    renewed && {
+      held: true,
+      seenSecondsAgo: 0,
+      barred: false,
+      refusedConsumer: renewed.refused_consumer,
+      takenFrom: null,
+      renewedAt: renewed.renewed_at,
+    }
+  );
+};
+
+/**
  * Releases the site's claim by `log` when this process's renewal (`renewedAt`) was the last and
  * no projector of the site beats any longer (this one has left the roster): a log first seen
  * after it may take the name at once, where a silence would have had it wait SITE_SILENCE_TTLS.
