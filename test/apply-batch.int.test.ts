@@ -966,6 +966,26 @@ void describe('two logs run under one site name', () => {
     }
   });
 
+  void it('stays refused, saying why, when a copy refused the name cannot read its log id', async () => {
+    const site = 'copied-unread-site';
+    const holder = manager('held-here:8080', async () => 'log-held', site);
+    let idOfCopy: () => Promise<string> = async () => 'log-copied';
+    const copy = manager('copied-there:8080', () => idOfCopy(), site);
+    try {
+      await holder.tick();
+      await copy.tick();
+      const refusal = /applied from another Redis log \(projectors held-here:8080/;
+      assert.match(copy.lastError ?? '', refusal);
+      idOfCopy = () => Promise.reject(new Error('Command timed out'));
+      await copy.tick();
+      assert.deepEqual(copy.owned, []);
+      assert.match(copy.lastError ?? '', refusal);
+    } finally {
+      await copy.stop();
+      await holder.stop();
+    }
+  });
+
   void it('takes no partition while the log id cannot be read or recorded, saying so', async () => {
     const unknown = manager('no-id:8080', () => Promise.reject(new Error('READONLY')));
     await unknown.tick();

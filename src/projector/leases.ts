@@ -336,17 +336,24 @@ export class LeaseManager {
       return async () =>
         "the id of this site's Redis log cannot be read or recorded: no partition is taken until it can";
     }
-    const claiming = { site, log: this.#log, previousLog: this.#claimed?.log ?? null, consumer };
-    // An id not read this round only renews a claim it holds. A Redis back without its data has
-    // a new id, and a peer that read it may have moved the claim there already: claimed under
-    // the old one, the name would be refused, its partitions given back, and the site told of
-    // another log applying it, all for a round.
+    // A round that could not read the id only renews the claim this process holds, under the id
+    // it holds it with. A Redis back without its data has a new id, and a peer that read it may
+    // have moved the claim there already: claimed under the old one, the name would be refused,
+    // its partitions given back, and the site told of another log applying it, all for a round.
+    // A process refused the name, or that never held it, claims as before: refused, it says why.
+    const renewing =
+      read === undefined && this.#refusal === undefined ? this.#claimed?.log : undefined;
+    const claimedWith = renewing ?? this.#log;
     const asked =
-      read === undefined
-        ? renewSiteClaim(pool, claiming, ttlMs).then(
+      renewing !== undefined
+        ? renewSiteClaim(pool, { site, log: renewing }, ttlMs).then(
             (renewed) => renewed ?? Promise.reject(new SiteClaimUnconfirmedError(site)),
           )
-        : claimSite(pool, claiming, ttlMs);
+        : claimSite(
+            pool,
+            { site, log: this.#log, previousLog: this.#claimed?.log ?? null, consumer },
+            ttlMs,
+          );
     const claim = await asked.catch(async (err: unknown) => {
       // The leases were renewed this round, but the claim was not. Unrenewed for
       // SITE_SILENCE_TTLS, the name may go to another log: its partitions are given back a TTL
@@ -368,9 +375,9 @@ export class LeaseManager {
           claim.barred,
         );
     }
-    this.#claimed = { log: this.#log, renewedAt: claim.renewedAt, atMs: performance.now() };
+    this.#claimed = { log: claimedWith, renewedAt: claim.renewedAt, atMs: performance.now() };
     if (claim.takenFrom !== null) {
-      logger.warn({ site, log: this.#log, from: claim.takenFrom }, siteTakenOver(site));
+      logger.warn({ site, log: claimedWith, from: claim.takenFrom }, siteTakenOver(site));
     }
     if (claim.refusedConsumer !== null && claim.refusedConsumer !== this.#refusedMet) {
       logger.error({ site }, anotherLogRefused(site, claim.refusedConsumer));

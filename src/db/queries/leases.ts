@@ -165,8 +165,7 @@ export const claimSite = async (
 
 /**
  * Renews the site's claim by `log` if `log` holds it, taking and refusing nothing: for a process
- * claiming with the log id it read last, as it could not read it now. Undefined when another
- * log holds it.
+ * that holds it and could not read its log's id this time. Undefined when another log holds it.
  */
 export const renewSiteClaim = async (
   db: Queryable,
