@@ -946,7 +946,7 @@ void describe('two logs run under one site name', () => {
       assert.notDeepEqual(held, [], 'A held partitions');
       await assert.rejects(
         a.tick(),
-        /site emptied-site's name is no longer held under this Redis log's id as last read, and the id cannot be read now/,
+        /site emptied-site's name is no longer held under the Redis log id this process held it with, and the id cannot be read now/,
       );
       assert.deepEqual(a.owned, held, 'A kept its partitions');
       assert.deepEqual(await roster(site), ['emptied-a:8080', 'emptied-b:8080']);

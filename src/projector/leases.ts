@@ -483,17 +483,17 @@ class PartitionStartError extends Error {
 }
 
 /**
- * The site's name is held under another log id than the one this process read last, and this
- * round could not read the id (Redis away): whether Redis came back under a new id that a peer
- * claimed, or another site holds the name, is told once it can. Redis's failure, not the main
- * database's.
+ * The site's name is held under another log id than the one this process held it with, and
+ * this round could not read the id (Redis away): whether Redis came back under a new id that a
+ * peer claimed, or another site holds the name, is told once it can. Redis's failure, not the
+ * main database's.
  */
 class SiteClaimUnconfirmedError extends Error {
   override name = 'SiteClaimUnconfirmedError';
 
   constructor(site: string) {
     super(
-      `site ${site}'s name is no longer held under this Redis log's id as last read, and the id cannot be read now (Redis away?): if Redis came back without its data, the name went with its new id; no partition is taken until the id can be read`,
+      `site ${site}'s name is no longer held under the Redis log id this process held it with, and the id cannot be read now (Redis away?): if Redis came back without its data, the name went with its new id; no partition is taken until the id can be read`,
     );
   }
 }
