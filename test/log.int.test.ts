@@ -1571,6 +1571,33 @@ void describe('the local log', () => {
       });
     });
 
+    void it('answers an XAUTOCLAIM on a stalled link within its own timeout, not after the auto-pipeline before it', async () => {
+      await throughProxy(async (proxied, proxy) => {
+        const warm = await proxied.redis.ping();
+        assert.equal(warm, 'PONG');
+        proxy.blackhole();
+        // A background loop's call leaves first and stalls with the link.
+        const stalled = proxied.redis.get(`stalled-${randomUUID()}`).catch((err: Error) => err);
+        await new Promise((resolve) => setImmediate(resolve));
+        // Taking a partition over claims its previous owner's entries: its lease round renews
+        // the other leases only when it ends, so the claim must not wait for that call first.
+        const asked = performance.now();
+        await assert.rejects(
+          proxied.redis.xautoclaim(
+            proxied.keys(0).stream,
+            'projector',
+            'taker',
+            0,
+            '0-0',
+            'JUSTID',
+          ),
+          { message: 'Command timed out' },
+        );
+        assert.ok(performance.now() - asked < 7_500, `${performance.now() - asked} ms`);
+        assert.equal(((await stalled) as Error).message, 'Command timed out');
+      });
+    });
+
     void it('appends concurrent duplicates of one Idempotency-Key once and refuses another body', async () => {
       const partition = 3;
       const idempotency = (requestHash: string) => ({
