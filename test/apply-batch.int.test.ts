@@ -940,7 +940,7 @@ void describe('two logs run under one site name', () => {
       idOfB = 'log-after';
       await b.tick();
       assert.equal(await claimedBy(site), 'log-after');
-      // A's read of the id times out this round; it claimed with the one it read last.
+      // A's read of the id times out this round; it holds the claim under the old one.
       idOfA = () => Promise.reject(new Error('Command timed out'));
       const held = a.owned;
       assert.notDeepEqual(held, [], 'A held partitions');

@@ -1624,7 +1624,7 @@ void describe('process faults under load', () => {
       });
       const owners = () => leaseOwners(h);
       // What B went through, each change once with the seconds since A left: a take that does
-      // not come (it failed twice in CI, at 60 s) then says where B's rounds were.
+      // not come then says where B's rounds were.
       const seen: string[] = [];
       let leftAt = performance.now();
       const noteB = (now: readonly (string | null)[]) => {

@@ -1585,7 +1585,7 @@ void describe('the local log', () => {
         await assert.rejects(
           proxied.redis.xautoclaim(
             proxied.keys(0).stream,
-            'projector',
+            CONSUMER_GROUP,
             'taker',
             0,
             '0-0',

@@ -4,6 +4,9 @@ import { describe, it } from 'node:test';
 import { Backoff, pause, pauseUnlessReconnected } from './backoff.ts';
 
 void describe('Backoff', () => {
+  /** Lets the callbacks of timers the mock clock fired run. */
+  const flush = () => new Promise((resolve) => setImmediate(resolve));
+
   void it('doubles up to the cap, with jitter within the upper half', () => {
     const low = new Backoff({ baseMs: 100, capMs: 1000, random: () => 0 });
     const high = new Backoff({ baseMs: 100, capMs: 1000, random: () => 1 });
@@ -36,7 +39,6 @@ void describe('Backoff', () => {
 
   void it('sleeps past the 24.8 days one setTimeout can take, in steps', async (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
-    const flush = () => new Promise((resolve) => setImmediate(resolve));
     let done = false;
     const day = 24 * 3600 * 1000;
     void pause(30 * day, new AbortController().signal).then(() => {
@@ -75,7 +77,6 @@ void describe('Backoff', () => {
     });
     return () => done;
   };
-  const flush = () => new Promise((resolve) => setImmediate(resolve));
 
   void it('ends a pause once every connection is ready again, and leaves no listener behind', async (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });

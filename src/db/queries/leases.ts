@@ -76,6 +76,19 @@ export type SiteClaim =
       renewedAt: null;
     };
 
+/** A claim this log holds, as the statement that took or renewed it returned it. */
+const heldClaim = (
+  row: { refused_consumer: string | null; renewed_at: string },
+  takenFrom: string | null,
+): Extract<SiteClaim, { held: true }> => ({
+  held: true,
+  seenSecondsAgo: 0,
+  barred: false,
+  refusedConsumer: row.refused_consumer,
+  takenFrom,
+  renewedAt: row.renewed_at,
+});
+
 /** Seconds since a projector of the holding log last renewed the claim. */
 const SEEN_SECONDS_AGO = 'floor(extract(epoch FROM clock_timestamp() - seen_at))::int';
 
@@ -139,14 +152,7 @@ export const claimSite = async (
   );
   const held = rows[0];
   if (held !== undefined) {
-    return {
-      held: true,
-      seenSecondsAgo: 0,
-      barred: false,
-      refusedConsumer: held.refused_consumer,
-      takenFrom: held.taken_from,
-      renewedAt: held.renewed_at,
-    };
+    return heldClaim(held, held.taken_from);
   }
   const refused = await db.query<{ seen_seconds_ago: number; takeover_barred: boolean }>(
     `UPDATE site_logs SET refused_consumer = $2, refused_at = clock_timestamp() WHERE site = $1
@@ -179,16 +185,7 @@ export const renewSiteClaim = async (
     [claim.site, claim.log, ttlMs],
   );
   const renewed = rows[0];
-  return (
-    renewed && {
-      held: true,
-      seenSecondsAgo: 0,
-      barred: false,
-      refusedConsumer: renewed.refused_consumer,
-      takenFrom: null,
-      renewedAt: renewed.renewed_at,
-    }
-  );
+  return renewed && heldClaim(renewed, null);
 };
 
 /**
