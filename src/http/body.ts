@@ -136,13 +136,14 @@ const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
 /**
  * The integer literals of a JSON text past Number.MAX_SAFE_INTEGER, as the numbers JSON.parse
- * made of them. Matched by value: a double written elsewhere in the body with the same value as
+ * made of them; one with a zero fraction (9007199254740993.0) is as much an integer, rounded the
+ * same. Matched by value: a double written elsewhere in the body with the same value as
  * such a literal is refused with it.
  */
 const unsafeIntegerLiterals = (source: string): Set<number> => {
   const unsafe = new Set<number>();
   for (const [token] of source.matchAll(JSON_TOKEN)) {
-    if (/^-?\d+$/.test(token) && !Number.isSafeInteger(Number(token))) {
+    if (/^-?\d+(?:\.0+)?$/.test(token) && !Number.isSafeInteger(Number(token))) {
       unsafe.add(Number(token));
     }
   }
