@@ -9,7 +9,10 @@ import { v7 as uuidv7 } from 'uuid';
  */
 export type Uuid = string & { readonly __brand: 'Uuid' };
 
-const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// Both cases spelt out rather than flagged /i: the OpenAPI document carries this pattern without
+// its flags, and would call an upper-case id that this API takes invalid.
+export const UUID_PATTERN =
+  /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 const TAIL_RANGE = 0x1_0000_0000;
 
 export const isUuid = (value: string): value is Uuid => UUID_PATTERN.test(value);

@@ -12,6 +12,7 @@ import { createApp } from './app.ts';
 import { buildOpenApiDocument, type Example, OPERATIONS, type OperationSpec } from './openapi.ts';
 import type { JsonSchema } from './openapi-responses.ts';
 import { ReplicaLink } from './replica-link.ts';
+import { CreatePackageBody, PatchUnitBody, RegisterFilesBody } from './schemas.ts';
 
 /**
  * Real dependencies that never touch the network: the Redis client connects lazily, pools connect
@@ -101,6 +102,28 @@ const schemaProblems = (schema: JsonSchema, value: unknown, at = '$'): string[] 
     problems.push(`${at} is not a boolean`);
   }
   return problems;
+};
+
+/** Every object in a JSON document, the document included. */
+const schemaNodes = (node: unknown): Record<string, unknown>[] => {
+  if (Array.isArray(node)) {
+    return node.flatMap(schemaNodes);
+  }
+  if (node === null || typeof node !== 'object') {
+    return [];
+  }
+  const record = node as Record<string, unknown>;
+  return [record, ...Object.values(record).flatMap(schemaNodes)];
+};
+
+/** The object at `path` inside `node`; fails the test where there is none. */
+const nodeAt = (node: unknown, ...path: string[]): Record<string, unknown> => {
+  const found = path.reduce<unknown>(
+    (at, part) => (at as Record<string, unknown> | undefined)?.[part],
+    node,
+  );
+  assert.ok(found !== null && typeof found === 'object', `nothing at ${path.join('.')}`);
+  return found as Record<string, unknown>;
 };
 
 const examplesOf = (op: OperationSpec): [string, Example][] =>
@@ -193,28 +216,61 @@ void describe('OpenAPI document', () => {
   });
 
   void it('resolves every $ref', () => {
-    const refs: string[] = [];
-    const walk = (node: unknown) => {
-      if (Array.isArray(node)) {
-        node.forEach(walk);
-      } else if (node !== null && typeof node === 'object') {
-        for (const [name, value] of Object.entries(node)) {
-          if (name === '$ref' && typeof value === 'string') {
-            refs.push(value);
-          } else {
-            walk(value);
-          }
-        }
-      }
-    };
-    walk(doc);
+    const refs = schemaNodes(doc).flatMap((node) =>
+      typeof node.$ref === 'string' ? [node.$ref] : [],
+    );
     assert.ok(refs.length > 0);
     for (const ref of refs) {
-      const target = ref
-        .slice(2)
-        .split('/')
-        .reduce<unknown>((node, part) => (node as Record<string, unknown>)?.[part], doc);
-      assert.ok(target !== undefined, `unresolved ${ref}`);
+      nodeAt(doc, ...ref.slice(2).split('/'));
+    }
+  });
+
+  void it('writes patterns that take an id in either case, as the routes do', () => {
+    // A pattern reaches the document without the regex's flags: one written /i took upper case
+    // in the routes and called it invalid in the document.
+    const id = '0190c5b2-7a3e-7d1f-9b2a-4c5d6e7f8a9b';
+    const idPatterns = schemaNodes(doc)
+      .map((node) => node.pattern)
+      .filter((pattern): pattern is string => typeof pattern === 'string')
+      .filter((pattern) => new RegExp(pattern).test(id));
+    assert.ok(idPatterns.length >= 3, 'the document has id patterns');
+    for (const pattern of idPatterns) {
+      assert.match(id.toUpperCase(), new RegExp(pattern));
+    }
+  });
+
+  void it('documents the limits the routes check by refinement', () => {
+    const bodyOf = (path: string, method: string) =>
+      nodeAt(doc.paths, path, method, 'requestBody', 'content', 'application/json', 'schema');
+    const id = '0190c5b2-7a3e-7d1f-9b2a-4c5d6e7f8a9b';
+
+    assert.equal(PatchUnitBody.safeParse({}).success, false);
+    assert.equal(bodyOf('/executed_obs_units/{id}', 'patch').minProperties, 1);
+
+    assert.equal(CreatePackageBody.safeParse({ name: 'p', file_ids: [id, id] }).success, false);
+    assert.equal(
+      nodeAt(bodyOf('/raw_data_packages', 'post'), 'properties', 'file_ids').uniqueItems,
+      true,
+    );
+
+    const fileSchema = nodeAt(bodyOf('/raw_data_files', 'post'), 'properties', 'files', 'items')
+      .anyOf as { properties: { checksum_algorithm: { const: string }; checksum: JsonSchema } }[];
+    assert.equal(fileSchema.length, 2);
+    for (const { properties } of fileSchema) {
+      const files = (digits: number) => ({
+        executed_obs_unit_id: id,
+        files: [
+          {
+            path: '/raw/a.fits',
+            size_bytes: 1,
+            checksum: 'a'.repeat(digits),
+            checksum_algorithm: properties.checksum_algorithm.const,
+          },
+        ],
+      });
+      const most = properties.checksum.maxLength as number;
+      assert.equal(RegisterFilesBody.safeParse(files(most)).success, true);
+      assert.equal(RegisterFilesBody.safeParse(files(most + 1)).success, false);
     }
   });
 

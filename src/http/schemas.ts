@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import type { JsonObject } from '../domain/events.ts';
+import { UUID_PATTERN } from '../domain/ids.ts';
 import { depthOf, MAX_FREE_JSON_BYTES, MAX_JSON_DEPTH } from './body.ts';
 
 /** Request schemas: the single source for validation and for the OpenAPI document. */
@@ -47,7 +48,7 @@ const timestamp = z.iso
 
 export const uuid = z
   .string()
-  .regex(/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i, 'must be a UUID')
+  .regex(UUID_PATTERN, 'must be a UUID')
   .transform((value) => value.toLowerCase());
 
 const freeJson = (what: string) =>
@@ -84,7 +85,8 @@ export const PatchUnitBody = z
     notes: z.string().max(10_000).nullish(),
     metadata: freeJson('metadata').optional(),
   })
-  .refine((body) => Object.keys(body).length > 0, 'give at least one of status, notes, metadata');
+  .refine((body) => Object.keys(body).length > 0, 'give at least one of status, notes, metadata')
+  .meta({ minProperties: 1 });
 
 /*
  * The most hex digits a digest of each algorithm has. Fewer are accepted: xxh64 is a 64-bit number
@@ -113,7 +115,13 @@ export const RawDataFileInput = z
       });
     }
   })
-  .transform((file) => ({ ...file, checksum: file.checksum.toLowerCase() }));
+  .transform((file) => ({ ...file, checksum: file.checksum.toLowerCase() }))
+  // The per-algorithm limit above, for the OpenAPI document, which cannot read a refinement.
+  .meta({
+    anyOf: Object.entries(DIGEST_HEX_DIGITS).map(([algorithm, digits]) => ({
+      properties: { checksum_algorithm: { const: algorithm }, checksum: { maxLength: digits } },
+    })),
+  });
 
 export const RegisterFilesBody = z.strictObject({
   executed_obs_unit_id: uuid,
@@ -126,7 +134,8 @@ export const CreatePackageBody = z.strictObject({
     .array(uuid)
     .min(1)
     .max(1000)
-    .refine((ids) => new Set(ids).size === ids.length, 'file_ids must not repeat'),
+    .refine((ids) => new Set(ids).size === ids.length, 'file_ids must not repeat')
+    .meta({ uniqueItems: true }),
 });
 
 export const CreateConfigurationBody = z.strictObject({
@@ -157,7 +166,9 @@ export const pageLimit = queryWholeNumber
 // list as if filtered.
 export const ListQuery = z.strictObject({
   limit: pageLimit,
-  cursor: z.string().max(200).optional(),
+  // A page's next_cursor is the id it ended at. The route refuses any other string as
+  // invalid_cursor (not validation_failed), so the pattern is only the document's.
+  cursor: z.string().max(200).optional().meta({ pattern: UUID_PATTERN.source }),
 });
 
 export const UnitListQuery = ListQuery.extend({
