@@ -56,7 +56,7 @@ import {
 import { inspectPending, stillPendingAfter } from '../src/ops/pending.ts';
 import { replay } from '../src/ops/replay.ts';
 import { CircuitBreaker } from '../src/projector/circuit-breaker.ts';
-import { PartitionConsumer } from '../src/projector/partition-consumer.ts';
+import { type ConsumerDeps, PartitionConsumer } from '../src/projector/partition-consumer.ts';
 import { readEvent } from '../src/read/events.ts';
 import { Harness, testStack, waitFor, withField } from './harness/harness.ts';
 import { BlackholeProxy } from './harness/proxy.ts';
@@ -2708,13 +2708,15 @@ void describe('the local log', () => {
         leaseValid: (checks: number) => boolean;
         breaker?: CircuitBreaker;
         until: (checks: number) => Promise<boolean>;
+        apply?: ConsumerDeps['apply'];
+        batchSize?: number;
       },
     ) => {
       let checks = 0;
       const reader = h.serviceRedis();
       await reader.connect();
       const consumer = new PartitionConsumer({
-        apply: () => Promise.reject(new Error('nothing is applicable')),
+        apply: options.apply ?? (() => Promise.reject(new Error('nothing is applicable'))),
         eventLog: log,
         deadLetters: new DeadLetters(log),
         reader,
@@ -2724,7 +2726,7 @@ void describe('the local log', () => {
           return options.leaseValid(checks);
         },
         breaker: options.breaker ?? new CircuitBreaker({ failureThreshold: 5, coolDownMs: 30_000 }),
-        batchSize: 100,
+        batchSize: options.batchSize ?? 100,
         maxAttempts: 5,
         logger: createLogger('silent'),
         metrics: createMetrics(),
@@ -2785,6 +2787,78 @@ void describe('the local log', () => {
       });
       assert.equal(await redis.hget(own.keys(0).attempts, undecodable), null);
       assert.equal(await redis.xlen(own.keys(0).deadLetters), 0);
+    });
+
+    void it('reads again what it read while its lease looked lapsed, before anything newer, once the other consumer holds nothing', async () => {
+      const own = new EventLog(redis, `${h.config.namespace}-lapsed-read`, 1);
+      await own.ensureGroups();
+      const { stream } = own.keys(0);
+      const aggregateId = newIdInPartition(0, 1);
+      const appendOne = async (n: number) => {
+        const event = { ...fileEvent(aggregateId, n), event_id: newIdInPartition(0, 1) };
+        const appended = await own.append({ partition: 0, events: [event] });
+        assert.ok(appended.kind === 'appended');
+        return appended.entryIds[0] as string;
+      };
+      const applied: string[] = [];
+      // The lease as the loop sees it: ours, then looked at no more while the entries are laid
+      // out, then ours for one read that comes back past its renewal, then ours again.
+      let lease: 'ours' | 'aside' | 'lapses after a read' | 'lapsed' = 'ours';
+      let checksWhileOurs = 0;
+      let checksWhileAside = 0;
+      let checksWhileLapsed = 0;
+      const pendingOfOurs = async () =>
+        ((await redis.xpending(stream, CONSUMER_GROUP, '-', '+', 10, 'stalled')) as unknown[])
+          .length;
+      let newer: string | undefined;
+      const running = runConsumer(own, 0, {
+        batchSize: 1,
+        apply: async ({ entries }) => {
+          applied.push(...entries.map((entry) => entry.entryId));
+          return {
+            applied: [...entries],
+            duplicates: [],
+            failed: [],
+            deferred: [],
+            commitLsn: '0/1',
+          };
+        },
+        leaseValid: () => {
+          switch (lease) {
+            case 'aside':
+              checksWhileAside += 1;
+              return false;
+            case 'lapses after a read':
+              lease = 'lapsed';
+              return true;
+            case 'lapsed':
+              checksWhileLapsed += 1;
+              return false;
+            default:
+              checksWhileOurs += 1;
+              return true;
+          }
+        },
+        until: async () => newer !== undefined && applied.includes(newer),
+      });
+      // Its own pending entries read (none), it reads new ones.
+      await waitFor(async () => checksWhileOurs >= 2, 'the consumer to read new entries');
+      lease = 'aside';
+      await waitFor(async () => checksWhileAside > 0, 'the consumer to stop reading');
+      // The former owner's read, late: it holds the oldest entry; ours and a newer one follow.
+      const former = await appendOne(0);
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'former', 'COUNT', 1, 'STREAMS', stream, '>');
+      const readWhileLapsed = await appendOne(1);
+      newer = await appendOne(2);
+      lease = 'lapses after a read';
+      // Looked at after the read, and again before the next: the read was handled as lapsed.
+      await waitFor(async () => checksWhileLapsed >= 2, 'the read that came back past the renewal');
+      assert.equal(await pendingOfOurs(), 1, 'what it read waits in its pending list');
+      // The acker acknowledges what the former owner held; then the lease is ours again.
+      await redis.xack(stream, CONSUMER_GROUP, former);
+      lease = 'ours';
+      await running;
+      assert.deepEqual(applied, [readWhileLapsed, newer]);
     });
 
     void it("reads nothing while another partition's batch holds the breaker's probe", async () => {

@@ -248,9 +248,13 @@ export class PartitionConsumer {
           // is read again, in order, after them. Only while the lease is still ours: the read
           // may itself be a late one, come back after the partition went to another process,
           // whose entries it would then take.
-          // Otherwise the next read of new entries finds them held still, and claims them then.
           if (this.#deps.leaseValid()) {
             await this.#claimStranded(read.strandedWith);
+          } else {
+            // Read again from our pending list, which reports them as every read does, and
+            // claims them once the lease is ours again. A read of new entries would not: should
+            // they be acknowledged meanwhile, it would apply what came after ours first.
+            this.#rereadFromStart();
           }
           continue;
         }
