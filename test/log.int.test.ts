@@ -2923,6 +2923,38 @@ void describe('the local log', () => {
       assert.equal(report.in_flight, 500);
       assert.equal(await redis.xlen(stream), lengthBefore, 'nothing appended again');
     });
+    void it('gives back an event put back after its discard, whose first entry was discarded', async () => {
+      const own = new EventLog(redis, `${h.config.namespace}-replay-put-back`, 1);
+      await own.ensureGroups();
+      const deadLetters = new DeadLetters(own);
+      const stream = own.keys(0).stream;
+      const event = fileEvent(newIdInPartition(0, 1), 0);
+      const appended = await own.append({ partition: 0, events: [event] });
+      assert.ok(appended.kind === 'appended');
+      const first = appended.entryIds[0] as string;
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 10, 'STREAMS', stream, '>');
+      await deadLetters.add(0, failedEntryOfEvent(first, event), [
+        { at: new Date().toISOString(), error: 'boom' },
+      ]);
+      const letter = await deadLetters.get(event.event_id, 0);
+      assert.ok(letter);
+      const [[, fields] = ['', [] as string[]]] = await redis.xrange(stream, first, first);
+      await deadLetters.discard(letter, 'not real data', 'operator');
+      // A duplicate entry of the event, dead-lettered on its own and retried after the discard:
+      // the projector applies it (isDiscardedEntry), and the main database was since restored.
+      const putBack = (await redis.xadd(stream, '*', ...fields)) as string;
+      await redis.xreadgroup('GROUP', CONSUMER_GROUP, 'c', 'COUNT', 10, 'STREAMS', stream, '>');
+      await redis.xack(stream, CONSUMER_GROUP, putBack);
+
+      const report = await replay(
+        { eventLog: own, main: h.main },
+        { from: '0', dryRun: true },
+        { waitMs: 0 },
+      );
+      assert.equal(report.discarded, 1, JSON.stringify(report));
+      assert.equal(report.applied, 1, 'the entry put back is what the database lacks');
+      assert.equal(report.scanned, 2);
+    });
   });
 
   void describe('lists filtered on a field set at creation', () => {

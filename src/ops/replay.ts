@@ -253,7 +253,6 @@ export const replay = async (
           try {
             const decoded = decodeEntry(entry);
             if (!seen.has(decoded.event.event_id)) {
-              seen.add(decoded.event.event_id);
               entries.push(decoded);
             }
           } catch {
@@ -265,7 +264,7 @@ export const replay = async (
             }
           }
         }
-        const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report);
+        const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report, seen);
         for (const [partition, group] of byCurrentPartition(
           missing,
           deps.eventLog.partitions,
@@ -400,6 +399,7 @@ const lacksEventsOf = async (
   const discardedIn = discardedReaders(deps);
   // Its counts are not the replay's: these partitions are not scanned.
   const uncounted = emptyReport(true);
+  const settled = new Set<string>();
   let cursor = from;
   for (;;) {
     const page = (await deps.eventLog.redis.xrange(
@@ -416,7 +416,7 @@ const lacksEventsOf = async (
         return [];
       }
     });
-    if ((await missingFrom(deps, partition, entries, discardedIn, uncounted)).length > 0) {
+    if ((await missingFrom(deps, partition, entries, discardedIn, uncounted, settled)).length > 0) {
       return true;
     }
     const last = page.at(-1)?.[0];
@@ -529,6 +529,12 @@ const missingFrom = async (
   entries: LogEntry[],
   discardedIn: DiscardedIn,
   report: ReplayReport,
+  /**
+   * Events an entry already stood for, to which this adds: each event is counted once, by its
+   * first entry not discarded. By its first entry alone, a discarded one hid a later entry of the
+   * same event put back after the discard, which the projector applies (isDiscardedEntry).
+   */
+  settled: Set<string>,
 ) => {
   if (entries.length === 0) {
     return [];
@@ -557,10 +563,17 @@ const missingFrom = async (
     });
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
-    if (applied.has(entry.event.event_id)) {
-      report.already_applied += 1;
-    } else if (isDiscarded(entry, i)) {
+    const eventId = entry.event.event_id;
+    if (settled.has(eventId)) {
+      return;
+    }
+    if (!applied.has(eventId) && isDiscarded(entry, i)) {
       report.discarded += 1;
+      return;
+    }
+    settled.add(eventId);
+    if (applied.has(eventId)) {
+      report.already_applied += 1;
     } else if (pending[i]) {
       report.in_flight += 1;
     } else if (dead[i]) {
