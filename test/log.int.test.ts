@@ -44,7 +44,7 @@ import {
   processRosterKey,
 } from '../src/log/keys.ts';
 import { createRedis, dropLateResends } from '../src/log/redis.ts';
-import { trimHalfHistory, trimPartition } from '../src/log/retention.ts';
+import { replayReachMs, trimHalfHistory, trimPartition } from '../src/log/retention.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { createMetrics } from '../src/observability/metrics.ts';
 import { readBuffer, totalsOf } from '../src/ops/buffer.ts';
@@ -640,6 +640,34 @@ void describe('the local log', () => {
       await redis.del(trimmedThrough);
       assert.equal(await trimPartition(marked, 0, 15_000), 1);
       assert.equal(await redis.get(trimmedThrough), ids[2], 'recorded when it goes further');
+    });
+
+    void it('says how far back a replay finds every partition whole: past the newest trim, not the oldest entry kept', async () => {
+      const reachLog = new EventLog(redis, `${h.config.namespace}-reach`, 2);
+      await reachLog.ensureGroups();
+      assert.equal(await replayReachMs(reachLog), undefined, 'nothing kept, nothing trimmed');
+      const now = timeMs(await redis.time());
+      const append = async (partition: number, agos: number[]) => {
+        const { stream } = reachLog.keys(partition);
+        const ids = agos.map((ago) => `${now - ago}-0`);
+        for (const id of ids) {
+          await redis.xadd(stream, id, 'junk', 'x');
+        }
+        await deliver(redis, stream);
+        return { stream, ids };
+      };
+      // Partition 1 keeps an old entry pending; partition 0's history is acknowledged.
+      const held = await append(1, [90_000]);
+      const history = await append(0, [40_000, 30_000, 20_000]);
+      await redis.xack(history.stream, CONSUMER_GROUP, ...history.ids);
+      assert.equal(await replayReachMs(reachLog), now - 90_000, 'untrimmed: the oldest entry');
+      assert.equal(await trimPartition(reachLog, 0, 25_000, now), 2);
+      assert.equal(await replayReachMs(reachLog), now - 30_000 + 1);
+      assert.deepEqual(
+        (await redis.xrange(held.stream, '-', '+')).map(([id]) => id),
+        held.ids,
+        'the pending entry stays, and would have named the reach',
+      );
     });
 
     void it('trims nothing a re-created group has yet to deliver, whichever of its calls the re-creation comes before', async () => {

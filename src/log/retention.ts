@@ -43,3 +43,32 @@ export const trimHalfHistory = async (
   const trimmed = await trimPartition(eventLog, partition, Math.ceil((now - from) / 2), now);
   return { trimmed, reachesBackTo: await oldest() };
 };
+
+/**
+ * The time from which a replay finds every partition's history whole: just past the newest entry
+ * a trim removed from any partition, or, where none was ever trimmed, the oldest entry kept.
+ * Undefined while the log holds nothing and nothing was trimmed. The oldest entry of any
+ * partition would overstate it: one partition keeps an old pending entry while trims under
+ * memory pressure halve the others' history.
+ */
+export const replayReachMs = async (eventLog: EventLog): Promise<number | undefined> => {
+  const pipeline = eventLog.redis.pipeline();
+  for (const keys of eventLog.allKeys()) {
+    pipeline.get(keys.trimmedThrough);
+    pipeline.xrange(keys.stream, '-', '+', 'COUNT', 1);
+  }
+  const replies = ((await pipeline.exec()) ?? []).map(([err, reply]) => {
+    if (err) {
+      throw err;
+    }
+    return reply;
+  });
+  const marks = replies.filter((_, i) => i % 2 === 0) as (string | null)[];
+  const firsts = replies.filter((_, i) => i % 2 === 1) as [string, string[]][][];
+  const trimmedThrough = marks.flatMap((mark) => (mark === null ? [] : [entryTime(mark)]));
+  if (trimmedThrough.length > 0) {
+    return Math.max(...trimmedThrough) + 1;
+  }
+  const oldest = firsts.flatMap((entries) => entries.slice(0, 1).map(([id]) => entryTime(id)));
+  return oldest.length === 0 ? undefined : Math.min(...oldest);
+};

@@ -93,9 +93,10 @@ export const createMetrics = () => {
       help: 'Events in the dead-letter streams',
       registers,
     }),
-    oldestRetainedAge: new Gauge({
+    replayReachAge: new Gauge({
+      // The name is older than its meaning: without trims, the reach is the oldest entry.
       name: 'outpost_stream_oldest_entry_age_seconds',
-      help: 'Age of the oldest entry still retained in any partition stream (replay reaches back this far)',
+      help: 'How far back a replay finds every partition stream whole: the age of the newest entry a trim removed, or of the oldest entry kept when none was trimmed',
       registers,
     }),
     replicationLagBytes: new Gauge({

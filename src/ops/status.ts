@@ -17,8 +17,8 @@ import type { IntegrityScheduler } from '../integrity/scheduler.ts';
 import type { LiveFeed } from '../live/live-feed.ts';
 import { isLogFull, logMemoryRatio, readLogMemory } from '../log/capacity.ts';
 import { logWriteRefusal } from '../log/durability.ts';
-import { entryTime } from '../log/entry-id.ts';
 import type { EventLog } from '../log/event-log.ts';
+import { replayReachMs } from '../log/retention.ts';
 import type { Metrics } from '../observability/metrics.ts';
 import { databaseReason } from '../projector/errors.ts';
 import type { Projector, ProjectorStats } from '../projector/projector.ts';
@@ -249,11 +249,11 @@ export class StatusSource {
     const { metrics } = this.#deps;
     // Each probe has its own time limit: together, an unreachable dependency costs the scrape one
     // limit, not one per probe.
-    const [buffers, memory, refusal, oldest, snapshot, positions] = await Promise.all([
+    const [buffers, memory, refusal, reach, snapshot, positions] = await Promise.all([
       this.bufferOrUndefined(),
       probe(readLogMemory(this.#deps.eventLog.redis)),
       probe(logWriteRefusal(this.#deps.eventLog.redis, this.#deps.config.appendfsync)),
-      probe(oldestRetainedMs(this.#deps.eventLog)),
+      probe(replayReachMs(this.#deps.eventLog)),
       probe(latestSnapshot(this.#deps.replica)),
       this.#positions(),
     ]);
@@ -282,9 +282,9 @@ export class StatusSource {
     // A gauge whose probe fails keeps its last value: set to 0, an unreadable replica would
     // resolve the integrity alert and a lost link the lag alert, and both would flap. The
     // dependency gauges above say which values are stale.
-    if (oldest !== FAILED) {
-      metrics.oldestRetainedAge.set(
-        oldest === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - oldest) / 1000),
+    if (reach !== FAILED) {
+      metrics.replayReachAge.set(
+        reach === undefined ? 0 : Math.max(0, ((buffers?.nowMs ?? Date.now()) - reach) / 1000),
       );
     }
     if (snapshot !== FAILED) {
@@ -309,18 +309,6 @@ export class StatusSource {
     }
   }
 }
-
-const oldestRetainedMs = async (eventLog: EventLog): Promise<number | undefined> => {
-  const pipeline = eventLog.redis.pipeline();
-  for (const keys of eventLog.allKeys()) {
-    pipeline.xrange(keys.stream, '-', '+', 'COUNT', 1);
-  }
-  const firsts = ((await pipeline.exec()) ?? []).flatMap(([, entries]) =>
-    (entries as [string, string[]][]).slice(0, 1),
-  );
-  const times = firsts.map(([id]) => entryTime(id));
-  return times.length === 0 ? undefined : Math.min(...times);
-};
 
 const round = (n: number) => Math.round(n * 1000) / 1000;
 
