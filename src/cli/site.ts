@@ -146,21 +146,6 @@ export const withSite = async <T>(
         });
       }, NOTICE_SLOW_REDIS_MS);
       await connectRedis(redis, config.redisUrl).finally(() => clearTimeout(slow));
-      // A shell without the service's env file would look at part of the log and report all well.
-      const recorded = await recordedPartitions(redis, config.namespace);
-      if (recorded !== undefined && recorded !== config.partitions) {
-        throw new CliError(
-          `this shell has OUTPOST_PARTITIONS=${config.partitions}, but the site's log has ${recorded} partitions: set OUTPOST_PARTITIONS=${recorded}, as the service has it (its env file)`,
-        );
-      }
-      // Leases are keyed by site: a shell with another name (unset, it is this host's) would
-      // report no projector holding any partition while the site's hold them all.
-      const siteName = await redis.get(siteNameKey(config.namespace));
-      if (siteName !== null && siteName !== config.site) {
-        throw new CliError(
-          `this shell has OUTPOST_SITE=${config.site}, but the site's log is served as site ${siteName}: set OUTPOST_SITE=${siteName}, as the service has it (its env file)`,
-        );
-      }
     }
     // Replays and retries announce the events they give back on the live feed, as the service does.
     const eventLog = new EventLog(redis, config.namespace, config.partitions, config.liveMaxLen);
@@ -196,7 +181,32 @@ export const withSite = async <T>(
         return config.mainDatabaseUrl;
       },
     };
-    return await work(site).catch(async (err: unknown) => {
+    /** Refuses a shell whose settings would show part of the site, or another site, as all of it. */
+    const requireShellOfSite = async () => {
+      // A shell without the service's env file would look at part of the log and report all well.
+      const recorded = await recordedPartitions(redis, config.namespace);
+      if (recorded !== undefined && recorded !== config.partitions) {
+        throw new CliError(
+          `this shell has OUTPOST_PARTITIONS=${config.partitions}, but the site's log has ${recorded} partitions: set OUTPOST_PARTITIONS=${recorded}, as the service has it (its env file)`,
+        );
+      }
+      // Leases are keyed by site: a shell with another name (unset, it is this host's) would
+      // report no projector holding any partition while the site's hold them all.
+      const siteName = await redis.get(siteNameKey(config.namespace));
+      if (siteName !== null && siteName !== config.site) {
+        throw new CliError(
+          `this shell has OUTPOST_SITE=${config.site}, but the site's log is served as site ${siteName}: set OUTPOST_SITE=${siteName}, as the service has it (its env file)`,
+        );
+      }
+    };
+    // The shell's checks inside: a Redis that stalls once connected is named as the work's is.
+    const checked = async () => {
+      if (usesRedis) {
+        await requireShellOfSite();
+      }
+      return work(site);
+    };
+    return await checked().catch(async (err: unknown) => {
       throw await restated(err, async (met) =>
         usesRedis && isRedisAway(redis, met)
           ? redisAway(met)
