@@ -136,15 +136,22 @@ const JSON_TOKEN = /"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g;
 
 /**
  * The integer literals of a JSON text past Number.MAX_SAFE_INTEGER, as the numbers JSON.parse
- * made of them; one with a zero fraction (9007199254740993.0) is as much an integer, rounded the
- * same. Matched by value: a double written elsewhere in the body with the same value as
- * such a literal is refused with it.
+ * made of them, and those written with a zero fraction that JSON.parse rounded
+ * (18014398509481985.0 reads as …984). Matched by value: a double written elsewhere in the body
+ * with the same value as such a literal is refused with it.
  */
 const unsafeIntegerLiterals = (source: string): Set<number> => {
   const unsafe = new Set<number>();
   for (const [token] of source.matchAll(JSON_TOKEN)) {
-    if (/^-?\d+(?:\.0+)?$/.test(token) && !Number.isSafeInteger(Number(token))) {
-      unsafe.add(Number(token));
+    const wrote = /^(-?\d+)(\.0+)?$/.exec(token);
+    const value = Number(token);
+    if (!wrote || Number.isSafeInteger(value)) {
+      continue;
+    }
+    // A zero fraction is how Python writes its floats up to 1e16 (9500000000000000.0): refused
+    // only where the double lost digits, as an integer literal past 2^53 always is.
+    if (!wrote[2] || (Number.isFinite(value) && BigInt(wrote[1] as string) !== BigInt(value))) {
+      unsafe.add(value);
     }
   }
   return unsafe;

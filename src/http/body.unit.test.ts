@@ -42,7 +42,7 @@ void describe('storableProblems', () => {
     // As clients write them: JSON.stringify would spell 3.0857e16 in digits.
     const source = `{"parsec_m": 3.0857e16, "avogadro": 6.02214076E23, "huge": -1.5e300,
       "label": "9007199254740993", "key 9007199254740993": 1, "n": 9007199254740993,
-      "neg": -12345678901234567890, "exact": 1152921504606846976, "dotted": 18014398509481985.0,
+      "neg": -12345678901234567890, "exact": 1152921504606846976, "dotted": 18014398509481985.0, "python": 9500000000000000.0,
       "endless": ${'9'.repeat(400)}}`;
     assert.deepEqual(
       storableProblems(JSON.parse(source), source).map((p) => [p.path, p.message]),
