@@ -207,7 +207,7 @@ export const replay = async (
   const givenBack = new Set<string>();
   try {
     for (const keys of partitions) {
-      const seen = new Set<string>();
+      const looked = new Map<string, 'settled' | 'discarded'>();
       // One set, kept up to date by each page's look.
       const discarded = await discardedIn(keys.partition);
       // An open end is the partition's last entry now: past it lie the replay's own appends and
@@ -252,7 +252,7 @@ export const replay = async (
           report.scanned += 1;
           try {
             const decoded = decodeEntry(entry);
-            if (!seen.has(decoded.event.event_id)) {
+            if (looked.get(decoded.event.event_id) !== 'settled') {
               entries.push(decoded);
             }
           } catch {
@@ -264,7 +264,14 @@ export const replay = async (
             }
           }
         }
-        const missing = await missingFrom(deps, keys.partition, entries, discardedIn, report, seen);
+        const missing = await missingFrom(
+          deps,
+          keys.partition,
+          entries,
+          discardedIn,
+          report,
+          looked,
+        );
         for (const [partition, group] of byCurrentPartition(
           missing,
           deps.eventLog.partitions,
@@ -399,7 +406,7 @@ const lacksEventsOf = async (
   const discardedIn = discardedReaders(deps);
   // Its counts are not the replay's: these partitions are not scanned.
   const uncounted = emptyReport(true);
-  const settled = new Set<string>();
+  const looked = new Map<string, 'settled' | 'discarded'>();
   let cursor = from;
   for (;;) {
     const page = (await deps.eventLog.redis.xrange(
@@ -416,7 +423,7 @@ const lacksEventsOf = async (
         return [];
       }
     });
-    if ((await missingFrom(deps, partition, entries, discardedIn, uncounted, settled)).length > 0) {
+    if ((await missingFrom(deps, partition, entries, discardedIn, uncounted, looked)).length > 0) {
       return true;
     }
     const last = page.at(-1)?.[0];
@@ -530,11 +537,12 @@ const missingFrom = async (
   discardedIn: DiscardedIn,
   report: ReplayReport,
   /**
-   * Events an entry already stood for, to which this adds: each event is counted once, by its
-   * first entry not discarded. By its first entry alone, a discarded one hid a later entry of the
-   * same event put back after the discard, which the projector applies (isDiscardedEntry).
+   * What the entries looked at before said of each event, to which this adds: an event is
+   * counted by its first entry not discarded, and as discarded once, whatever entries follow. By
+   * its first entry alone, a discarded one hid a later entry of the same event put back after the
+   * discard, which the projector applies (isDiscardedEntry).
    */
-  settled: Set<string>,
+  looked: Map<string, 'settled' | 'discarded'>,
 ) => {
   if (entries.length === 0) {
     return [];
@@ -564,14 +572,16 @@ const missingFrom = async (
   const missing: LogEntry[] = [];
   entries.forEach((entry, i) => {
     const eventId = entry.event.event_id;
-    if (settled.has(eventId)) {
+    const before = looked.get(eventId);
+    if (before === 'settled') {
       return;
     }
     if (!applied.has(eventId) && isDiscarded(entry, i)) {
-      report.discarded += 1;
+      report.discarded += before === undefined ? 1 : 0;
+      looked.set(eventId, 'discarded');
       return;
     }
-    settled.add(eventId);
+    looked.set(eventId, 'settled');
     if (applied.has(eventId)) {
       report.already_applied += 1;
     } else if (pending[i]) {
