@@ -823,6 +823,49 @@ void describe('recovery', () => {
       assert.deepEqual(stats, [{ event_count: 2 }], 'start and finish, counted again');
     });
 
+    void it('reports with --dry-run and --verify the links a missing projection row no longer names, as the rebuild fixes them', async () => {
+      const unit = (
+        await h.post('/executed_obs_units/start', { obs_unit_id: 'rowless', instrument: 'miri' })
+      ).body;
+      const files = await h.post('/raw_data_files', {
+        executed_obs_unit_id: unit.id,
+        files: [
+          {
+            path: '/rowless',
+            size_bytes: 1,
+            checksum: 'cd'.repeat(8),
+            checksum_algorithm: 'xxh64',
+          },
+        ],
+      });
+      assert.equal(files.status, 201, files.text);
+      const [file] = files.body.ids as string[];
+      await waitForAllAcknowledged(h);
+      // Its projection row and its link both gone: the row named the link the rebuild checked.
+      await h.main.query('DELETE FROM raw_data_files WHERE id = $1', [file]);
+      await h.main.query('DELETE FROM aggregate_links WHERE downstream_id = $1', [file]);
+      const damage = [`aggregate_links ${file}`, `raw_data_files ${file}`];
+      const differences = (report: { differences: { aggregate_id: string; table: string }[] }) =>
+        report.differences.map((d) => `${d.table} ${d.aggregate_id}`).sort();
+
+      for (const flag of ['--verify', '--dry-run']) {
+        const looked = await runCli(h, ['rebuild-projections', flag, '--json']);
+        const report = JSON.parse(looked.stdout);
+        assert.deepEqual(differences(report), damage, `${flag}: ${looked.stdout}`);
+        assert.equal(report.differing, 2);
+      }
+      const rebuilt = await withoutProjector(() => runCli(h, ['rebuild-projections', '--json']));
+      assert.equal(rebuilt.code, 0, rebuilt.stderr);
+      assert.equal(JSON.parse(rebuilt.stdout).fixed, 2, 'as many as the dry run said');
+      const links = await h.mainRows(
+        'SELECT upstream_id::text, kind FROM aggregate_links WHERE downstream_id = $1',
+        [file],
+      );
+      assert.deepEqual(links, [{ upstream_id: unit.id, kind: 'recorded_in' }]);
+      const clean = await runCli(h, ['rebuild-projections', '--verify', '--json']);
+      assert.equal(clean.code, 0, clean.stdout);
+    });
+
     void it('answers 404 to a finish or a change of a unit another site started, naming that site', async () => {
       const started = await h.post('/executed_obs_units/start', {
         obs_unit_id: 'elsewhere',

@@ -5,6 +5,7 @@ import { PROJECTION_TABLES, projectionRows, upsertProjection } from '../db/queri
 import {
   type BookkeepingTable,
   differingBookkeeping,
+  type ExpectedLinks,
   repairBookkeeping,
 } from '../db/queries/bookkeeping.ts';
 import {
@@ -14,7 +15,7 @@ import {
   releaseLeases,
   renewLeasesIn,
 } from '../db/queries/leases.ts';
-import type { AggregateType, Envelope } from '../domain/events.ts';
+import { type AggregateType, type Envelope, linksOf } from '../domain/events.ts';
 import { type AggregateState, fold } from '../domain/fold.ts';
 import { upcast } from '../domain/upcast.ts';
 
@@ -75,10 +76,16 @@ const eventsPage = async (db: Queryable, after: string): Promise<AggregateEvents
 };
 
 /** The state the events say the aggregate is in: the projector's own fold, after upcasting. */
+const upcastStored = (aggregate: AggregateEvents): Envelope[] =>
+  aggregate.events.map((e) => upcast({ ...e, accepted_at: Number(e.accepted_at) } as Envelope));
+
 export const foldStored = (aggregate: AggregateEvents): AggregateState | undefined =>
-  fold(
-    undefined,
-    aggregate.events.map((e) => upcast({ ...e, accepted_at: Number(e.accepted_at) } as Envelope)),
+  fold(undefined, upcastStored(aggregate));
+
+/** The upstream edges an aggregate's events name, as the projector links them. */
+const linksOfStored = (aggregate: AggregateEvents): ExpectedLinks =>
+  upcastStored(aggregate).flatMap((event) =>
+    linksOf(event).map((link) => ({ ...link, downstream_id: aggregate.id })),
   );
 
 const differingFields = (
@@ -199,6 +206,7 @@ const writePage = async (
   main: pg.Pool,
   fixes: Fixes,
   ids: readonly string[],
+  links: ExpectedLinks,
   fence: { leases: readonly Lease[]; ttlMs: number } | undefined,
 ) =>
   withConnection(main, async (client) => {
@@ -212,8 +220,8 @@ const writePage = async (
       for (const { table, states } of fixes) {
         await upsertProjection(client, table, states);
       }
-      const bookkeeping = await differingBookkeeping(client, ids);
-      await repairBookkeeping(client, bookkeeping);
+      const bookkeeping = await differingBookkeeping(client, ids, links);
+      await repairBookkeeping(client, bookkeeping, links);
       await client.query('COMMIT');
       return bookkeeping;
     } catch (err) {
@@ -278,11 +286,13 @@ export const rebuildProjections = async (
     }
     after = page.at(-1)?.id ?? after;
     const byTable = new Map<string, { aggregate: AggregateEvents; expected: AggregateState }[]>();
+    const links: ExpectedLinks[number][] = [];
     for (const aggregate of page) {
       const table = PROJECTION_TABLES[aggregate.type];
       try {
         const expected = aggregate.events.length > 0 ? foldStored(aggregate) : undefined;
         if (expected) {
+          links.push(...linksOfStored(aggregate));
           byTable.set(table, [...(byTable.get(table) ?? []), { aggregate, expected }]);
         }
       } catch (err) {
@@ -327,8 +337,8 @@ export const rebuildProjections = async (
     const ids = page.map((aggregate) => aggregate.id);
     const bookkeeping: readonly { aggregate_id: string; table: BookkeepingTable }[] =
       mode === 'apply'
-        ? await writePage(main, fixes, ids, fence)
-        : await differingBookkeeping(db, ids);
+        ? await writePage(main, fixes, ids, links, fence)
+        : await differingBookkeeping(db, ids, links);
     if (mode === 'apply') {
       report.fixed += fixes.reduce((n, { states }) => n + states.length, 0) + bookkeeping.length;
     }

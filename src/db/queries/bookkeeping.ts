@@ -6,20 +6,26 @@ export type BookkeepingTable = 'aggregate_heads' | 'aggregate_stats' | 'aggregat
 /*
  * What the events say each aggregate's bookkeeping must be: one 'head' row at its newest event,
  * one stats row counting every event and dated at the newest, and a link for every upstream its
- * projection row names. The same invariants as the integrity views missing_head, missing_stats,
- * head_mismatch and missing_link, for a page of aggregates.
+ * events name (`ExpectedLinks`, from the fold's `linksOf`). The same invariants as the integrity
+ * views missing_head, missing_stats, head_mismatch and missing_link, for a page of aggregates.
+ * The links come from the events, not from the projection rows: a rebuild that only reports
+ * reads rows still damaged, and a missing row named no link to miss.
  */
 const NEWEST = `SELECT DISTINCT ON (e.aggregate_id) e.aggregate_id, e.seq, e.event_id, e.occurred_at
                   FROM events e WHERE e.aggregate_id = ANY($1::uuid[])
                  ORDER BY e.aggregate_id, e.seq DESC`;
 const COUNTS = `SELECT aggregate_id, count(*)::int AS events
                   FROM events WHERE aggregate_id = ANY($1::uuid[]) GROUP BY aggregate_id`;
-const LINKS = `SELECT f.id AS downstream_id, f.executed_obs_unit_id AS upstream_id, 'recorded_in' AS kind
-                 FROM raw_data_files f WHERE f.id = ANY($1::uuid[])
-               UNION ALL
-               SELECT p.id, file_id, 'packages'
-                 FROM raw_data_packages p, unnest(p.file_ids) AS file_id
-                WHERE p.id = ANY($1::uuid[])`;
+const LINKS = `SELECT * FROM unnest($2::uuid[], $3::uuid[], $4::text[]) AS l(downstream_id, upstream_id, kind)`;
+
+/** The upstream edges of a page's derived aggregates, as its events name them. */
+export type ExpectedLinks = readonly { downstream_id: string; upstream_id: string; kind: string }[];
+
+const linkParams = (links: ExpectedLinks) => [
+  links.map((l) => l.downstream_id),
+  links.map((l) => l.upstream_id),
+  links.map((l) => l.kind),
+];
 
 const DIFFERING_SQL = `
   WITH newest AS (${NEWEST}), counts AS (${COUNTS}), links AS (${LINKS})
@@ -46,8 +52,9 @@ const DIFFERING_SQL = `
 export const differingBookkeeping = async (
   db: Queryable,
   ids: readonly string[],
+  links: ExpectedLinks,
 ): Promise<{ aggregate_id: string; table: BookkeepingTable }[]> =>
-  (await db.query(DIFFERING_SQL, [ids])).rows;
+  (await db.query(DIFFERING_SQL, [ids, ...linkParams(links)])).rows;
 
 /** What rewrites each table's rows for the aggregates `$1` names, from their events. */
 const REPAIRS: Record<BookkeepingTable, string[]> = {
@@ -65,6 +72,7 @@ const REPAIRS: Record<BookkeepingTable, string[]> = {
   aggregate_links: [
     `INSERT INTO aggregate_links (upstream_id, downstream_id, kind)
        SELECT upstream_id, downstream_id, kind FROM (${LINKS}) l
+        WHERE downstream_id = ANY($1::uuid[])
        ON CONFLICT DO NOTHING`,
   ],
 };
@@ -78,11 +86,13 @@ const REPAIRS: Record<BookkeepingTable, string[]> = {
 export const repairBookkeeping = async (
   db: Queryable,
   differing: readonly { aggregate_id: string; table: BookkeepingTable }[],
+  links: ExpectedLinks,
 ) => {
   for (const [table, statements] of Object.entries(REPAIRS)) {
     const ids = differing.filter((d) => d.table === table).map((d) => d.aggregate_id);
+    const params = table === 'aggregate_links' ? [ids, ...linkParams(links)] : [ids];
     for (const statement of ids.length > 0 ? statements : []) {
-      await db.query(statement, [ids]);
+      await db.query(statement, params);
     }
   }
 };
