@@ -64,11 +64,23 @@ void describe('exactly-once effect', () => {
       accepted_at: stored.occurred_at.getTime(),
       data: stored.data,
     } as Envelope;
+    // As the first entry left it, confirmed at its commit, while the second waits and after.
+    const views = async () => [
+      (await h.get(`/events/${unit.body.event_id}`)).body,
+      (await h.get(`/aggregates/${unit.body.id}/events`)).body,
+    ];
+    const confirmed = await views();
+    assert.equal(confirmed[0].state, 'confirmed');
+    assert.ok(confirmed[0].commit_lsn);
+    await h.stopService(projector);
     const appended = await log.append({ partition, events: [resent] });
     assert.equal(appended.kind, 'appended');
+    assert.deepEqual(await views(), confirmed, 'while the second entry waits');
+    const again = await h.startService('projector');
     await waitForAllAcknowledged(h);
     assert.deepEqual(await effectsOfStart(h, unit.body.id), APPLIED_ONCE);
-    await h.stopService(projector);
+    assert.deepEqual(await views(), confirmed, 'once it was acknowledged as a duplicate');
+    await h.stopService(again);
   });
 
   void it('counts and lists an event appended twice once while it waits', async () => {

@@ -104,6 +104,14 @@ const fromStored = (stored: StoredEvent): EventView => ({
 });
 
 /**
+ * Whether the replica's row of an event was applied from another entry than the one in flight: a
+ * second entry of it (appended twice, or given back by a replay) is a duplicate the projector
+ * only acknowledges, and the event stays where its first entry took it, at that commit.
+ */
+const appliedByAnother = (stored: StoredEvent, entryId: string): boolean =>
+  stored.stream_entry_id !== entryId;
+
+/**
  * Where an event is: pending (in the log, not applied), applied (committed on the main database,
  * waiting for the replica), confirmed (acknowledged: on the replica). Redis first, then the
  * replica, so an acknowledgement in between cannot hide the event.
@@ -122,6 +130,9 @@ export const readEvent = async (
     ]);
     if (raw) {
       const stored = await storedEvent(deps.replica, eventId);
+      if (stored && appliedByAnother(stored, entryId)) {
+        return fromStored(stored);
+      }
       const applied = lsn ?? stored?.commit_lsn ?? undefined;
       const state = applied || stored ? 'applied' : 'pending';
       const extra = {
@@ -189,9 +200,11 @@ export const readAggregateEvents = async (
   // An applied event still in flight: the replica may show its row before the commit LSN stamped
   // on it after the commit, which Redis already holds (as GET /events/{id} says it).
   const inflightLsnOf = new Map(inflight.map((e, i) => [e.event.event_id, inflightLsns[i]]));
+  const inflightEntryOf = new Map(inflight.map((e) => [e.event.event_id, e.entryId]));
   const items = [
     ...stored.map((s): EventView => {
-      if (!inflightLsnOf.has(s.event_id)) {
+      const entryId = inflightEntryOf.get(s.event_id);
+      if (entryId === undefined || appliedByAnother(s, entryId)) {
         return fromStored(s);
       }
       const lsn = inflightLsnOf.get(s.event_id) ?? s.commit_lsn;
