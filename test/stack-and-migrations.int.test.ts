@@ -16,7 +16,7 @@ import { after, before, describe, it, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import pg from 'pg';
 import { runMigrations } from '../src/db/migrate.ts';
-import { refreshIntegrity } from '../src/db/queries/integrity.ts';
+import { createMissingCronJob, refreshIntegrity } from '../src/db/queries/integrity.ts';
 import { PROJECT_ROOT } from '../src/paths.ts';
 import { isPortOpen } from '../src/stack/processes.ts';
 import { stackDown, stackPaths, stackStatus, stackUp } from '../src/stack/stack.ts';
@@ -89,6 +89,43 @@ void describe('outpost migrate', () => {
       );
     } finally {
       await client.end();
+    }
+  });
+
+  void it('migrates as a role that is not a superuser on a server with pg_cron installed', async (t) => {
+    const { rows } = await admin.query(
+      "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron'",
+    );
+    if (rows.length === 0) {
+      t.skip('pg_cron is not installed here: the migration never looks for it');
+      return;
+    }
+    // A site's DBA migrates as the database's owner, not as a superuser.
+    const role = `r_${randomUUID().replaceAll('-', '').slice(0, 12)}`;
+    const owned = `${role}_db`;
+    await admin.query(`CREATE ROLE ${role} LOGIN`);
+    await admin.query(`CREATE DATABASE ${owned} OWNER ${role}`);
+    try {
+      const url = new URL(withDatabase(stack.mainUrl, owned));
+      url.username = role;
+      await runMigrations(url.toString());
+      const client = new pg.Client({ connectionString: url.toString() });
+      await client.connect();
+      try {
+        const columns = await schemaOf(client);
+        assert.ok(columns.some((c) => c.startsWith('events.commit_lsn:')));
+        const { rows: superuser } = await client.query<{ rolsuper: boolean }>(
+          'SELECT rolsuper FROM pg_roles WHERE rolname = current_user',
+        );
+        assert.deepEqual(superuser, [{ rolsuper: false }], 'migrated as that role');
+        // The service's start asks the same, and hands the refresh to its own scheduler.
+        assert.deepEqual(await createMissingCronJob(client), { created: false });
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await admin.query(`DROP DATABASE IF EXISTS ${owned} WITH (FORCE)`);
+      await admin.query(`DROP ROLE IF EXISTS ${role}`);
     }
   });
 

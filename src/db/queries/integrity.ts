@@ -243,11 +243,13 @@ const MIGRATION_CRON_SCHEDULE = '*/30 * * * *';
 export const createMissingCronJob = async (
   db: Queryable,
 ): Promise<{ created: boolean; refused?: unknown }> => {
-  // cron.database_name is set where pg_cron is loaded, and readable by any role (unlike
-  // shared_preload_libraries, which only a superuser may read).
+  // As migration 0002 asks: cron.database_name is a superuser's to read, and current_setting()
+  // refuses any other role where pg_settings leaves it out.
   const { rows } = await db.query<{ runs_here: boolean }>(
-    `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
-            AND current_database() = current_setting('cron.database_name', true) AS runs_here`,
+    `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
+            OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
+                AND current_database() =
+                    (SELECT setting FROM pg_settings WHERE name = 'cron.database_name')) AS runs_here`,
   );
   if (rows[0]?.runs_here !== true || (await cronJob(db)) !== undefined) {
     return { created: false };
