@@ -78,20 +78,42 @@ export const dropSites = async (stack: TestStack, sites: readonly TestSite[]) =>
   }
 };
 
-export const freePort = (): Promise<number> =>
+/** A listener on a port the kernel chose, to learn the port and hold it meanwhile. */
+const heldPort = (): Promise<{ port: number; release: () => Promise<void> }> =>
   new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
     server.listen(0, '127.0.0.1', () => {
       const address = server.address();
-      server.close(() => resolve(typeof address === 'object' && address ? address.port : 0));
+      resolve({
+        port: typeof address === 'object' && address ? address.port : 0,
+        release: () => new Promise((done) => server.close(() => done())),
+      });
     });
   });
 
-/** A free port for each server of a stack. */
+export const freePort = async (): Promise<number> => {
+  const { port, release } = await heldPort();
+  await release();
+  return port;
+};
+
+/**
+ * A free port for each server of a stack, all held until all are known: closed one by one, the
+ * kernel could hand the same port out twice.
+ */
 export const freeStackPorts = async (): Promise<
   Pick<StackOptions, 'mainPort' | 'replicaPort' | 'redisPort'>
-> => ({ mainPort: await freePort(), replicaPort: await freePort(), redisPort: await freePort() });
+> => {
+  const held = [await heldPort(), await heldPort(), await heldPort()];
+  await Promise.all(held.map(({ release }) => release()));
+  const [mainPort, replicaPort, redisPort] = held.map(({ port }) => port) as [
+    number,
+    number,
+    number,
+  ];
+  return { mainPort, replicaPort, redisPort };
+};
 
 export const withDatabase = (url: string, database: string) =>
   url.replace(/\/[^/]*$/, `/${database}`);
