@@ -198,16 +198,29 @@ export const registerAdminRoutes = (app: App, deps: AppDeps) => {
         }
         throw err;
       });
-      const entryId = retried.get(dead.dead_letter_id)?.entryId;
-      if (!entryId) {
-        throw notFound('dead letter');
-      }
       // The aggregate's other letters went back with it: said, or they would leave the dead
       // letters with nothing said of where they went.
       const alsoRetried = retriedBeside(retried, dead.dead_letter_id).map((other) => ({
         event_id: other.eventId,
         entry_id: other.entryId,
       }));
+      const entryId = retried.get(dead.dead_letter_id)?.entryId;
+      if (!entryId) {
+        // Discarded or retried by another request meanwhile; its aggregate's other letters may
+        // still have gone back with the block lifted.
+        throw new ApiError(
+          'not_found',
+          alsoRetried.length === 0
+            ? 'dead letter not found'
+            : `dead letter not found (gone meanwhile); the other ${alsoRetried.length} of its aggregate went back to the log`,
+          alsoRetried.length === 0
+            ? undefined
+            : alsoRetried.map((other) => ({
+                path: 'also_retried',
+                message: `event ${other.event_id} as entry ${other.entry_id}`,
+              })),
+        );
+      }
       requestLogger(c).info(
         { eventId: dead.event_id, entryId, alsoRetried: alsoRetried.length },
         'dead letter retried',
