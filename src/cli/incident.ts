@@ -11,7 +11,6 @@ import {
   isDeadLetterCursor,
   type LetterReads,
   RetryNotYetError,
-  retriedBeside,
 } from '../log/dead-letters.ts';
 import { persistenceRefusal } from '../log/durability.ts';
 import { entryTime } from '../log/entry-id.ts';
@@ -554,7 +553,10 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
         const reads: LetterReads = new Map();
         // A retry of one letter puts back its aggregate's other letters too: they are reported
         // with it, or they would leave `dead list` with nothing said of where they went.
-        const alsoRetried: { eventId: string; entryId: string; partition: number }[] = [];
+        // With --all, those a listing taken before them could not name (filed since) are too.
+        const alsoRetried: { eventId: string; entryId: string; partition: number; with: string }[] =
+          [];
+        const listed = new Set(letters.map((l) => keyOf(l.partition, l.dead_letter_id)));
         // A failure no letter explains (Redis out of memory or gone) stops a run of --all; the
         // report still lists every letter, so the operator sees which went back before it.
         let stoppedBy: { id: string; err: unknown } | undefined;
@@ -575,9 +577,16 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
                 for (const [deadId, { entryId }] of ids) {
                   retried.set(keyOf(letter.partition, deadId), entryId);
                 }
-                if (!flags.all) {
-                  for (const other of retriedBeside(ids, letter.dead_letter_id)) {
-                    alsoRetried.push({ ...other, partition: letter.partition });
+                for (const [deadId, other] of ids) {
+                  const reported = flags.all
+                    ? listed.has(keyOf(letter.partition, deadId))
+                    : deadId === letter.dead_letter_id;
+                  if (!reported) {
+                    alsoRetried.push({
+                      ...other,
+                      partition: letter.partition,
+                      with: flags.all ? letter.id : (id ?? letter.id),
+                    });
                   }
                 }
                 return ids.get(letter.dead_letter_id)?.entryId;
@@ -617,8 +626,8 @@ export const dead = (action: string | undefined, id: string | undefined, flags: 
             ...(outcome.why ? { why_not: outcome.why } : {}),
           });
         }
-        for (const { eventId, entryId, partition } of alsoRetried) {
-          results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: id });
+        for (const { eventId, entryId, partition, with: along } of alsoRetried) {
+          results.push({ id: eventId, partition, entry_id: entryId, retried: true, with: along });
         }
         const outcomes = flags.wait ? await followRetried(site, results, flags.json) : undefined;
         // The letter named, put back: what followed it in waits still.
