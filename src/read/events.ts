@@ -104,12 +104,12 @@ const fromStored = (stored: StoredEvent): EventView => ({
 });
 
 /**
- * Whether the replica's row of an event was applied from another entry than the one in flight: a
- * second entry of it (appended twice, or given back by a replay) is a duplicate the projector
- * only acknowledges, and the event stays where its first entry took it, at that commit.
+ * Whether the replica's row of an event was applied from this entry. A second entry of the event
+ * (appended twice, or given back by a replay) is a duplicate the projector only acknowledges: the
+ * event is where the entry that applied it took it, at that commit.
  */
-const appliedByAnother = (stored: StoredEvent, entryId: string): boolean =>
-  stored.stream_entry_id !== entryId;
+const appliedFrom = (stored: StoredEvent, partition: number, entryId: string): boolean =>
+  stored.partition === partition && stored.stream_entry_id === entryId;
 
 /**
  * Where an event is: pending (in the log, not applied), applied (committed on the main database,
@@ -130,8 +130,16 @@ export const readEvent = async (
     ]);
     if (raw) {
       const stored = await storedEvent(deps.replica, eventId);
-      if (stored && appliedByAnother(stored, entryId)) {
-        return fromStored(stored);
+      if (stored && !appliedFrom(stored, partition, entryId)) {
+        // Confirmed once the entry that applied it is acknowledged, whatever the duplicate does.
+        const [ownLsn] = await deps.eventLog.appliedLsnOf(
+          [stored.stream_entry_id],
+          stored.partition,
+        );
+        const view = fromStored(stored);
+        return ownLsn
+          ? { ...view, state: 'applied', commit_lsn: stored.commit_lsn ?? ownLsn }
+          : view;
       }
       const applied = lsn ?? stored?.commit_lsn ?? undefined;
       const state = applied || stored ? 'applied' : 'pending';
@@ -198,16 +206,15 @@ export const readAggregateEvents = async (
   const pending = pendingOnly(inflight, onReplica);
   const lsns = pending.map((e) => lsnOf.get(e.entryId));
   // An applied event still in flight: the replica may show its row before the commit LSN stamped
-  // on it after the commit, which Redis already holds (as GET /events/{id} says it).
-  const inflightLsnOf = new Map(inflight.map((e, i) => [e.event.event_id, inflightLsns[i]]));
-  const inflightEntryOf = new Map(inflight.map((e) => [e.event.event_id, e.entryId]));
+  // on it after the commit, which Redis already holds (as GET /events/{id} says it). In flight as
+  // the entry that applied it, that is: a duplicate entry of it is only acknowledged.
+  const eventOfEntry = new Map(inflight.map((e) => [e.entryId, e.event.event_id]));
   const items = [
     ...stored.map((s): EventView => {
-      const entryId = inflightEntryOf.get(s.event_id);
-      if (entryId === undefined || appliedByAnother(s, entryId)) {
+      if (s.partition !== partition || eventOfEntry.get(s.stream_entry_id) !== s.event_id) {
         return fromStored(s);
       }
-      const lsn = inflightLsnOf.get(s.event_id) ?? s.commit_lsn;
+      const lsn = lsnOf.get(s.stream_entry_id) ?? s.commit_lsn;
       return { ...fromStored(s), state: 'applied', ...(lsn ? { commit_lsn: lsn } : {}) };
     }),
     ...pending.map((e, i) => {
