@@ -158,23 +158,27 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
--- pg_cron runs in this database where it was created here, or where this is its cron.database_name.
--- Both that setting and shared_preload_libraries are a superuser's to read: current_setting()
--- refused any other role, and failed the whole migration on a server with pg_cron installed;
--- pg_settings leaves them out instead. A role that may not create the extension or schedule
--- leaves the refresh to the service's own scheduler.
+-- pg_cron runs in this database where this is its cron.database_name. That setting and
+-- shared_preload_libraries are a superuser's to read: current_setting() refused any other role,
+-- and failed the whole migration on a server with pg_cron installed. A role that may not read
+-- them goes by the extension a DBA created here instead. A role that may not create the
+-- extension or schedule, or a server where pg_cron is not loaded, leaves the refresh to the
+-- service's own scheduler.
 DO $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
-     OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
-         AND current_database() = (SELECT setting FROM pg_settings WHERE name = 'cron.database_name')) THEN
+  IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
+     -- In parentheses: PL/pgSQL ends an IF's condition at the first THEN outside them.
+     AND (CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')
+               THEN coalesce(current_database() =
+                             (SELECT setting FROM pg_settings WHERE name = 'cron.database_name'), false)
+               ELSE EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') END) THEN
     BEGIN
       CREATE EXTENSION IF NOT EXISTS pg_cron;
       -- The service re-schedules this job by name with OUTPOST_INTEGRITY_SCHEDULE at start-up.
       PERFORM cron.schedule('outpost-integrity', '*/30 * * * *',
                             $job$SELECT outpost_refresh_integrity('pg_cron', false)$job$);
-    EXCEPTION WHEN syntax_error_or_access_rule_violation OR data_exception THEN
-      RAISE NOTICE 'pg_cron not set up (%): the service refreshes the integrity views itself', SQLERRM;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'pg_cron not set up (%): the service refreshes the integrity views itself', SQLERRM;
     END;
   END IF;
 END

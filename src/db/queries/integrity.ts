@@ -243,13 +243,15 @@ const MIGRATION_CRON_SCHEDULE = '*/30 * * * *';
 export const createMissingCronJob = async (
   db: Queryable,
 ): Promise<{ created: boolean; refused?: unknown }> => {
-  // As migration 0002 asks: cron.database_name is a superuser's to read, and current_setting()
-  // refuses any other role where pg_settings leaves it out.
+  // As migration 0002 asks: cron.database_name is a superuser's to read (current_setting()
+  // refuses any other role), so a role that may not read it goes by the extension created here.
   const { rows } = await db.query<{ runs_here: boolean }>(
-    `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron')
-            OR (EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
-                AND current_database() =
-                    (SELECT setting FROM pg_settings WHERE name = 'cron.database_name')) AS runs_here`,
+    `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
+            AND CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')
+                     THEN coalesce(current_database() =
+                          (SELECT setting FROM pg_settings WHERE name = 'cron.database_name'), false)
+                     ELSE EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') END
+            AS runs_here`,
   );
   if (rows[0]?.runs_here !== true || (await cronJob(db)) !== undefined) {
     return { created: false };
