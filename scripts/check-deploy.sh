@@ -17,6 +17,7 @@ if [ -f compose.yaml ]; then
 fi
 # No Docker engine here to build with, and no hadolint in Debian: check the service image's shape.
 for dockerfile in Dockerfile deploy/postgres/Dockerfile; do
+  grep -q '^FROM ' "$dockerfile" || { echo "$dockerfile: no FROM"; exit 1; }
   if grep -E '^FROM ' "$dockerfile" | grep -vqE '^FROM [^ ]+:[^ ]+'; then echo "$dockerfile: every FROM needs a pinned tag"; exit 1; fi
   if grep -qE '^FROM [^ ]+:latest' "$dockerfile"; then echo "$dockerfile: do not build FROM :latest"; exit 1; fi
 done
