@@ -168,7 +168,7 @@ DO $$
 BEGIN
   IF EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
      -- In parentheses: PL/pgSQL ends an IF's condition at the first THEN outside them.
-     AND (CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')
+     AND (CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE')
                THEN coalesce(current_database() =
                              (SELECT setting FROM pg_settings WHERE name = 'cron.database_name'), false)
                ELSE EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') END) THEN

@@ -247,7 +247,7 @@ export const createMissingCronJob = async (
   // refuses any other role), so a role that may not read it goes by the extension created here.
   const { rows } = await db.query<{ runs_here: boolean }>(
     `SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'pg_cron')
-            AND CASE WHEN pg_has_role('pg_read_all_settings', 'MEMBER')
+            AND CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE')
                      THEN coalesce(current_database() =
                           (SELECT setting FROM pg_settings WHERE name = 'cron.database_name'), false)
                      ELSE EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') END
