@@ -86,6 +86,16 @@ const forget = async (h: Harness, ids: string[]) => {
   }
 };
 
+/** Registers one file of `unitId`, as a client would; its id. */
+const registeredFile = async (h: Harness, unitId: string, path: string): Promise<string> => {
+  const files = await h.post('/raw_data_files', {
+    executed_obs_unit_id: unitId,
+    files: [{ path, size_bytes: 1, checksum: 'ab'.repeat(8), checksum_algorithm: 'xxh64' }],
+  });
+  assert.equal(files.status, 201, files.text);
+  return (files.body.ids as string[])[0] as string;
+};
+
 /**
  * A unit started and updated with `notes`, both applied and acknowledged, and then the main
  * database restored from a backup taken between the two (loseUpdateAfterStart).
@@ -747,19 +757,7 @@ void describe('recovery', () => {
       const misdated = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'misdated', instrument: 'miri' })
       ).body;
-      const files = await h.post('/raw_data_files', {
-        executed_obs_unit_id: miscounted.id,
-        files: [
-          {
-            path: '/unlinked',
-            size_bytes: 1,
-            checksum: 'ab'.repeat(8),
-            checksum_algorithm: 'xxh64',
-          },
-        ],
-      });
-      assert.equal(files.status, 201, files.text);
-      const [file] = files.body.ids as string[];
+      const file = await registeredFile(h, miscounted.id, '/unlinked');
       await waitForAllAcknowledged(h);
       await h.main.query('DELETE FROM aggregate_heads WHERE aggregate_id = $1', [headless.id]);
       await h.main.query(
@@ -827,19 +825,7 @@ void describe('recovery', () => {
       const unit = (
         await h.post('/executed_obs_units/start', { obs_unit_id: 'rowless', instrument: 'miri' })
       ).body;
-      const files = await h.post('/raw_data_files', {
-        executed_obs_unit_id: unit.id,
-        files: [
-          {
-            path: '/rowless',
-            size_bytes: 1,
-            checksum: 'cd'.repeat(8),
-            checksum_algorithm: 'xxh64',
-          },
-        ],
-      });
-      assert.equal(files.status, 201, files.text);
-      const [file] = files.body.ids as string[];
+      const file = await registeredFile(h, unit.id, '/rowless');
       await waitForAllAcknowledged(h);
       // Its projection row and its link both gone: the row named the link the rebuild checked.
       await h.main.query('DELETE FROM raw_data_files WHERE id = $1', [file]);
@@ -892,18 +878,7 @@ void describe('recovery', () => {
       };
       await setSite('summit-b');
       // Files of that unit are taken here, but do not make its status this site's to change.
-      const files = await h.post('/raw_data_files', {
-        executed_obs_unit_id: id,
-        files: [
-          {
-            path: '/elsewhere',
-            size_bytes: 1,
-            checksum: 'ab'.repeat(8),
-            checksum_algorithm: 'xxh64',
-          },
-        ],
-      });
-      assert.equal(files.status, 201, files.text);
+      await registeredFile(h, id, '/elsewhere');
       const before = await streamEventIds(h);
       const finish = await h.post(`/executed_obs_units/${id}/finish`, { status: 'success' });
       assert.equal(finish.status, 404, finish.text);

@@ -75,10 +75,11 @@ const eventsPage = async (db: Queryable, after: string): Promise<AggregateEvents
   return rows;
 };
 
-/** The state the events say the aggregate is in: the projector's own fold, after upcasting. */
+/** An aggregate's stored events as the log carries them, upcast as the projector reads them. */
 const upcastStored = (aggregate: AggregateEvents): Envelope[] =>
   aggregate.events.map((e) => upcast({ ...e, accepted_at: Number(e.accepted_at) } as Envelope));
 
+/** The state the events say the aggregate is in: the projector's own fold, after upcasting. */
 export const foldStored = (aggregate: AggregateEvents): AggregateState | undefined =>
   fold(undefined, upcastStored(aggregate));
 

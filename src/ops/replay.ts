@@ -207,7 +207,7 @@ export const replay = async (
   const givenBack = new Set<string>();
   try {
     for (const keys of partitions) {
-      const looked = new Map<string, 'settled' | 'discarded'>();
+      const looked: LookedAt = new Map();
       // One set, kept up to date by each page's look.
       const discarded = await discardedIn(keys.partition);
       // An open end is the partition's last entry now: past it lie the replay's own appends and
@@ -406,7 +406,7 @@ const lacksEventsOf = async (
   const discardedIn = discardedReaders(deps);
   // Its counts are not the replay's: these partitions are not scanned.
   const uncounted = emptyReport(true);
-  const looked = new Map<string, 'settled' | 'discarded'>();
+  const looked: LookedAt = new Map();
   let cursor = from;
   for (;;) {
     const page = (await deps.eventLog.redis.xrange(
@@ -529,6 +529,9 @@ const heldInLog = async (
   return held;
 };
 
+/** What the entries of a partition looked at so far said of each event (missingFrom). */
+type LookedAt = Map<string, 'settled' | 'discarded'>;
+
 /** The entries the main database lacks that are neither pending, dead-lettered nor discarded. */
 const missingFrom = async (
   deps: Deps,
@@ -542,7 +545,7 @@ const missingFrom = async (
    * its first entry alone, a discarded one hid a later entry of the same event put back after the
    * discard, which the projector applies (isDiscardedEntry).
    */
-  looked: Map<string, 'settled' | 'discarded'>,
+  looked: LookedAt,
 ) => {
   if (entries.length === 0) {
     return [];
